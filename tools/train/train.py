@@ -1,0 +1,187 @@
+"""Train one model of the family; resumable and reproducible.
+
+Batches depend only on (seed, step), so a run resumed from its checkpoint sees exactly the data an
+uninterrupted run would. A checkpoint (weights, optimizer, step, log) is written to RUN/ckpt.pt every
+--ckpt-every steps and at the end; RUN/ is never committed. The learning-rate schedule is warmup then
+cosine decay to 10% over --tokens. With --teacher, the loss mixes cross-entropy on the data with
+KL(teacher || student) on the teacher's logits (distillation raises drafter/target agreement).
+
+Usage: python3 tools/train/train.py --model target --tokens 6e6 --run runs/target
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+def _pin_threads() -> None:
+    """OpenBLAS and OpenMP start one thread per core unless told; pin them to --threads before
+    torch loads, or two trainings on one machine oversubscribe it."""
+    n = "1"
+    for i, a in enumerate(sys.argv):
+        if a == "--threads" and i + 1 < len(sys.argv):
+            n = sys.argv[i + 1]
+        elif a.startswith("--threads="):
+            n = a.split("=", 1)[1]
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, n)
+
+
+_pin_threads()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from model import FAMILY, Decoder, count_params  # noqa: E402
+
+DOMAINS = ("code", "english")
+
+
+def load_split(data: Path, split: str) -> dict[str, np.ndarray]:
+    return {d: np.fromfile(data / f"{split}.{d}.bin", dtype=np.uint16) for d in DOMAINS}
+
+
+def batch(streams: dict[str, np.ndarray], weights: dict[str, float], rng: np.random.Generator, bsz: int, seq: int) -> torch.Tensor:
+    """bsz random windows of seq+1 tokens; the domain of each row is drawn by weight."""
+    names = list(streams)
+    p = np.array([weights[n] for n in names])
+    rows = []
+    for d in rng.choice(len(names), size=bsz, p=p / p.sum()):
+        s = streams[names[d]]
+        i = int(rng.integers(0, len(s) - seq - 1))
+        rows.append(s[i:i + seq + 1].astype(np.int64))
+    return torch.from_numpy(np.stack(rows))
+
+
+@torch.no_grad()
+def evaluate(model: Decoder, streams: dict[str, np.ndarray], seq: int, max_tokens: int) -> dict[str, float]:
+    """Mean next-token NLL (nats) per domain over consecutive windows of the split."""
+    model.eval()
+    out = {}
+    for d, s in streams.items():
+        n = min(len(s) - 1, max_tokens) // seq * seq
+        x = torch.from_numpy(s[:n + 1].astype(np.int64))
+        tot, cnt = 0.0, 0
+        for i in range(0, n, seq * 8):
+            chunk = min(seq * 8, n - i)
+            inp = x[i:i + chunk].view(-1, seq)
+            tgt = x[i + 1:i + chunk + 1].view(-1, seq)
+            tot += F.cross_entropy(model(inp).flatten(0, 1), tgt.flatten(), reduction="sum").item()
+            cnt += tgt.numel()
+        out[d] = tot / cnt
+    model.train()
+    return out
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, choices=sorted(FAMILY))
+    ap.add_argument("--data", default="data/tokens")
+    ap.add_argument("--run", required=True, help="directory for checkpoint and log (not committed)")
+    ap.add_argument("--tokens", type=float, required=True, help="training tokens for the whole schedule")
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ckpt-every", type=int, default=50)
+    ap.add_argument("--eval-every", type=int, default=200)
+    ap.add_argument("--init", help="start from this checkpoint's weights (a new phase)")
+    ap.add_argument("--teacher", help="checkpoint of a teacher to distill from")
+    ap.add_argument("--distill-weight", type=float, default=0.7)
+    ap.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time; 0 = no limit")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run = Path(args.run)
+    run.mkdir(parents=True, exist_ok=True)
+    cfg = FAMILY[args.model]
+    model = Decoder(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
+    total_steps = int(args.tokens // (args.batch * args.seq))
+    step, log, elapsed = 0, [], 0.0
+    ckpt_path = run / "ckpt.pt"
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, log, elapsed = ck["step"], ck["log"], ck.get("elapsed", 0.0)
+        print(f"resumed {args.model} at step {step}/{total_steps}", flush=True)
+    elif args.init:
+        model.load_state_dict(torch.load(args.init)["model"])
+        print(f"initialised {args.model} from {args.init}", flush=True)
+    teacher = None
+    if args.teacher:
+        tck = torch.load(args.teacher)
+        teacher = Decoder(FAMILY[tck["model_name"]])
+        teacher.load_state_dict(tck["model"])
+        teacher.eval()
+
+    data = Path(args.data)
+    train, val = load_split(data, "train"), load_split(data, "val")
+    weights = {d: float(len(s)) for d, s in train.items()}
+    print(f"{args.model}: {count_params(model) / 1e6:.2f}M params, {total_steps} steps of {args.batch}x{args.seq}", flush=True)
+
+    def save():
+        tmp = run / "ckpt.pt.tmp"
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
+                    "elapsed": elapsed, "model_name": args.model, "args": vars(args)}, tmp)
+        os.replace(tmp, ckpt_path)
+
+    started = time.time()
+    t0 = time.time()
+    while step < total_steps:
+        rng = np.random.default_rng([args.seed, step])
+        xy = batch(train, weights, rng, args.batch, args.seq)
+        x, y = xy[:, :-1], xy[:, 1:]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total_steps, args.lr, args.warmup)
+        logits = model(x)
+        loss = ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        if teacher is not None:
+            with torch.no_grad():
+                tlogp = F.log_softmax(teacher(x), -1)
+            kl = F.kl_div(F.log_softmax(logits, -1), tlogp, log_target=True, reduction="batchmean") / args.seq
+            loss = args.distill_weight * kl + (1 - args.distill_weight) * ce
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 10 == 0:
+            now = time.time()
+            elapsed += now - t0
+            t0 = now
+            tps = step * args.batch * args.seq / max(elapsed, 1e-9)
+            print(f"step {step}/{total_steps} loss {ce.item():.3f} lr {opt.param_groups[0]['lr']:.2e} tok/s {tps:.0f}", flush=True)
+        if step % args.eval_every == 0 or step == total_steps:
+            ev = evaluate(model, val, args.seq, 65536)
+            log.append({"step": step, "tokens": step * args.batch * args.seq, "train_loss": ce.item(), "val": ev, "elapsed_s": elapsed})
+            print(f"eval step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in ev.items()), flush=True)
+        if step % args.ckpt_every == 0 or step == total_steps:
+            save()
+        if args.max_minutes and time.time() - started > args.max_minutes * 60:
+            save()
+            print(f"stopping at step {step} after {args.max_minutes} minutes; rerun to resume", flush=True)
+            return
+    (run / "log.json").write_text(json.dumps(log, indent=1))
+    print("done", flush=True)
+
+
+if __name__ == "__main__":
+    main()
