@@ -1,0 +1,23 @@
+import { Command, CommanderError } from 'commander';
+import { CascadeError, InvalidArgumentError } from '../errors.ts';
+import { registerBench } from './bench.ts';
+import { registerGenerate } from './generate.ts';
+
+const program = new Command('cascade')
+  .description('Cascade Speculative Drafting + ADORE inference: embedded or as a NATS/Redis cluster')
+  .showHelpAfterError()
+  .exitOverride();
+registerGenerate(program);
+registerBench(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) process.exit(err.exitCode);
+  const e = err as Error;
+  if (e instanceof CascadeError) {
+    process.stderr.write(`error: ${e.message}${e.cause instanceof Error ? ` (${e.cause.message})` : ''}\n`);
+    process.exit(e instanceof InvalidArgumentError ? 2 : 1);
+  }
+  throw err;
+}

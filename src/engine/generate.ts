@@ -1,0 +1,95 @@
+import { randomUUID } from 'node:crypto';
+import { InvalidArgumentError } from '../errors.ts';
+import { Rng } from '../kernels/rng.ts';
+import { checkSampling, nextToken, type SamplingParams } from '../kernels/sampling.ts';
+import type { ModelSession } from '../models/session.ts';
+
+export interface GenerateRequest {
+  readonly promptIds: readonly number[];
+  /** Most tokens to generate (>= 1). */
+  readonly maxTokens: number;
+  readonly sampling: SamplingParams;
+  readonly seed: number;
+  /** Stop at the model's end-of-sequence ids (default true). */
+  readonly stopAtEos?: boolean;
+}
+
+export type FinishReason = 'length' | 'stop';
+
+export interface GenerateStats {
+  readonly promptTokens: number;
+  readonly generatedTokens: number;
+  /** Wall time from the first forward to the last token, in seconds. */
+  readonly seconds: number;
+  /** Time to the first generated token, in seconds (prefill included). */
+  readonly firstTokenSeconds: number;
+  readonly tokensPerSecond: number;
+}
+
+export interface GenerateResult {
+  readonly tokenIds: number[];
+  readonly finishReason: FinishReason;
+  readonly stats: GenerateStats;
+}
+
+/** Rejects requests that can never run: empty prompt, bad sampling, more positions than the model has. */
+export function checkRequest(req: GenerateRequest, maxPositions: number | undefined): void {
+  if (req.promptIds.length === 0) throw new InvalidArgumentError('the prompt is empty: give at least one token of text');
+  if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new InvalidArgumentError(`max tokens must be an integer >= 1, got ${req.maxTokens}`);
+  const bad = checkSampling(req.sampling);
+  if (bad) throw new InvalidArgumentError(bad);
+  if (!Number.isInteger(req.seed)) throw new InvalidArgumentError(`seed must be an integer, got ${req.seed}`);
+  if (maxPositions !== undefined && req.promptIds.length + req.maxTokens > maxPositions) {
+    throw new InvalidArgumentError(
+      `prompt (${req.promptIds.length} tokens) plus max tokens (${req.maxTokens}) exceeds the model's context of ${maxPositions} tokens`,
+    );
+  }
+}
+
+/**
+ * Target-only autoregressive decoding: prefill the prompt, then one forward per token.
+ * `onTokens` receives each new token as soon as it is chosen. The sequence's KV is released at the end.
+ */
+export async function generateAutoregressive(
+  model: ModelSession,
+  req: GenerateRequest,
+  onTokens?: (ids: readonly number[]) => void,
+): Promise<GenerateResult> {
+  checkRequest(req, model.spec.maxPositions);
+  const seqId = randomUUID();
+  const rng = new Rng(req.seed);
+  const eos = new Set(req.stopAtEos === false ? [] : model.spec.eosIds);
+  const out: number[] = [];
+  const start = performance.now();
+  let firstToken = 0;
+  let finishReason: FinishReason = 'length';
+  try {
+    let logits = await model.forward({ seqId, inputIds: req.promptIds }, 'last');
+    while (out.length < req.maxTokens) {
+      const token = nextToken(logits, req.sampling, rng);
+      if (out.length === 0) firstToken = performance.now() - start;
+      if (eos.has(token)) {
+        finishReason = 'stop';
+        break;
+      }
+      out.push(token);
+      onTokens?.([token]);
+      if (out.length === req.maxTokens) break;
+      logits = await model.forward({ seqId, inputIds: [token] }, 'last');
+    }
+  } finally {
+    await model.release(seqId).catch(() => undefined);
+  }
+  const seconds = (performance.now() - start) / 1000;
+  return {
+    tokenIds: out,
+    finishReason,
+    stats: {
+      promptTokens: req.promptIds.length,
+      generatedTokens: out.length,
+      seconds,
+      firstTokenSeconds: firstToken / 1000,
+      tokensPerSecond: out.length / seconds,
+    },
+  };
+}

@@ -1,0 +1,91 @@
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { z } from 'zod';
+import { ModelLoadError } from '../errors.ts';
+
+/**
+ * What the runtime needs to know about a model directory (SPEC §3): the ONNX graph, the tokenizer and
+ * the KV geometry. Read from `config.json` in the Hugging Face layout, accepting the common aliases
+ * (`n_layer`, `n_head`, …) so that exported Llama, Qwen or GPT-2 directories load unchanged.
+ */
+export interface ModelSpec {
+  /** Directory name, used in logs and stats. */
+  readonly name: string;
+  readonly dir: string;
+  readonly onnxPath: string;
+  readonly tokenizerPath: string;
+  readonly layers: number;
+  readonly kvHeads: number;
+  readonly headDim: number;
+  readonly vocabSize: number;
+  /** Token ids that end generation. */
+  readonly eosIds: readonly number[];
+  /** Longest position the model was trained for, when the config says. */
+  readonly maxPositions: number | undefined;
+}
+
+const positiveInt = z.number().int().positive();
+const ConfigJson = z
+  .object({
+    num_hidden_layers: positiveInt.optional(),
+    n_layer: positiveInt.optional(),
+    num_attention_heads: positiveInt.optional(),
+    n_head: positiveInt.optional(),
+    num_key_value_heads: positiveInt.optional(),
+    hidden_size: positiveInt.optional(),
+    n_embd: positiveInt.optional(),
+    head_dim: positiveInt.optional(),
+    vocab_size: positiveInt,
+    eos_token_id: z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative()).min(1)]),
+    max_position_embeddings: positiveInt.optional(),
+    n_positions: positiveInt.optional(),
+  })
+  .loose();
+
+function readJson(path: string): unknown {
+  try {
+    return JSON.parse(readFileSync(path, 'utf8'));
+  } catch (cause) {
+    throw new ModelLoadError(`${path} is not valid JSON`, { cause });
+  }
+}
+
+/** Reads and validates a model directory; throws ModelLoadError naming exactly what is wrong. */
+export function loadModelSpec(dir: string): ModelSpec {
+  const abs = resolve(dir);
+  if (!existsSync(abs) || !statSync(abs).isDirectory()) {
+    throw new ModelLoadError(`model directory ${abs} does not exist`);
+  }
+  for (const file of ['model.onnx', 'config.json', 'tokenizer.json']) {
+    if (!existsSync(join(abs, file))) {
+      throw new ModelLoadError(`model directory ${abs} has no ${file} (a model directory holds model.onnx, config.json and tokenizer.json)`);
+    }
+  }
+  const parsed = ConfigJson.safeParse(readJson(join(abs, 'config.json')));
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
+    throw new ModelLoadError(`${join(abs, 'config.json')} is malformed: ${issues}`);
+  }
+  const c = parsed.data;
+  const layers = c.num_hidden_layers ?? c.n_layer;
+  const heads = c.num_attention_heads ?? c.n_head;
+  const hidden = c.hidden_size ?? c.n_embd;
+  const headDim = c.head_dim ?? (hidden && heads ? hidden / heads : undefined);
+  if (!layers || !heads || !headDim || !Number.isInteger(headDim)) {
+    throw new ModelLoadError(
+      `${join(abs, 'config.json')} must give num_hidden_layers, num_attention_heads and head_dim (or hidden_size divisible by the heads)`,
+    );
+  }
+  return {
+    name: abs.split('/').pop() ?? abs,
+    dir: abs,
+    onnxPath: join(abs, 'model.onnx'),
+    tokenizerPath: join(abs, 'tokenizer.json'),
+    layers,
+    kvHeads: c.num_key_value_heads ?? heads,
+    headDim,
+    vocabSize: c.vocab_size,
+    eosIds: Array.isArray(c.eos_token_id) ? c.eos_token_id : [c.eos_token_id],
+    maxPositions: c.max_position_embeddings ?? c.n_positions,
+  };
+}

@@ -1,0 +1,108 @@
+import { Worker } from 'node:worker_threads';
+import { ModelLoadError, ModelRuntimeError, SequenceError, InvalidArgumentError, CascadeError } from '../errors.ts';
+import { loadModelSpec, type ModelSpec } from './config.ts';
+import type { WorkerReply, WorkerRequest } from './protocol.ts';
+import type { ForwardItem, LogitsRows, ModelSession, SessionOptions } from './session.ts';
+
+type Pending = { resolve: (r: WorkerReply & { ok: true }) => void; reject: (e: Error) => void };
+type Request = WorkerRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
+
+const ERRORS: Record<string, new (m: string) => CascadeError> = {
+  ModelLoadError,
+  SequenceError,
+  InvalidArgumentError,
+};
+
+/** The worker module next to this file (TypeScript when running from sources), started via worker-bootstrap.mjs. */
+function startWorker(): Worker {
+  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
+  const entry = new URL(`./ort-worker${ext}`, import.meta.url).href;
+  return new Worker(new URL('./worker-bootstrap.mjs', import.meta.url), { workerData: { entry } });
+}
+
+/** A ModelSession over ONNX Runtime in a worker thread (see ort-worker.ts). */
+export class OrtModelSession implements ModelSession {
+  private readonly pending = new Map<number, Pending>();
+  private readonly lengths = new Map<string, number>();
+  private nextId = 1;
+  private failure: Error | undefined;
+  provider = 'cpu';
+
+  private constructor(
+    readonly spec: ModelSpec,
+    private readonly worker: Worker,
+  ) {
+    worker.on('message', (reply: WorkerReply) => {
+      const p = this.pending.get(reply.id);
+      if (!p) return;
+      this.pending.delete(reply.id);
+      if (reply.ok) p.resolve(reply);
+      else p.reject(new (ERRORS[reply.error.name] ?? ModelRuntimeError)(`${spec.name}: ${reply.error.message}`));
+    });
+    const fail = (err: Error) => {
+      this.failure = new ModelRuntimeError(`model worker for ${spec.name} stopped: ${err.message}`, { cause: err });
+      for (const p of this.pending.values()) p.reject(this.failure);
+      this.pending.clear();
+    };
+    worker.on('error', fail);
+    worker.on('exit', (code) => fail(new Error(`exit code ${code}`)));
+  }
+
+  /** Validates the directory, starts a worker and loads the model into it. */
+  static async open(dir: string, options: SessionOptions = {}, onWarning: (w: string) => void = console.warn): Promise<OrtModelSession> {
+    const spec = loadModelSpec(dir);
+    const worker = startWorker();
+    const s = new OrtModelSession(spec, worker);
+    try {
+      const reply = await s.call({ op: 'load', spec, options });
+      s.provider = reply.provider ?? 'cpu';
+      if (reply.warning) onWarning(reply.warning);
+    } catch (err) {
+      await worker.terminate();
+      throw err instanceof CascadeError ? err : new ModelLoadError(`cannot load ${dir}`, { cause: err });
+    }
+    return s;
+  }
+
+  private call(req: Request): Promise<WorkerReply & { ok: true }> {
+    if (this.failure) return Promise.reject(this.failure);
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage({ ...req, id });
+    });
+  }
+
+  async forward(item: ForwardItem, rows: LogitsRows = 'all'): Promise<Float32Array> {
+    return (await this.forwardBatch([item], rows))[0]!;
+  }
+
+  async forwardBatch(items: readonly ForwardItem[], rows: LogitsRows = 'all'): Promise<Float32Array[]> {
+    if (new Set(items.map((i) => i.seqId)).size !== items.length) {
+      throw new InvalidArgumentError('a batch may hold each sequence only once');
+    }
+    const reply = await this.call({ op: 'forward', items, rows });
+    for (const it of items) this.lengths.set(it.seqId, this.length(it.seqId) + it.inputIds.length);
+    return reply.logits!;
+  }
+
+  length(seqId: string): number {
+    return this.lengths.get(seqId) ?? 0;
+  }
+
+  async truncate(seqId: string, length: number): Promise<void> {
+    if (length === this.length(seqId)) return;
+    await this.call({ op: 'truncate', seqId, length });
+    this.lengths.set(seqId, length);
+  }
+
+  async release(seqId: string): Promise<void> {
+    this.lengths.delete(seqId);
+    await this.call({ op: 'release', seqId });
+  }
+
+  async close(): Promise<void> {
+    this.failure ??= new ModelRuntimeError(`model session ${this.spec.name} is closed`);
+    await this.worker.terminate();
+  }
+}

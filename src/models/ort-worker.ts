@@ -1,0 +1,246 @@
+/**
+ * Worker thread that owns one ONNX Runtime session and the KV caches of its sequences.
+ * `session.run` blocks the thread it runs on, so it runs here and the main thread only routes
+ * messages (protocol.ts). KV tensors never leave this thread; only logits travel back, transferred.
+ */
+import { parentPort } from 'node:worker_threads';
+import * as ort from 'onnxruntime-node';
+import type { ModelSpec } from './config.ts';
+import type { WorkerReply, WorkerRequest } from './protocol.ts';
+import type { ForwardItem, LogitsRows, SessionOptions } from './session.ts';
+
+interface Sequence {
+  /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
+  past: ort.Tensor[];
+  length: number;
+}
+
+let session: ort.InferenceSession | undefined;
+let spec: ModelSpec | undefined;
+let feedsPositions = true;
+const sequences = new Map<string, Sequence>();
+
+class WorkerFailure extends Error {
+  constructor(
+    override readonly name: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string }> {
+  spec = s;
+  const wanted = options.executionProviders?.length ? [...options.executionProviders] : ['cpu'];
+  const base: ort.InferenceSession.SessionOptions = {
+    intraOpNumThreads: options.intraOpThreads ?? 1,
+    interOpNumThreads: 1,
+    graphOptimizationLevel: 'all',
+  };
+  let provider = wanted.join(',');
+  let warning: string | undefined;
+  try {
+    session = await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders: wanted });
+  } catch (err) {
+    const onlyCpu = wanted.every((p) => p === 'cpu');
+    if (onlyCpu || !options.cpuFallback) {
+      throw new WorkerFailure('ModelLoadError', `cannot create an ONNX Runtime session for ${s.onnxPath} with [${provider}]: ${(err as Error).message}`);
+    }
+    warning = `execution providers [${provider}] failed (${(err as Error).message}); falling back to cpu`;
+    session = await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders: ['cpu'] });
+    provider = 'cpu';
+  }
+  checkContract(session, s);
+  feedsPositions = session.inputNames.includes('position_ids');
+  return warning ? { provider, warning } : { provider };
+}
+
+function checkContract(sess: ort.InferenceSession, s: ModelSpec): void {
+  const need = ['input_ids', 'attention_mask'];
+  for (let i = 0; i < s.layers; i++) need.push(`past_key_values.${i}.key`, `past_key_values.${i}.value`);
+  const missing = need.filter((n) => !sess.inputNames.includes(n));
+  const outs = ['logits', ...Array.from({ length: s.layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()];
+  const missingOut = outs.filter((n) => !sess.outputNames.includes(n));
+  if (missing.length || missingOut.length) {
+    throw new WorkerFailure(
+      'ModelLoadError',
+      `${s.onnxPath} does not follow the decoder-with-past contract for ${s.layers} layers: ` +
+        `missing inputs [${missing.join(', ')}] outputs [${missingOut.join(', ')}]`,
+    );
+  }
+}
+
+function emptyPast(s: ModelSpec): ort.Tensor[] {
+  const t = () => new ort.Tensor('float32', new Float32Array(0), [1, s.kvHeads, 0, s.headDim]);
+  return Array.from({ length: 2 * s.layers }, t);
+}
+
+const int64 = (values: readonly number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), dims);
+
+function sequence(seqId: string): Sequence {
+  let seq = sequences.get(seqId);
+  if (!seq) {
+    seq = { past: emptyPast(spec!), length: 0 };
+    sequences.set(seqId, seq);
+  }
+  return seq;
+}
+
+function positionsOf(item: ForwardItem, seq: Sequence): readonly number[] {
+  if (item.positionIds) {
+    if (item.positionIds.length !== item.inputIds.length) {
+      throw new WorkerFailure('InvalidArgumentError', `positionIds has ${item.positionIds.length} entries for ${item.inputIds.length} tokens`);
+    }
+    return item.positionIds;
+  }
+  return item.inputIds.map((_, j) => seq.length + j);
+}
+
+function pastFeeds(feeds: Record<string, ort.Tensor>, past: ort.Tensor[]): void {
+  for (let i = 0; i < spec!.layers; i++) {
+    feeds[`past_key_values.${i}.key`] = past[2 * i]!;
+    feeds[`past_key_values.${i}.value`] = past[2 * i + 1]!;
+  }
+}
+
+function presents(out: ort.InferenceSession.OnnxValueMapType): ort.Tensor[] {
+  const list: ort.Tensor[] = [];
+  for (let i = 0; i < spec!.layers; i++) list.push(out[`present.${i}.key`] as ort.Tensor, out[`present.${i}.value`] as ort.Tensor);
+  return list;
+}
+
+/** Copies rows [from, from+count) of a [rows, vocab] block into a new array. */
+function logitRows(data: Float32Array, base: number, count: number, from: number, vocab: number): Float32Array {
+  return data.slice((base + from) * vocab, (base + from + count) * vocab);
+}
+
+async function forwardOne(item: ForwardItem, rows: LogitsRows): Promise<Float32Array> {
+  const seq = sequence(item.seqId);
+  const s = item.inputIds.length;
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: int64(item.inputIds, [1, s]),
+    attention_mask: int64(new Array(seq.length + s).fill(1), [1, seq.length + s]),
+  };
+  if (feedsPositions) feeds.position_ids = int64(positionsOf(item, seq), [1, s]);
+  pastFeeds(feeds, seq.past);
+  const out = await session!.run(feeds);
+  seq.past = presents(out);
+  seq.length += s;
+  const logits = (out.logits as ort.Tensor).data as Float32Array;
+  const vocab = spec!.vocabSize;
+  return rows === 'last' ? logitRows(logits, 0, 1, s - 1, vocab) : logits.slice(0, s * vocab);
+}
+
+/**
+ * Several sequences in one pass. Pasts are left-padded to the longest (padding masked out) and new
+ * tokens right-padded; the causal mask is by cache index, so every real query sees exactly its own
+ * past and earlier new tokens. Each sequence's presents are cut back out of the batch.
+ */
+async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
+  const sp = spec!;
+  const seqs = items.map((it) => sequence(it.seqId));
+  const b = items.length;
+  const maxP = Math.max(...seqs.map((q) => q.length));
+  const maxS = Math.max(...items.map((it) => it.inputIds.length));
+  const ids: number[] = [];
+  const pos: number[] = [];
+  const mask: number[] = [];
+  items.forEach((it, i) => {
+    const p = positionsOf(it, seqs[i]!);
+    const s = it.inputIds.length;
+    for (let j = 0; j < maxS; j++) {
+      ids.push(j < s ? it.inputIds[j]! : 0);
+      pos.push(j < s ? p[j]! : p[s - 1]!);
+    }
+    const pad = maxP - seqs[i]!.length;
+    for (let j = 0; j < maxP + maxS; j++) mask.push(j < pad || j >= maxP + s ? 0 : 1);
+  });
+  const feeds: Record<string, ort.Tensor> = {
+    input_ids: int64(ids, [b, maxS]),
+    attention_mask: int64(mask, [b, maxP + maxS]),
+  };
+  if (feedsPositions) feeds.position_ids = int64(pos, [b, maxS]);
+  const block = maxP * sp.headDim;
+  for (let t = 0; t < 2 * sp.layers; t++) {
+    const data = new Float32Array(b * sp.kvHeads * block);
+    seqs.forEach((q, i) => {
+      const src = q.past[t]!.data as Float32Array;
+      const pad = maxP - q.length;
+      for (let h = 0; h < sp.kvHeads; h++) {
+        data.set(src.subarray(h * q.length * sp.headDim, (h + 1) * q.length * sp.headDim), (i * sp.kvHeads + h) * block + pad * sp.headDim);
+      }
+    });
+    feeds[t % 2 === 0 ? `past_key_values.${t >> 1}.key` : `past_key_values.${t >> 1}.value`] = new ort.Tensor('float32', data, [b, sp.kvHeads, maxP, sp.headDim]);
+  }
+  const out = await session!.run(feeds);
+  const total = maxP + maxS;
+  const pres = presents(out);
+  const logits = (out.logits as ort.Tensor).data as Float32Array;
+  return items.map((it, i) => {
+    const q = seqs[i]!;
+    const s = it.inputIds.length;
+    const pad = maxP - q.length;
+    const len = q.length + s;
+    q.past = pres.map((t) => {
+      const src = t.data as Float32Array;
+      const dst = new Float32Array(sp.kvHeads * len * sp.headDim);
+      for (let h = 0; h < sp.kvHeads; h++) {
+        const from = ((i * sp.kvHeads + h) * total + pad) * sp.headDim;
+        dst.set(src.subarray(from, from + len * sp.headDim), h * len * sp.headDim);
+      }
+      return new ort.Tensor('float32', dst, [1, sp.kvHeads, len, sp.headDim]);
+    });
+    q.length = len;
+    return rows === 'last' ? logitRows(logits, i * maxS, 1, s - 1, sp.vocabSize) : logitRows(logits, i * maxS, s, 0, sp.vocabSize);
+  });
+}
+
+function truncate(seqId: string, length: number): void {
+  const seq = sequences.get(seqId);
+  const current = seq?.length ?? 0;
+  if (!Number.isInteger(length) || length < 0 || length > current) {
+    throw new WorkerFailure('SequenceError', `cannot truncate sequence ${seqId} of length ${current} to ${length}`);
+  }
+  if (!seq || length === current) return;
+  const sp = spec!;
+  seq.past = seq.past.map((t) => {
+    const src = t.data as Float32Array;
+    const dst = new Float32Array(sp.kvHeads * length * sp.headDim);
+    for (let h = 0; h < sp.kvHeads; h++) {
+      dst.set(src.subarray(h * current * sp.headDim, (h * current + length) * sp.headDim), h * length * sp.headDim);
+    }
+    return new ort.Tensor('float32', dst, [1, sp.kvHeads, length, sp.headDim]);
+  });
+  seq.length = length;
+}
+
+async function handle(msg: WorkerRequest): Promise<WorkerReply> {
+  switch (msg.op) {
+    case 'load':
+      return { id: msg.id, ok: true, ...(await load(msg.spec, msg.options)) };
+    case 'forward': {
+      for (const it of msg.items) {
+        if (it.inputIds.length === 0) throw new WorkerFailure('InvalidArgumentError', `forward on ${it.seqId} with no tokens`);
+        const bad = it.inputIds.find((t) => !Number.isInteger(t) || t < 0 || t >= spec!.vocabSize);
+        if (bad !== undefined) throw new WorkerFailure('InvalidArgumentError', `token id ${bad} outside the vocabulary of ${spec!.vocabSize}`);
+      }
+      const logits = msg.items.length === 1 ? [await forwardOne(msg.items[0]!, msg.rows)] : await forwardBatch(msg.items, msg.rows);
+      return { id: msg.id, ok: true, logits };
+    }
+    case 'truncate':
+      truncate(msg.seqId, msg.length);
+      return { id: msg.id, ok: true };
+    case 'release':
+      sequences.delete(msg.seqId);
+      return { id: msg.id, ok: true };
+  }
+}
+
+/** Requests run one at a time, in arrival order: a truncate never interleaves with a forward. */
+let queue: Promise<unknown> = Promise.resolve();
+parentPort!.on('message', (msg: WorkerRequest) => {
+  queue = queue.then(() => handle(msg)).then(
+    (reply) => parentPort!.postMessage(reply, reply.ok && reply.logits ? reply.logits.map((l) => l.buffer as ArrayBuffer) : []),
+    (err: Error) => parentPort!.postMessage({ id: msg.id, ok: false, error: { name: err.name, message: err.message } } satisfies WorkerReply),
+  );
+});

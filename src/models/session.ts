@@ -1,0 +1,44 @@
+import type { ModelSpec } from './config.ts';
+
+/** One sequence's part of a forward call. */
+export interface ForwardItem {
+  /** Caller-chosen id of a sequence whose KV the session keeps between calls. */
+  readonly seqId: string;
+  /** New tokens only (the KV of earlier tokens is already held). Non-empty. */
+  readonly inputIds: readonly number[];
+  /** Absolute RoPE positions of the new tokens; defaults to length(seqId), length(seqId)+1, … */
+  readonly positionIds?: readonly number[];
+}
+
+/** Which logits rows a forward returns: every new token's row, or only the last one. */
+export type LogitsRows = 'all' | 'last';
+
+/**
+ * A model that keeps per-sequence KV caches and runs the decoder-with-past graph over them.
+ * Every call appends the new tokens' KV; `truncate` rolls a sequence back to any shorter length
+ * (rejected drafts). Logits are float32, row-major [rows, vocabSize], owned by the caller.
+ */
+export interface ModelSession {
+  readonly spec: ModelSpec;
+  /** The execution provider actually in use (after any fallback). */
+  readonly provider: string;
+  /** Runs one sequence; returns logits for its new tokens. */
+  forward(item: ForwardItem, rows?: LogitsRows): Promise<Float32Array>;
+  /** Runs several sequences in one batched pass; results in input order. */
+  forwardBatch(items: readonly ForwardItem[], rows?: LogitsRows): Promise<Float32Array[]>;
+  /** Tokens whose KV is held for a sequence (0 when unknown). */
+  length(seqId: string): number;
+  /** Drops the KV of every token at index >= length. */
+  truncate(seqId: string, length: number): Promise<void>;
+  /** Frees a sequence's KV. */
+  release(seqId: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** How to run a model: execution providers in order of preference, and threads per model. */
+export interface SessionOptions {
+  /** e.g. ['cuda', 'cpu']; when a provider fails to initialise and `cpuFallback` is set, CPU is used. */
+  readonly executionProviders?: readonly string[];
+  readonly cpuFallback?: boolean;
+  readonly intraOpThreads?: number;
+}

@@ -1,0 +1,9 @@
+// Entry of model worker threads. When the project runs from TypeScript sources, Node 20 cannot load a
+// .ts worker entry even with tsx preloaded, so this plain module registers tsx and imports the worker.
+import { workerData } from 'node:worker_threads';
+
+if (workerData.entry.endsWith('.ts')) {
+  const { register } = await import('tsx/esm/api');
+  register();
+}
+await import(workerData.entry);

@@ -1,0 +1,77 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import test from 'ava';
+import { generateAutoregressive } from '../src/engine/generate.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
+import { OrtModelSession } from '../src/models/ort-session.ts';
+import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { dirOf, family, members } from './helpers/family.ts';
+
+const run = promisify(execFile);
+const CLI = ['--import', 'tsx', new URL('../src/cli/main.ts', import.meta.url).pathname];
+const cascade = (...args: string[]) => run(process.execPath, [...CLI, ...args], { cwd: new URL('..', import.meta.url).pathname });
+
+async function fails(args: string[]): Promise<{ code: number; stderr: string }> {
+  try {
+    await cascade(...args);
+  } catch (err) {
+    const e = err as { code: number; stderr: string };
+    return { code: e.code, stderr: e.stderr };
+  }
+  throw new Error(`cascade ${args.join(' ')} succeeded`);
+}
+
+test('cli - generate --json prints the greedy continuation the engine produces', async (t) => {
+  const prompt = 'class Stack:\n    def push(self, item):';
+  const { stdout } = await cascade('generate', '--json', '--max-tokens', '20', '--prompt', prompt);
+  const out = JSON.parse(stdout);
+  const model = await OrtModelSession.open(dirOf(family.target));
+  try {
+    const tok = TextTokenizer.load(model.spec.tokenizerPath);
+    const want = await generateAutoregressive(model, { promptIds: tok.encode(prompt), maxTokens: 20, sampling: GREEDY, seed: 0 });
+    t.deepEqual(out.tokenIds, want.tokenIds);
+    t.is(out.text, tok.decode(want.tokenIds));
+    t.is(out.stats.promptTokens, tok.encode(prompt).length);
+    t.is(out.stats.generatedTokens, want.tokenIds.length);
+    t.true(out.stats.tokensPerSecond > 0 && out.stats.seconds > 0);
+  } finally {
+    await model.close();
+  }
+});
+
+test('cli - generate streams the same text to stdout, stats to stderr', async (t) => {
+  const { stdout: json } = await cascade('generate', '--json', '--max-tokens', '12', 'The', 'function');
+  const { stdout, stderr } = await cascade('generate', '--max-tokens', '12', 'The', 'function');
+  t.is(stdout, JSON.parse(json).text + '\n');
+  t.regex(stderr, /tokens\/s/);
+});
+
+test('cli - a prompt file works; bad flags and missing models exit with a clear error', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-cli-'));
+  const file = join(dir, 'prompt.txt');
+  await import('node:fs').then((fs) => fs.writeFileSync(file, 'import sys\n'));
+  const { stdout } = await cascade('generate', '--json', '--max-tokens', '4', '--prompt-file', file, '--temperature', '0.8', '--seed', '3');
+  t.true(JSON.parse(stdout).tokenIds.length <= 4);
+  const bad = await fails(['generate', '--temperature', 'hot', 'x']);
+  t.is(bad.code, 2);
+  t.regex(bad.stderr, /--temperature must be a number/);
+  const two = await fails(['generate', '--prompt', 'a', 'b']);
+  t.regex(two.stderr, /exactly one way/);
+  const missing = await fails(['generate', '--models', join(dir, 'nope'), 'x']);
+  t.is(missing.code, 1);
+  t.regex(missing.stderr, /not a model family/);
+  const noFile = await fails(['generate', '--prompt-file', join(dir, 'absent.txt')]);
+  t.regex(noFile.stderr, /cannot read --prompt-file/);
+});
+
+test('cli - bench costs prints a row per model and writes JSON', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-'));
+  const { stdout } = await cascade('bench', 'costs', '--repeats', '1', '--past', '32', '--out', out);
+  for (const name of members) t.regex(stdout, new RegExp(`^${name}\\s`, 'm'));
+  const record = JSON.parse(readFileSync(join(out, 'costs.json'), 'utf8'));
+  t.deepEqual(record.models.map((m: { model: string }) => m.model), members);
+  t.true(record.models.every((m: { decodeMsPerToken: number }) => m.decodeMsPerToken > 0));
+});

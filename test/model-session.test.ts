@@ -1,0 +1,137 @@
+import { cpSync, mkdtempSync, rmSync, writeFileSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { ModelLoadError } from '../src/errors.ts';
+import { loadModelSpec } from '../src/models/config.ts';
+import { OrtModelSession } from '../src/models/ort-session.ts';
+import { dirOf, family, maxAbsDiff, members, reference } from './helpers/family.ts';
+
+for (const name of members) {
+  test(`runner - ${name}: ONNX logits match the training framework's reference (max abs diff < 1e-3)`, async (t) => {
+    const ref = reference(name);
+    const s = await OrtModelSession.open(dirOf(name));
+    try {
+      const logits = await s.forward({ seqId: 'r', inputIds: ref.inputIds });
+      const diff = maxAbsDiff(logits, ref.logits);
+      t.true(diff < 1e-3, `max abs diff ${diff}`);
+      const a = await s.forward({ seqId: 'p', inputIds: ref.inputIds.slice(0, ref.prefix) });
+      const b = await s.forward({ seqId: 'p', inputIds: ref.inputIds.slice(ref.prefix) });
+      const both = new Float32Array(a.length + b.length);
+      both.set(a);
+      both.set(b, a.length);
+      t.true(maxAbsDiff(both, ref.logits) < 1e-3);
+    } finally {
+      await s.close();
+    }
+  });
+}
+
+test('runner - incremental decoding equals one full forward', async (t) => {
+  const ids = reference(family.target).inputIds;
+  const s = await OrtModelSession.open(dirOf(family.target));
+  try {
+    const full = await s.forward({ seqId: 'full', inputIds: ids });
+    const vocab = s.spec.vocabSize;
+    for (let i = 0; i < ids.length; i++) {
+      const row = await s.forward({ seqId: 'inc', inputIds: [ids[i]!] });
+      t.true(maxAbsDiff(row, full.subarray(i * vocab, (i + 1) * vocab)) < 1e-4, `position ${i}`);
+    }
+    t.is(s.length('inc'), ids.length);
+  } finally {
+    await s.close();
+  }
+});
+
+test('runner - truncation then re-decoding equals never having decoded the dropped tokens', async (t) => {
+  const ids = reference(family.target).inputIds;
+  const s = await OrtModelSession.open(dirOf(family.target));
+  try {
+    const clean = await s.forward({ seqId: 'clean', inputIds: ids });
+    const vocab = s.spec.vocabSize;
+    await s.forward({ seqId: 'rb', inputIds: ids.slice(0, 6) });
+    await s.forward({ seqId: 'rb', inputIds: [17, 99, 4000, 5] });
+    await s.truncate('rb', 6);
+    t.is(s.length('rb'), 6);
+    const again = await s.forward({ seqId: 'rb', inputIds: ids.slice(6) });
+    t.true(maxAbsDiff(again, clean.subarray(6 * vocab)) < 1e-5);
+    await t.throwsAsync(s.truncate('rb', 999), { name: 'SequenceError' });
+  } finally {
+    await s.close();
+  }
+});
+
+test('runner - a batch of unequal sequences gives each the logits it gets alone', async (t) => {
+  const ids = reference(family.target).inputIds;
+  const s = await OrtModelSession.open(dirOf(family.drafters[0]!));
+  try {
+    const vocab = s.spec.vocabSize;
+    const alone = await s.forward({ seqId: 'alone', inputIds: ids });
+    await s.forwardBatch([
+      { seqId: 'x', inputIds: ids.slice(0, 3) },
+      { seqId: 'y', inputIds: ids.slice(0, 9) },
+    ]);
+    const [x, y, z] = await s.forwardBatch([
+      { seqId: 'x', inputIds: ids.slice(3, 5) },
+      { seqId: 'y', inputIds: ids.slice(9) },
+      { seqId: 'z', inputIds: ids.slice(0, 1) },
+    ]);
+    t.true(maxAbsDiff(x!, alone.subarray(3 * vocab, 5 * vocab)) < 1e-4);
+    t.true(maxAbsDiff(y!, alone.subarray(9 * vocab)) < 1e-4);
+    t.true(maxAbsDiff(z!, alone.subarray(0, vocab)) < 1e-4);
+    const [last] = await s.forwardBatch([{ seqId: 'x', inputIds: ids.slice(5, 7) }], 'last');
+    t.true(maxAbsDiff(last!, alone.subarray(6 * vocab, 7 * vocab)) < 1e-4);
+  } finally {
+    await s.close();
+  }
+});
+
+test('runner - bad token ids and empty input are refused without harming the sequence', async (t) => {
+  const s = await OrtModelSession.open(dirOf(family.drafters[0]!));
+  try {
+    await s.forward({ seqId: 'a', inputIds: [1, 2, 3] });
+    await t.throwsAsync(s.forward({ seqId: 'a', inputIds: [s.spec.vocabSize] }), { name: 'InvalidArgumentError', message: /outside the vocabulary/ });
+    await t.throwsAsync(s.forward({ seqId: 'a', inputIds: [] }), { name: 'InvalidArgumentError' });
+    t.is(s.length('a'), 3);
+    await t.notThrowsAsync(s.forward({ seqId: 'a', inputIds: [4] }));
+  } finally {
+    await s.close();
+  }
+});
+
+function scratchCopy(name: string): string {
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-model-'));
+  cpSync(dirOf(name), dir, { recursive: true });
+  return dir;
+}
+
+test('runner - missing or malformed model directories get a clear ModelLoadError', async (t) => {
+  t.throws(() => loadModelSpec('/nonexistent/model'), { instanceOf: ModelLoadError, message: /does not exist/ });
+  const dir = scratchCopy(family.drafters[0]!);
+  try {
+    const config = readFileSync(join(dir, 'config.json'), 'utf8');
+    writeFileSync(join(dir, 'config.json'), '{ not json');
+    t.throws(() => loadModelSpec(dir), { instanceOf: ModelLoadError, message: /config.json is not valid JSON/ });
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...JSON.parse(config), vocab_size: undefined }));
+    t.throws(() => loadModelSpec(dir), { instanceOf: ModelLoadError, message: /vocab_size/ });
+    writeFileSync(join(dir, 'config.json'), JSON.stringify({ ...JSON.parse(config), num_hidden_layers: 7 }));
+    await t.throwsAsync(OrtModelSession.open(dir), { instanceOf: ModelLoadError, message: /decoder-with-past contract for 7 layers/ });
+    writeFileSync(join(dir, 'config.json'), config);
+    writeFileSync(join(dir, 'model.onnx'), 'garbage');
+    await t.throwsAsync(OrtModelSession.open(dir), { instanceOf: ModelLoadError });
+    rmSync(join(dir, 'model.onnx'));
+    t.throws(() => loadModelSpec(dir), { instanceOf: ModelLoadError, message: /has no model.onnx/ });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('runner - an unavailable execution provider falls back to cpu only when asked', async (t) => {
+  const dir = dirOf(family.drafters[0]!);
+  await t.throwsAsync(OrtModelSession.open(dir, { executionProviders: ['cuda'] }), { instanceOf: ModelLoadError });
+  const warnings: string[] = [];
+  const s = await OrtModelSession.open(dir, { executionProviders: ['cuda'], cpuFallback: true }, (w) => warnings.push(w));
+  t.is(s.provider, 'cpu');
+  t.regex(warnings[0] ?? '', /falling back to cpu/);
+  await s.close();
+});

@@ -1,0 +1,48 @@
+import test from 'ava';
+import fc from 'fast-check';
+import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { dirOf, family, members, reference } from './helpers/family.ts';
+import { loadModelSpec } from '../src/models/config.ts';
+
+const tok = TextTokenizer.load(loadModelSpec(dirOf(family.target)).tokenizerPath);
+
+test('tokenizer - round trip is lossless on arbitrary unicode text', (t) => {
+  fc.assert(
+    fc.property(fc.string({ unit: 'grapheme', maxLength: 200 }), (s) => tok.decode(tok.encode(s)) === s),
+    { numRuns: 500, seed: 7 },
+  );
+  fc.assert(fc.property(fc.string({ unit: 'binary', maxLength: 100 }).filter((s) => s.isWellFormed()), (s) => tok.decode(tok.encode(s)) === s), {
+    numRuns: 500,
+    seed: 8,
+  });
+  t.pass();
+});
+
+test('tokenizer - code, whitespace runs, control characters and emoji survive exactly', (t) => {
+  for (const s of ['def f(x):\n\treturn  x != 1\n', ' a  b   c\r\n', '\u0000\u0001\u007f', '😀 中文 ß', "it's ' s", '  ,  .  ', '']) {
+    t.is(tok.decode(tok.encode(s)), s);
+  }
+});
+
+test('tokenizer - every member shares the target tokenizer and matches the training encoder', (t) => {
+  const targetSpec = loadModelSpec(dirOf(family.target));
+  for (const name of members) {
+    const spec = loadModelSpec(dirOf(name));
+    t.is(spec.vocabSize, targetSpec.vocabSize, name);
+    const ref = reference(name);
+    t.deepEqual(TextTokenizer.load(spec.tokenizerPath).encode(ref.text).slice(0, ref.inputIds.length), ref.inputIds, name);
+  }
+});
+
+test('tokenizer - streaming decode releases only complete characters', (t) => {
+  const text = 'naïve 😀 text';
+  const ids = tok.encode(text);
+  const stream = tok.stream();
+  let out = '';
+  for (const id of ids) {
+    const piece = stream.push([id]);
+    t.false(piece.includes('\ufffd'));
+    out += piece;
+  }
+  t.is(out + stream.flush(), text);
+});
