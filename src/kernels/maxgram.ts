@@ -1,0 +1,168 @@
+/**
+ * MaG, the Max-Gram statistical drafter of CS Drafting (SPEC §4.1).
+ *
+ * Given S = prompt ‖ generated, find the longest suffix of S that occurs earlier in S and propose
+ * the tokens that followed its earliest occurrence. When that continuation reaches the end of S
+ * before k tokens, S is extended with what was proposed and matched again ("continue from the
+ * proposed tokens"); once nothing matches, the rest is filled from a bigram table (each token's most
+ * frequent successor in the training corpus).
+ *
+ * The index is a suffix automaton over token ids: appending a token is amortised O(1), and every
+ * append is recorded in an undo log so that `truncate` rolls back to any earlier length, as a
+ * model's KV cache does after a rejected draft. The earliest occurrence of a state's strings is its
+ * `firstEnd`, which clones inherit.
+ */
+export interface MaxGramOptions {
+  /** bigram[a] = most frequent successor of token a; without it, unmatched positions repeat the last token. */
+  readonly bigram?: Uint32Array;
+  /** Suffix matches shorter than this count as no match (default 1). */
+  readonly minMatch?: number;
+}
+
+/** One reverted change: a transition (state, token) that held `old` (-1: absent), or a link. */
+type Undo = { readonly kind: 'trans'; readonly state: number; readonly token: number; readonly old: number } | { readonly kind: 'link'; readonly state: number; readonly old: number };
+
+interface Mark {
+  readonly states: number;
+  readonly last: number;
+  readonly log: number;
+}
+
+export class MaxGram {
+  private readonly len: number[] = [0];
+  private readonly link: number[] = [-1];
+  private readonly firstEnd: number[] = [-1];
+  private readonly next: Map<number, number>[] = [new Map()];
+  private last = 0;
+  private readonly tokens: number[] = [];
+  private readonly log: Undo[] = [];
+  /** marks[i] = automaton size before token i was appended. */
+  private readonly marks: Mark[] = [];
+  private readonly bigram: Uint32Array | undefined;
+  private readonly minMatch: number;
+
+  constructor(options: MaxGramOptions = {}) {
+    this.bigram = options.bigram;
+    this.minMatch = Math.max(1, options.minMatch ?? 1);
+  }
+
+  /** Tokens indexed so far (|S|). */
+  get length(): number {
+    return this.tokens.length;
+  }
+
+  /** The indexed sequence S (a copy). */
+  sequence(): number[] {
+    return [...this.tokens];
+  }
+
+  /**
+   * Size of the index: automaton states and undo entries. Every loop iteration of an append writes
+   * one undo entry, so `undoEntries` bounds the work done. Both stay linear in |S|: at most 2|S|
+   * states; at most 3|S| transitions, one link change per clone and an amortised-linear number of
+   * redirected transitions. That is what makes appends amortised O(1).
+   */
+  indexSize(): { states: number; undoEntries: number } {
+    return { states: this.len.length, undoEntries: this.log.length };
+  }
+
+  append(tokens: readonly number[]): void {
+    for (const t of tokens) this.extend(t);
+  }
+
+  /** Forgets every token at index >= length, restoring the index exactly as it was then. */
+  truncate(length: number): void {
+    if (!Number.isInteger(length) || length < 0 || length > this.tokens.length) {
+      throw new RangeError(`cannot truncate MaG history of ${this.tokens.length} tokens to ${length}`);
+    }
+    if (length === this.tokens.length) return;
+    const mark = this.marks[length]!;
+    for (let i = this.log.length - 1; i >= mark.log; i--) {
+      const u = this.log[i]!;
+      if (u.kind === 'link') this.link[u.state] = u.old;
+      else if (u.old < 0) this.next[u.state]!.delete(u.token);
+      else this.next[u.state]!.set(u.token, u.old);
+    }
+    this.log.length = mark.log;
+    this.len.length = this.link.length = this.firstEnd.length = this.next.length = mark.states;
+    this.last = mark.last;
+    this.tokens.length = length;
+    this.marks.length = length;
+  }
+
+  /**
+   * The longest suffix of S with an earlier occurrence: its length and the index in S where its
+   * earliest occurrence ends (length 0 and end -1 when none).
+   */
+  longestMatch(): { length: number; end: number } {
+    const v = this.link[this.last] ?? -1;
+    if (v <= 0) return { length: 0, end: -1 };
+    return { length: this.len[v]!, end: this.firstEnd[v]! };
+  }
+
+  /** Proposes k tokens to follow S. S itself is unchanged afterwards. */
+  propose(k: number): number[] {
+    const out: number[] = [];
+    if (k <= 0) return out;
+    const base = this.tokens.length;
+    while (out.length < k) {
+      const m = this.longestMatch();
+      if (m.length < this.minMatch) break;
+      const n = this.tokens.length;
+      const copied = this.tokens.slice(m.end + 1, Math.min(n, m.end + 1 + (k - out.length)));
+      out.push(...copied);
+      this.append(copied);
+    }
+    this.truncate(base);
+    let prev = out.length ? out[out.length - 1]! : this.tokens[base - 1];
+    while (out.length < k && prev !== undefined) {
+      prev = this.bigram ? this.bigram[prev]! : prev;
+      out.push(prev);
+    }
+    return out;
+  }
+
+  private extend(c: number): void {
+    const pos = this.tokens.length;
+    this.marks.push({ states: this.len.length, last: this.last, log: this.log.length });
+    this.tokens.push(c);
+    const cur = this.newState(this.len[this.last]! + 1, pos, -1, new Map());
+    let p = this.last;
+    while (p !== -1 && !this.next[p]!.has(c)) {
+      this.setNext(p, c, cur);
+      p = this.link[p]!;
+    }
+    if (p === -1) {
+      this.link[cur] = 0;
+    } else {
+      const q = this.next[p]!.get(c)!;
+      if (this.len[p]! + 1 === this.len[q]!) {
+        this.link[cur] = q;
+      } else {
+        const clone = this.newState(this.len[p]! + 1, this.firstEnd[q]!, this.link[q]!, new Map(this.next[q]!));
+        while (p !== -1 && this.next[p]!.get(c) === q) {
+          this.setNext(p, c, clone);
+          p = this.link[p]!;
+        }
+        this.log.push({ kind: 'link', state: q, old: this.link[q]! });
+        this.link[q] = clone;
+        this.link[cur] = clone;
+      }
+    }
+    this.last = cur;
+  }
+
+  private newState(len: number, firstEnd: number, link: number, next: Map<number, number>): number {
+    this.len.push(len);
+    this.firstEnd.push(firstEnd);
+    this.link.push(link);
+    this.next.push(next);
+    return this.len.length - 1;
+  }
+
+  private setNext(state: number, token: number, to: number): void {
+    const map = this.next[state]!;
+    this.log.push({ kind: 'trans', state, token, old: map.get(token) ?? -1 });
+    map.set(token, to);
+  }
+}
