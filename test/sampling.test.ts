@@ -1,5 +1,6 @@
 import test from 'ava';
 import { Rng } from '../src/kernels/rng.ts';
+import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
 import { argmax, checkSampling, distribution, nextToken, sample } from '../src/kernels/sampling.ts';
 
 const logits = Float32Array.from([2.0, 1.0, 0.5, 3.0, -1.0, 3.0]);
@@ -50,10 +51,9 @@ test('sampling - draw frequencies match the distribution (chi-square, p_false_fa
   const n = 20000;
   const counts = new Array(p.length).fill(0);
   for (let i = 0; i < n; i++) counts[sample(p, rng)]++;
-  let chi2 = 0;
-  for (let i = 0; i < p.length; i++) chi2 += (counts[i] - n * p[i]!) ** 2 / (n * p[i]!);
-  // 5 degrees of freedom: P(chi2 > 25.74) = 1e-4.
-  t.true(chi2 < 25.74, `chi2 = ${chi2}`);
+  const { chi2, df, pValue } = chiSquare(counts, p);
+  t.is(df, 5);
+  t.true(pValue > FALSE_FAILURE, `chi2 = ${chi2}`);
 });
 
 test('sampling - out-of-range parameters are named', (t) => {

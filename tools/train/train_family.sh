@@ -19,6 +19,7 @@ fi
 $PY tools/train/corpus.py --out data/corpus
 [ -f models/tokenizer.json ] || $PY tools/train/bpe.py --corpus data/corpus --vocab 8192 --out models/tokenizer.json
 $PY tools/train/encode.py --corpus data/corpus --tokenizer models/tokenizer.json --out data/tokens
+$PY tools/train/bigram.py --data data/tokens --vocab 8192 --out models/bigram.bin
 
 # The target (one core) and the drafters (the other core) train side by side.
 $PY tools/train/train.py --model target --tokens 3.3e6 --run runs/target --threads 1 --eval-every 200 &

@@ -1,0 +1,87 @@
+import type { Rng } from './rng.ts';
+
+/**
+ * Speculative review of one drafted block (SPEC §4.3).
+ *
+ * The drafted tokens x_0..x_{k-1} each come with q_i, the distribution x_i was actually drawn from
+ * (undefined = one-hot at x_i: any deterministic drafter, and the safe choice whenever the true q
+ * is unknown). The reviewer's processed distributions p_0..p_k are computed lazily, so positions
+ * after the first rejection cost nothing. x_i is accepted with probability min(1, l·p_i(x_i)/q_i(x_i));
+ * at the first rejection a token is drawn from norm(max(0, p_i − q_i/l)); when every draft is
+ * accepted, a bonus token is drawn from p_k.
+ *
+ * With lenience l = 1 every emitted token is distributed exactly as the reviewer's p (so the output
+ * equals sampling from the reviewer alone, and p_i may serve as q_i for the level above). l > 1
+ * accepts more and is lossy; it is for reviews between drafters only, never at the target, and a
+ * lenient level must pass its tokens up as one-hot.
+ */
+export interface ReviewOutcome {
+  /** Drafted tokens accepted (a prefix of the block): 0..k. */
+  readonly accepted: number;
+  /** The reviewer's own token: the correction at position `accepted`, or the bonus when accepted = k. */
+  readonly token: number;
+}
+
+export function review(
+  drafts: readonly number[],
+  q: readonly (Float32Array | undefined)[],
+  p: (position: number) => Float32Array,
+  rng: Rng,
+  lenience = 1,
+): ReviewOutcome {
+  if (!(lenience >= 1)) throw new RangeError(`lenience must be >= 1, got ${lenience}`);
+  for (let i = 0; i < drafts.length; i++) {
+    const x = drafts[i]!;
+    const pi = p(i);
+    const qi = q[i];
+    const px = pi[x]!;
+    const qx = qi ? qi[x]! : 1;
+    const ratio = qx > 0 ? (lenience * px) / qx : 1;
+    if (ratio >= 1 || rng.uniform() < ratio) continue;
+    return { accepted: i, token: drawResidual(pi, qi, x, lenience, rng) };
+  }
+  return { accepted: drafts.length, token: drawFrom(p(drafts.length), rng) };
+}
+
+/** A draw from norm(max(0, p − q/l)), with q one-hot at x when undefined. */
+function drawResidual(p: Float32Array, q: Float32Array | undefined, x: number, lenience: number, rng: Rng): number {
+  const r = new Float64Array(p.length);
+  let sum = 0;
+  for (let t = 0; t < p.length; t++) {
+    const qt = q ? q[t]! : t === x ? 1 : 0;
+    const v = p[t]! - qt / lenience;
+    if (v > 0) {
+      r[t] = v;
+      sum += v;
+    }
+  }
+  // A rejection implies p(x) < q(x)/l, hence positive residual mass; guard against rounding only.
+  return sum > 0 ? drawWeighted(r, sum, rng) : drawFrom(p, rng);
+}
+
+/** A draw from a normalised distribution; one-hot rows return their token without using the RNG. */
+export function drawFrom(p: Float32Array, rng: Rng): number {
+  let nonzero = -1;
+  let count = 0;
+  for (let t = 0; t < p.length && count < 2; t++) {
+    if (p[t]! > 0) {
+      nonzero = t;
+      count++;
+    }
+  }
+  if (count === 1) return nonzero;
+  return drawWeighted(p, 1, rng);
+}
+
+function drawWeighted(w: ArrayLike<number>, total: number, rng: Rng): number {
+  const u = rng.uniform() * total;
+  let acc = 0;
+  let last = 0;
+  for (let t = 0; t < w.length; t++) {
+    if (w[t]! <= 0) continue;
+    acc += w[t]!;
+    last = t;
+    if (u < acc) return t;
+  }
+  return last;
+}
