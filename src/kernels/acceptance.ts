@@ -1,4 +1,5 @@
 import type { Rng } from './rng.ts';
+import { argmax } from './sampling.ts';
 
 /**
  * Speculative review of one drafted block (SPEC §4.3).
@@ -41,6 +42,30 @@ export function review(
     return { accepted: i, token: drawResidual(pi, qi, x, lenience, rng) };
   }
   return { accepted: drafts.length, token: drawFrom(p(drafts.length), rng) };
+}
+
+/**
+ * Greedy lenient review between drafters, as in the CS Drafting code: x_i is accepted when it is
+ * the reviewer's argmax or when softmax(logits)(x_i) >= 1/l (the draft treated as one-hot); the
+ * first rejection is corrected with the argmax, and a full acceptance earns the argmax as bonus.
+ * Deterministic; lossy by design, so never used at the target.
+ */
+export function reviewGreedyLenient(drafts: readonly number[], logits: (position: number) => Float32Array, lenience: number): ReviewOutcome {
+  for (let i = 0; i < drafts.length; i++) {
+    const row = logits(i);
+    const best = argmax(row);
+    if (best === drafts[i] || softmaxAt(row, drafts[i]!) * lenience >= 1) continue;
+    return { accepted: i, token: best };
+  }
+  return { accepted: drafts.length, token: argmax(logits(drafts.length)) };
+}
+
+function softmaxAt(row: Float32Array, x: number): number {
+  let max = -Infinity;
+  for (let i = 0; i < row.length; i++) if (row[i]! > max) max = row[i]!;
+  let sum = 0;
+  for (let i = 0; i < row.length; i++) sum += Math.exp(row[i]! - max);
+  return Math.exp(row[x]! - max) / sum;
 }
 
 /** A draw from norm(max(0, p − q/l)), with q one-hot at x when undefined. */

@@ -1,0 +1,184 @@
+import { randomUUID } from 'node:crypto';
+import { InvalidArgumentError } from '../errors.ts';
+import { Rng } from '../kernels/rng.ts';
+import type { ModelSession } from '../models/session.ts';
+import { checkRequest, type FinishReason, type GenerateRequest, type GenerateStats } from './generate.ts';
+import { Block, MagLevel, ModelLevel, type LevelStats } from './levels.ts';
+
+/** A drafter of the cascade: a neural model, or MaG (which may only be the last). */
+export type DrafterSpec = { readonly kind: 'model'; readonly session: ModelSession } | { readonly kind: 'mag'; readonly bigram?: Uint32Array; readonly minMatch?: number };
+
+/**
+ * The cascade of SPEC §4.2. `drafters` are largest first. `kMatrix` is n×n upper triangular in the
+ * paper's cumulative convention: row 0 is the target's schedule and row r (r >= 1) that of drafter
+ * r-1; K[r][c] (c >= r) is how many drafted tokens the block reviewed at row r's level must hold
+ * once drafter c has contributed. `lenience` (>= 1) applies to reviews between drafters only.
+ */
+export interface CascadeConfig {
+  readonly drafters: readonly DrafterSpec[];
+  readonly kMatrix: readonly (readonly number[])[];
+  readonly lenience: number;
+}
+
+export interface CascadeStats extends GenerateStats {
+  /** Target reviews (one per round). */
+  readonly rounds: number;
+  readonly draftedTokens: number;
+  readonly acceptedTokens: number;
+  /** Tokens emitted per target review (>= 1). */
+  readonly meanAcceptanceLength: number;
+  /** acceptedByPosition[i] / draftedByPosition[i] = acceptance rate at draft position i at the target. */
+  readonly acceptedByPosition: number[];
+  readonly draftedByPosition: number[];
+  /** Per model (target first, then drafters by name): forward passes, tokens scored, reviews, proposals. */
+  readonly models: Record<string, LevelStats>;
+}
+
+export interface CascadeResult {
+  readonly tokenIds: number[];
+  readonly finishReason: FinishReason;
+  readonly stats: CascadeStats;
+}
+
+/** Rejects cascades that cannot run: MaG not last, K of the wrong shape, not cumulative, lenience < 1. */
+export function checkCascade(config: CascadeConfig): void {
+  const n = config.drafters.length;
+  config.drafters.forEach((d, i) => {
+    if (d.kind === 'mag' && i !== n - 1) throw new InvalidArgumentError('mag can only be the last drafter of a cascade');
+  });
+  if (!(config.lenience >= 1)) throw new InvalidArgumentError(`lenience must be >= 1, got ${config.lenience}`);
+  if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} rows for ${n} drafters, got ${config.kMatrix.length}`);
+  config.kMatrix.forEach((row, r) => {
+    if (row.length !== n) throw new InvalidArgumentError(`K matrix row ${r} needs ${n} entries (use 0 below the diagonal), got ${row.length}`);
+    let prev = 0;
+    for (let c = r; c < n; c++) {
+      const k = row[c]!;
+      if (!Number.isInteger(k) || k < prev) {
+        throw new InvalidArgumentError(`K matrix row ${r} must be non-decreasing integers from the diagonal (cumulative), got ${JSON.stringify(row)}`);
+      }
+      prev = k;
+    }
+    if (row[n - 1]! < 1) throw new InvalidArgumentError(`K matrix row ${r} drafts nothing: its last entry must be >= 1`);
+  });
+}
+
+type Level = ModelLevel | MagLevel;
+
+/**
+ * Generates with Algorithm 1 of CS Drafting: each round the target reviews one block drafted by
+ * the cascade below it, horizontally (early positions from larger drafters) and vertically (each
+ * neural drafter only reviews blocks drafted below it). With lenience 1 at every level the output
+ * is distributed exactly as target-only sampling, and at temperature 0 it is token-identical.
+ * Every model's KV for the request is released at the end.
+ */
+export async function generateCascade(
+  target: ModelSession,
+  config: CascadeConfig,
+  req: GenerateRequest,
+  onTokens?: (ids: readonly number[]) => void,
+): Promise<CascadeResult> {
+  checkRequest(req, target.spec.maxPositions);
+  checkCascade(config);
+  for (const d of config.drafters) {
+    if (d.kind === 'model' && d.session.spec.vocabSize !== target.spec.vocabSize) {
+      throw new InvalidArgumentError(`drafter ${d.session.spec.name} has vocabulary ${d.session.spec.vocabSize}, the target ${target.spec.vocabSize}: a cascade must share one tokenizer`);
+    }
+  }
+  const seqId = randomUUID();
+  const rng = new Rng(req.seed);
+  const top = new ModelLevel(target.spec.name, target, seqId, req.sampling);
+  const drafters: Level[] = config.drafters.map((d) => (d.kind === 'mag' ? new MagLevel(d.bigram, d.minMatch) : new ModelLevel(d.session.spec.name, d.session, seqId, req.sampling)));
+  const K = config.kMatrix;
+  const n = drafters.length;
+  const accepted: number[] = [];
+  const drafted: number[] = [];
+  let rounds = 0;
+
+  /** Drafts block.tokens[block.length..] with drafters[first..n) per row `first` of K (the horizontal cascade). */
+  async function draft(first: number, block: Block): Promise<number> {
+    const start = block.length;
+    for (let i = first; i < n; i++) {
+      const limit = K[first]![i]!;
+      while (block.length - start < limit) await step(i + 1, drafters[i]!, block, limit - (block.length - start));
+    }
+    return start;
+  }
+
+  /** Algorithm 1 below the target: drafters[first-1] reviews a block drafted by drafters[first..n). */
+  async function step(first: number, reviewer: Level, block: Block, want: number): Promise<void> {
+    if (first === n) {
+      if (reviewer instanceof MagLevel) reviewer.propose(block, want);
+      else await reviewer.propose(block, rng);
+      return;
+    }
+    const start = await draft(first, block);
+    await (reviewer as ModelLevel).review(block, start, rng, config.lenience, true);
+  }
+
+  /** One round: the target reviews a block drafted by the whole cascade, or proposes alone. */
+  async function round(block: Block): Promise<void> {
+    if (n === 0) {
+      await top.propose(block, rng);
+      return;
+    }
+    const start = await draft(0, block);
+    const k = block.length - start;
+    const outcome = await top.review(block, start, rng, 1, false);
+    for (let i = 0; i < k; i++) {
+      drafted[i] = (drafted[i] ?? 0) + 1;
+      if (i < outcome.accepted) accepted[i] = (accepted[i] ?? 0) + 1;
+    }
+  }
+
+  const eos = new Set(req.stopAtEos === false ? [] : target.spec.eosIds);
+  const tokens = [...req.promptIds];
+  const out: number[] = [];
+  const start = performance.now();
+  let firstToken = 0;
+  let finishReason: FinishReason = 'length';
+  try {
+    while (out.length < req.maxTokens) {
+      const committed = tokens.length;
+      await round(new Block(tokens, committed));
+      rounds++;
+      let fresh = tokens.slice(committed);
+      const stop = fresh.findIndex((t) => eos.has(t));
+      if (stop >= 0) {
+        fresh = fresh.slice(0, stop);
+        finishReason = 'stop';
+      }
+      fresh = fresh.slice(0, req.maxTokens - out.length);
+      tokens.length = committed;
+      tokens.push(...fresh);
+      out.push(...fresh);
+      if (out.length > 0 && firstToken === 0) firstToken = performance.now() - start;
+      if (fresh.length) onTokens?.(fresh);
+      if (finishReason === 'stop') break;
+    }
+  } finally {
+    await Promise.all([top, ...drafters].map((l) => (l instanceof ModelLevel ? l.release().catch(() => undefined) : undefined)));
+  }
+
+  const seconds = (performance.now() - start) / 1000;
+  const acceptedTokens = accepted.reduce((a, b) => a + b, 0);
+  const models: Record<string, LevelStats> = { [top.name]: top.stats };
+  for (const d of drafters) models[d.name] = d.stats;
+  return {
+    tokenIds: out,
+    finishReason,
+    stats: {
+      promptTokens: req.promptIds.length,
+      generatedTokens: out.length,
+      seconds,
+      firstTokenSeconds: firstToken / 1000,
+      tokensPerSecond: out.length / seconds,
+      rounds,
+      draftedTokens: drafted.reduce((a, b) => a + b, 0),
+      acceptedTokens,
+      meanAcceptanceLength: rounds ? (acceptedTokens + rounds) / rounds : 0,
+      acceptedByPosition: Array.from({ length: drafted.length }, (_, i) => accepted[i] ?? 0),
+      draftedByPosition: drafted,
+      models,
+    },
+  };
+}

@@ -1,0 +1,149 @@
+import { review, reviewGreedyLenient, type ReviewOutcome } from '../kernels/acceptance.ts';
+import { MaxGram } from '../kernels/maxgram.ts';
+import type { Rng } from '../kernels/rng.ts';
+import { argmax, distribution, logitsRow, sample, type SamplingParams } from '../kernels/sampling.ts';
+import type { ModelSession } from '../models/session.ts';
+
+/**
+ * The growing token block of one round: tokens[0..committed) are the target's output so far
+ * (prompt included); every later token is a draft carrying q, the distribution it was drawn from
+ * given everything before it (undefined = one-hot).
+ */
+export class Block {
+  readonly q: (Float32Array | undefined)[] = [];
+  constructor(
+    readonly tokens: number[],
+    readonly committed: number,
+  ) {}
+
+  get length(): number {
+    return this.tokens.length;
+  }
+
+  push(token: number, q: Float32Array | undefined): void {
+    this.tokens.push(token);
+    this.q[this.tokens.length - 1 - this.committed] = q;
+  }
+
+  qAt(position: number): Float32Array | undefined {
+    return this.q[position - this.committed];
+  }
+
+  /** Keeps tokens[0..length). */
+  cut(length: number): void {
+    this.tokens.length = length;
+    this.q.length = Math.max(0, length - this.committed);
+  }
+}
+
+/** Per-model counters for one request. */
+export interface LevelStats {
+  forwardPasses: number;
+  tokensScored: number;
+  reviews: number;
+  proposals: number;
+}
+
+const newStats = (): LevelStats => ({ forwardPasses: 0, tokensScored: 0, reviews: 0, proposals: 0 });
+
+/**
+ * A neural level (a drafter or the target) working on one sequence of its ModelSession. Its KV is
+ * synchronised lazily: before each forward it is truncated to the longest prefix it shares with the
+ * block, so rejected drafts are rolled back in every model.
+ */
+export class ModelLevel {
+  readonly stats = newStats();
+  /** Tokens whose KV the session holds for this sequence, mirrored here. */
+  private held: number[] = [];
+
+  constructor(
+    readonly name: string,
+    readonly session: ModelSession,
+    readonly seqId: string,
+    private readonly sampling: SamplingParams,
+  ) {}
+
+  /** Logits rows predicting positions from..to-1, i.e. after tokens[from-1..to-2] (from >= 1). */
+  private async rows(tokens: readonly number[], from: number, to: number): Promise<Float32Array> {
+    let lcp = 0;
+    const limit = Math.min(this.held.length, from - 1);
+    while (lcp < limit && this.held[lcp] === tokens[lcp]) lcp++;
+    await this.session.truncate(this.seqId, lcp);
+    const feed = tokens.slice(lcp, to - 1);
+    const logits = await this.session.forward({ seqId: this.seqId, inputIds: feed }, 'all');
+    this.held = tokens.slice(0, to - 1);
+    this.stats.forwardPasses++;
+    this.stats.tokensScored += feed.length;
+    const vocab = this.session.spec.vocabSize;
+    return logits.subarray((from - 1 - lcp) * vocab);
+  }
+
+  /** The processed distribution of one logits row (one-hot when greedy). */
+  dist(row: Float32Array): Float32Array {
+    return distribution(row, this.sampling);
+  }
+
+  /** Drafts one token autoregressively (the base case for a neural drafter): q is its own p. */
+  async propose(block: Block, rng: Rng): Promise<void> {
+    this.stats.proposals++;
+    const row = await this.rows(block.tokens, block.length, block.length + 1);
+    if (this.sampling.temperature === 0) {
+      block.push(argmax(row), undefined);
+      return;
+    }
+    const p = this.dist(row);
+    block.push(sample(p, rng), p);
+  }
+
+  /**
+   * Reviews block.tokens[start..] in one forward: accepts a prefix, adds its own token, cuts the
+   * block after it. With `passUp` and lenience 1, the emitted tokens carry this model's p as their q
+   * (an exact review's output is distributed as p); otherwise they are passed up one-hot (lenient
+   * reviews, and the target, whose output is final).
+   */
+  async review(block: Block, start: number, rng: Rng, lenience: number, passUp: boolean): Promise<ReviewOutcome> {
+    this.stats.reviews++;
+    const drafts = block.tokens.slice(start);
+    const vocab = this.session.spec.vocabSize;
+    const logits = await this.rows(block.tokens, start, block.length + 1);
+    const row = (i: number) => logitsRow(logits, i, vocab);
+    const ps: Float32Array[] = [];
+    const p = (i: number) => (ps[i] ??= this.dist(row(i)));
+    const greedyLenient = lenience > 1 && this.sampling.temperature === 0;
+    const outcome = greedyLenient
+      ? reviewGreedyLenient(drafts, row, lenience)
+      : review(drafts, drafts.map((_, i) => block.qAt(start + i)), p, rng, lenience);
+    const exact = passUp && !greedyLenient && lenience === 1;
+    block.cut(start + outcome.accepted);
+    for (let i = 0; i < outcome.accepted; i++) block.q[start + i - block.committed] = exact ? p(i) : undefined;
+    block.push(outcome.token, exact ? p(outcome.accepted) : undefined);
+    return outcome;
+  }
+
+  async release(): Promise<void> {
+    this.held = [];
+    await this.session.release(this.seqId);
+  }
+}
+
+/** MaG as a cascade level: deterministic proposals (q one-hot) from the block's own history. */
+export class MagLevel {
+  readonly name = 'mag';
+  readonly stats = newStats();
+  private readonly index: MaxGram;
+
+  constructor(bigram?: Uint32Array, minMatch?: number) {
+    this.index = new MaxGram({ bigram, minMatch });
+  }
+
+  /** Appends up to k tokens proposed after the whole block. */
+  propose(block: Block, k: number): void {
+    this.stats.proposals++;
+    const seq = this.index.sequence();
+    let lcp = 0;
+    while (lcp < seq.length && lcp < block.length && seq[lcp] === block.tokens[lcp]) lcp++;
+    this.index.truncate(lcp);
+    this.index.append(block.tokens.slice(lcp));
+    for (const t of this.index.propose(k)) block.push(t, undefined);
+  }
+}

@@ -1,0 +1,112 @@
+import type { ModelSpec } from './config.ts';
+import type { ForwardItem, LogitsRows, ModelSession } from './session.ts';
+import { InvalidArgumentError, SequenceError } from '../errors.ts';
+
+/**
+ * An in-memory ModelSession: a deterministic n-gram model whose logits for the next token are a
+ * pseudo-random function of the last `order` tokens and a seed. It keeps per-sequence "KV" (the
+ * token history) with the same forward / truncate / release semantics as OrtModelSession, so the
+ * engine's logic can be unit-tested quickly and with many samples. Two sessions with the same seed
+ * are the same model; `sharpness` scales the logits (higher = more peaked).
+ */
+export interface MemoryModelOptions {
+  readonly name: string;
+  readonly vocabSize: number;
+  readonly order: number;
+  readonly seed: number;
+  readonly sharpness?: number;
+  readonly eosIds?: readonly number[];
+  /** Mix in another model's logits with this weight (0..1), to make drafters that resemble a target. */
+  readonly resemble?: { readonly model: MemoryModelSession; readonly weight: number };
+}
+
+export class MemoryModelSession implements ModelSession {
+  readonly spec: ModelSpec;
+  readonly provider = 'memory';
+  private readonly histories = new Map<string, number[]>();
+  /** Forward calls made, for tests that count model work. */
+  forwardCalls = 0;
+
+  constructor(private readonly options: MemoryModelOptions) {
+    this.spec = {
+      name: options.name,
+      dir: '(memory)',
+      onnxPath: '(memory)',
+      tokenizerPath: '(memory)',
+      layers: 1,
+      kvHeads: 1,
+      headDim: 1,
+      vocabSize: options.vocabSize,
+      eosIds: options.eosIds ?? [],
+      maxPositions: undefined,
+    };
+  }
+
+  /** Logits for the token following `context` (its last `order` tokens matter). */
+  nextLogits(context: readonly number[]): Float32Array {
+    const { vocabSize, order, seed, sharpness = 3, resemble } = this.options;
+    let h = seed >>> 0;
+    for (const t of context.slice(-order)) h = mix(h ^ (t + 0x9e3779b9));
+    const out = new Float32Array(vocabSize);
+    for (let i = 0; i < vocabSize; i++) out[i] = ((mix(h ^ Math.imul(i + 1, 0x85ebca6b)) >>> 8) / 2 ** 24 - 0.5) * sharpness;
+    if (resemble) {
+      const other = resemble.model.nextLogits(context);
+      for (let i = 0; i < vocabSize; i++) out[i] = (1 - resemble.weight) * out[i]! + resemble.weight * other[i]!;
+    }
+    return out;
+  }
+
+  async forward(item: ForwardItem, rows: LogitsRows = 'all'): Promise<Float32Array> {
+    return (await this.forwardBatch([item], rows))[0]!;
+  }
+
+  async forwardBatch(items: readonly ForwardItem[], rows: LogitsRows = 'all'): Promise<Float32Array[]> {
+    this.forwardCalls++;
+    return items.map((item) => {
+      if (item.inputIds.length === 0) throw new InvalidArgumentError(`forward on ${item.seqId} with no tokens`);
+      const hist = this.histories.get(item.seqId) ?? [];
+      this.histories.set(item.seqId, hist);
+      const V = this.options.vocabSize;
+      const out = new Float32Array((rows === 'last' ? 1 : item.inputIds.length) * V);
+      item.inputIds.forEach((t, j) => {
+        if (!Number.isInteger(t) || t < 0 || t >= V) throw new InvalidArgumentError(`token id ${t} outside the vocabulary of ${V}`);
+        hist.push(t);
+        if (rows === 'all') out.set(this.nextLogits(hist), j * V);
+        else if (j === item.inputIds.length - 1) out.set(this.nextLogits(hist));
+      });
+      return out;
+    });
+  }
+
+  length(seqId: string): number {
+    return this.histories.get(seqId)?.length ?? 0;
+  }
+
+  async truncate(seqId: string, length: number): Promise<void> {
+    const hist = this.histories.get(seqId) ?? [];
+    if (!Number.isInteger(length) || length < 0 || length > hist.length) {
+      throw new SequenceError(`cannot truncate sequence ${seqId} of length ${hist.length} to ${length}`);
+    }
+    hist.length = length;
+  }
+
+  async release(seqId: string): Promise<void> {
+    this.histories.delete(seqId);
+  }
+
+  /** Sequences currently holding state (leak checks). */
+  liveSequences(): number {
+    return this.histories.size;
+  }
+
+  async close(): Promise<void> {
+    this.histories.clear();
+  }
+}
+
+/** A 32-bit integer hash (murmur3 finaliser). */
+function mix(h: number): number {
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
