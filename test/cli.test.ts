@@ -75,3 +75,40 @@ test('cli - bench costs prints a row per model and writes JSON', async (t) => {
   t.deepEqual(record.models.map((m: { model: string }) => m.model), members);
   t.true(record.models.every((m: { decodeMsPerToken: number }) => m.decodeMsPerToken > 0));
 });
+
+test('cli - every mode gives the same greedy text; --json reports the cascade and its acceptance', async (t) => {
+  const texts = new Set<string>();
+  for (const mode of ['ar', 'sd', 'mag', 'csd']) {
+    const { stdout } = await cascade('generate', '--json', '--mode', mode, '--max-tokens', '24', 'import json\n\ndef load(path):');
+    const out = JSON.parse(stdout);
+    texts.add(out.text);
+    t.is(out.cascade.mode, mode);
+    t.is(out.stats.generatedTokens, out.tokenIds.length);
+    t.true(out.stats.meanAcceptanceLength >= 1);
+    t.true(out.stats.rounds >= 1);
+  }
+  t.is(texts.size, 1);
+});
+
+test('cli - cascade settings come from flags or a config file, and bad ones are refused', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-cfg-'));
+  const { writeFileSync } = await import('node:fs');
+  const cfg = join(dir, 'cascade.yaml');
+  writeFileSync(cfg, `mode: csd\ndrafters: [${family.drafters[0]}, mag]\nkMatrix: [[2, 5], [0, 3]]\nlenience: 2\nmaxTokens: 10\n`);
+  const { stdout } = await cascade('generate', '--json', '--config', cfg, 'hello');
+  const out = JSON.parse(stdout);
+  t.deepEqual(out.cascade.kMatrix, [[2, 5], [0, 3]]);
+  t.is(out.cascade.lenience, 2);
+  t.true(out.tokenIds.length <= 10);
+  const flagWins = JSON.parse((await cascade('generate', '--json', '--config', cfg, '--max-tokens', '3', 'hello')).stdout);
+  t.true(flagWins.tokenIds.length <= 3);
+  writeFileSync(cfg, 'mode: turbo\n');
+  t.regex((await fails(['generate', '--config', cfg, 'x'])).stderr, /--config .* is invalid/);
+  writeFileSync(cfg, 'kMatrx: [[1]]\n');
+  t.regex((await fails(['generate', '--config', cfg, 'x'])).stderr, /kMatrx/);
+  t.regex((await fails(['generate', '--mode', 'fast', 'x'])).stderr, /--mode must be one of/);
+  t.regex((await fails(['generate', '--drafters', 'nope,mag', 'x'])).stderr, /unknown drafter "nope"/);
+  t.regex((await fails(['generate', '--drafters', 'mag', '--k-matrix', '[[1],[2]]', 'x'])).stderr, /needs 1 rows/);
+  t.regex((await fails(['generate', '--k-matrix', '{oops', 'x'])).stderr, /--k-matrix must be JSON/);
+  t.regex((await fails(['generate', '--lenience', '0.5', 'x'])).stderr, /--lenience must be a number >= 1/);
+});

@@ -1,9 +1,13 @@
 import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
-import { generateAutoregressive } from '../engine/generate.ts';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
+import { MODES, planCascade, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { loadFamily, memberDir } from '../models/family.ts';
+import { loadBigram, loadFamily, memberDir } from '../models/family.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
+import type { ModelSession } from '../models/session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { parseNumber } from './options.ts';
 
@@ -17,8 +21,45 @@ interface GenerateOptions {
   seed: number;
   models: string;
   model?: string;
+  mode: Mode;
+  drafters?: string[];
+  kMatrix?: number[][];
+  lenience: number;
+  config?: string;
   threads: number;
   json?: boolean;
+}
+
+/** A config file holds the same settings as the flags (flags given on the command line win). */
+const ConfigFile = z.strictObject({
+  mode: z.enum(MODES).optional(),
+  drafters: z.array(z.string()).optional(),
+  kMatrix: z.array(z.array(z.number().int().nonnegative())).optional(),
+  lenience: z.number().min(1).optional(),
+  maxTokens: z.number().int().positive().optional(),
+  temperature: z.number().nonnegative().optional(),
+  topP: z.number().gt(0).lte(1).optional(),
+  topK: z.number().int().nonnegative().optional(),
+  seed: z.number().int().optional(),
+  models: z.string().optional(),
+  threads: z.number().int().positive().optional(),
+});
+
+function applyConfigFile(o: GenerateOptions, cmd: Command): GenerateOptions {
+  if (!o.config) return o;
+  let raw: unknown;
+  try {
+    raw = parseYaml(readFileSync(o.config, 'utf8'));
+  } catch (cause) {
+    throw new InvalidArgumentError(`cannot read --config ${o.config}: ${(cause as Error).message}`);
+  }
+  const parsed = ConfigFile.safeParse(raw ?? {});
+  if (!parsed.success) throw new InvalidArgumentError(`--config ${o.config} is invalid: ${z.prettifyError(parsed.error)}`);
+  const merged: Record<string, unknown> = { ...o };
+  for (const [key, value] of Object.entries(parsed.data)) {
+    if (cmd.getOptionValueSource(key) !== 'cli') merged[key] = value;
+  }
+  return merged as unknown as GenerateOptions;
 }
 
 function promptText(positional: string[], o: GenerateOptions): string {
@@ -34,33 +75,77 @@ function promptText(positional: string[], o: GenerateOptions): string {
   return o.prompt ?? positional.join(' ');
 }
 
-async function run(positional: string[], o: GenerateOptions): Promise<void> {
+async function run(positional: string[], flags: GenerateOptions, cmd: Command): Promise<void> {
+  const o = applyConfigFile(flags, cmd);
   const text = promptText(positional, o);
   const family = loadFamily(o.models);
-  const model = await OrtModelSession.open(memberDir(family, o.model ?? family.target), { intraOpThreads: o.threads });
+  const plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters);
+  const sessions: ModelSession[] = [];
+  const open = async (name: string) => {
+    const s = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads });
+    sessions.push(s);
+    return s;
+  };
   try {
-    const tok = TextTokenizer.load(model.spec.tokenizerPath);
+    const target = await open(o.model ?? family.target);
+    const drafters: DrafterSpec[] = [];
+    for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family) } : { kind: 'model', session: await open(d) });
+    const tok = TextTokenizer.load(target.spec.tokenizerPath);
     const stream = tok.stream();
-    const result = await generateAutoregressive(
-      model,
+    const result = await generateCascade(
+      target,
+      { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience },
       { promptIds: tok.encode(text), maxTokens: o.maxTokens, sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP }, seed: o.seed },
       o.json ? undefined : (ids) => process.stdout.write(stream.push(ids)),
     );
+    const s = result.stats;
     if (o.json) {
-      const out = { text: tok.decode(result.tokenIds), tokenIds: result.tokenIds, finishReason: result.finishReason, model: model.spec.name, stats: result.stats };
+      const acceptanceByPosition = s.draftedByPosition.map((d, i) => s.acceptedByPosition[i]! / d);
+      const out = {
+        text: tok.decode(result.tokenIds),
+        tokenIds: result.tokenIds,
+        finishReason: result.finishReason,
+        model: target.spec.name,
+        cascade: { mode: o.mode, ...plan },
+        stats: { ...s, acceptanceByPosition },
+      };
       process.stdout.write(JSON.stringify(out) + '\n');
     } else {
       process.stdout.write(stream.flush() + '\n');
-      const s = result.stats;
+      const cascade = plan.drafters.length ? `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}` : 'target only';
       process.stderr.write(
-        `[${model.spec.name}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
-          `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, finish: ${result.finishReason})\n`,
+        `[${o.mode}: ${target.spec.name} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
+          `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target calls, ` +
+          `${s.meanAcceptanceLength.toFixed(2)} tokens per call, finish: ${result.finishReason})\n`,
       );
     }
   } finally {
-    await model.close();
+    await Promise.all(sessions.map((s) => s.close()));
   }
 }
+
+const parseMode = (raw: string): Mode => {
+  if (!(MODES as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--mode must be one of ${MODES.join(', ')}, got "${raw}"`);
+  return raw as Mode;
+};
+
+const parseDrafters = (raw: string): string[] => {
+  const list = raw.split(',').map((s) => s.trim());
+  if (list.some((s) => !s)) throw new InvalidArgumentError(`--drafters must be a comma-separated list of names, got "${raw}"`);
+  return list;
+};
+
+const parseKMatrix = (raw: string): number[][] => {
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw new InvalidArgumentError(`--k-matrix must be JSON, e.g. [[2,4,8],[0,2,6],[0,0,4]]; got "${raw}"`);
+  }
+  const parsed = z.array(z.array(z.number().int().nonnegative())).safeParse(v);
+  if (!parsed.success) throw new InvalidArgumentError(`--k-matrix must be an array of rows of non-negative integers, got ${raw}`);
+  return parsed.data;
+};
 
 export function registerGenerate(program: Command): void {
   program
@@ -74,9 +159,14 @@ export function registerGenerate(program: Command): void {
     .option('--top-p <p>', 'nucleus sampling mass in (0, 1]', parseNumber('--top-p', { min: 0 }), 1)
     .option('--top-k <k>', 'keep the k most likely tokens; 0 = off', parseNumber('--top-k', { min: 0, integer: true }), 0)
     .option('--seed <s>', 'random seed for sampling', parseNumber('--seed', { integer: true }), 0)
+    .option('--mode <mode>', `decoding: ${MODES.join(' | ')} (target only, speculative with the largest drafter, MaG prompt lookup, full cascade)`, parseMode, 'csd')
+    .option('--drafters <list>', 'cascade drafters, largest first, e.g. draft-l2,draft-l1,mag (overrides the mode)', parseDrafters)
+    .option('--k-matrix <json>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]]', parseKMatrix)
+    .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, maxTokens, temperature, topP, topK, seed, models, threads')
     .option('--models <dir>', 'model family directory', 'models')
-    .option('--model <name>', 'family member to run (default: the family target)')
+    .option('--model <name>', 'family member to use as the target (default: the family target)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
-    .option('--json', 'print one JSON object {text, tokenIds, finishReason, model, stats} instead of streaming')
-    .action(run);
+    .option('--json', 'print one JSON object {text, tokenIds, finishReason, model, cascade, stats} instead of streaming')
+    .action((positional: string[], _opts: GenerateOptions, cmd: Command) => run(positional, cmd.opts<GenerateOptions>(), cmd));
 }

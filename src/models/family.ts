@@ -11,11 +11,14 @@ export interface Family {
   readonly dir: string;
   readonly target: string;
   readonly drafters: readonly string[];
+  readonly bigram?: string;
 }
 
 const FamilyJson = z.object({
   target: z.string().min(1),
   drafters: z.array(z.string().min(1)),
+  /** MaG's bigram fallback table (little-endian uint32 per token), relative to the family directory. */
+  bigram: z.string().min(1).optional(),
 });
 
 export function loadFamily(dir: string): Family {
@@ -33,6 +36,16 @@ export function loadFamily(dir: string): Family {
   const parsed = FamilyJson.safeParse(raw);
   if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${z.prettifyError(parsed.error)}`);
   return { dir: abs, ...parsed.data };
+}
+
+/** MaG's bigram table, when the family ships one. */
+export function loadBigram(family: Family): Uint32Array | undefined {
+  if (!family.bigram) return undefined;
+  const path = join(family.dir, family.bigram);
+  if (!existsSync(path)) throw new ModelLoadError(`family.json names bigram table ${path}, which does not exist`);
+  const buf = readFileSync(path);
+  if (buf.byteLength % 4) throw new ModelLoadError(`bigram table ${path} is not a whole number of uint32 entries`);
+  return new Uint32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
 }
 
 /** The directory of a family member. */
