@@ -112,3 +112,17 @@ test('cli - cascade settings come from flags or a config file, and bad ones are 
   t.regex((await fails(['generate', '--k-matrix', '{oops', 'x'])).stderr, /--k-matrix must be JSON/);
   t.regex((await fails(['generate', '--lenience', '0.5', 'x'])).stderr, /--lenience must be a number >= 1/);
 });
+
+test('cli - bench cascade compares every method, verifies greedy identity and writes JSON, markdown and plots', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-'));
+  const { stdout } = await cascade('bench', 'cascade', '--workload', 'grounded', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));
+  const methods = record.results[0].methods;
+  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', ...family.drafters.map((d) => `sd:${d}`), 'mag', 'csd-vertical', 'csd-horizontal', 'csd']);
+  t.true(methods.slice(1).every((m: { identicalToAr: boolean }) => m.identicalToAr === true), 'every greedy method reproduced ar');
+  t.true(methods.every((m: { tokensPerSecond: number; swi: number }) => m.tokensPerSecond > 0 && m.swi > 0));
+  t.regex(stdout, /grounded, temperature 0/);
+  t.true(readFileSync(join(out, 'speedups-t0.svg'), 'utf8').startsWith('<svg'));
+  t.regex(readFileSync(join(out, 'cascade.md'), 'utf8'), /# Cascade benchmark/);
+  t.regex((await fails(['bench', 'cascade', '--workload', 'poetry'])).stderr, /--workload must be/);
+});

@@ -1,5 +1,8 @@
 import type { Command } from 'commander';
+import { benchCascade } from '../bench/cascade-run.ts';
 import { measureCosts, SCORE_KS, type ModelCosts } from '../bench/costs.ts';
+import { WORKLOADS, type Workload } from '../bench/workloads.ts';
+import { InvalidArgumentError } from '../errors.ts';
 import { formatTable, writeJson } from '../bench/report.ts';
 import { loadFamily, memberDir } from '../models/family.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
@@ -53,4 +56,31 @@ export function registerBench(program: Command): void {
     .option('--past <n>', 'tokens already in the cache when decoding and scoring', parseNumber('--past', { min: 1, integer: true }), 256)
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
     .action(costs);
+  bench
+    .command('cascade')
+    .description('ar, sd (each drafter), mag and csd (vertical, horizontal, both) side by side on held-out prompts, greedy and sampled')
+    .option('--workload <name>', `${WORKLOADS.join(' | ')} | all`, parseWorkloads, [...WORKLOADS])
+    .option('--temperatures <list>', 'comma-separated sampling temperatures (0 = greedy)', parseTemperatures, [0, 0.7])
+    .option('--repeats <n>', 'repeats of the whole prompt set per method (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
+    .option('--max-tokens <n>', 'tokens generated per prompt', parseNumber('--max-tokens', { min: 1, integer: true }), 64)
+    .option('--prompts <n>', 'prompts per workload (the first N of bench/prompts/WORKLOAD.jsonl)', parseNumber('--prompts', { min: 1, integer: true }), 16)
+    .option('--sweep-prompts <n>', 'prompts used to pick each method\'s best K', parseNumber('--sweep-prompts', { min: 1, integer: true }), 4)
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
+    .action(async (o) => {
+      await benchCascade({ models: o.models, workloads: o.workload, temperatures: o.temperatures, repeats: o.repeats, maxTokens: o.maxTokens, prompts: o.prompts, sweepPrompts: o.sweepPrompts, threads: o.threads, out: o.out });
+    });
+}
+
+function parseWorkloads(raw: string): Workload[] {
+  if (raw === 'all') return [...WORKLOADS];
+  const list = raw.split(',');
+  const bad = list.find((w) => !(WORKLOADS as readonly string[]).includes(w));
+  if (bad !== undefined) throw new InvalidArgumentError(`--workload must be ${WORKLOADS.join(', ')} or all (comma-separated), got "${bad}"`);
+  return list as Workload[];
+}
+
+function parseTemperatures(raw: string): number[] {
+  return raw.split(',').map((t) => parseNumber('--temperatures', { min: 0 })(t));
 }

@@ -12,7 +12,9 @@ export type DrafterSpec = { readonly kind: 'model'; readonly session: ModelSessi
  * The cascade of SPEC §4.2. `drafters` are largest first. `kMatrix` is n×n upper triangular in the
  * paper's cumulative convention: row 0 is the target's schedule and row r (r >= 1) that of drafter
  * r-1; K[r][c] (c >= r) is how many drafted tokens the block reviewed at row r's level must hold
- * once drafter c has contributed. `lenience` (>= 1) applies to reviews between drafters only.
+ * once drafter c has contributed. A row r >= 1 of zeros gives drafter r-1 no sub-cascade: it then
+ * drafts token by token (reviewing an empty block is an autoregressive proposal), which is how the
+ * horizontal-only cascade is written. `lenience` (>= 1) applies to reviews between drafters only.
  */
 export interface CascadeConfig {
   readonly drafters: readonly DrafterSpec[];
@@ -58,7 +60,7 @@ export function checkCascade(config: CascadeConfig): void {
       }
       prev = k;
     }
-    if (row[n - 1]! < 1) throw new InvalidArgumentError(`K matrix row ${r} drafts nothing: its last entry must be >= 1`);
+    if (r === 0 && row[n - 1]! < 1) throw new InvalidArgumentError('K matrix row 0 (the target\'s) drafts nothing: its last entry must be >= 1');
   });
 }
 

@@ -1,0 +1,169 @@
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { planCascade } from '../engine/presets.ts';
+import type { SamplingParams } from '../kernels/sampling.ts';
+import { loadBigram, loadFamily, memberDir } from '../models/family.ts';
+import { OrtModelSession } from '../models/ort-session.ts';
+import type { ModelSession } from '../models/session.ts';
+import { TextTokenizer } from '../models/tokenizer.ts';
+import { candidates, repetitionRate, runMethod, summarise, type BenchContext, type Method, type MethodResult } from './cascade.ts';
+import { measureCosts } from './costs.ts';
+import { acceptanceChart, speedupChart, writeSvg } from './plot.ts';
+import { formatTable, writeJson } from './report.ts';
+import { loadWorkload, type Workload } from './workloads.ts';
+
+export interface CascadeBenchOptions {
+  readonly models: string;
+  readonly workloads: readonly Workload[];
+  readonly temperatures: readonly number[];
+  readonly repeats: number;
+  readonly maxTokens: number;
+  /** Prompts per workload (the first N of each set). */
+  readonly prompts: number;
+  /** Prompts used by the K sweep (the first N). */
+  readonly sweepPrompts: number;
+  readonly threads: number;
+  readonly out: string;
+}
+
+export interface WorkloadResult {
+  readonly workload: Workload;
+  readonly temperature: number;
+  readonly prompts: number;
+  readonly maxTokens: number;
+  readonly repetition4: number;
+  readonly methods: MethodResult[];
+}
+
+const log = (msg: string) => process.stderr.write(msg + '\n');
+
+function methodsFor(familyDrafters: readonly string[]): Method[] {
+  const csd = planCascade({ mode: 'csd' }, familyDrafters).drafters;
+  const base: Method[] = [{ name: 'ar', kind: 'ar', drafters: [], kMatrix: [] }];
+  for (const d of familyDrafters) base.push({ name: `sd:${d}`, kind: 'sd', drafters: [d], kMatrix: [[4]] });
+  base.push({ name: 'mag', kind: 'mag', drafters: ['mag'], kMatrix: [[4]] });
+  if (familyDrafters.length) {
+    base.push({ name: 'csd-vertical', kind: 'csd-vertical', drafters: csd, kMatrix: [] });
+    base.push({ name: 'csd-horizontal', kind: 'csd-horizontal', drafters: csd, kMatrix: [] });
+    base.push({ name: 'csd', kind: 'csd', drafters: csd, kMatrix: [] });
+  }
+  return base;
+}
+
+const sampling = (temperature: number): SamplingParams => ({ temperature, topK: 0, topP: 1 });
+
+/** Gives every method its best K on the first prompts (greedy, one pass), as the paper tunes K. */
+async function sweepK(ctx: BenchContext, methods: Method[], prompts: number[][]): Promise<Map<string, { method: Method; sweep: MethodResult['sweep'] }>> {
+  const tuned = new Map<string, { method: Method; sweep: MethodResult['sweep'] }>();
+  for (const m of methods) {
+    const sweep: MethodResult['sweep'] = [];
+    for (const kMatrix of candidates(m.kind, m.drafters)) {
+      const r = await runMethod(ctx, { ...m, kMatrix }, prompts, sampling(0), 0);
+      sweep.push({ kMatrix, tokensPerSecond: r.tokens / r.seconds });
+    }
+    const best = sweep.reduce((a, b) => (b.tokensPerSecond > a.tokensPerSecond ? b : a));
+    tuned.set(m.name, { method: { ...m, kMatrix: best.kMatrix }, sweep });
+    log(`  sweep ${m.name}: best K ${JSON.stringify(best.kMatrix)} (${best.tokensPerSecond.toFixed(1)} tokens/s)`);
+  }
+  return tuned;
+}
+
+async function benchWorkload(ctx: BenchContext, o: CascadeBenchOptions, workload: Workload, tok: TextTokenizer, methods: Method[], costs: Record<string, number>): Promise<WorkloadResult[]> {
+  const prompts = loadWorkload(workload).slice(0, o.prompts).map((p) => tok.encode(p.prompt));
+  log(`[${workload}] ${prompts.length} prompts, ${o.maxTokens} tokens each; sweeping K on ${Math.min(o.sweepPrompts, prompts.length)}`);
+  const tuned = await sweepK(ctx, methods, prompts.slice(0, o.sweepPrompts));
+  const results: WorkloadResult[] = [];
+  for (const temperature of o.temperatures) {
+    const runs = new Map<string, Awaited<ReturnType<typeof runMethod>>[]>();
+    for (let rep = 0; rep < o.repeats; rep++) {
+      // Rotate the order each repeat so no method always runs first (warm caches, thermal drift).
+      const order = methods.map((_, i) => methods[(i + rep) % methods.length]!);
+      for (const m of order) {
+        log(`[${workload} T=${temperature}] repeat ${rep + 1}/${o.repeats}: ${m.name}`);
+        const r = await runMethod(ctx, tuned.get(m.name)!.method, prompts, sampling(temperature), rep);
+        runs.set(m.name, [...(runs.get(m.name) ?? []), r]);
+      }
+    }
+    const arRuns = runs.get('ar')!;
+    const arOutputs = temperature === 0 ? arRuns[0]!.outputs : undefined;
+    const summaries = methods.map((m) => summarise(tuned.get(m.name)!.method, runs.get(m.name)!, costs, m.name === 'ar' ? undefined : arOutputs, tuned.get(m.name)!.sweep));
+    const ar = summaries[0]!.tokensPerSecond;
+    const sds = summaries.filter((s) => s.kind === 'sd').map((s) => s.tokensPerSecond);
+    const bestSd = sds.length ? Math.max(...sds) : NaN;
+    for (const s of summaries) {
+      s.speedupVsAr = s.tokensPerSecond / ar;
+      s.speedupVsBestSd = s.tokensPerSecond / bestSd;
+    }
+    results.push({ workload, temperature, prompts: prompts.length, maxTokens: o.maxTokens, repetition4: repetitionRate(arRuns[0]!.outputs), methods: summaries });
+  }
+  return results;
+}
+
+function table(r: WorkloadResult): string {
+  const positions = Math.min(8, Math.max(0, ...r.methods.map((m) => m.acceptanceByPosition.length)));
+  const headers = ['method', 'tokens/s', 'x ar', 'x best sd', 'SWI', 'accept len', ...Array.from({ length: positions }, (_, i) => `a${i + 1}`), 'same as ar', 'K'];
+  const rows = r.methods.map((m) => [
+    m.method,
+    m.tokensPerSecond,
+    m.speedupVsAr,
+    Number.isFinite(m.speedupVsBestSd) ? m.speedupVsBestSd : '-',
+    m.swi,
+    m.meanAcceptanceLength,
+    ...Array.from({ length: positions }, (_, i) => (m.acceptanceByPosition[i] === undefined ? '-' : m.acceptanceByPosition[i]!)),
+    m.identicalToAr === undefined ? '-' : m.identicalToAr ? 'yes' : 'NO',
+    JSON.stringify(m.kMatrix),
+  ]);
+  return `### ${r.workload}, temperature ${r.temperature} (${r.prompts} prompts x ${r.maxTokens} tokens; target repeated 4-grams ${(r.repetition4 * 100).toFixed(1)}%)\n\n` + formatTable(headers, rows);
+}
+
+/** `cascade bench cascade`: every method side by side on held-out workloads; table, JSON, markdown, SVG. */
+export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResult[]> {
+  const family = loadFamily(o.models);
+  const sessions: ModelSession[] = [];
+  const open = async (name: string) => {
+    const s = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads });
+    sessions.push(s);
+    return s;
+  };
+  try {
+    const target = await open(family.target);
+    const drafters = new Map<string, ModelSession>();
+    for (const d of family.drafters) drafters.set(d, await open(d));
+    const ctx: BenchContext = { target, drafters, bigram: loadBigram(family), maxTokens: o.maxTokens };
+    log('measuring cost coefficients (decode ms/token relative to the target) …');
+    const costs: Record<string, number> = {};
+    const decode: Record<string, number> = {};
+    for (const s of [target, ...drafters.values()]) decode[s.spec.name] = (await measureCosts(s, 128, 3)).decodeMsPerToken;
+    for (const [name, ms] of Object.entries(decode)) costs[name] = ms / decode[target.spec.name]!;
+    costs.mag = 0;
+    const tok = TextTokenizer.load(target.spec.tokenizerPath);
+    const methods = methodsFor(family.drafters);
+    const results: WorkloadResult[] = [];
+    for (const w of o.workloads) results.push(...(await benchWorkload(ctx, o, w, tok, methods, costs)));
+
+    mkdirSync(o.out, { recursive: true });
+    const tables = results.map(table);
+    const header = `Cascade benchmark: medians of ${o.repeats} repeats; cost coefficients (decode ms/token vs target): ${Object.entries(costs).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(', ')}`;
+    process.stdout.write(`${header}\n\n${tables.join('\n\n')}\n`);
+    const json = writeJson(o.out, 'cascade', { options: o, costs, decodeMsPerToken: decode, results });
+    const charts: string[] = [];
+    for (const r of results) {
+      const file = `acceptance-${r.workload}-t${r.temperature}.svg`;
+      const rows = r.methods.flatMap((m) => m.acceptanceByPosition.slice(0, 12).map((rate, i) => ({ method: m.method, position: i + 1, rate })));
+      await writeSvg(join(o.out, file), acceptanceChart(`Acceptance by position: ${r.workload}, T=${r.temperature}`, rows));
+      charts.push(file);
+    }
+    for (const t of o.temperatures) {
+      const file = `speedups-t${t}.svg`;
+      const rows = results.filter((r) => r.temperature === t).flatMap((r) => r.methods.map((m) => ({ workload: r.workload, method: m.method, speedup: m.speedupVsAr })));
+      await writeSvg(join(o.out, file), speedupChart(`Speedup over ar, T=${t}`, rows));
+      charts.push(file);
+    }
+    const md = `# Cascade benchmark\n\n${header}.\n\n${tables.map((t) => t.replace(/^### (.*)\n\n/, '## $1\n\n```\n') + '\n```').join('\n\n')}\n\n${charts.map((c) => `![${c}](${c})`).join('\n')}\n`;
+    writeFileSync(join(o.out, 'cascade.md'), md);
+    process.stdout.write(`\nwrote ${json}, ${join(o.out, 'cascade.md')} and ${charts.length} SVG plots\n`);
+    return results;
+  } finally {
+    await Promise.all(sessions.map((s) => s.close()));
+  }
+}

@@ -1,0 +1,139 @@
+import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
+import type { SamplingParams } from '../kernels/sampling.ts';
+import type { ModelSession } from '../models/session.ts';
+import { median } from './report.ts';
+import { repeated4gramRate } from './workloads.ts';
+
+/** One decoding method of the comparison: a cascade (no drafters = ar) with its K. */
+export interface Method {
+  readonly name: string;
+  readonly kind: 'ar' | 'sd' | 'mag' | 'csd-vertical' | 'csd-horizontal' | 'csd';
+  readonly drafters: readonly string[];
+  readonly kMatrix: readonly (readonly number[])[];
+}
+
+/** What every run needs: open sessions, MaG's table, tokenised prompts. */
+export interface BenchContext {
+  readonly target: ModelSession;
+  readonly drafters: ReadonlyMap<string, ModelSession>;
+  readonly bigram: Uint32Array | undefined;
+  readonly maxTokens: number;
+}
+
+/** Totals of one method over a prompt set. */
+export interface RunTotals {
+  readonly tokens: number;
+  readonly seconds: number;
+  readonly rounds: number;
+  readonly accepted: number;
+  readonly draftedByPosition: number[];
+  readonly acceptedByPosition: number[];
+  /** Forward passes per model name. */
+  readonly passes: Record<string, number>;
+  readonly outputs: number[][];
+}
+
+function specs(ctx: BenchContext, m: Method): DrafterSpec[] {
+  return m.drafters.map((d) => (d === 'mag' ? { kind: 'mag', bigram: ctx.bigram } : { kind: 'model', session: ctx.drafters.get(d)! }));
+}
+
+/** Runs `method` over every prompt once; seeds depend on the prompt index and `seed`. */
+export async function runMethod(ctx: BenchContext, m: Method, prompts: readonly number[][], sampling: SamplingParams, seed: number): Promise<RunTotals> {
+  const drafted: number[] = [];
+  const accepted: number[] = [];
+  const passes: Record<string, number> = {};
+  const outputs: number[][] = [];
+  let tokens = 0;
+  let seconds = 0;
+  let rounds = 0;
+  let acc = 0;
+  for (const [i, promptIds] of prompts.entries()) {
+    const r = await generateCascade(ctx.target, { drafters: specs(ctx, m), kMatrix: m.kMatrix, lenience: 1 }, {
+      promptIds,
+      maxTokens: ctx.maxTokens,
+      sampling,
+      seed: seed * 1000 + i,
+      stopAtEos: false,
+    });
+    const s = r.stats;
+    outputs.push(r.tokenIds);
+    tokens += s.generatedTokens;
+    seconds += s.seconds;
+    rounds += s.rounds;
+    acc += s.acceptedTokens;
+    s.draftedByPosition.forEach((d, j) => (drafted[j] = (drafted[j] ?? 0) + d));
+    s.acceptedByPosition.forEach((a, j) => (accepted[j] = (accepted[j] ?? 0) + a));
+    for (const [name, st] of Object.entries(s.models)) passes[name] = (passes[name] ?? 0) + st.forwardPasses;
+  }
+  return { tokens, seconds, rounds, accepted: acc, draftedByPosition: drafted, acceptedByPosition: accepted, passes, outputs };
+}
+
+/** K candidates per method kind for n = drafters.length (MaG last), swept to give each method its best K. */
+export function candidates(kind: Method['kind'], drafters: readonly string[]): number[][][] {
+  const n = drafters.length;
+  const step = (c: number, s: number) => (drafters[c] === 'mag' ? 2 * s : s);
+  const cumRow = (r: number, s: number) => {
+    let acc = 0;
+    return Array.from({ length: n }, (_, c) => (c < r ? 0 : (acc += step(c, s))));
+  };
+  switch (kind) {
+    case 'ar':
+      return [[]];
+    case 'sd':
+    case 'mag':
+      return [2, 3, 4, 6, 8].map((k) => [[k]]);
+    case 'csd-vertical':
+      // Each level's block comes entirely from the level below it (no horizontal contribution).
+      return [2, 3, 4, 6].map((k) => Array.from({ length: n }, (_, r) => Array.from({ length: n }, (_, c) => (c < r ? 0 : Math.max(2, k - r)))));
+    case 'csd-horizontal':
+      // The target's block: each drafter in turn, token by token; no drafter reviews another.
+      return [1, 2, 3].map((s) => Array.from({ length: n }, (_, r) => (r === 0 ? cumRow(0, s) : new Array(n).fill(0))));
+    case 'csd':
+      return [1, 2, 3].map((s) => Array.from({ length: n }, (_, r) => cumRow(r, s)));
+  }
+}
+
+/** Per-method result of one workload at one temperature. */
+export interface MethodResult {
+  readonly method: string;
+  readonly kind: Method['kind'];
+  readonly drafters: readonly string[];
+  readonly kMatrix: readonly (readonly number[])[];
+  /** Median over repeats of (tokens generated / seconds), whole prompt set per repeat. */
+  readonly tokensPerSecond: number;
+  readonly repeatTokensPerSecond: number[];
+  speedupVsAr: number;
+  speedupVsBestSd: number;
+  /** Standardised walltime improvement: target passes of ar over Σ passes × measured cost coefficient. */
+  readonly swi: number;
+  readonly meanAcceptanceLength: number;
+  readonly acceptanceByPosition: number[];
+  /** Greedy only: every output equals ar's. */
+  readonly identicalToAr: boolean | undefined;
+  readonly sweep: { kMatrix: readonly (readonly number[])[]; tokensPerSecond: number }[];
+}
+
+/** Summarises repeated runs of one method. `costs[m]` = per-pass cost of model m relative to the target. */
+export function summarise(m: Method, runs: RunTotals[], costs: Record<string, number>, arOutputs: number[][] | undefined, sweep: MethodResult['sweep']): MethodResult {
+  const tps = runs.map((r) => r.tokens / r.seconds);
+  const first = runs[0]!;
+  const weighted = Object.entries(first.passes).reduce((a, [name, p]) => a + p * (costs[name] ?? 0), 0);
+  return {
+    method: m.name,
+    kind: m.kind,
+    drafters: m.drafters,
+    kMatrix: m.kMatrix,
+    tokensPerSecond: median(tps),
+    repeatTokensPerSecond: tps,
+    speedupVsAr: NaN,
+    speedupVsBestSd: NaN,
+    swi: first.tokens / weighted,
+    meanAcceptanceLength: (first.accepted + first.rounds) / first.rounds,
+    acceptanceByPosition: first.draftedByPosition.map((d, i) => (first.acceptedByPosition[i] ?? 0) / d),
+    identicalToAr: arOutputs ? runs.every((r) => r.outputs.every((o, i) => o.join() === arOutputs[i]!.join())) : undefined,
+    sweep,
+  };
+}
+
+/** Mean repeated-4-gram rate of the target's outputs (from the ar runs). */
+export const repetitionRate = (outputs: number[][]): number => outputs.reduce((a, o) => a + repeated4gramRate(o), 0) / outputs.length;

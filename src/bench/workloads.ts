@@ -1,0 +1,35 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { z } from 'zod';
+import { InvalidArgumentError } from '../errors.ts';
+
+/** Held-out prompt sets under bench/prompts (see its README for provenance). */
+export const WORKLOADS = ['code', 'english', 'grounded'] as const;
+export type Workload = (typeof WORKLOADS)[number];
+
+const Row = z.object({ id: z.string(), source: z.string(), license: z.string(), prompt: z.string().min(1) });
+export type PromptRow = z.infer<typeof Row>;
+
+export const PROMPTS_DIR = new URL('../../bench/prompts', import.meta.url).pathname;
+
+export function loadWorkload(name: Workload, dir = PROMPTS_DIR): PromptRow[] {
+  const path = join(dir, `${name}.jsonl`);
+  if (!existsSync(path)) throw new InvalidArgumentError(`no prompt set ${path}: build it with python3 tools/heldout/build_prompts.py`);
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim())
+    .map((l, i) => {
+      const parsed = Row.safeParse(JSON.parse(l));
+      if (!parsed.success) throw new InvalidArgumentError(`${path} line ${i + 1}: ${z.prettifyError(parsed.error)}`);
+      return parsed.data;
+    });
+}
+
+/** Fraction of repeated 4-grams in a token sequence (degenerate loops score high). */
+export function repeated4gramRate(tokens: readonly number[]): number {
+  if (tokens.length < 4) return 0;
+  const seen = new Set<string>();
+  let total = 0;
+  for (let i = 0; i + 4 <= tokens.length; i++, total++) seen.add(tokens.slice(i, i + 4).join(','));
+  return 1 - seen.size / total;
+}
