@@ -96,6 +96,10 @@ test('cascade - statistics count rounds, drafts, acceptances by position and mod
   t.true(s.meanAcceptanceLength >= 1);
   t.true(s.models.d1!.reviews > 0 && s.models.mag!.proposals > 0);
   t.is(s.models.d1!.proposals, 0, 'd1 only reviews: the vertical cascade never lets it draft token by token');
+  t.is(s.costCoefficients.target, 1);
+  t.is(s.costCoefficients.mag, 0);
+  const weighted = s.models.target!.forwardPasses + s.models.d1!.forwardPasses * s.costCoefficients.d1!;
+  t.true(Math.abs(s.swi - s.generatedTokens / weighted) < 1e-9);
 });
 
 test('cascade - impossible configurations are refused with the reason', async (t) => {

@@ -32,8 +32,31 @@ export interface CascadeStats extends GenerateStats {
   /** acceptedByPosition[i] / draftedByPosition[i] = acceptance rate at draft position i at the target. */
   readonly acceptedByPosition: number[];
   readonly draftedByPosition: number[];
-  /** Per model (target first, then drafters by name): forward passes, tokens scored, reviews, proposals. */
+  /** Per model (target first, then drafters by name): forward passes, tokens scored, reviews, proposals, forward time. */
   readonly models: Record<string, LevelStats>;
+  /**
+   * Cost of one forward pass of each model relative to one of the target, measured in this run
+   * (mean forward wall time); MaG costs 0.
+   */
+  readonly costCoefficients: Record<string, number>;
+  /**
+   * Standardised walltime improvement (CS Drafting): the target passes autoregressive decoding
+   * would need (one per generated token) over Σ passes × cost coefficient of this run.
+   */
+  readonly swi: number;
+}
+
+/** Measured cost coefficients and SWI from per-model counters; `target` names the target's entry. */
+export function standardizedWalltime(models: Record<string, LevelStats>, target: string, generated: number): { costCoefficients: Record<string, number>; swi: number } {
+  const perPass = (s: LevelStats) => (s.forwardPasses ? s.forwardMs / s.forwardPasses : 0);
+  const base = perPass(models[target]!);
+  const costCoefficients: Record<string, number> = {};
+  let weighted = 0;
+  for (const [name, s] of Object.entries(models)) {
+    costCoefficients[name] = base > 0 ? perPass(s) / base : 0;
+    weighted += s.forwardPasses * costCoefficients[name]!;
+  }
+  return { costCoefficients, swi: weighted > 0 ? generated / weighted : 0 };
 }
 
 export interface CascadeResult {
@@ -181,6 +204,7 @@ export async function generateCascade(
       acceptedByPosition: Array.from({ length: drafted.length }, (_, i) => accepted[i] ?? 0),
       draftedByPosition: drafted,
       models,
+      ...standardizedWalltime(models, top.name, out.length),
     },
   };
 }

@@ -42,9 +42,11 @@ export interface LevelStats {
   tokensScored: number;
   reviews: number;
   proposals: number;
+  /** Wall time spent in this model's forward calls, milliseconds. */
+  forwardMs: number;
 }
 
-const newStats = (): LevelStats => ({ forwardPasses: 0, tokensScored: 0, reviews: 0, proposals: 0 });
+const newStats = (): LevelStats => ({ forwardPasses: 0, tokensScored: 0, reviews: 0, proposals: 0, forwardMs: 0 });
 
 /**
  * A neural level (a drafter or the target) working on one sequence of its ModelSession. Its KV is
@@ -70,7 +72,9 @@ export class ModelLevel {
     while (lcp < limit && this.held[lcp] === tokens[lcp]) lcp++;
     await this.session.truncate(this.seqId, lcp);
     const feed = tokens.slice(lcp, to - 1);
+    const t0 = performance.now();
     const logits = await this.session.forward({ seqId: this.seqId, inputIds: feed }, 'all');
+    this.stats.forwardMs += performance.now() - t0;
     this.held = tokens.slice(0, to - 1);
     this.stats.forwardPasses++;
     this.stats.tokensScored += feed.length;
