@@ -118,7 +118,7 @@ test('cli - bench cascade compares every method, verifies greedy identity and wr
   const { stdout } = await cascade('bench', 'cascade', '--workload', 'grounded', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);
   const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));
   const methods = record.results[0].methods;
-  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', ...family.drafters.map((d) => `sd:${d}`), 'mag', 'csd-vertical', 'csd-horizontal', 'csd']);
+  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', ...family.drafters.map((d) => `sd:${d}`), 'mag', 'mag-recent', 'csd-vertical', 'csd-horizontal', 'csd']);
   t.true(methods.slice(1).every((m: { identicalToAr: boolean }) => m.identicalToAr === true), 'every greedy method reproduced ar');
   t.true(methods.every((m: { tokensPerSecond: number; swi: number }) => m.tokensPerSecond > 0 && m.swi > 0));
   t.regex(stdout, /grounded, temperature 0/);

@@ -2,11 +2,15 @@ import test from 'ava';
 import fc from 'fast-check';
 import { MaxGram } from '../src/kernels/maxgram.ts';
 
-/** The longest suffix of s occurring earlier, by rescanning: [length, end of earliest occurrence]. */
-function naiveMatch(s: readonly number[]): [number, number] {
+/**
+ * The longest suffix of s occurring earlier (at most maxLen tokens), by rescanning:
+ * [length, end of its earliest occurrence] or, with recent, of its most recent one.
+ */
+function naiveMatch(s: readonly number[], recent = false, maxLen = Infinity): [number, number] {
   const n = s.length;
-  for (let len = n - 1; len >= 1; len--) {
-    for (let end = len - 1; end < n - 1; end++) {
+  for (let len = Math.min(n - 1, maxLen); len >= 1; len--) {
+    const ends = Array.from({ length: Math.max(0, n - len) }, (_, i) => len - 1 + i);
+    for (const end of recent ? ends.reverse() : ends) {
       let ok = true;
       for (let i = 0; i < len && ok; i++) ok = s[end - i] === s[n - 1 - i];
       if (ok) return [len, end];
@@ -16,11 +20,11 @@ function naiveMatch(s: readonly number[]): [number, number] {
 }
 
 /** MaG by definition (SPEC §4.1), rescanning S ‖ proposal at every step. */
-function naivePropose(s: readonly number[], k: number, bigram: Uint32Array | undefined, minMatch = 1): number[] {
+function naivePropose(s: readonly number[], k: number, bigram: Uint32Array | undefined, minMatch = 1, recent = false, maxLen = Infinity): number[] {
   const cur = [...s];
   const out: number[] = [];
   while (out.length < k) {
-    const [len, end] = naiveMatch(cur);
+    const [len, end] = naiveMatch(cur, recent, maxLen);
     if (len < minMatch) break;
     const copied = cur.slice(end + 1, Math.min(cur.length, end + 1 + (k - out.length)));
     out.push(...copied);
@@ -45,8 +49,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
 
 test('maxgram - proposes exactly what a naive rescan proposes, through appends and truncations', (t) => {
   fc.assert(
-    fc.property(fc.array(op, { maxLength: 40 }), fc.integer({ min: 1, max: 3 }), (ops, minMatch) => {
-      const mag = new MaxGram({ bigram, minMatch });
+    fc.property(fc.array(op, { maxLength: 40 }), fc.integer({ min: 1, max: 3 }), fc.boolean(), (ops, minMatch, recent) => {
+      const maxLen = recent ? 4 : Infinity;
+      const mag = new MaxGram({ bigram, minMatch, occurrence: recent ? 'recent' : 'earliest', maxRecentLength: 4 });
       const ref: number[] = [];
       for (const o of ops) {
         if (o.kind === 'append') {
@@ -58,9 +63,9 @@ test('maxgram - proposes exactly what a naive rescan proposes, through appends a
           ref.length = len;
         } else {
           const got = mag.propose(o.k);
-          const want = naivePropose(ref, o.k, bigram, minMatch);
+          const want = naivePropose(ref, o.k, bigram, minMatch, recent, maxLen);
           if (JSON.stringify(got) !== JSON.stringify(want)) return false;
-          const [len, end] = naiveMatch(ref);
+          const [len, end] = naiveMatch(ref, recent, maxLen);
           const m = mag.longestMatch();
           if (m.length !== len || (len > 0 && m.end !== end)) return false;
           if (JSON.stringify(mag.sequence()) !== JSON.stringify(ref)) return false;
@@ -68,7 +73,7 @@ test('maxgram - proposes exactly what a naive rescan proposes, through appends a
       }
       return true;
     }),
-    { numRuns: 400, seed: 42 },
+    { numRuns: 600, seed: 42 },
   );
   t.pass();
 });
@@ -78,6 +83,13 @@ test('maxgram - copies the continuation of the earliest occurrence of the longes
   mag.append([1, 2, 3, 4, 9, 1, 2, 3, 5, 7, 1, 2, 3]);
   t.deepEqual(mag.longestMatch(), { length: 3, end: 2 });
   t.deepEqual(mag.propose(3), [4, 9, 1]);
+});
+
+test('maxgram - the recent variant copies from the most recent occurrence', (t) => {
+  const mag = new MaxGram({ occurrence: 'recent' });
+  mag.append([1, 2, 3, 4, 9, 1, 2, 3, 5, 7, 1, 2, 3]);
+  t.deepEqual(mag.longestMatch(), { length: 3, end: 7 });
+  t.deepEqual(mag.propose(3), [5, 7, 1]);
 });
 
 test('maxgram - continues from its own proposal, then falls back to the bigram table', (t) => {

@@ -42,6 +42,7 @@ function methodsFor(familyDrafters: readonly string[]): Method[] {
   const base: Method[] = [{ name: 'ar', kind: 'ar', drafters: [], kMatrix: [] }];
   for (const d of familyDrafters) base.push({ name: `sd:${d}`, kind: 'sd', drafters: [d], kMatrix: [[4]] });
   base.push({ name: 'mag', kind: 'mag', drafters: ['mag'], kMatrix: [[4]] });
+  base.push({ name: 'mag-recent', kind: 'mag', drafters: ['mag'], kMatrix: [[4]], magOccurrence: 'recent' });
   if (familyDrafters.length) {
     base.push({ name: 'csd-vertical', kind: 'csd-vertical', drafters: csd, kMatrix: [] });
     base.push({ name: 'csd-horizontal', kind: 'csd-horizontal', drafters: csd, kMatrix: [] });

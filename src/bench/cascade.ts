@@ -10,6 +10,8 @@ export interface Method {
   readonly kind: 'ar' | 'sd' | 'mag' | 'csd-vertical' | 'csd-horizontal' | 'csd';
   readonly drafters: readonly string[];
   readonly kMatrix: readonly (readonly number[])[];
+  /** Which earlier occurrence MaG copies from (default earliest). */
+  readonly magOccurrence?: 'earliest' | 'recent';
 }
 
 /** What every run needs: open sessions, MaG's table, tokenised prompts. */
@@ -34,7 +36,7 @@ export interface RunTotals {
 }
 
 function specs(ctx: BenchContext, m: Method): DrafterSpec[] {
-  return m.drafters.map((d) => (d === 'mag' ? { kind: 'mag', bigram: ctx.bigram } : { kind: 'model', session: ctx.drafters.get(d)! }));
+  return m.drafters.map((d) => (d === 'mag' ? { kind: 'mag', bigram: ctx.bigram, occurrence: m.magOccurrence } : { kind: 'model', session: ctx.drafters.get(d)! }));
 }
 
 /** Runs `method` over every prompt once; seeds depend on the prompt index and `seed`. */

@@ -25,6 +25,7 @@ interface GenerateOptions {
   drafters?: string[];
   kMatrix?: number[][];
   lenience: number;
+  magOccurrence: 'earliest' | 'recent';
   config?: string;
   threads: number;
   json?: boolean;
@@ -36,6 +37,7 @@ const ConfigFile = z.strictObject({
   drafters: z.array(z.string()).optional(),
   kMatrix: z.array(z.array(z.number().int().nonnegative())).optional(),
   lenience: z.number().min(1).optional(),
+  magOccurrence: z.enum(['earliest', 'recent']).optional(),
   maxTokens: z.number().int().positive().optional(),
   temperature: z.number().nonnegative().optional(),
   topP: z.number().gt(0).lte(1).optional(),
@@ -89,7 +91,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   try {
     const target = await open(o.model ?? family.target);
     const drafters: DrafterSpec[] = [];
-    for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family) } : { kind: 'model', session: await open(d) });
+    for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await open(d) });
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
     const stream = tok.stream();
     const result = await generateCascade(
@@ -129,6 +131,11 @@ const parseMode = (raw: string): Mode => {
   return raw as Mode;
 };
 
+const parseOccurrence = (raw: string): 'earliest' | 'recent' => {
+  if (raw !== 'earliest' && raw !== 'recent') throw new InvalidArgumentError(`--mag-occurrence must be earliest or recent, got "${raw}"`);
+  return raw;
+};
+
 const parseDrafters = (raw: string): string[] => {
   const list = raw.split(',').map((s) => s.trim());
   if (list.some((s) => !s)) throw new InvalidArgumentError(`--drafters must be a comma-separated list of names, got "${raw}"`);
@@ -163,7 +170,8 @@ export function registerGenerate(program: Command): void {
     .option('--drafters <list>', 'cascade drafters, largest first, e.g. draft-l2,draft-l1,mag (overrides the mode)', parseDrafters)
     .option('--k-matrix <json>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]]', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, maxTokens, temperature, topP, topK, seed, models, threads')
+    .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads')
     .option('--models <dir>', 'model family directory', 'models')
     .option('--model <name>', 'family member to use as the target (default: the family target)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)

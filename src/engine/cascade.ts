@@ -6,7 +6,9 @@ import { checkRequest, type FinishReason, type GenerateRequest, type GenerateSta
 import { Block, MagLevel, ModelLevel, type LevelStats } from './levels.ts';
 
 /** A drafter of the cascade: a neural model, or MaG (which may only be the last). */
-export type DrafterSpec = { readonly kind: 'model'; readonly session: ModelSession } | { readonly kind: 'mag'; readonly bigram?: Uint32Array; readonly minMatch?: number };
+export type DrafterSpec =
+  | { readonly kind: 'model'; readonly session: ModelSession }
+  | { readonly kind: 'mag'; readonly bigram?: Uint32Array; readonly minMatch?: number; readonly occurrence?: 'earliest' | 'recent' };
 
 /**
  * The cascade of SPEC §4.2. `drafters` are largest first. `kMatrix` is n×n upper triangular in the
@@ -112,7 +114,7 @@ export async function generateCascade(
   const seqId = randomUUID();
   const rng = new Rng(req.seed);
   const top = new ModelLevel(target.spec.name, target, seqId, req.sampling);
-  const drafters: Level[] = config.drafters.map((d) => (d.kind === 'mag' ? new MagLevel(d.bigram, d.minMatch) : new ModelLevel(d.session.spec.name, d.session, seqId, req.sampling)));
+  const drafters: Level[] = config.drafters.map((d) => (d.kind === 'mag' ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence }) : new ModelLevel(d.session.spec.name, d.session, seqId, req.sampling)));
   const K = config.kMatrix;
   const n = drafters.length;
   const accepted: number[] = [];

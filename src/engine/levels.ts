@@ -1,5 +1,5 @@
 import { review, reviewGreedyLenient, type ReviewOutcome } from '../kernels/acceptance.ts';
-import { MaxGram } from '../kernels/maxgram.ts';
+import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, logitsRow, sample, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
@@ -136,8 +136,8 @@ export class MagLevel {
   readonly stats = newStats();
   private readonly index: MaxGram;
 
-  constructor(bigram?: Uint32Array, minMatch?: number) {
-    this.index = new MaxGram({ bigram, minMatch });
+  constructor(options: MaxGramOptions = {}) {
+    this.index = new MaxGram(options);
   }
 
   /** Appends up to k tokens proposed after the whole block. */

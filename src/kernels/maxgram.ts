@@ -11,12 +11,83 @@
  * append is recorded in an undo log so that `truncate` rolls back to any earlier length, as a
  * model's KV cache does after a rejected draft. The earliest occurrence of a state's strings is its
  * `firstEnd`, which clones inherit.
+ *
+ * Variant `occurrence: 'recent'` copies from the most recent earlier occurrence instead, as
+ * prompt-lookup decoding does. The automaton cannot give that in O(1), so a second index maps each
+ * suffix of up to `maxRecentLength` tokens (a 52-bit rolling hash, every hit verified token by
+ * token) to where it last ended: O(maxRecentLength) per token, and matches are capped at that length.
  */
 export interface MaxGramOptions {
   /** bigram[a] = most frequent successor of token a; without it, unmatched positions repeat the last token. */
   readonly bigram?: Uint32Array;
   /** Suffix matches shorter than this count as no match (default 1). */
   readonly minMatch?: number;
+  /** Which earlier occurrence of the longest repeated suffix to copy from (default 'earliest', as CS Drafting). */
+  readonly occurrence?: 'earliest' | 'recent';
+  /** Longest suffix the 'recent' variant matches (default 16). */
+  readonly maxRecentLength?: number;
+}
+
+const P1 = 67108859; // primes below 2^26: two hashes combine into one key below 2^52
+const P2 = 67108837;
+
+/**
+ * For each appended position i, the longest suffix of S[0..i] (up to maxLength tokens) that also
+ * ended earlier, and where it most recently ended; undoable like the automaton.
+ */
+class RecentIndex {
+  private readonly maps: Map<number, number>[];
+  readonly matchLength: number[] = [];
+  readonly matchEnd: number[] = [];
+  private readonly undo: [number, number, number][][] = [];
+
+  constructor(private readonly maxLength: number) {
+    this.maps = Array.from({ length: maxLength + 1 }, () => new Map());
+  }
+
+  append(tokens: readonly number[]): void {
+    const i = tokens.length - 1;
+    let h1 = 0;
+    let h2 = 0;
+    let best = 0;
+    let bestEnd = -1;
+    const entries: [number, number, number][] = [];
+    for (let len = 1; len <= Math.min(this.maxLength, i + 1); len++) {
+      const t = tokens[i - len + 1]! + 1;
+      h1 = (h1 * 40503 + t) % P1;
+      h2 = (h2 * 65599 + t) % P2;
+      const key = h1 * P2 + h2;
+      const prev = this.maps[len]!.get(key);
+      if (prev !== undefined && best === len - 1 && same(tokens, prev, i, len)) {
+        best = len;
+        bestEnd = prev;
+      }
+      entries.push([len, key, prev ?? -1]);
+      this.maps[len]!.set(key, i);
+    }
+    this.undo.push(entries);
+    this.matchLength.push(best);
+    this.matchEnd.push(bestEnd);
+  }
+
+  truncate(length: number): void {
+    while (this.undo.length > length) {
+      const entries = this.undo.pop()!;
+      for (let j = entries.length - 1; j >= 0; j--) {
+        const [len, key, old] = entries[j]!;
+        if (old < 0) this.maps[len]!.delete(key);
+        else this.maps[len]!.set(key, old);
+      }
+      this.matchLength.pop();
+      this.matchEnd.pop();
+    }
+  }
+}
+
+/** tokens[a-len+1..a] equals tokens[b-len+1..b]. */
+function same(tokens: readonly number[], a: number, b: number, len: number): boolean {
+  for (let k = 0; k < len; k++) if (tokens[a - k] !== tokens[b - k]) return false;
+  return true;
 }
 
 /** One reverted change: a transition (state, token) that held `old` (-1: absent), or a link. */
@@ -40,10 +111,12 @@ export class MaxGram {
   private readonly marks: Mark[] = [];
   private readonly bigram: Uint32Array | undefined;
   private readonly minMatch: number;
+  private readonly recent: RecentIndex | undefined;
 
   constructor(options: MaxGramOptions = {}) {
     this.bigram = options.bigram;
     this.minMatch = Math.max(1, options.minMatch ?? 1);
+    if (options.occurrence === 'recent') this.recent = new RecentIndex(options.maxRecentLength ?? 16);
   }
 
   /** Tokens indexed so far (|S|). */
@@ -88,13 +161,18 @@ export class MaxGram {
     this.last = mark.last;
     this.tokens.length = length;
     this.marks.length = length;
+    this.recent?.truncate(length);
   }
 
   /**
    * The longest suffix of S with an earlier occurrence: its length and the index in S where its
-   * earliest occurrence ends (length 0 and end -1 when none).
+   * earliest (or, for 'recent', most recent) occurrence ends; length 0 and end -1 when none.
    */
   longestMatch(): { length: number; end: number } {
+    if (this.recent) {
+      const i = this.tokens.length - 1;
+      return i < 0 ? { length: 0, end: -1 } : { length: this.recent.matchLength[i]!, end: this.recent.matchEnd[i]! };
+    }
     const v = this.link[this.last] ?? -1;
     if (v <= 0) return { length: 0, end: -1 };
     return { length: this.len[v]!, end: this.firstEnd[v]! };
@@ -150,6 +228,7 @@ export class MaxGram {
       }
     }
     this.last = cur;
+    this.recent?.append(this.tokens);
   }
 
   private newState(len: number, firstEnd: number, link: number, next: Map<number, number>): number {
