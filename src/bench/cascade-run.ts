@@ -2,8 +2,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { planCascade } from '../engine/presets.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
-import { loadBigram, loadFamily, memberDir } from '../models/family.ts';
-import { OrtModelSession } from '../models/ort-session.ts';
+import { loadBigram, loadFamily } from '../models/family.ts';
+import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { candidates, repetitionRate, runMethod, summarise, type BenchContext, type Method, type MethodResult } from './cascade.ts';
@@ -120,16 +120,11 @@ function table(r: WorkloadResult): string {
 /** `cascade bench cascade`: every method side by side on held-out workloads; table, JSON, markdown, SVG. */
 export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResult[]> {
   const family = loadFamily(o.models);
-  const sessions: ModelSession[] = [];
-  const open = async (name: string) => {
-    const s = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads });
-    sessions.push(s);
-    return s;
-  };
+  const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
   try {
-    const target = await open(family.target);
+    const target = await sessions.get(family.target);
     const drafters = new Map<string, ModelSession>();
-    for (const d of family.drafters) drafters.set(d, await open(d));
+    for (const d of family.drafters) drafters.set(d, await sessions.get(d));
     const ctx: BenchContext = { target, drafters, bigram: loadBigram(family), maxTokens: o.maxTokens };
     log('measuring cost coefficients (decode ms/token relative to the target) …');
     const costs: Record<string, number> = {};
@@ -165,6 +160,6 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
     process.stdout.write(`\nwrote ${json}, ${join(o.out, 'cascade.md')} and ${charts.length} SVG plots\n`);
     return results;
   } finally {
-    await Promise.all(sessions.map((s) => s.close()));
+    await sessions.close();
   }
 }

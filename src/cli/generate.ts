@@ -5,9 +5,8 @@ import { z } from 'zod';
 import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
 import { MODES, planCascade, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { loadBigram, loadFamily, memberDir } from '../models/family.ts';
-import { OrtModelSession } from '../models/ort-session.ts';
-import type { ModelSession } from '../models/session.ts';
+import { loadBigram, loadFamily } from '../models/family.ts';
+import { FamilySessions } from '../models/family-sessions.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { parseNumber } from './options.ts';
 
@@ -82,16 +81,11 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   const text = promptText(positional, o);
   const family = loadFamily(o.models);
   const plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters);
-  const sessions: ModelSession[] = [];
-  const open = async (name: string) => {
-    const s = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads });
-    sessions.push(s);
-    return s;
-  };
+  const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
   try {
-    const target = await open(o.model ?? family.target);
+    const target = await sessions.get(o.model ?? family.target);
     const drafters: DrafterSpec[] = [];
-    for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await open(d) });
+    for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await sessions.get(d) });
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
     const stream = tok.stream();
     const result = await generateCascade(
@@ -122,7 +116,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       );
     }
   } finally {
-    await Promise.all(sessions.map((s) => s.close()));
+    await sessions.close();
   }
 }
 

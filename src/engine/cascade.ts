@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
 import type { ModelSession } from '../models/session.ts';
-import { checkRequest, type FinishReason, type GenerateRequest, type GenerateStats } from './generate.ts';
+import { baseStats, checkRequest, type FinishReason, type GenerateRequest, type GenerateStats } from './generate.ts';
 import { Block, MagLevel, ModelLevel, type LevelStats } from './levels.ts';
 
 /** A drafter of the cascade: a neural model, or MaG (which may only be the last). */
@@ -186,7 +186,6 @@ export async function generateCascade(
     await Promise.all([top, ...drafters].map((l) => (l instanceof ModelLevel ? l.release().catch(() => undefined) : undefined)));
   }
 
-  const seconds = (performance.now() - start) / 1000;
   const acceptedTokens = accepted.reduce((a, b) => a + b, 0);
   const models: Record<string, LevelStats> = { [top.name]: top.stats };
   for (const d of drafters) models[d.name] = d.stats;
@@ -194,11 +193,7 @@ export async function generateCascade(
     tokenIds: out,
     finishReason,
     stats: {
-      promptTokens: req.promptIds.length,
-      generatedTokens: out.length,
-      seconds,
-      firstTokenSeconds: firstToken / 1000,
-      tokensPerSecond: out.length / seconds,
+      ...baseStats(req.promptIds.length, out.length, start, firstToken),
       rounds,
       draftedTokens: drafted.reduce((a, b) => a + b, 0),
       acceptedTokens,

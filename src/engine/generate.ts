@@ -80,16 +80,11 @@ export async function generateAutoregressive(
   } finally {
     await model.release(seqId).catch(() => undefined);
   }
-  const seconds = (performance.now() - start) / 1000;
-  return {
-    tokenIds: out,
-    finishReason,
-    stats: {
-      promptTokens: req.promptIds.length,
-      generatedTokens: out.length,
-      seconds,
-      firstTokenSeconds: firstToken / 1000,
-      tokensPerSecond: out.length / seconds,
-    },
-  };
+  return { tokenIds: out, finishReason, stats: baseStats(req.promptIds.length, out.length, start, firstToken) };
+}
+
+/** The statistics every decoding loop reports; times are performance.now() milliseconds. */
+export function baseStats(promptTokens: number, generatedTokens: number, startMs: number, firstTokenMs: number): GenerateStats {
+  const seconds = (performance.now() - startMs) / 1000;
+  return { promptTokens, generatedTokens, seconds, firstTokenSeconds: firstTokenMs / 1000, tokensPerSecond: generatedTokens / seconds };
 }

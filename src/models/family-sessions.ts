@@ -1,0 +1,29 @@
+import type { Family } from './family.ts';
+import { memberDir } from './family.ts';
+import { OrtModelSession } from './ort-session.ts';
+import type { ModelSession, SessionOptions } from './session.ts';
+
+/** Opens family members on demand (one worker each, opened once) and closes them all together. */
+export class FamilySessions {
+  private readonly open = new Map<string, Promise<ModelSession>>();
+
+  constructor(
+    readonly family: Family,
+    private readonly options: SessionOptions,
+  ) {}
+
+  get(name: string): Promise<ModelSession> {
+    let s = this.open.get(name);
+    if (!s) {
+      s = OrtModelSession.open(memberDir(this.family, name), this.options);
+      this.open.set(name, s);
+    }
+    return s;
+  }
+
+  async close(): Promise<void> {
+    const all = await Promise.allSettled(this.open.values());
+    await Promise.all(all.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
+    this.open.clear();
+  }
+}
