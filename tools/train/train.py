@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,7 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--init", help="start from this checkpoint's weights (a new phase)")
+    ap.add_argument("--init-model", help="start from the weights of an exported model directory (verified against its reference logits)")
     ap.add_argument("--teacher", help="checkpoint of a teacher to distill from")
     ap.add_argument("--distill-weight", type=float, default=0.7)
     ap.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time; 0 = no limit")
@@ -125,6 +127,10 @@ def main() -> None:
     elif args.init:
         model.load_state_dict(torch.load(args.init)["model"])
         print(f"initialised {args.model} from {args.init}", flush=True)
+    elif args.init_model:
+        from onnx_weights import load_from_model_dir
+        model.load_state_dict(load_from_model_dir(Path(args.init_model)).state_dict())
+        print(f"initialised {args.model} from the exported model in {args.init_model}", flush=True)
     teacher = None
     if args.teacher:
         tck = torch.load(args.teacher)
@@ -143,6 +149,13 @@ def main() -> None:
                     "elapsed": elapsed, "model_name": args.model, "args": vars(args)}, tmp)
         os.replace(tmp, ckpt_path)
 
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     started = time.time()
     t0 = time.time()
     while step < total_steps:
@@ -178,6 +191,10 @@ def main() -> None:
         if args.max_minutes and time.time() - started > args.max_minutes * 60:
             save()
             print(f"stopping at step {step} after {args.max_minutes} minutes; rerun to resume", flush=True)
+            return
+        if stop["signal"] is not None:
+            save()
+            print(f"stopping at step {step} on signal {stop['signal']} with a checkpoint; rerun to resume", flush=True)
             return
     (run / "log.json").write_text(json.dumps(log, indent=1))
     print("done", flush=True)
