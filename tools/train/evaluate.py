@@ -51,10 +51,19 @@ def nll_and_argmax(model: Decoder, stream: np.ndarray, seq: int) -> tuple[float,
 
 @torch.no_grad()
 def greedy(model: Decoder, prompt: list[int], n: int) -> list[int]:
-    ids = list(prompt)
+    """n greedy tokens after prompt, decoding incrementally over the KV cache."""
+    cfg = model.cfg
+    past = [(torch.zeros(1, cfg.num_key_value_heads, 0, cfg.head_dim),) * 2 for _ in range(cfg.num_hidden_layers)]
+    total = len(prompt)
+    logits, past = model.forward_with_past(torch.tensor([prompt]), torch.ones(1, total, dtype=torch.int64),
+                                           torch.arange(total).unsqueeze(0), past)
+    out: list[int] = []
     for _ in range(n):
-        ids.append(int(model(torch.tensor([ids]))[0, -1].argmax()))
-    return ids[len(prompt):]
+        out.append(int(logits[0, -1].argmax()))
+        total += 1
+        logits, past = model.forward_with_past(torch.tensor([[out[-1]]]), torch.ones(1, total, dtype=torch.int64),
+                                               torch.tensor([[total - 1]]), past)
+    return out
 
 
 def repeated_4gram_rate(tokens: list[int]) -> float:
