@@ -31,5 +31,5 @@ wait $target
 for m in target draft-l2 draft-l1; do
   $PY tools/train/export.py --ckpt runs/$m/ckpt.pt --out models/$m --tokenizer models/tokenizer.json
 done
-echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"]}' > models/family.json
+echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"], "bigram": "bigram.bin"}' > models/family.json
 $PY tools/train/evaluate.py --runs runs --models models
