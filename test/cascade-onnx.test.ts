@@ -1,7 +1,8 @@
 import test from 'ava';
-import { generateCascade, type DrafterSpec } from '../src/engine/cascade.ts';
+import { loadWorkload, WORKLOADS } from '../src/bench/workloads.ts';
+import { generateCascade, type CascadeConfig, type DrafterSpec } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
-import { MODES, planCascade } from '../src/engine/presets.ts';
+import { planCascade } from '../src/engine/presets.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { loadBigram } from '../src/models/family.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
@@ -9,35 +10,57 @@ import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { dirOf, family } from './helpers/family.ts';
 
 const target = await OrtModelSession.open(dirOf(family.target));
-const drafters = new Map(await Promise.all(family.drafters.map(async (d) => [d, await OrtModelSession.open(dirOf(d))] as const)));
+const sessions = new Map(await Promise.all(family.drafters.map(async (d) => [d, await OrtModelSession.open(dirOf(d))] as const)));
 const bigram = loadBigram(family);
 const tok = TextTokenizer.load(target.spec.tokenizerPath);
-test.after.always(() => Promise.all([target, ...drafters.values()].map((s) => s.close())));
+test.after.always(() => Promise.all([target, ...sessions.values()].map((s) => s.close())));
 
-const prompts = [
-  'def parse_args(argv):\n    parser = argparse.ArgumentParser(',
-  'The socket module provides access to the BSD socket interface. It is',
-  'for (const entry of entries) {\n  if (entry.isFile()) {',
+// Held-out prompts (man pages and npm's sources, never trained on): all 48 of bench/prompts, plus the
+// first half of every third one, so that the cascade also starts from mid-sentence cuts. 64 prompts.
+const full = WORKLOADS.flatMap((w) => loadWorkload(w).map((p) => p.prompt));
+const prompts = [...full, ...full.filter((_, i) => i % 3 === 0).map((p) => p.slice(0, p.length >> 1))];
+const encoded = prompts.map((p) => tok.encode(p));
+const MAX_TOKENS = 20;
+const request = (promptIds: number[]) => ({ promptIds, maxTokens: MAX_TOKENS, sampling: GREEDY, seed: 0, stopAtEos: false });
+
+let reference: Promise<number[][]> | undefined;
+/** Target-only greedy outputs, computed once and shared by every shape. */
+const targetOutputs = () => (reference ??= (async () => {
+  const out: number[][] = [];
+  for (const ids of encoded) out.push((await generateAutoregressive(target, request(ids))).tokenIds);
+  return out;
+})());
+
+const [large, small] = family.drafters as [string, string];
+const spec = (d: string): DrafterSpec => (d === 'mag' ? { kind: 'mag', bigram } : { kind: 'model', session: sessions.get(d)! });
+const shape = (drafters: string[], kMatrix?: number[][], lenience?: number): CascadeConfig => {
+  const plan = planCascade({ mode: 'csd', drafters, kMatrix, lenience }, family.drafters);
+  return { drafters: plan.drafters.map(spec), kMatrix: plan.kMatrix, lenience: plan.lenience };
+};
+
+const shapes: [string, CascadeConfig][] = [
+  [`sd with ${large}`, shape([large])],
+  [`sd with ${small}, K=6`, shape([small], [[6]])],
+  ['mag (prompt lookup)', shape(['mag'])],
+  [`2 levels: ${large} + mag`, shape([large, 'mag'])],
+  [`2 levels: ${large} + ${small}, lenience 2`, shape([large, small], [[2, 5], [0, 3]], 2)],
+  [`3 levels: ${large} + ${small} + mag`, shape([large, small, 'mag'])],
+  [`3 levels: ${large} + ${small} + mag, lenience 4, custom K`, shape([large, small, 'mag'], [[3, 6, 9], [0, 3, 6], [0, 0, 3]], 4)],
+  ['horizontal only', shape([large, small, 'mag'], [[1, 2, 4], [0, 0, 0], [0, 0, 0]])],
 ];
 
-for (const mode of MODES) {
-  test(`cascade (ONNX) - ${mode}: greedy output is token-identical to target-only decoding`, async (t) => {
-    const plan = planCascade({ mode }, family.drafters);
-    const specs: DrafterSpec[] = plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag', bigram } : { kind: 'model', session: drafters.get(d)! }));
-    for (const prompt of prompts) {
-      const req = { promptIds: tok.encode(prompt), maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
-      const want = await generateAutoregressive(target, req);
-      const got = await generateCascade(target, { drafters: specs, kMatrix: plan.kMatrix, lenience: plan.lenience }, req);
-      t.deepEqual(got.tokenIds, want.tokenIds, prompt);
+test(`cascade (ONNX) - ${prompts.length} held-out prompts`, (t) => {
+  t.true(prompts.length >= 50);
+});
+
+for (const [name, config] of shapes) {
+  test.serial(`cascade (ONNX) - ${name}: greedy output is token-identical to target-only decoding on every held-out prompt`, async (t) => {
+    const want = await targetOutputs();
+    const mismatches: string[] = [];
+    for (const [i, ids] of encoded.entries()) {
+      const got = await generateCascade(target, config, request(ids));
+      if (got.tokenIds.join() !== want[i]!.join()) mismatches.push(`prompt ${i}: ${JSON.stringify(tok.decode(got.tokenIds))} != ${JSON.stringify(tok.decode(want[i]!))}`);
     }
+    t.deepEqual(mismatches, []);
   });
 }
-
-test('cascade (ONNX) - lenient drafters and a custom K keep greedy output identical', async (t) => {
-  const specs: DrafterSpec[] = [...family.drafters.map((d): DrafterSpec => ({ kind: 'model', session: drafters.get(d)! })), { kind: 'mag', bigram }];
-  const n = specs.length;
-  const kMatrix = Array.from({ length: n }, (_, r) => Array.from({ length: n }, (_, c) => (c < r ? 0 : 3 * (c - r + 1))));
-  const req = { promptIds: tok.encode(prompts[0]!), maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
-  const want = await generateAutoregressive(target, req);
-  t.deepEqual((await generateCascade(target, { drafters: specs, kMatrix, lenience: 4 }, req)).tokenIds, want.tokenIds);
-});

@@ -40,7 +40,10 @@ SOURCES = [
         "domain": "english",
         "package": "debian:nodejs-doc",
         "licence": "MIT (Node.js documentation)",
-        "root": "/usr/share/doc/nodejs/api",
+        # Installing nodejs-doc would make apt replace a NodeSource Node 20 with Debian's Node 18
+        # (they conflict), so the .deb is downloaded and unpacked instead of installed.
+        "deb": "nodejs-doc",
+        "subdir": "usr/share/doc/nodejs/api",
         "suffixes": [".md.gz", ".md"],
     },
     {
@@ -97,9 +100,18 @@ def npm_unpack(spec: str, into: Path) -> Path:
     return into
 
 
+def deb_unpack(package: str, into: Path) -> Path:
+    subprocess.run(["apt-get", "download", "-q", package], cwd=into, check=True, stdout=subprocess.DEVNULL)
+    deb = next(into.glob("*.deb"))
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(into)], check=True)
+    return into
+
+
 def iter_docs(src: dict, tmp: Path):
     if "npm" in src:
         root = npm_unpack(src["npm"], tmp / src["name"]) / src["subdir"]
+    elif "deb" in src:
+        root = deb_unpack(src["deb"], tmp / src["name"]) / src["subdir"]
     else:
         root = Path(src["root"])
     if not root.exists():
