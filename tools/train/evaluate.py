@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from model import FAMILY, Decoder, count_params  # noqa: E402
+from model import Decoder, count_params  # noqa: E402
+from onnx_weights import load_from_model_dir  # noqa: E402
 from train import DOMAINS, load_split  # noqa: E402
 
 PROMPTS_PER_DOMAIN = 12
@@ -28,12 +29,39 @@ PROMPT_TOKENS = 64
 CONTINUATION_TOKENS = 64
 
 
-def load(path: Path) -> tuple[Decoder, dict]:
-    ck = torch.load(path)
-    m = Decoder(FAMILY[ck["model_name"]])
-    m.load_state_dict(ck["model"])
-    m.eval()
-    return m, ck
+def phase_of(ck: dict, run: str) -> dict:
+    return {"run": run, "steps": ck["step"], "tokens": ck["step"] * ck["args"]["batch"] * ck["args"]["seq"],
+            "wall_s": round(ck.get("elapsed", 0.0)), "train_args": ck["args"], "val_curve": ck["log"]}
+
+
+def recorded_phases(previous: dict | None, why: str) -> list[dict]:
+    """The phases an earlier training record gives a model (records before phases had one)."""
+    if previous is None:
+        raise SystemExit(f"{why}, and no earlier training record describes it")
+    if "phases" in previous:
+        return previous["phases"]
+    return [{"run": previous["train_args"]["run"], "steps": previous["steps"], "tokens": previous["tokens_seen"],
+             "wall_s": previous["train_wall_s"], "train_args": previous["train_args"], "val_curve": previous["val_curve"]}]
+
+
+def training_phases(ckpt: Path, previous: dict | None) -> list[dict]:
+    """The training history of a shipped model, oldest phase first.
+
+    A phase started with --init CKPT continues from that checkpoint's phases; one started with
+    --init-model DIR (the weights of an earlier export) continues from the phases in the earlier
+    training record. Without a checkpoint (a model not retrained this time) the earlier record stands.
+    """
+    if not ckpt.exists():
+        return recorded_phases(previous, f"no checkpoint {ckpt}")
+    ck = torch.load(ckpt)
+    a = ck["args"]
+    if a.get("init"):
+        before = training_phases(Path(a["init"]), None)
+    elif a.get("init_model"):
+        before = recorded_phases(previous, f"{ckpt} started from the exported {a['init_model']}")
+    else:
+        before = []
+    return before + [phase_of(ck, str(ckpt.parent))]
 
 
 @torch.no_grad()
@@ -86,26 +114,32 @@ def main() -> None:
     ap.add_argument("--data", default="data/tokens")
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
+                    help="final checkpoint of NAME (default RUNS/NAME/ckpt.pt); phases before it are followed through --init")
     args = ap.parse_args()
     torch.set_num_threads(2)
     family = json.loads((Path(args.models) / "family.json").read_text())
     names = [family["target"], *family["drafters"]]
     test = load_split(Path(args.data), "test")
+    record_path = Path(args.models, "training-record.json")
+    previous = json.loads(record_path.read_text())["models"] if record_path.exists() else {}
+    ckpts = dict(kv.split("=", 1) for kv in args.ckpt)
     record: dict = {"corpus": json.loads((Path(args.corpus) / "manifest.json").read_text()), "models": {}}
     target_preds: dict[str, np.ndarray] = {}
     for name in names:
-        model, ck = load(Path(args.runs) / name / "ckpt.pt")
+        # What ships is what is measured: the weights come from the exported ONNX model.
+        model = load_from_model_dir(Path(args.models) / name)
         onnx_path = Path(args.models) / name / "model.onnx"
+        ckpt = Path(ckpts.get(name, Path(args.runs) / name / "ckpt.pt"))
+        phases = training_phases(ckpt, previous.get(name))
         r = {
             "params": count_params(model),
             "config": model.cfg.to_json(),
             "onnx_bytes": onnx_path.stat().st_size,
             "onnx_sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
-            "steps": ck["step"],
-            "tokens_seen": ck["step"] * ck["args"]["batch"] * ck["args"]["seq"],
-            "train_wall_s": round(ck.get("elapsed", 0.0)),
-            "train_args": ck["args"],
-            "val_curve": ck["log"],
+            "tokens_seen": sum(ph["tokens"] for ph in phases),
+            "train_wall_s": sum(ph["wall_s"] for ph in phases),
+            "phases": phases,
             "test_nll": {}, "agree_with_target": {}, "repeat4": {},
         }
         for d in DOMAINS:
@@ -118,7 +152,7 @@ def main() -> None:
             r["repeat4"][d] = round(float(np.mean([repeated_4gram_rate(c) for c in conts])), 4)
         record["models"][name] = r
         print(f"{name}: nll {r['test_nll']} agree {r['agree_with_target']} repeat4 {r['repeat4']}", flush=True)
-    Path(args.models, "training-record.json").write_text(json.dumps(record, indent=1) + "\n")
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
     write_card(Path(args.models) / "README.md", record, names)
 
 

@@ -110,12 +110,18 @@ def reference(model: Decoder, enc: Encoder, text: str) -> tuple[list[int], np.nd
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--ckpt", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--ckpt", help="training checkpoint to export")
+    src.add_argument("--from-model", help="re-export the weights of an exported model directory (after an exporter change)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer", default="models/tokenizer.json")
     ap.add_argument("--reference-text", default="data/corpus/test.code.txt")
     args = ap.parse_args()
-    model = load(args.ckpt)
+    if args.ckpt:
+        model = load(args.ckpt)
+    else:
+        from onnx_weights import load_from_model_dir
+        model = load_from_model_dir(Path(args.from_model)).eval()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     export_onnx(model, out / "model.onnx")

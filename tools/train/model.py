@@ -60,13 +60,19 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
-def rope(x: torch.Tensor, position_ids: torch.Tensor, theta: float) -> torch.Tensor:
-    """Hugging Face Llama rotary embedding (rotate_half convention). x: [b, h, s, d]."""
-    d = x.shape[-1]
-    inv_freq = 1.0 / (theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the Hugging Face Llama rotary embedding, [b, 1, s, head_dim]; computed once per
+    forward and shared by every layer (the exported graph then holds one copy, not one per layer)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     freqs = position_ids.to(torch.float32)[:, :, None] * inv_freq[None, None, :]
     emb = torch.cat((freqs, freqs), dim=-1)[:, None, :, :]
-    return x * emb.cos() + rotate_half(x) * emb.sin()
+    return emb.cos(), emb.sin()
+
+
+def rope(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary embedding (rotate_half convention). x: [b, h, s, d]."""
+    cos, sin = tables
+    return x * cos + rotate_half(x) * sin
 
 
 class Attention(nn.Module):
@@ -79,14 +85,14 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.hidden_size, kv * hd, bias=False)
         self.o_proj = nn.Linear(h * hd, cfg.hidden_size, bias=False)
 
-    def forward(self, x, position_ids, bias, past_k=None, past_v=None):
+    def forward(self, x, rope_cs, bias, past_k=None, past_v=None):
         b, s, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).view(b, s, c.num_attention_heads, c.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, c.num_key_value_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, s, c.num_key_value_heads, c.head_dim).transpose(1, 2)
-        q = rope(q, position_ids, c.rope_theta)
-        k = rope(k, position_ids, c.rope_theta)
+        q = rope(q, rope_cs)
+        k = rope(k, rope_cs)
         if past_k is not None:
             k = torch.cat([past_k, k], dim=2)
             v = torch.cat([past_v, v], dim=2)
@@ -111,8 +117,8 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x, position_ids, bias, past_k=None, past_v=None):
-        a, present = self.self_attn(self.input_layernorm(x), position_ids, bias, past_k, past_v)
+    def forward(self, x, rope_cs, bias, past_k=None, past_v=None):
+        a, present = self.self_attn(self.input_layernorm(x), rope_cs, bias, past_k, past_v)
         x = x + a
         h = self.post_attention_layernorm(x)
         x = x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
@@ -143,8 +149,9 @@ class Decoder(nn.Module):
         pos = torch.arange(s).unsqueeze(0).expand(b, s)
         bias = torch.full((s, s), float("-inf")).triu(1)[None, None]
         x = self.embed_tokens(input_ids)
+        rope_cs = rope_tables(pos, self.cfg.head_dim, self.cfg.rope_theta)
         for layer in self.layers:
-            x, _ = layer(x, pos, bias)
+            x, _ = layer(x, rope_cs, bias)
         return self.logits(self.norm(x))
 
     def forward_with_past(self, input_ids, attention_mask, position_ids, past):
@@ -156,9 +163,10 @@ class Decoder(nn.Module):
         allowed = (key_idx <= query_idx)[None, None] & (attention_mask[:, None, None, :] > 0)
         bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
         x = self.embed_tokens(input_ids)
+        rope_cs = rope_tables(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
         presents = []
         for i, layer in enumerate(self.layers):
-            x, present = layer(x, position_ids, bias, past[i][0], past[i][1])
+            x, present = layer(x, rope_cs, bias, past[i][0], past[i][1])
             presents.append(present)
         return self.logits(self.norm(x)), presents
 

@@ -105,6 +105,8 @@ def main() -> None:
     ap.add_argument("--init-model", help="start from the weights of an exported model directory (verified against its reference logits)")
     ap.add_argument("--teacher", help="checkpoint of a teacher to distill from")
     ap.add_argument("--distill-weight", type=float, default=0.7)
+    ap.add_argument("--teacher-refresh", type=int, default=0, metavar="STEPS",
+                    help="reload the teacher checkpoint every STEPS steps (distil from a teacher that is still training)")
     ap.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time; 0 = no limit")
     args = ap.parse_args()
 
@@ -117,12 +119,14 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     total_steps = int(args.tokens // (args.batch * args.seq))
     step, log, elapsed = 0, [], 0.0
+    prior_teacher_steps: list[dict] = []
     ckpt_path = run / "ckpt.pt"
     if ckpt_path.exists():
         ck = torch.load(ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, log, elapsed = ck["step"], ck["log"], ck.get("elapsed", 0.0)
+        prior_teacher_steps = ck.get("teacher_steps", [])
         print(f"resumed {args.model} at step {step}/{total_steps}", flush=True)
     elif args.init:
         model.load_state_dict(torch.load(args.init)["model"])
@@ -131,12 +135,20 @@ def main() -> None:
         from onnx_weights import load_from_model_dir
         model.load_state_dict(load_from_model_dir(Path(args.init_model)).state_dict())
         print(f"initialised {args.model} from the exported model in {args.init_model}", flush=True)
-    teacher = None
-    if args.teacher:
+    teacher, teacher_steps = None, []
+
+    def load_teacher() -> None:
+        nonlocal teacher
         tck = torch.load(args.teacher)
-        teacher = Decoder(FAMILY[tck["model_name"]])
+        if teacher is None:
+            teacher = Decoder(FAMILY[tck["model_name"]])
+            teacher.eval()
         teacher.load_state_dict(tck["model"])
-        teacher.eval()
+        teacher_steps.append({"step": step, "teacher_step": tck["step"]})
+        print(f"teacher {args.teacher} at its step {tck['step']}", flush=True)
+
+    if args.teacher:
+        load_teacher()
 
     data = Path(args.data)
     train, val = load_split(data, "train"), load_split(data, "val")
@@ -146,7 +158,8 @@ def main() -> None:
     def save():
         tmp = run / "ckpt.pt.tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
-                    "elapsed": elapsed, "model_name": args.model, "args": vars(args)}, tmp)
+                    "elapsed": elapsed, "model_name": args.model, "args": vars(args),
+                    "teacher_steps": prior_teacher_steps + teacher_steps}, tmp)
         os.replace(tmp, ckpt_path)
 
     stop = {"signal": None}
@@ -167,6 +180,8 @@ def main() -> None:
         logits = model(x)
         loss = ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         if teacher is not None:
+            if args.teacher_refresh and step % args.teacher_refresh == 0 and step > teacher_steps[-1]["step"]:
+                load_teacher()
             with torch.no_grad():
                 tlogp = F.log_softmax(teacher(x), -1)
             kl = F.kl_div(F.log_softmax(logits, -1), tlogp, log_target=True, reduction="batchmean") / args.seq
