@@ -102,13 +102,14 @@ async function benchWorkload(ctx: BenchContext, o: CascadeBenchOptions, workload
 
 function table(r: WorkloadResult): string {
   const positions = Math.min(8, Math.max(0, ...r.methods.map((m) => m.acceptanceByPosition.length)));
-  const headers = ['method', 'tokens/s', 'x ar', 'x best sd', 'SWI', 'accept len', ...Array.from({ length: positions }, (_, i) => `a${i + 1}`), 'same as ar', 'K'];
+  const headers = ['method', 'tokens/s', 'x ar', 'x best sd', 'SWI', 'EWIF', 'accept len', ...Array.from({ length: positions }, (_, i) => `a${i + 1}`), 'same as ar', 'K'];
   const rows = r.methods.map((m) => [
     m.method,
     m.tokensPerSecond,
     m.speedupVsAr,
     Number.isFinite(m.speedupVsBestSd) ? m.speedupVsBestSd : '-',
     m.swi,
+    m.ewif ?? '-',
     m.meanAcceptanceLength,
     ...Array.from({ length: positions }, (_, i) => (m.acceptanceByPosition[i] === undefined ? '-' : m.acceptanceByPosition[i]!)),
     m.identicalToAr === undefined ? '-' : m.identicalToAr ? 'yes' : 'NO',

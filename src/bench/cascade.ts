@@ -112,6 +112,13 @@ export interface MethodResult {
   readonly acceptanceByPosition: number[];
   /** Greedy only: every output equals ar's. */
   readonly identicalToAr: boolean | undefined;
+  /**
+   * Single-drafter methods (sd, mag): the per-position acceptance α that, taken as i.i.d., explains the
+   * measured mean acceptance length at this K, and the paper's expected walltime improvement for that
+   * α, K and the drafter's measured cost (target block scoring priced as one decode).
+   */
+  readonly alpha?: number;
+  readonly ewif?: number;
   readonly sweep: { kMatrix: readonly (readonly number[])[]; tokensPerSecond: number }[];
 }
 
@@ -120,6 +127,9 @@ export function summarise(m: Method, runs: RunTotals[], costs: Record<string, nu
   const tps = runs.map((r) => r.tokens / r.seconds);
   const first = runs[0]!;
   const weighted = Object.entries(first.passes).reduce((a, [name, p]) => a + p * (costs[name] ?? 0), 0);
+  const meanAcceptanceLength = (first.accepted + first.rounds) / first.rounds;
+  const single = (m.kind === 'sd' || m.kind === 'mag') && m.kMatrix.length === 1 ? m.kMatrix[0]![0]! : 0;
+  const alpha = single ? fitAlpha(meanAcceptanceLength, single) : undefined;
   return {
     method: m.name,
     kind: m.kind,
@@ -130,11 +140,37 @@ export function summarise(m: Method, runs: RunTotals[], costs: Record<string, nu
     speedupVsAr: NaN,
     speedupVsBestSd: NaN,
     swi: first.tokens / weighted,
-    meanAcceptanceLength: (first.accepted + first.rounds) / first.rounds,
+    meanAcceptanceLength,
     acceptanceByPosition: first.draftedByPosition.map((d, i) => (first.acceptedByPosition[i] ?? 0) / d),
     identicalToAr: arOutputs ? runs.every((r) => r.outputs.every((o, i) => o.join() === arOutputs[i]!.join())) : undefined,
+    ...(alpha === undefined ? {} : { alpha, ewif: ewif(alpha, single, costs[m.drafters[0]!] ?? 0) }),
     sweep,
   };
+}
+
+/**
+ * Expected walltime improvement of one drafter (CS Drafting, after Leviathan et al.): with i.i.d.
+ * acceptance α, k drafted tokens per round and drafter cost c relative to one target pass, a round
+ * yields (1 − α^(k+1)) / (1 − α) tokens for k·c + 1 target-pass equivalents.
+ */
+export function ewif(alpha: number, k: number, c: number): number {
+  const tokens = alpha >= 1 ? k + 1 : (1 - alpha ** (k + 1)) / (1 - alpha);
+  return tokens / (k * c + 1);
+}
+
+/** The α in [0, 1] whose expected round yield (1 − α^(k+1)) / (1 − α) equals `meanLength` (bisection). */
+export function fitAlpha(meanLength: number, k: number): number {
+  const yieldOf = (a: number) => (a >= 1 ? k + 1 : (1 - a ** (k + 1)) / (1 - a));
+  if (meanLength <= 1) return 0;
+  if (meanLength >= k + 1) return 1;
+  let lo = 0;
+  let hi = 1;
+  for (let i = 0; i < 60; i++) {
+    const mid = (lo + hi) / 2;
+    if (yieldOf(mid) < meanLength) lo = mid;
+    else hi = mid;
+  }
+  return (lo + hi) / 2;
 }
 
 /** Mean repeated-4-gram rate of the target's outputs (from the ar runs). */
