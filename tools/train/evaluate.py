@@ -31,7 +31,8 @@ CONTINUATION_TOKENS = 64
 
 def phase_of(ck: dict, run: str) -> dict:
     return {"run": run, "steps": ck["step"], "tokens": ck["step"] * ck["args"]["batch"] * ck["args"]["seq"],
-            "wall_s": round(ck.get("elapsed", 0.0)), "train_args": ck["args"], "val_curve": ck["log"]}
+            "wall_s": round(ck.get("elapsed", 0.0)), "train_args": ck["args"], "val_curve": ck["log"],
+            "torch": ck.get("torch", []), "teacher_steps": ck.get("teacher_steps", [])}
 
 
 def recorded_phases(previous: dict | None, why: str) -> list[dict]:

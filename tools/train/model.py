@@ -75,6 +75,14 @@ def rope(x: torch.Tensor, tables: tuple[torch.Tensor, torch.Tensor]) -> torch.Te
     return x * cos + rotate_half(x) * sin
 
 
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if hasattr(F, "scaled_dot_product_attention"):  # torch >= 2
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    s = q.shape[-2]
+    bias = torch.full((s, s), float("-inf")).triu(1)
+    return torch.matmul(torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias, dim=-1), v)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -101,9 +109,12 @@ class Attention(nn.Module):
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c.head_dim) + bias
-        probs = torch.softmax(scores, dim=-1)
-        out = torch.matmul(probs, v).transpose(1, 2).reshape(b, s, -1)
+        if bias is None:  # training: plain causal attention, fused where this torch has it
+            out = causal_attention(q, k, v)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c.head_dim) + bias
+            out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        out = out.transpose(1, 2).reshape(b, s, -1)
         return self.o_proj(out), present
 
 
@@ -147,11 +158,10 @@ class Decoder(nn.Module):
         """Training forward: full causal attention over [b, s] with positions 0..s-1."""
         b, s = input_ids.shape
         pos = torch.arange(s).unsqueeze(0).expand(b, s)
-        bias = torch.full((s, s), float("-inf")).triu(1)[None, None]
         x = self.embed_tokens(input_ids)
         rope_cs = rope_tables(pos, self.cfg.head_dim, self.cfg.rope_theta)
         for layer in self.layers:
-            x, _ = layer(x, rope_cs, bias)
+            x, _ = layer(x, rope_cs, None)
         return self.logits(self.norm(x))
 
     def forward_with_past(self, input_ids, attention_mask, position_ids, past):

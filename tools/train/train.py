@@ -107,6 +107,9 @@ def main() -> None:
     ap.add_argument("--distill-weight", type=float, default=0.7)
     ap.add_argument("--teacher-refresh", type=int, default=0, metavar="STEPS",
                     help="reload the teacher checkpoint every STEPS steps (distil from a teacher that is still training)")
+    ap.add_argument("--bf16", action="store_true",
+                    help="bfloat16 autocast for the forward passes (weights and optimizer stay float32); "
+                         "AVX512-BF16/AMX CPUs train several times faster")
     ap.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time; 0 = no limit")
     args = ap.parse_args()
 
@@ -120,6 +123,7 @@ def main() -> None:
     total_steps = int(args.tokens // (args.batch * args.seq))
     step, log, elapsed = 0, [], 0.0
     prior_teacher_steps: list[dict] = []
+    prior_torch: list[str] = []
     ckpt_path = run / "ckpt.pt"
     if ckpt_path.exists():
         ck = torch.load(ckpt_path)
@@ -127,6 +131,7 @@ def main() -> None:
         opt.load_state_dict(ck["opt"])
         step, log, elapsed = ck["step"], ck["log"], ck.get("elapsed", 0.0)
         prior_teacher_steps = ck.get("teacher_steps", [])
+        prior_torch = ck.get("torch", [])
         print(f"resumed {args.model} at step {step}/{total_steps}", flush=True)
     elif args.init:
         model.load_state_dict(torch.load(args.init)["model"])
@@ -159,7 +164,8 @@ def main() -> None:
         tmp = run / "ckpt.pt.tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
                     "elapsed": elapsed, "model_name": args.model, "args": vars(args),
-                    "teacher_steps": prior_teacher_steps + teacher_steps}, tmp)
+                    "teacher_steps": prior_teacher_steps + teacher_steps,
+                    "torch": sorted(set(prior_torch + [torch.__version__]))}, tmp)
         os.replace(tmp, ckpt_path)
 
     stop = {"signal": None}
@@ -169,6 +175,9 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+
     started = time.time()
     t0 = time.time()
     while step < total_steps:
@@ -177,13 +186,14 @@ def main() -> None:
         x, y = xy[:, :-1], xy[:, 1:]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total_steps, args.lr, args.warmup)
-        logits = model(x)
+        with autocast():
+            logits = model(x).float()
         loss = ce = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         if teacher is not None:
             if args.teacher_refresh and step % args.teacher_refresh == 0 and step > teacher_steps[-1]["step"]:
                 load_teacher()
-            with torch.no_grad():
-                tlogp = F.log_softmax(teacher(x), -1)
+            with torch.no_grad(), autocast():
+                tlogp = F.log_softmax(teacher(x).float(), -1)
             kl = F.kl_div(F.log_softmax(logits, -1), tlogp, log_target=True, reduction="batchmean") / args.seq
             loss = args.distill_weight * kl + (1 - args.distill_weight) * ce
         opt.zero_grad(set_to_none=True)
