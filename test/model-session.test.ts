@@ -135,3 +135,30 @@ test('runner - an unavailable execution provider falls back to cpu only when ask
   t.regex(warnings[0] ?? '', /falling back to cpu/);
   await s.close();
 });
+
+test('runner - evicted KV rows put back at the end of the cache give the same logits as never evicting', async (t) => {
+  const ids = reference(family.target).inputIds;
+  const s = await OrtModelSession.open(dirOf(family.drafters[0]!));
+  try {
+    const n = ids.length - 1;
+    const clean = await s.forward({ seqId: 'clean', inputIds: ids }, 'last');
+    await s.forward({ seqId: 'ev', inputIds: ids.slice(0, n) });
+    const rows = await s.evict('ev', [1, 4, 9], true);
+    t.is(rows?.count, 3);
+    t.is(s.length('ev'), n - 3);
+    // Without the rows the next token sees a different context …
+    const without = await s.forward({ seqId: 'ev', inputIds: [ids[n]!], positionIds: [n] }, 'last');
+    t.true(maxAbsDiff(without, clean) > 1e-3);
+    await s.truncate('ev', n - 3);
+    // … with them back (in another cache order) it sees exactly the original one.
+    await s.insert('ev', rows!);
+    t.is(s.length('ev'), n);
+    const back = await s.forward({ seqId: 'ev', inputIds: [ids[n]!], positionIds: [n] }, 'last');
+    t.true(maxAbsDiff(back, clean) < 1e-4, `max abs diff ${maxAbsDiff(back, clean)}`);
+    await t.throwsAsync(s.evict('ev', [0, 0]), { name: 'SequenceError' });
+    await t.throwsAsync(s.evict('ev', [n + 5]), { name: 'SequenceError' });
+    await t.throwsAsync(s.insert('ev', { count: 1, kvHeads: 1, tensors: [new Float32Array(3)] }), { name: 'InvalidArgumentError' });
+  } finally {
+    await s.close();
+  }
+});

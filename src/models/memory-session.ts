@@ -1,5 +1,5 @@
 import type { ModelSpec } from './config.ts';
-import type { ForwardItem, LogitsRows, ModelSession } from './session.ts';
+import type { ForwardItem, KvRows, LogitsRows, ModelSession } from './session.ts';
 import { InvalidArgumentError, SequenceError } from '../errors.ts';
 
 /**
@@ -88,6 +88,24 @@ export class MemoryModelSession implements ModelSession {
       throw new SequenceError(`cannot truncate sequence ${seqId} of length ${hist.length} to ${length}`);
     }
     hist.length = length;
+  }
+
+  /** The "KV" of this model is its token history: evicted rows are the evicted tokens. */
+  async evict(seqId: string, indices: readonly number[], take = false): Promise<KvRows | undefined> {
+    const hist = this.histories.get(seqId) ?? [];
+    const gone = new Set(indices);
+    if (gone.size !== indices.length || indices.some((i) => !Number.isInteger(i) || i < 0 || i >= hist.length)) {
+      throw new SequenceError(`cannot evict rows [${indices.join(', ')}] from sequence ${seqId} of length ${hist.length}`);
+    }
+    const taken = indices.map((i) => hist[i]!);
+    this.histories.set(seqId, hist.filter((_, i) => !gone.has(i)));
+    return take ? { count: taken.length, kvHeads: 1, tensors: [Float32Array.from(taken)] } : undefined;
+  }
+
+  async insert(seqId: string, rows: KvRows): Promise<void> {
+    const hist = this.histories.get(seqId) ?? [];
+    hist.push(...Array.from(rows.tensors[0] ?? [], (t) => Math.round(t)));
+    this.histories.set(seqId, hist);
   }
 
   async release(seqId: string): Promise<void> {

@@ -2,7 +2,7 @@ import { Worker } from 'node:worker_threads';
 import { ModelLoadError, ModelRuntimeError, SequenceError, InvalidArgumentError, CascadeError } from '../errors.ts';
 import { loadModelSpec, type ModelSpec } from './config.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import type { ForwardItem, LogitsRows, ModelSession, SessionOptions } from './session.ts';
+import type { ForwardItem, KvRows, LogitsRows, ModelSession, SessionOptions } from './session.ts';
 
 type Pending = { resolve: (r: WorkerReply & { ok: true }) => void; reject: (e: Error) => void };
 type Request = WorkerRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
@@ -94,6 +94,17 @@ export class OrtModelSession implements ModelSession {
     if (length === this.length(seqId)) return;
     await this.call({ op: 'truncate', seqId, length });
     this.lengths.set(seqId, length);
+  }
+
+  async evict(seqId: string, indices: readonly number[], take = false): Promise<KvRows | undefined> {
+    const reply = await this.call({ op: 'evict', seqId, indices, take });
+    this.lengths.set(seqId, this.length(seqId) - indices.length);
+    return reply.rows;
+  }
+
+  async insert(seqId: string, rows: KvRows): Promise<void> {
+    await this.call({ op: 'insert', seqId, rows });
+    this.lengths.set(seqId, this.length(seqId) + rows.count);
   }
 
   async release(seqId: string): Promise<void> {

@@ -6,8 +6,9 @@
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { ModelSpec } from './config.ts';
+import { gatherRows } from './kv-store.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import type { ForwardItem, LogitsRows, SessionOptions } from './session.ts';
+import type { ForwardItem, KvRows, LogitsRows, SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -214,6 +215,48 @@ function truncate(seqId: string, length: number): void {
   seq.length = length;
 }
 
+/** Removes rows at `indices` from every past tensor; returns them (same layout) when `take`. */
+function evict(seqId: string, indices: readonly number[], take: boolean): KvRows | undefined {
+  const seq = sequences.get(seqId);
+  const n = seq?.length ?? 0;
+  const gone = new Set(indices);
+  if (gone.size !== indices.length || indices.some((i) => !Number.isInteger(i) || i < 0 || i >= n)) {
+    throw new WorkerFailure('SequenceError', `cannot evict rows [${indices.join(', ')}] from sequence ${seqId} of length ${n}`);
+  }
+  const sp = spec!;
+  if (!seq || gone.size === 0) return take ? { count: 0, kvHeads: sp.kvHeads, tensors: Array.from({ length: 2 * sp.layers }, () => new Float32Array(0)) } : undefined;
+  const kept = Array.from({ length: n }, (_, i) => i).filter((i) => !gone.has(i));
+  const taken: Float32Array[] = [];
+  seq.past = seq.past.map((t) => {
+    const src = t.data as Float32Array;
+    if (take) taken.push(gatherRows(src, n, indices, sp.kvHeads));
+    return new ort.Tensor('float32', gatherRows(src, n, kept, sp.kvHeads), [1, sp.kvHeads, kept.length, sp.headDim]);
+  });
+  seq.length = kept.length;
+  return take ? { count: indices.length, kvHeads: sp.kvHeads, tensors: taken } : undefined;
+}
+
+function insert(seqId: string, rows: KvRows): void {
+  const sp = spec!;
+  if (rows.kvHeads !== sp.kvHeads || rows.tensors.length !== 2 * sp.layers || rows.tensors.some((t) => t.length !== sp.kvHeads * rows.count * sp.headDim)) {
+    throw new WorkerFailure('InvalidArgumentError', `KV rows for ${seqId} do not fit ${sp.layers} layers x ${sp.kvHeads} heads x ${sp.headDim} dims`);
+  }
+  const seq = sequence(seqId);
+  const n = seq.length;
+  const total = n + rows.count;
+  seq.past = seq.past.map((t, k) => {
+    const src = t.data as Float32Array;
+    const add = rows.tensors[k]!;
+    const dst = new Float32Array(sp.kvHeads * total * sp.headDim);
+    for (let h = 0; h < sp.kvHeads; h++) {
+      dst.set(src.subarray(h * n * sp.headDim, (h + 1) * n * sp.headDim), h * total * sp.headDim);
+      dst.set(add.subarray(h * rows.count * sp.headDim, (h + 1) * rows.count * sp.headDim), (h * total + n) * sp.headDim);
+    }
+    return new ort.Tensor('float32', dst, [1, sp.kvHeads, total, sp.headDim]);
+  });
+  seq.length = total;
+}
+
 async function handle(msg: WorkerRequest): Promise<WorkerReply> {
   switch (msg.op) {
     case 'load':
@@ -230,6 +273,13 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
     case 'truncate':
       truncate(msg.seqId, msg.length);
       return { id: msg.id, ok: true };
+    case 'evict': {
+      const rows = evict(msg.seqId, msg.indices, msg.take);
+      return rows ? { id: msg.id, ok: true, rows } : { id: msg.id, ok: true };
+    }
+    case 'insert':
+      insert(msg.seqId, msg.rows);
+      return { id: msg.id, ok: true };
     case 'release':
       sequences.delete(msg.seqId);
       return { id: msg.id, ok: true };
@@ -240,7 +290,7 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
 let queue: Promise<unknown> = Promise.resolve();
 parentPort!.on('message', (msg: WorkerRequest) => {
   queue = queue.then(() => handle(msg)).then(
-    (reply) => parentPort!.postMessage(reply, reply.ok && reply.logits ? reply.logits.map((l) => l.buffer as ArrayBuffer) : []),
+    (reply) => parentPort!.postMessage(reply, reply.ok ? [...(reply.logits ?? []), ...(reply.rows?.tensors ?? [])].map((a) => a.buffer as ArrayBuffer) : []),
     (err: Error) => parentPort!.postMessage({ id: msg.id, ok: false, error: { name: err.name, message: err.message } } satisfies WorkerReply),
   );
 });

@@ -10,6 +10,17 @@ export interface ForwardItem {
   readonly positionIds?: readonly number[];
 }
 
+/**
+ * KV rows of one sequence taken out of a cache or put back into one: for each past tensor in input
+ * order (key0, value0, key1, …) a row-major [kvHeads, count, headDim] block. Keys are stored after
+ * RoPE, so a row keeps its original position wherever it sits in the cache.
+ */
+export interface KvRows {
+  readonly count: number;
+  readonly kvHeads: number;
+  readonly tensors: Float32Array[];
+}
+
 /** Which logits rows a forward returns: every new token's row, or only the last one. */
 export type LogitsRows = 'all' | 'last';
 
@@ -30,6 +41,13 @@ export interface ModelSession {
   length(seqId: string): number;
   /** Drops the KV of every token at index >= length. */
   truncate(seqId: string, length: number): Promise<void>;
+  /**
+   * Removes the rows at `indices` (cache order; the others keep theirs) and returns them when `take`
+   * is set: a bounded cache releasing tokens. Positions of later tokens must then be given explicitly.
+   */
+  evict(seqId: string, indices: readonly number[], take?: boolean): Promise<KvRows | undefined>;
+  /** Appends rows taken earlier by `evict` at the end of the cache (attention ignores cache order). */
+  insert(seqId: string, rows: KvRows): Promise<void>;
   /** Frees a sequence's KV. */
   release(seqId: string): Promise<void>;
   close(): Promise<void>;

@@ -1,0 +1,80 @@
+import type { KvRows } from './session.ts';
+
+/**
+ * Where a bounded cache spills the KV of released tokens so that a rebuild gets back their exact
+ * original state. Keys are (session, model, position). A missing position is a miss, never an
+ * error: the caller then leaves that token released. In-memory here; the cluster puts the same
+ * interface over Redis.
+ */
+export interface KvStore {
+  put(session: string, model: string, positions: readonly number[], rows: KvRows): Promise<void>;
+  /** The rows still held among `positions`, in the order asked, and which positions they are. */
+  get(session: string, model: string, positions: readonly number[]): Promise<{ positions: number[]; rows: KvRows | undefined }>;
+  /** Forgets the given positions, or everything of (session, model) when none are given. */
+  drop(session: string, model: string, positions?: readonly number[]): Promise<void>;
+}
+
+/** Rows `rows` of a [kvHeads, n, width] block as a [kvHeads, rows.length, width] block. */
+export function gatherRows(src: Float32Array, n: number, rows: readonly number[], kvHeads: number): Float32Array {
+  const width = n ? src.length / (kvHeads * n) : 0;
+  const dst = new Float32Array(kvHeads * rows.length * width);
+  for (let h = 0; h < kvHeads; h++) {
+    rows.forEach((r, j) => dst.set(src.subarray((h * n + r) * width, (h * n + r + 1) * width), (h * rows.length + j) * width));
+  }
+  return dst;
+}
+
+/** Splits a block into one single-row block per row. */
+export function splitRows(rows: KvRows): KvRows[] {
+  return Array.from({ length: rows.count }, (_, r) => ({ count: 1, kvHeads: rows.kvHeads, tensors: rows.tensors.map((t) => gatherRows(t, rows.count, [r], rows.kvHeads)) }));
+}
+
+/** Joins blocks of the same layout into one, rows in order. */
+export function joinRows(parts: readonly KvRows[]): KvRows | undefined {
+  if (parts.length === 0) return undefined;
+  const { kvHeads } = parts[0]!;
+  const count = parts.reduce((a, p) => a + p.count, 0);
+  const tensors = parts[0]!.tensors.map((first, k) => {
+    const width = first.length / (kvHeads * parts[0]!.count);
+    const out = new Float32Array(kvHeads * count * width);
+    let row = 0;
+    for (const p of parts) {
+      const src = p.tensors[k]!;
+      for (let h = 0; h < kvHeads; h++) out.set(src.subarray(h * p.count * width, (h + 1) * p.count * width), (h * count + row) * width);
+      row += p.count;
+    }
+    return out;
+  });
+  return { count, kvHeads, tensors };
+}
+
+/** A KvStore in this process's memory (embedded mode and tests). */
+export class MemoryKvStore implements KvStore {
+  private readonly rows = new Map<string, Map<number, KvRows>>();
+
+  async put(session: string, model: string, positions: readonly number[], rows: KvRows): Promise<void> {
+    const key = `${session}\u0000${model}`;
+    const held = this.rows.get(key) ?? new Map<number, KvRows>();
+    this.rows.set(key, held);
+    splitRows(rows).forEach((row, i) => held.set(positions[i]!, row));
+  }
+
+  async get(session: string, model: string, positions: readonly number[]): Promise<{ positions: number[]; rows: KvRows | undefined }> {
+    const held = this.rows.get(`${session}\u0000${model}`);
+    const found = positions.filter((p) => held?.has(p));
+    return { positions: found, rows: joinRows(found.map((p) => held!.get(p)!)) };
+  }
+
+  async drop(session: string, model: string, positions?: readonly number[]): Promise<void> {
+    const key = `${session}\u0000${model}`;
+    if (!positions) this.rows.delete(key);
+    else for (const p of positions) this.rows.get(key)?.delete(p);
+  }
+
+  /** Rows held in all (for leak checks and KV-use metrics). */
+  size(): number {
+    let n = 0;
+    for (const m of this.rows.values()) n += m.size;
+    return n;
+  }
+}
