@@ -126,3 +126,15 @@ test('cli - bench cascade compares every method, verifies greedy identity and wr
   t.regex(readFileSync(join(out, 'cascade.md'), 'utf8'), /# Cascade benchmark/);
   t.regex((await fails(['bench', 'cascade', '--workload', 'poetry'])).stderr, /--workload must be/);
 });
+
+test('cli - generate --kv-policy bounds the target cache and reports it; bad settings are refused', async (t) => {
+  const prompt = 'def area(radius):\n    return 3.14159 * radius * radius\n'.repeat(6);
+  const { stdout } = await cascade('generate', '--json', '--mode', 'ar', '--kv-policy', 'streaming', '--kv-budget', '32', '--max-tokens', '12', '--prompt', prompt);
+  const out = JSON.parse(stdout);
+  t.is(out.tokenIds.length, 12);
+  t.like(out.stats.kv, { policy: 'streaming', budget: 32 });
+  t.true(out.stats.kv.peakResident <= 32);
+  t.regex((await fails(['generate', '--mode', 'ar', '--kv-policy', 'window', '--prompt', 'x'])).stderr, /needs --kv-budget/);
+  t.regex((await fails(['generate', '--kv-policy', 'window', '--kv-budget', '32', '--prompt', 'x'])).stderr, /runs with --mode ar/);
+  t.regex((await fails(['generate', '--mode', 'ar', '--kv-policy', 'lru', '--kv-budget', '32', '--prompt', 'x'])).stderr, /--kv-policy must be one of/);
+});

@@ -2,7 +2,10 @@ import { readFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
+import { RUNNABLE_KV_POLICIES, type KvPolicyConfig } from '../engine/bounded-kv.ts';
+import { generateCascade, type CascadeResult, type DrafterSpec } from '../engine/cascade.ts';
+import { generateAutoregressive, type GenerateResult } from '../engine/generate.ts';
+import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { MODES, planCascade, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { loadBigram, loadFamily } from '../models/family.ts';
@@ -28,6 +31,10 @@ interface GenerateOptions {
   config?: string;
   threads: number;
   json?: boolean;
+  kvPolicy: KvPolicyName;
+  kvBudget?: number;
+  kvSinks?: number;
+  kvRecent: number;
 }
 
 /** A config file holds the same settings as the flags (flags given on the command line win). */
@@ -44,7 +51,21 @@ const ConfigFile = z.strictObject({
   seed: z.number().int().optional(),
   models: z.string().optional(),
   threads: z.number().int().positive().optional(),
+  kvPolicy: z.enum(RUNNABLE_KV_POLICIES as [KvPolicyName, ...KvPolicyName[]]).optional(),
+  kvBudget: z.number().int().positive().optional(),
+  kvSinks: z.number().int().nonnegative().optional(),
+  kvRecent: z.number().int().nonnegative().optional(),
 });
+
+/** The bounded-cache settings of --kv-*, or undefined for the full cache. */
+function kvConfig(o: GenerateOptions): KvPolicyConfig | undefined {
+  if (o.kvPolicy === 'full') return undefined;
+  if (o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget (tokens kept in the cache)`);
+  if (o.mode !== 'ar') throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} runs with --mode ar for now (a bounded target cache is lossy; cascades keep the full cache)`);
+  const sinks = o.kvSinks ?? (o.kvPolicy === 'streaming' ? 4 : 0);
+  if (o.kvPolicy === 'window' && sinks > 0) throw new InvalidArgumentError('--kv-policy window keeps no sink tokens: use streaming for sinks');
+  return { policy: o.kvPolicy, budget: { budget: o.kvBudget, sinks, recent: o.kvRecent, rebuild: 0 } };
+}
 
 function applyConfigFile(o: GenerateOptions, cmd: Command): GenerateOptions {
   if (!o.config) return o;
@@ -88,12 +109,24 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await sessions.get(d) });
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
     const stream = tok.stream();
-    const result = await generateCascade(
-      target,
-      { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience },
-      { promptIds: tok.encode(text), maxTokens: o.maxTokens, sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP }, seed: o.seed },
-      o.json ? undefined : (ids) => process.stdout.write(stream.push(ids)),
-    );
+    const kv = kvConfig(o);
+    const req = { promptIds: tok.encode(text), maxTokens: o.maxTokens, sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP }, seed: o.seed, kv };
+    const onTokens = o.json ? undefined : (ids: readonly number[]) => process.stdout.write(stream.push(ids));
+    const result: CascadeResult | GenerateResult = kv
+      ? await generateAutoregressive(target, req, onTokens)
+      : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience }, req, onTokens);
+    if (!isCascade(result)) {
+      const s = result.stats;
+      if (o.json) process.stdout.write(JSON.stringify({ text: tok.decode(result.tokenIds), tokenIds: result.tokenIds, finishReason: result.finishReason, model: target.spec.name, stats: s }) + '\n');
+      else {
+        process.stdout.write(stream.flush() + '\n');
+        process.stderr.write(
+          `[ar: ${target.spec.name}, KV ${s.kv?.policy} budget ${s.kv?.budget} (lossy)] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
+            `(${s.tokensPerSecond.toFixed(1)} tokens/s, at most ${s.kv?.peakResident} tokens cached, ${s.kv?.releases} released, finish: ${result.finishReason})\n`,
+        );
+      }
+      return;
+    }
     const s = result.stats;
     if (o.json) {
       const acceptanceByPosition = s.draftedByPosition.map((d, i) => s.acceptedByPosition[i]! / d);
@@ -123,6 +156,13 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
 const parseMode = (raw: string): Mode => {
   if (!(MODES as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--mode must be one of ${MODES.join(', ')}, got "${raw}"`);
   return raw as Mode;
+};
+
+const isCascade = (r: CascadeResult | GenerateResult): r is CascadeResult => 'rounds' in r.stats;
+
+const parseKvPolicy = (raw: string): KvPolicyName => {
+  if (!(RUNNABLE_KV_POLICIES as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--kv-policy must be one of ${RUNNABLE_KV_POLICIES.join(', ')}, got "${raw}"`);
+  return raw as KvPolicyName;
 };
 
 const parseOccurrence = (raw: string): 'earliest' | 'recent' => {
@@ -165,7 +205,11 @@ export function registerGenerate(program: Command): void {
     .option('--k-matrix <json>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]]', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvBudget, kvSinks, kvRecent')
+    .option('--kv-policy <policy>', `bound the target's KV cache: ${RUNNABLE_KV_POLICIES.join(' | ')} (lossy; --mode ar)`, parseKvPolicy, 'full')
+    .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
+    .option('--kv-sinks <n>', 'first tokens never released (streaming; default 4)', parseNumber('--kv-sinks', { min: 0, integer: true }))
+    .option('--kv-recent <n>', 'newest tokens never released', parseNumber('--kv-recent', { min: 0, integer: true }), 0)
     .option('--models <dir>', 'model family directory', 'models')
     .option('--model <name>', 'family member to use as the target (default: the family target)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)

@@ -106,6 +106,9 @@ export async function generateCascade(
 ): Promise<CascadeResult> {
   checkRequest(req, target.spec.maxPositions);
   checkCascade(config);
+  if (req.kv && req.kv.policy !== 'full' && config.drafters.length > 0) {
+    throw new InvalidArgumentError(`a bounded KV cache (${req.kv.policy}) runs with target-only decoding (mode ar) for now, not under a cascade`);
+  }
   for (const d of config.drafters) {
     if (d.kind === 'model' && d.session.spec.vocabSize !== target.spec.vocabSize) {
       throw new InvalidArgumentError(`drafter ${d.session.spec.name} has vocabulary ${d.session.spec.vocabSize}, the target ${target.spec.vocabSize}: a cascade must share one tokenizer`);

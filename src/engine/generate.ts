@@ -3,6 +3,8 @@ import { InvalidArgumentError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
 import { checkSampling, nextToken, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
+import { BoundedSequence, checkKvPolicy, type KvPolicyConfig } from './bounded-kv.ts';
+import { checkBudget } from '../kernels/kv-policy.ts';
 
 export interface GenerateRequest {
   readonly promptIds: readonly number[];
@@ -12,6 +14,8 @@ export interface GenerateRequest {
   readonly seed: number;
   /** Stop at the model's end-of-sequence ids (default true). */
   readonly stopAtEos?: boolean;
+  /** Bound the target's KV cache (lossy unless `full`; target-only decoding for now). */
+  readonly kv?: KvPolicyConfig;
 }
 
 export type FinishReason = 'length' | 'stop';
@@ -24,6 +28,8 @@ export interface GenerateStats {
   /** Time to the first generated token, in seconds (prefill included). */
   readonly firstTokenSeconds: number;
   readonly tokensPerSecond: number;
+  /** With a bounded KV cache: the policy, the most tokens ever resident, and tokens released. */
+  readonly kv?: { readonly policy: string; readonly budget: number; readonly peakResident: number; readonly releases: number };
 }
 
 export interface GenerateResult {
@@ -39,6 +45,10 @@ export function checkRequest(req: GenerateRequest, maxPositions: number | undefi
   const bad = checkSampling(req.sampling);
   if (bad) throw new InvalidArgumentError(bad);
   if (!Number.isInteger(req.seed)) throw new InvalidArgumentError(`seed must be an integer, got ${req.seed}`);
+  if (req.kv) {
+    checkKvPolicy(req.kv);
+    if (req.kv.policy !== 'full') checkBudget(req.kv.budget);
+  }
   if (maxPositions !== undefined && req.promptIds.length + req.maxTokens > maxPositions) {
     throw new InvalidArgumentError(
       `prompt (${req.promptIds.length} tokens) plus max tokens (${req.maxTokens}) exceeds the model's context of ${maxPositions} tokens`,
@@ -63,8 +73,15 @@ export async function generateAutoregressive(
   const start = performance.now();
   let firstToken = 0;
   let finishReason: FinishReason = 'length';
+  const seq = new BoundedSequence(model, seqId, req.kv ?? { policy: 'full', budget: { budget: 1, sinks: 0, recent: 0, rebuild: 0 } });
+  let peak = 0;
+  const feed = async (ids: readonly number[]) => {
+    const logits = await seq.feed(ids, 'last');
+    peak = Math.max(peak, seq.resident);
+    return logits;
+  };
   try {
-    let logits = await model.forward({ seqId, inputIds: req.promptIds }, 'last');
+    let logits = await feed(req.promptIds);
     while (out.length < req.maxTokens) {
       const token = nextToken(logits, req.sampling, rng);
       if (out.length === 0) firstToken = performance.now() - start;
@@ -75,12 +92,14 @@ export async function generateAutoregressive(
       out.push(token);
       onTokens?.([token]);
       if (out.length === req.maxTokens) break;
-      logits = await model.forward({ seqId, inputIds: [token] }, 'last');
+      logits = await feed([token]);
     }
   } finally {
-    await model.release(seqId).catch(() => undefined);
+    await seq.close();
   }
-  return { tokenIds: out, finishReason, stats: baseStats(req.promptIds.length, out.length, start, firstToken) };
+  const stats = baseStats(req.promptIds.length, out.length, start, firstToken);
+  const kv = req.kv && req.kv.policy !== 'full' ? { policy: req.kv.policy, budget: req.kv.budget.budget, peakResident: peak, releases: seq.releases } : undefined;
+  return { tokenIds: out, finishReason, stats: kv ? { ...stats, kv } : stats };
 }
 
 /** The statistics every decoding loop reports; times are performance.now() milliseconds. */

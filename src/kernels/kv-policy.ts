@@ -113,9 +113,12 @@ export class KvLedger {
     });
   }
 
-  /** The step's plan for the newest position; the caller applies it to the runner, then calls `apply`. */
-  plan(newest: number): KvStepPlan {
-    return planStep(this.budget, this.scores, this.released, newest);
+  /**
+   * The step's plan for the newest position; the caller applies it to the runner, then calls `apply`.
+   * `budget` overrides the resident limit for this step (room for a chunk about to be appended).
+   */
+  plan(newest: number, budget = this.budget.budget): KvStepPlan {
+    return planStep({ ...this.budget, budget }, this.scores, this.released, newest);
   }
 
   /** Cache indices (row numbers) of resident positions, in the order given. */

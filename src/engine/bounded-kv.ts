@@ -1,0 +1,101 @@
+import { InvalidArgumentError } from '../errors.ts';
+import { KvLedger, positionalScore, type KvBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
+import type { KvStore } from '../models/kv-store.ts';
+import type { LogitsRows, ModelSession } from '../models/session.ts';
+
+/** How a model's KV cache is bounded: the policy and its budget (SPEC §5; docs/adore.md). */
+export interface KvPolicyConfig {
+  readonly policy: KvPolicyName;
+  readonly budget: KvBudget;
+}
+
+/** Policies the bounded cache can run today; h2o and adore need attention and controller scores. */
+export const RUNNABLE_KV_POLICIES: readonly KvPolicyName[] = ['full', 'window', 'streaming'];
+
+export function checkKvPolicy(cfg: KvPolicyConfig): void {
+  if (!RUNNABLE_KV_POLICIES.includes(cfg.policy)) {
+    throw new InvalidArgumentError(`KV policy "${cfg.policy}" is not available yet: use one of ${RUNNABLE_KV_POLICIES.join(', ')}`);
+  }
+}
+
+/**
+ * One sequence of a model session whose cache holds at most `budget.budget` tokens. Tokens are fed
+ * in chunks small enough that the cache never exceeds the budget; before each chunk the policy
+ * releases the lowest-scored tokens to make room. Decoding one token at a time this is exactly the
+ * policy (a sliding window sees exactly the last m tokens); a long prompt is prefilled in chunks. Released KV goes to `store` when one is given (so a
+ * rebuild can fetch it back exactly), else it is dropped. Positions are explicit, so RoPE sees every
+ * token at its original position whatever was released before it.
+ */
+export class BoundedSequence {
+  private readonly ledger: KvLedger | undefined;
+  private next = 0;
+  releases = 0;
+
+  constructor(
+    private readonly session: ModelSession,
+    readonly seqId: string,
+    private readonly cfg: KvPolicyConfig,
+    private readonly store?: KvStore,
+  ) {
+    checkKvPolicy(cfg);
+    this.ledger = cfg.policy === 'full' ? undefined : new KvLedger(cfg.budget);
+  }
+
+  /** Tokens resident in the cache. */
+  get resident(): number {
+    return this.ledger ? this.ledger.size : this.next;
+  }
+
+  /** Feeds tokens; returns the logits of the last one ('last') or of each ('all'). */
+  async feed(tokens: readonly number[], rows: LogitsRows = 'last'): Promise<Float32Array> {
+    if (tokens.length === 0) throw new InvalidArgumentError(`feed on ${this.seqId} with no tokens`);
+    if (!this.ledger) {
+      const positionIds = tokens.map((_, j) => this.next + j);
+      this.next += tokens.length;
+      return this.session.forward({ seqId: this.seqId, inputIds: tokens, positionIds }, rows);
+    }
+    // Prefill goes in chunks of half the free budget, so every token attends to at least the other half.
+    const { budget, sinks, recent } = this.cfg.budget;
+    const chunk = Math.max(1, Math.floor((budget - sinks - recent) / 2));
+    const parts: Float32Array[] = [];
+    for (let i = 0; i < tokens.length; i += chunk) {
+      const piece = tokens.slice(i, i + chunk);
+      await this.makeRoom(piece.length);
+      const positions = piece.map((_, j) => this.next + j);
+      const last = i + chunk >= tokens.length;
+      const logits = await this.session.forward({ seqId: this.seqId, inputIds: piece, positionIds: positions }, rows === 'all' || !last ? rows : 'last');
+      this.ledger.append(positions);
+      this.ledger.score(positions, positions.map((p) => positionalScore(this.cfg.policy, p)));
+      this.next += piece.length;
+      if (rows === 'all' || last) parts.push(logits);
+    }
+    if (parts.length === 1) return parts[0]!;
+    const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+
+  /** Releases the lowest-scored tokens until `incoming` more fit in the budget. */
+  private async makeRoom(incoming: number): Promise<void> {
+    const ledger = this.ledger!;
+    const over = ledger.size + incoming - ledger.budget.budget;
+    if (over <= 0) return;
+    // The newest resident token stays protected by the recent window while the next ones arrive.
+    const plan = ledger.plan(this.next - 1, ledger.budget.budget - incoming);
+    if (plan.release.length === 0) return;
+    const indices = ledger.indicesOf(plan.release);
+    const rows = await this.session.evict(this.seqId, indices, this.store !== undefined);
+    if (this.store && rows) await this.store.put(this.seqId, this.session.spec.name, plan.release, rows);
+    ledger.apply(plan);
+    this.releases += plan.release.length;
+  }
+
+  async close(): Promise<void> {
+    await this.session.release(this.seqId).catch(() => undefined);
+    await this.store?.drop(this.seqId, this.session.spec.name);
+  }
+}

@@ -1,0 +1,53 @@
+import test from 'ava';
+import { BoundedSequence } from '../src/engine/bounded-kv.ts';
+import { generateAutoregressive } from '../src/engine/generate.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
+import { MemoryKvStore } from '../src/models/kv-store.ts';
+import { OrtModelSession } from '../src/models/ort-session.ts';
+import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { dirOf, family } from './helpers/family.ts';
+
+const model = await OrtModelSession.open(dirOf(family.drafters.at(-1)!));
+test.after.always(() => model.close());
+const tok = TextTokenizer.load(model.spec.tokenizerPath);
+const prompt = tok.encode('import os\nimport sys\n\n\ndef main(argv):\n    """Parse the arguments and run."""\n'.repeat(4));
+const request = (kv?: Parameters<typeof generateAutoregressive>[1]['kv']) => ({ promptIds: prompt, maxTokens: 24, sampling: GREEDY, seed: 0, stopAtEos: false, kv });
+
+test('bounded KV - a budget the sequence never reaches changes nothing', async (t) => {
+  const full = await generateAutoregressive(model, request());
+  const roomy = await generateAutoregressive(model, request({ policy: 'window', budget: { budget: prompt.length + 64, sinks: 0, recent: 0, rebuild: 0 } }));
+  t.deepEqual(roomy.tokenIds, full.tokenIds);
+  t.is(roomy.stats.kv?.releases, 0);
+});
+
+for (const policy of ['window', 'streaming'] as const) {
+  test(`bounded KV - ${policy}: the cache never holds more than its budget, prompt and decode alike`, async (t) => {
+    const budget = { budget: 24, sinks: policy === 'streaming' ? 4 : 0, recent: 2, rebuild: 0 };
+    const r = await generateAutoregressive(model, request({ policy, budget }));
+    t.is(r.tokenIds.length, 24);
+    t.true(r.stats.kv!.peakResident <= 24, `peak ${r.stats.kv!.peakResident}`);
+    t.is(r.stats.kv!.releases, prompt.length + 23 - 24, 'everything but the budget was released');
+  });
+}
+
+test('bounded KV - streaming keeps its sink tokens and spills released KV to the store', async (t) => {
+  const store = new MemoryKvStore();
+  const seq = new BoundedSequence(model, 'spill', { policy: 'streaming', budget: { budget: 16, sinks: 4, recent: 0, rebuild: 0 } }, store);
+  try {
+    await seq.feed(prompt.slice(0, 40));
+    t.true(seq.resident <= 16);
+    t.is(model.length('spill'), seq.resident, 'the runner holds exactly the resident rows');
+    const held = await store.get('spill', model.spec.name, Array.from({ length: 40 }, (_, i) => i));
+    t.is(held.positions.length, 40 - seq.resident);
+    t.true(held.positions.every((p) => p >= 4), 'sinks are never released');
+    t.is(held.rows?.count, held.positions.length);
+  } finally {
+    await seq.close();
+  }
+  t.is(store.size(), 0, 'closing the sequence drops its spilled KV');
+});
+
+test('bounded KV - bad settings are refused with the reason', async (t) => {
+  await t.throwsAsync(generateAutoregressive(model, request({ policy: 'window', budget: { budget: 4, sinks: 2, recent: 2, rebuild: 0 } })), { message: /must leave room/ });
+  await t.throwsAsync(generateAutoregressive(model, request({ policy: 'adore', budget: { budget: 16, sinks: 0, recent: 0, rebuild: 1 } })), { message: /not available yet/ });
+});
