@@ -162,3 +162,20 @@ test('runner - evicted KV rows put back at the end of the cache give the same lo
     await s.close();
   }
 });
+
+test('runner - a forward that keeps a prefix rolls back and decodes in one call, like truncate then forward', async (t) => {
+  const ids = reference(family.target).inputIds;
+  const s = await OrtModelSession.open(dirOf(family.drafters[0]!));
+  try {
+    const clean = await s.forward({ seqId: 'clean', inputIds: ids });
+    const vocab = s.spec.vocabSize;
+    await s.forward({ seqId: 'k', inputIds: [...ids.slice(0, 6), 17, 99, 4000] });
+    const again = await s.forward({ seqId: 'k', inputIds: ids.slice(6), keep: 6 });
+    t.is(s.length('k'), ids.length);
+    t.true(maxAbsDiff(again, clean.subarray(6 * vocab)) < 1e-5);
+    await t.throwsAsync(s.forward({ seqId: 'k', inputIds: [1], keep: 999 }), { name: 'SequenceError' });
+    t.is(s.length('k'), ids.length, 'a refused call changes nothing');
+  } finally {
+    await s.close();
+  }
+});

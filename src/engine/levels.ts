@@ -70,10 +70,10 @@ export class ModelLevel {
     let lcp = 0;
     const limit = Math.min(this.held.length, from - 1);
     while (lcp < limit && this.held[lcp] === tokens[lcp]) lcp++;
-    await this.session.truncate(this.seqId, lcp);
     const feed = tokens.slice(lcp, to - 1);
     const t0 = performance.now();
-    const logits = await this.session.forward({ seqId: this.seqId, inputIds: feed }, 'all');
+    const keep = lcp < this.held.length ? lcp : undefined; // roll back rejected tokens in the same call
+    const logits = await this.session.forward({ seqId: this.seqId, inputIds: feed, keep }, 'all');
     this.stats.forwardMs += performance.now() - t0;
     this.held = tokens.slice(0, to - 1);
     this.stats.forwardPasses++;

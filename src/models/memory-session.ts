@@ -66,6 +66,10 @@ export class MemoryModelSession implements ModelSession {
       if (item.inputIds.length === 0) throw new InvalidArgumentError(`forward on ${item.seqId} with no tokens`);
       const hist = this.histories.get(item.seqId) ?? [];
       this.histories.set(item.seqId, hist);
+      if (item.keep !== undefined) {
+        if (!Number.isInteger(item.keep) || item.keep < 0 || item.keep > hist.length) throw new SequenceError(`cannot keep ${item.keep} tokens of sequence ${item.seqId} of length ${hist.length}`);
+        hist.length = item.keep;
+      }
       const V = this.options.vocabSize;
       const out = new Float32Array((rows === 'last' ? 1 : item.inputIds.length) * V);
       item.inputIds.forEach((t, j) => {

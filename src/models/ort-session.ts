@@ -81,8 +81,13 @@ export class OrtModelSession implements ModelSession {
     if (new Set(items.map((i) => i.seqId)).size !== items.length) {
       throw new InvalidArgumentError('a batch may hold each sequence only once');
     }
+    for (const it of items) {
+      if (it.keep !== undefined && (!Number.isInteger(it.keep) || it.keep < 0 || it.keep > this.length(it.seqId))) {
+        throw new SequenceError(`${this.spec.name}: cannot keep ${it.keep} tokens of sequence ${it.seqId} of length ${this.length(it.seqId)}`);
+      }
+    }
     const reply = await this.call({ op: 'forward', items, rows });
-    for (const it of items) this.lengths.set(it.seqId, this.length(it.seqId) + it.inputIds.length);
+    for (const it of items) this.lengths.set(it.seqId, (it.keep ?? this.length(it.seqId)) + it.inputIds.length);
     return reply.logits!;
   }
 

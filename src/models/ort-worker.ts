@@ -267,6 +267,7 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
         const bad = it.inputIds.find((t) => !Number.isInteger(t) || t < 0 || t >= spec!.vocabSize);
         if (bad !== undefined) throw new WorkerFailure('InvalidArgumentError', `token id ${bad} outside the vocabulary of ${spec!.vocabSize}`);
       }
+      for (const it of msg.items) if (it.keep !== undefined) truncate(it.seqId, it.keep);
       const logits = msg.items.length === 1 ? [await forwardOne(msg.items[0]!, msg.rows)] : await forwardBatch(msg.items, msg.rows);
       return { id: msg.id, ok: true, logits };
     }

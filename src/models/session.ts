@@ -8,6 +8,11 @@ export interface ForwardItem {
   readonly inputIds: readonly number[];
   /** Absolute RoPE positions of the new tokens; defaults to length(seqId), length(seqId)+1, … */
   readonly positionIds?: readonly number[];
+  /**
+   * Roll the sequence back to this many tokens before the new ones (as `truncate` does), in the same
+   * call: a rejected draft costs no extra round trip to the runner.
+   */
+  readonly keep?: number;
 }
 
 /**
