@@ -39,7 +39,7 @@ def load(ckpt: str) -> Decoder:
 def io_names(layers: int) -> tuple[list[str], list[str]]:
     past = [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
     present = [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", "attention_sum", *present]
 
 
 def export_onnx(model: Decoder, path: Path) -> None:
@@ -54,10 +54,11 @@ def export_onnx(model: Decoder, path: Path) -> None:
     for _ in range(2 * cfg.num_hidden_layers):
         dummy.append(torch.randn(1, cfg.num_key_value_heads, past_len, cfg.head_dim))
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"},
+            "attention_sum": {0: "batch", 1: "sequence", 2: "total"}}
     for n in inputs[3:]:
         axes[n] = {0: "batch", 2: "past"}
-    for n in outputs[1:]:
+    for n in outputs[2:]:
         axes[n] = {0: "batch", 2: "total"}
     with torch.no_grad():
         torch.onnx.export(OnnxWrapper(model), tuple(dummy), str(path), input_names=inputs, output_names=outputs,

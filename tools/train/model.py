@@ -94,6 +94,8 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(h * hd, cfg.hidden_size, bias=False)
 
     def forward(self, x, rope_cs, bias, past_k=None, past_v=None):
+        """Returns the output, the (key, value) cache and, with a bias (inference), the attention
+        probabilities summed over heads [b, s, past + s]; None in training."""
         b, s, _ = x.shape
         c = self.cfg
         q = self.q_proj(x).view(b, s, c.num_attention_heads, c.head_dim).transpose(1, 2)
@@ -109,13 +111,15 @@ class Attention(nn.Module):
         if rep > 1:
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
+        probs = None
         if bias is None:  # training: plain causal attention, fused where this torch has it
             out = causal_attention(q, k, v)
         else:
             scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(c.head_dim) + bias
-            out = torch.matmul(torch.softmax(scores, dim=-1), v)
+            probs = torch.softmax(scores, dim=-1)
+            out = torch.matmul(probs, v)
         out = out.transpose(1, 2).reshape(b, s, -1)
-        return self.o_proj(out), present
+        return self.o_proj(out), present, None if probs is None else probs.sum(dim=1)
 
 
 class Block(nn.Module):
@@ -129,11 +133,11 @@ class Block(nn.Module):
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x, rope_cs, bias, past_k=None, past_v=None):
-        a, present = self.self_attn(self.input_layernorm(x), rope_cs, bias, past_k, past_v)
+        a, present, attn = self.self_attn(self.input_layernorm(x), rope_cs, bias, past_k, past_v)
         x = x + a
         h = self.post_attention_layernorm(x)
         x = x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
-        return x, present
+        return x, present, attn
 
 
 class Decoder(nn.Module):
@@ -161,10 +165,12 @@ class Decoder(nn.Module):
         x = self.embed_tokens(input_ids)
         rope_cs = rope_tables(pos, self.cfg.head_dim, self.cfg.rope_theta)
         for layer in self.layers:
-            x, _ = layer(x, rope_cs, None)
+            x, _, _ = layer(x, rope_cs, None)
         return self.logits(self.norm(x))
 
-    def forward_with_past(self, input_ids, attention_mask, position_ids, past):
+    def forward_with_past(self, input_ids, attention_mask, position_ids, past, attention_sum=False):
+        """Logits and presents; with `attention_sum` also the attention each new token pays to each
+        cached token, summed over heads and layers [b, s, past + s] (for H2O scores and ADORE labels)."""
         s = input_ids.shape[1]
         total = attention_mask.shape[1]
         past_len = total - s
@@ -174,15 +180,19 @@ class Decoder(nn.Module):
         bias = torch.zeros(allowed.shape, dtype=torch.float32).masked_fill(~allowed, torch.finfo(torch.float32).min)
         x = self.embed_tokens(input_ids)
         rope_cs = rope_tables(position_ids, self.cfg.head_dim, self.cfg.rope_theta)
-        presents = []
+        presents, attn_sum = [], None
         for i, layer in enumerate(self.layers):
-            x, present = layer(x, rope_cs, bias, past[i][0], past[i][1])
+            x, present, attn = layer(x, rope_cs, bias, past[i][0], past[i][1])
             presents.append(present)
-        return self.logits(self.norm(x)), presents
+            attn_sum = attn if attn_sum is None else attn_sum + attn
+        logits = self.logits(self.norm(x))
+        return (logits, presents, attn_sum) if attention_sum else (logits, presents)
 
 
 class OnnxWrapper(nn.Module):
-    """Flat positional signature for torch.onnx.export: (ids, mask, pos, k0, v0, k1, v1, ...)."""
+    """Flat positional signature for torch.onnx.export: (ids, mask, pos, k0, v0, k1, v1, ...) ->
+    (logits, attention_sum, present k0, v0, ...). attention_sum is an extra output beside the Optimum
+    contract; runners that do not know it ignore it."""
 
     def __init__(self, model: Decoder):
         super().__init__()
@@ -190,8 +200,8 @@ class OnnxWrapper(nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, *past_flat):
         past = [(past_flat[2 * i], past_flat[2 * i + 1]) for i in range(len(past_flat) // 2)]
-        logits, presents = self.model.forward_with_past(input_ids, attention_mask, position_ids, past)
-        out = [logits]
+        logits, presents, attn_sum = self.model.forward_with_past(input_ids, attention_mask, position_ids, past, attention_sum=True)
+        out = [logits, attn_sum]
         for k, v in presents:
             out += [k, v]
         return tuple(out)
