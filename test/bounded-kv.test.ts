@@ -3,6 +3,7 @@ import { BoundedSequence } from '../src/engine/bounded-kv.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { MemoryKvStore } from '../src/models/kv-store.ts';
+import { MemoryModelSession } from '../src/models/memory-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { dirOf, family } from './helpers/family.ts';
@@ -50,4 +51,18 @@ test('bounded KV - streaming keeps its sink tokens and spills released KV to the
 test('bounded KV - bad settings are refused with the reason', async (t) => {
   await t.throwsAsync(generateAutoregressive(model, request({ policy: 'window', budget: { budget: 4, sinks: 2, recent: 2, rebuild: 0 } })), { message: /must leave room/ });
   await t.throwsAsync(generateAutoregressive(model, request({ policy: 'adore', budget: { budget: 16, sinks: 0, recent: 0, rebuild: 1 } })), { message: /not available yet/ });
+});
+
+test('bounded KV - h2o keeps the tokens that received the most attention, within the budget', async (t) => {
+  const toy = new MemoryModelSession({ name: 'toy', vocabSize: 16, order: 2, seed: 5 });
+  const seq = new BoundedSequence(toy, 'h2o', { policy: 'h2o', budget: { budget: 8, sinks: 0, recent: 2, rebuild: 0 } });
+  // The toy model attends uniformly, so older tokens have received more attention: H2O keeps them
+  // (and the protected recent window), the opposite of a sliding window.
+  for (let i = 0; i < 20; i++) {
+    await seq.feed([i % 16]);
+    t.true(seq.resident <= 8);
+  }
+  t.is(toy.length('h2o'), 8);
+  await seq.close();
+  t.is(toy.liveSequences(), 0);
 });

@@ -9,8 +9,8 @@ export interface KvPolicyConfig {
   readonly budget: KvBudget;
 }
 
-/** Policies the bounded cache can run today; h2o and adore need attention and controller scores. */
-export const RUNNABLE_KV_POLICIES: readonly KvPolicyName[] = ['full', 'window', 'streaming'];
+/** Policies the bounded cache can run today; adore needs its controller. */
+export const RUNNABLE_KV_POLICIES: readonly KvPolicyName[] = ['full', 'window', 'streaming', 'h2o'];
 
 export function checkKvPolicy(cfg: KvPolicyConfig): void {
   if (!RUNNABLE_KV_POLICIES.includes(cfg.policy)) {
@@ -63,9 +63,23 @@ export class BoundedSequence {
       await this.makeRoom(piece.length);
       const positions = piece.map((_, j) => this.next + j);
       const last = i + chunk >= tokens.length;
-      const logits = await this.session.forward({ seqId: this.seqId, inputIds: piece, positionIds: positions }, rows === 'all' || !last ? rows : 'last');
-      this.ledger.append(positions);
-      this.ledger.score(positions, positions.map((p) => positionalScore(this.cfg.policy, p)));
+      const item = { seqId: this.seqId, inputIds: piece, positionIds: positions };
+      const want = rows === 'all' || !last ? rows : 'last';
+      let logits: Float32Array;
+      if (this.cfg.policy === 'h2o') {
+        // Heavy hitters: every cached token's score is the attention it has received so far.
+        const keys = [...this.ledger.order, ...positions];
+        const r = await this.session.forwardAttention(item, want);
+        logits = r.logits;
+        const received = new Float64Array(keys.length);
+        for (let q = 0; q < piece.length; q++) for (let j = 0; j < keys.length; j++) received[j]! += r.attention[q * keys.length + j]!;
+        this.ledger.append(positions);
+        this.ledger.score(keys, received, true);
+      } else {
+        logits = await this.session.forward(item, want);
+        this.ledger.append(positions);
+        this.ledger.score(positions, positions.map((p) => positionalScore(this.cfg.policy, p)));
+      }
       this.next += piece.length;
       if (rows === 'all' || last) parts.push(logits);
     }

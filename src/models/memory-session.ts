@@ -82,6 +82,17 @@ export class MemoryModelSession implements ModelSession {
     });
   }
 
+  /** This toy model attends uniformly to the tokens it can see. */
+  async forwardAttention(item: ForwardItem, rows: LogitsRows = 'all'): Promise<{ logits: Float32Array; attention: Float32Array }> {
+    const before = this.length(item.seqId) - (item.keep === undefined ? 0 : this.length(item.seqId) - item.keep);
+    const logits = await this.forward(item, rows);
+    const s = item.inputIds.length;
+    const total = before + s;
+    const attention = new Float32Array(s * total);
+    for (let q = 0; q < s; q++) for (let k = 0; k <= before + q; k++) attention[q * total + k] = 1 / (before + q + 1);
+    return { logits, attention };
+  }
+
   length(seqId: string): number {
     return this.histories.get(seqId)?.length ?? 0;
   }

@@ -9,6 +9,7 @@ type Request = WorkerRequest extends infer R ? (R extends { id: number } ? Omit<
 
 const ERRORS: Record<string, new (m: string) => CascadeError> = {
   ModelLoadError,
+  ModelRuntimeError,
   SequenceError,
   InvalidArgumentError,
 };
@@ -77,7 +78,16 @@ export class OrtModelSession implements ModelSession {
     return (await this.forwardBatch([item], rows))[0]!;
   }
 
+  async forwardAttention(item: ForwardItem, rows: LogitsRows = 'all'): Promise<{ logits: Float32Array; attention: Float32Array }> {
+    const reply = await this.send([item], rows, true);
+    return { logits: reply.logits![0]!, attention: reply.attention! };
+  }
+
   async forwardBatch(items: readonly ForwardItem[], rows: LogitsRows = 'all'): Promise<Float32Array[]> {
+    return (await this.send(items, rows, false)).logits!;
+  }
+
+  private async send(items: readonly ForwardItem[], rows: LogitsRows, attention: boolean): Promise<WorkerReply & { ok: true }> {
     if (new Set(items.map((i) => i.seqId)).size !== items.length) {
       throw new InvalidArgumentError('a batch may hold each sequence only once');
     }
@@ -86,9 +96,9 @@ export class OrtModelSession implements ModelSession {
         throw new SequenceError(`${this.spec.name}: cannot keep ${it.keep} tokens of sequence ${it.seqId} of length ${this.length(it.seqId)}`);
       }
     }
-    const reply = await this.call({ op: 'forward', items, rows });
+    const reply = await this.call({ op: 'forward', items, rows, attention });
     for (const it of items) this.lengths.set(it.seqId, (it.keep ?? this.length(it.seqId)) + it.inputIds.length);
-    return reply.logits!;
+    return reply;
   }
 
   length(seqId: string): number {

@@ -19,6 +19,7 @@ interface Sequence {
 let session: ort.InferenceSession | undefined;
 let spec: ModelSpec | undefined;
 let feedsPositions = true;
+let hasAttention = false;
 const sequences = new Map<string, Sequence>();
 
 class WorkerFailure extends Error {
@@ -53,6 +54,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   }
   checkContract(session, s);
   feedsPositions = session.inputNames.includes('position_ids');
+  hasAttention = session.outputNames.includes('attention_sum');
   return warning ? { provider, warning } : { provider };
 }
 
@@ -115,7 +117,9 @@ function logitRows(data: Float32Array, base: number, count: number, from: number
   return data.slice((base + from) * vocab, (base + from + count) * vocab);
 }
 
-async function forwardOne(item: ForwardItem, rows: LogitsRows): Promise<Float32Array> {
+let lastAttention: Float32Array | undefined;
+
+async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false): Promise<Float32Array> {
   const seq = sequence(item.seqId);
   const s = item.inputIds.length;
   const feeds: Record<string, ort.Tensor> = {
@@ -127,6 +131,7 @@ async function forwardOne(item: ForwardItem, rows: LogitsRows): Promise<Float32A
   const out = await session!.run(feeds);
   seq.past = presents(out);
   seq.length += s;
+  if (attention) lastAttention = ((out.attention_sum as ort.Tensor).data as Float32Array).slice();
   const logits = (out.logits as ort.Tensor).data as Float32Array;
   const vocab = spec!.vocabSize;
   return rows === 'last' ? logitRows(logits, 0, 1, s - 1, vocab) : logits.slice(0, s * vocab);
@@ -268,6 +273,12 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
         if (bad !== undefined) throw new WorkerFailure('InvalidArgumentError', `token id ${bad} outside the vocabulary of ${spec!.vocabSize}`);
       }
       for (const it of msg.items) if (it.keep !== undefined) truncate(it.seqId, it.keep);
+      if (msg.attention) {
+        if (msg.items.length !== 1) throw new WorkerFailure('InvalidArgumentError', 'attention is returned for one sequence at a time');
+        if (!hasAttention) throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} has no attention_sum output: re-export it with tools/train/export.py`);
+        const logits = [await forwardOne(msg.items[0]!, msg.rows, true)];
+        return { id: msg.id, ok: true, logits, attention: lastAttention! };
+      }
       const logits = msg.items.length === 1 ? [await forwardOne(msg.items[0]!, msg.rows)] : await forwardBatch(msg.items, msg.rows);
       return { id: msg.id, ok: true, logits };
     }
@@ -291,7 +302,7 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
 let queue: Promise<unknown> = Promise.resolve();
 parentPort!.on('message', (msg: WorkerRequest) => {
   queue = queue.then(() => handle(msg)).then(
-    (reply) => parentPort!.postMessage(reply, reply.ok ? [...(reply.logits ?? []), ...(reply.rows?.tensors ?? [])].map((a) => a.buffer as ArrayBuffer) : []),
+    (reply) => parentPort!.postMessage(reply, reply.ok ? [...(reply.logits ?? []), ...(reply.attention ? [reply.attention] : []), ...(reply.rows?.tensors ?? [])].map((a) => a.buffer as ArrayBuffer) : []),
     (err: Error) => parentPort!.postMessage({ id: msg.id, ok: false, error: { name: err.name, message: err.message } } satisfies WorkerReply),
   );
 });

@@ -4,12 +4,12 @@ import type { ForwardItem, KvRows, LogitsRows, SessionOptions } from './session.
 /** Messages from the main thread to a model worker. Every request carries an id echoed in its reply. */
 export type WorkerRequest =
   | { readonly op: 'load'; readonly id: number; readonly spec: ModelSpec; readonly options: SessionOptions }
-  | { readonly op: 'forward'; readonly id: number; readonly items: readonly ForwardItem[]; readonly rows: LogitsRows }
+  | { readonly op: 'forward'; readonly id: number; readonly items: readonly ForwardItem[]; readonly rows: LogitsRows; readonly attention?: boolean }
   | { readonly op: 'truncate'; readonly id: number; readonly seqId: string; readonly length: number }
   | { readonly op: 'evict'; readonly id: number; readonly seqId: string; readonly indices: readonly number[]; readonly take: boolean }
   | { readonly op: 'insert'; readonly id: number; readonly seqId: string; readonly rows: KvRows }
   | { readonly op: 'release'; readonly id: number; readonly seqId: string };
 
 export type WorkerReply =
-  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly logits?: Float32Array[]; readonly rows?: KvRows; readonly warning?: string }
+  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly logits?: Float32Array[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly warning?: string }
   | { readonly id: number; readonly ok: false; readonly error: { readonly name: string; readonly message: string } };

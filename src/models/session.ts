@@ -40,6 +40,12 @@ export interface ModelSession {
   readonly provider: string;
   /** Runs one sequence; returns logits for its new tokens. */
   forward(item: ForwardItem, rows?: LogitsRows): Promise<Float32Array>;
+  /**
+   * Runs one sequence and also returns its attention: for each new token, the attention it pays to
+   * each cached token (cache order, new tokens last), summed over heads and layers, [s, length].
+   * Needs a model exported with the `attention_sum` output (H2O scores, ADORE labels).
+   */
+  forwardAttention(item: ForwardItem, rows?: LogitsRows): Promise<{ logits: Float32Array; attention: Float32Array }>;
   /** Runs several sequences in one batched pass; results in input order. */
   forwardBatch(items: readonly ForwardItem[], rows?: LogitsRows): Promise<Float32Array[]>;
   /** Tokens whose KV is held for a sequence (0 when unknown). */
