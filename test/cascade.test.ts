@@ -4,6 +4,7 @@ import { generateCascade, type CascadeConfig, type DrafterSpec } from '../src/en
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
+import type { KvPolicyName } from '../src/kernels/kv-policy.ts';
 import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
 
 function family(vocabSize: number) {
@@ -14,6 +15,8 @@ function family(vocabSize: number) {
 }
 
 const mag: DrafterSpec = { kind: 'mag' };
+/** A neural drafter over a bounded KV cache (ADORE placements b and c). */
+const bounded = (session: MemoryModelSession, policy: KvPolicyName, budget: number): DrafterSpec => ({ kind: 'model', session, kv: { policy, budget: { budget, sinks: 0, recent: 0, rebuild: 0 } } });
 const model = (session: MemoryModelSession): DrafterSpec => ({ kind: 'model', session });
 
 /** Random cumulative upper-triangular K for n drafters. */
@@ -64,6 +67,8 @@ const sampledConfigs: [string, (f: ReturnType<typeof family>) => CascadeConfig, 
   ['mag', () => ({ drafters: [mag], kMatrix: [[3]], lenience: 1 }), { temperature: 1, topK: 0, topP: 1 }],
   ['csd', (f) => ({ drafters: [model(f.d1), model(f.d2), mag], kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 2]], lenience: 1 }), { temperature: 0.7, topK: 0, topP: 1 }],
   ['csd lenient drafters, top-k/top-p', (f) => ({ drafters: [model(f.d1), model(f.d2), mag], kMatrix: [[2, 3, 4], [0, 1, 3], [0, 0, 2]], lenience: 3 }), { temperature: 1, topK: 4, topP: 0.9 }],
+  ['drafters over bounded caches (placement b)', (f) => ({ drafters: [bounded(f.d1, 'h2o', 3), bounded(f.d2, 'window', 3), mag], kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 2]], lenience: 1 }), { temperature: 1, topK: 0, topP: 1 }],
+  ['self-draft: the target over a bounded cache (placement c)', (f) => ({ drafters: [bounded(f.target, 'h2o', 3), mag], kMatrix: [[2, 4], [0, 2]], lenience: 1 }), { temperature: 0.8, topK: 0, topP: 1 }],
 ];
 
 for (const [name, build, sampling] of sampledConfigs) {
@@ -82,6 +87,32 @@ for (const [name, build, sampling] of sampledConfigs) {
     t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}`);
   });
 }
+
+test('cascade - bounded drafter caches (placement b) and self-draft (placement c) keep greedy output identical', async (t) => {
+  const { target, d1, d2 } = family(24);
+  const policies: KvPolicyName[] = ['window', 'streaming', 'h2o'];
+  await fc.assert(
+    fc.asyncProperty(
+      fc.constantFrom(...policies),
+      fc.integer({ min: 2, max: 10 }),
+      fc.boolean(),
+      fc.array(fc.integer({ min: 0, max: 23 }), { minLength: 1, maxLength: 16 }),
+      async (policy, budget, self, prompt) => {
+        const sinks = policy === 'streaming' ? 1 : 0;
+        const kv = { policy, budget: { budget, sinks, recent: 0, rebuild: 0 } };
+        const drafters: DrafterSpec[] = self
+          ? [{ kind: 'model', session: target, kv }, { kind: 'model', session: d2, kv }, mag]
+          : [{ kind: 'model', session: d1, kv }, { kind: 'model', session: d2, kv }, mag];
+        const req = { promptIds: prompt, maxTokens: 30, sampling: GREEDY, seed: 0, stopAtEos: false };
+        const want = await generateAutoregressive(target, req);
+        const got = await generateCascade(target, { drafters, kMatrix: [[2, 3, 5], [0, 1, 3], [0, 0, 2]], lenience: 1 }, req);
+        return JSON.stringify(got.tokenIds) === JSON.stringify(want.tokenIds);
+      },
+    ),
+    { numRuns: 80, seed: 7 },
+  );
+  for (const m of [target, d1, d2]) t.is(m.liveSequences(), 0, `${m.spec.name} released every sequence`);
+});
 
 test('cascade - statistics count rounds, drafts, acceptances by position and model calls', async (t) => {
   const { target, d1 } = family(24);

@@ -138,3 +138,16 @@ test('cli - generate --kv-policy bounds the target cache and reports it; bad set
   t.regex((await fails(['generate', '--kv-policy', 'window', '--kv-budget', '32', '--prompt', 'x'])).stderr, /runs with --mode ar/);
   t.regex((await fails(['generate', '--mode', 'ar', '--kv-policy', 'lru', '--kv-budget', '32', '--prompt', 'x'])).stderr, /--kv-policy must be one of/);
 });
+
+test('cli - bounded caches on drafters or a self-draft level keep the greedy text of target-only decoding', async (t) => {
+  const prompt = 'def area(radius):\n    return 3.14159 * radius * radius\n'.repeat(6);
+  const text = async (...args: string[]) => JSON.parse((await cascade('generate', '--json', '--max-tokens', '24', '--prompt', prompt, ...args)).stdout);
+  const ar = await text('--mode', 'ar');
+  const self = await text('--mode', 'mag', '--kv-placement', 'self-draft', '--kv-policy', 'streaming', '--kv-budget', '40');
+  const drafters = await text('--mode', 'csd', '--kv-placement', 'drafters', '--kv-policy', 'window', '--kv-budget', '32');
+  t.deepEqual(self.tokenIds, ar.tokenIds);
+  t.deepEqual(drafters.tokenIds, ar.tokenIds);
+  t.deepEqual(self.cascade.drafters, ['self', 'mag']);
+  t.true(Object.keys(self.stats.models).some((m) => m.startsWith(`${family.target}@streaming`)), 'the self-draft level is reported apart from the target');
+  t.regex((await fails(['generate', '--mode', 'ar', '--kv-placement', 'drafters', '--kv-policy', 'window', '--kv-budget', '32', '--prompt', 'x'])).stderr, /needs neural drafters/);
+});

@@ -6,7 +6,7 @@ import { RUNNABLE_KV_POLICIES, type KvPolicyConfig } from '../engine/bounded-kv.
 import { generateCascade, type CascadeResult, type DrafterSpec } from '../engine/cascade.ts';
 import { generateAutoregressive, type GenerateResult } from '../engine/generate.ts';
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
-import { MODES, planCascade, type Mode } from '../engine/presets.ts';
+import { defaultKMatrix, MODES, planCascade, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { loadBigram, loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
@@ -35,7 +35,12 @@ interface GenerateOptions {
   kvBudget?: number;
   kvSinks?: number;
   kvRecent: number;
+  kvPlacement: KvPlacement;
 }
+
+/** Where a bounded KV cache goes (SPEC §5): the target (lossy), the drafters, or a self-draft level (both exact). */
+const KV_PLACEMENTS = ['target', 'drafters', 'self-draft'] as const;
+type KvPlacement = (typeof KV_PLACEMENTS)[number];
 
 /** A config file holds the same settings as the flags (flags given on the command line win). */
 const ConfigFile = z.strictObject({
@@ -55,13 +60,19 @@ const ConfigFile = z.strictObject({
   kvBudget: z.number().int().positive().optional(),
   kvSinks: z.number().int().nonnegative().optional(),
   kvRecent: z.number().int().nonnegative().optional(),
+  kvPlacement: z.enum(KV_PLACEMENTS).optional(),
 });
 
 /** The bounded-cache settings of --kv-*, or undefined for the full cache. */
 function kvConfig(o: GenerateOptions): KvPolicyConfig | undefined {
   if (o.kvPolicy === 'full') return undefined;
   if (o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget (tokens kept in the cache)`);
-  if (o.mode !== 'ar') throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} runs with --mode ar for now (a bounded target cache is lossy; cascades keep the full cache)`);
+  if (o.kvPlacement === 'target' && o.mode !== 'ar') {
+    throw new InvalidArgumentError(`--kv-placement target runs with --mode ar (a bounded target cache is lossy); bound the drafters or add a self-draft level to keep a cascade exact`);
+  }
+  if (o.kvPlacement === 'drafters' && o.mode !== 'sd' && o.mode !== 'csd' && !o.drafters) {
+    throw new InvalidArgumentError(`--kv-placement drafters needs neural drafters (--mode sd or csd)`);
+  }
   const sinks = o.kvSinks ?? (o.kvPolicy === 'streaming' ? 4 : 0);
   if (o.kvPolicy === 'window' && sinks > 0) throw new InvalidArgumentError('--kv-policy window keeps no sink tokens: use streaming for sinks');
   return { policy: o.kvPolicy, budget: { budget: o.kvBudget, sinks, recent: o.kvRecent, rebuild: 0 } };
@@ -101,18 +112,24 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   const o = applyConfigFile(flags, cmd);
   const text = promptText(positional, o);
   const family = loadFamily(o.models);
-  const plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters);
+  let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters);
   const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
   try {
     const target = await sessions.get(o.model ?? family.target);
+    const kv = kvConfig(o);
+    const drafterKv = kv && o.kvPlacement === 'drafters' ? kv : undefined;
     const drafters: DrafterSpec[] = [];
-    for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await sessions.get(d) });
+    for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await sessions.get(d), kv: drafterKv });
+    if (kv && o.kvPlacement === 'self-draft') {
+      // The target's own weights over a bounded cache draft for the full-cache target (TriForce's idea).
+      drafters.unshift({ kind: 'model', session: target, kv });
+      plan = { ...plan, drafters: ['self', ...plan.drafters], kMatrix: o.kMatrix ?? defaultKMatrix(['self', ...plan.drafters]) };
+    }
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
     const stream = tok.stream();
-    const kv = kvConfig(o);
-    const req = { promptIds: tok.encode(text), maxTokens: o.maxTokens, sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP }, seed: o.seed, kv };
+    const req = { promptIds: tok.encode(text), maxTokens: o.maxTokens, sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP }, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
     const onTokens = o.json ? undefined : (ids: readonly number[]) => process.stdout.write(stream.push(ids));
-    const result: CascadeResult | GenerateResult = kv
+    const result: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
       ? await generateAutoregressive(target, req, onTokens)
       : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience }, req, onTokens);
     if (!isCascade(result)) {
@@ -165,6 +182,11 @@ const parseKvPolicy = (raw: string): KvPolicyName => {
   return raw as KvPolicyName;
 };
 
+const parsePlacement = (raw: string): KvPlacement => {
+  if (!(KV_PLACEMENTS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--kv-placement must be one of ${KV_PLACEMENTS.join(', ')}, got "${raw}"`);
+  return raw as KvPlacement;
+};
+
 const parseOccurrence = (raw: string): 'earliest' | 'recent' => {
   if (raw !== 'earliest' && raw !== 'recent') throw new InvalidArgumentError(`--mag-occurrence must be earliest or recent, got "${raw}"`);
   return raw;
@@ -205,8 +227,9 @@ export function registerGenerate(program: Command): void {
     .option('--k-matrix <json>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]]', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvBudget, kvSinks, kvRecent')
-    .option('--kv-policy <policy>', `bound the target's KV cache: ${RUNNABLE_KV_POLICIES.join(' | ')} (lossy; --mode ar)`, parseKvPolicy, 'full')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent')
+    .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
+    .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
     .option('--kv-sinks <n>', 'first tokens never released (streaming; default 4)', parseNumber('--kv-sinks', { min: 0, integer: true }))
     .option('--kv-recent <n>', 'newest tokens never released', parseNumber('--kv-recent', { min: 0, integer: true }), 0)

@@ -12,6 +12,9 @@ export interface KvPolicyConfig {
 /** Policies the bounded cache can run today; adore needs its controller. */
 export const RUNNABLE_KV_POLICIES: readonly KvPolicyName[] = ['full', 'window', 'streaming', 'h2o'];
 
+/** No bound: the whole sequence stays cached. */
+export const FULL_CACHE: KvPolicyConfig = { policy: 'full', budget: { budget: 1, sinks: 0, recent: 0, rebuild: 0 } };
+
 export function checkKvPolicy(cfg: KvPolicyConfig): void {
   if (!RUNNABLE_KV_POLICIES.includes(cfg.policy)) {
     throw new InvalidArgumentError(`KV policy "${cfg.policy}" is not available yet: use one of ${RUNNABLE_KV_POLICIES.join(', ')}`);
@@ -28,6 +31,7 @@ export function checkKvPolicy(cfg: KvPolicyConfig): void {
  */
 export class BoundedSequence {
   private readonly ledger: KvLedger | undefined;
+  /** Position of the next token (the sequence's length, released tokens included). */
   private next = 0;
   releases = 0;
 
@@ -46,13 +50,30 @@ export class BoundedSequence {
     return this.ledger ? this.ledger.size : this.next;
   }
 
-  /** Feeds tokens; returns the logits of the last one ('last') or of each ('all'). */
-  async feed(tokens: readonly number[], rows: LogitsRows = 'last'): Promise<Float32Array> {
+  /** The sequence's length in positions (released tokens included). */
+  get length(): number {
+    return this.next;
+  }
+
+  /**
+   * Feeds tokens at positions at, at+1, … (default: after the last one); feeding at an earlier
+   * position first rolls the sequence back there (rejected drafts). Returns the logits of the last
+   * token ('last') or of each ('all').
+   */
+  async feed(tokens: readonly number[], rows: LogitsRows = 'last', at = this.next): Promise<Float32Array> {
     if (tokens.length === 0) throw new InvalidArgumentError(`feed on ${this.seqId} with no tokens`);
+    if (!Number.isInteger(at) || at < 0 || at > this.next) throw new InvalidArgumentError(`cannot feed ${this.seqId} at position ${at}: it has ${this.next}`);
+    // Rows to keep when rolling back ride on the next call to the runner (no extra round trip).
+    let keep: number | undefined;
+    if (at < this.next) {
+      this.ledger?.rollback(at);
+      keep = this.ledger ? this.ledger.size : at;
+      this.next = at;
+    }
     if (!this.ledger) {
       const positionIds = tokens.map((_, j) => this.next + j);
       this.next += tokens.length;
-      return this.session.forward({ seqId: this.seqId, inputIds: tokens, positionIds }, rows);
+      return this.session.forward({ seqId: this.seqId, inputIds: tokens, positionIds, keep }, rows);
     }
     // Prefill goes in chunks of half the free budget, so every token attends to at least the other half.
     const { budget, sinks, recent } = this.cfg.budget;
@@ -60,10 +81,15 @@ export class BoundedSequence {
     const parts: Float32Array[] = [];
     for (let i = 0; i < tokens.length; i += chunk) {
       const piece = tokens.slice(i, i + chunk);
+      if (this.ledger.size + piece.length > budget && keep !== undefined) {
+        await this.session.truncate(this.seqId, keep); // evicting needs the runner rolled back first
+        keep = undefined;
+      }
       await this.makeRoom(piece.length);
       const positions = piece.map((_, j) => this.next + j);
       const last = i + chunk >= tokens.length;
-      const item = { seqId: this.seqId, inputIds: piece, positionIds: positions };
+      const item = { seqId: this.seqId, inputIds: piece, positionIds: positions, keep };
+      keep = undefined;
       const want = rows === 'all' || !last ? rows : 'last';
       let logits: Float32Array;
       if (this.cfg.policy === 'h2o') {
@@ -85,10 +111,10 @@ export class BoundedSequence {
     }
     if (parts.length === 1) return parts[0]!;
     const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-    let at = 0;
+    let offset = 0;
     for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
+      out.set(p, offset);
+      offset += p.length;
     }
     return out;
   }

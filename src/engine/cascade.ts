@@ -4,10 +4,12 @@ import { Rng } from '../kernels/rng.ts';
 import type { ModelSession } from '../models/session.ts';
 import { baseStats, checkRequest, type FinishReason, type GenerateRequest, type GenerateStats } from './generate.ts';
 import { Block, MagLevel, ModelLevel, type LevelStats } from './levels.ts';
+import { checkKvPolicy, type KvPolicyConfig } from './bounded-kv.ts';
+import { checkBudget } from '../kernels/kv-policy.ts';
 
 /** A drafter of the cascade: a neural model, or MaG (which may only be the last). */
 export type DrafterSpec =
-  | { readonly kind: 'model'; readonly session: ModelSession }
+  | { readonly kind: 'model'; readonly session: ModelSession; readonly kv?: KvPolicyConfig }
   | { readonly kind: 'mag'; readonly bigram?: Uint32Array; readonly minMatch?: number; readonly occurrence?: 'earliest' | 'recent' };
 
 /**
@@ -48,6 +50,13 @@ export interface CascadeStats extends GenerateStats {
   readonly swi: number;
 }
 
+/** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */
+function levelName(d: { session: ModelSession; kv?: KvPolicyConfig }, target: ModelSession): string {
+  const bounded = d.kv && d.kv.policy !== 'full' ? `${d.kv.policy}-${d.kv.budget.budget}` : undefined;
+  if (d.session === target || d.session.spec.name === target.spec.name) return `${d.session.spec.name}@${bounded ?? 'self'}`;
+  return bounded ? `${d.session.spec.name}@${bounded}` : d.session.spec.name;
+}
+
 /** Measured cost coefficients and SWI from per-model counters; `target` names the target's entry. */
 export function standardizedWalltime(models: Record<string, LevelStats>, target: string, generated: number): { costCoefficients: Record<string, number>; swi: number } {
   const perPass = (s: LevelStats) => (s.forwardPasses ? s.forwardMs / s.forwardPasses : 0);
@@ -72,6 +81,10 @@ export function checkCascade(config: CascadeConfig): void {
   const n = config.drafters.length;
   config.drafters.forEach((d, i) => {
     if (d.kind === 'mag' && i !== n - 1) throw new InvalidArgumentError('mag can only be the last drafter of a cascade');
+    if (d.kind === 'model' && d.kv) {
+      checkKvPolicy(d.kv);
+      if (d.kv.policy !== 'full') checkBudget(d.kv.budget);
+    }
   });
   if (!(config.lenience >= 1)) throw new InvalidArgumentError(`lenience must be >= 1, got ${config.lenience}`);
   if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} rows for ${n} drafters, got ${config.kMatrix.length}`);
@@ -117,7 +130,12 @@ export async function generateCascade(
   const seqId = randomUUID();
   const rng = new Rng(req.seed);
   const top = new ModelLevel(target.spec.name, target, seqId, req.sampling);
-  const drafters: Level[] = config.drafters.map((d) => (d.kind === 'mag' ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence }) : new ModelLevel(d.session.spec.name, d.session, seqId, req.sampling)));
+  // Each drafter level has its own sequence id: a drafter may be the target's own session (self-draft).
+  const drafters: Level[] = config.drafters.map((d, i) =>
+    d.kind === 'mag'
+      ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence })
+      : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, d.kv),
+  );
   const K = config.kMatrix;
   const n = drafters.length;
   const accepted: number[] = [];

@@ -3,7 +3,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
 import { checkSampling, nextToken, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
-import { BoundedSequence, checkKvPolicy, type KvPolicyConfig } from './bounded-kv.ts';
+import { BoundedSequence, checkKvPolicy, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
 
 export interface GenerateRequest {
@@ -73,7 +73,7 @@ export async function generateAutoregressive(
   const start = performance.now();
   let firstToken = 0;
   let finishReason: FinishReason = 'length';
-  const seq = new BoundedSequence(model, seqId, req.kv ?? { policy: 'full', budget: { budget: 1, sinks: 0, recent: 0, rebuild: 0 } });
+  const seq = new BoundedSequence(model, seqId, req.kv ?? FULL_CACHE);
   let peak = 0;
   const feed = async (ids: readonly number[]) => {
     const logits = await seq.feed(ids, 'last');

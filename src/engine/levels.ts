@@ -3,6 +3,7 @@ import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, logitsRow, sample, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
+import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
 
 /**
  * The growing token block of one round: tokens[0..committed) are the target's output so far
@@ -58,12 +59,18 @@ export class ModelLevel {
   /** Tokens whose KV the session holds for this sequence, mirrored here. */
   private held: number[] = [];
 
+  private readonly seq: BoundedSequence;
+
+  /** `kv` bounds this level's cache (drafters only: the target always keeps its full cache). */
   constructor(
     readonly name: string,
     readonly session: ModelSession,
     readonly seqId: string,
     private readonly sampling: SamplingParams,
-  ) {}
+    kv: KvPolicyConfig = FULL_CACHE,
+  ) {
+    this.seq = new BoundedSequence(session, seqId, kv);
+  }
 
   /** Logits rows predicting positions from..to-1, i.e. after tokens[from-1..to-2] (from >= 1). */
   private async rows(tokens: readonly number[], from: number, to: number): Promise<Float32Array> {
@@ -72,8 +79,7 @@ export class ModelLevel {
     while (lcp < limit && this.held[lcp] === tokens[lcp]) lcp++;
     const feed = tokens.slice(lcp, to - 1);
     const t0 = performance.now();
-    const keep = lcp < this.held.length ? lcp : undefined; // roll back rejected tokens in the same call
-    const logits = await this.session.forward({ seqId: this.seqId, inputIds: feed, keep }, 'all');
+    const logits = await this.seq.feed(feed, 'all', lcp); // rolls back rejected tokens in the same call
     this.stats.forwardMs += performance.now() - t0;
     this.held = tokens.slice(0, to - 1);
     this.stats.forwardPasses++;
@@ -124,9 +130,14 @@ export class ModelLevel {
     return outcome;
   }
 
+  /** Tokens the bounded cache released (0 with the full cache). */
+  get releases(): number {
+    return this.seq.releases;
+  }
+
   async release(): Promise<void> {
     this.held = [];
-    await this.session.release(this.seqId);
+    await this.seq.close();
   }
 }
 
