@@ -50,7 +50,7 @@ test('bounded KV - streaming keeps its sink tokens and spills released KV to the
 
 test('bounded KV - bad settings are refused with the reason', async (t) => {
   await t.throwsAsync(generateAutoregressive(model, request({ policy: 'window', budget: { budget: 4, sinks: 2, recent: 2, rebuild: 0 } })), { message: /must leave room/ });
-  await t.throwsAsync(generateAutoregressive(model, request({ policy: 'adore', budget: { budget: 16, sinks: 0, recent: 0, rebuild: 1 } })), { message: /not available yet/ });
+  await t.throwsAsync(generateAutoregressive(model, request({ policy: 'adore', budget: { budget: 16, sinks: 0, recent: 0, rebuild: 1 } })), { message: /needs the ADORE controller/ });
 });
 
 test('bounded KV - h2o keeps the tokens that received the most attention, within the budget', async (t) => {
@@ -65,4 +65,37 @@ test('bounded KV - h2o keeps the tokens that received the most attention, within
   t.is(toy.length('h2o'), 8);
   await seq.close();
   t.is(toy.liveSequences(), 0);
+});
+
+test('bounded KV - a scorer (ADORE) releases and rebuilds; a rebuilt token has exactly its original KV', async (t) => {
+  const store = new MemoryKvStore();
+  // Scripted controller: first newer is better; from step 30 on, positions 0 and 1 matter most.
+  let favourEarly = false;
+  const scorer = { score: async (positions: readonly number[]) => positions.map((p) => (favourEarly && p < 2 ? 1000 : p)) };
+  const seq = new BoundedSequence(model, 'adore', { policy: 'adore', budget: { budget: 12, sinks: 0, recent: 1, rebuild: 2 } }, store, scorer);
+  try {
+    for (const id of prompt.slice(0, 30)) await seq.feed([id]);
+    t.false(seq.residentPositions.includes(0), 'position 0 was released');
+    const spilled = await store.get('adore', model.spec.name, [0]);
+    t.is(spilled.positions.length, 1);
+    favourEarly = true;
+    await seq.feed([prompt[30]!]); // scored now: 0 and 1 win back their place at the next step
+    await seq.feed([prompt[31]!]);
+    t.true(seq.residentPositions.includes(0) && seq.residentPositions.includes(1), `resident ${seq.residentPositions}`);
+    t.is(seq.rebuilds, 2);
+    t.true(seq.resident <= 12);
+    t.is(model.length('adore'), seq.resident, 'the runner holds exactly the resident rows');
+    // Take position 0's row out of the runner again: it is the row computed at its original position.
+    const row = seq.residentPositions.indexOf(0);
+    const now = await model.evict('adore', [row], true);
+    t.deepEqual(now!.tensors, spilled.rows!.tensors);
+  } finally {
+    await seq.close();
+  }
+  t.is(store.size(), 0);
+});
+
+test('bounded KV - rebuilding without a store, or adore without a controller, is refused', (t) => {
+  t.throws(() => new BoundedSequence(model, 'x', { policy: 'window', budget: { budget: 8, sinks: 0, recent: 0, rebuild: 1 } }), { message: /needs a KV store/ });
+  t.throws(() => new BoundedSequence(model, 'x', { policy: 'adore', budget: { budget: 8, sinks: 0, recent: 0, rebuild: 0 } }), { message: /needs the ADORE controller/ });
 });

@@ -9,13 +9,26 @@ export interface KvPolicyConfig {
   readonly budget: KvBudget;
 }
 
-/** Policies the bounded cache can run today; adore needs its controller. */
+/** Policies the bounded cache can run on its own; adore needs a scorer (its controller). */
 export const RUNNABLE_KV_POLICIES: readonly KvPolicyName[] = ['full', 'window', 'streaming', 'h2o'];
+
+/**
+ * Scores every token of a sequence for the current step (ADORE's controller): higher = keep. Asked
+ * after each forward for all positions, resident and released, so released tokens can win back
+ * their place (rebuild).
+ */
+export interface KvScorer {
+  score(positions: readonly number[], tokens: readonly number[], newest: number): Promise<ArrayLike<number>>;
+}
 
 /** No bound: the whole sequence stays cached. */
 export const FULL_CACHE: KvPolicyConfig = { policy: 'full', budget: { budget: 1, sinks: 0, recent: 0, rebuild: 0 } };
 
-export function checkKvPolicy(cfg: KvPolicyConfig): void {
+export function checkKvPolicy(cfg: KvPolicyConfig, scorer?: KvScorer): void {
+  if (cfg.policy === 'adore') {
+    if (scorer) return;
+    throw new InvalidArgumentError('KV policy "adore" needs the ADORE controller, which this model family does not ship yet: use window, streaming or h2o');
+  }
   if (!RUNNABLE_KV_POLICIES.includes(cfg.policy)) {
     throw new InvalidArgumentError(`KV policy "${cfg.policy}" is not available yet: use one of ${RUNNABLE_KV_POLICIES.join(', ')}`);
   }
@@ -33,15 +46,24 @@ export class BoundedSequence {
   private readonly ledger: KvLedger | undefined;
   /** Position of the next token (the sequence's length, released tokens included). */
   private next = 0;
+  /** Every token fed, by position (the scorer sees them). */
+  private readonly tokens: number[] = [];
   releases = 0;
+  rebuilds = 0;
+  /** Rebuilds whose KV the store no longer held (left released). */
+  misses = 0;
 
   constructor(
     private readonly session: ModelSession,
     readonly seqId: string,
     private readonly cfg: KvPolicyConfig,
     private readonly store?: KvStore,
+    private readonly scorer?: KvScorer,
   ) {
-    checkKvPolicy(cfg);
+    checkKvPolicy(cfg, scorer);
+    if (cfg.budget.rebuild > 0 && !store && cfg.policy !== 'full') {
+      throw new InvalidArgumentError('rebuilding released tokens needs a KV store to fetch them back from');
+    }
     this.ledger = cfg.policy === 'full' ? undefined : new KvLedger(cfg.budget);
   }
 
@@ -69,10 +91,12 @@ export class BoundedSequence {
       this.ledger?.rollback(at);
       keep = this.ledger ? this.ledger.size : at;
       this.next = at;
+      this.tokens.length = at;
     }
     if (!this.ledger) {
       const positionIds = tokens.map((_, j) => this.next + j);
       this.next += tokens.length;
+      this.tokens.push(...tokens);
       return this.session.forward({ seqId: this.seqId, inputIds: tokens, positionIds, keep }, rows);
     }
     // Prefill goes in chunks of half the free budget, so every token attends to at least the other half.
@@ -107,6 +131,11 @@ export class BoundedSequence {
         this.ledger.score(positions, positions.map((p) => positionalScore(this.cfg.policy, p)));
       }
       this.next += piece.length;
+      this.tokens.push(...piece);
+      if (this.scorer) {
+        const all = [...this.ledger.order, ...this.ledger.released.keys()];
+        this.ledger.score(all, await this.scorer.score(all, this.tokens, this.next - 1));
+      }
       if (rows === 'all' || last) parts.push(logits);
     }
     if (parts.length === 1) return parts[0]!;
@@ -119,19 +148,38 @@ export class BoundedSequence {
     return out;
   }
 
-  /** Releases the lowest-scored tokens until `incoming` more fit in the budget. */
+  /**
+   * Releases the lowest-scored tokens until `incoming` more fit in the budget, and brings back
+   * released tokens that now outscore resident ones (their exact KV, from the store).
+   */
   private async makeRoom(incoming: number): Promise<void> {
     const ledger = this.ledger!;
-    const over = ledger.size + incoming - ledger.budget.budget;
-    if (over <= 0) return;
+    if (ledger.size + incoming <= ledger.budget.budget && (ledger.budget.rebuild === 0 || ledger.released.size === 0)) return;
     // The newest resident token stays protected by the recent window while the next ones arrive.
     const plan = ledger.plan(this.next - 1, ledger.budget.budget - incoming);
-    if (plan.release.length === 0) return;
-    const indices = ledger.indicesOf(plan.release);
-    const rows = await this.session.evict(this.seqId, indices, this.store !== undefined);
-    if (this.store && rows) await this.store.put(this.seqId, this.session.spec.name, plan.release, rows);
-    ledger.apply(plan);
+    if (plan.release.length === 0 && plan.rebuild.length === 0) return;
+    const model = this.session.spec.name;
+    if (plan.release.length) {
+      const rows = await this.session.evict(this.seqId, ledger.indicesOf(plan.release), this.store !== undefined);
+      if (this.store && rows) await this.store.put(this.seqId, model, plan.release, rows);
+    }
+    let missed = new Set<number>();
+    if (plan.rebuild.length) {
+      const back = await this.store!.get(this.seqId, model, plan.rebuild);
+      if (back.rows) await this.session.insert(this.seqId, back.rows);
+      await this.store!.drop(this.seqId, model, back.positions);
+      missed = new Set(plan.rebuild.filter((p) => !back.positions.includes(p)));
+      this.rebuilds += back.positions.length;
+      this.misses += missed.size;
+    }
+    // Rebuilt rows were appended in plan order, which is the order apply() appends them to the ledger.
+    ledger.apply({ release: plan.release, rebuild: plan.rebuild.filter((p) => !missed.has(p)) }, missed);
     this.releases += plan.release.length;
+  }
+
+  /** Positions resident in the cache, in the runner's row order. */
+  get residentPositions(): readonly number[] {
+    return this.ledger ? this.ledger.order : Array.from({ length: this.next }, (_, i) => i);
   }
 
   async close(): Promise<void> {
