@@ -8,7 +8,7 @@ import { generateAutoregressive, type GenerateResult } from '../engine/generate.
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { defaultKMatrix, MODES, planCascade, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { loadBigram, loadFamily } from '../models/family.ts';
+import { loadBigram, loadController, loadFamily, type Family } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { parseNumber } from './options.ts';
@@ -35,6 +35,7 @@ interface GenerateOptions {
   kvBudget?: number;
   kvSinks?: number;
   kvRecent: number;
+  kvRebuild?: number;
   kvPlacement: KvPlacement;
 }
 
@@ -60,11 +61,12 @@ const ConfigFile = z.strictObject({
   kvBudget: z.number().int().positive().optional(),
   kvSinks: z.number().int().nonnegative().optional(),
   kvRecent: z.number().int().nonnegative().optional(),
+  kvRebuild: z.number().int().nonnegative().optional(),
   kvPlacement: z.enum(KV_PLACEMENTS).optional(),
 });
 
 /** The bounded-cache settings of --kv-*, or undefined for the full cache. */
-function kvConfig(o: GenerateOptions): KvPolicyConfig | undefined {
+function kvConfig(o: GenerateOptions, family: Family): KvPolicyConfig | undefined {
   if (o.kvPolicy === 'full') return undefined;
   if (o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget (tokens kept in the cache)`);
   if (o.kvPlacement === 'target' && o.mode !== 'ar') {
@@ -75,7 +77,9 @@ function kvConfig(o: GenerateOptions): KvPolicyConfig | undefined {
   }
   const sinks = o.kvSinks ?? (o.kvPolicy === 'streaming' ? 4 : 0);
   if (o.kvPolicy === 'window' && sinks > 0) throw new InvalidArgumentError('--kv-policy window keeps no sink tokens: use streaming for sinks');
-  return { policy: o.kvPolicy, budget: { budget: o.kvBudget, sinks, recent: o.kvRecent, rebuild: 0 } };
+  const rebuild = o.kvRebuild ?? (o.kvPolicy === 'adore' ? 2 : 0);
+  const controller = o.kvPolicy === 'adore' ? loadController(family) : undefined;
+  return { policy: o.kvPolicy, budget: { budget: o.kvBudget, sinks, recent: o.kvRecent, rebuild }, controller };
 }
 
 function applyConfigFile(o: GenerateOptions, cmd: Command): GenerateOptions {
@@ -116,7 +120,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
   try {
     const target = await sessions.get(o.model ?? family.target);
-    const kv = kvConfig(o);
+    const kv = kvConfig(o, family);
     const drafterKv = kv && o.kvPlacement === 'drafters' ? kv : undefined;
     const drafters: DrafterSpec[] = [];
     for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await sessions.get(d), kv: drafterKv });
@@ -139,7 +143,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         process.stdout.write(stream.flush() + '\n');
         process.stderr.write(
           `[ar: ${target.spec.name}, KV ${s.kv?.policy} budget ${s.kv?.budget} (lossy)] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
-            `(${s.tokensPerSecond.toFixed(1)} tokens/s, at most ${s.kv?.peakResident} tokens cached, ${s.kv?.releases} released, finish: ${result.finishReason})\n`,
+            `(${s.tokensPerSecond.toFixed(1)} tokens/s, at most ${s.kv?.peakResident} tokens cached, ${s.kv?.releases} released, ${s.kv?.rebuilds} rebuilt, finish: ${result.finishReason})\n`,
         );
       }
       return;
@@ -227,12 +231,13 @@ export function registerGenerate(program: Command): void {
     .option('--k-matrix <json>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]]', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
     .option('--kv-sinks <n>', 'first tokens never released (streaming; default 4)', parseNumber('--kv-sinks', { min: 0, integer: true }))
     .option('--kv-recent <n>', 'newest tokens never released', parseNumber('--kv-recent', { min: 0, integer: true }), 0)
+    .option('--kv-rebuild <r>', 'released tokens brought back per step when they matter again (adore; default 2)', parseNumber('--kv-rebuild', { min: 0, integer: true }))
     .option('--models <dir>', 'model family directory', 'models')
     .option('--model <name>', 'family member to use as the target (default: the family target)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)

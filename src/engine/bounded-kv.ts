@@ -1,16 +1,21 @@
 import { InvalidArgumentError } from '../errors.ts';
 import { KvLedger, positionalScore, type KvBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
-import type { KvStore } from '../models/kv-store.ts';
+import { AdoreController, ControllerTrack } from '../kernels/adore-controller.ts';
+import { MemoryKvStore, type KvStore } from '../models/kv-store.ts';
 import type { LogitsRows, ModelSession } from '../models/session.ts';
 
 /** How a model's KV cache is bounded: the policy and its budget (SPEC §5; docs/adore.md). */
 export interface KvPolicyConfig {
   readonly policy: KvPolicyName;
   readonly budget: KvBudget;
+  /** ADORE's controller (policy adore): scores every token each step. */
+  readonly controller?: AdoreController;
+  /** Where released KV is spilled for rebuilds; in memory when rebuilding and none is given. */
+  readonly store?: KvStore;
 }
 
-/** Policies the bounded cache can run on its own; adore needs a scorer (its controller). */
-export const RUNNABLE_KV_POLICIES: readonly KvPolicyName[] = ['full', 'window', 'streaming', 'h2o'];
+/** Every policy; adore also needs the family's controller. */
+export const RUNNABLE_KV_POLICIES: readonly KvPolicyName[] = ['full', 'window', 'streaming', 'h2o', 'adore'];
 
 /**
  * Scores every token of a sequence for the current step (ADORE's controller): higher = keep. Asked
@@ -26,7 +31,7 @@ export const FULL_CACHE: KvPolicyConfig = { policy: 'full', budget: { budget: 1,
 
 export function checkKvPolicy(cfg: KvPolicyConfig, scorer?: KvScorer): void {
   if (cfg.policy === 'adore') {
-    if (scorer) return;
+    if (scorer || cfg.controller) return;
     throw new InvalidArgumentError('KV policy "adore" needs the ADORE controller, which this model family does not ship yet: use window, streaming or h2o');
   }
   if (!RUNNABLE_KV_POLICIES.includes(cfg.policy)) {
@@ -57,13 +62,10 @@ export class BoundedSequence {
     private readonly session: ModelSession,
     readonly seqId: string,
     private readonly cfg: KvPolicyConfig,
-    private readonly store?: KvStore,
-    private readonly scorer?: KvScorer,
+    private readonly store: KvStore | undefined = cfg.store ?? (cfg.budget.rebuild > 0 && cfg.policy !== 'full' ? new MemoryKvStore() : undefined),
+    private readonly scorer: KvScorer | undefined = cfg.policy === 'adore' && cfg.controller ? new ControllerTrack(cfg.controller) : undefined,
   ) {
     checkKvPolicy(cfg, scorer);
-    if (cfg.budget.rebuild > 0 && !store && cfg.policy !== 'full') {
-      throw new InvalidArgumentError('rebuilding released tokens needs a KV store to fetch them back from');
-    }
     this.ledger = cfg.policy === 'full' ? undefined : new KvLedger(cfg.budget);
   }
 

@@ -29,7 +29,7 @@ export interface GenerateStats {
   readonly firstTokenSeconds: number;
   readonly tokensPerSecond: number;
   /** With a bounded KV cache: the policy, the most tokens ever resident, and tokens released. */
-  readonly kv?: { readonly policy: string; readonly budget: number; readonly peakResident: number; readonly releases: number };
+  readonly kv?: { readonly policy: string; readonly budget: number; readonly peakResident: number; readonly releases: number; readonly rebuilds: number; readonly misses: number };
 }
 
 export interface GenerateResult {
@@ -98,7 +98,7 @@ export async function generateAutoregressive(
     await seq.close();
   }
   const stats = baseStats(req.promptIds.length, out.length, start, firstToken);
-  const kv = req.kv && req.kv.policy !== 'full' ? { policy: req.kv.policy, budget: req.kv.budget.budget, peakResident: peak, releases: seq.releases } : undefined;
+  const kv = req.kv && req.kv.policy !== 'full' ? { policy: req.kv.policy, budget: req.kv.budget.budget, peakResident: peak, releases: seq.releases, rebuilds: seq.rebuilds, misses: seq.misses } : undefined;
   return { tokenIds: out, finishReason, stats: kv ? { ...stats, kv } : stats };
 }
 

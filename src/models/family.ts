@@ -2,6 +2,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ModelLoadError } from '../errors.ts';
+import { AdoreController } from '../kernels/adore-controller.ts';
 
 /**
  * A model family directory: `family.json` names the target and its drafters (largest first), each a
@@ -12,6 +13,8 @@ export interface Family {
   readonly target: string;
   readonly drafters: readonly string[];
   readonly bigram?: string;
+  /** ADORE's controller directory, relative to the family directory. */
+  readonly controller?: string;
 }
 
 const FamilyJson = z.object({
@@ -19,6 +22,8 @@ const FamilyJson = z.object({
   drafters: z.array(z.string().min(1)),
   /** MaG's bigram fallback table (little-endian uint32 per token), relative to the family directory. */
   bigram: z.string().min(1).optional(),
+  /** The ADORE controller trained for this family's target (tools/train/controller.py). */
+  controller: z.string().min(1).optional(),
 });
 
 export function loadFamily(dir: string): Family {
@@ -46,6 +51,12 @@ export function loadBigram(family: Family): Uint32Array | undefined {
   const buf = readFileSync(path);
   if (buf.byteLength % 4) throw new ModelLoadError(`bigram table ${path} is not a whole number of uint32 entries`);
   return new Uint32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+}
+
+/** The family's ADORE controller, or a clear error when it ships none. */
+export function loadController(family: Family): AdoreController {
+  if (!family.controller) throw new ModelLoadError(`the model family in ${family.dir} ships no ADORE controller (family.json has no "controller")`);
+  return AdoreController.load(join(family.dir, family.controller));
 }
 
 /** The directory of a family member. */
