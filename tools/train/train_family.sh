@@ -47,5 +47,7 @@ wait $target
 $PY tools/train/export.py --ckpt runs/target-p2/ckpt.pt --out models/target --tokenizer models/tokenizer.json
 $PY tools/train/export.py --ckpt runs/draft-l2-p2/ckpt.pt --out models/draft-l2 --tokenizer models/tokenizer.json
 $PY tools/train/export.py --ckpt runs/draft-l1/ckpt.pt --out models/draft-l1 --tokenizer models/tokenizer.json
-echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"], "bigram": "bigram.bin"}' > models/family.json
+# ADORE's controller, labelled by the exported target's attention (docs/adore.md).
+$PY tools/train/controller.py --target models/target --out models/controller --seq 384 --windows 48 --val-windows 8 --steps 500
+echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"], "bigram": "bigram.bin", "controller": "controller"}' > models/family.json
 $PY tools/train/evaluate.py --runs runs --models models --ckpt target=runs/target-p2/ckpt.pt --ckpt draft-l2=runs/draft-l2-p2/ckpt.pt
