@@ -5,6 +5,8 @@ import { InvalidArgumentError } from '../errors.ts';
 
 /** Held-out prompt sets under bench/prompts (see its README for provenance). */
 export const WORKLOADS = ['code', 'english', 'grounded'] as const;
+/** Whole held-out documents of 10k+ characters, for bounded KV caches (cascade bench kv). */
+export const LONG_WORKLOAD = 'long';
 export type Workload = (typeof WORKLOADS)[number];
 
 const Row = z.object({ id: z.string(), source: z.string(), license: z.string(), prompt: z.string().min(1) });
@@ -12,7 +14,7 @@ export type PromptRow = z.infer<typeof Row>;
 
 export const PROMPTS_DIR = new URL('../../bench/prompts', import.meta.url).pathname;
 
-export function loadWorkload(name: Workload, dir = PROMPTS_DIR): PromptRow[] {
+export function loadWorkload(name: Workload | typeof LONG_WORKLOAD, dir = PROMPTS_DIR): PromptRow[] {
   const path = join(dir, `${name}.jsonl`);
   if (!existsSync(path)) throw new InvalidArgumentError(`no prompt set ${path}: build it with python3 tools/heldout/build_prompts.py`);
   return readFileSync(path, 'utf8')

@@ -1,5 +1,7 @@
 import type { Command } from 'commander';
 import { benchCascade } from '../bench/cascade-run.ts';
+import { benchKv } from '../bench/kv.ts';
+import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { measureCosts, SCORE_KS, type ModelCosts } from '../bench/costs.ts';
 import { WORKLOADS, type Workload } from '../bench/workloads.ts';
 import { InvalidArgumentError } from '../errors.ts';
@@ -71,6 +73,38 @@ export function registerBench(program: Command): void {
     .action(async (o) => {
       await benchCascade({ models: o.models, workloads: o.workload, temperatures: o.temperatures, repeats: o.repeats, maxTokens: o.maxTokens, prompts: o.prompts, sweepPrompts: o.sweepPrompts, threads: o.threads, out: o.out });
     });
+  bench
+    .command('kv')
+    .description('bounded KV caches (window, streaming, h2o, adore) against full attention on held-out long documents')
+    .option('--context <n>', 'tokens of each document kept in context', parseNumber('--context', { min: 16, integer: true }), 2048)
+    .option('--continuation <n>', 'teacher-forced continuation tokens compared with full attention', parseNumber('--continuation', { min: 1, integer: true }), 32)
+    .option('--fractions <list>', 'budgets as fractions of the context', parseFractions, [0.125, 0.25, 0.5])
+    .option('--policies <list>', `policies to compare with full attention: ${KV_POLICIES.filter((p) => p !== 'full').join(',')}`, parsePolicies, ['window', 'streaming', 'h2o', 'adore'])
+    .option('--docs <n>', 'documents (the first N of bench/prompts/long.jsonl long enough)', parseNumber('--docs', { min: 1, integer: true }), 8)
+    .option('--sinks <n>', 'protected first tokens (streaming, h2o, adore)', parseNumber('--sinks', { min: 0, integer: true }), 4)
+    .option('--recent <n>', 'protected newest tokens (h2o, adore)', parseNumber('--recent', { min: 0, integer: true }), 16)
+    .option('--rebuild <r>', 'released tokens brought back per step (adore)', parseNumber('--rebuild', { min: 0, integer: true }), 2)
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--out <dir>', 'directory for kv.json, kv.md and kv-quality.svg', 'results')
+    .action(async (o) => {
+      await benchKv({ models: o.models, context: o.context, continuation: o.continuation, fractions: o.fractions, policies: o.policies, docs: o.docs, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, threads: o.threads, out: o.out });
+    });
+}
+
+function parseFractions(raw: string): number[] {
+  return raw.split(',').map((f) => {
+    const v = parseNumber('--fractions', { min: 0 })(f);
+    if (!(v > 0 && v < 1)) throw new InvalidArgumentError(`--fractions must be budgets in (0, 1), got ${f}`);
+    return v;
+  });
+}
+
+function parsePolicies(raw: string): KvPolicyName[] {
+  const list = raw.split(',');
+  const bad = list.find((p) => p === 'full' || !(KV_POLICIES as readonly string[]).includes(p));
+  if (bad !== undefined) throw new InvalidArgumentError(`--policies must be among ${KV_POLICIES.filter((p) => p !== 'full').join(', ')} (full attention always runs), got "${bad}"`);
+  return list as KvPolicyName[];
 }
 
 function parseWorkloads(raw: string): Workload[] {

@@ -6,6 +6,8 @@ Sources are the two kept out of the training corpus on purpose:
 - npm's own JavaScript sources (`npm pack npm@NPM_VERSION`, lib/, Artistic-2.0), for `code`.
 The `grounded` workload makes continuations reuse material from the prompt (where MaG shines):
 a code block followed by a restatement of it, or a document followed by a question about it.
+The `long` workload holds whole documents of at least LONG_CHARS characters (well over 2048
+tokens): complete man pages and complete npm source files, for bounded KV caches (ADORE).
 
 Usage: python3 tools/heldout/build_prompts.py --out bench/prompts
 """
@@ -23,6 +25,8 @@ from pathlib import Path
 NPM_VERSION = "10.9.2"
 PER_WORKLOAD = 16
 PROMPT_CHARS = 700
+LONG_CHARS = 10_000
+LONG_PER_SOURCE = 8
 
 
 def man_text(path: Path) -> str:
@@ -50,6 +54,21 @@ def cut(text: str, n: int) -> str:
 
 def evenly(items: list, k: int) -> list:
     return [items[round(i * (len(items) - 1) / (k - 1))] for i in range(k)] if len(items) >= k else items
+
+
+def long_man_pages() -> list[tuple[str, str]]:
+    """Whole man pages (sections 2 and 3) of at least LONG_CHARS characters, whitespace tidied."""
+    listed = subprocess.run(["dpkg", "-L", "manpages", "manpages-dev"], capture_output=True, text=True, check=True).stdout.split()
+    out, seen = [], set()
+    for p in sorted(Path(p) for p in listed if re.match(r"/usr/share/man/man[23]/[^/]+\.[23]\.gz$", p)):
+        if p.stat().st_size < 6000:
+            continue
+        text = re.sub(r"[ \t]+", " ", man_text(p))
+        text = re.sub(r"\n{3,}", "\n\n", text).strip()
+        if len(text) >= LONG_CHARS and text not in seen:  # one page installed under several names (rpc(3), …)
+            seen.add(text)
+            out.append((p.name.split(".")[0], text))
+    return out
 
 
 def man_pages() -> list[tuple[str, str]]:
@@ -84,6 +103,16 @@ def npm_sources(tmp: Path) -> list[tuple[str, str]]:
     return out
 
 
+def long_npm_sources(tmp: Path) -> list[tuple[str, str]]:
+    """Whole npm lib/ source files of at least LONG_CHARS characters (after npm_sources unpacked it)."""
+    out = []
+    for path in sorted((tmp / "package" / "lib").rglob("*.js")):
+        text = path.read_text(encoding="utf-8")
+        if len(text) >= LONG_CHARS:
+            out.append((str(path.relative_to(tmp / "package")), text))
+    return out
+
+
 def code_block(body: str, n: int) -> str:
     """The first ~n characters of a function, ending at a line boundary."""
     block = body[:n]
@@ -99,9 +128,10 @@ def main() -> None:
     man = man_pages()
     with tempfile.TemporaryDirectory() as td:
         js = npm_sources(Path(td))
+        long_js = long_npm_sources(Path(td))
     man_src = {"source": "Linux man-pages 6.03 (Debian manpages, manpages-dev)", "license": "Linux man-pages licences (verbatim-copying and GPL, redistribution permitted)"}
     npm_src = {"source": f"npm {NPM_VERSION} lib/", "license": "Artistic-2.0"}
-    workloads: dict[str, list[dict]] = {"english": [], "code": [], "grounded": []}
+    workloads: dict[str, list[dict]] = {"english": [], "code": [], "grounded": [], "long": []}
     for name, text in evenly(man, PER_WORKLOAD):
         workloads["english"].append({"id": f"man:{name}", **man_src, "prompt": cut(text, PROMPT_CHARS)})
     for name, body in evenly(js, PER_WORKLOAD):
@@ -116,6 +146,10 @@ def main() -> None:
         doc = cut(text, 600)
         prompt = f"{doc}\n\nQuestion: According to the text above, what does {name} do?\nAnswer: According to the text above,"
         workloads["grounded"].append({"id": f"man-qa:{name}", **man_src, "prompt": prompt})
+    for name, text in evenly(long_man_pages(), LONG_PER_SOURCE):
+        workloads["long"].append({"id": f"man-page:{name}", **man_src, "prompt": text})
+    for name, text in evenly(long_js, LONG_PER_SOURCE):
+        workloads["long"].append({"id": f"npm-file:{name}", **npm_src, "prompt": text})
     for wl, rows in workloads.items():
         with open(out / f"{wl}.jsonl", "w", encoding="utf-8") as f:
             for r in rows:
