@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--data", default="data/tokens")
     ap.add_argument("--corpus", default="data/corpus")
     ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--note", action="append", default=[], help="a line of provenance for the record (what the checkpoints do not say)")
     ap.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
                     help="final checkpoint of NAME (default RUNS/NAME/ckpt.pt); phases before it are followed through --init")
     args = ap.parse_args()
@@ -125,7 +126,7 @@ def main() -> None:
     record_path = Path(args.models, "training-record.json")
     previous = json.loads(record_path.read_text())["models"] if record_path.exists() else {}
     ckpts = dict(kv.split("=", 1) for kv in args.ckpt)
-    record: dict = {"corpus": json.loads((Path(args.corpus) / "manifest.json").read_text()), "models": {}}
+    record: dict = {"corpus": json.loads((Path(args.corpus) / "manifest.json").read_text()), "models": {}, "notes": args.note}
     target_preds: dict[str, np.ndarray] = {}
     for name in names:
         # What ships is what is measured: the weights come from the exported ONNX model.
@@ -170,6 +171,8 @@ def write_card(path: Path, record: dict, names: list[str]) -> None:
     sources = "\n".join(f"- `{k}` ({v['domain']}): {v['package']}, licence {v['licence']}; "
                         f"{v.get('train_docs', 0)} train / {v.get('val_docs', 0)} val / {v.get('test_docs', 0)} test documents"
                         for k, v in src.items())
+    notes = "".join(f"- {n}\n" for n in record.get("notes", []))
+    notes = f"## Notes\n\n{notes}\n" if notes else ""
     path.write_text(f"""# The bundled model family
 
 Trained by this project from scratch on the CPU (`tools/train/`), no model hub involved. All members
@@ -191,7 +194,7 @@ continuations of {PROMPTS_PER_DOMAIN} held-out prompts per domain (degenerate lo
 {sources}
 
 Man pages and npm's own JavaScript sources are kept out of training for independent evaluation.
-Full record (per-model config, training arguments, validation curves, sha256): `training-record.json`.
+{notes}Full record (per-model config, training phases and arguments, validation curves, sha256): `training-record.json`.
 """)
 
 
