@@ -2,7 +2,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import { KvLedger, positionalScore, type KvBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { AdoreController, ControllerTrack } from '../kernels/adore-controller.ts';
 import { MemoryKvStore, type KvStore } from '../models/kv-store.ts';
-import type { LogitsRows, ModelSession } from '../models/session.ts';
+import type { KvRows, LogitsRows, ModelSession } from '../models/session.ts';
 
 /** How a model's KV cache is bounded: the policy and its budget (SPEC §5; docs/adore.md). */
 export interface KvPolicyConfig {
@@ -107,29 +107,24 @@ export class BoundedSequence {
     const parts: Float32Array[] = [];
     for (let i = 0; i < tokens.length; i += chunk) {
       const piece = tokens.slice(i, i + chunk);
-      if (this.ledger.size + piece.length > budget && keep !== undefined) {
-        await this.session.truncate(this.seqId, keep); // evicting needs the runner rolled back first
-        keep = undefined;
-      }
-      await this.makeRoom(piece.length);
+      // Releases and rebuilds ride on the same runner call as the tokens (and any rollback).
+      const room = await this.makeRoom(piece.length);
       const positions = piece.map((_, j) => this.next + j);
       const last = i + chunk >= tokens.length;
-      const item = { seqId: this.seqId, inputIds: piece, positionIds: positions, keep };
+      const item = { seqId: this.seqId, inputIds: piece, positionIds: positions, keep, ...room.item };
       keep = undefined;
       const want = rows === 'all' || !last ? rows : 'last';
-      let logits: Float32Array;
-      if (this.cfg.policy === 'h2o') {
+      const h2o = this.cfg.policy === 'h2o';
+      const keys = h2o ? [...this.ledger.order, ...positions] : [];
+      const r = await this.session.step(item, want, h2o);
+      if (room.spill.length && r.evicted) await this.store!.put(this.seqId, this.session.spec.name, room.spill, r.evicted);
+      this.ledger.append(positions);
+      if (h2o) {
         // Heavy hitters: every cached token's score is the attention it has received so far.
-        const keys = [...this.ledger.order, ...positions];
-        const r = await this.session.forwardAttention(item, want);
-        logits = r.logits;
         const received = new Float64Array(keys.length);
-        for (let q = 0; q < piece.length; q++) for (let j = 0; j < keys.length; j++) received[j]! += r.attention[q * keys.length + j]!;
-        this.ledger.append(positions);
+        for (let q = 0; q < piece.length; q++) for (let j = 0; j < keys.length; j++) received[j]! += r.attention![q * keys.length + j]!;
         this.ledger.score(keys, received, true);
       } else {
-        logits = await this.session.forward(item, want);
-        this.ledger.append(positions);
         this.ledger.score(positions, positions.map((p) => positionalScore(this.cfg.policy, p)));
       }
       this.next += piece.length;
@@ -138,7 +133,7 @@ export class BoundedSequence {
         const all = [...this.ledger.order, ...this.ledger.released.keys()];
         this.ledger.score(all, await this.scorer.score(all, this.tokens, this.next - 1));
       }
-      if (rows === 'all' || last) parts.push(logits);
+      if (rows === 'all' || last) parts.push(r.logits);
     }
     if (parts.length === 1) return parts[0]!;
     const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
@@ -151,32 +146,35 @@ export class BoundedSequence {
   }
 
   /**
-   * Releases the lowest-scored tokens until `incoming` more fit in the budget, and brings back
-   * released tokens that now outscore resident ones (their exact KV, from the store).
+   * Plans room for `incoming` tokens: the lowest-scored tokens to release, and released tokens that
+   * now outscore resident ones to bring back (their exact KV, fetched from the store). The ledger is
+   * updated at once; the returned `item` fields make the runner do the same in the next call, and
+   * `spill` names the positions whose evicted rows go to the store.
    */
-  private async makeRoom(incoming: number): Promise<void> {
+  private async makeRoom(incoming: number): Promise<{ item: { evict?: number[]; takeEvicted?: boolean; insert?: KvRows }; spill: number[] }> {
     const ledger = this.ledger!;
-    if (ledger.size + incoming <= ledger.budget.budget && (ledger.budget.rebuild === 0 || ledger.released.size === 0)) return;
+    const none = { item: {}, spill: [] };
+    if (ledger.size + incoming <= ledger.budget.budget && (ledger.budget.rebuild === 0 || ledger.released.size === 0)) return none;
     // The newest resident token stays protected by the recent window while the next ones arrive.
     const plan = ledger.plan(this.next - 1, ledger.budget.budget - incoming);
-    if (plan.release.length === 0 && plan.rebuild.length === 0) return;
+    if (plan.release.length === 0 && plan.rebuild.length === 0) return none;
     const model = this.session.spec.name;
-    if (plan.release.length) {
-      const rows = await this.session.evict(this.seqId, ledger.indicesOf(plan.release), this.store !== undefined);
-      if (this.store && rows) await this.store.put(this.seqId, model, plan.release, rows);
-    }
+    const evict = plan.release.length ? ledger.indicesOf(plan.release) : undefined;
+    let insert: KvRows | undefined;
     let missed = new Set<number>();
     if (plan.rebuild.length) {
       const back = await this.store!.get(this.seqId, model, plan.rebuild);
-      if (back.rows) await this.session.insert(this.seqId, back.rows);
+      insert = back.rows;
       await this.store!.drop(this.seqId, model, back.positions);
       missed = new Set(plan.rebuild.filter((p) => !back.positions.includes(p)));
       this.rebuilds += back.positions.length;
       this.misses += missed.size;
     }
-    // Rebuilt rows were appended in plan order, which is the order apply() appends them to the ledger.
+    // Rebuilt rows are appended in plan order, which is the order apply() appends them to the ledger.
     ledger.apply({ release: plan.release, rebuild: plan.rebuild.filter((p) => !missed.has(p)) }, missed);
     this.releases += plan.release.length;
+    const spill = this.store && evict ? plan.release : [];
+    return { item: { ...(evict ? { evict, takeEvicted: spill.length > 0 } : {}), ...(insert ? { insert } : {}) }, spill };
   }
 
   /** Positions resident in the cache, in the runner's row order. */

@@ -1,5 +1,5 @@
 import type { ModelSpec } from './config.ts';
-import type { ForwardItem, KvRows, LogitsRows, ModelSession } from './session.ts';
+import type { ForwardItem, KvRows, LogitsRows, ModelSession, StepResult } from './session.ts';
 import { InvalidArgumentError, SequenceError } from '../errors.ts';
 
 /**
@@ -84,13 +84,23 @@ export class MemoryModelSession implements ModelSession {
 
   /** This toy model attends uniformly to the tokens it can see. */
   async forwardAttention(item: ForwardItem, rows: LogitsRows = 'all'): Promise<{ logits: Float32Array; attention: Float32Array }> {
-    const before = this.length(item.seqId) - (item.keep === undefined ? 0 : this.length(item.seqId) - item.keep);
-    const logits = await this.forward(item, rows);
+    const r = await this.step(item, rows, true);
+    return { logits: r.logits, attention: r.attention! };
+  }
+
+  async step(item: ForwardItem, rows: LogitsRows, withAttention: boolean): Promise<StepResult> {
+    if (item.keep !== undefined) await this.truncate(item.seqId, item.keep);
+    const evicted = item.evict?.length ? await this.evict(item.seqId, item.evict, item.takeEvicted ?? false) : undefined;
+    if (item.insert) await this.insert(item.seqId, item.insert);
+    const plain = { seqId: item.seqId, inputIds: item.inputIds, positionIds: item.positionIds };
+    const before = this.length(item.seqId);
+    const logits = await this.forward(plain, rows);
+    if (!withAttention) return evicted ? { logits, evicted } : { logits };
     const s = item.inputIds.length;
     const total = before + s;
     const attention = new Float32Array(s * total);
     for (let q = 0; q < s; q++) for (let k = 0; k <= before + q; k++) attention[q * total + k] = 1 / (before + q + 1);
-    return { logits, attention };
+    return evicted ? { logits, attention, evicted } : { logits, attention };
   }
 
   length(seqId: string): number {

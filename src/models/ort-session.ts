@@ -2,7 +2,7 @@ import { Worker } from 'node:worker_threads';
 import { ModelLoadError, ModelRuntimeError, SequenceError, InvalidArgumentError, CascadeError } from '../errors.ts';
 import { loadModelSpec, type ModelSpec } from './config.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import type { ForwardItem, KvRows, LogitsRows, ModelSession, SessionOptions } from './session.ts';
+import type { ForwardItem, KvRows, LogitsRows, ModelSession, SessionOptions, StepResult } from './session.ts';
 
 type Pending = { resolve: (r: WorkerReply & { ok: true }) => void; reject: (e: Error) => void };
 type Request = WorkerRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
@@ -79,8 +79,13 @@ export class OrtModelSession implements ModelSession {
   }
 
   async forwardAttention(item: ForwardItem, rows: LogitsRows = 'all'): Promise<{ logits: Float32Array; attention: Float32Array }> {
-    const reply = await this.send([item], rows, true);
-    return { logits: reply.logits![0]!, attention: reply.attention! };
+    const r = await this.step(item, rows, true);
+    return { logits: r.logits, attention: r.attention! };
+  }
+
+  async step(item: ForwardItem, rows: LogitsRows, attention: boolean): Promise<StepResult> {
+    const reply = await this.send([item], rows, attention);
+    return { logits: reply.logits![0]!, ...(reply.attention ? { attention: reply.attention } : {}), ...(reply.evicted ? { evicted: reply.evicted } : {}) };
   }
 
   async forwardBatch(items: readonly ForwardItem[], rows: LogitsRows = 'all'): Promise<Float32Array[]> {
@@ -97,7 +102,7 @@ export class OrtModelSession implements ModelSession {
       }
     }
     const reply = await this.call({ op: 'forward', items, rows, attention });
-    for (const it of items) this.lengths.set(it.seqId, (it.keep ?? this.length(it.seqId)) + it.inputIds.length);
+    for (const it of items) this.lengths.set(it.seqId, (it.keep ?? this.length(it.seqId)) - (it.evict?.length ?? 0) + (it.insert?.count ?? 0) + it.inputIds.length);
     return reply;
   }
 

@@ -241,11 +241,16 @@ function evict(seqId: string, indices: readonly number[], take: boolean): KvRows
   return take ? { count: indices.length, kvHeads: sp.kvHeads, tensors: taken } : undefined;
 }
 
-function insert(seqId: string, rows: KvRows): void {
+function checkRows(seqId: string, rows: KvRows): void {
   const sp = spec!;
   if (rows.kvHeads !== sp.kvHeads || rows.tensors.length !== 2 * sp.layers || rows.tensors.some((t) => t.length !== sp.kvHeads * rows.count * sp.headDim)) {
     throw new WorkerFailure('InvalidArgumentError', `KV rows for ${seqId} do not fit ${sp.layers} layers x ${sp.kvHeads} heads x ${sp.headDim} dims`);
   }
+}
+
+function insert(seqId: string, rows: KvRows): void {
+  const sp = spec!;
+  checkRows(seqId, rows);
   const seq = sequence(seqId);
   const n = seq.length;
   const total = n + rows.count;
@@ -272,13 +277,21 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
         const bad = it.inputIds.find((t) => !Number.isInteger(t) || t < 0 || t >= spec!.vocabSize);
         if (bad !== undefined) throw new WorkerFailure('InvalidArgumentError', `token id ${bad} outside the vocabulary of ${spec!.vocabSize}`);
       }
-      for (const it of msg.items) if (it.keep !== undefined) truncate(it.seqId, it.keep);
-      if (msg.attention) {
-        if (msg.items.length !== 1) throw new WorkerFailure('InvalidArgumentError', 'attention is returned for one sequence at a time');
-        if (!hasAttention) throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} has no attention_sum output: re-export it with tools/train/export.py`);
-        const logits = [await forwardOne(msg.items[0]!, msg.rows, true)];
-        return { id: msg.id, ok: true, logits, attention: lastAttention! };
+      const single = msg.items.length === 1;
+      if (!single && (msg.attention || msg.items.some((it) => it.evict?.length || it.insert))) {
+        throw new WorkerFailure('InvalidArgumentError', 'attention, evict and insert work on one sequence at a time');
       }
+      if (msg.attention && !hasAttention) throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} has no attention_sum output: re-export it with tools/train/export.py`);
+      if (single) {
+        const it = msg.items[0]!;
+        if (it.insert) checkRows(it.seqId, it.insert);
+        if (it.keep !== undefined) truncate(it.seqId, it.keep);
+        const evicted = it.evict?.length ? evict(it.seqId, it.evict, it.takeEvicted ?? false) : undefined;
+        if (it.insert) insert(it.seqId, it.insert);
+        const logits = [await forwardOne(it, msg.rows, msg.attention ?? false)];
+        return { id: msg.id, ok: true, logits, ...(msg.attention ? { attention: lastAttention! } : {}), ...(evicted ? { evicted } : {}) };
+      }
+      for (const it of msg.items) if (it.keep !== undefined) truncate(it.seqId, it.keep);
       const logits = msg.items.length === 1 ? [await forwardOne(msg.items[0]!, msg.rows)] : await forwardBatch(msg.items, msg.rows);
       return { id: msg.id, ok: true, logits };
     }
@@ -302,7 +315,7 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
 let queue: Promise<unknown> = Promise.resolve();
 parentPort!.on('message', (msg: WorkerRequest) => {
   queue = queue.then(() => handle(msg)).then(
-    (reply) => parentPort!.postMessage(reply, reply.ok ? [...(reply.logits ?? []), ...(reply.attention ? [reply.attention] : []), ...(reply.rows?.tensors ?? [])].map((a) => a.buffer as ArrayBuffer) : []),
+    (reply) => parentPort!.postMessage(reply, reply.ok ? [...(reply.logits ?? []), ...(reply.attention ? [reply.attention] : []), ...(reply.rows?.tensors ?? []), ...(reply.evicted?.tensors ?? [])].map((a) => a.buffer as ArrayBuffer) : []),
     (err: Error) => parentPort!.postMessage({ id: msg.id, ok: false, error: { name: err.name, message: err.message } } satisfies WorkerReply),
   );
 });

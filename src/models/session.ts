@@ -13,6 +13,22 @@ export interface ForwardItem {
    * call: a rejected draft costs no extra round trip to the runner.
    */
   readonly keep?: number;
+  /**
+   * Cache rows (indices after `keep`) to drop before the new tokens, in the same call: a bounded
+   * cache releasing tokens. Single-sequence calls only (`step`).
+   */
+  readonly evict?: readonly number[];
+  /** Return the evicted rows (to spill them to a KvStore). */
+  readonly takeEvicted?: boolean;
+  /** Rows taken earlier to append (after evicting, before the new tokens): rebuilt tokens. */
+  readonly insert?: KvRows;
+}
+
+/** What one `step` returns: logits, and on request the attention and the evicted rows. */
+export interface StepResult {
+  readonly logits: Float32Array;
+  readonly attention?: Float32Array;
+  readonly evicted?: KvRows;
 }
 
 /**
@@ -46,6 +62,11 @@ export interface ModelSession {
    * Needs a model exported with the `attention_sum` output (H2O scores, ADORE labels).
    */
   forwardAttention(item: ForwardItem, rows?: LogitsRows): Promise<{ logits: Float32Array; attention: Float32Array }>;
+  /**
+   * One sequence, everything in one call: roll back (`keep`), evict rows, insert rows, then run the
+   * new tokens; returns the attention when `attention` is set and the evicted rows when asked.
+   */
+  step(item: ForwardItem, rows: LogitsRows, attention: boolean): Promise<StepResult>;
   /** Runs several sequences in one batched pass; results in input order. */
   forwardBatch(items: readonly ForwardItem[], rows?: LogitsRows): Promise<Float32Array[]>;
   /** Tokens whose KV is held for a sequence (0 when unknown). */
