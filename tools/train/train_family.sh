@@ -33,15 +33,15 @@ $PY tools/train/train.py --model draft-l2 --tokens 8e6 --run runs/draft-l2 --thr
 $PY tools/train/train.py --model draft-l1 --tokens 8e6 --run runs/draft-l1 --threads 1 --eval-every 250 --lr 4e-3
 wait $target
 
-# Phase 2: the target continues on fresh batches (seed 2) for 7.5M more tokens, in bfloat16. Beside it, draft-l2
+# Phase 2: the target continues on fresh batches (seed 2) for 6.15M more tokens, in bfloat16. Beside it, draft-l2
 # is distilled from the target while the target trains, reloading the target's latest checkpoint
 # every 50 steps, so that its greedy choices follow the final target's.
-$TRAIN_PY tools/train/train.py --model target --init runs/target/ckpt.pt --run runs/target-p2 --tokens 7.5e6 --lr 1e-3 \
+$TRAIN_PY tools/train/train.py --model target --init runs/target/ckpt.pt --run runs/target-p2 --tokens 6.15e6 --lr 1e-3 \
   --warmup 50 --seed 2 --threads 1 --eval-every 200 --ckpt-every 20 --bf16 &
 target=$!
 until [ -f runs/target-p2/ckpt.pt ]; do sleep 10; done
 $TRAIN_PY tools/train/train.py --model draft-l2 --init runs/draft-l2/ckpt.pt --teacher runs/target-p2/ckpt.pt --teacher-refresh 50 \
-  --run runs/draft-l2-p2 --tokens 8e6 --lr 1e-3 --warmup 50 --seed 3 --threads 1 --eval-every 250 --ckpt-every 25 --bf16
+  --run runs/draft-l2-p2 --tokens 6.96e6 --lr 1e-3 --warmup 50 --seed 3 --threads 1 --eval-every 250 --ckpt-every 25 --bf16
 wait $target
 
 $PY tools/train/export.py --ckpt runs/target-p2/ckpt.pt --out models/target --tokenizer models/tokenizer.json
