@@ -54,7 +54,7 @@ def training_phases(ckpt: Path, previous: dict | None) -> list[dict]:
     """
     if not ckpt.exists():
         return recorded_phases(previous, f"no checkpoint {ckpt}")
-    ck = torch.load(ckpt)
+    ck = torch.load(ckpt, weights_only=False)
     a = ck["args"]
     if a.get("init"):
         before = training_phases(Path(a["init"]), None)
@@ -118,6 +118,9 @@ def main() -> None:
     ap.add_argument("--note", action="append", default=[], help="a line of provenance for the record (what the checkpoints do not say)")
     ap.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
                     help="final checkpoint of NAME (default RUNS/NAME/ckpt.pt); phases before it are followed through --init")
+    ap.add_argument("--transcribed-phase", action="append", default=[], metavar="NAME=JSON",
+                    help="a last training phase of NAME whose checkpoint is gone, as transcribed from its log "
+                         "(tools/train/transcribed/); it follows the phases the earlier record gives")
     args = ap.parse_args()
     torch.set_num_threads(2)
     family = json.loads((Path(args.models) / "family.json").read_text())
@@ -126,6 +129,7 @@ def main() -> None:
     record_path = Path(args.models, "training-record.json")
     previous = json.loads(record_path.read_text())["models"] if record_path.exists() else {}
     ckpts = dict(kv.split("=", 1) for kv in args.ckpt)
+    transcribed = {k: json.loads(Path(v).read_text()) for k, v in (kv.split("=", 1) for kv in args.transcribed_phase)}
     record: dict = {"corpus": json.loads((Path(args.corpus) / "manifest.json").read_text()), "models": {}, "notes": args.note}
     target_preds: dict[str, np.ndarray] = {}
     for name in names:
@@ -134,6 +138,8 @@ def main() -> None:
         onnx_path = Path(args.models) / name / "model.onnx"
         ckpt = Path(ckpts.get(name, Path(args.runs) / name / "ckpt.pt"))
         phases = training_phases(ckpt, previous.get(name))
+        if name in transcribed:
+            phases = phases + [transcribed[name]]
         r = {
             "params": count_params(model),
             "config": model.cfg.to_json(),

@@ -29,7 +29,7 @@ REFERENCE_PREFIX = 10
 
 
 def load(ckpt: str) -> Decoder:
-    ck = torch.load(ckpt)
+    ck = torch.load(ckpt, weights_only=False)
     model = Decoder(FAMILY[ck["model_name"]])
     model.load_state_dict(ck["model"])
     model.eval()

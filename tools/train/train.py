@@ -4,7 +4,8 @@ Batches depend only on (seed, step), so a run resumed from its checkpoint sees e
 uninterrupted run would. A checkpoint (weights, optimizer, step, log) is written to RUN/ckpt.pt every
 --ckpt-every steps and at the end; RUN/ is never committed. The learning-rate schedule is warmup then
 cosine decay to 10% over --tokens. With --teacher, the loss mixes cross-entropy on the data with
-KL(teacher || student) on the teacher's logits (distillation raises drafter/target agreement).
+KL(teacher || student) on the teacher's logits (distillation raises drafter/target agreement);
+--teacher-model takes the teacher from an exported model directory instead of a checkpoint.
 
 Usage: python3 tools/train/train.py --model target --tokens 6e6 --run runs/target
 """
@@ -104,6 +105,8 @@ def main() -> None:
     ap.add_argument("--init", help="start from this checkpoint's weights (a new phase)")
     ap.add_argument("--init-model", help="start from the weights of an exported model directory (verified against its reference logits)")
     ap.add_argument("--teacher", help="checkpoint of a teacher to distill from")
+    ap.add_argument("--teacher-model", help="distil from the weights of an exported model directory instead "
+                                            "(verified against its reference logits)")
     ap.add_argument("--distill-weight", type=float, default=0.7)
     ap.add_argument("--teacher-refresh", type=int, default=0, metavar="STEPS",
                     help="reload the teacher checkpoint every STEPS steps (distil from a teacher that is still training)")
@@ -126,7 +129,7 @@ def main() -> None:
     prior_torch: list[str] = []
     ckpt_path = run / "ckpt.pt"
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path)
+        ck = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["opt"])
         step, log, elapsed = ck["step"], ck["log"], ck.get("elapsed", 0.0)
@@ -134,7 +137,7 @@ def main() -> None:
         prior_torch = ck.get("torch", [])
         print(f"resumed {args.model} at step {step}/{total_steps}", flush=True)
     elif args.init:
-        model.load_state_dict(torch.load(args.init)["model"])
+        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
         print(f"initialised {args.model} from {args.init}", flush=True)
     elif args.init_model:
         from onnx_weights import load_from_model_dir
@@ -144,7 +147,7 @@ def main() -> None:
 
     def load_teacher() -> None:
         nonlocal teacher
-        tck = torch.load(args.teacher)
+        tck = torch.load(args.teacher, weights_only=False)
         if teacher is None:
             teacher = Decoder(FAMILY[tck["model_name"]])
             teacher.eval()
@@ -152,8 +155,18 @@ def main() -> None:
         teacher_steps.append({"step": step, "teacher_step": tck["step"]})
         print(f"teacher {args.teacher} at its step {tck['step']}", flush=True)
 
+    if args.teacher and args.teacher_model:
+        raise SystemExit("give --teacher or --teacher-model, not both")
+    if args.teacher_refresh and not args.teacher:
+        raise SystemExit("--teacher-refresh reloads a --teacher checkpoint")
     if args.teacher:
         load_teacher()
+    elif args.teacher_model:
+        from onnx_weights import load_from_model_dir
+        teacher = load_from_model_dir(Path(args.teacher_model))
+        teacher.eval()
+        teacher_steps.append({"step": step, "teacher_model": args.teacher_model})
+        print(f"teacher: the exported model in {args.teacher_model}", flush=True)
 
     data = Path(args.data)
     train, val = load_split(data, "train"), load_split(data, "val")

@@ -9,9 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=/usr/bin/python3   # Debian's python3 with python3-torch (1.13, OpenBLAS): data, export, evaluation
-# Training runs in bfloat16 autocast. Debian's torch 1.13 does that with AVX512-BF16; a torch >= 2
-# (e.g. TRAIN_PY=/path/to/venv/bin/python with the pip wheel) also uses AMX tiles and SDPA, which
-# trained the phase-2 target here at ~1370 tokens/s per core against ~650 in float32.
+# TRAIN_PY may name another Python for the training runs: a torch >= 2 pip wheel (MKL) trains the
+# target at ~900 tokens/s on 2 threads here, against ~600 for Debian's torch 1.13 (OpenBLAS). On
+# CPUs with AVX512-BF16/AMX add --bf16 to the phase-2 runs (~1370 tokens/s per core measured there);
+# without those instructions bfloat16 autocast is about 3x slower than float32.
 TRAIN_PY=${TRAIN_PY:-$PY}
 
 if ! $PY -c "import torch, onnx, regex, numpy" 2>/dev/null || [ ! -d /usr/share/doc/python3.11/html ]; then
@@ -33,16 +34,13 @@ $PY tools/train/train.py --model draft-l2 --tokens 8e6 --run runs/draft-l2 --thr
 $PY tools/train/train.py --model draft-l1 --tokens 8e6 --run runs/draft-l1 --threads 1 --eval-every 250 --lr 4e-3
 wait $target
 
-# Phase 2: the target continues on fresh batches (seed 2) for 6.15M more tokens, in bfloat16. Beside it, draft-l2
-# is distilled from the target while the target trains, reloading the target's latest checkpoint
-# every 50 steps, so that its greedy choices follow the final target's.
-$TRAIN_PY tools/train/train.py --model target --init runs/target/ckpt.pt --run runs/target-p2 --tokens 6.15e6 --lr 1e-3 \
-  --warmup 50 --seed 2 --threads 1 --eval-every 200 --ckpt-every 20 --bf16 &
-target=$!
-until [ -f runs/target-p2/ckpt.pt ]; do sleep 10; done
-$TRAIN_PY tools/train/train.py --model draft-l2 --init runs/draft-l2/ckpt.pt --teacher runs/target-p2/ckpt.pt --teacher-refresh 50 \
-  --run runs/draft-l2-p2 --tokens 6.96e6 --lr 1e-3 --warmup 50 --seed 3 --threads 1 --eval-every 250 --ckpt-every 25 --bf16
-wait $target
+# Phase 2: the target continues from its phase-1 weights on fresh batches (seed 2) for 3.7M more
+# tokens with a new cosine schedule, on both cores. Then draft-l2 is distilled from the finished
+# target (KL to its next-token distribution plus cross-entropy), so that its greedy choices follow it.
+$TRAIN_PY tools/train/train.py --model target --init runs/target/ckpt.pt --run runs/target-p2 --tokens 3.7e6 --lr 1e-3 \
+  --warmup 50 --seed 2 --threads 2 --eval-every 150 --ckpt-every 20
+$TRAIN_PY tools/train/train.py --model draft-l2 --init runs/draft-l2/ckpt.pt --teacher runs/target-p2/ckpt.pt \
+  --run runs/draft-l2-p2 --tokens 1.0e6 --lr 1e-3 --warmup 30 --seed 3 --threads 2 --eval-every 100 --ckpt-every 25
 
 $PY tools/train/export.py --ckpt runs/target-p2/ckpt.pt --out models/target --tokenizer models/tokenizer.json
 $PY tools/train/export.py --ckpt runs/draft-l2-p2/ckpt.pt --out models/draft-l2 --tokenizer models/tokenizer.json
