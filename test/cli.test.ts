@@ -151,3 +151,21 @@ test('cli - bounded caches on drafters or a self-draft level keep the greedy tex
   t.true(Object.keys(self.stats.models).some((m) => m.startsWith(`${family.target}@streaming`)), 'the self-draft level is reported apart from the target');
   t.regex((await fails(['generate', '--mode', 'ar', '--kv-placement', 'drafters', '--kv-policy', 'window', '--kv-budget', '32', '--prompt', 'x'])).stderr, /needs neural drafters/);
 });
+
+test('cli - bench kv compares bounded caches with full attention on long documents and writes JSON, markdown and a plot', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-kv-'));
+  const { stdout } = await cascade('bench', 'kv', '--context', '96', '--continuation', '4', '--docs', '1', '--fractions', '0.25,0.5', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'kv.json'), 'utf8'));
+  const rows = record.rows as { policy: string; fraction: number; budget: number; kvMiB: number; agreement: number }[];
+  t.deepEqual([...new Set(rows.map((r) => r.policy))], ['full', 'window', 'streaming', 'h2o', 'adore']);
+  const full = rows.find((r) => r.policy === 'full')!;
+  for (const r of rows.filter((x) => x.policy !== 'full')) {
+    t.is(r.budget, Math.round(r.fraction * 96));
+    t.true(r.kvMiB <= full.kvMiB * r.fraction + 1e-9, `${r.policy} at ${r.fraction} holds at most its budget`);
+    t.true(r.agreement >= 0 && r.agreement <= 1);
+  }
+  t.regex(stdout, /NLL vs full %/);
+  t.true(readFileSync(join(out, 'kv-quality.svg'), 'utf8').startsWith('<svg'));
+  t.regex((await fails(['bench', 'kv', '--fractions', '1.5'])).stderr, /--fractions must be budgets in \(0, 1\)/);
+  t.regex((await fails(['bench', 'kv', '--policies', 'full'])).stderr, /--policies must be among/);
+});

@@ -179,3 +179,27 @@ test('runner - a forward that keeps a prefix rolls back and decodes in one call,
     await s.close();
   }
 });
+
+for (const name of members) {
+  test(`runner - ${name}: attention_sum gives each new token's attention over its cache, summed over heads and layers`, async (t) => {
+    const ids = reference(name).inputIds;
+    const s = await OrtModelSession.open(dirOf(name));
+    try {
+      await s.forward({ seqId: 'a', inputIds: ids.slice(0, 5) });
+      const { logits, attention } = await s.forwardAttention({ seqId: 'a', inputIds: ids.slice(5, 8) });
+      const total = 8;
+      t.is(attention.length, 3 * total);
+      const heads = s.spec.layers * (JSON.parse(readFileSync(join(dirOf(name), 'config.json'), 'utf8')).num_attention_heads as number);
+      for (let q = 0; q < 3; q++) {
+        const row = attention.subarray(q * total, (q + 1) * total);
+        const sum = row.reduce((a, b) => a + b, 0);
+        t.true(Math.abs(sum - heads) < 1e-3, `query ${q}: attention sums to ${sum}, want ${heads} (layers x heads)`);
+        t.true(row.subarray(5 + q + 1).every((v) => v === 0), 'no attention to later tokens');
+      }
+      const plain = await s.forward({ seqId: 'b', inputIds: ids.slice(0, 8) });
+      t.true(maxAbsDiff(logits, plain.subarray(5 * s.spec.vocabSize)) < 1e-4, 'the same logits as a plain forward');
+    } finally {
+      await s.close();
+    }
+  });
+}
