@@ -2,7 +2,7 @@ import test from 'ava';
 import { BoundedSequence } from '../src/engine/bounded-kv.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
-import { MemoryKvStore } from '../src/models/kv-store.ts';
+import { gatherRows, MemoryKvStore } from '../src/models/kv-store.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
@@ -97,4 +97,22 @@ test('bounded KV - a scorer (ADORE) releases and rebuilds; a rebuilt token has e
 
 test('bounded KV - adore without a controller is refused', (t) => {
   t.throws(() => new BoundedSequence(model, 'x', { policy: 'adore', budget: { budget: 8, sinks: 0, recent: 0, rebuild: 0 } }), { message: /needs the ADORE controller/ });
+});
+
+test('bounded KV - gathering rows in runs equals gathering them one by one', (t) => {
+  const heads = 3, n = 40, width = 5;
+  const src = Float32Array.from({ length: heads * n * width }, (_, i) => i);
+  const one = (rows: number[]) => {
+    const dst = new Float32Array(heads * rows.length * width);
+    for (let h = 0; h < heads; h++) rows.forEach((r, j) => dst.set(src.subarray((h * n + r) * width, (h * n + r + 1) * width), (h * rows.length + j) * width));
+    return dst;
+  };
+  let seed = 7;
+  const rand = (k: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % k);
+  const cases: number[][] = [[], [0], [n - 1], Array.from({ length: n }, (_, i) => i), [5, 6, 7, 3, 4, 9, 10, 0]];
+  for (let c = 0; c < 50; c++) {
+    const gone = new Set(Array.from({ length: rand(6) }, () => rand(n)));
+    cases.push(Array.from({ length: n }, (_, i) => i).filter((i) => !gone.has(i)), [...gone]);
+  }
+  for (const rows of cases) t.deepEqual(gatherRows(src, n, rows, heads), one(rows), `rows ${rows.join(',')}`);
 });

@@ -18,8 +18,16 @@ export interface KvStore {
 export function gatherRows(src: Float32Array, n: number, rows: readonly number[], kvHeads: number): Float32Array {
   const width = n ? src.length / (kvHeads * n) : 0;
   const dst = new Float32Array(kvHeads * rows.length * width);
-  for (let h = 0; h < kvHeads; h++) {
-    rows.forEach((r, j) => dst.set(src.subarray((h * n + r) * width, (h * n + r + 1) * width), (h * rows.length + j) * width));
+  // Runs of consecutive rows move with one copy each: evicting a few rows of a long cache is a
+  // handful of copies per head, not one per row.
+  for (let j = 0; j < rows.length; ) {
+    let end = j + 1;
+    while (end < rows.length && rows[end] === rows[end - 1]! + 1) end++;
+    const first = rows[j]!;
+    for (let h = 0; h < kvHeads; h++) {
+      dst.set(src.subarray((h * n + first) * width, (h * n + first + end - j) * width), (h * rows.length + j) * width);
+    }
+    j = end;
   }
   return dst;
 }
