@@ -4,7 +4,7 @@ import test from 'ava';
 import * as ort from 'onnxruntime-node';
 import { BoundedSequence } from '../src/engine/bounded-kv.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
-import { AdoreController, ControllerTrack } from '../src/kernels/adore-controller.ts';
+import { AdoreController, ControllerTrack, tanh } from '../src/kernels/adore-controller.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { loadController } from '../src/models/family.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
@@ -56,4 +56,13 @@ test('adore controller - generation under an ADORE cache stays within budget and
   }
   t.throws(() => new BoundedSequence(target, 'x', { policy: 'adore', budget: { budget: 8, sinks: 0, recent: 0, rebuild: 0 } }), { message: /needs the ADORE controller/ });
   t.throws(() => AdoreController.load(dirOf(family.target)), { message: /no ADORE controller/ });
+});
+
+test('adore controller - the fast tanh stays within 1.2e-8 of Math.tanh', (t) => {
+  let worst = 0;
+  for (let x = -12; x <= 12; x += 1e-3) worst = Math.max(worst, Math.abs(tanh(x) - Math.tanh(x)));
+  t.true(worst < 1.2e-8, `max abs error ${worst}`);
+  t.is(tanh(0), 0);
+  t.is(tanh(1e6), 1);
+  t.is(tanh(-1e6), -1);
 });

@@ -96,7 +96,7 @@ export class AdoreController {
     const { w, hidden: H } = this;
     const ld = Math.log1p(Math.max(0, d));
     let s = w.v_b[0]!;
-    for (let j = 0; j < H; j++) s += w.v_w[j]! * Math.tanh(k[j]! + q[j]! + w.u[j]! * ld);
+    for (let j = 0; j < H; j++) s += w.v_w[j]! * tanh(k[j]! + q[j]! + w.u[j]! * ld);
     return s;
   }
 
@@ -113,6 +113,20 @@ export class AdoreController {
 }
 
 const sigmoid = (x: number) => 1 / (1 + Math.exp(-x));
+
+/**
+ * tanh within 1.2e-8 of Math.tanh, about 5x faster: the [7/6] Pade approximant near 0, exp beyond.
+ * Scoring runs H tanh per cached token per step, which made it the largest cost of an ADORE step.
+ */
+export function tanh(x: number): number {
+  if (x < 2 && x > -2) {
+    const x2 = x * x;
+    return (x * (135135 + x2 * (17325 + x2 * (378 + x2)))) / (135135 + x2 * (62370 + x2 * (3150 + 28 * x2)));
+  }
+  const e = Math.exp(-2 * Math.abs(x));
+  const r = (1 - e) / (1 + e);
+  return x < 0 ? -r : r;
+}
 
 /**
  * The controller following one sequence: a state and a cached key per position. Rolling back (a
