@@ -1,6 +1,6 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { checkBudget, KvLedger, planStep, positionalScore, type KvBudget } from '../src/kernels/kv-policy.ts';
+import { checkBudget, KvLedger, planStep, positionalScore, topByScore, type KvBudget } from '../src/kernels/kv-policy.ts';
 
 /** Decodes `steps` tokens one at a time, scoring every token (resident or released) with `score`. */
 function simulate(budget: KvBudget, steps: number, score: (p: number, step: number) => number, onStep?: (l: KvLedger, t: number) => void): KvLedger {
@@ -84,4 +84,14 @@ test('kv policy - impossible budgets are refused with the reason', (t) => {
   t.throws(() => checkBudget({ budget: 0, sinks: 0, recent: 0, rebuild: 0 }), { message: /positive integer/ });
   t.throws(() => checkBudget({ budget: 8, sinks: 4, recent: 4, rebuild: 0 }), { message: /must leave room/ });
   t.throws(() => checkBudget({ budget: 8, sinks: 0, recent: 0, rebuild: -1 }), { message: />= 0/ });
+});
+
+test('kv policy - the one-pass top-n selection equals sorting (score descending, newer first on ties)', (t) => {
+  fc.assert(
+    fc.property(fc.array(fc.tuple(fc.integer({ min: 0, max: 200 }), fc.integer({ min: -3, max: 3 })), { maxLength: 40 }), fc.integer({ min: 1, max: 6 }), (entries, n) => {
+      const scores = new Map(entries.map(([p, s]) => [p, s / 2]));
+      const sorted = [...scores].sort(([pa, sa], [pb, sb]) => sb - sa || pb - pa).slice(0, n).map(([p]) => p);
+      t.deepEqual(topByScore(scores, n), sorted);
+    }),
+  );
 });

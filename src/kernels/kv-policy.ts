@@ -73,8 +73,17 @@ export function planStep(b: KvBudget, resident: ReadonlyMap<number, number>, rel
 
 const byScoreDesc = ([pa, sa]: [number, number], [pb, sb]: [number, number]) => sb - sa || pb - pa;
 
-function topByScore(scores: ReadonlyMap<number, number>, n: number): number[] {
-  return [...scores].sort(byScoreDesc).slice(0, n).map(([p]) => p);
+/** The n best entries in byScoreDesc order: one pass keeping a short sorted list (n is the rebuild count, small). */
+export function topByScore(scores: ReadonlyMap<number, number>, n: number): number[] {
+  const top: [number, number][] = [];
+  for (const e of scores) {
+    if (top.length === n && byScoreDesc(e, top[n - 1]!) >= 0) continue;
+    let i = top.length;
+    while (i > 0 && byScoreDesc(e, top[i - 1]!) < 0) i--;
+    top.splice(i, 0, e);
+    if (top.length > n) top.pop();
+  }
+  return top.map(([p]) => p);
 }
 
 /**
