@@ -206,6 +206,7 @@ continuations score {record['text_repeat4']['code']:.1%} on code and {record['te
 {sources}
 
 Man pages and npm's own JavaScript sources are kept out of training for independent evaluation.
+
 {notes}Full record (per-model config, training phases and arguments, validation curves, sha256): `training-record.json`.
 """)
 
