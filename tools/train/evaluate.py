@@ -59,7 +59,10 @@ def training_phases(ckpt: Path, previous: dict | None) -> list[dict]:
     if a.get("init"):
         before = training_phases(Path(a["init"]), None)
     elif a.get("init_model"):
-        before = recorded_phases(previous, f"{ckpt} started from the exported {a['init_model']}")
+        # An earlier record written from this same checkpoint already lists it last: continue from
+        # the phases before it, not after it.
+        before = [ph for ph in recorded_phases(previous, f"{ckpt} started from the exported {a['init_model']}")
+                  if ph["run"] != str(ckpt.parent)]
     else:
         before = []
     return before + [phase_of(ck, str(ckpt.parent))]
@@ -133,9 +136,9 @@ def main() -> None:
     ckpts = dict(kv.split("=", 1) for kv in args.ckpt)
     transcribed = {k: json.loads(Path(v).read_text()) for k, v in (kv.split("=", 1) for kv in args.transcribed_phase)}
     record: dict = {"corpus": json.loads((Path(args.corpus) / "manifest.json").read_text()), "models": {}, "notes": args.note}
+    pairs = {d: prompts(test[d], PROMPTS_PER_DOMAIN) for d in DOMAINS}
     # The same statistic on the held-out text itself: how much real code and prose repeat.
-    record["text_repeat4"] = {d: round(float(np.mean([repeated_4gram_rate(c) for _, c in prompts(test[d], PROMPTS_PER_DOMAIN)])), 4)
-                              for d in DOMAINS}
+    record["text_repeat4"] = {d: round(float(np.mean([repeated_4gram_rate(c) for _, c in pairs[d]])), 4) for d in DOMAINS}
     target_preds: dict[str, np.ndarray] = {}
     for name in names:
         # What ships is what is measured: the weights come from the exported ONNX model.
@@ -144,7 +147,8 @@ def main() -> None:
         ckpt = Path(ckpts.get(name, Path(args.runs) / name / "ckpt.pt"))
         phases = training_phases(ckpt, previous.get(name))
         if name in transcribed:
-            phases = phases + [transcribed[name]]
+            # As for checkpoints: an earlier record's copy of the same run is replaced, not repeated.
+            phases = [ph for ph in phases if ph["run"] != transcribed[name]["run"]] + [transcribed[name]]
         r = {
             "params": count_params(model),
             "config": model.cfg.to_json(),
@@ -161,7 +165,7 @@ def main() -> None:
             if name == family["target"]:
                 target_preds[d] = preds
             r["agree_with_target"][d] = round(float((preds == target_preds[d]).mean()), 4)
-            conts = [greedy(model, p, CONTINUATION_TOKENS) for p, _ in prompts(test[d], PROMPTS_PER_DOMAIN)]
+            conts = [greedy(model, p, CONTINUATION_TOKENS) for p, _ in pairs[d]]
             r["repeat4"][d] = round(float(np.mean([repeated_4gram_rate(c) for c in conts])), 4)
         record["models"][name] = r
         print(f"{name}: nll {r['test_nll']} agree {r['agree_with_target']} repeat4 {r['repeat4']}", flush=True)
