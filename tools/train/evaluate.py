@@ -32,7 +32,8 @@ CONTINUATION_TOKENS = 64
 def phase_of(ck: dict, run: str) -> dict:
     return {"run": run, "steps": ck["step"], "tokens": ck["step"] * ck["args"]["batch"] * ck["args"]["seq"],
             "wall_s": round(ck.get("elapsed", 0.0)), "train_args": ck["args"], "val_curve": ck["log"],
-            "torch": ck.get("torch", []), "teacher_steps": ck.get("teacher_steps", [])}
+            "torch": ck.get("torch", []), "teacher_steps": ck.get("teacher_steps", []),
+            **{k: ck[k] for k in ("device", "packed_dtype", "half_rounding_val_nll") if k in ck}}
 
 
 def recorded_phases(previous: dict | None, why: str) -> list[dict]:
@@ -135,7 +136,8 @@ def main() -> None:
     previous = json.loads(record_path.read_text())["models"] if record_path.exists() else {}
     ckpts = dict(kv.split("=", 1) for kv in args.ckpt)
     transcribed = {k: json.loads(Path(v).read_text()) for k, v in (kv.split("=", 1) for kv in args.transcribed_phase)}
-    record: dict = {"corpus": json.loads((Path(args.corpus) / "manifest.json").read_text()), "models": {}, "notes": args.note}
+    record: dict = {"corpus": json.loads((Path(args.corpus) / "manifest.json").read_text()), "models": {}, "notes": args.note,
+                    "eval_seq": args.seq}
     pairs = {d: prompts(test[d], PROMPTS_PER_DOMAIN) for d in DOMAINS}
     # The same statistic on the held-out text itself: how much real code and prose repeat.
     record["text_repeat4"] = {d: round(float(np.mean([repeated_4gram_rate(c) for _, c in pairs[d]])), 4) for d in DOMAINS}
@@ -190,13 +192,13 @@ def write_card(path: Path, record: dict, names: list[str]) -> None:
     notes = f"## Notes\n\n{notes}\n" if notes else ""
     path.write_text(f"""# The bundled model family
 
-Trained by this project from scratch on the CPU (`tools/train/`), no model hub involved. All members
+Trained by this project from scratch (`tools/train/`; the training record says on which machine), no model hub involved. All members
 share `tokenizer.json` (byte-level BPE, 8192 tokens). Each directory follows the ONNX contract of
 SPEC §3 (decoder with past, Optimum layout) and holds `reference.json`/`reference.bin`: torch logits
 for a fixed held-out input that the tests compare with ONNX Runtime.
 
 Numbers below come from `python3 tools/train/evaluate.py` on the held-out **test** split (documents
-never trained on): NLL in nats/token; *agree* is how often the model's greedy next token equals the
+never trained on), in windows of {record.get('eval_seq', 256)} tokens: NLL in nats/token; *agree* is how often the model's greedy next token equals the
 target's on the same test positions; *repeat-4* is the fraction of repeated 4-grams in {CONTINUATION_TOKENS}-token greedy
 continuations of {PROMPTS_PER_DOMAIN} held-out prompts per domain (degenerate loops score high; the held-out text's own
 continuations score {record['text_repeat4']['code']:.1%} on code and {record['text_repeat4']['english']:.1%} on english). Decode costs: `cascade bench costs`.

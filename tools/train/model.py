@@ -63,7 +63,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the Hugging Face Llama rotary embedding, [b, 1, s, head_dim]; computed once per
     forward and shared by every layer (the exported graph then holds one copy, not one per layer)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=position_ids.device) / head_dim))
     freqs = position_ids.to(torch.float32)[:, :, None] * inv_freq[None, None, :]
     emb = torch.cat((freqs, freqs), dim=-1)[:, None, :, :]
     return emb.cos(), emb.sin()
@@ -132,11 +132,11 @@ class Block(nn.Module):
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
-    def forward(self, x, rope_cs, bias, past_k=None, past_v=None):
+    def forward(self, x, rope_cs, bias, past_k=None, past_v=None, dropout: float = 0.0):
         a, present, attn = self.self_attn(self.input_layernorm(x), rope_cs, bias, past_k, past_v)
-        x = x + a
+        x = x + F.dropout(a, dropout, self.training)
         h = self.post_attention_layernorm(x)
-        x = x + self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        x = x + F.dropout(self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h)), dropout, self.training)
         return x, present, attn
 
 
@@ -144,6 +144,7 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
+        self.dropout = 0.0  # residual dropout in training only (a data-limited corpus seen for several epochs)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
@@ -161,11 +162,11 @@ class Decoder(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Training forward: full causal attention over [b, s] with positions 0..s-1."""
         b, s = input_ids.shape
-        pos = torch.arange(s).unsqueeze(0).expand(b, s)
+        pos = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
         x = self.embed_tokens(input_ids)
         rope_cs = rope_tables(pos, self.cfg.head_dim, self.cfg.rope_theta)
         for layer in self.layers:
-            x, _, _ = layer(x, rope_cs, None)
+            x, _, _ = layer(x, rope_cs, None, dropout=self.dropout)
         return self.logits(self.norm(x))
 
     def forward_with_past(self, input_ids, attention_mask, position_ids, past, attention_sum=False):
@@ -208,10 +209,12 @@ class OnnxWrapper(nn.Module):
 
 
 FAMILY = {
-    "target": ModelConfig(name="target", hidden_size=384, num_hidden_layers=6, num_attention_heads=6,
-                          num_key_value_heads=6, intermediate_size=1024),
+    "target": ModelConfig(name="target", hidden_size=512, num_hidden_layers=6, num_attention_heads=8,
+                          num_key_value_heads=8, intermediate_size=1408),
     "draft-l2": ModelConfig(name="draft-l2", hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
                             num_key_value_heads=2, intermediate_size=384),
+    "draft-l2w": ModelConfig(name="draft-l2w", hidden_size=192, num_hidden_layers=2, num_attention_heads=3,
+                             num_key_value_heads=3, intermediate_size=512),
     "draft-l1": ModelConfig(name="draft-l1", hidden_size=64, num_hidden_layers=1, num_attention_heads=1,
                             num_key_value_heads=1, intermediate_size=192),
 }

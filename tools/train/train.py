@@ -65,10 +65,11 @@ def batch(streams: dict[str, np.ndarray], weights: dict[str, float], rng: np.ran
 def evaluate(model: Decoder, streams: dict[str, np.ndarray], seq: int, max_tokens: int) -> dict[str, float]:
     """Mean next-token NLL (nats) per domain over consecutive windows of the split."""
     model.eval()
+    device = next(model.parameters()).device
     out = {}
     for d, s in streams.items():
         n = min(len(s) - 1, max_tokens) // seq * seq
-        x = torch.from_numpy(s[:n + 1].astype(np.int64))
+        x = torch.from_numpy(s[:n + 1].astype(np.int64)).to(device)
         tot, cnt = 0.0, 0
         for i in range(0, n, seq * 8):
             chunk = min(seq * 8, n - i)
@@ -100,6 +101,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device to train on: cpu, cuda, cuda:1, ...")
+    ap.add_argument("--dropout", type=float, default=0.0, help="residual dropout while training (exports have none)")
     ap.add_argument("--ckpt-every", type=int, default=50)
     ap.add_argument("--eval-every", type=int, default=200)
     ap.add_argument("--init", help="start from this checkpoint's weights (a new phase)")
@@ -113,6 +116,9 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true",
                     help="bfloat16 autocast for the forward passes (weights and optimizer stay float32); "
                          "AVX512-BF16/AMX CPUs train several times faster")
+    ap.add_argument("--budget-minutes", type=float, default=0,
+                    help="size the schedule to this much training time: steps 5-20 are timed and --tokens is "
+                         "lowered to what fits (the checkpoint records the resulting --tokens, which reproduces the run)")
     ap.add_argument("--max-minutes", type=float, default=0, help="stop (with a checkpoint) after this wall time; 0 = no limit")
     args = ap.parse_args()
 
@@ -120,8 +126,13 @@ def main() -> None:
     torch.manual_seed(args.seed)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     cfg = FAMILY[args.model]
     model = Decoder(cfg)
+    model.dropout = args.dropout
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     total_steps = int(args.tokens // (args.batch * args.seq))
     step, log, elapsed = 0, [], 0.0
@@ -129,15 +140,17 @@ def main() -> None:
     prior_torch: list[str] = []
     ckpt_path = run / "ckpt.pt"
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=False, map_location="cpu")
         model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
         step, log, elapsed = ck["step"], ck["log"], ck.get("elapsed", 0.0)
+        if args.budget_minutes:  # the schedule was sized when the run began
+            args.tokens = ck["args"]["tokens"]
+            total_steps = int(args.tokens // (args.batch * args.seq))
         prior_teacher_steps = ck.get("teacher_steps", [])
         prior_torch = ck.get("torch", [])
         print(f"resumed {args.model} at step {step}/{total_steps}", flush=True)
     elif args.init:
-        model.load_state_dict(torch.load(args.init, weights_only=False)["model"])
+        model.load_state_dict(torch.load(args.init, weights_only=False, map_location="cpu")["model"])
         print(f"initialised {args.model} from {args.init}", flush=True)
     elif args.init_model:
         from onnx_weights import load_from_model_dir
@@ -147,9 +160,9 @@ def main() -> None:
 
     def load_teacher() -> None:
         nonlocal teacher
-        tck = torch.load(args.teacher, weights_only=False)
+        tck = torch.load(args.teacher, weights_only=False, map_location="cpu")
         if teacher is None:
-            teacher = Decoder(FAMILY[tck["model_name"]])
+            teacher = Decoder(FAMILY[tck["model_name"]]).to(device)
             teacher.eval()
         teacher.load_state_dict(tck["model"])
         teacher_steps.append({"step": step, "teacher_step": tck["step"]})
@@ -163,11 +176,14 @@ def main() -> None:
         load_teacher()
     elif args.teacher_model:
         from onnx_weights import load_from_model_dir
-        teacher = load_from_model_dir(Path(args.teacher_model))
+        teacher = load_from_model_dir(Path(args.teacher_model)).to(device)
         teacher.eval()
         teacher_steps.append({"step": step, "teacher_model": args.teacher_model})
         print(f"teacher: the exported model in {args.teacher_model}", flush=True)
 
+    model.to(device)
+    if ckpt_path.exists():  # optimizer state follows the parameters' device
+        opt.load_state_dict(torch.load(ckpt_path, weights_only=False, map_location="cpu")["opt"])
     data = Path(args.data)
     train, val = load_split(data, "train"), load_split(data, "val")
     weights = {d: float(len(s)) for d, s in train.items()}
@@ -175,7 +191,9 @@ def main() -> None:
 
     def save():
         tmp = run / "ckpt.pt.tmp"
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
+        hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "opt": opt.state_dict(),
+                    "step": step, "log": log, "device": hw,
                     "elapsed": elapsed, "model_name": args.model, "args": vars(args),
                     "teacher_steps": prior_teacher_steps + teacher_steps,
                     "torch": sorted(set(prior_torch + [torch.__version__]))}, tmp)
@@ -189,13 +207,27 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
+    if args.budget_minutes and args.warmup <= 20:
+        raise SystemExit("--budget-minutes sizes the schedule at step 20: give a --warmup above 20")
     started = time.time()
     t0 = time.time()
+    timing = {}
     while step < total_steps:
+        if args.budget_minutes and not ckpt_path.exists() and step in (5, 20):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timing[step] = time.time()
+            if step == 20:
+                per_step = (timing[20] - timing[5]) / 15
+                fit = int((args.budget_minutes * 60 - (timing[20] - started)) / per_step) + 20
+                if fit < total_steps:
+                    total_steps = fit
+                    args.tokens = float(total_steps * args.batch * args.seq)
+                print(f"{per_step * 1e3:.0f} ms/step: schedule of {total_steps} steps ({args.tokens:.3g} tokens)", flush=True)
         rng = np.random.default_rng([args.seed, step])
-        xy = batch(train, weights, rng, args.batch, args.seq)
+        xy = batch(train, weights, rng, args.batch, args.seq).to(device, non_blocking=True)
         x, y = xy[:, :-1], xy[:, 1:]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total_steps, args.lr, args.warmup)
