@@ -32,4 +32,18 @@ export class SequenceError extends CascadeError {
   override readonly name = 'SequenceError';
 }
 
+/** A cascade level (a drafter or verifier actor) cannot be reached: no instance answers, or it timed out. */
+export class LevelUnavailableError extends CascadeError {
+  override readonly name = 'LevelUnavailableError';
+  override readonly isRetryable = true;
+  constructor(
+    /** The level's name in the cascade (its model). */
+    readonly level: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
 export const isRetryable = (err: unknown): boolean => err instanceof CascadeError && err.isRetryable;

@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
-import { InvalidArgumentError } from '../errors.ts';
+import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
 import type { ModelSession } from '../models/session.ts';
 import { baseStats, checkRequest, type FinishReason, type GenerateRequest, type GenerateStats } from './generate.ts';
-import { Block, MagLevel, ModelLevel, type LevelStats } from './levels.ts';
+import { Block, MagLevel, ModelLevel, type CascadeLevel, type LevelStats } from './levels.ts';
 import { checkKvPolicy, type KvPolicyConfig } from './bounded-kv.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
 
@@ -102,14 +102,11 @@ export function checkCascade(config: CascadeConfig): void {
   });
 }
 
-type Level = ModelLevel | MagLevel;
-
 /**
- * Generates with Algorithm 1 of CS Drafting: each round the target reviews one block drafted by
- * the cascade below it, horizontally (early positions from larger drafters) and vertically (each
- * neural drafter only reviews blocks drafted below it). With lenience 1 at every level the output
- * is distributed exactly as target-only sampling, and at temperature 0 it is token-identical.
- * Every model's KV for the request is released at the end.
+ * Generates with Algorithm 1 of CS Drafting over models in this process: each round the target
+ * reviews one block drafted by the cascade below it. With lenience 1 at every level the output is
+ * distributed exactly as target-only sampling, and at temperature 0 it is token-identical. Every
+ * model's KV for the request is released at the end.
  */
 export async function generateCascade(
   target: ModelSession,
@@ -128,16 +125,54 @@ export async function generateCascade(
     }
   }
   const seqId = randomUUID();
-  const rng = new Rng(req.seed);
   const top = new ModelLevel(target.spec.name, target, seqId, req.sampling);
   // Each drafter level has its own sequence id: a drafter may be the target's own session (self-draft).
-  const drafters: Level[] = config.drafters.map((d, i) =>
+  const drafters: CascadeLevel[] = config.drafters.map((d, i) =>
     d.kind === 'mag'
       ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence })
       : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, d.kv),
   );
-  const K = config.kMatrix;
-  const n = drafters.length;
+  return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens });
+}
+
+/** How runCascade reports progress and survives a lost level. */
+export interface RunOptions {
+  readonly eosIds: readonly number[];
+  /** Receives each round's new tokens; awaited before the next round (record them before streaming). */
+  readonly onTokens?: (ids: readonly number[]) => void | Promise<void>;
+  /**
+   * Called when drafter `index` (of the drafters still running) fails during a round. Returning
+   * true drops that level: the round is drafted again by the levels left (down to MaG or the target
+   * alone). Returning false, or no handler, fails the request.
+   */
+  readonly onLevelFailure?: (level: CascadeLevel, err: unknown) => boolean;
+  /** Polled between rounds; true ends the request with finish reason `cancelled`. */
+  readonly cancelled?: () => boolean;
+}
+
+/** K without drafter `index`: its review row (index + 1) and its column go; the target still drafts >= 1. */
+export function dropFromKMatrix(kMatrix: readonly (readonly number[])[], index: number): number[][] {
+  const rows = kMatrix.filter((_, r) => r !== index + 1).map((row) => row.filter((_, c) => c !== index));
+  if (rows.length) rows[0]![rows.length - 1] = Math.max(1, rows[0]![rows.length - 1]!);
+  return rows;
+}
+
+/**
+ * The cascade loop over any levels (in this process or behind a transport). `top` is the target;
+ * `drafters` are largest first with MaG, if any, last; `config.kMatrix` and `config.lenience` as in
+ * CascadeConfig. Every level is released at the end.
+ */
+export async function runCascade(
+  top: CascadeLevel,
+  initialDrafters: readonly CascadeLevel[],
+  config: Pick<CascadeConfig, 'kMatrix' | 'lenience'>,
+  req: GenerateRequest,
+  options: RunOptions,
+): Promise<CascadeResult> {
+  const rng = new Rng(req.seed);
+  const everyLevel = [top, ...initialDrafters];
+  let drafters = [...initialDrafters];
+  let K = config.kMatrix.map((row) => [...row]);
   const accepted: number[] = [];
   const drafted: number[] = [];
   let rounds = 0;
@@ -145,31 +180,47 @@ export async function generateCascade(
   /** Drafts block.tokens[block.length..] with drafters[first..n) per row `first` of K (the horizontal cascade). */
   async function draft(first: number, block: Block): Promise<number> {
     const start = block.length;
-    for (let i = first; i < n; i++) {
+    for (let i = first; i < drafters.length; i++) {
       const limit = K[first]![i]!;
-      while (block.length - start < limit) await step(i + 1, drafters[i]!, block, limit - (block.length - start));
+      while (block.length - start < limit) {
+        const before = block.length;
+        await step(i + 1, drafters[i]!, block, limit - (block.length - start));
+        if (block.length === before) break; // a drafter with nothing to propose (MaG without a match)
+      }
     }
     return start;
   }
 
   /** Algorithm 1 below the target: drafters[first-1] reviews a block drafted by drafters[first..n). */
-  async function step(first: number, reviewer: Level, block: Block, want: number): Promise<void> {
-    if (first === n) {
-      if (reviewer instanceof MagLevel) reviewer.propose(block, want);
-      else await reviewer.propose(block, rng);
+  async function step(first: number, reviewer: CascadeLevel, block: Block, want: number): Promise<void> {
+    if (first === drafters.length) {
+      await reviewer.propose(block, want, rng);
       return;
     }
     const start = await draft(first, block);
-    await (reviewer as ModelLevel).review(block, start, rng, config.lenience, true);
+    await reviewer.review(block, start, rng, config.lenience, true);
   }
 
   /** One round: the target reviews a block drafted by the whole cascade, or proposes alone. */
   async function round(block: Block): Promise<void> {
-    if (n === 0) {
-      await top.propose(block, rng);
-      return;
+    let start: number;
+    for (;;) {
+      if (drafters.length === 0) {
+        await top.propose(block, 1, rng);
+        return;
+      }
+      try {
+        start = await draft(0, block);
+        break;
+      } catch (err) {
+        const lost = err instanceof LevelUnavailableError ? drafters.find((d) => d.name === err.level) : undefined;
+        if (!lost || !options.onLevelFailure?.(lost, err)) throw err;
+        const index = drafters.indexOf(lost);
+        K = dropFromKMatrix(K, index);
+        drafters = drafters.filter((d) => d !== lost);
+        block.cut(block.committed);
+      }
     }
-    const start = await draft(0, block);
     const k = block.length - start;
     const outcome = await top.review(block, start, rng, 1, false);
     for (let i = 0; i < k; i++) {
@@ -178,7 +229,7 @@ export async function generateCascade(
     }
   }
 
-  const eos = new Set(req.stopAtEos === false ? [] : target.spec.eosIds);
+  const eos = new Set(req.stopAtEos === false ? [] : options.eosIds);
   const tokens = [...req.promptIds];
   const out: number[] = [];
   const start = performance.now();
@@ -186,6 +237,10 @@ export async function generateCascade(
   let finishReason: FinishReason = 'length';
   try {
     while (out.length < req.maxTokens) {
+      if (options.cancelled?.()) {
+        finishReason = 'cancelled';
+        break;
+      }
       const committed = tokens.length;
       await round(new Block(tokens, committed));
       rounds++;
@@ -200,16 +255,16 @@ export async function generateCascade(
       tokens.push(...fresh);
       out.push(...fresh);
       if (out.length > 0 && firstToken === 0) firstToken = performance.now() - start;
-      if (fresh.length) onTokens?.(fresh);
+      if (fresh.length) await options.onTokens?.(fresh);
       if (finishReason === 'stop') break;
     }
   } finally {
-    await Promise.all([top, ...drafters].map((l) => (l instanceof ModelLevel ? l.release().catch(() => undefined) : undefined)));
+    await Promise.all(everyLevel.map((l) => l.release()));
   }
 
   const acceptedTokens = accepted.reduce((a, b) => a + b, 0);
-  const models: Record<string, LevelStats> = { [top.name]: top.stats };
-  for (const d of drafters) models[d.name] = d.stats;
+  const models: Record<string, LevelStats> = {};
+  for (const l of everyLevel) models[l.name] = l.stats;
   return {
     tokenIds: out,
     finishReason,

@@ -18,7 +18,8 @@ export interface GenerateRequest {
   readonly kv?: KvPolicyConfig;
 }
 
-export type FinishReason = 'length' | 'stop';
+/** `cancelled`: the client went away or cancelled, and the request stopped early (cluster). */
+export type FinishReason = 'length' | 'stop' | 'cancelled';
 
 export interface GenerateStats {
   readonly promptTokens: number;

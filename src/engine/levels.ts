@@ -47,14 +47,29 @@ export interface LevelStats {
   forwardMs: number;
 }
 
-const newStats = (): LevelStats => ({ forwardPasses: 0, tokensScored: 0, reviews: 0, proposals: 0, forwardMs: 0 });
+export const newStats = (): LevelStats => ({ forwardPasses: 0, tokensScored: 0, reviews: 0, proposals: 0, forwardMs: 0 });
+
+/**
+ * One level of the cascade, wherever it runs: a model in this process (ModelLevel), MaG (MagLevel),
+ * or a model hosted by an actor across a transport (the cluster's RemoteLevel). `propose` appends up
+ * to `want` drafted tokens after the whole block; `review` is the lossless (or lenient) review of
+ * block.tokens[start..] that cuts the block after the reviewer's own token.
+ */
+export interface CascadeLevel {
+  readonly name: string;
+  readonly stats: LevelStats;
+  propose(block: Block, want: number, rng: Rng): Promise<void>;
+  review(block: Block, start: number, rng: Rng, lenience: number, passUp: boolean): Promise<ReviewOutcome>;
+  /** Frees whatever the level holds for this request (KV); never throws. */
+  release(): Promise<void>;
+}
 
 /**
  * A neural level (a drafter or the target) working on one sequence of its ModelSession. Its KV is
  * synchronised lazily: before each forward it is truncated to the longest prefix it shares with the
  * block, so rejected drafts are rolled back in every model.
  */
-export class ModelLevel {
+export class ModelLevel implements CascadeLevel {
   readonly stats = newStats();
   /** Tokens whose KV the session holds for this sequence, mirrored here. */
   private held: number[] = [];
@@ -93,16 +108,21 @@ export class ModelLevel {
     return distribution(row, this.sampling);
   }
 
-  /** Drafts one token autoregressively (the base case for a neural drafter): q is its own p. */
-  async propose(block: Block, rng: Rng): Promise<void> {
-    this.stats.proposals++;
-    const row = await this.rows(block.tokens, block.length, block.length + 1);
-    if (this.sampling.temperature === 0) {
-      block.push(argmax(row), undefined);
-      return;
+  /**
+   * Drafts `want` tokens autoregressively, one forward each (the base case for a neural drafter):
+   * each token's q is this model's p.
+   */
+  async propose(block: Block, want: number, rng: Rng): Promise<void> {
+    for (let i = 0; i < want; i++) {
+      this.stats.proposals++;
+      const row = await this.rows(block.tokens, block.length, block.length + 1);
+      if (this.sampling.temperature === 0) {
+        block.push(argmax(row), undefined);
+        continue;
+      }
+      const p = this.dist(row);
+      block.push(sample(p, rng), p);
     }
-    const p = this.dist(row);
-    block.push(sample(p, rng), p);
   }
 
   /**
@@ -137,12 +157,12 @@ export class ModelLevel {
 
   async release(): Promise<void> {
     this.held = [];
-    await this.seq.close();
+    await this.seq.close().catch(() => undefined);
   }
 }
 
 /** MaG as a cascade level: deterministic proposals (q one-hot) from the block's own history. */
-export class MagLevel {
+export class MagLevel implements CascadeLevel {
   readonly name = 'mag';
   readonly stats = newStats();
   private readonly index: MaxGram;
@@ -152,7 +172,7 @@ export class MagLevel {
   }
 
   /** Appends up to k tokens proposed after the whole block. */
-  propose(block: Block, k: number): void {
+  async propose(block: Block, k: number): Promise<void> {
     this.stats.proposals++;
     const seq = this.index.sequence();
     let lcp = 0;
@@ -161,4 +181,10 @@ export class MagLevel {
     this.index.append(block.tokens.slice(lcp));
     for (const t of this.index.propose(k)) block.push(t, undefined);
   }
+
+  async review(): Promise<ReviewOutcome> {
+    throw new Error('MaG drafts only: it is always the last level and never reviews');
+  }
+
+  async release(): Promise<void> {}
 }
