@@ -148,6 +148,8 @@ export interface RunOptions {
   readonly onLevelFailure?: (level: CascadeLevel, err: unknown) => boolean;
   /** Polled between rounds; true ends the request with finish reason `cancelled`. */
   readonly cancelled?: () => boolean;
+  /** Wraps each round (the cluster opens a trace span per round). */
+  readonly inRound?: (round: number, run: () => Promise<void>) => Promise<void>;
 }
 
 /** K without drafter `index`: its review row (index + 1) and its column go; the target still drafts >= 1. */
@@ -242,7 +244,9 @@ export async function runCascade(
         break;
       }
       const committed = tokens.length;
-      await round(new Block(tokens, committed));
+      const block = new Block(tokens, committed);
+      if (options.inRound) await options.inRound(rounds, () => round(block));
+      else await round(block);
       rounds++;
       let fresh = tokens.slice(committed);
       const stop = fresh.findIndex((t) => eos.has(t));

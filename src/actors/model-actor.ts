@@ -1,0 +1,210 @@
+import { randomUUID } from 'node:crypto';
+import { Block, ModelLevel } from '../engine/levels.ts';
+import { CascadeError } from '../errors.ts';
+import { Rng } from '../kernels/rng.ts';
+import { checkSampling } from '../kernels/sampling.ts';
+import type { ModelSession } from '../models/session.ts';
+import { decode, encode, FrameError, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
+import { extractContext, inSpan } from '../cluster/tracing.ts';
+import { subjects, subjectToken, type Headers, type Subscription, type Transport } from '../cluster/transport.ts';
+
+/** Most tokens one propose may ask for. */
+export const MAX_WANT = 64;
+
+interface ActorSession {
+  readonly level: ModelLevel;
+  readonly rng: Rng;
+  readonly temperature: number;
+  /** The context the coordinator last saw this session end with. */
+  tokens: number[];
+  lastUsed: number;
+  /** Calls of one session run one at a time. */
+  busy: Promise<unknown>;
+}
+
+export interface ActorOptions {
+  /** The model's name in the cluster (subject token); defaults to the model's own name. */
+  readonly model?: string;
+  /** This instance's id (subject token); random by default. */
+  readonly instance?: string;
+  /** A session untouched this long is released (its KV freed). */
+  readonly idleMs?: number;
+  /** Most sessions held at once; `open` beyond it is refused so placement tries another instance. */
+  readonly maxSessions?: number;
+}
+
+class BadRequest extends CascadeError {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * A draft or verifier actor (SPEC §6): hosts one model and answers open / propose / review / close
+ * for sessions pinned to it. `open` arrives on the model's queue-group subject (placement spreads
+ * sessions over instances); the rest on this instance's own subject, where the session's KV lives.
+ * Every frame is validated: a malformed one gets an error reply and the actor keeps serving.
+ */
+export class ModelActor {
+  readonly model: string;
+  readonly instance: string;
+  private readonly sessions = new Map<string, ActorSession>();
+  private readonly subs: Subscription[] = [];
+  private sweeper: NodeJS.Timeout | undefined;
+  private readonly idleMs: number;
+  private readonly maxSessions: number;
+  /** Counters for logs and tests. */
+  readonly counters = { opened: 0, closed: 0, expired: 0, errors: 0, calls: 0 };
+
+  constructor(
+    private readonly transport: Transport,
+    private readonly session: ModelSession,
+    options: ActorOptions = {},
+  ) {
+    this.model = subjectToken(options.model ?? session.spec.name, 'model name');
+    this.instance = subjectToken(options.instance ?? randomUUID().slice(0, 8), 'instance id');
+    this.idleMs = options.idleMs ?? 60_000;
+    this.maxSessions = options.maxSessions ?? 256;
+  }
+
+  start(): this {
+    const handler = (data: Uint8Array, headers: Headers) => this.handle(data, headers);
+    this.subs.push(this.transport.serve(subjects.open(this.model), handler, { queue: this.model }));
+    this.subs.push(this.transport.serve(subjects.instance(this.model, this.instance), handler));
+    this.sweeper = setInterval(() => void this.expire(), Math.max(50, this.idleMs / 4));
+    this.sweeper.unref();
+    return this;
+  }
+
+  /** Sessions held now (KV use). */
+  get activeSessions(): number {
+    return this.sessions.size;
+  }
+
+  /** Stops serving and frees every session's KV. */
+  async stop(): Promise<void> {
+    clearInterval(this.sweeper);
+    await Promise.all(this.subs.splice(0).map((s) => s.close()));
+    await Promise.all([...this.sessions.keys()].map((id) => this.closeSession(id)));
+  }
+
+  private async expire(): Promise<void> {
+    const now = Date.now();
+    for (const [id, s] of this.sessions) {
+      if (now - s.lastUsed > this.idleMs) {
+        this.counters.expired++;
+        await this.closeSession(id);
+      }
+    }
+  }
+
+  private async closeSession(id: string): Promise<void> {
+    const s = this.sessions.get(id);
+    if (!s) return;
+    this.sessions.delete(id);
+    await s.busy.catch(() => undefined);
+    await s.level.release();
+  }
+
+  private async handle(data: Uint8Array, headers: Headers): Promise<Uint8Array> {
+    this.counters.calls++;
+    let req: ActorRequest;
+    try {
+      const m = decode(data);
+      if (m.type !== 'open' && m.type !== 'propose' && m.type !== 'review' && m.type !== 'close') {
+        throw new FrameError(`an actor does not accept "${m.type}" messages`);
+      }
+      req = m;
+    } catch (err) {
+      this.counters.errors++;
+      return encode({ type: 'error', code: 'bad-frame', message: (err as Error).message });
+    }
+    const parent = extractContext(headers);
+    try {
+      const reply = await inSpan(`actor.${req.type}`, parent, { 'cascade.model': this.model, 'cascade.instance': this.instance, 'cascade.session': req.session }, () => this.serve(req));
+      return encode(reply);
+    } catch (err) {
+      this.counters.errors++;
+      const code: ErrorCode = err instanceof BadRequest ? err.code : 'internal';
+      return encode({ type: 'error', code, message: (err as Error).message });
+    }
+  }
+
+  private async serve(req: ActorRequest): Promise<ActorReply> {
+    if (req.type === 'open') return this.open(req);
+    const s = this.sessions.get(req.session);
+    if (req.type === 'close') {
+      if (s) {
+        this.counters.closed++;
+        await this.closeSession(req.session);
+      }
+      return { type: 'closed' };
+    }
+    if (!s) throw new BadRequest('unknown-session', `session ${req.session} is not held by ${this.model}/${this.instance} (expired, closed or never opened)`);
+    s.lastUsed = Date.now();
+    const run = s.busy.then(() => (req.type === 'propose' ? this.propose(s, req) : this.review(s, req)));
+    s.busy = run.catch(() => undefined);
+    return run;
+  }
+
+  private open(req: Extract<ActorRequest, { type: 'open' }>): ActorReply {
+    const bad = checkSampling(req.sampling);
+    if (bad) throw new BadRequest('invalid', bad);
+    if (!req.session) throw new BadRequest('invalid', 'open needs a session id');
+    if (!this.sessions.has(req.session) && this.sessions.size >= this.maxSessions) {
+      throw new BadRequest('invalid', `${this.model}/${this.instance} holds its maximum of ${this.maxSessions} sessions`);
+    }
+    const old = this.sessions.get(req.session);
+    if (old) void this.closeSession(req.session);
+    this.sessions.set(req.session, {
+      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, req.sampling),
+      rng: new Rng(req.seed),
+      temperature: req.sampling.temperature,
+      tokens: [],
+      lastUsed: Date.now(),
+      busy: Promise.resolve(),
+    });
+    this.counters.opened++;
+    return { type: 'opened', instance: this.instance, model: this.model, vocabSize: this.session.spec.vocabSize };
+  }
+
+  /** The session's new context: its old one cut to `base`, plus `suffix`; validated. */
+  private context(s: ActorSession, base: number, suffix: readonly number[], extra: number): number[] {
+    if (base > s.tokens.length) throw new BadRequest('invalid', `base ${base} is beyond the session's ${s.tokens.length} tokens`);
+    const vocab = this.session.spec.vocabSize;
+    for (const t of suffix) if (!(t < vocab)) throw new BadRequest('invalid', `token id ${t} is outside the vocabulary (${vocab})`);
+    const tokens = [...s.tokens.slice(0, base), ...suffix];
+    if (tokens.length === 0) throw new BadRequest('invalid', 'the context is empty');
+    const max = this.session.spec.maxPositions;
+    if (max !== undefined && tokens.length + extra > max) throw new BadRequest('invalid', `context of ${tokens.length} tokens plus ${extra} exceeds the model's ${max} positions`);
+    return tokens;
+  }
+
+  private async propose(s: ActorSession, req: Extract<ActorRequest, { type: 'propose' }>): Promise<ActorReply> {
+    if (!(req.want >= 1 && req.want <= MAX_WANT)) throw new BadRequest('invalid', `want must be 1..${MAX_WANT}, got ${req.want}`);
+    const tokens = this.context(s, req.base, req.suffix, req.want);
+    const block = new Block(tokens, tokens.length);
+    await s.level.propose(block, req.want, s.rng);
+    s.tokens = block.tokens;
+    return { type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice() };
+  }
+
+  private async review(s: ActorSession, req: Extract<ActorRequest, { type: 'review' }>): Promise<ActorReply> {
+    if (!(req.lenience >= 1)) throw new BadRequest('invalid', `lenience must be >= 1, got ${req.lenience}`);
+    const tokens = this.context(s, req.base, req.suffix, 1);
+    if (req.start < 1 || req.start > tokens.length) throw new BadRequest('invalid', `start ${req.start} must lie in 1..${tokens.length}`);
+    const drafts = tokens.length - req.start;
+    if (req.q.length > drafts) throw new BadRequest('invalid', `${req.q.length} q rows for ${drafts} drafted tokens`);
+    const vocab = this.session.spec.vocabSize;
+    for (const q of req.q) if (q && q.length !== vocab) throw new BadRequest('invalid', `a q row has ${q.length} entries, the vocabulary ${vocab}`);
+    const block = new Block(tokens, req.start);
+    req.q.forEach((q, i) => (block.q[i] = q));
+    const outcome = await s.level.review(block, req.start, s.rng, req.lenience, req.passUp);
+    s.tokens = block.tokens;
+    const p = s.temperature > 0 && req.passUp ? block.q.slice() : [];
+    return { type: 'reviewed', accepted: outcome.accepted, token: outcome.token, p };
+  }
+}

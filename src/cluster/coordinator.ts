@@ -1,0 +1,224 @@
+import { context, type Span } from '@opentelemetry/api';
+import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import { z } from 'zod';
+import { runCascade, type CascadeResult } from '../engine/cascade.ts';
+import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
+import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
+import { encode } from './messages.ts';
+import type { RequestLog } from './redis-store.ts';
+import { ActorError, RemoteLevel } from './remote-level.ts';
+import { extractContext, inSpan } from './tracing.ts';
+import { subjects, type Subscription, type Transport } from './transport.ts';
+
+/** The BullMQ queue requests enter (SPEC §6). */
+export const QUEUE_NAME = 'cascade-requests';
+
+/** A request as it travels through the queue; validated again by the coordinator that takes it. */
+export const JobData = z.object({
+  requestId: z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'request ids use letters, digits, - and _'),
+  promptIds: z.array(z.number().int().min(0)).min(1),
+  maxTokens: z.number().int().min(1),
+  sampling: z.object({ temperature: z.number().min(0), topK: z.number().int().min(0), topP: z.number().gt(0).max(1) }),
+  seed: z.number().int(),
+  stopAtEos: z.boolean().default(true),
+  /** Drafters largest first; 'mag' only last. */
+  drafters: z.array(z.string().min(1)),
+  kMatrix: z.array(z.array(z.number().int().min(0))),
+  lenience: z.number().min(1),
+  /** W3C trace context of the request's gateway span. */
+  trace: z.record(z.string(), z.string()).default({}),
+  enqueuedAt: z.number(),
+});
+export type JobData = z.infer<typeof JobData>;
+
+/** What the coordinator knows of the family: names and MaG's table, never weights. */
+export interface ClusterFamily {
+  readonly target: string;
+  readonly eosIds: readonly number[];
+  readonly bigram?: Uint32Array;
+}
+
+export interface CoordinatorOptions {
+  readonly transport: Transport;
+  readonly log: RequestLog;
+  readonly family: ClusterFamily;
+  /** Per actor call. */
+  readonly callTimeoutMs?: number;
+}
+
+/** The result stored in Redis and returned as the job's value. */
+export interface RequestOutcome {
+  readonly finishReason: string;
+  readonly generatedTokens: number;
+  readonly resumedFrom: number;
+  readonly failovers: string[];
+  readonly queueSeconds: number;
+  readonly stats: CascadeResult['stats'] | undefined;
+}
+
+/**
+ * Drives one request's cascade across actors (SPEC §6): places a session per level, runs the rounds
+ * with the same loop as embedded mode, records every round's tokens in Redis before streaming them
+ * on `cascade.stream.<request>`, drops a drafter whose actors are gone (down to MaG or the target
+ * alone) instead of failing, and stops at cancellation. A retried request resumes after the tokens
+ * already recorded, so the stream never loses or repeats a token.
+ */
+export class Coordinator {
+  readonly counters = { requests: 0, failovers: 0, resumed: 0 };
+
+  constructor(private readonly options: CoordinatorOptions) {}
+
+  private publish(requestId: string, event: Parameters<typeof encode>[0]): void {
+    try {
+      this.options.transport.publish(subjects.stream(requestId), encode(event));
+    } catch {
+      // the stream is best effort; the tokens are in Redis
+    }
+  }
+
+  async run(raw: unknown, attempt = 0): Promise<RequestOutcome> {
+    const parsed = JobData.safeParse(raw);
+    if (!parsed.success) throw new InvalidArgumentError(`malformed request: ${z.prettifyError(parsed.error)}`);
+    const job = parsed.data;
+    return inSpan('coordinator.request', extractContext(job.trace), { 'cascade.request': job.requestId, 'cascade.attempt': attempt }, (span) => this.drive(job, attempt, span));
+  }
+
+  private async drive(job: JobData, attempt: number, span: Span): Promise<RequestOutcome> {
+    const { transport, log, family } = this.options;
+    this.counters.requests++;
+    const queueSeconds = Math.max(0, (Date.now() - job.enqueuedAt) / 1000);
+    span.setAttribute('cascade.queue_seconds', queueSeconds);
+    const stored = await log.result(job.requestId);
+    const recorded = await log.read(job.requestId);
+    if (recorded.length) {
+      this.counters.resumed++;
+      this.publish(job.requestId, { type: 'tokens', offset: 0, tokens: recorded });
+    }
+    if (stored) {
+      const outcome = JSON.parse(stored) as RequestOutcome;
+      this.publish(job.requestId, { type: 'done', finishReason: outcome.finishReason, stats: JSON.stringify(outcome) });
+      return outcome;
+    }
+    const remaining = job.maxTokens - recorded.length;
+    const failovers: string[] = [];
+    let result: CascadeResult | undefined;
+    let finishReason = 'length';
+    if (remaining > 0) {
+      let cancelled = false;
+      const cancelSub: Subscription = transport.subscribe(subjects.cancel(job.requestId), () => (cancelled = true));
+      const seed = job.seed + recorded.length;
+      const remote = (name: string, tag: string) =>
+        new RemoteLevel(transport, name, `${job.requestId}-${attempt}-${tag}`, { sampling: job.sampling, seed, timeoutMs: this.options.callTimeoutMs });
+      const top = remote(family.target, 't');
+      const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`)));
+      let offset = recorded.length;
+      try {
+        result = await runCascade(
+          top,
+          drafters,
+          { kMatrix: job.kMatrix, lenience: job.lenience },
+          { promptIds: [...job.promptIds, ...recorded], maxTokens: remaining, sampling: job.sampling, seed, stopAtEos: job.stopAtEos },
+          {
+            eosIds: family.eosIds,
+            onTokens: async (fresh) => {
+              await log.append(job.requestId, offset, fresh);
+              this.publish(job.requestId, { type: 'tokens', offset, tokens: fresh });
+              offset += fresh.length;
+            },
+            onLevelFailure: (level, err) => {
+              if (level === top || !(err instanceof LevelUnavailableError)) return false;
+              failovers.push(level.name);
+              this.counters.failovers++;
+              span.addEvent('cascade.level_dropped', { 'cascade.level': level.name, 'cascade.reason': err.message });
+              return true;
+            },
+            cancelled: () => cancelled,
+            inRound: (round, run) => inSpan('cascade.round', context.active(), { 'cascade.round': round }, run),
+          },
+        );
+        finishReason = result.finishReason;
+      } catch (err) {
+        if (err instanceof ActorError && /: invalid:/.test(err.message)) throw new InvalidArgumentError(err.message, { cause: err });
+        throw err;
+      } finally {
+        await cancelSub.close();
+      }
+    }
+    const outcome: RequestOutcome = {
+      finishReason,
+      generatedTokens: recorded.length + (result?.tokenIds.length ?? 0),
+      resumedFrom: recorded.length,
+      failovers,
+      queueSeconds,
+      stats: result?.stats,
+    };
+    await log.finish(job.requestId, JSON.stringify(outcome));
+    this.publish(job.requestId, { type: 'done', finishReason, stats: JSON.stringify(outcome) });
+    return outcome;
+  }
+
+  /** Tells the stream the request failed for good. */
+  failed(requestId: string, message: string): void {
+    this.publish(requestId, { type: 'failed', message });
+  }
+}
+
+/** BullMQ's connection for a Redis URL (BullMQ wants blocking commands never to give up). */
+export function queueConnection(url: string): { url: string; maxRetriesPerRequest: null } {
+  return { url, maxRetriesPerRequest: null };
+}
+
+export interface WorkerOptions {
+  readonly redisUrl: string;
+  /** Requests one coordinator drives at once. */
+  readonly concurrency?: number;
+  /** How long a job's lock lasts without renewal: a dead coordinator's request is retried after it. */
+  readonly lockDurationMs?: number;
+}
+
+/**
+ * A coordinator as a BullMQ worker. A job that throws is retried with backoff (the queue's
+ * attempts); bad input is not retried. A coordinator that dies mid-request stops renewing the lock:
+ * BullMQ's stalled-job check hands the request to another worker, which resumes from Redis.
+ */
+export function startCoordinatorWorker(coordinator: Coordinator, options: WorkerOptions): Worker {
+  const lockDuration = options.lockDurationMs ?? 10_000;
+  const worker = new Worker(
+    QUEUE_NAME,
+    async (job: Job) => {
+      try {
+        return await coordinator.run(job.data, job.attemptsMade);
+      } catch (err) {
+        const last = err instanceof InvalidArgumentError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+        if (last) coordinator.failed(String(job.data?.requestId ?? job.id), (err as Error).message);
+        if (err instanceof InvalidArgumentError) throw new UnrecoverableError((err as Error).message);
+        throw err;
+      }
+    },
+    {
+      connection: queueConnection(options.redisUrl),
+      concurrency: options.concurrency ?? 8,
+      lockDuration,
+      stalledInterval: Math.max(500, Math.floor(lockDuration / 2)),
+      maxStalledCount: 3,
+    },
+  );
+  worker.on('error', () => undefined); // connection errors: ioredis reconnects
+  return worker;
+}
+
+/** The gateway's side of the queue. */
+export function openQueue(redisUrl: string): Queue {
+  const queue = new Queue(QUEUE_NAME, { connection: queueConnection(redisUrl) });
+  queue.on('error', () => undefined);
+  return queue;
+}
+
+/** Job options: retries with exponential backoff, the request id as the job id (no duplicates). */
+export const jobOptions = (requestId: string, attempts = 3) => ({
+  jobId: requestId,
+  attempts,
+  backoff: { type: 'exponential' as const, delay: 250 },
+  removeOnComplete: 1000,
+  removeOnFail: 1000,
+});

@@ -1,0 +1,342 @@
+import type { SamplingParams } from '../kernels/sampling.ts';
+
+/**
+ * Every message the cluster sends over its transport, as one versioned discriminated union, and
+ * its binary frame codec (SPEC §6). A frame is
+ *
+ *   magic 0xCA · version · type · fields…
+ *
+ * with integers little-endian, token ids uint32, strings uint16-length-prefixed UTF-8, and
+ * distributions float32 rows. Distributions travel only when sampling (temperature > 0) and only
+ * where acceptance needs them (SPEC §4.3): a greedy draft is one-hot and is sent as its token alone.
+ * They are float32, not float16, because acceptance compares p(x)/q(x) with the q the token was
+ * really drawn from; a rounded q would make the review inexact. Frames that would come near the
+ * payload limit send drafts one-hot instead (still exact, only less often accepted).
+ */
+export const FRAME_MAGIC = 0xca;
+export const FRAME_VERSION = 1;
+
+/** One optional distribution per drafted token: undefined = one-hot at the token. */
+export type Rows = (Float32Array | undefined)[];
+
+/** Coordinator → actor. */
+export type ActorRequest =
+  /** Places a session on an actor instance (sent to the model's queue group). */
+  | { readonly type: 'open'; readonly session: string; readonly sampling: SamplingParams; readonly seed: number }
+  /**
+   * The session's context is its previous context cut to `base` tokens plus `suffix`; draft `want`
+   * tokens after it.
+   */
+  | { readonly type: 'propose'; readonly session: string; readonly base: number; readonly suffix: readonly number[]; readonly want: number }
+  /** The context (as for propose) holds drafts from `start` on, with their q; review them. */
+  | {
+      readonly type: 'review';
+      readonly session: string;
+      readonly base: number;
+      readonly suffix: readonly number[];
+      readonly start: number;
+      readonly lenience: number;
+      readonly passUp: boolean;
+      readonly q: Rows;
+    }
+  /** Frees the session's KV (request finished, cancelled or moved). */
+  | { readonly type: 'close'; readonly session: string };
+
+export type ErrorCode = 'bad-frame' | 'unknown-session' | 'invalid' | 'internal';
+const ERROR_CODES: readonly ErrorCode[] = ['bad-frame', 'unknown-session', 'invalid', 'internal'];
+
+/** Actor → coordinator. */
+export type ActorReply =
+  | { readonly type: 'opened'; readonly instance: string; readonly model: string; readonly vocabSize: number }
+  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows }
+  /** `p`: the reviewer's distributions of the emitted tokens (accepted ones, then its own) when passed up exactly. */
+  | { readonly type: 'reviewed'; readonly accepted: number; readonly token: number; readonly p: Rows }
+  | { readonly type: 'closed' }
+  | { readonly type: 'error'; readonly code: ErrorCode; readonly message: string };
+
+/** Coordinator → gateway, on the request's stream subject. `offset` is the index of the first token. */
+export type StreamEvent =
+  | { readonly type: 'tokens'; readonly offset: number; readonly tokens: readonly number[] }
+  /** The request ended; `stats` is the JSON of its cascade statistics. */
+  | { readonly type: 'done'; readonly finishReason: string; readonly stats: string }
+  | { readonly type: 'failed'; readonly message: string };
+
+export type Message = ActorRequest | ActorReply | StreamEvent;
+
+const TYPES = ['open', 'propose', 'review', 'close', 'opened', 'proposed', 'reviewed', 'closed', 'error', 'tokens', 'done', 'failed'] as const;
+
+/** A frame that cannot be decoded: wrong magic or version, unknown type, truncated or oversized. */
+export class FrameError extends Error {
+  override readonly name = 'FrameError';
+}
+
+/** Most tokens or rows one frame may carry (a guard against hostile length fields). */
+const MAX_ITEMS = 1 << 20;
+
+class Writer {
+  private buf = new Uint8Array(256);
+  private view = new DataView(this.buf.buffer);
+  private at = 0;
+
+  private room(n: number): void {
+    if (this.at + n <= this.buf.length) return;
+    const bigger = new Uint8Array(Math.max(this.buf.length * 2, this.at + n));
+    bigger.set(this.buf.subarray(0, this.at));
+    this.buf = bigger;
+    this.view = new DataView(bigger.buffer);
+  }
+
+  u8(v: number): this {
+    this.room(1);
+    this.view.setUint8(this.at++, v);
+    return this;
+  }
+
+  u32(v: number): this {
+    this.room(4);
+    this.view.setUint32(this.at, v, true);
+    this.at += 4;
+    return this;
+  }
+
+  f32(v: number): this {
+    this.room(4);
+    this.view.setFloat32(this.at, v, true);
+    this.at += 4;
+    return this;
+  }
+
+  str(s: string): this {
+    const bytes = new TextEncoder().encode(s);
+    if (bytes.length > 0xffff) throw new FrameError(`string of ${bytes.length} bytes is too long for a frame`);
+    this.room(2 + bytes.length);
+    this.view.setUint16(this.at, bytes.length, true);
+    this.buf.set(bytes, this.at + 2);
+    this.at += 2 + bytes.length;
+    return this;
+  }
+
+  /** A long string (stats JSON): uint32 length. */
+  text(s: string): this {
+    const bytes = new TextEncoder().encode(s);
+    this.u32(bytes.length);
+    this.room(bytes.length);
+    this.buf.set(bytes, this.at);
+    this.at += bytes.length;
+    return this;
+  }
+
+  ids(ids: readonly number[]): this {
+    this.u32(ids.length);
+    this.room(4 * ids.length);
+    for (const id of ids) {
+      this.view.setUint32(this.at, id, true);
+      this.at += 4;
+    }
+    return this;
+  }
+
+  rows(rows: Rows): this {
+    this.u32(rows.length);
+    for (const r of rows) {
+      if (!r) {
+        this.u8(0);
+        continue;
+      }
+      this.u8(1).u32(r.length);
+      this.room(4 * r.length);
+      new Uint8Array(this.buf.buffer, this.at, 4 * r.length).set(new Uint8Array(r.buffer, r.byteOffset, 4 * r.length));
+      this.at += 4 * r.length;
+    }
+    return this;
+  }
+
+  done(): Uint8Array {
+    return this.buf.slice(0, this.at);
+  }
+}
+
+class Reader {
+  private readonly view: DataView;
+  private at = 0;
+  constructor(private readonly buf: Uint8Array) {
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+
+  private need(n: number, what: string): void {
+    if (this.at + n > this.buf.length) throw new FrameError(`frame truncated in ${what} (${this.buf.length} bytes)`);
+  }
+
+  u8(what: string): number {
+    this.need(1, what);
+    return this.view.getUint8(this.at++);
+  }
+
+  u32(what: string): number {
+    this.need(4, what);
+    const v = this.view.getUint32(this.at, true);
+    this.at += 4;
+    return v;
+  }
+
+  f32(what: string): number {
+    this.need(4, what);
+    const v = this.view.getFloat32(this.at, true);
+    this.at += 4;
+    return v;
+  }
+
+  str(what: string): string {
+    this.need(2, what);
+    const n = this.view.getUint16(this.at, true);
+    this.at += 2;
+    this.need(n, what);
+    const s = new TextDecoder('utf-8', { fatal: true }).decode(this.buf.subarray(this.at, this.at + n));
+    this.at += n;
+    return s;
+  }
+
+  text(what: string): string {
+    const n = this.u32(what);
+    this.need(n, what);
+    const s = new TextDecoder('utf-8', { fatal: true }).decode(this.buf.subarray(this.at, this.at + n));
+    this.at += n;
+    return s;
+  }
+
+  count(what: string): number {
+    const n = this.u32(what);
+    if (n > MAX_ITEMS) throw new FrameError(`${what} claims ${n} items, more than a frame may carry`);
+    return n;
+  }
+
+  ids(what: string): number[] {
+    const n = this.count(what);
+    this.need(4 * n, what);
+    const out = new Array<number>(n);
+    for (let i = 0; i < n; i++) out[i] = this.view.getUint32(this.at + 4 * i, true);
+    this.at += 4 * n;
+    return out;
+  }
+
+  rows(what: string): Rows {
+    const n = this.count(what);
+    const out: Rows = [];
+    for (let i = 0; i < n; i++) {
+      const present = this.u8(what);
+      if (present === 0) {
+        out.push(undefined);
+        continue;
+      }
+      if (present !== 1) throw new FrameError(`${what}: bad row marker ${present}`);
+      const len = this.count(what);
+      this.need(4 * len, what);
+      out.push(new Float32Array(this.buf.slice(this.at, this.at + 4 * len).buffer));
+      this.at += 4 * len;
+    }
+    return out;
+  }
+
+  end(): void {
+    if (this.at !== this.buf.length) throw new FrameError(`${this.buf.length - this.at} unexpected bytes after the message`);
+  }
+}
+
+function bool(r: Reader, what: string): boolean {
+  const v = r.u8(what);
+  if (v > 1) throw new FrameError(`${what} must be 0 or 1, got ${v}`);
+  return v === 1;
+}
+
+/** Encodes a message as one binary frame. */
+export function encode(m: Message): Uint8Array {
+  const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
+  switch (m.type) {
+    case 'open':
+      return w.str(m.session).f32(m.sampling.temperature).u32(m.sampling.topK).f32(m.sampling.topP).u32(m.seed >>> 0).done();
+    case 'propose':
+      return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).done();
+    case 'review':
+      return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.start).f32(m.lenience).u8(m.passUp ? 1 : 0).rows(m.q).done();
+    case 'close':
+      return w.str(m.session).done();
+    case 'opened':
+      return w.str(m.instance).str(m.model).u32(m.vocabSize).done();
+    case 'proposed':
+      return w.ids(m.tokens).rows(m.q).done();
+    case 'reviewed':
+      return w.u32(m.accepted).u32(m.token).rows(m.p).done();
+    case 'closed':
+      return w.done();
+    case 'error':
+      return w.u8(ERROR_CODES.indexOf(m.code)).str(m.message.slice(0, 4000)).done();
+    case 'tokens':
+      return w.u32(m.offset).ids(m.tokens).done();
+    case 'done':
+      return w.str(m.finishReason).text(m.stats).done();
+    case 'failed':
+      return w.str(m.message.slice(0, 4000)).done();
+  }
+}
+
+/** Decodes one frame; throws FrameError on anything malformed. */
+export function decode(frame: Uint8Array): Message {
+  const r = new Reader(frame);
+  const magic = r.u8('header');
+  if (magic !== FRAME_MAGIC) throw new FrameError(`not a cascade frame (magic 0x${magic.toString(16)}, expected 0x${FRAME_MAGIC.toString(16)})`);
+  const version = r.u8('header');
+  if (version !== FRAME_VERSION) throw new FrameError(`frame version ${version} is not supported (this build speaks ${FRAME_VERSION})`);
+  const tag = r.u8('header');
+  const type = TYPES[tag];
+  if (!type) throw new FrameError(`unknown message type ${tag}`);
+  let m: Message;
+  switch (type) {
+    case 'open': {
+      const session = r.str('session');
+      const sampling = { temperature: r.f32('temperature'), topK: r.u32('topK'), topP: r.f32('topP') };
+      m = { type, session, sampling, seed: r.u32('seed') | 0 };
+      break;
+    }
+    case 'propose':
+      m = { type, session: r.str('session'), base: r.u32('base'), suffix: r.ids('suffix'), want: r.u32('want') };
+      break;
+    case 'review':
+      m = { type, session: r.str('session'), base: r.u32('base'), suffix: r.ids('suffix'), start: r.u32('start'), lenience: r.f32('lenience'), passUp: bool(r, 'passUp'), q: r.rows('q') };
+      break;
+    case 'close':
+      m = { type, session: r.str('session') };
+      break;
+    case 'opened':
+      m = { type, instance: r.str('instance'), model: r.str('model'), vocabSize: r.u32('vocabSize') };
+      break;
+    case 'proposed':
+      m = { type, tokens: r.ids('tokens'), q: r.rows('q') };
+      break;
+    case 'reviewed':
+      m = { type, accepted: r.u32('accepted'), token: r.u32('token'), p: r.rows('p') };
+      break;
+    case 'closed':
+      m = { type };
+      break;
+    case 'error': {
+      const code = ERROR_CODES[r.u8('code')];
+      if (!code) throw new FrameError('unknown error code');
+      m = { type, code, message: r.str('message') };
+      break;
+    }
+    case 'tokens':
+      m = { type, offset: r.u32('offset'), tokens: r.ids('tokens') };
+      break;
+    case 'done':
+      m = { type, finishReason: r.str('finishReason'), stats: r.text('stats') };
+      break;
+    case 'failed':
+      m = { type, message: r.str('message') };
+      break;
+  }
+  r.end();
+  return m;
+}
+
+/** Bytes a frame of distributions would take: used to fall back to one-hot drafts near the payload limit. */
+export const rowsBytes = (rows: Rows): number => rows.reduce((a, r) => a + 5 + (r ? 4 + 4 * r.length : 0), 4);

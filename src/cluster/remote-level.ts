@@ -1,0 +1,147 @@
+import { context } from '@opentelemetry/api';
+import type { Block, CascadeLevel } from '../engine/levels.ts';
+import { newStats } from '../engine/levels.ts';
+import { CascadeError, LevelUnavailableError } from '../errors.ts';
+import type { ReviewOutcome } from '../kernels/acceptance.ts';
+import type { SamplingParams } from '../kernels/sampling.ts';
+import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Rows } from './messages.ts';
+import { injectHeaders, inSpan } from './tracing.ts';
+import { subjects, TransportError, type Transport } from './transport.ts';
+
+export interface RemoteLevelOptions {
+  readonly sampling: SamplingParams;
+  /** Seed of the actor's sampler for this session. */
+  readonly seed: number;
+  /** Per-call timeout (a model call on a loaded GPU node, plus the network). */
+  readonly timeoutMs?: number;
+}
+
+/** An error reply from an actor that is not about a lost session: bad input or a model failure. */
+export class ActorError extends CascadeError {
+  override readonly name = 'ActorError';
+}
+
+const lcp = (a: readonly number[], b: readonly number[]): number => {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+};
+
+/**
+ * A cascade level hosted by an actor across the transport. The session is placed on first use (the
+ * model's queue group picks an instance) and pinned there. Each call sends only what the actor does
+ * not have yet: the length of the context it still shares (`base`) and the new tokens. When the
+ * instance is gone or has dropped the session, the level is placed again (on any live instance,
+ * resent the whole context) once; when no instance answers, it throws LevelUnavailableError, which
+ * the coordinator answers by dropping the level (a drafter) or failing the attempt (the target).
+ */
+export class RemoteLevel implements CascadeLevel {
+  readonly stats = newStats();
+  private instance: string | undefined;
+  /** The context the actor's session ends with, as far as this side knows. */
+  private sent: number[] = [];
+  private readonly timeoutMs: number;
+  /** Bytes of distributions a request may carry before drafts go one-hot (exact, less accepted). */
+  private readonly rowBudget: number;
+  /** Tokens' worth of placements (for tests and metrics). */
+  placements = 0;
+
+  constructor(
+    private readonly transport: Transport,
+    readonly name: string,
+    readonly session: string,
+    private readonly options: RemoteLevelOptions,
+  ) {
+    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.rowBudget = Math.floor(transport.maxPayload / 2);
+  }
+
+  private async send(subject: string, req: ActorRequest): Promise<ActorReply> {
+    const headers = injectHeaders(context.active());
+    const reply = decode(await this.transport.request(subject, encode(req), { timeoutMs: this.timeoutMs, headers }));
+    return reply as ActorReply;
+  }
+
+  private async place(): Promise<string> {
+    let reply: ActorReply;
+    try {
+      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.seed + this.placements });
+    } catch (err) {
+      if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
+      throw err;
+    }
+    if (reply.type === 'error') throw new LevelUnavailableError(this.name, `${this.name} refused the session: ${reply.message}`);
+    if (reply.type !== 'opened') throw new ActorError(`${this.name} answered open with ${reply.type}`);
+    this.placements++;
+    this.instance = reply.instance;
+    this.sent = [];
+    return reply.instance;
+  }
+
+  /** One call on the pinned instance; re-placed once when the instance or the session is gone. */
+  private async call<T extends ActorReply['type']>(build: (base: number) => ActorRequest, expect: T, tokens: readonly number[]): Promise<Extract<ActorReply, { type: T }>> {
+    for (let attempt = 0; ; attempt++) {
+      const instance = this.instance ?? (await this.place());
+      const base = lcp(this.sent, tokens);
+      let reply: ActorReply;
+      const t0 = performance.now();
+      try {
+        reply = await this.send(subjects.instance(this.name, instance), build(base));
+      } catch (err) {
+        if (!(err instanceof TransportError) || attempt > 0) {
+          throw err instanceof TransportError ? new LevelUnavailableError(this.name, `${this.name} actor ${instance} is gone (${err.message})`, { cause: err }) : err;
+        }
+        this.instance = undefined;
+        continue;
+      } finally {
+        this.stats.forwardMs += performance.now() - t0;
+      }
+      if (reply.type === 'error' && reply.code === 'unknown-session' && attempt === 0) {
+        this.instance = undefined;
+        continue;
+      }
+      if (reply.type === 'error') throw new ActorError(`${this.name} actor ${instance}: ${reply.code}: ${reply.message}`);
+      if (reply.type !== expect) throw new ActorError(`${this.name} actor ${instance} answered ${reply.type}, expected ${expect}`);
+      this.stats.forwardPasses++;
+      return reply as Extract<ActorReply, { type: T }>;
+    }
+  }
+
+  async propose(block: Block, want: number): Promise<void> {
+    await inSpan('level.propose', context.active(), { 'cascade.level': this.name, 'cascade.want': want }, async () => {
+      const tokens = block.tokens;
+      const reply = await this.call((base) => ({ type: 'propose', session: this.session, base, suffix: tokens.slice(base), want }), 'proposed', tokens);
+      this.stats.proposals += reply.tokens.length;
+      reply.tokens.forEach((t, i) => block.push(t, reply.q[i]));
+      this.sent = block.tokens.slice();
+    });
+  }
+
+  async review(block: Block, start: number, _rng: unknown, lenience: number, passUp: boolean): Promise<ReviewOutcome> {
+    return inSpan('level.review', context.active(), { 'cascade.level': this.name, 'cascade.drafts': block.length - start }, async () => {
+      this.stats.reviews++;
+      const tokens = block.tokens.slice();
+      let q: Rows = [];
+      if (this.options.sampling.temperature > 0) {
+        q = tokens.slice(start).map((_, i) => block.qAt(start + i));
+        if (rowsBytes(q) > this.rowBudget) q = []; // one-hot: exact whatever drew the drafts (SPEC §4.3)
+      }
+      const reply = await this.call((base) => ({ type: 'review', session: this.session, base, suffix: tokens.slice(base), start, lenience, passUp, q }), 'reviewed', tokens);
+      const drafts = block.length - start;
+      if (reply.accepted > drafts) throw new ActorError(`${this.name} accepted ${reply.accepted} of ${drafts} drafts`);
+      this.stats.tokensScored += drafts + 1;
+      block.cut(start + reply.accepted);
+      for (let i = 0; i < reply.accepted; i++) block.q[start + i - block.committed] = reply.p[i];
+      block.push(reply.token, reply.p[reply.accepted]);
+      this.sent = block.tokens.slice();
+      return { accepted: reply.accepted, token: reply.token };
+    });
+  }
+
+  async release(): Promise<void> {
+    const instance = this.instance;
+    this.instance = undefined;
+    if (!instance) return;
+    await this.send(subjects.instance(this.name, instance), { type: 'close', session: this.session }).catch(() => undefined);
+  }
+}
