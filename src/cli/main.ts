@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
 import { registerBench } from './bench.ts';
+import { registerCluster } from './cluster.ts';
 import { registerGenerate } from './generate.ts';
 
 const program = new Command('cascade')
@@ -9,6 +10,7 @@ const program = new Command('cascade')
   .exitOverride();
 registerGenerate(program);
 registerBench(program);
+registerCluster(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -35,11 +35,26 @@ export class NatsTransport implements Transport {
   private constructor(private readonly nc: NatsConnection) {}
 
   static async connect(options: NatsOptions): Promise<NatsTransport> {
+    // credentials may ride in the URL (nats://user:pass@host:port)
+    let { user, pass } = options;
+    const servers = (Array.isArray(options.servers) ? options.servers : [options.servers]).map((s) => {
+      try {
+        const u = new URL(s);
+        if (u.username) {
+          user ??= decodeURIComponent(u.username);
+          pass ??= decodeURIComponent(u.password);
+          return `${u.protocol}//${u.host}`;
+        }
+      } catch {
+        // not a URL with credentials: host:port, passed as given
+      }
+      return s;
+    });
     try {
       const nc = await connect({
-        servers: options.servers,
-        user: options.user,
-        pass: options.pass,
+        servers,
+        user,
+        pass,
         token: options.token,
         name: options.name,
         maxReconnectAttempts: -1,

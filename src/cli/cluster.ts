@@ -1,0 +1,246 @@
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Command } from 'commander';
+import { InvalidArgumentError, CascadeError } from '../errors.ts';
+import { freePort, startNats, startRedis } from '../cluster/local-servers.ts';
+import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../cluster/roles.ts';
+import { loadFamily } from '../models/family.ts';
+import { parseNumber } from './options.ts';
+
+const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
+
+const natsDefault = () => process.env.CASCADE_NATS_URL ?? 'nats://127.0.0.1:4222';
+const redisDefault = () => process.env.CASCADE_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const parseUrls = (v: string): string[] => {
+  const urls = v.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const u of urls) {
+    if (!/^rediss?:\/\//.test(u)) throw new InvalidArgumentError(`--redis takes redis:// URLs, comma-separated; got "${u}"`);
+  }
+  return urls;
+};
+const apiKeys = (flag: string | undefined): string[] =>
+  (flag ?? process.env.CASCADE_API_KEYS ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
+
+/** Runs a role until SIGINT/SIGTERM, then stops it gracefully. Prints `ready: …` once serving. */
+async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
+  const role = await start();
+  process.stdout.write(`ready: ${role.describe}\n`);
+  await new Promise<void>((done) => {
+    const stop = () => {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      void role.stop().finally(done);
+    };
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+}
+
+interface ClusterState {
+  readonly gateway: string;
+  readonly nats: string;
+  readonly redis: string;
+  readonly apiKey?: string;
+  readonly pids: { readonly role: string; readonly pid: number }[];
+  readonly logs: string;
+}
+
+const stateFile = (dir: string) => join(dir, 'cluster.json');
+
+async function waitForLine(path: string, pid: number, pattern: RegExp, timeoutMs: number, role: string): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const text = existsSync(path) ? readFileSync(path, 'utf8') : '';
+    if (pattern.test(text)) return;
+    let alive = true;
+    try {
+      process.kill(pid, 0);
+    } catch {
+      alive = false;
+    }
+    if (!alive) throw new CascadeError(`${role} exited during start-up; its log ${path} ends:\n${text.split('\n').slice(-15).join('\n')}`);
+    if (Date.now() > until) throw new CascadeError(`${role} did not become ready within ${timeoutMs / 1000} s; see ${path}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+function killAll(pids: readonly { pid: number }[], signal: NodeJS.Signals): void {
+  for (const { pid } of pids) {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+async function waitGone(pids: readonly { pid: number }[], timeoutMs: number): Promise<boolean> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    const alive = pids.filter(({ pid }) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    });
+    if (!alive.length) return true;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return false;
+}
+
+interface UpOptions {
+  models: string;
+  stateDir: string;
+  port?: number;
+  nats?: string;
+  redis?: string;
+  draftInstances: number;
+  coordinators: number;
+  apiKey?: string;
+  threads: number;
+}
+
+/** `cascade cluster up`: every role as its own OS process, servers spawned when not given. */
+async function clusterUp(o: UpOptions): Promise<void> {
+  const dir = resolve(o.stateDir);
+  if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
+  const family = loadFamily(o.models);
+  mkdirSync(dir, { recursive: true });
+  const pids: { role: string; pid: number }[] = [];
+  const started = async (role: string, args: string[], timeoutMs = 60_000) => {
+    const log = join(dir, `${role}.log`);
+    const fd = openSync(log, 'w');
+    const child = spawn(process.execPath, [...process.execArgv, MAIN, ...args], { detached: true, stdio: ['ignore', fd, fd], env: process.env });
+    closeSync(fd);
+    child.unref();
+    pids.push({ role, pid: child.pid! });
+    return { log, pid: child.pid!, wait: () => waitForLine(log, child.pid!, /^ready: /m, timeoutMs, role) };
+  };
+  try {
+    let nats = o.nats;
+    let redis = o.redis;
+    if (!nats) {
+      const s = await startNats({ detached: true });
+      pids.push({ role: 'nats-server', pid: s.process.pid! });
+      s.process.unref();
+      nats = s.url;
+    }
+    if (!redis) {
+      const s = await startRedis({ detached: true });
+      pids.push({ role: 'redis-server', pid: s.process.pid! });
+      s.process.unref();
+      redis = s.url;
+    }
+    const common = ['--models', o.models, '--nats', nats];
+    const waits = [(await started('verify-0', ['actor', 'verify', ...common, '--threads', String(o.threads)])).wait()];
+    for (const d of family.drafters) {
+      for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', d, ...common])).wait());
+    }
+    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...common, '--redis', redis])).wait());
+    await Promise.all(waits);
+    const port = o.port ?? (await freePort());
+    const gw = await started('gateway', ['serve', ...common, '--redis', redis, '--port', String(port), ...(o.apiKey ? ['--api-key', o.apiKey] : [])]);
+    await gw.wait();
+    const gateway = `http://127.0.0.1:${port}`;
+    const state: ClusterState = { gateway, nats, redis, apiKey: o.apiKey, pids, logs: dir };
+    writeFileSync(stateFile(dir), JSON.stringify(state, null, 2));
+    process.stdout.write(`cluster up: ${pids.length} processes, logs in ${dir}\n`);
+    process.stdout.write(`gateway ${gateway}  (OpenAI API at ${gateway}/v1)\n`);
+  } catch (err) {
+    killAll(pids, 'SIGTERM');
+    await waitGone(pids, 5000);
+    killAll(pids, 'SIGKILL');
+    throw err;
+  }
+}
+
+/** `cascade cluster down`: stops every process `up` started, newest first. */
+async function clusterDown(stateDir: string): Promise<void> {
+  const dir = resolve(stateDir);
+  if (!existsSync(stateFile(dir))) throw new CascadeError(`no cluster is up (no ${stateFile(dir)})`);
+  const state = JSON.parse(readFileSync(stateFile(dir), 'utf8')) as ClusterState;
+  const roles = [...state.pids].reverse();
+  const servers = roles.filter((p) => p.role.endsWith('-server'));
+  const workers = roles.filter((p) => !p.role.endsWith('-server'));
+  killAll(workers, 'SIGTERM');
+  if (!(await waitGone(workers, 10_000))) killAll(workers, 'SIGKILL');
+  killAll(servers, 'SIGTERM');
+  if (!(await waitGone(servers, 5000))) killAll(servers, 'SIGKILL');
+  rmSync(stateFile(dir));
+  process.stdout.write(`cluster down: stopped ${roles.length} processes\n`);
+}
+
+export function registerCluster(program: Command): void {
+  program
+    .command('actor')
+    .description('run one draft or verifier actor: hosts a model and serves sessions over NATS')
+    .argument('<kind>', 'draft | verify')
+    .option('--model <name>', 'family member (default: the target for verify, the largest drafter for draft)')
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--nats <url>', 'NATS URL (credentials may be in it: nats://user:pass@host:port); env CASCADE_NATS_URL', natsDefault())
+    .option('--redis <url>', 'accepted for symmetry with the other roles; actors keep KV in memory')
+    .option('--instance <id>', 'this instance\'s id (letters, digits, - and _); random by default')
+    .option('--idle-ms <ms>', 'free a session untouched this long', parseNumber('--idle-ms', { min: 100, integer: true }), 60_000)
+    .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--execution-providers <list>', 'e.g. cuda,cpu (falls back to CPU)', (v: string) => v.split(','))
+    .action(async (kind: string, o: { model?: string; models: string; nats: string; instance?: string; idleMs: number; threads: number; executionProviders?: string[] }) => {
+      if (kind !== 'draft' && kind !== 'verify') throw new InvalidArgumentError(`actor kind must be draft or verify, got "${kind}"`);
+      await runUntilSignalled(() => startActorRole({ kind, ...o }));
+    });
+
+  program
+    .command('coordinator')
+    .description('run a coordinator: takes requests from the BullMQ queue and drives their cascades across actors')
+    .option('--models <dir>', 'model family directory (names and MaG\'s table; no weights are loaded)', 'models')
+    .option('--nats <url>', 'NATS URL; env CASCADE_NATS_URL', natsDefault())
+    .option('--redis <urls>', 'Redis URLs, comma-separated (the first holds the queue; all shard session data); env CASCADE_REDIS_URL', parseUrls, parseUrls(redisDefault()))
+    .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
+    .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
+    .option('--call-timeout-ms <ms>', 'timeout of one actor call', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 30_000)
+    .action(async (o: { models: string; nats: string; redis: string[]; concurrency: number; lockMs: number; callTimeoutMs: number }) => {
+      await runUntilSignalled(() => startCoordinatorRole(o));
+    });
+
+  program
+    .command('serve')
+    .description('run the OpenAI-compatible HTTP gateway (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)')
+    .option('--models <dir>', 'model family directory (tokenizer and names)', 'models')
+    .option('--nats <url>', 'NATS URL; env CASCADE_NATS_URL', natsDefault())
+    .option('--redis <urls>', 'Redis URLs, comma-separated; env CASCADE_REDIS_URL', parseUrls, parseUrls(redisDefault()))
+    .option('--host <host>', 'listen address', '127.0.0.1')
+    .option('--port <port>', 'listen port', parseNumber('--port', { min: 0, integer: true }), 8000)
+    .option('--api-key <keys>', 'accepted bearer keys, comma-separated (env CASCADE_API_KEYS); none = no authentication')
+    .option('--max-in-flight <n>', 'requests in flight before answering 503', parseNumber('--max-in-flight', { min: 1, integer: true }), 64)
+    .option('--request-timeout-ms <ms>', 'longest a request may take', parseNumber('--request-timeout-ms', { min: 1000, integer: true }), 600_000)
+    .action(async (o: { models: string; nats: string; redis: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number }) => {
+      await runUntilSignalled(() => startGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
+    });
+
+  const cluster = program.command('cluster').description('a whole cluster on this machine, one OS process per role');
+  cluster
+    .command('up')
+    .description('start nats-server and redis-server (unless given), a verifier actor, draft actors, coordinators and the gateway; print the gateway URL')
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--state-dir <dir>', 'where the process list and logs go', '.cascade-cluster')
+    .option('--port <port>', 'gateway port (default: a free one)', parseNumber('--port', { min: 1, integer: true }))
+    .option('--nats <url>', 'use this NATS instead of starting one')
+    .option('--redis <url>', 'use this Redis instead of starting one')
+    .option('--draft-instances <n>', 'actor processes per drafter', parseNumber('--draft-instances', { min: 1, integer: true }), 1)
+    .option('--coordinators <n>', 'coordinator processes', parseNumber('--coordinators', { min: 1, integer: true }), 1)
+    .option('--api-key <key>', 'require this bearer key at the gateway')
+    .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .action((o: UpOptions) => clusterUp(o));
+  cluster
+    .command('down')
+    .description('stop the processes `cluster up` started')
+    .option('--state-dir <dir>', 'the directory given to `cluster up`', '.cascade-cluster')
+    .action((o: { stateDir: string }) => clusterDown(o.stateDir));
+}

@@ -1,0 +1,418 @@
+import { randomUUID, timingSafeEqual } from 'node:crypto';
+import { context, trace } from '@opentelemetry/api';
+import type { Queue } from 'bullmq';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { z } from 'zod';
+import { checkCascade } from '../engine/cascade.ts';
+import { MODES, planCascade } from '../engine/presets.ts';
+import type { TextTokenizer } from '../models/tokenizer.ts';
+import { jobOptions, type JobData, type RequestOutcome } from './coordinator.ts';
+import { decode, encode } from './messages.ts';
+import type { GatewayMetrics } from './metrics.ts';
+import type { RequestLog } from './redis-store.ts';
+import { injectHeaders, tracer } from './tracing.ts';
+import { subjects, type Transport } from './transport.ts';
+
+export interface GatewayOptions {
+  readonly transport: Transport;
+  readonly queue: Queue;
+  readonly log: RequestLog;
+  readonly tokenizer: TextTokenizer;
+  readonly metrics: GatewayMetrics;
+  /** The family: the model id served, its drafters (for modes), context length. */
+  readonly model: { readonly target: string; readonly drafters: readonly string[]; readonly maxPositions?: number };
+  /** Accepted bearer keys; empty = no authentication (local use only). */
+  readonly apiKeys?: readonly string[];
+  /** Requests in flight before 503 + Retry-After. */
+  readonly maxInFlight?: number;
+  /** Longest a request may take, end to end. */
+  readonly requestTimeoutMs?: number;
+  /** Default decoding mode of requests that name none. */
+  readonly defaultMode?: (typeof MODES)[number];
+  /** Health: resolves when NATS and Redis answer. */
+  readonly health?: () => Promise<Record<string, unknown>>;
+}
+
+/** The cascade extension of a request body (OpenAI fields stay standard). */
+const CascadeFields = z
+  .object({
+    mode: z.enum(MODES).optional(),
+    drafters: z.array(z.string().min(1)).optional(),
+    k_matrix: z.array(z.array(z.number().int().min(0))).optional(),
+    lenience: z.number().min(1).optional(),
+  })
+  .strict()
+  .optional();
+
+const Sampling = {
+  model: z.string().optional(),
+  max_tokens: z.number().int().min(1).optional(),
+  max_completion_tokens: z.number().int().min(1).optional(),
+  temperature: z.number().min(0).max(2).optional(),
+  top_p: z.number().gt(0).max(1).optional(),
+  top_k: z.number().int().min(0).optional(),
+  seed: z.number().int().optional(),
+  stream: z.boolean().optional(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
+  n: z.literal(1).optional(),
+  user: z.string().optional(),
+  cascade: CascadeFields,
+};
+
+const CompletionBody = z.object({ ...Sampling, prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1)]) }).strict();
+const ChatBody = z
+  .object({
+    ...Sampling,
+    messages: z.array(z.object({ role: z.enum(['system', 'user', 'assistant']), content: z.string(), name: z.string().optional() }).strict()).min(1),
+  })
+  .strict();
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+    readonly type = 'invalid_request_error',
+    readonly param: string | null = null,
+    readonly headers: Record<string, string> = {},
+  ) {
+    super(message);
+  }
+}
+
+function sendError(reply: FastifyReply, err: HttpError): FastifyReply {
+  for (const [k, v] of Object.entries(err.headers)) reply.header(k, v);
+  return reply.code(err.status).send({ error: { message: err.message, type: err.type, param: err.param, code: err.status } });
+}
+
+/**
+ * The chat template of the bundled family, which is not chat-tuned: each message as `role: text`
+ * on its own paragraph, then `assistant:` for the reply.
+ */
+export const chatPrompt = (messages: readonly { role: string; content: string }[]): string => messages.map((m) => `${m.role}: ${m.content}\n\n`).join('') + 'assistant:';
+
+/** Decodes a growing token list into text deltas, holding back an incomplete UTF-8 character. */
+class TextStream {
+  private ids: number[] = [];
+  private emitted = 0;
+  constructor(private readonly tokenizer: TextTokenizer) {}
+
+  push(tokens: readonly number[]): string {
+    this.ids.push(...tokens);
+    const text = this.tokenizer.decode(this.ids);
+    const safe = text.endsWith('\uFFFD') ? text.slice(0, text.lastIndexOf('\uFFFD')) : text;
+    if (safe.length <= this.emitted) return '';
+    const delta = safe.slice(this.emitted);
+    this.emitted = safe.length;
+    return delta;
+  }
+
+  flush(): string {
+    const text = this.tokenizer.decode(this.ids);
+    const delta = text.slice(this.emitted);
+    this.emitted = text.length;
+    return delta;
+  }
+}
+
+/** A request's view of the coordinator's stream: tokens in order, deduplicated by offset. */
+interface Submitted {
+  readonly requestId: string;
+  readonly promptTokens: number;
+  /** Resolves with the outcome; tokens arrive through onTokens first. */
+  readonly done: Promise<RequestOutcome>;
+  cancel(): void;
+}
+
+/**
+ * `cascade serve`: the OpenAI-compatible HTTP gateway (SPEC §7). Requests are validated, tokenized
+ * and put on the BullMQ queue; a coordinator streams the tokens back over NATS; the gateway turns
+ * them into text (SSE when streaming). Over `maxInFlight` it answers 503 with Retry-After; a client
+ * that disconnects cancels its request (the coordinator stops and frees the actors' KV).
+ */
+export function buildGateway(options: GatewayOptions): FastifyInstance {
+  const { transport, queue, log, tokenizer, metrics, model } = options;
+  const maxInFlight = options.maxInFlight ?? 64;
+  const timeoutMs = options.requestTimeoutMs ?? 600_000;
+  const keys = (options.apiKeys ?? []).map((k) => Buffer.from(k));
+  let inFlight = 0;
+  const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
+
+  app.addHook('onRequest', async (req, reply) => {
+    if (!keys.length || req.url === '/health' || req.url === '/metrics') return;
+    const header = req.headers.authorization ?? '';
+    const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '');
+    if (!keys.some((k) => k.length === given.length && timingSafeEqual(k, given))) {
+      return sendError(reply, new HttpError(401, 'missing or invalid API key (send Authorization: Bearer <key>)', 'authentication_error'));
+    }
+  });
+
+  app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
+    if (err instanceof HttpError) return sendError(reply, err);
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    return sendError(reply, new HttpError(status, status === 500 ? `internal error: ${err.message}` : err.message, status === 500 ? 'server_error' : 'invalid_request_error'));
+  });
+
+  app.get('/health', async (_req, reply) => {
+    try {
+      const detail = (await options.health?.()) ?? {};
+      return { status: 'ok', model: model.target, inFlight, ...detail };
+    } catch (err) {
+      return reply.code(503).send({ status: 'unavailable', message: (err as Error).message });
+    }
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    reply.header('content-type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  app.get('/v1/models', async () => ({
+    object: 'list',
+    data: [{ id: model.target, object: 'model', created: 0, owned_by: 'cascade-cluster', drafters: model.drafters, max_model_len: model.maxPositions }],
+  }));
+
+  function parse<T>(schema: z.ZodType<T>, body: unknown): T {
+    const r = schema.safeParse(body);
+    if (!r.success) {
+      const issue = r.error.issues[0]!;
+      throw new HttpError(400, `invalid request: ${z.prettifyError(r.error)}`, 'invalid_request_error', issue.path.join('.') || null);
+    }
+    return r.data;
+  }
+
+  /** Validates the decoding settings and builds the job; throws HttpError 400 on bad input. */
+  function job(body: z.infer<typeof CompletionBody> | z.infer<typeof ChatBody>, prompt: string): JobData {
+    if (body.model && body.model !== model.target) throw new HttpError(404, `model "${body.model}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
+    const promptIds = tokenizer.encode(prompt);
+    if (!promptIds.length) throw new HttpError(400, 'the prompt is empty', 'invalid_request_error', 'prompt');
+    const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? 16;
+    if (model.maxPositions !== undefined && promptIds.length + maxTokens > model.maxPositions) {
+      throw new HttpError(400, `prompt (${promptIds.length} tokens) plus max_tokens (${maxTokens}) exceeds the model's context of ${model.maxPositions} tokens`, 'invalid_request_error', 'max_tokens');
+    }
+    let plan;
+    try {
+      plan = planCascade(
+        { mode: body.cascade?.mode ?? options.defaultMode ?? 'csd', drafters: body.cascade?.drafters, kMatrix: body.cascade?.k_matrix, lenience: body.cascade?.lenience },
+        model.drafters,
+      );
+      // shape checks only: the drafters are remote, so stand-ins carry their kind
+      checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
+    } catch (err) {
+      throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
+    }
+    return {
+      requestId: `req-${randomUUID()}`,
+      promptIds,
+      maxTokens,
+      sampling: { temperature: body.temperature ?? 1, topK: body.top_k ?? 0, topP: body.top_p ?? 1 },
+      seed: body.seed ?? Math.floor(Math.random() * 2 ** 31),
+      stopAtEos: true,
+      drafters: [...plan.drafters],
+      kMatrix: plan.kMatrix.map((r) => [...r]),
+      lenience: plan.lenience,
+      trace: {},
+      enqueuedAt: Date.now(),
+    };
+  }
+
+  /** Enqueues a job and follows its stream; `onTokens` sees each new token once, in order. */
+  async function submit(data: JobData, onTokens: (tokens: readonly number[]) => void): Promise<Submitted> {
+    let have = 0;
+    let settle!: { resolve: (o: RequestOutcome) => void; reject: (e: Error) => void };
+    const done = new Promise<RequestOutcome>((resolve, reject) => (settle = { resolve, reject }));
+    const take = (offset: number, tokens: readonly number[]) => {
+      if (offset + tokens.length <= have) return;
+      if (offset > have) {
+        // a stream message was lost (NATS core is at-most-once): the tokens are in Redis
+        void log.read(data.requestId).then((all) => take(0, all));
+        return;
+      }
+      const fresh = tokens.slice(have - offset);
+      have += fresh.length;
+      onTokens(fresh);
+    };
+    const sub = transport.subscribe(subjects.stream(data.requestId), (frame) => {
+      try {
+        const m = decode(frame);
+        if (m.type === 'tokens') take(m.offset, m.tokens);
+        else if (m.type === 'done') {
+          const outcome = JSON.parse(m.stats) as RequestOutcome;
+          const finish = () => (have >= outcome.generatedTokens ? settle.resolve(outcome) : void log.read(data.requestId).then((all) => (take(0, all), settle.resolve(outcome)), settle.reject));
+          finish();
+        } else if (m.type === 'failed') settle.reject(new HttpError(500, `generation failed: ${m.message}`, 'server_error'));
+      } catch (err) {
+        settle.reject(err as Error);
+      }
+    });
+    if ('flush' in transport) await (transport as { flush(): Promise<void> }).flush();
+    const timer = setTimeout(() => {
+      cancel();
+      settle.reject(new HttpError(504, `the request did not finish within ${timeoutMs} ms`, 'server_error'));
+    }, timeoutMs);
+    const cancel = () => {
+      transport.publish(subjects.cancel(data.requestId), encode({ type: 'close', session: data.requestId }));
+      void queue.remove(data.requestId).catch(() => undefined);
+    };
+    try {
+      await queue.add('generate', data, jobOptions(data.requestId));
+    } catch (err) {
+      clearTimeout(timer);
+      await sub.close();
+      throw new HttpError(503, `the request queue is unavailable: ${(err as Error).message}`, 'server_error', null, { 'retry-after': '2' });
+    }
+    const finished = done.finally(() => {
+      clearTimeout(timer);
+      void sub.close();
+    });
+    finished.catch(() => undefined);
+    return { requestId: data.requestId, promptTokens: data.promptIds.length, done: finished, cancel };
+  }
+
+  function usage(outcome: RequestOutcome | undefined, promptTokens: number, completionTokens: number) {
+    const s = outcome?.stats;
+    return {
+      prompt_tokens: promptTokens,
+      completion_tokens: completionTokens,
+      total_tokens: promptTokens + completionTokens,
+      cascade: s
+        ? {
+            target_passes: s.rounds,
+            drafted_tokens: s.draftedTokens,
+            accepted_tokens: s.acceptedTokens,
+            mean_acceptance_length: s.meanAcceptanceLength,
+            acceptance_by_position: s.acceptedByPosition.map((a, i) => a / Math.max(1, s.draftedByPosition[i]!)),
+            resumed_from: outcome!.resumedFrom,
+            dropped_levels: outcome!.failovers,
+            queue_seconds: outcome!.queueSeconds,
+          }
+        : undefined,
+    };
+  }
+
+  function record(outcome: RequestOutcome, promptTokens: number, generated: number, startedAt: number, firstAt: number | undefined): void {
+    const e2e = (performance.now() - startedAt) / 1000;
+    metrics.e2e.observe(e2e);
+    metrics.queue.observe(outcome.queueSeconds);
+    metrics.promptTokens.inc(promptTokens);
+    metrics.generationTokens.inc(generated);
+    if (firstAt !== undefined && generated > 1) metrics.tpot.observe((e2e - (firstAt - startedAt) / 1000) / (generated - 1));
+    if (e2e > 0) metrics.tokensPerSecond.observe(generated / e2e);
+    const s = outcome.stats;
+    if (s) {
+      metrics.drafts.inc(s.draftedTokens > 0 ? s.rounds : 0);
+      metrics.draftTokens.inc(s.draftedTokens);
+      metrics.acceptedTokens.inc(s.acceptedTokens);
+      s.draftedByPosition.forEach((d, i) => {
+        metrics.draftedByPosition.inc({ position: String(i) }, d);
+        metrics.acceptedByPosition.inc({ position: String(i) }, s.acceptedByPosition[i] ?? 0);
+      });
+    }
+    for (const level of outcome.failovers) metrics.failovers.inc({ level });
+  }
+
+  async function serveRequest(req: FastifyRequest, reply: FastifyReply, data: JobData, chat: boolean, stream: boolean, includeUsage: boolean): Promise<void> {
+    if (inFlight >= maxInFlight) {
+      metrics.rejected.inc();
+      throw new HttpError(503, `the server is at capacity (${maxInFlight} requests in flight); retry shortly`, 'server_error', null, { 'retry-after': '1' });
+    }
+    inFlight++;
+    metrics.inFlight.inc();
+    metrics.kvSessions.inc(data.drafters.filter((d) => d !== 'mag').length + 1);
+    const startedAt = performance.now();
+    const span = tracer.startSpan('gateway.request', { attributes: { 'cascade.request': data.requestId, 'cascade.stream': stream, 'cascade.prompt_tokens': data.promptIds.length } });
+    data.trace = injectHeaders(trace.setSpan(context.active(), span));
+    const text = new TextStream(tokenizer);
+    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${data.requestId.slice(4)}`;
+    const created = Math.floor(Date.now() / 1000);
+    const object = chat ? 'chat.completion' : 'text_completion';
+    let generated = 0;
+    let firstAt: number | undefined;
+    let lastAt = startedAt;
+    let pending = '';
+    let closed = false;
+    const chunk = (delta: string, finish: string | null) =>
+      chat
+        ? { id, object: 'chat.completion.chunk', created, model: model.target, choices: [{ index: 0, delta: delta ? { role: 'assistant', content: delta } : {}, finish_reason: finish }] }
+        : { id, object, created, model: model.target, choices: [{ index: 0, text: delta, finish_reason: finish, logprobs: null }] };
+    const write = (obj: unknown) => {
+      if (!closed) reply.raw.write(`data: ${JSON.stringify(obj)}\n\n`);
+    };
+    const onTokens = (tokens: readonly number[]) => {
+      const now = performance.now();
+      if (firstAt === undefined) {
+        firstAt = now;
+        metrics.ttft.observe((now - startedAt) / 1000);
+      } else metrics.itl.observe((now - lastAt) / 1000 / tokens.length);
+      lastAt = now;
+      generated += tokens.length;
+      const delta = text.push(tokens);
+      if (stream) {
+        if (delta) write(chunk(delta, null));
+      } else pending += delta;
+    };
+    let submitted: Submitted | undefined;
+    const onClose = () => {
+      closed = true;
+      submitted?.cancel();
+    };
+    try {
+      submitted = await submit(data, onTokens);
+      req.raw.on('close', () => {
+        if (!reply.raw.writableFinished) onClose();
+      });
+      if (stream) {
+        reply.hijack();
+        reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+      }
+      let outcome: RequestOutcome;
+      try {
+        outcome = await submitted.done;
+      } catch (err) {
+        if (!stream) throw err;
+        write({ error: { message: (err as Error).message, type: 'server_error' } });
+        reply.raw.end();
+        metrics.requests.inc({ status: 'error' });
+        span.recordException(err as Error);
+        return;
+      }
+      const tail = text.flush();
+      const finish = outcome.finishReason === 'stop' ? 'stop' : 'length';
+      record(outcome, data.promptIds.length, generated, startedAt, firstAt);
+      metrics.requests.inc({ status: outcome.finishReason === 'cancelled' ? 'cancelled' : 'ok' });
+      if (stream) {
+        write(chunk(tail, finish));
+        if (includeUsage) write({ id, object: chat ? 'chat.completion.chunk' : object, created, model: model.target, choices: [], usage: usage(outcome, data.promptIds.length, generated) });
+        if (!closed) reply.raw.end('data: [DONE]\n\n');
+        return;
+      }
+      const content = pending + tail;
+      const choice = chat ? { index: 0, message: { role: 'assistant', content }, finish_reason: finish, logprobs: null } : { index: 0, text: content, finish_reason: finish, logprobs: null };
+      await reply.send({ id, object, created, model: model.target, choices: [choice], usage: usage(outcome, data.promptIds.length, generated) });
+    } catch (err) {
+      metrics.requests.inc({ status: 'error' });
+      span.recordException(err as Error);
+      throw err;
+    } finally {
+      span.setAttribute('cascade.generated_tokens', generated);
+      span.end();
+      inFlight--;
+      metrics.inFlight.dec();
+      metrics.kvSessions.dec(data.drafters.filter((d) => d !== 'mag').length + 1);
+    }
+  }
+
+  app.post('/v1/completions', async (req, reply) => {
+    const body = parse(CompletionBody, req.body);
+    const prompt = Array.isArray(body.prompt) ? body.prompt[0]! : body.prompt;
+    await serveRequest(req, reply, job(body, prompt), false, body.stream ?? false, body.stream_options?.include_usage ?? false);
+    return reply;
+  });
+
+  app.post('/v1/chat/completions', async (req, reply) => {
+    const body = parse(ChatBody, req.body);
+    await serveRequest(req, reply, job(body, chatPrompt(body.messages)), true, body.stream ?? false, body.stream_options?.include_usage ?? false);
+    return reply;
+  });
+
+  return app;
+}

@@ -1,0 +1,41 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+const LATENCY = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const PER_TOKEN = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
+
+/**
+ * The gateway's Prometheus metrics (SPEC §7). Definitions:
+ * - TTFT: request received → first generated token streamed (queue time included).
+ * - ITL: gap between streamed chunks divided by the tokens in the later chunk (a cascade emits
+ *   several tokens per target pass, so a chunk's tokens share its gap).
+ * - TPOT: (end-to-end − TTFT) / (generated − 1), per request.
+ * - queue time: enqueued → a coordinator took the request (from the coordinator's record).
+ * - drafts: target passes that reviewed a drafted block; draft tokens: tokens those blocks held;
+ *   accepted tokens: drafts the target accepted; by position: the same split by draft position.
+ * - KV use: sessions the coordinators hold open on actors (one per neural level per request).
+ */
+export class GatewayMetrics {
+  readonly registry = new Registry();
+  readonly ttft = new Histogram({ name: 'cascade_time_to_first_token_seconds', help: 'Request received to first generated token streamed', buckets: LATENCY, registers: [this.registry] });
+  readonly itl = new Histogram({ name: 'cascade_inter_token_latency_seconds', help: 'Gap between streamed chunks per token of the chunk', buckets: PER_TOKEN, registers: [this.registry] });
+  readonly tpot = new Histogram({ name: 'cascade_time_per_output_token_seconds', help: '(end-to-end - TTFT) / (generated tokens - 1) per request', buckets: PER_TOKEN, registers: [this.registry] });
+  readonly e2e = new Histogram({ name: 'cascade_e2e_request_latency_seconds', help: 'Request received to response finished', buckets: LATENCY, registers: [this.registry] });
+  readonly queue = new Histogram({ name: 'cascade_queue_time_seconds', help: 'Enqueued to taken by a coordinator', buckets: LATENCY, registers: [this.registry] });
+  readonly tokensPerSecond = new Histogram({ name: 'cascade_request_tokens_per_second', help: 'Generated tokens per second of each request', buckets: [1, 5, 10, 25, 50, 100, 250, 500, 1000], registers: [this.registry] });
+  readonly promptTokens = new Counter({ name: 'cascade_prompt_tokens_total', help: 'Prompt tokens of finished requests', registers: [this.registry] });
+  readonly generationTokens = new Counter({ name: 'cascade_generation_tokens_total', help: 'Generated tokens of finished requests', registers: [this.registry] });
+  readonly drafts = new Counter({ name: 'cascade_drafts_total', help: 'Target passes that reviewed a drafted block', registers: [this.registry] });
+  readonly draftTokens = new Counter({ name: 'cascade_draft_tokens_total', help: 'Drafted tokens the target reviewed', registers: [this.registry] });
+  readonly acceptedTokens = new Counter({ name: 'cascade_accepted_tokens_total', help: 'Drafted tokens the target accepted', registers: [this.registry] });
+  readonly acceptedByPosition = new Counter({ name: 'cascade_accepted_tokens_by_position_total', help: 'Accepted drafted tokens by draft position', labelNames: ['position'], registers: [this.registry] });
+  readonly draftedByPosition = new Counter({ name: 'cascade_draft_tokens_by_position_total', help: 'Drafted tokens by draft position', labelNames: ['position'], registers: [this.registry] });
+  readonly requests = new Counter({ name: 'cascade_requests_total', help: 'Finished requests by outcome', labelNames: ['status'], registers: [this.registry] });
+  readonly inFlight = new Gauge({ name: 'cascade_requests_in_flight', help: 'Requests accepted and not finished', registers: [this.registry] });
+  readonly kvSessions = new Gauge({ name: 'cascade_kv_sessions', help: 'Actor sessions (KV caches) held for requests in flight', registers: [this.registry] });
+  readonly failovers = new Counter({ name: 'cascade_failovers_total', help: 'Drafter levels dropped mid-request because no actor answered', labelNames: ['level'], registers: [this.registry] });
+  readonly rejected = new Counter({ name: 'cascade_rejected_total', help: 'Requests refused (503) because the gateway was saturated', registers: [this.registry] });
+
+  constructor() {
+    collectDefaultMetrics({ register: this.registry, prefix: 'cascade_gateway_' });
+  }
+}

@@ -1,0 +1,142 @@
+import { ModelActor } from '../actors/model-actor.ts';
+import { CascadeError } from '../errors.ts';
+import { loadBigram, loadFamily, memberDir } from '../models/family.ts';
+import { loadModelSpec } from '../models/config.ts';
+import { OrtModelSession } from '../models/ort-session.ts';
+import { TextTokenizer } from '../models/tokenizer.ts';
+import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
+import { buildGateway } from './gateway.ts';
+import { GatewayMetrics } from './metrics.ts';
+import { NatsTransport } from './nats-transport.ts';
+import { RedisShards, TokenLog } from './redis-store.ts';
+import { setupTracing, shutdownTracing } from './tracing.ts';
+import type { Transport } from './transport.ts';
+
+/** A running role of the cluster; `stop` ends it gracefully. */
+export interface Role {
+  readonly describe: string;
+  stop(): Promise<void>;
+}
+
+export interface ActorRoleOptions {
+  readonly kind: 'draft' | 'verify';
+  readonly models: string;
+  /** Family member; the target for verify, the largest drafter for draft, by default. */
+  readonly model?: string;
+  readonly nats: string;
+  readonly instance?: string;
+  readonly idleMs?: number;
+  readonly threads?: number;
+  readonly executionProviders?: readonly string[];
+}
+
+/** `cascade actor draft|verify`: one model, serving sessions over NATS. */
+export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
+  const family = loadFamily(o.models);
+  const name = o.model ?? (o.kind === 'verify' ? family.target : family.drafters[0]);
+  if (!name) throw new CascadeError(`the family in ${family.dir} has no drafter to serve`);
+  const isTarget = name === family.target;
+  if (o.kind === 'verify' && !isTarget) throw new CascadeError(`a verify actor hosts the target (${family.target}), not ${name}`);
+  if (o.kind === 'draft' && !family.drafters.includes(name)) throw new CascadeError(`${name} is not a drafter of this family (${family.drafters.join(', ')})`);
+  setupTracing(`cascade-actor-${name}`);
+  const session = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true });
+  let transport: Transport;
+  try {
+    transport = await NatsTransport.connect({ servers: o.nats, name: `actor-${name}` });
+  } catch (err) {
+    await session.close();
+    throw err;
+  }
+  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs }).start();
+  await (transport as NatsTransport).flush();
+  return {
+    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider})`,
+    stop: async () => {
+      await actor.stop();
+      await transport.close();
+      await session.close();
+      await shutdownTracing();
+    },
+  };
+}
+
+export interface CoordinatorRoleOptions {
+  readonly models: string;
+  readonly nats: string;
+  /** Redis URLs: the first holds the queue; all of them shard the session data. */
+  readonly redis: readonly string[];
+  readonly concurrency?: number;
+  readonly lockMs?: number;
+  readonly callTimeoutMs?: number;
+}
+
+/** `cascade coordinator`: a BullMQ worker driving requests across actors. */
+export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<Role> {
+  const family = loadFamily(o.models);
+  const spec = loadModelSpec(memberDir(family, family.target));
+  setupTracing('cascade-coordinator');
+  const transport = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
+  const shards = new RedisShards(o.redis);
+  const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family) }, callTimeoutMs: o.callTimeoutMs });
+  const worker = startCoordinatorWorker(coordinator, { redisUrl: o.redis[0]!, concurrency: o.concurrency, lockDurationMs: o.lockMs });
+  await worker.waitUntilReady();
+  return {
+    describe: `coordinator (concurrency ${o.concurrency ?? 8})`,
+    stop: async () => {
+      await worker.close();
+      await transport.close();
+      await shards.close();
+      await shutdownTracing();
+    },
+  };
+}
+
+export interface GatewayRoleOptions {
+  readonly models: string;
+  readonly nats: string;
+  readonly redis: readonly string[];
+  readonly host?: string;
+  readonly port?: number;
+  readonly apiKeys?: readonly string[];
+  readonly maxInFlight?: number;
+  readonly requestTimeoutMs?: number;
+}
+
+/** `cascade serve`: the OpenAI-compatible gateway. Resolves once listening. */
+export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { url: string }> {
+  const family = loadFamily(o.models);
+  const spec = loadModelSpec(memberDir(family, family.target));
+  setupTracing('cascade-gateway');
+  const tokenizer = TextTokenizer.load(spec.tokenizerPath);
+  const transport = await NatsTransport.connect({ servers: o.nats, name: 'gateway' });
+  const shards = new RedisShards(o.redis);
+  const queue = openQueue(o.redis[0]!);
+  const app = buildGateway({
+    transport,
+    queue,
+    log: new TokenLog(shards),
+    tokenizer,
+    metrics: new GatewayMetrics(),
+    model: { target: family.target, drafters: family.drafters, maxPositions: spec.maxPositions },
+    apiKeys: o.apiKeys,
+    maxInFlight: o.maxInFlight,
+    requestTimeoutMs: o.requestTimeoutMs,
+    health: async () => {
+      await Promise.all(shards.clients.map((c) => c.ping()));
+      await transport.flush();
+      return { nats: 'ok', redis: 'ok', workers: (await queue.getWorkers()).length };
+    },
+  });
+  const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8000 });
+  return {
+    url: address,
+    describe: `gateway on ${address}`,
+    stop: async () => {
+      await app.close();
+      await queue.close();
+      await transport.close();
+      await shards.close();
+      await shutdownTracing();
+    },
+  };
+}
