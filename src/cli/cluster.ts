@@ -204,7 +204,7 @@ export function registerCluster(program: Command): void {
     .option('--redis <urls>', 'Redis URLs, comma-separated (the first holds the queue; all shard session data); env CASCADE_REDIS_URL', parseUrls, parseUrls(redisDefault()))
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
-    .option('--call-timeout-ms <ms>', 'timeout of one actor call', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 30_000)
+    .option('--call-timeout-ms <ms>', 'timeout of one actor call (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
     .action(async (o: { models: string; nats: string; redis: string[]; concurrency: number; lockMs: number; callTimeoutMs: number }) => {
       await runUntilSignalled(() => startCoordinatorRole(o));
     });

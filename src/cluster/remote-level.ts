@@ -52,7 +52,7 @@ export class RemoteLevel implements CascadeLevel {
     readonly session: string,
     private readonly options: RemoteLevelOptions,
   ) {
-    this.timeoutMs = options.timeoutMs ?? 30_000;
+    this.timeoutMs = options.timeoutMs ?? 10_000;
     this.rowBudget = Math.floor(transport.maxPayload / 2);
   }
 

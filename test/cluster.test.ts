@@ -1,0 +1,237 @@
+import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
+import test from 'ava';
+import OpenAI from 'openai';
+import { decode, encode } from '../src/cluster/messages.ts';
+import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
+import { NatsTransport } from '../src/cluster/nats-transport.ts';
+import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
+import { setupTracing, shutdownTracing, type SpanRecord } from '../src/cluster/tracing.ts';
+import { subjects } from '../src/cluster/transport.ts';
+import { chatPrompt } from '../src/cluster/gateway.ts';
+import { generateCascade } from '../src/engine/cascade.ts';
+import { planCascade } from '../src/engine/presets.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
+import { loadBigram } from '../src/models/family.ts';
+import { FamilySessions } from '../src/models/family-sessions.ts';
+import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
+import { family, MODELS_DIR } from './helpers/family.ts';
+
+/**
+ * The cluster with real parts: nats-server and redis-server on free loopback ports, every actor and
+ * the coordinator as its own OS process running the bundled ONNX models, the gateway in this
+ * process (so that its spans land in an in-memory exporter), driven with the official openai client.
+ */
+const API_KEY = 'test-key-123';
+const dir = mkdtempSync(join(tmpdir(), 'cascade-cluster-'));
+const traceFile = join(dir, 'spans.jsonl');
+const spans = new InMemorySpanExporter();
+let nats: LocalServer;
+let redis: LocalServer;
+let gateway: Role & { url: string };
+let client: OpenAI;
+const roles = new Map<string, RoleProcess>();
+const sessions = new FamilySessions(family, {});
+const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
+
+const env = { CASCADE_TRACE_FILE: traceFile };
+const actor = (kind: 'draft' | 'verify', model: string, instance: string) =>
+  spawnRole(['actor', kind, '--model', model, '--models', MODELS_DIR, '--nats', nats.url, '--instance', instance, '--idle-ms', '20000'], env);
+const coordinator = () => spawnRole(['coordinator', '--models', MODELS_DIR, '--nats', nats.url, '--redis', redis.url, '--lock-ms', '1500', '--call-timeout-ms', '3000'], env);
+
+/** What embedded mode (one process, no servers) produces for the same request. */
+async function embedded(prompt: string, maxTokens: number): Promise<string> {
+  const target = await sessions.get(family.target);
+  const plan = planCascade({ mode: 'csd' }, family.drafters);
+  const drafters = await Promise.all(
+    plan.drafters.map(async (d) => (d === 'mag' ? { kind: 'mag' as const, bigram: loadBigram(family) } : { kind: 'model' as const, session: await sessions.get(d) })),
+  );
+  const r = await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: 1 }, { promptIds: tokenizer.encode(prompt), maxTokens, sampling: GREEDY, seed: 0 });
+  return tokenizer.decode(r.tokenIds);
+}
+
+test.before(async () => {
+  setupTracing('cascade-gateway-test', spans);
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  const started = await Promise.all([
+    actor('verify', family.target, 'v0'),
+    ...family.drafters.map((d) => actor('draft', d, `${d}-0`)),
+    coordinator(),
+  ]);
+  roles.set('verify', started[0]!);
+  family.drafters.forEach((d, i) => roles.set(d, started[i + 1]!));
+  roles.set('coordinator', started[started.length - 1]!);
+  gateway = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, apiKeys: [API_KEY] });
+  client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
+});
+
+test.after.always(async () => {
+  await gateway?.stop().catch(() => undefined);
+  await Promise.all([...roles.values()].map((r) => r.stop()));
+  await Promise.all([nats?.stop(), redis?.stop()]);
+  await sessions.close();
+  await shutdownTracing();
+});
+
+const PROMPT = 'def parse_args(argv):\n    """Parse the command line."""\n    ';
+
+test.serial('cluster - the openai client completes, and greedy output equals embedded output', async (t) => {
+  const r = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature: 0 });
+  t.is(r.choices[0]!.text, await embedded(PROMPT, 40));
+  t.is(r.usage!.completion_tokens, 40);
+  const cascade = (r.usage as unknown as { cascade: { target_passes: number; drafted_tokens: number } }).cascade;
+  t.true(cascade.target_passes >= 1 && cascade.target_passes <= 40);
+  t.true(cascade.drafted_tokens > 0);
+});
+
+test.serial('cluster - chat completions stream over SSE and concatenate to the same greedy text', async (t) => {
+  const messages = [{ role: 'user' as const, content: 'Write a function that reads a file.' }];
+  const stream = await client.chat.completions.create({ model: family.target, messages, max_tokens: 24, temperature: 0, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let chunks = 0;
+  let usage: OpenAI.CompletionUsage | undefined | null;
+  let finish: string | null = null;
+  for await (const c of stream) {
+    if (c.usage) usage = c.usage;
+    if (c.choices[0]) {
+      text += c.choices[0].delta.content ?? '';
+      finish = c.choices[0].finish_reason ?? finish;
+      chunks++;
+    }
+  }
+  t.true(chunks > 2, 'tokens arrive in several chunks');
+  t.is(finish, 'length');
+  t.is(usage?.completion_tokens, 24);
+  t.is(text, await embedded(chatPrompt(messages), 24));
+});
+
+test.serial('cluster - bad requests get clear 4xx errors; a missing key gets 401', async (t) => {
+  const noKey = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'wrong', maxRetries: 0 });
+  const e401 = await t.throwsAsync(noKey.completions.create({ model: family.target, prompt: 'x', max_tokens: 2 }));
+  t.is((e401 as unknown as { status: number }).status, 401);
+  const e400 = await t.throwsAsync(client.completions.create({ model: family.target, prompt: 'x', max_tokens: 0 }));
+  t.is((e400 as unknown as { status: number }).status, 400);
+  t.regex((e400 as Error).message, /max_tokens/);
+  const e404 = await t.throwsAsync(client.completions.create({ model: 'gpt-4', prompt: 'x', max_tokens: 2 }));
+  t.is((e404 as unknown as { status: number }).status, 404);
+  const res = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }, body: '{"prompt": 42}' });
+  t.is(res.status, 400);
+  t.regex(((await res.json()) as { error: { message: string } }).error.message, /prompt/);
+  const long = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 100000 }) });
+  t.is(long.status, 400);
+  t.regex(((await long.json()) as { error: { message: string } }).error.message, /context/);
+  const models = await client.models.list();
+  t.deepEqual(models.data.map((m) => m.id), [family.target]);
+  const health = await fetch(`${gateway.url}/health`);
+  t.is(health.status, 200);
+  const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+  t.regex(metrics, /cascade_time_to_first_token_seconds_count [1-9]/);
+  t.regex(metrics, /cascade_accepted_tokens_by_position_total\{position="0"\}/);
+});
+
+test.serial('cluster - one trace id spans the gateway, the coordinator and the actors (separate processes)', async (t) => {
+  spans.reset();
+  await client.completions.create({ model: family.target, prompt: 'import os\n', max_tokens: 8, temperature: 0 });
+  const root = spans.getFinishedSpans().find((s) => s.name === 'gateway.request');
+  t.truthy(root);
+  const traceId = root!.spanContext().traceId;
+  // the other processes export synchronously per span; give the file a moment
+  let mine: SpanRecord[] = [];
+  for (let i = 0; i < 50 && !mine.some((s) => s.name === 'coordinator.request'); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    mine = existsSync(traceFile) ? readFileSync(traceFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as SpanRecord).filter((s) => s.traceId === traceId) : [];
+  }
+  const names = new Set(mine.map((s) => s.name));
+  // (the csd cascade's leaf is MaG, in the coordinator: the neural levels only review)
+  for (const n of ['coordinator.request', 'cascade.round', 'level.review', 'actor.review']) t.true(names.has(n), `span ${n} in the trace`);
+  const services = new Set(mine.map((s) => s.service));
+  t.true(services.has('cascade-coordinator'));
+  t.true(services.has(`cascade-actor-${family.target}`));
+  t.true([...services].some((s) => s.startsWith('cascade-actor-draft')));
+});
+
+test.serial('cluster - a malformed NATS frame gets an error reply and the actor keeps serving', async (t) => {
+  const nc = await NatsTransport.connect({ servers: nats.url });
+  try {
+    const junk = decode(await nc.request(subjects.open(family.target), new Uint8Array([1, 2, 3, 4, 5]), { timeoutMs: 5000 }));
+    t.is(junk.type, 'error');
+    t.is(junk.type === 'error' ? junk.code : '', 'bad-frame');
+    const wrongVersion = decode(await nc.request(subjects.open(family.target), new Uint8Array([0xca, 7, 0]), { timeoutMs: 5000 }));
+    t.regex(wrongVersion.type === 'error' ? wrongVersion.message : '', /version 7/);
+    // a valid frame with an out-of-vocabulary token is refused, not run
+    const opened = decode(await nc.request(subjects.open(family.target), encode({ type: 'open', session: 'fuzz-1', sampling: GREEDY, seed: 0 }), { timeoutMs: 5000 }));
+    t.is(opened.type, 'opened');
+    const instance = opened.type === 'opened' ? opened.instance : '';
+    const bad = decode(await nc.request(subjects.instance(family.target, instance), encode({ type: 'propose', session: 'fuzz-1', base: 0, suffix: [1, 99_999_999], want: 1 }), { timeoutMs: 5000 }));
+    t.is(bad.type === 'error' ? bad.code : '', 'invalid');
+    const ok = decode(await nc.request(subjects.instance(family.target, instance), encode({ type: 'propose', session: 'fuzz-1', base: 0, suffix: [1, 2, 3], want: 2 }), { timeoutMs: 10000 }));
+    t.is(ok.type, 'proposed');
+    await nc.request(subjects.instance(family.target, instance), encode({ type: 'close', session: 'fuzz-1' }), { timeoutMs: 5000 });
+  } finally {
+    await nc.close();
+  }
+  t.is(roles.get('verify')!.child.exitCode, null, 'the verifier process is still running');
+  const r = await client.completions.create({ model: family.target, prompt: 'int main(void)', max_tokens: 4, temperature: 0 });
+  t.is(r.usage!.completion_tokens, 4);
+});
+
+test.serial('cluster - a drafter process killed mid-stream: the request completes with the same greedy output', async (t) => {
+  const victim = family.drafters[0]!;
+  const stream = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 64, temperature: 0, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let killed = false;
+  let usage: unknown;
+  for await (const c of stream) {
+    text += c.choices[0]?.text ?? '';
+    if (c.usage) usage = c.usage;
+    if (!killed && text.length > 0) {
+      killed = true;
+      await roles.get(victim)!.stop('SIGKILL');
+    }
+  }
+  t.true(killed);
+  t.is(text, await embedded(PROMPT, 64));
+  t.deepEqual((usage as { cascade: { dropped_levels: string[] } }).cascade.dropped_levels, [victim]);
+  roles.set(victim, await actor('draft', victim, `${victim}-1`));
+});
+
+test.serial('cluster - a coordinator killed mid-request is retried by BullMQ: no token missing or repeated', async (t) => {
+  const first = roles.get('coordinator')!;
+  const stream = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 96, temperature: 0, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let killedAt = -1;
+  let usage: unknown;
+  for await (const c of stream) {
+    text += c.choices[0]?.text ?? '';
+    if (c.usage) usage = c.usage;
+    if (killedAt < 0 && text.length > 0) {
+      killedAt = text.length;
+      await first.stop('SIGKILL');
+      roles.set('coordinator', await coordinator());
+    }
+  }
+  t.true(killedAt > 0);
+  t.is(text, await embedded(PROMPT, 96));
+  const cascade = (usage as { completion_tokens: number; cascade: { resumed_from: number } }).cascade;
+  t.true(cascade.resumed_from > 0 && cascade.resumed_from < 96, `resumed after ${cascade.resumed_from} recorded tokens`);
+  t.is((usage as { completion_tokens: number }).completion_tokens, 96);
+});
+
+test.serial('cluster - a saturated gateway answers 503 with Retry-After', async (t) => {
+  const small = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, maxInFlight: 1 });
+  try {
+    const body = JSON.stringify({ prompt: PROMPT, max_tokens: 48, temperature: 0 });
+    const post = () => fetch(`${small.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    const busy = post();
+    await new Promise((r) => setTimeout(r, 50));
+    const refused = await post();
+    t.is(refused.status, 503);
+    t.is(refused.headers.get('retry-after'), '1');
+    t.is((await busy).status, 200);
+  } finally {
+    await small.stop();
+  }
+});
