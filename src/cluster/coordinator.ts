@@ -107,10 +107,12 @@ export class Coordinator {
       let cancelled = false;
       const cancelSub: Subscription = transport.subscribe(subjects.cancel(job.requestId), () => (cancelled = true));
       const seed = job.seed + recorded.length;
-      const remote = (name: string, tag: string) =>
-        new RemoteLevel(transport, name, `${job.requestId}-${attempt}-${tag}`, { sampling: job.sampling, seed, timeoutMs: this.options.callTimeoutMs });
-      const top = remote(family.target, 't');
-      const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`)));
+      // Every level samples with its own stream: levels sharing one seed would draw correlated
+      // numbers (a drafter's sample and the target's acceptance test), and the output would be biased.
+      const remote = (name: string, tag: string, stream: number) =>
+        new RemoteLevel(transport, name, `${job.requestId}-${attempt}-${tag}`, { sampling: job.sampling, seed: levelSeed(seed, stream), timeoutMs: this.options.callTimeoutMs });
+      const top = remote(family.target, 't', 0);
+      const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`, i + 1)));
       let offset = recorded.length;
       try {
         result = await runCascade(
@@ -161,6 +163,15 @@ export class Coordinator {
   failed(requestId: string, message: string): void {
     this.publish(requestId, { type: 'failed', message });
   }
+}
+
+/** An independent sampling seed per level (and per placement, see RemoteLevel) from the request's seed. */
+export function levelSeed(seed: number, stream: number): number {
+  let h = Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(stream + 1, 0xc2b2ae35);
+  h ^= h >>> 16;
+  h = Math.imul(h, 0x7feb352d);
+  h ^= h >>> 15;
+  return h | 0;
 }
 
 /** BullMQ's connection for a Redis URL (BullMQ wants blocking commands never to give up). */

@@ -65,7 +65,7 @@ export class RemoteLevel implements CascadeLevel {
   private async place(): Promise<string> {
     let reply: ActorReply;
     try {
-      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.seed + this.placements });
+      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: (this.options.seed + Math.imul(this.placements, 0x27d4eb2d)) | 0 });
     } catch (err) {
       if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       throw err;

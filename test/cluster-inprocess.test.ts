@@ -1,0 +1,112 @@
+import test from 'ava';
+import { ModelActor } from '../src/actors/model-actor.ts';
+import { Coordinator, type JobData } from '../src/cluster/coordinator.ts';
+import { MemoryRequestLog } from '../src/cluster/redis-store.ts';
+import { InProcessTransport } from '../src/cluster/transport.ts';
+import { generateAutoregressive } from '../src/engine/generate.ts';
+import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
+import { MemoryModelSession } from '../src/models/memory-session.ts';
+import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
+
+/**
+ * The cluster's protocol end to end in one process: actors over the in-process transport (frames
+ * still encoded), the coordinator driving them, in-memory models. Proves the wire keeps the cascade
+ * exact: greedy identity, and the target's distribution when sampling with q and p rows travelling.
+ */
+function cluster(vocabSize: number) {
+  const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness: 4 });
+  const d1 = new MemoryModelSession({ name: 'd1', vocabSize, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
+  const d2 = new MemoryModelSession({ name: 'd2', vocabSize, order: 1, seed: 13, resemble: { model: target, weight: 0.5 } });
+  const transport = new InProcessTransport();
+  const actors = [target, d1, d2].map((m) => new ModelActor(transport, m).start());
+  const log = new MemoryRequestLog();
+  const coordinator = new Coordinator({ transport, log, family: { target: 'target', eosIds: [] } });
+  let n = 0;
+  const run = (job: Omit<JobData, 'requestId' | 'enqueuedAt' | 'trace' | 'stopAtEos'>) =>
+    coordinator.run({ ...job, requestId: `r${n++}`, enqueuedAt: Date.now(), stopAtEos: false }).then(async (o) => ({ outcome: o, tokens: await log.read(`r${n - 1}`) }));
+  return { target, d1, d2, actors, run, stop: () => Promise.all(actors.map((a) => a.stop())) };
+}
+
+test('cluster (in-process) - greedy output equals target-only decoding for several cascades', async (t) => {
+  const c = cluster(24);
+  const shapes: [string[], number[][]][] = [
+    [['d1'], [[3]]],
+    [['mag'], [[4]]],
+    [['d1', 'd2', 'mag'], [[2, 4, 8], [0, 2, 6], [0, 0, 4]]],
+    [['d1', 'd2'], [[1, 3], [0, 2]]],
+  ];
+  for (const prompt of [[1], [3, 5, 7], [2, 2, 2, 2, 9]]) {
+    const want = await generateAutoregressive(c.target, { promptIds: prompt, maxTokens: 30, sampling: GREEDY, seed: 0, stopAtEos: false });
+    for (const [drafters, kMatrix] of shapes) {
+      const { tokens } = await c.run({ promptIds: prompt, maxTokens: 30, sampling: GREEDY, seed: 0, drafters, kMatrix, lenience: 1 });
+      t.deepEqual(tokens, want.tokenIds, `${drafters.join('+')} on ${prompt}`);
+    }
+  }
+  for (const a of c.actors) t.is(a.activeSessions, 0, `${a.model} freed every session`);
+  for (const m of [c.target, c.d1, c.d2]) t.is(m.liveSequences(), 0);
+  await c.stop();
+});
+
+function targetJoint(target: MemoryModelSession, prompt: number[], sampling: SamplingParams): number[] {
+  const V = target.spec.vocabSize;
+  const p0 = distribution(target.nextLogits(prompt), sampling);
+  const joint: number[] = [];
+  for (let a = 0; a < V; a++) {
+    const p1 = distribution(target.nextLogits([...prompt, a]), sampling);
+    for (let b = 0; b < V; b++) joint.push(p0[a]! * p1[b]!);
+  }
+  return joint;
+}
+
+const sampled: [string, string[], number[][], SamplingParams][] = [
+  ['sd: a neural drafter\'s q travels with its drafts', ['d1'], [[3]], { temperature: 1, topK: 0, topP: 1 }],
+  ['two neural levels: the middle reviewer passes its p up as q', ['d1', 'd2'], [[2, 3], [0, 2]], { temperature: 0.8, topK: 0, topP: 1 }],
+];
+
+for (const [name, drafters, kMatrix, sampling] of sampled) {
+  test(`cluster (in-process) - sampling over the wire: ${name} (chi-square)`, async (t) => {
+    const c = cluster(5);
+    const prompt = [1, 3, 2];
+    const counts = new Array(25).fill(0);
+    const N = 8000;
+    for (let seed = 0; seed < N; seed++) {
+      const { tokens } = await c.run({ promptIds: prompt, maxTokens: 2, sampling, seed, drafters, kMatrix, lenience: 1 });
+      counts[tokens[0]! * 5 + tokens[1]!]++;
+    }
+    const { chi2, df, pValue, impossible } = chiSquare(counts, targetJoint(c.target, prompt, sampling));
+    t.is(impossible, 0);
+    t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}`);
+    await c.stop();
+  });
+}
+
+test('cluster (in-process) - a drafter whose actors are gone is dropped; the request finishes exactly', async (t) => {
+  const c = cluster(24);
+  const want = await generateAutoregressive(c.target, { promptIds: [4, 2], maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false });
+  await c.actors[1]!.stop(); // d1
+  const { tokens, outcome } = await c.run({ promptIds: [4, 2], maxTokens: 40, sampling: GREEDY, seed: 0, drafters: ['d1', 'd2', 'mag'], kMatrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]], lenience: 1 });
+  t.deepEqual(tokens, want.tokenIds);
+  t.deepEqual(outcome.failovers, ['d1']);
+  await c.stop();
+});
+
+test('cluster (in-process) - a retried request resumes after the recorded tokens', async (t) => {
+  const c = cluster(24);
+  const want = await generateAutoregressive(c.target, { promptIds: [7], maxTokens: 30, sampling: GREEDY, seed: 0, stopAtEos: false });
+  const log = new MemoryRequestLog();
+  await log.append('again', 0, want.tokenIds.slice(0, 11));
+  const transport = new InProcessTransport();
+  const actors = [c.target, c.d1].map((m) => new ModelActor(transport, m).start());
+  const coordinator = new Coordinator({ transport, log, family: { target: 'target', eosIds: [] } });
+  const outcome = await coordinator.run({ requestId: 'again', promptIds: [7], maxTokens: 30, sampling: GREEDY, seed: 0, drafters: ['d1'], kMatrix: [[3]], lenience: 1, enqueuedAt: Date.now() });
+  t.is(outcome.resumedFrom, 11);
+  t.deepEqual(await log.read('again'), want.tokenIds);
+  await Promise.all(actors.map((a) => a.stop()));
+  await c.stop();
+});
+
+test('cluster (in-process) - malformed jobs are refused with the reason', async (t) => {
+  const c = cluster(8);
+  await t.throwsAsync(c.run({ promptIds: [], maxTokens: 3, sampling: GREEDY, seed: 0, drafters: [], kMatrix: [], lenience: 1 }), { message: /promptIds/ });
+  await c.stop();
+});
