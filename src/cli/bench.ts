@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { benchCascade } from '../bench/cascade-run.ts';
+import { benchCluster } from '../bench/cluster.ts';
 import { benchKv } from '../bench/kv.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { measureCosts, SCORE_KS, type ModelCosts } from '../bench/costs.ts';
@@ -90,6 +91,22 @@ export function registerBench(program: Command): void {
     .action(async (o) => {
       await benchKv({ models: o.models, context: o.context, continuation: o.continuation, fractions: o.fractions, policies: o.policies, docs: o.docs, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, threads: o.threads, out: o.out });
     });
+  bench
+    .command('cluster')
+    .description('embedded vs a cluster on this machine (nats-server, redis-server, actor and coordinator processes): tokens/s side by side, aggregate tokens/s under concurrency, latency breakdown from traces')
+    .option('--prompts <n>', 'held-out code prompts (bench/prompts/code.jsonl)', parseNumber('--prompts', { min: 1, integer: true }), 8)
+    .option('--max-tokens <n>', 'tokens generated per request', parseNumber('--max-tokens', { min: 1, integer: true }), 64)
+    .option('--repeats <n>', 'repeats (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
+    .option('--concurrency <list>', 'comma-separated concurrent requests for the aggregate runs', parseConcurrency, [1, 4, 8])
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--out <dir>', 'directory for cluster.json, cluster.md and the spans', 'results')
+    .action(async (o) => {
+      await benchCluster({ models: o.models, prompts: o.prompts, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, out: o.out });
+    });
+}
+
+function parseConcurrency(raw: string): number[] {
+  return raw.split(',').map((c) => parseNumber('--concurrency', { min: 1, integer: true })(c));
 }
 
 function parseFractions(raw: string): number[] {

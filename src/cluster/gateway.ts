@@ -330,9 +330,16 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     let lastAt = startedAt;
     let pending = '';
     let closed = false;
+    let roleSent = false;
+    const chatDelta = (delta: string) => {
+      if (!delta) return {};
+      const first = !roleSent;
+      roleSent = true;
+      return first ? { role: 'assistant', content: delta } : { content: delta };
+    };
     const chunk = (delta: string, finish: string | null) =>
       chat
-        ? { id, object: 'chat.completion.chunk', created, model: model.target, choices: [{ index: 0, delta: delta ? { role: 'assistant', content: delta } : {}, finish_reason: finish }] }
+        ? { id, object: 'chat.completion.chunk', created, model: model.target, choices: [{ index: 0, delta: chatDelta(delta), finish_reason: finish }] }
         : { id, object, created, model: model.target, choices: [{ index: 0, text: delta, finish_reason: finish, logprobs: null }] };
     const write = (obj: unknown) => {
       if (!closed) reply.raw.write(`data: ${JSON.stringify(obj)}\n\n`);
