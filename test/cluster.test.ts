@@ -220,6 +220,27 @@ test.serial('cluster - a coordinator killed mid-request is retried by BullMQ: no
   t.is((usage as { completion_tokens: number }).completion_tokens, 96);
 });
 
+test.serial('cluster - a client that disconnects mid-stream cancels its request', async (t) => {
+  const abort = new AbortController();
+  const res = await fetch(`${gateway.url}/v1/completions`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt: PROMPT, max_tokens: 400, temperature: 0, stream: true }),
+    signal: abort.signal,
+  });
+  const reader = res.body!.getReader();
+  await reader.read(); // the first chunk: generation is under way
+  abort.abort();
+  let metrics = '';
+  for (let i = 0; i < 100 && !/cascade_requests_total\{status="cancelled"\} 1/.test(metrics); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+  }
+  t.regex(metrics, /cascade_requests_total\{status="cancelled"\} 1/);
+  const generated = Number(/cascade_generation_tokens_total (\d+)/.exec(metrics)?.[1]);
+  t.true(generated > 0);
+});
+
 test.serial('cluster - a saturated gateway answers 503 with Retry-After', async (t) => {
   const small = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, maxInFlight: 1 });
   try {

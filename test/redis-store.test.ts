@@ -71,3 +71,52 @@ test('redis store - the token log appends at an offset: a repeated append neithe
   await log.forget('req-x');
   t.deepEqual(await log.read('req-x'), []);
 });
+
+test('redis store - ADORE on a draft actor spills released KV to Redis, rebuilds from it, and the output stays exact', async (t) => {
+  const { ModelActor } = await import('../src/actors/model-actor.ts');
+  const { Coordinator } = await import('../src/cluster/coordinator.ts');
+  const { MemoryRequestLog } = await import('../src/cluster/redis-store.ts');
+  const { InProcessTransport } = await import('../src/cluster/transport.ts');
+  const { generateAutoregressive } = await import('../src/engine/generate.ts');
+  const { GREEDY } = await import('../src/kernels/sampling.ts');
+  const { loadController } = await import('../src/models/family.ts');
+  const { FamilySessions } = await import('../src/models/family-sessions.ts');
+  const { TextTokenizer } = await import('../src/models/tokenizer.ts');
+  const { loadWorkload } = await import('../src/bench/workloads.ts');
+  const { family } = await import('./helpers/family.ts');
+
+  const inner = new RedisKvStore(shards, 60);
+  const calls = { put: 0, get: 0, found: 0 };
+  const store = {
+    put: (...a: Parameters<RedisKvStore['put']>) => (calls.put++, inner.put(...a)),
+    get: async (...a: Parameters<RedisKvStore['get']>) => {
+      calls.get++;
+      const r = await inner.get(...a);
+      calls.found += r.positions.length;
+      return r;
+    },
+    drop: (...a: Parameters<RedisKvStore['drop']>) => inner.drop(...a),
+  };
+  const sessions = new FamilySessions(family, {});
+  try {
+    const target = await sessions.get(family.target);
+    const drafter = await sessions.get(family.drafters[0]!);
+    const transport = new InProcessTransport();
+    const kv = { policy: 'adore' as const, budget: { budget: 48, sinks: 4, recent: 8, rebuild: 2 }, controller: loadController(family), store };
+    const actors = [new ModelActor(transport, target).start(), new ModelActor(transport, drafter, { kv }).start()];
+    const tokenizer = TextTokenizer.load(target.spec.tokenizerPath);
+    const promptIds = tokenizer.encode(loadWorkload('code')[0]!.prompt).slice(0, 160);
+    const want = await generateAutoregressive(target, { promptIds, maxTokens: 24, sampling: GREEDY, seed: 0 });
+    const log = new MemoryRequestLog();
+    const coordinator = new Coordinator({ transport, log, family: { target: family.target, eosIds: target.spec.eosIds } });
+    await coordinator.run({ requestId: 'adore-1', promptIds, maxTokens: 24, sampling: GREEDY, seed: 0, drafters: [family.drafters[0]!], kMatrix: [[4]], lenience: 1, enqueuedAt: Date.now() });
+    t.deepEqual(await log.read('adore-1'), want.tokenIds, 'token-identical to target-only greedy decoding');
+    t.true(calls.put > 0, 'released KV was written to Redis');
+    t.true(calls.get > 0, 'rebuilds asked Redis for released KV');
+    await Promise.all(actors.map((a) => a.stop()));
+    const left = (await Promise.all(shards.clients.map((c) => c.keys('cascade:{adore-1*}:kv*')))).flat();
+    t.deepEqual(left, [], 'closing the session dropped its blocks');
+  } finally {
+    await sessions.close();
+  }
+});

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { FULL_CACHE, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { Block, ModelLevel } from '../engine/levels.ts';
 import { CascadeError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
@@ -31,6 +32,11 @@ export interface ActorOptions {
   readonly idleMs?: number;
   /** Most sessions held at once; `open` beyond it is refused so placement tries another instance. */
   readonly maxSessions?: number;
+  /**
+   * Bound every session's KV cache (ADORE placement b on a drafter: the output stays exact);
+   * released KV spills to `kv.store` (Redis in the cluster) for rebuilds.
+   */
+  readonly kv?: KvPolicyConfig;
 }
 
 class BadRequest extends CascadeError {
@@ -56,6 +62,7 @@ export class ModelActor {
   private sweeper: NodeJS.Timeout | undefined;
   private readonly idleMs: number;
   private readonly maxSessions: number;
+  private readonly kv: KvPolicyConfig;
   /** Counters for logs and tests. */
   readonly counters = { opened: 0, closed: 0, expired: 0, errors: 0, calls: 0 };
 
@@ -68,6 +75,7 @@ export class ModelActor {
     this.instance = subjectToken(options.instance ?? randomUUID().slice(0, 8), 'instance id');
     this.idleMs = options.idleMs ?? 60_000;
     this.maxSessions = options.maxSessions ?? 256;
+    this.kv = options.kv ?? FULL_CACHE;
   }
 
   start(): this {
@@ -160,7 +168,7 @@ export class ModelActor {
     const old = this.sessions.get(req.session);
     if (old) void this.closeSession(req.session);
     this.sessions.set(req.session, {
-      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, req.sampling),
+      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, req.sampling, this.kv),
       rng: new Rng(req.seed),
       temperature: req.sampling.temperature,
       tokens: [],

@@ -6,6 +6,7 @@ import type { Command } from 'commander';
 import { InvalidArgumentError, CascadeError } from '../errors.ts';
 import { freePort, startNats, startRedis } from '../cluster/local-servers.ts';
 import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../cluster/roles.ts';
+import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { loadFamily } from '../models/family.ts';
 import { parseNumber } from './options.ts';
 
@@ -39,6 +40,22 @@ async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
+}
+
+interface ActorFlags {
+  model?: string;
+  models: string;
+  nats: string;
+  redis?: string[];
+  instance?: string;
+  idleMs: number;
+  threads: number;
+  executionProviders?: string[];
+  kvPolicy: string;
+  kvBudget?: number;
+  kvSinks: number;
+  kvRecent: number;
+  kvRebuild?: number;
 }
 
 interface ClusterState {
@@ -186,14 +203,22 @@ export function registerCluster(program: Command): void {
     .option('--model <name>', 'family member (default: the target for verify, the largest drafter for draft)')
     .option('--models <dir>', 'model family directory', 'models')
     .option('--nats <url>', 'NATS URL (credentials may be in it: nats://user:pass@host:port); env CASCADE_NATS_URL', natsDefault())
-    .option('--redis <url>', 'accepted for symmetry with the other roles; actors keep KV in memory')
+    .option('--redis <urls>', 'Redis URLs where a bounded cache spills released KV for rebuilds (default: in memory)', parseUrls)
+    .option('--kv-policy <policy>', 'bound each session\'s KV cache (draft actors only; exact): window | streaming | h2o | adore', 'full')
+    .option('--kv-budget <m>', 'tokens a bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
+    .option('--kv-sinks <n>', 'first tokens never released', parseNumber('--kv-sinks', { min: 0, integer: true }), 0)
+    .option('--kv-recent <n>', 'newest tokens never released', parseNumber('--kv-recent', { min: 0, integer: true }), 0)
+    .option('--kv-rebuild <r>', 'released tokens brought back per step (adore; default 2)', parseNumber('--kv-rebuild', { min: 0, integer: true }))
     .option('--instance <id>', 'this instance\'s id (letters, digits, - and _); random by default')
     .option('--idle-ms <ms>', 'free a session untouched this long', parseNumber('--idle-ms', { min: 100, integer: true }), 60_000)
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--execution-providers <list>', 'e.g. cuda,cpu (falls back to CPU)', (v: string) => v.split(','))
-    .action(async (kind: string, o: { model?: string; models: string; nats: string; instance?: string; idleMs: number; threads: number; executionProviders?: string[] }) => {
+    .action(async (kind: string, o: ActorFlags) => {
       if (kind !== 'draft' && kind !== 'verify') throw new InvalidArgumentError(`actor kind must be draft or verify, got "${kind}"`);
-      await runUntilSignalled(() => startActorRole({ kind, ...o }));
+      if (!(KV_POLICIES as readonly string[]).includes(o.kvPolicy)) throw new InvalidArgumentError(`--kv-policy must be one of ${KV_POLICIES.join(', ')}, got "${o.kvPolicy}"`);
+      if (o.kvPolicy !== 'full' && o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget`);
+      const kv = o.kvPolicy === 'full' ? undefined : { policy: o.kvPolicy as KvPolicyName, budget: o.kvBudget!, sinks: o.kvSinks, recent: o.kvRecent, rebuild: o.kvRebuild };
+      await runUntilSignalled(() => startActorRole({ kind, ...o, kv }));
     });
 
   program

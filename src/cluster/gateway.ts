@@ -364,7 +364,8 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     };
     try {
       submitted = await submit(data, onTokens);
-      req.raw.on('close', () => {
+      // the response's 'close' before it finished = the client went away
+      reply.raw.on('close', () => {
         if (!reply.raw.writableFinished) onClose();
       });
       if (stream) {

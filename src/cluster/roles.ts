@@ -1,6 +1,8 @@
 import { ModelActor } from '../actors/model-actor.ts';
-import { CascadeError } from '../errors.ts';
-import { loadBigram, loadFamily, memberDir } from '../models/family.ts';
+import { checkKvPolicy, type KvPolicyConfig } from '../engine/bounded-kv.ts';
+import { CascadeError, InvalidArgumentError } from '../errors.ts';
+import { checkBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
+import { loadBigram, loadController, loadFamily, memberDir } from '../models/family.ts';
 import { loadModelSpec } from '../models/config.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
@@ -8,7 +10,7 @@ import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts
 import { buildGateway } from './gateway.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
-import { RedisShards, TokenLog } from './redis-store.ts';
+import { RedisKvStore, RedisShards, TokenLog } from './redis-store.ts';
 import { setupTracing, shutdownTracing } from './tracing.ts';
 import type { Transport } from './transport.ts';
 
@@ -28,6 +30,10 @@ export interface ActorRoleOptions {
   readonly idleMs?: number;
   readonly threads?: number;
   readonly executionProviders?: readonly string[];
+  /** A bounded KV cache for every session (draft actors only: on the target it would be lossy). */
+  readonly kv?: { readonly policy: KvPolicyName; readonly budget: number; readonly sinks: number; readonly recent: number; readonly rebuild?: number };
+  /** Redis URLs for released KV (with a bounded cache that rebuilds); in memory without. */
+  readonly redis?: readonly string[];
 }
 
 /** `cascade actor draft|verify`: one model, serving sessions over NATS. */
@@ -38,6 +44,21 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   const isTarget = name === family.target;
   if (o.kind === 'verify' && !isTarget) throw new CascadeError(`a verify actor hosts the target (${family.target}), not ${name}`);
   if (o.kind === 'draft' && !family.drafters.includes(name)) throw new CascadeError(`${name} is not a drafter of this family (${family.drafters.join(', ')})`);
+  let kv: KvPolicyConfig | undefined;
+  let shards: RedisShards | undefined;
+  if (o.kv && o.kv.policy !== 'full') {
+    if (o.kind === 'verify') throw new InvalidArgumentError('a bounded KV cache on the verifier would make the output lossy: bound the drafters (cascade actor draft --kv-policy …)');
+    const rebuild = o.kv.rebuild ?? (o.kv.policy === 'adore' ? 2 : 0);
+    shards = o.redis?.length && rebuild > 0 ? new RedisShards(o.redis) : undefined;
+    kv = {
+      policy: o.kv.policy,
+      budget: { budget: o.kv.budget, sinks: o.kv.sinks, recent: o.kv.recent, rebuild },
+      controller: o.kv.policy === 'adore' ? loadController(family) : undefined,
+      store: shards ? new RedisKvStore(shards) : undefined,
+    };
+    checkKvPolicy(kv);
+    checkBudget(kv.budget);
+  }
   setupTracing(`cascade-actor-${name}`);
   const session = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true });
   let transport: Transport;
@@ -47,14 +68,15 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     await session.close();
     throw err;
   }
-  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs }).start();
+  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv }).start();
   await (transport as NatsTransport).flush();
   return {
-    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider})`,
+    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})`,
     stop: async () => {
       await actor.stop();
       await transport.close();
       await session.close();
+      await shards?.close();
       await shutdownTracing();
     },
   };
