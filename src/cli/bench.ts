@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { benchCascade } from '../bench/cascade-run.ts';
 import { benchCluster } from '../bench/cluster.ts';
 import { benchKv } from '../bench/kv.ts';
+import { benchSelfDraft } from '../bench/self-draft.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { measureCosts, SCORE_KS, type ModelCosts } from '../bench/costs.ts';
 import { WORKLOADS, type Workload } from '../bench/workloads.ts';
@@ -90,6 +91,19 @@ export function registerBench(program: Command): void {
     .option('--out <dir>', 'directory for kv.json, kv.md and kv-quality.svg', 'results')
     .action(async (o) => {
       await benchKv({ models: o.models, context: o.context, continuation: o.continuation, fractions: o.fractions, policies: o.policies, docs: o.docs, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, threads: o.threads, out: o.out });
+    });
+  bench
+    .command('self-draft')
+    .description('ADORE placement (c) on long documents: the target over an ADORE cache as the first drafter, against ar, mag and csd')
+    .option('--docs <n>', 'held-out long documents (bench/prompts/long.jsonl)', parseNumber('--docs', { min: 1, integer: true }), 4)
+    .option('--context <n>', 'prompt tokens kept of each document', parseNumber('--context', { min: 16, integer: true }), 1900)
+    .option('--max-tokens <n>', 'tokens generated per document', parseNumber('--max-tokens', { min: 1, integer: true }), 64)
+    .option('--budget <m>', 'tokens the self-draft cache keeps', parseNumber('--budget', { min: 8, integer: true }), 512)
+    .option('--repeats <n>', 'repeats (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 2)
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--out <dir>', 'directory for self-draft.json and self-draft.md', 'results')
+    .action(async (o) => {
+      await benchSelfDraft({ models: o.models, docs: o.docs, context: o.context, maxTokens: o.maxTokens, budget: o.budget, repeats: o.repeats, out: o.out });
     });
   bench
     .command('cluster')
