@@ -8,6 +8,7 @@ import { freePort, startNats, startRedis } from '../cluster/local-servers.ts';
 import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../cluster/roles.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { loadFamily } from '../models/family.ts';
+import { generateSecrets, redact, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
 import { parseNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
@@ -45,7 +46,7 @@ async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
 interface ActorFlags {
   model?: string;
   models: string;
-  nats: string;
+  nats?: string;
   redis?: string[];
   instance?: string;
   idleMs: number;
@@ -62,7 +63,7 @@ interface ClusterState {
   readonly gateway: string;
   readonly nats: string;
   readonly redis: string;
-  readonly apiKey?: string;
+  readonly secured: boolean;
   readonly pids: { readonly role: string; readonly pid: number }[];
   readonly logs: string;
 }
@@ -114,6 +115,7 @@ async function waitGone(pids: readonly { pid: number }[], timeoutMs: number): Pr
 }
 
 interface UpOptions {
+  insecure?: boolean;
   models: string;
   stateDir: string;
   port?: number;
@@ -132,45 +134,53 @@ async function clusterUp(o: UpOptions): Promise<void> {
   const family = loadFamily(o.models);
   mkdirSync(dir, { recursive: true });
   const pids: { role: string; pid: number }[] = [];
-  const started = async (role: string, args: string[], timeoutMs = 60_000) => {
+  const started = async (role: string, args: string[], env: Record<string, string>, timeoutMs = 60_000) => {
     const log = join(dir, `${role}.log`);
     const fd = openSync(log, 'w');
-    const child = spawn(process.execPath, [...process.execArgv, MAIN, ...args], { detached: true, stdio: ['ignore', fd, fd], env: process.env });
+    // credentials travel in the environment, never on the command line (visible in ps) or in logs
+    const child = spawn(process.execPath, [...process.execArgv, MAIN, ...args], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
     closeSync(fd);
     child.unref();
     pids.push({ role, pid: child.pid! });
     return { log, pid: child.pid!, wait: () => waitForLine(log, child.pid!, /^ready: /m, timeoutMs, role) };
   };
+  const secrets = o.insecure ? undefined : generateSecrets(o.apiKey);
+  if (secrets) writeFileSync(join(dir, 'secrets.json'), JSON.stringify(secrets, null, 2), { mode: 0o600 });
   try {
     let nats = o.nats;
     let redis = o.redis;
+    const natsFor = (role: SecurityRole) => (secrets && !o.nats ? withCredentials(nats!, role, secrets.nats[role]) : nats!);
+    const redisEnv = () => (secrets && !o.redis ? withCredentials(redis!, secrets.redis.user, secrets.redis.password) : redis!);
     if (!nats) {
-      const s = await startNats({ detached: true });
+      const s = await startNats({ detached: true, users: secrets?.nats, configDir: dir });
       pids.push({ role: 'nats-server', pid: s.process.pid! });
       s.process.unref();
       nats = s.url;
     }
     if (!redis) {
-      const s = await startRedis({ detached: true });
+      const s = await startRedis({ detached: true, acl: secrets?.redis, configDir: dir });
       pids.push({ role: 'redis-server', pid: s.process.pid! });
       s.process.unref();
       redis = s.url;
     }
-    const common = ['--models', o.models, '--nats', nats];
-    const waits = [(await started('verify-0', ['actor', 'verify', ...common, '--threads', String(o.threads)])).wait()];
+    const env = (role: SecurityRole, withRedis = false) => ({ CASCADE_NATS_URL: natsFor(role), ...(withRedis ? { CASCADE_REDIS_URL: redisEnv() } : {}) });
+    const common = ['--models', o.models];
+    const waits = [(await started('verify-0', ['actor', 'verify', ...common, '--threads', String(o.threads)], env('actor'))).wait()];
     for (const d of family.drafters) {
-      for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', d, ...common])).wait());
+      for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', d, ...common], env('actor'))).wait());
     }
-    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...common, '--redis', redis])).wait());
+    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...common], env('coordinator', true))).wait());
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
-    const gw = await started('gateway', ['serve', ...common, '--redis', redis, '--port', String(port), ...(o.apiKey ? ['--api-key', o.apiKey] : [])]);
+    const keys = secrets?.apiKey ?? o.apiKey;
+    const gw = await started('gateway', ['serve', ...common, '--port', String(port)], { ...env('gateway', true), ...(keys ? { CASCADE_API_KEYS: keys } : {}) });
     await gw.wait();
     const gateway = `http://127.0.0.1:${port}`;
-    const state: ClusterState = { gateway, nats, redis, apiKey: o.apiKey, pids, logs: dir };
+    const state: ClusterState = { gateway, nats: redact(nats), redis: redact(redis), secured: Boolean(secrets), pids, logs: dir };
     writeFileSync(stateFile(dir), JSON.stringify(state, null, 2));
     process.stdout.write(`cluster up: ${pids.length} processes, logs in ${dir}\n`);
     process.stdout.write(`gateway ${gateway}  (OpenAI API at ${gateway}/v1)\n`);
+    if (secrets) process.stdout.write(`authentication on: the API key and the NATS/Redis credentials are in ${join(dir, 'secrets.json')} (mode 0600)\n`);
   } catch (err) {
     killAll(pids, 'SIGTERM');
     await waitGone(pids, 5000);
@@ -192,6 +202,9 @@ async function clusterDown(stateDir: string): Promise<void> {
   killAll(servers, 'SIGTERM');
   if (!(await waitGone(servers, 5000))) killAll(servers, 'SIGKILL');
   rmSync(stateFile(dir));
+  rmSync(join(dir, 'secrets.json'), { force: true });
+  rmSync(join(dir, 'nats.conf'), { force: true });
+  rmSync(join(dir, 'redis.conf'), { force: true });
   process.stdout.write(`cluster down: stopped ${roles.length} processes\n`);
 }
 
@@ -202,7 +215,7 @@ export function registerCluster(program: Command): void {
     .argument('<kind>', 'draft | verify')
     .option('--model <name>', 'family member (default: the target for verify, the largest drafter for draft)')
     .option('--models <dir>', 'model family directory', 'models')
-    .option('--nats <url>', 'NATS URL (credentials may be in it: nats://user:pass@host:port); env CASCADE_NATS_URL', natsDefault())
+    .option('--nats <url>', 'NATS URL (credentials may be in it: nats://user:pass@host:port; better in env CASCADE_NATS_URL, default nats://127.0.0.1:4222)')
     .option('--redis <urls>', 'Redis URLs where a bounded cache spills released KV for rebuilds (default: in memory)', parseUrls)
     .option('--kv-policy <policy>', 'bound each session\'s KV cache (draft actors only; exact): window | streaming | h2o | adore', 'full')
     .option('--kv-budget <m>', 'tokens a bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
@@ -218,41 +231,41 @@ export function registerCluster(program: Command): void {
       if (!(KV_POLICIES as readonly string[]).includes(o.kvPolicy)) throw new InvalidArgumentError(`--kv-policy must be one of ${KV_POLICIES.join(', ')}, got "${o.kvPolicy}"`);
       if (o.kvPolicy !== 'full' && o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget`);
       const kv = o.kvPolicy === 'full' ? undefined : { policy: o.kvPolicy as KvPolicyName, budget: o.kvBudget!, sinks: o.kvSinks, recent: o.kvRecent, rebuild: o.kvRebuild };
-      await runUntilSignalled(() => startActorRole({ kind, ...o, kv }));
+      await runUntilSignalled(() => startActorRole({ kind, ...o, nats: o.nats ?? natsDefault(), kv }));
     });
 
   program
     .command('coordinator')
     .description('run a coordinator: takes requests from the BullMQ queue and drives their cascades across actors')
     .option('--models <dir>', 'model family directory (names and MaG\'s table; no weights are loaded)', 'models')
-    .option('--nats <url>', 'NATS URL; env CASCADE_NATS_URL', natsDefault())
-    .option('--redis <urls>', 'Redis URLs, comma-separated (the first holds the queue; all shard session data); env CASCADE_REDIS_URL', parseUrls, parseUrls(redisDefault()))
+    .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
+    .option('--redis <urls>', 'Redis URLs, comma-separated (the first holds the queue; all shard session data; default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
     .option('--call-timeout-ms <ms>', 'timeout of one actor call (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
-    .action(async (o: { models: string; nats: string; redis: string[]; concurrency: number; lockMs: number; callTimeoutMs: number }) => {
-      await runUntilSignalled(() => startCoordinatorRole(o));
+    .action(async (o: { models: string; nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number }) => {
+      await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: o.nats ?? natsDefault(), redis: o.redis ?? parseUrls(redisDefault()) }));
     });
 
   program
     .command('serve')
     .description('run the OpenAI-compatible HTTP gateway (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)')
     .option('--models <dir>', 'model family directory (tokenizer and names)', 'models')
-    .option('--nats <url>', 'NATS URL; env CASCADE_NATS_URL', natsDefault())
-    .option('--redis <urls>', 'Redis URLs, comma-separated; env CASCADE_REDIS_URL', parseUrls, parseUrls(redisDefault()))
+    .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
+    .option('--redis <urls>', 'Redis URLs, comma-separated (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', parseNumber('--port', { min: 0, integer: true }), 8000)
     .option('--api-key <keys>', 'accepted bearer keys, comma-separated (env CASCADE_API_KEYS); none = no authentication')
     .option('--max-in-flight <n>', 'requests in flight before answering 503', parseNumber('--max-in-flight', { min: 1, integer: true }), 64)
     .option('--request-timeout-ms <ms>', 'longest a request may take', parseNumber('--request-timeout-ms', { min: 1000, integer: true }), 600_000)
-    .action(async (o: { models: string; nats: string; redis: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number }) => {
-      await runUntilSignalled(() => startGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
+    .action(async (o: { models: string; nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number }) => {
+      await runUntilSignalled(() => startGatewayRole({ ...o, nats: o.nats ?? natsDefault(), redis: o.redis ?? parseUrls(redisDefault()), apiKeys: apiKeys(o.apiKey) }));
     });
 
   const cluster = program.command('cluster').description('a whole cluster on this machine, one OS process per role');
   cluster
     .command('up')
-    .description('start nats-server and redis-server (unless given), a verifier actor, draft actors, coordinators and the gateway; print the gateway URL')
+    .description('start nats-server and redis-server (unless given), a verifier actor, draft actors, coordinators and the gateway, with authentication on; print the gateway URL')
     .option('--models <dir>', 'model family directory', 'models')
     .option('--state-dir <dir>', 'where the process list and logs go', '.cascade-cluster')
     .option('--port <port>', 'gateway port (default: a free one)', parseNumber('--port', { min: 1, integer: true }))
@@ -260,7 +273,8 @@ export function registerCluster(program: Command): void {
     .option('--redis <url>', 'use this Redis instead of starting one')
     .option('--draft-instances <n>', 'actor processes per drafter', parseNumber('--draft-instances', { min: 1, integer: true }), 1)
     .option('--coordinators <n>', 'coordinator processes', parseNumber('--coordinators', { min: 1, integer: true }), 1)
-    .option('--api-key <key>', 'require this bearer key at the gateway')
+    .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)')
+    .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
     .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
     .action((o: UpOptions) => clusterUp(o));
   cluster

@@ -1,6 +1,10 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect as tcpConnect } from 'node:net';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { CascadeError } from '../errors.ts';
+import { natsConfig, redisConfig, type Role } from './security.ts';
 
 /** A free TCP port on the loopback interface. */
 export function freePort(): Promise<number> {
@@ -56,24 +60,37 @@ function launch(cmd: string, args: string[], what: string, detached = false): Ch
   return child;
 }
 
-/** Starts `nats-server` on a free loopback port (JetStream off: the cluster uses core NATS). */
-export async function startNats(options: { user?: string; pass?: string; port?: number; detached?: boolean } = {}): Promise<LocalServer> {
-  const port = options.port ?? (await freePort());
-  const args = ['-a', '127.0.0.1', '-p', String(port)];
-  if (options.user) args.push('--user', options.user, '--pass', options.pass ?? '');
-  const child = launch('nats-server', args, 'NATS', options.detached);
-  await waitForPort(port, 10_000, child);
-  const auth = options.user ? `${encodeURIComponent(options.user)}:${encodeURIComponent(options.pass ?? '')}@` : '';
-  return { url: `nats://${auth}127.0.0.1:${port}`, port, process: child, stop: stopper(child) };
+/** A 0600 file in `dir` (a fresh temporary directory by default). */
+function privateFile(dir: string | undefined, name: string, text: string): string {
+  const path = join(dir ?? mkdtempSync(join(tmpdir(), 'cascade-')), name);
+  writeFileSync(path, text, { mode: 0o600 });
+  return path;
 }
 
-/** Starts `redis-server` on a free loopback port, in memory only (no RDB, no AOF). */
-export async function startRedis(options: { port?: number; password?: string; detached?: boolean } = {}): Promise<LocalServer> {
+/**
+ * Starts `nats-server` on a free loopback port (JetStream off: the cluster uses core NATS). With
+ * `users`, it requires credentials: one user per role with its subject permissions (security.ts),
+ * from a 0600 config file in `configDir`. The URL returned carries no credentials.
+ */
+export async function startNats(options: { users?: Record<Role, string>; configDir?: string; port?: number; detached?: boolean } = {}): Promise<LocalServer> {
   const port = options.port ?? (await freePort());
-  const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'];
-  if (options.password) args.push('--requirepass', options.password);
+  const args = options.users ? ['-c', privateFile(options.configDir, 'nats.conf', natsConfig(port, options.users))] : ['-a', '127.0.0.1', '-p', String(port)];
+  const child = launch('nats-server', args, 'NATS', options.detached);
+  await waitForPort(port, 10_000, child);
+  return { url: `nats://127.0.0.1:${port}`, port, process: child, stop: stopper(child) };
+}
+
+/**
+ * Starts `redis-server` on a free loopback port, in memory only (no RDB, no AOF) unless
+ * `persistenceDir` is given (append-only file there). With `acl`, the default user is off and only
+ * that ACL user may connect (0600 config file in `configDir`). The URL returned carries no credentials.
+ */
+export async function startRedis(options: { port?: number; acl?: { user: string; password: string }; persistenceDir?: string; configDir?: string; detached?: boolean } = {}): Promise<LocalServer> {
+  const port = options.port ?? (await freePort());
+  const args = options.acl
+    ? [privateFile(options.configDir, 'redis.conf', redisConfig(port, options.acl.user, options.acl.password, options.persistenceDir))]
+    : ['--port', String(port), '--bind', '127.0.0.1', ...(options.persistenceDir ? ['--dir', options.persistenceDir, '--appendonly', 'yes'] : ['--save', '', '--appendonly', 'no'])];
   const child = launch('redis-server', args, 'Redis', options.detached);
   await waitForPort(port, 10_000, child);
-  const auth = options.password ? `:${encodeURIComponent(options.password)}@` : '';
-  return { url: `redis://${auth}127.0.0.1:${port}`, port, process: child, stop: stopper(child) };
+  return { url: `redis://127.0.0.1:${port}`, port, process: child, stop: stopper(child) };
 }

@@ -62,7 +62,7 @@ export class NatsTransport implements Transport {
       });
       return new NatsTransport(nc);
     } catch (cause) {
-      throw new CascadeError(`cannot connect to NATS at ${String(options.servers)}`, { cause });
+      throw new CascadeError(`cannot connect to NATS at ${servers.join(', ')}${user ? ` as ${user}` : ''}`, { cause });
     }
   }
 

@@ -1,5 +1,6 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { CascadeError } from '../errors.ts';
+import { redact } from './security.ts';
 import { joinRows, splitRows, type KvStore } from '../models/kv-store.ts';
 import type { KvRows } from '../models/session.ts';
 
@@ -18,7 +19,7 @@ export class RedisShards {
       try {
         return new Redis(url, { maxRetriesPerRequest: 3, enableReadyCheck: true, lazyConnect: false, ...options });
       } catch (cause) {
-        throw new CascadeError(`bad Redis URL ${url}`, { cause });
+        throw new CascadeError(`bad Redis URL ${redact(url)}`, { cause });
       }
     });
     for (const c of this.clients) c.on('error', () => undefined); // reconnects on its own; callers see failed commands

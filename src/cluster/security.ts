@@ -1,0 +1,79 @@
+import { randomBytes } from 'node:crypto';
+
+/**
+ * Cluster-mode credentials (SPEC §6 Security): one NATS user per role with the subject permissions
+ * that role needs and no more, an ACL user for Redis (the default user switched off), and an API key
+ * for the gateway. `cascade cluster up` generates them, writes them to a 0600 file, and hands each
+ * role only its own credentials through the environment (never on a command line, never in a log).
+ */
+export type Role = 'gateway' | 'coordinator' | 'actor';
+export const ROLES: readonly Role[] = ['gateway', 'coordinator', 'actor'];
+
+export interface Secrets {
+  readonly nats: Record<Role, string>;
+  readonly redis: { readonly user: string; readonly password: string };
+  readonly apiKey: string;
+}
+
+const secret = () => randomBytes(24).toString('base64url');
+
+export function generateSecrets(apiKey?: string): Secrets {
+  return {
+    nats: { gateway: secret(), coordinator: secret(), actor: secret() },
+    redis: { user: 'cascade', password: secret() },
+    apiKey: apiKey ?? `sk-cascade-${secret()}`,
+  };
+}
+
+/**
+ * What each role may publish and subscribe to. Replies to requests travel on the requester's
+ * `_INBOX.>`: the requester subscribes there, and the responder answers through `allow_responses`,
+ * so an actor needs no publish permission at all.
+ */
+export const PERMISSIONS: Record<Role, { publish: string[]; subscribe: string[]; allowResponses: boolean }> = {
+  // follows token streams, sends cancellations
+  gateway: { publish: ['cascade.cancel.>'], subscribe: ['cascade.stream.>', '_INBOX.>'], allowResponses: false },
+  // calls actors, publishes token streams, listens for cancellations
+  coordinator: { publish: ['cascade.actor.>', 'cascade.stream.>'], subscribe: ['cascade.cancel.>', '_INBOX.>'], allowResponses: false },
+  // serves its model's subjects and answers
+  actor: { publish: [], subscribe: ['cascade.actor.>'], allowResponses: true },
+};
+
+/** A nats-server configuration with one user per role. */
+export function natsConfig(port: number, passwords: Record<Role, string>): string {
+  const list = (xs: string[]) => `[${xs.map((x) => JSON.stringify(x)).join(', ')}]`;
+  const users = ROLES.map((role) => {
+    const p = PERMISSIONS[role];
+    const publish = p.publish.length ? `publish: { allow: ${list(p.publish)} }` : 'publish: { deny: [">"] }';
+    const responses = p.allowResponses ? ', allow_responses: true' : '';
+    return `    { user: ${JSON.stringify(role)}, password: ${JSON.stringify(passwords[role])}, permissions: { ${publish}, subscribe: { allow: ${list(p.subscribe)} }${responses} } }`;
+  });
+  return `listen: "127.0.0.1:${port}"\nauthorization {\n  users: [\n${users.join('\n')}\n  ]\n}\n`;
+}
+
+/** A redis-server configuration: loopback, no persistence unless asked, default user off, one ACL user. */
+export function redisConfig(port: number, user: string, password: string, persistenceDir?: string): string {
+  const persistence = persistenceDir ? `dir ${persistenceDir}\nappendonly yes\nappendfsync everysec\n` : `save ""\nappendonly no\n`;
+  return `port ${port}\nbind 127.0.0.1\n${persistence}user default off\nuser ${user} on >${password} ~* &* +@all\n`;
+}
+
+/** `nats://user:pass@host:port` from a plain URL. */
+export function withCredentials(url: string, user: string, password: string): string {
+  const u = new URL(url);
+  u.username = encodeURIComponent(user);
+  u.password = encodeURIComponent(password);
+  return u.toString().replace(/\/$/, '');
+}
+
+/** The URL with any credentials removed (for logs and state files). */
+export function redact(url: string): string {
+  try {
+    const u = new URL(url);
+    if (!u.username && !u.password) return url;
+    u.username = '';
+    u.password = '';
+    return u.toString().replace(/\/$/, '');
+  } catch {
+    return url.replace(/\/\/[^@/]*@/, '//');
+  }
+}
