@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace';
 import test from 'ava';
+import fc from 'fast-check';
 import OpenAI from 'openai';
 import { decode, encode } from '../src/cluster/messages.ts';
 import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
@@ -106,6 +107,13 @@ test.serial('cluster - chat completions stream over SSE and concatenate to the s
   t.is(finish, 'length');
   t.is(usage?.completion_tokens, 24);
   t.is(text, await embedded(chatPrompt(messages), 24));
+});
+
+test.serial('cluster - sampled requests (distributions over NATS) complete and are reproducible by seed', async (t) => {
+  const ask = () => client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 24, temperature: 0.8, seed: 1234 });
+  const [a, b] = [await ask(), await ask()];
+  t.is(a.usage!.completion_tokens, 24);
+  t.is(a.choices[0]!.text, b.choices[0]!.text, 'the same seed gives the same text');
 });
 
 test.serial('cluster - bad requests get clear 4xx errors; a missing key gets 401', async (t) => {
@@ -239,6 +247,81 @@ test.serial('cluster - a client that disconnects mid-stream cancels its request'
   t.regex(metrics, /cascade_requests_total\{status="cancelled"\} 1/);
   const generated = Number(/cascade_generation_tokens_total (\d+)/.exec(metrics)?.[1]);
   t.true(generated > 0);
+});
+
+/** Bodies a hostile or broken client might send: random JSON, valid bodies with one field replaced, bytes. */
+const hostileBody = fc.oneof(
+  fc.jsonValue().map((v) => JSON.stringify(v)),
+  fc
+    .record({
+      key: fc.constantFrom('prompt', 'max_tokens', 'temperature', 'top_p', 'top_k', 'seed', 'stream', 'model', 'n', 'cascade', 'messages', 'stop', '__proto__', 'constructor'),
+      value: fc.oneof(fc.jsonValue(), fc.constantFrom(-1, 0, 1e308, -1e308, 2 ** 53, 'NaN', '', '\u0000', [], {}, null, true)),
+    })
+    .map(({ key, value }) => JSON.stringify({ prompt: 'int x', max_tokens: 1, temperature: 0, [key]: value }).replace('"__proto__"', '"__proto__"')),
+  fc.uint8Array({ maxLength: 200 }).map((b) => Buffer.from(b).toString('latin1')),
+  fc.constantFrom('{"prompt": "\ud800", "max_tokens": 1}', '{"prompt": "x"', '{"prompt": "x", "max_tokens": 1e999}', '[]', 'null', '""', '{"prompt": ["a", "b"]}', '{"messages": []}'),
+);
+
+test.serial('cluster - 1000 malformed or hostile HTTP bodies get clear 4xx answers; good requests beside them succeed', async (t) => {
+  const post = (body: string | Buffer) =>
+    fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }, body });
+  const good = Promise.all([1, 2, 3].map(() => client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 16, temperature: 0 })));
+  const bodies = fc.sample(hostileBody, { numRuns: 1000, seed: 7 });
+  bodies.push('{"prompt": "' + 'x'.repeat(5 * 1024 * 1024) + '"}'); // over the body limit
+  const statuses = new Map<number, number>();
+  for (const body of bodies) {
+    const res = await post(body);
+    statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+    if (res.status >= 500) t.fail(`${res.status} for ${body.slice(0, 200)}: ${await res.text()}`);
+    else if (res.status !== 200) {
+      const err = (await res.json()) as { error?: { message?: string } };
+      if (!err.error?.message) t.fail(`${res.status} without an error message for ${body.slice(0, 200)}`);
+    } else await res.arrayBuffer();
+  }
+  t.true((statuses.get(400) ?? 0) > 500, `mostly 400s: ${JSON.stringify([...statuses])}`);
+  t.is(statuses.get(413), 1, 'the oversized body is refused as too large');
+  const done = await good;
+  const want = await embedded(PROMPT, 16);
+  for (const r of done) t.is(r.choices[0]!.text, want);
+});
+
+test.serial('cluster - 1000 truncated, garbled or oversized NATS frames get error replies; actors keep serving', async (t) => {
+  const nc = await NatsTransport.connect({ servers: nats.url });
+  const valid = [
+    encode({ type: 'open', session: 'fz', sampling: GREEDY, seed: 1 }),
+    encode({ type: 'propose', session: 'fz', base: 0, suffix: [1, 2, 3], want: 2 }),
+    encode({ type: 'review', session: 'fz', base: 0, suffix: [1, 2, 3, 4], start: 2, lenience: 1, passUp: false, q: [] }),
+  ];
+  const frames = fc.sample(
+    fc.oneof(
+      fc.uint8Array({ maxLength: 300 }),
+      fc.tuple(fc.constantFrom(...valid), fc.nat()).map(([f, n]) => f.subarray(0, n % f.length)),
+      fc.tuple(fc.constantFrom(...valid), fc.nat(), fc.integer({ min: 0, max: 255 })).map(([f, i, b]) => {
+        const g = f.slice();
+        g[i % g.length] = b;
+        return g;
+      }),
+      fc.constant(new Uint8Array(900 * 1024).fill(0xca)),
+    ),
+    { numRuns: 1000, seed: 11 },
+  );
+  try {
+    const open = decode(await nc.request(subjects.open(family.drafters[0]!), valid[0]!, { timeoutMs: 5000 }));
+    const instance = open.type === 'opened' ? open.instance : '';
+    let errors = 0;
+    for (const [i, f] of frames.entries()) {
+      const subject = i % 2 ? subjects.open(family.drafters[0]!) : subjects.instance(family.drafters[0]!, instance);
+      const reply = decode(await nc.request(subject, f, { timeoutMs: 10_000 }));
+      if (reply.type === 'error') errors++;
+      else if (!['opened', 'proposed', 'reviewed', 'closed'].includes(reply.type)) t.fail(`unexpected reply ${reply.type}`);
+    }
+    t.true(errors > 900, `${errors} of 1000 frames answered with an error`);
+  } finally {
+    await nc.close();
+  }
+  t.is(roles.get(family.drafters[0]!)!.child.exitCode, null, 'the actor process is still running');
+  const r = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 8, temperature: 0 });
+  t.is(r.choices[0]!.text, await embedded(PROMPT, 8));
 });
 
 test.serial('cluster - a saturated gateway answers 503 with Retry-After', async (t) => {

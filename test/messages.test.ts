@@ -21,6 +21,15 @@ test('messages - every message type survives a round trip through its binary fra
   for (const m of messages) t.deepEqual(decode(encode(m)), m, m.type);
 });
 
+test('messages - rows decode from a Node Buffer view at any offset (NATS hands frames over as pool slices)', (t) => {
+  const frame = encode({ type: 'reviewed', accepted: 1, token: 2, p: [new Float32Array([0.5, 0.25, 0.25])] });
+  const pool = Buffer.alloc(frame.length + 7);
+  pool.set(frame, 3);
+  const view = pool.subarray(3, 3 + frame.length);
+  const m = decode(view);
+  t.deepEqual(m.type === 'reviewed' ? [...m.p[0]!] : [], [0.5, 0.25, 0.25]);
+});
+
 test('messages - token ids are little-endian uint32 after the header', (t) => {
   const frame = encode({ type: 'tokens', offset: 1, tokens: [0x01020304] });
   t.is(frame[0], FRAME_MAGIC);

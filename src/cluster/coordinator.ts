@@ -201,6 +201,7 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
         return await coordinator.run(job.data, job.attemptsMade);
       } catch (err) {
         const last = err instanceof InvalidArgumentError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+        process.stderr.write(`request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} failed${last ? ' for good' : ', will retry'}: ${(err as Error).stack ?? String(err)}\n`);
         if (last) coordinator.failed(String(job.data?.requestId ?? job.id), (err as Error).message);
         if (err instanceof InvalidArgumentError) throw new UnrecoverableError((err as Error).message);
         throw err;

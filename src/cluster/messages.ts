@@ -231,7 +231,8 @@ class Reader {
       if (present !== 1) throw new FrameError(`${what}: bad row marker ${present}`);
       const len = this.count(what);
       this.need(4 * len, what);
-      out.push(new Float32Array(this.buf.slice(this.at, this.at + 4 * len).buffer));
+      // a copy, aligned: the frame may be a Node Buffer view into a larger pool (Buffer#slice does not copy)
+      out.push(new Float32Array(Uint8Array.prototype.slice.call(this.buf, this.at, this.at + 4 * len).buffer));
       this.at += 4 * len;
     }
     return out;
