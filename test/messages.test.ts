@@ -15,6 +15,8 @@ const messages: Message[] = [
   { type: 'tokens', offset: 17, tokens: [1, 2, 3] },
   { type: 'done', finishReason: 'stop', stats: JSON.stringify({ a: 1 }) },
   { type: 'failed', message: 'boom' },
+  { type: 'stats' },
+  { type: 'statsReply', instance: 'v0', sessions: 3 },
 ];
 
 test('messages - every message type survives a round trip through its binary frame', (t) => {

@@ -122,7 +122,7 @@ export class ModelActor {
     let req: ActorRequest;
     try {
       const m = decode(data);
-      if (m.type !== 'open' && m.type !== 'propose' && m.type !== 'review' && m.type !== 'close') {
+      if (m.type !== 'open' && m.type !== 'propose' && m.type !== 'review' && m.type !== 'close' && m.type !== 'stats') {
         throw new FrameError(`an actor does not accept "${m.type}" messages`);
       }
       req = m;
@@ -130,6 +130,7 @@ export class ModelActor {
       this.counters.errors++;
       return encode({ type: 'error', code: 'bad-frame', message: (err as Error).message });
     }
+    if (req.type === 'stats') return encode({ type: 'statsReply', instance: this.instance, sessions: this.sessions.size });
     const parent = extractContext(headers);
     try {
       const reply = await inSpan(`actor.${req.type}`, parent, { 'cascade.model': this.model, 'cascade.instance': this.instance, 'cascade.session': req.session }, () => this.serve(req));
@@ -141,7 +142,7 @@ export class ModelActor {
     }
   }
 
-  private async serve(req: ActorRequest): Promise<ActorReply> {
+  private async serve(req: Exclude<ActorRequest, { type: 'stats' }>): Promise<ActorReply> {
     if (req.type === 'open') return this.open(req);
     const s = this.sessions.get(req.session);
     if (req.type === 'close') {

@@ -8,6 +8,7 @@ import { freePort, startNats, startRedis } from '../cluster/local-servers.ts';
 import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../cluster/roles.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { loadFamily } from '../models/family.ts';
+import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { generateSecrets, redact, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
 import { parseNumber } from './options.ts';
 
@@ -260,6 +261,23 @@ export function registerCluster(program: Command): void {
     .option('--request-timeout-ms <ms>', 'longest a request may take', parseNumber('--request-timeout-ms', { min: 1000, integer: true }), 600_000)
     .action(async (o: { models: string; nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number }) => {
       await runUntilSignalled(() => startGatewayRole({ ...o, nats: o.nats ?? natsDefault(), redis: o.redis ?? parseUrls(redisDefault()), apiKeys: apiKeys(o.apiKey) }));
+    });
+
+  program
+    .command('chaos')
+    .description('fault scenarios (normal -> fault -> recovery) against a local multi-process cluster, during concurrent streaming requests; prints a table')
+    .option('--scenarios <list>', `comma-separated: ${SCENARIOS.join(', ')}`, (v: string) => {
+      const list = v.split(',').map((s) => s.trim());
+      for (const s of list) if (!(SCENARIOS as readonly string[]).includes(s)) throw new InvalidArgumentError(`unknown scenario "${s}": use ${SCENARIOS.join(', ')}`);
+      return list;
+    }, [...SCENARIOS])
+    .option('--concurrency <n>', 'concurrent streaming requests per phase', parseNumber('--concurrency', { min: 1, integer: true }), 20)
+    .option('--max-tokens <n>', 'tokens per request', parseNumber('--max-tokens', { min: 1, integer: true }), 32)
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--out <dir>', 'directory for chaos.json and chaos.md', 'results')
+    .action(async (o: { scenarios: Scenario[]; concurrency: number; maxTokens: number; models: string; out: string }) => {
+      const ok = await chaosCommand(o);
+      if (!ok) process.exitCode = 1;
     });
 
   const cluster = program.command('cluster').description('a whole cluster on this machine, one OS process per role');

@@ -218,6 +218,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   /** Enqueues a job and follows its stream; `onTokens` sees each new token once, in order. */
   async function submit(data: JobData, onTokens: (tokens: readonly number[]) => void): Promise<Submitted> {
     let have = 0;
+    let lastHeard = Date.now();
     let settle!: { resolve: (o: RequestOutcome) => void; reject: (e: Error) => void };
     const done = new Promise<RequestOutcome>((resolve, reject) => (settle = { resolve, reject }));
     const take = (offset: number, tokens: readonly number[]) => {
@@ -232,6 +233,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       onTokens(fresh);
     };
     const sub = transport.subscribe(subjects.stream(data.requestId), (frame) => {
+      lastHeard = Date.now();
       try {
         const m = decode(frame);
         if (m.type === 'tokens') take(m.offset, m.tokens);
@@ -250,18 +252,38 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       settle.reject(new HttpError(504, `the request did not finish within ${timeoutMs} ms`, 'server_error'));
     }, timeoutMs);
     const cancel = () => {
-      transport.publish(subjects.cancel(data.requestId), encode({ type: 'close', session: data.requestId }));
+      try {
+        transport.publish(subjects.cancel(data.requestId), encode({ type: 'close', session: data.requestId }));
+      } catch {
+        // NATS is down: the request runs to its end and is dropped then
+      }
       void queue.remove(data.requestId).catch(() => undefined);
     };
+    // The stream is at-most-once (a NATS restart loses messages): every second, a request whose
+    // stream went quiet is looked up in Redis, where the coordinator records tokens and the result.
+    const poll = setInterval(() => {
+      if (Date.now() - lastHeard < 1000) return;
+      void log
+        .result(data.requestId)
+        .then(async (result) => {
+          if (!result) return;
+          take(0, await log.read(data.requestId));
+          settle.resolve(JSON.parse(result) as RequestOutcome);
+        })
+        .catch(() => undefined);
+    }, 1000);
+    poll.unref();
     try {
       await queue.add('generate', data, jobOptions(data.requestId));
     } catch (err) {
       clearTimeout(timer);
+      clearInterval(poll);
       await sub.close();
       throw new HttpError(503, `the request queue is unavailable: ${(err as Error).message}`, 'server_error', null, { 'retry-after': '2' });
     }
     const finished = done.finally(() => {
       clearTimeout(timer);
+      clearInterval(poll);
       void sub.close();
     });
     finished.catch(() => undefined);

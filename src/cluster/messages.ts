@@ -40,7 +40,9 @@ export type ActorRequest =
       readonly q: Rows;
     }
   /** Frees the session's KV (request finished, cancelled or moved). */
-  | { readonly type: 'close'; readonly session: string };
+  | { readonly type: 'close'; readonly session: string }
+  /** How many sessions the instance holds (leak checks, KV use). */
+  | { readonly type: 'stats' };
 
 export type ErrorCode = 'bad-frame' | 'unknown-session' | 'invalid' | 'internal';
 const ERROR_CODES: readonly ErrorCode[] = ['bad-frame', 'unknown-session', 'invalid', 'internal'];
@@ -52,6 +54,7 @@ export type ActorReply =
   /** `p`: the reviewer's distributions of the emitted tokens (accepted ones, then its own) when passed up exactly. */
   | { readonly type: 'reviewed'; readonly accepted: number; readonly token: number; readonly p: Rows }
   | { readonly type: 'closed' }
+  | { readonly type: 'statsReply'; readonly instance: string; readonly sessions: number }
   | { readonly type: 'error'; readonly code: ErrorCode; readonly message: string };
 
 /** Coordinator → gateway, on the request's stream subject. `offset` is the index of the first token. */
@@ -63,7 +66,7 @@ export type StreamEvent =
 
 export type Message = ActorRequest | ActorReply | StreamEvent;
 
-const TYPES = ['open', 'propose', 'review', 'close', 'opened', 'proposed', 'reviewed', 'closed', 'error', 'tokens', 'done', 'failed'] as const;
+const TYPES = ['open', 'propose', 'review', 'close', 'opened', 'proposed', 'reviewed', 'closed', 'error', 'tokens', 'done', 'failed', 'stats', 'statsReply'] as const;
 
 /** A frame that cannot be decoded: wrong magic or version, unknown type, truncated or oversized. */
 export class FrameError extends Error {
@@ -277,6 +280,10 @@ export function encode(m: Message): Uint8Array {
       return w.str(m.finishReason).text(m.stats).done();
     case 'failed':
       return w.str(m.message.slice(0, 4000)).done();
+    case 'stats':
+      return w.done();
+    case 'statsReply':
+      return w.str(m.instance).u32(m.sessions).done();
   }
 }
 
@@ -333,6 +340,12 @@ export function decode(frame: Uint8Array): Message {
       break;
     case 'failed':
       m = { type, message: r.str('message') };
+      break;
+    case 'stats':
+      m = { type };
+      break;
+    case 'statsReply':
+      m = { type, instance: r.str('instance'), sessions: r.u32('sessions') };
       break;
   }
   r.end();

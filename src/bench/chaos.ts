@@ -1,0 +1,293 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decode, encode } from '../cluster/messages.ts';
+import { startNats, startRedis, type LocalServer } from '../cluster/local-servers.ts';
+import { NatsTransport } from '../cluster/nats-transport.ts';
+import { spawnRole, type RoleProcess } from '../cluster/processes.ts';
+import { startGatewayRole } from '../cluster/roles.ts';
+import { subjects } from '../cluster/transport.ts';
+import { CascadeError } from '../errors.ts';
+import { loadFamily } from '../models/family.ts';
+import { formatTable, median, writeJson } from './report.ts';
+import { loadWorkload } from './workloads.ts';
+
+/** Actors free a session untouched this long (a dead coordinator's, say). */
+const IDLE_MS = 5000;
+
+/** The fault scenarios of `cascade chaos` (issue 6; modelled on NVIDIA Dynamo's fault tests). */
+export const SCENARIOS = ['kill-drafter', 'kill-verifier', 'kill-coordinator', 'partition-drafter', 'restart-nats', 'restart-redis'] as const;
+export type Scenario = (typeof SCENARIOS)[number];
+
+export interface ChaosOptions {
+  readonly models: string;
+  readonly scenarios: readonly Scenario[];
+  /** Concurrent streaming requests per phase. */
+  readonly concurrency: number;
+  readonly maxTokens: number;
+  readonly out: string;
+  readonly log?: (line: string) => void;
+}
+
+export interface ScenarioResult {
+  readonly scenario: Scenario;
+  readonly requests: number;
+  readonly completed: number;
+  readonly identical: number;
+  /** Requests that failed with an explicit error and completed when the client retried them. */
+  readonly retried: number;
+  readonly failed: number;
+  readonly recoveryCompleted: number;
+  /** Sessions still held once the idle timeout has passed (leaks). */
+  readonly leakedSessions: number;
+  /** Seconds after the recovery phase until every actor held no session. */
+  readonly drainSeconds: number;
+  readonly medianSeconds: number;
+  readonly pass: boolean;
+}
+
+interface Outcome {
+  readonly text: string;
+  readonly seconds: number;
+  readonly retried: boolean;
+  readonly error?: string;
+}
+
+/**
+ * A cluster on this machine whose parts can be killed, paused and restarted: nats-server, redis-server
+ * (append-only file on, so queued jobs survive a restart), two verifier actors, one actor per drafter,
+ * two coordinators, and the gateway in this process.
+ */
+class ChaosCluster {
+  nats!: LocalServer;
+  redis!: LocalServer;
+  readonly redisDir = mkdtempSync(join(tmpdir(), 'cascade-chaos-redis-'));
+  readonly roles = new Map<string, { args: string[]; proc: RoleProcess }>();
+  gateway!: Awaited<ReturnType<typeof startGatewayRole>>;
+  readonly family;
+
+  constructor(readonly models: string) {
+    this.family = loadFamily(models);
+  }
+
+  async start(): Promise<void> {
+    [this.nats, this.redis] = await Promise.all([startNats(), startRedis({ persistenceDir: this.redisDir })]);
+    const common = ['--models', this.family.dir, '--nats', this.nats.url];
+    const specs: [string, string[]][] = [
+      ['verify-0', ['actor', 'verify', ...common, '--instance', 'v0', '--idle-ms', String(IDLE_MS)]],
+      ['verify-1', ['actor', 'verify', ...common, '--instance', 'v1', '--idle-ms', String(IDLE_MS)]],
+      ...this.family.drafters.map((d): [string, string[]] => [`draft-${d}`, ['actor', 'draft', '--model', d, ...common, '--instance', `${d}-0`, '--idle-ms', String(IDLE_MS)]]),
+      ['coordinator-0', ['coordinator', ...common, '--redis', this.redis.url, '--lock-ms', '2000', '--call-timeout-ms', '2000']],
+      ['coordinator-1', ['coordinator', ...common, '--redis', this.redis.url, '--lock-ms', '2000', '--call-timeout-ms', '2000']],
+    ];
+    const procs = await Promise.all(specs.map(([, args]) => spawnRole(args)));
+    specs.forEach(([name, args], i) => this.roles.set(name, { args, proc: procs[i]! }));
+    this.gateway = await startGatewayRole({ models: this.family.dir, nats: this.nats.url, redis: [this.redis.url], port: 0, maxInFlight: 1024, requestTimeoutMs: 120_000 });
+  }
+
+  role(name: string): RoleProcess {
+    const r = this.roles.get(name);
+    if (!r) throw new CascadeError(`no role ${name}`);
+    return r.proc;
+  }
+
+  async restart(name: string): Promise<void> {
+    const r = this.roles.get(name)!;
+    await r.proc.stop('SIGKILL');
+    r.proc = await spawnRole(r.args);
+  }
+
+  async restartNats(): Promise<void> {
+    await this.nats.stop();
+    await new Promise((r) => setTimeout(r, 1000));
+    this.nats = await startNats({ port: this.nats.port });
+  }
+
+  async restartRedis(): Promise<void> {
+    await this.redis.stop();
+    await new Promise((r) => setTimeout(r, 1000));
+    this.redis = await startRedis({ port: this.redis.port, persistenceDir: this.redisDir });
+  }
+
+  /** Sessions every actor instance still holds (after requests finished: leaks). */
+  async sessions(): Promise<number> {
+    const nc = await NatsTransport.connect({ servers: this.nats.url });
+    try {
+      const instances: [string, string][] = [[this.family.target, 'v0'], [this.family.target, 'v1'], ...this.family.drafters.map((d): [string, string] => [d, `${d}-0`])];
+      let n = 0;
+      for (const [model, instance] of instances) {
+        const reply = decode(await nc.request(subjects.instance(model, instance), encode({ type: 'stats' }), { timeoutMs: 5000 }));
+        if (reply.type === 'statsReply') n += reply.sessions;
+      }
+      return n;
+    } finally {
+      await nc.close();
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.gateway?.stop().catch(() => undefined);
+    await Promise.all([...this.roles.values()].map((r) => r.proc.stop()));
+    await Promise.all([this.nats?.stop(), this.redis?.stop()]);
+  }
+}
+
+/** One streaming completion over SSE; returns the text, or throws with the server's explicit error. */
+async function stream(url: string, prompt: string, maxTokens: number, onToken: () => void): Promise<string> {
+  const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0, stream: true }) });
+  if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  let text = '';
+  let buffer = '';
+  let finished = false;
+  const decoder = new TextDecoder();
+  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+    buffer += decoder.decode(chunk, { stream: true });
+    let cut: number;
+    while ((cut = buffer.indexOf('\n\n')) >= 0) {
+      const event = buffer.slice(0, cut).replace(/^data: /, '');
+      buffer = buffer.slice(cut + 2);
+      if (event === '[DONE]') {
+        finished = true;
+        continue;
+      }
+      const m = JSON.parse(event) as { error?: { message: string }; choices?: { text: string }[] };
+      if (m.error) throw new Error(m.error.message);
+      const piece = m.choices?.[0]?.text ?? '';
+      if (piece) onToken();
+      text += piece;
+    }
+  }
+  if (!finished) throw new Error('the stream ended without [DONE]');
+  return text;
+}
+
+/** Runs every prompt at once; a request that fails with an explicit error is retried once. */
+async function wave(url: string, prompts: readonly string[], maxTokens: number, onFirstToken?: () => void): Promise<Outcome[]> {
+  let fired = false;
+  const first = () => {
+    if (!fired) {
+      fired = true;
+      onFirstToken?.();
+    }
+  };
+  return Promise.all(
+    prompts.map(async (p) => {
+      const t0 = performance.now();
+      try {
+        return { text: await stream(url, p, maxTokens, first), seconds: (performance.now() - t0) / 1000, retried: false };
+      } catch {
+        try {
+          return { text: await stream(url, p, maxTokens, first), seconds: (performance.now() - t0) / 1000, retried: true };
+        } catch (err) {
+          return { text: '', seconds: (performance.now() - t0) / 1000, retried: true, error: (err as Error).message };
+        }
+      }
+    }),
+  );
+}
+
+/** `cascade chaos`: each scenario runs normal → fault → recovery against a local multi-process cluster. */
+export async function runChaos(o: ChaosOptions): Promise<ScenarioResult[]> {
+  const log = o.log ?? ((s: string) => process.stderr.write(`${s}\n`));
+  const prompts = Array.from({ length: o.concurrency }, (_, i) => {
+    const all = loadWorkload('code');
+    return all[i % all.length]!.prompt;
+  });
+  const cluster = new ChaosCluster(o.models);
+  const results: ScenarioResult[] = [];
+  try {
+    log('starting the cluster (2 verifiers, one actor per drafter, 2 coordinators) …');
+    await cluster.start();
+    log(`normal: ${o.concurrency} concurrent streams, no fault (the reference output)`);
+    const reference = await wave(cluster.gateway.url, prompts, o.maxTokens);
+    if (reference.some((r) => r.error)) throw new CascadeError(`the no-fault run failed: ${reference.find((r) => r.error)!.error}`);
+    const drafter = `draft-${cluster.family.drafters[0]}`;
+    for (const scenario of o.scenarios) {
+      log(`${scenario}: fault …`);
+      let recover: () => Promise<void> = async () => undefined;
+      const inject = async () => {
+        switch (scenario) {
+          case 'kill-drafter':
+            await cluster.role(drafter).stop('SIGKILL');
+            recover = () => cluster.restart(drafter);
+            break;
+          case 'kill-verifier':
+            await cluster.role('verify-0').stop('SIGKILL');
+            recover = () => cluster.restart('verify-0');
+            break;
+          case 'kill-coordinator':
+            await cluster.role('coordinator-0').stop('SIGKILL');
+            recover = () => cluster.restart('coordinator-0');
+            break;
+          case 'partition-drafter': {
+            const pid = cluster.role(drafter).child.pid!;
+            process.kill(pid, 'SIGSTOP');
+            setTimeout(() => process.kill(pid, 'SIGCONT'), 4000).unref();
+            break;
+          }
+          case 'restart-nats':
+            await cluster.restartNats();
+            break;
+          case 'restart-redis':
+            await cluster.restartRedis();
+            break;
+        }
+      };
+      let injected: Promise<void> | undefined;
+      const faulty = await wave(cluster.gateway.url, prompts, o.maxTokens, () => {
+        injected = new Promise((r) => setTimeout(r, 300)).then(inject);
+      });
+      await injected;
+      log(`${scenario}: recovery …`);
+      await recover();
+      await new Promise((r) => setTimeout(r, 1500));
+      const after = await wave(cluster.gateway.url, prompts, o.maxTokens);
+      // orphaned sessions (a dead coordinator's, closes lost in an outage) must be gone within the idle timeout
+      const drainStart = performance.now();
+      let leaked = await cluster.sessions().catch(() => -1);
+      while (leaked !== 0 && performance.now() - drainStart < 2 * IDLE_MS + 3000) {
+        await new Promise((r) => setTimeout(r, 500));
+        leaked = await cluster.sessions().catch(() => -1);
+      }
+      const drainSeconds = (performance.now() - drainStart) / 1000;
+      const identical = faulty.filter((r, i) => !r.error && r.text === reference[i]!.text).length;
+      const recovered = after.filter((r, i) => !r.error && r.text === reference[i]!.text).length;
+      const result: ScenarioResult = {
+        scenario,
+        requests: prompts.length,
+        completed: faulty.filter((r) => !r.error).length,
+        identical,
+        retried: faulty.filter((r) => r.retried && !r.error).length,
+        failed: faulty.filter((r) => r.error).length,
+        recoveryCompleted: recovered,
+        leakedSessions: leaked,
+        drainSeconds,
+        medianSeconds: median(faulty.map((r) => r.seconds)),
+        pass: identical === prompts.length && recovered === prompts.length && leaked === 0,
+      };
+      results.push(result);
+      const errors = faulty.filter((r) => r.error).map((r) => r.error);
+      log(`${scenario}: ${result.pass ? 'pass' : 'FAIL'} (${identical}/${prompts.length} identical, ${result.retried} retried, ${leaked} sessions left after ${drainSeconds.toFixed(1)} s${errors.length ? `; errors: ${[...new Set(errors)].join(' | ')}` : ''})`);
+    }
+  } finally {
+    await cluster.stop();
+  }
+  return results;
+}
+
+export function chaosTable(results: readonly ScenarioResult[]): string {
+  return formatTable(
+    ['scenario', 'requests', 'completed', 'identical', 'retried', 'failed', 'recovery ok', 'sessions left', 'drained in s', 'median s', 'result'],
+    results.map((r) => [r.scenario, r.requests, r.completed, r.identical, r.retried, r.failed, r.recoveryCompleted, r.leakedSessions, r.drainSeconds, r.medianSeconds, r.pass ? 'pass' : 'FAIL']),
+  );
+}
+
+/** Runs the suite, prints the table, writes chaos.json and chaos.md; exits non-zero when a scenario fails. */
+export async function chaosCommand(o: ChaosOptions): Promise<boolean> {
+  const results = await runChaos(o);
+  const table = chaosTable(results);
+  writeJson(o.out, 'chaos', { concurrency: o.concurrency, maxTokens: o.maxTokens, results });
+  writeFileSync(join(o.out, 'chaos.md'), `# Chaos suite\n\n${o.concurrency} concurrent greedy streams of ${o.maxTokens} tokens per phase; each scenario runs normal → fault → recovery; actors free orphaned sessions after ${IDLE_MS / 1000} s idle, and *sessions left* is counted once that has passed.\n\n\`\`\`\n${table}\n\`\`\`\n`);
+  process.stdout.write(`${table}\n\nwrote ${join(o.out, 'chaos.json')} and chaos.md\n`);
+  return results.every((r) => r.pass);
+}
