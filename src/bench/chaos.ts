@@ -58,7 +58,7 @@ interface Outcome {
  * (append-only file on, so queued jobs survive a restart), two verifier actors, one actor per drafter,
  * two coordinators, and the gateway in this process.
  */
-class ChaosCluster {
+export class ChaosCluster {
   nats!: LocalServer;
   redis!: LocalServer;
   readonly redisDir = mkdtempSync(join(tmpdir(), 'cascade-chaos-redis-'));
@@ -133,7 +133,7 @@ class ChaosCluster {
 }
 
 /** One streaming completion over SSE; returns the text, or throws with the server's explicit error. */
-async function stream(url: string, prompt: string, maxTokens: number, onToken: () => void): Promise<string> {
+export async function stream(url: string, prompt: string, maxTokens: number, onToken: () => void): Promise<string> {
   const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0, stream: true }) });
   if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
   let text = '';

@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { benchCascade } from '../bench/cascade-run.ts';
 import { benchCluster } from '../bench/cluster.ts';
 import { benchKv } from '../bench/kv.ts';
+import { benchLoad } from '../bench/load.ts';
 import { benchSelfDraft } from '../bench/self-draft.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { measureCosts, SCORE_KS, type ModelCosts } from '../bench/costs.ts';
@@ -91,6 +92,19 @@ export function registerBench(program: Command): void {
     .option('--out <dir>', 'directory for kv.json, kv.md and kv-quality.svg', 'results')
     .action(async (o) => {
       await benchKv({ models: o.models, context: o.context, continuation: o.continuation, fractions: o.fractions, policies: o.policies, docs: o.docs, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, threads: o.threads, out: o.out });
+    });
+  bench
+    .command('load')
+    .description('many streaming requests of mixed lengths at a fixed concurrency against a local cluster: P50/P90/P99 latencies, errors, memory')
+    .option('--requests <n>', 'requests in all', parseNumber('--requests', { min: 1, integer: true }), 500)
+    .option('--concurrency <n>', 'requests in flight', parseNumber('--concurrency', { min: 1, integer: true }), 32)
+    .option('--min-tokens <n>', 'shortest max_tokens', parseNumber('--min-tokens', { min: 1, integer: true }), 4)
+    .option('--max-tokens <n>', 'longest max_tokens', parseNumber('--max-tokens', { min: 1, integer: true }), 48)
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--out <dir>', 'directory for load.json and load.md', 'results')
+    .action(async (o) => {
+      if (o.minTokens > o.maxTokens) throw new InvalidArgumentError('--min-tokens must not exceed --max-tokens');
+      await benchLoad({ models: o.models, requests: o.requests, concurrency: o.concurrency, minTokens: o.minTokens, maxTokens: o.maxTokens, out: o.out });
     });
   bench
     .command('self-draft')

@@ -1,0 +1,130 @@
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ChaosCluster } from './chaos.ts';
+import { formatTable, writeJson } from './report.ts';
+import { loadWorkload } from './workloads.ts';
+import { Rng } from '../kernels/rng.ts';
+
+export interface LoadOptions {
+  readonly models: string;
+  readonly requests: number;
+  readonly concurrency: number;
+  /** Shortest and longest max_tokens; each request draws one (seeded). */
+  readonly minTokens: number;
+  readonly maxTokens: number;
+  readonly out: string;
+}
+
+const quantile = (xs: readonly number[], q: number): number => {
+  if (!xs.length) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
+};
+
+/** Resident memory of a process in MiB (Linux /proc). */
+function rssMiB(pid: number): number {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+interface Timing {
+  ttft: number;
+  gaps: number[];
+  e2e: number;
+  ok: boolean;
+}
+
+/**
+ * `cascade bench load`: many streaming requests of mixed lengths at a fixed concurrency against a
+ * local multi-process cluster; P50/P90/P99 of time to first token, inter-chunk latency and
+ * end-to-end latency, errors, and every process's resident memory at each tenth of the run (a
+ * growth trend would show as a rising column).
+ */
+export async function benchLoad(o: LoadOptions): Promise<void> {
+  const prompts = loadWorkload('code').map((p) => p.prompt);
+  const rng = new Rng(7);
+  const lengths = Array.from({ length: o.requests }, () => o.minTokens + Math.floor(rng.uniform() * (o.maxTokens - o.minTokens + 1)));
+  const cluster = new ChaosCluster(o.models);
+  try {
+    process.stderr.write('starting the cluster …\n');
+    await cluster.start();
+    const pids = (): [string, number][] => [['gateway (this process)', process.pid], ...[...cluster.roles.entries()].map(([name, r]): [string, number] => [name, r.proc.child.pid!])];
+    const memory: { done: number; rss: Record<string, number> }[] = [];
+    const sample = (done: number) => memory.push({ done, rss: Object.fromEntries(pids().map(([n, p]) => [n, rssMiB(p)])) });
+    const url = `${cluster.gateway.url}/v1/completions`;
+    const one = async (i: number): Promise<Timing> => {
+      const t0 = performance.now();
+      let last = t0;
+      let ttft = NaN;
+      const gaps: number[] = [];
+      try {
+        const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: prompts[i % prompts.length], max_tokens: lengths[i], temperature: 0, stream: true }) });
+        if (!res.ok) throw new Error(`HTTP ${res.status}`);
+        let buffer = '';
+        let done = false;
+        const decoder = new TextDecoder();
+        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+          buffer += decoder.decode(chunk, { stream: true });
+          let cut: number;
+          while ((cut = buffer.indexOf('\n\n')) >= 0) {
+            const event = buffer.slice(0, cut).replace(/^data: /, '');
+            buffer = buffer.slice(cut + 2);
+            if (event === '[DONE]') {
+              done = true;
+              continue;
+            }
+            const m = JSON.parse(event) as { error?: unknown; choices?: { text: string }[] };
+            if (m.error) throw new Error('error event');
+            if (!m.choices?.[0]?.text) continue;
+            const now = performance.now();
+            if (Number.isNaN(ttft)) ttft = now - t0;
+            else gaps.push(now - last);
+            last = now;
+          }
+        }
+        return { ttft, gaps, e2e: performance.now() - t0, ok: done };
+      } catch {
+        return { ttft, gaps, e2e: performance.now() - t0, ok: false };
+      }
+    };
+    // warm-up, then the measured run
+    await Promise.all(Array.from({ length: Math.min(o.concurrency, 8) }, (_, i) => one(i)));
+    sample(0);
+    const timings: Timing[] = [];
+    let next = 0;
+    const step = Math.max(1, Math.floor(o.requests / 10));
+    const t0 = performance.now();
+    await Promise.all(
+      Array.from({ length: o.concurrency }, async () => {
+        while (next < o.requests) {
+          const i = next++;
+          timings.push(await one(i));
+          if (timings.length % step === 0) sample(timings.length);
+          if (timings.length % 50 === 0) process.stderr.write(`${timings.length}/${o.requests} requests done\n`);
+        }
+      }),
+    );
+    const wall = (performance.now() - t0) / 1000;
+    const ok = timings.filter((t) => t.ok);
+    const ms = (xs: number[]) => [quantile(xs, 0.5), quantile(xs, 0.9), quantile(xs, 0.99)];
+    const rows: [string, ...number[]][] = [
+      ['time to first token (ms)', ...ms(ok.map((t) => t.ttft))],
+      ['inter-chunk latency (ms)', ...ms(ok.flatMap((t) => t.gaps))],
+      ['end-to-end latency (ms)', ...ms(ok.map((t) => t.e2e))],
+    ];
+    const latency = formatTable(['', 'P50', 'P90', 'P99'], rows);
+    const names = pids().map(([n]) => n);
+    const mem = formatTable(['requests done', ...names], memory.map((m) => [String(m.done), ...names.map((n) => m.rss[n]!)]));
+    const summary = `${o.requests} streaming greedy requests, max_tokens ${o.minTokens}..${o.maxTokens} (seeded), concurrency ${o.concurrency}: ${ok.length} completed, ${o.requests - ok.length} errors, ${wall.toFixed(1)} s`;
+    writeJson(o.out, 'load', { summary, requests: o.requests, concurrency: o.concurrency, errors: o.requests - ok.length, wallSeconds: wall, latencyMs: Object.fromEntries(rows.map(([k, ...v]) => [k, { p50: v[0], p90: v[1], p99: v[2] }])), memoryMiB: memory });
+    const md = `# Load\n\n${summary}.\n\n\`\`\`\n${latency}\n\`\`\`\n\nResident memory (MiB) of every process as the run progressed:\n\n\`\`\`\n${mem}\n\`\`\`\n`;
+    writeFileSync(join(o.out, 'load.md'), md);
+    process.stdout.write(`${summary}\n\n${latency}\n\nresident memory (MiB):\n${mem}\n\nwrote ${join(o.out, 'load.json')} and load.md\n`);
+  } finally {
+    await cluster.stop();
+  }
+}
