@@ -14,8 +14,30 @@ import { parseNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
 
-const natsDefault = () => process.env.CASCADE_NATS_URL ?? 'nats://127.0.0.1:4222';
-const redisDefault = () => process.env.CASCADE_REDIS_URL ?? 'redis://127.0.0.1:6379';
+/**
+ * A server URL with the credentials from `CASCADE_<NAME>_USER` / `CASCADE_<NAME>_PASSWORD` when it
+ * carries none: Kubernetes hands secrets over as separate variables, and a password may hold
+ * characters that would need escaping inside a URL.
+ */
+const withEnvCredentials = (url: string, name: 'NATS' | 'REDIS'): string => {
+  const password = process.env[`CASCADE_${name}_PASSWORD`];
+  if (!password) return url;
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new InvalidArgumentError(`CASCADE_${name}_PASSWORD is set but "${redact(url)}" is not a URL to add it to`);
+  }
+  return parsed.password ? url : withCredentials(url, process.env[`CASCADE_${name}_USER`] ?? '', password);
+};
+const natsUrl = (flag: string | undefined) => withEnvCredentials(flag ?? process.env.CASCADE_NATS_URL ?? 'nats://127.0.0.1:4222', 'NATS');
+const redisUrls = (flag: string[] | undefined) => (flag ?? parseUrls(process.env.CASCADE_REDIS_URL ?? 'redis://127.0.0.1:6379')).map((u) => withEnvCredentials(u, 'REDIS'));
+const healthPort = (flag: number | undefined): number | undefined => {
+  if (flag !== undefined) return flag;
+  const env = process.env.CASCADE_HEALTH_PORT;
+  if (!env) return undefined;
+  return parseNumber('CASCADE_HEALTH_PORT', { min: 0, integer: true })(env);
+};
 const parseUrls = (v: string): string[] => {
   const urls = v.split(',').map((s) => s.trim()).filter(Boolean);
   for (const u of urls) {
@@ -58,6 +80,7 @@ interface ActorFlags {
   kvSinks: number;
   kvRecent: number;
   kvRebuild?: number;
+  healthPort?: number;
 }
 
 interface ClusterState {
@@ -209,10 +232,14 @@ async function clusterDown(stateDir: string): Promise<void> {
   process.stdout.write(`cluster down: stopped ${roles.length} processes\n`);
 }
 
+const HEALTH_HELP = 'serve GET /live, /health and /metrics on this port for probes and Prometheus (env CASCADE_HEALTH_PORT; default: none)';
+const CREDENTIALS_HELP = 'credentials may also come from env CASCADE_NATS_USER/CASCADE_NATS_PASSWORD and CASCADE_REDIS_USER/CASCADE_REDIS_PASSWORD';
+
 export function registerCluster(program: Command): void {
   program
     .command('actor')
     .description('run one draft or verifier actor: hosts a model and serves sessions over NATS')
+    .addHelpText('after', `\n${CREDENTIALS_HELP}`)
     .argument('<kind>', 'draft | verify')
     .option('--model <name>', 'family member (default: the target for verify, the largest drafter for draft)')
     .option('--models <dir>', 'model family directory', 'models')
@@ -227,30 +254,34 @@ export function registerCluster(program: Command): void {
     .option('--idle-ms <ms>', 'free a session untouched this long', parseNumber('--idle-ms', { min: 100, integer: true }), 60_000)
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--execution-providers <list>', 'e.g. cuda,cpu (falls back to CPU)', (v: string) => v.split(','))
+    .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
     .action(async (kind: string, o: ActorFlags) => {
       if (kind !== 'draft' && kind !== 'verify') throw new InvalidArgumentError(`actor kind must be draft or verify, got "${kind}"`);
       if (!(KV_POLICIES as readonly string[]).includes(o.kvPolicy)) throw new InvalidArgumentError(`--kv-policy must be one of ${KV_POLICIES.join(', ')}, got "${o.kvPolicy}"`);
       if (o.kvPolicy !== 'full' && o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget`);
       const kv = o.kvPolicy === 'full' ? undefined : { policy: o.kvPolicy as KvPolicyName, budget: o.kvBudget!, sinks: o.kvSinks, recent: o.kvRecent, rebuild: o.kvRebuild };
-      await runUntilSignalled(() => startActorRole({ kind, ...o, nats: o.nats ?? natsDefault(), kv }));
+      await runUntilSignalled(() => startActorRole({ kind, ...o, nats: natsUrl(o.nats), redis: o.redis?.map((u) => withEnvCredentials(u, 'REDIS')), kv, healthPort: healthPort(o.healthPort) }));
     });
 
   program
     .command('coordinator')
     .description('run a coordinator: takes requests from the BullMQ queue and drives their cascades across actors')
+    .addHelpText('after', `\n${CREDENTIALS_HELP}`)
     .option('--models <dir>', 'model family directory (names and MaG\'s table; no weights are loaded)', 'models')
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
     .option('--redis <urls>', 'Redis URLs, comma-separated (the first holds the queue; all shard session data; default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
     .option('--call-timeout-ms <ms>', 'timeout of one actor call (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
-    .action(async (o: { models: string; nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number }) => {
-      await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: o.nats ?? natsDefault(), redis: o.redis ?? parseUrls(redisDefault()) }));
+    .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
+    .action(async (o: { models: string; nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number }) => {
+      await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), healthPort: healthPort(o.healthPort) }));
     });
 
   program
     .command('serve')
-    .description('run the OpenAI-compatible HTTP gateway (/v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)')
+    .description('run the OpenAI-compatible HTTP gateway (/v1/completions, /v1/chat/completions, /v1/models, /health, /live, /metrics)')
+    .addHelpText('after', `\n${CREDENTIALS_HELP}`)
     .option('--models <dir>', 'model family directory (tokenizer and names)', 'models')
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
     .option('--redis <urls>', 'Redis URLs, comma-separated (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
@@ -260,7 +291,7 @@ export function registerCluster(program: Command): void {
     .option('--max-in-flight <n>', 'requests in flight before answering 503', parseNumber('--max-in-flight', { min: 1, integer: true }), 64)
     .option('--request-timeout-ms <ms>', 'longest a request may take', parseNumber('--request-timeout-ms', { min: 1000, integer: true }), 600_000)
     .action(async (o: { models: string; nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number }) => {
-      await runUntilSignalled(() => startGatewayRole({ ...o, nats: o.nats ?? natsDefault(), redis: o.redis ?? parseUrls(redisDefault()), apiKeys: apiKeys(o.apiKey) }));
+      await runUntilSignalled(() => startGatewayRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), apiKeys: apiKeys(o.apiKey) }));
     });
 
   program

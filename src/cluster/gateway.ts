@@ -138,7 +138,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
 
   app.addHook('onRequest', async (req, reply) => {
-    if (!keys.length || req.url === '/health' || req.url === '/metrics') return;
+    if (!keys.length || req.url === '/health' || req.url === '/live' || req.url === '/metrics') return;
     const header = req.headers.authorization ?? '';
     const given = Buffer.from(header.startsWith('Bearer ') ? header.slice(7) : '');
     if (!keys.some((k) => k.length === given.length && timingSafeEqual(k, given))) {
@@ -151,6 +151,8 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     return sendError(reply, new HttpError(status, status === 500 ? `internal error: ${err.message}` : err.message, status === 500 ? 'server_error' : 'invalid_request_error'));
   });
+
+  app.get('/live', async () => ({ status: 'ok' }));
 
   app.get('/health', async (_req, reply) => {
     try {

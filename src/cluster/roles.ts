@@ -8,6 +8,7 @@ import { OrtModelSession } from '../models/ort-session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
 import { buildGateway } from './gateway.ts';
+import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { RedisKvStore, RedisShards, TokenLog } from './redis-store.ts';
@@ -34,6 +35,13 @@ export interface ActorRoleOptions {
   readonly kv?: { readonly policy: KvPolicyName; readonly budget: number; readonly sinks: number; readonly recent: number; readonly rebuild?: number };
   /** Redis URLs for released KV (with a bounded cache that rebuilds); in memory without. */
   readonly redis?: readonly string[];
+  /** Serve /live, /health and /metrics on this port (Kubernetes probes, Prometheus). */
+  readonly healthPort?: number;
+}
+
+/** The probe endpoints on `port`, when one is given. */
+async function probes(port: number | undefined, role: string, check: () => Promise<Record<string, unknown>>): Promise<HealthServer | undefined> {
+  return port === undefined ? undefined : startHealthServer({ port, check, registry: processRegistry(role) });
 }
 
 /** `cascade actor draft|verify`: one model, serving sessions over NATS. */
@@ -70,9 +78,14 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   }
   const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv }).start();
   await (transport as NatsTransport).flush();
+  const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
+    await within(1500, 'NATS', (transport as NatsTransport).flush());
+    return { model: actor.model, instance: actor.instance, provider: session.provider, sessions: actor.activeSessions };
+  });
   return {
-    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})`,
+    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
+      await health?.close();
       await actor.stop();
       await transport.close();
       await session.close();
@@ -90,6 +103,7 @@ export interface CoordinatorRoleOptions {
   readonly concurrency?: number;
   readonly lockMs?: number;
   readonly callTimeoutMs?: number;
+  readonly healthPort?: number;
 }
 
 /** `cascade coordinator`: a BullMQ worker driving requests across actors. */
@@ -102,9 +116,15 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family) }, callTimeoutMs: o.callTimeoutMs });
   const worker = startCoordinatorWorker(coordinator, { redisUrl: o.redis[0]!, concurrency: o.concurrency, lockDurationMs: o.lockMs });
   await worker.waitUntilReady();
+  const health = await probes(o.healthPort, 'coordinator', async () => {
+    await within(1500, 'Redis', Promise.all(shards.clients.map((c) => c.ping())));
+    await within(1500, 'NATS', transport.flush());
+    return { concurrency: o.concurrency ?? 8, running: worker.isRunning() };
+  });
   return {
-    describe: `coordinator (concurrency ${o.concurrency ?? 8})`,
+    describe: `coordinator (concurrency ${o.concurrency ?? 8})${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
+      await health?.close();
       await worker.close();
       await transport.close();
       await shards.close();
@@ -144,8 +164,8 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     maxInFlight: o.maxInFlight,
     requestTimeoutMs: o.requestTimeoutMs,
     health: async () => {
-      await Promise.all(shards.clients.map((c) => c.ping()));
-      await transport.flush();
+      await within(1500, 'Redis', Promise.all(shards.clients.map((c) => c.ping())));
+      await within(1500, 'NATS', transport.flush());
       return { nats: 'ok', redis: 'ok', workers: (await queue.getWorkers()).length };
     },
   });
