@@ -9,7 +9,7 @@ import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } fro
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { loadFamily } from '../models/family.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
-import { generateSecrets, redact, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
+import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
 import { parseNumber } from './options.ts';
 
 const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
@@ -326,6 +326,15 @@ export function registerCluster(program: Command): void {
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
     .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
     .action((o: UpOptions) => clusterUp(o));
+  cluster
+    .command('secrets')
+    .description('print newly generated credentials as KEY=value lines: the .env file of deploy/compose.yaml')
+    .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)')
+    .action((o: { apiKey?: string }) => {
+      const s = generateSecrets(o.apiKey);
+      const lines = [`CASCADE_API_KEY=${s.apiKey}`, ...ROLES.map((role) => `${natsPasswordVar(role)}=${s.nats[role]}`), `CASCADE_REDIS_PASSWORD=${s.redis.password}`];
+      process.stdout.write(`${lines.join('\n')}\n`);
+    });
   cluster
     .command('down')
     .description('stop the processes `cluster up` started')

@@ -74,7 +74,7 @@ function privateFile(dir: string | undefined, name: string, text: string): strin
  */
 export async function startNats(options: { users?: Record<Role, string>; configDir?: string; port?: number; detached?: boolean } = {}): Promise<LocalServer> {
   const port = options.port ?? (await freePort());
-  const args = options.users ? ['-c', privateFile(options.configDir, 'nats.conf', natsConfig(port, options.users))] : ['-a', '127.0.0.1', '-p', String(port)];
+  const args = options.users ? ['-c', privateFile(options.configDir, 'nats.conf', natsConfig(`127.0.0.1:${port}`, options.users))] : ['-a', '127.0.0.1', '-p', String(port)];
   const child = launch('nats-server', args, 'NATS', options.detached);
   await waitForPort(port, 10_000, child);
   return { url: `nats://127.0.0.1:${port}`, port, process: child, stop: stopper(child) };

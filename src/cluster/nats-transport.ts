@@ -89,8 +89,11 @@ export class NatsTransport implements Transport {
       callback: (err, msg) => {
         if (err) return;
         void handler(msg.data, toHeaders(msg.headers)).then(
-          (reply) => msg.respond(reply),
-          () => undefined, // handlers answer errors as frames; a throw here is a bug already logged there
+          (reply) => {
+            if (!msg.respond(reply)) process.stderr.write(`cannot answer a request on ${subject}: it came without a reply subject\n`);
+          },
+          // handlers answer errors as frames: a throw here is a bug, and the caller would only see a timeout
+          (err: Error) => process.stderr.write(`request on ${subject} failed without an answer: ${err.stack ?? String(err)}\n`),
         );
       },
     });

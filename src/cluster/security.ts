@@ -39,16 +39,42 @@ export const PERMISSIONS: Record<Role, { publish: string[]; subscribe: string[];
   actor: { publish: [], subscribe: ['cascade.actor.>'], allowResponses: true },
 };
 
-/** A nats-server configuration with one user per role. */
-export function natsConfig(port: number, passwords: Record<Role, string>): string {
+/** The environment variable that holds `role`'s NATS password in deployments (compose, Helm). */
+export const natsPasswordVar = (role: Role) => `CASCADE_NATS_${role.toUpperCase()}_PASSWORD`;
+
+/**
+ * A nats-server configuration with one user per role, listening on `listen` (host:port). Passwords
+ * are written in, or, with `passwords` 'env', read by nats-server from the variables
+ * `natsPasswordVar(role)` (how deploy/compose.yaml runs it).
+ */
+export function natsConfig(listen: string, passwords: Record<Role, string> | 'env'): string {
   const list = (xs: string[]) => `[${xs.map((x) => JSON.stringify(x)).join(', ')}]`;
   const users = ROLES.map((role) => {
     const p = PERMISSIONS[role];
     const publish = p.publish.length ? `publish: { allow: ${list(p.publish)} }` : 'publish: { deny: [">"] }';
     const responses = p.allowResponses ? ', allow_responses: true' : '';
-    return `    { user: ${JSON.stringify(role)}, password: ${JSON.stringify(passwords[role])}, permissions: { ${publish}, subscribe: { allow: ${list(p.subscribe)} }${responses} } }`;
+    const password = passwords === 'env' ? `$${natsPasswordVar(role)}` : JSON.stringify(passwords[role]);
+    return `    { user: ${JSON.stringify(role)}, password: ${password}, permissions: { ${publish}, subscribe: { allow: ${list(p.subscribe)} }${responses} } }`;
   });
-  return `listen: "127.0.0.1:${port}"\nauthorization {\n  users: [\n${users.join('\n')}\n  ]\n}\n`;
+  return `listen: "${listen}"\nauthorization {\n  users: [\n${users.join('\n')}\n  ]\n}\n`;
+}
+
+/** The same users as a NATS configuration object (the Helm chart's `nats.config.merge.authorization`), passwords as `<< $VAR >>`. */
+export function natsAuthorizationForHelm(): { users: Record<string, unknown>[] } {
+  return {
+    users: ROLES.map((role) => {
+      const p = PERMISSIONS[role];
+      return {
+        user: role,
+        password: `<< $${natsPasswordVar(role)} >>`,
+        permissions: {
+          publish: p.publish.length ? { allow: p.publish } : { deny: ['>'] },
+          subscribe: { allow: p.subscribe },
+          ...(p.allowResponses ? { allow_responses: true } : {}),
+        },
+      };
+    }),
+  };
 }
 
 /** A redis-server configuration: loopback, no persistence unless asked, default user off, one ACL user. */
