@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -137,7 +137,7 @@ test('deploy - each role is its own Deployment, secured, probed, scraped and bud
     if (env.has('CASCADE_REDIS_URL')) t.true(services.has(new URL(env.get('CASCADE_REDIS_URL').value.split(',')[0]).hostname), `${what}: Redis URL names the Valkey Service`);
     t.is(env.get('OTEL_EXPORTER_OTLP_ENDPOINT')?.value, 'http://otel-collector.observability:4318', what);
     // the flags the chart passes are flags of that command
-    const command = c.args[0] === 'actor' ? c.args.slice(0, 1) : c.args.slice(0, 1);
+    const command = c.args.slice(0, 1);
     const key = command.join(' ');
     if (!help.has(key)) help.set(key, await helpOf(command));
     for (const flag of c.args.filter((a: string) => a.startsWith('--'))) t.true(help.get(key)!.includes(flag), `${what}: cascade ${key} has ${flag}`);
@@ -187,7 +187,6 @@ test('deploy - nats-server runs the configuration the chart renders: role users 
   const file = join(dir, 'nats.conf');
   writeFileSync(file, conf.replace('"port": 4222', `"port": ${port}, "host": "127.0.0.1"`).replace('"http_port": 8222', `"http_port": ${http}`).replace('/var/run/nats/nats.pid', join(dir, 'nats.pid')));
   const passwords = Object.fromEntries(ROLES.map((r) => [r, `pw-${r}-${Math.random().toString(36).slice(2)}`]));
-  const { spawn } = await import('node:child_process');
   const server = spawn('nats-server', ['-c', file], { env: { ...process.env, SERVER_NAME: 'test', ...Object.fromEntries(ROLES.map((r) => [natsPasswordVar(r), passwords[r]])) }, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   server.stderr.on('data', (d) => (log += d));

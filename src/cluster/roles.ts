@@ -39,6 +39,12 @@ export interface ActorRoleOptions {
   readonly healthPort?: number;
 }
 
+/** Resolves when every Redis shard and NATS answer (within 1.5 s each); rejects naming the one that does not. */
+async function pingServers(shards: RedisShards, transport: NatsTransport): Promise<void> {
+  await within(1500, 'Redis', Promise.all(shards.clients.map((c) => c.ping())));
+  await within(1500, 'NATS', transport.flush());
+}
+
 /** The probe endpoints on `port`, when one is given. */
 async function probes(port: number | undefined, role: string, check: () => Promise<Record<string, unknown>>): Promise<HealthServer | undefined> {
   return port === undefined ? undefined : startHealthServer({ port, check, registry: processRegistry(role) });
@@ -117,8 +123,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   const worker = startCoordinatorWorker(coordinator, { redisUrl: o.redis[0]!, concurrency: o.concurrency, lockDurationMs: o.lockMs });
   await worker.waitUntilReady();
   const health = await probes(o.healthPort, 'coordinator', async () => {
-    await within(1500, 'Redis', Promise.all(shards.clients.map((c) => c.ping())));
-    await within(1500, 'NATS', transport.flush());
+    await pingServers(shards, transport);
     return { concurrency: o.concurrency ?? 8, running: worker.isRunning() };
   });
   return {
@@ -164,8 +169,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     maxInFlight: o.maxInFlight,
     requestTimeoutMs: o.requestTimeoutMs,
     health: async () => {
-      await within(1500, 'Redis', Promise.all(shards.clients.map((c) => c.ping())));
-      await within(1500, 'NATS', transport.flush());
+      await pingServers(shards, transport);
       return { nats: 'ok', redis: 'ok', workers: (await queue.getWorkers()).length };
     },
   });

@@ -42,39 +42,48 @@ export const PERMISSIONS: Record<Role, { publish: string[]; subscribe: string[];
 /** The environment variable that holds `role`'s NATS password in deployments (compose, Helm). */
 export const natsPasswordVar = (role: Role) => `CASCADE_NATS_${role.toUpperCase()}_PASSWORD`;
 
+/** The users of a NATS configuration, one per role with its permissions, passwords as `password(role)` gives them. */
+function natsUsers<P>(password: (role: Role) => P) {
+  return ROLES.map((role) => {
+    const p = PERMISSIONS[role];
+    return {
+      user: role,
+      password: password(role),
+      permissions: {
+        publish: p.publish.length ? { allow: p.publish } : { deny: ['>'] },
+        subscribe: { allow: p.subscribe },
+        ...(p.allowResponses ? { allow_responses: true } : {}),
+      },
+    };
+  });
+}
+
+/** A token written into a NATS configuration as it is (a `$VARIABLE` reference). */
+class Bare {
+  constructor(readonly text: string) {}
+}
+
+/** NATS configuration syntax for a value: bare keys, JSON strings, `[a, b]` lists, `{ k: v }` maps. */
+function natsValue(v: unknown): string {
+  if (v instanceof Bare) return v.text;
+  if (Array.isArray(v)) return `[${v.map(natsValue).join(', ')}]`;
+  if (v !== null && typeof v === 'object') return `{ ${Object.entries(v).map(([k, x]) => `${k}: ${natsValue(x)}`).join(', ')} }`;
+  return JSON.stringify(v);
+}
+
 /**
  * A nats-server configuration with one user per role, listening on `listen` (host:port). Passwords
  * are written in, or, with `passwords` 'env', read by nats-server from the variables
  * `natsPasswordVar(role)` (how deploy/compose.yaml runs it).
  */
 export function natsConfig(listen: string, passwords: Record<Role, string> | 'env'): string {
-  const list = (xs: string[]) => `[${xs.map((x) => JSON.stringify(x)).join(', ')}]`;
-  const users = ROLES.map((role) => {
-    const p = PERMISSIONS[role];
-    const publish = p.publish.length ? `publish: { allow: ${list(p.publish)} }` : 'publish: { deny: [">"] }';
-    const responses = p.allowResponses ? ', allow_responses: true' : '';
-    const password = passwords === 'env' ? `$${natsPasswordVar(role)}` : JSON.stringify(passwords[role]);
-    return `    { user: ${JSON.stringify(role)}, password: ${password}, permissions: { ${publish}, subscribe: { allow: ${list(p.subscribe)} }${responses} } }`;
-  });
-  return `listen: "${listen}"\nauthorization {\n  users: [\n${users.join('\n')}\n  ]\n}\n`;
+  const users = natsUsers((role) => (passwords === 'env' ? new Bare(`$${natsPasswordVar(role)}`) : passwords[role]));
+  return `listen: "${listen}"\nauthorization {\n  users: [\n${users.map((u) => `    ${natsValue(u)}`).join('\n')}\n  ]\n}\n`;
 }
 
 /** The same users as a NATS configuration object (the Helm chart's `nats.config.merge.authorization`), passwords as `<< $VAR >>`. */
 export function natsAuthorizationForHelm(): { users: Record<string, unknown>[] } {
-  return {
-    users: ROLES.map((role) => {
-      const p = PERMISSIONS[role];
-      return {
-        user: role,
-        password: `<< $${natsPasswordVar(role)} >>`,
-        permissions: {
-          publish: p.publish.length ? { allow: p.publish } : { deny: ['>'] },
-          subscribe: { allow: p.subscribe },
-          ...(p.allowResponses ? { allow_responses: true } : {}),
-        },
-      };
-    }),
-  };
+  return { users: natsUsers((role) => `<< $${natsPasswordVar(role)} >>`) };
 }
 
 /** A redis-server configuration: loopback, no persistence unless asked, default user off, one ACL user. */

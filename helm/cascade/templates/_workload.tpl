@@ -83,7 +83,7 @@ spec:
             - name: http
               containerPort: {{ .port }}
               protocol: TCP
-          # model loading can take minutes on a large target: the startup probe allows 10
+          # model loading can take minutes on a large target: the startup probe allows 10 minutes (120 x 5 s)
           startupProbe:
             httpGet: { path: /health, port: http }
             periodSeconds: 5
