@@ -5,9 +5,12 @@ import { CascadeError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
 import { checkSampling } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
+import type { ServiceLoad } from '../models/batching-session.ts';
 import { decode, encode, FrameError, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
 import { extractContext, inSpan } from '../cluster/tracing.ts';
 import { subjects, subjectToken, type Headers, type Subscription, type Transport } from '../cluster/transport.ts';
+
+const withLoad = <T extends ActorReply>(reply: T, load: ServiceLoad | undefined): T => (load ? { ...reply, load } : reply);
 
 /** Most tokens one propose may ask for. */
 export const MAX_WANT = 64;
@@ -198,7 +201,7 @@ export class ModelActor {
     const block = new Block(tokens, tokens.length);
     await s.level.propose(block, req.want, s.rng);
     s.tokens = block.tokens;
-    return { type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice() };
+    return withLoad({ type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice() }, s.level.load());
   }
 
   private async review(s: ActorSession, req: Extract<ActorRequest, { type: 'review' }>): Promise<ActorReply> {
@@ -214,6 +217,6 @@ export class ModelActor {
     const outcome = await s.level.review(block, req.start, s.rng, req.lenience, req.passUp);
     s.tokens = block.tokens;
     const p = s.temperature > 0 && req.passUp ? block.q.slice() : [];
-    return { type: 'reviewed', accepted: outcome.accepted, token: outcome.token, p };
+    return withLoad({ type: 'reviewed', accepted: outcome.accepted, token: outcome.token, p }, s.level.load());
   }
 }

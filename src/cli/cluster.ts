@@ -1,3 +1,4 @@
+import { DEFAULT_BATCHING } from '../models/batching-session.ts';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
@@ -81,6 +82,8 @@ interface ActorFlags {
   kvRecent: number;
   kvRebuild?: number;
   healthPort?: number;
+  maxBatch: number;
+  batchWindowMs: number;
 }
 
 interface ClusterState {
@@ -255,12 +258,14 @@ export function registerCluster(program: Command): void {
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--execution-providers <list>', 'e.g. cuda,cpu (falls back to CPU)', (v: string) => v.split(','))
     .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
+    .option('--max-batch <n>', 'most sessions whose forwards run as one batched pass (1 = no batching)', parseNumber('--max-batch', { min: 1, integer: true }), DEFAULT_BATCHING.maxBatch)
+    .option('--batch-window-ms <ms>', 'longest a forward waits for other active sessions to join its pass', parseNumber('--batch-window-ms', { min: 0 }), DEFAULT_BATCHING.windowMs)
     .action(async (kind: string, o: ActorFlags) => {
       if (kind !== 'draft' && kind !== 'verify') throw new InvalidArgumentError(`actor kind must be draft or verify, got "${kind}"`);
       if (!(KV_POLICIES as readonly string[]).includes(o.kvPolicy)) throw new InvalidArgumentError(`--kv-policy must be one of ${KV_POLICIES.join(', ')}, got "${o.kvPolicy}"`);
       if (o.kvPolicy !== 'full' && o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget`);
       const kv = o.kvPolicy === 'full' ? undefined : { policy: o.kvPolicy as KvPolicyName, budget: o.kvBudget!, sinks: o.kvSinks, recent: o.kvRecent, rebuild: o.kvRebuild };
-      await runUntilSignalled(() => startActorRole({ kind, ...o, nats: natsUrl(o.nats), redis: o.redis?.map((u) => withEnvCredentials(u, 'REDIS')), kv, healthPort: healthPort(o.healthPort) }));
+      await runUntilSignalled(() => startActorRole({ kind, ...o, nats: natsUrl(o.nats), redis: o.redis?.map((u) => withEnvCredentials(u, 'REDIS')), kv, healthPort: healthPort(o.healthPort), batching: { maxBatch: o.maxBatch, windowMs: o.batchWindowMs } }));
     });
 
   program

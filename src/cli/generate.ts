@@ -6,7 +6,7 @@ import { RUNNABLE_KV_POLICIES, type KvPolicyConfig } from '../engine/bounded-kv.
 import { generateCascade, type CascadeResult, type DrafterSpec } from '../engine/cascade.ts';
 import { generateAutoregressive, type GenerateResult } from '../engine/generate.ts';
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
-import { defaultKMatrix, MODES, planCascade, type Mode } from '../engine/presets.ts';
+import { MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { loadBigram, loadController, loadFamily, type Family } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
@@ -25,7 +25,7 @@ interface GenerateOptions {
   model?: string;
   mode: Mode;
   drafters?: string[];
-  kMatrix?: number[][];
+  kMatrix?: KSchedule;
   lenience: number;
   magOccurrence: 'earliest' | 'recent';
   config?: string;
@@ -47,7 +47,7 @@ type KvPlacement = (typeof KV_PLACEMENTS)[number];
 const ConfigFile = z.strictObject({
   mode: z.enum(MODES).optional(),
   drafters: z.array(z.string()).optional(),
-  kMatrix: z.array(z.array(z.number().int().nonnegative())).optional(),
+  kMatrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().nonnegative()))]).optional(),
   lenience: z.number().min(1).optional(),
   magOccurrence: z.enum(['earliest', 'recent']).optional(),
   maxTokens: z.number().int().positive().optional(),
@@ -127,7 +127,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     if (kv && o.kvPlacement === 'self-draft') {
       // The target's own weights over a bounded cache draft for the full-cache target (TriForce's idea).
       drafters.unshift({ kind: 'model', session: target, kv });
-      plan = { ...plan, drafters: ['self', ...plan.drafters], kMatrix: o.kMatrix ?? defaultKMatrix(['self', ...plan.drafters]) };
+      plan = { ...plan, drafters: ['self', ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
     }
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
     const stream = tok.stream();
@@ -202,12 +202,13 @@ const parseDrafters = (raw: string): string[] => {
   return list;
 };
 
-const parseKMatrix = (raw: string): number[][] => {
+const parseKMatrix = (raw: string): KSchedule => {
+  if (raw === 'auto') return 'auto';
   let v: unknown;
   try {
     v = JSON.parse(raw);
   } catch {
-    throw new InvalidArgumentError(`--k-matrix must be JSON, e.g. [[2,4,8],[0,2,6],[0,0,4]]; got "${raw}"`);
+    throw new InvalidArgumentError(`--k-matrix must be auto or JSON, e.g. [[2,4,8],[0,2,6],[0,0,4]]; got "${raw}"`);
   }
   const parsed = z.array(z.array(z.number().int().nonnegative())).safeParse(v);
   if (!parsed.success) throw new InvalidArgumentError(`--k-matrix must be an array of rows of non-negative integers, got ${raw}`);
@@ -228,7 +229,7 @@ export function registerGenerate(program: Command): void {
     .option('--seed <s>', 'random seed for sampling', parseNumber('--seed', { integer: true }), 0)
     .option('--mode <mode>', `decoding: ${MODES.join(' | ')} (target only, speculative with the largest drafter, MaG prompt lookup, full cascade)`, parseMode, 'csd')
     .option('--drafters <list>', 'cascade drafters, largest first, e.g. draft-l2,draft-l1,mag (overrides the mode)', parseDrafters)
-    .option('--k-matrix <json>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]]', parseKMatrix)
+    .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
     .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild')

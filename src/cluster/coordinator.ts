@@ -23,7 +23,8 @@ export const JobData = z.object({
   stopAtEos: z.boolean().default(true),
   /** Drafters largest first; 'mag' only last. */
   drafters: z.array(z.string().min(1)),
-  kMatrix: z.array(z.array(z.number().int().min(0))),
+  /** A fixed K matrix, or 'auto' (the adaptive schedule). */
+  kMatrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().min(0)))]),
   lenience: z.number().min(1),
   /** W3C trace context of the request's gateway span. */
   trace: z.record(z.string(), z.string()).default({}),

@@ -38,7 +38,7 @@ const CascadeFields = z
   .object({
     mode: z.enum(MODES).optional(),
     drafters: z.array(z.string().min(1)).optional(),
-    k_matrix: z.array(z.array(z.number().int().min(0))).optional(),
+    k_matrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().min(0)))]).optional(),
     lenience: z.number().min(1).optional(),
   })
   .strict()
@@ -210,7 +210,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       seed: body.seed ?? Math.floor(Math.random() * 2 ** 31),
       stopAtEos: true,
       drafters: [...plan.drafters],
-      kMatrix: plan.kMatrix.map((r) => [...r]),
+      kMatrix: plan.kMatrix === 'auto' ? 'auto' : plan.kMatrix.map((r) => [...r]),
       lenience: plan.lenience,
       trace: {},
       enqueuedAt: Date.now(),

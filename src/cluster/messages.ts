@@ -1,4 +1,5 @@
 import type { SamplingParams } from '../kernels/sampling.ts';
+import type { ServiceLoad } from '../models/batching-session.ts';
 
 /**
  * Every message the cluster sends over its transport, as one versioned discriminated union, and
@@ -14,7 +15,7 @@ import type { SamplingParams } from '../kernels/sampling.ts';
  * payload limit send drafts one-hot instead (still exact, only less often accepted).
  */
 export const FRAME_MAGIC = 0xca;
-export const FRAME_VERSION = 1;
+export const FRAME_VERSION = 2;
 
 /** One optional distribution per drafted token: undefined = one-hot at the token. */
 export type Rows = (Float32Array | undefined)[];
@@ -50,9 +51,10 @@ const ERROR_CODES: readonly ErrorCode[] = ['bad-frame', 'unknown-session', 'inva
 /** Actor → coordinator. */
 export type ActorReply =
   | { readonly type: 'opened'; readonly instance: string; readonly model: string; readonly vocabSize: number }
-  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows }
+  /** `load`: the actor's model load (batched passes), for the coordinator's adaptive schedule. */
+  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows; readonly load?: ServiceLoad }
   /** `p`: the reviewer's distributions of the emitted tokens (accepted ones, then its own) when passed up exactly. */
-  | { readonly type: 'reviewed'; readonly accepted: number; readonly token: number; readonly p: Rows }
+  | { readonly type: 'reviewed'; readonly accepted: number; readonly token: number; readonly p: Rows; readonly load?: ServiceLoad }
   | { readonly type: 'closed' }
   | { readonly type: 'statsReply'; readonly instance: string; readonly sessions: number }
   | { readonly type: 'error'; readonly code: ErrorCode; readonly message: string };
@@ -252,6 +254,20 @@ function bool(r: Reader, what: string): boolean {
   return v === 1;
 }
 
+/** An optional ServiceLoad: a presence byte, then occupancy, fixedMs and tokenMs as float32. */
+function writeLoad(w: Writer, load: ServiceLoad | undefined): Writer {
+  return load ? w.u8(1).f32(load.occupancy).f32(load.fixedMs).f32(load.tokenMs) : w.u8(0);
+}
+
+function readLoad(r: Reader): ServiceLoad | undefined {
+  if (!bool(r, 'load')) return undefined;
+  const load = { occupancy: r.f32('occupancy'), fixedMs: r.f32('fixedMs'), tokenMs: r.f32('tokenMs') };
+  if (!Object.values(load).every((v) => Number.isFinite(v) && v >= 0)) throw new FrameError('load figures must be finite and non-negative');
+  return load;
+}
+
+const withLoad = <T extends object>(m: T, load: ServiceLoad | undefined): T => (load ? { ...m, load } : m);
+
 /** Encodes a message as one binary frame. */
 export function encode(m: Message): Uint8Array {
   const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
@@ -267,9 +283,9 @@ export function encode(m: Message): Uint8Array {
     case 'opened':
       return w.str(m.instance).str(m.model).u32(m.vocabSize).done();
     case 'proposed':
-      return w.ids(m.tokens).rows(m.q).done();
+      return writeLoad(w.ids(m.tokens).rows(m.q), m.load).done();
     case 'reviewed':
-      return w.u32(m.accepted).u32(m.token).rows(m.p).done();
+      return writeLoad(w.u32(m.accepted).u32(m.token).rows(m.p), m.load).done();
     case 'closed':
       return w.done();
     case 'error':
@@ -317,12 +333,19 @@ export function decode(frame: Uint8Array): Message {
     case 'opened':
       m = { type, instance: r.str('instance'), model: r.str('model'), vocabSize: r.u32('vocabSize') };
       break;
-    case 'proposed':
-      m = { type, tokens: r.ids('tokens'), q: r.rows('q') };
+    case 'proposed': {
+      const tokens = r.ids('tokens');
+      const q = r.rows('q');
+      m = withLoad({ type, tokens, q }, readLoad(r));
       break;
-    case 'reviewed':
-      m = { type, accepted: r.u32('accepted'), token: r.u32('token'), p: r.rows('p') };
+    }
+    case 'reviewed': {
+      const accepted = r.u32('accepted');
+      const token = r.u32('token');
+      const p = r.rows('p');
+      m = withLoad({ type, accepted, token, p }, readLoad(r));
       break;
+    }
     case 'closed':
       m = { type };
       break;

@@ -4,6 +4,7 @@ import { newStats } from '../engine/levels.ts';
 import { CascadeError, LevelUnavailableError } from '../errors.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
+import type { ServiceLoad } from '../models/batching-session.ts';
 import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Rows } from './messages.ts';
 import { injectHeaders, inSpan } from './tracing.ts';
 import { subjects, TransportError, type Transport } from './transport.ts';
@@ -43,6 +44,8 @@ export class RemoteLevel implements CascadeLevel {
   private readonly timeoutMs: number;
   /** Bytes of distributions a request may carry before drafts go one-hot (exact, less accepted). */
   private readonly rowBudget: number;
+  /** The model load the actor reported last (batched passes). */
+  private lastLoad: ServiceLoad | undefined;
   /** Tokens' worth of placements (for tests and metrics). */
   placements = 0;
 
@@ -103,6 +106,8 @@ export class RemoteLevel implements CascadeLevel {
       if (reply.type === 'error') throw new ActorError(`${this.name} actor ${instance}: ${reply.code}: ${reply.message}`);
       if (reply.type !== expect) throw new ActorError(`${this.name} actor ${instance} answered ${reply.type}, expected ${expect}`);
       this.stats.forwardPasses++;
+      this.stats.tokensScored += tokens.length - base;
+      if ('load' in reply) this.lastLoad = reply.load; // what the actor had not seen: it feeds those
       return reply as Extract<ActorReply, { type: T }>;
     }
   }
@@ -112,6 +117,7 @@ export class RemoteLevel implements CascadeLevel {
       const tokens = block.tokens;
       const reply = await this.call((base) => ({ type: 'propose', session: this.session, base, suffix: tokens.slice(base), want }), 'proposed', tokens);
       this.stats.proposals += reply.tokens.length;
+      this.stats.tokensScored += Math.max(0, reply.tokens.length - 1);
       reply.tokens.forEach((t, i) => block.push(t, reply.q[i]));
       this.sent = block.tokens.slice();
     });
@@ -129,13 +135,16 @@ export class RemoteLevel implements CascadeLevel {
       const reply = await this.call((base) => ({ type: 'review', session: this.session, base, suffix: tokens.slice(base), start, lenience, passUp, q }), 'reviewed', tokens);
       const drafts = block.length - start;
       if (reply.accepted > drafts) throw new ActorError(`${this.name} accepted ${reply.accepted} of ${drafts} drafts`);
-      this.stats.tokensScored += drafts + 1;
       block.cut(start + reply.accepted);
       for (let i = 0; i < reply.accepted; i++) block.q[start + i - block.committed] = reply.p[i];
       block.push(reply.token, reply.p[reply.accepted]);
       this.sent = block.tokens.slice();
       return { accepted: reply.accepted, token: reply.token };
     });
+  }
+
+  load(): ServiceLoad | undefined {
+    return this.lastLoad;
   }
 
   async release(): Promise<void> {

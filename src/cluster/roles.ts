@@ -1,3 +1,4 @@
+import { BatchingSession, type BatchingOptions } from '../models/batching-session.ts';
 import { ModelActor } from '../actors/model-actor.ts';
 import { checkKvPolicy, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
@@ -37,6 +38,8 @@ export interface ActorRoleOptions {
   readonly redis?: readonly string[];
   /** Serve /live, /health and /metrics on this port (Kubernetes probes, Prometheus). */
   readonly healthPort?: number;
+  /** Batched passes over the sessions' forwards (maxBatch 1 = off). */
+  readonly batching?: BatchingOptions;
 }
 
 /** Resolves when every Redis shard and NATS answer (within 1.5 s each); rejects naming the one that does not. */
@@ -74,7 +77,8 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     checkBudget(kv.budget);
   }
   setupTracing(`cascade-actor-${name}`);
-  const session = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true });
+  const model = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true });
+  const session = new BatchingSession(model, o.batching);
   let transport: Transport;
   try {
     transport = await NatsTransport.connect({ servers: o.nats, name: `actor-${name}` });
@@ -86,7 +90,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   await (transport as NatsTransport).flush();
   const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
     await within(1500, 'NATS', (transport as NatsTransport).flush());
-    return { model: actor.model, instance: actor.instance, provider: session.provider, sessions: actor.activeSessions };
+    return { model: actor.model, instance: actor.instance, provider: session.provider, sessions: actor.activeSessions, load: session.load(), batching: session.counters };
   });
   return {
     describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,

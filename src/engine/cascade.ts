@@ -6,6 +6,9 @@ import { baseStats, checkRequest, type FinishReason, type GenerateRequest, type 
 import { Block, MagLevel, ModelLevel, type CascadeLevel, type LevelStats } from './levels.ts';
 import { checkKvPolicy, type KvPolicyConfig } from './bounded-kv.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
+import { startingKMatrix } from './presets.ts';
+import { AdaptiveSchedule, type ScheduleMemory } from './schedule.ts';
+import type { KSchedule } from './presets.ts';
 
 /** A drafter of the cascade: a neural model, or MaG (which may only be the last). */
 export type DrafterSpec =
@@ -19,10 +22,11 @@ export type DrafterSpec =
  * once drafter c has contributed. A row r >= 1 of zeros gives drafter r-1 no sub-cascade: it then
  * drafts token by token (reviewing an empty block is an autoregressive proposal), which is how the
  * horizontal-only cascade is written. `lenience` (>= 1) applies to reviews between drafters only.
+ * `auto` lets the adaptive schedule choose K each round from measured acceptance and costs.
  */
 export interface CascadeConfig {
   readonly drafters: readonly DrafterSpec[];
-  readonly kMatrix: readonly (readonly number[])[];
+  readonly kMatrix: KSchedule;
   readonly lenience: number;
 }
 
@@ -48,6 +52,8 @@ export interface CascadeStats extends GenerateStats {
    * would need (one per generated token) over Σ passes × cost coefficient of this run.
    */
   readonly swi: number;
+  /** With `auto`: how many rounds used each K matrix (JSON), most used first. */
+  readonly schedule?: Record<string, number>;
 }
 
 /** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */
@@ -87,6 +93,7 @@ export function checkCascade(config: CascadeConfig): void {
     }
   });
   if (!(config.lenience >= 1)) throw new InvalidArgumentError(`lenience must be >= 1, got ${config.lenience}`);
+  if (config.kMatrix === 'auto') return;
   if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} rows for ${n} drafters, got ${config.kMatrix.length}`);
   config.kMatrix.forEach((row, r) => {
     if (row.length !== n) throw new InvalidArgumentError(`K matrix row ${r} needs ${n} entries (use 0 below the diagonal), got ${row.length}`);
@@ -150,6 +157,8 @@ export interface RunOptions {
   readonly cancelled?: () => boolean;
   /** Wraps each round (the cluster opens a trace span per round). */
   readonly inRound?: (round: number, run: () => Promise<void>) => Promise<void>;
+  /** Where the adaptive schedule pools costs and acceptance across requests (default: the process's). */
+  readonly scheduleMemory?: ScheduleMemory;
 }
 
 /** K without drafter `index`: its review row (index + 1) and its column go; the target still drafts >= 1. */
@@ -174,57 +183,83 @@ export async function runCascade(
   const rng = new Rng(req.seed);
   const everyLevel = [top, ...initialDrafters];
   let drafters = [...initialDrafters];
-  let K = config.kMatrix.map((row) => [...row]);
+  const schedule =
+    config.kMatrix === 'auto'
+      ? new AdaptiveSchedule({ initial: startingKMatrix, memory: options.scheduleMemory, load: () => top.load?.() })
+      : undefined;
+  let K = config.kMatrix === 'auto' ? [] : config.kMatrix.map((row) => [...row]);
   const accepted: number[] = [];
   const drafted: number[] = [];
   let rounds = 0;
 
-  /** Drafts block.tokens[block.length..] with drafters[first..n) per row `first` of K (the horizontal cascade). */
-  async function draft(first: number, block: Block): Promise<number> {
+  /**
+   * Drafts block.tokens[block.length..] with drafters[first..n) per row `first` of K (the horizontal
+   * cascade); returns where the drafts start and which drafter put each one there.
+   */
+  async function draft(first: number, block: Block): Promise<{ start: number; sources: string[] }> {
     const start = block.length;
+    const sources: string[] = [];
     for (let i = first; i < drafters.length; i++) {
       const limit = K[first]![i]!;
       while (block.length - start < limit) {
         const before = block.length;
         await step(i + 1, drafters[i]!, block, limit - (block.length - start));
+        for (let p = before; p < block.length; p++) sources[p - start] = drafters[i]!.name;
         if (block.length === before) break; // a drafter with nothing to propose (MaG without a match)
       }
     }
-    return start;
+    return { start, sources };
   }
 
-  /** Algorithm 1 below the target: drafters[first-1] reviews a block drafted by drafters[first..n). */
+  /**
+   * Algorithm 1 below the target: drafters[first-1] reviews a block drafted by drafters[first..n),
+   * or proposes autoregressively when it is the last drafter or its row of K is empty.
+   */
   async function step(first: number, reviewer: CascadeLevel, block: Block, want: number): Promise<void> {
-    if (first === drafters.length) {
+    if (first === drafters.length || K[first]!.every((k) => k === 0)) {
+      const t0 = performance.now();
+      const fed = reviewer.stats.tokensScored;
       await reviewer.propose(block, want, rng);
+      schedule?.proposed(reviewer.name, want, performance.now() - t0, reviewer.stats.tokensScored - fed);
       return;
     }
-    const start = await draft(first, block);
-    await reviewer.review(block, start, rng, config.lenience, true);
+    const { start, sources } = await draft(first, block);
+    const t0 = performance.now();
+    const fed = reviewer.stats.tokensScored;
+    const outcome = await reviewer.review(block, start, rng, config.lenience, true);
+    schedule?.reviewed(reviewer.name, sources, outcome.accepted, performance.now() - t0, reviewer.stats.tokensScored - fed);
   }
 
   /** One round: the target reviews a block drafted by the whole cascade, or proposes alone. */
   async function round(block: Block): Promise<void> {
     let start: number;
+    let sources: string[];
     for (;;) {
-      if (drafters.length === 0) {
+      if (schedule) K = schedule.plan(top.name, drafters.map((d) => d.name));
+      if (drafters.length === 0 || K[0]!.every((k) => k === 0)) {
+        const t0 = performance.now();
+        const fed = top.stats.tokensScored;
         await top.propose(block, 1, rng);
+        schedule?.reviewed(top.name, [], 0, performance.now() - t0, top.stats.tokensScored - fed);
         return;
       }
       try {
-        start = await draft(0, block);
+        ({ start, sources } = await draft(0, block));
         break;
       } catch (err) {
         const lost = err instanceof LevelUnavailableError ? drafters.find((d) => d.name === err.level) : undefined;
         if (!lost || !options.onLevelFailure?.(lost, err)) throw err;
         const index = drafters.indexOf(lost);
-        K = dropFromKMatrix(K, index);
+        if (!schedule) K = dropFromKMatrix(K, index);
         drafters = drafters.filter((d) => d !== lost);
         block.cut(block.committed);
       }
     }
     const k = block.length - start;
+    const t0 = performance.now();
+    const fed = top.stats.tokensScored;
     const outcome = await top.review(block, start, rng, 1, false);
+    schedule?.reviewed(top.name, sources, outcome.accepted, performance.now() - t0, top.stats.tokensScored - fed);
     for (let i = 0; i < k; i++) {
       drafted[i] = (drafted[i] ?? 0) + 1;
       if (i < outcome.accepted) accepted[i] = (accepted[i] ?? 0) + 1;
@@ -282,6 +317,7 @@ export async function runCascade(
       draftedByPosition: drafted,
       models,
       ...standardizedWalltime(models, top.name, out.length),
+      ...(schedule ? { schedule: Object.fromEntries([...schedule.chosen].sort((a, b) => b[1] - a[1])) } : {}),
     },
   };
 }

@@ -3,6 +3,7 @@ import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, logitsRow, sample, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
+import type { ServiceLoad } from '../models/batching-session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
 
 /**
@@ -62,6 +63,8 @@ export interface CascadeLevel {
   review(block: Block, start: number, rng: Rng, lenience: number, passUp: boolean): Promise<ReviewOutcome>;
   /** Frees whatever the level holds for this request (KV); never throws. */
   release(): Promise<void>;
+  /** The load of the model behind the level, when it batches requests (see BatchingSession). */
+  load?(): ServiceLoad | undefined;
 }
 
 /**
@@ -148,6 +151,11 @@ export class ModelLevel implements CascadeLevel {
     for (let i = 0; i < outcome.accepted; i++) block.q[start + i - block.committed] = exact ? p(i) : undefined;
     block.push(outcome.token, exact ? p(outcome.accepted) : undefined);
     return outcome;
+  }
+
+  load(): ServiceLoad | undefined {
+    const s = this.session as ModelSession & { load?: () => ServiceLoad };
+    return s.load?.();
   }
 
   /** Tokens the bounded cache released (0 with the full cache). */

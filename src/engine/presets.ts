@@ -1,5 +1,8 @@
 import { InvalidArgumentError } from '../errors.ts';
 
+/** A fixed K matrix (cumulative, n×n upper triangular), or `auto`: chosen every round (schedule.ts). */
+export type KSchedule = readonly (readonly number[])[] | 'auto';
+
 /** The decoding modes of `cascade generate --mode`, all run by the same cascade code. */
 export const MODES = ['ar', 'sd', 'mag', 'csd'] as const;
 export type Mode = (typeof MODES)[number];
@@ -7,7 +10,7 @@ export type Mode = (typeof MODES)[number];
 /** A named cascade before its models are opened: drafter names (family members or 'mag') and K. */
 export interface CascadePlan {
   readonly drafters: readonly string[];
-  readonly kMatrix: readonly (readonly number[])[];
+  readonly kMatrix: KSchedule;
   readonly lenience: number;
 }
 
@@ -21,6 +24,11 @@ export function defaultKMatrix(drafters: readonly string[]): number[][] {
   return Array.from({ length: n }, (_, r) =>
     Array.from({ length: n }, (_, c) => (c < r ? 0 : 2 * (c - r + 1) + (drafters[c] === 'mag' ? 2 : 0))),
   );
+}
+
+/** The K a cascade starts from: [[4]] for one drafter, else defaultKMatrix. */
+export function startingKMatrix(drafters: readonly string[]): number[][] {
+  return drafters.length === 1 ? [[4]] : defaultKMatrix(drafters);
 }
 
 /** The drafters of each mode for a family whose neural drafters are `familyDrafters` (largest first). */
@@ -38,14 +46,16 @@ export function modeDrafters(mode: Mode, familyDrafters: readonly string[]): str
   }
 }
 
-/** Resolves mode, explicit drafters and K into one plan; explicit settings win over the mode's. */
-export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kMatrix?: readonly (readonly number[])[]; lenience?: number }, familyDrafters: readonly string[]): CascadePlan {
+/**
+ * Resolves mode, explicit drafters and K into one plan; explicit settings win over the mode's. K
+ * defaults to `auto` (the adaptive schedule).
+ */
+export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kMatrix?: KSchedule; lenience?: number }, familyDrafters: readonly string[]): CascadePlan {
   const drafters = opts.drafters ?? modeDrafters(opts.mode, familyDrafters);
   for (const d of drafters) {
     if (d !== 'mag' && !familyDrafters.includes(d)) {
       throw new InvalidArgumentError(`unknown drafter "${d}": this family has ${[...familyDrafters, 'mag'].join(', ')}`);
     }
   }
-  const single = drafters.length === 1 ? [[4]] : undefined;
-  return { drafters, kMatrix: opts.kMatrix ?? single ?? defaultKMatrix(drafters), lenience: opts.lenience ?? 1 };
+  return { drafters, kMatrix: opts.kMatrix ?? 'auto', lenience: opts.lenience ?? 1 };
 }

@@ -1,0 +1,283 @@
+import { LinearCost } from '../kernels/cost-model.ts';
+import { Rng } from '../kernels/rng.ts';
+import type { ServiceLoad } from '../models/batching-session.ts';
+
+/**
+ * The adaptive cascade schedule (`--k-matrix auto`, SPEC §4.4): before every round it picks the
+ * K matrix that maximises expected tokens per millisecond under the expected-walltime model, from
+ * what the request has measured so far:
+ *
+ * - acceptance: for each reviewer and each drafter below it, the probability that the token at
+ *   block position j is accepted given that every earlier one was (decayed counts, shrunk towards
+ *   the pair's mean and that towards what earlier requests measured: `ScheduleMemory`);
+ * - cost: each level's review and proposal time as a line in the tokens of the call, measured around
+ *   the call (so in a cluster it includes the network round trip and any wait for a batch), shared
+ *   by all requests of the process because it is a property of the deployment, not of the text.
+ *
+ * A row is chosen bottom-up. With exact reviews (lenience 1) what a drafter emits is distributed as
+ * its own model whatever drafted beneath it, so its acceptance above does not depend on its own row:
+ * each drafter first picks the row that makes it the fastest producer of tokens (or drafts
+ * autoregressively when no sub-cascade pays), and the level above then sees it as a producer of
+ * tokens at that cost. For reviewer R and counts m_c of tokens taken from each drafter c below it
+ * (largest first, block positions in that order),
+ *
+ *   E = 1 + Σ_j Π_{l ≤ j} α(R, src(l), l),     T = Σ_c produce_c(m_c) + review_R(k + 1),
+ *
+ * and the row maximising E / T wins, all-zero included (the target decodes alone: speculation off).
+ * When the target's model reports its load (batched verification), one more token in a round costs
+ * every session in the batch: the slope of the target's review cost is taken as at least occupancy ×
+ * its per-token compute, which shrinks K and switches speculation off when the verifier is saturated.
+ * Until every level has been timed once, the configured starting K is used.
+ */
+export interface ScheduleOptions {
+  /** K for the first rounds over these drafters (the mode's default), until every level is timed. */
+  readonly initial: (drafters: readonly string[]) => number[][];
+  /** Most tokens the target's block may hold. */
+  readonly maxDraft?: number;
+  /** Most tokens a drafter's block may hold. */
+  readonly maxSubDraft?: number;
+  /** Costs and acceptance pooled over the process's earlier requests. */
+  readonly memory?: ScheduleMemory;
+  /** The target's load (batched verification), when its model reports one. */
+  readonly load?: () => ServiceLoad | undefined;
+}
+
+/** Decayed counts of tokens reviewed and accepted. */
+interface Counts {
+  trials: number;
+  accepted: number;
+}
+
+/** Acceptance prior for a pair nobody has measured yet. */
+const PRIOR_ACCEPTANCE = 0.5;
+/** Pseudo-counts pulling a position's rate towards its pair's, and a pair's towards the memory's. */
+const POSITION_STRENGTH = 8;
+const PAIR_STRENGTH = 4;
+/** Calls feeding more tokens than this are prefills, not rounds. */
+const PREFILL_TOKENS = 32;
+/** Weight an observation keeps per later one: a request forgets over ~50 reviews, the process over ~1000. */
+const REQUEST_DECAY = 0.98;
+const MEMORY_DECAY = 0.999;
+
+/** What a process has learnt across requests: the models' call costs and pooled acceptance. */
+export class ScheduleMemory {
+  readonly costs = new Map<string, LinearCost>();
+  readonly pairs = new Map<string, Counts>();
+
+  cost(key: string): LinearCost {
+    let c = this.costs.get(key);
+    if (!c) this.costs.set(key, (c = new LinearCost(0.95, key.startsWith('propose:') ? 'autoregressive' : 'forward')));
+    return c;
+  }
+
+  /** The pooled acceptance rate of tokens of `drafter` reviewed by `reviewer`. */
+  rate(reviewer: string, drafter: string): number {
+    const c = this.pairs.get(`${reviewer}>${drafter}`);
+    return c ? (c.accepted + PRIOR_ACCEPTANCE) / (c.trials + 1) : PRIOR_ACCEPTANCE;
+  }
+
+  record(reviewer: string, drafter: string, accepted: boolean): void {
+    const key = `${reviewer}>${drafter}`;
+    const c = this.pairs.get(key) ?? { trials: 0, accepted: 0 };
+    c.trials = c.trials * MEMORY_DECAY + 1;
+    c.accepted = c.accepted * MEMORY_DECAY + (accepted ? 1 : 0);
+    this.pairs.set(key, c);
+  }
+}
+
+/** The memory shared by every request of this process unless one is given. */
+export const processScheduleMemory = new ScheduleMemory();
+
+/** A drafter as the level above sees it: ms to produce m tokens, and the row that achieves it. */
+interface Producer {
+  readonly name: string;
+  produce(m: number): number;
+}
+
+export interface RowChoice {
+  readonly counts: number[];
+  readonly tokensPerMs: number;
+}
+
+export class AdaptiveSchedule {
+  private readonly memory: ScheduleMemory;
+  private readonly maxDraft: number;
+  private readonly maxSubDraft: number;
+  /** `${reviewer}>${drafter}` → counts by block position. */
+  private readonly byPosition = new Map<string, Counts[]>();
+  private readonly pairTotals = new Map<string, Counts>();
+  /** Draws for exploration (never the request's sampler: K does not change what is generated). */
+  private readonly explore = new Rng(0x5eed);
+  /** The matrices chosen, for stats: how often each was used. */
+  readonly chosen = new Map<string, number>();
+
+  constructor(private readonly options: ScheduleOptions) {
+    this.memory = options.memory ?? processScheduleMemory;
+    this.maxDraft = options.maxDraft ?? 12;
+    this.maxSubDraft = options.maxSubDraft ?? 8;
+  }
+
+  /**
+   * A reviewer looked at a block whose drafted tokens came from `sources` (by position) and accepted
+   * a prefix; the call took `ms` and fed the model `tokens` tokens (drafts, plus any it had not seen).
+   */
+  reviewed(reviewer: string, sources: readonly string[], accepted: number, ms: number, tokens: number): void {
+    this.timed(`review:${reviewer}`, tokens, ms);
+    // evidence fades as new evidence about the same pair arrives; a pair left unused keeps what it had
+    for (const key of new Set(sources.slice(0, accepted + 1).map((d) => `${reviewer}>${d}`))) {
+      for (const c of this.byPosition.get(key) ?? []) {
+        if (!c) continue; // positions this drafter has not filled
+        c.trials *= REQUEST_DECAY;
+        c.accepted *= REQUEST_DECAY;
+      }
+      const t = this.pairTotals.get(key);
+      if (t) {
+        t.trials *= REQUEST_DECAY;
+        t.accepted *= REQUEST_DECAY;
+      }
+    }
+    // conditional acceptance: positions up to the first rejection were tried, later ones were not
+    for (let j = 0; j < sources.length && j <= accepted; j++) {
+      const key = `${reviewer}>${sources[j]}`;
+      const cells = this.byPosition.get(key) ?? [];
+      this.byPosition.set(key, cells);
+      const cell = (cells[j] ??= { trials: 0, accepted: 0 });
+      const total = this.pairTotals.get(key) ?? { trials: 0, accepted: 0 };
+      this.pairTotals.set(key, total);
+      const ok = j < accepted;
+      cell.trials++;
+      total.trials++;
+      if (ok) {
+        cell.accepted++;
+        total.accepted++;
+      }
+      this.memory.record(reviewer, sources[j]!, ok);
+    }
+  }
+
+  /** A drafter proposed `want` tokens autoregressively in `ms`, feeding `tokens` tokens. */
+  proposed(drafter: string, want: number, ms: number, tokens: number): void {
+    if (tokens <= want + PREFILL_TOKENS) this.memory.cost(`propose:${drafter}`).add(want, ms);
+  }
+
+  /** Calls that prefill (a prompt, a long catch-up) say nothing about the cost of a round: skipped. */
+  private timed(key: string, tokens: number, ms: number): void {
+    if (tokens <= PREFILL_TOKENS) this.memory.cost(key).add(Math.max(1, tokens), ms);
+  }
+
+  /** α(reviewer, drafter, position): acceptance of that position given every earlier one was accepted. */
+  acceptance(reviewer: string, drafter: string, position: number): number {
+    return this.atPosition(reviewer, drafter, position, this.pairRate(reviewer, drafter).mean);
+  }
+
+  /** The pair's acceptance rate (over positions) and the evidence behind it, in reviewed tokens. */
+  private pairRate(reviewer: string, drafter: string): { mean: number; evidence: number } {
+    const total = this.pairTotals.get(`${reviewer}>${drafter}`) ?? { trials: 0, accepted: 0 };
+    return { mean: (total.accepted + PAIR_STRENGTH * this.memory.rate(reviewer, drafter)) / (total.trials + PAIR_STRENGTH), evidence: total.trials + PAIR_STRENGTH };
+  }
+
+  private atPosition(reviewer: string, drafter: string, position: number, pair: number): number {
+    const cell = this.byPosition.get(`${reviewer}>${drafter}`)?.[position] ?? { trials: 0, accepted: 0 };
+    return (cell.accepted + POSITION_STRENGTH * pair) / (cell.trials + POSITION_STRENGTH);
+  }
+
+  /**
+   * A plausible pair rate drawn from its posterior (normal approximation; Thompson sampling): a
+   * drafter that had a few unlucky rounds is tried again, one with much evidence against it is not.
+   */
+  private sampledRate(reviewer: string, drafter: string): number {
+    const { mean, evidence } = this.pairRate(reviewer, drafter);
+    const sd = Math.sqrt((mean * (1 - mean)) / (evidence + 1));
+    return Math.min(1, Math.max(0, mean + sd * gaussian(this.explore)));
+  }
+
+  private reviewCost(level: string): LinearCost | undefined {
+    const c = this.memory.costs.get(`review:${level}`);
+    return c?.known ? c : undefined;
+  }
+
+  /** ms for `drafter` to propose m tokens itself (a timed proposal, else m one-token reviews). */
+  private proposeMs(drafter: string, m: number): number | undefined {
+    const p = this.memory.costs.get(`propose:${drafter}`);
+    if (p?.known) return p.predict(m);
+    const r = this.reviewCost(drafter);
+    return r ? m * r.predict(1) : undefined;
+  }
+
+  /**
+   * The K matrix for the next round over `drafters` (largest first, MaG last if any). Row 0 all zero
+   * means the target decodes this round alone.
+   */
+  plan(target: string, drafters: readonly string[]): number[][] {
+    const n = drafters.length;
+    const K = Array.from({ length: n }, () => new Array<number>(n).fill(0));
+    if (n === 0) return K;
+    const ready = this.reviewCost(target) && drafters.every((d) => this.proposeMs(d, 1) !== undefined);
+    if (!ready) return this.options.initial(drafters);
+    // bottom-up: the last drafter proposes; each one above picks its fastest way to produce tokens
+    const producers: Producer[] = new Array(n);
+    const last = drafters[n - 1]!;
+    producers[n - 1] = { name: last, produce: (m) => this.proposeMs(last, m) ?? Infinity };
+    for (let c = n - 2; c >= 0; c--) {
+      const name = drafters[c]!;
+      const reviews = this.reviewCost(name);
+      const ar = (m: number) => this.proposeMs(name, m) ?? Infinity;
+      const row = reviews ? this.bestRow(name, producers.slice(c + 1), this.maxSubDraft, (x) => reviews.predict(x)) : undefined;
+      if (row && row.tokensPerMs > 4 / ar(4) && row.counts.some((x) => x > 0)) {
+        let acc = 0;
+        row.counts.forEach((m, i) => (K[c + 1]![c + 1 + i] = acc += m));
+        producers[c] = { name, produce: (m) => m / row.tokensPerMs };
+      } else {
+        producers[c] = { name, produce: ar };
+      }
+    }
+    const load = this.options.load?.();
+    const fit = this.reviewCost(target)!.coefficients();
+    const slope = load ? Math.max(fit.perToken, load.occupancy * load.tokenMs) : fit.perToken;
+    const top = this.bestRow(target, producers, this.maxDraft, (x) => fit.fixed + slope * x);
+    let acc = 0;
+    top.counts.forEach((m, i) => (K[0]![i] = acc += m));
+    const key = JSON.stringify(K);
+    this.chosen.set(key, (this.chosen.get(key) ?? 0) + 1);
+    return K;
+  }
+
+  /**
+   * The counts (tokens from each producer, in order) that maximise expected tokens per ms of a
+   * round reviewed by `reviewer` at `reviewMs(tokens scored)`; all zero = the reviewer alone.
+   */
+  bestRow(reviewer: string, producers: readonly Producer[], maxDraft: number, reviewMs: (x: number) => number): RowChoice {
+    const alphas = producers.map((p) => {
+      const pair = this.sampledRate(reviewer, p.name);
+      return Array.from({ length: maxDraft }, (_, j) => this.atPosition(reviewer, p.name, j, pair));
+    });
+    const counts = new Array<number>(producers.length).fill(0);
+    let best: RowChoice = { counts: [...counts], tokensPerMs: 1 / reviewMs(1) };
+    const visit = (c: number, used: number, drafting: number, survive: number, expected: number): void => {
+      if (c === producers.length) {
+        if (used === 0) return;
+        const rate = expected / (drafting + reviewMs(used + 1));
+        if (rate > best.tokensPerMs) best = { counts: [...counts], tokensPerMs: rate };
+        return;
+      }
+      let s = survive;
+      let e = expected;
+      for (let m = 0; used + m <= maxDraft; m++) {
+        if (m > 0) {
+          s *= alphas[c]![used + m - 1]!;
+          e += s;
+        }
+        counts[c] = m;
+        visit(c + 1, used + m, drafting + (m > 0 ? producers[c]!.produce(m) : 0), s, e);
+      }
+      counts[c] = 0;
+    };
+    visit(0, 0, 0, 1, 1);
+    return best;
+  }
+}
+
+/** A standard normal draw (Box–Muller). */
+function gaussian(rng: Rng): number {
+  return Math.sqrt(-2 * Math.log(1 - rng.uniform())) * Math.cos(2 * Math.PI * rng.uniform());
+}

@@ -1,0 +1,196 @@
+import { Ewma, LinearCost } from '../kernels/cost-model.ts';
+import type { ForwardItem, KvRows, LogitsRows, ModelSession, StepResult } from './session.ts';
+
+/** How a BatchingSession groups forwards of different sequences into one pass. */
+export interface BatchingOptions {
+  /**
+   * Longest a forward waits (ms) for the forwards of other sequences active on the model to join
+   * its pass. A forward never waits when every active sequence is already queued or when it is the
+   * only active one, and forwards queued while a pass runs go together in the next one (continuous
+   * batching), so the window only matters when the model is idle. 0 = no waiting.
+   */
+  readonly windowMs?: number;
+  /** Most sequences in one pass. 1 switches batching off. */
+  readonly maxBatch?: number;
+  /** Most new tokens in one pass (bounds activation memory); a single larger forward still runs alone. */
+  readonly maxTokens?: number;
+  /** A sequence counts as active for this long after its last forward (ms). */
+  readonly activeMs?: number;
+}
+
+export const DEFAULT_BATCHING: Required<BatchingOptions> = { windowMs: 2, maxBatch: 16, maxTokens: 1024, activeMs: 1000 };
+
+/**
+ * How loaded a model is, for the adaptive schedule (SPEC §4.4): a forward pass over T new tokens
+ * costs about `fixedMs + tokenMs × T`, and recent passes held `occupancy` sequences on average, so
+ * one more drafted token of one session costs every batched session `tokenMs`, occupancy times over.
+ */
+export interface ServiceLoad {
+  readonly occupancy: number;
+  readonly fixedMs: number;
+  readonly tokenMs: number;
+}
+
+interface Pending {
+  readonly item: ForwardItem;
+  readonly rows: LogitsRows;
+  readonly since: number;
+  readonly resolve: (logits: Float32Array) => void;
+  readonly reject: (err: unknown) => void;
+}
+
+/**
+ * A ModelSession that runs the single-sequence forwards of many sequences (the reviews and
+ * proposals of many concurrent requests) as one batched pass of the session below it (padded
+ * and masked per sequence; see ort-worker.ts). Each sequence gets exactly the logits it would get
+ * alone, up to float rounding. Calls that evict or insert KV rows (bounded caches) and every other
+ * operation pass straight through. When a batched pass fails, its forwards are retried one by one,
+ * so one bad request fails alone.
+ */
+export class BatchingSession implements ModelSession {
+  private readonly options: Required<BatchingOptions>;
+  private readonly pending: Pending[] = [];
+  private readonly active = new Map<string, number>();
+  private running = false;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly cost = new LinearCost(0.98, 'forward');
+  private readonly occupancy = new Ewma(0.2, 1);
+  /** Passes run and sequences served (tests, metrics). */
+  readonly counters = { passes: 0, forwards: 0, largestBatch: 0 };
+
+  constructor(
+    private readonly inner: ModelSession,
+    options: BatchingOptions = {},
+  ) {
+    this.options = { ...DEFAULT_BATCHING, ...options };
+  }
+
+  get spec() {
+    return this.inner.spec;
+  }
+
+  get provider() {
+    return this.inner.provider;
+  }
+
+  /** The model's recent load (see ServiceLoad). */
+  load(): ServiceLoad {
+    const c = this.cost.coefficients();
+    return { occupancy: this.occupancy.value, fixedMs: c.fixed, tokenMs: c.perToken };
+  }
+
+  forward(item: ForwardItem, rows: LogitsRows = 'all'): Promise<Float32Array> {
+    if (item.evict?.length || item.insert || this.options.maxBatch <= 1) return this.timed([item], rows).then((r) => r[0]!);
+    this.active.set(item.seqId, performance.now());
+    return new Promise((resolve, reject) => {
+      this.pending.push({ item, rows, since: performance.now(), resolve, reject });
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    if (this.running || this.pending.length === 0) return;
+    const now = performance.now();
+    for (const [id, seen] of this.active) if (now - seen > this.options.activeMs) this.active.delete(id);
+    const queued = new Set(this.pending.map((p) => p.item.seqId));
+    const everyone = [...this.active.keys()].every((id) => queued.has(id));
+    const waited = now - this.pending[0]!.since;
+    const full = queued.size >= this.options.maxBatch;
+    if (!(everyone || full || waited >= this.options.windowMs)) {
+      this.timer ??= setTimeout(() => {
+        this.timer = undefined;
+        this.pump();
+      }, Math.max(0, this.options.windowMs - waited));
+      return;
+    }
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    const batch = this.take();
+    this.running = true;
+    void this.run(batch).finally(() => {
+      this.running = false;
+      this.pump();
+    });
+  }
+
+  /** The oldest forwards of distinct sequences with the first one's row mode, within the limits. */
+  private take(): Pending[] {
+    const rows = this.pending[0]!.rows;
+    const batch: Pending[] = [];
+    const seen = new Set<string>();
+    let tokens = 0;
+    for (let i = 0; i < this.pending.length && batch.length < this.options.maxBatch; i++) {
+      const p = this.pending[i]!;
+      if (p.rows !== rows || seen.has(p.item.seqId)) continue;
+      if (batch.length && tokens + p.item.inputIds.length > this.options.maxTokens) continue;
+      batch.push(p);
+      seen.add(p.item.seqId);
+      tokens += p.item.inputIds.length;
+      this.pending.splice(i--, 1);
+    }
+    return batch;
+  }
+
+  private async run(batch: Pending[]): Promise<void> {
+    try {
+      const out = await this.timed(batch.map((p) => p.item), batch[0]!.rows);
+      batch.forEach((p, i) => p.resolve(out[i]!));
+    } catch (err) {
+      if (batch.length === 1) {
+        batch[0]!.reject(err);
+        return;
+      }
+      for (const p of batch) await this.timed([p.item], p.rows).then((r) => p.resolve(r[0]!), p.reject);
+    }
+  }
+
+  private async timed(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
+    const t0 = performance.now();
+    const out = await this.inner.forwardBatch(items, rows);
+    this.cost.add(items.reduce((a, it) => a + it.inputIds.length, 0), performance.now() - t0);
+    this.occupancy.add(items.length);
+    this.counters.passes++;
+    this.counters.forwards += items.length;
+    this.counters.largestBatch = Math.max(this.counters.largestBatch, items.length);
+    return out;
+  }
+
+  forwardAttention(item: ForwardItem, rows?: LogitsRows): Promise<{ logits: Float32Array; attention: Float32Array }> {
+    return this.inner.forwardAttention(item, rows);
+  }
+
+  step(item: ForwardItem, rows: LogitsRows, attention: boolean): Promise<StepResult> {
+    return this.inner.step(item, rows, attention);
+  }
+
+  forwardBatch(items: readonly ForwardItem[], rows?: LogitsRows): Promise<Float32Array[]> {
+    return this.inner.forwardBatch(items, rows);
+  }
+
+  length(seqId: string): number {
+    return this.inner.length(seqId);
+  }
+
+  truncate(seqId: string, length: number): Promise<void> {
+    return this.inner.truncate(seqId, length);
+  }
+
+  evict(seqId: string, indices: readonly number[], take?: boolean): Promise<KvRows | undefined> {
+    return this.inner.evict(seqId, indices, take);
+  }
+
+  insert(seqId: string, rows: KvRows): Promise<void> {
+    return this.inner.insert(seqId, rows);
+  }
+
+  release(seqId: string): Promise<void> {
+    this.active.delete(seqId);
+    return this.inner.release(seqId);
+  }
+
+  async close(): Promise<void> {
+    clearTimeout(this.timer);
+    for (const p of this.pending.splice(0)) p.reject(new Error(`${this.spec.name}: session closed`));
+    await this.inner.close();
+  }
+}

@@ -1,0 +1,118 @@
+import test from 'ava';
+import { LinearCost } from '../src/kernels/cost-model.ts';
+import { Rng } from '../src/kernels/rng.ts';
+import { AdaptiveSchedule, ScheduleMemory } from '../src/engine/schedule.ts';
+import { startingKMatrix } from '../src/engine/presets.ts';
+import type { ServiceLoad } from '../src/models/batching-session.ts';
+
+/**
+ * A synthetic world for the schedule: each drafter's tokens are accepted by the target with a fixed
+ * probability, and calls cost fixed + perToken × tokens. Nothing is timed: costs are reported exactly.
+ */
+interface World {
+  readonly alpha: Record<string, number>;
+  readonly review: Record<string, { fixed: number; perToken: number }>;
+  readonly propose: Record<string, { fixed: number; perToken: number }>;
+}
+
+const cost = (c: { fixed: number; perToken: number }, x: number) => c.fixed + c.perToken * x;
+
+/** Expected tokens per ms of a target row (counts per drafter) in the world, with drafters proposing autoregressively. */
+function rate(world: World, drafters: string[], counts: number[]): number {
+  let e = 1;
+  let s = 1;
+  let t = 0;
+  counts.forEach((m, i) => {
+    for (let j = 0; j < m; j++) e += s *= world.alpha[drafters[i]!]!;
+    if (m > 0) t += cost(world.propose[drafters[i]!]!, m);
+  });
+  return e / (t + cost(world.review.target!, counts.reduce((a, b) => a + b, 0) + 1));
+}
+
+function bestRate(world: World, drafters: string[], max: number): number {
+  let best = rate(world, drafters, drafters.map(() => 0));
+  const visit = (i: number, left: number, counts: number[]) => {
+    if (i === drafters.length) {
+      best = Math.max(best, rate(world, drafters, counts));
+      return;
+    }
+    for (let m = 0; m <= left; m++) visit(i + 1, left - m, [...counts, m]);
+  };
+  visit(0, max, []);
+  return best;
+}
+
+/** Runs `rounds` rounds of a flat cascade (every drafter proposes for the target) under the schedule. */
+function simulate(world: World, drafters: string[], rounds: number, load?: () => ServiceLoad): { schedule: AdaptiveSchedule; rows: number[][] } {
+  const schedule = new AdaptiveSchedule({ initial: startingKMatrix, memory: new ScheduleMemory(), load, maxDraft: 8, maxSubDraft: 8 });
+  const rng = new Rng(7);
+  const rows: number[][] = [];
+  for (let r = 0; r < rounds; r++) {
+    const K = schedule.plan('target', drafters);
+    const counts = K[0]!.map((k, i) => k - (i ? K[0]![i - 1]! : 0));
+    rows.push(counts);
+    const sources: string[] = [];
+    counts.forEach((m, i) => {
+      if (m === 0) return;
+      for (let j = 0; j < m; j++) sources.push(drafters[i]!);
+      schedule.proposed(drafters[i]!, m, cost(world.propose[drafters[i]!]!, m), m);
+    });
+    let accepted = 0;
+    while (accepted < sources.length && rng.uniform() < world.alpha[sources[accepted]!]!) accepted++;
+    schedule.reviewed('target', sources, accepted, cost(world.review.target!, sources.length + 1), sources.length + 1);
+  }
+  return { schedule, rows };
+}
+
+const world: World = {
+  alpha: { big: 0.8, small: 0.5 },
+  review: { target: { fixed: 10, perToken: 0.5 } },
+  propose: { big: { fixed: 0, perToken: 1.5 }, small: { fixed: 0, perToken: 0.2 } },
+};
+
+test('schedule - converges within a few dozen rounds to a K within 5% of the best for the measured acceptance and costs', (t) => {
+  const drafters = ['big', 'small'];
+  const { rows } = simulate(world, drafters, 200);
+  const best = bestRate(world, drafters, 8);
+  const late = rows.slice(50);
+  const mean = late.reduce((a, c) => a + rate(world, drafters, c), 0) / late.length;
+  t.true(mean >= 0.95 * best, `mean expected rate ${mean.toFixed(4)} vs best ${best.toFixed(4)} tokens/ms`);
+  t.true(late.every((c) => c[0]! > 0), 'the accurate drafter drafts first');
+});
+
+test('schedule - a drafter whose tokens are never accepted is switched off, and speculation too when nothing pays', (t) => {
+  const useless: World = { ...world, alpha: { big: 0.02, small: 0.02 } };
+  const { rows } = simulate(useless, ['big', 'small'], 200);
+  const late = rows.slice(100);
+  const off = late.filter((c) => c.every((m) => m === 0)).length;
+  t.true(off / late.length > 0.9, `speculation off in ${off} of ${late.length} late rounds`);
+});
+
+test('schedule - a saturated verifier shrinks K and switches speculation off', (t) => {
+  const drafters = ['big', 'small'];
+  const drafted = (load?: () => ServiceLoad) => {
+    const late = simulate(world, drafters, 200, load).rows.slice(100);
+    return late.reduce((a, c) => a + c.reduce((x, y) => x + y, 0), 0) / late.length;
+  };
+  const idle = drafted(() => ({ occupancy: 1, fixedMs: 10, tokenMs: 0.5 }));
+  const busy = drafted(() => ({ occupancy: 8, fixedMs: 10, tokenMs: 0.5 }));
+  const saturated = drafted(() => ({ occupancy: 64, fixedMs: 10, tokenMs: 0.5 }));
+  t.true(idle > busy, `tokens drafted per round: idle ${idle.toFixed(2)}, 8 per batch ${busy.toFixed(2)}`);
+  t.is(saturated, 0, 'no drafting with 64 sessions per verifier pass');
+});
+
+test('schedule - uses the starting K until every level has been timed, and keeps the K shape when a level is lost', (t) => {
+  const schedule = new AdaptiveSchedule({ initial: startingKMatrix, memory: new ScheduleMemory() });
+  t.deepEqual(schedule.plan('target', ['d1', 'd2', 'mag']), startingKMatrix(['d1', 'd2', 'mag']));
+  t.deepEqual(schedule.plan('target', ['d1', 'mag']), startingKMatrix(['d1', 'mag']));
+  t.deepEqual(schedule.plan('target', []), []);
+});
+
+test('cost model - fits fixed and per-token cost from calls of several sizes, ignoring the first (warm-up) call', (t) => {
+  const c = new LinearCost(1);
+  c.add(4, 500); // warm-up outlier
+  for (let i = 0; i < 40; i++) for (const x of [1, 2, 4, 8]) c.add(x, 6 + 0.4 * x);
+  const { fixed, perToken } = c.coefficients();
+  t.true(Math.abs(fixed - 6) < 0.5, `fixed ${fixed}`);
+  t.true(Math.abs(perToken - 0.4) < 0.1, `per token ${perToken}`);
+});
