@@ -2,7 +2,7 @@ import test from 'ava';
 import { loadWorkload, WORKLOADS } from '../src/bench/workloads.ts';
 import { generateCascade, type CascadeConfig, type DrafterSpec } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
-import { planCascade } from '../src/engine/presets.ts';
+import { defaultKMatrix, planCascade } from '../src/engine/presets.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { loadBigram } from '../src/models/family.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
@@ -34,6 +34,7 @@ const targetOutputs = () => (reference ??= (async () => {
 const [large, small] = family.drafters as [string, string];
 const spec = (d: string): DrafterSpec => (d === 'mag' ? { kind: 'mag', bigram } : { kind: 'model', session: sessions.get(d)! });
 const shape = (drafters: string[], kMatrix?: number[][], lenience?: number): CascadeConfig => {
+  // without kMatrix: the adaptive schedule (auto), the default
   const plan = planCascade({ mode: 'csd', drafters, kMatrix, lenience }, family.drafters);
   return { drafters: plan.drafters.map(spec), kMatrix: plan.kMatrix, lenience: plan.lenience };
 };
@@ -47,6 +48,7 @@ const shapes: [string, CascadeConfig][] = [
   [`3 levels: ${large} + ${small} + mag`, shape([large, small, 'mag'])],
   [`3 levels: ${large} + ${small} + mag, lenience 4, custom K`, shape([large, small, 'mag'], [[3, 6, 9], [0, 3, 6], [0, 0, 3]], 4)],
   ['horizontal only', shape([large, small, 'mag'], [[1, 2, 4], [0, 0, 0], [0, 0, 0]])],
+  [`3 levels, the fixed default K`, shape([large, small, 'mag'], defaultKMatrix([large, small, 'mag']))],
 ];
 
 test(`cascade (ONNX) - ${prompts.length} held-out prompts`, (t) => {

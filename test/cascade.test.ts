@@ -4,6 +4,7 @@ import { generateCascade, type CascadeConfig, type DrafterSpec } from '../src/en
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
+import { BatchingSession } from '../src/models/batching-session.ts';
 import type { KvPolicyName } from '../src/kernels/kv-policy.ts';
 import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
 
@@ -68,6 +69,7 @@ const sampledConfigs: [string, (f: ReturnType<typeof family>) => CascadeConfig, 
   ['csd', (f) => ({ drafters: [model(f.d1), model(f.d2), mag], kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 2]], lenience: 1 }), { temperature: 0.7, topK: 0, topP: 1 }],
   ['csd lenient drafters, top-k/top-p', (f) => ({ drafters: [model(f.d1), model(f.d2), mag], kMatrix: [[2, 3, 4], [0, 1, 3], [0, 0, 2]], lenience: 3 }), { temperature: 1, topK: 4, topP: 0.9 }],
   ['drafters over bounded caches (placement b)', (f) => ({ drafters: [bounded(f.d1, 'h2o', 3), bounded(f.d2, 'window', 3), mag], kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 2]], lenience: 1 }), { temperature: 1, topK: 0, topP: 1 }],
+  ['csd with the adaptive schedule (K auto)', (f) => ({ drafters: [model(f.d1), model(f.d2), mag], kMatrix: 'auto', lenience: 1 }), { temperature: 0.8, topK: 0, topP: 1 }],
   ['self-draft: the target over a bounded cache (placement c)', (f) => ({ drafters: [bounded(f.target, 'h2o', 3), mag], kMatrix: [[2, 4], [0, 2]], lenience: 1 }), { temperature: 0.8, topK: 0, topP: 1 }],
 ];
 
@@ -144,4 +146,22 @@ test('cascade - impossible configurations are refused with the reason', async (t
   await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[2]], lenience: 0.5 }, req), { message: /lenience/ });
   const other = new MemoryModelSession({ name: 'other', vocabSize: 30, order: 1, seed: 1 });
   await t.throwsAsync(generateCascade(target, { drafters: [model(other)], kMatrix: [[2]], lenience: 1 }, req), { message: /share one tokenizer/ });
+});
+
+test('cascade - sampling: adaptive K with every model batched across 8 concurrent requests reproduces the target\'s distribution (chi-square)', async (t) => {
+  const f = family(5);
+  const [target, d1, d2] = [f.target, f.d1, f.d2].map((m) => new BatchingSession(m, { windowMs: 1 }));
+  const config: CascadeConfig = { drafters: [{ kind: 'model', session: d1! }, { kind: 'model', session: d2! }, mag], kMatrix: 'auto', lenience: 1 };
+  const sampling = { temperature: 1, topK: 0, topP: 1 };
+  const prompt = [1, 3, 2];
+  const counts = new Array(25).fill(0);
+  const N = 12_000;
+  for (let seed = 0; seed < N; seed += 8) {
+    const runs = await Promise.all(Array.from({ length: 8 }, (_, i) => generateCascade(target!, config, { promptIds: prompt, maxTokens: 2, sampling, seed: seed + i, stopAtEos: false })));
+    for (const r of runs) counts[r.tokenIds[0]! * 5 + r.tokenIds[1]!]++;
+  }
+  t.true(target!.counters.largestBatch > 1, 'requests were batched');
+  const { chi2, df, pValue, impossible } = chiSquare(counts, targetJoint(f.target, prompt, sampling));
+  t.is(impossible, 0, 'no token the target could not produce');
+  t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}`);
 });

@@ -1,6 +1,6 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { decode, encode, FrameError, FRAME_MAGIC, type Message } from '../src/cluster/messages.ts';
+import { decode, encode, FrameError, FRAME_MAGIC, FRAME_VERSION, type Message } from '../src/cluster/messages.ts';
 
 const messages: Message[] = [
   { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: -7 },
@@ -10,6 +10,8 @@ const messages: Message[] = [
   { type: 'opened', instance: 'ab12', model: 'draft-l2', vocabSize: 8192 },
   { type: 'proposed', tokens: [3, 4], q: [new Float32Array([1, 0]), undefined] },
   { type: 'reviewed', accepted: 2, token: 9, p: [] },
+  { type: 'reviewed', accepted: 1, token: 3, p: [], load: { occupancy: 3.5, fixedMs: 6.25, tokenMs: 0.375 } },
+  { type: 'proposed', tokens: [5], q: [undefined], load: { occupancy: 1, fixedMs: 0.5, tokenMs: 0 } },
   { type: 'closed' },
   { type: 'error', code: 'unknown-session', message: 'gone — ümlaut' },
   { type: 'tokens', offset: 17, tokens: [1, 2, 3] },
@@ -42,19 +44,19 @@ test('messages - malformed frames are rejected with a FrameError naming the prob
   t.throws(() => decode(new Uint8Array([])), { instanceOf: FrameError, message: /truncated/ });
   t.throws(() => decode(new Uint8Array([0x00, 1, 0])), { instanceOf: FrameError, message: /magic/ });
   t.throws(() => decode(new Uint8Array([FRAME_MAGIC, 99, 0])), { instanceOf: FrameError, message: /version 99/ });
-  t.throws(() => decode(new Uint8Array([FRAME_MAGIC, 1, 200])), { instanceOf: FrameError, message: /unknown message type/ });
+  t.throws(() => decode(new Uint8Array([FRAME_MAGIC, FRAME_VERSION, 200])), { instanceOf: FrameError, message: /unknown message type/ });
   const good = encode({ type: 'propose', session: 's', base: 0, suffix: [1, 2], want: 1 });
   t.throws(() => decode(good.subarray(0, good.length - 2)), { instanceOf: FrameError });
   t.throws(() => decode(new Uint8Array([...good, 0])), { instanceOf: FrameError, message: /unexpected bytes/ });
   // a hostile length field cannot make the decoder allocate gigabytes
-  const hostile = new Uint8Array([FRAME_MAGIC, 1, 9, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
+  const hostile = new Uint8Array([FRAME_MAGIC, FRAME_VERSION, 9, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
   t.throws(() => decode(hostile), { instanceOf: FrameError, message: /more than a frame may carry/ });
 });
 
 test('messages - random bytes never crash the decoder with anything but a FrameError', (t) => {
   fc.assert(
     fc.property(fc.uint8Array({ maxLength: 64 }), fc.boolean(), (bytes, withHeader) => {
-      const frame = withHeader ? new Uint8Array([FRAME_MAGIC, 1, ...bytes]) : bytes;
+      const frame = withHeader ? new Uint8Array([FRAME_MAGIC, FRAME_VERSION, ...bytes]) : bytes;
       try {
         decode(frame);
       } catch (err) {

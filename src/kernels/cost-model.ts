@@ -49,8 +49,9 @@ export class LinearCost {
     this.observations++;
   }
 
+  /** Whether the fit rests on measurements past the warm-up (or on a given prior). */
   get known(): boolean {
-    return this.prior !== undefined;
+    return this.given || this.observations >= WARM_CALLS;
   }
 
   /** The fitted line (fixed >= 0, perToken >= 0); zeros before any observation or prior. */
@@ -81,6 +82,9 @@ export class LinearCost {
     return c.fixed + c.perToken * tokens;
   }
 }
+
+/** Calls after which a model counts as timed: the first is warm-up, the second anchors the prior. */
+const WARM_CALLS = 3;
 
 /** Default marginal cost of one more token in a call, as a fraction of a one-token call. */
 export const PRIOR_SLOPE = 0.05;
