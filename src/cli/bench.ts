@@ -4,6 +4,7 @@ import { benchCluster } from '../bench/cluster.ts';
 import { benchKv } from '../bench/kv.ts';
 import { benchLoad } from '../bench/load.ts';
 import { benchSelfDraft } from '../bench/self-draft.ts';
+import { benchScale } from '../bench/scale.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { measureCosts, SCORE_KS, type ModelCosts } from '../bench/costs.ts';
 import { WORKLOADS, type Workload } from '../bench/workloads.ts';
@@ -75,6 +76,20 @@ export function registerBench(program: Command): void {
     .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
     .action(async (o) => {
       await benchCascade({ models: o.models, workloads: o.workload, temperatures: o.temperatures, repeats: o.repeats, maxTokens: o.maxTokens, prompts: o.prompts, sweepPrompts: o.sweepPrompts, threads: o.threads, out: o.out });
+    });
+  bench
+    .command('scale')
+    .description('adaptive K vs a sweep of fixed K per workload, aggregate tokens/s at N concurrent sessions with and without batched verification and with speculation off/on/auto, and a simulator calibrated on those measurements projecting larger clusters')
+    .option('--workload <name>', `${WORKLOADS.join(' | ')} | all`, parseWorkloads, [...WORKLOADS])
+    .option('--prompts <n>', 'prompts per workload for the sweep and the auto comparison', parseNumber('--prompts', { min: 1, integer: true }), 6)
+    .option('--concurrency <list>', 'sessions in flight, comma-separated', parseConcurrency, [1, 4, 8, 16])
+    .option('--repeats <n>', 'repeats (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
+    .option('--max-tokens <n>', 'tokens generated per request', parseNumber('--max-tokens', { min: 1, integer: true }), 48)
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--out <dir>', 'directory for scale.json and scale.md', 'results')
+    .action(async (o) => {
+      await benchScale({ models: o.models, workloads: o.workload, prompts: o.prompts, concurrency: o.concurrency, repeats: o.repeats, maxTokens: o.maxTokens, threads: o.threads, out: o.out });
     });
   bench
     .command('kv')

@@ -298,6 +298,7 @@ export async function runCascade(
       if (finishReason === 'stop') break;
     }
   } finally {
+    schedule?.finish();
     await Promise.all(everyLevel.map((l) => l.release()));
   }
 

@@ -106,6 +106,9 @@ export class AdaptiveSchedule {
   /** `${reviewer}>${drafter}` → counts by block position. */
   private readonly byPosition = new Map<string, Counts[]>();
   private readonly pairTotals = new Map<string, Counts>();
+  /** This request's acceptance outcomes, handed to the memory when it ends (`finish`): counting them
+   * there meanwhile would make the request's own evidence look twice as strong. */
+  private readonly unshared: [string, string, boolean][] = [];
   /** Draws for exploration (never the request's sampler: K does not change what is generated). */
   private readonly explore = new Rng(0x5eed);
   /** The matrices chosen, for stats: how often each was used. */
@@ -151,8 +154,13 @@ export class AdaptiveSchedule {
         cell.accepted++;
         total.accepted++;
       }
-      this.memory.record(reviewer, sources[j]!, ok);
+      this.unshared.push([reviewer, sources[j]!, ok]);
     }
+  }
+
+  /** The request ended: what it learnt about acceptance becomes the prior of later requests. */
+  finish(): void {
+    for (const [reviewer, drafter, ok] of this.unshared.splice(0)) this.memory.record(reviewer, drafter, ok);
   }
 
   /** A drafter proposed `want` tokens autoregressively in `ms`, feeding `tokens` tokens. */

@@ -1,0 +1,281 @@
+import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
+import { defaultKMatrix, type KSchedule } from '../engine/presets.ts';
+import { GREEDY } from '../kernels/sampling.ts';
+import { BatchingSession } from '../models/batching-session.ts';
+import { loadBigram, loadFamily } from '../models/family.ts';
+import { FamilySessions } from '../models/family-sessions.ts';
+import type { ModelSession } from '../models/session.ts';
+import { TextTokenizer } from '../models/tokenizer.ts';
+import { candidates } from './cascade.ts';
+import { formatTable, median, writeJson } from './report.ts';
+import { simulate, type SimulationParams } from './simulate.ts';
+import { loadWorkload, type Workload } from './workloads.ts';
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+export interface ScaleBenchOptions {
+  readonly models: string;
+  readonly out: string;
+  readonly workloads: readonly Workload[];
+  /** Prompts per workload for the K sweep and the auto comparison. */
+  readonly prompts: number;
+  readonly maxTokens: number;
+  readonly repeats: number;
+  readonly concurrency: readonly number[];
+  readonly threads: number;
+}
+
+const log = (msg: string) => process.stderr.write(msg + '\n');
+
+/** A cascade over sessions (batched or not): drafter names (family members or mag) and K. */
+interface Shape {
+  readonly name: string;
+  readonly drafters: readonly string[];
+  readonly kMatrix: KSchedule;
+}
+
+interface Models {
+  readonly target: ModelSession;
+  readonly drafters: ReadonlyMap<string, ModelSession>;
+  readonly bigram: Uint32Array | undefined;
+}
+
+interface Totals {
+  tokens: number;
+  rounds: number;
+  drafted: number;
+  draftMs: number;
+  seconds: number;
+  chosen: Record<string, number>;
+}
+
+function specs(m: Models, drafters: readonly string[]): DrafterSpec[] {
+  return drafters.map((d) => (d === 'mag' ? { kind: 'mag', bigram: m.bigram } : { kind: 'model', session: m.drafters.get(d)! }));
+}
+
+/** Runs every prompt with `concurrency` requests in flight; wall time of the whole set. */
+async function runSet(m: Models, shape: Shape, prompts: readonly number[][], maxTokens: number, concurrency: number): Promise<Totals> {
+  const totals: Totals = { tokens: 0, rounds: 0, drafted: 0, draftMs: 0, seconds: 0, chosen: {} };
+  let next = 0;
+  const t0 = performance.now();
+  const client = async () => {
+    while (next < prompts.length) {
+      const promptIds = prompts[next++]!;
+      const r = await generateCascade(m.target, { drafters: specs(m, shape.drafters), kMatrix: shape.kMatrix, lenience: 1 }, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
+      totals.tokens += r.tokenIds.length;
+      totals.rounds += r.stats.rounds;
+      totals.drafted += r.stats.draftedTokens;
+      for (const [name, s] of Object.entries(r.stats.models)) if (name !== m.target.spec.name) totals.draftMs += s.forwardMs;
+      for (const [k, n] of Object.entries(r.stats.schedule ?? {})) totals.chosen[k] = (totals.chosen[k] ?? 0) + n;
+    }
+  };
+  await Promise.all(Array.from({ length: concurrency }, client));
+  totals.seconds = (performance.now() - t0) / 1000;
+  return totals;
+}
+
+const rate = (t: Totals) => t.tokens / t.seconds;
+const topChoice = (chosen: Record<string, number>) => Object.entries(chosen).sort((a, b) => b[1] - a[1])[0]?.[0] ?? '-';
+
+/** Every fixed K the sweep tries: each cascade shape of `cascade bench cascade` with its K candidates. */
+function fixedShapes(familyDrafters: readonly string[]): Shape[] {
+  const csd = [...familyDrafters, 'mag'];
+  const out: Shape[] = [];
+  for (const d of familyDrafters) for (const K of candidates('sd', [d])) out.push({ name: `sd:${d}`, drafters: [d], kMatrix: K });
+  for (const K of candidates('mag', ['mag'])) out.push({ name: 'mag', drafters: ['mag'], kMatrix: K });
+  for (const kind of ['csd', 'csd-horizontal', 'csd-vertical'] as const) for (const K of candidates(kind, csd)) out.push({ name: kind, drafters: csd, kMatrix: K });
+  return out;
+}
+
+interface AutoResult {
+  readonly workload: string;
+  readonly best: { name: string; kMatrix: KSchedule; tokensPerSecond: number };
+  readonly auto: { tokensPerSecond: number; mostUsedK: string };
+  readonly ar: number;
+  readonly ratio: number;
+  readonly sweep: { name: string; kMatrix: KSchedule; tokensPerSecond: number }[];
+}
+
+/** Part 1: `auto` against the best fixed K of a sweep over every cascade shape, per workload (greedy, one request at a time). */
+async function autoVersusSweep(m: Models, o: ScaleBenchOptions, tok: TextTokenizer, familyDrafters: readonly string[]): Promise<AutoResult[]> {
+  const results: AutoResult[] = [];
+  const csd = [...familyDrafters, 'mag'];
+  for (const w of o.workloads) {
+    const prompts = loadWorkload(w).slice(0, o.prompts).map((p) => tok.encode(p.prompt));
+    log(`[auto vs sweep: ${w}] sweeping ${fixedShapes(familyDrafters).length} fixed K on ${prompts.length} prompts`);
+    const sweep = [];
+    for (const s of fixedShapes(familyDrafters)) sweep.push({ name: s.name, kMatrix: s.kMatrix, tokensPerSecond: rate(await runSet(m, s, prompts, o.maxTokens, 1)) });
+    const top = sweep.reduce((a, b) => (b.tokensPerSecond > a.tokensPerSecond ? b : a));
+    const best: Shape = { name: top.name, drafters: top.name === 'mag' ? ['mag'] : top.name.startsWith('sd:') ? [top.name.slice(3)] : csd, kMatrix: top.kMatrix };
+    const auto: Shape = { name: 'auto', drafters: csd, kMatrix: 'auto' };
+    const ar: Shape = { name: 'ar', drafters: [], kMatrix: [] };
+    const runs: Record<string, number[]> = { best: [], auto: [], ar: [] };
+    const chosen: Record<string, number> = {};
+    for (let r = 0; r < o.repeats; r++) {
+      const order = r % 2 ? [auto, best, ar] : [best, auto, ar];
+      for (const s of order) {
+        const t = await runSet(m, s, prompts, o.maxTokens, 1);
+        runs[s === best ? 'best' : s.name]!.push(rate(t));
+        if (s === auto) for (const [k, n] of Object.entries(t.chosen)) chosen[k] = (chosen[k] ?? 0) + n;
+      }
+    }
+    const res: AutoResult = {
+      workload: w,
+      best: { name: best.name, kMatrix: best.kMatrix, tokensPerSecond: median(runs.best!) },
+      auto: { tokensPerSecond: median(runs.auto!), mostUsedK: topChoice(chosen) },
+      ar: median(runs.ar!),
+      ratio: median(runs.auto!) / median(runs.best!),
+      sweep,
+    };
+    log(`  best fixed ${best.name} ${JSON.stringify(best.kMatrix)} ${res.best.tokensPerSecond.toFixed(1)} tokens/s; auto ${res.auto.tokensPerSecond.toFixed(1)} (${(100 * res.ratio).toFixed(1)}%)`);
+    results.push(res);
+  }
+  return results;
+}
+
+interface LoadRow {
+  readonly concurrency: number;
+  readonly batching: boolean;
+  readonly speculation: 'off' | 'on' | 'auto';
+  readonly tokensPerSecond: number;
+  readonly tokensPerRound: number;
+  readonly draftedPerRound: number;
+  readonly draftMsPerRound: number;
+  readonly meanBatch: number;
+  readonly mostUsedK: string;
+}
+
+/** Part 2: aggregate tokens/s with 1..N sessions in flight, batching on/off, speculation off/on/auto. */
+async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer, familyDrafters: readonly string[]): Promise<{ rows: LoadRow[]; verifier: { fixedMs: number; tokenMs: number } }> {
+  const prompts = [...loadWorkload('code'), ...loadWorkload('english')].map((p) => tok.encode(p.prompt));
+  const csd = [...familyDrafters, 'mag'];
+  const shapes: [LoadRow['speculation'], Shape][] = [
+    ['off', { name: 'ar', drafters: [], kMatrix: [] }],
+    ['on', { name: 'csd', drafters: csd, kMatrix: defaultKMatrix(csd) }],
+    ['auto', { name: 'auto', drafters: csd, kMatrix: 'auto' }],
+  ];
+  const wrap = (maxBatch: number): Models & { batched: BatchingSession } => {
+    const batched = new BatchingSession(inner.target, { maxBatch });
+    return { target: batched, batched, drafters: new Map([...inner.drafters].map(([k, s]) => [k, new BatchingSession(s, { maxBatch })])), bigram: inner.bigram };
+  };
+  const batchedModels = wrap(16);
+  const rows: LoadRow[] = [];
+  for (const c of o.concurrency) {
+    const set = Array.from({ length: Math.max(8, 2 * c) }, (_, i) => prompts[i % prompts.length]!);
+    for (const batching of [false, true]) {
+      for (const [speculation, shape] of shapes) {
+        const xs: Totals[] = [];
+        for (let r = 0; r < o.repeats; r++) {
+          const models = batching ? batchedModels : wrap(1);
+          const before = { ...models.batched.counters };
+          const t = await runSet(models, shape, set, o.maxTokens, c);
+          const passes = models.batched.counters.passes - before.passes;
+          xs.push({ ...t, chosen: { ...t.chosen, __batch: passes ? (models.batched.counters.forwards - before.forwards) / passes : 1 } });
+        }
+        const mid = [...xs].sort((a, b) => rate(a) - rate(b))[xs.length >> 1]!;
+        const row: LoadRow = {
+          concurrency: c,
+          batching,
+          speculation,
+          tokensPerSecond: median(xs.map(rate)),
+          tokensPerRound: mid.tokens / mid.rounds,
+          draftedPerRound: mid.drafted / mid.rounds,
+          draftMsPerRound: mid.draftMs / mid.rounds,
+          meanBatch: mid.chosen.__batch!,
+          mostUsedK: speculation === 'auto' ? topChoice(Object.fromEntries(Object.entries(mid.chosen).filter(([k]) => k !== '__batch'))) : '',
+        };
+        log(`  ${c} sessions, batching ${batching ? 'on' : 'off'}, speculation ${speculation}: ${row.tokensPerSecond.toFixed(1)} tokens/s (mean verifier batch ${row.meanBatch.toFixed(1)})`);
+        rows.push(row);
+      }
+    }
+  }
+  const v = batchedModels.batched.load();
+  return { rows, verifier: { fixedMs: v.fixedMs, tokenMs: v.tokenMs } };
+}
+
+/** The simulation of this machine's measured case: one verifier node, one draft node, no network. */
+function calibrated(row: LoadRow, verifier: { fixedMs: number; tokenMs: number }, sessions: number): SimulationParams {
+  return {
+    sessions,
+    verifiers: 1,
+    drafters: 1,
+    latencyMs: 0,
+    verifyFixedMs: verifier.fixedMs,
+    verifyTokenMs: verifier.tokenMs,
+    // a drafting round split as the models' costs are (bench costs): half per pass, half per token
+    draftFixedMs: row.draftMsPerRound / 2,
+    draftTokenMs: row.draftedPerRound ? row.draftMsPerRound / 2 / row.draftedPerRound : 0,
+    draftedPerRound: row.draftedPerRound,
+    tokensPerRound: row.tokensPerRound,
+    maxBatch: 16,
+    horizonMs: 20_000,
+  };
+}
+
+/** `cascade bench scale`: auto vs a K sweep, throughput under load with and without batching, and a calibrated simulation of larger clusters. */
+export async function benchScale(o: ScaleBenchOptions): Promise<void> {
+  const family = loadFamily(o.models);
+  const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
+  try {
+    const target = await sessions.get(family.target);
+    const drafters = new Map<string, ModelSession>();
+    for (const d of family.drafters) drafters.set(d, await sessions.get(d));
+    const models: Models = { target, drafters, bigram: loadBigram(family) };
+    const tok = TextTokenizer.load(target.spec.tokenizerPath);
+
+    const auto = await autoVersusSweep(models, o, tok, family.drafters);
+    const autoTable = formatTable(
+      ['workload', 'ar tok/s', 'best fixed', 'K', 'tok/s', 'auto tok/s', 'auto / best', 'auto most used K'],
+      auto.map((a) => [a.workload, a.ar, a.best.name, JSON.stringify(a.best.kMatrix), a.best.tokensPerSecond, a.auto.tokensPerSecond, a.ratio, a.auto.mostUsedK]),
+    );
+
+    log(`[under load] ${o.concurrency.join(', ')} sessions in flight`);
+    const load = await underLoad(models, o, tok, family.drafters);
+    const one = (b: boolean, s: string) => load.rows.find((r) => r.concurrency === o.concurrency[0] && r.batching === b && r.speculation === s)!;
+    const loadTable = formatTable(
+      ['sessions', 'batching', 'speculation', 'tokens/s', 'x 1 session', 'tokens/round', 'mean verifier batch', 'auto most used K'],
+      load.rows.map((r) => [r.concurrency, r.batching ? 'on' : 'off', r.speculation, r.tokensPerSecond, r.tokensPerSecond / one(r.batching, r.speculation).tokensPerSecond, r.tokensPerRound, r.meanBatch, r.mostUsedK]),
+    );
+
+    // validation: simulate the measured batched cases from the single-session calibration
+    const validation = load.rows
+      .filter((r) => r.batching && r.speculation !== 'auto')
+      .map((r) => {
+        const sim = simulate(calibrated(one(true, r.speculation), load.verifier, r.concurrency));
+        return { concurrency: r.concurrency, speculation: r.speculation, measured: r.tokensPerSecond, simulated: sim.tokensPerSecond, error: sim.tokensPerSecond / r.tokensPerSecond - 1 };
+      });
+    const validationTable = formatTable(['sessions', 'speculation', 'measured tok/s', 'simulated tok/s', 'error'], validation.map((v) => [v.concurrency, v.speculation, v.measured, v.simulated, `${(100 * v.error).toFixed(1)}%`]));
+
+    // projection: 16 sessions per verifier node, draft:verifier ratios and network latency
+    const projection: { verifiers: number; drafters: number; latencyMs: number; speculation: string; tokensPerSecond: number; verifierUtilisation: number }[] = [];
+    for (const verifiers of [1, 4, 16, 64]) {
+      for (const latencyMs of [0.2, 2]) {
+        for (const [speculation, ratio] of [['off', 1], ['on', 0.25], ['on', 0.5], ['on', 1]] as const) {
+          const drafters = Math.max(1, Math.round(verifiers * ratio));
+          const base = calibrated(one(true, speculation), load.verifier, 16 * verifiers);
+          const sim = simulate({ ...base, verifiers, drafters, latencyMs, horizonMs: 10_000 });
+          projection.push({ verifiers, drafters, latencyMs, speculation, tokensPerSecond: sim.tokensPerSecond, verifierUtilisation: sim.verifierUtilisation });
+        }
+      }
+    }
+    const projectionTable = formatTable(
+      ['verifier nodes', 'draft nodes', 'latency ms', 'speculation', 'tokens/s', 'verifier busy'],
+      projection.map((p) => [p.verifiers, p.speculation === 'off' ? '-' : p.drafters, p.latencyMs, p.speculation, p.tokensPerSecond, `${(100 * p.verifierUtilisation).toFixed(0)}%`]),
+    );
+
+    const header = `Scale benchmark: greedy, ${o.maxTokens} tokens per request, medians of ${o.repeats} repeats, ${o.threads} ONNX Runtime thread(s) per model.`;
+    const sections = [
+      ['1. Adaptive K (auto) vs the best fixed K of a sweep over every cascade shape, one request at a time', autoTable],
+      ['2. Aggregate throughput with N sessions in flight (held-out code and english prompts)', loadTable],
+      [`3. Simulator validation: the measured batched cases, simulated from the 1-session calibration (verifier pass ${load.verifier.fixedMs.toFixed(2)} ms + ${load.verifier.tokenMs.toFixed(3)} ms/token)`, validationTable],
+      ['4. Projection: 16 sessions per verifier node, draft nodes per verifier node and network latency', projectionTable],
+    ];
+    const text = sections.map(([h, t]) => `## ${h}\n\n${t}`).join('\n\n');
+    process.stdout.write(`${header}\n\n${text}\n`);
+    const json = writeJson(o.out, 'scale', { options: o, auto, load, validation, projection });
+    writeFileSync(join(o.out, 'scale.md'), `# Scale benchmark\n\n${header}\n\n${sections.map(([h, t]) => `## ${h}\n\n\`\`\`\n${t}\n\`\`\``).join('\n\n')}\n`);
+    process.stdout.write(`\nwrote ${json} and ${join(o.out, 'scale.md')}\n`);
+  } finally {
+    await sessions.close();
+  }
+}

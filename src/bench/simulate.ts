@@ -1,0 +1,148 @@
+/**
+ * A discrete-event simulation of a cascade cluster for capacity planning past one machine
+ * (`cascade bench scale`). Sessions generate continuously (closed loop). A round of one session is:
+ * drafting on a draft node (its share of the drafters' compute), a network hop, a review on the
+ * verifier node the session is pinned to, a network hop back. Nodes batch: a node takes every
+ * job waiting for it (up to `maxBatch`) and serves them in one pass costing `fixedMs + tokenMs ×
+ * tokens`, so the simulation has the same batching economics as BatchingSession. Costs, tokens per
+ * round and draft time come from measurements on this machine (calibrate.ts in scale.ts).
+ */
+export interface SimulationParams {
+  readonly sessions: number;
+  readonly verifiers: number;
+  /** Draft nodes (>= 1). This machine embedded is one draft node and one verifier node (the drafters' and the target's worker threads) with no latency. */
+  readonly drafters: number;
+  /** One-way network latency between a draft node and a verifier node, ms. */
+  readonly latencyMs: number;
+  /** Verifier pass: fixed + per token scored. */
+  readonly verifyFixedMs: number;
+  readonly verifyTokenMs: number;
+  /** Draft pass for one session's round: fixed + per drafted token (batched across sessions the same way). */
+  readonly draftFixedMs: number;
+  readonly draftTokenMs: number;
+  /** Drafted tokens per round and tokens emitted per round (mean acceptance length). */
+  readonly draftedPerRound: number;
+  readonly tokensPerRound: number;
+  readonly maxBatch: number;
+  /** Simulated time, ms. */
+  readonly horizonMs: number;
+}
+
+interface Job {
+  readonly session: number;
+  readonly tokens: number;
+}
+
+class Node {
+  readonly queue: Job[] = [];
+  busy = false;
+  busyMs = 0;
+  passes = 0;
+  constructor(
+    readonly fixedMs: number,
+    readonly tokenMs: number,
+  ) {}
+}
+
+/** A min-heap of timed events. */
+class Events {
+  private readonly heap: { at: number; run: () => void }[] = [];
+  push(at: number, run: () => void): void {
+    const h = this.heap;
+    h.push({ at, run });
+    for (let i = h.length - 1; i > 0; ) {
+      const p = (i - 1) >> 1;
+      if (h[p]!.at <= h[i]!.at) break;
+      [h[p], h[i]] = [h[i]!, h[p]!];
+      i = p;
+    }
+  }
+  pop(): { at: number; run: () => void } | undefined {
+    const h = this.heap;
+    if (!h.length) return undefined;
+    const top = h[0]!;
+    const last = h.pop()!;
+    if (h.length) {
+      h[0] = last;
+      for (let i = 0; ; ) {
+        const l = 2 * i + 1;
+        const r = l + 1;
+        let m = i;
+        if (l < h.length && h[l]!.at < h[m]!.at) m = l;
+        if (r < h.length && h[r]!.at < h[m]!.at) m = r;
+        if (m === i) break;
+        [h[m], h[i]] = [h[i]!, h[m]!];
+        i = m;
+      }
+    }
+    return top;
+  }
+}
+
+export interface SimulationResult {
+  readonly tokensPerSecond: number;
+  readonly verifierUtilisation: number;
+  readonly drafterUtilisation: number;
+  readonly meanVerifyBatch: number;
+}
+
+/** Runs the simulation; deterministic (fractional tokens per round are carried per session). */
+export function simulate(p: SimulationParams): SimulationResult {
+  const events = new Events();
+  const verifiers = Array.from({ length: p.verifiers }, () => new Node(p.verifyFixedMs, p.verifyTokenMs));
+  const drafters = Array.from({ length: Math.max(1, p.drafters) }, () => new Node(p.draftFixedMs, p.draftTokenMs));
+  let now = 0;
+  let tokens = 0;
+  const carry = new Array<number>(p.sessions).fill(0);
+  let verifyJobs = 0;
+  const speculative = p.draftedPerRound > 0;
+
+  const serve = (node: Node, done: (job: Job) => void, costOf: (batch: Job[]) => number) => {
+    if (node.busy || node.queue.length === 0) return;
+    const batch = node.queue.splice(0, p.maxBatch);
+    const ms = costOf(batch);
+    node.busy = true;
+    node.busyMs += ms;
+    node.passes++;
+    events.push(now + ms, () => {
+      node.busy = false;
+      for (const j of batch) done(j);
+      serve(node, done, costOf);
+    });
+  };
+  const passCost = (node: Node) => (batch: Job[]) => node.fixedMs + node.tokenMs * batch.reduce((a, j) => a + j.tokens, 0);
+
+  const verifierOf = (s: number) => verifiers[s % verifiers.length]!;
+  const verify = (s: number) => {
+    const v = verifierOf(s);
+    v.queue.push({ session: s, tokens: p.draftedPerRound + 1 });
+    serve(v, reviewed, passCost(v));
+  };
+  const startRound = (s: number) => {
+    if (!speculative) return events.push(now + p.latencyMs, () => verify(s));
+    const d = drafters[s % drafters.length]!;
+    d.queue.push({ session: s, tokens: p.draftedPerRound });
+    serve(d, (j) => events.push(now + p.latencyMs, () => verify(j.session)), passCost(d));
+  };
+  const reviewed = (j: Job) => {
+    verifyJobs++;
+    carry[j.session]! += p.tokensPerRound;
+    const whole = Math.floor(carry[j.session]!);
+    carry[j.session]! -= whole;
+    tokens += whole;
+    events.push(now + p.latencyMs, () => startRound(j.session));
+  };
+
+  for (let s = 0; s < p.sessions; s++) events.push(0, () => startRound(s));
+  for (let e = events.pop(); e && e.at <= p.horizonMs; e = events.pop()) {
+    now = e.at;
+    e.run();
+  }
+  const passes = verifiers.reduce((a, v) => a + v.passes, 0);
+  return {
+    tokensPerSecond: (tokens / p.horizonMs) * 1000,
+    verifierUtilisation: verifiers.reduce((a, v) => a + Math.min(v.busyMs, p.horizonMs), 0) / (p.horizonMs * verifiers.length),
+    drafterUtilisation: drafters.reduce((a, d) => a + Math.min(d.busyMs, p.horizonMs), 0) / (p.horizonMs * drafters.length),
+    meanVerifyBatch: passes ? verifyJobs / passes : 0,
+  };
+}
