@@ -1,6 +1,6 @@
 import { context } from '@opentelemetry/api';
 import type { Block, CascadeLevel } from '../engine/levels.ts';
-import { newStats } from '../engine/levels.ts';
+import { commonPrefix, newStats } from '../engine/levels.ts';
 import { CascadeError, LevelUnavailableError } from '../errors.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
@@ -22,11 +22,6 @@ export class ActorError extends CascadeError {
   override readonly name = 'ActorError';
 }
 
-const lcp = (a: readonly number[], b: readonly number[]): number => {
-  let i = 0;
-  while (i < a.length && i < b.length && a[i] === b[i]) i++;
-  return i;
-};
 
 /**
  * A cascade level hosted by an actor across the transport. The session is placed on first use (the
@@ -85,7 +80,7 @@ export class RemoteLevel implements CascadeLevel {
   private async call<T extends ActorReply['type']>(build: (base: number) => ActorRequest, expect: T, tokens: readonly number[]): Promise<Extract<ActorReply, { type: T }>> {
     for (let attempt = 0; ; attempt++) {
       const instance = this.instance ?? (await this.place());
-      const base = lcp(this.sent, tokens);
+      const base = commonPrefix(this.sent, tokens);
       let reply: ActorReply;
       const t0 = performance.now();
       try {
@@ -145,6 +140,10 @@ export class RemoteLevel implements CascadeLevel {
 
   load(): ServiceLoad | undefined {
     return this.lastLoad;
+  }
+
+  lag(tokens: readonly number[]): number {
+    return tokens.length - commonPrefix(this.sent, tokens);
   }
 
   async release(): Promise<void> {

@@ -235,7 +235,7 @@ export async function runCascade(
     let start: number;
     let sources: string[];
     for (;;) {
-      if (schedule) K = schedule.plan(top.name, drafters.map((d) => d.name));
+      if (schedule) K = schedule.plan(top.name, drafters.map((d) => d.name), drafters.map((d) => d.lag?.(block.tokens) ?? 0));
       if (drafters.length === 0 || K[0]!.every((k) => k === 0)) {
         const t0 = performance.now();
         const fed = top.stats.tokensScored;

@@ -65,6 +65,15 @@ export interface CascadeLevel {
   release(): Promise<void>;
   /** The load of the model behind the level, when it batches requests (see BatchingSession). */
   load?(): ServiceLoad | undefined;
+  /** Tokens of `tokens` the level's model has not seen yet (it feeds them on its next call). */
+  lag?(tokens: readonly number[]): number;
+}
+
+/** Length of the common prefix of two token sequences. */
+export function commonPrefix(a: readonly number[], b: readonly number[]): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
 }
 
 /**
@@ -156,6 +165,10 @@ export class ModelLevel implements CascadeLevel {
   load(): ServiceLoad | undefined {
     const s = this.session as ModelSession & { load?: () => ServiceLoad };
     return s.load?.();
+  }
+
+  lag(tokens: readonly number[]): number {
+    return tokens.length - commonPrefix(this.held, tokens);
   }
 
   /** Tokens the bounded cache released (0 with the full cache). */

@@ -1,4 +1,4 @@
-import { LinearCost } from '../kernels/cost-model.ts';
+import { LinearCost, PRIOR_SLOPE } from '../kernels/cost-model.ts';
 import { Rng } from '../kernels/rng.ts';
 import type { ServiceLoad } from '../models/batching-session.ts';
 
@@ -53,6 +53,8 @@ const PRIOR_ACCEPTANCE = 0.5;
 /** Pseudo-counts pulling a position's rate towards its pair's, and a pair's towards the memory's. */
 const POSITION_STRENGTH = 8;
 const PAIR_STRENGTH = 4;
+/** Rounds over which a drafter's catch-up cost is spread when planning (it pays once, then stays in step). */
+const CATCH_UP_ROUNDS = 4;
 /** Calls feeding more tokens than this are prefills, not rounds. */
 const PREFILL_TOKENS = 32;
 /** Weight an observation keeps per later one: a request forgets over ~50 reviews, the process over ~1000. */
@@ -199,6 +201,17 @@ export class AdaptiveSchedule {
     return Math.min(1, Math.max(0, mean + sd * gaussian(this.explore)));
   }
 
+  /**
+   * ms for a model to feed `lag` tokens it missed, charged to the round that uses it again, spread
+   * over the rounds that are likely to use it next (a model left in use pays this once).
+   */
+  private catchUpMs(level: string, lag: number): number {
+    if (lag <= 1) return 0;
+    const r = this.reviewCost(level);
+    const perToken = r ? r.coefficients().perToken : (this.proposeMs(level, 1) ?? 0) * PRIOR_SLOPE;
+    return (perToken * lag) / CATCH_UP_ROUNDS;
+  }
+
   private reviewCost(level: string): LinearCost | undefined {
     const c = this.memory.costs.get(`review:${level}`);
     return c?.known ? c : undefined;
@@ -213,10 +226,12 @@ export class AdaptiveSchedule {
   }
 
   /**
-   * The K matrix for the next round over `drafters` (largest first, MaG last if any). Row 0 all zero
-   * means the target decodes this round alone.
+   * The K matrix for the next round over `drafters` (largest first, MaG last if any), whose models
+   * lack `lags[c]` tokens of the context (a drafter left unused for a while, or not yet used at
+   * all, must first feed what it missed, the prompt included). Row 0 all zero means the target
+   * decodes this round alone.
    */
-  plan(target: string, drafters: readonly string[]): number[][] {
+  plan(target: string, drafters: readonly string[], lags: readonly number[] = []): number[][] {
     const n = drafters.length;
     const K = Array.from({ length: n }, () => new Array<number>(n).fill(0));
     if (n === 0) return K;
@@ -225,18 +240,19 @@ export class AdaptiveSchedule {
     // bottom-up: the last drafter proposes; each one above picks its fastest way to produce tokens
     const producers: Producer[] = new Array(n);
     const last = drafters[n - 1]!;
-    producers[n - 1] = { name: last, produce: (m) => this.proposeMs(last, m) ?? Infinity };
+    producers[n - 1] = { name: last, produce: (m) => (this.proposeMs(last, m) ?? Infinity) + this.catchUpMs(last, lags[n - 1] ?? 0) };
     for (let c = n - 2; c >= 0; c--) {
       const name = drafters[c]!;
       const reviews = this.reviewCost(name);
       const ar = (m: number) => this.proposeMs(name, m) ?? Infinity;
       const row = reviews ? this.bestRow(name, producers.slice(c + 1), this.maxSubDraft, (x) => reviews.predict(x)) : undefined;
+      const catchUp = this.catchUpMs(name, lags[c] ?? 0);
       if (row && row.tokensPerMs > 4 / ar(4) && row.counts.some((x) => x > 0)) {
         let acc = 0;
         row.counts.forEach((m, i) => (K[c + 1]![c + 1 + i] = acc += m));
-        producers[c] = { name, produce: (m) => m / row.tokensPerMs };
+        producers[c] = { name, produce: (m) => m / row.tokensPerMs + catchUp };
       } else {
-        producers[c] = { name, produce: ar };
+        producers[c] = { name, produce: (m) => ar(m) + catchUp };
       }
     }
     const load = this.options.load?.();

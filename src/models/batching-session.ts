@@ -18,7 +18,7 @@ export interface BatchingOptions {
   readonly activeMs?: number;
 }
 
-export const DEFAULT_BATCHING: Required<BatchingOptions> = { windowMs: 2, maxBatch: 16, maxTokens: 1024, activeMs: 1000 };
+export const DEFAULT_BATCHING: Required<BatchingOptions> = { windowMs: 0, maxBatch: 16, maxTokens: 1024, activeMs: 1000 };
 
 /**
  * How loaded a model is, for the adaptive schedule (SPEC §4.4): a forward pass over T new tokens

@@ -189,6 +189,8 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
     const len = q.length + s;
     q.past = pres.map((t) => {
       const src = t.data as Float32Array;
+      // a sequence that filled its rows of the batch exactly is a contiguous slab: a view, not a copy
+      if (pad === 0 && len === total) return new ort.Tensor('float32', src.subarray(i * sp.kvHeads * total * sp.headDim, (i + 1) * sp.kvHeads * total * sp.headDim), [1, sp.kvHeads, len, sp.headDim]);
       const dst = new Float32Array(sp.kvHeads * len * sp.headDim);
       for (let h = 0; h < sp.kvHeads; h++) {
         const from = ((i * sp.kvHeads + h) * total + pad) * sp.headDim;
