@@ -98,7 +98,7 @@ test('schedule - a saturated verifier shrinks K and switches speculation off', (
   const busy = drafted(() => ({ occupancy: 8, fixedMs: 10, tokenMs: 0.5 }));
   const saturated = drafted(() => ({ occupancy: 64, fixedMs: 10, tokenMs: 0.5 }));
   t.true(idle > busy, `tokens drafted per round: idle ${idle.toFixed(2)}, 8 per batch ${busy.toFixed(2)}`);
-  t.is(saturated, 0, 'no drafting with 64 sessions per verifier pass');
+  t.true(saturated < 0.5, `with 64 sessions per verifier pass speculation is off but for exploration: ${saturated.toFixed(2)} tokens drafted per round`);
 });
 
 test('schedule - uses the starting K until every level has been timed, and keeps the K shape when a level is lost', (t) => {

@@ -13,6 +13,72 @@ import { TextTokenizer } from '../models/tokenizer.ts';
 import { formatTable, median, writeJson } from './report.ts';
 import { loadWorkload } from './workloads.ts';
 
+export interface BenchClusterOptions {
+  readonly models: string;
+  readonly maxTokens: number;
+  /** Requests a coordinator drives at once. */
+  readonly concurrency: number;
+  /** Verifier actor processes, and actor processes per drafter (1 each by default). */
+  readonly verifiers?: number;
+  readonly draftInstances?: number;
+  /** Environment of every role process. */
+  readonly env?: Record<string, string>;
+  /** Called once the roles are up, before the gateway starts in this process. */
+  readonly onReady?: () => void;
+}
+
+/** A greedy completion through the gateway: text, completion tokens, wall seconds. */
+export interface Completion {
+  readonly text: string;
+  readonly tokens: number;
+  readonly seconds: number;
+}
+
+/**
+ * A cluster on this machine for benchmarks: nats-server and redis-server on free ports, one OS
+ * process per actor and a coordinator, the gateway in this process. `complete` sends one greedy
+ * completion (default cascade); `stop` stops everything.
+ */
+export async function startBenchCluster(o: BenchClusterOptions): Promise<{ complete: (prompt: string) => Promise<Completion>; stop: () => Promise<void> }> {
+  const family = loadFamily(o.models);
+  const servers: LocalServer[] = [];
+  const roles: RoleProcess[] = [];
+  let gateway: Awaited<ReturnType<typeof startGatewayRole>> | undefined;
+  const stop = async () => {
+    await gateway?.stop().catch(() => undefined);
+    await Promise.all(roles.map((r) => r.stop()));
+    await Promise.all(servers.map((s) => s.stop()));
+  };
+  try {
+    const [nats, redis] = await Promise.all([startNats(), startRedis()]);
+    servers.push(nats, redis);
+    const env = o.env ?? {};
+    const common = ['--models', o.models, '--nats', nats.url];
+    const times = (n: number | undefined) => Array.from({ length: n ?? 1 });
+    roles.push(
+      ...(await Promise.all([
+        ...times(o.verifiers).map(() => spawnRole(['actor', 'verify', ...common], env)),
+        ...family.drafters.flatMap((d) => times(o.draftInstances).map(() => spawnRole(['actor', 'draft', '--model', d, ...common], env))),
+        spawnRole(['coordinator', ...common, '--redis', redis.url, '--concurrency', String(o.concurrency)], env),
+      ])),
+    );
+    o.onReady?.();
+    gateway = await startGatewayRole({ models: o.models, nats: nats.url, redis: [redis.url], port: 0, maxInFlight: 1024 });
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  const url = `${gateway.url}/v1/completions`;
+  const complete = async (prompt: string): Promise<Completion> => {
+    const t0 = performance.now();
+    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt, max_tokens: o.maxTokens, temperature: 0 }) });
+    const body = (await res.json()) as { choices: { text: string }[]; usage: { completion_tokens: number }; error?: { message: string } };
+    if (!res.ok) throw new Error(`gateway answered ${res.status}: ${body.error?.message}`);
+    return { text: body.choices[0]!.text, tokens: body.usage.completion_tokens, seconds: (performance.now() - t0) / 1000 };
+  };
+  return { complete, stop };
+}
+
 export interface ClusterBenchOptions {
   readonly models: string;
   readonly prompts: number;
@@ -20,12 +86,6 @@ export interface ClusterBenchOptions {
   readonly repeats: number;
   readonly concurrency: readonly number[];
   readonly out: string;
-}
-
-interface Completion {
-  readonly text: string;
-  readonly tokens: number;
-  readonly seconds: number;
 }
 
 /**
@@ -57,44 +117,8 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
     return { text: tokenizer.decode(r.tokenIds), tokens: r.tokenIds.length, seconds: (performance.now() - t0) / 1000 };
   };
 
-  /** A cluster on this machine; with `traced`, every process writes its spans to spanFile. */
-  const startCluster = async (traced: boolean) => {
-    const servers: LocalServer[] = [];
-    const roles: RoleProcess[] = [];
-    let gateway: Awaited<ReturnType<typeof startGatewayRole>> | undefined;
-    const stop = async () => {
-      await gateway?.stop().catch(() => undefined);
-      await Promise.all(roles.map((r) => r.stop()));
-      await Promise.all(servers.map((s) => s.stop()));
-    };
-    try {
-      const [nats, redis] = await Promise.all([startNats(), startRedis()]);
-      servers.push(nats, redis);
-      const env: Record<string, string> = traced ? { CASCADE_TRACE_FILE: spanFile } : {};
-      const common = ['--models', models, '--nats', nats.url];
-      roles.push(
-        ...(await Promise.all([
-          spawnRole(['actor', 'verify', ...common], env),
-          ...family.drafters.map((d) => spawnRole(['actor', 'draft', '--model', d, ...common], env)),
-          spawnRole(['coordinator', ...common, '--redis', redis.url, '--concurrency', String(Math.max(...o.concurrency))], env),
-        ])),
-      );
-      if (traced) process.env.CASCADE_TRACE_FILE = spanFile;
-      gateway = await startGatewayRole({ models, nats: nats.url, redis: [redis.url], port: 0, maxInFlight: 1024 });
-    } catch (err) {
-      await stop();
-      throw err;
-    }
-    const url = `${gateway.url}/v1/completions`;
-    const complete = async (prompt: string): Promise<Completion> => {
-      const t0 = performance.now();
-      const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt, max_tokens: o.maxTokens, temperature: 0 }) });
-      const body = (await res.json()) as { choices: { text: string }[]; usage: { completion_tokens: number }; error?: { message: string } };
-      if (!res.ok) throw new Error(`gateway answered ${res.status}: ${body.error?.message}`);
-      return { text: body.choices[0]!.text, tokens: body.usage.completion_tokens, seconds: (performance.now() - t0) / 1000 };
-    };
-    return { complete, stop };
-  };
+  const startCluster = (traced: boolean) =>
+    startBenchCluster({ models, maxTokens: o.maxTokens, concurrency: Math.max(...o.concurrency), env: traced ? { CASCADE_TRACE_FILE: spanFile } : {}, onReady: () => traced && (process.env.CASCADE_TRACE_FILE = spanFile) });
 
   let running: Awaited<ReturnType<typeof startCluster>> | undefined;
   try {

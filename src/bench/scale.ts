@@ -12,6 +12,9 @@ import { simulate, type SimulationParams } from './simulate.ts';
 import { loadWorkload, type Workload } from './workloads.ts';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { startNats } from '../cluster/local-servers.ts';
+import { NatsTransport } from '../cluster/nats-transport.ts';
+import { startBenchCluster } from './cluster.ts';
 
 export interface ScaleBenchOptions {
   readonly models: string;
@@ -23,6 +26,8 @@ export interface ScaleBenchOptions {
   readonly repeats: number;
   readonly concurrency: readonly number[];
   readonly threads: number;
+  /** Also measure a cluster on this machine as actors are added (needs nats-server and redis-server). */
+  readonly cluster: boolean;
 }
 
 const log = (msg: string) => process.stderr.write(msg + '\n');
@@ -212,6 +217,69 @@ function calibrated(row: LoadRow, verifier: { fixedMs: number; tokenMs: number }
   };
 }
 
+/** Median request-reply round trip over a local nats-server, ms (64-byte frames). */
+async function natsRoundTripMs(): Promise<number> {
+  const nats = await startNats();
+  const t = await NatsTransport.connect({ servers: nats.url, name: 'bench-rtt' });
+  try {
+    const sub = t.serve('bench.echo', async (d) => d);
+    const payload = new Uint8Array(64);
+    const xs: number[] = [];
+    for (let i = 0; i < 300; i++) {
+      const t0 = performance.now();
+      await t.request('bench.echo', payload, { timeoutMs: 2000 });
+      if (i >= 50) xs.push(performance.now() - t0);
+    }
+    await sub.close();
+    return median(xs);
+  } finally {
+    await t.close();
+    await nats.stop();
+  }
+}
+
+interface ClusterRow {
+  readonly verifiers: number;
+  readonly draftInstances: number;
+  readonly tokensPerSecond: number;
+  readonly simulated: number;
+}
+
+/**
+ * Part 5: a cluster on this machine (one process per actor) at `concurrency` requests in flight, as
+ * verifier and draft actors are added, beside the simulation of the same layout (NATS round trip
+ * measured here, one node per actor process).
+ */
+async function clusterScaling(o: ScaleBenchOptions, calibration: SimulationParams): Promise<{ rttMs: number; rows: ClusterRow[]; concurrency: number }> {
+  const rttMs = await natsRoundTripMs();
+  const concurrency = Math.max(...o.concurrency.filter((c) => c <= 8), 1);
+  const prompts = loadWorkload('code').map((p) => p.prompt).slice(0, 2 * concurrency);
+  if (prompts.length < concurrency) throw new Error(`the code prompt set has ${prompts.length} prompts, fewer than ${concurrency} requests in flight`);
+  const rows: ClusterRow[] = [];
+  for (const [verifiers, draftInstances] of [[1, 1], [1, 2], [2, 1], [2, 2]] as const) {
+    log(`  cluster: ${verifiers} verifier and ${draftInstances} draft actor(s) per drafter, ${concurrency} requests in flight`);
+    const c = await startBenchCluster({ models: o.models, maxTokens: o.maxTokens, concurrency, verifiers, draftInstances });
+    try {
+      await c.complete(prompts[0]!);
+      const xs: number[] = [];
+      for (let r = 0; r < o.repeats; r++) {
+        let next = 0;
+        let tokens = 0;
+        const t0 = performance.now();
+        await Promise.all(Array.from({ length: concurrency }, async () => {
+          while (next < prompts.length) tokens += (await c.complete(prompts[next++]!)).tokens;
+        }));
+        xs.push(tokens / ((performance.now() - t0) / 1000));
+      }
+      const sim = simulate({ ...calibration, sessions: concurrency, verifiers, drafters: draftInstances, latencyMs: rttMs / 2 });
+      rows.push({ verifiers, draftInstances, tokensPerSecond: median(xs), simulated: sim.tokensPerSecond });
+    } finally {
+      await c.stop();
+    }
+  }
+  return { rttMs, rows, concurrency };
+}
+
 /** `cascade bench scale`: auto vs a K sweep, throughput under load with and without batching, and a calibrated simulation of larger clusters. */
 export async function benchScale(o: ScaleBenchOptions): Promise<void> {
   const family = loadFamily(o.models);
@@ -263,16 +331,31 @@ export async function benchScale(o: ScaleBenchOptions): Promise<void> {
       projection.map((p) => [p.verifiers, p.speculation === 'off' ? '-' : p.drafters, p.latencyMs, p.speculation, p.tokensPerSecond, `${(100 * p.verifierUtilisation).toFixed(0)}%`]),
     );
 
+    let clusterPart: Awaited<ReturnType<typeof clusterScaling>> | undefined;
+    let clusterTable = '(skipped: --no-cluster)';
+    if (o.cluster) {
+      log('[cluster] actors added on this machine');
+      clusterPart = await clusterScaling(o, calibrated(one(true, 'auto'), load.verifier, 1));
+      clusterTable = formatTable(
+        ['verifier actors', 'draft actors per drafter', 'tokens/s', 'simulated tok/s', 'error'],
+        clusterPart.rows.map((r) => [r.verifiers, r.draftInstances, r.tokensPerSecond, r.simulated, `${(100 * (r.simulated / r.tokensPerSecond - 1)).toFixed(1)}%`]),
+      );
+    }
+
     const header = `Scale benchmark: greedy, ${o.maxTokens} tokens per request, medians of ${o.repeats} repeats, ${o.threads} ONNX Runtime thread(s) per model.`;
     const sections = [
       ['1. Adaptive K (auto) vs the best fixed K of a sweep over every cascade shape, one request at a time', autoTable],
       ['2. Aggregate throughput with N sessions in flight (held-out code and english prompts)', loadTable],
       [`3. Simulator validation: the measured batched cases, simulated from the 1-session calibration (verifier pass ${load.verifier.fixedMs.toFixed(2)} ms + ${load.verifier.tokenMs.toFixed(3)} ms/token)`, validationTable],
       ['4. Projection: 16 sessions per verifier node, draft nodes per verifier node and network latency', projectionTable],
+      [
+        `5. A cluster on this machine (${clusterPart ? `${clusterPart.concurrency} requests in flight, K auto, NATS round trip ${clusterPart.rttMs.toFixed(3)} ms` : 'not run'}) as actor processes are added, beside the simulation of the same layout`,
+        clusterTable,
+      ],
     ];
     const text = sections.map(([h, t]) => `## ${h}\n\n${t}`).join('\n\n');
     process.stdout.write(`${header}\n\n${text}\n`);
-    const json = writeJson(o.out, 'scale', { options: o, auto, load, validation, projection });
+    const json = writeJson(o.out, 'scale', { options: o, auto, load, validation, projection, cluster: clusterPart });
     writeFileSync(join(o.out, 'scale.md'), `# Scale benchmark\n\n${header}\n\n${sections.map(([h, t]) => `## ${h}\n\n\`\`\`\n${t}\n\`\`\``).join('\n\n')}\n`);
     process.stdout.write(`\nwrote ${json} and ${join(o.out, 'scale.md')}\n`);
   } finally {

@@ -88,8 +88,9 @@ export function registerBench(program: Command): void {
     .option('--models <dir>', 'model family directory', 'models')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--out <dir>', 'directory for scale.json and scale.md', 'results')
+    .option('--no-cluster', 'skip the cluster on this machine (nats-server, redis-server, actor processes)')
     .action(async (o) => {
-      await benchScale({ models: o.models, workloads: o.workload, prompts: o.prompts, concurrency: o.concurrency, repeats: o.repeats, maxTokens: o.maxTokens, threads: o.threads, out: o.out });
+      await benchScale({ models: o.models, workloads: o.workload, prompts: o.prompts, concurrency: o.concurrency, repeats: o.repeats, maxTokens: o.maxTokens, threads: o.threads, out: o.out, cluster: o.cluster });
     });
   bench
     .command('kv')

@@ -52,9 +52,10 @@ interface Counts {
 const PRIOR_ACCEPTANCE = 0.5;
 /** Pseudo-counts pulling a position's rate towards its pair's, and a pair's towards the memory's. */
 const POSITION_STRENGTH = 8;
-const PAIR_STRENGTH = 4;
+const PAIR_STRENGTH = 16;
+const MIN_PAIR_STRENGTH = 2;
 /** Rounds over which a drafter's catch-up cost is spread when planning (it pays once, then stays in step). */
-const CATCH_UP_ROUNDS = 4;
+const CATCH_UP_ROUNDS = 2;
 /** Calls feeding more tokens than this are prefills, not rounds. */
 const PREFILL_TOKENS = 32;
 /** Weight an observation keeps per later one: a request forgets over ~50 reviews, the process over ~1000. */
@@ -72,10 +73,10 @@ export class ScheduleMemory {
     return c;
   }
 
-  /** The pooled acceptance rate of tokens of `drafter` reviewed by `reviewer`. */
-  rate(reviewer: string, drafter: string): number {
+  /** The pooled acceptance rate of tokens of `drafter` reviewed by `reviewer`, and its evidence (tokens reviewed, decayed). */
+  rate(reviewer: string, drafter: string): { rate: number; evidence: number } {
     const c = this.pairs.get(`${reviewer}>${drafter}`);
-    return c ? (c.accepted + PRIOR_ACCEPTANCE) / (c.trials + 1) : PRIOR_ACCEPTANCE;
+    return c ? { rate: (c.accepted + PRIOR_ACCEPTANCE) / (c.trials + 1), evidence: c.trials } : { rate: PRIOR_ACCEPTANCE, evidence: 0 };
   }
 
   record(reviewer: string, drafter: string, accepted: boolean): void {
@@ -183,7 +184,10 @@ export class AdaptiveSchedule {
   /** The pair's acceptance rate (over positions) and the evidence behind it, in reviewed tokens. */
   private pairRate(reviewer: string, drafter: string): { mean: number; evidence: number } {
     const total = this.pairTotals.get(`${reviewer}>${drafter}`) ?? { trials: 0, accepted: 0 };
-    return { mean: (total.accepted + PAIR_STRENGTH * this.memory.rate(reviewer, drafter)) / (total.trials + PAIR_STRENGTH), evidence: total.trials + PAIR_STRENGTH };
+    const prior = this.memory.rate(reviewer, drafter);
+    // the process's experience counts for up to PAIR_STRENGTH of this request's own reviews
+    const strength = Math.max(MIN_PAIR_STRENGTH, Math.min(PAIR_STRENGTH, prior.evidence));
+    return { mean: (total.accepted + strength * prior.rate) / (total.trials + strength), evidence: total.trials + strength };
   }
 
   private atPosition(reviewer: string, drafter: string, position: number, pair: number): number {
@@ -261,6 +265,12 @@ export class AdaptiveSchedule {
     const top = this.bestRow(target, producers, this.maxDraft, (x) => fit.fixed + slope * x);
     let acc = 0;
     top.counts.forEach((m, i) => (K[0]![i] = acc += m));
+    // a drafter that drafts for no one needs no row (stats show only the schedule that ran)
+    const used = new Set<number>([0]);
+    for (let r = 0; r < n; r++) {
+      if (!used.has(r)) K[r]!.fill(0);
+      else K[r]!.forEach((k, c) => c >= r && k > (c > r ? K[r]![c - 1]! : 0) && used.add(c + 1));
+    }
     const key = JSON.stringify(K);
     this.chosen.set(key, (this.chosen.get(key) ?? 0) + 1);
     return K;
