@@ -1,14 +1,14 @@
 import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
 import { defaultKMatrix, type KSchedule } from '../engine/presets.ts';
 import { GREEDY } from '../kernels/sampling.ts';
-import { BatchingSession } from '../models/batching-session.ts';
+import { BatchingSession, DEFAULT_BATCHING } from '../models/batching-session.ts';
 import { loadBigram, loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { candidates } from './cascade.ts';
 import { formatTable, median, writeJson } from './report.ts';
-import { simulate, type SimulationParams } from './simulate.ts';
+import { simulate, type PassCost, type SimulationParams } from './simulate.ts';
 import { loadWorkload, type Workload } from './workloads.ts';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -151,7 +151,7 @@ interface LoadRow {
 }
 
 /** Part 2: aggregate tokens/s with 1..N sessions in flight, batching on/off, speculation off/on/auto. */
-async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer, familyDrafters: readonly string[]): Promise<{ rows: LoadRow[]; verifier: { fixedMs: number; tokenMs: number } }> {
+async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer, familyDrafters: readonly string[]): Promise<{ rows: LoadRow[] }> {
   const prompts = [...loadWorkload('code'), ...loadWorkload('english')].map((p) => tok.encode(p.prompt));
   const csd = [...familyDrafters, 'mag'];
   const shapes: [LoadRow['speculation'], Shape][] = [
@@ -194,25 +194,80 @@ async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer
       }
     }
   }
-  const v = batchedModels.batched.load();
-  return { rows, verifier: { fixedMs: v.fixedMs, tokenMs: v.tokenMs } };
+  return { rows };
 }
 
-/** The simulation of this machine's measured case: one verifier node, one draft node, no network. */
-function calibrated(row: LoadRow, verifier: { fixedMs: number; tokenMs: number }, sessions: number): SimulationParams {
+/**
+ * Fits the target's pass cost, fixed + per sequence + per token, from passes over 1..16 sequences
+ * of about `past` cached tokens scoring 1 or 4 new tokens each (medians of 3; every pass is rolled
+ * back). A single sequence runs the unbatched path, so the fit compares batching with not batching.
+ */
+async function calibrateVerifier(target: ModelSession, past: number): Promise<PassCost & { points: { sequences: number; tokens: number; ms: number }[] }> {
+  const vocab = target.spec.vocabSize;
+  const ids = Array.from({ length: 16 }, (_, i) => Array.from({ length: past + 3 * i }, (_, j) => (j * 31 + i * 7 + 1) % vocab));
+  for (const [i, x] of ids.entries()) await target.forward({ seqId: `calibrate-${i}`, inputIds: x }, 'last');
+  const points: { sequences: number; tokens: number; ms: number }[] = [];
+  try {
+    for (const b of [1, 2, 4, 8, 16]) {
+      for (const s of [1, 4]) {
+        const xs: number[] = [];
+        for (let r = 0; r < 3; r++) {
+          const items = ids.slice(0, b).map((x, i) => ({ seqId: `calibrate-${i}`, inputIds: x.slice(0, s), keep: x.length }));
+          const t0 = performance.now();
+          await target.forwardBatch(items, 'all');
+          xs.push(performance.now() - t0);
+        }
+        points.push({ sequences: b, tokens: b * s, ms: median(xs) });
+      }
+    }
+  } finally {
+    for (let i = 0; i < ids.length; i++) await target.release(`calibrate-${i}`);
+  }
+  return { ...leastSquares3(points), points };
+}
+
+/** Least squares for ms = fixed + sequenceMs × sequences + tokenMs × tokens (coefficients clamped at 0). */
+function leastSquares3(points: readonly { sequences: number; tokens: number; ms: number }[]): PassCost {
+  const rows = points.map((p) => [1, p.sequences, p.tokens]);
+  const A = [0, 1, 2].map((i) => [0, 1, 2].map((j) => rows.reduce((a, r) => a + r[i]! * r[j]!, 0)));
+  const y = [0, 1, 2].map((i) => rows.reduce((a, r, k) => a + r[i]! * points[k]!.ms, 0));
+  // Gaussian elimination on the 3×3 normal equations
+  for (let c = 0; c < 3; c++) {
+    for (let r = c + 1; r < 3; r++) {
+      const f = A[r]![c]! / A[c]![c]!;
+      for (let k = c; k < 3; k++) A[r]![k]! -= f * A[c]![k]!;
+      y[r]! -= f * y[c]!;
+    }
+  }
+  const x = [0, 0, 0];
+  for (let r = 2; r >= 0; r--) x[r] = (y[r]! - [0, 1, 2].reduce((a, k) => (k > r ? a + A[r]![k]! * x[k]! : a), 0)) / A[r]![r]!;
+  return { fixedMs: Math.max(0, x[0]!), sequenceMs: Math.max(0, x[1]!), tokenMs: Math.max(0, x[2]!) };
+}
+
+const passMs = (c: PassCost, sequences: number, tokens: number) => c.fixedMs + c.sequenceMs * sequences + c.tokenMs * tokens;
+
+/**
+ * The simulation of a measured single-session row: the verifier's fitted pass cost, the row's
+ * drafting time per round (drafters are small: taken as not amortised by batching), and what is
+ * left of the row's round time (prefills, acceptance, sampling, MaG) charged to the verifier node
+ * per sequence: on this machine that work competes for the same two cores. One verifier node, one
+ * draft node, no network: this machine embedded.
+ */
+function calibrated(row: LoadRow, fitted: PassCost, sessions: number, batching: boolean): SimulationParams {
+  const roundMs = (1000 * row.tokensPerRound) / row.tokensPerSecond;
+  const rest = Math.max(0, roundMs - passMs(fitted, 1, row.draftedPerRound + 1) - row.draftMsPerRound);
   return {
     sessions,
     verifiers: 1,
     drafters: 1,
     latencyMs: 0,
-    verifyFixedMs: verifier.fixedMs,
-    verifyTokenMs: verifier.tokenMs,
-    // a drafting round split as the models' costs are (bench costs): half per pass, half per token
-    draftFixedMs: row.draftMsPerRound / 2,
-    draftTokenMs: row.draftedPerRound ? row.draftMsPerRound / 2 / row.draftedPerRound : 0,
+    verify: { ...fitted, sequenceMs: fitted.sequenceMs + rest },
+    draft: { fixedMs: 0, sequenceMs: row.draftMsPerRound, tokenMs: 0 },
+    roundOverheadMs: 0,
     draftedPerRound: row.draftedPerRound,
     tokensPerRound: row.tokensPerRound,
-    maxBatch: 16,
+    maxBatch: batching ? DEFAULT_BATCHING.maxBatch : 1,
+    windowMs: batching ? DEFAULT_BATCHING.windowMs : 0,
     horizonMs: 20_000,
   };
 }
@@ -305,37 +360,47 @@ export async function benchScale(o: ScaleBenchOptions): Promise<void> {
       load.rows.map((r) => [r.concurrency, r.batching ? 'on' : 'off', r.speculation, r.tokensPerSecond, r.tokensPerSecond / one(r.batching, r.speculation).tokensPerSecond, r.tokensPerRound, r.meanBatch, r.mostUsedK]),
     );
 
-    // validation: simulate the measured batched cases from the single-session calibration
+    log('[calibration] the target\'s pass cost over 1..16 sequences');
+    const verify = await calibrateVerifier(target, 128);
+    const calibrationTable = formatTable(['sequences', 'tokens', 'ms (median)', 'fit'], verify.points.map((p) => [p.sequences, p.tokens, p.ms, passMs(verify, p.sequences, p.tokens)]));
+
+    // validation: every measured row, simulated from its single-session row and the fitted pass cost
     const validation = load.rows
-      .filter((r) => r.batching && r.speculation !== 'auto')
+      .filter((r) => r.speculation !== 'on')
       .map((r) => {
-        const sim = simulate(calibrated(one(true, r.speculation), load.verifier, r.concurrency));
-        return { concurrency: r.concurrency, speculation: r.speculation, measured: r.tokensPerSecond, simulated: sim.tokensPerSecond, error: sim.tokensPerSecond / r.tokensPerSecond - 1 };
+        const sim = simulate(calibrated(one(r.batching, r.speculation), verify, r.concurrency, r.batching));
+        return { concurrency: r.concurrency, batching: r.batching, speculation: r.speculation, measured: r.tokensPerSecond, simulated: sim.tokensPerSecond, error: sim.tokensPerSecond / r.tokensPerSecond - 1 };
       });
-    const validationTable = formatTable(['sessions', 'speculation', 'measured tok/s', 'simulated tok/s', 'error'], validation.map((v) => [v.concurrency, v.speculation, v.measured, v.simulated, `${(100 * v.error).toFixed(1)}%`]));
+    const validationTable = formatTable(
+      ['sessions', 'batching', 'speculation', 'measured tok/s', 'simulated tok/s', 'error'],
+      validation.map((v) => [v.concurrency, v.batching ? 'on' : 'off', v.speculation, v.measured, v.simulated, `${(100 * v.error).toFixed(1)}%`]),
+    );
 
     // projection: 16 sessions per verifier node, draft:verifier ratios and network latency
-    const projection: { verifiers: number; drafters: number; latencyMs: number; speculation: string; tokensPerSecond: number; verifierUtilisation: number }[] = [];
+    const projection: { verifiers: number; drafters: number; latencyMs: number; speculation: string; tokensPerSecond: number; verifierUtilisation: number; drafterUtilisation: number }[] = [];
     for (const verifiers of [1, 4, 16, 64]) {
       for (const latencyMs of [0.2, 2]) {
-        for (const [speculation, ratio] of [['off', 1], ['on', 0.25], ['on', 0.5], ['on', 1]] as const) {
-          const drafters = Math.max(1, Math.round(verifiers * ratio));
-          const base = calibrated(one(true, speculation), load.verifier, 16 * verifiers);
+        const layouts: ['off' | 'auto', number][] = [['off', 1], ...[0.25, 0.5, 1].map((ratio): ['auto', number] => ['auto', Math.max(1, Math.round(verifiers * ratio))])];
+        const seen = new Set<string>();
+        for (const [speculation, drafters] of layouts) {
+          if (seen.has(`${speculation}${drafters}`)) continue;
+          seen.add(`${speculation}${drafters}`);
+          const base = calibrated(one(true, speculation), verify, 16 * verifiers, true);
           const sim = simulate({ ...base, verifiers, drafters, latencyMs, horizonMs: 10_000 });
-          projection.push({ verifiers, drafters, latencyMs, speculation, tokensPerSecond: sim.tokensPerSecond, verifierUtilisation: sim.verifierUtilisation });
+          projection.push({ verifiers, drafters, latencyMs, speculation, tokensPerSecond: sim.tokensPerSecond, verifierUtilisation: sim.verifierUtilisation, drafterUtilisation: sim.drafterUtilisation });
         }
       }
     }
     const projectionTable = formatTable(
-      ['verifier nodes', 'draft nodes', 'latency ms', 'speculation', 'tokens/s', 'verifier busy'],
-      projection.map((p) => [p.verifiers, p.speculation === 'off' ? '-' : p.drafters, p.latencyMs, p.speculation, p.tokensPerSecond, `${(100 * p.verifierUtilisation).toFixed(0)}%`]),
+      ['verifier nodes', 'draft nodes', 'latency ms', 'speculation', 'tokens/s', 'verifier busy', 'draft nodes busy'],
+      projection.map((p) => [p.verifiers, p.speculation === 'off' ? '-' : p.drafters, p.latencyMs, p.speculation, p.tokensPerSecond, `${(100 * p.verifierUtilisation).toFixed(0)}%`, p.speculation === 'off' ? '-' : `${(100 * p.drafterUtilisation).toFixed(0)}%`]),
     );
 
     let clusterPart: Awaited<ReturnType<typeof clusterScaling>> | undefined;
     let clusterTable = '(skipped: --no-cluster)';
     if (o.cluster) {
       log('[cluster] actors added on this machine');
-      clusterPart = await clusterScaling(o, calibrated(one(true, 'auto'), load.verifier, 1));
+      clusterPart = await clusterScaling(o, calibrated(one(true, 'auto'), verify, 1, true));
       clusterTable = formatTable(
         ['verifier actors', 'draft actors per drafter', 'tokens/s', 'simulated tok/s', 'error'],
         clusterPart.rows.map((r) => [r.verifiers, r.draftInstances, r.tokensPerSecond, r.simulated, `${(100 * (r.simulated / r.tokensPerSecond - 1)).toFixed(1)}%`]),
@@ -346,16 +411,20 @@ export async function benchScale(o: ScaleBenchOptions): Promise<void> {
     const sections = [
       ['1. Adaptive K (auto) vs the best fixed K of a sweep over every cascade shape, one request at a time', autoTable],
       ['2. Aggregate throughput with N sessions in flight (held-out code and english prompts)', loadTable],
-      [`3. Simulator validation: the measured batched cases, simulated from the 1-session calibration (verifier pass ${load.verifier.fixedMs.toFixed(2)} ms + ${load.verifier.tokenMs.toFixed(3)} ms/token)`, validationTable],
-      ['4. Projection: 16 sessions per verifier node, draft nodes per verifier node and network latency', projectionTable],
       [
-        `5. A cluster on this machine (${clusterPart ? `${clusterPart.concurrency} requests in flight, K auto, NATS round trip ${clusterPart.rttMs.toFixed(3)} ms` : 'not run'}) as actor processes are added, beside the simulation of the same layout`,
+        `3. Calibration: the target's pass over N sequences of ~128 cached tokens, fitted as ${verify.fixedMs.toFixed(2)} ms + ${verify.sequenceMs.toFixed(2)} ms per sequence + ${verify.tokenMs.toFixed(3)} ms per token`,
+        calibrationTable,
+      ],
+      ['4. Simulator validation: every measured row (speculation off and auto), simulated from its 1-session row and the fitted pass cost', validationTable],
+      ['5. Projection: 16 sessions per verifier node, draft nodes per verifier node and network latency', projectionTable],
+      [
+        `6. A cluster on this machine (${clusterPart ? `${clusterPart.concurrency} requests in flight, K auto, NATS round trip ${clusterPart.rttMs.toFixed(3)} ms` : 'not run'}) as actor processes are added, beside the simulation of the same layout`,
         clusterTable,
       ],
     ];
     const text = sections.map(([h, t]) => `## ${h}\n\n${t}`).join('\n\n');
     process.stdout.write(`${header}\n\n${text}\n`);
-    const json = writeJson(o.out, 'scale', { options: o, auto, load, validation, projection, cluster: clusterPart });
+    const json = writeJson(o.out, 'scale', { options: o, auto, load, calibration: verify, validation, projection, cluster: clusterPart });
     writeFileSync(join(o.out, 'scale.md'), `# Scale benchmark\n\n${header}\n\n${sections.map(([h, t]) => `## ${h}\n\n\`\`\`\n${t}\n\`\`\``).join('\n\n')}\n`);
     process.stdout.write(`\nwrote ${json} and ${join(o.out, 'scale.md')}\n`);
   } finally {

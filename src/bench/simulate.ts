@@ -2,11 +2,20 @@
  * A discrete-event simulation of a cascade cluster for capacity planning past one machine
  * (`cascade bench scale`). Sessions generate continuously (closed loop). A round of one session is:
  * drafting on a draft node (its share of the drafters' compute), a network hop, a review on the
- * verifier node the session is pinned to, a network hop back. Nodes batch: a node takes every
- * job waiting for it (up to `maxBatch`) and serves them in one pass costing `fixedMs + tokenMs ×
- * tokens`, so the simulation has the same batching economics as BatchingSession. Costs, tokens per
- * round and draft time come from measurements on this machine (calibrate.ts in scale.ts).
+ * verifier node the session is pinned to, a network hop back, then the session's own work between
+ * rounds (acceptance, sampling, MaG: `roundOverheadMs`). Nodes batch: a node takes every job waiting
+ * for it (up to `maxBatch`, waiting up to `windowMs` for the rest of its sessions) and serves them in
+ * one pass costing `fixedMs + sequenceMs × sequences + tokenMs × tokens` (PassCost), the batching
+ * economics of BatchingSession. Costs, tokens per round and draft time come from measurements on
+ * this machine (`cascade bench scale`).
  */
+
+/** One batched pass over b sequences and T tokens costs fixedMs + sequenceMs × b + tokenMs × T. */
+export interface PassCost {
+  readonly fixedMs: number;
+  readonly sequenceMs: number;
+  readonly tokenMs: number;
+}
 export interface SimulationParams {
   readonly sessions: number;
   readonly verifiers: number;
@@ -14,16 +23,21 @@ export interface SimulationParams {
   readonly drafters: number;
   /** One-way network latency between a draft node and a verifier node, ms. */
   readonly latencyMs: number;
-  /** Verifier pass: fixed + per token scored. */
-  readonly verifyFixedMs: number;
-  readonly verifyTokenMs: number;
-  /** Draft pass for one session's round: fixed + per drafted token (batched across sessions the same way). */
-  readonly draftFixedMs: number;
-  readonly draftTokenMs: number;
+  /** A verifier pass (tokens = drafts + 1 per session). */
+  readonly verify: PassCost;
+  /** A draft node's pass over the drafting of several sessions' rounds (tokens = drafted tokens). */
+  readonly draft: PassCost;
+  /** A session's own work between rounds, not on any node. */
+  readonly roundOverheadMs: number;
   /** Drafted tokens per round and tokens emitted per round (mean acceptance length). */
   readonly draftedPerRound: number;
   readonly tokensPerRound: number;
   readonly maxBatch: number;
+  /**
+   * A node idle with work queued waits up to this long for the other sessions it serves to queue
+   * theirs (BatchingSession's window); 0 = serve at once (continuous batching only).
+   */
+  readonly windowMs: number;
   /** Simulated time, ms. */
   readonly horizonMs: number;
 }
@@ -31,17 +45,19 @@ export interface SimulationParams {
 interface Job {
   readonly session: number;
   readonly tokens: number;
+  /** When it was queued. */
+  readonly at: number;
 }
 
 class Node {
   readonly queue: Job[] = [];
+  constructor(readonly cost: PassCost) {}
+  /** Sessions this node serves; whether a wake-up for its window is pending. */
+  sessions = 0;
+  waiting = false;
   busy = false;
   busyMs = 0;
   passes = 0;
-  constructor(
-    readonly fixedMs: number,
-    readonly tokenMs: number,
-  ) {}
 }
 
 /** A min-heap of timed events. */
@@ -89,8 +105,8 @@ export interface SimulationResult {
 /** Runs the simulation; deterministic (fractional tokens per round are carried per session). */
 export function simulate(p: SimulationParams): SimulationResult {
   const events = new Events();
-  const verifiers = Array.from({ length: p.verifiers }, () => new Node(p.verifyFixedMs, p.verifyTokenMs));
-  const drafters = Array.from({ length: Math.max(1, p.drafters) }, () => new Node(p.draftFixedMs, p.draftTokenMs));
+  const verifiers = Array.from({ length: p.verifiers }, () => new Node(p.verify));
+  const drafters = Array.from({ length: Math.max(1, p.drafters) }, () => new Node(p.draft));
   let now = 0;
   let tokens = 0;
   const carry = new Array<number>(p.sessions).fill(0);
@@ -99,6 +115,18 @@ export function simulate(p: SimulationParams): SimulationResult {
 
   const serve = (node: Node, done: (job: Job) => void, costOf: (batch: Job[]) => number) => {
     if (node.busy || node.queue.length === 0) return;
+    const since = node.queue[0]!.at;
+    const everyone = node.queue.length >= Math.min(node.sessions, p.maxBatch);
+    if (!everyone && now - since < p.windowMs) {
+      if (!node.waiting) {
+        node.waiting = true;
+        events.push(since + p.windowMs, () => {
+          node.waiting = false;
+          serve(node, done, costOf);
+        });
+      }
+      return;
+    }
     const batch = node.queue.splice(0, p.maxBatch);
     const ms = costOf(batch);
     node.busy = true;
@@ -110,18 +138,18 @@ export function simulate(p: SimulationParams): SimulationResult {
       serve(node, done, costOf);
     });
   };
-  const passCost = (node: Node) => (batch: Job[]) => node.fixedMs + node.tokenMs * batch.reduce((a, j) => a + j.tokens, 0);
+  const passCost = (node: Node) => (batch: Job[]) => node.cost.fixedMs + node.cost.sequenceMs * batch.length + node.cost.tokenMs * batch.reduce((a, j) => a + j.tokens, 0);
 
   const verifierOf = (s: number) => verifiers[s % verifiers.length]!;
   const verify = (s: number) => {
     const v = verifierOf(s);
-    v.queue.push({ session: s, tokens: p.draftedPerRound + 1 });
+    v.queue.push({ session: s, tokens: p.draftedPerRound + 1, at: now });
     serve(v, reviewed, passCost(v));
   };
   const startRound = (s: number) => {
     if (!speculative) return events.push(now + p.latencyMs, () => verify(s));
     const d = drafters[s % drafters.length]!;
-    d.queue.push({ session: s, tokens: p.draftedPerRound });
+    d.queue.push({ session: s, tokens: p.draftedPerRound, at: now });
     serve(d, (j) => events.push(now + p.latencyMs, () => verify(j.session)), passCost(d));
   };
   const reviewed = (j: Job) => {
@@ -130,10 +158,14 @@ export function simulate(p: SimulationParams): SimulationResult {
     const whole = Math.floor(carry[j.session]!);
     carry[j.session]! -= whole;
     tokens += whole;
-    events.push(now + p.latencyMs, () => startRound(j.session));
+    events.push(now + p.latencyMs + p.roundOverheadMs, () => startRound(j.session));
   };
 
-  for (let s = 0; s < p.sessions; s++) events.push(0, () => startRound(s));
+  for (let s = 0; s < p.sessions; s++) {
+    verifierOf(s).sessions++;
+    drafters[s % drafters.length]!.sessions++;
+    events.push(0, () => startRound(s));
+  }
   for (let e = events.pop(); e && e.at <= p.horizonMs; e = events.pop()) {
     now = e.at;
     e.run();

@@ -18,7 +18,14 @@ export interface BatchingOptions {
   readonly activeMs?: number;
 }
 
-export const DEFAULT_BATCHING: Required<BatchingOptions> = { windowMs: 0, maxBatch: 16, maxTokens: 1024, activeMs: 1000 };
+export const DEFAULT_BATCHING: Required<BatchingOptions> = { windowMs: 2, maxBatch: 16, maxTokens: 1024, activeMs: 1000 };
+
+/** A batched pass must cost less than this fraction of single passes per sequence to be used. */
+const PAYS = 0.9;
+/** While batching does not pay, one pass in this many is batched to measure again. */
+const PROBE_EVERY = 64;
+/** Passes of at most this many new tokens per sequence are decode steps (prefills are not compared). */
+const DECODE_TOKENS = 16;
 
 /**
  * How loaded a model is, for the adaptive schedule (SPEC §4.4): a forward pass over T new tokens
@@ -55,6 +62,9 @@ export class BatchingSession implements ModelSession {
   private timer: NodeJS.Timeout | undefined;
   private readonly cost = new LinearCost(0.98, 'forward');
   private readonly occupancy = new Ewma(0.2, 1);
+  /** ms per sequence of decode-sized passes over one sequence and over several. */
+  private readonly perSequence = { single: new Ewma(0.1, NaN), batched: new Ewma(0.1, NaN) };
+  private passesSinceProbe = 0;
   /** Passes run and sequences served (tests, metrics). */
   readonly counters = { passes: 0, forwards: 0, largestBatch: 0 };
 
@@ -71,6 +81,17 @@ export class BatchingSession implements ModelSession {
 
   get provider() {
     return this.inner.provider;
+  }
+
+  /**
+   * Whether batched passes cost less per sequence than single ones, as measured (true until both
+   * have been measured). Where they do not (a model whose per-sequence cost is its KV traffic, as on
+   * CPUs), forwards run one at a time, with a batched pass now and then to measure again.
+   */
+  get batchingPays(): boolean {
+    const single = this.perSequence.single.value;
+    const batched = this.perSequence.batched.value;
+    return !(single > 0 && batched > 0) || batched < PAYS * single;
   }
 
   /** The model's recent load (see ServiceLoad). */
@@ -96,7 +117,7 @@ export class BatchingSession implements ModelSession {
     const everyone = [...this.active.keys()].every((id) => queued.has(id));
     const waited = now - this.pending[0]!.since;
     const full = queued.size >= this.options.maxBatch;
-    if (!(everyone || full || waited >= this.options.windowMs)) {
+    if (!(everyone || full || waited >= this.options.windowMs || !this.batchingPays)) {
       this.timer ??= setTimeout(() => {
         this.timer = undefined;
         this.pump();
@@ -119,11 +140,14 @@ export class BatchingSession implements ModelSession {
     const batch: Pending[] = [];
     const seen = new Set<string>();
     let tokens = 0;
-    for (let i = 0; i < this.pending.length && batch.length < this.options.maxBatch; i++) {
+    const probe = ++this.passesSinceProbe >= PROBE_EVERY;
+    const limit = this.batchingPays || probe ? this.options.maxBatch : 1;
+    for (let i = 0; i < this.pending.length && batch.length < limit; i++) {
       const p = this.pending[i]!;
       if (p.rows !== rows || seen.has(p.item.seqId)) continue;
       if (batch.length && tokens + p.item.inputIds.length > this.options.maxTokens) continue;
       batch.push(p);
+      if (batch.length > 1) this.passesSinceProbe = 0;
       seen.add(p.item.seqId);
       tokens += p.item.inputIds.length;
       this.pending.splice(i--, 1);
@@ -147,7 +171,13 @@ export class BatchingSession implements ModelSession {
   private async timed(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
     const t0 = performance.now();
     const out = await this.inner.forwardBatch(items, rows);
-    this.cost.add(items.reduce((a, it) => a + it.inputIds.length, 0), performance.now() - t0);
+    const ms = performance.now() - t0;
+    const tokens = items.reduce((a, it) => a + it.inputIds.length, 0);
+    // prefills say nothing about the cost of decoding and reviewing
+    if (tokens <= DECODE_TOKENS * items.length) {
+      this.cost.add(tokens, ms);
+      (items.length === 1 ? this.perSequence.single : this.perSequence.batched).add(ms / items.length);
+    }
     this.occupancy.add(items.length);
     this.counters.passes++;
     this.counters.forwards += items.length;
