@@ -52,6 +52,8 @@ interface Totals {
   draftMs: number;
   seconds: number;
   chosen: Record<string, number>;
+  /** Generated token ids by prompt index. */
+  outputs: number[][];
 }
 
 function specs(m: Models, drafters: readonly string[]): DrafterSpec[] {
@@ -60,14 +62,16 @@ function specs(m: Models, drafters: readonly string[]): DrafterSpec[] {
 
 /** Runs every prompt with `concurrency` requests in flight; wall time of the whole set. */
 async function runSet(m: Models, shape: Shape, prompts: readonly number[][], maxTokens: number, concurrency: number): Promise<Totals> {
-  const totals: Totals = { tokens: 0, rounds: 0, drafted: 0, draftMs: 0, seconds: 0, chosen: {} };
+  const totals: Totals = { tokens: 0, rounds: 0, drafted: 0, draftMs: 0, seconds: 0, chosen: {}, outputs: [] };
   let next = 0;
   const t0 = performance.now();
   const client = async () => {
     while (next < prompts.length) {
-      const promptIds = prompts[next++]!;
+      const index = next++;
+      const promptIds = prompts[index]!;
       const r = await generateCascade(m.target, { drafters: specs(m, shape.drafters), kMatrix: shape.kMatrix, lenience: 1 }, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
       totals.tokens += r.tokenIds.length;
+      totals.outputs[index] = r.tokenIds;
       totals.rounds += r.stats.rounds;
       totals.drafted += r.stats.draftedTokens;
       for (const [name, s] of Object.entries(r.stats.models)) if (name !== m.target.spec.name) totals.draftMs += s.forwardMs;
@@ -80,6 +84,7 @@ async function runSet(m: Models, shape: Shape, prompts: readonly number[][], max
 }
 
 const rate = (t: Totals) => t.tokens / t.seconds;
+const sameOutputs = (a: readonly number[][], b: readonly number[][]) => a.length === b.length && a.every((x, i) => JSON.stringify(x) === JSON.stringify(b[i]));
 const topChoice = (chosen: Record<string, number>) => Object.entries(chosen).sort((a, b) => b[1] - a[1])[0]?.[0] ?? '-';
 
 /** Every fixed K the sweep tries: each cascade shape of `cascade bench cascade` with its K candidates. */
@@ -98,6 +103,8 @@ interface AutoResult {
   readonly auto: { tokensPerSecond: number; mostUsedK: string };
   readonly ar: number;
   readonly ratio: number;
+  /** Greedy outputs of the best fixed K and of auto equal ar's on every prompt and repeat. */
+  readonly identicalToAr: boolean;
   readonly sweep: { name: string; kMatrix: KSchedule; tokensPerSecond: number }[];
 }
 
@@ -116,10 +123,14 @@ async function autoVersusSweep(m: Models, o: ScaleBenchOptions, tok: TextTokeniz
     const ar: Shape = { name: 'ar', drafters: [], kMatrix: [] };
     const runs: Record<string, number[]> = { best: [], auto: [], ar: [] };
     const chosen: Record<string, number> = {};
+    const outputs: number[][][] = [];
+    let reference: number[][] | undefined;
     for (let r = 0; r < o.repeats; r++) {
-      const order = r % 2 ? [auto, best, ar] : [best, auto, ar];
+      const order = r % 2 ? [ar, auto, best] : [ar, best, auto];
       for (const s of order) {
         const t = await runSet(m, s, prompts, o.maxTokens, 1);
+        if (s === ar) reference ??= t.outputs;
+        else outputs.push(t.outputs);
         runs[s === best ? 'best' : s.name]!.push(rate(t));
         if (s === auto) for (const [k, n] of Object.entries(t.chosen)) chosen[k] = (chosen[k] ?? 0) + n;
       }
@@ -130,6 +141,7 @@ async function autoVersusSweep(m: Models, o: ScaleBenchOptions, tok: TextTokeniz
       auto: { tokensPerSecond: median(runs.auto!), mostUsedK: topChoice(chosen) },
       ar: median(runs.ar!),
       ratio: median(runs.auto!) / median(runs.best!),
+      identicalToAr: outputs.every((x) => sameOutputs(x, reference!)),
       sweep,
     };
     log(`  best fixed ${best.name} ${JSON.stringify(best.kMatrix)} ${res.best.tokensPerSecond.toFixed(1)} tokens/s; auto ${res.auto.tokensPerSecond.toFixed(1)} (${(100 * res.ratio).toFixed(1)}%)`);
@@ -148,6 +160,8 @@ interface LoadRow {
   readonly draftMsPerRound: number;
   readonly meanBatch: number;
   readonly mostUsedK: string;
+  /** Every request's greedy output equals target-only decoding of it alone. */
+  readonly identicalToAr: boolean;
 }
 
 /** Part 2: aggregate tokens/s with 1..N sessions in flight, batching on/off, speculation off/on/auto. */
@@ -165,8 +179,11 @@ async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer
   };
   const batchedModels = wrap(16);
   const rows: LoadRow[] = [];
+  const alone: number[][] = [];
   for (const c of o.concurrency) {
     const set = Array.from({ length: Math.max(8, 2 * c) }, (_, i) => prompts[i % prompts.length]!);
+    // target-only outputs of each request alone, the reference every row is checked against
+    for (let i = alone.length; i < set.length; i++) alone.push((await runSet(inner, { name: 'ar', drafters: [], kMatrix: [] }, [set[i]!], o.maxTokens, 1)).outputs[0]!);
     for (const batching of [false, true]) {
       for (const [speculation, shape] of shapes) {
         const xs: Totals[] = [];
@@ -178,6 +195,7 @@ async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer
           xs.push({ ...t, chosen: { ...t.chosen, __batch: passes ? (models.batched.counters.forwards - before.forwards) / passes : 1 } });
         }
         const mid = [...xs].sort((a, b) => rate(a) - rate(b))[xs.length >> 1]!;
+        const identicalToAr = xs.every((x) => sameOutputs(x.outputs, alone.slice(0, set.length)));
         const row: LoadRow = {
           concurrency: c,
           batching,
@@ -187,6 +205,7 @@ async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer
           draftedPerRound: mid.drafted / mid.rounds,
           draftMsPerRound: mid.draftMs / mid.rounds,
           meanBatch: mid.chosen.__batch!,
+          identicalToAr,
           mostUsedK: speculation === 'auto' ? topChoice(Object.fromEntries(Object.entries(mid.chosen).filter(([k]) => k !== '__batch'))) : '',
         };
         log(`  ${c} sessions, batching ${batching ? 'on' : 'off'}, speculation ${speculation}: ${row.tokensPerSecond.toFixed(1)} tokens/s (mean verifier batch ${row.meanBatch.toFixed(1)})`);
@@ -348,16 +367,16 @@ export async function benchScale(o: ScaleBenchOptions): Promise<void> {
 
     const auto = await autoVersusSweep(models, o, tok, family.drafters);
     const autoTable = formatTable(
-      ['workload', 'ar tok/s', 'best fixed', 'K', 'tok/s', 'auto tok/s', 'auto / best', 'auto most used K'],
-      auto.map((a) => [a.workload, a.ar, a.best.name, JSON.stringify(a.best.kMatrix), a.best.tokensPerSecond, a.auto.tokensPerSecond, a.ratio, a.auto.mostUsedK]),
+      ['workload', 'ar tok/s', 'best fixed', 'K', 'tok/s', 'auto tok/s', 'auto / best', 'auto most used K', 'same as ar'],
+      auto.map((a) => [a.workload, a.ar, a.best.name, JSON.stringify(a.best.kMatrix), a.best.tokensPerSecond, a.auto.tokensPerSecond, a.ratio, a.auto.mostUsedK, a.identicalToAr ? 'yes' : 'NO']),
     );
 
     log(`[under load] ${o.concurrency.join(', ')} sessions in flight`);
     const load = await underLoad(models, o, tok, family.drafters);
     const one = (b: boolean, s: string) => load.rows.find((r) => r.concurrency === o.concurrency[0] && r.batching === b && r.speculation === s)!;
     const loadTable = formatTable(
-      ['sessions', 'batching', 'speculation', 'tokens/s', 'x 1 session', 'tokens/round', 'mean verifier batch', 'auto most used K'],
-      load.rows.map((r) => [r.concurrency, r.batching ? 'on' : 'off', r.speculation, r.tokensPerSecond, r.tokensPerSecond / one(r.batching, r.speculation).tokensPerSecond, r.tokensPerRound, r.meanBatch, r.mostUsedK]),
+      ['sessions', 'batching', 'speculation', 'tokens/s', 'x 1 session', 'tokens/round', 'mean verifier batch', 'auto most used K', 'same as ar alone'],
+      load.rows.map((r) => [r.concurrency, r.batching ? 'on' : 'off', r.speculation, r.tokensPerSecond, r.tokensPerSecond / one(r.batching, r.speculation).tokensPerSecond, r.tokensPerRound, r.meanBatch, r.mostUsedK, r.identicalToAr ? 'yes' : 'NO']),
     );
 
     log('[calibration] the target\'s pass cost over 1..16 sequences');
