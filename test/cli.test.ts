@@ -127,6 +127,22 @@ test('cli - bench cascade compares every method, verifies greedy identity and wr
   t.regex((await fails(['bench', 'cascade', '--workload', 'poetry'])).stderr, /--workload must be/);
 });
 
+test('cli - bench scale compares auto with a K sweep, measures sessions in flight with and without batching, calibrates and validates the simulator', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-scale-'));
+  const { stdout } = await cascade('bench', 'scale', '--workload', 'code', '--prompts', '1', '--concurrency', '1,2', '--repeats', '1', '--max-tokens', '6', '--no-cluster', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'scale.json'), 'utf8'));
+  t.is(record.auto.length, 1);
+  t.true(record.auto[0].identicalToAr, 'auto and the best fixed K reproduce ar');
+  t.true(record.auto[0].sweep.length >= 20, 'the sweep covers every cascade shape');
+  t.is(record.load.rows.length, 2 * 2 * 3, 'sessions x batching x speculation');
+  t.true(record.load.rows.every((r: { identicalToAr: boolean; tokensPerSecond: number }) => r.identicalToAr && r.tokensPerSecond > 0));
+  t.true(record.calibration.points.length >= 8);
+  t.true(record.validation.every((v: { simulated: number }) => v.simulated > 0));
+  t.true(record.projection.some((p: { verifiers: number }) => p.verifiers === 64));
+  t.regex(stdout, /Simulator validation/);
+  t.regex((await fails(['bench', 'scale', '--concurrency', '0'])).stderr, /--concurrency/);
+});
+
 test('cli - generate --kv-policy bounds the target cache and reports it; bad settings are refused', async (t) => {
   const prompt = 'def area(radius):\n    return 3.14159 * radius * radius\n'.repeat(6);
   const { stdout } = await cascade('generate', '--json', '--mode', 'ar', '--kv-policy', 'streaming', '--kv-budget', '32', '--max-tokens', '12', '--prompt', prompt);

@@ -24,6 +24,8 @@ export const DEFAULT_BATCHING: Required<BatchingOptions> = { windowMs: 2, maxBat
 const PAYS = 0.9;
 /** While batching does not pay, one pass in this many is batched to measure again. */
 const PROBE_EVERY = 64;
+/** A longer pause between passes means no one was waiting (not counted in a cycle). */
+const CYCLE_IDLE_MS = 50;
 /** Passes of at most this many new tokens per sequence are decode steps (prefills are not compared). */
 const DECODE_TOKENS = 16;
 
@@ -62,9 +64,10 @@ export class BatchingSession implements ModelSession {
   private timer: NodeJS.Timeout | undefined;
   private readonly cost = new LinearCost(0.98, 'forward');
   private readonly occupancy = new Ewma(0.2, 1);
-  /** ms per sequence of decode-sized passes over one sequence and over several. */
+  /** ms per sequence of the cycles of decode-sized passes (see timed) over one sequence and over several. */
   private readonly perSequence = { single: new Ewma(0.1, NaN), batched: new Ewma(0.1, NaN) };
   private passesSinceProbe = 0;
+  private last: { end: number; sequences: number; ms: number; decode: boolean } | undefined;
   /** Passes run and sequences served (tests, metrics). */
   readonly counters = { passes: 0, forwards: 0, largestBatch: 0 };
 
@@ -84,9 +87,10 @@ export class BatchingSession implements ModelSession {
   }
 
   /**
-   * Whether batched passes cost less per sequence than single ones, as measured (true until both
-   * have been measured). Where they do not (a model whose per-sequence cost is its KV traffic, as on
-   * CPUs), forwards run one at a time, with a batched pass now and then to measure again.
+   * Whether batched passes cost less per sequence than single ones, cycle for cycle (see timed), as
+   * measured (true until both have been measured). Where they do not (a model whose per-sequence
+   * cost is its KV traffic, and few cores, as on this project's CPU machines), forwards run one at a
+   * time, with a batched pass now and then to measure again.
    */
   get batchingPays(): boolean {
     const single = this.perSequence.single.value;
@@ -141,10 +145,11 @@ export class BatchingSession implements ModelSession {
     const seen = new Set<string>();
     let tokens = 0;
     const probe = ++this.passesSinceProbe >= PROBE_EVERY;
-    const limit = this.batchingPays || probe ? this.options.maxBatch : 1;
+    // new tokens are right-padded to the longest: a prefill runs alone, not with every decode padded to its length
+    const limit = (this.batchingPays || probe) && this.pending[0]!.item.inputIds.length <= DECODE_TOKENS ? this.options.maxBatch : 1;
     for (let i = 0; i < this.pending.length && batch.length < limit; i++) {
       const p = this.pending[i]!;
-      if (p.rows !== rows || seen.has(p.item.seqId)) continue;
+      if (p.rows !== rows || seen.has(p.item.seqId) || (batch.length && p.item.inputIds.length > DECODE_TOKENS)) continue;
       if (batch.length && tokens + p.item.inputIds.length > this.options.maxTokens) continue;
       batch.push(p);
       if (batch.length > 1) this.passesSinceProbe = 0;
@@ -170,14 +175,20 @@ export class BatchingSession implements ModelSession {
 
   private async timed(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
     const t0 = performance.now();
+    // The last pass's cycle per sequence: its run time plus the time the model then sat idle until
+    // the next pass. Passes one sequence at a time overlap a session's own work (acceptance,
+    // sampling, the network) with other sessions' passes; a batched pass hands all its sessions
+    // back at once and waits for them, and that wait is part of what batching costs.
+    const last = this.last;
+    if (last?.decode && t0 - last.end < CYCLE_IDLE_MS) (last.sequences === 1 ? this.perSequence.single : this.perSequence.batched).add((last.ms + t0 - last.end) / last.sequences);
     const out = await this.inner.forwardBatch(items, rows);
-    const ms = performance.now() - t0;
+    const end = performance.now();
+    const ms = end - t0;
     const tokens = items.reduce((a, it) => a + it.inputIds.length, 0);
     // prefills say nothing about the cost of decoding and reviewing
-    if (tokens <= DECODE_TOKENS * items.length) {
-      this.cost.add(tokens, ms);
-      (items.length === 1 ? this.perSequence.single : this.perSequence.batched).add(ms / items.length);
-    }
+    const decode = tokens <= DECODE_TOKENS * items.length;
+    if (decode) this.cost.add(tokens, ms);
+    this.last = { end, sequences: items.length, ms, decode };
     this.occupancy.add(items.length);
     this.counters.passes++;
     this.counters.forwards += items.length;
