@@ -341,7 +341,10 @@ async function clusterScaling(o: ScaleBenchOptions, calibration: SimulationParam
         let tokens = 0;
         const t0 = performance.now();
         await Promise.all(Array.from({ length: concurrency }, async () => {
-          while (next < prompts.length) tokens += (await c.complete(prompts[next++]!)).tokens;
+          while (next < prompts.length) {
+            const done = await c.complete(prompts[next++]!);
+            tokens += done.tokens;
+          }
         }));
         xs.push(tokens / ((performance.now() - t0) / 1000));
       }
