@@ -145,7 +145,9 @@ test.serial('cluster - bad requests get clear 4xx errors; a missing key gets 401
 
 test.serial('cluster - one trace id spans the gateway, the coordinator and the actors (separate processes)', async (t) => {
   spans.reset();
-  await client.completions.create({ model: family.target, prompt: 'import os\n', max_tokens: 8, temperature: 0 });
+  // a fixed K, so that every level takes part (auto may leave the neural drafters out of a short request)
+  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
+  await client.completions.create({ model: family.target, prompt: 'import os\n', max_tokens: 8, temperature: 0, cascade } as never);
   const root = spans.getFinishedSpans().find((s) => s.name === 'gateway.request');
   t.truthy(root);
   const traceId = root!.spanContext().traceId;
@@ -191,7 +193,9 @@ test.serial('cluster - a malformed NATS frame gets an error reply and the actor 
 
 test.serial('cluster - a drafter process killed mid-stream: the request completes with the same greedy output', async (t) => {
   const victim = family.drafters[0]!;
-  const stream = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 64, temperature: 0, stream: true, stream_options: { include_usage: true } });
+  // a fixed K keeps the victim in every round (auto might not call it again after it dies)
+  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
+  const stream = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 64, temperature: 0, stream: true, stream_options: { include_usage: true }, cascade } as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>;
   let text = '';
   let killed = false;
   let usage: unknown;
