@@ -3,7 +3,7 @@ import { LinearCost } from '../src/kernels/cost-model.ts';
 import { Rng } from '../src/kernels/rng.ts';
 import { AdaptiveSchedule, ScheduleMemory } from '../src/engine/schedule.ts';
 import { startingKMatrix } from '../src/engine/presets.ts';
-import type { ServiceLoad } from '../src/models/batching-session.ts';
+import type { ServiceLoad } from '../src/models/session.ts';
 
 /**
  * A synthetic world for the schedule: each drafter's tokens are accepted by the target with a fixed

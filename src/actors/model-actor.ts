@@ -5,12 +5,9 @@ import { CascadeError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
 import { checkSampling } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
-import type { ServiceLoad } from '../models/batching-session.ts';
-import { decode, encode, FrameError, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
+import { decode, encode, FrameError, withLoad, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
 import { extractContext, inSpan } from '../cluster/tracing.ts';
 import { subjects, subjectToken, type Headers, type Subscription, type Transport } from '../cluster/transport.ts';
-
-const withLoad = <T extends ActorReply>(reply: T, load: ServiceLoad | undefined): T => (load ? { ...reply, load } : reply);
 
 /** Most tokens one propose may ask for. */
 export const MAX_WANT = 64;

@@ -2,9 +2,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { planCascade } from '../engine/presets.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
-import { loadBigram, loadFamily } from '../models/family.ts';
+import { loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
-import type { ModelSession } from '../models/session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { candidates, repetitionRate, runMethod, summarise, type BenchContext, type Method, type MethodResult } from './cascade.ts';
 import { measureCosts } from './costs.ts';
@@ -123,10 +122,8 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
   const family = loadFamily(o.models);
   const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
   try {
-    const target = await sessions.get(family.target);
-    const drafters = new Map<string, ModelSession>();
-    for (const d of family.drafters) drafters.set(d, await sessions.get(d));
-    const ctx: BenchContext = { target, drafters, bigram: loadBigram(family), maxTokens: o.maxTokens };
+    const { target, drafters, bigram } = await sessions.cascadeModels();
+    const ctx: BenchContext = { target, drafters, bigram, maxTokens: o.maxTokens };
     log('measuring cost coefficients (decode ms/token relative to the target) …');
     const costs: Record<string, number> = {};
     const decode: Record<string, number> = {};

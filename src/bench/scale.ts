@@ -2,7 +2,7 @@ import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
 import { defaultKMatrix, type KSchedule } from '../engine/presets.ts';
 import { GREEDY } from '../kernels/sampling.ts';
 import { BatchingSession, DEFAULT_BATCHING } from '../models/batching-session.ts';
-import { loadBigram, loadFamily } from '../models/family.ts';
+import { loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
@@ -186,13 +186,13 @@ async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer
     for (let i = alone.length; i < set.length; i++) alone.push((await runSet(inner, { name: 'ar', drafters: [], kMatrix: [] }, [set[i]!], o.maxTokens, 1)).outputs[0]!);
     for (const batching of [false, true]) {
       for (const [speculation, shape] of shapes) {
-        const xs: Totals[] = [];
+        const xs: (Totals & { meanBatch: number })[] = [];
         for (let r = 0; r < o.repeats; r++) {
           const models = batching ? batchedModels : wrap(1);
           const before = { ...models.batched.counters };
           const t = await runSet(models, shape, set, o.maxTokens, c);
           const passes = models.batched.counters.passes - before.passes;
-          xs.push({ ...t, chosen: { ...t.chosen, __batch: passes ? (models.batched.counters.forwards - before.forwards) / passes : 1 } });
+          xs.push({ ...t, meanBatch: passes ? (models.batched.counters.forwards - before.forwards) / passes : 1 });
         }
         const mid = [...xs].sort((a, b) => rate(a) - rate(b))[xs.length >> 1]!;
         const identicalToAr = xs.every((x) => sameOutputs(x.outputs, alone.slice(0, set.length)));
@@ -204,9 +204,9 @@ async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer
           tokensPerRound: mid.tokens / mid.rounds,
           draftedPerRound: mid.drafted / mid.rounds,
           draftMsPerRound: mid.draftMs / mid.rounds,
-          meanBatch: mid.chosen.__batch!,
+          meanBatch: mid.meanBatch,
           identicalToAr,
-          mostUsedK: speculation === 'auto' ? topChoice(Object.fromEntries(Object.entries(mid.chosen).filter(([k]) => k !== '__batch'))) : '',
+          mostUsedK: speculation === 'auto' ? topChoice(mid.chosen) : '',
         };
         log(`  ${c} sessions, batching ${batching ? 'on' : 'off'}, speculation ${speculation}: ${row.tokensPerSecond.toFixed(1)} tokens/s (mean verifier batch ${row.meanBatch.toFixed(1)})`);
         rows.push(row);
@@ -362,10 +362,8 @@ export async function benchScale(o: ScaleBenchOptions): Promise<void> {
   const family = loadFamily(o.models);
   const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
   try {
-    const target = await sessions.get(family.target);
-    const drafters = new Map<string, ModelSession>();
-    for (const d of family.drafters) drafters.set(d, await sessions.get(d));
-    const models: Models = { target, drafters, bigram: loadBigram(family) };
+    const models: Models = await sessions.cascadeModels();
+    const target = models.target;
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
 
     const auto = await autoVersusSweep(models, o, tok, family.drafters);

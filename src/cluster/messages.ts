@@ -1,5 +1,5 @@
 import type { SamplingParams } from '../kernels/sampling.ts';
-import type { ServiceLoad } from '../models/batching-session.ts';
+import type { ServiceLoad } from '../models/session.ts';
 
 /**
  * Every message the cluster sends over its transport, as one versioned discriminated union, and
@@ -266,7 +266,8 @@ function readLoad(r: Reader): ServiceLoad | undefined {
   return load;
 }
 
-const withLoad = <T extends object>(m: T, load: ServiceLoad | undefined): T => (load ? { ...m, load } : m);
+/** `m` with its optional load attached when there is one (replies of actors whose model batches). */
+export const withLoad = <T extends object>(m: T, load: ServiceLoad | undefined): T => (load ? { ...m, load } : m);
 
 /** Encodes a message as one binary frame. */
 export function encode(m: Message): Uint8Array {

@@ -4,7 +4,7 @@ import { commonPrefix, newStats } from '../engine/levels.ts';
 import { CascadeError, LevelUnavailableError } from '../errors.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
-import type { ServiceLoad } from '../models/batching-session.ts';
+import type { ServiceLoad } from '../models/session.ts';
 import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Rows } from './messages.ts';
 import { injectHeaders, inSpan } from './tracing.ts';
 import { subjects, TransportError, type Transport } from './transport.ts';
@@ -21,7 +21,6 @@ export interface RemoteLevelOptions {
 export class ActorError extends CascadeError {
   override readonly name = 'ActorError';
 }
-
 
 /**
  * A cascade level hosted by an actor across the transport. The session is placed on first use (the
@@ -101,8 +100,8 @@ export class RemoteLevel implements CascadeLevel {
       if (reply.type === 'error') throw new ActorError(`${this.name} actor ${instance}: ${reply.code}: ${reply.message}`);
       if (reply.type !== expect) throw new ActorError(`${this.name} actor ${instance} answered ${reply.type}, expected ${expect}`);
       this.stats.forwardPasses++;
-      this.stats.tokensScored += tokens.length - base;
-      if ('load' in reply) this.lastLoad = reply.load; // what the actor had not seen: it feeds those
+      this.stats.tokensScored += tokens.length - base; // what the actor had not seen: it feeds those
+      if ('load' in reply) this.lastLoad = reply.load;
       return reply as Extract<ActorReply, { type: T }>;
     }
   }

@@ -6,9 +6,8 @@ import { baseStats, checkRequest, type FinishReason, type GenerateRequest, type 
 import { Block, MagLevel, ModelLevel, type CascadeLevel, type LevelStats } from './levels.ts';
 import { checkKvPolicy, type KvPolicyConfig } from './bounded-kv.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
-import { startingKMatrix } from './presets.ts';
+import { startingKMatrix, type KSchedule } from './presets.ts';
 import { AdaptiveSchedule, type ScheduleMemory } from './schedule.ts';
-import type { KSchedule } from './presets.ts';
 
 /** A drafter of the cascade: a neural model, or MaG (which may only be the last). */
 export type DrafterSpec =
@@ -192,6 +191,14 @@ export async function runCascade(
   const drafted: number[] = [];
   let rounds = 0;
 
+  /** Runs one call of `level`: its result, its wall time and the tokens it fed its model (for the schedule). */
+  async function timed<T>(level: CascadeLevel, call: () => Promise<T>): Promise<{ result: T; ms: number; fed: number }> {
+    const t0 = performance.now();
+    const before = level.stats.tokensScored;
+    const result = await call();
+    return { result, ms: performance.now() - t0, fed: level.stats.tokensScored - before };
+  }
+
   /**
    * Drafts block.tokens[block.length..] with drafters[first..n) per row `first` of K (the horizontal
    * cascade); returns where the drafts start and which drafter put each one there.
@@ -217,17 +224,13 @@ export async function runCascade(
    */
   async function step(first: number, reviewer: CascadeLevel, block: Block, want: number): Promise<void> {
     if (first === drafters.length || K[first]!.every((k) => k === 0)) {
-      const t0 = performance.now();
-      const fed = reviewer.stats.tokensScored;
-      await reviewer.propose(block, want, rng);
-      schedule?.proposed(reviewer.name, want, performance.now() - t0, reviewer.stats.tokensScored - fed);
+      const { ms, fed } = await timed(reviewer, () => reviewer.propose(block, want, rng));
+      schedule?.proposed(reviewer.name, want, ms, fed);
       return;
     }
     const { start, sources } = await draft(first, block);
-    const t0 = performance.now();
-    const fed = reviewer.stats.tokensScored;
-    const outcome = await reviewer.review(block, start, rng, config.lenience, true);
-    schedule?.reviewed(reviewer.name, sources, outcome.accepted, performance.now() - t0, reviewer.stats.tokensScored - fed);
+    const { result, ms, fed } = await timed(reviewer, () => reviewer.review(block, start, rng, config.lenience, true));
+    schedule?.reviewed(reviewer.name, sources, result.accepted, ms, fed);
   }
 
   /** One round: the target reviews a block drafted by the whole cascade, or proposes alone. */
@@ -237,10 +240,8 @@ export async function runCascade(
     for (;;) {
       if (schedule) K = schedule.plan(top.name, drafters.map((d) => d.name), drafters.map((d) => d.lag?.(block.tokens) ?? 0));
       if (drafters.length === 0 || K[0]!.every((k) => k === 0)) {
-        const t0 = performance.now();
-        const fed = top.stats.tokensScored;
-        await top.propose(block, 1, rng);
-        schedule?.reviewed(top.name, [], 0, performance.now() - t0, top.stats.tokensScored - fed);
+        const { ms, fed } = await timed(top, () => top.propose(block, 1, rng));
+        schedule?.reviewed(top.name, [], 0, ms, fed);
         return;
       }
       try {
@@ -256,10 +257,8 @@ export async function runCascade(
       }
     }
     const k = block.length - start;
-    const t0 = performance.now();
-    const fed = top.stats.tokensScored;
-    const outcome = await top.review(block, start, rng, 1, false);
-    schedule?.reviewed(top.name, sources, outcome.accepted, performance.now() - t0, top.stats.tokensScored - fed);
+    const { result: outcome, ms, fed } = await timed(top, () => top.review(block, start, rng, 1, false));
+    schedule?.reviewed(top.name, sources, outcome.accepted, ms, fed);
     for (let i = 0; i < k; i++) {
       drafted[i] = (drafted[i] ?? 0) + 1;
       if (i < outcome.accepted) accepted[i] = (accepted[i] ?? 0) + 1;

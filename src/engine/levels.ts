@@ -2,8 +2,7 @@ import { review, reviewGreedyLenient, type ReviewOutcome } from '../kernels/acce
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, logitsRow, sample, type SamplingParams } from '../kernels/sampling.ts';
-import type { ModelSession } from '../models/session.ts';
-import type { ServiceLoad } from '../models/batching-session.ts';
+import type { ModelSession, ServiceLoad } from '../models/session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
 
 /**
@@ -163,8 +162,7 @@ export class ModelLevel implements CascadeLevel {
   }
 
   load(): ServiceLoad | undefined {
-    const s = this.session as ModelSession & { load?: () => ServiceLoad };
-    return s.load?.();
+    return this.session.load?.();
   }
 
   lag(tokens: readonly number[]): number {

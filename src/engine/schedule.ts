@@ -1,6 +1,6 @@
 import { LinearCost, PRIOR_SLOPE } from '../kernels/cost-model.ts';
 import { Rng } from '../kernels/rng.ts';
-import type { ServiceLoad } from '../models/batching-session.ts';
+import type { ServiceLoad } from '../models/session.ts';
 
 /**
  * The adaptive cascade schedule (`--k-matrix auto`, SPEC §4.4): before every round it picks the
@@ -27,7 +27,7 @@ import type { ServiceLoad } from '../models/batching-session.ts';
  * When the target's model reports its load (batched verification), one more token in a round costs
  * every session in the batch: the slope of the target's review cost is taken as at least occupancy ×
  * its per-token compute, which shrinks K and switches speculation off when the verifier is saturated.
- * Until every level has been timed once, the configured starting K is used.
+ * Until every level has been timed past its warm-up (LinearCost.known), the starting K is used.
  */
 export interface ScheduleOptions {
   /** K for the first rounds over these drafters (the mode's default), until every level is timed. */
@@ -131,15 +131,11 @@ export class AdaptiveSchedule {
     this.timed(`review:${reviewer}`, tokens, ms);
     // evidence fades as new evidence about the same pair arrives; a pair left unused keeps what it had
     for (const key of new Set(sources.slice(0, accepted + 1).map((d) => `${reviewer}>${d}`))) {
-      for (const c of this.byPosition.get(key) ?? []) {
-        if (!c) continue; // positions this drafter has not filled
+      // (positions this drafter has not filled are holes)
+      for (const c of [...(this.byPosition.get(key) ?? []), this.pairTotals.get(key)]) {
+        if (!c) continue;
         c.trials *= REQUEST_DECAY;
         c.accepted *= REQUEST_DECAY;
-      }
-      const t = this.pairTotals.get(key);
-      if (t) {
-        t.trials *= REQUEST_DECAY;
-        t.accepted *= REQUEST_DECAY;
       }
     }
     // conditional acceptance: positions up to the first rejection were tried, later ones were not

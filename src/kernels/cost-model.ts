@@ -15,6 +15,8 @@ export class LinearCost {
   private sxy = 0;
   private prior: { fixed: number; perToken: number } | undefined;
   private readonly given: boolean;
+  /** The fit, computed once per observation: the schedule asks for it hundreds of times a round. */
+  private fit: { fixed: number; perToken: number } | undefined;
   observations = 0;
 
   constructor(
@@ -36,6 +38,7 @@ export class LinearCost {
    */
   add(tokens: number, ms: number): void {
     if (!(ms >= 0) || !(tokens >= 0) || !Number.isFinite(ms)) return;
+    this.fit = undefined;
     if (this.observations < 2 && !this.given) {
       const fixed = this.shape === 'forward' ? ms / (1 + PRIOR_SLOPE * tokens) : 0;
       this.prior = { fixed, perToken: this.shape === 'forward' ? PRIOR_SLOPE * fixed : ms / Math.max(1, tokens) };
@@ -56,6 +59,10 @@ export class LinearCost {
 
   /** The fitted line (fixed >= 0, perToken >= 0); zeros before any observation or prior. */
   coefficients(): { fixed: number; perToken: number } {
+    return (this.fit ??= this.solve());
+  }
+
+  private solve(): { fixed: number; perToken: number } {
     const p = this.prior;
     if (!p) return { fixed: 0, perToken: 0 };
     // the prior as pseudo-observations at x = 1 and x = 8

@@ -1,5 +1,5 @@
 import { Ewma, LinearCost } from '../kernels/cost-model.ts';
-import type { ForwardItem, KvRows, LogitsRows, ModelSession, StepResult } from './session.ts';
+import type { ForwardItem, KvRows, LogitsRows, ModelSession, ServiceLoad, StepResult } from './session.ts';
 
 /** How a BatchingSession groups forwards of different sequences into one pass. */
 export interface BatchingOptions {
@@ -28,17 +28,6 @@ const PROBE_EVERY = 64;
 const CYCLE_IDLE_MS = 50;
 /** Passes of at most this many new tokens per sequence are decode steps (prefills are not compared). */
 const DECODE_TOKENS = 16;
-
-/**
- * How loaded a model is, for the adaptive schedule (SPEC §4.4): a forward pass over T new tokens
- * costs about `fixedMs + tokenMs × T`, and recent passes held `occupancy` sequences on average, so
- * one more drafted token of one session costs every batched session `tokenMs`, occupancy times over.
- */
-export interface ServiceLoad {
-  readonly occupancy: number;
-  readonly fixedMs: number;
-  readonly tokenMs: number;
-}
 
 interface Pending {
   readonly item: ForwardItem;

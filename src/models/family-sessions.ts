@@ -1,5 +1,5 @@
 import type { Family } from './family.ts';
-import { memberDir } from './family.ts';
+import { loadBigram, memberDir } from './family.ts';
 import { OrtModelSession } from './ort-session.ts';
 import type { ModelSession, SessionOptions } from './session.ts';
 
@@ -19,6 +19,14 @@ export class FamilySessions {
       this.open.set(name, s);
     }
     return s;
+  }
+
+  /** The target and every neural drafter (by name), opened, and MaG's bigram table: a cascade's models. */
+  async cascadeModels(): Promise<{ target: ModelSession; drafters: Map<string, ModelSession>; bigram: Uint32Array | undefined }> {
+    const target = await this.get(this.family.target);
+    const drafters = new Map<string, ModelSession>();
+    for (const d of this.family.drafters) drafters.set(d, await this.get(d));
+    return { target, drafters, bigram: loadBigram(this.family) };
   }
 
   async close(): Promise<void> {

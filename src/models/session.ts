@@ -42,6 +42,17 @@ export interface KvRows {
   readonly tensors: Float32Array[];
 }
 
+/**
+ * How loaded a model is, for the adaptive schedule (SPEC §4.4): a forward pass over T new tokens
+ * costs about `fixedMs + tokenMs × T`, and recent passes held `occupancy` sequences on average, so
+ * one more drafted token of one session costs every batched session `tokenMs`, occupancy times over.
+ */
+export interface ServiceLoad {
+  readonly occupancy: number;
+  readonly fixedMs: number;
+  readonly tokenMs: number;
+}
+
 /** Which logits rows a forward returns: every new token's row, or only the last one. */
 export type LogitsRows = 'all' | 'last';
 
@@ -82,6 +93,8 @@ export interface ModelSession {
   insert(seqId: string, rows: KvRows): Promise<void>;
   /** Frees a sequence's KV. */
   release(seqId: string): Promise<void>;
+  /** How loaded the model is, when it batches sequences (BatchingSession). */
+  load?(): ServiceLoad;
   close(): Promise<void>;
 }
 
