@@ -53,6 +53,27 @@ test('bounded KV - bad settings are refused with the reason', async (t) => {
   await t.throwsAsync(generateAutoregressive(model, request({ policy: 'adore', budget: { budget: 16, sinks: 0, recent: 0, rebuild: 1 } })), { message: /needs the ADORE controller/ });
 });
 
+test('bounded KV - a prompt is fed in passes of the prefill chunk, never over budget; a chunk too large is refused', async (t) => {
+  const toy = new MemoryModelSession({ name: 'toy', vocabSize: 16, order: 2, seed: 5 });
+  const sizes: number[] = [];
+  const step = toy.step.bind(toy);
+  toy.step = async (item, rows, attention) => {
+    sizes.push(item.inputIds.length);
+    const r = await step(item, rows, attention);
+    t.true(toy.length('chunked') <= 12, `resident ${toy.length('chunked')}`);
+    return r;
+  };
+  const seq = new BoundedSequence(toy, 'chunked', { policy: 'streaming', budget: { budget: 12, sinks: 2, recent: 0, rebuild: 0 }, prefillChunk: 3 });
+  const logits = await seq.feed(Array.from({ length: 20 }, (_, i) => i % 16), 'all');
+  t.is(logits.length, 20 * 16, 'every prompt token gets its logits row');
+  t.deepEqual(sizes, [3, 3, 3, 3, 3, 3, 2]);
+  t.is(seq.resident, 12);
+  await seq.close();
+  t.throws(() => new BoundedSequence(toy, 'x', { policy: 'window', budget: { budget: 8, sinks: 0, recent: 2, rebuild: 0 }, prefillChunk: 7 }), { message: /prefill chunk must be an integer from 1 to the free budget \(6/ });
+  const scorer = { score: async (positions: readonly number[]) => positions };
+  t.throws(() => new BoundedSequence(toy, 'y', { policy: 'adore', budget: { budget: 8, sinks: 0, recent: 0, rebuild: 1 }, prefillChunk: 9 }, undefined, scorer), { message: /prefill chunk/ });
+});
+
 test('bounded KV - h2o keeps the tokens that received the most attention, within the budget', async (t) => {
   const toy = new MemoryModelSession({ name: 'toy', vocabSize: 16, order: 2, seed: 5 });
   const seq = new BoundedSequence(toy, 'h2o', { policy: 'h2o', budget: { budget: 8, sinks: 0, recent: 2, rebuild: 0 } });

@@ -2,7 +2,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import { KvLedger, positionalScore, type KvBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { AdoreController, ControllerTrack } from '../kernels/adore-controller.ts';
 import { MemoryKvStore, type KvStore } from '../models/kv-store.ts';
-import type { KvRows, LogitsRows, ModelSession } from '../models/session.ts';
+import type { KvRows, LogitsRows, ModelSession, StepResult } from '../models/session.ts';
 
 /** How a model's KV cache is bounded: the policy and its budget (SPEC §5; docs/adore.md). */
 export interface KvPolicyConfig {
@@ -12,6 +12,12 @@ export interface KvPolicyConfig {
   readonly controller?: AdoreController;
   /** Where released KV is spilled for rebuilds; in memory when rebuilding and none is given. */
   readonly store?: KvStore;
+  /**
+   * Most tokens of a long prompt fed in one pass (default: half the free budget). Every prompt token
+   * attends to at least `budget - sinks - recent - prefillChunk` earlier ones, so a smaller chunk
+   * comes closer to the policy decoding token by token, at the cost of more passes.
+   */
+  readonly prefillChunk?: number;
 }
 
 /** Every policy; adore also needs the family's controller. */
@@ -30,12 +36,16 @@ export interface KvScorer {
 export const FULL_CACHE: KvPolicyConfig = { policy: 'full', budget: { budget: 1, sinks: 0, recent: 0, rebuild: 0 } };
 
 export function checkKvPolicy(cfg: KvPolicyConfig, scorer?: KvScorer): void {
-  if (cfg.policy === 'adore') {
-    if (scorer || cfg.controller) return;
+  if (cfg.policy === 'adore' && !scorer && !cfg.controller) {
     throw new InvalidArgumentError('KV policy "adore" needs the ADORE controller, which this model family does not ship yet: use window, streaming or h2o');
   }
   if (!RUNNABLE_KV_POLICIES.includes(cfg.policy)) {
     throw new InvalidArgumentError(`KV policy "${cfg.policy}" is not available yet: use one of ${RUNNABLE_KV_POLICIES.join(', ')}`);
+  }
+  const chunk = cfg.prefillChunk;
+  const free = cfg.budget.budget - cfg.budget.sinks - cfg.budget.recent;
+  if (chunk !== undefined && cfg.policy !== 'full' && (!Number.isInteger(chunk) || chunk < 1 || chunk > free)) {
+    throw new InvalidArgumentError(`prefill chunk must be an integer from 1 to the free budget (${free} = budget - sinks - recent), got ${chunk}`);
   }
 }
 
@@ -101,9 +111,9 @@ export class BoundedSequence {
       this.tokens.push(...tokens);
       return this.session.forward({ seqId: this.seqId, inputIds: tokens, positionIds, keep }, rows);
     }
-    // Prefill goes in chunks of half the free budget, so every token attends to at least the other half.
+    // Prefill goes in chunks (default half the free budget, so every token attends to at least the other half).
     const { budget, sinks, recent } = this.cfg.budget;
-    const chunk = Math.max(1, Math.floor((budget - sinks - recent) / 2));
+    const chunk = this.cfg.prefillChunk ?? Math.max(1, Math.floor((budget - sinks - recent) / 2));
     const parts: Float32Array[] = [];
     for (let i = 0; i < tokens.length; i += chunk) {
       const piece = tokens.slice(i, i + chunk);
@@ -116,7 +126,25 @@ export class BoundedSequence {
       const want = rows === 'all' || !last ? rows : 'last';
       const h2o = this.cfg.policy === 'h2o';
       const keys = h2o ? [...this.ledger.order, ...positions] : [];
-      const r = await this.session.step(item, want, h2o);
+      const running = this.session.step(item, want, h2o);
+      running.catch(() => undefined); // awaited below; this only keeps a failure from counting as unhandled meanwhile
+      // The controller reads token ids only, so it scores this step on this thread while the model
+      // runs it: on a machine with a spare core (or a GPU) ADORE's scoring costs no decode time.
+      const fed = this.tokens.length;
+      this.tokens.push(...piece);
+      let scored: { all: number[]; scores: ArrayLike<number> } | undefined;
+      let r: StepResult;
+      try {
+        if (this.scorer) {
+          const all = [...this.ledger.order, ...positions, ...this.ledger.released.keys()];
+          scored = { all, scores: await this.scorer.score(all, this.tokens, positions.at(-1)!) };
+        }
+        r = await running;
+      } catch (err) {
+        this.tokens.length = fed;
+        await running.catch(() => undefined);
+        throw err;
+      }
       if (room.spill.length && r.evicted) await this.store!.put(this.seqId, this.session.spec.name, room.spill, r.evicted);
       this.ledger.append(positions);
       if (h2o) {
@@ -124,15 +152,12 @@ export class BoundedSequence {
         const received = new Float64Array(keys.length);
         for (let q = 0; q < piece.length; q++) for (let j = 0; j < keys.length; j++) received[j]! += r.attention![q * keys.length + j]!;
         this.ledger.score(keys, received, true);
+      } else if (scored) {
+        this.ledger.score(scored.all, scored.scores);
       } else {
         this.ledger.score(positions, positions.map((p) => positionalScore(this.cfg.policy, p)));
       }
       this.next += piece.length;
-      this.tokens.push(...piece);
-      if (this.scorer) {
-        const all = [...this.ledger.order, ...this.ledger.released.keys()];
-        this.ledger.score(all, await this.scorer.score(all, this.tokens, this.next - 1));
-      }
       if (rows === 'all' || last) parts.push(r.logits);
     }
     if (parts.length === 1) return parts[0]!;

@@ -100,6 +100,27 @@ export class AdoreController {
     return s;
   }
 
+  /**
+   * `score` for many tokens at once: row p of `keys` (width H) is token p's cached key, at distance
+   * newest - p from the step; `logDistance[d]` = log(1 + d). One loop, no allocation per token.
+   */
+  scoreRows(keys: Float32Array, positions: readonly number[], q: Float32Array, newest: number, logDistance: Float64Array): Float64Array {
+    const { w, hidden: H } = this;
+    const v = w.v_w;
+    const u = w.u;
+    const bias = w.v_b[0]!;
+    const out = new Float64Array(positions.length);
+    for (let n = 0; n < positions.length; n++) {
+      const p = positions[n]!;
+      const ld = logDistance[Math.max(0, newest - p)]!;
+      const base = p * H;
+      let s = bias;
+      for (let j = 0; j < H; j++) s += v[j]! * tanh(keys[base + j]! + q[j]! + u[j]! * ld);
+      out[n] = s;
+    }
+    return out;
+  }
+
   private affine(m: Float32Array, x: Float32Array, bias: Float32Array | undefined): Float32Array {
     const H = this.hidden;
     const out = new Float32Array(H);
@@ -129,31 +150,37 @@ export function tanh(x: number): number {
 }
 
 /**
- * The controller following one sequence: a state and a cached key per position. Rolling back (a
+ * The controller following one sequence: a state per position and its cached key A z + a, the keys
+ * in one growing row-major block so a step scores every token in one tight loop. Rolling back (a
  * shorter token list than before) drops the states of the dropped positions.
  */
 export class ControllerTrack {
-  private readonly keys: Float32Array[] = [];
   private readonly states: Float32Array[] = [];
+  private keys = new Float32Array(0);
+  /** log(1 + d) by distance d, grown as sequences get longer. */
+  private logDistance = new Float64Array(0);
 
   constructor(private readonly controller: AdoreController) {}
 
   /** Scores `positions` at step `newest`, after bringing the states up to `tokens[0..newest]`. */
   async score(positions: readonly number[], tokens: readonly number[], newest: number): Promise<Float64Array> {
     const c = this.controller;
-    if (this.states.length > newest + 1) {
-      this.states.length = newest + 1;
-      this.keys.length = newest + 1;
+    const H = c.hidden;
+    if (this.states.length > newest + 1) this.states.length = newest + 1;
+    if (this.keys.length < (newest + 1) * H) {
+      const grown = new Float32Array(Math.max((newest + 1) * H, 2 * this.keys.length));
+      grown.set(this.keys);
+      this.keys = grown;
     }
-    let h = this.states.at(-1) ?? new Float32Array(c.hidden);
+    let h = this.states.at(-1) ?? new Float32Array(H);
     for (let i = this.states.length; i <= newest; i++) {
       const token = tokens[i]!;
       if (token < 0 || token >= c.vocabSize) throw new RangeError(`token ${token} outside the controller's vocabulary`);
       h = c.step(token, h);
       this.states.push(h);
-      this.keys.push(c.key(h));
+      this.keys.set(c.key(h), i * H);
     }
-    const q = c.query(this.states[newest]!);
-    return Float64Array.from(positions, (p) => c.score(this.keys[p]!, q, newest - p));
+    if (this.logDistance.length <= newest) this.logDistance = Float64Array.from({ length: 2 * (newest + 1) }, (_, d) => Math.log1p(d));
+    return c.scoreRows(this.keys, positions, c.query(this.states[newest]!), newest, this.logDistance);
   }
 }
