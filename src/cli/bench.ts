@@ -103,7 +103,7 @@ export function registerBench(program: Command): void {
     .option('--sinks <n>', 'protected first tokens (streaming, h2o, adore)', parseNumber('--sinks', { min: 0, integer: true }), 4)
     .option('--recent <n>', 'protected newest tokens (h2o, adore)', parseNumber('--recent', { min: 0, integer: true }), 16)
     .option('--rebuild <r>', 'released tokens brought back per step (adore)', parseNumber('--rebuild', { min: 0, integer: true }), 2)
-    .option('--prefill-chunk <n>', 'prompt tokens per pass under a bounded cache (default: half the free budget)', parseNumber('--prefill-chunk', { min: 1, integer: true }))
+    .option('--prefill-chunk <n>', 'context tokens per pass under a bounded cache (small: the NLL measures the policy, not the chunking)', parseNumber('--prefill-chunk', { min: 1, integer: true }), 32)
     .option('--models <dir>', 'model family directory', 'models')
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--out <dir>', 'directory for kv.json, kv.md and kv-quality.svg', 'results')
@@ -128,13 +128,14 @@ export function registerBench(program: Command): void {
     .description('ADORE placement (c) on long documents: the target over an ADORE cache as the first drafter, against ar, mag and csd')
     .option('--docs <n>', 'held-out long documents (bench/prompts/long.jsonl)', parseNumber('--docs', { min: 1, integer: true }), 4)
     .option('--context <n>', 'prompt tokens kept of each document', parseNumber('--context', { min: 16, integer: true }), 1900)
-    .option('--max-tokens <n>', 'tokens generated per document', parseNumber('--max-tokens', { min: 1, integer: true }), 64)
+    .option('--max-tokens <n>', 'tokens generated per document', parseNumber('--max-tokens', { min: 1, integer: true }), 128)
     .option('--budget <m>', 'tokens the self-draft cache keeps', parseNumber('--budget', { min: 8, integer: true }), 512)
     .option('--repeats <n>', 'repeats (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 2)
+    .option('--schedule <auto|fixed>', 'K per round: the adaptive schedule, or the fixed default K matrix of each method', parseSchedule, 'auto')
     .option('--models <dir>', 'model family directory', 'models')
     .option('--out <dir>', 'directory for self-draft.json and self-draft.md', 'results')
     .action(async (o) => {
-      await benchSelfDraft({ models: o.models, docs: o.docs, context: o.context, maxTokens: o.maxTokens, budget: o.budget, repeats: o.repeats, out: o.out });
+      await benchSelfDraft({ models: o.models, docs: o.docs, context: o.context, maxTokens: o.maxTokens, budget: o.budget, repeats: o.repeats, schedule: o.schedule, out: o.out });
     });
   bench
     .command('cluster')
@@ -179,4 +180,9 @@ function parseWorkloads(raw: string): Workload[] {
 
 function parseTemperatures(raw: string): number[] {
   return raw.split(',').map((t) => parseNumber('--temperatures', { min: 0 })(t));
+}
+
+function parseSchedule(raw: string): 'auto' | 'fixed' {
+  if (raw !== 'auto' && raw !== 'fixed') throw new InvalidArgumentError(`--schedule must be auto or fixed, got "${raw}"`);
+  return raw;
 }
