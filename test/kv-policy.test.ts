@@ -95,3 +95,36 @@ test('kv policy - the one-pass top-n selection equals sorting (score descending,
     }),
   );
 });
+
+test('kv policy - a step plan equals the rule stated by sorting the whole pool', (t) => {
+  // The reference: sort every unprotected resident token and rebuild candidate, keep the best that fit.
+  const reference = (b: KvBudget, resident: Map<number, number>, released: Map<number, number>, newest: number) => {
+    const candidates = b.rebuild > 0 ? [...released].sort(([pa, sa], [pb, sb]) => sb - sa || pb - pa).slice(0, b.rebuild).map(([p]) => p) : [];
+    if (resident.size <= b.budget && candidates.length === 0) return { release: [], rebuild: [] };
+    const isProtected = (p: number) => p < b.sinks || p > newest - b.recent;
+    const pool = [...resident].filter(([p]) => !isProtected(p)).concat(candidates.map((p) => [p, released.get(p)!] as [number, number]));
+    pool.sort(([pa, sa], [pb, sb]) => sb - sa || pb - pa);
+    const keep = new Set(pool.slice(0, Math.max(0, b.budget - (resident.size - pool.length + candidates.length))).map(([p]) => p));
+    return {
+      release: pool.filter(([p]) => !keep.has(p) && resident.has(p)).map(([p]) => p).sort((x, y) => x - y),
+      rebuild: candidates.filter((p) => keep.has(p)).sort((x, y) => x - y),
+    };
+  };
+  fc.assert(
+    fc.property(
+      fc.uniqueArray(fc.integer({ min: 0, max: 120 }), { minLength: 1, maxLength: 60 }),
+      fc.array(fc.integer({ min: -4, max: 4 }), { minLength: 60, maxLength: 60 }),
+      fc.integer({ min: 2, max: 40 }),
+      fc.integer({ min: 0, max: 3 }),
+      fc.integer({ min: 0, max: 3 }),
+      (positions, scores, budget, sinks, rebuild) => {
+        const b: KvBudget = { budget: Math.max(budget, sinks + 2), sinks, recent: 1, rebuild };
+        const split = Math.ceil(positions.length * 0.7);
+        const resident = new Map(positions.slice(0, split).map((p, i) => [p, scores[i]! / 2]));
+        const released = new Map(positions.slice(split).map((p, i) => [p, scores[split + i]! / 2]));
+        const newest = Math.max(...positions);
+        t.deepEqual(planStep(b, resident, released, newest), reference(b, resident, released, newest));
+      },
+    ),
+  );
+});

@@ -132,12 +132,13 @@ export class BoundedSequence {
       // runs it: on a machine with a spare core (or a GPU) ADORE's scoring costs no decode time.
       const fed = this.tokens.length;
       this.tokens.push(...piece);
-      let scored: { all: number[]; scores: ArrayLike<number> } | undefined;
+      let scores: ArrayLike<number> | undefined;
       let r: StepResult;
       try {
         if (this.scorer) {
+          // positions() once the new tokens are appended: resident, the new ones, then released.
           const all = [...this.ledger.order, ...positions, ...this.ledger.released.keys()];
-          scored = { all, scores: await this.scorer.score(all, this.tokens, positions.at(-1)!) };
+          scores = await this.scorer.score(all, this.tokens, positions.at(-1)!);
         }
         r = await running;
       } catch (err) {
@@ -152,8 +153,8 @@ export class BoundedSequence {
         const received = new Float64Array(keys.length);
         for (let q = 0; q < piece.length; q++) for (let j = 0; j < keys.length; j++) received[j]! += r.attention![q * keys.length + j]!;
         this.ledger.score(keys, received, true);
-      } else if (scored) {
-        this.ledger.score(scored.all, scored.scores);
+      } else if (scores) {
+        this.ledger.rescore(scores);
       } else {
         this.ledger.score(positions, positions.map((p) => positionalScore(this.cfg.policy, p)));
       }

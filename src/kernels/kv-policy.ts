@@ -63,27 +63,37 @@ export function planStep(b: KvBudget, resident: ReadonlyMap<number, number>, rel
     else pool.push([p, s]);
   }
   for (const p of candidates) pool.push([p, released.get(p)!]);
-  pool.sort(byScoreDesc);
   const room = Math.max(0, b.budget - keptProtected);
-  const keep = new Set(pool.slice(0, room).map(([p]) => p));
-  const release = pool.filter(([p]) => !keep.has(p) && resident.has(p)).map(([p]) => p);
-  const rebuild = candidates.filter((p) => keep.has(p));
+  // The pool's `room` best stay; the rest leave. Usually a step drops one token (plus one per
+  // rebuild), so select the few worst rather than sorting the whole cache every step.
+  const out = new Set(bestOf(pool, pool.length - room, byScoreAsc));
+  const release = pool.filter(([p]) => out.has(p) && resident.has(p)).map(([p]) => p);
+  const rebuild = candidates.filter((p) => !out.has(p));
   return { release: release.sort((x, y) => x - y), rebuild: rebuild.sort((x, y) => x - y) };
 }
 
+/** Better first: higher score, then (ties) the newer position. A total order: positions are unique. */
 const byScoreDesc = ([pa, sa]: [number, number], [pb, sb]: [number, number]) => sb - sa || pb - pa;
+const byScoreAsc = (a: [number, number], b: [number, number]) => byScoreDesc(b, a);
 
-/** The n best entries in byScoreDesc order: one pass keeping a short sorted list (n is the rebuild count, small). */
-export function topByScore(scores: ReadonlyMap<number, number>, n: number): number[] {
+/** The n first entries in `order`: one pass keeping a short sorted list (n small), or a sort when n is not. */
+function bestOf(entries: Iterable<[number, number]>, n: number, order: (a: [number, number], b: [number, number]) => number): number[] {
+  if (n <= 0) return [];
+  if (n > 16) return [...entries].sort(order).slice(0, n).map(([p]) => p);
   const top: [number, number][] = [];
-  for (const e of scores) {
-    if (top.length === n && byScoreDesc(e, top[n - 1]!) >= 0) continue;
+  for (const e of entries) {
+    if (top.length === n && order(e, top[n - 1]!) >= 0) continue;
     let i = top.length;
-    while (i > 0 && byScoreDesc(e, top[i - 1]!) < 0) i--;
+    while (i > 0 && order(e, top[i - 1]!) < 0) i--;
     top.splice(i, 0, e);
     if (top.length > n) top.pop();
   }
   return top.map(([p]) => p);
+}
+
+/** The n best entries in byScoreDesc order (n is the rebuild count, small). */
+export function topByScore(scores: ReadonlyMap<number, number>, n: number): number[] {
+  return bestOf(scores, n, byScoreDesc);
 }
 
 /**
@@ -113,6 +123,19 @@ export class KvLedger {
     }
   }
 
+  /** Every position the ledger scores: resident in cache order, then released (the order `rescore` takes). */
+  positions(): number[] {
+    return [...this.order, ...this.released.keys()];
+  }
+
+  /** Replaces every score at once, `values` in the order of `positions()` (ADORE rescores all each step). */
+  rescore(values: ArrayLike<number>): void {
+    if (values.length !== this.order.length + this.released.size) throw new InvalidArgumentError(`rescore needs ${this.order.length + this.released.size} scores, got ${values.length}`);
+    let i = 0;
+    for (const p of this.order) this.scores.set(p, values[i++]!);
+    for (const p of this.released.keys()) this.released.set(p, values[i++]!);
+  }
+
   /** Sets scores (resident or released); h2o adds, the others replace. */
   score(positions: readonly number[], values: ArrayLike<number>, accumulate = false): void {
     positions.forEach((p, i) => {
@@ -132,10 +155,11 @@ export class KvLedger {
 
   /** Cache indices (row numbers) of resident positions, in the order given. */
   indicesOf(positions: readonly number[]): number[] {
-    const at = new Map(this.order.map((p, i) => [p, i]));
+    // A step releases a few tokens: a scan each is cheaper than indexing the whole cache.
+    const at = positions.length > 8 ? new Map(this.order.map((p, i) => [p, i])) : undefined;
     return positions.map((p) => {
-      const i = at.get(p);
-      if (i === undefined) throw new InvalidArgumentError(`position ${p} is not resident`);
+      const i = at ? at.get(p) : this.order.indexOf(p);
+      if (i === undefined || i < 0) throw new InvalidArgumentError(`position ${p} is not resident`);
       return i;
     });
   }
