@@ -74,6 +74,29 @@ test('bounded KV - a prompt is fed in passes of the prefill chunk, never over bu
   t.throws(() => new BoundedSequence(toy, 'y', { policy: 'adore', budget: { budget: 8, sinks: 0, recent: 0, rebuild: 1 }, prefillChunk: 9 }, undefined, scorer), { message: /prefill chunk/ });
 });
 
+test('bounded KV - a batched release frees s slots at once when full, never exceeding the budget', async (t) => {
+  const toy = new MemoryModelSession({ name: 'toy', vocabSize: 16, order: 2, seed: 5 });
+  const evictions: number[] = [];
+  const step = toy.step.bind(toy);
+  toy.step = async (item, rows, attention) => {
+    if (item.evict?.length) evictions.push(item.evict.length);
+    return step(item, rows, attention);
+  };
+  const seq = new BoundedSequence(toy, 'batched', { policy: 'streaming', budget: { budget: 12, sinks: 2, recent: 0, rebuild: 0 }, releaseBatch: 4 });
+  const resident: number[] = [];
+  for (let i = 0; i < 40; i++) {
+    await seq.feed([i % 16]);
+    resident.push(seq.resident);
+  }
+  t.true(resident.every((n) => n <= 12), `resident ${resident}`);
+  t.true(resident.slice(12).every((n) => n >= 9), 'a full cache drops to budget - s + 1 at the least (with the new token)');
+  t.true(evictions.length > 0 && evictions.every((n) => n === 4), `evictions ${evictions}`);
+  t.is(seq.releases, 40 - seq.resident);
+  t.true(seq.residentPositions.slice(0, 2).join() === '0,1', 'sinks stay');
+  await seq.close();
+  t.throws(() => new BoundedSequence(toy, 'x', { policy: 'window', budget: { budget: 8, sinks: 0, recent: 0, rebuild: 0 }, releaseBatch: 9 }), { message: /release batch must be an integer from 1 to the free budget \(8/ });
+});
+
 test('bounded KV - h2o keeps the tokens that received the most attention, within the budget', async (t) => {
   const toy = new MemoryModelSession({ name: 'toy', vocabSize: 16, order: 2, seed: 5 });
   const seq = new BoundedSequence(toy, 'h2o', { policy: 'h2o', budget: { budget: 8, sinks: 0, recent: 2, rebuild: 0 } });

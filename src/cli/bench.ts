@@ -104,11 +104,12 @@ export function registerBench(program: Command): void {
     .option('--recent <n>', 'protected newest tokens (h2o, adore)', parseNumber('--recent', { min: 0, integer: true }), 16)
     .option('--rebuild <r>', 'released tokens brought back per step (adore)', parseNumber('--rebuild', { min: 0, integer: true }), 2)
     .option('--prefill-chunk <n>', 'context tokens per pass under a bounded cache (small: the NLL measures the policy, not the chunking)', parseNumber('--prefill-chunk', { min: 1, integer: true }), 32)
+    .option('--release-batch <s>', 'tokens released at once when a cache is full (as generate --kv-release-batch)', parseNumber('--release-batch', { min: 1, integer: true }), 1)
     .option('--models <dir>', 'model family directory', 'models')
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--out <dir>', 'directory for kv.json, kv.md and kv-quality.svg', 'results')
     .action(async (o) => {
-      await benchKv({ models: o.models, context: o.context, continuation: o.continuation, fractions: o.fractions, policies: o.policies, docs: o.docs, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, prefillChunk: o.prefillChunk, threads: o.threads, out: o.out });
+      await benchKv({ models: o.models, context: o.context, continuation: o.continuation, fractions: o.fractions, policies: o.policies, docs: o.docs, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, prefillChunk: o.prefillChunk, releaseBatch: o.releaseBatch, threads: o.threads, out: o.out });
     });
   bench
     .command('load')

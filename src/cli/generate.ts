@@ -37,6 +37,7 @@ interface GenerateOptions {
   kvRecent: number;
   kvRebuild?: number;
   kvPrefillChunk?: number;
+  kvReleaseBatch?: number;
   kvPlacement: KvPlacement;
 }
 
@@ -64,6 +65,7 @@ const ConfigFile = z.strictObject({
   kvRecent: z.number().int().nonnegative().optional(),
   kvRebuild: z.number().int().nonnegative().optional(),
   kvPrefillChunk: z.number().int().positive().optional(),
+  kvReleaseBatch: z.number().int().positive().optional(),
   kvPlacement: z.enum(KV_PLACEMENTS).optional(),
 });
 
@@ -81,7 +83,7 @@ function kvConfig(o: GenerateOptions, family: Family): KvPolicyConfig | undefine
   if (o.kvPolicy === 'window' && sinks > 0) throw new InvalidArgumentError('--kv-policy window keeps no sink tokens: use streaming for sinks');
   const rebuild = o.kvRebuild ?? (o.kvPolicy === 'adore' ? 2 : 0);
   const controller = o.kvPolicy === 'adore' ? loadController(family) : undefined;
-  return { policy: o.kvPolicy, budget: { budget: o.kvBudget, sinks, recent: o.kvRecent, rebuild }, controller, prefillChunk: o.kvPrefillChunk };
+  return { policy: o.kvPolicy, budget: { budget: o.kvBudget, sinks, recent: o.kvRecent, rebuild }, controller, prefillChunk: o.kvPrefillChunk, releaseBatch: o.kvReleaseBatch };
 }
 
 function applyConfigFile(o: GenerateOptions, cmd: Command): GenerateOptions {
@@ -234,7 +236,7 @@ export function registerGenerate(program: Command): void {
     .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
@@ -242,6 +244,7 @@ export function registerGenerate(program: Command): void {
     .option('--kv-recent <n>', 'newest tokens never released', parseNumber('--kv-recent', { min: 0, integer: true }), 0)
     .option('--kv-rebuild <r>', 'released tokens brought back per step when they matter again (adore; default 2)', parseNumber('--kv-rebuild', { min: 0, integer: true }))
     .option('--kv-prefill-chunk <n>', 'prompt tokens per pass under a bounded cache (default: half of budget - sinks - recent; smaller is closer to token-by-token, slower)', parseNumber('--kv-prefill-chunk', { min: 1, integer: true }))
+    .option('--kv-release-batch <s>', 'tokens released at once when the bounded cache is full (default 1: one per step; larger compacts the cache once per s steps)', parseNumber('--kv-release-batch', { min: 1, integer: true }))
     .option('--models <dir>', 'model family directory', 'models')
     .option('--model <name>', 'family member to use as the target (default: the family target)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)

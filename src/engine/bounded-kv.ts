@@ -18,6 +18,13 @@ export interface KvPolicyConfig {
    * comes closer to the policy decoding token by token, at the cost of more passes.
    */
   readonly prefillChunk?: number;
+  /**
+   * Tokens released at once when the cache is full (default 1: one per step, the policy as stated).
+   * With s > 1 a full cache releases its s lowest-scored tokens together, then fills up again over
+   * the next steps: it holds between m - s and m tokens and the runner compacts its cache once per s
+   * steps instead of every step. Rebuilds happen at those release steps, up to s × R of them.
+   */
+  readonly releaseBatch?: number;
 }
 
 /** Every policy; adore also needs the family's controller. */
@@ -46,6 +53,10 @@ export function checkKvPolicy(cfg: KvPolicyConfig, scorer?: KvScorer): void {
   const free = cfg.budget.budget - cfg.budget.sinks - cfg.budget.recent;
   if (chunk !== undefined && cfg.policy !== 'full' && (!Number.isInteger(chunk) || chunk < 1 || chunk > free)) {
     throw new InvalidArgumentError(`prefill chunk must be an integer from 1 to the free budget (${free} = budget - sinks - recent), got ${chunk}`);
+  }
+  const batch = cfg.releaseBatch;
+  if (batch !== undefined && cfg.policy !== 'full' && (!Number.isInteger(batch) || batch < 1 || batch > free)) {
+    throw new InvalidArgumentError(`release batch must be an integer from 1 to the free budget (${free} = budget - sinks - recent), got ${batch}`);
   }
 }
 
@@ -180,9 +191,14 @@ export class BoundedSequence {
   private async makeRoom(incoming: number): Promise<{ item: { evict?: number[]; takeEvicted?: boolean; insert?: KvRows }; spill: number[] }> {
     const ledger = this.ledger!;
     const none = { item: {}, spill: [] };
-    if (ledger.size + incoming <= ledger.budget.budget && (ledger.budget.rebuild === 0 || ledger.released.size === 0)) return none;
-    // The newest resident token stays protected by the recent window while the next ones arrive.
-    const plan = ledger.plan(this.next - 1, ledger.budget.budget - incoming);
+    const { budget, rebuild } = ledger.budget;
+    const batch = this.cfg.releaseBatch ?? 1;
+    const full = ledger.size + incoming > budget;
+    if (!full && (batch > 1 || rebuild === 0 || ledger.released.size === 0)) return none;
+    // The newest resident token stays protected by the recent window while the next ones arrive; a
+    // batched release makes room for batch - 1 more tokens than this step needs, and considers the
+    // rebuilds of the batch's steps.
+    const plan = ledger.plan(this.next - 1, budget - incoming - (full ? batch - 1 : 0), rebuild * batch);
     if (plan.release.length === 0 && plan.rebuild.length === 0) return none;
     const model = this.session.spec.name;
     const evict = plan.release.length ? ledger.indicesOf(plan.release) : undefined;

@@ -147,10 +147,11 @@ export class KvLedger {
 
   /**
    * The step's plan for the newest position; the caller applies it to the runner, then calls `apply`.
-   * `budget` overrides the resident limit for this step (room for a chunk about to be appended).
+   * `budget` overrides the resident limit for this step (room for a chunk about to be appended),
+   * `rebuild` the most released tokens brought back (a batched release catches up on several steps).
    */
-  plan(newest: number, budget = this.budget.budget): KvStepPlan {
-    return planStep({ ...this.budget, budget }, this.scores, this.released, newest);
+  plan(newest: number, budget = this.budget.budget, rebuild = this.budget.rebuild): KvStepPlan {
+    return planStep({ ...this.budget, budget, rebuild }, this.scores, this.released, newest);
   }
 
   /** Cache indices (row numbers) of resident positions, in the order given. */
