@@ -51,6 +51,8 @@ test('messages - malformed frames are rejected with a FrameError naming the prob
   // a hostile length field cannot make the decoder allocate gigabytes
   const hostile = new Uint8Array([FRAME_MAGIC, FRAME_VERSION, 9, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
   t.throws(() => decode(hostile), { instanceOf: FrameError, message: /more than a frame may carry/ });
+  // a string field whose bytes are not UTF-8 (found by the random-bytes property below)
+  t.throws(() => decode(new Uint8Array([FRAME_MAGIC, FRAME_VERSION, 0, 1, 0, 128])), { instanceOf: FrameError, message: /not valid UTF-8/ });
 });
 
 test('messages - random bytes never crash the decoder with anything but a FrameError', (t) => {

@@ -126,7 +126,9 @@ export async function benchKv(o: KvBenchOptions): Promise<void> {
         for (const policy of o.policies) {
           const sinks = policy === 'streaming' || policy === 'h2o' || policy === 'adore' ? o.sinks : 0;
           const recent = policy === 'window' || policy === 'streaming' ? 0 : o.recent;
-          const cfg: KvPolicyConfig = { policy, budget: { budget, sinks, recent, rebuild: policy === 'adore' ? o.rebuild : 0 }, controller, prefillChunk: o.prefillChunk, releaseBatch: o.releaseBatch };
+          // A small budget (a short --context) may leave fewer free slots than the chunk or batch asked.
+          const fit = (n: number | undefined) => (n === undefined ? undefined : Math.min(n, budget - sinks - recent));
+          const cfg: KvPolicyConfig = { policy, budget: { budget, sinks, recent, rebuild: policy === 'adore' ? o.rebuild : 0 }, controller, prefillChunk: fit(o.prefillChunk), releaseBatch: fit(o.releaseBatch) };
           const r = await runDoc(model, `${policy}-${fraction}-${d}`, cfg, ids, full.tokens, o.continuation);
           const c = cell(policy, fraction, budget);
           c.nll.push(r.nll);
@@ -163,7 +165,7 @@ export async function benchKv(o: KvBenchOptions): Promise<void> {
       `KV cache benchmark: ${docs.length} held-out long documents, ${o.context} tokens of context each, target ${spec.name}; ` +
       `NLL over the second half of each context (prefill under the policy), agreement = greedy next token equal to full attention's over a ${o.continuation}-token teacher-forced continuation, ` +
       `decode tokens/s median over documents; sinks ${o.sinks}, recent window ${o.recent} (h2o, adore), rebuild ${o.rebuild} (adore); ` +
-      `prompt fed ${o.prefillChunk ? `${o.prefillChunk} tokens per pass` : 'in passes of half the free budget'}; ` +
+      `prompt fed ${o.prefillChunk ? `${o.prefillChunk} tokens per pass (at most the free budget)` : 'in passes of half the free budget'}; ` +
       `${o.releaseBatch === 1 ? 'one token released per step once full' : `${o.releaseBatch} tokens released at once when full`}`;
     process.stdout.write(`${header}\n\n${table}\n`);
     const json = writeJson(o.out, 'kv', { options: o, documents: docs.map((d) => ({ id: d.id, tokens: d.ids.length })), rows });

@@ -77,6 +77,8 @@ export class FrameError extends Error {
 
 /** Most tokens or rows one frame may carry (a guard against hostile length fields). */
 const MAX_ITEMS = 1 << 20;
+/** Frames carry UTF-8 strings; fatal: bytes that are not UTF-8 throw (and become a FrameError). */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 class Writer {
   private buf = new Uint8Array(256);
@@ -195,16 +197,22 @@ class Reader {
     this.need(2, what);
     const n = this.view.getUint16(this.at, true);
     this.at += 2;
-    this.need(n, what);
-    const s = new TextDecoder('utf-8', { fatal: true }).decode(this.buf.subarray(this.at, this.at + n));
-    this.at += n;
-    return s;
+    return this.utf8(n, what);
   }
 
   text(what: string): string {
-    const n = this.u32(what);
+    return this.utf8(this.u32(what), what);
+  }
+
+  /** n bytes of UTF-8; bytes that are not UTF-8 are a malformed frame, not a crash. */
+  private utf8(n: number, what: string): string {
     this.need(n, what);
-    const s = new TextDecoder('utf-8', { fatal: true }).decode(this.buf.subarray(this.at, this.at + n));
+    let s: string;
+    try {
+      s = UTF8.decode(this.buf.subarray(this.at, this.at + n));
+    } catch {
+      throw new FrameError(`${what} is not valid UTF-8`);
+    }
     this.at += n;
     return s;
   }
