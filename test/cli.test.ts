@@ -168,6 +168,20 @@ test('cli - bounded caches on drafters or a self-draft level keep the greedy tex
   t.regex((await fails(['generate', '--mode', 'ar', '--kv-placement', 'drafters', '--kv-policy', 'window', '--kv-budget', '32', '--prompt', 'x'])).stderr, /needs neural drafters/);
 });
 
+test('cli - bench self-draft runs every method on long documents, token-identical to ar, and reports the self-draft level\'s passes', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-self-draft-'));
+  const { stdout } = await cascade('bench', 'self-draft', '--docs', '1', '--context', '96', '--max-tokens', '6', '--budget', '48', '--repeats', '1', '--schedule', 'fixed', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'self-draft.json'), 'utf8'));
+  const rows = record.rows as { method: string; identical: boolean; selfDraftPasses: number; decodeTokensPerSecond: number; firstTokenSeconds: number }[];
+  t.is(rows.length, 5);
+  t.true(rows.every((r) => r.identical), 'every method gives the greedy text of ar');
+  t.true(rows.filter((r) => r.method.startsWith('self-draft')).every((r) => r.selfDraftPasses > 0), 'with fixed K the self-draft level drafts');
+  t.true(rows.filter((r) => !r.method.startsWith('self-draft')).every((r) => r.selfDraftPasses === 0));
+  t.true(rows.every((r) => r.decodeTokensPerSecond > 0 && r.firstTokenSeconds > 0));
+  t.regex(stdout, /decode tok\/s/);
+  t.regex((await fails(['bench', 'self-draft', '--schedule', 'sometimes'])).stderr, /--schedule must be auto or fixed/);
+});
+
 test('cli - bench kv compares bounded caches with full attention on long documents and writes JSON, markdown and a plot', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'cascade-kv-'));
   const { stdout } = await cascade('bench', 'kv', '--context', '96', '--continuation', '4', '--docs', '1', '--fractions', '0.25,0.5', '--out', out);

@@ -52,6 +52,8 @@ export async function benchSelfDraft(o: SelfDraftBenchOptions): Promise<void> {
     const decode: Record<string, number[]> = {};
     const ttft: Record<string, number[]> = {};
     const mal: Record<string, number[]> = {};
+    /** Forward passes the self-draft level made per request: the adaptive schedule may leave it out. */
+    const selfPasses: Record<string, number[]> = {};
     const outputs: Record<string, string[]> = {};
     // Untimed warm-up: the runtime's first long passes (allocation, kernel choice) are not any method's cost.
     await generateCascade(target, { drafters: [], kMatrix: [], lenience: 1 }, { promptIds: docs[0]!, maxTokens: 4, sampling: GREEDY, seed: 0 });
@@ -64,6 +66,7 @@ export async function benchSelfDraft(o: SelfDraftBenchOptions): Promise<void> {
           // Decode rate: tokens after the first over the time after it (prefill of every level excluded).
           (decode[name] ??= []).push((r.tokenIds.length - 1) / (r.stats.seconds - r.stats.firstTokenSeconds));
           (ttft[name] ??= []).push(r.stats.firstTokenSeconds);
+          (selfPasses[name] ??= []).push(Object.entries(r.stats.models).find(([level]) => level.startsWith(`${target.spec.name}@`))?.[1].forwardPasses ?? 0);
           (mal[name] ??= []).push(r.stats.meanAcceptanceLength);
           (outputs[name] ??= [])[i] = r.tokenIds.join(',');
         }
@@ -80,15 +83,16 @@ export async function benchSelfDraft(o: SelfDraftBenchOptions): Promise<void> {
       tokensPerSecond: median(rates[name]!),
       vsAr: median(rates[name]!) / ar,
       meanAcceptanceLength: median(mal[name]!),
+      selfDraftPasses: selfPasses[name]!.reduce((a, b) => a + b, 0) / selfPasses[name]!.length,
       identical: outputs[name]!.every((t, i) => t === outputs['ar']![i]),
     }));
     const table = formatTable(
-      ['method', 'first token s', 'decode tok/s', 'x ar', 'end-to-end tok/s', 'x ar', 'mean acceptance length', 'greedy = ar'],
-      rows.map((r) => [r.method, r.firstTokenSeconds, r.decodeTokensPerSecond, r.decodeVsAr, r.tokensPerSecond, r.vsAr, r.meanAcceptanceLength, r.identical ? 'yes' : 'NO']),
+      ['method', 'first token s', 'decode tok/s', 'x ar', 'end-to-end tok/s', 'x ar', 'mean acceptance length', 'self-draft passes', 'greedy = ar'],
+      rows.map((r) => [r.method, r.firstTokenSeconds, r.decodeTokensPerSecond, r.decodeVsAr, r.tokensPerSecond, r.vsAr, r.meanAcceptanceLength, r.selfDraftPasses, r.identical ? 'yes' : 'NO']),
     );
     const what =
       `${docs.length} held-out long documents cut to ${o.context} tokens, ${o.maxTokens} greedy tokens each, K ${o.schedule === 'auto' ? 'chosen by the adaptive schedule' : 'fixed (defaultKMatrix)'}, ` +
-      `median over documents × ${o.repeats} repeats; decode = tokens after the first over the time after it (every level's prefill excluded), end-to-end = all tokens over the whole request`;
+      `median over documents × ${o.repeats} repeats; decode = tokens after the first over the time after it (every level's prefill excluded), end-to-end = all tokens over the whole request; self-draft passes = the self-draft level's forward passes per request (mean)`;
     writeJson(o.out, 'self-draft', { what, budget: o.budget, schedule: o.schedule, rows });
     writeFileSync(join(o.out, 'self-draft.md'), `# ADORE placement (c): self-draft on long contexts\n\n${what}.\n\n\`\`\`\n${table}\n\`\`\`\n`);
     process.stdout.write(`${what}\n\n${table}\n\nwrote ${join(o.out, 'self-draft.json')} and self-draft.md\n`);
