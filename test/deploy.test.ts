@@ -151,6 +151,8 @@ test('deploy - each role is its own Deployment, secured, probed, scraped and bud
   const l2 = byName.get('rel-cascade-draft-l2')!.containers[0];
   t.is(l2.resources.limits['nvidia.com/gpu'], 1);
   t.true(l2.args.includes('--kv-policy') && l2.args.includes('adore') && l2.args.includes('--redis'), 'ADORE drafters spill released KV to Valkey');
+  t.is(l2.args[l2.args.indexOf('--kv-release-batch') + 1], '16', 'the example releases 16 tokens at once');
+  t.false(l2.args.includes('--kv-prefill-chunk'), 'an unset prefill chunk is left to the actor');
   const l1 = byName.get('rel-cascade-draft-l1')!;
   t.is(l1.containers[0].resources.limits['nvidia.com/gpu'], undefined, 'a CPU drafter asks for no GPU');
   t.deepEqual(l1.nodeSelector, { 'node-pool': 'cpu' });

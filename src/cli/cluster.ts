@@ -81,6 +81,8 @@ interface ActorFlags {
   kvSinks: number;
   kvRecent: number;
   kvRebuild?: number;
+  kvReleaseBatch?: number;
+  kvPrefillChunk?: number;
   healthPort?: number;
   maxBatch: number;
   batchWindowMs: number;
@@ -253,6 +255,8 @@ export function registerCluster(program: Command): void {
     .option('--kv-sinks <n>', 'first tokens never released', parseNumber('--kv-sinks', { min: 0, integer: true }), 0)
     .option('--kv-recent <n>', 'newest tokens never released', parseNumber('--kv-recent', { min: 0, integer: true }), 0)
     .option('--kv-rebuild <r>', 'released tokens brought back per step (adore; default 2)', parseNumber('--kv-rebuild', { min: 0, integer: true }))
+    .option('--kv-release-batch <s>', 'tokens released at once when a cache is full (default 1; larger compacts the cache once per s steps)', parseNumber('--kv-release-batch', { min: 1, integer: true }))
+    .option('--kv-prefill-chunk <n>', 'prompt tokens per pass under a bounded cache (default: half of budget - sinks - recent)', parseNumber('--kv-prefill-chunk', { min: 1, integer: true }))
     .option('--instance <id>', 'this instance\'s id (letters, digits, - and _); random by default')
     .option('--idle-ms <ms>', 'free a session untouched this long', parseNumber('--idle-ms', { min: 100, integer: true }), 60_000)
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
@@ -264,7 +268,7 @@ export function registerCluster(program: Command): void {
       if (kind !== 'draft' && kind !== 'verify') throw new InvalidArgumentError(`actor kind must be draft or verify, got "${kind}"`);
       if (!(KV_POLICIES as readonly string[]).includes(o.kvPolicy)) throw new InvalidArgumentError(`--kv-policy must be one of ${KV_POLICIES.join(', ')}, got "${o.kvPolicy}"`);
       if (o.kvPolicy !== 'full' && o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget`);
-      const kv = o.kvPolicy === 'full' ? undefined : { policy: o.kvPolicy as KvPolicyName, budget: o.kvBudget!, sinks: o.kvSinks, recent: o.kvRecent, rebuild: o.kvRebuild };
+      const kv = o.kvPolicy === 'full' ? undefined : { policy: o.kvPolicy as KvPolicyName, budget: o.kvBudget!, sinks: o.kvSinks, recent: o.kvRecent, rebuild: o.kvRebuild, releaseBatch: o.kvReleaseBatch, prefillChunk: o.kvPrefillChunk };
       await runUntilSignalled(() => startActorRole({ kind, ...o, nats: natsUrl(o.nats), redis: o.redis?.map((u) => withEnvCredentials(u, 'REDIS')), kv, healthPort: healthPort(o.healthPort), batching: { maxBatch: o.maxBatch, windowMs: o.batchWindowMs } }));
     });
 

@@ -33,7 +33,7 @@ export interface ActorRoleOptions {
   readonly threads?: number;
   readonly executionProviders?: readonly string[];
   /** A bounded KV cache for every session (draft actors only: on the target it would be lossy). */
-  readonly kv?: { readonly policy: KvPolicyName; readonly budget: number; readonly sinks: number; readonly recent: number; readonly rebuild?: number };
+  readonly kv?: { readonly policy: KvPolicyName; readonly budget: number; readonly sinks: number; readonly recent: number; readonly rebuild?: number; readonly releaseBatch?: number; readonly prefillChunk?: number };
   /** Redis URLs for released KV (with a bounded cache that rebuilds); in memory without. */
   readonly redis?: readonly string[];
   /** Serve /live, /health and /metrics on this port (Kubernetes probes, Prometheus). */
@@ -72,6 +72,8 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
       budget: { budget: o.kv.budget, sinks: o.kv.sinks, recent: o.kv.recent, rebuild },
       controller: o.kv.policy === 'adore' ? loadController(family) : undefined,
       store: shards ? new RedisKvStore(shards) : undefined,
+      releaseBatch: o.kv.releaseBatch,
+      prefillChunk: o.kv.prefillChunk,
     };
     checkKvPolicy(kv);
     checkBudget(kv.budget);
