@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
+import { generateCascade, levelName, type DrafterSpec } from '../engine/cascade.ts';
 import { defaultKMatrix } from '../engine/presets.ts';
 import { GREEDY } from '../kernels/sampling.ts';
 import { loadBigram, loadController, loadFamily } from '../models/family.ts';
@@ -41,6 +41,7 @@ export async function benchSelfDraft(o: SelfDraftBenchOptions): Promise<void> {
     const mag: DrafterSpec = { kind: 'mag', bigram: loadBigram(family) };
     const neural: DrafterSpec[] = await Promise.all(family.drafters.map(async (d) => ({ kind: 'model' as const, session: await sessions.get(d) })));
     const self: DrafterSpec = { kind: 'model', session: target, kv: { policy: 'adore', budget: { budget: o.budget, sinks: 4, recent: 16, rebuild: 2 }, controller } };
+    const selfName = levelName(self, target);
     const methods: [string, DrafterSpec[]][] = [
       ['ar', []],
       ['mag', [mag]],
@@ -66,7 +67,7 @@ export async function benchSelfDraft(o: SelfDraftBenchOptions): Promise<void> {
           // Decode rate: tokens after the first over the time after it (prefill of every level excluded).
           (decode[name] ??= []).push((r.tokenIds.length - 1) / (r.stats.seconds - r.stats.firstTokenSeconds));
           (ttft[name] ??= []).push(r.stats.firstTokenSeconds);
-          (selfPasses[name] ??= []).push(Object.entries(r.stats.models).find(([level]) => level.startsWith(`${target.spec.name}@`))?.[1].forwardPasses ?? 0);
+          (selfPasses[name] ??= []).push(r.stats.models[selfName]?.forwardPasses ?? 0);
           (mal[name] ??= []).push(r.stats.meanAcceptanceLength);
           (outputs[name] ??= [])[i] = r.tokenIds.join(',');
         }

@@ -49,14 +49,13 @@ export function checkKvPolicy(cfg: KvPolicyConfig, scorer?: KvScorer): void {
   if (!RUNNABLE_KV_POLICIES.includes(cfg.policy)) {
     throw new InvalidArgumentError(`KV policy "${cfg.policy}" is not available yet: use one of ${RUNNABLE_KV_POLICIES.join(', ')}`);
   }
-  const chunk = cfg.prefillChunk;
+  if (cfg.policy === 'full') return;
+  // Both count tokens that must fit beside the protected ones.
   const free = cfg.budget.budget - cfg.budget.sinks - cfg.budget.recent;
-  if (chunk !== undefined && cfg.policy !== 'full' && (!Number.isInteger(chunk) || chunk < 1 || chunk > free)) {
-    throw new InvalidArgumentError(`prefill chunk must be an integer from 1 to the free budget (${free} = budget - sinks - recent), got ${chunk}`);
-  }
-  const batch = cfg.releaseBatch;
-  if (batch !== undefined && cfg.policy !== 'full' && (!Number.isInteger(batch) || batch < 1 || batch > free)) {
-    throw new InvalidArgumentError(`release batch must be an integer from 1 to the free budget (${free} = budget - sinks - recent), got ${batch}`);
+  for (const [what, n] of [['prefill chunk', cfg.prefillChunk], ['release batch', cfg.releaseBatch]] as const) {
+    if (n !== undefined && (!Number.isInteger(n) || n < 1 || n > free)) {
+      throw new InvalidArgumentError(`${what} must be an integer from 1 to the free budget (${free} = budget - sinks - recent), got ${n}`);
+    }
   }
 }
 
@@ -147,7 +146,7 @@ export class BoundedSequence {
       let r: StepResult;
       try {
         if (this.scorer) {
-          // positions() once the new tokens are appended: resident, the new ones, then released.
+          // The order rescore() takes once the new tokens are appended: resident, the new ones, then released.
           const all = [...this.ledger.order, ...positions, ...this.ledger.released.keys()];
           scores = await this.scorer.score(all, this.tokens, positions.at(-1)!);
         }

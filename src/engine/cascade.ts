@@ -56,7 +56,7 @@ export interface CascadeStats extends GenerateStats {
 }
 
 /** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */
-function levelName(d: { session: ModelSession; kv?: KvPolicyConfig }, target: ModelSession): string {
+export function levelName(d: { session: ModelSession; kv?: KvPolicyConfig }, target: ModelSession): string {
   const bounded = d.kv && d.kv.policy !== 'full' ? `${d.kv.policy}-${d.kv.budget.budget}` : undefined;
   if (d.session === target || d.session.spec.name === target.spec.name) return `${d.session.spec.name}@${bounded ?? 'self'}`;
   return bounded ? `${d.session.spec.name}@${bounded}` : d.session.spec.name;

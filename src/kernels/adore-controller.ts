@@ -91,24 +91,18 @@ export class AdoreController {
     return this.affine(this.w.b_w, state, undefined);
   }
 
-  /** The score of a token with cached key `k` at distance `d` >= 0 from a step with query `q`. */
-  score(k: Float32Array, q: Float32Array, d: number): number {
-    const { w, hidden: H } = this;
-    const ld = Math.log1p(Math.max(0, d));
-    let s = w.v_b[0]!;
-    for (let j = 0; j < H; j++) s += w.v_w[j]! * tanh(k[j]! + q[j]! + w.u[j]! * ld);
-    return s;
-  }
-
   /**
-   * `score` for many tokens at once: row p of `keys` (width H) is token p's cached key, at distance
-   * newest - p from the step; `logDistance[d]` = log(1 + d). One loop, no allocation per token.
+   * The scores s_{t,i} of `positions` at step t = `newest` with query `q` (B z_t): row p of `keys`
+   * (width H) is token p's cached key A z_p + a, at distance newest - p. One loop, no allocation
+   * per token.
    */
-  scoreRows(keys: Float32Array, positions: readonly number[], q: Float32Array, newest: number, logDistance: Float64Array): Float64Array {
+  scoreRows(keys: Float32Array, positions: readonly number[], q: Float32Array, newest: number): Float64Array {
     const { w, hidden: H } = this;
     const v = w.v_w;
     const u = w.u;
     const bias = w.v_b[0]!;
+    if (this.logDistance.length <= newest) this.logDistance = Float64Array.from({ length: 2 * (newest + 1) }, (_, d) => Math.log1p(d));
+    const logDistance = this.logDistance;
     const out = new Float64Array(positions.length);
     for (let n = 0; n < positions.length; n++) {
       const p = positions[n]!;
@@ -120,6 +114,9 @@ export class AdoreController {
     }
     return out;
   }
+
+  /** log(1 + d) by distance d, grown as sequences get longer (shared by every sequence). */
+  private logDistance = new Float64Array(0);
 
   private affine(m: Float32Array, x: Float32Array, bias: Float32Array | undefined): Float32Array {
     const H = this.hidden;
@@ -157,8 +154,6 @@ export function tanh(x: number): number {
 export class ControllerTrack {
   private readonly states: Float32Array[] = [];
   private keys = new Float32Array(0);
-  /** log(1 + d) by distance d, grown as sequences get longer. */
-  private logDistance = new Float64Array(0);
 
   constructor(private readonly controller: AdoreController) {}
 
@@ -180,7 +175,6 @@ export class ControllerTrack {
       this.states.push(h);
       this.keys.set(c.key(h), i * H);
     }
-    if (this.logDistance.length <= newest) this.logDistance = Float64Array.from({ length: 2 * (newest + 1) }, (_, d) => Math.log1p(d));
-    return c.scoreRows(this.keys, positions, c.query(this.states[newest]!), newest, this.logDistance);
+    return c.scoreRows(this.keys, positions, c.query(this.states[newest]!), newest);
   }
 }

@@ -123,12 +123,7 @@ export class KvLedger {
     }
   }
 
-  /** Every position the ledger scores: resident in cache order, then released (the order `rescore` takes). */
-  positions(): number[] {
-    return [...this.order, ...this.released.keys()];
-  }
-
-  /** Replaces every score at once, `values` in the order of `positions()` (ADORE rescores all each step). */
+  /** Replaces every score at once, `values` for resident positions in cache order, then released ones in the map's order (ADORE rescores all each step). */
   rescore(values: ArrayLike<number>): void {
     if (values.length !== this.order.length + this.released.size) throw new InvalidArgumentError(`rescore needs ${this.order.length + this.released.size} scores, got ${values.length}`);
     let i = 0;
