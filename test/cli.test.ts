@@ -1,4 +1,5 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -47,6 +48,16 @@ test('cli - generate streams the same text to stdout, stats to stderr', async (t
   const { stdout, stderr } = await cascade('generate', '--max-tokens', '12', 'The', 'function');
   t.is(stdout, JSON.parse(json).text + '\n');
   t.regex(stderr, /tokens\/s/);
+});
+
+test('cli - generate stops quietly when its reader closes the pipe early', async (t) => {
+  const child = spawn(process.execPath, [...CLI, 'generate', '--max-tokens', '64', 'def', 'main():'], { cwd: new URL('..', import.meta.url).pathname });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  child.stdout.once('data', () => child.stdout.destroy()); // as `| head -c 1` does
+  const [code] = (await once(child, 'exit')) as [number | null];
+  t.is(code, 0, stderr);
+  t.notRegex(stderr, /EPIPE|Error/);
 });
 
 test('cli - a prompt file works; bad flags and missing models exit with a clear error', async (t) => {

@@ -12,6 +12,12 @@ registerGenerate(program);
 registerBench(program);
 registerCluster(program);
 
+// A reader that stops early (`cascade generate … | head`) ends the output, not with a stack trace.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
+
 try {
   await program.parseAsync(process.argv);
 } catch (err) {
