@@ -1,6 +1,6 @@
 import { connect, headers as natsHeaders, RequestError, TimeoutError, type NatsConnection, type MsgHdrs } from '@nats-io/transport-node';
 import { CascadeError } from '../errors.ts';
-import { TransportError, type Handler, type Headers, type Subscription, type Transport } from './transport.ts';
+import { answer, TransportError, type Handler, type Headers, type Subscription, type Transport } from './transport.ts';
 
 /** Connection settings: server URLs and optional credentials (SPEC §6: cluster mode requires them). */
 export interface NatsOptions {
@@ -32,6 +32,8 @@ function fromHeaders(h: Headers | undefined): MsgHdrs | undefined {
  * with a retryable TransportError.
  */
 export class NatsTransport implements Transport {
+  unanswered = 0;
+
   private constructor(private readonly nc: NatsConnection) {}
 
   static async connect(options: NatsOptions): Promise<NatsTransport> {
@@ -88,13 +90,14 @@ export class NatsTransport implements Transport {
       queue: options.queue,
       callback: (err, msg) => {
         if (err) return;
-        void handler(msg.data, toHeaders(msg.headers)).then(
-          (reply) => {
-            if (!msg.respond(reply)) process.stderr.write(`cannot answer a request on ${subject}: it came without a reply subject\n`);
-          },
-          // handlers answer errors as frames: a throw here is a bug, and the caller would only see a timeout
-          (err: Error) => process.stderr.write(`request on ${subject} failed without an answer: ${err.stack ?? String(err)}\n`),
-        );
+        const respond = (reply: Uint8Array) => {
+          if (!msg.respond(reply)) throw new Error('the request came without a reply subject');
+        };
+        void answer(handler, msg.data, toHeaders(msg.headers), this.maxPayload, respond).then((why) => {
+          if (why === undefined) return;
+          this.unanswered++;
+          process.stderr.write(`a request on ${subject} got no answer: ${why}\n`);
+        });
       },
     });
     return { close: async () => sub.unsubscribe() };

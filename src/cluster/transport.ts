@@ -34,9 +34,35 @@ export interface Transport {
   serve(subject: string, handler: Handler, options?: { queue?: string }): Subscription;
   publish(subject: string, data: Uint8Array, headers?: Headers): void;
   subscribe(subject: string, onMessage: (data: Uint8Array, headers: Headers) => void): Subscription;
-  /** Largest frame the transport carries. */
+  /** Largest frame the transport carries, in bytes; a larger request is refused, a larger reply is never delivered. */
   readonly maxPayload: number;
+  /**
+   * Requests served here that got no answer: the handler threw (a bug), its reply was over
+   * `maxPayload`, or the reply could not be sent. Each is logged; the requester sees a timeout.
+   */
+  readonly unanswered: number;
   close(): Promise<void>;
+}
+
+/**
+ * Serves one request: runs `handler` and passes its reply to `respond`. Resolves with why no answer
+ * went out, or undefined when one did; it never rejects, so a failure here cannot become an
+ * unhandled rejection (which ends a Node 20 process).
+ */
+export async function answer(handler: Handler, data: Uint8Array, headers: Headers, maxPayload: number, respond: (reply: Uint8Array) => void): Promise<string | undefined> {
+  let reply: Uint8Array;
+  try {
+    reply = await handler(data, headers);
+  } catch (err) {
+    return `the handler failed without an answer: ${(err as Error)?.stack ?? String(err)}`;
+  }
+  if (reply.length > maxPayload) return `its reply of ${reply.length} bytes is over the transport's ${maxPayload}-byte payload limit`;
+  try {
+    respond(reply);
+    return undefined;
+  } catch (err) {
+    return `its reply could not be sent: ${(err as Error)?.message ?? String(err)}`;
+  }
 }
 
 /**
@@ -56,14 +82,23 @@ export function subjectToken(s: string, what: string): string {
   return s;
 }
 
-/** The embedded transport: subjects map to handlers in this process; frames are still encoded. */
+/**
+ * The embedded transport: subjects map to handlers in this process; frames are still encoded, and
+ * held to `maxPayload` as NATS holds them (1 MiB, NATS's default, unless given).
+ */
 export class InProcessTransport implements Transport {
-  readonly maxPayload = 1024 * 1024;
+  readonly maxPayload: number;
+  unanswered = 0;
   private readonly handlers = new Map<string, Handler[]>();
   private readonly listeners = new Map<string, Set<(data: Uint8Array, headers: Headers) => void>>();
   private turn = 0;
 
+  constructor(options: { maxPayload?: number } = {}) {
+    this.maxPayload = options.maxPayload ?? 1024 * 1024;
+  }
+
   async request(subject: string, data: Uint8Array, options: { timeoutMs: number; headers?: Headers }): Promise<Uint8Array> {
+    if (data.length > this.maxPayload) throw new TransportError(`request on ${subject} of ${data.length} bytes is over the ${this.maxPayload}-byte payload limit`, 'closed');
     const list = this.handlers.get(subject);
     if (!list?.length) throw new TransportError(`no responders on ${subject}`, 'no-responders');
     const handler = list[this.turn++ % list.length]!;
@@ -71,11 +106,20 @@ export class InProcessTransport implements Transport {
     const timeout = new Promise<never>((_, reject) => {
       timer = setTimeout(() => reject(new TransportError(`request on ${subject} timed out after ${options.timeoutMs} ms`, 'timeout')), options.timeoutMs);
     });
+    // as over NATS, a request that gets no answer (logged and counted) times out
+    const replied = new Promise<Uint8Array>((resolve) => {
+      void answer(handler, data.slice(), { ...options.headers }, this.maxPayload, resolve).then((why) => why && this.unanswerable(subject, why));
+    });
     try {
-      return await Promise.race([handler(data.slice(), { ...options.headers }), timeout]);
+      return await Promise.race([replied, timeout]);
     } finally {
       clearTimeout(timer);
     }
+  }
+
+  private unanswerable(subject: string, why: string): void {
+    this.unanswered++;
+    process.stderr.write(`a request on ${subject} got no answer: ${why}\n`);
   }
 
   serve(subject: string, handler: Handler): Subscription {
