@@ -9,7 +9,10 @@ import { decode, encode, FrameError, withLoad, type ActorReply, type ActorReques
 import { extractContext, inSpan } from '../cluster/tracing.ts';
 import { subjects, subjectToken, type Headers, type Subscription, type Transport } from '../cluster/transport.ts';
 
-/** Most tokens one propose may ask for. */
+/**
+ * Most tokens one propose may ask for. A cascade asks a drafter for at most the largest entry of
+ * its K matrix, so the gateway refuses K entries above it.
+ */
 export const MAX_WANT = 64;
 
 interface ActorSession {
@@ -37,6 +40,11 @@ export interface ActorOptions {
    * released KV spills to `kv.store` (Redis in the cluster) for rebuilds.
    */
   readonly kv?: KvPolicyConfig;
+  /**
+   * The model is the family's target (a verify actor): its reviews are the cascade's last word and
+   * must be exact, so a review with lenience other than 1 is refused, whatever the coordinator asks.
+   */
+  readonly target?: boolean;
 }
 
 class BadRequest extends CascadeError {
@@ -63,8 +71,9 @@ export class ModelActor {
   private readonly idleMs: number;
   private readonly maxSessions: number;
   private readonly kv: KvPolicyConfig;
-  /** Counters for logs and tests. */
-  readonly counters = { opened: 0, closed: 0, expired: 0, errors: 0, calls: 0 };
+  private readonly target: boolean;
+  /** Counters for logs and tests; `oneHot`: replies whose last distributions went one-hot to fit the payload limit. */
+  readonly counters = { opened: 0, closed: 0, expired: 0, errors: 0, calls: 0, oneHot: 0 };
 
   constructor(
     private readonly transport: Transport,
@@ -76,6 +85,7 @@ export class ModelActor {
     this.idleMs = options.idleMs ?? 60_000;
     this.maxSessions = options.maxSessions ?? 256;
     this.kv = options.kv ?? FULL_CACHE;
+    this.target = options.target ?? false;
   }
 
   start(): this {
@@ -134,12 +144,37 @@ export class ModelActor {
     const parent = extractContext(headers);
     try {
       const reply = await inSpan(`actor.${req.type}`, parent, { 'cascade.model': this.model, 'cascade.instance': this.instance, 'cascade.session': req.session }, () => this.serve(req));
-      return encode(reply);
+      return this.frame(reply);
     } catch (err) {
       this.counters.errors++;
       const code: ErrorCode = err instanceof BadRequest ? err.code : 'internal';
       return encode({ type: 'error', code, message: (err as Error).message });
     }
+  }
+
+  /**
+   * The reply as a frame within the transport's payload limit. When its distributions (float32 rows,
+   * one per token) would not fit, the last ones travel one-hot: a one-hot draft is exact whatever
+   * drew it (SPEC §4.3; the reviewer only accepts it less often), so every token stays and the
+   * output stays exact. A reply that still does not fit is an error reply.
+   */
+  private frame(reply: ActorReply): Uint8Array {
+    const max = this.transport.maxPayload;
+    let frame = encode(reply);
+    if (frame.length > max && (reply.type === 'proposed' || reply.type === 'reviewed')) {
+      const rows = reply.type === 'proposed' ? reply.q : reply.p;
+      let keep = rows.length;
+      for (let size = frame.length; keep > 0 && size > max; ) {
+        const row = rows[--keep];
+        if (row) size -= 4 + 4 * row.length; // its length and floats go; its presence byte stays
+      }
+      const kept = rows.map((r, i) => (i < keep ? r : undefined));
+      frame = encode(reply.type === 'proposed' ? { ...reply, q: kept } : { ...reply, p: kept });
+      this.counters.oneHot++;
+    }
+    if (frame.length <= max) return frame;
+    this.counters.errors++;
+    return encode({ type: 'error', code: 'internal', message: `${this.model}/${this.instance}: the ${reply.type} reply of ${frame.length} bytes is over the transport's ${max}-byte payload limit` });
   }
 
   private async serve(req: Exclude<ActorRequest, { type: 'stats' }>): Promise<ActorReply> {
@@ -203,6 +238,7 @@ export class ModelActor {
 
   private async review(s: ActorSession, req: Extract<ActorRequest, { type: 'review' }>): Promise<ActorReply> {
     if (!(req.lenience >= 1)) throw new BadRequest('invalid', `lenience must be >= 1, got ${req.lenience}`);
+    if (this.target && req.lenience !== 1) throw new BadRequest('invalid', `${this.model} is the target: its review is exact (lenience 1), got lenience ${req.lenience}`);
     const tokens = this.context(s, req.base, req.suffix, 1);
     if (req.start < 1 || req.start > tokens.length) throw new BadRequest('invalid', `start ${req.start} must lie in 1..${tokens.length}`);
     const drafts = tokens.length - req.start;

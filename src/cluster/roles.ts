@@ -88,7 +88,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     await session.close();
     throw err;
   }
-  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv }).start();
+  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget }).start();
   await (transport as NatsTransport).flush();
   const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
     await within(1500, 'NATS', (transport as NatsTransport).flush());

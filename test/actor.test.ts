@@ -1,0 +1,105 @@
+import test from 'ava';
+import { MAX_WANT, ModelActor } from '../src/actors/model-actor.ts';
+import { startNats, type LocalServer } from '../src/cluster/local-servers.ts';
+import { decode, encode, type ActorReply, type ActorRequest } from '../src/cluster/messages.ts';
+import { NatsTransport } from '../src/cluster/nats-transport.ts';
+import { InProcessTransport, subjects, TransportError, type Transport } from '../src/cluster/transport.ts';
+import { MemoryModelSession } from '../src/models/memory-session.ts';
+
+/**
+ * Actors and transports at their limits, on both transports (the in-process one and NATS with a
+ * real nats-server): a reply that cannot go out is never a crash, and the target's review is exact
+ * whatever a coordinator asks.
+ */
+let nats: LocalServer;
+
+test.before(async () => {
+  nats = await startNats();
+});
+
+test.after.always(async () => {
+  await nats?.stop();
+});
+
+const transports: [string, () => Promise<Transport>][] = [
+  ['in-process', async () => new InProcessTransport()],
+  ['NATS', () => NatsTransport.connect({ servers: nats.url })],
+];
+
+/** Waits until the server has seen the subscriptions made so far (NATS only). */
+const flushed = async (t: Transport) => (t instanceof NatsTransport ? t.flush() : undefined);
+
+const call = async (t: Transport, subject: string, m: ActorRequest): Promise<ActorReply> => decode(await t.request(subject, encode(m), { timeoutMs: 10_000 })) as ActorReply;
+
+const SAMPLED = { temperature: 1, topK: 0, topP: 1 };
+
+for (const [name, connect] of transports) {
+  test(`actor - a sampled proposal too large for one frame is answered with every token, its last q rows one-hot (${name})`, async (t) => {
+    const transport = await connect();
+    // 8192 float32 entries per q row: 32 KiB a row, so MAX_WANT rows are twice NATS's 1 MiB default
+    const model = new MemoryModelSession({ name: 'wide', vocabSize: 8192, order: 2, seed: 5 });
+    const actor = new ModelActor(transport, model, { instance: 'a0' }).start();
+    try {
+      await flushed(transport);
+      t.is((await call(transport, subjects.open('wide'), { type: 'open', session: 's1', sampling: SAMPLED, seed: 1n })).type, 'opened');
+      const reply = await call(transport, subjects.instance('wide', 'a0'), { type: 'propose', session: 's1', base: 0, suffix: [1, 2, 3], want: MAX_WANT });
+      if (reply.type !== 'proposed') return t.fail(`answered ${JSON.stringify(reply)}`);
+      t.is(reply.tokens.length, MAX_WANT, 'every drafted token is proposed');
+      const kept = reply.q.findIndex((r) => r === undefined);
+      t.true(kept > 0, `the first ${kept} q rows travel`);
+      t.true(reply.q.slice(kept).every((r) => r === undefined), 'the rows that did not fit are one-hot, from the first that did not on');
+      t.true(encode(reply).length <= transport.maxPayload);
+      t.is(actor.counters.oneHot, 1);
+      t.is(transport.unanswered, 0);
+      const next = await call(transport, subjects.instance('wide', 'a0'), { type: 'propose', session: 's1', base: 3 + MAX_WANT, suffix: [], want: 2 });
+      t.is(next.type, 'proposed', 'the actor keeps serving the session');
+    } finally {
+      await actor.stop();
+      await transport.close();
+    }
+  });
+
+  test(`transport - a request that gets no answer (handler threw, reply over the payload limit) is logged and counted; the caller times out (${name})`, async (t) => {
+    const transport = await connect();
+    const subs = [
+      transport.serve('t.throws', async () => {
+        throw new Error('a handler bug');
+      }),
+      transport.serve('t.big', async () => new Uint8Array(transport.maxPayload + 1)),
+      transport.serve('t.echo', async (data) => data),
+    ];
+    try {
+      await flushed(transport);
+      for (const subject of ['t.throws', 't.big']) {
+        const err = await t.throwsAsync(transport.request(subject, new Uint8Array([1]), { timeoutMs: 300 }), { instanceOf: TransportError });
+        t.is((err as TransportError).reason, 'timeout', subject);
+      }
+      t.is(transport.unanswered, 2);
+      await t.throwsAsync(transport.request('t.echo', new Uint8Array(transport.maxPayload + 1), { timeoutMs: 1000 }), { instanceOf: TransportError }, 'an oversized request is refused');
+      t.deepEqual([...(await transport.request('t.echo', new Uint8Array([7]), { timeoutMs: 1000 }))], [7], 'the transport keeps serving');
+    } finally {
+      await Promise.all(subs.map((s) => s.close()));
+      await transport.close();
+    }
+  });
+}
+
+test('actor - the target\'s actor refuses a review with lenience other than 1; a drafter\'s actor takes it', async (t) => {
+  const transport = new InProcessTransport();
+  const target = new ModelActor(transport, new MemoryModelSession({ name: 'tgt', vocabSize: 16, order: 2, seed: 1 }), { instance: 'v0', target: true }).start();
+  const drafter = new ModelActor(transport, new MemoryModelSession({ name: 'drf', vocabSize: 16, order: 2, seed: 2 }), { instance: 'd0' }).start();
+  const review = (model: string, instance: string, lenience: number) =>
+    call(transport, subjects.instance(model, instance), { type: 'review', session: 's', base: 0, suffix: [1, 2, 3, 4], start: 2, lenience, passUp: false, q: [] });
+  try {
+    for (const model of ['tgt', 'drf']) t.is((await call(transport, subjects.open(model), { type: 'open', session: 's', sampling: SAMPLED, seed: 3n })).type, 'opened');
+    for (const lenience of [2, 1.5, 1e9]) {
+      const refused = await review('tgt', 'v0', lenience);
+      t.is(refused.type === 'error' ? refused.code : refused.type, 'invalid', `lenience ${lenience} at the target`);
+      t.regex(refused.type === 'error' ? refused.message : '', /target.*lenience 1/);
+    }
+    t.is((await review('tgt', 'v0', 1)).type, 'reviewed', 'an exact review is served');
+    t.is((await review('drf', 'd0', 2)).type, 'reviewed', 'between drafters lenience is allowed');
+  } finally {
+    await Promise.all([target.stop(), drafter.stop()]);
+  }
+});
