@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { decode, encode, FrameError, FRAME_MAGIC, FRAME_VERSION, type Message } from '../src/cluster/messages.ts';
 
 const messages: Message[] = [
-  { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: -7 },
+  { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: 0xfffffffffffffff9n },
   { type: 'propose', session: 's', base: 12, suffix: [1, 2, 4294967295], want: 4 },
   { type: 'review', session: 's', base: 0, suffix: [5, 6, 7], start: 1, lenience: 1, passUp: true, q: [undefined, new Float32Array([0.25, 0.75])] },
   { type: 'close', session: 's' },

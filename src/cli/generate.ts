@@ -56,7 +56,7 @@ const ConfigFile = z.strictObject({
   temperature: z.number().nonnegative().optional(),
   topP: z.number().gt(0).lte(1).optional(),
   topK: z.number().int().nonnegative().optional(),
-  seed: z.number().int().optional(),
+  seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
   models: z.string().optional(),
   threads: z.number().int().positive().optional(),
   kvPolicy: z.enum(RUNNABLE_KV_POLICIES as [KvPolicyName, ...KvPolicyName[]]).optional(),

@@ -4,8 +4,8 @@ import { InvalidArgumentError } from '../errors.ts';
 export const parseNumber = (flag: string, { min, integer = false }: { min?: number; integer?: boolean } = {}) =>
   (raw: string): number => {
     const v = Number(raw);
-    if (raw.trim() === '' || !Number.isFinite(v) || (integer && !Number.isInteger(v)) || (min !== undefined && v < min)) {
-      const kind = integer ? 'an integer' : 'a number';
+    if (raw.trim() === '' || !Number.isFinite(v) || (integer && !Number.isSafeInteger(v)) || (min !== undefined && v < min)) {
+      const kind = integer ? 'an integer (of at most 53 bits)' : 'a number';
       throw new InvalidArgumentError(`${flag} must be ${kind}${min !== undefined ? ` >= ${min}` : ''}, got "${raw}"`);
     }
     return v;

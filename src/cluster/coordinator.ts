@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { runCascade, type CascadeResult } from '../engine/cascade.ts';
 import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
+import { deriveSeed, seed64, type Seed } from '../kernels/rng.ts';
 import { encode } from './messages.ts';
 import type { RequestLog } from './redis-store.ts';
 import { ActorError, RemoteLevel } from './remote-level.ts';
@@ -19,7 +20,7 @@ export const JobData = z.object({
   promptIds: z.array(z.number().int().min(0)).min(1),
   maxTokens: z.number().int().min(1),
   sampling: z.object({ temperature: z.number().min(0), topK: z.number().int().min(0), topP: z.number().gt(0).max(1) }),
-  seed: z.number().int(),
+  seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits'),
   stopAtEos: z.boolean().default(true),
   /** Drafters largest first; 'mag' only last. */
   drafters: z.array(z.string().min(1)),
@@ -107,7 +108,7 @@ export class Coordinator {
     if (remaining > 0) {
       let cancelled = false;
       const cancelSub: Subscription = transport.subscribe(subjects.cancel(job.requestId), () => (cancelled = true));
-      const seed = job.seed + recorded.length;
+      const seed = seed64(job.seed) + BigInt(recorded.length);
       // Every level samples with its own stream: levels sharing one seed would draw correlated
       // numbers (a drafter's sample and the target's acceptance test), and the output would be biased.
       const remote = (name: string, tag: string, stream: number) =>
@@ -166,13 +167,9 @@ export class Coordinator {
   }
 }
 
-/** An independent sampling seed per level (and per placement, see RemoteLevel) from the request's seed. */
-export function levelSeed(seed: number, stream: number): number {
-  let h = Math.imul(seed ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul(stream + 1, 0xc2b2ae35);
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x7feb352d);
-  h ^= h >>> 15;
-  return h | 0;
+/** An independent 64-bit sampling seed per level (and per placement, see RemoteLevel) from the request's seed. */
+export function levelSeed(seed: Seed, stream: number): bigint {
+  return deriveSeed(seed, stream);
 }
 
 /** BullMQ's connection for a Redis URL (BullMQ wants blocking commands never to give up). */

@@ -7,7 +7,7 @@ import type { ServiceLoad } from '../models/session.ts';
  *
  *   magic 0xCA · version · type · fields…
  *
- * with integers little-endian, token ids uint32, strings uint16-length-prefixed UTF-8, and
+ * with integers little-endian, token ids uint32, seeds uint64, strings uint16-length-prefixed UTF-8, and
  * distributions float32 rows. Distributions travel only when sampling (temperature > 0) and only
  * where acceptance needs them (SPEC §4.3): a greedy draft is one-hot and is sent as its token alone.
  * They are float32, not float16, because acceptance compares p(x)/q(x) with the q the token was
@@ -15,15 +15,15 @@ import type { ServiceLoad } from '../models/session.ts';
  * payload limit send drafts one-hot instead (still exact, only less often accepted).
  */
 export const FRAME_MAGIC = 0xca;
-export const FRAME_VERSION = 2;
+export const FRAME_VERSION = 3;
 
 /** One optional distribution per drafted token: undefined = one-hot at the token. */
 export type Rows = (Float32Array | undefined)[];
 
 /** Coordinator → actor. */
 export type ActorRequest =
-  /** Places a session on an actor instance (sent to the model's queue group). */
-  | { readonly type: 'open'; readonly session: string; readonly sampling: SamplingParams; readonly seed: number }
+  /** Places a session on an actor instance (sent to the model's queue group); `seed`: its sampler's 64-bit seed. */
+  | { readonly type: 'open'; readonly session: string; readonly sampling: SamplingParams; readonly seed: bigint }
   /**
    * The session's context is its previous context cut to `base` tokens plus `suffix`; draft `want`
    * tokens after it.
@@ -113,6 +113,13 @@ class Writer {
     return this;
   }
 
+  u64(v: bigint): this {
+    this.room(8);
+    this.view.setBigUint64(this.at, BigInt.asUintN(64, v), true);
+    this.at += 8;
+    return this;
+  }
+
   str(s: string): this {
     const bytes = new TextEncoder().encode(s);
     if (bytes.length > 0xffff) throw new FrameError(`string of ${bytes.length} bytes is too long for a frame`);
@@ -190,6 +197,13 @@ class Reader {
     this.need(4, what);
     const v = this.view.getFloat32(this.at, true);
     this.at += 4;
+    return v;
+  }
+
+  u64(what: string): bigint {
+    this.need(8, what);
+    const v = this.view.getBigUint64(this.at, true);
+    this.at += 8;
     return v;
   }
 
@@ -282,7 +296,7 @@ export function encode(m: Message): Uint8Array {
   const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
   switch (m.type) {
     case 'open':
-      return w.str(m.session).f32(m.sampling.temperature).u32(m.sampling.topK).f32(m.sampling.topP).u32(m.seed >>> 0).done();
+      return w.str(m.session).f32(m.sampling.temperature).u32(m.sampling.topK).f32(m.sampling.topP).u64(m.seed).done();
     case 'propose':
       return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).done();
     case 'review':
@@ -327,7 +341,7 @@ export function decode(frame: Uint8Array): Message {
     case 'open': {
       const session = r.str('session');
       const sampling = { temperature: r.f32('temperature'), topK: r.u32('topK'), topP: r.f32('topP') };
-      m = { type, session, sampling, seed: r.u32('seed') | 0 };
+      m = { type, session, sampling, seed: r.u64('seed') };
       break;
     }
     case 'propose':

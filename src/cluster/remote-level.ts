@@ -3,6 +3,7 @@ import type { Block, CascadeLevel } from '../engine/levels.ts';
 import { commonPrefix, newStats } from '../engine/levels.ts';
 import { CascadeError, LevelUnavailableError } from '../errors.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
+import { deriveSeed, type Seed } from '../kernels/rng.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import type { ServiceLoad } from '../models/session.ts';
 import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Rows } from './messages.ts';
@@ -11,8 +12,8 @@ import { subjects, TransportError, type Transport } from './transport.ts';
 
 export interface RemoteLevelOptions {
   readonly sampling: SamplingParams;
-  /** Seed of the actor's sampler for this session. */
-  readonly seed: number;
+  /** Seed of the actor's sampler for this session (each placement derives its own stream from it). */
+  readonly seed: Seed;
   /** Per-call timeout (a model call on a loaded GPU node, plus the network). */
   readonly timeoutMs?: number;
 }
@@ -62,7 +63,7 @@ export class RemoteLevel implements CascadeLevel {
   private async place(): Promise<string> {
     let reply: ActorReply;
     try {
-      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: (this.options.seed + Math.imul(this.placements, 0x27d4eb2d)) | 0 });
+      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: deriveSeed(this.options.seed, this.placements) });
     } catch (err) {
       if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       throw err;

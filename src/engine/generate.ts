@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.ts';
-import { Rng } from '../kernels/rng.ts';
+import { Rng, type Seed } from '../kernels/rng.ts';
 import { checkSampling, nextToken, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
 import { BoundedSequence, checkKvPolicy, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
@@ -11,7 +11,8 @@ export interface GenerateRequest {
   /** Most tokens to generate (>= 1). */
   readonly maxTokens: number;
   readonly sampling: SamplingParams;
-  readonly seed: number;
+  /** Sampling seed (see Seed: a safe integer, or a 64-bit bigint); every bit of it counts. */
+  readonly seed: Seed;
   /** Stop at the model's end-of-sequence ids (default true). */
   readonly stopAtEos?: boolean;
   /** Bound the target's KV cache (lossy unless `full`; target-only decoding for now). */
@@ -45,7 +46,7 @@ export function checkRequest(req: GenerateRequest, maxPositions: number | undefi
   if (!Number.isInteger(req.maxTokens) || req.maxTokens < 1) throw new InvalidArgumentError(`max tokens must be an integer >= 1, got ${req.maxTokens}`);
   const bad = checkSampling(req.sampling);
   if (bad) throw new InvalidArgumentError(bad);
-  if (!Number.isInteger(req.seed)) throw new InvalidArgumentError(`seed must be an integer, got ${req.seed}`);
+  if (typeof req.seed !== 'bigint' && !Number.isSafeInteger(req.seed)) throw new InvalidArgumentError(`seed must be an integer of at most 53 bits, got ${req.seed}`);
   if (req.kv) {
     checkKvPolicy(req.kv);
     if (req.kv.policy !== 'full') checkBudget(req.kv.budget);
