@@ -354,16 +354,9 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     let lastAt = startedAt;
     let pending = '';
     let closed = false;
-    let roleSent = false;
-    const chatDelta = (delta: string) => {
-      if (!delta) return {};
-      const first = !roleSent;
-      roleSent = true;
-      return first ? { role: 'assistant', content: delta } : { content: delta };
-    };
     const chunk = (delta: string, finish: string | null) =>
       chat
-        ? { id, object: 'chat.completion.chunk', created, model: model.target, choices: [{ index: 0, delta: chatDelta(delta), finish_reason: finish }] }
+        ? { id, object: 'chat.completion.chunk', created, model: model.target, choices: [{ index: 0, delta: delta ? { content: delta } : {}, finish_reason: finish }] }
         : { id, object, created, model: model.target, choices: [{ index: 0, text: delta, finish_reason: finish, logprobs: null }] };
     const write = (obj: unknown) => {
       if (!closed) reply.raw.write(`data: ${JSON.stringify(obj)}\n\n`);
@@ -395,6 +388,8 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       if (stream) {
         reply.hijack();
         reply.raw.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+        // as OpenAI does: the role comes first, so that even a reply with no text has one
+        if (chat) write({ id, object: 'chat.completion.chunk', created, model: model.target, choices: [{ index: 0, delta: { role: 'assistant', content: '' }, finish_reason: null }] });
       }
       let outcome: RequestOutcome;
       try {

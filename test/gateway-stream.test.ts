@@ -1,0 +1,96 @@
+import { join } from 'node:path';
+import test from 'ava';
+import OpenAI from 'openai';
+import type { Worker } from 'bullmq';
+import type { FastifyInstance } from 'fastify';
+import { ModelActor } from '../src/actors/model-actor.ts';
+import { Coordinator, openQueue, startCoordinatorWorker } from '../src/cluster/coordinator.ts';
+import { buildGateway, chatPrompt } from '../src/cluster/gateway.ts';
+import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
+import { GatewayMetrics } from '../src/cluster/metrics.ts';
+import { NatsTransport } from '../src/cluster/nats-transport.ts';
+import { RedisShards, TokenLog } from '../src/cluster/redis-store.ts';
+import { argmax } from '../src/kernels/sampling.ts';
+import { MemoryModelSession } from '../src/models/memory-session.ts';
+import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { family, MODELS_DIR } from './helpers/family.ts';
+
+/**
+ * Chat streaming as the official openai client reads it, against the real gateway, coordinator
+ * (a BullMQ worker), actor, NATS and Redis. The model is an in-memory one whose end-of-sequence
+ * token is its greedy choice after the test's prompt: the bundled target almost never ends a reply
+ * at once (p(EOS) after "assistant:" is at most 2e-4 over the prompts tried), and an empty reply is
+ * the case under test.
+ */
+const MESSAGES = [{ role: 'user' as const, content: 'Say nothing.' }];
+const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
+const model = new MemoryModelSession({ name: 'target', vocabSize: 8192, order: 8, seed: 21 });
+const EOS = argmax(model.nextLogits(tokenizer.encode(chatPrompt(MESSAGES))));
+
+let nats: LocalServer;
+let redis: LocalServer;
+const transports: NatsTransport[] = [];
+let shards: RedisShards;
+let actor: ModelActor;
+let worker: Worker;
+let gateway: FastifyInstance;
+let client: OpenAI;
+const queue = () => openQueue(redis.url);
+let gatewayQueue: ReturnType<typeof queue>;
+
+test.before(async () => {
+  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  const connect = async () => {
+    const t = await NatsTransport.connect({ servers: nats.url });
+    transports.push(t);
+    return t;
+  };
+  shards = new RedisShards([redis.url]);
+  actor = new ModelActor(await connect(), model, { target: true }).start();
+  const coordinator = new Coordinator({ transport: await connect(), log: new TokenLog(shards), family: { target: 'target', eosIds: [EOS] } });
+  worker = startCoordinatorWorker(coordinator, { redisUrl: redis.url });
+  await worker.waitUntilReady();
+  gatewayQueue = queue();
+  gateway = buildGateway({
+    transport: await connect(),
+    queue: gatewayQueue,
+    log: new TokenLog(shards),
+    tokenizer,
+    metrics: new GatewayMetrics(),
+    model: { target: 'target', drafters: [] },
+    defaultMode: 'ar',
+  });
+  await Promise.all(transports.map((t) => t.flush()));
+  client = new OpenAI({ baseURL: `${await gateway.listen({ host: '127.0.0.1', port: 0 })}/v1`, apiKey: 'none', maxRetries: 0 });
+});
+
+test.after.always(async () => {
+  await gateway?.close();
+  await gatewayQueue?.close();
+  await worker?.close();
+  await actor?.stop();
+  await Promise.all(transports.map((t) => t.close()));
+  await shards?.close();
+  await Promise.all([nats?.stop(), redis?.stop()]);
+});
+
+test('gateway - a streamed chat reply whose first token is EOS still names its role: the openai client assembles an empty assistant message', async (t) => {
+  const chunks: OpenAI.Chat.Completions.ChatCompletionChunk[] = [];
+  const stream = client.chat.completions.stream({ model: 'target', messages: MESSAGES, max_tokens: 8, temperature: 0 }).on('chunk', (c) => chunks.push(c));
+  const done = await stream.finalChatCompletion();
+  t.is(done.choices[0]!.message.role, 'assistant');
+  t.is(done.choices[0]!.message.content ?? '', '', 'no text (the client reports it as null)');
+  t.is(done.choices[0]!.finish_reason, 'stop');
+  t.deepEqual(chunks[0]!.choices[0]!.delta, { role: 'assistant', content: '' }, 'the first chunk carries the role, as OpenAI sends it');
+});
+
+test('gateway - a streamed chat reply with text names its role once, in the first chunk', async (t) => {
+  const messages = [{ role: 'user' as const, content: 'Say something.' }];
+  const chunks: OpenAI.Chat.Completions.ChatCompletionChunk[] = [];
+  const done = await client.chat.completions.stream({ model: 'target', messages, max_tokens: 6, temperature: 0 }).on('chunk', (c) => chunks.push(c)).finalChatCompletion();
+  t.is(done.choices[0]!.message.role, 'assistant');
+  const text = chunks.map((c) => c.choices[0]?.delta.content ?? '').join('');
+  t.true(text.length > 0);
+  t.is(done.choices[0]!.message.content, text);
+  t.is(chunks.filter((c) => c.choices[0]?.delta.role).length, 1, 'one chunk names the role');
+});
