@@ -94,7 +94,7 @@ test('cluster (in-process) - a retried request resumes after the recorded tokens
   const c = cluster(24);
   const want = await generateAutoregressive(c.target, { promptIds: [7], maxTokens: 30, sampling: GREEDY, seed: 0, stopAtEos: false });
   const log = new MemoryRequestLog();
-  await log.append('again', 0, want.tokenIds.slice(0, 11));
+  await log.append('again', await log.claim('again'), 0, want.tokenIds.slice(0, 11));
   const transport = new InProcessTransport();
   const actors = [c.target, c.d1].map((m) => new ModelActor(transport, m).start());
   const coordinator = new Coordinator({ transport, log, family: { target: 'target', eosIds: [] } });

@@ -1,6 +1,7 @@
 import test from 'ava';
+import { randomUUID } from 'node:crypto';
 import { startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
-import { RedisKvStore, RedisShards, sessionKey, TokenLog } from '../src/cluster/redis-store.ts';
+import { LogOffsetError, MemoryRequestLog, RedisKvStore, RedisShards, RequestSupersededError, sessionKey, TokenLog, type RequestLog } from '../src/cluster/redis-store.ts';
 import type { KvRows } from '../src/models/session.ts';
 
 /** Two real redis-server processes: the store shards sessions over both. */
@@ -58,24 +59,202 @@ test('redis store - sessions spread over the instances, each session on one, key
   }
 });
 
-test('redis store - the token log appends at an offset: a repeated append neither loses nor duplicates', async (t) => {
+/** A promise and its resolve (Node 20 has no Promise.withResolvers). */
+function settler(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+/** The RequestLog contract, run against both implementations (the in-memory one and Redis). */
+const requestLogs: [string, () => RequestLog][] = [
+  ['memory', () => new MemoryRequestLog()],
+  ['redis', () => new TokenLog(shards, 60)],
+];
+
+for (const [kind, open] of requestLogs) {
+  test(`request log (${kind}) - appends land only at the log's length: a repeated append is a no-op, any other is refused`, async (t) => {
+    const log = open();
+    const id = `req-${randomUUID()}`;
+    t.deepEqual(await log.read(id), []);
+    const fence = await log.claim(id);
+    t.is(fence, 1);
+    await log.append(id, fence, 0, [1, 2, 3]);
+    await log.append(id, fence, 0, [1, 2, 3]); // the same append again (a retried round)
+    await log.append(id, fence, 3, [4294967295, 0]);
+    await t.throwsAsync(log.append(id, fence, 9, [7]), { instanceOf: LogOffsetError }, 'an append past the end');
+    await t.throwsAsync(log.append(id, fence, 3, [8, 8]), { instanceOf: LogOffsetError }, 'other tokens where tokens are recorded');
+    await t.throwsAsync(log.append(id, fence, 1, [2]), { instanceOf: LogOffsetError }, 'the same tokens short of the end');
+    t.deepEqual(await log.read(id), [1, 2, 3, 4294967295, 0]);
+    await log.finish(id, fence, '{"finishReason":"stop"}');
+    t.is(await log.result(id), '{"finishReason":"stop"}');
+  });
+
+  test(`request log (${kind}) - a newer claim fences the older attempt out of appending and finishing`, async (t) => {
+    const log = open();
+    const id = `req-${randomUUID()}`;
+    const first = await log.claim(id);
+    await log.append(id, first, 0, [5, 6]);
+    const second = await log.claim(id);
+    t.true(second > first);
+    const refused = await t.throwsAsync(log.append(id, first, 2, [7]), { instanceOf: RequestSupersededError });
+    t.is(refused?.name, 'RequestSupersededError');
+    t.is(refused?.current, second);
+    await t.throwsAsync(log.finish(id, first, '{}'), { instanceOf: RequestSupersededError });
+    t.deepEqual(await log.read(id), [5, 6], 'the old attempt left nothing');
+    t.is(await log.result(id), undefined);
+    await log.append(id, second, 2, [9]);
+    await log.finish(id, second, '{"finishReason":"length"}');
+    t.deepEqual(await log.read(id), [5, 6, 9]);
+    t.is(await log.result(id), '{"finishReason":"length"}');
+  });
+}
+
+test('redis store - forget drops a request\'s tokens, result and fence', async (t) => {
   const log = new TokenLog(shards, 60);
-  t.deepEqual(await log.read('req-x'), []);
-  t.is(await log.append('req-x', 0, [1, 2, 3]), 3);
-  t.is(await log.append('req-x', 0, [1, 2, 3]), 3, 'the same append again (a retried round) is ignored');
-  t.is(await log.append('req-x', 3, [4294967295, 0]), 5);
-  t.is(await log.append('req-x', 9, [7]), 5, 'an append past the end is refused');
-  t.deepEqual(await log.read('req-x'), [1, 2, 3, 4294967295, 0]);
-  await log.finish('req-x', '{"finishReason":"stop"}');
-  t.is(await log.result('req-x'), '{"finishReason":"stop"}');
+  const fence = await log.claim('req-x');
+  await log.append('req-x', fence, 0, [1]);
+  await log.finish('req-x', fence, '{}');
   await log.forget('req-x');
   t.deepEqual(await log.read('req-x'), []);
+  t.is(await log.result('req-x'), undefined);
+  t.is(await log.claim('req-x'), 1);
+  await log.forget('req-x');
+});
+
+/**
+ * A BullMQ stall hand-over: coordinator A's lock is lost while A still runs the request (as when
+ * its event loop stalls past the lock), the stalled-job check hands the job to coordinator B, which
+ * resumes from the recorded tokens with its own draws. The two then race to append; the turns below
+ * force the interleaving that used to splice them (A records a token after B's, at B's next offset).
+ */
+test.serial('redis store - a stall hand-over never splices two coordinators\' draws: the log and the stream are one continuation, the loser stops', async (t) => {
+  const { Queue } = await import('bullmq');
+  const { ModelActor } = await import('../src/actors/model-actor.ts');
+  const { Coordinator, QUEUE_NAME, jobOptions, queueConnection, startCoordinatorWorker } = await import('../src/cluster/coordinator.ts');
+  const { decode } = await import('../src/cluster/messages.ts');
+  const { InProcessTransport, subjects } = await import('../src/cluster/transport.ts');
+  const { MemoryModelSession } = await import('../src/models/memory-session.ts');
+
+  const redisUrl = servers[0]!.url;
+  const transport = new InProcessTransport();
+  const target = new MemoryModelSession({ name: 'target', vocabSize: 64, order: 2, seed: 21, sharpness: 1 });
+  const actor = new ModelActor(transport, target).start();
+  const tokenLog = new TokenLog(shards, 60);
+
+  /** Appends wait for their coordinator's turn; a coordinator that has stopped loses its turns. */
+  const turns = ['A', 'B', 'A', 'A', 'B', 'B'];
+  const wrote: Record<string, { offset: number; tokens: number[]; error?: string }[]> = { A: [], B: [] };
+  const stopped = new Set<string>();
+  const waiting: (() => void)[] = [];
+  const wake = () => waiting.splice(0).forEach((w) => w());
+  const myTurn = async (who: string) => {
+    for (;;) {
+      while (turns.length && stopped.has(turns[0]!)) turns.shift();
+      if (!turns.length || turns[0] === who) return;
+      await new Promise<void>((resolve) => waiting.push(resolve));
+    }
+  };
+  const landed = { A: settler() };
+  // arguments pass through untouched, so this test runs against any version of the RequestLog contract
+  const pass = (method: keyof RequestLog) => (...args: unknown[]) => (tokenLog[method] as (...a: unknown[]) => Promise<never>)(...args);
+  const gated = (who: string): RequestLog => ({
+    claim: pass('claim'),
+    read: pass('read'),
+    finish: pass('finish'),
+    result: pass('result'),
+    append: async (...args: unknown[]) => {
+      await myTurn(who);
+      const entry: { offset: number; tokens: number[]; error?: string } = { offset: args.at(-2) as number, tokens: [...(args.at(-1) as number[])] };
+      wrote[who]!.push(entry);
+      try {
+        return await pass('append')(...args);
+      } catch (err) {
+        entry.error = (err as Error).name;
+        throw err;
+      } finally {
+        if (turns[0] === who) turns.shift();
+        if (who === 'A') landed.A.resolve();
+        wake();
+      }
+    },
+  });
+  class Observed extends Coordinator {
+    error: unknown;
+    readonly settled = settler();
+    constructor(readonly who: string) {
+      super({ transport, log: gated(who), family: { target: 'target', eosIds: [] } });
+    }
+    override async run(raw: unknown, attempt?: number) {
+      try {
+        return await super.run(raw, attempt);
+      } catch (err) {
+        this.error = err;
+        throw err;
+      } finally {
+        stopped.add(this.who);
+        wake();
+        this.settled.resolve();
+      }
+    }
+  }
+  const a = new Observed('A');
+  const b = new Observed('B');
+
+  const requestId = `handover-${randomUUID()}`;
+  const streamed: number[] = [];
+  const events: string[] = [];
+  const stream = transport.subscribe(subjects.stream(requestId), (frame) => {
+    const m = decode(frame);
+    events.push(m.type);
+    // the gateway's rule: a message's tokens past what the client has, at their offset
+    if (m.type === 'tokens' && m.offset <= streamed.length) streamed.push(...m.tokens.slice(streamed.length - m.offset));
+  });
+  const queue = new Queue(QUEUE_NAME, { connection: queueConnection(redisUrl) });
+  const workerA = startCoordinatorWorker(a, { redisUrl, concurrency: 1, lockDurationMs: 1000 });
+  let workerB: ReturnType<typeof startCoordinatorWorker> | undefined;
+  try {
+    const maxTokens = 12;
+    await queue.add('generate', { requestId, promptIds: [3, 1, 4], maxTokens, sampling: { temperature: 1, topK: 0, topP: 1 }, seed: 7, stopAtEos: false, drafters: [], kMatrix: [], lenience: 1, enqueuedAt: Date.now() }, jobOptions(requestId));
+    await landed.A.promise;
+    // A's lock is lost while A still runs (A waits for B's turn): BullMQ hands the job to B
+    await shards.clients[0]!.del(`bull:${QUEUE_NAME}:${requestId}:lock`);
+    workerB = startCoordinatorWorker(b, { redisUrl, concurrency: 1, lockDurationMs: 1000 });
+    await Promise.all([a.settled.promise, b.settled.promise]);
+    for (let i = 0; i < 50 && (await queue.getJobState(requestId)) !== 'completed'; i++) await new Promise((r) => setTimeout(r, 100));
+
+    const log = await tokenLog.read(requestId);
+    const seq = (who: string) => {
+      const mine = wrote[who]!;
+      const from = mine[0]?.offset ?? 0;
+      return [...(wrote.A!.flatMap((w) => w.tokens).slice(0, from)), ...mine.flatMap((w) => w.tokens)];
+    };
+    t.log(`A tried ${JSON.stringify(wrote.A)}; B tried ${JSON.stringify(wrote.B)}; log ${JSON.stringify(log)}`);
+    t.true(b.error === undefined, 'B, which holds the job, finishes it');
+    t.deepEqual(log, seq('B'), 'the log is the tokens B resumed from and B\'s own draws, nothing of A after the hand-over');
+    t.notDeepEqual(seq('A').slice(0, log.length), log, 'the two draws differ (else the test shows nothing)');
+    t.deepEqual(streamed, log, 'the stream, deduplicated by offset as the gateway does, is the log');
+    t.is(a.error instanceof Error ? a.error.name : undefined, 'RequestSupersededError', 'A stops at its first append after the hand-over');
+    t.true(wrote.A!.slice(1).every((w) => w.error === 'RequestSupersededError'), 'nothing A drew after the hand-over was recorded');
+    t.false(events.includes('failed'), 'the request is not reported failed');
+    t.is(events.filter((e) => e === 'done').length, 1, 'one done, from B');
+    const finished = await queue.getJob(requestId);
+    t.is(await finished!.getState(), 'completed', 'BullMQ took B\'s completion and refused A\'s lock-less failure');
+    t.is((finished!.returnvalue as { generatedTokens: number }).generatedTokens, maxTokens);
+    t.is(actor.activeSessions, 0, 'both attempts released their sessions');
+  } finally {
+    await stream.close();
+    await workerA.close(true);
+    await workerB?.close(true);
+    await queue.obliterate({ force: true }).catch(() => undefined);
+    await queue.close();
+    await actor.stop();
+  }
 });
 
 test('redis store - ADORE on a draft actor spills released KV to Redis, rebuilds from it, and the output stays exact', async (t) => {
   const { ModelActor } = await import('../src/actors/model-actor.ts');
   const { Coordinator } = await import('../src/cluster/coordinator.ts');
-  const { MemoryRequestLog } = await import('../src/cluster/redis-store.ts');
   const { InProcessTransport } = await import('../src/cluster/transport.ts');
   const { generateAutoregressive } = await import('../src/engine/generate.ts');
   const { GREEDY } = await import('../src/kernels/sampling.ts');

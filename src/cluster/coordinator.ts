@@ -6,7 +6,7 @@ import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import { deriveSeed, seed64, type Seed } from '../kernels/rng.ts';
 import { encode } from './messages.ts';
-import type { RequestLog } from './redis-store.ts';
+import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
 import { subjects, type Subscription, type Transport } from './transport.ts';
@@ -63,7 +63,10 @@ export interface RequestOutcome {
  * with the same loop as embedded mode, records every round's tokens in Redis before streaming them
  * on `cascade.stream.<request>`, drops a drafter whose actors are gone (down to MaG or the target
  * alone) instead of failing, and stops at cancellation. A retried request resumes after the tokens
- * already recorded, so the stream never loses or repeats a token.
+ * already recorded, so the stream never loses or repeats a token. Each attempt claims the request's
+ * log first: when a newer attempt has claimed it (a BullMQ stall hand-over while this one still
+ * runs), this attempt's next append or finish is refused and it stops with RequestSupersededError,
+ * publishing nothing more, so the log and the stream stay one attempt's continuation.
  */
 export class Coordinator {
   readonly counters = { requests: 0, failovers: 0, resumed: 0 };
@@ -82,14 +85,16 @@ export class Coordinator {
     const parsed = JobData.safeParse(raw);
     if (!parsed.success) throw new InvalidArgumentError(`malformed request: ${z.prettifyError(parsed.error)}`);
     const job = parsed.data;
-    return inSpan('coordinator.request', extractContext(job.trace), { 'cascade.request': job.requestId, 'cascade.attempt': attempt }, (span) => this.drive(job, attempt, span));
+    return inSpan('coordinator.request', extractContext(job.trace), { 'cascade.request': job.requestId, 'cascade.attempt': attempt }, (span) => this.drive(job, span));
   }
 
-  private async drive(job: JobData, attempt: number, span: Span): Promise<RequestOutcome> {
+  private async drive(job: JobData, span: Span): Promise<RequestOutcome> {
     const { transport, log, family } = this.options;
     this.counters.requests++;
     const queueSeconds = Math.max(0, (Date.now() - job.enqueuedAt) / 1000);
     span.setAttribute('cascade.queue_seconds', queueSeconds);
+    const fence = await log.claim(job.requestId);
+    span.setAttribute('cascade.fence', fence);
     const stored = await log.result(job.requestId);
     const recorded = await log.read(job.requestId);
     if (recorded.length) {
@@ -112,7 +117,7 @@ export class Coordinator {
       // Every level samples with its own stream: levels sharing one seed would draw correlated
       // numbers (a drafter's sample and the target's acceptance test), and the output would be biased.
       const remote = (name: string, tag: string, stream: number) =>
-        new RemoteLevel(transport, name, `${job.requestId}-${attempt}-${tag}`, { sampling: job.sampling, seed: levelSeed(seed, stream), timeoutMs: this.options.callTimeoutMs });
+        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, { sampling: job.sampling, seed: levelSeed(seed, stream), timeoutMs: this.options.callTimeoutMs });
       const top = remote(family.target, 't', 0);
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`, i + 1)));
       let offset = recorded.length;
@@ -125,7 +130,7 @@ export class Coordinator {
           {
             eosIds: family.eosIds,
             onTokens: async (fresh) => {
-              await log.append(job.requestId, offset, fresh);
+              await log.append(job.requestId, fence, offset, fresh);
               this.publish(job.requestId, { type: 'tokens', offset, tokens: fresh });
               offset += fresh.length;
             },
@@ -156,7 +161,7 @@ export class Coordinator {
       queueSeconds,
       stats: result?.stats,
     };
-    await log.finish(job.requestId, JSON.stringify(outcome));
+    await log.finish(job.requestId, fence, JSON.stringify(outcome));
     this.publish(job.requestId, { type: 'done', finishReason, stats: JSON.stringify(outcome) });
     return outcome;
   }
@@ -198,6 +203,12 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
       try {
         return await coordinator.run(job.data, job.attemptsMade);
       } catch (err) {
+        if (err instanceof RequestSupersededError) {
+          // The job now belongs to the newer attempt: BullMQ refuses this attempt's (lock-less)
+          // failure, and the request must not be reported failed while the newer attempt runs it.
+          process.stderr.write(`request ${err.request} attempt ${job.attemptsMade + 1} stopped: ${err.message}\n`);
+          throw err;
+        }
         const last = err instanceof InvalidArgumentError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
         process.stderr.write(`request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} failed${last ? ' for good' : ', will retry'}: ${(err as Error).stack ?? String(err)}\n`);
         if (last) coordinator.failed(String(job.data?.requestId ?? job.id), (err as Error).message);

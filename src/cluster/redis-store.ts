@@ -138,32 +138,89 @@ export class RedisKvStore implements KvStore {
   }
 }
 
-/** Where a request's produced tokens and final result are recorded (Redis in the cluster). */
+/**
+ * A request's log refused a write because a newer attempt has claimed the request (a BullMQ stall
+ * hand-over while this attempt still ran, or a retry): this attempt must stop without publishing or
+ * finishing anything, and must not mark the request failed, since the newer attempt carries it on.
+ */
+export class RequestSupersededError extends CascadeError {
+  override readonly name = 'RequestSupersededError';
+  constructor(
+    readonly request: string,
+    /** This attempt's fence and the log's current one (greater). */
+    readonly fence: number,
+    readonly current: number,
+  ) {
+    super(`request ${request} was taken over by a newer attempt (fence ${current}, this attempt holds ${fence}): this attempt stops`);
+  }
+}
+
+/** An append that does not land at its offset under the request's current fence (the log holds `length` tokens). */
+export class LogOffsetError extends CascadeError {
+  override readonly name = 'LogOffsetError';
+  override readonly isRetryable = true;
+  constructor(
+    readonly request: string,
+    readonly offset: number,
+    readonly length: number,
+  ) {
+    super(`request ${request}: an append at token ${offset} was refused, the log holds ${length} tokens that differ`);
+  }
+}
+
+/**
+ * Where a request's produced tokens and final result are recorded (Redis in the cluster). Writes are
+ * fenced: an attempt first `claim`s the request and gets a fence greater than every earlier claim's;
+ * an append or finish carrying an older fence is refused with RequestSupersededError, so two
+ * attempts running the same request at once (a stall hand-over) never interleave their tokens: the
+ * log is always the recorded prefix the newest claimer resumed from plus that claimer's own tokens.
+ */
 export interface RequestLog {
+  /** Takes the request over; returns this attempt's fence (1, 2, … per request). */
+  claim(request: string): Promise<number>;
   read(request: string): Promise<number[]>;
-  /** Records `tokens` at `offset` (a no-op when the log already holds a different length); returns the length after. */
-  append(request: string, offset: number, tokens: readonly number[]): Promise<number>;
-  finish(request: string, result: string): Promise<void>;
+  /**
+   * Records `tokens` at `offset`, which must be the log's length (or, for a retried append, the
+   * same tokens must already be there). Throws RequestSupersededError under an old fence and
+   * LogOffsetError when the log holds something else at `offset`.
+   */
+  append(request: string, fence: number, offset: number, tokens: readonly number[]): Promise<void>;
+  /** Records the result (finish reason and stats JSON); throws RequestSupersededError under an old fence. */
+  finish(request: string, fence: number, result: string): Promise<void>;
   result(request: string): Promise<string | undefined>;
 }
 
-/** A RequestLog in memory (in-process clusters and unit tests). */
+/** A RequestLog in memory (in-process clusters and unit tests); the same contract as TokenLog. */
 export class MemoryRequestLog implements RequestLog {
   private readonly tokens = new Map<string, number[]>();
   private readonly results = new Map<string, string>();
+  private readonly fences = new Map<string, number>();
+
+  async claim(request: string): Promise<number> {
+    const fence = (this.fences.get(request) ?? 0) + 1;
+    this.fences.set(request, fence);
+    return fence;
+  }
 
   async read(request: string): Promise<number[]> {
     return [...(this.tokens.get(request) ?? [])];
   }
 
-  async append(request: string, offset: number, tokens: readonly number[]): Promise<number> {
-    const held = this.tokens.get(request) ?? [];
-    if (held.length === offset) held.push(...tokens);
-    this.tokens.set(request, held);
-    return held.length;
+  private fenced(request: string, fence: number): void {
+    const current = this.fences.get(request) ?? 0;
+    if (fence !== current) throw new RequestSupersededError(request, fence, current);
   }
 
-  async finish(request: string, result: string): Promise<void> {
+  async append(request: string, fence: number, offset: number, tokens: readonly number[]): Promise<void> {
+    this.fenced(request, fence);
+    const held = this.tokens.get(request) ?? [];
+    if (held.length === offset) held.push(...tokens);
+    else if (held.length !== offset + tokens.length || tokens.some((t, i) => held[offset + i] !== t)) throw new LogOffsetError(request, offset, held.length);
+    this.tokens.set(request, held);
+  }
+
+  async finish(request: string, fence: number, result: string): Promise<void> {
+    this.fenced(request, fence);
     this.results.set(request, result);
   }
 
@@ -172,23 +229,47 @@ export class MemoryRequestLog implements RequestLog {
   }
 }
 
-/** Appends tokens at an expected offset: a retried append of the same tokens is a no-op. */
+/** Takes a request over: the next fence. */
+const CLAIM = `
+local fence = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[1]))
+return fence
+`;
+
+/**
+ * Appends tokens at an expected offset under the current fence: {0, length} when they landed (or a
+ * retried append finds the same bytes there), {1, current fence} when the fence is old, {2, length}
+ * when the log holds other tokens at the offset.
+ */
 const APPEND_AT = `
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current ~= tonumber(ARGV[4]) then return {1, current} end
 local len = redis.call('STRLEN', KEYS[1]) / 4
 local offset = tonumber(ARGV[1])
+local n = string.len(ARGV[2]) / 4
 if len == offset then
   redis.call('APPEND', KEYS[1], ARGV[2])
-  len = len + string.len(ARGV[2]) / 4
+  len = len + n
+elseif len ~= offset + n or redis.call('GETRANGE', KEYS[1], 4 * offset, 4 * len - 1) ~= ARGV[2] then
+  return {2, len}
 end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
-return len
+return {0, len}
+`;
+
+/** Sets the result under the current fence: {0} when set, {1, current fence} when the fence is old. */
+const FINISH = `
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current ~= tonumber(ARGV[3]) then return {1, current} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return {0}
 `;
 
 /**
  * A request's generated tokens in Redis, recorded before they are streamed: a coordinator that
  * takes over a retried request resumes after them, so no token is lost or sent twice. Stored as
- * little-endian uint32s appended at an expected offset (an atomic script), so a repeated append is
- * harmless.
+ * little-endian uint32s appended at an expected offset under the request's fence (atomic scripts),
+ * so a repeated append is harmless and a superseded attempt's append is refused.
  */
 export class TokenLog implements RequestLog {
   constructor(
@@ -200,6 +281,14 @@ export class TokenLog implements RequestLog {
     return sessionKey(request, 'tokens');
   }
 
+  private fenceKey(request: string): string {
+    return sessionKey(request, 'fence');
+  }
+
+  async claim(request: string): Promise<number> {
+    return Number(await this.shards.shard(request).eval(CLAIM, 1, this.fenceKey(request), this.ttlSeconds));
+  }
+
   async read(request: string): Promise<number[]> {
     const buf = await this.shards.shard(request).getBuffer(this.key(request));
     if (!buf) return [];
@@ -208,17 +297,17 @@ export class TokenLog implements RequestLog {
     return out;
   }
 
-  /** Records `tokens` at `offset`; returns the tokens recorded in all afterwards. */
-  async append(request: string, offset: number, tokens: readonly number[]): Promise<number> {
+  async append(request: string, fence: number, offset: number, tokens: readonly number[]): Promise<void> {
     const buf = Buffer.alloc(4 * tokens.length);
     tokens.forEach((t, i) => buf.writeUInt32LE(t, 4 * i));
-    const len = await this.shards.shard(request).eval(APPEND_AT, 1, this.key(request), offset, buf, this.ttlSeconds);
-    return Number(len);
+    const [status, value] = (await this.shards.shard(request).eval(APPEND_AT, 2, this.key(request), this.fenceKey(request), offset, buf, this.ttlSeconds, fence)) as [number, number];
+    if (status === 1) throw new RequestSupersededError(request, fence, Number(value));
+    if (status === 2) throw new LogOffsetError(request, offset, Number(value));
   }
 
-  /** Marks the request finished with its result (finish reason and stats JSON). */
-  async finish(request: string, result: string): Promise<void> {
-    await this.shards.shard(request).set(sessionKey(request, 'result'), result, 'EX', this.ttlSeconds);
+  async finish(request: string, fence: number, result: string): Promise<void> {
+    const [status, current] = (await this.shards.shard(request).eval(FINISH, 2, sessionKey(request, 'result'), this.fenceKey(request), result, this.ttlSeconds, fence)) as [number, number?];
+    if (status === 1) throw new RequestSupersededError(request, fence, Number(current));
   }
 
   async result(request: string): Promise<string | undefined> {
@@ -226,6 +315,6 @@ export class TokenLog implements RequestLog {
   }
 
   async forget(request: string): Promise<void> {
-    await this.shards.shard(request).del(this.key(request), sessionKey(request, 'result'));
+    await this.shards.shard(request).del(this.key(request), sessionKey(request, 'result'), this.fenceKey(request));
   }
 }
