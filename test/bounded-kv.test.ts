@@ -1,10 +1,14 @@
 import test from 'ava';
+import fc from 'fast-check';
 import { BoundedSequence } from '../src/engine/bounded-kv.ts';
+import { ControllerTrack } from '../src/kernels/adore-controller.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
+import { loadController } from '../src/models/family.ts';
 import { gatherRows, MemoryKvStore } from '../src/models/kv-store.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
+import type { KvRows, ModelSession } from '../src/models/session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { dirOf, family } from './helpers/family.ts';
 
@@ -159,4 +163,99 @@ test('bounded KV - gathering rows in runs equals gathering them one by one', (t)
     cases.push(Array.from({ length: n }, (_, i) => i).filter((i) => !gone.has(i)), [...gone]);
   }
   for (const rows of cases) t.deepEqual(gatherRows(src, n, rows, heads), one(rows), `rows ${rows.join(',')}`);
+});
+
+/** Every KV row the runner holds for a sequence, in cache order, read without changing them (taken out and put back). */
+async function runnerRows(session: ModelSession, seqId: string): Promise<KvRows> {
+  const rows = (await session.evict(seqId, Array.from({ length: session.length(seqId) }, (_, i) => i), true))!;
+  await session.insert(seqId, rows);
+  return rows;
+}
+
+/** Row r of tensor k (key0, value0, key1, …) of a block, over all heads. */
+const rowOf = (rows: KvRows, k: number, r: number) => gatherRows(rows.tensors[k]!, rows.count, [r], rows.kvHeads);
+
+test('bounded KV - rolled back after rebuilds, every resident and every spilled row is the KV of the token now at its position', async (t) => {
+  // The toy model's KV row of a token is the token id itself, so a row under the wrong label shows as the wrong id.
+  const budgets = fc
+    .record({ budget: fc.integer({ min: 4, max: 14 }), sinks: fc.integer({ min: 0, max: 2 }), recent: fc.integer({ min: 0, max: 3 }), rebuild: fc.integer({ min: 1, max: 3 }), releaseBatch: fc.integer({ min: 1, max: 3 }) })
+    .filter((b) => b.budget - b.sinks - b.recent >= Math.max(2, b.releaseBatch));
+  // Each round: roll back `back` tokens (a rejected proposal), then feed a few (the correction, or a new proposal).
+  const rounds = fc.array(fc.record({ back: fc.nat(4), tokens: fc.array(fc.integer({ min: 0, max: 15 }), { minLength: 1, maxLength: 4 }) }), { minLength: 4, maxLength: 40 });
+  await fc.assert(
+    fc.asyncProperty(budgets, fc.integer(), rounds, async ({ releaseBatch, ...budget }, seed, plan) => {
+      const toy = new MemoryModelSession({ name: 'toy', vocabSize: 16, order: 2, seed: 5 });
+      const store = new MemoryKvStore();
+      // Scores that change every step, so released tokens keep winning their place back (rebuilds).
+      const scorer = { score: async (positions: readonly number[], _: readonly number[], newest: number) => positions.map((p) => Math.abs(Math.sin(seed + p * 12.9898 + newest * 78.233))) };
+      const seq = new BoundedSequence(toy, 'drafter', { policy: 'adore', budget, releaseBatch }, store, scorer);
+      const fed: number[] = [];
+      let longest = 0;
+      for (const { back, tokens } of plan) {
+        const at = Math.max(0, fed.length - back);
+        fed.length = at;
+        fed.push(...tokens);
+        longest = Math.max(longest, fed.length);
+        await seq.feed(tokens, 'last', at);
+        const resident = seq.residentPositions;
+        const rows = Array.from((await runnerRows(toy, 'drafter')).tensors[0]!).join();
+        if (rows !== resident.map((p) => fed[p]!).join()) throw new Error(`the runner holds tokens ${rows} at positions ${resident.join()} of ${fed.join()}`);
+        const spilled = await store.get('drafter', 'toy', Array.from({ length: longest }, (_, p) => p));
+        const held = Array.from(spilled.rows?.tensors[0] ?? []).join();
+        if (held !== spilled.positions.map((p) => fed[p]!).join()) throw new Error(`the store holds tokens ${held} at positions ${spilled.positions.join()} of ${fed.join()}`);
+      }
+      await seq.close();
+    }),
+    { numRuns: 150, includeErrorInReport: true },
+  );
+  t.pass();
+});
+
+test('bounded KV - on the real model, a rejected proposal after a rebuild leaves no rejected KV resident or spilled', async (t) => {
+  const store = new MemoryKvStore();
+  // Scripted controller: newer is better, except that positions 0 and 1 matter most while favourEarly is set.
+  let favourEarly = false;
+  const scorer = { score: async (positions: readonly number[]) => positions.map((p) => (favourEarly && p < 2 ? 1000 : p)) };
+  const seq = new BoundedSequence(model, 'proposal', { policy: 'adore', budget: { budget: 12, sinks: 0, recent: 1, rebuild: 2 } }, store, scorer);
+  const accepted = prompt.slice(0, 33);
+  try {
+    for (const id of accepted) await seq.feed([id]);
+    // The drafter proposes three tokens one by one; 0 and 1 are rebuilt while it does (after 32 and 33 in cache order).
+    favourEarly = true;
+    for (const id of [7, 8, 9]) await seq.feed([id]);
+    t.true(seq.rebuilds >= 2, `rebuilds ${seq.rebuilds}`);
+    // The target rejects all three: the drafter rolls back to position 33 and takes the target's token there.
+    const correction = prompt[33]!;
+    await seq.feed([correction], 'last', 33);
+    const tokens = [...accepted, correction];
+    // The reference: the same tokens under a full cache. Layer 0's K and V depend only on the token and
+    // its position, so each row of a bounded cache must equal the full cache's there.
+    await model.forward({ seqId: 'proposal-full', inputIds: tokens });
+    const full = await runnerRows(model, 'proposal-full');
+    await model.release('proposal-full');
+    const near = (a: Float32Array, b: Float32Array) => a.every((v, i) => Math.abs(v - b[i]!) < 1e-3);
+    const rows = await runnerRows(model, 'proposal');
+    const resident = seq.residentPositions;
+    t.true(resident.includes(0) && resident.includes(1), `resident ${resident}`);
+    for (const [r, p] of resident.entries()) for (const k of [0, 1]) t.true(near(rowOf(rows, k, r), rowOf(full, k, p)), `row ${r} (position ${p}), tensor ${k}`);
+    // Everything goes back to newer-is-better: the next steps release 0 and 1 again, spilling their KV.
+    favourEarly = false;
+    for (const id of prompt.slice(34, 48)) await seq.feed([id]);
+    const spilled = await store.get('proposal', model.spec.name, [0, 1]);
+    t.deepEqual(spilled.positions, [0, 1]);
+    for (const [j, p] of spilled.positions.entries()) for (const k of [0, 1]) t.true(near(rowOf(spilled.rows!, k, j), rowOf(full, k, p)), `spilled position ${p}, tensor ${k}`);
+  } finally {
+    await seq.close();
+  }
+});
+
+test('bounded KV - the ADORE controller forgets rolled-back tokens: after a rollback it scores as a fresh track does', async (t) => {
+  const controller = loadController(family);
+  const drafted = prompt.slice(0, 12);
+  const corrected = [...prompt.slice(0, 8), 5, 6, 7, 8];
+  const all = corrected.map((_, i) => i);
+  const track = new ControllerTrack(controller);
+  await track.score(all, drafted, 11);
+  // Rolled back to 8 and fed four other tokens at once: the same positions, other tokens.
+  t.deepEqual(Array.from(await track.score(all, corrected, 11)), Array.from(await new ControllerTrack(controller).score(all, corrected, 11)));
 });

@@ -74,7 +74,8 @@ test('kv policy - a released token comes back only when it outscores a resident 
 
 test('kv policy - rollback forgets drafted positions, resident or released', (t) => {
   const ledger = simulate({ budget: 4, sinks: 1, recent: 1, rebuild: 0 }, 10, (p) => p);
-  ledger.rollback(8);
+  const rows = [8, 9].map((p) => ledger.order.indexOf(p));
+  t.deepEqual(ledger.rollback(8), { rows, released: [] }, 'the rows the runner must evict');
   t.true(ledger.order.every((p) => p < 8));
   t.true([...ledger.released.keys()].every((p) => p < 8));
   t.deepEqual(ledger.indicesOf([0]), [0]);

@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from '../errors.ts';
 import { KvLedger, positionalScore, type KvBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { AdoreController, ControllerTrack } from '../kernels/adore-controller.ts';
-import { MemoryKvStore, type KvStore } from '../models/kv-store.ts';
+import { firstRows, MemoryKvStore, type KvStore } from '../models/kv-store.ts';
 import type { KvRows, LogitsRows, ModelSession, StepResult } from '../models/session.ts';
 
 /** How a model's KV cache is bounded: the policy and its budget (SPEC §5; docs/adore.md). */
@@ -107,11 +107,19 @@ export class BoundedSequence {
   async feed(tokens: readonly number[], rows: LogitsRows = 'last', at = this.next): Promise<Float32Array> {
     if (tokens.length === 0) throw new InvalidArgumentError(`feed on ${this.seqId} with no tokens`);
     if (!Number.isInteger(at) || at < 0 || at > this.next) throw new InvalidArgumentError(`cannot feed ${this.seqId} at position ${at}: it has ${this.next}`);
-    // Rows to keep when rolling back ride on the next call to the runner (no extra round trip).
+    // Rolling back rides on the next call to the runner (no extra round trip): a full cache keeps its
+    // first `at` rows; a bounded one evicts the rows of the dropped positions wherever they sit
+    // (rebuilt rows of older positions sit after newer ones).
     let keep: number | undefined;
+    let stale: readonly number[] = [];
     if (at < this.next) {
-      this.ledger?.rollback(at);
-      keep = this.ledger ? this.ledger.size : at;
+      if (this.ledger) {
+        const dropped = this.ledger.rollback(at);
+        stale = dropped.rows;
+        if (dropped.released.length) await this.store?.drop(this.seqId, this.session.spec.name, dropped.released);
+      } else {
+        keep = at;
+      }
       this.next = at;
       this.tokens.length = at;
     }
@@ -128,11 +136,11 @@ export class BoundedSequence {
     for (let i = 0; i < tokens.length; i += chunk) {
       const piece = tokens.slice(i, i + chunk);
       // Releases and rebuilds ride on the same runner call as the tokens (and any rollback).
-      const room = await this.makeRoom(piece.length);
+      const room = await this.makeRoom(piece.length, stale);
+      stale = [];
       const positions = piece.map((_, j) => this.next + j);
       const last = i + chunk >= tokens.length;
-      const item = { seqId: this.seqId, inputIds: piece, positionIds: positions, keep, ...room.item };
-      keep = undefined;
+      const item = { seqId: this.seqId, inputIds: piece, positionIds: positions, ...room.item };
       const want = rows === 'all' || !last ? rows : 'last';
       const h2o = this.cfg.policy === 'h2o';
       const keys = h2o ? [...this.ledger.order, ...positions] : [];
@@ -156,7 +164,7 @@ export class BoundedSequence {
         await running.catch(() => undefined);
         throw err;
       }
-      if (room.spill.length && r.evicted) await this.store!.put(this.seqId, this.session.spec.name, room.spill, r.evicted);
+      if (room.spill.length && r.evicted) await this.store!.put(this.seqId, this.session.spec.name, room.spill, firstRows(r.evicted, room.spill.length));
       this.ledger.append(positions);
       if (h2o) {
         // Heavy hitters: every cached token's score is the attention it has received so far.
@@ -185,11 +193,13 @@ export class BoundedSequence {
    * Plans room for `incoming` tokens: the lowest-scored tokens to release, and released tokens that
    * now outscore resident ones to bring back (their exact KV, fetched from the store). The ledger is
    * updated at once; the returned `item` fields make the runner do the same in the next call, and
-   * `spill` names the positions whose evicted rows go to the store.
+   * `spill` names the positions whose evicted rows go to the store: the first rows evicted. `stale`
+   * are rows (ascending) the runner still holds for positions the ledger has rolled back; they are
+   * evicted in the same call, after the released ones.
    */
-  private async makeRoom(incoming: number): Promise<{ item: { evict?: number[]; takeEvicted?: boolean; insert?: KvRows }; spill: number[] }> {
+  private async makeRoom(incoming: number, stale: readonly number[]): Promise<{ item: { evict?: number[]; takeEvicted?: boolean; insert?: KvRows }; spill: number[] }> {
     const ledger = this.ledger!;
-    const none = { item: {}, spill: [] };
+    const none = { item: stale.length ? { evict: [...stale] } : {}, spill: [] };
     const { budget, rebuild } = ledger.budget;
     const batch = this.cfg.releaseBatch ?? 1;
     const full = ledger.size + incoming > budget;
@@ -200,7 +210,8 @@ export class BoundedSequence {
     const plan = ledger.plan(this.next - 1, budget - incoming - (full ? batch - 1 : 0), rebuild * batch);
     if (plan.release.length === 0 && plan.rebuild.length === 0) return none;
     const model = this.session.spec.name;
-    const evict = plan.release.length ? ledger.indicesOf(plan.release) : undefined;
+    // The ledger no longer counts the stale rows; the runner still holds them.
+    const evict = [...ledger.indicesOf(plan.release).map((row) => rowBefore(row, stale)), ...stale];
     let insert: KvRows | undefined;
     let missed = new Set<number>();
     if (plan.rebuild.length) {
@@ -214,8 +225,8 @@ export class BoundedSequence {
     // Rebuilt rows are appended in plan order, which is the order apply() appends them to the ledger.
     ledger.apply({ release: plan.release, rebuild: plan.rebuild.filter((p) => !missed.has(p)) }, missed);
     this.releases += plan.release.length;
-    const spill = this.store && evict ? plan.release : [];
-    return { item: { ...(evict ? { evict, takeEvicted: spill.length > 0 } : {}), ...(insert ? { insert } : {}) }, spill };
+    const spill = this.store ? plan.release : [];
+    return { item: { ...(evict.length ? { evict, takeEvicted: spill.length > 0 } : {}), ...(insert ? { insert } : {}) }, spill };
   }
 
   /** Positions resident in the cache, in the runner's row order. */
@@ -227,4 +238,13 @@ export class BoundedSequence {
     await this.session.release(this.seqId).catch(() => undefined);
     await this.store?.drop(this.seqId, this.session.spec.name);
   }
+}
+
+/** The row that index `row` of a cache names, counted before the rows `gone` (ascending) leave it. */
+function rowBefore(row: number, gone: readonly number[]): number {
+  for (const g of gone) {
+    if (g > row) break;
+    row++;
+  }
+  return row;
 }

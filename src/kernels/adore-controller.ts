@@ -148,11 +148,14 @@ export function tanh(x: number): number {
 
 /**
  * The controller following one sequence: a state per position and its cached key A z + a, the keys
- * in one growing row-major block so a step scores every token in one tight loop. Rolling back (a
- * shorter token list than before) drops the states of the dropped positions.
+ * in one growing row-major block so a step scores every token in one tight loop. A state depends on
+ * every token up to its position, so states are kept only up to the first position whose token
+ * changed (a rollback, re-fed with other tokens, however many) and recomputed from there.
  */
 export class ControllerTrack {
   private readonly states: Float32Array[] = [];
+  /** The token each state was computed after. */
+  private readonly ids: number[] = [];
   private keys = new Float32Array(0);
 
   constructor(private readonly controller: AdoreController) {}
@@ -161,7 +164,11 @@ export class ControllerTrack {
   async score(positions: readonly number[], tokens: readonly number[], newest: number): Promise<Float64Array> {
     const c = this.controller;
     const H = c.hidden;
-    if (this.states.length > newest + 1) this.states.length = newest + 1;
+    const known = Math.min(this.states.length, newest + 1);
+    let valid = 0;
+    while (valid < known && this.ids[valid] === tokens[valid]) valid++;
+    this.states.length = valid;
+    this.ids.length = valid;
     if (this.keys.length < (newest + 1) * H) {
       const grown = new Float32Array(Math.max((newest + 1) * H, 2 * this.keys.length));
       grown.set(this.keys);
@@ -173,6 +180,7 @@ export class ControllerTrack {
       if (token < 0 || token >= c.vocabSize) throw new RangeError(`token ${token} outside the controller's vocabulary`);
       h = c.step(token, h);
       this.states.push(h);
+      this.ids.push(token);
       this.keys.set(c.key(h), i * H);
     }
     return c.scoreRows(this.keys, positions, c.query(this.states[newest]!), newest);

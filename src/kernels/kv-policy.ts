@@ -182,13 +182,27 @@ export class KvLedger {
     }
   }
 
-  /** Drops every position >= `from` (a rolled-back draft), resident or released. */
-  rollback(from: number): void {
-    const kept = this.order.filter((p) => p < from);
-    for (const p of this.order) if (p >= from) this.scores.delete(p);
+  /**
+   * Drops every position >= `from` (a rolled-back draft), resident or released. Returns the cache
+   * rows the dropped resident positions held (ascending; the runner must evict exactly those, since
+   * rebuilt rows of older positions may sit after them) and the dropped released positions (whose
+   * spilled KV is now stale).
+   */
+  rollback(from: number): { rows: number[]; released: number[] } {
+    const rows: number[] = [];
+    const kept: number[] = [];
+    this.order.forEach((p, i) => {
+      if (p < from) kept.push(p);
+      else {
+        rows.push(i);
+        this.scores.delete(p);
+      }
+    });
     this.order.length = 0;
     this.order.push(...kept);
-    for (const p of [...this.released.keys()]) if (p >= from) this.released.delete(p);
+    const released = [...this.released.keys()].filter((p) => p >= from);
+    for (const p of released) this.released.delete(p);
+    return { rows, released };
   }
 }
 

@@ -32,6 +32,13 @@ export function gatherRows(src: Float32Array, n: number, rows: readonly number[]
   return dst;
 }
 
+/** The first `count` rows of a block (the block itself when that is all of it). */
+export function firstRows(rows: KvRows, count: number): KvRows {
+  if (count === rows.count) return rows;
+  const head = Array.from({ length: count }, (_, r) => r);
+  return { count, kvHeads: rows.kvHeads, tensors: rows.tensors.map((t) => gatherRows(t, rows.count, head, rows.kvHeads)) };
+}
+
 /** Splits a block into one single-row block per row. */
 export function splitRows(rows: KvRows): KvRows[] {
   return Array.from({ length: rows.count }, (_, r) => ({ count: 1, kvHeads: rows.kvHeads, tensors: rows.tensors.map((t) => gatherRows(t, rows.count, [r], rows.kvHeads)) }));
