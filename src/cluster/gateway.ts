@@ -3,8 +3,10 @@ import { context, trace } from '@opentelemetry/api';
 import type { Queue } from 'bullmq';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { z } from 'zod';
+import { MAX_WANT } from '../actors/model-actor.ts';
 import { checkCascade } from '../engine/cascade.ts';
-import { MODES, planCascade } from '../engine/presets.ts';
+import { MODES, planCascade, type KSchedule } from '../engine/presets.ts';
+import { InvalidArgumentError } from '../errors.ts';
 import type { TextTokenizer } from '../models/tokenizer.ts';
 import { jobOptions, type JobData, type RequestOutcome } from './coordinator.ts';
 import { decode, encode } from './messages.ts';
@@ -82,6 +84,16 @@ class HttpError extends Error {
 function sendError(reply: FastifyReply, err: HttpError): FastifyReply {
   for (const [k, v] of Object.entries(err.headers)) reply.header(k, v);
   return reply.code(err.status).send({ error: { message: err.message, type: err.type, param: err.param, code: err.status } });
+}
+
+/** K entries are how many tokens a drafter is asked for at once: at most MAX_WANT, what an actor's propose takes. */
+function checkKBound(kMatrix: KSchedule): void {
+  if (kMatrix === 'auto') return;
+  kMatrix.forEach((row, r) =>
+    row.forEach((k, c) => {
+      if (k > MAX_WANT) throw new InvalidArgumentError(`cascade.k_matrix[${r}][${c}] is ${k}: a K entry may be at most ${MAX_WANT}, the most tokens one drafter call proposes`);
+    }),
+  );
 }
 
 /**
@@ -199,6 +211,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       );
       // shape checks only: the drafters are remote, so stand-ins carry their kind
       checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
+      checkKBound(plan.kMatrix);
     } catch (err) {
       throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
     }
