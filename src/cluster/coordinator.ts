@@ -38,6 +38,8 @@ export interface ClusterFamily {
   readonly target: string;
   readonly eosIds: readonly number[];
   readonly bigram?: Uint32Array;
+  /** The smallest context (positions) of the family's models: every round's drafts stay inside it. */
+  readonly maxPositions?: number;
 }
 
 export interface CoordinatorOptions {
@@ -129,6 +131,7 @@ export class Coordinator {
           { promptIds: [...job.promptIds, ...recorded], maxTokens: remaining, sampling: job.sampling, seed, stopAtEos: job.stopAtEos },
           {
             eosIds: family.eosIds,
+            maxPositions: family.maxPositions,
             onTokens: async (fresh) => {
               await log.append(job.requestId, fence, offset, fresh);
               this.publish(job.requestId, { type: 'tokens', offset, tokens: fresh });

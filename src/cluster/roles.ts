@@ -125,7 +125,9 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   setupTracing('cascade-coordinator');
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
   const shards = new RedisShards(o.redis);
-  const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family) }, callTimeoutMs: o.callTimeoutMs });
+  const positions = [spec, ...family.drafters.map((d) => loadModelSpec(memberDir(family, d)))].flatMap((s) => (s.maxPositions === undefined ? [] : [s.maxPositions]));
+  const maxPositions = positions.length ? Math.min(...positions) : undefined;
+  const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions }, callTimeoutMs: o.callTimeoutMs });
   const worker = startCoordinatorWorker(coordinator, { redisUrl: o.redis[0]!, concurrency: o.concurrency, lockDurationMs: o.lockMs });
   await worker.waitUntilReady();
   const health = await probes(o.healthPort, 'coordinator', async () => {

@@ -138,7 +138,9 @@ export async function generateCascade(
       ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence })
       : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, d.kv),
   );
-  return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens });
+  const positions = [target, ...config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session] : []))].map((s) => s.spec.maxPositions).filter((p) => p !== undefined);
+  const maxPositions = positions.length ? Math.min(...positions) : undefined;
+  return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens, maxPositions });
 }
 
 /** How runCascade reports progress and survives a lost level. */
@@ -158,6 +160,23 @@ export interface RunOptions {
   readonly inRound?: (round: number, run: () => Promise<void>) => Promise<void>;
   /** Where the adaptive schedule pools costs and acceptance across requests (default: the process's). */
   readonly scheduleMemory?: ScheduleMemory;
+  /**
+   * The smallest context (positions) of the cascade's models. Each round's drafts are clamped to
+   * it (see draftRoom); undefined = unbounded.
+   */
+  readonly maxPositions?: number;
+}
+
+/**
+ * How many tokens a round may draft ahead of `committed`: min(remaining − 1, maxPositions −
+ * committed − 1). The target's own token follows the drafts, so drafting the last remaining token
+ * would only be cut; and a block of `committed + room` tokens plus a reviewer's token still fits
+ * every model's positions (an actor refuses a review whose context plus one exceeds them). Every
+ * level's draft, and every mid-level reviewer's added token, stays inside this room. 0 = the target
+ * proposes alone.
+ */
+export function draftRoom(committed: number, remaining: number, maxPositions: number | undefined): number {
+  return Math.max(0, Math.min(remaining - 1, (maxPositions ?? Infinity) - committed - 1));
 }
 
 /** K without drafter `index`: its review row (index + 1) and its column go; the target still drafts >= 1. */
@@ -201,16 +220,17 @@ export async function runCascade(
 
   /**
    * Drafts block.tokens[block.length..] with drafters[first..n) per row `first` of K (the horizontal
-   * cascade); returns where the drafts start and which drafter put each one there.
+   * cascade), never past `end` tokens in all; returns where the drafts start and which drafter put
+   * each one there.
    */
-  async function draft(first: number, block: Block): Promise<{ start: number; sources: string[] }> {
+  async function draft(first: number, block: Block, end: number): Promise<{ start: number; sources: string[] }> {
     const start = block.length;
     const sources: string[] = [];
     for (let i = first; i < drafters.length; i++) {
-      const limit = K[first]![i]!;
+      const limit = Math.min(K[first]![i]!, end - start);
       while (block.length - start < limit) {
         const before = block.length;
-        await step(i + 1, drafters[i]!, block, limit - (block.length - start));
+        await step(i + 1, drafters[i]!, block, limit - (block.length - start), end);
         for (let p = before; p < block.length; p++) sources[p - start] = drafters[i]!.name;
         if (block.length === before) break; // a drafter with nothing to propose (MaG without a match)
       }
@@ -220,32 +240,34 @@ export async function runCascade(
 
   /**
    * Algorithm 1 below the target: drafters[first-1] reviews a block drafted by drafters[first..n),
-   * or proposes autoregressively when it is the last drafter or its row of K is empty.
+   * or proposes autoregressively when it is the last drafter or its row of K is empty. The block
+   * ends at most at `end` (`want` <= end − block.length): the reviewer adds one token, so the block
+   * it reviews is drafted up to end − 1.
    */
-  async function step(first: number, reviewer: CascadeLevel, block: Block, want: number): Promise<void> {
+  async function step(first: number, reviewer: CascadeLevel, block: Block, want: number, end: number): Promise<void> {
     if (first === drafters.length || K[first]!.every((k) => k === 0)) {
       const { ms, fed } = await timed(reviewer, () => reviewer.propose(block, want, rng));
       schedule?.proposed(reviewer.name, want, ms, fed);
       return;
     }
-    const { start, sources } = await draft(first, block);
+    const { start, sources } = await draft(first, block, end - 1);
     const { result, ms, fed } = await timed(reviewer, () => reviewer.review(block, start, rng, config.lenience, true));
     schedule?.reviewed(reviewer.name, sources, result.accepted, ms, fed);
   }
 
-  /** One round: the target reviews a block drafted by the whole cascade, or proposes alone. */
-  async function round(block: Block): Promise<void> {
+  /** One round: the target reviews a block of at most `room` drafts from the whole cascade, or proposes alone. */
+  async function round(block: Block, room: number): Promise<void> {
     let start: number;
     let sources: string[];
     for (;;) {
       if (schedule) K = schedule.plan(top.name, drafters.map((d) => d.name), drafters.map((d) => d.lag?.(block.tokens) ?? 0));
-      if (drafters.length === 0 || K[0]!.every((k) => k === 0)) {
+      if (drafters.length === 0 || K[0]!.every((k) => k === 0) || room === 0) {
         const { ms, fed } = await timed(top, () => top.propose(block, 1, rng));
         schedule?.reviewed(top.name, [], 0, ms, fed);
         return;
       }
       try {
-        ({ start, sources } = await draft(0, block));
+        ({ start, sources } = await draft(0, block, block.committed + room));
         break;
       } catch (err) {
         const lost = err instanceof LevelUnavailableError ? drafters.find((d) => d.name === err.level) : undefined;
@@ -279,16 +301,18 @@ export async function runCascade(
       }
       const committed = tokens.length;
       const block = new Block(tokens, committed);
-      if (options.inRound) await options.inRound(rounds, () => round(block));
-      else await round(block);
+      const room = draftRoom(committed, req.maxTokens - out.length, options.maxPositions);
+      if (options.inRound) await options.inRound(rounds, () => round(block, room));
+      else await round(block, room);
       rounds++;
-      let fresh = tokens.slice(committed);
+      // The budget first, then EOS: an EOS the target accepted past max tokens is not generated
+      // (target-only decoding stops at the budget and reports `length`).
+      let fresh = tokens.slice(committed, committed + req.maxTokens - out.length);
       const stop = fresh.findIndex((t) => eos.has(t));
       if (stop >= 0) {
         fresh = fresh.slice(0, stop);
         finishReason = 'stop';
       }
-      fresh = fresh.slice(0, req.maxTokens - out.length);
       tokens.length = committed;
       tokens.push(...fresh);
       out.push(...fresh);

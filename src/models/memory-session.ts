@@ -16,6 +16,8 @@ export interface MemoryModelOptions {
   readonly seed: number;
   readonly sharpness?: number;
   readonly eosIds?: readonly number[];
+  /** The context: a forward that would hold more tokens fails, as a real model's would. */
+  readonly maxPositions?: number;
   /** Mix in another model's logits with this weight (0..1), to make drafters that resemble a target. */
   readonly resemble?: { readonly model: MemoryModelSession; readonly weight: number };
 }
@@ -38,7 +40,7 @@ export class MemoryModelSession implements ModelSession {
       headDim: 1,
       vocabSize: options.vocabSize,
       eosIds: options.eosIds ?? [],
-      maxPositions: undefined,
+      maxPositions: options.maxPositions,
     };
   }
 
@@ -71,6 +73,10 @@ export class MemoryModelSession implements ModelSession {
         hist.length = item.keep;
       }
       const V = this.options.vocabSize;
+      const max = this.options.maxPositions;
+      if (max !== undefined && hist.length + item.inputIds.length > max) {
+        throw new InvalidArgumentError(`sequence ${item.seqId} would hold ${hist.length + item.inputIds.length} tokens, more than the model's ${max} positions`);
+      }
       const out = new Float32Array((rows === 'last' ? 1 : item.inputIds.length) * V);
       item.inputIds.forEach((t, j) => {
         if (!Number.isInteger(t) || t < 0 || t >= V) throw new InvalidArgumentError(`token id ${t} outside the vocabulary of ${V}`);
