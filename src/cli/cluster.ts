@@ -13,7 +13,11 @@ import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
 import { parseNumber } from './options.ts';
 
-const MAIN = fileURLToPath(new URL('./main.ts', import.meta.url));
+/**
+ * The installed `cascade` command (it loads the TypeScript CLI through tsx itself): roles start
+ * through it, so they run however this process was launched (bin/cascade.js, npm run, node --import tsx).
+ */
+const BIN = fileURLToPath(new URL('../../bin/cascade.js', import.meta.url));
 
 /**
  * A server URL with the credentials from `CASCADE_<NAME>_USER` / `CASCADE_<NAME>_PASSWORD` when it
@@ -110,8 +114,10 @@ async function waitForLine(path: string, pid: number, pattern: RegExp, timeoutMs
     } catch {
       alive = false;
     }
-    if (!alive) throw new CascadeError(`${role} exited during start-up; its log ${path} ends:\n${text.split('\n').slice(-15).join('\n')}`);
-    if (Date.now() > until) throw new CascadeError(`${role} did not become ready within ${timeoutMs / 1000} s; see ${path}`);
+    // the log is removed with everything else a failed start wrote: its end goes into the error
+    const tail = `its log ended:\n${text.trimEnd().split('\n').slice(-15).join('\n')}`;
+    if (!alive) throw new CascadeError(`${role} exited during start-up; ${tail}`);
+    if (Date.now() > until) throw new CascadeError(`${role} did not become ready within ${timeoutMs / 1000} s; ${tail}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -156,26 +162,36 @@ interface UpOptions {
   threads: number;
 }
 
-/** `cascade cluster up`: every role as its own OS process, servers spawned when not given. */
+/** The files `cluster up` writes in its state directory besides the role logs. */
+const SERVER_FILES = ['secrets.json', 'nats.conf', 'redis.conf'];
+
+/**
+ * `cascade cluster up`: every role as its own OS process, servers spawned when not given. A start
+ * that fails stops every process it started and removes every file it wrote (the state directory
+ * too when it made it), then throws naming the role that failed, with the end of its log.
+ */
 async function clusterUp(o: UpOptions): Promise<void> {
   const dir = resolve(o.stateDir);
   if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
   const family = loadFamily(o.models);
+  const madeDir = !existsSync(dir);
   mkdirSync(dir, { recursive: true });
   const pids: { role: string; pid: number }[] = [];
+  const logs: string[] = [];
   const started = async (role: string, args: string[], env: Record<string, string>, timeoutMs = 60_000) => {
     const log = join(dir, `${role}.log`);
+    logs.push(log);
     const fd = openSync(log, 'w');
     // credentials travel in the environment, never on the command line (visible in ps) or in logs
-    const child = spawn(process.execPath, [...process.execArgv, MAIN, ...args], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
+    const child = spawn(process.execPath, [BIN, ...args], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
     closeSync(fd);
     child.unref();
     pids.push({ role, pid: child.pid! });
     return { log, pid: child.pid!, wait: () => waitForLine(log, child.pid!, /^ready: /m, timeoutMs, role) };
   };
   const secrets = o.insecure ? undefined : generateSecrets(o.apiKey);
-  if (secrets) writeFileSync(join(dir, 'secrets.json'), JSON.stringify(secrets, null, 2), { mode: 0o600 });
   try {
+    if (secrets) writeFileSync(join(dir, 'secrets.json'), JSON.stringify(secrets, null, 2), { mode: 0o600 });
     let nats = o.nats;
     let redis = o.redis;
     const natsFor = (role: SecurityRole) => (secrets && !o.nats ? withCredentials(nats!, role, secrets.nats[role]) : nats!);
@@ -212,9 +228,14 @@ async function clusterUp(o: UpOptions): Promise<void> {
     if (secrets) process.stdout.write(`authentication on: the API key and the NATS/Redis credentials are in ${join(dir, 'secrets.json')} (mode 0600)\n`);
   } catch (err) {
     killAll(pids, 'SIGTERM');
-    await waitGone(pids, 5000);
-    killAll(pids, 'SIGKILL');
-    throw err;
+    if (!(await waitGone(pids, 5000))) {
+      killAll(pids, 'SIGKILL');
+      await waitGone(pids, 2000);
+    }
+    for (const file of [...logs, ...SERVER_FILES.map((f) => join(dir, f))]) rmSync(file, { force: true });
+    if (madeDir) rmSync(dir, { recursive: true, force: true });
+    const stopped = pids.length ? `stopped ${pids.map((p) => p.role).join(', ')}` : 'started nothing';
+    throw new CascadeError(`cluster up failed; ${stopped} and removed the files it wrote in ${dir}`, { cause: err });
   }
 }
 
@@ -231,9 +252,7 @@ async function clusterDown(stateDir: string): Promise<void> {
   killAll(servers, 'SIGTERM');
   if (!(await waitGone(servers, 5000))) killAll(servers, 'SIGKILL');
   rmSync(stateFile(dir));
-  rmSync(join(dir, 'secrets.json'), { force: true });
-  rmSync(join(dir, 'nats.conf'), { force: true });
-  rmSync(join(dir, 'redis.conf'), { force: true });
+  for (const f of SERVER_FILES) rmSync(join(dir, f), { force: true });
   process.stdout.write(`cluster down: stopped ${roles.length} processes\n`);
 }
 
