@@ -2,7 +2,7 @@ import test from 'ava';
 import { review } from '../src/kernels/acceptance.ts';
 import { Rng } from '../src/kernels/rng.ts';
 import { sample } from '../src/kernels/sampling.ts';
-import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
+import { chiSquare, describeFits, FALSE_FAILURE, misfits, positionalChiSquare } from './helpers/stats.ts';
 
 function randomDist(rng: Rng, n: number, zeros = 0): Float32Array {
   const d = Float32Array.from({ length: n }, () => rng.uniform() ** 2);
@@ -48,28 +48,58 @@ test('acceptance - a one-hot draft is exact whatever produced it (chi-square)', 
   }
 });
 
-test('acceptance - a two-token block reproduces the reviewer joint distribution, bonus included (chi-square)', (t) => {
-  const rng = new Rng(3);
-  const V = 4;
-  const p0 = randomDist(rng, V);
-  const p1 = Array.from({ length: V }, () => randomDist(rng, V)); // p(second | first)
-  const p2 = Array.from({ length: V * V }, () => randomDist(rng, V));
-  const q0 = randomDist(rng, V);
-  const q1 = Array.from({ length: V }, () => randomDist(rng, V));
-  const counts = new Array(V * V).fill(0);
-  for (let i = 0; i < N; i++) {
-    const x0 = sample(q0, rng);
-    const x1 = sample(q1[x0]!, rng);
-    const r = review([x0, x1], [q0, q1[x0]!], (pos) => (pos === 0 ? p0 : pos === 1 ? p1[x0]! : p2[x0 * V + x1]!), rng);
-    const emitted = [x0, x1].slice(0, r.accepted).concat(r.token);
-    if (emitted.length < 2) emitted.push(sample(p1[emitted[0]!]!, rng)); // the next round's first token
-    counts[emitted[0]! * V + emitted[1]!]++;
-  }
-  const joint = Array.from({ length: V * V }, (_, c) => p0[Math.floor(c / V)]! * p1[Math.floor(c / V)]![c % V]!);
-  const { chi2, df, pValue } = chiSquare(counts, joint);
-  t.is(df, 15);
-  t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(2)}`);
-});
+/**
+ * Distributions over V tokens for every prefix of up to `depth` tokens, keyed by the prefix: the
+ * reviewer's p (some tokens at probability 0) and the drafter's q, which shares part of p's mass
+ * so that whole blocks are often accepted.
+ */
+function conditionals(rng: Rng, V: number, depth: number): { p: Map<string, Float32Array>; q: Map<string, Float32Array> } {
+  const p = new Map<string, Float32Array>();
+  const q = new Map<string, Float32Array>();
+  const visit = (prefix: number[]) => {
+    const key = prefix.join(',');
+    const pi = randomDist(rng, V, 1);
+    p.set(key, pi);
+    const mixed = randomDist(rng, V).map((x, t) => 0.4 * x + 0.6 * pi[t]!);
+    q.set(key, mixed);
+    if (prefix.length < depth) for (let t = 0; t < V; t++) visit([...prefix, t]);
+  };
+  visit([]);
+  return { p, q };
+}
+
+for (const [draft, oneHotAt] of [['sampled drafts with their q', -1], ['a one-hot draft in the middle', 1]] as const) {
+  test(`acceptance - a three-token block (${draft}) emits the accepted prefix and the reviewer's token, the correction or the bonus, each distributed as p given the tokens before it (chi-square)`, (t) => {
+    const rng = new Rng(oneHotAt < 0 ? 3 : 7);
+    const V = 4;
+    const k = 3;
+    const { p, q } = conditionals(rng, V, k);
+    const at = (m: Map<string, Float32Array>, prefix: readonly number[]) => m.get(prefix.join(','))!;
+    const emitted: number[][] = [];
+    let bonuses = 0;
+    for (let n = 0; n < N; n++) {
+      const drafts: number[] = [];
+      const qs: (Float32Array | undefined)[] = [];
+      for (let i = 0; i < k; i++) {
+        const qi = at(q, drafts);
+        // a deterministic drafter proposes its argmax and passes q as undefined (one-hot)
+        drafts.push(i === oneHotAt ? qi.indexOf(Math.max(...qi)) : sample(qi, rng));
+        qs.push(i === oneHotAt ? undefined : qi);
+      }
+      const r = review(drafts, qs, (i) => at(p, drafts.slice(0, i)), rng);
+      if (r.accepted === k) bonuses++;
+      emitted.push([...drafts.slice(0, r.accepted), r.token]);
+    }
+    // position i is reached when the first i drafts were accepted; what is emitted there follows p given them
+    const fits = positionalChiSquare(emitted, [], (prefix) => at(p, prefix));
+    t.log(describeFits(fits));
+    t.is(fits.length, k + 1, 'the bonus position is tested');
+    t.is(fits[k]!.samples, bonuses);
+    t.true(bonuses >= N / 5, `${bonuses} blocks accepted whole`);
+    t.true(fits.every((f) => f.samples - (fits[f.position + 1]?.samples ?? 0) >= N / 20), 'blocks stop at every position: corrections at 0..k-1, the bonus at k');
+    t.deepEqual(misfits(fits, 0.9), [], describeFits(fits));
+  });
+}
 
 test('acceptance - greedy review accepts the prefix that matches the argmax and corrects the first miss', (t) => {
   const rng = new Rng(4);

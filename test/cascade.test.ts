@@ -1,24 +1,33 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { generateCascade, type CascadeConfig, type DrafterSpec } from '../src/engine/cascade.ts';
+import { generateCascade, type CascadeConfig, type CascadeStats, type DrafterSpec } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
+import type { ModelSession } from '../src/models/session.ts';
 import type { KvPolicyName } from '../src/kernels/kv-policy.ts';
-import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
+import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
 
-function family(vocabSize: number) {
-  const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness: 4 });
+/** A target and two drafters resembling it; the sampling tests take 4 tokens and a sharp target so few prefixes hold most samples. */
+function family(vocabSize: number, sharpness = 4) {
+  const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness });
   const d1 = new MemoryModelSession({ name: 'd1', vocabSize, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
   const d2 = new MemoryModelSession({ name: 'd2', vocabSize, order: 1, seed: 13, resemble: { model: target, weight: 0.5 } });
   return { target, d1, d2 };
 }
 
+/** The models of a cascade test (plain, or behind BatchingSessions). */
+interface Family {
+  readonly target: ModelSession;
+  readonly d1: ModelSession;
+  readonly d2: ModelSession;
+}
+
 const mag: DrafterSpec = { kind: 'mag' };
 /** A neural drafter over a bounded KV cache (ADORE placements b and c). */
-const bounded = (session: MemoryModelSession, policy: KvPolicyName, budget: number): DrafterSpec => ({ kind: 'model', session, kv: { policy, budget: { budget, sinks: 0, recent: 0, rebuild: 0 } } });
-const model = (session: MemoryModelSession): DrafterSpec => ({ kind: 'model', session });
+const bounded = (session: ModelSession, policy: KvPolicyName, budget: number): DrafterSpec => ({ kind: 'model', session, kv: { policy, budget: { budget, sinks: 0, recent: 0, rebuild: 0 } } });
+const model = (session: ModelSession): DrafterSpec => ({ kind: 'model', session });
 
 /** Random cumulative upper-triangular K for n drafters. */
 const kMatrix = (n: number) =>
@@ -51,42 +60,85 @@ test('cascade - greedy output equals target-only greedy for every cascade shape,
   for (const m of [target, d1, d2]) t.is(m.liveSequences(), 0, `${m.spec.name} released every sequence`);
 });
 
-/** The target's joint distribution of the first two tokens after `prompt`. */
-function targetJoint(target: MemoryModelSession, prompt: number[], sampling: SamplingParams): number[] {
-  const V = target.spec.vocabSize;
-  const p0 = distribution(target.nextLogits(prompt), sampling);
-  const joint: number[] = [];
-  for (let a = 0; a < V; a++) {
-    const p1 = distribution(target.nextLogits([...prompt, a]), sampling);
-    for (let b = 0; b < V; b++) joint.push(p0[a]! * p1[b]!);
-  }
-  return joint;
+/**
+ * A sampling test of one mode: `samples` seeded requests of `maxTokens` tokens each from the same
+ * prompt, every position tested against the target given the tokens before it.
+ */
+interface SampledCase {
+  readonly name: string;
+  readonly config: (f: Family) => CascadeConfig;
+  readonly sampling: SamplingParams;
+  /**
+   * Most tokens one round can emit: the target's largest block plus its own token (with K auto, the
+   * schedule's largest block, 12, plus one). maxTokens > roundMax, so every sample holds its first
+   * round whole, bonus included, and part of the second; with a fixed K maxTokens = 2 × roundMax,
+   * so the second round is whole too.
+   */
+  readonly roundMax: number;
+  readonly maxTokens: number;
+  readonly samples: number;
+  /** Requests in flight at once, every model behind a BatchingSession (batched passes). */
+  readonly concurrent?: number;
 }
 
-const sampledConfigs: [string, (f: ReturnType<typeof family>) => CascadeConfig, SamplingParams][] = [
-  ['sd', (f) => ({ drafters: [model(f.d1)], kMatrix: [[3]], lenience: 1 }), { temperature: 1, topK: 0, topP: 1 }],
-  ['mag', () => ({ drafters: [mag], kMatrix: [[3]], lenience: 1 }), { temperature: 1, topK: 0, topP: 1 }],
-  ['csd', (f) => ({ drafters: [model(f.d1), model(f.d2), mag], kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 2]], lenience: 1 }), { temperature: 0.7, topK: 0, topP: 1 }],
-  ['csd lenient drafters, top-k/top-p', (f) => ({ drafters: [model(f.d1), model(f.d2), mag], kMatrix: [[2, 3, 4], [0, 1, 3], [0, 0, 2]], lenience: 3 }), { temperature: 1, topK: 4, topP: 0.9 }],
-  ['drafters over bounded caches (placement b)', (f) => ({ drafters: [bounded(f.d1, 'h2o', 3), bounded(f.d2, 'window', 3), mag], kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 2]], lenience: 1 }), { temperature: 1, topK: 0, topP: 1 }],
-  ['csd with the adaptive schedule (K auto)', (f) => ({ drafters: [model(f.d1), model(f.d2), mag], kMatrix: 'auto', lenience: 1 }), { temperature: 0.8, topK: 0, topP: 1 }],
-  ['self-draft: the target over a bounded cache (placement c)', (f) => ({ drafters: [bounded(f.target, 'h2o', 3), mag], kMatrix: [[2, 4], [0, 2]], lenience: 1 }), { temperature: 0.8, topK: 0, topP: 1 }],
+const t1 = { temperature: 1, topK: 0, topP: 1 };
+const csd3 = (f: Family) => [model(f.d1), model(f.d2), mag];
+const sampledCases: SampledCase[] = [
+  { name: 'ar (target alone)', config: () => ({ drafters: [], kMatrix: [], lenience: 1 }), sampling: t1, roundMax: 1, maxTokens: 8, samples: 12_000 },
+  { name: 'sd', config: (f) => ({ drafters: [model(f.d1)], kMatrix: [[3]], lenience: 1 }), sampling: t1, roundMax: 4, maxTokens: 8, samples: 12_000 },
+  { name: 'mag', config: () => ({ drafters: [mag], kMatrix: [[3]], lenience: 1 }), sampling: t1, roundMax: 4, maxTokens: 8, samples: 12_000 },
+  // d1 reviews d2's two tokens and adds its own (a mid-level bonus when both pass); d2 tops the block up to 3
+  { name: 'csd, 2 levels', config: (f) => ({ drafters: [model(f.d1), model(f.d2)], kMatrix: [[1, 3], [0, 2]], lenience: 1 }), sampling: t1, roundMax: 4, maxTokens: 8, samples: 12_000 },
+  { name: 'csd, 3 levels', config: (f) => ({ drafters: csd3(f), kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 1]], lenience: 1 }), sampling: { temperature: 0.7, topK: 0, topP: 1 }, roundMax: 4, maxTokens: 8, samples: 12_000 },
+  { name: 'csd, lenient drafters (lenience 3), top-k/top-p', config: (f) => ({ drafters: csd3(f), kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 1]], lenience: 3 }), sampling: { temperature: 1, topK: 3, topP: 0.9 }, roundMax: 4, maxTokens: 8, samples: 12_000 },
+  { name: 'drafters over bounded caches (placement b)', config: (f) => ({ drafters: [bounded(f.d1, 'h2o', 3), bounded(f.d2, 'window', 3), mag], kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 1]], lenience: 1 }), sampling: t1, roundMax: 4, maxTokens: 8, samples: 12_000 },
+  { name: 'self-draft: the target over a bounded cache (placement c)', config: (f) => ({ drafters: [bounded(f.target, 'h2o', 3), mag], kMatrix: [[2, 3], [0, 1]], lenience: 1 }), sampling: { temperature: 0.8, topK: 0, topP: 1 }, roundMax: 4, maxTokens: 8, samples: 12_000 },
+  { name: 'csd with the adaptive schedule (K auto)', config: (f) => ({ drafters: csd3(f), kMatrix: 'auto', lenience: 1 }), sampling: { temperature: 0.6, topK: 0, topP: 1 }, roundMax: 13, maxTokens: 14, samples: 12_000 },
+  { name: 'K auto, every model batched across 8 concurrent requests', config: (f) => ({ drafters: csd3(f), kMatrix: 'auto', lenience: 1 }), sampling: { temperature: 0.6, topK: 0, topP: 1 }, roundMax: 13, maxTokens: 14, samples: 12_000, concurrent: 8 },
 ];
 
-for (const [name, build, sampling] of sampledConfigs) {
-  test(`cascade - sampling: ${name} reproduces the target's distribution of the first two tokens (chi-square)`, async (t) => {
-    const f = family(5);
-    const prompt = [1, 3, 2];
-    const config = build(f);
-    const counts = new Array(25).fill(0);
-    const N = 12_000;
-    for (let seed = 0; seed < N; seed++) {
-      const r = await generateCascade(f.target, config, { promptIds: prompt, maxTokens: 2, sampling, seed, stopAtEos: false });
-      counts[r.tokenIds[0]! * 5 + r.tokenIds[1]!]++;
+for (const c of sampledCases) {
+  const positions = c.roundMax > 1 ? 'every position of two rounds, bonus included,' : 'every position';
+  test(`cascade - sampling: ${c.name} draws ${positions} from the target given the tokens before it (chi-square)`, async (t) => {
+    const plain = family(4, 8);
+    const batched = c.concurrent ? [plain.target, plain.d1, plain.d2].map((m) => new BatchingSession(m, { windowMs: 1 })) : [];
+    const f = batched.length ? { target: batched[0]!, d1: batched[1]!, d2: batched[2]! } : plain;
+    // a prompt MaG can copy from: the target's greedy continuation of [1, 3, 2]
+    const start = [1, 3, 2];
+    const prompt = [...start, ...(await generateAutoregressive(plain.target, { promptIds: start, maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds];
+    const config = c.config(f);
+    t.true(c.maxTokens > c.roundMax && (config.kMatrix === 'auto' || c.maxTokens >= 2 * c.roundMax), 'the window holds round 1 whole and round 2, whole with a fixed K');
+    const samples: number[][] = [];
+    const rounds: number[][] = [];
+    const stats: CascadeStats[] = [];
+    const concurrent = c.concurrent ?? 1;
+    for (let seed = 0; seed < c.samples; seed += concurrent) {
+      await Promise.all(
+        Array.from({ length: concurrent }, async (_, i) => {
+          const lengths: number[] = [];
+          const r = await generateCascade(f.target, config, { promptIds: prompt, maxTokens: c.maxTokens, sampling: c.sampling, seed: seed + i, stopAtEos: false }, (ids) => lengths.push(ids.length));
+          samples[seed + i] = r.tokenIds;
+          rounds[seed + i] = lengths;
+          stats[seed + i] = r.stats;
+        }),
+      );
     }
-    const { chi2, df, pValue, impossible } = chiSquare(counts, targetJoint(f.target, prompt, sampling));
-    t.is(impossible, 0, 'no token the target could not produce');
-    t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}`);
+    if (batched.length) {
+      t.true(batched[0]!.counters.largestBatch > 1, 'requests were batched');
+      await Promise.all(batched.map((b) => b.close()));
+    }
+    t.true(samples.every((s) => s.length === c.maxTokens));
+    t.true(rounds.every((r, i) => r.length === stats[i]!.rounds && r.length >= 2 && r.every((n) => n <= c.roundMax)), `every sample spans two rounds or more, none longer than ${c.roundMax} tokens`);
+    if (config.drafters.length) {
+      // A round that rejects rejects >= 1 draft, so at least (rounds with drafts) - (drafts rejected) rounds
+      // accepted every draft and drew the bonus; less one for the last round, whose bonus maxTokens may cut.
+      const bonuses = stats.reduce((n, s) => n + Math.max(0, (s.draftedByPosition[0] ?? 0) - (s.draftedTokens - s.acceptedTokens) - 1), 0);
+      t.log(`${bonuses} rounds or more ended with the target's bonus inside the window`);
+      t.true(bonuses >= c.samples / 10, `${bonuses} rounds or more ended with a bonus inside the window (${c.samples} samples)`);
+    }
+    const fits = positionalChiSquare(samples, prompt, (context) => distribution(plain.target.nextLogits(context), c.sampling));
+    t.log(describeFits(fits));
+    t.deepEqual(misfits(fits), [], describeFits(fits));
   });
 }
 
@@ -146,22 +198,4 @@ test('cascade - impossible configurations are refused with the reason', async (t
   await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[2]], lenience: 0.5 }, req), { message: /lenience/ });
   const other = new MemoryModelSession({ name: 'other', vocabSize: 30, order: 1, seed: 1 });
   await t.throwsAsync(generateCascade(target, { drafters: [model(other)], kMatrix: [[2]], lenience: 1 }, req), { message: /share one tokenizer/ });
-});
-
-test('cascade - sampling: adaptive K with every model batched across 8 concurrent requests reproduces the target\'s distribution (chi-square)', async (t) => {
-  const f = family(5);
-  const [target, d1, d2] = [f.target, f.d1, f.d2].map((m) => new BatchingSession(m, { windowMs: 1 }));
-  const config: CascadeConfig = { drafters: [{ kind: 'model', session: d1! }, { kind: 'model', session: d2! }, mag], kMatrix: 'auto', lenience: 1 };
-  const sampling = { temperature: 1, topK: 0, topP: 1 };
-  const prompt = [1, 3, 2];
-  const counts = new Array(25).fill(0);
-  const N = 12_000;
-  for (let seed = 0; seed < N; seed += 8) {
-    const runs = await Promise.all(Array.from({ length: 8 }, (_, i) => generateCascade(target!, config, { promptIds: prompt, maxTokens: 2, sampling, seed: seed + i, stopAtEos: false })));
-    for (const r of runs) counts[r.tokenIds[0]! * 5 + r.tokenIds[1]!]++;
-  }
-  t.true(target!.counters.largestBatch > 1, 'requests were batched');
-  const { chi2, df, pValue, impossible } = chiSquare(counts, targetJoint(f.target, prompt, sampling));
-  t.is(impossible, 0, 'no token the target could not produce');
-  t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}`);
 });
