@@ -1,10 +1,14 @@
 import test from 'ava';
 import { MAX_WANT, ModelActor } from '../src/actors/model-actor.ts';
+import { Coordinator } from '../src/cluster/coordinator.ts';
 import { startNats, type LocalServer } from '../src/cluster/local-servers.ts';
 import { decode, encode, type ActorReply, type ActorRequest } from '../src/cluster/messages.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { InProcessTransport, subjects, TransportError, type Transport } from '../src/cluster/transport.ts';
+import { MemoryRequestLog } from '../src/cluster/redis-store.ts';
+import { distribution } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
+import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
 
 /**
  * Actors and transports at their limits, on both transports (the in-process one and NATS with a
@@ -102,4 +106,36 @@ test('actor - the target\'s actor refuses a review with lenience other than 1; a
   } finally {
     await Promise.all([target.stop(), drafter.stop()]);
   }
+});
+
+test('actor - proposals cut to the payload limit (their last q rows one-hot) keep the sampled cascade exact (chi-square)', async (t) => {
+  // 5 tokens: a q row is 29 bytes of a frame's rows; 160 bytes leave the rows 80, so of a drafter's
+  // 3 proposed tokens 2 travel with their q and the third one-hot, and the review sends on the 2;
+  // the first two tokens of each request are counted
+  const transport = new InProcessTransport({ maxPayload: 160 });
+  const target = new MemoryModelSession({ name: 'target', vocabSize: 5, order: 2, seed: 11, sharpness: 4 });
+  const d1 = new MemoryModelSession({ name: 'd1', vocabSize: 5, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
+  const actors = [new ModelActor(transport, target, { target: true }).start(), new ModelActor(transport, d1).start()];
+  const log = new MemoryRequestLog();
+  const coordinator = new Coordinator({ transport, log, family: { target: 'target', eosIds: [] } });
+  const sampling = { temperature: 1, topK: 0, topP: 1 };
+  const prompt = [1, 3, 2];
+  const counts = new Array(25).fill(0);
+  const N = 8000;
+  try {
+    for (let seed = 0; seed < N; seed++) {
+      await coordinator.run({ requestId: `r${seed}`, promptIds: prompt, maxTokens: 4, sampling, seed, drafters: ['d1'], kMatrix: [[3]], lenience: 1, stopAtEos: false, enqueuedAt: Date.now() });
+      const [a, b] = await log.read(`r${seed}`);
+      counts[a! * 5 + b!]++;
+    }
+  } finally {
+    await Promise.all(actors.map((a) => a.stop()));
+  }
+  t.true(actors[1]!.counters.oneHot >= N, `each request's first proposal went partly one-hot (${actors[1]!.counters.oneHot} did)`);
+  t.is(transport.unanswered, 0);
+  const p0 = distribution(target.nextLogits(prompt), sampling);
+  const joint = Array.from({ length: 25 }, (_, i) => p0[Math.floor(i / 5)]! * distribution(target.nextLogits([...prompt, Math.floor(i / 5)]), sampling)[i % 5]!);
+  const { chi2, df, pValue, impossible } = chiSquare(counts, joint);
+  t.is(impossible, 0);
+  t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}`);
 });

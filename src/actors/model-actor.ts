@@ -5,7 +5,7 @@ import { CascadeError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
 import { checkSampling } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
-import { decode, encode, FrameError, withLoad, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
+import { decode, encode, FrameError, rowsBytes, withLoad, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
 import { extractContext, inSpan } from '../cluster/tracing.ts';
 import { subjects, subjectToken, type Headers, type Subscription, type Transport } from '../cluster/transport.ts';
 
@@ -153,25 +153,25 @@ export class ModelActor {
   }
 
   /**
-   * The reply as a frame within the transport's payload limit. When its distributions (float32 rows,
-   * one per token) would not fit, the last ones travel one-hot: a one-hot draft is exact whatever
-   * drew it (SPEC §4.3; the reviewer only accepts it less often), so every token stays and the
-   * output stays exact. A reply that still does not fit is an error reply.
+   * The reply as a frame within the transport's payload limit. Its distributions (float32 rows, one
+   * per token) keep to half the limit, the budget RemoteLevel.review gives the rows it sends on, so
+   * the rows that travel also reach the reviewer; the last ones that do not fit travel one-hot. A
+   * one-hot draft is exact whatever drew it (SPEC §4.3; the reviewer only accepts it less often),
+   * so every token stays and the output stays exact. A reply that still does not fit is an error reply.
    */
   private frame(reply: ActorReply): Uint8Array {
     const max = this.transport.maxPayload;
-    let frame = encode(reply);
-    if (frame.length > max && (reply.type === 'proposed' || reply.type === 'reviewed')) {
+    if (reply.type === 'proposed' || reply.type === 'reviewed') {
       const rows = reply.type === 'proposed' ? reply.q : reply.p;
+      const oneHotFrom = (keep: number) => rows.map((r, i) => (i < keep ? r : undefined));
       let keep = rows.length;
-      for (let size = frame.length; keep > 0 && size > max; ) {
-        const row = rows[--keep];
-        if (row) size -= 4 + 4 * row.length; // its length and floats go; its presence byte stays
+      while (keep > 0 && rowsBytes(oneHotFrom(keep)) > max / 2) keep--;
+      if (rows.slice(keep).some((r) => r)) {
+        reply = reply.type === 'proposed' ? { ...reply, q: oneHotFrom(keep) } : { ...reply, p: oneHotFrom(keep) };
+        this.counters.oneHot++;
       }
-      const kept = rows.map((r, i) => (i < keep ? r : undefined));
-      frame = encode(reply.type === 'proposed' ? { ...reply, q: kept } : { ...reply, p: kept });
-      this.counters.oneHot++;
     }
+    const frame = encode(reply);
     if (frame.length <= max) return frame;
     this.counters.errors++;
     return encode({ type: 'error', code: 'internal', message: `${this.model}/${this.instance}: the ${reply.type} reply of ${frame.length} bytes is over the transport's ${max}-byte payload limit` });
