@@ -104,8 +104,8 @@ test('bounded KV - a batched release frees s slots at once when full, never exce
 test('bounded KV - h2o keeps the tokens that received the most attention, within the budget', async (t) => {
   const toy = new MemoryModelSession({ name: 'toy', vocabSize: 16, order: 2, seed: 5 });
   const seq = new BoundedSequence(toy, 'h2o', { policy: 'h2o', budget: { budget: 8, sinks: 0, recent: 2, rebuild: 0 } });
-  // The toy model attends uniformly, so older tokens have received more attention: H2O keeps them
-  // (and the protected recent window), the opposite of a sliding window.
+  // The toy model attends uniformly, so older tokens (seen while the cache was smaller) have received
+  // more attention per query: H2O keeps them (and the protected recent window), unlike a sliding window.
   for (let i = 0; i < 20; i++) {
     await seq.feed([i % 16]);
     t.true(seq.resident <= 8);
@@ -113,6 +113,31 @@ test('bounded KV - h2o keeps the tokens that received the most attention, within
   t.is(toy.length('h2o'), 8);
   await seq.close();
   t.is(toy.liveSequences(), 0);
+});
+
+test('bounded KV - h2o scores the attention a token received per query, not its age: with local attention it keeps the recent tokens', async (t) => {
+  // Each query pays 0.8 of its attention to the 4 newest tokens (itself included) and 0.2 to the rest.
+  // Summed over steps, an old token collects 0.2 / (cache - 4) from every later query and ends up
+  // outscoring the tokens the model actually attends to; per query, it does not.
+  const toy = new MemoryModelSession({ name: 'toy', vocabSize: 16, order: 2, seed: 5 });
+  const step = toy.step.bind(toy);
+  toy.step = async (item, rows, attention) => {
+    const r = await step(item, rows, attention);
+    if (!attention) return r;
+    const s = item.inputIds.length;
+    const total = toy.length(item.seqId);
+    const local = new Float32Array(s * total);
+    for (let q = 0; q < s; q++) {
+      const seen = total - s + q + 1;
+      const near = Math.min(4, seen);
+      for (let k = 0; k < seen; k++) local[q * total + k] = k >= seen - near ? 0.8 / near + (near === seen ? 0.2 / near : 0) : 0.2 / (seen - near);
+    }
+    return { ...r, attention: local };
+  };
+  const seq = new BoundedSequence(toy, 'local', { policy: 'h2o', budget: { budget: 8, sinks: 0, recent: 2, rebuild: 0 } });
+  for (let i = 0; i < 40; i++) await seq.feed([i % 16]);
+  t.deepEqual([...seq.residentPositions].sort((a, b) => a - b), [32, 33, 34, 35, 36, 37, 38, 39]);
+  await seq.close();
 });
 
 test('bounded KV - a scorer (ADORE) releases and rebuilds; a rebuilt token has exactly its original KV', async (t) => {

@@ -167,10 +167,10 @@ export class BoundedSequence {
       if (room.spill.length && r.evicted) await this.store!.put(this.seqId, this.session.spec.name, room.spill, firstRows(r.evicted, room.spill.length));
       this.ledger.append(positions);
       if (h2o) {
-        // Heavy hitters: every cached token's score is the attention it has received so far.
+        // Heavy hitters: every cached token's score is the attention it has received per query.
         const received = new Float64Array(keys.length);
         for (let q = 0; q < piece.length; q++) for (let j = 0; j < keys.length; j++) received[j]! += r.attention![q * keys.length + j]!;
-        this.ledger.score(keys, received, true);
+        this.ledger.attend(keys, received, this.next, piece.length);
       } else if (scores) {
         this.ledger.rescore(scores);
       } else {

@@ -8,7 +8,9 @@
  * `sinks` positions and the `recent` newest). Policies differ only in the score:
  *   window     newer is better (score = position): a sliding window.
  *   streaming  the same, with sink tokens protected (StreamingLLM).
- *   h2o        attention each token has received, accumulated over steps (Heavy-Hitter Oracle).
+ *   h2o        attention each token has received per query since it arrived (Heavy-Hitter Oracle,
+ *              with the accumulated score divided by the queries that saw the token: a plain sum
+ *              grows with a token's age and keeps the oldest tokens instead of the heavy hitters).
  *   adore      the learned controller's importance for the current step; released tokens keep
  *              being scored, and the top `rebuild` of them re-enter when they beat a resident.
  * With no rebuild candidates this releases exactly one token per step once over budget (one
@@ -131,12 +133,28 @@ export class KvLedger {
     for (const p of this.released.keys()) this.released.set(p, values[i++]!);
   }
 
-  /** Sets scores (resident or released); h2o adds, the others replace. */
-  score(positions: readonly number[], values: ArrayLike<number>, accumulate = false): void {
+  /** Sets scores (resident or released). */
+  score(positions: readonly number[], values: ArrayLike<number>): void {
     positions.forEach((p, i) => {
       const v = values[i]!;
-      if (this.released.has(p)) this.released.set(p, accumulate ? this.released.get(p)! + v : v);
-      else if (this.scores.has(p)) this.scores.set(p, accumulate ? this.scores.get(p)! + v : v);
+      if (this.released.has(p)) this.released.set(p, v);
+      else if (this.scores.has(p)) this.scores.set(p, v);
+    });
+  }
+
+  /**
+   * H2O's score after one step: the attention each resident token has received per query since it
+   * arrived (a running mean). `received[j]` is the attention position `keys[j]` received from the
+   * step's `queries` new tokens, summed over them (and over heads and layers); the new tokens are at
+   * positions `next`, `next + 1`, …, and every token fed after a resident one attends to it, so
+   * position p has been seen by max(0, next - p) queries before the step and next + queries - p after.
+   */
+  attend(keys: readonly number[], received: ArrayLike<number>, next: number, queries: number): void {
+    keys.forEach((p, j) => {
+      const before = this.scores.get(p);
+      if (before === undefined) return;
+      const seen = Math.max(0, next - p);
+      this.scores.set(p, (before * seen + received[j]!) / (next + queries - p));
     });
   }
 
