@@ -7,8 +7,12 @@ import { NatsTransport } from '../cluster/nats-transport.ts';
 import { spawnRole, type RoleProcess } from '../cluster/processes.ts';
 import { startGatewayRole } from '../cluster/roles.ts';
 import { subjects } from '../cluster/transport.ts';
+import { generateAutoregressive } from '../engine/generate.ts';
 import { CascadeError } from '../errors.ts';
-import { loadFamily } from '../models/family.ts';
+import { GREEDY } from '../kernels/sampling.ts';
+import { loadFamily, memberDir } from '../models/family.ts';
+import { OrtModelSession } from '../models/ort-session.ts';
+import { TextTokenizer } from '../models/tokenizer.ts';
 import { formatTable, median, writeJson } from './report.ts';
 import { loadWorkload } from './workloads.ts';
 
@@ -33,10 +37,12 @@ export interface ScenarioResult {
   readonly scenario: Scenario;
   readonly requests: number;
   readonly completed: number;
+  /** Requests of the fault wave whose greedy text equals target-only decoding's (the target alone). */
   readonly identical: number;
   /** Requests that failed with an explicit error and completed when the client retried them. */
   readonly retried: number;
   readonly failed: number;
+  /** Requests of the recovery wave whose greedy text equals target-only decoding's. */
   readonly recoveryCompleted: number;
   /** Sessions still held once the idle timeout has passed (leaks). */
   readonly leakedSessions: number;
@@ -186,21 +192,46 @@ async function wave(url: string, prompts: readonly string[], maxTokens: number, 
   );
 }
 
-/** `cascade chaos`: each scenario runs normal → fault → recovery against a local multi-process cluster. */
+/** The oracle of a greedy request: the text target-only decoding (the target model alone) gives each prompt. */
+async function targetOnlyTexts(models: string, prompts: readonly string[], maxTokens: number): Promise<string[]> {
+  const family = loadFamily(models);
+  const target = await OrtModelSession.open(memberDir(family, family.target));
+  try {
+    const tokenizer = TextTokenizer.load(target.spec.tokenizerPath);
+    const texts = new Map<string, string>();
+    for (const p of new Set(prompts)) {
+      const r = await generateAutoregressive(target, { promptIds: tokenizer.encode(p), maxTokens, sampling: GREEDY, seed: 0 });
+      texts.set(p, tokenizer.decode(r.tokenIds));
+    }
+    return prompts.map((p) => texts.get(p)!);
+  } finally {
+    await target.close();
+  }
+}
+
+/**
+ * `cascade chaos`: each scenario runs normal → fault → recovery against a local multi-process
+ * cluster. Every greedy text is compared with target-only decoding, never with the cluster's own
+ * no-fault run (a cascade that was wrong the same way with and without the fault would pass that).
+ */
 export async function runChaos(o: ChaosOptions): Promise<ScenarioResult[]> {
   const log = o.log ?? ((s: string) => process.stderr.write(`${s}\n`));
   const prompts = Array.from({ length: o.concurrency }, (_, i) => {
     const all = loadWorkload('code');
     return all[i % all.length]!.prompt;
   });
+  log('target-only decoding of every prompt (the oracle) …');
+  const want = await targetOnlyTexts(o.models, prompts, o.maxTokens);
   const cluster = new ChaosCluster(o.models);
   const results: ScenarioResult[] = [];
   try {
     log('starting the cluster (2 verifiers, one actor per drafter, 2 coordinators) …');
     await cluster.start();
-    log(`normal: ${o.concurrency} concurrent streams, no fault (the reference output)`);
-    const reference = await wave(cluster.gateway.url, prompts, o.maxTokens);
-    if (reference.some((r) => r.error)) throw new CascadeError(`the no-fault run failed: ${reference.find((r) => r.error)!.error}`);
+    log(`normal: ${o.concurrency} concurrent streams, no fault`);
+    const normal = await wave(cluster.gateway.url, prompts, o.maxTokens);
+    if (normal.some((r) => r.error)) throw new CascadeError(`the no-fault run failed: ${normal.find((r) => r.error)!.error}`);
+    const inexact = normal.filter((r, i) => r.text !== want[i]).length;
+    if (inexact) throw new CascadeError(`the no-fault run differs from target-only decoding for ${inexact} of ${prompts.length} greedy requests`);
     const drafter = `draft-${cluster.family.drafters[0]}`;
     for (const scenario of o.scenarios) {
       log(`${scenario}: fault …`);
@@ -250,8 +281,8 @@ export async function runChaos(o: ChaosOptions): Promise<ScenarioResult[]> {
         leaked = await cluster.sessions().catch(() => -1);
       }
       const drainSeconds = (performance.now() - drainStart) / 1000;
-      const identical = faulty.filter((r, i) => !r.error && r.text === reference[i]!.text).length;
-      const recovered = after.filter((r, i) => !r.error && r.text === reference[i]!.text).length;
+      const identical = faulty.filter((r, i) => !r.error && r.text === want[i]).length;
+      const recovered = after.filter((r, i) => !r.error && r.text === want[i]).length;
       const result: ScenarioResult = {
         scenario,
         requests: prompts.length,
@@ -267,7 +298,7 @@ export async function runChaos(o: ChaosOptions): Promise<ScenarioResult[]> {
       };
       results.push(result);
       const errors = faulty.filter((r) => r.error).map((r) => r.error);
-      log(`${scenario}: ${result.pass ? 'pass' : 'FAIL'} (${identical}/${prompts.length} identical, ${result.retried} retried, ${leaked} sessions left after ${drainSeconds.toFixed(1)} s${errors.length ? `; errors: ${[...new Set(errors)].join(' | ')}` : ''})`);
+      log(`${scenario}: ${result.pass ? 'pass' : 'FAIL'} (${identical}/${prompts.length} identical to target-only, ${result.retried} retried, ${leaked} sessions left after ${drainSeconds.toFixed(1)} s${errors.length ? `; errors: ${[...new Set(errors)].join(' | ')}` : ''})`);
     }
   } finally {
     await cluster.stop();
@@ -277,7 +308,7 @@ export async function runChaos(o: ChaosOptions): Promise<ScenarioResult[]> {
 
 export function chaosTable(results: readonly ScenarioResult[]): string {
   return formatTable(
-    ['scenario', 'requests', 'completed', 'identical', 'retried', 'failed', 'recovery ok', 'sessions left', 'drained in s', 'median s', 'result'],
+    ['scenario', 'requests', 'completed', '= target-only', 'retried', 'failed', 'recovery ok', 'sessions left', 'drained in s', 'median s', 'result'],
     results.map((r) => [r.scenario, r.requests, r.completed, r.identical, r.retried, r.failed, r.recoveryCompleted, r.leakedSessions, r.drainSeconds, r.medianSeconds, r.pass ? 'pass' : 'FAIL']),
   );
 }
@@ -287,7 +318,7 @@ export async function chaosCommand(o: ChaosOptions): Promise<boolean> {
   const results = await runChaos(o);
   const table = chaosTable(results);
   writeJson(o.out, 'chaos', { concurrency: o.concurrency, maxTokens: o.maxTokens, results });
-  writeFileSync(join(o.out, 'chaos.md'), `# Chaos suite\n\n${o.concurrency} concurrent greedy streams of ${o.maxTokens} tokens per phase; each scenario runs normal → fault → recovery; actors free orphaned sessions after ${IDLE_MS / 1000} s idle, and *sessions left* is counted once that has passed.\n\n\`\`\`\n${table}\n\`\`\`\n`);
+  writeFileSync(join(o.out, 'chaos.md'), `# Chaos suite\n\n${o.concurrency} concurrent greedy streams of ${o.maxTokens} tokens per phase; each scenario runs normal → fault → recovery; *= target-only* and *recovery ok* count greedy texts equal to target-only decoding (the target model alone); actors free orphaned sessions after ${IDLE_MS / 1000} s idle, and *sessions left* is counted once that has passed.\n\n\`\`\`\n${table}\n\`\`\`\n`);
   process.stdout.write(`${table}\n\nwrote ${join(o.out, 'chaos.json')} and chaos.md\n`);
   return results.every((r) => r.pass);
 }
