@@ -5,7 +5,9 @@ import type { Worker } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { ModelActor } from '../src/actors/model-actor.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from '../src/cluster/coordinator.ts';
-import { buildGateway, chatPrompt } from '../src/cluster/gateway.ts';
+import { apiFinishReason, buildGateway, chatPrompt } from '../src/cluster/gateway.ts';
+import { encode } from '../src/cluster/messages.ts';
+import { subjects } from '../src/cluster/transport.ts';
 import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
 import { GatewayMetrics } from '../src/cluster/metrics.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
@@ -93,4 +95,33 @@ test('gateway - a streamed chat reply with text names its role once, in the firs
   t.true(text.length > 0);
   t.is(done.choices[0]!.message.content, text);
   t.is(chunks.filter((c) => c.choices[0]?.delta.role).length, 1, 'one chunk names the role');
+});
+
+// Fault: a request cancelled before EOS or max_tokens was reported as `length`, which clients read
+// as "the reply was cut, ask for more".
+test('gateway - a request cancelled mid-stream ends with finish_reason abort, never length', async (t) => {
+  const messages = [{ role: 'user' as const, content: 'Tell a long story.' }];
+  const greedy: number[] = [];
+  const context = tokenizer.encode(chatPrompt(messages));
+  for (let i = 0; i < 3000; i++) greedy.push(argmax(model.nextLogits([...context, ...greedy])));
+  t.false(greedy.includes(EOS), 'precondition: the reply runs to max_tokens unless cancelled');
+  const canceller = await NatsTransport.connect({ servers: nats.url });
+  transports.push(canceller);
+  const chunks: OpenAI.Chat.Completions.ChatCompletionChunk[] = [];
+  const stream = client.chat.completions.stream({ model: 'target', messages, max_tokens: 3000, temperature: 0 });
+  stream.on('chunk', (c) => {
+    if (chunks.push(c) !== 2) return;
+    const requestId = `req-${c.id.slice('chatcmpl-'.length)}`;
+    canceller.publish(subjects.cancel(requestId), encode({ type: 'close', session: requestId }));
+  });
+  const done = await stream.finalChatCompletion();
+  t.is(done.choices[0]!.finish_reason as string, 'abort');
+  t.true((done.usage?.completion_tokens ?? chunks.length) < 3000, 'the request stopped early');
+});
+
+test('gateway - the API finish reason of each engine finish reason', (t) => {
+  t.is(apiFinishReason('stop'), 'stop');
+  t.is(apiFinishReason('length'), 'length');
+  t.is(apiFinishReason('cancelled'), 'abort');
+  t.throws(() => apiFinishReason('other'));
 });

@@ -97,6 +97,17 @@ function checkKBound(kMatrix: KSchedule): void {
 }
 
 /**
+ * The API's finish_reason for the engine's: `stop` (EOS) and `length` (max_tokens) as OpenAI's, and
+ * a request cancelled before either (its cancel subject, a client gone) as `abort`, vLLM's word:
+ * never `length`, which clients read as "ask for more".
+ */
+export function apiFinishReason(reason: string): 'stop' | 'length' | 'abort' {
+  if (reason === 'stop' || reason === 'length') return reason;
+  if (reason === 'cancelled') return 'abort';
+  throw new Error(`the coordinator reported an unknown finish reason "${reason}"`);
+}
+
+/**
  * The chat template of the bundled family, which is not chat-tuned: each message as `role: text`
  * on its own paragraph, then `assistant:` for the reply.
  */
@@ -416,7 +427,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
         return;
       }
       const tail = text.flush();
-      const finish = outcome.finishReason === 'stop' ? 'stop' : 'length';
+      const finish = apiFinishReason(outcome.finishReason);
       record(outcome, data.promptIds.length, generated, startedAt, firstAt);
       metrics.requests.inc({ status: outcome.finishReason === 'cancelled' ? 'cancelled' : 'ok' });
       if (stream) {
