@@ -141,7 +141,7 @@ test('cli - bench cascade compares every method, verifies greedy identity and wr
 
 test('cli - bench scale compares auto with a K sweep, measures sessions in flight with and without batching, calibrates and validates the simulator', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'cascade-scale-'));
-  const { stdout } = await cascade('bench', 'scale', '--workload', 'code', '--prompts', '1', '--concurrency', '1,2', '--repeats', '1', '--max-tokens', '6', '--no-cluster', '--out', out);
+  const { stdout } = await cascade('bench', 'scale', '--workload', 'code', '--prompts', '1', '--sweep-prompts', '1', '--concurrency', '1,2', '--repeats', '1', '--max-tokens', '6', '--no-cluster', '--out', out);
   const record = JSON.parse(readFileSync(join(out, 'scale.json'), 'utf8'));
   t.is(record.auto.length, 1);
   t.true(record.auto[0].identicalToAr, 'auto and the best fixed K reproduce ar');

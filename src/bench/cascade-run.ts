@@ -9,7 +9,7 @@ import { candidates, repetitionRate, runMethod, summarise, type BenchContext, ty
 import { measureCosts } from './costs.ts';
 import { acceptanceChart, speedupChart, writeSvg } from './plot.ts';
 import { formatTable, writeJson } from './report.ts';
-import { loadWorkload, type Workload } from './workloads.ts';
+import { splitWorkload, type Workload } from './workloads.ts';
 
 export interface CascadeBenchOptions {
   readonly models: string;
@@ -17,9 +17,9 @@ export interface CascadeBenchOptions {
   readonly temperatures: readonly number[];
   readonly repeats: number;
   readonly maxTokens: number;
-  /** Prompts per workload (the first N of each set). */
+  /** Prompts measured per workload (the first N of each set). */
   readonly prompts: number;
-  /** Prompts used by the K sweep (the first N). */
+  /** Prompts the K sweep tunes on (the last N of each set, never measured; see splitWorkload). */
   readonly sweepPrompts: number;
   readonly threads: number;
   readonly out: string;
@@ -52,7 +52,7 @@ function methodsFor(familyDrafters: readonly string[]): Method[] {
 
 const sampling = (temperature: number): SamplingParams => ({ temperature, topK: 0, topP: 1 });
 
-/** Gives every method its best K on the first prompts (greedy, one pass), as the paper tunes K. */
+/** Gives every method its best K on the tuning prompts (greedy, one pass), as the paper tunes K. */
 async function sweepK(ctx: BenchContext, methods: Method[], prompts: number[][]): Promise<Map<string, { method: Method; sweep: MethodResult['sweep'] }>> {
   const tuned = new Map<string, { method: Method; sweep: MethodResult['sweep'] }>();
   for (const m of methods) {
@@ -69,9 +69,10 @@ async function sweepK(ctx: BenchContext, methods: Method[], prompts: number[][])
 }
 
 async function benchWorkload(ctx: BenchContext, o: CascadeBenchOptions, workload: Workload, tok: TextTokenizer, methods: Method[], costs: Record<string, number>): Promise<WorkloadResult[]> {
-  const prompts = loadWorkload(workload).slice(0, o.prompts).map((p) => tok.encode(p.prompt));
-  log(`[${workload}] ${prompts.length} prompts, ${o.maxTokens} tokens each; sweeping K on ${Math.min(o.sweepPrompts, prompts.length)}`);
-  const tuned = await sweepK(ctx, methods, prompts.slice(0, o.sweepPrompts));
+  const split = splitWorkload(workload, o.prompts, o.sweepPrompts);
+  const prompts = split.measure.map((p) => tok.encode(p.prompt));
+  log(`[${workload}] ${prompts.length} prompts, ${o.maxTokens} tokens each; sweeping K on ${split.tune.length} other prompts`);
+  const tuned = await sweepK(ctx, methods, split.tune.map((p) => tok.encode(p.prompt)));
   const results: WorkloadResult[] = [];
   for (const temperature of o.temperatures) {
     const runs = new Map<string, Awaited<ReturnType<typeof runMethod>>[]>();

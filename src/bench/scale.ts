@@ -9,7 +9,7 @@ import { TextTokenizer } from '../models/tokenizer.ts';
 import { candidates } from './cascade.ts';
 import { formatTable, median, writeJson } from './report.ts';
 import { simulate, type PassCost, type SimulationParams } from './simulate.ts';
-import { loadWorkload, type Workload } from './workloads.ts';
+import { loadWorkload, splitWorkload, type Workload } from './workloads.ts';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startNats } from '../cluster/local-servers.ts';
@@ -20,8 +20,10 @@ export interface ScaleBenchOptions {
   readonly models: string;
   readonly out: string;
   readonly workloads: readonly Workload[];
-  /** Prompts per workload for the K sweep and the auto comparison. */
+  /** Prompts per workload measured in the auto comparison (the first N of each set). */
   readonly prompts: number;
+  /** Prompts the fixed-K sweep tunes on (the last N of each set, never measured; see splitWorkload). */
+  readonly sweepPrompts: number;
   readonly maxTokens: number;
   readonly repeats: number;
   readonly concurrency: readonly number[];
@@ -113,10 +115,12 @@ async function autoVersusSweep(m: Models, o: ScaleBenchOptions, tok: TextTokeniz
   const results: AutoResult[] = [];
   const csd = [...familyDrafters, 'mag'];
   for (const w of o.workloads) {
-    const prompts = loadWorkload(w).slice(0, o.prompts).map((p) => tok.encode(p.prompt));
-    log(`[auto vs sweep: ${w}] sweeping ${fixedShapes(familyDrafters).length} fixed K on ${prompts.length} prompts`);
+    const split = splitWorkload(w, o.prompts, o.sweepPrompts);
+    const prompts = split.measure.map((p) => tok.encode(p.prompt));
+    const tuning = split.tune.map((p) => tok.encode(p.prompt));
+    log(`[auto vs sweep: ${w}] sweeping ${fixedShapes(familyDrafters).length} fixed K on ${tuning.length} prompts, measuring on ${prompts.length} others`);
     const sweep = [];
-    for (const s of fixedShapes(familyDrafters)) sweep.push({ name: s.name, kMatrix: s.kMatrix, tokensPerSecond: rate(await runSet(m, s, prompts, o.maxTokens, 1)) });
+    for (const s of fixedShapes(familyDrafters)) sweep.push({ name: s.name, kMatrix: s.kMatrix, tokensPerSecond: rate(await runSet(m, s, tuning, o.maxTokens, 1)) });
     const top = sweep.reduce((a, b) => (b.tokensPerSecond > a.tokensPerSecond ? b : a));
     const best: Shape = { name: top.name, drafters: top.name === 'mag' ? ['mag'] : top.name.startsWith('sd:') ? [top.name.slice(3)] : csd, kMatrix: top.kMatrix };
     const auto: Shape = { name: 'auto', drafters: csd, kMatrix: 'auto' };

@@ -27,6 +27,20 @@ export function loadWorkload(name: Workload | typeof LONG_WORKLOAD, dir = PROMPT
     });
 }
 
+/**
+ * A workload cut into two disjoint sets: `tune`, the last `tune` prompts of the file (where a
+ * benchmark picks its K), and `measure`, the first `measure` of the others (what it then reports).
+ * Tuning on prompts that are then measured would flatter the tuned methods. Throws
+ * InvalidArgumentError when the file holds fewer than measure + tune prompts.
+ */
+export function splitWorkload(name: Workload, measure: number, tune: number, dir = PROMPTS_DIR): { measure: PromptRow[]; tune: PromptRow[] } {
+  const rows = loadWorkload(name, dir);
+  if (measure + tune > rows.length) {
+    throw new InvalidArgumentError(`the ${name} prompt set has ${rows.length} prompts, fewer than ${measure} to measure plus ${tune} to tune K on (the two sets are disjoint): lower --prompts or --sweep-prompts`);
+  }
+  return { measure: rows.slice(0, measure), tune: rows.slice(rows.length - tune) };
+}
+
 /** Fraction of repeated 4-grams in a token sequence (degenerate loops score high). */
 export function repeated4gramRate(tokens: readonly number[]): number {
   if (tokens.length < 4) return 0;

@@ -69,8 +69,8 @@ export function registerBench(program: Command): void {
     .option('--temperatures <list>', 'comma-separated sampling temperatures (0 = greedy)', parseTemperatures, [0, 0.7])
     .option('--repeats <n>', 'repeats of the whole prompt set per method (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
     .option('--max-tokens <n>', 'tokens generated per prompt', parseNumber('--max-tokens', { min: 1, integer: true }), 64)
-    .option('--prompts <n>', 'prompts per workload (the first N of bench/prompts/WORKLOAD.jsonl)', parseNumber('--prompts', { min: 1, integer: true }), 16)
-    .option('--sweep-prompts <n>', 'prompts used to pick each method\'s best K', parseNumber('--sweep-prompts', { min: 1, integer: true }), 4)
+    .option('--prompts <n>', 'prompts measured per workload (the first N of bench/prompts/WORKLOAD.jsonl)', parseNumber('--prompts', { min: 1, integer: true }), 12)
+    .option('--sweep-prompts <n>', 'prompts used to pick each method\'s best K (the last N of the set, never measured)', parseNumber('--sweep-prompts', { min: 1, integer: true }), 4)
     .option('--models <dir>', 'model family directory', 'models')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
@@ -81,7 +81,8 @@ export function registerBench(program: Command): void {
     .command('scale')
     .description('adaptive K vs a sweep of fixed K per workload, aggregate tokens/s at N concurrent sessions with and without batched verification and with speculation off/on/auto, and a simulator calibrated on those measurements projecting larger clusters')
     .option('--workload <name>', `${WORKLOADS.join(' | ')} | all`, parseWorkloads, [...WORKLOADS])
-    .option('--prompts <n>', 'prompts per workload for the sweep and the auto comparison', parseNumber('--prompts', { min: 1, integer: true }), 6)
+    .option('--prompts <n>', 'prompts measured per workload in the auto comparison (the first N of the set)', parseNumber('--prompts', { min: 1, integer: true }), 6)
+    .option('--sweep-prompts <n>', 'prompts the fixed-K sweep tunes on (the last N of the set, never measured)', parseNumber('--sweep-prompts', { min: 1, integer: true }), 4)
     .option('--concurrency <list>', 'sessions in flight, comma-separated', parseConcurrency, [1, 4, 8, 16])
     .option('--repeats <n>', 'repeats (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
     .option('--max-tokens <n>', 'tokens generated per request', parseNumber('--max-tokens', { min: 1, integer: true }), 48)
@@ -90,7 +91,7 @@ export function registerBench(program: Command): void {
     .option('--out <dir>', 'directory for scale.json and scale.md', 'results')
     .option('--no-cluster', 'skip the cluster on this machine (nats-server, redis-server, actor processes)')
     .action(async (o) => {
-      await benchScale({ models: o.models, workloads: o.workload, prompts: o.prompts, concurrency: o.concurrency, repeats: o.repeats, maxTokens: o.maxTokens, threads: o.threads, out: o.out, cluster: o.cluster });
+      await benchScale({ models: o.models, workloads: o.workload, prompts: o.prompts, sweepPrompts: o.sweepPrompts, concurrency: o.concurrency, repeats: o.repeats, maxTokens: o.maxTokens, threads: o.threads, out: o.out, cluster: o.cluster });
     });
   bench
     .command('kv')
