@@ -12,6 +12,7 @@ import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { setupTracing, shutdownTracing, type SpanRecord } from '../src/cluster/tracing.ts';
 import { subjects } from '../src/cluster/transport.ts';
 import { chatPrompt } from '../src/cluster/gateway.ts';
+import { loadWorkload } from '../src/bench/workloads.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { FamilySessions } from '../src/models/family-sessions.ts';
@@ -117,6 +118,22 @@ test.serial('cluster - sampled requests (distributions over NATS) complete and a
   const [a, b] = [await ask(), await ask()];
   t.is(a.usage!.completion_tokens, 24);
   t.is(a.choices[0]!.text, b.choices[0]!.text, 'the same seed gives the same text (reproducibility only)');
+});
+
+// Fault: drafts were never clamped to the positions left, so a request whose prompt plus max_tokens
+// fills the context exactly failed under csd with a 500 ("context of 2049 tokens plus 1 exceeds").
+test.serial('cluster - a request whose prompt plus max_tokens fills the context exactly completes under csd as under target-only decoding', async (t) => {
+  const context = (await sessions.get(family.target)).spec.maxPositions!;
+  const doc = loadWorkload('long')[0]!.prompt;
+  const prompt = tokenizer.decode(tokenizer.encode(doc).slice(0, context - 12));
+  const maxTokens = context - tokenizer.encode(prompt).length;
+  t.true(maxTokens >= 8 && maxTokens <= 16, `${maxTokens} tokens left`);
+  const body = { model: family.target, prompt, max_tokens: maxTokens, temperature: 0, cascade: { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] } };
+  const r = (await client.completions.create(body as never)) as unknown as OpenAI.Completions.Completion;
+  t.is(r.choices[0]!.text, await targetOnly(prompt, maxTokens));
+  t.is(r.usage!.prompt_tokens + r.usage!.completion_tokens <= context, true);
+  const over = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, max_tokens: maxTokens + 1 }) });
+  t.is(over.status, 400, 'one token more than the context is refused at the edge');
 });
 
 test.serial('cluster - bad requests get clear 4xx errors; a missing key gets 401', async (t) => {

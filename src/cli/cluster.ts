@@ -300,7 +300,7 @@ export function registerCluster(program: Command): void {
     .option('--redis <urls>', 'Redis URLs, comma-separated (the first holds the queue; all shard session data; default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
-    .option('--call-timeout-ms <ms>', 'timeout of one actor call (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
+    .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
     .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
     .action(async (o: { models: string; nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number }) => {
       await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), healthPort: healthPort(o.healthPort) }));

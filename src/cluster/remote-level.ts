@@ -10,11 +10,18 @@ import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Row
 import { injectHeaders, inSpan } from './tracing.ts';
 import { subjects, TransportError, type Transport } from './transport.ts';
 
+/** Tokens a call may feed per `timeoutMs`: a long prompt's prefill gets one timeout per this many tokens. */
+export const TOKENS_PER_TIMEOUT = 512;
+
 export interface RemoteLevelOptions {
   readonly sampling: SamplingParams;
   /** Seed of the actor's sampler for this session (each placement derives its own stream from it). */
   readonly seed: Seed;
-  /** Per-call timeout (a model call on a loaded GPU node, plus the network). */
+  /**
+   * Per-call timeout (a model call on a loaded GPU node, plus the network), for a call that feeds up
+   * to TOKENS_PER_TIMEOUT tokens; a call feeding more (a prefill) gets one such timeout per
+   * TOKENS_PER_TIMEOUT tokens, so a long prompt is not taken for a dead actor.
+   */
   readonly timeoutMs?: number;
 }
 
@@ -54,9 +61,10 @@ export class RemoteLevel implements CascadeLevel {
     this.rowBudget = Math.floor(transport.maxPayload / 2);
   }
 
-  private async send(subject: string, req: ActorRequest): Promise<ActorReply> {
+  private async send(subject: string, req: ActorRequest, fed = 0): Promise<ActorReply> {
     const headers = injectHeaders(context.active());
-    const reply = decode(await this.transport.request(subject, encode(req), { timeoutMs: this.timeoutMs, headers }));
+    const timeoutMs = this.timeoutMs * Math.max(1, Math.ceil(fed / TOKENS_PER_TIMEOUT));
+    const reply = decode(await this.transport.request(subject, encode(req), { timeoutMs, headers }));
     return reply as ActorReply;
   }
 
@@ -84,7 +92,7 @@ export class RemoteLevel implements CascadeLevel {
       let reply: ActorReply;
       const t0 = performance.now();
       try {
-        reply = await this.send(subjects.instance(this.name, instance), build(base));
+        reply = await this.send(subjects.instance(this.name, instance), build(base), tokens.length - base);
       } catch (err) {
         if (!(err instanceof TransportError) || attempt > 0) {
           throw err instanceof TransportError ? new LevelUnavailableError(this.name, `${this.name} actor ${instance} is gone (${err.message})`, { cause: err }) : err;
