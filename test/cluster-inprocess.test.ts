@@ -6,15 +6,15 @@ import { InProcessTransport } from '../src/cluster/transport.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
-import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
+import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
 
 /**
  * The cluster's protocol end to end in one process: actors over the in-process transport (frames
  * still encoded), the coordinator driving them, in-memory models. Proves the wire keeps the cascade
  * exact: greedy identity, and the target's distribution when sampling with q and p rows travelling.
  */
-function cluster(vocabSize: number) {
-  const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness: 4 });
+function cluster(vocabSize: number, sharpness = 4) {
+  const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness });
   const d1 = new MemoryModelSession({ name: 'd1', vocabSize, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
   const d2 = new MemoryModelSession({ name: 'd2', vocabSize, order: 1, seed: 13, resemble: { model: target, weight: 0.5 } });
   const transport = new InProcessTransport();
@@ -47,35 +47,34 @@ test('cluster (in-process) - greedy output equals target-only decoding for sever
   await c.stop();
 });
 
-function targetJoint(target: MemoryModelSession, prompt: number[], sampling: SamplingParams): number[] {
-  const V = target.spec.vocabSize;
-  const p0 = distribution(target.nextLogits(prompt), sampling);
-  const joint: number[] = [];
-  for (let a = 0; a < V; a++) {
-    const p1 = distribution(target.nextLogits([...prompt, a]), sampling);
-    for (let b = 0; b < V; b++) joint.push(p0[a]! * p1[b]!);
-  }
-  return joint;
-}
-
 const sampled: [string, string[], number[][], SamplingParams][] = [
   ['sd: a neural drafter\'s q travels with its drafts', ['d1'], [[3]], { temperature: 1, topK: 0, topP: 1 }],
-  ['two neural levels: the middle reviewer passes its p up as q', ['d1', 'd2'], [[2, 3], [0, 2]], { temperature: 0.8, topK: 0, topP: 1 }],
+  ['two neural levels: the middle reviewer passes its p up as q', ['d1', 'd2'], [[1, 3], [0, 2]], { temperature: 0.8, topK: 0, topP: 1 }],
+  ['three levels with MaG', ['d1', 'd2', 'mag'], [[1, 2, 3], [0, 1, 2], [0, 0, 1]], { temperature: 0.7, topK: 0, topP: 1 }],
 ];
 
+// Rounds draft at most 3 tokens and add the target's own: 8 tokens hold two whole rounds,
+// so every position of a second round, the bonus included, is tested given the tokens before it.
 for (const [name, drafters, kMatrix, sampling] of sampled) {
-  test(`cluster (in-process) - sampling over the wire: ${name} (chi-square)`, async (t) => {
-    const c = cluster(5);
-    const prompt = [1, 3, 2];
-    const counts = new Array(25).fill(0);
-    const N = 8000;
-    for (let seed = 0; seed < N; seed++) {
-      const { tokens } = await c.run({ promptIds: prompt, maxTokens: 2, sampling, seed, drafters, kMatrix, lenience: 1 });
-      counts[tokens[0]! * 5 + tokens[1]!]++;
+  test(`cluster (in-process) - sampling over the wire: ${name}; every position of two rounds, bonus included (chi-square)`, async (t) => {
+    const c = cluster(4, 8);
+    const start = [1, 3, 2];
+    const prompt = [...start, ...(await generateAutoregressive(c.target, { promptIds: start, maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds];
+    const samples: number[][] = [];
+    let fullBlocks = 0;
+    let shortRuns = 0;
+    for (let seed = 0; seed < 8000; seed++) {
+      const { tokens, outcome } = await c.run({ promptIds: prompt, maxTokens: 8, sampling, seed, drafters, kMatrix, lenience: 1 });
+      samples.push(tokens);
+      if (outcome.stats!.rounds < 2) shortRuns++;
+      fullBlocks += outcome.stats!.acceptedByPosition[2] ?? 0; // a whole 3-token block accepted: the target's bonus follows
     }
-    const { chi2, df, pValue, impossible } = chiSquare(counts, targetJoint(c.target, prompt, sampling));
-    t.is(impossible, 0);
-    t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}`);
+    t.is(shortRuns, 0, 'every sample spans two rounds or more');
+    t.true(fullBlocks >= 400, `${fullBlocks} rounds accepted a whole block and drew the target's bonus`);
+    t.true(samples.every((s) => s.length === 8));
+    const fits = positionalChiSquare(samples, prompt, (context) => distribution(c.target.nextLogits(context), sampling));
+    t.log(describeFits(fits));
+    t.deepEqual(misfits(fits), [], describeFits(fits));
     await c.stop();
   });
 }
