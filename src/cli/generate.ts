@@ -12,6 +12,7 @@ import { loadBigram, loadController, loadFamily, type Family } from '../models/f
 import { FamilySessions } from '../models/family-sessions.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { parseNumber } from './options.ts';
+import { writeOut } from './stdout.ts';
 
 interface GenerateOptions {
   prompt?: string;
@@ -136,15 +137,15 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
     const stream = tok.stream();
     const req = { promptIds: tok.encode(text), maxTokens: o.maxTokens, sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP }, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
-    const onTokens = o.json ? undefined : (ids: readonly number[]) => process.stdout.write(stream.push(ids));
+    const onTokens = o.json ? undefined : (ids: readonly number[]) => writeOut(stream.push(ids));
     const result: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
       ? await generateAutoregressive(target, req, onTokens)
       : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience }, req, onTokens);
     if (!isCascade(result)) {
       const s = result.stats;
-      if (o.json) process.stdout.write(JSON.stringify({ text: tok.decode(result.tokenIds), tokenIds: result.tokenIds, finishReason: result.finishReason, model: target.spec.name, stats: s }) + '\n');
+      if (o.json) writeOut(JSON.stringify({ text: tok.decode(result.tokenIds), tokenIds: result.tokenIds, finishReason: result.finishReason, model: target.spec.name, stats: s }) + '\n');
       else {
-        process.stdout.write(stream.flush() + '\n');
+        writeOut(stream.flush() + '\n');
         process.stderr.write(
           `[ar: ${target.spec.name}, KV ${s.kv?.policy} budget ${s.kv?.budget} (lossy)] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
             `(${s.tokensPerSecond.toFixed(1)} tokens/s, at most ${s.kv?.peakResident} tokens cached, ${s.kv?.releases} released, ${s.kv?.rebuilds} rebuilt, finish: ${result.finishReason})\n`,
@@ -163,9 +164,9 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         cascade: { mode: o.mode, ...plan },
         stats: { ...s, acceptanceByPosition },
       };
-      process.stdout.write(JSON.stringify(out) + '\n');
+      writeOut(JSON.stringify(out) + '\n');
     } else {
-      process.stdout.write(stream.flush() + '\n');
+      writeOut(stream.flush() + '\n');
       const cascade = plan.drafters.length ? `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}` : 'target only';
       process.stderr.write(
         `[${o.mode}: ${target.spec.name} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
