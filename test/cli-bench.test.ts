@@ -1,0 +1,79 @@
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { cascade, fails } from './helpers/cli.ts';
+import { family, members } from './helpers/family.ts';
+
+// Every `cascade bench` command end to end at a small size: tables, JSON and checks of its own.
+
+test('cli - bench costs prints a row per model and writes JSON', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-'));
+  const { stdout } = await cascade('bench', 'costs', '--repeats', '1', '--past', '32', '--out', out);
+  for (const name of members) t.regex(stdout, new RegExp(`^${name}\\s`, 'm'));
+  const record = JSON.parse(readFileSync(join(out, 'costs.json'), 'utf8'));
+  t.deepEqual(record.models.map((m: { model: string }) => m.model), members);
+  t.true(record.models.every((m: { decodeMsPerToken: number }) => m.decodeMsPerToken > 0));
+});
+
+test('cli - bench cascade compares every method, verifies greedy identity and writes JSON, markdown and plots', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-'));
+  const { stdout } = await cascade('bench', 'cascade', '--workload', 'grounded', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));
+  const methods = record.results[0].methods;
+  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', ...family.drafters.map((d) => `sd:${d}`), 'mag', 'mag-recent', 'csd-vertical', 'csd-horizontal', 'csd']);
+  t.true(methods.slice(1).every((m: { identicalToAr: boolean }) => m.identicalToAr === true), 'every greedy method reproduced ar');
+  t.true(methods.every((m: { tokensPerSecond: number; swi: number }) => m.tokensPerSecond > 0 && m.swi > 0));
+  t.regex(stdout, /grounded, temperature 0/);
+  t.true(readFileSync(join(out, 'speedups-t0.svg'), 'utf8').startsWith('<svg'));
+  t.regex(readFileSync(join(out, 'cascade.md'), 'utf8'), /# Cascade benchmark/);
+  t.regex((await fails(['bench', 'cascade', '--workload', 'poetry'])).stderr, /--workload must be/);
+});
+
+test('cli - bench scale compares auto with a K sweep, measures sessions in flight with and without batching, calibrates and validates the simulator', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-scale-'));
+  const { stdout } = await cascade('bench', 'scale', '--workload', 'code', '--prompts', '1', '--sweep-prompts', '1', '--concurrency', '1,2', '--repeats', '1', '--max-tokens', '6', '--no-cluster', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'scale.json'), 'utf8'));
+  t.is(record.auto.length, 1);
+  t.true(record.auto[0].identicalToAr, 'auto and the best fixed K reproduce ar');
+  t.true(record.auto[0].sweep.length >= 20, 'the sweep covers every cascade shape');
+  t.is(record.load.rows.length, 2 * 2 * 3, 'sessions x batching x speculation');
+  t.true(record.load.rows.every((r: { identicalToAr: boolean; tokensPerSecond: number }) => r.identicalToAr && r.tokensPerSecond > 0));
+  t.true(record.calibration.points.length >= 8);
+  t.true(record.validation.every((v: { simulated: number }) => v.simulated > 0));
+  t.true(record.projection.some((p: { verifiers: number }) => p.verifiers === 64));
+  t.regex(stdout, /Simulator validation/);
+  t.regex((await fails(['bench', 'scale', '--concurrency', '0'])).stderr, /--concurrency/);
+});
+
+test('cli - bench self-draft runs every method on long documents, token-identical to ar, and reports the self-draft level\'s passes', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-self-draft-'));
+  const { stdout } = await cascade('bench', 'self-draft', '--docs', '1', '--context', '96', '--max-tokens', '6', '--budget', '48', '--repeats', '1', '--schedule', 'fixed', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'self-draft.json'), 'utf8'));
+  const rows = record.rows as { method: string; identical: boolean; selfDraftPasses: number; decodeTokensPerSecond: number; firstTokenSeconds: number }[];
+  t.is(rows.length, 5);
+  t.true(rows.every((r) => r.identical), 'every method gives the greedy text of ar');
+  t.true(rows.filter((r) => r.method.startsWith('self-draft')).every((r) => r.selfDraftPasses > 0), 'with fixed K the self-draft level drafts');
+  t.true(rows.filter((r) => !r.method.startsWith('self-draft')).every((r) => r.selfDraftPasses === 0));
+  t.true(rows.every((r) => r.decodeTokensPerSecond > 0 && r.firstTokenSeconds > 0));
+  t.regex(stdout, /decode tok\/s/);
+  t.regex((await fails(['bench', 'self-draft', '--schedule', 'sometimes'])).stderr, /--schedule must be auto or fixed/);
+});
+
+test('cli - bench kv compares bounded caches with full attention on long documents and writes JSON, markdown and a plot', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-kv-'));
+  const { stdout } = await cascade('bench', 'kv', '--context', '96', '--continuation', '4', '--docs', '1', '--fractions', '0.25,0.5', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'kv.json'), 'utf8'));
+  const rows = record.rows as { policy: string; fraction: number; budget: number; kvMiB: number; agreement: number }[];
+  t.deepEqual([...new Set(rows.map((r) => r.policy))], ['full', 'window', 'streaming', 'h2o', 'adore']);
+  const full = rows.find((r) => r.policy === 'full')!;
+  for (const r of rows.filter((x) => x.policy !== 'full')) {
+    t.is(r.budget, Math.round(r.fraction * 96));
+    t.true(r.kvMiB <= full.kvMiB * r.fraction + 1e-9, `${r.policy} at ${r.fraction} holds at most its budget`);
+    t.true(r.agreement >= 0 && r.agreement <= 1);
+  }
+  t.regex(stdout, /NLL vs full %/);
+  t.true(readFileSync(join(out, 'kv-quality.svg'), 'utf8').startsWith('<svg'));
+  t.regex((await fails(['bench', 'kv', '--fractions', '1.5'])).stderr, /--fractions must be budgets in \(0, 1\)/);
+  t.regex((await fails(['bench', 'kv', '--policies', 'full'])).stderr, /--policies must be among/);
+});

@@ -1,0 +1,64 @@
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import test from 'ava';
+import { freePort } from '../src/cluster/local-servers.ts';
+import { run } from './helpers/cli.ts';
+import { MODELS_DIR } from './helpers/family.ts';
+
+// `cascade cluster up` and `down` as `npx cascade` runs them.
+
+/** `cascade` as installed (bin/cascade.js under plain node, no tsx flag): how `npx cascade` runs. */
+const BIN = new URL('../bin/cascade.js', import.meta.url).pathname;
+const installed = (...args: string[]) => run(process.execPath, [BIN, ...args], { cwd: tmpdir() });
+
+/** Processes whose command line names `marker` (every role of a cluster started with it in a path). */
+async function processesNaming(marker: string): Promise<string[]> {
+  const { stdout } = await run('ps', ['-eo', 'pid=,args=']);
+  return stdout.split('\n').filter((l) => l.includes(marker) && !l.includes(' ps '));
+}
+
+/** A models path unique to one test (a link to the family), so its roles can be found by their command lines. */
+function uniqueModels(): { dir: string; models: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-up-'));
+  const models = join(dir, 'family');
+  symlinkSync(MODELS_DIR, models);
+  return { dir, models };
+}
+
+test.serial('cli - bin/cascade.js cluster up starts every role, serves a completion, and cluster down stops them', async (t) => {
+  const { dir, models } = uniqueModels();
+  const state = join(dir, 'state');
+  try {
+    const { stdout } = await installed('cluster', 'up', '--state-dir', state, '--models', models);
+    t.regex(stdout, /cluster up: 7 processes/);
+    const gateway = (JSON.parse(readFileSync(join(state, 'cluster.json'), 'utf8')) as { gateway: string }).gateway;
+    const { apiKey } = JSON.parse(readFileSync(join(state, 'secrets.json'), 'utf8')) as { apiKey: string };
+    const res = await fetch(`${gateway}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'def add(a, b):', max_tokens: 4, temperature: 0 }) });
+    t.is(res.status, 200);
+    t.is(((await res.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens, 4);
+    t.regex((await installed('cluster', 'down', '--state-dir', state)).stdout, /cluster down: stopped 7 processes/);
+    t.deepEqual(readdirSync(state).filter((f) => !f.endsWith('.log')), [], 'state, secrets and server configs are gone');
+    t.deepEqual(await processesNaming(dir), []);
+  } finally {
+    await installed('cluster', 'down', '--state-dir', state).catch(() => undefined);
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.serial('cli - a cluster up that fails late stops what it started and leaves no files behind', async (t) => {
+  const { dir, models } = uniqueModels();
+  const state = join(dir, 'state');
+  const closed = await freePort(); // nothing listens there: the actors find out once their models are loaded
+  try {
+    const err = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--nats', `nats://127.0.0.1:${closed}`));
+    const { code, stderr } = err as unknown as { code: number; stderr: string };
+    t.is(code, 1);
+    t.regex(stderr, /cluster up failed; stopped redis-server, verify-0, .*coordinator-0 and removed the files it wrote/);
+    t.regex(stderr, /exited during start-up; its log ended:[^]*cannot connect to NATS/);
+    t.false(existsSync(state), 'no secrets, configs, logs or state directory left');
+    t.deepEqual(await processesNaming(dir), [], 'no process left running');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
