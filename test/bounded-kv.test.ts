@@ -258,7 +258,7 @@ test('bounded KV - on the real model, a rejected proposal after a rebuild leaves
     await model.forward({ seqId: 'proposal-full', inputIds: tokens });
     const full = await runnerRows(model, 'proposal-full');
     await model.release('proposal-full');
-    const near = (a: Float32Array, b: Float32Array) => a.every((v, i) => Math.abs(v - b[i]!) < 1e-3);
+    const near = (a: ArrayLike<number>, b: ArrayLike<number>) => Array.from(a).every((v, i) => Math.abs(v - b[i]!) < 1e-3);
     const rows = await runnerRows(model, 'proposal');
     const resident = seq.residentPositions;
     t.true(resident.includes(0) && resident.includes(1), `resident ${resident}`);

@@ -157,7 +157,8 @@ test('runner - evicted KV rows put back at the end of the cache give the same lo
     t.true(maxAbsDiff(back, clean) < 1e-4, `max abs diff ${maxAbsDiff(back, clean)}`);
     await t.throwsAsync(s.evict('ev', [0, 0]), { name: 'SequenceError' });
     await t.throwsAsync(s.evict('ev', [n + 5]), { name: 'SequenceError' });
-    await t.throwsAsync(s.insert('ev', { count: 1, kvHeads: 1, tensors: [new Float32Array(3)] }), { name: 'InvalidArgumentError' });
+    await t.throwsAsync(s.insert('ev', { dtype: 'float32', count: 1, kvHeads: 1, tensors: [new Float32Array(3)] }), { name: 'InvalidArgumentError' });
+    await t.throwsAsync(s.insert('ev', { ...rows!, dtype: 'float16', tensors: rows!.tensors.map((a) => new Uint16Array(a.length)) }), { name: 'InvalidArgumentError', message: /float16 KV rows.*keeps its KV as float32/ });
   } finally {
     await s.close();
   }

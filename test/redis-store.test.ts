@@ -2,7 +2,8 @@ import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
 import { LogOffsetError, MemoryRequestLog, RedisKvStore, RedisShards, RequestSupersededError, sessionKey, TokenLog, type RequestLog } from '../src/cluster/redis-store.ts';
-import type { KvRows } from '../src/models/session.ts';
+import { floatsToHalves } from '../src/kernels/half.ts';
+import type { KvDtype, KvRows } from '../src/models/session.ts';
 
 /** Two real redis-server processes: the store shards sessions over both. */
 let servers: LocalServer[] = [];
@@ -18,15 +19,18 @@ test.after.always(async () => {
   await Promise.all(servers.map((s) => s.stop()));
 });
 
-/** Rows of a 2-layer cache (key0, value0, key1, value1), kvHeads 2, head dim 3, values = position + tensor index. */
-function rows(positions: number[]): KvRows {
+/**
+ * Rows of a 2-layer cache (key0, value0, key1, value1), kvHeads 2, head dim 3, values = position + tensor
+ * index; float16 rows hold those values' half bit patterns.
+ */
+function rows(positions: number[], dtype: KvDtype = 'float32'): KvRows {
   const count = positions.length;
   const tensors = [0, 1, 2, 3].map((k) => {
     const t = new Float32Array(2 * count * 3);
     for (let h = 0; h < 2; h++) for (let r = 0; r < count; r++) for (let d = 0; d < 3; d++) t[(h * count + r) * 3 + d] = positions[r]! * 100 + k * 10 + h + d / 10;
-    return t;
+    return dtype === 'float16' ? floatsToHalves(t) : t;
   });
-  return { count, kvHeads: 2, tensors };
+  return { dtype, count, kvHeads: 2, tensors };
 }
 
 test('redis store - released KV comes back exactly; missing positions are misses, not errors', async (t) => {
@@ -43,6 +47,16 @@ test('redis store - released KV comes back exactly; missing positions are misses
   await store.drop('sess-a', 'target');
   t.deepEqual((await store.get('sess-a', 'target', [5])).positions, []);
   t.is(await shards.shard('sess-a').exists(sessionKey('sess-a', 'kvindex', 'target')), 0);
+});
+
+test('redis store - float16 KV rows of a float16 export come back bit for bit, as Uint16Array', async (t) => {
+  const store = new RedisKvStore(shards, 60);
+  await store.put('sess-h', 'target', [3, 8], rows([3, 8], 'float16'));
+  const got = await store.get('sess-h', 'target', [8, 3]);
+  t.deepEqual(got.positions, [8, 3]);
+  t.deepEqual(got.rows, rows([8, 3], 'float16'));
+  t.true(got.rows!.tensors.every((a) => a instanceof Uint16Array));
+  await store.drop('sess-h', 'target');
 });
 
 test('redis store - sessions spread over the instances, each session on one, keys hash-tagged', async (t) => {

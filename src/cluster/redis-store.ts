@@ -1,8 +1,8 @@
 import { Redis, type RedisOptions } from 'ioredis';
 import { CascadeError } from '../errors.ts';
 import { redact } from './security.ts';
-import { joinRows, splitRows, type KvStore } from '../models/kv-store.ts';
-import type { KvRows } from '../models/session.ts';
+import { joinRows, kvArray, splitRows, type KvStore } from '../models/kv-store.ts';
+import type { KvArray, KvDtype, KvRows } from '../models/session.ts';
 
 /**
  * Redis for the cluster (SPEC §6): session state, token history and ADORE's released KV blocks,
@@ -61,13 +61,20 @@ function fnv1a(s: string): number {
 /** Hash-tagged key of a session. */
 export const sessionKey = (session: string, ...parts: (string | number)[]): string => `cascade:{${session}}:${parts.join(':')}`;
 
-/** KV rows as bytes: kvHeads, count, tensor count, then each tensor's length and float32 data. */
+/** Dtype codes of an encoded KV block. */
+const DTYPES: readonly KvDtype[] = ['float32', 'float16'];
+
+/**
+ * KV rows as bytes: kvHeads, count, tensor count, dtype (0 float32, 1 float16), then each tensor's
+ * length in elements, then the tensors' data (4 or 2 bytes an element), all little-endian.
+ */
 export function encodeRows(rows: KvRows): Buffer {
-  const header = Buffer.alloc(12 + 4 * rows.tensors.length);
+  const header = Buffer.alloc(16 + 4 * rows.tensors.length);
   header.writeUInt32LE(rows.kvHeads, 0);
   header.writeUInt32LE(rows.count, 4);
   header.writeUInt32LE(rows.tensors.length, 8);
-  rows.tensors.forEach((t, i) => header.writeUInt32LE(t.length, 12 + 4 * i));
+  header.writeUInt32LE(DTYPES.indexOf(rows.dtype), 12);
+  rows.tensors.forEach((t, i) => header.writeUInt32LE(t.length, 16 + 4 * i));
   return Buffer.concat([header, ...rows.tensors.map((t) => Buffer.from(t.buffer, t.byteOffset, t.byteLength))]);
 }
 
@@ -75,17 +82,20 @@ export function decodeRows(buf: Buffer): KvRows {
   const kvHeads = buf.readUInt32LE(0);
   const count = buf.readUInt32LE(4);
   const n = buf.readUInt32LE(8);
-  let at = 12 + 4 * n;
-  const tensors: Float32Array[] = [];
+  const dtype = DTYPES[buf.readUInt32LE(12)];
+  if (!dtype) throw new CascadeError(`KV block has unknown dtype code ${buf.readUInt32LE(12)}`);
+  const size = dtype === 'float16' ? 2 : 4;
+  let at = 16 + 4 * n;
+  const tensors: KvArray[] = [];
   for (let i = 0; i < n; i++) {
-    const len = buf.readUInt32LE(12 + 4 * i);
-    const copy = new Float32Array(len);
-    new Uint8Array(copy.buffer).set(buf.subarray(at, at + 4 * len));
+    const len = buf.readUInt32LE(16 + 4 * i);
+    const copy = kvArray(dtype, len);
+    new Uint8Array(copy.buffer).set(buf.subarray(at, at + size * len));
     tensors.push(copy);
-    at += 4 * len;
+    at += size * len;
   }
   if (at !== buf.length) throw new CascadeError(`KV block of ${buf.length} bytes does not match its header`);
-  return { kvHeads, count, tensors };
+  return { dtype, kvHeads, count, tensors };
 }
 
 /**

@@ -1,4 +1,5 @@
-import type { KvRows } from './session.ts';
+import { InvalidArgumentError } from '../errors.ts';
+import type { KvArray, KvDtype, KvRows } from './session.ts';
 
 /**
  * Where a bounded cache spills the KV of released tokens so that a rebuild gets back their exact
@@ -14,10 +15,23 @@ export interface KvStore {
   drop(session: string, model: string, positions?: readonly number[]): Promise<void>;
 }
 
-/** Rows `rows` of a [kvHeads, n, width] block as a [kvHeads, rows.length, width] block. */
-export function gatherRows(src: Float32Array, n: number, rows: readonly number[], kvHeads: number): Float32Array {
+/** A zeroed block of `length` values of `dtype`. */
+export function kvArray(dtype: KvDtype, length: number): KvArray {
+  return dtype === 'float16' ? new Uint16Array(length) : new Float32Array(length);
+}
+
+/** The dtype a block's array holds. */
+export const dtypeOf = (a: KvArray): KvDtype => (a instanceof Uint16Array ? 'float16' : 'float32');
+
+/** A zeroed block of the same array type as `like`. */
+function alike<T extends KvArray>(like: T, length: number): T {
+  return kvArray(dtypeOf(like), length) as T;
+}
+
+/** Rows `rows` of a [kvHeads, n, width] block as a [kvHeads, rows.length, width] block of the same dtype. */
+export function gatherRows<T extends KvArray>(src: T, n: number, rows: readonly number[], kvHeads: number): T {
   const width = n ? src.length / (kvHeads * n) : 0;
-  const dst = new Float32Array(kvHeads * rows.length * width);
+  const dst = alike(src, kvHeads * rows.length * width);
   // Runs of consecutive rows move with one copy each: evicting a few rows of a long cache is a
   // handful of copies per head, not one per row.
   for (let j = 0; j < rows.length; ) {
@@ -36,22 +50,24 @@ export function gatherRows(src: Float32Array, n: number, rows: readonly number[]
 export function firstRows(rows: KvRows, count: number): KvRows {
   if (count === rows.count) return rows;
   const head = Array.from({ length: count }, (_, r) => r);
-  return { count, kvHeads: rows.kvHeads, tensors: rows.tensors.map((t) => gatherRows(t, rows.count, head, rows.kvHeads)) };
+  return { dtype: rows.dtype, count, kvHeads: rows.kvHeads, tensors: rows.tensors.map((t) => gatherRows(t, rows.count, head, rows.kvHeads)) };
 }
 
 /** Splits a block into one single-row block per row. */
 export function splitRows(rows: KvRows): KvRows[] {
-  return Array.from({ length: rows.count }, (_, r) => ({ count: 1, kvHeads: rows.kvHeads, tensors: rows.tensors.map((t) => gatherRows(t, rows.count, [r], rows.kvHeads)) }));
+  return Array.from({ length: rows.count }, (_, r) => ({ dtype: rows.dtype, count: 1, kvHeads: rows.kvHeads, tensors: rows.tensors.map((t) => gatherRows(t, rows.count, [r], rows.kvHeads)) }));
 }
 
-/** Joins blocks of the same layout into one, rows in order. */
+/** Joins blocks of the same layout and dtype into one, rows in order. */
 export function joinRows(parts: readonly KvRows[]): KvRows | undefined {
   if (parts.length === 0) return undefined;
-  const { kvHeads } = parts[0]!;
+  const { kvHeads, dtype } = parts[0]!;
+  const other = parts.find((p) => p.dtype !== dtype);
+  if (other) throw new InvalidArgumentError(`cannot join ${dtype} KV rows with ${other.dtype} ones`);
   const count = parts.reduce((a, p) => a + p.count, 0);
   const tensors = parts[0]!.tensors.map((first, k) => {
     const width = first.length / (kvHeads * parts[0]!.count);
-    const out = new Float32Array(kvHeads * count * width);
+    const out = alike(first, kvHeads * count * width);
     let row = 0;
     for (const p of parts) {
       const src = p.tensors[k]!;
@@ -60,7 +76,7 @@ export function joinRows(parts: readonly KvRows[]): KvRows | undefined {
     }
     return out;
   });
-  return { count, kvHeads, tensors };
+  return { dtype, count, kvHeads, tensors };
 }
 
 /** A KvStore in this process's memory (embedded mode and tests). */

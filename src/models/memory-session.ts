@@ -130,10 +130,11 @@ export class MemoryModelSession implements ModelSession {
     }
     const taken = indices.map((i) => hist[i]!);
     this.histories.set(seqId, hist.filter((_, i) => !gone.has(i)));
-    return take ? { count: taken.length, kvHeads: 1, tensors: [Float32Array.from(taken)] } : undefined;
+    return take ? { dtype: 'float32', count: taken.length, kvHeads: 1, tensors: [Float32Array.from(taken)] } : undefined;
   }
 
   async insert(seqId: string, rows: KvRows): Promise<void> {
+    if (rows.dtype !== 'float32') throw new InvalidArgumentError(`cannot insert ${rows.dtype} KV rows into ${seqId}: ${this.spec.name} keeps its KV as float32`);
     const hist = this.histories.get(seqId) ?? [];
     hist.push(...Array.from(rows.tensors[0] ?? [], (t) => Math.round(t)));
     this.histories.set(seqId, hist);

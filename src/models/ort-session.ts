@@ -2,7 +2,7 @@ import { Worker } from 'node:worker_threads';
 import { ModelLoadError, ModelRuntimeError, SequenceError, InvalidArgumentError, CascadeError } from '../errors.ts';
 import { loadModelSpec, type ModelSpec } from './config.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import type { ForwardItem, KvRows, LogitsRows, ModelSession, SessionOptions, StepResult } from './session.ts';
+import type { ForwardItem, KvDtype, KvRows, LogitsRows, ModelSession, SessionOptions, StepResult } from './session.ts';
 
 type Pending = { resolve: (r: WorkerReply & { ok: true }) => void; reject: (e: Error) => void };
 type Request = WorkerRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
@@ -21,13 +21,19 @@ function startWorker(): Worker {
   return new Worker(new URL('./worker-bootstrap.mjs', import.meta.url), { workerData: { entry } });
 }
 
-/** A ModelSession over ONNX Runtime in a worker thread (see ort-worker.ts). */
+/**
+ * A ModelSession over ONNX Runtime in a worker thread (see ort-worker.ts). The KV stays in the
+ * graph's own dtype (`kvDtype`: float32, or float16 held as Uint16Array bit patterns), and so do the
+ * rows `evict` returns and `insert` takes; logits are always float32.
+ */
 export class OrtModelSession implements ModelSession {
   private readonly pending = new Map<number, Pending>();
   private readonly lengths = new Map<string, number>();
   private nextId = 1;
   private failure: Error | undefined;
   provider = 'cpu';
+  /** The element type of the model's KV, read from its ONNX graph at load (past_key_values.*). */
+  kvDtype: KvDtype = 'float32';
 
   private constructor(
     readonly spec: ModelSpec,
@@ -57,6 +63,7 @@ export class OrtModelSession implements ModelSession {
     try {
       const reply = await s.call({ op: 'load', spec, options });
       s.provider = reply.provider ?? 'cpu';
+      s.kvDtype = reply.kvDtype ?? 'float32';
       if (reply.warning) onWarning(reply.warning);
     } catch (err) {
       await worker.terminate();

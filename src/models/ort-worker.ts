@@ -2,13 +2,16 @@
  * Worker thread that owns one ONNX Runtime session and the KV caches of its sequences.
  * `session.run` blocks the thread it runs on, so it runs here and the main thread only routes
  * messages (protocol.ts). KV tensors never leave this thread; only logits travel back, transferred.
+ * The KV stays in the graph's own dtype (float32, or float16 as Uint16Array bit patterns); float16
+ * logits become float32 here, only the rows returned.
  */
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { ModelSpec } from './config.ts';
-import { gatherRows } from './kv-store.ts';
+import { halvesToFloats } from '../kernels/half.ts';
+import { dtypeOf, gatherRows, kvArray } from './kv-store.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import type { ForwardItem, KvRows, LogitsRows, SessionOptions } from './session.ts';
+import type { ForwardItem, KvArray, KvDtype, KvRows, LogitsRows, SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -20,6 +23,8 @@ let session: ort.InferenceSession | undefined;
 let spec: ModelSpec | undefined;
 let feedsPositions = true;
 let hasAttention = false;
+/** The element type of every past and present tensor (the graph's own metadata). */
+let kvDtype: KvDtype = 'float32';
 const sequences = new Map<string, Sequence>();
 
 class WorkerFailure extends Error {
@@ -31,7 +36,21 @@ class WorkerFailure extends Error {
   }
 }
 
-async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string }> {
+/** ONNX element types onnxruntime-node has no JavaScript tensor for (its "Unsupported data type: N"). */
+const UNSUPPORTED_TYPES: Record<string, string> = { 14: 'complex64', 15: 'complex128', 16: 'bfloat16', 17: 'float8e4m3fn', 18: 'float8e4m3fnuz', 19: 'float8e5m2', 20: 'float8e5m2fnuz' };
+
+/** A session that failed to be created because of a tensor type JavaScript cannot hold, named. */
+function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
+  const code = /Unsupported data type: (\d+)/.exec(err.message)?.[1];
+  if (code === undefined) return undefined;
+  const type = UNSUPPORTED_TYPES[code] ?? `ONNX element type ${code}`;
+  return new WorkerFailure(
+    'ModelLoadError',
+    `${s.onnxPath} has ${type} inputs or outputs, which onnxruntime-node cannot hand to JavaScript: export the model with float32 or float16 KV and logits`,
+  );
+}
+
+async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype }> {
   spec = s;
   const wanted = options.executionProviders?.length ? [...options.executionProviders] : ['cpu'];
   const base: ort.InferenceSession.SessionOptions = {
@@ -44,6 +63,8 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   try {
     session = await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders: wanted });
   } catch (err) {
+    const unsupported = unsupportedType(s, err as Error);
+    if (unsupported) throw unsupported;
     const onlyCpu = wanted.every((p) => p === 'cpu');
     if (onlyCpu || !options.cpuFallback) {
       throw new WorkerFailure('ModelLoadError', `cannot create an ONNX Runtime session for ${s.onnxPath} with [${provider}]: ${(err as Error).message}`);
@@ -53,9 +74,47 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
     provider = 'cpu';
   }
   checkContract(session, s);
+  kvDtype = graphDtype(session, s);
   feedsPositions = session.inputNames.includes('position_ids');
   hasAttention = session.outputNames.includes('attention_sum');
-  return warning ? { provider, warning } : { provider };
+  return warning ? { provider, warning, kvDtype } : { provider, kvDtype };
+}
+
+const KV_DTYPES: readonly KvDtype[] = ['float32', 'float16'];
+const isKvDtype = (type: string): type is KvDtype => (KV_DTYPES as readonly string[]).includes(type);
+
+/**
+ * The KV's dtype, one for every past and present tensor, read from the graph; the logits must be
+ * float32 or float16 too (float16 logits are converted as they are returned).
+ */
+function graphDtype(sess: ort.InferenceSession, s: ModelSpec): KvDtype {
+  const meta = new Map([...sess.inputMetadata, ...sess.outputMetadata].map((m) => [m.name, m]));
+  const typeOf = (name: string): string => {
+    const m = meta.get(name);
+    return m?.isTensor ? m.type : 'not a tensor';
+  };
+  const kvNames = Array.from({ length: s.layers }, (_, i) => [`past_key_values.${i}.key`, `past_key_values.${i}.value`, `present.${i}.key`, `present.${i}.value`]).flat();
+  const kvTypes = [...new Set(kvNames.map(typeOf))];
+  const kv = kvTypes[0]!;
+  if (kvTypes.length !== 1 || !isKvDtype(kv)) {
+    throw new WorkerFailure('ModelLoadError', `${s.onnxPath} keeps its KV as ${kvTypes.join(' and ')}: the runner takes ${KV_DTYPES.join(' or ')}, the same for every past and present tensor`);
+  }
+  const logits = typeOf('logits');
+  if (!isKvDtype(logits)) throw new WorkerFailure('ModelLoadError', `${s.onnxPath} has ${logits} logits: the runner takes ${KV_DTYPES.join(' or ')}`);
+  return kv;
+}
+
+/** A past tensor [batch, kvHeads, length, headDim] over `data`; its dtype follows the array's. */
+function kvTensor(data: KvArray, dims: number[]): ort.Tensor {
+  return data instanceof Uint16Array ? new ort.Tensor('float16', data, dims) : new ort.Tensor('float32', data, dims);
+}
+
+/** A float32 or float16 tensor's values, float16 as Uint16Array bit patterns (whatever array ORT used). */
+function floatData(t: ort.Tensor): KvArray {
+  const data = t.data as Float32Array | Uint16Array;
+  if (data instanceof Float32Array || data instanceof Uint16Array) return data;
+  const view = data as ArrayBufferView & { length: number };
+  return new Uint16Array(view.buffer, view.byteOffset, view.length);
 }
 
 function checkContract(sess: ort.InferenceSession, s: ModelSpec): void {
@@ -74,7 +133,7 @@ function checkContract(sess: ort.InferenceSession, s: ModelSpec): void {
 }
 
 function emptyPast(s: ModelSpec): ort.Tensor[] {
-  const t = () => new ort.Tensor('float32', new Float32Array(0), [1, s.kvHeads, 0, s.headDim]);
+  const t = () => kvTensor(kvArray(kvDtype, 0), [1, s.kvHeads, 0, s.headDim]);
   return Array.from({ length: 2 * s.layers }, t);
 }
 
@@ -112,9 +171,10 @@ function presents(out: ort.InferenceSession.OnnxValueMapType): ort.Tensor[] {
   return list;
 }
 
-/** Copies rows [from, from+count) of a [rows, vocab] block into a new array. */
-function logitRows(data: Float32Array, base: number, count: number, from: number, vocab: number): Float32Array {
-  return data.slice((base + from) * vocab, (base + from + count) * vocab);
+/** Rows [from, from+count) of a [rows, vocab] logits block as a new float32 array (float16 converted here, only these rows). */
+function logitRows(logits: ort.Tensor, base: number, count: number, from: number, vocab: number): Float32Array {
+  const rows = floatData(logits).subarray((base + from) * vocab, (base + from + count) * vocab);
+  return rows instanceof Uint16Array ? halvesToFloats(rows) : rows.slice();
 }
 
 let lastAttention: Float32Array | undefined;
@@ -131,10 +191,13 @@ async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false
   const out = await session!.run(feeds);
   seq.past = presents(out);
   seq.length += s;
-  if (attention) lastAttention = ((out.attention_sum as ort.Tensor).data as Float32Array).slice();
-  const logits = (out.logits as ort.Tensor).data as Float32Array;
+  if (attention) {
+    const sums = floatData(out.attention_sum as ort.Tensor);
+    lastAttention = sums instanceof Uint16Array ? halvesToFloats(sums) : sums.slice();
+  }
+  const logits = out.logits as ort.Tensor;
   const vocab = spec!.vocabSize;
-  return rows === 'last' ? logitRows(logits, 0, 1, s - 1, vocab) : logits.slice(0, s * vocab);
+  return rows === 'last' ? logitRows(logits, 0, 1, s - 1, vocab) : logitRows(logits, 0, s, 0, vocab);
 }
 
 /**
@@ -168,35 +231,35 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
   if (feedsPositions) feeds.position_ids = int64(pos, [b, maxS]);
   const block = maxP * sp.headDim;
   for (let t = 0; t < 2 * sp.layers; t++) {
-    const data = new Float32Array(b * sp.kvHeads * block);
+    const data = kvArray(kvDtype, b * sp.kvHeads * block);
     seqs.forEach((q, i) => {
-      const src = q.past[t]!.data as Float32Array;
+      const src = floatData(q.past[t]!);
       const pad = maxP - q.length;
       for (let h = 0; h < sp.kvHeads; h++) {
         data.set(src.subarray(h * q.length * sp.headDim, (h + 1) * q.length * sp.headDim), (i * sp.kvHeads + h) * block + pad * sp.headDim);
       }
     });
-    feeds[t % 2 === 0 ? `past_key_values.${t >> 1}.key` : `past_key_values.${t >> 1}.value`] = new ort.Tensor('float32', data, [b, sp.kvHeads, maxP, sp.headDim]);
+    feeds[t % 2 === 0 ? `past_key_values.${t >> 1}.key` : `past_key_values.${t >> 1}.value`] = kvTensor(data, [b, sp.kvHeads, maxP, sp.headDim]);
   }
   const out = await session!.run(feeds);
   const total = maxP + maxS;
   const pres = presents(out);
-  const logits = (out.logits as ort.Tensor).data as Float32Array;
+  const logits = out.logits as ort.Tensor;
   return items.map((it, i) => {
     const q = seqs[i]!;
     const s = it.inputIds.length;
     const pad = maxP - q.length;
     const len = q.length + s;
     q.past = pres.map((t) => {
-      const src = t.data as Float32Array;
+      const src = floatData(t);
       // a sequence that filled its rows of the batch exactly is a contiguous slab: a view, not a copy
-      if (pad === 0 && len === total) return new ort.Tensor('float32', src.subarray(i * sp.kvHeads * total * sp.headDim, (i + 1) * sp.kvHeads * total * sp.headDim), [1, sp.kvHeads, len, sp.headDim]);
-      const dst = new Float32Array(sp.kvHeads * len * sp.headDim);
+      if (pad === 0 && len === total) return kvTensor(src.subarray(i * sp.kvHeads * total * sp.headDim, (i + 1) * sp.kvHeads * total * sp.headDim), [1, sp.kvHeads, len, sp.headDim]);
+      const dst = kvArray(kvDtype, sp.kvHeads * len * sp.headDim);
       for (let h = 0; h < sp.kvHeads; h++) {
         const from = ((i * sp.kvHeads + h) * total + pad) * sp.headDim;
         dst.set(src.subarray(from, from + len * sp.headDim), h * len * sp.headDim);
       }
-      return new ort.Tensor('float32', dst, [1, sp.kvHeads, len, sp.headDim]);
+      return kvTensor(dst, [1, sp.kvHeads, len, sp.headDim]);
     });
     q.length = len;
     return rows === 'last' ? logitRows(logits, i * maxS, 1, s - 1, sp.vocabSize) : logitRows(logits, i * maxS, s, 0, sp.vocabSize);
@@ -212,12 +275,12 @@ function truncate(seqId: string, length: number): void {
   if (!seq || length === current) return;
   const sp = spec!;
   seq.past = seq.past.map((t) => {
-    const src = t.data as Float32Array;
-    const dst = new Float32Array(sp.kvHeads * length * sp.headDim);
+    const src = floatData(t);
+    const dst = kvArray(kvDtype, sp.kvHeads * length * sp.headDim);
     for (let h = 0; h < sp.kvHeads; h++) {
       dst.set(src.subarray(h * current * sp.headDim, (h * current + length) * sp.headDim), h * length * sp.headDim);
     }
-    return new ort.Tensor('float32', dst, [1, sp.kvHeads, length, sp.headDim]);
+    return kvTensor(dst, [1, sp.kvHeads, length, sp.headDim]);
   });
   seq.length = length;
 }
@@ -231,20 +294,25 @@ function evict(seqId: string, indices: readonly number[], take: boolean): KvRows
     throw new WorkerFailure('SequenceError', `cannot evict rows [${indices.join(', ')}] from sequence ${seqId} of length ${n}`);
   }
   const sp = spec!;
-  if (!seq || gone.size === 0) return take ? { count: 0, kvHeads: sp.kvHeads, tensors: Array.from({ length: 2 * sp.layers }, () => new Float32Array(0)) } : undefined;
+  if (!seq || gone.size === 0) return take ? { dtype: kvDtype, count: 0, kvHeads: sp.kvHeads, tensors: Array.from({ length: 2 * sp.layers }, () => kvArray(kvDtype, 0)) } : undefined;
   const kept = Array.from({ length: n }, (_, i) => i).filter((i) => !gone.has(i));
-  const taken: Float32Array[] = [];
+  const taken: KvArray[] = [];
   seq.past = seq.past.map((t) => {
-    const src = t.data as Float32Array;
+    const src = floatData(t);
     if (take) taken.push(gatherRows(src, n, indices, sp.kvHeads));
-    return new ort.Tensor('float32', gatherRows(src, n, kept, sp.kvHeads), [1, sp.kvHeads, kept.length, sp.headDim]);
+    return kvTensor(gatherRows(src, n, kept, sp.kvHeads), [1, sp.kvHeads, kept.length, sp.headDim]);
   });
   seq.length = kept.length;
-  return take ? { count: indices.length, kvHeads: sp.kvHeads, tensors: taken } : undefined;
+  return take ? { dtype: kvDtype, count: indices.length, kvHeads: sp.kvHeads, tensors: taken } : undefined;
 }
 
 function checkRows(seqId: string, rows: KvRows): void {
   const sp = spec!;
+  if (rows.dtype !== kvDtype || rows.tensors.some((t) => dtypeOf(t) !== kvDtype)) {
+    const held = rows.tensors.find((t) => dtypeOf(t) !== rows.dtype);
+    const what = held ? `${rows.dtype} KV rows held in a ${held.constructor.name}` : `${rows.dtype} KV rows`;
+    throw new WorkerFailure('InvalidArgumentError', `cannot insert ${what} into ${seqId}: ${sp.name} keeps its KV as ${kvDtype}`);
+  }
   if (rows.kvHeads !== sp.kvHeads || rows.tensors.length !== 2 * sp.layers || rows.tensors.some((t) => t.length !== sp.kvHeads * rows.count * sp.headDim)) {
     throw new WorkerFailure('InvalidArgumentError', `KV rows for ${seqId} do not fit ${sp.layers} layers x ${sp.kvHeads} heads x ${sp.headDim} dims`);
   }
@@ -257,14 +325,14 @@ function insert(seqId: string, rows: KvRows): void {
   const n = seq.length;
   const total = n + rows.count;
   seq.past = seq.past.map((t, k) => {
-    const src = t.data as Float32Array;
+    const src = floatData(t);
     const add = rows.tensors[k]!;
-    const dst = new Float32Array(sp.kvHeads * total * sp.headDim);
+    const dst = kvArray(kvDtype, sp.kvHeads * total * sp.headDim);
     for (let h = 0; h < sp.kvHeads; h++) {
       dst.set(src.subarray(h * n * sp.headDim, (h + 1) * n * sp.headDim), h * total * sp.headDim);
       dst.set(add.subarray(h * rows.count * sp.headDim, (h + 1) * rows.count * sp.headDim), (h * total + n) * sp.headDim);
     }
-    return new ort.Tensor('float32', dst, [1, sp.kvHeads, total, sp.headDim]);
+    return kvTensor(dst, [1, sp.kvHeads, total, sp.headDim]);
   });
   seq.length = total;
 }

@@ -1,5 +1,5 @@
 import type { ModelSpec } from './config.ts';
-import type { ForwardItem, KvRows, LogitsRows, SessionOptions } from './session.ts';
+import type { ForwardItem, KvDtype, KvRows, LogitsRows, SessionOptions } from './session.ts';
 
 /** Messages from the main thread to a model worker. Every request carries an id echoed in its reply. */
 export type WorkerRequest =
@@ -11,5 +11,5 @@ export type WorkerRequest =
   | { readonly op: 'release'; readonly id: number; readonly seqId: string };
 
 export type WorkerReply =
-  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly logits?: Float32Array[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string }
+  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly logits?: Float32Array[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string }
   | { readonly id: number; readonly ok: false; readonly error: { readonly name: string; readonly message: string } };

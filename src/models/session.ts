@@ -31,15 +31,24 @@ export interface StepResult {
   readonly evicted?: KvRows;
 }
 
+/** The element type a model keeps its KV in: its ONNX graph's past_key_values type. */
+export type KvDtype = 'float32' | 'float16';
+
+/** A block of KV values: float32 values, or float16 bit patterns (Node 20 has no Float16Array). */
+export type KvArray = Float32Array | Uint16Array;
+
 /**
  * KV rows of one sequence taken out of a cache or put back into one: for each past tensor in input
- * order (key0, value0, key1, …) a row-major [kvHeads, count, headDim] block. Keys are stored after
- * RoPE, so a row keeps its original position wherever it sits in the cache.
+ * order (key0, value0, key1, …) a row-major [kvHeads, count, headDim] block, in the model's own
+ * dtype (Float32Array for float32, Uint16Array of half bit patterns for float16; never converted,
+ * so a spilled row comes back bit for bit). Keys are stored after RoPE, so a row keeps its original
+ * position wherever it sits in the cache.
  */
 export interface KvRows {
+  readonly dtype: KvDtype;
   readonly count: number;
   readonly kvHeads: number;
-  readonly tensors: Float32Array[];
+  readonly tensors: KvArray[];
 }
 
 /**
