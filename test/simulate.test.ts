@@ -44,3 +44,13 @@ test('simulator - a speculative round: drafting, then one review that scores the
   t.true(near(r.tokensPerSecond, 2500 / 15));
   t.true(r.drafterUtilisation > 0.1 && r.drafterUtilisation < 0.2);
 });
+
+// Fault: a calibration that fitted every pass cost to 0 (a loaded machine) made a round take no time,
+// and the simulation of `bench scale` ran without end (a CLI test's child process spun for 35 minutes).
+test('simulator - costs that let no time pass are refused with the reason, never run without end', (t) => {
+  const free = { fixedMs: 0, sequenceMs: 0, tokenMs: 0 };
+  t.throws(() => simulate({ ...base, verify: free }), { instanceOf: RangeError, message: /would take 0 ms/ });
+  t.throws(() => simulate({ ...base, verify: { ...free, fixedMs: NaN } }), { instanceOf: RangeError });
+  t.throws(() => simulate({ ...base, verify: { ...free, fixedMs: 0.002 }, horizonMs: 1e9 }), { instanceOf: RangeError, message: /events/ });
+  t.notThrows(() => simulate({ ...base, verify: { ...free, fixedMs: 0.002 } }));
+});

@@ -264,7 +264,12 @@ function leastSquares3(points: readonly { sequences: number; tokens: number; ms:
   }
   const x = [0, 0, 0];
   for (let r = 2; r >= 0; r--) x[r] = (y[r]! - [0, 1, 2].reduce((a, k) => (k > r ? a + A[r]![k]! * x[k]! : a), 0)) / A[r]![r]!;
-  return { fixedMs: Math.max(0, x[0]!), sequenceMs: Math.max(0, x[1]!), tokenMs: Math.max(0, x[2]!) };
+  const sequenceMs = Math.max(0, x[1]!);
+  const tokenMs = Math.max(0, x[2]!);
+  // A noisy fit (a loaded machine) may clamp every coefficient to 0: a pass then costs at least the
+  // fastest single-sequence pass measured, so a simulation built on the fit lets time pass.
+  const fastest = Math.min(...points.filter((p) => p.sequences === 1).map((p) => p.ms));
+  return { fixedMs: Math.max(0, x[0]!, fastest - sequenceMs - tokenMs), sequenceMs, tokenMs };
 }
 
 const passMs = (c: PassCost, sequences: number, tokens: number) => c.fixedMs + c.sequenceMs * sequences + c.tokenMs * tokens;

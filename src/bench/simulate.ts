@@ -102,8 +102,22 @@ export interface SimulationResult {
   readonly meanVerifyBatch: number;
 }
 
-/** Runs the simulation; deterministic (fractional tokens per round are carried per session). */
+/** The shortest a simulated round can take, ms: below it the costs are no measurement (a round of 0 ms never lets time pass). */
+export const MIN_ROUND_MS = 1e-3;
+/** Most events one simulation runs (a guard: a real calibration needs a few hundred thousand). */
+export const MAX_EVENTS = 20_000_000;
+
+/**
+ * Runs the simulation; deterministic (fractional tokens per round are carried per session). Throws
+ * RangeError when a round could take less than MIN_ROUND_MS (costs that do not advance time) or
+ * the run passes MAX_EVENTS, instead of running without end.
+ */
 export function simulate(p: SimulationParams): SimulationResult {
+  const oneVerify = p.verify.fixedMs + p.verify.sequenceMs + p.verify.tokenMs * (p.draftedPerRound + 1);
+  const shortest = oneVerify + p.latencyMs + p.roundOverheadMs;
+  if (!(shortest >= MIN_ROUND_MS)) {
+    throw new RangeError(`a simulated round would take ${shortest} ms (verifier pass ${JSON.stringify(p.verify)}, latency ${p.latencyMs} ms, overhead ${p.roundOverheadMs} ms): at least ${MIN_ROUND_MS} ms is needed for time to pass`);
+  }
   const events = new Events();
   const verifiers = Array.from({ length: p.verifiers }, () => new Node(p.verify));
   const drafters = Array.from({ length: Math.max(1, p.drafters) }, () => new Node(p.draft));
@@ -166,7 +180,9 @@ export function simulate(p: SimulationParams): SimulationResult {
     drafters[s % drafters.length]!.sessions++;
     events.push(0, () => startRound(s));
   }
+  let ran = 0;
   for (let e = events.pop(); e && e.at <= p.horizonMs; e = events.pop()) {
+    if (++ran > MAX_EVENTS) throw new RangeError(`the simulation passed ${MAX_EVENTS} events before ${p.horizonMs} ms of simulated time (at ${now.toFixed(3)} ms): the costs are too small for the horizon`);
     now = e.at;
     e.run();
   }
