@@ -2,6 +2,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ModelLoadError } from '../errors.ts';
+import { findGraph, findTokenizer, locationOf, modelName, type ModelSource } from './model-dir.ts';
 
 /**
  * What the runtime needs to know about a model directory (SPEC §3): the ONNX graph, the tokenizer and
@@ -50,17 +51,21 @@ function readJson(path: string): unknown {
   }
 }
 
-/** Reads and validates a model directory; throws ModelLoadError naming exactly what is wrong. */
-export function loadModelSpec(dir: string): ModelSpec {
-  const abs = resolve(dir);
+/**
+ * Reads and validates a model directory (a path, or a ModelLocation naming its graph and tokenizer;
+ * model-dir.ts finds them in the layouts users export); throws ModelLoadError naming exactly what is wrong.
+ */
+export function loadModelSpec(source: ModelSource): ModelSpec {
+  const location = locationOf(source);
+  const abs = resolve(location.dir);
   if (!existsSync(abs) || !statSync(abs).isDirectory()) {
     throw new ModelLoadError(`model directory ${abs} does not exist`);
   }
-  for (const file of ['model.onnx', 'config.json', 'tokenizer.json']) {
-    if (!existsSync(join(abs, file))) {
-      throw new ModelLoadError(`model directory ${abs} has no ${file} (a model directory holds model.onnx, config.json and tokenizer.json)`);
-    }
+  if (!existsSync(join(abs, 'config.json'))) {
+    throw new ModelLoadError(`model directory ${abs} has no config.json (a model directory holds an ONNX graph, config.json and tokenizer.json)`);
   }
+  const onnxPath = findGraph(abs, location.modelFile);
+  const tokenizerPath = findTokenizer(abs, location.tokenizer);
   const parsed = ConfigJson.safeParse(readJson(join(abs, 'config.json')));
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
@@ -77,10 +82,10 @@ export function loadModelSpec(dir: string): ModelSpec {
     );
   }
   return {
-    name: abs.split('/').pop() ?? abs,
+    name: location.name ?? modelName(abs),
     dir: abs,
-    onnxPath: join(abs, 'model.onnx'),
-    tokenizerPath: join(abs, 'tokenizer.json'),
+    onnxPath,
+    tokenizerPath,
     layers,
     kvHeads: c.num_key_value_heads ?? heads,
     headDim,

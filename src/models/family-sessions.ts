@@ -1,7 +1,8 @@
 import type { Family } from './family.ts';
-import { loadBigram, memberDir } from './family.ts';
+import { loadBigram, memberSource } from './family.ts';
 import { OrtModelSession } from './ort-session.ts';
 import type { ModelSession, SessionOptions } from './session.ts';
+import { checkSharedVocabulary } from './vocabulary.ts';
 
 /** Opens family members on demand (one worker each, opened once) and closes them all together. */
 export class FamilySessions {
@@ -15,7 +16,7 @@ export class FamilySessions {
   get(name: string): Promise<ModelSession> {
     let s = this.open.get(name);
     if (!s) {
-      s = OrtModelSession.open(memberDir(this.family, name), this.options);
+      s = OrtModelSession.open(memberSource(this.family, name), this.options);
       this.open.set(name, s);
     }
     return s;
@@ -26,6 +27,7 @@ export class FamilySessions {
     const target = await this.get(this.family.target);
     const drafters = new Map<string, ModelSession>();
     for (const d of this.family.drafters) drafters.set(d, await this.get(d));
+    checkSharedVocabulary(target.spec, [...drafters.values()].map((d) => d.spec));
     return { target, drafters, bigram: loadBigram(this.family) };
   }
 

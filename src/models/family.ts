@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ModelLoadError } from '../errors.ts';
 import { AdoreController } from '../kernels/adore-controller.ts';
+import type { ModelSource } from './model-dir.ts';
 
 /**
  * A model family directory: `family.json` names the target and its drafters (largest first), each a
@@ -15,6 +16,11 @@ export interface Family {
   readonly bigram?: string;
   /** ADORE's controller directory, relative to the family directory. */
   readonly controller?: string;
+  /**
+   * Where each model's files are when they are not `dir/<name>` with a model.onnx: the folders
+   * `--model` / `--draft-model` name (model-choice.ts), with the graph and tokenizer picked there.
+   */
+  readonly locations?: ReadonlyMap<string, ModelSource>;
 }
 
 const FamilyJson = z.object({
@@ -61,3 +67,6 @@ export function loadController(family: Family): AdoreController {
 
 /** The directory of a family member. */
 export const memberDir = (family: Family, name: string): string => join(family.dir, name);
+
+/** Where a member's files are: its location when the command line named one, else its directory. */
+export const memberSource = (family: Family, name: string): ModelSource => family.locations?.get(name) ?? memberDir(family, name);

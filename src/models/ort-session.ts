@@ -1,6 +1,7 @@
 import { Worker } from 'node:worker_threads';
 import { ModelLoadError, ModelRuntimeError, SequenceError, InvalidArgumentError, CascadeError } from '../errors.ts';
 import { loadModelSpec, type ModelSpec } from './config.ts';
+import type { ModelSource } from './model-dir.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
 import type { ForwardItem, KvDtype, KvRows, LogitsRows, ModelSession, SessionOptions, StepResult } from './session.ts';
 
@@ -34,6 +35,11 @@ export class OrtModelSession implements ModelSession {
   provider = 'cpu';
   /** The element type of the model's KV, read from its ONNX graph at load (past_key_values.*). */
   kvDtype: KvDtype = 'float32';
+  /**
+   * Whether the graph takes `position_ids`. Without it the graph counts positions itself, so only
+   * one sequence per pass (no batching) and no explicit positions (no bounded KV cache) work.
+   */
+  positionIds = true;
 
   private constructor(
     readonly spec: ModelSpec,
@@ -55,19 +61,20 @@ export class OrtModelSession implements ModelSession {
     worker.on('exit', (code) => fail(new Error(`exit code ${code}`)));
   }
 
-  /** Validates the directory, starts a worker and loads the model into it. */
-  static async open(dir: string, options: SessionOptions = {}, onWarning: (w: string) => void = console.warn): Promise<OrtModelSession> {
-    const spec = loadModelSpec(dir);
+  /** Validates the directory (or a ModelLocation in it), starts a worker and loads the model into it. */
+  static async open(source: ModelSource, options: SessionOptions = {}, onWarning: (w: string) => void = console.warn): Promise<OrtModelSession> {
+    const spec = loadModelSpec(source);
     const worker = startWorker();
     const s = new OrtModelSession(spec, worker);
     try {
       const reply = await s.call({ op: 'load', spec, options });
       s.provider = reply.provider ?? 'cpu';
       s.kvDtype = reply.kvDtype ?? 'float32';
+      s.positionIds = reply.positionIds ?? true;
       if (reply.warning) onWarning(reply.warning);
     } catch (err) {
       await worker.terminate();
-      throw err instanceof CascadeError ? err : new ModelLoadError(`cannot load ${dir}`, { cause: err });
+      throw err instanceof CascadeError ? err : new ModelLoadError(`cannot load ${spec.onnxPath}`, { cause: err });
     }
     return s;
   }

@@ -22,6 +22,8 @@ interface Sequence {
 let session: ort.InferenceSession | undefined;
 let spec: ModelSpec | undefined;
 let feedsPositions = true;
+/** Optimum's merged decoder: `use_cache_branch` is true whenever a past is fed, false for the first pass. */
+let feedsCacheBranch = false;
 let hasAttention = false;
 /** The element type of every past and present tensor (the graph's own metadata). */
 let kvDtype: KvDtype = 'float32';
@@ -50,7 +52,7 @@ function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
   );
 }
 
-async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype }> {
+async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean }> {
   spec = s;
   const wanted = options.executionProviders?.length ? [...options.executionProviders] : ['cpu'];
   const base: ort.InferenceSession.SessionOptions = {
@@ -66,6 +68,8 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
     const unsupported = unsupportedType(s, err as Error);
     if (unsupported) throw unsupported;
     const onlyCpu = wanted.every((p) => p === 'cpu');
+    const external = missingExternalData(s, err as Error);
+    if (external) throw external;
     if (onlyCpu || !options.cpuFallback) {
       throw new WorkerFailure('ModelLoadError', `cannot create an ONNX Runtime session for ${s.onnxPath} with [${provider}]: ${(err as Error).message}`);
     }
@@ -76,8 +80,23 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
   feedsPositions = session.inputNames.includes('position_ids');
+  feedsCacheBranch = session.inputNames.includes('use_cache_branch');
   hasAttention = session.outputNames.includes('attention_sum');
-  return warning ? { provider, warning, kvDtype } : { provider, kvDtype };
+  return { provider, kvDtype, positionIds: feedsPositions, ...(warning ? { warning } : {}) };
+}
+
+/**
+ * A graph whose weights live in an external data file (`model.onnx_data`, `model.onnx.data`) that is
+ * not beside it: ONNX Runtime reads the file named inside the graph, relative to the graph's folder.
+ */
+function missingExternalData(s: ModelSpec, err: Error): WorkerFailure | undefined {
+  const m = /(?:External data path|GetFileLength for|open file) "?([^"\s]+?)"?(?: failed| does not exist|:|\s|$)/i.exec(err.message);
+  if (!m && !/external data/i.test(err.message)) return undefined;
+  const file = m?.[1];
+  return new WorkerFailure(
+    'ModelLoadError',
+    `${s.onnxPath} keeps its weights in external data${file ? ` (${file})` : ''} that cannot be read: keep the data file the export wrote (model.onnx_data, model.onnx.data) beside the graph under its original name (${err.message.trim()})`,
+  );
 }
 
 const KV_DTYPES: readonly KvDtype[] = ['float32', 'float16'];
@@ -117,17 +136,24 @@ function floatData(t: ort.Tensor): KvArray {
   return new Uint16Array(view.buffer, view.byteOffset, view.length);
 }
 
+/** Inputs fed when the graph has them: RoPE positions, and the merged decoder's branch flag. */
+const OPTIONAL_INPUTS = ['position_ids', 'use_cache_branch'];
+
 function checkContract(sess: ort.InferenceSession, s: ModelSpec): void {
   const need = ['input_ids', 'attention_mask'];
   for (let i = 0; i < s.layers; i++) need.push(`past_key_values.${i}.key`, `past_key_values.${i}.value`);
   const missing = need.filter((n) => !sess.inputNames.includes(n));
   const outs = ['logits', ...Array.from({ length: s.layers }, (_, i) => [`present.${i}.key`, `present.${i}.value`]).flat()];
   const missingOut = outs.filter((n) => !sess.outputNames.includes(n));
-  if (missing.length || missingOut.length) {
+  const fed = new Set([...need, ...OPTIONAL_INPUTS]);
+  const unknown = sess.inputNames.filter((n) => !fed.has(n));
+  if (missing.length || missingOut.length || unknown.length) {
     throw new WorkerFailure(
       'ModelLoadError',
-      `${s.onnxPath} does not follow the decoder-with-past contract for ${s.layers} layers: ` +
-        `missing inputs [${missing.join(', ')}] outputs [${missingOut.join(', ')}]`,
+      `${s.onnxPath} does not follow the decoder-with-past contract for ${s.layers} layers (config.json's num_hidden_layers): ` +
+        `missing inputs [${missing.join(', ')}] outputs [${missingOut.join(', ')}]` +
+        (unknown.length ? `; inputs the runner cannot feed [${unknown.join(', ')}]` : '') +
+        `. Expected inputs input_ids, attention_mask, past_key_values.N.key|value (optional: ${OPTIONAL_INPUTS.join(', ')}) and outputs logits, present.N.key|value, as optimum-cli export onnx --task text-generation-with-past writes them`,
     );
   }
 }
@@ -156,6 +182,18 @@ function positionsOf(item: ForwardItem, seq: Sequence): readonly number[] {
     return item.positionIds;
   }
   return item.inputIds.map((_, j) => seq.length + j);
+}
+
+/**
+ * A graph without position_ids places new tokens right after the cache (its positions follow the
+ * attention mask): explicit positions elsewhere (a bounded cache's) cannot be honoured, so refused.
+ */
+function checkImplicitPositions(item: ForwardItem, seq: Sequence): void {
+  if (!item.positionIds || item.positionIds.every((p, j) => p === seq.length + j)) return;
+  throw new WorkerFailure(
+    'InvalidArgumentError',
+    `${spec!.onnxPath} has no position_ids input, so its tokens always sit right after the cache: explicit positions (a bounded KV cache, --kv-policy) need a graph exported with position_ids`,
+  );
 }
 
 function pastFeeds(feeds: Record<string, ort.Tensor>, past: ort.Tensor[]): void {
@@ -187,6 +225,8 @@ async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false
     attention_mask: int64(new Array(seq.length + s).fill(1), [1, seq.length + s]),
   };
   if (feedsPositions) feeds.position_ids = int64(positionsOf(item, seq), [1, s]);
+  else checkImplicitPositions(item, seq);
+  if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(seq.length > 0 ? 1 : 0), [1]);
   pastFeeds(feeds, seq.past);
   const out = await session!.run(feeds);
   seq.past = presents(out);
@@ -207,6 +247,12 @@ async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false
  */
 async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
   const sp = spec!;
+  if (!feedsPositions) {
+    throw new WorkerFailure(
+      'InvalidArgumentError',
+      `${sp.onnxPath} has no position_ids input, so a pass of several sequences (left-padded pasts) would give them wrong positions: run it one sequence per pass (--max-batch 1) or export it with position_ids`,
+    );
+  }
   const seqs = items.map((it) => sequence(it.seqId));
   const b = items.length;
   const maxP = Math.max(...seqs.map((q) => q.length));
@@ -228,7 +274,8 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
     input_ids: int64(ids, [b, maxS]),
     attention_mask: int64(mask, [b, maxP + maxS]),
   };
-  if (feedsPositions) feeds.position_ids = int64(pos, [b, maxS]);
+  feeds.position_ids = int64(pos, [b, maxS]);
+  if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(maxP > 0 ? 1 : 0), [1]);
   const block = maxP * sp.headDim;
   for (let t = 0; t < 2 * sp.layers; t++) {
     const data = kvArray(kvDtype, b * sp.kvHeads * block);
