@@ -3,6 +3,7 @@ import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { ModelLoadError } from '../errors.ts';
 import { findGraph, findTokenizer, locationOf, modelName, type ModelSource } from './model-dir.ts';
+import { loadGenerationConfig, type GenerationDefaults } from './generation-config.ts';
 
 /**
  * What the runtime needs to know about a model directory (SPEC §3): the ONNX graph, the tokenizer and
@@ -19,8 +20,18 @@ export interface ModelSpec {
   readonly kvHeads: number;
   readonly headDim: number;
   readonly vocabSize: number;
-  /** Token ids that end generation. */
+  /**
+   * Token ids that end generation: `generation_config.json`'s `eos_token_id` (an id or a list) when the
+   * directory has one that gives it, else `config.json`'s, as transformers and vLLM decide.
+   */
   readonly eosIds: readonly number[];
+  /** The beginning-of-sequence id: `generation_config.json`'s `bos_token_id`, else `config.json`'s, if either says. */
+  readonly bosId?: number;
+  /**
+   * The model's sampling defaults from `generation_config.json` (temperature, top_p, top_k,
+   * do_sample false = greedy); callers apply them under the request's own settings (resolveSampling).
+   */
+  readonly generation?: GenerationDefaults;
   /** Longest position the model was trained for, when the config says. */
   readonly maxPositions: number | undefined;
 }
@@ -38,6 +49,8 @@ const ConfigJson = z
     head_dim: positiveInt.optional(),
     vocab_size: positiveInt,
     eos_token_id: z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative()).min(1)]),
+    /** Read when it is one id; anything else leaves the BOS to generation_config.json and the tokenizer. */
+    bos_token_id: z.number().int().nonnegative().nullable().optional().catch(undefined),
     max_position_embeddings: positiveInt.optional(),
     n_positions: positiveInt.optional(),
   })
@@ -81,6 +94,8 @@ export function loadModelSpec(source: ModelSource): ModelSpec {
       `${join(abs, 'config.json')} must give num_hidden_layers, num_attention_heads and head_dim (or hidden_size divisible by the heads)`,
     );
   }
+  const generation = loadGenerationConfig(abs);
+  const bosId = generation?.bosId ?? c.bos_token_id ?? undefined;
   return {
     name: location.name ?? modelName(abs),
     dir: abs,
@@ -90,7 +105,9 @@ export function loadModelSpec(source: ModelSource): ModelSpec {
     kvHeads: c.num_key_value_heads ?? heads,
     headDim,
     vocabSize: c.vocab_size,
-    eosIds: Array.isArray(c.eos_token_id) ? c.eos_token_id : [c.eos_token_id],
+    eosIds: generation?.eosIds ?? (Array.isArray(c.eos_token_id) ? c.eos_token_id : [c.eos_token_id]),
+    ...(bosId === undefined ? {} : { bosId }),
+    ...(generation && Object.keys(generation.defaults).length ? { generation: generation.defaults } : {}),
     maxPositions: c.max_position_embeddings ?? c.n_positions,
   };
 }
