@@ -1,30 +1,89 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
-import { ModelLoadError } from '../errors.ts';
+import { InvalidArgumentError, ModelLoadError } from '../errors.ts';
+import type { ChatMessage, ChatTemplate } from './chat-template.ts';
+import { loadTokenizerConfig } from './tokenizer-config.ts';
 
-/** A Hugging Face `tokenizer.json` loaded with tokenizers.js; decoding is lossless (no space clean-up). */
+/**
+ * A Hugging Face `tokenizer.json` loaded with tokenizers.js, with the conventions of the
+ * `tokenizer_config.json` beside it: `add_bos_token` for plain prompts, the special tokens and the
+ * chat template. Decoding is lossless (no space clean-up).
+ */
 export class TextTokenizer {
-  private constructor(private readonly tok: Tokenizer) {}
+  private constructor(
+    private readonly tok: Tokenizer,
+    /** The BOS id (`bos_token` of tokenizer_config.json), when the config names one. */
+    readonly bosId: number | undefined,
+    /** tokenizer_config.json's `add_bos_token`: encodePrompt starts a prompt with the BOS. */
+    readonly addBos: boolean,
+    /** The model's chat template (tokenizer_config.json's `chat_template` or chat_template.jinja). */
+    readonly chatTemplate: ChatTemplate | undefined,
+    private readonly dir: string,
+  ) {}
 
-  static load(tokenizerPath: string): TextTokenizer {
+  /**
+   * The tokenizer of a model directory: its tokenizer.json, with the tokenizer_config.json (and
+   * chat_template.jinja) of the model's own directory when it has one, else those beside the tokenizer.
+   */
+  static forModel(spec: { readonly dir: string; readonly tokenizerPath: string }): TextTokenizer {
+    const own = ['tokenizer_config.json', 'chat_template.jinja'].some((f) => existsSync(join(spec.dir, f)));
+    return TextTokenizer.load(spec.tokenizerPath, own ? spec.dir : undefined);
+  }
+
+  /** `configDir`: where tokenizer_config.json and chat_template.jinja are read (default: beside the tokenizer). */
+  static load(tokenizerPath: string, configDir?: string): TextTokenizer {
     let json: object;
     try {
       json = JSON.parse(readFileSync(tokenizerPath, 'utf8'));
     } catch (cause) {
       throw new ModelLoadError(`cannot read tokenizer ${tokenizerPath}`, { cause });
     }
-    const cfgPath = join(dirname(tokenizerPath), 'tokenizer_config.json');
-    const cfg = existsSync(cfgPath) ? JSON.parse(readFileSync(cfgPath, 'utf8')) : {};
+    const dir = configDir ?? dirname(tokenizerPath);
+    const cfg = loadTokenizerConfig(dir);
+    let tok: Tokenizer;
     try {
-      return new TextTokenizer(new Tokenizer(json, { clean_up_tokenization_spaces: false, ...cfg }));
+      tok = new Tokenizer(json, { clean_up_tokenization_spaces: false, ...cfg.raw });
     } catch (cause) {
       throw new ModelLoadError(`tokenizer ${tokenizerPath} is malformed`, { cause });
     }
+    const cfgPath = join(dir, 'tokenizer_config.json');
+    const bosText = cfg.specialTokens.bos_token;
+    const bosId = bosText === undefined ? undefined : tok.token_to_id(bosText);
+    if (bosText !== undefined && bosId === undefined) throw new ModelLoadError(`${cfgPath} field bos_token: "${bosText}" is not a token of ${tokenizerPath}`);
+    if (cfg.addBosToken && bosId === undefined) throw new ModelLoadError(`${cfgPath} field add_bos_token is true but the file names no bos_token`);
+    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir);
   }
 
+  /** The text's own tokens, no special tokens added (a special token's text in it is that token). */
   encode(text: string): number[] {
     return this.tok.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  /**
+   * A plain prompt's ids: its tokens, starting with the BOS exactly once when tokenizer_config.json
+   * says `add_bos_token` (not added again when the text already begins with the BOS token).
+   */
+  encodePrompt(text: string): number[] {
+    const ids = this.encode(text);
+    return this.addBos && this.bosId !== undefined && ids[0] !== this.bosId ? [this.bosId, ...ids] : ids;
+  }
+
+  /**
+   * A chat's prompt ids: the model's chat template rendered with the generation prompt, then
+   * tokenised without adding special tokens, as transformers' `apply_chat_template` does (a template
+   * that wants a BOS writes it). InvalidArgumentError when the model has no template or refuses the messages.
+   */
+  encodeChat(messages: readonly ChatMessage[]): number[] {
+    return this.encode(this.renderChat(messages));
+  }
+
+  /** The chat template's text for `messages`, ending in the generation prompt (see encodeChat). */
+  renderChat(messages: readonly ChatMessage[]): string {
+    if (!this.chatTemplate) {
+      throw new InvalidArgumentError(`the model in ${this.dir} has no chat template (tokenizer_config.json has no chat_template and there is no chat_template.jinja): send a plain prompt instead`);
+    }
+    return this.chatTemplate.render(messages);
   }
 
   decode(ids: readonly number[]): string {
