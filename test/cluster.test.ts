@@ -11,7 +11,6 @@ import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { setupTracing, shutdownTracing, type SpanRecord } from '../src/cluster/tracing.ts';
 import { subjects } from '../src/cluster/transport.ts';
-import { chatPrompt } from '../src/cluster/gateway.ts';
 import { loadWorkload } from '../src/bench/workloads.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
@@ -103,7 +102,7 @@ test.serial('cluster - chat completions stream over SSE and concatenate to the g
   t.true(chunks > 2, 'tokens arrive in several chunks');
   t.is(finish, 'length');
   t.is(usage?.completion_tokens, 24);
-  t.is(text, await targetOnly(chatPrompt(messages), 24));
+  t.is(text, await targetOnly(tokenizer.renderChat(messages), 24));
 });
 
 test.serial('cluster - sampled requests (distributions over NATS) complete and are reproducible by seed with a fixed K', async (t) => {

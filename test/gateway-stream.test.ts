@@ -1,3 +1,5 @@
+import { copyFileSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import OpenAI from 'openai';
@@ -5,7 +7,7 @@ import type { Worker } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { ModelActor } from '../src/actors/model-actor.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from '../src/cluster/coordinator.ts';
-import { apiFinishReason, buildGateway, chatPrompt } from '../src/cluster/gateway.ts';
+import { apiFinishReason, buildGateway } from '../src/cluster/gateway.ts';
 import { encode } from '../src/cluster/messages.ts';
 import { subjects } from '../src/cluster/transport.ts';
 import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
@@ -27,7 +29,7 @@ import { family, MODELS_DIR } from './helpers/family.ts';
 const MESSAGES = [{ role: 'user' as const, content: 'Say nothing.' }];
 const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
 const model = new MemoryModelSession({ name: 'target', vocabSize: 8192, order: 8, seed: 21 });
-const EOS = argmax(model.nextLogits(tokenizer.encode(chatPrompt(MESSAGES))));
+const EOS = argmax(model.nextLogits(tokenizer.encodeChat(MESSAGES)));
 
 let nats: LocalServer;
 let redis: LocalServer;
@@ -102,7 +104,7 @@ test('gateway - a streamed chat reply with text names its role once, in the firs
 test('gateway - a request cancelled mid-stream ends with finish_reason abort, never length', async (t) => {
   const messages = [{ role: 'user' as const, content: 'Tell a long story.' }];
   const greedy: number[] = [];
-  const context = tokenizer.encode(chatPrompt(messages));
+  const context = tokenizer.encodeChat(messages);
   for (let i = 0; i < 3000; i++) greedy.push(argmax(model.nextLogits([...context, ...greedy])));
   t.false(greedy.includes(EOS), 'precondition: the reply runs to max_tokens unless cancelled');
   const canceller = await NatsTransport.connect({ servers: nats.url });
@@ -117,6 +119,40 @@ test('gateway - a request cancelled mid-stream ends with finish_reason abort, ne
   const done = await stream.finalChatCompletion();
   t.is(done.choices[0]!.finish_reason as string, 'abort');
   t.true((done.usage?.completion_tokens ?? chunks.length) < 3000, 'the request stopped early');
+});
+
+test("gateway - a request without sampling settings takes the model's generation_config.json defaults; a model without a chat template refuses chats with a 400", async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-gw-'));
+  copyFileSync(join(MODELS_DIR, 'tokenizer.json'), join(dir, 'tokenizer.json'));
+  const bare = buildGateway({
+    transport: transports[2]!,
+    queue: gatewayQueue,
+    log: new TokenLog(shards),
+    tokenizer: TextTokenizer.load(join(dir, 'tokenizer.json')),
+    metrics: new GatewayMetrics(),
+    model: { target: 'target', drafters: [], generation: { temperature: 0 } },
+    defaultMode: 'ar',
+  });
+  try {
+    const prompt = 'def main():';
+    const context = tokenizer.encodePrompt(prompt);
+    const greedy: number[] = [];
+    while (greedy.length < 6) {
+      const next = argmax(model.nextLogits([...context, ...greedy]));
+      if (next === EOS) break;
+      greedy.push(next);
+    }
+    const done = await bare.inject({ method: 'POST', url: '/v1/completions', payload: { prompt, max_tokens: 6 } });
+    t.is(done.statusCode, 200);
+    t.is(done.json().choices[0].text, tokenizer.decode(greedy), 'greedy, as the model says, not the API default temperature 1');
+    const chat = await bare.inject({ method: 'POST', url: '/v1/chat/completions', payload: { messages: MESSAGES, max_tokens: 4 } });
+    t.is(chat.statusCode, 400);
+    t.regex(chat.json().error.message, /has no chat template/);
+    t.is(chat.json().error.param, 'messages');
+  } finally {
+    await bare.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('gateway - the API finish reason of each engine finish reason', (t) => {

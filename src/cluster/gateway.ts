@@ -7,6 +7,8 @@ import { MAX_WANT } from '../actors/model-actor.ts';
 import { checkCascade } from '../engine/cascade.ts';
 import { MODES, planCascade, type KSchedule } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
+import type { SamplingParams } from '../kernels/sampling.ts';
+import { resolveSampling, type GenerationDefaults } from '../models/generation-config.ts';
 import type { TextTokenizer } from '../models/tokenizer.ts';
 import { jobOptions, type JobData, type RequestOutcome } from './coordinator.ts';
 import { decode, encode } from './messages.ts';
@@ -19,10 +21,15 @@ export interface GatewayOptions {
   readonly transport: Transport;
   readonly queue: Queue;
   readonly log: RequestLog;
+  /** The target's tokenizer: its add_bos_token encodes completions' prompts, its chat template chats. */
   readonly tokenizer: TextTokenizer;
   readonly metrics: GatewayMetrics;
-  /** The family: the model id served, its drafters (for modes), context length. */
-  readonly model: { readonly target: string; readonly drafters: readonly string[]; readonly maxPositions?: number };
+  /**
+   * The family: the model id served, its drafters (for modes), context length, and the target's
+   * sampling defaults (its generation_config.json), which fill what a request leaves out before the
+   * API's own defaults do (API_SAMPLING).
+   */
+  readonly model: { readonly target: string; readonly drafters: readonly string[]; readonly maxPositions?: number; readonly generation?: GenerationDefaults };
   /** Accepted bearer keys; empty = no authentication (local use only). */
   readonly apiKeys?: readonly string[];
   /** Requests in flight before 503 + Retry-After. */
@@ -108,10 +115,24 @@ export function apiFinishReason(reason: string): 'stop' | 'length' | 'abort' {
 }
 
 /**
- * The chat template of the bundled family, which is not chat-tuned: each message as `role: text`
- * on its own paragraph, then `assistant:` for the reply.
+ * The API's sampling defaults, OpenAI's (temperature 1, no top-p or top-k filter), for what neither
+ * the request nor the model's generation_config.json says.
  */
-export const chatPrompt = (messages: readonly { role: string; content: string }[]): string => messages.map((m) => `${m.role}: ${m.content}\n\n`).join('') + 'assistant:';
+export const API_SAMPLING: SamplingParams = { temperature: 1, topP: 1, topK: 0 };
+
+/**
+ * A request's prompt ids: a completion's prompt through the tokenizer's add_bos_token convention, a
+ * chat's messages through the model's chat template; a template that refuses them (or its absence) is a 400.
+ */
+function promptIdsOf(tokenizer: TextTokenizer, input: { prompt: string } | { messages: readonly { role: string; content: string; name?: string }[] }): number[] {
+  if ('prompt' in input) return tokenizer.encodePrompt(input.prompt);
+  try {
+    return tokenizer.encodeChat(input.messages);
+  } catch (err) {
+    if (err instanceof InvalidArgumentError) throw new HttpError(400, err.message, 'invalid_request_error', 'messages');
+    throw err;
+  }
+}
 
 /** Decodes a growing token list into text deltas, holding back an incomplete UTF-8 character. */
 class TextStream {
@@ -206,9 +227,9 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   }
 
   /** Validates the decoding settings and builds the job; throws HttpError 400 on bad input. */
-  function job(body: z.infer<typeof CompletionBody> | z.infer<typeof ChatBody>, prompt: string): JobData {
+  function job(body: z.infer<typeof CompletionBody> | z.infer<typeof ChatBody>, input: Parameters<typeof promptIdsOf>[1]): JobData {
     if (body.model && body.model !== model.target) throw new HttpError(404, `model "${body.model}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
-    const promptIds = tokenizer.encode(prompt);
+    const promptIds = promptIdsOf(tokenizer, input);
     if (!promptIds.length) throw new HttpError(400, 'the prompt is empty', 'invalid_request_error', 'prompt');
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? 16;
     if (model.maxPositions !== undefined && promptIds.length + maxTokens > model.maxPositions) {
@@ -230,7 +251,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       requestId: `req-${randomUUID()}`,
       promptIds,
       maxTokens,
-      sampling: { temperature: body.temperature ?? 1, topK: body.top_k ?? 0, topP: body.top_p ?? 1 },
+      sampling: resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING),
       seed: body.seed ?? Math.floor(Math.random() * 2 ** 53),
       stopAtEos: true,
       drafters: [...plan.drafters],
@@ -455,13 +476,13 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   app.post('/v1/completions', async (req, reply) => {
     const body = parse(CompletionBody, req.body);
     const prompt = Array.isArray(body.prompt) ? body.prompt[0]! : body.prompt;
-    await serveRequest(req, reply, job(body, prompt), false, body.stream ?? false, body.stream_options?.include_usage ?? false);
+    await serveRequest(req, reply, job(body, { prompt }), false, body.stream ?? false, body.stream_options?.include_usage ?? false);
     return reply;
   });
 
   app.post('/v1/chat/completions', async (req, reply) => {
     const body = parse(ChatBody, req.body);
-    await serveRequest(req, reply, job(body, chatPrompt(body.messages)), true, body.stream ?? false, body.stream_options?.include_usage ?? false);
+    await serveRequest(req, reply, job(body, { messages: body.messages }), true, body.stream ?? false, body.stream_options?.include_usage ?? false);
     return reply;
   });
 

@@ -162,7 +162,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
   const family = loadFamily(o.models);
   const spec = loadModelSpec(memberDir(family, family.target));
   setupTracing('cascade-gateway');
-  const tokenizer = TextTokenizer.load(spec.tokenizerPath);
+  const tokenizer = TextTokenizer.forModel(spec);
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'gateway' });
   const shards = new RedisShards(o.redis);
   const queue = openQueue(o.redis[0]!);
@@ -172,7 +172,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     log: new TokenLog(shards),
     tokenizer,
     metrics: new GatewayMetrics(),
-    model: { target: family.target, drafters: family.drafters, maxPositions: spec.maxPositions },
+    model: { target: family.target, drafters: family.drafters, maxPositions: spec.maxPositions, generation: spec.generation },
     apiKeys: o.apiKeys,
     maxInFlight: o.maxInFlight,
     requestTimeoutMs: o.requestTimeoutMs,
