@@ -11,16 +11,23 @@ import { InvalidArgumentError } from '../errors.ts';
 import { loadBigram, loadController, loadFamily, type Family } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
+import type { ChatMessage } from '../models/chat-template.ts';
+import { resolveSampling } from '../models/generation-config.ts';
+import { collectMessage, readChatFile } from './chat.ts';
 import { parseNumber } from './options.ts';
 import { writeOut } from './stdout.ts';
 
 interface GenerateOptions {
   prompt?: string;
   promptFile?: string;
+  /** --message ROLE=TEXT, in order: a chat rendered with the model's chat template. */
+  message?: ChatMessage[];
+  chatFile?: string;
   maxTokens: number;
-  temperature: number;
-  topP: number;
-  topK: number;
+  /** Unset: the model's generation_config.json decides, else CLI_SAMPLING. */
+  temperature?: number;
+  topP?: number;
+  topK?: number;
   seed: number;
   models: string;
   model?: string;
@@ -104,9 +111,15 @@ function applyConfigFile(o: GenerateOptions, cmd: Command): GenerateOptions {
   return merged as unknown as GenerateOptions;
 }
 
-function promptText(positional: string[], o: GenerateOptions): string {
-  const sources = [positional.length > 0, o.prompt !== undefined, o.promptFile !== undefined].filter(Boolean).length;
-  if (sources !== 1) throw new InvalidArgumentError('give the prompt exactly one way: as an argument, with --prompt, or with --prompt-file');
+/** The CLI's sampling defaults (greedy) for what neither the flags, --config nor the model's generation_config.json say. */
+const CLI_SAMPLING = { temperature: 0, topP: 1, topK: 0 };
+
+/** The prompt as text, or a chat for the model's chat template. */
+function promptText(positional: string[], o: GenerateOptions): string | ChatMessage[] {
+  const sources = [positional.length > 0, o.prompt !== undefined, o.promptFile !== undefined, o.message !== undefined, o.chatFile !== undefined].filter(Boolean).length;
+  if (sources !== 1) throw new InvalidArgumentError('give the prompt exactly one way: as an argument, with --prompt, --prompt-file, --message (repeatable) or --chat-file');
+  if (o.message !== undefined) return o.message;
+  if (o.chatFile !== undefined) return readChatFile(o.chatFile);
   if (o.promptFile !== undefined) {
     try {
       return readFileSync(o.promptFile, 'utf8');
@@ -134,9 +147,11 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       drafters.unshift({ kind: 'model', session: target, kv });
       plan = { ...plan, drafters: ['self', ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
     }
-    const tok = TextTokenizer.load(target.spec.tokenizerPath);
+    const tok = TextTokenizer.forModel(target.spec);
     const stream = tok.stream();
-    const req = { promptIds: tok.encode(text), maxTokens: o.maxTokens, sampling: { temperature: o.temperature, topK: o.topK, topP: o.topP }, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
+    const promptIds = typeof text === 'string' ? tok.encodePrompt(text) : tok.encodeChat(text);
+    const sampling = resolveSampling({ temperature: o.temperature, topP: o.topP, topK: o.topK }, target.spec.generation, CLI_SAMPLING);
+    const req = { promptIds, maxTokens: o.maxTokens, sampling, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
     const onTokens = o.json ? undefined : (ids: readonly number[]) => writeOut(stream.push(ids));
     const result: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
       ? await generateAutoregressive(target, req, onTokens)
@@ -227,10 +242,12 @@ export function registerGenerate(program: Command): void {
     .argument('[prompt...]', 'prompt text (or use --prompt / --prompt-file)')
     .option('--prompt <text>', 'prompt text')
     .option('--prompt-file <file>', 'read the prompt from a file')
+    .option('--message <role=text>', "a chat message (repeatable, in order), rendered with the model's chat template", collectMessage)
+    .option('--chat-file <file>', "a JSON array of {role, content} messages, rendered with the model's chat template")
     .option('--max-tokens <n>', 'most tokens to generate', parseNumber('--max-tokens', { min: 1, integer: true }), 128)
-    .option('--temperature <t>', 'sampling temperature; 0 = greedy', parseNumber('--temperature', { min: 0 }), 0)
-    .option('--top-p <p>', 'nucleus sampling mass in (0, 1]', parseNumber('--top-p', { min: 0 }), 1)
-    .option('--top-k <k>', 'keep the k most likely tokens; 0 = off', parseNumber('--top-k', { min: 0, integer: true }), 0)
+    .option('--temperature <t>', "sampling temperature; 0 = greedy (default: the model's generation_config.json, else 0)", parseNumber('--temperature', { min: 0 }))
+    .option('--top-p <p>', "nucleus sampling mass in (0, 1] (default: the model's generation_config.json, else 1)", parseNumber('--top-p', { min: 0 }))
+    .option('--top-k <k>', "keep the k most likely tokens; 0 = off (default: the model's generation_config.json, else 0)", parseNumber('--top-k', { min: 0, integer: true }))
     .option('--seed <s>', 'random seed for sampling', parseNumber('--seed', { integer: true }), 0)
     .option('--mode <mode>', `decoding: ${MODES.join(' | ')} (target only, speculative with the largest drafter, MaG prompt lookup, full cascade)`, parseMode, 'csd')
     .option('--drafters <list>', 'cascade drafters, largest first, e.g. draft-l2,draft-l1,mag (overrides the mode)', parseDrafters)
