@@ -8,8 +8,10 @@ import { generateAutoregressive, type GenerateResult } from '../engine/generate.
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { loadBigram, loadController, loadFamily, type Family } from '../models/family.ts';
+import { loadBigram, loadController, type Family } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
+import { resolveModels } from '../models/model-choice.ts';
+import { checkSharedVocabulary } from '../models/vocabulary.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
@@ -20,6 +22,8 @@ import { writeOut } from './stdout.ts';
 interface GenerateOptions {
   prompt?: string;
   promptFile?: string;
+  /** --prompt-ids: token ids fed as they are (no BOS added), e.g. a reference's prompt. */
+  promptIds?: number[];
   /** --message ROLE=TEXT, in order: a chat rendered with the model's chat template. */
   message?: ChatMessage[];
   chatFile?: string;
@@ -31,6 +35,10 @@ interface GenerateOptions {
   seed: number;
   models: string;
   model?: string;
+  /** --draft-model DIR|NAME, repeatable, largest first. */
+  draftModel?: string[];
+  modelFile?: string;
+  tokenizer?: string;
   mode: Mode;
   drafters?: string[];
   kMatrix?: KSchedule;
@@ -66,6 +74,10 @@ const ConfigFile = z.strictObject({
   topK: z.number().int().nonnegative().optional(),
   seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
   models: z.string().optional(),
+  model: z.string().optional(),
+  draftModel: z.array(z.string()).optional(),
+  modelFile: z.string().optional(),
+  tokenizer: z.string().optional(),
   threads: z.number().int().positive().optional(),
   kvPolicy: z.enum(RUNNABLE_KV_POLICIES as [KvPolicyName, ...KvPolicyName[]]).optional(),
   kvBudget: z.number().int().positive().optional(),
@@ -115,8 +127,9 @@ function applyConfigFile(o: GenerateOptions, cmd: Command): GenerateOptions {
 const CLI_SAMPLING = { temperature: 0, topP: 1, topK: 0 };
 
 /** The prompt as text, or a chat for the model's chat template. */
-function promptText(positional: string[], o: GenerateOptions): string | ChatMessage[] {
-  const sources = [positional.length > 0, o.prompt !== undefined, o.promptFile !== undefined, o.message !== undefined, o.chatFile !== undefined].filter(Boolean).length;
+function promptText(positional: string[], o: GenerateOptions): string | ChatMessage[] | { ids: number[] } {
+  const sources = [positional.length > 0, o.prompt !== undefined, o.promptFile !== undefined, o.message !== undefined, o.chatFile !== undefined, o.promptIds !== undefined].filter(Boolean).length;
+  if (o.promptIds !== undefined && sources === 1) return { ids: o.promptIds };
   if (sources !== 1) throw new InvalidArgumentError('give the prompt exactly one way: as an argument, with --prompt, --prompt-file, --message (repeatable) or --chat-file');
   if (o.message !== undefined) return o.message;
   if (o.chatFile !== undefined) return readChatFile(o.chatFile);
@@ -133,15 +146,16 @@ function promptText(positional: string[], o: GenerateOptions): string | ChatMess
 async function run(positional: string[], flags: GenerateOptions, cmd: Command): Promise<void> {
   const o = applyConfigFile(flags, cmd);
   const text = promptText(positional, o);
-  const family = loadFamily(o.models);
+  const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters);
   const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
   try {
-    const target = await sessions.get(o.model ?? family.target);
+    const target = await sessions.get(family.target);
     const kv = kvConfig(o, family);
     const drafterKv = kv && o.kvPlacement === 'drafters' ? kv : undefined;
     const drafters: DrafterSpec[] = [];
     for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await sessions.get(d), kv: drafterKv });
+    checkSharedVocabulary(target.spec, drafters.flatMap((d) => (d.kind === 'model' ? [d.session.spec] : [])));
     if (kv && o.kvPlacement === 'self-draft') {
       // The target's own weights over a bounded cache draft for the full-cache target (TriForce's idea).
       drafters.unshift({ kind: 'model', session: target, kv });
@@ -149,7 +163,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     }
     const tok = TextTokenizer.forModel(target.spec);
     const stream = tok.stream();
-    const promptIds = typeof text === 'string' ? tok.encodePrompt(text) : tok.encodeChat(text);
+    const promptIds = typeof text === 'string' ? tok.encodePrompt(text) : 'ids' in text ? text.ids : tok.encodeChat(text);
     const sampling = resolveSampling({ temperature: o.temperature, topP: o.topP, topK: o.topK }, target.spec.generation, CLI_SAMPLING);
     const req = { promptIds, maxTokens: o.maxTokens, sampling, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
     const onTokens = o.json ? undefined : (ids: readonly number[]) => writeOut(stream.push(ids));
@@ -193,6 +207,15 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     await sessions.close();
   }
 }
+
+const parsePromptIds = (raw: string): number[] => {
+  const ids = raw.split(',').map((s) => Number(s.trim()));
+  if (!ids.length || ids.some((id) => !Number.isSafeInteger(id) || id < 0)) throw new InvalidArgumentError(`--prompt-ids must be comma-separated non-negative token ids, got "${raw}"`);
+  return ids;
+};
+
+/** Commander's collector for a repeatable flag. */
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
 
 const parseMode = (raw: string): Mode => {
   if (!(MODES as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--mode must be one of ${MODES.join(', ')}, got "${raw}"`);
@@ -242,6 +265,7 @@ export function registerGenerate(program: Command): void {
     .argument('[prompt...]', 'prompt text (or use --prompt / --prompt-file)')
     .option('--prompt <text>', 'prompt text')
     .option('--prompt-file <file>', 'read the prompt from a file')
+    .option('--prompt-ids <list>', 'the prompt as comma-separated token ids, fed as they are (no BOS added)', parsePromptIds)
     .option('--message <role=text>', "a chat message (repeatable, in order), rendered with the model's chat template", collectMessage)
     .option('--chat-file <file>', "a JSON array of {role, content} messages, rendered with the model's chat template")
     .option('--max-tokens <n>', 'most tokens to generate', parseNumber('--max-tokens', { min: 1, integer: true }), 128)
@@ -254,7 +278,7 @@ export function registerGenerate(program: Command): void {
     .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (SPEC §4.2), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
@@ -263,8 +287,11 @@ export function registerGenerate(program: Command): void {
     .option('--kv-rebuild <r>', 'released tokens brought back per step when they matter again (adore; default 2)', parseNumber('--kv-rebuild', { min: 0, integer: true }))
     .option('--kv-prefill-chunk <n>', 'prompt tokens per pass under a bounded cache (default: half of budget - sinks - recent; smaller is closer to token-by-token, slower)', parseNumber('--kv-prefill-chunk', { min: 1, integer: true }))
     .option('--kv-release-batch <s>', 'tokens released at once when the bounded cache is full (default 1: one per step; larger compacts the cache once per s steps)', parseNumber('--kv-release-batch', { min: 1, integer: true }))
-    .option('--models <dir>', 'model family directory', 'models')
-    .option('--model <name>', 'family member to use as the target (default: the family target)')
+    .option('--models <dir>', 'model family directory (with family.json): the bundled default, and where --model NAME resolves', 'models')
+    .option('--model <dir|name>', 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)')
+    .option('--draft-model <dir|name>', 'a drafter, repeatable, largest first: a model folder or a member of the --models family (default: the family\'s drafters; none with an exported --model)', collect)
+    .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several, e.g. onnx/model_fp16.onnx (default: found from the folder)')
+    .option('--tokenizer <file>', 'tokenizer.json for models whose folders carry none (a folder\'s own tokenizer.json wins)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--json', 'print one JSON object {text, tokenIds, finishReason, model, cascade, stats} instead of streaming')
     .action((positional: string[], _opts: GenerateOptions, cmd: Command) => run(positional, cmd.opts<GenerateOptions>(), cmd));

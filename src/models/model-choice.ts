@@ -27,7 +27,8 @@ const isDir = (path: string) => existsSync(path) && statSync(path).isDirectory()
 /**
  * Resolves the flags into a Family whose `locations` say where each model's files are. A name that
  * is a member of the `--models` family means that member (`--model draft-l1`); otherwise a folder
- * that exists is a user's export, named after the folder (made unique and safe for NATS subjects).
+ * that exists is a user's export, named after the folder (made safe for NATS subjects; two models
+ * may not share a name).
  * MaG's bigram table and the ADORE controller come with a family target only: an export's
  * tokenizer is not the family's, so MaG runs without its fallback table there.
  */
@@ -49,13 +50,15 @@ export function resolveModels(c: ModelChoice): Family {
     return f !== undefined && [f.target, ...f.drafters].includes(name);
   };
   const locations = new Map<string, ModelLocation>();
-  const taken = new Set<string>();
   const add = (name: string, location: Omit<ModelLocation, 'name'>): string => {
-    let unique = name;
-    for (let i = 2; taken.has(unique); i++) unique = `${name}-${i}`;
-    taken.add(unique);
-    locations.set(unique, { ...location, name: unique, ...(c.tokenizer !== undefined ? { tokenizer: c.tokenizer } : {}) });
-    return unique;
+    const held = locations.get(name);
+    if (held && resolve(held.dir) === resolve(location.dir) && held.modelFile === location.modelFile) return name;
+    if (held) {
+      // names are how the cluster's roles find each other: every process must derive the same ones
+      throw new InvalidArgumentError(`two models would be named ${name} (${held.dir} and ${location.dir}): give their folders different names`);
+    }
+    locations.set(name, { ...location, name, ...(c.tokenizer !== undefined ? { tokenizer: c.tokenizer } : {}) });
+    return name;
   };
   const flagOf = (role: 'target' | 'drafter') => (role === 'target' ? '--model' : '--draft-model');
   const one = (value: string, role: 'target' | 'drafter', modelFile?: string): string => {
@@ -96,4 +99,11 @@ export function resolveModels(c: ModelChoice): Family {
     ...(fromFamily && base.controller ? { controller: base.controller } : {}),
     locations,
   };
+}
+
+/** Whether `value` names a member of the family in `models` (not a path): `--model draft-l1`. */
+export function isFamilyMember(models: string, value: string): boolean {
+  if (/[\\/]/.test(value) || !existsSync(join(resolve(models), 'family.json'))) return false;
+  const f = loadFamily(models);
+  return [f.target, ...f.drafters].includes(value);
 }

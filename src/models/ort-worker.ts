@@ -90,7 +90,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
  * not beside it: ONNX Runtime reads the file named inside the graph, relative to the graph's folder.
  */
 function missingExternalData(s: ModelSpec, err: Error): WorkerFailure | undefined {
-  const m = /(?:External data path|GetFileLength for|open file) "?([^"\s]+?)"?(?: failed| does not exist|:|\s|$)/i.exec(err.message);
+  const m = /(?:does not exist|GetFileLength for|open file)[: ]*"?([^"\s]+)"?/i.exec(err.message);
   if (!m && !/external data/i.test(err.message)) return undefined;
   const file = m?.[1];
   return new WorkerFailure(

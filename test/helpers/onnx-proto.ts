@@ -1,0 +1,150 @@
+/**
+ * Just enough protobuf to rewrite an ONNX ModelProto from Node (no Python here): split messages into
+ * fields, and build fields back. Field numbers are onnx.proto3's.
+ */
+interface Field {
+  readonly no: number;
+  readonly wire: number;
+  /** The field's payload: a length-delimited field's bytes, else the raw varint / fixed bytes. */
+  readonly body: Uint8Array;
+  /** The whole field as it was encoded (tag included), to copy it unchanged. */
+  readonly raw: Uint8Array;
+}
+
+function readVarint(buf: Uint8Array, at: number): [number, number] {
+  let value = 0;
+  let scale = 1;
+  for (;;) {
+    const b = buf[at++]!;
+    value += (b & 0x7f) * scale;
+    scale *= 128;
+    if (b < 0x80) return [value, at];
+  }
+}
+
+function varint(n: number): number[] {
+  const out: number[] = [];
+  while (n > 0x7f) {
+    out.push((n % 128) | 0x80);
+    n = Math.floor(n / 128);
+  }
+  out.push(n);
+  return out;
+}
+
+export function fields(buf: Uint8Array): Field[] {
+  const out: Field[] = [];
+  let at = 0;
+  while (at < buf.length) {
+    const start = at;
+    const [tag, next] = readVarint(buf, at);
+    at = next;
+    const no = Math.floor(tag / 8);
+    const wire = tag % 8;
+    let body: Uint8Array;
+    if (wire === 0) {
+      const from = at;
+      at = readVarint(buf, at)[1];
+      body = buf.subarray(from, at);
+    } else if (wire === 1 || wire === 5) {
+      body = buf.subarray(at, at + (wire === 1 ? 8 : 4));
+      at += body.length;
+    } else if (wire === 2) {
+      const [len, from] = readVarint(buf, at);
+      body = buf.subarray(from, from + len);
+      at = from + len;
+    } else throw new Error(`protobuf wire type ${wire} at ${start}`);
+    out.push({ no, wire, body, raw: buf.subarray(start, at) });
+  }
+  return out;
+}
+
+/** A varint or length-delimited field. */
+export function field(no: number, value: number | string | Uint8Array): Uint8Array {
+  if (typeof value === 'number') return Uint8Array.from([...varint(no * 8), ...varint(value)]);
+  const bytes = typeof value === 'string' ? new TextEncoder().encode(value) : value;
+  const head = Uint8Array.from([...varint(no * 8 + 2), ...varint(bytes.length)]);
+  const out = new Uint8Array(head.length + bytes.length);
+  out.set(head);
+  out.set(bytes, head.length);
+  return out;
+}
+
+export function concat(parts: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+const text = (b: Uint8Array) => new TextDecoder().decode(b);
+
+/** A message with its length-delimited field `no` rewritten by `edit` (other fields copied). */
+function rewrite(buf: Uint8Array, no: number, edit: (body: Uint8Array) => Uint8Array): Uint8Array {
+  return concat(fields(buf).map((f) => (f.no === no && f.wire === 2 ? field(no, edit(f.body)) : f.raw)));
+}
+
+/**
+ * The model with every initializer's raw_data moved into one external data file `location` (as
+ * torch and Optimum write `model.onnx_data`): TensorProto.raw_data (9) becomes external_data (13)
+ * {location, offset, length} with data_location (14) EXTERNAL.
+ */
+export function externalize(model: Uint8Array, location: string): { graph: Uint8Array; data: Uint8Array } {
+  const chunks: Uint8Array[] = [];
+  let offset = 0;
+  const entry = (key: string, value: string) => field(13, concat([field(1, key), field(2, value)]));
+  const tensor = (t: Uint8Array) => {
+    const fs = fields(t);
+    const raw = fs.find((f) => f.no === 9 && f.wire === 2);
+    if (!raw || raw.body.length < 64) return t;
+    const pad = (4096 - (offset % 4096)) % 4096;
+    chunks.push(new Uint8Array(pad), raw.body);
+    offset += pad;
+    const out = concat([...fs.filter((f) => f.no !== 9 && f.no !== 13 && f.no !== 14).map((f) => f.raw), entry('location', location), entry('offset', String(offset)), entry('length', String(raw.body.length)), field(14, 1)]);
+    offset += raw.body.length;
+    return out;
+  };
+  const graph = rewrite(model, 7, (g) => rewrite(g, 5, tensor));
+  return { graph, data: concat(chunks) };
+}
+
+/** A ValueInfoProto: a tensor named `name` of ONNX element type `elem` with these dims. */
+function valueInfo(name: string, elem: number, dims: number[]): Uint8Array {
+  const shape = concat(dims.map((d) => field(1, field(1, d))));
+  return concat([field(1, name), field(2, field(1, concat([field(1, elem), field(2, shape)])))]);
+}
+
+const node = (op: string, inputs: string[], outputs: string[], attrs: Uint8Array[] = []) =>
+  concat([...inputs.map((i) => field(1, i)), ...outputs.map((o) => field(2, o)), field(3, `${op}_${outputs[0]}`), field(4, op), ...attrs.map((a) => field(5, a))]);
+/** A Constant node's int64 scalar. */
+const int64Scalar = (out: string, v: number) => node('Constant', [], [out], [concat([field(1, 'value'), field(20, 4), field(5, concat([field(2, 7), field(7, v)]))])]);
+
+/**
+ * A stand-in for Optimum's merged decoder, made from a decoder-with-past graph: a bool input
+ * `use_cache_branch` [1] whose value must say whether a past is fed (past length > 0), or the
+ * logits come out zero. It checks the feed, not Optimum's If-node graph.
+ */
+export function withCacheBranch(model: Uint8Array, logitsElem: number): Uint8Array {
+  return rewrite(model, 7, (g) => {
+    const renamed = concat(
+      fields(g).map((f) => {
+        if (f.no !== 1 || f.wire !== 2) return f.raw;
+        return field(1, concat(fields(f.body).map((n) => (n.no === 2 && text(n.body) === 'logits' ? field(2, 'logits_inner') : n.raw))));
+      }),
+    );
+    const added = [
+      node('Shape', ['past_key_values.0.key'], ['cb_shape']),
+      int64Scalar('cb_two', 2),
+      int64Scalar('cb_zero', 0),
+      node('Gather', ['cb_shape', 'cb_two'], ['cb_past']),
+      node('Greater', ['cb_past', 'cb_zero'], ['cb_has_past']),
+      node('Equal', ['cb_has_past', 'use_cache_branch'], ['cb_ok']),
+      node('Cast', ['cb_ok'], ['cb_scale'], [concat([field(1, 'to'), field(20, 2), field(3, logitsElem)])]),
+      node('Mul', ['logits_inner', 'cb_scale'], ['logits']),
+    ];
+    return concat([renamed, ...added.map((n) => field(1, n)), field(11, valueInfo('use_cache_branch', 9, [1]))]);
+  });
+}
