@@ -6,9 +6,9 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { InvalidArgumentError, CascadeError } from '../errors.ts';
 import { freePort, startNats, startRedis } from '../cluster/local-servers.ts';
-import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../cluster/roles.ts';
+import { startActorRole, startCoordinatorRole, startGatewayRole, type ModelFlags, type Role } from '../cluster/roles.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
-import { loadFamily } from '../models/family.ts';
+import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
 import { parseNumber } from './options.ts';
@@ -73,6 +73,8 @@ async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
 
 interface ActorFlags {
   model?: string;
+  modelFile?: string;
+  tokenizer?: string;
   models: string;
   nats?: string;
   redis?: string[];
@@ -152,6 +154,10 @@ async function waitGone(pids: readonly { pid: number }[], timeoutMs: number): Pr
 interface UpOptions {
   insecure?: boolean;
   models: string;
+  model?: string;
+  draftModel?: string[];
+  modelFile?: string;
+  tokenizer?: string;
   stateDir: string;
   port?: number;
   nats?: string;
@@ -173,7 +179,7 @@ const SERVER_FILES = ['secrets.json', 'nats.conf', 'redis.conf'];
 async function clusterUp(o: UpOptions): Promise<void> {
   const dir = resolve(o.stateDir);
   if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
-  const family = loadFamily(o.models);
+  const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   const madeDir = !existsSync(dir);
   mkdirSync(dir, { recursive: true });
   const pids: { role: string; pid: number }[] = [];
@@ -209,16 +215,22 @@ async function clusterUp(o: UpOptions): Promise<void> {
       redis = s.url;
     }
     const env = (role: SecurityRole, withRedis = false) => ({ CASCADE_NATS_URL: natsFor(role), ...(withRedis ? { CASCADE_REDIS_URL: redisEnv() } : {}) });
-    const common = ['--models', o.models];
-    const waits = [(await started('verify-0', ['actor', 'verify', ...common, '--threads', String(o.threads)], env('actor'))).wait()];
+    const tokenizer = o.tokenizer !== undefined ? ['--tokenizer', resolve(o.tokenizer)] : [];
+    const target = [...(o.model !== undefined ? ['--model', o.model] : []), ...(o.modelFile !== undefined ? ['--model-file', o.modelFile] : [])];
+    const common = ['--models', o.models, ...tokenizer];
+    // coordinators and the gateway name the same models the actors host
+    const named = [...common, ...target, ...(o.draftModel ?? []).flatMap((d) => ['--draft-model', d])];
+    const waits = [(await started('verify-0', ['actor', 'verify', ...common, ...target, '--threads', String(o.threads)], env('actor'))).wait()];
     for (const d of family.drafters) {
-      for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', d, ...common], env('actor'))).wait());
+      // a family member by name; an export by its folder (served under the folder's name, which is d)
+      const model = isFamilyMember(o.models, d) ? d : (family.locations?.get(d) as { dir: string }).dir;
+      for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', model, ...common], env('actor'))).wait());
     }
-    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...common], env('coordinator', true))).wait());
+    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...named], env('coordinator', true))).wait());
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
     const keys = secrets?.apiKey ?? o.apiKey;
-    const gw = await started('gateway', ['serve', ...common, '--port', String(port)], { ...env('gateway', true), ...(keys ? { CASCADE_API_KEYS: keys } : {}) });
+    const gw = await started('gateway', ['serve', ...named, '--port', String(port)], { ...env('gateway', true), ...(keys ? { CASCADE_API_KEYS: keys } : {}) });
     await gw.wait();
     const gateway = `http://127.0.0.1:${port}`;
     const state: ClusterState = { gateway, nats: redact(nats), redis: redact(redis), secured: Boolean(secrets), pids, logs: dir };
@@ -256,6 +268,13 @@ async function clusterDown(stateDir: string): Promise<void> {
   process.stdout.write(`cluster down: stopped ${roles.length} processes\n`);
 }
 
+const MODEL_HELP = 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)';
+const DRAFT_MODEL_HELP = 'a drafter, repeatable, largest first: a model folder or a member of the --models family (default: the family\'s drafters; none with an exported --model)';
+const MODEL_FILE_HELP = 'the target\'s ONNX graph inside its folder when it holds several, e.g. onnx/model_fp16.onnx (default: found from the folder)';
+const TOKENIZER_HELP = 'tokenizer.json for models whose folders carry none (a folder\'s own tokenizer.json wins)';
+/** Commander's collector for a repeatable flag. */
+const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
+
 const HEALTH_HELP = 'serve GET /live, /health and /metrics on this port for probes and Prometheus (env CASCADE_HEALTH_PORT; default: none)';
 const CREDENTIALS_HELP = 'credentials may also come from env CASCADE_NATS_USER/CASCADE_NATS_PASSWORD and CASCADE_REDIS_USER/CASCADE_REDIS_PASSWORD';
 
@@ -265,8 +284,10 @@ export function registerCluster(program: Command): void {
     .description('run one draft or verifier actor: hosts a model and serves sessions over NATS')
     .addHelpText('after', `\n${CREDENTIALS_HELP}`)
     .argument('<kind>', 'draft | verify')
-    .option('--model <name>', 'family member (default: the target for verify, the largest drafter for draft)')
+    .option('--model <dir|name>', 'the model hosted: a model folder (a Hugging Face ONNX export, served under the folder\'s name) or a member of the --models family (default: the target for verify, the largest drafter for draft)')
     .option('--models <dir>', 'model family directory', 'models')
+    .option('--model-file <name>', MODEL_FILE_HELP)
+    .option('--tokenizer <file>', TOKENIZER_HELP)
     .option('--nats <url>', 'NATS URL (credentials may be in it: nats://user:pass@host:port; better in env CASCADE_NATS_URL, default nats://127.0.0.1:4222)')
     .option('--redis <urls>', 'Redis URLs where a bounded cache spills released KV for rebuilds (default: in memory)', parseUrls)
     .option('--kv-policy <policy>', 'bound each session\'s KV cache (draft actors only; exact): window | streaming | h2o | adore', 'full')
@@ -296,13 +317,17 @@ export function registerCluster(program: Command): void {
     .description('run a coordinator: takes requests from the BullMQ queue and drives their cascades across actors')
     .addHelpText('after', `\n${CREDENTIALS_HELP}`)
     .option('--models <dir>', 'model family directory (names and MaG\'s table; no weights are loaded)', 'models')
+    .option('--model <dir|name>', MODEL_HELP)
+    .option('--draft-model <dir|name>', DRAFT_MODEL_HELP, collect)
+    .option('--model-file <name>', MODEL_FILE_HELP)
+    .option('--tokenizer <file>', TOKENIZER_HELP)
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
     .option('--redis <urls>', 'Redis URLs, comma-separated (the first holds the queue; all shard session data; default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
     .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
     .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
-    .action(async (o: { models: string; nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number }) => {
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number }) => {
       await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), healthPort: healthPort(o.healthPort) }));
     });
 
@@ -311,6 +336,10 @@ export function registerCluster(program: Command): void {
     .description('run the OpenAI-compatible HTTP gateway (/v1/completions, /v1/chat/completions, /v1/models, /health, /live, /metrics)')
     .addHelpText('after', `\n${CREDENTIALS_HELP}`)
     .option('--models <dir>', 'model family directory (tokenizer and names)', 'models')
+    .option('--model <dir|name>', MODEL_HELP)
+    .option('--draft-model <dir|name>', DRAFT_MODEL_HELP, collect)
+    .option('--model-file <name>', MODEL_FILE_HELP)
+    .option('--tokenizer <file>', TOKENIZER_HELP)
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
     .option('--redis <urls>', 'Redis URLs, comma-separated (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
     .option('--host <host>', 'listen address', '127.0.0.1')
@@ -318,7 +347,7 @@ export function registerCluster(program: Command): void {
     .option('--api-key <keys>', 'accepted bearer keys, comma-separated (env CASCADE_API_KEYS); none = no authentication')
     .option('--max-in-flight <n>', 'requests in flight before answering 503', parseNumber('--max-in-flight', { min: 1, integer: true }), 64)
     .option('--request-timeout-ms <ms>', 'longest a request may take', parseNumber('--request-timeout-ms', { min: 1000, integer: true }), 600_000)
-    .action(async (o: { models: string; nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number }) => {
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number }) => {
       await runUntilSignalled(() => startGatewayRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), apiKeys: apiKeys(o.apiKey) }));
     });
 
@@ -344,6 +373,10 @@ export function registerCluster(program: Command): void {
     .command('up')
     .description('start nats-server and redis-server (unless given), a verifier actor, draft actors, coordinators and the gateway, with authentication on; print the gateway URL')
     .option('--models <dir>', 'model family directory', 'models')
+    .option('--model <dir|name>', MODEL_HELP)
+    .option('--draft-model <dir|name>', `${DRAFT_MODEL_HELP}; each gets its own draft actor(s)`, collect)
+    .option('--model-file <name>', MODEL_FILE_HELP)
+    .option('--tokenizer <file>', TOKENIZER_HELP)
     .option('--state-dir <dir>', 'where the process list and logs go', '.cascade-cluster')
     .option('--port <port>', 'gateway port (default: a free one)', parseNumber('--port', { min: 1, integer: true }))
     .option('--nats <url>', 'use this NATS instead of starting one')

@@ -3,7 +3,9 @@ import { ModelActor } from '../actors/model-actor.ts';
 import { checkKvPolicy, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
 import { checkBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
-import { loadBigram, loadController, loadFamily, memberDir } from '../models/family.ts';
+import { loadBigram, loadController, loadFamily, memberDir, memberSource, type Family } from '../models/family.ts';
+import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
+import { checkSharedVocabulary } from '../models/vocabulary.ts';
 import { loadModelSpec } from '../models/config.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
@@ -25,8 +27,15 @@ export interface Role {
 export interface ActorRoleOptions {
   readonly kind: 'draft' | 'verify';
   readonly models: string;
-  /** Family member; the target for verify, the largest drafter for draft, by default. */
+  /**
+   * The model hosted: a family member (the target for verify, the largest drafter for draft, by
+   * default) or a model folder (a user's export), served under the folder's name.
+   */
   readonly model?: string;
+  /** The graph inside the model's folder, when it holds several (`--model-file`). */
+  readonly modelFile?: string;
+  /** tokenizer.json for a folder that carries none (`--tokenizer`). */
+  readonly tokenizer?: string;
   readonly nats: string;
   readonly instance?: string;
   readonly idleMs?: number;
@@ -55,12 +64,14 @@ async function probes(port: number | undefined, role: string, check: () => Promi
 
 /** `cascade actor draft|verify`: one model, serving sessions over NATS. */
 export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
-  const family = loadFamily(o.models);
-  const name = o.model ?? (o.kind === 'verify' ? family.target : family.drafters[0]);
+  const exported = o.model !== undefined && !isFamilyMember(o.models, o.model);
+  // a user's export is hosted as it is named; a family member must play its part in the family
+  const family: Family = exported ? resolveModels({ models: o.models, model: o.model, modelFile: o.modelFile, tokenizer: o.tokenizer }) : loadFamily(o.models);
+  const name = exported ? family.target : (o.model ?? (o.kind === 'verify' ? family.target : family.drafters[0]));
   if (!name) throw new CascadeError(`the family in ${family.dir} has no drafter to serve`);
-  const isTarget = name === family.target;
-  if (o.kind === 'verify' && !isTarget) throw new CascadeError(`a verify actor hosts the target (${family.target}), not ${name}`);
-  if (o.kind === 'draft' && !family.drafters.includes(name)) throw new CascadeError(`${name} is not a drafter of this family (${family.drafters.join(', ')})`);
+  const isTarget = exported ? o.kind === 'verify' : name === family.target;
+  if (!exported && o.kind === 'verify' && !isTarget) throw new CascadeError(`a verify actor hosts the target (${family.target}), not ${name}`);
+  if (!exported && o.kind === 'draft' && !family.drafters.includes(name)) throw new CascadeError(`${name} is not a drafter of this family (${family.drafters.join(', ')})`);
   let kv: KvPolicyConfig | undefined;
   let shards: RedisShards | undefined;
   if (o.kv && o.kv.policy !== 'full') {
@@ -79,8 +90,10 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     checkBudget(kv.budget);
   }
   setupTracing(`cascade-actor-${name}`);
-  const model = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true });
-  const session = new BatchingSession(model, o.batching);
+  const source = exported ? memberSource(family, name) : { dir: memberDir(family, name), ...(o.modelFile !== undefined ? { modelFile: o.modelFile } : {}), ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}) };
+  const model = await OrtModelSession.open(source, { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true });
+  // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
+  const session = new BatchingSession(model, model.positionIds ? o.batching : { ...o.batching, maxBatch: 1 });
   let transport: Transport;
   try {
     transport = await NatsTransport.connect({ servers: o.nats, name: `actor-${name}` });
@@ -107,7 +120,18 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   };
 }
 
-export interface CoordinatorRoleOptions {
+/** The models a coordinator or gateway drives: `--model` / `--draft-model` as `cascade generate` takes them (model-choice.ts). */
+export interface ModelFlags {
+  readonly models: string;
+  readonly model?: string;
+  readonly draftModel?: readonly string[];
+  readonly modelFile?: string;
+  readonly tokenizer?: string;
+}
+
+const chosenModels = (o: ModelFlags): Family => resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
+
+export interface CoordinatorRoleOptions extends ModelFlags {
   readonly models: string;
   readonly nats: string;
   /** Redis URLs: the first holds the queue; all of them shard the session data. */
@@ -120,12 +144,14 @@ export interface CoordinatorRoleOptions {
 
 /** `cascade coordinator`: a BullMQ worker driving requests across actors. */
 export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<Role> {
-  const family = loadFamily(o.models);
-  const spec = loadModelSpec(memberDir(family, family.target));
+  const family = chosenModels(o);
+  const spec = loadModelSpec(memberSource(family, family.target));
+  const drafterSpecs = family.drafters.map((d) => loadModelSpec(memberSource(family, d)));
+  checkSharedVocabulary(spec, drafterSpecs);
   setupTracing('cascade-coordinator');
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
   const shards = new RedisShards(o.redis);
-  const positions = [spec, ...family.drafters.map((d) => loadModelSpec(memberDir(family, d)))].flatMap((s) => (s.maxPositions === undefined ? [] : [s.maxPositions]));
+  const positions = [spec, ...drafterSpecs].flatMap((s) => (s.maxPositions === undefined ? [] : [s.maxPositions]));
   const maxPositions = positions.length ? Math.min(...positions) : undefined;
   const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions }, callTimeoutMs: o.callTimeoutMs });
   const worker = startCoordinatorWorker(coordinator, { redisUrl: o.redis[0]!, concurrency: o.concurrency, lockDurationMs: o.lockMs });
@@ -146,7 +172,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   };
 }
 
-export interface GatewayRoleOptions {
+export interface GatewayRoleOptions extends ModelFlags {
   readonly models: string;
   readonly nats: string;
   readonly redis: readonly string[];
@@ -159,8 +185,8 @@ export interface GatewayRoleOptions {
 
 /** `cascade serve`: the OpenAI-compatible gateway. Resolves once listening. */
 export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { url: string }> {
-  const family = loadFamily(o.models);
-  const spec = loadModelSpec(memberDir(family, family.target));
+  const family = chosenModels(o);
+  const spec = loadModelSpec(memberSource(family, family.target));
   setupTracing('cascade-gateway');
   const tokenizer = TextTokenizer.forModel(spec);
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'gateway' });
