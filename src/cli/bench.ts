@@ -10,12 +10,17 @@ import { measureCosts, SCORE_KS, type ModelCosts } from '../bench/costs.ts';
 import { WORKLOADS, type Workload } from '../bench/workloads.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { formatTable, writeJson } from '../bench/report.ts';
-import { loadFamily, memberDir } from '../models/family.ts';
+import { memberSource } from '../models/family.ts';
+import { resolveModels } from '../models/model-choice.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { parseNumber } from './options.ts';
 
 interface CostOptions {
   models: string;
+  model?: string;
+  draftModel?: string[];
+  modelFile?: string;
+  tokenizer?: string;
   out: string;
   repeats: number;
   past: number;
@@ -23,12 +28,12 @@ interface CostOptions {
 }
 
 async function costs(o: CostOptions): Promise<void> {
-  const family = loadFamily(o.models);
+  const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   const names = [family.target, ...family.drafters];
   const results: ModelCosts[] = [];
   for (const name of names) {
     process.stderr.write(`measuring ${name} …\n`);
-    const model = await OrtModelSession.open(memberDir(family, name), { intraOpThreads: o.threads });
+    const model = await OrtModelSession.open(memberSource(family, name), { intraOpThreads: o.threads });
     try {
       results.push(await measureCosts(model, o.past, o.repeats));
     } finally {
@@ -57,6 +62,10 @@ export function registerBench(program: Command): void {
     .command('costs')
     .description('per-model prefill, decode and k-token scoring costs, and each drafter relative to the target')
     .option('--models <dir>', 'model family directory', 'models')
+    .option('--model <dir|name>', 'the target: a model folder (a Hugging Face ONNX export) or a member of the --models family (default: the family target)')
+    .option('--draft-model <dir|name>', 'a drafter, repeatable, largest first (default: the family\'s drafters; none with an exported --model)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several')
+    .option('--tokenizer <file>', 'tokenizer.json for model folders that carry none')
     .option('--out <dir>', 'directory for the JSON record', 'results')
     .option('--repeats <n>', 'repeats per measurement (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 5)
     .option('--past <n>', 'tokens already in the cache when decoding and scoring', parseNumber('--past', { min: 1, integer: true }), 256)
