@@ -120,7 +120,7 @@ test('runner - missing or malformed model directories get a clear ModelLoadError
     writeFileSync(join(dir, 'model.onnx'), 'garbage');
     await t.throwsAsync(OrtModelSession.open(dir), { instanceOf: ModelLoadError });
     rmSync(join(dir, 'model.onnx'));
-    t.throws(() => loadModelSpec(dir), { instanceOf: ModelLoadError, message: /has no model.onnx/ });
+    t.throws(() => loadModelSpec(dir), { instanceOf: ModelLoadError, message: /has no decoder graph: expected model.onnx/ });
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
