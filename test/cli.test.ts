@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -126,4 +126,20 @@ test('cli - bounded caches on drafters or a self-draft level keep the greedy tex
   t.deepEqual(self.cascade.drafters, ['self', 'mag']);
   t.true(Object.keys(self.stats.models).some((m) => m.startsWith(`${family.target}@streaming`)), 'the self-draft level is reported apart from the target');
   t.regex((await fails(['generate', '--mode', 'ar', '--kv-placement', 'drafters', '--kv-policy', 'window', '--kv-budget', '32', '--prompt', 'x'])).stderr, /needs neural drafters/);
+});
+
+test('cli - usage errors exit 2 with the reason; a failed write to stdout is one line and exit 1', async (t) => {
+  const unknown = await fails(['generate', '--bogus', 'x']);
+  t.is(unknown.code, 2);
+  t.regex(unknown.stderr, /unknown option '--bogus'/);
+  const ar = await fails(['generate', '--mode', 'ar', '--k-matrix', '[[8]]', 'x']);
+  t.is(ar.code, 2);
+  t.regex(ar.stderr, /mode ar, no drafters\) takes no K matrix/);
+  const full = spawn(process.execPath, [...CLI, 'generate', '--max-tokens', '4', 'x'], { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', openSync('/dev/full', 'w'), 'pipe'] });
+  let stderr = '';
+  full.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
+  const [code] = (await once(full, 'exit')) as [number | null];
+  t.is(code, 1);
+  t.regex(stderr, /^error: cannot write to standard output: ENOSPC/);
+  t.notRegex(stderr, /\n\s+at /, 'no stack trace');
 });

@@ -242,8 +242,8 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
         model.drafters,
       );
       // shape checks only: the drafters are remote, so stand-ins carry their kind
+      checkKBound(plan.kMatrix); // first: a K entry over the limit is named whatever the matrix's shape
       checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
-      checkKBound(plan.kMatrix);
     } catch (err) {
       throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
     }

@@ -93,6 +93,7 @@ export function checkCascade(config: CascadeConfig): void {
   });
   if (!(config.lenience >= 1)) throw new InvalidArgumentError(`lenience must be >= 1, got ${config.lenience}`);
   if (config.kMatrix === 'auto') return;
+  if (n === 0 && config.kMatrix.length > 0) throw new InvalidArgumentError('target-only decoding (mode ar, no drafters) takes no K matrix: it drafts nothing');
   if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} rows for ${n} drafters, got ${config.kMatrix.length}`);
   config.kMatrix.forEach((row, r) => {
     if (row.length !== n) throw new InvalidArgumentError(`K matrix row ${r} needs ${n} entries (use 0 below the diagonal), got ${row.length}`);
