@@ -1,6 +1,7 @@
-import { existsSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { readJsonFile } from './json-file.ts';
 import { ModelLoadError } from '../errors.ts';
 import { findGraph, findTokenizer, locationOf, modelName, type ModelSource } from './model-dir.ts';
 import { loadGenerationConfig, type GenerationDefaults } from './generation-config.ts';
@@ -56,14 +57,6 @@ const ConfigJson = z
   })
   .loose();
 
-function readJson(path: string): unknown {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8'));
-  } catch (cause) {
-    throw new ModelLoadError(`${path} is not valid JSON`, { cause });
-  }
-}
-
 /**
  * Reads and validates a model directory (a path, or a ModelLocation naming its graph and tokenizer;
  * model-dir.ts finds them in the layouts users export); throws ModelLoadError naming exactly what is wrong.
@@ -79,7 +72,7 @@ export function loadModelSpec(source: ModelSource): ModelSpec {
   }
   const onnxPath = findGraph(abs, location.modelFile);
   const tokenizerPath = findTokenizer(abs, location.tokenizer);
-  const parsed = ConfigJson.safeParse(readJson(join(abs, 'config.json')));
+  const parsed = ConfigJson.safeParse(readJsonFile(join(abs, 'config.json')));
   if (!parsed.success) {
     const issues = parsed.error.issues.map((i) => `${i.path.join('.') || '(root)'}: ${i.message}`).join('; ');
     throw new ModelLoadError(`${join(abs, 'config.json')} is malformed: ${issues}`);

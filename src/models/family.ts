@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
+import { readJsonFile } from './json-file.ts';
 import { ModelLoadError } from '../errors.ts';
 import { AdoreController } from '../kernels/adore-controller.ts';
 import type { ModelSource } from './model-dir.ts';
@@ -38,13 +39,7 @@ export function loadFamily(dir: string): Family {
   if (!existsSync(path)) {
     throw new ModelLoadError(`${abs} is not a model family: it has no family.json (naming the target and its drafters)`);
   }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (cause) {
-    throw new ModelLoadError(`${path} is not valid JSON`, { cause });
-  }
-  const parsed = FamilyJson.safeParse(raw);
+  const parsed = FamilyJson.safeParse(readJsonFile(path));
   if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${z.prettifyError(parsed.error)}`);
   return { dir: abs, ...parsed.data };
 }

@@ -1,6 +1,7 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { readJsonFile } from './json-file.ts';
 import { ModelLoadError } from '../errors.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 
@@ -43,13 +44,7 @@ export const describeIssues = (error: z.ZodError): string => error.issues.map((i
 export function loadGenerationConfig(dir: string): GenerationConfig | undefined {
   const path = join(dir, 'generation_config.json');
   if (!existsSync(path)) return undefined;
-  let raw: unknown;
-  try {
-    raw = JSON.parse(readFileSync(path, 'utf8'));
-  } catch (cause) {
-    throw new ModelLoadError(`${path} is not valid JSON`, { cause });
-  }
-  const parsed = GenerationConfigJson.safeParse(raw);
+  const parsed = GenerationConfigJson.safeParse(readJsonFile(path));
   if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${describeIssues(parsed.error)}`);
   const g = parsed.data;
   const eos = g.eos_token_id ?? undefined;

@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { readJsonFile } from './json-file.ts';
 import { ModelLoadError } from '../errors.ts';
 import { ChatTemplate, SPECIAL_TOKEN_ATTRIBUTES, type SpecialTokens } from './chat-template.ts';
 import { describeIssues } from './generation-config.ts';
@@ -29,14 +30,6 @@ const TokenizerConfigJson = z
   })
   .loose();
 
-function readJson(path: string): unknown {
-  try {
-    return JSON.parse(readFileSync(path, 'utf8'));
-  } catch (cause) {
-    throw new ModelLoadError(`${path} is not valid JSON`, { cause });
-  }
-}
-
 /**
  * Reads `tokenizer_config.json` from `dir` when it is there (an absent file decides nothing), and
  * the chat template: `chat_template.jinja` when the directory has one (newer transformers save the
@@ -45,7 +38,7 @@ function readJson(path: string): unknown {
  */
 export function loadTokenizerConfig(dir: string): TokenizerConfig {
   const path = join(dir, 'tokenizer_config.json');
-  const raw = existsSync(path) ? readJson(path) : {};
+  const raw = existsSync(path) ? readJsonFile(path) : {};
   const parsed = TokenizerConfigJson.safeParse(raw);
   if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${describeIssues(parsed.error)}`);
   const cfg = parsed.data as z.infer<typeof TokenizerConfigJson> & Record<string, z.infer<typeof SpecialToken>>;
