@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { runCascade, type CascadeResult } from '../engine/cascade.ts';
 import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
-import { deriveSeed, seed64, type Seed } from '../kernels/rng.ts';
+import { deriveSeed, seed64 } from '../kernels/rng.ts';
 import { encode } from './messages.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteLevel } from './remote-level.ts';
@@ -119,7 +119,7 @@ export class Coordinator {
       // Every level samples with its own stream: levels sharing one seed would draw correlated
       // numbers (a drafter's sample and the target's acceptance test), and the output would be biased.
       const remote = (name: string, tag: string, stream: number) =>
-        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, { sampling: job.sampling, seed: levelSeed(seed, stream), timeoutMs: this.options.callTimeoutMs });
+        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, { sampling: job.sampling, seed: deriveSeed(seed, stream), timeoutMs: this.options.callTimeoutMs });
       const top = remote(family.target, 't', 0);
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`, i + 1)));
       let offset = recorded.length;
@@ -173,11 +173,6 @@ export class Coordinator {
   failed(requestId: string, message: string): void {
     this.publish(requestId, { type: 'failed', message });
   }
-}
-
-/** An independent 64-bit sampling seed per level (and per placement, see RemoteLevel) from the request's seed. */
-export function levelSeed(seed: Seed, stream: number): bigint {
-  return deriveSeed(seed, stream);
 }
 
 /** BullMQ's connection for a Redis URL (BullMQ wants blocking commands never to give up). */

@@ -1,3 +1,4 @@
+import { smallestContext } from '../engine/cascade.ts';
 import { BatchingSession, type BatchingOptions } from '../models/batching-session.ts';
 import { ModelActor } from '../actors/model-actor.ts';
 import { checkKvPolicy, type KvPolicyConfig } from '../engine/bounded-kv.ts';
@@ -151,9 +152,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   setupTracing('cascade-coordinator');
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
   const shards = new RedisShards(o.redis);
-  const positions = [spec, ...drafterSpecs].flatMap((s) => (s.maxPositions === undefined ? [] : [s.maxPositions]));
-  const maxPositions = positions.length ? Math.min(...positions) : undefined;
-  const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions }, callTimeoutMs: o.callTimeoutMs });
+  const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs]) }, callTimeoutMs: o.callTimeoutMs });
   const worker = startCoordinatorWorker(coordinator, { redisUrl: o.redis[0]!, concurrency: o.concurrency, lockDurationMs: o.lockMs });
   await worker.waitUntilReady();
   const health = await probes(o.healthPort, 'coordinator', async () => {

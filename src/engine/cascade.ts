@@ -139,8 +139,7 @@ export async function generateCascade(
       ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence })
       : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, d.kv),
   );
-  const positions = [target, ...config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session] : []))].map((s) => s.spec.maxPositions).filter((p) => p !== undefined);
-  const maxPositions = positions.length ? Math.min(...positions) : undefined;
+  const maxPositions = smallestContext([target, ...config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session] : []))].map((s) => s.spec));
   return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens, maxPositions });
 }
 
@@ -166,6 +165,12 @@ export interface RunOptions {
    * it (see draftRoom); undefined = unbounded.
    */
   readonly maxPositions?: number;
+}
+
+/** The smallest context (max positions) of several models; undefined when none states one. */
+export function smallestContext(specs: readonly { readonly maxPositions: number | undefined }[]): number | undefined {
+  const positions = specs.flatMap((s) => (s.maxPositions === undefined ? [] : [s.maxPositions]));
+  return positions.length ? Math.min(...positions) : undefined;
 }
 
 /**
