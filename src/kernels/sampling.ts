@@ -52,9 +52,12 @@ export function distribution(logits: Float32Array, params: SamplingParams): Floa
   for (let i = 0; i < n; i++) probs[i] = probs[i]! / sum;
   const filterK = params.topK > 0 && params.topK < n;
   if (!filterK && params.topP >= 1) return probs;
-  const order = Array.from({ length: n }, (_, i) => i).sort((a, b) => probs[b]! - probs[a]! || a - b);
-  let keep = filterK ? params.topK : n;
-  while (filterK && keep < n && probs[order[keep]!] === probs[order[keep - 1]!]) keep++;
+  // Candidates in order (most probable first, lower id first among equals): with top-k, only the
+  // tokens at or above the k-th largest probability (ties at the boundary kept), found in O(n), so a
+  // 152k vocabulary sorts a few hundred entries, not all of them.
+  const candidates = filterK ? atLeast(probs, kthLargest(probs, params.topK)) : Array.from({ length: n }, (_, i) => i);
+  const order = candidates.sort((a, b) => probs[b]! - probs[a]! || a - b);
+  let keep = order.length;
   if (params.topP < 1) {
     let mass = 0;
     for (let i = 0; i < keep; i++) {
@@ -67,9 +70,42 @@ export function distribution(logits: Float32Array, params: SamplingParams): Floa
   }
   let kept = 0;
   for (let i = 0; i < keep; i++) kept += probs[order[i]!]!;
-  for (let i = keep; i < n; i++) probs[order[i]!] = 0;
-  for (let i = 0; i < keep; i++) probs[order[i]!] = probs[order[i]!]! / kept;
-  return probs;
+  const out = new Float32Array(n);
+  for (let i = 0; i < keep; i++) out[order[i]!] = probs[order[i]!]! / kept;
+  return out;
+}
+
+/** Ids whose value is at least `threshold`. */
+function atLeast(values: Float32Array, threshold: number): number[] {
+  const ids: number[] = [];
+  for (let i = 0; i < values.length; i++) if (values[i]! >= threshold) ids.push(i);
+  return ids;
+}
+
+/** The k-th largest of `values` (1-based), by quickselect on a copy: O(n) on average. */
+function kthLargest(values: Float32Array, k: number): number {
+  const a = values.slice();
+  let lo = 0;
+  let hi = a.length - 1;
+  const want = k - 1; // index in descending order
+  while (lo < hi) {
+    const pivot = a[(lo + hi) >> 1]!;
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i]! > pivot) i++;
+      while (a[j]! < pivot) j--;
+      if (i <= j) {
+        const t = a[i]!;
+        a[i++] = a[j]!;
+        a[j--] = t;
+      }
+    }
+    if (want <= j) hi = j;
+    else if (want >= i) lo = i;
+    else return pivot;
+  }
+  return a[want]!;
 }
 
 /** Draws an index from a (normalised) distribution by inverse CDF with one uniform number. */
