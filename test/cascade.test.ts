@@ -232,6 +232,52 @@ test('cascade - impossible configurations are refused with the reason', async (t
   await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[0]], lenience: 1 }, req), { message: /drafts nothing/ });
   await t.notThrowsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: [[2, 4], [0, 0]], lenience: 1 }, req), 'a zero row below the target drafts autoregressively');
   await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[2]], lenience: 0.5 }, req), { message: /lenience/ });
-  const other = new MemoryModelSession({ name: 'other', vocabSize: 30, order: 1, seed: 1 });
-  await t.throwsAsync(generateCascade(target, { drafters: [model(other)], kMatrix: [[2]], lenience: 1 }, req), { message: /share one tokenizer/ });
+  const wider = new MemoryModelSession({ name: 'wider', vocabSize: 30, order: 1, seed: 1 });
+  await t.throwsAsync(generateCascade(target, { drafters: [model(wider)], kMatrix: [[2]], lenience: 1 }, req), { message: /drafter wider has a vocabulary of 30, wider than the 24 of target above it/ });
+  const narrow = new MemoryModelSession({ name: 'narrow', vocabSize: 20, order: 1, seed: 1 });
+  await t.throwsAsync(generateCascade(target, { drafters: [model(narrow), model(d1)], kMatrix: [[1, 2], [0, 1]], lenience: 1 }, req), { message: /drafter d1 has a vocabulary of 24, wider than the 20 of narrow/ });
+});
+
+/**
+ * Models over one tokenizer whose embeddings are padded differently (Qwen2-7B: 152064 rows, Qwen2-0.5B:
+ * 151936): the narrower drafter's q is 0 past its width, and when the target samples a padding id the
+ * drafter has no embedding for, the drafter is dropped for the rest of the request.
+ */
+function paddedFamily(targetVocab: number, drafterVocab: number, sharpness: number) {
+  const target = new MemoryModelSession({ name: 'target', vocabSize: targetVocab, order: 2, seed: 11, sharpness });
+  const narrow = new MemoryModelSession({ name: 'narrow', vocabSize: drafterVocab, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
+  return { target, narrow };
+}
+
+test('cascade - a drafter with a narrower (less padded) vocabulary keeps greedy output identical to target-only, dropped when the target emits an id past its width', async (t) => {
+  const { target, narrow } = paddedFamily(24, 20, 3);
+  let dropped = 0;
+  for (let p = 0; p < 60; p++) {
+    const prompt = [p % 20, (p * 7) % 20, (p * 3 + 1) % 20];
+    const req = { promptIds: prompt, maxTokens: 20, sampling: GREEDY, seed: 0, stopAtEos: false };
+    const want = await generateAutoregressive(target, req);
+    const got = await generateCascade(target, { drafters: [model(narrow), mag], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
+    t.deepEqual(got.tokenIds, want.tokenIds, `prompt ${prompt}`);
+    if (want.tokenIds.slice(0, -1).some((id) => id >= 20)) dropped++;
+  }
+  t.log(`${dropped} of 60 requests emitted a padding id the drafter cannot read before their last token`);
+  t.true(dropped > 0, 'the drop was exercised');
+  t.is(narrow.liveSequences(), 0);
+});
+
+test('cascade - sampling with a narrower drafter draws every position of two rounds, bonus included, from the target given the tokens before it (chi-square)', async (t) => {
+  const { target, narrow } = paddedFamily(5, 4, 8);
+  const start = [1, 3, 2];
+  const prompt = [...start, ...(await generateAutoregressive(target, { promptIds: start, maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds].map((id) => id % 4);
+  const sampling = { temperature: 1, topK: 0, topP: 1 };
+  const samples: number[][] = [];
+  for (let seed = 0; seed < 12_000; seed++) {
+    samples.push((await generateCascade(target, { drafters: [model(narrow)], kMatrix: [[3]], lenience: 1 }, { promptIds: prompt, maxTokens: 7, sampling, seed, stopAtEos: false })).tokenIds);
+  }
+  const padded = samples.filter((s) => s.slice(0, -1).includes(4)).length;
+  t.log(`${padded} of ${samples.length} samples emitted the padding id 4 before their last token (the drafter dropped there)`);
+  t.true(padded > 100, 'the drop was exercised');
+  const fits = positionalChiSquare(samples, prompt, (context) => distribution(target.nextLogits(context), sampling));
+  t.log(describeFits(fits));
+  t.deepEqual(misfits(fits), [], describeFits(fits));
 });

@@ -8,7 +8,7 @@ import { loadModelSpec } from '../src/models/config.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { cascade, fails } from './helpers/cli.ts';
 import { MODELS_DIR } from './helpers/family.ts';
-import { concat, externalize, field, withCacheBranch } from './helpers/onnx-proto.ts';
+import { concat, externalize, field, withCacheBranch, withLogitsToKeep } from './helpers/onnx-proto.ts';
 
 /**
  * A user's export brought as it is: `cascade generate --model DIR` over the transformers exports of
@@ -108,6 +108,29 @@ test('hf layouts - a decoder_model_merged.onnx is fed use_cache_branch: false on
   copyFileSync(TOKENIZER, join(dir, 'tokenizer.json'));
   const ids = await generateIds('llama-gqa', ['--model', dir, '--mode', 'ar']);
   t.deepEqual(ids.tokenIds, reference('llama-gqa').greedy_ids);
+});
+
+test('hf layouts - a graph with num_logits_to_keep is fed the rows a pass needs and read as it returns them: the reference under ar, sd and csd', async (t) => {
+  const dir = scratch('keep');
+  copyFileSync(join(FIXTURES, 'llama-gqa', 'config.json'), join(dir, 'config.json'));
+  writeFileSync(join(dir, 'model.onnx'), withLogitsToKeep(readFileSync(join(FIXTURES, 'llama-gqa', 'model.onnx'))));
+  copyFileSync(TOKENIZER, join(dir, 'tokenizer.json'));
+  const [keeping, plain] = await Promise.all([OrtModelSession.open(dir), OrtModelSession.open({ dir: join(FIXTURES, 'llama-gqa'), tokenizer: TOKENIZER })]);
+  try {
+    const ids = reference('llama-gqa').prompt_ids;
+    const [two, all] = await Promise.all([keeping.forward({ seqId: 'a', inputIds: ids }, 2), plain.forward({ seqId: 'a', inputIds: ids }, 'all')]);
+    const V = keeping.spec.vocabSize;
+    t.is(two.length, 2 * V);
+    t.true(two.every((v, i) => Math.abs(v - all[(ids.length - 2) * V + i]!) < 1e-5), 'the last two rows');
+  } finally {
+    await Promise.all([keeping.close(), plain.close()]);
+  }
+  const [ar, sd, csd] = await Promise.all([
+    generateIds('llama-gqa', ['--model', dir, '--mode', 'ar']),
+    generateIds('llama-gqa', ['--model', dir, '--draft-model', join(FIXTURES, 'llama-gqa-fp16'), '--mode', 'sd']),
+    generateIds('llama-gqa', ['--model', dir, '--draft-model', join(FIXTURES, 'llama-gqa-fp16'), '--mode', 'csd']),
+  ]);
+  for (const r of [ar, sd, csd]) t.deepEqual(r.tokenIds, reference('llama-gqa').greedy_ids);
 });
 
 test('hf layouts - folders missing a file, graphs outside the decoder-with-past contract and drafters with another tokenizer are refused by name', async (t) => {

@@ -1,6 +1,6 @@
 import { context } from '@opentelemetry/api';
 import type { Block, CascadeLevel } from '../engine/levels.ts';
-import { commonPrefix, newStats } from '../engine/levels.ts';
+import { checkReadable, commonPrefix, newStats } from '../engine/levels.ts';
 import { CascadeError, LevelUnavailableError } from '../errors.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
 import { deriveSeed, type Seed } from '../kernels/rng.ts';
@@ -50,6 +50,8 @@ export class RemoteLevel implements CascadeLevel {
   private lastLoad: ServiceLoad | undefined;
   /** Tokens' worth of placements (for tests and metrics). */
   placements = 0;
+  /** The vocabulary of the actor's model, from its `opened` reply. */
+  private vocabSize = Infinity;
 
   constructor(
     private readonly transport: Transport,
@@ -80,6 +82,7 @@ export class RemoteLevel implements CascadeLevel {
     if (reply.type !== 'opened') throw new ActorError(`${this.name} answered open with ${reply.type}`);
     this.placements++;
     this.instance = reply.instance;
+    this.vocabSize = reply.vocabSize;
     this.sent = [];
     return reply.instance;
   }
@@ -89,6 +92,7 @@ export class RemoteLevel implements CascadeLevel {
     for (let attempt = 0; ; attempt++) {
       const instance = this.instance ?? (await this.place());
       const base = commonPrefix(this.sent, tokens);
+      checkReadable(this.name, tokens.slice(base), this.vocabSize);
       let reply: ActorReply;
       const t0 = performance.now();
       try {

@@ -2,7 +2,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import { KvLedger, positionalScore, type KvBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { AdoreController, ControllerTrack } from '../kernels/adore-controller.ts';
 import { firstRows, MemoryKvStore, type KvStore } from '../models/kv-store.ts';
-import type { KvRows, LogitsRows, ModelSession, StepResult } from '../models/session.ts';
+import { rowCount, type KvRows, type LogitsRows, type ModelSession, type StepResult } from '../models/session.ts';
 
 /** How a model's KV cache is bounded: the policy and its budget (SPEC §5; docs/adore.md). */
 export interface KvPolicyConfig {
@@ -102,7 +102,7 @@ export class BoundedSequence {
   /**
    * Feeds tokens at positions at, at+1, … (default: after the last one); feeding at an earlier
    * position first rolls the sequence back there (rejected drafts). Returns the logits of the last
-   * token ('last') or of each ('all').
+   * token ('last'), of each ('all') or of the last n (n).
    */
   async feed(tokens: readonly number[], rows: LogitsRows = 'last', at = this.next): Promise<Float32Array> {
     if (tokens.length === 0) throw new InvalidArgumentError(`feed on ${this.seqId} with no tokens`);
@@ -132,6 +132,7 @@ export class BoundedSequence {
     // Prefill goes in chunks (default half the free budget, so every token attends to at least the other half).
     const { budget, sinks, recent } = this.cfg.budget;
     const chunk = this.cfg.prefillChunk ?? Math.max(1, Math.floor((budget - sinks - recent) / 2));
+    const wanted = rowCount(rows, tokens.length);
     const parts: Float32Array[] = [];
     for (let i = 0; i < tokens.length; i += chunk) {
       const piece = tokens.slice(i, i + chunk);
@@ -139,9 +140,9 @@ export class BoundedSequence {
       const room = await this.makeRoom(piece.length, stale);
       stale = [];
       const positions = piece.map((_, j) => this.next + j);
-      const last = i + chunk >= tokens.length;
       const item = { seqId: this.seqId, inputIds: piece, positionIds: positions, ...room.item };
-      const want = rows === 'all' || !last ? rows : 'last';
+      const needed = i + piece.length - Math.max(i, tokens.length - wanted); // this chunk's rows among the last `wanted`
+      const want = needed > 0 ? needed : 'last';
       const h2o = this.cfg.policy === 'h2o';
       const keys = h2o ? [...this.ledger.order, ...positions] : [];
       const running = this.session.step(item, want, h2o);
@@ -177,7 +178,7 @@ export class BoundedSequence {
         this.ledger.score(positions, positions.map((p) => positionalScore(this.cfg.policy, p)));
       }
       this.next += piece.length;
-      if (rows === 'all' || last) parts.push(r.logits);
+      if (needed > 0) parts.push(r.logits);
     }
     if (parts.length === 1) return parts[0]!;
     const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));

@@ -2,8 +2,9 @@ import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
 import type { ModelSession } from '../models/session.ts';
+import { checkVocabularySizes } from '../models/vocabulary.ts';
 import { baseStats, checkRequest, type FinishReason, type GenerateRequest, type GenerateStats } from './generate.ts';
-import { Block, MagLevel, ModelLevel, type CascadeLevel, type LevelStats } from './levels.ts';
+import { Block, MagLevel, ModelLevel, UnreadableTokenError, type CascadeLevel, type LevelStats } from './levels.ts';
 import { checkKvPolicy, type KvPolicyConfig } from './bounded-kv.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
 import { startingKMatrix, type KSchedule } from './presets.ts';
@@ -126,11 +127,7 @@ export async function generateCascade(
   if (req.kv && req.kv.policy !== 'full' && config.drafters.length > 0) {
     throw new InvalidArgumentError(`a bounded KV cache (${req.kv.policy}) runs with target-only decoding (mode ar) for now, not under a cascade`);
   }
-  for (const d of config.drafters) {
-    if (d.kind === 'model' && d.session.spec.vocabSize !== target.spec.vocabSize) {
-      throw new InvalidArgumentError(`drafter ${d.session.spec.name} has vocabulary ${d.session.spec.vocabSize}, the target ${target.spec.vocabSize}: a cascade must share one tokenizer`);
-    }
-  }
+  checkVocabularySizes(target.spec, config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session.spec] : [])));
   const seqId = randomUUID();
   const top = new ModelLevel(target.spec.name, target, seqId, req.sampling);
   // Each drafter level has its own sequence id: a drafter may be the target's own session (self-draft).
@@ -140,7 +137,9 @@ export async function generateCascade(
       : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, d.kv),
   );
   const maxPositions = smallestContext([target, ...config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session] : []))].map((s) => s.spec));
-  return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens, maxPositions });
+  // a narrower drafter (less vocabulary padding) that meets a padding id the target sampled is dropped
+  const onLevelFailure = (level: CascadeLevel, err: unknown) => level !== top && err instanceof UnreadableTokenError;
+  return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens, maxPositions, onLevelFailure });
 }
 
 /** How runCascade reports progress and survives a lost level. */

@@ -2,8 +2,25 @@ import { review, reviewGreedyLenient, type ReviewOutcome } from '../kernels/acce
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, logitsRow, sample, type SamplingParams } from '../kernels/sampling.ts';
+import { LevelUnavailableError } from '../errors.ts';
 import type { ModelSession, ServiceLoad } from '../models/session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
+
+/**
+ * A drafter narrower than a model above it (a smaller padded vocabulary over one tokenizer) met an id
+ * it has no embedding for: a padding id the wider model sampled. The drafter cannot read the request
+ * from here on, so the cascade drops it (exact: the levels left draft, the target reviews).
+ */
+export class UnreadableTokenError extends LevelUnavailableError {
+  constructor(level: string, token: number, vocabSize: number) {
+    super(level, `${level} cannot read token ${token}: its vocabulary has ${vocabSize} ids (a padding id of a wider model above it); it drafts no more for this request`);
+  }
+}
+
+/** Throws UnreadableTokenError when `tokens` hold an id at or past `vocabSize`. */
+export function checkReadable(level: string, tokens: readonly number[], vocabSize: number): void {
+  for (const t of tokens) if (t >= vocabSize) throw new UnreadableTokenError(level, t, vocabSize);
+}
 
 /**
  * The growing token block of one round: tokens[0..committed) are the target's output so far
@@ -104,14 +121,19 @@ export class ModelLevel implements CascadeLevel {
     const limit = Math.min(this.held.length, from - 1);
     while (lcp < limit && this.held[lcp] === tokens[lcp]) lcp++;
     const feed = tokens.slice(lcp, to - 1);
+    checkReadable(this.name, feed, this.session.spec.vocabSize);
     const t0 = performance.now();
-    const logits = await this.seq.feed(feed, 'all', lcp); // rolls back rejected tokens in the same call
+    // Only rows from..to-1 are read: a prefill (the prompt fed with the first block) asks for those
+    // alone. Decoding steps ask for all, so concurrent requests' steps batch together (BatchingSession
+    // batches calls that ask for the same rows).
+    const needed = to - from;
+    const logits = await this.seq.feed(feed, feed.length > needed + 8 ? needed : 'all', lcp); // rolls back rejected tokens in the same call
     this.stats.forwardMs += performance.now() - t0;
     this.held = tokens.slice(0, to - 1);
     this.stats.forwardPasses++;
     this.stats.tokensScored += feed.length;
     const vocab = this.session.spec.vocabSize;
-    return logits.subarray((from - 1 - lcp) * vocab);
+    return logits.subarray(logits.length - needed * vocab);
   }
 
   /** The processed distribution of one logits row (one-hot when greedy). */

@@ -15,6 +15,10 @@ import { argmax } from './sampling.ts';
  * equals sampling from the reviewer alone, and p_i may serve as q_i for the level above). l > 1
  * accepts more and is lossy; it is for reviews between drafters only, never at the target, and a
  * lenient level must pass its tokens up as one-hot.
+ *
+ * A q row may be narrower than p (a drafter whose embedding is padded less than the reviewer's, over
+ * one tokenizer): it is 0 past its width. The proof of exactness needs only that x_i was drawn from
+ * q_i; the residual's normaliser 1 − Σ min(p, q) holds over the union of the supports.
  */
 export interface ReviewOutcome {
   /** Drafted tokens accepted (a prefix of the block): 0..k. */
@@ -36,7 +40,7 @@ export function review(
     const pi = p(i);
     const qi = q[i];
     const px = pi[x]!;
-    const qx = qi ? qi[x]! : 1;
+    const qx = qi ? (qi[x] ?? 0) : 1;
     const ratio = qx > 0 ? (lenience * px) / qx : 1;
     if (ratio >= 1 || rng.uniform() < ratio) continue;
     return { accepted: i, token: drawResidual(pi, qi, x, lenience, rng) };
@@ -73,7 +77,7 @@ function drawResidual(p: Float32Array, q: Float32Array | undefined, x: number, l
   const r = new Float64Array(p.length);
   let sum = 0;
   for (let t = 0; t < p.length; t++) {
-    const qt = q ? q[t]! : t === x ? 1 : 0;
+    const qt = q ? (q[t] ?? 0) : t === x ? 1 : 0;
     const v = p[t]! - qt / lenience;
     if (v > 0) {
       r[t] = v;

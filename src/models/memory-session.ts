@@ -1,5 +1,5 @@
 import type { ModelSpec } from './config.ts';
-import type { ForwardItem, KvRows, LogitsRows, ModelSession, StepResult } from './session.ts';
+import { rowCount, type ForwardItem, type KvRows, type LogitsRows, type ModelSession, type StepResult } from './session.ts';
 import { InvalidArgumentError, SequenceError } from '../errors.ts';
 
 /**
@@ -77,12 +77,13 @@ export class MemoryModelSession implements ModelSession {
       if (max !== undefined && hist.length + item.inputIds.length > max) {
         throw new InvalidArgumentError(`sequence ${item.seqId} would hold ${hist.length + item.inputIds.length} tokens, more than the model's ${max} positions`);
       }
-      const out = new Float32Array((rows === 'last' ? 1 : item.inputIds.length) * V);
+      const s = item.inputIds.length;
+      const want = rowCount(rows, s);
+      const out = new Float32Array(want * V);
       item.inputIds.forEach((t, j) => {
         if (!Number.isInteger(t) || t < 0 || t >= V) throw new InvalidArgumentError(`token id ${t} outside the vocabulary of ${V}`);
         hist.push(t);
-        if (rows === 'all') out.set(this.nextLogits(hist), j * V);
-        else if (j === item.inputIds.length - 1) out.set(this.nextLogits(hist));
+        if (j >= s - want) out.set(this.nextLogits(hist), (j - (s - want)) * V);
       });
       return out;
     });

@@ -11,7 +11,7 @@ import type { ModelSpec } from './config.ts';
 import { halvesToFloats } from '../kernels/half.ts';
 import { dtypeOf, gatherRows, kvArray } from './kv-store.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import type { ForwardItem, KvArray, KvDtype, KvRows, LogitsRows, SessionOptions } from './session.ts';
+import { rowCount, type ForwardItem, type KvArray, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -24,6 +24,11 @@ let spec: ModelSpec | undefined;
 let feedsPositions = true;
 /** Optimum's merged decoder: `use_cache_branch` is true whenever a past is fed, false for the first pass. */
 let feedsCacheBranch = false;
+/**
+ * A graph that can return only its last rows' logits (`num_logits_to_keep`, transformers'
+ * `logits_to_keep` as an input; 0 = every row): fed the rows a pass needs, so its head computes no more.
+ */
+let feedsLogitsToKeep = false;
 let hasAttention = false;
 /** The element type of every past and present tensor (the graph's own metadata). */
 let kvDtype: KvDtype = 'float32';
@@ -81,6 +86,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   kvDtype = graphDtype(session, s);
   feedsPositions = session.inputNames.includes('position_ids');
   feedsCacheBranch = session.inputNames.includes('use_cache_branch');
+  feedsLogitsToKeep = session.inputNames.includes('num_logits_to_keep');
   hasAttention = session.outputNames.includes('attention_sum');
   return { provider, kvDtype, positionIds: feedsPositions, ...(warning ? { warning } : {}) };
 }
@@ -136,8 +142,8 @@ function floatData(t: ort.Tensor): KvArray {
   return new Uint16Array(view.buffer, view.byteOffset, view.length);
 }
 
-/** Inputs fed when the graph has them: RoPE positions, and the merged decoder's branch flag. */
-const OPTIONAL_INPUTS = ['position_ids', 'use_cache_branch'];
+/** Inputs fed when the graph has them: RoPE positions, the merged decoder's branch flag, the rows of logits wanted. */
+const OPTIONAL_INPUTS = ['position_ids', 'use_cache_branch', 'num_logits_to_keep'];
 
 function checkContract(sess: ort.InferenceSession, s: ModelSpec): void {
   const need = ['input_ids', 'attention_mask'];
@@ -217,7 +223,46 @@ function logitRows(logits: ort.Tensor, base: number, count: number, from: number
 
 let lastAttention: Float32Array | undefined;
 
+/**
+ * Logits values one pass may produce (2^25 floats, 128 MB). A longer prefill runs in chunks of
+ * LOGITS_BUDGET / vocab tokens (220 at a 152k vocabulary, 4096 at 8k), each over the KV of the ones
+ * before, so ONNX Runtime never holds [prompt, vocab] logits at once (2.4 GB for 4k tokens at 152k),
+ * and only the rows asked for are kept. A graph that returns every position's logits cannot skip
+ * computing them; chunking bounds what it holds.
+ */
+const LOGITS_BUDGET = 2 ** 25;
+
+/**
+ * One sequence's new tokens, in chunks when their logits would pass LOGITS_BUDGET (not with
+ * `attention`: H2O scores a whole step's queries at once); returns the last `rows` rows.
+ */
 async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false): Promise<Float32Array> {
+  const s = item.inputIds.length;
+  const want = rowCount(rows, s);
+  const chunk = Math.max(1, Math.floor(LOGITS_BUDGET / spec!.vocabSize));
+  if (attention || s <= chunk) return forwardPiece(item, want, attention);
+  const seq = sequence(item.seqId);
+  const positions = positionsOf(item, seq);
+  const parts: Float32Array[] = [];
+  for (let from = 0; from < s; from += chunk) {
+    const to = Math.min(s, from + chunk);
+    const needed = to - Math.max(from, s - want); // rows of this chunk among the last `want`
+    const piece = { seqId: item.seqId, inputIds: item.inputIds.slice(from, to), ...(item.positionIds ? { positionIds: positions.slice(from, to) } : {}) };
+    const logits = await forwardPiece(piece, Math.max(1, needed), false);
+    if (needed > 0) parts.push(logits);
+  }
+  if (parts.length === 1) return parts[0]!;
+  const out = new Float32Array(want * spec!.vocabSize);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** One pass of one sequence's new tokens; returns the last `want` rows of its logits. */
+async function forwardPiece(item: ForwardItem, want: number, attention: boolean): Promise<Float32Array> {
   const seq = sequence(item.seqId);
   const s = item.inputIds.length;
   const feeds: Record<string, ort.Tensor> = {
@@ -227,6 +272,7 @@ async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false
   if (feedsPositions) feeds.position_ids = int64(positionsOf(item, seq), [1, s]);
   else checkImplicitPositions(item, seq);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(seq.length > 0 ? 1 : 0), [1]);
+  if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(want);
   pastFeeds(feeds, seq.past);
   const out = await session!.run(feeds);
   seq.past = presents(out);
@@ -236,9 +282,12 @@ async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false
     lastAttention = sums instanceof Uint16Array ? halvesToFloats(sums) : sums.slice();
   }
   const logits = out.logits as ort.Tensor;
-  const vocab = spec!.vocabSize;
-  return rows === 'last' ? logitRows(logits, 0, 1, s - 1, vocab) : logitRows(logits, 0, s, 0, vocab);
+  const rows = logits.dims[1]!; // s, or `want` when the graph kept only those
+  if (rows < want) throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} returned ${rows} logits rows for ${want} asked (num_logits_to_keep)`);
+  return logitRows(logits, 0, want, rows - want, spec!.vocabSize);
 }
+
+const int64Scalar = (value: number) => new ort.Tensor('int64', BigInt64Array.of(BigInt(value)), []);
 
 /**
  * Several sequences in one pass. Pasts are left-padded to the longest (padding masked out) and new
@@ -275,6 +324,8 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
     attention_mask: int64(mask, [b, maxP + maxS]),
   };
   feeds.position_ids = int64(pos, [b, maxS]);
+  // right-padded rows: a sequence's last rows are not the batch's last, so every row is kept (0)
+  if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(0);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(maxP > 0 ? 1 : 0), [1]);
   const block = maxP * sp.headDim;
   for (let t = 0; t < 2 * sp.layers; t++) {
@@ -309,7 +360,8 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
       return kvTensor(dst, [1, sp.kvHeads, len, sp.headDim]);
     });
     q.length = len;
-    return rows === 'last' ? logitRows(logits, i * maxS, 1, s - 1, sp.vocabSize) : logitRows(logits, i * maxS, s, 0, sp.vocabSize);
+    const want = rowCount(rows, s);
+    return logitRows(logits, i * maxS, want, s - want, sp.vocabSize);
   });
 }
 

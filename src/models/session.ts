@@ -1,3 +1,4 @@
+import { InvalidArgumentError } from '../errors.ts';
 import type { ModelSpec } from './config.ts';
 
 /** One sequence's part of a forward call. */
@@ -62,8 +63,23 @@ export interface ServiceLoad {
   readonly tokenMs: number;
 }
 
-/** Which logits rows a forward returns: every new token's row, or only the last one. */
-export type LogitsRows = 'all' | 'last';
+/**
+ * Which logits rows a forward returns: every new token's row, only the last one, or the last n (a
+ * review needs the rows of its drafts, not of the prompt fed with them: a 4k-token prefill at a 152k
+ * vocabulary would otherwise return 2.4 GB of logits).
+ */
+export type LogitsRows = 'all' | 'last' | number;
+
+/**
+ * How many rows `rows` asks of a forward over `tokens` new tokens (1..tokens); throws
+ * InvalidArgumentError for a count that is not an integer in that range.
+ */
+export function rowCount(rows: LogitsRows, tokens: number): number {
+  if (rows === 'all') return tokens;
+  if (rows === 'last') return 1;
+  if (!Number.isInteger(rows) || rows < 1 || rows > tokens) throw new InvalidArgumentError(`cannot return the last ${rows} logits rows of ${tokens} new tokens`);
+  return rows;
+}
 
 /**
  * A model that keeps per-sequence KV caches and runs the decoder-with-past graph over them.

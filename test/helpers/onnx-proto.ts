@@ -148,3 +148,33 @@ export function withCacheBranch(model: Uint8Array, logitsElem: number): Uint8Arr
     return concat([renamed, ...added.map((n) => field(1, n)), field(11, valueInfo('use_cache_branch', 9, [1]))]);
   });
 }
+
+/** A Constant node's 1-D int64 tensor. */
+const int64Vector = (out: string, values: number[]) =>
+  node('Constant', [], [out], [concat([field(1, 'value'), field(20, 4), field(5, concat([field(1, values.length), field(2, 7), ...values.map((v) => field(7, v))]))])]);
+
+/**
+ * The graph with a `num_logits_to_keep` input (int64 scalar) that returns only the last n positions'
+ * logits (0 = all), as transformers' models take `logits_to_keep`: a Slice over the logits' sequence
+ * axis. It checks the runner's feed and its reading of the shorter logits, not a graph that skips
+ * the head's work (this one computes every row and slices).
+ */
+export function withLogitsToKeep(model: Uint8Array): Uint8Array {
+  return rewrite(model, 7, (g) => {
+    const renamed = concat(
+      fields(g).map((f) => {
+        if (f.no !== 1 || f.wire !== 2) return f.raw;
+        return field(1, concat(fields(f.body).map((n) => (n.no === 2 && text(n.body) === 'logits' ? field(2, 'logits_all') : n.raw))));
+      }),
+    );
+    const added = [
+      node('Neg', ['num_logits_to_keep'], ['lk_neg']),
+      int64Vector('lk_shape', [1]),
+      node('Reshape', ['lk_neg', 'lk_shape'], ['lk_start']),
+      int64Vector('lk_end', [2 ** 53 - 1]),
+      int64Vector('lk_axis', [1]),
+      node('Slice', ['logits_all', 'lk_start', 'lk_end', 'lk_axis'], ['logits']),
+    ];
+    return concat([renamed, ...added.map((n) => field(1, n)), field(11, valueInfo('num_logits_to_keep', 7, []))]);
+  });
+}
