@@ -1,5 +1,5 @@
 import test from 'ava';
-import { MAX_WANT, ModelActor } from '../src/actors/model-actor.ts';
+import { DRAFT_TOP_K, MAX_WANT, ModelActor } from '../src/actors/model-actor.ts';
 import { Coordinator } from '../src/cluster/coordinator.ts';
 import { startNats, type LocalServer } from '../src/cluster/local-servers.ts';
 import { decode, encode, type ActorReply, type ActorRequest } from '../src/cluster/messages.ts';
@@ -40,8 +40,9 @@ const SAMPLED = { temperature: 1, topK: 0, topP: 1 };
 for (const [name, connect] of transports) {
   test(`actor - a sampled proposal too large for one frame is answered with every token, its last q rows one-hot (${name})`, async (t) => {
     const transport = await connect();
-    // 8192 float32 entries per q row: 32 KiB a row, so MAX_WANT rows are twice NATS's 1 MiB default
-    const model = new MemoryModelSession({ name: 'wide', vocabSize: 8192, order: 2, seed: 5 });
+    // a uniform drafter (sharpness 0): its top DRAFT_TOP_K ties keep all 8192 entries, so every q
+    // row is dense, 32 KiB, and MAX_WANT rows are twice NATS's 1 MiB default
+    const model = new MemoryModelSession({ name: 'wide', vocabSize: 8192, order: 2, seed: 5, sharpness: 0 });
     const actor = new ModelActor(transport, model, { instance: 'a0' }).start();
     try {
       await flushed(transport);
@@ -109,10 +110,10 @@ test('actor - the target\'s actor refuses a review with lenience other than 1; a
 });
 
 test('actor - proposals cut to the payload limit (their last q rows one-hot) keep the sampled cascade exact (chi-square)', async (t) => {
-  // 5 tokens: a q row is 29 bytes of a frame's rows; 160 bytes leave the rows 80, so of a drafter's
-  // 3 proposed tokens 2 travel with their q and the third one-hot, and the review sends on the 2;
-  // the first two tokens of each request are counted
-  const transport = new InProcessTransport({ maxPayload: 160 });
+  // 5 tokens: a q row is 25 bytes of a frame's rows (dense: marker, width, 5 float32); 150 bytes
+  // leave the rows 75, so of a drafter's 3 proposed tokens 2 travel with their q (4 + 2 x 25 bytes)
+  // and the third one-hot, and the review sends on the 2; the first two tokens of each request are counted
+  const transport = new InProcessTransport({ maxPayload: 150 });
   const target = new MemoryModelSession({ name: 'target', vocabSize: 5, order: 2, seed: 11, sharpness: 4 });
   const d1 = new MemoryModelSession({ name: 'd1', vocabSize: 5, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
   const actors = [new ModelActor(transport, target, { target: true }).start(), new ModelActor(transport, d1).start()];
@@ -138,4 +139,33 @@ test('actor - proposals cut to the payload limit (their last q rows one-hot) kee
   const { chi2, df, pValue, impossible } = chiSquare(counts, joint);
   t.is(impossible, 0);
   t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}`);
+});
+
+test('actor - at a 152k vocabulary a sampled proposal of MAX_WANT tokens travels whole over NATS: each q the drafter\'s top DRAFT_TOP_K, sparse; the target\'s review takes them', async (t) => {
+  const transport = await NatsTransport.connect({ servers: nats.url });
+  const vocabSize = 152_064;
+  const target = new MemoryModelSession({ name: 'big', vocabSize, order: 1, seed: 3 });
+  const drafter = new MemoryModelSession({ name: 'big-draft', vocabSize, order: 1, seed: 4, resemble: { model: target, weight: 0.9 } });
+  const actors = [new ModelActor(transport, target, { instance: 't0', target: true }).start(), new ModelActor(transport, drafter, { instance: 'd0' }).start()];
+  try {
+    await transport.flush();
+    for (const m of ['big', 'big-draft']) t.is((await call(transport, subjects.open(m), { type: 'open', session: 's', sampling: SAMPLED, seed: 9n })).type, 'opened');
+    const proposed = await call(transport, subjects.instance('big-draft', 'd0'), { type: 'propose', session: 's', base: 0, suffix: [1, 2, 3], want: MAX_WANT });
+    if (proposed.type !== 'proposed') return t.fail(JSON.stringify(proposed));
+    t.is(proposed.tokens.length, MAX_WANT);
+    t.is(actors[1]!.counters.oneHot, 0, 'no row went one-hot');
+    for (const [i, q] of proposed.q.entries()) {
+      if (!q) return t.fail(`q row ${i} is missing`);
+      const support = q.reduce((n, v) => n + (v > 0 ? 1 : 0), 0);
+      t.true(support >= DRAFT_TOP_K && support <= DRAFT_TOP_K + 4, `row ${i}: ${support} entries (ties at the boundary are kept)`);
+      t.true(q[proposed.tokens[i]!]! > 0, 'each token was drawn from its row');
+      t.true(Math.abs(q.reduce((a, v) => a + v, 0) - 1) < 1e-5, 'each row is renormalised');
+    }
+    t.true(encode(proposed).length < 200_000, `${encode(proposed).length} bytes for ${MAX_WANT} rows`);
+    const reviewed = await call(transport, subjects.instance('big', 't0'), { type: 'review', session: 's', base: 0, suffix: [1, 2, 3, ...proposed.tokens], start: 3, lenience: 1, passUp: false, q: proposed.q });
+    t.is(reviewed.type, 'reviewed');
+  } finally {
+    await Promise.all(actors.map((a) => a.stop()));
+    await transport.close();
+  }
 });

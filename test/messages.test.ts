@@ -69,3 +69,48 @@ test('messages - random bytes never crash the decoder with anything but a FrameE
   );
   t.pass();
 });
+
+test('messages - a row with few non-zero entries travels sparse, bit for bit, and expands to its full width', (t) => {
+  // a drafter's top-256 q over a 152k vocabulary: 608 KB dense, about 2 KB sparse
+  const width = 152_064;
+  const row = new Float32Array(width);
+  for (let i = 0; i < 256; i++) row[(i * 593 + 7) % width] = Math.fround(1 / 3 + i * 1e-7); // values with every mantissa bit in use
+  row[width - 1] = 5e-45; // a subnormal survives too
+  const m: Message = { type: 'proposed', tokens: [7], q: [row, undefined] };
+  const frame = encode(m);
+  t.true(frame.length < 3_000, `${frame.length} bytes`);
+  const back = decode(frame);
+  if (back.type !== 'proposed') return t.fail();
+  t.is(back.q[0]!.length, width);
+  t.true(Buffer.from(back.q[0]!.buffer).equals(Buffer.from(row.buffer)), 'every entry, zeros included, is bit-identical');
+  t.is(back.q[1], undefined);
+  // a dense row stays dense (the smaller encoding wins)
+  const dense = Float32Array.from({ length: 9 }, (_, i) => i + 1);
+  t.is(encode({ type: 'proposed', tokens: [1], q: [dense] }).length, encode({ type: 'proposed', tokens: [1], q: [undefined] }).length + 4 + 36);
+});
+
+test('messages - a malformed sparse row is a FrameError: ids out of order, past the width, more entries than the width', (t) => {
+  // a 'proposed' frame: tokens [1], then one sparse row (marker 2) of width w with n ids and n values, then no load
+  const frame = (w: number, ids: number[]) => {
+    const b = Buffer.alloc(3 + 8 + 4 + 1 + 8 + 8 * ids.length + 1);
+    let at = b.writeUInt8(FRAME_MAGIC, 0);
+    at = b.writeUInt8(FRAME_VERSION, at);
+    at = b.writeUInt8(5, at); // 'proposed'
+    at = b.writeUInt32LE(1, at);
+    at = b.writeUInt32LE(1, at);
+    at = b.writeUInt32LE(1, at); // one row
+    at = b.writeUInt8(2, at);
+    at = b.writeUInt32LE(w, at);
+    at = b.writeUInt32LE(ids.length, at);
+    for (const id of ids) at = b.writeUInt32LE(id, at);
+    for (const _ of ids) at = b.writeFloatLE(0.5, at);
+    b.writeUInt8(0, at);
+    return new Uint8Array(b);
+  };
+  const ok = decode(frame(4, [1, 3]));
+  t.deepEqual(ok.type === 'proposed' ? [...ok.q[0]!] : [], [0, 0.5, 0, 0.5]);
+  t.throws(() => decode(frame(4, [3, 1])), { instanceOf: FrameError, message: /ascend/ });
+  t.throws(() => decode(frame(4, [1, 1])), { instanceOf: FrameError, message: /ascend/ });
+  t.throws(() => decode(frame(4, [4])), { instanceOf: FrameError, message: /ascend below 4/ });
+  t.throws(() => decode(frame(1, [0, 1])), { instanceOf: FrameError, message: /claims 2 entries/ });
+});

@@ -3,7 +3,7 @@ import { FULL_CACHE, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { Block, ModelLevel } from '../engine/levels.ts';
 import { CascadeError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
-import { checkSampling } from '../kernels/sampling.ts';
+import { checkSampling, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
 import { decode, encode, FrameError, rowsBytes, withLoad, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
 import { extractContext, inSpan } from '../cluster/tracing.ts';
@@ -14,6 +14,21 @@ import { subjects, subjectToken, type Headers, type Subscription, type Transport
  * its K matrix, so the gateway refuses K entries above it.
  */
 export const MAX_WANT = 64;
+
+/**
+ * Most tokens a draft actor's sampled proposal keeps: it draws from its top DRAFT_TOP_K tokens,
+ * renormalised (ties at the boundary kept), and that truncated q is what travels, sparse (2 KB a
+ * token whatever the vocabulary: a dense 152k row is 608 KB, past NATS's 1 MB payload at two
+ * tokens). The review stays exact because q is what the draft was really drawn from (SPEC §4.3); only
+ * acceptance changes, by the drafter mass past its top 256. The target (a verify actor) never
+ * truncates: its distribution is the output's.
+ */
+export const DRAFT_TOP_K = 256;
+
+/** A drafter's sampling: the request's, with top-k at most DRAFT_TOP_K when sampling. */
+export function draftSampling(s: SamplingParams): SamplingParams {
+  return s.temperature > 0 && (s.topK === 0 || s.topK > DRAFT_TOP_K) ? { ...s, topK: DRAFT_TOP_K } : s;
+}
 
 interface ActorSession {
   readonly level: ModelLevel;
@@ -204,7 +219,7 @@ export class ModelActor {
     const old = this.sessions.get(req.session);
     if (old) void this.closeSession(req.session);
     this.sessions.set(req.session, {
-      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, req.sampling, this.kv),
+      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target ? req.sampling : draftSampling(req.sampling), this.kv),
       rng: new Rng(req.seed),
       temperature: req.sampling.temperature,
       tokens: [],
@@ -244,7 +259,8 @@ export class ModelActor {
     const drafts = tokens.length - req.start;
     if (req.q.length > drafts) throw new BadRequest('invalid', `${req.q.length} q rows for ${drafts} drafted tokens`);
     const vocab = this.session.spec.vocabSize;
-    for (const q of req.q) if (q && q.length !== vocab) throw new BadRequest('invalid', `a q row has ${q.length} entries, the vocabulary ${vocab}`);
+    // a narrower q (a drafter with less vocabulary padding) is 0 past its width; a wider one could not have drafted these ids
+    for (const q of req.q) if (q && q.length > vocab) throw new BadRequest('invalid', `a q row has ${q.length} entries, more than the vocabulary of ${vocab}`);
     const block = new Block(tokens, req.start);
     req.q.forEach((q, i) => (block.q[i] = q));
     const outcome = await s.level.review(block, req.start, s.rng, req.lenience, req.passUp);

@@ -3,15 +3,16 @@ import { context, trace } from '@opentelemetry/api';
 import type { Queue } from 'bullmq';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { z } from 'zod';
-import { MAX_WANT } from '../actors/model-actor.ts';
+import { DRAFT_TOP_K, MAX_WANT } from '../actors/model-actor.ts';
 import { checkCascade } from '../engine/cascade.ts';
 import { MODES, planCascade, type KSchedule } from '../engine/presets.ts';
+import { DEFAULT_MAX_DRAFT } from '../engine/schedule.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import { resolveSampling, type GenerationDefaults } from '../models/generation-config.ts';
 import type { TextTokenizer } from '../models/tokenizer.ts';
 import { jobOptions, type JobData, type RequestOutcome } from './coordinator.ts';
-import { decode, encode } from './messages.ts';
+import { decode, encode, rowBytes } from './messages.ts';
 import type { GatewayMetrics } from './metrics.ts';
 import type { RequestLog } from './redis-store.ts';
 import { injectHeaders, tracer } from './tracing.ts';
@@ -27,9 +28,9 @@ export interface GatewayOptions {
   /**
    * The family: the model id served, its drafters (for modes), context length, and the target's
    * sampling defaults (its generation_config.json), which fill what a request leaves out before the
-   * API's own defaults do (API_SAMPLING).
+   * API's own defaults do (API_SAMPLING), and its vocabulary (sampled drafts' rows must fit a message).
    */
-  readonly model: { readonly target: string; readonly drafters: readonly string[]; readonly maxPositions?: number; readonly generation?: GenerationDefaults };
+  readonly model: { readonly target: string; readonly drafters: readonly string[]; readonly maxPositions?: number; readonly generation?: GenerationDefaults; readonly vocabSize?: number };
   /** Accepted bearer keys; empty = no authentication (local use only). */
   readonly apiKeys?: readonly string[];
   /** Requests in flight before 503 + Retry-After. */
@@ -68,7 +69,9 @@ const Sampling = {
   cascade: CascadeFields,
 };
 
-const CompletionBody = z.object({ ...Sampling, prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1)]) }).strict();
+/** A prompt of token ids, as the OpenAI API takes it (`prompt: number[]`, or one such list in a list), fed as it is. */
+const TokenIds = z.array(z.number().int().min(0)).min(1);
+const CompletionBody = z.object({ ...Sampling, prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1), TokenIds, z.array(TokenIds).length(1)]) }).strict();
 const ChatBody = z
   .object({
     ...Sampling,
@@ -104,6 +107,28 @@ function checkKBound(kMatrix: KSchedule): void {
 }
 
 /**
+ * A sampled request's drafts travel with their q rows: a reviewer is sent up to the largest K entry's
+ * worth at once (DEFAULT_MAX_DRAFT under K auto), each a draft actor's top DRAFT_TOP_K, sparse (see
+ * messages.ts). Those rows must fit the budget RemoteLevel gives them, half the transport's payload
+ * limit; a K matrix that cannot is refused here rather than sent one-hot (exact, but it would waste
+ * the drafts). Greedy requests carry token ids only.
+ */
+export function checkRowBudget(kMatrix: KSchedule, sampling: SamplingParams, vocabSize: number, maxPayload: number): void {
+  if (sampling.temperature === 0) return;
+  const drafts = kMatrix === 'auto' ? DEFAULT_MAX_DRAFT : Math.max(0, ...kMatrix.flat());
+  const entries = Math.min(vocabSize, sampling.topK > 0 ? Math.min(sampling.topK, DRAFT_TOP_K) : DRAFT_TOP_K);
+  const bytes = 4 + drafts * rowBytes(vocabSize, entries);
+  const budget = Math.floor(maxPayload / 2);
+  if (bytes > budget) {
+    const fits = Math.floor((budget - 4) / rowBytes(vocabSize, entries));
+    throw new InvalidArgumentError(
+      `cascade.k_matrix drafts up to ${drafts} tokens a round, whose distributions (${entries} entries each over a vocabulary of ${vocabSize}) take ${bytes} bytes: ` +
+        `over the ${budget} bytes a message may give them (half the transport's ${maxPayload}-byte payload limit). Use K entries of at most ${fits}, or raise NATS's max_payload`,
+    );
+  }
+}
+
+/**
  * The API's finish_reason for the engine's: `stop` (EOS) and `length` (max_tokens) as OpenAI's, and
  * a request cancelled before either (its cancel subject, a client gone) as `abort`, vLLM's word:
  * never `length`, which clients read as "ask for more".
@@ -124,8 +149,10 @@ export const API_SAMPLING: SamplingParams = { temperature: 1, topP: 1, topK: 0 }
  * A request's prompt ids: a completion's prompt through the tokenizer's add_bos_token convention, a
  * chat's messages through the model's chat template; a template that refuses them (or its absence) is a 400.
  */
-function promptIdsOf(tokenizer: TextTokenizer, input: { prompt: string } | { messages: readonly { role: string; content: string; name?: string }[] }): number[] {
+function promptIdsOf(tokenizer: TextTokenizer, input: { prompt: string } | { promptIds: readonly number[] } | { messages: readonly { role: string; content: string; name?: string }[] }): number[] {
   if ('prompt' in input) return tokenizer.encodePrompt(input.prompt);
+  // token ids are fed as they are (no BOS added), as `cascade generate --prompt-ids` and vLLM feed them
+  if ('promptIds' in input) return [...input.promptIds];
   try {
     return tokenizer.encodeChat(input.messages);
   } catch (err) {
@@ -231,10 +258,13 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     if (body.model && body.model !== model.target) throw new HttpError(404, `model "${body.model}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
     const promptIds = promptIdsOf(tokenizer, input);
     if (!promptIds.length) throw new HttpError(400, 'the prompt is empty', 'invalid_request_error', 'prompt');
+    const outside = model.vocabSize === undefined ? undefined : promptIds.find((id) => id >= model.vocabSize!);
+    if (outside !== undefined) throw new HttpError(400, `prompt token id ${outside} is outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'prompt');
     const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? 16;
     if (model.maxPositions !== undefined && promptIds.length + maxTokens > model.maxPositions) {
       throw new HttpError(400, `prompt (${promptIds.length} tokens) plus max_tokens (${maxTokens}) exceeds the model's context of ${model.maxPositions} tokens`, 'invalid_request_error', 'max_tokens');
     }
+    const sampling = resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING);
     let plan;
     try {
       plan = planCascade(
@@ -244,6 +274,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       // shape checks only: the drafters are remote, so stand-ins carry their kind
       checkKBound(plan.kMatrix); // first: a K entry over the limit is named whatever the matrix's shape
       checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
+      if (model.vocabSize !== undefined && plan.drafters.some((d) => d !== 'mag')) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, transport.maxPayload);
     } catch (err) {
       throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
     }
@@ -251,7 +282,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       requestId: `req-${randomUUID()}`,
       promptIds,
       maxTokens,
-      sampling: resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING),
+      sampling,
       seed: body.seed ?? Math.floor(Math.random() * 2 ** 53),
       stopAtEos: true,
       drafters: [...plan.drafters],
@@ -475,8 +506,10 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
 
   app.post('/v1/completions', async (req, reply) => {
     const body = parse(CompletionBody, req.body);
-    const prompt = Array.isArray(body.prompt) ? body.prompt[0]! : body.prompt;
-    await serveRequest(req, reply, job(body, { prompt }), false, body.stream ?? false, body.stream_options?.include_usage ?? false);
+    const p = body.prompt;
+    const first = Array.isArray(p) ? p[0]! : p;
+    const input = typeof first === 'string' ? { prompt: first } : { promptIds: Array.isArray(first) ? first : (p as number[]) };
+    await serveRequest(req, reply, job(body, input), false, body.stream ?? false, body.stream_options?.include_usage ?? false);
     return reply;
   });
 

@@ -70,11 +70,15 @@ function privateFile(dir: string | undefined, name: string, text: string): strin
 /**
  * Starts `nats-server` on a free loopback port (JetStream off: the cluster uses core NATS). With
  * `users`, it requires credentials: one user per role with its subject permissions (security.ts),
- * from a 0600 config file in `configDir`. The URL returned carries no credentials.
+ * from a 0600 config file in `configDir`. `maxPayload`: the server's max_payload in bytes (default 1 MiB).
+ * The URL returned carries no credentials.
  */
-export async function startNats(options: { users?: Record<Role, string>; configDir?: string; port?: number; detached?: boolean } = {}): Promise<LocalServer> {
+export async function startNats(options: { users?: Record<Role, string>; configDir?: string; port?: number; detached?: boolean; maxPayload?: number } = {}): Promise<LocalServer> {
   const port = options.port ?? (await freePort());
-  const args = options.users ? ['-c', privateFile(options.configDir, 'nats.conf', natsConfig(`127.0.0.1:${port}`, options.users))] : ['-a', '127.0.0.1', '-p', String(port)];
+  const listen = `127.0.0.1:${port}`;
+  const limit = options.maxPayload !== undefined ? `max_payload: ${options.maxPayload}\n` : '';
+  const args =
+    options.users || limit ? ['-c', privateFile(options.configDir, 'nats.conf', (options.users ? natsConfig(listen, options.users) : `listen: "${listen}"\n`) + limit)] : ['-a', '127.0.0.1', '-p', String(port)];
   const child = launch('nats-server', args, 'NATS', options.detached);
   await waitForPort(port, 10_000, child);
   return { url: `nats://127.0.0.1:${port}`, port, process: child, stop: stopper(child) };

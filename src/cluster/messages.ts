@@ -11,11 +11,15 @@ import type { ServiceLoad } from '../models/session.ts';
  * distributions float32 rows. Distributions travel only when sampling (temperature > 0) and only
  * where acceptance needs them (SPEC §4.3): a greedy draft is one-hot and is sent as its token alone.
  * They are float32, not float16, because acceptance compares p(x)/q(x) with the q the token was
- * really drawn from; a rounded q would make the review inexact. Frames that would come near the
- * payload limit send drafts one-hot instead (still exact, only less often accepted).
+ * really drawn from; a rounded q would make the review inexact. A row with few non-zero entries (a
+ * drafter samples from its top DRAFT_TOP_K tokens) travels sparse: its width, then its non-zero
+ * entries as ascending uint32 ids and their float32 values, bit for bit, so 256 entries take 2 KB
+ * whatever the vocabulary (a dense row of a 152k vocabulary is 608 KB). Frames that would still
+ * come near the payload limit send drafts one-hot instead (still exact, only less often accepted).
  */
 export const FRAME_MAGIC = 0xca;
-export const FRAME_VERSION = 3;
+/** 4: rows may be sparse (marker 2). */
+export const FRAME_VERSION = 4;
 
 /** One optional distribution per drafted token: undefined = one-hot at the token. */
 export type Rows = (Float32Array | undefined)[];
@@ -157,6 +161,20 @@ class Writer {
         this.u8(0);
         continue;
       }
+      const nonZero = support(r);
+      if (sparseBytes(nonZero.length) < denseBytes(r.length)) {
+        this.u8(2).u32(r.length).u32(nonZero.length);
+        this.room(8 * nonZero.length);
+        for (const id of nonZero) {
+          this.view.setUint32(this.at, id, true);
+          this.at += 4;
+        }
+        for (const id of nonZero) {
+          this.view.setFloat32(this.at, r[id]!, true);
+          this.at += 4;
+        }
+        continue;
+      }
       this.u8(1).u32(r.length);
       this.room(4 * r.length);
       new Uint8Array(this.buf.buffer, this.at, 4 * r.length).set(new Uint8Array(r.buffer, r.byteOffset, 4 * r.length));
@@ -255,6 +273,10 @@ class Reader {
         out.push(undefined);
         continue;
       }
+      if (present === 2) {
+        out.push(this.sparseRow(what));
+        continue;
+      }
       if (present !== 1) throw new FrameError(`${what}: bad row marker ${present}`);
       const len = this.count(what);
       this.need(4 * len, what);
@@ -263,6 +285,24 @@ class Reader {
       this.at += 4 * len;
     }
     return out;
+  }
+
+  /** A sparse row (marker 2), expanded: width, count, ascending ids below the width, then values. */
+  private sparseRow(what: string): Float32Array {
+    const width = this.count(what);
+    const n = this.count(what);
+    if (n > width) throw new FrameError(`${what}: a sparse row of width ${width} claims ${n} entries`);
+    this.need(8 * n, what);
+    const row = new Float32Array(width);
+    let last = -1;
+    for (let i = 0; i < n; i++) {
+      const id = this.view.getUint32(this.at + 4 * i, true);
+      if (id <= last || id >= width) throw new FrameError(`${what}: sparse row ids must ascend below ${width}, got ${id} after ${last}`);
+      row[id] = this.view.getFloat32(this.at + 4 * (n + i), true);
+      last = id;
+    }
+    this.at += 8 * n;
+    return row;
   }
 
   end(): void {
@@ -398,5 +438,19 @@ export function decode(frame: Uint8Array): Message {
   return m;
 }
 
+/** Ids of a row's non-zero entries, ascending. */
+function support(row: Float32Array): number[] {
+  const ids: number[] = [];
+  for (let i = 0; i < row.length; i++) if (row[i] !== 0) ids.push(i);
+  return ids;
+}
+
+/** Bytes of one row after its marker: dense (width, values) and sparse (width, count, ids, values). */
+const denseBytes = (width: number) => 4 + 4 * width;
+const sparseBytes = (nonZero: number) => 8 + 8 * nonZero;
+
+/** Bytes one row with `nonZero` non-zero entries of `width` takes in a frame, marker included (the smaller encoding). */
+export const rowBytes = (width: number, nonZero: number): number => 1 + Math.min(denseBytes(width), sparseBytes(nonZero));
+
 /** Bytes a frame of distributions would take: used to fall back to one-hot drafts near the payload limit. */
-export const rowsBytes = (rows: Rows): number => rows.reduce((a, r) => a + 5 + (r ? 4 + 4 * r.length : 0), 4);
+export const rowsBytes = (rows: Rows): number => rows.reduce((a, r) => a + (r ? rowBytes(r.length, support(r).length) : 1), 4);

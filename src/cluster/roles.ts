@@ -197,7 +197,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     log: new TokenLog(shards),
     tokenizer,
     metrics: new GatewayMetrics(),
-    model: { target: family.target, drafters: family.drafters, maxPositions: spec.maxPositions, generation: spec.generation },
+    model: { target: family.target, drafters: family.drafters, maxPositions: spec.maxPositions, generation: spec.generation, vocabSize: spec.vocabSize },
     apiKeys: o.apiKeys,
     maxInFlight: o.maxInFlight,
     requestTimeoutMs: o.requestTimeoutMs,

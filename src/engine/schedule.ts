@@ -102,6 +102,9 @@ export interface RowChoice {
   readonly tokensPerMs: number;
 }
 
+/** Most tokens the adaptive schedule drafts per round unless told otherwise (ScheduleOptions.maxDraft). */
+export const DEFAULT_MAX_DRAFT = 12;
+
 export class AdaptiveSchedule {
   private readonly memory: ScheduleMemory;
   private readonly maxDraft: number;
@@ -119,7 +122,7 @@ export class AdaptiveSchedule {
 
   constructor(private readonly options: ScheduleOptions) {
     this.memory = options.memory ?? processScheduleMemory;
-    this.maxDraft = options.maxDraft ?? 12;
+    this.maxDraft = options.maxDraft ?? DEFAULT_MAX_DRAFT;
     this.maxSubDraft = options.maxSubDraft ?? 8;
   }
 
