@@ -30,6 +30,15 @@ test('cli - bench cascade compares every method, verifies greedy identity and wr
   t.regex((await fails(['bench', 'cascade', '--workload', 'poetry'])).stderr, /--workload must be/);
 });
 
+test('cli - bench cascade measures a user\'s exports: --model and --draft-model folders (the HF fixtures), every greedy method identical to ar', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-hf-'));
+  const hf = (name: string) => new URL(`./fixtures/hf/${name}`, import.meta.url).pathname;
+  await cascade('bench', 'cascade', '--model', hf('llama-gqa'), '--draft-model', hf('llama-gqa-fp16'), '--tokenizer', 'models/tokenizer.json', '--workload', 'code', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);
+  const methods = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8')).results[0].methods;
+  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', 'sd:llama-gqa-fp16', 'mag', 'mag-recent', 'csd-vertical', 'csd-horizontal', 'csd']);
+  t.true(methods.slice(1).every((m: { identicalToAr: boolean }) => m.identicalToAr === true));
+});
+
 test('cli - bench scale compares auto with a K sweep, measures sessions in flight with and without batching, calibrates and validates the simulator', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'cascade-scale-'));
   const { stdout } = await cascade('bench', 'scale', '--workload', 'code', '--prompts', '1', '--sweep-prompts', '1', '--concurrency', '1,2', '--repeats', '1', '--max-tokens', '6', '--no-cluster', '--out', out);

@@ -191,7 +191,7 @@ test.serial('cluster - a malformed NATS frame gets an error reply and the actor 
     const wrongVersion = decode(await nc.request(subjects.open(family.target), new Uint8Array([0xca, 7, 0]), { timeoutMs: 5000 }));
     t.regex(wrongVersion.type === 'error' ? wrongVersion.message : '', /version 7/);
     // a valid frame with an out-of-vocabulary token is refused, not run
-    const opened = decode(await nc.request(subjects.open(family.target), encode({ type: 'open', session: 'fuzz-1', sampling: GREEDY, seed: 0n }), { timeoutMs: 5000 }));
+    const opened = decode(await nc.request(subjects.open(family.target), encode({ type: 'open', session: 'fuzz-1', sampling: GREEDY, seed: 0n, target: false }), { timeoutMs: 5000 }));
     t.is(opened.type, 'opened');
     const instance = opened.type === 'opened' ? opened.instance : '';
     const bad = decode(await nc.request(subjects.instance(family.target, instance), encode({ type: 'propose', session: 'fuzz-1', base: 0, suffix: [1, 99_999_999], want: 1 }), { timeoutMs: 5000 }));
@@ -311,7 +311,7 @@ test.serial('cluster - 1000 malformed or hostile HTTP bodies get clear 4xx answe
 test.serial('cluster - 1000 truncated, garbled or oversized NATS frames get error replies; actors keep serving', async (t) => {
   const nc = await NatsTransport.connect({ servers: nats.url });
   const valid = [
-    encode({ type: 'open', session: 'fz', sampling: GREEDY, seed: 1n }),
+    encode({ type: 'open', session: 'fz', sampling: GREEDY, seed: 1n, target: false }),
     encode({ type: 'propose', session: 'fz', base: 0, suffix: [1, 2, 3], want: 2 }),
     encode({ type: 'review', session: 'fz', base: 0, suffix: [1, 2, 3, 4], start: 2, lenience: 1, passUp: false, q: [] }),
   ];

@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { decode, encode, FrameError, FRAME_MAGIC, FRAME_VERSION, type Message } from '../src/cluster/messages.ts';
 
 const messages: Message[] = [
-  { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: 0xfffffffffffffff9n },
+  { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: 0xfffffffffffffff9n, target: true },
   { type: 'propose', session: 's', base: 12, suffix: [1, 2, 4294967295], want: 4 },
   { type: 'review', session: 's', base: 0, suffix: [5, 6, 7], start: 1, lenience: 1, passUp: true, q: [undefined, new Float32Array([0.25, 0.75])] },
   { type: 'close', session: 's' },
@@ -113,4 +113,19 @@ test('messages - a malformed sparse row is a FrameError: ids out of order, past 
   t.throws(() => decode(frame(4, [1, 1])), { instanceOf: FrameError, message: /ascend/ });
   t.throws(() => decode(frame(4, [4])), { instanceOf: FrameError, message: /ascend below 4/ });
   t.throws(() => decode(frame(1, [0, 1])), { instanceOf: FrameError, message: /claims 2 entries/ });
+  // 9 bytes claim a row of 2^20 entries: 40 such rows (360 bytes) may not expand to 160 MB
+  const rows = 40;
+  const hostile = Buffer.alloc(3 + 8 + 4 + rows * 9 + 1);
+  let at = hostile.writeUInt8(FRAME_MAGIC, 0);
+  at = hostile.writeUInt8(FRAME_VERSION, at);
+  at = hostile.writeUInt8(5, at);
+  at = hostile.writeUInt32LE(1, at);
+  at = hostile.writeUInt32LE(1, at);
+  at = hostile.writeUInt32LE(rows, at);
+  for (let i = 0; i < rows; i++) {
+    at = hostile.writeUInt8(2, at);
+    at = hostile.writeUInt32LE(1 << 20, at);
+    at = hostile.writeUInt32LE(0, at);
+  }
+  t.throws(() => decode(new Uint8Array(hostile)), { instanceOf: FrameError, message: /expand to more than/ });
 });

@@ -34,6 +34,8 @@ interface ActorSession {
   readonly level: ModelLevel;
   readonly rng: Rng;
   readonly temperature: number;
+  /** The session is the request's target (this is a verify actor, or the coordinator said so at open). */
+  readonly target: boolean;
   /** The context the coordinator last saw this session end with. */
   tokens: number[];
   lastUsed: number;
@@ -219,9 +221,10 @@ export class ModelActor {
     const old = this.sessions.get(req.session);
     if (old) void this.closeSession(req.session);
     this.sessions.set(req.session, {
-      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target ? req.sampling : draftSampling(req.sampling), this.kv),
+      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target || req.target ? req.sampling : draftSampling(req.sampling), this.kv),
       rng: new Rng(req.seed),
       temperature: req.sampling.temperature,
+      target: this.target || req.target,
       tokens: [],
       lastUsed: Date.now(),
       busy: Promise.resolve(),
@@ -253,7 +256,7 @@ export class ModelActor {
 
   private async review(s: ActorSession, req: Extract<ActorRequest, { type: 'review' }>): Promise<ActorReply> {
     if (!(req.lenience >= 1)) throw new BadRequest('invalid', `lenience must be >= 1, got ${req.lenience}`);
-    if (this.target && req.lenience !== 1) throw new BadRequest('invalid', `${this.model} is the target: its review is exact (lenience 1), got lenience ${req.lenience}`);
+    if (s.target && req.lenience !== 1) throw new BadRequest('invalid', `${this.model} is the target: its review is exact (lenience 1), got lenience ${req.lenience}`);
     const tokens = this.context(s, req.base, req.suffix, 1);
     if (req.start < 1 || req.start > tokens.length) throw new BadRequest('invalid', `start ${req.start} must lie in 1..${tokens.length}`);
     const drafts = tokens.length - req.start;

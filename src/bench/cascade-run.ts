@@ -4,6 +4,7 @@ import { planCascade } from '../engine/presets.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import { loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
+import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { candidates, repetitionRate, runMethod, summarise, type BenchContext, type Method, type MethodResult } from './cascade.ts';
 import { measureCosts } from './costs.ts';
@@ -12,7 +13,8 @@ import { formatTable, writeJson } from './report.ts';
 import { splitWorkload, type Workload } from './workloads.ts';
 
 export interface CascadeBenchOptions {
-  readonly models: string;
+  /** The models: a family directory, or a choice of target and drafters (`--model`, `--draft-model`). */
+  readonly models: string | ModelChoice;
   readonly workloads: readonly Workload[];
   readonly temperatures: readonly number[];
   readonly repeats: number;
@@ -120,7 +122,7 @@ function table(r: WorkloadResult): string {
 
 /** `cascade bench cascade`: every method side by side on held-out workloads; table, JSON, markdown, SVG. */
 export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResult[]> {
-  const family = loadFamily(o.models);
+  const family = typeof o.models === 'string' ? loadFamily(o.models) : resolveModels(o.models);
   const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
   try {
     const { target, drafters, bigram } = await sessions.cascadeModels();

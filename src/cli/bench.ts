@@ -56,22 +56,28 @@ async function costs(o: CostOptions): Promise<void> {
   process.stdout.write(`\nwrote ${path}\n`);
 }
 
-export function registerBench(program: Command): void {
-  const bench = program.command('bench').description('benchmarks: print a table and write JSON');
-  bench
-    .command('costs')
-    .description('per-model prefill, decode and k-token scoring costs, and each drafter relative to the target')
-    .option('--models <dir>', 'model family directory', 'models')
+/** --model, --draft-model, --model-file and --tokenizer, as `cascade generate` takes them (model-choice.ts). */
+function modelOptions(command: Command): Command {
+  return command
     .option('--model <dir|name>', 'the target: a model folder (a Hugging Face ONNX export) or a member of the --models family (default: the family target)')
     .option('--draft-model <dir|name>', 'a drafter, repeatable, largest first (default: the family\'s drafters; none with an exported --model)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
     .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several')
-    .option('--tokenizer <file>', 'tokenizer.json for model folders that carry none')
+    .option('--tokenizer <file>', 'tokenizer.json for model folders that carry none');
+}
+
+export function registerBench(program: Command): void {
+  const bench = program.command('bench').description('benchmarks: print a table and write JSON');
+  const costsCommand = bench
+    .command('costs')
+    .description('per-model prefill, decode and k-token scoring costs, and each drafter relative to the target')
+    .option('--models <dir>', 'model family directory', 'models');
+  modelOptions(costsCommand)
     .option('--out <dir>', 'directory for the JSON record', 'results')
     .option('--repeats <n>', 'repeats per measurement (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 5)
     .option('--past <n>', 'tokens already in the cache when decoding and scoring', parseNumber('--past', { min: 1, integer: true }), 256)
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
     .action(costs);
-  bench
+  const cascadeCommand = bench
     .command('cascade')
     .description('ar, sd (each drafter), mag and csd (vertical, horizontal, both) side by side on held-out prompts, greedy and sampled')
     .option('--workload <name>', `${WORKLOADS.join(' | ')} | all`, parseWorkloads, [...WORKLOADS])
@@ -80,11 +86,13 @@ export function registerBench(program: Command): void {
     .option('--max-tokens <n>', 'tokens generated per prompt', parseNumber('--max-tokens', { min: 1, integer: true }), 64)
     .option('--prompts <n>', 'prompts measured per workload (the first N of bench/prompts/WORKLOAD.jsonl)', parseNumber('--prompts', { min: 1, integer: true }), 12)
     .option('--sweep-prompts <n>', 'prompts used to pick each method\'s best K (the last N of the set, never measured)', parseNumber('--sweep-prompts', { min: 1, integer: true }), 4)
-    .option('--models <dir>', 'model family directory', 'models')
+    .option('--models <dir>', 'model family directory', 'models');
+  modelOptions(cascadeCommand)
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
     .action(async (o) => {
-      await benchCascade({ models: o.models, workloads: o.workload, temperatures: o.temperatures, repeats: o.repeats, maxTokens: o.maxTokens, prompts: o.prompts, sweepPrompts: o.sweepPrompts, threads: o.threads, out: o.out });
+      const choice = { models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer };
+      await benchCascade({ models: choice, workloads: o.workload, temperatures: o.temperatures, repeats: o.repeats, maxTokens: o.maxTokens, prompts: o.prompts, sweepPrompts: o.sweepPrompts, threads: o.threads, out: o.out });
     });
   bench
     .command('scale')

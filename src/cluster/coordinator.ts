@@ -119,7 +119,7 @@ export class Coordinator {
       // Every level samples with its own stream: levels sharing one seed would draw correlated
       // numbers (a drafter's sample and the target's acceptance test), and the output would be biased.
       const remote = (name: string, tag: string, stream: number) =>
-        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, { sampling: job.sampling, seed: deriveSeed(seed, stream), timeoutMs: this.options.callTimeoutMs });
+        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, { sampling: job.sampling, seed: deriveSeed(seed, stream), timeoutMs: this.options.callTimeoutMs, target: stream === 0 });
       const top = remote(family.target, 't', 0);
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`, i + 1)));
       let offset = recorded.length;

@@ -11,6 +11,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import { resolveSampling, type GenerationDefaults } from '../models/generation-config.ts';
 import type { TextTokenizer } from '../models/tokenizer.ts';
+import { checkVocabularySizes } from '../models/vocabulary.ts';
 import { jobOptions, type JobData, type RequestOutcome } from './coordinator.ts';
 import { decode, encode, rowBytes } from './messages.ts';
 import type { GatewayMetrics } from './metrics.ts';
@@ -30,7 +31,16 @@ export interface GatewayOptions {
    * sampling defaults (its generation_config.json), which fill what a request leaves out before the
    * API's own defaults do (API_SAMPLING), and its vocabulary (sampled drafts' rows must fit a message).
    */
-  readonly model: { readonly target: string; readonly drafters: readonly string[]; readonly maxPositions?: number; readonly generation?: GenerationDefaults; readonly vocabSize?: number };
+  readonly model: {
+    readonly target: string;
+    readonly drafters: readonly string[];
+    readonly maxPositions?: number;
+    readonly generation?: GenerationDefaults;
+    /** The target's vocab_size. */
+    readonly vocabSize?: number;
+    /** Every model's vocab_size by name (target and drafters), to check a request's drafter order. */
+    readonly vocabSizes?: Readonly<Record<string, number>>;
+  };
   /** Accepted bearer keys; empty = no authentication (local use only). */
   readonly apiKeys?: readonly string[];
   /** Requests in flight before 503 + Retry-After. */
@@ -123,7 +133,8 @@ export function checkRowBudget(kMatrix: KSchedule, sampling: SamplingParams, voc
     const fits = Math.floor((budget - 4) / rowBytes(vocabSize, entries));
     throw new InvalidArgumentError(
       `cascade.k_matrix drafts up to ${drafts} tokens a round, whose distributions (${entries} entries each over a vocabulary of ${vocabSize}) take ${bytes} bytes: ` +
-        `over the ${budget} bytes a message may give them (half the transport's ${maxPayload}-byte payload limit). Use K entries of at most ${fits}, or raise NATS's max_payload`,
+        `over the ${budget} bytes a message may give them (half the transport's ${maxPayload}-byte payload limit). ` +
+        (fits > 0 ? `Use K entries of at most ${fits}, or raise NATS's max_payload` : `Not one sampled draft fits: raise NATS's max_payload`),
     );
   }
 }
@@ -274,7 +285,11 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
       // shape checks only: the drafters are remote, so stand-ins carry their kind
       checkKBound(plan.kMatrix); // first: a K entry over the limit is named whatever the matrix's shape
       checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
-      if (model.vocabSize !== undefined && plan.drafters.some((d) => d !== 'mag')) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, transport.maxPayload);
+      const neural = plan.drafters.filter((d) => d !== 'mag');
+      if (model.vocabSize !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, transport.maxPayload);
+      // a request may order the drafters itself: each must be at most as wide as the models above it
+      const sizes = model.vocabSizes;
+      if (sizes) checkVocabularySizes({ name: model.target, vocabSize: sizes[model.target]! }, neural.map((name) => ({ name, vocabSize: sizes[name]! })));
     } catch (err) {
       throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
     }

@@ -18,7 +18,7 @@ import type { ServiceLoad } from '../models/session.ts';
  * come near the payload limit send drafts one-hot instead (still exact, only less often accepted).
  */
 export const FRAME_MAGIC = 0xca;
-/** 4: rows may be sparse (marker 2). */
+/** 4: rows may be sparse (marker 2); `open` says whether the session is the target. */
 export const FRAME_VERSION = 4;
 
 /** One optional distribution per drafted token: undefined = one-hot at the token. */
@@ -26,8 +26,12 @@ export type Rows = (Float32Array | undefined)[];
 
 /** Coordinator → actor. */
 export type ActorRequest =
-  /** Places a session on an actor instance (sent to the model's queue group); `seed`: its sampler's 64-bit seed. */
-  | { readonly type: 'open'; readonly session: string; readonly sampling: SamplingParams; readonly seed: bigint }
+  /**
+   * Places a session on an actor instance (sent to the model's queue group); `seed`: its sampler's
+   * 64-bit seed; `target`: the session is the request's target (its distribution is the output's: a
+   * draft actor's top-k truncation must not apply, whichever actor the queue group picks).
+   */
+  | { readonly type: 'open'; readonly session: string; readonly sampling: SamplingParams; readonly seed: bigint; readonly target: boolean }
   /**
    * The session's context is its previous context cut to `base` tokens plus `suffix`; draft `want`
    * tokens after it.
@@ -81,6 +85,12 @@ export class FrameError extends Error {
 
 /** Most tokens or rows one frame may carry (a guard against hostile length fields). */
 const MAX_ITEMS = 1 << 20;
+/**
+ * Most float32 entries the sparse rows of one frame may expand to (128 MB): 9 bytes of a sparse row
+ * claim a whole vocabulary, so without a bound a 1 MB frame could ask for hundreds of GB. 64 drafts
+ * at a 256k vocabulary need 16M.
+ */
+const MAX_EXPANDED = 1 << 25;
 /** Frames carry UTF-8 strings; fatal: bytes that are not UTF-8 throw (and become a FrameError). */
 const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -191,6 +201,8 @@ class Writer {
 class Reader {
   private readonly view: DataView;
   private at = 0;
+  /** Entries the sparse rows read so far expand to. */
+  private expanded = 0;
   constructor(private readonly buf: Uint8Array) {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
@@ -290,6 +302,8 @@ class Reader {
   /** A sparse row (marker 2), expanded: width, count, ascending ids below the width, then values. */
   private sparseRow(what: string): Float32Array {
     const width = this.count(what);
+    this.expanded += width;
+    if (this.expanded > MAX_EXPANDED) throw new FrameError(`${what}: sparse rows would expand to more than ${MAX_EXPANDED} entries`);
     const n = this.count(what);
     if (n > width) throw new FrameError(`${what}: a sparse row of width ${width} claims ${n} entries`);
     this.need(8 * n, what);
@@ -336,7 +350,7 @@ export function encode(m: Message): Uint8Array {
   const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
   switch (m.type) {
     case 'open':
-      return w.str(m.session).f32(m.sampling.temperature).u32(m.sampling.topK).f32(m.sampling.topP).u64(m.seed).done();
+      return w.str(m.session).f32(m.sampling.temperature).u32(m.sampling.topK).f32(m.sampling.topP).u64(m.seed).u8(m.target ? 1 : 0).done();
     case 'propose':
       return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).done();
     case 'review':
@@ -381,7 +395,7 @@ export function decode(frame: Uint8Array): Message {
     case 'open': {
       const session = r.str('session');
       const sampling = { temperature: r.f32('temperature'), topK: r.u32('topK'), topP: r.f32('topP') };
-      m = { type, session, sampling, seed: r.u64('seed') };
+      m = { type, session, sampling, seed: r.u64('seed'), target: bool(r, 'target') };
       break;
     }
     case 'propose':

@@ -17,6 +17,8 @@ export interface RemoteLevelOptions {
   readonly sampling: SamplingParams;
   /** Seed of the actor's sampler for this session (each placement derives its own stream from it). */
   readonly seed: Seed;
+  /** The level is the request's target: its actor samples from the full distribution (never a drafter's top-k). */
+  readonly target?: boolean;
   /**
    * Per-call timeout (a model call on a loaded GPU node, plus the network), for a call that feeds up
    * to TOKENS_PER_TIMEOUT tokens; a call feeding more (a prefill) gets one such timeout per
@@ -73,7 +75,7 @@ export class RemoteLevel implements CascadeLevel {
   private async place(): Promise<string> {
     let reply: ActorReply;
     try {
-      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: deriveSeed(this.options.seed, this.placements) });
+      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: deriveSeed(this.options.seed, this.placements), target: this.options.target ?? false });
     } catch (err) {
       if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       throw err;

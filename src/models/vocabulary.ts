@@ -20,8 +20,8 @@ function tokensById(path: string): string[] {
 
 /**
  * Refuses a cascade whose logits widths cannot line up. Models sharing a tokenizer may pad their
- * embeddings past it differently (Qwen2-7B has 152064 rows, Qwen2-0.5B 151936, for a tokenizer of
- * 151665): a draft's q is then narrower than the reviewer's p, and is 0 past its width, which keeps
+ * embeddings past it differently (Qwen2.5-7B has 152064 rows, Qwen2.5-0.5B 151936, for a tokenizer
+ * of 151665): a draft's q is then narrower than the reviewer's p, and is 0 past its width, which keeps
  * the review exact (acceptance.ts). A drafter wider than a model above it could draft an id that
  * model cannot read, so each drafter (largest first) must be at most as wide as every model above it.
  * Throws InvalidArgumentError naming the two models.

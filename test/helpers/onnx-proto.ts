@@ -111,6 +111,16 @@ export function externalize(model: Uint8Array, location: string): { graph: Uint8
   return { graph, data: concat(chunks) };
 }
 
+/** A GraphProto whose nodes write `to` where they wrote `from` (NodeProto.output is field 2). */
+function renameOutput(graph: Uint8Array, from: string, to: string): Uint8Array {
+  return concat(
+    fields(graph).map((f) => {
+      if (f.no !== 1 || f.wire !== 2) return f.raw;
+      return field(1, concat(fields(f.body).map((n) => (n.no === 2 && text(n.body) === from ? field(2, to) : n.raw))));
+    }),
+  );
+}
+
 /** A ValueInfoProto: a tensor named `name` of ONNX element type `elem` with these dims. */
 function valueInfo(name: string, elem: number, dims: number[]): Uint8Array {
   const shape = concat(dims.map((d) => field(1, field(1, d))));
@@ -129,12 +139,7 @@ const int64Scalar = (out: string, v: number) => node('Constant', [], [out], [con
  */
 export function withCacheBranch(model: Uint8Array, logitsElem: number): Uint8Array {
   return rewrite(model, 7, (g) => {
-    const renamed = concat(
-      fields(g).map((f) => {
-        if (f.no !== 1 || f.wire !== 2) return f.raw;
-        return field(1, concat(fields(f.body).map((n) => (n.no === 2 && text(n.body) === 'logits' ? field(2, 'logits_inner') : n.raw))));
-      }),
-    );
+    const renamed = renameOutput(g, 'logits', 'logits_inner');
     const added = [
       node('Shape', ['past_key_values.0.key'], ['cb_shape']),
       int64Scalar('cb_two', 2),
@@ -161,12 +166,7 @@ const int64Vector = (out: string, values: number[]) =>
  */
 export function withLogitsToKeep(model: Uint8Array): Uint8Array {
   return rewrite(model, 7, (g) => {
-    const renamed = concat(
-      fields(g).map((f) => {
-        if (f.no !== 1 || f.wire !== 2) return f.raw;
-        return field(1, concat(fields(f.body).map((n) => (n.no === 2 && text(n.body) === 'logits' ? field(2, 'logits_all') : n.raw))));
-      }),
-    );
+    const renamed = renameOutput(g, 'logits', 'logits_all');
     const added = [
       node('Neg', ['num_logits_to_keep'], ['lk_neg']),
       int64Vector('lk_shape', [1]),
