@@ -11,7 +11,8 @@ import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
-import { parseNumber } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber } from './options.ts';
+import type { KvLocation } from '../models/kv-placement.ts';
 
 /**
  * The installed `cascade` command (it loads the TypeScript CLI through tsx itself): roles start
@@ -82,6 +83,7 @@ interface ActorFlags {
   idleMs: number;
   threads: number;
   executionProviders?: string[];
+  kvLocation: KvLocation;
   kvPolicy: string;
   kvBudget?: number;
   kvSinks: number;
@@ -300,7 +302,8 @@ export function registerCluster(program: Command): void {
     .option('--instance <id>', 'this instance\'s id (letters, digits, - and _); random by default')
     .option('--idle-ms <ms>', 'free a session untouched this long', parseNumber('--idle-ms', { min: 100, integer: true }), 60_000)
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
-    .option('--execution-providers <list>', 'e.g. cuda,cpu (falls back to CPU)', (v: string) => v.split(','))
+    .option('--execution-providers <list>', `the model's execution providers in order, e.g. webgpu,cpu (${EXECUTION_PROVIDERS.join(', ')}; falls back to the CPU with a warning)`, parseExecutionProviders('--execution-providers'))
+    .option('--kv-location <where>', `where the sessions' KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when the model runs on a GPU EP)`, parseKvLocation, 'auto')
     .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
     .option('--max-batch <n>', 'most sessions whose forwards run as one batched pass (1 = no batching)', parseNumber('--max-batch', { min: 1, integer: true }), DEFAULT_BATCHING.maxBatch)
     .option('--batch-window-ms <ms>', 'longest a forward waits for other active sessions to join its pass', parseNumber('--batch-window-ms', { min: 0 }), DEFAULT_BATCHING.windowMs)

@@ -16,7 +16,8 @@ import { TextTokenizer } from '../models/tokenizer.ts';
 import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
-import { parseNumber } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber } from './options.ts';
+import type { KvLocation } from '../models/kv-placement.ts';
 import { writeOut } from './stdout.ts';
 
 interface GenerateOptions {
@@ -46,6 +47,11 @@ interface GenerateOptions {
   magOccurrence: 'earliest' | 'recent';
   config?: string;
   threads: number;
+  /** The target's execution providers, in order (default cpu). */
+  executionProviders?: string[];
+  /** Every drafter's execution providers (default cpu: small drafters are dispatch-bound on a GPU). */
+  draftExecutionProviders?: string[];
+  kvLocation: KvLocation;
   json?: boolean;
   kvPolicy: KvPolicyName;
   kvBudget?: number;
@@ -79,6 +85,9 @@ const ConfigFile = z.strictObject({
   modelFile: z.string().optional(),
   tokenizer: z.string().optional(),
   threads: z.number().int().positive().optional(),
+  executionProviders: z.array(z.enum(EXECUTION_PROVIDERS)).min(1).optional(),
+  draftExecutionProviders: z.array(z.enum(EXECUTION_PROVIDERS)).min(1).optional(),
+  kvLocation: z.enum(KV_LOCATIONS).optional(),
   kvPolicy: z.enum(RUNNABLE_KV_POLICIES as [KvPolicyName, ...KvPolicyName[]]).optional(),
   kvBudget: z.number().int().positive().optional(),
   kvSinks: z.number().int().nonnegative().optional(),
@@ -148,7 +157,12 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   const text = promptText(positional, o);
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters);
-  const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
+  const sessions = new FamilySessions(family, (name) => ({
+    intraOpThreads: o.threads,
+    executionProviders: (name === family.target ? o.executionProviders : o.draftExecutionProviders) ?? ['cpu'],
+    // --kv-location is the target's; a drafter's KV goes where its EP computes (auto)
+    kvLocation: name === family.target ? o.kvLocation : 'auto',
+  }));
   try {
     const target = await sessions.get(family.target);
     const kv = kvConfig(o, family);
@@ -278,7 +292,7 @@ export function registerGenerate(program: Command): void {
     .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (docs/cascade.md), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, executionProviders, draftExecutionProviders, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
@@ -293,6 +307,9 @@ export function registerGenerate(program: Command): void {
     .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several, e.g. onnx/model_fp16.onnx (default: found from the folder)')
     .option('--tokenizer <file>', 'tokenizer.json for models whose folders carry none (a folder\'s own tokenizer.json wins)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--execution-providers <list>', `the target's execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu)`, parseExecutionProviders('--execution-providers'))
+    .option('--draft-execution-providers <list>', 'every drafter\'s execution providers (default cpu: a 1-2 layer drafter is faster on the CPU beside a GPU target)', parseExecutionProviders('--draft-execution-providers'))
+    .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when it runs on a GPU EP; drafters are always auto)`, parseKvLocation, 'auto')
     .option('--json', 'print one JSON object {text, tokenIds, finishReason, model, cascade, stats} instead of streaming')
     .action((positional: string[], _opts: GenerateOptions, cmd: Command) => run(positional, cmd.opts<GenerateOptions>(), cmd));
 }

@@ -10,3 +10,22 @@ export const parseNumber = (flag: string, { min, integer = false }: { min?: numb
     }
     return v;
   };
+
+/** Execution providers onnxruntime-node may offer (its own names); the build decides which exist. */
+export const EXECUTION_PROVIDERS = ['cpu', 'webgpu', 'cuda', 'tensorrt', 'dml', 'coreml', 'qnn', 'xnnpack'] as const;
+
+/** A comma-separated list of execution providers in order of preference, e.g. webgpu,cpu. */
+export const parseExecutionProviders = (flag: string) =>
+  (raw: string): string[] => {
+    const list = raw.split(',').map((p) => p.trim().toLowerCase());
+    const bad = list.find((p) => !(EXECUTION_PROVIDERS as readonly string[]).includes(p));
+    if (!list.length || bad !== undefined) throw new InvalidArgumentError(`${flag} takes a comma-separated list of ${EXECUTION_PROVIDERS.join(', ')}; got "${raw}"`);
+    return list;
+  };
+
+/** Where the KV lives: auto, host or device (kv-placement.ts). */
+export const KV_LOCATIONS = ['auto', 'host', 'device'] as const;
+export const parseKvLocation = (raw: string): (typeof KV_LOCATIONS)[number] => {
+  if (!(KV_LOCATIONS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--kv-location must be one of ${KV_LOCATIONS.join(', ')}, got "${raw}"`);
+  return raw as (typeof KV_LOCATIONS)[number];
+};

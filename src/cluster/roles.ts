@@ -1,3 +1,4 @@
+import type { KvLocation } from '../models/kv-placement.ts';
 import { smallestContext } from '../engine/cascade.ts';
 import { BatchingSession, type BatchingOptions } from '../models/batching-session.ts';
 import { ModelActor } from '../actors/model-actor.ts';
@@ -42,6 +43,8 @@ export interface ActorRoleOptions {
   readonly idleMs?: number;
   readonly threads?: number;
   readonly executionProviders?: readonly string[];
+  /** Where the sessions' KV lives (kv-placement.ts; auto: on the device of a GPU EP). */
+  readonly kvLocation?: KvLocation;
   /** A bounded KV cache for every session (draft actors only: on the target it would be lossy). */
   readonly kv?: { readonly policy: KvPolicyName; readonly budget: number; readonly sinks: number; readonly recent: number; readonly rebuild?: number; readonly releaseBatch?: number; readonly prefillChunk?: number };
   /** Redis URLs for released KV (with a bounded cache that rebuilds); in memory without. */
@@ -92,7 +95,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   }
   setupTracing(`cascade-actor-${name}`);
   const source = exported ? memberSource(family, name) : { dir: memberDir(family, name), ...(o.modelFile !== undefined ? { modelFile: o.modelFile } : {}), ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}) };
-  const model = await OrtModelSession.open(source, { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true });
+  const model = await OrtModelSession.open(source, { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true, kvLocation: o.kvLocation });
   // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
   const session = new BatchingSession(model, model.positionIds ? o.batching : { ...o.batching, maxBatch: 1 });
   let transport: Transport;
@@ -109,7 +112,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     return { model: actor.model, instance: actor.instance, provider: session.provider, sessions: actor.activeSessions, load: session.load(), batching: session.counters };
   });
   return {
-    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
+    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}, KV on the ${model.kvLocation}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
       await health?.close();
       await actor.stop();

@@ -4,19 +4,23 @@ import { OrtModelSession } from './ort-session.ts';
 import type { ModelSession, SessionOptions } from './session.ts';
 import { checkSharedVocabulary } from './vocabulary.ts';
 
-/** Opens family members on demand (one worker each, opened once) and closes them all together. */
+/**
+ * Opens family members on demand (one worker each, opened once) and closes them all together.
+ * `options` are every member's, or chosen per member (placement: the target on a GPU EP, the small
+ * drafters on the CPU).
+ */
 export class FamilySessions {
   private readonly open = new Map<string, Promise<ModelSession>>();
 
   constructor(
     readonly family: Family,
-    private readonly options: SessionOptions,
+    private readonly options: SessionOptions | ((name: string) => SessionOptions),
   ) {}
 
   get(name: string): Promise<ModelSession> {
     let s = this.open.get(name);
     if (!s) {
-      s = OrtModelSession.open(memberSource(this.family, name), this.options);
+      s = OrtModelSession.open(memberSource(this.family, name), typeof this.options === 'function' ? this.options(name) : this.options);
       this.open.set(name, s);
     }
     return s;

@@ -40,6 +40,8 @@ export class OrtModelSession implements ModelSession {
    * one sequence per pass (no batching) and no explicit positions (no bounded KV cache) work.
    */
   positionIds = true;
+  /** Where the KV lives between passes: the host, or the device of a device EP (kv-placement.ts). */
+  kvLocation: 'host' | 'device' = 'host';
 
   private constructor(
     readonly spec: ModelSpec,
@@ -71,6 +73,7 @@ export class OrtModelSession implements ModelSession {
       s.provider = reply.provider ?? 'cpu';
       s.kvDtype = reply.kvDtype ?? 'float32';
       s.positionIds = reply.positionIds ?? true;
+      s.kvLocation = reply.kvLocation ?? 'host';
       if (reply.warning) onWarning(reply.warning);
     } catch (err) {
       await worker.terminate();

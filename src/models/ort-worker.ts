@@ -1,17 +1,19 @@
 /**
  * Worker thread that owns one ONNX Runtime session and the KV caches of its sequences.
  * `session.run` blocks the thread it runs on, so it runs here and the main thread only routes
- * messages (protocol.ts). KV tensors never leave this thread; only logits travel back, transferred.
- * The KV stays in the graph's own dtype (float32, or float16 as Uint16Array bit patterns); float16
- * logits become float32 here, only the rows returned.
+ * messages (protocol.ts). KV tensors never leave this thread (on a device EP they stay on the
+ * device: kv-placement.ts); only logits travel back, transferred. The KV stays in the graph's own
+ * dtype (float32, or float16 as Uint16Array bit patterns); float16 logits become float32 here, only
+ * the rows returned.
  */
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import type { ModelSpec } from './config.ts';
 import { halvesToFloats } from '../kernels/half.ts';
-import { dtypeOf, gatherRows, kvArray } from './kv-store.ts';
+import { dtypeOf, kvArray } from './kv-store.ts';
+import { DeviceKv, floatData, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import { rowCount, type ForwardItem, type KvArray, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
+import { rowCount, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -32,6 +34,8 @@ let feedsLogitsToKeep = false;
 let hasAttention = false;
 /** The element type of every past and present tensor (the graph's own metadata). */
 let kvDtype: KvDtype = 'float32';
+/** Where the sequences' KV lives, and the cache operations there (kv-placement.ts). */
+let kv: KvPlacement;
 const sequences = new Map<string, Sequence>();
 
 class WorkerFailure extends Error {
@@ -57,7 +61,7 @@ function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
   );
 }
 
-async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean }> {
+async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'device' }> {
   spec = s;
   const wanted = options.executionProviders?.length ? [...options.executionProviders] : ['cpu'];
   const base: ort.InferenceSession.SessionOptions = {
@@ -84,11 +88,35 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   }
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
+  const location = kvLocation(options.kvLocation ?? 'auto', provider);
+  if (location === 'device') {
+    // the presents stay on the device (IO binding) and come back as the next pass's past; logits and
+    // attention sums come to the host, where sampling reads them
+    const preferredOutputLocation = Object.fromEntries(session.outputNames.map((n) => [n, n.startsWith('present.') ? ('gpu-buffer' as const) : ('cpu' as const)]));
+    const executionProviders = provider.split(',');
+    await session.release();
+    session = await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders, preferredOutputLocation });
+    kv = new DeviceKv(s, kvDtype, { ...base, executionProviders });
+  } else {
+    kv = new HostKv(s, kvDtype);
+  }
   feedsPositions = session.inputNames.includes('position_ids');
   feedsCacheBranch = session.inputNames.includes('use_cache_branch');
   feedsLogitsToKeep = session.inputNames.includes('num_logits_to_keep');
   hasAttention = session.outputNames.includes('attention_sum');
-  return { provider, kvDtype, positionIds: feedsPositions, ...(warning ? { warning } : {}) };
+  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, ...(warning ? { warning } : {}) };
+}
+
+/** EPs whose outputs can stay on the device through `preferredOutputLocation: 'gpu-buffer'`. */
+const DEVICE_EPS = ['webgpu'];
+
+/** Where the KV lives: `auto` is the device when the session runs on a device EP, else the host. */
+function kvLocation(asked: KvLocation, provider: string): 'host' | 'device' {
+  const onDevice = DEVICE_EPS.includes(provider.split(',')[0]!);
+  if (asked === 'device' && !onDevice) {
+    throw new WorkerFailure('ModelLoadError', `--kv-location device needs a device execution provider (${DEVICE_EPS.join(', ')}) first in the list; the session runs on [${provider}]`);
+  }
+  return asked === 'auto' ? (onDevice ? 'device' : 'host') : asked;
 }
 
 /**
@@ -129,19 +157,6 @@ function graphDtype(sess: ort.InferenceSession, s: ModelSpec): KvDtype {
   return kv;
 }
 
-/** A past tensor [batch, kvHeads, length, headDim] over `data`; its dtype follows the array's. */
-function kvTensor(data: KvArray, dims: number[]): ort.Tensor {
-  return data instanceof Uint16Array ? new ort.Tensor('float16', data, dims) : new ort.Tensor('float32', data, dims);
-}
-
-/** A float32 or float16 tensor's values, float16 as Uint16Array bit patterns (whatever array ORT used). */
-function floatData(t: ort.Tensor): KvArray {
-  const data = t.data as Float32Array | Uint16Array;
-  if (data instanceof Float32Array || data instanceof Uint16Array) return data;
-  const view = data as ArrayBufferView & { length: number };
-  return new Uint16Array(view.buffer, view.byteOffset, view.length);
-}
-
 /** Inputs fed when the graph has them: RoPE positions, the merged decoder's branch flag, the rows of logits wanted. */
 const OPTIONAL_INPUTS = ['position_ids', 'use_cache_branch', 'num_logits_to_keep'];
 
@@ -164,17 +179,12 @@ function checkContract(sess: ort.InferenceSession, s: ModelSpec): void {
   }
 }
 
-function emptyPast(s: ModelSpec): ort.Tensor[] {
-  const t = () => kvTensor(kvArray(kvDtype, 0), [1, s.kvHeads, 0, s.headDim]);
-  return Array.from({ length: 2 * s.layers }, t);
-}
-
 const int64 = (values: readonly number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), dims);
 
 function sequence(seqId: string): Sequence {
   let seq = sequences.get(seqId);
   if (!seq) {
-    seq = { past: emptyPast(spec!), length: 0 };
+    seq = { past: kv.empty(), length: 0 };
     sequences.set(seqId, seq);
   }
   return seq;
@@ -275,7 +285,9 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(want);
   pastFeeds(feeds, seq.past);
   const out = await session!.run(feeds);
+  const old = seq.past;
   seq.past = presents(out);
+  kv.free(old);
   seq.length += s;
   if (attention) {
     const sums = floatData(out.attention_sum as ort.Tensor);
@@ -327,65 +339,46 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
   // right-padded rows: a sequence's last rows are not the batch's last, so every row is kept (0)
   if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(0);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(maxP > 0 ? 1 : 0), [1]);
-  const block = maxP * sp.headDim;
-  for (let t = 0; t < 2 * sp.layers; t++) {
-    const data = kvArray(kvDtype, b * sp.kvHeads * block);
-    seqs.forEach((q, i) => {
-      const src = floatData(q.past[t]!);
-      const pad = maxP - q.length;
-      for (let h = 0; h < sp.kvHeads; h++) {
-        data.set(src.subarray(h * q.length * sp.headDim, (h + 1) * q.length * sp.headDim), (i * sp.kvHeads + h) * block + pad * sp.headDim);
-      }
-    });
-    feeds[t % 2 === 0 ? `past_key_values.${t >> 1}.key` : `past_key_values.${t >> 1}.value`] = kvTensor(data, [b, sp.kvHeads, maxP, sp.headDim]);
-  }
+  // every past left-padded to the longest and stacked, where the KV lives (kv-placement.ts)
+  const batched = await kv.batch(
+    seqs.map((q) => q.past),
+    seqs.map((q) => q.length),
+    maxP,
+  );
+  pastFeeds(feeds, batched);
   const out = await session!.run(feeds);
+  kv.free(batched);
   const total = maxP + maxS;
-  const pres = presents(out);
   const logits = out.logits as ort.Tensor;
+  // each sequence's rows: after its left padding, before the right padding of shorter inputs
+  const spans = items.map((it, i) => ({ start: maxP - seqs[i]!.length, length: seqs[i]!.length + it.inputIds.length }));
+  const pasts = await kv.split(presents(out), spans, total);
   return items.map((it, i) => {
     const q = seqs[i]!;
     const s = it.inputIds.length;
-    const pad = maxP - q.length;
-    const len = q.length + s;
-    q.past = pres.map((t) => {
-      const src = floatData(t);
-      // a sequence that filled its rows of the batch exactly is a contiguous slab: a view, not a copy
-      if (pad === 0 && len === total) return kvTensor(src.subarray(i * sp.kvHeads * total * sp.headDim, (i + 1) * sp.kvHeads * total * sp.headDim), [1, sp.kvHeads, len, sp.headDim]);
-      const dst = kvArray(kvDtype, sp.kvHeads * len * sp.headDim);
-      for (let h = 0; h < sp.kvHeads; h++) {
-        const from = ((i * sp.kvHeads + h) * total + pad) * sp.headDim;
-        dst.set(src.subarray(from, from + len * sp.headDim), h * len * sp.headDim);
-      }
-      return kvTensor(dst, [1, sp.kvHeads, len, sp.headDim]);
-    });
-    q.length = len;
+    kv.free(q.past);
+    q.past = pasts[i]!;
+    q.length = spans[i]!.length;
     const want = rowCount(rows, s);
     return logitRows(logits, i * maxS, want, s - want, sp.vocabSize);
   });
 }
 
-function truncate(seqId: string, length: number): void {
+const upTo = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+async function truncate(seqId: string, length: number): Promise<void> {
   const seq = sequences.get(seqId);
   const current = seq?.length ?? 0;
   if (!Number.isInteger(length) || length < 0 || length > current) {
     throw new WorkerFailure('SequenceError', `cannot truncate sequence ${seqId} of length ${current} to ${length}`);
   }
   if (!seq || length === current) return;
-  const sp = spec!;
-  seq.past = seq.past.map((t) => {
-    const src = floatData(t);
-    const dst = kvArray(kvDtype, sp.kvHeads * length * sp.headDim);
-    for (let h = 0; h < sp.kvHeads; h++) {
-      dst.set(src.subarray(h * current * sp.headDim, (h * current + length) * sp.headDim), h * length * sp.headDim);
-    }
-    return kvTensor(dst, [1, sp.kvHeads, length, sp.headDim]);
-  });
+  seq.past = await kv.gather(seq.past, current, upTo(length));
   seq.length = length;
 }
 
 /** Removes rows at `indices` from every past tensor; returns them (same layout) when `take`. */
-function evict(seqId: string, indices: readonly number[], take: boolean): KvRows | undefined {
+async function evict(seqId: string, indices: readonly number[], take: boolean): Promise<KvRows | undefined> {
   const seq = sequences.get(seqId);
   const n = seq?.length ?? 0;
   const gone = new Set(indices);
@@ -394,13 +387,10 @@ function evict(seqId: string, indices: readonly number[], take: boolean): KvRows
   }
   const sp = spec!;
   if (!seq || gone.size === 0) return take ? { dtype: kvDtype, count: 0, kvHeads: sp.kvHeads, tensors: Array.from({ length: 2 * sp.layers }, () => kvArray(kvDtype, 0)) } : undefined;
-  const kept = Array.from({ length: n }, (_, i) => i).filter((i) => !gone.has(i));
-  const taken: KvArray[] = [];
-  seq.past = seq.past.map((t) => {
-    const src = floatData(t);
-    if (take) taken.push(gatherRows(src, n, indices, sp.kvHeads));
-    return kvTensor(gatherRows(src, n, kept, sp.kvHeads), [1, sp.kvHeads, kept.length, sp.headDim]);
-  });
+  const kept = upTo(n).filter((i) => !gone.has(i));
+  // only the taken rows leave the device (a spill), before the kept ones replace the cache
+  const taken = take ? await kv.take(seq.past, n, indices) : [];
+  seq.past = await kv.gather(seq.past, n, kept);
   seq.length = kept.length;
   return take ? { dtype: kvDtype, count: indices.length, kvHeads: sp.kvHeads, tensors: taken } : undefined;
 }
@@ -417,23 +407,11 @@ function checkRows(seqId: string, rows: KvRows): void {
   }
 }
 
-function insert(seqId: string, rows: KvRows): void {
-  const sp = spec!;
+async function insert(seqId: string, rows: KvRows): Promise<void> {
   checkRows(seqId, rows);
   const seq = sequence(seqId);
-  const n = seq.length;
-  const total = n + rows.count;
-  seq.past = seq.past.map((t, k) => {
-    const src = floatData(t);
-    const add = rows.tensors[k]!;
-    const dst = kvArray(kvDtype, sp.kvHeads * total * sp.headDim);
-    for (let h = 0; h < sp.kvHeads; h++) {
-      dst.set(src.subarray(h * n * sp.headDim, (h + 1) * n * sp.headDim), h * total * sp.headDim);
-      dst.set(add.subarray(h * rows.count * sp.headDim, (h + 1) * rows.count * sp.headDim), (h * total + n) * sp.headDim);
-    }
-    return kvTensor(dst, [1, sp.kvHeads, total, sp.headDim]);
-  });
-  seq.length = total;
+  seq.past = await kv.append(seq.past, seq.length, rows);
+  seq.length += rows.count;
 }
 
 async function handle(msg: WorkerRequest): Promise<WorkerReply> {
@@ -454,29 +432,32 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
       if (single) {
         const it = msg.items[0]!;
         if (it.insert) checkRows(it.seqId, it.insert);
-        if (it.keep !== undefined) truncate(it.seqId, it.keep);
-        const evicted = it.evict?.length ? evict(it.seqId, it.evict, it.takeEvicted ?? false) : undefined;
-        if (it.insert) insert(it.seqId, it.insert);
+        if (it.keep !== undefined) await truncate(it.seqId, it.keep);
+        const evicted = it.evict?.length ? await evict(it.seqId, it.evict, it.takeEvicted ?? false) : undefined;
+        if (it.insert) await insert(it.seqId, it.insert);
         const logits = [await forwardOne(it, msg.rows, msg.attention ?? false)];
         return { id: msg.id, ok: true, logits, ...(msg.attention ? { attention: lastAttention! } : {}), ...(evicted ? { evicted } : {}) };
       }
-      for (const it of msg.items) if (it.keep !== undefined) truncate(it.seqId, it.keep);
+      for (const it of msg.items) if (it.keep !== undefined) await truncate(it.seqId, it.keep);
       const logits = msg.items.length === 1 ? [await forwardOne(msg.items[0]!, msg.rows)] : await forwardBatch(msg.items, msg.rows);
       return { id: msg.id, ok: true, logits };
     }
     case 'truncate':
-      truncate(msg.seqId, msg.length);
+      await truncate(msg.seqId, msg.length);
       return { id: msg.id, ok: true };
     case 'evict': {
-      const rows = evict(msg.seqId, msg.indices, msg.take);
+      const rows = await evict(msg.seqId, msg.indices, msg.take);
       return rows ? { id: msg.id, ok: true, rows } : { id: msg.id, ok: true };
     }
     case 'insert':
-      insert(msg.seqId, msg.rows);
+      await insert(msg.seqId, msg.rows);
       return { id: msg.id, ok: true };
-    case 'release':
+    case 'release': {
+      const seq = sequences.get(msg.seqId);
+      if (seq) kv.free(seq.past);
       sequences.delete(msg.seqId);
       return { id: msg.id, ok: true };
+    }
   }
 }
 

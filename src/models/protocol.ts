@@ -11,5 +11,5 @@ export type WorkerRequest =
   | { readonly op: 'release'; readonly id: number; readonly seqId: string };
 
 export type WorkerReply =
-  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly positionIds?: boolean; readonly logits?: Float32Array[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string }
+  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly positionIds?: boolean; readonly kvLocation?: 'host' | 'device'; readonly logits?: Float32Array[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string }
   | { readonly id: number; readonly ok: false; readonly error: { readonly name: string; readonly message: string } };

@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from '../errors.ts';
+import type { KvLocation } from './kv-placement.ts';
 import type { ModelSpec } from './config.ts';
 
 /** One sequence's part of a forward call. */
@@ -129,4 +130,10 @@ export interface SessionOptions {
   readonly executionProviders?: readonly string[];
   readonly cpuFallback?: boolean;
   readonly intraOpThreads?: number;
+  /**
+   * Where past_key_values live between passes: `host` (JavaScript arrays, copied in and out of every
+   * pass), `device` (left where the EP computed them, IO binding; needs a device EP such as webgpu),
+   * or `auto` (default: the device when the session runs on one).
+   */
+  readonly kvLocation?: KvLocation;
 }

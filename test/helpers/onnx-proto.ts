@@ -1,7 +1,10 @@
 /**
  * Just enough protobuf to rewrite an ONNX ModelProto from Node (no Python here): split messages into
- * fields, and build fields back. Field numbers are onnx.proto3's.
+ * fields, and build fields back (the writing half is src/models/onnx-proto.ts). Field numbers are onnx.proto3's.
  */
+import { concat, field, node, valueInfo } from '../../src/models/onnx-proto.ts';
+
+export { concat, field };
 interface Field {
   readonly no: number;
   readonly wire: number;
@@ -20,16 +23,6 @@ function readVarint(buf: Uint8Array, at: number): [number, number] {
     scale *= 128;
     if (b < 0x80) return [value, at];
   }
-}
-
-function varint(n: number): number[] {
-  const out: number[] = [];
-  while (n > 0x7f) {
-    out.push((n % 128) | 0x80);
-    n = Math.floor(n / 128);
-  }
-  out.push(n);
-  return out;
 }
 
 export function fields(buf: Uint8Array): Field[] {
@@ -55,27 +48,6 @@ export function fields(buf: Uint8Array): Field[] {
       at = from + len;
     } else throw new Error(`protobuf wire type ${wire} at ${start}`);
     out.push({ no, wire, body, raw: buf.subarray(start, at) });
-  }
-  return out;
-}
-
-/** A varint or length-delimited field. */
-export function field(no: number, value: number | string | Uint8Array): Uint8Array {
-  if (typeof value === 'number') return Uint8Array.from([...varint(no * 8), ...varint(value)]);
-  const bytes = typeof value === 'string' ? new TextEncoder().encode(value) : value;
-  const head = Uint8Array.from([...varint(no * 8 + 2), ...varint(bytes.length)]);
-  const out = new Uint8Array(head.length + bytes.length);
-  out.set(head);
-  out.set(bytes, head.length);
-  return out;
-}
-
-export function concat(parts: readonly Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
   }
   return out;
 }
@@ -121,14 +93,6 @@ function renameOutput(graph: Uint8Array, from: string, to: string): Uint8Array {
   );
 }
 
-/** A ValueInfoProto: a tensor named `name` of ONNX element type `elem` with these dims. */
-function valueInfo(name: string, elem: number, dims: number[]): Uint8Array {
-  const shape = concat(dims.map((d) => field(1, field(1, d))));
-  return concat([field(1, name), field(2, field(1, concat([field(1, elem), field(2, shape)])))]);
-}
-
-const node = (op: string, inputs: string[], outputs: string[], attrs: Uint8Array[] = []) =>
-  concat([...inputs.map((i) => field(1, i)), ...outputs.map((o) => field(2, o)), field(3, `${op}_${outputs[0]}`), field(4, op), ...attrs.map((a) => field(5, a))]);
 /** A Constant node's int64 scalar. */
 const int64Scalar = (out: string, v: number) => node('Constant', [], [out], [concat([field(1, 'value'), field(20, 4), field(5, concat([field(2, 7), field(7, v)]))])]);
 

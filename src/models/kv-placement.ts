@@ -1,0 +1,322 @@
+/**
+ * Where a model worker keeps its sequences' past_key_values, and the cache operations a cascade
+ * needs there: roll back (truncate), release rows (evict, taking them to spill), append rebuilt rows
+ * (insert), and assemble a batched pass (left-pad every past to the longest, stack them) and cut its
+ * presents back apart. Runs inside the model's worker thread (ort-worker.ts).
+ *
+ * - HostKv: the cache is JavaScript arrays; ORT copies it in and out of every pass (the CPU EP, and
+ *   any EP with `kvLocation: 'host'`).
+ * - DeviceKv: the presents stay where the EP computed them (IO binding: `preferredOutputLocation:
+ *   'gpu-buffer'`, as measured in ../shared/gpu/README.md) and are fed back as the next pass's past.
+ *   Every cache operation is a small ONNX graph (Gather, Concat, Pad, Slice over the 2 x layers
+ *   tensors, onnx-proto.ts) run on the same EP, so nothing but the rows a spill takes ever crosses
+ *   to the host. The shape follows onnxruntime-genai's KeyValueCache (one [batch, kv_heads, length,
+ *   head_dim] tensor per past, replaced by the presents each step) rather than a static buffer,
+ *   which would need a graph whose attention writes in place (GroupQueryAttention with a shared
+ *   past/present buffer).
+ */
+import * as ort from 'onnxruntime-node';
+import type { ModelSpec } from './config.ts';
+import { gatherRows, kvArray } from './kv-store.ts';
+import { ELEM, model, node, intAttr, valueInfo } from './onnx-proto.ts';
+import type { KvArray, KvDtype, KvRows } from './session.ts';
+
+/** Where the KV lives: `auto` puts it on the device when the session runs on a GPU EP (webgpu). */
+export type KvLocation = 'auto' | 'host' | 'device';
+
+/** A sequence's rows in a batched pass's presents. */
+export interface Span {
+  readonly start: number;
+  readonly length: number;
+}
+
+export interface KvPlacement {
+  readonly location: 'host' | 'device';
+  /** 2 x layers empty tensors [1, kvHeads, 0, headDim] (a sequence's first past). */
+  empty(): ort.Tensor[];
+  /** Rows `indices` (ascending cache order) of a past of `length` rows; the old tensors are freed. */
+  gather(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<ort.Tensor[]>;
+  /** Rows `indices` of a past, as host arrays [kvHeads, indices.length, headDim] (a spill). */
+  take(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<KvArray[]>;
+  /** The past with `rows` (host arrays) appended; the old tensors are freed. */
+  append(past: ort.Tensor[], length: number, rows: KvRows): Promise<ort.Tensor[]>;
+  /** A batched pass's pasts: each sequence's left-padded to `maxP` rows, stacked [b, kvHeads, maxP, headDim]. */
+  batch(pasts: readonly ort.Tensor[][], lengths: readonly number[], maxP: number): Promise<ort.Tensor[]>;
+  /**
+   * Each sequence's rows of a batched pass's presents [b, kvHeads, total, headDim]: rows
+   * [start, start + length) of batch row i (left padding before them, right padding after). The
+   * presents are freed.
+   */
+  split(presents: readonly ort.Tensor[], rows: readonly Span[], total: number): Promise<ort.Tensor[][]>;
+  /** Frees a past's tensors (device memory); a no-op on the host. */
+  free(past: readonly ort.Tensor[]): void;
+}
+
+/** A past tensor [batch, kvHeads, length, headDim] over `data`; its dtype follows the array's. */
+export function kvTensor(data: KvArray, dims: number[]): ort.Tensor {
+  return data instanceof Uint16Array ? new ort.Tensor('float16', data, dims) : new ort.Tensor('float32', data, dims);
+}
+
+/** A float32 or float16 host tensor's values, float16 as Uint16Array bit patterns (whatever array ORT used). */
+export function floatData(t: ort.Tensor): KvArray {
+  const data = t.data as Float32Array | Uint16Array;
+  if (data instanceof Float32Array || data instanceof Uint16Array) return data;
+  const view = data as ArrayBufferView & { length: number };
+  return new Uint16Array(view.buffer, view.byteOffset, view.length);
+}
+
+function emptyPast(spec: ModelSpec, dtype: KvDtype): ort.Tensor[] {
+  return Array.from({ length: 2 * spec.layers }, () => kvTensor(kvArray(dtype, 0), [1, spec.kvHeads, 0, spec.headDim]));
+}
+
+/** The cache as JavaScript arrays: every operation is a copy on this thread. */
+export class HostKv implements KvPlacement {
+  readonly location = 'host';
+  constructor(
+    private readonly spec: ModelSpec,
+    private readonly dtype: KvDtype,
+  ) {}
+
+  empty(): ort.Tensor[] {
+    return emptyPast(this.spec, this.dtype);
+  }
+
+  async gather(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<ort.Tensor[]> {
+    const { kvHeads, headDim } = this.spec;
+    return past.map((t) => kvTensor(gatherRows(floatData(t), length, indices, kvHeads), [1, kvHeads, indices.length, headDim]));
+  }
+
+  async take(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<KvArray[]> {
+    return past.map((t) => gatherRows(floatData(t), length, indices, this.spec.kvHeads));
+  }
+
+  async append(past: ort.Tensor[], length: number, rows: KvRows): Promise<ort.Tensor[]> {
+    const { kvHeads, headDim } = this.spec;
+    const total = length + rows.count;
+    return past.map((t, k) => {
+      const src = floatData(t);
+      const add = rows.tensors[k]!;
+      const dst = kvArray(this.dtype, kvHeads * total * headDim);
+      for (let h = 0; h < kvHeads; h++) {
+        dst.set(src.subarray(h * length * headDim, (h + 1) * length * headDim), h * total * headDim);
+        dst.set(add.subarray(h * rows.count * headDim, (h + 1) * rows.count * headDim), (h * total + length) * headDim);
+      }
+      return kvTensor(dst, [1, kvHeads, total, headDim]);
+    });
+  }
+
+  async batch(pasts: readonly ort.Tensor[][], lengths: readonly number[], maxP: number): Promise<ort.Tensor[]> {
+    const { kvHeads, headDim, layers } = this.spec;
+    const b = pasts.length;
+    const block = maxP * headDim;
+    return Array.from({ length: 2 * layers }, (_, t) => {
+      const data = kvArray(this.dtype, b * kvHeads * block);
+      pasts.forEach((past, i) => {
+        const src = floatData(past[t]!);
+        const n = lengths[i]!;
+        const pad = maxP - n;
+        for (let h = 0; h < kvHeads; h++) data.set(src.subarray(h * n * headDim, (h + 1) * n * headDim), (i * kvHeads + h) * block + pad * headDim);
+      });
+      return kvTensor(data, [b, kvHeads, maxP, headDim]);
+    });
+  }
+
+  async split(presents: readonly ort.Tensor[], rows: readonly Span[], total: number): Promise<ort.Tensor[][]> {
+    const { kvHeads, headDim } = this.spec;
+    return rows.map(({ start, length: len }, i) =>
+      presents.map((t) => {
+        const src = floatData(t);
+        // a sequence that filled its rows of the batch exactly is a contiguous slab: a view, not a copy
+        if (start === 0 && len === total) return kvTensor(src.subarray(i * kvHeads * total * headDim, (i + 1) * kvHeads * total * headDim), [1, kvHeads, len, headDim]);
+        const dst = kvArray(this.dtype, kvHeads * len * headDim);
+        for (let h = 0; h < kvHeads; h++) {
+          const from = ((i * kvHeads + h) * total + start) * headDim;
+          dst.set(src.subarray(from, from + len * headDim), h * len * headDim);
+        }
+        return kvTensor(dst, [1, kvHeads, len, headDim]);
+      }),
+    );
+  }
+
+  free(): void {}
+}
+
+const int64 = (values: readonly number[]) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]);
+const isDevice = (t: ort.Tensor) => t.location !== 'cpu' && t.location !== 'cpu-pinned';
+
+/**
+ * The cache on the device: the graphs below run on the model's EP with every output left there.
+ * Names: x<t> / y<t> for the 2 x layers past tensors in input order (key0, value0, key1, …).
+ */
+export class DeviceKv implements KvPlacement {
+  readonly location = 'device';
+  private readonly graphs = new Map<string, Promise<ort.InferenceSession>>();
+  private readonly elem: number;
+  private readonly n: number;
+
+  constructor(
+    private readonly spec: ModelSpec,
+    private readonly dtype: KvDtype,
+    private readonly options: ort.InferenceSession.SessionOptions,
+  ) {
+    this.elem = dtype === 'float16' ? ELEM.float16 : ELEM.float32;
+    this.n = 2 * spec.layers;
+  }
+
+  empty(): ort.Tensor[] {
+    return emptyPast(this.spec, this.dtype);
+  }
+
+  /**
+   * A cache graph, built and loaded once per shape of the call (per batch size for batch/split), its
+   * outputs left on the device, or brought to the host (`host`: reading a device tensor's data with
+   * getData() aborts onnxruntime-node 1.30, ../shared/gpu/README.md fact 8, so ORT copies them out).
+   */
+  private graph(key: string, build: () => Uint8Array, outputs: readonly string[], host = false): Promise<ort.InferenceSession> {
+    let g = this.graphs.get(key);
+    if (!g) {
+      const preferredOutputLocation = Object.fromEntries(outputs.map((o) => [o, host ? ('cpu' as const) : ('gpu-buffer' as const)]));
+      g = ort.InferenceSession.create(build(), { ...this.options, preferredOutputLocation });
+      this.graphs.set(key, g);
+    }
+    return g;
+  }
+
+  private range = (prefix: string, count = this.n) => Array.from({ length: count }, (_, t) => `${prefix}${t}`);
+
+  /** y<t> = Gather(x<t>, idx, axis 2), on the device or brought to the host. */
+  private gatherGraph(host: boolean): Promise<ort.InferenceSession> {
+    const xs = this.range('x');
+    const ys = this.range('y');
+    return this.graph(
+      host ? 'gather-host' : 'gather',
+      () =>
+        model(
+          'kv_gather',
+          xs.map((x, t) => node('Gather', [x, 'idx'], [ys[t]!], [intAttr('axis', 2)])),
+          [...xs.map((x) => valueInfo(x, this.elem, ['b', 'h', 'n', 'd'])), valueInfo('idx', ELEM.int64, ['m'])],
+          ys.map((y) => valueInfo(y, this.elem, ['b', 'h', 'm', 'd'])),
+        ),
+      ys,
+      host,
+    );
+  }
+
+  private async runGather(past: ort.Tensor[], indices: readonly number[], host = false): Promise<ort.Tensor[]> {
+    const g = await this.gatherGraph(host);
+    const feeds: Record<string, ort.Tensor> = { idx: int64(indices) };
+    past.forEach((t, k) => (feeds[`x${k}`] = t));
+    const out = await g.run(feeds);
+    return this.range('y').map((y) => out[y] as ort.Tensor);
+  }
+
+  async gather(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<ort.Tensor[]> {
+    if (indices.length === length && indices.every((r, j) => r === j)) return past;
+    const kept = indices.length === 0 ? this.empty() : await this.runGather(past, indices);
+    this.free(past);
+    return kept;
+  }
+
+  async take(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<KvArray[]> {
+    if (indices.length === 0) return past.map(() => kvArray(this.dtype, 0));
+    // only the taken rows cross to the host
+    const rows = await this.runGather(past, indices, true);
+    return rows.map((t) => floatData(t).slice());
+  }
+
+  async append(past: ort.Tensor[], length: number, rows: KvRows): Promise<ort.Tensor[]> {
+    const { kvHeads, headDim } = this.spec;
+    if (rows.count === 0) return past;
+    const added = rows.tensors.map((a) => kvTensor(a, [1, kvHeads, rows.count, headDim]));
+    if (length === 0) {
+      // nothing to concatenate with: the rows go up as they are (a Gather of every row places them)
+      return this.runGather(added, Array.from({ length: rows.count }, (_, r) => r));
+    }
+    const xs = this.range('x');
+    const cs = this.range('c');
+    const ys = this.range('y');
+    const g = await this.graph(
+      'concat',
+      () =>
+        model(
+          'kv_append',
+          xs.map((x, t) => node('Concat', [x, cs[t]!], [ys[t]!], [intAttr('axis', 2)])),
+          [...xs.map((x) => valueInfo(x, this.elem, ['b', 'h', 'n', 'd'])), ...cs.map((c) => valueInfo(c, this.elem, ['b', 'h', 'm', 'd']))],
+          ys.map((y) => valueInfo(y, this.elem, ['b', 'h', 'nm', 'd'])),
+        ),
+      ys,
+    );
+    const feeds: Record<string, ort.Tensor> = {};
+    past.forEach((t, k) => (feeds[`x${k}`] = t));
+    added.forEach((t, k) => (feeds[`c${k}`] = t));
+    const out = await g.run(feeds);
+    this.free(past);
+    return ys.map((y) => out[y] as ort.Tensor);
+  }
+
+  async batch(pasts: readonly ort.Tensor[][], lengths: readonly number[], maxP: number): Promise<ort.Tensor[]> {
+    const { kvHeads, headDim } = this.spec;
+    const b = pasts.length;
+    if (maxP === 0) return this.range('x').map(() => kvTensor(kvArray(this.dtype, 0), [b, kvHeads, 0, headDim]));
+    // y<t> = Concat over i of Pad(x<i>_<t>, pads<i>) on axis 0: left padding of maxP - length rows
+    const xs = (i: number) => this.range(`x${i}_`);
+    const ys = this.range('y');
+    const g = await this.graph(
+      `batch${b}`,
+      () =>
+        model(
+          'kv_batch',
+          [
+            ...Array.from({ length: b }, (_, i) => xs(i).map((x, t) => node('Pad', [x, `pads${i}`], [`p${i}_${t}`]))).flat(),
+            ...ys.map((y, t) => node('Concat', Array.from({ length: b }, (_, i) => `p${i}_${t}`), [y], [intAttr('axis', 0)])),
+          ],
+          [...Array.from({ length: b }, (_, i) => [...xs(i).map((x) => valueInfo(x, this.elem, [1, 'h', `n${i}`, 'd'])), valueInfo(`pads${i}`, ELEM.int64, [8])]).flat()],
+          ys.map((y) => valueInfo(y, this.elem, [b, 'h', 'p', 'd'])),
+        ),
+      ys,
+    );
+    const feeds: Record<string, ort.Tensor> = {};
+    pasts.forEach((past, i) => {
+      const n = lengths[i]!;
+      // an empty past is a host block of zeros already as long as the others (no zero-size device buffers)
+      const own = n === 0 ? this.range('x').map(() => kvTensor(kvArray(this.dtype, kvHeads * maxP * headDim), [1, kvHeads, maxP, headDim])) : past;
+      own.forEach((t, k) => (feeds[`x${i}_${k}`] = t));
+      feeds[`pads${i}`] = int64([0, 0, n === 0 ? 0 : maxP - n, 0, 0, 0, 0, 0]);
+    });
+    const out = await g.run(feeds);
+    return ys.map((y) => out[y] as ort.Tensor);
+  }
+
+  async split(presents: readonly ort.Tensor[], rows: readonly Span[]): Promise<ort.Tensor[][]> {
+    const b = rows.length;
+    // z<i>_<t> = Slice(y<t>, starts<i>, ends<i>, axes [0, 2]): row i of the batch, positions [start, start + length)
+    const ys = this.range('y');
+    const zs = (i: number) => this.range(`z${i}_`);
+    const outputs = Array.from({ length: b }, (_, i) => zs(i)).flat();
+    const g = await this.graph(
+      `split${b}`,
+      () =>
+        model(
+          'kv_split',
+          Array.from({ length: b }, (_, i) => ys.map((y, t) => node('Slice', [y, `starts${i}`, `ends${i}`, 'axes'], [zs(i)[t]!]))).flat(),
+          [...ys.map((y) => valueInfo(y, this.elem, [b, 'h', 't', 'd'])), ...Array.from({ length: b }, (_, i) => [valueInfo(`starts${i}`, ELEM.int64, [2]), valueInfo(`ends${i}`, ELEM.int64, [2])]).flat(), valueInfo('axes', ELEM.int64, [2])],
+          outputs.map((z) => valueInfo(z, this.elem, [1, 'h', 'l', 'd'])),
+        ),
+      outputs,
+    );
+    const feeds: Record<string, ort.Tensor> = { axes: int64([0, 2]) };
+    presents.forEach((t, k) => (feeds[`y${k}`] = t));
+    rows.forEach(({ start, length }, i) => {
+      feeds[`starts${i}`] = int64([i, start]);
+      feeds[`ends${i}`] = int64([i + 1, start + length]);
+    });
+    const out = await g.run(feeds);
+    this.free(presents);
+    return rows.map((_, i) => zs(i).map((z) => out[z] as ort.Tensor));
+  }
+
+  free(past: readonly ort.Tensor[]): void {
+    for (const t of past) if (isDevice(t)) t.dispose();
+  }
+}
+

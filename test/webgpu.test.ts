@@ -1,0 +1,119 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import test from 'ava';
+import { generateCascade } from '../src/engine/cascade.ts';
+import { generateAutoregressive } from '../src/engine/generate.ts';
+import { distribution, GREEDY } from '../src/kernels/sampling.ts';
+import { BatchingSession } from '../src/models/batching-session.ts';
+import { OrtModelSession } from '../src/models/ort-session.ts';
+import { cascade } from './helpers/cli.ts';
+import { MODELS_DIR } from './helpers/family.ts';
+import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
+
+/**
+ * The GPU code path, run in CI on onnxruntime-node's WebGPU execution provider over Mesa's lavapipe (a
+ * software Vulkan device, .ci/lavapipe.sh): the same EP, IO binding and kernels as on an NVIDIA GPU,
+ * only slow. The KV stays on the "device" (kv-placement.ts): every test checks it against the CPU EP.
+ * draft-l2 plays the target (the bundled target is slow on a software device); draft-l1 drafts on
+ * the CPU, as small drafters should beside a GPU target. Skipped, saying so, where no Vulkan device is installed.
+ */
+const LAVAPIPE = '/usr/share/vulkan/icd.d/lvp_icd.json';
+if (!process.env.VK_DRIVER_FILES && existsSync(LAVAPIPE)) process.env.VK_DRIVER_FILES = LAVAPIPE;
+const vulkan = Boolean(process.env.VK_DRIVER_FILES && existsSync(process.env.VK_DRIVER_FILES.split(':')[0]!));
+const gpuTest = vulkan ? test.serial : test.serial.skip;
+if (!vulkan) test('webgpu - skipped: no Vulkan device (install one with .ci/lavapipe.sh, or set VK_DRIVER_FILES)', (t) => t.pass());
+
+const TARGET = join(MODELS_DIR, 'draft-l2');
+const DRAFTER = join(MODELS_DIR, 'draft-l1');
+const PROMPT = [5, 99, 1000, 42, 7, 300, 12, 8, 640, 77];
+
+let gpu: OrtModelSession;
+let cpu: OrtModelSession;
+let drafter: OrtModelSession;
+test.before(async () => {
+  if (!vulkan) return;
+  [gpu, cpu, drafter] = await Promise.all([OrtModelSession.open(TARGET, { executionProviders: ['webgpu'] }), OrtModelSession.open(TARGET), OrtModelSession.open(DRAFTER)]);
+});
+test.after.always(async () => {
+  await Promise.all([gpu?.close(), cpu?.close(), drafter?.close()]);
+});
+
+const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+
+gpuTest('webgpu - the session runs on the WebGPU EP with its KV on the device; greedy ar, sd and csd give the CPU EP\'s tokens', async (t) => {
+  t.is(gpu.provider, 'webgpu');
+  t.is(gpu.kvLocation, 'device');
+  t.is(cpu.kvLocation, 'host');
+  const req = { promptIds: PROMPT, maxTokens: 16, sampling: GREEDY, seed: 0, stopAtEos: false };
+  const want = (await generateAutoregressive(cpu, req)).tokenIds;
+  t.deepEqual((await generateAutoregressive(gpu, req)).tokenIds, want, 'ar');
+  // rejected drafts roll the device cache back (a Gather on the device)
+  const sd = await generateCascade(gpu, { drafters: [{ kind: 'model', session: drafter }], kMatrix: [[4]], lenience: 1 }, req);
+  t.deepEqual(sd.tokenIds, want, 'sd');
+  t.true(sd.stats.draftedTokens > sd.stats.acceptedTokens, 'some drafts were rejected and rolled back');
+  const csd = await generateCascade(gpu, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[2, 5], [0, 2]], lenience: 1 }, req);
+  t.deepEqual(csd.tokenIds, want, 'csd');
+});
+
+gpuTest('webgpu - cache operations on the device agree with the CPU EP: batched passes, rollback, release with spill, and rebuild', async (t) => {
+  const items = [0, 1, 2].map((i) => ({ seqId: `b${i}`, inputIds: PROMPT.slice(0, 3 + 2 * i) }));
+  const both = async <T>(f: (s: OrtModelSession) => Promise<T>) => [await f(gpu), await f(cpu)] as const;
+  const [g1, c1] = await both((s) => s.forwardBatch(items, 'last'));
+  t.true(g1.every((x, i) => maxDiff(x, c1[i]!) < 1e-4), 'a batched prefill of three lengths (left-padded pasts on the device)');
+  const [g2, c2] = await both((s) => s.forwardBatch(items.map((it) => ({ seqId: it.seqId, inputIds: [11, 12] })), 'all'));
+  t.true(g2.every((x, i) => maxDiff(x, c2[i]!) < 1e-4), 'a batched step over the presents cut back out of the batch');
+  const [gTaken, cTaken] = await both((s) => s.evict('b2', [1, 4], true));
+  t.is(gTaken!.count, 2);
+  t.true(gTaken!.tensors.every((x, k) => maxDiff(x as Float32Array, cTaken!.tensors[k] as Float32Array) < 1e-4), 'only the released rows come to the host');
+  await both((s) => s.insert('b2', s === gpu ? gTaken! : cTaken!));
+  const [g3, c3] = await both((s) => s.forward({ seqId: 'b2', inputIds: [13], positionIds: [9] }, 'last'));
+  t.true(maxDiff(g3, c3) < 1e-4, 'after release and rebuild');
+  await both((s) => s.truncate('b1', 2));
+  const [g4, c4] = await both((s) => s.forward({ seqId: 'b1', inputIds: [3, 4] }, 'all'));
+  t.true(maxDiff(g4, c4) < 1e-4, 'after a rollback');
+  await Promise.all(['b0', 'b1', 'b2'].flatMap((id) => [gpu.release(id), cpu.release(id)]));
+});
+
+gpuTest('webgpu - a bounded KV cache (streaming) and batched concurrent requests on the device give the CPU EP\'s tokens', async (t) => {
+  const kv = { policy: 'streaming' as const, budget: { budget: 12, sinks: 2, recent: 0, rebuild: 0 } };
+  const req = { promptIds: PROMPT, maxTokens: 10, sampling: GREEDY, seed: 0, stopAtEos: false, kv };
+  t.deepEqual((await generateAutoregressive(gpu, req)).tokenIds, (await generateAutoregressive(cpu, req)).tokenIds, 'streaming cache of 12 over a 20-token sequence');
+  const batched = new BatchingSession(gpu, { windowMs: 5 }); // not closed here: closing it closes the shared session
+  {
+    const prompts = [PROMPT, PROMPT.slice(2), PROMPT.slice(0, 6), [...PROMPT].reverse()];
+    const runs = await Promise.all(prompts.map((p) => generateCascade(batched, { drafters: [{ kind: 'model', session: drafter }], kMatrix: [[3]], lenience: 1 }, { promptIds: p, maxTokens: 8, sampling: GREEDY, seed: 0, stopAtEos: false })));
+    for (const [i, p] of prompts.entries()) t.deepEqual(runs[i]!.tokenIds, (await generateAutoregressive(cpu, { promptIds: p, maxTokens: 8, sampling: GREEDY, seed: 0, stopAtEos: false })).tokenIds, `request ${i}`);
+    t.true(batched.counters.largestBatch > 1, 'requests shared passes');
+  }
+});
+
+gpuTest('webgpu - sampling: sd over a device-KV target draws each of 3 positions from the target given the tokens before it (chi-square)', async (t) => {
+  const sampling = { temperature: 0.6, topK: 0, topP: 1 };
+  const prompt = PROMPT.slice(0, 6);
+  const samples: number[][] = [];
+  for (let seed = 0; seed < 400; seed++) {
+    samples.push((await generateCascade(gpu, { drafters: [{ kind: 'model', session: drafter }], kMatrix: [[2]], lenience: 1 }, { promptIds: prompt, maxTokens: 3, sampling, seed, stopAtEos: false })).tokenIds);
+  }
+  // the oracle is target-only: the CPU EP's distribution of the same model (logits within 1e-4 of the device's)
+  const oracle = new Map<string, Float32Array>();
+  for (const sample of samples) {
+    for (let i = 0; i < sample.length; i++) {
+      const context = [...prompt, ...sample.slice(0, i)];
+      const key = context.join(',');
+      if (oracle.has(key)) continue;
+      oracle.set(key, distribution(await cpu.forward({ seqId: 'oracle', inputIds: context }, 'last'), sampling));
+      await cpu.release('oracle');
+    }
+  }
+  const fits = positionalChiSquare(samples, prompt, (context) => oracle.get(context.join(','))!);
+  t.log(describeFits(fits));
+  t.deepEqual(misfits(fits, 0.8), [], describeFits(fits));
+});
+
+gpuTest('webgpu - cascade generate --execution-providers webgpu (target) with the drafter on the CPU prints the CPU EP\'s greedy tokens', async (t) => {
+  const args = ['generate', '--json', '--model', 'draft-l2', '--draft-model', 'draft-l1', '--prompt-ids', PROMPT.join(','), '--max-tokens', '12', '--temperature', '0'];
+  const run = async (...extra: string[]) => JSON.parse((await cascade(...args, ...extra)).stdout) as { tokenIds: number[] };
+  const cpuAr = await run('--mode', 'ar');
+  const gpuCsd = await run('--mode', 'csd', '--execution-providers', 'webgpu', '--kv-location', 'device');
+  t.deepEqual(gpuCsd.tokenIds, cpuAr.tokenIds);
+});
