@@ -13,7 +13,8 @@ import { formatTable, writeJson } from '../bench/report.ts';
 import { memberSource } from '../models/family.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
-import { parseNumber } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber } from './options.ts';
+import type { KvLocation } from '../models/kv-placement.ts';
 
 interface CostOptions {
   models: string;
@@ -25,19 +26,27 @@ interface CostOptions {
   repeats: number;
   past: number;
   threads: number;
+  executionProviders?: string[];
+  /** Where the KV lives, one measurement per entry (host vs device side by side). */
+  kvLocation: KvLocation[];
 }
 
 async function costs(o: CostOptions): Promise<void> {
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   const names = [family.target, ...family.drafters];
-  const results: ModelCosts[] = [];
+  const results: (ModelCosts & { executionProvider: string; kvLocation: string })[] = [];
+  const several = o.kvLocation.length > 1 || o.executionProviders !== undefined;
   for (const name of names) {
-    process.stderr.write(`measuring ${name} …\n`);
-    const model = await OrtModelSession.open(memberSource(family, name), { intraOpThreads: o.threads });
-    try {
-      results.push(await measureCosts(model, o.past, o.repeats));
-    } finally {
-      await model.close();
+    for (const kvLocation of o.kvLocation) {
+      process.stderr.write(`measuring ${name}${several ? ` (KV ${kvLocation})` : ''} …\n`);
+      const model = await OrtModelSession.open(memberSource(family, name), { intraOpThreads: o.threads, executionProviders: o.executionProviders, kvLocation });
+      try {
+        const measured = await measureCosts(model, o.past, o.repeats);
+        const label = several ? `${measured.model} (${model.provider}, KV ${model.kvLocation})` : measured.model;
+        results.push({ ...measured, model: label, executionProvider: model.provider, kvLocation: model.kvLocation });
+      } finally {
+        await model.close();
+      }
     }
   }
   const target = results[0]!;
@@ -50,7 +59,7 @@ async function costs(o: CostOptions): Promise<void> {
     r.decodeMsPerToken / target.decodeMsPerToken,
     r.scoreMs[8]! / target.scoreMs[8]!,
   ]);
-  process.stdout.write(`model costs: medians of ${o.repeats}+ repeats, ${o.threads} ONNX Runtime thread(s), past = ${o.past} tokens\n\n`);
+  process.stdout.write(`model costs: medians of ${o.repeats}+ repeats, ${o.threads} ONNX Runtime thread(s), past = ${o.past} tokens, execution providers ${(o.executionProviders ?? ['cpu']).join(',')}\n\n`);
   process.stdout.write(formatTable(headers, rows) + '\n');
   const path = writeJson(o.out, 'costs', { past: o.past, threads: o.threads, repeats: o.repeats, models: results });
   process.stdout.write(`\nwrote ${path}\n`);
@@ -72,6 +81,8 @@ export function registerBench(program: Command): void {
     .description('per-model prefill, decode and k-token scoring costs, and each drafter relative to the target')
     .option('--models <dir>', 'model family directory', 'models');
   modelOptions(costsCommand)
+    .option('--execution-providers <list>', `execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu)`, parseExecutionProviders('--execution-providers'))
+    .option('--kv-location <list>', `where the KV lives, comma-separated to measure each side by side: ${KV_LOCATIONS.join(', ')}`, (v: string) => v.split(',').map(parseKvLocation), ['auto'])
     .option('--out <dir>', 'directory for the JSON record', 'results')
     .option('--repeats <n>', 'repeats per measurement (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 5)
     .option('--past <n>', 'tokens already in the cache when decoding and scoring', parseNumber('--past', { min: 1, integer: true }), 256)
