@@ -96,6 +96,14 @@ const sampledCases: SampledCase[] = [
   // d1 reviews d2's two tokens and adds its own (a mid-level bonus when both pass); d2 tops the block up to 3
   { name: 'csd, 2 levels', config: (f) => ({ drafters: [model(f.d1), model(f.d2)], kMatrix: [[1, 3], [0, 2]], lenience: 1 }), sampling: t1, roundMax: 4, maxTokens: 8, samples: 12_000 },
   { name: 'csd, 3 levels', config: (f) => ({ drafters: csd3(f), kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 1]], lenience: 1 }), sampling: { temperature: 0.7, topK: 0, topP: 1 }, roundMax: 4, maxTokens: 8, samples: 12_000 },
+  {
+    name: 'csd with top-k + top-p + min-p, repetition/presence/frequency penalties and logit_bias (every level applies them with its own prefix)',
+    config: (f) => ({ drafters: csd3(f), kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 1]], lenience: 1 }),
+    sampling: { temperature: 0.9, topK: 3, topP: 0.95, minP: 0.05, repetitionPenalty: 1.3, presencePenalty: 0.4, frequencyPenalty: 0.3, logitBias: { 0: 0.7, 2: -0.5 } },
+    roundMax: 4,
+    maxTokens: 8,
+    samples: 12_000,
+  },
   { name: 'csd, lenient drafters (lenience 3), top-k/top-p', config: (f) => ({ drafters: csd3(f), kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 1]], lenience: 3 }), sampling: { temperature: 1, topK: 3, topP: 0.9 }, roundMax: 4, maxTokens: 8, samples: 12_000 },
   { name: 'drafters over bounded caches (placement b)', config: (f) => ({ drafters: [bounded(f.d1, 'h2o', 3), bounded(f.d2, 'window', 3), mag], kMatrix: [[1, 2, 3], [0, 1, 2], [0, 0, 1]], lenience: 1 }), sampling: t1, roundMax: 4, maxTokens: 8, samples: 12_000 },
   { name: 'self-draft: the target over a bounded cache (placement c)', config: (f) => ({ drafters: [bounded(f.target, 'h2o', 3), mag], kMatrix: [[2, 3], [0, 1]], lenience: 1 }), sampling: { temperature: 0.8, topK: 0, topP: 1 }, roundMax: 4, maxTokens: 8, samples: 12_000 },
@@ -172,11 +180,40 @@ for (const c of sampledCases) {
       t.log(`rounds 1 and 2 ended with the target's bonus inside the window in ${bonuses.join(' and ')} of ${c.samples} samples`);
       t.true(bonuses.every((n) => n >= (c.minBonuses ?? c.samples / 20)), `rounds 1 and 2 ended with a bonus in ${bonuses.join(' and ')} samples`);
     }
-    const fits = positionalChiSquare(samples, prompt, (context) => distribution(plain.target.nextLogits(context), c.sampling));
+    const fits = positionalChiSquare(samples, prompt, (context) => distribution(plain.target.nextLogits(context), c.sampling, { tokens: context, length: context.length, promptLength: prompt.length }));
     t.log(describeFits(fits));
     t.deepEqual(misfits(fits), [], describeFits(fits));
   });
 }
+
+test('cascade - greedy output with penalties and logit_bias equals target-only decoding with the same processors, for every cascade shape', async (t) => {
+  const { target, d1, d2 } = family(24);
+  const shapes: DrafterSpec[][] = [[model(d1)], [mag], [model(d1), mag], [model(d1), model(d2), mag]];
+  await fc.assert(
+    fc.asyncProperty(
+      fc.integer({ min: 0, max: shapes.length - 1 }).chain((s) => fc.tuple(fc.constant(s), kMatrix(shapes[s]!.length))),
+      fc.array(fc.integer({ min: 0, max: 23 }), { minLength: 1, maxLength: 10 }),
+      fc.record({
+        repetitionPenalty: fc.constantFrom(1, 1.2, 2),
+        presencePenalty: fc.constantFrom(0, 0.5, -0.5),
+        frequencyPenalty: fc.constantFrom(0, 0.3, 1),
+        logitBias: fc.dictionary(fc.integer({ min: 0, max: 23 }).map(String), fc.constantFrom(-100, -1, 1.5, 100), { maxKeys: 3 }),
+      }),
+      async ([s, K], prompt, processors) => {
+        const sampling = { ...GREEDY, ...processors };
+        const req = { promptIds: prompt, maxTokens: 20, sampling, seed: 0, stopAtEos: false };
+        const want = await generateAutoregressive(target, req);
+        const got = await generateCascade(target, { drafters: shapes[s]!, kMatrix: K, lenience: 1 }, req);
+        return JSON.stringify(got.tokenIds) === JSON.stringify(want.tokenIds);
+      },
+    ),
+    { numRuns: 100, seed: 5 },
+  );
+  // the processors change the output (they are applied, not ignored)
+  const plain = await generateAutoregressive(target, { promptIds: [1, 2, 3], maxTokens: 20, sampling: GREEDY, seed: 0, stopAtEos: false });
+  const penalised = await generateAutoregressive(target, { promptIds: [1, 2, 3], maxTokens: 20, sampling: { ...GREEDY, frequencyPenalty: 2 }, seed: 0, stopAtEos: false });
+  t.notDeepEqual(penalised.tokenIds, plain.tokenIds);
+});
 
 test('cascade - bounded drafter caches (placement b) and self-draft (placement c) keep greedy output identical', async (t) => {
   const { target, d1, d2 } = family(24);

@@ -80,6 +80,17 @@ test('cli - every mode gives the same greedy text; --json reports the cascade an
   t.is(texts.size, 1);
 });
 
+test('cli - logits processors (penalties, logit_bias) give the same greedy tokens under csd as under ar, and change them', async (t) => {
+  const run = async (...args: string[]) => JSON.parse((await cascade('generate', '--json', '--max-tokens', '20', ...args, 'import json\n\ndef load(path):')).stdout) as { tokenIds: number[] };
+  const processors = ['--presence-penalty', '0.5', '--frequency-penalty', '0.5', '--repetition-penalty', '1.3', '--logit-bias', '{"13": -100}'];
+  const [ar, csd, plain] = await Promise.all([run('--mode', 'ar', ...processors), run('--mode', 'csd', ...processors), run('--mode', 'ar')]);
+  t.deepEqual(csd.tokenIds, ar.tokenIds);
+  t.notDeepEqual(ar.tokenIds, plain.tokenIds);
+  t.false(ar.tokenIds.includes(13), 'the banned token never appears');
+  t.regex((await fails(['generate', '--presence-penalty', '3', 'x'])).stderr, /presence penalty must be in \[-2, 2\], got 3/);
+  t.regex((await fails(['generate', '--logit-bias', '[1]', 'x'])).stderr, /--logit-bias takes a JSON object/);
+});
+
 test('cli - cascade settings come from flags or a config file, and bad ones are refused', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'cascade-cfg-'));
   const { writeFileSync } = await import('node:fs');

@@ -13,7 +13,7 @@ import { setupTracing, shutdownTracing, type SpanRecord } from '../src/cluster/t
 import { subjects } from '../src/cluster/transport.ts';
 import { loadWorkload } from '../src/bench/workloads.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
-import { GREEDY } from '../src/kernels/sampling.ts';
+import { GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { FamilySessions } from '../src/models/family-sessions.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
@@ -45,8 +45,8 @@ const coordinator = () => spawnRole(['coordinator', '--models', MODELS_DIR, '--n
  * The oracle for greedy requests: target-only decoding (the target model alone, no drafters) in this
  * process. The cluster's cascade must be token-identical to it, never merely equal to another cascade.
  */
-async function targetOnly(prompt: string, maxTokens: number): Promise<string> {
-  const r = await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens, sampling: GREEDY, seed: 0 });
+async function targetOnly(prompt: string, maxTokens: number, sampling: SamplingParams = GREEDY): Promise<string> {
+  const r = await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens, sampling, seed: 0 });
   return tokenizer.decode(r.tokenIds);
 }
 
@@ -82,6 +82,40 @@ test.serial('cluster - the openai client completes, and greedy output equals tar
   const cascade = (r.usage as unknown as { cascade: { target_passes: number; drafted_tokens: number } }).cascade;
   t.true(cascade.target_passes >= 1 && cascade.target_passes <= 40);
   t.true(cascade.drafted_tokens > 0);
+});
+
+test.serial('cluster - greedy output with presence/frequency/repetition penalties and logit_bias under csd equals target-only decoding with the same processors', async (t) => {
+  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
+  const banned = tokenizer.encode(' return')[0]!;
+  const bias = { [String(banned)]: -100, '13': 2 };
+  const body = { model: family.target, prompt: PROMPT, max_tokens: 32, temperature: 0, presence_penalty: 0.6, frequency_penalty: 0.4, repetition_penalty: 1.2, logit_bias: bias, cascade };
+  const r = (await client.completions.create(body as never)) as unknown as OpenAI.Completions.Completion;
+  const sampling = { ...GREEDY, presencePenalty: 0.6, frequencyPenalty: 0.4, repetitionPenalty: 1.2, logitBias: { [banned]: -100, 13: 2 } };
+  const want = await targetOnly(PROMPT, 32, sampling);
+  t.is(r.choices[0]!.text, want);
+  t.not(want, await targetOnly(PROMPT, 32), 'the processors change the text');
+  const cascadeUsage = (r.usage as unknown as { cascade: { drafted_tokens: number } }).cascade;
+  t.true(cascadeUsage.drafted_tokens > 0, 'the drafters drafted with the processors too');
+});
+
+test.serial('cluster - what clients send and change nothing is accepted: nulls, zero penalties, false logprobs/echo, no stop strings, content parts, the developer role', async (t) => {
+  const messages = [
+    { role: 'developer', content: 'You write Python.' },
+    { role: 'user', content: [{ type: 'text', text: 'Write a function ' }, { type: 'text', text: 'that reads a file.' }] },
+  ];
+  const loose = { model: family.target, messages, max_tokens: 12, temperature: 0, stop: null, logprobs: false, presence_penalty: 0, frequency_penalty: 0, n: 1, top_p: null, seed: null, user: 'u1' };
+  const r = (await client.chat.completions.create(loose as never)) as unknown as OpenAI.Chat.Completions.ChatCompletion;
+  const rendered = tokenizer.renderChat([{ role: 'system', content: 'You write Python.' }, { role: 'user', content: 'Write a function that reads a file.' }]);
+  t.is(r.choices[0]!.message.content, await targetOnly(rendered, 12));
+  const post = (path: string, body: object) => fetch(`${gateway.url}/v1/${path}`, { method: 'POST', headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' }, body: JSON.stringify(body) });
+  const image = await post('chat/completions', { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://x/y.png' } }] }], max_tokens: 2 });
+  t.is(image.status, 400);
+  t.regex(((await image.json()) as { error: { message: string } }).error.message, /content parts of type "image_url" are not supported/);
+  const stop = await post('completions', { prompt: 'x', max_tokens: 2, stop: ['\n'] });
+  t.is(stop.status, 400, 'stop strings are refused until they are exact under speculation');
+  const bias = await post('completions', { prompt: 'x', max_tokens: 2, logit_bias: { '999999': 5 } });
+  t.is(bias.status, 400);
+  t.regex(((await bias.json()) as { error: { message: string } }).error.message, /logit_bias names token id 999999, outside the vocabulary/);
 });
 
 test.serial('cluster - chat completions stream over SSE and concatenate to the greedy text of target-only decoding', async (t) => {
@@ -191,7 +225,7 @@ test.serial('cluster - a malformed NATS frame gets an error reply and the actor 
     const wrongVersion = decode(await nc.request(subjects.open(family.target), new Uint8Array([0xca, 7, 0]), { timeoutMs: 5000 }));
     t.regex(wrongVersion.type === 'error' ? wrongVersion.message : '', /version 7/);
     // a valid frame with an out-of-vocabulary token is refused, not run
-    const opened = decode(await nc.request(subjects.open(family.target), encode({ type: 'open', session: 'fuzz-1', sampling: GREEDY, seed: 0n, target: false }), { timeoutMs: 5000 }));
+    const opened = decode(await nc.request(subjects.open(family.target), encode({ type: 'open', session: 'fuzz-1', sampling: GREEDY, seed: 0n, target: false, promptLength: 0 }), { timeoutMs: 5000 }));
     t.is(opened.type, 'opened');
     const instance = opened.type === 'opened' ? opened.instance : '';
     const bad = decode(await nc.request(subjects.instance(family.target, instance), encode({ type: 'propose', session: 'fuzz-1', base: 0, suffix: [1, 99_999_999], want: 1 }), { timeoutMs: 5000 }));
@@ -311,7 +345,7 @@ test.serial('cluster - 1000 malformed or hostile HTTP bodies get clear 4xx answe
 test.serial('cluster - 1000 truncated, garbled or oversized NATS frames get error replies; actors keep serving', async (t) => {
   const nc = await NatsTransport.connect({ servers: nats.url });
   const valid = [
-    encode({ type: 'open', session: 'fz', sampling: GREEDY, seed: 1n, target: false }),
+    encode({ type: 'open', session: 'fz', sampling: GREEDY, seed: 1n, target: false, promptLength: 0 }),
     encode({ type: 'propose', session: 'fz', base: 0, suffix: [1, 2, 3], want: 2 }),
     encode({ type: 'review', session: 'fz', base: 0, suffix: [1, 2, 3, 4], start: 2, lenience: 1, passUp: false, q: [] }),
   ];

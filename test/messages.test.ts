@@ -3,7 +3,15 @@ import fc from 'fast-check';
 import { decode, encode, FrameError, FRAME_MAGIC, FRAME_VERSION, type Message } from '../src/cluster/messages.ts';
 
 const messages: Message[] = [
-  { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: 0xfffffffffffffff9n, target: true },
+  { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: 0xfffffffffffffff9n, target: true, promptLength: 7 },
+  {
+    type: 'open',
+    session: 'req-2-0-d0',
+    sampling: { temperature: 0.7, topK: 0, topP: 1, minP: 0.05, repetitionPenalty: 1.1, presencePenalty: 0.1, frequencyPenalty: -0.3, logitBias: { 7: -100, 8192: 2.5 } },
+    seed: 3n,
+    target: false,
+    promptLength: 12,
+  },
   { type: 'propose', session: 's', base: 12, suffix: [1, 2, 4294967295], want: 4 },
   { type: 'review', session: 's', base: 0, suffix: [5, 6, 7], start: 1, lenience: 1, passUp: true, q: [undefined, new Float32Array([0.25, 0.75])] },
   { type: 'close', session: 's' },

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { Rng } from '../src/kernels/rng.ts';
 import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
-import { argmax, checkSampling, distribution, nextToken, sample } from '../src/kernels/sampling.ts';
+import { argmax, checkSampling, distribution, GREEDY, nextToken, processLogits, sample } from '../src/kernels/sampling.ts';
 
 const logits = Float32Array.from([2.0, 1.0, 0.5, 3.0, -1.0, 3.0]);
 
@@ -61,4 +61,42 @@ test('sampling - out-of-range parameters are named', (t) => {
   t.regex(checkSampling({ temperature: 1, topK: 1.5, topP: 1 })!, /top-k/);
   t.regex(checkSampling({ temperature: 1, topK: 0, topP: 0 })!, /top-p/);
   t.is(checkSampling({ temperature: 1, topK: 5, topP: 0.9 }), undefined);
+});
+
+test('sampling - top-p applies to the top-k distribution renormalised, as transformers and vLLM apply it', (t) => {
+  // three tokens: probabilities about 0.64, 0.24, 0.09, 0.03
+  const row = Float32Array.of(3, 2, 1, 0);
+  const full = distribution(row, { temperature: 1, topK: 0, topP: 1 });
+  // top-k 2 leaves 0.64 and 0.24, renormalised 0.73 and 0.27: top-p 0.7 keeps only the first (0.73 >= 0.7)
+  const p = distribution(row, { temperature: 1, topK: 2, topP: 0.7 });
+  t.true(full[0]! < 0.7, 'over the whole vocabulary the first token alone would not reach 0.7');
+  t.deepEqual([...p], [1, 0, 0, 0]);
+});
+
+test('sampling - min-p keeps the tokens of at least min-p times the top probability', (t) => {
+  const row = Float32Array.of(3, 2, 1, 0);
+  const full = distribution(row, { temperature: 1, topK: 0, topP: 1 });
+  const p = distribution(row, { temperature: 1, topK: 0, topP: 1, minP: 0.2 });
+  t.deepEqual([...p].map((x) => x > 0), [true, true, false, false], `${full[2]! / full[0]!} < 0.2 <= ${full[1]! / full[0]!}`);
+  t.true(Math.abs(p[0]! + p[1]! - 1) < 1e-6);
+});
+
+test('sampling - logits processors: logit_bias, repetition penalty over the prefix, presence and frequency penalties over the output only', (t) => {
+  const row = Float32Array.of(2, -2, 1, 0.5, 3);
+  // prompt [0, 1], output [2, 2, 4]
+  const prefix = { tokens: [0, 1, 2, 2, 4, 99], length: 5, promptLength: 2 };
+  t.is(processLogits(row, { ...GREEDY }, prefix), row, 'no processor: the row itself');
+  const biased = processLogits(row, { ...GREEDY, logitBias: { 1: 5, 4: -100 } }, prefix);
+  t.deepEqual([...biased], [2, 3, 1, 0.5, -97]);
+  const rep = processLogits(row, { ...GREEDY, repetitionPenalty: 2 }, prefix);
+  t.deepEqual([...rep], [1, -4, 0.5, 0.5, 1.5], 'positive logits divided, negative multiplied, for prompt and output tokens');
+  const pres = processLogits(row, { ...GREEDY, presencePenalty: 0.5, frequencyPenalty: 0.25 }, prefix);
+  t.deepEqual([...pres], [2, -2, 1 - 0.5 - 0.5, 0.5, 3 - 0.5 - 0.25], 'output tokens only: token 2 twice, token 4 once; token 99 lies past the prefix');
+  t.throws(() => processLogits(row, { ...GREEDY, presencePenalty: 1 }), { instanceOf: RangeError });
+  // greedy follows the processed logits
+  t.is(nextToken(row, { ...GREEDY, logitBias: { 4: -100 } }, new Rng(0), prefix), 0);
+  t.is(checkSampling({ ...GREEDY, presencePenalty: 3 }), 'presence penalty must be in [-2, 2], got 3');
+  t.regex(checkSampling({ ...GREEDY, logitBias: { 5: 101 } })!, /logit_bias must map token ids to values in \[-100, 100\]/);
+  t.regex(checkSampling({ ...GREEDY, repetitionPenalty: 0 })!, /repetition penalty must be a finite number > 0/);
+  t.regex(checkSampling({ ...GREEDY, minP: 1.5 })!, /min-p must be in \[0, 1\]/);
 });

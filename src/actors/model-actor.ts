@@ -221,7 +221,7 @@ export class ModelActor {
     const old = this.sessions.get(req.session);
     if (old) void this.closeSession(req.session);
     this.sessions.set(req.session, {
-      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target || req.target ? req.sampling : draftSampling(req.sampling), this.kv),
+      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target || req.target ? req.sampling : draftSampling(req.sampling), this.kv, req.promptLength),
       rng: new Rng(req.seed),
       temperature: req.sampling.temperature,
       target: this.target || req.target,

@@ -16,7 +16,7 @@ import { TextTokenizer } from '../models/tokenizer.ts';
 import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseLogitBias, parseNumber } from './options.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import { writeOut } from './stdout.ts';
 
@@ -33,6 +33,12 @@ interface GenerateOptions {
   temperature?: number;
   topP?: number;
   topK?: number;
+  minP?: number;
+  repetitionPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** token id → bias added to its logit. */
+  logitBias?: Record<number, number>;
   seed: number;
   models: string;
   model?: string;
@@ -79,6 +85,11 @@ const ConfigFile = z.strictObject({
   topP: z.number().gt(0).lte(1).optional(),
   topK: z.number().int().nonnegative().optional(),
   seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
+  minP: z.number().min(0).max(1).optional(),
+  repetitionPenalty: z.number().gt(0).optional(),
+  presencePenalty: z.number().min(-2).max(2).optional(),
+  frequencyPenalty: z.number().min(-2).max(2).optional(),
+  logitBias: z.record(z.string().regex(/^\d+$/), z.number().min(-100).max(100)).optional(),
   models: z.string().optional(),
   model: z.string().optional(),
   draftModel: z.array(z.string()).optional(),
@@ -178,7 +189,14 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const tok = TextTokenizer.forModel(target.spec);
     const stream = tok.stream();
     const promptIds = typeof text === 'string' ? tok.encodePrompt(text) : 'ids' in text ? text.ids : tok.encodeChat(text);
-    const sampling = resolveSampling({ temperature: o.temperature, topP: o.topP, topK: o.topK }, target.spec.generation, CLI_SAMPLING);
+    const sampling = {
+      ...resolveSampling({ temperature: o.temperature, topP: o.topP, topK: o.topK }, target.spec.generation, CLI_SAMPLING),
+      ...(o.minP !== undefined ? { minP: o.minP } : {}),
+      ...(o.repetitionPenalty !== undefined ? { repetitionPenalty: o.repetitionPenalty } : {}),
+      ...(o.presencePenalty !== undefined ? { presencePenalty: o.presencePenalty } : {}),
+      ...(o.frequencyPenalty !== undefined ? { frequencyPenalty: o.frequencyPenalty } : {}),
+      ...(o.logitBias !== undefined ? { logitBias: o.logitBias } : {}),
+    };
     const req = { promptIds, maxTokens: o.maxTokens, sampling, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
     const onTokens = o.json ? undefined : (ids: readonly number[]) => writeOut(stream.push(ids));
     const result: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
@@ -286,13 +304,18 @@ export function registerGenerate(program: Command): void {
     .option('--temperature <t>', "sampling temperature; 0 = greedy (default: the model's generation_config.json, else 0)", parseNumber('--temperature', { min: 0 }))
     .option('--top-p <p>', "nucleus sampling mass in (0, 1] (default: the model's generation_config.json, else 1)", parseNumber('--top-p', { min: 0 }))
     .option('--top-k <k>', "keep the k most likely tokens; 0 = off (default: the model's generation_config.json, else 0)", parseNumber('--top-k', { min: 0, integer: true }))
+    .option('--min-p <p>', 'drop tokens below p times the most likely one (0 = off)', parseNumber('--min-p', { min: 0 }))
+    .option('--repetition-penalty <r>', 'divide the logits of tokens already in the prompt or output by r (1 = off; transformers and vLLM)', parseNumber('--repetition-penalty', { min: 0 }))
+    .option('--presence-penalty <v>', 'subtract v from the logit of every token already in the output (-2..2, 0 = off; OpenAI)', parseNumber('--presence-penalty'))
+    .option('--frequency-penalty <v>', 'subtract v per occurrence in the output so far (-2..2, 0 = off; OpenAI)', parseNumber('--frequency-penalty'))
+    .option('--logit-bias <json>', 'token id to logit bias, as OpenAI\'s logit_bias, e.g. \'{"13": -100}\'', parseLogitBias)
     .option('--seed <s>', 'random seed for sampling', parseNumber('--seed', { integer: true }), 0)
     .option('--mode <mode>', `decoding: ${MODES.join(' | ')} (target only, speculative with the largest drafter, MaG prompt lookup, full cascade)`, parseMode, 'csd')
     .option('--drafters <list>', 'cascade drafters, largest first, e.g. draft-l2,draft-l1,mag (overrides the mode)', parseDrafters)
     .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (docs/cascade.md), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, executionProviders, draftExecutionProviders, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))

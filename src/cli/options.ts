@@ -29,3 +29,20 @@ export const parseKvLocation = (raw: string): (typeof KV_LOCATIONS)[number] => {
   if (!(KV_LOCATIONS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--kv-location must be one of ${KV_LOCATIONS.join(', ')}, got "${raw}"`);
   return raw as (typeof KV_LOCATIONS)[number];
 };
+
+/** --logit-bias: a JSON object of token id to bias in [-100, 100], as OpenAI's logit_bias. */
+export const parseLogitBias = (raw: string): Record<number, number> => {
+  let json: unknown;
+  try {
+    json = JSON.parse(raw);
+  } catch {
+    throw new InvalidArgumentError(`--logit-bias takes a JSON object of token id to bias, e.g. '{"13": -100}'; got "${raw}"`);
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new InvalidArgumentError(`--logit-bias takes a JSON object of token id to bias; got ${raw}`);
+  const out: Record<number, number> = {};
+  for (const [id, v] of Object.entries(json)) {
+    if (!/^\d+$/.test(id) || typeof v !== 'number' || !(v >= -100 && v <= 100)) throw new InvalidArgumentError(`--logit-bias maps token ids to numbers in [-100, 100]; got ${id}: ${JSON.stringify(v)}`);
+    out[Number(id)] = v;
+  }
+  return out;
+};

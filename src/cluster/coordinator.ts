@@ -19,7 +19,19 @@ export const JobData = z.object({
   requestId: z.string().regex(/^[A-Za-z0-9_-]{1,128}$/, 'request ids use letters, digits, - and _'),
   promptIds: z.array(z.number().int().min(0)).min(1),
   maxTokens: z.number().int().min(1),
-  sampling: z.object({ temperature: z.number().min(0), topK: z.number().int().min(0), topP: z.number().gt(0).max(1) }),
+  /** Strict: a sampling field this coordinator does not know would otherwise be dropped silently, and the output would no longer be what was asked. */
+  sampling: z
+    .object({
+      temperature: z.number().min(0),
+      topK: z.number().int().min(0),
+      topP: z.number().gt(0).max(1),
+      minP: z.number().min(0).max(1).optional(),
+      repetitionPenalty: z.number().gt(0).optional(),
+      presencePenalty: z.number().min(-2).max(2).optional(),
+      frequencyPenalty: z.number().min(-2).max(2).optional(),
+      logitBias: z.record(z.string().regex(/^\d+$/), z.number().min(-100).max(100)).optional(),
+    })
+    .strict(),
   seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits'),
   stopAtEos: z.boolean().default(true),
   /** Drafters largest first; 'mag' only last. */
@@ -119,7 +131,7 @@ export class Coordinator {
       // Every level samples with its own stream: levels sharing one seed would draw correlated
       // numbers (a drafter's sample and the target's acceptance test), and the output would be biased.
       const remote = (name: string, tag: string, stream: number) =>
-        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, { sampling: job.sampling, seed: deriveSeed(seed, stream), timeoutMs: this.options.callTimeoutMs, target: stream === 0 });
+        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, { sampling: job.sampling, seed: deriveSeed(seed, stream), timeoutMs: this.options.callTimeoutMs, target: stream === 0, promptLength: job.promptIds.length });
       const top = remote(family.target, 't', 0);
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`, i + 1)));
       let offset = recorded.length;

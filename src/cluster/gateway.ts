@@ -64,6 +64,9 @@ const CascadeFields = z
   .strict()
   .optional();
 
+/** Token id → bias, as OpenAI sends logit_bias (JSON object keys are strings). */
+const LogitBias = z.record(z.string().regex(/^\d+$/, 'logit_bias keys are token ids'), z.number().min(-100).max(100));
+
 const Sampling = {
   model: z.string().optional(),
   max_tokens: z.number().int().min(1).optional(),
@@ -71,23 +74,62 @@ const Sampling = {
   temperature: z.number().min(0).max(2).optional(),
   top_p: z.number().gt(0).max(1).optional(),
   top_k: z.number().int().min(0).optional(),
+  // vLLM's extensions, and OpenAI's penalties: logits processors every cascade level applies
+  min_p: z.number().min(0).max(1).optional(),
+  repetition_penalty: z.number().gt(0).optional(),
+  presence_penalty: z.number().min(-2).max(2).optional(),
+  frequency_penalty: z.number().min(-2).max(2).optional(),
+  logit_bias: LogitBias.optional(),
   seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
   stream: z.boolean().optional(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
   n: z.literal(1).optional(),
   user: z.string().optional(),
+  // accepted where they change nothing: no log probabilities, no echo, no stop strings
+  logprobs: z.literal(false).optional(),
+  echo: z.literal(false).optional(),
+  stop: z.array(z.string()).length(0).optional(),
   cascade: CascadeFields,
 };
+
+/**
+ * A request body with its null fields dropped: clients send `max_tokens: null`, `stop: null` for
+ * "unset", which OpenAI and vLLM accept.
+ */
+const withoutNulls = (body: unknown): unknown =>
+  body !== null && typeof body === 'object' && !Array.isArray(body) ? Object.fromEntries(Object.entries(body).filter(([, v]) => v !== null)) : body;
 
 /** A prompt of token ids, as the OpenAI API takes it (`prompt: number[]`, or one such list in a list), fed as it is. */
 const TokenIds = z.array(z.number().int().min(0)).min(1);
 const CompletionBody = z.object({ ...Sampling, prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1), TokenIds, z.array(TokenIds).length(1)]) }).strict();
+/**
+ * A chat message's content: a string, or OpenAI's array of content parts, whose text parts are
+ * joined; any other part (an image, audio, a file) is refused naming its type.
+ */
+const Content = z.union([
+  z.string(),
+  z.array(
+    z.object({ type: z.string(), text: z.string().optional() }).passthrough().superRefine((part, ctx) => {
+      if (part.type !== 'text' || part.text === undefined) ctx.addIssue({ code: 'custom', message: `content parts of type "${part.type}" are not supported (text only)` });
+    }),
+  ),
+]);
+const joinContent = (c: z.infer<typeof Content>): string => (typeof c === 'string' ? c : c.map((p) => p.text!).join(''));
+
+/** OpenAI's roles: `developer` is the system role of newer models; `tool` messages go to the chat template as they are. */
+const Message = z
+  .object({ role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']), content: Content, name: z.string().optional(), tool_call_id: z.string().optional() })
+  .strict();
 const ChatBody = z
   .object({
     ...Sampling,
-    messages: z.array(z.object({ role: z.enum(['system', 'user', 'assistant']), content: z.string(), name: z.string().optional() }).strict()).min(1),
+    messages: z.array(Message).min(1),
   })
   .strict();
+
+/** The messages as the chat template takes them: content joined, `developer` as `system`. */
+const templateMessages = (messages: readonly z.infer<typeof Message>[]) =>
+  messages.map((m) => ({ role: m.role === 'developer' ? 'system' : m.role, content: joinContent(m.content), ...(m.name !== undefined ? { name: m.name } : {}) }));
 
 class HttpError extends Error {
   constructor(
@@ -256,7 +298,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   }));
 
   function parse<T>(schema: z.ZodType<T>, body: unknown): T {
-    const r = schema.safeParse(body);
+    const r = schema.safeParse(withoutNulls(body));
     if (!r.success) {
       const issue = r.error.issues[0]!;
       throw new HttpError(400, `invalid request: ${z.prettifyError(r.error)}`, 'invalid_request_error', issue.path.join('.') || null);
@@ -271,11 +313,21 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     if (!promptIds.length) throw new HttpError(400, 'the prompt is empty', 'invalid_request_error', 'prompt');
     const outside = model.vocabSize === undefined ? undefined : promptIds.find((id) => id >= model.vocabSize!);
     if (outside !== undefined) throw new HttpError(400, `prompt token id ${outside} is outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'prompt');
-    const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? 16;
+    // unset: the rest of the context, as vLLM (16 where the context is unknown)
+    const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? (model.maxPositions !== undefined ? Math.max(1, model.maxPositions - promptIds.length) : 16);
     if (model.maxPositions !== undefined && promptIds.length + maxTokens > model.maxPositions) {
       throw new HttpError(400, `prompt (${promptIds.length} tokens) plus max_tokens (${maxTokens}) exceeds the model's context of ${model.maxPositions} tokens`, 'invalid_request_error', 'max_tokens');
     }
-    const sampling = resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING);
+    const sampling: SamplingParams = {
+      ...resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING),
+      ...(body.min_p !== undefined ? { minP: body.min_p } : {}),
+      ...(body.repetition_penalty !== undefined ? { repetitionPenalty: body.repetition_penalty } : {}),
+      ...(body.presence_penalty !== undefined ? { presencePenalty: body.presence_penalty } : {}),
+      ...(body.frequency_penalty !== undefined ? { frequencyPenalty: body.frequency_penalty } : {}),
+      ...(body.logit_bias !== undefined ? { logitBias: Object.fromEntries(Object.entries(body.logit_bias).map(([id, v]) => [Number(id), v])) } : {}),
+    };
+    const biasOutside = model.vocabSize === undefined ? undefined : Object.keys(sampling.logitBias ?? {}).find((id) => Number(id) >= model.vocabSize!);
+    if (biasOutside !== undefined) throw new HttpError(400, `logit_bias names token id ${biasOutside}, outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'logit_bias');
     let plan;
     try {
       plan = planCascade(
@@ -530,7 +582,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
 
   app.post('/v1/chat/completions', async (req, reply) => {
     const body = parse(ChatBody, req.body);
-    await serveRequest(req, reply, job(body, { messages: body.messages }), true, body.stream ?? false, body.stream_options?.include_usage ?? false);
+    await serveRequest(req, reply, job(body, { messages: templateMessages(body.messages) }), true, body.stream ?? false, body.stream_options?.include_usage ?? false);
     return reply;
   });
 

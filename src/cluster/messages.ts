@@ -18,7 +18,7 @@ import type { ServiceLoad } from '../models/session.ts';
  * come near the payload limit send drafts one-hot instead (still exact, only less often accepted).
  */
 export const FRAME_MAGIC = 0xca;
-/** 4: rows may be sparse (marker 2); `open` says whether the session is the target. */
+/** 4: rows may be sparse (marker 2); `open` carries float64 sampling with its logits processors, whether the session is the target, and where the output begins. */
 export const FRAME_VERSION = 4;
 
 /** One optional distribution per drafted token: undefined = one-hot at the token. */
@@ -29,9 +29,11 @@ export type ActorRequest =
   /**
    * Places a session on an actor instance (sent to the model's queue group); `seed`: its sampler's
    * 64-bit seed; `target`: the session is the request's target (its distribution is the output's: a
-   * draft actor's top-k truncation must not apply, whichever actor the queue group picks).
+   * draft actor's top-k truncation must not apply, whichever actor the queue group picks);
+   * `promptLength`: where the request's output begins in its context (the penalties count only output).
+   * The sampling's logits processors travel in full (float64: every level must apply the same ones).
    */
-  | { readonly type: 'open'; readonly session: string; readonly sampling: SamplingParams; readonly seed: bigint; readonly target: boolean }
+  | { readonly type: 'open'; readonly session: string; readonly sampling: SamplingParams; readonly seed: bigint; readonly target: boolean; readonly promptLength: number }
   /**
    * The session's context is its previous context cut to `base` tokens plus `suffix`; draft `want`
    * tokens after it.
@@ -124,6 +126,13 @@ class Writer {
     this.room(4);
     this.view.setFloat32(this.at, v, true);
     this.at += 4;
+    return this;
+  }
+
+  f64(v: number): this {
+    this.room(8);
+    this.view.setFloat64(this.at, v, true);
+    this.at += 8;
     return this;
   }
 
@@ -230,6 +239,13 @@ class Reader {
     return v;
   }
 
+  f64(what: string): number {
+    this.need(8, what);
+    const v = this.view.getFloat64(this.at, true);
+    this.at += 8;
+    return v;
+  }
+
   u64(what: string): bigint {
     this.need(8, what);
     const v = this.view.getBigUint64(this.at, true);
@@ -330,6 +346,39 @@ function bool(r: Reader, what: string): boolean {
   return v === 1;
 }
 
+/**
+ * Sampling settings, float64 so that every actor computes with exactly the request's values (a
+ * float32 temperature of 0.7 is 0.699999988): temperature, top-k (uint32), top-p, min-p, the
+ * repetition, presence and frequency penalties, and logit_bias as a count of (uint32 id, float64
+ * value). Neutral values stand for absent ones, so a message decodes to the fields that are on.
+ */
+function writeSampling(w: Writer, s: SamplingParams): Writer {
+  w.f64(s.temperature).u32(s.topK).f64(s.topP).f64(s.minP ?? 0).f64(s.repetitionPenalty ?? 1).f64(s.presencePenalty ?? 0).f64(s.frequencyPenalty ?? 0);
+  const bias = Object.entries(s.logitBias ?? {});
+  w.u32(bias.length);
+  for (const [id, v] of bias) w.u32(Number(id)).f64(v);
+  return w;
+}
+
+function readSampling(r: Reader): SamplingParams {
+  const base = { temperature: r.f64('temperature'), topK: r.u32('topK'), topP: r.f64('topP') };
+  const minP = r.f64('minP');
+  const repetitionPenalty = r.f64('repetitionPenalty');
+  const presencePenalty = r.f64('presencePenalty');
+  const frequencyPenalty = r.f64('frequencyPenalty');
+  const n = r.count('logitBias');
+  const logitBias: Record<number, number> = {};
+  for (let i = 0; i < n; i++) logitBias[r.u32('logitBias')] = r.f64('logitBias');
+  return {
+    ...base,
+    ...(minP !== 0 ? { minP } : {}),
+    ...(repetitionPenalty !== 1 ? { repetitionPenalty } : {}),
+    ...(presencePenalty !== 0 ? { presencePenalty } : {}),
+    ...(frequencyPenalty !== 0 ? { frequencyPenalty } : {}),
+    ...(n > 0 ? { logitBias } : {}),
+  };
+}
+
 /** An optional ServiceLoad: a presence byte, then occupancy, fixedMs and tokenMs as float32. */
 function writeLoad(w: Writer, load: ServiceLoad | undefined): Writer {
   return load ? w.u8(1).f32(load.occupancy).f32(load.fixedMs).f32(load.tokenMs) : w.u8(0);
@@ -350,7 +399,7 @@ export function encode(m: Message): Uint8Array {
   const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
   switch (m.type) {
     case 'open':
-      return w.str(m.session).f32(m.sampling.temperature).u32(m.sampling.topK).f32(m.sampling.topP).u64(m.seed).u8(m.target ? 1 : 0).done();
+      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).done();
     case 'propose':
       return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).done();
     case 'review':
@@ -394,8 +443,8 @@ export function decode(frame: Uint8Array): Message {
   switch (type) {
     case 'open': {
       const session = r.str('session');
-      const sampling = { temperature: r.f32('temperature'), topK: r.u32('topK'), topP: r.f32('topP') };
-      m = { type, session, sampling, seed: r.u64('seed'), target: bool(r, 'target') };
+      const sampling = readSampling(r);
+      m = { type, session, sampling, seed: r.u64('seed'), target: bool(r, 'target'), promptLength: r.u32('promptLength') };
       break;
     }
     case 'propose':

@@ -19,6 +19,8 @@ export interface RemoteLevelOptions {
   readonly seed: Seed;
   /** The level is the request's target: its actor samples from the full distribution (never a drafter's top-k). */
   readonly target?: boolean;
+  /** Where the request's output begins in its tokens (penalties count only the output). */
+  readonly promptLength?: number;
   /**
    * Per-call timeout (a model call on a loaded GPU node, plus the network), for a call that feeds up
    * to TOKENS_PER_TIMEOUT tokens; a call feeding more (a prefill) gets one such timeout per
@@ -75,7 +77,7 @@ export class RemoteLevel implements CascadeLevel {
   private async place(): Promise<string> {
     let reply: ActorReply;
     try {
-      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: deriveSeed(this.options.seed, this.placements), target: this.options.target ?? false });
+      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: deriveSeed(this.options.seed, this.placements), target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0 });
     } catch (err) {
       if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       throw err;

@@ -129,12 +129,14 @@ export async function generateCascade(
   }
   checkVocabularySizes(target.spec, config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session.spec] : [])));
   const seqId = randomUUID();
-  const top = new ModelLevel(target.spec.name, target, seqId, req.sampling);
+  const promptLength = req.promptLength ?? req.promptIds.length;
+  const top = new ModelLevel(target.spec.name, target, seqId, req.sampling, undefined, promptLength);
   // Each drafter level has its own sequence id: a drafter may be the target's own session (self-draft).
+  // Every level applies the same logits processors with each position's own prefix (exactness).
   const drafters: CascadeLevel[] = config.drafters.map((d, i) =>
     d.kind === 'mag'
       ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence })
-      : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, d.kv),
+      : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, d.kv, promptLength),
   );
   const maxPositions = smallestContext([target, ...config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session] : []))].map((s) => s.spec));
   // a narrower drafter (less vocabulary padding) that meets a padding id the target sampled is dropped

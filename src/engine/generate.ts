@@ -17,6 +17,11 @@ export interface GenerateRequest {
   readonly stopAtEos?: boolean;
   /** Bound the target's KV cache (lossy unless `full`; target-only decoding for now). */
   readonly kv?: KvPolicyConfig;
+  /**
+   * Where the output begins in promptIds (default: its end). A resumed request's promptIds hold its
+   * earlier output, which presence and frequency penalties must still count.
+   */
+  readonly promptLength?: number;
 }
 
 /** `cancelled`: the client went away or cancelled, and the request stopped early (cluster). */
@@ -47,6 +52,9 @@ export function checkRequest(req: GenerateRequest, maxPositions: number | undefi
   const bad = checkSampling(req.sampling);
   if (bad) throw new InvalidArgumentError(bad);
   if (typeof req.seed !== 'bigint' && !Number.isSafeInteger(req.seed)) throw new InvalidArgumentError(`seed must be an integer of at most 53 bits, got ${req.seed}`);
+  if (req.promptLength !== undefined && !(Number.isInteger(req.promptLength) && req.promptLength >= 0 && req.promptLength <= req.promptIds.length)) {
+    throw new InvalidArgumentError(`promptLength must be an integer in 0..${req.promptIds.length}, got ${req.promptLength}`);
+  }
   if (req.kv) {
     checkKvPolicy(req.kv);
     if (req.kv.policy !== 'full') checkBudget(req.kv.budget);
@@ -84,14 +92,17 @@ export async function generateAutoregressive(
   };
   try {
     let logits = await feed(req.promptIds);
+    const tokens = [...req.promptIds];
+    const promptLength = req.promptLength ?? req.promptIds.length;
     while (out.length < req.maxTokens) {
-      const token = nextToken(logits, req.sampling, rng);
+      const token = nextToken(logits, req.sampling, rng, { tokens, length: tokens.length, promptLength });
       if (out.length === 0) firstToken = performance.now() - start;
       if (eos.has(token)) {
         finishReason = 'stop';
         break;
       }
       out.push(token);
+      tokens.push(token);
       onTokens?.([token]);
       if (out.length === req.maxTokens) break;
       logits = await feed([token]);

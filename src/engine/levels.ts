@@ -1,7 +1,7 @@
 import { review, reviewGreedyLenient, type ReviewOutcome } from '../kernels/acceptance.ts';
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
-import { argmax, distribution, logitsRow, sample, type SamplingParams } from '../kernels/sampling.ts';
+import { argmax, distribution, logitsRow, processLogits, sample, type SamplingParams } from '../kernels/sampling.ts';
 import { LevelUnavailableError } from '../errors.ts';
 import type { ModelSession, ServiceLoad } from '../models/session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
@@ -104,13 +104,18 @@ export class ModelLevel implements CascadeLevel {
 
   private readonly seq: BoundedSequence;
 
-  /** `kv` bounds this level's cache (drafters only: the target always keeps its full cache). */
+  /**
+   * `kv` bounds this level's cache (drafters only: the target always keeps its full cache).
+   * `promptLength`: where the request's output begins in its tokens (presence and frequency
+   * penalties count only the output; a resumed request's context holds earlier output too).
+   */
   constructor(
     readonly name: string,
     readonly session: ModelSession,
     readonly seqId: string,
     private readonly sampling: SamplingParams,
     kv: KvPolicyConfig = FULL_CACHE,
+    private readonly promptLength = 0,
   ) {
     this.seq = new BoundedSequence(session, seqId, kv);
   }
@@ -136,9 +141,9 @@ export class ModelLevel implements CascadeLevel {
     return logits.subarray(logits.length - needed * vocab);
   }
 
-  /** The processed distribution of one logits row (one-hot when greedy). */
-  dist(row: Float32Array): Float32Array {
-    return distribution(row, this.sampling);
+  /** The processed distribution of one logits row (one-hot when greedy), the position after tokens[0..length). */
+  dist(row: Float32Array, tokens: readonly number[], length: number): Float32Array {
+    return distribution(row, this.sampling, { tokens, length, promptLength: this.promptLength });
   }
 
   /**
@@ -150,10 +155,10 @@ export class ModelLevel implements CascadeLevel {
       this.stats.proposals++;
       const row = await this.rows(block.tokens, block.length, block.length + 1);
       if (this.sampling.temperature === 0) {
-        block.push(argmax(row), undefined);
+        block.push(argmax(processLogits(row, this.sampling, { tokens: block.tokens, length: block.length, promptLength: this.promptLength })), undefined);
         continue;
       }
-      const p = this.dist(row);
+      const p = this.dist(row, block.tokens, block.length);
       block.push(sample(p, rng), p);
     }
   }
@@ -167,14 +172,16 @@ export class ModelLevel implements CascadeLevel {
   async review(block: Block, start: number, rng: Rng, lenience: number, passUp: boolean): Promise<ReviewOutcome> {
     this.stats.reviews++;
     const drafts = block.tokens.slice(start);
+    const tokens = block.tokens.slice(); // each position's prefix: tokens[0..start + i)
     const vocab = this.session.spec.vocabSize;
     const logits = await this.rows(block.tokens, start, block.length + 1);
     const row = (i: number) => logitsRow(logits, i, vocab);
     const ps: Float32Array[] = [];
-    const p = (i: number) => (ps[i] ??= this.dist(row(i)));
+    const p = (i: number) => (ps[i] ??= this.dist(row(i), tokens, start + i));
     const greedyLenient = lenience > 1 && this.sampling.temperature === 0;
+    const processed = (i: number) => processLogits(row(i), this.sampling, { tokens, length: start + i, promptLength: this.promptLength });
     const outcome = greedyLenient
-      ? reviewGreedyLenient(drafts, row, lenience)
+      ? reviewGreedyLenient(drafts, processed, lenience)
       : review(drafts, drafts.map((_, i) => block.qAt(start + i)), p, rng, lenience);
     const exact = passUp && !greedyLenient && lenience === 1;
     block.cut(start + outcome.accepted);

@@ -1,17 +1,80 @@
 import type { Rng } from './rng.ts';
 
 /**
- * How a distribution is derived from logits. temperature 0 is greedy (one-hot at the argmax);
- * topK 0 and topP 1 switch those filters off. The same processed distribution is what speculative
- * acceptance compares (SPEC §4.3: p and q are the distributions after temperature/top-k/top-p).
+ * How a distribution is derived from logits: the logits processors, then the sampling filters, in
+ * the order transformers and vLLM apply them. temperature 0 is greedy (one-hot at the argmax of the
+ * processed logits); topK 0, topP 1 and minP 0 switch those filters off, as do the processors'
+ * neutral values. The same processed distribution, with each position's own prefix, is what every
+ * level of a cascade drafts from and what speculative acceptance compares (SPEC §4.3), so the output
+ * stays the target's with any of them on.
  */
 export interface SamplingParams {
   readonly temperature: number;
   readonly topK: number;
   readonly topP: number;
+  /** min-p (0 = off): drop tokens whose probability is below minP times the most likely one's. */
+  readonly minP?: number;
+  /**
+   * transformers' / vLLM's repetition penalty (1 = off): the logit of every token in the prefix
+   * (prompt and output) is divided by it when positive, multiplied when negative (CTRL, Keskar 2019).
+   */
+  readonly repetitionPenalty?: number;
+  /** OpenAI's presence penalty (0 = off): subtracted once from the logit of every token in the output so far. */
+  readonly presencePenalty?: number;
+  /** OpenAI's frequency penalty (0 = off): subtracted from a token's logit once per time it is in the output so far. */
+  readonly frequencyPenalty?: number;
+  /** OpenAI's logit_bias: token id → value added to its logit (-100 bans, 100 forces in practice). */
+  readonly logitBias?: Readonly<Record<number, number>>;
 }
 
 export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1 };
+
+/**
+ * The tokens a position's distribution is conditioned on: tokens[0..length) (prompt, output, and any
+ * drafts before the position), of which tokens[promptLength..length) are output (presence and
+ * frequency penalties count only those, as OpenAI and vLLM do).
+ */
+export interface Prefix {
+  readonly tokens: readonly number[];
+  readonly length: number;
+  readonly promptLength: number;
+}
+
+/** Whether any logits processor (one that looks at the prefix or the bias) is on. */
+export function hasProcessors(p: SamplingParams): boolean {
+  return (p.repetitionPenalty ?? 1) !== 1 || (p.presencePenalty ?? 0) !== 0 || (p.frequencyPenalty ?? 0) !== 0 || (p.logitBias !== undefined && Object.keys(p.logitBias).length > 0);
+}
+
+/**
+ * The logits after the processors (logit_bias, then the repetition, presence and frequency
+ * penalties over `prefix`), as a new array; `logits` itself when none is on. Throws RangeError when
+ * a processor needs the prefix and none is given.
+ */
+export function processLogits(logits: Float32Array, params: SamplingParams, prefix?: Prefix): Float32Array {
+  if (!hasProcessors(params)) return logits;
+  const out = logits.slice();
+  for (const [id, bias] of Object.entries(params.logitBias ?? {})) {
+    const t = Number(id);
+    if (t < out.length) out[t] = out[t]! + bias;
+  }
+  const repetition = params.repetitionPenalty ?? 1;
+  const presence = params.presencePenalty ?? 0;
+  const frequency = params.frequencyPenalty ?? 0;
+  if (repetition === 1 && presence === 0 && frequency === 0) return out;
+  if (!prefix) throw new RangeError('repetition, presence and frequency penalties need the prefix of the position');
+  const seen = new Set<number>();
+  const counts = new Map<number, number>();
+  for (let i = 0; i < prefix.length; i++) {
+    const t = prefix.tokens[i]!;
+    seen.add(t);
+    if (i >= prefix.promptLength) counts.set(t, (counts.get(t) ?? 0) + 1);
+  }
+  if (repetition !== 1) {
+    for (const t of seen) if (t < out.length) out[t] = out[t]! > 0 ? out[t]! / repetition : out[t]! * repetition;
+  }
+  for (const [t, n] of counts) if (t < out.length) out[t] = out[t]! - presence - frequency * n;
+  return out;
+}
 
 /** Index of the largest value of `row`; the lowest index wins ties, as in torch.argmax. */
 export function argmax(row: Float32Array): number {
@@ -30,43 +93,54 @@ export function argmax(row: Float32Array): number {
 export const logitsRow = (logits: Float32Array, row: number, vocab: number): Float32Array => logits.subarray(row * vocab, (row + 1) * vocab);
 
 /**
- * The processed distribution over the vocabulary: softmax(logits / T) restricted to the top-k
- * tokens and then to the smallest set whose mass reaches top-p, renormalised. Ties at the top-k
- * boundary keep every tied token; greedy returns one-hot. Returns a new Float32Array.
+ * The processed distribution over the vocabulary: the logits processors (processLogits, with the
+ * position's prefix), then softmax(logits / T) restricted to the top-k tokens, renormalised, then to
+ * the smallest set whose mass reaches top-p, then to the tokens of at least min-p times the top
+ * probability, renormalised: transformers' and vLLM's order. Ties at the top-k boundary keep every
+ * tied token; greedy returns one-hot at the processed argmax. Returns a new Float32Array.
  */
-export function distribution(logits: Float32Array, params: SamplingParams): Float32Array {
+export function distribution(logits: Float32Array, params: SamplingParams, prefix?: Prefix): Float32Array {
   const n = logits.length;
+  const x = processLogits(logits, params, prefix);
   const probs = new Float32Array(n);
   if (params.temperature === 0) {
-    probs[argmax(logits)] = 1;
+    probs[argmax(x)] = 1;
     return probs;
   }
   let max = -Infinity;
-  for (let i = 0; i < n; i++) if (logits[i]! > max) max = logits[i]!;
+  for (let i = 0; i < n; i++) if (x[i]! > max) max = x[i]!;
   let sum = 0;
   for (let i = 0; i < n; i++) {
-    const e = Math.exp((logits[i]! - max) / params.temperature);
+    const e = Math.exp((x[i]! - max) / params.temperature);
     probs[i] = e;
     sum += e;
   }
   for (let i = 0; i < n; i++) probs[i] = probs[i]! / sum;
   const filterK = params.topK > 0 && params.topK < n;
-  if (!filterK && params.topP >= 1) return probs;
+  const minP = params.minP ?? 0;
+  if (!filterK && params.topP >= 1 && minP <= 0) return probs;
   // Candidates in order (most probable first, lower id first among equals): with top-k, only the
   // tokens at or above the k-th largest probability (ties at the boundary kept), found in O(n), so a
   // 152k vocabulary sorts a few hundred entries, not all of them.
-  const candidates = filterK ? atLeast(probs, kthLargest(probs, params.topK)) : Array.from({ length: n }, (_, i) => i);
+  const candidates = filterK ? atLeast(probs, kthLargest(probs, params.topK)) : minP > 0 && params.topP >= 1 ? atLeast(probs, minP * probs[argmax(probs)]!) : Array.from({ length: n }, (_, i) => i);
   const order = candidates.sort((a, b) => probs[b]! - probs[a]! || a - b);
   let keep = order.length;
   if (params.topP < 1) {
+    // top-p over the top-k distribution renormalised
+    let total = 0;
+    for (let i = 0; i < keep; i++) total += probs[order[i]!]!;
     let mass = 0;
     for (let i = 0; i < keep; i++) {
       mass += probs[order[i]!]!;
-      if (mass >= params.topP) {
+      if (mass >= params.topP * total) {
         keep = i + 1;
         break;
       }
     }
+  }
+  if (minP > 0) {
+    const floor = minP * probs[order[0]!]!;
+    while (keep > 1 && probs[order[keep - 1]!]! < floor) keep--;
   }
   let kept = 0;
   for (let i = 0; i < keep; i++) kept += probs[order[i]!]!;
@@ -123,9 +197,9 @@ export function sample(probs: Float32Array, rng: Rng): number {
   return last;
 }
 
-/** The next token for one logits row: argmax when greedy, otherwise a draw from `distribution`. */
-export function nextToken(logits: Float32Array, params: SamplingParams, rng: Rng): number {
-  return params.temperature === 0 ? argmax(logits) : sample(distribution(logits, params), rng);
+/** The next token for one logits row: the processed argmax when greedy, otherwise a draw from `distribution`. */
+export function nextToken(logits: Float32Array, params: SamplingParams, rng: Rng, prefix?: Prefix): number {
+  return params.temperature === 0 ? argmax(processLogits(logits, params, prefix)) : sample(distribution(logits, params, prefix), rng);
 }
 
 /** The reason sampling parameters are out of range, or undefined when they are valid. */
@@ -133,5 +207,13 @@ export function checkSampling(p: SamplingParams): string | undefined {
   if (!(Number.isFinite(p.temperature) && p.temperature >= 0)) return `temperature must be a finite number >= 0, got ${p.temperature}`;
   if (!(Number.isInteger(p.topK) && p.topK >= 0)) return `top-k must be an integer >= 0, got ${p.topK}`;
   if (!(p.topP > 0 && p.topP <= 1)) return `top-p must be in (0, 1], got ${p.topP}`;
+  if (p.minP !== undefined && !(p.minP >= 0 && p.minP <= 1)) return `min-p must be in [0, 1], got ${p.minP}`;
+  if (p.repetitionPenalty !== undefined && !(Number.isFinite(p.repetitionPenalty) && p.repetitionPenalty > 0)) return `repetition penalty must be a finite number > 0, got ${p.repetitionPenalty}`;
+  for (const [name, v] of [['presence', p.presencePenalty], ['frequency', p.frequencyPenalty]] as const) {
+    if (v !== undefined && !(v >= -2 && v <= 2)) return `${name} penalty must be in [-2, 2], got ${v}`;
+  }
+  for (const [id, v] of Object.entries(p.logitBias ?? {})) {
+    if (!/^\d+$/.test(id) || !(v >= -100 && v <= 100)) return `logit_bias must map token ids to values in [-100, 100], got ${id}: ${v}`;
+  }
   return undefined;
 }
