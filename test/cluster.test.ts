@@ -98,7 +98,7 @@ test.serial('cluster - greedy output with presence/frequency/repetition penaltie
   t.true(cascadeUsage.drafted_tokens > 0, 'the drafters drafted with the processors too');
 });
 
-test.serial('cluster - what clients send and change nothing is accepted: nulls, zero penalties, false logprobs/echo, no stop strings, content parts, the developer role', async (t) => {
+test.serial('cluster - what clients send and change nothing is accepted: nulls, zero penalties, false logprobs/echo, content parts, the developer role', async (t) => {
   const messages = [
     { role: 'developer', content: 'You write Python.' },
     { role: 'user', content: [{ type: 'text', text: 'Write a function ' }, { type: 'text', text: 'that reads a file.' }] },
@@ -111,11 +111,40 @@ test.serial('cluster - what clients send and change nothing is accepted: nulls, 
   const image = await post('chat/completions', { messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'http://x/y.png' } }] }], max_tokens: 2 });
   t.is(image.status, 400);
   t.regex(((await image.json()) as { error: { message: string } }).error.message, /content parts of type "image_url" are not supported/);
-  const stop = await post('completions', { prompt: 'x', max_tokens: 2, stop: ['\n'] });
-  t.is(stop.status, 400, 'stop strings are refused until they are exact under speculation');
+  const empty = await post('completions', { prompt: 'x', max_tokens: 2, stop: [''] });
+  t.is(empty.status, 400, 'an empty stop string is refused');
   const bias = await post('completions', { prompt: 'x', max_tokens: 2, logit_bias: { '999999': 5 } });
   t.is(bias.status, 400);
   t.regex(((await bias.json()) as { error: { message: string } }).error.message, /logit_bias names token id 999999, outside the vocabulary/);
+  // an id past 2^32 would wrap around in a uint32 frame field and bias another token
+  const wrapping = await post('completions', { prompt: 'x', max_tokens: 2, logit_bias: { '4294967309': 5 } });
+  t.is(wrapping.status, 400);
+  const nested = await post('chat/completions', { messages: [{ role: 'user', content: 'hi', name: null }], max_tokens: 2, stream_options: { include_usage: null } });
+  t.is(nested.status, 200, 'nulls inside messages and options count as unset too');
+  await nested.arrayBuffer();
+});
+
+test.serial('cluster - a stop string that a drafted block crosses gives exactly target-only decoding\'s text up to it, finish_reason stop, streamed and not', async (t) => {
+  const full = await targetOnly(PROMPT, 40);
+  // a stop string from the middle of the greedy text: a round of the fixed K drafts past it
+  const at = Math.floor(full.length / 2);
+  const stop = full.slice(at, at + 3);
+  const want = full.slice(0, full.indexOf(stop));
+  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
+  const body = { model: family.target, prompt: PROMPT, max_tokens: 40, temperature: 0, stop: ['never-appears', stop], cascade };
+  const r = (await client.completions.create(body as never)) as unknown as OpenAI.Completions.Completion;
+  t.is(r.choices[0]!.text, want);
+  t.is(r.choices[0]!.finish_reason, 'stop');
+  t.true(r.usage!.completion_tokens < 40);
+  const stream = (await client.completions.create({ ...body, stream: true } as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>;
+  let text = '';
+  let finish: string | null = null;
+  for await (const c of stream) {
+    text += c.choices[0]?.text ?? '';
+    finish = c.choices[0]?.finish_reason ?? finish;
+  }
+  t.is(text, want, 'the stream holds back what could begin the stop string and never sends it');
+  t.is(finish, 'stop');
 });
 
 test.serial('cluster - chat completions stream over SSE and concatenate to the greedy text of target-only decoding', async (t) => {

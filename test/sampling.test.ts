@@ -96,7 +96,8 @@ test('sampling - logits processors: logit_bias, repetition penalty over the pref
   // greedy follows the processed logits
   t.is(nextToken(row, { ...GREEDY, logitBias: { 4: -100 } }, new Rng(0), prefix), 0);
   t.is(checkSampling({ ...GREEDY, presencePenalty: 3 }), 'presence penalty must be in [-2, 2], got 3');
-  t.regex(checkSampling({ ...GREEDY, logitBias: { 5: 101 } })!, /logit_bias must map token ids to values in \[-100, 100\]/);
+  t.regex(checkSampling({ ...GREEDY, logitBias: { 5: 101 } })!, /logit_bias must map token ids \(below 2\^32\) to values in \[-100, 100\]/);
+  t.regex(checkSampling({ ...GREEDY, logitBias: { 4294967309: 1 } })!, /below 2\^32/);
   t.regex(checkSampling({ ...GREEDY, repetitionPenalty: 0 })!, /repetition penalty must be a finite number > 0/);
   t.regex(checkSampling({ ...GREEDY, minP: 1.5 })!, /min-p must be in \[0, 1\]/);
 });

@@ -197,6 +197,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       ...(o.frequencyPenalty !== undefined ? { frequencyPenalty: o.frequencyPenalty } : {}),
       ...(o.logitBias !== undefined ? { logitBias: o.logitBias } : {}),
     };
+    const outside = Object.keys(o.logitBias ?? {}).find((id) => Number(id) >= target.spec.vocabSize);
+    if (outside !== undefined) throw new InvalidArgumentError(`--logit-bias names token id ${outside}, outside the vocabulary of ${target.spec.vocabSize} tokens`);
     const req = { promptIds, maxTokens: o.maxTokens, sampling, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
     const onTokens = o.json ? undefined : (ids: readonly number[]) => writeOut(stream.push(ids));
     const result: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'

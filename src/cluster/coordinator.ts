@@ -29,7 +29,7 @@ export const JobData = z.object({
       repetitionPenalty: z.number().gt(0).optional(),
       presencePenalty: z.number().min(-2).max(2).optional(),
       frequencyPenalty: z.number().min(-2).max(2).optional(),
-      logitBias: z.record(z.string().regex(/^\d+$/), z.number().min(-100).max(100)).optional(),
+      logitBias: z.record(z.string().regex(/^\d{1,10}$/).refine((id) => Number(id) <= 0xffffffff, 'token ids are below 2^32'), z.number().min(-100).max(100)).optional(),
     })
     .strict(),
   seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits'),

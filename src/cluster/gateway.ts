@@ -11,6 +11,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import { resolveSampling, type GenerationDefaults } from '../models/generation-config.ts';
 import type { TextTokenizer } from '../models/tokenizer.ts';
+import { StopMatcher } from '../models/stop-strings.ts';
 import { checkVocabularySizes } from '../models/vocabulary.ts';
 import { jobOptions, type JobData, type RequestOutcome } from './coordinator.ts';
 import { decode, encode, rowBytes } from './messages.ts';
@@ -65,7 +66,7 @@ const CascadeFields = z
   .optional();
 
 /** Token id → bias, as OpenAI sends logit_bias (JSON object keys are strings). */
-const LogitBias = z.record(z.string().regex(/^\d+$/, 'logit_bias keys are token ids'), z.number().min(-100).max(100));
+const LogitBias = z.record(z.string().regex(/^\d{1,10}$/, 'logit_bias keys are token ids').refine((id) => Number(id) <= 0xffffffff, 'logit_bias keys are token ids below 2^32'), z.number().min(-100).max(100));
 
 const Sampling = {
   model: z.string().optional(),
@@ -85,19 +86,24 @@ const Sampling = {
   stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
   n: z.literal(1).optional(),
   user: z.string().optional(),
-  // accepted where they change nothing: no log probabilities, no echo, no stop strings
+  // stop strings (OpenAI: up to 4), cut exactly where target-only decoding's text would stop
+  stop: z.union([z.string().min(1), z.array(z.string().min(1, 'a stop string may not be empty')).max(4)]).optional(),
+  // accepted where they change nothing: no log probabilities, no echo
   logprobs: z.literal(false).optional(),
   echo: z.literal(false).optional(),
-  stop: z.array(z.string()).length(0).optional(),
   cascade: CascadeFields,
 };
 
 /**
- * A request body with its null fields dropped: clients send `max_tokens: null`, `stop: null` for
- * "unset", which OpenAI and vLLM accept.
+ * A request body with its null fields dropped, at any depth (`max_tokens: null`, `stop: null`, a
+ * message's `name: null`, `stream_options.include_usage: null`): clients send null for "unset",
+ * which OpenAI and vLLM accept.
  */
-const withoutNulls = (body: unknown): unknown =>
-  body !== null && typeof body === 'object' && !Array.isArray(body) ? Object.fromEntries(Object.entries(body).filter(([, v]) => v !== null)) : body;
+function withoutNulls(body: unknown): unknown {
+  if (Array.isArray(body)) return body.map(withoutNulls);
+  if (body === null || typeof body !== 'object') return body;
+  return Object.fromEntries(Object.entries(body).flatMap(([k, v]) => (v === null ? [] : [[k, withoutNulls(v)]])));
+}
 
 /** A prompt of token ids, as the OpenAI API takes it (`prompt: number[]`, or one such list in a list), fed as it is. */
 const TokenIds = z.array(z.number().int().min(0)).min(1);
@@ -126,6 +132,9 @@ const ChatBody = z
     messages: z.array(Message).min(1),
   })
   .strict();
+
+/** `stop` as a list (a string, a list, or unset). */
+const stopStrings = (stop: string | readonly string[] | undefined): readonly string[] => (stop === undefined ? [] : typeof stop === 'string' ? [stop] : stop);
 
 /** The messages as the chat template takes them: content joined, `developer` as `system`. */
 const templateMessages = (messages: readonly z.infer<typeof Message>[]) =>
@@ -477,7 +486,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     for (const level of outcome.failovers) metrics.failovers.inc({ level });
   }
 
-  async function serveRequest(req: FastifyRequest, reply: FastifyReply, data: JobData, chat: boolean, stream: boolean, includeUsage: boolean): Promise<void> {
+  async function serveRequest(req: FastifyRequest, reply: FastifyReply, data: JobData, chat: boolean, stream: boolean, includeUsage: boolean, stop: readonly string[] = []): Promise<void> {
     if (inFlight >= maxInFlight) {
       metrics.rejected.inc();
       throw new HttpError(503, `the server is at capacity (${maxInFlight} requests in flight); retry shortly`, 'server_error', null, { 'retry-after': '1' });
@@ -489,6 +498,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     const span = tracer.startSpan('gateway.request', { attributes: { 'cascade.request': data.requestId, 'cascade.stream': stream, 'cascade.prompt_tokens': data.promptIds.length } });
     data.trace = injectHeaders(trace.setSpan(context.active(), span));
     const text = new TextStream(tokenizer);
+    const stops = stop.length ? new StopMatcher(stop) : undefined;
     const id = `${chat ? 'chatcmpl' : 'cmpl'}-${data.requestId.slice(4)}`;
     const created = Math.floor(Date.now() / 1000);
     const object = chat ? 'chat.completion' : 'text_completion';
@@ -511,8 +521,19 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
         metrics.ttft.observe((now - startedAt) / 1000);
       } else metrics.itl.observe((now - lastAt) / 1000 / tokens.length);
       lastAt = now;
-      generated += tokens.length;
-      const delta = text.push(tokens);
+      let delta = '';
+      if (!stops) {
+        generated += tokens.length;
+        delta = text.push(tokens);
+      } else {
+        // token by token: the count ends at the token that completed a stop string
+        for (const t of tokens) {
+          if (stops.stopped) break;
+          generated++;
+          delta += stops.push(text.push([t]));
+        }
+        if (stops.stopped) submitted?.cancel(); // the rest is not wanted (a round may have run past the stop)
+      }
       if (stream) {
         if (delta) write(chunk(delta, null));
       } else pending += delta;
@@ -524,6 +545,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     };
     try {
       submitted = await submit(data, onTokens);
+      if (stops?.stopped) submitted.cancel();
       // the response's 'close' before it finished = the client went away
       reply.raw.on('close', () => {
         if (!reply.raw.writableFinished) onClose();
@@ -545,10 +567,11 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
         span.recordException(err as Error);
         return;
       }
-      const tail = text.flush();
-      const finish = apiFinishReason(outcome.finishReason);
+      const byStop = stops?.stopped ?? false;
+      const tail = byStop ? '' : stops ? stops.push(text.flush()) + stops.flush() : text.flush();
+      const finish = byStop ? 'stop' : apiFinishReason(outcome.finishReason);
       record(outcome, data.promptIds.length, generated, startedAt, firstAt);
-      metrics.requests.inc({ status: outcome.finishReason === 'cancelled' ? 'cancelled' : 'ok' });
+      metrics.requests.inc({ status: outcome.finishReason === 'cancelled' && !byStop ? 'cancelled' : 'ok' });
       if (stream) {
         write(chunk(tail, finish));
         if (includeUsage) write({ id, object: chat ? 'chat.completion.chunk' : object, created, model: model.target, choices: [], usage: usage(outcome, data.promptIds.length, generated) });
@@ -576,13 +599,13 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     const p = body.prompt;
     const first = Array.isArray(p) ? p[0]! : p;
     const input = typeof first === 'string' ? { prompt: first } : { promptIds: Array.isArray(first) ? first : (p as number[]) };
-    await serveRequest(req, reply, job(body, input), false, body.stream ?? false, body.stream_options?.include_usage ?? false);
+    await serveRequest(req, reply, job(body, input), false, body.stream ?? false, body.stream_options?.include_usage ?? false, stopStrings(body.stop));
     return reply;
   });
 
   app.post('/v1/chat/completions', async (req, reply) => {
     const body = parse(ChatBody, req.body);
-    await serveRequest(req, reply, job(body, { messages: templateMessages(body.messages) }), true, body.stream ?? false, body.stream_options?.include_usage ?? false);
+    await serveRequest(req, reply, job(body, { messages: templateMessages(body.messages) }), true, body.stream ?? false, body.stream_options?.include_usage ?? false, stopStrings(body.stop));
     return reply;
   });
 

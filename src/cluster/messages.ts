@@ -356,7 +356,10 @@ function writeSampling(w: Writer, s: SamplingParams): Writer {
   w.f64(s.temperature).u32(s.topK).f64(s.topP).f64(s.minP ?? 0).f64(s.repetitionPenalty ?? 1).f64(s.presencePenalty ?? 0).f64(s.frequencyPenalty ?? 0);
   const bias = Object.entries(s.logitBias ?? {});
   w.u32(bias.length);
-  for (const [id, v] of bias) w.u32(Number(id)).f64(v);
+  for (const [id, v] of bias) {
+    if (!(Number(id) <= 0xffffffff)) throw new FrameError(`logit_bias token id ${id} does not fit a frame (uint32)`);
+    w.u32(Number(id)).f64(v);
+  }
   return w;
 }
 

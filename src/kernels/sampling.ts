@@ -96,7 +96,7 @@ export const logitsRow = (logits: Float32Array, row: number, vocab: number): Flo
  * The processed distribution over the vocabulary: the logits processors (processLogits, with the
  * position's prefix), then softmax(logits / T) restricted to the top-k tokens, renormalised, then to
  * the smallest set whose mass reaches top-p, then to the tokens of at least min-p times the top
- * probability, renormalised: transformers' and vLLM's order. Ties at the top-k boundary keep every
+ * probability, renormalised: transformers' order (and vLLM v0's; v1 applies min-p before top-k/top-p). Ties at the top-k boundary keep every
  * tied token; greedy returns one-hot at the processed argmax. Returns a new Float32Array.
  */
 export function distribution(logits: Float32Array, params: SamplingParams, prefix?: Prefix): Float32Array {
@@ -213,7 +213,7 @@ export function checkSampling(p: SamplingParams): string | undefined {
     if (v !== undefined && !(v >= -2 && v <= 2)) return `${name} penalty must be in [-2, 2], got ${v}`;
   }
   for (const [id, v] of Object.entries(p.logitBias ?? {})) {
-    if (!/^\d+$/.test(id) || !(v >= -100 && v <= 100)) return `logit_bias must map token ids to values in [-100, 100], got ${id}: ${v}`;
+    if (!/^\d+$/.test(id) || !(Number(id) <= 0xffffffff) || !(v >= -100 && v <= 100)) return `logit_bias must map token ids (below 2^32) to values in [-100, 100], got ${id}: ${v}`;
   }
   return undefined;
 }

@@ -178,6 +178,7 @@ export class DeviceKv implements KvPlacement {
       const preferredOutputLocation = Object.fromEntries(outputs.map((o) => [o, host ? ('cpu' as const) : ('gpu-buffer' as const)]));
       g = ort.InferenceSession.create(build(), { ...this.options, preferredOutputLocation });
       this.graphs.set(key, g);
+      g.catch(() => this.graphs.delete(key)); // a failed build (a transient device error) is tried again next time
     }
     return g;
   }

@@ -346,13 +346,24 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
     maxP,
   );
   pastFeeds(feeds, batched);
-  const out = await session!.run(feeds);
-  kv.free(batched);
+  let out: ort.InferenceSession.OnnxValueMapType;
+  try {
+    out = await session!.run(feeds);
+  } finally {
+    kv.free(batched);
+  }
   const total = maxP + maxS;
   const logits = out.logits as ort.Tensor;
   // each sequence's rows: after its left padding, before the right padding of shorter inputs
   const spans = items.map((it, i) => ({ start: maxP - seqs[i]!.length, length: seqs[i]!.length + it.inputIds.length }));
-  const pasts = await kv.split(presents(out), spans, total);
+  const stacked = presents(out);
+  let pasts: ort.Tensor[][];
+  try {
+    pasts = await kv.split(stacked, spans, total);
+  } catch (err) {
+    kv.free(stacked);
+    throw err;
+  }
   return items.map((it, i) => {
     const q = seqs[i]!;
     const s = it.inputIds.length;
@@ -424,6 +435,7 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
         const bad = it.inputIds.find((t) => !Number.isInteger(t) || t < 0 || t >= spec!.vocabSize);
         if (bad !== undefined) throw new WorkerFailure('InvalidArgumentError', `token id ${bad} outside the vocabulary of ${spec!.vocabSize}`);
       }
+      if (new Set(msg.items.map((it) => it.seqId)).size !== msg.items.length) throw new WorkerFailure('InvalidArgumentError', 'a batch may hold each sequence only once');
       const single = msg.items.length === 1;
       if (!single && (msg.attention || msg.items.some((it) => it.evict?.length || it.insert))) {
         throw new WorkerFailure('InvalidArgumentError', 'attention, evict and insert work on one sequence at a time');
