@@ -46,3 +46,25 @@ test('tokenizer - streaming decode releases only complete characters', (t) => {
   }
   t.is(out + stream.flush(), text);
 });
+
+test('tokenizer - the streaming decoder releases exactly the whole text, chunk by chunk, with no replacement character for CJK or emoji split across byte tokens', (t) => {
+  const unit = fc.constantFrom('a', ' ', '\n', 'def', 'é', '你', '好', '世界', '😀', '🛑', '한', 'ü', '→');
+  fc.assert(
+    fc.property(fc.array(unit, { minLength: 1, maxLength: 20 }), fc.array(fc.integer({ min: 1, max: 4 }), { minLength: 1, maxLength: 20 }), (parts, sizes) => {
+      const text = parts.join('');
+      const ids = tok.encode(text);
+      const stream = tok.stream();
+      const deltas: string[] = [];
+      for (let at = 0, k = 0; at < ids.length; k++) {
+        const n = sizes[k % sizes.length]!;
+        deltas.push(stream.push(ids.slice(at, at + n)));
+        at += n;
+      }
+      deltas.push(stream.flush());
+      return deltas.join('') === tok.decode(ids) && deltas.every((d) => !d.includes('\uFFFD'));
+    }),
+    { numRuns: 300, seed: 2 },
+  );
+  const cjk = tok.encode('你好😀');
+  t.true(cjk.length > 3, `multi-byte characters span several byte tokens here (${cjk.length} ids)`);
+});

@@ -1,6 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import OpenAI from 'openai';
 import { decode, encode } from '../cluster/messages.ts';
 import { startNats, startRedis, type LocalServer } from '../cluster/local-servers.ts';
 import { NatsTransport } from '../cluster/nats-transport.ts';
@@ -138,32 +139,22 @@ export class ChaosCluster {
   }
 }
 
-/** One streaming completion over SSE; returns the text, or throws with the server's explicit error. */
+/**
+ * One streaming completion, read with the official openai client (its SSE parser; an error event
+ * from the server throws); returns the text, or throws when the stream ends without a finish reason.
+ */
 export async function stream(url: string, prompt: string, maxTokens: number, onToken: () => void): Promise<string> {
-  const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt, max_tokens: maxTokens, temperature: 0, stream: true }) });
-  if (!res.ok) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
+  const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0 });
   let text = '';
-  let buffer = '';
   let finished = false;
-  const decoder = new TextDecoder();
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buffer += decoder.decode(chunk, { stream: true });
-    let cut: number;
-    while ((cut = buffer.indexOf('\n\n')) >= 0) {
-      const event = buffer.slice(0, cut).replace(/^data: /, '');
-      buffer = buffer.slice(cut + 2);
-      if (event === '[DONE]') {
-        finished = true;
-        continue;
-      }
-      const m = JSON.parse(event) as { error?: { message: string }; choices?: { text: string }[] };
-      if (m.error) throw new Error(m.error.message);
-      const piece = m.choices?.[0]?.text ?? '';
-      if (piece) onToken();
-      text += piece;
-    }
+  for await (const chunk of await client.completions.create({ model: '', prompt, max_tokens: maxTokens, temperature: 0, stream: true })) {
+    const choice = chunk.choices[0];
+    if (!choice) continue;
+    if (choice.text) onToken();
+    text += choice.text;
+    if (choice.finish_reason) finished = true;
   }
-  if (!finished) throw new Error('the stream ended without [DONE]');
+  if (!finished) throw new Error('the stream ended without a finish reason');
   return text;
 }
 

@@ -1,5 +1,6 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import OpenAI from 'openai';
 import { ChaosCluster } from './chaos.ts';
 import { formatTable, writeJson } from './report.ts';
 import { loadWorkload } from './workloads.ts';
@@ -55,36 +56,23 @@ export async function benchLoad(o: LoadOptions): Promise<void> {
     const pids = (): [string, number][] => [['gateway (this process)', process.pid], ...[...cluster.roles.entries()].map(([name, r]): [string, number] => [name, r.proc.child.pid!])];
     const memory: { done: number; rss: Record<string, number> }[] = [];
     const sample = (done: number) => memory.push({ done, rss: Object.fromEntries(pids().map(([n, p]) => [n, rssMiB(p)])) });
-    const url = `${cluster.gateway.url}/v1/completions`;
+    // the official openai client reads the stream (its SSE parser; an error event throws)
+    const client = new OpenAI({ baseURL: `${cluster.gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
     const one = async (i: number): Promise<Timing> => {
       const t0 = performance.now();
       let last = t0;
       let ttft = NaN;
       const gaps: number[] = [];
       try {
-        const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: prompts[i % prompts.length], max_tokens: lengths[i], temperature: 0, stream: true }) });
-        if (!res.ok) throw new Error(`HTTP ${res.status}`);
-        let buffer = '';
         let done = false;
-        const decoder = new TextDecoder();
-        for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-          buffer += decoder.decode(chunk, { stream: true });
-          let cut: number;
-          while ((cut = buffer.indexOf('\n\n')) >= 0) {
-            const event = buffer.slice(0, cut).replace(/^data: /, '');
-            buffer = buffer.slice(cut + 2);
-            if (event === '[DONE]') {
-              done = true;
-              continue;
-            }
-            const m = JSON.parse(event) as { error?: unknown; choices?: { text: string }[] };
-            if (m.error) throw new Error('error event');
-            if (!m.choices?.[0]?.text) continue;
-            const now = performance.now();
-            if (Number.isNaN(ttft)) ttft = now - t0;
-            else gaps.push(now - last);
-            last = now;
-          }
+        for await (const chunk of await client.completions.create({ model: '', prompt: prompts[i % prompts.length]!, max_tokens: lengths[i], temperature: 0, stream: true })) {
+          const choice = chunk.choices[0];
+          if (choice?.finish_reason) done = true;
+          if (!choice?.text) continue;
+          const now = performance.now();
+          if (Number.isNaN(ttft)) ttft = now - t0;
+          else gaps.push(now - last);
+          last = now;
         }
         return { ttft, gaps, e2e: performance.now() - t0, ok: done };
       } catch {

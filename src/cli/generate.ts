@@ -197,6 +197,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       ...(o.frequencyPenalty !== undefined ? { frequencyPenalty: o.frequencyPenalty } : {}),
       ...(o.logitBias !== undefined ? { logitBias: o.logitBias } : {}),
     };
+    const badId = promptIds.find((id) => id >= target.spec.vocabSize);
+    if (badId !== undefined) throw new InvalidArgumentError(`the prompt holds token id ${badId}, outside the vocabulary of ${target.spec.vocabSize} tokens`);
     const outside = Object.keys(o.logitBias ?? {}).find((id) => Number(id) >= target.spec.vocabSize);
     if (outside !== undefined) throw new InvalidArgumentError(`--logit-bias names token id ${outside}, outside the vocabulary of ${target.spec.vocabSize} tokens`);
     const req = { promptIds, maxTokens: o.maxTokens, sampling, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
@@ -307,7 +309,7 @@ export function registerGenerate(program: Command): void {
     .option('--top-p <p>', "nucleus sampling mass in (0, 1] (default: the model's generation_config.json, else 1)", parseNumber('--top-p', { min: 0 }))
     .option('--top-k <k>', "keep the k most likely tokens; 0 = off (default: the model's generation_config.json, else 0)", parseNumber('--top-k', { min: 0, integer: true }))
     .option('--min-p <p>', 'drop tokens below p times the most likely one (0 = off)', parseNumber('--min-p', { min: 0 }))
-    .option('--repetition-penalty <r>', 'divide the logits of tokens already in the prompt or output by r (1 = off; transformers and vLLM)', parseNumber('--repetition-penalty', { min: 0 }))
+    .option('--repetition-penalty <r>', 'divide the logits of tokens already in the prompt or output by r (1 = off; transformers and vLLM)', parseNumber('--repetition-penalty'))
     .option('--presence-penalty <v>', 'subtract v from the logit of every token already in the output (-2..2, 0 = off; OpenAI)', parseNumber('--presence-penalty'))
     .option('--frequency-penalty <v>', 'subtract v per occurrence in the output so far (-2..2, 0 = off; OpenAI)', parseNumber('--frequency-penalty'))
     .option('--logit-bias <json>', 'token id to logit bias, as OpenAI\'s logit_bias, e.g. \'{"13": -100}\'', parseLogitBias)

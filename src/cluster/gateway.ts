@@ -87,9 +87,10 @@ const Sampling = {
   n: z.literal(1).optional(),
   user: z.string().optional(),
   // stop strings (OpenAI: up to 4), cut exactly where target-only decoding's text would stop
-  stop: z.union([z.string().min(1), z.array(z.string().min(1, 'a stop string may not be empty')).max(4)]).optional(),
+  stop: z.union([z.string().min(1, 'a stop string may not be empty'), z.array(z.string().min(1, 'a stop string may not be empty')).max(4, 'at most 4 stop strings')]).optional(),
   // accepted where they change nothing: no log probabilities, no echo
   logprobs: z.literal(false).optional(),
+  top_logprobs: z.literal(0).optional(),
   echo: z.literal(false).optional(),
   cascade: CascadeFields,
 };
@@ -223,29 +224,6 @@ function promptIdsOf(tokenizer: TextTokenizer, input: { prompt: string } | { pro
   }
 }
 
-/** Decodes a growing token list into text deltas, holding back an incomplete UTF-8 character. */
-class TextStream {
-  private ids: number[] = [];
-  private emitted = 0;
-  constructor(private readonly tokenizer: TextTokenizer) {}
-
-  push(tokens: readonly number[]): string {
-    this.ids.push(...tokens);
-    const text = this.tokenizer.decode(this.ids);
-    const safe = text.endsWith('\uFFFD') ? text.slice(0, text.lastIndexOf('\uFFFD')) : text;
-    if (safe.length <= this.emitted) return '';
-    const delta = safe.slice(this.emitted);
-    this.emitted = safe.length;
-    return delta;
-  }
-
-  flush(): string {
-    const text = this.tokenizer.decode(this.ids);
-    const delta = text.slice(this.emitted);
-    this.emitted = text.length;
-    return delta;
-  }
-}
 
 /** A request's view of the coordinator's stream: tokens in order, deduplicated by offset. */
 interface Submitted {
@@ -497,7 +475,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     const startedAt = performance.now();
     const span = tracer.startSpan('gateway.request', { attributes: { 'cascade.request': data.requestId, 'cascade.stream': stream, 'cascade.prompt_tokens': data.promptIds.length } });
     data.trace = injectHeaders(trace.setSpan(context.active(), span));
-    const text = new TextStream(tokenizer);
+    const text = tokenizer.stream();
     const stops = stop.length ? new StopMatcher(stop) : undefined;
     const id = `${chat ? 'chatcmpl' : 'cmpl'}-${data.requestId.slice(4)}`;
     const created = Math.floor(Date.now() / 1000);

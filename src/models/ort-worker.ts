@@ -65,6 +65,8 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   spec = s;
   const wanted = options.executionProviders?.length ? [...options.executionProviders] : ['cpu'];
   const base: ort.InferenceSession.SessionOptions = {
+    // errors only: ORT's warnings (node placement on a GPU EP, Dawn limits) are not the user's to act on
+    logSeverityLevel: 3,
     intraOpNumThreads: options.intraOpThreads ?? 1,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',

@@ -98,29 +98,38 @@ export class TextTokenizer {
 }
 
 /**
- * Incremental detokenisation. Byte-level tokens can split a UTF-8 character, so text is released
- * only up to the last complete character; a trailing U+FFFD waits for the next tokens.
+ * Incremental detokenisation by offsets, as vLLM's (detokenize_incrementally) and transformers'
+ * TextStreamer do it: each push decodes only a window, the tokens since the last text released plus
+ * the chunk before them (`prefix`), and releases what the window's text adds to the prefix's. The
+ * prefix makes a tokenizer's context-dependent decoding (SentencePiece's leading space) come out as
+ * the whole text's would; the window keeps a push O(new tokens), where decoding the whole output on
+ * every chunk was quadratic. Byte-level tokens can split a UTF-8 character: while the window's text
+ * ends in U+FFFD, nothing is released and the next tokens complete it, so a stream never carries a
+ * replacement character for a character that arrives whole. The gateway and the CLI share it.
  */
 export class StreamDecoder {
   private ids: number[] = [];
-  private emitted = 0;
+  /** ids[prefix..read) were decoded last time as context; ids[read..] are not released yet. */
+  private prefix = 0;
+  private read = 0;
   constructor(private readonly tok: TextTokenizer) {}
 
+  /** The text that `newIds` complete (possibly empty: a character still in the middle of its bytes). */
   push(newIds: readonly number[]): string {
     this.ids.push(...newIds);
-    const text = this.tok.decode(this.ids);
-    let end = text.length;
-    while (end > this.emitted && text.charCodeAt(end - 1) === 0xfffd) end--;
-    const out = text.slice(this.emitted, end);
-    this.emitted = end;
-    return out;
+    const before = this.tok.decode(this.ids.slice(this.prefix, this.read));
+    const now = this.tok.decode(this.ids.slice(this.prefix));
+    if (now.length <= before.length || now.endsWith('\uFFFD')) return '';
+    this.prefix = this.read;
+    this.read = this.ids.length;
+    return now.slice(before.length);
   }
 
   /** Whatever is left, replacement characters included, once generation has ended. */
   flush(): string {
-    const text = this.tok.decode(this.ids);
-    const out = text.slice(this.emitted);
-    this.emitted = text.length;
-    return out;
+    const before = this.tok.decode(this.ids.slice(this.prefix, this.read));
+    const now = this.tok.decode(this.ids.slice(this.prefix));
+    this.prefix = this.read = this.ids.length;
+    return now.length > before.length ? now.slice(before.length) : '';
   }
 }
