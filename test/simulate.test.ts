@@ -54,3 +54,11 @@ test('simulator - costs that let no time pass are refused with the reason, never
   t.throws(() => simulate({ ...base, verify: { ...free, fixedMs: 0.002 }, horizonMs: 1e9 }), { instanceOf: RangeError, message: /events/ });
   t.notThrows(() => simulate({ ...base, verify: { ...free, fixedMs: 0.002 } }));
 });
+
+// Fault (CI, a busy machine): a calibration fitted a negative per-sequence cost, so a pass of 16
+// sequences cost nothing and the simulation stalled at 9.4 ms until MAX_EVENTS.
+test('simulator - a negative fitted slope never makes a larger batch cheaper than a smaller one', (t) => {
+  const r = simulate({ ...base, sessions: 16, verify: { fixedMs: 1, sequenceMs: -0.2, tokenMs: -0.01 } });
+  t.true(Number.isFinite(r.tokensPerSecond) && r.tokensPerSecond > 0);
+  t.true(r.meanVerifyBatch > 1);
+});

@@ -113,7 +113,7 @@ export const MAX_EVENTS = 20_000_000;
  * the run passes MAX_EVENTS, instead of running without end.
  */
 export function simulate(p: SimulationParams): SimulationResult {
-  const oneVerify = p.verify.fixedMs + p.verify.sequenceMs + p.verify.tokenMs * (p.draftedPerRound + 1);
+  const oneVerify = p.verify.fixedMs + Math.max(0, p.verify.sequenceMs) + Math.max(0, p.verify.tokenMs) * (p.draftedPerRound + 1);
   const shortest = oneVerify + p.latencyMs + p.roundOverheadMs;
   if (!(shortest >= MIN_ROUND_MS)) {
     throw new RangeError(`a simulated round would take ${shortest} ms (verifier pass ${JSON.stringify(p.verify)}, latency ${p.latencyMs} ms, overhead ${p.roundOverheadMs} ms): at least ${MIN_ROUND_MS} ms is needed for time to pass`);
@@ -152,7 +152,10 @@ export function simulate(p: SimulationParams): SimulationResult {
       serve(node, done, costOf);
     });
   };
-  const passCost = (node: Node) => (batch: Job[]) => node.cost.fixedMs + node.cost.sequenceMs * batch.length + node.cost.tokenMs * batch.reduce((a, j) => a + j.tokens, 0);
+  // A calibration on a busy machine can fit a negative slope; a pass of more sequences or tokens never
+  // costs less than one of fewer, or a batch could take no time at all and time would stop passing.
+  const passCost = (node: Node) => (batch: Job[]) =>
+    node.cost.fixedMs + Math.max(0, node.cost.sequenceMs) * batch.length + Math.max(0, node.cost.tokenMs) * batch.reduce((a, j) => a + j.tokens, 0);
 
   const verifierOf = (s: number) => verifiers[s % verifiers.length]!;
   const verify = (s: number) => {
