@@ -177,6 +177,14 @@ test("generation config - its eos_token_id replaces config.json's; without the f
   t.deepEqual(loadModelSpec(exportDir({ eos_token_id: 7 })).eosIds, [7]);
   t.deepEqual(loadModelSpec(exportDir({ temperature: 0.6 })).eosIds, [0], 'a file without eos_token_id leaves config.json deciding');
   t.deepEqual(loadModelSpec(exportDir(undefined)).eosIds, [0]);
+  // a config.json without eos_token_id (or null): no end-of-sequence id unless generation_config.json gives one
+  const noEos = exportDir(undefined);
+  const config = JSON.parse(readFileSync(join(FIXTURE, 'config.json'), 'utf8'));
+  for (const eos of [undefined, null]) {
+    rmSync(join(noEos, 'config.json'));
+    writeFileSync(join(noEos, 'config.json'), JSON.stringify({ ...config, eos_token_id: eos }));
+    t.deepEqual(loadModelSpec(noEos).eosIds, [], `eos_token_id ${eos}`);
+  }
   t.is(loadModelSpec(exportDir({ bos_token_id: 5 })).bosId, 5);
   t.is(loadModelSpec(exportDir(undefined)).bosId, 0, "config.json's bos_token_id");
 });

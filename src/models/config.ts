@@ -49,7 +49,8 @@ const ConfigJson = z
     n_embd: positiveInt.optional(),
     head_dim: positiveInt.optional(),
     vocab_size: positiveInt,
-    eos_token_id: z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative()).min(1)]),
+    // optional (or null): some exports keep it in generation_config.json only, or have none
+    eos_token_id: z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullish(),
     /** Read when it is one id; anything else leaves the BOS to generation_config.json and the tokenizer. */
     bos_token_id: z.number().int().nonnegative().nullable().optional().catch(undefined),
     max_position_embeddings: positiveInt.optional(),
@@ -98,7 +99,7 @@ export function loadModelSpec(source: ModelSource): ModelSpec {
     kvHeads: c.num_key_value_heads ?? heads,
     headDim,
     vocabSize: c.vocab_size,
-    eosIds: generation?.eosIds ?? (Array.isArray(c.eos_token_id) ? c.eos_token_id : [c.eos_token_id]),
+    eosIds: generation?.eosIds ?? (c.eos_token_id === undefined || c.eos_token_id === null ? [] : Array.isArray(c.eos_token_id) ? c.eos_token_id : [c.eos_token_id]),
     ...(bosId === undefined ? {} : { bosId }),
     ...(generation && Object.keys(generation.defaults).length ? { generation: generation.defaults } : {}),
     maxPositions: c.max_position_embeddings ?? c.n_positions,

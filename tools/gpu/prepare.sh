@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Prepares everything a bare GPU machine (no Node, no network, at most 64 MiB carried in) needs to
+# measure this project on a GPU with one script (tools/gpu/run.sh), into OUTDIR (default .gpu, which
+# git ignores):
+#   rt/        Node 20, onnxruntime-node (linux-x64, its WebGPU EP) and the Vulkan loader
+#              (../shared/gpu/pack-runtime.sh)
+#   cascade.tar.xz  this project as one ESM bundle (esbuild; onnxruntime-node left external) plus
+#              its model worker, so `node main.js <command>` is `cascade <command>`
+#   shapes/    random-weight 23M/91M/316M decoders of the project's architecture, weights stripped
+#              (../shared/gpu/random_shapes.py strip; refilled on the GPU machine)
+#   models/    the bundled drafters and the tokenizer (the 91 MB target does not fit the carry)
+#   run.sh     the measurement script (tools/gpu/run.sh)
+# Needs: npm ci done, Debian's python3 with torch, onnx and regex (apt-get install python3-torch python3-onnx python3-regex),
+# and ../shared/gpu beside the checkout. Usage: bash tools/gpu/prepare.sh [OUTDIR]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-.gpu}
+shared=../shared/gpu
+[ -d "$shared" ] || { echo "prepare.sh: $shared is missing (pack-runtime.sh, random_shapes.py)"; exit 1; }
+rm -rf "$out" && mkdir -p "$out/models"
+echo "bundling the project …"
+bundle=$(mktemp -d)
+node_modules/.bin/esbuild src/cli/main.ts src/models/ort-worker.ts --bundle --platform=node --format=esm --target=node20 \
+  --outdir="$bundle/cascade" --entry-names='[name]' --external:onnxruntime-node --log-level=warning \
+  --banner:js="import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);"
+cp src/models/worker-bootstrap.mjs "$bundle/cascade/"
+echo '{"type":"module"}' > "$bundle/cascade/package.json"
+tar -C "$bundle" -cf - cascade | xz -T0 -6 > "$out/cascade.tar.xz"
+rm -rf "$bundle"
+echo "packing the runtime …"
+bash "$shared/pack-runtime.sh" "$out/rt" >/dev/null
+echo "exporting the random-weight shapes (weights stripped) …"
+/usr/bin/python3 "$shared/random_shapes.py" strip "$out/shapes"
+cp "$shared/random_shapes.py" "$out/"
+cp -r models/draft-l1 models/draft-l2 models/tokenizer.json "$out/models/"
+rm -f "$out"/models/*/reference.bin
+cp tools/gpu/run.sh "$out/run.sh"
+du -sh "$out"
