@@ -91,6 +91,23 @@ test('cli - logits processors (penalties, logit_bias) give the same greedy token
   t.regex((await fails(['generate', '--logit-bias', '[1]', 'x'])).stderr, /--logit-bias takes a JSON object/);
 });
 
+test('cli - --stop ends the text before the first stop string, as target-only decoding\'s text cut there, under ar and csd, streamed and --json', async (t) => {
+  const prompt = 'import json\n\ndef load(path):';
+  const full = JSON.parse((await cascade('generate', '--json', '--max-tokens', '30', '--mode', 'ar', prompt)).stdout) as { text: string; tokenIds: number[] };
+  const stop = full.text.slice(Math.floor(full.text.length / 2), Math.floor(full.text.length / 2) + 4);
+  const want = full.text.slice(0, full.text.indexOf(stop));
+  for (const mode of ['ar', 'csd']) {
+    const out = JSON.parse((await cascade('generate', '--json', '--max-tokens', '30', '--mode', mode, '--stop', 'never-there', '--stop', stop, prompt)).stdout) as { text: string; finishReason: string; tokenIds: number[] };
+    t.is(out.text, want, mode);
+    t.is(out.finishReason, 'stop');
+    t.deepEqual(out.tokenIds, full.tokenIds.slice(0, out.tokenIds.length), 'the tokens up to the one that completed the stop string');
+    t.true(out.tokenIds.length < full.tokenIds.length);
+  }
+  const streamed = await cascade('generate', '--max-tokens', '30', '--stop', stop, prompt);
+  t.is(streamed.stdout, `${want}\n`);
+  t.regex((await fails(['generate', '--stop', '', 'x'])).stderr, /--stop takes a non-empty string/);
+});
+
 test('cli - cascade settings come from flags or a config file, and bad ones are refused', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'cascade-cfg-'));
   const { writeFileSync } = await import('node:fs');

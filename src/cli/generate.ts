@@ -12,6 +12,7 @@ import { loadBigram, loadController, type Family } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
+import { StopMatcher } from '../models/stop-strings.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
@@ -39,6 +40,8 @@ interface GenerateOptions {
   frequencyPenalty?: number;
   /** token id → bias added to its logit. */
   logitBias?: Record<number, number>;
+  /** --stop, repeatable: stop strings. */
+  stop?: string[];
   seed: number;
   models: string;
   model?: string;
@@ -86,6 +89,7 @@ const ConfigFile = z.strictObject({
   topK: z.number().int().nonnegative().optional(),
   seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
   minP: z.number().min(0).max(1).optional(),
+  stop: z.array(z.string().min(1)).max(4).optional(),
   repetitionPenalty: z.number().gt(0).optional(),
   presencePenalty: z.number().min(-2).max(2).optional(),
   frequencyPenalty: z.number().min(-2).max(2).optional(),
@@ -202,15 +206,38 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const outside = Object.keys(o.logitBias ?? {}).find((id) => Number(id) >= target.spec.vocabSize);
     if (outside !== undefined) throw new InvalidArgumentError(`--logit-bias names token id ${outside}, outside the vocabulary of ${target.spec.vocabSize} tokens`);
     const req = { promptIds, maxTokens: o.maxTokens, sampling, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
-    const onTokens = o.json ? undefined : (ids: readonly number[]) => writeOut(stream.push(ids));
-    const result: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
-      ? await generateAutoregressive(target, req, onTokens)
-      : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience }, req, onTokens);
+    // --stop: the text ends before the first stop string (held back while it could begin one), the
+    // tokens at the one that completed it, and generation stops at the next round
+    const stops = o.stop?.length ? new StopMatcher(o.stop) : undefined;
+    let kept = Infinity;
+    let seen = 0;
+    let stopText = '';
+    const onTokens = (ids: readonly number[]) => {
+      if (!stops) {
+        if (!o.json) writeOut(stream.push(ids));
+        return;
+      }
+      for (const id of ids) {
+        if (stops.stopped) break;
+        seen++;
+        const piece = stops.push(stream.push([id]));
+        stopText += piece;
+        if (!o.json) writeOut(piece);
+        if (stops.stopped) kept = seen;
+      }
+    };
+    const control = { cancelled: () => stops?.stopped ?? false };
+    const ran: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
+      ? await generateAutoregressive(target, req, onTokens, control)
+      : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience }, req, onTokens, control);
+    const result = stops?.stopped ? { ...ran, tokenIds: ran.tokenIds.slice(0, kept), finishReason: 'stop' as const } : ran;
+    const finalText = (): string => (stops?.stopped ? stopText : tok.decode(result.tokenIds));
+    const tail = (): string => (stops ? (stops.stopped ? '' : stops.push(stream.flush()) + stops.flush()) : stream.flush());
     if (!isCascade(result)) {
       const s = result.stats;
-      if (o.json) writeOut(JSON.stringify({ text: tok.decode(result.tokenIds), tokenIds: result.tokenIds, finishReason: result.finishReason, model: target.spec.name, stats: s }) + '\n');
+      if (o.json) writeOut(JSON.stringify({ text: finalText(), tokenIds: result.tokenIds, finishReason: result.finishReason, model: target.spec.name, stats: s }) + '\n');
       else {
-        writeOut(stream.flush() + '\n');
+        writeOut(tail() + '\n');
         process.stderr.write(
           `[ar: ${target.spec.name}, KV ${s.kv?.policy} budget ${s.kv?.budget} (lossy)] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
             `(${s.tokensPerSecond.toFixed(1)} tokens/s, at most ${s.kv?.peakResident} tokens cached, ${s.kv?.releases} released, ${s.kv?.rebuilds} rebuilt, finish: ${result.finishReason})\n`,
@@ -222,7 +249,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     if (o.json) {
       const acceptanceByPosition = s.draftedByPosition.map((d, i) => s.acceptedByPosition[i]! / d);
       const out = {
-        text: tok.decode(result.tokenIds),
+        text: finalText(),
         tokenIds: result.tokenIds,
         finishReason: result.finishReason,
         model: target.spec.name,
@@ -231,7 +258,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       };
       writeOut(JSON.stringify(out) + '\n');
     } else {
-      writeOut(stream.flush() + '\n');
+      writeOut(tail() + '\n');
       const cascade = plan.drafters.length ? `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}` : 'target only';
       process.stderr.write(
         `[${o.mode}: ${target.spec.name} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
@@ -252,6 +279,13 @@ const parsePromptIds = (raw: string): number[] => {
 
 /** Commander's collector for a repeatable flag. */
 const collect = (value: string, previous: string[] | undefined): string[] => [...(previous ?? []), value];
+
+const collectStop = (value: string, previous: string[] | undefined): string[] => {
+  if (value === '') throw new InvalidArgumentError('--stop takes a non-empty string');
+  const all = collect(value, previous);
+  if (all.length > 4) throw new InvalidArgumentError('--stop takes at most 4 stop strings');
+  return all;
+};
 
 const parseMode = (raw: string): Mode => {
   if (!(MODES as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--mode must be one of ${MODES.join(', ')}, got "${raw}"`);
@@ -313,13 +347,14 @@ export function registerGenerate(program: Command): void {
     .option('--presence-penalty <v>', 'subtract v from the logit of every token already in the output (-2..2, 0 = off; OpenAI)', parseNumber('--presence-penalty'))
     .option('--frequency-penalty <v>', 'subtract v per occurrence in the output so far (-2..2, 0 = off; OpenAI)', parseNumber('--frequency-penalty'))
     .option('--logit-bias <json>', 'token id to logit bias, as OpenAI\'s logit_bias, e.g. \'{"13": -100}\'', parseLogitBias)
+    .option('--stop <text>', 'a stop string (repeatable, up to 4): the output ends before the first one, finish reason stop, exactly where target-only decoding would stop', collectStop)
     .option('--seed <s>', 'random seed for sampling', parseNumber('--seed', { integer: true }), 0)
     .option('--mode <mode>', `decoding: ${MODES.join(' | ')} (target only, speculative with the largest drafter, MaG prompt lookup, full cascade)`, parseMode, 'csd')
     .option('--drafters <list>', 'cascade drafters, largest first, e.g. draft-l2,draft-l1,mag (overrides the mode)', parseDrafters)
     .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (docs/cascade.md), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))

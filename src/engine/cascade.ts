@@ -121,6 +121,8 @@ export async function generateCascade(
   config: CascadeConfig,
   req: GenerateRequest,
   onTokens?: (ids: readonly number[]) => void,
+  /** `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop string seen). */
+  control: { readonly cancelled?: () => boolean } = {},
 ): Promise<CascadeResult> {
   checkRequest(req, target.spec.maxPositions);
   checkCascade(config);
@@ -141,7 +143,7 @@ export async function generateCascade(
   const maxPositions = smallestContext([target, ...config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session] : []))].map((s) => s.spec));
   // a narrower drafter (less vocabulary padding) that meets a padding id the target sampled is dropped
   const onLevelFailure = (level: CascadeLevel, err: unknown) => level !== top && err instanceof UnreadableTokenError;
-  return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens, maxPositions, onLevelFailure });
+  return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens, maxPositions, onLevelFailure, cancelled: control.cancelled });
 }
 
 /** How runCascade reports progress and survives a lost level. */

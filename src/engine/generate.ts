@@ -74,6 +74,8 @@ export async function generateAutoregressive(
   model: ModelSession,
   req: GenerateRequest,
   onTokens?: (ids: readonly number[]) => void,
+  /** `cancelled`: polled after each token; true ends the request with finish reason `cancelled`. */
+  control: { readonly cancelled?: () => boolean } = {},
 ): Promise<GenerateResult> {
   checkRequest(req, model.spec.maxPositions);
   const seqId = randomUUID();
@@ -105,6 +107,10 @@ export async function generateAutoregressive(
       tokens.push(token);
       onTokens?.([token]);
       if (out.length === req.maxTokens) break;
+      if (control.cancelled?.()) {
+        finishReason = 'cancelled';
+        break;
+      }
       logits = await feed([token]);
     }
   } finally {
