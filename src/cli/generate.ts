@@ -12,6 +12,7 @@ import { loadBigram, loadController, type Family } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
+import { withProcessors } from '../kernels/sampling.ts';
 import { StopMatcher } from '../models/stop-strings.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import type { ChatMessage } from '../models/chat-template.ts';
@@ -193,14 +194,13 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const tok = TextTokenizer.forModel(target.spec);
     const stream = tok.stream();
     const promptIds = typeof text === 'string' ? tok.encodePrompt(text) : 'ids' in text ? text.ids : tok.encodeChat(text);
-    const sampling = {
-      ...resolveSampling({ temperature: o.temperature, topP: o.topP, topK: o.topK }, target.spec.generation, CLI_SAMPLING),
-      ...(o.minP !== undefined ? { minP: o.minP } : {}),
-      ...(o.repetitionPenalty !== undefined ? { repetitionPenalty: o.repetitionPenalty } : {}),
-      ...(o.presencePenalty !== undefined ? { presencePenalty: o.presencePenalty } : {}),
-      ...(o.frequencyPenalty !== undefined ? { frequencyPenalty: o.frequencyPenalty } : {}),
-      ...(o.logitBias !== undefined ? { logitBias: o.logitBias } : {}),
-    };
+    const sampling = withProcessors(resolveSampling({ temperature: o.temperature, topP: o.topP, topK: o.topK }, target.spec.generation, CLI_SAMPLING), {
+      minP: o.minP,
+      repetitionPenalty: o.repetitionPenalty,
+      presencePenalty: o.presencePenalty,
+      frequencyPenalty: o.frequencyPenalty,
+      logitBias: o.logitBias,
+    });
     const badId = promptIds.find((id) => id >= target.spec.vocabSize);
     if (badId !== undefined) throw new InvalidArgumentError(`the prompt holds token id ${badId}, outside the vocabulary of ${target.spec.vocabSize} tokens`);
     const outside = Object.keys(o.logitBias ?? {}).find((id) => Number(id) >= target.spec.vocabSize);

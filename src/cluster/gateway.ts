@@ -8,7 +8,7 @@ import { checkCascade } from '../engine/cascade.ts';
 import { MODES, planCascade, type KSchedule } from '../engine/presets.ts';
 import { DEFAULT_MAX_DRAFT } from '../engine/schedule.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import type { SamplingParams } from '../kernels/sampling.ts';
+import { withProcessors, type SamplingParams } from '../kernels/sampling.ts';
 import { resolveSampling, type GenerationDefaults } from '../models/generation-config.ts';
 import type { TextTokenizer } from '../models/tokenizer.ts';
 import { StopMatcher } from '../models/stop-strings.ts';
@@ -305,14 +305,13 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     if (model.maxPositions !== undefined && promptIds.length + maxTokens > model.maxPositions) {
       throw new HttpError(400, `prompt (${promptIds.length} tokens) plus max_tokens (${maxTokens}) exceeds the model's context of ${model.maxPositions} tokens`, 'invalid_request_error', 'max_tokens');
     }
-    const sampling: SamplingParams = {
-      ...resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING),
-      ...(body.min_p !== undefined ? { minP: body.min_p } : {}),
-      ...(body.repetition_penalty !== undefined ? { repetitionPenalty: body.repetition_penalty } : {}),
-      ...(body.presence_penalty !== undefined ? { presencePenalty: body.presence_penalty } : {}),
-      ...(body.frequency_penalty !== undefined ? { frequencyPenalty: body.frequency_penalty } : {}),
-      ...(body.logit_bias !== undefined ? { logitBias: Object.fromEntries(Object.entries(body.logit_bias).map(([id, v]) => [Number(id), v])) } : {}),
-    };
+    const sampling = withProcessors(resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING), {
+      minP: body.min_p,
+      repetitionPenalty: body.repetition_penalty,
+      presencePenalty: body.presence_penalty,
+      frequencyPenalty: body.frequency_penalty,
+      logitBias: body.logit_bias && Object.fromEntries(Object.entries(body.logit_bias).map(([id, v]) => [Number(id), v])),
+    });
     const biasOutside = model.vocabSize === undefined ? undefined : Object.keys(sampling.logitBias ?? {}).find((id) => Number(id) >= model.vocabSize!);
     if (biasOutside !== undefined) throw new HttpError(400, `logit_bias names token id ${biasOutside}, outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'logit_bias');
     let plan;

@@ -2,7 +2,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import { KvLedger, positionalScore, type KvBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { AdoreController, ControllerTrack } from '../kernels/adore-controller.ts';
 import { firstRows, MemoryKvStore, type KvStore } from '../models/kv-store.ts';
-import { rowCount, type KvRows, type LogitsRows, type ModelSession, type StepResult } from '../models/session.ts';
+import { joinRows, rowCount, rowsInChunk, type KvRows, type LogitsRows, type ModelSession, type StepResult } from '../models/session.ts';
 
 /** How a model's KV cache is bounded: the policy and its budget (SPEC §5; docs/adore.md). */
 export interface KvPolicyConfig {
@@ -141,7 +141,7 @@ export class BoundedSequence {
       stale = [];
       const positions = piece.map((_, j) => this.next + j);
       const item = { seqId: this.seqId, inputIds: piece, positionIds: positions, ...room.item };
-      const needed = i + piece.length - Math.max(i, tokens.length - wanted); // this chunk's rows among the last `wanted`
+      const needed = rowsInChunk(i, i + piece.length, tokens.length, wanted);
       const want = needed > 0 ? needed : 'last';
       const h2o = this.cfg.policy === 'h2o';
       const keys = h2o ? [...this.ledger.order, ...positions] : [];
@@ -180,14 +180,7 @@ export class BoundedSequence {
       this.next += piece.length;
       if (needed > 0) parts.push(r.logits);
     }
-    if (parts.length === 1) return parts[0]!;
-    const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
-    let offset = 0;
-    for (const p of parts) {
-      out.set(p, offset);
-      offset += p.length;
-    }
-    return out;
+    return joinRows(parts);
   }
 
   /**

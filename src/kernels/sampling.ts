@@ -29,6 +29,14 @@ export interface SamplingParams {
 
 export const GREEDY: SamplingParams = { temperature: 0, topK: 0, topP: 1 };
 
+/** The logits processors and min-p a request may set (each optional: unset is off). */
+export type ProcessorSettings = Pick<SamplingParams, 'minP' | 'repetitionPenalty' | 'presencePenalty' | 'frequencyPenalty' | 'logitBias'>;
+
+/** `base` with the processors that are set (undefined ones left out, so they stay off). */
+export function withProcessors(base: SamplingParams, p: { readonly [K in keyof ProcessorSettings]?: ProcessorSettings[K] | undefined }): SamplingParams {
+  return { ...base, ...Object.fromEntries(Object.entries(p).filter(([, v]) => v !== undefined)) };
+}
+
 /**
  * The tokens a position's distribution is conditioned on: tokens[0..length) (prompt, output, and any
  * drafts before the position), of which tokens[promptLength..length) are output (presence and

@@ -13,7 +13,7 @@ import { halvesToFloats } from '../kernels/half.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import { rowCount, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
+import { joinRows, rowCount, rowsInChunk, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -258,19 +258,12 @@ async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false
   const parts: Float32Array[] = [];
   for (let from = 0; from < s; from += chunk) {
     const to = Math.min(s, from + chunk);
-    const needed = to - Math.max(from, s - want); // rows of this chunk among the last `want`
+    const needed = rowsInChunk(from, to, s, want);
     const piece = { seqId: item.seqId, inputIds: item.inputIds.slice(from, to), ...(item.positionIds ? { positionIds: positions.slice(from, to) } : {}) };
     const logits = await forwardPiece(piece, Math.max(1, needed), false);
     if (needed > 0) parts.push(logits);
   }
-  if (parts.length === 1) return parts[0]!;
-  const out = new Float32Array(want * spec!.vocabSize);
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return joinRows(parts);
 }
 
 /** One pass of one sequence's new tokens; returns the last `want` rows of its logits. */

@@ -71,6 +71,24 @@ export interface ServiceLoad {
  */
 export type LogitsRows = 'all' | 'last' | number;
 
+/** Logits blocks of consecutive passes, in order, as one (the block itself when there is one). */
+export function joinRows(parts: readonly Float32Array[]): Float32Array {
+  if (parts.length === 1) return parts[0]!;
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let offset = 0;
+  for (const p of parts) {
+    out.set(p, offset);
+    offset += p.length;
+  }
+  return out;
+}
+
+/**
+ * How many of the last `want` rows of `total` new tokens a chunk [from, to) of them holds (0 or
+ * less: none), for a feed that runs in chunks but returns only its last rows.
+ */
+export const rowsInChunk = (from: number, to: number, total: number, want: number): number => to - Math.max(from, total - want);
+
 /**
  * How many rows `rows` asks of a forward over `tokens` new tokens (1..tokens); throws
  * InvalidArgumentError for a count that is not an integer in that range.
