@@ -113,6 +113,12 @@ test.serial('cluster - what clients send and change nothing is accepted: nulls, 
   t.regex(((await image.json()) as { error: { message: string } }).error.message, /content parts of type "image_url" are not supported/);
   const empty = await post('completions', { prompt: 'x', max_tokens: 2, stop: [''] });
   t.is(empty.status, 400, 'an empty stop string is refused');
+  const five = await post('completions', { prompt: 'x', max_tokens: 2, stop: ['a', 'b', 'c', 'd', 'e'] });
+  t.is(five.status, 400);
+  t.regex(((await five.json()) as { error: { message: string } }).error.message, /at most 4 stop strings/);
+  const logprobs = await post('completions', { prompt: 'x', max_tokens: 2, logprobs: 3 });
+  t.is(logprobs.status, 400);
+  t.regex(((await logprobs.json()) as { error: { message: string } }).error.message, /log probabilities are not returned yet/);
   const bias = await post('completions', { prompt: 'x', max_tokens: 2, logit_bias: { '999999': 5 } });
   t.is(bias.status, 400);
   t.regex(((await bias.json()) as { error: { message: string } }).error.message, /logit_bias names token id 999999, outside the vocabulary/);

@@ -87,10 +87,11 @@ const Sampling = {
   n: z.literal(1).optional(),
   user: z.string().optional(),
   // stop strings (OpenAI: up to 4), cut exactly where target-only decoding's text would stop
-  stop: z.union([z.string().min(1, 'a stop string may not be empty'), z.array(z.string().min(1, 'a stop string may not be empty')).max(4, 'at most 4 stop strings')]).optional(),
+  // (one string is a list of one, so that the limit and emptiness are named whichever form is sent)
+  stop: z.preprocess((v) => (typeof v === 'string' ? [v] : v), z.array(z.string().min(1, 'a stop string may not be empty')).max(4, 'at most 4 stop strings')).optional(),
   // accepted where they change nothing: no log probabilities, no echo
-  logprobs: z.literal(false).optional(),
-  top_logprobs: z.literal(0).optional(),
+  logprobs: z.literal(false, { error: 'log probabilities are not returned yet: send logprobs false or leave it out' }).optional(),
+  top_logprobs: z.literal(0, { error: 'log probabilities are not returned yet: send top_logprobs 0 or leave it out' }).optional(),
   echo: z.literal(false).optional(),
   cascade: CascadeFields,
 };
