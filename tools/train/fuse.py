@@ -1,0 +1,230 @@
+"""Rewrite an exported model directory's graph in the fused form of onnxruntime-genai's model builder.
+
+The project's export (export.py) is the Optimum "decoder with past" graph that torch.onnx writes: about
+60 elementwise nodes per layer (RMSNorm as Pow/ReduceMean/Sqrt/Div/Mul, RoPE as Slice/Neg/Concat,
+attention as MatMul/Softmax over a bias built from the mask). On a GPU each node is a dispatch. This
+tool writes the same model with ONNX Runtime's contrib ops, as the genai builder
+(src/python/py/models/builders/base.py) emits them:
+
+  - SimplifiedLayerNormalization for the first RMSNorm, SkipSimplifiedLayerNormalization for every
+    residual add + RMSNorm after it (its 4th output carries the residual sum);
+  - one packed MatMul for q|k|v (and one for gate|up), then Split;
+  - RotaryEmbedding (com.microsoft, non-interleaved: the rotate_half convention) on q and k, fed the
+    graph's position_ids and cos/sin caches stored as initializers [max_positions, head_dim / 2];
+  - GroupQueryAttention (com.microsoft, do_rotary=0) with seqlens_k = ReduceSum(attention_mask) - 1
+    and total_sequence_length = Shape(attention_mask)[1], both int32, computed in the graph;
+  - the tied head as Gemm(h, embedding, transB=1), the embedding stored once.
+
+Inputs and outputs keep the names, dtypes, shapes and KV layout of the unfused graph (input_ids,
+attention_mask, position_ids, past_key_values.N.key|value [batch, kv_heads, past, head_dim]; logits,
+present.N.key|value [batch, kv_heads, past + sequence, head_dim]), so the runner feeds it unchanged.
+There is no attention_sum output: the H2O policy, which reads it, needs the unfused graph.
+
+What GroupQueryAttention assumes, and the runner guarantees or refuses (docs/gpu.md, "Graph forms"):
+each row's cache is its first seqlens_k + 1 - sequence entries, with no holes and no left padding.
+The runner feeds one sequence per pass with an all-ones mask (evictions compact the cache), so that
+holds; a batched pass of sequences of different lengths (left-padded pasts) is refused for a graph
+holding GroupQueryAttention. Attention is causal by cache index, as in the unfused graph, and RoPE
+takes the explicit position_ids, so bounded caches (release, rebuild) work unchanged. Positions must
+be below --max-positions (the rows of the cos/sin caches).
+
+Weights come from the unfused model.onnx itself (each MatMul node is named after its module, as
+onnx_weights.py reads them), so no torch is needed: `apt-get install python3-onnx python3-numpy`.
+The other files of the folder are copied (not with --graph-only); config.json gains "onnx_graph": {"form": "fused", ...},
+which the runner ignores (it finds the form from the graph's op types).
+
+Usage: /usr/bin/python3 tools/train/fuse.py --model models/draft-l2 --out test/fixtures/fused/draft-l2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+from onnx import TensorProto, helper
+
+MS = "com.microsoft"
+# Files of a model directory copied beside the fused graph (model.onnx is written, not copied).
+COPIED = ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "reference.json", "reference.bin"]
+LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def unfused_weights(path: Path, layers: int) -> dict[str, np.ndarray]:
+    """Weights by module path: `model.*` initializers (or Identity outputs) as named, each Linear as
+    its MatMul's right operand [in, out] (x @ W, W = torch's weight transposed), keyed `layers.I.<module>`."""
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    # torch.onnx stores equal weights (all-ones RMSNorm weights) once, the others as Identity of it
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            inits[node.output[0]] = inits[node.input[0]]
+    weights = {name: arr for name, arr in inits.items() if name.startswith("model.")}
+    for node in graph.node:
+        m = re.fullmatch(r"/(layers\.\d+/.+)/MatMul", node.name)
+        if node.op_type == "MatMul" and m and node.input[1] in inits:
+            weights[m.group(1).replace("/", ".")] = inits[node.input[1]]
+    want = ["model.embed_tokens.weight", "model.norm.weight"] + [
+        f"{p}layers.{i}.{n}" for i in range(layers)
+        for p, n in [("model.", "input_layernorm.weight"), ("model.", "post_attention_layernorm.weight")] + [("", lin) for lin in LINEARS]]
+    missing = [w for w in want if w not in weights]
+    if missing:
+        raise SystemExit(f"{path} is not this project's export (tools/train/export.py): no weights for {missing[:4]}"
+                         f"{' ...' if len(missing) > 4 else ''}")
+    return weights
+
+
+def rope_caches(head_dim: int, theta: float, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [positions, head_dim / 2] of model.rope_tables, in float32 as torch computes them."""
+    inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))).astype(np.float32)
+    freqs = np.arange(positions, dtype=np.float32)[:, None] * inv_freq[None, :]
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+
+
+class Graph:
+    """Nodes and initializers of the graph being written; every node output is named `<node>/output_<i>`."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+
+    def init(self, name: str, arr: np.ndarray) -> str:
+        self.inits.append(onnx.numpy_helper.from_array(np.ascontiguousarray(arr), name))
+        return name
+
+    def node(self, op: str, name: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs) -> list[str]:
+        outs = [f"{name}/output_{i}" for i in range(outputs)] if isinstance(outputs, int) else outputs
+        self.nodes.append(helper.make_node(op, inputs, outs, name=name, domain=domain, **attrs))
+        return outs
+
+
+def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int) -> onnx.ModelProto:
+    layers, heads, kv_heads = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    eps = float(cfg["rms_norm_eps"])
+    if head_dim % 8:
+        raise SystemExit(f"head_dim {head_dim}: ONNX Runtime's GroupQueryAttention takes head sizes that are multiples of 8 "
+                         "(\"head_size must be a multiple of 8\"); keep this model in the unfused form")
+    q_size, kv_size, inter = heads * head_dim, kv_heads * head_dim, cfg["intermediate_size"]
+    g = Graph()
+    embed = g.init("model.embed_tokens.weight", w["model.embed_tokens.weight"])
+    cos, sin = rope_caches(head_dim, float(cfg.get("rope_theta", 10000.0)), max_positions)
+    g.init("cos_cache", cos)
+    g.init("sin_cache", sin)
+    one = g.init("/model/constants/INT64/[1]", np.array([1], dtype=np.int64))
+    g.init("/model/constants/INT64/1", np.array(1, dtype=np.int64))
+    g.init("/model/constants/INT64/[-1, hidden]", np.array([-1, hidden], dtype=np.int64))
+    g.init("/model/constants/INT64/[vocab]", np.array([vocab], dtype=np.int64))
+    g.init("/model/constants/INT64/qkv_split", np.array([q_size, kv_size, kv_size], dtype=np.int64))
+    g.init("/model/constants/INT64/gate_up_split", np.array([inter, inter], dtype=np.int64))
+
+    # genai's attention-mask subgraph: seqlens_k = sum(mask) - 1, total_sequence_length = mask's width
+    base = "/model/attn_mask_reformat/attn_mask_subgraph"
+    (total,) = g.node("ReduceSum", f"{base}/ReduceSum", ["attention_mask", one], keepdims=0)
+    (last,) = g.node("Sub", f"{base}/Sub", [total, one])
+    (seqlens_k,) = g.node("Cast", f"{base}/Sub/Cast", [last], to=TensorProto.INT32)
+    (shape,) = g.node("Shape", f"{base}/Shape", ["attention_mask"])
+    (width,) = g.node("Gather", f"{base}/Gather", [shape, "/model/constants/INT64/1"], axis=0)
+    (total_len,) = g.node("Cast", f"{base}/Gather/Cast", [width], to=TensorProto.INT32)
+
+    (x,) = g.node("Gather", "/model/embed_tokens/Gather", [embed, "input_ids"])
+    norm_w = g.init("model.layers.0.input_layernorm.weight", w["model.layers.0.input_layernorm.weight"])
+    (h,) = g.node("SimplifiedLayerNormalization", "/model/layers.0/input_layernorm/LayerNorm", [x, norm_w],
+                  axis=-1, epsilon=eps, stash_type=1)
+    residual = x
+    for i in range(layers):
+        p = f"/model/layers.{i}"
+        lin = lambda n: w[f"layers.{i}.{n}"]  # noqa: E731
+        qkv_w = g.init(f"model.layers.{i}.attn.qkv_proj.MatMul.weight",
+                       np.concatenate([lin("self_attn.q_proj"), lin("self_attn.k_proj"), lin("self_attn.v_proj")], axis=1))
+        (qkv,) = g.node("MatMul", f"{p}/attn/qkv_proj/MatMul", [h, qkv_w])
+        q, k, v = g.node("Split", f"{p}/attn/qkv_proj/Split", [qkv, "/model/constants/INT64/qkv_split"], 3, axis=-1)
+        (q,) = g.node("RotaryEmbedding", f"{p}/attn/q_rotary/RotaryEmbedding", [q, "position_ids", "cos_cache", "sin_cache"],
+                      domain=MS, interleaved=0)
+        (k,) = g.node("RotaryEmbedding", f"{p}/attn/k_rotary/RotaryEmbedding", [k, "position_ids", "cos_cache", "sin_cache"],
+                      domain=MS, interleaved=0)
+        attn, _, _ = g.node(
+            "GroupQueryAttention", f"{p}/attn/GroupQueryAttention",
+            [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total_len],
+            [f"{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
+            domain=MS, num_heads=heads, kv_num_heads=kv_heads, do_rotary=0, local_window_size=-1)
+        o_w = g.init(f"model.layers.{i}.attn.o_proj.MatMul.weight", lin("self_attn.o_proj"))
+        (o,) = g.node("MatMul", f"{p}/attn/o_proj/MatMul", [attn, o_w])
+        post_w = g.init(f"model.layers.{i}.post_attention_layernorm.weight", w[f"model.layers.{i}.post_attention_layernorm.weight"])
+        h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", f"{p}/post_attention_layernorm/SkipLayerNorm",
+                                   [o, residual, post_w], [f"{p}/post_attention_layernorm/output_0", "", "",
+                                                           f"{p}/post_attention_layernorm/output_3"], domain=MS, epsilon=eps)
+        gu_w = g.init(f"model.layers.{i}.mlp.gate_up_proj.MatMul.weight", np.concatenate([lin("gate_proj"), lin("up_proj")], axis=1))
+        (gu,) = g.node("MatMul", f"{p}/mlp/gate_up_proj/MatMul", [h, gu_w])
+        gate, up = g.node("Split", f"{p}/mlp/gate_up_proj/Split", [gu, "/model/constants/INT64/gate_up_split"], 2, axis=-1)
+        (sig,) = g.node("Sigmoid", f"{p}/mlp/act_fn/Sigmoid", [gate])
+        (silu,) = g.node("Mul", f"{p}/mlp/act_fn/Mul", [gate, sig])
+        (prod,) = g.node("Mul", f"{p}/mlp/Mul", [silu, up])
+        down_w = g.init(f"model.layers.{i}.mlp.down_proj.MatMul.weight", lin("down_proj"))
+        (down,) = g.node("MatMul", f"{p}/mlp/down_proj/MatMul", [prod, down_w])
+        nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < layers else "model.norm.weight"
+        norm_w = g.init(nxt, w[nxt])
+        where = f"/model/layers.{i + 1}/input_layernorm" if i + 1 < layers else f"/model/layers.{layers}/final_norm_layernorm"
+        outs = [f"{where}/output_0", "", "", f"{where}/output_3"] if i + 1 < layers else [f"{where}/output_0"]
+        h, *rest = g.node("SkipSimplifiedLayerNormalization", f"{where}/SkipLayerNorm", [down, residual, norm_w], outs, domain=MS, epsilon=eps)
+        residual = rest[-1] if rest else residual
+    # tied head: Gemm over [batch * sequence, hidden] against the embedding itself (stored once)
+    (flat,) = g.node("Reshape", "/lm_head/Reshape", [h, "/model/constants/INT64/[-1, hidden]"])
+    (scores,) = g.node("Gemm", "/lm_head/Gemm", [flat, embed], transB=1)
+    (ids_shape,) = g.node("Shape", "/lm_head/Shape", ["input_ids"])
+    (out_shape,) = g.node("Concat", "/lm_head/Concat", [ids_shape, "/model/constants/INT64/[vocab]"], axis=0)
+    g.node("Reshape", "/lm_head/Reshape_1", [scores, out_shape], ["logits"])
+
+    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    kv = lambda n, length: helper.make_tensor_value_info(n, f32, ["batch_size", kv_heads, length, head_dim])  # noqa: E731
+    inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
+              helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
+              helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", vocab])]
+    for i in range(layers):
+        inputs += [kv(f"past_key_values.{i}.key", "past_sequence_length"), kv(f"past_key_values.{i}.value", "past_sequence_length")]
+        outputs += [kv(f"present.{i}.key", "total_sequence_length"), kv(f"present.{i}.value", "total_sequence_length")]
+    graph = helper.make_graph(g.nodes, "main_graph", inputs, outputs, g.inits)
+    # IR 8 / opset 17: what onnx 1.12 (Debian bookworm) writes; ONNX Runtime resolves
+    # SimplifiedLayerNormalization (its own op in the default domain, since version 1) under it.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)],
+                              producer_name="cascade-cluster tools/train/fuse.py", ir_version=8)
+    return model
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="a model directory exported by tools/train/export.py (config.json + model.onnx)")
+    ap.add_argument("--out", required=True, help="folder to write the fused model.onnx and the copied files to")
+    ap.add_argument("--max-positions", type=int, default=None,
+                    help="rows of the RoPE cos/sin caches: positions the graph can take (default config.json's "
+                         "max_position_embeddings, which is lowered to it when it is smaller)")
+    ap.add_argument("--graph-only", action="store_true", help="write model.onnx and config.json only (test fixtures; "
+                    "the runner then needs --tokenizer)")
+    args = ap.parse_args()
+    src, out = Path(args.model), Path(args.out)
+    cfg = json.loads((src / "config.json").read_text())
+    positions = args.max_positions or cfg["max_position_embeddings"]
+    model = fuse(cfg, unfused_weights(src / "model.onnx", cfg["num_hidden_layers"]), positions)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out / "model.onnx"))
+    for name in [] if args.graph_only else COPIED:
+        if (src / name).exists():
+            shutil.copyfile(src / name, out / name)
+    ops = sorted({n.op_type for n in model.graph.node})
+    cfg["max_position_embeddings"] = min(cfg["max_position_embeddings"], positions)
+    cfg["onnx_graph"] = {"form": "fused", "fused_from": str(src / "model.onnx"), "rope_cache_positions": positions,
+                         "ops": ops, "made_by": "tools/train/fuse.py"}
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    per_layer = sum(1 for n in model.graph.node if n.name.startswith("/model/layers.0/"))
+    print(f"fused {src} -> {out}: {len(model.graph.node)} nodes ({per_layer} in layer 0), "
+          f"{(out / 'model.onnx').stat().st_size / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
