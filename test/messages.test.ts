@@ -23,6 +23,12 @@ const messages: Message[] = [
   { type: 'closed' },
   { type: 'error', code: 'unknown-session', message: 'gone — ümlaut' },
   { type: 'tokens', offset: 17, tokens: [1, 2, 3] },
+  // log probabilities (frames v5): float64 values travel bit for bit
+  { type: 'open', session: 'req-3-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, logprobs: 0 },
+  { type: 'open', session: 'req-4-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, logprobs: 20 },
+  { type: 'reviewed', accepted: 1, token: 4, p: [], logprobs: [{ token: 9, logprob: -0.1, top: [] }, { token: 4, logprob: Math.log(0.3), top: [{ token: 5, logprob: Math.log(0.6) }, { token: 4, logprob: Math.log(0.3) }] }] },
+  { type: 'proposed', tokens: [6], q: [undefined], logprobs: [{ token: 6, logprob: -9999, top: [{ token: 1, logprob: -1e-9 }] }] },
+  { type: 'tokens', offset: 2, tokens: [6, 7], logprobs: [{ token: 6, logprob: -2, top: [] }, { token: 7, logprob: 0, top: [] }] },
   { type: 'done', finishReason: 'stop', stats: JSON.stringify({ a: 1 }) },
   { type: 'failed', message: 'boom' },
   { type: 'stats' },
@@ -31,6 +37,17 @@ const messages: Message[] = [
 
 test('messages - every message type survives a round trip through its binary frame', (t) => {
   for (const m of messages) t.deepEqual(decode(encode(m)), m, m.type);
+});
+
+test('messages - log probabilities must be one per token, finite and at most 0, with at most 20 alternatives', (t) => {
+  const lp = (token: number, logprob = -1) => ({ token, logprob, top: [] });
+  t.throws(() => decode(encode({ type: 'tokens', offset: 0, tokens: [1, 2], logprobs: [lp(1)] })), { instanceOf: FrameError, message: /1 log probabilities for 2 tokens/ });
+  t.throws(() => decode(encode({ type: 'reviewed', accepted: 1, token: 2, p: [], logprobs: [lp(2)] })), { instanceOf: FrameError, message: /for 2 emitted tokens/ });
+  t.throws(() => decode(encode({ type: 'tokens', offset: 0, tokens: [1], logprobs: [lp(1, 0.5)] })), { instanceOf: FrameError, message: /not a finite number <= 0/ });
+  t.throws(() => decode(encode({ type: 'tokens', offset: 0, tokens: [1], logprobs: [lp(1, Number.NaN)] })), { instanceOf: FrameError });
+  const many = { token: 1, logprob: -1, top: Array.from({ length: 21 }, (_, i) => ({ token: i, logprob: -1 })) };
+  t.throws(() => decode(encode({ type: 'tokens', offset: 0, tokens: [1], logprobs: [many] })), { instanceOf: FrameError, message: /21 alternatives/ });
+  t.throws(() => decode(encode({ type: 'open', session: 's', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 0, logprobs: 21 })), { instanceOf: FrameError, message: /21 alternatives/ });
 });
 
 test('messages - rows decode from a Node Buffer view at any offset (NATS hands frames over as pool slices)', (t) => {
@@ -45,7 +62,7 @@ test('messages - rows decode from a Node Buffer view at any offset (NATS hands f
 test('messages - token ids are little-endian uint32 after the header', (t) => {
   const frame = encode({ type: 'tokens', offset: 1, tokens: [0x01020304] });
   t.is(frame[0], FRAME_MAGIC);
-  t.deepEqual([...frame.subarray(frame.length - 4)], [4, 3, 2, 1]);
+  t.deepEqual([...frame.subarray(frame.length - 8, frame.length - 4)], [4, 3, 2, 1], 'the id, then a count of 0 log probabilities');
 });
 
 test('messages - malformed frames are rejected with a FrameError naming the problem', (t) => {
@@ -98,9 +115,9 @@ test('messages - a row with few non-zero entries travels sparse, bit for bit, an
 });
 
 test('messages - a malformed sparse row is a FrameError: ids out of order, past the width, more entries than the width', (t) => {
-  // a 'proposed' frame: tokens [1], then one sparse row (marker 2) of width w with n ids and n values, then no load
+  // a 'proposed' frame: tokens [1], then one sparse row (marker 2) of width w with n ids and n values, then no log probabilities, no load
   const frame = (w: number, ids: number[]) => {
-    const b = Buffer.alloc(3 + 8 + 4 + 1 + 8 + 8 * ids.length + 1);
+    const b = Buffer.alloc(3 + 8 + 4 + 1 + 8 + 8 * ids.length + 4 + 1);
     let at = b.writeUInt8(FRAME_MAGIC, 0);
     at = b.writeUInt8(FRAME_VERSION, at);
     at = b.writeUInt8(5, at); // 'proposed'
@@ -112,6 +129,7 @@ test('messages - a malformed sparse row is a FrameError: ids out of order, past 
     at = b.writeUInt32LE(ids.length, at);
     for (const id of ids) at = b.writeUInt32LE(id, at);
     for (const _ of ids) at = b.writeFloatLE(0.5, at);
+    at = b.writeUInt32LE(0, at);
     b.writeUInt8(0, at);
     return new Uint8Array(b);
   };

@@ -104,6 +104,21 @@ for (const [kind, open] of requestLogs) {
     t.is(await log.result(id), '{"finishReason":"stop"}');
   });
 
+  test(`request log (${kind}) - log probabilities are recorded with their tokens, bit for bit, and once`, async (t) => {
+    const log = open();
+    const id = `req-${randomUUID()}`;
+    const fence = await log.claim(id);
+    const a = [{ token: 1, logprob: Math.log(0.3), top: [{ token: 2, logprob: Math.log(0.6) }, { token: 1, logprob: Math.log(0.3) }] }, { token: 4294967295, logprob: -9999, top: [] }];
+    const b = [{ token: 7, logprob: -1e-12, top: [{ token: 7, logprob: -1e-12 }] }];
+    await log.append(id, fence, 0, [1, 4294967295], { top: 2, list: a });
+    await log.append(id, fence, 0, [1, 4294967295], { top: 2, list: a }); // a retried round records nothing twice
+    await log.append(id, fence, 2, [7], { top: 2, list: b });
+    t.deepEqual(await log.readLogprobs(id, 2), [...a, ...b]);
+    await t.throwsAsync(log.append(id, fence, 3, [8, 9], { top: 2, list: b }), { instanceOf: RangeError, message: /1 log probabilities for 2 tokens/ });
+    t.deepEqual(await log.read(id), [1, 4294967295, 7]);
+    t.deepEqual(await log.readLogprobs(`req-${randomUUID()}`, 2), [], 'none for a request that asked for none');
+  });
+
   test(`request log (${kind}) - a newer claim fences the older attempt out of appending and finishing`, async (t) => {
     const log = open();
     const id = `req-${randomUUID()}`;
@@ -175,11 +190,12 @@ test.serial('redis store - a stall hand-over never splices two coordinators\' dr
   const gated = (who: string): RequestLog => ({
     claim: pass('claim'),
     read: pass('read'),
+    readLogprobs: pass('readLogprobs'),
     finish: pass('finish'),
     result: pass('result'),
     append: async (...args: unknown[]) => {
       await myTurn(who);
-      const entry: { offset: number; tokens: number[]; error?: string } = { offset: args.at(-2) as number, tokens: [...(args.at(-1) as number[])] };
+      const entry: { offset: number; tokens: number[]; error?: string } = { offset: args[2] as number, tokens: [...(args[3] as number[])] };
       wrote[who]!.push(entry);
       try {
         return await pass('append')(...args);

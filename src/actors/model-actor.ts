@@ -64,6 +64,12 @@ export interface ActorOptions {
   readonly target?: boolean;
 }
 
+/** The log probabilities a session's level recorded for the tokens it just added (none unless opened asking for them). */
+function logprobsOf(level: ModelLevel) {
+  const logprobs = level.takeLogprobs();
+  return logprobs.length ? { logprobs } : {};
+}
+
 class BadRequest extends CascadeError {
   constructor(
     readonly code: ErrorCode,
@@ -221,7 +227,7 @@ export class ModelActor {
     const old = this.sessions.get(req.session);
     if (old) void this.closeSession(req.session);
     this.sessions.set(req.session, {
-      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target || req.target ? req.sampling : draftSampling(req.sampling), this.kv, req.promptLength),
+      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target || req.target ? req.sampling : draftSampling(req.sampling), this.kv, req.promptLength, req.logprobs),
       rng: new Rng(req.seed),
       temperature: req.sampling.temperature,
       target: this.target || req.target,
@@ -251,7 +257,7 @@ export class ModelActor {
     const block = new Block(tokens, tokens.length);
     await s.level.propose(block, req.want, s.rng);
     s.tokens = block.tokens;
-    return withLoad({ type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice() }, s.level.load());
+    return withLoad({ type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice(), ...logprobsOf(s.level) }, s.level.load());
   }
 
   private async review(s: ActorSession, req: Extract<ActorRequest, { type: 'review' }>): Promise<ActorReply> {
@@ -269,6 +275,6 @@ export class ModelActor {
     const outcome = await s.level.review(block, req.start, s.rng, req.lenience, req.passUp);
     s.tokens = block.tokens;
     const p = s.temperature > 0 && req.passUp ? block.q.slice() : [];
-    return withLoad({ type: 'reviewed', accepted: outcome.accepted, token: outcome.token, p }, s.level.load());
+    return withLoad({ type: 'reviewed', accepted: outcome.accepted, token: outcome.token, p, ...logprobsOf(s.level) }, s.level.load());
   }
 }

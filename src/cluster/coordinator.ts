@@ -5,6 +5,7 @@ import { runCascade, type CascadeResult } from '../engine/cascade.ts';
 import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import { deriveSeed, seed64 } from '../kernels/rng.ts';
+import { MAX_TOP_LOGPROBS } from '../kernels/sampling.ts';
 import { encode } from './messages.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteLevel } from './remote-level.ts';
@@ -39,6 +40,8 @@ export const JobData = z.object({
   /** A fixed K matrix, or 'auto' (the adaptive schedule). */
   kMatrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().min(0)))]),
   lenience: z.number().min(1),
+  /** Record each token's log probability under the target's distribution with this many alternatives (OpenAI's logprobs / top_logprobs); unset = none. */
+  logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
   /** W3C trace context of the request's gateway span. */
   trace: z.record(z.string(), z.string()).default({}),
   enqueuedAt: z.number(),
@@ -113,7 +116,8 @@ export class Coordinator {
     const recorded = await log.read(job.requestId);
     if (recorded.length) {
       this.counters.resumed++;
-      this.publish(job.requestId, { type: 'tokens', offset: 0, tokens: recorded });
+      const logprobs = job.logprobs === undefined ? [] : await log.readLogprobs(job.requestId, job.logprobs);
+      this.publish(job.requestId, { type: 'tokens', offset: 0, tokens: recorded, ...(logprobs.length ? { logprobs } : {}) });
     }
     if (stored) {
       const outcome = JSON.parse(stored) as RequestOutcome;
@@ -131,7 +135,14 @@ export class Coordinator {
       // Every level samples with its own stream: levels sharing one seed would draw correlated
       // numbers (a drafter's sample and the target's acceptance test), and the output would be biased.
       const remote = (name: string, tag: string, stream: number) =>
-        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, { sampling: job.sampling, seed: deriveSeed(seed, stream), timeoutMs: this.options.callTimeoutMs, target: stream === 0, promptLength: job.promptIds.length });
+        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, {
+          sampling: job.sampling,
+          seed: deriveSeed(seed, stream),
+          timeoutMs: this.options.callTimeoutMs,
+          target: stream === 0,
+          promptLength: job.promptIds.length,
+          ...(stream === 0 && job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
+        });
       const top = remote(family.target, 't', 0);
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`, i + 1)));
       let offset = recorded.length;
@@ -140,13 +151,14 @@ export class Coordinator {
           top,
           drafters,
           { kMatrix: job.kMatrix, lenience: job.lenience },
-          { promptIds: [...job.promptIds, ...recorded], maxTokens: remaining, sampling: job.sampling, seed, stopAtEos: job.stopAtEos },
+          { promptIds: [...job.promptIds, ...recorded], maxTokens: remaining, sampling: job.sampling, seed, stopAtEos: job.stopAtEos, promptLength: job.promptIds.length, ...(job.logprobs !== undefined ? { logprobs: job.logprobs } : {}) },
           {
             eosIds: family.eosIds,
             maxPositions: family.maxPositions,
-            onTokens: async (fresh) => {
-              await log.append(job.requestId, fence, offset, fresh);
-              this.publish(job.requestId, { type: 'tokens', offset, tokens: fresh });
+            onTokens: async (fresh, logprobs) => {
+              if (logprobs && job.logprobs !== undefined) await log.append(job.requestId, fence, offset, fresh, { top: job.logprobs, list: logprobs });
+              else await log.append(job.requestId, fence, offset, fresh);
+              this.publish(job.requestId, { type: 'tokens', offset, tokens: fresh, ...(logprobs ? { logprobs } : {}) });
               offset += fresh.length;
             },
             onLevelFailure: (level, err) => {

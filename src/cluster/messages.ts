@@ -1,4 +1,4 @@
-import type { SamplingParams } from '../kernels/sampling.ts';
+import { MAX_TOP_LOGPROBS, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import type { ServiceLoad } from '../models/session.ts';
 
 /**
@@ -18,8 +18,11 @@ import type { ServiceLoad } from '../models/session.ts';
  * come near the payload limit send drafts one-hot instead (still exact, only less often accepted).
  */
 export const FRAME_MAGIC = 0xca;
-/** 4: rows may be sparse (marker 2); `open` carries float64 sampling with its logits processors, whether the session is the target, and where the output begins. */
-export const FRAME_VERSION = 4;
+/**
+ * 4: rows may be sparse (marker 2); `open` carries float64 sampling with its logits processors, whether the session is the target, and where the output begins.
+ * 5: `open` asks for log probabilities; `proposed`, `reviewed` and `tokens` carry them.
+ */
+export const FRAME_VERSION = 5;
 
 /** One optional distribution per drafted token: undefined = one-hot at the token. */
 export type Rows = (Float32Array | undefined)[];
@@ -33,7 +36,16 @@ export type ActorRequest =
    * `promptLength`: where the request's output begins in its context (the penalties count only output).
    * The sampling's logits processors travel in full (float64: every level must apply the same ones).
    */
-  | { readonly type: 'open'; readonly session: string; readonly sampling: SamplingParams; readonly seed: bigint; readonly target: boolean; readonly promptLength: number }
+  | {
+      readonly type: 'open';
+      readonly session: string;
+      readonly sampling: SamplingParams;
+      readonly seed: bigint;
+      readonly target: boolean;
+      readonly promptLength: number;
+      /** Report each token the session adds with its log probability and this many alternatives (0..MAX_TOP_LOGPROBS); undefined = none. */
+      readonly logprobs?: number;
+    }
   /**
    * The session's context is its previous context cut to `base` tokens plus `suffix`; draft `want`
    * tokens after it.
@@ -62,16 +74,22 @@ const ERROR_CODES: readonly ErrorCode[] = ['bad-frame', 'unknown-session', 'inva
 export type ActorReply =
   | { readonly type: 'opened'; readonly instance: string; readonly model: string; readonly vocabSize: number }
   /** `load`: the actor's model load (batched passes), for the coordinator's adaptive schedule. */
-  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows; readonly load?: ServiceLoad }
-  /** `p`: the reviewer's distributions of the emitted tokens (accepted ones, then its own) when passed up exactly. */
-  | { readonly type: 'reviewed'; readonly accepted: number; readonly token: number; readonly p: Rows; readonly load?: ServiceLoad }
+  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows; readonly logprobs?: readonly TokenLogprob[]; readonly load?: ServiceLoad }
+  /**
+   * `p`: the reviewer's distributions of the emitted tokens (accepted ones, then its own) when passed
+   * up exactly; `logprobs`: those tokens' log probabilities, when the session was opened asking for them.
+   */
+  | { readonly type: 'reviewed'; readonly accepted: number; readonly token: number; readonly p: Rows; readonly logprobs?: readonly TokenLogprob[]; readonly load?: ServiceLoad }
   | { readonly type: 'closed' }
   | { readonly type: 'statsReply'; readonly instance: string; readonly sessions: number }
   | { readonly type: 'error'; readonly code: ErrorCode; readonly message: string };
 
-/** Coordinator → gateway, on the request's stream subject. `offset` is the index of the first token. */
+/**
+ * Coordinator → gateway, on the request's stream subject. `offset` is the index of the first token;
+ * `logprobs`: one per token when the request asked for them (left out otherwise).
+ */
 export type StreamEvent =
-  | { readonly type: 'tokens'; readonly offset: number; readonly tokens: readonly number[] }
+  | { readonly type: 'tokens'; readonly offset: number; readonly tokens: readonly number[]; readonly logprobs?: readonly TokenLogprob[] }
   /** The request ended; `stats` is the JSON of its cascade statistics. */
   | { readonly type: 'done'; readonly finishReason: string; readonly stats: string }
   | { readonly type: 'failed'; readonly message: string };
@@ -169,6 +187,16 @@ class Writer {
     for (const id of ids) {
       this.view.setUint32(this.at, id, true);
       this.at += 4;
+    }
+    return this;
+  }
+
+  /** Log probabilities: a count, then per token its id, float64 log probability, and its alternatives (a count byte, then id and float64 each). */
+  logprobs(list: readonly TokenLogprob[]): this {
+    this.u32(list.length);
+    for (const e of list) {
+      this.u32(e.token).f64(e.logprob).u8(e.top.length);
+      for (const a of e.top) this.u32(a.token).f64(a.logprob);
     }
     return this;
   }
@@ -292,6 +320,22 @@ class Reader {
     return out;
   }
 
+  logprobs(what: string): TokenLogprob[] {
+    const n = this.count(what);
+    const out: TokenLogprob[] = [];
+    for (let i = 0; i < n; i++) {
+      const token = this.u32(what);
+      const logprob = this.f64(what);
+      const k = this.u8(what);
+      if (k > MAX_TOP_LOGPROBS) throw new FrameError(`${what} lists ${k} alternatives, more than ${MAX_TOP_LOGPROBS}`);
+      const top: { token: number; logprob: number }[] = [];
+      for (let j = 0; j < k; j++) top.push({ token: this.u32(what), logprob: this.f64(what) });
+      if (![logprob, ...top.map((a) => a.logprob)].every((v) => v <= 0 && Number.isFinite(v))) throw new FrameError(`${what} holds a log probability that is not a finite number <= 0`);
+      out.push({ token, logprob, top });
+    }
+    return out;
+  }
+
   rows(what: string): Rows {
     const n = this.count(what);
     const out: Rows = [];
@@ -402,7 +446,7 @@ export function encode(m: Message): Uint8Array {
   const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
   switch (m.type) {
     case 'open':
-      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).done();
+      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).u8(m.logprobs === undefined ? 0 : m.logprobs + 1).done();
     case 'propose':
       return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).done();
     case 'review':
@@ -412,15 +456,15 @@ export function encode(m: Message): Uint8Array {
     case 'opened':
       return w.str(m.instance).str(m.model).u32(m.vocabSize).done();
     case 'proposed':
-      return writeLoad(w.ids(m.tokens).rows(m.q), m.load).done();
+      return writeLoad(w.ids(m.tokens).rows(m.q).logprobs(m.logprobs ?? []), m.load).done();
     case 'reviewed':
-      return writeLoad(w.u32(m.accepted).u32(m.token).rows(m.p), m.load).done();
+      return writeLoad(w.u32(m.accepted).u32(m.token).rows(m.p).logprobs(m.logprobs ?? []), m.load).done();
     case 'closed':
       return w.done();
     case 'error':
       return w.u8(ERROR_CODES.indexOf(m.code)).str(m.message.slice(0, 4000)).done();
     case 'tokens':
-      return w.u32(m.offset).ids(m.tokens).done();
+      return w.u32(m.offset).ids(m.tokens).logprobs(m.logprobs ?? []).done();
     case 'done':
       return w.str(m.finishReason).text(m.stats).done();
     case 'failed':
@@ -431,6 +475,9 @@ export function encode(m: Message): Uint8Array {
       return w.str(m.instance).u32(m.sessions).done();
   }
 }
+
+/** `{ logprobs }` when there are any (an empty list travels as a count of 0 and is left out decoded). */
+const present = (logprobs: TokenLogprob[]) => (logprobs.length ? { logprobs } : {});
 
 /** Decodes one frame; throws FrameError on anything malformed. */
 export function decode(frame: Uint8Array): Message {
@@ -447,7 +494,12 @@ export function decode(frame: Uint8Array): Message {
     case 'open': {
       const session = r.str('session');
       const sampling = readSampling(r);
-      m = { type, session, sampling, seed: r.u64('seed'), target: bool(r, 'target'), promptLength: r.u32('promptLength') };
+      const seed = r.u64('seed');
+      const target = bool(r, 'target');
+      const promptLength = r.u32('promptLength');
+      const logprobs = r.u8('logprobs');
+      if (logprobs > MAX_TOP_LOGPROBS + 1) throw new FrameError(`open asks for ${logprobs - 1} alternatives per token, more than ${MAX_TOP_LOGPROBS}`);
+      m = { type, session, sampling, seed, target, promptLength, ...(logprobs > 0 ? { logprobs: logprobs - 1 } : {}) };
       break;
     }
     case 'propose':
@@ -465,14 +517,18 @@ export function decode(frame: Uint8Array): Message {
     case 'proposed': {
       const tokens = r.ids('tokens');
       const q = r.rows('q');
-      m = withLoad({ type, tokens, q }, readLoad(r));
+      const logprobs = r.logprobs('logprobs');
+      if (logprobs.length && logprobs.length !== tokens.length) throw new FrameError(`${logprobs.length} log probabilities for ${tokens.length} tokens`);
+      m = withLoad({ type, tokens, q, ...present(logprobs) }, readLoad(r));
       break;
     }
     case 'reviewed': {
       const accepted = r.u32('accepted');
       const token = r.u32('token');
       const p = r.rows('p');
-      m = withLoad({ type, accepted, token, p }, readLoad(r));
+      const logprobs = r.logprobs('logprobs');
+      if (logprobs.length && logprobs.length !== accepted + 1) throw new FrameError(`${logprobs.length} log probabilities for ${accepted + 1} emitted tokens`);
+      m = withLoad({ type, accepted, token, p, ...present(logprobs) }, readLoad(r));
       break;
     }
     case 'closed':
@@ -485,7 +541,13 @@ export function decode(frame: Uint8Array): Message {
       break;
     }
     case 'tokens':
-      m = { type, offset: r.u32('offset'), tokens: r.ids('tokens') };
+    {
+      const offset = r.u32('offset');
+      const tokens = r.ids('tokens');
+      const logprobs = r.logprobs('logprobs');
+      if (logprobs.length && logprobs.length !== tokens.length) throw new FrameError(`${logprobs.length} log probabilities for ${tokens.length} tokens`);
+      m = { type, offset, tokens, ...present(logprobs) };
+    }
       break;
     case 'done':
       m = { type, finishReason: r.str('finishReason'), stats: r.text('stats') };

@@ -3,6 +3,7 @@ import { CascadeError } from '../errors.ts';
 import { redact } from './security.ts';
 import { joinRows, kvArray, splitRows, type KvStore } from '../models/kv-store.ts';
 import type { KvArray, KvDtype, KvRows } from '../models/session.ts';
+import { MAX_TOP_LOGPROBS, type TokenLogprob } from '../kernels/sampling.ts';
 
 /**
  * Redis for the cluster (SPEC §6): session state, token history and ADORE's released KV blocks,
@@ -190,11 +191,17 @@ export interface RequestLog {
   claim(request: string): Promise<number>;
   read(request: string): Promise<number[]>;
   /**
-   * Records `tokens` at `offset`, which must be the log's length (or, for a retried append, the
-   * same tokens must already be there). Throws RequestSupersededError under an old fence and
-   * LogOffsetError when the log holds something else at `offset`.
+   * The log probabilities recorded with the tokens (one per token, for a request that asked for
+   * them; none otherwise). `top`: the request's alternatives per token.
    */
-  append(request: string, fence: number, offset: number, tokens: readonly number[]): Promise<void>;
+  readLogprobs(request: string, top: number): Promise<TokenLogprob[]>;
+  /**
+   * Records `tokens` at `offset`, which must be the log's length (or, for a retried append, the
+   * same tokens must already be there), with their log probabilities when the request asks for
+   * them (`logprobs`, one per token, each with at most `top` alternatives). Throws
+   * RequestSupersededError under an old fence and LogOffsetError when the log holds something else at `offset`.
+   */
+  append(request: string, fence: number, offset: number, tokens: readonly number[], logprobs?: { readonly top: number; readonly list: readonly TokenLogprob[] }): Promise<void>;
   /** Records the result (finish reason and stats JSON); throws RequestSupersededError under an old fence. */
   finish(request: string, fence: number, result: string): Promise<void>;
   result(request: string): Promise<string | undefined>;
@@ -203,6 +210,7 @@ export interface RequestLog {
 /** A RequestLog in memory (in-process clusters and unit tests); the same contract as TokenLog. */
 export class MemoryRequestLog implements RequestLog {
   private readonly tokens = new Map<string, number[]>();
+  private readonly logprobs = new Map<string, TokenLogprob[]>();
   private readonly results = new Map<string, string>();
   private readonly fences = new Map<string, number>();
 
@@ -221,11 +229,18 @@ export class MemoryRequestLog implements RequestLog {
     if (fence !== current) throw new RequestSupersededError(request, fence, current);
   }
 
-  async append(request: string, fence: number, offset: number, tokens: readonly number[]): Promise<void> {
+  async readLogprobs(request: string): Promise<TokenLogprob[]> {
+    return [...(this.logprobs.get(request) ?? [])];
+  }
+
+  async append(request: string, fence: number, offset: number, tokens: readonly number[], logprobs?: { readonly top: number; readonly list: readonly TokenLogprob[] }): Promise<void> {
     this.fenced(request, fence);
+    checkLogprobs(tokens, logprobs);
     const held = this.tokens.get(request) ?? [];
-    if (held.length === offset) held.push(...tokens);
-    else if (held.length !== offset + tokens.length || tokens.some((t, i) => held[offset + i] !== t)) throw new LogOffsetError(request, offset, held.length);
+    if (held.length === offset) {
+      held.push(...tokens);
+      if (logprobs) this.logprobs.set(request, [...(this.logprobs.get(request) ?? []), ...logprobs.list]);
+    } else if (held.length !== offset + tokens.length || tokens.some((t, i) => held[offset + i] !== t)) throw new LogOffsetError(request, offset, held.length);
     this.tokens.set(request, held);
   }
 
@@ -239,6 +254,46 @@ export class MemoryRequestLog implements RequestLog {
   }
 }
 
+/** A token's log probability record in Redis: token u32, logprob f64, alternatives u8, then `top` slots of (u32 id, f64 logprob). */
+const logprobBytes = (top: number) => 13 + 12 * top;
+
+function checkLogprobs(tokens: readonly number[], logprobs: { readonly top: number; readonly list: readonly TokenLogprob[] } | undefined): void {
+  if (!logprobs) return;
+  if (!(Number.isInteger(logprobs.top) && logprobs.top >= 0 && logprobs.top <= MAX_TOP_LOGPROBS)) throw new RangeError(`top log probabilities must be 0..${MAX_TOP_LOGPROBS}, got ${logprobs.top}`);
+  if (logprobs.list.length !== tokens.length) throw new RangeError(`${logprobs.list.length} log probabilities for ${tokens.length} tokens`);
+  if (logprobs.list.some((e) => e.top.length > logprobs.top)) throw new RangeError(`a token lists more than ${logprobs.top} alternatives`);
+}
+
+/** Log probability records of fixed size (logprobBytes(top)) each. */
+export function encodeLogprobs(list: readonly TokenLogprob[], top: number): Buffer {
+  const size = logprobBytes(top);
+  const buf = Buffer.alloc(size * list.length);
+  list.forEach((e, i) => {
+    let at = i * size;
+    buf.writeUInt32LE(e.token, at);
+    buf.writeDoubleLE(e.logprob, at + 4);
+    buf.writeUInt8(e.top.length, at + 12);
+    at += 13;
+    for (const a of e.top) {
+      buf.writeUInt32LE(a.token, at);
+      buf.writeDoubleLE(a.logprob, at + 4);
+      at += 12;
+    }
+  });
+  return buf;
+}
+
+export function decodeLogprobs(buf: Buffer, top: number): TokenLogprob[] {
+  const size = logprobBytes(top);
+  const out: TokenLogprob[] = [];
+  for (let at = 0; at + size <= buf.length; at += size) {
+    const n = Math.min(buf.readUInt8(at + 12), top);
+    const alternatives = Array.from({ length: n }, (_, j) => ({ token: buf.readUInt32LE(at + 13 + 12 * j), logprob: buf.readDoubleLE(at + 17 + 12 * j) }));
+    out.push({ token: buf.readUInt32LE(at), logprob: buf.readDoubleLE(at + 4), top: alternatives });
+  }
+  return out;
+}
+
 /** Takes a request over: the next fence. */
 const CLAIM = `
 local fence = redis.call('INCR', KEYS[1])
@@ -249,7 +304,8 @@ return fence
 /**
  * Appends tokens at an expected offset under the current fence: {0, length} when they landed (or a
  * retried append finds the same bytes there), {1, current fence} when the fence is old, {2, length}
- * when the log holds other tokens at the offset.
+ * when the log holds other tokens at the offset. Their log probability records (ARGV[5], possibly
+ * empty) land in KEYS[3] in the same step.
  */
 const APPEND_AT = `
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -259,6 +315,10 @@ local offset = tonumber(ARGV[1])
 local n = string.len(ARGV[2]) / 4
 if len == offset then
   redis.call('APPEND', KEYS[1], ARGV[2])
+  if string.len(ARGV[5]) > 0 then
+    redis.call('APPEND', KEYS[3], ARGV[5])
+    redis.call('EXPIRE', KEYS[3], tonumber(ARGV[3]))
+  end
   len = len + n
 elseif len ~= offset + n or redis.call('GETRANGE', KEYS[1], 4 * offset, 4 * len - 1) ~= ARGV[2] then
   return {2, len}
@@ -307,10 +367,18 @@ export class TokenLog implements RequestLog {
     return out;
   }
 
-  async append(request: string, fence: number, offset: number, tokens: readonly number[]): Promise<void> {
+  async readLogprobs(request: string, top: number): Promise<TokenLogprob[]> {
+    const buf = await this.shards.shard(request).getBuffer(sessionKey(request, 'logprobs'));
+    return buf ? decodeLogprobs(buf, top) : [];
+  }
+
+  async append(request: string, fence: number, offset: number, tokens: readonly number[], logprobs?: { readonly top: number; readonly list: readonly TokenLogprob[] }): Promise<void> {
+    checkLogprobs(tokens, logprobs);
     const buf = Buffer.alloc(4 * tokens.length);
     tokens.forEach((t, i) => buf.writeUInt32LE(t, 4 * i));
-    const [status, value] = (await this.shards.shard(request).eval(APPEND_AT, 2, this.key(request), this.fenceKey(request), offset, buf, this.ttlSeconds, fence)) as [number, number];
+    const records = logprobs ? encodeLogprobs(logprobs.list, logprobs.top) : Buffer.alloc(0);
+    const keys = [this.key(request), this.fenceKey(request), sessionKey(request, 'logprobs')];
+    const [status, value] = (await this.shards.shard(request).eval(APPEND_AT, 3, ...keys, offset, buf, this.ttlSeconds, fence, records)) as [number, number];
     if (status === 1) throw new RequestSupersededError(request, fence, Number(value));
     if (status === 2) throw new LogOffsetError(request, offset, Number(value));
   }
@@ -325,6 +393,6 @@ export class TokenLog implements RequestLog {
   }
 
   async forget(request: string): Promise<void> {
-    await this.shards.shard(request).del(this.key(request), sessionKey(request, 'result'), this.fenceKey(request));
+    await this.shards.shard(request).del(this.key(request), sessionKey(request, 'result'), this.fenceKey(request), sessionKey(request, 'logprobs'));
   }
 }

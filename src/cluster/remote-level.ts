@@ -4,7 +4,7 @@ import { checkReadable, commonPrefix, newStats } from '../engine/levels.ts';
 import { CascadeError, LevelUnavailableError } from '../errors.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
 import { deriveSeed, type Seed } from '../kernels/rng.ts';
-import type { SamplingParams } from '../kernels/sampling.ts';
+import type { SamplingParams, TokenLogprob } from '../kernels/sampling.ts';
 import type { ServiceLoad } from '../models/session.ts';
 import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Rows } from './messages.ts';
 import { injectHeaders, inSpan } from './tracing.ts';
@@ -21,6 +21,8 @@ export interface RemoteLevelOptions {
   readonly target?: boolean;
   /** Where the request's output begins in its tokens (penalties count only the output). */
   readonly promptLength?: number;
+  /** Ask the actor for each added token's log probability with this many alternatives (the target of a request with logprobs). */
+  readonly logprobs?: number;
   /**
    * Per-call timeout (a model call on a loaded GPU node, plus the network), for a call that feeds up
    * to TOKENS_PER_TIMEOUT tokens; a call feeding more (a prefill) gets one such timeout per
@@ -52,6 +54,8 @@ export class RemoteLevel implements CascadeLevel {
   private readonly rowBudget: number;
   /** The model load the actor reported last (batched passes). */
   private lastLoad: ServiceLoad | undefined;
+  /** Log probabilities the actor reported for the tokens added since takeLogprobs last ran. */
+  private logprobs: TokenLogprob[] = [];
   /** Tokens' worth of placements (for tests and metrics). */
   placements = 0;
   /** The vocabulary of the actor's model, from its `opened` reply. */
@@ -77,7 +81,7 @@ export class RemoteLevel implements CascadeLevel {
   private async place(): Promise<string> {
     let reply: ActorReply;
     try {
-      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: deriveSeed(this.options.seed, this.placements), target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0 });
+      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: deriveSeed(this.options.seed, this.placements), target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}) });
     } catch (err) {
       if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       throw err;
@@ -130,6 +134,7 @@ export class RemoteLevel implements CascadeLevel {
       this.stats.proposals += reply.tokens.length;
       this.stats.tokensScored += Math.max(0, reply.tokens.length - 1);
       reply.tokens.forEach((t, i) => block.push(t, reply.q[i]));
+      this.took(reply.logprobs, reply.tokens.length);
       this.sent = block.tokens.slice();
     });
   }
@@ -149,9 +154,23 @@ export class RemoteLevel implements CascadeLevel {
       block.cut(start + reply.accepted);
       for (let i = 0; i < reply.accepted; i++) block.q[start + i - block.committed] = reply.p[i];
       block.push(reply.token, reply.p[reply.accepted]);
+      this.took(reply.logprobs, reply.accepted + 1);
       this.sent = block.tokens.slice();
       return { accepted: reply.accepted, token: reply.token };
     });
+  }
+
+  /** Keeps a reply's log probabilities when the session asked for them; one per added token, or the actor is at fault. */
+  private took(logprobs: readonly TokenLogprob[] | undefined, added: number): void {
+    if (this.options.logprobs === undefined) return;
+    if (logprobs?.length !== added) throw new ActorError(`${this.name} reported ${logprobs?.length ?? 0} log probabilities for ${added} tokens`);
+    this.logprobs.push(...logprobs);
+  }
+
+  takeLogprobs(): TokenLogprob[] {
+    const taken = this.logprobs;
+    this.logprobs = [];
+    return taken;
   }
 
   load(): ServiceLoad | undefined {

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import { Rng } from '../kernels/rng.ts';
+import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
 import { checkVocabularySizes } from '../models/vocabulary.ts';
 import { baseStats, checkRequest, type FinishReason, type GenerateRequest, type GenerateStats } from './generate.ts';
@@ -80,6 +81,8 @@ export interface CascadeResult {
   readonly tokenIds: number[];
   readonly finishReason: FinishReason;
   readonly stats: CascadeStats;
+  /** With the request's `logprobs`: one entry per token of tokenIds, from the target whichever level drafted the token. */
+  readonly logprobs?: TokenLogprob[];
 }
 
 /** Rejects cascades that cannot run: MaG not last, K of the wrong shape, not cumulative, lenience < 1. */
@@ -120,7 +123,7 @@ export async function generateCascade(
   target: ModelSession,
   config: CascadeConfig,
   req: GenerateRequest,
-  onTokens?: (ids: readonly number[]) => void,
+  onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void,
   /** `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop string seen). */
   control: { readonly cancelled?: () => boolean } = {},
 ): Promise<CascadeResult> {
@@ -132,7 +135,7 @@ export async function generateCascade(
   checkVocabularySizes(target.spec, config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session.spec] : [])));
   const seqId = randomUUID();
   const promptLength = req.promptLength ?? req.promptIds.length;
-  const top = new ModelLevel(target.spec.name, target, seqId, req.sampling, undefined, promptLength);
+  const top = new ModelLevel(target.spec.name, target, seqId, req.sampling, undefined, promptLength, req.logprobs);
   // Each drafter level has its own sequence id: a drafter may be the target's own session (self-draft).
   // Every level applies the same logits processors with each position's own prefix (exactness).
   const drafters: CascadeLevel[] = config.drafters.map((d, i) =>
@@ -149,8 +152,11 @@ export async function generateCascade(
 /** How runCascade reports progress and survives a lost level. */
 export interface RunOptions {
   readonly eosIds: readonly number[];
-  /** Receives each round's new tokens; awaited before the next round (record them before streaming). */
-  readonly onTokens?: (ids: readonly number[]) => void | Promise<void>;
+  /**
+   * Receives each round's new tokens (and, when the request asks for them, their log probabilities
+   * from the target); awaited before the next round (record them before streaming).
+   */
+  readonly onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void | Promise<void>;
   /**
    * Called when drafter `index` (of the drafters still running) fails during a round. Returning
    * true drops that level: the round is drafted again by the levels left (down to MaG or the target
@@ -299,6 +305,7 @@ export async function runCascade(
   const eos = new Set(req.stopAtEos === false ? [] : options.eosIds);
   const tokens = [...req.promptIds];
   const out: number[] = [];
+  const logprobs: TokenLogprob[] = [];
   const start = performance.now();
   let firstToken = 0;
   let finishReason: FinishReason = 'length';
@@ -322,11 +329,15 @@ export async function runCascade(
         fresh = fresh.slice(0, stop);
         finishReason = 'stop';
       }
+      // the target's log probabilities of this round's tokens (one per token it added), cut as they are
+      const freshLogprobs = req.logprobs === undefined ? undefined : (top.takeLogprobs?.() ?? []).slice(0, fresh.length);
+      if (freshLogprobs && freshLogprobs.length !== fresh.length) throw new Error(`the target reported ${freshLogprobs.length} log probabilities for ${fresh.length} tokens`);
       tokens.length = committed;
       tokens.push(...fresh);
       out.push(...fresh);
+      if (freshLogprobs) logprobs.push(...freshLogprobs);
       if (out.length > 0 && firstToken === 0) firstToken = performance.now() - start;
-      if (fresh.length) await options.onTokens?.(fresh);
+      if (fresh.length) await options.onTokens?.(fresh, freshLogprobs);
       if (finishReason === 'stop') break;
     }
   } finally {
@@ -340,6 +351,7 @@ export async function runCascade(
   return {
     tokenIds: out,
     finishReason,
+    ...(req.logprobs !== undefined ? { logprobs } : {}),
     stats: {
       ...baseStats(req.promptIds.length, out.length, start, firstToken),
       rounds,

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.ts';
 import { Rng, type Seed } from '../kernels/rng.ts';
-import { checkSampling, nextToken, type SamplingParams } from '../kernels/sampling.ts';
+import { checkSampling, logprobDistribution, MAX_TOP_LOGPROBS, nextToken, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
 import { BoundedSequence, checkKvPolicy, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
@@ -22,6 +22,11 @@ export interface GenerateRequest {
    * earlier output, which presence and frequency penalties must still count.
    */
   readonly promptLength?: number;
+  /**
+   * Return each generated token's log probability under the target's processed distribution with
+   * this many most likely alternatives (0..MAX_TOP_LOGPROBS; undefined = none). See TokenLogprob.
+   */
+  readonly logprobs?: number;
 }
 
 /** `cancelled`: the client went away or cancelled, and the request stopped early (cluster). */
@@ -43,6 +48,8 @@ export interface GenerateResult {
   readonly tokenIds: number[];
   readonly finishReason: FinishReason;
   readonly stats: GenerateStats;
+  /** With `logprobs`: one entry per token of tokenIds. */
+  readonly logprobs?: TokenLogprob[];
 }
 
 /** Rejects requests that can never run: empty prompt, bad sampling, more positions than the model has. */
@@ -54,6 +61,9 @@ export function checkRequest(req: GenerateRequest, maxPositions: number | undefi
   if (typeof req.seed !== 'bigint' && !Number.isSafeInteger(req.seed)) throw new InvalidArgumentError(`seed must be an integer of at most 53 bits, got ${req.seed}`);
   if (req.promptLength !== undefined && !(Number.isInteger(req.promptLength) && req.promptLength >= 0 && req.promptLength <= req.promptIds.length)) {
     throw new InvalidArgumentError(`promptLength must be an integer in 0..${req.promptIds.length}, got ${req.promptLength}`);
+  }
+  if (req.logprobs !== undefined && !(Number.isInteger(req.logprobs) && req.logprobs >= 0 && req.logprobs <= MAX_TOP_LOGPROBS)) {
+    throw new InvalidArgumentError(`logprobs (the alternatives listed per token) must be an integer in 0..${MAX_TOP_LOGPROBS}, got ${req.logprobs}`);
   }
   if (req.kv) {
     checkKvPolicy(req.kv);
@@ -73,7 +83,7 @@ export function checkRequest(req: GenerateRequest, maxPositions: number | undefi
 export async function generateAutoregressive(
   model: ModelSession,
   req: GenerateRequest,
-  onTokens?: (ids: readonly number[]) => void,
+  onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void,
   /** `cancelled`: polled after each token; true ends the request with finish reason `cancelled`. */
   control: { readonly cancelled?: () => boolean } = {},
 ): Promise<GenerateResult> {
@@ -82,6 +92,7 @@ export async function generateAutoregressive(
   const rng = new Rng(req.seed);
   const eos = new Set(req.stopAtEos === false ? [] : model.spec.eosIds);
   const out: number[] = [];
+  const logprobs: TokenLogprob[] = [];
   const start = performance.now();
   let firstToken = 0;
   let finishReason: FinishReason = 'length';
@@ -97,15 +108,18 @@ export async function generateAutoregressive(
     const tokens = [...req.promptIds];
     const promptLength = req.promptLength ?? req.promptIds.length;
     while (out.length < req.maxTokens) {
-      const token = nextToken(logits, req.sampling, rng, { tokens, length: tokens.length, promptLength });
+      const prefix = { tokens, length: tokens.length, promptLength };
+      const token = nextToken(logits, req.sampling, rng, prefix);
       if (out.length === 0) firstToken = performance.now() - start;
       if (eos.has(token)) {
         finishReason = 'stop';
         break;
       }
+      const logprob = req.logprobs === undefined ? undefined : tokenLogprob(logprobDistribution(logits, req.sampling, prefix), token, req.logprobs);
       out.push(token);
       tokens.push(token);
-      onTokens?.([token]);
+      if (logprob) logprobs.push(logprob);
+      onTokens?.([token], logprob && [logprob]);
       if (out.length === req.maxTokens) break;
       if (control.cancelled?.()) {
         finishReason = 'cancelled';
@@ -118,7 +132,7 @@ export async function generateAutoregressive(
   }
   const stats = baseStats(req.promptIds.length, out.length, start, firstToken);
   const kv = req.kv && req.kv.policy !== 'full' ? { policy: req.kv.policy, budget: req.kv.budget.budget, peakResident: peak, releases: seq.releases, rebuilds: seq.rebuilds, misses: seq.misses } : undefined;
-  return { tokenIds: out, finishReason, stats: kv ? { ...stats, kv } : stats };
+  return { tokenIds: out, finishReason, stats: kv ? { ...stats, kv } : stats, ...(req.logprobs !== undefined ? { logprobs } : {}) };
 }
 
 /** The statistics every decoding loop reports; times are performance.now() milliseconds. */

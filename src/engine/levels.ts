@@ -1,7 +1,7 @@
 import { review, reviewGreedyLenient, type ReviewOutcome } from '../kernels/acceptance.ts';
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
-import { argmax, distribution, logitsRow, processLogits, sample, type SamplingParams } from '../kernels/sampling.ts';
+import { argmax, distribution, logitsRow, logprobDistribution, processLogits, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import { LevelUnavailableError } from '../errors.ts';
 import type { ModelSession, ServiceLoad } from '../models/session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
@@ -83,6 +83,12 @@ export interface CascadeLevel {
   load?(): ServiceLoad | undefined;
   /** Tokens of `tokens` the level's model has not seen yet (it feeds them on its next call). */
   lag?(tokens: readonly number[]): number;
+  /**
+   * The log probabilities of the tokens this level added to the block since the last call (its
+   * accepted drafts and its own token after a review, its proposals), in order, and forgets them;
+   * only a level asked for them (the target of a request with logprobs) has any.
+   */
+  takeLogprobs?(): TokenLogprob[];
 }
 
 /** Length of the common prefix of two token sequences. */
@@ -103,11 +109,15 @@ export class ModelLevel implements CascadeLevel {
   private held: number[] = [];
 
   private readonly seq: BoundedSequence;
+  /** Log probabilities of the tokens added since takeLogprobs last ran (with `topLogprobs` only). */
+  private logprobs: TokenLogprob[] = [];
 
   /**
    * `kv` bounds this level's cache (drafters only: the target always keeps its full cache).
    * `promptLength`: where the request's output begins in its tokens (presence and frequency
    * penalties count only the output; a resumed request's context holds earlier output too).
+   * `topLogprobs` (0..MAX_TOP_LOGPROBS; undefined = none): record each added token's log probability
+   * under this model's processed distribution (logprobDistribution) with that many alternatives.
    */
   constructor(
     readonly name: string,
@@ -116,8 +126,22 @@ export class ModelLevel implements CascadeLevel {
     private readonly sampling: SamplingParams,
     kv: KvPolicyConfig = FULL_CACHE,
     private readonly promptLength = 0,
+    private readonly topLogprobs?: number,
   ) {
     this.seq = new BoundedSequence(session, seqId, kv);
+  }
+
+  /** Records `token`'s log probability at the position after tokens[0..length), from `row` (or the sampled `p` itself). */
+  private recordLogprob(row: Float32Array, tokens: readonly number[], length: number, token: number, p: Float32Array | undefined): void {
+    if (this.topLogprobs === undefined) return;
+    const probs = this.sampling.temperature > 0 && p ? p : logprobDistribution(row, this.sampling, { tokens, length, promptLength: this.promptLength });
+    this.logprobs.push(tokenLogprob(probs, token, this.topLogprobs));
+  }
+
+  takeLogprobs(): TokenLogprob[] {
+    const taken = this.logprobs;
+    this.logprobs = [];
+    return taken;
   }
 
   /** Logits rows predicting positions from..to-1, i.e. after tokens[from-1..to-2] (from >= 1). */
@@ -155,11 +179,15 @@ export class ModelLevel implements CascadeLevel {
       this.stats.proposals++;
       const row = await this.rows(block.tokens, block.length, block.length + 1);
       if (this.sampling.temperature === 0) {
-        block.push(argmax(processLogits(row, this.sampling, { tokens: block.tokens, length: block.length, promptLength: this.promptLength })), undefined);
+        const token = argmax(processLogits(row, this.sampling, { tokens: block.tokens, length: block.length, promptLength: this.promptLength }));
+        this.recordLogprob(row, block.tokens, block.length, token, undefined);
+        block.push(token, undefined);
         continue;
       }
       const p = this.dist(row, block.tokens, block.length);
-      block.push(sample(p, rng), p);
+      const token = sample(p, rng);
+      this.recordLogprob(row, block.tokens, block.length, token, p);
+      block.push(token, p);
     }
   }
 
@@ -184,6 +212,10 @@ export class ModelLevel implements CascadeLevel {
       ? reviewGreedyLenient(drafts, processed, lenience)
       : review(drafts, drafts.map((_, i) => block.qAt(start + i)), p, rng, lenience);
     const exact = passUp && !greedyLenient && lenience === 1;
+    for (let i = 0; this.topLogprobs !== undefined && i <= outcome.accepted; i++) {
+      const emitted = i < outcome.accepted ? drafts[i]! : outcome.token;
+      this.recordLogprob(row(i), tokens, start + i, emitted, greedyLenient || this.sampling.temperature === 0 ? undefined : p(i));
+    }
     block.cut(start + outcome.accepted);
     for (let i = 0; i < outcome.accepted; i++) block.q[start + i - block.committed] = exact ? p(i) : undefined;
     block.push(outcome.token, exact ? p(outcome.accepted) : undefined);

@@ -190,6 +190,49 @@ function kthLargest(values: Float32Array, k: number): number {
   return a[want]!;
 }
 
+/**
+ * Most alternatives a token's log probability may list: OpenAI's top_logprobs limit (chat 0..20;
+ * completions' `logprobs` is 0..5 there, vLLM takes up to 20 on both).
+ */
+export const MAX_TOP_LOGPROBS = 20;
+
+/**
+ * The log probability (natural log) of an emitted token under the target's processed distribution
+ * at its position, and the `top` most likely tokens there, most likely first (lower id first among
+ * equals). A token of probability 0 (outside a top-k/top-p/min-p filter) reads LOGPROB_FLOOR, as vLLM
+ * writes -inf, since JSON has no infinity.
+ */
+export interface TokenLogprob {
+  readonly token: number;
+  readonly logprob: number;
+  readonly top: readonly { readonly token: number; readonly logprob: number }[];
+}
+
+/** The log probability reported for a probability of 0 (vLLM's -9999.0). */
+export const LOGPROB_FLOOR = -9999;
+
+const logOf = (p: number): number => (p > 0 ? Math.log(p) : LOGPROB_FLOOR);
+
+/**
+ * The distribution log probabilities are read from: the request's processed distribution
+ * (`distribution`, all processors and filters), at temperature 1 when the request is greedy (a
+ * greedy distribution is one-hot, which would report 0 for the emitted token and nothing else).
+ */
+export function logprobDistribution(logits: Float32Array, params: SamplingParams, prefix?: Prefix): Float32Array {
+  return distribution(logits, params.temperature === 0 ? { ...params, temperature: 1 } : params, prefix);
+}
+
+/** `token`'s log probability under `probs` and the `top` most likely entries (0..MAX_TOP_LOGPROBS). */
+export function tokenLogprob(probs: Float32Array, token: number, top: number): TokenLogprob {
+  if (!(Number.isInteger(top) && top >= 0 && top <= MAX_TOP_LOGPROBS)) throw new RangeError(`top log probabilities must be 0..${MAX_TOP_LOGPROBS}, got ${top}`);
+  const entries: { token: number; logprob: number }[] = [];
+  if (top > 0) {
+    const order = atLeast(probs, kthLargest(probs, Math.min(top, probs.length))).sort((a, b) => probs[b]! - probs[a]! || a - b);
+    for (const t of order.slice(0, top)) entries.push({ token: t, logprob: logOf(probs[t]!) });
+  }
+  return { token, logprob: logOf(probs[token] ?? 0), top: entries };
+}
+
 /** Draws an index from a (normalised) distribution by inverse CDF with one uniform number. */
 export function sample(probs: Float32Array, rng: Rng): number {
   const u = rng.uniform();
