@@ -12,6 +12,7 @@ import type { ModelSpec } from './config.ts';
 import { halvesToFloats } from '../kernels/half.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
+import { graphOpTypes } from './graph-ops.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
 import { joinRows, rowCount, rowsInChunk, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
@@ -32,6 +33,12 @@ let feedsCacheBranch = false;
  */
 let feedsLogitsToKeep = false;
 let hasAttention = false;
+/**
+ * A fused graph (GroupQueryAttention, tools/train/fuse.py or onnxruntime-genai's builder): it reads
+ * each row's cache length from the attention mask's sum, so it cannot skip padding or holes. Single
+ * passes never have any (all-ones masks, evictions compact the cache); padded batches are refused.
+ */
+let seqlensFromMask = false;
 /** The element type of every past and present tensor (the graph's own metadata). */
 let kvDtype: KvDtype = 'float32';
 /** Where the sequences' KV lives, and the cache operations there (kv-placement.ts). */
@@ -106,6 +113,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   feedsCacheBranch = session.inputNames.includes('use_cache_branch');
   feedsLogitsToKeep = session.inputNames.includes('num_logits_to_keep');
   hasAttention = session.outputNames.includes('attention_sum');
+  seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
   return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, ...(warning ? { warning } : {}) };
 }
 
@@ -313,6 +321,14 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
   const b = items.length;
   const maxP = Math.max(...seqs.map((q) => q.length));
   const maxS = Math.max(...items.map((it) => it.inputIds.length));
+  if (seqlensFromMask && (seqs.some((q) => q.length !== maxP) || items.some((it) => it.inputIds.length !== maxS) || (maxS > 1 && maxP > 0))) {
+    throw new WorkerFailure(
+      'InvalidArgumentError',
+      `${sp.onnxPath} is a fused graph (GroupQueryAttention), which takes each sequence's length from its attention mask and cannot skip padding: ` +
+        `a pass of several sequences runs only when they have equal pasts and one new token each (here pasts [${seqs.map((q) => q.length).join(', ')}], new tokens [${items.map((it) => it.inputIds.length).join(', ')}]); ` +
+        `run it one sequence per pass (--max-batch 1) or use the unfused graph`,
+    );
+  }
   const ids: number[] = [];
   const pos: number[] = [];
   const mask: number[] = [];
@@ -435,7 +451,10 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
       if (!single && (msg.attention || msg.items.some((it) => it.evict?.length || it.insert))) {
         throw new WorkerFailure('InvalidArgumentError', 'attention, evict and insert work on one sequence at a time');
       }
-      if (msg.attention && !hasAttention) throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} has no attention_sum output: re-export it with tools/train/export.py`);
+      if (msg.attention && !hasAttention) {
+        const why = seqlensFromMask ? 'it is a fused graph (GroupQueryAttention), which returns no attention probabilities: use the unfused graph' : 're-export it with tools/train/export.py';
+        throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} has no attention_sum output: ${why}`);
+      }
       if (single) {
         const it = msg.items[0]!;
         if (it.insert) checkRows(it.seqId, it.insert);
