@@ -6,7 +6,7 @@ import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { InvalidArgumentError, ModelLoadError } from '../src/errors.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
-import { API_SAMPLING } from '../src/cluster/gateway.ts';
+import { API_SAMPLING } from '../src/cluster/gateway/index.ts';
 import { ChatTemplate, type ChatMessage } from '../src/models/chat-template.ts';
 import { loadModelSpec } from '../src/models/config.ts';
 import { resolveSampling } from '../src/models/generation-config.ts';

@@ -7,7 +7,7 @@ import type { Worker } from 'bullmq';
 import type { FastifyInstance } from 'fastify';
 import { ModelActor } from '../src/actors/model-actor.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from '../src/cluster/coordinator.ts';
-import { apiFinishReason, buildGateway } from '../src/cluster/gateway.ts';
+import { apiFinishReason, buildGateway } from '../src/cluster/gateway/index.ts';
 import { encode } from '../src/cluster/messages.ts';
 import { subjects } from '../src/cluster/transport.ts';
 import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';

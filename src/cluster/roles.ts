@@ -12,7 +12,7 @@ import { loadModelSpec } from '../models/config.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
-import { buildGateway } from './gateway.ts';
+import { buildGateway } from './gateway/index.ts';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';

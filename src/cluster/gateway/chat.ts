@@ -1,0 +1,30 @@
+import { InvalidArgumentError } from '../../errors.ts';
+import type { TextTokenizer } from '../../models/tokenizer.ts';
+import { HttpError } from './errors.ts';
+import type { Content, Message } from './schemas.ts';
+
+/** A content's text: a string as it is, text parts joined. */
+export const joinContent = (c: Content): string => (typeof c === 'string' ? c : c.map((p) => p.text!).join(''));
+
+/** The messages as the chat template takes them: content joined, `developer` as `system`. */
+export const templateMessages = (messages: readonly Message[]) =>
+  messages.map((m) => ({ role: m.role === 'developer' ? 'system' : m.role, content: joinContent(m.content), ...(m.name !== undefined ? { name: m.name } : {}) }));
+
+/** What a request is prompted with: a completion's text, its token ids, or a chat's templated messages. */
+export type PromptInput = { prompt: string } | { promptIds: readonly number[] } | { messages: readonly { role: string; content: string; name?: string }[] };
+
+/**
+ * A request's prompt ids: a completion's prompt through the tokenizer's add_bos_token convention, a
+ * chat's messages through the model's chat template; a template that refuses them (or its absence) is a 400.
+ */
+export function promptIdsOf(tokenizer: TextTokenizer, input: PromptInput): number[] {
+  if ('prompt' in input) return tokenizer.encodePrompt(input.prompt);
+  // token ids are fed as they are (no BOS added), as `cascade generate --prompt-ids` and vLLM feed them
+  if ('promptIds' in input) return [...input.promptIds];
+  try {
+    return tokenizer.encodeChat(input.messages);
+  } catch (err) {
+    if (err instanceof InvalidArgumentError) throw new HttpError(400, err.message, 'invalid_request_error', 'messages');
+    throw err;
+  }
+}

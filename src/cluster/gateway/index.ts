@@ -1,0 +1,70 @@
+import Fastify, { type FastifyInstance } from 'fastify';
+import { bearerAuth } from './auth.ts';
+import { templateMessages } from './chat.ts';
+import { HttpError, sendError } from './errors.ts';
+import { buildJob } from './job.ts';
+import type { GatewayOptions } from './options.ts';
+import { ChatBody, CompletionBody, parse, stopStrings } from './schemas.ts';
+import { requestServer } from './serve.ts';
+
+export type { GatewayOptions } from './options.ts';
+export { API_SAMPLING, checkRowBudget } from './job.ts';
+export { apiFinishReason } from './responses.ts';
+
+/**
+ * `cascade serve`: the OpenAI-compatible HTTP gateway (SPEC §7). Requests are validated, tokenized
+ * and put on the BullMQ queue; a coordinator streams the tokens back over NATS; the gateway turns
+ * them into text (SSE when streaming). Over `maxInFlight` it answers 503 with Retry-After; a client
+ * that disconnects cancels its request (the coordinator stops and frees the actors' KV).
+ */
+export function buildGateway(options: GatewayOptions): FastifyInstance {
+  const { metrics, model } = options;
+  const requests = requestServer({ ...options, maxInFlight: options.maxInFlight ?? 64, timeoutMs: options.requestTimeoutMs ?? 600_000 });
+  const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
+
+  app.addHook('onRequest', bearerAuth(options.apiKeys ?? []));
+
+  app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
+    if (err instanceof HttpError) return sendError(reply, err);
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    return sendError(reply, new HttpError(status, status === 500 ? `internal error: ${err.message}` : err.message, status === 500 ? 'server_error' : 'invalid_request_error'));
+  });
+
+  app.get('/live', async () => ({ status: 'ok' }));
+
+  app.get('/health', async (_req, reply) => {
+    try {
+      const detail = (await options.health?.()) ?? {};
+      return { status: 'ok', model: model.target, inFlight: requests.inFlight(), ...detail };
+    } catch (err) {
+      return reply.code(503).send({ status: 'unavailable', message: (err as Error).message });
+    }
+  });
+
+  app.get('/metrics', async (_req, reply) => {
+    reply.header('content-type', metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+
+  app.get('/v1/models', async () => ({
+    object: 'list',
+    data: [{ id: model.target, object: 'model', created: 0, owned_by: 'cascade-cluster', drafters: model.drafters, max_model_len: model.maxPositions }],
+  }));
+
+  app.post('/v1/completions', async (req, reply) => {
+    const body = parse(CompletionBody, req.body);
+    const p = body.prompt;
+    const first = Array.isArray(p) ? p[0]! : p;
+    const input = typeof first === 'string' ? { prompt: first } : { promptIds: Array.isArray(first) ? first : (p as number[]) };
+    await requests.serveRequest(req, reply, buildJob(options, body, input), false, body.stream ?? false, body.stream_options?.include_usage ?? false, stopStrings(body.stop));
+    return reply;
+  });
+
+  app.post('/v1/chat/completions', async (req, reply) => {
+    const body = parse(ChatBody, req.body);
+    await requests.serveRequest(req, reply, buildJob(options, body, { messages: templateMessages(body.messages) }), true, body.stream ?? false, body.stream_options?.include_usage ?? false, stopStrings(body.stop));
+    return reply;
+  });
+
+  return app;
+}

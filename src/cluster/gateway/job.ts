@@ -1,0 +1,108 @@
+import { randomUUID } from 'node:crypto';
+import { DRAFT_TOP_K, MAX_WANT } from '../../actors/model-actor.ts';
+import { checkCascade } from '../../engine/cascade.ts';
+import { planCascade, type KSchedule } from '../../engine/presets.ts';
+import { DEFAULT_MAX_DRAFT } from '../../engine/schedule.ts';
+import { InvalidArgumentError } from '../../errors.ts';
+import { withProcessors, type SamplingParams } from '../../kernels/sampling.ts';
+import { resolveSampling } from '../../models/generation-config.ts';
+import { checkVocabularySizes } from '../../models/vocabulary.ts';
+import type { JobData } from '../coordinator.ts';
+import { rowBytes } from '../messages.ts';
+import { promptIdsOf, type PromptInput } from './chat.ts';
+import { HttpError } from './errors.ts';
+import type { GatewayOptions } from './options.ts';
+import type { ChatBody, CompletionBody } from './schemas.ts';
+
+/** K entries are how many tokens a drafter is asked for at once: at most MAX_WANT, what an actor's propose takes. */
+function checkKBound(kMatrix: KSchedule): void {
+  if (kMatrix === 'auto') return;
+  kMatrix.forEach((row, r) =>
+    row.forEach((k, c) => {
+      if (k > MAX_WANT) throw new InvalidArgumentError(`cascade.k_matrix[${r}][${c}] is ${k}: a K entry may be at most ${MAX_WANT}, the most tokens one drafter call proposes`);
+    }),
+  );
+}
+
+/**
+ * A sampled request's drafts travel with their q rows: a reviewer is sent up to the largest K entry's
+ * worth at once (DEFAULT_MAX_DRAFT under K auto), each a draft actor's top DRAFT_TOP_K, sparse (see
+ * messages.ts). Those rows must fit the budget RemoteLevel gives them, half the transport's payload
+ * limit; a K matrix that cannot is refused here rather than sent one-hot (exact, but it would waste
+ * the drafts). Greedy requests carry token ids only.
+ */
+export function checkRowBudget(kMatrix: KSchedule, sampling: SamplingParams, vocabSize: number, maxPayload: number): void {
+  if (sampling.temperature === 0) return;
+  const drafts = kMatrix === 'auto' ? DEFAULT_MAX_DRAFT : Math.max(0, ...kMatrix.flat());
+  const entries = Math.min(vocabSize, sampling.topK > 0 ? Math.min(sampling.topK, DRAFT_TOP_K) : DRAFT_TOP_K);
+  const bytes = 4 + drafts * rowBytes(vocabSize, entries);
+  const budget = Math.floor(maxPayload / 2);
+  if (bytes > budget) {
+    const fits = Math.floor((budget - 4) / rowBytes(vocabSize, entries));
+    throw new InvalidArgumentError(
+      `cascade.k_matrix drafts up to ${drafts} tokens a round, whose distributions (${entries} entries each over a vocabulary of ${vocabSize}) take ${bytes} bytes: ` +
+        `over the ${budget} bytes a message may give them (half the transport's ${maxPayload}-byte payload limit). ` +
+        (fits > 0 ? `Use K entries of at most ${fits}, or raise NATS's max_payload` : `Not one sampled draft fits: raise NATS's max_payload`),
+    );
+  }
+}
+
+/**
+ * The API's sampling defaults, OpenAI's (temperature 1, no top-p or top-k filter), for what neither
+ * the request nor the model's generation_config.json says.
+ */
+export const API_SAMPLING: SamplingParams = { temperature: 1, topP: 1, topK: 0 };
+
+/** Validates the decoding settings and builds the job; throws HttpError 400 on bad input. */
+export function buildJob(options: Pick<GatewayOptions, 'transport' | 'tokenizer' | 'model' | 'defaultMode'>, body: CompletionBody | ChatBody, input: PromptInput): JobData {
+  const { transport, tokenizer, model } = options;
+  if (body.model && body.model !== model.target) throw new HttpError(404, `model "${body.model}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
+  const promptIds = promptIdsOf(tokenizer, input);
+  if (!promptIds.length) throw new HttpError(400, 'the prompt is empty', 'invalid_request_error', 'prompt');
+  const outside = model.vocabSize === undefined ? undefined : promptIds.find((id) => id >= model.vocabSize!);
+  if (outside !== undefined) throw new HttpError(400, `prompt token id ${outside} is outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'prompt');
+  // unset: the rest of the context, as vLLM (16 where the context is unknown)
+  const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? (model.maxPositions !== undefined ? Math.max(1, model.maxPositions - promptIds.length) : 16);
+  if (model.maxPositions !== undefined && promptIds.length + maxTokens > model.maxPositions) {
+    throw new HttpError(400, `prompt (${promptIds.length} tokens) plus max_tokens (${maxTokens}) exceeds the model's context of ${model.maxPositions} tokens`, 'invalid_request_error', 'max_tokens');
+  }
+  const sampling = withProcessors(resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING), {
+    minP: body.min_p,
+    repetitionPenalty: body.repetition_penalty,
+    presencePenalty: body.presence_penalty,
+    frequencyPenalty: body.frequency_penalty,
+    logitBias: body.logit_bias && Object.fromEntries(Object.entries(body.logit_bias).map(([id, v]) => [Number(id), v])),
+  });
+  const biasOutside = model.vocabSize === undefined ? undefined : Object.keys(sampling.logitBias ?? {}).find((id) => Number(id) >= model.vocabSize!);
+  if (biasOutside !== undefined) throw new HttpError(400, `logit_bias names token id ${biasOutside}, outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'logit_bias');
+  let plan;
+  try {
+    plan = planCascade(
+      { mode: body.cascade?.mode ?? options.defaultMode ?? 'csd', drafters: body.cascade?.drafters, kMatrix: body.cascade?.k_matrix, lenience: body.cascade?.lenience },
+      model.drafters,
+    );
+    // shape checks only: the drafters are remote, so stand-ins carry their kind
+    checkKBound(plan.kMatrix); // first: a K entry over the limit is named whatever the matrix's shape
+    checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
+    const neural = plan.drafters.filter((d) => d !== 'mag');
+    if (model.vocabSize !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, transport.maxPayload);
+    // a request may order the drafters itself: each must be at most as wide as the models above it
+    const sizes = model.vocabSizes;
+    if (sizes) checkVocabularySizes({ name: model.target, vocabSize: sizes[model.target]! }, neural.map((name) => ({ name, vocabSize: sizes[name]! })));
+  } catch (err) {
+    throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
+  }
+  return {
+    requestId: `req-${randomUUID()}`,
+    promptIds,
+    maxTokens,
+    sampling,
+    seed: body.seed ?? Math.floor(Math.random() * 2 ** 53),
+    stopAtEos: true,
+    drafters: [...plan.drafters],
+    kMatrix: plan.kMatrix === 'auto' ? 'auto' : plan.kMatrix.map((r) => [...r]),
+    lenience: plan.lenience,
+    trace: {},
+    enqueuedAt: Date.now(),
+  };
+}

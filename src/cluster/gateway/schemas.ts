@@ -1,0 +1,100 @@
+import { z } from 'zod';
+import { MODES } from '../../engine/presets.ts';
+import { HttpError } from './errors.ts';
+
+/** The cascade extension of a request body (OpenAI fields stay standard). */
+const CascadeFields = z
+  .object({
+    mode: z.enum(MODES).optional(),
+    drafters: z.array(z.string().min(1)).optional(),
+    k_matrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().min(0)))]).optional(),
+    lenience: z.number().min(1).optional(),
+  })
+  .strict()
+  .optional();
+
+/** Token id → bias, as OpenAI sends logit_bias (JSON object keys are strings). */
+const LogitBias = z.record(z.string().regex(/^\d{1,10}$/, 'logit_bias keys are token ids').refine((id) => Number(id) <= 0xffffffff, 'logit_bias keys are token ids below 2^32'), z.number().min(-100).max(100));
+
+const Sampling = {
+  model: z.string().optional(),
+  max_tokens: z.number().int().min(1).optional(),
+  max_completion_tokens: z.number().int().min(1).optional(),
+  temperature: z.number().min(0).max(2).optional(),
+  top_p: z.number().gt(0).max(1).optional(),
+  top_k: z.number().int().min(0).optional(),
+  // vLLM's extensions, and OpenAI's penalties: logits processors every cascade level applies
+  min_p: z.number().min(0).max(1).optional(),
+  repetition_penalty: z.number().gt(0).optional(),
+  presence_penalty: z.number().min(-2).max(2).optional(),
+  frequency_penalty: z.number().min(-2).max(2).optional(),
+  logit_bias: LogitBias.optional(),
+  seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
+  stream: z.boolean().optional(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
+  n: z.literal(1).optional(),
+  user: z.string().optional(),
+  // stop strings (OpenAI: up to 4), cut exactly where target-only decoding's text would stop
+  // (one string is a list of one, so that the limit and emptiness are named whichever form is sent)
+  stop: z.preprocess((v) => (typeof v === 'string' ? [v] : v), z.array(z.string().min(1, 'a stop string may not be empty')).max(4, 'at most 4 stop strings')).optional(),
+  // accepted where they change nothing: no log probabilities, no echo
+  logprobs: z.literal(false, { error: 'log probabilities are not returned yet: send logprobs false or leave it out' }).optional(),
+  top_logprobs: z.literal(0, { error: 'log probabilities are not returned yet: send top_logprobs 0 or leave it out' }).optional(),
+  echo: z.literal(false).optional(),
+  cascade: CascadeFields,
+};
+
+/**
+ * A request body with its null fields dropped, at any depth (`max_tokens: null`, `stop: null`, a
+ * message's `name: null`, `stream_options.include_usage: null`): clients send null for "unset",
+ * which OpenAI and vLLM accept.
+ */
+function withoutNulls(body: unknown): unknown {
+  if (Array.isArray(body)) return body.map(withoutNulls);
+  if (body === null || typeof body !== 'object') return body;
+  return Object.fromEntries(Object.entries(body).flatMap(([k, v]) => (v === null ? [] : [[k, withoutNulls(v)]])));
+}
+
+/** A prompt of token ids, as the OpenAI API takes it (`prompt: number[]`, or one such list in a list), fed as it is. */
+const TokenIds = z.array(z.number().int().min(0)).min(1);
+export const CompletionBody = z.object({ ...Sampling, prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1), TokenIds, z.array(TokenIds).length(1)]) }).strict();
+export type CompletionBody = z.infer<typeof CompletionBody>;
+/**
+ * A chat message's content: a string, or OpenAI's array of content parts, whose text parts are
+ * joined; any other part (an image, audio, a file) is refused naming its type.
+ */
+export const Content = z.union([
+  z.string(),
+  z.array(
+    z.object({ type: z.string(), text: z.string().optional() }).passthrough().superRefine((part, ctx) => {
+      if (part.type !== 'text' || part.text === undefined) ctx.addIssue({ code: 'custom', message: `content parts of type "${part.type}" are not supported (text only)` });
+    }),
+  ),
+]);
+export type Content = z.infer<typeof Content>;
+
+/** OpenAI's roles: `developer` is the system role of newer models; `tool` messages go to the chat template as they are. */
+export const Message = z
+  .object({ role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']), content: Content, name: z.string().optional(), tool_call_id: z.string().optional() })
+  .strict();
+export type Message = z.infer<typeof Message>;
+export const ChatBody = z
+  .object({
+    ...Sampling,
+    messages: z.array(Message).min(1),
+  })
+  .strict();
+export type ChatBody = z.infer<typeof ChatBody>;
+
+/** `stop` as a list (a string, a list, or unset). */
+export const stopStrings = (stop: string | readonly string[] | undefined): readonly string[] => (stop === undefined ? [] : typeof stop === 'string' ? [stop] : stop);
+
+/** `body` (nulls dropped) validated against `schema`; a body that fails is a 400 naming the first bad field. */
+export function parse<T>(schema: z.ZodType<T>, body: unknown): T {
+  const r = schema.safeParse(withoutNulls(body));
+  if (!r.success) {
+    const issue = r.error.issues[0]!;
+    throw new HttpError(400, `invalid request: ${z.prettifyError(r.error)}`, 'invalid_request_error', issue.path.join('.') || null);
+  }
+  return r.data;
+}

@@ -1,0 +1,96 @@
+import { jobOptions, type JobData, type RequestOutcome } from '../coordinator.ts';
+import { decode, encode } from '../messages.ts';
+import { subjects } from '../transport.ts';
+import { HttpError } from './errors.ts';
+import type { GatewayOptions } from './options.ts';
+
+/** A request's view of the coordinator's stream: tokens in order, deduplicated by offset. */
+export interface Submitted {
+  readonly requestId: string;
+  readonly promptTokens: number;
+  /** Resolves with the outcome; tokens arrive through onTokens first. */
+  readonly done: Promise<RequestOutcome>;
+  cancel(): void;
+}
+
+/** What following a job needs: where its tokens stream, the queue it goes on, the log it is recorded in, and how long it may take. */
+export interface SubmitOptions extends Pick<GatewayOptions, 'transport' | 'queue' | 'log'> {
+  /** Longest a request may take, end to end. */
+  readonly timeoutMs: number;
+}
+
+/** Enqueues a job and follows its stream; `onTokens` sees each new token once, in order. */
+export async function submit(options: SubmitOptions, data: JobData, onTokens: (tokens: readonly number[]) => void): Promise<Submitted> {
+  const { transport, queue, log, timeoutMs } = options;
+  let have = 0;
+  let lastHeard = Date.now();
+  let settle!: { resolve: (o: RequestOutcome) => void; reject: (e: Error) => void };
+  const done = new Promise<RequestOutcome>((resolve, reject) => (settle = { resolve, reject }));
+  const take = (offset: number, tokens: readonly number[]) => {
+    if (offset + tokens.length <= have) return;
+    if (offset > have) {
+      // a stream message was lost (NATS core is at-most-once): the tokens are in Redis
+      void log.read(data.requestId).then((all) => take(0, all));
+      return;
+    }
+    const fresh = tokens.slice(have - offset);
+    have += fresh.length;
+    onTokens(fresh);
+  };
+  const sub = transport.subscribe(subjects.stream(data.requestId), (frame) => {
+    lastHeard = Date.now();
+    try {
+      const m = decode(frame);
+      if (m.type === 'tokens') take(m.offset, m.tokens);
+      else if (m.type === 'done') {
+        const outcome = JSON.parse(m.stats) as RequestOutcome;
+        const finish = () => (have >= outcome.generatedTokens ? settle.resolve(outcome) : void log.read(data.requestId).then((all) => (take(0, all), settle.resolve(outcome)), settle.reject));
+        finish();
+      } else if (m.type === 'failed') settle.reject(new HttpError(500, `generation failed: ${m.message}`, 'server_error'));
+    } catch (err) {
+      settle.reject(err as Error);
+    }
+  });
+  if ('flush' in transport) await (transport as { flush(): Promise<void> }).flush();
+  const timer = setTimeout(() => {
+    cancel();
+    settle.reject(new HttpError(504, `the request did not finish within ${timeoutMs} ms`, 'server_error'));
+  }, timeoutMs);
+  const cancel = () => {
+    try {
+      transport.publish(subjects.cancel(data.requestId), encode({ type: 'close', session: data.requestId }));
+    } catch {
+      // NATS is down: the request runs to its end and is dropped then
+    }
+    void queue.remove(data.requestId).catch(() => undefined);
+  };
+  // The stream is at-most-once (a NATS restart loses messages): every second, a request whose
+  // stream went quiet is looked up in Redis, where the coordinator records tokens and the result.
+  const poll = setInterval(() => {
+    if (Date.now() - lastHeard < 1000) return;
+    void log
+      .result(data.requestId)
+      .then(async (result) => {
+        if (!result) return;
+        take(0, await log.read(data.requestId));
+        settle.resolve(JSON.parse(result) as RequestOutcome);
+      })
+      .catch(() => undefined);
+  }, 1000);
+  poll.unref();
+  try {
+    await queue.add('generate', data, jobOptions(data.requestId));
+  } catch (err) {
+    clearTimeout(timer);
+    clearInterval(poll);
+    await sub.close();
+    throw new HttpError(503, `the request queue is unavailable: ${(err as Error).message}`, 'server_error', null, { 'retry-after': '2' });
+  }
+  const finished = done.finally(() => {
+    clearTimeout(timer);
+    clearInterval(poll);
+    void sub.close();
+  });
+  finished.catch(() => undefined);
+  return { requestId: data.requestId, promptTokens: data.promptIds.length, done: finished, cancel };
+}
