@@ -210,6 +210,12 @@ test("generation config - sampling defaults: the request's settings win, the mod
   t.deepEqual(greedy, { temperature: 0, topK: 20 });
   t.deepEqual(resolveSampling({}, greedy, API_SAMPLING), { temperature: 0, topP: 1, topK: 20 });
   t.deepEqual(resolveSampling({ temperature: 0.8 }, greedy, API_SAMPLING), { temperature: 0.8, topP: 1, topK: 20 });
+  // min_p and repetition_penalty (as vLLM reads them): the model's unless the request sets its own
+  const processors = loadModelSpec(exportDir({ min_p: 0.05, repetition_penalty: 1.1 })).generation;
+  t.deepEqual(processors, { minP: 0.05, repetitionPenalty: 1.1 });
+  t.deepEqual(resolveSampling({}, processors, API_SAMPLING), { ...API_SAMPLING, minP: 0.05, repetitionPenalty: 1.1 });
+  t.deepEqual(resolveSampling({ repetitionPenalty: 1 }, processors, API_SAMPLING), { ...API_SAMPLING, minP: 0.05, repetitionPenalty: 1 });
+  t.throws(() => loadModelSpec(exportDir({ repetition_penalty: 0 })), { instanceOf: ModelLoadError, message: /field repetition_penalty/ });
   t.is(loadModelSpec(exportDir({ eos_token_id: [0, 2] })).generation, undefined, 'only EOS: no sampling opinion');
   t.is(loadModelSpec(dirOf(family.target)).generation, undefined, 'the bundled family ships no generation_config.json');
   t.deepEqual(resolveSampling({}, undefined, API_SAMPLING), API_SAMPLING);

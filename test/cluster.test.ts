@@ -116,9 +116,18 @@ test.serial('cluster - what clients send and change nothing is accepted: nulls, 
   const five = await post('completions', { prompt: 'x', max_tokens: 2, stop: ['a', 'b', 'c', 'd', 'e'] });
   t.is(five.status, 400);
   t.regex(((await five.json()) as { error: { message: string } }).error.message, /at most 4 stop strings/);
-  const logprobs = await post('completions', { prompt: 'x', max_tokens: 2, logprobs: 3 });
-  t.is(logprobs.status, 400);
-  t.regex(((await logprobs.json()) as { error: { message: string } }).error.message, /log probabilities are not returned yet/);
+  for (const [path, body, field, message] of [
+    ['completions', { prompt: 'x', max_tokens: 2, logprobs: 21 }, 'logprobs', /expected number to be <=20/],
+    ['completions', { prompt: 'x', max_tokens: 2, logprobs: 1, echo: true }, 'echo', /echo with logprobs is not supported/],
+    ['chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 2, top_logprobs: 2 }, 'top_logprobs', /top_logprobs needs logprobs: true/],
+    ['chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 2, n: 17 }, 'n', /n may be at most 16/],
+  ] as const) {
+    const r = await post(path, body);
+    t.is(r.status, 400, JSON.stringify(body));
+    const error = ((await r.json()) as { error: { message: string; param: string } }).error;
+    t.regex(error.message, message);
+    t.is(error.param, field);
+  }
   const bias = await post('completions', { prompt: 'x', max_tokens: 2, logit_bias: { '999999': 5 } });
   t.is(bias.status, 400);
   t.regex(((await bias.json()) as { error: { message: string } }).error.message, /logit_bias names token id 999999, outside the vocabulary/);
@@ -128,6 +137,85 @@ test.serial('cluster - what clients send and change nothing is accepted: nulls, 
   const nested = await post('chat/completions', { messages: [{ role: 'user', content: 'hi', name: null }], max_tokens: 2, stream_options: { include_usage: null } });
   t.is(nested.status, 200, 'nulls inside messages and options count as unset too');
   await nested.arrayBuffer();
+});
+
+/** Target-only decoding's log probabilities of its greedy tokens after `promptIds` (the oracle). */
+async function targetLogprobs(promptIds: number[], maxTokens: number, top: number) {
+  const r = await generateAutoregressive(await sessions.get(family.target), { promptIds, maxTokens, sampling: GREEDY, seed: 0, logprobs: top });
+  return r.logprobs!;
+}
+
+const close = (a: number, b: number) => Math.abs(a - b) <= 1e-4;
+
+test.serial('cluster - logprobs: chat and completions, streamed and not, give target-only decoding\'s log probabilities (within 1e-4) of tokens the cascade drafted', async (t) => {
+  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
+  const messages = [{ role: 'user' as const, content: 'Write a function that reads a file.' }];
+  const chatWant = await targetLogprobs(tokenizer.encodeChat(messages), 16, 3);
+  const chatBody = { model: family.target, messages, max_tokens: 16, temperature: 0, logprobs: true, top_logprobs: 3, cascade };
+  const whole = (await client.chat.completions.create(chatBody as never)) as unknown as OpenAI.Chat.Completions.ChatCompletion;
+  t.true(((whole.usage as unknown as { cascade: { accepted_tokens: number } }).cascade.accepted_tokens ?? 0) > 0, 'drafted tokens were accepted');
+  const streamed: OpenAI.Chat.Completions.ChatCompletionTokenLogprob[] = [];
+  let streamedText = '';
+  for await (const c of await client.chat.completions.create({ ...chatBody, stream: true } as never) as unknown as AsyncIterable<OpenAI.Chat.Completions.ChatCompletionChunk>) {
+    streamed.push(...(c.choices[0]?.logprobs?.content ?? []));
+    streamedText += c.choices[0]?.delta.content ?? '';
+  }
+  for (const [name, got] of [['whole', whole.choices[0]!.logprobs!.content!], ['streamed', streamed]] as const) {
+    t.is(got.length, chatWant.length, `${name}: one entry per token`);
+    got.forEach((e, i) => {
+      const w = chatWant[i]!;
+      t.is(e.token, tokenizer.tokenText(w.token), `${name} token ${i}`);
+      t.deepEqual(e.bytes, [...tokenizer.tokenBytes(w.token)]);
+      t.true(close(e.logprob, w.logprob), `${name} token ${i}: ${e.logprob} vs ${w.logprob}`);
+      t.is(e.top_logprobs.length, 3);
+      t.true(e.top_logprobs.every((a, j) => close(a.logprob, w.top[j]!.logprob)));
+    });
+  }
+  t.is(streamedText, whole.choices[0]!.message.content ?? '');
+
+  const ids = tokenizer.encode(PROMPT);
+  const want = await targetLogprobs(ids, 12, 2);
+  const body = { model: family.target, prompt: PROMPT, max_tokens: 12, temperature: 0, logprobs: 2, cascade };
+  const r = (await client.completions.create(body as never)) as unknown as OpenAI.Completions.Completion;
+  const lp = r.choices[0]!.logprobs!;
+  t.deepEqual(lp.tokens, want.map((e) => tokenizer.tokenText(e.token)));
+  t.true(lp.token_logprobs!.every((v, i) => close(v, want[i]!.logprob)));
+  t.true(lp.top_logprobs!.every((m, i) => Object.keys(m).length >= 1 && Object.keys(m).length <= 2 && close(Math.max(...Object.values(m)), want[i]!.top[0]!.logprob)));
+  // text_offset: where each token's text begins in the choice's text
+  lp.text_offset!.forEach((o, i) => t.is(r.choices[0]!.text.slice(o, o + lp.tokens![i]!.length), lp.tokens![i]!));
+  const offsets: number[] = [];
+  for await (const c of await client.completions.create({ ...body, stream: true } as never) as unknown as AsyncIterable<OpenAI.Completions.Completion>) offsets.push(...(c.choices[0]?.logprobs?.text_offset ?? []));
+  t.deepEqual(offsets, lp.text_offset, 'a stream\'s offsets count from the start of the whole text');
+});
+
+test.serial('cluster - n choices: each choice is the request with its own seed (seed + index), streamed and not; echo puts the prompt first', async (t) => {
+  // a fixed K: under K auto the schedule's pooled measurements choose the drafts, so a seed fixes the distribution, not the tokens
+  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
+  const body = { model: family.target, prompt: PROMPT, max_tokens: 10, temperature: 0.9, seed: 41, cascade };
+  const single = async (seed: number) => (await client.completions.create({ ...body, seed } as never)) as unknown as OpenAI.Completions.Completion;
+  const want = [await single(41), await single(42), await single(43)];
+  const r = (await client.completions.create({ ...body, n: 3 } as never)) as unknown as OpenAI.Completions.Completion;
+  t.deepEqual(r.choices.map((c) => c.index), [0, 1, 2]);
+  t.deepEqual(r.choices.map((c) => c.text), want.map((w) => w.choices[0]!.text));
+  t.is(r.usage!.prompt_tokens, want[0]!.usage!.prompt_tokens, 'the prompt counts once');
+  t.is(r.usage!.completion_tokens, want.reduce((a, w) => a + w.usage!.completion_tokens, 0), 'every choice\'s tokens count');
+  const texts = ['', '', ''];
+  const finishes: (string | null)[] = [null, null, null];
+  for await (const c of await client.chat.completions.create({ model: family.target, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 6, n: 3, seed: 5, stream: true, cascade } as never) as unknown as AsyncIterable<OpenAI.Chat.Completions.ChatCompletionChunk>) {
+    for (const ch of c.choices) {
+      texts[ch.index] += ch.delta.content ?? '';
+      finishes[ch.index] = ch.finish_reason ?? finishes[ch.index]!;
+    }
+  }
+  const chatSingle = (await client.chat.completions.create({ model: family.target, messages: [{ role: 'user', content: 'Hello' }], max_tokens: 6, seed: 7, cascade } as never)) as unknown as OpenAI.Chat.Completions.ChatCompletion;
+  t.is(texts[2], chatSingle.choices[0]!.message.content ?? '', 'streamed choice 2 is the request with seed 5 + 2');
+  t.true(finishes.every((f) => f === 'length' || f === 'stop'));
+
+  const echoed = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 8, temperature: 0, echo: true } as never)) as unknown as OpenAI.Completions.Completion;
+  t.is(echoed.choices[0]!.text, PROMPT + (await targetOnly(PROMPT, 8)));
+  let streamedEcho = '';
+  for await (const c of await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 8, temperature: 0, echo: true, stream: true } as never) as unknown as AsyncIterable<OpenAI.Completions.Completion>) streamedEcho += c.choices[0]?.text ?? '';
+  t.is(streamedEcho, echoed.choices[0]!.text);
 });
 
 test.serial('cluster - a stop string that a drafted block crosses gives exactly target-only decoding\'s text up to it, finish_reason stop, streamed and not', async (t) => {

@@ -68,3 +68,14 @@ test('tokenizer - the streaming decoder releases exactly the whole text, chunk b
   const cjk = tok.encode('你好😀');
   t.true(cjk.length > 3, `multi-byte characters span several byte tokens here (${cjk.length} ids)`);
 });
+
+test('tokenizer - each token\'s bytes concatenate to the text\'s UTF-8; a token inside a character is named by its bytes', (t) => {
+  const text = 'héllo 世界 🎉 naïve';
+  const ids = tok.encode(text);
+  const bytes = Buffer.concat(ids.map((id) => tok.tokenBytes(id)));
+  t.true(bytes.equals(Buffer.from(text, 'utf8')));
+  const partial = ids.filter((id) => tok.tokenText(id).startsWith('bytes:'));
+  t.true(partial.length > 0, 'the emoji is split across byte tokens in this vocabulary');
+  for (const id of partial) t.is(tok.tokenText(id), 'bytes:' + [...tok.tokenBytes(id)].map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join(''));
+  t.is(tok.tokenText(tok.encode(' the')[0]!), ' the');
+});

@@ -15,6 +15,9 @@ export interface GenerationDefaults {
   readonly temperature?: number;
   readonly topP?: number;
   readonly topK?: number;
+  readonly minP?: number;
+  /** transformers' `repetition_penalty` (as vLLM takes it from the file). */
+  readonly repetitionPenalty?: number;
 }
 
 /** What a model directory's `generation_config.json` decides; every field is optional. */
@@ -34,6 +37,8 @@ const GenerationConfigJson = z
     temperature: z.number().nonnegative().nullable().optional(),
     top_p: z.number().gt(0).lte(1).nullable().optional(),
     top_k: z.number().int().nonnegative().nullable().optional(),
+    min_p: z.number().min(0).max(1).nullable().optional(),
+    repetition_penalty: z.number().gt(0).nullable().optional(),
   })
   .loose();
 
@@ -49,11 +54,13 @@ export function loadGenerationConfig(dir: string): GenerationConfig | undefined 
   const g = parsed.data;
   const eos = g.eos_token_id ?? undefined;
   const greedy = g.do_sample === false;
-  const defaults: { temperature?: number; topP?: number; topK?: number } = {};
+  const defaults: { -readonly [K in keyof GenerationDefaults]: GenerationDefaults[K] } = {};
   if (greedy) defaults.temperature = 0;
   else if (g.temperature != null) defaults.temperature = g.temperature;
   if (g.top_p != null) defaults.topP = g.top_p;
   if (g.top_k != null) defaults.topK = g.top_k;
+  if (g.min_p != null) defaults.minP = g.min_p;
+  if (g.repetition_penalty != null) defaults.repetitionPenalty = g.repetition_penalty;
   return {
     eosIds: eos === undefined ? undefined : Array.isArray(eos) ? eos : [eos],
     bosId: g.bos_token_id ?? undefined,
@@ -64,12 +71,17 @@ export function loadGenerationConfig(dir: string): GenerationConfig | undefined 
 /**
  * The sampling settings of a request, as vLLM applies a model's generation config: what the request
  * states wins, the model's defaults fill what it leaves out, and the caller's `fallback` (the API's or
- * the CLI's own defaults) fills the rest.
+ * the CLI's own defaults) fills the rest. min-p and the repetition penalty come from the request or
+ * the model only (off when neither states them).
  */
 export function resolveSampling(request: Partial<SamplingParams>, model: GenerationDefaults | undefined, fallback: SamplingParams): SamplingParams {
+  const minP = request.minP ?? model?.minP;
+  const repetitionPenalty = request.repetitionPenalty ?? model?.repetitionPenalty;
   return {
     temperature: request.temperature ?? model?.temperature ?? fallback.temperature,
     topP: request.topP ?? model?.topP ?? fallback.topP,
     topK: request.topK ?? model?.topK ?? fallback.topK,
+    ...(minP !== undefined ? { minP } : {}),
+    ...(repetitionPenalty !== undefined ? { repetitionPenalty } : {}),
   };
 }

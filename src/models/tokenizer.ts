@@ -5,6 +5,24 @@ import { InvalidArgumentError, ModelLoadError } from '../errors.ts';
 import type { ChatMessage, ChatTemplate } from './chat-template.ts';
 import { loadTokenizerConfig } from './tokenizer-config.ts';
 
+const STRICT_UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/** GPT-2's byte-level table inverted: the character each byte is spelled with in a piece → the byte. */
+const BYTE_OF_CHAR: ReadonlyMap<string, number> = (() => {
+  const printable = (b: number) => (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
+  const map = new Map<string, number>();
+  let extra = 0;
+  for (let b = 0; b < 256; b++) map.set(String.fromCharCode(printable(b) ? b : 256 + extra++), b);
+  return map;
+})();
+
+/** Whether a tokenizer.json decoder is byte-level (itself, or inside a Sequence). */
+function usesByteLevel(decoder: unknown): boolean {
+  if (!decoder || typeof decoder !== 'object') return false;
+  const d = decoder as { type?: unknown; decoders?: unknown };
+  return d.type === 'ByteLevel' || (d.type === 'Sequence' && Array.isArray(d.decoders) && d.decoders.some(usesByteLevel));
+}
+
 /**
  * A Hugging Face `tokenizer.json` loaded with tokenizers.js, with the conventions of the
  * `tokenizer_config.json` beside it: `add_bos_token` for plain prompts, the special tokens and the
@@ -20,6 +38,8 @@ export class TextTokenizer {
     /** The model's chat template (tokenizer_config.json's `chat_template` or chat_template.jinja). */
     readonly chatTemplate: ChatTemplate | undefined,
     private readonly dir: string,
+    /** The decoder is byte-level (GPT-2's byte-to-character table): a token's piece spells its bytes. */
+    private readonly byteLevel = false,
   ) {}
 
   /**
@@ -52,7 +72,7 @@ export class TextTokenizer {
     const bosId = bosText === undefined ? undefined : tok.token_to_id(bosText);
     if (bosText !== undefined && bosId === undefined) throw new ModelLoadError(`${cfgPath} field bos_token: "${bosText}" is not a token of ${tokenizerPath}`);
     if (cfg.addBosToken && bosId === undefined) throw new ModelLoadError(`${cfgPath} field add_bos_token is true but the file names no bos_token`);
-    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir);
+    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir, usesByteLevel((json as { decoder?: unknown }).decoder));
   }
 
   /** The text's own tokens, no special tokens added (a special token's text in it is that token). */
@@ -89,6 +109,32 @@ export class TextTokenizer {
   decode(ids: readonly number[]): string {
     if (ids.length === 0) return '';
     return this.tok.decode([...ids], { skip_special_tokens: false, clean_up_tokenization_spaces: false });
+  }
+
+  /**
+   * A token's own bytes: those its piece stands for under a byte-level decoder, the byte of a
+   * byte-fallback piece (`<0xE2>`), otherwise the UTF-8 of its decoded text. A token that is part of
+   * a multi-byte character has bytes that are not UTF-8 on their own.
+   */
+  tokenBytes(id: number): Uint8Array {
+    const piece = this.tok.id_to_token(id);
+    const fallback = piece === undefined ? undefined : /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
+    if (fallback) return Uint8Array.of(parseInt(fallback[1]!, 16));
+    if (this.byteLevel && piece !== undefined && [...piece].every((c) => BYTE_OF_CHAR.has(c))) return Uint8Array.from([...piece].map((c) => BYTE_OF_CHAR.get(c)!));
+    return new TextEncoder().encode(this.decode([id]));
+  }
+
+  /**
+   * A token's text as OpenAI's log probabilities name it: its bytes as UTF-8, or, when they are part
+   * of a character, `bytes:` and their escapes (`bytes:\xe2\x80`).
+   */
+  tokenText(id: number): string {
+    const bytes = this.tokenBytes(id);
+    try {
+      return STRICT_UTF8.decode(bytes);
+    } catch {
+      return 'bytes:' + [...bytes].map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join('');
+    }
   }
 
   /** A decoder for streaming: feed ids one round at a time, get back only complete new text. */

@@ -2,7 +2,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { bearerAuth } from './auth.ts';
 import { templateMessages } from './chat.ts';
 import { HttpError, sendError } from './errors.ts';
-import { buildJob } from './job.ts';
+import { buildJob, choiceJobs } from './job.ts';
 import type { GatewayOptions } from './options.ts';
 import { ChatBody, CompletionBody, parse, stopStrings } from './schemas.ts';
 import { requestServer } from './serve.ts';
@@ -56,13 +56,31 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     const p = body.prompt;
     const first = Array.isArray(p) ? p[0]! : p;
     const input = typeof first === 'string' ? { prompt: first } : { promptIds: Array.isArray(first) ? first : (p as number[]) };
-    await requests.serveRequest(req, reply, buildJob(options, body, input), false, body.stream ?? false, body.stream_options?.include_usage ?? false, stopStrings(body.stop));
+    if (body.echo && body.logprobs !== undefined) throw new HttpError(400, "echo with logprobs is not supported: the prompt's own log probabilities are not computed (send one of them)", 'invalid_request_error', 'echo');
+    const job = buildJob(options, body, input);
+    // echo: the prompt as given, or the text of its token ids
+    const echo = body.echo ? ('prompt' in input ? input.prompt : options.tokenizer.decode(input.promptIds)) : undefined;
+    await requests.serveRequest(req, reply, choiceJobs(job, body.n ?? 1, body.seed !== undefined), {
+      chat: false,
+      stream: body.stream ?? false,
+      includeUsage: body.stream_options?.include_usage ?? false,
+      stop: stopStrings(body.stop),
+      logprobs: body.logprobs !== undefined,
+      ...(echo !== undefined ? { echo } : {}),
+    });
     return reply;
   });
 
   app.post('/v1/chat/completions', async (req, reply) => {
     const body = parse(ChatBody, req.body);
-    await requests.serveRequest(req, reply, buildJob(options, body, { messages: templateMessages(body.messages) }), true, body.stream ?? false, body.stream_options?.include_usage ?? false, stopStrings(body.stop));
+    const job = buildJob(options, body, { messages: templateMessages(body.messages) });
+    await requests.serveRequest(req, reply, choiceJobs(job, body.n ?? 1, body.seed !== undefined), {
+      chat: true,
+      stream: body.stream ?? false,
+      includeUsage: body.stream_options?.include_usage ?? false,
+      stop: stopStrings(body.stop),
+      logprobs: body.logprobs ?? false,
+    });
     return reply;
   });
 

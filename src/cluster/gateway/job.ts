@@ -92,6 +92,7 @@ export function buildJob(options: Pick<GatewayOptions, 'transport' | 'tokenizer'
   } catch (err) {
     throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
   }
+  const logprobs = 'messages' in input ? ((body as ChatBody).logprobs ? ((body as ChatBody).top_logprobs ?? 0) : undefined) : (body as CompletionBody).logprobs;
   return {
     requestId: `req-${randomUUID()}`,
     promptIds,
@@ -102,7 +103,18 @@ export function buildJob(options: Pick<GatewayOptions, 'transport' | 'tokenizer'
     drafters: [...plan.drafters],
     kMatrix: plan.kMatrix === 'auto' ? 'auto' : plan.kMatrix.map((r) => [...r]),
     lenience: plan.lenience,
+    ...(logprobs !== undefined ? { logprobs } : {}),
     trace: {},
     enqueuedAt: Date.now(),
   };
+}
+
+/**
+ * The jobs of a request's `n` choices: the first as built, each other one a request of its own
+ * (its id) with its own seed: the request's seed + index (wrapping within the 53-bit seeds), or a
+ * random one when the request gives none. So choice 0 of a seeded request is what n = 1 gives.
+ */
+export function choiceJobs(job: JobData, n: number, seeded: boolean): JobData[] {
+  const seedOf = (i: number) => (!seeded ? Math.floor(Math.random() * 2 ** 53) : job.seed > Number.MAX_SAFE_INTEGER - i ? job.seed - 2 ** 53 + i : job.seed + i);
+  return Array.from({ length: n }, (_, i) => (i === 0 ? job : { ...job, requestId: `req-${randomUUID()}`, seed: seedOf(i) }));
 }

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { MODES } from '../../engine/presets.ts';
+import { MAX_TOP_LOGPROBS } from '../../kernels/sampling.ts';
 import { HttpError } from './errors.ts';
 
 /** The cascade extension of a request body (OpenAI fields stay standard). */
@@ -15,6 +16,9 @@ const CascadeFields = z
 
 /** Token id → bias, as OpenAI sends logit_bias (JSON object keys are strings). */
 const LogitBias = z.record(z.string().regex(/^\d{1,10}$/, 'logit_bias keys are token ids').refine((id) => Number(id) <= 0xffffffff, 'logit_bias keys are token ids below 2^32'), z.number().min(-100).max(100));
+
+/** Most choices (`n`) one request may ask for: each is a request of its own to the cluster. */
+export const MAX_CHOICES = 16;
 
 const Sampling = {
   model: z.string().optional(),
@@ -32,15 +36,12 @@ const Sampling = {
   seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
   stream: z.boolean().optional(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
-  n: z.literal(1).optional(),
+  // choices: n jobs of one prompt, each with its own seed (seed + index when the request gives one)
+  n: z.number().int().min(1).max(MAX_CHOICES, `n may be at most ${MAX_CHOICES}`).optional(),
   user: z.string().optional(),
   // stop strings (OpenAI: up to 4), cut exactly where target-only decoding's text would stop
   // (one string is a list of one, so that the limit and emptiness are named whichever form is sent)
   stop: z.preprocess((v) => (typeof v === 'string' ? [v] : v), z.array(z.string().min(1, 'a stop string may not be empty')).max(4, 'at most 4 stop strings')).optional(),
-  // accepted where they change nothing: no log probabilities, no echo
-  logprobs: z.literal(false, { error: 'log probabilities are not returned yet: send logprobs false or leave it out' }).optional(),
-  top_logprobs: z.literal(0, { error: 'log probabilities are not returned yet: send top_logprobs 0 or leave it out' }).optional(),
-  echo: z.literal(false).optional(),
   cascade: CascadeFields,
 };
 
@@ -57,7 +58,16 @@ function withoutNulls(body: unknown): unknown {
 
 /** A prompt of token ids, as the OpenAI API takes it (`prompt: number[]`, or one such list in a list), fed as it is. */
 const TokenIds = z.array(z.number().int().min(0)).min(1);
-export const CompletionBody = z.object({ ...Sampling, prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1), TokenIds, z.array(TokenIds).length(1)]) }).strict();
+export const CompletionBody = z
+  .object({
+    ...Sampling,
+    prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1), TokenIds, z.array(TokenIds).length(1)]),
+    /** Completions' log probabilities: how many alternatives per token (OpenAI allows 0..5, vLLM more; 0 = the token's own only). */
+    logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
+    /** The prompt's text before the completion's. */
+    echo: z.boolean().optional(),
+  })
+  .strict();
 export type CompletionBody = z.infer<typeof CompletionBody>;
 /**
  * A chat message's content: a string, or OpenAI's array of content parts, whose text parts are
@@ -82,8 +92,12 @@ export const ChatBody = z
   .object({
     ...Sampling,
     messages: z.array(Message).min(1),
+    /** Chat's log probabilities: whether to return them, and how many alternatives per token. */
+    logprobs: z.boolean().optional(),
+    top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
   })
-  .strict();
+  .strict()
+  .refine((b) => !b.top_logprobs || b.logprobs === true, { message: 'top_logprobs needs logprobs: true', path: ['top_logprobs'] });
 export type ChatBody = z.infer<typeof ChatBody>;
 
 /** `stop` as a list (a string, a list, or unset). */

@@ -1,9 +1,12 @@
 import { context, trace } from '@opentelemetry/api';
 import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { TokenLogprob } from '../../kernels/sampling.ts';
 import { StopMatcher } from '../../models/stop-strings.ts';
+import type { StreamDecoder } from '../../models/tokenizer.ts';
 import type { JobData, RequestOutcome } from '../coordinator.ts';
 import { injectHeaders, tracer } from '../tracing.ts';
 import { HttpError } from './errors.ts';
+import { LogprobFormat } from './logprobs.ts';
 import type { GatewayOptions } from './options.ts';
 import { apiFinishReason, responseShapes } from './responses.ts';
 import { EventStream } from './sse.ts';
@@ -11,115 +14,198 @@ import { submit, type SubmitOptions, type Submitted } from './submit.ts';
 import { recordOutcome, usage } from './usage.ts';
 
 export interface ServeOptions extends SubmitOptions, Pick<GatewayOptions, 'tokenizer' | 'metrics' | 'model'> {
-  /** Requests in flight before 503 + Retry-After. */
+  /** Requests in flight before 503 + Retry-After (each choice of a request counts as one). */
   readonly maxInFlight: number;
 }
 
+/** How a request is answered. */
+export interface Answer {
+  readonly chat: boolean;
+  readonly stream: boolean;
+  readonly includeUsage: boolean;
+  /** Stop strings: each choice's text ends before the first one. */
+  readonly stop: readonly string[];
+  /** Return log probabilities (the jobs ask the coordinator for them). */
+  readonly logprobs: boolean;
+  /** Completions' echo: the prompt's text before each choice's. */
+  readonly echo?: string;
+}
+
+/** One choice of a request: its job, and its text as it arrives. */
+class Choice {
+  readonly text: StreamDecoder;
+  readonly stops: StopMatcher | undefined;
+  generated = 0;
+  /** Text not yet sent (all of it, when not streaming). */
+  pending = '';
+  /** Log probabilities of the counted tokens not yet sent (all of them, when not streaming). */
+  logprobs: TokenLogprob[] = [];
+  /** Characters of this choice's text before the next log probability (completions' text_offset). */
+  offset = 0;
+  submitted: Submitted | undefined;
+  outcome: RequestOutcome | undefined;
+
+  constructor(
+    readonly index: number,
+    readonly data: JobData,
+    options: ServeOptions,
+    stop: readonly string[],
+  ) {
+    this.text = options.tokenizer.stream();
+    this.stops = stop.length ? new StopMatcher(stop) : undefined;
+  }
+
+  /** Takes new tokens: the text they complete, cut at a stop string (the count ends at the token that completed it). */
+  push(tokens: readonly number[], logprobs: readonly TokenLogprob[] | undefined): string {
+    let delta = '';
+    let counted = tokens.length;
+    if (!this.stops) {
+      delta = this.text.push(tokens);
+    } else {
+      counted = 0;
+      for (const t of tokens) {
+        if (this.stops.stopped) break;
+        counted++;
+        delta += this.stops.push(this.text.push([t]));
+      }
+      if (this.stops.stopped) this.submitted?.cancel(); // the rest is not wanted (a round may have run past the stop)
+    }
+    this.generated += counted;
+    if (logprobs) this.logprobs.push(...logprobs.slice(0, counted));
+    return delta;
+  }
+
+  /** The text held back at the end (none after a stop string). */
+  tail(): string {
+    if (this.stops?.stopped) return '';
+    return this.stops ? this.stops.push(this.text.flush()) + this.stops.flush() : this.text.flush();
+  }
+
+  get finish(): string {
+    return this.stops?.stopped ? 'stop' : apiFinishReason(this.outcome!.finishReason);
+  }
+}
+
 /**
- * Serves requests to the end: admission (over `maxInFlight` a 503 with Retry-After), the job
- * submitted and followed, its tokens turned into text by the tokenizer's streaming decoder, cut at
- * the first stop string, and answered whole or as SSE; a client that goes away cancels its request.
- * `inFlight()` is how many are being served now.
+ * Serves requests to the end: admission (over `maxInFlight` a 503 with Retry-After), each choice's
+ * job submitted and followed, its tokens turned into text by the tokenizer's streaming decoder, cut
+ * at the first stop string, with the target's log probabilities when asked, and answered whole or as
+ * SSE (each choice's chunks carry its index); a client that goes away cancels every choice.
+ * `inFlight()` is how many jobs are being served now.
  */
 export function requestServer(options: ServeOptions) {
   const { tokenizer, metrics, model, maxInFlight } = options;
+  const format = new LogprobFormat(tokenizer);
   let inFlight = 0;
 
-  async function serveRequest(req: FastifyRequest, reply: FastifyReply, data: JobData, chat: boolean, stream: boolean, includeUsage: boolean, stop: readonly string[] = []): Promise<void> {
-    if (inFlight >= maxInFlight) {
+  async function serveRequest(req: FastifyRequest, reply: FastifyReply, jobs: readonly JobData[], answer: Answer): Promise<void> {
+    if (inFlight + jobs.length > maxInFlight) {
       metrics.rejected.inc();
       throw new HttpError(503, `the server is at capacity (${maxInFlight} requests in flight); retry shortly`, 'server_error', null, { 'retry-after': '1' });
     }
-    inFlight++;
-    metrics.inFlight.inc();
-    metrics.kvSessions.inc(data.drafters.filter((d) => d !== 'mag').length + 1);
+    const { chat, stream } = answer;
+    const sessions = jobs.reduce((a, d) => a + d.drafters.filter((x) => x !== 'mag').length + 1, 0);
+    inFlight += jobs.length;
+    metrics.inFlight.inc(jobs.length);
+    metrics.kvSessions.inc(sessions);
+    const first = jobs[0]!;
     const startedAt = performance.now();
-    const span = tracer.startSpan('gateway.request', { attributes: { 'cascade.request': data.requestId, 'cascade.stream': stream, 'cascade.prompt_tokens': data.promptIds.length } });
-    data.trace = injectHeaders(trace.setSpan(context.active(), span));
-    const text = tokenizer.stream();
-    const stops = stop.length ? new StopMatcher(stop) : undefined;
-    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${data.requestId.slice(4)}`;
-    const created = Math.floor(Date.now() / 1000);
-    const shapes = responseShapes(chat, id, created, model.target);
+    const span = tracer.startSpan('gateway.request', { attributes: { 'cascade.request': first.requestId, 'cascade.stream': stream, 'cascade.prompt_tokens': first.promptIds.length, 'cascade.choices': jobs.length } });
+    const traceHeaders = injectHeaders(trace.setSpan(context.active(), span));
+    const choices = jobs.map((data, i) => {
+      data.trace = traceHeaders;
+      return new Choice(i, data, options, answer.stop);
+    });
+    const id = `${chat ? 'chatcmpl' : 'cmpl'}-${first.requestId.slice(4)}`;
+    const shapes = responseShapes(chat, id, Math.floor(Date.now() / 1000), model.target);
     const events = new EventStream(reply.raw);
-    let generated = 0;
+    const echo = answer.echo ?? '';
+    for (const c of choices) c.offset = echo.length;
     let firstAt: number | undefined;
     let lastAt = startedAt;
-    let pending = '';
-    const onTokens = (tokens: readonly number[]) => {
+    /** The log probabilities of `c` not sent yet, in the request's shape (null when not asked for), and forgets them. */
+    const takeLogprobs = (c: Choice) => {
+      if (!answer.logprobs) return null;
+      const list = c.logprobs;
+      c.logprobs = [];
+      if (chat) return format.chat(list);
+      const shaped = format.completion(list, c.offset);
+      c.offset += shaped.tokens.reduce((a, t) => a + t.length, 0);
+      return shaped;
+    };
+    const onTokens = (c: Choice) => (tokens: readonly number[], logprobs: readonly TokenLogprob[] | undefined) => {
       const now = performance.now();
       if (firstAt === undefined) {
         firstAt = now;
         metrics.ttft.observe((now - startedAt) / 1000);
       } else metrics.itl.observe((now - lastAt) / 1000 / tokens.length);
       lastAt = now;
-      let delta = '';
-      if (!stops) {
-        generated += tokens.length;
-        delta = text.push(tokens);
-      } else {
-        // token by token: the count ends at the token that completed a stop string
-        for (const t of tokens) {
-          if (stops.stopped) break;
-          generated++;
-          delta += stops.push(text.push([t]));
-        }
-        if (stops.stopped) submitted?.cancel(); // the rest is not wanted (a round may have run past the stop)
-      }
-      if (stream) {
-        if (delta) events.write(shapes.chunk(delta, null));
-      } else pending += delta;
+      const delta = c.push(tokens, logprobs);
+      if (!stream) c.pending += delta;
+      // a chunk goes out with text; log probabilities of tokens whose text is held back wait for the next one
+      else if (delta) events.write(shapes.chunk(c.index, delta, null, takeLogprobs(c)));
     };
-    let submitted: Submitted | undefined;
-    const onClose = () => {
-      events.closed = true;
-      submitted?.cancel();
-    };
+    const cancelAll = () => choices.forEach((c) => c.submitted?.cancel());
     try {
-      submitted = await submit(options, data, onTokens);
-      if (stops?.stopped) submitted.cancel();
+      for (const c of choices) {
+        c.submitted = await submit(options, c.data, onTokens(c));
+        if (c.stops?.stopped) c.submitted.cancel();
+      }
       // the response's 'close' before it finished = the client went away
       reply.raw.on('close', () => {
-        if (!reply.raw.writableFinished) onClose();
+        if (reply.raw.writableFinished) return;
+        events.closed = true;
+        cancelAll();
       });
       if (stream) {
         reply.hijack();
         events.open();
-        if (chat) events.write(shapes.role());
+        for (const c of choices) {
+          if (chat) events.write(shapes.role(c.index));
+          if (echo) events.write(shapes.chunk(c.index, echo, null));
+        }
       }
-      let outcome: RequestOutcome;
-      try {
-        outcome = await submitted.done;
-      } catch (err) {
+      const settled = await Promise.allSettled(
+        choices.map(async (c) => {
+          c.outcome = await c.submitted!.done;
+          recordOutcome(metrics, c.outcome, c.data.promptIds.length, c.generated, startedAt, firstAt);
+          metrics.requests.inc({ status: c.outcome.finishReason === 'cancelled' && !c.stops?.stopped ? 'cancelled' : 'ok' });
+          if (stream) events.write(shapes.chunk(c.index, c.tail(), c.finish, takeLogprobs(c)));
+        }),
+      );
+      const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+      if (failed) {
+        cancelAll();
+        const err = failed.reason as Error;
         if (!stream) throw err;
-        events.write({ error: { message: (err as Error).message, type: 'server_error' } });
+        events.write({ error: { message: err.message, type: 'server_error' } });
         events.end();
         metrics.requests.inc({ status: 'error' });
-        span.recordException(err as Error);
+        span.recordException(err);
         return;
       }
-      const byStop = stops?.stopped ?? false;
-      const tail = byStop ? '' : stops ? stops.push(text.flush()) + stops.flush() : text.flush();
-      const finish = byStop ? 'stop' : apiFinishReason(outcome.finishReason);
-      recordOutcome(metrics, outcome, data.promptIds.length, generated, startedAt, firstAt);
-      metrics.requests.inc({ status: outcome.finishReason === 'cancelled' && !byStop ? 'cancelled' : 'ok' });
+      const used = usage(
+        choices.map((c) => c.outcome),
+        first.promptIds.length,
+        choices.reduce((a, c) => a + c.generated, 0),
+      );
       if (stream) {
-        events.write(shapes.chunk(tail, finish));
-        if (includeUsage) events.write(shapes.usage(usage(outcome, data.promptIds.length, generated)));
+        if (answer.includeUsage) events.write(shapes.usage(used));
         events.done();
         return;
       }
-      await reply.send(shapes.body(pending + tail, finish, usage(outcome, data.promptIds.length, generated)));
+      await reply.send(shapes.body(choices.map((c) => ({ text: echo + c.pending + c.tail(), finish: c.finish, logprobs: takeLogprobs(c) })), used));
     } catch (err) {
+      cancelAll();
       metrics.requests.inc({ status: 'error' });
       span.recordException(err as Error);
       throw err;
     } finally {
-      span.setAttribute('cascade.generated_tokens', generated);
+      span.setAttribute('cascade.generated_tokens', choices.reduce((a, c) => a + c.generated, 0));
       span.end();
-      inFlight--;
-      metrics.inFlight.dec();
-      metrics.kvSessions.dec(data.drafters.filter((d) => d !== 'mag').length + 1);
+      inFlight -= jobs.length;
+      metrics.inFlight.dec(jobs.length);
+      metrics.kvSessions.dec(sessions);
     }
   }
 

@@ -1,3 +1,4 @@
+import type { TokenLogprob } from '../../kernels/sampling.ts';
 import { jobOptions, type JobData, type RequestOutcome } from '../coordinator.ts';
 import { decode, encode } from '../messages.ts';
 import { subjects } from '../transport.ts';
@@ -19,32 +20,40 @@ export interface SubmitOptions extends Pick<GatewayOptions, 'transport' | 'queue
   readonly timeoutMs: number;
 }
 
-/** Enqueues a job and follows its stream; `onTokens` sees each new token once, in order. */
-export async function submit(options: SubmitOptions, data: JobData, onTokens: (tokens: readonly number[]) => void): Promise<Submitted> {
+/**
+ * Enqueues a job and follows its stream; `onTokens` sees each new token once, in order, with its log
+ * probability when the job asks for them.
+ */
+export async function submit(options: SubmitOptions, data: JobData, onTokens: (tokens: readonly number[], logprobs: readonly TokenLogprob[] | undefined) => void): Promise<Submitted> {
   const { transport, queue, log, timeoutMs } = options;
   let have = 0;
   let lastHeard = Date.now();
   let settle!: { resolve: (o: RequestOutcome) => void; reject: (e: Error) => void };
   const done = new Promise<RequestOutcome>((resolve, reject) => (settle = { resolve, reject }));
-  const take = (offset: number, tokens: readonly number[]) => {
+  const take = (offset: number, tokens: readonly number[], logprobs: readonly TokenLogprob[] | undefined) => {
     if (offset + tokens.length <= have) return;
     if (offset > have) {
       // a stream message was lost (NATS core is at-most-once): the tokens are in Redis
-      void log.read(data.requestId).then((all) => take(0, all));
+      void recorded()
+        .then(([all, lps]) => take(0, all, lps))
+        .catch((err: Error) => settle.reject(err));
       return;
     }
+    if (data.logprobs !== undefined && logprobs?.length !== tokens.length) throw new Error(`the coordinator streamed ${tokens.length} tokens with ${logprobs?.length ?? 0} log probabilities`);
     const fresh = tokens.slice(have - offset);
     have += fresh.length;
-    onTokens(fresh);
+    onTokens(fresh, logprobs?.slice(logprobs.length - fresh.length));
   };
+  /** The tokens (and log probabilities) recorded in Redis. */
+  const recorded = () => Promise.all([log.read(data.requestId), data.logprobs === undefined ? undefined : log.readLogprobs(data.requestId, data.logprobs)] as const);
   const sub = transport.subscribe(subjects.stream(data.requestId), (frame) => {
     lastHeard = Date.now();
     try {
       const m = decode(frame);
-      if (m.type === 'tokens') take(m.offset, m.tokens);
+      if (m.type === 'tokens') take(m.offset, m.tokens, m.logprobs);
       else if (m.type === 'done') {
         const outcome = JSON.parse(m.stats) as RequestOutcome;
-        const finish = () => (have >= outcome.generatedTokens ? settle.resolve(outcome) : void log.read(data.requestId).then((all) => (take(0, all), settle.resolve(outcome)), settle.reject));
+        const finish = () => (have >= outcome.generatedTokens ? settle.resolve(outcome) : void recorded().then(([all, lps]) => (take(0, all, lps), settle.resolve(outcome)), settle.reject));
         finish();
       } else if (m.type === 'failed') settle.reject(new HttpError(500, `generation failed: ${m.message}`, 'server_error'));
     } catch (err) {
@@ -72,7 +81,8 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: (t
       .result(data.requestId)
       .then(async (result) => {
         if (!result) return;
-        take(0, await log.read(data.requestId));
+        const [all, lps] = await recorded();
+        take(0, all, lps);
         settle.resolve(JSON.parse(result) as RequestOutcome);
       })
       .catch(() => undefined);

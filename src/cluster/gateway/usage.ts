@@ -2,26 +2,31 @@ import type { RequestOutcome } from '../coordinator.ts';
 import type { GatewayMetrics } from '../metrics.ts';
 
 /**
- * A response's `usage`: OpenAI's token counts, and `cascade` (the coordinator's round statistics:
- * target passes, drafted and accepted tokens, acceptance by draft position, failovers, seconds queued)
- * where the outcome has them.
+ * A response's `usage`: OpenAI's token counts (the prompt once, the completion tokens of every
+ * choice), and `cascade` (the coordinator's round statistics, summed over the choices: target
+ * passes, drafted and accepted tokens, acceptance by draft position, failovers, the longest wait in
+ * the queue) where the outcomes have them.
  */
-export function usage(outcome: RequestOutcome | undefined, promptTokens: number, completionTokens: number) {
-  const s = outcome?.stats;
+export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptTokens: number, completionTokens: number) {
+  const ran = outcomes.filter((o): o is RequestOutcome & { stats: NonNullable<RequestOutcome['stats']> } => o?.stats !== undefined);
+  const sum = (f: (o: (typeof ran)[number]) => number) => ran.reduce((a, o) => a + f(o), 0);
+  const positions = Math.max(0, ...ran.map((o) => o.stats.draftedByPosition.length));
+  const rounds = sum((o) => o.stats.rounds);
+  const accepted = sum((o) => o.stats.acceptedTokens);
   return {
     prompt_tokens: promptTokens,
     completion_tokens: completionTokens,
     total_tokens: promptTokens + completionTokens,
-    cascade: s
+    cascade: ran.length
       ? {
-          target_passes: s.rounds,
-          drafted_tokens: s.draftedTokens,
-          accepted_tokens: s.acceptedTokens,
-          mean_acceptance_length: s.meanAcceptanceLength,
-          acceptance_by_position: s.acceptedByPosition.map((a, i) => a / Math.max(1, s.draftedByPosition[i]!)),
-          resumed_from: outcome!.resumedFrom,
-          dropped_levels: outcome!.failovers,
-          queue_seconds: outcome!.queueSeconds,
+          target_passes: rounds,
+          drafted_tokens: sum((o) => o.stats.draftedTokens),
+          accepted_tokens: accepted,
+          mean_acceptance_length: rounds ? (accepted + rounds) / rounds : 0,
+          acceptance_by_position: Array.from({ length: positions }, (_, i) => sum((o) => o.stats.acceptedByPosition[i] ?? 0) / Math.max(1, sum((o) => o.stats.draftedByPosition[i] ?? 0))),
+          resumed_from: sum((o) => o.resumedFrom),
+          dropped_levels: [...new Set(ran.flatMap((o) => o.failovers))],
+          queue_seconds: Math.max(...ran.map((o) => o.queueSeconds)),
         }
       : undefined,
   };
