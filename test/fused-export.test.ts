@@ -3,6 +3,7 @@ import test from 'ava';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
+import { BatchingSession } from '../src/models/batching-session.ts';
 import { graphOpTypes } from '../src/models/graph-ops.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { dirOf, maxAbsDiff, MODELS_DIR } from './helpers/family.ts';
@@ -86,6 +87,16 @@ test('fused export - a batched pass that needs padding is refused, naming why; o
     const alone = await unfused.forward({ seqId: `u${i}`, inputIds: [...PROMPT.slice(0, 5), id] }, 'last');
     t.true(maxAbsDiff(rows[i]!, alone) < TOLERANCE, `row ${i}`);
   }
+});
+
+test('fused export - a BatchingSession over a fused graph serves sequences of different lengths exactly, one pass each', async (t) => {
+  const batching = new BatchingSession(fused, { windowMs: 50 }); // not closed: it would close the shared session
+  await fused.forward({ seqId: 'c1', inputIds: PROMPT.slice(0, 5) });
+  await fused.forward({ seqId: 'c2', inputIds: PROMPT.slice(0, 3) });
+  const [a, b] = await Promise.all([batching.forward({ seqId: 'c1', inputIds: [9] }, 'last'), batching.forward({ seqId: 'c2', inputIds: [9] }, 'last')]);
+  t.true(maxAbsDiff(a, await unfused.forward({ seqId: 'd1', inputIds: [...PROMPT.slice(0, 5), 9] }, 'last')) < TOLERANCE);
+  t.true(maxAbsDiff(b, await unfused.forward({ seqId: 'd2', inputIds: [...PROMPT.slice(0, 3), 9] }, 'last')) < TOLERANCE);
+  t.is(batching.counters.largestBatch, 1, 'the padded batch was refused and its forwards ran alone');
 });
 
 test('fused export - H2O\'s attention sums are refused: the fused graph returns no attention probabilities', async (t) => {
