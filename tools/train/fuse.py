@@ -1,7 +1,7 @@
 """Rewrite an exported model directory's graph in the fused form of onnxruntime-genai's model builder.
 
-The project's export (export.py) is the Optimum "decoder with past" graph that torch.onnx writes: about
-60 elementwise nodes per layer (RMSNorm as Pow/ReduceMean/Sqrt/Div/Mul, RoPE as Slice/Neg/Concat,
+The project's export (export.py) is the Optimum "decoder with past" graph that torch.onnx writes: 113
+nodes per layer, 85 of them not Constants (RMSNorm as Pow/ReduceMean/Sqrt/Div/Mul, RoPE as Slice/Neg/Concat,
 attention as MatMul/Softmax over a bias built from the mask). On a GPU each node is a dispatch. This
 tool writes the same model with ONNX Runtime's contrib ops, as the genai builder
 (src/python/py/models/builders/base.py) emits them:
@@ -27,6 +27,10 @@ holds; a batched pass of sequences of different lengths (left-padded pasts) is r
 holding GroupQueryAttention. Attention is causal by cache index, as in the unfused graph, and RoPE
 takes the explicit position_ids, so bounded caches (release, rebuild) work unchanged. Positions must
 be below --max-positions (the rows of the cos/sin caches).
+
+Checked (test/fused-export.test.ts, docs/gpu.md): logits within 1e-4 of the unfused graph's on the
+CPU EP (measured at most 1.4e-5), greedy tokens identical; heads sharing a KV head (GQA) too, on a
+draft-l2 whose two KV heads were made equal and fused as one (9.5e-6).
 
 Weights come from the unfused model.onnx itself (each MatMul node is named after its module, as
 onnx_weights.py reads them), so no torch is needed: `apt-get install python3-onnx python3-numpy`.
