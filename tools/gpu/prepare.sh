@@ -9,6 +9,7 @@
 #   shapes/    random-weight 23M/91M/316M decoders of the project's architecture, weights stripped
 #              (../shared/gpu/random_shapes.py strip; refilled on the GPU machine)
 #   models/    the bundled drafters and the tokenizer (the 91 MB target does not fit the carry)
+#   fuse.py    tools/train/fuse.py: run.sh writes each filled shape's fused form with it
 #   run.sh     the measurement script (tools/gpu/run.sh)
 # Needs: npm ci done, Debian's python3 with torch, onnx and regex (apt-get install python3-torch python3-onnx python3-regex),
 # and ../shared/gpu beside the checkout. Usage: bash tools/gpu/prepare.sh [OUTDIR]
@@ -32,6 +33,7 @@ bash "$shared/pack-runtime.sh" "$out/rt" >/dev/null
 echo "exporting the random-weight shapes (weights stripped) …"
 /usr/bin/python3 "$shared/random_shapes.py" strip "$out/shapes"
 cp "$shared/random_shapes.py" "$out/"
+cp tools/train/fuse.py "$out/"
 cp -r models/draft-l1 models/draft-l2 models/tokenizer.json "$out/models/"
 rm -f "$out"/models/*/reference.bin
 cp tools/gpu/run.sh "$out/run.sh"

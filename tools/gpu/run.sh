@@ -5,7 +5,8 @@
 # Measures, with the project's own runner (bench costs: prefill, decode ms/token, verify(k) over a
 # cache, rolled back after each), on the WebGPU EP with the KV through the host and on the device,
 # side by side, and on the CPU EP: the 91M and 316M random-weight shapes at a 1024-token context,
-# and the bundled drafters at 256. Then greedy generation on the GPU against the CPU EP (tokens must
+# and the bundled drafters at 256; each shape's fused form (tools/train/fuse.py, run here on the
+# filled weights) on the WebGPU EP with the KV on the device. Then greedy generation on the GPU against the CPU EP (tokens must
 # match). Environment: SHAPES (default "s091m s316m"), PAST (1024), REPEATS (3), THREADS (16 for the
 # CPU EP), RT_LOCAL=1 to use this machine's node and node_modules instead of the packed runtime (a test
 # run without a GPU, on lavapipe).
@@ -33,6 +34,12 @@ for s in ${SHAPES:-s091m s316m}; do
   log "$s: WebGPU EP, KV through the host and on the device (past $past) …"
   timeout 900 "${cascade[@]}" bench costs --model "$here/shapes/$s" --tokenizer "$here/models/tokenizer.json" --execution-providers webgpu \
     --kv-location host,device --past "$past" --repeats "$repeats" --out "$out/$s-webgpu" 2>&1 | tee -a "$out/run.log"
+  # the fused form (GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization) of the same weights
+  if python3 "$here/fuse.py" --model "$here/shapes/$s" --out "$here/shapes/$s-fused" --graph-only >>"$out/run.log" 2>&1; then
+    log "$s fused: WebGPU EP, KV on the device (past $past) …"
+    timeout 900 "${cascade[@]}" bench costs --model "$here/shapes/$s-fused" --tokenizer "$here/models/tokenizer.json" --execution-providers webgpu \
+      --kv-location device --past "$past" --repeats "$repeats" --out "$out/$s-fused-webgpu" 2>&1 | tee -a "$out/run.log"
+  else log "$s: fuse.py failed (see above)"; fi
   log "$s: CPU EP, $threads threads …"
   timeout 900 "${cascade[@]}" bench costs --model "$here/shapes/$s" --tokenizer "$here/models/tokenizer.json" --threads "$threads" \
     --past "$past" --repeats "$repeats" --out "$out/$s-cpu" 2>&1 | tee -a "$out/run.log"

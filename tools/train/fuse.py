@@ -110,7 +110,7 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int) -> onnx.ModelP
     layers, heads, kv_heads = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
     head_dim = cfg.get("head_dim") or hidden // heads
-    eps = float(cfg["rms_norm_eps"])
+    eps = float(cfg.get("rms_norm_eps", 1e-5))  # model.py's ModelConfig defaults where a config leaves them out
     if head_dim % 8:
         raise SystemExit(f"head_dim {head_dim}: ONNX Runtime's GroupQueryAttention takes head sizes that are multiples of 8 "
                          "(\"head_size must be a multiple of 8\"); keep this model in the unfused form")
@@ -213,7 +213,7 @@ def main() -> None:
     args = ap.parse_args()
     src, out = Path(args.model), Path(args.out)
     cfg = json.loads((src / "config.json").read_text())
-    positions = args.max_positions or cfg["max_position_embeddings"]
+    positions = args.max_positions or cfg.get("max_position_embeddings", 2048)
     model = fuse(cfg, unfused_weights(src / "model.onnx", cfg["num_hidden_layers"]), positions)
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out / "model.onnx"))
@@ -221,7 +221,7 @@ def main() -> None:
         if (src / name).exists():
             shutil.copyfile(src / name, out / name)
     ops = sorted({n.op_type for n in model.graph.node})
-    cfg["max_position_embeddings"] = min(cfg["max_position_embeddings"], positions)
+    cfg["max_position_embeddings"] = min(cfg.get("max_position_embeddings", positions), positions)
     cfg["onnx_graph"] = {"form": "fused", "fused_from": str(src / "model.onnx"), "rope_cache_positions": positions,
                          "ops": ops, "made_by": "tools/train/fuse.py"}
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
