@@ -110,10 +110,19 @@ gpuTest('webgpu - sampling: sd over a device-KV target draws each of 3 positions
   t.deepEqual(misfits(fits, 0.8), [], describeFits(fits));
 });
 
-gpuTest('webgpu - cascade generate --execution-providers webgpu (target) with the drafter on the CPU prints the CPU EP\'s greedy tokens', async (t) => {
+gpuTest('webgpu - cascade generate --execution-providers webgpu (target) places the drafter by measured cost, or where --placement pins it, and prints the CPU EP\'s greedy tokens', async (t) => {
   const args = ['generate', '--json', '--model', 'draft-l2', '--draft-model', 'draft-l1', '--prompt-ids', PROMPT.join(','), '--max-tokens', '12', '--temperature', '0'];
-  const run = async (...extra: string[]) => JSON.parse((await cascade(...args, ...extra)).stdout) as { tokenIds: number[] };
+  type Out = { tokenIds: number[]; placement?: Record<string, { executionProviders: string[]; trials: { executionProviders: string[]; ms?: number }[] }> };
+  const run = async (...extra: string[]) => JSON.parse((await cascade(...args, ...extra)).stdout) as Out;
   const cpuAr = await run('--mode', 'ar');
+  // the drafter is not pinned: beside a WebGPU target it goes where its decode pass measures cheapest
   const gpuCsd = await run('--mode', 'csd', '--execution-providers', 'webgpu', '--kv-location', 'device');
   t.deepEqual(gpuCsd.tokenIds, cpuAr.tokenIds);
+  const placed = gpuCsd.placement?.['draft-l1'];
+  t.deepEqual(placed?.trials.map((tr) => tr.executionProviders.join(',')), ['webgpu', 'cpu'], 'both placements measured');
+  const [onGpu, onCpu] = placed!.trials.map((tr) => tr.ms!);
+  t.deepEqual(placed?.executionProviders, onCpu! < onGpu! ? ['cpu'] : ['webgpu'], `the cheaper one kept (webgpu ${onGpu} ms, cpu ${onCpu} ms)`);
+  const pinned = await run('--mode', 'csd', '--execution-providers', 'webgpu', '--placement', 'draft-l1=webgpu');
+  t.deepEqual(pinned.tokenIds, cpuAr.tokenIds, 'the drafter on the WebGPU EP too');
+  t.is(pinned.placement, undefined, 'pinned: nothing measured');
 });

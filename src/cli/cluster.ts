@@ -302,7 +302,7 @@ export function registerCluster(program: Command): void {
     .option('--instance <id>', 'this instance\'s id (letters, digits, - and _); random by default')
     .option('--idle-ms <ms>', 'free a session untouched this long', parseNumber('--idle-ms', { min: 100, integer: true }), 60_000)
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
-    .option('--execution-providers <list>', `the model's execution providers in order, e.g. webgpu,cpu (${EXECUTION_PROVIDERS.join(', ')}; falls back to the CPU with a warning)`, parseExecutionProviders('--execution-providers'))
+    .option('--execution-providers <list>', `the model's execution providers in order, e.g. webgpu,cpu (${EXECUTION_PROVIDERS.join(', ')}; falls back to the CPU with a warning), or auto: where its pass measures cheapest (webgpu, cpu; verify pass for the target, decode pass for a drafter)`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <where>', `where the sessions' KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when the model runs on a GPU EP)`, parseKvLocation, 'auto')
     .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
     .option('--max-batch <n>', 'most sessions whose forwards run as one batched pass (1 = no batching)', parseNumber('--max-batch', { min: 1, integer: true }), DEFAULT_BATCHING.maxBatch)

@@ -59,8 +59,10 @@ interface GenerateOptions {
   threads: number;
   /** The target's execution providers, in order (default cpu). */
   executionProviders?: string[];
-  /** Every drafter's execution providers (default cpu: small drafters are dispatch-bound on a GPU). */
+  /** Every drafter's execution providers (default: auto beside a target off the CPU, else cpu). */
   draftExecutionProviders?: string[];
+  /** Per model: MODEL=EPS entries, which win over the two lists above. */
+  placement?: string[];
   kvLocation: KvLocation;
   json?: boolean;
   kvPolicy: KvPolicyName;
@@ -101,8 +103,9 @@ const ConfigFile = z.strictObject({
   modelFile: z.string().optional(),
   tokenizer: z.string().optional(),
   threads: z.number().int().positive().optional(),
-  executionProviders: z.array(z.enum(EXECUTION_PROVIDERS)).min(1).optional(),
-  draftExecutionProviders: z.array(z.enum(EXECUTION_PROVIDERS)).min(1).optional(),
+  executionProviders: z.union([z.tuple([z.literal('auto')]), z.array(z.enum(EXECUTION_PROVIDERS)).min(1)]).optional(),
+  draftExecutionProviders: z.union([z.tuple([z.literal('auto')]), z.array(z.enum(EXECUTION_PROVIDERS)).min(1)]).optional(),
+  placement: z.array(z.string()).optional(),
   kvLocation: z.enum(KV_LOCATIONS).optional(),
   kvPolicy: z.enum(RUNNABLE_KV_POLICIES as [KvPolicyName, ...KvPolicyName[]]).optional(),
   kvBudget: z.number().int().positive().optional(),
@@ -173,12 +176,17 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   const text = promptText(positional, o);
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters);
-  const sessions = new FamilySessions(family, (name) => ({
-    intraOpThreads: o.threads,
-    executionProviders: (name === family.target ? o.executionProviders : o.draftExecutionProviders) ?? ['cpu'],
-    // --kv-location is the target's; a drafter's KV goes where its EP computes (auto)
-    kvLocation: name === family.target ? o.kvLocation : 'auto',
-  }));
+  const placed = placementOf(o, family);
+  const sessions = new FamilySessions(
+    family,
+    (name) => ({
+      intraOpThreads: o.threads,
+      executionProviders: placed(name),
+      // --kv-location is the target's; a drafter's KV goes where its EP computes (auto)
+      kvLocation: name === family.target ? o.kvLocation : 'auto',
+    }),
+    (name, t) => process.stderr.write(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}\n`),
+  );
   try {
     const target = await sessions.get(family.target);
     const kv = kvConfig(o, family);
@@ -255,6 +263,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         model: target.spec.name,
         cascade: { mode: o.mode, ...plan },
         stats: { ...s, acceptanceByPosition },
+        ...(sessions.placements.size ? { placement: Object.fromEntries(sessions.placements) } : {}),
       };
       writeOut(JSON.stringify(out) + '\n');
     } else {
@@ -269,6 +278,26 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   } finally {
     await sessions.close();
   }
+}
+
+/**
+ * Each model's execution providers: --placement MODEL=EPS first, then --execution-providers (the
+ * target) or --draft-execution-providers (drafters). Unpinned drafters beside a target off the CPU
+ * are placed by measured cost (auto); beside a CPU target they stay on the CPU.
+ */
+function placementOf(o: GenerateOptions, family: { readonly target: string; readonly drafters: readonly string[] }): (name: string) => string[] {
+  const pinned = new Map<string, string[]>();
+  for (const entry of o.placement ?? []) {
+    const at = entry.indexOf('=');
+    const name = entry.slice(0, at);
+    if (at < 1 || ![family.target, ...family.drafters].includes(name)) {
+      throw new InvalidArgumentError(`--placement takes MODEL=EPS for a model of this cascade (${[family.target, ...family.drafters].join(', ')}), e.g. ${family.drafters[0] ?? family.target}=cpu; got "${entry}"`);
+    }
+    pinned.set(name, parseExecutionProviders('--placement')(entry.slice(at + 1)));
+  }
+  const target = pinned.get(family.target) ?? o.executionProviders ?? ['cpu'];
+  const drafters = o.draftExecutionProviders ?? (target.length === 1 && target[0] === 'cpu' ? ['cpu'] : ['auto']);
+  return (name) => pinned.get(name) ?? (name === family.target ? target : drafters);
 }
 
 const parsePromptIds = (raw: string): number[] => {
@@ -354,7 +383,7 @@ export function registerGenerate(program: Command): void {
     .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (docs/cascade.md), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
@@ -369,8 +398,9 @@ export function registerGenerate(program: Command): void {
     .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several, e.g. onnx/model_fp16.onnx (default: found from the folder)')
     .option('--tokenizer <file>', 'tokenizer.json for models whose folders carry none (a folder\'s own tokenizer.json wins)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
-    .option('--execution-providers <list>', `the target's execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu)`, parseExecutionProviders('--execution-providers'))
-    .option('--draft-execution-providers <list>', 'every drafter\'s execution providers (default cpu: a 1-2 layer drafter is faster on the CPU beside a GPU target)', parseExecutionProviders('--draft-execution-providers'))
+    .option('--execution-providers <list>', `the target's execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu), or auto: where its verify pass measures cheapest (webgpu, cpu)`, parseExecutionProviders('--execution-providers'))
+    .option('--draft-execution-providers <list>', 'every drafter\'s execution providers, or auto: where its decode pass measures cheapest (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
+    .option('--placement <model=eps>', 'one model\'s execution providers (a list or auto), repeatable; wins over the two flags above, e.g. --placement draft-l2=webgpu --placement draft-l1=cpu', collect)
     .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when it runs on a GPU EP; drafters are always auto)`, parseKvLocation, 'auto')
     .option('--json', 'print one JSON object {text, tokenIds, finishReason, model, cascade, stats} instead of streaming')
     .action((positional: string[], _opts: GenerateOptions, cmd: Command) => run(positional, cmd.opts<GenerateOptions>(), cmd));

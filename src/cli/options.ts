@@ -14,12 +14,16 @@ export const parseNumber = (flag: string, { min, integer = false }: { min?: numb
 /** Execution providers onnxruntime-node may offer (its own names); the build decides which exist. */
 export const EXECUTION_PROVIDERS = ['cpu', 'webgpu', 'cuda', 'tensorrt', 'dml', 'coreml', 'qnn', 'xnnpack'] as const;
 
-/** A comma-separated list of execution providers in order of preference, e.g. webgpu,cpu. */
+/**
+ * A comma-separated list of execution providers in order of preference, e.g. webgpu,cpu; or `auto`
+ * alone: placed where a measured pass costs least (src/models/placement.ts).
+ */
 export const parseExecutionProviders = (flag: string) =>
   (raw: string): string[] => {
     const list = raw.split(',').map((p) => p.trim().toLowerCase());
+    if (list.length === 1 && list[0] === 'auto') return list;
     const bad = list.find((p) => !(EXECUTION_PROVIDERS as readonly string[]).includes(p));
-    if (!list.length || bad !== undefined) throw new InvalidArgumentError(`${flag} takes a comma-separated list of ${EXECUTION_PROVIDERS.join(', ')}; got "${raw}"`);
+    if (!list.length || bad !== undefined) throw new InvalidArgumentError(`${flag} takes auto or a comma-separated list of ${EXECUTION_PROVIDERS.join(', ')}; got "${raw}"`);
     return list;
   };
 

@@ -10,6 +10,7 @@ import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
 import { loadModelSpec } from '../models/config.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
+import { isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
 import { buildGateway } from './gateway/index.ts';
@@ -95,7 +96,13 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   }
   setupTracing(`cascade-actor-${name}`);
   const source = exported ? memberSource(family, name) : { dir: memberDir(family, name), ...(o.modelFile !== undefined ? { modelFile: o.modelFile } : {}), ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}) };
-  const model = await OrtModelSession.open(source, { intraOpThreads: o.threads ?? 1, executionProviders: o.executionProviders, cpuFallback: true, kvLocation: o.kvLocation });
+  const options = { intraOpThreads: o.threads ?? 1, kvLocation: o.kvLocation };
+  // auto: the actor measures its model's pass (verify for the target, decode for a drafter) on each placement and keeps the cheapest
+  const model = isAuto(o.executionProviders)
+    ? (await placeByCost((executionProviders) => OrtModelSession.open(source, { ...options, executionProviders, cpuFallback: false }, () => undefined), isTarget ? 'target' : 'draft', undefined, (t) =>
+        process.stderr.write(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}\n`),
+      )).session
+    : await OrtModelSession.open(source, { ...options, executionProviders: o.executionProviders, cpuFallback: true });
   // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
   const session = new BatchingSession(model, model.positionIds ? o.batching : { ...o.batching, maxBatch: 1 });
   let transport: Transport;

@@ -1,26 +1,40 @@
 import type { Family } from './family.ts';
 import { loadBigram, memberSource } from './family.ts';
 import { OrtModelSession } from './ort-session.ts';
+import { isAuto, placeByCost, type Placement, type PlacementTrial } from './placement.ts';
 import type { ModelSession, SessionOptions } from './session.ts';
 import { checkSharedVocabulary } from './vocabulary.ts';
 
 /**
  * Opens family members on demand (one worker each, opened once) and closes them all together.
  * `options` are every member's, or chosen per member (placement: the target on a GPU EP, the small
- * drafters on the CPU).
+ * drafters on the CPU). A member whose execution providers are `['auto']` is placed by measured
+ * cost (placement.ts: the target by its verify pass, a drafter by its decode pass); `placements`
+ * says where each went and what was measured.
  */
 export class FamilySessions {
   private readonly open = new Map<string, Promise<ModelSession>>();
+  /** Members placed by cost (`auto`), by name. */
+  readonly placements = new Map<string, Omit<Placement, 'session'>>();
 
   constructor(
     readonly family: Family,
     private readonly options: SessionOptions | ((name: string) => SessionOptions),
+    /** Reports each placement tried for an `auto` member (loads take seconds on a GPU). */
+    private readonly onTrial: (name: string, trial: PlacementTrial) => void = () => undefined,
   ) {}
 
   get(name: string): Promise<ModelSession> {
     let s = this.open.get(name);
     if (!s) {
-      s = OrtModelSession.open(memberSource(this.family, name), typeof this.options === 'function' ? this.options(name) : this.options);
+      const options = typeof this.options === 'function' ? this.options(name) : this.options;
+      const source = memberSource(this.family, name);
+      s = isAuto(options.executionProviders)
+        ? placeByCost((executionProviders) => OrtModelSession.open(source, { ...options, executionProviders, cpuFallback: false }, () => undefined), name === this.family.target ? 'target' : 'draft', undefined, (t) => this.onTrial(name, t)).then(({ session, ...where }) => {
+            this.placements.set(name, where);
+            return session;
+          })
+        : OrtModelSession.open(source, options);
       this.open.set(name, s);
     }
     return s;
