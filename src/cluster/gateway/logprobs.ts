@@ -33,9 +33,18 @@ export class LogprobFormat {
     return {
       tokens,
       token_logprobs: [...echo.map(() => null), ...list.map((e) => e.logprob)],
-      // a Record keeps one entry per text: two ids of one text (rare) show the likelier one, as OpenAI's map does
-      top_logprobs: [...echo.map(() => null), ...list.map((e) => Object.fromEntries([...e.top].reverse().map((a) => [this.tokenizer.tokenText(a.token), a.logprob])))],
+      top_logprobs: [...echo.map(() => null), ...list.map((e) => this.topMap(e))],
       text_offset: textOffset,
     };
+  }
+
+  /** Alternatives as completions name them, a map of text to log probability, most likely first; two ids of one text (rare) keep the likelier. */
+  private topMap(e: TokenLogprob): Record<string, number> {
+    const map: Record<string, number> = {};
+    for (const a of e.top) {
+      const text = this.tokenizer.tokenText(a.token);
+      if (!(text in map)) map[text] = a.logprob;
+    }
+    return map;
   }
 }

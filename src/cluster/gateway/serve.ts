@@ -124,8 +124,8 @@ export function requestServer(options: ServeOptions) {
     let firstAt: number | undefined;
     let lastAt = startedAt;
     /** The log probabilities of `c` not sent yet, in the request's shape (null when not asked for), and forgets them. */
-    const takeLogprobs = (c: Choice) => {
-      if (!answer.logprobs) return null;
+    const takeLogprobs = (c: Choice, orNull = false) => {
+      if (!answer.logprobs || (orNull && !c.logprobs.length)) return null;
       const list = c.logprobs;
       c.logprobs = [];
       if (chat) return format.chat(list);
@@ -159,18 +159,15 @@ export function requestServer(options: ServeOptions) {
       });
       if (stream) {
         reply.hijack();
-        events.open();
-        for (const c of choices) {
-          if (chat) events.write(shapes.role(c.index));
-          if (echo) events.write(shapes.chunk(c.index, echo, null));
-        }
+        // the role (chat) and the echo come first, before any text that arrived while the jobs were submitted
+        events.open(choices.flatMap((c) => [...(chat ? [shapes.role(c.index)] : []), ...(echo ? [shapes.chunk(c.index, echo, null)] : [])]));
       }
       const settled = await Promise.allSettled(
         choices.map(async (c) => {
           c.outcome = await c.submitted!.done;
           recordOutcome(metrics, c.outcome, c.data.promptIds.length, c.generated, startedAt, firstAt);
           metrics.requests.inc({ status: c.outcome.finishReason === 'cancelled' && !c.stops?.stopped ? 'cancelled' : 'ok' });
-          if (stream) events.write(shapes.chunk(c.index, c.tail(), c.finish, takeLogprobs(c)));
+          if (stream) events.write(shapes.chunk(c.index, c.tail(), c.finish, takeLogprobs(c, true)));
         }),
       );
       const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
