@@ -44,6 +44,9 @@ class Choice {
   offset = 0;
   submitted: Submitted | undefined;
   outcome: RequestOutcome | undefined;
+  /** Resolves at this choice's first tokens (its prompt is then prefilled where its target session runs). */
+  readonly started: Promise<void>;
+  private start!: () => void;
 
   constructor(
     readonly index: number,
@@ -53,10 +56,12 @@ class Choice {
   ) {
     this.text = options.tokenizer.stream();
     this.stops = stop.length ? new StopMatcher(stop) : undefined;
+    this.started = new Promise((resolve) => (this.start = resolve));
   }
 
   /** Takes new tokens: the text they complete, cut at a stop string (the count ends at the token that completed it). */
   push(tokens: readonly number[], logprobs: readonly TokenLogprob[] | undefined): string {
+    this.start();
     let delta = '';
     let counted = tokens.length;
     if (!this.stops) {
@@ -146,11 +151,15 @@ export function requestServer(options: ServeOptions) {
       else if (delta) events.write(shapes.chunk(c.index, delta, null, takeLogprobs(c)));
     };
     const cancelAll = () => choices.forEach((c) => c.submitted?.cancel());
+    let opened = false;
     try {
-      for (const c of choices) {
+      // Choice 0 first; the others once it has tokens, so that their prefills find its prompt's KV
+      // in the verifier's prefix cache (a request of n choices prefills its prompt once per verifier).
+      const enqueue = async (c: Choice) => {
         c.submitted = await submit(options, c.data, onTokens(c));
         if (c.stops?.stopped) c.submitted.cancel();
-      }
+      };
+      await enqueue(choices[0]!);
       // the response's 'close' before it finished = the client went away
       reply.raw.on('close', () => {
         if (reply.raw.writableFinished) return;
@@ -159,8 +168,14 @@ export function requestServer(options: ServeOptions) {
       });
       if (stream) {
         reply.hijack();
+        opened = true;
         // the role (chat) and the echo come first, before any text that arrived while the jobs were submitted
         events.open(choices.flatMap((c) => [...(chat ? [shapes.role(c.index)] : []), ...(echo ? [shapes.chunk(c.index, echo, null)] : [])]));
+      }
+      if (choices.length > 1) {
+        await Promise.race([choices[0]!.started, choices[0]!.submitted!.done.then(() => undefined, () => undefined)]);
+        for (const c of choices.slice(1)) if (!events.closed) await enqueue(c);
+        if (events.closed) return; // the client went away while the choices were submitted: all cancelled
       }
       const settled = await Promise.allSettled(
         choices.map(async (c) => {
@@ -196,7 +211,10 @@ export function requestServer(options: ServeOptions) {
       cancelAll();
       metrics.requests.inc({ status: 'error' });
       span.recordException(err as Error);
-      throw err;
+      if (!opened) throw err;
+      // the stream is open (its 200 sent): the error is its last event
+      events.write({ error: { message: (err as Error).message, type: 'server_error' } });
+      events.end();
     } finally {
       span.setAttribute('cascade.generated_tokens', choices.reduce((a, c) => a + c.generated, 0));
       span.end();
