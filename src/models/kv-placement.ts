@@ -36,6 +36,11 @@ export interface KvPlacement {
   empty(): ort.Tensor[];
   /** Rows `indices` (ascending cache order) of a past of `length` rows; the old tensors are freed. */
   gather(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<ort.Tensor[]>;
+  /**
+   * A new past holding rows [0, count) of `past` (of `length` rows), which stays as it is: another
+   * sequence's prefix (prefix-cache.ts). On the device the copy never leaves it.
+   */
+  copyPrefix(past: ort.Tensor[], length: number, count: number): Promise<ort.Tensor[]>;
   /** Rows `indices` of a past, as host arrays [kvHeads, indices.length, headDim] (a spill). */
   take(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<KvArray[]>;
   /** The past with `rows` (host arrays) appended; the old tensors are freed. */
@@ -84,6 +89,10 @@ export class HostKv implements KvPlacement {
   async gather(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<ort.Tensor[]> {
     const { kvHeads, headDim } = this.spec;
     return past.map((t) => kvTensor(gatherRows(floatData(t), length, indices, kvHeads), [1, kvHeads, indices.length, headDim]));
+  }
+
+  async copyPrefix(past: ort.Tensor[], length: number, count: number): Promise<ort.Tensor[]> {
+    return this.gather(past, length, upTo(count));
   }
 
   async take(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<KvArray[]> {
@@ -141,6 +150,7 @@ export class HostKv implements KvPlacement {
   free(): void {}
 }
 
+const upTo = (n: number) => Array.from({ length: n }, (_, i) => i);
 const int64 = (values: readonly number[]) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), [values.length]);
 const isDevice = (t: ort.Tensor) => t.location !== 'cpu' && t.location !== 'cpu-pinned';
 
@@ -216,6 +226,11 @@ export class DeviceKv implements KvPlacement {
     const kept = indices.length === 0 ? this.empty() : await this.runGather(past, indices);
     this.free(past);
     return kept;
+  }
+
+  async copyPrefix(past: ort.Tensor[], _length: number, count: number): Promise<ort.Tensor[]> {
+    // a Gather's outputs are new device buffers, even of every row: the source keeps its own
+    return count === 0 ? this.empty() : this.runGather(past, upTo(count));
   }
 
   async take(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<KvArray[]> {

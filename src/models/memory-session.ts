@@ -1,6 +1,7 @@
 import type { ModelSpec } from './config.ts';
 import { rowCount, type ForwardItem, type KvRows, type LogitsRows, type ModelSession, type StepResult } from './session.ts';
 import { InvalidArgumentError, SequenceError } from '../errors.ts';
+import { longestPrefix, reusableLimit, type PrefixCacheStats } from './prefix-cache.ts';
 
 /**
  * An in-memory ModelSession: a deterministic n-gram model whose logits for the next token are a
@@ -20,14 +21,24 @@ export interface MemoryModelOptions {
   readonly maxPositions?: number;
   /** Mix in another model's logits with this weight (0..1), to make drafters that resemble a target. */
   readonly resemble?: { readonly model: MemoryModelSession; readonly weight: number };
+  /** Count prefix reuse as OrtModelSession does (SessionOptions.prefixCache; default true). */
+  readonly prefixCache?: boolean;
 }
 
 export class MemoryModelSession implements ModelSession {
   readonly spec: ModelSpec;
   readonly provider = 'memory';
   private readonly histories = new Map<string, number[]>();
+  /** Sequences whose history is no token prefix at positions 0, 1, … (evicted, inserted, moved): no prefix source. */
+  private readonly moved = new Set<string>();
   /** Forward calls made, for tests that count model work. */
   forwardCalls = 0;
+  /**
+   * The prefix reuse an OrtModelSession would make (prefix-cache.ts), counted only: this model
+   * computes every token from its history either way. Within one forwardBatch call, the sequences
+   * before an item count as sources with the tokens they just took (the runner's hold none yet).
+   */
+  readonly prefixCache: PrefixCacheStats = { hits: 0, reusedTokens: 0 };
 
   constructor(private readonly options: MemoryModelOptions) {
     this.spec = {
@@ -63,6 +74,11 @@ export class MemoryModelSession implements ModelSession {
   }
 
   async forwardBatch(items: readonly ForwardItem[], rows: LogitsRows = 'all'): Promise<Float32Array[]> {
+    return this.run(items, rows, true);
+  }
+
+  /** Forwards; `reuse`: count prefix reuse (the runner makes none in a step that attends, evicts or inserts). */
+  private run(items: readonly ForwardItem[], rows: LogitsRows, reuse: boolean): Float32Array[] {
     this.forwardCalls++;
     return items.map((item) => {
       if (item.inputIds.length === 0) throw new InvalidArgumentError(`forward on ${item.seqId} with no tokens`);
@@ -71,6 +87,7 @@ export class MemoryModelSession implements ModelSession {
       if (item.keep !== undefined) {
         if (!Number.isInteger(item.keep) || item.keep < 0 || item.keep > hist.length) throw new SequenceError(`cannot keep ${item.keep} tokens of sequence ${item.seqId} of length ${hist.length}`);
         hist.length = item.keep;
+        if (item.keep === 0) this.moved.delete(item.seqId);
       }
       const V = this.options.vocabSize;
       const max = this.options.maxPositions;
@@ -79,6 +96,9 @@ export class MemoryModelSession implements ModelSession {
       }
       const s = item.inputIds.length;
       const want = rowCount(rows, s);
+      const start = hist.length;
+      if (item.positionIds?.some((p, j) => p !== start + j)) this.moved.add(item.seqId);
+      else if (reuse && start === 0 && (this.options.prefixCache ?? true)) this.countReuse(item, rows);
       const out = new Float32Array(want * V);
       item.inputIds.forEach((t, j) => {
         if (!Number.isInteger(t) || t < 0 || t >= V) throw new InvalidArgumentError(`token id ${t} outside the vocabulary of ${V}`);
@@ -87,6 +107,14 @@ export class MemoryModelSession implements ModelSession {
       });
       return out;
     });
+  }
+
+  private countReuse(item: ForwardItem, rows: LogitsRows): void {
+    const sources = [...this.histories].filter(([id, h]) => id !== item.seqId && h.length > 0 && !this.moved.has(id));
+    const hit = longestPrefix(item.inputIds, sources, reusableLimit(item.inputIds.length, rows));
+    if (!hit) return;
+    this.prefixCache.hits++;
+    this.prefixCache.reusedTokens += hit.length;
   }
 
   /** This toy model attends uniformly to the tokens it can see. */
@@ -101,7 +129,7 @@ export class MemoryModelSession implements ModelSession {
     if (item.insert) await this.insert(item.seqId, item.insert);
     const plain = { seqId: item.seqId, inputIds: item.inputIds, positionIds: item.positionIds };
     const before = this.length(item.seqId);
-    const logits = await this.forward(plain, rows);
+    const logits = this.run([plain], rows, !withAttention && !evicted && !item.insert)[0]!;
     if (!withAttention) return evicted ? { logits, evicted } : { logits };
     const s = item.inputIds.length;
     const total = before + s;
@@ -120,6 +148,7 @@ export class MemoryModelSession implements ModelSession {
       throw new SequenceError(`cannot truncate sequence ${seqId} of length ${hist.length} to ${length}`);
     }
     hist.length = length;
+    if (length === 0) this.moved.delete(seqId);
   }
 
   /** The "KV" of this model is its token history: evicted rows are the evicted tokens. */
@@ -131,6 +160,8 @@ export class MemoryModelSession implements ModelSession {
     }
     const taken = indices.map((i) => hist[i]!);
     this.histories.set(seqId, hist.filter((_, i) => !gone.has(i)));
+    if (gone.size === hist.length) this.moved.delete(seqId);
+    else if (gone.size) this.moved.add(seqId);
     return take ? { dtype: 'float32', count: taken.length, kvHeads: 1, tensors: [Float32Array.from(taken)] } : undefined;
   }
 
@@ -139,10 +170,12 @@ export class MemoryModelSession implements ModelSession {
     const hist = this.histories.get(seqId) ?? [];
     hist.push(...Array.from(rows.tensors[0] ?? [], (t) => Math.round(t)));
     this.histories.set(seqId, hist);
+    if (rows.count) this.moved.add(seqId);
   }
 
   async release(seqId: string): Promise<void> {
     this.histories.delete(seqId);
+    this.moved.delete(seqId);
   }
 
   /** Sequences currently holding state (leak checks). */
@@ -152,6 +185,7 @@ export class MemoryModelSession implements ModelSession {
 
   async close(): Promise<void> {
     this.histories.clear();
+    this.moved.clear();
   }
 }
 

@@ -3,6 +3,7 @@ import { ModelLoadError, ModelRuntimeError, SequenceError, InvalidArgumentError,
 import { loadModelSpec, type ModelSpec } from './config.ts';
 import type { ModelSource } from './model-dir.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
+import type { PrefixCacheStats } from './prefix-cache.ts';
 import type { ForwardItem, KvDtype, KvRows, LogitsRows, ModelSession, SessionOptions, StepResult } from './session.ts';
 
 type Pending = { resolve: (r: WorkerReply & { ok: true }) => void; reject: (e: Error) => void };
@@ -42,6 +43,11 @@ export class OrtModelSession implements ModelSession {
   positionIds = true;
   /** Where the KV lives between passes: the host, or the device of a device EP (kv-placement.ts). */
   kvLocation: 'host' | 'device' = 'host';
+  /**
+   * What automatic prefix caching saved (SessionOptions.prefixCache, prefix-cache.ts): forwards that
+   * started a sequence from another's KV rows, and the tokens whose rows were copied, not computed.
+   */
+  readonly prefixCache: PrefixCacheStats = { hits: 0, reusedTokens: 0 };
 
   private constructor(
     readonly spec: ModelSpec,
@@ -119,6 +125,11 @@ export class OrtModelSession implements ModelSession {
       }
     }
     const reply = await this.call({ op: 'forward', items, rows, attention });
+    for (const n of reply.reused ?? []) {
+      if (n === 0) continue;
+      this.prefixCache.hits++;
+      this.prefixCache.reusedTokens += n;
+    }
     for (const it of items) this.lengths.set(it.seqId, (it.keep ?? this.length(it.seqId)) - (it.evict?.length ?? 0) + (it.insert?.count ?? 0) + it.inputIds.length);
     return reply;
   }

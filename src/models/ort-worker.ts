@@ -14,12 +14,19 @@ import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import { graphOpTypes } from './graph-ops.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
+import { longestPrefix, reusableLimit } from './prefix-cache.ts';
 import { joinRows, rowCount, rowsInChunk, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
   past: ort.Tensor[];
   length: number;
+  /**
+   * The token ids of its rows, in order, at positions 0, 1, …: what another sequence may copy
+   * (prefix-cache.ts). Undefined once its rows stopped being such a prefix (evicted or inserted
+   * rows, tokens at explicit positions elsewhere) until it is truncated to nothing.
+   */
+  tokens: number[] | undefined;
 }
 
 let session: ort.InferenceSession | undefined;
@@ -44,6 +51,8 @@ let kvDtype: KvDtype = 'float32';
 /** Where the sequences' KV lives, and the cache operations there (kv-placement.ts). */
 let kv: KvPlacement;
 const sequences = new Map<string, Sequence>();
+/** SessionOptions.prefixCache: a fresh sequence copies the rows of another's matching prefix. */
+let prefixCache = true;
 
 class WorkerFailure extends Error {
   constructor(
@@ -70,6 +79,7 @@ function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
 
 async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'device' }> {
   spec = s;
+  prefixCache = options.prefixCache ?? true;
   const wanted = options.executionProviders?.length ? [...options.executionProviders] : ['cpu'];
   const base: ort.InferenceSession.SessionOptions = {
     // errors only: ORT's warnings (node placement on a GPU EP, Dawn limits) are not the user's to act on
@@ -194,7 +204,7 @@ const int64 = (values: readonly number[], dims: number[]) => new ort.Tensor('int
 function sequence(seqId: string): Sequence {
   let seq = sequences.get(seqId);
   if (!seq) {
-    seq = { past: kv.empty(), length: 0 };
+    seq = { past: kv.empty(), length: 0, tokens: [] };
     sequences.set(seqId, seq);
   }
   return seq;
@@ -278,11 +288,12 @@ async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false
 async function forwardPiece(item: ForwardItem, want: number, attention: boolean): Promise<Float32Array> {
   const seq = sequence(item.seqId);
   const s = item.inputIds.length;
+  const positions = positionsOf(item, seq);
   const feeds: Record<string, ort.Tensor> = {
     input_ids: int64(item.inputIds, [1, s]),
     attention_mask: int64(new Array(seq.length + s).fill(1), [1, seq.length + s]),
   };
-  if (feedsPositions) feeds.position_ids = int64(positionsOf(item, seq), [1, s]);
+  if (feedsPositions) feeds.position_ids = int64(positions, [1, s]);
   else checkImplicitPositions(item, seq);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(seq.length > 0 ? 1 : 0), [1]);
   if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(want);
@@ -291,6 +302,7 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   const old = seq.past;
   seq.past = presents(out);
   kv.free(old);
+  appendTokens(seq, item.inputIds, positions);
   seq.length += s;
   if (attention) {
     const sums = floatData(out.attention_sum as ort.Tensor);
@@ -380,6 +392,7 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
     const s = it.inputIds.length;
     kv.free(q.past);
     q.past = pasts[i]!;
+    appendTokens(q, it.inputIds, positionsOf(it, q));
     q.length = spans[i]!.length;
     const want = rowCount(rows, s);
     return logitRows(logits, i * maxS, want, s - want, sp.vocabSize);
@@ -387,6 +400,70 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
 }
 
 const upTo = (n: number) => Array.from({ length: n }, (_, i) => i);
+
+/**
+ * Keeps `seq.tokens` in step with rows appended at `positions` (called before `seq.length` grows):
+ * rows anywhere but right after a token prefix make the sequence no prefix source.
+ */
+function appendTokens(seq: Sequence, ids: readonly number[], positions: readonly number[]): void {
+  const tokens = seq.tokens;
+  if (!tokens) return;
+  if (tokens.length !== seq.length || positions.some((p, j) => p !== seq.length + j)) {
+    seq.tokens = undefined;
+    return;
+  }
+  for (const t of ids) tokens.push(t);
+}
+
+/** A forward item as run after prefix reuse: its tokens not copied, and how many were. */
+interface Fed {
+  readonly item: ForwardItem;
+  readonly reused: number;
+}
+
+/**
+ * Automatic prefix caching (prefix-cache.ts): when the item's sequence holds nothing and its tokens
+ * start at position 0, copies the rows of the longest prefix of them that another live sequence
+ * holds, leaving every logits row `rows` asks for to compute; returns the tokens left to feed.
+ */
+async function reusePrefix(item: ForwardItem, rows: LogitsRows): Promise<Fed> {
+  const seq = sequence(item.seqId);
+  const none = { item, reused: 0 };
+  if (!prefixCache || seq.length !== 0 || item.positionIds?.some((p, j) => p !== j)) return none;
+  function* sources(): Generator<readonly [Sequence, readonly number[]]> {
+    for (const q of sequences.values()) if (q !== seq && q.tokens && q.length > 0) yield [q, q.tokens];
+  }
+  const hit = longestPrefix(item.inputIds, sources(), reusableLimit(item.inputIds.length, rows));
+  if (!hit) return none;
+  const n = hit.length;
+  const past = await kv.copyPrefix(hit.source.past, hit.source.length, n);
+  kv.free(seq.past);
+  seq.past = past;
+  seq.length = n;
+  seq.tokens = item.inputIds.slice(0, n);
+  const rest = { seqId: item.seqId, inputIds: item.inputIds.slice(n), ...(item.positionIds ? { positionIds: item.positionIds.slice(n) } : {}) };
+  return { item: rest, reused: n };
+}
+
+/**
+ * Runs a forward over items after prefix reuse; when it fails, a sequence that copied a prefix is
+ * emptied again, so it holds what the caller believes (nothing) and a retry feeds every token.
+ */
+async function undoReuseOnFailure<T>(fed: readonly Fed[], run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    for (const f of fed) {
+      const seq = f.reused ? sequences.get(f.item.seqId) : undefined;
+      if (!seq) continue;
+      kv.free(seq.past);
+      seq.past = kv.empty();
+      seq.length = 0;
+      seq.tokens = [];
+    }
+    throw err;
+  }
+}
 
 async function truncate(seqId: string, length: number): Promise<void> {
   const seq = sequences.get(seqId);
@@ -397,6 +474,8 @@ async function truncate(seqId: string, length: number): Promise<void> {
   if (!seq || length === current) return;
   seq.past = await kv.gather(seq.past, current, upTo(length));
   seq.length = length;
+  if (length === 0) seq.tokens = [];
+  else if (seq.tokens) seq.tokens.length = length;
 }
 
 /** Removes rows at `indices` from every past tensor; returns them (same layout) when `take`. */
@@ -414,6 +493,7 @@ async function evict(seqId: string, indices: readonly number[], take: boolean): 
   const taken = take ? await kv.take(seq.past, n, indices) : [];
   seq.past = await kv.gather(seq.past, n, kept);
   seq.length = kept.length;
+  seq.tokens = kept.length === 0 ? [] : undefined;
   return take ? { dtype: kvDtype, count: indices.length, kvHeads: sp.kvHeads, tensors: taken } : undefined;
 }
 
@@ -434,6 +514,7 @@ async function insert(seqId: string, rows: KvRows): Promise<void> {
   const seq = sequence(seqId);
   seq.past = await kv.append(seq.past, seq.length, rows);
   seq.length += rows.count;
+  if (rows.count > 0) seq.tokens = undefined;
 }
 
 async function handle(msg: WorkerRequest): Promise<WorkerReply> {
@@ -461,12 +542,17 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
         if (it.keep !== undefined) await truncate(it.seqId, it.keep);
         const evicted = it.evict?.length ? await evict(it.seqId, it.evict, it.takeEvicted ?? false) : undefined;
         if (it.insert) await insert(it.seqId, it.insert);
-        const logits = [await forwardOne(it, msg.rows, msg.attention ?? false)];
-        return { id: msg.id, ok: true, logits, ...(msg.attention ? { attention: lastAttention! } : {}), ...(evicted ? { evicted } : {}) };
+        // H2O scores every token of the call: an attention step computes them all
+        const fed = msg.attention || it.evict?.length || it.insert ? { item: it, reused: 0 } : await reusePrefix(it, msg.rows);
+        const logits = [await undoReuseOnFailure([fed], () => forwardOne(fed.item, msg.rows, msg.attention ?? false))];
+        return { id: msg.id, ok: true, logits, ...(fed.reused ? { reused: [fed.reused] } : {}), ...(msg.attention ? { attention: lastAttention! } : {}), ...(evicted ? { evicted } : {}) };
       }
       for (const it of msg.items) if (it.keep !== undefined) await truncate(it.seqId, it.keep);
-      const logits = msg.items.length === 1 ? [await forwardOne(msg.items[0]!, msg.rows)] : await forwardBatch(msg.items, msg.rows);
-      return { id: msg.id, ok: true, logits };
+      // a fused graph's batch needs equal pasts: a copied prefix would make them unequal
+      const fed: Fed[] = [];
+      for (const it of msg.items) fed.push(seqlensFromMask ? { item: it, reused: 0 } : await reusePrefix(it, msg.rows));
+      const logits = await undoReuseOnFailure(fed, () => forwardBatch(fed.map((f) => f.item), msg.rows));
+      return { id: msg.id, ok: true, logits, ...(fed.some((f) => f.reused) ? { reused: fed.map((f) => f.reused) } : {}) };
     }
     case 'truncate':
       await truncate(msg.seqId, msg.length);

@@ -10,6 +10,7 @@ export type WorkerRequest =
   | { readonly op: 'insert'; readonly id: number; readonly seqId: string; readonly rows: KvRows }
   | { readonly op: 'release'; readonly id: number; readonly seqId: string };
 
+/** `reused`: per forward item, its first tokens whose KV rows were copied from another sequence (prefix-cache.ts). */
 export type WorkerReply =
-  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly positionIds?: boolean; readonly kvLocation?: 'host' | 'device'; readonly logits?: Float32Array[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string }
+  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly positionIds?: boolean; readonly kvLocation?: 'host' | 'device'; readonly logits?: Float32Array[]; readonly reused?: readonly number[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string }
   | { readonly id: number; readonly ok: false; readonly error: { readonly name: string; readonly message: string } };

@@ -154,4 +154,10 @@ export interface SessionOptions {
    * or `auto` (default: the device when the session runs on one).
    */
   readonly kvLocation?: KvLocation;
+  /**
+   * Automatic prefix caching (default true): the first forward of a sequence copies the KV rows of
+   * the longest prefix of its tokens that another live sequence holds (at least MIN_PREFIX tokens,
+   * prefix-cache.ts) instead of computing them. Logits equal a fresh prefill's up to float rounding.
+   */
+  readonly prefixCache?: boolean;
 }

@@ -1,0 +1,48 @@
+/**
+ * Automatic prefix caching (vLLM's APC, without its block table): a sequence whose first forward
+ * starts with tokens another live sequence of the same model already holds copies that sequence's
+ * KV rows for them instead of computing them again (the `n` choices of one request, a chat's turns
+ * sent as separate requests). Rows are matched by token ids only, so a source's rows must be
+ * exactly its tokens at positions 0, 1, …: a sequence that evicted or inserted rows, or placed
+ * tokens at explicit positions elsewhere, is never a source. Keys are stored after RoPE at those
+ * same positions, so copied rows are what a fresh prefill would compute, up to the float rounding
+ * of a pass of another shape.
+ */
+import { rowCount, type LogitsRows } from './session.ts';
+
+/**
+ * Fewest tokens worth reusing: below this a copy saves too little of a prefill to be worth looking
+ * for (vLLM caches whole blocks of 16; llama.cpp's server reuses any common prefix of a slot).
+ */
+export const MIN_PREFIX = 32;
+
+/** What prefix reuse saved a session: forwards that started from another sequence's rows, and rows copied. */
+export interface PrefixCacheStats {
+  hits: number;
+  reusedTokens: number;
+}
+
+/**
+ * How many of `tokens` new tokens of a fresh sequence may come from a cache when a forward returns
+ * `rows` logits rows: every row asked for must still be computed, and at least one token fed
+ * ('all': none).
+ */
+export function reusableLimit(tokens: number, rows: LogitsRows): number {
+  return tokens - Math.max(1, rowCount(rows, tokens));
+}
+
+/**
+ * The source holding the longest common prefix with `inputIds`, capped at `limit` tokens, when it
+ * is at least `min` tokens long (undefined otherwise). Ties go to the first source.
+ */
+export function longestPrefix<K>(inputIds: readonly number[], sources: Iterable<readonly [K, readonly number[]]>, limit: number, min = MIN_PREFIX): { source: K; length: number } | undefined {
+  let best: { source: K; length: number } | undefined;
+  if (limit < min) return undefined;
+  for (const [source, tokens] of sources) {
+    const end = Math.min(limit, tokens.length, inputIds.length);
+    let n = 0;
+    while (n < end && tokens[n] === inputIds[n]) n++;
+    if (n >= min && n > (best?.length ?? 0)) best = { source, length: n };
+  }
+  return best;
+}
