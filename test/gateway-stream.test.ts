@@ -161,3 +161,14 @@ test('gateway - the API finish reason of each engine finish reason', (t) => {
   t.is(apiFinishReason('cancelled'), 'abort');
   t.throws(() => apiFinishReason('other'));
 });
+
+test.serial('gateway - the n choices of one request prefill its prompt once: choices 1.. start after choice 0 and copy its KV on the verifier', async (t) => {
+  const content = 'Write a Python function that reads a text file line by line, counts the words in each line, skips blank lines and comments, and returns the totals per line as a list of integers.';
+  const promptTokens = tokenizer.encodeChat([{ role: 'user', content }]).length;
+  t.true(promptTokens >= 40, `the prompt is long enough to reuse (${promptTokens} tokens)`);
+  const before = { ...model.prefixCache };
+  const r = await client.chat.completions.create({ model: 'target', messages: [{ role: 'user', content }], max_tokens: 6, n: 3, temperature: 0.8, seed: 3 });
+  t.is(r.choices.length, 3);
+  t.is(model.prefixCache.hits - before.hits, 2, 'choices 1 and 2 each copied a prefix');
+  t.true(model.prefixCache.reusedTokens - before.reusedTokens >= 2 * (promptTokens - 1), 'the whole prompt but the token fed for its logits');
+});

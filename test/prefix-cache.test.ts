@@ -22,7 +22,8 @@ let cached: OrtModelSession;
 let fresh: OrtModelSession;
 let cachedDraft: OrtModelSession;
 test.before(async () => {
-  [cached, fresh, cachedDraft] = await Promise.all([OrtModelSession.open(dirOf(family.target)), OrtModelSession.open(dirOf(family.target), { prefixCache: false }), OrtModelSession.open(dirOf(family.drafters.at(-1)!))]);
+  // released sequences are kept as sources by default (prefixCacheTokens); these probes release theirs, so live sources only here
+  [cached, fresh, cachedDraft] = await Promise.all([OrtModelSession.open(dirOf(family.target), { prefixCacheTokens: 0 }), OrtModelSession.open(dirOf(family.target), { prefixCache: false }), OrtModelSession.open(dirOf(family.drafters.at(-1)!), { prefixCacheTokens: 0 })]);
 });
 test.after.always(async () => {
   await Promise.all([cached?.close(), fresh?.close(), cachedDraft?.close()]);
@@ -136,7 +137,7 @@ async function reuseRules(t: ExecutionContext, s: Counting, off: ModelSession): 
 test.serial('prefix cache - nothing is reused below MIN_PREFIX tokens, from a sequence that evicted rows or sits at other positions, or when every row is asked for', (t) => reuseRules(t, cached, fresh));
 
 test.serial('prefix cache - the in-memory model counts the reuse the runner makes', async (t) => {
-  const memory = (prefixCache: boolean) => new MemoryModelSession({ name: 'm', vocabSize: 8192, order: 3, seed: 5, prefixCache });
+  const memory = (prefixCache: boolean) => new MemoryModelSession({ name: 'm', vocabSize: 8192, order: 3, seed: 5, prefixCache, prefixCacheTokens: 0 });
   const off = memory(false);
   await reuseRules(t, memory(true), off);
   t.is(off.prefixCache.hits, 0);
@@ -217,5 +218,36 @@ const vulkan = Boolean(process.env.VK_DRIVER_FILES && existsSync(process.env.VK_
     t.true(maxAbsDiff(await gpu.forward({ seqId: 'copy', inputIds: [4] }), await cpu.forward({ seqId: 'copy', inputIds: [4] })) < 1e-4, 'the copy after its source is released');
   } finally {
     await Promise.all([gpu.close(), cpu.close()]);
+  }
+});
+
+test.serial('prefix cache - a released sequence stays a source within the retained budget (n choices after choice 0 ended, a chat\'s next turn); the oldest goes first', async (t) => {
+  const keeping = await OrtModelSession.open(dirOf(family.target), { prefixCacheTokens: 100 });
+  try {
+    const other = Array.from({ length: 40 }, (_, i) => (i * 71 + 3) % 8000);
+    await keeping.forward({ seqId: 'a', inputIds: [...PROMPT, ...tail(1, 5)] }, 'last');
+    await keeping.release('a');
+    const ids = [...PROMPT, ...tail(2, 6)];
+    const r = await counted(keeping, () => keeping.forward({ seqId: 'b', inputIds: ids }, 6));
+    t.is(r.reused, PROMPT.length, 'copied from the released sequence');
+    const want = await fresh.forward({ seqId: id('want'), inputIds: ids }, 6);
+    t.true(maxAbsDiff(r.value, want) <= 1e-4);
+    await keeping.release('b');
+    // 45 + 46 tokens are kept; a third released sequence of 41 goes over 100: the oldest ('a') is freed
+    await keeping.forward({ seqId: 'c', inputIds: [...other, 1] }, 'last');
+    await keeping.release('c');
+    const again = await counted(keeping, () => keeping.forward({ seqId: 'd', inputIds: [...PROMPT, ...tail(1, 5)] }, 'last'));
+    t.is(again.reused, PROMPT.length, "'b' (used more recently than 'a') still holds the prompt");
+    const memory = new MemoryModelSession({ name: 'm', vocabSize: 8192, order: 3, seed: 5 });
+    await memory.forward({ seqId: 'a', inputIds: [...PROMPT, 1] }, 'last');
+    await memory.release('a');
+    const m = await counted(memory, () => memory.forward({ seqId: 'b', inputIds: [...PROMPT, 2] }, 'last'));
+    t.is(m.reused, PROMPT.length, 'the in-memory model counts the same reuse');
+    const none = new MemoryModelSession({ name: 'm', vocabSize: 8192, order: 3, seed: 5, prefixCacheTokens: 0 });
+    await none.forward({ seqId: 'a', inputIds: [...PROMPT, 1] }, 'last');
+    await none.release('a');
+    t.is((await counted(none, () => none.forward({ seqId: 'b', inputIds: [...PROMPT, 2] }, 'last'))).reused, 0, 'prefixCacheTokens 0 keeps none');
+  } finally {
+    await keeping.close();
   }
 });

@@ -1,7 +1,7 @@
 import type { ModelSpec } from './config.ts';
 import { rowCount, type ForwardItem, type KvRows, type LogitsRows, type ModelSession, type StepResult } from './session.ts';
 import { InvalidArgumentError, SequenceError } from '../errors.ts';
-import { longestPrefix, reusableLimit, type PrefixCacheStats } from './prefix-cache.ts';
+import { longestPrefix, RETAINED_TOKENS, reusableLimit, type PrefixCacheStats } from './prefix-cache.ts';
 
 /**
  * An in-memory ModelSession: a deterministic n-gram model whose logits for the next token are a
@@ -23,6 +23,8 @@ export interface MemoryModelOptions {
   readonly resemble?: { readonly model: MemoryModelSession; readonly weight: number };
   /** Count prefix reuse as OrtModelSession does (SessionOptions.prefixCache; default true). */
   readonly prefixCache?: boolean;
+  /** Released histories kept as prefix sources, as SessionOptions.prefixCacheTokens (default RETAINED_TOKENS). */
+  readonly prefixCacheTokens?: number;
 }
 
 export class MemoryModelSession implements ModelSession {
@@ -39,6 +41,8 @@ export class MemoryModelSession implements ModelSession {
    * before an item count as sources with the tokens they just took (the runner's hold none yet).
    */
   readonly prefixCache: PrefixCacheStats = { hits: 0, reusedTokens: 0 };
+  /** Released histories kept as prefix sources (as the runner keeps released KV), oldest first. */
+  private readonly retained: number[][] = [];
 
   constructor(private readonly options: MemoryModelOptions) {
     this.spec = {
@@ -111,8 +115,11 @@ export class MemoryModelSession implements ModelSession {
 
   private countReuse(item: ForwardItem, rows: LogitsRows): void {
     const sources = [...this.histories].filter(([id, h]) => id !== item.seqId && h.length > 0 && !this.moved.has(id));
-    const hit = longestPrefix(item.inputIds, sources, reusableLimit(item.inputIds.length, rows));
+    const kept = this.retained.map((h) => [h, h] as const);
+    const hit = longestPrefix<unknown>(item.inputIds, [...sources, ...kept], reusableLimit(item.inputIds.length, rows));
     if (!hit) return;
+    const at = this.retained.indexOf(hit.source as number[]);
+    if (at >= 0) this.retained.push(...this.retained.splice(at, 1));
     this.prefixCache.hits++;
     this.prefixCache.reusedTokens += hit.length;
   }
@@ -174,6 +181,11 @@ export class MemoryModelSession implements ModelSession {
   }
 
   async release(seqId: string): Promise<void> {
+    const hist = this.histories.get(seqId);
+    const budget = this.options.prefixCacheTokens ?? RETAINED_TOKENS;
+    if (hist?.length && !this.moved.has(seqId) && (this.options.prefixCache ?? true) && hist.length <= budget) this.retained.push(hist);
+    let total = this.retained.reduce((a, h) => a + h.length, 0);
+    while (total > budget) total -= this.retained.shift()!.length;
     this.histories.delete(seqId);
     this.moved.delete(seqId);
   }

@@ -1,7 +1,7 @@
 /**
  * Automatic prefix caching (vLLM's APC, without its block table): a sequence whose first forward
- * starts with tokens another live sequence of the same model already holds copies that sequence's
- * KV rows for them instead of computing them again (the `n` choices of one request, a chat's turns
+ * starts with tokens another sequence of the same model already holds (a live one, or a released one
+ * retained within RETAINED_TOKENS) copies that sequence's KV rows for them instead of computing them again (the `n` choices of one request, a chat's turns
  * sent as separate requests). Rows are matched by token ids only, so a source's rows must be
  * exactly its tokens at positions 0, 1, …: a sequence that evicted or inserted rows, or placed
  * tokens at explicit positions elsewhere, is never a source. Keys are stored after RoPE at those
@@ -15,6 +15,13 @@ import { rowCount, type LogitsRows } from './session.ts';
  * for (vLLM caches whole blocks of 16; llama.cpp's server reuses any common prefix of a slot).
  */
 export const MIN_PREFIX = 32;
+
+/**
+ * Default tokens of released sequences' KV a model keeps as prefix sources (SessionOptions.prefixCacheTokens):
+ * 24 KB a token for the bundled 6x512 target in float32 (48 MB in all), 57 KB for a 7B model with
+ * grouped KV heads in float16.
+ */
+export const RETAINED_TOKENS = 2048;
 
 /** What prefix reuse saved a session: forwards that started from another sequence's rows, and rows copied. */
 export interface PrefixCacheStats {

@@ -156,8 +156,15 @@ export interface SessionOptions {
   readonly kvLocation?: KvLocation;
   /**
    * Automatic prefix caching (default true): the first forward of a sequence copies the KV rows of
-   * the longest prefix of its tokens that another live sequence holds (at least MIN_PREFIX tokens,
+   * the longest prefix of its tokens that another sequence holds (live, or released and retained) (at least MIN_PREFIX tokens,
    * prefix-cache.ts) instead of computing them. Logits equal a fresh prefill's up to float rounding.
    */
   readonly prefixCache?: boolean;
+  /**
+   * Tokens of released sequences' KV kept for prefix reuse (prefix-cache.ts; default
+   * RETAINED_TOKENS), most recently released first out last; 0 keeps none (only live sequences are
+   * then sources). A request's `n` choices, or a chat's next turn, find the prompt here after the
+   * sequence that computed it ended.
+   */
+  readonly prefixCacheTokens?: number;
 }
