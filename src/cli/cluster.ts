@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { InvalidArgumentError, CascadeError } from '../errors.ts';
 import { freePort, startNats, startRedis } from '../cluster/local-servers.ts';
-import { startActorRole, startCoordinatorRole, startGatewayRole, type ModelFlags, type Role } from '../cluster/roles.ts';
+import { startActorRole, startCoordinatorRole, startEmbeddedGatewayRole, startGatewayRole, type ModelFlags, type Role } from '../cluster/roles.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
@@ -350,7 +350,19 @@ export function registerCluster(program: Command): void {
     .option('--api-key <keys>', 'accepted bearer keys, comma-separated (env CASCADE_API_KEYS); none = no authentication')
     .option('--max-in-flight <n>', 'requests in flight before answering 503', parseNumber('--max-in-flight', { min: 1, integer: true }), 64)
     .option('--request-timeout-ms <ms>', 'longest a request may take', parseNumber('--request-timeout-ms', { min: 1000, integer: true }), 600_000)
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number }) => {
+    .option('--embedded', 'run the engine in this process instead of a cluster: the models load here, no NATS, Redis, coordinator or actors (one machine, as llama.cpp\'s llama-server)')
+    .option('--threads <n>', 'with --embedded: ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }))
+    .option('--execution-providers <list>', `with --embedded: the target's execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto; default cpu)`, parseExecutionProviders('--execution-providers'))
+    .option('--draft-execution-providers <list>', 'with --embedded: every drafter\'s execution providers, or auto (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[] }) => {
+      if (o.embedded) {
+        if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');
+        await runUntilSignalled(() => startEmbeddedGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
+        return;
+      }
+      if (o.threads !== undefined || o.executionProviders !== undefined || o.draftExecutionProviders !== undefined) {
+        throw new InvalidArgumentError('--threads and --execution-providers are for --embedded: a cluster\'s models run on its actors (cascade actor --threads, --execution-providers)');
+      }
       await runUntilSignalled(() => startGatewayRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), apiKeys: apiKeys(o.apiKey) }));
     });
 

@@ -14,6 +14,10 @@ import { isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
 import { buildGateway } from './gateway/index.ts';
+import { embeddedBackend } from './gateway/embedded.ts';
+import { FamilySessions } from '../models/family-sessions.ts';
+import type { ModelSession } from '../models/session.ts';
+import type { FastifyInstance } from 'fastify';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
@@ -190,6 +194,73 @@ export interface GatewayRoleOptions extends ModelFlags {
   readonly apiKeys?: readonly string[];
   readonly maxInFlight?: number;
   readonly requestTimeoutMs?: number;
+}
+
+export interface EmbeddedGatewayOptions extends ModelFlags {
+  readonly host?: string;
+  readonly port?: number;
+  readonly apiKeys?: readonly string[];
+  readonly maxInFlight?: number;
+  readonly requestTimeoutMs?: number;
+  readonly threads?: number;
+  /** The target's execution providers (default cpu; `auto` places it by measured cost). */
+  readonly executionProviders?: readonly string[];
+  /** The drafters' (default: auto beside a target off the CPU, else cpu). */
+  readonly draftExecutionProviders?: readonly string[];
+}
+
+/**
+ * `cascade serve --embedded`: the same OpenAI gateway over the engine in this process (the models
+ * load here; no NATS, Redis, coordinator or actors). Concurrent requests' forwards batch
+ * (BatchingSession) as on an actor. Resolves once listening.
+ */
+export async function startEmbeddedGatewayRole(o: EmbeddedGatewayOptions): Promise<Role & { url: string }> {
+  const family = chosenModels(o);
+  setupTracing('cascade-gateway');
+  const target = family.target;
+  const targetEps = o.executionProviders ?? ['cpu'];
+  const draftEps = o.draftExecutionProviders ?? (targetEps.length === 1 && targetEps[0] === 'cpu' ? ['cpu'] : ['auto']);
+  const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps }), (name, t) =>
+    process.stderr.write(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}\n`),
+  );
+  let app: FastifyInstance | undefined;
+  try {
+    const models = await sessions.cascadeModels();
+    // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
+    const batched = (m: ModelSession) => new BatchingSession(m, (m as OrtModelSession).positionIds === false ? { maxBatch: 1 } : {});
+    const spec = models.target.spec;
+    app = buildGateway({
+      backend: embeddedBackend({ target: batched(models.target), drafters: new Map([...models.drafters].map(([n, m]) => [n, batched(m)])), bigram: models.bigram }, { timeoutMs: o.requestTimeoutMs ?? 600_000 }),
+      tokenizer: TextTokenizer.forModel(spec),
+      metrics: new GatewayMetrics(),
+      model: {
+        target,
+        drafters: family.drafters,
+        maxPositions: smallestContext([spec, ...[...models.drafters.values()].map((d) => d.spec)]),
+        generation: spec.generation,
+        vocabSize: spec.vocabSize,
+        vocabSizes: Object.fromEntries([[target, spec.vocabSize], ...[...models.drafters].map(([n, m]) => [n, m.spec.vocabSize])]),
+      },
+      apiKeys: o.apiKeys,
+      maxInFlight: o.maxInFlight,
+      requestTimeoutMs: o.requestTimeoutMs,
+      health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements) }),
+    });
+    const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8000 });
+    return {
+      url: address,
+      describe: `embedded gateway on ${address} (${target}${family.drafters.length ? ` <- ${family.drafters.join(', ')}, mag` : ''})`,
+      stop: async () => {
+        await app!.close();
+        await sessions.close();
+        await shutdownTracing();
+      },
+    };
+  } catch (err) {
+    await app?.close();
+    await sessions.close();
+    throw err;
+  }
 }
 
 /** `cascade serve`: the OpenAI-compatible gateway. Resolves once listening. */

@@ -6,8 +6,10 @@ import { buildJob, choiceJobs } from './job.ts';
 import type { GatewayOptions } from './options.ts';
 import { ChatBody, CompletionBody, parse, stopStrings } from './schemas.ts';
 import { requestServer } from './serve.ts';
+import { clusterBackend, type Backend } from './submit.ts';
 
 export type { GatewayOptions } from './options.ts';
+export type { Backend, OnTokens, Submitted } from './submit.ts';
 export { API_SAMPLING, checkRowBudget } from './job.ts';
 export { apiFinishReason } from './responses.ts';
 
@@ -19,7 +21,9 @@ export { apiFinishReason } from './responses.ts';
  */
 export function buildGateway(options: GatewayOptions): FastifyInstance {
   const { metrics, model } = options;
-  const requests = requestServer({ ...options, maxInFlight: options.maxInFlight ?? 64, timeoutMs: options.requestTimeoutMs ?? 600_000 });
+  const backend = options.backend ?? clusterOf(options);
+  const requests = requestServer({ ...options, backend, maxInFlight: options.maxInFlight ?? 64 });
+  const jobOptions = { ...options, maxPayload: backend.maxPayload };
   const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
 
   app.addHook('onRequest', bearerAuth(options.apiKeys ?? []));
@@ -57,7 +61,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     const first = Array.isArray(p) ? p[0]! : p;
     const input = typeof first === 'string' ? { prompt: first } : { promptIds: Array.isArray(first) ? first : (p as number[]) };
     if (body.echo && body.logprobs !== undefined) throw new HttpError(400, "echo with logprobs is not supported: the prompt's own log probabilities are not computed (send one of them)", 'invalid_request_error', 'echo');
-    const job = buildJob(options, body, input);
+    const job = buildJob(jobOptions, body, input);
     // echo: the prompt as given, or the text of its token ids
     const echo = body.echo ? ('prompt' in input ? input.prompt : options.tokenizer.decode(input.promptIds)) : undefined;
     await requests.serveRequest(req, reply, choiceJobs(job, body.n ?? 1, body.seed !== undefined), {
@@ -73,7 +77,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
 
   app.post('/v1/chat/completions', async (req, reply) => {
     const body = parse(ChatBody, req.body);
-    const job = buildJob(options, body, { messages: templateMessages(body.messages) });
+    const job = buildJob(jobOptions, body, { messages: templateMessages(body.messages) });
     await requests.serveRequest(req, reply, choiceJobs(job, body.n ?? 1, body.seed !== undefined), {
       chat: true,
       stream: body.stream ?? false,
@@ -85,4 +89,11 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   });
 
   return app;
+}
+
+/** The cluster's backend from the options' transport, queue and log (all three needed). */
+function clusterOf(options: GatewayOptions): Backend {
+  const { transport, queue, log } = options;
+  if (!transport || !queue || !log) throw new Error('the gateway needs a backend, or the cluster\'s transport, queue and log');
+  return clusterBackend({ transport, queue, log, timeoutMs: options.requestTimeoutMs ?? 600_000 });
 }

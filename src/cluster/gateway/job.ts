@@ -54,8 +54,8 @@ export function checkRowBudget(kMatrix: KSchedule, sampling: SamplingParams, voc
 export const API_SAMPLING: SamplingParams = { temperature: 1, topP: 1, topK: 0 };
 
 /** Validates the decoding settings and builds the job; throws HttpError 400 on bad input. */
-export function buildJob(options: Pick<GatewayOptions, 'transport' | 'tokenizer' | 'model' | 'defaultMode'>, body: CompletionBody | ChatBody, input: PromptInput): JobData {
-  const { transport, tokenizer, model } = options;
+export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | 'defaultMode'> & { readonly maxPayload: number | undefined }, body: CompletionBody | ChatBody, input: PromptInput): JobData {
+  const { tokenizer, model, maxPayload } = options;
   if (body.model && body.model !== model.target) throw new HttpError(404, `model "${body.model}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
   const promptIds = promptIdsOf(tokenizer, input);
   if (!promptIds.length) throw new HttpError(400, 'the prompt is empty', 'invalid_request_error', 'prompt');
@@ -85,7 +85,7 @@ export function buildJob(options: Pick<GatewayOptions, 'transport' | 'tokenizer'
     checkKBound(plan.kMatrix); // first: a K entry over the limit is named whatever the matrix's shape
     checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
     const neural = plan.drafters.filter((d) => d !== 'mag');
-    if (model.vocabSize !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, transport.maxPayload);
+    if (model.vocabSize !== undefined && maxPayload !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, maxPayload);
     // a request may order the drafters itself: each must be at most as wide as the models above it
     const sizes = model.vocabSizes;
     if (sizes) checkVocabularySizes({ name: model.target, vocabSize: sizes[model.target]! }, neural.map((name) => ({ name, vocabSize: sizes[name]! })));

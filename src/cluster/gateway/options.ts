@@ -5,11 +5,15 @@ import type { TextTokenizer } from '../../models/tokenizer.ts';
 import type { GatewayMetrics } from '../metrics.ts';
 import type { RequestLog } from '../redis-store.ts';
 import type { Transport } from '../transport.ts';
+import type { Backend } from './submit.ts';
 
 export interface GatewayOptions {
-  readonly transport: Transport;
-  readonly queue: Queue;
-  readonly log: RequestLog;
+  /** Where jobs run, when not the cluster of `transport`, `queue` and `log` (`cascade serve --embedded`). */
+  readonly backend?: Backend;
+  /** The cluster: NATS, the BullMQ queue and the Redis request log (all three, unless `backend` is given). */
+  readonly transport?: Transport;
+  readonly queue?: Queue;
+  readonly log?: RequestLog;
   /** The target's tokenizer: its add_bos_token encodes completions' prompts, its chat template chats. */
   readonly tokenizer: TextTokenizer;
   readonly metrics: GatewayMetrics;

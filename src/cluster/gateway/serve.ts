@@ -10,10 +10,11 @@ import { LogprobFormat } from './logprobs.ts';
 import type { GatewayOptions } from './options.ts';
 import { apiFinishReason, responseShapes } from './responses.ts';
 import { EventStream } from './sse.ts';
-import { submit, type SubmitOptions, type Submitted } from './submit.ts';
+import type { Backend, Submitted } from './submit.ts';
 import { recordOutcome, usage } from './usage.ts';
 
-export interface ServeOptions extends SubmitOptions, Pick<GatewayOptions, 'tokenizer' | 'metrics' | 'model'> {
+export interface ServeOptions extends Pick<GatewayOptions, 'tokenizer' | 'metrics' | 'model'> {
+  readonly backend: Backend;
   /** Requests in flight before 503 + Retry-After (each choice of a request counts as one). */
   readonly maxInFlight: number;
 }
@@ -156,7 +157,7 @@ export function requestServer(options: ServeOptions) {
       // Choice 0 first; the others once it has tokens, so that their prefills find its prompt's KV
       // in the verifier's prefix cache (a request of n choices prefills its prompt once per verifier).
       const enqueue = async (c: Choice) => {
-        c.submitted = await submit(options, c.data, onTokens(c));
+        c.submitted = await options.backend.submit(c.data, onTokens(c));
         if (c.stops?.stopped) c.submitted.cancel();
       };
       await enqueue(choices[0]!);

@@ -14,17 +14,36 @@ export interface Submitted {
   cancel(): void;
 }
 
+/** A job's tokens as they come: new ids, and their log probabilities when the job asks for them. */
+export type OnTokens = (tokens: readonly number[], logprobs: readonly TokenLogprob[] | undefined) => void;
+
+/**
+ * Where the gateway's jobs run: the cluster (clusterBackend: the BullMQ queue, a coordinator, NATS
+ * and Redis) or this process (embedded.ts, `cascade serve --embedded`).
+ */
+export interface Backend {
+  /** Starts a job; `onTokens` sees each new token once, in order. Throws HttpError 503 when it cannot be queued. */
+  submit(data: JobData, onTokens: OnTokens): Promise<Submitted>;
+  /** The largest message between the levels (sampled drafts' rows must fit one), where they cross a transport. */
+  readonly maxPayload?: number;
+}
+
 /** What following a job needs: where its tokens stream, the queue it goes on, the log it is recorded in, and how long it may take. */
-export interface SubmitOptions extends Pick<GatewayOptions, 'transport' | 'queue' | 'log'> {
+export interface SubmitOptions extends Required<Pick<GatewayOptions, 'transport' | 'queue' | 'log'>> {
   /** Longest a request may take, end to end. */
   readonly timeoutMs: number;
+}
+
+/** The cluster as a Backend: jobs go on the BullMQ queue and their tokens come back over NATS (submit). */
+export function clusterBackend(options: SubmitOptions): Backend {
+  return { submit: (data, onTokens) => submit(options, data, onTokens), maxPayload: options.transport.maxPayload };
 }
 
 /**
  * Enqueues a job and follows its stream; `onTokens` sees each new token once, in order, with its log
  * probability when the job asks for them.
  */
-export async function submit(options: SubmitOptions, data: JobData, onTokens: (tokens: readonly number[], logprobs: readonly TokenLogprob[] | undefined) => void): Promise<Submitted> {
+export async function submit(options: SubmitOptions, data: JobData, onTokens: OnTokens): Promise<Submitted> {
   const { transport, queue, log, timeoutMs } = options;
   let have = 0;
   let lastHeard = Date.now();

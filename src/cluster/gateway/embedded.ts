@@ -1,0 +1,60 @@
+import { generateCascade, type DrafterSpec } from '../../engine/cascade.ts';
+import { InvalidArgumentError } from '../../errors.ts';
+import type { ModelSession } from '../../models/session.ts';
+import type { JobData, RequestOutcome } from '../coordinator.ts';
+import { HttpError } from './errors.ts';
+import type { Backend, OnTokens, Submitted } from './submit.ts';
+
+/** The models an embedded gateway serves: the target, its neural drafters by name, and MaG's bigram table. */
+export interface EmbeddedModels {
+  readonly target: ModelSession;
+  readonly drafters: ReadonlyMap<string, ModelSession>;
+  readonly bigram?: Uint32Array;
+}
+
+/**
+ * `cascade serve --embedded`: the gateway's jobs run in this process, with the same cascade as
+ * `cascade generate` (generateCascade), without NATS, Redis or other processes, as llama.cpp's
+ * `llama-server` serves one machine. Each job is one request's cascade; concurrent jobs share the
+ * models (their forwards run in the models' worker threads, and batch where the sessions batch: wrap
+ * them in BatchingSession). A cancelled job stops at its next round (finish reason `cancelled`); one
+ * past `timeoutMs` is cancelled and fails with a 504. Nothing is recorded: a restart loses the
+ * requests in flight (the cluster's Redis log is what survives one).
+ */
+export function embeddedBackend(models: EmbeddedModels, options: { readonly timeoutMs: number }): Backend {
+  const drafterOf = (name: string): DrafterSpec => {
+    if (name === 'mag') return { kind: 'mag', bigram: models.bigram };
+    const session = models.drafters.get(name);
+    if (!session) throw new HttpError(400, `drafter "${name}" is not served here (this gateway serves ${[...models.drafters.keys(), 'mag'].join(', ')})`, 'invalid_request_error', 'cascade');
+    return { kind: 'model', session };
+  };
+  return {
+    async submit(data: JobData, onTokens: OnTokens): Promise<Submitted> {
+      const drafters = data.drafters.map(drafterOf);
+      let cancelled = false;
+      let timer: NodeJS.Timeout | undefined;
+      const timedOut = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => {
+          cancelled = true;
+          reject(new HttpError(504, `the request did not finish within ${options.timeoutMs} ms`, 'server_error'));
+        }, options.timeoutMs);
+      });
+      const run = generateCascade(
+        models.target,
+        { drafters, kMatrix: data.kMatrix, lenience: data.lenience },
+        { promptIds: data.promptIds, maxTokens: data.maxTokens, sampling: data.sampling, seed: data.seed, stopAtEos: data.stopAtEos, ...(data.logprobs !== undefined ? { logprobs: data.logprobs } : {}) },
+        (ids, logprobs) => onTokens(ids, logprobs),
+        { cancelled: () => cancelled },
+      ).then(
+        (result): RequestOutcome => ({ finishReason: result.finishReason, generatedTokens: result.tokenIds.length, resumedFrom: 0, failovers: [], queueSeconds: 0, stats: result.stats }),
+        (err: Error) => {
+          throw err instanceof InvalidArgumentError ? new HttpError(400, err.message) : new HttpError(500, `generation failed: ${err.message}`, 'server_error');
+        },
+      );
+      const done = Promise.race([run, timedOut]).finally(() => clearTimeout(timer));
+      done.catch(() => undefined);
+      run.catch(() => undefined);
+      return { requestId: data.requestId, promptTokens: data.promptIds.length, done, cancel: () => (cancelled = true) };
+    },
+  };
+}

@@ -1,0 +1,92 @@
+import test from 'ava';
+import OpenAI from 'openai';
+import { startEmbeddedGatewayRole, type Role } from '../src/cluster/roles.ts';
+import { generateAutoregressive } from '../src/engine/generate.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
+import { FamilySessions } from '../src/models/family-sessions.ts';
+import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { fails } from './helpers/cli.ts';
+import { family, MODELS_DIR } from './helpers/family.ts';
+
+/**
+ * `cascade serve --embedded`: the OpenAI gateway over the engine in one process (no NATS, Redis or
+ * other processes), driven with the official openai client; the oracle is target-only decoding.
+ */
+let gateway: Role & { url: string };
+let client: OpenAI;
+const oracle = new FamilySessions(family, {});
+const tokenizer = TextTokenizer.forModel({ dir: `${MODELS_DIR}/${family.target}`, tokenizerPath: `${MODELS_DIR}/tokenizer.json` });
+const PROMPT = 'def read_config(path):\n    """Read the configuration file."""\n    ';
+const K = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
+
+test.before(async () => {
+  gateway = await startEmbeddedGatewayRole({ models: MODELS_DIR, port: 0 });
+  client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
+});
+test.after.always(async () => {
+  await gateway?.stop();
+  await oracle.close();
+});
+
+const targetOnly = async (promptIds: number[], maxTokens: number) => {
+  const r = await generateAutoregressive(await oracle.get(family.target), { promptIds, maxTokens, sampling: GREEDY, seed: 0, logprobs: 1 });
+  return { text: tokenizer.decode(r.tokenIds), logprobs: r.logprobs! };
+};
+
+test.serial('serve --embedded - completions and chat, streamed and not, give target-only decoding\'s greedy text and log probabilities', async (t) => {
+  const want = await targetOnly(tokenizer.encodePrompt(PROMPT), 24);
+  const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 24, temperature: 0, logprobs: 1, cascade: K } as never)) as unknown as OpenAI.Completions.Completion;
+  t.is(r.choices[0]!.text, want.text);
+  t.true(r.choices[0]!.logprobs!.token_logprobs!.every((v, i) => Math.abs(v - want.logprobs[i]!.logprob) <= 1e-4));
+  t.true((r.usage as unknown as { cascade: { accepted_tokens: number } }).cascade.accepted_tokens > 0, 'drafts were accepted');
+  const messages = [{ role: 'user' as const, content: 'Write a function that reads a file.' }];
+  const chatWant = await targetOnly(tokenizer.encodeChat(messages), 16);
+  let streamed = '';
+  for await (const c of await client.chat.completions.create({ model: family.target, messages, max_tokens: 16, temperature: 0, stream: true })) streamed += c.choices[0]?.delta.content ?? '';
+  t.is(streamed, chatWant.text);
+});
+
+test.serial('serve --embedded - n choices with a seed are the n = 1 requests seeded seed + i; stop strings cut the text; bad input is a 400', async (t) => {
+  const body = { model: family.target, prompt: PROMPT, max_tokens: 8, temperature: 0.9, seed: 11, cascade: K };
+  const one = (await client.completions.create({ ...body, seed: 12 } as never)) as unknown as OpenAI.Completions.Completion;
+  const two = (await client.completions.create({ ...body, n: 2 } as never)) as unknown as OpenAI.Completions.Completion;
+  t.is(two.choices[1]!.text, one.choices[0]!.text);
+  const full = (await targetOnly(tokenizer.encodePrompt(PROMPT), 24)).text;
+  const stop = full.slice(10, 13);
+  const cut = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 24, temperature: 0, stop: [stop], cascade: K } as never)) as unknown as OpenAI.Completions.Completion;
+  t.is(cut.choices[0]!.text, full.slice(0, full.indexOf(stop)));
+  t.is(cut.choices[0]!.finish_reason, 'stop');
+  const bad = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', cascade: { drafters: ['nope'] } }) });
+  t.is(bad.status, 400);
+  const health = (await (await fetch(`${gateway.url}/health`)).json()) as { engine: string; inFlight: number };
+  t.is(health.engine, 'embedded');
+  t.is(health.inFlight, 0);
+});
+
+test.serial('serve --embedded - a client that goes away mid-stream cancels its request', async (t) => {
+  const controller = new AbortController();
+  const stream = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 400, temperature: 0, stream: true }, { signal: controller.signal });
+  let finish: string | null | undefined;
+  try {
+    for await (const c of stream) {
+      finish ??= c.choices[0]?.finish_reason;
+      if (c.choices[0]?.text) controller.abort();
+    }
+  } catch {
+    // the abort
+  }
+  t.falsy(finish, 'left before the request finished');
+  for (let i = 0; i < 50; i++) {
+    const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+    if (/cascade_requests_total\{status="cancelled"\} 1/.test(metrics)) return t.pass();
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.fail('the request was not cancelled within 5 s of its client leaving');
+});
+
+test('serve --embedded - takes no --nats or --redis, and a cluster gateway takes no --execution-providers', async (t) => {
+  const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0']);
+  t.regex(a.stderr, /--nats and --redis are for a cluster/);
+  const b = await fails(['serve', '--execution-providers', 'cpu', '--port', '0']);
+  t.regex(b.stderr, /--threads and --execution-providers are for --embedded/);
+});
