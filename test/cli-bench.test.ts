@@ -16,6 +16,52 @@ test('cli - bench costs prints a row per model and writes JSON', async (t) => {
   t.true(record.models.every((m: { decodeMsPerToken: number }) => m.decodeMsPerToken > 0));
 });
 
+test('cli - bench costs measures batched decode and verify passes against one sequence, verify(32) among the scored sizes', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-batch-'));
+  const { stdout } = await cascade('bench', 'costs', '--model', 'draft-l1', '--repeats', '1', '--past', '16', '--batch', '1,2', '--batch-verify', '4', '--out', out);
+  t.regex(stdout, /score 32 ms/);
+  t.regex(stdout, /^batched passes/m);
+  t.regex(stdout, /^draft-l1\s+2\s+verify\(4\)/m);
+  const record = JSON.parse(readFileSync(join(out, 'costs.json'), 'utf8'));
+  t.deepEqual(record.batch, [1, 2]);
+  const [m] = record.models;
+  t.true(m.scoreMs[32] > 0);
+  const rows = m.batched as { batch: number; tokens: number; ms: number; tokensPerSecond: number; vsOne: number }[];
+  t.deepEqual(rows.map((r) => [r.batch, r.tokens]), [[1, 1], [1, 4], [2, 1], [2, 4]]);
+  t.true(rows.every((r) => r.ms > 0 && Math.abs(r.tokensPerSecond - (r.batch * r.tokens * 1000) / r.ms) < 1e-6 * r.tokensPerSecond));
+  t.true(rows.filter((r) => r.batch === 1).every((r) => r.vsOne === 1));
+  t.regex((await fails(['bench', 'costs', '--batch', '0'])).stderr, /--batch must be an integer/);
+});
+
+test('cli - bench costs records a batched shape the runner refuses (a fused graph verifying several sequences) and measures the rest', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-fused-'));
+  const fused = new URL('./fixtures/fused/draft-l2', import.meta.url).pathname;
+  const { stdout } = await cascade('bench', 'costs', '--model', fused, '--tokenizer', 'models/tokenizer.json', '--repeats', '1', '--past', '16', '--batch', '2', '--batch-verify', '4', '--out', out);
+  const rows = JSON.parse(readFileSync(join(out, 'costs.json'), 'utf8')).models[0].batched as { batch: number; tokens: number; ms?: number; refused?: string }[];
+  t.true(rows.find((r) => r.batch === 2 && r.tokens === 1)!.ms! > 0, 'equal pasts, one new token each: runs');
+  t.regex(rows.find((r) => r.batch === 2 && r.tokens === 4)!.refused!, /fused graph \(GroupQueryAttention\)/);
+  t.regex(stdout, /refused \[1\]/);
+  const none = mkdtempSync(join(tmpdir(), 'cascade-bench-nobatch-'));
+  await cascade('bench', 'costs', '--model', 'draft-l1', '--repeats', '1', '--past', '16', '--no-batch', '--out', none);
+  t.false('batched' in JSON.parse(readFileSync(join(none, 'costs.json'), 'utf8')).models[0]);
+});
+
+test('cli - bench cascade places the target and the drafters (--execution-providers, --draft-execution-providers, --kv-location) and records the placement', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-placed-'));
+  const { stdout } = await cascade('bench', 'cascade', '--model', 'draft-l2', '--draft-model', 'draft-l1', '--execution-providers', 'cpu', '--draft-execution-providers', 'cpu', '--kv-location', 'host', '--workload', 'code', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '6', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));
+  t.deepEqual(record.placement, {
+    'draft-l2': { requested: ['cpu'], provider: 'cpu', kvLocation: 'host' },
+    'draft-l1': { requested: ['cpu'], provider: 'cpu', kvLocation: 'host' },
+  });
+  const methods = record.results[0].methods as { method: string; identicalToAr: boolean }[];
+  t.deepEqual(methods.map((m) => m.method).filter((m) => m === 'ar' || m === 'csd'), ['ar', 'csd']);
+  t.true(methods.slice(1).every((m) => m.identicalToAr === true));
+  t.regex(stdout, /placement: draft-l2 on cpu \(KV host\), draft-l1 on cpu/);
+  t.regex((await fails(['bench', 'cascade', '--execution-providers', 'gpu'])).stderr, /--execution-providers takes auto or a comma-separated list/);
+  t.regex((await fails(['bench', 'cascade', '--kv-location', 'disk'])).stderr, /--kv-location must be one of/);
+});
+
 test('cli - bench cascade compares every method, verifies greedy identity and writes JSON, markdown and plots', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'cascade-bench-'));
   const { stdout } = await cascade('bench', 'cascade', '--workload', 'grounded', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);

@@ -4,6 +4,9 @@ import { planCascade } from '../engine/presets.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import { loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
+import type { KvLocation } from '../models/kv-placement.ts';
+import type { PlacementTrial } from '../models/placement.ts';
+import type { ModelSession } from '../models/session.ts';
 import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { candidates, repetitionRate, runMethod, summarise, type BenchContext, type Method, type MethodResult } from './cascade.ts';
@@ -23,8 +26,27 @@ export interface CascadeBenchOptions {
   readonly prompts: number;
   /** Prompts the K sweep tunes on (the last N of each set, never measured; see splitWorkload). */
   readonly sweepPrompts: number;
+  /** Folder of the prompt sets (WORKLOAD.jsonl); default bench/prompts of this checkout. */
+  readonly promptsDir?: string;
   readonly threads: number;
+  /** The target's execution providers in order, or ['auto'] (placed by measured cost); default cpu. */
+  readonly executionProviders?: readonly string[];
+  /** Every drafter's; default: auto beside a target off the CPU, else cpu (as `cascade generate`). */
+  readonly draftExecutionProviders?: readonly string[];
+  /** Where the target's KV lives between passes (drafters: always auto); default auto. */
+  readonly kvLocation?: KvLocation;
   readonly out: string;
+}
+
+/**
+ * Where one model of the run went: the execution providers asked for, the one in use, where its KV
+ * lives, and for `auto` every placement tried with its measured pass cost.
+ */
+export interface ModelPlacement {
+  readonly requested: readonly string[];
+  readonly provider: string;
+  readonly kvLocation?: string;
+  readonly trials?: readonly PlacementTrial[];
 }
 
 export interface WorkloadResult {
@@ -71,7 +93,7 @@ async function sweepK(ctx: BenchContext, methods: Method[], prompts: number[][])
 }
 
 async function benchWorkload(ctx: BenchContext, o: CascadeBenchOptions, workload: Workload, tok: TextTokenizer, methods: Method[], costs: Record<string, number>): Promise<WorkloadResult[]> {
-  const split = splitWorkload(workload, o.prompts, o.sweepPrompts);
+  const split = splitWorkload(workload, o.prompts, o.sweepPrompts, o.promptsDir);
   const prompts = split.measure.map((p) => tok.encode(p.prompt));
   log(`[${workload}] ${prompts.length} prompts, ${o.maxTokens} tokens each; sweeping K on ${split.tune.length} other prompts`);
   const tuned = await sweepK(ctx, methods, split.tune.map((p) => tok.encode(p.prompt)));
@@ -123,9 +145,19 @@ function table(r: WorkloadResult): string {
 /** `cascade bench cascade`: every method side by side on held-out workloads; table, JSON, markdown, SVG. */
 export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResult[]> {
   const family = typeof o.models === 'string' ? loadFamily(o.models) : resolveModels(o.models);
-  const sessions = new FamilySessions(family, { intraOpThreads: o.threads });
+  const targetEps = o.executionProviders ?? ['cpu'];
+  const draftEps = o.draftExecutionProviders ?? (targetEps.length === 1 && targetEps[0] === 'cpu' ? ['cpu'] : ['auto']);
+  const requested = (name: string) => (name === family.target ? targetEps : draftEps);
+  const sessions = new FamilySessions(
+    family,
+    (name) => ({ intraOpThreads: o.threads, executionProviders: requested(name), kvLocation: name === family.target ? (o.kvLocation ?? 'auto') : 'auto' }),
+    (name, t) => log(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}`),
+  );
   try {
     const { target, drafters, bigram } = await sessions.cascadeModels();
+    const placement: Record<string, ModelPlacement> = {};
+    for (const s of [target, ...drafters.values()]) placement[s.spec.name] = placed(s, requested(s.spec.name), sessions.placements.get(s.spec.name)?.trials);
+    log(`placement: ${describePlacement(placement)}`);
     const ctx: BenchContext = { target, drafters, bigram, maxTokens: o.maxTokens };
     log('measuring cost coefficients (decode ms/token relative to the target) …');
     const costs: Record<string, number> = {};
@@ -140,9 +172,9 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
 
     mkdirSync(o.out, { recursive: true });
     const tables = results.map(table);
-    const header = `Cascade benchmark: medians of ${o.repeats} repeats; cost coefficients (decode ms/token vs target): ${Object.entries(costs).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(', ')}`;
+    const header = `Cascade benchmark: medians of ${o.repeats} repeats; placement: ${describePlacement(placement)}; cost coefficients (decode ms/token vs target): ${Object.entries(costs).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(', ')}`;
     process.stdout.write(`${header}\n\n${tables.join('\n\n')}\n`);
-    const json = writeJson(o.out, 'cascade', { options: o, costs, decodeMsPerToken: decode, results });
+    const json = writeJson(o.out, 'cascade', { options: o, placement, costs, decodeMsPerToken: decode, results });
     const charts: string[] = [];
     for (const r of results) {
       const file = `acceptance-${r.workload}-t${r.temperature}.svg`;
@@ -164,3 +196,13 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
     await sessions.close();
   }
 }
+
+function placed(session: ModelSession, requested: readonly string[], trials: readonly PlacementTrial[] | undefined): ModelPlacement {
+  const kvLocation = 'kvLocation' in session && typeof session.kvLocation === 'string' ? session.kvLocation : undefined;
+  return { requested, provider: session.provider, ...(kvLocation ? { kvLocation } : {}), ...(trials ? { trials } : {}) };
+}
+
+const describePlacement = (p: Record<string, ModelPlacement>): string =>
+  Object.entries(p)
+    .map(([name, m]) => `${name} on ${m.provider}${m.kvLocation ? ` (KV ${m.kvLocation})` : ''}`)
+    .join(', ') + ', mag on the host';

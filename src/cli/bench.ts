@@ -6,7 +6,7 @@ import { benchLoad } from '../bench/load.ts';
 import { benchSelfDraft } from '../bench/self-draft.ts';
 import { benchScale } from '../bench/scale.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
-import { measureCosts, SCORE_KS, type ModelCosts } from '../bench/costs.ts';
+import { measureBatched, measureCosts, SCORE_KS, type BatchCost, type ModelCosts } from '../bench/costs.ts';
 import { WORKLOADS, type Workload } from '../bench/workloads.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { formatTable, writeJson } from '../bench/report.ts';
@@ -29,12 +29,18 @@ interface CostOptions {
   executionProviders?: string[];
   /** Where the KV lives, one measurement per entry (host vs device side by side). */
   kvLocation: KvLocation[];
+  /** Batch sizes of the batched passes (1 is always measured as the baseline), or false: none. */
+  batch: number[] | false;
+  /** New tokens per sequence in the batched verification pass (1: decode only). */
+  batchVerify: number;
 }
+
+type CostRecord = ModelCosts & { executionProvider: string; kvLocation: string; batched?: BatchCost[] };
 
 async function costs(o: CostOptions): Promise<void> {
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   const names = [family.target, ...family.drafters];
-  const results: (ModelCosts & { executionProvider: string; kvLocation: string })[] = [];
+  const results: CostRecord[] = [];
   const several = o.kvLocation.length > 1 || o.executionProviders !== undefined;
   for (const name of names) {
     for (const kvLocation of o.kvLocation) {
@@ -43,26 +49,47 @@ async function costs(o: CostOptions): Promise<void> {
       try {
         const measured = await measureCosts(model, o.past, o.repeats);
         const label = several ? `${measured.model} (${model.provider}, KV ${model.kvLocation})` : measured.model;
-        results.push({ ...measured, model: label, executionProvider: model.provider, kvLocation: model.kvLocation });
+        const batched = o.batch ? await measureBatched(model, o.past, o.repeats, o.batch, o.batchVerify) : undefined;
+        results.push({ ...measured, model: label, executionProvider: model.provider, kvLocation: model.kvLocation, ...(batched ? { batched } : {}) });
       } finally {
         await model.close();
       }
     }
   }
   const target = results[0]!;
-  const headers = ['model', `prefill ${o.past} ms`, 'decode ms/tok', ...SCORE_KS.map((k) => `score ${k} ms`), 'decode vs target', 'score 8 vs target'];
+  const headers = ['model', `prefill ${o.past} ms`, 'decode ms/tok', ...SCORE_KS.map((k) => `score ${k} ms`), 'score 32 vs 1', 'decode vs target', 'score 8 vs target'];
   const rows = results.map((r) => [
     r.model,
     r.prefillMs,
     r.decodeMsPerToken,
     ...SCORE_KS.map((k) => r.scoreMs[k]!),
+    r.scoreMs[32]! / r.scoreMs[1]!,
     r.decodeMsPerToken / target.decodeMsPerToken,
     r.scoreMs[8]! / target.scoreMs[8]!,
   ]);
   process.stdout.write(`model costs: medians of ${o.repeats}+ repeats, ${o.threads} ONNX Runtime thread(s), past = ${o.past} tokens, execution providers ${(o.executionProviders ?? ['cpu']).join(',')}\n\n`);
   process.stdout.write(formatTable(headers, rows) + '\n');
-  const path = writeJson(o.out, 'costs', { past: o.past, threads: o.threads, repeats: o.repeats, models: results });
+  if (o.batch) process.stdout.write(`\n${batchedTable(results, o.past)}\n`);
+  const path = writeJson(o.out, 'costs', { past: o.past, threads: o.threads, repeats: o.repeats, ...(o.batch ? { batch: o.batch, batchVerify: o.batchVerify } : {}), models: results });
   process.stdout.write(`\nwrote ${path}\n`);
+}
+
+/** Batched passes per model: ms per pass, aggregate tokens/s, and the ratio to one sequence; refusals below. */
+function batchedTable(results: readonly CostRecord[], past: number): string {
+  const reasons: string[] = [];
+  const note = (r: BatchCost): string => {
+    // one note per reason: the runner's message less the shapes of this pass (the JSON keeps them whole)
+    const why = (r.refused ?? r.error)?.replace(/ \(here [^)]*\)/, '');
+    if (why === undefined) return '';
+    if (!reasons.includes(why)) reasons.push(why);
+    return `${r.refused !== undefined ? 'refused' : 'failed'} [${reasons.indexOf(why) + 1}]`;
+  };
+  const rows = results.flatMap((m) =>
+    (m.batched ?? []).map((r) => [m.model, r.batch, r.tokens === 1 ? 'decode' : `verify(${r.tokens})`, r.ms ?? '-', r.tokensPerSecond ?? '-', r.vsOne ?? '-', note(r)]),
+  );
+  const table = formatTable(['model', 'sequences', 'pass', 'ms/pass', 'tokens/s', 'x 1 sequence', 'note'], rows);
+  const notes = reasons.map((why, i) => `[${i + 1}] ${why}`).join('\n');
+  return `batched passes: each sequence over its own ${past}-token cache, one forwardBatch, rolled back after each; tokens/s = sequences x new tokens each / pass time\n\n${table}${notes ? `\n\n${notes}` : ''}`;
 }
 
 /** --model, --draft-model, --model-file and --tokenizer, as `cascade generate` takes them (model-choice.ts). */
@@ -87,6 +114,9 @@ export function registerBench(program: Command): void {
     .option('--repeats <n>', 'repeats per measurement (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 5)
     .option('--past <n>', 'tokens already in the cache when decoding and scoring', parseNumber('--past', { min: 1, integer: true }), 256)
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--batch <list>', 'batch sizes of the batched passes, comma-separated (1 is always measured, as the baseline): each sequence over its own --past cache, one forwardBatch', parseBatch, [1, 8])
+    .option('--no-batch', 'skip the batched passes')
+    .option('--batch-verify <k>', 'new tokens per sequence in the batched verification pass (1: batched decode only)', parseNumber('--batch-verify', { min: 1, integer: true }), 8)
     .action(costs);
   const cascadeCommand = bench
     .command('cascade')
@@ -97,13 +127,31 @@ export function registerBench(program: Command): void {
     .option('--max-tokens <n>', 'tokens generated per prompt', parseNumber('--max-tokens', { min: 1, integer: true }), 64)
     .option('--prompts <n>', 'prompts measured per workload (the first N of bench/prompts/WORKLOAD.jsonl)', parseNumber('--prompts', { min: 1, integer: true }), 12)
     .option('--sweep-prompts <n>', 'prompts used to pick each method\'s best K (the last N of the set, never measured)', parseNumber('--sweep-prompts', { min: 1, integer: true }), 4)
+    .option('--prompts-dir <dir>', 'folder of the prompt sets, WORKLOAD.jsonl (default: bench/prompts of this checkout)')
     .option('--models <dir>', 'model family directory', 'models');
   modelOptions(cascadeCommand)
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--execution-providers <list>', `the target's execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu), or auto: where its verify pass measures cheapest (webgpu, cpu)`, parseExecutionProviders('--execution-providers'))
+    .option('--draft-execution-providers <list>', 'every drafter\'s execution providers, or auto: where its decode pass measures cheapest (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
+    .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when it runs on a GPU EP; drafters are always auto)`, parseKvLocation, 'auto')
     .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
     .action(async (o) => {
       const choice = { models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer };
-      await benchCascade({ models: choice, workloads: o.workload, temperatures: o.temperatures, repeats: o.repeats, maxTokens: o.maxTokens, prompts: o.prompts, sweepPrompts: o.sweepPrompts, threads: o.threads, out: o.out });
+      await benchCascade({
+        models: choice,
+        workloads: o.workload,
+        temperatures: o.temperatures,
+        repeats: o.repeats,
+        maxTokens: o.maxTokens,
+        prompts: o.prompts,
+        sweepPrompts: o.sweepPrompts,
+        promptsDir: o.promptsDir,
+        threads: o.threads,
+        executionProviders: o.executionProviders,
+        draftExecutionProviders: o.draftExecutionProviders,
+        kvLocation: o.kvLocation,
+        out: o.out,
+      });
     });
   bench
     .command('scale')
@@ -179,6 +227,10 @@ export function registerBench(program: Command): void {
     .action(async (o) => {
       await benchCluster({ models: o.models, prompts: o.prompts, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, out: o.out });
     });
+}
+
+function parseBatch(raw: string): number[] {
+  return raw.split(',').map((c) => parseNumber('--batch', { min: 1, integer: true })(c));
 }
 
 function parseConcurrency(raw: string): number[] {
