@@ -210,11 +210,12 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
 }
 
 /**
- * `cascade serve --embedded`: the same OpenAI gateway over the engine in this process (the models
- * load here; no NATS, Redis, coordinator or actors). Concurrent requests' forwards batch
- * (BatchingSession) as on an actor. Resolves once listening.
+ * The OpenAI gateway over the engine in this process (the models load here; no NATS, Redis,
+ * coordinator or actors), not listening yet: `cascade serve --embedded` listens on it, `cascade
+ * run-batch` injects requests into it. Concurrent requests' forwards batch (BatchingSession) as on
+ * an actor.
  */
-export async function startEmbeddedGatewayRole(o: EmbeddedGatewayOptions): Promise<Role & { url: string }> {
+export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ app: FastifyInstance; describe: string; close(): Promise<void> }> {
   const family = chosenModels(o);
   setupTracing('cascade-gateway');
   const target = family.target;
@@ -223,13 +224,12 @@ export async function startEmbeddedGatewayRole(o: EmbeddedGatewayOptions): Promi
   const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps }), (name, t) =>
     process.stderr.write(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}\n`),
   );
-  let app: FastifyInstance | undefined;
   try {
     const models = await sessions.cascadeModels();
     // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
     const batched = (m: ModelSession) => new BatchingSession(m, (m as OrtModelSession).positionIds === false ? { maxBatch: 1 } : {});
     const spec = models.target.spec;
-    app = buildGateway({
+    const app = buildGateway({
       backend: embeddedBackend({ target: batched(models.target), drafters: new Map([...models.drafters].map(([n, m]) => [n, batched(m)])), bigram: models.bigram }, { timeoutMs: o.requestTimeoutMs ?? 600_000 }),
       tokenizer: TextTokenizer.forModel(spec),
       metrics: new GatewayMetrics(),
@@ -246,19 +246,29 @@ export async function startEmbeddedGatewayRole(o: EmbeddedGatewayOptions): Promi
       requestTimeoutMs: o.requestTimeoutMs,
       health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements) }),
     });
-    const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8000 });
     return {
-      url: address,
-      describe: `embedded gateway on ${address} (${target}${family.drafters.length ? ` <- ${family.drafters.join(', ')}, mag` : ''})`,
-      stop: async () => {
-        await app!.close();
+      app,
+      describe: `${target}${family.drafters.length ? ` <- ${family.drafters.join(', ')}, mag` : ''}`,
+      close: async () => {
+        await app.close();
         await sessions.close();
         await shutdownTracing();
       },
     };
   } catch (err) {
-    await app?.close();
     await sessions.close();
+    throw err;
+  }
+}
+
+/** `cascade serve --embedded`: openEmbeddedGateway, listening. Resolves once listening. */
+export async function startEmbeddedGatewayRole(o: EmbeddedGatewayOptions): Promise<Role & { url: string }> {
+  const gateway = await openEmbeddedGateway(o);
+  try {
+    const address = await gateway.app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8000 });
+    return { url: address, describe: `embedded gateway on ${address} (${gateway.describe})`, stop: () => gateway.close() };
+  } catch (err) {
+    await gateway.close();
     throw err;
   }
 }

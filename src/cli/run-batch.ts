@@ -1,0 +1,171 @@
+import { randomUUID } from 'node:crypto';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import type { Command } from 'commander';
+import { z } from 'zod';
+import { openEmbeddedGateway } from '../cluster/roles.ts';
+import { InvalidArgumentError } from '../errors.ts';
+import { EXECUTION_PROVIDERS, parseExecutionProviders, parseNumber } from './options.ts';
+
+/**
+ * `cascade run-batch`: OpenAI's batch file format (https://platform.openai.com/docs/guides/batch),
+ * served from one warm process as vLLM's `run-batch` does. Each input line is
+ * `{"custom_id", "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body"}`; each
+ * output line `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`
+ * (`error` null on success, else `{code, message}` with the response holding the error body). The
+ * requests run through the embedded gateway's own handlers (Fastify's inject: the same validation,
+ * templates and answers as `serve --embedded`), `--concurrency` at a time. The whole file is
+ * validated first (a bad line is an error naming it, and nothing runs); results are appended as
+ * each request finishes, so a crash loses none that finished, and `--resume` skips the custom_ids
+ * the output already answered with a 200.
+ */
+
+const URLS = ['/v1/chat/completions', '/v1/completions'] as const;
+
+const BatchLine = z
+  .object({
+    custom_id: z.string().min(1).max(512),
+    method: z.literal('POST'),
+    url: z.enum(URLS),
+    body: z.record(z.string(), z.unknown()).refine((b) => b.stream !== true, 'a batch request cannot stream (send stream false or leave it out)'),
+  })
+  .strict();
+type BatchLine = z.infer<typeof BatchLine>;
+
+/** Reads and validates a batch file: every line, or an InvalidArgumentError naming the bad ones (up to 5). */
+export function readBatchFile(path: string): BatchLine[] {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (cause) {
+    throw new InvalidArgumentError(`cannot read the batch file ${path}`, { cause });
+  }
+  const lines: BatchLine[] = [];
+  const bad: string[] = [];
+  const seen = new Set<string>();
+  text.split('\n').forEach((raw, i) => {
+    if (!raw.trim()) return;
+    let json: unknown;
+    try {
+      json = JSON.parse(raw);
+    } catch {
+      bad.push(`line ${i + 1}: not JSON`);
+      return;
+    }
+    const r = BatchLine.safeParse(json);
+    if (!r.success) {
+      bad.push(`line ${i + 1}: ${r.error.issues.map((e) => `${e.path.join('.') || '(line)'}: ${e.message}`).join('; ')}`);
+      return;
+    }
+    if (seen.has(r.data.custom_id)) bad.push(`line ${i + 1}: custom_id "${r.data.custom_id}" is used twice`);
+    seen.add(r.data.custom_id);
+    lines.push(r.data);
+  });
+  if (bad.length) throw new InvalidArgumentError(`${path} is not a valid batch file (OpenAI's format: one {"custom_id", "method": "POST", "url": ${URLS.map((u) => `"${u}"`).join(' | ')}, "body"} per line): ${bad.slice(0, 5).join('; ')}${bad.length > 5 ? `; and ${bad.length - 5} more` : ''}`);
+  if (!lines.length) throw new InvalidArgumentError(`${path} holds no requests`);
+  return lines;
+}
+
+/** custom_ids the output file already answered with a 200 (for --resume). */
+function answered(path: string): Set<string> {
+  const done = new Set<string>();
+  for (const raw of readFileSync(path, 'utf8').split('\n')) {
+    if (!raw.trim()) continue;
+    try {
+      const r = JSON.parse(raw) as { custom_id?: string; response?: { status_code?: number } };
+      if (r.custom_id && r.response?.status_code === 200) done.add(r.custom_id);
+    } catch {
+      // a line cut by a crash: that request runs again
+    }
+  }
+  return done;
+}
+
+interface RunBatchOptions {
+  input: string;
+  output: string;
+  resume?: boolean;
+  concurrency: number;
+  models: string;
+  model?: string;
+  draftModel?: string[];
+  modelFile?: string;
+  tokenizer?: string;
+  threads?: number;
+  executionProviders?: string[];
+  draftExecutionProviders?: string[];
+}
+
+async function runBatch(o: RunBatchOptions): Promise<void> {
+  const lines = readBatchFile(o.input);
+  if (existsSync(o.output) && !o.resume) throw new InvalidArgumentError(`${o.output} exists: give --resume to skip the requests it answered, or another --output`);
+  const skip = o.resume && existsSync(o.output) ? answered(o.output) : new Set<string>();
+  const todo = lines.filter((l) => !skip.has(l.custom_id));
+  const gateway = await openEmbeddedGateway({ ...o, requestTimeoutMs: 3_600_000, maxInFlight: Math.max(64, o.concurrency * 16) });
+  const started = performance.now();
+  let finished = 0;
+  let failed = 0;
+  let tokens = 0;
+  let lastReport = 0;
+  const report = (force = false) => {
+    const now = performance.now();
+    if (!force && now - lastReport < 1000) return;
+    lastReport = now;
+    const seconds = (now - started) / 1000;
+    process.stderr.write(`run-batch: ${finished}/${todo.length} done${failed ? `, ${failed} failed` : ''}${skip.size ? ` (${skip.size} answered before)` : ''}, ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / Math.max(seconds, 1e-9)).toFixed(1)} tokens/s)\n`);
+  };
+  try {
+    let next = 0;
+    const worker = async () => {
+      while (next < todo.length) {
+        const line = todo[next++]!;
+        const t0 = performance.now();
+        const res = await gateway.app.inject({ method: 'POST', url: line.url, payload: line.body as object, headers: { 'content-type': 'application/json' } });
+        let body: unknown;
+        try {
+          body = res.json();
+        } catch {
+          body = res.body;
+        }
+        const ok = res.statusCode === 200;
+        const err = (body as { error?: { message?: string; type?: string } } | undefined)?.error;
+        const usage = (body as { usage?: { completion_tokens?: number } } | undefined)?.usage;
+        tokens += usage?.completion_tokens ?? 0;
+        finished++;
+        if (!ok) failed++;
+        const out = {
+          id: `batch_req_${randomUUID().replaceAll('-', '')}`,
+          custom_id: line.custom_id,
+          response: { status_code: res.statusCode, request_id: (body as { id?: string } | undefined)?.id ?? null, body },
+          error: ok ? null : { code: err?.type ?? String(res.statusCode), message: err?.message ?? `HTTP ${res.statusCode}` },
+          seconds: (performance.now() - t0) / 1000,
+        };
+        appendFileSync(o.output, JSON.stringify(out) + '\n');
+        report();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(o.concurrency, todo.length) }, worker));
+    report(true);
+  } finally {
+    await gateway.close();
+  }
+  if (failed) process.exitCode = 1;
+}
+
+export function registerRunBatch(program: Command): void {
+  program
+    .command('run-batch')
+    .description("serve a file of requests in OpenAI's batch format from one warm process (the embedded engine), writing one result line per request")
+    .requiredOption('-i, --input <file>', 'JSONL of {"custom_id", "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body"}')
+    .requiredOption('-o, --output <file>', 'JSONL of {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error", "seconds"}, appended as requests finish')
+    .option('--resume', 'the output exists: skip the custom_ids it answered with a 200, append the rest')
+    .option('--concurrency <n>', 'requests in flight (their forwards batch)', parseNumber('--concurrency', { min: 1, integer: true }), 4)
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--model <dir|name>', 'the target: a model folder or a member of the --models family')
+    .option('--draft-model <dir|name>', 'a drafter, repeatable, largest first', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    .option('--model-file <name>', "the target's ONNX graph inside its folder when it holds several")
+    .option('--tokenizer <file>', 'tokenizer.json for model folders that carry none')
+    .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }))
+    .option('--execution-providers <list>', `the target's execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto; default cpu)`, parseExecutionProviders('--execution-providers'))
+    .option('--draft-execution-providers <list>', "every drafter's execution providers, or auto (default: auto beside a target off the CPU, else cpu)", parseExecutionProviders('--draft-execution-providers'))
+    .action((o: RunBatchOptions) => runBatch(o));
+}
