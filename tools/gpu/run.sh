@@ -2,19 +2,43 @@
 # The GPU measurement, in one run on a machine prepared by tools/gpu/prepare.sh (carry its OUTDIR;
 # run from the folder that holds it): `bash .gpu/run.sh`. Writes JSON and logs under $OUT (the device
 # tool's output folder; default ./gpu-out), to be kept in bench/results/gpu/.
-# Measures, with the project's own runner (bench costs: prefill, decode ms/token, verify(k) over a
-# cache, rolled back after each), on the WebGPU EP with the KV through the host and on the device,
-# side by side, and on the CPU EP: the 91M and 316M random-weight shapes at a 1024-token context,
-# and the bundled drafters at 256; each shape's fused form (tools/train/fuse.py, run here on the
-# filled weights) on the WebGPU EP with the KV on the device. Then greedy generation on the GPU against the CPU EP (tokens must
-# match). Environment: SHAPES (default "s091m s316m"), PAST (1024), REPEATS (3), THREADS (16 for the
-# CPU EP), RT_LOCAL=1 to use this machine's node and node_modules instead of the packed runtime (a test
-# run without a GPU, on lavapipe).
+# Measures with the project's own runner, most important first, each step under `timeout` and all of
+# them within BUDGET_S seconds (a step that would start past it is skipped and logged, so a slow
+# machine loses the comparisons, not the goals):
+#  1. bench costs (prefill, decode ms/token, verify(k) for k up to 32 over a cache, rolled back after
+#     each; batched passes of 1, 2, 4 and 8 sequences, decode and verify(8)) of the 91M and 316M
+#     random-weight shapes at a 1024-token context on the WebGPU EP with the KV on the device, in the
+#     unfused form and the fused one (tools/train/fuse.py, run here on the filled weights);
+#  2. the cascade end to end (bench cascade, greedy, code prompts): draft-l2 as the target on the
+#     WebGPU EP with device KV, draft-l1 and MaG on the CPU, every method against target-only (ar)
+#     on the same placement; then greedy generation on the GPU against the CPU EP (tokens must match);
+#  3. the comparisons: the shapes on the WebGPU EP with the KV through the host and on the CPU EP
+#     (no batched passes), and the bundled drafters on the WebGPU EP (device KV) and the CPU EP at 256.
+# Environment: SHAPES (default "s091m s316m"), PAST (1024), REPEATS (3), THREADS (16 for the CPU EP),
+# BUDGET_S (480: the whole run, seconds), RT_LOCAL=1 to use this machine's node and node_modules
+# instead of the packed runtime (a test run without a GPU, on lavapipe).
 set -uo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=${OUT:-$PWD/gpu-out}
 mkdir -p "$out"
-log() { echo "[$(date +%T)] $*" | tee -a "$out/run.log"; }
+budget=${BUDGET_S:-480}
+log() { echo "[$(date +%T) ${SECONDS}s] $*" | tee -a "$out/run.log"; }
+# step CAP NAME CMD...: CMD under `timeout` of CAP seconds or what is left of BUDGET_S, whichever is
+# less, its output in run.log; skipped when under 20 s are left. Returns CMD's status.
+step() {
+  local cap=$1 name=$2 t=$((budget - SECONDS))
+  shift 2
+  ((t > cap)) && t=$cap
+  if ((t < 20)); then log "$name: SKIPPED, out of time (BUDGET_S=$budget)"; return 1; fi
+  log "$name (at most ${t} s) …"
+  timeout "$t" "$@" 2>&1 | tee -a "$out/run.log"
+  local rc=${PIPESTATUS[0]}
+  ((rc == 124)) && log "$name: TIMED OUT after ${t} s"
+  ((rc != 0 && rc != 124)) && log "$name: FAILED (exit $rc)"
+  return "$rc"
+}
+# into FILE CMD...: CMD with its stdout in FILE (stderr still logged by step)
+into=(sh -c 'f=$1; shift; exec "$@" > "$f"' into)
 if [ "${RT_LOCAL:-0}" != 1 ]; then
   source "$here/rt/setup.sh" | tee -a "$out/run.log"
   app=/tmp/rt/cascade   # under /tmp/rt so that ESM resolution finds /tmp/rt/node_modules/onnxruntime-node
@@ -25,32 +49,43 @@ unpack=$(mktemp -d)
 xz -dc "$here/cascade.tar.xz" | tar -C "$unpack" -xf -
 rm -rf "$app" && mkdir -p "$(dirname "$app")" && mv "$unpack/cascade" "$app"
 cascade=(node "$app/main.js")   # `cascade <command>`
-log "node $(node --version); VK_DRIVER_FILES=${VK_DRIVER_FILES:-}"
+tok=(--tokenizer "$here/models/tokenizer.json")
+log "node $(node --version); VK_DRIVER_FILES=${VK_DRIVER_FILES:-}; budget ${budget} s"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$out/run.log"
-log "filling the random-weight shapes …"
-python3 "$here/random_shapes.py" fill "$here/shapes" >>"$out/run.log" 2>&1
 past=${PAST:-1024}; repeats=${REPEATS:-3}; threads=${THREADS:-16}
-for s in ${SHAPES:-s091m s316m}; do
-  log "$s: WebGPU EP, KV through the host and on the device (past $past) …"
-  timeout 900 "${cascade[@]}" bench costs --model "$here/shapes/$s" --tokenizer "$here/models/tokenizer.json" --execution-providers webgpu \
-    --kv-location host,device --past "$past" --repeats "$repeats" --out "$out/$s-webgpu" 2>&1 | tee -a "$out/run.log"
+shapes=${SHAPES:-s091m s316m}
+
+# 1. the goals: device KV, unfused and fused, verify(k) and batched passes
+step 120 "filling the random-weight shapes" python3 "$here/random_shapes.py" fill "$here/shapes"
+for s in $shapes; do
+  step 240 "$s: WebGPU EP, KV on the device, batched 1,2,4,8 (past $past)" "${cascade[@]}" bench costs --model "$here/shapes/$s" "${tok[@]}" \
+    --execution-providers webgpu --kv-location device --past "$past" --repeats "$repeats" --batch 1,2,4,8 --out "$out/$s-webgpu-device"
   # the fused form (GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization) of the same weights
-  if python3 "$here/fuse.py" --model "$here/shapes/$s" --out "$here/shapes/$s-fused" --graph-only >>"$out/run.log" 2>&1; then
-    log "$s fused: WebGPU EP, KV on the device (past $past) …"
-    timeout 900 "${cascade[@]}" bench costs --model "$here/shapes/$s-fused" --tokenizer "$here/models/tokenizer.json" --execution-providers webgpu \
-      --kv-location device --past "$past" --repeats "$repeats" --out "$out/$s-fused-webgpu" 2>&1 | tee -a "$out/run.log"
-  else log "$s: fuse.py failed (see above)"; fi
-  log "$s: CPU EP, $threads threads …"
-  timeout 900 "${cascade[@]}" bench costs --model "$here/shapes/$s" --tokenizer "$here/models/tokenizer.json" --threads "$threads" \
-    --past "$past" --repeats "$repeats" --out "$out/$s-cpu" 2>&1 | tee -a "$out/run.log"
+  if step 120 "$s: fusing" python3 "$here/fuse.py" --model "$here/shapes/$s" --out "$here/shapes/$s-fused" --graph-only; then
+    step 240 "$s fused: WebGPU EP, KV on the device, batched 1,2,4,8 (past $past)" "${cascade[@]}" bench costs --model "$here/shapes/$s-fused" "${tok[@]}" \
+      --execution-providers webgpu --kv-location device --past "$past" --repeats "$repeats" --batch 1,2,4,8 --out "$out/$s-fused-webgpu-device"
+  fi
 done
-log "the drafters: WebGPU EP (device KV) and CPU EP, past 256 …"
-timeout 600 "${cascade[@]}" bench costs --model "$here/models/draft-l2" --draft-model "$here/models/draft-l1" --execution-providers webgpu --kv-location device --past 256 --repeats "$repeats" --out "$out/drafters-webgpu" 2>&1 | tee -a "$out/run.log"
-timeout 600 "${cascade[@]}" bench costs --model "$here/models/draft-l2" --draft-model "$here/models/draft-l1" --past 256 --repeats "$repeats" --out "$out/drafters-cpu" 2>&1 | tee -a "$out/run.log"
-log "greedy generation: draft-l2 on the GPU with draft-l1 on the CPU, against the CPU EP …"
+
+# 2. the cascade end to end: the target on the GPU, drafters on the CPU, against target-only on the GPU
+step 240 "the cascade: draft-l2 on the WebGPU EP (device KV), draft-l1 and MaG on the CPU, against ar" "${cascade[@]}" bench cascade \
+  --models "$here/models" --prompts-dir "$here/prompts" --execution-providers webgpu --kv-location device --draft-execution-providers cpu \
+  --workload code --temperatures 0 --prompts 4 --sweep-prompts 2 --repeats 2 --max-tokens 64 --out "$out/cascade-webgpu"
 prompt='def parse_args(argv):'
-gpu=$(timeout 600 "${cascade[@]}" generate --json --model "$here/models/draft-l2" --draft-model "$here/models/draft-l1" --execution-providers webgpu --max-tokens 64 --temperature 0 "$prompt")
-cpu=$(timeout 600 "${cascade[@]}" generate --json --model "$here/models/draft-l2" --draft-model "$here/models/draft-l1" --max-tokens 64 --temperature 0 "$prompt")
-echo "$gpu" > "$out/generate-webgpu.json"; echo "$cpu" > "$out/generate-cpu.json"
-node -e 'const [a,b]=process.argv.slice(1).map(f=>JSON.parse(require("fs").readFileSync(f,"utf8")));console.log(JSON.stringify(a.tokenIds)===JSON.stringify(b.tokenIds)?"greedy tokens identical on WebGPU and CPU":"GREEDY TOKENS DIFFER")' "$out/generate-webgpu.json" "$out/generate-cpu.json" | tee -a "$out/run.log"
-log "done"
+gen=(generate --json --model "$here/models/draft-l2" --draft-model "$here/models/draft-l1" --max-tokens 64 --temperature 0)
+step 120 "greedy generation: draft-l2 on the GPU with draft-l1 placed by cost" "${into[@]}" "$out/generate-webgpu.json" "${cascade[@]}" "${gen[@]}" --execution-providers webgpu "$prompt"
+step 60 "greedy generation: the CPU EP" "${into[@]}" "$out/generate-cpu.json" "${cascade[@]}" "${gen[@]}" "$prompt"
+node -e 'const [a,b]=process.argv.slice(1).map(f=>JSON.parse(require("fs").readFileSync(f,"utf8")));console.log(JSON.stringify(a.tokenIds)===JSON.stringify(b.tokenIds)?"greedy tokens identical on WebGPU and CPU":"GREEDY TOKENS DIFFER")' "$out/generate-webgpu.json" "$out/generate-cpu.json" 2>&1 | tee -a "$out/run.log"
+
+# 3. the comparisons: KV through the host, the CPU EP, the drafters
+for s in $shapes; do
+  step 180 "$s: WebGPU EP, KV through the host (past $past)" "${cascade[@]}" bench costs --model "$here/shapes/$s" "${tok[@]}" \
+    --execution-providers webgpu --kv-location host --past "$past" --repeats "$repeats" --no-batch --out "$out/$s-webgpu-host"
+  step 180 "$s: CPU EP, $threads threads (past $past)" "${cascade[@]}" bench costs --model "$here/shapes/$s" "${tok[@]}" --threads "$threads" \
+    --past "$past" --repeats "$repeats" --no-batch --out "$out/$s-cpu"
+done
+step 120 "the drafters: WebGPU EP (device KV), past 256" "${cascade[@]}" bench costs --model "$here/models/draft-l2" --draft-model "$here/models/draft-l1" \
+  --execution-providers webgpu --kv-location device --past 256 --repeats "$repeats" --batch 1,8 --out "$out/drafters-webgpu"
+step 60 "the drafters: CPU EP, past 256" "${cascade[@]}" bench costs --model "$here/models/draft-l2" --draft-model "$here/models/draft-l1" \
+  --past 256 --repeats "$repeats" --batch 1,8 --out "$out/drafters-cpu"
+log "done in ${SECONDS} s"
