@@ -54,7 +54,8 @@ test('run-batch - every request answered in OpenAI\'s output format, greedy text
   }
   const bad = lines.find((l) => l.custom_id === 'bad')!;
   t.is(bad.response!.status_code, 400);
-  t.regex(bad.error!.message, /n may be at most 16/);
+  t.is(bad.error, null, 'an HTTP answer, if an error one, is a response');
+  t.regex((bad.response!.body as { error: { message: string } }).error.message, /n may be at most 16/);
   // --resume runs only what was not answered with a 200
   const again = await fails(['run-batch', '-i', input, '-o', output, '--resume']);
   t.regex(again.stderr, /1\/1 done, 1 failed \(4 answered before\)/);

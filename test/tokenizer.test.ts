@@ -79,3 +79,14 @@ test('tokenizer - each token\'s bytes concatenate to the text\'s UTF-8; a token 
   for (const id of partial) t.is(tok.tokenText(id), 'bytes:' + [...tok.tokenBytes(id)].map((b) => `\\x${b.toString(16).padStart(2, '0')}`).join(''));
   t.is(tok.tokenText(tok.encode(' the')[0]!), ' the');
 });
+
+test('tokenizer - a SentencePiece token keeps its leading space in its own text; byte-fallback pieces are their bytes', async (t) => {
+  const sp = TextTokenizer.load(new URL('./fixtures/sentencepiece/tokenizer.json', import.meta.url).pathname);
+  const ids = sp.encode('hello world€');
+  t.is(sp.decode(ids), 'hello world€');
+  t.true(ids.map((id) => sp.tokenText(id)).includes(' world'), 'not "world": decoding the token alone would strip the space');
+  t.deepEqual(ids.slice(-3).map((id) => [...sp.tokenBytes(id)]), [[0xe2], [0x82], [0xac]]);
+  const { TextOffsets } = await import('../src/cluster/gateway/logprobs.ts');
+  const offsets = new TextOffsets(3);
+  t.deepEqual(['ab', '€'].flatMap((s) => [...Buffer.from(s)].map((b) => offsets.next(Uint8Array.of(b)))), [3, 4, 5, 5, 5], 'the bytes of one character all begin where it does');
+});

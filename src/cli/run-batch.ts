@@ -10,8 +10,11 @@ import { EXECUTION_PROVIDERS, parseExecutionProviders, parseNumber } from './opt
  * `cascade run-batch`: OpenAI's batch file format (https://platform.openai.com/docs/guides/batch),
  * served from one warm process as vLLM's `run-batch` does. Each input line is
  * `{"custom_id", "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body"}`; each
- * output line `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error"}`
- * (`error` null on success, else `{code, message}` with the response holding the error body). The
+ * output line `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error",
+ * "seconds"}`: an HTTP answer of any status in `response` (an error's body holds its message), and
+ * `error` `{code, message}` only for a failure that is no HTTP answer, as OpenAI's batches; `seconds`
+ * is the request's own time. A request that failed and ran again under --resume has two lines: the
+ * last one is its answer. The
  * requests run through the embedded gateway's own handlers (Fastify's inject: the same validation,
  * templates and answers as `serve --embedded`), `--concurrency` at a time. The whole file is
  * validated first (a bad line is an error naming it, and nothing runs); results are appended as
@@ -99,6 +102,8 @@ async function runBatch(o: RunBatchOptions): Promise<void> {
   const lines = readBatchFile(o.input);
   if (existsSync(o.output) && !o.resume) throw new InvalidArgumentError(`${o.output} exists: give --resume to skip the requests it answered, or another --output`);
   const skip = o.resume && existsSync(o.output) ? answered(o.output) : new Set<string>();
+  // a crash may have cut the last line: what is appended starts on a line of its own
+  if (o.resume && existsSync(o.output) && !readFileSync(o.output, 'utf8').endsWith('\n') && readFileSync(o.output, 'utf8').length) appendFileSync(o.output, '\n');
   const todo = lines.filter((l) => !skip.has(l.custom_id));
   const gateway = await openEmbeddedGateway({ ...o, requestTimeoutMs: 3_600_000, maxInFlight: Math.max(64, o.concurrency * 16) });
   const started = performance.now();
@@ -119,26 +124,25 @@ async function runBatch(o: RunBatchOptions): Promise<void> {
       while (next < todo.length) {
         const line = todo[next++]!;
         const t0 = performance.now();
-        const res = await gateway.app.inject({ method: 'POST', url: line.url, payload: line.body as object, headers: { 'content-type': 'application/json' } });
-        let body: unknown;
+        let response: { status_code: number; request_id: string | null; body: unknown } | null = null;
+        let error: { code: string; message: string } | null = null;
         try {
-          body = res.json();
-        } catch {
-          body = res.body;
+          const res = await gateway.app.inject({ method: 'POST', url: line.url, payload: line.body as object, headers: { 'content-type': 'application/json' } });
+          let body: unknown;
+          try {
+            body = res.json();
+          } catch {
+            body = res.body;
+          }
+          response = { status_code: res.statusCode, request_id: (body as { id?: string } | undefined)?.id ?? null, body };
+          tokens += (body as { usage?: { completion_tokens?: number } } | undefined)?.usage?.completion_tokens ?? 0;
+        } catch (err) {
+          // as OpenAI's batches: `error` is for a failure that is not an HTTP answer
+          error = { code: 'internal_error', message: (err as Error).message };
         }
-        const ok = res.statusCode === 200;
-        const err = (body as { error?: { message?: string; type?: string } } | undefined)?.error;
-        const usage = (body as { usage?: { completion_tokens?: number } } | undefined)?.usage;
-        tokens += usage?.completion_tokens ?? 0;
         finished++;
-        if (!ok) failed++;
-        const out = {
-          id: `batch_req_${randomUUID().replaceAll('-', '')}`,
-          custom_id: line.custom_id,
-          response: { status_code: res.statusCode, request_id: (body as { id?: string } | undefined)?.id ?? null, body },
-          error: ok ? null : { code: err?.type ?? String(res.statusCode), message: err?.message ?? `HTTP ${res.statusCode}` },
-          seconds: (performance.now() - t0) / 1000,
-        };
+        if (response?.status_code !== 200) failed++;
+        const out = { id: `batch_req_${randomUUID().replaceAll('-', '')}`, custom_id: line.custom_id, response, error, seconds: (performance.now() - t0) / 1000 };
         appendFileSync(o.output, JSON.stringify(out) + '\n');
         report();
       }

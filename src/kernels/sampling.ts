@@ -227,7 +227,11 @@ export function tokenLogprob(probs: Float32Array, token: number, top: number): T
   if (!(Number.isInteger(top) && top >= 0 && top <= MAX_TOP_LOGPROBS)) throw new RangeError(`top log probabilities must be 0..${MAX_TOP_LOGPROBS}, got ${top}`);
   const entries: { token: number; logprob: number }[] = [];
   if (top > 0) {
-    const order = atLeast(probs, kthLargest(probs, Math.min(top, probs.length))).sort((a, b) => probs[b]! - probs[a]! || a - b);
+    // a threshold of 0 (fewer than `top` tokens left by the filters) would sort the whole vocabulary:
+    // the non-zero ones are sorted, the slots left go to the lowest ids of probability 0
+    const kth = kthLargest(probs, Math.min(top, probs.length));
+    const order = atLeast(probs, kth > 0 ? kth : Number.MIN_VALUE).sort((a, b) => probs[b]! - probs[a]! || a - b);
+    for (let t = 0; order.length < top && t < probs.length; t++) if (!(probs[t]! > 0)) order.push(t);
     for (const t of order.slice(0, top)) entries.push({ token: t, logprob: logOf(probs[t]!) });
   }
   return { token, logprob: logOf(probs[token] ?? 0), top: entries };

@@ -60,10 +60,17 @@ let prefixCache = true;
 const retained: Sequence[] = [];
 let retainedBudget = RETAINED_TOKENS;
 
-/** Keeps a released sequence as a prefix source within the budget, freeing the oldest ones over it. */
-function retain(seq: Sequence): void {
-  if (prefixCache && seq.tokens && seq.length > 0 && seq.length <= retainedBudget) retained.push(seq);
-  else kv.free(seq.past);
+/**
+ * Keeps a released sequence as a prefix source within the budget, freeing the oldest ones over it.
+ * Its rows are copied first: a host sequence's past may be a view into a batched pass's presents
+ * (HostKv.split), which would keep the whole batch's buffer alive.
+ */
+async function retain(seq: Sequence): Promise<void> {
+  if (prefixCache && seq.tokens && seq.length > 0 && seq.length <= retainedBudget) {
+    const own = await kv.copyPrefix(seq.past, seq.length, seq.length);
+    kv.free(seq.past);
+    retained.push({ ...seq, past: own });
+  } else kv.free(seq.past);
   let total = retained.reduce((a, q) => a + q.length, 0);
   while (total > retainedBudget) {
     const oldest = retained.shift()!;
@@ -588,7 +595,7 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
       return { id: msg.id, ok: true };
     case 'release': {
       const seq = sequences.get(msg.seqId);
-      if (seq) retain(seq);
+      if (seq) await retain(seq);
       sequences.delete(msg.seqId);
       return { id: msg.id, ok: true };
     }

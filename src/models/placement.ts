@@ -79,15 +79,11 @@ export async function placeByCost<S extends ModelSession>(
       session = await open(eps);
       const ms = await passCost(session, role);
       trial = { executionProviders: eps, ms };
-      if (!best || ms < best.ms) {
-        await best?.session.close();
-        best = { session, eps, ms };
-        session = undefined;
-      }
+      if (!best || ms < best.ms) [best, session] = [{ session, eps, ms }, best?.session];
     } catch (err) {
       trial = { executionProviders: eps, error: (err as Error).message.split('\n')[0]! };
     }
-    await session?.close();
+    await session?.close().catch(() => undefined); // the slower (or failed) one; a failure to close it loses nothing kept
     trials.push(trial);
     onTrial(trial);
   }

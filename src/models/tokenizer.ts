@@ -113,7 +113,8 @@ export class TextTokenizer {
 
   /**
    * A token's own bytes: those its piece stands for under a byte-level decoder, the byte of a
-   * byte-fallback piece (`<0xE2>`), otherwise the UTF-8 of its decoded text. A token that is part of
+   * byte-fallback piece (`<0xE2>`), a SentencePiece piece with its `▁` as spaces, otherwise the
+   * UTF-8 of its decoded text. A token that is part of
    * a multi-byte character has bytes that are not UTF-8 on their own.
    */
   tokenBytes(id: number): Uint8Array {
@@ -121,6 +122,8 @@ export class TextTokenizer {
     const fallback = piece === undefined ? undefined : /^<0x([0-9A-Fa-f]{2})>$/.exec(piece);
     if (fallback) return Uint8Array.of(parseInt(fallback[1]!, 16));
     if (this.byteLevel && piece !== undefined && [...piece].every((c) => BYTE_OF_CHAR.has(c))) return Uint8Array.from([...piece].map((c) => BYTE_OF_CHAR.get(c)!));
+    // SentencePiece's word boundary: decoding one token alone would strip its leading space (Metaspace, Strip)
+    if (!this.byteLevel && piece?.includes('\u2581')) return new TextEncoder().encode(piece.replaceAll('\u2581', ' '));
     return new TextEncoder().encode(this.decode([id]));
   }
 

@@ -16,35 +16,48 @@ export class LogprobFormat {
   }
 
   /**
-   * Completions' `logprobs: { tokens, token_logprobs, top_logprobs, text_offset }`. `offset`: the
-   * characters of text before the first token (the echoed prompt's, or an earlier chunk's); `echo`:
-   * prompt tokens before `list`, which have no log probability (null, as OpenAI gives the first).
+   * Completions' `logprobs: { tokens, token_logprobs, top_logprobs, text_offset }`. `offsets`: where
+   * the choice's text stands (the echoed prompt's, or earlier chunks' text before these tokens).
    */
-  completion(list: readonly TokenLogprob[], offset: number, echo: readonly number[] = []) {
-    const tokens: string[] = [];
-    const textOffset: number[] = [];
-    let at = offset;
-    for (const id of [...echo, ...list.map((e) => e.token)]) {
-      const text = this.tokenizer.tokenText(id);
-      tokens.push(text);
-      textOffset.push(at);
-      at += text.length;
-    }
+  completion(list: readonly TokenLogprob[], offsets: TextOffsets) {
     return {
-      tokens,
-      token_logprobs: [...echo.map(() => null), ...list.map((e) => e.logprob)],
-      top_logprobs: [...echo.map(() => null), ...list.map((e) => this.topMap(e))],
-      text_offset: textOffset,
+      tokens: list.map((e) => this.tokenizer.tokenText(e.token)),
+      token_logprobs: list.map((e) => e.logprob),
+      top_logprobs: list.map((e) => this.topMap(e)),
+      text_offset: list.map((e) => offsets.next(this.tokenizer.tokenBytes(e.token))),
     };
   }
 
-  /** Alternatives as completions name them, a map of text to log probability, most likely first; two ids of one text (rare) keep the likelier. */
+  /**
+   * Alternatives as completions name them: a map of text to log probability, most likely first, with
+   * the sampled token's always there (OpenAI: up to logprobs + 1 entries); two ids of one text (rare)
+   * keep the likelier.
+   */
   private topMap(e: TokenLogprob): Record<string, number> {
     const map: Record<string, number> = {};
     for (const a of e.top) {
       const text = this.tokenizer.tokenText(a.token);
       if (!(text in map)) map[text] = a.logprob;
     }
+    const own = this.tokenizer.tokenText(e.token);
+    if (!(own in map)) map[own] = e.logprob;
     return map;
+  }
+}
+
+/**
+ * Where each token's text begins in a completion's text, in UTF-16 code units as OpenAI's
+ * text_offset and JavaScript strings count: the text decoded so far from the tokens' bytes, so a
+ * token inside a multi-byte character begins where that character does.
+ */
+export class TextOffsets {
+  private readonly decoder = new TextDecoder('utf-8');
+  constructor(private at = 0) {}
+
+  /** The offset of the token with these bytes, and moves past it. */
+  next(bytes: Uint8Array): number {
+    const start = this.at;
+    this.at += this.decoder.decode(bytes, { stream: true }).length;
+    return start;
   }
 }

@@ -6,7 +6,7 @@ import type { StreamDecoder } from '../../models/tokenizer.ts';
 import type { JobData, RequestOutcome } from '../coordinator.ts';
 import { injectHeaders, tracer } from '../tracing.ts';
 import { HttpError } from './errors.ts';
-import { LogprobFormat } from './logprobs.ts';
+import { LogprobFormat, TextOffsets } from './logprobs.ts';
 import type { GatewayOptions } from './options.ts';
 import { apiFinishReason, responseShapes } from './responses.ts';
 import { EventStream } from './sse.ts';
@@ -41,8 +41,8 @@ class Choice {
   pending = '';
   /** Log probabilities of the counted tokens not yet sent (all of them, when not streaming). */
   logprobs: TokenLogprob[] = [];
-  /** Characters of this choice's text before the next log probability (completions' text_offset). */
-  offset = 0;
+  /** Where the next token's text begins in this choice's text (completions' text_offset). */
+  offsets = new TextOffsets();
   submitted: Submitted | undefined;
   outcome: RequestOutcome | undefined;
   /** Resolves at this choice's first tokens (its prompt is then prefilled where its target session runs). */
@@ -126,7 +126,7 @@ export function requestServer(options: ServeOptions) {
     const shapes = responseShapes(chat, id, Math.floor(Date.now() / 1000), model.target);
     const events = new EventStream(reply.raw);
     const echo = answer.echo ?? '';
-    for (const c of choices) c.offset = echo.length;
+    for (const c of choices) c.offsets = new TextOffsets(echo.length);
     let firstAt: number | undefined;
     let lastAt = startedAt;
     /** The log probabilities of `c` not sent yet, in the request's shape (null when not asked for), and forgets them. */
@@ -134,10 +134,7 @@ export function requestServer(options: ServeOptions) {
       if (!answer.logprobs || (orNull && !c.logprobs.length)) return null;
       const list = c.logprobs;
       c.logprobs = [];
-      if (chat) return format.chat(list);
-      const shaped = format.completion(list, c.offset);
-      c.offset += shaped.tokens.reduce((a, t) => a + t.length, 0);
-      return shaped;
+      return chat ? format.chat(list) : format.completion(list, c.offsets);
     };
     const onTokens = (c: Choice) => (tokens: readonly number[], logprobs: readonly TokenLogprob[] | undefined) => {
       const now = performance.now();
@@ -152,21 +149,23 @@ export function requestServer(options: ServeOptions) {
       else if (delta) events.write(shapes.chunk(c.index, delta, null, takeLogprobs(c)));
     };
     const cancelAll = () => choices.forEach((c) => c.submitted?.cancel());
+    /** Waits until every queued choice has ended (cancelled ones end at their next round). */
+    const settled = async () => void (await Promise.allSettled(choices.map((c) => c.submitted?.done)));
     let opened = false;
     try {
       // Choice 0 first; the others once it has tokens, so that their prefills find its prompt's KV
       // in the verifier's prefix cache (a request of n choices prefills its prompt once per verifier).
-      const enqueue = async (c: Choice) => {
-        c.submitted = await options.backend.submit(c.data, onTokens(c));
-        if (c.stops?.stopped) c.submitted.cancel();
-      };
-      await enqueue(choices[0]!);
-      // the response's 'close' before it finished = the client went away
+      // the response's 'close' before it finished = the client went away (listened for before any job is queued)
       reply.raw.on('close', () => {
         if (reply.raw.writableFinished) return;
         events.closed = true;
         cancelAll();
       });
+      const enqueue = async (c: Choice) => {
+        c.submitted = await options.backend.submit(c.data, onTokens(c));
+        if (events.closed || c.stops?.stopped) c.submitted.cancel();
+      };
+      await enqueue(choices[0]!);
       if (stream) {
         reply.hijack();
         opened = true;
@@ -176,9 +175,9 @@ export function requestServer(options: ServeOptions) {
       if (choices.length > 1) {
         await Promise.race([choices[0]!.started, choices[0]!.submitted!.done.then(() => undefined, () => undefined)]);
         for (const c of choices.slice(1)) if (!events.closed) await enqueue(c);
-        if (events.closed) return; // the client went away while the choices were submitted: all cancelled
+        if (events.closed) return await settled(); // the client went away while the choices were submitted: all cancelled
       }
-      const settled = await Promise.allSettled(
+      const results = await Promise.allSettled(
         choices.map(async (c) => {
           c.outcome = await c.submitted!.done;
           recordOutcome(metrics, c.outcome, c.data.promptIds.length, c.generated, startedAt, firstAt);
@@ -186,17 +185,8 @@ export function requestServer(options: ServeOptions) {
           if (stream) events.write(shapes.chunk(c.index, c.tail(), c.finish, takeLogprobs(c, true)));
         }),
       );
-      const failed = settled.find((s): s is PromiseRejectedResult => s.status === 'rejected');
-      if (failed) {
-        cancelAll();
-        const err = failed.reason as Error;
-        if (!stream) throw err;
-        events.write({ error: { message: err.message, type: 'server_error' } });
-        events.end();
-        metrics.requests.inc({ status: 'error' });
-        span.recordException(err);
-        return;
-      }
+      const failed = results.find((s): s is PromiseRejectedResult => s.status === 'rejected');
+      if (failed) throw failed.reason;
       const used = usage(
         choices.map((c) => c.outcome),
         first.promptIds.length,
@@ -212,10 +202,11 @@ export function requestServer(options: ServeOptions) {
       cancelAll();
       metrics.requests.inc({ status: 'error' });
       span.recordException(err as Error);
+      await settled(); // the other choices stop at their next round: their slots are free only then
       if (!opened) throw err;
-      // the stream is open (its 200 sent): the error is its last event
+      // the stream is open (its 200 sent): the error is its last event before [DONE], as vLLM ends one
       events.write({ error: { message: (err as Error).message, type: 'server_error' } });
-      events.end();
+      events.done();
     } finally {
       span.setAttribute('cascade.generated_tokens', choices.reduce((a, c) => a + c.generated, 0));
       span.end();

@@ -29,13 +29,9 @@ export class EventStream {
     else if (!this.closed) this.#raw.write(line);
   }
 
-  /** Ends the stream with `data: [DONE]`. */
+  /** Ends the stream with `data: [DONE]`; nothing is written after it. */
   done(): void {
     if (!this.closed) this.#raw.end('data: [DONE]\n\n');
-  }
-
-  /** Ends the stream without [DONE] (after an error event). */
-  end(): void {
-    this.#raw.end();
+    this.closed = true;
   }
 }

@@ -72,7 +72,12 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
       if (m.type === 'tokens') take(m.offset, m.tokens, m.logprobs);
       else if (m.type === 'done') {
         const outcome = JSON.parse(m.stats) as RequestOutcome;
-        const finish = () => (have >= outcome.generatedTokens ? settle.resolve(outcome) : void recorded().then(([all, lps]) => (take(0, all, lps), settle.resolve(outcome)), settle.reject));
+        const finish = () =>
+          have >= outcome.generatedTokens
+            ? settle.resolve(outcome)
+            : void recorded()
+                .then(([all, lps]) => (take(0, all, lps), settle.resolve(outcome)))
+                .catch((err: Error) => settle.reject(err));
         finish();
       } else if (m.type === 'failed') settle.reject(new HttpError(500, `generation failed: ${m.message}`, 'server_error'));
     } catch (err) {
@@ -90,7 +95,13 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
     } catch {
       // NATS is down: the request runs to its end and is dropped then
     }
-    void queue.remove(data.requestId).catch(() => undefined);
+    // a job still waiting in the queue is removed there, and no coordinator will ever answer it: it ends here
+    void queue
+      .remove(data.requestId)
+      .then((removed) => {
+        if (removed === 1) settle.resolve({ finishReason: 'cancelled', generatedTokens: have, resumedFrom: 0, failovers: [], queueSeconds: (Date.now() - data.enqueuedAt) / 1000, stats: undefined });
+      })
+      .catch(() => undefined);
   };
   // The stream is at-most-once (a NATS restart loses messages): every second, a request whose
   // stream went quiet is looked up in Redis, where the coordinator records tokens and the result.
