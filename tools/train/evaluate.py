@@ -190,6 +190,10 @@ def write_card(path: Path, record: dict, names: list[str]) -> None:
                         for k, v in src.items())
     notes = "".join(f"- {n}\n" for n in record.get("notes", []))
     notes = f"## Notes\n\n{notes}\n" if notes else ""
+    eagle_record = path.parent / "eagle" / "record.json"
+    if eagle_record.exists():  # the feature drafter's section (tools/train/eagle.py card) survives a rewrite
+        from eagle import card_section
+        notes += card_section(json.loads(eagle_record.read_text()))
     path.write_text(f"""# The bundled model family
 
 Trained by this project from scratch (`tools/train/`; the training record says on which machine), no model hub involved. All members
