@@ -3,6 +3,7 @@ import { CascadeError, InvalidArgumentError } from '../errors.ts';
 import { registerBench } from './bench.ts';
 import { registerCluster } from './cluster.ts';
 import { registerGenerate } from './generate.ts';
+import { registerQuantize } from './quantize.ts';
 import { registerRunBatch } from './run-batch.ts';
 import { OutputError, ReaderGoneError, watchStdout } from './stdout.ts';
 
@@ -14,6 +15,7 @@ registerGenerate(program);
 registerBench(program);
 registerCluster(program);
 registerRunBatch(program);
+registerQuantize(program);
 
 // A reader that stops early (`cascade generate … | head`) ends the output quietly, with status 0.
 watchStdout();

@@ -1,0 +1,101 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, rmSync, statSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Command } from 'commander';
+import { CascadeError, InvalidArgumentError, ModelLoadError } from '../errors.ts';
+import { findGraph } from '../models/model-dir.ts';
+import { parseNumber } from './options.ts';
+
+/**
+ * `cascade quantize`: block-wise weight-only quantization of a model folder into ONNX Runtime's
+ * MatMulNBits (docs/quantization.md). The graph rewrite is tools/train/quantize.py, run with a
+ * Python that has onnx and numpy: ONNX has no maintained protobuf writer on npm that round-trips
+ * large graphs, and onnx's own is the reference one.
+ */
+
+/** No Python with onnx and numpy, or the quantizer failed; the message says what to install or what went wrong. */
+export class QuantizeToolError extends CascadeError {
+  override readonly name = 'QuantizeToolError';
+}
+
+interface QuantizeOptions {
+  model: string;
+  out: string;
+  bits: number;
+  blockSize: number;
+  accuracyLevel: number;
+  symmetric?: boolean;
+  modelFile?: string;
+  python?: string;
+}
+
+/** tools/train/quantize.py from src/cli (tsx) or dist/src/cli (tsc). */
+function toolPath(): string {
+  for (const up of ['../..', '../../..']) {
+    const path = fileURLToPath(new URL(`${up}/tools/train/quantize.py`, import.meta.url));
+    if (existsSync(path)) return path;
+  }
+  throw new QuantizeToolError('tools/train/quantize.py is missing from this installation (it ships in the repository)');
+}
+
+/**
+ * The first of `--python`, $CASCADE_PYTHON, /usr/bin/python3 and python3 on the PATH that imports
+ * onnx and numpy; throws QuantizeToolError naming what to install when none does.
+ */
+export function findPython(explicit?: string): string {
+  const candidates = explicit ? [explicit] : [process.env.CASCADE_PYTHON, '/usr/bin/python3', 'python3'].filter((p): p is string => !!p);
+  const tried: string[] = [];
+  for (const python of [...new Set(candidates)]) {
+    const r = spawnSync(python, ['-c', 'import onnx, numpy'], { encoding: 'utf8', timeout: 60_000 });
+    if (r.status === 0) return python;
+    const why = r.error ? (r.error as NodeJS.ErrnoException).code ?? r.error.message : (r.stderr.trim().split('\n').at(-1) ?? `exit ${r.status}`);
+    tried.push(`${python}: ${why}`);
+  }
+  throw new QuantizeToolError(
+    `cascade quantize needs Python 3 with onnx and numpy (apt-get install python3-onnx python3-numpy, or pip install onnx numpy); tried ${tried.join('; ')}`,
+  );
+}
+
+async function quantize(o: QuantizeOptions): Promise<void> {
+  if (o.bits !== 4 && o.bits !== 8) throw new InvalidArgumentError(`--bits must be 8 or 4, got ${o.bits}`);
+  if (o.blockSize < 16 || (o.blockSize & (o.blockSize - 1)) !== 0) {
+    throw new InvalidArgumentError(`--block-size must be a power of 2 of at least 16 (MatMulNBits), got ${o.blockSize}`);
+  }
+  if (o.accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${o.accuracyLevel}`);
+  const model = resolve(o.model);
+  const out = resolve(o.out);
+  if (!existsSync(model) || !statSync(model).isDirectory()) throw new ModelLoadError(`model directory ${model} does not exist`);
+  if (!existsSync(join(model, 'config.json'))) throw new ModelLoadError(`model directory ${model} has no config.json`);
+  if (existsSync(out)) throw new InvalidArgumentError(`--out ${out} exists: name a new folder for the quantized model`);
+  const graph = relative(model, findGraph(model, o.modelFile));
+  const python = findPython(o.python);
+  const args = [toolPath(), '--model', model, '--out', out, '--bits', String(o.bits), '--block-size', String(o.blockSize),
+    '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : [])];
+  process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
+  const status = await new Promise<number | null>((done, fail) => {
+    const child = spawn(python, args, { stdio: ['ignore', 'inherit', 'inherit'] });
+    child.on('error', fail);
+    child.on('close', done);
+  });
+  if (status !== 0) {
+    if (existsSync(out)) rmSync(out, { recursive: true, force: true });
+    throw new QuantizeToolError(`tools/train/quantize.py failed (exit ${status}); its message is above`);
+  }
+  process.stdout.write(`${out}\n`);
+}
+
+export function registerQuantize(program: Command): void {
+  program
+    .command('quantize')
+    .description("block-wise weight-only quantization into ONNX Runtime's MatMulNBits (needs Python 3 with onnx and numpy); the output is a model folder for --model or --draft-model")
+    .requiredOption('--model <dir>', 'the model folder to quantize (config.json and an ONNX decoder graph)')
+    .requiredOption('--out <dir>', 'a new folder for the quantized model (refused when it exists)')
+    .requiredOption('--bits <n>', 'weight bits: 8 or 4', parseNumber('--bits', { min: 4, integer: true }))
+    .option('--block-size <n>', 'weights per quantization block along K: a power of 2, at least 16', parseNumber('--block-size', { min: 16, integer: true }), 32)
+    .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 lets the CPU compute in int8, 0 keeps activations in float", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
+    .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer)')
+    .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
+    .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
+    .action((o: QuantizeOptions) => quantize(o));
+}

@@ -1,0 +1,260 @@
+"""Block-wise weight-only quantization of a model directory's graph into ONNX Runtime's MatMulNBits.
+
+What onnxruntime's `matmul_nbits_quantizer.py` (DefaultWeightOnlyQuantizer, QOperator format, RTN) and
+onnxruntime-genai's model builder write, in numpy: every MatMul whose right operand is a constant
+W [K, N] becomes
+
+    MatMulNBits(A, B, scales[, zero_points])   domain com.microsoft, attributes K, N, bits, block_size, accuracy_level
+
+  - B: uint8 [N, n_blocks, blob_size], W^T by output column, cut into blocks of block_size along K
+    (K zero-padded to n_blocks * block_size); blob_size = block_size * bits / 8, 4-bit values two to a
+    byte, the first in the low nibble;
+  - scales: [N, n_blocks], the dtype of A (float32, or float16 for a float16 export);
+  - zero_points (asymmetric, the default, as the ORT quantizer's): uint8 [N, ceil(n_blocks * bits / 8)],
+    packed as B; symmetric (--symmetric) leaves them out and the kernel takes 2^(bits-1);
+  - dequantized weight = (q - zero_point) * scale. Asymmetric blocks span [min(w, 0), max(w, 0)] in
+    2^bits - 1 steps (MLAS's range_to_scale_zp), symmetric ones put the signed largest magnitude at -2^(bits-1).
+
+accuracy_level 4 (the default here, as the genai builder's for the CPU) lets the CPU EP quantize A to
+int8 per block and use its int8 kernels; 0 keeps A in float.
+
+The right operand may be an initializer, an Identity of one (torch.onnx's deduplicated weights) or a
+Transpose of one (perm [1, 0]: W stored as torch's [N, K]). Left in float, and listed:
+  - the LM head (a MatMul with N = vocab_size) and the embedding Gather: quantizing them
+    (GatherBlockQuantized, a 4-bit tied head) is future work (docs/quantization.md);
+  - Gemm nodes (the family's tied head is Gemm(h, embedding, transB=1));
+  - a weight read by any other node too (a tied or shared weight);
+  - MatMuls inside subgraphs (an Optimum merged decoder's If branches): refused, export without
+    merging (`--no-post-process`) or use the decoder_with_past graph.
+
+Everything else in the directory is copied (reference logits stay the f32 model's); config.json gains
+"quantization": {"method": "MatMulNBits", "bits", "block_size", ...}, which the runner ignores.
+
+Needs numpy and onnx only (`apt-get install python3-onnx python3-numpy`).
+Usage: /usr/bin/python3 tools/train/quantize.py --model models/target --out /tmp/q8 --bits 8
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+from onnx import helper
+
+MS = "com.microsoft"
+# Graphs a folder may hold, in the order src/models/model-dir.ts prefers them.
+PREFERRED = ["model.onnx", "decoder_model_merged.onnx", "onnx/model.onnx", "onnx/decoder_model_merged.onnx"]
+# Protobuf's 2 GiB limit: bigger graphs are written with their tensors in one external file.
+PROTO_LIMIT = 2**31 - 2**26
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def quantize_weight(w: np.ndarray, bits: int, block_size: int, symmetric: bool
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """B [N, n_blocks, blob_size] uint8, scales [N, n_blocks] (w's dtype) and packed zero points
+    [N, ceil(n_blocks * bits / 8)] uint8 (None when symmetric) of a weight w [K, N]."""
+    k, n = w.shape
+    n_blocks = -(-k // block_size)
+    wt = np.zeros((n, n_blocks * block_size), dtype=np.float32)
+    wt[:, :k] = w.T.astype(np.float32)
+    blocks = wt.reshape(n, n_blocks, block_size)
+    qmax = (1 << bits) - 1
+    lo, hi = blocks.min(axis=-1), blocks.max(axis=-1)
+    if symmetric:
+        mid = 1 << (bits - 1)
+        amax = np.where(np.abs(hi) > np.abs(lo), hi, lo)
+        scale = (amax / -mid).astype(np.float32)
+        zp = np.full(scale.shape, mid, dtype=np.float32)
+    else:
+        lo, hi = np.minimum(lo, 0), np.maximum(hi, 0)
+        scale = ((hi - lo) / qmax).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            zp = np.where(scale == 0, 0, np.clip(np.round(-lo / scale), 0, qmax)).astype(np.float32)
+    safe = np.where(scale == 0, 1, scale)[..., None]
+    q = np.clip(np.round(blocks / safe + zp[..., None]), 0, qmax)
+    q = np.where(scale[..., None] == 0, zp[..., None], q).astype(np.uint8)
+    zps = None if symmetric else zp.astype(np.uint8)
+    if bits == 4:
+        q = q[..., 0::2] | (q[..., 1::2] << 4)
+        if zps is not None:
+            if n_blocks % 2:
+                zps = np.concatenate([zps, np.zeros((n, 1), dtype=np.uint8)], axis=1)
+            zps = zps[:, 0::2] | (zps[:, 1::2] << 4)
+    return np.ascontiguousarray(q), scale.astype(w.dtype), zps
+
+
+def dequantize(b: np.ndarray, scales: np.ndarray, zps: np.ndarray | None, bits: int, k: int) -> np.ndarray:
+    """W [K, N] back from quantize_weight's output (the check that the packing round-trips)."""
+    n, n_blocks, _ = b.shape
+    if bits == 4:
+        q = np.stack([b & 0xF, b >> 4], axis=-1).reshape(n, n_blocks, -1)
+        z = None if zps is None else np.stack([zps & 0xF, zps >> 4], axis=-1).reshape(n, -1)[:, :n_blocks]
+    else:
+        q, z = b, zps
+    z = np.full((n, n_blocks), 1 << (bits - 1)) if z is None else z
+    w = (q.astype(np.float32) - z[..., None]) * scales.astype(np.float32)[..., None]
+    return w.reshape(n, -1)[:, :k].T
+
+
+def find_graph(src: Path, model_file: str | None) -> Path:
+    if model_file:
+        path = Path(model_file) if Path(model_file).is_absolute() else src / model_file
+        if not path.exists():
+            raise SystemExit(f"--model-file {model_file}: {path} does not exist")
+        return path
+    for name in PREFERRED:
+        if (src / name).exists():
+            return src / name
+    raise SystemExit(f"{src} holds none of {', '.join(PREFERRED)}: name the graph with --model-file")
+
+
+def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_size: int, accuracy_level: int,
+                   symmetric: bool) -> tuple[list[str], list[str]]:
+    """Rewrites model's MatMuls in place; returns (quantized node names, kept-in-float descriptions)."""
+    g = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
+        raise SystemExit("the graph has subgraphs (an Optimum merged decoder's If, or a Loop): its weights are shared "
+                         "between branches, which this tool does not rewrite; export the decoder with past without "
+                         "merging (optimum-cli export onnx --no-post-process) and quantize that graph")
+    inits = {i.name: i for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in g.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    for o in g.output:
+        readers[o.name] = readers.get(o.name, 0) + 1
+
+    def weight_of(name: str) -> tuple[np.ndarray, list[str]] | None:
+        """W [K, N] behind a MatMul's right operand, and the tensors only it reads (to drop)."""
+        if name in inits:
+            return onnx.numpy_helper.to_array(inits[name]), [name]
+        p = producer.get(name)
+        if p is None or len(p.input) != 1 or p.input[0] not in inits:
+            return None
+        src = onnx.numpy_helper.to_array(inits[p.input[0]])
+        if p.op_type == "Identity":
+            return src, [name, p.input[0]]
+        if p.op_type == "Transpose" and src.ndim == 2:
+            perm = next((list(a.ints) for a in p.attribute if a.name == "perm"), [1, 0])
+            if perm == [1, 0]:
+                return src.T, [name, p.input[0]]
+        return None
+
+    done, kept, nodes, dropped = [], [], [], set()
+    for node in g.node:
+        label = node.name or node.output[0]
+        if node.op_type == "Gemm" and node.input[1] in inits:
+            kept.append(f"{label} (Gemm: {'tied head' if node.input[1] == 'model.embed_tokens.weight' else 'not rewritten'})")
+        if node.op_type != "MatMul":
+            nodes.append(node)
+            continue
+        found = weight_of(node.input[1])
+        if found is None:
+            nodes.append(node)  # activations (attention scores) or a weight computed in the graph
+            continue
+        w, chain = found
+        why = None
+        if w.ndim != 2:
+            why = f"weight of rank {w.ndim}"
+        elif w.dtype not in (np.float32, np.float16):
+            why = f"weight of dtype {w.dtype}"
+        elif vocab is not None and w.shape[1] == vocab:
+            why = "LM head"
+        elif any(readers.get(t, 0) > 1 for t in chain):
+            why = "weight shared with other nodes"
+        if why:
+            kept.append(f"{label} ({why})")
+            nodes.append(node)
+            continue
+        k, n = w.shape
+        b, scales, zps = quantize_weight(w, bits, block_size, symmetric)
+        base = chain[-1]
+        names = [f"{base}_Q{bits}", f"{base}_scales"]
+        new_inits = [onnx.numpy_helper.from_array(b, names[0]), onnx.numpy_helper.from_array(scales, names[1])]
+        if zps is not None:
+            names.append(f"{base}_zero_points")
+            new_inits.append(onnx.numpy_helper.from_array(zps, names[2]))
+        g.initializer.extend(new_inits)
+        attrs = {"K": k, "N": n, "bits": bits, "block_size": block_size}
+        if accuracy_level:
+            attrs["accuracy_level"] = accuracy_level
+        nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
+                                      name=f"{node.name}_Q{bits}" if node.name else "", domain=MS, **attrs))
+        dropped.update(chain)
+        done.append(label)
+    # the weights' Identity / Transpose nodes and initializers, now read by nothing
+    nodes = [n for n in nodes if not (len(n.output) == 1 and n.output[0] in dropped)]
+    del g.node[:]
+    g.node.extend(nodes)
+    keep = [i for i in g.initializer if i.name not in dropped]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    if not any(o.domain == MS for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS, 1))
+    return done, kept
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="a model directory (config.json + an ONNX decoder graph)")
+    ap.add_argument("--out", required=True, help="a new folder for the quantized graph and the copied files")
+    ap.add_argument("--bits", type=int, choices=[4, 8], required=True)
+    ap.add_argument("--block-size", type=int, default=32, help="weights per block along K: a power of 2, >= 16 (default 32)")
+    ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
+                    help="MatMulNBits accuracy_level: 4 (default) lets the CPU EP compute in int8, 0 keeps A in float")
+    ap.add_argument("--symmetric", action="store_true", help="no zero points (the kernel takes 2^(bits-1))")
+    ap.add_argument("--model-file", help="the graph, relative to --model, when the folder holds several")
+    args = ap.parse_args()
+    if args.block_size < 16 or args.block_size & (args.block_size - 1):
+        raise SystemExit(f"--block-size {args.block_size}: MatMulNBits takes a power of 2, at least 16")
+    src, out = Path(args.model), Path(args.out)
+    if not (src / "config.json").exists():
+        raise SystemExit(f"{src} has no config.json: not a model directory")
+    if out.exists():
+        raise SystemExit(f"{out} exists: name a new folder for the quantized model")
+    cfg = json.loads((src / "config.json").read_text())
+    graph_path = find_graph(src, args.model_file)
+    rel = graph_path.relative_to(src) if graph_path.is_relative_to(src) else Path(graph_path.name)
+    log(f"reading {graph_path} ({graph_path.stat().st_size / 1e6:.1f} MB)")
+    model = onnx.load(str(graph_path))
+    external = {e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"}
+    done, kept = quantize_graph(model, cfg.get("vocab_size"), args.bits, args.block_size, args.accuracy_level,
+                                args.symmetric)
+    if not done:
+        raise SystemExit(f"{graph_path}: no MatMul with a constant 2-D weight to quantize (kept: {'; '.join(kept) or 'none'})")
+    log(f"quantized {len(done)} MatMuls to {args.bits} bits, blocks of {args.block_size}"
+        f"{', symmetric' if args.symmetric else ''}; kept in float: {'; '.join(kept) or 'nothing'}")
+
+    out.mkdir(parents=True)
+    target = out / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    big = model.ByteSize() > PROTO_LIMIT
+    onnx.save(model, str(target), save_as_external_data=big, all_tensors_to_one_file=True,
+              location=f"{target.name}.data")
+    skip = {graph_path.resolve()} | {(graph_path.parent / e).resolve() for e in external}
+    for f in sorted(src.rglob("*")):
+        if f.is_file() and f.resolve() not in skip and f.name != "config.json" and "__pycache__" not in f.parts:
+            dest = out / f.relative_to(src)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+    cfg["quantization"] = {
+        "method": "MatMulNBits", "bits": args.bits, "block_size": args.block_size,
+        "symmetric": args.symmetric, "accuracy_level": args.accuracy_level,
+        "quantized_matmuls": len(done), "kept_float": kept,
+        "source": str(src.resolve()), "made_by": "tools/train/quantize.py",
+    }
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    log(f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB, was {graph_path.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
