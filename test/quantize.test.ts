@@ -78,6 +78,24 @@ maybe('quantize - logits stay near f32 on the reference input (int8 within 0.3, 
   }
 });
 
+maybe('quantize --quantize-head - the tied head becomes a MatMulNBits of its own, the embedding stays float, logits stay near f32 (int8 within 0.4)', async (t) => {
+  const dir = join(tmp, 'draft-l2-int8-head');
+  await cascade('quantize', '--model', dirOf('draft-l2'), '--out', dir, '--bits', '8', '--quantize-head');
+  const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
+  t.like(cfg.quantization, { quantized_matmuls: 15, quantize_head: true });
+  t.deepEqual(cfg.quantization.kept_float, ['/embed_tokens/Gather (embedding; GatherBlockQuantized is future work)']);
+  t.false(graphOpTypes(join(dir, 'model.onnx')).has('Gemm'));
+  const session = await OrtModelSession.open(dir);
+  try {
+    const ref = reference('draft-l2');
+    const d = maxAbsDiff(await session.forward({ seqId: 'ref', inputIds: ref.inputIds }, 'all'), await f32.forward({ seqId: 'head', inputIds: ref.inputIds }, 'all'));
+    t.log(`int8 with the head quantized: max abs logit difference from f32 ${d.toFixed(4)}`);
+    t.true(d < 0.4, `${d}`); // measured 0.125
+  } finally {
+    await session.close();
+  }
+});
+
 maybe('quantize - the int8 copy\'s greedy next token equals f32\'s on most positions of f32\'s own continuation', async (t) => {
   const cont = (await generateAutoregressive(f32, { promptIds: PROMPT, maxTokens: 64, sampling: GREEDY, seed: 0, stopAtEos: false })).tokenIds;
   const logits = await q[8].forward({ seqId: 'tf', inputIds: [...PROMPT, ...cont.slice(0, -1)] }, 'all');

@@ -26,6 +26,7 @@ interface QuantizeOptions {
   blockSize: number;
   accuracyLevel: number;
   symmetric?: boolean;
+  quantizeHead?: boolean;
   modelFile?: string;
   python?: string;
 }
@@ -71,7 +72,7 @@ async function quantize(o: QuantizeOptions): Promise<void> {
   const graph = relative(model, findGraph(model, o.modelFile));
   const python = findPython(o.python);
   const args = [toolPath(), '--model', model, '--out', out, '--bits', String(o.bits), '--block-size', String(o.blockSize),
-    '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : [])];
+    '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : [])];
   process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
   const status = await new Promise<number | null>((done, fail) => {
     const child = spawn(python, args, { stdio: ['ignore', 'inherit', 'inherit'] });
@@ -95,6 +96,7 @@ export function registerQuantize(program: Command): void {
     .option('--block-size <n>', 'weights per quantization block along K: a power of 2, at least 16', parseNumber('--block-size', { min: 16, integer: true }), 32)
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 lets the CPU compute in int8, 0 keeps activations in float", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
     .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer)')
+    .option('--quantize-head', "quantize the LM head too (a tied head gets its own quantized copy; the embedding stays float)")
     .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
     .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
     .action((o: QuantizeOptions) => quantize(o));

@@ -20,9 +20,10 @@ int8 per block and use its int8 kernels; 0 keeps A in float.
 
 The right operand may be an initializer, an Identity of one (torch.onnx's deduplicated weights) or a
 Transpose of one (perm [1, 0]: W stored as torch's [N, K]). Left in float, and listed:
-  - the LM head (a MatMul with N = vocab_size) and the embedding Gather: quantizing them
-    (GatherBlockQuantized, a 4-bit tied head) is future work (docs/quantization.md);
-  - Gemm nodes (the family's tied head is Gemm(h, embedding, transB=1));
+  - the LM head (a MatMul with N = vocab_size, or the family's tied Gemm(h, embedding, transB=1)) unless
+    --quantize-head: then it becomes a MatMulNBits too (a tied head over its own quantized copy of
+    W^T, the embedding's Gather keeping the float table);
+  - the embedding Gather: GatherBlockQuantized is future work (docs/quantization.md);
   - a weight read by any other node too (a tied or shared weight);
   - MatMuls inside subgraphs (an Optimum merged decoder's If branches): refused, export without
     merging (`--no-post-process`) or use the decoder_with_past graph.
@@ -117,7 +118,7 @@ def find_graph(src: Path, model_file: str | None) -> Path:
 
 
 def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_size: int, accuracy_level: int,
-                   symmetric: bool) -> tuple[list[str], list[str]]:
+                   symmetric: bool, quantize_head: bool = False) -> tuple[list[str], list[str]]:
     """Rewrites model's MatMuls in place; returns (quantized node names, kept-in-float descriptions)."""
     g = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
@@ -149,35 +150,46 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
                 return src.T, [name, p.input[0]]
         return None
 
+    def gemm_head(node: onnx.NodeProto) -> tuple[np.ndarray, list[str]] | str:
+        """W [K, N] of a Gemm(h, B) that is a plain product (no C, alpha 1, no transA), else why not."""
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if len(node.input) > 2 and node.input[2] or attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0):
+            return "Gemm with a bias, alpha or transA"
+        b = onnx.numpy_helper.to_array(inits[node.input[1]])
+        return (b.T if attrs.get("transB", 0) else b), [node.input[1]]
+
     done, kept, nodes, dropped = [], [], [], set()
     for node in g.node:
         label = node.name or node.output[0]
-        if node.op_type == "Gemm" and node.input[1] in inits:
-            kept.append(f"{label} (Gemm: {'tied head' if node.input[1] == 'model.embed_tokens.weight' else 'not rewritten'})")
-        if node.op_type != "MatMul":
-            nodes.append(node)
-            continue
-        found = weight_of(node.input[1])
+        found: tuple[np.ndarray, list[str]] | str | None = None
+        if node.op_type == "MatMul":
+            found = weight_of(node.input[1])
+        elif node.op_type == "Gemm" and node.input[1] in inits:
+            tied = "tied head" if any(n.op_type == "Gather" and n.input[0] == node.input[1] for n in g.node) else "Gemm"
+            found = gemm_head(node) if quantize_head else f"{tied}; --quantize-head rewrites it"
+        if node.op_type == "Gather" and node.input[0] in inits:
+            kept.append(f"{label} (embedding; GatherBlockQuantized is future work)")
         if found is None:
-            nodes.append(node)  # activations (attention scores) or a weight computed in the graph
+            nodes.append(node)  # not a product with a constant (attention scores, a weight computed in the graph)
             continue
-        w, chain = found
-        why = None
-        if w.ndim != 2:
-            why = f"weight of rank {w.ndim}"
-        elif w.dtype not in (np.float32, np.float16):
-            why = f"weight of dtype {w.dtype}"
-        elif vocab is not None and w.shape[1] == vocab:
-            why = "LM head"
-        elif any(readers.get(t, 0) > 1 for t in chain):
-            why = "weight shared with other nodes"
+        why = found if isinstance(found, str) else None
+        if why is None:
+            w, chain = found
+            if w.ndim != 2:
+                why = f"weight of rank {w.ndim}"
+            elif w.dtype not in (np.float32, np.float16):
+                why = f"weight of dtype {w.dtype}"
+            elif vocab is not None and w.shape[1] == vocab and not quantize_head:
+                why = "LM head; --quantize-head rewrites it"
+            elif node.op_type == "MatMul" and any(readers.get(t, 0) > 1 for t in chain):
+                why = "weight shared with other nodes"
         if why:
             kept.append(f"{label} ({why})")
             nodes.append(node)
             continue
         k, n = w.shape
         b, scales, zps = quantize_weight(w, bits, block_size, symmetric)
-        base = chain[-1]
+        base = chain[-1] + ("_T" if node.op_type == "Gemm" else "")
         names = [f"{base}_Q{bits}", f"{base}_scales"]
         new_inits = [onnx.numpy_helper.from_array(b, names[0]), onnx.numpy_helper.from_array(scales, names[1])]
         if zps is not None:
@@ -189,7 +201,8 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
             attrs["accuracy_level"] = accuracy_level
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
                                       name=f"{node.name}_Q{bits}" if node.name else "", domain=MS, **attrs))
-        dropped.update(chain)
+        # a tied head's table stays for the embedding's Gather
+        dropped.update(t for t in chain if readers.get(t, 0) <= 1)
         done.append(label)
     # the weights' Identity / Transpose nodes and initializers, now read by nothing
     nodes = [n for n in nodes if not (len(n.output) == 1 and n.output[0] in dropped)]
@@ -212,6 +225,8 @@ def main() -> None:
     ap.add_argument("--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4,
                     help="MatMulNBits accuracy_level: 4 (default) lets the CPU EP compute in int8, 0 keeps A in float")
     ap.add_argument("--symmetric", action="store_true", help="no zero points (the kernel takes 2^(bits-1))")
+    ap.add_argument("--quantize-head", action="store_true",
+                    help="quantize the LM head too (a tied Gemm head gets its own quantized W^T; the embedding's Gather stays float)")
     ap.add_argument("--model-file", help="the graph, relative to --model, when the folder holds several")
     args = ap.parse_args()
     if args.block_size < 16 or args.block_size & (args.block_size - 1):
@@ -228,10 +243,10 @@ def main() -> None:
     model = onnx.load(str(graph_path))
     external = {e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"}
     done, kept = quantize_graph(model, cfg.get("vocab_size"), args.bits, args.block_size, args.accuracy_level,
-                                args.symmetric)
+                                args.symmetric, args.quantize_head)
     if not done:
         raise SystemExit(f"{graph_path}: no MatMul with a constant 2-D weight to quantize (kept: {'; '.join(kept) or 'none'})")
-    log(f"quantized {len(done)} MatMuls to {args.bits} bits, blocks of {args.block_size}"
+    log(f"quantized {len(done)} MatMul/Gemm products to {args.bits} bits, blocks of {args.block_size}"
         f"{', symmetric' if args.symmetric else ''}; kept in float: {'; '.join(kept) or 'nothing'}")
 
     out.mkdir(parents=True)
@@ -248,7 +263,7 @@ def main() -> None:
             shutil.copyfile(f, dest)
     cfg["quantization"] = {
         "method": "MatMulNBits", "bits": args.bits, "block_size": args.block_size,
-        "symmetric": args.symmetric, "accuracy_level": args.accuracy_level,
+        "symmetric": args.symmetric, "accuracy_level": args.accuracy_level, "quantize_head": args.quantize_head,
         "quantized_matmuls": len(done), "kept_float": kept,
         "source": str(src.resolve()), "made_by": "tools/train/quantize.py",
     }
