@@ -245,7 +245,6 @@ def evaluate(args: argparse.Namespace) -> None:
     target = load_from_model_dir(Path(args.target)).eval()
     test = held_out(target, Path(args.data), "test", TEST_WINDOWS, Path(args.cache).parent)
     result = {d: agreement(drafter, w, steps=2) for d, w in test.items()}
-    result["positions"] = {d: int(w["ids"].size) for d, w in test.items()}
     print(json.dumps(result), flush=True)
     (Path(args.run) / "test.json").write_text(json.dumps(result, indent=1) + "\n")
 
@@ -382,7 +381,9 @@ def card_section(rec: dict) -> str:
     measured = (f"{m['drafter_step_ms']:.2f} ms against the target's {m['original_target_decode_ms']:.2f} ms, "
                 f"**{m['drafter_over_target']:.3f}** of it (ONNX Runtime CPU EP, one thread, decode of one token over a "
                 f"{m['past']}-token cache, median of {m['repeats']}; `tools/train/eagle_check.mjs`)") if m else "not measured"
-    positions = t.get("positions", {})
+    positions = {d: t[d]["positions"] for d in t}
+    notes = "".join(f"- {n}\n" for n in rec.get("notes", []))
+    notes = f"{notes}\n" if notes else ""
     return f"""{CARD_HEADING} (`eagle/`, issue 24)
 
 An EAGLE-1 drafter (Li et al., ICML 2024) for `target`: fc([embed(x_t+1); f_t]) -> one decoder layer
@@ -404,7 +405,7 @@ draft from the drafter's own predicted feature, where the first was accepted and
 Model selection used the val split. Pass cost: {measured}; by parameters touched per token,
 {c['drafter_matmul_params'] / 1e6:.2f}M against {c['target_matmul_params'] / 1e6:.2f}M.
 
-Retrain (CPU, nice 19, resumable; `WINDOWS` and `MINUTES` size it): `bash tools/train/eagle.sh`. Full record:
+{notes}Retrain (CPU, nice 19, resumable; `WINDOWS` and `MINUTES` size it): `bash tools/train/eagle.sh`. Full record:
 `eagle/record.json`.
 
 """

@@ -168,7 +168,7 @@ def agreement(drafter: EagleDrafter, windows: dict[str, np.ndarray], steps: int 
         r["step2"] = n["step2"] / n["pos2"]
         r["step2_given_step1"] = n["step2_on_path"] / max(1, n["on_path"])
         r["step1_and_step2"] = n["step2_on_path"] / n["pos2"]
-    return {k: round(v, 4) for k, v in r.items()}
+    return {**{k: round(v, 4) for k, v in r.items()}, "positions": n["pos1"]}
 
 
 def step2(drafter: EagleDrafter, x, ff, pred, g, hit1) -> tuple[torch.Tensor, torch.Tensor]:
