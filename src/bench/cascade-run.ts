@@ -5,7 +5,7 @@ import type { SamplingParams } from '../kernels/sampling.ts';
 import { loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
-import type { PlacementTrial } from '../models/placement.ts';
+import { describeTrial, draftProvidersBeside, type PlacementTrial } from '../models/placement.ts';
 import type { ModelSession } from '../models/session.ts';
 import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
@@ -146,12 +146,12 @@ function table(r: WorkloadResult): string {
 export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResult[]> {
   const family = typeof o.models === 'string' ? loadFamily(o.models) : resolveModels(o.models);
   const targetEps = o.executionProviders ?? ['cpu'];
-  const draftEps = o.draftExecutionProviders ?? (targetEps.length === 1 && targetEps[0] === 'cpu' ? ['cpu'] : ['auto']);
+  const draftEps = o.draftExecutionProviders ?? draftProvidersBeside(targetEps);
   const requested = (name: string) => (name === family.target ? targetEps : draftEps);
   const sessions = new FamilySessions(
     family,
     (name) => ({ intraOpThreads: o.threads, executionProviders: requested(name), kvLocation: name === family.target ? (o.kvLocation ?? 'auto') : 'auto' }),
-    (name, t) => log(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}`),
+    (name, t) => log(describeTrial(name, t)),
   );
   try {
     const { target, drafters, bigram } = await sessions.cascadeModels();

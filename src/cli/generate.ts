@@ -20,6 +20,7 @@ import { resolveSampling } from '../models/generation-config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
 import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseLogitBias, parseNumber } from './options.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
+import { describeTrial, draftProvidersBeside } from '../models/placement.ts';
 import { writeOut } from './stdout.ts';
 
 interface GenerateOptions {
@@ -185,7 +186,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       // --kv-location is the target's; a drafter's KV goes where its EP computes (auto)
       kvLocation: name === family.target ? o.kvLocation : 'auto',
     }),
-    (name, t) => process.stderr.write(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}\n`),
+    (name, t) => process.stderr.write(`${describeTrial(name, t)}\n`),
   );
   try {
     const target = await sessions.get(family.target);
@@ -296,7 +297,7 @@ function placementOf(o: GenerateOptions, family: { readonly target: string; read
     pinned.set(name, parseExecutionProviders('--placement')(entry.slice(at + 1)));
   }
   const target = pinned.get(family.target) ?? o.executionProviders ?? ['cpu'];
-  const drafters = o.draftExecutionProviders ?? (target.length === 1 && target[0] === 'cpu' ? ['cpu'] : ['auto']);
+  const drafters = o.draftExecutionProviders ?? draftProvidersBeside(target);
   return (name) => pinned.get(name) ?? (name === family.target ? target : drafters);
 }
 

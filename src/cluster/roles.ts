@@ -10,7 +10,7 @@ import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
 import { loadModelSpec } from '../models/config.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
-import { isAuto, placeByCost } from '../models/placement.ts';
+import { describeTrial, draftProvidersBeside, isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
 import { buildGateway } from './gateway/index.ts';
@@ -104,7 +104,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   // auto: the actor measures its model's pass (verify for the target, decode for a drafter) on each placement and keeps the cheapest
   const model = isAuto(o.executionProviders)
     ? (await placeByCost((executionProviders) => OrtModelSession.open(source, { ...options, executionProviders, cpuFallback: false }, () => undefined), isTarget ? 'target' : 'draft', undefined, (t) =>
-        process.stderr.write(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}\n`),
+        process.stderr.write(`${describeTrial(name, t)}\n`),
       )).session
     : await OrtModelSession.open(source, { ...options, executionProviders: o.executionProviders, cpuFallback: true });
   // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
@@ -220,9 +220,9 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
   setupTracing('cascade-gateway');
   const target = family.target;
   const targetEps = o.executionProviders ?? ['cpu'];
-  const draftEps = o.draftExecutionProviders ?? (targetEps.length === 1 && targetEps[0] === 'cpu' ? ['cpu'] : ['auto']);
+  const draftEps = o.draftExecutionProviders ?? draftProvidersBeside(targetEps);
   const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps }), (name, t) =>
-    process.stderr.write(`placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}\n`),
+    process.stderr.write(`${describeTrial(name, t)}\n`),
   );
   try {
     const models = await sessions.cascadeModels();

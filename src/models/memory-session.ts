@@ -1,7 +1,7 @@
 import type { ModelSpec } from './config.ts';
 import { rowCount, type ForwardItem, type KvRows, type LogitsRows, type ModelSession, type StepResult } from './session.ts';
 import { InvalidArgumentError, SequenceError } from '../errors.ts';
-import { longestPrefix, RETAINED_TOKENS, reusableLimit, type PrefixCacheStats } from './prefix-cache.ts';
+import { longestPrefix, RETAINED_TOKENS, RetainedPrefixes, reusableLimit, type PrefixCacheStats } from './prefix-cache.ts';
 
 /**
  * An in-memory ModelSession: a deterministic n-gram model whose logits for the next token are a
@@ -41,10 +41,11 @@ export class MemoryModelSession implements ModelSession {
    * before an item count as sources with the tokens they just took (the runner's hold none yet).
    */
   readonly prefixCache: PrefixCacheStats = { hits: 0, reusedTokens: 0 };
-  /** Released histories kept as prefix sources (as the runner keeps released KV), oldest first. */
-  private readonly retained: number[][] = [];
+  /** Released histories kept as prefix sources (as the runner keeps released KV). */
+  private readonly retained: RetainedPrefixes<number[]>;
 
   constructor(private readonly options: MemoryModelOptions) {
+    this.retained = new RetainedPrefixes(options.prefixCacheTokens ?? RETAINED_TOKENS);
     this.spec = {
       name: options.name,
       dir: '(memory)',
@@ -115,11 +116,9 @@ export class MemoryModelSession implements ModelSession {
 
   private countReuse(item: ForwardItem, rows: LogitsRows): void {
     const sources = [...this.histories].filter(([id, h]) => id !== item.seqId && h.length > 0 && !this.moved.has(id));
-    const kept = this.retained.map((h) => [h, h] as const);
-    const hit = longestPrefix<unknown>(item.inputIds, [...sources, ...kept], reusableLimit(item.inputIds.length, rows));
+    const hit = longestPrefix<unknown>(item.inputIds, [...sources, ...this.retained.sources()], reusableLimit(item.inputIds.length, rows));
     if (!hit) return;
-    const at = this.retained.indexOf(hit.source as number[]);
-    if (at >= 0) this.retained.push(...this.retained.splice(at, 1));
+    this.retained.used(hit.source as number[]);
     this.prefixCache.hits++;
     this.prefixCache.reusedTokens += hit.length;
   }
@@ -182,10 +181,7 @@ export class MemoryModelSession implements ModelSession {
 
   async release(seqId: string): Promise<void> {
     const hist = this.histories.get(seqId);
-    const budget = this.options.prefixCacheTokens ?? RETAINED_TOKENS;
-    if (hist?.length && !this.moved.has(seqId) && (this.options.prefixCache ?? true) && hist.length <= budget) this.retained.push(hist);
-    let total = this.retained.reduce((a, h) => a + h.length, 0);
-    while (total > budget) total -= this.retained.shift()!.length;
+    if (hist && !this.moved.has(seqId) && (this.options.prefixCache ?? true) && this.retained.fits(hist.length)) this.retained.keep(hist, hist);
     this.histories.delete(seqId);
     this.moved.delete(seqId);
   }

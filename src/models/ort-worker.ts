@@ -14,7 +14,7 @@ import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import { graphOpTypes } from './graph-ops.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
-import { longestPrefix, RETAINED_TOKENS, reusableLimit } from './prefix-cache.ts';
+import { longestPrefix, RETAINED_TOKENS, RetainedPrefixes, reusableLimit } from './prefix-cache.ts';
 import { joinRows, rowCount, rowsInChunk, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
@@ -54,29 +54,22 @@ const sequences = new Map<string, Sequence>();
 /** SessionOptions.prefixCache: a fresh sequence copies the rows of another's matching prefix. */
 let prefixCache = true;
 /**
- * Released sequences kept as prefix sources (SessionOptions.prefixCacheTokens), least recently
- * released or used first; never fed again, only copied from, and freed when over the budget.
+ * Released sequences kept as prefix sources (SessionOptions.prefixCacheTokens); never fed again,
+ * only copied from, and freed when over the budget.
  */
-const retained: Sequence[] = [];
-let retainedBudget = RETAINED_TOKENS;
+let retained = new RetainedPrefixes<Sequence>(RETAINED_TOKENS);
 
 /**
- * Keeps a released sequence as a prefix source within the budget, freeing the oldest ones over it.
- * Its rows are copied first: a host sequence's past may be a view into a batched pass's presents
- * (HostKv.split), which would keep the whole batch's buffer alive.
+ * Keeps a released sequence as a prefix source within the budget. Its rows are copied first: a host
+ * sequence's past may be a view into a batched pass's presents (HostKv.split), which would keep the
+ * whole batch's buffer alive.
  */
 async function retain(seq: Sequence): Promise<void> {
-  if (prefixCache && seq.tokens && seq.length > 0 && seq.length <= retainedBudget) {
+  if (prefixCache && seq.tokens && retained.fits(seq.length)) {
     const own = await kv.copyPrefix(seq.past, seq.length, seq.length);
     kv.free(seq.past);
-    retained.push({ ...seq, past: own });
+    retained.keep({ ...seq, past: own }, seq.tokens);
   } else kv.free(seq.past);
-  let total = retained.reduce((a, q) => a + q.length, 0);
-  while (total > retainedBudget) {
-    const oldest = retained.shift()!;
-    total -= oldest.length;
-    kv.free(oldest.past);
-  }
 }
 
 class WorkerFailure extends Error {
@@ -105,7 +98,7 @@ function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
 async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'device' }> {
   spec = s;
   prefixCache = options.prefixCache ?? true;
-  retainedBudget = options.prefixCacheTokens ?? RETAINED_TOKENS;
+  retained = new RetainedPrefixes<Sequence>(options.prefixCacheTokens ?? RETAINED_TOKENS, (q) => kv.free(q.past));
   const wanted = options.executionProviders?.length ? [...options.executionProviders] : ['cpu'];
   const base: ort.InferenceSession.SessionOptions = {
     // errors only: ORT's warnings (node placement on a GPU EP, Dawn limits) are not the user's to act on
@@ -458,12 +451,11 @@ async function reusePrefix(item: ForwardItem, rows: LogitsRows): Promise<Fed> {
   if (!prefixCache || seq.length !== 0 || item.positionIds?.some((p, j) => p !== j)) return none;
   function* sources(): Generator<readonly [Sequence, readonly number[]]> {
     for (const q of sequences.values()) if (q !== seq && q.tokens && q.length > 0) yield [q, q.tokens];
-    for (const q of retained) yield [q, q.tokens!];
+    yield* retained.sources();
   }
   const hit = longestPrefix(item.inputIds, sources(), reusableLimit(item.inputIds.length, rows));
   if (!hit) return none;
-  const at = retained.indexOf(hit.source);
-  if (at >= 0) retained.push(...retained.splice(at, 1)); // used: the last to go
+  retained.used(hit.source);
   const n = hit.length;
   const past = await kv.copyPrefix(hit.source.past, hit.source.length, n);
   kv.free(seq.past);

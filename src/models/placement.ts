@@ -31,6 +31,13 @@ export interface Placement<S extends ModelSession = ModelSession> {
   readonly trials: readonly PlacementTrial[];
 }
 
+/** A trial as the progress line on stderr says it: `placing draft-l1: cpu 0.57 ms a pass`. */
+export const describeTrial = (name: string, t: PlacementTrial): string =>
+  `placing ${name}: ${t.executionProviders.join(',')} ${t.ms !== undefined ? `${t.ms.toFixed(2)} ms a pass` : `cannot run (${t.error})`}`;
+
+/** Drafters' execution providers where none are pinned: the CPU beside a CPU target, else placed by cost. */
+export const draftProvidersBeside = (target: readonly string[]): string[] => (target.length === 1 && target[0] === 'cpu' ? ['cpu'] : ['auto']);
+
 /** Whether a list of execution providers asks for automatic placement. */
 export const isAuto = (eps: readonly string[] | undefined): boolean => eps?.length === 1 && eps[0] === 'auto';
 

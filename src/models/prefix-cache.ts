@@ -23,6 +23,47 @@ export const MIN_PREFIX = 32;
  */
 export const RETAINED_TOKENS = 2048;
 
+/**
+ * Released sequences kept as prefix sources within a budget of tokens in all, the least recently
+ * released or used going first (`onDrop` frees what one holds). The runner keeps KV here; the
+ * in-memory model, token histories.
+ */
+export class RetainedPrefixes<T> {
+  private readonly kept: { value: T; tokens: readonly number[] }[] = [];
+
+  constructor(
+    readonly budget: number,
+    private readonly onDrop: (value: T) => void = () => undefined,
+  ) {}
+
+  /** Whether a sequence of `length` tokens can be kept at all. */
+  fits(length: number): boolean {
+    return length > 0 && length <= this.budget;
+  }
+
+  /** Keeps `value`, whose rows hold `tokens` (it must fit), dropping the oldest over the budget. */
+  keep(value: T, tokens: readonly number[]): void {
+    this.kept.push({ value, tokens });
+    let total = this.kept.reduce((a, k) => a + k.tokens.length, 0);
+    while (total > this.budget) {
+      const oldest = this.kept.shift()!;
+      total -= oldest.tokens.length;
+      this.onDrop(oldest.value);
+    }
+  }
+
+  /** A source copied from: the last to go. */
+  used(value: T): void {
+    const at = this.kept.findIndex((k) => k.value === value);
+    if (at >= 0) this.kept.push(...this.kept.splice(at, 1));
+  }
+
+  /** The kept sources with their tokens, for longestPrefix. */
+  *sources(): Generator<readonly [T, readonly number[]]> {
+    for (const k of this.kept) yield [k.value, k.tokens];
+  }
+}
+
 /** What prefix reuse saved a session: forwards that started from another sequence's rows, and rows copied. */
 export interface PrefixCacheStats {
   hits: number;

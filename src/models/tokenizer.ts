@@ -129,10 +129,9 @@ export class TextTokenizer {
 
   /**
    * A token's text as OpenAI's log probabilities name it: its bytes as UTF-8, or, when they are part
-   * of a character, `bytes:` and their escapes (`bytes:\xe2\x80`).
+   * of a character, `bytes:` and their escapes (`bytes:\xe2\x80`). `bytes`: the token's, when the caller has them.
    */
-  tokenText(id: number): string {
-    const bytes = this.tokenBytes(id);
+  tokenText(id: number, bytes: Uint8Array = this.tokenBytes(id)): string {
     try {
       return STRICT_UTF8.decode(bytes);
     } catch {

@@ -53,6 +53,9 @@ export function checkRowBudget(kMatrix: KSchedule, sampling: SamplingParams, voc
  */
 export const API_SAMPLING: SamplingParams = { temperature: 1, topP: 1, topK: 0 };
 
+/** A seed for a request that gives none: any of the 53-bit seeds. */
+const randomSeed = () => Math.floor(Math.random() * 2 ** 53);
+
 /** Validates the decoding settings and builds the job; throws HttpError 400 on bad input. */
 export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | 'defaultMode'> & { readonly maxPayload: number | undefined }, body: CompletionBody | ChatBody, input: PromptInput): JobData {
   const { tokenizer, model, maxPayload } = options;
@@ -98,7 +101,7 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     promptIds,
     maxTokens,
     sampling,
-    seed: body.seed ?? Math.floor(Math.random() * 2 ** 53),
+    seed: body.seed ?? randomSeed(),
     stopAtEos: true,
     drafters: [...plan.drafters],
     kMatrix: plan.kMatrix === 'auto' ? 'auto' : plan.kMatrix.map((r) => [...r]),
@@ -115,6 +118,6 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
  * random one when the request gives none. So choice 0 of a seeded request is what n = 1 gives.
  */
 export function choiceJobs(job: JobData, n: number, seeded: boolean): JobData[] {
-  const seedOf = (i: number) => (!seeded ? Math.floor(Math.random() * 2 ** 53) : job.seed > Number.MAX_SAFE_INTEGER - i ? job.seed - 2 ** 53 + i : job.seed + i);
+  const seedOf = (i: number) => (!seeded ? randomSeed() : job.seed > Number.MAX_SAFE_INTEGER - i ? job.seed - 2 ** 53 + i : job.seed + i);
   return Array.from({ length: n }, (_, i) => (i === 0 ? job : { ...job, requestId: `req-${randomUUID()}`, seed: seedOf(i) }));
 }

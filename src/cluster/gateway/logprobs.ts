@@ -11,7 +11,10 @@ export class LogprobFormat {
 
   /** Chat's `logprobs: { content: [...] }`: each token's text, log probability, UTF-8 bytes and top_logprobs. */
   chat(list: readonly TokenLogprob[]) {
-    const entry = (token: number, logprob: number) => ({ token: this.tokenizer.tokenText(token), logprob, bytes: [...this.tokenizer.tokenBytes(token)] });
+    const entry = (token: number, logprob: number) => {
+      const bytes = this.tokenizer.tokenBytes(token);
+      return { token: this.tokenizer.tokenText(token, bytes), logprob, bytes: [...bytes] };
+    };
     return { content: list.map((e) => ({ ...entry(e.token, e.logprob), top_logprobs: e.top.map((a) => entry(a.token, a.logprob)) })) };
   }
 
@@ -20,11 +23,12 @@ export class LogprobFormat {
    * the choice's text stands (the echoed prompt's, or earlier chunks' text before these tokens).
    */
   completion(list: readonly TokenLogprob[], offsets: TextOffsets) {
+    const bytes = list.map((e) => this.tokenizer.tokenBytes(e.token));
     return {
-      tokens: list.map((e) => this.tokenizer.tokenText(e.token)),
+      tokens: list.map((e, i) => this.tokenizer.tokenText(e.token, bytes[i])),
       token_logprobs: list.map((e) => e.logprob),
       top_logprobs: list.map((e) => this.topMap(e)),
-      text_offset: list.map((e) => offsets.next(this.tokenizer.tokenBytes(e.token))),
+      text_offset: bytes.map((b) => offsets.next(b)),
     };
   }
 

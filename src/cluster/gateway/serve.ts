@@ -153,8 +153,6 @@ export function requestServer(options: ServeOptions) {
     const settled = async () => void (await Promise.allSettled(choices.map((c) => c.submitted?.done)));
     let opened = false;
     try {
-      // Choice 0 first; the others once it has tokens, so that their prefills find its prompt's KV
-      // in the verifier's prefix cache (a request of n choices prefills its prompt once per verifier).
       // the response's 'close' before it finished = the client went away (listened for before any job is queued)
       reply.raw.on('close', () => {
         if (reply.raw.writableFinished) return;
@@ -165,6 +163,8 @@ export function requestServer(options: ServeOptions) {
         c.submitted = await options.backend.submit(c.data, onTokens(c));
         if (events.closed || c.stops?.stopped) c.submitted.cancel();
       };
+      // Choice 0 first; the others once it has tokens, so that their prefills find its prompt's KV
+      // in the verifier's prefix cache (a request of n choices prefills its prompt once per verifier).
       await enqueue(choices[0]!);
       if (stream) {
         reply.hijack();
