@@ -35,7 +35,34 @@ export interface ModelSpec {
   readonly generation?: GenerationDefaults;
   /** Longest position the model was trained for, when the config says. */
   readonly maxPositions: number | undefined;
+  /**
+   * The graph's feature tensors (EAGLE, Li et al. ICML 2024), known once a runner has loaded it
+   * (OrtModelSession); undefined = none.
+   */
+  readonly features?: FeatureSpec;
+  /**
+   * A reduced-vocabulary head (FR-Spec; config.json `draft_vocab`): logits index i is token id
+   * draftVocab[i], so a logits row has draftVocab.length entries, not vocabSize.
+   */
+  readonly draftVocab?: readonly number[];
 }
+
+/** The feature inputs and outputs of a graph (ModelSpec.features). */
+export interface FeatureSpec {
+  /** Width of one feature row: the graph's hidden size. */
+  readonly size: number;
+  /**
+   * The output holding one float32 feature row per new token, if any: `hidden_states` (a target's
+   * last hidden state after its final norm, added by tools/train/add_hidden_output.py) or
+   * `next_hidden_states` (a feature drafter's predicted next features).
+   */
+  readonly output?: 'hidden_states' | 'next_hidden_states';
+  /** Whether the graph takes a float32 `hidden_states` input [b, s, size] beside input_ids (a feature drafter). */
+  readonly input: boolean;
+}
+
+/** Entries of one logits row of a model: its reduced head's (draftVocab), else its vocabulary. */
+export const logitsWidth = (spec: ModelSpec): number => spec.draftVocab?.length ?? spec.vocabSize;
 
 const positiveInt = z.number().int().positive();
 const ConfigJson = z
@@ -55,6 +82,7 @@ const ConfigJson = z
     bos_token_id: z.number().int().nonnegative().nullable().optional().catch(undefined),
     max_position_embeddings: positiveInt.optional(),
     n_positions: positiveInt.optional(),
+    draft_vocab: z.array(z.number().int().nonnegative()).nonempty().optional(),
   })
   .loose();
 
@@ -103,5 +131,14 @@ export function loadModelSpec(source: ModelSource): ModelSpec {
     ...(bosId === undefined ? {} : { bosId }),
     ...(generation && Object.keys(generation.defaults).length ? { generation: generation.defaults } : {}),
     maxPositions: c.max_position_embeddings ?? c.n_positions,
+    ...(c.draft_vocab ? { draftVocab: checkDraftVocab(c.draft_vocab, c.vocab_size, join(abs, 'config.json')) } : {}),
   };
+}
+
+/** A reduced head's token ids: distinct ids of the vocabulary (ModelLoadError otherwise). */
+function checkDraftVocab(ids: readonly number[], vocabSize: number, file: string): readonly number[] {
+  const bad = ids.find((id) => id >= vocabSize);
+  if (bad !== undefined) throw new ModelLoadError(`${file}: draft_vocab holds token id ${bad}, outside the vocabulary of ${vocabSize}`);
+  if (new Set(ids).size !== ids.length) throw new ModelLoadError(`${file}: draft_vocab repeats token ids (each logits index maps to a distinct token)`);
+  return ids;
 }

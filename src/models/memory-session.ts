@@ -1,6 +1,6 @@
 import type { ModelSpec } from './config.ts';
 import { rowCount, type ForwardItem, type KvRows, type LogitsRows, type ModelSession, type StepResult } from './session.ts';
-import { InvalidArgumentError, SequenceError } from '../errors.ts';
+import { InvalidArgumentError, ModelRuntimeError, SequenceError } from '../errors.ts';
 import { longestPrefix, RETAINED_TOKENS, RetainedPrefixes, reusableLimit, type PrefixCacheStats } from './prefix-cache.ts';
 
 /**
@@ -87,6 +87,8 @@ export class MemoryModelSession implements ModelSession {
     this.forwardCalls++;
     return items.map((item) => {
       if (item.inputIds.length === 0) throw new InvalidArgumentError(`forward on ${item.seqId} with no tokens`);
+      // an n-gram over token ids has no hidden state: no feature level runs over it
+      if (item.returnHidden || item.hiddenStates) throw new ModelRuntimeError(`${this.spec.name} is an in-memory n-gram model: it has no features (hidden_states) to return or take`);
       const hist = this.histories.get(item.seqId) ?? [];
       this.histories.set(item.seqId, hist);
       if (item.keep !== undefined) {
@@ -133,7 +135,7 @@ export class MemoryModelSession implements ModelSession {
     if (item.keep !== undefined) await this.truncate(item.seqId, item.keep);
     const evicted = item.evict?.length ? await this.evict(item.seqId, item.evict, item.takeEvicted ?? false) : undefined;
     if (item.insert) await this.insert(item.seqId, item.insert);
-    const plain = { seqId: item.seqId, inputIds: item.inputIds, positionIds: item.positionIds };
+    const plain = { seqId: item.seqId, inputIds: item.inputIds, positionIds: item.positionIds, returnHidden: item.returnHidden, hiddenStates: item.hiddenStates };
     const before = this.length(item.seqId);
     const logits = this.run([plain], rows, !withAttention && !evicted && !item.insert)[0]!;
     if (!withAttention) return evicted ? { logits, evicted } : { logits };

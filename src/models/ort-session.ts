@@ -50,7 +50,8 @@ export class OrtModelSession implements ModelSession {
   readonly prefixCache: PrefixCacheStats = { hits: 0, reusedTokens: 0 };
 
   private constructor(
-    readonly spec: ModelSpec,
+    /** Read from the model directory; at load it gains what the graph says (features). */
+    public spec: ModelSpec,
     private readonly worker: Worker,
   ) {
     worker.on('message', (reply: WorkerReply) => {
@@ -80,6 +81,7 @@ export class OrtModelSession implements ModelSession {
       s.kvDtype = reply.kvDtype ?? 'float32';
       s.positionIds = reply.positionIds ?? true;
       s.kvLocation = reply.kvLocation ?? 'host';
+      if (reply.features) s.spec = { ...spec, features: reply.features };
       if (reply.warning) onWarning(reply.warning);
     } catch (err) {
       await worker.terminate();
@@ -108,7 +110,12 @@ export class OrtModelSession implements ModelSession {
 
   async step(item: ForwardItem, rows: LogitsRows, attention: boolean): Promise<StepResult> {
     const reply = await this.send([item], rows, attention);
-    return { logits: reply.logits![0]!, ...(reply.attention ? { attention: reply.attention } : {}), ...(reply.evicted ? { evicted: reply.evicted } : {}) };
+    return {
+      logits: reply.logits![0]!,
+      ...(reply.attention ? { attention: reply.attention } : {}),
+      ...(reply.evicted ? { evicted: reply.evicted } : {}),
+      ...(reply.hidden ? { hidden: reply.hidden } : {}),
+    };
   }
 
   async forwardBatch(items: readonly ForwardItem[], rows: LogitsRows = 'all'): Promise<Float32Array[]> {

@@ -8,7 +8,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import type { ModelSpec } from './config.ts';
+import { logitsWidth, type FeatureSpec, type ModelSpec } from './config.ts';
 import { halvesToFloats } from '../kernels/half.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
@@ -40,6 +40,10 @@ let feedsCacheBranch = false;
  */
 let feedsLogitsToKeep = false;
 let hasAttention = false;
+/** The graph's feature input and output (EAGLE), read at load; undefined = none. */
+let features: FeatureSpec | undefined;
+/** Outputs fetched by a pass that does not ask for features: every output but the features one. */
+let plainFetches: string[] = [];
 /**
  * A fused graph (GroupQueryAttention, tools/train/fuse.py or onnxruntime-genai's builder): it reads
  * each row's cache length from the attention mask's sum, so it cannot skip padding or holes. Single
@@ -142,8 +146,28 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   feedsCacheBranch = session.inputNames.includes('use_cache_branch');
   feedsLogitsToKeep = session.inputNames.includes('num_logits_to_keep');
   hasAttention = session.outputNames.includes('attention_sum');
+  features = graphFeatures(session, s);
+  plainFetches = session.outputNames.filter((n) => n !== features?.output);
   seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
-  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, ...(warning ? { warning } : {}) };
+  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
+}
+
+/**
+ * The graph's features (ModelSpec.features): a `hidden_states` or `next_hidden_states` output and a
+ * `hidden_states` input, float32 with a fixed last dimension (the hidden size); undefined = none.
+ */
+function graphFeatures(sess: ort.InferenceSession, s: ModelSpec): FeatureSpec | undefined {
+  const output = sess.outputNames.includes('hidden_states') ? 'hidden_states' : sess.outputNames.includes('next_hidden_states') ? 'next_hidden_states' : undefined;
+  const input = sess.inputNames.includes('hidden_states');
+  if (!output && !input) return undefined;
+  const sizes = [...sess.inputMetadata.filter((m) => input && m.name === 'hidden_states'), ...sess.outputMetadata.filter((m) => m.name === output)].map((m) =>
+    m.isTensor && m.type === 'float32' ? m.shape.at(-1) : undefined,
+  );
+  const size = sizes[0];
+  if (typeof size !== 'number' || sizes.some((v) => v !== size)) {
+    throw new WorkerFailure('ModelLoadError', `${s.onnxPath}: its feature tensors (hidden_states, next_hidden_states) must be float32 [batch, sequence, hidden] with a fixed hidden size, got last dimensions [${sizes.join(', ')}]`);
+  }
+  return { size, input, ...(output ? { output } : {}) };
 }
 
 /** EPs whose outputs can stay on the device through `preferredOutputLocation: 'gpu-buffer'`. */
@@ -196,8 +220,11 @@ function graphDtype(sess: ort.InferenceSession, s: ModelSpec): KvDtype {
   return kv;
 }
 
-/** Inputs fed when the graph has them: RoPE positions, the merged decoder's branch flag, the rows of logits wanted. */
-const OPTIONAL_INPUTS = ['position_ids', 'use_cache_branch', 'num_logits_to_keep'];
+/**
+ * Inputs fed when the graph has them: RoPE positions, the merged decoder's branch flag, the rows of
+ * logits wanted, a feature drafter's features (ForwardItem.hiddenStates).
+ */
+const OPTIONAL_INPUTS = ['position_ids', 'use_cache_branch', 'num_logits_to_keep', 'hidden_states'];
 
 function checkContract(sess: ort.InferenceSession, s: ModelSpec): void {
   const need = ['input_ids', 'attention_mask'];
@@ -285,26 +312,41 @@ const LOGITS_BUDGET = 2 ** 25;
  * One sequence's new tokens, in chunks when their logits would pass LOGITS_BUDGET (not with
  * `attention`: H2O scores a whole step's queries at once); returns the last `rows` rows.
  */
-async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false): Promise<Float32Array> {
+async function forwardOne(item: ForwardItem, rows: LogitsRows, attention = false): Promise<Pass> {
   const s = item.inputIds.length;
   const want = rowCount(rows, s);
-  const chunk = Math.max(1, Math.floor(LOGITS_BUDGET / spec!.vocabSize));
+  const chunk = Math.max(1, Math.floor(LOGITS_BUDGET / logitsWidth(spec!)));
   if (attention || s <= chunk) return forwardPiece(item, want, attention);
   const seq = sequence(item.seqId);
   const positions = positionsOf(item, seq);
   const parts: Float32Array[] = [];
+  const hidden: Float32Array[] = [];
+  const size = features?.size ?? 0;
   for (let from = 0; from < s; from += chunk) {
     const to = Math.min(s, from + chunk);
     const needed = rowsInChunk(from, to, s, want);
-    const piece = { seqId: item.seqId, inputIds: item.inputIds.slice(from, to), ...(item.positionIds ? { positionIds: positions.slice(from, to) } : {}) };
-    const logits = await forwardPiece(piece, Math.max(1, needed), false);
-    if (needed > 0) parts.push(logits);
+    const piece: ForwardItem = {
+      seqId: item.seqId,
+      inputIds: item.inputIds.slice(from, to),
+      ...(item.positionIds ? { positionIds: positions.slice(from, to) } : {}),
+      ...(item.hiddenStates ? { hiddenStates: item.hiddenStates.subarray(from * size, to * size) } : {}),
+      ...(item.returnHidden ? { returnHidden: true } : {}),
+    };
+    const pass = await forwardPiece(piece, Math.max(1, needed), false);
+    if (needed > 0) parts.push(pass.logits);
+    if (pass.hidden) hidden.push(pass.hidden);
   }
-  return joinRows(parts);
+  return { logits: joinRows(parts), ...(item.returnHidden ? { hidden: joinRows(hidden) } : {}) };
 }
 
-/** One pass of one sequence's new tokens; returns the last `want` rows of its logits. */
-async function forwardPiece(item: ForwardItem, want: number, attention: boolean): Promise<Float32Array> {
+/** What one pass of one sequence returns: its last logits rows, and its features when asked (ForwardItem.returnHidden). */
+interface Pass {
+  readonly logits: Float32Array;
+  readonly hidden?: Float32Array;
+}
+
+/** One pass of one sequence's new tokens; returns the last `want` rows of its logits (and every token's features when asked). */
+async function forwardPiece(item: ForwardItem, want: number, attention: boolean): Promise<Pass> {
   const seq = sequence(item.seqId);
   const s = item.inputIds.length;
   const positions = positionsOf(item, seq);
@@ -316,8 +358,10 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   else checkImplicitPositions(item, seq);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(seq.length > 0 ? 1 : 0), [1]);
   if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(want);
+  if (item.hiddenStates) feeds.hidden_states = new ort.Tensor('float32', item.hiddenStates, [1, s, features!.size]);
   pastFeeds(feeds, seq.past);
-  const out = await session!.run(feeds);
+  // the features output only when asked: a pass that does not want them does not copy them out
+  const out = await session!.run(feeds, item.returnHidden ? session!.outputNames : plainFetches);
   const old = seq.past;
   seq.past = presents(out);
   kv.free(old);
@@ -330,7 +374,26 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   const logits = out.logits as ort.Tensor;
   const rows = logits.dims[1]!; // s, or `want` when the graph kept only those
   if (rows < want) throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} returned ${rows} logits rows for ${want} asked (num_logits_to_keep)`);
-  return logitRows(logits, 0, want, rows - want, spec!.vocabSize);
+  const result = logitRows(logits, 0, want, rows - want, logitsWidth(spec!));
+  if (!item.returnHidden) return { logits: result };
+  const hidden = floatData(out[features!.output!] as ort.Tensor);
+  return { logits: result, hidden: hidden instanceof Uint16Array ? halvesToFloats(hidden) : hidden.slice(0, s * features!.size) };
+}
+
+/**
+ * Refuses feature requests the graph cannot serve: features fed to a graph without the input (or
+ * missing where it has one), of the wrong size, or asked of a graph without the output.
+ */
+function checkFeatures(it: ForwardItem): void {
+  const where = spec!.onnxPath;
+  if (features?.input && !it.hiddenStates) throw new WorkerFailure('InvalidArgumentError', `${where} is a feature drafter: every forward needs hiddenStates (its hidden_states input) beside the tokens`);
+  if (it.hiddenStates && !features?.input) throw new WorkerFailure('InvalidArgumentError', `${where} has no hidden_states input: it takes no features`);
+  if (it.hiddenStates && it.hiddenStates.length !== it.inputIds.length * features!.size) {
+    throw new WorkerFailure('InvalidArgumentError', `hiddenStates for ${it.seqId} holds ${it.hiddenStates.length} values: ${it.inputIds.length} tokens need [${it.inputIds.length}, ${features!.size}]`);
+  }
+  if (it.returnHidden && !features?.output) {
+    throw new WorkerFailure('ModelRuntimeError', `${where} has no hidden_states output, so it cannot hand its features to a feature drafter (--eagle-model): add it with tools/train/add_hidden_output.py`);
+  }
 }
 
 const int64Scalar = (value: number) => new ort.Tensor('int64', BigInt64Array.of(BigInt(value)), []);
@@ -414,7 +477,7 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
     appendTokens(q, it.inputIds, positionsOf(it, q));
     q.length = spans[i]!.length;
     const want = rowCount(rows, s);
-    return logitRows(logits, i * maxS, want, s - want, sp.vocabSize);
+    return logitRows(logits, i * maxS, want, s - want, logitsWidth(sp));
   });
 }
 
@@ -547,11 +610,12 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
         if (it.inputIds.length === 0) throw new WorkerFailure('InvalidArgumentError', `forward on ${it.seqId} with no tokens`);
         const bad = it.inputIds.find((t) => !Number.isInteger(t) || t < 0 || t >= spec!.vocabSize);
         if (bad !== undefined) throw new WorkerFailure('InvalidArgumentError', `token id ${bad} outside the vocabulary of ${spec!.vocabSize}`);
+        checkFeatures(it);
       }
       if (new Set(msg.items.map((it) => it.seqId)).size !== msg.items.length) throw new WorkerFailure('InvalidArgumentError', 'a batch may hold each sequence only once');
       const single = msg.items.length === 1;
-      if (!single && (msg.attention || msg.items.some((it) => it.evict?.length || it.insert))) {
-        throw new WorkerFailure('InvalidArgumentError', 'attention, evict and insert work on one sequence at a time');
+      if (!single && (msg.attention || msg.items.some((it) => it.evict?.length || it.insert || it.hiddenStates || it.returnHidden))) {
+        throw new WorkerFailure('InvalidArgumentError', 'attention, evict, insert and features work on one sequence at a time');
       }
       if (msg.attention && !hasAttention) {
         const why = seqlensFromMask ? 'it is a fused graph (GroupQueryAttention), which returns no attention probabilities: use the unfused graph' : 're-export it with tools/train/export.py';
@@ -563,10 +627,19 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
         if (it.keep !== undefined) await truncate(it.seqId, it.keep);
         const evicted = it.evict?.length ? await evict(it.seqId, it.evict, it.takeEvicted ?? false) : undefined;
         if (it.insert) await insert(it.seqId, it.insert);
-        // H2O scores every token of the call: an attention step computes them all
-        const fed = msg.attention || it.evict?.length || it.insert ? { item: it, reused: 0 } : await reusePrefix(it, msg.rows);
-        const logits = [await undoReuseOnFailure([fed], () => forwardOne(fed.item, msg.rows, msg.attention ?? false))];
-        return { id: msg.id, ok: true, logits, ...(fed.reused ? { reused: [fed.reused] } : {}), ...(msg.attention ? { attention: lastAttention! } : {}), ...(evicted ? { evicted } : {}) };
+        // H2O scores every token of the call: an attention step computes them all; features are
+        // every token's too, and a feature drafter's rows depend on the features fed, not only the tokens
+        const fed = msg.attention || it.evict?.length || it.insert || it.hiddenStates || it.returnHidden ? { item: it, reused: 0 } : await reusePrefix(it, msg.rows);
+        const pass = await undoReuseOnFailure([fed], () => forwardOne(fed.item, msg.rows, msg.attention ?? false));
+        return {
+          id: msg.id,
+          ok: true,
+          logits: [pass.logits],
+          ...(pass.hidden ? { hidden: pass.hidden } : {}),
+          ...(fed.reused ? { reused: [fed.reused] } : {}),
+          ...(msg.attention ? { attention: lastAttention! } : {}),
+          ...(evicted ? { evicted } : {}),
+        };
       }
       for (const it of msg.items) if (it.keep !== undefined) await truncate(it.seqId, it.keep);
       // a fused graph's batch needs equal pasts: a copied prefix would make them unequal
@@ -598,7 +671,7 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
 let queue: Promise<unknown> = Promise.resolve();
 parentPort!.on('message', (msg: WorkerRequest) => {
   queue = queue.then(() => handle(msg)).then(
-    (reply) => parentPort!.postMessage(reply, reply.ok ? [...(reply.logits ?? []), ...(reply.attention ? [reply.attention] : []), ...(reply.rows?.tensors ?? []), ...(reply.evicted?.tensors ?? [])].map((a) => a.buffer as ArrayBuffer) : []),
+    (reply) => parentPort!.postMessage(reply, reply.ok ? [...(reply.logits ?? []), ...(reply.attention ? [reply.attention] : []), ...(reply.hidden ? [reply.hidden] : []), ...(reply.rows?.tensors ?? []), ...(reply.evicted?.tensors ?? [])].map((a) => a.buffer as ArrayBuffer) : []),
     (err: Error) => parentPort!.postMessage({ id: msg.id, ok: false, error: { name: err.name, message: err.message } } satisfies WorkerReply),
   );
 });

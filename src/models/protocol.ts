@@ -1,4 +1,4 @@
-import type { ModelSpec } from './config.ts';
+import type { FeatureSpec, ModelSpec } from './config.ts';
 import type { ForwardItem, KvDtype, KvRows, LogitsRows, SessionOptions } from './session.ts';
 
 /** Messages from the main thread to a model worker. Every request carries an id echoed in its reply. */
@@ -10,7 +10,11 @@ export type WorkerRequest =
   | { readonly op: 'insert'; readonly id: number; readonly seqId: string; readonly rows: KvRows }
   | { readonly op: 'release'; readonly id: number; readonly seqId: string };
 
-/** `reused`: per forward item, its first tokens whose KV rows were copied from another sequence (prefix-cache.ts). */
+/**
+ * `reused`: per forward item, its first tokens whose KV rows were copied from another sequence
+ * (prefix-cache.ts). `features`: the graph's feature tensors, at load. `hidden`: a single-sequence
+ * forward's features (ForwardItem.returnHidden), [tokens, features.size].
+ */
 export type WorkerReply =
-  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly positionIds?: boolean; readonly kvLocation?: 'host' | 'device'; readonly logits?: Float32Array[]; readonly reused?: readonly number[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string }
+  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly positionIds?: boolean; readonly kvLocation?: 'host' | 'device'; readonly features?: FeatureSpec; readonly hidden?: Float32Array; readonly logits?: Float32Array[]; readonly reused?: readonly number[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string }
   | { readonly id: number; readonly ok: false; readonly error: { readonly name: string; readonly message: string } };

@@ -24,13 +24,33 @@ export interface ForwardItem {
   readonly takeEvicted?: boolean;
   /** Rows taken earlier to append (after evicting, before the new tokens): rebuilt tokens. */
   readonly insert?: KvRows;
+  /**
+   * Features fed beside the new tokens, for a graph that takes them (spec.features.input: a feature
+   * drafter's `hidden_states` input, EAGLE, Li et al. ICML 2024): float32 row-major
+   * [inputIds.length, spec.features.size], row j the feature that goes in with token j. Required by
+   * such a graph, refused by any other.
+   */
+  readonly hiddenStates?: Float32Array;
+  /**
+   * Also return the new tokens' features (StepResult.hidden), from the graph's features output
+   * (spec.features.output). Fetched only when asked, so no other call pays for it; a graph without
+   * that output refuses it (ModelRuntimeError naming tools/train/add_hidden_output.py).
+   */
+  readonly returnHidden?: boolean;
 }
 
-/** What one `step` returns: logits, and on request the attention and the evicted rows. */
+/** What one `step` returns: logits, and on request the attention, the evicted rows and the features. */
 export interface StepResult {
   readonly logits: Float32Array;
   readonly attention?: Float32Array;
   readonly evicted?: KvRows;
+  /**
+   * With ForwardItem.returnHidden: one feature row per token fed, in order, float32 row-major
+   * [inputIds.length, spec.features.size] (a target's `hidden_states`: its last hidden state after
+   * the final norm, the LM head's input; a feature drafter's `next_hidden_states`: its predicted next
+   * features). Owned by the caller.
+   */
+  readonly hidden?: Float32Array;
 }
 
 /** The element type a model keeps its KV in: its ONNX graph's past_key_values type. */
