@@ -40,6 +40,11 @@ export interface ScheduleOptions {
   readonly memory?: ScheduleMemory;
   /** The target's load (batched verification), when its model reports one. */
   readonly load?: () => ServiceLoad | undefined;
+  /**
+   * Drafters that cannot review a block (a feature drafter, EagleLevel.proposesOnly): their rows of
+   * K stay zero, the starting K's included, so they always propose autoregressively.
+   */
+  readonly proposers?: readonly string[];
 }
 
 /** Decayed counts of tokens reviewed and accepted. */
@@ -239,14 +244,14 @@ export class AdaptiveSchedule {
     const K = Array.from({ length: n }, () => new Array<number>(n).fill(0));
     if (n === 0) return K;
     const ready = this.reviewCost(target) && drafters.every((d) => this.proposeMs(d, 1) !== undefined);
-    if (!ready) return this.options.initial(drafters);
+    if (!ready) return this.withoutProposerRows(this.options.initial(drafters), drafters);
     // bottom-up: the last drafter proposes; each one above picks its fastest way to produce tokens
     const producers: Producer[] = new Array(n);
     const last = drafters[n - 1]!;
     producers[n - 1] = { name: last, produce: (m) => (this.proposeMs(last, m) ?? Infinity) + this.catchUpMs(last, lags[n - 1] ?? 0) };
     for (let c = n - 2; c >= 0; c--) {
       const name = drafters[c]!;
-      const reviews = this.reviewCost(name);
+      const reviews = this.options.proposers?.includes(name) ? undefined : this.reviewCost(name);
       const ar = (m: number) => this.proposeMs(name, m) ?? Infinity;
       const row = reviews ? this.bestRow(name, producers.slice(c + 1), this.maxSubDraft, (x) => reviews.predict(x)) : undefined;
       const catchUp = this.catchUpMs(name, lags[c] ?? 0);
@@ -272,6 +277,14 @@ export class AdaptiveSchedule {
     }
     const key = JSON.stringify(K);
     this.chosen.set(key, (this.chosen.get(key) ?? 0) + 1);
+    return K;
+  }
+
+  /** K with the rows of drafters that only propose (ScheduleOptions.proposers) zeroed. */
+  private withoutProposerRows(K: number[][], drafters: readonly string[]): number[][] {
+    drafters.forEach((d, c) => {
+      if (this.options.proposers?.includes(d) && K[c + 1]) K[c + 1]!.fill(0);
+    });
     return K;
   }
 
