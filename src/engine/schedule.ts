@@ -172,6 +172,8 @@ export class AdaptiveSchedule {
 
   /** A drafter proposed `want` tokens autoregressively in `ms`, feeding `tokens` tokens. */
   proposed(drafter: string, want: number, ms: number, tokens: number): void {
+    // a feature drafter that fed nothing drafted nothing (no target features yet): not a cost sample
+    if (tokens === 0 && this.options.proposers?.includes(drafter)) return;
     if (tokens <= want + PREFILL_TOKENS) this.memory.cost(`propose:${drafter}`).add(want, ms);
   }
 
