@@ -78,6 +78,7 @@ test('deploy - helm lint passes, and helm refuses bad values with a clear messag
   await refused(['--set', 'verifier.gpus=-1'], /verifier/);
   await refused(['--set', 'auth.enabled=false'], /auth.enabled=false works only with external NATS and Redis/);
   await refused(['--set', 'nats.enabled=false'], /external.natsUrl is required/);
+  await refused(['--set', 'valkey.enabled=false', '--set', 'external.natsUrl=nats://n:4222', '--set', 'external.redisUrls={redis://a:6379,redis://b:6379}'], /external.redisUrls holds 2 URLs: set external.redisCluster=true/);
   await refused(['--set', 'drafters[0].model=draft-l2,drafters[0].kv.policy=adore,drafters[0].kv.budget=0,drafters[0].kv.sinks=4,drafters[0].kv.recent=0,drafters[0].kv.rebuild=2,drafters[0].threads=1,drafters[0].gpus=0,drafters[0].executionProviders[0]=cpu,drafters[0].replicas=1,drafters[0].podDisruptionBudget.enabled=false,drafters[0].resources.requests.cpu=1'], /kv.policy adore needs kv.budget >= 1/);
 });
 
@@ -168,10 +169,25 @@ test('deploy - external NATS and Redis with a referenced Secret: no bundled serv
   const coordinator = objects.find((o) => o.kind === 'Deployment' && o.metadata.name === 'rel-cascade-coordinator')!.spec.template.spec;
   const env = new Map<string, any>(coordinator.containers[0].env.map((e: any) => [e.name, e]));
   t.is(env.get('CASCADE_NATS_URL').value, 'nats://nats.messaging.svc:4222');
-  t.is(env.get('CASCADE_REDIS_URL').value, 'redis://redis-0.data.svc:6379,redis://redis-1.data.svc:6379');
+  t.is(env.get('CASCADE_REDIS_URL').value, 'redis://redis.data.svc:6379');
   t.is(env.get('CASCADE_REDIS_USER').value, 'cascade');
   t.is(env.get('CASCADE_REDIS_PASSWORD').valueFrom.secretKeyRef.name, 'cascade-prod-auth');
   t.like(coordinator.volumes.find((v: any) => v.name === 'models'), { persistentVolumeClaim: { claimName: 'cascade-models', readOnly: true } });
+});
+
+test('deploy - a Redis Cluster beside the release: its seed nodes become one redis+cluster:// URL for every role that uses Redis', async (t) => {
+  const objects = await render('-f', join(ROOT, 'helm', 'examples', 'values-redis-cluster.yaml'));
+  t.false(objects.some((o) => o.metadata.name.includes('valkey')), 'no bundled Valkey');
+  const seeds = [0, 1, 2].map((i) => `valkey-cluster-${i}.valkey-cluster-headless.data.svc:6379`).join(',');
+  for (const name of ['rel-cascade-coordinator', 'rel-cascade-gateway']) {
+    const env = new Map<string, any>(objects.find((o) => o.kind === 'Deployment' && o.metadata.name === name)!.spec.template.spec.containers[0].env.map((e: any) => [e.name, e]));
+    t.is(env.get('CASCADE_REDIS_URL').value, `redis+cluster://${seeds}`, name);
+    t.is(env.get('CASCADE_REDIS_USER').value, 'cascade');
+    t.is(env.get('CASCADE_REDIS_PASSWORD').valueFrom.secretKeyRef.key, 'redis-password');
+  }
+  const tls = await render('-f', join(ROOT, 'helm', 'examples', 'values-redis-cluster.yaml'), '--set', 'external.redisTls=true');
+  const gateway = tls.find((o) => o.kind === 'Deployment' && o.metadata.name === 'rel-cascade-gateway')!.spec.template.spec.containers[0];
+  t.is(gateway.env.find((e: any) => e.name === 'CASCADE_REDIS_URL').value, `rediss+cluster://${seeds}`);
 });
 
 test('deploy - the NATS users of the chart and of deploy/nats.conf are the roles and permissions of src/cluster/security.ts', (t) => {

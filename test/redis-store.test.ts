@@ -1,22 +1,23 @@
 import test from 'ava';
 import { randomUUID } from 'node:crypto';
-import { startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
-import { LogOffsetError, MemoryRequestLog, RedisKvStore, RedisShards, RequestSupersededError, sessionKey, TokenLog, type RequestLog } from '../src/cluster/redis-store.ts';
+import { RedisConnection } from '../src/cluster/redis-connection.ts';
+import { LogOffsetError, MemoryRequestLog, RedisKvStore, RequestSupersededError, sessionKey, TokenLog, type RequestLog } from '../src/cluster/redis-store.ts';
 import { floatsToHalves } from '../src/kernels/half.ts';
 import type { KvDtype, KvRows } from '../src/models/session.ts';
+import { startTestRedis, type TestRedis } from './helpers/redis.ts';
 
-/** Two real redis-server processes: the store shards sessions over both. */
-let servers: LocalServer[] = [];
-let shards: RedisShards;
+/** A real redis-server, or a real three-master Redis Cluster with CASCADE_TEST_REDIS=cluster (test/redis-store-cluster.test.ts). */
+let redis: TestRedis;
+let shards: RedisConnection;
 
 test.before(async () => {
-  servers = await Promise.all([startRedis(), startRedis()]);
-  shards = new RedisShards(servers.map((s) => s.url));
+  redis = await startTestRedis();
+  shards = await RedisConnection.open(redis.url);
 });
 
 test.after.always(async () => {
   await shards?.close();
-  await Promise.all(servers.map((s) => s.stop()));
+  await redis?.stop();
 });
 
 /**
@@ -42,11 +43,11 @@ test('redis store - released KV comes back exactly; missing positions are misses
   await store.drop('sess-a', 'target', [12]);
   t.deepEqual((await store.get('sess-a', 'target', [12, 9])).positions, [9]);
   // a data key lost behind the store's back (eviction, expiry) is a miss as well
-  await shards.shard('sess-a').del(sessionKey('sess-a', 'kv', 'target', 9));
+  await shards.client.del(sessionKey('sess-a', 'kv', 'target', 9));
   t.deepEqual((await store.get('sess-a', 'target', [9, 5])).positions, [5]);
   await store.drop('sess-a', 'target');
   t.deepEqual((await store.get('sess-a', 'target', [5])).positions, []);
-  t.is(await shards.shard('sess-a').exists(sessionKey('sess-a', 'kvindex', 'target')), 0);
+  t.is(await shards.client.exists(sessionKey('sess-a', 'kvindex', 'target')), 0);
 });
 
 test('redis store - float16 KV rows of a float16 export come back bit for bit, as Uint16Array', async (t) => {
@@ -59,18 +60,24 @@ test('redis store - float16 KV rows of a float16 export come back bit for bit, a
   await store.drop('sess-h', 'target');
 });
 
-test('redis store - sessions spread over the instances, each session on one, keys hash-tagged', async (t) => {
+test('redis store - every key of a session carries its hash tag; on a Redis Cluster sessions spread over the masters, each session on one', async (t) => {
   const store = new RedisKvStore(shards, 60);
-  const ids = Array.from({ length: 40 }, (_, i) => `spread-${i}`);
-  for (const id of ids) await store.put(id, 'd', [0], rows([0]));
-  const per = await Promise.all(shards.clients.map(async (c) => (await c.keys('cascade:{spread-*}:kv:*')).length));
-  t.is(per[0]! + per[1]!, 40);
-  t.true(per[0]! >= 8 && per[1]! >= 8, `both instances hold sessions (${per.join(' / ')})`);
+  const log = new TokenLog(shards, 60);
+  const ids = Array.from({ length: 40 }, (_, i) => `spread-${i}-${randomUUID()}`);
   for (const id of ids) {
-    const owner = shards.shard(id);
-    t.is(await owner.exists(sessionKey(id, 'kv', 'd', 0)), 1);
-    t.regex(sessionKey(id, 'kv', 'd', 0), new RegExp(`\\{${id}\\}`));
+    await store.put(id, 'd', [0, 1], rows([0, 1]));
+    await log.append(id, await log.claim(id), 0, [1, 2]);
   }
+  t.is((await redis.keys('cascade:{spread-*}:kv:*')).length, 80);
+  const byNode = await redis.keysByNode('cascade:{spread-*');
+  const holders = new Map<number, number>();
+  for (const id of ids) {
+    const owners = [...byNode].filter(([, keys]) => keys.some((k) => k.startsWith(`cascade:{${id}}:`)));
+    t.is(owners.length, 1, `${id}'s keys live on one node`);
+    t.is(owners[0]![1].filter((k) => k.startsWith(`cascade:{${id}}:`)).length, 5, 'kv ×2, kvindex, fence, tokens, all there');
+    holders.set(owners[0]![0], (holders.get(owners[0]![0]) ?? 0) + 1);
+  }
+  if (redis.cluster) t.is(holders.size, 3, `sessions spread over the 3 masters (${[...holders.values()].join(' / ')})`);
 });
 
 /** A promise and its resolve (Node 20 has no Promise.withResolvers). */
@@ -158,14 +165,14 @@ test('redis store - forget drops a request\'s tokens, result and fence', async (
  * force the interleaving that used to splice them (A records a token after B's, at B's next offset).
  */
 test.serial('redis store - a stall hand-over never splices two coordinators\' draws: the log and the stream are one continuation, the loser stops', async (t) => {
-  const { Queue } = await import('bullmq');
   const { ModelActor } = await import('../src/actors/model-actor.ts');
-  const { Coordinator, QUEUE_NAME, jobOptions, queueConnection, startCoordinatorWorker } = await import('../src/cluster/coordinator.ts');
+  const { Coordinator, QUEUE_NAME, jobOptions, openQueue, startCoordinatorWorker } = await import('../src/cluster/coordinator.ts');
+  const { queuePrefix } = await import('../src/cluster/redis-connection.ts');
   const { decode } = await import('../src/cluster/messages.ts');
   const { InProcessTransport, subjects } = await import('../src/cluster/transport.ts');
   const { MemoryModelSession } = await import('../src/models/memory-session.ts');
 
-  const redisUrl = servers[0]!.url;
+  const redisUrl = redis.url;
   const transport = new InProcessTransport();
   const target = new MemoryModelSession({ name: 'target', vocabSize: 64, order: 2, seed: 21, sharpness: 1 });
   const actor = new ModelActor(transport, target).start();
@@ -240,16 +247,16 @@ test.serial('redis store - a stall hand-over never splices two coordinators\' dr
     // the gateway's rule: a message's tokens past what the client has, at their offset
     if (m.type === 'tokens' && m.offset <= streamed.length) streamed.push(...m.tokens.slice(streamed.length - m.offset));
   });
-  const queue = new Queue(QUEUE_NAME, { connection: queueConnection(redisUrl) });
-  const workerA = startCoordinatorWorker(a, { redisUrl, concurrency: 1, lockDurationMs: 1000 });
+  const queue = openQueue(redisUrl);
+  const workerA = startCoordinatorWorker(a, { redis: redisUrl, concurrency: 1, lockDurationMs: 1000 });
   let workerB: ReturnType<typeof startCoordinatorWorker> | undefined;
   try {
     const maxTokens = 12;
     await queue.add('generate', { requestId, promptIds: [3, 1, 4], maxTokens, sampling: { temperature: 1, topK: 0, topP: 1 }, seed: 7, stopAtEos: false, drafters: [], kMatrix: [], lenience: 1, enqueuedAt: Date.now() }, jobOptions(requestId));
     await landed.A.promise;
     // A's lock is lost while A still runs (A waits for B's turn): BullMQ hands the job to B
-    await shards.clients[0]!.del(`bull:${QUEUE_NAME}:${requestId}:lock`);
-    workerB = startCoordinatorWorker(b, { redisUrl, concurrency: 1, lockDurationMs: 1000 });
+    await shards.client.del(`${queuePrefix(shards.deployment)}:${QUEUE_NAME}:${requestId}:lock`);
+    workerB = startCoordinatorWorker(b, { redis: redisUrl, concurrency: 1, lockDurationMs: 1000 });
     await Promise.all([a.settled.promise, b.settled.promise]);
     for (let i = 0; i < 50 && (await queue.getJobState(requestId)) !== 'completed'; i++) await new Promise((r) => setTimeout(r, 100));
 
@@ -323,7 +330,7 @@ test('redis store - ADORE on a draft actor spills released KV to Redis, rebuilds
     t.true(calls.put > 0, 'released KV was written to Redis');
     t.true(calls.get > 0, 'rebuilds asked Redis for released KV');
     await Promise.all(actors.map((a) => a.stop()));
-    const left = (await Promise.all(shards.clients.map((c) => c.keys('cascade:{adore-1*}:kv*')))).flat();
+    const left = await redis.keys('cascade:{adore-1*}:kv*');
     t.deepEqual(left, [], 'closing the session dropped its blocks');
   } finally {
     await sessions.close();

@@ -3,7 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { decode, encode } from '../cluster/messages.ts';
-import { startNats, startRedis, type LocalServer } from '../cluster/local-servers.ts';
+import { QUEUE_NAME } from '../cluster/coordinator.ts';
+import { startNats, startRedis, startRedisCluster, type LocalRedisCluster, type LocalServer } from '../cluster/local-servers.ts';
+import { parseRedis, queuePrefix } from '../cluster/redis-connection.ts';
 import { NatsTransport } from '../cluster/nats-transport.ts';
 import { spawnRole, type RoleProcess } from '../cluster/processes.ts';
 import { startGatewayRole } from '../cluster/roles.ts';
@@ -32,6 +34,12 @@ export interface ChaosOptions {
   readonly maxTokens: number;
   readonly out: string;
   readonly log?: (line: string) => void;
+  /**
+   * The Redis deployment: one redis-server (append-only file on; default) or a Redis Cluster of
+   * three masters with a replica each, where restart-redis kills the master holding the request
+   * queue (SIGKILL) and its replica takes over (a failover), then the dead node rejoins as a replica.
+   */
+  readonly redis?: 'server' | 'cluster';
 }
 
 export interface ScenarioResult {
@@ -67,18 +75,21 @@ interface Outcome {
  */
 export class ChaosCluster {
   nats!: LocalServer;
-  redis!: LocalServer;
+  redis!: LocalServer | LocalRedisCluster;
   readonly redisDir = mkdtempSync(join(tmpdir(), 'cascade-chaos-redis-'));
   readonly roles = new Map<string, { args: string[]; proc: RoleProcess }>();
   gateway!: Awaited<ReturnType<typeof startGatewayRole>>;
   readonly family;
 
-  constructor(readonly models: string) {
+  constructor(
+    readonly models: string,
+    readonly redisKind: 'server' | 'cluster' = 'server',
+  ) {
     this.family = loadFamily(models);
   }
 
   async start(): Promise<void> {
-    [this.nats, this.redis] = await Promise.all([startNats(), startRedis({ persistenceDir: this.redisDir })]);
+    [this.nats, this.redis] = await Promise.all([startNats(), this.redisKind === 'cluster' ? startRedisCluster({ masters: 3, replicas: 1 }) : startRedis({ persistenceDir: this.redisDir })]);
     const common = ['--models', this.family.dir, '--nats', this.nats.url];
     const specs: [string, string[]][] = [
       ['verify-0', ['actor', 'verify', ...common, '--instance', 'v0', '--idle-ms', String(IDLE_MS)]],
@@ -111,9 +122,13 @@ export class ChaosCluster {
   }
 
   async restartRedis(): Promise<void> {
+    if ('failover' in this.redis) {
+      await this.redis.failover(`${queuePrefix(parseRedis(this.redis.url))}:${QUEUE_NAME}:id`);
+      return;
+    }
     await this.redis.stop();
     await new Promise((r) => setTimeout(r, 1000));
-    this.redis = await startRedis({ port: this.redis.port, persistenceDir: this.redisDir });
+    this.redis = await startRedis({ port: (this.redis as LocalServer).port, persistenceDir: this.redisDir });
   }
 
   /** Sessions every actor instance still holds (after requests finished: leaks). */
@@ -213,10 +228,10 @@ export async function runChaos(o: ChaosOptions): Promise<ScenarioResult[]> {
   });
   log('target-only decoding of every prompt (the oracle) …');
   const want = await targetOnlyTexts(o.models, prompts, o.maxTokens);
-  const cluster = new ChaosCluster(o.models);
+  const cluster = new ChaosCluster(o.models, o.redis);
   const results: ScenarioResult[] = [];
   try {
-    log('starting the cluster (2 verifiers, one actor per drafter, 2 coordinators) …');
+    log(`starting the cluster (2 verifiers, one actor per drafter, 2 coordinators, ${o.redis === 'cluster' ? 'a Redis Cluster of 3 masters with a replica each' : 'one redis-server'}) …`);
     await cluster.start();
     log(`normal: ${o.concurrency} concurrent streams, no fault`);
     const normal = await wave(cluster.gateway.url, prompts, o.maxTokens);

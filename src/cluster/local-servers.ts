@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createServer, connect as tcpConnect } from 'node:net';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -97,4 +97,153 @@ export async function startRedis(options: { port?: number; acl?: { user: string;
   const child = launch('redis-server', args, 'Redis', options.detached);
   await waitForPort(port, 10_000, child);
   return { url: `redis://127.0.0.1:${port}`, port, process: child, stop: stopper(child) };
+}
+
+/** A Redis Cluster of `redis-server` processes on loopback ports (startRedisCluster). */
+export interface LocalRedisCluster {
+  /** `redis+cluster://127.0.0.1:p1,…`: every node as a seed. */
+  readonly url: string;
+  /** Every node, masters first as created; a node restarted by `failover` keeps its place. */
+  readonly nodes: LocalServer[];
+  /** The port of the master serving `key`'s slot now. */
+  masterOf(key: string): Promise<number>;
+  /**
+   * Kills the master serving `key`'s slot (SIGKILL), waits until a replica has taken its slots over
+   * and the cluster is ok again, then restarts the dead node, which rejoins as a replica of the new
+   * master. Resolves to the ports of the killed master and of the replica that took over.
+   */
+  failover(key: string): Promise<{ killed: number; promoted: number }>;
+  stop(): Promise<void>;
+}
+
+const execFileAsync = (cmd: string, args: string[]) =>
+  new Promise<string>((resolve, reject) =>
+    execFile(cmd, args, { timeout: 30_000 }, (err, stdout, stderr) => (err ? reject(new CascadeError(`${cmd} ${args.join(' ')} failed: ${stderr || err.message}`, { cause: err })) : resolve(stdout))),
+  );
+const redisCli = (port: number, ...args: string[]) => execFileAsync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args]);
+
+interface ClusterNodeLine {
+  readonly port: number;
+  readonly master: boolean;
+  readonly failed: boolean;
+  readonly slots: readonly [number, number][];
+}
+
+/** `CLUSTER NODES` as seen by the node on `port`. */
+async function clusterNodes(port: number): Promise<ClusterNodeLine[]> {
+  return (await redisCli(port, 'cluster', 'nodes'))
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const f = line.split(' ');
+      const flags = f[2]!.split(',');
+      const slots = f.slice(8).filter((s) => /^\d/.test(s)).map((s): [number, number] => {
+        const [a, b] = s.split('-').map(Number);
+        return [a!, b ?? a!];
+      });
+      return { port: Number(/:(\d+)@/.exec(f[1]!)?.[1]), master: flags.includes('master'), failed: flags.some((x) => x === 'fail' || x === 'fail?' || x === 'noaddr'), slots };
+    });
+}
+
+/**
+ * Starts a Redis Cluster on loopback: `masters` masters with `replicas` replicas each, every node a
+ * `redis-server --cluster-enabled yes` in its own temporary directory (its nodes.conf survives a
+ * restart; no data persistence: a restarted node resyncs from its master), joined with `redis-cli
+ * --cluster create`. Resolves once every node reports cluster_state:ok and every replica is in sync.
+ * `nodeTimeoutMs`: cluster-node-timeout, how long a master may be silent before its replica takes over.
+ */
+export async function startRedisCluster(options: { masters?: number; replicas?: number; nodeTimeoutMs?: number } = {}): Promise<LocalRedisCluster> {
+  const masters = options.masters ?? 3;
+  const replicas = options.replicas ?? 1;
+  if (masters < 3) throw new CascadeError('a Redis Cluster needs at least 3 masters');
+  const ports = await distinctFreePorts(masters * (1 + replicas));
+  const argsOf = (port: number) => {
+    const dir = mkdtempSync(join(tmpdir(), `cascade-redis-cluster-${port}-`));
+    return ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--cluster-enabled', 'yes', '--cluster-config-file', join(dir, 'nodes.conf'), '--cluster-node-timeout', String(options.nodeTimeoutMs ?? 1000), '--cluster-replica-validity-factor', '0', '--save', '', '--appendonly', 'no'];
+  };
+  const nodes: LocalServer[] = [];
+  const stopAll = () => Promise.all(nodes.map((n) => n.stop()));
+  const start = async (port: number, args: string[]): Promise<LocalServer> => {
+    const child = launch('redis-server', args, 'Redis');
+    await waitForPort(port, 10_000, child);
+    const node = { url: `redis://127.0.0.1:${port}`, port, process: child, stop: stopper(child) };
+    (node as { restartArgs?: string[] }).restartArgs = args;
+    return node;
+  };
+  try {
+    for (const port of ports) nodes.push(await start(port, argsOf(port)));
+    await execFileAsync('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', String(replicas), '--cluster-yes']);
+    await waitForCluster(ports, masters, true);
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+  const livePort = async () => {
+    for (const n of nodes) if (n.process.exitCode === null && n.process.signalCode === null) return n.port;
+    throw new CascadeError('no node of the Redis Cluster is running');
+  };
+  const masterOf = async (key: string): Promise<number> => {
+    const port = await livePort();
+    const slot = Number((await redisCli(port, 'cluster', 'keyslot', key)).trim());
+    const owner = (await clusterNodes(port)).find((n) => n.master && !n.failed && n.slots.some(([a, b]) => slot >= a && slot <= b));
+    if (!owner) throw new CascadeError(`no master serves slot ${slot} (key ${key})`);
+    return owner.port;
+  };
+  return {
+    url: `redis+cluster://${ports.map((p) => `127.0.0.1:${p}`).join(',')}`,
+    nodes,
+    masterOf,
+    stop: async () => void (await stopAll()),
+    failover: async (key) => {
+      const killed = await masterOf(key);
+      const i = nodes.findIndex((n) => n.port === killed);
+      const victim = nodes[i]!;
+      await new Promise<void>((resolve) => {
+        if (victim.process.exitCode !== null || victim.process.signalCode !== null) return resolve();
+        victim.process.once('exit', () => resolve());
+        victim.process.kill('SIGKILL');
+      });
+      const until = Date.now() + 30_000;
+      let promoted: number | undefined;
+      while (promoted === undefined || promoted === killed) {
+        if (Date.now() > until) throw new CascadeError(`no replica took over from the killed master 127.0.0.1:${killed} within 30 s`);
+        await new Promise((r) => setTimeout(r, 100));
+        promoted = await masterOf(key).catch(() => undefined);
+      }
+      await waitForCluster(nodes.filter((n) => n.port !== killed).map((n) => n.port), masters, false);
+      nodes[i] = await start(killed, (victim as { restartArgs?: string[] }).restartArgs!);
+      return { killed, promoted };
+    },
+  };
+}
+
+async function distinctFreePorts(n: number): Promise<number[]> {
+  const ports = new Set<number>();
+  // a cluster node also listens on port + 10000 (the cluster bus)
+  while (ports.size < n) {
+    const p = await freePort();
+    if (p < 55_000 && ![...ports].some((q) => Math.abs(q - p) === 10_000)) ports.add(p);
+  }
+  return [...ports];
+}
+
+/** Waits until every node on `ports` says cluster_state:ok and sees `masters` live masters covering every slot; `synced`: and every replica's link is up. */
+async function waitForCluster(ports: readonly number[], masters: number, synced: boolean): Promise<void> {
+  const until = Date.now() + 30_000;
+  for (;;) {
+    const ok = await Promise.all(
+      ports.map(async (port) => {
+        const info = await redisCli(port, 'cluster', 'info').catch(() => '');
+        if (!/cluster_state:ok/.test(info)) return false;
+        const live = (await clusterNodes(port).catch(() => [])).filter((n) => n.master && !n.failed && n.slots.length);
+        if (live.length !== masters || live.reduce((s, n) => s + n.slots.reduce((t, [a, b]) => t + b - a + 1, 0), 0) !== 16384) return false;
+        if (!synced) return true;
+        const replication = await redisCli(port, 'info', 'replication').catch(() => '');
+        return /role:master/.test(replication) || /master_link_status:up/.test(replication);
+      }),
+    );
+    if (ok.every(Boolean)) return;
+    if (Date.now() > until) throw new CascadeError(`the Redis Cluster on ports ${ports.join(', ')} is not ok after 30 s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
 }

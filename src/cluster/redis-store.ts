@@ -1,65 +1,15 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import type { ChainableCommander } from 'ioredis';
 import { CascadeError } from '../errors.ts';
-import { redact } from './security.ts';
+import type { RedisConnection } from './redis-connection.ts';
 import { joinRows, kvArray, splitRows, type KvStore } from '../models/kv-store.ts';
 import type { KvArray, KvDtype, KvRows } from '../models/session.ts';
 import { MAX_TOP_LOGPROBS, type TokenLogprob } from '../kernels/sampling.ts';
 
 /**
- * Redis for the cluster (SPEC §6): session state, token history and ADORE's released KV blocks,
- * sharded by session over several Redis instances. Every key of a session carries the hash tag
- * `{session}`, so a Redis Cluster keeps it on one slot; with plain instances, this client picks the
- * instance by rendezvous hashing of the tag (adding an instance moves only the sessions it wins).
+ * Hash-tagged key of a session or request (SPEC §6): every key of one id carries the tag `{id}`, so
+ * a Redis Cluster keeps them on one slot, and the multi-key commands, MULTIs and scripts below,
+ * which only ever touch the keys of one id, never cross slots.
  */
-export class RedisShards {
-  readonly clients: Redis[];
-
-  constructor(urls: readonly string[], options: RedisOptions = {}) {
-    if (!urls.length) throw new CascadeError('at least one Redis URL is needed');
-    this.clients = urls.map((url) => {
-      try {
-        return new Redis(url, { maxRetriesPerRequest: 3, enableReadyCheck: true, lazyConnect: false, ...options });
-      } catch (cause) {
-        throw new CascadeError(`bad Redis URL ${redact(url)}`, { cause });
-      }
-    });
-    for (const c of this.clients) c.on('error', () => undefined); // reconnects on its own; callers see failed commands
-  }
-
-  /** The client holding `tag`'s keys. */
-  shard(tag: string): Redis {
-    if (this.clients.length === 1) return this.clients[0]!;
-    let best = 0;
-    let bestScore = -1;
-    this.clients.forEach((_, i) => {
-      const score = fnv1a(`${i}:${tag}`);
-      if (score > bestScore) {
-        bestScore = score;
-        best = i;
-      }
-    });
-    return this.clients[best]!;
-  }
-
-  async close(): Promise<void> {
-    await Promise.all(this.clients.map((c) => c.quit().catch(() => c.disconnect())));
-  }
-}
-
-function fnv1a(s: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < s.length; i++) {
-    h ^= s.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  // one more mixing round so that neighbouring indices spread
-  h ^= h >>> 16;
-  h = Math.imul(h, 0x85ebca6b) >>> 0;
-  h ^= h >>> 13;
-  return h >>> 0;
-}
-
-/** Hash-tagged key of a session. */
 export const sessionKey = (session: string, ...parts: (string | number)[]): string => `cascade:{${session}}:${parts.join(':')}`;
 
 /** Dtype codes of an encoded KV block. */
@@ -107,12 +57,12 @@ export function decodeRows(buf: Buffer): KvRows {
  */
 export class RedisKvStore implements KvStore {
   constructor(
-    private readonly shards: RedisShards,
+    private readonly redis: RedisConnection,
     private readonly ttlSeconds = 3600,
   ) {}
 
   async put(session: string, model: string, positions: readonly number[], rows: KvRows): Promise<void> {
-    const redis = this.shards.shard(session);
+    const redis = this.redis.client;
     const parts = splitRows(rows);
     const data = redis.multi();
     parts.forEach((part, i) => data.set(sessionKey(session, 'kv', model, positions[i]!), encodeRows(part), 'EX', this.ttlSeconds));
@@ -122,7 +72,7 @@ export class RedisKvStore implements KvStore {
 
   async get(session: string, model: string, positions: readonly number[]): Promise<{ positions: number[]; rows: KvRows | undefined }> {
     if (!positions.length) return { positions: [], rows: undefined };
-    const redis = this.shards.shard(session);
+    const redis = this.redis.client;
     const values = await redis.mgetBuffer(...positions.map((p) => sessionKey(session, 'kv', model, p)));
     const found: number[] = [];
     const parts: KvRows[] = [];
@@ -139,7 +89,7 @@ export class RedisKvStore implements KvStore {
   }
 
   async drop(session: string, model: string, positions?: readonly number[]): Promise<void> {
-    const redis = this.shards.shard(session);
+    const redis = this.redis.client;
     const index = sessionKey(session, 'kvindex', model);
     const listed = positions ?? (await redis.smembers(index)).map(Number);
     if (listed.length) await redis.del(...listed.map((p) => sessionKey(session, 'kv', model, p)));
@@ -343,7 +293,7 @@ return {0}
  */
 export class TokenLog implements RequestLog {
   constructor(
-    private readonly shards: RedisShards,
+    private readonly redis: RedisConnection,
     private readonly ttlSeconds = 3600,
   ) {}
 
@@ -351,16 +301,38 @@ export class TokenLog implements RequestLog {
     return sessionKey(request, 'tokens');
   }
 
+  /**
+   * Runs a script over one request's keys (one slot). With the connection's replicaAcks, a WAIT
+   * follows in the same pipeline, so it reaches the master that ran the script: the write is on a
+   * replica before the caller streams it, and a failover cannot drop it. A pipeline that fails (a
+   * MOVED or ASK while slots move, a connection lost to a dying master) is not retried by ioredis,
+   * so the script then runs on its own, with the client's redirections and failover retries, and
+   * its WAIT after it; every script here may run twice (a second claim only takes a newer fence).
+   */
+  private async script(script: string, keys: readonly string[], ...args: (string | number | Buffer)[]): Promise<unknown> {
+    const { client, replicaAcks, replicaAckMs } = this.redis;
+    if (!replicaAcks) return client.eval(script, keys.length, ...keys, ...args);
+    const replicated = (p: ChainableCommander) => p.wait(replicaAcks, replicaAckMs);
+    const results = await replicated(client.pipeline().eval(script, keys.length, ...keys, ...args))
+      .exec()
+      .catch(() => null);
+    const [err, value] = results?.[0] ?? [new Error('no reply')];
+    if (!err) return value;
+    const retried = await client.eval(script, keys.length, ...keys, ...args);
+    await replicated(client.pipeline().exists(keys[0]!)).exec().catch(() => undefined);
+    return retried;
+  }
+
   private fenceKey(request: string): string {
     return sessionKey(request, 'fence');
   }
 
   async claim(request: string): Promise<number> {
-    return Number(await this.shards.shard(request).eval(CLAIM, 1, this.fenceKey(request), this.ttlSeconds));
+    return Number(await this.script(CLAIM, [this.fenceKey(request)], this.ttlSeconds));
   }
 
   async read(request: string): Promise<number[]> {
-    const buf = await this.shards.shard(request).getBuffer(this.key(request));
+    const buf = await this.redis.client.getBuffer(this.key(request));
     if (!buf) return [];
     const out: number[] = [];
     for (let i = 0; i + 4 <= buf.length; i += 4) out.push(buf.readUInt32LE(i));
@@ -368,7 +340,7 @@ export class TokenLog implements RequestLog {
   }
 
   async readLogprobs(request: string, top: number): Promise<TokenLogprob[]> {
-    const buf = await this.shards.shard(request).getBuffer(sessionKey(request, 'logprobs'));
+    const buf = await this.redis.client.getBuffer(sessionKey(request, 'logprobs'));
     return buf ? decodeLogprobs(buf, top) : [];
   }
 
@@ -378,21 +350,21 @@ export class TokenLog implements RequestLog {
     tokens.forEach((t, i) => buf.writeUInt32LE(t, 4 * i));
     const records = logprobs ? encodeLogprobs(logprobs.list, logprobs.top) : Buffer.alloc(0);
     const keys = [this.key(request), this.fenceKey(request), sessionKey(request, 'logprobs')];
-    const [status, value] = (await this.shards.shard(request).eval(APPEND_AT, 3, ...keys, offset, buf, this.ttlSeconds, fence, records)) as [number, number];
+    const [status, value] = (await this.script(APPEND_AT, keys, offset, buf, this.ttlSeconds, fence, records)) as [number, number];
     if (status === 1) throw new RequestSupersededError(request, fence, Number(value));
     if (status === 2) throw new LogOffsetError(request, offset, Number(value));
   }
 
   async finish(request: string, fence: number, result: string): Promise<void> {
-    const [status, current] = (await this.shards.shard(request).eval(FINISH, 2, sessionKey(request, 'result'), this.fenceKey(request), result, this.ttlSeconds, fence)) as [number, number?];
+    const [status, current] = (await this.script(FINISH, [sessionKey(request, 'result'), this.fenceKey(request)], result, this.ttlSeconds, fence)) as [number, number?];
     if (status === 1) throw new RequestSupersededError(request, fence, Number(current));
   }
 
   async result(request: string): Promise<string | undefined> {
-    return (await this.shards.shard(request).get(sessionKey(request, 'result'))) ?? undefined;
+    return (await this.redis.client.get(sessionKey(request, 'result'))) ?? undefined;
   }
 
   async forget(request: string): Promise<void> {
-    await this.shards.shard(request).del(this.key(request), sessionKey(request, 'result'), this.fenceKey(request), sessionKey(request, 'logprobs'));
+    await this.redis.client.del(this.key(request), sessionKey(request, 'result'), this.fenceKey(request), sessionKey(request, 'logprobs'));
   }
 }

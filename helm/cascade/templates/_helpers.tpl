@@ -54,7 +54,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
-{{/* The Redis URLs, comma-separated: the bundled Valkey's service, or external.redisUrls. */}}
+{{/* The Redis URL (CASCADE_REDIS_URL): the bundled Valkey's service, external.redisUrls' one server, or with external.redisCluster a redis+cluster:// URL of its seed nodes. */}}
 {{- define "cascade.redisUrls" -}}
 {{- if .Values.valkey.enabled -}}
 {{- $name := "valkey" -}}
@@ -67,7 +67,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- if not .Values.external.redisUrls -}}
 {{- fail "external.redisUrls is required when valkey.enabled is false" -}}
 {{- end -}}
-{{- join "," .Values.external.redisUrls -}}
+{{- if .Values.external.redisCluster -}}
+{{- $seeds := list -}}
+{{- range .Values.external.redisUrls -}}
+{{- $seeds = append $seeds (regexReplaceAll "^rediss?://" . "") -}}
+{{- end -}}
+{{- printf "%s://%s" (ternary "rediss+cluster" "redis+cluster" (.Values.external.redisTls | default false)) (join "," $seeds) -}}
+{{- else if gt (len .Values.external.redisUrls) 1 -}}
+{{- fail (printf "external.redisUrls holds %d URLs: set external.redisCluster=true to use them as a Redis Cluster's seed nodes (sharding over independent servers is not supported)" (len .Values.external.redisUrls)) -}}
+{{- else -}}
+{{- first .Values.external.redisUrls -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
