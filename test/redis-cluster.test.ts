@@ -3,7 +3,7 @@ import test from 'ava';
 import OpenAI from 'openai';
 import { QUEUE_NAME } from '../src/cluster/coordinator.ts';
 import { freePort, startNats, type LocalServer } from '../src/cluster/local-servers.ts';
-import { parseRedis, queuePrefix, RedisConnection, RedisUnreachableError } from '../src/cluster/redis-connection.ts';
+import { parseRedis, queuePrefix, RedisConnection, RedisUnreachableError, withRedisCredentials } from '../src/cluster/redis-connection.ts';
 import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
@@ -80,6 +80,10 @@ test('redis cluster - malformed --redis values and an unreachable cluster get cl
   t.deepEqual(parseRedis('redis+cluster://u:p%40ss@10.0.0.1:7000,[::1]:7001,redis-2'), { kind: 'cluster', seeds: [{ host: '10.0.0.1', port: 7000 }, { host: '::1', port: 7001 }, { host: 'redis-2', port: 6379 }], username: 'u', password: 'p@ss', tls: false });
   t.like(parseRedis(['rediss+cluster://a:1']), { kind: 'cluster', tls: true });
   t.deepEqual(parseRedis(['redis://127.0.0.1:6379']), { kind: 'server', url: 'redis://127.0.0.1:6379' });
+  // Kubernetes hands the password over as its own variable (CASCADE_REDIS_PASSWORD): it applies to every seed
+  t.is(withRedisCredentials('redis+cluster://a:1,b:2', 'cascade', 'p@ss:/'), 'redis+cluster://cascade:p%40ss%3A%2F@a:1,b:2');
+  t.like(parseRedis(withRedisCredentials('redis+cluster://a:1,b:2', 'cascade', 'p@ss:/')), { username: 'cascade', password: 'p@ss:/', seeds: [{ host: 'a', port: 1 }, { host: 'b', port: 2 }] });
+  t.is(withRedisCredentials('redis+cluster://u:x@a:1', 'cascade', 'y'), 'redis+cluster://u:x@a:1', 'credentials in the URL win');
   for (const [value, message] of [
     ['redis+cluster://a:1,,b:2', /empty one/],
     ['redis+cluster://a:99999', /"a:99999" is not a seed node/],
