@@ -146,6 +146,25 @@ for (const [kind, open] of requestLogs) {
   });
 }
 
+test('redis store - on a Redis Cluster a request log\'s claim, appends and finish each wait for a replica (WAIT on the key\'s master)', async (t) => {
+  if (!redis.cluster) return t.pass('one server: no replica to wait for');
+  const { Redis } = await import('ioredis');
+  const log = new TokenLog(shards, 60);
+  const id = `req-${randomUUID()}`;
+  const master = new Redis(await redis.cluster.masterOf(sessionKey(id, 'tokens')), '127.0.0.1');
+  try {
+    const waits = async () => Number(/cmdstat_wait:calls=(\d+)/.exec(await master.info('commandstats'))?.[1] ?? 0);
+    const before = await waits();
+    const fence = await log.claim(id);
+    for (const [offset, tokens] of [[0, [1, 2]], [2, [3]], [3, [4, 5, 6]]] as const) await log.append(id, fence, offset, tokens);
+    await log.finish(id, fence, '{}');
+    t.true((await waits()) - before >= 5, 'one WAIT per write, on the master that ran it');
+    t.deepEqual(await log.read(id), [1, 2, 3, 4, 5, 6]);
+  } finally {
+    master.disconnect();
+  }
+});
+
 test('redis store - forget drops a request\'s tokens, result and fence', async (t) => {
   const log = new TokenLog(shards, 60);
   const fence = await log.claim('req-x');
