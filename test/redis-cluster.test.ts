@@ -115,6 +115,9 @@ test.serial('redis cluster - the cluster completes greedy requests with target-o
   const requests = [...new Set([...byNode.values()].flat().filter((k) => k.startsWith('cascade:{req-')).map((k) => /\{(req-[^}]+)\}/.exec(k)![1]!))];
   t.true(requests.length >= PROMPTS.length);
   for (const id of requests) t.is([...byNode].filter(([, keys]) => keys.some((k) => k.includes(`{${id}}`))).length, 1, `${id}'s keys on one master`);
+  const health = await fetch(`${gateway.url}/health`);
+  t.is(health.status, 200, '/health pings every master');
+  t.like(await health.json(), { status: 'ok', redis: 'ok', workers: 2 }, 'BullMQ finds both coordinators on the cluster');
 });
 
 test.serial('redis cluster - a master holding request logs is killed mid-request: its replica takes over and every request completes with target-only text, nothing lost', async (t) => {
