@@ -1,3 +1,6 @@
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import test from 'ava';
 import { loadWorkload } from '../src/bench/workloads.ts';
 import { generateCascade, type CascadeConfig } from '../src/engine/cascade.ts';
@@ -8,6 +11,7 @@ import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampli
 import { loadBigram } from '../src/models/family.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { cascade } from './helpers/cli.ts';
 import { dirOf, family, MODELS_DIR } from './helpers/family.ts';
 import { chiSquare, FALSE_FAILURE } from './helpers/stats.ts';
 
@@ -143,3 +147,17 @@ for (const verification of ['rejection', 'invariant'] as const) {
     t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}; counts ${counts.join(' ')}`);
   });
 }
+
+test.serial('eagle cli - generate --eagle-model above mag: greedy text equals --mode ar; bench cascade --eagle-model runs eagle, eagle+mag and csd+eagle', async (t) => {
+  const prompt = 'function parseArgs(argv) {\n  const out = {};\n';
+  const ar = JSON.parse((await cascade('generate', '--json', '--mode', 'ar', '--temperature', '0', '--max-tokens', '24', '--prompt', prompt)).stdout);
+  const eagled = JSON.parse((await cascade('generate', '--json', '--eagle-model', `${MODELS_DIR}/eagle`, '--mode', 'mag', '--temperature', '0', '--max-tokens', '24', '--prompt', prompt)).stdout);
+  t.deepEqual(eagled.tokenIds, ar.tokenIds);
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-eagle-'));
+  await cascade('bench', 'cascade', '--eagle-model', `${MODELS_DIR}/eagle`, '--methods', 'eagle,eagle+mag,csd+eagle', '--workload', 'code', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));
+  const methods = record.results[0].methods as { method: string; identicalToAr: boolean }[];
+  t.deepEqual(methods.map((m) => m.method), ['ar', 'eagle', 'eagle+mag', 'csd+eagle']);
+  t.true(methods.slice(1).every((m) => m.identicalToAr));
+  t.true(record.costs.eagle > 0);
+});
