@@ -160,12 +160,14 @@ function graphFeatures(sess: ort.InferenceSession, s: ModelSpec): FeatureSpec | 
   const output = sess.outputNames.includes('hidden_states') ? 'hidden_states' : sess.outputNames.includes('next_hidden_states') ? 'next_hidden_states' : undefined;
   const input = sess.inputNames.includes('hidden_states');
   if (!output && !input) return undefined;
-  const sizes = [...sess.inputMetadata.filter((m) => input && m.name === 'hidden_states'), ...sess.outputMetadata.filter((m) => m.name === output)].map((m) =>
-    m.isTensor && m.type === 'float32' ? m.shape.at(-1) : undefined,
-  );
+  // features come back as float32 (a float16 output is converted, as logits are); they go in as float32
+  const sizes = [
+    ...sess.inputMetadata.filter((m) => input && m.name === 'hidden_states').map((m) => (m.isTensor && m.type === 'float32' ? m.shape.at(-1) : undefined)),
+    ...sess.outputMetadata.filter((m) => m.name === output).map((m) => (m.isTensor && (m.type === 'float32' || m.type === 'float16') ? m.shape.at(-1) : undefined)),
+  ];
   const size = sizes[0];
   if (typeof size !== 'number' || sizes.some((v) => v !== size)) {
-    throw new WorkerFailure('ModelLoadError', `${s.onnxPath}: its feature tensors (hidden_states, next_hidden_states) must be float32 [batch, sequence, hidden] with a fixed hidden size, got last dimensions [${sizes.join(', ')}]`);
+    throw new WorkerFailure('ModelLoadError', `${s.onnxPath}: its feature tensors must be [batch, sequence, hidden] with one fixed hidden size, the hidden_states input float32 and the output float32 or float16; got last dimensions [${sizes.join(', ')}]`);
   }
   return { size, input, ...(output ? { output } : {}) };
 }
@@ -377,7 +379,7 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   const result = logitRows(logits, 0, want, rows - want, logitsWidth(spec!));
   if (!item.returnHidden) return { logits: result };
   const hidden = floatData(out[features!.output!] as ort.Tensor);
-  return { logits: result, hidden: hidden instanceof Uint16Array ? halvesToFloats(hidden) : hidden.slice(0, s * features!.size) };
+  return { logits: result, hidden: hidden instanceof Uint16Array ? halvesToFloats(hidden.subarray(0, s * features!.size)) : hidden.slice(0, s * features!.size) };
 }
 
 /**
