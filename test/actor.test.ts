@@ -46,7 +46,7 @@ for (const [name, connect] of transports) {
     const actor = new ModelActor(transport, model, { instance: 'a0' }).start();
     try {
       await flushed(transport);
-      t.is((await call(transport, subjects.open('wide'), { type: 'open', session: 's1', sampling: SAMPLED, seed: 1n, target: false, promptLength: 0 })).type, 'opened');
+      t.is((await call(transport, subjects.open('wide'), { type: 'open', session: 's1', sampling: SAMPLED, seed: 1n, target: false, promptLength: 0, verification: 'rejection' })).type, 'opened');
       const reply = await call(transport, subjects.instance('wide', 'a0'), { type: 'propose', session: 's1', base: 0, suffix: [1, 2, 3], want: MAX_WANT });
       if (reply.type !== 'proposed') return t.fail(`answered ${JSON.stringify(reply)}`);
       t.is(reply.tokens.length, MAX_WANT, 'every drafted token is proposed');
@@ -98,7 +98,7 @@ test('actor - the target\'s actor refuses a review with lenience other than 1; a
   const review = (model: string, instance: string, lenience: number) =>
     call(transport, subjects.instance(model, instance), { type: 'review', session: 's', base: 0, suffix: [1, 2, 3, 4], start: 2, lenience, passUp: false, q: [] });
   try {
-    for (const model of ['tgt', 'drf']) t.is((await call(transport, subjects.open(model), { type: 'open', session: 's', sampling: SAMPLED, seed: 3n, target: false, promptLength: 0 })).type, 'opened');
+    for (const model of ['tgt', 'drf']) t.is((await call(transport, subjects.open(model), { type: 'open', session: 's', sampling: SAMPLED, seed: 3n, target: false, promptLength: 0, verification: 'rejection' })).type, 'opened');
     for (const lenience of [2, 1.5, 1e9]) {
       const refused = await review('tgt', 'v0', lenience);
       t.is(refused.type === 'error' ? refused.code : refused.type, 'invalid', `lenience ${lenience} at the target`);
@@ -108,7 +108,7 @@ test('actor - the target\'s actor refuses a review with lenience other than 1; a
     t.is((await review('drf', 'd0', 2)).type, 'reviewed', 'between drafters lenience is allowed');
     // a draft actor that the queue group hands a request's target session (the same model drafting
     // elsewhere) serves it as the target: exact reviews only, and no top-k truncation
-    t.is((await call(transport, subjects.open('drf'), { type: 'open', session: 's', sampling: SAMPLED, seed: 3n, target: true, promptLength: 0 })).type, 'opened');
+    t.is((await call(transport, subjects.open('drf'), { type: 'open', session: 's', sampling: SAMPLED, seed: 3n, target: true, promptLength: 0, verification: 'rejection' })).type, 'opened');
     const refused = await review('drf', 'd0', 2);
     t.is(refused.type === 'error' ? refused.code : refused.type, 'invalid', 'a target session refuses lenience on a draft actor too');
   } finally {
@@ -156,7 +156,7 @@ test.serial('actor - at a 152k vocabulary a sampled proposal of MAX_WANT tokens 
   const actors = [new ModelActor(transport, target, { instance: 't0', target: true }).start(), new ModelActor(transport, drafter, { instance: 'd0' }).start()];
   try {
     await transport.flush();
-    for (const m of ['big', 'big-draft']) t.is((await call(transport, subjects.open(m), { type: 'open', session: 's', sampling: SAMPLED, seed: 9n, target: false, promptLength: 0 })).type, 'opened');
+    for (const m of ['big', 'big-draft']) t.is((await call(transport, subjects.open(m), { type: 'open', session: 's', sampling: SAMPLED, seed: 9n, target: false, promptLength: 0, verification: 'rejection' })).type, 'opened');
     const proposed = await call(transport, subjects.instance('big-draft', 'd0'), { type: 'propose', session: 's', base: 0, suffix: [1, 2, 3], want: MAX_WANT });
     if (proposed.type !== 'proposed') return t.fail(JSON.stringify(proposed));
     t.is(proposed.tokens.length, MAX_WANT);
@@ -182,7 +182,7 @@ test('actor - a draft actor samples a drafter\'s session from its top DRAFT_TOP_
   const actor = new ModelActor(transport, new MemoryModelSession({ name: 'mid', vocabSize: 1000, order: 1, seed: 7 }), { instance: 'm0' }).start();
   try {
     const support = async (session: string, target: boolean) => {
-      t.is((await call(transport, subjects.open('mid'), { type: 'open', session, sampling: SAMPLED, seed: 1n, target, promptLength: 0 })).type, 'opened');
+      t.is((await call(transport, subjects.open('mid'), { type: 'open', session, sampling: SAMPLED, seed: 1n, target, promptLength: 0, verification: 'rejection' })).type, 'opened');
       const r = await call(transport, subjects.instance('mid', 'm0'), { type: 'propose', session, base: 0, suffix: [1, 2, 3], want: 1 });
       return r.type === 'proposed' ? r.q[0]!.filter((v) => v > 0).length : -1;
     };

@@ -138,7 +138,7 @@ function recordingFeeds(session: ModelSession): { session: ModelSession; feeds: 
 
 for (const c of sampledCases) {
   const positions = c.roundMax > 1 ? 'every position of two rounds, bonus included,' : 'every position';
-  test(`cascade - sampling: ${c.name} draws ${positions} from the target given the tokens before it (chi-square)`, async (t) => {
+  test(`cascade - sampling (rejection): ${c.name} draws ${positions} from the target given the tokens before it (chi-square)`, async (t) => {
     const plain = family(4, 8);
     const batched = c.concurrent ? [plain.target, plain.d1, plain.d2].map((m) => new BatchingSession(m, { windowMs: 1 })) : [];
     const f = batched.length ? { target: batched[0]!, d1: batched[1]!, d2: batched[2]! } : plain;
@@ -156,7 +156,7 @@ for (const c of sampledCases) {
         Array.from({ length: concurrent }, async (_, i) => {
           const emitted: number[] = [];
           const top = recordingFeeds(f.target); // drafters, the self-drafter included, use f.target itself
-          const r = await generateCascade(top.session, config, { promptIds: prompt, maxTokens: c.maxTokens, sampling: c.sampling, seed: seed + i, stopAtEos: false }, (ids) => emitted.push(ids.length));
+          const r = await generateCascade(top.session, config, { promptIds: prompt, maxTokens: c.maxTokens, sampling: c.sampling, seed: seed + i, stopAtEos: false, verification: 'rejection' }, (ids) => emitted.push(ids.length));
           const feeds = top.feeds.size === 1 ? [...top.feeds.values()][0]! : [];
           const blocks = feeds.map((n, k) => n - (k === 0 ? prompt.length : 1));
           if (blocks.reduce((a, b) => a + b, 0) !== r.stats.draftedTokens || emitted.length !== r.stats.rounds) {
@@ -302,14 +302,14 @@ test('cascade - a drafter with a narrower (less padded) vocabulary keeps greedy 
   t.is(narrow.liveSequences(), 0);
 });
 
-test('cascade - sampling with a narrower drafter draws every position of two rounds, bonus included, from the target given the tokens before it (chi-square)', async (t) => {
+test('cascade - sampling (rejection) with a narrower drafter draws every position of two rounds, bonus included, from the target given the tokens before it (chi-square)', async (t) => {
   const { target, narrow } = paddedFamily(5, 4, 8);
   const start = [1, 3, 2];
   const prompt = [...start, ...(await generateAutoregressive(target, { promptIds: start, maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds].map((id) => id % 4);
   const sampling = { temperature: 1, topK: 0, topP: 1 };
   const samples: number[][] = [];
   for (let seed = 0; seed < 12_000; seed++) {
-    samples.push((await generateCascade(target, { drafters: [model(narrow)], kMatrix: [[3]], lenience: 1 }, { promptIds: prompt, maxTokens: 7, sampling, seed, stopAtEos: false })).tokenIds);
+    samples.push((await generateCascade(target, { drafters: [model(narrow)], kMatrix: [[3]], lenience: 1 }, { promptIds: prompt, maxTokens: 7, sampling, seed, stopAtEos: false, verification: 'rejection' })).tokenIds);
   }
   const padded = samples.filter((s) => s.slice(0, -1).includes(4)).length;
   t.log(`${padded} of ${samples.length} samples emitted the padding id 4 before their last token (the drafter dropped there)`);

@@ -6,7 +6,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import OpenAI from 'openai';
 import { decode, encode } from '../src/cluster/messages.ts';
-import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
+import { startNats, type LocalServer } from '../src/cluster/local-servers.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { setupTracing, shutdownTracing, type SpanRecord } from '../src/cluster/tracing.ts';
@@ -18,9 +18,11 @@ import { FamilySessions } from '../src/models/family-sessions.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
 import { family, MODELS_DIR } from './helpers/family.ts';
+import { startTestRedis, type TestRedis } from './helpers/redis.ts';
 
 /**
- * The cluster with real parts: nats-server and redis-server on free loopback ports, every actor and
+ * The cluster with real parts: nats-server and redis-server (a Redis Cluster with
+ * CASCADE_TEST_REDIS=cluster) on free loopback ports, every actor and
  * the coordinator as its own OS process running the bundled ONNX models, the gateway in this
  * process (so that its spans land in an in-memory exporter), driven with the official openai client.
  */
@@ -29,7 +31,7 @@ const dir = mkdtempSync(join(tmpdir(), 'cascade-cluster-'));
 const traceFile = join(dir, 'spans.jsonl');
 const spans = new InMemorySpanExporter();
 let nats: LocalServer;
-let redis: LocalServer;
+let redis: TestRedis;
 let gateway: Role & { url: string };
 let client: OpenAI;
 const roles = new Map<string, RoleProcess>();
@@ -45,14 +47,14 @@ const coordinator = () => spawnRole(['coordinator', '--models', MODELS_DIR, '--n
  * The oracle for greedy requests: target-only decoding (the target model alone, no drafters) in this
  * process. The cluster's cascade must be token-identical to it, never merely equal to another cascade.
  */
-async function targetOnly(prompt: string, maxTokens: number, sampling: SamplingParams = GREEDY): Promise<string> {
-  const r = await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens, sampling, seed: 0 });
+async function targetOnly(prompt: string, maxTokens: number, sampling: SamplingParams = GREEDY, seed = 0): Promise<string> {
+  const r = await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens, sampling, seed, verification: 'invariant' });
   return tokenizer.decode(r.tokenIds);
 }
 
 test.before(async () => {
   setupTracing('cascade-gateway-test', spans);
-  [nats, redis] = await Promise.all([startNats(), startRedis()]);
+  [nats, redis] = await Promise.all([startNats(), startTestRedis()]);
   const started = await Promise.all([
     actor('verify', family.target, 'v0'),
     ...family.drafters.map((d) => actor('draft', d, `${d}-0`)),
@@ -263,14 +265,31 @@ test.serial('cluster - chat completions stream over SSE and concatenate to the g
   t.is(text, await targetOnly(tokenizer.renderChat(messages), 24));
 });
 
-test.serial('cluster - sampled requests (distributions over NATS) complete and are reproducible by seed with a fixed K', async (t) => {
-  // Reproducibility, not exactness: target-only decoding with the same seed draws other numbers, so
-  // no token-identical oracle exists for a sampled request. That sampled output follows the
-  // target's distribution is shown by the chi-square tests (test/cluster-inprocess.test.ts
-  // 'sampling over the wire', test/cascade.test.ts). With K auto the schedule follows measured
-  // timings, so which random numbers a round draws varies from run to run; a fixed K makes the seed
-  // reproduce the text.
-  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
+test.serial('cluster - a seeded sampled request gives target-only decoding\'s text for that seed (drafter-invariant verification, K auto), streamed and not, chat and completions', async (t) => {
+  // the oracle is target-only decoding in this process with the same seed: every level of the
+  // cluster draws with the same position-keyed noise, so the drafts change how fast, not what
+  for (const [temperature, seed, extra] of [[0.8, 1234, {}], [1, 77, { top_p: 0.9, top_k: 40 }]] as const) {
+    const sampling = { temperature, topP: 'top_p' in extra ? extra.top_p : 1, topK: 'top_k' in extra ? extra.top_k : 0 };
+    const want = await targetOnly(PROMPT, 32, sampling, seed);
+    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, temperature, seed, ...extra } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { accepted_tokens: number } } };
+    t.is(r.choices[0]!.text, want, `completions, T ${temperature}, seed ${seed}`);
+    t.true(r.usage.cascade.accepted_tokens > 0, 'the cascade drafted tokens that were accepted');
+    let streamed = '';
+    for await (const c of await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, temperature, seed, stream: true, ...extra, cascade: { mode: 'sd' } } as never) as unknown as AsyncIterable<OpenAI.Completions.Completion>) streamed += c.choices[0]?.text ?? '';
+    t.is(streamed, want, `streamed, sd, T ${temperature}`);
+  }
+  const messages = [{ role: 'user' as const, content: 'Write a loop.' }];
+  const chat = (await client.chat.completions.create({ model: family.target, messages, max_tokens: 20, temperature: 0.9, seed: 5 } as never)) as unknown as OpenAI.Chat.Completions.ChatCompletion;
+  t.is(chat.choices[0]!.message.content, await targetOnly(tokenizer.renderChat(messages), 20, { temperature: 0.9, topP: 1, topK: 0 }, 5));
+});
+
+test.serial('cluster - under rejection verification a seed reproduces the text with a fixed K (reproducibility only)', async (t) => {
+  // Rejection sampling: target-only decoding with the same seed draws other numbers, so no
+  // token-identical oracle exists; that the output follows the target's distribution is shown by the
+  // chi-square tests (test/cluster-inprocess.test.ts 'sampling over the wire', test/cascade.test.ts).
+  // With K auto the schedule follows measured timings, so which random numbers a round draws
+  // varies from run to run; a fixed K makes the seed reproduce the text.
+  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]], verification: 'rejection' };
   const ask = () => client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 24, temperature: 0.8, seed: 1234, cascade } as never) as Promise<OpenAI.Completions.Completion>;
   const [a, b] = [await ask(), await ask()];
   t.is(a.usage!.completion_tokens, 24);
@@ -349,7 +368,7 @@ test.serial('cluster - a malformed NATS frame gets an error reply and the actor 
     const wrongVersion = decode(await nc.request(subjects.open(family.target), new Uint8Array([0xca, 7, 0]), { timeoutMs: 5000 }));
     t.regex(wrongVersion.type === 'error' ? wrongVersion.message : '', /version 7/);
     // a valid frame with an out-of-vocabulary token is refused, not run
-    const opened = decode(await nc.request(subjects.open(family.target), encode({ type: 'open', session: 'fuzz-1', sampling: GREEDY, seed: 0n, target: false, promptLength: 0 }), { timeoutMs: 5000 }));
+    const opened = decode(await nc.request(subjects.open(family.target), encode({ type: 'open', session: 'fuzz-1', sampling: GREEDY, seed: 0n, target: false, promptLength: 0, verification: 'rejection' }), { timeoutMs: 5000 }));
     t.is(opened.type, 'opened');
     const instance = opened.type === 'opened' ? opened.instance : '';
     const bad = decode(await nc.request(subjects.instance(family.target, instance), encode({ type: 'propose', session: 'fuzz-1', base: 0, suffix: [1, 99_999_999], want: 1 }), { timeoutMs: 5000 }));
@@ -407,6 +426,27 @@ test.serial('cluster - a coordinator killed mid-request is retried by BullMQ: no
   const cascade = (usage as { completion_tokens: number; cascade: { resumed_from: number } }).cascade;
   t.true(cascade.resumed_from > 0 && cascade.resumed_from < 96, `resumed after ${cascade.resumed_from} recorded tokens`);
   t.is((usage as { completion_tokens: number }).completion_tokens, 96);
+});
+
+test.serial('cluster - a coordinator killed mid-request of a seeded sampled request: the resumed request gives target-only decoding\'s text for that seed', async (t) => {
+  // noise is keyed by absolute position, so the retry continues the same draws from where the log ends
+  const first = roles.get('coordinator')!;
+  const stream = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 96, temperature: 0.8, seed: 2024, stream: true, stream_options: { include_usage: true } });
+  let text = '';
+  let killedAt = -1;
+  let usage: unknown;
+  for await (const c of stream) {
+    text += c.choices[0]?.text ?? '';
+    if (c.usage) usage = c.usage;
+    if (killedAt < 0 && text.length > 0) {
+      killedAt = text.length;
+      await first.stop('SIGKILL');
+      roles.set('coordinator', await coordinator());
+    }
+  }
+  const cascade = (usage as { cascade: { resumed_from: number } }).cascade;
+  t.true(cascade.resumed_from > 0 && cascade.resumed_from < 96, `resumed after ${cascade.resumed_from} recorded tokens`);
+  t.is(text, await targetOnly(PROMPT, 96, { temperature: 0.8, topP: 1, topK: 0 }, 2024));
 });
 
 test.serial('cluster - a client that disconnects mid-stream cancels its request', async (t) => {
@@ -469,7 +509,7 @@ test.serial('cluster - 1000 malformed or hostile HTTP bodies get clear 4xx answe
 test.serial('cluster - 1000 truncated, garbled or oversized NATS frames get error replies; actors keep serving', async (t) => {
   const nc = await NatsTransport.connect({ servers: nats.url });
   const valid = [
-    encode({ type: 'open', session: 'fz', sampling: GREEDY, seed: 1n, target: false, promptLength: 0 }),
+    encode({ type: 'open', session: 'fz', sampling: GREEDY, seed: 1n, target: false, promptLength: 0, verification: 'rejection' }),
     encode({ type: 'propose', session: 'fz', base: 0, suffix: [1, 2, 3], want: 2 }),
     encode({ type: 'review', session: 'fz', base: 0, suffix: [1, 2, 3, 4], start: 2, lenience: 1, passUp: false, q: [] }),
   ];

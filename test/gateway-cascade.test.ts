@@ -142,7 +142,7 @@ test.serial('verify actor - a review with lenience above 1 is refused: the targe
   const nc = await NatsTransport.connect({ servers: nats.url });
   try {
     const ask = async (m: Parameters<typeof encode>[0], subject: string) => decode(await nc.request(subject, encode(m), { timeoutMs: 10_000 }));
-    const opened = await ask({ type: 'open', session: 'lenient-1', sampling: { temperature: 1, topK: 0, topP: 1 }, seed: 1n, target: false, promptLength: 0 }, subjects.open(family.target));
+    const opened = await ask({ type: 'open', session: 'lenient-1', sampling: { temperature: 1, topK: 0, topP: 1 }, seed: 1n, target: false, promptLength: 0, verification: 'rejection' }, subjects.open(family.target));
     const instance = opened.type === 'opened' ? opened.instance : '';
     const review = (lenience: number) => ask({ type: 'review', session: 'lenient-1', base: 0, suffix: [5, 6, 7, 8], start: 2, lenience, passUp: false, q: [] }, subjects.instance(family.target, instance));
     const refused = await review(3);

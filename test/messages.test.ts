@@ -3,7 +3,7 @@ import fc from 'fast-check';
 import { decode, encode, FrameError, FRAME_MAGIC, FRAME_VERSION, type Message } from '../src/cluster/messages.ts';
 
 const messages: Message[] = [
-  { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: 0xfffffffffffffff9n, target: true, promptLength: 7 },
+  { type: 'open', session: 'req-1-0-t', sampling: { temperature: 0.5, topK: 40, topP: 0.875 }, seed: 0xfffffffffffffff9n, target: true, promptLength: 7, verification: 'invariant' },
   {
     type: 'open',
     session: 'req-2-0-d0',
@@ -11,6 +11,7 @@ const messages: Message[] = [
     seed: 3n,
     target: false,
     promptLength: 12,
+    verification: 'rejection',
   },
   { type: 'propose', session: 's', base: 12, suffix: [1, 2, 4294967295], want: 4 },
   { type: 'review', session: 's', base: 0, suffix: [5, 6, 7], start: 1, lenience: 1, passUp: true, q: [undefined, new Float32Array([0.25, 0.75])] },
@@ -24,8 +25,8 @@ const messages: Message[] = [
   { type: 'error', code: 'unknown-session', message: 'gone — ümlaut' },
   { type: 'tokens', offset: 17, tokens: [1, 2, 3] },
   // log probabilities (frames v5): float64 values travel bit for bit
-  { type: 'open', session: 'req-3-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, logprobs: 0 },
-  { type: 'open', session: 'req-4-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, logprobs: 20 },
+  { type: 'open', session: 'req-3-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, logprobs: 0, verification: 'rejection' },
+  { type: 'open', session: 'req-4-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, logprobs: 20, verification: 'invariant' },
   { type: 'reviewed', accepted: 1, token: 4, p: [], logprobs: [{ token: 9, logprob: -0.1, top: [] }, { token: 4, logprob: Math.log(0.3), top: [{ token: 5, logprob: Math.log(0.6) }, { token: 4, logprob: Math.log(0.3) }] }] },
   { type: 'proposed', tokens: [6], q: [undefined], logprobs: [{ token: 6, logprob: -9999, top: [{ token: 1, logprob: -1e-9 }] }] },
   { type: 'tokens', offset: 2, tokens: [6, 7], logprobs: [{ token: 6, logprob: -2, top: [] }, { token: 7, logprob: 0, top: [] }] },
@@ -47,7 +48,10 @@ test('messages - log probabilities must be one per token, finite and at most 0, 
   t.throws(() => decode(encode({ type: 'tokens', offset: 0, tokens: [1], logprobs: [lp(1, Number.NaN)] })), { instanceOf: FrameError });
   const many = { token: 1, logprob: -1, top: Array.from({ length: 21 }, (_, i) => ({ token: i, logprob: -1 })) };
   t.throws(() => decode(encode({ type: 'tokens', offset: 0, tokens: [1], logprobs: [many] })), { instanceOf: FrameError, message: /21 alternatives/ });
-  t.throws(() => decode(encode({ type: 'open', session: 's', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 0, logprobs: 21 })), { instanceOf: FrameError, message: /21 alternatives/ });
+  t.throws(() => decode(encode({ type: 'open', session: 's', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 0, logprobs: 21, verification: 'rejection' })), { instanceOf: FrameError, message: /21 alternatives/ });
+  const open = encode({ type: 'open', session: 's', sampling: { temperature: 1, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 0, verification: 'invariant' });
+  open[open.length - 1] = 7;
+  t.throws(() => decode(open), { instanceOf: FrameError, message: /unknown verification rule 7/ });
 });
 
 test('messages - rows decode from a Node Buffer view at any offset (NATS hands frames over as pool slices)', (t) => {

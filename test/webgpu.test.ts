@@ -92,7 +92,7 @@ gpuTest('webgpu - sampling: sd over a device-KV target draws each of 3 positions
   const prompt = PROMPT.slice(0, 6);
   const samples: number[][] = [];
   for (let seed = 0; seed < 400; seed++) {
-    samples.push((await generateCascade(gpu, { drafters: [{ kind: 'model', session: drafter }], kMatrix: [[2]], lenience: 1 }, { promptIds: prompt, maxTokens: 3, sampling, seed, stopAtEos: false })).tokenIds);
+    samples.push((await generateCascade(gpu, { drafters: [{ kind: 'model', session: drafter }], kMatrix: [[2]], lenience: 1 }, { promptIds: prompt, maxTokens: 3, sampling, seed, stopAtEos: false, verification: 'rejection' })).tokenIds);
   }
   // the oracle is target-only: the CPU EP's distribution of the same model (logits within 1e-4 of the device's)
   const oracle = new Map<string, Float32Array>();

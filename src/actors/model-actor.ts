@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { FULL_CACHE, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { Block, ModelLevel } from '../engine/levels.ts';
 import { CascadeError } from '../errors.ts';
+import { PositionNoise } from '../kernels/noise.ts';
 import { Rng } from '../kernels/rng.ts';
 import { checkSampling, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
@@ -226,8 +227,15 @@ export class ModelActor {
     }
     const old = this.sessions.get(req.session);
     if (old) void this.closeSession(req.session);
+    const invariant = req.verification === 'invariant';
     this.sessions.set(req.session, {
-      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target || req.target ? req.sampling : draftSampling(req.sampling), this.kv, req.promptLength, req.logprobs),
+      // a drafter under rejection samples from its top-k (its q rows travel); under invariant it sends none
+      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target || req.target || invariant ? req.sampling : draftSampling(req.sampling), {
+        kv: this.kv,
+        promptLength: req.promptLength,
+        topLogprobs: req.logprobs,
+        noise: invariant ? new PositionNoise(req.seed) : undefined,
+      }),
       rng: new Rng(req.seed),
       temperature: req.sampling.temperature,
       target: this.target || req.target,

@@ -1,6 +1,8 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { planCascade } from '../engine/presets.ts';
+import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
+import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import { loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
@@ -9,10 +11,12 @@ import { describeTrial, draftProvidersBeside, type PlacementTrial } from '../mod
 import type { ModelSession } from '../models/session.ts';
 import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
+import { OrtModelSession } from '../models/ort-session.ts';
+import { InvalidArgumentError } from '../errors.ts';
 import { candidates, repetitionRate, runMethod, summarise, type BenchContext, type Method, type MethodResult } from './cascade.ts';
 import { measureCosts } from './costs.ts';
 import { acceptanceChart, speedupChart, writeSvg } from './plot.ts';
-import { formatTable, writeJson } from './report.ts';
+import { formatTable, median, writeJson } from './report.ts';
 import { splitWorkload, type Workload } from './workloads.ts';
 
 export interface CascadeBenchOptions {
@@ -35,6 +39,20 @@ export interface CascadeBenchOptions {
   readonly draftExecutionProviders?: readonly string[];
   /** Where the target's KV lives between passes (drafters: always auto); default auto. */
   readonly kvLocation?: KvLocation;
+  /**
+   * Verification rules to compare (default [DEFAULT_VERIFICATION]): with more than one, every
+   * drafting method runs once per rule, named `method/rule`.
+   */
+  readonly verifications?: readonly Verification[];
+  /** Drafting modes to compare (default [DEFAULT_DRAFTING]); with both, methods are named `method/mode`. */
+  readonly draftings?: readonly Drafting[];
+  /**
+   * A feature drafter's folder (`--eagle-model`, models/eagle): adds `eagle` (alone), `eagle+mag`
+   * and `csd+eagle` (above the family's csd); the target must have the hidden_states output.
+   */
+  readonly eagleModel?: string;
+  /** Only these methods (names as in the table; ar is always run: every speedup is over it). */
+  readonly methods?: readonly string[];
   readonly out: string;
 }
 
@@ -60,8 +78,15 @@ export interface WorkloadResult {
 
 const log = (msg: string) => process.stderr.write(msg + '\n');
 
-function methodsFor(familyDrafters: readonly string[]): Method[] {
+function methodsFor(familyDrafters: readonly string[], eagle: boolean): Method[] {
   const csd = planCascade({ mode: 'csd' }, familyDrafters).drafters;
+  const featured: Method[] = eagle
+    ? [
+        { name: 'eagle', kind: 'eagle', drafters: ['eagle'], kMatrix: [] },
+        { name: 'eagle+mag', kind: 'eagle', drafters: ['eagle', 'mag'], kMatrix: [] },
+        ...(familyDrafters.length ? [{ name: 'csd+eagle', kind: 'eagle' as const, drafters: ['eagle', ...csd], kMatrix: [] }] : []),
+      ]
+    : [];
   const base: Method[] = [{ name: 'ar', kind: 'ar', drafters: [], kMatrix: [] }];
   for (const d of familyDrafters) base.push({ name: `sd:${d}`, kind: 'sd', drafters: [d], kMatrix: [[4]] });
   base.push({ name: 'mag', kind: 'mag', drafters: ['mag'], kMatrix: [[4]] });
@@ -71,7 +96,49 @@ function methodsFor(familyDrafters: readonly string[]): Method[] {
     base.push({ name: 'csd-horizontal', kind: 'csd-horizontal', drafters: csd, kMatrix: [] });
     base.push({ name: 'csd', kind: 'csd', drafters: csd, kMatrix: [] });
   }
-  return base;
+  return [...base, ...featured];
+}
+
+/** `methods` narrowed to `names` (ar always kept); an unknown name is an error listing the known ones. */
+function only(methods: Method[], names: readonly string[] | undefined): Method[] {
+  if (!names) return methods;
+  const unknown = names.filter((n) => !methods.some((m) => m.name === n));
+  if (unknown.length) throw new InvalidArgumentError(`unknown method ${unknown.join(', ')}: this run has ${methods.map((m) => m.name).join(', ')}`);
+  return methods.filter((m) => m.name === 'ar' || names.includes(m.name));
+}
+
+/**
+ * The feature drafter's decode cost: ms per one-token step over a `past`-token cache (median of
+ * `repeats`), fed zero features (its cost does not depend on their values).
+ */
+async function eagleDecodeMs(eagle: ModelSession, past: number, repeats: number): Promise<number> {
+  const size = eagle.spec.features!.size;
+  const seqId = 'bench-eagle-cost';
+  const ids = Array.from({ length: past }, (_, i) => 1 + (i % 100));
+  await eagle.step({ seqId, inputIds: ids, positionIds: ids.map((_, i) => i + 1), hiddenStates: new Float32Array(past * size), returnHidden: true }, 'last', false);
+  const times: number[] = [];
+  for (let i = 0; i < repeats * 8; i++) {
+    const t0 = performance.now();
+    await eagle.step({ seqId, inputIds: [7], positionIds: [past + 1], hiddenStates: new Float32Array(size), returnHidden: true, keep: past }, 'last', false);
+    times.push(performance.now() - t0);
+  }
+  await eagle.release(seqId);
+  return median(times);
+}
+
+/** Every drafting method once per verification rule (`name/rule`) when several are compared. */
+function perVerification(methods: Method[], rules: readonly Verification[]): Method[] {
+  if (rules.length <= 1) return methods.map((m) => ({ ...m, verification: rules[0] }));
+  return methods.flatMap((m) => (m.kind === 'ar' ? [m] : rules.map((verification) => ({ ...m, name: `${m.name}/${verification}`, verification }))));
+}
+
+/**
+ * Every drafting method once per drafting mode (`name/mode`) when both are compared; MaG alone has
+ * nothing to run ahead, so it runs once. Async ignores K (its sweep is skipped: one candidate).
+ */
+function perDrafting(methods: Method[], modes: readonly Drafting[]): Method[] {
+  if (modes.length <= 1) return methods.map((m) => ({ ...m, drafting: modes[0] }));
+  return methods.flatMap((m) => (m.kind === 'ar' || m.kind === 'mag' ? [m] : modes.map((drafting) => ({ ...m, name: `${m.name}/${drafting}`, drafting }))));
 }
 
 const sampling = (temperature: number): SamplingParams => ({ temperature, topK: 0, topP: 1 });
@@ -81,7 +148,7 @@ async function sweepK(ctx: BenchContext, methods: Method[], prompts: number[][])
   const tuned = new Map<string, { method: Method; sweep: MethodResult['sweep'] }>();
   for (const m of methods) {
     const sweep: MethodResult['sweep'] = [];
-    for (const kMatrix of candidates(m.kind, m.drafters)) {
+    for (const kMatrix of m.drafting === 'async' ? [candidates(m.kind, m.drafters)[0]!] : candidates(m.kind, m.drafters)) {
       const r = await runMethod(ctx, { ...m, kMatrix }, prompts, sampling(0), 0);
       sweep.push({ kMatrix, tokensPerSecond: r.tokens / r.seconds });
     }
@@ -153,20 +220,24 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
     (name) => ({ intraOpThreads: o.threads, executionProviders: requested(name), kvLocation: name === family.target ? (o.kvLocation ?? 'auto') : 'auto' }),
     (name, t) => log(describeTrial(name, t)),
   );
+  let eagle: OrtModelSession | undefined;
   try {
     const { target, drafters, bigram } = await sessions.cascadeModels();
     const placement: Record<string, ModelPlacement> = {};
     for (const s of [target, ...drafters.values()]) placement[s.spec.name] = placed(s, requested(s.spec.name), sessions.placements.get(s.spec.name)?.trials);
     log(`placement: ${describePlacement(placement)}`);
-    const ctx: BenchContext = { target, drafters, bigram, maxTokens: o.maxTokens };
+    eagle = o.eagleModel ? await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: draftEps }) : undefined;
+    if (eagle) placement[eagle.spec.name] = placed(eagle, draftEps, undefined);
+    const ctx: BenchContext = { target, drafters, bigram, maxTokens: o.maxTokens, ...(eagle ? { eagle } : {}) };
     log('measuring cost coefficients (decode ms/token relative to the target) …');
     const costs: Record<string, number> = {};
     const decode: Record<string, number> = {};
     for (const s of [target, ...drafters.values()]) decode[s.spec.name] = (await measureCosts(s, 128, 3)).decodeMsPerToken;
+    if (eagle) decode[eagle.spec.name] = await eagleDecodeMs(eagle, 128, 3);
     for (const [name, ms] of Object.entries(decode)) costs[name] = ms / decode[target.spec.name]!;
     costs.mag = 0;
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
-    const methods = methodsFor(family.drafters);
+    const methods = perVerification(only(methodsFor(family.drafters, eagle !== undefined), o.methods), o.verifications ?? [DEFAULT_VERIFICATION]);
     const results: WorkloadResult[] = [];
     for (const w of o.workloads) results.push(...(await benchWorkload(ctx, o, w, tok, methods, costs)));
 
@@ -193,7 +264,7 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
     process.stdout.write(`\nwrote ${json}, ${join(o.out, 'cascade.md')} and ${charts.length} SVG plots\n`);
     return results;
   } finally {
-    await sessions.close();
+    await Promise.all([sessions.close(), eagle?.close()]);
   }
 }
 

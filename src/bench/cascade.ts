@@ -1,4 +1,6 @@
 import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
+import type { Drafting } from '../engine/async-cascade.ts';
+import type { Verification } from '../kernels/noise.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
 import { median } from './report.ts';
@@ -7,11 +9,16 @@ import { repeated4gramRate } from './workloads.ts';
 /** One decoding method of the comparison: a cascade (no drafters = ar) with its K. */
 export interface Method {
   readonly name: string;
-  readonly kind: 'ar' | 'sd' | 'mag' | 'csd-vertical' | 'csd-horizontal' | 'csd';
+  /** `eagle`: the feature drafter first (drafter name 'eagle'), alone or above other levels; its row of K is zero. */
+  readonly kind: 'ar' | 'sd' | 'mag' | 'csd-vertical' | 'csd-horizontal' | 'csd' | 'eagle';
   readonly drafters: readonly string[];
   readonly kMatrix: readonly (readonly number[])[];
   /** Which earlier occurrence MaG copies from (default earliest). */
   readonly magOccurrence?: 'earliest' | 'recent';
+  /** How sampled drafts are verified (default DEFAULT_VERIFICATION); greedy is the same under both. */
+  readonly verification?: Verification;
+  /** serial rounds (default) or async drafting (the first neural drafter runs ahead; K is implicit). */
+  readonly drafting?: Drafting;
 }
 
 /** What every run needs: open sessions, MaG's table, tokenised prompts. */
@@ -20,6 +27,8 @@ export interface BenchContext {
   readonly drafters: ReadonlyMap<string, ModelSession>;
   readonly bigram: Uint32Array | undefined;
   readonly maxTokens: number;
+  /** The feature drafter (`--eagle-model`), drafter name 'eagle' in methods. */
+  readonly eagle?: ModelSession;
 }
 
 /** Totals of one method over a prompt set. */
@@ -36,7 +45,9 @@ export interface RunTotals {
 }
 
 function specs(ctx: BenchContext, m: Method): DrafterSpec[] {
-  return m.drafters.map((d) => (d === 'mag' ? { kind: 'mag', bigram: ctx.bigram, occurrence: m.magOccurrence } : { kind: 'model', session: ctx.drafters.get(d)! }));
+  return m.drafters.map((d): DrafterSpec =>
+    d === 'mag' ? { kind: 'mag', bigram: ctx.bigram, occurrence: m.magOccurrence } : d === 'eagle' ? { kind: 'eagle', session: ctx.eagle! } : { kind: 'model', session: ctx.drafters.get(d)! },
+  );
 }
 
 /** Runs `method` over every prompt once; seeds depend on the prompt index and `seed`. */
@@ -50,12 +61,13 @@ export async function runMethod(ctx: BenchContext, m: Method, prompts: readonly 
   let rounds = 0;
   let acc = 0;
   for (const [i, promptIds] of prompts.entries()) {
-    const r = await generateCascade(ctx.target, { drafters: specs(ctx, m), kMatrix: m.kMatrix, lenience: 1 }, {
+    const r = await generateCascade(ctx.target, { drafters: specs(ctx, m), kMatrix: m.kMatrix, lenience: 1, drafting: m.drafting }, {
       promptIds,
       maxTokens: ctx.maxTokens,
       sampling,
       seed: seed * 1000 + i,
       stopAtEos: false,
+      verification: m.verification,
     });
     const s = r.stats;
     outputs.push(r.tokenIds);
@@ -92,6 +104,19 @@ export function candidates(kind: Method['kind'], drafters: readonly string[]): n
       return [1, 2, 3].map((s) => Array.from({ length: n }, (_, r) => (r === 0 ? cumRow(0, s) : new Array(n).fill(0))));
     case 'csd':
       return [1, 2, 3].map((s) => Array.from({ length: n }, (_, r) => cumRow(r, s)));
+    case 'eagle': {
+      // the feature drafter drafts k first, then the levels below it as csd (s each, MaG 2s); it reviews nothing
+      if (n === 1) return [2, 3, 4, 6].map((k) => [[k]]);
+      return [2, 3, 4].flatMap((k) =>
+        [1, 2].map((s) =>
+          Array.from({ length: n }, (_, r) => {
+            if (r === 1) return new Array<number>(n).fill(0);
+            const row = cumRow(Math.max(r, 1), s);
+            return r === 0 ? row.map((v, c) => (c === 0 ? k : k + v)) : row;
+          }),
+        ),
+      );
+    }
   }
 }
 

@@ -10,8 +10,11 @@ import { startActorRole, startCoordinatorRole, startEmbeddedGatewayRole, startGa
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
+import { isClusterUrl, parseRedis, withRedisCredentials } from '../cluster/redis-connection.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import type { Drafting } from '../engine/async-cascade.ts';
+import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 
 /**
@@ -28,6 +31,7 @@ const BIN = fileURLToPath(new URL('../../bin/cascade.js', import.meta.url));
 const withEnvCredentials = (url: string, name: 'NATS' | 'REDIS'): string => {
   const password = process.env[`CASCADE_${name}_PASSWORD`];
   if (!password) return url;
+  if (isClusterUrl(url)) return withRedisCredentials(url, process.env[`CASCADE_${name}_USER`] ?? '', password);
   let parsed: URL;
   try {
     parsed = new URL(url);
@@ -44,13 +48,13 @@ const healthPort = (flag: number | undefined): number | undefined => {
   if (!env) return undefined;
   return parseNumber('CASCADE_HEALTH_PORT', { min: 0, integer: true })(env);
 };
+/** `--redis`: one redis:// URL, or a Redis Cluster's seeds as redis+cluster://host:port,host:port (redis-connection.ts); refused with the fix named otherwise. */
 const parseUrls = (v: string): string[] => {
-  const urls = v.split(',').map((s) => s.trim()).filter(Boolean);
-  for (const u of urls) {
-    if (!/^rediss?:\/\//.test(u)) throw new InvalidArgumentError(`--redis takes redis:// URLs, comma-separated; got "${u}"`);
-  }
+  const urls = isClusterUrl(v) ? [v.trim()] : v.split(',').map((s) => s.trim()).filter(Boolean);
+  parseRedis(urls);
   return urls;
 };
+const REDIS_HELP = 'Redis: redis://host:port, or a Redis Cluster\'s seed nodes as redis+cluster://host:port,host:port (rediss:// and rediss+cluster:// for TLS)';
 const apiKeys = (flag: string | undefined): string[] =>
   (flag ?? process.env.CASCADE_API_KEYS ?? '')
     .split(',')
@@ -168,6 +172,7 @@ interface UpOptions {
   coordinators: number;
   apiKey?: string;
   threads: number;
+  verification: Verification;
 }
 
 /** The files `cluster up` writes in its state directory besides the role logs. */
@@ -232,7 +237,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
     const keys = secrets?.apiKey ?? o.apiKey;
-    const gw = await started('gateway', ['serve', ...named, '--port', String(port)], { ...env('gateway', true), ...(keys ? { CASCADE_API_KEYS: keys } : {}) });
+    const gw = await started('gateway', ['serve', ...named, '--port', String(port), '--verification', o.verification], { ...env('gateway', true), ...(keys ? { CASCADE_API_KEYS: keys } : {}) });
     await gw.wait();
     const gateway = `http://127.0.0.1:${port}`;
     const state: ClusterState = { gateway, nats: redact(nats), redis: redact(redis), secured: Boolean(secrets), pids, logs: dir };
@@ -291,7 +296,7 @@ export function registerCluster(program: Command): void {
     .option('--model-file <name>', MODEL_FILE_HELP)
     .option('--tokenizer <file>', TOKENIZER_HELP)
     .option('--nats <url>', 'NATS URL (credentials may be in it: nats://user:pass@host:port; better in env CASCADE_NATS_URL, default nats://127.0.0.1:4222)')
-    .option('--redis <urls>', 'Redis URLs where a bounded cache spills released KV for rebuilds (default: in memory)', parseUrls)
+    .option('--redis <urls>', `${REDIS_HELP}, where a bounded cache spills released KV for rebuilds (default: in memory)`, parseUrls)
     .option('--kv-policy <policy>', 'bound each session\'s KV cache (draft actors only; exact): window | streaming | h2o | adore', 'full')
     .option('--kv-budget <m>', 'tokens a bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
     .option('--kv-sinks <n>', 'first tokens never released', parseNumber('--kv-sinks', { min: 0, integer: true }), 0)
@@ -325,7 +330,7 @@ export function registerCluster(program: Command): void {
     .option('--model-file <name>', MODEL_FILE_HELP)
     .option('--tokenizer <file>', TOKENIZER_HELP)
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
-    .option('--redis <urls>', 'Redis URLs, comma-separated (the first holds the queue; all shard session data; default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
+    .option('--redis <urls>', `${REDIS_HELP}; holds the queue and the request logs (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)`, parseUrls)
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
     .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
@@ -344,7 +349,7 @@ export function registerCluster(program: Command): void {
     .option('--model-file <name>', MODEL_FILE_HELP)
     .option('--tokenizer <file>', TOKENIZER_HELP)
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
-    .option('--redis <urls>', 'Redis URLs, comma-separated (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)', parseUrls)
+    .option('--redis <urls>', `${REDIS_HELP} (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)`, parseUrls)
     .option('--host <host>', 'listen address', '127.0.0.1')
     .option('--port <port>', 'listen port', parseNumber('--port', { min: 0, integer: true }), 8000)
     .option('--api-key <keys>', 'accepted bearer keys, comma-separated (env CASCADE_API_KEYS); none = no authentication')
@@ -354,7 +359,10 @@ export function registerCluster(program: Command): void {
     .option('--threads <n>', 'with --embedded: ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }))
     .option('--execution-providers <list>', `with --embedded: the target's execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto; default cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--draft-execution-providers <list>', 'with --embedded: every drafter\'s execution providers, or auto (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[] }) => {
+    .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
+    .option('--drafting <mode>', `with --embedded: ${DRAFTING_HELP} (for requests whose cascade field names none; a cluster runs serial rounds)`, parseDraftingFlag)
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting }) => {
+      if (o.drafting === 'async' && !o.embedded) throw new InvalidArgumentError('--drafting async runs in one process (serve --embedded): a cluster runs serial rounds for now');
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');
         await runUntilSignalled(() => startEmbeddedGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
@@ -378,8 +386,9 @@ export function registerCluster(program: Command): void {
     .option('--max-tokens <n>', 'tokens per request', parseNumber('--max-tokens', { min: 1, integer: true }), 32)
     .option('--models <dir>', 'model family directory', 'models')
     .option('--out <dir>', 'directory for chaos.json and chaos.md', 'results')
-    .action(async (o: { scenarios: Scenario[]; concurrency: number; maxTokens: number; models: string; out: string }) => {
-      const ok = await chaosCommand(o);
+    .option('--redis-cluster', 'keep the state in a Redis Cluster of 3 masters with a replica each (restart-redis becomes a failover of the queue\'s master) instead of one redis-server')
+    .action(async (o: { scenarios: Scenario[]; concurrency: number; maxTokens: number; models: string; out: string; redisCluster?: boolean }) => {
+      const ok = await chaosCommand({ ...o, redis: o.redisCluster ? 'cluster' : 'server' });
       if (!ok) process.exitCode = 1;
     });
 
@@ -401,6 +410,7 @@ export function registerCluster(program: Command): void {
     .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)')
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
     .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .action((o: UpOptions) => clusterUp(o));
   cluster
     .command('secrets')

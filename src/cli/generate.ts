@@ -4,6 +4,7 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { RUNNABLE_KV_POLICIES, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { generateCascade, type CascadeResult, type DrafterSpec } from '../engine/cascade.ts';
+import { OrtModelSession } from '../models/ort-session.ts';
 import { generateAutoregressive, type GenerateResult } from '../engine/generate.ts';
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
@@ -18,7 +19,9 @@ import { TextTokenizer } from '../models/tokenizer.ts';
 import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseLogitBias, parseNumber } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { DEFAULT_DRAFTING, DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
+import { DEFAULT_VERIFICATION, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import { describeTrial, draftProvidersBeside } from '../models/placement.ts';
 import { writeOut } from './stdout.ts';
@@ -49,12 +52,16 @@ interface GenerateOptions {
   model?: string;
   /** --draft-model DIR|NAME, repeatable, largest first. */
   draftModel?: string[];
+  /** --eagle-model DIR: a feature drafter (EAGLE) above the other drafters. */
+  eagleModel?: string;
   modelFile?: string;
   tokenizer?: string;
   mode: Mode;
   drafters?: string[];
   kMatrix?: KSchedule;
   lenience: number;
+  verification: Verification;
+  drafting: Drafting;
   magOccurrence: 'earliest' | 'recent';
   config?: string;
   threads: number;
@@ -86,6 +93,8 @@ const ConfigFile = z.strictObject({
   drafters: z.array(z.string()).optional(),
   kMatrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().nonnegative()))]).optional(),
   lenience: z.number().min(1).optional(),
+  verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
+  drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
   magOccurrence: z.enum(['earliest', 'recent']).optional(),
   maxTokens: z.number().int().positive().optional(),
   temperature: z.number().nonnegative().optional(),
@@ -101,6 +110,7 @@ const ConfigFile = z.strictObject({
   models: z.string().optional(),
   model: z.string().optional(),
   draftModel: z.array(z.string()).optional(),
+  eagleModel: z.string().optional(),
   modelFile: z.string().optional(),
   tokenizer: z.string().optional(),
   threads: z.number().int().positive().optional(),
@@ -188,6 +198,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     }),
     (name, t) => process.stderr.write(`${describeTrial(name, t)}\n`),
   );
+  let eagle: OrtModelSession | undefined;
   try {
     const target = await sessions.get(family.target);
     const kv = kvConfig(o, family);
@@ -199,6 +210,12 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       // The target's own weights over a bounded cache draft for the full-cache target (TriForce's idea).
       drafters.unshift({ kind: 'model', session: target, kv });
       plan = { ...plan, drafters: ['self', ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
+    }
+    if (o.eagleModel) {
+      // the feature drafter goes first, right below the target whose hidden_states it reads
+      eagle = await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: placed(family.drafters[0] ?? family.target) });
+      drafters.unshift({ kind: 'eagle', session: eagle });
+      plan = { ...plan, drafters: [eagle.spec.name, ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
     }
     const tok = TextTokenizer.forModel(target.spec);
     const stream = tok.stream();
@@ -214,7 +231,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     if (badId !== undefined) throw new InvalidArgumentError(`the prompt holds token id ${badId}, outside the vocabulary of ${target.spec.vocabSize} tokens`);
     const outside = Object.keys(o.logitBias ?? {}).find((id) => Number(id) >= target.spec.vocabSize);
     if (outside !== undefined) throw new InvalidArgumentError(`--logit-bias names token id ${outside}, outside the vocabulary of ${target.spec.vocabSize} tokens`);
-    const req = { promptIds, maxTokens: o.maxTokens, sampling, seed: o.seed, kv: o.kvPlacement === 'target' ? kv : undefined };
+    const req = { promptIds, maxTokens: o.maxTokens, sampling, seed: o.seed, verification: o.verification, kv: o.kvPlacement === 'target' ? kv : undefined };
     // --stop: the text ends before the first stop string (held back while it could begin one), the
     // tokens at the one that completed it, and generation stops at the next round
     const stops = o.stop?.length ? new StopMatcher(o.stop) : undefined;
@@ -238,7 +255,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const control = { cancelled: () => stops?.stopped ?? false };
     const ran: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
       ? await generateAutoregressive(target, req, onTokens, control)
-      : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience }, req, onTokens, control);
+      : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience, drafting: o.drafting }, req, onTokens, control);
     const result = stops?.stopped ? { ...ran, tokenIds: ran.tokenIds.slice(0, kept), finishReason: 'stop' as const } : ran;
     const finalText = (): string => (stops?.stopped ? stopText : tok.decode(result.tokenIds));
     const tail = (): string => (stops ? (stops.stopped ? '' : stops.push(stream.flush()) + stops.flush()) : stream.flush());
@@ -262,7 +279,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         tokenIds: result.tokenIds,
         finishReason: result.finishReason,
         model: target.spec.name,
-        cascade: { mode: o.mode, ...plan },
+        cascade: { mode: o.mode, ...plan, verification: o.verification, drafting: o.drafting },
         stats: { ...s, acceptanceByPosition },
         ...(sessions.placements.size ? { placement: Object.fromEntries(sessions.placements) } : {}),
       };
@@ -277,7 +294,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       );
     }
   } finally {
-    await sessions.close();
+    await Promise.all([sessions.close(), eagle?.close()]);
   }
 }
 
@@ -383,8 +400,10 @@ export function registerGenerate(program: Command): void {
     .option('--drafters <list>', 'cascade drafters, largest first, e.g. draft-l2,draft-l1,mag (overrides the mode)', parseDrafters)
     .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (docs/cascade.md), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
+    .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
+    .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
@@ -396,6 +415,7 @@ export function registerGenerate(program: Command): void {
     .option('--models <dir>', 'model family directory (with family.json): the bundled default, and where --model NAME resolves', 'models')
     .option('--model <dir|name>', 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)')
     .option('--draft-model <dir|name>', 'a drafter, repeatable, largest first: a model folder or a member of the --models family (default: the family\'s drafters; none with an exported --model)', collect)
+    .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle) as the first drafter, above the mode\'s: it drafts from the target\'s hidden_states, which the target\'s graph must output (tools/train/add_hidden_output.py)')
     .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several, e.g. onnx/model_fp16.onnx (default: found from the folder)')
     .option('--tokenizer <file>', 'tokenizer.json for models whose folders carry none (a folder\'s own tokenizer.json wins)')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)

@@ -1,4 +1,6 @@
 import { InvalidArgumentError } from '../errors.ts';
+import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
+import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 
 /** Commander argument parsers that reject bad values with a message naming the flag. */
 export const parseNumber = (flag: string, { min, integer = false }: { min?: number; integer?: boolean } = {}) =>
@@ -26,6 +28,20 @@ export const parseExecutionProviders = (flag: string) =>
     if (!list.length || bad !== undefined) throw new InvalidArgumentError(`${flag} takes auto or a comma-separated list of ${EXECUTION_PROVIDERS.join(', ')}; got "${raw}"`);
     return list;
   };
+
+/** --verification: how sampled drafts are verified (Verification, src/kernels/noise.ts). */
+export const VERIFICATION_HELP = `how sampled drafts are verified: invariant (every level draws with noise keyed by (seed, position, token): a seed gives target-only decoding's tokens whatever drafts) | rejection (speculative rejection sampling: exact in distribution, tokens depend on the drafts); greedy is the same under both`;
+export const parseVerificationFlag = (raw: string): Verification => {
+  if (!(VERIFICATIONS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--verification must be one of ${VERIFICATIONS.join(', ')}, got "${raw}"`);
+  return raw as Verification;
+};
+
+/** --drafting: serial rounds or async drafting (Drafting, src/engine/async-cascade.ts). */
+export const DRAFTING_HELP = 'serial (draft a block, then verify it) | async (the first neural drafter runs ahead on its own worker thread while the target verifies; the target never waits for it; MaG fills in; K is implicit)';
+export const parseDraftingFlag = (raw: string): Drafting => {
+  if (!(DRAFTINGS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--drafting must be one of ${DRAFTINGS.join(', ')}, got "${raw}"`);
+  return raw as Drafting;
+};
 
 /** Where the KV lives: auto, host or device (kv-placement.ts). */
 export const KV_LOCATIONS = ['auto', 'host', 'device'] as const;

@@ -4,7 +4,9 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { openEmbeddedGateway } from '../cluster/roles.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { EXECUTION_PROVIDERS, parseExecutionProviders, parseNumber } from './options.ts';
+import { EXECUTION_PROVIDERS, parseExecutionProviders, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
+import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 
 /**
  * `cascade run-batch`: OpenAI's batch file format (https://platform.openai.com/docs/guides/batch),
@@ -96,6 +98,8 @@ interface RunBatchOptions {
   threads?: number;
   executionProviders?: string[];
   draftExecutionProviders?: string[];
+  verification: Verification;
+  drafting: Drafting;
 }
 
 async function runBatch(o: RunBatchOptions): Promise<void> {
@@ -171,5 +175,7 @@ export function registerRunBatch(program: Command): void {
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }))
     .option('--execution-providers <list>', `the target's execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto; default cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--draft-execution-providers <list>', "every drafter's execution providers, or auto (default: auto beside a target off the CPU, else cpu)", parseExecutionProviders('--draft-execution-providers'))
+    .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
+    .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .action((o: RunBatchOptions) => runBatch(o));
 }

@@ -1,12 +1,15 @@
 import { context, type Span } from '@opentelemetry/api';
-import { Queue, UnrecoverableError, Worker, type Job } from 'bullmq';
+import { Queue, UnrecoverableError, Worker, type Job, type Processor, type QueueOptions, type WorkerOptions as BullWorkerOptions } from 'bullmq';
 import { z } from 'zod';
 import { runCascade, type CascadeResult } from '../engine/cascade.ts';
 import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
+import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
+import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { deriveSeed, seed64 } from '../kernels/rng.ts';
 import { MAX_TOP_LOGPROBS } from '../kernels/sampling.ts';
 import { encode } from './messages.ts';
+import { openRedis, parseRedis, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
@@ -40,6 +43,10 @@ export const JobData = z.object({
   /** A fixed K matrix, or 'auto' (the adaptive schedule). */
   kMatrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().min(0)))]),
   lenience: z.number().min(1),
+  /** How sampled drafts are verified (Verification); unset = rejection (what jobs from gateways before the field meant). */
+  verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
+  /** serial (unset) or async drafting; the cluster runs serial rounds (the gateway refuses async for it). */
+  drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
   /** Record each token's log probability under the target's distribution with this many alternatives (OpenAI's logprobs / top_logprobs); unset = none. */
   logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
   /** W3C trace context of the request's gateway span. */
@@ -131,13 +138,19 @@ export class Coordinator {
     if (remaining > 0) {
       let cancelled = false;
       const cancelSub: Subscription = transport.subscribe(subjects.cancel(job.requestId), () => (cancelled = true));
-      const seed = seed64(job.seed) + BigInt(recorded.length);
-      // Every level samples with its own stream: levels sharing one seed would draw correlated
-      // numbers (a drafter's sample and the target's acceptance test), and the output would be biased.
+      const verification = job.verification ?? 'rejection';
+      const invariant = verification === 'invariant';
+      // Invariant: noise is keyed by absolute position, so a resumed request keeps the request's seed
+      // and continues exactly as an uninterrupted one. Rejection: a fresh stream for the rest.
+      const seed = invariant ? seed64(job.seed) : seed64(job.seed) + BigInt(recorded.length);
+      // Under rejection every level samples with its own stream: levels sharing one seed would draw
+      // correlated numbers (a drafter's sample and the target's acceptance test), biasing the output.
+      // Under invariant every level draws with the same noise by design.
       const remote = (name: string, tag: string, stream: number) =>
         new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, {
           sampling: job.sampling,
-          seed: deriveSeed(seed, stream),
+          seed: invariant ? seed : deriveSeed(seed, stream),
+          verification,
           timeoutMs: this.options.callTimeoutMs,
           target: stream === 0,
           promptLength: job.promptIds.length,
@@ -151,7 +164,7 @@ export class Coordinator {
           top,
           drafters,
           { kMatrix: job.kMatrix, lenience: job.lenience },
-          { promptIds: [...job.promptIds, ...recorded], maxTokens: remaining, sampling: job.sampling, seed, stopAtEos: job.stopAtEos, promptLength: job.promptIds.length, ...(job.logprobs !== undefined ? { logprobs: job.logprobs } : {}) },
+          { promptIds: [...job.promptIds, ...recorded], maxTokens: remaining, sampling: job.sampling, seed, verification, stopAtEos: job.stopAtEos, promptLength: job.promptIds.length, ...(job.logprobs !== undefined ? { logprobs: job.logprobs } : {}) },
           {
             eosIds: family.eosIds,
             maxPositions: family.maxPositions,
@@ -199,13 +212,24 @@ export class Coordinator {
   }
 }
 
-/** BullMQ's connection for a Redis URL (BullMQ wants blocking commands never to give up). */
-export function queueConnection(url: string): { url: string; maxRetriesPerRequest: null } {
-  return { url, maxRetriesPerRequest: null };
+/**
+ * BullMQ's connection and key prefix for a deployment (`--redis`: a URL, or a list of one). One
+ * server: connection options (BullMQ owns the connection). A Redis Cluster: a Cluster client, which
+ * `close` ends after the queue or worker, and the braced prefix `{bull}` (queuePrefix), since every
+ * key of a BullMQ queue must share one slot. Blocking commands never give up, as BullMQ requires.
+ */
+export function queueConnection(redis: string | readonly string[] | RedisDeployment): { connection: RedisClient | { url: string; maxRetriesPerRequest: null }; prefix: string; close(): Promise<void> } {
+  const deployment = typeof redis === 'object' && 'kind' in redis ? redis : parseRedis(redis as string | readonly string[]);
+  const prefix = queuePrefix(deployment);
+  if (deployment.kind === 'server') return { connection: { url: deployment.url, maxRetriesPerRequest: null }, prefix, close: async () => undefined };
+  const client = openRedis(deployment, { queue: true });
+  client.on('error', () => undefined);
+  return { connection: client, prefix, close: async () => void (await client.quit().catch(() => client.disconnect())) };
 }
 
 export interface WorkerOptions {
-  readonly redisUrl: string;
+  /** The deployment: a Redis URL or a Redis Cluster's `redis+cluster://` seeds (redis-connection.ts). */
+  readonly redis: string | readonly string[] | RedisDeployment;
   /** Requests one coordinator drives at once. */
   readonly concurrency?: number;
   /** How long a job's lock lasts without renewal: a dead coordinator's request is retried after it. */
@@ -219,7 +243,8 @@ export interface WorkerOptions {
  */
 export function startCoordinatorWorker(coordinator: Coordinator, options: WorkerOptions): Worker {
   const lockDuration = options.lockDurationMs ?? 10_000;
-  const worker = new Worker(
+  const { connection, prefix, close } = queueConnection(options.redis);
+  const worker = new ClosingWorker(close,
     QUEUE_NAME,
     async (job: Job) => {
       try {
@@ -239,7 +264,8 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
       }
     },
     {
-      connection: queueConnection(options.redisUrl),
+      connection,
+      prefix,
       concurrency: options.concurrency ?? 8,
       lockDuration,
       stalledInterval: Math.max(500, Math.floor(lockDuration / 2)),
@@ -250,11 +276,45 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
   return worker;
 }
 
-/** The gateway's side of the queue. */
-export function openQueue(redisUrl: string): Queue {
-  const queue = new Queue(QUEUE_NAME, { connection: queueConnection(redisUrl) });
+/** The gateway's side of the queue (`redis`: as WorkerOptions.redis). */
+export function openQueue(redis: string | readonly string[] | RedisDeployment): Queue {
+  const { connection, prefix, close } = queueConnection(redis);
+  const queue = new ClosingQueue(close, QUEUE_NAME, { connection, prefix });
   queue.on('error', () => undefined);
   return queue;
+}
+
+/** A Worker that also ends the connection it was given (a Cluster client: BullMQ leaves shared clients open). */
+class ClosingWorker extends Worker {
+  constructor(
+    private readonly closeConnection: () => Promise<void>,
+    name: string,
+    processor: Processor,
+    opts: BullWorkerOptions,
+  ) {
+    super(name, processor, opts);
+  }
+
+  override async close(force?: boolean): Promise<void> {
+    await super.close(force);
+    await this.closeConnection();
+  }
+}
+
+/** A Queue that also ends the connection it was given. */
+class ClosingQueue extends Queue {
+  constructor(
+    private readonly closeConnection: () => Promise<void>,
+    name: string,
+    opts: QueueOptions,
+  ) {
+    super(name, opts);
+  }
+
+  override async close(): Promise<void> {
+    await super.close();
+    await this.closeConnection();
+  }
 }
 
 /** Job options: retries with exponential backoff, the request id as the job id (no duplicates). */

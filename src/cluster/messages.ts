@@ -1,3 +1,4 @@
+import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import { MAX_TOP_LOGPROBS, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import type { ServiceLoad } from '../models/session.ts';
 
@@ -21,8 +22,9 @@ export const FRAME_MAGIC = 0xca;
 /**
  * 4: rows may be sparse (marker 2); `open` carries float64 sampling with its logits processors, whether the session is the target, and where the output begins.
  * 5: `open` asks for log probabilities; `proposed`, `reviewed` and `tokens` carry them.
+ * 6: `open` carries the verification rule (under `invariant` its seed is the request's noise seed).
  */
-export const FRAME_VERSION = 5;
+export const FRAME_VERSION = 6;
 
 /** One optional distribution per drafted token: undefined = one-hot at the token. */
 export type Rows = (Float32Array | undefined)[];
@@ -45,6 +47,12 @@ export type ActorRequest =
       readonly promptLength: number;
       /** Report each token the session adds with its log probability and this many alternatives (0..MAX_TOP_LOGPROBS); undefined = none. */
       readonly logprobs?: number;
+      /**
+       * How the session samples and reviews at temperature > 0: `invariant` draws with
+       * PositionNoise(seed) (every level of the request gets the same seed) and sends no q rows;
+       * `rejection` samples with Rng(seed) (each level its own derived stream).
+       */
+      readonly verification: Verification;
     }
   /**
    * The session's context is its previous context cut to `base` tokens plus `suffix`; draft `want`
@@ -446,7 +454,7 @@ export function encode(m: Message): Uint8Array {
   const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
   switch (m.type) {
     case 'open':
-      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).u8(m.logprobs === undefined ? 0 : m.logprobs + 1).done();
+      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).u8(m.logprobs === undefined ? 0 : m.logprobs + 1).u8(VERIFICATIONS.indexOf(m.verification)).done();
     case 'propose':
       return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).done();
     case 'review':
@@ -499,7 +507,10 @@ export function decode(frame: Uint8Array): Message {
       const promptLength = r.u32('promptLength');
       const logprobs = r.u8('logprobs');
       if (logprobs > MAX_TOP_LOGPROBS + 1) throw new FrameError(`open asks for ${logprobs - 1} alternatives per token, more than ${MAX_TOP_LOGPROBS}`);
-      m = { type, session, sampling, seed, target, promptLength, ...(logprobs > 0 ? { logprobs: logprobs - 1 } : {}) };
+      const rule = r.u8('verification');
+      const verification = VERIFICATIONS[rule];
+      if (!verification) throw new FrameError(`unknown verification rule ${rule}`);
+      m = { type, session, sampling, seed, target, promptLength, ...(logprobs > 0 ? { logprobs: logprobs - 1 } : {}), verification };
       break;
     }
     case 'propose':

@@ -3,7 +3,8 @@ import type { Block, CascadeLevel } from '../engine/levels.ts';
 import { checkReadable, commonPrefix, newStats } from '../engine/levels.ts';
 import { CascadeError, LevelUnavailableError } from '../errors.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
-import { deriveSeed, type Seed } from '../kernels/rng.ts';
+import type { Verification } from '../kernels/noise.ts';
+import { deriveSeed, seed64, type Seed } from '../kernels/rng.ts';
 import type { SamplingParams, TokenLogprob } from '../kernels/sampling.ts';
 import type { ServiceLoad } from '../models/session.ts';
 import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Rows } from './messages.ts';
@@ -15,8 +16,13 @@ export const TOKENS_PER_TIMEOUT = 512;
 
 export interface RemoteLevelOptions {
   readonly sampling: SamplingParams;
-  /** Seed of the actor's sampler for this session (each placement derives its own stream from it). */
+  /**
+   * Seed of the actor's sampler for this session: under `rejection` each placement derives its own
+   * stream from it; under `invariant` it is the request's noise seed, sent as it is to every placement.
+   */
   readonly seed: Seed;
+  /** The request's verification rule (Verification). */
+  readonly verification: Verification;
   /** The level is the request's target: its actor samples from the full distribution (never a drafter's top-k). */
   readonly target?: boolean;
   /** Where the request's output begins in its tokens (penalties count only the output). */
@@ -81,7 +87,7 @@ export class RemoteLevel implements CascadeLevel {
   private async place(): Promise<string> {
     let reply: ActorReply;
     try {
-      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: deriveSeed(this.options.seed, this.placements), target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}) });
+      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}) });
     } catch (err) {
       if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       throw err;

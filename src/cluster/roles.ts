@@ -1,4 +1,6 @@
 import type { KvLocation } from '../models/kv-placement.ts';
+import type { Verification } from '../kernels/noise.ts';
+import type { Drafting } from '../engine/async-cascade.ts';
 import { smallestContext } from '../engine/cascade.ts';
 import { BatchingSession, type BatchingOptions } from '../models/batching-session.ts';
 import { ModelActor } from '../actors/model-actor.ts';
@@ -21,7 +23,8 @@ import type { FastifyInstance } from 'fastify';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
-import { RedisKvStore, RedisShards, TokenLog } from './redis-store.ts';
+import { RedisConnection } from './redis-connection.ts';
+import { RedisKvStore, TokenLog } from './redis-store.ts';
 import { setupTracing, shutdownTracing } from './tracing.ts';
 import type { Transport } from './transport.ts';
 
@@ -52,7 +55,7 @@ export interface ActorRoleOptions {
   readonly kvLocation?: KvLocation;
   /** A bounded KV cache for every session (draft actors only: on the target it would be lossy). */
   readonly kv?: { readonly policy: KvPolicyName; readonly budget: number; readonly sinks: number; readonly recent: number; readonly rebuild?: number; readonly releaseBatch?: number; readonly prefillChunk?: number };
-  /** Redis URLs for released KV (with a bounded cache that rebuilds); in memory without. */
+  /** Redis for released KV (with a bounded cache that rebuilds): one URL, or a Redis Cluster's `redis+cluster://` seeds; in memory without. */
   readonly redis?: readonly string[];
   /** Serve /live, /health and /metrics on this port (Kubernetes probes, Prometheus). */
   readonly healthPort?: number;
@@ -60,9 +63,9 @@ export interface ActorRoleOptions {
   readonly batching?: BatchingOptions;
 }
 
-/** Resolves when every Redis shard and NATS answer (within 1.5 s each); rejects naming the one that does not. */
-async function pingServers(shards: RedisShards, transport: NatsTransport): Promise<void> {
-  await within(1500, 'Redis', Promise.all(shards.clients.map((c) => c.ping())));
+/** Resolves when Redis (every master of a Redis Cluster) and NATS answer (within 1.5 s each); rejects naming the one that does not. */
+async function pingServers(redis: RedisConnection, transport: NatsTransport): Promise<void> {
+  await within(1500, 'Redis', redis.ping());
   await within(1500, 'NATS', transport.flush());
 }
 
@@ -82,11 +85,11 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   if (!exported && o.kind === 'verify' && !isTarget) throw new CascadeError(`a verify actor hosts the target (${family.target}), not ${name}`);
   if (!exported && o.kind === 'draft' && !family.drafters.includes(name)) throw new CascadeError(`${name} is not a drafter of this family (${family.drafters.join(', ')})`);
   let kv: KvPolicyConfig | undefined;
-  let shards: RedisShards | undefined;
+  let shards: RedisConnection | undefined;
   if (o.kv && o.kv.policy !== 'full') {
     if (o.kind === 'verify') throw new InvalidArgumentError('a bounded KV cache on the verifier would make the output lossy: bound the drafters (cascade actor draft --kv-policy …)');
     const rebuild = o.kv.rebuild ?? (o.kv.policy === 'adore' ? 2 : 0);
-    shards = o.redis?.length && rebuild > 0 ? new RedisShards(o.redis) : undefined;
+    shards = o.redis?.length && rebuild > 0 ? new RedisConnection(o.redis) : undefined;
     kv = {
       policy: o.kv.policy,
       budget: { budget: o.kv.budget, sinks: o.kv.sinks, recent: o.kv.recent, rebuild },
@@ -149,7 +152,7 @@ const chosenModels = (o: ModelFlags): Family => resolveModels({ models: o.models
 export interface CoordinatorRoleOptions extends ModelFlags {
   readonly models: string;
   readonly nats: string;
-  /** Redis URLs: the first holds the queue; all of them shard the session data. */
+  /** Redis: one URL, or a Redis Cluster's `redis+cluster://host:port,…` seeds (redis-connection.ts); holds the queue and the request logs. */
   readonly redis: readonly string[];
   readonly concurrency?: number;
   readonly lockMs?: number;
@@ -165,9 +168,12 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   checkSharedVocabulary(spec, drafterSpecs);
   setupTracing('cascade-coordinator');
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
-  const shards = new RedisShards(o.redis);
+  const shards = await RedisConnection.open(o.redis).catch(async (err: unknown) => {
+    await transport.close();
+    throw err;
+  });
   const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs]) }, callTimeoutMs: o.callTimeoutMs });
-  const worker = startCoordinatorWorker(coordinator, { redisUrl: o.redis[0]!, concurrency: o.concurrency, lockDurationMs: o.lockMs });
+  const worker = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs });
   await worker.waitUntilReady();
   const health = await probes(o.healthPort, 'coordinator', async () => {
     await pingServers(shards, transport);
@@ -194,6 +200,8 @@ export interface GatewayRoleOptions extends ModelFlags {
   readonly apiKeys?: readonly string[];
   readonly maxInFlight?: number;
   readonly requestTimeoutMs?: number;
+  /** Verification of requests whose `cascade` field names none (`--verification`). */
+  readonly verification?: Verification;
 }
 
 export interface EmbeddedGatewayOptions extends ModelFlags {
@@ -202,6 +210,10 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
   readonly apiKeys?: readonly string[];
   readonly maxInFlight?: number;
   readonly requestTimeoutMs?: number;
+  /** Verification of requests whose `cascade` field names none (`--verification`). */
+  readonly verification?: Verification;
+  /** Drafting of requests whose `cascade` field names none (`--drafting`). */
+  readonly drafting?: Drafting;
   readonly threads?: number;
   /** The target's execution providers (default cpu; `auto` places it by measured cost). */
   readonly executionProviders?: readonly string[];
@@ -244,6 +256,8 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
       apiKeys: o.apiKeys,
       maxInFlight: o.maxInFlight,
       requestTimeoutMs: o.requestTimeoutMs,
+      defaultVerification: o.verification,
+      defaultDrafting: o.drafting,
       health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements) }),
     });
     return {
@@ -280,8 +294,11 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
   setupTracing('cascade-gateway');
   const tokenizer = TextTokenizer.forModel(spec);
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'gateway' });
-  const shards = new RedisShards(o.redis);
-  const queue = openQueue(o.redis[0]!);
+  const shards = await RedisConnection.open(o.redis).catch(async (err: unknown) => {
+    await transport.close();
+    throw err;
+  });
+  const queue = openQueue(shards.deployment);
   const app = buildGateway({
     transport,
     queue,
@@ -299,6 +316,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     apiKeys: o.apiKeys,
     maxInFlight: o.maxInFlight,
     requestTimeoutMs: o.requestTimeoutMs,
+    defaultVerification: o.verification,
     health: async () => {
       await pingServers(shards, transport);
       return { nats: 'ok', redis: 'ok', workers: (await queue.getWorkers()).length };

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
+import { DEFAULT_VERIFICATION, PositionNoise } from '../kernels/noise.ts';
 import { Rng } from '../kernels/rng.ts';
 import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
@@ -7,13 +8,20 @@ import { checkVocabularySizes } from '../models/vocabulary.ts';
 import { baseStats, checkRequest, type FinishReason, type GenerateRequest, type GenerateStats } from './generate.ts';
 import { Block, MagLevel, ModelLevel, UnreadableTokenError, type CascadeLevel, type LevelStats } from './levels.ts';
 import { checkKvPolicy, type KvPolicyConfig } from './bounded-kv.ts';
+import { EagleLevel, FeatureTap } from './eagle-level.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
 import { startingKMatrix, type KSchedule } from './presets.ts';
 import { AdaptiveSchedule, type ScheduleMemory } from './schedule.ts';
+import { DEFAULT_DRAFTING, runCascadeAsync, type Drafting } from './async-cascade.ts';
 
-/** A drafter of the cascade: a neural model, or MaG (which may only be the last). */
+/**
+ * A drafter of the cascade: a neural model, MaG (which may only be the last), or a feature drafter
+ * (EAGLE, eagle-level.ts: only the first, right below the target whose features it reads, and it
+ * only proposes: its row of K is zero).
+ */
 export type DrafterSpec =
   | { readonly kind: 'model'; readonly session: ModelSession; readonly kv?: KvPolicyConfig }
+  | { readonly kind: 'eagle'; readonly session: ModelSession }
   | { readonly kind: 'mag'; readonly bigram?: Uint32Array; readonly minMatch?: number; readonly occurrence?: 'earliest' | 'recent' };
 
 /**
@@ -29,6 +37,12 @@ export interface CascadeConfig {
   readonly drafters: readonly DrafterSpec[];
   readonly kMatrix: KSchedule;
   readonly lenience: number;
+  /**
+   * `serial` (default): rounds of draft, then review. `async`: the first neural drafter runs ahead
+   * on its own worker while the target verifies (runCascadeAsync; K is then implicit, and levels
+   * other than that drafter and MaG are not used).
+   */
+  readonly drafting?: Drafting;
 }
 
 export interface CascadeStats extends GenerateStats {
@@ -55,6 +69,11 @@ export interface CascadeStats extends GenerateStats {
   readonly swi: number;
   /** With `auto`: how many rounds used each K matrix (JSON), most used first. */
   readonly schedule?: Record<string, number>;
+  /**
+   * With async drafting: the mode, the drafted tokens thrown away on prefixes that died, and the
+   * fraction of the request's wall time the target spent in its passes.
+   */
+  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly targetBusyFraction: number };
 }
 
 /** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */
@@ -90,6 +109,11 @@ export function checkCascade(config: CascadeConfig): void {
   const n = config.drafters.length;
   config.drafters.forEach((d, i) => {
     if (d.kind === 'mag' && i !== n - 1) throw new InvalidArgumentError('mag can only be the last drafter of a cascade');
+    if (d.kind === 'eagle' && i !== 0) throw new InvalidArgumentError('a feature drafter (--eagle-model) can only be the first drafter: it reads the features of the target right above it');
+    if (d.kind === 'eagle' && (config.drafting ?? DEFAULT_DRAFTING) === 'async') throw new InvalidArgumentError('a feature drafter (--eagle-model) drafts in rounds after each review (it reads the features the review computed): not with async drafting');
+    if (d.kind === 'eagle' && config.kMatrix !== 'auto' && config.kMatrix[1]?.some((k) => k !== 0)) {
+      throw new InvalidArgumentError(`a feature drafter only proposes, it cannot review a block: its row of the K matrix (row 1) must be zeros, got ${JSON.stringify(config.kMatrix[1])}`);
+    }
     if (d.kind === 'model' && d.kv) {
       checkKvPolicy(d.kv);
       if (d.kv.policy !== 'full') checkBudget(d.kv.budget);
@@ -135,18 +159,31 @@ export async function generateCascade(
   checkVocabularySizes(target.spec, config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session.spec] : [])));
   const seqId = randomUUID();
   const promptLength = req.promptLength ?? req.promptIds.length;
-  const top = new ModelLevel(target.spec.name, target, seqId, req.sampling, undefined, promptLength, req.logprobs);
+  // a feature drafter reads the target's hidden_states: the target's calls ask for them only then
+  const tap = config.drafters.some((d) => d.kind === 'eagle') ? new FeatureTap(target, seqId) : undefined;
+  // drafter-invariant verification: every level draws with the same position-keyed noise
+  const noise = (req.verification ?? DEFAULT_VERIFICATION) === 'invariant' ? new PositionNoise(req.seed) : undefined;
+  const top = new ModelLevel(target.spec.name, tap ?? target, seqId, req.sampling, { promptLength, topLogprobs: req.logprobs, noise });
   // Each drafter level has its own sequence id: a drafter may be the target's own session (self-draft).
   // Every level applies the same logits processors with each position's own prefix (exactness).
   const drafters: CascadeLevel[] = config.drafters.map((d, i) =>
     d.kind === 'mag'
       ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence })
-      : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, d.kv, promptLength),
+      : d.kind === 'eagle'
+        ? new EagleLevel(d.session.spec.name, d.session, `${seqId}:${i}`, tap!, req.sampling, { promptLength, noise })
+        : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, { kv: d.kv, promptLength, noise }),
   );
-  const maxPositions = smallestContext([target, ...config.drafters.flatMap((d) => (d.kind === 'model' ? [d.session] : []))].map((s) => s.spec));
+  const maxPositions = smallestContext([target, ...config.drafters.flatMap((d) => (d.kind === 'mag' ? [] : [d.session]))].map((s) => s.spec));
   // a narrower drafter (less vocabulary padding) that meets a padding id the target sampled is dropped
   const onLevelFailure = (level: CascadeLevel, err: unknown) => level !== top && err instanceof UnreadableTokenError;
-  return runCascade(top, drafters, config, req, { eosIds: target.spec.eosIds, onTokens, maxPositions, onLevelFailure, cancelled: control.cancelled });
+  const run: RunOptions = { eosIds: target.spec.eosIds, onTokens, maxPositions, onLevelFailure, cancelled: control.cancelled };
+  if ((config.drafting ?? DEFAULT_DRAFTING) === 'async') {
+    const first = drafters.find((d) => !(d instanceof MagLevel));
+    const mag = drafters.find((d) => d instanceof MagLevel);
+    await Promise.all(drafters.filter((d) => d !== first && d !== mag).map((d) => d.release()));
+    return runCascadeAsync(top, first, mag, req, run);
+  }
+  return runCascade(top, drafters, config, req, run);
 }
 
 /** How runCascade reports progress and survives a lost level. */
@@ -218,7 +255,7 @@ export async function runCascade(
   let drafters = [...initialDrafters];
   const schedule =
     config.kMatrix === 'auto'
-      ? new AdaptiveSchedule({ initial: startingKMatrix, memory: options.scheduleMemory, load: () => top.load?.() })
+      ? new AdaptiveSchedule({ initial: startingKMatrix, memory: options.scheduleMemory, load: () => top.load?.(), proposers: initialDrafters.filter((d) => d.proposesOnly).map((d) => d.name) })
       : undefined;
   let K = config.kMatrix === 'auto' ? [] : config.kMatrix.map((row) => [...row]);
   const accepted: number[] = [];

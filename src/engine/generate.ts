@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.ts';
 import { Rng, type Seed } from '../kernels/rng.ts';
-import { checkSampling, logprobDistribution, MAX_TOP_LOGPROBS, nextToken, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
+import { DEFAULT_VERIFICATION, PositionNoise, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
+import { checkSampling, distribution, logprobDistribution, MAX_TOP_LOGPROBS, nextToken, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
 import { BoundedSequence, checkKvPolicy, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
@@ -27,6 +28,13 @@ export interface GenerateRequest {
    * this many most likely alternatives (0..MAX_TOP_LOGPROBS; undefined = none). See TokenLogprob.
    */
   readonly logprobs?: number;
+  /**
+   * How sampled drafts are verified (default DEFAULT_VERIFICATION). Under `invariant` every level,
+   * and target-only decoding, draws each token with PositionNoise(seed) at its absolute position, so
+   * one seed gives the same tokens with any drafters, any K and any placement; under `rejection` a
+   * seed fixes the tokens only for one cascade and K. Greedy decoding is the same under both.
+   */
+  readonly verification?: Verification;
 }
 
 /** `cancelled`: the client went away or cancelled, and the request stopped early (cluster). */
@@ -65,6 +73,9 @@ export function checkRequest(req: GenerateRequest, maxPositions: number | undefi
   if (req.logprobs !== undefined && !(Number.isInteger(req.logprobs) && req.logprobs >= 0 && req.logprobs <= MAX_TOP_LOGPROBS)) {
     throw new InvalidArgumentError(`logprobs (the alternatives listed per token) must be an integer in 0..${MAX_TOP_LOGPROBS}, got ${req.logprobs}`);
   }
+  if (req.verification !== undefined && !VERIFICATIONS.includes(req.verification)) {
+    throw new InvalidArgumentError(`verification must be one of ${VERIFICATIONS.join(', ')}, got ${JSON.stringify(req.verification)}`);
+  }
   if (req.kv) {
     checkKvPolicy(req.kv);
     if (req.kv.policy !== 'full') checkBudget(req.kv.budget);
@@ -90,6 +101,7 @@ export async function generateAutoregressive(
   checkRequest(req, model.spec.maxPositions);
   const seqId = randomUUID();
   const rng = new Rng(req.seed);
+  const noise = (req.verification ?? DEFAULT_VERIFICATION) === 'invariant' ? new PositionNoise(req.seed) : undefined;
   const eos = new Set(req.stopAtEos === false ? [] : model.spec.eosIds);
   const out: number[] = [];
   const logprobs: TokenLogprob[] = [];
@@ -109,7 +121,7 @@ export async function generateAutoregressive(
     const promptLength = req.promptLength ?? req.promptIds.length;
     while (out.length < req.maxTokens) {
       const prefix = { tokens, length: tokens.length, promptLength };
-      const token = nextToken(logits, req.sampling, rng, prefix);
+      const token = noise && req.sampling.temperature > 0 ? noise.draw(distribution(logits, req.sampling, prefix), tokens.length) : nextToken(logits, req.sampling, rng, prefix);
       if (out.length === 0) firstToken = performance.now() - start;
       if (eos.has(token)) {
         finishReason = 'stop';

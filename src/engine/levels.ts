@@ -1,4 +1,5 @@
-import { review, reviewGreedyLenient, type ReviewOutcome } from '../kernels/acceptance.ts';
+import { review, reviewGreedyLenient, reviewInvariant, type ReviewOutcome } from '../kernels/acceptance.ts';
+import type { PositionNoise } from '../kernels/noise.ts';
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, logitsRow, logprobDistribution, processLogits, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
@@ -81,6 +82,8 @@ export interface CascadeLevel {
   release(): Promise<void>;
   /** The load of the model behind the level, when it batches requests (see BatchingSession). */
   load?(): ServiceLoad | undefined;
+  /** Proposes only, never reviews (a feature drafter, eagle-level.ts): its row of K stays zero. */
+  readonly proposesOnly?: boolean;
   /** Tokens of `tokens` the level's model has not seen yet (it feeds them on its next call). */
   lag?(tokens: readonly number[]): number;
   /**
@@ -98,6 +101,30 @@ export function commonPrefix(a: readonly number[], b: readonly number[]): number
   return i;
 }
 
+/** How a ModelLevel samples and what it records, beyond its sampling parameters. */
+export interface ModelLevelOptions {
+  /** Bounds this level's cache (drafters only: the target always keeps its full cache). */
+  readonly kv?: KvPolicyConfig;
+  /**
+   * Where the request's output begins in its tokens (presence and frequency penalties count only
+   * the output; a resumed request's context holds earlier output too). Default 0.
+   */
+  readonly promptLength?: number;
+  /**
+   * 0..MAX_TOP_LOGPROBS (undefined = none): record each added token's log probability under this
+   * model's processed distribution (logprobDistribution) with that many alternatives.
+   */
+  readonly topLogprobs?: number;
+  /**
+   * Drafter-invariant verification (Verification `invariant`): at temperature > 0 the level draws
+   * every token (proposals, corrections, bonus tokens) with this noise at the token's absolute
+   * position, reviews by reviewInvariant, and passes tokens up one-hot (no q is needed). Every level
+   * of a request, and target-only decoding, must hold noise of the same seed. Undefined = rejection
+   * sampling with the round's Rng.
+   */
+  readonly noise?: PositionNoise;
+}
+
 /**
  * A neural level (a drafter or the target) working on one sequence of its ModelSession. Its KV is
  * synchronised lazily: before each forward it is truncated to the longest prefix it shares with the
@@ -112,23 +139,26 @@ export class ModelLevel implements CascadeLevel {
   /** Log probabilities of the tokens added since takeLogprobs last ran (with `topLogprobs` only). */
   private logprobs: TokenLogprob[] = [];
 
-  /**
-   * `kv` bounds this level's cache (drafters only: the target always keeps its full cache).
-   * `promptLength`: where the request's output begins in its tokens (presence and frequency
-   * penalties count only the output; a resumed request's context holds earlier output too).
-   * `topLogprobs` (0..MAX_TOP_LOGPROBS; undefined = none): record each added token's log probability
-   * under this model's processed distribution (logprobDistribution) with that many alternatives.
-   */
+  private readonly promptLength: number;
+  private readonly topLogprobs: number | undefined;
+  private readonly noise: PositionNoise | undefined;
+
   constructor(
     readonly name: string,
     readonly session: ModelSession,
     readonly seqId: string,
     private readonly sampling: SamplingParams,
-    kv: KvPolicyConfig = FULL_CACHE,
-    private readonly promptLength = 0,
-    private readonly topLogprobs?: number,
+    options: ModelLevelOptions = {},
   ) {
-    this.seq = new BoundedSequence(session, seqId, kv);
+    this.seq = new BoundedSequence(session, seqId, options.kv ?? FULL_CACHE);
+    this.promptLength = options.promptLength ?? 0;
+    this.topLogprobs = options.topLogprobs;
+    this.noise = options.noise;
+  }
+
+  /** Whether this level samples with position-keyed noise (drafter-invariant verification) at temperature > 0. */
+  private get invariant(): boolean {
+    return this.noise !== undefined && this.sampling.temperature > 0;
   }
 
   /** Records `token`'s log probability at the position after tokens[0..length), from `row` (or the sampled `p` itself). */
@@ -185,9 +215,9 @@ export class ModelLevel implements CascadeLevel {
         continue;
       }
       const p = this.dist(row, block.tokens, block.length);
-      const token = sample(p, rng);
+      const token = this.noise ? this.noise.draw(p, block.length) : sample(p, rng);
       this.recordLogprob(row, block.tokens, block.length, token, p);
-      block.push(token, p);
+      block.push(token, this.noise ? undefined : p);
     }
   }
 
@@ -210,8 +240,11 @@ export class ModelLevel implements CascadeLevel {
     const processed = (i: number) => processLogits(row(i), this.sampling, { tokens, length: start + i, promptLength: this.promptLength });
     const outcome = greedyLenient
       ? reviewGreedyLenient(drafts, processed, lenience)
-      : review(drafts, drafts.map((_, i) => block.qAt(start + i)), p, rng, lenience);
-    const exact = passUp && !greedyLenient && lenience === 1;
+      : this.invariant
+        ? reviewInvariant(drafts, p, this.noise!, start)
+        : review(drafts, drafts.map((_, i) => block.qAt(start + i)), p, rng, lenience);
+    // invariant reviews pass tokens up one-hot: the level above draws its own token and needs no q
+    const exact = passUp && !greedyLenient && lenience === 1 && !this.invariant;
     for (let i = 0; this.topLogprobs !== undefined && i <= outcome.accepted; i++) {
       const emitted = i < outcome.accepted ? drafts[i]! : outcome.token;
       this.recordLogprob(row(i), tokens, start + i, emitted, greedyLenient || this.sampling.temperature === 0 ? undefined : p(i));

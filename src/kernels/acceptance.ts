@@ -1,3 +1,4 @@
+import type { PositionNoise } from './noise.ts';
 import type { Rng } from './rng.ts';
 import { argmax } from './sampling.ts';
 
@@ -46,6 +47,22 @@ export function review(
     return { accepted: i, token: drawResidual(pi, qi, x, lenience, rng) };
   }
   return { accepted: drafts.length, token: drawFrom(p(drafts.length), rng) };
+}
+
+/**
+ * Drafter-invariant review (Daliri, Musco & Suresh 2024; see Verification): the reviewer draws its own
+ * token at each draft position with the request's position-keyed noise, and accepts x_i while it
+ * equals that draw; the first mismatch is corrected with the draw, and a full acceptance earns the
+ * draw after the last draft as bonus. `start` is the absolute position of drafts[0]. The output is
+ * the reviewer's own noise-keyed sampling token for token, so neither q nor an RNG is involved; a
+ * one-hot p (greedy) makes it the greedy review.
+ */
+export function reviewInvariant(drafts: readonly number[], p: (position: number) => Float32Array, noise: PositionNoise, start: number): ReviewOutcome {
+  for (let i = 0; i < drafts.length; i++) {
+    const own = noise.draw(p(i), start + i);
+    if (own !== drafts[i]) return { accepted: i, token: own };
+  }
+  return { accepted: drafts.length, token: noise.draw(p(drafts.length), start + drafts.length) };
 }
 
 /**

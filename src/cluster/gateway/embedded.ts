@@ -1,3 +1,4 @@
+import { DRAFTINGS } from '../../engine/async-cascade.ts';
 import { generateCascade, type DrafterSpec } from '../../engine/cascade.ts';
 import { InvalidArgumentError } from '../../errors.ts';
 import type { ModelSession } from '../../models/session.ts';
@@ -29,6 +30,7 @@ export function embeddedBackend(models: EmbeddedModels, options: { readonly time
     return { kind: 'model', session };
   };
   return {
+    draftings: DRAFTINGS,
     async submit(data: JobData, onTokens: OnTokens): Promise<Submitted> {
       const drafters = data.drafters.map(drafterOf);
       let cancelled = false;
@@ -41,8 +43,8 @@ export function embeddedBackend(models: EmbeddedModels, options: { readonly time
       });
       const run = generateCascade(
         models.target,
-        { drafters, kMatrix: data.kMatrix, lenience: data.lenience },
-        { promptIds: data.promptIds, maxTokens: data.maxTokens, sampling: data.sampling, seed: data.seed, stopAtEos: data.stopAtEos, ...(data.logprobs !== undefined ? { logprobs: data.logprobs } : {}) },
+        { drafters, kMatrix: data.kMatrix, lenience: data.lenience, drafting: data.drafting },
+        { promptIds: data.promptIds, maxTokens: data.maxTokens, sampling: data.sampling, seed: data.seed, verification: data.verification, stopAtEos: data.stopAtEos, ...(data.logprobs !== undefined ? { logprobs: data.logprobs } : {}) },
         (ids, logprobs) => onTokens(ids, logprobs),
         { cancelled: () => cancelled },
       ).then(

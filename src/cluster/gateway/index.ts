@@ -23,7 +23,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   const { metrics, model } = options;
   const backend = options.backend ?? clusterOf(options);
   const requests = requestServer({ ...options, backend, maxInFlight: options.maxInFlight ?? 64 });
-  const jobOptions = { ...options, maxPayload: backend.maxPayload };
+  const jobOptions = { ...options, maxPayload: backend.maxPayload, draftings: backend.draftings };
   const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
 
   app.addHook('onRequest', bearerAuth(options.apiKeys ?? []));

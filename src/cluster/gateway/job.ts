@@ -4,6 +4,8 @@ import { checkCascade } from '../../engine/cascade.ts';
 import { planCascade, type KSchedule } from '../../engine/presets.ts';
 import { DEFAULT_MAX_DRAFT } from '../../engine/schedule.ts';
 import { InvalidArgumentError } from '../../errors.ts';
+import { DEFAULT_VERIFICATION } from '../../kernels/noise.ts';
+import { DEFAULT_DRAFTING, type Drafting } from '../../engine/async-cascade.ts';
 import { withProcessors, type SamplingParams } from '../../kernels/sampling.ts';
 import { resolveSampling } from '../../models/generation-config.ts';
 import { checkVocabularySizes } from '../../models/vocabulary.ts';
@@ -57,7 +59,7 @@ export const API_SAMPLING: SamplingParams = { temperature: 1, topP: 1, topK: 0 }
 const randomSeed = () => Math.floor(Math.random() * 2 ** 53);
 
 /** Validates the decoding settings and builds the job; throws HttpError 400 on bad input. */
-export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | 'defaultMode'> & { readonly maxPayload: number | undefined }, body: CompletionBody | ChatBody, input: PromptInput): JobData {
+export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | 'defaultMode' | 'defaultVerification' | 'defaultDrafting'> & { readonly maxPayload: number | undefined; readonly draftings?: readonly Drafting[] }, body: CompletionBody | ChatBody, input: PromptInput): JobData {
   const { tokenizer, model, maxPayload } = options;
   if (body.model && body.model !== model.target) throw new HttpError(404, `model "${body.model}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
   const promptIds = promptIdsOf(tokenizer, input);
@@ -78,6 +80,11 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
   });
   const biasOutside = model.vocabSize === undefined ? undefined : Object.keys(sampling.logitBias ?? {}).find((id) => Number(id) >= model.vocabSize!);
   if (biasOutside !== undefined) throw new HttpError(400, `logit_bias names token id ${biasOutside}, outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'logit_bias');
+  const verification = body.cascade?.verification ?? options.defaultVerification ?? DEFAULT_VERIFICATION;
+  const drafting = body.cascade?.drafting ?? options.defaultDrafting ?? DEFAULT_DRAFTING;
+  if (!(options.draftings ?? ['serial']).includes(drafting)) {
+    throw new HttpError(400, `drafting "${drafting}" is not served here: a cluster runs serial rounds (async drafting runs in one process: cascade serve --embedded)`, 'invalid_request_error', 'cascade');
+  }
   let plan;
   try {
     plan = planCascade(
@@ -88,7 +95,8 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     checkKBound(plan.kMatrix); // first: a K entry over the limit is named whatever the matrix's shape
     checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
     const neural = plan.drafters.filter((d) => d !== 'mag');
-    if (model.vocabSize !== undefined && maxPayload !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, maxPayload);
+    // invariant verification sends no q rows, so only rejection has a row budget to respect
+    if (verification === 'rejection' && model.vocabSize !== undefined && maxPayload !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, maxPayload);
     // a request may order the drafters itself: each must be at most as wide as the models above it
     const sizes = model.vocabSizes;
     if (sizes) checkVocabularySizes({ name: model.target, vocabSize: sizes[model.target]! }, neural.map((name) => ({ name, vocabSize: sizes[name]! })));
@@ -106,6 +114,8 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     drafters: [...plan.drafters],
     kMatrix: plan.kMatrix === 'auto' ? 'auto' : plan.kMatrix.map((r) => [...r]),
     lenience: plan.lenience,
+    verification,
+    ...(drafting !== 'serial' ? { drafting } : {}),
     ...(logprobs !== undefined ? { logprobs } : {}),
     trace: {},
     enqueuedAt: Date.now(),

@@ -1,5 +1,7 @@
 import type { Queue } from 'bullmq';
 import type { MODES } from '../../engine/presets.ts';
+import type { Verification } from '../../kernels/noise.ts';
+import type { Drafting } from '../../engine/async-cascade.ts';
 import type { GenerationDefaults } from '../../models/generation-config.ts';
 import type { TextTokenizer } from '../../models/tokenizer.ts';
 import type { GatewayMetrics } from '../metrics.ts';
@@ -40,6 +42,10 @@ export interface GatewayOptions {
   readonly requestTimeoutMs?: number;
   /** Default decoding mode of requests that name none. */
   readonly defaultMode?: (typeof MODES)[number];
+  /** Verification of requests whose `cascade` field names none (default DEFAULT_VERIFICATION). */
+  readonly defaultVerification?: Verification;
+  /** Drafting of requests whose `cascade` field names none (default serial; async only where the backend runs it). */
+  readonly defaultDrafting?: Drafting;
   /** Health: resolves when NATS and Redis answer. */
   readonly health?: () => Promise<Record<string, unknown>>;
 }

@@ -1,5 +1,7 @@
 import { z } from 'zod';
 import { MODES } from '../../engine/presets.ts';
+import { VERIFICATIONS, type Verification } from '../../kernels/noise.ts';
+import { DRAFTINGS, type Drafting } from '../../engine/async-cascade.ts';
 import { MAX_TOP_LOGPROBS } from '../../kernels/sampling.ts';
 import { HttpError } from './errors.ts';
 
@@ -10,6 +12,8 @@ const CascadeFields = z
     drafters: z.array(z.string().min(1)).optional(),
     k_matrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().min(0)))]).optional(),
     lenience: z.number().min(1).optional(),
+    verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
+    drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
   })
   .strict()
   .optional();

@@ -4,6 +4,7 @@ import { decode, encode } from '../messages.ts';
 import { subjects } from '../transport.ts';
 import { HttpError } from './errors.ts';
 import type { GatewayOptions } from './options.ts';
+import type { Drafting } from '../../engine/async-cascade.ts';
 
 /** A request's view of the coordinator's stream: tokens in order, deduplicated by offset. */
 export interface Submitted {
@@ -26,6 +27,8 @@ export interface Backend {
   submit(data: JobData, onTokens: OnTokens): Promise<Submitted>;
   /** The largest message between the levels (sampled drafts' rows must fit one), where they cross a transport. */
   readonly maxPayload?: number;
+  /** Drafting modes the backend runs (default serial only): the embedded engine runs async drafting too. */
+  readonly draftings?: readonly Drafting[];
 }
 
 /** What following a job needs: where its tokens stream, the queue it goes on, the log it is recorded in, and how long it may take. */
