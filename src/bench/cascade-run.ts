@@ -237,7 +237,7 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
     for (const [name, ms] of Object.entries(decode)) costs[name] = ms / decode[target.spec.name]!;
     costs.mag = 0;
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
-    const methods = perVerification(only(methodsFor(family.drafters, eagle !== undefined), o.methods), o.verifications ?? [DEFAULT_VERIFICATION]);
+    const methods = perDrafting(perVerification(only(methodsFor(family.drafters, eagle !== undefined), o.methods), o.verifications ?? [DEFAULT_VERIFICATION]), o.draftings ?? [DEFAULT_DRAFTING]);
     const results: WorkloadResult[] = [];
     for (const w of o.workloads) results.push(...(await benchWorkload(ctx, o, w, tok, methods, costs)));
 
