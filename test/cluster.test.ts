@@ -406,9 +406,10 @@ test.serial('cluster - a drafter process killed mid-stream: the request complete
   roles.set(victim, await actor('draft', victim, `${victim}-1`));
 });
 
-test.serial('cluster - a coordinator killed mid-request is retried by BullMQ: no token missing or repeated', async (t) => {
+/** Streams `body` and kills the coordinator at its first text (a new one takes over); the text and usage streamed. */
+async function killCoordinatorMidStream(body: Record<string, unknown>): Promise<{ text: string; killedAt: number; usage: { completion_tokens: number; cascade: { resumed_from: number } } }> {
   const first = roles.get('coordinator')!;
-  const stream = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 96, temperature: 0, stream: true, stream_options: { include_usage: true } });
+  const stream = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 96, stream: true, stream_options: { include_usage: true }, ...body } as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>;
   let text = '';
   let killedAt = -1;
   let usage: unknown;
@@ -421,31 +422,21 @@ test.serial('cluster - a coordinator killed mid-request is retried by BullMQ: no
       roles.set('coordinator', await coordinator());
     }
   }
+  return { text, killedAt, usage: usage as { completion_tokens: number; cascade: { resumed_from: number } } };
+}
+
+test.serial('cluster - a coordinator killed mid-request is retried by BullMQ: no token missing or repeated', async (t) => {
+  const { text, killedAt, usage } = await killCoordinatorMidStream({ temperature: 0 });
   t.true(killedAt > 0);
   t.is(text, await targetOnly(PROMPT, 96));
-  const cascade = (usage as { completion_tokens: number; cascade: { resumed_from: number } }).cascade;
-  t.true(cascade.resumed_from > 0 && cascade.resumed_from < 96, `resumed after ${cascade.resumed_from} recorded tokens`);
-  t.is((usage as { completion_tokens: number }).completion_tokens, 96);
+  t.true(usage.cascade.resumed_from > 0 && usage.cascade.resumed_from < 96, `resumed after ${usage.cascade.resumed_from} recorded tokens`);
+  t.is(usage.completion_tokens, 96);
 });
 
 test.serial('cluster - a coordinator killed mid-request of a seeded sampled request: the resumed request gives target-only decoding\'s text for that seed', async (t) => {
   // noise is keyed by absolute position, so the retry continues the same draws from where the log ends
-  const first = roles.get('coordinator')!;
-  const stream = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 96, temperature: 0.8, seed: 2024, stream: true, stream_options: { include_usage: true } });
-  let text = '';
-  let killedAt = -1;
-  let usage: unknown;
-  for await (const c of stream) {
-    text += c.choices[0]?.text ?? '';
-    if (c.usage) usage = c.usage;
-    if (killedAt < 0 && text.length > 0) {
-      killedAt = text.length;
-      await first.stop('SIGKILL');
-      roles.set('coordinator', await coordinator());
-    }
-  }
-  const cascade = (usage as { cascade: { resumed_from: number } }).cascade;
-  t.true(cascade.resumed_from > 0 && cascade.resumed_from < 96, `resumed after ${cascade.resumed_from} recorded tokens`);
+  const { text, usage } = await killCoordinatorMidStream({ temperature: 0.8, seed: 2024 });
+  t.true(usage.cascade.resumed_from > 0 && usage.cascade.resumed_from < 96, `resumed after ${usage.cascade.resumed_from} recorded tokens`);
   t.is(text, await targetOnly(PROMPT, 96, { temperature: 0.8, topP: 1, topK: 0 }, 2024));
 });
 

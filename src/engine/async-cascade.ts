@@ -2,9 +2,9 @@ import { LevelUnavailableError } from '../errors.ts';
 import { deriveSeed, Rng } from '../kernels/rng.ts';
 import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { CascadeResult, RunOptions } from './cascade.ts';
-import { draftRoom, standardizedWalltime } from './cascade.ts';
-import { baseStats, type FinishReason, type GenerateRequest } from './generate.ts';
-import { Block, type CascadeLevel, type LevelStats } from './levels.ts';
+import { cascadeResult, committable, draftRoom } from './cascade.ts';
+import type { FinishReason, GenerateRequest } from './generate.ts';
+import { Block, type CascadeLevel } from './levels.ts';
 
 /**
  * How the drafters' work is placed against the target's:
@@ -157,15 +157,9 @@ export async function runCascadeAsync(
       if (options.inRound) await options.inRound(rounds, round);
       else await round();
       rounds++;
-      let fresh = block.tokens.slice(committed, committed + req.maxTokens - out.length);
-      const stop = fresh.findIndex((t) => eos.has(t));
-      if (stop >= 0) {
-        fresh = fresh.slice(0, stop);
-        finishReason = 'stop';
-      }
-      const freshLogprobs = req.logprobs === undefined ? undefined : (top.takeLogprobs?.() ?? []).slice(0, fresh.length);
-      if (freshLogprobs && freshLogprobs.length !== fresh.length) throw new Error(`the target reported ${freshLogprobs.length} log probabilities for ${fresh.length} tokens`);
       const emitted = block.tokens.slice(committed);
+      const { fresh, freshLogprobs, stopped: eosSeen } = committable(emitted, req.maxTokens - out.length, eos, top, req.logprobs !== undefined);
+      if (eosSeen) finishReason = 'stop';
       tokens.push(...fresh);
       out.push(...fresh);
       if (freshLogprobs) logprobs.push(...freshLogprobs);
@@ -195,24 +189,6 @@ export async function runCascadeAsync(
     await Promise.all(everyLevel.map((l) => l.release()));
   }
 
-  const acceptedTokens = accepted.reduce((a, b) => a + b, 0);
-  const models: Record<string, LevelStats> = {};
-  for (const l of everyLevel) models[l.name] = l.stats;
-  return {
-    tokenIds: out,
-    finishReason,
-    ...(req.logprobs !== undefined ? { logprobs } : {}),
-    stats: {
-      ...baseStats(req.promptIds.length, out.length, start, firstToken),
-      rounds,
-      draftedTokens: drafted.reduce((a, b) => a + b, 0),
-      acceptedTokens,
-      meanAcceptanceLength: rounds ? (acceptedTokens + rounds) / rounds : 0,
-      acceptedByPosition: Array.from({ length: drafted.length }, (_, i) => accepted[i] ?? 0),
-      draftedByPosition: drafted,
-      models,
-      ...standardizedWalltime(models, top.name, out.length),
-      drafting: { mode: 'async', wastedDrafts: wasted, targetBusyFraction: top.stats.forwardMs / (performance.now() - start) },
-    },
-  };
+  const drafting = { mode: 'async' as const, wastedDrafts: wasted, targetBusyFraction: top.stats.forwardMs / (performance.now() - start) };
+  return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, { drafting });
 }

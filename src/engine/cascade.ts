@@ -358,17 +358,8 @@ export async function runCascade(
       if (options.inRound) await options.inRound(rounds, () => round(block, room));
       else await round(block, room);
       rounds++;
-      // The budget first, then EOS: an EOS the target accepted past max tokens is not generated
-      // (target-only decoding stops at the budget and reports `length`).
-      let fresh = tokens.slice(committed, committed + req.maxTokens - out.length);
-      const stop = fresh.findIndex((t) => eos.has(t));
-      if (stop >= 0) {
-        fresh = fresh.slice(0, stop);
-        finishReason = 'stop';
-      }
-      // the target's log probabilities of this round's tokens (one per token it added), cut as they are
-      const freshLogprobs = req.logprobs === undefined ? undefined : (top.takeLogprobs?.() ?? []).slice(0, fresh.length);
-      if (freshLogprobs && freshLogprobs.length !== fresh.length) throw new Error(`the target reported ${freshLogprobs.length} log probabilities for ${fresh.length} tokens`);
+      const { fresh, freshLogprobs, stopped } = committable(tokens.slice(committed), req.maxTokens - out.length, eos, top, req.logprobs !== undefined);
+      if (stopped) finishReason = 'stop';
       tokens.length = committed;
       tokens.push(...fresh);
       out.push(...fresh);
@@ -382,24 +373,56 @@ export async function runCascade(
     await Promise.all(everyLevel.map((l) => l.release()));
   }
 
-  const acceptedTokens = accepted.reduce((a, b) => a + b, 0);
+  return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, schedule ? { schedule: Object.fromEntries([...schedule.chosen].sort((a, b) => b[1] - a[1])) } : {});
+}
+
+/**
+ * What a round commits of the tokens the target emitted (accepted drafts, then its own): the budget
+ * first, then EOS (an EOS the target accepted past max tokens is not generated: target-only
+ * decoding stops at the budget and reports `length`); with `withLogprobs`, the target's log
+ * probabilities of those tokens (one per token it added, taken from it and cut as they are).
+ */
+export function committable(emitted: readonly number[], remaining: number, eos: ReadonlySet<number>, top: CascadeLevel, withLogprobs: boolean): { fresh: number[]; freshLogprobs: TokenLogprob[] | undefined; stopped: boolean } {
+  let fresh = emitted.slice(0, remaining);
+  const stop = fresh.findIndex((t) => eos.has(t));
+  if (stop >= 0) fresh = fresh.slice(0, stop);
+  const freshLogprobs = withLogprobs ? (top.takeLogprobs?.() ?? []).slice(0, fresh.length) : undefined;
+  if (freshLogprobs && freshLogprobs.length !== fresh.length) throw new Error(`the target reported ${freshLogprobs.length} log probabilities for ${fresh.length} tokens`);
+  return { fresh, freshLogprobs, stopped: stop >= 0 };
+}
+
+/** A run's counters: tokens and log probabilities generated, rounds, drafts and acceptances by position, times (performance.now() ms). */
+export interface RunTally {
+  readonly out: number[];
+  readonly logprobs: TokenLogprob[];
+  readonly finishReason: FinishReason;
+  readonly rounds: number;
+  readonly drafted: number[];
+  readonly accepted: number[];
+  readonly start: number;
+  readonly firstToken: number;
+}
+
+/** The CascadeResult of a run over `levels` (the target `top` first), with `extra` statistics. */
+export function cascadeResult(top: CascadeLevel, levels: readonly CascadeLevel[], req: GenerateRequest, t: RunTally, extra: Partial<CascadeStats>): CascadeResult {
+  const acceptedTokens = t.accepted.reduce((a, b) => a + b, 0);
   const models: Record<string, LevelStats> = {};
-  for (const l of everyLevel) models[l.name] = l.stats;
+  for (const l of levels) models[l.name] = l.stats;
   return {
-    tokenIds: out,
-    finishReason,
-    ...(req.logprobs !== undefined ? { logprobs } : {}),
+    tokenIds: t.out,
+    finishReason: t.finishReason,
+    ...(req.logprobs !== undefined ? { logprobs: t.logprobs } : {}),
     stats: {
-      ...baseStats(req.promptIds.length, out.length, start, firstToken),
-      rounds,
-      draftedTokens: drafted.reduce((a, b) => a + b, 0),
+      ...baseStats(req.promptIds.length, t.out.length, t.start, t.firstToken),
+      rounds: t.rounds,
+      draftedTokens: t.drafted.reduce((a, b) => a + b, 0),
       acceptedTokens,
-      meanAcceptanceLength: rounds ? (acceptedTokens + rounds) / rounds : 0,
-      acceptedByPosition: Array.from({ length: drafted.length }, (_, i) => accepted[i] ?? 0),
-      draftedByPosition: drafted,
+      meanAcceptanceLength: t.rounds ? (acceptedTokens + t.rounds) / t.rounds : 0,
+      acceptedByPosition: Array.from({ length: t.drafted.length }, (_, i) => t.accepted[i] ?? 0),
+      draftedByPosition: t.drafted,
       models,
-      ...standardizedWalltime(models, top.name, out.length),
-      ...(schedule ? { schedule: Object.fromEntries([...schedule.chosen].sort((a, b) => b[1] - a[1])) } : {}),
+      ...standardizedWalltime(models, top.name, t.out.length),
+      ...extra,
     },
   };
 }
