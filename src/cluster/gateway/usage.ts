@@ -1,3 +1,4 @@
+import type { CascadeStats } from '../../engine/cascade.ts';
 import type { RequestOutcome } from '../coordinator.ts';
 import type { GatewayMetrics } from '../metrics.ts';
 
@@ -27,9 +28,18 @@ export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptT
           resumed_from: sum((o) => o.resumedFrom),
           dropped_levels: [...new Set(ran.flatMap((o) => o.failovers))],
           queue_seconds: Math.max(...ran.map((o) => o.queueSeconds)),
+          target_busy_fraction: Math.max(0, ...ran.map((o) => targetBusyFraction(o.stats) ?? 0)),
+          ...(ran.some((o) => o.stats.drafting) ? { wasted_drafts: sum((o) => o.stats.drafting?.wastedDrafts ?? 0) } : {}),
         }
       : undefined,
   };
+}
+
+/** The target's forward time over the request's generation time (the target is the first model of `models`). */
+function targetBusyFraction(s: CascadeStats): number | undefined {
+  if (s.drafting) return s.drafting.targetBusyFraction;
+  const target = Object.values(s.models)[0];
+  return target && s.seconds > 0 ? Math.min(1, target.forwardMs / 1000 / s.seconds) : undefined;
 }
 
 /**
@@ -50,6 +60,10 @@ export function recordOutcome(metrics: GatewayMetrics, outcome: RequestOutcome, 
     metrics.drafts.inc(s.draftedTokens > 0 ? s.rounds : 0);
     metrics.draftTokens.inc(s.draftedTokens);
     metrics.acceptedTokens.inc(s.acceptedTokens);
+    if (s.rounds) metrics.acceptedPerPass.observe((s.acceptedTokens + s.rounds) / s.rounds);
+    const busy = targetBusyFraction(s);
+    if (busy !== undefined) metrics.targetBusy.observe(busy);
+    if (s.drafting) metrics.wastedDrafts.inc(s.drafting.wastedDrafts);
     s.draftedByPosition.forEach((d, i) => {
       metrics.draftedByPosition.inc({ position: String(i) }, d);
       metrics.acceptedByPosition.inc({ position: String(i) }, s.acceptedByPosition[i] ?? 0);
