@@ -1,0 +1,72 @@
+import { resolve } from 'node:path';
+import type { Command } from 'commander';
+import { benchPeer, PEER_WEIGHTS, type PeerWeights } from '../bench/peer.ts';
+import { InvalidArgumentError } from '../errors.ts';
+import { parseNumber } from './options.ts';
+import { findPython } from './quantize.ts';
+
+interface PeerFlags {
+  models: string;
+  model?: string;
+  draftModel?: string[];
+  peerDraft?: string;
+  prompts: number;
+  promptsDir?: string;
+  maxTokens: number;
+  repeats: number;
+  threads: number[];
+  weights: PeerWeights[];
+  cacheDir: string;
+  python?: string;
+  note?: string;
+  out: string;
+}
+
+const parseThreads = (raw: string): number[] => raw.split(',').map((t) => parseNumber('--threads', { min: 1, integer: true })(t));
+
+function parseWeights(raw: string): PeerWeights[] {
+  const list = raw.split(',');
+  const bad = list.find((w) => !(PEER_WEIGHTS as readonly string[]).includes(w));
+  if (bad !== undefined) throw new InvalidArgumentError(`--weights must be among ${PEER_WEIGHTS.join(', ')} (comma-separated), got "${bad}"`);
+  return list as PeerWeights[];
+}
+
+/** `cascade bench peer` (src/bench/peer.ts): this project against llama.cpp on GGUF conversions of the same weights. */
+export function registerBenchPeer(bench: Command): void {
+  bench
+    .command('peer')
+    .description(
+      'this project against llama.cpp (node-llama-cpp, an optional dependency) on GGUF conversions of the same weights: checks token identity of the f32 conversion, then f32 / f16 / 8-bit / 4-bit, plain and speculating, warm, side by side',
+    )
+    .option('--models <dir>', 'model family directory', 'models')
+    .option('--model <dir|name>', 'the target: a Llama export folder or a member of the --models family (default: the family target)')
+    .option('--draft-model <dir|name>', "this project's drafters, repeatable, largest first (default: the family's)", (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    .option('--peer-draft <dir|name>', "llama.cpp's draft model, exported at the target's GGUF type (default: the smallest drafter)")
+    .option('--prompts <n>', 'held-out prompts: half JavaScript of this project\'s dependencies, half man pages of sections 1 and 8 (not bench/prompts)', parseNumber('--prompts', { min: 1, integer: true }), 12)
+    .option('--prompts-dir <dir>', 'take the prompts from this folder instead: every .txt file, and every "prompt" of every .jsonl row')
+    .option('--max-tokens <n>', 'greedy tokens generated per prompt', parseNumber('--max-tokens', { min: 1, integer: true }), 128)
+    .option('--repeats <n>', 'timed repeats per configuration (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
+    .option('--threads <list>', 'thread counts, comma-separated (ONNX Runtime intra-op threads; llama.cpp context threads)', parseThreads, [1, 2])
+    .option('--weights <list>', `weight widths, comma-separated: ${PEER_WEIGHTS.join(', ')} (this project has no f16 CPU path; 8 and 4 are cascade quantize int8/int4 and GGUF Q8_0/Q4_0)`, parseWeights, [...PEER_WEIGHTS])
+    .option('--cache-dir <dir>', 'where the quantized folders, GGUF files and llama.cpp clone (for gguf-py) are made once', '.cache/bench-peer')
+    .option('--python <path>', 'Python with onnx and numpy for cascade quantize and tools/gguf/export_gguf.py (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
+    .option('--note <text>', 'a line recorded with the results (the machine\'s conditions, say)')
+    .option('--out <dir>', 'directory for peer.json and peer.md', 'results')
+    .action(async (o: PeerFlags) => {
+      await benchPeer({
+        models: { models: o.models, model: o.model, draftModels: o.draftModel },
+        peerDraft: o.peerDraft,
+        prompts: o.prompts,
+        promptsDir: o.promptsDir,
+        maxTokens: o.maxTokens,
+        repeats: o.repeats,
+        threads: o.threads,
+        weights: o.weights,
+        python: findPython(o.python),
+        cacheDir: resolve(o.cacheDir),
+        note: o.note,
+        command: `cascade bench ${process.argv.slice(process.argv.indexOf('peer')).map((a) => (/[\s'"]/.test(a) ? JSON.stringify(a) : a)).join(' ')}`,
+        out: o.out,
+      });
+    });
+}
