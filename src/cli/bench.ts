@@ -1,5 +1,8 @@
 import type { Command } from 'commander';
 import { benchCascade } from '../bench/cascade-run.ts';
+import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
+import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
+import { registerBenchPeer } from './bench-peer.ts';
 import { benchCluster } from '../bench/cluster.ts';
 import { benchKv } from '../bench/kv.ts';
 import { benchLoad } from '../bench/load.ts';
@@ -13,7 +16,7 @@ import { formatTable, writeJson } from '../bench/report.ts';
 import { memberSource } from '../models/family.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber, parseDraftingFlag, parseVerificationFlag } from './options.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 
 interface CostOptions {
@@ -134,10 +137,16 @@ export function registerBench(program: Command): void {
     .option('--execution-providers <list>', `the target's execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu), or auto: where its verify pass measures cheapest (webgpu, cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--draft-execution-providers <list>', 'every drafter\'s execution providers, or auto: where its decode pass measures cheapest (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
     .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when it runs on a GPU EP; drafters are always auto)`, parseKvLocation, 'auto')
+    .option('--drafting <list>', 'drafting modes compared, comma-separated: serial, async (with both, each drafting method but MaG alone runs under each, named method/mode)', parseDraftings, [DEFAULT_DRAFTING])
+    .option('--verification <list>', 'verification rules to compare, comma-separated: invariant, rejection (with both, each drafting method runs under each, named method/rule)', parseVerifications, [DEFAULT_VERIFICATION])
+    .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle): adds eagle, eagle+mag and csd+eagle; the target needs the hidden_states output (tools/train/add_hidden_output.py)')
+    .option('--methods <list>', 'only these methods, comma-separated, e.g. mag,csd,csd+eagle (ar always runs: speedups are over it)', (v: string) => v.split(',').map((m) => m.trim()).filter(Boolean))
     .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
     .action(async (o) => {
       const choice = { models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer };
       await benchCascade({
+        verifications: o.verification,
+        draftings: o.drafting,
         models: choice,
         workloads: o.workload,
         temperatures: o.temperatures,
@@ -150,6 +159,8 @@ export function registerBench(program: Command): void {
         executionProviders: o.executionProviders,
         draftExecutionProviders: o.draftExecutionProviders,
         kvLocation: o.kvLocation,
+        eagleModel: o.eagleModel,
+        methods: o.methods,
         out: o.out,
       });
     });
@@ -227,6 +238,17 @@ export function registerBench(program: Command): void {
     .action(async (o) => {
       await benchCluster({ models: o.models, prompts: o.prompts, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, out: o.out });
     });
+  registerBenchPeer(bench);
+}
+
+function parseDraftings(raw: string): Drafting[] {
+  const list = [...new Set(raw.split(',').map((v) => v.trim()))];
+  return list.map(parseDraftingFlag);
+}
+
+function parseVerifications(raw: string): Verification[] {
+  const list = [...new Set(raw.split(',').map((v) => v.trim()))];
+  return list.map(parseVerificationFlag);
 }
 
 function parseBatch(raw: string): number[] {
