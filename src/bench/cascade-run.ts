@@ -134,11 +134,13 @@ function perVerification(methods: Method[], rules: readonly Verification[]): Met
 
 /**
  * Every drafting method once per drafting mode (`name/mode`) when both are compared; MaG alone has
- * nothing to run ahead, so it runs once. Async ignores K (its sweep is skipped: one candidate).
+ * nothing to run ahead and a feature drafter drafts in serial rounds only, so they run once. Async ignores K (its sweep is skipped: one candidate).
  */
 function perDrafting(methods: Method[], modes: readonly Drafting[]): Method[] {
-  if (modes.length <= 1) return methods.map((m) => ({ ...m, drafting: modes[0] }));
-  return methods.flatMap((m) => (m.kind === 'ar' || m.kind === 'mag' ? [m] : modes.map((drafting) => ({ ...m, name: `${m.name}/${drafting}`, drafting }))));
+  // a feature drafter reads the target's features of the previous pass: it drafts in serial rounds only
+  const serialOnly = (m: Method) => m.kind === 'ar' || m.kind === 'mag' || m.kind === 'eagle';
+  if (modes.length <= 1) return methods.map((m) => ({ ...m, drafting: serialOnly(m) ? 'serial' : modes[0] }));
+  return methods.flatMap((m) => (serialOnly(m) ? [m] : modes.map((drafting) => ({ ...m, name: `${m.name}/${drafting}`, drafting }))));
 }
 
 const sampling = (temperature: number): SamplingParams => ({ temperature, topK: 0, topP: 1 });

@@ -202,6 +202,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   try {
     const target = await sessions.get(family.target);
     const kv = kvConfig(o, family);
+    if (kv && o.kvPlacement === 'target' && o.drafting === 'async') throw new InvalidArgumentError('--drafting async drafts for a cascade: a bounded target cache (--kv-placement target) runs target-only decoding');
     const drafterKv = kv && o.kvPlacement === 'drafters' ? kv : undefined;
     const drafters: DrafterSpec[] = [];
     for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await sessions.get(d), kv: drafterKv });

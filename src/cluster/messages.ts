@@ -1,4 +1,4 @@
-import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
+import type { Verification } from '../kernels/noise.ts';
 import { MAX_TOP_LOGPROBS, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import type { ServiceLoad } from '../models/session.ts';
 
@@ -25,6 +25,9 @@ export const FRAME_MAGIC = 0xca;
  * 6: `open` carries the verification rule (under `invariant` its seed is the request's noise seed).
  */
 export const FRAME_VERSION = 6;
+
+/** `open`'s verification rule on the wire: its index here (never reorder; append new rules). */
+const VERIFICATION_CODES: readonly Verification[] = ['rejection', 'invariant'];
 
 /** One optional distribution per drafted token: undefined = one-hot at the token. */
 export type Rows = (Float32Array | undefined)[];
@@ -454,7 +457,7 @@ export function encode(m: Message): Uint8Array {
   const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
   switch (m.type) {
     case 'open':
-      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).u8(m.logprobs === undefined ? 0 : m.logprobs + 1).u8(VERIFICATIONS.indexOf(m.verification)).done();
+      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).u8(m.logprobs === undefined ? 0 : m.logprobs + 1).u8(VERIFICATION_CODES.indexOf(m.verification)).done();
     case 'propose':
       return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).done();
     case 'review':
@@ -508,7 +511,7 @@ export function decode(frame: Uint8Array): Message {
       const logprobs = r.u8('logprobs');
       if (logprobs > MAX_TOP_LOGPROBS + 1) throw new FrameError(`open asks for ${logprobs - 1} alternatives per token, more than ${MAX_TOP_LOGPROBS}`);
       const rule = r.u8('verification');
-      const verification = VERIFICATIONS[rule];
+      const verification = VERIFICATION_CODES[rule];
       if (!verification) throw new FrameError(`unknown verification rule ${rule}`);
       m = { type, session, sampling, seed, target, promptLength, ...(logprobs > 0 ? { logprobs: logprobs - 1 } : {}), verification };
       break;

@@ -93,21 +93,21 @@ export async function runCascadeAsync(
         continue;
       }
       const e = epoch;
-      const base = [...tokens, ...spec];
-      const block = new Block(base, base.length);
+      const base = tokens.length + spec.length;
+      const block = new Block([...tokens, ...spec], base);
       const t0 = performance.now();
       await level.propose(block, 1, drafterRng);
       stepMs = ema(stepMs, performance.now() - t0);
       if (e !== epoch || stopped) {
-        wasted += block.length - base.length;
+        wasted += block.length - base;
         continue;
       }
-      if (block.length === base.length) {
+      if (block.length === base) {
         // nothing to propose (a drafter that only copies): wait for the target's next commit
         await new Promise<void>((resolve) => (wake = resolve));
         continue;
       }
-      spec.push(...block.tokens.slice(base.length));
+      spec.push(...block.tokens.slice(base));
       specQ.push(...block.q);
     }
   }

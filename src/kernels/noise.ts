@@ -14,7 +14,7 @@ import { seed64, splitmix64, type Seed } from './rng.ts';
  */
 export type Verification = 'invariant' | 'rejection';
 export const VERIFICATIONS: readonly Verification[] = ['invariant', 'rejection'];
-/** The verification a request gets when it names none (measured in docs/api.md "Verification"). */
+/** The verification a request gets when it names none (docs/cascade.md, Verification: why, and what it costs). */
 export const DEFAULT_VERIFICATION: Verification = 'invariant';
 
 /** lowbias32 (Chris Wellons' hash-prospector): a bijective 32-bit mixer with low avalanche bias. */
@@ -27,15 +27,16 @@ function mix32(x: number): number {
   return x >>> 0;
 }
 
-const TWO_POW_21 = 2 ** 21;
-const TWO_POW_53 = 2 ** 53;
+const TWO_POW_20 = 2 ** 20;
+const TWO_POW_52 = 2 ** 52;
+const TWO_POW_M32 = 2 ** -32;
 
 /**
  * Stateless, counter-based sampling noise: a uniform number u(seed, position, token) in (0, 1) for
  * every token at every absolute position of a sequence (prompt included: position i is the i-th token
  * of prompt + output), the same in every process and on every level that holds the seed. A
  * position's 64-bit key is splitmix64(splitmix64(seed) xor position); a token's 53 bits come from
- * two lowbias32 rounds of the key's halves with the token id. Nothing is consumed: drawing at a
+ * two lowbias32 rounds of the key's halves with the token id (52 bits). Nothing is consumed: drawing at a
  * position twice, in any order, gives the same token.
  *
  * `draw` is the Gumbel-max trick written as an exponential race: argmax over the support of p of
@@ -57,7 +58,7 @@ export class PositionNoise {
     return [Number(k >> 32n) >>> 0, Number(k & 0xffffffffn) >>> 0];
   }
 
-  /** u(seed, position, token), uniform in (0, 1) with 53 bits. */
+  /** u(seed, position, token), uniform in (0, 1) with 52 bits. */
   uniform(position: number, token: number): number {
     const [k0, k1] = this.positionKey(position);
     return uniformAt(k0, k1, token);
@@ -75,10 +76,11 @@ export class PositionNoise {
     for (let t = 0; t < p.length; t++) {
       const pt = p[t]!;
       if (!(pt > 0)) continue;
-      const u = uniformAt(k0, k1, t);
-      // log(u)/pt > best needs u > exp(best·pt) >= 1 + best·pt: most tokens fail this without a log
-      if (token >= 0 && u <= 1 + best * pt) continue;
-      const score = Math.log(u) / pt;
+      // log(u)/pt > best needs u > exp(best·pt) >= 1 + best·pt; u < (hi + 1)/2^32, so most tokens are
+      // ruled out by their high 32 bits alone, without the low bits or a log
+      const hi = highBits(k0, k1, t);
+      if (token >= 0 && (hi + 1) * TWO_POW_M32 <= 1 + best * pt) continue;
+      const score = Math.log(uniformOf(hi, lowBits(k0, k1, t))) / pt;
       if (score > best) {
         best = score;
         token = t;
@@ -89,11 +91,15 @@ export class PositionNoise {
   }
 }
 
-/** The uniform of `token` under a position key (k0, k1): (a·2^21 + b + 1/2) / 2^53, a 32 bits and b 21. */
+/** The high 32 bits of `token`'s uniform under a position key (k0, k1). */
+const highBits = (k0: number, k1: number, token: number): number => mix32(k0 ^ mix32((token ^ k1) >>> 0));
+/** The low 20 bits of `token`'s uniform. */
+const lowBits = (k0: number, k1: number, token: number): number => mix32(k1 ^ mix32((Math.imul(token, 0x9e3779b9) ^ k0 ^ 0x5bd1e995) >>> 0)) >>> 12;
+/** (hi·2^20 + lo + 1/2) / 2^52: 52 bits, strictly inside (0, 1) and exact in a double. */
+const uniformOf = (hi: number, lo: number): number => (hi * TWO_POW_20 + lo + 0.5) / TWO_POW_52;
+
 function uniformAt(k0: number, k1: number, token: number): number {
-  const a = mix32(k0 ^ mix32((token ^ k1) >>> 0));
-  const b = mix32(k1 ^ mix32((Math.imul(token, 0x9e3779b9) ^ k0 ^ 0x5bd1e995) >>> 0)) >>> 11;
-  return (a * TWO_POW_21 + b + 0.5) / TWO_POW_53;
+  return uniformOf(highBits(k0, k1, token), lowBits(k0, k1, token));
 }
 
 /** Throws RangeError for a name that is not a verification rule. */
