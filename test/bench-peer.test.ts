@@ -14,7 +14,7 @@ import { dirOf, MODELS_DIR } from './helpers/family.ts';
  * exported to GGUF by tools/gguf/export_gguf.py (llama.cpp's gguf-py from node-llama-cpp's bundle),
  * 2 held-out prompts, 16 tokens, f32 and 8-bit, 1 thread, one repeat. llama.cpp's f32 must
  * reproduce this project's greedy target-only tokens, and this project's speculation its own plain
- * tokens. Skipped, saying why, without node-llama-cpp (an optional dependency) or Python's onnx.
+ * tokens. Skipped, saying why, without node-llama-cpp (installed on demand; .ci/run installs it) or Python's onnx.
  */
 const why = await (async () => {
   if (!(await hasNodeLlamaCpp())) return `node-llama-cpp is not installed. ${INSTALL_HINT}`;

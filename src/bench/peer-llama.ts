@@ -1,7 +1,7 @@
 import { CascadeError } from '../errors.ts';
 
 /**
- * The peer of `cascade bench peer`: llama.cpp through node-llama-cpp, an optional dependency. This is
+ * The peer of `cascade bench peer`: llama.cpp through node-llama-cpp, installed on demand (not in package.json). This is
  * the only file that loads it; its types are declared here (the subset used) so the project builds
  * without it.
  */
@@ -38,8 +38,8 @@ interface NodeLlamaCpp {
 }
 
 export const INSTALL_HINT =
-  'node-llama-cpp is an optional dependency of this package: `npm install` (or `npm ci`) installs it unless optional ' +
-  'dependencies are omitted; install it alone with `npm install --no-save node-llama-cpp`. Its prebuilt linux-x64 / macOS / ' +
+  'node-llama-cpp is optional and not in package.json (npm ci would need every platform binary in the lock file): ' +
+  'install it with `NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --no-save node-llama-cpp@3.22.1`, as .ci/run does. Its prebuilt linux-x64 / macOS / ' +
   'Windows binaries come in the npm package; nothing else is downloaded (set NODE_LLAMA_CPP_SKIP_DOWNLOAD=true to be sure)';
 
 let loaded: Promise<NodeLlamaCpp> | undefined;

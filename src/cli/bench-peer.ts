@@ -36,7 +36,7 @@ export function registerBenchPeer(bench: Command): void {
   bench
     .command('peer')
     .description(
-      'this project against llama.cpp (node-llama-cpp, an optional dependency) on GGUF conversions of the same weights: checks token identity of the f32 conversion, then f32 / f16 / 8-bit / 4-bit, plain and speculating, warm, side by side',
+      'this project against llama.cpp (node-llama-cpp, installed on demand: npm install --no-save node-llama-cpp@3.22.1) on GGUF conversions of the same weights: checks token identity of the f32 conversion, then f32 / f16 / 8-bit / 4-bit, plain and speculating, warm, side by side',
     )
     .option('--models <dir>', 'model family directory', 'models')
     .option('--model <dir|name>', 'the target: a Llama export folder or a member of the --models family (default: the family target)')

@@ -59,7 +59,7 @@ def gguf_py_dir(explicit: str | None, bundle: Path, cache_dir: Path) -> Path:
     if not bundle.is_file():
         raise ExportError(
             f"llama.cpp's gguf-py comes from node-llama-cpp's {bundle}, which is missing: "
-            "install the optional dependency (npm install node-llama-cpp) or pass --gguf-py DIR"
+            "install node-llama-cpp (npm install --no-save node-llama-cpp@3.22.1) or pass --gguf-py DIR"
         )
     # keyed by the bundle's content, so a newer node-llama-cpp gets its own clone
     h = hashlib.sha256()
