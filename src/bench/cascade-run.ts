@@ -179,8 +179,11 @@ async function benchWorkload(ctx: BenchContext, o: CascadeBenchOptions, workload
       }
     }
     const arRuns = runs.get('ar')!;
-    const arOutputs = temperature === 0 ? arRuns[0]!.outputs : undefined;
-    const summaries = methods.map((m) => summarise(tuned.get(m.name)!.method, runs.get(m.name)!, costs, m.name === 'ar' ? undefined : arOutputs, tuned.get(m.name)!.sweep));
+    // greedy output, and sampled output where ar and the method both drew with the seed's noise, must be ar's
+    const invariant = (m: Method) => (m.verification ?? DEFAULT_VERIFICATION) === 'invariant';
+    const arOutputs = arRuns.map((r) => r.outputs);
+    const checked = (m: Method) => m.name !== 'ar' && (temperature === 0 || (invariant(m) && invariant(methods[0]!)));
+    const summaries = methods.map((m) => summarise(tuned.get(m.name)!.method, runs.get(m.name)!, costs, checked(m) ? arOutputs : undefined, tuned.get(m.name)!.sweep));
     const ar = summaries[0]!.tokensPerSecond;
     const sds = summaries.filter((s) => s.kind === 'sd').map((s) => s.tokensPerSecond);
     const bestSd = sds.length ? Math.max(...sds) : NaN;
@@ -206,7 +209,7 @@ function table(r: WorkloadResult): string {
     m.meanAcceptanceLength,
     ...Array.from({ length: positions }, (_, i) => (m.acceptanceByPosition[i] === undefined ? '-' : m.acceptanceByPosition[i]!)),
     m.identicalToAr === undefined ? '-' : m.identicalToAr ? 'yes' : 'NO',
-    JSON.stringify(m.kMatrix),
+    m.drafting === 'async' ? 'async' : JSON.stringify(m.kMatrix),
   ]);
   return `### ${r.workload}, temperature ${r.temperature} (${r.prompts} prompts x ${r.maxTokens} tokens; target repeated 4-grams ${(r.repetition4 * 100).toFixed(1)}%)\n\n` + formatTable(headers, rows);
 }

@@ -126,6 +126,9 @@ export interface MethodResult {
   readonly kind: Method['kind'];
   readonly drafters: readonly string[];
   readonly kMatrix: readonly (readonly number[])[];
+  /** The method's verification rule and drafting mode, where it set them. */
+  readonly verification?: Method['verification'];
+  readonly drafting?: Method['drafting'];
   /** Median over repeats of (tokens generated / seconds), whole prompt set per repeat. */
   readonly tokensPerSecond: number;
   readonly repeatTokensPerSecond: number[];
@@ -135,7 +138,10 @@ export interface MethodResult {
   readonly swi: number;
   readonly meanAcceptanceLength: number;
   readonly acceptanceByPosition: number[];
-  /** Greedy only: every output equals ar's. */
+  /**
+   * Every output equals ar's of the same repeat (same seeds): checked greedy, and sampled where both
+   * ran under drafter-invariant verification (undefined otherwise).
+   */
   readonly identicalToAr: boolean | undefined;
   /**
    * Single-drafter methods (sd, mag): the per-position acceptance α that, taken as i.i.d., explains the
@@ -148,7 +154,7 @@ export interface MethodResult {
 }
 
 /** Summarises repeated runs of one method. `costs[m]` = per-pass cost of model m relative to the target. */
-export function summarise(m: Method, runs: RunTotals[], costs: Record<string, number>, arOutputs: number[][] | undefined, sweep: MethodResult['sweep']): MethodResult {
+export function summarise(m: Method, runs: RunTotals[], costs: Record<string, number>, arOutputs: number[][][] | undefined, sweep: MethodResult['sweep']): MethodResult {
   const tps = runs.map((r) => r.tokens / r.seconds);
   const first = runs[0]!;
   const weighted = Object.entries(first.passes).reduce((a, [name, p]) => a + p * (costs[name] ?? 0), 0);
@@ -160,6 +166,8 @@ export function summarise(m: Method, runs: RunTotals[], costs: Record<string, nu
     kind: m.kind,
     drafters: m.drafters,
     kMatrix: m.kMatrix,
+    ...(m.verification ? { verification: m.verification } : {}),
+    ...(m.drafting ? { drafting: m.drafting } : {}),
     tokensPerSecond: median(tps),
     repeatTokensPerSecond: tps,
     speedupVsAr: NaN,
@@ -167,7 +175,7 @@ export function summarise(m: Method, runs: RunTotals[], costs: Record<string, nu
     swi: first.tokens / weighted,
     meanAcceptanceLength,
     acceptanceByPosition: first.draftedByPosition.map((d, i) => (first.acceptedByPosition[i] ?? 0) / d),
-    identicalToAr: arOutputs ? runs.every((r) => r.outputs.every((o, i) => o.join() === arOutputs[i]!.join())) : undefined,
+    identicalToAr: arOutputs ? runs.every((r, k) => r.outputs.every((o, i) => o.join() === arOutputs[k]![i]!.join())) : undefined,
     ...(alpha === undefined ? {} : { alpha, ewif: ewif(alpha, single, costs[m.drafters[0]!] ?? 0) }),
     sweep,
   };
