@@ -55,7 +55,7 @@ type Usage = { completion_tokens: number; cascade: { drafted_tokens: number; tar
 
 test.serial('152k vocabulary - sampled cluster requests complete with the draft actor drafting: its q rows travel sparse over NATS', async (t) => {
   for (const [seed, k_matrix] of [[1, [[4]]], [2, [[30]]]] as const) {
-    const r = (await client().completions.create({ model: 'target', prompt: PROMPT, max_tokens: 24, temperature: 1, seed, cascade: { mode: 'sd', k_matrix } } as never)) as unknown as OpenAI.Completions.Completion;
+    const r = (await client().completions.create({ model: 'target', prompt: PROMPT, max_tokens: 24, temperature: 1, seed, cascade: { mode: 'sd', k_matrix, verification: 'rejection' } } as never)) as unknown as OpenAI.Completions.Completion;
     const usage = r.usage as unknown as Usage;
     t.is(r.choices[0]!.finish_reason, usage.completion_tokens === 24 ? 'length' : 'stop');
     t.true(usage.completion_tokens >= 1);
@@ -75,14 +75,17 @@ test.serial('152k vocabulary - greedy output through the cluster equals target-o
   }
 });
 
-test.serial('152k vocabulary - a k_matrix whose sampled drafts would exceed the payload limit gets a clear 400, and the actors keep serving', async (t) => {
+test.serial('152k vocabulary - under rejection sampling a k_matrix whose sampled drafts would exceed the payload limit gets a clear 400; under invariant verification no q rows travel and it is served', async (t) => {
   const ask = (body: object) => fetch(`${tight.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: 'target', prompt: PROMPT, max_tokens: 8, ...body }) });
-  const refused = await ask({ temperature: 1, cascade: { mode: 'sd', k_matrix: [[30]] } });
+  const refused = await ask({ temperature: 1, cascade: { mode: 'sd', k_matrix: [[30]], verification: 'rejection' } });
   t.is(refused.status, 400);
   const { error } = (await refused.json()) as { error: { message: string; param: string } };
   t.is(error.param, 'cascade');
   t.regex(error.message, /drafts up to 30 tokens a round.*over the 16384 bytes.*32768-byte payload limit.*K entries of at most 7/);
+  // drafter-invariant verification sends drafts as token ids only: the tight server serves the same K
+  const served = await ask({ temperature: 1, seed: 3, cascade: { mode: 'sd', k_matrix: [[30]], verification: 'invariant' } });
+  t.is(served.status, 200);
   // the same K on the 1 MiB server is served (the sampled test above), and so is another request now
-  const r = await client().completions.create({ model: 'target', prompt: PROMPT, max_tokens: 4, temperature: 1, seed: 5, cascade: { mode: 'sd', k_matrix: [[30]] } } as never);
+  const r = await client().completions.create({ model: 'target', prompt: PROMPT, max_tokens: 4, temperature: 1, seed: 5, cascade: { mode: 'sd', k_matrix: [[30]], verification: 'rejection' } } as never);
   t.true((r as unknown as OpenAI.Completions.Completion).usage!.completion_tokens >= 1);
 });
