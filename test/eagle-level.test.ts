@@ -127,7 +127,8 @@ async function targetJoint(promptIds: number[]): Promise<{ cells: number[][]; pr
   return { cells, probs };
 }
 
-for (const verification of ['rejection', 'invariant'] as const) {
+{
+  const verification = 'rejection' as const;
   test.serial(`eagle cascade - sampled (T=0.8, top-k 2, ${verification} verification) with eagle + mag: the first three tokens are distributed as target-only sampling (chi-square)`, async (t) => {
     const promptIds = tok.encode('import os\nimport sys\n\ndef main(');
     const { cells, probs } = await targetJoint(promptIds);
@@ -147,6 +148,21 @@ for (const verification of ['rejection', 'invariant'] as const) {
     t.true(pValue > FALSE_FAILURE, `chi2 ${chi2.toFixed(1)} on ${df} df, p = ${pValue.toExponential(2)}; counts ${counts.join(' ')}`);
   });
 }
+
+// Under drafter-invariant verification the stronger oracle applies: target-only decoding's tokens for
+// each seed (the noise's own distribution is tested in test/invariant.test.ts).
+test.serial('eagle cascade - sampled (T=0.8, top-k 2, invariant verification) with eagle + mag: every seed gives target-only decoding\'s tokens', async (t) => {
+  const promptIds = tok.encode('import os\nimport sys\n\ndef main(');
+  let drafted = 0;
+  for (let seed = 0; seed < 40; seed++) {
+    const req = { promptIds, maxTokens: 16, sampling: SAMPLED, seed, stopAtEos: false, verification: 'invariant' as const };
+    const want = (await generateAutoregressive(target, req)).tokenIds;
+    const got = await generateCascade(target, { drafters: [EAGLE, MAG], kMatrix: [[3, 5], [0, 0]], lenience: 1 }, req);
+    t.deepEqual(got.tokenIds, want, `seed ${seed}`);
+    drafted += got.stats.draftedTokens;
+  }
+  t.true(drafted > 0);
+});
 
 test.serial('eagle cli - generate --eagle-model above mag: greedy text equals --mode ar; bench cascade --eagle-model runs eagle, eagle+mag and csd+eagle', async (t) => {
   const prompt = 'function parseArgs(argv) {\n  const out = {};\n';
