@@ -8,19 +8,30 @@ import test from 'ava';
 const run = promisify(execFile);
 const CLI = ['--import', 'tsx', new URL('../src/cli/main.ts', import.meta.url).pathname];
 
-test('bench cluster - embedded and cluster side by side, both greedy outputs equal to target-only decoding, concurrency rows, a latency breakdown from spans', async (t) => {
+test('bench cluster - target-only, embedded and cluster under serial and async drafting side by side, every greedy output equal to target-only decoding, concurrency rows, a latency breakdown from spans, the timeline SVGs', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'bench-cluster-'));
-  const { stdout } = await run(process.execPath, [...CLI, 'bench', 'cluster', '--prompts', '2', '--max-tokens', '8', '--repeats', '1', '--concurrency', '1,2', '--out', out], {
+  const timeline = join(out, 'timeline.svg');
+  const { stdout } = await run(process.execPath, [...CLI, 'bench', 'cluster', '--workload', 'code', '--prompts', '2', '--max-tokens', '8', '--repeats', '1', '--concurrency', '2', '--timeline', timeline, '--out', out], {
     cwd: new URL('..', import.meta.url).pathname,
-    timeout: 240_000,
+    timeout: 300_000,
   });
-  t.regex(stdout, /^embedded\s+1\s.*yes$/m);
-  t.regex(stdout, /^cluster\s+1\s.*yes$/m);
-  t.regex(stdout, /^cluster \(aggregate\)\s+2\s/m);
+  for (const path of ['embedded/serial', 'embedded/async', 'cluster/serial', 'cluster/async']) t.regex(stdout, new RegExp(`^${path}\\s.*yes$`, 'm'), path);
   const record = JSON.parse(readFileSync(join(out, 'cluster.json'), 'utf8'));
-  t.deepEqual(record.singleStream.equalsTargetOnly, { embedded: true, cluster: true }, 'the oracle is target-only decoding, not one cascade against the other');
-  t.true(record.singleStream.embeddedTokensPerSecond > 0 && record.singleStream.clusterTokensPerSecond > 0);
-  t.deepEqual(record.concurrency.map((c: { concurrency: number }) => c.concurrency), [1, 2]);
-  t.is(record.latencyBreakdownMs.requests, 2);
-  for (const part of ['queue', 'verify', 'actor compute', 'network+serialisation', 'e2e']) t.true(part in record.latencyBreakdownMs.medians, part);
+  const [code] = record.singleStream;
+  t.is(code.workload, 'code');
+  t.deepEqual(code.equalsTargetOnly, { ar: true, 'embedded/serial': true, 'embedded/async': true, 'cluster/serial': true, 'cluster/async': true }, 'the oracle is target-only decoding, not one cascade against the other');
+  for (const v of Object.values(code.tokensPerSecond) as number[]) t.true(v > 0);
+  t.deepEqual(record.concurrency.map((c: { drafting: string; concurrency: number }) => `${c.drafting}@${c.concurrency}`), ['serial@2', 'async@2']);
+  for (const mode of ['serial', 'async']) {
+    const b = record.latencyBreakdownMs[mode];
+    t.is(b.requests, 2, mode);
+    for (const part of ['queue', 'verify', 'actor compute', 'network+serialisation', 'network per actor call p99', 'e2e']) t.true(part in b.medians, `${mode}: ${part}`);
+  }
+  for (const file of [timeline, join(out, 'timeline-async.svg')]) {
+    const svg = readFileSync(file, 'utf8');
+    t.regex(svg, /^<svg[\s\S]*<\/svg>\s*$/);
+    t.regex(svg, /target\//, 'the verifier has a lane');
+  }
+  // serial rounds under the adaptive schedule may leave the neural drafters out of a short request; async always runs draft-l2
+  t.regex(readFileSync(join(out, 'timeline-async.svg'), 'utf8'), /draft-l2\//, 'the async drafter has a lane');
 });

@@ -365,8 +365,8 @@ test.serial('cluster - a malformed NATS frame gets an error reply and the actor 
     const junk = decode(await nc.request(subjects.open(family.target), new Uint8Array([1, 2, 3, 4, 5]), { timeoutMs: 5000 }));
     t.is(junk.type, 'error');
     t.is(junk.type === 'error' ? junk.code : '', 'bad-frame');
-    const wrongVersion = decode(await nc.request(subjects.open(family.target), new Uint8Array([0xca, 7, 0]), { timeoutMs: 5000 }));
-    t.regex(wrongVersion.type === 'error' ? wrongVersion.message : '', /version 7/);
+    const wrongVersion = decode(await nc.request(subjects.open(family.target), new Uint8Array([0xca, 99, 0]), { timeoutMs: 5000 }));
+    t.regex(wrongVersion.type === 'error' ? wrongVersion.message : '', /version 99/);
     // a valid frame with an out-of-vocabulary token is refused, not run
     const opened = decode(await nc.request(subjects.open(family.target), encode({ type: 'open', session: 'fuzz-1', sampling: GREEDY, seed: 0n, target: false, promptLength: 0, verification: 'rejection' }), { timeoutMs: 5000 }));
     t.is(opened.type, 'opened');
@@ -404,6 +404,35 @@ test.serial('cluster - a drafter process killed mid-stream: the request complete
   t.is(text, await targetOnly(PROMPT, 64));
   t.deepEqual((usage as { cascade: { dropped_levels: string[] } }).cascade.dropped_levels, [victim]);
   roles.set(victim, await actor('draft', victim, `${victim}-1`));
+});
+
+test.serial('cluster - async drafting (the draft actor runs ahead while the verifier verifies): greedy and seeded sampled requests, top-k/top-p too, give target-only decoding\'s text; a draft actor killed mid-stream is dropped and the text is unchanged', async (t) => {
+  const cascade = { mode: 'csd', drafting: 'async' };
+  for (const [temperature, seed, extra] of [[0, 0, {}], [1, 99, { top_p: 0.9, top_k: 40 }]] as const) {
+    const sampling = temperature === 0 ? GREEDY : { temperature, topP: 'top_p' in extra ? extra.top_p : 1, topK: 'top_k' in extra ? extra.top_k : 0 };
+    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature, seed, ...extra, cascade } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { drafted_tokens: number; wasted_drafts?: number; actor_round_trip_ms?: { p50: number; p99: number } } } };
+    t.is(r.choices[0]!.text, await targetOnly(PROMPT, 40, sampling, seed), `T ${temperature}`);
+    t.true(r.usage.cascade.drafted_tokens > 0, 'the target reviewed drafts');
+    t.is(typeof r.usage.cascade.wasted_drafts, 'number', 'usage reports the drafts thrown away');
+    const rtt = r.usage.cascade.actor_round_trip_ms!;
+    t.true(rtt.p50 >= 0 && rtt.p99 >= rtt.p50, 'usage reports the actor calls\' round trips');
+  }
+  const victim = family.drafters[0]!;
+  const stream = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 64, temperature: 0, stream: true, stream_options: { include_usage: true }, cascade } as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>;
+  let text = '';
+  let killed = false;
+  let usage: unknown;
+  for await (const c of stream) {
+    text += c.choices[0]?.text ?? '';
+    if (c.usage) usage = c.usage;
+    if (!killed && text.length > 0) {
+      killed = true;
+      await roles.get(victim)!.stop('SIGKILL');
+    }
+  }
+  t.is(text, await targetOnly(PROMPT, 64));
+  t.deepEqual((usage as { cascade: { dropped_levels: string[] } }).cascade.dropped_levels, [victim]);
+  roles.set(victim, await actor('draft', victim, `${victim}-2`));
 });
 
 /** Streams `body` and kills the coordinator at its first text (a new one takes over); the text and usage streamed. */

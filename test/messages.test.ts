@@ -21,6 +21,8 @@ const messages: Message[] = [
   { type: 'reviewed', accepted: 2, token: 9, p: [] },
   { type: 'reviewed', accepted: 1, token: 3, p: [], load: { occupancy: 3.5, fixedMs: 6.25, tokenMs: 0.375 } },
   { type: 'proposed', tokens: [5], q: [undefined], load: { occupancy: 1, fixedMs: 0.5, tokenMs: 0 } },
+  { type: 'proposed', tokens: [5], q: [undefined], load: { occupancy: 1, fixedMs: 0.5, tokenMs: 0 }, serveMs: 1.5 },
+  { type: 'reviewed', accepted: 0, token: 8, p: [], serveMs: 0.25 },
   { type: 'closed' },
   { type: 'error', code: 'unknown-session', message: 'gone — ümlaut' },
   { type: 'tokens', offset: 17, tokens: [1, 2, 3] },
@@ -121,7 +123,7 @@ test('messages - a row with few non-zero entries travels sparse, bit for bit, an
 test('messages - a malformed sparse row is a FrameError: ids out of order, past the width, more entries than the width', (t) => {
   // a 'proposed' frame: tokens [1], then one sparse row (marker 2) of width w with n ids and n values, then no log probabilities, no load
   const frame = (w: number, ids: number[]) => {
-    const b = Buffer.alloc(3 + 8 + 4 + 1 + 8 + 8 * ids.length + 4 + 1);
+    const b = Buffer.alloc(3 + 8 + 4 + 1 + 8 + 8 * ids.length + 4 + 1 + 1);
     let at = b.writeUInt8(FRAME_MAGIC, 0);
     at = b.writeUInt8(FRAME_VERSION, at);
     at = b.writeUInt8(5, at); // 'proposed'
@@ -133,8 +135,9 @@ test('messages - a malformed sparse row is a FrameError: ids out of order, past 
     at = b.writeUInt32LE(ids.length, at);
     for (const id of ids) at = b.writeUInt32LE(id, at);
     for (const _ of ids) at = b.writeFloatLE(0.5, at);
-    at = b.writeUInt32LE(0, at);
-    b.writeUInt8(0, at);
+    at = b.writeUInt32LE(0, at); // no log probabilities
+    at = b.writeUInt8(0, at); // no load
+    b.writeUInt8(0, at); // no handler time
     return new Uint8Array(b);
   };
   const ok = decode(frame(4, [1, 3]));

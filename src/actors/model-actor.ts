@@ -167,8 +167,9 @@ export class ModelActor {
     if (req.type === 'stats') return encode({ type: 'statsReply', instance: this.instance, sessions: this.sessions.size });
     const parent = extractContext(headers);
     try {
+      const t0 = performance.now();
       const reply = await inSpan(`actor.${req.type}`, parent, { 'cascade.model': this.model, 'cascade.instance': this.instance, 'cascade.session': req.session }, () => this.serve(req));
-      return this.frame(reply);
+      return this.frame(reply.type === 'proposed' || reply.type === 'reviewed' ? { ...reply, serveMs: performance.now() - t0 } : reply);
     } catch (err) {
       this.counters.errors++;
       const code: ErrorCode = err instanceof BadRequest ? err.code : 'internal';

@@ -1,5 +1,6 @@
 import { existsSync, readFileSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
+import OpenAI from 'openai';
 import { startNats, startRedis, type LocalServer } from '../cluster/local-servers.ts';
 import { spawnRole, type RoleProcess } from '../cluster/processes.ts';
 import { startGatewayRole } from '../cluster/roles.ts';
@@ -11,8 +12,10 @@ import { GREEDY } from '../kernels/sampling.ts';
 import { loadBigram, loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
-import { formatTable, median, writeJson } from './report.ts';
-import { loadWorkload } from './workloads.ts';
+import type { Drafting } from '../engine/async-cascade.ts';
+import { formatTable, median, quantile, writeJson } from './report.ts';
+import { requestTimeline, timelineSvg } from './timeline.ts';
+import { loadWorkload, type Workload } from './workloads.ts';
 
 export interface BenchClusterOptions {
   readonly models: string;
@@ -28,19 +31,21 @@ export interface BenchClusterOptions {
   readonly onReady?: () => void;
 }
 
-/** A greedy completion through the gateway: text, completion tokens, wall seconds. */
+/** A greedy completion: text, completion tokens, wall seconds, time per output token after the first (ms). */
 export interface Completion {
   readonly text: string;
   readonly tokens: number;
   readonly seconds: number;
+  readonly tpotMs: number;
 }
 
 /**
  * A cluster on this machine for benchmarks: nats-server and redis-server on free ports, one OS
- * process per actor and a coordinator, the gateway in this process. `complete` sends one greedy
- * completion (default cascade); `stop` stops everything.
+ * process per actor and a coordinator, the gateway in this process. `complete` streams one greedy
+ * completion through the openai client (the request's `cascade` field as given; default the
+ * gateway's); `stop` stops everything.
  */
-export async function startBenchCluster(o: BenchClusterOptions): Promise<{ complete: (prompt: string) => Promise<Completion>; stop: () => Promise<void> }> {
+export async function startBenchCluster(o: BenchClusterOptions): Promise<{ complete: (prompt: string, cascade?: Record<string, unknown>) => Promise<Completion>; stop: () => Promise<void> }> {
   const family = loadFamily(o.models);
   const servers: LocalServer[] = [];
   const roles: RoleProcess[] = [];
@@ -69,13 +74,20 @@ export async function startBenchCluster(o: BenchClusterOptions): Promise<{ compl
     await stop();
     throw err;
   }
-  const url = `${gateway.url}/v1/completions`;
-  const complete = async (prompt: string): Promise<Completion> => {
+  const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'unused', maxRetries: 0 });
+  const complete = async (prompt: string, cascade?: Record<string, unknown>): Promise<Completion> => {
     const t0 = performance.now();
-    const res = await fetch(url, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt, max_tokens: o.maxTokens, temperature: 0 }) });
-    const body = (await res.json()) as { choices: { text: string }[]; usage: { completion_tokens: number }; error?: { message: string } };
-    if (!res.ok) throw new Error(`gateway answered ${res.status}: ${body.error?.message}`);
-    return { text: body.choices[0]!.text, tokens: body.usage.completion_tokens, seconds: (performance.now() - t0) / 1000 };
+    let ttft = 0;
+    let text = '';
+    let tokens = 0;
+    const body = { model: family.target, prompt, max_tokens: o.maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true }, ...(cascade ? { cascade } : {}) };
+    for await (const chunk of (await client.completions.create(body as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>) {
+      const piece = chunk.choices[0]?.text ?? '';
+      if (piece && !ttft) ttft = performance.now() - t0;
+      text += piece;
+      if (chunk.usage) tokens = chunk.usage.completion_tokens;
+    }
+    return completion(text, tokens, t0, ttft);
   };
   return { complete, stop };
 }
@@ -85,17 +97,40 @@ export interface ClusterBenchOptions {
   readonly prompts: number;
   readonly maxTokens: number;
   readonly repeats: number;
+  /** Concurrent requests of the aggregate runs (none: skipped). */
   readonly concurrency: readonly number[];
+  /** Held-out prompt sets measured single stream (bench/prompts). */
+  readonly workloads: readonly Workload[];
+  /** Drafting modes compared, embedded and in the cluster. */
+  readonly draftings: readonly Drafting[];
   readonly out: string;
+  /** Draw one traced request's timeline per drafting mode as SVG (FILE, and FILE-<mode>.svg for the others). */
+  readonly timeline?: string;
 }
 
+/** One workload's single-stream figures: medians over repeats, every repeat's, TPOT quantiles, exactness against target-only decoding. */
+interface SingleStream {
+  readonly workload: Workload;
+  readonly prompts: number;
+  readonly tokensPerSecond: Record<string, number>;
+  readonly runs: Record<string, number[]>;
+  readonly tpotMs: Record<string, { p50: number; p99: number }>;
+  readonly equalsTargetOnly: Record<string, boolean>;
+}
+
+/** One single-stream path: target-only decoding, or the cascade embedded or through the cluster under a drafting mode. */
+type Path = 'ar' | `embedded/${Drafting}` | `cluster/${Drafting}`;
+
 /**
- * `cascade bench cluster`: the same greedy csd requests embedded (one process, no servers) and
- * through a cluster on this machine (nats-server, redis-server, one OS process per actor and a
- * coordinator, the gateway here), side by side in one run; then aggregate throughput at several
- * concurrencies, and a latency breakdown per request from the trace spans. Every single-stream
- * output of both paths is checked against target-only decoding (the target alone), the oracle of
- * greedy exactness: never against the other path's cascade.
+ * `cascade bench cluster`: greedy requests single stream, side by side in one run: target-only
+ * decoding (ar) and csd embedded (one process, no servers) and through a cluster on this machine
+ * (nats-server, redis-server, one OS process per actor and a coordinator, the gateway here), each
+ * under every drafting mode (serial rounds, async drafting). The order of the paths rotates each
+ * repeat; tokens/s are medians over repeats; TPOT is per request. Every cascade output is checked
+ * against target-only decoding, the oracle of greedy exactness (never against another cascade).
+ * Then aggregate throughput at several concurrencies, and per drafting mode a latency breakdown and
+ * the actor calls' network time from OpenTelemetry spans of a cluster restarted with tracing on
+ * (spans cost time, so nothing above is measured with them); `timeline` draws one such request.
  */
 export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
   const family = loadFamily(o.models);
@@ -105,121 +140,169 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
   const spanFile = join(out, 'cluster-spans.jsonl');
   rmSync(spanFile, { force: true });
   delete process.env.CASCADE_TRACE_FILE;
-  const prompts = loadWorkload('code').slice(0, o.prompts).map((p) => p.prompt);
   const plan = planCascade({ mode: 'csd' }, family.drafters);
   const log = (s: string) => process.stderr.write(`${s}\n`);
+  const workloads = o.workloads.map((w) => ({ name: w, prompts: loadWorkload(w).slice(0, o.prompts).map((p) => p.prompt) }));
+  const paths: Path[] = ['ar', ...o.draftings.map((d) => `embedded/${d}` as const), ...o.draftings.map((d) => `cluster/${d}` as const)];
 
   // embedded: the engine in this process
   const sessions = new FamilySessions(family, {});
   const target = await sessions.get(family.target);
   const tokenizer = TextTokenizer.load(target.spec.tokenizerPath);
-  const targetOnly: string[] = [];
-  for (const p of prompts) targetOnly.push(tokenizer.decode((await generateAutoregressive(target, { promptIds: tokenizer.encode(p), maxTokens: o.maxTokens, sampling: GREEDY, seed: 0 })).tokenIds));
   const drafters = await Promise.all(plan.drafters.map(async (d) => (d === 'mag' ? { kind: 'mag' as const, bigram: loadBigram(family) } : { kind: 'model' as const, session: await sessions.get(d) })));
-  const embedded = async (prompt: string): Promise<Completion> => {
+  const embedded = async (prompt: string, drafting?: Drafting): Promise<Completion> => {
     const t0 = performance.now();
-    const r = await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: 1 }, { promptIds: tokenizer.encode(prompt), maxTokens: o.maxTokens, sampling: GREEDY, seed: 0 });
-    return { text: tokenizer.decode(r.tokenIds), tokens: r.tokenIds.length, seconds: (performance.now() - t0) / 1000 };
+    let ttft = 0;
+    const onTokens = () => void (ttft ||= performance.now() - t0);
+    const req = { promptIds: tokenizer.encode(prompt), maxTokens: o.maxTokens, sampling: GREEDY, seed: 0 };
+    const r = drafting ? await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: 1, drafting }, req, onTokens) : await generateAutoregressive(target, req, onTokens);
+    return completion(tokenizer.decode(r.tokenIds), r.tokenIds.length, t0, ttft);
   };
+  const targetOnly = new Map<string, string>();
+  for (const w of workloads) for (const p of w.prompts) targetOnly.set(p, (await embedded(p)).text);
 
   const startCluster = (traced: boolean) =>
-    startBenchCluster({ models, maxTokens: o.maxTokens, concurrency: Math.max(...o.concurrency), env: traced ? { CASCADE_TRACE_FILE: spanFile } : {}, onReady: () => traced && (process.env.CASCADE_TRACE_FILE = spanFile) });
+    startBenchCluster({ models, maxTokens: o.maxTokens, concurrency: Math.max(1, ...o.concurrency), env: traced ? { CASCADE_TRACE_FILE: spanFile } : {}, onReady: () => traced && (process.env.CASCADE_TRACE_FILE = spanFile) });
 
   let running: Awaited<ReturnType<typeof startCluster>> | undefined;
   try {
     log('starting nats-server, redis-server, actors and a coordinator (tracing off) …');
     running = await startCluster(false);
     const cluster = running.complete;
-    // warm both paths (first ONNX runs, connections)
-    await embedded(prompts[0]!);
-    await cluster(prompts[0]!);
+    const run = (path: Path, prompt: string): Promise<Completion> => {
+      const [where, drafting] = path.split('/') as ['ar' | 'embedded' | 'cluster', Drafting | undefined];
+      return where === 'cluster' ? cluster(prompt, { mode: 'csd', drafting }) : embedded(prompt, drafting);
+    };
+    // warm every path (first ONNX runs, connections, the actors' sessions)
+    for (const path of paths) await run(path, workloads[0]!.prompts[0]!);
 
-    // single stream, side by side, alternating order each repeat
-    const rate = { embedded: [] as number[], cluster: [] as number[] };
-    const exact = { embedded: true, cluster: true };
-    for (let r = 0; r < o.repeats; r++) {
-      const order = r % 2 ? (['cluster', 'embedded'] as const) : (['embedded', 'cluster'] as const);
-      for (const which of order) {
-        const results: Completion[] = [];
-        for (const p of prompts) results.push(await (which === 'embedded' ? embedded(p) : cluster(p)));
-        rate[which].push(results.reduce((a, c) => a + c.tokens, 0) / results.reduce((a, c) => a + c.seconds, 0));
-        if (results.some((c, i) => c.text !== targetOnly[i])) exact[which] = false;
+    const singleStream: SingleStream[] = [];
+    for (const w of workloads) {
+      const rate = Object.fromEntries(paths.map((p) => [p, [] as number[]])) as Record<Path, number[]>;
+      const tpot = Object.fromEntries(paths.map((p) => [p, [] as number[]])) as Record<Path, number[]>;
+      const exact = Object.fromEntries(paths.map((p) => [p, true])) as Record<Path, boolean>;
+      for (let r = 0; r < o.repeats; r++) {
+        const order = paths.map((_, i) => paths[(i + r) % paths.length]!);
+        for (const path of order) {
+          const results: Completion[] = [];
+          for (const p of w.prompts) results.push(await run(path, p));
+          rate[path].push(results.reduce((a, c) => a + c.tokens, 0) / results.reduce((a, c) => a + c.seconds, 0));
+          tpot[path].push(...results.filter((c) => c.tokens > 1).map((c) => c.tpotMs));
+          if (results.some((c, i) => c.text !== targetOnly.get(w.prompts[i]!))) exact[path] = false;
+        }
+        log(`${w.name} repeat ${r + 1}/${o.repeats}: ${paths.map((p) => `${p} ${rate[p].at(-1)!.toFixed(1)}`).join(', ')} tok/s`);
       }
-      log(`repeat ${r + 1}/${o.repeats}: embedded ${rate.embedded.at(-1)!.toFixed(1)} tok/s, cluster ${rate.cluster.at(-1)!.toFixed(1)} tok/s`);
+      const tokensPerSecond = Object.fromEntries(paths.map((p) => [p, median(rate[p])])) as Record<Path, number>;
+      const tpotMs = Object.fromEntries(paths.map((p) => [p, { p50: quantile(tpot[p], 0.5), p99: quantile(tpot[p], 0.99) }]));
+      singleStream.push({ workload: w.name, prompts: w.prompts.length, tokensPerSecond, runs: rate, tpotMs, equalsTargetOnly: exact });
     }
 
-    // aggregate throughput under concurrency
-    const loads: { concurrency: number; tokensPerSecond: number; requests: number; p50LatencyS: number }[] = [];
-    for (const c of o.concurrency) {
-      const perRepeat: number[] = [];
-      const latencies: number[] = [];
-      const total = Math.max(prompts.length, 2 * c);
-      for (let r = 0; r < o.repeats; r++) {
-        let next = 0;
-        let tokens = 0;
-        const t0 = performance.now();
-        await Promise.all(
-          Array.from({ length: c }, async () => {
-            while (next < total) {
-              const res = await cluster(prompts[next++ % prompts.length]!);
-              tokens += res.tokens;
-              latencies.push(res.seconds);
-            }
-          }),
-        );
-        perRepeat.push(tokens / ((performance.now() - t0) / 1000));
+    // aggregate throughput under concurrency, per drafting mode
+    const loads: { drafting: Drafting; concurrency: number; tokensPerSecond: number; requests: number; p50LatencyS: number }[] = [];
+    const prompts = workloads[0]!.prompts;
+    for (const drafting of o.draftings) {
+      for (const c of o.concurrency) {
+        const perRepeat: number[] = [];
+        const latencies: number[] = [];
+        const total = Math.max(prompts.length, 2 * c);
+        for (let r = 0; r < o.repeats; r++) {
+          let next = 0;
+          let tokens = 0;
+          const t0 = performance.now();
+          await Promise.all(
+            Array.from({ length: c }, async () => {
+              while (next < total) {
+                const res = await cluster(prompts[next++ % prompts.length]!, { mode: 'csd', drafting });
+                tokens += res.tokens;
+                latencies.push(res.seconds);
+              }
+            }),
+          );
+          perRepeat.push(tokens / ((performance.now() - t0) / 1000));
+        }
+        loads.push({ drafting, concurrency: c, tokensPerSecond: median(perRepeat), requests: total, p50LatencyS: median(latencies) });
+        log(`${drafting}, concurrency ${c}: ${median(perRepeat).toFixed(1)} tok/s aggregate`);
       }
-      loads.push({ concurrency: c, tokensPerSecond: median(perRepeat), requests: total, p50LatencyS: median(latencies) });
-      log(`concurrency ${c}: ${median(perRepeat).toFixed(1)} tok/s aggregate`);
     }
 
     await running.stop();
     running = undefined;
 
-    // latency breakdown: the same single-stream requests through a traced cluster (spans cost time,
-    // so the throughput above was measured without them)
+    // per drafting mode: the same single-stream requests through a traced cluster
     log('restarting the cluster with tracing on for the latency breakdown …');
     running = await startCluster(true);
-    await running.complete(prompts[0]!);
-    const traceStart = Date.now();
-    for (const p of prompts) await running.complete(p);
-    const traceEnd = Date.now();
+    const traced: Partial<Record<Drafting, { from: number; to: number }>> = {};
+    for (const drafting of o.draftings) {
+      await running.complete(prompts[0]!, { mode: 'csd', drafting });
+      const from = Date.now();
+      for (const p of prompts) await running.complete(p, { mode: 'csd', drafting });
+      traced[drafting] = { from, to: Date.now() };
+    }
     await new Promise((r) => setTimeout(r, 300)); // let the other processes' last spans land
-    const breakdown = latencyBreakdown(readSpans(spanFile), traceStart, traceEnd, family.target);
-    const e = median(rate.embedded);
-    const c1 = median(rate.cluster);
+    const spans = readSpans(spanFile);
+    const breakdown = Object.fromEntries(o.draftings.map((d) => [d, latencyBreakdown(spans, traced[d]!.from, traced[d]!.to, family.target)]));
+    const timelines: string[] = [];
+    if (o.timeline) {
+      for (const [i, d] of o.draftings.entries()) {
+        const file = i === 0 ? resolve(o.timeline) : resolve(o.timeline).replace(/(\.svg)?$/i, `-${d}.svg`);
+        const pick = longestTrace(spans, traced[d]!.from, traced[d]!.to);
+        if (!pick) continue;
+        writeFileSync(file, timelineSvg(requestTimeline(spans, pick), `one greedy csd request, ${d} drafting, through the cluster (${o.maxTokens} tokens)`));
+        timelines.push(file);
+      }
+    }
+
+    const base = (s: SingleStream) => s.tokensPerSecond['embedded/serial'] ?? s.tokensPerSecond.ar!;
     const record = {
       machine: 'this machine (see bench/results/README.md)',
-      workload: `code prompts (${prompts.length}), greedy, ${o.maxTokens} tokens, csd ${JSON.stringify(plan.kMatrix)} over ${plan.drafters.join(', ')}`,
+      method: `csd ${JSON.stringify(plan.kMatrix)} over ${plan.drafters.join(', ')} (serial rounds; async drafting: the first neural drafter runs ahead, MaG extends, K implicit), greedy, ${o.maxTokens} tokens`,
       repeats: o.repeats,
-      singleStream: { embeddedTokensPerSecond: e, clusterTokensPerSecond: c1, ratio: c1 / e, equalsTargetOnly: exact, embeddedRuns: rate.embedded, clusterRuns: rate.cluster },
+      singleStream,
       concurrency: loads,
       latencyBreakdownMs: breakdown,
     };
     writeJson(out, 'cluster', record);
-    const table1 = formatTable(
-      ['path', 'concurrency', 'tokens/s', 'x embedded', 'greedy = target-only'],
-      [['embedded', 1, e, 1, exact.embedded ? 'yes' : 'NO'], ['cluster', 1, c1, c1 / e, exact.cluster ? 'yes' : 'NO'], ...loads.filter((l) => l.concurrency !== 1).map((l) => ['cluster (aggregate)', l.concurrency, l.tokensPerSecond, l.tokensPerSecond / e, '-'])],
-    );
-    const table2 = formatTable(
-      ['part of a request (median ms)', 'ms', '% of e2e'],
-      Object.entries(breakdown.medians).map(([k, v]) => [k, v, breakdown.medians.e2e ? (100 * v) / breakdown.medians.e2e : 0]),
-    );
-    const md = `# Cluster benchmark\n\n${record.workload}; medians of ${o.repeats} repeats.\n\n\`\`\`\n${table1}\n\`\`\`\n\nLatency breakdown of single-stream cluster requests (${breakdown.requests} requests through the same cluster restarted with tracing on), from OpenTelemetry spans:\n\n\`\`\`\n${table2}\n\`\`\`\n\n${BREAKDOWN_DEFINITIONS}\n`;
+    const tables = singleStream.map((s) => {
+      const t = formatTable(
+        ['path', 'tokens/s', 'x ar', 'x embedded serial', 'TPOT p50 ms', 'TPOT p99 ms', 'greedy = target-only'],
+        paths.map((p) => [p, s.tokensPerSecond[p]!, s.tokensPerSecond[p]! / s.tokensPerSecond.ar!, s.tokensPerSecond[p]! / base(s), s.tpotMs[p]!.p50, s.tpotMs[p]!.p99, p === 'ar' ? '-' : s.equalsTargetOnly[p] ? 'yes' : 'NO']),
+      );
+      return `## ${s.workload} (${s.prompts} held-out prompts, single stream)\n\n\`\`\`\n${t}\n\`\`\``;
+    });
+    const loadTable = loads.length
+      ? formatTable(['drafting', 'concurrency', 'tokens/s (aggregate)', 'p50 latency s'], loads.map((l) => [l.drafting, l.concurrency, l.tokensPerSecond, l.p50LatencyS]))
+      : '';
+    const parts = [...new Set(Object.values(breakdown).flatMap((b) => Object.keys(b.medians)))];
+    const table2 = formatTable(['part of a request (median ms)', ...o.draftings], parts.map((k) => [k, ...o.draftings.map((d) => breakdown[d]!.medians[k] ?? NaN)]));
+    const md = `# Cluster benchmark\n\n${record.method}; medians of ${o.repeats} repeats.\n\n${tables.join('\n\n')}\n\n${loadTable ? `## Aggregate throughput (${workloads[0]!.name} prompts)\n\n\`\`\`\n${loadTable}\n\`\`\`\n\n` : ''}## Latency breakdown\n\nSingle-stream cluster requests (${workloads[0]!.name} prompts) through the same cluster restarted with tracing on, from OpenTelemetry spans:\n\n\`\`\`\n${table2}\n\`\`\`\n\n${BREAKDOWN_DEFINITIONS}\n${timelines.map((f) => `\n![${basename(f)}](${basename(f)})\n`).join('')}`;
     writeFileSync(join(out, 'cluster.md'), md);
-    process.stdout.write(`${table1}\n\n${table2}\n\nwrote ${join(out, 'cluster.json')} and cluster.md\n`);
+    process.stdout.write(`${tables.join('\n\n')}\n\n${loadTable ? `${loadTable}\n\n` : ''}${table2}\n\nwrote ${join(out, 'cluster.json')} and cluster.md${timelines.length ? `, ${timelines.join(', ')}` : ''}\n`);
   } finally {
     await running?.stop();
     await sessions.close();
   }
 }
 
+/** A completion's figures; TPOT = (e2e − TTFT) / (tokens − 1). */
+function completion(text: string, tokens: number, t0: number, ttftMs: number): Completion {
+  const e2e = performance.now() - t0;
+  return { text, tokens, seconds: e2e / 1000, tpotMs: tokens > 1 ? (e2e - ttftMs) / (tokens - 1) : NaN };
+}
+
+/** The trace of the longest gateway request started in [from, to] (epoch ms). */
+function longestTrace(spans: readonly SpanRecord[], from: number, to: number): string | undefined {
+  const roots = spans.filter((s) => s.name === 'gateway.request' && s.startMs >= from && s.startMs <= to);
+  return roots.sort((a, b) => b.endMs - b.startMs - (a.endMs - a.startMs))[0]?.traceId;
+}
+
 const BREAKDOWN_DEFINITIONS = `Definitions: *queue* = gateway received → coordinator started (HTTP, BullMQ enqueue and pick-up);
 *draft:<model>* = time the coordinator spent in calls to that drafter's actors; *verify* = the same for
 the target; *actor compute* = time inside the actors' handlers (model forward and acceptance);
 *network+serialisation* = actor calls minus actor compute (frames, NATS, scheduling); *coordinator other* =
-the coordinator's request span minus its actor calls (MaG, Redis writes, stream publishing);
-*e2e* = the gateway's request span.`;
+the coordinator's request span minus its actor calls (MaG, Redis writes, stream publishing; 0 when
+calls overlap, as under async drafting, where the draft and verify parts also add up to more than
+e2e); *network per actor call* = one call's span minus the actor's handler span (the NATS round trip
+with framing and scheduling), quantiles over every call; *e2e* = the gateway's request span.`;
 
 function readSpans(path: string): SpanRecord[] {
   if (!existsSync(path)) return [];
@@ -237,6 +320,7 @@ export function latencyBreakdown(spans: readonly SpanRecord[], from: number, to:
   const parts: Record<string, number[]> = {};
   const add = (k: string, v: number) => (parts[k] ??= []).push(v);
   let requests = 0;
+  const roundTrips: number[] = [];
   for (const trace of byTrace.values()) {
     const root = trace.find((s) => s.name === 'gateway.request');
     const coord = trace.filter((s) => s.name === 'coordinator.request').sort((a, b) => a.startMs - b.startMs)[0];
@@ -253,6 +337,8 @@ export function latencyBreakdown(spans: readonly SpanRecord[], from: number, to:
         calls += s.endMs - s.startMs;
       } else if (s.name.startsWith('actor.') && s.parentSpanId && byId.get(s.parentSpanId)?.name.startsWith('level.')) {
         compute += s.endMs - s.startMs;
+        const call = byId.get(s.parentSpanId)!;
+        roundTrips.push(Math.max(0, call.endMs - call.startMs - (s.endMs - s.startMs)));
       }
     }
     add('queue', Math.max(0, coord.startMs - root.startMs));
@@ -264,5 +350,7 @@ export function latencyBreakdown(spans: readonly SpanRecord[], from: number, to:
   }
   const medians: Record<string, number> = {};
   for (const [k, v] of Object.entries(parts)) medians[k] = median(v);
+  medians['network per actor call p50'] = quantile(roundTrips, 0.5);
+  medians['network per actor call p99'] = quantile(roundTrips, 0.99);
   return { requests, medians };
 }

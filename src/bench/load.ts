@@ -2,7 +2,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { ChaosCluster } from './chaos.ts';
-import { formatTable, writeJson } from './report.ts';
+import { formatTable, quantile, writeJson } from './report.ts';
 import { loadWorkload } from './workloads.ts';
 import { Rng } from '../kernels/rng.ts';
 
@@ -15,12 +15,6 @@ export interface LoadOptions {
   readonly maxTokens: number;
   readonly out: string;
 }
-
-const quantile = (xs: readonly number[], q: number): number => {
-  if (!xs.length) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
-};
 
 /** Resident memory of a process in MiB (Linux /proc). */
 function rssMiB(pid: number): number {

@@ -228,15 +228,18 @@ export function registerBench(program: Command): void {
     });
   bench
     .command('cluster')
-    .description('embedded vs a cluster on this machine (nats-server, redis-server, actor and coordinator processes): tokens/s side by side, aggregate tokens/s under concurrency, latency breakdown from traces')
-    .option('--prompts <n>', 'held-out code prompts (bench/prompts/code.jsonl)', parseNumber('--prompts', { min: 1, integer: true }), 8)
+    .description('target-only decoding and csd embedded vs through a cluster on this machine (nats-server, redis-server, actor and coordinator processes), serial and async drafting, single stream side by side; aggregate tokens/s under concurrency; latency breakdown and network per call from traces; optional timeline SVG')
+    .option('--prompts <n>', 'held-out prompts per workload (bench/prompts/<workload>.jsonl)', parseNumber('--prompts', { min: 1, integer: true }), 8)
+    .option('--workload <list>', `held-out prompt sets measured single stream, comma-separated: ${WORKLOADS.join(', ')} (the first also drives the aggregate and traced runs)`, parseWorkloads, ['code', 'english'])
+    .option('--drafting <list>', 'drafting modes compared, embedded and in the cluster, comma-separated: serial, async', parseDraftings, ['serial', 'async'])
     .option('--max-tokens <n>', 'tokens generated per request', parseNumber('--max-tokens', { min: 1, integer: true }), 64)
     .option('--repeats <n>', 'repeats (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
-    .option('--concurrency <list>', 'comma-separated concurrent requests for the aggregate runs', parseConcurrency, [1, 4, 8])
+    .option('--concurrency <list>', 'comma-separated concurrent requests for the aggregate runs, per drafting mode', parseConcurrency, [4])
+    .option('--timeline <file.svg>', 'draw one traced request per drafting mode: each actor a lane, busy and idle, rejections marked (FILE for the first mode, FILE-<mode>.svg for the others)')
     .option('--models <dir>', 'model family directory', 'models')
     .option('--out <dir>', 'directory for cluster.json, cluster.md and the spans', 'results')
     .action(async (o) => {
-      await benchCluster({ models: o.models, prompts: o.prompts, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, out: o.out });
+      await benchCluster({ models: o.models, prompts: o.prompts, workloads: o.workload, draftings: o.drafting, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, timeline: o.timeline, out: o.out });
     });
   registerBenchPeer(bench);
 }

@@ -13,7 +13,7 @@ import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { isClusterUrl, parseRedis, withRedisCredentials } from '../cluster/redis-connection.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
 import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
-import type { Drafting } from '../engine/async-cascade.ts';
+import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 
@@ -173,6 +173,7 @@ interface UpOptions {
   apiKey?: string;
   threads: number;
   verification: Verification;
+  drafting: Drafting;
 }
 
 /** The files `cluster up` writes in its state directory besides the role logs. */
@@ -237,7 +238,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
     const keys = secrets?.apiKey ?? o.apiKey;
-    const gw = await started('gateway', ['serve', ...named, '--port', String(port), '--verification', o.verification], { ...env('gateway', true), ...(keys ? { CASCADE_API_KEYS: keys } : {}) });
+    const gw = await started('gateway', ['serve', ...named, '--port', String(port), '--verification', o.verification, '--drafting', o.drafting], { ...env('gateway', true), ...(keys ? { CASCADE_API_KEYS: keys } : {}) });
     await gw.wait();
     const gateway = `http://127.0.0.1:${port}`;
     const state: ClusterState = { gateway, nats: redact(nats), redis: redact(redis), secured: Boolean(secrets), pids, logs: dir };
@@ -360,9 +361,8 @@ export function registerCluster(program: Command): void {
     .option('--execution-providers <list>', `with --embedded: the target's execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto; default cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--draft-execution-providers <list>', 'with --embedded: every drafter\'s execution providers, or auto (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
     .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
-    .option('--drafting <mode>', `with --embedded: ${DRAFTING_HELP} (for requests whose cascade field names none; a cluster runs serial rounds)`, parseDraftingFlag)
+    .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag)
     .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting }) => {
-      if (o.drafting === 'async' && !o.embedded) throw new InvalidArgumentError('--drafting async runs in one process (serve --embedded): a cluster runs serial rounds for now');
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');
         await runUntilSignalled(() => startEmbeddedGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
@@ -411,6 +411,7 @@ export function registerCluster(program: Command): void {
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
     .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
+    .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .action((o: UpOptions) => clusterUp(o));
   cluster
     .command('secrets')

@@ -37,7 +37,7 @@ export const parseVerificationFlag = (raw: string): Verification => {
 };
 
 /** --drafting: serial rounds or async drafting (Drafting, src/engine/async-cascade.ts). */
-export const DRAFTING_HELP = 'serial (draft a block, then verify it) | async (the first neural drafter runs ahead on its own worker thread while the target verifies; the target never waits for it; MaG fills in; K is implicit)';
+export const DRAFTING_HELP = 'serial (draft a block, then verify it) | async (the first neural drafter runs ahead, on its own worker thread or its own actor, while the target verifies; the target never waits for it; MaG fills in; K is implicit)';
 export const parseDraftingFlag = (raw: string): Drafting => {
   if (!(DRAFTINGS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--drafting must be one of ${DRAFTINGS.join(', ')}, got "${raw}"`);
   return raw as Drafting;

@@ -1,13 +1,14 @@
 import { context, type Span } from '@opentelemetry/api';
 import { Queue, UnrecoverableError, Worker, type Job, type Processor, type QueueOptions, type WorkerOptions as BullWorkerOptions } from 'bullmq';
 import { z } from 'zod';
-import { runCascade, type CascadeResult } from '../engine/cascade.ts';
+import { runDrafting, type CascadeResult } from '../engine/cascade.ts';
 import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { deriveSeed, seed64 } from '../kernels/rng.ts';
 import { MAX_TOP_LOGPROBS } from '../kernels/sampling.ts';
+import { quantile } from '../bench/report.ts';
 import { encode } from './messages.ts';
 import { openRedis, parseRedis, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
@@ -45,7 +46,7 @@ export const JobData = z.object({
   lenience: z.number().min(1),
   /** How sampled drafts are verified (Verification); unset = rejection (what jobs from gateways before the field meant). */
   verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
-  /** serial (unset) or async drafting; the cluster runs serial rounds (the gateway refuses async for it). */
+  /** serial (unset) or async drafting: the first neural drafter's actor runs ahead while the target's verifies (runCascadeAsync). */
   drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
   /** Record each token's log probability under the target's distribution with this many alternatives (OpenAI's logprobs / top_logprobs); unset = none. */
   logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
@@ -70,6 +71,8 @@ export interface CoordinatorOptions {
   readonly family: ClusterFamily;
   /** Per actor call. */
   readonly callTimeoutMs?: number;
+  /** Called with each actor call's round trip (ms: its wall time minus the actor's handler time), for a metric. */
+  readonly onRoundTrip?: (kind: 'draft' | 'verify', ms: number) => void;
 }
 
 /** The result stored in Redis and returned as the job's value. */
@@ -80,6 +83,8 @@ export interface RequestOutcome {
   readonly failovers: string[];
   readonly queueSeconds: number;
   readonly stats: CascadeResult['stats'] | undefined;
+  /** The actor calls' round trips (wall time minus the actor's handler time: NATS, framing, scheduling), ms; absent without calls. */
+  readonly roundTripMs?: { readonly calls: number; readonly p50: number; readonly p99: number };
 }
 
 /**
@@ -133,6 +138,7 @@ export class Coordinator {
     }
     const remaining = job.maxTokens - recorded.length;
     const failovers: string[] = [];
+    let roundTrips: number[][] = [];
     let result: CascadeResult | undefined;
     let finishReason = 'length';
     if (remaining > 0) {
@@ -155,15 +161,17 @@ export class Coordinator {
           target: stream === 0,
           promptLength: job.promptIds.length,
           ...(stream === 0 && job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
+          onRoundTrip: (ms) => this.options.onRoundTrip?.(stream === 0 ? 'verify' : 'draft', ms),
         });
       const top = remote(family.target, 't', 0);
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`, i + 1)));
+      roundTrips = [top, ...drafters].flatMap((l) => (l instanceof RemoteLevel ? [l.roundTripsMs] : []));
       let offset = recorded.length;
       try {
-        result = await runCascade(
+        result = await runDrafting(
           top,
           drafters,
-          { kMatrix: job.kMatrix, lenience: job.lenience },
+          { kMatrix: job.kMatrix, lenience: job.lenience, drafting: job.drafting ?? 'serial' },
           { promptIds: [...job.promptIds, ...recorded], maxTokens: remaining, sampling: job.sampling, seed, verification, stopAtEos: job.stopAtEos, promptLength: job.promptIds.length, ...(job.logprobs !== undefined ? { logprobs: job.logprobs } : {}) },
           {
             eosIds: family.eosIds,
@@ -200,6 +208,7 @@ export class Coordinator {
       failovers,
       queueSeconds,
       stats: result?.stats,
+      ...roundTripSummary(roundTrips.flat()),
     };
     await log.finish(job.requestId, fence, JSON.stringify(outcome));
     this.publish(job.requestId, { type: 'done', finishReason, stats: JSON.stringify(outcome) });
@@ -210,6 +219,11 @@ export class Coordinator {
   failed(requestId: string, message: string): void {
     this.publish(requestId, { type: 'failed', message });
   }
+}
+
+/** p50/p99 of a request's actor round trips (ms), or nothing without calls. */
+function roundTripSummary(ms: readonly number[]): Pick<RequestOutcome, 'roundTripMs'> {
+  return ms.length ? { roundTripMs: { calls: ms.length, p50: quantile(ms, 0.5), p99: quantile(ms, 0.99) } } : {};
 }
 
 /**

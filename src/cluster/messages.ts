@@ -23,8 +23,9 @@ export const FRAME_MAGIC = 0xca;
  * 4: rows may be sparse (marker 2); `open` carries float64 sampling with its logits processors, whether the session is the target, and where the output begins.
  * 5: `open` asks for log probabilities; `proposed`, `reviewed` and `tokens` carry them.
  * 6: `open` carries the verification rule (under `invariant` its seed is the request's noise seed).
+ * 7: `proposed` and `reviewed` carry the actor's handler time (`serveMs`), so a caller can tell the network from the work.
  */
-export const FRAME_VERSION = 6;
+export const FRAME_VERSION = 7;
 
 /** `open`'s verification rule on the wire: its index here (never reorder; append new rules). */
 const VERIFICATION_CODES: readonly Verification[] = ['rejection', 'invariant'];
@@ -84,13 +85,17 @@ const ERROR_CODES: readonly ErrorCode[] = ['bad-frame', 'unknown-session', 'inva
 /** Actor → coordinator. */
 export type ActorReply =
   | { readonly type: 'opened'; readonly instance: string; readonly model: string; readonly vocabSize: number }
-  /** `load`: the actor's model load (batched passes), for the coordinator's adaptive schedule. */
-  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows; readonly logprobs?: readonly TokenLogprob[]; readonly load?: ServiceLoad }
+  /**
+   * `load`: the actor's model load (batched passes), for the coordinator's adaptive schedule;
+   * `serveMs`: milliseconds the actor spent handling the call (the caller's wall time minus this is
+   * the round trip: NATS, framing, scheduling).
+   */
+  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows; readonly logprobs?: readonly TokenLogprob[]; readonly load?: ServiceLoad; readonly serveMs?: number }
   /**
    * `p`: the reviewer's distributions of the emitted tokens (accepted ones, then its own) when passed
    * up exactly; `logprobs`: those tokens' log probabilities, when the session was opened asking for them.
    */
-  | { readonly type: 'reviewed'; readonly accepted: number; readonly token: number; readonly p: Rows; readonly logprobs?: readonly TokenLogprob[]; readonly load?: ServiceLoad }
+  | { readonly type: 'reviewed'; readonly accepted: number; readonly token: number; readonly p: Rows; readonly logprobs?: readonly TokenLogprob[]; readonly load?: ServiceLoad; readonly serveMs?: number }
   | { readonly type: 'closed' }
   | { readonly type: 'statsReply'; readonly instance: string; readonly sessions: number }
   | { readonly type: 'error'; readonly code: ErrorCode; readonly message: string };
@@ -449,6 +454,20 @@ function readLoad(r: Reader): ServiceLoad | undefined {
   return load;
 }
 
+/** An optional handler time: a presence byte, then float32 milliseconds. */
+function writeServeMs(w: Writer, serveMs: number | undefined): Writer {
+  return serveMs === undefined ? w.u8(0) : w.u8(1).f32(serveMs);
+}
+
+function readServeMs(r: Reader): number | undefined {
+  if (!bool(r, 'serveMs')) return undefined;
+  const ms = r.f32('serveMs');
+  if (!(Number.isFinite(ms) && ms >= 0)) throw new FrameError('serveMs must be finite and non-negative');
+  return ms;
+}
+
+const withServeMs = <T extends object>(m: T, serveMs: number | undefined): T => (serveMs === undefined ? m : { ...m, serveMs });
+
 /** `m` with its optional load attached when there is one (replies of actors whose model batches). */
 export const withLoad = <T extends object>(m: T, load: ServiceLoad | undefined): T => (load ? { ...m, load } : m);
 
@@ -467,9 +486,9 @@ export function encode(m: Message): Uint8Array {
     case 'opened':
       return w.str(m.instance).str(m.model).u32(m.vocabSize).done();
     case 'proposed':
-      return writeLoad(w.ids(m.tokens).rows(m.q).logprobs(m.logprobs ?? []), m.load).done();
+      return writeServeMs(writeLoad(w.ids(m.tokens).rows(m.q).logprobs(m.logprobs ?? []), m.load), m.serveMs).done();
     case 'reviewed':
-      return writeLoad(w.u32(m.accepted).u32(m.token).rows(m.p).logprobs(m.logprobs ?? []), m.load).done();
+      return writeServeMs(writeLoad(w.u32(m.accepted).u32(m.token).rows(m.p).logprobs(m.logprobs ?? []), m.load), m.serveMs).done();
     case 'closed':
       return w.done();
     case 'error':
@@ -533,7 +552,7 @@ export function decode(frame: Uint8Array): Message {
       const q = r.rows('q');
       const logprobs = r.logprobs('logprobs');
       if (logprobs.length && logprobs.length !== tokens.length) throw new FrameError(`${logprobs.length} log probabilities for ${tokens.length} tokens`);
-      m = withLoad({ type, tokens, q, ...present(logprobs) }, readLoad(r));
+      m = withServeMs(withLoad({ type, tokens, q, ...present(logprobs) }, readLoad(r)), readServeMs(r));
       break;
     }
     case 'reviewed': {
@@ -542,7 +561,7 @@ export function decode(frame: Uint8Array): Message {
       const p = r.rows('p');
       const logprobs = r.logprobs('logprobs');
       if (logprobs.length && logprobs.length !== accepted + 1) throw new FrameError(`${logprobs.length} log probabilities for ${accepted + 1} emitted tokens`);
-      m = withLoad({ type, accepted, token, p, ...present(logprobs) }, readLoad(r));
+      m = withServeMs(withLoad({ type, accepted, token, p, ...present(logprobs) }, readLoad(r)), readServeMs(r));
       break;
     }
     case 'closed':

@@ -35,6 +35,8 @@ export interface RemoteLevelOptions {
    * TOKENS_PER_TIMEOUT tokens, so a long prompt is not taken for a dead actor.
    */
   readonly timeoutMs?: number;
+  /** Called with each call's round trip (ms; roundTripsMs), for a metric. */
+  readonly onRoundTrip?: (ms: number) => void;
 }
 
 /** An error reply from an actor that is not about a lost session: bad input or a model failure. */
@@ -62,6 +64,8 @@ export class RemoteLevel implements CascadeLevel {
   private lastLoad: ServiceLoad | undefined;
   /** Log probabilities the actor reported for the tokens added since takeLogprobs last ran. */
   private logprobs: TokenLogprob[] = [];
+  /** Each call's round trip: its wall time minus the actor's handler time (NATS, framing, scheduling), ms. */
+  readonly roundTripsMs: number[] = [];
   /** Tokens' worth of placements (for tests and metrics). */
   placements = 0;
   /** The vocabulary of the actor's model, from its `opened` reply. */
@@ -129,6 +133,11 @@ export class RemoteLevel implements CascadeLevel {
       this.stats.forwardPasses++;
       this.stats.tokensScored += tokens.length - base; // what the actor had not seen: it feeds those
       if ('load' in reply) this.lastLoad = reply.load;
+      if ('serveMs' in reply && reply.serveMs !== undefined) {
+        const roundTrip = Math.max(0, performance.now() - t0 - reply.serveMs);
+        this.roundTripsMs.push(roundTrip);
+        this.options.onRoundTrip?.(roundTrip);
+      }
       return reply as Extract<ActorReply, { type: T }>;
     }
   }
@@ -146,7 +155,7 @@ export class RemoteLevel implements CascadeLevel {
   }
 
   async review(block: Block, start: number, _rng: unknown, lenience: number, passUp: boolean): Promise<ReviewOutcome> {
-    return inSpan('level.review', context.active(), { 'cascade.level': this.name, 'cascade.drafts': block.length - start }, async () => {
+    return inSpan('level.review', context.active(), { 'cascade.level': this.name, 'cascade.drafts': block.length - start }, async (span) => {
       this.stats.reviews++;
       const tokens = block.tokens.slice();
       let q: Rows = [];
@@ -157,6 +166,7 @@ export class RemoteLevel implements CascadeLevel {
       const reply = await this.call((base) => ({ type: 'review', session: this.session, base, suffix: tokens.slice(base), start, lenience, passUp, q }), 'reviewed', tokens);
       const drafts = block.length - start;
       if (reply.accepted > drafts) throw new ActorError(`${this.name} accepted ${reply.accepted} of ${drafts} drafts`);
+      span.setAttribute('cascade.accepted', reply.accepted);
       block.cut(start + reply.accepted);
       for (let i = 0; i < reply.accepted; i++) block.q[start + i - block.committed] = reply.p[i];
       block.push(reply.token, reply.p[reply.accepted]);

@@ -20,6 +20,7 @@ import { embeddedBackend } from './gateway/embedded.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import type { FastifyInstance } from 'fastify';
+import { Histogram } from 'prom-client';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
 import { GatewayMetrics } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
@@ -69,9 +70,9 @@ async function pingServers(redis: RedisConnection, transport: NatsTransport): Pr
   await within(1500, 'NATS', transport.flush());
 }
 
-/** The probe endpoints on `port`, when one is given. */
-async function probes(port: number | undefined, role: string, check: () => Promise<Record<string, unknown>>): Promise<HealthServer | undefined> {
-  return port === undefined ? undefined : startHealthServer({ port, check, registry: processRegistry(role) });
+/** The probe endpoints on `port`, when one is given (metrics from `registry`, default the process's). */
+async function probes(port: number | undefined, role: string, check: () => Promise<Record<string, unknown>>, registry = processRegistry(role)): Promise<HealthServer | undefined> {
+  return port === undefined ? undefined : startHealthServer({ port, check, registry });
 }
 
 /** `cascade actor draft|verify`: one model, serving sessions over NATS. */
@@ -172,13 +173,21 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
     await transport.close();
     throw err;
   });
-  const coordinator = new Coordinator({ transport, log: new TokenLog(shards), family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs]) }, callTimeoutMs: o.callTimeoutMs });
+  const registry = processRegistry('coordinator');
+  const roundTrip = new Histogram({ name: 'cascade_actor_round_trip_seconds', help: 'Actor call wall time minus the actor\'s handler time (NATS, framing, scheduling), by the kind of actor', labelNames: ['kind'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [registry] });
+  const coordinator = new Coordinator({
+    transport,
+    log: new TokenLog(shards),
+    family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs]) },
+    callTimeoutMs: o.callTimeoutMs,
+    onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
+  });
   const worker = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs });
   await worker.waitUntilReady();
   const health = await probes(o.healthPort, 'coordinator', async () => {
     await pingServers(shards, transport);
     return { concurrency: o.concurrency ?? 8, running: worker.isRunning() };
-  });
+  }, registry);
   return {
     describe: `coordinator (concurrency ${o.concurrency ?? 8})${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
@@ -202,6 +211,8 @@ export interface GatewayRoleOptions extends ModelFlags {
   readonly requestTimeoutMs?: number;
   /** Verification of requests whose `cascade` field names none (`--verification`). */
   readonly verification?: Verification;
+  /** Drafting of requests whose `cascade` field names none (`--drafting`). */
+  readonly drafting?: Drafting;
 }
 
 export interface EmbeddedGatewayOptions extends ModelFlags {
@@ -317,6 +328,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     maxInFlight: o.maxInFlight,
     requestTimeoutMs: o.requestTimeoutMs,
     defaultVerification: o.verification,
+    defaultDrafting: o.drafting,
     health: async () => {
       await pingServers(shards, transport);
       return { nats: 'ok', redis: 'ok', workers: (await queue.getWorkers()).length };

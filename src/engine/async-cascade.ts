@@ -186,6 +186,8 @@ export async function runCascadeAsync(
     nudge();
     await loop;
     loop = undefined;
+    // a drafter that failed after the last pass took a draft: the output is whole, the loss is still reported
+    if (drafterError !== undefined && drafter) options.onLevelFailure?.(drafter, drafterError);
     await Promise.all(everyLevel.map((l) => l.release()));
   }
 

@@ -177,13 +177,20 @@ export async function generateCascade(
   // a narrower drafter (less vocabulary padding) that meets a padding id the target sampled is dropped
   const onLevelFailure = (level: CascadeLevel, err: unknown) => level !== top && err instanceof UnreadableTokenError;
   const run: RunOptions = { eosIds: target.spec.eosIds, onTokens, maxPositions, onLevelFailure, cancelled: control.cancelled };
-  if ((config.drafting ?? DEFAULT_DRAFTING) === 'async') {
-    const first = drafters.find((d) => !(d instanceof MagLevel));
-    const mag = drafters.find((d) => d instanceof MagLevel);
-    await Promise.all(drafters.filter((d) => d !== first && d !== mag).map((d) => d.release()));
-    return runCascadeAsync(top, first, mag, req, run);
-  }
-  return runCascade(top, drafters, config, req, run);
+  return runDrafting(top, drafters, config, req, run);
+}
+
+/**
+ * Runs a cascade of levels under the request's drafting mode, embedded or across actors: serial
+ * rounds (runCascade), or async drafting (runCascadeAsync) with the first drafter that is not MaG
+ * running ahead and MaG extending its drafts; the other drafters are released unused.
+ */
+export async function runDrafting(top: CascadeLevel, drafters: readonly CascadeLevel[], config: Pick<CascadeConfig, 'kMatrix' | 'lenience' | 'drafting'>, req: GenerateRequest, run: RunOptions): Promise<CascadeResult> {
+  if ((config.drafting ?? DEFAULT_DRAFTING) === 'serial') return runCascade(top, drafters, config, req, run);
+  const first = drafters.find((d) => !(d instanceof MagLevel));
+  const mag = drafters.find((d) => d instanceof MagLevel);
+  await Promise.all(drafters.filter((d) => d !== first && d !== mag).map((d) => d.release()));
+  return runCascadeAsync(top, first, mag, req, run);
 }
 
 /** How runCascade reports progress and survives a lost level. */

@@ -83,7 +83,7 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
   const verification = body.cascade?.verification ?? options.defaultVerification ?? DEFAULT_VERIFICATION;
   const drafting = body.cascade?.drafting ?? options.defaultDrafting ?? DEFAULT_DRAFTING;
   if (!(options.draftings ?? ['serial']).includes(drafting)) {
-    throw new HttpError(400, `drafting "${drafting}" is not served here: a cluster runs serial rounds (async drafting runs in one process: cascade serve --embedded)`, 'invalid_request_error', 'cascade');
+    throw new HttpError(400, `drafting "${drafting}" is not served here (it serves ${(options.draftings ?? ['serial']).join(', ')})`, 'invalid_request_error', 'cascade');
   }
   let plan;
   try {

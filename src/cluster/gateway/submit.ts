@@ -4,7 +4,7 @@ import { decode, encode } from '../messages.ts';
 import { subjects } from '../transport.ts';
 import { HttpError } from './errors.ts';
 import type { GatewayOptions } from './options.ts';
-import type { Drafting } from '../../engine/async-cascade.ts';
+import { DRAFTINGS, type Drafting } from '../../engine/async-cascade.ts';
 
 /** A request's view of the coordinator's stream: tokens in order, deduplicated by offset. */
 export interface Submitted {
@@ -27,7 +27,7 @@ export interface Backend {
   submit(data: JobData, onTokens: OnTokens): Promise<Submitted>;
   /** The largest message between the levels (sampled drafts' rows must fit one), where they cross a transport. */
   readonly maxPayload?: number;
-  /** Drafting modes the backend runs (default serial only): the embedded engine runs async drafting too. */
+  /** Drafting modes the backend runs (default serial only). */
   readonly draftings?: readonly Drafting[];
 }
 
@@ -39,7 +39,7 @@ export interface SubmitOptions extends Required<Pick<GatewayOptions, 'transport'
 
 /** The cluster as a Backend: jobs go on the BullMQ queue and their tokens come back over NATS (submit). */
 export function clusterBackend(options: SubmitOptions): Backend {
-  return { submit: (data, onTokens) => submit(options, data, onTokens), maxPayload: options.transport.maxPayload };
+  return { submit: (data, onTokens) => submit(options, data, onTokens), maxPayload: options.transport.maxPayload, draftings: DRAFTINGS };
 }
 
 /**

@@ -30,9 +30,16 @@ export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptT
           queue_seconds: Math.max(...ran.map((o) => o.queueSeconds)),
           target_busy_fraction: Math.max(0, ...ran.map((o) => targetBusyFraction(o.stats) ?? 0)),
           ...(ran.some((o) => o.stats.drafting) ? { wasted_drafts: sum((o) => o.stats.drafting?.wastedDrafts ?? 0) } : {}),
+          ...roundTrips(ran),
         }
       : undefined,
   };
+}
+
+/** The actor calls' round trips (cluster only): the largest p50 and p99 of the choices, ms. */
+function roundTrips(ran: readonly RequestOutcome[]) {
+  const r = ran.flatMap((o) => (o.roundTripMs ? [o.roundTripMs] : []));
+  return r.length ? { actor_round_trip_ms: { p50: Math.max(...r.map((x) => x.p50)), p99: Math.max(...r.map((x) => x.p99)) } } : {};
 }
 
 /** The target's forward time over the request's generation time (the target is the first model of `models`). */
