@@ -1,4 +1,6 @@
 import { LevelUnavailableError } from '../errors.ts';
+import { LinearCost } from '../kernels/cost-model.ts';
+import { DEFAULT_MAX_DRAFT } from './schedule.ts';
 import { deriveSeed, Rng } from '../kernels/rng.ts';
 import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { CascadeResult, RunOptions } from './cascade.ts';
@@ -19,15 +21,17 @@ export const DEFAULT_DRAFTING: Drafting = 'serial';
 /** Run-ahead bounds, in drafted tokens (the cap itself follows measured pass times). */
 const MIN_RUN_AHEAD = 2;
 const MAX_RUN_AHEAD = 12;
-/** Most tokens MaG adds after the drafter's when the target takes a block. */
-const MAG_TOKENS = 4;
+/** Most drafts a target pass reviews (the adaptive schedule's bound; worthReviewing picks within it). */
+const MAX_BLOCK = DEFAULT_MAX_DRAFT;
 
 /**
- * Asynchronous drafting in one process (issue 27): the first drafter (`drafter`, a neural model on
- * its own worker thread) drafts continuously on the optimistic path, assuming every pending draft is
- * accepted, while the target verifies; the target never waits for it. Each target pass reviews
- * whatever the drafter has drafted for the committed prefix (at most `room`), extended by MaG's
- * proposals (`mag`, free); with nothing drafted it is a plain decode step. After a pass the
+ * Asynchronous drafting (issue 27), embedded or across actors: the first drafter (`drafter`, a
+ * neural model on its own worker thread or actor) drafts continuously on the optimistic path, after
+ * the block under review as if all of it will be accepted, while the target verifies; the target
+ * never waits for it. Each target pass reviews whatever the drafter has drafted for the committed
+ * prefix (at most `room`), extended by MaG's proposals (`mag`, free), or MaG's own proposal when
+ * that starts otherwise and MaG's first drafts have been accepted at least as often (measured
+ * moving average); with nothing drafted it is a plain decode step. After a pass the
  * drafter's speculation is kept where it extends the new committed prefix (its draft for the
  * target's own token, the correction or bonus, matched it: SSD's pre-drafted outcome for the likely
  * verification result) and dropped otherwise: an epoch counter makes a call in flight on a dead
@@ -78,6 +82,33 @@ export async function runCascadeAsync(
   let verifyMs = 0;
   let stepMs = 0;
   let wasted = 0;
+  /** Target passes' time by tokens fed (drafts + 1), and how often draft i was reached (every earlier one accepted). */
+  const passCost = new LinearCost();
+  const reached: number[] = [];
+  /**
+   * How many of `n` available drafts to review: the k maximising expected tokens per pass time,
+   * (1 + Σ_{j<k} Π_{l≤j} α_l) / cost(k + 1), with α_l the measured rate at which draft l is accepted
+   * once reached (shrunk towards 1/2) and cost the fitted pass time (the adaptive schedule's
+   * objective, schedule.ts, with drafting free because it overlaps). All of them until passes are timed.
+   */
+  const worthReviewing = (n: number): number => {
+    if (n === 0 || !passCost.known) return n;
+    let best = 0;
+    let bestRate = 1 / passCost.predict(1);
+    let survive = 1;
+    let expected = 1;
+    for (let k = 1; k <= n; k++) {
+      survive *= ((accepted[k - 1] ?? 0) + 1) / ((reached[k - 1] ?? 0) + 2);
+      expected += survive;
+      const rate = expected / passCost.predict(k + 1);
+      if (rate > bestRate) [best, bestRate] = [k, rate];
+    }
+    return best;
+  };
+  /** Drafts of the block under review still in `spec` (the drafter runs ahead of them). */
+  let reviewing = 0;
+  /** How often the first draft of a block was accepted, by where the block came from (moving average). */
+  const firstAccepted = { drafter: 0.5, mag: 0.5 };
   const ema = (old: number, x: number) => (old === 0 ? x : 0.8 * old + 0.2 * x);
   const runAhead = () => (verifyMs && stepMs ? Math.min(MAX_RUN_AHEAD, Math.max(MIN_RUN_AHEAD, Math.ceil(verifyMs / stepMs))) : MIN_RUN_AHEAD);
   const nudge = () => {
@@ -88,7 +119,7 @@ export async function runCascadeAsync(
 
   async function drafterLoop(level: CascadeLevel): Promise<void> {
     while (!stopped && drafter === level) {
-      if (spec.length >= runAhead() || tokens.length + spec.length + 1 >= (options.maxPositions ?? Infinity) || spec.length >= req.maxTokens - out.length) {
+      if (spec.length - reviewing >= runAhead() || tokens.length + spec.length + 1 >= (options.maxPositions ?? Infinity) || spec.length >= req.maxTokens - out.length) {
         await new Promise<void>((resolve) => (wake = resolve));
         continue;
       }
@@ -98,7 +129,7 @@ export async function runCascadeAsync(
       const t0 = performance.now();
       await level.propose(block, 1, drafterRng);
       stepMs = ema(stepMs, performance.now() - t0);
-      if (e !== epoch || stopped) {
+      if (e !== epoch || stopped || tokens.length + spec.length !== base) {
         wasted += block.length - base;
         continue;
       }
@@ -110,6 +141,23 @@ export async function runCascadeAsync(
       spec.push(...block.tokens.slice(base));
       specQ.push(...block.q);
     }
+  }
+
+  /**
+   * The block the target reviews next: the drafter's speculation extended by MaG, or, when MaG's own
+   * proposal after the committed tokens starts otherwise and its first drafts have been accepted at
+   * least as often (measured, `firstAccepted`), MaG's. With no speculation it is MaG's (or nothing).
+   */
+  async function chooseBlock(committed: number, room: number): Promise<{ block: Block; source: 'drafter' | 'mag' }> {
+    const block = new Block([...tokens], committed);
+    const fromDrafter = Math.min(room, spec.length);
+    for (let i = 0; i < fromDrafter; i++) block.push(spec[i]!, specQ[i]);
+    if (mag && block.length - committed < room) await mag.propose(block, room - (block.length - committed), targetRng);
+    if (fromDrafter === 0) return { block, source: 'mag' };
+    if (!mag || firstAccepted.mag < firstAccepted.drafter) return { block, source: 'drafter' };
+    const own = new Block([...tokens], committed);
+    await mag.propose(own, room, targetRng);
+    return own.length > committed && own.tokens[committed] !== spec[0] ? { block: own, source: 'mag' } : { block, source: 'drafter' };
   }
 
   let loop = drafter ? startLoop(drafter) : undefined;
@@ -135,12 +183,21 @@ export async function runCascadeAsync(
         epoch++;
       }
       const committed = tokens.length;
-      const room = draftRoom(committed, req.maxTokens - out.length, options.maxPositions);
-      const block = new Block([...tokens], committed);
-      const fromDrafter = Math.min(room, spec.length);
-      for (let i = 0; i < fromDrafter; i++) block.push(spec[i]!, specQ[i]);
-      if (mag && block.length - committed < room) await mag.propose(block, Math.min(MAG_TOKENS, room - (block.length - committed)), targetRng);
+      const room = Math.min(MAX_BLOCK, draftRoom(committed, req.maxTokens - out.length, options.maxPositions));
+      const { block, source } = await chooseBlock(committed, room);
+      block.cut(committed + worthReviewing(block.length - committed));
       const k = block.length - committed;
+      // the drafter goes on after the block under review, as if all of it will be accepted
+      const drafts = block.tokens.slice(committed);
+      let agree = 0;
+      while (agree < k && agree < spec.length && spec[agree] === drafts[agree]) agree++;
+      if (agree < k) {
+        wasted += spec.length - agree;
+        spec = drafts;
+        specQ = drafts.map((_, i) => block.q[i]);
+        epoch++;
+      }
+      reviewing = k;
       nudge();
       const round = async () => {
         const t0 = performance.now();
@@ -150,13 +207,17 @@ export async function runCascadeAsync(
           for (let i = 0; i < k; i++) {
             drafted[i] = (drafted[i] ?? 0) + 1;
             if (i < outcome.accepted) accepted[i] = (accepted[i] ?? 0) + 1;
+            if (i <= outcome.accepted) reached[i] = (reached[i] ?? 0) + 1;
           }
+          firstAccepted[source] = 0.9 * firstAccepted[source] + 0.1 * (outcome.accepted > 0 ? 1 : 0);
           verifyMs = ema(verifyMs, performance.now() - t0);
         }
+        passCost.add(k + 1, performance.now() - t0);
       };
       if (options.inRound) await options.inRound(rounds, round);
       else await round();
       rounds++;
+      reviewing = 0;
       const emitted = block.tokens.slice(committed);
       const { fresh, freshLogprobs, stopped: eosSeen } = committable(emitted, req.maxTokens - out.length, eos, top, req.logprobs !== undefined);
       if (eosSeen) finishReason = 'stop';
