@@ -37,6 +37,8 @@ export interface Completion {
   readonly tokens: number;
   readonly seconds: number;
   readonly tpotMs: number;
+  /** Target passes of the request (as many as tokens for target-only decoding). */
+  readonly passes: number;
 }
 
 /**
@@ -80,14 +82,18 @@ export async function startBenchCluster(o: BenchClusterOptions): Promise<{ compl
     let ttft = 0;
     let text = '';
     let tokens = 0;
+    let passes = 0;
     const body = { model: family.target, prompt, max_tokens: o.maxTokens, temperature: 0, stream: true, stream_options: { include_usage: true }, ...(cascade ? { cascade } : {}) };
     for await (const chunk of (await client.completions.create(body as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>) {
       const piece = chunk.choices[0]?.text ?? '';
       if (piece && !ttft) ttft = performance.now() - t0;
       text += piece;
-      if (chunk.usage) tokens = chunk.usage.completion_tokens;
+      if (chunk.usage) {
+        tokens = chunk.usage.completion_tokens;
+        passes = (chunk.usage as unknown as { cascade?: { target_passes: number } }).cascade?.target_passes ?? tokens;
+      }
     }
-    return completion(text, tokens, t0, ttft);
+    return completion(text, tokens, passes, t0, ttft);
   };
   return { complete, stop };
 }
@@ -114,6 +120,8 @@ interface SingleStream {
   readonly prompts: number;
   readonly tokensPerSecond: Record<string, number>;
   readonly runs: Record<string, number[]>;
+  /** Generated tokens per target pass (1 for target-only decoding). */
+  readonly tokensPerPass: Record<string, number>;
   readonly tpotMs: Record<string, { p50: number; p99: number }>;
   readonly equalsTargetOnly: Record<string, boolean>;
 }
@@ -156,7 +164,7 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
     const onTokens = () => void (ttft ||= performance.now() - t0);
     const req = { promptIds: tokenizer.encode(prompt), maxTokens: o.maxTokens, sampling: GREEDY, seed: 0 };
     const r = drafting ? await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: 1, drafting }, req, onTokens) : await generateAutoregressive(target, req, onTokens);
-    return completion(tokenizer.decode(r.tokenIds), r.tokenIds.length, t0, ttft);
+    return completion(tokenizer.decode(r.tokenIds), r.tokenIds.length, 'rounds' in r.stats ? (r.stats as { rounds: number }).rounds : r.tokenIds.length, t0, ttft);
   };
   const targetOnly = new Map<string, string>();
   for (const w of workloads) for (const p of w.prompts) targetOnly.set(p, (await embedded(p)).text);
@@ -180,6 +188,7 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
     for (const w of workloads) {
       const rate = Object.fromEntries(paths.map((p) => [p, [] as number[]])) as Record<Path, number[]>;
       const tpot = Object.fromEntries(paths.map((p) => [p, [] as number[]])) as Record<Path, number[]>;
+      const perPass = Object.fromEntries(paths.map((p) => [p, [] as number[]])) as Record<Path, number[]>;
       const exact = Object.fromEntries(paths.map((p) => [p, true])) as Record<Path, boolean>;
       for (let r = 0; r < o.repeats; r++) {
         const order = paths.map((_, i) => paths[(i + r) % paths.length]!);
@@ -188,13 +197,15 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
           for (const p of w.prompts) results.push(await run(path, p));
           rate[path].push(results.reduce((a, c) => a + c.tokens, 0) / results.reduce((a, c) => a + c.seconds, 0));
           tpot[path].push(...results.filter((c) => c.tokens > 1).map((c) => c.tpotMs));
+          perPass[path].push(results.reduce((a, c) => a + c.tokens, 0) / Math.max(1, results.reduce((a, c) => a + c.passes, 0)));
           if (results.some((c, i) => c.text !== targetOnly.get(w.prompts[i]!))) exact[path] = false;
         }
         log(`${w.name} repeat ${r + 1}/${o.repeats}: ${paths.map((p) => `${p} ${rate[p].at(-1)!.toFixed(1)}`).join(', ')} tok/s`);
       }
       const tokensPerSecond = Object.fromEntries(paths.map((p) => [p, median(rate[p])])) as Record<Path, number>;
       const tpotMs = Object.fromEntries(paths.map((p) => [p, { p50: quantile(tpot[p], 0.5), p99: quantile(tpot[p], 0.99) }]));
-      singleStream.push({ workload: w.name, prompts: w.prompts.length, tokensPerSecond, runs: rate, tpotMs, equalsTargetOnly: exact });
+      const tokensPerPass = Object.fromEntries(paths.map((p) => [p, median(perPass[p])]));
+      singleStream.push({ workload: w.name, prompts: w.prompts.length, tokensPerSecond, runs: rate, tokensPerPass, tpotMs, equalsTargetOnly: exact });
     }
 
     // aggregate throughput under concurrency, per drafting mode
@@ -264,8 +275,8 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
     writeJson(out, 'cluster', record);
     const tables = singleStream.map((s) => {
       const t = formatTable(
-        ['path', 'tokens/s', 'x ar', 'x embedded serial', 'TPOT p50 ms', 'TPOT p99 ms', 'greedy = target-only'],
-        paths.map((p) => [p, s.tokensPerSecond[p]!, s.tokensPerSecond[p]! / s.tokensPerSecond.ar!, s.tokensPerSecond[p]! / base(s), s.tpotMs[p]!.p50, s.tpotMs[p]!.p99, p === 'ar' ? '-' : s.equalsTargetOnly[p] ? 'yes' : 'NO']),
+        ['path', 'tokens/s', 'x ar', 'x embedded serial', 'tokens/pass', 'TPOT p50 ms', 'TPOT p99 ms', 'greedy = target-only'],
+        paths.map((p) => [p, s.tokensPerSecond[p]!, s.tokensPerSecond[p]! / s.tokensPerSecond.ar!, s.tokensPerSecond[p]! / base(s), s.tokensPerPass[p]!, s.tpotMs[p]!.p50, s.tpotMs[p]!.p99, p === 'ar' ? '-' : s.equalsTargetOnly[p] ? 'yes' : 'NO']),
       );
       return `## ${s.workload} (${s.prompts} held-out prompts, single stream)\n\n\`\`\`\n${t}\n\`\`\``;
     });
@@ -273,7 +284,7 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
       ? formatTable(['drafting', 'concurrency', 'tokens/s (aggregate)', 'p50 latency s'], loads.map((l) => [l.drafting, l.concurrency, l.tokensPerSecond, l.p50LatencyS]))
       : '';
     const parts = [...new Set(Object.values(breakdown).flatMap((b) => Object.keys(b.medians)))];
-    const table2 = formatTable(['part of a request (median ms)', ...o.draftings], parts.map((k) => [k, ...o.draftings.map((d) => breakdown[d]!.medians[k] ?? NaN)]));
+    const table2 = formatTable(['part of a request (median ms)', ...o.draftings], parts.map((k) => [k, ...o.draftings.map((d) => breakdown[d]!.medians[k] ?? '-')]));
     const md = `# Cluster benchmark\n\n${record.method}; medians of ${o.repeats} repeats.\n\n${tables.join('\n\n')}\n\n${loadTable ? `## Aggregate throughput (${workloads[0]!.name} prompts)\n\n\`\`\`\n${loadTable}\n\`\`\`\n\n` : ''}## Latency breakdown\n\nSingle-stream cluster requests (${workloads[0]!.name} prompts) through the same cluster restarted with tracing on, from OpenTelemetry spans:\n\n\`\`\`\n${table2}\n\`\`\`\n\n${BREAKDOWN_DEFINITIONS}\n${timelines.map((f) => `\n![${basename(f)}](${basename(f)})\n`).join('')}`;
     writeFileSync(join(out, 'cluster.md'), md);
     process.stdout.write(`${tables.join('\n\n')}\n\n${loadTable ? `${loadTable}\n\n` : ''}${table2}\n\nwrote ${join(out, 'cluster.json')} and cluster.md${timelines.length ? `, ${timelines.join(', ')}` : ''}\n`);
@@ -284,9 +295,9 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
 }
 
 /** A completion's figures; TPOT = (e2e − TTFT) / (tokens − 1). */
-function completion(text: string, tokens: number, t0: number, ttftMs: number): Completion {
+function completion(text: string, tokens: number, passes: number, t0: number, ttftMs: number): Completion {
   const e2e = performance.now() - t0;
-  return { text, tokens, seconds: e2e / 1000, tpotMs: tokens > 1 ? (e2e - ttftMs) / (tokens - 1) : NaN };
+  return { text, tokens, passes, seconds: e2e / 1000, tpotMs: tokens > 1 ? (e2e - ttftMs) / (tokens - 1) : NaN };
 }
 
 /** The trace of the longest gateway request started in [from, to] (epoch ms). */
