@@ -39,27 +39,29 @@ const shape = (drafters: string[], kMatrix?: number[][], lenience?: number): Cas
   return { drafters: plan.drafters.map(spec), kMatrix: plan.kMatrix, lenience: plan.lenience };
 };
 
-const shapes: [string, CascadeConfig][] = [
+/** Shapes over every held-out prompt; `true` marks those run on every other prompt only (32: CI's time limit), the default cascade and sd over all 64. */
+const shapes: [string, CascadeConfig, boolean?][] = [
   [`sd with ${large}`, shape([large])],
-  [`sd with ${small}, K=6`, shape([small], [[6]])],
-  ['mag (prompt lookup)', shape(['mag'])],
-  [`2 levels: ${large} + mag`, shape([large, 'mag'])],
-  [`2 levels: ${large} + ${small}, lenience 2`, shape([large, small], [[2, 5], [0, 3]], 2)],
+  [`sd with ${small}, K=6`, shape([small], [[6]]), true],
+  ['mag (prompt lookup)', shape(['mag']), true],
+  [`2 levels: ${large} + mag`, shape([large, 'mag']), true],
+  [`2 levels: ${large} + ${small}, lenience 2`, shape([large, small], [[2, 5], [0, 3]], 2), true],
   [`3 levels: ${large} + ${small} + mag`, shape([large, small, 'mag'])],
-  [`3 levels: ${large} + ${small} + mag, lenience 4, custom K`, shape([large, small, 'mag'], [[3, 6, 9], [0, 3, 6], [0, 0, 3]], 4)],
-  ['horizontal only', shape([large, small, 'mag'], [[1, 2, 4], [0, 0, 0], [0, 0, 0]])],
-  [`3 levels, the fixed default K`, shape([large, small, 'mag'], defaultKMatrix([large, small, 'mag']))],
+  [`3 levels: ${large} + ${small} + mag, lenience 4, custom K`, shape([large, small, 'mag'], [[3, 6, 9], [0, 3, 6], [0, 0, 3]], 4), true],
+  ['horizontal only', shape([large, small, 'mag'], [[1, 2, 4], [0, 0, 0], [0, 0, 0]]), true],
+  [`3 levels, the fixed default K`, shape([large, small, 'mag'], defaultKMatrix([large, small, 'mag'])), true],
 ];
 
 test(`cascade (ONNX) - ${prompts.length} held-out prompts`, (t) => {
   t.true(prompts.length >= 50);
 });
 
-for (const [name, config] of shapes) {
-  test.serial(`cascade (ONNX) - ${name}: greedy output is token-identical to target-only decoding on every held-out prompt`, async (t) => {
+for (const [name, config, half] of shapes) {
+  test.serial(`cascade (ONNX) - ${name}: greedy output is token-identical to target-only decoding on ${half ? 'every other' : 'every'} held-out prompt`, async (t) => {
     const want = await targetOutputs();
     const mismatches: string[] = [];
     for (const [i, ids] of encoded.entries()) {
+      if (half && i % 2) continue;
       const got = await generateCascade(target, config, request(ids));
       if (got.tokenIds.join() !== want[i]!.join()) mismatches.push(`prompt ${i}: ${JSON.stringify(tok.decode(got.tokenIds))} != ${JSON.stringify(tok.decode(want[i]!))}`);
     }

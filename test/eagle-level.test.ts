@@ -133,7 +133,7 @@ async function targetJoint(promptIds: number[]): Promise<{ cells: number[][]; pr
     const promptIds = tok.encode('import os\nimport sys\n\ndef main(');
     const { cells, probs } = await targetJoint(promptIds);
     const counts = new Array<number>(cells.length).fill(0);
-    const N = 1200;
+    const N = 600; // 8 cells of 2 x 2 x 2 tokens: about 75 samples each
     let eagleDrafts = 0;
     for (let seed = 0; seed < N; seed++) {
       const got = await generateCascade(target, { drafters: [EAGLE, MAG], kMatrix: [[3, 5], [0, 0]], lenience: 1 }, { promptIds, maxTokens: 4, sampling: SAMPLED, seed, stopAtEos: false, ...{ verification } });
