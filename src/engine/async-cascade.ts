@@ -82,6 +82,8 @@ export async function runCascadeAsync(
   let verifyMs = 0;
   let stepMs = 0;
   let wasted = 0;
+  /** Passes after which the drafter had already drafted past the target's own token (the next block was pre-drafted). */
+  let preDrafted = 0;
   /** Target passes' time by tokens fed (drafts + 1), and how often draft i was reached (every earlier one accepted). */
   const passCost = new LinearCost();
   const reached: number[] = [];
@@ -230,6 +232,7 @@ export async function runCascadeAsync(
       if (keep === emitted.length) {
         spec = spec.slice(keep);
         specQ = specQ.slice(keep);
+        if (spec.length) preDrafted++;
       } else {
         wasted += spec.length - keep;
         spec = [];
@@ -252,6 +255,6 @@ export async function runCascadeAsync(
     await Promise.all(everyLevel.map((l) => l.release()));
   }
 
-  const drafting = { mode: 'async' as const, wastedDrafts: wasted, targetBusyFraction: top.stats.forwardMs / (performance.now() - start) };
+  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start) };
   return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, { drafting });
 }

@@ -70,10 +70,12 @@ export interface CascadeStats extends GenerateStats {
   /** With `auto`: how many rounds used each K matrix (JSON), most used first. */
   readonly schedule?: Record<string, number>;
   /**
-   * With async drafting: the mode, the drafted tokens thrown away on prefixes that died, and the
-   * fraction of the request's wall time the target spent in its passes.
+   * With async drafting: the mode, the drafted tokens thrown away on prefixes that died, the fraction
+   * of target passes after which the drafter had already drafted past the target's own token (the
+   * next block pre-drafted: SSD's cache hit), and the fraction of the request's wall time the target
+   * spent in its passes.
    */
-  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly targetBusyFraction: number };
+  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number };
 }
 
 /** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */

@@ -29,7 +29,7 @@ export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptT
           dropped_levels: [...new Set(ran.flatMap((o) => o.failovers))],
           queue_seconds: Math.max(...ran.map((o) => o.queueSeconds)),
           target_busy_fraction: Math.max(0, ...ran.map((o) => targetBusyFraction(o.stats) ?? 0)),
-          ...(ran.some((o) => o.stats.drafting) ? { wasted_drafts: sum((o) => o.stats.drafting?.wastedDrafts ?? 0) } : {}),
+          ...(ran.some((o) => o.stats.drafting) ? { wasted_drafts: sum((o) => o.stats.drafting?.wastedDrafts ?? 0), pre_draft_hit_rate: sum((o) => (o.stats.drafting?.preDraftHitRate ?? 0) * o.stats.rounds) / Math.max(1, rounds) } : {}),
           ...roundTrips(ran),
         }
       : undefined,
@@ -70,7 +70,10 @@ export function recordOutcome(metrics: GatewayMetrics, outcome: RequestOutcome, 
     if (s.rounds) metrics.acceptedPerPass.observe((s.acceptedTokens + s.rounds) / s.rounds);
     const busy = targetBusyFraction(s);
     if (busy !== undefined) metrics.targetBusy.observe(busy);
-    if (s.drafting) metrics.wastedDrafts.inc(s.drafting.wastedDrafts);
+    if (s.drafting) {
+      metrics.wastedDrafts.inc(s.drafting.wastedDrafts);
+      metrics.preDraftHits.observe(s.drafting.preDraftHitRate);
+    }
     s.draftedByPosition.forEach((d, i) => {
       metrics.draftedByPosition.inc({ position: String(i) }, d);
       metrics.acceptedByPosition.inc({ position: String(i) }, s.acceptedByPosition[i] ?? 0);
