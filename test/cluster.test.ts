@@ -384,10 +384,12 @@ test.serial('cluster - a malformed NATS frame gets an error reply and the actor 
   t.is(r.usage!.completion_tokens, 4);
 });
 
-test.serial('cluster - a drafter process killed mid-stream: the request completes with the greedy output of target-only decoding', async (t) => {
+/**
+ * Streams a greedy 64-token request under `cascade`, kills the largest drafter's actor at the first
+ * text and starts another (instance `next`): the text streamed and the levels the usage says were dropped.
+ */
+async function killDrafterMidStream(cascade: Record<string, unknown>, next: string): Promise<{ victim: string; text: string; killed: boolean; dropped: string[] }> {
   const victim = family.drafters[0]!;
-  // a fixed K keeps the victim in every round (auto might not call it again after it dies)
-  const cascade = { mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] };
   const stream = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 64, temperature: 0, stream: true, stream_options: { include_usage: true }, cascade } as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>;
   let text = '';
   let killed = false;
@@ -400,10 +402,16 @@ test.serial('cluster - a drafter process killed mid-stream: the request complete
       await roles.get(victim)!.stop('SIGKILL');
     }
   }
+  roles.set(victim, await actor('draft', victim, next));
+  return { victim, text, killed, dropped: (usage as { cascade: { dropped_levels: string[] } }).cascade.dropped_levels };
+}
+
+test.serial('cluster - a drafter process killed mid-stream: the request completes with the greedy output of target-only decoding', async (t) => {
+  // a fixed K keeps the victim in every round (auto might not call it again after it dies)
+  const { victim, text, killed, dropped } = await killDrafterMidStream({ mode: 'csd', k_matrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] }, `${family.drafters[0]}-1`);
   t.true(killed);
   t.is(text, await targetOnly(PROMPT, 64));
-  t.deepEqual((usage as { cascade: { dropped_levels: string[] } }).cascade.dropped_levels, [victim]);
-  roles.set(victim, await actor('draft', victim, `${victim}-1`));
+  t.deepEqual(dropped, [victim]);
 });
 
 test.serial('cluster - async drafting (the draft actor runs ahead while the verifier verifies): greedy and seeded sampled requests, top-k/top-p too, give target-only decoding\'s text; a draft actor killed mid-stream is dropped and the text is unchanged', async (t) => {
@@ -420,22 +428,10 @@ test.serial('cluster - async drafting (the draft actor runs ahead while the veri
   }
   const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
   t.regex(metrics, /cascade_pre_draft_hit_rate_count [1-9]/, 'Prometheus has the async requests\' pre-draft hit rates');
-  const victim = family.drafters[0]!;
-  const stream = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 64, temperature: 0, stream: true, stream_options: { include_usage: true }, cascade } as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>;
-  let text = '';
-  let killed = false;
-  let usage: unknown;
-  for await (const c of stream) {
-    text += c.choices[0]?.text ?? '';
-    if (c.usage) usage = c.usage;
-    if (!killed && text.length > 0) {
-      killed = true;
-      await roles.get(victim)!.stop('SIGKILL');
-    }
-  }
+  const { victim, text, killed, dropped } = await killDrafterMidStream(cascade, `${family.drafters[0]}-2`);
+  t.true(killed);
   t.is(text, await targetOnly(PROMPT, 64));
-  t.deepEqual((usage as { cascade: { dropped_levels: string[] } }).cascade.dropped_levels, [victim]);
-  roles.set(victim, await actor('draft', victim, `${victim}-2`));
+  t.deepEqual(dropped, [victim]);
 });
 
 /** Streams `body` and kills the coordinator at its first text (a new one takes over); the text and usage streamed. */
