@@ -93,26 +93,28 @@ test('async drafting - drafter-invariant: a seeded sampled request gives target-
   t.true(neural > 40, `drafts of the (sometimes late) neural drafter alone were accepted: ${neural}`);
 });
 
-test('async drafting - rejection sampling with a neural drafter running ahead draws every position from the target given the tokens before it (chi-square)', async (t) => {
-  const plain = memoryFamily(4, 8);
-  const target = paced(plain.target, () => 6);
-  const coin = jitter(3);
-  const d1 = paced(plain.d1, () => (coin() < 0.2 ? 9 : 1));
-  const sampling: SamplingParams = { temperature: 1, topK: 0, topP: 1 };
-  const prompt = [1, 3, 2, ...(await generateAutoregressive(target, { promptIds: [1, 3, 2], maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds];
-  const samples: number[][] = [];
-  let accepted = 0;
-  for (let seed = 0; seed < 10_000; seed++) {
-    const r = await generateCascade(target, asyncOf([model(d1)]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' });
-    samples.push(r.tokenIds);
-    accepted += r.stats.acceptedTokens;
-  }
-  t.log(`${accepted} drafted tokens accepted`);
-  t.true(accepted > 5_000);
-  const fits = positionalChiSquare(samples, prompt, (context) => distribution(plain.target.nextLogits(context), sampling));
-  t.log(describeFits(fits));
-  t.deepEqual(misfits(fits), [], describeFits(fits));
-});
+for (const withMag of [false, true]) {
+  test(`async drafting - rejection sampling with a neural drafter running ahead${withMag ? ' and MaG, whose proposal may replace its block' : ''} draws every position from the target given the tokens before it (chi-square)`, async (t) => {
+    const plain = memoryFamily(4, 8);
+    const target = paced(plain.target, () => 6);
+    const coin = jitter(3);
+    const d1 = paced(plain.d1, () => (coin() < 0.2 ? 9 : 1));
+    const sampling: SamplingParams = { temperature: 1, topK: 0, topP: 1 };
+    const prompt = [1, 3, 2, ...(await generateAutoregressive(target, { promptIds: [1, 3, 2], maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds];
+    const samples: number[][] = [];
+    let accepted = 0;
+    for (let seed = 0; seed < 10_000; seed++) {
+      const r = await generateCascade(target, asyncOf(withMag ? [model(d1), mag] : [model(d1)]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' });
+      samples.push(r.tokenIds);
+      accepted += r.stats.acceptedTokens;
+    }
+    t.log(`${accepted} drafted tokens accepted`);
+    t.true(accepted > 5_000);
+    const fits = positionalChiSquare(samples, prompt, (context) => distribution(plain.target.nextLogits(context), sampling));
+    t.log(describeFits(fits));
+    t.deepEqual(misfits(fits), [], describeFits(fits));
+  });
+}
 
 test('async drafting - real ONNX models: greedy and seeded sampled output equal target-only decoding with draft-l2 running ahead on its own worker', async (t) => {
   const open = (name: string) => OrtModelSession.open(dirOf(name), { intraOpThreads: 1 });

@@ -428,10 +428,13 @@ test.serial('cluster - async drafting (the draft actor runs ahead while the veri
   }
   const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
   t.regex(metrics, /cascade_pre_draft_hit_rate_count [1-9]/, 'Prometheus has the async requests\' pre-draft hit rates');
+  // The target never waits for the drafter: the call in flight to the killed actor fails only at the
+  // call timeout (3 s here), and a request that ends before it neither waits for it nor reports the
+  // drop (one that outlasts it drops the level, as in serial rounds)
   const { victim, text, killed, dropped } = await killDrafterMidStream(cascade, `${family.drafters[0]}-2`);
   t.true(killed);
   t.is(text, await targetOnly(PROMPT, 64));
-  t.deepEqual(dropped, [victim]);
+  t.true(dropped.every((d) => d === victim), `dropped ${dropped.join(', ')}`);
 });
 
 /** Streams `body` and kills the coordinator at its first text (a new one takes over); the text and usage streamed. */

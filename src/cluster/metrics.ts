@@ -4,6 +4,14 @@ const LATENCY = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 const PER_TOKEN = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
 
 /**
+ * A coordinator's actor calls' round trips: each call's wall time minus the actor's own handler time
+ * (frame v7's `serveMs`), i.e. NATS, framing and scheduling, labelled `kind` = draft or verify.
+ */
+export function actorRoundTripHistogram(registry: Registry): Histogram<'kind'> {
+  return new Histogram({ name: 'cascade_actor_round_trip_seconds', help: "Actor call wall time minus the actor's handler time (NATS, framing, scheduling), by the kind of actor", labelNames: ['kind'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [registry] });
+}
+
+/**
  * The gateway's Prometheus metrics (SPEC §7). Definitions:
  * - TTFT: request received → first generated token streamed (queue time included).
  * - ITL: gap between streamed chunks divided by the tokens in the later chunk (a cascade emits
@@ -17,8 +25,8 @@ const PER_TOKEN = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
  * - target busy fraction: the target's forward time over the request's generation time, per request
  *   (how much of the request the target was computing; the rest it waited for drafts, the network or the queue).
  * - wasted drafts: tokens an async drafter drafted on prefixes that died (async drafting only).
- * - pre-draft hit rate: target passes after which the async drafter had already drafted past the
- *   target's own token, over passes, per request (async drafting only).
+ * - pre-draft hit rate: target passes whose block began with drafts the async drafter made during
+ *   the pass before, beyond its outcome, over passes, per request (async drafting only).
  */
 export class GatewayMetrics {
   readonly registry = new Registry();
@@ -41,7 +49,7 @@ export class GatewayMetrics {
   readonly failovers = new Counter({ name: 'cascade_failovers_total', help: 'Drafter levels dropped mid-request because no actor answered', labelNames: ['level'], registers: [this.registry] });
   readonly acceptedPerPass = new Histogram({ name: 'cascade_accepted_tokens_per_target_pass', help: 'Tokens emitted per target pass (accepted drafts + its own), per request', buckets: [1, 1.25, 1.5, 2, 2.5, 3, 4, 5, 6, 8], registers: [this.registry] });
   readonly targetBusy = new Histogram({ name: 'cascade_target_busy_fraction', help: 'Target forward time over generation time, per request', buckets: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1], registers: [this.registry] });
-  readonly preDraftHits = new Histogram({ name: 'cascade_pre_draft_hit_rate', help: 'Fraction of target passes after which the async drafter had already drafted the next block, per request', buckets: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1], registers: [this.registry] });
+  readonly preDraftHits = new Histogram({ name: 'cascade_pre_draft_hit_rate', help: 'Fraction of target passes whose block the async drafter had drafted during the pass before, per request', buckets: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1], registers: [this.registry] });
   readonly wastedDrafts = new Counter({ name: 'cascade_wasted_drafts_total', help: 'Tokens drafted on prefixes that died (async drafting)', registers: [this.registry] });
   readonly rejected = new Counter({ name: 'cascade_rejected_total', help: 'Requests refused (503) because the gateway was saturated', registers: [this.registry] });
 

@@ -21,6 +21,10 @@ export const DEFAULT_DRAFTING: Drafting = 'serial';
 /** Run-ahead bounds, in drafted tokens (the cap itself follows measured pass times). */
 const MIN_RUN_AHEAD = 2;
 const MAX_RUN_AHEAD = 12;
+/** Longest a finished request waits for the drafter's call in flight (or 4 of its steps, if longer), ms. */
+const END_GRACE_MS = 50;
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+
 /** Most drafts a target pass reviews (the adaptive schedule's bound; worthReviewing picks within it). */
 const MAX_BLOCK = DEFAULT_MAX_DRAFT;
 
@@ -82,8 +86,9 @@ export async function runCascadeAsync(
   let verifyMs = 0;
   let stepMs = 0;
   let wasted = 0;
-  /** Passes after which the drafter had already drafted past the target's own token (the next block was pre-drafted). */
+  /** Passes whose block began with drafts the drafter made during the pass before, past that pass's outcome (SSD's pre-drafted hit). */
   let preDrafted = 0;
+  let carried = false;
   /** Target passes' time by tokens fed (drafts + 1), and how often draft i was reached (every earlier one accepted). */
   const passCost = new LinearCost();
   const reached: number[] = [];
@@ -159,7 +164,12 @@ export async function runCascadeAsync(
     if (!mag || firstAccepted.mag < firstAccepted.drafter) return { block, source: 'drafter' };
     const own = new Block([...tokens], committed);
     await mag.propose(own, room, targetRng);
-    return own.length > committed && own.tokens[committed] !== spec[0] ? { block: own, source: 'mag' } : { block, source: 'drafter' };
+    if (own.length > committed && own.tokens[committed] !== spec[0]) return { block: own, source: 'mag' };
+    // The drafter's block was kept because its first draft equals MaG's: which q that draft carries now
+    // depends on the draw itself, so rejection sampling against the drafter's q would be biased
+    // (P(x) = min(q, p) + (1 − q)·p). Reviewed one-hot it is exact whatever drew it (SPEC §4.3).
+    block.q[0] = undefined;
+    return { block, source: 'drafter' };
   }
 
   let loop = drafter ? startLoop(drafter) : undefined;
@@ -193,6 +203,8 @@ export async function runCascadeAsync(
       const drafts = block.tokens.slice(committed);
       let agree = 0;
       while (agree < k && agree < spec.length && spec[agree] === drafts[agree]) agree++;
+      if (carried && agree > 0) preDrafted++;
+      carried = false;
       if (agree < k) {
         wasted += spec.length - agree;
         spec = drafts;
@@ -232,7 +244,7 @@ export async function runCascadeAsync(
       if (keep === emitted.length) {
         spec = spec.slice(keep);
         specQ = specQ.slice(keep);
-        if (spec.length) preDrafted++;
+        carried = spec.length > 0;
       } else {
         wasted += spec.length - keep;
         spec = [];
@@ -248,11 +260,15 @@ export async function runCascadeAsync(
     stopped = true;
     epoch++;
     nudge();
-    await loop;
+    // The drafter's call in flight is one step, unless its actor hangs (a paused or partitioned node
+    // answers only at the call's timeout): the request does not wait past a short grace for it. Its
+    // level is released when the call ends, and a failure after the last pass changes no output.
+    const settled = loop ? await Promise.race([loop.then(() => true), sleep(Math.max(END_GRACE_MS, 4 * stepMs)).then(() => false)]) : true;
+    if (settled && drafterError !== undefined && drafter) options.onLevelFailure?.(drafter, drafterError);
+    const pending = settled ? [] : everyLevel.filter((l) => l === initialDrafter);
+    void loop?.then(() => Promise.all(pending.map((l) => l.release().catch(() => undefined))));
     loop = undefined;
-    // a drafter that failed after the last pass took a draft: the output is whole, the loss is still reported
-    if (drafterError !== undefined && drafter) options.onLevelFailure?.(drafter, drafterError);
-    await Promise.all(everyLevel.map((l) => l.release()));
+    await Promise.all(everyLevel.filter((l) => !pending.includes(l)).map((l) => l.release()));
   }
 
   const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start) };

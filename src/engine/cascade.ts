@@ -71,9 +71,9 @@ export interface CascadeStats extends GenerateStats {
   readonly schedule?: Record<string, number>;
   /**
    * With async drafting: the mode, the drafted tokens thrown away on prefixes that died, the fraction
-   * of target passes after which the drafter had already drafted past the target's own token (the
-   * next block pre-drafted: SSD's cache hit), and the fraction of the request's wall time the target
-   * spent in its passes.
+   * of target passes whose block began with drafts the drafter made during the pass before, past its
+   * outcome (pre-drafted: SSD's cache hit), and the fraction of the request's wall time the target
+   * spent in its passes (in a cluster: the coordinator's time in verify calls, network included).
    */
   readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number };
 }
