@@ -119,6 +119,24 @@ maybe('quantize - the int4 draft-l2 as --draft-model of the f32 target, --mode s
   t.log(`int4 draft-l2: ${got.stats.acceptedTokens} of ${got.stats.draftedTokens} drafted tokens accepted`);
 });
 
+maybe('generate --self-draft int4 - the target\'s own 4-bit copy, made once into the cache, drafts above the cascade: greedy output equals target-only, sampled too under invariant verification; the second run reuses the copy', async (t) => {
+  const cache = join(tmp, 'self-draft');
+  const args = ['generate', '--json', '--max-tokens', '24', 'def fibonacci(n):'];
+  const ar = JSON.parse((await cascade(...args, '--mode', 'ar')).stdout);
+  // a fixed K keeps the copy drafting in every round (auto may leave it out)
+  const first = await cascade(...args, '--self-draft', 'int4', '--self-draft-cache', cache, '--k-matrix', '[[2,3,4,6],[0,0,0,0],[0,0,0,0],[0,0,0,0]]');
+  const got = JSON.parse(first.stdout);
+  t.deepEqual(got.tokenIds, ar.tokenIds);
+  t.deepEqual(got.cascade.drafters, ['target-int4', 'draft-l2', 'draft-l1', 'mag']);
+  t.true(got.stats.models['target-int4'].proposals > 0, 'the 4-bit copy drafted');
+  t.regex(first.stderr, /quantizing .* to int4/);
+  const sampled = (...extra: string[]) => cascade('generate', '--json', '--max-tokens', '24', '--temperature', '1', '--seed', '7', ...extra, 'def fibonacci(n):');
+  const [again, sampledAr] = await Promise.all([sampled('--self-draft', 'int4', '--self-draft-cache', cache), sampled('--mode', 'ar')]);
+  t.notRegex(again.stderr, /quantizing/, 'the cached copy is reused');
+  t.deepEqual(JSON.parse(again.stdout).tokenIds, JSON.parse(sampledAr.stdout).tokenIds);
+  t.regex((await fails(['generate', '--self-draft', 'int3', 'x'])).stderr, /--self-draft must be one of int4, int8/);
+});
+
 function argmax(row: Float32Array): number {
   let best = 0;
   for (let v = 1; v < row.length; v++) if (row[v]! > row[best]!) best = v;

@@ -1,9 +1,9 @@
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
+import { folderKey, quantizedCopy } from '../cli/quantize.ts';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
 
 /**
@@ -163,13 +163,6 @@ function runTool(python: string, script: string, args: readonly string[]): Promi
   });
 }
 
-/** A short key of a model folder's graph (size and mtime), so a re-export replaces stale cache entries. */
-function folderKey(dir: string): string {
-  const graph = join(dir, 'model.onnx');
-  const s = existsSync(graph) ? statSync(graph) : statSync(dir);
-  return createHash('sha256').update(`${resolve(dir)}:${s.size}:${s.mtimeMs}`).digest('hex').slice(0, 10);
-}
-
 /** GGUF weight types the exporter writes (tools/gguf/export_gguf.py --type). */
 export type GgufType = 'f32' | 'f16' | 'q8_0' | 'q4_0';
 
@@ -181,17 +174,9 @@ export class PeerArtifacts {
     private readonly log: (msg: string) => void,
   ) {}
 
-  /** `cascade quantize --bits N` of `model` (tools/train/quantize.py defaults), cached. */
-  async quantized(model: string, bits: 8 | 4): Promise<string> {
-    const out = join(this.cacheDir, `int${bits}-${folderKey(model)}`, modelBase(model));
-    if (existsSync(join(out, 'config.json'))) return out;
-    this.log(`quantizing ${model} to int${bits} (cascade quantize) into ${out}`);
-    mkdirSync(join(out, '..'), { recursive: true });
-    const tmp = `${out}.${process.pid}.tmp`;
-    rmSync(tmp, { recursive: true, force: true });
-    await runTool(this.python, join(repoRoot(), 'tools', 'train', 'quantize.py'), ['--model', model, '--out', tmp, '--bits', String(bits)]);
-    renameSync(tmp, out);
-    return out;
+  /** `cascade quantize --bits N` of `model` (tools/train/quantize.py defaults), cached (quantizedCopy). */
+  quantized(model: string, bits: 8 | 4): Promise<string> {
+    return quantizedCopy(model, bits, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log });
   }
 
   /** `model` as GGUF of `type` (tools/gguf/export_gguf.py), cached. */

@@ -9,7 +9,9 @@ import { generateAutoregressive, type GenerateResult } from '../engine/generate.
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { loadBigram, loadController, type Family } from '../models/family.ts';
+import { loadBigram, loadController, memberSource, type Family } from '../models/family.ts';
+import { quantizedCopy } from './quantize.ts';
+import { locationOf } from '../models/model-dir.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
@@ -54,6 +56,9 @@ interface GenerateOptions {
   draftModel?: string[];
   /** --eagle-model DIR: a feature drafter (EAGLE) above the other drafters. */
   eagleModel?: string;
+  /** --self-draft int4|int8: the target's own quantized copy as the first drafter, made once into selfDraftCache. */
+  selfDraft?: SelfDraft;
+  selfDraftCache: string;
   modelFile?: string;
   tokenizer?: string;
   mode: Mode;
@@ -83,6 +88,10 @@ interface GenerateOptions {
   kvPlacement: KvPlacement;
 }
 
+/** Widths of the target's own quantized copy as a drafter (`--self-draft`; ML-SpecQD, QSpec). */
+const SELF_DRAFTS = ['int4', 'int8'] as const;
+type SelfDraft = (typeof SELF_DRAFTS)[number];
+
 /** Where a bounded KV cache goes (SPEC §5): the target (lossy), the drafters, or a self-draft level (both exact). */
 const KV_PLACEMENTS = ['target', 'drafters', 'self-draft'] as const;
 type KvPlacement = (typeof KV_PLACEMENTS)[number];
@@ -111,6 +120,8 @@ const ConfigFile = z.strictObject({
   model: z.string().optional(),
   draftModel: z.array(z.string()).optional(),
   eagleModel: z.string().optional(),
+  selfDraft: z.enum(SELF_DRAFTS).optional(),
+  selfDraftCache: z.string().optional(),
   modelFile: z.string().optional(),
   tokenizer: z.string().optional(),
   threads: z.number().int().positive().optional(),
@@ -199,6 +210,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     (name, t) => process.stderr.write(`${describeTrial(name, t)}\n`),
   );
   let eagle: OrtModelSession | undefined;
+  let selfDraft: OrtModelSession | undefined;
   try {
     const target = await sessions.get(family.target);
     const kv = kvConfig(o, family);
@@ -211,6 +223,17 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       // The target's own weights over a bounded cache draft for the full-cache target (TriForce's idea).
       drafters.unshift({ kind: 'model', session: target, kv });
       plan = { ...plan, drafters: ['self', ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
+    }
+    if (o.selfDraft) {
+      if (o.kvPlacement === 'self-draft' && kv) throw new InvalidArgumentError('--self-draft and --kv-placement self-draft both add a self-draft level: choose one');
+      const source = locationOf(memberSource(family, family.target));
+      if (source.modelFile !== undefined) throw new InvalidArgumentError(`--self-draft quantizes the target's folder as a whole: a target picked by --model-file (${source.modelFile}) is not supported; quantize it with cascade quantize --model-file and pass it as --draft-model`);
+      const bits = o.selfDraft === 'int4' ? 4 : 8;
+      const dir = await quantizedCopy(source.dir, bits, { cacheDir: o.selfDraftCache, name: `${family.target}-${o.selfDraft}`, log: (m) => process.stderr.write(`${m}\n`) });
+      selfDraft = await OrtModelSession.open(dir, { intraOpThreads: o.threads, executionProviders: placed(family.target) });
+      checkSharedVocabulary(target.spec, [selfDraft.spec]);
+      drafters.unshift({ kind: 'model', session: selfDraft });
+      plan = { ...plan, drafters: [selfDraft.spec.name, ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
     }
     if (o.eagleModel) {
       // the feature drafter goes first, right below the target whose hidden_states it reads
@@ -287,15 +310,19 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       writeOut(JSON.stringify(out) + '\n');
     } else {
       writeOut(tail() + '\n');
-      const cascade = plan.drafters.length ? `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}` : 'target only';
+      // async drafting runs the first neural drafter ahead with MaG, no K (runDrafting)
+      const ahead = plan.drafters.find((d) => d !== 'mag');
+      const asyncLevels = [...(ahead ? [`${ahead} ahead`] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])];
+      const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}` : '';
+      const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}`;
       process.stderr.write(
         `[${o.mode}: ${target.spec.name} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
           `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target calls, ` +
-          `${s.meanAcceptanceLength.toFixed(2)} tokens per call, finish: ${result.finishReason})\n`,
+          `${s.meanAcceptanceLength.toFixed(2)} tokens per call${drafting}, finish: ${result.finishReason})\n`,
       );
     }
   } finally {
-    await Promise.all([sessions.close(), eagle?.close()]);
+    await Promise.all([sessions.close(), eagle?.close(), selfDraft?.close()]);
   }
 }
 
@@ -352,6 +379,11 @@ const parsePlacement = (raw: string): KvPlacement => {
   return raw as KvPlacement;
 };
 
+const parseSelfDraft = (raw: string): SelfDraft => {
+  if (!(SELF_DRAFTS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--self-draft must be one of ${SELF_DRAFTS.join(', ')}, got "${raw}"`);
+  return raw as SelfDraft;
+};
+
 const parseOccurrence = (raw: string): 'earliest' | 'recent' => {
   if (raw !== 'earliest' && raw !== 'recent') throw new InvalidArgumentError(`--mag-occurrence must be earliest or recent, got "${raw}"`);
   return raw;
@@ -404,7 +436,7 @@ export function registerGenerate(program: Command): void {
     .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, selfDraft, selfDraftCache, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
@@ -416,6 +448,8 @@ export function registerGenerate(program: Command): void {
     .option('--models <dir>', 'model family directory (with family.json): the bundled default, and where --model NAME resolves', 'models')
     .option('--model <dir|name>', 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)')
     .option('--draft-model <dir|name>', 'a drafter, repeatable, largest first: a model folder or a member of the --models family (default: the family\'s drafters; none with an exported --model)', collect)
+    .option('--self-draft <width>', `the target's own ${SELF_DRAFTS.join(' or ')} copy as the first drafter, above the mode's (cascade quantize's defaults), made once into --self-draft-cache and reused while the target's graph is unchanged; needs Python 3 with onnx and numpy the first time`, parseSelfDraft)
+    .option('--self-draft-cache <dir>', 'where --self-draft keeps the quantized copies', '.cache/self-draft')
     .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle) as the first drafter, above the mode\'s: it drafts from the target\'s hidden_states, which the target\'s graph must output (tools/train/add_hidden_output.py)')
     .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several, e.g. onnx/model_fp16.onnx (default: found from the folder)')
     .option('--tokenizer <file>', 'tokenizer.json for models whose folders carry none (a folder\'s own tokenizer.json wins)')

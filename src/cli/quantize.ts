@@ -1,5 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, rmSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
@@ -84,6 +85,40 @@ async function quantize(o: QuantizeOptions): Promise<void> {
     throw new QuantizeToolError(`tools/train/quantize.py failed (exit ${status}); its message is above`);
   }
   process.stdout.write(`${out}\n`);
+}
+
+/** A short key of a model folder's graph (its path, size and mtime), so a re-export replaces stale cache entries. */
+export function folderKey(dir: string, graph = join(dir, 'model.onnx')): string {
+  const s = existsSync(graph) ? statSync(graph) : statSync(dir);
+  return createHash('sha256').update(`${resolve(dir)}:${s.size}:${s.mtimeMs}`).digest('hex').slice(0, 10);
+}
+
+/**
+ * The `bits`-bit copy of a model folder (tools/train/quantize.py with its defaults: blocks of 32,
+ * accuracy level 4, the head in float), made once under `cacheDir` as CACHE/int<bits>-<key>/<name>
+ * and reused while the source graph is unchanged (folderKey). It is written to a temporary folder and
+ * renamed, so an interrupted run leaves nothing that looks finished. Throws QuantizeToolError when
+ * no Python with onnx and numpy is found or the tool fails.
+ */
+export async function quantizedCopy(model: string, bits: 8 | 4, o: { readonly cacheDir: string; readonly name: string; readonly python?: string; readonly log?: (msg: string) => void }): Promise<string> {
+  const out = join(resolve(o.cacheDir), `int${bits}-${folderKey(model)}`, o.name);
+  if (existsSync(join(out, 'config.json'))) return out;
+  const python = findPython(o.python);
+  o.log?.(`quantizing ${model} to int${bits} (cascade quantize) into ${out}`);
+  mkdirSync(join(out, '..'), { recursive: true });
+  const tmp = `${out}.${process.pid}.tmp`;
+  rmSync(tmp, { recursive: true, force: true });
+  const status = await new Promise<number | null>((done, fail) => {
+    const child = spawn(python, [toolPath(), '--model', resolve(model), '--out', tmp, '--bits', String(bits)], { stdio: ['ignore', 'ignore', 'inherit'] });
+    child.on('error', (err) => fail(new QuantizeToolError(`cannot run ${python}: ${err.message}`, { cause: err })));
+    child.on('close', done);
+  });
+  if (status !== 0) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw new QuantizeToolError(`tools/train/quantize.py failed on ${model} (exit ${status}); its message is above`);
+  }
+  renameSync(tmp, out);
+  return out;
 }
 
 export function registerQuantize(program: Command): void {
