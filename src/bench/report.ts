@@ -8,12 +8,7 @@ export function median(xs: readonly number[]): number {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
-/** The q-quantile (0..1) of a list by the nearest rank below; NaN for an empty list. */
-export function quantile(xs: readonly number[], q: number): number {
-  if (!xs.length) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor(q * s.length))]!;
-}
+export { quantile } from '../kernels/stats.ts';
 
 /** Runs `fn` `repeats` times and returns the median of what it measured (milliseconds, say). */
 export async function medianOf(repeats: number, fn: () => Promise<number>): Promise<number> {

@@ -361,7 +361,7 @@ export function registerCluster(program: Command): void {
     .option('--execution-providers <list>', `with --embedded: the target's execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto; default cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--draft-execution-providers <list>', 'with --embedded: every drafter\'s execution providers, or auto (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
     .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
-    .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag)
+    .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting }) => {
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');

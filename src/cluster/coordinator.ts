@@ -8,7 +8,7 @@ import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { deriveSeed, seed64 } from '../kernels/rng.ts';
 import { MAX_TOP_LOGPROBS } from '../kernels/sampling.ts';
-import { quantile } from '../bench/report.ts';
+import { quantile } from '../kernels/stats.ts';
 import { encode } from './messages.ts';
 import { openRedis, parseRedis, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';

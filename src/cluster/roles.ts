@@ -20,9 +20,8 @@ import { embeddedBackend } from './gateway/embedded.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import type { FastifyInstance } from 'fastify';
-import { Histogram } from 'prom-client';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
-import { GatewayMetrics } from './metrics.ts';
+import { actorRoundTripHistogram, GatewayMetrics } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { RedisConnection } from './redis-connection.ts';
 import { RedisKvStore, TokenLog } from './redis-store.ts';
@@ -174,7 +173,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
     throw err;
   });
   const registry = processRegistry('coordinator');
-  const roundTrip = new Histogram({ name: 'cascade_actor_round_trip_seconds', help: 'Actor call wall time minus the actor\'s handler time (NATS, framing, scheduling), by the kind of actor', labelNames: ['kind'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [registry] });
+  const roundTrip = actorRoundTripHistogram(registry);
   const coordinator = new Coordinator({
     transport,
     log: new TokenLog(shards),
