@@ -30,9 +30,11 @@ const MAX_BLOCK = DEFAULT_MAX_DRAFT;
 
 /**
  * Asynchronous drafting (issue 27), embedded or across actors: the first drafter (`drafter`, a
- * neural model on its own worker thread or actor) drafts continuously on the optimistic path, after
- * the block under review as if all of it will be accepted, while the target verifies; the target
- * never waits for it. Each target pass reviews whatever the drafter has drafted for the committed
+ * neural model on its own worker thread or actor) drafts continuously while the target verifies;
+ * the target never waits for it. When the block under review is its own (perhaps extended by MaG) it
+ * drafts after that block as if all of it will be accepted; when it is MaG's, it goes on from the
+ * committed prefix, which pre-drafts the target's own token for the likeliest outcome, a rejection of
+ * MaG's first draft (SSD's pre-drafted outcome). Each target pass reviews whatever the drafter has drafted for the committed
  * prefix (at most `room`), extended by MaG's proposals (`mag`, free), or MaG's own proposal when
  * that starts otherwise and MaG's first drafts have been accepted at least as often (measured
  * moving average); with nothing drafted it is a plain decode step. After a pass the
@@ -199,19 +201,20 @@ export async function runCascadeAsync(
       const { block, source } = await chooseBlock(committed, room);
       block.cut(committed + worthReviewing(block.length - committed));
       const k = block.length - committed;
-      // the drafter goes on after the block under review, as if all of it will be accepted
+      // the drafter goes on after its own block under review, as if all of it will be accepted; under
+      // MaG's block it keeps drafting from the committed prefix (the likely outcome: MaG's first draft rejected)
       const drafts = block.tokens.slice(committed);
       let agree = 0;
       while (agree < k && agree < spec.length && spec[agree] === drafts[agree]) agree++;
       if (carried && agree > 0) preDrafted++;
       carried = false;
-      if (agree < k) {
+      if (agree < k && source === 'drafter') {
         wasted += spec.length - agree;
         spec = drafts;
         specQ = drafts.map((_, i) => block.q[i]);
         epoch++;
       }
-      reviewing = k;
+      reviewing = agree === k ? k : 0;
       nudge();
       const round = async () => {
         const t0 = performance.now();
