@@ -44,7 +44,7 @@ export const parseDraftingFlag = (raw: string): Drafting => {
 };
 
 /** Where the KV lives: auto, host or device (kv-placement.ts). */
-export const KV_LOCATIONS = ['auto', 'host', 'device'] as const;
+export const KV_LOCATIONS = ['auto', 'host', 'host-buffer', 'device'] as const;
 export const parseKvLocation = (raw: string): (typeof KV_LOCATIONS)[number] => {
   if (!(KV_LOCATIONS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--kv-location must be one of ${KV_LOCATIONS.join(', ')}, got "${raw}"`);
   return raw as (typeof KV_LOCATIONS)[number];

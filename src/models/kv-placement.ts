@@ -6,6 +6,12 @@
  *
  * - HostKv: the cache is JavaScript arrays; ORT copies it in and out of every pass (the CPU EP, and
  *   any EP with `kvLocation: 'host'`).
+ * - HostBufferKv: the cache is one JavaScript buffer per past tensor, with room to grow; a
+ *   GroupQueryAttention graph reads it in place (its sequence lengths come from the attention mask,
+ *   not the past's shape) and each pass returns only its new rows (onnx-proto.ts,
+ *   presentRowsFragment), which are written after the others. Nothing is copied out of ONNX Runtime
+ *   but those rows: onnxruntime-node copies every CPU output into a new JavaScript buffer, so the
+ *   presents of the Optimum contract cost a copy of the whole cache each pass.
  * - DeviceKv: the presents stay where the EP computed them (IO binding: `preferredOutputLocation:
  *   'gpu-buffer'`, as measured in ../shared/gpu/README.md) and are fed back as the next pass's past.
  *   Every cache operation is a small ONNX graph (Gather, Concat, Pad, Slice over the 2 x layers
@@ -21,8 +27,11 @@ import { gatherRows, kvArray } from './kv-store.ts';
 import { ELEM, model, node, intAttr, valueInfo } from './onnx-proto.ts';
 import type { KvArray, KvDtype, KvRows } from './session.ts';
 
-/** Where the KV lives: `auto` puts it on the device when the session runs on a GPU EP (webgpu). */
-export type KvLocation = 'auto' | 'host' | 'device';
+/**
+ * Where the KV lives: `auto` puts it on the device when the session runs on a GPU EP (webgpu), in a
+ * host buffer for a GroupQueryAttention graph on the CPU, else on the host.
+ */
+export type KvLocation = 'auto' | 'host' | 'host-buffer' | 'device';
 
 /** A sequence's rows in a batched pass's presents. */
 export interface Span {
@@ -31,7 +40,7 @@ export interface Span {
 }
 
 export interface KvPlacement {
-  readonly location: 'host' | 'device';
+  readonly location: 'host' | 'host-buffer' | 'device';
   /** 2 x layers empty tensors [1, kvHeads, 0, headDim] (a sequence's first past). */
   empty(): ort.Tensor[];
   /** Rows `indices` (ascending cache order) of a past of `length` rows; the old tensors are freed. */
@@ -143,6 +152,127 @@ export class HostKv implements KvPlacement {
           dst.set(src.subarray(from, from + len * headDim), h * len * headDim);
         }
         return kvTensor(dst, [1, kvHeads, len, headDim]);
+      }),
+    );
+  }
+
+  free(): void {}
+}
+
+/**
+ * Runs of consecutive `indices` as [destination row, source row, count]: row j of the result comes
+ * from row indices[j], so a prefix or the kept rows around a few released ones copy in a few moves.
+ */
+function runs(indices: readonly number[]): [number, number, number][] {
+  const out: [number, number, number][] = [];
+  indices.forEach((r, j) => {
+    const last = out.at(-1);
+    if (last && last[1] + last[2] === r) last[2]++;
+    else out.push([j, r, 1]);
+  });
+  return out;
+}
+
+/** The smallest buffer a host-buffer sequence gets, in rows (it doubles from there). */
+const MIN_ROWS = 64;
+
+/**
+ * The cache in one host buffer per past tensor, [1, kvHeads, capacity, headDim], rows [0, length)
+ * in use (the sequence's length is the worker's). ONNX Runtime reads it in place: only a graph that
+ * takes each row's cache length from the attention mask (GroupQueryAttention) may be fed it.
+ * Rollbacks and releases compact rows in place; appends grow the buffer by doubling.
+ */
+export class HostBufferKv implements KvPlacement {
+  readonly location = 'host-buffer';
+  constructor(
+    private readonly spec: ModelSpec,
+    private readonly dtype: KvDtype,
+  ) {}
+
+  empty(): ort.Tensor[] {
+    return emptyPast(this.spec, this.dtype);
+  }
+
+  private capacity = (t: ort.Tensor) => t.dims[2]!;
+
+  /** Fresh buffers of `capacity` rows holding rows `indices` of `past`, in order. */
+  private copy(past: readonly ort.Tensor[], indices: readonly number[], capacity: number): ort.Tensor[] {
+    const { kvHeads, headDim } = this.spec;
+    return past.map((t) => {
+      const src = floatData(t);
+      const cap = this.capacity(t);
+      const dst = kvArray(this.dtype, kvHeads * capacity * headDim);
+      for (let h = 0; h < kvHeads; h++) {
+        for (const [j, r, n] of runs(indices)) dst.set(src.subarray((h * cap + r) * headDim, (h * cap + r + n) * headDim), (h * capacity + j) * headDim);
+      }
+      return kvTensor(dst, [1, kvHeads, capacity, headDim]);
+    });
+  }
+
+  async gather(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<ort.Tensor[]> {
+    const { kvHeads, headDim } = this.spec;
+    // ascending indices: row j comes from row indices[j] >= j, so copying forwards never overwrites a source
+    for (const t of past) {
+      const data = floatData(t);
+      const cap = this.capacity(t);
+      for (let h = 0; h < kvHeads; h++) {
+        for (const [j, r, n] of runs(indices)) if (r !== j) data.copyWithin((h * cap + j) * headDim, (h * cap + r) * headDim, (h * cap + r + n) * headDim);
+      }
+    }
+    return past;
+  }
+
+  async copyPrefix(past: ort.Tensor[], _length: number, count: number): Promise<ort.Tensor[]> {
+    return count === 0 ? this.empty() : this.copy(past, upTo(count), count);
+  }
+
+  async take(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<KvArray[]> {
+    // a copy of exactly the rows taken is laid out as KvRows are: [kvHeads, indices.length, headDim]
+    return this.copy(past, indices, indices.length).map(floatData);
+  }
+
+  async append(past: ort.Tensor[], length: number, rows: KvRows): Promise<ort.Tensor[]> {
+    const { kvHeads, headDim } = this.spec;
+    const total = length + rows.count;
+    const cap = this.capacity(past[0]!);
+    const room = total <= cap ? past : this.copy(past, upTo(length), Math.max(MIN_ROWS, 2 * cap, total));
+    room.forEach((t, k) => {
+      const dst = floatData(t);
+      const add = rows.tensors[k]!;
+      const c = this.capacity(t);
+      for (let h = 0; h < kvHeads; h++) dst.set(add.subarray(h * rows.count * headDim, (h + 1) * rows.count * headDim), (h * c + length) * headDim);
+    });
+    return room;
+  }
+
+  async batch(pasts: readonly ort.Tensor[][], lengths: readonly number[], maxP: number): Promise<ort.Tensor[]> {
+    const { kvHeads, headDim, layers } = this.spec;
+    const b = pasts.length;
+    return Array.from({ length: 2 * layers }, (_, t) => {
+      const data = kvArray(this.dtype, b * kvHeads * maxP * headDim);
+      pasts.forEach((past, i) => {
+        const src = floatData(past[t]!);
+        const cap = this.capacity(past[t]!);
+        const n = lengths[i]!;
+        const pad = maxP - n;
+        for (let h = 0; h < kvHeads; h++) data.set(src.subarray(h * cap * headDim, (h * cap + n) * headDim), ((i * kvHeads + h) * maxP + pad) * headDim);
+      });
+      return kvTensor(data, [b, kvHeads, maxP, headDim]);
+    });
+  }
+
+  async split(presents: readonly ort.Tensor[], rows: readonly Span[], total: number): Promise<ort.Tensor[][]> {
+    const { kvHeads, headDim } = this.spec;
+    return rows.map(({ start, length: len }, i) =>
+      presents.map((t) => {
+        const src = floatData(t);
+        const cap = Math.max(MIN_ROWS, 2 * len);
+        const dst = kvArray(this.dtype, kvHeads * cap * headDim);
+        for (let h = 0; h < kvHeads; h++) {
+          const from = ((i * kvHeads + h) * total + start) * headDim;
+          dst.set(src.subarray(from, from + len * headDim), h * cap * headDim);
+        }
+        return kvTensor(dst, [1, kvHeads, cap, headDim]);
       }),
     );
   }

@@ -61,3 +61,36 @@ export function model(name: string, nodes: readonly Uint8Array[], inputs: readon
   const graph = concat([...nodes.map((n) => field(1, n)), field(2, name), ...inputs.map((i) => field(11, i)), ...outputs.map((o) => field(12, o))]);
   return concat([field(1, 8), field(2, 'cascade-cluster'), field(8, concat([field(1, ''), field(2, 14)])), field(7, graph)]);
 }
+
+/** A TENSOR attribute (AttributeProto type 4) holding an int64 vector. */
+function int64TensorAttr(name: string, values: readonly number[]): Uint8Array {
+  const tensor = concat([field(1, values.length), field(2, ELEM.int64), ...values.map((v) => field(7, v))]);
+  return concat([field(1, name), field(20, 4), field(5, tensor)]);
+}
+
+/**
+ * Bytes that, appended to a serialized decoder ModelProto, add outputs `present_rows.N.key|value`
+ * [batch, kv_heads, new tokens, head_dim]: the last rows of each `present.N.*`, those of this pass's
+ * tokens (Slice on axis 2 from the attention mask's width less input_ids' width). Protobuf merges a
+ * repeated singular message field into the first, so the graph keeps every node and gains these
+ * (onnx.proto3: ModelProto.graph is field 7; GraphProto.node 1, output 12). A runner that fetches
+ * only these rows never copies the whole cache out of ONNX Runtime (kv-placement.ts, HostBufferKv).
+ */
+export function presentRowsFragment(layers: number, elem: number): Uint8Array {
+  const p = 'cascade_present_rows';
+  const nodes = [
+    node('Shape', ['attention_mask'], [`${p}/mask_shape`]),
+    node('Shape', ['input_ids'], [`${p}/ids_shape`]),
+    node('Sub', [`${p}/mask_shape`, `${p}/ids_shape`], [`${p}/starts`]),
+    node('Constant', [], [`${p}/axes`], [int64TensorAttr('value', [0, 2])]),
+  ];
+  const outputs: Uint8Array[] = [];
+  for (let i = 0; i < layers; i++) {
+    for (const kv of ['key', 'value']) {
+      // starts [0, total - new], ends [batch, total] on axes [0, 2]: every batch row, this pass's positions
+      nodes.push(node('Slice', [`present.${i}.${kv}`, `${p}/starts`, `${p}/mask_shape`, `${p}/axes`], [`present_rows.${i}.${kv}`]));
+      outputs.push(valueInfo(`present_rows.${i}.${kv}`, elem, ['batch_size', 'kv_heads', 'sequence_length', 'head_dim']));
+    }
+  }
+  return field(7, concat([...nodes.map((n) => field(1, n)), ...outputs.map((o) => field(12, o))]));
+}

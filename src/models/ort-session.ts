@@ -42,7 +42,7 @@ export class OrtModelSession implements ModelSession {
    */
   positionIds = true;
   /** Where the KV lives between passes: the host, or the device of a device EP (kv-placement.ts). */
-  kvLocation: 'host' | 'device' = 'host';
+  kvLocation: 'host' | 'host-buffer' | 'device' = 'host';
   /**
    * What automatic prefix caching saved (SessionOptions.prefixCache, prefix-cache.ts): forwards that
    * started a sequence from another's KV rows, and the tokens whose rows were copied, not computed.

@@ -11,8 +11,11 @@ import * as ort from 'onnxruntime-node';
 import { logitsWidth, type FeatureSpec, type ModelSpec } from './config.ts';
 import { halvesToFloats } from '../kernels/half.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
-import { DeviceKv, floatData, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
+import { DeviceKv, floatData, HostBufferKv, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
+import { ELEM, presentRowsFragment } from './onnx-proto.ts';
 import { graphOpTypes } from './graph-ops.ts';
+import { readFileSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
 import { longestPrefix, RETAINED_TOKENS, RetainedPrefixes, reusableLimit } from './prefix-cache.ts';
 import { joinRows, rowCount, rowsInChunk, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
@@ -99,7 +102,7 @@ function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
   );
 }
 
-async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'device' }> {
+async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'host-buffer' | 'device' }> {
   spec = s;
   prefixCache = options.prefixCache ?? true;
   retained = new RetainedPrefixes<Sequence>(options.prefixCacheTokens ?? RETAINED_TOKENS, (q) => kv.free(q.past));
@@ -130,8 +133,21 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   }
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
-  const location = kvLocation(options.kvLocation ?? 'auto', provider);
-  if (location === 'device') {
+  seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
+  const location = kvLocation(options.kvLocation ?? 'auto', provider, s);
+  if (location === 'host-buffer') {
+    // the same graph with outputs of only each pass's new rows (onnx-proto.ts), loaded from memory;
+    // external data is still read from the graph's folder
+    const graph = readFileSync(s.onnxPath);
+    const fragment = presentRowsFragment(s.layers, kvDtype === 'float16' ? ELEM.float16 : ELEM.float32);
+    const merged = new Uint8Array(graph.length + fragment.length);
+    merged.set(graph);
+    merged.set(fragment, graph.length);
+    const executionProviders = provider.split(',');
+    await session.release();
+    session = await ort.InferenceSession.create(merged, { ...base, executionProviders, extra: { session: { model_external_initializers_file_folder_path: dirname(s.onnxPath) } } });
+    kv = new HostBufferKv(s, kvDtype);
+  } else if (location === 'device') {
     // the presents stay on the device (IO binding) and come back as the next pass's past; logits and
     // attention sums come to the host, where sampling reads them
     const preferredOutputLocation = Object.fromEntries(session.outputNames.map((n) => [n, n.startsWith('present.') ? ('gpu-buffer' as const) : ('cpu' as const)]));
@@ -148,7 +164,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   hasAttention = session.outputNames.includes('attention_sum');
   features = graphFeatures(session, s);
   plainFetches = session.outputNames.filter((n) => n !== features?.output);
-  seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
+  rowFetches = location === 'host-buffer' ? ['logits', ...presentRowNames(s.layers)] : undefined;
   return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
 }
 
@@ -175,14 +191,30 @@ function graphFeatures(sess: ort.InferenceSession, s: ModelSpec): FeatureSpec | 
 /** EPs whose outputs can stay on the device through `preferredOutputLocation: 'gpu-buffer'`. */
 const DEVICE_EPS = ['webgpu'];
 
-/** Where the KV lives: `auto` is the device when the session runs on a device EP, else the host. */
-function kvLocation(asked: KvLocation, provider: string): 'host' | 'device' {
+/**
+ * Where the KV lives: `auto` is the device when the session runs on a device EP, else a host buffer
+ * read in place when the graph is a GroupQueryAttention one (seqlensFromMask), else the host.
+ */
+function kvLocation(asked: KvLocation, provider: string, s: ModelSpec): 'host' | 'host-buffer' | 'device' {
   const onDevice = DEVICE_EPS.includes(provider.split(',')[0]!);
   if (asked === 'device' && !onDevice) {
     throw new WorkerFailure('ModelLoadError', `--kv-location device needs a device execution provider (${DEVICE_EPS.join(', ')}) first in the list; the session runs on [${provider}]`);
   }
-  return asked === 'auto' ? (onDevice ? 'device' : 'host') : asked;
+  if (asked === 'host-buffer' && !seqlensFromMask) {
+    throw new WorkerFailure(
+      'ModelLoadError',
+      `--kv-location host-buffer needs a graph whose attention reads each sequence's length from the attention mask (GroupQueryAttention: tools/train/fuse.py, onnxruntime-genai's model builder); ${s.onnxPath} has none: use host`,
+    );
+  }
+  if (asked !== 'auto') return asked;
+  return onDevice ? 'device' : seqlensFromMask ? 'host-buffer' : 'host';
 }
+
+/** The outputs presentRowsFragment adds, in past order (key0, value0, key1, …). */
+const presentRowNames = (layers: number) => Array.from({ length: layers }, (_, i) => [`present_rows.${i}.key`, `present_rows.${i}.value`]).flat();
+
+/** What a single pass fetches with a host buffer (logits and each past's new rows); undefined otherwise. */
+let rowFetches: string[] | undefined;
 
 /**
  * A graph whose weights live in an external data file (`model.onnx_data`, `model.onnx.data`) that is
@@ -362,11 +394,18 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(want);
   if (item.hiddenStates) feeds.hidden_states = new ort.Tensor('float32', item.hiddenStates, [1, s, features!.size]);
   pastFeeds(feeds, seq.past);
-  // the features output only when asked: a pass that does not want them does not copy them out
-  const out = await session!.run(feeds, item.returnHidden ? session!.outputNames : plainFetches);
-  const old = seq.past;
-  seq.past = presents(out);
-  kv.free(old);
+  // the features output only when asked: a pass that does not want them does not copy them out;
+  // with a host buffer only the new rows come out, and are written after the others
+  const fetches = rowFetches ? [...rowFetches, ...(item.returnHidden ? [features!.output!] : [])] : item.returnHidden ? session!.outputNames : plainFetches;
+  const out = await session!.run(feeds, fetches);
+  if (rowFetches) {
+    const tensors = presentRowNames(spec!.layers).map((n) => floatData(out[n] as ort.Tensor));
+    seq.past = await kv.append(seq.past, seq.length, { dtype: kvDtype, count: s, kvHeads: spec!.kvHeads, tensors });
+  } else {
+    const old = seq.past;
+    seq.past = presents(out);
+    kv.free(old);
+  }
   appendTokens(seq, item.inputIds, positions);
   seq.length += s;
   if (attention) {
