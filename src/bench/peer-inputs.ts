@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gunzipSync } from 'node:zlib';
-import { folderKey, quantizedCopy } from '../cli/quantize.ts';
+import { folderKey, fusedCopy, quantizedCopy } from '../cli/quantize.ts';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
 
 /**
@@ -174,9 +174,14 @@ export class PeerArtifacts {
     private readonly log: (msg: string) => void,
   ) {}
 
-  /** `cascade quantize --bits N` of `model` (tools/train/quantize.py defaults), cached (quantizedCopy). */
-  quantized(model: string, bits: 8 | 4): Promise<string> {
-    return quantizedCopy(model, bits, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log });
+  /** `cascade quantize --bits N [--quantize-head] [--accuracy-level L]` of `model`, cached (quantizedCopy). */
+  quantized(model: string, bits: 8 | 4, o: { readonly quantizeHead?: boolean; readonly accuracyLevel?: number } = {}): Promise<string> {
+    return quantizedCopy(model, bits, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log, ...o });
+  }
+
+  /** tools/train/fuse.py's form of `model`, cached (fusedCopy). */
+  fused(model: string): Promise<string> {
+    return fusedCopy(model, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log });
   }
 
   /** `model` as GGUF of `type` (tools/gguf/export_gguf.py), cached. */

@@ -22,6 +22,14 @@ export type PeerWeights = (typeof PEER_WEIGHTS)[number];
 const GGUF_OF: Record<PeerWeights, GgufType> = { f32: 'f32', f16: 'f16', '8': 'q8_0', '4': 'q4_0' };
 const OURS_OF: Record<PeerWeights, string | undefined> = { f32: 'f32', f16: undefined, '8': 'int8', '4': 'int4' };
 
+/**
+ * This project's graph forms: `unfused` is the export as it is (the Optimum contract, KV copied in
+ * and out of every pass); `fused` is tools/train/fuse.py's GroupQueryAttention form, whose KV lives in
+ * a host buffer read in place (kv-placement.ts, HostBufferKv). Drafters run in the same form.
+ */
+export const PEER_FORMS = ['unfused', 'fused'] as const;
+export type PeerForm = (typeof PEER_FORMS)[number];
+
 export interface PeerBenchOptions {
   /** The target and this project's drafters (`--models`, `--model`, `--draft-model`). */
   readonly models: ModelChoice;
@@ -35,6 +43,10 @@ export interface PeerBenchOptions {
   /** Thread counts, each a separate set of warm sessions (ORT intra-op threads; llama.cpp context threads). */
   readonly threads: readonly number[];
   readonly weights: readonly PeerWeights[];
+  /** This project's graph forms, each a set of sides. */
+  readonly forms: readonly PeerForm[];
+  /** MatMulNBits accuracy_level of this project's quantized copies (4: int8 compute on the CPU; 0: float). */
+  readonly accuracyLevel: number;
   /** Python with onnx and numpy, for cascade quantize and the GGUF exporter. */
   readonly python: string;
   /** Where the int8/int4 folders, the GGUF files and the llama.cpp clone are kept between runs. */
@@ -146,7 +158,9 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
 
   const runtime = await PeerRuntime.start();
   const peerModels = new Map<PeerWeights, { target: PeerModel; draft?: PeerModel }>();
-  const ourDirs = new Map<PeerWeights, string>();
+  /** This project's target folder per `${weights} ${form}`, and its drafters' per form. */
+  const ourDirs = new Map<string, string>();
+  const ourDrafters = new Map<PeerForm, string[]>();
   const opened: { close(): Promise<void> }[] = [];
   const rows: PeerRow[] = [];
   let identity = { prompts: 0, identical: 0 };
@@ -159,8 +173,13 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
       peerModels.set(w, { target, ...(draft ? { draft } : {}) });
       opened.push(target, ...(draft ? [draft] : []));
       const ours = OURS_OF[w];
-      if (ours) ourDirs.set(w, ours === 'f32' ? targetDir : await artifacts.quantized(targetDir, ours === 'int8' ? 8 : 4));
+      for (const form of ours ? o.forms : []) {
+        const base = form === 'fused' ? await artifacts.fused(targetDir) : targetDir;
+        // quantized copies quantize the LM head too: at this size it is a third of the weights read per token
+        ourDirs.set(`${w} ${form}`, ours === 'f32' ? base : await artifacts.quantized(base, ours === 'int8' ? 8 : 4, { quantizeHead: true, accuracyLevel: o.accuracyLevel }));
+      }
     }
+    for (const form of o.forms) ourDrafters.set(form, form === 'fused' ? await Promise.all(drafterDirs.map((d) => artifacts.fused(d))) : drafterDirs);
     const tok = TextTokenizer.forModel({ dir: targetDir, tokenizerPath: join(targetDir, 'tokenizer.json') });
     const promptIds = prompts.map((p) => tok.encodePrompt(p.text));
     const tokenizerAgrees = prompts.filter((p, i) => sameTokens(peerModels.get('f32')!.target.tokenize(p.text), promptIds[i]!)).length;
@@ -175,17 +194,22 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
       const sessions: ModelSession[] = [];
       const peerSides: PeerSide[] = [];
       try {
-        const drafterSessions: ModelSession[] = [];
-        for (const d of drafterDirs) drafterSessions.push(await OrtModelSession.open(d, { intraOpThreads: threads, prefixCache: false }));
-        sessions.push(...drafterSessions);
+        const drafterSessions = new Map<PeerForm, ModelSession[]>();
+        for (const form of o.forms) {
+          const opened: ModelSession[] = [];
+          for (const d of ourDrafters.get(form)!) opened.push(await OrtModelSession.open(d, { intraOpThreads: threads, prefixCache: false }));
+          drafterSessions.set(form, opened);
+          sessions.push(...opened);
+        }
         const magSpec: DrafterSpec = { kind: 'mag', bigram };
         for (const w of o.weights) {
-          const dir = ourDirs.get(w);
-          if (dir) {
+          for (const form of o.forms) {
+            const dir = ourDirs.get(`${w} ${form}`);
+            if (!dir) continue;
             const target = await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false });
             sessions.push(target);
-            const format = w === 'f32' ? 'ONNX f32' : `ONNX ${OURS_OF[w]} (cascade quantize)`;
-            const neural: DrafterSpec[] = csd.drafters.flatMap((d): DrafterSpec[] => (d === 'mag' ? [magSpec] : [{ kind: 'model', session: drafterSessions[family.drafters.indexOf(d)]! }]));
+            const format = `ONNX ${w === 'f32' ? 'f32' : `${OURS_OF[w]}+head (cascade quantize${o.accuracyLevel === 4 ? '' : `, level ${o.accuracyLevel}`})`} ${form}`;
+            const neural: DrafterSpec[] = csd.drafters.flatMap((d): DrafterSpec[] => (d === 'mag' ? [magSpec] : [{ kind: 'model', session: drafterSessions.get(form)![family.drafters.indexOf(d)]! }]));
             sides.push(oursSide(w, format, target, 'target only', [], []));
             if (family.drafters.length) sides.push(oursSide(w, format, target, `default cascade (${csd.drafters.join(', ')})`, neural, csd.kMatrix));
             sides.push(oursSide(w, format, target, 'MaG', [magSpec], mag.kMatrix));
@@ -251,7 +275,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
           };
         });
         for (const [i, r] of measured.entries()) {
-          const plainIndex = measured.findIndex((p) => p.engine === r.engine && p.weights === r.weights && p.method === 'target only');
+          const plainIndex = measured.findIndex((p) => p.engine === r.engine && p.format === r.format && p.method === 'target only');
           r.vsPlain = r.tokensPerSecond / measured[plainIndex]!.tokensPerSecond;
           const plain = runs.get(sides[plainIndex]!)![0]!;
           r.sameAsPlain = runs.get(sides[i]!)![0]!.filter((x, j) => sameTokens(x.tokenIds, plain[j]!.tokenIds)).length;
@@ -280,7 +304,8 @@ function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: reado
   );
   const best = (engine: PeerRow['engine'], w: PeerWeights, t: number) =>
     rows.filter((r) => r.engine === engine && r.weights === w && r.threads === t).reduce<PeerRow | undefined>((a, b) => (!a || b.tokensPerSecond > a.tokensPerSecond ? b : a), undefined);
-  const plain = (engine: PeerRow['engine'], w: PeerWeights, t: number) => rows.find((r) => r.engine === engine && r.weights === w && r.threads === t && r.method === 'target only');
+  const plain = (engine: PeerRow['engine'], w: PeerWeights, t: number) =>
+    rows.filter((r) => r.engine === engine && r.weights === w && r.threads === t && r.method === 'target only').reduce<PeerRow | undefined>((a, b) => (!a || b.tokensPerSecond > a.tokensPerSecond ? b : a), undefined);
   const cell = (r: PeerRow | undefined, withMethod = false) => (r ? `${r.tokensPerSecond.toFixed(0)} (${r.decodeTokensPerSecond.toFixed(0)})${withMethod ? ` ${r.method}` : ''}` : '-');
   const summaryRows: string[][] = [];
   for (const t of o.threads) {
@@ -290,7 +315,7 @@ function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: reado
       summaryRows.push([WEIGHT_LABEL[w], String(t), cell(plain('cascade-cluster', w, t)), cell(ob, true), cell(plain('llama.cpp', w, t)), cell(pb, true), ob && pb ? (ob.tokensPerSecond / pb.tokensPerSecond).toFixed(2) : '-']);
     }
   }
-  const summary = formatTable(['weights', 'threads', 'this project plain', 'this project best', 'llama.cpp plain', 'llama.cpp best', 'best / best'], summaryRows);
+  const summary = formatTable(['weights', 'threads', 'this project plain (fastest form)', 'this project best', 'llama.cpp plain', 'llama.cpp best', 'best / best'], summaryRows);
   const what =
     `${n} held-out prompts (${[...new Set(prompts.map((p) => p.kind))].join(', ')}), ${o.maxTokens} greedy tokens each, both engines in one process, every side warm ` +
     `(models loaded once, one untimed warm-up request; this project's automatic prefix caching off, as llama.cpp's history is cleared per request); tok/s = generated tokens over whole requests (prefill included), decode = tokens after the first over the time after it; ` +

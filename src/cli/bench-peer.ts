@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { benchPeer, PEER_WEIGHTS, type PeerWeights } from '../bench/peer.ts';
+import { benchPeer, PEER_FORMS, PEER_WEIGHTS, type PeerForm, type PeerWeights } from '../bench/peer.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { parseNumber } from './options.ts';
 import { findPython } from './quantize.ts';
@@ -16,6 +16,8 @@ interface PeerFlags {
   repeats: number;
   threads: number[];
   weights: PeerWeights[];
+  forms: PeerForm[];
+  accuracyLevel: number;
   cacheDir: string;
   python?: string;
   note?: string;
@@ -23,6 +25,13 @@ interface PeerFlags {
 }
 
 const parseThreads = (raw: string): number[] => raw.split(',').map((t) => parseNumber('--threads', { min: 1, integer: true })(t));
+
+function parseForms(raw: string): PeerForm[] {
+  const list = raw.split(',');
+  const bad = list.find((f) => !(PEER_FORMS as readonly string[]).includes(f));
+  if (bad !== undefined) throw new InvalidArgumentError(`--forms must be among ${PEER_FORMS.join(', ')} (comma-separated), got "${bad}"`);
+  return list as PeerForm[];
+}
 
 function parseWeights(raw: string): PeerWeights[] {
   const list = raw.split(',');
@@ -48,11 +57,14 @@ export function registerBenchPeer(bench: Command): void {
     .option('--repeats <n>', 'timed repeats per configuration (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
     .option('--threads <list>', 'thread counts, comma-separated (ONNX Runtime intra-op threads; llama.cpp context threads)', parseThreads, [1, 2])
     .option('--weights <list>', `weight widths, comma-separated: ${PEER_WEIGHTS.join(', ')} (this project has no f16 CPU path; 8 and 4 are cascade quantize int8/int4 and GGUF Q8_0/Q4_0)`, parseWeights, [...PEER_WEIGHTS])
+    .option('--forms <list>', "this project's graph forms, comma-separated, each measured: unfused (the export as it is) and fused (tools/train/fuse.py's GroupQueryAttention form, KV in a host buffer read in place); drafters run in the same form", parseForms, [...PEER_FORMS])
+    .option('--accuracy-level <n>', "MatMulNBits accuracy_level of this project's quantized copies: 4 computes in int8 on the CPU, 0 in float (exact under speculation, see docs/quantization.md)", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
     .option('--cache-dir <dir>', 'where the quantized folders, GGUF files and llama.cpp clone (for gguf-py) are made once', '.cache/bench-peer')
     .option('--python <path>', 'Python with onnx and numpy for cascade quantize and tools/gguf/export_gguf.py (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
     .option('--note <text>', 'a line recorded with the results (the machine\'s conditions, say)')
     .option('--out <dir>', 'directory for peer.json and peer.md', 'results')
     .action(async (o: PeerFlags) => {
+      if (o.accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${o.accuracyLevel}`);
       await benchPeer({
         models: { models: o.models, model: o.model, draftModels: o.draftModel },
         peerDraft: o.peerDraft,
@@ -62,6 +74,8 @@ export function registerBenchPeer(bench: Command): void {
         repeats: o.repeats,
         threads: o.threads,
         weights: o.weights,
+        forms: o.forms,
+        accuracyLevel: o.accuracyLevel,
         python: findPython(o.python),
         cacheDir: resolve(o.cacheDir),
         note: o.note,

@@ -32,13 +32,32 @@ interface QuantizeOptions {
   python?: string;
 }
 
-/** tools/train/quantize.py from src/cli (tsx) or dist/src/cli (tsc). */
-function toolPath(): string {
+/** The graph rewrites under tools/train that run here. */
+type TrainTool = 'quantize.py' | 'fuse.py';
+
+/** tools/train/<tool> from src/cli (tsx) or dist/src/cli (tsc). */
+function toolPath(tool: TrainTool): string {
   for (const up of ['../..', '../../..']) {
-    const path = fileURLToPath(new URL(`${up}/tools/train/quantize.py`, import.meta.url));
+    const path = fileURLToPath(new URL(`${up}/tools/train/${tool}`, import.meta.url));
     if (existsSync(path)) return path;
   }
-  throw new QuantizeToolError('tools/train/quantize.py is missing from this installation (it ships in the repository)');
+  throw new QuantizeToolError(`tools/train/${tool} is missing from this installation (it ships in the repository)`);
+}
+
+/**
+ * Runs tools/train/<tool> with `args`, its stderr on ours (its stdout too when `stdout`); a tool that
+ * fails leaves no `out` folder behind and throws QuantizeToolError naming it.
+ */
+async function runTool(python: string, tool: TrainTool, args: readonly string[], out: string, stdout: 'inherit' | 'ignore'): Promise<void> {
+  const status = await new Promise<number | null>((done, fail) => {
+    const child = spawn(python, [toolPath(tool), ...args], { stdio: ['ignore', stdout, 'inherit'] });
+    child.on('error', (err) => fail(new QuantizeToolError(`cannot run ${python}: ${err.message}`, { cause: err })));
+    child.on('close', done);
+  });
+  if (status !== 0) {
+    rmSync(out, { recursive: true, force: true });
+    throw new QuantizeToolError(`tools/train/${tool} failed (exit ${status}); its message is above`);
+  }
 }
 
 /**
@@ -72,18 +91,10 @@ async function quantize(o: QuantizeOptions): Promise<void> {
   if (existsSync(out)) throw new InvalidArgumentError(`--out ${out} exists: name a new folder for the quantized model`);
   const graph = relative(model, findGraph(model, o.modelFile));
   const python = findPython(o.python);
-  const args = [toolPath(), '--model', model, '--out', out, '--bits', String(o.bits), '--block-size', String(o.blockSize),
+  const args = ['--model', model, '--out', out, '--bits', String(o.bits), '--block-size', String(o.blockSize),
     '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : [])];
   process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
-  const status = await new Promise<number | null>((done, fail) => {
-    const child = spawn(python, args, { stdio: ['ignore', 'inherit', 'inherit'] });
-    child.on('error', fail);
-    child.on('close', done);
-  });
-  if (status !== 0) {
-    if (existsSync(out)) rmSync(out, { recursive: true, force: true });
-    throw new QuantizeToolError(`tools/train/quantize.py failed (exit ${status}); its message is above`);
-  }
+  await runTool(python, 'quantize.py', args, out, 'inherit');
   process.stdout.write(`${out}\n`);
 }
 
@@ -93,32 +104,51 @@ export function folderKey(dir: string, graph = join(dir, 'model.onnx')): string 
   return createHash('sha256').update(`${resolve(dir)}:${s.size}:${s.mtimeMs}`).digest('hex').slice(0, 10);
 }
 
+/** Where a cached copy is made and who asks: CACHE/<kind>-<key>/<name>. */
+export interface CopyOptions {
+  readonly cacheDir: string;
+  readonly name: string;
+  readonly python?: string;
+  readonly log?: (msg: string) => void;
+}
+
 /**
- * The `bits`-bit copy of a model folder (tools/train/quantize.py with its defaults: blocks of 32,
- * accuracy level 4, the head in float), made once under `cacheDir` as CACHE/int<bits>-<key>/<name>
- * and reused while the source graph is unchanged (folderKey). It is written to a temporary folder and
- * renamed, so an interrupted run leaves nothing that looks finished. Throws QuantizeToolError when
- * no Python with onnx and numpy is found or the tool fails.
+ * A copy of a model folder made once by tools/train/<tool> under `cacheDir` as
+ * CACHE/<kind>-<key>/<name>, reused while the source graph is unchanged (folderKey). It is written to
+ * a temporary folder and renamed, so an interrupted run leaves nothing that looks finished. Throws
+ * QuantizeToolError when no Python with onnx and numpy is found or the tool fails.
  */
-export async function quantizedCopy(model: string, bits: 8 | 4, o: { readonly cacheDir: string; readonly name: string; readonly python?: string; readonly log?: (msg: string) => void }): Promise<string> {
-  const out = join(resolve(o.cacheDir), `int${bits}-${folderKey(model)}`, o.name);
+async function cachedCopy(tool: TrainTool, kind: string, model: string, args: readonly string[], o: CopyOptions): Promise<string> {
+  const out = join(resolve(o.cacheDir), `${kind}-${folderKey(model)}`, o.name);
   if (existsSync(join(out, 'config.json'))) return out;
   const python = findPython(o.python);
-  o.log?.(`quantizing ${model} to int${bits} (cascade quantize) into ${out}`);
+  o.log?.(`${tool === 'fuse.py' ? 'fusing' : `quantizing to ${kind}`} ${model} (tools/train/${tool}) into ${out}`);
   mkdirSync(join(out, '..'), { recursive: true });
   const tmp = `${out}.${process.pid}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
-  const status = await new Promise<number | null>((done, fail) => {
-    const child = spawn(python, [toolPath(), '--model', resolve(model), '--out', tmp, '--bits', String(bits)], { stdio: ['ignore', 'ignore', 'inherit'] });
-    child.on('error', (err) => fail(new QuantizeToolError(`cannot run ${python}: ${err.message}`, { cause: err })));
-    child.on('close', done);
-  });
-  if (status !== 0) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw new QuantizeToolError(`tools/train/quantize.py failed on ${model} (exit ${status}); its message is above`);
-  }
+  await runTool(python, tool, ['--model', resolve(model), '--out', tmp, ...args], tmp, 'ignore');
   renameSync(tmp, out);
   return out;
+}
+
+/**
+ * The `bits`-bit copy of a model folder (tools/train/quantize.py: blocks of 32, accuracy level 4
+ * unless `accuracyLevel`, the head in float unless `quantizeHead`), cached (cachedCopy) as
+ * int<bits>[h][-l<level>].
+ */
+export function quantizedCopy(model: string, bits: 8 | 4, o: CopyOptions & { readonly quantizeHead?: boolean; readonly accuracyLevel?: number }): Promise<string> {
+  const level = o.accuracyLevel ?? 4;
+  const kind = `int${bits}${o.quantizeHead ? 'h' : ''}${level === 4 ? '' : `-l${level}`}`;
+  return cachedCopy('quantize.py', kind, model, ['--bits', String(bits), '--accuracy-level', String(level), ...(o.quantizeHead ? ['--quantize-head'] : [])], o);
+}
+
+/**
+ * The fused form of a model folder (tools/train/fuse.py: GroupQueryAttention, RotaryEmbedding,
+ * SkipSimplifiedLayerNormalization, packed projections; docs/gpu.md), cached (cachedCopy) as `fused`.
+ * Its KV lives in a host buffer read in place on the CPU (kv-placement.ts, HostBufferKv).
+ */
+export function fusedCopy(model: string, o: CopyOptions): Promise<string> {
+  return cachedCopy('fuse.py', 'fused', model, [], o);
 }
 
 export function registerQuantize(program: Command): void {
