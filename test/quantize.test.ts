@@ -137,6 +137,23 @@ maybe('generate --self-draft int4 - the target\'s own 4-bit copy, made once into
   t.regex((await fails(['generate', '--self-draft', 'int3', 'x'])).stderr, /--self-draft must be one of int4, int8/);
 });
 
+maybe('quantize - a 4-bit target at accuracy level 0 keeps its own output under speculation (greedy and seeded sampled csd equal --mode ar); at level 4 generate warns that it may not', async (t) => {
+  // level 0 computes in float, so a verify pass scores a token as a decode step does (within 1e-5, as f32);
+  // level 4's int8 kernels round differently for one row and for several (docs/quantization.md)
+  const level0 = join(tmp, 'draft-l2-int4-l0');
+  await cascade('quantize', '--model', dirOf('draft-l2'), '--out', level0, '--bits', '4', '--accuracy-level', '0');
+  const run = (model: string, ...extra: string[]) => cascade('generate', '--model', model, '--draft-model', dirOf('draft-l1'), '--json', '--max-tokens', '48', ...extra, 'def fibonacci(n):');
+  for (const sampling of [['--temperature', '0'], ['--temperature', '1', '--seed', '11']]) {
+    const [ar, csd] = await Promise.all([run(level0, ...sampling, '--mode', 'ar'), run(level0, ...sampling, '--mode', 'csd', '--k-matrix', '[[3,5],[0,2]]')]);
+    const got = JSON.parse(csd.stdout);
+    t.deepEqual(got.tokenIds, JSON.parse(ar.stdout).tokenIds, sampling.join(' '));
+    t.true(got.stats.acceptedTokens > 0, 'drafts were accepted');
+    t.notRegex(csd.stderr, /warning/);
+  }
+  const warned = await run(out[4], '--temperature', '0', '--mode', 'csd');
+  t.regex(warned.stderr, /warning: .*accuracy_level 4.*--accuracy-level 0/);
+});
+
 function argmax(row: Float32Array): number {
   let best = 0;
   for (let v = 1; v < row.length; v++) if (row[v]! > row[best]!) best = v;

@@ -1,6 +1,8 @@
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
+import { findPython } from '../src/cli/quantize.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY } from '../src/kernels/sampling.ts';
@@ -37,6 +39,25 @@ test.before(async () => {
 test.after.always(async () => {
   await Promise.all([gpu?.close(), cpu?.close(), drafter?.close()]);
 });
+
+/**
+ * `cascade ...` to stdout. Two sessions on the WebGPU EP in one process (a target and a drafter, or a
+ * drafter's placement trial) crash ONNX Runtime 1.30 over lavapipe now and then (SIGSEGV or SIGABRT
+ * mid-run, "CommandEncoder is already finished"; about one run in four; docs/gpu.md, Known issues).
+ * A run killed by a signal is retried, logged, up to 4 times; a wrong answer, or a crash every time,
+ * still fails.
+ */
+async function generateRetried(t: { log(...values: unknown[]): void }, args: readonly string[]): Promise<string> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await cascade(...args)).stdout;
+    } catch (err) {
+      const signal = (err as { signal?: string | null }).signal;
+      if (!signal || attempt === 4) throw err;
+      t.log(`cascade ${args.join(' ')} died by ${signal} (attempt ${attempt}): retried`);
+    }
+  }
+}
 
 const maxDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
 
@@ -113,22 +134,7 @@ gpuTest('webgpu - sampling: sd over a device-KV target draws each of 3 positions
 gpuTest('webgpu - cascade generate --execution-providers webgpu (target) places the drafter by measured cost, or where --placement pins it, and prints the CPU EP\'s greedy tokens', async (t) => {
   const args = ['generate', '--json', '--model', 'draft-l2', '--draft-model', 'draft-l1', '--prompt-ids', PROMPT.join(','), '--max-tokens', '12', '--temperature', '0'];
   type Out = { tokenIds: number[]; placement?: Record<string, { executionProviders: string[]; trials: { executionProviders: string[]; ms?: number }[] }> };
-  // Two sessions on the WebGPU EP in one process (here the target and the drafter, or a drafter's
-  // placement trial) crash ONNX Runtime 1.30 over lavapipe now and then (SIGSEGV or SIGABRT mid-run,
-  // "CommandEncoder is already finished"; about one run in four, before this test's code changed
-  // too; docs/gpu.md, Known issues). A run killed by a signal is retried, logged, up to 4 times; a
-  // wrong answer, or a crash every time, still fails.
-  const run = async (...extra: string[]): Promise<Out> => {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return JSON.parse((await cascade(...args, ...extra)).stdout) as Out;
-      } catch (err) {
-        const signal = (err as { signal?: string | null }).signal;
-        if (!signal || attempt === 4) throw err;
-        t.log(`generate ${extra.join(' ')} died by ${signal} (attempt ${attempt}): retried`);
-      }
-    }
-  };
+  const run = async (...extra: string[]): Promise<Out> => JSON.parse(await generateRetried(t, [...args, ...extra])) as Out;
   const cpuAr = await run('--mode', 'ar');
   // the drafter is not pinned: beside a WebGPU target it goes where its decode pass measures cheapest
   const gpuCsd = await run('--mode', 'csd', '--execution-providers', 'webgpu', '--kv-location', 'device');
@@ -140,4 +146,27 @@ gpuTest('webgpu - cascade generate --execution-providers webgpu (target) places 
   const pinned = await run('--mode', 'csd', '--execution-providers', 'webgpu', '--placement', 'draft-l1=webgpu');
   t.deepEqual(pinned.tokenIds, cpuAr.tokenIds, 'the drafter on the WebGPU EP too');
   t.is(pinned.placement, undefined, 'pinned: nothing measured');
+});
+
+gpuTest('webgpu - a 4-bit MatMulNBits target (cascade quantize, accuracy level 0) on the WebGPU EP gives the CPU EP\'s greedy tokens, target-only and under csd', async (t) => {
+  let python: string;
+  try {
+    python = findPython();
+  } catch (err) {
+    t.log(`skipped: ${(err as Error).message}`);
+    return t.pass();
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-webgpu-int4-'));
+  const out = join(dir, 'draft-l2-int4');
+  try {
+    await cascade('quantize', '--model', TARGET, '--out', out, '--bits', '4', '--accuracy-level', '0', '--python', python);
+    // each run its own process, the target alone on the WebGPU EP (drafters on the CPU)
+    const args = ['generate', '--json', '--model', out, '--draft-model', DRAFTER, '--prompt-ids', PROMPT.join(','), '--max-tokens', '16', '--temperature', '0', '--draft-execution-providers', 'cpu'];
+    const tokens = async (...extra: string[]) => (JSON.parse(await generateRetried(t, [...args, ...extra])) as { tokenIds: number[] }).tokenIds;
+    const want = await tokens('--mode', 'ar');
+    t.deepEqual(await tokens('--mode', 'ar', '--execution-providers', 'webgpu'), want, 'ar');
+    t.deepEqual(await tokens('--mode', 'csd', '--execution-providers', 'webgpu'), want, 'csd');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });

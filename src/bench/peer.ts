@@ -225,9 +225,14 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
         }
 
         if (!reference) {
-          // token identity: llama.cpp f32 against this project's f32 target-only, greedy, every prompt
-          const ours = sides.find((s) => s.engine === 'cascade-cluster' && s.weights === 'f32' && s.method === 'target only')!;
-          const theirs = sides.find((s) => s.engine === 'llama.cpp' && s.weights === 'f32' && s.method === 'target only')!;
+          // token identity: llama.cpp f32 against this project's f32 target-only (the export as it is), greedy,
+          // every prompt, whatever --weights and --forms time
+          const refTarget = await OrtModelSession.open(targetDir, { intraOpThreads: threads, prefixCache: false });
+          sessions.push(refTarget);
+          const refPeer = await peerModels.get('f32')!.target.side(threads, { kind: 'none' }, contextSize);
+          peerSides.push(refPeer);
+          const ours = oursSide('f32', 'ONNX f32 unfused', refTarget, 'target only', [], []);
+          const theirs = peerSide('f32', 'target only', refPeer);
           log(`identity check: llama.cpp f32 against this project's f32 target-only on ${prompts.length} prompts, ${o.maxTokens} greedy tokens each`);
           reference = [];
           const diverged: string[] = [];

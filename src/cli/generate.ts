@@ -20,6 +20,7 @@ import { StopMatcher } from '../models/stop-strings.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
+import { speculationCaveat } from '../models/config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
 import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
 import { DEFAULT_DRAFTING, DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
@@ -229,7 +230,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       const source = locationOf(memberSource(family, family.target));
       if (source.modelFile !== undefined) throw new InvalidArgumentError(`--self-draft quantizes the target's folder as a whole: a target picked by --model-file (${source.modelFile}) is not supported; quantize it with cascade quantize --model-file and pass it as --draft-model`);
       const bits = o.selfDraft === 'int4' ? 4 : 8;
-      const dir = await quantizedCopy(source.dir, bits, { cacheDir: o.selfDraftCache, name: `${family.target}-${o.selfDraft}`, log: (m) => process.stderr.write(`${m}\n`) });
+      // a drafter's head may be quantized too (its drafts are reviewed): at this size the head is a third of the bytes read per token
+      const dir = await quantizedCopy(source.dir, bits, { cacheDir: o.selfDraftCache, name: `${family.target}-${o.selfDraft}`, quantizeHead: true, log: (m) => process.stderr.write(`${m}\n`) });
       selfDraft = await OrtModelSession.open(dir, { intraOpThreads: o.threads, executionProviders: placed(family.target) });
       checkSharedVocabulary(target.spec, [selfDraft.spec]);
       drafters.unshift({ kind: 'model', session: selfDraft });
@@ -241,6 +243,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       drafters.unshift({ kind: 'eagle', session: eagle });
       plan = { ...plan, drafters: [eagle.spec.name, ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
     }
+    const caveat = drafters.length ? speculationCaveat(target.spec) : undefined;
+    if (caveat) process.stderr.write(`warning: ${caveat}\n`);
     const tok = TextTokenizer.forModel(target.spec);
     const stream = tok.stream();
     const promptIds = typeof text === 'string' ? tok.encodePrompt(text) : 'ids' in text ? text.ids : tok.encodeChat(text);

@@ -122,7 +122,7 @@ async function cachedCopy(tool: TrainTool, kind: string, model: string, args: re
   const out = join(resolve(o.cacheDir), `${kind}-${folderKey(model)}`, o.name);
   if (existsSync(join(out, 'config.json'))) return out;
   const python = findPython(o.python);
-  o.log?.(`${tool === 'fuse.py' ? 'fusing' : `quantizing to ${kind}`} ${model} (tools/train/${tool}) into ${out}`);
+  o.log?.(`${tool === 'fuse.py' ? `fusing ${model}` : `quantizing ${model} to ${kind}`} (tools/train/${tool}) into ${out}`);
   mkdirSync(join(out, '..'), { recursive: true });
   const tmp = `${out}.${process.pid}.tmp`;
   rmSync(tmp, { recursive: true, force: true });

@@ -10,7 +10,7 @@ import { checkBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { loadBigram, loadController, loadFamily, memberDir, memberSource, type Family } from '../models/family.ts';
 import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
-import { loadModelSpec } from '../models/config.ts';
+import { loadModelSpec, speculationCaveat } from '../models/config.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { describeTrial, draftProvidersBeside, isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
@@ -110,6 +110,8 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
         process.stderr.write(`${describeTrial(name, t)}\n`),
       )).session
     : await OrtModelSession.open(source, { ...options, executionProviders: o.executionProviders, cpuFallback: true });
+  const caveat = isTarget ? speculationCaveat(model.spec) : undefined;
+  if (caveat) process.stderr.write(`warning: ${caveat}\n`);
   // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
   const session = new BatchingSession(model, model.positionIds ? o.batching : { ...o.batching, maxBatch: 1 });
   let transport: Transport;
@@ -248,6 +250,8 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
   );
   try {
     const models = await sessions.cascadeModels();
+    const caveat = speculationCaveat(models.target.spec);
+    if (caveat) process.stderr.write(`warning: ${caveat}\n`);
     // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
     const batched = (m: ModelSession) => new BatchingSession(m, (m as OrtModelSession).positionIds === false ? { maxBatch: 1 } : {});
     const spec = models.target.spec;

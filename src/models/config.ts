@@ -45,6 +45,28 @@ export interface ModelSpec {
    * draftVocab[i], so a logits row has draftVocab.length entries, not vocabSize.
    */
   readonly draftVocab?: readonly number[];
+  /**
+   * Weight-only quantization written by `cascade quantize` (config.json `quantization`): its width and
+   * MatMulNBits accuracy_level; undefined for a float model.
+   */
+  readonly quantization?: { readonly bits: number; readonly accuracyLevel: number };
+}
+
+/**
+ * Why a target's speculative output may differ from its own target-only decoding, or undefined.
+ * A MatMulNBits model at accuracy_level 4 lets ONNX Runtime's CPU EP quantize activations to int8,
+ * and its kernel for one row (a decode step) and for several (a verify pass) round differently, on
+ * some inputs by 1e-1 in the logits (docs/quantization.md); levels 2 and 3 (16-bit compute) are
+ * warned about too, unmeasured. Levels 0 and 1 compute in float32 and agree within 2e-5, as float
+ * graphs do (tools/bench/verify-drift.ts).
+ */
+export function speculationCaveat(spec: ModelSpec): string | undefined {
+  const q = spec.quantization;
+  if (!q || q.accuracyLevel <= 1) return undefined;
+  return (
+    `${spec.name} is a ${q.bits}-bit MatMulNBits model at accuracy_level ${q.accuracyLevel}: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
+    `from a decode step (up to 1e-1 in the logits), so speculation over it may leave its own target-only output; quantize the target with --accuracy-level 0 for exact speculation (docs/quantization.md)`
+  );
 }
 
 /** The feature inputs and outputs of a graph (ModelSpec.features). */
@@ -83,6 +105,8 @@ const ConfigJson = z
     max_position_embeddings: positiveInt.optional(),
     n_positions: positiveInt.optional(),
     draft_vocab: z.array(z.number().int().nonnegative()).nonempty().optional(),
+    /** Written by cascade quantize; anything else in it is left alone. */
+    quantization: z.object({ bits: z.number().int(), accuracy_level: z.number().int() }).loose().optional().catch(undefined),
   })
   .loose();
 
@@ -132,6 +156,7 @@ export function loadModelSpec(source: ModelSource): ModelSpec {
     ...(generation && Object.keys(generation.defaults).length ? { generation: generation.defaults } : {}),
     maxPositions: c.max_position_embeddings ?? c.n_positions,
     ...(c.draft_vocab ? { draftVocab: checkDraftVocab(c.draft_vocab, c.vocab_size, join(abs, 'config.json')) } : {}),
+    ...(c.quantization ? { quantization: { bits: c.quantization.bits, accuracyLevel: c.quantization.accuracy_level } } : {}),
   };
 }
 
