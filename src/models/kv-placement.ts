@@ -85,10 +85,10 @@ function emptyPast(spec: ModelSpec, dtype: KvDtype): ort.Tensor[] {
 
 /** The cache as JavaScript arrays: every operation is a copy on this thread. */
 export class HostKv implements KvPlacement {
-  readonly location = 'host';
+  readonly location: 'host' | 'host-buffer' = 'host';
   constructor(
-    private readonly spec: ModelSpec,
-    private readonly dtype: KvDtype,
+    protected readonly spec: ModelSpec,
+    protected readonly dtype: KvDtype,
   ) {}
 
   empty(): ort.Tensor[] {
@@ -131,12 +131,19 @@ export class HostKv implements KvPlacement {
       const data = kvArray(this.dtype, b * kvHeads * block);
       pasts.forEach((past, i) => {
         const src = floatData(past[t]!);
+        // a past's third dimension is its rows in memory: its length here, a buffer's capacity in HostBufferKv
+        const stride = past[t]!.dims[2]!;
         const n = lengths[i]!;
         const pad = maxP - n;
-        for (let h = 0; h < kvHeads; h++) data.set(src.subarray(h * n * headDim, (h + 1) * n * headDim), (i * kvHeads + h) * block + pad * headDim);
+        for (let h = 0; h < kvHeads; h++) data.set(src.subarray(h * stride * headDim, (h * stride + n) * headDim), (i * kvHeads + h) * block + pad * headDim);
       });
       return kvTensor(data, [b, kvHeads, maxP, headDim]);
     });
+  }
+
+  /** The rows a sequence's past holds in memory after a batched pass gave it `length` rows. */
+  protected capacityFor(length: number): number {
+    return length;
   }
 
   async split(presents: readonly ort.Tensor[], rows: readonly Span[], total: number): Promise<ort.Tensor[][]> {
@@ -144,14 +151,15 @@ export class HostKv implements KvPlacement {
     return rows.map(({ start, length: len }, i) =>
       presents.map((t) => {
         const src = floatData(t);
+        const cap = this.capacityFor(len);
         // a sequence that filled its rows of the batch exactly is a contiguous slab: a view, not a copy
-        if (start === 0 && len === total) return kvTensor(src.subarray(i * kvHeads * total * headDim, (i + 1) * kvHeads * total * headDim), [1, kvHeads, len, headDim]);
-        const dst = kvArray(this.dtype, kvHeads * len * headDim);
+        if (start === 0 && len === total && cap === len) return kvTensor(src.subarray(i * kvHeads * total * headDim, (i + 1) * kvHeads * total * headDim), [1, kvHeads, len, headDim]);
+        const dst = kvArray(this.dtype, kvHeads * cap * headDim);
         for (let h = 0; h < kvHeads; h++) {
           const from = ((i * kvHeads + h) * total + start) * headDim;
-          dst.set(src.subarray(from, from + len * headDim), h * len * headDim);
+          dst.set(src.subarray(from, from + len * headDim), h * cap * headDim);
         }
-        return kvTensor(dst, [1, kvHeads, len, headDim]);
+        return kvTensor(dst, [1, kvHeads, cap, headDim]);
       }),
     );
   }
@@ -182,16 +190,8 @@ const MIN_ROWS = 64;
  * takes each row's cache length from the attention mask (GroupQueryAttention) may be fed it.
  * Rollbacks and releases compact rows in place; appends grow the buffer by doubling.
  */
-export class HostBufferKv implements KvPlacement {
-  readonly location = 'host-buffer';
-  constructor(
-    private readonly spec: ModelSpec,
-    private readonly dtype: KvDtype,
-  ) {}
-
-  empty(): ort.Tensor[] {
-    return emptyPast(this.spec, this.dtype);
-  }
+export class HostBufferKv extends HostKv {
+  override readonly location = 'host-buffer';
 
   private capacity = (t: ort.Tensor) => t.dims[2]!;
 
@@ -209,7 +209,7 @@ export class HostBufferKv implements KvPlacement {
     });
   }
 
-  async gather(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<ort.Tensor[]> {
+  override async gather(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<ort.Tensor[]> {
     const { kvHeads, headDim } = this.spec;
     // ascending indices: row j comes from row indices[j] >= j, so copying forwards never overwrites a source
     for (const t of past) {
@@ -222,16 +222,16 @@ export class HostBufferKv implements KvPlacement {
     return past;
   }
 
-  async copyPrefix(past: ort.Tensor[], _length: number, count: number): Promise<ort.Tensor[]> {
+  override async copyPrefix(past: ort.Tensor[], _length: number, count: number): Promise<ort.Tensor[]> {
     return count === 0 ? this.empty() : this.copy(past, upTo(count), count);
   }
 
-  async take(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<KvArray[]> {
+  override async take(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<KvArray[]> {
     // a copy of exactly the rows taken is laid out as KvRows are: [kvHeads, indices.length, headDim]
     return this.copy(past, indices, indices.length).map(floatData);
   }
 
-  async append(past: ort.Tensor[], length: number, rows: KvRows): Promise<ort.Tensor[]> {
+  override async append(past: ort.Tensor[], length: number, rows: KvRows): Promise<ort.Tensor[]> {
     const { kvHeads, headDim } = this.spec;
     const total = length + rows.count;
     const cap = this.capacity(past[0]!);
@@ -245,39 +245,9 @@ export class HostBufferKv implements KvPlacement {
     return room;
   }
 
-  async batch(pasts: readonly ort.Tensor[][], lengths: readonly number[], maxP: number): Promise<ort.Tensor[]> {
-    const { kvHeads, headDim, layers } = this.spec;
-    const b = pasts.length;
-    return Array.from({ length: 2 * layers }, (_, t) => {
-      const data = kvArray(this.dtype, b * kvHeads * maxP * headDim);
-      pasts.forEach((past, i) => {
-        const src = floatData(past[t]!);
-        const cap = this.capacity(past[t]!);
-        const n = lengths[i]!;
-        const pad = maxP - n;
-        for (let h = 0; h < kvHeads; h++) data.set(src.subarray(h * cap * headDim, (h * cap + n) * headDim), ((i * kvHeads + h) * maxP + pad) * headDim);
-      });
-      return kvTensor(data, [b, kvHeads, maxP, headDim]);
-    });
+  protected override capacityFor(length: number): number {
+    return Math.max(MIN_ROWS, 2 * length);
   }
-
-  async split(presents: readonly ort.Tensor[], rows: readonly Span[], total: number): Promise<ort.Tensor[][]> {
-    const { kvHeads, headDim } = this.spec;
-    return rows.map(({ start, length: len }, i) =>
-      presents.map((t) => {
-        const src = floatData(t);
-        const cap = Math.max(MIN_ROWS, 2 * len);
-        const dst = kvArray(this.dtype, kvHeads * cap * headDim);
-        for (let h = 0; h < kvHeads; h++) {
-          const from = ((i * kvHeads + h) * total + start) * headDim;
-          dst.set(src.subarray(from, from + len * headDim), h * cap * headDim);
-        }
-        return kvTensor(dst, [1, kvHeads, cap, headDim]);
-      }),
-    );
-  }
-
-  free(): void {}
 }
 
 const upTo = (n: number) => Array.from({ length: n }, (_, i) => i);
