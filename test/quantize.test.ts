@@ -1,14 +1,16 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { findPython } from '../src/cli/quantize.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
-import { GREEDY } from '../src/kernels/sampling.ts';
+import { distribution, GREEDY } from '../src/kernels/sampling.ts';
+import { generateCascade } from '../src/engine/cascade.ts';
 import { graphOpTypes } from '../src/models/graph-ops.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { cascade, fails } from './helpers/cli.ts';
 import { dirOf, maxAbsDiff, reference } from './helpers/family.ts';
+import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
 
 /**
  * `cascade quantize` (tools/train/quantize.py) on draft-l2 at 8 and 4 bits, through the CLI, then the
@@ -152,6 +154,33 @@ maybe('quantize - a 4-bit target at accuracy level 0 keeps its own output under 
   }
   const warned = await run(out[4], '--temperature', '0', '--mode', 'csd');
   t.regex(warned.stderr, /warning: .*accuracy_level 4.*--accuracy-level 0/);
+});
+
+maybe('quantize - sampling: rejection-sampled sd over a 4-bit target (accuracy level 0) draws each of 3 positions, bonus and corrections included, from that target given the tokens before it (chi-square)', async (t) => {
+  const level0 = join(tmp, 'draft-l2-int4-l0');
+  if (!existsSync(level0)) await cascade('quantize', '--model', dirOf('draft-l2'), '--out', level0, '--bits', '4', '--accuracy-level', '0');
+  const [target, drafter] = [await OrtModelSession.open(level0), await OrtModelSession.open(dirOf('draft-l1'))];
+  sessions.push(target, drafter);
+  const sampling = { temperature: 0.6, topK: 0, topP: 1 };
+  const prompt = PROMPT.slice(0, 6);
+  const samples: number[][] = [];
+  for (let seed = 0; seed < 400; seed++) {
+    samples.push((await generateCascade(target, { drafters: [{ kind: 'model', session: drafter }], kMatrix: [[2]], lenience: 1 }, { promptIds: prompt, maxTokens: 3, sampling, seed, stopAtEos: false, verification: 'rejection' })).tokenIds);
+  }
+  // the oracle is target-only: the quantized target's own distribution at each sampled context
+  const oracle = new Map<string, Float32Array>();
+  for (const sample of samples) {
+    for (let i = 0; i < sample.length; i++) {
+      const context = [...prompt, ...sample.slice(0, i)];
+      const key = context.join(',');
+      if (oracle.has(key)) continue;
+      oracle.set(key, distribution(await target.forward({ seqId: 'oracle', inputIds: context }, 'last'), sampling));
+      await target.release('oracle');
+    }
+  }
+  const fits = positionalChiSquare(samples, prompt, (context) => oracle.get(context.join(','))!);
+  t.log(describeFits(fits));
+  t.deepEqual(misfits(fits, 0.8), [], describeFits(fits));
 });
 
 function argmax(row: Float32Array): number {
