@@ -76,3 +76,14 @@ test('host buffer - greedy decoding gives the host path\'s tokens', async (t) =>
   const req = { promptIds: PROMPT, maxTokens: 100, sampling: GREEDY, seed: 0, stopAtEos: false };
   t.deepEqual((await generateAutoregressive(buffer, req)).tokenIds, (await generateAutoregressive(host, req)).tokenIds);
 });
+
+test('host buffer - a long cache cut back to a few rows (its buffer shrinks) and grown again gives the host path\'s logits', async (t) => {
+  const both = async (fn: (s: OrtModelSession) => Promise<Float32Array>, what: string) => {
+    const [a, b] = await Promise.all([fn(buffer), fn(host)]);
+    t.is(maxAbsDiff(a, b), 0, what);
+  };
+  await both((s) => s.forward({ seqId: 'long', inputIds: ids(300, 9) }, 'last'), 'prefill 300');
+  await both((s) => s.forward({ seqId: 'long', keep: 10, inputIds: [7] }, 'last'), 'decode after keeping 10 of 300');
+  for (const [i, id] of ids(80, 10).entries()) await both((s) => s.forward({ seqId: 'long', inputIds: [id] }, 'last'), `decode ${i} after the cut`);
+  await Promise.all([buffer.release('long'), host.release('long')]);
+});

@@ -30,7 +30,7 @@ function parseForms(raw: string): PeerForm[] {
   const list = raw.split(',');
   const bad = list.find((f) => !(PEER_FORMS as readonly string[]).includes(f));
   if (bad !== undefined) throw new InvalidArgumentError(`--forms must be among ${PEER_FORMS.join(', ')} (comma-separated), got "${bad}"`);
-  return list as PeerForm[];
+  return [...new Set(list)] as PeerForm[];
 }
 
 function parseWeights(raw: string): PeerWeights[] {

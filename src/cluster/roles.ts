@@ -128,7 +128,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     return { model: actor.model, instance: actor.instance, provider: session.provider, sessions: actor.activeSessions, load: session.load(), batching: session.counters };
   });
   return {
-    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}, KV on the ${model.kvLocation}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
+    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}, KV ${model.kvLocation === 'host-buffer' ? 'in a host buffer' : `on the ${model.kvLocation}`}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
       await health?.close();
       await actor.stop();

@@ -188,7 +188,8 @@ const MIN_ROWS = 64;
  * The cache in one host buffer per past tensor, [1, kvHeads, capacity, headDim], rows [0, length)
  * in use (the sequence's length is the worker's). ONNX Runtime reads it in place: only a graph that
  * takes each row's cache length from the attention mask (GroupQueryAttention) may be fed it.
- * Rollbacks and releases compact rows in place; appends grow the buffer by doubling.
+ * Rollbacks and releases compact rows in place (into a smaller buffer when under a quarter of it
+ * stays); appends grow the buffer by doubling, so it holds up to twice the rows in use.
  */
 export class HostBufferKv extends HostKv {
   override readonly location = 'host-buffer';
@@ -210,6 +211,10 @@ export class HostBufferKv extends HostKv {
   }
 
   override async gather(past: ort.Tensor[], _length: number, indices: readonly number[]): Promise<ort.Tensor[]> {
+    // a buffer far larger than what is kept shrinks: GroupQueryAttention allocates its present at the
+    // past's full capacity every pass (measured: 0.86 against 0.37 ms a step at 8192 rows against 128)
+    const want = Math.max(MIN_ROWS, 2 * indices.length);
+    if (this.capacity(past[0]!) > 4 * want) return this.copy(past, indices, want);
     const { kvHeads, headDim } = this.spec;
     // ascending indices: row j comes from row indices[j] >= j, so copying forwards never overwrites a source
     for (const t of past) {

@@ -145,7 +145,14 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
     merged.set(fragment, graph.length);
     const executionProviders = provider.split(',');
     await session.release();
-    session = await ort.InferenceSession.create(merged, { ...base, executionProviders, extra: { session: { model_external_initializers_file_folder_path: dirname(s.onnxPath) } } });
+    try {
+      session = await ort.InferenceSession.create(merged, { ...base, executionProviders, extra: { session: { model_external_initializers_file_folder_path: dirname(s.onnxPath) } } });
+    } catch (err) {
+      throw (
+        missingExternalData(s, err as Error) ??
+        new WorkerFailure('ModelLoadError', `cannot load ${s.onnxPath} with its present_rows outputs (--kv-location host-buffer): ${(err as Error).message}; --kv-location host loads it as it is`)
+      );
+    }
     kv = new HostBufferKv(s, kvDtype);
   } else if (location === 'device') {
     // the presents stay on the device (IO binding) and come back as the next pass's past; logits and
@@ -193,7 +200,7 @@ const DEVICE_EPS = ['webgpu'];
 
 /**
  * Where the KV lives: `auto` is the device when the session runs on a device EP, else a host buffer
- * read in place when the graph is a GroupQueryAttention one (seqlensFromMask), else the host.
+ * read in place when the graph is a GroupQueryAttention one (seqlensFromMask) on the CPU EP, else the host.
  */
 function kvLocation(asked: KvLocation, provider: string, s: ModelSpec): 'host' | 'host-buffer' | 'device' {
   const onDevice = DEVICE_EPS.includes(provider.split(',')[0]!);
@@ -207,7 +214,8 @@ function kvLocation(asked: KvLocation, provider: string, s: ModelSpec): 'host' |
     );
   }
   if (asked !== 'auto') return asked;
-  return onDevice ? 'device' : seqlensFromMask ? 'host-buffer' : 'host';
+  // the host buffer only where it was measured and tested: the CPU EP (other EPs keep the Optimum contract)
+  return onDevice ? 'device' : seqlensFromMask && provider.split(',')[0] === 'cpu' ? 'host-buffer' : 'host';
 }
 
 /** The outputs presentRowsFragment adds, in past order (key0, value0, key1, …). */
