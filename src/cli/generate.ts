@@ -300,6 +300,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       return;
     }
     const s = result.stats;
+    // where auto put the target's KV (host, host-buffer, device): the runner's choice, not the flag
+    const kvWhere = 'kvLocation' in target && typeof target.kvLocation === 'string' ? target.kvLocation : undefined;
     if (o.json) {
       const acceptanceByPosition = s.draftedByPosition.map((d, i) => s.acceptedByPosition[i]! / d);
       const out = {
@@ -309,6 +311,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         model: target.spec.name,
         cascade: { mode: o.mode, ...plan, verification: o.verification, drafting: o.drafting },
         stats: { ...s, acceptanceByPosition },
+        ...(kvWhere ? { kvLocation: kvWhere } : {}),
         ...(sessions.placements.size ? { placement: Object.fromEntries(sessions.placements) } : {}),
       };
       writeOut(JSON.stringify(out) + '\n');
@@ -320,7 +323,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}` : '';
       const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}`;
       process.stderr.write(
-        `[${o.mode}: ${target.spec.name} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
+        `[${o.mode}: ${target.spec.name}${kvWhere ? ` (KV ${kvWhere})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
           `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target calls, ` +
           `${s.meanAcceptanceLength.toFixed(2)} tokens per call${drafting}, finish: ${result.finishReason})\n`,
       );

@@ -64,7 +64,7 @@ export function speculationCaveat(spec: ModelSpec): string | undefined {
   const q = spec.quantization;
   if (!q || q.accuracyLevel <= 1) return undefined;
   return (
-    `${spec.name} is a ${q.bits}-bit MatMulNBits model at accuracy_level ${q.accuracyLevel}: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
+    `${spec.name} is a MatMulNBits model (${q.bits}-bit weights) at accuracy_level ${q.accuracyLevel}: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
     `from a decode step (up to 1e-1 in the logits), so speculation over it may leave its own target-only output; quantize the target with --accuracy-level 0 for exact speculation (docs/quantization.md)`
   );
 }
