@@ -139,21 +139,24 @@ maybe('generate --self-draft int4 - the target\'s own 4-bit copy, made once into
   t.regex((await fails(['generate', '--self-draft', 'int3', 'x'])).stderr, /--self-draft must be one of int4, int8/);
 });
 
-maybe('quantize - a 4-bit target at accuracy level 0 keeps its own output under speculation (greedy and seeded sampled csd equal --mode ar); at level 4 generate warns that it may not', async (t) => {
+maybe('quantize - a 4-bit target at accuracy level 0 keeps its own output under speculation (greedy and seeded sampled csd equal target-only decoding); at level 4 generate warns that it may not', async (t) => {
   // level 0 computes in float, so a verify pass scores a token as a decode step does (within 1e-5, as f32);
   // level 4's int8 kernels round differently for one row and for several (docs/quantization.md)
   const level0 = join(tmp, 'draft-l2-int4-l0');
   await cascade('quantize', '--model', dirOf('draft-l2'), '--out', level0, '--bits', '4', '--accuracy-level', '0');
-  const run = (model: string, ...extra: string[]) => cascade('generate', '--model', model, '--draft-model', dirOf('draft-l1'), '--json', '--max-tokens', '48', ...extra, 'def fibonacci(n):');
-  for (const sampling of [['--temperature', '0'], ['--temperature', '1', '--seed', '11']]) {
-    const [ar, csd] = await Promise.all([run(level0, ...sampling, '--mode', 'ar'), run(level0, ...sampling, '--mode', 'csd', '--k-matrix', '[[3,5],[0,2]]')]);
-    const got = JSON.parse(csd.stdout);
-    t.deepEqual(got.tokenIds, JSON.parse(ar.stdout).tokenIds, sampling.join(' '));
-    t.true(got.stats.acceptedTokens > 0, 'drafts were accepted');
-    t.notRegex(csd.stderr, /warning/);
+  const [target, drafter] = [await OrtModelSession.open(level0), await OrtModelSession.open(dirOf('draft-l1'))];
+  sessions.push(target, drafter);
+  for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
+    const req = { promptIds: PROMPT, maxTokens: 48, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
+    const want = (await generateAutoregressive(target, req)).tokenIds;
+    const csd = await generateCascade(target, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
+    t.deepEqual(csd.tokenIds, want, `temperature ${sampling.temperature}`);
+    t.true(csd.stats.acceptedTokens > 0, 'drafts were accepted');
   }
-  const warned = await run(out[4], '--temperature', '0', '--mode', 'csd');
+  const run = (model: string) => cascade('generate', '--model', model, '--draft-model', dirOf('draft-l1'), '--max-tokens', '4', '--temperature', '0', 'def fibonacci(n):');
+  const [warned, quiet] = await Promise.all([run(out[4]), run(level0)]);
   t.regex(warned.stderr, /warning: .*accuracy_level 4.*--accuracy-level 0/);
+  t.notRegex(quiet.stderr, /warning/);
 });
 
 maybe('quantize - sampling: rejection-sampled sd over a 4-bit target (accuracy level 0) draws each of 3 positions, bonus and corrections included, from that target given the tokens before it (chi-square)', async (t) => {
