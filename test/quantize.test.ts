@@ -4,13 +4,14 @@ import { join } from 'node:path';
 import test from 'ava';
 import { findPython } from '../src/cli/quantize.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
-import { distribution, GREEDY } from '../src/kernels/sampling.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { graphOpTypes } from '../src/models/graph-ops.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { cascade, fails } from './helpers/cli.ts';
 import { dirOf, maxAbsDiff, reference } from './helpers/family.ts';
-import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
+import { sdPositionFits } from './helpers/sd-fit.ts';
+import { describeFits, misfits } from './helpers/stats.ts';
 
 /**
  * `cascade quantize` (tools/train/quantize.py) on draft-l2 at 8 and 4 bits, through the CLI, then the
@@ -164,24 +165,8 @@ maybe('quantize - sampling: rejection-sampled sd over a 4-bit target (accuracy l
   if (!existsSync(level0)) await cascade('quantize', '--model', dirOf('draft-l2'), '--out', level0, '--bits', '4', '--accuracy-level', '0');
   const [target, drafter] = [await OrtModelSession.open(level0), await OrtModelSession.open(dirOf('draft-l1'))];
   sessions.push(target, drafter);
-  const sampling = { temperature: 0.6, topK: 0, topP: 1 };
-  const prompt = PROMPT.slice(0, 6);
-  const samples: number[][] = [];
-  for (let seed = 0; seed < 400; seed++) {
-    samples.push((await generateCascade(target, { drafters: [{ kind: 'model', session: drafter }], kMatrix: [[2]], lenience: 1 }, { promptIds: prompt, maxTokens: 3, sampling, seed, stopAtEos: false, verification: 'rejection' })).tokenIds);
-  }
   // the oracle is target-only: the quantized target's own distribution at each sampled context
-  const oracle = new Map<string, Float32Array>();
-  for (const sample of samples) {
-    for (let i = 0; i < sample.length; i++) {
-      const context = [...prompt, ...sample.slice(0, i)];
-      const key = context.join(',');
-      if (oracle.has(key)) continue;
-      oracle.set(key, distribution(await target.forward({ seqId: 'oracle', inputIds: context }, 'last'), sampling));
-      await target.release('oracle');
-    }
-  }
-  const fits = positionalChiSquare(samples, prompt, (context) => oracle.get(context.join(','))!);
+  const fits = await sdPositionFits(target, drafter, target, PROMPT.slice(0, 6), { temperature: 0.6, topK: 0, topP: 1 });
   t.log(describeFits(fits));
   t.deepEqual(misfits(fits, 0.8), [], describeFits(fits));
 });

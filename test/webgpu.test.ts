@@ -5,12 +5,13 @@ import test from 'ava';
 import { findPython } from '../src/cli/quantize.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
-import { distribution, GREEDY } from '../src/kernels/sampling.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { cascade } from './helpers/cli.ts';
 import { MODELS_DIR } from './helpers/family.ts';
-import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
+import { sdPositionFits } from './helpers/sd-fit.ts';
+import { describeFits, misfits } from './helpers/stats.ts';
 
 /**
  * The GPU code path, run in CI on onnxruntime-node's WebGPU execution provider over Mesa's lavapipe (a
@@ -109,24 +110,8 @@ gpuTest('webgpu - a bounded KV cache (streaming) and batched concurrent requests
 });
 
 gpuTest('webgpu - sampling: sd over a device-KV target draws each of 3 positions from the target given the tokens before it (chi-square)', async (t) => {
-  const sampling = { temperature: 0.6, topK: 0, topP: 1 };
-  const prompt = PROMPT.slice(0, 6);
-  const samples: number[][] = [];
-  for (let seed = 0; seed < 400; seed++) {
-    samples.push((await generateCascade(gpu, { drafters: [{ kind: 'model', session: drafter }], kMatrix: [[2]], lenience: 1 }, { promptIds: prompt, maxTokens: 3, sampling, seed, stopAtEos: false, verification: 'rejection' })).tokenIds);
-  }
   // the oracle is target-only: the CPU EP's distribution of the same model (logits within 1e-4 of the device's)
-  const oracle = new Map<string, Float32Array>();
-  for (const sample of samples) {
-    for (let i = 0; i < sample.length; i++) {
-      const context = [...prompt, ...sample.slice(0, i)];
-      const key = context.join(',');
-      if (oracle.has(key)) continue;
-      oracle.set(key, distribution(await cpu.forward({ seqId: 'oracle', inputIds: context }, 'last'), sampling));
-      await cpu.release('oracle');
-    }
-  }
-  const fits = positionalChiSquare(samples, prompt, (context) => oracle.get(context.join(','))!);
+  const fits = await sdPositionFits(gpu, drafter, cpu, PROMPT.slice(0, 6), { temperature: 0.6, topK: 0, topP: 1 });
   t.log(describeFits(fits));
   t.deepEqual(misfits(fits, 0.8), [], describeFits(fits));
 });
