@@ -2,6 +2,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
+import OpenAI from 'openai';
+import { startEmbeddedGatewayRole } from '../src/cluster/roles.ts';
 import { findPython } from '../src/cli/quantize.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
@@ -9,7 +11,7 @@ import { generateCascade } from '../src/engine/cascade.ts';
 import { graphOpTypes } from '../src/models/graph-ops.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { cascade, fails } from './helpers/cli.ts';
-import { dirOf, maxAbsDiff, reference } from './helpers/family.ts';
+import { dirOf, maxAbsDiff, MODELS_DIR, reference } from './helpers/family.ts';
 import { sdPositionFits } from './helpers/sd-fit.ts';
 import { describeFits, misfits } from './helpers/stats.ts';
 
@@ -122,7 +124,7 @@ maybe('quantize - the int4 draft-l2 as --draft-model of the f32 target, --mode s
   t.log(`int4 draft-l2: ${got.stats.acceptedTokens} of ${got.stats.draftedTokens} drafted tokens accepted`);
 });
 
-maybe('generate --self-draft int4 - the target\'s own 4-bit copy, made once into the cache, drafts above the cascade: greedy output equals target-only, sampled too under invariant verification; the second run reuses the copy', async (t) => {
+maybe('generate --self-draft int4 - the target\'s own 4-bit copy, made once into the cache, drafts above the cascade: greedy output equals target-only, sampled too under invariant verification; the second run reuses the copy; under async drafting too', async (t) => {
   const cache = join(tmp, 'self-draft');
   const args = ['generate', '--json', '--max-tokens', '24', 'def fibonacci(n):'];
   const ar = JSON.parse((await cascade(...args, '--mode', 'ar')).stdout);
@@ -134,10 +136,40 @@ maybe('generate --self-draft int4 - the target\'s own 4-bit copy, made once into
   t.true(got.stats.models['target-int4'].proposals > 0, 'the 4-bit copy drafted');
   t.regex(first.stderr, /quantizing .* to int4/);
   const sampled = (...extra: string[]) => cascade('generate', '--json', '--max-tokens', '24', '--temperature', '1', '--seed', '7', ...extra, 'def fibonacci(n):');
-  const [again, sampledAr] = await Promise.all([sampled('--self-draft', 'int4', '--self-draft-cache', cache), sampled('--mode', 'ar')]);
+  const [again, sampledAr, asyncGreedy, asyncSampled] = await Promise.all([
+    sampled('--self-draft', 'int4', '--self-draft-cache', cache),
+    sampled('--mode', 'ar'),
+    // async drafting: the copy runs ahead on its own worker while the target verifies, MaG below it
+    cascade(...args, '--self-draft', 'int4', '--self-draft-cache', cache, '--drafting', 'async'),
+    sampled('--self-draft', 'int4', '--self-draft-cache', cache, '--drafting', 'async'),
+  ]);
   t.notRegex(again.stderr, /quantizing/, 'the cached copy is reused');
   t.deepEqual(JSON.parse(again.stdout).tokenIds, JSON.parse(sampledAr.stdout).tokenIds);
+  const asyncRun = JSON.parse(asyncGreedy.stdout);
+  t.deepEqual(asyncRun.tokenIds, ar.tokenIds, 'async, greedy');
+  t.is(asyncRun.stats.drafting.mode, 'async');
+  t.true(asyncRun.stats.models['target-int4'].proposals + asyncRun.stats.models['target-int4'].reviews > 0, 'the 4-bit copy drafted ahead');
+  t.deepEqual(JSON.parse(asyncSampled.stdout).tokenIds, JSON.parse(sampledAr.stdout).tokenIds, 'async, seeded sampled');
   t.regex((await fails(['generate', '--self-draft', 'int3', 'x'])).stderr, /--self-draft must be one of int4, int8/);
+});
+
+maybe('serve --embedded --self-draft int4 - requests may name the copy (target-int4) as a drafter; through the openai client, sd with it, serial and async, gives target-only greedy text', async (t) => {
+  // the copy made by the test above is reused (the same cache): no second quantization
+  const cache = join(tmp, 'self-draft');
+  const gateway = await startEmbeddedGatewayRole({ models: MODELS_DIR, port: 0, selfDraft: 'int4', selfDraftCache: cache });
+  try {
+    const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    const prompt = 'def fibonacci(n):';
+    const ask = (cascadeField: object) => client.completions.create({ model: 'target', prompt, max_tokens: 24, temperature: 0, cascade: cascadeField } as never) as unknown as Promise<OpenAI.Completions.Completion & { usage: { cascade: { accepted_tokens: number } } }>;
+    const ar = await ask({ mode: 'ar' });
+    for (const drafting of ['serial', 'async']) {
+      const r = await ask({ mode: 'sd', drafters: ['target-int4'], drafting, ...(drafting === 'serial' ? { k_matrix: [[4]] } : {}) });
+      t.is(r.choices[0]!.text, ar.choices[0]!.text, drafting);
+      t.true(r.usage.cascade.accepted_tokens > 0, `the 4-bit copy's drafts were accepted (${drafting})`);
+    }
+  } finally {
+    await gateway.stop();
+  }
 });
 
 maybe('quantize - a 4-bit target at accuracy level 0 keeps its own output under speculation (greedy and seeded sampled csd equal target-only decoding); at level 4 generate warns that it may not', async (t) => {

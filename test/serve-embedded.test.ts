@@ -84,9 +84,10 @@ test.serial('serve --embedded - a client that goes away mid-stream cancels its r
   t.fail('the request was not cancelled within 5 s of its client leaving');
 });
 
-test('serve --embedded - takes no --nats or --redis, and a cluster gateway takes no --execution-providers', async (t) => {
+test('serve --embedded - takes no --nats or --redis, and a cluster gateway takes no --execution-providers or --self-draft', async (t) => {
   const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0']);
   t.regex(a.stderr, /--nats and --redis are for a cluster/);
-  const b = await fails(['serve', '--execution-providers', 'cpu', '--port', '0']);
-  t.regex(b.stderr, /--threads and --execution-providers are for --embedded/);
+  const [b, c] = await Promise.all([fails(['serve', '--execution-providers', 'cpu', '--port', '0']), fails(['serve', '--self-draft', 'int4', '--port', '0'])]);
+  t.regex(b.stderr, /--threads, --execution-providers and --kv-location are for --embedded/);
+  t.regex(c.stderr, /--self-draft is for --embedded: in a cluster, make the copy with cascade quantize/);
 });

@@ -16,6 +16,7 @@ import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLoca
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
+import { parseSelfDraft, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
 
 /**
  * The installed `cascade` command (it loads the TypeScript CLI through tsx itself): roles start
@@ -362,14 +363,20 @@ export function registerCluster(program: Command): void {
     .option('--draft-execution-providers <list>', 'with --embedded: every drafter\'s execution providers, or auto (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
     .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting }) => {
+    .option('--kv-location <where>', `with --embedded: where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
+    .option('--self-draft <width>', `with --embedded: ${SELF_DRAFT_HELP}`, parseSelfDraft)
+    .option('--self-draft-cache <dir>', 'with --embedded: where --self-draft keeps the quantized copies', '.cache/self-draft')
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; selfDraft?: SelfDraft; selfDraftCache: string }) => {
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');
         await runUntilSignalled(() => startEmbeddedGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
         return;
       }
-      if (o.threads !== undefined || o.executionProviders !== undefined || o.draftExecutionProviders !== undefined) {
-        throw new InvalidArgumentError('--threads and --execution-providers are for --embedded: a cluster\'s models run on its actors (cascade actor --threads, --execution-providers)');
+      if (o.threads !== undefined || o.executionProviders !== undefined || o.draftExecutionProviders !== undefined || o.kvLocation !== undefined) {
+        throw new InvalidArgumentError('--threads, --execution-providers and --kv-location are for --embedded: a cluster\'s models run on its actors (cascade actor --threads, --execution-providers, --kv-location)');
+      }
+      if (o.selfDraft !== undefined) {
+        throw new InvalidArgumentError('--self-draft is for --embedded: in a cluster, make the copy with cascade quantize --quantize-head, run a draft actor on it and list it first with --draft-model (docs/quantization.md)');
       }
       await runUntilSignalled(() => startGatewayRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), apiKeys: apiKeys(o.apiKey) }));
     });

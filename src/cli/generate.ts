@@ -9,9 +9,8 @@ import { generateAutoregressive, type GenerateResult } from '../engine/generate.
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { loadBigram, loadController, memberSource, type Family } from '../models/family.ts';
-import { quantizedCopy } from './quantize.ts';
-import { locationOf } from '../models/model-dir.ts';
+import { loadBigram, loadController, type Family } from '../models/family.ts';
+import { parseSelfDraft, SELF_DRAFT_HELP, SELF_DRAFTS, selfDraftCopy, type SelfDraft } from './quantize.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
@@ -88,10 +87,6 @@ interface GenerateOptions {
   kvReleaseBatch?: number;
   kvPlacement: KvPlacement;
 }
-
-/** Widths of the target's own quantized copy as a drafter (`--self-draft`; ML-SpecQD, QSpec). */
-const SELF_DRAFTS = ['int4', 'int8'] as const;
-type SelfDraft = (typeof SELF_DRAFTS)[number];
 
 /** Where a bounded KV cache goes (SPEC §5): the target (lossy), the drafters, or a self-draft level (both exact). */
 const KV_PLACEMENTS = ['target', 'drafters', 'self-draft'] as const;
@@ -227,11 +222,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     }
     if (o.selfDraft) {
       if (o.kvPlacement === 'self-draft' && kv) throw new InvalidArgumentError('--self-draft and --kv-placement self-draft both add a self-draft level: choose one');
-      const source = locationOf(memberSource(family, family.target));
-      if (source.modelFile !== undefined) throw new InvalidArgumentError(`--self-draft quantizes the target's folder as a whole: a target picked by --model-file (${source.modelFile}) is not supported; quantize it with cascade quantize --model-file and pass it as --draft-model`);
-      const bits = o.selfDraft === 'int4' ? 4 : 8;
-      // a drafter's head may be quantized too (its drafts are reviewed): at this size the head is a third of the bytes read per token
-      const dir = await quantizedCopy(source.dir, bits, { cacheDir: o.selfDraftCache, name: `${family.target}-${o.selfDraft}`, quantizeHead: true, log: (m) => process.stderr.write(`${m}\n`) });
+      const { dir } = await selfDraftCopy(family, o.selfDraft, o.selfDraftCache, (m) => process.stderr.write(`${m}\n`));
       selfDraft = await OrtModelSession.open(dir, { intraOpThreads: o.threads, executionProviders: placed(family.target) });
       checkSharedVocabulary(target.spec, [selfDraft.spec]);
       drafters.unshift({ kind: 'model', session: selfDraft });
@@ -386,11 +377,6 @@ const parsePlacement = (raw: string): KvPlacement => {
   return raw as KvPlacement;
 };
 
-const parseSelfDraft = (raw: string): SelfDraft => {
-  if (!(SELF_DRAFTS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--self-draft must be one of ${SELF_DRAFTS.join(', ')}, got "${raw}"`);
-  return raw as SelfDraft;
-};
-
 const parseOccurrence = (raw: string): 'earliest' | 'recent' => {
   if (raw !== 'earliest' && raw !== 'recent') throw new InvalidArgumentError(`--mag-occurrence must be earliest or recent, got "${raw}"`);
   return raw;
@@ -455,7 +441,7 @@ export function registerGenerate(program: Command): void {
     .option('--models <dir>', 'model family directory (with family.json): the bundled default, and where --model NAME resolves', 'models')
     .option('--model <dir|name>', 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)')
     .option('--draft-model <dir|name>', 'a drafter, repeatable, largest first: a model folder or a member of the --models family (default: the family\'s drafters; none with an exported --model)', collect)
-    .option('--self-draft <width>', `the target's own ${SELF_DRAFTS.join(' or ')} copy as the first drafter, above the mode's (cascade quantize's defaults), made once into --self-draft-cache and reused while the target's graph is unchanged; needs Python 3 with onnx and numpy the first time`, parseSelfDraft)
+    .option('--self-draft <width>', `${SELF_DRAFT_HELP}; above the mode's drafters`, parseSelfDraft)
     .option('--self-draft-cache <dir>', 'where --self-draft keeps the quantized copies', '.cache/self-draft')
     .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle) as the first drafter, above the mode\'s: it drafts from the target\'s hidden_states, which the target\'s graph must output (tools/train/add_hidden_output.py)')
     .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several, e.g. onnx/model_fp16.onnx (default: found from the folder)')

@@ -5,7 +5,8 @@ import { join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { CascadeError, InvalidArgumentError, ModelLoadError } from '../errors.ts';
-import { findGraph } from '../models/model-dir.ts';
+import { memberSource, type Family } from '../models/family.ts';
+import { findGraph, locationOf } from '../models/model-dir.ts';
 import { parseNumber } from './options.ts';
 
 /**
@@ -149,6 +150,39 @@ export function quantizedCopy(model: string, bits: 8 | 4, o: CopyOptions & { rea
  */
 export function fusedCopy(model: string, o: CopyOptions): Promise<string> {
   return cachedCopy('fuse.py', 'fused', model, [], o);
+}
+
+/** Widths of the target's own quantized copy as a drafter (`--self-draft`; ML-SpecQD, QSpec). */
+export const SELF_DRAFTS = ['int4', 'int8'] as const;
+export type SelfDraft = (typeof SELF_DRAFTS)[number];
+
+export const parseSelfDraft = (raw: string): SelfDraft => {
+  if (!(SELF_DRAFTS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--self-draft must be one of ${SELF_DRAFTS.join(', ')}, got "${raw}"`);
+  return raw as SelfDraft;
+};
+
+export const SELF_DRAFT_HELP = `the target's own ${SELF_DRAFTS.join(' or ')} copy as the first drafter (cascade quantize's defaults with the head quantized), made once into --self-draft-cache and reused while the target's graph is unchanged; needs Python 3 with onnx and numpy the first time`;
+
+/**
+ * The folder of the target's own `width` copy for `--self-draft` (quantizedCopy of the target's folder
+ * with the head quantized too: a drafter's drafts are reviewed, so its head may round, and at this
+ * size the head is a third of the bytes read per token), named `<target>-<width>`, made once into
+ * `cacheDir`. Throws InvalidArgumentError for a target chosen by --model-file (the copy quantizes a
+ * folder's graph as a whole), QuantizeToolError when no Python with onnx and numpy is found.
+ */
+export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<{ name: string; dir: string }> {
+  const source = locationOf(memberSource(family, family.target));
+  if (source.modelFile !== undefined) throw new InvalidArgumentError(`--self-draft quantizes the target's folder as a whole: a target picked by --model-file (${source.modelFile}) is not supported; quantize it with cascade quantize --model-file and pass it as --draft-model`);
+  const name = `${family.target}-${width}`;
+  const dir = await quantizedCopy(source.dir, width === 'int4' ? 4 : 8, { cacheDir, name, quantizeHead: true, log });
+  return { name, dir };
+}
+
+/** `family` with the target's own copy (selfDraftCopy) as its first drafter, above the others. */
+export async function withSelfDraft(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<Family> {
+  const { name, dir } = await selfDraftCopy(family, width, cacheDir, log);
+  if (family.drafters.includes(name) || family.target === name) throw new InvalidArgumentError(`--self-draft adds a drafter named ${name}, and the models already hold one`);
+  return { ...family, drafters: [name, ...family.drafters], locations: new Map([...(family.locations ?? []), [name, { dir, name }]]) };
 }
 
 export function registerQuantize(program: Command): void {

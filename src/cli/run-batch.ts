@@ -4,7 +4,9 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { openEmbeddedGateway } from '../cluster/roles.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { EXECUTION_PROVIDERS, parseExecutionProviders, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { parseSelfDraft, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
+import type { KvLocation } from '../models/kv-placement.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 
@@ -100,6 +102,9 @@ interface RunBatchOptions {
   draftExecutionProviders?: string[];
   verification: Verification;
   drafting: Drafting;
+  kvLocation?: KvLocation;
+  selfDraft?: SelfDraft;
+  selfDraftCache: string;
 }
 
 async function runBatch(o: RunBatchOptions): Promise<void> {
@@ -177,5 +182,8 @@ export function registerRunBatch(program: Command): void {
     .option('--draft-execution-providers <list>', "every drafter's execution providers, or auto (default: auto beside a target off the CPU, else cpu)", parseExecutionProviders('--draft-execution-providers'))
     .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
+    .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
+    .option('--self-draft <width>', SELF_DRAFT_HELP, parseSelfDraft)
+    .option('--self-draft-cache <dir>', 'where --self-draft keeps the quantized copies', '.cache/self-draft')
     .action((o: RunBatchOptions) => runBatch(o));
 }

@@ -14,6 +14,7 @@ import { loadModelSpec, speculationCaveat } from '../models/config.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { describeTrial, draftProvidersBeside, isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
+import { withSelfDraft, type SelfDraft } from '../cli/quantize.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
 import { buildGateway } from './gateway/index.ts';
 import { embeddedBackend } from './gateway/embedded.ts';
@@ -231,6 +232,11 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
   readonly executionProviders?: readonly string[];
   /** The drafters' (default: auto beside a target off the CPU, else cpu). */
   readonly draftExecutionProviders?: readonly string[];
+  /** Where the target's KV cache lives between passes (`--kv-location`; drafters are always auto). */
+  readonly kvLocation?: KvLocation;
+  /** The target's own quantized copy as the first drafter (`--self-draft`, made once into selfDraftCache). */
+  readonly selfDraft?: SelfDraft;
+  readonly selfDraftCache?: string;
 }
 
 /**
@@ -240,12 +246,13 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
  * an actor.
  */
 export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ app: FastifyInstance; describe: string; close(): Promise<void> }> {
-  const family = chosenModels(o);
+  const chosen = chosenModels(o);
+  const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, o.selfDraftCache ?? '.cache/self-draft', (m) => process.stderr.write(`${m}\n`)) : chosen;
   setupTracing('cascade-gateway');
   const target = family.target;
   const targetEps = o.executionProviders ?? ['cpu'];
   const draftEps = o.draftExecutionProviders ?? draftProvidersBeside(targetEps);
-  const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps }), (name, t) =>
+  const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps, kvLocation: name === target ? (o.kvLocation ?? 'auto') : 'auto' }), (name, t) =>
     process.stderr.write(`${describeTrial(name, t)}\n`),
   );
   try {
