@@ -36,6 +36,9 @@ const messages: Message[] = [
   { type: 'failed', message: 'boom' },
   { type: 'stats' },
   { type: 'statsReply', instance: 'v0', sessions: 3 },
+  // the feature drafter beside a verify actor's target (frames v8)
+  { type: 'open', session: 'req-5-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, verification: 'invariant', eagle: true },
+  { type: 'propose', session: 'req-5-0-t', base: 4, suffix: [7], want: 3, feature: true },
 ];
 
 test('messages - every message type survives a round trip through its binary frame', (t) => {
@@ -52,7 +55,7 @@ test('messages - log probabilities must be one per token, finite and at most 0, 
   t.throws(() => decode(encode({ type: 'tokens', offset: 0, tokens: [1], logprobs: [many] })), { instanceOf: FrameError, message: /21 alternatives/ });
   t.throws(() => decode(encode({ type: 'open', session: 's', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 0, logprobs: 21, verification: 'rejection' })), { instanceOf: FrameError, message: /21 alternatives/ });
   const open = encode({ type: 'open', session: 's', sampling: { temperature: 1, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 0, verification: 'invariant' });
-  open[open.length - 1] = 7;
+  open[open.length - 2] = 7; // the rule's byte, before `eagle`'s
   t.throws(() => decode(open), { instanceOf: FrameError, message: /unknown verification rule 7/ });
 });
 

@@ -84,6 +84,19 @@ test.serial('serve --embedded - a client that goes away mid-stream cancels its r
   t.fail('the request was not cancelled within 5 s of its client leaving');
 });
 
+test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a request\'s first drafter: greedy and seeded sampled (invariant) text equals target-only decoding\'s', async (t) => {
+  const promptIds = tokenizer.encodePrompt(PROMPT);
+  const want = await targetOnly(promptIds, 32);
+  const ask = (body: object) => client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, ...body } as never) as unknown as Promise<OpenAI.Completions.Completion & { usage: { cascade: { accepted_tokens: number } } }>;
+  const greedy = await ask({ temperature: 0, cascade: { drafters: [family.eagle, 'mag'] } });
+  t.is(greedy.choices[0]!.text, want.text);
+  t.true(greedy.usage.cascade.accepted_tokens > 0);
+  const sampling = { temperature: 0.8, topK: 0, topP: 1 };
+  const oracleText = tokenizer.decode((await generateAutoregressive(await oracle.get(family.target), { promptIds, maxTokens: 32, sampling, seed: 9, verification: 'invariant' })).tokenIds);
+  const sampled = await ask({ temperature: 0.8, seed: 9, cascade: { drafters: [family.eagle], verification: 'invariant' } });
+  t.is(sampled.choices[0]!.text, oracleText);
+});
+
 test('serve --embedded - takes no --nats or --redis, and a cluster gateway takes no --execution-providers or --self-draft', async (t) => {
   const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0']);
   t.regex(a.stderr, /--nats and --redis are for a cluster/);

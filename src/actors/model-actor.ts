@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { FULL_CACHE, type KvPolicyConfig } from '../engine/bounded-kv.ts';
+import { EagleLevel, FeatureTap } from '../engine/eagle-level.ts';
 import { Block, ModelLevel } from '../engine/levels.ts';
 import { CascadeError } from '../errors.ts';
 import { PositionNoise } from '../kernels/noise.ts';
-import { Rng } from '../kernels/rng.ts';
+import { deriveSeed, Rng } from '../kernels/rng.ts';
 import { checkSampling, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
 import { decode, encode, FrameError, rowsBytes, withLoad, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
@@ -42,6 +43,8 @@ interface ActorSession {
   lastUsed: number;
   /** Calls of one session run one at a time. */
   busy: Promise<unknown>;
+  /** The feature drafter beside the target (a session opened with `eagle`), with its own context and sampler. */
+  eagle?: { readonly level: EagleLevel; readonly rng: Rng; tokens: number[] };
 }
 
 export interface ActorOptions {
@@ -63,7 +66,16 @@ export interface ActorOptions {
    * must be exact, so a review with lenience other than 1 is refused, whatever the coordinator asks.
    */
   readonly target?: boolean;
+  /**
+   * An EAGLE feature drafter beside the target (a verify actor of a family that names one): a
+   * session opened with `eagle` drafts with it from the target's hidden_states, which never leave
+   * this process (docs/eagle.md, in the cluster).
+   */
+  readonly featureDrafter?: ModelSession;
 }
+
+/** The rng stream of a session's feature drafter under rejection sampling (distinct from the target's). */
+const FEATURE_STREAM = 0xea61e;
 
 /** The log probabilities a session's level recorded for the tokens it just added (none unless opened asking for them). */
 function logprobsOf(level: ModelLevel) {
@@ -96,6 +108,7 @@ export class ModelActor {
   private readonly maxSessions: number;
   private readonly kv: KvPolicyConfig;
   private readonly target: boolean;
+  private readonly featureDrafter: ModelSession | undefined;
   /** Counters for logs and tests; `oneHot`: replies whose last distributions went one-hot to fit the payload limit. */
   readonly counters = { opened: 0, closed: 0, expired: 0, errors: 0, calls: 0, oneHot: 0 };
 
@@ -110,6 +123,7 @@ export class ModelActor {
     this.maxSessions = options.maxSessions ?? 256;
     this.kv = options.kv ?? FULL_CACHE;
     this.target = options.target ?? false;
+    this.featureDrafter = options.featureDrafter;
   }
 
   start(): this {
@@ -149,6 +163,7 @@ export class ModelActor {
     this.sessions.delete(id);
     await s.busy.catch(() => undefined);
     await s.level.release();
+    await s.eagle?.level.release();
   }
 
   private async handle(data: Uint8Array, headers: Headers): Promise<Uint8Array> {
@@ -214,7 +229,7 @@ export class ModelActor {
     }
     if (!s) throw new BadRequest('unknown-session', `session ${req.session} is not held by ${this.model}/${this.instance} (expired, closed or never opened)`);
     s.lastUsed = Date.now();
-    const run = s.busy.then(() => (req.type === 'propose' ? this.propose(s, req) : this.review(s, req)));
+    const run = s.busy.then(() => (req.type === 'propose' ? (req.feature ? this.proposeFeatures(s, req) : this.propose(s, req)) : this.review(s, req)));
     s.busy = run.catch(() => undefined);
     return run;
   }
@@ -226,17 +241,39 @@ export class ModelActor {
     if (!this.sessions.has(req.session) && this.sessions.size >= this.maxSessions) {
       throw new BadRequest('invalid', `${this.model}/${this.instance} holds its maximum of ${this.maxSessions} sessions`);
     }
+    if (req.eagle && !this.featureDrafter) {
+      throw new BadRequest('invalid', `${this.model}/${this.instance} hosts no feature drafter: start its verify actors from a family whose family.json names one ("eagle": DIR, docs/eagle.md)`);
+    }
+    if (req.eagle && !(this.target || req.target)) throw new BadRequest('invalid', 'a feature drafter drafts beside the request\'s target: open it on the target\'s session');
     const old = this.sessions.get(req.session);
     if (old) void this.closeSession(req.session);
     const invariant = req.verification === 'invariant';
+    const seqId = `${req.session}@${randomUUID().slice(0, 8)}`;
+    const noise = invariant ? new PositionNoise(req.seed) : undefined;
+    // the target keeps its hidden_states for the feature drafter (FeatureTap) only when the request drafts with it
+    let tap: FeatureTap | undefined;
+    try {
+      tap = req.eagle ? new FeatureTap(this.session, seqId) : undefined;
+    } catch (err) {
+      throw new BadRequest('invalid', (err as Error).message);
+    }
     this.sessions.set(req.session, {
       // a drafter under rejection samples from its top-k (its q rows travel); under invariant it sends none
-      level: new ModelLevel(this.model, this.session, `${req.session}@${randomUUID().slice(0, 8)}`, this.target || req.target || invariant ? req.sampling : draftSampling(req.sampling), {
+      level: new ModelLevel(this.model, tap ?? this.session, seqId, this.target || req.target || invariant ? req.sampling : draftSampling(req.sampling), {
         kv: this.kv,
         promptLength: req.promptLength,
         topLogprobs: req.logprobs,
-        noise: invariant ? new PositionNoise(req.seed) : undefined,
+        noise,
       }),
+      ...(tap
+        ? {
+            eagle: {
+              level: new EagleLevel(this.featureDrafter!.spec.name, this.featureDrafter!, `${seqId}:eagle`, tap, invariant ? req.sampling : draftSampling(req.sampling), { promptLength: req.promptLength, noise }),
+              rng: new Rng(deriveSeed(req.seed, FEATURE_STREAM)),
+              tokens: [],
+            },
+          }
+        : {}),
       rng: new Rng(req.seed),
       temperature: req.sampling.temperature,
       target: this.target || req.target,
@@ -267,6 +304,22 @@ export class ModelActor {
     await s.level.propose(block, req.want, s.rng);
     s.tokens = block.tokens;
     return withLoad({ type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice(), ...logprobsOf(s.level) }, s.level.load());
+  }
+
+  /**
+   * The session's feature drafter drafts `want` tokens after its own context (cut to `base`, plus
+   * `suffix`), from the target's features of this session (EagleLevel.propose: none before the
+   * target has read the context).
+   */
+  private async proposeFeatures(s: ActorSession, req: Extract<ActorRequest, { type: 'propose' }>): Promise<ActorReply> {
+    const eagle = s.eagle;
+    if (!eagle) throw new BadRequest('invalid', `session ${req.session} was not opened with a feature drafter`);
+    if (!(req.want >= 1 && req.want <= MAX_WANT)) throw new BadRequest('invalid', `want must be 1..${MAX_WANT}, got ${req.want}`);
+    const tokens = this.context({ ...s, tokens: eagle.tokens }, req.base, req.suffix, req.want);
+    const block = new Block(tokens, tokens.length);
+    await eagle.level.propose(block, req.want, eagle.rng);
+    eagle.tokens = block.tokens;
+    return { type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice() };
   }
 
   private async review(s: ActorSession, req: Extract<ActorRequest, { type: 'review' }>): Promise<ActorReply> {

@@ -12,7 +12,7 @@ import { quantile } from '../kernels/stats.ts';
 import { encode } from './messages.ts';
 import { openRedis, parseRedis, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
-import { ActorError, RemoteLevel } from './remote-level.ts';
+import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
 import { subjects, type Subscription, type Transport } from './transport.ts';
 
@@ -63,6 +63,8 @@ export interface ClusterFamily {
   readonly bigram?: Uint32Array;
   /** The smallest context (positions) of the family's models: every round's drafts stay inside it. */
   readonly maxPositions?: number;
+  /** The feature drafter's name (EAGLE), which runs beside the target in its verify actors (RemoteFeatureLevel). */
+  readonly eagle?: string;
 }
 
 export interface CoordinatorOptions {
@@ -152,8 +154,10 @@ export class Coordinator {
       // Under rejection every level samples with its own stream: levels sharing one seed would draw
       // correlated numbers (a drafter's sample and the target's acceptance test), biasing the output.
       // Under invariant every level draws with the same noise by design.
+      const eagle = family.eagle !== undefined && job.drafters.includes(family.eagle);
       const remote = (name: string, tag: string, stream: number) =>
         new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, {
+          ...(stream === 0 && eagle ? { eagle } : {}),
           sampling: job.sampling,
           seed: invariant ? seed : deriveSeed(seed, stream),
           verification,
@@ -164,8 +168,9 @@ export class Coordinator {
           onRoundTrip: (ms) => this.options.onRoundTrip?.(stream === 0 ? 'verify' : 'draft', ms),
         });
       const top = remote(family.target, 't', 0);
-      const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : remote(d, `d${i}`, i + 1)));
-      roundTrips = [top, ...drafters].flatMap((l) => (l instanceof RemoteLevel ? [l.roundTripsMs] : []));
+      const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms) });
+      const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : d === family.eagle ? feature(d) : remote(d, `d${i}`, i + 1)));
+      roundTrips = [top, ...drafters].flatMap((l) => (l instanceof RemoteLevel || l instanceof RemoteFeatureLevel ? [l.roundTripsMs] : []));
       let offset = recorded.length;
       try {
         result = await runDrafting(

@@ -24,8 +24,9 @@ export const FRAME_MAGIC = 0xca;
  * 5: `open` asks for log probabilities; `proposed`, `reviewed` and `tokens` carry them.
  * 6: `open` carries the verification rule (under `invariant` its seed is the request's noise seed).
  * 7: `proposed` and `reviewed` carry the actor's handler time (`serveMs`), so a caller can tell the network from the work.
+ * 8: `open` may ask a verify actor for its feature drafter beside the target (`eagle`); `propose` may address it (`feature`).
  */
-export const FRAME_VERSION = 7;
+export const FRAME_VERSION = 8;
 
 /** `open`'s verification rule on the wire: its index here (never reorder; append new rules). */
 const VERIFICATION_CODES: readonly Verification[] = ['rejection', 'invariant'];
@@ -57,12 +58,18 @@ export type ActorRequest =
        * `rejection` samples with Rng(seed) (each level its own derived stream).
        */
       readonly verification: Verification;
+      /**
+       * The session is a target's and the request drafts with the actor's EAGLE feature drafter
+       * (docs/eagle.md): the target's reviews keep their hidden_states for it, in the actor's process.
+       */
+      readonly eagle?: boolean;
     }
   /**
    * The session's context is its previous context cut to `base` tokens plus `suffix`; draft `want`
-   * tokens after it.
+   * tokens after it. `feature`: the session's feature drafter drafts (a session opened with
+   * `eagle`), over a context of its own.
    */
-  | { readonly type: 'propose'; readonly session: string; readonly base: number; readonly suffix: readonly number[]; readonly want: number }
+  | { readonly type: 'propose'; readonly session: string; readonly base: number; readonly suffix: readonly number[]; readonly want: number; readonly feature?: boolean }
   /** The context (as for propose) holds drafts from `start` on, with their q; review them. */
   | {
       readonly type: 'review';
@@ -476,9 +483,9 @@ export function encode(m: Message): Uint8Array {
   const w = new Writer().u8(FRAME_MAGIC).u8(FRAME_VERSION).u8(TYPES.indexOf(m.type));
   switch (m.type) {
     case 'open':
-      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).u8(m.logprobs === undefined ? 0 : m.logprobs + 1).u8(VERIFICATION_CODES.indexOf(m.verification)).done();
+      return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).u8(m.logprobs === undefined ? 0 : m.logprobs + 1).u8(VERIFICATION_CODES.indexOf(m.verification)).u8(m.eagle ? 1 : 0).done();
     case 'propose':
-      return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).done();
+      return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).u8(m.feature ? 1 : 0).done();
     case 'review':
       return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.start).f32(m.lenience).u8(m.passUp ? 1 : 0).rows(m.q).done();
     case 'close':
@@ -532,12 +539,15 @@ export function decode(frame: Uint8Array): Message {
       const rule = r.u8('verification');
       const verification = VERIFICATION_CODES[rule];
       if (!verification) throw new FrameError(`unknown verification rule ${rule}`);
-      m = { type, session, sampling, seed, target, promptLength, ...(logprobs > 0 ? { logprobs: logprobs - 1 } : {}), verification };
+      const eagle = bool(r, 'eagle');
+      m = { type, session, sampling, seed, target, promptLength, ...(logprobs > 0 ? { logprobs: logprobs - 1 } : {}), verification, ...(eagle ? { eagle } : {}) };
       break;
     }
-    case 'propose':
-      m = { type, session: r.str('session'), base: r.u32('base'), suffix: r.ids('suffix'), want: r.u32('want') };
+    case 'propose': {
+      const base = { type, session: r.str('session'), base: r.u32('base'), suffix: r.ids('suffix'), want: r.u32('want') };
+      m = bool(r, 'feature') ? { ...base, feature: true } : base;
       break;
+    }
     case 'review':
       m = { type, session: r.str('session'), base: r.u32('base'), suffix: r.ids('suffix'), start: r.u32('start'), lenience: r.f32('lenience'), passUp: bool(r, 'passUp'), q: r.rows('q') };
       break;

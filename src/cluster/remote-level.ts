@@ -37,6 +37,8 @@ export interface RemoteLevelOptions {
   readonly timeoutMs?: number;
   /** Called with each call's round trip (ms; roundTripsMs), for a metric. */
   readonly onRoundTrip?: (ms: number) => void;
+  /** The level is the target and the request drafts with the verify actor's feature drafter (RemoteFeatureLevel): open the session with it. */
+  readonly eagle?: boolean;
 }
 
 /** An error reply from an actor that is not about a lost session: bad input or a model failure. */
@@ -81,6 +83,11 @@ export class RemoteLevel implements CascadeLevel {
     this.rowBudget = Math.floor(transport.maxPayload / 2);
   }
 
+  /** The instance holding the session now (undefined before the first call, or after it was lost). */
+  get placedOn(): string | undefined {
+    return this.instance;
+  }
+
   private async send(subject: string, req: ActorRequest, fed = 0): Promise<ActorReply> {
     const headers = injectHeaders(context.active());
     const timeoutMs = this.timeoutMs * Math.max(1, Math.ceil(fed / TOKENS_PER_TIMEOUT));
@@ -91,7 +98,7 @@ export class RemoteLevel implements CascadeLevel {
   private async place(): Promise<string> {
     let reply: ActorReply;
     try {
-      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}) });
+      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}), ...(this.options.eagle ? { eagle: true } : {}) });
     } catch (err) {
       if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       throw err;
@@ -202,5 +209,78 @@ export class RemoteLevel implements CascadeLevel {
     this.instance = undefined;
     if (!instance) return;
     await this.send(subjects.instance(this.name, instance), { type: 'close', session: this.session }).catch(() => undefined);
+  }
+}
+
+/**
+ * The EAGLE feature drafter beside a remote target (docs/eagle.md, in the cluster): it runs in the
+ * verify actor that holds the target's session (opened with `eagle`), where the target's reviews keep
+ * their hidden_states, so features never cross the network; the coordinator sends it token ids only
+ * (`propose` with `feature`), over a context of its own. It proposes only (its row of K stays zero)
+ * and drafts nothing until the target's session is placed (the first round: the target has not
+ * read the prompt). When the target's session moves (the target level placed it again), its
+ * context starts over on the new instance. A lost instance is LevelUnavailableError (the coordinator
+ * drops the level); exactness is the target's review's, as for every level.
+ */
+export class RemoteFeatureLevel implements CascadeLevel {
+  readonly stats = newStats();
+  readonly proposesOnly = true;
+  readonly roundTripsMs: number[] = [];
+  private sent: number[] = [];
+  private sentTo: string | undefined;
+
+  constructor(
+    private readonly transport: Transport,
+    readonly name: string,
+    private readonly target: RemoteLevel,
+    private readonly options: Pick<RemoteLevelOptions, 'timeoutMs' | 'onRoundTrip'> = {},
+  ) {}
+
+  async propose(block: Block, want: number): Promise<void> {
+    const instance = this.target.placedOn;
+    if (!instance) return;
+    if (instance !== this.sentTo) [this.sent, this.sentTo] = [[], instance];
+    await inSpan('level.propose', context.active(), { 'cascade.level': this.name, 'cascade.want': want }, async () => {
+      const tokens = block.tokens;
+      const base = commonPrefix(this.sent, tokens);
+      const t0 = performance.now();
+      let reply: ActorReply;
+      try {
+        const frame = encode({ type: 'propose', session: this.target.session, base, suffix: tokens.slice(base), want, feature: true });
+        reply = decode(await this.transport.request(subjects.instance(this.target.name, instance), frame, { timeoutMs: (this.options.timeoutMs ?? 10_000) * Math.max(1, Math.ceil((tokens.length - base) / TOKENS_PER_TIMEOUT)), headers: injectHeaders(context.active()) })) as ActorReply;
+      } catch (err) {
+        if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `${this.name} beside ${this.target.name} actor ${instance} is gone (${err.message})`, { cause: err });
+        throw err;
+      } finally {
+        this.stats.forwardMs += performance.now() - t0;
+      }
+      // the target's session moved or expired: the target level places it again on its next call
+      if (reply.type === 'error' && reply.code === 'unknown-session') return void (this.sent = []);
+      if (reply.type === 'error') throw new ActorError(`${this.name} beside ${this.target.name} actor ${instance}: ${reply.code}: ${reply.message}`);
+      if (reply.type !== 'proposed') throw new ActorError(`${this.name} beside ${this.target.name} actor ${instance} answered ${reply.type}, expected proposed`);
+      if (reply.serveMs !== undefined) {
+        const roundTrip = Math.max(0, performance.now() - t0 - reply.serveMs);
+        this.roundTripsMs.push(roundTrip);
+        this.options.onRoundTrip?.(roundTrip);
+      }
+      this.stats.proposals += reply.tokens.length;
+      this.stats.forwardPasses += reply.tokens.length ? 1 : 0;
+      this.stats.tokensScored += tokens.length - base + Math.max(0, reply.tokens.length - 1);
+      reply.tokens.forEach((t, i) => block.push(t, reply.q[i]));
+      this.sent = block.tokens.slice();
+    });
+  }
+
+  async review(): Promise<ReviewOutcome> {
+    throw new ActorError(`${this.name} is a feature drafter: it proposes only (its row of the K matrix must be zero)`);
+  }
+
+  lag(tokens: readonly number[]): number {
+    return tokens.length - commonPrefix(this.sent, tokens);
+  }
+
+  /** Its state goes with the target's session, which the target level closes. */
+  async release(): Promise<void> {
+    this.sent = [];
   }
 }

@@ -116,25 +116,32 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
   const session = new BatchingSession(model, model.positionIds ? o.batching : { ...o.batching, maxBatch: 1 });
   let transport: Transport;
+  let featureDrafter: OrtModelSession | undefined;
   try {
+    // the family's feature drafter runs beside its target, where the target's hidden_states are (docs/eagle.md)
+    if (!exported && isTarget && family.eagle) {
+      featureDrafter = await OrtModelSession.open(memberDir(family, family.eagle), { intraOpThreads: o.threads ?? 1, executionProviders: isAuto(o.executionProviders) ? undefined : o.executionProviders, cpuFallback: true });
+    }
     transport = await NatsTransport.connect({ servers: o.nats, name: `actor-${name}` });
   } catch (err) {
     await session.close();
+    await featureDrafter?.close();
     throw err;
   }
-  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget }).start();
+  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget, featureDrafter }).start();
   await (transport as NatsTransport).flush();
   const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
     await within(1500, 'NATS', (transport as NatsTransport).flush());
     return { model: actor.model, instance: actor.instance, provider: session.provider, sessions: actor.activeSessions, load: session.load(), batching: session.counters };
   });
   return {
-    describe: `${o.kind} actor ${actor.model}/${actor.instance} (${session.provider}, KV ${model.kvLocation === 'host-buffer' ? 'in a host buffer' : `on the ${model.kvLocation}`}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
+    describe: `${o.kind} actor ${actor.model}/${actor.instance}${featureDrafter ? ` with feature drafter ${featureDrafter.spec.name}` : ''} (${session.provider}, KV ${model.kvLocation === 'host-buffer' ? 'in a host buffer' : `on the ${model.kvLocation}`}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
       await health?.close();
       await actor.stop();
       await transport.close();
       await session.close();
+      await featureDrafter?.close();
       await shards?.close();
       await shutdownTracing();
     },
@@ -180,7 +187,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   const coordinator = new Coordinator({
     transport,
     log: new TokenLog(shards),
-    family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs]) },
+    family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs]), ...(family.eagle ? { eagle: family.eagle } : {}) },
     callTimeoutMs: o.callTimeoutMs,
     onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
   });
@@ -257,18 +264,20 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
   );
   try {
     const models = await sessions.cascadeModels();
+    const eagle = family.eagle ? { name: family.eagle, session: await sessions.get(family.eagle) } : undefined;
     const caveat = speculationCaveat(models.target.spec);
     if (caveat) process.stderr.write(`warning: ${caveat}\n`);
     // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
     const batched = (m: ModelSession) => new BatchingSession(m, (m as OrtModelSession).positionIds === false ? { maxBatch: 1 } : {});
     const spec = models.target.spec;
     const app = buildGateway({
-      backend: embeddedBackend({ target: batched(models.target), drafters: new Map([...models.drafters].map(([n, m]) => [n, batched(m)])), bigram: models.bigram }, { timeoutMs: o.requestTimeoutMs ?? 600_000 }),
+      backend: embeddedBackend({ target: batched(models.target), drafters: new Map([...models.drafters].map(([n, m]) => [n, batched(m)])), eagle, bigram: models.bigram }, { timeoutMs: o.requestTimeoutMs ?? 600_000 }),
       tokenizer: TextTokenizer.forModel(spec),
       metrics: new GatewayMetrics(),
       model: {
         target,
         drafters: family.drafters,
+        ...(family.eagle ? { eagle: family.eagle } : {}),
         maxPositions: smallestContext([spec, ...[...models.drafters.values()].map((d) => d.spec)]),
         generation: spec.generation,
         vocabSize: spec.vocabSize,
@@ -329,6 +338,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     model: {
       target: family.target,
       drafters: family.drafters,
+      ...(family.eagle ? { eagle: family.eagle } : {}),
       maxPositions: spec.maxPositions,
       generation: spec.generation,
       vocabSize: spec.vocabSize,

@@ -48,13 +48,14 @@ export function modeDrafters(mode: Mode, familyDrafters: readonly string[]): str
 
 /**
  * Resolves mode, explicit drafters and K into one plan; explicit settings win over the mode's. K
- * defaults to `auto` (the adaptive schedule).
+ * defaults to `auto` (the adaptive schedule). `byName`: drafters a request may name that no mode
+ * uses by default (a family's feature drafter).
  */
-export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kMatrix?: KSchedule; lenience?: number }, familyDrafters: readonly string[]): CascadePlan {
+export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kMatrix?: KSchedule; lenience?: number }, familyDrafters: readonly string[], byName: readonly string[] = []): CascadePlan {
   const drafters = opts.drafters ?? modeDrafters(opts.mode, familyDrafters);
   for (const d of drafters) {
-    if (d !== 'mag' && !familyDrafters.includes(d)) {
-      throw new InvalidArgumentError(`unknown drafter "${d}": this family has ${[...familyDrafters, 'mag'].join(', ')}`);
+    if (d !== 'mag' && !familyDrafters.includes(d) && !byName.includes(d)) {
+      throw new InvalidArgumentError(`unknown drafter "${d}": this family has ${[...familyDrafters, ...byName, 'mag'].join(', ')}`);
     }
   }
   return { drafters, kMatrix: opts.kMatrix ?? 'auto', lenience: opts.lenience ?? 1 };

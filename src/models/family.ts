@@ -18,6 +18,12 @@ export interface Family {
   /** ADORE's controller directory, relative to the family directory. */
   readonly controller?: string;
   /**
+   * The family's EAGLE feature drafter (a member directory), which drafts from the target's
+   * hidden_states (docs/eagle.md): servers load it beside the target, and a request names it first
+   * among its drafters to use it. Never among the default drafters of a mode.
+   */
+  readonly eagle?: string;
+  /**
    * Where each model's files are when they are not `dir/<name>` with a model.onnx: the folders
    * `--model` / `--draft-model` name (model-choice.ts), with the graph and tokenizer picked there.
    */
@@ -31,6 +37,8 @@ const FamilyJson = z.object({
   bigram: z.string().min(1).optional(),
   /** The ADORE controller trained for this family's target (tools/train/controller.py). */
   controller: z.string().min(1).optional(),
+  /** The EAGLE feature drafter trained for this family's target (tools/train/eagle.sh), a member directory. */
+  eagle: z.string().min(1).optional(),
 });
 
 export function loadFamily(dir: string): Family {

@@ -97,6 +97,8 @@ export function resolveModels(c: ModelChoice): Family {
     drafters,
     ...(fromFamily && base.bigram ? { bigram: base.bigram } : {}),
     ...(fromFamily && base.controller ? { controller: base.controller } : {}),
+    // the feature drafter reads the family target's own features: it stays only with that target
+    ...(fromFamily && base.eagle && target === base.target ? { eagle: add(base.eagle, { dir: join(base.dir, base.eagle) }) } : {}),
     locations,
   };
 }

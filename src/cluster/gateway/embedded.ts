@@ -6,10 +6,12 @@ import type { JobData, RequestOutcome } from '../coordinator.ts';
 import { HttpError } from './errors.ts';
 import type { Backend, OnTokens, Submitted } from './submit.ts';
 
-/** The models an embedded gateway serves: the target, its neural drafters by name, and MaG's bigram table. */
+/** The models an embedded gateway serves: the target, its neural drafters by name, its feature drafter, and MaG's bigram table. */
 export interface EmbeddedModels {
   readonly target: ModelSession;
   readonly drafters: ReadonlyMap<string, ModelSession>;
+  /** The family's EAGLE feature drafter (docs/eagle.md), which a request names first among its drafters. */
+  readonly eagle?: { readonly name: string; readonly session: ModelSession };
   readonly bigram?: Uint32Array;
 }
 
@@ -25,8 +27,9 @@ export interface EmbeddedModels {
 export function embeddedBackend(models: EmbeddedModels, options: { readonly timeoutMs: number }): Backend {
   const drafterOf = (name: string): DrafterSpec => {
     if (name === 'mag') return { kind: 'mag', bigram: models.bigram };
+    if (name === models.eagle?.name) return { kind: 'eagle', session: models.eagle.session };
     const session = models.drafters.get(name);
-    if (!session) throw new HttpError(400, `drafter "${name}" is not served here (this gateway serves ${[...models.drafters.keys(), 'mag'].join(', ')})`, 'invalid_request_error', 'cascade');
+    if (!session) throw new HttpError(400, `drafter "${name}" is not served here (this gateway serves ${[...models.drafters.keys(), ...(models.eagle ? [models.eagle.name] : []), 'mag'].join(', ')})`, 'invalid_request_error', 'cascade');
     return { kind: 'model', session };
   };
   return {

@@ -90,16 +90,19 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     plan = planCascade(
       { mode: body.cascade?.mode ?? options.defaultMode ?? 'csd', drafters: body.cascade?.drafters, kMatrix: body.cascade?.k_matrix, lenience: body.cascade?.lenience },
       model.drafters,
+      model.eagle ? [model.eagle] : [],
     );
     // shape checks only: the drafters are remote, so stand-ins carry their kind
     checkKBound(plan.kMatrix); // first: a K entry over the limit is named whatever the matrix's shape
-    checkCascade({ drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag' } : ({ kind: 'model' } as never))), kMatrix: plan.kMatrix, lenience: plan.lenience });
+    const kind = (d: string) => (d === 'mag' ? 'mag' : d === model.eagle ? 'eagle' : 'model');
+    checkCascade({ drafters: plan.drafters.map((d) => ({ kind: kind(d) }) as never), kMatrix: plan.kMatrix, lenience: plan.lenience, drafting });
     const neural = plan.drafters.filter((d) => d !== 'mag');
     // invariant verification sends no q rows, so only rejection has a row budget to respect
     if (verification === 'rejection' && model.vocabSize !== undefined && maxPayload !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, maxPayload);
     // a request may order the drafters itself: each must be at most as wide as the models above it
     const sizes = model.vocabSizes;
-    if (sizes) checkVocabularySizes({ name: model.target, vocabSize: sizes[model.target]! }, neural.map((name) => ({ name, vocabSize: sizes[name]! })));
+    // (a feature drafter drafts over the target's own vocabulary through its draft_vocab map)
+    if (sizes) checkVocabularySizes({ name: model.target, vocabSize: sizes[model.target]! }, neural.filter((d) => kind(d) === 'model').map((name) => ({ name, vocabSize: sizes[name]! })));
   } catch (err) {
     throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
   }

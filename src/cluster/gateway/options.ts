@@ -27,6 +27,8 @@ export interface GatewayOptions {
   readonly model: {
     readonly target: string;
     readonly drafters: readonly string[];
+    /** The family's feature drafter (EAGLE), served beside the target: a request names it first among its drafters to use it. */
+    readonly eagle?: string;
     readonly maxPositions?: number;
     readonly generation?: GenerationDefaults;
     /** The target's vocab_size. */
