@@ -8,7 +8,8 @@ import { findPython } from '../src/cli/quantize.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
-import { graphOpTypes } from '../src/models/graph-ops.ts';
+import { graphOpTypes, graphQuantization } from '../src/models/graph-ops.ts';
+import { loadModelSpec, speculationCaveat } from '../src/models/config.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { cascade, fails } from './helpers/cli.ts';
 import { dirOf, maxAbsDiff, MODELS_DIR, reference } from './helpers/family.ts';
@@ -57,14 +58,19 @@ test.after.always(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-maybe('quantize - the graph holds MatMulNBits for every projection, config.json says how it was made, an existing --out is refused', async (t) => {
+maybe('quantize - the graph holds MatMulNBits for every projection, config.json and the graph\'s attributes say how it was made, an existing --out is refused', async (t) => {
   for (const bits of [8, 4] as const) {
     const ops = graphOpTypes(join(out[bits], 'model.onnx'));
     t.true(ops.has('MatMulNBits'), `${bits} bits`);
     const cfg = JSON.parse(readFileSync(join(out[bits], 'config.json'), 'utf8'));
     t.like(cfg.quantization, { method: 'MatMulNBits', bits, block_size: 32, quantized_matmuls: 14 }, 'all 14 projections of draft-l2');
     t.is(readFileSync(join(out[bits], 'tokenizer.json'), 'utf8'), readFileSync(join(dirOf('draft-l2'), 'tokenizer.json'), 'utf8'));
+    // the graph itself says so too (another tool's export has no config.json record): the speculation warning reads it
+    t.deepEqual(graphQuantization(join(out[bits], 'model.onnx')), { bits, accuracyLevel: 4 });
+    const spec = loadModelSpec(out[bits]);
+    t.regex(speculationCaveat({ ...spec, quantization: undefined }) ?? '', /accuracy_level 4/);
   }
+  t.is(graphQuantization(join(dirOf('draft-l2'), 'model.onnx')), undefined);
   const refused = await fails(['quantize', '--model', dirOf('draft-l2'), '--out', out[8], '--bits', '8']);
   t.is(refused.code, 2);
   t.regex(refused.stderr, /--out .* exists/);

@@ -5,6 +5,7 @@ import { readJsonFile } from './json-file.ts';
 import { ModelLoadError } from '../errors.ts';
 import { findGraph, findTokenizer, locationOf, modelName, type ModelSource } from './model-dir.ts';
 import { loadGenerationConfig, type GenerationDefaults } from './generation-config.ts';
+import { graphQuantization } from './graph-ops.ts';
 
 /**
  * What the runtime needs to know about a model directory (SPEC §3): the ONNX graph, the tokenizer and
@@ -54,14 +55,16 @@ export interface ModelSpec {
 
 /**
  * Why a target's speculative output may differ from its own target-only decoding, or undefined.
- * A MatMulNBits model at accuracy_level 4 lets ONNX Runtime's CPU EP quantize activations to int8,
+ * The quantization is config.json's record (`cascade quantize`), else the graph's own MatMulNBits
+ * attributes (graphQuantization: another tool's export, onnxruntime-genai's included). A MatMulNBits model at accuracy_level 4 lets ONNX Runtime's CPU EP quantize activations to int8,
  * and its kernel for one row (a decode step) and for several (a verify pass) round differently, on
  * some inputs by 1e-1 in the logits (docs/quantization.md); levels 2 and 3 (16-bit compute) are
  * warned about too, unmeasured. Levels 0 and 1 compute in float32 and agree within 2e-5, as float
  * graphs do (tools/bench/verify-drift.ts).
  */
 export function speculationCaveat(spec: ModelSpec): string | undefined {
-  const q = spec.quantization;
+  // config.json's record (cascade quantize), else the graph's own MatMulNBits attributes (another tool's export)
+  const q = spec.quantization ?? (existsSync(spec.onnxPath) ? graphQuantization(spec.onnxPath) : undefined);
   if (!q || q.accuracyLevel <= 1) return undefined;
   return (
     `${spec.name} is a MatMulNBits model (${q.bits}-bit weights) at accuracy_level ${q.accuracyLevel}: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +

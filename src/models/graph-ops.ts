@@ -16,6 +16,8 @@ interface Field {
   readonly start: number;
   readonly end: number;
   readonly delimited: boolean;
+  /** A varint field's value (wire type 0); fixed-width fields carry none. */
+  readonly value?: number;
 }
 
 /** The fields of the message in [from, to), one at a time (a varint needs at most 10 bytes). */
@@ -41,7 +43,8 @@ function* fields(read: Read, from: number, to: number): Generator<Field> {
       yield { no, start: at + i, end: at + i + length, delimited: true };
       at += i + length;
     } else if (wire === 0) {
-      varint();
+      const value = varint();
+      yield { no, start: at, end: at + i, delimited: false, value };
       at += i;
     } else if (wire === 1 || wire === 5) {
       at += i + (wire === 1 ? 8 : 4);
@@ -51,21 +54,38 @@ function* fields(read: Read, from: number, to: number): Generator<Field> {
   }
 }
 
-function graphOps(read: Read, from: number, to: number, ops: Set<string>): void {
+/** One node: its op type and its integer attributes by name (AttributeProto.name = 1, i = 3). */
+interface NodeInfo {
+  readonly opType: string;
+  readonly ints: ReadonlyMap<string, number>;
+}
+
+function graphNodes(read: Read, from: number, to: number, visit: (node: NodeInfo) => void): void {
+  const text = new TextDecoder();
   for (const f of fields(read, from, to)) {
     if (f.no !== 1 || !f.delimited) continue;
     const node = read(f.start, f.end - f.start);
     const inMemory: Read = (at, length) => node.subarray(at, at + length);
+    let opType = '';
+    const ints = new Map<string, number>();
     for (const n of fields(inMemory, 0, node.length)) {
-      if (n.no === 4 && n.delimited) ops.add(new TextDecoder().decode(node.subarray(n.start, n.end)));
+      if (n.no === 4 && n.delimited) opType = text.decode(node.subarray(n.start, n.end));
       if (n.no !== 5 || !n.delimited) continue;
-      for (const a of fields(inMemory, n.start, n.end)) if ((a.no === 6 || a.no === 11) && a.delimited) graphOps(inMemory, a.start, a.end, ops);
+      let name = '';
+      let int: number | undefined;
+      for (const a of fields(inMemory, n.start, n.end)) {
+        if (a.no === 1 && a.delimited) name = text.decode(node.subarray(a.start, a.end));
+        if (a.no === 3 && a.value !== undefined) int = a.value;
+        if ((a.no === 6 || a.no === 11) && a.delimited) graphNodes(inMemory, a.start, a.end, visit);
+      }
+      if (name && int !== undefined) ints.set(name, int);
     }
+    visit({ opType, ints });
   }
 }
 
-/** Every node's op type in the ONNX file at `path` (its graph and subgraphs); initializers are skipped, not read. */
-export function graphOpTypes(path: string): Set<string> {
+/** Visits every node of the ONNX file at `path` (its graph and subgraphs); initializers are skipped, not read. */
+function eachNode(path: string, visit: (node: NodeInfo) => void): void {
   const fd = openSync(path, 'r');
   try {
     const size = fstatSync(fd).size;
@@ -74,10 +94,32 @@ export function graphOpTypes(path: string): Set<string> {
       readSync(fd, buf, 0, length, at);
       return buf;
     };
-    const ops = new Set<string>();
-    for (const f of fields(read, 0, size)) if (f.no === 7 && f.delimited) graphOps(read, f.start, f.end, ops);
-    return ops;
+    for (const f of fields(read, 0, size)) if (f.no === 7 && f.delimited) graphNodes(read, f.start, f.end, visit);
   } finally {
     closeSync(fd);
   }
+}
+
+/** Every node's op type in the ONNX file at `path` (its graph and subgraphs). */
+export function graphOpTypes(path: string): Set<string> {
+  const ops = new Set<string>();
+  eachNode(path, (n) => ops.add(n.opType));
+  return ops;
+}
+
+/**
+ * The weight-only quantization a graph holds, read from its MatMulNBits nodes (com.microsoft), as
+ * onnxruntime-genai's model builder and others write them: the widest `bits` and the highest
+ * `accuracy_level` among them (ONNX Runtime's defaults, 4 and 0, where an attribute is absent);
+ * undefined for a graph without MatMulNBits.
+ */
+export function graphQuantization(path: string): { readonly bits: number; readonly accuracyLevel: number } | undefined {
+  let found: { bits: number; accuracyLevel: number } | undefined;
+  eachNode(path, (n) => {
+    if (n.opType !== 'MatMulNBits') return;
+    const bits = n.ints.get('bits') ?? 4;
+    const accuracyLevel = n.ints.get('accuracy_level') ?? 0;
+    found = { bits: Math.max(found?.bits ?? 0, bits), accuracyLevel: Math.max(found?.accuracyLevel ?? 0, accuracyLevel) };
+  });
+  return found;
 }
