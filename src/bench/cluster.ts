@@ -5,7 +5,7 @@ import { startNats, startRedis, type LocalServer } from '../cluster/local-server
 import { spawnRole, type RoleProcess } from '../cluster/processes.ts';
 import { startGatewayRole } from '../cluster/roles.ts';
 import type { SpanRecord } from '../cluster/tracing.ts';
-import { generateCascade } from '../engine/cascade.ts';
+import { checkCascade, generateCascade, type DrafterSpec } from '../engine/cascade.ts';
 import { generateAutoregressive } from '../engine/generate.ts';
 import { planCascade } from '../engine/presets.ts';
 import { GREEDY } from '../kernels/sampling.ts';
@@ -112,6 +112,10 @@ export interface ClusterBenchOptions {
   readonly out: string;
   /** Draw one traced request's timeline per drafting mode as SVG (FILE, and FILE-<mode>.svg for the others). */
   readonly timeline?: string;
+  /** The cascade's drafters by name (the API's cascade.drafters; default: csd's, the family's drafters and MaG). */
+  readonly drafters?: readonly string[];
+  /** Folder of the prompt sets, WORKLOAD.jsonl (default: bench/prompts). */
+  readonly promptsDir?: string;
 }
 
 /** One workload's single-stream figures: medians over repeats, every repeat's, TPOT quantiles, exactness against target-only decoding. */
@@ -148,16 +152,21 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
   const spanFile = join(out, 'cluster-spans.jsonl');
   rmSync(spanFile, { force: true });
   delete process.env.CASCADE_TRACE_FILE;
-  const plan = planCascade({ mode: 'csd' }, family.drafters);
+  const plan = planCascade({ mode: 'csd', drafters: o.drafters }, family.drafters, family.eagle ? [family.eagle] : []);
+  const cascade = { mode: 'csd', ...(o.drafters ? { drafters: o.drafters } : {}) };
   const log = (s: string) => process.stderr.write(`${s}\n`);
-  const workloads = o.workloads.map((w) => ({ name: w, prompts: loadWorkload(w).slice(0, o.prompts).map((p) => p.prompt) }));
+  const workloads = o.workloads.map((w) => ({ name: w, prompts: loadWorkload(w, o.promptsDir).slice(0, o.prompts).map((p) => p.prompt) }));
   const paths: Path[] = ['ar', ...o.draftings.map((d) => `embedded/${d}` as const), ...o.draftings.map((d) => `cluster/${d}` as const)];
 
   // embedded: the engine in this process
   const sessions = new FamilySessions(family, {});
   const target = await sessions.get(family.target);
   const tokenizer = TextTokenizer.load(target.spec.tokenizerPath);
-  const drafters = await Promise.all(plan.drafters.map(async (d) => (d === 'mag' ? { kind: 'mag' as const, bigram: loadBigram(family) } : { kind: 'model' as const, session: await sessions.get(d) })));
+  const drafters: DrafterSpec[] = await Promise.all(
+    plan.drafters.map(async (d): Promise<DrafterSpec> => (d === 'mag' ? { kind: 'mag', bigram: loadBigram(family) } : { kind: d === family.eagle ? 'eagle' : 'model', session: await sessions.get(d) })),
+  );
+  checkCascade({ drafters, kMatrix: plan.kMatrix, lenience: 1 });
+  for (const drafting of o.draftings) checkCascade({ drafters, kMatrix: plan.kMatrix, lenience: 1, drafting });
   const embedded = async (prompt: string, drafting?: Drafting): Promise<Completion> => {
     const t0 = performance.now();
     let ttft = 0;
@@ -179,7 +188,7 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
     const cluster = running.complete;
     const run = (path: Path, prompt: string): Promise<Completion> => {
       const [where, drafting] = path.split('/') as ['ar' | 'embedded' | 'cluster', Drafting | undefined];
-      return where === 'cluster' ? cluster(prompt, { mode: 'csd', drafting }) : embedded(prompt, drafting);
+      return where === 'cluster' ? cluster(prompt, { ...cascade, drafting }) : embedded(prompt, drafting);
     };
     // warm every path (first ONNX runs, connections, the actors' sessions)
     for (const path of paths) await run(path, workloads[0]!.prompts[0]!);
@@ -223,7 +232,7 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
           await Promise.all(
             Array.from({ length: c }, async () => {
               while (next < total) {
-                const res = await cluster(prompts[next++ % prompts.length]!, { mode: 'csd', drafting });
+                const res = await cluster(prompts[next++ % prompts.length]!, { ...cascade, drafting });
                 tokens += res.tokens;
                 latencies.push(res.seconds);
               }
@@ -244,9 +253,9 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
     running = await startCluster(true);
     const traced: Partial<Record<Drafting, { from: number; to: number }>> = {};
     for (const drafting of o.draftings) {
-      await running.complete(prompts[0]!, { mode: 'csd', drafting });
+      await running.complete(prompts[0]!, { ...cascade, drafting });
       const from = Date.now();
-      for (const p of prompts) await running.complete(p, { mode: 'csd', drafting });
+      for (const p of prompts) await running.complete(p, { ...cascade, drafting });
       traced[drafting] = { from, to: Date.now() };
     }
     await new Promise((r) => setTimeout(r, 300)); // let the other processes' last spans land

@@ -238,8 +238,10 @@ export function registerBench(program: Command): void {
     .option('--timeline <file.svg>', 'draw one traced request per drafting mode: each actor a lane, busy and idle, rejections marked (FILE for the first mode, FILE-<mode>.svg for the others)')
     .option('--models <dir>', 'model family directory', 'models')
     .option('--out <dir>', 'directory for cluster.json, cluster.md and the spans', 'results')
+    .option('--drafters <list>', "the cascade's drafters, comma-separated names as the API's cascade.drafters takes them, e.g. eagle,mag (default: the family's drafters and mag)", (v: string) => v.split(',').map((d) => d.trim()).filter(Boolean))
+    .option('--prompts-dir <dir>', 'folder of the prompt sets, WORKLOAD.jsonl (default: bench/prompts of this checkout)')
     .action(async (o) => {
-      await benchCluster({ models: o.models, prompts: o.prompts, workloads: o.workload, draftings: o.drafting, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, timeline: o.timeline, out: o.out });
+      await benchCluster({ models: o.models, prompts: o.prompts, workloads: o.workload, draftings: o.drafting, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, timeline: o.timeline, out: o.out, drafters: o.drafters, promptsDir: o.promptsDir });
     });
   registerBenchPeer(bench);
 }
