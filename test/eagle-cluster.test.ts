@@ -2,6 +2,12 @@ import test from 'ava';
 import OpenAI from 'openai';
 import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
 import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
+import { ModelActor } from '../src/actors/model-actor.ts';
+import { RemoteFeatureLevel, RemoteLevel } from '../src/cluster/remote-level.ts';
+import { InProcessTransport } from '../src/cluster/transport.ts';
+import { Block } from '../src/engine/levels.ts';
+import { LevelUnavailableError } from '../src/errors.ts';
+import { Rng } from '../src/kernels/rng.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { FamilySessions } from '../src/models/family-sessions.ts';
@@ -77,4 +83,44 @@ test.serial('eagle cluster - bad requests are 400s that name the reason: the fea
   const refused = (cascadeField: object) => t.throwsAsync(complete({ max_tokens: 4, temperature: 0, cascade: cascadeField }), { instanceOf: OpenAI.BadRequestError });
   t.regex((await refused({ drafters: ['draft-l2', family.eagle] }))!.message, /can only be the first drafter/);
   t.regex((await refused({ drafters: [family.eagle], drafting: 'async' }))!.message, /not with async drafting/);
+});
+
+test.serial('eagle cluster - the feature level follows its target: a session placed again (here on the same instance) starts its context over; an actor without a feature drafter opens the target alone and the level is dropped', async (t) => {
+  const target = await oracle.get(family.target);
+  const eagle = await oracle.get(family.eagle!);
+  const ids = tokenizer.encodePrompt(PROMPT);
+  for (const withDrafter of [true, false]) {
+    const transport = new InProcessTransport();
+    const actor = new ModelActor(transport, target, { instance: 'v0', target: true, ...(withDrafter ? { featureDrafter: eagle } : {}) }).start();
+    try {
+      const top = new RemoteLevel(transport, family.target, `req-${withDrafter}`, { sampling: GREEDY, seed: 1, verification: 'invariant', target: true, promptLength: ids.length, eagle: true });
+      const feature = new RemoteFeatureLevel(transport, family.eagle!, top);
+      const rng = new Rng(1);
+      const round = async () => {
+        const block = new Block([...(tokens ?? ids)], (tokens ?? ids).length);
+        await feature.propose(block, 3);
+        const drafted = block.length - block.committed;
+        await top.review(block, block.committed, rng, 1, false);
+        tokens = block.tokens;
+        return drafted;
+      };
+      let tokens: number[] | undefined;
+      if (!withDrafter) {
+        t.is(await round(), 0, 'nothing to draft from before the target read the prompt');
+        await t.throwsAsync(round(), { instanceOf: LevelUnavailableError, message: /hosts no feature drafter/ });
+        continue;
+      }
+      t.is(await round(), 0);
+      t.true((await round()) > 0, 'drafts once the target has features');
+      // the target's session is placed again, on the one instance there is (its call failed)
+      (top as unknown as { instance: string | undefined }).instance = undefined;
+      const block = new Block([...tokens!], tokens!.length);
+      await top.review(block, block.committed, rng, 1, false);
+      tokens = block.tokens;
+      t.is(top.placements, 2);
+      t.true((await round()) > 0, 'the feature level drafts on the new session');
+    } finally {
+      await actor.stop();
+    }
+  }
 });

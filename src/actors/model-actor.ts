@@ -69,7 +69,7 @@ export interface ActorOptions {
   /**
    * An EAGLE feature drafter beside the target (a verify actor of a family that names one): a
    * session opened with `eagle` drafts with it from the target's hidden_states, which never leave
-   * this process (docs/eagle.md, in the cluster).
+   * this process (docs/eagle.md, in the cluster). The caller checks it fits the target (checkFeatureDrafter).
    */
   readonly featureDrafter?: ModelSession;
 }
@@ -162,8 +162,7 @@ export class ModelActor {
     if (!s) return;
     this.sessions.delete(id);
     await s.busy.catch(() => undefined);
-    await s.level.release();
-    await s.eagle?.level.release();
+    await Promise.allSettled([s.level.release(), s.eagle?.level.release()]);
   }
 
   private async handle(data: Uint8Array, headers: Headers): Promise<Uint8Array> {
@@ -241,22 +240,16 @@ export class ModelActor {
     if (!this.sessions.has(req.session) && this.sessions.size >= this.maxSessions) {
       throw new BadRequest('invalid', `${this.model}/${this.instance} holds its maximum of ${this.maxSessions} sessions`);
     }
-    if (req.eagle && !this.featureDrafter) {
-      throw new BadRequest('invalid', `${this.model}/${this.instance} hosts no feature drafter: start its verify actors from a family whose family.json names one ("eagle": DIR, docs/eagle.md)`);
-    }
     if (req.eagle && !(this.target || req.target)) throw new BadRequest('invalid', 'a feature drafter drafts beside the request\'s target: open it on the target\'s session');
     const old = this.sessions.get(req.session);
     if (old) void this.closeSession(req.session);
     const invariant = req.verification === 'invariant';
     const seqId = `${req.session}@${randomUUID().slice(0, 8)}`;
     const noise = invariant ? new PositionNoise(req.seed) : undefined;
-    // the target keeps its hidden_states for the feature drafter (FeatureTap) only when the request drafts with it
-    let tap: FeatureTap | undefined;
-    try {
-      tap = req.eagle ? new FeatureTap(this.session, seqId) : undefined;
-    } catch (err) {
-      throw new BadRequest('invalid', (err as Error).message);
-    }
+    // The target keeps its hidden_states for the feature drafter (FeatureTap) only when the request
+    // drafts with it. An actor without one (checked against the target when it started) opens the
+    // target alone: the session's feature proposes are refused, and the coordinator drops that level.
+    const tap = req.eagle && this.featureDrafter ? new FeatureTap(this.session, seqId) : undefined;
     this.sessions.set(req.session, {
       // a drafter under rejection samples from its top-k (its q rows travel); under invariant it sends none
       level: new ModelLevel(this.model, tap ?? this.session, seqId, this.target || req.target || invariant ? req.sampling : draftSampling(req.sampling), {
@@ -313,9 +306,13 @@ export class ModelActor {
    */
   private async proposeFeatures(s: ActorSession, req: Extract<ActorRequest, { type: 'propose' }>): Promise<ActorReply> {
     const eagle = s.eagle;
-    if (!eagle) throw new BadRequest('invalid', `session ${req.session} was not opened with a feature drafter`);
+    if (!eagle) {
+      throw new BadRequest('invalid', this.featureDrafter ? `session ${req.session} was not opened with a feature drafter` : `${this.model}/${this.instance} hosts no feature drafter (its family.json names none, or it does not fit the target: see the actor's log)`);
+    }
     if (!(req.want >= 1 && req.want <= MAX_WANT)) throw new BadRequest('invalid', `want must be 1..${MAX_WANT}, got ${req.want}`);
     const tokens = this.context({ ...s, tokens: eagle.tokens }, req.base, req.suffix, req.want);
+    const max = this.featureDrafter!.spec.maxPositions;
+    if (max !== undefined && tokens.length + req.want > max) throw new BadRequest('invalid', `context of ${tokens.length} tokens plus ${req.want} exceeds the feature drafter's ${max} positions`);
     const block = new Block(tokens, tokens.length);
     await eagle.level.propose(block, req.want, eagle.rng);
     eagle.tokens = block.tokens;

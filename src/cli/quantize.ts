@@ -180,8 +180,9 @@ export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: 
 
 /** `family` with the target's own copy (selfDraftCopy) as its first drafter, above the others. */
 export async function withSelfDraft(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<Family> {
+  const taken = `${family.target}-${width}`;
+  if (family.drafters.includes(taken) || family.eagle === taken) throw new InvalidArgumentError(`--self-draft adds a drafter named ${taken}, and the models already hold one`);
   const { name, dir } = await selfDraftCopy(family, width, cacheDir, log);
-  if (family.drafters.includes(name) || family.target === name) throw new InvalidArgumentError(`--self-draft adds a drafter named ${name}, and the models already hold one`);
   return { ...family, drafters: [name, ...family.drafters], locations: new Map([...(family.locations ?? []), [name, { dir, name }]]) };
 }
 

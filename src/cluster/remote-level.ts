@@ -218,15 +218,17 @@ export class RemoteLevel implements CascadeLevel {
  * their hidden_states, so features never cross the network; the coordinator sends it token ids only
  * (`propose` with `feature`), over a context of its own. It proposes only (its row of K stays zero)
  * and drafts nothing until the target's session is placed (the first round: the target has not
- * read the prompt). When the target's session moves (the target level placed it again), its
- * context starts over on the new instance. A lost instance is LevelUnavailableError (the coordinator
- * drops the level); exactness is the target's review's, as for every level.
+ * read the prompt). When the target's session is placed again (on any instance), its context
+ * starts over there. A lost instance, or an actor that refuses (it hosts no feature drafter: it then
+ * opened the target alone), is LevelUnavailableError: the coordinator drops the level and the target
+ * goes on. Exactness is the target's review's, as for every level.
  */
 export class RemoteFeatureLevel implements CascadeLevel {
   readonly stats = newStats();
   readonly proposesOnly = true;
   readonly roundTripsMs: number[] = [];
   private sent: number[] = [];
+  /** Where `sent` went: the target's instance and placement count (a re-placement on the same instance opens a fresh session). */
   private sentTo: string | undefined;
 
   constructor(
@@ -239,7 +241,8 @@ export class RemoteFeatureLevel implements CascadeLevel {
   async propose(block: Block, want: number): Promise<void> {
     const instance = this.target.placedOn;
     if (!instance) return;
-    if (instance !== this.sentTo) [this.sent, this.sentTo] = [[], instance];
+    const placement = `${instance}#${this.target.placements}`;
+    if (placement !== this.sentTo) [this.sent, this.sentTo] = [[], placement];
     await inSpan('level.propose', context.active(), { 'cascade.level': this.name, 'cascade.want': want }, async () => {
       const tokens = block.tokens;
       const base = commonPrefix(this.sent, tokens);
@@ -256,7 +259,9 @@ export class RemoteFeatureLevel implements CascadeLevel {
       }
       // the target's session moved or expired: the target level places it again on its next call
       if (reply.type === 'error' && reply.code === 'unknown-session') return void (this.sent = []);
-      if (reply.type === 'error') throw new ActorError(`${this.name} beside ${this.target.name} actor ${instance}: ${reply.code}: ${reply.message}`);
+      // any other refusal (an actor without a feature drafter, a context past its positions) is this
+      // level's alone: the coordinator drops it and the target goes on (the output is the target's either way)
+      if (reply.type === 'error') throw new LevelUnavailableError(this.name, `${this.name} beside ${this.target.name} actor ${instance}: ${reply.code}: ${reply.message}`);
       if (reply.type !== 'proposed') throw new ActorError(`${this.name} beside ${this.target.name} actor ${instance} answered ${reply.type}, expected proposed`);
       if (reply.serveMs !== undefined) {
         const roundTrip = Math.max(0, performance.now() - t0 - reply.serveMs);

@@ -10,7 +10,9 @@ import { checkBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { loadBigram, loadController, loadFamily, memberDir, memberSource, type Family } from '../models/family.ts';
 import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
-import { loadModelSpec, speculationCaveat } from '../models/config.ts';
+import { loadModelSpec, speculationCaveat, type ModelSpec } from '../models/config.ts';
+import { checkFeatureDrafter } from '../engine/eagle-level.ts';
+import type { SessionOptions } from '../models/session.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { describeTrial, draftProvidersBeside, isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
@@ -119,9 +121,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   let featureDrafter: OrtModelSession | undefined;
   try {
     // the family's feature drafter runs beside its target, where the target's hidden_states are (docs/eagle.md)
-    if (!exported && isTarget && family.eagle) {
-      featureDrafter = await OrtModelSession.open(memberDir(family, family.eagle), { intraOpThreads: o.threads ?? 1, executionProviders: isAuto(o.executionProviders) ? undefined : o.executionProviders, cpuFallback: true });
-    }
+    if (!exported && isTarget && family.eagle) featureDrafter = await openFeatureDrafter(family, model.spec, { intraOpThreads: o.threads ?? 1, executionProviders: isAuto(o.executionProviders) ? undefined : o.executionProviders, cpuFallback: true });
     transport = await NatsTransport.connect({ servers: o.nats, name: `actor-${name}` });
   } catch (err) {
     await session.close();
@@ -146,6 +146,25 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
       await shutdownTracing();
     },
   };
+}
+
+/**
+ * The family's feature drafter (family.json `eagle`), opened beside `target`, or undefined with a
+ * warning when it does not fit that target (a graph without hidden_states, another width or
+ * vocabulary: checkFeatureDrafter): the server then serves without it, and requests naming it are
+ * refused (embedded) or drop it (a cluster).
+ */
+async function openFeatureDrafter(family: Family, target: ModelSpec, options: SessionOptions): Promise<OrtModelSession | undefined> {
+  const session = await OrtModelSession.open(memberDir(family, family.eagle!), options);
+  try {
+    checkFeatureDrafter(target, session.spec);
+    return session;
+  } catch (err) {
+    await session.close();
+    if (!(err instanceof InvalidArgumentError)) throw err;
+    process.stderr.write(`warning: the family's feature drafter ${family.eagle} is not served: ${err.message}\n`);
+    return undefined;
+  }
 }
 
 /** The models a coordinator or gateway drives: `--model` / `--draft-model` as `cascade generate` takes them (model-choice.ts). */
@@ -176,6 +195,8 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   const spec = loadModelSpec(memberSource(family, family.target));
   const drafterSpecs = family.drafters.map((d) => loadModelSpec(memberSource(family, d)));
   checkSharedVocabulary(spec, drafterSpecs);
+  // the feature drafter's context bounds a request that drafts with it (its vocabulary is the target's, through draft_vocab)
+  const eagleSpec = family.eagle ? loadModelSpec(memberSource(family, family.eagle)) : undefined;
   setupTracing('cascade-coordinator');
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
   const shards = await RedisConnection.open(o.redis).catch(async (err: unknown) => {
@@ -187,7 +208,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   const coordinator = new Coordinator({
     transport,
     log: new TokenLog(shards),
-    family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs]), ...(family.eagle ? { eagle: family.eagle } : {}) },
+    family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
     callTimeoutMs: o.callTimeoutMs,
     onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
   });
@@ -264,7 +285,8 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
   );
   try {
     const models = await sessions.cascadeModels();
-    const eagle = family.eagle ? { name: family.eagle, session: await sessions.get(family.eagle) } : undefined;
+    const eagleSession = family.eagle ? await openFeatureDrafter(family, models.target.spec, { intraOpThreads: o.threads ?? 1, executionProviders: draftEps }) : undefined;
+    const eagle = eagleSession ? { name: family.eagle!, session: eagleSession } : undefined;
     const caveat = speculationCaveat(models.target.spec);
     if (caveat) process.stderr.write(`warning: ${caveat}\n`);
     // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
@@ -277,8 +299,8 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
       model: {
         target,
         drafters: family.drafters,
-        ...(family.eagle ? { eagle: family.eagle } : {}),
-        maxPositions: smallestContext([spec, ...[...models.drafters.values()].map((d) => d.spec)]),
+        ...(eagle ? { eagle: eagle.name } : {}),
+        maxPositions: smallestContext([spec, ...[...models.drafters.values(), ...(eagle ? [eagle.session] : [])].map((d) => d.spec)]),
         generation: spec.generation,
         vocabSize: spec.vocabSize,
         vocabSizes: Object.fromEntries([[target, spec.vocabSize], ...[...models.drafters].map(([n, m]) => [n, m.spec.vocabSize])]),
@@ -296,6 +318,7 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
       close: async () => {
         await app.close();
         await sessions.close();
+        await eagleSession?.close();
         await shutdownTracing();
       },
     };

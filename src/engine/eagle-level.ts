@@ -1,6 +1,7 @@
 import { InvalidArgumentError } from '../errors.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, processLogits, sample, type SamplingParams } from '../kernels/sampling.ts';
+import type { ModelSpec } from '../models/config.ts';
 import type { ForwardItem, KvRows, LogitsRows, ModelSession, ServiceLoad, StepResult } from '../models/session.ts';
 import { commonPrefix, newStats, type Block, type CascadeLevel } from './levels.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
@@ -121,6 +122,28 @@ export class FeatureTap implements ModelSession {
   async close(): Promise<void> {}
 }
 
+/**
+ * Throws InvalidArgumentError unless `drafter` is a feature drafter that can draft for `target`: the
+ * target's graph outputs `hidden_states` (tools/train/add_hidden_output.py), the drafter's takes a
+ * `hidden_states` input of the same width and outputs `next_hidden_states`, and every token of its
+ * head (draft_vocab) is in the target's vocabulary. Specs of loaded sessions (ModelSpec.features is
+ * known once a runner has read the graph).
+ */
+export function checkFeatureDrafter(target: ModelSpec, drafter: ModelSpec): void {
+  if (target.features?.output !== 'hidden_states') {
+    throw new InvalidArgumentError(
+      `${target.name} (${target.onnxPath}) has no hidden_states output, which a feature drafter reads: add it with tools/train/add_hidden_output.py (python3 tools/train/add_hidden_output.py MODEL.onnx --out DIR/model.onnx --copy-dir)`,
+    );
+  }
+  const f = drafter.features;
+  if (!f?.input || f.output !== 'next_hidden_states') {
+    throw new InvalidArgumentError(`${drafter.name} (${drafter.onnxPath}) is not a feature drafter: it needs a graph with a hidden_states input and a next_hidden_states output (models/eagle, tools/train/eagle.py)`);
+  }
+  if (f.size !== target.features.size) throw new InvalidArgumentError(`${drafter.name} reads features of size ${f.size}, but the target ${target.name}'s hidden_states are ${target.features.size} wide`);
+  const wide = (drafter.draftVocab ?? []).find((id) => id >= target.vocabSize) ?? (drafter.draftVocab ? undefined : drafter.vocabSize > target.vocabSize ? drafter.vocabSize - 1 : undefined);
+  if (wide !== undefined) throw new InvalidArgumentError(`${drafter.name} drafts token ${wide}, outside the target's vocabulary of ${target.vocabSize}`);
+}
+
 /** Position-keyed noise (drafter-invariant verification): draws a token of `p` at absolute `position`. */
 export interface PositionDraw {
   draw(p: Float32Array, position: number): number;
@@ -178,17 +201,9 @@ export class EagleLevel implements CascadeLevel {
     private readonly sampling: SamplingParams,
     options: EagleLevelOptions = {},
   ) {
-    const f = session.spec.features;
-    if (!f?.input || f.output !== 'next_hidden_states') {
-      throw new InvalidArgumentError(`${session.spec.name} (${session.spec.onnxPath}) is not a feature drafter: --eagle-model needs a graph with a hidden_states input and a next_hidden_states output (models/eagle, tools/train/eagle.py)`);
-    }
-    if (f.size !== target.spec.features!.size) {
-      throw new InvalidArgumentError(`${session.spec.name} reads features of size ${f.size}, but the target ${target.spec.name}'s hidden_states are ${target.spec.features!.size} wide`);
-    }
+    checkFeatureDrafter(target.spec, session.spec);
     this.vocabSize = target.spec.vocabSize;
     this.draftVocab = session.spec.draftVocab ?? Array.from({ length: session.spec.vocabSize }, (_, i) => i);
-    const wide = this.draftVocab.find((id) => id >= this.vocabSize);
-    if (wide !== undefined) throw new InvalidArgumentError(`${session.spec.name} drafts token ${wide}, outside the target's vocabulary of ${this.vocabSize}`);
     this.promptLength = options.promptLength ?? 0;
     this.noise = options.noise;
   }

@@ -64,12 +64,21 @@ export interface ModelSpec {
  */
 export function speculationCaveat(spec: ModelSpec): string | undefined {
   // config.json's record (cascade quantize), else the graph's own MatMulNBits attributes (another tool's export)
-  const q = spec.quantization ?? (existsSync(spec.onnxPath) ? graphQuantization(spec.onnxPath) : undefined);
+  const q = spec.quantization ?? graphQuantizationOrNone(spec.onnxPath);
   if (!q || q.accuracyLevel <= 1) return undefined;
   return (
     `${spec.name} is a MatMulNBits model (${q.bits}-bit weights) at accuracy_level ${q.accuracyLevel}: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
     `from a decode step (up to 1e-1 in the logits), so speculation over it may leave its own target-only output; quantize the target with --accuracy-level 0 for exact speculation (docs/quantization.md)`
   );
+}
+
+/** graphQuantization, or undefined for a graph it cannot read (a warning never stops a model from loading). */
+function graphQuantizationOrNone(path: string): ReturnType<typeof graphQuantization> {
+  try {
+    return existsSync(path) ? graphQuantization(path) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The feature inputs and outputs of a graph (ModelSpec.features). */
