@@ -164,11 +164,14 @@ test.serial('eagle cascade - sampled (T=0.8, top-k 2, invariant verification) wi
   t.true(drafted > 0);
 });
 
-test.serial('eagle cli - generate --eagle-model above mag: greedy text equals --mode ar; bench cascade --eagle-model runs eagle, eagle+mag and csd+eagle', async (t) => {
+test.serial('eagle cli - generate --eagle-model above mag, and --drafters eagle,mag: greedy text equals --mode ar; bench cascade --eagle-model runs eagle, eagle+mag and csd+eagle', async (t) => {
   const prompt = 'function parseArgs(argv) {\n  const out = {};\n';
-  const ar = JSON.parse((await cascade('generate', '--json', '--mode', 'ar', '--temperature', '0', '--max-tokens', '24', '--prompt', prompt)).stdout);
-  const eagled = JSON.parse((await cascade('generate', '--json', '--eagle-model', `${MODELS_DIR}/eagle`, '--mode', 'mag', '--temperature', '0', '--max-tokens', '24', '--prompt', prompt)).stdout);
+  const run = (...args: string[]) => cascade('generate', '--json', '--temperature', '0', '--max-tokens', '24', ...args, '--prompt', prompt).then((r) => JSON.parse(r.stdout));
+  // the family's own feature drafter by name (family.json "eagle") gives the same as --eagle-model
+  const [ar, eagled, named] = await Promise.all([run('--mode', 'ar'), run('--eagle-model', `${MODELS_DIR}/eagle`, '--mode', 'mag'), run('--drafters', 'eagle,mag')]);
   t.deepEqual(eagled.tokenIds, ar.tokenIds);
+  t.deepEqual(named.tokenIds, ar.tokenIds);
+  t.deepEqual(named.cascade.drafters, ['eagle', 'mag']);
   const out = mkdtempSync(join(tmpdir(), 'cascade-bench-eagle-'));
   await cascade('bench', 'cascade', '--eagle-model', `${MODELS_DIR}/eagle`, '--methods', 'eagle,eagle+mag,csd+eagle', '--workload', 'code', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);
   const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));

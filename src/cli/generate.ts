@@ -193,7 +193,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   const o = applyConfigFile(flags, cmd);
   const text = promptText(positional, o);
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
-  let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters);
+  // the family's feature drafter may be named among --drafters (it is in no mode's default)
+  let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters, family.eagle ? [family.eagle] : []);
   const placed = placementOf(o, family);
   const sessions = new FamilySessions(
     family,
@@ -213,7 +214,11 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     if (kv && o.kvPlacement === 'target' && o.drafting === 'async') throw new InvalidArgumentError('--drafting async drafts for a cascade: a bounded target cache (--kv-placement target) runs target-only decoding');
     const drafterKv = kv && o.kvPlacement === 'drafters' ? kv : undefined;
     const drafters: DrafterSpec[] = [];
-    for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence } : { kind: 'model', session: await sessions.get(d), kv: drafterKv });
+    for (const d of plan.drafters) {
+      if (d === 'mag') drafters.push({ kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence });
+      else if (d === family.eagle) drafters.push({ kind: 'eagle', session: await sessions.get(d) });
+      else drafters.push({ kind: 'model', session: await sessions.get(d), kv: drafterKv });
+    }
     checkSharedVocabulary(target.spec, drafters.flatMap((d) => (d.kind === 'model' ? [d.session.spec] : [])));
     if (kv && o.kvPlacement === 'self-draft') {
       // The target's own weights over a bounded cache draft for the full-cache target (TriForce's idea).

@@ -314,7 +314,7 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
     });
     return {
       app,
-      describe: `${target}${family.drafters.length ? ` <- ${family.drafters.join(', ')}, mag` : ''}`,
+      describe: `${target}${family.drafters.length ? ` <- ${family.drafters.join(', ')}, mag` : ''}${eagle ? `; feature drafter ${eagle.name}` : ''}`,
       close: async () => {
         await app.close();
         await sessions.close();

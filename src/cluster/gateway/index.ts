@@ -52,7 +52,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
 
   app.get('/v1/models', async () => ({
     object: 'list',
-    data: [{ id: model.target, object: 'model', created: 0, owned_by: 'cascade-cluster', drafters: model.drafters, max_model_len: model.maxPositions }],
+    data: [{ id: model.target, object: 'model', created: 0, owned_by: 'cascade-cluster', drafters: model.drafters, ...(model.eagle ? { feature_drafter: model.eagle } : {}), max_model_len: model.maxPositions }],
   }));
 
   app.post('/v1/completions', async (req, reply) => {
