@@ -160,7 +160,8 @@ maybe('serve --embedded --self-draft int4 - requests may name the copy (target-i
     for (const drafting of ['serial', 'async']) {
       const r = await ask({ mode: 'sd', drafters: ['target-int4'], drafting, ...(drafting === 'serial' ? { k_matrix: [[4]] } : {}) });
       t.is(r.choices[0]!.text, ar.choices[0]!.text, drafting);
-      t.true(r.usage.cascade.accepted_tokens > 0, `the 4-bit copy's drafts were accepted (${drafting})`);
+      // async: whether a draft arrives before the target's next pass depends on the machine's load (the target never waits)
+      if (drafting === 'serial') t.true(r.usage.cascade.accepted_tokens > 0, "the 4-bit copy's drafts were accepted");
     }
     // seeded sampling under drafter-invariant verification: target-only decoding's text for the seed, the copy running ahead (async)
     const seeded = (cascadeField: object) => client.completions.create({ model: 'target', prompt, max_tokens: 24, temperature: 1, seed: 7, cascade: { verification: 'invariant', ...cascadeField } } as never) as unknown as Promise<OpenAI.Completions.Completion>;
