@@ -88,7 +88,8 @@ test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a reque
   const promptIds = tokenizer.encodePrompt(PROMPT);
   const want = await targetOnly(promptIds, 32);
   const ask = (body: object) => client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, ...body } as never) as unknown as Promise<OpenAI.Completions.Completion & { usage: { cascade: { accepted_tokens: number } } }>;
-  const greedy = await ask({ temperature: 0, cascade: { drafters: [family.eagle, 'mag'] } });
+  // a fixed K: the adaptive schedule's choice follows measured pass times, so it may leave the drafters out on a loaded machine
+  const greedy = await ask({ temperature: 0, cascade: { drafters: [family.eagle, 'mag'], k_matrix: [[3, 5], [0, 0]] } });
   t.is(greedy.choices[0]!.text, want.text);
   t.true(greedy.usage.cascade.accepted_tokens > 0);
   const sampling = { temperature: 0.8, topK: 0, topP: 1 };
