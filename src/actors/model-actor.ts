@@ -278,21 +278,21 @@ export class ModelActor {
     return { type: 'opened', instance: this.instance, model: this.model, vocabSize: this.session.spec.vocabSize };
   }
 
-  /** The session's new context: its old one cut to `base`, plus `suffix`; validated. */
-  private context(s: ActorSession, base: number, suffix: readonly number[], extra: number): number[] {
-    if (base > s.tokens.length) throw new BadRequest('invalid', `base ${base} is beyond the session's ${s.tokens.length} tokens`);
+  /** The new context of a session's level: its old one (`held`) cut to `base`, plus `suffix`; validated against `model`'s positions. */
+  private context(held: readonly number[], base: number, suffix: readonly number[], extra: number, model: ModelSession = this.session): number[] {
+    if (base > held.length) throw new BadRequest('invalid', `base ${base} is beyond the session's ${held.length} tokens`);
     const vocab = this.session.spec.vocabSize;
     for (const t of suffix) if (!(t < vocab)) throw new BadRequest('invalid', `token id ${t} is outside the vocabulary (${vocab})`);
-    const tokens = [...s.tokens.slice(0, base), ...suffix];
+    const tokens = [...held.slice(0, base), ...suffix];
     if (tokens.length === 0) throw new BadRequest('invalid', 'the context is empty');
-    const max = this.session.spec.maxPositions;
-    if (max !== undefined && tokens.length + extra > max) throw new BadRequest('invalid', `context of ${tokens.length} tokens plus ${extra} exceeds the model's ${max} positions`);
+    const max = model.spec.maxPositions;
+    if (max !== undefined && tokens.length + extra > max) throw new BadRequest('invalid', `context of ${tokens.length} tokens plus ${extra} exceeds ${model === this.session ? 'the model' : model.spec.name}'s ${max} positions`);
     return tokens;
   }
 
   private async propose(s: ActorSession, req: Extract<ActorRequest, { type: 'propose' }>): Promise<ActorReply> {
     if (!(req.want >= 1 && req.want <= MAX_WANT)) throw new BadRequest('invalid', `want must be 1..${MAX_WANT}, got ${req.want}`);
-    const tokens = this.context(s, req.base, req.suffix, req.want);
+    const tokens = this.context(s.tokens, req.base, req.suffix, req.want);
     const block = new Block(tokens, tokens.length);
     await s.level.propose(block, req.want, s.rng);
     s.tokens = block.tokens;
@@ -310,9 +310,7 @@ export class ModelActor {
       throw new BadRequest('invalid', this.featureDrafter ? `session ${req.session} was not opened with a feature drafter` : `${this.model}/${this.instance} hosts no feature drafter (its family.json names none, or it does not fit the target: see the actor's log)`);
     }
     if (!(req.want >= 1 && req.want <= MAX_WANT)) throw new BadRequest('invalid', `want must be 1..${MAX_WANT}, got ${req.want}`);
-    const tokens = this.context({ ...s, tokens: eagle.tokens }, req.base, req.suffix, req.want);
-    const max = this.featureDrafter!.spec.maxPositions;
-    if (max !== undefined && tokens.length + req.want > max) throw new BadRequest('invalid', `context of ${tokens.length} tokens plus ${req.want} exceeds the feature drafter's ${max} positions`);
+    const tokens = this.context(eagle.tokens, req.base, req.suffix, req.want, eagle.level.session);
     const block = new Block(tokens, tokens.length);
     await eagle.level.propose(block, req.want, eagle.rng);
     eagle.tokens = block.tokens;
@@ -322,7 +320,7 @@ export class ModelActor {
   private async review(s: ActorSession, req: Extract<ActorRequest, { type: 'review' }>): Promise<ActorReply> {
     if (!(req.lenience >= 1)) throw new BadRequest('invalid', `lenience must be >= 1, got ${req.lenience}`);
     if (s.target && req.lenience !== 1) throw new BadRequest('invalid', `${this.model} is the target: its review is exact (lenience 1), got lenience ${req.lenience}`);
-    const tokens = this.context(s, req.base, req.suffix, 1);
+    const tokens = this.context(s.tokens, req.base, req.suffix, 1);
     if (req.start < 1 || req.start > tokens.length) throw new BadRequest('invalid', `start ${req.start} must lie in 1..${tokens.length}`);
     const drafts = tokens.length - req.start;
     if (req.q.length > drafts) throw new BadRequest('invalid', `${req.q.length} q rows for ${drafts} drafted tokens`);

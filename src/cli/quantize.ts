@@ -163,6 +163,9 @@ export const parseSelfDraft = (raw: string): SelfDraft => {
 
 export const SELF_DRAFT_HELP = `the target's own ${SELF_DRAFTS.join(' or ')} copy as the first drafter (cascade quantize's defaults with the head quantized), made once into --self-draft-cache and reused while the target's graph is unchanged; needs Python 3 with onnx and numpy the first time`;
 
+/** The name of the target's own `width` copy among the drafters. */
+const selfDraftName = (family: Family, width: SelfDraft): string => `${family.target}-${width}`;
+
 /**
  * The folder of the target's own `width` copy for `--self-draft` (quantizedCopy of the target's folder
  * with the head quantized too: a drafter's drafts are reviewed, so its head may round, and at this
@@ -173,14 +176,14 @@ export const SELF_DRAFT_HELP = `the target's own ${SELF_DRAFTS.join(' or ')} cop
 export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<{ name: string; dir: string }> {
   const source = locationOf(memberSource(family, family.target));
   if (source.modelFile !== undefined) throw new InvalidArgumentError(`--self-draft quantizes the target's folder as a whole: a target picked by --model-file (${source.modelFile}) is not supported; quantize it with cascade quantize --model-file and pass it as --draft-model`);
-  const name = `${family.target}-${width}`;
+  const name = selfDraftName(family, width);
   const dir = await quantizedCopy(source.dir, width === 'int4' ? 4 : 8, { cacheDir, name, quantizeHead: true, log });
   return { name, dir };
 }
 
 /** `family` with the target's own copy (selfDraftCopy) as its first drafter, above the others. */
 export async function withSelfDraft(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<Family> {
-  const taken = `${family.target}-${width}`;
+  const taken = selfDraftName(family, width);
   if (family.drafters.includes(taken) || family.eagle === taken) throw new InvalidArgumentError(`--self-draft adds a drafter named ${taken}, and the models already hold one`);
   const { name, dir } = await selfDraftCopy(family, width, cacheDir, log);
   return { ...family, drafters: [name, ...family.drafters], locations: new Map([...(family.locations ?? []), [name, { dir, name }]]) };

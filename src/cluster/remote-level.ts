@@ -41,6 +41,12 @@ export interface RemoteLevelOptions {
   readonly eagle?: boolean;
 }
 
+/** One request to an actor with the active trace context: `timeoutMs` per TOKENS_PER_TIMEOUT tokens it feeds (`fed`), at least one. */
+async function requestActor(transport: Transport, subject: string, req: ActorRequest, timeoutMs: number, fed: number): Promise<ActorReply> {
+  const headers = injectHeaders(context.active());
+  return decode(await transport.request(subject, encode(req), { timeoutMs: timeoutMs * Math.max(1, Math.ceil(fed / TOKENS_PER_TIMEOUT)), headers })) as ActorReply;
+}
+
 /** An error reply from an actor that is not about a lost session: bad input or a model failure. */
 export class ActorError extends CascadeError {
   override readonly name = 'ActorError';
@@ -88,11 +94,8 @@ export class RemoteLevel implements CascadeLevel {
     return this.instance;
   }
 
-  private async send(subject: string, req: ActorRequest, fed = 0): Promise<ActorReply> {
-    const headers = injectHeaders(context.active());
-    const timeoutMs = this.timeoutMs * Math.max(1, Math.ceil(fed / TOKENS_PER_TIMEOUT));
-    const reply = decode(await this.transport.request(subject, encode(req), { timeoutMs, headers }));
-    return reply as ActorReply;
+  private send(subject: string, req: ActorRequest, fed = 0): Promise<ActorReply> {
+    return requestActor(this.transport, subject, req, this.timeoutMs, fed);
   }
 
   private async place(): Promise<string> {
@@ -249,8 +252,8 @@ export class RemoteFeatureLevel implements CascadeLevel {
       const t0 = performance.now();
       let reply: ActorReply;
       try {
-        const frame = encode({ type: 'propose', session: this.target.session, base, suffix: tokens.slice(base), want, feature: true });
-        reply = decode(await this.transport.request(subjects.instance(this.target.name, instance), frame, { timeoutMs: (this.options.timeoutMs ?? 10_000) * Math.max(1, Math.ceil((tokens.length - base) / TOKENS_PER_TIMEOUT)), headers: injectHeaders(context.active()) })) as ActorReply;
+        const req: ActorRequest = { type: 'propose', session: this.target.session, base, suffix: tokens.slice(base), want, feature: true };
+        reply = await requestActor(this.transport, subjects.instance(this.target.name, instance), req, this.options.timeoutMs ?? 10_000, tokens.length - base);
       } catch (err) {
         if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `${this.name} beside ${this.target.name} actor ${instance} is gone (${err.message})`, { cause: err });
         throw err;
