@@ -165,7 +165,6 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
   const drafters: DrafterSpec[] = await Promise.all(
     plan.drafters.map(async (d): Promise<DrafterSpec> => (d === 'mag' ? { kind: 'mag', bigram: loadBigram(family) } : { kind: d === family.eagle ? 'eagle' : 'model', session: await sessions.get(d) })),
   );
-  checkCascade({ drafters, kMatrix: plan.kMatrix, lenience: 1 });
   for (const drafting of o.draftings) checkCascade({ drafters, kMatrix: plan.kMatrix, lenience: 1, drafting });
   const embedded = async (prompt: string, drafting?: Drafting): Promise<Completion> => {
     const t0 = performance.now();

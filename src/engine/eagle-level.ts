@@ -140,7 +140,8 @@ export function checkFeatureDrafter(target: ModelSpec, drafter: ModelSpec): void
     throw new InvalidArgumentError(`${drafter.name} (${drafter.onnxPath}) is not a feature drafter: it needs a graph with a hidden_states input and a next_hidden_states output (models/eagle, tools/train/eagle.py)`);
   }
   if (f.size !== target.features.size) throw new InvalidArgumentError(`${drafter.name} reads features of size ${f.size}, but the target ${target.name}'s hidden_states are ${target.features.size} wide`);
-  const wide = (drafter.draftVocab ?? []).find((id) => id >= target.vocabSize) ?? (drafter.draftVocab ? undefined : drafter.vocabSize > target.vocabSize ? drafter.vocabSize - 1 : undefined);
+  // without draft_vocab its head is ids 0 .. vocabSize - 1, the last the widest
+  const wide = (drafter.draftVocab ?? [drafter.vocabSize - 1]).find((id) => id >= target.vocabSize);
   if (wide !== undefined) throw new InvalidArgumentError(`${drafter.name} drafts token ${wide}, outside the target's vocabulary of ${target.vocabSize}`);
 }
 
