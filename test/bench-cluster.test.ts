@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
+import { CLI } from './helpers/cli.ts';
 
 const run = promisify(execFile);
-const CLI = ['--import', 'tsx', new URL('../src/cli/main.ts', import.meta.url).pathname];
 
 test('bench cluster - target-only, embedded and cluster under serial and async drafting side by side, every greedy output equal to target-only decoding, concurrency rows, a latency breakdown from spans, the timeline SVGs', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'bench-cluster-'));

@@ -13,6 +13,7 @@ import { freePort } from '../src/cluster/local-servers.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { natsAuthorizationForHelm, natsConfig, natsPasswordVar, ROLES } from '../src/cluster/security.ts';
 import { helmBinary } from './helpers/helm.ts';
+import { CLI } from './helpers/cli.ts';
 
 /**
  * The container image, the compose example and the Helm chart (deploy/, helm/). Verified here with
@@ -98,7 +99,7 @@ test('deploy - every rendered object (default values and examples) is valid agai
 });
 
 /** `cascade <command> --help`, for checking that the flags the deployment passes exist. */
-const helpOf = async (command: string[]) => (await run(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), ...command, '--help'], { cwd: ROOT })).stdout;
+const helpOf = async (command: string[]) => (await run(process.execPath, [...CLI, ...command, '--help'], { cwd: ROOT })).stdout;
 
 test('deploy - each role is its own Deployment, secured, probed, scraped and budgeted, and wired to the bundled NATS and Valkey', async (t) => {
   const objects = await render('-f', join(ROOT, 'helm', 'examples', 'values-gpu.yaml'));
@@ -270,7 +271,7 @@ test('deploy - the compose example runs every role from one image with credentia
   }
   t.regex(services.gateway.environment.CASCADE_API_KEYS, /CASCADE_API_KEY/);
   // `cascade cluster secrets` writes the .env file the compose file asks for, with fresh values each time
-  const env = async () => (await run(process.execPath, ['--import', 'tsx', join(ROOT, 'src/cli/main.ts'), 'cluster', 'secrets'], { cwd: ROOT })).stdout;
+  const env = async () => (await run(process.execPath, [...CLI, 'cluster', 'secrets'], { cwd: ROOT })).stdout;
   const [a, b] = [await env(), await env()];
   const needed = [...readFileSync(join(ROOT, 'deploy', 'compose.yaml'), 'utf8').matchAll(/\$\{(CASCADE_[A-Z_]+?)(?::[?-][^}]*)?\}/g)].map((m) => m[1]).filter((v) => v !== 'CASCADE_IMAGE');
   for (const name of new Set(needed)) t.regex(a, new RegExp(`^${name}=[A-Za-z0-9_-]{24,}$`, 'm'), `cluster secrets provides ${name}`);

@@ -4,13 +4,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import test from 'ava';
+import { CLI } from './helpers/cli.ts';
 
 const run = promisify(execFile);
 
 /** The load test's shortened CI profile (the full one: `cascade bench load`, 500 requests at concurrency 32). */
 test('bench load - mixed-length streams at concurrency 8 all complete; latency quantiles and memory are reported', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'bench-load-'));
-  const { stdout } = await run(process.execPath, ['--import', 'tsx', new URL('../src/cli/main.ts', import.meta.url).pathname, 'bench', 'load', '--requests', '24', '--concurrency', '8', '--min-tokens', '2', '--max-tokens', '16', '--out', out], {
+  const { stdout } = await run(process.execPath, [...CLI, 'bench', 'load', '--requests', '24', '--concurrency', '8', '--min-tokens', '2', '--max-tokens', '16', '--out', out], {
     cwd: new URL('..', import.meta.url).pathname,
     timeout: 240_000,
   });

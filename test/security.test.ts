@@ -8,6 +8,7 @@ import { Redis } from 'ioredis';
 import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { generateSecrets, withCredentials, type Role } from '../src/cluster/security.ts';
+import { CLI } from './helpers/cli.ts';
 
 /** Cluster-mode authentication with real servers: every unauthenticated or unauthorised attempt is refused. */
 const secrets = generateSecrets();
@@ -83,7 +84,7 @@ test('security - Redis refuses the default user; the ACL user works', async (t) 
 
 test('security - cluster up turns authentication on, keeps secrets in a 0600 file and out of every log', async (t) => {
   const run = promisify(execFile);
-  const cli = [...['--import', 'tsx'], new URL('../src/cli/main.ts', import.meta.url).pathname];
+  const cli = CLI;
   const cwd = new URL('..', import.meta.url).pathname;
   const dir = mkdtempSync(join(tmpdir(), 'cluster-up-'));
   const up = await run(process.execPath, [...cli, 'cluster', 'up', '--state-dir', dir], { cwd, timeout: 120_000 });

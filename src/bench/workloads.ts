@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
+import { ROOT } from '../checkout.ts';
 import { InvalidArgumentError } from '../errors.ts';
 
 /** Held-out prompt sets under bench/prompts (see its README for provenance). */
@@ -12,7 +13,7 @@ export type Workload = (typeof WORKLOADS)[number];
 const Row = z.object({ id: z.string(), source: z.string(), license: z.string(), prompt: z.string().min(1) });
 export type PromptRow = z.infer<typeof Row>;
 
-export const PROMPTS_DIR = new URL('../../bench/prompts', import.meta.url).pathname;
+export const PROMPTS_DIR = join(ROOT, 'bench', 'prompts');
 
 export function loadWorkload(name: Workload | typeof LONG_WORKLOAD, dir = PROMPTS_DIR): PromptRow[] {
   const path = join(dir, `${name}.jsonl`);

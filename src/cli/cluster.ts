@@ -2,7 +2,6 @@ import { DEFAULT_BATCHING } from '../models/batching-session.ts';
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { InvalidArgumentError, CascadeError } from '../errors.ts';
 import { freePort, startNats, startRedis } from '../cluster/local-servers.ts';
@@ -17,12 +16,7 @@ import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import { parseSelfDraft, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
-
-/**
- * The installed `cascade` command (it loads the TypeScript CLI through tsx itself): roles start
- * through it, so they run however this process was launched (bin/cascade.js, npm run, node --import tsx).
- */
-const BIN = fileURLToPath(new URL('../../bin/cascade.js', import.meta.url));
+import { cliCommand } from './entry.ts';
 
 /**
  * A server URL with the credentials from `CASCADE_<NAME>_USER` / `CASCADE_<NAME>_PASSWORD` when it
@@ -198,7 +192,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
     logs.push(log);
     const fd = openSync(log, 'w');
     // credentials travel in the environment, never on the command line (visible in ps) or in logs
-    const child = spawn(process.execPath, [BIN, ...args], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
+    const child = spawn(process.execPath, [...cliCommand(), ...args], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
     closeSync(fd);
     child.unref();
     pids.push({ role, pid: child.pid! });

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { cliCommand } from '../cli/entry.ts';
+import { ROOT } from '../checkout.ts';
 
-const MAIN = new URL('../cli/main.ts', import.meta.url).pathname;
-const ROOT = new URL('../..', import.meta.url).pathname;
 
 export interface RoleProcess {
   readonly child: ChildProcess;
@@ -11,10 +11,10 @@ export interface RoleProcess {
 }
 
 /**
- * Starts `cascade <args>` (this checkout's CLI, under tsx) as its own OS process and resolves once it prints `ready: …`: how tests and `bench cluster` start roles.
+ * Starts `cascade <args>` (this checkout's CLI, `cliCommand`) as its own OS process and resolves once it prints `ready: …`: how tests and `bench cluster` start roles.
  */
 export async function spawnRole(args: readonly string[], env: Record<string, string> = {}, timeoutMs = 60_000): Promise<RoleProcess> {
-  const child = spawn(process.execPath, ['--import', 'tsx', MAIN, ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...cliCommand(), ...args], { cwd: ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   child.stdout!.on('data', (d) => (out += d));
   child.stderr!.on('data', (d) => (out += d));

@@ -16,11 +16,10 @@ const ERRORS: Record<string, new (m: string) => CascadeError> = {
   InvalidArgumentError,
 };
 
-/** The worker module next to this file (TypeScript when running from sources), started via worker-bootstrap.mjs. */
+/** The worker module next to this file: compiled, started as it is; from the TypeScript sources, through worker-bootstrap.mjs, which loads tsx. */
 function startWorker(): Worker {
-  const ext = import.meta.url.endsWith('.ts') ? '.ts' : '.js';
-  const entry = new URL(`./ort-worker${ext}`, import.meta.url).href;
-  return new Worker(new URL('./worker-bootstrap.mjs', import.meta.url), { workerData: { entry } });
+  if (import.meta.url.endsWith('.js')) return new Worker(new URL('./ort-worker.js', import.meta.url));
+  return new Worker(new URL('./worker-bootstrap.mjs', import.meta.url), { workerData: { entry: new URL('./ort-worker.ts', import.meta.url).href } });
 }
 
 /**

@@ -1,10 +1,13 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { cliCommand } from '../../src/cli/entry.ts';
+import { ROOT } from '../../src/checkout.ts';
 
 /** The CLI's commands as child processes, for the CLI tests. */
 export const run = promisify(execFile);
-export const CLI = ['--import', 'tsx', new URL('../../src/cli/main.ts', import.meta.url).pathname];
-export const cascade = (...args: string[]) => run(process.execPath, [...CLI, ...args], { cwd: new URL('../..', import.meta.url).pathname });
+/** `process.execPath` arguments that start the CLI: compiled when `npm test` set CASCADE_CLI, else from the sources (src/cli/entry.ts). */
+export const CLI = cliCommand();
+export const cascade = (...args: string[]) => run(process.execPath, [...CLI, ...args], { cwd: ROOT });
 
 /** Runs a command that must fail; its exit code and stderr. */
 export async function fails(args: string[]): Promise<{ code: number; stderr: string }> {

@@ -1,0 +1,23 @@
+import { isAbsolute, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ROOT } from '../checkout.ts';
+
+/** True when this module runs compiled (tsc's dist/), false when it runs from the TypeScript sources under tsx. */
+const COMPILED = import.meta.url.endsWith('.js');
+
+/**
+ * How to start this checkout's `cascade` CLI as a child process: `process.execPath` with `args`.
+ *
+ * - `CASCADE_CLI` (a path to a compiled `main.js`, relative to the root or absolute) wins: `npm test`
+ *   builds dist/ with tsc and points it there, since a compiled process starts on about half the CPU
+ *   of one under tsx, and the tests start hundreds of them.
+ * - Otherwise the CLI in the form this process runs: compiled, `main.js` beside this file; from the
+ *   sources, bin/cascade.js (the installed command, which loads them through tsx from any working
+ *   directory).
+ */
+export function cliCommand(): string[] {
+  const override = process.env.CASCADE_CLI;
+  if (override) return [isAbsolute(override) ? override : resolve(ROOT, override)];
+  if (COMPILED) return [fileURLToPath(new URL('./main.js', import.meta.url))];
+  return [resolve(ROOT, 'bin', 'cascade.js')];
+}
