@@ -4,7 +4,10 @@ import { mkdtempSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
+import { parseKMatrix } from '../src/cli/options.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
+import { MAX_K } from '../src/engine/presets.ts';
+import { InvalidArgumentError } from '../src/errors.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
@@ -120,8 +123,10 @@ test('cli - cascade settings come from flags or a config file, and bad ones are 
   t.true(out.tokenIds.length <= 10);
   const flagWins = JSON.parse((await cascade('generate', '--json', '--config', cfg, '--max-tokens', '3', 'hello')).stdout);
   t.true(flagWins.tokenIds.length <= 3);
-  writeFileSync(cfg, 'mode: turbo\n');
-  t.regex((await fails(['generate', '--config', cfg, 'x'])).stderr, /--config .* is invalid/);
+  writeFileSync(cfg, `mode: turbo\nkMatrix: [[2, ${MAX_K + 1}]]\n`);
+  const invalid = (await fails(['generate', '--config', cfg, 'x'])).stderr;
+  t.regex(invalid, /--config .* is invalid/);
+  t.regex(invalid, new RegExp(`a K entry may be at most ${MAX_K}[^]*kMatrix\\[0\\]\\[1\\]`), 'the K bound is named with the entry');
   writeFileSync(cfg, 'kMatrx: [[1]]\n');
   t.regex((await fails(['generate', '--config', cfg, 'x'])).stderr, /kMatrx/);
   t.regex((await fails(['generate', '--mode', 'fast', 'x'])).stderr, /--mode must be one of/);
@@ -129,6 +134,12 @@ test('cli - cascade settings come from flags or a config file, and bad ones are 
   t.regex((await fails(['generate', '--drafters', 'mag', '--k-matrix', '[[1],[2]]', 'x'])).stderr, /needs 1 rows/);
   t.regex((await fails(['generate', '--k-matrix', '{oops', 'x'])).stderr, /--k-matrix must be auto or JSON/);
   t.regex((await fails(['generate', '--lenience', '0.5', 'x'])).stderr, /--lenience must be a number >= 1/);
+});
+
+test(`cli - --k-matrix takes entries up to ${MAX_K}, the gateway's limit, and refuses a larger one as bad usage`, (t) => {
+  t.deepEqual(parseKMatrix(`[[2, ${MAX_K}], [0, 3]]`), [[2, MAX_K], [0, 3]]);
+  // an InvalidArgumentError is what the CLI exits 2 for (main.ts; see the usage-error test below)
+  t.throws(() => parseKMatrix(`[[2, ${MAX_K + 1}], [0, 3]]`), { instanceOf: InvalidArgumentError, message: `--k-matrix[0][1] is ${MAX_K + 1}: a K entry may be at most ${MAX_K}, the most tokens one drafter call proposes` });
 });
 
 test('cli - generate --kv-policy bounds the target cache and reports it; bad settings are refused', async (t) => {

@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { FULL_CACHE, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { EagleLevel, FeatureTap } from '../engine/eagle-level.ts';
 import { Block, ModelLevel } from '../engine/levels.ts';
+import { MAX_K } from '../engine/presets.ts';
 import { CascadeError } from '../errors.ts';
 import { PositionNoise } from '../kernels/noise.ts';
 import { deriveSeed, Rng } from '../kernels/rng.ts';
@@ -13,9 +14,9 @@ import { subjects, subjectToken, type Headers, type Subscription, type Transport
 
 /**
  * Most tokens one propose may ask for. A cascade asks a drafter for at most the largest entry of
- * its K matrix, so the gateway refuses K entries above it.
+ * its K matrix, so this is MAX_K, the largest K entry the gateway takes.
  */
-export const MAX_WANT = 64;
+export const MAX_WANT = MAX_K;
 
 /**
  * Most tokens a draft actor's sampled proposal keeps: it draws from its top DRAFT_TOP_K tokens,

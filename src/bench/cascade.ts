@@ -2,6 +2,7 @@ import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
 import type { Drafting } from '../engine/async-cascade.ts';
 import type { Verification } from '../kernels/noise.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
+import { drafterKind } from '../models/family.ts';
 import type { ModelSession } from '../models/session.ts';
 import { median } from './report.ts';
 import { repeated4gramRate } from './workloads.ts';
@@ -44,10 +45,14 @@ export interface RunTotals {
   readonly outputs: number[][];
 }
 
+/** Methods name the feature drafter (BenchContext.eagle) `eagle`. */
+const METHOD_NAMES = { eagle: 'eagle' };
+
 function specs(ctx: BenchContext, m: Method): DrafterSpec[] {
-  return m.drafters.map((d): DrafterSpec =>
-    d === 'mag' ? { kind: 'mag', bigram: ctx.bigram, occurrence: m.magOccurrence } : d === 'eagle' ? { kind: 'eagle', session: ctx.eagle! } : { kind: 'model', session: ctx.drafters.get(d)! },
-  );
+  return m.drafters.map((d): DrafterSpec => {
+    const kind = drafterKind(METHOD_NAMES, d);
+    return kind === 'mag' ? { kind, bigram: ctx.bigram, occurrence: m.magOccurrence } : kind === 'eagle' ? { kind, session: ctx.eagle! } : { kind, session: ctx.drafters.get(d)! };
+  });
 }
 
 /** Runs `method` over every prompt once; seeds depend on the prompt index and `seed`. */

@@ -7,9 +7,9 @@ import { generateCascade, type CascadeResult, type DrafterSpec } from '../engine
 import { OrtModelSession } from '../models/ort-session.ts';
 import { generateAutoregressive, type GenerateResult } from '../engine/generate.ts';
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
-import { MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
+import { K_BOUND, MAX_K, MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { loadBigram, loadController, type Family } from '../models/family.ts';
+import { drafterKind, loadBigram, loadController, type Family } from '../models/family.ts';
 import { parseSelfDraft, SELF_DRAFT_HELP, SELF_DRAFTS, selfDraftCopy, type SelfDraft } from './quantize.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { resolveModels } from '../models/model-choice.ts';
@@ -21,7 +21,7 @@ import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
 import { speculationCaveat } from '../models/config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKMatrix, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
 import { DEFAULT_DRAFTING, DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
@@ -96,7 +96,7 @@ type KvPlacement = (typeof KV_PLACEMENTS)[number];
 const ConfigFile = z.strictObject({
   mode: z.enum(MODES).optional(),
   drafters: z.array(z.string()).optional(),
-  kMatrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().nonnegative()))]).optional(),
+  kMatrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().nonnegative().max(MAX_K, K_BOUND)))]).optional(),
   lenience: z.number().min(1).optional(),
   verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
   drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
@@ -215,9 +215,10 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const drafterKv = kv && o.kvPlacement === 'drafters' ? kv : undefined;
     const drafters: DrafterSpec[] = [];
     for (const d of plan.drafters) {
-      if (d === 'mag') drafters.push({ kind: 'mag', bigram: loadBigram(family), occurrence: o.magOccurrence });
-      else if (d === family.eagle) drafters.push({ kind: 'eagle', session: await sessions.get(d) });
-      else drafters.push({ kind: 'model', session: await sessions.get(d), kv: drafterKv });
+      const kind = drafterKind(family, d);
+      if (kind === 'mag') drafters.push({ kind, bigram: loadBigram(family), occurrence: o.magOccurrence });
+      else if (kind === 'eagle') drafters.push({ kind, session: await sessions.get(d) });
+      else drafters.push({ kind, session: await sessions.get(d), kv: drafterKv });
     }
     checkSharedVocabulary(target.spec, drafters.flatMap((d) => (d.kind === 'model' ? [d.session.spec] : [])));
     if (kv && o.kvPlacement === 'self-draft') {
@@ -393,19 +394,6 @@ const parseDrafters = (raw: string): string[] => {
   return list;
 };
 
-const parseKMatrix = (raw: string): KSchedule => {
-  if (raw === 'auto') return 'auto';
-  let v: unknown;
-  try {
-    v = JSON.parse(raw);
-  } catch {
-    throw new InvalidArgumentError(`--k-matrix must be auto or JSON, e.g. [[2,4,8],[0,2,6],[0,0,4]]; got "${raw}"`);
-  }
-  const parsed = z.array(z.array(z.number().int().nonnegative())).safeParse(v);
-  if (!parsed.success) throw new InvalidArgumentError(`--k-matrix must be an array of rows of non-negative integers, got ${raw}`);
-  return parsed.data;
-};
-
 export function registerGenerate(program: Command): void {
   program
     .command('generate')
@@ -429,7 +417,7 @@ export function registerGenerate(program: Command): void {
     .option('--seed <s>', 'random seed for sampling', parseNumber('--seed', { integer: true }), 0)
     .option('--mode <mode>', `decoding: ${MODES.join(' | ')} (target only, speculative with the largest drafter, MaG prompt lookup, full cascade)`, parseMode, 'csd')
     .option('--drafters <list>', 'cascade drafters, largest first, e.g. draft-l2,draft-l1,mag (overrides the mode)', parseDrafters)
-    .option('--k-matrix <json|auto>', 'K matrix, cumulative convention (docs/cascade.md), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs', parseKMatrix)
+    .option('--k-matrix <json|auto>', `K matrix, cumulative convention (docs/cascade.md), e.g. [[2,4,8],[0,2,6],[0,0,4]], or auto (the default): chosen each round from measured acceptance and costs; entries at most ${MAX_K}`, parseKMatrix)
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)

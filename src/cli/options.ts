@@ -1,3 +1,5 @@
+import { z } from 'zod';
+import { checkKBound, type KSchedule } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
@@ -66,4 +68,19 @@ export const parseLogitBias = (raw: string): Record<number, number> => {
     out[Number(id)] = v;
   }
   return out;
+};
+
+/** --k-matrix: `auto`, or a JSON K matrix whose entries are at most MAX_K (the gateway's limit too). */
+export const parseKMatrix = (raw: string): KSchedule => {
+  if (raw === 'auto') return 'auto';
+  let v: unknown;
+  try {
+    v = JSON.parse(raw);
+  } catch {
+    throw new InvalidArgumentError(`--k-matrix must be auto or JSON, e.g. [[2,4,8],[0,2,6],[0,0,4]]; got "${raw}"`);
+  }
+  const parsed = z.array(z.array(z.number().int().nonnegative())).safeParse(v);
+  if (!parsed.success) throw new InvalidArgumentError(`--k-matrix must be an array of rows of non-negative integers, got ${raw}`);
+  checkKBound(parsed.data, '--k-matrix');
+  return parsed.data;
 };

@@ -9,6 +9,7 @@ import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { deriveSeed, seed64 } from '../kernels/rng.ts';
 import { MAX_TOP_LOGPROBS } from '../kernels/sampling.ts';
 import { quantile } from '../kernels/stats.ts';
+import { drafterKind } from '../models/family.ts';
 import { encode } from './messages.ts';
 import { openRedis, parseRedis, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
@@ -169,7 +170,10 @@ export class Coordinator {
         });
       const top = remote(family.target, 't', 0);
       const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms) });
-      const drafters: CascadeLevel[] = job.drafters.map((d, i) => (d === 'mag' ? new MagLevel({ bigram: family.bigram }) : d === family.eagle ? feature(d) : remote(d, `d${i}`, i + 1)));
+      const drafters: CascadeLevel[] = job.drafters.map((d, i) => {
+        const kind = drafterKind(family, d);
+        return kind === 'mag' ? new MagLevel({ bigram: family.bigram }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);
+      });
       roundTrips = [top, ...drafters].flatMap((l) => (l instanceof RemoteLevel || l instanceof RemoteFeatureLevel ? [l.roundTripsMs] : []));
       let offset = recorded.length;
       try {

@@ -106,12 +106,13 @@ export interface CascadeResult {
   readonly logprobs?: TokenLogprob[];
 }
 
-/** Rejects cascades that cannot run: MaG not last, K of the wrong shape, not cumulative, lenience < 1. */
+/** Rejects cascades that cannot run: a feature drafter not first, MaG not last, K of the wrong shape, not cumulative, lenience < 1. */
 export function checkCascade(config: CascadeConfig): void {
   const n = config.drafters.length;
+  // the feature drafter's place first: in [mag, eagle] it is the one to move (then MaG is last)
+  if (config.drafters.some((d, i) => d.kind === 'eagle' && i !== 0)) throw new InvalidArgumentError('a feature drafter (EAGLE) can only be the first drafter: it reads the features of the target right above it');
   config.drafters.forEach((d, i) => {
     if (d.kind === 'mag' && i !== n - 1) throw new InvalidArgumentError('mag can only be the last drafter of a cascade');
-    if (d.kind === 'eagle' && i !== 0) throw new InvalidArgumentError('a feature drafter (EAGLE) can only be the first drafter: it reads the features of the target right above it');
     if (d.kind === 'eagle' && (config.drafting ?? DEFAULT_DRAFTING) === 'async') throw new InvalidArgumentError('a feature drafter (EAGLE) drafts in rounds after each review (it reads the features the review computed): not with async drafting');
     if (d.kind === 'eagle' && config.kMatrix !== 'auto' && config.kMatrix[1]?.some((k) => k !== 0)) {
       throw new InvalidArgumentError(`a feature drafter only proposes, it cannot review a block: its row of the K matrix (row 1) must be zeros, got ${JSON.stringify(config.kMatrix[1])}`);

@@ -3,6 +3,26 @@ import { InvalidArgumentError } from '../errors.ts';
 /** A fixed K matrix (cumulative, n×n upper triangular), or `auto`: chosen every round (schedule.ts). */
 export type KSchedule = readonly (readonly number[])[] | 'auto';
 
+/**
+ * Most tokens a K entry may ask of a drafter at once: a cluster's actor proposes at most this many
+ * in one call (MAX_WANT, src/actors/model-actor.ts), so the gateway and `cascade generate` refuse
+ * larger entries alike.
+ */
+export const MAX_K = 64;
+
+/** Why a K entry above MAX_K is refused (for schemas that name the entry themselves). */
+export const K_BOUND = `a K entry may be at most ${MAX_K}, the most tokens one drafter call proposes`;
+
+/** Refuses a K entry above MAX_K, naming it `where[r][c]` (the field or flag the matrix came from). */
+export function checkKBound(kMatrix: KSchedule, where: string): void {
+  if (kMatrix === 'auto') return;
+  kMatrix.forEach((row, r) =>
+    row.forEach((k, c) => {
+      if (k > MAX_K) throw new InvalidArgumentError(`${where}[${r}][${c}] is ${k}: ${K_BOUND}`);
+    }),
+  );
+}
+
 /** The decoding modes of `cascade generate --mode`, all run by the same cascade code. */
 export const MODES = ['ar', 'sd', 'mag', 'csd'] as const;
 export type Mode = (typeof MODES)[number];
@@ -49,7 +69,8 @@ export function modeDrafters(mode: Mode, familyDrafters: readonly string[]): str
 /**
  * Resolves mode, explicit drafters and K into one plan; explicit settings win over the mode's. K
  * defaults to `auto` (the adaptive schedule). `byName`: drafters a request may name that no mode
- * uses by default (a family's feature drafter).
+ * uses by default (a family's feature drafter). Explicit drafters name each drafter once, and at
+ * least one unless the mode is `ar` (target-only decoding is that mode, not an empty list).
  */
 export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kMatrix?: KSchedule; lenience?: number }, familyDrafters: readonly string[], byName: readonly string[] = []): CascadePlan {
   const drafters = opts.drafters ?? modeDrafters(opts.mode, familyDrafters);
@@ -58,5 +79,8 @@ export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kM
       throw new InvalidArgumentError(`unknown drafter "${d}": this family has ${[...familyDrafters, ...byName, 'mag'].join(', ')}`);
     }
   }
+  if (!drafters.length && opts.mode !== 'ar') throw new InvalidArgumentError(`the drafters list is empty: for target-only decoding use mode ar, else name at least one drafter (this family has ${[...familyDrafters, ...byName, 'mag'].join(', ')})`);
+  const twice = drafters.find((d, i) => drafters.indexOf(d) !== i);
+  if (twice !== undefined) throw new InvalidArgumentError(`drafter "${twice}" is named twice: each drafter is one level of the cascade, named once`);
   return { drafters, kMatrix: opts.kMatrix ?? 'auto', lenience: opts.lenience ?? 1 };
 }

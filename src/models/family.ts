@@ -68,6 +68,16 @@ export function loadController(family: Family): AdoreController {
   return AdoreController.load(join(family.dir, family.controller));
 }
 
+/**
+ * What a drafter named in a cascade is: `mag` (the model-free MaG drafter), `eagle` (the family's
+ * feature drafter, named by its `eagle`) or `model` (a neural draft model). The same as
+ * DrafterSpec's `kind` (src/engine/cascade.ts).
+ */
+export type DrafterKind = 'mag' | 'eagle' | 'model';
+
+/** The kind of drafter `name` is in a cascade over `family` (which needs only the feature drafter's name). */
+export const drafterKind = (family: Pick<Family, 'eagle'>, name: string): DrafterKind => (name === 'mag' ? 'mag' : name === family.eagle ? 'eagle' : 'model');
+
 /** The directory of a family member. */
 export const memberDir = (family: Family, name: string): string => join(family.dir, name);
 

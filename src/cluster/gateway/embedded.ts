@@ -1,6 +1,7 @@
 import { DRAFTINGS } from '../../engine/async-cascade.ts';
 import { generateCascade, type DrafterSpec } from '../../engine/cascade.ts';
 import { InvalidArgumentError } from '../../errors.ts';
+import { drafterKind } from '../../models/family.ts';
 import type { ModelSession } from '../../models/session.ts';
 import type { JobData, RequestOutcome } from '../coordinator.ts';
 import { HttpError } from './errors.ts';
@@ -26,8 +27,9 @@ export interface EmbeddedModels {
  */
 export function embeddedBackend(models: EmbeddedModels, options: { readonly timeoutMs: number }): Backend {
   const drafterOf = (name: string): DrafterSpec => {
-    if (name === 'mag') return { kind: 'mag', bigram: models.bigram };
-    if (name === models.eagle?.name) return { kind: 'eagle', session: models.eagle.session };
+    const kind = drafterKind({ eagle: models.eagle?.name }, name);
+    if (kind === 'mag') return { kind, bigram: models.bigram };
+    if (kind === 'eagle') return { kind, session: models.eagle!.session };
     const session = models.drafters.get(name);
     if (!session) throw new HttpError(400, `drafter "${name}" is not served here (this gateway serves ${[...models.drafters.keys(), ...(models.eagle ? [models.eagle.name] : []), 'mag'].join(', ')})`, 'invalid_request_error', 'cascade');
     return { kind: 'model', session };

@@ -1,12 +1,13 @@
 import { randomUUID } from 'node:crypto';
-import { DRAFT_TOP_K, MAX_WANT } from '../../actors/model-actor.ts';
+import { DRAFT_TOP_K } from '../../actors/model-actor.ts';
 import { checkCascade } from '../../engine/cascade.ts';
-import { planCascade, type KSchedule } from '../../engine/presets.ts';
+import { checkKBound, planCascade, type KSchedule } from '../../engine/presets.ts';
 import { DEFAULT_MAX_DRAFT } from '../../engine/schedule.ts';
 import { InvalidArgumentError } from '../../errors.ts';
 import { DEFAULT_VERIFICATION } from '../../kernels/noise.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../../engine/async-cascade.ts';
 import { withProcessors, type SamplingParams } from '../../kernels/sampling.ts';
+import { drafterKind } from '../../models/family.ts';
 import { resolveSampling } from '../../models/generation-config.ts';
 import { checkVocabularySizes } from '../../models/vocabulary.ts';
 import type { JobData } from '../coordinator.ts';
@@ -15,16 +16,6 @@ import { promptIdsOf, type PromptInput } from './chat.ts';
 import { HttpError } from './errors.ts';
 import type { GatewayOptions } from './options.ts';
 import type { ChatBody, CompletionBody } from './schemas.ts';
-
-/** K entries are how many tokens a drafter is asked for at once: at most MAX_WANT, what an actor's propose takes. */
-function checkKBound(kMatrix: KSchedule): void {
-  if (kMatrix === 'auto') return;
-  kMatrix.forEach((row, r) =>
-    row.forEach((k, c) => {
-      if (k > MAX_WANT) throw new InvalidArgumentError(`cascade.k_matrix[${r}][${c}] is ${k}: a K entry may be at most ${MAX_WANT}, the most tokens one drafter call proposes`);
-    }),
-  );
-}
 
 /**
  * A sampled request's drafts travel with their q rows: a reviewer is sent up to the largest K entry's
@@ -93,10 +84,10 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
       model.eagle ? [model.eagle] : [],
     );
     // shape checks only: the drafters are remote, so stand-ins carry their kind
-    checkKBound(plan.kMatrix); // first: a K entry over the limit is named whatever the matrix's shape
-    const kind = (d: string) => (d === 'mag' ? 'mag' : d === model.eagle ? 'eagle' : 'model');
+    checkKBound(plan.kMatrix, 'cascade.k_matrix'); // first: a K entry over the limit is named whatever the matrix's shape
+    const kind = (d: string) => drafterKind(model, d);
     checkCascade({ drafters: plan.drafters.map((d) => ({ kind: kind(d) }) as never), kMatrix: plan.kMatrix, lenience: plan.lenience, drafting });
-    const neural = plan.drafters.filter((d) => d !== 'mag');
+    const neural = plan.drafters.filter((d) => kind(d) !== 'mag');
     // invariant verification sends no q rows, so only rejection has a row budget to respect
     if (verification === 'rejection' && model.vocabSize !== undefined && maxPayload !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, maxPayload);
     // a request may order the drafters itself: each must be at most as wide as the models above it
