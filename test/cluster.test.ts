@@ -41,7 +41,7 @@ const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.
 const env = { CASCADE_TRACE_FILE: traceFile };
 const actor = (kind: 'draft' | 'verify', model: string, instance: string) =>
   spawnRole(['actor', kind, '--model', model, '--models', MODELS_DIR, '--nats', nats.url, '--instance', instance, '--idle-ms', '20000'], env);
-const coordinator = () => spawnRole(['coordinator', '--models', MODELS_DIR, '--nats', nats.url, '--redis', redis.url, '--lock-ms', '1500', '--call-timeout-ms', '3000'], env);
+const coordinator = (...extra: string[]) => spawnRole(['coordinator', '--models', MODELS_DIR, '--nats', nats.url, '--redis', redis.url, '--lock-ms', '1500', '--call-timeout-ms', '3000', ...extra], env);
 
 /**
  * The oracle for greedy requests: target-only decoding (the target model alone, no drafters) in this
@@ -458,7 +458,7 @@ test.serial('cluster - async drafting (the draft actor runs ahead while the veri
 });
 
 /** Streams `body` and kills the coordinator at its first text (a new one takes over); the text and usage streamed. */
-async function killCoordinatorMidStream(body: Record<string, unknown>): Promise<{ text: string; killedAt: number; usage: { completion_tokens: number; cascade: { resumed_from: number } } }> {
+async function killCoordinatorMidStream(body: Record<string, unknown>, restart = () => coordinator()): Promise<{ text: string; killedAt: number; usage: { completion_tokens: number; cascade: { resumed_from: number } } }> {
   const first = roles.get('coordinator')!;
   const stream = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 96, stream: true, stream_options: { include_usage: true }, ...body } as never)) as unknown as AsyncIterable<OpenAI.Completions.Completion>;
   let text = '';
@@ -470,7 +470,7 @@ async function killCoordinatorMidStream(body: Record<string, unknown>): Promise<
     if (killedAt < 0 && text.length > 0) {
       killedAt = text.length;
       await first.stop('SIGKILL');
-      roles.set('coordinator', await coordinator());
+      roles.set('coordinator', await restart());
     }
   }
   return { text, killedAt, usage: usage as { completion_tokens: number; cascade: { resumed_from: number } } };
@@ -601,4 +601,23 @@ test.serial('cluster - a saturated gateway answers 503 with Retry-After', async 
   } finally {
     await small.stop();
   }
+});
+
+test.serial('cluster - the verifier inside the coordinator (coordinator --verifier), with no verify actor process left: greedy requests under serial and async drafting and a seeded sampled one give target-only decoding\'s text; killed mid-request, the coordinator takes its verifier with it and the retry on another resumes exactly', async (t) => {
+  await roles.get('verify')!.stop();
+  roles.delete('verify');
+  await roles.get('coordinator')!.stop();
+  const colocated = () => coordinator('--verifier');
+  roles.set('coordinator', await colocated());
+  t.regex(roles.get('coordinator')!.output(), /with its own verify actor/);
+  for (const drafting of ['serial', 'async']) {
+    const r = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature: 0, cascade: { mode: 'csd', drafting } } as never);
+    t.is(r.choices[0]!.text, await targetOnly(PROMPT, 40), `greedy, ${drafting} drafting`);
+  }
+  const sampling = { temperature: 1, topP: 0.9, topK: 40 };
+  const sampled = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, temperature: 1, top_p: 0.9, top_k: 40, seed: 31 } as never);
+  t.is(sampled.choices[0]!.text, await targetOnly(PROMPT, 32, sampling, 31), 'seeded T 1, top-k/top-p');
+  const { text, usage } = await killCoordinatorMidStream({ temperature: 0.8, seed: 606 }, colocated);
+  t.true(usage.cascade.resumed_from > 0 && usage.cascade.resumed_from < 96, `resumed after ${usage.cascade.resumed_from} recorded tokens`);
+  t.is(text, await targetOnly(PROMPT, 96, { temperature: 0.8, topP: 1, topK: 0 }, 606));
 });

@@ -29,7 +29,13 @@ export interface BenchClusterOptions {
   readonly env?: Record<string, string>;
   /** Called once the roles are up, before the gateway starts in this process. */
   readonly onReady?: () => void;
+  /** Where the target's verify actor runs: its own processes (`separate`, the default) or inside the coordinator (`colocated`: `cascade coordinator --verifier`). */
+  readonly layout?: Layout;
 }
+
+/** Cluster layouts: the verify actor in its own process, or in the coordinator's (`cascade coordinator --verifier`). */
+export const LAYOUTS = ['separate', 'colocated'] as const;
+export type Layout = (typeof LAYOUTS)[number];
 
 /** A greedy completion: text, completion tokens, wall seconds, time per output token after the first (ms). */
 export interface Completion {
@@ -43,7 +49,8 @@ export interface Completion {
 
 /**
  * A cluster on this machine for benchmarks: nats-server and redis-server on free ports, one OS
- * process per actor and a coordinator, the gateway in this process. `complete` streams one greedy
+ * process per actor and a coordinator (hosting the verify actor under the `colocated` layout), the
+ * gateway in this process. `complete` streams one greedy
  * completion through the openai client (the request's `cascade` field as given; default the
  * gateway's); `stop` stops everything.
  */
@@ -63,11 +70,12 @@ export async function startBenchCluster(o: BenchClusterOptions): Promise<{ compl
     const env = o.env ?? {};
     const common = ['--models', o.models, '--nats', nats.url];
     const times = (n: number | undefined) => Array.from({ length: n ?? 1 });
+    const colocated = o.layout === 'colocated';
     roles.push(
       ...(await Promise.all([
-        ...times(o.verifiers).map(() => spawnRole(['actor', 'verify', ...common], env)),
+        ...(colocated ? [] : times(o.verifiers).map(() => spawnRole(['actor', 'verify', ...common], env))),
         ...family.drafters.flatMap((d) => times(o.draftInstances).map(() => spawnRole(['actor', 'draft', '--model', d, ...common], env))),
-        spawnRole(['coordinator', ...common, '--redis', redis.url, '--concurrency', String(o.concurrency)], env),
+        spawnRole(['coordinator', ...common, '--redis', redis.url, '--concurrency', String(o.concurrency), ...(colocated ? ['--verifier'] : [])], env),
       ])),
     );
     o.onReady?.();
@@ -116,6 +124,8 @@ export interface ClusterBenchOptions {
   readonly drafters?: readonly string[];
   /** Folder of the prompt sets, WORKLOAD.jsonl (default: bench/prompts). */
   readonly promptsDir?: string;
+  /** Cluster layouts measured side by side, each its own cluster (default: separate). Concurrency runs and the traced breakdown use the first. */
+  readonly layouts?: readonly Layout[];
 }
 
 /** One workload's single-stream figures: medians over repeats, every repeat's, TPOT quantiles, exactness against target-only decoding. */
@@ -130,8 +140,10 @@ interface SingleStream {
   readonly equalsTargetOnly: Record<string, boolean>;
 }
 
-/** One single-stream path: target-only decoding, or the cascade embedded or through the cluster under a drafting mode. */
-type Path = 'ar' | `embedded/${Drafting}` | `cluster/${Drafting}`;
+/** One single-stream path: target-only decoding, or the cascade embedded or through a cluster (`cluster`: separate layout, `colocated`) under a drafting mode. */
+type Path = 'ar' | `embedded/${Drafting}` | `${ClusterPath}/${Drafting}`;
+type ClusterPath = 'cluster' | 'colocated';
+const pathOf = (layout: Layout): ClusterPath => (layout === 'separate' ? 'cluster' : 'colocated');
 
 /**
  * `cascade bench cluster`: greedy requests single stream, side by side in one run: target-only
@@ -156,7 +168,8 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
   const cascade = { mode: 'csd', ...(o.drafters ? { drafters: o.drafters } : {}) };
   const log = (s: string) => process.stderr.write(`${s}\n`);
   const workloads = o.workloads.map((w) => ({ name: w, prompts: loadWorkload(w, o.promptsDir).slice(0, o.prompts).map((p) => p.prompt) }));
-  const paths: Path[] = ['ar', ...o.draftings.map((d) => `embedded/${d}` as const), ...o.draftings.map((d) => `cluster/${d}` as const)];
+  const layouts: readonly [Layout, ...Layout[]] = o.layouts?.length ? (o.layouts as [Layout, ...Layout[]]) : ['separate'];
+  const paths: Path[] = ['ar', ...o.draftings.map((d) => `embedded/${d}` as const), ...layouts.flatMap((l) => o.draftings.map((d) => `${pathOf(l)}/${d}` as const))];
 
   // embedded: the engine in this process
   const sessions = new FamilySessions(family, {});
@@ -180,17 +193,24 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
   const targetOnly = new Map<string, string>();
   for (const w of workloads) for (const p of w.prompts) targetOnly.set(p, (await embedded(p)).text);
 
-  const startCluster = (traced: boolean) =>
-    startBenchCluster({ models, maxTokens: o.maxTokens, concurrency: Math.max(1, ...o.concurrency), env: traced ? { CASCADE_TRACE_FILE: spanFile } : {}, onReady: () => traced && (process.env.CASCADE_TRACE_FILE = spanFile) });
+  const startCluster = (traced: boolean, layout: Layout) =>
+    startBenchCluster({ models, maxTokens: o.maxTokens, concurrency: Math.max(1, ...o.concurrency), layout, env: traced ? { CASCADE_TRACE_FILE: spanFile } : {}, onReady: () => traced && (process.env.CASCADE_TRACE_FILE = spanFile) });
 
   let running: Awaited<ReturnType<typeof startCluster>> | undefined;
+  const others: Awaited<ReturnType<typeof startCluster>>[] = [];
   try {
-    log('starting nats-server, redis-server, actors and a coordinator (tracing off) …');
-    running = await startCluster(false);
+    log(`starting nats-server, redis-server, actors and a coordinator (tracing off; layout ${layouts.join(', ')}) …`);
+    running = await startCluster(false, layouts[0]);
+    const clusters = new Map<ClusterPath, (prompt: string, cascade?: Record<string, unknown>) => Promise<Completion>>([[pathOf(layouts[0]), running.complete]]);
+    for (const l of layouts.slice(1)) {
+      const c = await startCluster(false, l);
+      others.push(c);
+      clusters.set(pathOf(l), c.complete);
+    }
     const cluster = running.complete;
     const run = (path: Path, prompt: string): Promise<Completion> => {
-      const [where, drafting] = path.split('/') as ['ar' | 'embedded' | 'cluster', Drafting | undefined];
-      return where === 'cluster' ? cluster(prompt, { ...cascade, drafting }) : embedded(prompt, drafting);
+      const [where, drafting] = path.split('/') as ['ar' | 'embedded' | ClusterPath, Drafting | undefined];
+      return where === 'ar' || where === 'embedded' ? embedded(prompt, drafting) : clusters.get(where)!(prompt, { ...cascade, drafting });
     };
     // warm every path (first ONNX runs, connections, the actors' sessions)
     for (const path of paths) await run(path, workloads[0]!.prompts[0]!);
@@ -249,10 +269,11 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
 
     await running.stop();
     running = undefined;
+    await Promise.all(others.splice(0).map((c) => c.stop()));
 
     // per drafting mode: the same single-stream requests through a traced cluster
     log('restarting the cluster with tracing on for the latency breakdown …');
-    running = await startCluster(true);
+    running = await startCluster(true, layouts[0]);
     const traced: Partial<Record<Drafting, { from: number; to: number }>> = {};
     for (const drafting of o.draftings) {
       await running.complete(prompts[0]!, { ...cascade, drafting });
@@ -269,6 +290,8 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
     const record = {
       machine: 'this machine (see bench/results/README.md)',
       method: `csd ${JSON.stringify(plan.kMatrix)} over ${plan.drafters.join(', ')} (serial rounds; async drafting: the first neural drafter runs ahead, MaG extends, K implicit), greedy, ${o.maxTokens} tokens`,
+      layouts: layouts.map((l) => `${pathOf(l)}: ${l === 'separate' ? 'the verify actor in its own process' : 'the verify actor inside the coordinator (cascade coordinator --verifier)'}`),
+      aggregateAndBreakdownLayout: layouts[0],
       repeats: o.repeats,
       singleStream,
       concurrency: loads,
@@ -304,6 +327,7 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
     process.stdout.write(`${tables.join('\n\n')}\n\n${loadTable ? `${loadTable}\n\n` : ''}${table2}\n\nwrote ${join(out, 'cluster.json')} and cluster.md${timelines.length ? `, ${timelines.join(', ')}` : ''}\n`);
   } finally {
     await running?.stop();
+    await Promise.all(others.map((c) => c.stop()));
     await sessions.close();
   }
 }

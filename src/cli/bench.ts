@@ -3,7 +3,7 @@ import { benchCascade } from '../bench/cascade-run.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { registerBenchPeer } from './bench-peer.ts';
-import { benchCluster } from '../bench/cluster.ts';
+import { benchCluster, LAYOUTS, type Layout } from '../bench/cluster.ts';
 import { benchKv } from '../bench/kv.ts';
 import { benchLoad } from '../bench/load.ts';
 import { benchSelfDraft } from '../bench/self-draft.ts';
@@ -240,10 +240,18 @@ export function registerBench(program: Command): void {
     .option('--out <dir>', 'directory for cluster.json, cluster.md and the spans', 'results')
     .option('--drafters <list>', "the cascade's drafters, comma-separated names as the API's cascade.drafters takes them, e.g. eagle,mag (default: the family's drafters and mag)", (v: string) => v.split(',').map((d) => d.trim()).filter(Boolean))
     .option('--prompts-dir <dir>', 'folder of the prompt sets, WORKLOAD.jsonl (default: bench/prompts of this checkout)')
+    .option('--layouts <list>', `cluster layouts measured side by side, comma-separated: ${LAYOUTS.join(', ')} (colocated: the verify actor inside the coordinator, cascade coordinator --verifier); the first also drives the aggregate and traced runs`, parseLayouts, ['separate'])
     .action(async (o) => {
-      await benchCluster({ models: o.models, prompts: o.prompts, workloads: o.workload, draftings: o.drafting, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, timeline: o.timeline, out: o.out, drafters: o.drafters, promptsDir: o.promptsDir });
+      await benchCluster({ models: o.models, prompts: o.prompts, workloads: o.workload, draftings: o.drafting, maxTokens: o.maxTokens, repeats: o.repeats, concurrency: o.concurrency, timeline: o.timeline, out: o.out, drafters: o.drafters, promptsDir: o.promptsDir, layouts: o.layouts });
     });
   registerBenchPeer(bench);
+}
+
+function parseLayouts(raw: string): Layout[] {
+  const list = [...new Set(raw.split(',').map((v) => v.trim()))];
+  const bad = list.find((v) => !(LAYOUTS as readonly string[]).includes(v));
+  if (bad !== undefined || !list.length) throw new InvalidArgumentError(`--layouts takes ${LAYOUTS.join(', ')}, comma-separated; got "${raw}"`);
+  return list as Layout[];
 }
 
 function parseDraftings(raw: string): Drafting[] {

@@ -169,6 +169,7 @@ interface UpOptions {
   threads: number;
   verification: Verification;
   drafting: Drafting;
+  colocate?: boolean;
 }
 
 /** The files `cluster up` writes in its state directory besides the role logs. */
@@ -223,13 +224,15 @@ async function clusterUp(o: UpOptions): Promise<void> {
     const common = ['--models', o.models, ...tokenizer];
     // coordinators and the gateway name the same models the actors host
     const named = [...common, ...target, ...(o.draftModel ?? []).flatMap((d) => ['--draft-model', d])];
-    const waits = [(await started('verify-0', ['actor', 'verify', ...common, ...target, '--threads', String(o.threads)], env('actor'))).wait()];
+    // --colocate: each coordinator hosts its own verifier (cascade coordinator --verifier) instead of a verify actor process
+    const waits = o.colocate ? [] : [(await started('verify-0', ['actor', 'verify', ...common, ...target, '--threads', String(o.threads)], env('actor'))).wait()];
     for (const d of family.drafters) {
       // a family member by name; an export by its folder (served under the folder's name, which is d)
       const model = isFamilyMember(o.models, d) ? d : (family.locations?.get(d) as { dir: string }).dir;
       for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', model, ...common], env('actor'))).wait());
     }
-    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...named], env('coordinator', true))).wait());
+    const verifier = o.colocate ? ['--verifier', '--threads', String(o.threads)] : [];
+    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...named, ...verifier], env('coordinator', true))).wait());
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
     const keys = secrets?.apiKey ?? o.apiKey;
@@ -331,8 +334,13 @@ export function registerCluster(program: Command): void {
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
     .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
     .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number }) => {
-      await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), healthPort: healthPort(o.healthPort) }));
+    .option('--verifier', 'also host the target\'s verify actor in this process, reachable only from it: the requests it drives verify without a network round trip, and only drafter calls cross NATS (one verifier per coordinator; no separate verify actor needed)')
+    .option('--threads <n>', 'with --verifier: its ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--execution-providers <list>', `with --verifier: its execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto), as cascade actor takes them`, parseExecutionProviders('--execution-providers'))
+    .option('--kv-location <where>', `with --verifier: where its KV caches live between passes: ${KV_LOCATIONS.join(' | ')}`, parseKvLocation, 'auto')
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads: number; executionProviders?: string[]; kvLocation: KvLocation }) => {
+      const verifier = o.verifier ? { threads: o.threads, executionProviders: o.executionProviders, kvLocation: o.kvLocation } : undefined;
+      await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), healthPort: healthPort(o.healthPort), verifier }));
     });
 
   program
@@ -411,6 +419,7 @@ export function registerCluster(program: Command): void {
     .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)')
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
     .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--colocate', 'each coordinator hosts its own verify actor (cascade coordinator --verifier) instead of one verify actor process: verification without a network round trip')
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .action((o: UpOptions) => clusterUp(o));

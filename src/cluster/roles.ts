@@ -29,7 +29,7 @@ import { NatsTransport } from './nats-transport.ts';
 import { RedisConnection } from './redis-connection.ts';
 import { RedisKvStore, TokenLog } from './redis-store.ts';
 import { setupTracing, shutdownTracing } from './tracing.ts';
-import type { Transport } from './transport.ts';
+import { LocalServingTransport, type Transport } from './transport.ts';
 
 /** A running role of the cluster; `stop` ends it gracefully. */
 export interface Role {
@@ -64,6 +64,11 @@ export interface ActorRoleOptions {
   readonly healthPort?: number;
   /** Batched passes over the sessions' forwards (maxBatch 1 = off). */
   readonly batching?: BatchingOptions;
+  /**
+   * Serve over this transport instead of connecting to NATS: the process hosting the actor (a
+   * coordinator with `--verifier`) owns it, and its tracing; the role neither flushes nor closes them.
+   */
+  readonly transport?: Transport;
 }
 
 /** Resolves when Redis (every master of a Redis Cluster) and NATS answer (within 1.5 s each); rejects naming the one that does not. */
@@ -104,7 +109,8 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     checkKvPolicy(kv);
     checkBudget(kv.budget);
   }
-  setupTracing(`cascade-actor-${name}`);
+  const hosted = o.transport !== undefined;
+  if (!hosted) setupTracing(`cascade-actor-${name}`);
   const source = exported ? memberSource(family, name) : { dir: memberDir(family, name), ...(o.modelFile !== undefined ? { modelFile: o.modelFile } : {}), ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}) };
   const options = { intraOpThreads: o.threads ?? 1, kvLocation: o.kvLocation };
   // auto: the actor measures its model's pass (verify for the target, decode for a drafter) on each placement and keeps the cheapest
@@ -122,14 +128,14 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   try {
     // the family's feature drafter runs beside its target, where the target's hidden_states are (docs/eagle.md)
     if (!exported && isTarget && family.eagle) featureDrafter = await openFeatureDrafter(family, model.spec, { intraOpThreads: o.threads ?? 1, executionProviders: isAuto(o.executionProviders) ? undefined : o.executionProviders, cpuFallback: true });
-    transport = await NatsTransport.connect({ servers: o.nats, name: `actor-${name}` });
+    transport = o.transport ?? (await NatsTransport.connect({ servers: o.nats, name: `actor-${name}` }));
   } catch (err) {
     await session.close();
     await featureDrafter?.close();
     throw err;
   }
   const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget, featureDrafter }).start();
-  await (transport as NatsTransport).flush();
+  if (!hosted) await (transport as NatsTransport).flush();
   const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
     await within(1500, 'NATS', (transport as NatsTransport).flush());
     return { model: actor.model, instance: actor.instance, provider: session.provider, sessions: actor.activeSessions, load: session.load(), batching: session.counters };
@@ -139,11 +145,11 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     stop: async () => {
       await health?.close();
       await actor.stop();
-      await transport.close();
+      if (!hosted) await transport.close();
       await session.close();
       await featureDrafter?.close();
       await shards?.close();
-      await shutdownTracing();
+      if (!hosted) await shutdownTracing();
     },
   };
 }
@@ -187,9 +193,15 @@ export interface CoordinatorRoleOptions extends ModelFlags {
   readonly lockMs?: number;
   readonly callTimeoutMs?: number;
   readonly healthPort?: number;
+  /**
+   * Host the target's verify actor in this process (`--verifier`): the requests this coordinator
+   * drives verify there without a network round trip; the drafters stay remote. Its ONNX Runtime
+   * settings as an actor's.
+   */
+  readonly verifier?: Pick<ActorRoleOptions, 'threads' | 'executionProviders' | 'kvLocation' | 'batching'>;
 }
 
-/** `cascade coordinator`: a BullMQ worker driving requests across actors. */
+/** `cascade coordinator`: a BullMQ worker driving requests across actors (and, with `verifier`, verifying them itself). */
 export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<Role> {
   const family = chosenModels(o);
   const spec = loadModelSpec(memberSource(family, family.target));
@@ -198,11 +210,20 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   // the feature drafter's context bounds a request that drafts with it (its vocabulary is the target's, through draft_vocab)
   const eagleSpec = family.eagle ? loadModelSpec(memberSource(family, family.eagle)) : undefined;
   setupTracing('cascade-coordinator');
-  const transport = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
+  const nats = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
   const shards = await RedisConnection.open(o.redis).catch(async (err: unknown) => {
-    await transport.close();
+    await nats.close();
     throw err;
   });
+  const local = o.verifier ? new LocalServingTransport(nats) : undefined;
+  const transport: Transport = local ?? nats;
+  const verifier = o.verifier
+    ? await startActorRole({ kind: 'verify', models: o.models, model: o.model, modelFile: o.modelFile, tokenizer: o.tokenizer, nats: o.nats, ...o.verifier, transport }).catch(async (err: unknown) => {
+        await nats.close();
+        await shards.close();
+        throw err;
+      })
+    : undefined;
   const registry = processRegistry('coordinator');
   const roundTrip = actorRoundTripHistogram(registry);
   const coordinator = new Coordinator({
@@ -215,15 +236,17 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   const worker = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs });
   await worker.waitUntilReady();
   const health = await probes(o.healthPort, 'coordinator', async () => {
-    await pingServers(shards, transport);
+    await pingServers(shards, nats);
     return { concurrency: o.concurrency ?? 8, running: worker.isRunning() };
   }, registry);
   return {
-    describe: `coordinator (concurrency ${o.concurrency ?? 8})${health ? `, health on ${health.url}` : ''}`,
+    describe: `coordinator (concurrency ${o.concurrency ?? 8})${verifier ? ` with its own ${verifier.describe}` : ''}${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
       await health?.close();
       await worker.close();
-      await transport.close();
+      await verifier?.stop();
+      await local?.close();
+      await nats.close();
       await shards.close();
       await shutdownTracing();
     },

@@ -117,6 +117,11 @@ export class InProcessTransport implements Transport {
     }
   }
 
+  /** Whether a handler in this process serves `subject`. */
+  serves(subject: string): boolean {
+    return Boolean(this.handlers.get(subject)?.length);
+  }
+
   private unanswerable(subject: string, why: string): void {
     this.unanswered++;
     process.stderr.write(`a request on ${subject} got no answer: ${why}\n`);
@@ -152,5 +157,50 @@ export class InProcessTransport implements Transport {
   async close(): Promise<void> {
     this.handlers.clear();
     this.listeners.clear();
+  }
+}
+
+/**
+ * NATS (or any transport) for everything but the subjects served in this process, which are answered
+ * in-process and not offered to the network: how `cascade coordinator --verifier` hosts the target's
+ * verify actor beside itself. The coordinator's calls to it are then function calls (frames still
+ * encoded, held to the same payload limit) and only the drafters' traffic crosses the network; no
+ * other process can reach that actor, so it needs no NATS permission to serve.
+ */
+export class LocalServingTransport implements Transport {
+  private readonly local: InProcessTransport;
+
+  constructor(private readonly remote: Transport) {
+    this.local = new InProcessTransport({ maxPayload: remote.maxPayload });
+  }
+
+  get maxPayload(): number {
+    return this.remote.maxPayload;
+  }
+
+  get unanswered(): number {
+    return this.local.unanswered + this.remote.unanswered;
+  }
+
+  request(subject: string, data: Uint8Array, options: { timeoutMs: number; headers?: Headers }): Promise<Uint8Array> {
+    return (this.local.serves(subject) ? this.local : this.remote).request(subject, data, options);
+  }
+
+  /** Serves `subject` in this process only (a queue group is moot: this process's handlers take turns). */
+  serve(subject: string, handler: Handler): Subscription {
+    return this.local.serve(subject, handler);
+  }
+
+  publish(subject: string, data: Uint8Array, headers?: Headers): void {
+    this.remote.publish(subject, data, headers);
+  }
+
+  subscribe(subject: string, onMessage: (data: Uint8Array, headers: Headers) => void): Subscription {
+    return this.remote.subscribe(subject, onMessage);
+  }
+
+  /** Closes the in-process side; the remote transport belongs to whoever made it. */
+  async close(): Promise<void> {
+    await this.local.close();
   }
 }
