@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -11,7 +11,7 @@ import { generateCascade } from '../src/engine/cascade.ts';
 import { graphOpTypes, graphQuantization } from '../src/models/graph-ops.ts';
 import { loadModelSpec, speculationCaveat } from '../src/models/config.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
-import { cascade, fails } from './helpers/cli.ts';
+import { cascade, fails, run } from './helpers/cli.ts';
 import { dirOf, maxAbsDiff, MODELS_DIR, reference } from './helpers/family.ts';
 import { sdPositionFits } from './helpers/sd-fit.ts';
 import { describeFits, misfits } from './helpers/stats.ts';
@@ -39,6 +39,9 @@ const BOUND = { 8: 0.3, 4: 3.0 } as const;
 /** Teacher-forced greedy agreement of the int8 copy with f32 over 64 positions (measured 62/64). */
 const MIN_AGREEMENT_INT8 = 0.85;
 const PROMPT = [5, 99, 1000, 42, 7, 300, 12, 8, 640, 77, 1500, 3];
+/** An Optimum-style float16 export with an untied lm_head (no tokenizer.json: the family's is lent). */
+const FP16_EXPORT = new URL('./fixtures/hf/llama-gqa-fp16', import.meta.url).pathname;
+const TOOLS = new URL('../tools/train', import.meta.url).pathname;
 
 const tmp = mkdtempSync(join(tmpdir(), 'cascade-quantize-'));
 const out = { 8: join(tmp, 'draft-l2-int8'), 4: join(tmp, 'draft-l2-int4') } as const;
@@ -94,7 +97,7 @@ maybe('quantize --quantize-head - the tied head becomes a MatMulNBits of its own
   await cascade('quantize', '--model', dirOf('draft-l2'), '--out', dir, '--bits', '8', '--quantize-head');
   const cfg = JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
   t.like(cfg.quantization, { quantized_matmuls: 15, quantize_head: true });
-  t.deepEqual(cfg.quantization.kept_float, ['/embed_tokens/Gather (embedding; GatherBlockQuantized is future work)']);
+  t.deepEqual(cfg.quantization.kept_float, ['/embed_tokens/Gather (embedding; --quantize-embedding rewrites it)']);
   t.false(graphOpTypes(join(dir, 'model.onnx')).has('Gemm'));
   const session = await OrtModelSession.open(dir);
   try {
@@ -104,6 +107,83 @@ maybe('quantize --quantize-head - the tied head becomes a MatMulNBits of its own
     t.true(d < 0.4, `${d}`); // measured 0.125
   } finally {
     await session.close();
+  }
+});
+
+/**
+ * The dequantized reference of each --quantize-embedding copy DIR (argv: tools/train, then DIRs): DIR-reference,
+ * the same folder with its GatherBlockQuantized replaced by a float Gather over the table dequantized in
+ * numpy (quantize.py's dequantize) from the node's own data, scales and zero points. Everything else in
+ * the graph is the same.
+ */
+const DEQUANTIZED_REFERENCE = `
+import shutil, sys
+import onnx, onnx.numpy_helper as nh
+from onnx import helper
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout
+sys.path.insert(0, sys.argv[1])
+from quantize import dequantize
+for src in sys.argv[2:]:
+    dst = src + "-reference"
+    shutil.copytree(src, dst)
+    m = onnx.load(dst + "/model.onnx")
+    inits = {i.name: i for i in m.graph.initializer}
+    reshaped = {n.output[0]: n.input[0] for n in m.graph.node if n.op_type == "Reshape"}
+    node = next(n for n in m.graph.node if n.op_type == "GatherBlockQuantized")
+    attrs = {a.name: a.i for a in node.attribute}
+    data = nh.to_array(inits[reshaped.get(node.input[0], node.input[0])])
+    scales = nh.to_array(inits[node.input[2]])
+    zps = nh.to_array(inits[node.input[3]]) if len(node.input) > 3 else None
+    blocks = data.reshape(data.shape[0], scales.shape[1], -1)
+    table = dequantize(blocks, scales, zps, attrs["bits"], scales.shape[1] * attrs["block_size"]).T.astype(scales.dtype)
+    m.graph.initializer.append(nh.from_array(table, "dequantized_table"))
+    node.CopyFrom(helper.make_node("Gather", ["dequantized_table", node.input[1]], list(node.output), name=node.name))
+    onnx.save(m, dst + "/model.onnx")
+`;
+
+maybe('quantize --quantize-embedding - the embedding becomes a GatherBlockQuantized (tied: over the head\'s 8-bit table, the float table dropped; untied float16: its own 4-bit table), logits equal a float Gather over the dequantized table, and a tied one without --quantize-head stays float', async (t) => {
+  const tied = join(tmp, 'draft-l2-int8-head-embedding');
+  const head = join(tmp, 'draft-l2-int8-head'); // made by the --quantize-head test above
+  const untied = join(tmp, 'llama-gqa-fp16-int4-embedding');
+  const alone = join(tmp, 'draft-l2-int8-embedding');
+  await Promise.all([
+    cascade('quantize', '--model', dirOf('draft-l2'), '--out', tied, '--bits', '8', '--quantize-head', '--quantize-embedding'),
+    cascade('quantize', '--model', FP16_EXPORT, '--out', untied, '--bits', '4', '--quantize-embedding'),
+    // the rewrite's own refusal, without the CLI around it (the two above cover the flag's way through)
+    run(python!, [join(TOOLS, 'quantize.py'), '--model', dirOf('draft-l2'), '--out', alone, '--bits', '8', '--quantize-embedding']),
+    existsSync(head) ? undefined : cascade('quantize', '--model', dirOf('draft-l2'), '--out', head, '--bits', '8', '--quantize-head'),
+  ]);
+  const record = (dir: string) => JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8')).quantization;
+  t.like(record(tied), { quantize_head: true, quantize_embedding: true, quantized_matmuls: 15, quantized_gathers: ['/embed_tokens/Gather (sharing the head)'], kept_float: [] });
+  t.like(record(untied), { quantize_embedding: true, quantized_gathers: ['/m/model/embed_tokens/Gather (its own table)'] });
+  t.deepEqual(record(alone).kept_float.filter((k: string) => k.includes('Gather')), ["/embed_tokens/Gather (embedding tied to a float head; --quantize-head lets it share the head's quantized table)"]);
+  for (const dir of [tied, untied]) {
+    const ops = graphOpTypes(join(dir, 'model.onnx'));
+    t.true(ops.has('GatherBlockQuantized') && ops.has('MatMulNBits'), dir);
+  }
+  // the float table [8192, 128] (4,194,304 bytes) is gone, less the Reshape node and its shape:
+  // one quantized table serves the head and the embedding
+  const table = 8192 * 128 * 4;
+  const [withTable, without] = [statSync(join(head, 'model.onnx')).size, statSync(join(tied, 'model.onnx')).size];
+  t.log(`draft-l2 int8 + head: ${withTable} bytes; + embedding: ${without} bytes`);
+  t.true(withTable - without > table - 1024, `${withTable - without}`);
+
+  await run(python!, ['-c', DEQUANTIZED_REFERENCE, TOOLS, tied, untied]);
+  const tokenizer = join(MODELS_DIR, 'tokenizer.json');
+  const opened = await Promise.all([tied, `${tied}-reference`, untied, `${untied}-reference`, FP16_EXPORT].map((dir) => OrtModelSession.open({ dir, tokenizer })));
+  sessions.push(...opened);
+  const [tiedQ, tiedRef, untiedQ, untiedRef, fp16] = opened as [OrtModelSession, OrtModelSession, OrtModelSession, OrtModelSession, OrtModelSession];
+  const inputIds = reference('draft-l2').inputIds;
+  // bounds on the distance from the float model: measured 0.136 (int8, head and embedding) and 0.098 (int4, float16 export)
+  for (const [name, quantized, dequantized, float, bound] of [['draft-l2 int8 + head + embedding', tiedQ, tiedRef, f32, 0.4], ['llama-gqa-fp16 int4 + embedding', untiedQ, untiedRef, fp16, 0.5]] as const) {
+    const [got, want, f] = await Promise.all([quantized, dequantized, float].map((s) => s.forward({ seqId: 'embedding', inputIds }, 'all')));
+    t.is(got!.length, inputIds.length * quantized.spec.vocabSize);
+    // the same graph but for the lookup: a row of GatherBlockQuantized is the dequantized row (measured 0 apart)
+    const exact = maxAbsDiff(got!, want!);
+    const fromFloat = maxAbsDiff(got!, f!);
+    t.log(`${name}: max abs logit difference from the dequantized-table reference ${exact}, from the float model ${fromFloat.toFixed(4)}`);
+    t.true(exact <= 1e-5, `${name}: ${exact}`);
+    t.true(fromFloat < bound, `${name}: ${fromFloat}`);
   }
 });
 

@@ -11,9 +11,9 @@ import { parseNumber } from './options.ts';
 
 /**
  * `cascade quantize`: block-wise weight-only quantization of a model folder into ONNX Runtime's
- * MatMulNBits (docs/quantization.md). The graph rewrite is tools/train/quantize.py, run with a
- * Python that has onnx and numpy: ONNX has no maintained protobuf writer on npm that round-trips
- * large graphs, and onnx's own is the reference one.
+ * MatMulNBits, and of its embedding into GatherBlockQuantized (docs/quantization.md). The graph
+ * rewrite is tools/train/quantize.py, run with a Python that has onnx and numpy: ONNX has no
+ * maintained protobuf writer on npm that round-trips large graphs, and onnx's own is the reference one.
  */
 
 /** No Python with onnx and numpy, or the quantizer failed; the message says what to install or what went wrong. */
@@ -29,6 +29,7 @@ interface QuantizeOptions {
   accuracyLevel: number;
   symmetric?: boolean;
   quantizeHead?: boolean;
+  quantizeEmbedding?: boolean;
   modelFile?: string;
   python?: string;
 }
@@ -93,7 +94,8 @@ async function quantize(o: QuantizeOptions): Promise<void> {
   const graph = relative(model, findGraph(model, o.modelFile));
   const python = findPython(o.python);
   const args = ['--model', model, '--out', out, '--bits', String(o.bits), '--block-size', String(o.blockSize),
-    '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : [])];
+    '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : []),
+    ...(o.quantizeEmbedding ? ['--quantize-embedding'] : [])];
   process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
   await runTool(python, 'quantize.py', args, out, 'inherit');
   process.stdout.write(`${out}\n`);
@@ -199,7 +201,8 @@ export function registerQuantize(program: Command): void {
     .option('--block-size <n>', 'weights per quantization block along K: a power of 2, at least 16', parseNumber('--block-size', { min: 16, integer: true }), 32)
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 lets the CPU compute in int8, 0 keeps activations in float", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
     .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer)')
-    .option('--quantize-head', "quantize the LM head too (a tied head gets its own quantized copy; the embedding stays float)")
+    .option('--quantize-head', 'quantize the LM head too (a tied head gets its own quantized copy of the table)')
+    .option('--quantize-embedding', "the embedding as GatherBlockQuantized: a tied one shares the head's quantized table under --quantize-head and the float table is dropped, an untied one gets its own")
     .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
     .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
     .action((o: QuantizeOptions) => quantize(o));

@@ -22,8 +22,19 @@ The right operand may be an initializer, an Identity of one (torch.onnx's dedupl
 Transpose of one (perm [1, 0]: W stored as torch's [N, K]). Left in float, and listed:
   - the LM head (a MatMul with N = vocab_size, or the family's tied Gemm(h, embedding, transB=1)) unless
     --quantize-head: then it becomes a MatMulNBits too (a tied head over its own quantized copy of
-    W^T, the embedding's Gather keeping the float table);
-  - the embedding Gather: GatherBlockQuantized is future work (docs/quantization.md);
+    W^T, which the embedding's Gather shares under --quantize-embedding);
+  - the embedding Gather, unless --quantize-embedding: then it becomes
+
+        GatherBlockQuantized(data, input_ids, scales[, zero_points])   domain com.microsoft, bits, block_size,
+                                                                        gather_axis 0, quantize_axis 1
+
+    over the table [vocab, hidden] quantized along hidden as the head's W^T is (data uint8
+    [vocab, hidden * bits / 8], scales and zero points as MatMulNBits'). A tied table quantized for the
+    head (--quantize-head) is shared, so a row is exactly the head's dequantized weights:
+    data is Reshape(B, [vocab, -1]) of the head's B (MatMulNBits takes B only as [N, n_blocks, blob_size],
+    as onnxruntime-genai's builder shares it), with the head's scales and zero points, and the float
+    table is dropped. An untied table gets its own quantized copy. hidden must be a multiple of
+    block_size (no padded block);
   - a weight read by any other node too (a tied or shared weight);
   - MatMuls inside subgraphs (an Optimum merged decoder's If branches): refused, export without
     merging (`--no-post-process`) or use the decoder_with_past graph.
@@ -105,6 +116,12 @@ def dequantize(b: np.ndarray, scales: np.ndarray, zps: np.ndarray | None, bits: 
     return w.reshape(n, -1)[:, :k].T
 
 
+def pack_embedding(b: np.ndarray) -> np.ndarray:
+    """GatherBlockQuantized's data [vocab, hidden * bits / 8] from quantize_weight's B [vocab, n_blocks,
+    blob_size] of the table's transpose: the same bytes, rows whole (hidden a multiple of block_size)."""
+    return b.reshape(b.shape[0], -1)
+
+
 def find_graph(src: Path, model_file: str | None) -> Path:
     if model_file:
         path = Path(model_file) if Path(model_file).is_absolute() else src / model_file
@@ -118,8 +135,10 @@ def find_graph(src: Path, model_file: str | None) -> Path:
 
 
 def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_size: int, accuracy_level: int,
-                   symmetric: bool, quantize_head: bool = False) -> tuple[list[str], list[str]]:
-    """Rewrites model's MatMuls in place; returns (quantized node names, kept-in-float descriptions)."""
+                   symmetric: bool, quantize_head: bool = False, quantize_embedding: bool = False
+                   ) -> tuple[list[str], list[str], list[str]]:
+    """Rewrites model's MatMuls (and, with quantize_embedding, its embedding Gathers) in place; returns
+    (quantized product names, quantized Gather descriptions, kept-in-float descriptions)."""
     g = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
         raise SystemExit("the graph has subgraphs (an Optimum merged decoder's If, or a Loop): its weights are shared "
@@ -159,6 +178,8 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
         return (b.T if attrs.get("transB", 0) else b), [node.input[1]]
 
     done, kept, nodes, dropped = [], [], [], set()
+    # initializer T -> (B, scales, zero points names) of a product over W = T^T (a tied head's table)
+    quantized_rows: dict[str, list[str]] = {}
     for node in g.node:
         label = node.name or node.output[0]
         found: tuple[np.ndarray, list[str]] | str | None = None
@@ -167,8 +188,6 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
         elif node.op_type == "Gemm" and node.input[1] in inits:
             tied = "tied head" if any(n.op_type == "Gather" and n.input[0] == node.input[1] for n in g.node) else "Gemm"
             found = gemm_head(node) if quantize_head else f"{tied}; --quantize-head rewrites it"
-        if node.op_type == "Gather" and node.input[0] in inits:
-            kept.append(f"{label} (embedding; GatherBlockQuantized is future work)")
         if found is None:
             nodes.append(node)  # not a product with a constant (attention scores, a weight computed in the graph)
             continue
@@ -201,9 +220,17 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
             attrs["accuracy_level"] = accuracy_level
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
                                       name=f"{node.name}_Q{bits}" if node.name else "", domain=MS, **attrs))
-        # a tied head's table stays for the embedding's Gather
+        # a tied head's table stays for the embedding's Gather (dropped below if that is quantized too)
         dropped.update(t for t in chain if readers.get(t, 0) <= 1)
+        if chain[-1] in inits and transposed(node):
+            quantized_rows[chain[-1]] = names
         done.append(label)
+    gathers = quantize_gathers(g, nodes, inits, readers, quantized_rows, bits, block_size, symmetric,
+                               quantize_head, quantize_embedding, kept)
+    if gathers:
+        # initializers read before and by nothing now: a tied table, once its head and its Gather are both rewritten
+        still_read = {i for n in nodes for i in n.input} | {o.name for o in g.output}
+        dropped.update(t for t in inits if readers.get(t, 0) and t not in still_read)
     # the weights' Identity / Transpose nodes and initializers, now read by nothing
     nodes = [n for n in nodes if not (len(n.output) == 1 and n.output[0] in dropped)]
     del g.node[:]
@@ -213,7 +240,70 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     g.initializer.extend(keep)
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
-    return done, kept
+    return done, gathers, kept
+
+
+def transposed(node: onnx.NodeProto) -> bool:
+    """Whether a rewritten product's W [K, N] is its initializer's transpose, so that B's rows are the
+    initializer's rows: the tied Gemm(h, table, transB=1). (A MatMul over Transpose(table) whose table
+    the Gather reads too is kept in float as a shared weight.)"""
+    return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+
+
+def quantize_gathers(g: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
+                     readers: dict[str, int], quantized_rows: dict[str, list[str]], bits: int, block_size: int,
+                     symmetric: bool, quantize_head: bool, quantize_embedding: bool, kept: list[str]) -> list[str]:
+    """Replaces, in `nodes`, each Gather (axis 0) of a constant table [vocab, hidden] by a
+    GatherBlockQuantized when quantize_embedding: over the tied head's quantized rows where
+    `quantized_rows` has the table, else over its own quantized copy. Lists the Gathers left in float in
+    `kept`; returns descriptions of the rewritten ones."""
+    done, out = [], []
+    for node in nodes:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is None or len(table.dims) != 2:
+            out.append(node)  # not a lookup in a constant matrix (shape arithmetic)
+            continue
+        label = node.name or node.output[0]
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        shared = quantized_rows.get(node.input[0])
+        why = None
+        if axis != 0:
+            why = f"a Gather of axis {axis}"
+        elif not quantize_embedding:
+            why = "embedding; --quantize-embedding rewrites it"
+        elif table.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            why = f"embedding of dtype {helper.tensor_dtype_to_np_dtype(table.data_type)}"
+        elif table.dims[1] % block_size:
+            why = f"embedding width {table.dims[1]} is not a multiple of --block-size {block_size}"
+        elif shared is None and readers.get(node.input[0], 0) > 1:
+            others = sorted({n.op_type for n in nodes if n is not node and node.input[0] in n.input})
+            why = ("embedding tied to a float head; --quantize-head lets it share the head's quantized table"
+                   if not quantize_head and {"Gemm", "MatMul", "Transpose"} & set(others)
+                   else f"embedding table also read by {', '.join(others) or 'a graph output'}, left in float")
+        if why:
+            kept.append(f"{label} ({why})")
+            out.append(node)
+            continue
+        if shared is not None:
+            data, shape = f"{shared[0]}_rows", f"{shared[0]}_rows_shape"
+            g.initializer.append(onnx.numpy_helper.from_array(np.array([table.dims[0], -1], dtype=np.int64), shape))
+            out.append(helper.make_node("Reshape", [shared[0], shape], [data], name=f"{label}_rows"))
+            inputs = [data, node.input[1], *shared[1:]]
+        else:
+            b, scales, zps = quantize_weight(onnx.numpy_helper.to_array(table).T, bits, block_size, symmetric)
+            base = node.input[0]
+            inputs = [f"{base}_Q{bits}", node.input[1], f"{base}_scales"]
+            g.initializer.extend([onnx.numpy_helper.from_array(pack_embedding(b), inputs[0]),
+                                  onnx.numpy_helper.from_array(scales, inputs[2])])
+            if zps is not None:
+                inputs.append(f"{base}_zero_points")
+                g.initializer.append(onnx.numpy_helper.from_array(zps, inputs[3]))
+        out.append(helper.make_node("GatherBlockQuantized", inputs, list(node.output),
+                                    name=f"{node.name}_Q{bits}" if node.name else "", domain=MS,
+                                    bits=bits, block_size=block_size, gather_axis=0, quantize_axis=1))
+        done.append(f"{label} ({'sharing the head' if shared else 'its own table'})")
+    nodes[:] = out
+    return done
 
 
 def main() -> None:
@@ -226,7 +316,10 @@ def main() -> None:
                     help="MatMulNBits accuracy_level: 4 (default) lets the CPU EP compute in int8, 0 keeps A in float")
     ap.add_argument("--symmetric", action="store_true", help="no zero points (the kernel takes 2^(bits-1))")
     ap.add_argument("--quantize-head", action="store_true",
-                    help="quantize the LM head too (a tied Gemm head gets its own quantized W^T; the embedding's Gather stays float)")
+                    help="quantize the LM head too (a tied Gemm head gets its own quantized W^T)")
+    ap.add_argument("--quantize-embedding", action="store_true",
+                    help="the embedding Gather as GatherBlockQuantized, sharing a tied head's quantized table under "
+                         "--quantize-head (the float table is then dropped), else over its own")
     ap.add_argument("--model-file", help="the graph, relative to --model, when the folder holds several")
     args = ap.parse_args()
     if args.block_size < 16 or args.block_size & (args.block_size - 1):
@@ -242,12 +335,13 @@ def main() -> None:
     log(f"reading {graph_path} ({graph_path.stat().st_size / 1e6:.1f} MB)")
     model = onnx.load(str(graph_path))
     external = {e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"}
-    done, kept = quantize_graph(model, cfg.get("vocab_size"), args.bits, args.block_size, args.accuracy_level,
-                                args.symmetric, args.quantize_head)
+    done, gathers, kept = quantize_graph(model, cfg.get("vocab_size"), args.bits, args.block_size, args.accuracy_level,
+                                         args.symmetric, args.quantize_head, args.quantize_embedding)
     if not done:
         raise SystemExit(f"{graph_path}: no MatMul with a constant 2-D weight to quantize (kept: {'; '.join(kept) or 'none'})")
     log(f"quantized {len(done)} MatMul/Gemm products to {args.bits} bits, blocks of {args.block_size}"
-        f"{', symmetric' if args.symmetric else ''}; kept in float: {'; '.join(kept) or 'nothing'}")
+        f"{', symmetric' if args.symmetric else ''}; embeddings: {'; '.join(gathers) or 'none'}; "
+        f"kept in float: {'; '.join(kept) or 'nothing'}")
 
     out.mkdir(parents=True)
     target = out / rel
@@ -264,7 +358,8 @@ def main() -> None:
     cfg["quantization"] = {
         "method": "MatMulNBits", "bits": args.bits, "block_size": args.block_size,
         "symmetric": args.symmetric, "accuracy_level": args.accuracy_level, "quantize_head": args.quantize_head,
-        "quantized_matmuls": len(done), "kept_float": kept,
+        "quantize_embedding": args.quantize_embedding, "quantized_matmuls": len(done),
+        "quantized_gathers": gathers, "kept_float": kept,
         "source": str(src.resolve()), "made_by": "tools/train/quantize.py",
     }
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
