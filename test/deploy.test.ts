@@ -176,6 +176,30 @@ test('deploy - external NATS and Redis with a referenced Secret: no bundled serv
   t.like(coordinator.volumes.find((v: any) => v.name === 'models'), { persistentVolumeClaim: { claimName: 'cascade-models', readOnly: true } });
 });
 
+test('deploy - verifier.colocated: no verifier Deployment or PDB; each coordinator pod runs the target with the verifier\'s flags, GPU, resources, placement and models', async (t) => {
+  const objects = await render('-f', join(ROOT, 'helm', 'examples', 'values-colocated.yaml'), '--set', 'verifier.extraEnv[0].name=CUDA_MODULE_LOADING', '--set', 'verifier.extraEnv[0].value=LAZY', '--set', 'coordinator.tolerations[0].key=dedicated', '--set', 'coordinator.tolerations[0].operator=Exists');
+  t.false(objects.some((o) => o.metadata.name === 'rel-cascade-verifier'), 'no verifier Deployment and no verifier PodDisruptionBudget');
+  t.truthy(objects.find((o) => o.kind === 'PodDisruptionBudget' && o.metadata.name === 'rel-cascade-coordinator'));
+  const pod = objects.find((o) => o.kind === 'Deployment' && o.metadata.name === 'rel-cascade-coordinator')!.spec.template.spec;
+  const [c] = pod.containers;
+  t.deepEqual(c.args.slice(0, 1), ['coordinator']);
+  t.deepEqual(c.args.slice(c.args.indexOf('--verifier')), ['--verifier', '--threads', '8', '--execution-providers', 'cuda,cpu']);
+  const help = await helpOf(['coordinator']);
+  for (const flag of c.args.filter((a: string) => a.startsWith('--'))) t.true(help.includes(flag), `cascade coordinator has ${flag}`);
+  t.is(c.resources.limits['nvidia.com/gpu'], 1, 'the coordinator asks for the verifier\'s GPU');
+  t.like(c.resources, { requests: { cpu: '4', memory: '16Gi' }, limits: { memory: '32Gi' } }, 'and takes the verifier\'s resources');
+  t.deepEqual(pod.nodeSelector, { 'nvidia.com/gpu.product': 'NVIDIA-H100-80GB-HBM3' }, 'the verifier\'s placement');
+  t.deepEqual(pod.tolerations.map((x: any) => x.key), ['dedicated', 'nvidia.com/gpu'], 'tolerations of both');
+  t.like(c.volumeMounts.find((m: any) => m.name === 'models'), { mountPath: '/app/models', readOnly: true, subPath: 'family-v1' });
+  t.like(pod.volumes.find((v: any) => v.name === 'models'), { persistentVolumeClaim: { claimName: 'cascade-models', readOnly: true } });
+  const env = new Map<string, any>(c.env.map((e: any) => [e.name, e]));
+  t.is(env.get('CASCADE_NATS_USER').value, 'coordinator', 'the colocated verifier serves in-process: the coordinator keeps its NATS user');
+  t.is(env.get('CUDA_MODULE_LOADING').value, 'LAZY', 'the verifier\'s extraEnv');
+  t.true(env.has('CASCADE_REDIS_URL'));
+  const drafter = objects.find((o) => o.kind === 'Deployment' && o.metadata.name === 'rel-cascade-draft-l1')!.spec.template.spec.containers[0];
+  t.deepEqual(drafter.args.slice(0, 2), ['actor', 'draft'], 'the drafters are unchanged');
+});
+
 test('deploy - a Redis Cluster beside the release: its seed nodes become one redis+cluster:// URL for every role that uses Redis', async (t) => {
   const objects = await render('-f', join(ROOT, 'helm', 'examples', 'values-redis-cluster.yaml'));
   t.false(objects.some((o) => o.metadata.name.includes('valkey')), 'no bundled Valkey');
