@@ -84,8 +84,8 @@ function graphNodes(read: Read, from: number, to: number, visit: (node: NodeInfo
   }
 }
 
-/** Calls `visit` with the ONNX file at `path` open as a Read and the span of its main graph. */
-function withGraph(path: string, visit: (read: Read, from: number, to: number) => void): void {
+/** Visits every node of the ONNX file at `path` (its graph and subgraphs); initializers are skipped, not read. */
+function eachNode(path: string, visit: (node: NodeInfo) => void): void {
   const fd = openSync(path, 'r');
   try {
     const size = fstatSync(fd).size;
@@ -94,47 +94,10 @@ function withGraph(path: string, visit: (read: Read, from: number, to: number) =
       readSync(fd, buf, 0, length, at);
       return buf;
     };
-    for (const f of fields(read, 0, size)) if (f.no === 7 && f.delimited) visit(read, f.start, f.end);
+    for (const f of fields(read, 0, size)) if (f.no === 7 && f.delimited) graphNodes(read, f.start, f.end, visit);
   } finally {
     closeSync(fd);
   }
-}
-
-/** Visits every node of the ONNX file at `path` (its graph and subgraphs); initializers are skipped, not read. */
-function eachNode(path: string, visit: (node: NodeInfo) => void): void {
-  withGraph(path, (read, from, to) => graphNodes(read, from, to, visit));
-}
-
-/**
- * The main graph's inputs and outputs of the ONNX file at `path`, in order, each with its tensor
- * element type (onnx TensorProto.DataType: 1 float32, 10 float16, 7 int64, …; 0 when not a tensor):
- * GraphProto.input = 11, output = 12; ValueInfoProto.name = 1, type = 2; TypeProto.tensor_type = 1;
- * TypeProto.Tensor.elem_type = 1. What the runner needs before creating a session: the names and
- * dtypes a session would report, without the cost of creating one.
- */
-export function graphSignature(path: string): { readonly inputs: ReadonlyMap<string, number>; readonly outputs: ReadonlyMap<string, number> } {
-  const inputs = new Map<string, number>();
-  const outputs = new Map<string, number>();
-  const text = new TextDecoder();
-  withGraph(path, (read, from, to) => {
-    for (const f of fields(read, from, to)) {
-      if ((f.no !== 11 && f.no !== 12) || !f.delimited) continue;
-      const info = read(f.start, f.end - f.start);
-      const inMemory: Read = (at, length) => info.subarray(at, at + length);
-      let name = '';
-      let elem = 0;
-      for (const v of fields(inMemory, 0, info.length)) {
-        if (v.no === 1 && v.delimited) name = text.decode(info.subarray(v.start, v.end));
-        if (v.no !== 2 || !v.delimited) continue;
-        for (const t of fields(inMemory, v.start, v.end)) {
-          if (t.no !== 1 || !t.delimited) continue;
-          for (const e of fields(inMemory, t.start, t.end)) if (e.no === 1 && e.value !== undefined) elem = e.value;
-        }
-      }
-      (f.no === 11 ? inputs : outputs).set(name, elem);
-    }
-  });
-  return { inputs, outputs };
 }
 
 /** Every node's op type in the ONNX file at `path` (its graph and subgraphs). */

@@ -13,7 +13,7 @@ import { halvesToFloats } from '../kernels/half.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostBufferKv, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import { ELEM, presentRowsFragment } from './onnx-proto.ts';
-import { graphOpTypes, graphSignature } from './graph-ops.ts';
+import { graphOpTypes } from './graph-ops.ts';
 import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
@@ -114,49 +114,11 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
   };
-  // The session is created once, already in the form its KV location needs (a host buffer's extra
-  // outputs, a device's output placement), so that form is decided from the file, not from a session.
-  let signature: ReturnType<typeof graphSignature>;
-  try {
-    seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
-    signature = graphSignature(s.onnxPath);
-  } catch (err) {
-    throw new WorkerFailure('ModelLoadError', `${s.onnxPath} is not an ONNX graph this runner can read: ${(err as Error).message}`);
-  }
-  const create = async (providers: string[]): Promise<{ created: ort.InferenceSession; location: 'host' | 'host-buffer' | 'device' }> => {
-    const location = kvLocation(options.kvLocation ?? 'auto', providers.join(','), s);
-    if (location === 'host-buffer') {
-      // the same graph with outputs of only each pass's new rows (onnx-proto.ts), loaded from memory;
-      // external data is still read from the graph's folder
-      const graph = readFileSync(s.onnxPath);
-      const fragment = presentRowsFragment(s.layers, signature.inputs.get('past_key_values.0.key') === ELEM.float16 ? ELEM.float16 : ELEM.float32);
-      const merged = new Uint8Array(graph.length + fragment.length);
-      merged.set(graph);
-      merged.set(fragment, graph.length);
-      try {
-        return { location, created: await ort.InferenceSession.create(merged, { ...base, executionProviders: providers, extra: { session: { model_external_initializers_file_folder_path: dirname(s.onnxPath) } } }) };
-      } catch (err) {
-        throw (
-          unsupportedType(s, err as Error) ??
-          missingExternalData(s, err as Error) ??
-          new WorkerFailure('ModelLoadError', `cannot load ${s.onnxPath} with its present_rows outputs (--kv-location host-buffer): ${(err as Error).message}; --kv-location host loads it as it is`)
-        );
-      }
-    } else if (location === 'device') {
-      // the presents stay on the device (IO binding) and come back as the next pass's past; logits and
-      // attention sums come to the host, where sampling reads them
-      const preferredOutputLocation = Object.fromEntries([...signature.outputs.keys()].map((n) => [n, n.startsWith('present.') ? ('gpu-buffer' as const) : ('cpu' as const)]));
-      return { location, created: await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders: providers, preferredOutputLocation }) };
-    }
-    return { location, created: await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders: providers }) };
-  };
   let provider = wanted.join(',');
   let warning: string | undefined;
-  let made: Awaited<ReturnType<typeof create>>;
   try {
-    made = await create(wanted);
+    session = await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders: wanted });
   } catch (err) {
-    if (err instanceof WorkerFailure) throw err;
     const unsupported = unsupportedType(s, err as Error);
     if (unsupported) throw unsupported;
     const onlyCpu = wanted.every((p) => p === 'cpu');
@@ -166,16 +128,43 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
       throw new WorkerFailure('ModelLoadError', `cannot create an ONNX Runtime session for ${s.onnxPath} with [${provider}]: ${(err as Error).message}`);
     }
     warning = `execution providers [${provider}] failed (${(err as Error).message}); falling back to cpu`;
+    session = await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders: ['cpu'] });
     provider = 'cpu';
-    made = await create(['cpu']);
   }
-  session = made.created;
-  const location = made.location;
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
-  if (location === 'host-buffer') kv = new HostBufferKv(s, kvDtype);
-  else if (location === 'device') kv = new DeviceKv(s, kvDtype, { ...base, executionProviders: provider.split(',') });
-  else kv = new HostKv(s, kvDtype);
+  seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
+  const location = kvLocation(options.kvLocation ?? 'auto', provider, s);
+  if (location === 'host-buffer') {
+    // the same graph with outputs of only each pass's new rows (onnx-proto.ts), loaded from memory;
+    // external data is still read from the graph's folder
+    const graph = readFileSync(s.onnxPath);
+    const fragment = presentRowsFragment(s.layers, kvDtype === 'float16' ? ELEM.float16 : ELEM.float32);
+    const merged = new Uint8Array(graph.length + fragment.length);
+    merged.set(graph);
+    merged.set(fragment, graph.length);
+    const executionProviders = provider.split(',');
+    await session.release();
+    try {
+      session = await ort.InferenceSession.create(merged, { ...base, executionProviders, extra: { session: { model_external_initializers_file_folder_path: dirname(s.onnxPath) } } });
+    } catch (err) {
+      throw (
+        missingExternalData(s, err as Error) ??
+        new WorkerFailure('ModelLoadError', `cannot load ${s.onnxPath} with its present_rows outputs (--kv-location host-buffer): ${(err as Error).message}; --kv-location host loads it as it is`)
+      );
+    }
+    kv = new HostBufferKv(s, kvDtype);
+  } else if (location === 'device') {
+    // the presents stay on the device (IO binding) and come back as the next pass's past; logits and
+    // attention sums come to the host, where sampling reads them
+    const preferredOutputLocation = Object.fromEntries(session.outputNames.map((n) => [n, n.startsWith('present.') ? ('gpu-buffer' as const) : ('cpu' as const)]));
+    const executionProviders = provider.split(',');
+    await session.release();
+    session = await ort.InferenceSession.create(s.onnxPath, { ...base, executionProviders, preferredOutputLocation });
+    kv = new DeviceKv(s, kvDtype, { ...base, executionProviders });
+  } else {
+    kv = new HostKv(s, kvDtype);
+  }
   feedsPositions = session.inputNames.includes('position_ids');
   feedsCacheBranch = session.inputNames.includes('use_cache_branch');
   feedsLogitsToKeep = session.inputNames.includes('num_logits_to_keep');
