@@ -8,9 +8,13 @@ import { MODELS_DIR } from './helpers/family.ts';
 
 // `cascade cluster up` and `down` as `npx cascade` runs them.
 
-/** `cascade` as installed (bin/cascade.js under plain node, no tsx flag): how `npx cascade` runs. */
+/**
+ * `cascade` as installed (bin/cascade.js under plain node, no tsx flag): how `npx cascade` runs,
+ * roles included, so without the compiled build that `npm test` points CASCADE_CLI at.
+ */
 const BIN = new URL('../bin/cascade.js', import.meta.url).pathname;
-const installed = (...args: string[]) => run(process.execPath, [BIN, ...args], { cwd: tmpdir() });
+const { CASCADE_CLI: _compiled, ...userEnv } = process.env;
+const installed = (...args: string[]) => run(process.execPath, [BIN, ...args], { cwd: tmpdir(), env: userEnv });
 
 /** Processes whose command line names `marker` (every role of a cluster started with it in a path). */
 async function processesNaming(marker: string): Promise<string[]> {

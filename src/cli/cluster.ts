@@ -323,7 +323,7 @@ export function registerCluster(program: Command): void {
     .command('coordinator')
     .description('run a coordinator: takes requests from the BullMQ queue and drives their cascades across actors')
     .addHelpText('after', `\n${CREDENTIALS_HELP}`)
-    .option('--models <dir>', 'model family directory (names and MaG\'s table; no weights are loaded)', 'models')
+    .option('--models <dir>', 'model family directory (names and MaG\'s table; no weights are loaded unless --verifier)', 'models')
     .option('--model <dir|name>', MODEL_HELP)
     .option('--draft-model <dir|name>', DRAFT_MODEL_HELP, collect)
     .option('--model-file <name>', MODEL_FILE_HELP)
@@ -335,11 +335,13 @@ export function registerCluster(program: Command): void {
     .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
     .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
     .option('--verifier', 'also host the target\'s verify actor in this process, reachable only from it: the requests it drives verify without a network round trip, and only drafter calls cross NATS (one verifier per coordinator; no separate verify actor needed)')
-    .option('--threads <n>', 'with --verifier: its ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
+    .option('--threads <n>', 'with --verifier: its ONNX Runtime intra-op threads (default 1)', parseNumber('--threads', { min: 1, integer: true }))
     .option('--execution-providers <list>', `with --verifier: its execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto), as cascade actor takes them`, parseExecutionProviders('--execution-providers'))
-    .option('--kv-location <where>', `with --verifier: where its KV caches live between passes: ${KV_LOCATIONS.join(' | ')}`, parseKvLocation, 'auto')
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads: number; executionProviders?: string[]; kvLocation: KvLocation }) => {
-      const verifier = o.verifier ? { threads: o.threads, executionProviders: o.executionProviders, kvLocation: o.kvLocation } : undefined;
+    .option('--kv-location <where>', `with --verifier: where its KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads?: number; executionProviders?: string[]; kvLocation?: KvLocation }) => {
+      const stray = (['threads', 'executionProviders', 'kvLocation'] as const).filter((k) => o[k] !== undefined);
+      if (!o.verifier && stray.length) throw new InvalidArgumentError(`${stray.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} set${stray.length === 1 ? 's' : ''} up the verifier that --verifier hosts: add --verifier, or leave ${stray.length === 1 ? 'it' : 'them'} out`);
+      const verifier = o.verifier ? { threads: o.threads ?? 1, executionProviders: o.executionProviders, kvLocation: o.kvLocation ?? 'auto' } : undefined;
       await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), healthPort: healthPort(o.healthPort), verifier }));
     });
 
@@ -404,7 +406,7 @@ export function registerCluster(program: Command): void {
   const cluster = program.command('cluster').description('a whole cluster on this machine, one OS process per role');
   cluster
     .command('up')
-    .description('start nats-server and redis-server (unless given), a verifier actor, draft actors, coordinators and the gateway, with authentication on; print the gateway URL')
+    .description('start nats-server and redis-server (unless given), a verifier actor (with --colocate: a verifier inside each coordinator), draft actors, coordinators and the gateway, with authentication on; print the gateway URL')
     .option('--models <dir>', 'model family directory', 'models')
     .option('--model <dir|name>', MODEL_HELP)
     .option('--draft-model <dir|name>', `${DRAFT_MODEL_HELP}; each gets its own draft actor(s)`, collect)

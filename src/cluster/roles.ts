@@ -34,6 +34,8 @@ import { LocalServingTransport, type Transport } from './transport.ts';
 /** A running role of the cluster; `stop` ends it gracefully. */
 export interface Role {
   readonly describe: string;
+  /** What the role's /health reports (an actor's: its model, provider, sessions and load), for a process that hosts it. */
+  readonly status?: () => Record<string, unknown>;
   stop(): Promise<void>;
 }
 
@@ -136,11 +138,13 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   }
   const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget, featureDrafter }).start();
   if (!hosted) await (transport as NatsTransport).flush();
+  const status = () => ({ model: actor.model, instance: actor.instance, provider: session.provider, kvLocation: model.kvLocation, sessions: actor.activeSessions, load: session.load(), batching: session.counters });
   const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
     await within(1500, 'NATS', (transport as NatsTransport).flush());
-    return { model: actor.model, instance: actor.instance, provider: session.provider, sessions: actor.activeSessions, load: session.load(), batching: session.counters };
+    return status();
   });
   return {
+    status,
     describe: `${o.kind} actor ${actor.model}/${actor.instance}${featureDrafter ? ` with feature drafter ${featureDrafter.spec.name}` : ''} (${session.provider}, KV ${model.kvLocation === 'host-buffer' ? 'in a host buffer' : `on the ${model.kvLocation}`}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
       await health?.close();
@@ -224,33 +228,40 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
         throw err;
       })
     : undefined;
-  const registry = processRegistry('coordinator');
-  const roundTrip = actorRoundTripHistogram(registry);
-  const coordinator = new Coordinator({
-    transport,
-    log: new TokenLog(shards),
-    family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
-    callTimeoutMs: o.callTimeoutMs,
-    onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
-  });
-  const worker = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs });
-  await worker.waitUntilReady();
-  const health = await probes(o.healthPort, 'coordinator', async () => {
-    await pingServers(shards, nats);
-    return { concurrency: o.concurrency ?? 8, running: worker.isRunning() };
-  }, registry);
-  return {
-    describe: `coordinator (concurrency ${o.concurrency ?? 8})${verifier ? ` with its own ${verifier.describe}` : ''}${health ? `, health on ${health.url}` : ''}`,
-    stop: async () => {
-      await health?.close();
-      await worker.close();
-      await verifier?.stop();
-      await local?.close();
-      await nats.close();
-      await shards.close();
-      await shutdownTracing();
-    },
+  let worker: ReturnType<typeof startCoordinatorWorker> | undefined;
+  let health: HealthServer | undefined;
+  const stop = async () => {
+    await health?.close();
+    await worker?.close();
+    await verifier?.stop();
+    await local?.close();
+    await nats.close();
+    await shards.close();
+    await shutdownTracing();
   };
+  try {
+    const registry = processRegistry('coordinator');
+    const roundTrip = actorRoundTripHistogram(registry);
+    const coordinator = new Coordinator({
+      transport,
+      log: new TokenLog(shards),
+      family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
+      callTimeoutMs: o.callTimeoutMs,
+      onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
+    });
+    const started = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs });
+    worker = started;
+    await started.waitUntilReady();
+    health = await probes(o.healthPort, 'coordinator', async () => {
+      await pingServers(shards, nats);
+      return { concurrency: o.concurrency ?? 8, running: started.isRunning(), ...(verifier?.status ? { verifier: verifier.status() } : {}) };
+    }, registry);
+  } catch (err) {
+    // a coordinator that cannot start leaves nothing open: its verifier's model, the connections
+    await stop().catch(() => undefined);
+    throw err;
+  }
+  return { describe: `coordinator (concurrency ${o.concurrency ?? 8})${verifier ? ` with its own ${verifier.describe}` : ''}${health ? `, health on ${health.url}` : ''}`, stop };
 }
 
 export interface GatewayRoleOptions extends ModelFlags {

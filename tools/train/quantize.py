@@ -258,6 +258,7 @@ def quantize_gathers(g: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: dic
     `quantized_rows` has the table, else over its own quantized copy. Lists the Gathers left in float in
     `kept`; returns descriptions of the rewritten ones."""
     done, out = [], []
+    reshaped: dict[str, str] = {}  # a shared head's B -> its rows as [vocab, -1], made once for every Gather
     for node in nodes:
         table = inits.get(node.input[0]) if node.op_type == "Gather" else None
         if table is None or len(table.dims) != 2:
@@ -269,10 +270,12 @@ def quantize_gathers(g: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: dic
         why = None
         if axis != 0:
             why = f"a Gather of axis {axis}"
+        elif node.input[1] != "input_ids":
+            why = f"a lookup by {node.input[1]}, not by input_ids: not the token embedding"
         elif not quantize_embedding:
             why = "embedding; --quantize-embedding rewrites it"
         elif table.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
-            why = f"embedding of dtype {helper.tensor_dtype_to_np_dtype(table.data_type)}"
+            why = f"embedding of dtype {onnx.TensorProto.DataType.Name(table.data_type)}"
         elif table.dims[1] % block_size:
             why = f"embedding width {table.dims[1]} is not a multiple of --block-size {block_size}"
         elif shared is None and readers.get(node.input[0], 0) > 1:
@@ -285,9 +288,12 @@ def quantize_gathers(g: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: dic
             out.append(node)
             continue
         if shared is not None:
-            data, shape = f"{shared[0]}_rows", f"{shared[0]}_rows_shape"
-            g.initializer.append(onnx.numpy_helper.from_array(np.array([table.dims[0], -1], dtype=np.int64), shape))
-            out.append(helper.make_node("Reshape", [shared[0], shape], [data], name=f"{label}_rows"))
+            data = reshaped.get(shared[0])
+            if data is None:
+                data, shape = f"{shared[0]}_rows", f"{shared[0]}_rows_shape"
+                g.initializer.append(onnx.numpy_helper.from_array(np.array([table.dims[0], -1], dtype=np.int64), shape))
+                out.append(helper.make_node("Reshape", [shared[0], shape], [data], name=f"{label}_rows"))
+                reshaped[shared[0]] = data
             inputs = [data, node.input[1], *shared[1:]]
         else:
             b, scales, zps = quantize_weight(onnx.numpy_helper.to_array(table).T, bits, block_size, symmetric)
