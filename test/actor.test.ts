@@ -4,7 +4,7 @@ import { Coordinator } from '../src/cluster/coordinator.ts';
 import { startNats, type LocalServer } from '../src/cluster/local-servers.ts';
 import { decode, encode, type ActorReply, type ActorRequest } from '../src/cluster/messages.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
-import { InProcessTransport, subjects, TransportError, type Transport } from '../src/cluster/transport.ts';
+import { InProcessTransport, LocalServingTransport, subjects, TransportError, type Transport } from '../src/cluster/transport.ts';
 import { MemoryRequestLog } from '../src/cluster/redis-store.ts';
 import { distribution } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
@@ -32,6 +32,30 @@ const transports: [string, () => Promise<Transport>][] = [
 
 /** Waits until the server has seen the subscriptions made so far (NATS only). */
 const flushed = async (t: Transport) => (t instanceof NatsTransport ? t.flush() : undefined);
+
+test('transport - LocalServingTransport answers the subjects served in this process without NATS and sends everything else through it', async (t) => {
+  const remote = await NatsTransport.connect({ servers: nats.url });
+  const other = await NatsTransport.connect({ servers: nats.url });
+  const local = new LocalServingTransport(remote);
+  try {
+    local.serve('t.local', async (d) => d);
+    other.serve('t.remote', async () => new Uint8Array([9]));
+    await other.flush();
+    t.deepEqual([...(await local.request('t.local', new Uint8Array([1]), { timeoutMs: 1000 }))], [1], 'served here, answered here');
+    const hidden = await t.throwsAsync(other.request('t.local', new Uint8Array([1]), { timeoutMs: 1000 }), { instanceOf: TransportError });
+    t.not((hidden as TransportError).reason, 'closed', 'and not offered to NATS');
+    t.deepEqual([...(await local.request('t.remote', new Uint8Array([1]), { timeoutMs: 1000 }))], [9], 'other subjects go through NATS');
+    const published = new Promise<number>((resolve) => other.subscribe('t.pub', (d) => resolve(d[0]!)));
+    await other.flush();
+    local.publish('t.pub', new Uint8Array([5]));
+    t.is(await published, 5, 'publish goes through NATS');
+    await local.close();
+    t.deepEqual([...(await remote.request('t.remote', new Uint8Array([1]), { timeoutMs: 1000 }))], [9], 'closing it leaves the NATS connection to its owner');
+  } finally {
+    await remote.close();
+    await other.close();
+  }
+});
 
 const call = async (t: Transport, subject: string, m: ActorRequest): Promise<ActorReply> => decode(await t.request(subject, encode(m), { timeoutMs: 10_000 })) as ActorReply;
 
