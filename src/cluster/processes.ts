@@ -2,7 +2,6 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { cliCommand } from '../cli/entry.ts';
 import { ROOT } from '../checkout.ts';
 
-
 export interface RoleProcess {
   readonly child: ChildProcess;
   /** Everything the process wrote so far. */
