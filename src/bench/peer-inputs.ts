@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT } from '../checkout.ts';
 import { gunzipSync } from 'node:zlib';
 import { folderKey, fusedCopy, quantizedCopy } from '../cli/quantize.ts';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
@@ -29,11 +29,9 @@ const CODE_PACKAGES = ['commander', 'yaml', 'fastify', 'ioredis', 'bullmq', 'pur
 /** Sections 1 and 8: bench/prompts draws on 2 and 3. */
 const MAN_DIRS = ['/usr/share/man/man1', '/usr/share/man/man8'];
 
+/** This checkout's root (src/checkout.ts ROOT), which must hold the GGUF exporter. */
 const repoRoot = (): string => {
-  for (const up of ['../..', '../../..']) {
-    const dir = fileURLToPath(new URL(`${up}/`, import.meta.url));
-    if (existsSync(join(dir, 'tools', 'gguf', 'export_gguf.py'))) return dir;
-  }
+  if (existsSync(join(ROOT, 'tools', 'gguf', 'export_gguf.py'))) return ROOT;
   throw new PeerToolError('tools/gguf/export_gguf.py is missing from this installation (it ships in the repository)');
 };
 

@@ -2,7 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT } from '../checkout.ts';
 import type { Command } from 'commander';
 import { CascadeError, InvalidArgumentError, ModelLoadError } from '../errors.ts';
 import { memberSource, type Family } from '../models/family.ts';
@@ -37,12 +37,10 @@ interface QuantizeOptions {
 /** The graph rewrites under tools/train that run here. */
 type TrainTool = 'quantize.py' | 'fuse.py';
 
-/** tools/train/<tool> from src/cli (tsx) or dist/src/cli (tsc). */
+/** tools/train/<tool> of this checkout (src/checkout.ts ROOT: from the sources or compiled). */
 function toolPath(tool: TrainTool): string {
-  for (const up of ['../..', '../../..']) {
-    const path = fileURLToPath(new URL(`${up}/tools/train/${tool}`, import.meta.url));
-    if (existsSync(path)) return path;
-  }
+  const path = join(ROOT, 'tools', 'train', tool);
+  if (existsSync(path)) return path;
   throw new QuantizeToolError(`tools/train/${tool} is missing from this installation (it ships in the repository)`);
 }
 
