@@ -240,7 +240,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       drafters.unshift({ kind: 'eagle', session: eagle });
       plan = { ...plan, drafters: [eagle.spec.name, ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
     }
-    const caveat = drafters.length ? speculationCaveat(target.spec) : undefined;
+    const caveat = drafters.length ? speculationCaveat(target.spec, target.batchInvariant ?? false) : undefined;
     if (caveat) process.stderr.write(`warning: ${caveat}\n`);
     const tok = TextTokenizer.forModel(target.spec);
     const stream = tok.stream();

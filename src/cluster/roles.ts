@@ -121,7 +121,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
         process.stderr.write(`${describeTrial(name, t)}\n`),
       )).session
     : await OrtModelSession.open(source, { ...options, executionProviders: o.executionProviders, cpuFallback: true });
-  const caveat = isTarget ? speculationCaveat(model.spec) : undefined;
+  const caveat = isTarget ? speculationCaveat(model.spec, model.batchInvariant) : undefined;
   if (caveat) process.stderr.write(`warning: ${caveat}\n`);
   // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
   const session = new BatchingSession(model, model.positionIds ? o.batching : { ...o.batching, maxBatch: 1 });
@@ -321,7 +321,7 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
     const models = await sessions.cascadeModels();
     const eagleSession = family.eagle ? await openFeatureDrafter(family, models.target.spec, { intraOpThreads: o.threads ?? 1, executionProviders: draftEps }) : undefined;
     const eagle = eagleSession ? { name: family.eagle!, session: eagleSession } : undefined;
-    const caveat = speculationCaveat(models.target.spec);
+    const caveat = speculationCaveat(models.target.spec, models.target.batchInvariant ?? false);
     if (caveat) process.stderr.write(`warning: ${caveat}\n`);
     // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
     const batched = (m: ModelSession) => new BatchingSession(m, (m as OrtModelSession).positionIds === false ? { maxBatch: 1 } : {});

@@ -54,21 +54,29 @@ export interface ModelSpec {
 }
 
 /**
+ * A model's weight-only quantization: config.json's record (`cascade quantize`), else the graph's own
+ * MatMulNBits attributes (graphQuantization: another tool's export, onnxruntime-genai's included);
+ * undefined for a float model or a graph that cannot be read.
+ */
+export function modelQuantization(spec: ModelSpec): ModelSpec['quantization'] {
+  return spec.quantization ?? graphQuantizationOrNone(spec.onnxPath);
+}
+
+/**
  * Why a target's speculative output may differ from its own target-only decoding, or undefined.
- * The quantization is config.json's record (`cascade quantize`), else the graph's own MatMulNBits
- * attributes (graphQuantization: another tool's export, onnxruntime-genai's included). A MatMulNBits model at accuracy_level 4 lets ONNX Runtime's CPU EP quantize activations to int8,
+ * A MatMulNBits model at accuracy_level 4 lets ONNX Runtime's CPU EP quantize activations to int8,
  * and its kernel for one row (a decode step) and for several (a verify pass) round differently, on
  * some inputs by 1e-1 in the logits (docs/quantization.md); levels 2 and 3 (16-bit compute) are
  * warned about too, unmeasured. Levels 0 and 1 compute in float32 and agree within 2e-5, as float
- * graphs do (tools/bench/verify-drift.ts).
+ * graphs do (tools/bench/verify-drift.ts). A session that runs batch-invariant (one-token passes as
+ * two rows, SessionOptions.batchInvariant) never takes the one-row kernels, so it has no caveat.
  */
-export function speculationCaveat(spec: ModelSpec): string | undefined {
-  // config.json's record (cascade quantize), else the graph's own MatMulNBits attributes (another tool's export)
-  const q = spec.quantization ?? graphQuantizationOrNone(spec.onnxPath);
-  if (!q || q.accuracyLevel <= 1) return undefined;
+export function speculationCaveat(spec: ModelSpec, batchInvariant: boolean): string | undefined {
+  const q = modelQuantization(spec);
+  if (!q || q.accuracyLevel <= 1 || batchInvariant) return undefined;
   return (
-    `${spec.name} is a MatMulNBits model (${q.bits}-bit weights) at accuracy_level ${q.accuracyLevel}: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
-    `from a decode step (up to 1e-1 in the logits), so speculation over it may leave its own target-only output; quantize the target with --accuracy-level 0 for exact speculation (docs/quantization.md)`
+    `${spec.name} is a MatMulNBits model (${q.bits}-bit weights) at accuracy_level ${q.accuracyLevel} run with --batch-invariant off: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
+    `from a decode step (up to 1e-1 in the logits), so speculation over it may leave its own target-only output; leave --batch-invariant at auto or on for exact speculation (docs/quantization.md)`
   );
 }
 

@@ -42,6 +42,8 @@ export class OrtModelSession implements ModelSession {
   positionIds = true;
   /** Where the KV lives between passes: the host, or the device of a device EP (kv-placement.ts). */
   kvLocation: 'host' | 'host-buffer' | 'device' = 'host';
+  /** Whether one-token passes run as two rows, so logits do not depend on a pass's size (SessionOptions.batchInvariant, resolved). */
+  batchInvariant = false;
   /**
    * What automatic prefix caching saved (SessionOptions.prefixCache, prefix-cache.ts): forwards that
    * started a sequence from another's KV rows, and the tokens whose rows were copied, not computed.
@@ -80,6 +82,7 @@ export class OrtModelSession implements ModelSession {
       s.kvDtype = reply.kvDtype ?? 'float32';
       s.positionIds = reply.positionIds ?? true;
       s.kvLocation = reply.kvLocation ?? 'host';
+      s.batchInvariant = reply.batchInvariant ?? false;
       if (reply.features) s.spec = { ...spec, features: reply.features };
       if (reply.warning) onWarning(reply.warning);
     } catch (err) {

@@ -8,7 +8,7 @@
  */
 import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
-import { logitsWidth, type FeatureSpec, type ModelSpec } from './config.ts';
+import { logitsWidth, modelQuantization, type FeatureSpec, type ModelSpec } from './config.ts';
 import { halvesToFloats } from '../kernels/half.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostBufferKv, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
@@ -18,7 +18,7 @@ import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
 import { longestPrefix, RETAINED_TOKENS, RetainedPrefixes, reusableLimit } from './prefix-cache.ts';
-import { joinRows, rowCount, rowsInChunk, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
+import { joinRows, rowCount, rowsInChunk, type BatchInvariance, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -55,6 +55,12 @@ let plainFetches: string[] = [];
 let seqlensFromMask = false;
 /** The element type of every past and present tensor (the graph's own metadata). */
 let kvDtype: KvDtype = 'float32';
+/**
+ * SessionOptions.batchInvariant, resolved at load: a pass of one sequence's one token runs as two
+ * rows (the token and a copy of it, whose logits and KV row are dropped), so ONNX Runtime never takes
+ * its one-row kernels, which round differently from the several-row ones a verify pass takes.
+ */
+let padSingleRows = false;
 /** Where the sequences' KV lives, and the cache operations there (kv-placement.ts). */
 let kv: KvPlacement;
 const sequences = new Map<string, Sequence>();
@@ -102,7 +108,7 @@ function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
   );
 }
 
-async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'host-buffer' | 'device' }> {
+async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'host-buffer' | 'device'; batchInvariant: boolean }> {
   spec = s;
   prefixCache = options.prefixCache ?? true;
   retained = new RetainedPrefixes<Sequence>(options.prefixCacheTokens ?? RETAINED_TOKENS, (q) => kv.free(q.past));
@@ -134,6 +140,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
   seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
+  padSingleRows = batchInvariant(options.batchInvariant ?? 'auto', s);
   const location = kvLocation(options.kvLocation ?? 'auto', provider, s);
   if (location === 'host-buffer') {
     // the same graph with outputs of only each pass's new rows (onnx-proto.ts), loaded from memory;
@@ -172,7 +179,19 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   features = graphFeatures(session, s);
   plainFetches = session.outputNames.filter((n) => n !== features?.output);
   rowFetches = location === 'host-buffer' ? ['logits', ...presentRowNames(s.layers)] : undefined;
-  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
+  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, batchInvariant: padSingleRows, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
+}
+
+/**
+ * Whether one-token passes run as two rows (SessionOptions.batchInvariant): `auto` is on for a graph
+ * whose MatMulNBits compute below float32 (accuracy_level 2-4, graphQuantization), where ONNX
+ * Runtime's CPU kernel for one row differs from the one for several by up to 1e-1 in the logits
+ * (docs/quantization.md); float graphs differ by about 1e-5 and are left alone.
+ */
+function batchInvariant(asked: BatchInvariance, s: ModelSpec): boolean {
+  if (asked !== 'auto') return asked === 'on';
+  const q = modelQuantization(s);
+  return q !== undefined && q.accuracyLevel >= 2;
 }
 
 /**
@@ -392,14 +411,18 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   const seq = sequence(item.seqId);
   const s = item.inputIds.length;
   const positions = positionsOf(item, seq);
+  const pad = padsRow(item, seq, attention) ? 1 : 0;
+  // a padded pass feeds the token twice; the copy sits at the same position when positions are fed
+  const ids = pad ? [item.inputIds[0]!, item.inputIds[0]!] : item.inputIds;
+  const fed = s + pad;
   const feeds: Record<string, ort.Tensor> = {
-    input_ids: int64(item.inputIds, [1, s]),
-    attention_mask: int64(new Array(seq.length + s).fill(1), [1, seq.length + s]),
+    input_ids: int64(ids, [1, fed]),
+    attention_mask: int64(new Array(seq.length + fed).fill(1), [1, seq.length + fed]),
   };
-  if (feedsPositions) feeds.position_ids = int64(positions, [1, s]);
+  if (feedsPositions) feeds.position_ids = int64(pad ? [positions[0]!, positions[0]!] : positions, [1, fed]);
   else checkImplicitPositions(item, seq);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(seq.length > 0 ? 1 : 0), [1]);
-  if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(want);
+  if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(want + pad);
   if (item.hiddenStates) feeds.hidden_states = new ort.Tensor('float32', item.hiddenStates, [1, s, features!.size]);
   pastFeeds(feeds, seq.past);
   // the features output only when asked: a pass that does not want them does not copy them out;
@@ -408,12 +431,14 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   const out = await session!.run(feeds, fetches);
   if (rowFetches) {
     const tensors = presentRowNames(spec!.layers).map((n) => floatData(out[n] as ort.Tensor));
-    seq.past = await kv.append(seq.past, seq.length, { dtype: kvDtype, count: s, kvHeads: spec!.kvHeads, tensors });
+    seq.past = await kv.append(seq.past, seq.length, { dtype: kvDtype, count: fed, kvHeads: spec!.kvHeads, tensors });
   } else {
     const old = seq.past;
     seq.past = presents(out);
     kv.free(old);
   }
+  // the copy's KV row goes (in a host buffer it stays beyond the length, overwritten by the next pass)
+  if (pad) seq.past = await kv.gather(seq.past, seq.length + fed, upTo(seq.length + s));
   appendTokens(seq, item.inputIds, positions);
   seq.length += s;
   if (attention) {
@@ -421,12 +446,22 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
     lastAttention = sums instanceof Uint16Array ? halvesToFloats(sums) : sums.slice();
   }
   const logits = out.logits as ort.Tensor;
-  const rows = logits.dims[1]!; // s, or `want` when the graph kept only those
-  if (rows < want) throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} returned ${rows} logits rows for ${want} asked (num_logits_to_keep)`);
-  const result = logitRows(logits, 0, want, rows - want, logitsWidth(spec!));
+  const rows = logits.dims[1]!; // fed, or `want + pad` when the graph kept only those
+  if (rows < want + pad) throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} returned ${rows} logits rows for ${want + pad} asked (num_logits_to_keep)`);
+  const result = logitRows(logits, 0, want, rows - want - pad, logitsWidth(spec!));
   if (!item.returnHidden) return { logits: result };
   const hidden = floatData(out[features!.output!] as ort.Tensor);
   return { logits: result, hidden: hidden instanceof Uint16Array ? halvesToFloats(hidden.subarray(0, s * features!.size)) : hidden.slice(0, s * features!.size) };
+}
+
+/**
+ * Whether this pass runs padded to two rows (padSingleRows): one token, no attention sums (an H2O
+ * step scores its own queries) and no features fed (a feature drafter drafts; its rows are
+ * reviewed), and, for a graph that places tokens after its cache, room for the copy's position.
+ */
+function padsRow(item: ForwardItem, seq: Sequence, attention: boolean): boolean {
+  if (!padSingleRows || item.inputIds.length !== 1 || attention || item.hiddenStates) return false;
+  return feedsPositions || spec!.maxPositions === undefined || seq.length + 2 <= spec!.maxPositions;
 }
 
 /**

@@ -159,6 +159,8 @@ export interface ModelSession {
   release(seqId: string): Promise<void>;
   /** How loaded the model is, when it batches sequences (BatchingSession). */
   load?(): ServiceLoad;
+  /** Whether a token's logits do not depend on how many tokens its pass scores (SessionOptions.batchInvariant, resolved); undefined = not known. */
+  readonly batchInvariant?: boolean;
   close(): Promise<void>;
 }
 
@@ -187,4 +189,22 @@ export interface SessionOptions {
    * sequence that computed it ended.
    */
   readonly prefixCacheTokens?: number;
+  /**
+   * Batch invariance (default `auto`): whether a token's logits stay the same however many tokens its
+   * pass scores. `on` runs every one-token pass of one sequence as two rows (the token and a copy,
+   * whose logits and KV row are dropped), so ONNX Runtime never takes its one-row matmul kernels,
+   * which round differently from the several-row ones of a verify pass or a batch (up to 1e-1 in
+   * the logits for MatMulNBits at accuracy_level 4 on the CPU EP; about 1e-5 in float32). Then a
+   * decode step, a verify pass and any split of a block give bit-identical logits
+   * (test/batch-invariance.test.ts), so speculation over the model is exact. `auto` is `on` for
+   * graphs whose MatMulNBits compute below float32 (accuracy_level 2-4) and `off` otherwise. A
+   * one-token pass then costs about a two-token one. After the batch-invariant kernels of
+   * He et al., "Defeating Nondeterminism in LLM Inference" (Thinking Machines Lab, 2025), and vLLM's
+   * batch-invariant mode, with padding in place of new kernels.
+   */
+  readonly batchInvariant?: BatchInvariance;
 }
+
+/** SessionOptions.batchInvariant. */
+export type BatchInvariance = 'auto' | 'on' | 'off';
+export const BATCH_INVARIANCE: readonly BatchInvariance[] = ['auto', 'on', 'off'];
