@@ -140,7 +140,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
   seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
-  padSingleRows = batchInvariant(options.batchInvariant ?? 'auto', s);
+  padSingleRows = batchInvariant(options.batchInvariant ?? 'auto', s, provider);
   const location = kvLocation(options.kvLocation ?? 'auto', provider, s);
   if (location === 'host-buffer') {
     // the same graph with outputs of only each pass's new rows (onnx-proto.ts), loaded from memory;
@@ -184,14 +184,16 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
 
 /**
  * Whether one-token passes run as two rows (SessionOptions.batchInvariant): `auto` is on for a graph
- * whose MatMulNBits compute below float32 (accuracy_level 2-4, graphQuantization), where ONNX
- * Runtime's CPU kernel for one row differs from the one for several by up to 1e-1 in the logits
- * (docs/quantization.md); float graphs differ by about 1e-5 and are left alone.
+ * whose MatMulNBits compute below float32 (accuracy_level 2-4, modelQuantization) on the CPU EP,
+ * where ONNX Runtime's kernel for one row differs from the one for several by up to 1e-1 in the
+ * logits (docs/quantization.md). Float graphs differ by about 1e-5 and are left alone, as is the
+ * WebGPU EP, which computes MatMulNBits in float and whose kernels differ by about 1e-5 with or
+ * without the padding (measured on lavapipe).
  */
-function batchInvariant(asked: BatchInvariance, s: ModelSpec): boolean {
+function batchInvariant(asked: BatchInvariance, s: ModelSpec, provider: string): boolean {
   if (asked !== 'auto') return asked === 'on';
   const q = modelQuantization(s);
-  return q !== undefined && q.accuracyLevel >= 2;
+  return q !== undefined && q.accuracyLevel >= 2 && provider.split(',')[0] === 'cpu';
 }
 
 /**
@@ -495,10 +497,21 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
       `${sp.onnxPath} has no position_ids input, so a pass of several sequences (left-padded pasts) would give them wrong positions: run it one sequence per pass (--max-batch 1) or export it with position_ids`,
     );
   }
+  if (padSingleRows && seqlensFromMask && items.every((it) => it.inputIds.length === 1)) {
+    // batch invariance needs two rows per sequence, and GroupQueryAttention takes no batch of
+    // two-token sequences over a past ("batch_size must be 1"): each runs alone, padded
+    const each: Float32Array[] = [];
+    for (const it of items) each.push((await forwardPiece(it, rowCount(rows, 1), false)).logits);
+    return each;
+  }
   const seqs = items.map((it) => sequence(it.seqId));
   const b = items.length;
   const maxP = Math.max(...seqs.map((q) => q.length));
   const maxS = Math.max(...items.map((it) => it.inputIds.length));
+  // batch invariance (padSingleRows): ONNX Runtime's MatMulNBits takes its one-row kernel per
+  // sequence of a batch, so one-token sequences each get a copy of their token (a second row, dropped)
+  const pad = padSingleRows && maxS === 1 ? 1 : 0;
+  const width = maxS + pad;
   if (seqlensFromMask && (seqs.some((q) => q.length !== maxP) || items.some((it) => it.inputIds.length !== maxS) || (maxS > 1 && maxP > 0))) {
     throw new WorkerFailure(
       'InvalidArgumentError',
@@ -513,18 +526,18 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
   items.forEach((it, i) => {
     const p = positionsOf(it, seqs[i]!);
     const s = it.inputIds.length;
-    for (let j = 0; j < maxS; j++) {
-      ids.push(j < s ? it.inputIds[j]! : 0);
+    for (let j = 0; j < width; j++) {
+      ids.push(j < s ? it.inputIds[j]! : pad ? it.inputIds[0]! : 0);
       pos.push(j < s ? p[j]! : p[s - 1]!);
     }
-    const pad = maxP - seqs[i]!.length;
-    for (let j = 0; j < maxP + maxS; j++) mask.push(j < pad || j >= maxP + s ? 0 : 1);
+    const left = maxP - seqs[i]!.length;
+    for (let j = 0; j < maxP + width; j++) mask.push(j < left || j >= maxP + s + pad ? 0 : 1);
   });
   const feeds: Record<string, ort.Tensor> = {
-    input_ids: int64(ids, [b, maxS]),
-    attention_mask: int64(mask, [b, maxP + maxS]),
+    input_ids: int64(ids, [b, width]),
+    attention_mask: int64(mask, [b, maxP + width]),
   };
-  feeds.position_ids = int64(pos, [b, maxS]);
+  feeds.position_ids = int64(pos, [b, width]);
   // right-padded rows: a sequence's last rows are not the batch's last, so every row is kept (0)
   if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(0);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(maxP > 0 ? 1 : 0), [1]);
@@ -541,9 +554,9 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
   } finally {
     kv.free(batched);
   }
-  const total = maxP + maxS;
+  const total = maxP + width;
   const logits = out.logits as ort.Tensor;
-  // each sequence's rows: after its left padding, before the right padding of shorter inputs
+  // each sequence's rows: after its left padding, before the right padding of shorter inputs (and the copies)
   const spans = items.map((it, i) => ({ start: maxP - seqs[i]!.length, length: seqs[i]!.length + it.inputIds.length }));
   const stacked = presents(out);
   let pasts: ort.Tensor[][];
@@ -561,7 +574,7 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
     appendTokens(q, it.inputIds, positionsOf(it, q));
     q.length = spans[i]!.length;
     const want = rowCount(rows, s);
-    return logitRows(logits, i * maxS, want, s - want, logitsWidth(sp));
+    return logitRows(logits, i * width, want, s - want, logitsWidth(sp));
   });
 }
 
