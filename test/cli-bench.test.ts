@@ -46,20 +46,21 @@ test('cli - bench costs records a batched shape the runner refuses (a fused grap
   t.false('batched' in JSON.parse(readFileSync(join(none, 'costs.json'), 'utf8')).models[0]);
 });
 
-test('cli - bench cascade places the target and the drafters (--execution-providers, --draft-execution-providers, --kv-location) and records the placement', async (t) => {
+test('cli - bench cascade places the target and the drafters (--execution-providers, --draft-execution-providers, --kv-location, --batch-invariant) and records the placement', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'cascade-bench-placed-'));
-  const { stdout } = await cascade('bench', 'cascade', '--model', 'draft-l2', '--draft-model', 'draft-l1', '--execution-providers', 'cpu', '--draft-execution-providers', 'cpu', '--kv-location', 'host', '--workload', 'code', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '6', '--out', out);
+  const { stdout } = await cascade('bench', 'cascade', '--model', 'draft-l2', '--draft-model', 'draft-l1', '--execution-providers', 'cpu', '--draft-execution-providers', 'cpu', '--kv-location', 'host', '--batch-invariant', 'on', '--workload', 'code', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '6', '--out', out);
   const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));
   t.deepEqual(record.placement, {
-    'draft-l2': { requested: ['cpu'], provider: 'cpu', kvLocation: 'host' },
-    'draft-l1': { requested: ['cpu'], provider: 'cpu', kvLocation: 'host' },
+    'draft-l2': { requested: ['cpu'], provider: 'cpu', kvLocation: 'host', batchInvariant: true },
+    'draft-l1': { requested: ['cpu'], provider: 'cpu', kvLocation: 'host', batchInvariant: false },
   });
   const methods = record.results[0].methods as { method: string; identicalToAr: boolean }[];
   t.deepEqual(methods.map((m) => m.method).filter((m) => m === 'ar' || m === 'csd'), ['ar', 'csd']);
   t.true(methods.slice(1).every((m) => m.identicalToAr === true));
-  t.regex(stdout, /placement: draft-l2 on cpu \(KV host\), draft-l1 on cpu/);
+  t.regex(stdout, /placement: draft-l2 on cpu \(KV host, batch-invariant\), draft-l1 on cpu \(KV host\)/);
   t.regex((await fails(['bench', 'cascade', '--execution-providers', 'gpu'])).stderr, /--execution-providers takes auto or a comma-separated list/);
   t.regex((await fails(['bench', 'cascade', '--kv-location', 'disk'])).stderr, /--kv-location must be one of/);
+  t.regex((await fails(['bench', 'cascade', '--batch-invariant', 'maybe'])).stderr, /--batch-invariant must be one of auto, on, off/);
 });
 
 test('cli - bench cascade compares every method, verifies greedy identity and writes JSON, markdown and plots', async (t) => {

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, openSync } from 'node:fs';
+import { mkdtempSync, openSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -167,6 +167,17 @@ test('cli - bounded caches on drafters or a self-draft level keep the greedy tex
   t.regex((await fails(['generate', '--mode', 'ar', '--kv-placement', 'drafters', '--kv-policy', 'window', '--kv-budget', '32', '--prompt', 'x'])).stderr, /needs neural drafters/);
 });
 
+test('cli - generate --batch-invariant on (flag or config file) runs the target\'s one-token passes as two rows and --json says so; auto leaves a float graph alone', async (t) => {
+  const run = async (...args: string[]) => JSON.parse((await cascade('generate', '--json', '--model', 'models/draft-l2', '--max-tokens', '4', '--temperature', '0', ...args, 'def f(x):')).stdout) as { tokenIds: number[]; batchInvariant: boolean };
+  const on = await run('--batch-invariant', 'on');
+  t.true(on.batchInvariant);
+  t.true(on.tokenIds.length > 0 && on.tokenIds.length <= 4);
+  const cfg = join(mkdtempSync(join(tmpdir(), 'cascade-cli-')), 'invariant.yaml');
+  writeFileSync(cfg, 'batchInvariant: on\n');
+  t.true((await run('--config', cfg)).batchInvariant);
+  t.false((await run()).batchInvariant);
+});
+
 test('cli - usage errors exit 2 with the reason; a failed write to stdout is one line and exit 1', async (t) => {
   const unknown = await fails(['generate', '--bogus', 'x']);
   t.is(unknown.code, 2);
@@ -174,6 +185,9 @@ test('cli - usage errors exit 2 with the reason; a failed write to stdout is one
   const ar = await fails(['generate', '--mode', 'ar', '--k-matrix', '[[8]]', 'x']);
   t.is(ar.code, 2);
   t.regex(ar.stderr, /mode ar, no drafters\) takes no K matrix/);
+  const invariance = await fails(['generate', '--batch-invariant', 'maybe', 'x']);
+  t.is(invariance.code, 2);
+  t.regex(invariance.stderr, /--batch-invariant must be one of auto, on, off, got "maybe"/);
   const full = spawn(process.execPath, [...CLI, 'generate', '--max-tokens', '4', 'x'], { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', openSync('/dev/full', 'w'), 'pipe'] });
   let stderr = '';
   full.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));

@@ -8,7 +8,7 @@ import { loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import { describeTrial, draftProvidersBeside, type PlacementTrial } from '../models/placement.ts';
-import type { ModelSession } from '../models/session.ts';
+import type { BatchInvariance, ModelSession } from '../models/session.ts';
 import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
@@ -39,6 +39,8 @@ export interface CascadeBenchOptions {
   readonly draftExecutionProviders?: readonly string[];
   /** Where the target's KV lives between passes (drafters: always auto); default auto. */
   readonly kvLocation?: KvLocation;
+  /** The target's batch invariance (SessionOptions.batchInvariant; drafters: off); default auto. */
+  readonly batchInvariant?: BatchInvariance;
   /**
    * Verification rules to compare (default [DEFAULT_VERIFICATION]): with more than one, every
    * drafting method runs once per rule, named `method/rule`.
@@ -58,12 +60,14 @@ export interface CascadeBenchOptions {
 
 /**
  * Where one model of the run went: the execution providers asked for, the one in use, where its KV
- * lives, and for `auto` every placement tried with its measured pass cost.
+ * lives, whether it is batch invariant, and for `auto` every placement tried with its measured pass cost.
  */
 export interface ModelPlacement {
   readonly requested: readonly string[];
   readonly provider: string;
   readonly kvLocation?: string;
+  /** Whether one-token passes ran as two rows (SessionOptions.batchInvariant, resolved). */
+  readonly batchInvariant?: boolean;
   readonly trials?: readonly PlacementTrial[];
 }
 
@@ -222,7 +226,7 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
   const requested = (name: string) => (name === family.target ? targetEps : draftEps);
   const sessions = new FamilySessions(
     family,
-    (name) => ({ intraOpThreads: o.threads, executionProviders: requested(name), kvLocation: name === family.target ? (o.kvLocation ?? 'auto') : 'auto' }),
+    (name) => ({ intraOpThreads: o.threads, executionProviders: requested(name), kvLocation: name === family.target ? (o.kvLocation ?? 'auto') : 'auto', batchInvariant: name === family.target ? (o.batchInvariant ?? 'auto') : 'off' }),
     (name, t) => log(describeTrial(name, t)),
   );
   let eagle: OrtModelSession | undefined;
@@ -275,10 +279,13 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
 
 function placed(session: ModelSession, requested: readonly string[], trials: readonly PlacementTrial[] | undefined): ModelPlacement {
   const kvLocation = 'kvLocation' in session && typeof session.kvLocation === 'string' ? session.kvLocation : undefined;
-  return { requested, provider: session.provider, ...(kvLocation ? { kvLocation } : {}), ...(trials ? { trials } : {}) };
+  return { requested, provider: session.provider, ...(kvLocation ? { kvLocation } : {}), ...(session.batchInvariant !== undefined ? { batchInvariant: session.batchInvariant } : {}), ...(trials ? { trials } : {}) };
 }
 
 const describePlacement = (p: Record<string, ModelPlacement>): string =>
   Object.entries(p)
-    .map(([name, m]) => `${name} on ${m.provider}${m.kvLocation ? ` (KV ${m.kvLocation})` : ''}`)
+    .map(([name, m]) => {
+      const how = [...(m.kvLocation ? [`KV ${m.kvLocation}`] : []), ...(m.batchInvariant ? ['batch-invariant'] : [])];
+      return `${name} on ${m.provider}${how.length ? ` (${how.join(', ')})` : ''}`;
+    })
     .join(', ') + ', mag on the host';

@@ -9,7 +9,7 @@ import { loadBigram, memberSource, type Family } from '../models/family.ts';
 import { locationOf } from '../models/model-dir.ts';
 import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
-import type { ModelSession } from '../models/session.ts';
+import type { BatchInvariance, ModelSession } from '../models/session.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { PeerArtifacts, heldOutPrompts, type GgufType, type PeerPrompt } from './peer-inputs.ts';
 import { PeerModel, PeerRuntime, type PeerSide, type PeerSpeculation } from './peer-llama.ts';
@@ -47,6 +47,12 @@ export interface PeerBenchOptions {
   readonly forms: readonly PeerForm[];
   /** MatMulNBits accuracy_level of this project's quantized copies (4: int8 compute on the CPU; 0: float). */
   readonly accuracyLevel: number;
+  /**
+   * Batch invariance of this project's timed targets (SessionOptions.batchInvariant; default auto):
+   * off against on measures what running one-token passes as two rows costs. Drafters and the
+   * identity check's f32 reference are always auto.
+   */
+  readonly batchInvariant?: BatchInvariance;
   /** Python with onnx and numpy, for cascade quantize and the GGUF exporter. */
   readonly python: string;
   /** Where the int8/int4 folders, the GGUF files and the llama.cpp clone are kept between runs. */
@@ -85,6 +91,8 @@ export interface PeerRow {
   sameAsPlain: number;
   /** This project: mean tokens per target pass; llama.cpp: draft tokens validated / (validated + refuted). */
   readonly acceptance?: number;
+  /** This project: whether the target's one-token passes ran as two rows (SessionOptions.batchInvariant, resolved). */
+  readonly batchInvariant?: boolean;
 }
 
 interface Run {
@@ -100,6 +108,8 @@ interface Side {
   readonly weights: PeerWeights;
   readonly format: string;
   readonly method: string;
+  /** This project: the target's batch invariance, resolved. */
+  readonly batchInvariant?: boolean;
   generate(promptIds: readonly number[], maxTokens: number): Promise<Run>;
 }
 
@@ -111,6 +121,7 @@ function oursSide(weights: PeerWeights, format: string, target: ModelSession, me
     weights,
     format,
     method,
+    ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
     async generate(promptIds, maxTokens) {
       const r = await generateCascade(target, { drafters, kMatrix, lenience: 1 }, { promptIds: [...promptIds], maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
       return { tokenIds: r.tokenIds, seconds: r.stats.seconds, firstTokenSeconds: r.stats.firstTokenSeconds, acceptance: drafters.length ? r.stats.meanAcceptanceLength : undefined };
@@ -197,7 +208,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
         const drafterSessions = new Map<PeerForm, ModelSession[]>();
         for (const form of o.forms) {
           const opened: ModelSession[] = [];
-          for (const d of ourDrafters.get(form)!) opened.push(await OrtModelSession.open(d, { intraOpThreads: threads, prefixCache: false }));
+          for (const d of ourDrafters.get(form)!) opened.push(await OrtModelSession.open(d, { intraOpThreads: threads, prefixCache: false, batchInvariant: 'off' }));
           drafterSessions.set(form, opened);
           sessions.push(...opened);
         }
@@ -206,7 +217,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
           for (const form of o.forms) {
             const dir = ourDirs.get(`${w} ${form}`);
             if (!dir) continue;
-            const target = await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false });
+            const target = await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false, batchInvariant: o.batchInvariant ?? 'auto' });
             sessions.push(target);
             const format = `ONNX ${w === 'f32' ? 'f32' : `${OURS_OF[w]}+head (cascade quantize${o.accuracyLevel === 4 ? '' : `, level ${o.accuracyLevel}`})`} ${form}`;
             const neural: DrafterSpec[] = csd.drafters.flatMap((d): DrafterSpec[] => (d === 'mag' ? [magSpec] : [{ kind: 'model', session: drafterSessions.get(form)![family.drafters.indexOf(d)]! }]));
@@ -277,6 +288,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
             sameAsF32: reps[0]!.filter((r, i) => sameTokens(r.tokenIds, reference![i]!)).length,
             sameAsPlain: 0,
             ...(acc.length ? { acceptance: acc.reduce((a, b) => a + b, 0) / acc.length } : {}),
+            ...(s.batchInvariant !== undefined ? { batchInvariant: s.batchInvariant } : {}),
           };
         });
         for (const [i, r] of measured.entries()) {
@@ -304,8 +316,8 @@ const WEIGHT_LABEL: Record<PeerWeights, string> = { f32: 'f32', f16: 'f16', '8':
 function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: readonly PeerRow[], identity: { prompts: number; identical: number }): void {
   const n = prompts.length;
   const full = formatTable(
-    ['engine', 'weights', 'method', 'threads', 'tok/s', 'decode tok/s', 'x plain', 'first token s', 'accept', `= f32 (of ${n})`, `= plain (of ${n})`],
-    rows.map((r) => [r.engine, r.format, r.method, r.threads, r.tokensPerSecond, r.decodeTokensPerSecond, r.vsPlain, r.firstTokenSeconds, r.acceptance ?? '-', r.sameAsF32, r.sameAsPlain]),
+    ['engine', 'weights', 'method', 'threads', 'batch inv.', 'tok/s', 'decode tok/s', 'x plain', 'first token s', 'accept', `= f32 (of ${n})`, `= plain (of ${n})`],
+    rows.map((r) => [r.engine, r.format, r.method, r.threads, r.batchInvariant === undefined ? '-' : r.batchInvariant ? 'on' : 'off', r.tokensPerSecond, r.decodeTokensPerSecond, r.vsPlain, r.firstTokenSeconds, r.acceptance ?? '-', r.sameAsF32, r.sameAsPlain]),
   );
   const best = (engine: PeerRow['engine'], w: PeerWeights, t: number) =>
     rows.filter((r) => r.engine === engine && r.weights === w && r.threads === t).reduce<PeerRow | undefined>((a, b) => (!a || b.tokensPerSecond > a.tokensPerSecond ? b : a), undefined);
@@ -324,9 +336,9 @@ function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: reado
   const what =
     `${n} held-out prompts (${[...new Set(prompts.map((p) => p.kind))].join(', ')}), ${o.maxTokens} greedy tokens each, both engines in one process, every side warm ` +
     `(models loaded once, one untimed warm-up request; this project's automatic prefix caching off, as llama.cpp's history is cleared per request); tok/s = generated tokens over whole requests (prefill included), decode = tokens after the first over the time after it; ` +
-    `median over ${o.repeats} repeats of the sums over all prompts. Identity: llama.cpp f32 reproduced this project's f32 greedy target-only tokens on ${identity.identical}/${identity.prompts} prompts`;
+    `median over ${o.repeats} repeats of the sums over all prompts; this project's targets at --batch-invariant ${o.batchInvariant ?? 'auto'} (batch inv.: whether their one-token passes ran as two rows). Identity: llama.cpp f32 reproduced this project's f32 greedy target-only tokens on ${identity.identical}/${identity.prompts} prompts`;
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} logical CPUs visible, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at the end`;
-  writeJson(o.out, 'peer', { what, machine, note: o.note, command: o.command, identity, prompts: prompts.map((p) => ({ id: p.id, kind: p.kind })), rows });
+  writeJson(o.out, 'peer', { what, machine, note: o.note, command: o.command, batchInvariant: o.batchInvariant ?? 'auto', identity, prompts: prompts.map((p) => ({ id: p.id, kind: p.kind })), rows });
   const md =
     `# cascade bench peer: this project against llama.cpp on the same weights\n\n${o.note ? `**${o.note}**\n\n` : ''}${what}.\n\n` +
     `Machine: ${machine}.\n\n${o.command ? `Command: \`${o.command}\`\n\n` : ''}` +

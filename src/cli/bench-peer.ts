@@ -2,7 +2,8 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { benchPeer, PEER_FORMS, PEER_WEIGHTS, type PeerForm, type PeerWeights } from '../bench/peer.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { parseNumber } from './options.ts';
+import { BATCH_INVARIANT_HELP, parseBatchInvariant, parseNumber } from './options.ts';
+import type { BatchInvariance } from '../models/session.ts';
 import { findPython } from './quantize.ts';
 
 interface PeerFlags {
@@ -18,6 +19,7 @@ interface PeerFlags {
   weights: PeerWeights[];
   forms: PeerForm[];
   accuracyLevel: number;
+  batchInvariant: BatchInvariance;
   cacheDir: string;
   python?: string;
   note?: string;
@@ -59,6 +61,7 @@ export function registerBenchPeer(bench: Command): void {
     .option('--weights <list>', `weight widths, comma-separated: ${PEER_WEIGHTS.join(', ')} (this project has no f16 CPU path; 8 and 4 are cascade quantize int8/int4 and GGUF Q8_0/Q4_0)`, parseWeights, [...PEER_WEIGHTS])
     .option('--forms <list>', "this project's graph forms, comma-separated, each measured: unfused (the export as it is) and fused (tools/train/fuse.py's GroupQueryAttention form, KV in a host buffer read in place); drafters run in the same form", parseForms, [...PEER_FORMS])
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level of this project's quantized copies: 4 computes in int8 on the CPU, 0 in float (exact under speculation, see docs/quantization.md)", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
+    .option('--batch-invariant <mode>', `whether a token's logits from this project's targets stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; off against on measures what it costs plain decoding (drafters and the f32 reference of the identity check are always auto)`, parseBatchInvariant, 'auto')
     .option('--cache-dir <dir>', 'where the quantized folders, GGUF files and llama.cpp clone (for gguf-py) are made once', '.cache/bench-peer')
     .option('--python <path>', 'Python with onnx and numpy for cascade quantize and tools/gguf/export_gguf.py (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
     .option('--note <text>', 'a line recorded with the results (the machine\'s conditions, say)')
@@ -76,6 +79,7 @@ export function registerBenchPeer(bench: Command): void {
         weights: o.weights,
         forms: o.forms,
         accuracyLevel: o.accuracyLevel,
+        batchInvariant: o.batchInvariant,
         python: findPython(o.python),
         cacheDir: resolve(o.cacheDir),
         note: o.note,

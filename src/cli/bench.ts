@@ -16,8 +16,9 @@ import { formatTable, writeJson } from '../bench/report.ts';
 import { memberSource } from '../models/family.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber, parseDraftingFlag, parseVerificationFlag } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseDraftingFlag, parseVerificationFlag } from './options.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
+import type { BatchInvariance } from '../models/session.ts';
 
 interface CostOptions {
   models: string;
@@ -32,30 +33,34 @@ interface CostOptions {
   executionProviders?: string[];
   /** Where the KV lives, one measurement per entry (host vs device side by side). */
   kvLocation: KvLocation[];
+  /** Batch invariance, one measurement per entry (a one-token pass as one row or as two, side by side). */
+  batchInvariant: BatchInvariance[];
   /** Batch sizes of the batched passes (1 is always measured as the baseline), or false: none. */
   batch: number[] | false;
   /** New tokens per sequence in the batched verification pass (1: decode only). */
   batchVerify: number;
 }
 
-type CostRecord = ModelCosts & { executionProvider: string; kvLocation: string; batched?: BatchCost[] };
+type CostRecord = ModelCosts & { executionProvider: string; kvLocation: string; batchInvariant: boolean; batched?: BatchCost[] };
 
 async function costs(o: CostOptions): Promise<void> {
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   const names = [family.target, ...family.drafters];
   const results: CostRecord[] = [];
-  const several = o.kvLocation.length > 1 || o.executionProviders !== undefined;
+  const several = o.kvLocation.length > 1 || o.batchInvariant.length > 1 || o.executionProviders !== undefined;
   for (const name of names) {
     for (const kvLocation of o.kvLocation) {
-      process.stderr.write(`measuring ${name}${several ? ` (KV ${kvLocation})` : ''} …\n`);
-      const model = await OrtModelSession.open(memberSource(family, name), { intraOpThreads: o.threads, executionProviders: o.executionProviders, kvLocation });
-      try {
-        const measured = await measureCosts(model, o.past, o.repeats);
-        const label = several ? `${measured.model} (${model.provider}, KV ${model.kvLocation})` : measured.model;
-        const batched = o.batch ? await measureBatched(model, o.past, o.repeats, o.batch, o.batchVerify) : undefined;
-        results.push({ ...measured, model: label, executionProvider: model.provider, kvLocation: model.kvLocation, ...(batched ? { batched } : {}) });
-      } finally {
-        await model.close();
+      for (const batchInvariant of o.batchInvariant) {
+        process.stderr.write(`measuring ${name}${several ? ` (KV ${kvLocation}, batch invariance ${batchInvariant})` : ''} …\n`);
+        const model = await OrtModelSession.open(memberSource(family, name), { intraOpThreads: o.threads, executionProviders: o.executionProviders, kvLocation, batchInvariant });
+        try {
+          const measured = await measureCosts(model, o.past, o.repeats);
+          const label = several ? `${measured.model} (${model.provider}, KV ${model.kvLocation}${model.batchInvariant ? ', batch-invariant' : ''})` : measured.model;
+          const batched = o.batch ? await measureBatched(model, o.past, o.repeats, o.batch, o.batchVerify) : undefined;
+          results.push({ ...measured, model: label, executionProvider: model.provider, kvLocation: model.kvLocation, batchInvariant: model.batchInvariant, ...(batched ? { batched } : {}) });
+        } finally {
+          await model.close();
+        }
       }
     }
   }
@@ -113,6 +118,7 @@ export function registerBench(program: Command): void {
   modelOptions(costsCommand)
     .option('--execution-providers <list>', `execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <list>', `where the KV lives, comma-separated to measure each side by side: ${KV_LOCATIONS.join(', ')}`, (v: string) => v.split(',').map(parseKvLocation), ['auto'])
+    .option('--batch-invariant <list>', `whether a token's logits stay the same however many tokens its pass scores, comma-separated to measure each side by side: ${BATCH_INVARIANT_HELP}`, (v: string) => v.split(',').map(parseBatchInvariant), ['auto'])
     .option('--out <dir>', 'directory for the JSON record', 'results')
     .option('--repeats <n>', 'repeats per measurement (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 5)
     .option('--past <n>', 'tokens already in the cache when decoding and scoring', parseNumber('--past', { min: 1, integer: true }), 256)
@@ -137,6 +143,7 @@ export function registerBench(program: Command): void {
     .option('--execution-providers <list>', `the target's execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu), or auto: where its verify pass measures cheapest (webgpu, cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--draft-execution-providers <list>', 'every drafter\'s execution providers, or auto: where its decode pass measures cheapest (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
     .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when it runs on a GPU EP; drafters are always auto)`, parseKvLocation, 'auto')
+    .option('--batch-invariant <mode>', `whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed)`, parseBatchInvariant, 'auto')
     .option('--drafting <list>', 'drafting modes compared, comma-separated: serial, async (with both, each drafting method but MaG alone runs under each, named method/mode)', parseDraftings, [DEFAULT_DRAFTING])
     .option('--verification <list>', 'verification rules to compare, comma-separated: invariant, rejection (with both, each drafting method runs under each, named method/rule)', parseVerifications, [DEFAULT_VERIFICATION])
     .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle): adds eagle, eagle+mag and csd+eagle; the target needs the hidden_states output (tools/train/add_hidden_output.py)')
@@ -159,6 +166,7 @@ export function registerBench(program: Command): void {
         executionProviders: o.executionProviders,
         draftExecutionProviders: o.draftExecutionProviders,
         kvLocation: o.kvLocation,
+        batchInvariant: o.batchInvariant,
         eagleModel: o.eagleModel,
         methods: o.methods,
         out: o.out,

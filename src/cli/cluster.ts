@@ -11,10 +11,11 @@ import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { isClusterUrl, parseRedis, withRedisCredentials } from '../cluster/redis-connection.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
+import type { BatchInvariance } from '../models/session.ts';
 import { parseSelfDraft, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
 import { cliCommand } from './entry.ts';
 
@@ -83,6 +84,7 @@ interface ActorFlags {
   threads: number;
   executionProviders?: string[];
   kvLocation: KvLocation;
+  batchInvariant: BatchInvariance;
   kvPolicy: string;
   kvBudget?: number;
   kvSinks: number;
@@ -170,6 +172,8 @@ interface UpOptions {
   verification: Verification;
   drafting: Drafting;
   colocate?: boolean;
+  /** The verifier's batch invariance (`actor verify --batch-invariant`; with --colocate, each coordinator's); unset: its default, auto. */
+  batchInvariant?: BatchInvariance;
 }
 
 /** The files `cluster up` writes in its state directory besides the role logs. */
@@ -225,13 +229,14 @@ async function clusterUp(o: UpOptions): Promise<void> {
     // coordinators and the gateway name the same models the actors host
     const named = [...common, ...target, ...(o.draftModel ?? []).flatMap((d) => ['--draft-model', d])];
     // --colocate: each coordinator hosts its own verifier (cascade coordinator --verifier) instead of a verify actor process
-    const waits = o.colocate ? [] : [(await started('verify-0', ['actor', 'verify', ...common, ...target, '--threads', String(o.threads)], env('actor'))).wait()];
+    const invariance = o.batchInvariant !== undefined ? ['--batch-invariant', o.batchInvariant] : [];
+    const waits = o.colocate ? [] : [(await started('verify-0', ['actor', 'verify', ...common, ...target, '--threads', String(o.threads), ...invariance], env('actor'))).wait()];
     for (const d of family.drafters) {
       // a family member by name; an export by its folder (served under the folder's name, which is d)
       const model = isFamilyMember(o.models, d) ? d : (family.locations?.get(d) as { dir: string }).dir;
       for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', model, ...common], env('actor'))).wait());
     }
-    const verifier = o.colocate ? ['--verifier', '--threads', String(o.threads)] : [];
+    const verifier = o.colocate ? ['--verifier', '--threads', String(o.threads), ...invariance] : [];
     for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...named, ...verifier], env('coordinator', true))).wait());
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
@@ -308,6 +313,7 @@ export function registerCluster(program: Command): void {
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--execution-providers <list>', `the model's execution providers in order, e.g. webgpu,cpu (${EXECUTION_PROVIDERS.join(', ')}; falls back to the CPU with a warning), or auto: where its pass measures cheapest (webgpu, cpu; verify pass for the target, decode pass for a drafter)`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <where>', `where the sessions' KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when the model runs on a GPU EP)`, parseKvLocation, 'auto')
+    .option('--batch-invariant <mode>', `whether a token's logits stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; a verify actor's keeps speculation over a quantized target exact (default: auto for verify, off for draft, whose drafts are reviewed)`, parseBatchInvariant)
     .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
     .option('--max-batch <n>', 'most sessions whose forwards run as one batched pass (1 = no batching)', parseNumber('--max-batch', { min: 1, integer: true }), DEFAULT_BATCHING.maxBatch)
     .option('--batch-window-ms <ms>', 'longest a forward waits for other active sessions to join its pass', parseNumber('--batch-window-ms', { min: 0 }), DEFAULT_BATCHING.windowMs)
@@ -338,10 +344,11 @@ export function registerCluster(program: Command): void {
     .option('--threads <n>', 'with --verifier: its ONNX Runtime intra-op threads (default 1)', parseNumber('--threads', { min: 1, integer: true }))
     .option('--execution-providers <list>', `with --verifier: its execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto), as cascade actor takes them`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <where>', `with --verifier: where its KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads?: number; executionProviders?: string[]; kvLocation?: KvLocation }) => {
-      const stray = (['threads', 'executionProviders', 'kvLocation'] as const).filter((k) => o[k] !== undefined);
+    .option('--batch-invariant <mode>', `with --verifier: whether a token's logits stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads?: number; executionProviders?: string[]; kvLocation?: KvLocation; batchInvariant?: BatchInvariance }) => {
+      const stray = (['threads', 'executionProviders', 'kvLocation', 'batchInvariant'] as const).filter((k) => o[k] !== undefined);
       if (!o.verifier && stray.length) throw new InvalidArgumentError(`${stray.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} set${stray.length === 1 ? 's' : ''} up the verifier that --verifier hosts: add --verifier, or leave ${stray.length === 1 ? 'it' : 'them'} out`);
-      const verifier = o.verifier ? { threads: o.threads ?? 1, executionProviders: o.executionProviders, kvLocation: o.kvLocation ?? 'auto' } : undefined;
+      const verifier = o.verifier ? { threads: o.threads ?? 1, executionProviders: o.executionProviders, kvLocation: o.kvLocation ?? 'auto', batchInvariant: o.batchInvariant ?? 'auto' } : undefined;
       await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), healthPort: healthPort(o.healthPort), verifier }));
     });
 
@@ -368,16 +375,17 @@ export function registerCluster(program: Command): void {
     .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--kv-location <where>', `with --embedded: where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
+    .option('--batch-invariant <mode>', `with --embedded: whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed) (default auto)`, parseBatchInvariant)
     .option('--self-draft <width>', `with --embedded: ${SELF_DRAFT_HELP}`, parseSelfDraft)
     .option('--self-draft-cache <dir>', 'with --embedded: where --self-draft keeps the quantized copies', '.cache/self-draft')
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; selfDraft?: SelfDraft; selfDraftCache: string }) => {
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache: string }) => {
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');
         await runUntilSignalled(() => startEmbeddedGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
         return;
       }
-      if (o.threads !== undefined || o.executionProviders !== undefined || o.draftExecutionProviders !== undefined || o.kvLocation !== undefined) {
-        throw new InvalidArgumentError('--threads, --execution-providers and --kv-location are for --embedded: a cluster\'s models run on its actors (cascade actor --threads, --execution-providers, --kv-location)');
+      if (o.threads !== undefined || o.executionProviders !== undefined || o.draftExecutionProviders !== undefined || o.kvLocation !== undefined || o.batchInvariant !== undefined) {
+        throw new InvalidArgumentError('--threads, --execution-providers, --kv-location and --batch-invariant are for --embedded: a cluster\'s models run on its actors (cascade actor --threads, --execution-providers, --kv-location, --batch-invariant)');
       }
       if (o.selfDraft !== undefined) {
         throw new InvalidArgumentError('--self-draft is for --embedded: in a cluster, make the copy with cascade quantize --quantize-head, run a draft actor on it and list it first with --draft-model (docs/quantization.md)');
@@ -422,6 +430,7 @@ export function registerCluster(program: Command): void {
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
     .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--colocate', 'each coordinator hosts its own verify actor (cascade coordinator --verifier) instead of one verify actor process: verification without a network round trip')
+    .option('--batch-invariant <mode>', `the verifier's (cascade actor verify --batch-invariant; with --colocate, each coordinator's): ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .action((o: UpOptions) => clusterUp(o));

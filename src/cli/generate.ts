@@ -21,10 +21,11 @@ import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
 import { speculationCaveat } from '../models/config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKMatrix, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKMatrix, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
 import { DEFAULT_DRAFTING, DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
+import { BATCH_INVARIANCE, type BatchInvariance } from '../models/session.ts';
 import { describeTrial, draftProvidersBeside } from '../models/placement.ts';
 import { writeOut } from './stdout.ts';
 
@@ -77,6 +78,8 @@ interface GenerateOptions {
   /** Per model: MODEL=EPS entries, which win over the two lists above. */
   placement?: string[];
   kvLocation: KvLocation;
+  /** The target's batch invariance (SessionOptions.batchInvariant); drafters never pad (off: their drafts are reviewed). */
+  batchInvariant: BatchInvariance;
   json?: boolean;
   kvPolicy: KvPolicyName;
   kvBudget?: number;
@@ -125,6 +128,7 @@ const ConfigFile = z.strictObject({
   draftExecutionProviders: z.union([z.tuple([z.literal('auto')]), z.array(z.enum(EXECUTION_PROVIDERS)).min(1)]).optional(),
   placement: z.array(z.string()).optional(),
   kvLocation: z.enum(KV_LOCATIONS).optional(),
+  batchInvariant: z.enum(BATCH_INVARIANCE as [BatchInvariance, ...BatchInvariance[]]).optional(),
   kvPolicy: z.enum(RUNNABLE_KV_POLICIES as [KvPolicyName, ...KvPolicyName[]]).optional(),
   kvBudget: z.number().int().positive().optional(),
   kvSinks: z.number().int().nonnegative().optional(),
@@ -201,8 +205,9 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     (name) => ({
       intraOpThreads: o.threads,
       executionProviders: placed(name),
-      // --kv-location is the target's; a drafter's KV goes where its EP computes (auto)
+      // --kv-location and --batch-invariant are the target's; a drafter's KV goes where its EP computes (auto)
       kvLocation: name === family.target ? o.kvLocation : 'auto',
+      batchInvariant: name === family.target ? o.batchInvariant : 'off',
     }),
     (name, t) => process.stderr.write(`${describeTrial(name, t)}\n`),
   );
@@ -229,7 +234,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     if (o.selfDraft) {
       if (o.kvPlacement === 'self-draft' && kv) throw new InvalidArgumentError('--self-draft and --kv-placement self-draft both add a self-draft level: choose one');
       const { dir } = await selfDraftCopy(family, o.selfDraft, o.selfDraftCache, (m) => process.stderr.write(`${m}\n`));
-      selfDraft = await OrtModelSession.open(dir, { intraOpThreads: o.threads, executionProviders: placed(family.target) });
+      selfDraft = await OrtModelSession.open(dir, { intraOpThreads: o.threads, executionProviders: placed(family.target), batchInvariant: 'off' });
       checkSharedVocabulary(target.spec, [selfDraft.spec]);
       drafters.unshift({ kind: 'model', session: selfDraft });
       plan = { ...plan, drafters: [selfDraft.spec.name, ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
@@ -299,6 +304,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const s = result.stats;
     // where auto put the target's KV (host, host-buffer, device): the runner's choice, not the flag
     const kvWhere = 'kvLocation' in target && typeof target.kvLocation === 'string' ? target.kvLocation : undefined;
+    const where = [...(kvWhere ? [`KV ${kvWhere}`] : []), ...(target.batchInvariant ? ['batch-invariant'] : [])].join(', ');
     if (o.json) {
       const acceptanceByPosition = s.draftedByPosition.map((d, i) => s.acceptedByPosition[i]! / d);
       const out = {
@@ -309,6 +315,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         cascade: { mode: o.mode, ...plan, verification: o.verification, drafting: o.drafting },
         stats: { ...s, acceptanceByPosition },
         ...(kvWhere ? { kvLocation: kvWhere } : {}),
+        ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
         ...(sessions.placements.size ? { placement: Object.fromEntries(sessions.placements) } : {}),
       };
       writeOut(JSON.stringify(out) + '\n');
@@ -320,7 +327,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}` : '';
       const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}`;
       process.stderr.write(
-        `[${o.mode}: ${target.spec.name}${kvWhere ? ` (KV ${kvWhere})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
+        `[${o.mode}: ${target.spec.name}${where ? ` (${where})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
           `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target calls, ` +
           `${s.meanAcceptanceLength.toFixed(2)} tokens per call${drafting}, finish: ${result.finishReason})\n`,
       );
@@ -422,7 +429,7 @@ export function registerGenerate(program: Command): void {
     .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, selfDraft, selfDraftCache, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, selfDraft, selfDraftCache, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))
@@ -444,6 +451,7 @@ export function registerGenerate(program: Command): void {
     .option('--draft-execution-providers <list>', 'every drafter\'s execution providers, or auto: where its decode pass measures cheapest (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
     .option('--placement <model=eps>', 'one model\'s execution providers (a list or auto), repeatable; wins over the two flags above, e.g. --placement draft-l2=webgpu --placement draft-l1=cpu', collect)
     .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when it runs on a GPU EP; drafters are always auto)`, parseKvLocation, 'auto')
+    .option('--batch-invariant <mode>', `whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed)`, parseBatchInvariant, 'auto')
     .option('--json', 'print one JSON object {text, tokenIds, finishReason, model, cascade, stats} instead of streaming')
     .action((positional: string[], _opts: GenerateOptions, cmd: Command) => run(positional, cmd.opts<GenerateOptions>(), cmd));
 }

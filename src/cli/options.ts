@@ -3,6 +3,7 @@ import { checkKBound, type KSchedule } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
+import { BATCH_INVARIANCE, type BatchInvariance } from '../models/session.ts';
 
 /** Commander argument parsers that reject bad values with a message naming the flag. */
 export const parseNumber = (flag: string, { min, integer = false }: { min?: number; integer?: boolean } = {}) =>
@@ -50,6 +51,16 @@ export const KV_LOCATIONS = ['auto', 'host', 'host-buffer', 'device'] as const;
 export const parseKvLocation = (raw: string): (typeof KV_LOCATIONS)[number] => {
   if (!(KV_LOCATIONS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--kv-location must be one of ${KV_LOCATIONS.join(', ')}, got "${raw}"`);
   return raw as (typeof KV_LOCATIONS)[number];
+};
+
+/**
+ * --batch-invariant: whether one-token passes run as two rows, so a token's logits do not depend on
+ * how many tokens its pass scores (SessionOptions.batchInvariant, src/models/session.ts).
+ */
+export const BATCH_INVARIANT_HELP = `${BATCH_INVARIANCE.join(' | ')} (on: one-token passes run as two rows, so ONNX Runtime never takes its one-row kernels; auto: on for a MatMulNBits graph at accuracy_level 2-4 on the CPU EP, where the two kernels differ by up to 1e-1, off elsewhere)`;
+export const parseBatchInvariant = (raw: string): BatchInvariance => {
+  if (!(BATCH_INVARIANCE as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--batch-invariant must be one of ${BATCH_INVARIANCE.join(', ')}, got "${raw}"`);
+  return raw as BatchInvariance;
 };
 
 /** --logit-bias: a JSON object of token id to bias in [-100, 100], as OpenAI's logit_bias. */

@@ -4,9 +4,10 @@ import type { Command } from 'commander';
 import { z } from 'zod';
 import { openEmbeddedGateway } from '../cluster/roles.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { EXECUTION_PROVIDERS, KV_LOCATIONS, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
 import { parseSelfDraft, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
+import type { BatchInvariance } from '../models/session.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 
@@ -103,6 +104,7 @@ interface RunBatchOptions {
   verification: Verification;
   drafting: Drafting;
   kvLocation?: KvLocation;
+  batchInvariant?: BatchInvariance;
   selfDraft?: SelfDraft;
   selfDraftCache: string;
 }
@@ -183,6 +185,7 @@ export function registerRunBatch(program: Command): void {
     .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
+    .option('--batch-invariant <mode>', `whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed) (default auto)`, parseBatchInvariant)
     .option('--self-draft <width>', SELF_DRAFT_HELP, parseSelfDraft)
     .option('--self-draft-cache <dir>', 'where --self-draft keeps the quantized copies', '.cache/self-draft')
     .action((o: RunBatchOptions) => runBatch(o));

@@ -12,7 +12,7 @@ import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
 import { loadModelSpec, speculationCaveat, type ModelSpec } from '../models/config.ts';
 import { checkFeatureDrafter } from '../engine/eagle-level.ts';
-import type { SessionOptions } from '../models/session.ts';
+import type { BatchInvariance, SessionOptions } from '../models/session.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { describeTrial, draftProvidersBeside, isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
@@ -58,6 +58,8 @@ export interface ActorRoleOptions {
   readonly executionProviders?: readonly string[];
   /** Where the sessions' KV lives (kv-placement.ts; auto: on the device of a GPU EP). */
   readonly kvLocation?: KvLocation;
+  /** Whether one-token passes run as two rows (SessionOptions.batchInvariant; default auto for a verify actor, off for a draft actor): a verify actor's keeps speculation over a quantized target exact. */
+  readonly batchInvariant?: BatchInvariance;
   /** A bounded KV cache for every session (draft actors only: on the target it would be lossy). */
   readonly kv?: { readonly policy: KvPolicyName; readonly budget: number; readonly sinks: number; readonly recent: number; readonly rebuild?: number; readonly releaseBatch?: number; readonly prefillChunk?: number };
   /** Redis for released KV (with a bounded cache that rebuilds): one URL, or a Redis Cluster's `redis+cluster://` seeds; in memory without. */
@@ -114,7 +116,8 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   const hosted = o.transport !== undefined;
   if (!hosted) setupTracing(`cascade-actor-${name}`);
   const source = exported ? memberSource(family, name) : { dir: memberDir(family, name), ...(o.modelFile !== undefined ? { modelFile: o.modelFile } : {}), ...(o.tokenizer !== undefined ? { tokenizer: o.tokenizer } : {}) };
-  const options = { intraOpThreads: o.threads ?? 1, kvLocation: o.kvLocation };
+  // a draft actor's drafts are reviewed, so it never pads its passes unless asked
+  const options = { intraOpThreads: o.threads ?? 1, kvLocation: o.kvLocation, batchInvariant: o.batchInvariant ?? (isTarget ? 'auto' : 'off') };
   // auto: the actor measures its model's pass (verify for the target, decode for a drafter) on each placement and keeps the cheapest
   const model = isAuto(o.executionProviders)
     ? (await placeByCost((executionProviders) => OrtModelSession.open(source, { ...options, executionProviders, cpuFallback: false }, () => undefined), isTarget ? 'target' : 'draft', undefined, (t) =>
@@ -138,14 +141,14 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   }
   const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget, featureDrafter }).start();
   if (!hosted) await (transport as NatsTransport).flush();
-  const status = () => ({ model: actor.model, instance: actor.instance, provider: session.provider, kvLocation: model.kvLocation, sessions: actor.activeSessions, load: session.load(), batching: session.counters });
+  const status = () => ({ model: actor.model, instance: actor.instance, provider: session.provider, kvLocation: model.kvLocation, batchInvariant: model.batchInvariant, sessions: actor.activeSessions, load: session.load(), batching: session.counters });
   const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
     await within(1500, 'NATS', (transport as NatsTransport).flush());
     return status();
   });
   return {
     status,
-    describe: `${o.kind} actor ${actor.model}/${actor.instance}${featureDrafter ? ` with feature drafter ${featureDrafter.spec.name}` : ''} (${session.provider}, KV ${model.kvLocation === 'host-buffer' ? 'in a host buffer' : `on the ${model.kvLocation}`}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
+    describe: `${o.kind} actor ${actor.model}/${actor.instance}${featureDrafter ? ` with feature drafter ${featureDrafter.spec.name}` : ''} (${session.provider}, KV ${model.kvLocation === 'host-buffer' ? 'in a host buffer' : `on the ${model.kvLocation}`}${model.batchInvariant ? ', batch-invariant' : ''}${kv ? `, KV ${kv.policy} ${kv.budget.budget}${shards ? ' spilling to Redis' : ''}` : ''})${health ? `, health on ${health.url}` : ''}`,
     stop: async () => {
       await health?.close();
       await actor.stop();
@@ -202,7 +205,7 @@ export interface CoordinatorRoleOptions extends ModelFlags {
    * drives verify there without a network round trip; the drafters stay remote. Its ONNX Runtime
    * settings as an actor's.
    */
-  readonly verifier?: Pick<ActorRoleOptions, 'threads' | 'executionProviders' | 'kvLocation' | 'batching'>;
+  readonly verifier?: Pick<ActorRoleOptions, 'threads' | 'executionProviders' | 'kvLocation' | 'batchInvariant' | 'batching'>;
 }
 
 /** `cascade coordinator`: a BullMQ worker driving requests across actors (and, with `verifier`, verifying them itself). */
@@ -296,6 +299,8 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
   readonly draftExecutionProviders?: readonly string[];
   /** Where the target's KV cache lives between passes (`--kv-location`; drafters are always auto). */
   readonly kvLocation?: KvLocation;
+  /** The target's batch invariance (`--batch-invariant`, SessionOptions.batchInvariant; drafters: off). */
+  readonly batchInvariant?: BatchInvariance;
   /** The target's own quantized copy as the first drafter (`--self-draft`, made once into selfDraftCache). */
   readonly selfDraft?: SelfDraft;
   readonly selfDraftCache?: string;
@@ -314,7 +319,7 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
   const target = family.target;
   const targetEps = o.executionProviders ?? ['cpu'];
   const draftEps = o.draftExecutionProviders ?? draftProvidersBeside(targetEps);
-  const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps, kvLocation: name === target ? (o.kvLocation ?? 'auto') : 'auto' }), (name, t) =>
+  const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps, kvLocation: name === target ? (o.kvLocation ?? 'auto') : 'auto', batchInvariant: name === target ? (o.batchInvariant ?? 'auto') : 'off' }), (name, t) =>
     process.stderr.write(`${describeTrial(name, t)}\n`),
   );
   try {
