@@ -341,15 +341,18 @@ maybe('batch invariance - an 8-bit target at accuracy level 4 (the default) keep
   }
 });
 
-maybe('quantize - sampling: rejection-sampled sd over a 4-bit target (accuracy level 0) draws each of 3 positions, bonus and corrections included, from that target given the tokens before it (chi-square)', async (t) => {
+maybe('quantize - sampling: rejection-sampled sd over a 4-bit target at accuracy level 0 and over an 8-bit one at level 4 (batch-invariant) draws each of 3 positions, bonus and corrections included, from that target given the tokens before it (chi-square)', async (t) => {
   const level0 = join(tmp, 'draft-l2-int4-l0');
   if (!existsSync(level0)) await cascade('quantize', '--model', dirOf('draft-l2'), '--out', level0, '--bits', '4', '--accuracy-level', '0');
-  const [target, drafter] = [await OrtModelSession.open(level0), await OrtModelSession.open(dirOf('draft-l1'))];
-  sessions.push(target, drafter);
-  // the oracle is target-only: the quantized target's own distribution at each sampled context
-  const fits = await sdPositionFits(target, drafter, target, PROMPT.slice(0, 6), { temperature: 0.6, topK: 0, topP: 1 });
-  t.log(describeFits(fits));
-  t.deepEqual(misfits(fits, 0.8), [], describeFits(fits));
+  const drafter = await OrtModelSession.open(dirOf('draft-l1'));
+  sessions.push(drafter);
+  for (const [name, target] of [['int4, level 0', await OrtModelSession.open(level0)], ['int8, level 4', q[8]]] as const) {
+    if (target !== q[8]) sessions.push(target);
+    // the oracle is target-only: the quantized target's own distribution at each sampled context
+    const fits = await sdPositionFits(target, drafter, target, PROMPT.slice(0, 6), { temperature: 0.6, topK: 0, topP: 1 });
+    t.log(`${name}: ${describeFits(fits)}`);
+    t.deepEqual(misfits(fits, 0.8), [], `${name}: ${describeFits(fits)}`);
+  }
 });
 
 function argmax(row: Float32Array): number {
