@@ -16,8 +16,9 @@ import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
 import { dirOf, MODELS_DIR } from './helpers/family.ts';
 
 /**
- * A quantized target in the cluster (issue 26): draft-l2's `cascade quantize --bits 4
- * --accuracy-level 0` copy verified by a verify actor, with two draft actors below it: the same
+ * A quantized target in the cluster (issue 26): draft-l2's `cascade quantize --bits 8` copy
+ * (accuracy level 4, int8 compute, which the verify actor runs batch-invariant by default:
+ * SessionOptions.batchInvariant) verified by a verify actor, with two draft actors below it: the same
  * model's 4-bit copy at accuracy level 4 (a quantized copy of the model drafting for it, as
  * `--self-draft` does embedded) and draft-l1; MaG in the coordinator. Real nats-server,
  * redis-server and role processes, driven with the official openai client. The oracle is target-only
@@ -37,7 +38,7 @@ const maybe = python ? test.serial : test.skip;
 const API_KEY = 'quantized-cluster-key';
 const scratch = mkdtempSync(join(tmpdir(), 'cascade-quantized-cluster-'));
 /** Folder names are model names in the cluster: the target, and its copy drafting. */
-const TARGET = join(scratch, 'l2-int4');
+const TARGET = join(scratch, 'l2-int8');
 const COPY = join(scratch, 'l2-int4-draft');
 const PROMPT = 'def fibonacci(n):\n    """Return the n-th Fibonacci number."""\n';
 
@@ -51,7 +52,7 @@ let tokenizer: TextTokenizer;
 test.before(async () => {
   if (!python) return;
   await Promise.all([
-    cascade('quantize', '--model', dirOf('draft-l2'), '--out', TARGET, '--bits', '4', '--accuracy-level', '0'),
+    cascade('quantize', '--model', dirOf('draft-l2'), '--out', TARGET, '--bits', '8'),
     cascade('quantize', '--model', dirOf('draft-l2'), '--out', COPY, '--bits', '4', '--quantize-head'),
   ]);
   [nats, redis] = await Promise.all([startNats(), startRedis()]);
@@ -85,11 +86,15 @@ async function targetOnly(maxTokens: number, sampling: SamplingParams, seed: num
 
 type Usage = OpenAI.CompletionUsage & { cascade?: { drafted_tokens: number; accepted_tokens: number } };
 
-maybe('quantized cluster - a 4-bit target (accuracy level 0) with its own 4-bit copy and draft-l1 drafting: greedy csd and seeded sampled requests give target-only decoding\'s text', async (t) => {
-  const greedy = await client.completions.create({ model: 'l2-int4', prompt: PROMPT, max_tokens: 32, temperature: 0, cascade: { mode: 'csd', k_matrix: [[3, 5, 6], [0, 2, 4], [0, 0, 2]] } } as never);
+maybe('quantized cluster - an 8-bit target (accuracy level 4, batch-invariant) with a 4-bit copy of the same model and draft-l1 drafting: greedy csd and seeded sampled requests give target-only decoding\'s text', async (t) => {
+  const greedy = await client.completions.create({ model: 'l2-int8', prompt: PROMPT, max_tokens: 32, temperature: 0, cascade: { mode: 'csd', k_matrix: [[3, 5, 6], [0, 2, 4], [0, 0, 2]] } } as never);
   t.is((greedy as OpenAI.Completions.Completion).choices[0]!.text, await targetOnly(32, GREEDY, 0));
   const usage = (greedy as OpenAI.Completions.Completion).usage as Usage;
   t.true(usage.cascade!.accepted_tokens > 0, 'drafts were accepted');
-  const sampled = await client.completions.create({ model: 'l2-int4', prompt: PROMPT, max_tokens: 24, temperature: 1, top_k: 50, seed: 31, cascade: { mode: 'csd' } } as never);
+  // the verify actor resolved auto to on for its level-4 graph; the draft actors run theirs as they are
+  const ready = roles.map((r) => r.output()).join('');
+  t.regex(ready, /verify actor l2-int8\/verify-\d \(cpu, KV on the host, batch-invariant\)/);
+  t.regex(ready, /draft actor l2-int4-draft\/draft-\d \(cpu, KV on the host\)/);
+  const sampled = await client.completions.create({ model: 'l2-int8', prompt: PROMPT, max_tokens: 24, temperature: 1, top_k: 50, seed: 31, cascade: { mode: 'csd' } } as never);
   t.is((sampled as OpenAI.Completions.Completion).choices[0]!.text, await targetOnly(24, { temperature: 1, topK: 50, topP: 1 }, 31));
 });
