@@ -66,3 +66,22 @@ test.serial('cli - a cluster up that fails late stops what it started and leaves
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test.serial('cli - cluster up --colocate hands --kv-location to each coordinator\'s verifier (the unfused target refuses host-buffer, naming it); a bad --execution-providers is refused before anything starts', async (t) => {
+  const { dir, models } = uniqueModels();
+  const state = join(dir, 'state');
+  try {
+    const err = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--colocate', '--execution-providers', 'cpu', '--kv-location', 'host-buffer'));
+    const { code, stderr } = err as unknown as { code: number; stderr: string };
+    t.is(code, 1);
+    t.regex(stderr, /coordinator-0 exited during start-up; its log ended:[^]*--kv-location host-buffer needs a graph/);
+    t.false(existsSync(state));
+    t.deepEqual(await processesNaming(dir), [], 'no process left running');
+    const bad = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--execution-providers', 'gpu'));
+    t.is((bad as unknown as { code: number }).code, 2);
+    t.regex((bad as unknown as { stderr: string }).stderr, /--execution-providers takes auto or a comma-separated list/);
+    t.false(existsSync(state), 'nothing started');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -77,7 +77,9 @@ maybe('quantize - the graph holds MatMulNBits for every projection, config.json 
   const refused = await fails(['quantize', '--model', dirOf('draft-l2'), '--out', out[8], '--bits', '8']);
   t.is(refused.code, 2);
   t.regex(refused.stderr, /--out .* exists/);
-  t.is((await fails(['quantize', '--model', dirOf('draft-l2'), '--out', join(tmp, 'x'), '--bits', '6'])).code, 2);
+  const bits = await fails(['quantize', '--model', dirOf('draft-l2'), '--out', join(tmp, 'x'), '--bits', '3']);
+  t.is(bits.code, 2);
+  t.regex(bits.stderr, /--bits must be 8 or 4, got 3/);
 });
 
 maybe('quantize - logits stay near f32 on the reference input (int8 within 0.3, int4 within 3)', async (t) => {
@@ -226,6 +228,19 @@ maybe('generate --self-draft int4 - the target\'s own 4-bit copy, made once into
   t.notRegex(again.stderr, /quantizing/, 'the cached copy is reused');
   t.deepEqual(JSON.parse(again.stdout).tokenIds, JSON.parse(sampledAr.stdout).tokenIds);
   t.regex((await fails(['generate', '--self-draft', 'int3', 'x'])).stderr, /--self-draft must be one of int4, int8/);
+});
+
+maybe('generate --self-draft int4 with an empty drafters list - the copy is the only drafter: greedy output equals target-only', async (t) => {
+  // the copy made by the test above is reused (the same cache)
+  const cache = join(tmp, 'self-draft');
+  const config = join(tmp, 'no-drafters.json');
+  writeFileSync(config, JSON.stringify({ drafters: [] }));
+  const args = ['generate', '--json', '--max-tokens', '24', 'def fibonacci(n):'];
+  const [ar, copy] = await Promise.all([cascade(...args, '--mode', 'ar'), cascade(...args, '--config', config, '--self-draft', 'int4', '--self-draft-cache', cache, '--k-matrix', '[[4]]')]);
+  const got = JSON.parse(copy.stdout);
+  t.deepEqual(got.tokenIds, JSON.parse(ar.stdout).tokenIds);
+  t.deepEqual(got.cascade.drafters, ['target-int4']);
+  t.true(got.stats.models['target-int4'].proposals > 0, 'the 4-bit copy drafted');
 });
 
 maybe('serve --embedded --self-draft int4 - requests may name the copy (target-int4) as a drafter; through the openai client, sd with it, serial and async, gives target-only greedy text, and seeded sampled text under async drafting', async (t) => {

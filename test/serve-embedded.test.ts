@@ -63,16 +63,16 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     const r = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 2, temperature: 0, cascade }) });
     return { status: r.status, error: ((await r.json()) as { error?: { message: string; param: string } }).error };
   };
-  const refusals: [object, RegExp][] = [
-    [{ drafters: ['mag', family.eagle] }, /a feature drafter \(EAGLE\) can only be the first drafter/],
-    [{ drafters: [family.drafters[1], family.drafters[1]] }, new RegExp(`drafter "${family.drafters[1]}" is named twice`)],
-    [{ drafters: [] }, /the drafters list is empty: for target-only decoding use mode ar/],
+  const refusals: [object, RegExp, string][] = [
+    [{ drafters: ['mag', family.eagle] }, /a feature drafter \(EAGLE\) can only be the first drafter/, 'cascade'],
+    [{ drafters: [family.drafters[1], family.drafters[1]] }, new RegExp(`drafter "${family.drafters[1]}" is named twice`), 'cascade.drafters'],
+    [{ drafters: [] }, /the drafters list is empty: for target-only decoding use mode ar/, 'cascade.drafters'],
   ];
-  for (const [cascade, reason] of refusals) {
+  for (const [cascade, reason, param] of refusals) {
     const r = await post(cascade);
     t.is(r.status, 400, JSON.stringify(cascade));
     t.regex(r.error?.message ?? '', reason);
-    t.is(r.error?.param, 'cascade');
+    t.is(r.error?.param, param);
   }
   t.is((await post({ mode: 'ar', drafters: [] })).status, 200, 'an empty list with mode ar is that mode\'s own cascade');
   const health = (await (await fetch(`${gateway.url}/health`)).json()) as { engine: string; inFlight: number };

@@ -17,7 +17,7 @@ import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import type { BatchInvariance } from '../models/session.ts';
 import { parseSelfDraft, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
-import { cliCommand } from './entry.ts';
+import { cliCommand } from '../checkout.ts';
 
 /**
  * A server URL with the credentials from `CASCADE_<NAME>_USER` / `CASCADE_<NAME>_PASSWORD` when it
@@ -172,6 +172,10 @@ interface UpOptions {
   verification: Verification;
   drafting: Drafting;
   colocate?: boolean;
+  /** The verifier's execution providers (`actor verify --execution-providers`; with --colocate, each coordinator's); unset: its default, cpu. */
+  executionProviders?: string[];
+  /** Where the verifier's KV caches live (`actor verify --kv-location`; with --colocate, each coordinator's); unset: its default, auto. */
+  kvLocation?: KvLocation;
   /** The verifier's batch invariance (`actor verify --batch-invariant`; with --colocate, each coordinator's); unset: its default, auto. */
   batchInvariant?: BatchInvariance;
 }
@@ -229,14 +233,18 @@ async function clusterUp(o: UpOptions): Promise<void> {
     // coordinators and the gateway name the same models the actors host
     const named = [...common, ...target, ...(o.draftModel ?? []).flatMap((d) => ['--draft-model', d])];
     // --colocate: each coordinator hosts its own verifier (cascade coordinator --verifier) instead of a verify actor process
-    const invariance = o.batchInvariant !== undefined ? ['--batch-invariant', o.batchInvariant] : [];
-    const waits = o.colocate ? [] : [(await started('verify-0', ['actor', 'verify', ...common, ...target, '--threads', String(o.threads), ...invariance], env('actor'))).wait()];
+    const verifierFlags = [
+      ...(o.executionProviders !== undefined ? ['--execution-providers', o.executionProviders.join(',')] : []),
+      ...(o.kvLocation !== undefined ? ['--kv-location', o.kvLocation] : []),
+      ...(o.batchInvariant !== undefined ? ['--batch-invariant', o.batchInvariant] : []),
+    ];
+    const waits = o.colocate ? [] : [(await started('verify-0', ['actor', 'verify', ...common, ...target, '--threads', String(o.threads), ...verifierFlags], env('actor'))).wait()];
     for (const d of family.drafters) {
       // a family member by name; an export by its folder (served under the folder's name, which is d)
       const model = isFamilyMember(o.models, d) ? d : (family.locations?.get(d) as { dir: string }).dir;
       for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', model, ...common], env('actor'))).wait());
     }
-    const verifier = o.colocate ? ['--verifier', '--threads', String(o.threads), ...invariance] : [];
+    const verifier = o.colocate ? ['--verifier', '--threads', String(o.threads), ...verifierFlags] : [];
     for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...named, ...verifier], env('coordinator', true))).wait());
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
@@ -430,6 +438,8 @@ export function registerCluster(program: Command): void {
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
     .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--colocate', 'each coordinator hosts its own verify actor (cascade coordinator --verifier) instead of one verify actor process: verification without a network round trip')
+    .option('--execution-providers <list>', `the verifier's execution providers (cascade actor verify --execution-providers; with --colocate, each coordinator's): ${EXECUTION_PROVIDERS.join(', ')}, or auto (default cpu)`, parseExecutionProviders('--execution-providers'))
+    .option('--kv-location <where>', `where the verifier's KV caches live between passes (cascade actor verify --kv-location; with --colocate, each coordinator's): ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `the verifier's (cascade actor verify --batch-invariant; with --colocate, each coordinator's): ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)

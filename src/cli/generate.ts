@@ -197,8 +197,9 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   const o = applyConfigFile(flags, cmd);
   const text = promptText(positional, o);
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
-  // the family's feature drafter may be named among --drafters (it is in no mode's default)
-  let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience }, family.drafters, family.eagle ? [family.eagle] : []);
+  // the family's feature drafter may be named among --drafters (it is in no mode's default); a
+  // --self-draft copy goes above them, so with none named it is the only drafter
+  let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience, levelsAbove: (o.selfDraft ? 1 : 0) + (o.eagleModel ? 1 : 0) }, family.drafters, family.eagle ? [family.eagle] : []);
   const placed = placementOf(o, family);
   const sessions = new FamilySessions(
     family,

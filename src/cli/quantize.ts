@@ -195,7 +195,7 @@ export function registerQuantize(program: Command): void {
     .description("block-wise weight-only quantization into ONNX Runtime's MatMulNBits (needs Python 3 with onnx and numpy); the output is a model folder for --model or --draft-model")
     .requiredOption('--model <dir>', 'the model folder to quantize (config.json and an ONNX decoder graph)')
     .requiredOption('--out <dir>', 'a new folder for the quantized model (refused when it exists)')
-    .requiredOption('--bits <n>', 'weight bits: 8 or 4', parseNumber('--bits', { min: 4, integer: true }))
+    .requiredOption('--bits <n>', 'weight bits: 8 or 4', parseNumber('--bits', { integer: true }))
     .option('--block-size <n>', 'weights per quantization block along K: a power of 2, at least 16', parseNumber('--block-size', { min: 16, integer: true }), 32)
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 lets the CPU compute in int8, 0 keeps activations in float", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
     .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer)')

@@ -1,6 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { cliCommand } from '../cli/entry.ts';
-import { ROOT } from '../checkout.ts';
+import { cliCommand, ROOT } from '../checkout.ts';
 
 export interface RoleProcess {
   readonly child: ChildProcess;

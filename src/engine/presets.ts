@@ -70,16 +70,17 @@ export function modeDrafters(mode: Mode, familyDrafters: readonly string[]): str
  * Resolves mode, explicit drafters and K into one plan; explicit settings win over the mode's. K
  * defaults to `auto` (the adaptive schedule). `byName`: drafters a request may name that no mode
  * uses by default (a family's feature drafter). Explicit drafters name each drafter once, and at
- * least one unless the mode is `ar` (target-only decoding is that mode, not an empty list).
+ * least one unless the mode is `ar` (target-only decoding is that mode, not an empty list) or the
+ * caller adds levels above them (`levelsAbove`, e.g. a self-draft copy: then it is the only drafter).
  */
-export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kMatrix?: KSchedule; lenience?: number }, familyDrafters: readonly string[], byName: readonly string[] = []): CascadePlan {
+export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kMatrix?: KSchedule; lenience?: number; levelsAbove?: number }, familyDrafters: readonly string[], byName: readonly string[] = []): CascadePlan {
   const drafters = opts.drafters ?? modeDrafters(opts.mode, familyDrafters);
   for (const d of drafters) {
     if (d !== 'mag' && !familyDrafters.includes(d) && !byName.includes(d)) {
       throw new InvalidArgumentError(`unknown drafter "${d}": this family has ${[...familyDrafters, ...byName, 'mag'].join(', ')}`);
     }
   }
-  if (!drafters.length && opts.mode !== 'ar') throw new InvalidArgumentError(`the drafters list is empty: for target-only decoding use mode ar, else name at least one drafter (this family has ${[...familyDrafters, ...byName, 'mag'].join(', ')})`);
+  if (!drafters.length && opts.mode !== 'ar' && !opts.levelsAbove) throw new InvalidArgumentError(`the drafters list is empty: for target-only decoding use mode ar, else name at least one drafter (this family has ${[...familyDrafters, ...byName, 'mag'].join(', ')})`);
   const twice = drafters.find((d, i) => drafters.indexOf(d) !== i);
   if (twice !== undefined) throw new InvalidArgumentError(`drafter "${twice}" is named twice: each drafter is one level of the cascade, named once`);
   return { drafters, kMatrix: opts.kMatrix ?? 'auto', lenience: opts.lenience ?? 1 };

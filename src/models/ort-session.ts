@@ -1,4 +1,5 @@
 import { Worker } from 'node:worker_threads';
+import { COMPILED } from '../checkout.ts';
 import { ModelLoadError, ModelRuntimeError, SequenceError, InvalidArgumentError, CascadeError } from '../errors.ts';
 import { loadModelSpec, type ModelSpec } from './config.ts';
 import type { ModelSource } from './model-dir.ts';
@@ -18,7 +19,7 @@ const ERRORS: Record<string, new (m: string) => CascadeError> = {
 
 /** The worker module next to this file: compiled, started as it is; from the TypeScript sources, through worker-bootstrap.mjs, which loads tsx. */
 function startWorker(): Worker {
-  if (import.meta.url.endsWith('.js')) return new Worker(new URL('./ort-worker.js', import.meta.url));
+  if (COMPILED) return new Worker(new URL('./ort-worker.js', import.meta.url));
   return new Worker(new URL('./worker-bootstrap.mjs', import.meta.url), { workerData: { entry: new URL('./ort-worker.ts', import.meta.url).href } });
 }
 

@@ -1,11 +1,10 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { cliCommand } from '../../src/cli/entry.ts';
-import { ROOT } from '../../src/checkout.ts';
+import { cliCommand, ROOT } from '../../src/checkout.ts';
 
 /** The CLI's commands as child processes, for the CLI tests. */
 export const run = promisify(execFile);
-/** `process.execPath` arguments that start the CLI: compiled when `npm test` set CASCADE_CLI, else from the sources (src/cli/entry.ts). */
+/** `process.execPath` arguments that start the CLI: compiled when `npm test` set CASCADE_CLI, else from the sources (cliCommand, src/checkout.ts). */
 export const CLI = cliCommand();
 export const cascade = (...args: string[]) => run(process.execPath, [...CLI, ...args], { cwd: ROOT });
 

@@ -83,6 +83,11 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
       model.drafters,
       model.eagle ? [model.eagle] : [],
     );
+  } catch (err) {
+    // the named drafters (unknown, named twice, none outside mode ar); without them, the mode's own
+    throw new HttpError(400, (err as Error).message, 'invalid_request_error', body.cascade?.drafters ? 'cascade.drafters' : 'cascade');
+  }
+  try {
     // shape checks only: the drafters are remote, so stand-ins carry their kind
     checkKBound(plan.kMatrix, 'cascade.k_matrix'); // first: a K entry over the limit is named whatever the matrix's shape
     const kind = (d: string) => drafterKind(model, d);
