@@ -485,25 +485,50 @@ function checkFeatures(it: ForwardItem): void {
 const int64Scalar = (value: number) => new ort.Tensor('int64', BigInt64Array.of(BigInt(value)), []);
 
 /**
+ * Several sequences' forwards, in input order: one stacked pass (forwardStacked), except under batch
+ * invariance (padSingleRows), where only sequences whose pasts are equally long share a pass: a
+ * left-padded past shifts the keys, and the attention's sums then round differently (up to 1e-1 in
+ * a level-4 graph's logits once its int8 activations amplify it, unless the shift is a multiple of 4
+ * on this CPU), and a fused graph's one-token sequences run one by one (GroupQueryAttention takes no
+ * batch of two-token sequences over a past: "batch_size must be 1"). A failure then leaves every
+ * sequence as it was: those that had run are rolled back.
+ */
+async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
+  if (!feedsPositions) {
+    throw new WorkerFailure(
+      'InvalidArgumentError',
+      `${spec!.onnxPath} has no position_ids input, so a pass of several sequences (left-padded pasts) would give them wrong positions: run it one sequence per pass (--max-batch 1) or export it with position_ids`,
+    );
+  }
+  if (!padSingleRows) return forwardStacked(items, rows);
+  const lengths = items.map((it) => sequence(it.seqId).length);
+  const alone = seqlensFromMask && items.every((it) => it.inputIds.length === 1);
+  const groups = new Map<number, number[]>();
+  items.forEach((_, i) => {
+    const key = alone ? -1 - i : lengths[i]!;
+    groups.set(key, [...(groups.get(key) ?? []), i]);
+  });
+  const out: Float32Array[] = [];
+  try {
+    for (const members of groups.values()) {
+      const group = members.map((i) => items[i]!);
+      const logits = group.length === 1 ? [(await forwardPiece(group[0]!, rowCount(rows, group[0]!.inputIds.length), false)).logits] : await forwardStacked(group, rows);
+      members.forEach((i, j) => (out[i] = logits[j]!));
+    }
+  } catch (err) {
+    for (const [i, it] of items.entries()) if (sequence(it.seqId).length > lengths[i]!) await truncate(it.seqId, lengths[i]!);
+    throw err;
+  }
+  return out;
+}
+
+/**
  * Several sequences in one pass. Pasts are left-padded to the longest (padding masked out) and new
  * tokens right-padded; the causal mask is by cache index, so every real query sees exactly its own
  * past and earlier new tokens. Each sequence's presents are cut back out of the batch.
  */
-async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
+async function forwardStacked(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
   const sp = spec!;
-  if (!feedsPositions) {
-    throw new WorkerFailure(
-      'InvalidArgumentError',
-      `${sp.onnxPath} has no position_ids input, so a pass of several sequences (left-padded pasts) would give them wrong positions: run it one sequence per pass (--max-batch 1) or export it with position_ids`,
-    );
-  }
-  if (padSingleRows && seqlensFromMask && items.every((it) => it.inputIds.length === 1)) {
-    // batch invariance needs two rows per sequence, and GroupQueryAttention takes no batch of
-    // two-token sequences over a past ("batch_size must be 1"): each runs alone, padded
-    const each: Float32Array[] = [];
-    for (const it of items) each.push((await forwardPiece(it, rowCount(rows, 1), false)).logits);
-    return each;
-  }
   const seqs = items.map((it) => sequence(it.seqId));
   const b = items.length;
   const maxP = Math.max(...seqs.map((q) => q.length));
