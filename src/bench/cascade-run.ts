@@ -226,7 +226,7 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
   const requested = (name: string) => (name === family.target ? targetEps : draftEps);
   const sessions = new FamilySessions(
     family,
-    (name) => ({ intraOpThreads: o.threads, executionProviders: requested(name), kvLocation: name === family.target ? (o.kvLocation ?? 'auto') : 'auto', batchInvariant: name === family.target ? (o.batchInvariant ?? 'auto') : 'off' }),
+    (name) => ({ intraOpThreads: o.threads, executionProviders: requested(name), kvLocation: name === family.target ? (o.kvLocation ?? 'auto') : 'auto', batchInvariant: name === family.target ? (o.batchInvariant ?? 'auto') : undefined }),
     (name, t) => log(describeTrial(name, t)),
   );
   let eagle: OrtModelSession | undefined;
@@ -235,7 +235,7 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
     const placement: Record<string, ModelPlacement> = {};
     for (const s of [target, ...drafters.values()]) placement[s.spec.name] = placed(s, requested(s.spec.name), sessions.placements.get(s.spec.name)?.trials);
     log(`placement: ${describePlacement(placement)}`);
-    eagle = o.eagleModel ? await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: draftEps }) : undefined;
+    eagle = o.eagleModel ? await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: draftEps, batchInvariant: 'off' }) : undefined;
     if (eagle) placement[eagle.spec.name] = placed(eagle, draftEps, undefined);
     const ctx: BenchContext = { target, drafters, bigram, maxTokens: o.maxTokens, ...(eagle ? { eagle } : {}) };
     log('measuring cost coefficients (decode ms/token relative to the target) …');

@@ -50,7 +50,7 @@ export interface PeerBenchOptions {
   /**
    * Batch invariance of this project's timed targets (SessionOptions.batchInvariant; default auto):
    * off against on measures what running one-token passes as two rows costs. Drafters and the
-   * identity check's f32 reference are always auto.
+   * identity check's f32 reference are not: drafters run off, the reference at auto (float: off).
    */
   readonly batchInvariant?: BatchInvariance;
   /** Python with onnx and numpy, for cascade quantize and the GGUF exporter. */

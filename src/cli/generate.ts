@@ -208,7 +208,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       executionProviders: placed(name),
       // --kv-location and --batch-invariant are the target's; a drafter's KV goes where its EP computes (auto)
       kvLocation: name === family.target ? o.kvLocation : 'auto',
-      batchInvariant: name === family.target ? o.batchInvariant : 'off',
+      ...(name === family.target ? { batchInvariant: o.batchInvariant } : {}),
     }),
     (name, t) => process.stderr.write(`${describeTrial(name, t)}\n`),
   );
@@ -242,11 +242,11 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     }
     if (o.eagleModel) {
       // the feature drafter goes first, right below the target whose hidden_states it reads
-      eagle = await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: placed(family.drafters[0] ?? family.target) });
+      eagle = await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: placed(family.drafters[0] ?? family.target), batchInvariant: 'off' });
       drafters.unshift({ kind: 'eagle', session: eagle });
       plan = { ...plan, drafters: [eagle.spec.name, ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
     }
-    const caveat = drafters.length ? speculationCaveat(target.spec, target.batchInvariant ?? false) : undefined;
+    const caveat = drafters.length ? speculationCaveat(target.spec, target) : undefined;
     if (caveat) process.stderr.write(`warning: ${caveat}\n`);
     const tok = TextTokenizer.forModel(target.spec);
     const stream = tok.stream();

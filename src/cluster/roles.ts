@@ -124,7 +124,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
         process.stderr.write(`${describeTrial(name, t)}\n`),
       )).session
     : await OrtModelSession.open(source, { ...options, executionProviders: o.executionProviders, cpuFallback: true });
-  const caveat = isTarget ? speculationCaveat(model.spec, model.batchInvariant) : undefined;
+  const caveat = isTarget ? speculationCaveat(model.spec, model) : undefined;
   if (caveat) process.stderr.write(`warning: ${caveat}\n`);
   // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
   const session = new BatchingSession(model, model.positionIds ? o.batching : { ...o.batching, maxBatch: 1 });
@@ -168,7 +168,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
  * refused (embedded) or drop it (a cluster).
  */
 async function openFeatureDrafter(family: Family, target: ModelSpec, options: SessionOptions): Promise<OrtModelSession | undefined> {
-  const session = await OrtModelSession.open(memberDir(family, family.eagle!), options);
+  const session = await OrtModelSession.open(memberDir(family, family.eagle!), { ...options, batchInvariant: 'off' });
   try {
     checkFeatureDrafter(target, session.spec);
     return session;
@@ -319,14 +319,14 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
   const target = family.target;
   const targetEps = o.executionProviders ?? ['cpu'];
   const draftEps = o.draftExecutionProviders ?? draftProvidersBeside(targetEps);
-  const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps, kvLocation: name === target ? (o.kvLocation ?? 'auto') : 'auto', batchInvariant: name === target ? (o.batchInvariant ?? 'auto') : 'off' }), (name, t) =>
+  const sessions = new FamilySessions(family, (name) => ({ intraOpThreads: o.threads ?? 1, executionProviders: name === target ? targetEps : draftEps, kvLocation: name === target ? (o.kvLocation ?? 'auto') : 'auto', batchInvariant: name === target ? (o.batchInvariant ?? 'auto') : undefined }), (name, t) =>
     process.stderr.write(`${describeTrial(name, t)}\n`),
   );
   try {
     const models = await sessions.cascadeModels();
     const eagleSession = family.eagle ? await openFeatureDrafter(family, models.target.spec, { intraOpThreads: o.threads ?? 1, executionProviders: draftEps }) : undefined;
     const eagle = eagleSession ? { name: family.eagle!, session: eagleSession } : undefined;
-    const caveat = speculationCaveat(models.target.spec, models.target.batchInvariant ?? false);
+    const caveat = speculationCaveat(models.target.spec, models.target);
     if (caveat) process.stderr.write(`warning: ${caveat}\n`);
     // a graph without position_ids cannot run several sequences in one pass (ort-worker.ts)
     const batched = (m: ModelSession) => new BatchingSession(m, (m as OrtModelSession).positionIds === false ? { maxBatch: 1 } : {});

@@ -60,11 +60,6 @@ export class BatchingSession implements ModelSession {
   /** Passes run and sequences served (tests, metrics). */
   readonly counters = { passes: 0, forwards: 0, largestBatch: 0 };
 
-  /** The inner session's batch invariance (SessionOptions.batchInvariant): a pass it batches keeps it. */
-  get batchInvariant(): boolean | undefined {
-    return this.inner.batchInvariant;
-  }
-
   constructor(
     private readonly inner: ModelSession,
     options: BatchingOptions = {},

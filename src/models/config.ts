@@ -68,14 +68,15 @@ export function modelQuantization(spec: ModelSpec): ModelSpec['quantization'] {
  * and its kernel for one row (a decode step) and for several (a verify pass) round differently, on
  * some inputs by 1e-1 in the logits (docs/quantization.md); levels 2 and 3 (16-bit compute) are
  * warned about too, unmeasured. Levels 0 and 1 compute in float32 and agree within 2e-5, as float
- * graphs do (tools/bench/verify-drift.ts). A session that runs batch-invariant (one-token passes as
- * two rows, SessionOptions.batchInvariant) never takes the one-row kernels, so it has no caveat.
+ * graphs do (tools/bench/verify-drift.ts), and so does the WebGPU EP, which computes MatMulNBits in
+ * float. A session that runs batch-invariant (one-token passes as two rows,
+ * SessionOptions.batchInvariant) never takes the one-row kernels, so it has no caveat.
  */
-export function speculationCaveat(spec: ModelSpec, batchInvariant: boolean): string | undefined {
+export function speculationCaveat(spec: ModelSpec, run: { readonly provider: string; readonly batchInvariant?: boolean }): string | undefined {
   const q = modelQuantization(spec);
-  if (!q || q.accuracyLevel <= 1 || batchInvariant) return undefined;
+  if (!q || q.accuracyLevel <= 1 || run.batchInvariant || run.provider.split(',')[0] !== 'cpu') return undefined;
   return (
-    `${spec.name} is a MatMulNBits model (${q.bits}-bit weights) at accuracy_level ${q.accuracyLevel} run with --batch-invariant off: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
+    `${spec.name} is a MatMulNBits model (${q.bits}-bit weights) at accuracy_level ${q.accuracyLevel} run on the CPU EP with --batch-invariant off: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
     `from a decode step (up to 1e-1 in the logits), so speculation over it may leave its own target-only output; leave --batch-invariant at auto or on for exact speculation (docs/quantization.md)`
   );
 }

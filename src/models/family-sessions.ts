@@ -29,7 +29,7 @@ export class FamilySessions {
     if (!s) {
       const asked = typeof this.options === 'function' ? this.options(name) : this.options;
       // only the target's logits decide the output: a drafter's drafts are reviewed, so it never pads its passes unless asked
-      const options: SessionOptions = name === this.family.target ? asked : { batchInvariant: 'off', ...asked };
+      const options: SessionOptions = name === this.family.target ? asked : { ...asked, batchInvariant: asked.batchInvariant ?? 'off' };
       const source = memberSource(this.family, name);
       s = isAuto(options.executionProviders)
         ? placeByCost((executionProviders) => OrtModelSession.open(source, { ...options, executionProviders, cpuFallback: false }, () => undefined), name === this.family.target ? 'target' : 'draft', undefined, (t) => this.onTrial(name, t)).then(({ session, ...where }) => {

@@ -140,7 +140,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
   seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
-  padSingleRows = batchInvariant(options.batchInvariant ?? 'auto', s, provider);
+  padSingleRows = resolveBatchInvariance(options.batchInvariant ?? 'auto', s, provider);
   const location = kvLocation(options.kvLocation ?? 'auto', provider, s);
   if (location === 'host-buffer') {
     // the same graph with outputs of only each pass's new rows (onnx-proto.ts), loaded from memory;
@@ -190,10 +190,10 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
  * WebGPU EP, which computes MatMulNBits in float and whose kernels differ by about 1e-5 with or
  * without the padding (measured on lavapipe).
  */
-function batchInvariant(asked: BatchInvariance, s: ModelSpec, provider: string): boolean {
+function resolveBatchInvariance(asked: BatchInvariance, s: ModelSpec, provider: string): boolean {
   if (asked !== 'auto') return asked === 'on';
   const q = modelQuantization(s);
-  return q !== undefined && q.accuracyLevel >= 2 && provider.split(',')[0] === 'cpu';
+  return q !== undefined && q.accuracyLevel >= 2 && firstProvider(provider) === 'cpu';
 }
 
 /**
@@ -216,6 +216,9 @@ function graphFeatures(sess: ort.InferenceSession, s: ModelSpec): FeatureSpec | 
   return { size, input, ...(output ? { output } : {}) };
 }
 
+/** The EP a session runs on first, of its comma-separated list (`webgpu,cpu`: webgpu). */
+const firstProvider = (provider: string): string => provider.split(',')[0]!;
+
 /** EPs whose outputs can stay on the device through `preferredOutputLocation: 'gpu-buffer'`. */
 const DEVICE_EPS = ['webgpu'];
 
@@ -224,7 +227,7 @@ const DEVICE_EPS = ['webgpu'];
  * read in place when the graph is a GroupQueryAttention one (seqlensFromMask) on the CPU EP, else the host.
  */
 function kvLocation(asked: KvLocation, provider: string, s: ModelSpec): 'host' | 'host-buffer' | 'device' {
-  const onDevice = DEVICE_EPS.includes(provider.split(',')[0]!);
+  const onDevice = DEVICE_EPS.includes(firstProvider(provider));
   if (asked === 'device' && !onDevice) {
     throw new WorkerFailure('ModelLoadError', `--kv-location device needs a device execution provider (${DEVICE_EPS.join(', ')}) first in the list; the session runs on [${provider}]`);
   }
@@ -236,7 +239,7 @@ function kvLocation(asked: KvLocation, provider: string, s: ModelSpec): 'host' |
   }
   if (asked !== 'auto') return asked;
   // the host buffer only where it was measured and tested: the CPU EP (other EPs keep the Optimum contract)
-  return onDevice ? 'device' : seqlensFromMask && provider.split(',')[0] === 'cpu' ? 'host-buffer' : 'host';
+  return onDevice ? 'device' : seqlensFromMask && firstProvider(provider) === 'cpu' ? 'host-buffer' : 'host';
 }
 
 /** The outputs presentRowsFragment adds, in past order (key0, value0, key1, …). */
@@ -459,7 +462,9 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
 /**
  * Whether this pass runs padded to two rows (padSingleRows): one token, no attention sums (an H2O
  * step scores its own queries) and no features fed (a feature drafter drafts; its rows are
- * reviewed), and, for a graph that places tokens after its cache, room for the copy's position.
+ * reviewed), and, for a graph that places tokens after its cache (no position_ids), room for the
+ * copy's position: such a graph's one-token pass at its last position runs unpadded, so that one
+ * token is not invariant. With position_ids the copy shares the token's position and always fits.
  */
 function padsRow(item: ForwardItem, seq: Sequence, attention: boolean): boolean {
   if (!padSingleRows || item.inputIds.length !== 1 || attention || item.hiddenStates) return false;

@@ -194,11 +194,14 @@ export interface SessionOptions {
    * pass scores. `on` runs every one-token pass of one sequence as two rows (the token and a copy,
    * whose logits and KV row are dropped), so ONNX Runtime never takes its one-row matmul kernels,
    * which round differently from the several-row ones of a verify pass or a batch (up to 1e-1 in
-   * the logits for MatMulNBits at accuracy_level 4 on the CPU EP; about 1e-5 in float32). Then a
-   * decode step, a verify pass and any split of a block give bit-identical logits
-   * (test/batch-invariance.test.ts), so speculation over the model is exact. `auto` is `on` for
-   * graphs whose MatMulNBits compute below float32 (accuracy_level 2-4) and `off` otherwise. A
-   * one-token pass then costs about a two-token one. After the batch-invariant kernels of
+   * the logits for MatMulNBits at accuracy_level 4 on the CPU EP; about 1e-5 in float32); and only
+   * sequences with equally long pasts share a batched pass (a left-padded past shifts the keys,
+   * which rounds differently too). Then a decode step, a verify pass, any split of a block and a
+   * batched step give bit-identical logits (test/batch-invariance.test.ts), so speculation over the
+   * model is exact. `auto` is `on` for graphs whose MatMulNBits compute below float32
+   * (accuracy_level 2-4; measured at 4) on the CPU EP, and `off` otherwise. A one-token pass then
+   * costs about a two-token one (a median 2% more for the fused 8-bit target; about 20% more where
+   * the KV is copied through JavaScript, `host`). After the batch-invariant kernels of
    * He et al., "Defeating Nondeterminism in LLM Inference" (Thinking Machines Lab, 2025), and vLLM's
    * batch-invariant mode, with padding in place of new kernels.
    */
