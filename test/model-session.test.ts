@@ -61,6 +61,32 @@ test('runner - truncation then re-decoding equals never having decoded the dropp
   }
 });
 
+test('runner - a rollback in place (host KV) leaves the sequence that shared its batched pass as it was', async (t) => {
+  // a batch of equal lengths leaves each sequence a view of one presents buffer (HostKv.split); a
+  // truncate compacts a past in place (HostKv.truncate), which must stay within its own rows
+  const ids = reference(family.target).inputIds;
+  const s = await OrtModelSession.open(dirOf(family.drafters[0]!));
+  try {
+    const vocab = s.spec.vocabSize;
+    const alone = await s.forward({ seqId: 'alone', inputIds: ids });
+    await s.forwardBatch([
+      { seqId: 'x', inputIds: ids.slice(0, 8) },
+      { seqId: 'y', inputIds: ids.slice(0, 8) },
+    ]);
+    await s.truncate('x', 5);
+    const x = await s.forward({ seqId: 'x', inputIds: ids.slice(5) });
+    const y = await s.forward({ seqId: 'y', inputIds: ids.slice(8) });
+    t.true(maxAbsDiff(x, alone.subarray(5 * vocab)) < 1e-4);
+    t.true(maxAbsDiff(y, alone.subarray(8 * vocab)) < 1e-4);
+    // rollbacks one after another, each over the last one's view
+    await s.truncate('x', 4);
+    await s.truncate('x', 2);
+    t.true(maxAbsDiff(await s.forward({ seqId: 'x', inputIds: ids.slice(2) }), alone.subarray(2 * vocab)) < 1e-4);
+  } finally {
+    await s.close();
+  }
+});
+
 test('runner - a batch of unequal sequences gives each the logits it gets alone', async (t) => {
   const ids = reference(family.target).inputIds;
   const s = await OrtModelSession.open(dirOf(family.drafters[0]!));

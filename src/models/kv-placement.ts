@@ -46,6 +46,11 @@ export interface KvPlacement {
   /** Rows `indices` (ascending cache order) of a past of `length` rows; the old tensors are freed. */
   gather(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<ort.Tensor[]>;
   /**
+   * The first `keep` rows of a past of `length` rows (a rollback, or a padded pass's copy row
+   * dropped): on the host in place, so the old tensors must not be used after.
+   */
+  truncate(past: ort.Tensor[], length: number, keep: number): Promise<ort.Tensor[]>;
+  /**
    * A new past holding rows [0, count) of `past` (of `length` rows), which stays as it is: another
    * sequence's prefix (prefix-cache.ts). On the device the copy never leaves it.
    */
@@ -98,6 +103,18 @@ export class HostKv implements KvPlacement {
   async gather(past: ort.Tensor[], length: number, indices: readonly number[]): Promise<ort.Tensor[]> {
     const { kvHeads, headDim } = this.spec;
     return past.map((t) => kvTensor(gatherRows(floatData(t), length, indices, kvHeads), [1, kvHeads, indices.length, headDim]));
+  }
+
+  async truncate(past: ort.Tensor[], length: number, keep: number): Promise<ort.Tensor[]> {
+    if (keep === length) return past;
+    const { kvHeads, headDim } = this.spec;
+    // head h's rows move from h * length to h * keep: forwards, so a move never overwrites a source
+    // not yet moved; the tensors become views of their own buffers' starts (no allocation)
+    return past.map((t) => {
+      const data = floatData(t);
+      for (let h = 1; h < kvHeads; h++) data.copyWithin(h * keep * headDim, h * length * headDim, (h * length + keep) * headDim);
+      return kvTensor(data.subarray(0, kvHeads * keep * headDim), [1, kvHeads, keep, headDim]);
+    });
   }
 
   async copyPrefix(past: ort.Tensor[], length: number, count: number): Promise<ort.Tensor[]> {
@@ -199,12 +216,13 @@ export class HostBufferKv extends HostKv {
   /** Fresh buffers of `capacity` rows holding rows `indices` of `past`, in order. */
   private copy(past: readonly ort.Tensor[], indices: readonly number[], capacity: number): ort.Tensor[] {
     const { kvHeads, headDim } = this.spec;
+    const moves = runs(indices);
     return past.map((t) => {
       const src = floatData(t);
       const cap = this.capacity(t);
       const dst = kvArray(this.dtype, kvHeads * capacity * headDim);
       for (let h = 0; h < kvHeads; h++) {
-        for (const [j, r, n] of runs(indices)) dst.set(src.subarray((h * cap + r) * headDim, (h * cap + r + n) * headDim), (h * capacity + j) * headDim);
+        for (const [j, r, n] of moves) dst.set(src.subarray((h * cap + r) * headDim, (h * cap + r + n) * headDim), (h * capacity + j) * headDim);
       }
       return kvTensor(dst, [1, kvHeads, capacity, headDim]);
     });
@@ -216,15 +234,21 @@ export class HostBufferKv extends HostKv {
     const want = Math.max(MIN_ROWS, 2 * indices.length);
     if (this.capacity(past[0]!) > 4 * want) return this.copy(past, indices, want);
     const { kvHeads, headDim } = this.spec;
+    const moves = runs(indices).filter(([j, r]) => r !== j);
     // ascending indices: row j comes from row indices[j] >= j, so copying forwards never overwrites a source
     for (const t of past) {
       const data = floatData(t);
       const cap = this.capacity(t);
       for (let h = 0; h < kvHeads; h++) {
-        for (const [j, r, n] of runs(indices)) if (r !== j) data.copyWithin((h * cap + j) * headDim, (h * cap + r) * headDim, (h * cap + r + n) * headDim);
+        for (const [j, r, n] of moves) data.copyWithin((h * cap + j) * headDim, (h * cap + r) * headDim, (h * cap + r + n) * headDim);
       }
     }
     return past;
+  }
+
+  override async truncate(past: ort.Tensor[], length: number, keep: number): Promise<ort.Tensor[]> {
+    // rows past the sequence's length are never read: only a buffer far larger than what is kept moves
+    return this.capacity(past[0]!) > 4 * Math.max(MIN_ROWS, 2 * keep) ? this.gather(past, length, upTo(keep)) : past;
   }
 
   override async copyPrefix(past: ort.Tensor[], _length: number, count: number): Promise<ort.Tensor[]> {
@@ -331,6 +355,10 @@ export class DeviceKv implements KvPlacement {
     const kept = indices.length === 0 ? this.empty() : await this.runGather(past, indices);
     this.free(past);
     return kept;
+  }
+
+  truncate(past: ort.Tensor[], length: number, keep: number): Promise<ort.Tensor[]> {
+    return this.gather(past, length, upTo(keep));
   }
 
   async copyPrefix(past: ort.Tensor[], _length: number, count: number): Promise<ort.Tensor[]> {

@@ -313,6 +313,14 @@ function checkContract(sess: ort.InferenceSession, s: ModelSpec): void {
 
 const int64 = (values: readonly number[], dims: number[]) => new ort.Tensor('int64', BigInt64Array.from(values, BigInt), dims);
 
+/** Ones for one sequence's attention mask, grown by doubling; a pass feeds a view of its first rows. */
+let ones = new BigInt64Array(0);
+/** An all-ones attention mask [1, n] (one sequence: no padding), without converting n numbers to BigInt every pass. */
+function onesMask(n: number): ort.Tensor {
+  if (ones.length < n) ones = new BigInt64Array(Math.max(1024, 2 * n)).fill(1n);
+  return new ort.Tensor('int64', ones.subarray(0, n), [1, n]);
+}
+
 function sequence(seqId: string): Sequence {
   let seq = sequences.get(seqId);
   if (!seq) {
@@ -422,7 +430,7 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   const fed = s + pad;
   const feeds: Record<string, ort.Tensor> = {
     input_ids: int64(ids, [1, fed]),
-    attention_mask: int64(new Array(seq.length + fed).fill(1), [1, seq.length + fed]),
+    attention_mask: onesMask(seq.length + fed),
   };
   if (feedsPositions) feeds.position_ids = int64(pad ? [positions[0]!, positions[0]!] : positions, [1, fed]);
   else checkImplicitPositions(item, seq);
@@ -443,7 +451,7 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
     kv.free(old);
   }
   // the copy's KV row goes (in a host buffer it stays beyond the length, overwritten by the next pass)
-  if (pad) seq.past = await kv.gather(seq.past, seq.length + fed, upTo(seq.length + s));
+  if (pad) seq.past = await kv.truncate(seq.past, seq.length + fed, seq.length + s);
   appendTokens(seq, item.inputIds, positions);
   seq.length += s;
   if (attention) {
@@ -683,7 +691,7 @@ async function truncate(seqId: string, length: number): Promise<void> {
     throw new WorkerFailure('SequenceError', `cannot truncate sequence ${seqId} of length ${current} to ${length}`);
   }
   if (!seq || length === current) return;
-  seq.past = await kv.gather(seq.past, current, upTo(length));
+  seq.past = await kv.truncate(seq.past, current, length);
   seq.length = length;
   if (length === 0) seq.tokens = [];
   else if (seq.tokens) seq.tokens.length = length;
