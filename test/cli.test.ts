@@ -188,6 +188,11 @@ test('cli - usage errors exit 2 with the reason; a failed write to stdout is one
   const invariance = await fails(['generate', '--batch-invariant', 'maybe', 'x']);
   t.is(invariance.code, 2);
   t.regex(invariance.stderr, /--batch-invariant must be one of auto, on, off, got "maybe"/);
+  t.notRegex(invariance.stderr, /is an option, not a value/);
+  // a value left out: commander hands the next option over as the value, and the refusal says so
+  const missing = await fails(['generate', '--batch-invariant', '--max-tokens', '4', 'x']);
+  t.is(missing.code, 2);
+  t.regex(missing.stderr, /got "--max-tokens"\n\(--max-tokens is an option, not a value: --batch-invariant needs its value right after it\)/);
   const full = spawn(process.execPath, [...CLI, 'generate', '--max-tokens', '4', 'x'], { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', openSync('/dev/full', 'w'), 'pipe'] });
   let stderr = '';
   full.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));

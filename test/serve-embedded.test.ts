@@ -75,9 +75,12 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     t.is(r.error?.param, param);
   }
   t.is((await post({ mode: 'ar', drafters: [] })).status, 200, 'an empty list with mode ar is that mode\'s own cascade');
-  const health = (await (await fetch(`${gateway.url}/health`)).json()) as { engine: string; inFlight: number };
+  const health = (await (await fetch(`${gateway.url}/health`)).json()) as { engine: string; inFlight: number; kvLocation: string; batchInvariant: boolean };
   t.is(health.engine, 'embedded');
   t.is(health.inFlight, 0);
+  // the target's, as a verify actor reports them: the family's unfused float target
+  t.is(health.kvLocation, 'host');
+  t.is(health.batchInvariant, false);
 });
 
 test.serial('serve --embedded - a client that goes away mid-stream cancels its request', async (t) => {

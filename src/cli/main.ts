@@ -35,6 +35,16 @@ const COMMANDS: Record<string, keyof typeof MODULES> = {
 const only = COMMANDS[process.argv[2] ?? ''];
 for (const name of only ? [only] : (Object.keys(MODULES) as (keyof typeof MODULES)[])) await MODULES[name](program);
 
+/**
+ * An option given no value takes the next word as its value (commander's rule for `<value>`
+ * options): `--batch-invariant --max-tokens 8` reads "--max-tokens" as the mode. A refusal that
+ * quotes an option as the value it got says so.
+ */
+function missingValueHint(message: string): string {
+  const m = /^(--[a-z][\w-]*)\b.*got "(--?[a-z][\w-]*)"$/i.exec(message);
+  return m ? `(${m[2]} is an option, not a value: ${m[1]} needs its value right after it)\n` : '';
+}
+
 // A reader that stops early (`cascade generate … | head`) ends the output quietly, with status 0.
 watchStdout();
 
@@ -47,7 +57,7 @@ try {
   if (err instanceof OutputError) process.exit(1); // reported when it happened
   const e = err as Error & { code?: unknown };
   if (e instanceof CascadeError) {
-    process.stderr.write(`error: ${e.message}${e.cause instanceof Error ? ` (${e.cause.message})` : ''}\n`);
+    process.stderr.write(`error: ${e.message}${e.cause instanceof Error ? ` (${e.cause.message})` : ''}\n${missingValueHint(e.message)}`);
     process.exit(e instanceof InvalidArgumentError ? 2 : 1);
   }
   // an operating-system error (ENOSPC writing the output, EACCES, …): one line, not a stack trace

@@ -349,7 +349,8 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
       requestTimeoutMs: o.requestTimeoutMs,
       defaultVerification: o.verification,
       defaultDrafting: o.drafting,
-      health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements) }),
+      // the target's KV location and batch invariance, as a verify actor's /health reports them
+      health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements), kvLocation: (models.target as OrtModelSession).kvLocation, batchInvariant: models.target.batchInvariant ?? false }),
     });
     return {
       app,
