@@ -61,14 +61,21 @@ test('runner - truncation then re-decoding equals never having decoded the dropp
   }
 });
 
-test('runner - a rollback in place (host KV) leaves the sequence that shared its batched pass as it was', async (t) => {
-  // a batch of equal lengths leaves each sequence a view of one presents buffer (HostKv.split); a
-  // truncate compacts a past in place (HostKv.truncate), which must stay within its own rows
+/** The first drafter's session, the reference input and its logits scored alone in one pass (sequence `alone`). */
+async function withBatchReference(fn: (s: OrtModelSession, ids: readonly number[], alone: Float32Array, vocab: number) => Promise<void>): Promise<void> {
   const ids = reference(family.target).inputIds;
   const s = await OrtModelSession.open(dirOf(family.drafters[0]!));
   try {
-    const vocab = s.spec.vocabSize;
-    const alone = await s.forward({ seqId: 'alone', inputIds: ids });
+    await fn(s, ids, await s.forward({ seqId: 'alone', inputIds: ids }), s.spec.vocabSize);
+  } finally {
+    await s.close();
+  }
+}
+
+test('runner - a rollback in place (host KV) leaves the sequence that shared its batched pass as it was', (t) =>
+  withBatchReference(async (s, ids, alone, vocab) => {
+    // a batch of equal lengths leaves each sequence a view of one presents buffer (HostKv.split); a
+    // truncate compacts a past in place (HostKv.truncate), which must stay within its own rows
     await s.forwardBatch([
       { seqId: 'x', inputIds: ids.slice(0, 8) },
       { seqId: 'y', inputIds: ids.slice(0, 8) },
@@ -82,17 +89,10 @@ test('runner - a rollback in place (host KV) leaves the sequence that shared its
     await s.truncate('x', 4);
     await s.truncate('x', 2);
     t.true(maxAbsDiff(await s.forward({ seqId: 'x', inputIds: ids.slice(2) }), alone.subarray(2 * vocab)) < 1e-4);
-  } finally {
-    await s.close();
-  }
-});
+  }));
 
-test('runner - a batch of unequal sequences gives each the logits it gets alone', async (t) => {
-  const ids = reference(family.target).inputIds;
-  const s = await OrtModelSession.open(dirOf(family.drafters[0]!));
-  try {
-    const vocab = s.spec.vocabSize;
-    const alone = await s.forward({ seqId: 'alone', inputIds: ids });
+test('runner - a batch of unequal sequences gives each the logits it gets alone', (t) =>
+  withBatchReference(async (s, ids, alone, vocab) => {
     await s.forwardBatch([
       { seqId: 'x', inputIds: ids.slice(0, 3) },
       { seqId: 'y', inputIds: ids.slice(0, 9) },
@@ -107,10 +107,7 @@ test('runner - a batch of unequal sequences gives each the logits it gets alone'
     t.true(maxAbsDiff(z!, alone.subarray(0, vocab)) < 1e-4);
     const [last] = await s.forwardBatch([{ seqId: 'x', inputIds: ids.slice(5, 7) }], 'last');
     t.true(maxAbsDiff(last!, alone.subarray(6 * vocab, 7 * vocab)) < 1e-4);
-  } finally {
-    await s.close();
-  }
-});
+  }));
 
 test('runner - bad token ids and empty input are refused without harming the sequence', async (t) => {
   const s = await OrtModelSession.open(dirOf(family.drafters[0]!));
