@@ -107,6 +107,9 @@ export class HostKv implements KvPlacement {
 
   async truncate(past: ort.Tensor[], length: number, keep: number): Promise<ort.Tensor[]> {
     if (keep === length) return past;
+    // a view keeps its whole buffer (a batch's presents, for a split's view) alive: keeping under a
+    // quarter of it, copy what stays, as HostBufferKv shrinks
+    if (4 * keep < length) return this.gather(past, length, upTo(keep));
     const { kvHeads, headDim } = this.spec;
     // head h's rows move from h * length to h * keep: forwards, so a move never overwrites a source
     // not yet moved; the tensors become views of their own buffers' starts (no allocation)

@@ -3,14 +3,14 @@
  * whole-run benchmark cannot resolve on a shared machine, whose speed drifts by 20-30% between runs
  * (bench/results/README.md). Each round prefills the same prompt in both sessions, then times
  * `--steps` passes of each, A and B taking turns and swapping who goes first every step; prints the
- * median ms per pass of each and B / A. Also checks that both give the same logits where their
- * settings promise it (batch invariance on against on: bit for bit).
+ * median ms per pass of each and B / A, and on how many passes their logits differed (0 expected
+ * where the settings promise bit-identical logits, e.g. on against on).
  *
  * - `decode`: one token a pass (what batch invariance pads).
  * - `verify`: six tokens a pass, then a rollback to two of them (a speculative round's pattern).
  *
  * Usage: node --import tsx tools/bench/paired-steps.ts MODEL_DIR [--a on|off|auto] [--b on|off|auto]
- *          [--mode decode|verify] [--past 256] [--steps 100] [--rounds 4]
+ *          [--mode decode|verify] [--past 256] [--steps 100] [--rounds 4] [--tokenizer FILE]
  * (--a and --b are --batch-invariant; the defaults, on against off, time what the padding costs.)
  */
 import { parseArgs } from 'node:util';
@@ -26,15 +26,19 @@ const { values, positionals } = parseArgs({
     past: { type: 'string', default: '256' },
     steps: { type: 'string', default: '100' },
     rounds: { type: 'string', default: '4' },
+    tokenizer: { type: 'string' },
   },
 });
 const dir = positionals[0];
-if (!dir || !['decode', 'verify'].includes(values.mode!)) {
-  process.stderr.write('usage: paired-steps.ts MODEL_DIR [--a on|off|auto] [--b on|off|auto] [--mode decode|verify] [--past N] [--steps N] [--rounds N]\n');
+const [past, steps, rounds] = [values.past, values.steps, values.rounds].map(Number) as [number, number, number];
+const settings = ['auto', 'on', 'off'];
+if (!dir || !['decode', 'verify'].includes(values.mode!) || !settings.includes(values.a!) || !settings.includes(values.b!) || ![past, steps, rounds].every((n) => Number.isInteger(n) && n > 0)) {
+  process.stderr.write('usage: paired-steps.ts MODEL_DIR [--a on|off|auto] [--b on|off|auto] [--mode decode|verify] [--past N] [--steps N] [--rounds N] [--tokenizer FILE]\n');
   process.exit(2);
 }
-const [past, steps, rounds] = [values.past, values.steps, values.rounds].map(Number) as [number, number, number];
-const open = (batchInvariant: string) => OrtModelSession.open(dir, { intraOpThreads: 1, prefixCache: false, batchInvariant: batchInvariant as BatchInvariance });
+// a folder without tokenizer.json (a graph-only fixture) borrows one
+const source = values.tokenizer ? { dir, tokenizer: values.tokenizer } : dir;
+const open = (batchInvariant: string) => OrtModelSession.open(source, { intraOpThreads: 1, prefixCache: false, batchInvariant: batchInvariant as BatchInvariance });
 const a = await open(values.a!);
 const b = await open(values.b!);
 const prompt = Array.from({ length: past }, (_, i) => 100 + ((i * 37) % 5000));
