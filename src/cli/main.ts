@@ -30,6 +30,7 @@ const COMMANDS: Record<string, keyof typeof MODULES> = {
   cluster: 'cluster',
   'run-batch': 'run-batch',
   quantize: 'quantize',
+  fuse: 'quantize',
 };
 // a known command first loads its own module; anything else (help, a typo: commander suggests) loads them all
 const only = COMMANDS[process.argv[2] ?? ''];

@@ -78,24 +78,44 @@ export function findPython(explicit?: string): string {
   );
 }
 
+/** A rewrite's source folder, its graph (relative to it) and a new output folder, checked; throws ModelLoadError or InvalidArgumentError. */
+function rewriteFolders(o: { model: string; out: string; modelFile?: string }, what: string): { model: string; out: string; graph: string } {
+  const model = resolve(o.model);
+  const out = resolve(o.out);
+  if (!existsSync(model) || !statSync(model).isDirectory()) throw new ModelLoadError(`model directory ${model} does not exist`);
+  if (!existsSync(join(model, 'config.json'))) throw new ModelLoadError(`model directory ${model} has no config.json`);
+  if (existsSync(out)) throw new InvalidArgumentError(`--out ${out} exists: name a new folder for the ${what} model`);
+  return { model, out, graph: relative(model, findGraph(model, o.modelFile)) };
+}
+
 async function quantize(o: QuantizeOptions): Promise<void> {
   if (o.bits !== 4 && o.bits !== 8) throw new InvalidArgumentError(`--bits must be 8 or 4, got ${o.bits}`);
   if (o.blockSize < 16 || (o.blockSize & (o.blockSize - 1)) !== 0) {
     throw new InvalidArgumentError(`--block-size must be a power of 2 of at least 16 (MatMulNBits), got ${o.blockSize}`);
   }
   if (o.accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${o.accuracyLevel}`);
-  const model = resolve(o.model);
-  const out = resolve(o.out);
-  if (!existsSync(model) || !statSync(model).isDirectory()) throw new ModelLoadError(`model directory ${model} does not exist`);
-  if (!existsSync(join(model, 'config.json'))) throw new ModelLoadError(`model directory ${model} has no config.json`);
-  if (existsSync(out)) throw new InvalidArgumentError(`--out ${out} exists: name a new folder for the quantized model`);
-  const graph = relative(model, findGraph(model, o.modelFile));
+  const { model, out, graph } = rewriteFolders(o, 'quantized');
   const python = findPython(o.python);
   const args = ['--model', model, '--out', out, '--bits', String(o.bits), '--block-size', String(o.blockSize),
     '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : []),
     ...(o.quantizeEmbedding ? ['--quantize-embedding'] : [])];
   process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
   await runTool(python, 'quantize.py', args, out, 'inherit');
+  process.stdout.write(`${out}\n`);
+}
+
+/**
+ * `cascade fuse`: tools/train/fuse.py, the fused form of a Llama-architecture folder (this family's
+ * exports, or a user's torch.onnx / Optimum export, float32 or float16): GroupQueryAttention,
+ * RotaryEmbedding, SkipSimplifiedLayerNormalization and packed projections, as onnxruntime-genai's
+ * model builder writes them (docs/gpu.md, "Graph forms"). On the CPU its KV lives in a host buffer
+ * read in place; on a GPU it is a fraction of the dispatches.
+ */
+async function fuseFolder(o: { model: string; out: string; modelFile?: string; maxPositions?: number; python?: string }): Promise<void> {
+  const { model, out, graph } = rewriteFolders(o, 'fused');
+  const python = findPython(o.python);
+  process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
+  await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : [])], out, 'inherit');
   process.stdout.write(`${out}\n`);
 }
 
@@ -204,4 +224,13 @@ export function registerQuantize(program: Command): void {
     .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
     .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
     .action((o: QuantizeOptions) => quantize(o));
+  program
+    .command('fuse')
+    .description("the fused form of a Llama-architecture model folder (this family's, or your own torch.onnx / Optimum export, float32 or float16): GroupQueryAttention, RotaryEmbedding and fused norms, as onnxruntime-genai's builder writes them; on the CPU its KV is read in place from a host buffer (needs Python 3 with onnx and numpy)")
+    .requiredOption('--model <dir>', 'the model folder to fuse (config.json and an ONNX decoder graph)')
+    .requiredOption('--out <dir>', 'a new folder for the fused model (refused when it exists); the folder\'s other files are copied')
+    .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
+    .option('--max-positions <n>', "positions the fused graph takes (rows of its RoPE tables; default config.json's max_position_embeddings)", parseNumber('--max-positions', { min: 1, integer: true }))
+    .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
+    .action((o: { model: string; out: string; modelFile?: string; maxPositions?: number; python?: string }) => fuseFolder(o));
 }

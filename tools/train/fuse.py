@@ -1,4 +1,4 @@
-"""Rewrite an exported model directory's graph in the fused form of onnxruntime-genai's model builder.
+"""Rewrite an exported Llama-architecture model directory's graph in the fused form of onnxruntime-genai's model builder.
 
 The project's export (export.py) is the Optimum "decoder with past" graph that torch.onnx writes: 113
 nodes per layer, 85 of them not Constants (RMSNorm as Pow/ReduceMean/Sqrt/Div/Mul, RoPE as Slice/Neg/Concat,
@@ -32,12 +32,18 @@ Checked (test/fused-export.test.ts, docs/gpu.md): logits within 1e-4 of the unfu
 CPU EP (measured at most 1.4e-5), greedy tokens identical; heads sharing a KV head (GQA) too, on a
 draft-l2 whose two KV heads were made equal and fused as one (9.5e-6).
 
-Weights come from the unfused model.onnx itself (each MatMul node is named after its module, as
+Weights come from the unfused graph itself (each MatMul node is named after its module, as
 onnx_weights.py reads them), so no torch is needed: `apt-get install python3-onnx python3-numpy`.
+A user's Llama export as torch.onnx / Optimum write it (transformers' LlamaForCausalLM, float32 or
+float16, a tied or untied head) fuses too: its module paths sit under a wrapper prefix, its MLP
+under `mlp`, its embedding and RMSNorm weights are found by the Gather and Mul that use them, an
+untied head by lm_head/MatMul, and the graph computes in the weights' own float type. What plain
+Llama layers do not compute is refused, naming why (projection biases, scaled RoPE, a sliding
+window, an activation other than SiLU). Checked: test/fuse-user-export.test.ts.
 The other files of the folder are copied (not with --graph-only); config.json gains "onnx_graph": {"form": "fused", ...},
 which the runner ignores (it finds the form from the graph's op types).
 
-Usage: /usr/bin/python3 tools/train/fuse.py --model models/draft-l2 --out test/fixtures/fused/draft-l2
+Usage: cascade fuse --model DIR --out DIR   (or: /usr/bin/python3 tools/train/fuse.py --model models/draft-l2 --out test/fixtures/fused/draft-l2)
 """
 from __future__ import annotations
 
@@ -53,14 +59,18 @@ import onnx.numpy_helper
 from onnx import TensorProto, helper
 
 MS = "com.microsoft"
-# Files of a model directory copied beside the fused graph (model.onnx is written, not copied).
-COPIED = ["tokenizer.json", "tokenizer_config.json", "generation_config.json", "reference.json", "reference.bin"]
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def unfused_weights(path: Path, layers: int) -> dict[str, np.ndarray]:
-    """Weights by module path: `model.*` initializers (or Identity outputs) as named, each Linear as
-    its MatMul's right operand [in, out] (x @ W, W = torch's weight transposed), keyed `layers.I.<module>`."""
+def unfused_weights(path: Path, cfg: dict) -> dict[str, np.ndarray]:
+    """Weights by module path, from this project's export or a user's Llama export (torch.onnx, the
+    Optimum "decoder with past" layout): `model.*` initializers (or Identity outputs) as named; each
+    Linear as its MatMul's right operand [in, out] (x @ W, W = torch's weight transposed), keyed
+    `layers.I.<module>`, found by the MatMul's name, which keeps the module path under any wrapper
+    prefix (/layers.0/self_attn/q_proj/MatMul, /model/layers.0/..., /m/model/layers.0/...); where a
+    user's export names its initializers otherwise, the embedding by its Gather, each RMSNorm's weight
+    by the Mul that scales by it, and an untied head (`lm_head`) by its MatMul."""
+    layers, hidden = cfg["num_hidden_layers"], cfg["hidden_size"]
     graph = onnx.load(str(path)).graph
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
     # torch.onnx stores equal weights (all-ones RMSNorm weights) once, the others as Identity of it
@@ -69,17 +79,48 @@ def unfused_weights(path: Path, layers: int) -> dict[str, np.ndarray]:
             inits[node.output[0]] = inits[node.input[0]]
     weights = {name: arr for name, arr in inits.items() if name.startswith("model.")}
     for node in graph.node:
-        m = re.fullmatch(r"/(layers\.\d+/.+)/MatMul", node.name)
+        m = re.fullmatch(r"(?:.*/)?(layers\.\d+/.+)/MatMul", node.name)
         if node.op_type == "MatMul" and m and node.input[1] in inits:
-            weights[m.group(1).replace("/", ".")] = inits[node.input[1]]
+            # transformers' LlamaMLP nests the MLP's projections under `mlp`; this project's export does not
+            weights[m.group(1).replace("/", ".").replace(".mlp.", ".")] = inits[node.input[1]]
+        elif node.op_type == "MatMul" and re.fullmatch(r"(?:.*/)?lm_head/MatMul", node.name) and node.input[1] in inits:
+            weights["lm_head"] = inits[node.input[1]]
+        elif node.op_type == "Gather" and re.fullmatch(r"(?:.*/)?embed_tokens/Gather", node.name) and node.input[0] in inits:
+            weights.setdefault("model.embed_tokens.weight", inits[node.input[0]])
+        elif node.op_type == "Mul" and (m := re.fullmatch(r"(?:.*/)?(layers\.\d+/(?:input|post_attention)_layernorm|norm)/Mul(?:_\d+)?", node.name)):
+            scale = [inits[i] for i in node.input if i in inits and inits[i].shape == (hidden,)]
+            if scale:
+                weights.setdefault(f"model.{m.group(1).replace('/', '.')}.weight", scale[0])
+        elif node.op_type == "Add" and re.fullmatch(r"(?:.*/)?layers\.\d+/.+_proj/Add", node.name) and any(i in inits for i in node.input):
+            raise SystemExit(f"{path}: {node.name} adds a bias to a projection (Qwen2-style attention biases); "
+                             "fuse.py writes bias-free Llama layers: keep this model in the unfused form")
     want = ["model.embed_tokens.weight", "model.norm.weight"] + [
         f"{p}layers.{i}.{n}" for i in range(layers)
         for p, n in [("model.", "input_layernorm.weight"), ("model.", "post_attention_layernorm.weight")] + [("", lin) for lin in LINEARS]]
     missing = [w for w in want if w not in weights]
     if missing:
-        raise SystemExit(f"{path} is not this project's export (tools/train/export.py): no weights for {missing[:4]}"
+        raise SystemExit(f"{path} is neither this project's export (tools/train/export.py) nor a Llama export fuse.py can read "
+                         f"(torch.onnx names each MatMul after its module): no weights for {missing[:4]}"
                          f"{' ...' if len(missing) > 4 else ''}")
     return weights
+
+
+def check_architecture(cfg: dict, source: Path) -> float:
+    """The RoPE base, after refusing what the fused layers do not compute: another activation than SiLU,
+    projection biases, scaled RoPE (the cos/sin caches are plain), a sliding window."""
+    rope = cfg.get("rope_parameters") or {}  # transformers 5 moves rope_theta and rope_type here
+    scaling = cfg.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
+    problems = [
+        f"hidden_act {cfg['hidden_act']!r} (the fused MLP is SiLU-gated)" if cfg.get("hidden_act", "silu") != "silu" else "",
+        "attention_bias" if cfg.get("attention_bias") else "",
+        "mlp_bias" if cfg.get("mlp_bias") else "",
+        f"RoPE scaling {scaling.get('rope_type') or scaling.get('type')!r}" if scaling else "",
+        f"sliding_window {cfg['sliding_window']}" if cfg.get("sliding_window") else "",
+    ]
+    problems = [p for p in problems if p]
+    if problems:
+        raise SystemExit(f"{source}/config.json: {', '.join(problems)}: fuse.py writes plain Llama layers; keep this model in the unfused form")
+    return float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
 
 
 def rope_caches(head_dim: int, theta: float, positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +147,7 @@ class Graph:
         return outs
 
 
-def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int) -> onnx.ModelProto:
+def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope_theta: float) -> onnx.ModelProto:
     layers, heads, kv_heads = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
     head_dim = cfg.get("head_dim") or hidden // heads
@@ -117,9 +158,13 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int) -> onnx.ModelP
     q_size, kv_size, inter = heads * head_dim, kv_heads * head_dim, cfg["intermediate_size"]
     g = Graph()
     embed = g.init("model.embed_tokens.weight", w["model.embed_tokens.weight"])
-    cos, sin = rope_caches(head_dim, float(cfg.get("rope_theta", 10000.0)), max_positions)
-    g.init("cos_cache", cos)
-    g.init("sin_cache", sin)
+    # the graph computes in the weights' own float type (float32, or a float16 export's float16), as the export did
+    dtype = w["model.embed_tokens.weight"].dtype
+    if dtype not in (np.float32, np.float16):
+        raise SystemExit(f"weights of type {dtype}: fuse.py writes float32 or float16 graphs")
+    cos, sin = rope_caches(head_dim, rope_theta, max_positions)
+    g.init("cos_cache", cos.astype(dtype))
+    g.init("sin_cache", sin.astype(dtype))
     one = g.init("/model/constants/INT64/[1]", np.array([1], dtype=np.int64))
     g.init("/model/constants/INT64/1", np.array(1, dtype=np.int64))
     g.init("/model/constants/INT64/[-1, hidden]", np.array([-1, hidden], dtype=np.int64))
@@ -177,14 +222,18 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int) -> onnx.ModelP
         outs = [f"{where}/output_0", "", "", f"{where}/output_3"] if i + 1 < layers else [f"{where}/output_0"]
         h, *rest = g.node("SkipSimplifiedLayerNormalization", f"{where}/SkipLayerNorm", [down, residual, norm_w], outs, domain=MS, epsilon=eps)
         residual = rest[-1] if rest else residual
-    # tied head: Gemm over [batch * sequence, hidden] against the embedding itself (stored once)
+    # a tied head: Gemm over [batch * sequence, hidden] against the embedding itself (stored once);
+    # an untied one (a user's lm_head) its own [hidden, vocab] weight
     (flat,) = g.node("Reshape", "/lm_head/Reshape", [h, "/model/constants/INT64/[-1, hidden]"])
-    (scores,) = g.node("Gemm", "/lm_head/Gemm", [flat, embed], transB=1)
+    if "lm_head" in w:
+        (scores,) = g.node("Gemm", "/lm_head/Gemm", [flat, g.init("lm_head.weight", w["lm_head"])])
+    else:
+        (scores,) = g.node("Gemm", "/lm_head/Gemm", [flat, embed], transB=1)
     (ids_shape,) = g.node("Shape", "/lm_head/Shape", ["input_ids"])
     (out_shape,) = g.node("Concat", "/lm_head/Concat", [ids_shape, "/model/constants/INT64/[vocab]"], axis=0)
     g.node("Reshape", "/lm_head/Reshape_1", [scores, out_shape], ["logits"])
 
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
+    f32, i64 = onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(dtype)], TensorProto.INT64
     kv = lambda n, length: helper.make_tensor_value_info(n, f32, ["batch_size", kv_heads, length, head_dim])  # noqa: E731
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
@@ -203,7 +252,9 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int) -> onnx.ModelP
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="a model directory exported by tools/train/export.py (config.json + model.onnx)")
+    ap.add_argument("--model", required=True, help="a model directory: this project's export (tools/train/export.py) "
+                    "or a user's Llama export in the Optimum layout (config.json + the ONNX graph)")
+    ap.add_argument("--model-file", default="model.onnx", help="the ONNX graph inside --model (default model.onnx)")
     ap.add_argument("--out", required=True, help="folder to write the fused model.onnx and the copied files to")
     ap.add_argument("--max-positions", type=int, default=None,
                     help="rows of the RoPE cos/sin caches: positions the graph can take (default config.json's "
@@ -212,17 +263,26 @@ def main() -> None:
                     "the runner then needs --tokenizer)")
     args = ap.parse_args()
     src, out = Path(args.model), Path(args.out)
+    if not (src / "config.json").is_file() or not (src / args.model_file).is_file():
+        raise SystemExit(f"{src}: needs config.json and {args.model_file}")
+    if out.resolve() == src.resolve():
+        raise SystemExit(f"--out {out} is the model's own folder: write the fused form beside it")
     cfg = json.loads((src / "config.json").read_text())
+    rope_theta = check_architecture(cfg, src)
     positions = args.max_positions or cfg.get("max_position_embeddings", 2048)
-    model = fuse(cfg, unfused_weights(src / "model.onnx", cfg["num_hidden_layers"]), positions)
+    model = fuse(cfg, unfused_weights(src / args.model_file, cfg), positions, rope_theta)
     out.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(out / "model.onnx"))
-    for name in [] if args.graph_only else COPIED:
-        if (src / name).exists():
-            shutil.copyfile(src / name, out / name)
+    # a protobuf holds at most 2 GB: larger weights go to one external file beside the graph, as Optimum writes them
+    big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
+    onnx.save(model, str(out / "model.onnx"), save_as_external_data=big, location="model.onnx_data", all_tensors_to_one_file=True)
+    graphs = {args.model_file, "model.onnx"}
+    for f in [] if args.graph_only else sorted(src.iterdir()):
+        # the folder's other files (tokenizer, chat template, generation config, references); not its graphs or their weights
+        if f.is_file() and f.name != "config.json" and f.name not in graphs and not re.search(r"\.onnx(_data|\.data)?$|\.data$", f.name):
+            shutil.copyfile(f, out / f.name)
     ops = sorted({n.op_type for n in model.graph.node})
     cfg["max_position_embeddings"] = min(cfg.get("max_position_embeddings", positions), positions)
-    cfg["onnx_graph"] = {"form": "fused", "fused_from": str(src / "model.onnx"), "rope_cache_positions": positions,
+    cfg["onnx_graph"] = {"form": "fused", "fused_from": str(src / args.model_file), "rope_cache_positions": positions,
                          "ops": ops, "made_by": "tools/train/fuse.py"}
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     per_layer = sum(1 for n in model.graph.node if n.name.startswith("/model/layers.0/"))
