@@ -41,6 +41,61 @@ async function fuse(model: string, out: string): Promise<{ code: number; stderr:
   }
 }
 
+/**
+ * Variants of the float32 export that transformers would write for other Llama-family models, made
+ * by editing its graph (python): `bias` adds q, k and v biases as Qwen2 has them (an Add after each
+ * projection, as torch.onnx writes a Linear with a bias); `rope` replaces the RoPE frequencies with
+ * Llama 3's scaled ones (factor 8 over an original context of 256, so the fixture's 8 frequencies fall
+ * in all three of its bands) and scales cos and sin by 1.25, as yarn's attention factor does. The
+ * edited export is the oracle: fuse.py must read what its graph computes.
+ */
+const VARIANT = String.raw`
+import json, shutil, sys
+import numpy as np, onnx
+from onnx import helper, numpy_helper
+src, out, kind = sys.argv[1:4]
+shutil.copytree(src, out)
+model = onnx.load(out + "/model.onnx")
+g = model.graph
+nodes = {o: n for n in g.node for o in n.output}
+rng = np.random.default_rng(7)
+if kind == "bias":
+    for n in list(g.node):
+        if n.op_type == "MatMul" and n.name.split("/")[-2] in ("q_proj", "k_proj", "v_proj"):
+            width = [i for i in g.initializer if i.name == n.input[1]][0].dims[1]
+            bias = numpy_helper.from_array((rng.standard_normal(width) * 0.5).astype(np.float32), n.name[:-len("MatMul")] + "bias")
+            g.initializer.append(bias)
+            old, new = n.output[0], n.output[0] + "_biased"
+            for m in g.node:
+                m.input[:] = [new if x == old else x for x in m.input]
+            g.node.append(helper.make_node("Add", [old, bias.name], [new], name=n.name[:-len("MatMul")] + "Add"))
+    cfg_edit = {}
+else:
+    matmul = [n for n in g.node if n.name.endswith("rotary_emb/MatMul")][0]
+    name = matmul.input[0]
+    while nodes[name].op_type != "Constant":
+        name = nodes[name].input[0]
+    const = nodes[name]
+    inv = numpy_helper.to_array(const.attribute[0].t)
+    f = inv.astype(np.float64).ravel()
+    factor, low, high, old_ctx = 8.0, 1.0, 4.0, 256.0
+    wavelen = 2 * np.pi / f
+    scaled = np.where(wavelen > old_ctx / low, f / factor, f)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    medium = ~(wavelen < old_ctx / high) & ~(wavelen > old_ctx / low)
+    scaled = np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+    const.attribute[0].t.CopyFrom(numpy_helper.from_array(scaled.astype(inv.dtype).reshape(inv.shape), const.attribute[0].t.name))
+    for n in g.node:
+        if n.op_type == "Mul" and n.name.split("/")[-2] == "rotary_emb" and n.input[0] in nodes and nodes[n.input[0]].op_type in ("Cos", "Sin"):
+            c = nodes[n.input[1]]
+            c.attribute[0].t.CopyFrom(numpy_helper.from_array(np.array(1.25, dtype=np.float32), c.attribute[0].t.name))
+    cfg_edit = {"rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": factor, "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": int(old_ctx)}}
+onnx.save(model, out + "/model.onnx")
+cfg = json.load(open(out + "/config.json"))
+cfg.update(cfg_edit)
+json.dump(cfg, open(out + "/config.json", "w"))
+`;
+
 /** Measured: 2.4e-7 (float32), 4.9e-4 (float16, whose logits are float16). */
 const TOLERANCE = { 'llama-gqa': 1e-4, 'llama-gqa-fp16': 4e-3 } as const;
 
@@ -79,7 +134,7 @@ for (const name of ['llama-gqa', 'llama-gqa-fp16'] as const) {
   });
 }
 
-maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute, a folder without the graph, and writing over the model', async (t) => {
+maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute (biases the graph lacks, GELU, a sliding window inside the positions), a folder without the graph, and writing over the model', async (t) => {
   const variant = (name: string, edit: (cfg: Record<string, unknown>) => void): string => {
     const dir = join(tmp, name);
     cpSync(join(HF, 'llama-gqa'), dir, { recursive: true });
@@ -89,15 +144,19 @@ maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute
     return dir;
   };
   const cases: [string, RegExp][] = [
-    [variant('bias', (c) => (c.attention_bias = true)), /attention_bias: fuse.py writes plain Llama layers; keep this model in the unfused form/],
-    [variant('rope', (c) => (c.rope_parameters = { rope_theta: 500000, rope_type: 'llama3', factor: 8 })), /RoPE scaling 'llama3'/],
+    [variant('bias', (c) => (c.attention_bias = true)), /config.json gives the projections biases, and no Add beside a projection's MatMul holds one/],
     [variant('gelu', (c) => (c.hidden_act = 'gelu')), /hidden_act 'gelu' \(the fused MLP is SiLU-gated\)/],
-    [variant('window', (c) => (c.sliding_window = 4096)), /sliding_window 4096/],
+    [variant('window', (c) => (c.sliding_window = 128)), /sliding_window 128 \(under the 512 positions\)/],
   ];
   for (const [dir, reason] of cases) {
     const r = await fuse(dir, join(dir, 'fused'));
     t.not(r.code, 0, dir);
     t.regex(r.stderr, reason);
+  }
+  // Qwen2 names a window and switches it off; one past every position never applies
+  for (const [name, edit] of [['off', (c: Record<string, unknown>) => Object.assign(c, { sliding_window: 128, use_sliding_window: false })], ['long', (c: Record<string, unknown>) => (c.sliding_window = 4096)]] as const) {
+    const dir = variant(`window-${name}`, edit);
+    t.deepEqual(await fuse(dir, join(dir, 'fused')), { code: 0, stderr: '' }, name);
   }
   const empty = join(tmp, 'empty');
   cpSync(join(HF, 'llama-gqa', 'config.json'), join(empty, 'config.json'));
@@ -121,5 +180,38 @@ maybe('cascade fuse - fuses a user\'s export into a new folder and prints it; re
   writeFileSync(join(biased, 'config.json'), JSON.stringify({ ...cfg, attention_bias: true }));
   const refused = await fails(['fuse', '--model', biased, '--out', join(tmp, 'biased-fused')]);
   t.is(refused.code, 1);
-  t.regex(refused.stderr, /attention_bias: fuse.py writes plain Llama layers[\s\S]*tools\/train\/fuse.py failed \(exit 1\)/);
+  t.regex(refused.stderr, /config.json gives the projections biases, and no Add beside a projection's MatMul holds one[\s\S]*tools\/train\/fuse.py failed \(exit 1\)/);
 });
+
+for (const kind of ['bias', 'rope'] as const) {
+  maybe(`fuse.py - ${kind === 'bias' ? 'Qwen2-style q, k and v biases' : "Llama 3's scaled RoPE and a scaled cos/sin (yarn's attention factor)"}, read from the export's graph: logits within 1e-4 of the edited export's, and its greedy tokens`, async (t) => {
+    const src = join(tmp, `variant-${kind}`);
+    await run(python!, ['-c', VARIANT, join(HF, 'llama-gqa'), src, kind]);
+    const out = join(tmp, `variant-${kind}-fused`);
+    t.deepEqual(await fuse(src, out), { code: 0, stderr: '' });
+    if (kind === 'bias') t.true(graphOpTypes(join(out, 'model.onnx')).has('Add'), 'the packed biases');
+    const ref = JSON.parse(readFileSync(join(src, 'reference.json'), 'utf8')) as { prompt_ids: number[]; greedy_ids: number[] };
+    const [unfused, fused] = await Promise.all([OrtModelSession.open({ dir: src, tokenizer: TOKENIZER }), OrtModelSession.open({ dir: out, tokenizer: TOKENIZER })]);
+    try {
+      let worst = 0;
+      const both = async (seqId: string, inputIds: number[], extra: { positionIds?: number[] } = {}) => {
+        const [a, b] = await Promise.all([unfused.forward({ seqId, inputIds, ...extra }), fused.forward({ seqId, inputIds, ...extra })]);
+        worst = Math.max(worst, maxAbsDiff(a, b));
+      };
+      await both('s', ref.prompt_ids);
+      for (const id of [40, 41, 42]) await both('s', [id]);
+      // positions far out, where Llama 3's scaling moves the low frequencies most
+      await both('p', ref.prompt_ids.slice(0, 4), { positionIds: [300, 301, 302, 303] });
+      t.true(worst < 1e-4, `max abs diff ${worst}`);
+      t.log(`${kind}: max abs logit difference, fused vs the edited export: ${worst.toExponential(2)}`);
+      const original = await OrtModelSession.open({ dir: join(HF, 'llama-gqa'), tokenizer: TOKENIZER });
+      const changed = maxAbsDiff(await original.forward({ seqId: 'o', inputIds: ref.prompt_ids, positionIds: ref.prompt_ids.map((_, j) => 300 + j) }), await unfused.forward({ seqId: 'o', inputIds: ref.prompt_ids, positionIds: ref.prompt_ids.map((_, j) => 300 + j) }));
+      await original.close();
+      t.true(changed > 10 * Math.max(worst, 1e-4), `the edit changes what the model computes (${changed}), far more than fusing does (${worst})`);
+      const req = { promptIds: ref.prompt_ids, maxTokens: 16, sampling: GREEDY, seed: 0, stopAtEos: false };
+      t.deepEqual((await generateAutoregressive(fused, req)).tokenIds, (await generateAutoregressive(unfused, req)).tokenIds);
+    } finally {
+      await Promise.all([unfused.close(), fused.close()]);
+    }
+  });
+}

@@ -13,7 +13,8 @@ tool writes the same model with ONNX Runtime's contrib ops, as the genai builder
     graph's position_ids and cos/sin caches stored as initializers [max_positions, head_dim / 2];
   - GroupQueryAttention (com.microsoft, do_rotary=0) with seqlens_k = ReduceSum(attention_mask) - 1
     and total_sequence_length = Shape(attention_mask)[1], both int32, computed in the graph;
-  - the tied head as Gemm(h, embedding, transB=1), the embedding stored once.
+  - the tied head as Gemm(h, embedding, transB=1), the embedding stored once; an untied one as Gemm over its own weight;
+  - a projection's bias (Qwen2's q, k, v) as an Add after its packed MatMul.
 
 Inputs and outputs keep the names, dtypes, shapes and KV layout of the unfused graph (input_ids,
 attention_mask, position_ids, past_key_values.N.key|value [batch, kv_heads, past, head_dim]; logits,
@@ -37,9 +38,11 @@ onnx_weights.py reads them), so no torch is needed: `apt-get install python3-onn
 A user's Llama export as torch.onnx / Optimum write it (transformers' LlamaForCausalLM, float32 or
 float16, a tied or untied head) fuses too: its module paths sit under a wrapper prefix, its MLP
 under `mlp`, its embedding and RMSNorm weights are found by the Gather and Mul that use them, an
-untied head by lm_head/MatMul, and the graph computes in the weights' own float type. What plain
-Llama layers do not compute is refused, naming why (projection biases, scaled RoPE, a sliding
-window, an activation other than SiLU). Checked: test/fuse-user-export.test.ts.
+untied head by lm_head/MatMul, projection biases (Qwen2) by the Add beside each MatMul, and its RoPE
+frequencies and cos/sin scale are read from its rotary_emb (so static scaling, linear, Llama 3 or
+yarn, comes along); the graph computes in the weights' own float type. What the fused layers do not
+compute is refused, naming why (RoPE computed at run time, partial rotary, a sliding window shorter
+than the positions, an activation other than SiLU). Checked: test/fuse-user-export.test.ts.
 The other files of the folder are copied (not with --graph-only); config.json gains "onnx_graph": {"form": "fused", ...},
 which the runner ignores (it finds the form from the graph's op types).
 
@@ -62,27 +65,69 @@ MS = "com.microsoft"
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def unfused_weights(path: Path, cfg: dict) -> dict[str, np.ndarray]:
+def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
+    """Every value the graph fixes before it runs: initializers, Constant nodes' values, and Identity
+    outputs of either (torch.onnx stores equal weights, such as all-ones RMSNorm weights, once)."""
+    values = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = onnx.numpy_helper.to_array(node.attribute[0].t)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def graph_rope(graph: onnx.GraphProto, values: dict[str, np.ndarray], head_dim: int, path: Path) -> tuple[np.ndarray, float] | None:
+    """A transformers export's RoPE as its graph computes it: the inverse frequencies its rotary_emb
+    multiplies the positions by (a constant that already holds any static scaling: linear, llama3,
+    yarn) and the factor its cos and sin are scaled by (yarn's attention factor; 1 otherwise). None
+    for a graph without transformers' rotary_emb (this project's export); refused when the
+    frequencies are computed at run time (dynamic scaling) or cover part of a head."""
+    nodes = {o: n for n in graph.node for o in n.output}
+    matmul = next((n for n in graph.node if n.op_type == "MatMul" and re.fullmatch(r"(?:.*/)?rotary_emb/MatMul", n.name)), None)
+    if matmul is None:
+        return None
+    name = matmul.input[0]
+    while name not in values:  # inv_freq[None, :, None].expand(...).float()
+        node = nodes.get(name)
+        if node is None or node.op_type not in ("Cast", "Expand", "Unsqueeze", "Reshape"):
+            raise SystemExit(f"{path}: the RoPE frequencies are computed at run time ({node.op_type if node else name}), "
+                             "as dynamic RoPE scaling does: fuse.py's cos/sin tables are fixed; keep this model in the unfused form")
+        name = node.input[0]
+    inv_freq = values[name].astype(np.float32).ravel()
+    if inv_freq.size != head_dim // 2:
+        raise SystemExit(f"{path}: RoPE rotates {2 * inv_freq.size} of {head_dim} head dimensions (partial rotary): "
+                         "fuse.py rotates whole heads; keep this model in the unfused form")
+    scales = {}
+    for node in graph.node:
+        if node.op_type == "Mul" and node.input[0] in nodes and nodes[node.input[0]].op_type in ("Cos", "Sin") \
+                and re.fullmatch(r"(?:.*/)?rotary_emb/Mul_\d+", node.name) and node.input[1] in values:
+            scales[nodes[node.input[0]].op_type] = float(values[node.input[1]])
+    scale = scales.get("Cos", 1.0)
+    if scales.get("Sin", scale) != scale:
+        raise SystemExit(f"{path}: RoPE scales cos by {scale} and sin by {scales['Sin']}: fuse.py scales both alike")
+    return inv_freq, scale
+
+
+def unfused_weights(path: Path, cfg: dict) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, float] | None]:
     """Weights by module path, from this project's export or a user's Llama export (torch.onnx, the
-    Optimum "decoder with past" layout): `model.*` initializers (or Identity outputs) as named; each
-    Linear as its MatMul's right operand [in, out] (x @ W, W = torch's weight transposed), keyed
-    `layers.I.<module>`, found by the MatMul's name, which keeps the module path under any wrapper
-    prefix (/layers.0/self_attn/q_proj/MatMul, /model/layers.0/..., /m/model/layers.0/...); where a
-    user's export names its initializers otherwise, the embedding by its Gather, each RMSNorm's weight
-    by the Mul that scales by it, and an untied head (`lm_head`) by its MatMul."""
+    Optimum "decoder with past" layout): `model.*` initializers as named; each Linear as its MatMul's
+    right operand [in, out] (x @ W, W = torch's weight transposed), keyed `layers.I.<module>`, found by
+    the MatMul's name, which keeps the module path under any wrapper prefix
+    (/layers.0/self_attn/q_proj/MatMul, /model/layers.0/..., /m/model/layers.0/...), and its bias, if
+    any, by the Add beside it (`<key>.bias`: Qwen2's q, k and v); where a user's export names its
+    initializers otherwise, the embedding by its Gather, each RMSNorm's weight by the Mul that scales
+    by it, and an untied head (`lm_head`) by its MatMul. Also the export's own RoPE (graph_rope)."""
     layers, hidden = cfg["num_hidden_layers"], cfg["hidden_size"]
     graph = onnx.load(str(path)).graph
-    inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
-    # torch.onnx stores equal weights (all-ones RMSNorm weights) once, the others as Identity of it
-    for node in graph.node:
-        if node.op_type == "Identity" and node.input[0] in inits:
-            inits[node.output[0]] = inits[node.input[0]]
+    inits = constant_values(graph)
     weights = {name: arr for name, arr in inits.items() if name.startswith("model.")}
+    # transformers' LlamaMLP nests the MLP's projections under `mlp`; this project's export does not
+    key = lambda module: module.replace("/", ".").replace(".mlp.", ".")  # noqa: E731
     for node in graph.node:
         m = re.fullmatch(r"(?:.*/)?(layers\.\d+/.+)/MatMul", node.name)
         if node.op_type == "MatMul" and m and node.input[1] in inits:
-            # transformers' LlamaMLP nests the MLP's projections under `mlp`; this project's export does not
-            weights[m.group(1).replace("/", ".").replace(".mlp.", ".")] = inits[node.input[1]]
+            weights[key(m.group(1))] = inits[node.input[1]]
         elif node.op_type == "MatMul" and re.fullmatch(r"(?:.*/)?lm_head/MatMul", node.name) and node.input[1] in inits:
             weights["lm_head"] = inits[node.input[1]]
         elif node.op_type == "Gather" and re.fullmatch(r"(?:.*/)?embed_tokens/Gather", node.name) and node.input[0] in inits:
@@ -91,9 +136,10 @@ def unfused_weights(path: Path, cfg: dict) -> dict[str, np.ndarray]:
             scale = [inits[i] for i in node.input if i in inits and inits[i].shape == (hidden,)]
             if scale:
                 weights.setdefault(f"model.{m.group(1).replace('/', '.')}.weight", scale[0])
-        elif node.op_type == "Add" and re.fullmatch(r"(?:.*/)?layers\.\d+/.+_proj/Add", node.name) and any(i in inits for i in node.input):
-            raise SystemExit(f"{path}: {node.name} adds a bias to a projection (Qwen2-style attention biases); "
-                             "fuse.py writes bias-free Llama layers: keep this model in the unfused form")
+        elif node.op_type == "Add" and (m := re.fullmatch(r"(?:.*/)?(layers\.\d+/.+_proj)/Add", node.name)):
+            bias = [inits[i] for i in node.input if i in inits and inits[i].ndim == 1]
+            if bias:
+                weights[f"{key(m.group(1))}.bias"] = bias[0]
     want = ["model.embed_tokens.weight", "model.norm.weight"] + [
         f"{p}layers.{i}.{n}" for i in range(layers)
         for p, n in [("model.", "input_layernorm.weight"), ("model.", "post_attention_layernorm.weight")] + [("", lin) for lin in LINEARS]]
@@ -102,20 +148,24 @@ def unfused_weights(path: Path, cfg: dict) -> dict[str, np.ndarray]:
         raise SystemExit(f"{path} is neither this project's export (tools/train/export.py) nor a Llama export fuse.py can read "
                          f"(torch.onnx names each MatMul after its module): no weights for {missing[:4]}"
                          f"{' ...' if len(missing) > 4 else ''}")
-    return weights
+    if (cfg.get("attention_bias") or cfg.get("mlp_bias")) and not any(k.endswith(".bias") for k in weights):
+        raise SystemExit(f"{path}: config.json gives the projections biases, and no Add beside a projection's MatMul holds one")
+    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
+    return weights, graph_rope(graph, inits, head_dim, path)
 
 
-def check_architecture(cfg: dict, source: Path) -> float:
-    """The RoPE base, after refusing what the fused layers do not compute: another activation than SiLU,
-    projection biases, scaled RoPE (the cos/sin caches are plain), a sliding window."""
+def check_architecture(cfg: dict, source: Path, positions: int, rope_in_graph: bool) -> float:
+    """The RoPE base from the config, after refusing what the fused layers do not compute: another
+    activation than SiLU, a sliding window shorter than the positions, and (for a graph whose RoPE
+    tables are not read from the export itself, graph_rope) scaled RoPE."""
     rope = cfg.get("rope_parameters") or {}  # transformers 5 moves rope_theta and rope_type here
     scaling = cfg.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
+    # Qwen2 names a window and switches it off (use_sliding_window: false)
+    window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
     problems = [
         f"hidden_act {cfg['hidden_act']!r} (the fused MLP is SiLU-gated)" if cfg.get("hidden_act", "silu") != "silu" else "",
-        "attention_bias" if cfg.get("attention_bias") else "",
-        "mlp_bias" if cfg.get("mlp_bias") else "",
-        f"RoPE scaling {scaling.get('rope_type') or scaling.get('type')!r}" if scaling else "",
-        f"sliding_window {cfg['sliding_window']}" if cfg.get("sliding_window") else "",
+        f"RoPE scaling {scaling.get('rope_type') or scaling.get('type')!r} and no rotary_emb in the graph to read it from" if scaling and not rope_in_graph else "",
+        f"sliding_window {window} (under the {positions} positions)" if window and window < positions else "",
     ]
     problems = [p for p in problems if p]
     if problems:
@@ -123,11 +173,15 @@ def check_architecture(cfg: dict, source: Path) -> float:
     return float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
 
 
-def rope_caches(head_dim: int, theta: float, positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin [positions, head_dim / 2] of model.rope_tables, in float32 as torch computes them."""
-    inv_freq = (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))).astype(np.float32)
+def rope_caches(inv_freq: np.ndarray, positions: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [positions, head_dim / 2] of positions x inv_freq, in float32 as torch computes them, times `scale`."""
     freqs = np.arange(positions, dtype=np.float32)[:, None] * inv_freq[None, :]
-    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+    return (np.cos(freqs) * np.float32(scale)).astype(np.float32), (np.sin(freqs) * np.float32(scale)).astype(np.float32)
+
+
+def default_inv_freq(head_dim: int, theta: float) -> np.ndarray:
+    """model.rope_tables' inverse frequencies: theta ** -(2i / head_dim), float32."""
+    return (1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))).astype(np.float32)
 
 
 class Graph:
@@ -147,7 +201,19 @@ class Graph:
         return outs
 
 
-def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope_theta: float) -> onnx.ModelProto:
+def biased(g: "Graph", w: dict[str, np.ndarray], layer: int, name: str, x: str, modules: list[str]) -> str:
+    """x plus the packed biases of `modules` (zeros for a module without one), or x when none has one."""
+    weights = [w[f"layers.{layer}.{m}"] for m in modules]
+    biases = [w.get(f"layers.{layer}.{m}.bias") for m in modules]
+    if all(b is None for b in biases):
+        return x
+    packed = np.concatenate([b if b is not None else np.zeros(wt.shape[1], dtype=wt.dtype) for b, wt in zip(biases, weights)])
+    (out,) = g.node("Add", f"{name}/Add", [x, g.init(f"model.layers.{layer}.{name.split('/')[-1]}.bias", packed)])
+    return out
+
+
+def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np.ndarray, float]) -> onnx.ModelProto:
+    """The fused graph; `rope` is the inverse frequencies and the cos/sin scale (graph_rope, or default_inv_freq and 1)."""
     layers, heads, kv_heads = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
     hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
     head_dim = cfg.get("head_dim") or hidden // heads
@@ -162,7 +228,7 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope_theta: fl
     dtype = w["model.embed_tokens.weight"].dtype
     if dtype not in (np.float32, np.float16):
         raise SystemExit(f"weights of type {dtype}: fuse.py writes float32 or float16 graphs")
-    cos, sin = rope_caches(head_dim, rope_theta, max_positions)
+    cos, sin = rope_caches(rope[0], max_positions, rope[1])
     g.init("cos_cache", cos.astype(dtype))
     g.init("sin_cache", sin.astype(dtype))
     one = g.init("/model/constants/INT64/[1]", np.array([1], dtype=np.int64))
@@ -192,6 +258,7 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope_theta: fl
         qkv_w = g.init(f"model.layers.{i}.attn.qkv_proj.MatMul.weight",
                        np.concatenate([lin("self_attn.q_proj"), lin("self_attn.k_proj"), lin("self_attn.v_proj")], axis=1))
         (qkv,) = g.node("MatMul", f"{p}/attn/qkv_proj/MatMul", [h, qkv_w])
+        qkv = biased(g, w, i, f"{p}/attn/qkv_proj", qkv, ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"])
         q, k, v = g.node("Split", f"{p}/attn/qkv_proj/Split", [qkv, "/model/constants/INT64/qkv_split"], 3, axis=-1)
         (q,) = g.node("RotaryEmbedding", f"{p}/attn/q_rotary/RotaryEmbedding", [q, "position_ids", "cos_cache", "sin_cache"],
                       domain=MS, interleaved=0)
@@ -204,18 +271,21 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope_theta: fl
             domain=MS, num_heads=heads, kv_num_heads=kv_heads, do_rotary=0, local_window_size=-1)
         o_w = g.init(f"model.layers.{i}.attn.o_proj.MatMul.weight", lin("self_attn.o_proj"))
         (o,) = g.node("MatMul", f"{p}/attn/o_proj/MatMul", [attn, o_w])
+        o = biased(g, w, i, f"{p}/attn/o_proj", o, ["self_attn.o_proj"])
         post_w = g.init(f"model.layers.{i}.post_attention_layernorm.weight", w[f"model.layers.{i}.post_attention_layernorm.weight"])
         h, _, _, residual = g.node("SkipSimplifiedLayerNormalization", f"{p}/post_attention_layernorm/SkipLayerNorm",
                                    [o, residual, post_w], [f"{p}/post_attention_layernorm/output_0", "", "",
                                                            f"{p}/post_attention_layernorm/output_3"], domain=MS, epsilon=eps)
         gu_w = g.init(f"model.layers.{i}.mlp.gate_up_proj.MatMul.weight", np.concatenate([lin("gate_proj"), lin("up_proj")], axis=1))
         (gu,) = g.node("MatMul", f"{p}/mlp/gate_up_proj/MatMul", [h, gu_w])
+        gu = biased(g, w, i, f"{p}/mlp/gate_up_proj", gu, ["gate_proj", "up_proj"])
         gate, up = g.node("Split", f"{p}/mlp/gate_up_proj/Split", [gu, "/model/constants/INT64/gate_up_split"], 2, axis=-1)
         (sig,) = g.node("Sigmoid", f"{p}/mlp/act_fn/Sigmoid", [gate])
         (silu,) = g.node("Mul", f"{p}/mlp/act_fn/Mul", [gate, sig])
         (prod,) = g.node("Mul", f"{p}/mlp/Mul", [silu, up])
         down_w = g.init(f"model.layers.{i}.mlp.down_proj.MatMul.weight", lin("down_proj"))
         (down,) = g.node("MatMul", f"{p}/mlp/down_proj/MatMul", [prod, down_w])
+        down = biased(g, w, i, f"{p}/mlp/down_proj", down, ["down_proj"])
         nxt = f"model.layers.{i + 1}.input_layernorm.weight" if i + 1 < layers else "model.norm.weight"
         norm_w = g.init(nxt, w[nxt])
         where = f"/model/layers.{i + 1}/input_layernorm" if i + 1 < layers else f"/model/layers.{layers}/final_norm_layernorm"
@@ -268,9 +338,11 @@ def main() -> None:
     if out.resolve() == src.resolve():
         raise SystemExit(f"--out {out} is the model's own folder: write the fused form beside it")
     cfg = json.loads((src / "config.json").read_text())
-    rope_theta = check_architecture(cfg, src)
     positions = args.max_positions or cfg.get("max_position_embeddings", 2048)
-    model = fuse(cfg, unfused_weights(src / args.model_file, cfg), positions, rope_theta)
+    weights, rope = unfused_weights(src / args.model_file, cfg)
+    theta = check_architecture(cfg, src, positions, rope is not None)
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim, theta), 1.0))
     out.mkdir(parents=True, exist_ok=True)
     # a protobuf holds at most 2 GB: larger weights go to one external file beside the graph, as Optimum writes them
     big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
