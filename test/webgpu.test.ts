@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -153,6 +153,31 @@ gpuTest('webgpu - a 4-bit MatMulNBits target (cascade quantize, accuracy level 0
     const tokens = async (...extra: string[]) => (JSON.parse(await generateRetried(t, [...args, ...extra])) as { tokenIds: number[] }).tokenIds;
     t.deepEqual(await tokens('--mode', 'ar'), want.tokenIds, 'ar');
     t.deepEqual(await tokens('--mode', 'csd'), want.tokenIds, 'csd');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+gpuTest('webgpu - a user\'s float16 Llama export in the fused form (cascade fuse) runs with its KV on the device and gives transformers\' own greedy tokens, target-only and under MaG', async (t) => {
+  let python: string;
+  try {
+    python = findPython();
+  } catch (err) {
+    t.log(`skipped: ${(err as Error).message}`);
+    return t.pass();
+  }
+  const source = new URL('./fixtures/hf/llama-gqa-fp16', import.meta.url).pathname;
+  const ref = JSON.parse(readFileSync(join(source, 'reference.json'), 'utf8')) as { prompt_ids: number[]; greedy_ids: number[] };
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-webgpu-fused-'));
+  const out = join(dir, 'llama-gqa-fp16-fused');
+  try {
+    await cascade('fuse', '--model', source, '--out', out, '--python', python);
+    const args = ['generate', '--json', '--model', out, '--tokenizer', join(MODELS_DIR, 'tokenizer.json'), '--prompt-ids', ref.prompt_ids.join(','), '--max-tokens', String(ref.greedy_ids.length), '--temperature', '0', '--execution-providers', 'webgpu'];
+    for (const mode of ['ar', 'mag']) {
+      const run = JSON.parse(await generateRetried(t, [...args, '--mode', mode])) as { tokenIds: number[]; kvLocation: string };
+      t.is(run.kvLocation, 'device', mode);
+      t.deepEqual(run.tokenIds, ref.greedy_ids, mode);
+    }
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
