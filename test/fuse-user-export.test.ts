@@ -134,7 +134,7 @@ for (const name of ['llama-gqa', 'llama-gqa-fp16'] as const) {
   });
 }
 
-maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute (biases the graph lacks, GELU, a sliding window inside the positions), a folder without the graph, and writing over the model', async (t) => {
+maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute (biases the graph lacks, GELU, another model type, a sliding window inside the positions), a folder without the graph, and writing over the model', async (t) => {
   const variant = (name: string, edit: (cfg: Record<string, unknown>) => void): string => {
     const dir = join(tmp, name);
     cpSync(join(HF, 'llama-gqa'), dir, { recursive: true });
@@ -146,6 +146,8 @@ maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute
   const cases: [string, RegExp][] = [
     [variant('bias', (c) => (c.attention_bias = true)), /config.json gives the projections biases, and no Add beside a projection's MatMul holds one/],
     [variant('gelu', (c) => (c.hidden_act = 'gelu')), /hidden_act 'gelu' \(the fused MLP is SiLU-gated\)/],
+    // Granite scales embeddings, attention, residuals and logits: Llama-shaped weights, other arithmetic
+    [variant('granite', (c) => (c.model_type = 'granite')), /model_type 'granite' \(fuse.py knows llama, mistral, qwen2 layers/],
     [variant('window', (c) => (c.sliding_window = 128)), /sliding_window 128 \(under the 512 positions\)/],
   ];
   for (const [dir, reason] of cases) {

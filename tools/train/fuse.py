@@ -40,8 +40,8 @@ float16, a tied or untied head) fuses too: its module paths sit under a wrapper 
 under `mlp`, its embedding and RMSNorm weights are found by the Gather and Mul that use them, an
 untied head by lm_head/MatMul, projection biases (Qwen2) by the Add beside each MatMul, and its RoPE
 frequencies and cos/sin scale are read from its rotary_emb (so static scaling, linear, Llama 3 or
-yarn, comes along); the graph computes in the weights' own float type. What the fused layers do not
-compute is refused, naming why (RoPE computed at run time, partial rotary, a sliding window shorter
+yarn, comes along); the graph computes in the weights' own float type. Model types other than llama, mistral
+and qwen2, and what the fused layers do not compute, are refused, naming why (RoPE computed at run time, partial rotary, a sliding window shorter
 than the positions, an activation other than SiLU). Checked: test/fuse-user-export.test.ts.
 The other files of the folder are copied (not with --graph-only); config.json gains "onnx_graph": {"form": "fused", ...},
 which the runner ignores (it finds the form from the graph's op types).
@@ -62,6 +62,9 @@ import onnx.numpy_helper
 from onnx import TensorProto, helper
 
 MS = "com.microsoft"
+# transformers' model types whose decoder layers are Llama's: RMSNorm, RoPE (rotate_half), SiLU-gated MLP, no
+# other scaling (Mistral adds a sliding window, refused when it applies; Qwen2 adds q, k, v biases, read)
+LAYER_TYPES = {"llama", "mistral", "qwen2"}
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -162,8 +165,11 @@ def check_architecture(cfg: dict, source: Path, positions: int, rope_in_graph: b
     scaling = cfg.get("rope_scaling") or ({} if rope.get("rope_type", "default") == "default" else rope)
     # Qwen2 names a window and switches it off (use_sliding_window: false)
     window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
+    model_type = cfg.get("model_type")
     problems = [
-        f"hidden_act {cfg['hidden_act']!r} (the fused MLP is SiLU-gated)" if cfg.get("hidden_act", "silu") != "silu" else "",
+        f"model_type {model_type!r} (fuse.py knows {', '.join(sorted(LAYER_TYPES))} layers; others may scale embeddings, norms, "
+        "attention or logits where it would not)" if model_type not in LAYER_TYPES else "",
+        f"hidden_act {cfg['hidden_act']!r} (the fused MLP is SiLU-gated)" if (cfg.get("hidden_act") or "silu") != "silu" else "",
         f"RoPE scaling {scaling.get('rope_type') or scaling.get('type')!r} and no rotary_emb in the graph to read it from" if scaling and not rope_in_graph else "",
         f"sliding_window {window} (under the {positions} positions)" if window and window < positions else "",
     ]
