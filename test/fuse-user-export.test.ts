@@ -173,6 +173,9 @@ maybe('cascade fuse - fuses a user\'s export into a new folder and prints it; re
   t.regex(stdout, /fused .*llama-gqa -> .*via-cli: 41 nodes/);
   t.is(stdout.trim().split('\n').at(-1), out);
   t.true(graphOpTypes(join(out, 'model.onnx')).has('GroupQueryAttention'));
+  const missing = await fails(['fuse', '--model', '--out', join(tmp, 'never')]);
+  t.is(missing.code, 2);
+  t.regex(missing.stderr, /--model needs a folder, got "--out"/);
   const again = await fails(['fuse', '--model', join(HF, 'llama-gqa'), '--out', out]);
   t.is(again.code, 2);
   t.regex(again.stderr, /--out .*via-cli exists: name a new folder for the fused model/);

@@ -64,7 +64,7 @@ async function runTool(python: string, tool: TrainTool, args: readonly string[],
  * The first of `--python`, $CASCADE_PYTHON, /usr/bin/python3 and python3 on the PATH that imports
  * onnx and numpy; throws QuantizeToolError naming what to install when none does.
  */
-export function findPython(explicit?: string): string {
+export function findPython(explicit?: string, command = 'cascade quantize'): string {
   const candidates = explicit ? [explicit] : [process.env.CASCADE_PYTHON, '/usr/bin/python3', 'python3'].filter((p): p is string => !!p);
   const tried: string[] = [];
   for (const python of [...new Set(candidates)]) {
@@ -74,9 +74,18 @@ export function findPython(explicit?: string): string {
     tried.push(`${python}: ${why}`);
   }
   throw new QuantizeToolError(
-    `cascade quantize needs Python 3 with onnx and numpy (apt-get install python3-onnx python3-numpy, or pip install onnx numpy); tried ${tried.join('; ')}`,
+    `${command} needs Python 3 with onnx and numpy (apt-get install python3-onnx python3-numpy, or pip install onnx numpy); tried ${tried.join('; ')}`,
   );
 }
+
+/**
+ * A folder option's value, refused when it is another option: a value left out takes the next word
+ * (commander), so `--model --out x` would read "--out" as the folder and then miss --out.
+ */
+const folder = (flag: string) => (raw: string): string => {
+  if (raw.startsWith('--')) throw new InvalidArgumentError(`${flag} needs a folder, got "${raw}"`);
+  return raw;
+};
 
 /** A rewrite's source folder, its graph (relative to it) and a new output folder, checked; throws ModelLoadError or InvalidArgumentError. */
 function rewriteFolders(o: { model: string; out: string; modelFile?: string }, what: string): { model: string; out: string; graph: string } {
@@ -113,7 +122,7 @@ async function quantize(o: QuantizeOptions): Promise<void> {
  */
 async function fuseFolder(o: { model: string; out: string; modelFile?: string; maxPositions?: number; python?: string }): Promise<void> {
   const { model, out, graph } = rewriteFolders(o, 'fused');
-  const python = findPython(o.python);
+  const python = findPython(o.python, 'cascade fuse');
   process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
   await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : [])], out, 'inherit');
   process.stdout.write(`${out}\n`);
@@ -213,8 +222,8 @@ export function registerQuantize(program: Command): void {
   program
     .command('quantize')
     .description("block-wise weight-only quantization into ONNX Runtime's MatMulNBits (needs Python 3 with onnx and numpy); the output is a model folder for --model or --draft-model")
-    .requiredOption('--model <dir>', 'the model folder to quantize (config.json and an ONNX decoder graph)')
-    .requiredOption('--out <dir>', 'a new folder for the quantized model (refused when it exists)')
+    .requiredOption('--model <dir>', 'the model folder to quantize (config.json and an ONNX decoder graph)', folder('--model'))
+    .requiredOption('--out <dir>', 'a new folder for the quantized model (refused when it exists)', folder('--out'))
     .requiredOption('--bits <n>', 'weight bits: 8 or 4', parseNumber('--bits', { integer: true }))
     .option('--block-size <n>', 'weights per quantization block along K: a power of 2, at least 16', parseNumber('--block-size', { min: 16, integer: true }), 32)
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 lets the CPU compute in int8, 0 keeps activations in float", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
@@ -227,8 +236,8 @@ export function registerQuantize(program: Command): void {
   program
     .command('fuse')
     .description("the fused form of a Llama-architecture model folder (this family's, or your own torch.onnx / Optimum export, float32 or float16): GroupQueryAttention, RotaryEmbedding and fused norms, as onnxruntime-genai's builder writes them; on the CPU its KV is read in place from a host buffer (needs Python 3 with onnx and numpy)")
-    .requiredOption('--model <dir>', 'the model folder to fuse (config.json and an ONNX decoder graph)')
-    .requiredOption('--out <dir>', 'a new folder for the fused model (refused when it exists); the folder\'s other files are copied')
+    .requiredOption('--model <dir>', 'the model folder to fuse (config.json and an ONNX decoder graph)', folder('--model'))
+    .requiredOption('--out <dir>', 'a new folder for the fused model (refused when it exists); the folder\'s other files are copied', folder('--out'))
     .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
     .option('--max-positions <n>', "positions the fused graph takes (rows of its RoPE tables; default config.json's max_position_embeddings)", parseNumber('--max-positions', { min: 1, integer: true }))
     .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')

@@ -101,7 +101,8 @@ export class TextTokenizer {
   /** The chat template's text for `messages`, ending in the generation prompt (see encodeChat). */
   renderChat(messages: readonly ChatMessage[]): string {
     if (!this.chatTemplate) {
-      throw new InvalidArgumentError(`the model in ${this.dir} has no chat template (tokenizer_config.json has no chat_template and there is no chat_template.jinja): send a plain prompt instead`);
+      // a model folder with neither file reads them beside its tokenizer (forModel), so this names where it looked
+      throw new InvalidArgumentError(`the model has no chat template (${this.dir} has no chat_template in tokenizer_config.json and no chat_template.jinja): send a plain prompt instead`);
     }
     return this.chatTemplate.render(messages);
   }
