@@ -59,7 +59,40 @@ model = onnx.load(out + "/model.onnx")
 g = model.graph
 nodes = {o: n for n in g.node for o in n.output}
 rng = np.random.default_rng(7)
-if kind == "bias":
+cfg_edit = {}
+
+def after(output, op, name, const):
+    """A node op(output, const) named name, between output's producer (or the graph input) and every
+    node or graph output that read it: the new node takes over the name."""
+    c = numpy_helper.from_array(np.array(const, dtype=np.float32), name + "/c")
+    g.initializer.append(c)
+    pre = output + "_pre"
+    producer = [n for n in g.node if output in n.output]
+    if producer:
+        producer[0].output[:] = [pre if x == output else x for x in producer[0].output]
+    else:  # a graph input: its readers move to the new node's output
+        for m in g.node:
+            m.input[:] = [pre if x == output else x for x in m.input]
+        pre, output = output, pre
+    g.node.append(helper.make_node(op, [pre, c.name] if op != "Identity" else [pre], [output], name=name))
+
+if kind == "posdiv":  # transformers 4.38-4.44's linear scaling: positions divided before the frequencies
+    matmul = [n for n in g.node if n.name.endswith("rotary_emb/MatMul")][0]
+    after(matmul.input[1], "Div", "/m/model/rotary_emb/Div", 4.0)
+elif kind == "embscale":  # Gemma's embedding times sqrt(hidden)
+    embed = [n for n in g.node if n.name.endswith("embed_tokens/Gather")][0]
+    after(embed.output[0], "Mul", "/m/model/Mul_scale", 8.0)
+elif kind == "logitscale":  # Granite's logits / logits_scaling
+    head = [n for n in g.node if n.name.endswith("lm_head/MatMul")][0]
+    after(head.output[0], "Div", "/m/lm_head/Div", 8.0)
+elif kind == "qnorm":  # Qwen3's q_norm
+    q = [n for n in g.node if n.name.endswith("layers.0/self_attn/q_proj/MatMul")][0]
+    after(q.output[0], "Identity", "/m/model/layers.0/self_attn/q_norm/Identity", 0.0)
+elif kind == "headcast":  # an untied head whose weight reaches the MatMul through a Cast
+    head = [n for n in g.node if n.name.endswith("lm_head/MatMul")][0]
+    g.node.append(helper.make_node("Cast", [head.input[1]], [head.input[1] + "_cast"], name="/m/lm_head/Cast", to=1))
+    head.input[1] = head.input[1] + "_cast"
+elif kind == "bias":
     for n in list(g.node):
         if n.op_type == "MatMul" and n.name.split("/")[-2] in ("q_proj", "k_proj", "v_proj"):
             width = [i for i in g.initializer if i.name == n.input[1]][0].dims[1]
@@ -69,8 +102,8 @@ if kind == "bias":
             for m in g.node:
                 m.input[:] = [new if x == old else x for x in m.input]
             g.node.append(helper.make_node("Add", [old, bias.name], [new], name=n.name[:-len("MatMul")] + "Add"))
-    cfg_edit = {}
-else:
+    cfg_edit = {"model_type": "qwen2"}
+elif kind == "rope":
     matmul = [n for n in g.node if n.name.endswith("rotary_emb/MatMul")][0]
     name = matmul.input[0]
     while nodes[name].op_type != "Constant":
@@ -89,7 +122,22 @@ else:
         if n.op_type == "Mul" and n.name.split("/")[-2] == "rotary_emb" and n.input[0] in nodes and nodes[n.input[0]].op_type in ("Cos", "Sin"):
             c = nodes[n.input[1]]
             c.attribute[0].t.CopyFrom(numpy_helper.from_array(np.array(1.25, dtype=np.float32), c.attribute[0].t.name))
+            if nodes[n.input[0]].op_type == "Cos":  # the constant first, as another export may write it
+                n.input[:] = [n.input[1], n.input[0]]
     cfg_edit = {"rope_parameters": {"rope_type": "llama3", "rope_theta": 10000.0, "factor": factor, "low_freq_factor": low, "high_freq_factor": high, "original_max_position_embeddings": int(old_ctx)}}
+# appended nodes go where their inputs are ready (ONNX wants a graph in topological order)
+ready = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+ordered, pending = [], list(g.node)
+while pending:
+    rest = [n for n in pending if not all(x in ready for x in n.input)]
+    for n in pending:
+        if n not in rest:
+            ordered.append(n)
+            ready.update(n.output)
+    assert len(rest) < len(pending), "a cycle"
+    pending = rest
+del g.node[:]
+g.node.extend(ordered)
 onnx.save(model, out + "/model.onnx")
 cfg = json.load(open(out + "/config.json"))
 cfg.update(cfg_edit)
@@ -149,6 +197,8 @@ maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute
     // Granite scales embeddings, attention, residuals and logits: Llama-shaped weights, other arithmetic
     [variant('granite', (c) => (c.model_type = 'granite')), /model_type 'granite' \(fuse.py knows llama, mistral, qwen2 layers/],
     [variant('window', (c) => (c.sliding_window = 128)), /sliding_window 128 \(under the 512 positions\)/],
+    [variant('longrope', (c) => (c.rope_parameters = { rope_type: 'longrope', rope_theta: 10000 })), /RoPE type 'longrope' \(its frequencies change with the sequence's length\)/],
+    [variant('qwen-unbiased', (c) => (c.model_type = 'qwen2')), /a Qwen2 model's q, k and v projections have biases, and none was found/],
   ];
   for (const [dir, reason] of cases) {
     const r = await fuse(dir, join(dir, 'fused'));
@@ -220,3 +270,20 @@ for (const kind of ['bias', 'rope'] as const) {
     }
   });
 }
+
+maybe('fuse.py - refuses an export whose arithmetic around the Llama weights is not Llama\'s, rather than fusing it wrong: scaled positions, a scaled embedding, scaled logits, q/k norms, an untied head it cannot read', async (t) => {
+  const cases: [string, RegExp][] = [
+    ['posdiv', /the RoPE positions are changed before the frequencies multiply them \(Div\)/],
+    ['embscale', /the embedding goes through \/m\/model\/Mul_scale before the first layer/],
+    ['logitscale', /the logits come from \/m\/lm_head\/Div, not lm_head\/MatMul/],
+    ['qnorm', /the attention norms q and k \(q_norm, k_norm\)/],
+    ['headcast', /says the head is not tied to the embedding, and no initializer feeds lm_head\/MatMul/],
+  ];
+  for (const [kind, reason] of cases) {
+    const src = join(tmp, `variant-${kind}`);
+    await run(python!, ['-c', VARIANT, join(HF, 'llama-gqa'), src, kind]);
+    const r = await fuse(src, join(tmp, `variant-${kind}-fused`));
+    t.not(r.code, 0, kind);
+    t.regex(r.stderr, reason, kind);
+  }
+});

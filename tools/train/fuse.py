@@ -101,18 +101,29 @@ def graph_rope(graph: onnx.GraphProto, values: dict[str, np.ndarray], head_dim: 
     if inv_freq.size != head_dim // 2:
         raise SystemExit(f"{path}: RoPE rotates {2 * inv_freq.size} of {head_dim} head dimensions (partial rotary): "
                          "fuse.py rotates whole heads; keep this model in the unfused form")
-    scales = {}
-    for node in graph.node:
-        if node.op_type == "Mul" and node.input[0] in nodes and nodes[node.input[0]].op_type in ("Cos", "Sin") \
-                and re.fullmatch(r"(?:.*/)?rotary_emb/Mul_\d+", node.name) and node.input[1] in values:
-            scales[nodes[node.input[0]].op_type] = float(values[node.input[1]])
-    scale = scales.get("Cos", 1.0)
-    if scales.get("Sin", scale) != scale:
-        raise SystemExit(f"{path}: RoPE scales cos by {scale} and sin by {scales['Sin']}: fuse.py scales both alike")
+    # the positions must reach the MatMul as they are: an older transformers' linear scaling divided them first
+    name = matmul.input[1]
+    while name != "position_ids":
+        node = nodes.get(name)
+        if node is None or node.op_type not in ("Cast", "Expand", "Unsqueeze", "Reshape"):
+            raise SystemExit(f"{path}: the RoPE positions are changed before the frequencies multiply them "
+                             f"({node.op_type if node else name}): fuse.py's tables take the positions as they are; keep this model in the unfused form")
+        name = node.input[0]
+    # cos and sin as the graph scales them (yarn's attention factor), whatever the Muls are named and in either operand order
+    scales: dict[str, list[float]] = {"Cos": [], "Sin": []}
+    for trig in (n for n in graph.node if n.op_type in ("Cos", "Sin")):
+        for user in (n for n in graph.node if trig.output[0] in n.input):
+            other = [i for i in user.input if i != trig.output[0]]
+            if user.op_type == "Mul" and len(other) == 1 and other[0] in values and values[other[0]].size == 1:
+                scales[trig.op_type].append(float(values[other[0]].ravel()[0]))
+    found = set(scales["Cos"] + scales["Sin"])
+    if len(found) > 1:
+        raise SystemExit(f"{path}: RoPE scales cos and sin by {sorted(found)}: fuse.py scales both by one factor")
+    scale = found.pop() if found else 1.0
     return inv_freq, scale
 
 
-def unfused_weights(path: Path, cfg: dict) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, float] | None]:
+def unfused_weights(path: Path, cfg: dict) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, float] | None, float | None]:
     """Weights by module path, from this project's export or a user's Llama export (torch.onnx, the
     Optimum "decoder with past" layout): `model.*` initializers as named; each Linear as its MatMul's
     right operand [in, out] (x @ W, W = torch's weight transposed), keyed `layers.I.<module>`, found by
@@ -120,7 +131,9 @@ def unfused_weights(path: Path, cfg: dict) -> tuple[dict[str, np.ndarray], tuple
     (/layers.0/self_attn/q_proj/MatMul, /model/layers.0/..., /m/model/layers.0/...), and its bias, if
     any, by the Add beside it (`<key>.bias`: Qwen2's q, k and v); where a user's export names its
     initializers otherwise, the embedding by its Gather, each RMSNorm's weight by the Mul that scales
-    by it, and an untied head (`lm_head`) by its MatMul. Also the export's own RoPE (graph_rope)."""
+    by it, and an untied head (`lm_head`) by its MatMul. Also, for a transformers export, its own RoPE
+    (graph_rope) and RMSNorm epsilon (graph_epsilon), after check_layer_arithmetic; None for this
+    project's export, whose config gives them."""
     layers, hidden = cfg["num_hidden_layers"], cfg["hidden_size"]
     graph = onnx.load(str(path)).graph
     inits = constant_values(graph)
@@ -153,8 +166,48 @@ def unfused_weights(path: Path, cfg: dict) -> tuple[dict[str, np.ndarray], tuple
                          f"{' ...' if len(missing) > 4 else ''}")
     if (cfg.get("attention_bias") or cfg.get("mlp_bias")) and not any(k.endswith(".bias") for k in weights):
         raise SystemExit(f"{path}: config.json gives the projections biases, and no Add beside a projection's MatMul holds one")
+    if cfg.get("model_type") == "qwen2":
+        unbiased = [f"layers.{i}.{m}" for i in range(layers) for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj") if f"layers.{i}.{m}.bias" not in weights]
+        if unbiased:
+            raise SystemExit(f"{path}: a Qwen2 model's q, k and v projections have biases, and none was found beside {unbiased[:3]}")
+    if cfg.get("tie_word_embeddings") is False and "lm_head" not in weights:
+        raise SystemExit(f"{path}: config.json says the head is not tied to the embedding, and no initializer feeds lm_head/MatMul")
     head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
-    return weights, graph_rope(graph, inits, head_dim, path)
+    rope = graph_rope(graph, inits, head_dim, path)
+    if rope is None:
+        return weights, None, None
+    check_layer_arithmetic(graph, inits, path)
+    return weights, rope, graph_epsilon(graph, inits, path)
+
+
+def check_layer_arithmetic(graph: onnx.GraphProto, values: dict[str, np.ndarray], path: Path) -> None:
+    """Refuses a transformers export whose arithmetic around the Llama weights differs from the fused
+    layers' (a config may say llama for a model that is not, e.g. custom code or a merge): a scale on
+    the embedding (Gemma), norms on q and k (Qwen3, OLMo2), anything between the head and the logits
+    (Granite's logits scaling), an attention scale other than 1/sqrt(head_dim) (Granite)."""
+    names = [n.name for n in graph.node]
+    if any(re.search(r"/(q_norm|k_norm)/", n) for n in names):
+        raise SystemExit(f"{path}: the attention norms q and k (q_norm, k_norm): fuse.py's layers do not; keep this model in the unfused form")
+    embed = next(n for n in graph.node if n.op_type == "Gather" and re.fullmatch(r"(?:.*/)?embed_tokens/Gather", n.name))
+    users = [n for n in graph.node if embed.output[0] in n.input]
+    strays = [n.name for n in users if n.op_type != "Shape" and not re.search(r"layers\.0/", n.name)]
+    if strays:
+        raise SystemExit(f"{path}: the embedding goes through {strays[0]} before the first layer (a scaled embedding?): "
+                         "fuse.py feeds it to the layers as it is; keep this model in the unfused form")
+    producer = {o: n for n in graph.node for o in n.output}.get("logits")
+    if producer is None or not re.fullmatch(r"(?:.*/)?lm_head/MatMul", producer.name):
+        raise SystemExit(f"{path}: the logits come from {producer.name if producer else 'nothing'}, not lm_head/MatMul "
+                         "(a scaled or capped head?): keep this model in the unfused form")
+
+
+def graph_epsilon(graph: onnx.GraphProto, values: dict[str, np.ndarray], path: Path) -> float:
+    """The RMSNorms' epsilon as the export adds it (variance + eps in input_layernorm/Add), not a default."""
+    for node in graph.node:
+        if node.op_type == "Add" and re.fullmatch(r"(?:.*/)?layers\.0/input_layernorm/Add(?:_\d+)?", node.name):
+            eps = [values[i] for i in node.input if i in values and values[i].size == 1]
+            if eps:
+                return float(eps[0].ravel()[0])
+    raise SystemExit(f"{path}: no epsilon found in layers.0/input_layernorm's Add: not the RMSNorm fuse.py knows")
 
 
 def check_architecture(cfg: dict, source: Path, positions: int, rope_in_graph: bool) -> float:
@@ -166,7 +219,10 @@ def check_architecture(cfg: dict, source: Path, positions: int, rope_in_graph: b
     # Qwen2 names a window and switches it off (use_sliding_window: false)
     window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
     model_type = cfg.get("model_type")
+    rope_type = rope.get("rope_type") or (cfg.get("rope_scaling") or {}).get("rope_type") or (cfg.get("rope_scaling") or {}).get("type")
     problems = [
+        # longrope switches to other frequencies past original_max_position_embeddings at run time (transformers, genai's If)
+        f"RoPE type {rope_type!r} (its frequencies change with the sequence's length)" if rope_type == "longrope" else "",
         f"model_type {model_type!r} (fuse.py knows {', '.join(sorted(LAYER_TYPES))} layers; others may scale embeddings, norms, "
         "attention or logits where it would not)" if model_type not in LAYER_TYPES else "",
         f"hidden_act {cfg['hidden_act']!r} (the fused MLP is SiLU-gated)" if (cfg.get("hidden_act") or "silu") != "silu" else "",
@@ -218,12 +274,15 @@ def biased(g: "Graph", w: dict[str, np.ndarray], layer: int, name: str, x: str, 
     return out
 
 
-def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np.ndarray, float]) -> onnx.ModelProto:
-    """The fused graph; `rope` is the inverse frequencies and the cos/sin scale (graph_rope, or default_inv_freq and 1)."""
-    layers, heads, kv_heads = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np.ndarray, float], epsilon: float | None = None) -> onnx.ModelProto:
+    """The fused graph; `rope` is the inverse frequencies and the cos/sin scale (graph_rope, or
+    default_inv_freq and 1); `epsilon` the RMSNorms' (graph_epsilon; default the config's)."""
+    layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or heads
     hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
     head_dim = cfg.get("head_dim") or hidden // heads
-    eps = float(cfg.get("rms_norm_eps", 1e-5))  # model.py's ModelConfig defaults where a config leaves them out
+    # a transformers export's own epsilon (graph_epsilon); this project's config, or model.py's default
+    eps = float(epsilon if epsilon is not None else cfg.get("rms_norm_eps", 1e-5))
     if head_dim % 8:
         raise SystemExit(f"head_dim {head_dim}: ONNX Runtime's GroupQueryAttention takes head sizes that are multiples of 8 "
                          "(\"head_size must be a multiple of 8\"); keep this model in the unfused form")
@@ -345,10 +404,10 @@ def main() -> None:
         raise SystemExit(f"--out {out} is the model's own folder: write the fused form beside it")
     cfg = json.loads((src / "config.json").read_text())
     positions = args.max_positions or cfg.get("max_position_embeddings", 2048)
-    weights, rope = unfused_weights(src / args.model_file, cfg)
+    weights, rope, epsilon = unfused_weights(src / args.model_file, cfg)
     theta = check_architecture(cfg, src, positions, rope is not None)
     head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim, theta), 1.0))
+    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim, theta), 1.0), epsilon)
     out.mkdir(parents=True, exist_ok=True)
     # a protobuf holds at most 2 GB: larger weights go to one external file beside the graph, as Optimum writes them
     big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
