@@ -133,7 +133,11 @@ gpuTest('webgpu - cascade generate --execution-providers webgpu (target) places 
   t.is(pinned.placement, undefined, 'pinned: nothing measured');
 });
 
-gpuTest('webgpu - a 4-bit MatMulNBits target (cascade quantize, accuracy level 0) on the WebGPU EP gives the CPU EP\'s greedy tokens, target-only and under csd', async (t) => {
+/**
+ * Runs `fn` with a Python that has onnx and numpy and a scratch folder (removed after); passes,
+ * saying why, where no such Python is found (the rewrites under tools/train need it).
+ */
+async function withPython(t: { log(...values: unknown[]): void; pass(): void }, fn: (python: string, dir: string) => Promise<void>): Promise<void> {
   let python: string;
   try {
     python = findPython();
@@ -141,9 +145,17 @@ gpuTest('webgpu - a 4-bit MatMulNBits target (cascade quantize, accuracy level 0
     t.log(`skipped: ${(err as Error).message}`);
     return t.pass();
   }
-  const dir = mkdtempSync(join(tmpdir(), 'cascade-webgpu-int4-'));
-  const out = join(dir, 'draft-l2-int4');
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-webgpu-'));
   try {
+    await fn(python, dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+gpuTest('webgpu - a 4-bit MatMulNBits target (cascade quantize, accuracy level 0) on the WebGPU EP gives the CPU EP\'s greedy tokens, target-only and under csd', (t) =>
+  withPython(t, async (python, dir) => {
+    const out = join(dir, 'draft-l2-int4');
     await cascade('quantize', '--model', TARGET, '--out', out, '--bits', '4', '--accuracy-level', '0', '--python', python);
     // the oracle: target-only decoding on the CPU EP, in this process
     const cpuTarget = await OrtModelSession.open(out);
@@ -153,24 +165,13 @@ gpuTest('webgpu - a 4-bit MatMulNBits target (cascade quantize, accuracy level 0
     const tokens = async (...extra: string[]) => (JSON.parse(await generateRetried(t, [...args, ...extra])) as { tokenIds: number[] }).tokenIds;
     t.deepEqual(await tokens('--mode', 'ar'), want.tokenIds, 'ar');
     t.deepEqual(await tokens('--mode', 'csd'), want.tokenIds, 'csd');
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
-gpuTest('webgpu - a user\'s float16 Llama export in the fused form (cascade fuse) runs with its KV on the device and gives transformers\' own greedy tokens, target-only and under MaG', async (t) => {
-  let python: string;
-  try {
-    python = findPython();
-  } catch (err) {
-    t.log(`skipped: ${(err as Error).message}`);
-    return t.pass();
-  }
-  const source = new URL('./fixtures/hf/llama-gqa-fp16', import.meta.url).pathname;
-  const ref = JSON.parse(readFileSync(join(source, 'reference.json'), 'utf8')) as { prompt_ids: number[]; greedy_ids: number[] };
-  const dir = mkdtempSync(join(tmpdir(), 'cascade-webgpu-fused-'));
-  const out = join(dir, 'llama-gqa-fp16-fused');
-  try {
+gpuTest('webgpu - a user\'s float16 Llama export in the fused form (cascade fuse) runs with its KV on the device and gives transformers\' own greedy tokens, target-only and under MaG', (t) =>
+  withPython(t, async (python, dir) => {
+    const source = new URL('./fixtures/hf/llama-gqa-fp16', import.meta.url).pathname;
+    const ref = JSON.parse(readFileSync(join(source, 'reference.json'), 'utf8')) as { prompt_ids: number[]; greedy_ids: number[] };
+    const out = join(dir, 'llama-gqa-fp16-fused');
     await cascade('fuse', '--model', source, '--out', out, '--python', python);
     const args = ['generate', '--json', '--model', out, '--tokenizer', join(MODELS_DIR, 'tokenizer.json'), '--prompt-ids', ref.prompt_ids.join(','), '--max-tokens', String(ref.greedy_ids.length), '--temperature', '0', '--execution-providers', 'webgpu'];
     for (const mode of ['ar', 'mag']) {
@@ -178,7 +179,4 @@ gpuTest('webgpu - a user\'s float16 Llama export in the fused form (cascade fuse
       t.is(run.kvLocation, 'device', mode);
       t.deepEqual(run.tokenIds, ref.greedy_ids, mode);
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-});
+  }));
