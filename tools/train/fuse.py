@@ -85,7 +85,10 @@ def graph_rope(graph: onnx.GraphProto, values: dict[str, np.ndarray], head_dim: 
     multiplies the positions by (a constant that already holds any static scaling: linear, llama3,
     yarn) and the factor its cos and sin are scaled by (yarn's attention factor; 1 otherwise). None
     for a graph without transformers' rotary_emb (this project's export); refused when the
-    frequencies are computed at run time (dynamic scaling) or cover part of a head."""
+    frequencies are computed in the graph rather than fixed, when the positions are changed before
+    they multiply them, or when they cover part of a head. (transformers bakes dynamic scaling's
+    frequencies in as constants when it traces: they change only past max_position_embeddings, where
+    the fused tables end.)"""
     nodes = {o: n for n in graph.node for o in n.output}
     matmul = next((n for n in graph.node if n.op_type == "MatMul" and re.fullmatch(r"(?:.*/)?rotary_emb/MatMul", n.name)), None)
     if matmul is None:
@@ -94,8 +97,8 @@ def graph_rope(graph: onnx.GraphProto, values: dict[str, np.ndarray], head_dim: 
     while name not in values:  # inv_freq[None, :, None].expand(...).float()
         node = nodes.get(name)
         if node is None or node.op_type not in ("Cast", "Expand", "Unsqueeze", "Reshape"):
-            raise SystemExit(f"{path}: the RoPE frequencies are computed at run time ({node.op_type if node else name}), "
-                             "as dynamic RoPE scaling does: fuse.py's cos/sin tables are fixed; keep this model in the unfused form")
+            raise SystemExit(f"{path}: the RoPE frequencies are computed in the graph ({node.op_type if node else name}), "
+                             "not a constant: fuse.py's cos/sin tables are fixed; keep this model in the unfused form")
         name = node.input[0]
     inv_freq = values[name].astype(np.float32).ravel()
     if inv_freq.size != head_dim // 2:
