@@ -144,6 +144,19 @@ cfg.update(cfg_edit)
 json.dump(cfg, open(out + "/config.json", "w"))
 `;
 
+/** A graph shaped like Optimum's merged decoder at its top: one If on use_cache_branch (empty branches). */
+const MERGED_STANDIN = String.raw`
+import sys
+import onnx
+from onnx import TensorProto, helper
+branch = lambda name: helper.make_graph([helper.make_node("Identity", ["x"], ["y_" + name])], name, [], [helper.make_tensor_value_info("y_" + name, TensorProto.FLOAT, [1])])
+x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+flag = helper.make_tensor_value_info("use_cache_branch", TensorProto.BOOL, [1])
+out = helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1])
+node = helper.make_node("If", ["use_cache_branch"], ["logits"], name="optimum::if", then_branch=branch("then"), else_branch=branch("else"))
+onnx.save(helper.make_model(helper.make_graph([node], "merged", [x, flag], [out]), opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
+`;
+
 /** Measured: 2.4e-7 (float32), 4.9e-4 (float16, whose logits are float16). */
 const TOLERANCE = { 'llama-gqa': 1e-4, 'llama-gqa-fp16': 4e-3 } as const;
 
@@ -182,7 +195,7 @@ for (const name of ['llama-gqa', 'llama-gqa-fp16'] as const) {
   });
 }
 
-maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute (biases the graph lacks, GELU, another model type, a sliding window inside the positions), a folder without the graph, and writing over the model', async (t) => {
+maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute (biases the graph lacks, GELU, another model type, a sliding window inside the positions), a merged decoder, a folder without the graph, and writing over the model', async (t) => {
   const variant = (name: string, edit: (cfg: Record<string, unknown>) => void): string => {
     const dir = join(tmp, name);
     cpSync(join(HF, 'llama-gqa'), dir, { recursive: true });
@@ -210,6 +223,11 @@ maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute
     const dir = variant(`window-${name}`, edit);
     t.deepEqual(await fuse(dir, join(dir, 'fused')), { code: 0, stderr: '' }, name);
   }
+  // a merged decoder: its layers inside an If on use_cache_branch (a stand-in graph: the If is what is read)
+  const merged = join(tmp, 'merged');
+  cpSync(join(HF, 'llama-gqa', 'config.json'), join(merged, 'config.json'));
+  await run(python!, ['-c', MERGED_STANDIN, join(merged, 'model.onnx')]);
+  t.regex((await fuse(merged, join(tmp, 'merged-fused'))).stderr, /its layers sit inside optimum::if \(a merged decoder, which branches on use_cache_branch\)/);
   const empty = join(tmp, 'empty');
   cpSync(join(HF, 'llama-gqa', 'config.json'), join(empty, 'config.json'));
   t.regex((await fuse(empty, join(tmp, 'x'))).stderr, /needs config.json and model.onnx/);

@@ -139,6 +139,10 @@ def unfused_weights(path: Path, cfg: dict) -> tuple[dict[str, np.ndarray], tuple
     project's export, whose config gives them."""
     layers, hidden = cfg["num_hidden_layers"], cfg["hidden_size"]
     graph = onnx.load(str(path)).graph
+    branches = [n.name or n.output[0] for n in graph.node if n.op_type in ("If", "Loop", "Scan")]
+    if branches:
+        raise SystemExit(f"{path}: its layers sit inside {branches[0]} (a merged decoder, which branches on use_cache_branch): "
+                         "fuse.py reads a decoder-with-past graph without branches, as Optimum's model.onnx or decoder_with_past_model.onnx")
     inits = constant_values(graph)
     weights = {name: arr for name, arr in inits.items() if name.startswith("model.")}
     # transformers' LlamaMLP nests the MLP's projections under `mlp`; this project's export does not
