@@ -209,7 +209,7 @@ maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute
     [variant('gelu', (c) => (c.hidden_act = 'gelu')), /hidden_act 'gelu' \(the fused MLP is SiLU-gated\)/],
     // Granite scales embeddings, attention, residuals and logits: Llama-shaped weights, other arithmetic
     [variant('granite', (c) => (c.model_type = 'granite')), /model_type 'granite' \(fuse.py knows llama, mistral, qwen2 layers/],
-    [variant('window', (c) => (c.sliding_window = 128)), /sliding_window 128 \(under the 512 positions\)/],
+    [variant('window', (c) => (c.sliding_window = 128)), /sliding_window 128 \(under the 512 positions; with --max-positions 128 or less the window never applies\)/],
     [variant('longrope', (c) => (c.rope_parameters = { rope_type: 'longrope', rope_theta: 10000 })), /RoPE type 'longrope' \(its frequencies change with the sequence's length\)/],
     [variant('qwen-unbiased', (c) => (c.model_type = 'qwen2')), /a Qwen2 model's q, k and v projections have biases, and none was found/],
   ];
@@ -218,7 +218,8 @@ maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute
     t.not(r.code, 0, dir);
     t.regex(r.stderr, reason);
   }
-  // Qwen2 names a window and switches it off; one past every position never applies
+  // Qwen2 names a window and switches it off; one past every position never applies, nor one the positions are cut to
+  t.deepEqual(await run(python!, [FUSE, '--model', variant('window-cut', (c) => (c.sliding_window = 128)), '--out', join(tmp, 'window-cut-fused'), '--max-positions', '128']).then(() => 0), 0);
   for (const [name, edit] of [['off', (c: Record<string, unknown>) => Object.assign(c, { sliding_window: 128, use_sliding_window: false })], ['long', (c: Record<string, unknown>) => (c.sliding_window = 4096)]] as const) {
     const dir = variant(`window-${name}`, edit);
     t.deepEqual(await fuse(dir, join(dir, 'fused')), { code: 0, stderr: '' }, name);

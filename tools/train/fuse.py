@@ -234,7 +234,7 @@ def check_architecture(cfg: dict, source: Path, positions: int, rope_in_graph: b
         "attention or logits where it would not)" if model_type not in LAYER_TYPES else "",
         f"hidden_act {cfg['hidden_act']!r} (the fused MLP is SiLU-gated)" if (cfg.get("hidden_act") or "silu") != "silu" else "",
         f"RoPE scaling {scaling.get('rope_type') or scaling.get('type')!r} and no rotary_emb in the graph to read it from" if scaling and not rope_in_graph else "",
-        f"sliding_window {window} (under the {positions} positions)" if window and window < positions else "",
+        f"sliding_window {window} (under the {positions} positions; with --max-positions {window} or less the window never applies)" if window and window < positions else "",
     ]
     problems = [p for p in problems if p]
     if problems:
