@@ -56,7 +56,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.numpy_helper
-from onnx import helper
+from onnx import TensorProto, helper
 
 MS = "com.microsoft"
 # Graphs a folder may hold, in the order src/models/model-dir.ts prefers them.
@@ -154,20 +154,32 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
         readers[o.name] = readers.get(o.name, 0) + 1
 
     def weight_of(name: str) -> tuple[np.ndarray, list[str]] | None:
-        """W [K, N] behind a MatMul's right operand, and the tensors only it reads (to drop)."""
-        if name in inits:
-            return onnx.numpy_helper.to_array(inits[name]), [name]
-        p = producer.get(name)
-        if p is None or len(p.input) != 1 or p.input[0] not in inits:
-            return None
-        src = onnx.numpy_helper.to_array(inits[p.input[0]])
-        if p.op_type == "Identity":
-            return src, [name, p.input[0]]
-        if p.op_type == "Transpose" and src.ndim == 2:
-            perm = next((list(a.ints) for a in p.attribute if a.name == "perm"), [1, 0])
-            if perm == [1, 0]:
-                return src.T, [name, p.input[0]]
-        return None
+        """W [K, N] behind a MatMul's right operand: an initializer, or one reached through Identity,
+        2-D Transpose and float Cast nodes (a float16-stored weight cast up, then transposed, as
+        tools/train/eagle.py exports it); and the tensors on that chain (dropped where only it reads them)."""
+        chain: list[str] = []
+        steps: list[tuple[str, dict]] = []
+        while name not in inits:
+            p = producer.get(name)
+            if p is None or len(p.input) != 1 or p.op_type not in ("Identity", "Transpose", "Cast"):
+                return None
+            attrs = {a.name: helper.get_attribute_value(a) for a in p.attribute}
+            if p.op_type == "Transpose" and list(attrs.get("perm", [1, 0])) != [1, 0]:
+                return None
+            if p.op_type == "Cast" and attrs.get("to") not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+                return None
+            chain.append(name)
+            steps.append((p.op_type, attrs))
+            name = p.input[0]
+        w = onnx.numpy_helper.to_array(inits[name])
+        for op, attrs in reversed(steps):  # from the initializer out to the MatMul
+            if op == "Transpose":
+                if w.ndim != 2:
+                    return None
+                w = w.T
+            elif op == "Cast":
+                w = w.astype(np.float32 if attrs["to"] == TensorProto.FLOAT else np.float16)
+        return w, [*chain, name]
 
     def gemm_head(node: onnx.NodeProto) -> tuple[np.ndarray, list[str]] | str:
         """W [K, N] of a Gemm(h, B) that is a plain product (no C, alpha 1, no transA), else why not."""
