@@ -68,6 +68,23 @@ LAYER_TYPES = {"llama", "mistral", "qwen2"}
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def head_dim_of(cfg: dict) -> int:
+    """config.json's head_dim, or hidden_size / num_attention_heads where it names none (transformers' default)."""
+    return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+
+
+def trace_back(nodes: dict[str, onnx.NodeProto], name: str, reached, what: str, why: str, path: Path) -> str:
+    """From tensor `name` back through Cast, Expand, Unsqueeze and Reshape (nodes that move values
+    without changing them) to the first name `reached` accepts; refuses anything else on the way,
+    saying `what` happened (the op) and `why` fuse.py cannot follow."""
+    while not reached(name):
+        node = nodes.get(name)
+        if node is None or node.op_type not in ("Cast", "Expand", "Unsqueeze", "Reshape"):
+            raise SystemExit(f"{path}: {what} ({node.op_type if node else name}): {why}; keep this model in the unfused form")
+        name = node.input[0]
+    return name
+
+
 def constant_values(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     """Every value the graph fixes before it runs: initializers, Constant nodes' values, and Identity
     outputs of either (torch.onnx stores equal weights, such as all-ones RMSNorm weights, once)."""
@@ -93,25 +110,16 @@ def graph_rope(graph: onnx.GraphProto, values: dict[str, np.ndarray], head_dim: 
     matmul = next((n for n in graph.node if n.op_type == "MatMul" and re.fullmatch(r"(?:.*/)?rotary_emb/MatMul", n.name)), None)
     if matmul is None:
         return None
-    name = matmul.input[0]
-    while name not in values:  # inv_freq[None, :, None].expand(...).float()
-        node = nodes.get(name)
-        if node is None or node.op_type not in ("Cast", "Expand", "Unsqueeze", "Reshape"):
-            raise SystemExit(f"{path}: the RoPE frequencies are computed in the graph ({node.op_type if node else name}), "
-                             "not a constant: fuse.py's cos/sin tables are fixed; keep this model in the unfused form")
-        name = node.input[0]
+    # inv_freq[None, :, None].expand(...).float()
+    name = trace_back(nodes, matmul.input[0], lambda n: n in values, "the RoPE frequencies are computed in the graph",
+                      "not a constant, and fuse.py's cos/sin tables are fixed", path)
     inv_freq = values[name].astype(np.float32).ravel()
     if inv_freq.size != head_dim // 2:
         raise SystemExit(f"{path}: RoPE rotates {2 * inv_freq.size} of {head_dim} head dimensions (partial rotary): "
                          "fuse.py rotates whole heads; keep this model in the unfused form")
     # the positions must reach the MatMul as they are: an older transformers' linear scaling divided them first
-    name = matmul.input[1]
-    while name != "position_ids":
-        node = nodes.get(name)
-        if node is None or node.op_type not in ("Cast", "Expand", "Unsqueeze", "Reshape"):
-            raise SystemExit(f"{path}: the RoPE positions are changed before the frequencies multiply them "
-                             f"({node.op_type if node else name}): fuse.py's tables take the positions as they are; keep this model in the unfused form")
-        name = node.input[0]
+    trace_back(nodes, matmul.input[1], lambda n: n == "position_ids", "the RoPE positions are changed before the frequencies multiply them",
+               "fuse.py's tables take the positions as they are", path)
     # cos and sin as the graph scales them (yarn's attention factor), whatever the Muls are named and in either operand order
     scales: dict[str, list[float]] = {"Cos": [], "Sin": []}
     for trig in (n for n in graph.node if n.op_type in ("Cos", "Sin")):
@@ -179,19 +187,19 @@ def unfused_weights(path: Path, cfg: dict) -> tuple[dict[str, np.ndarray], tuple
             raise SystemExit(f"{path}: a Qwen2 model's q, k and v projections have biases, and none was found beside {unbiased[:3]}")
     if cfg.get("tie_word_embeddings") is False and "lm_head" not in weights:
         raise SystemExit(f"{path}: config.json says the head is not tied to the embedding, and no initializer feeds lm_head/MatMul")
-    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
-    rope = graph_rope(graph, inits, head_dim, path)
+    rope = graph_rope(graph, inits, head_dim_of(cfg), path)
     if rope is None:
         return weights, None, None
-    check_layer_arithmetic(graph, inits, path)
+    check_layer_arithmetic(graph, path)
     return weights, rope, graph_epsilon(graph, inits, path)
 
 
-def check_layer_arithmetic(graph: onnx.GraphProto, values: dict[str, np.ndarray], path: Path) -> None:
+def check_layer_arithmetic(graph: onnx.GraphProto, path: Path) -> None:
     """Refuses a transformers export whose arithmetic around the Llama weights differs from the fused
     layers' (a config may say llama for a model that is not, e.g. custom code or a merge): a scale on
     the embedding (Gemma), norms on q and k (Qwen3, OLMo2), anything between the head and the logits
-    (Granite's logits scaling), an attention scale other than 1/sqrt(head_dim) (Granite)."""
+    (Granite's logits scaling). An attention scale is not checked (Granite's is refused by its model
+    type, check_architecture)."""
     names = [n.name for n in graph.node]
     if any(re.search(r"/(q_norm|k_norm)/", n) for n in names):
         raise SystemExit(f"{path}: the attention norms q and k (q_norm, k_norm): fuse.py's layers do not; keep this model in the unfused form")
@@ -287,7 +295,7 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
     kv_heads = cfg.get("num_key_value_heads") or heads
     hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
-    head_dim = cfg.get("head_dim") or hidden // heads
+    head_dim = head_dim_of(cfg)
     # a transformers export's own epsilon (graph_epsilon); this project's config, or model.py's default
     eps = float(epsilon if epsilon is not None else cfg.get("rms_norm_eps", 1e-5))
     if head_dim % 8:
@@ -413,8 +421,7 @@ def main() -> None:
     positions = args.max_positions or cfg.get("max_position_embeddings", 2048)
     weights, rope, epsilon = unfused_weights(src / args.model_file, cfg)
     theta = check_architecture(cfg, src, positions, rope is not None)
-    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim, theta), 1.0), epsilon)
+    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim_of(cfg), theta), 1.0), epsilon)
     out.mkdir(parents=True, exist_ok=True)
     # a protobuf holds at most 2 GB: larger weights go to one external file beside the graph, as Optimum writes them
     big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
