@@ -15,7 +15,7 @@
  */
 import { parseArgs } from 'node:util';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
-import type { BatchInvariance } from '../../src/models/session.ts';
+import { BATCH_INVARIANCE, type BatchInvariance } from '../../src/models/session.ts';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -31,7 +31,7 @@ const { values, positionals } = parseArgs({
 });
 const dir = positionals[0];
 const [past, steps, rounds] = [values.past, values.steps, values.rounds].map(Number) as [number, number, number];
-const settings = ['auto', 'on', 'off'];
+const settings: readonly string[] = BATCH_INVARIANCE;
 if (!dir || !['decode', 'verify'].includes(values.mode!) || !settings.includes(values.a!) || !settings.includes(values.b!) || ![past, steps, rounds].every((n) => Number.isInteger(n) && n > 0)) {
   process.stderr.write('usage: paired-steps.ts MODEL_DIR [--a on|off|auto] [--b on|off|auto] [--mode decode|verify] [--past N] [--steps N] [--rounds N] [--tokenizer FILE]\n');
   process.exit(2);
