@@ -284,7 +284,7 @@ async function clusterDown(stateDir: string): Promise<void> {
   if (!(await waitGone(servers, 5000))) killAll(servers, 'SIGKILL');
   rmSync(stateFile(dir));
   for (const f of SERVER_FILES) rmSync(join(dir, f), { force: true });
-  process.stdout.write(`cluster down: stopped ${roles.length} processes\n`);
+  process.stdout.write(`cluster down: stopped ${roles.length} processes; their logs stay in ${dir}/<role>.log\n`);
 }
 
 const MODEL_HELP = 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)';
