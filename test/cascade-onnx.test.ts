@@ -33,10 +33,10 @@ const targetOutputs = () => (reference ??= (async () => {
 
 const [large, small] = family.drafters as [string, string];
 const spec = (d: string): DrafterSpec => (d === 'mag' ? { kind: 'mag', bigram } : { kind: 'model', session: sessions.get(d)! });
-const shape = (drafters: string[], kMatrix?: number[][], lenience?: number): CascadeConfig => {
+const shape = (drafters: string[], kMatrix?: number[][], lenience?: number, magFirst?: number): CascadeConfig => {
   // without kMatrix: the adaptive schedule (auto), the default
   const plan = planCascade({ mode: 'csd', drafters, kMatrix, lenience }, family.drafters);
-  return { drafters: plan.drafters.map(spec), kMatrix: plan.kMatrix, lenience: plan.lenience };
+  return { drafters: plan.drafters.map(spec), kMatrix: plan.kMatrix, lenience: plan.lenience, magFirst };
 };
 
 /** Shapes over every held-out prompt; `true` marks those run on every other prompt only (32: CI's time limit), the default cascade and sd over all 64. */
@@ -50,6 +50,7 @@ const shapes: [string, CascadeConfig, boolean?][] = [
   [`3 levels: ${large} + ${small} + mag, lenience 4, custom K`, shape([large, small, 'mag'], [[3, 6, 9], [0, 3, 6], [0, 0, 3]], 4), true],
   ['horizontal only', shape([large, small, 'mag'], [[1, 2, 4], [0, 0, 0], [0, 0, 0]]), true],
   [`3 levels, the fixed default K`, shape([large, small, 'mag'], defaultKMatrix([large, small, 'mag'])), true],
+  ['3 levels, MaG first from 2 tokens', shape([large, small, 'mag'], undefined, undefined, 2), true],
 ];
 
 test(`cascade (ONNX) - ${prompts.length} held-out prompts`, (t) => {

@@ -106,6 +106,7 @@ test('invariant - a seeded sampled request gives target-only decoding\'s tokens 
     ['csd 3 levels', (m) => ({ drafters: [model(m.d1), model(m.d2), mag], kMatrix: [[1, 3, 5], [0, 1, 3], [0, 0, 2]], lenience: 1 })],
     ['csd lenient drafters (lenience 3: only the target must be exact)', (m) => ({ drafters: [model(m.d1), model(m.d2)], kMatrix: [[2, 4], [0, 2]], lenience: 3 })],
     ['csd K auto', (m) => ({ drafters: [model(m.d1), model(m.d2), mag], kMatrix: 'auto', lenience: 1 })],
+    ['csd K auto, MaG first from 2 tokens', (m) => ({ drafters: [model(m.d1), model(m.d2), mag], kMatrix: 'auto', lenience: 1, magFirst: 2 })],
     ['self-draft over a bounded cache', (m) => ({ drafters: [{ kind: 'model', session: m.target, kv: { policy: 'window', budget: { budget: 4, sinks: 1, recent: 0, rebuild: 0 } } }], kMatrix: [[3]], lenience: 1 })],
   ];
   let accepted = 0;

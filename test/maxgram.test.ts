@@ -101,6 +101,11 @@ test('maxgram - continues from its own proposal, then falls back to the bigram t
   fresh.append([1, 2]);
   t.deepEqual(fresh.propose(3), [bigram[2]!, bigram[bigram[2]!]!, bigram[bigram[bigram[2]!]!]!]);
   t.deepEqual(new MaxGram().propose(2), []);
+  t.deepEqual(fresh.propose(3, false), [], 'without the bigram fill, nothing where nothing matches');
+  const partial = new MaxGram({ bigram });
+  partial.append([7, 8, 9, 4, 7]);
+  t.deepEqual(partial.propose(6, false), [8, 9, 4, 7, 8, 9], 'without the fill, the copies alone');
+  t.deepEqual(partial.propose(2), [8, 9], 'the sequence is unchanged after proposing');
 });
 
 test('maxgram - the index and the work of appending stay linear in the history (amortised O(1) per token)', (t) => {

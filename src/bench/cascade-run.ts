@@ -13,7 +13,7 @@ import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { candidates, repetitionRate, runMethod, summarise, type BenchContext, type Method, type MethodResult } from './cascade.ts';
+import { candidates, MAG_FIRST_LENGTHS, repetitionRate, runMethod, summarise, type BenchContext, type Method, type MethodResult } from './cascade.ts';
 import { measureCosts } from './costs.ts';
 import { acceptanceChart, speedupChart, writeSvg } from './plot.ts';
 import { formatTable, median, writeJson } from './report.ts';
@@ -100,7 +100,11 @@ function methodsFor(familyDrafters: readonly string[], eagle: boolean): Method[]
     base.push({ name: 'csd-horizontal', kind: 'csd-horizontal', drafters: csd, kMatrix: [] });
     base.push({ name: 'csd', kind: 'csd', drafters: csd, kMatrix: [] });
   }
-  return [...base, ...featured];
+  // each cascade with MaG below other drafters once more with MaG first (mag>NAME)
+  const magFirst = [...base, ...featured]
+    .filter((m) => ['csd', 'eagle+mag', 'csd+eagle'].includes(m.name))
+    .map((m): Method => ({ ...m, name: `mag>${m.name}`, magFirst: MAG_FIRST_LENGTHS[0] }));
+  return [...base, ...featured, ...magFirst];
 }
 
 /** `methods` narrowed to `names` (ar always kept); an unknown name is an error listing the known ones. */
@@ -155,12 +159,14 @@ async function sweepK(ctx: BenchContext, methods: Method[], prompts: number[][])
   for (const m of methods) {
     const sweep: MethodResult['sweep'] = [];
     for (const kMatrix of m.drafting === 'async' ? [candidates(m.kind, m.drafters)[0]!] : candidates(m.kind, m.drafters)) {
-      const r = await runMethod(ctx, { ...m, kMatrix }, prompts, sampling(0), 0);
-      sweep.push({ kMatrix, tokensPerSecond: r.tokens / r.seconds });
+      for (const magFirst of m.magFirst ? MAG_FIRST_LENGTHS : [undefined]) {
+        const r = await runMethod(ctx, { ...m, kMatrix, magFirst }, prompts, sampling(0), 0);
+        sweep.push({ kMatrix, ...(magFirst ? { magFirst } : {}), tokensPerSecond: r.tokens / r.seconds });
+      }
     }
     const best = sweep.reduce((a, b) => (b.tokensPerSecond > a.tokensPerSecond ? b : a));
-    tuned.set(m.name, { method: { ...m, kMatrix: best.kMatrix }, sweep });
-    log(`  sweep ${m.name}: best K ${JSON.stringify(best.kMatrix)} (${best.tokensPerSecond.toFixed(1)} tokens/s)`);
+    tuned.set(m.name, { method: { ...m, kMatrix: best.kMatrix, magFirst: best.magFirst }, sweep });
+    log(`  sweep ${m.name}: best K ${JSON.stringify(best.kMatrix)}${best.magFirst ? ` MaG first from ${best.magFirst} tokens` : ''} (${best.tokensPerSecond.toFixed(1)} tokens/s)`);
   }
   return tuned;
 }
@@ -213,7 +219,7 @@ function table(r: WorkloadResult): string {
     m.meanAcceptanceLength,
     ...Array.from({ length: positions }, (_, i) => (m.acceptanceByPosition[i] === undefined ? '-' : m.acceptanceByPosition[i]!)),
     m.identicalToAr === undefined ? '-' : m.identicalToAr ? 'yes' : 'NO',
-    m.drafting === 'async' ? 'async' : JSON.stringify(m.kMatrix),
+    m.drafting === 'async' ? 'async' : JSON.stringify(m.kMatrix) + (m.magFirst ? ` L=${m.magFirst}` : ''),
   ]);
   return `### ${r.workload}, temperature ${r.temperature} (${r.prompts} prompts x ${r.maxTokens} tokens; target repeated 4-grams ${(r.repetition4 * 100).toFixed(1)}%)\n\n` + formatTable(headers, rows);
 }

@@ -20,7 +20,15 @@ export interface Method {
   readonly verification?: Verification;
   /** serial rounds (default) or async drafting (the first neural drafter runs ahead; K is implicit). */
   readonly drafting?: Drafting;
+  /**
+   * MaG first (CascadeConfig.magFirst): a round whose text repeats at least this many tokens is
+   * MaG's copy; the drafters above it draft the others. The sweep tries MAG_FIRST_LENGTHS.
+   */
+  readonly magFirst?: number;
 }
+
+/** MaG first's minimum match lengths the K sweep tries. */
+export const MAG_FIRST_LENGTHS = [2, 3, 4];
 
 /** What every run needs: open sessions, MaG's table, tokenised prompts. */
 export interface BenchContext {
@@ -66,7 +74,7 @@ export async function runMethod(ctx: BenchContext, m: Method, prompts: readonly 
   let rounds = 0;
   let acc = 0;
   for (const [i, promptIds] of prompts.entries()) {
-    const r = await generateCascade(ctx.target, { drafters: specs(ctx, m), kMatrix: m.kMatrix, lenience: 1, drafting: m.drafting }, {
+    const r = await generateCascade(ctx.target, { drafters: specs(ctx, m), kMatrix: m.kMatrix, lenience: 1, drafting: m.drafting, magFirst: m.magFirst }, {
       promptIds,
       maxTokens: ctx.maxTokens,
       sampling,
@@ -155,7 +163,9 @@ export interface MethodResult {
    */
   readonly alpha?: number;
   readonly ewif?: number;
-  readonly sweep: { kMatrix: readonly (readonly number[])[]; tokensPerSecond: number }[];
+  readonly sweep: { kMatrix: readonly (readonly number[])[]; magFirst?: number; tokensPerSecond: number }[];
+  /** MaG first's minimum match length, for a method that drafts MaG first (swept with K). */
+  readonly magFirst?: number;
 }
 
 /** Summarises repeated runs of one method. `costs[m]` = per-pass cost of model m relative to the target. */
@@ -173,6 +183,7 @@ export function summarise(m: Method, runs: RunTotals[], costs: Record<string, nu
     kMatrix: m.kMatrix,
     ...(m.verification ? { verification: m.verification } : {}),
     ...(m.drafting ? { drafting: m.drafting } : {}),
+    ...(m.magFirst ? { magFirst: m.magFirst } : {}),
     tokensPerSecond: median(tps),
     repeatTokensPerSecond: tps,
     speedupVsAr: NaN,

@@ -69,6 +69,8 @@ interface GenerateOptions {
   verification: Verification;
   drafting: Drafting;
   magOccurrence: 'earliest' | 'recent';
+  /** MaG first (CascadeConfig.magFirst): its minimum match length. */
+  magFirst?: number;
   config?: string;
   threads: number;
   /** The target's execution providers, in order (default cpu). */
@@ -104,6 +106,7 @@ const ConfigFile = z.strictObject({
   verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
   drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
   magOccurrence: z.enum(['earliest', 'recent']).optional(),
+  magFirst: z.number().int().min(1).optional(),
   maxTokens: z.number().int().positive().optional(),
   temperature: z.number().nonnegative().optional(),
   topP: z.number().gt(0).lte(1).optional(),
@@ -286,7 +289,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const control = { cancelled: () => stops?.stopped ?? false };
     const ran: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
       ? await generateAutoregressive(target, req, onTokens, control)
-      : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience, drafting: o.drafting }, req, onTokens, control);
+      : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience, drafting: o.drafting, magFirst: o.magFirst }, req, onTokens, control);
     const result = stops?.stopped ? { ...ran, tokenIds: ran.tokenIds.slice(0, kept), finishReason: 'stop' as const } : ran;
     const finalText = (): string => (stops?.stopped ? stopText : tok.decode(result.tokenIds));
     const tail = (): string => (stops ? (stops.stopped ? '' : stops.push(stream.flush()) + stops.flush()) : stream.flush());
@@ -326,7 +329,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       const ahead = plan.drafters.find((d) => d !== 'mag');
       const asyncLevels = [...(ahead ? [`${ahead} ahead`] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])];
       const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}` : '';
-      const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}`;
+      const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} tokens` : ''}`;
       process.stderr.write(
         `[${o.mode}: ${target.spec.name}${where ? ` (${where})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
           `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target calls, ` +
@@ -430,7 +433,8 @@ export function registerGenerate(program: Command): void {
     .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, selfDraft, selfDraftCache, magOccurrence, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--mag-first <l>', 'MaG first: a round whose text already holds its last L tokens earlier is drafted by MaG alone (its copy, no bigram fill); the drafters above MaG draft the others (serial drafting, MaG last below another drafter; off by default)', parseNumber('--mag-first', { min: 1, integer: true }))
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, selfDraft, selfDraftCache, magOccurrence, magFirst, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))

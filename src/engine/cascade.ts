@@ -43,6 +43,13 @@ export interface CascadeConfig {
    * other than that drafter and MaG are not used).
    */
   readonly drafting?: Drafting;
+  /**
+   * MaG first (serial rounds, MaG the last drafter), a minimum match length L >= 1: each round, when
+   * the committed text's longest suffix seen earlier is at least L tokens, MaG's copy of what followed
+   * it (up to K[0]'s total, no bigram fill) is the block; the drafters above it draft only where it
+   * has none. MaG costs nothing, so a round it fills spends no drafter pass.
+   */
+  readonly magFirst?: number;
 }
 
 export interface CascadeStats extends GenerateStats {
@@ -123,6 +130,11 @@ export function checkCascade(config: CascadeConfig): void {
     }
   });
   if (!(config.lenience >= 1)) throw new InvalidArgumentError(`lenience must be >= 1, got ${config.lenience}`);
+  if (config.magFirst !== undefined) {
+    if (!Number.isInteger(config.magFirst) || config.magFirst < 1) throw new InvalidArgumentError(`MaG first's minimum match length must be an integer >= 1, got ${config.magFirst}`);
+    if (n < 2 || config.drafters[n - 1]!.kind !== 'mag') throw new InvalidArgumentError('MaG first needs MaG last below at least one other drafter (it decides which of them drafts a round)');
+    if ((config.drafting ?? DEFAULT_DRAFTING) !== 'serial') throw new InvalidArgumentError('MaG first chooses the drafter of each serial round: not with async drafting');
+  }
   if (config.kMatrix === 'auto') return;
   if (n === 0 && config.kMatrix.length > 0) throw new InvalidArgumentError('target-only decoding (mode ar, no drafters) takes no K matrix: it drafts nothing');
   if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} rows for ${n} drafters, got ${config.kMatrix.length}`);
@@ -256,7 +268,7 @@ export function dropFromKMatrix(kMatrix: readonly (readonly number[])[], index: 
 export async function runCascade(
   top: CascadeLevel,
   initialDrafters: readonly CascadeLevel[],
-  config: Pick<CascadeConfig, 'kMatrix' | 'lenience'>,
+  config: Pick<CascadeConfig, 'kMatrix' | 'lenience' | 'magFirst'>,
   req: GenerateRequest,
   options: RunOptions,
 ): Promise<CascadeResult> {
@@ -288,6 +300,12 @@ export async function runCascade(
   async function draft(first: number, block: Block, end: number): Promise<{ start: number; sources: string[] }> {
     const start = block.length;
     const sources: string[] = [];
+    const last = drafters.length - 1;
+    const mag = drafters[last];
+    if (first === 0 && config.magFirst && last > 0 && mag instanceof MagLevel) {
+      mag.proposeMatched(block, Math.min(K[0]![last]!, end - start), config.magFirst);
+      if (block.length > start) return { start, sources: new Array<string>(block.length - start).fill(mag.name) };
+    }
     for (let i = first; i < drafters.length; i++) {
       const limit = Math.min(K[first]![i]!, end - start);
       while (block.length - start < limit) {

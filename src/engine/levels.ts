@@ -287,12 +287,28 @@ export class MagLevel implements CascadeLevel {
   /** Appends up to k tokens proposed after the whole block. */
   async propose(block: Block, k: number): Promise<void> {
     this.stats.proposals++;
+    this.sync(block);
+    for (const t of this.index.propose(k)) block.push(t, undefined);
+  }
+
+  /**
+   * Appends up to k tokens copied from earlier in the block, only when the block's longest suffix
+   * seen before is at least `minLength` tokens long (no bigram fill); appends nothing otherwise.
+   */
+  proposeMatched(block: Block, k: number, minLength: number): void {
+    this.sync(block);
+    if (this.index.longestMatch().length < minLength) return;
+    this.stats.proposals++;
+    for (const t of this.index.propose(k, false)) block.push(t, undefined);
+  }
+
+  /** Brings the index to the block's tokens, keeping what they share. */
+  private sync(block: Block): void {
     const seq = this.index.sequence();
     let lcp = 0;
     while (lcp < seq.length && lcp < block.length && seq[lcp] === block.tokens[lcp]) lcp++;
     this.index.truncate(lcp);
     this.index.append(block.tokens.slice(lcp));
-    for (const t of this.index.propose(k)) block.push(t, undefined);
   }
 
   async review(): Promise<ReviewOutcome> {

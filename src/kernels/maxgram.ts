@@ -178,8 +178,11 @@ export class MaxGram {
     return { length: this.len[v]!, end: this.firstEnd[v]! };
   }
 
-  /** Proposes k tokens to follow S. S itself is unchanged afterwards. */
-  propose(k: number): number[] {
+  /**
+   * Proposes k tokens to follow S: copied from matches, then filled from the bigram table unless
+   * `fill` is false (then fewer than k, or none, where nothing matches). S itself is unchanged afterwards.
+   */
+  propose(k: number, fill = true): number[] {
     const out: number[] = [];
     if (k <= 0) return out;
     const base = this.tokens.length;
@@ -193,7 +196,7 @@ export class MaxGram {
     }
     this.truncate(base);
     let prev = out.length ? out[out.length - 1]! : this.tokens[base - 1];
-    while (out.length < k && prev !== undefined) {
+    while (fill && out.length < k && prev !== undefined) {
       prev = this.bigram ? this.bigram[prev]! : prev;
       out.push(prev);
     }
