@@ -283,7 +283,7 @@ test.serial('cluster - a seeded sampled request gives target-only decoding\'s te
   t.is(chat.choices[0]!.message.content, await targetOnly(tokenizer.renderChat(messages), 20, { temperature: 0.9, topP: 1, topK: 0 }, 5));
 });
 
-test.serial('cluster - the family\'s EAGLE feature drafter beside the verifier (family.json "eagle"): greedy alone and above MaG and seeded sampled (invariant) requests give target-only decoding\'s text; under rejection its drafts are reviewed and accepted; misplaced or async it is a 400', async (t) => {
+test.serial('cluster - the family\'s EAGLE feature drafter beside the verifier (family.json "eagle"): greedy alone, above MaG and with MaG first, and seeded sampled (invariant) requests give target-only decoding\'s text; under rejection its drafts are reviewed and accepted; misplaced or async it is a 400', async (t) => {
   type Completion = OpenAI.Completions.Completion & { usage: { cascade: { drafted_tokens: number; accepted_tokens: number } } };
   const complete = (body: object) => client.completions.create({ model: family.target, prompt: PROMPT, ...body } as never) as unknown as Promise<Completion>;
   const want = await targetOnly(PROMPT, 40);
@@ -291,6 +291,7 @@ test.serial('cluster - the family\'s EAGLE feature drafter beside the verifier (
   t.is(alone.choices[0]!.text, want);
   t.true(alone.usage.cascade.accepted_tokens > 0, `the feature drafter's drafts were accepted (${alone.usage.cascade.accepted_tokens} of ${alone.usage.cascade.drafted_tokens})`);
   t.is((await complete({ max_tokens: 40, temperature: 0, cascade: { drafters: [family.eagle, 'mag'] } })).choices[0]!.text, want);
+  t.is((await complete({ max_tokens: 40, temperature: 0, cascade: { drafters: [family.eagle, 'mag'], mag_first: 2 } })).choices[0]!.text, want, 'MaG first');
   for (const seed of [3, 17]) {
     const r = await complete({ max_tokens: 24, temperature: 1, top_k: 50, seed, cascade: { drafters: [family.eagle, 'mag'], verification: 'invariant' } });
     t.is(r.choices[0]!.text, await targetOnly(PROMPT, 24, { temperature: 1, topK: 50, topP: 1 }, seed), `seed ${seed}`);
@@ -301,6 +302,7 @@ test.serial('cluster - the family\'s EAGLE feature drafter beside the verifier (
   const refused = (cascadeField: object) => t.throwsAsync(complete({ max_tokens: 4, temperature: 0, cascade: cascadeField }), { instanceOf: OpenAI.BadRequestError });
   t.regex((await refused({ drafters: ['draft-l2', family.eagle] }))!.message, /can only be the first drafter/);
   t.regex((await refused({ drafters: [family.eagle], drafting: 'async' }))!.message, /not with async drafting/);
+  t.regex((await refused({ mode: 'mag', mag_first: 2 }))!.message, /MaG first needs MaG last below at least one other drafter/);
 });
 
 test.serial('cluster - under rejection verification a seed reproduces the text with a fixed K (reproducibility only)', async (t) => {

@@ -45,6 +45,8 @@ export const JobData = z.object({
   /** A fixed K matrix, or 'auto' (the adaptive schedule). */
   kMatrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().min(0)))]),
   lenience: z.number().min(1),
+  /** MaG first's minimum match length (CascadeConfig.magFirst); unset = off. */
+  magFirst: z.number().int().min(1).optional(),
   /** How sampled drafts are verified (Verification); unset = rejection (what jobs from gateways before the field meant). */
   verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
   /** serial (unset) or async drafting: the first neural drafter's actor runs ahead while the target's verifies (runCascadeAsync). */
@@ -180,7 +182,7 @@ export class Coordinator {
         result = await runDrafting(
           top,
           drafters,
-          { kMatrix: job.kMatrix, lenience: job.lenience, drafting: job.drafting ?? 'serial' },
+          { kMatrix: job.kMatrix, lenience: job.lenience, drafting: job.drafting ?? 'serial', magFirst: job.magFirst },
           { promptIds: [...job.promptIds, ...recorded], maxTokens: remaining, sampling: job.sampling, seed, verification, stopAtEos: job.stopAtEos, promptLength: job.promptIds.length, ...(job.logprobs !== undefined ? { logprobs: job.logprobs } : {}) },
           {
             eosIds: family.eosIds,

@@ -200,7 +200,7 @@ export async function generateCascade(
  * rounds (runCascade), or async drafting (runCascadeAsync) with the first drafter that is not MaG
  * running ahead and MaG extending its drafts; the other drafters are released unused.
  */
-export async function runDrafting(top: CascadeLevel, drafters: readonly CascadeLevel[], config: Pick<CascadeConfig, 'kMatrix' | 'lenience' | 'drafting'>, req: GenerateRequest, run: RunOptions): Promise<CascadeResult> {
+export async function runDrafting(top: CascadeLevel, drafters: readonly CascadeLevel[], config: Pick<CascadeConfig, 'kMatrix' | 'lenience' | 'drafting' | 'magFirst'>, req: GenerateRequest, run: RunOptions): Promise<CascadeResult> {
   if ((config.drafting ?? DEFAULT_DRAFTING) === 'serial') return runCascade(top, drafters, config, req, run);
   const first = drafters.find((d) => !(d instanceof MagLevel));
   const mag = drafters.find((d) => d instanceof MagLevel);

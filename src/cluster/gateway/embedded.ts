@@ -48,7 +48,7 @@ export function embeddedBackend(models: EmbeddedModels, options: { readonly time
       });
       const run = generateCascade(
         models.target,
-        { drafters, kMatrix: data.kMatrix, lenience: data.lenience, drafting: data.drafting },
+        { drafters, kMatrix: data.kMatrix, lenience: data.lenience, drafting: data.drafting, magFirst: data.magFirst },
         { promptIds: data.promptIds, maxTokens: data.maxTokens, sampling: data.sampling, seed: data.seed, verification: data.verification, stopAtEos: data.stopAtEos, ...(data.logprobs !== undefined ? { logprobs: data.logprobs } : {}) },
         (ids, logprobs) => onTokens(ids, logprobs),
         { cancelled: () => cancelled },

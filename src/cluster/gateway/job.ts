@@ -91,7 +91,7 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     // shape checks only: the drafters are remote, so stand-ins carry their kind
     checkKBound(plan.kMatrix, 'cascade.k_matrix'); // first: a K entry over the limit is named whatever the matrix's shape
     const kind = (d: string) => drafterKind(model, d);
-    checkCascade({ drafters: plan.drafters.map((d) => ({ kind: kind(d) }) as never), kMatrix: plan.kMatrix, lenience: plan.lenience, drafting });
+    checkCascade({ drafters: plan.drafters.map((d) => ({ kind: kind(d) }) as never), kMatrix: plan.kMatrix, lenience: plan.lenience, drafting, magFirst: body.cascade?.mag_first });
     const neural = plan.drafters.filter((d) => kind(d) !== 'mag');
     // invariant verification sends no q rows, so only rejection has a row budget to respect
     if (verification === 'rejection' && model.vocabSize !== undefined && maxPayload !== undefined && neural.length) checkRowBudget(plan.kMatrix, sampling, model.vocabSize, maxPayload);
@@ -113,6 +113,7 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     drafters: [...plan.drafters],
     kMatrix: plan.kMatrix === 'auto' ? 'auto' : plan.kMatrix.map((r) => [...r]),
     lenience: plan.lenience,
+    ...(body.cascade?.mag_first !== undefined ? { magFirst: body.cascade.mag_first } : {}),
     verification,
     ...(drafting !== 'serial' ? { drafting } : {}),
     ...(logprobs !== undefined ? { logprobs } : {}),

@@ -12,6 +12,7 @@ const CascadeFields = z
     drafters: z.array(z.string().min(1)).optional(),
     k_matrix: z.union([z.literal('auto'), z.array(z.array(z.number().int().min(0)))]).optional(),
     lenience: z.number().min(1).optional(),
+    mag_first: z.number().int().min(1).optional(),
     verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
     drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
   })
