@@ -253,6 +253,19 @@ test('cascade - bounded drafter caches (placement b) and self-draft (placement c
   for (const m of [target, d1, d2]) t.is(m.liveSequences(), 0, `${m.spec.name} released every sequence`);
 });
 
+test('cascade - MaG first: rounds whose text repeats are MaG\'s copy alone, so the drafter above it runs fewer passes for the same greedy text', async (t) => {
+  const { target, d1 } = family(24);
+  // a prompt that repeats, so MaG finds long matches
+  const req = { promptIds: [1, 2, 3, 4, 5, 6, 1, 2, 3, 4, 5, 6, 1, 2, 3], maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
+  const config: CascadeConfig = { drafters: [model(d1), mag], kMatrix: [[2, 6], [0, 0]], lenience: 1 };
+  const plain = await generateCascade(target, config, req);
+  const first = await generateCascade(target, { ...config, magFirst: 2 }, req);
+  t.deepEqual(first.tokenIds, plain.tokenIds);
+  t.deepEqual(first.tokenIds, (await generateAutoregressive(target, req)).tokenIds);
+  t.true(first.stats.models.d1!.forwardPasses < plain.stats.models.d1!.forwardPasses, `d1 ran ${first.stats.models.d1!.forwardPasses} passes with MaG first, ${plain.stats.models.d1!.forwardPasses} without`);
+  t.true(first.stats.models.d1!.forwardPasses > 0, 'the drafter still drafts the rounds MaG cannot fill');
+});
+
 test('cascade - statistics count rounds, drafts, acceptances by position and model calls', async (t) => {
   const { target, d1 } = family(24);
   const r = await generateCascade(target, { drafters: [model(d1), mag], kMatrix: [[2, 4], [0, 3]], lenience: 1 }, { promptIds: [1, 2, 3], maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false });
@@ -281,7 +294,8 @@ test('cascade - impossible configurations are refused with the reason', async (t
   await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[0]], lenience: 1 }, req), { message: /drafts nothing/ });
   await t.notThrowsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: [[2, 4], [0, 0]], lenience: 1 }, req), 'a zero row below the target drafts autoregressively');
   await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[2]], lenience: 0.5 }, req), { message: /lenience/ });
-  await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[2]], lenience: 1, magFirst: 2 }, req), { message: /MaG first needs MaG last below at least one other drafter/ });
+  await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[2]], lenience: 1, magFirst: 2 }, req), { message: /MaG first needs MaG last below at least one other drafter .*; this cascade has only MaG/ });
+  await t.throwsAsync(generateCascade(target, { drafters: [model(d1), { kind: 'mag', occurrence: 'recent' }], kMatrix: [[2, 4], [0, 0]], lenience: 1, magFirst: 17 }, req), { message: /recent variant matches at most 16 tokens/ });
   await t.throwsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: [[2, 4], [0, 0]], lenience: 1, magFirst: 0 }, req), { message: /minimum match length must be an integer >= 1/ });
   await t.throwsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: 'auto', lenience: 1, magFirst: 2, drafting: 'async' }, req), { message: /not with async drafting/ });
   const wider = new MemoryModelSession({ name: 'wider', vocabSize: 30, order: 1, seed: 1 });

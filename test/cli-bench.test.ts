@@ -68,7 +68,7 @@ test('cli - bench cascade compares every method, verifies greedy identity and wr
   const { stdout } = await cascade('bench', 'cascade', '--workload', 'grounded', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);
   const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));
   const methods = record.results[0].methods;
-  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', ...family.drafters.map((d) => `sd:${d}`), 'mag', 'mag-recent', 'csd-vertical', 'csd-horizontal', 'csd']);
+  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', ...family.drafters.map((d) => `sd:${d}`), 'mag', 'mag-recent', 'csd-vertical', 'csd-horizontal', 'csd', 'mag>csd']);
   t.true(methods.slice(1).every((m: { identicalToAr: boolean }) => m.identicalToAr === true), 'every greedy method reproduced ar');
   t.true(methods.every((m: { tokensPerSecond: number; swi: number }) => m.tokensPerSecond > 0 && m.swi > 0));
   t.regex(stdout, /grounded, temperature 0/);
@@ -82,7 +82,7 @@ test('cli - bench cascade measures a user\'s exports: --model and --draft-model 
   const hf = (name: string) => new URL(`./fixtures/hf/${name}`, import.meta.url).pathname;
   await cascade('bench', 'cascade', '--model', hf('llama-gqa'), '--draft-model', hf('llama-gqa-fp16'), '--tokenizer', 'models/tokenizer.json', '--workload', 'code', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);
   const methods = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8')).results[0].methods;
-  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', 'sd:llama-gqa-fp16', 'mag', 'mag-recent', 'csd-vertical', 'csd-horizontal', 'csd']);
+  t.deepEqual(methods.map((m: { method: string }) => m.method), ['ar', 'sd:llama-gqa-fp16', 'mag', 'mag-recent', 'csd-vertical', 'csd-horizontal', 'csd', 'mag>csd']);
   t.true(methods.slice(1).every((m: { identicalToAr: boolean }) => m.identicalToAr === true));
 });
 

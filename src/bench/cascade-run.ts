@@ -142,11 +142,12 @@ function perVerification(methods: Method[], rules: readonly Verification[]): Met
 
 /**
  * Every drafting method once per drafting mode (`name/mode`) when both are compared; MaG alone has
- * nothing to run ahead and a feature drafter drafts in serial rounds only, so they run once. Async ignores K (its sweep is skipped: one candidate).
+ * nothing to run ahead, and a feature drafter and MaG first draft in serial rounds only, so they run once. Async ignores K (its sweep is skipped: one candidate).
  */
 function perDrafting(methods: Method[], modes: readonly Drafting[]): Method[] {
   // a feature drafter reads the target's features of the previous pass: it drafts in serial rounds only
-  const serialOnly = (m: Method) => m.kind === 'ar' || m.kind === 'mag' || m.kind === 'eagle';
+  // and MaG first picks the drafter of each serial round
+  const serialOnly = (m: Method) => m.kind === 'ar' || m.kind === 'mag' || m.kind === 'eagle' || m.magFirst !== undefined;
   if (modes.length <= 1) return methods.map((m) => ({ ...m, drafting: serialOnly(m) ? 'serial' : modes[0] }));
   return methods.flatMap((m) => (serialOnly(m) ? [m] : modes.map((drafting) => ({ ...m, name: `${m.name}/${drafting}`, drafting }))));
 }
@@ -166,7 +167,7 @@ async function sweepK(ctx: BenchContext, methods: Method[], prompts: number[][])
     }
     const best = sweep.reduce((a, b) => (b.tokensPerSecond > a.tokensPerSecond ? b : a));
     tuned.set(m.name, { method: { ...m, kMatrix: best.kMatrix, magFirst: best.magFirst }, sweep });
-    log(`  sweep ${m.name}: best K ${JSON.stringify(best.kMatrix)}${best.magFirst ? ` MaG first from ${best.magFirst} tokens` : ''} (${best.tokensPerSecond.toFixed(1)} tokens/s)`);
+    log(`  sweep ${m.name}: best K ${JSON.stringify(best.kMatrix)}${best.magFirst ? ` MaG first from ${best.magFirst} token${best.magFirst === 1 ? '' : 's'}` : ''} (${best.tokensPerSecond.toFixed(1)} tokens/s)`);
   }
   return tuned;
 }

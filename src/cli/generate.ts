@@ -221,6 +221,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const target = await sessions.get(family.target);
     const kv = kvConfig(o, family);
     if (kv && o.kvPlacement === 'target' && o.drafting === 'async') throw new InvalidArgumentError('--drafting async drafts for a cascade: a bounded target cache (--kv-placement target) runs target-only decoding');
+    if (kv && o.kvPlacement === 'target' && o.magFirst) throw new InvalidArgumentError('--mag-first chooses who drafts a cascade round: a bounded target cache (--kv-placement target) runs target-only decoding');
     const drafterKv = kv && o.kvPlacement === 'drafters' ? kv : undefined;
     const drafters: DrafterSpec[] = [];
     for (const d of plan.drafters) {
@@ -329,7 +330,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       const ahead = plan.drafters.find((d) => d !== 'mag');
       const asyncLevels = [...(ahead ? [`${ahead} ahead`] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])];
       const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}` : '';
-      const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} tokens` : ''}`;
+      const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} token${o.magFirst === 1 ? '' : 's'}` : ''}`;
       process.stderr.write(
         `[${o.mode}: ${target.spec.name}${where ? ` (${where})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
           `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target calls, ` +

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import { DEFAULT_VERIFICATION, PositionNoise } from '../kernels/noise.ts';
+import { RECENT_MATCH_LIMIT } from '../kernels/maxgram.ts';
 import { Rng } from '../kernels/rng.ts';
 import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
@@ -132,7 +133,9 @@ export function checkCascade(config: CascadeConfig): void {
   if (!(config.lenience >= 1)) throw new InvalidArgumentError(`lenience must be >= 1, got ${config.lenience}`);
   if (config.magFirst !== undefined) {
     if (!Number.isInteger(config.magFirst) || config.magFirst < 1) throw new InvalidArgumentError(`MaG first's minimum match length must be an integer >= 1, got ${config.magFirst}`);
-    if (n < 2 || config.drafters[n - 1]!.kind !== 'mag') throw new InvalidArgumentError('MaG first needs MaG last below at least one other drafter (it decides which of them drafts a round)');
+    const last = config.drafters.at(-1);
+    if (n < 2 || last?.kind !== 'mag') throw new InvalidArgumentError(`MaG first needs MaG last below at least one other drafter (it decides which of them drafts a round); this cascade has ${n === 0 ? 'no drafters (target-only decoding)' : last?.kind === 'mag' ? 'only MaG' : 'no MaG'}`);
+    if (last.occurrence === 'recent' && config.magFirst > RECENT_MATCH_LIMIT) throw new InvalidArgumentError(`MaG's recent variant matches at most ${RECENT_MATCH_LIMIT} tokens: MaG first from ${config.magFirst} would never fire`);
     if ((config.drafting ?? DEFAULT_DRAFTING) !== 'serial') throw new InvalidArgumentError('MaG first chooses the drafter of each serial round: not with async drafting');
   }
   if (config.kMatrix === 'auto') return;
@@ -304,7 +307,8 @@ export async function runCascade(
     const mag = drafters[last];
     if (first === 0 && config.magFirst && last > 0 && mag instanceof MagLevel) {
       mag.proposeMatched(block, Math.min(K[0]![last]!, end - start), config.magFirst);
-      if (block.length > start) return { start, sources: new Array<string>(block.length - start).fill(mag.name) };
+      // recorded apart from MaG's drafts below the drafters: the schedule's acceptance of those stays theirs
+      if (block.length > start) return { start, sources: new Array<string>(block.length - start).fill(`${mag.name}-first`) };
     }
     for (let i = first; i < drafters.length; i++) {
       const limit = Math.min(K[first]![i]!, end - start);

@@ -99,6 +99,9 @@ interface Mark {
   readonly log: number;
 }
 
+/** The 'recent' variant's default cap on match length, in tokens. */
+export const RECENT_MATCH_LIMIT = 16;
+
 export class MaxGram {
   private readonly len: number[] = [0];
   private readonly link: number[] = [-1];
@@ -116,7 +119,7 @@ export class MaxGram {
   constructor(options: MaxGramOptions = {}) {
     this.bigram = options.bigram;
     this.minMatch = Math.max(1, options.minMatch ?? 1);
-    if (options.occurrence === 'recent') this.recent = new RecentIndex(options.maxRecentLength ?? 16);
+    if (options.occurrence === 'recent') this.recent = new RecentIndex(options.maxRecentLength ?? RECENT_MATCH_LIMIT);
   }
 
   /** Tokens indexed so far (|S|). */
