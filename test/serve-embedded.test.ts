@@ -112,7 +112,9 @@ test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a reque
   const greedy = await ask({ temperature: 0, cascade: { drafters: [family.eagle, 'mag'], k_matrix: [[3, 5], [0, 0]] } });
   t.is(greedy.choices[0]!.text, want.text);
   t.true(greedy.usage.cascade.accepted_tokens > 0);
-  t.is((await ask({ temperature: 0, cascade: { drafters: [family.eagle, 'mag'], k_matrix: [[3, 5], [0, 0]], mag_first: 2 } })).choices[0]!.text, want.text, 'MaG first');
+  const first = await ask({ temperature: 0, cascade: { drafters: [family.eagle, 'mag'], k_matrix: [[3, 5], [0, 0]], mag_first: 2 } });
+  t.is(first.choices[0]!.text, want.text, 'MaG first');
+  t.true((first.usage.cascade as { mag_first_rounds?: number }).mag_first_rounds! > 0, 'MaG drafted rounds alone');
   const sampling = { temperature: 0.8, topK: 0, topP: 1 };
   const oracleText = tokenizer.decode((await generateAutoregressive(await oracle.get(family.target), { promptIds, maxTokens: 32, sampling, seed: 9, verification: 'invariant' })).tokenIds);
   const sampled = await ask({ temperature: 0.8, seed: 9, cascade: { drafters: [family.eagle], verification: 'invariant' } });

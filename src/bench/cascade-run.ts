@@ -111,7 +111,7 @@ function methodsFor(familyDrafters: readonly string[], eagle: boolean): Method[]
 function only(methods: Method[], names: readonly string[] | undefined): Method[] {
   if (!names) return methods;
   const unknown = names.filter((n) => !methods.some((m) => m.name === n));
-  if (unknown.length) throw new InvalidArgumentError(`unknown method ${unknown.join(', ')}: this run has ${methods.map((m) => m.name).join(', ')}`);
+  if (unknown.length) throw new InvalidArgumentError(`unknown method ${unknown.join(', ')}: this run has ${methods.map((m) => m.name).join(', ')}${unknown.some((n) => n.includes('eagle')) && !methods.some((m) => m.kind === 'eagle') ? ' (the eagle methods need --eagle-model)' : ''}`);
   return methods.filter((m) => m.name === 'ar' || names.includes(m.name));
 }
 

@@ -129,7 +129,7 @@ export function registerBench(program: Command): void {
     .action(costs);
   const cascadeCommand = bench
     .command('cascade')
-    .description('ar, sd (each drafter), mag and csd (vertical, horizontal, both) side by side on held-out prompts, greedy and sampled')
+    .description('ar, sd (each drafter), mag and csd (vertical, horizontal, both; and with MaG first, mag>csd) side by side on held-out prompts, greedy and sampled')
     .option('--workload <name>', `${WORKLOADS.join(' | ')} | all`, parseWorkloads, [...WORKLOADS])
     .option('--temperatures <list>', 'comma-separated sampling temperatures (0 = greedy)', parseTemperatures, [0, 0.7])
     .option('--repeats <n>', 'repeats of the whole prompt set per method (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
@@ -147,7 +147,7 @@ export function registerBench(program: Command): void {
     .option('--drafting <list>', 'drafting modes compared, comma-separated: serial, async (with both, each drafting method but MaG alone runs under each, named method/mode)', parseDraftings, [DEFAULT_DRAFTING])
     .option('--verification <list>', 'verification rules to compare, comma-separated: invariant, rejection (with both, each drafting method runs under each, named method/rule)', parseVerifications, [DEFAULT_VERIFICATION])
     .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle): adds eagle, eagle+mag and csd+eagle, and the last two with MaG first (mag>eagle+mag, mag>csd+eagle); the target needs the hidden_states output (tools/train/add_hidden_output.py)')
-    .option('--methods <list>', 'only these methods, comma-separated, e.g. mag,csd,csd+eagle (ar always runs: speedups are over it)', (v: string) => v.split(',').map((m) => m.trim()).filter(Boolean))
+    .option('--methods <list>', 'only these methods, comma-separated, e.g. mag,csd,csd+eagle; names: ar, sd:NAME, mag, mag-recent, csd-vertical, csd-horizontal, csd, mag>csd, and with --eagle-model eagle, eagle+mag, csd+eagle, mag>eagle+mag, mag>csd+eagle (quote the > in a shell; ar always runs: speedups are over it)', (v: string) => v.split(',').map((m) => m.trim()).filter(Boolean))
     .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
     .action(async (o) => {
       const choice = { models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer };

@@ -202,6 +202,9 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   // the family's feature drafter may be named among --drafters (it is in no mode's default); a
   // --self-draft copy goes above them, so with none named it is the only drafter
+  if (o.eagleModel && family.eagle && o.drafters?.includes(family.eagle)) {
+    throw new InvalidArgumentError(`--eagle-model puts its feature drafter first itself: name only the drafters below it (e.g. --drafters mag), or drop --eagle-model to draft with the family's (--drafters ${family.eagle},mag)`);
+  }
   let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience, levelsAbove: (o.selfDraft ? 1 : 0) + (o.eagleModel ? 1 : 0) }, family.drafters, family.eagle ? [family.eagle] : []);
   const placed = placementOf(o, family);
   const sessions = new FamilySessions(

@@ -77,6 +77,8 @@ export interface CascadeStats extends GenerateStats {
   readonly swi: number;
   /** With `auto`: how many rounds used each K matrix (JSON), most used first. */
   readonly schedule?: Record<string, number>;
+  /** With MaG first: the rounds MaG drafted alone (CascadeConfig.magFirst). */
+  readonly magFirstRounds?: number;
   /**
    * With async drafting: the mode, the drafted tokens thrown away on prefixes that died, the fraction
    * of target passes whose block began with drafts the drafter made during the pass before, past its
@@ -286,6 +288,7 @@ export async function runCascade(
   const accepted: number[] = [];
   const drafted: number[] = [];
   let rounds = 0;
+  let magFirstRounds = 0;
 
   /** Runs one call of `level`: its result, its wall time and the tokens it fed its model (for the schedule). */
   async function timed<T>(level: CascadeLevel, call: () => Promise<T>): Promise<{ result: T; ms: number; fed: number }> {
@@ -308,7 +311,10 @@ export async function runCascade(
     if (first === 0 && config.magFirst && last > 0 && mag instanceof MagLevel) {
       mag.proposeMatched(block, Math.min(K[0]![last]!, end - start), config.magFirst);
       // recorded apart from MaG's drafts below the drafters: the schedule's acceptance of those stays theirs
-      if (block.length > start) return { start, sources: new Array<string>(block.length - start).fill(`${mag.name}-first`) };
+      if (block.length > start) {
+        magFirstRounds++;
+        return { start, sources: new Array<string>(block.length - start).fill(`${mag.name}-first`) };
+      }
     }
     for (let i = first; i < drafters.length; i++) {
       const limit = Math.min(K[first]![i]!, end - start);
@@ -405,7 +411,10 @@ export async function runCascade(
     await Promise.all(everyLevel.map((l) => l.release()));
   }
 
-  return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, schedule ? { schedule: Object.fromEntries([...schedule.chosen].sort((a, b) => b[1] - a[1])) } : {});
+  return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, {
+    ...(schedule ? { schedule: Object.fromEntries([...schedule.chosen].sort((a, b) => b[1] - a[1])) } : {}),
+    ...(config.magFirst ? { magFirstRounds } : {}),
+  });
 }
 
 /**

@@ -6,7 +6,7 @@ import type { GatewayMetrics } from '../metrics.ts';
  * A response's `usage`: OpenAI's token counts (the prompt once, the completion tokens of every
  * choice), and `cascade` (the coordinator's round statistics, summed over the choices: target
  * passes, drafted and accepted tokens, acceptance by draft position, failovers, the longest wait in
- * the queue) where the outcomes have them.
+ * the queue, and with MaG first the rounds MaG drafted alone) where the outcomes have them.
  */
 export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptTokens: number, completionTokens: number) {
   const ran = outcomes.filter((o): o is RequestOutcome & { stats: NonNullable<RequestOutcome['stats']> } => o?.stats !== undefined);
@@ -30,6 +30,7 @@ export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptT
           queue_seconds: Math.max(...ran.map((o) => o.queueSeconds)),
           target_busy_fraction: Math.max(0, ...ran.map((o) => targetBusyFraction(o.stats) ?? 0)),
           ...(ran.some((o) => o.stats.drafting) ? { wasted_drafts: sum((o) => o.stats.drafting?.wastedDrafts ?? 0), pre_draft_hit_rate: sum((o) => (o.stats.drafting?.preDraftHitRate ?? 0) * o.stats.rounds) / Math.max(1, rounds) } : {}),
+          ...(ran.some((o) => o.stats.magFirstRounds !== undefined) ? { mag_first_rounds: sum((o) => o.stats.magFirstRounds ?? 0) } : {}),
           ...roundTrips(ran),
         }
       : undefined,
