@@ -367,7 +367,7 @@ def record(drafter: EagleDrafter, best: dict, last: dict, args: argparse.Namespa
         "onnx": {"bytes": onnx_path.stat().st_size, "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
                  "initializers": "float16 behind Casts (the weights are evaluated float16-rounded)"},
         "notes": args.note,
-        **({"warm_start": {k: v for k, v in json.loads(previous.read_text()).items() if k in ("data", "model", "training", "test_agreement", "notes", "warm_start")}}
+        **({"warm_start": {k: v for k, v in json.loads(previous.read_text()).items() if k in ("data", "model", "training", "test_agreement", "cost_estimate", "measured", "notes", "warm_start")}}
            if a.get("init_from") and previous.exists() else {}),
     }
 
@@ -429,7 +429,7 @@ def card_section(rec: dict) -> str:
     while r.get("warm_start"):
         r = r["warm_start"]
         phases.append(r)
-    rows = [card_row(p, f"phase {len(phases) - i}" + (" (from the target's last layer)" if i == 0 else ""), None)
+    rows = [card_row(p, f"phase {i + 1}" + (" (from the target's last layer)" if i == 0 else ""), (p.get("measured") or {}).get("cost"))
             for i, p in enumerate(reversed(phases))]
     rows.append(card_row(rec, "shipped" + (f" (phase {len(phases) + 1}, warm start)" if phases else ""), m))
     positions = {d: t[d]["positions"] for d in t}
