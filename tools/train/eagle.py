@@ -151,7 +151,8 @@ def train(args: argparse.Namespace) -> None:
                            draft_vocab_of(Path(args.data), args.vocab))
     d = target_cfg["hidden_size"]
     if args.init_from:
-        warm_start(drafter, Path(args.init_from), run)
+        if not (run / "ckpt.pt").exists():  # a resumed run takes its weights from the checkpoint below
+            warm_start(drafter, Path(args.init_from), run)
     else:
         init_from_target(drafter, target)
         with torch.no_grad():  # fc starts as the identity on the feature half: f^_{t+1} = f_t + layer(f_t)
@@ -223,10 +224,14 @@ def warm_start(drafter: EagleDrafter, folder: Path, run: Path) -> None:
         name = init.name.removeprefix("drafter.").removesuffix(".fp16")
         arr = onnx.numpy_helper.to_array(init)
         state[name] = torch.from_numpy(arr.astype(np.int64 if name == "draft_vocab" else np.float32))
-    missing, unexpected = drafter.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = drafter.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a size mismatch (another vocabulary, width or draft vocabulary)
+        raise SystemExit(f"{folder}: not a drafter of this shape: {err}") from None
     if missing or unexpected:
         raise SystemExit(f"{folder}: not a drafter of this shape (missing {missing}, unexpected {unexpected})")
-    if (folder / "record.json").exists():
+    # a resumed run keeps the record of the start it began from (FROM may since have been overwritten)
+    if (folder / "record.json").exists() and not (run / "warm_start_record.json").exists():
         (run / "warm_start_record.json").write_text((folder / "record.json").read_text())
     print(f"warm start from {folder}", flush=True)
 
@@ -367,7 +372,7 @@ def record(drafter: EagleDrafter, best: dict, last: dict, args: argparse.Namespa
         "onnx": {"bytes": onnx_path.stat().st_size, "sha256": hashlib.sha256(onnx_path.read_bytes()).hexdigest(),
                  "initializers": "float16 behind Casts (the weights are evaluated float16-rounded)"},
         "notes": args.note,
-        **({"warm_start": {k: v for k, v in json.loads(previous.read_text()).items() if k in ("data", "model", "training", "test_agreement", "cost_estimate", "measured", "notes", "warm_start")}}
+        **({"warm_start": {k: v for k, v in json.loads(previous.read_text()).items() if k in ("data", "model", "training", "test_agreement", "cost_estimate", "measured", "onnx", "notes", "warm_start")}}
            if a.get("init_from") and previous.exists() else {}),
     }
 

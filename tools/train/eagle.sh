@@ -7,20 +7,21 @@
 #            token loss weighted 1.0 -> models/eagle
 # then test agreement, the ONNX export, a check against ONNX Runtime with one pass timed beside the
 # target's, and the card section of models/README.md. FROM=DIR skips phase 1 and warm-starts phase 2
-# from an exported drafter folder (FROM=models/eagle continues the shipped one).
+# from an exported drafter folder (FROM=models/eagle continues the shipped one: give it fresh windows
+# and its own run and cache folders, SEED2, RUN2 and CACHE2, or it resumes or repeats the shipped run).
+# The shipped record's notes (provenance: load, timings) were added by hand with `export --note`.
 #
 # Resumable: extraction keeps its shards (.cache/eagle/train, .cache/eagle/train2), training continues
 # from runs/eagle*/ckpt.pt. Everything runs under nice 19 on THREADS threads (default 2). Outputs:
-# models/eagle/ (committed), scratch/eagle-phase1 and the target with its hidden_states output in
-# scratch/target-hidden/ (not committed; add_hidden_output.py), .cache/ and runs/ (not committed).
+# models/eagle/ (committed), scratch/eagle-phase1, .cache/ and runs/ (not committed).
 #
 # Debian's python3-torch calls whichever libblas.so.3 is selected; the reference BLAS makes a 23M
 # model's forward 12x slower than OpenBLAS. train_family.sh installs libopenblas0-pthread; where that
 # cannot be installed, set OPENBLAS_DIR to an unpacked copy (apt-get download libopenblas0-pthread;
 # dpkg-deb -x ... DIR; OPENBLAS_DIR=DIR/usr/lib/x86_64-linux-gnu/openblas-pthread).
 #
-# Usage: bash tools/train/eagle.sh                       # both phases, about 3 hours on 2 cores
-#        FROM=models/eagle MINUTES2=60 bash tools/train/eagle.sh
+# Usage: bash tools/train/eagle.sh                       # both phases, about 4 hours on 2 cores
+#        FROM=models/eagle SEED2=26 RUN2=runs/eagle3 CACHE2=.cache/eagle/train3 MINUTES2=60 bash tools/train/eagle.sh
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=/usr/bin/python3
@@ -29,6 +30,9 @@ WINDOWS1=${WINDOWS1:-600}    # 1024-token windows of the train split (75% code):
 MINUTES1=${MINUTES1:-80}     # training budgets; each learning-rate schedule follows its own
 WINDOWS2=${WINDOWS2:-2000}   # 2.05M feature rows, about 2 GB of float16 shards
 MINUTES2=${MINUTES2:-85}
+SEED2=${SEED2:-25}
+RUN2=${RUN2:-runs/eagle2}
+CACHE2=${CACHE2:-.cache/eagle/train2}
 export OPENBLAS_NUM_THREADS=$THREADS PYTHONUNBUFFERED=1
 if [ -n "${OPENBLAS_DIR:-}" ]; then export LD_LIBRARY_PATH=$OPENBLAS_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}; fi
 RUN="nice -n 19 $PY tools/train/eagle.py --threads $THREADS"
@@ -43,12 +47,13 @@ if [ -z "${FROM:-}" ]; then
   $RUN train --cache .cache/eagle/train --run runs/eagle --minutes "$MINUTES1" $SHAPE --lr 1e-3 --token-weight 0.1 --eval-every 40
   $RUN evaluate --run runs/eagle --cache .cache/eagle/train
   $RUN export --run runs/eagle --cache .cache/eagle/train --out scratch/eagle-phase1
+  nice -n 19 node tools/train/eagle_check.mjs --target models/target --drafter scratch/eagle-phase1 --record scratch/eagle-phase1/record.json
   FROM=scratch/eagle-phase1
 fi
-$RUN extract --windows "$WINDOWS2" --seed 25 --cache .cache/eagle/train2
-$RUN train --cache .cache/eagle/train2 --run runs/eagle2 --minutes "$MINUTES2" $SHAPE --lr 5e-4 --token-weight 1.0 --eval-every 40 --init-from "$FROM"
-$RUN evaluate --run runs/eagle2 --cache .cache/eagle/train2
-$RUN export --run runs/eagle2 --cache .cache/eagle/train2 --out models/eagle
-$PY tools/train/add_hidden_output.py models/target/model.onnx --out scratch/target-hidden/model.onnx --copy-dir
-nice -n 19 node tools/train/eagle_check.mjs --target scratch/target-hidden --drafter models/eagle --record models/eagle/record.json
+$RUN extract --windows "$WINDOWS2" --seed "$SEED2" --cache "$CACHE2"
+$RUN train --cache "$CACHE2" --run "$RUN2" --minutes "$MINUTES2" $SHAPE --lr 5e-4 --token-weight 1.0 --eval-every 40 --init-from "$FROM"
+$RUN evaluate --run "$RUN2" --cache "$CACHE2"
+$RUN export --run "$RUN2" --cache "$CACHE2" --out models/eagle
+# the shipped target carries its hidden_states output (add_hidden_output.py refuses a graph that has one)
+nice -n 19 node tools/train/eagle_check.mjs --target models/target --drafter models/eagle --record models/eagle/record.json
 nice -n 19 $PY tools/train/eagle.py card --models models
