@@ -47,8 +47,9 @@ export interface CascadeConfig {
   /**
    * MaG first (serial rounds, MaG the last drafter), a minimum match length L >= 1: each round, when
    * the committed text's longest suffix seen earlier is at least L tokens, MaG's copy of what followed
-   * it (up to K[0]'s total, no bigram fill) is the block; the drafters above it draft only where it
-   * has none. MaG costs nothing, so a round it fills spends no drafter pass.
+   * it (at most MaG's entry of the target's row of K, K[0][n-1]; no bigram fill) is the block; the
+   * drafters above it draft only where it has none. MaG costs nothing, so a round it fills spends no
+   * drafter pass. Such rounds reach the adaptive schedule as the source `mag-first`.
    */
   readonly magFirst?: number;
 }
