@@ -37,7 +37,7 @@ test('host buffer - logits equal the host path exactly through prefill, decode p
     rows(a).forEach((r, i) => t.is(maxAbsDiff(r, rows(b)[i]!), 0, what));
   };
   await both((s) => s.forward({ seqId: 'a', inputIds: PROMPT }), 'prefill');
-  // 70 decode steps: past the first 64-row buffer, so it grows (a copy) while rows are in use
+  // 70 decode steps: past the first buffer (76 rows: the 12 in use and 64 spare), so it grows (a copy) while rows are in use
   for (const [i, id] of ids(70, 1).entries()) await both((s) => s.forward({ seqId: 'a', inputIds: [id] }, 'last'), `decode ${i}`);
   await both((s) => s.forward({ seqId: 'a', inputIds: ids(6, 2) }), 'verify(6)');
   await both((s) => s.forward({ seqId: 'a', keep: 80, inputIds: ids(3, 3) }), 'verify after a rollback to 80');
