@@ -9,7 +9,7 @@ import { GREEDY } from '../src/kernels/sampling.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import type { BatchInvariance, ModelSession } from '../src/models/session.ts';
-import { cascade } from './helpers/cli.ts';
+import { cascade, fails } from './helpers/cli.ts';
 import { dirOf, maxAbsDiff, MODELS_DIR } from './helpers/family.ts';
 
 /**
@@ -147,4 +147,35 @@ withPython('batch invariance - the target\'s 8-bit copy at accuracy level 4: a d
       t.true(csd.stats.acceptedTokens > 0);
     }
   }
+});
+
+withPython('batch invariance - a float16 KV cache beside float32 weights (cascade fuse --kv-dtype float16): its float16 attention drifts between a decode step and a verify pass without it and not with it (auto turns it on); csd over it gives its target-only tokens, greedy and seeded sampled; bad --kv-dtype values are refused', async (t) => {
+  const half = join(tmp, 'draft-l2-kv16');
+  await cascade('fuse', '--model', dirOf('draft-l2'), '--out', half, '--kv-dtype', 'float16');
+  const [auto, off, float] = [await open(half, 'auto'), await open(half, 'off'), await open(FUSED_L2, 'off')];
+  t.is(auto.kvDtype, 'float16');
+  t.is(float.kvDtype, 'float32');
+  t.true(auto.batchInvariant, 'auto: a float16 cache beside float32 logits on the CPU EP');
+  // against the float32 cache: the same model, its cache rounded to float16
+  await Promise.all([auto, float].map((s) => s.forward({ seqId: 'cmp', inputIds: PROMPT }, 'last')));
+  const [h, f] = await Promise.all([auto, float].map((s) => s.forward({ seqId: 'cmp', inputIds: DRAFTS }, 'all')));
+  const gap = maxAbsDiff(h!, f!);
+  t.log(`max |float16 cache - float32 cache| over ${DRAFTS.length} tokens after ${PROMPT.length}: ${gap.toExponential(2)}`);
+  t.true(gap > 0 && gap < 0.1, `a float16 cache is close to the float32 one, not equal (${gap})`);
+  const decode = (s: OrtModelSession) => (seqId: string, token: number) => s.forward({ seqId, inputIds: [token] }, 'last');
+  const drift = await oneAtATime(off, prompt(40), 'off', decode(off));
+  t.log(`off: max |decode step - verify pass| ${drift.toExponential(2)}`);
+  t.true(drift > 0, 'the float16 attention rounds a one-token pass differently');
+  t.is(await oneAtATime(auto, prompt(40), 'auto', decode(auto)), 0);
+  const drafter = await open(dirOf('draft-l1'), 'off');
+  for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
+    const req = { promptIds: PROMPT, maxTokens: 40, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
+    const want = (await generateAutoregressive(auto, req)).tokenIds;
+    const csd = await generateCascade(auto, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
+    t.deepEqual(csd.tokenIds, want, `temperature ${sampling.temperature}`);
+  }
+  const bad = await fails(['fuse', '--model', dirOf('draft-l2'), '--out', join(tmp, 'bad'), '--kv-dtype', 'bfloat16']);
+  t.regex(bad.stderr, /--kv-dtype must be one of float32, float16, got bfloat16/);
+  const fp16 = await fails(['fuse', '--model', new URL('./fixtures/hf/llama-gqa-fp16', import.meta.url).pathname, '--out', join(tmp, 'fp16'), '--kv-dtype', 'float32']);
+  t.regex(fp16.stderr, /--kv-dtype float32 with float16 weights/);
 });

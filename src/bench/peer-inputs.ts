@@ -177,9 +177,9 @@ export class PeerArtifacts {
     return quantizedCopy(model, bits, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log, ...o });
   }
 
-  /** tools/train/fuse.py's form of `model`, cached (fusedCopy). */
-  fused(model: string): Promise<string> {
-    return fusedCopy(model, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log });
+  /** tools/train/fuse.py's form of `model`, with a float16 KV cache when `kvDtype` says so, cached (fusedCopy). */
+  fused(model: string, kvDtype?: 'float16'): Promise<string> {
+    return fusedCopy(model, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log, ...(kvDtype ? { kvDtype } : {}) });
   }
 
   /** `model` as GGUF of `type` (tools/gguf/export_gguf.py), cached. */

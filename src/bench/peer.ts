@@ -25,10 +25,14 @@ const OURS_OF: Record<PeerWeights, string | undefined> = { f32: 'f32', f16: unde
 /**
  * This project's graph forms: `unfused` is the export as it is (the Optimum contract, KV copied in
  * and out of every pass); `fused` is tools/train/fuse.py's GroupQueryAttention form, whose KV lives in
- * a host buffer read in place (kv-placement.ts, HostBufferKv). Drafters run in the same form.
+ * a host buffer read in place (kv-placement.ts, HostBufferKv); `fused-kv16` is that form with a
+ * float16 KV cache (fuse.py --kv-dtype float16, as llama.cpp's default f16 cache; lossy against
+ * float32 KV). Drafters run in the same form.
  */
-export const PEER_FORMS = ['unfused', 'fused'] as const;
+export const PEER_FORMS = ['unfused', 'fused', 'fused-kv16'] as const;
 export type PeerForm = (typeof PEER_FORMS)[number];
+/** The forms measured unless --forms names others. */
+export const DEFAULT_PEER_FORMS: readonly PeerForm[] = ['unfused', 'fused'];
 
 export interface PeerBenchOptions {
   /** The target and this project's drafters (`--models`, `--model`, `--draft-model`). */
@@ -164,6 +168,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
   const peerFamily = o.peerDraft === undefined ? undefined : resolveModels({ models: o.models.models, model: o.peerDraft, draftModels: [] });
   const peerDraftDir = peerFamily ? dirOf(peerFamily, peerFamily.target) : drafterDirs.at(-1);
   const artifacts = new PeerArtifacts(o.cacheDir, o.python, log);
+  const inForm = (dir: string, form: PeerForm): Promise<string> => (form === 'unfused' ? Promise.resolve(dir) : artifacts.fused(dir, form === 'fused-kv16' ? 'float16' : undefined));
   const prompts: PeerPrompt[] = heldOutPrompts(o.prompts, o.promptsDir);
   const bigram = loadBigram(family);
 
@@ -185,12 +190,12 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
       opened.push(target, ...(draft ? [draft] : []));
       const ours = OURS_OF[w];
       for (const form of ours ? o.forms : []) {
-        const base = form === 'fused' ? await artifacts.fused(targetDir) : targetDir;
+        const base = await inForm(targetDir, form);
         // quantized copies quantize the LM head too: at this size it is a third of the weights read per token
         ourDirs.set(`${w} ${form}`, ours === 'f32' ? base : await artifacts.quantized(base, ours === 'int8' ? 8 : 4, { quantizeHead: true, accuracyLevel: o.accuracyLevel }));
       }
     }
-    for (const form of o.forms) ourDrafters.set(form, form === 'fused' ? await Promise.all(drafterDirs.map((d) => artifacts.fused(d))) : drafterDirs);
+    for (const form of o.forms) ourDrafters.set(form, await Promise.all(drafterDirs.map((d) => inForm(d, form))));
     const tok = TextTokenizer.forModel({ dir: targetDir, tokenizerPath: join(targetDir, 'tokenizer.json') });
     const promptIds = prompts.map((p) => tok.encodePrompt(p.text));
     const tokenizerAgrees = prompts.filter((p, i) => sameTokens(peerModels.get('f32')!.target.tokenize(p.text), promptIds[i]!)).length;

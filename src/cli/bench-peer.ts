@@ -1,6 +1,6 @@
 import { resolve } from 'node:path';
 import type { Command } from 'commander';
-import { benchPeer, PEER_FORMS, PEER_WEIGHTS, type PeerForm, type PeerWeights } from '../bench/peer.ts';
+import { benchPeer, DEFAULT_PEER_FORMS, PEER_FORMS, PEER_WEIGHTS, type PeerForm, type PeerWeights } from '../bench/peer.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { BATCH_INVARIANT_HELP, parseBatchInvariant, parseNumber } from './options.ts';
 import type { BatchInvariance } from '../models/session.ts';
@@ -59,7 +59,7 @@ export function registerBenchPeer(bench: Command): void {
     .option('--repeats <n>', 'timed repeats per configuration (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 3)
     .option('--threads <list>', 'thread counts, comma-separated (ONNX Runtime intra-op threads; llama.cpp context threads)', parseThreads, [1, 2])
     .option('--weights <list>', `weight widths, comma-separated: ${PEER_WEIGHTS.join(', ')} (this project has no f16 CPU path; 8 and 4 are cascade quantize int8/int4 and GGUF Q8_0/Q4_0)`, parseWeights, [...PEER_WEIGHTS])
-    .option('--forms <list>', "this project's graph forms, comma-separated, each measured: unfused (the export as it is) and fused (tools/train/fuse.py's GroupQueryAttention form, KV in a host buffer read in place); drafters run in the same form", parseForms, [...PEER_FORMS])
+    .option('--forms <list>', "this project's graph forms, comma-separated, each measured: unfused (the export as it is), fused (tools/train/fuse.py's GroupQueryAttention form, KV in a host buffer read in place) and fused-kv16 (the fused form with a float16 KV cache, cascade fuse --kv-dtype float16, as llama.cpp's default f16 cache; lossy against float32 KV); drafters run in the same form", parseForms, [...DEFAULT_PEER_FORMS])
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level of this project's quantized copies: 4 computes in int8 on the CPU, 0 in float (exact under speculation, see docs/quantization.md)", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
     .option('--batch-invariant <mode>', `whether a token's logits from this project's targets stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; off against on measures what it costs plain decoding (drafters run off, and the f32 reference of the identity check at auto)`, parseBatchInvariant, 'auto')
     .option('--cache-dir <dir>', 'where the quantized folders, GGUF files and llama.cpp clone (for gguf-py) are made once', '.cache/bench-peer')

@@ -120,12 +120,26 @@ async function quantize(o: QuantizeOptions): Promise<void> {
  * model builder writes them (docs/gpu.md, "Graph forms"). On the CPU its KV lives in a host buffer
  * read in place; on a GPU it is a fraction of the dispatches.
  */
-async function fuseFolder(o: { model: string; out: string; modelFile?: string; maxPositions?: number; python?: string }): Promise<void> {
+async function fuseFolder(o: FuseOptions): Promise<void> {
+  if (o.kvDtype !== undefined && !KV_DTYPES.includes(o.kvDtype)) throw new InvalidArgumentError(`--kv-dtype must be one of ${KV_DTYPES.join(', ')}, got ${o.kvDtype}`);
   const { model, out, graph } = rewriteFolders(o, 'fused');
   const python = findPython(o.python, 'cascade fuse');
   process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
-  await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : [])], out, 'inherit');
+  await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : [])], out, 'inherit');
   process.stdout.write(`${out}\n`);
+}
+
+/** The KV cache element types `cascade fuse --kv-dtype` writes. */
+export const KV_DTYPES: readonly string[] = ['float32', 'float16'];
+
+interface FuseOptions {
+  readonly model: string;
+  readonly out: string;
+  readonly modelFile?: string;
+  readonly maxPositions?: number;
+  /** The fused graph's KV element type (fuse.py --kv-dtype); default the weights'. */
+  readonly kvDtype?: string;
+  readonly python?: string;
 }
 
 /** A short key of a model folder's graph (its path, size and mtime), so a re-export replaces stale cache entries. */
@@ -174,11 +188,12 @@ export function quantizedCopy(model: string, bits: 8 | 4, o: CopyOptions & { rea
 
 /**
  * The fused form of a model folder (tools/train/fuse.py: GroupQueryAttention, RotaryEmbedding,
- * SkipSimplifiedLayerNormalization, packed projections; docs/gpu.md), cached (cachedCopy) as `fused`.
- * Its KV lives in a host buffer read in place on the CPU (kv-placement.ts, HostBufferKv).
+ * SkipSimplifiedLayerNormalization, packed projections; docs/gpu.md), cached (cachedCopy) as `fused`,
+ * or `fused-kv16` with `kvDtype` float16 (fuse.py --kv-dtype float16: a float16 cache beside float32
+ * weights). Its KV lives in a host buffer read in place on the CPU (kv-placement.ts, HostBufferKv).
  */
-export function fusedCopy(model: string, o: CopyOptions): Promise<string> {
-  return cachedCopy('fuse.py', 'fused', model, [], o);
+export function fusedCopy(model: string, o: CopyOptions & { readonly kvDtype?: 'float16' }): Promise<string> {
+  return o.kvDtype ? cachedCopy('fuse.py', 'fused-kv16', model, ['--kv-dtype', o.kvDtype], o) : cachedCopy('fuse.py', 'fused', model, [], o);
 }
 
 /** Widths of the target's own quantized copy as a drafter (`--self-draft`; ML-SpecQD, QSpec). */
@@ -240,6 +255,7 @@ export function registerQuantize(program: Command): void {
     .requiredOption('--out <dir>', 'a new folder for the fused model (refused when it exists); the folder\'s other files are copied', folder('--out'))
     .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
     .option('--max-positions <n>', "positions the fused graph takes (rows of its RoPE tables; default config.json's max_position_embeddings)", parseNumber('--max-positions', { min: 1, integer: true }))
+    .option('--kv-dtype <type>', "the KV cache's element type: float32 or float16 (default: the weights'). float16 over float32 weights halves the cache's bytes read and copied per pass, as llama.cpp's default f16 cache; lossy against float32 KV (docs/quantization.md)")
     .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
-    .action((o: { model: string; out: string; modelFile?: string; maxPositions?: number; python?: string }) => fuseFolder(o));
+    .action((o: FuseOptions) => fuseFolder(o));
 }

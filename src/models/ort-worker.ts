@@ -140,7 +140,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
   seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
-  padSingleRows = resolveBatchInvariance(options.batchInvariant ?? 'auto', s, provider);
+  padSingleRows = resolveBatchInvariance(options.batchInvariant ?? 'auto', s, provider, kvDtype === 'float16' && logitsType(session) === 'float32');
   const location = kvLocation(options.kvLocation ?? 'auto', provider, s);
   if (location === 'host-buffer') {
     // the same graph with outputs of only each pass's new rows (onnx-proto.ts), loaded from memory;
@@ -183,18 +183,27 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
 }
 
 /**
- * Whether one-token passes run as two rows (SessionOptions.batchInvariant): `auto` is on for a graph
- * whose MatMulNBits compute below float32 (accuracy_level 2-4, modelQuantization) on the CPU EP,
+ * Whether one-token passes run as two rows (SessionOptions.batchInvariant): `auto` is on, on the CPU
+ * EP, for a graph whose MatMulNBits compute below float32 (accuracy_level 2-4, modelQuantization),
  * where ONNX Runtime's kernel for one row differs from the one for several by up to 1e-1 in the
- * logits (docs/quantization.md). Float graphs differ by about 1e-5 and are left alone, as is the
- * WebGPU EP, which computes MatMulNBits in float and whose kernels differ by about 1e-5 with or
- * without the padding (measured on lavapipe).
+ * logits (docs/quantization.md), and for a float32 graph with a float16 KV cache (`halfCache`: `cascade
+ * fuse --kv-dtype float16`), whose float16 attention differs by up to 1.4e-3 (measured on the fused
+ * target; 0 with the padding). Float graphs differ by about 1e-5 and are left alone, as are float16
+ * exports (2.4e-4 on test/fixtures/hf/llama-gqa-fp16, as before) and the WebGPU EP, which computes
+ * MatMulNBits in float and whose kernels differ by about 1e-5 with or without the padding (measured on lavapipe).
  */
-function resolveBatchInvariance(asked: BatchInvariance, s: ModelSpec, provider: string): boolean {
+function resolveBatchInvariance(asked: BatchInvariance, s: ModelSpec, provider: string, halfCache: boolean): boolean {
   if (asked !== 'auto') return asked === 'on';
+  if (firstProvider(provider) !== 'cpu') return false;
   const q = modelQuantization(s);
-  return q !== undefined && q.accuracyLevel >= 2 && firstProvider(provider) === 'cpu';
+  return halfCache || (q !== undefined && q.accuracyLevel >= 2);
 }
+
+/** The element type of the graph's logits output. */
+const logitsType = (sess: ort.InferenceSession): string => {
+  const m = sess.outputMetadata.find((o) => o.name === 'logits');
+  return m?.isTensor ? m.type : 'not a tensor';
+};
 
 /**
  * The graph's features (ModelSpec.features): a `hidden_states` or `next_hidden_states` output and a

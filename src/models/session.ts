@@ -198,8 +198,9 @@ export interface SessionOptions {
    * sequences with equally long pasts share a batched pass (a left-padded past shifts the keys,
    * which rounds differently too). Then a decode step, a verify pass, any split of a block and a
    * batched step give bit-identical logits (test/batch-invariance.test.ts), so speculation over the
-   * model is exact. `auto` is `on` for graphs whose MatMulNBits compute below float32
-   * (accuracy_level 2-4; measured at 4) on the CPU EP, and `off` otherwise. A one-token pass then
+   * model is exact. `auto` is `on` on the CPU EP for graphs whose MatMulNBits compute below float32
+   * (accuracy_level 2-4; measured at 4) and for float32 graphs with a float16 KV cache (`cascade fuse
+   * --kv-dtype float16`: up to 1.4e-3), and `off` otherwise. A one-token pass then
    * costs about a two-token one (a median 2% more for the fused 8-bit target; about 20% more where
    * the KV is copied through JavaScript, `host`). After the batch-invariant kernels of
    * He et al., "Defeating Nondeterminism in LLM Inference" (Thinking Machines Lab, 2025), and vLLM's

@@ -46,7 +46,12 @@ than the positions, an activation other than SiLU). Checked: test/fuse-user-expo
 The other files of the folder are copied (not with --graph-only); config.json gains "onnx_graph": {"form": "fused", ...},
 which the runner ignores (it finds the form from the graph's op types).
 
-Usage: cascade fuse --model DIR --out DIR   (or: /usr/bin/python3 tools/train/fuse.py --model models/draft-l2 --out test/fixtures/fused/draft-l2)
+With --kv-dtype float16 over float32 weights, q, k and v are cast to float16 after RoPE and the
+attention runs in float16 over a float16 cache (inputs past_key_values.* and outputs present.* float16),
+its output cast back to float32: the cache's bytes halve, as llama.cpp's default f16 cache; lossy
+against float32 KV, and measured so (docs/quantization.md).
+
+Usage: cascade fuse --model DIR --out DIR [--kv-dtype float16]   (or: /usr/bin/python3 tools/train/fuse.py --model models/draft-l2 --out test/fixtures/fused/draft-l2)
 """
 from __future__ import annotations
 
@@ -289,9 +294,14 @@ def biased(g: "Graph", w: dict[str, np.ndarray], layer: int, name: str, x: str, 
     return out
 
 
-def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np.ndarray, float], epsilon: float | None = None) -> onnx.ModelProto:
+def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np.ndarray, float], epsilon: float | None = None,
+         kv_dtype: str | None = None) -> onnx.ModelProto:
     """The fused graph; `rope` is the inverse frequencies and the cos/sin scale (graph_rope, or
-    default_inv_freq and 1); `epsilon` the RMSNorms' (graph_epsilon; default the config's)."""
+    default_inv_freq and 1); `epsilon` the RMSNorms' (graph_epsilon; default the config's); `kv_dtype`
+    the KV cache's element type, "float32" or "float16" (default: the weights'). A float32 graph with
+    float16 KV casts q, k and v to float16 after RoPE, runs GroupQueryAttention in float16 over a
+    float16 past and present, and casts its output back: half the bytes of cache read and copied per
+    pass, as llama.cpp's default f16 cache. Lossy against float32 KV (docs/quantization.md measures it)."""
     layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
     kv_heads = cfg.get("num_key_value_heads") or heads
     hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
@@ -308,6 +318,10 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     dtype = w["model.embed_tokens.weight"].dtype
     if dtype not in (np.float32, np.float16):
         raise SystemExit(f"weights of type {dtype}: fuse.py writes float32 or float16 graphs")
+    kv_np = np.dtype(kv_dtype) if kv_dtype else np.dtype(dtype)
+    if kv_np == np.float32 and dtype == np.float16:
+        raise SystemExit("--kv-dtype float32 with float16 weights: a float16 export's attention runs in float16, so its KV is float16")
+    half_kv = kv_np == np.float16 and dtype == np.float32
     cos, sin = rope_caches(rope[0], max_positions, rope[1])
     g.init("cos_cache", cos.astype(dtype))
     g.init("sin_cache", sin.astype(dtype))
@@ -344,11 +358,15 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
                       domain=MS, interleaved=0)
         (k,) = g.node("RotaryEmbedding", f"{p}/attn/k_rotary/RotaryEmbedding", [k, "position_ids", "cos_cache", "sin_cache"],
                       domain=MS, interleaved=0)
+        if half_kv:
+            q, k, v = (g.node("Cast", f"{p}/attn/{n}_to_float16/Cast", [x], to=TensorProto.FLOAT16)[0] for n, x in (("q", q), ("k", k), ("v", v)))
         attn, _, _ = g.node(
             "GroupQueryAttention", f"{p}/attn/GroupQueryAttention",
             [q, k, v, f"past_key_values.{i}.key", f"past_key_values.{i}.value", seqlens_k, total_len],
             [f"{p}/attn/GroupQueryAttention/output_0", f"present.{i}.key", f"present.{i}.value"],
             domain=MS, num_heads=heads, kv_num_heads=kv_heads, do_rotary=0, local_window_size=-1)
+        if half_kv:
+            (attn,) = g.node("Cast", f"{p}/attn/output_to_float32/Cast", [attn], to=TensorProto.FLOAT)
         o_w = g.init(f"model.layers.{i}.attn.o_proj.MatMul.weight", lin("self_attn.o_proj"))
         (o,) = g.node("MatMul", f"{p}/attn/o_proj/MatMul", [attn, o_w])
         o = biased(g, w, i, f"{p}/attn/o_proj", o, ["self_attn.o_proj"])
@@ -384,7 +402,8 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     g.node("Reshape", "/lm_head/Reshape_1", [scores, out_shape], ["logits"])
 
     f32, i64 = onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(dtype)], TensorProto.INT64
-    kv = lambda n, length: helper.make_tensor_value_info(n, f32, ["batch_size", kv_heads, length, head_dim])  # noqa: E731
+    kv_type = onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[kv_np]
+    kv = lambda n, length: helper.make_tensor_value_info(n, kv_type, ["batch_size", kv_heads, length, head_dim])  # noqa: E731
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
               helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"])]
@@ -409,6 +428,9 @@ def main() -> None:
     ap.add_argument("--max-positions", type=int, default=None,
                     help="rows of the RoPE cos/sin caches: positions the graph can take (default config.json's "
                          "max_position_embeddings, which is lowered to it when it is smaller)")
+    ap.add_argument("--kv-dtype", choices=["float32", "float16"], default=None,
+                    help="the KV cache's element type (default: the weights'): float16 over float32 weights halves the "
+                         "cache's bytes and runs the attention in float16, lossy against float32 KV")
     ap.add_argument("--graph-only", action="store_true", help="write model.onnx and config.json only (test fixtures; "
                     "the runner then needs --tokenizer)")
     args = ap.parse_args()
@@ -421,7 +443,7 @@ def main() -> None:
     positions = args.max_positions or cfg.get("max_position_embeddings", 2048)
     weights, rope, epsilon = unfused_weights(src / args.model_file, cfg)
     theta = check_architecture(cfg, src, positions, rope is not None)
-    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim_of(cfg), theta), 1.0), epsilon)
+    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim_of(cfg), theta), 1.0), epsilon, args.kv_dtype)
     out.mkdir(parents=True, exist_ok=True)
     # a protobuf holds at most 2 GB: larger weights go to one external file beside the graph, as Optimum writes them
     big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
@@ -434,7 +456,8 @@ def main() -> None:
     ops = sorted({n.op_type for n in model.graph.node})
     cfg["max_position_embeddings"] = min(cfg.get("max_position_embeddings", positions), positions)
     cfg["onnx_graph"] = {"form": "fused", "fused_from": str(src / args.model_file), "rope_cache_positions": positions,
-                         "ops": ops, "made_by": "tools/train/fuse.py"}
+                         "ops": ops, "kv_dtype": onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[model.graph.input[3].type.tensor_type.elem_type].name,
+                         "made_by": "tools/train/fuse.py"}
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     per_layer = sum(1 for n in model.graph.node if n.name.startswith("/model/layers.0/"))
     print(f"fused {src} -> {out}: {len(model.graph.node)} nodes ({per_layer} in layer 0), "
