@@ -8,6 +8,7 @@ import { CascadeError, InvalidArgumentError, ModelLoadError } from '../errors.ts
 import { memberSource, type Family } from '../models/family.ts';
 import { findGraph, locationOf } from '../models/model-dir.ts';
 import { parseNumber } from './options.ts';
+import { KV_DTYPES } from '../models/session.ts';
 
 /**
  * `cascade quantize`: block-wise weight-only quantization of a model folder into ONNX Runtime's
@@ -121,16 +122,13 @@ async function quantize(o: QuantizeOptions): Promise<void> {
  * read in place; on a GPU it is a fraction of the dispatches.
  */
 async function fuseFolder(o: FuseOptions): Promise<void> {
-  if (o.kvDtype !== undefined && !KV_DTYPES.includes(o.kvDtype)) throw new InvalidArgumentError(`--kv-dtype must be one of ${KV_DTYPES.join(', ')}, got ${o.kvDtype}`);
+  if (o.kvDtype !== undefined && !(KV_DTYPES as readonly string[]).includes(o.kvDtype)) throw new InvalidArgumentError(`--kv-dtype must be one of ${KV_DTYPES.join(', ')}, got ${o.kvDtype}`);
   const { model, out, graph } = rewriteFolders(o, 'fused');
   const python = findPython(o.python, 'cascade fuse');
   process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
   await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : [])], out, 'inherit');
   process.stdout.write(`${out}\n`);
 }
-
-/** The KV cache element types `cascade fuse --kv-dtype` writes. */
-export const KV_DTYPES: readonly string[] = ['float32', 'float16'];
 
 interface FuseOptions {
   readonly model: string;

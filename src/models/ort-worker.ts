@@ -18,7 +18,7 @@ import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
 import { longestPrefix, RETAINED_TOKENS, RetainedPrefixes, reusableLimit } from './prefix-cache.ts';
-import { joinRows, rowCount, rowsInChunk, type BatchInvariance, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
+import { joinRows, KV_DTYPES, rowCount, rowsInChunk, type BatchInvariance, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -271,7 +271,6 @@ function missingExternalData(s: ModelSpec, err: Error): WorkerFailure | undefine
   );
 }
 
-const KV_DTYPES: readonly KvDtype[] = ['float32', 'float16'];
 const isKvDtype = (type: string): type is KvDtype => (KV_DTYPES as readonly string[]).includes(type);
 
 /**

@@ -55,6 +55,8 @@ export interface StepResult {
 
 /** The element type a model keeps its KV in: its ONNX graph's past_key_values type. */
 export type KvDtype = 'float32' | 'float16';
+/** Every KvDtype: what the runner takes as KV (and logits), and what `cascade fuse --kv-dtype` writes. */
+export const KV_DTYPES: readonly KvDtype[] = ['float32', 'float16'];
 
 /** A block of KV values: float32 values, or float16 bit patterns (Node 20 has no Float16Array). */
 export type KvArray = Float32Array | Uint16Array;

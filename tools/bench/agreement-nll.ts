@@ -15,7 +15,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { generateAutoregressive } from '../../src/engine/generate.ts';
-import { GREEDY } from '../../src/kernels/sampling.ts';
+import { argmax, GREEDY } from '../../src/kernels/sampling.ts';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
 
@@ -32,11 +32,6 @@ const prompts = (file: string): string[] =>
 const ref = await OrtModelSession.open(refDir, { intraOpThreads: 1, prefixCache: false });
 const tok = TextTokenizer.forModel({ dir: refDir, tokenizerPath: ref.spec.tokenizerPath });
 const V = ref.spec.vocabSize;
-const argmax = (row: Float32Array): number => {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i;
-  return best;
-};
 /** -log softmax(row)[token], in nats. */
 const nll = (row: Float32Array, token: number): number => {
   let max = -Infinity;
