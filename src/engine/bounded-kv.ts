@@ -2,7 +2,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import { KvLedger, positionalScore, type KvBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { AdoreController, ControllerTrack } from '../kernels/adore-controller.ts';
 import { firstRows, MemoryKvStore, type KvStore } from '../models/kv-store.ts';
-import { joinRows, rowCount, rowsInChunk, type KvRows, type LogitsRows, type ModelSession, type StepResult } from '../models/session.ts';
+import { joinRows, rowCount, rowsInChunk, type DecodePlan, type KvRows, type LogitsRows, type ModelSession, type StepResult } from '../models/session.ts';
 
 /** How a model's KV cache is bounded: the policy and its budget (SPEC §5; docs/adore.md). */
 export interface KvPolicyConfig {
@@ -97,6 +97,30 @@ export class BoundedSequence {
   /** The sequence's length in positions (released tokens included). */
   get length(): number {
     return this.next;
+  }
+
+  /** Whether `decode` runs in the runner: a full cache over a session with ModelSession.decode. */
+  get decodes(): boolean {
+    return !this.ledger && this.session.decode !== undefined;
+  }
+
+  /**
+   * Feeds tokens as `feed` does (rolling back to `at` first), then lets the runner choose up to
+   * plan.steps tokens (ModelSession.decode); returns them, all but the last fed. Only where
+   * `decodes` holds; throws InvalidArgumentError elsewhere.
+   */
+  async decode(tokens: readonly number[], plan: DecodePlan, at = this.next): Promise<number[]> {
+    if (!this.decodes) throw new InvalidArgumentError(`${this.seqId}: multi-step decoding needs a full KV cache over a session that decodes`);
+    if (tokens.length === 0) throw new InvalidArgumentError(`feed on ${this.seqId} with no tokens`);
+    if (!Number.isInteger(at) || at < 0 || at > this.next) throw new InvalidArgumentError(`cannot feed ${this.seqId} at position ${at}: it has ${this.next}`);
+    const keep = at < this.next ? at : undefined;
+    // on failure the runner leaves the sequence at `at` too (ModelSession.decode)
+    this.next = at;
+    this.tokens.length = at;
+    const chosen = await this.session.decode!({ seqId: this.seqId, inputIds: tokens, positionIds: tokens.map((_, j) => at + j), keep }, plan);
+    this.tokens.push(...tokens, ...chosen.slice(0, -1));
+    this.next = this.tokens.length;
+    return chosen;
   }
 
   /**

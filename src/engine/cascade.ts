@@ -55,7 +55,7 @@ export interface CascadeConfig {
 }
 
 export interface CascadeStats extends GenerateStats {
-  /** Target reviews (one per round). */
+  /** Target reviews (one per round); in target-only decoding, target passes (a multi-step round makes several). */
   readonly rounds: number;
   readonly draftedTokens: number;
   readonly acceptedTokens: number;
@@ -184,7 +184,7 @@ export async function generateCascade(
   const tap = config.drafters.some((d) => d.kind === 'eagle') ? new FeatureTap(target, seqId) : undefined;
   // drafter-invariant verification: every level draws with the same position-keyed noise
   const noise = (req.verification ?? DEFAULT_VERIFICATION) === 'invariant' ? new PositionNoise(req.seed) : undefined;
-  const top = new ModelLevel(target.spec.name, tap ?? target, seqId, req.sampling, { promptLength, topLogprobs: req.logprobs, noise });
+  const top = new ModelLevel(target.spec.name, tap ?? target, seqId, req.sampling, { promptLength, topLogprobs: req.logprobs, noise, stopIds: req.stopAtEos === false ? [] : target.spec.eosIds });
   // Each drafter level has its own sequence id: a drafter may be the target's own session (self-draft).
   // Every level applies the same logits processors with each position's own prefix (exactness).
   const drafters: CascadeLevel[] = config.drafters.map((d, i) =>
@@ -346,6 +346,11 @@ export async function runCascade(
     schedule?.reviewed(reviewer.name, sources, result.accepted, ms, fed);
   }
 
+  // Target-only decoding (no drafters at all) proposes several tokens a round where the target's
+  // runner decodes them in one call (ModelSession.decode, multi-step decoding); the first round
+  // proposes one, so the first token streams as soon as the prompt is read.
+  const plainSteps = initialDrafters.length === 0 ? (top.decodeSteps ?? 1) : 1;
+
   /** One round: the target reviews a block of at most `room` drafts from the whole cascade, or proposes alone. */
   async function round(block: Block, room: number): Promise<void> {
     let start: number;
@@ -353,7 +358,8 @@ export async function runCascade(
     for (;;) {
       if (schedule) K = schedule.plan(top.name, drafters.map((d) => d.name), drafters.map((d) => d.lag?.(block.tokens) ?? 0));
       if (drafters.length === 0 || K[0]!.every((k) => k === 0) || room === 0) {
-        const { ms, fed } = await timed(top, () => top.propose(block, 1, rng));
+        const want = rounds === 0 ? 1 : Math.min(plainSteps, room + 1);
+        const { ms, fed } = await timed(top, () => top.propose(block, want, rng));
         schedule?.reviewed(top.name, [], 0, ms, fed);
         return;
       }
@@ -396,7 +402,8 @@ export async function runCascade(
       const room = draftRoom(committed, req.maxTokens - out.length, options.maxPositions);
       if (options.inRound) await options.inRound(rounds, () => round(block, room));
       else await round(block, room);
-      rounds++;
+      // a multi-step round of target-only decoding made one target pass per token it proposed
+      rounds += plainSteps > 1 ? Math.max(1, tokens.length - committed) : 1;
       const { fresh, freshLogprobs, stopped } = committable(tokens.slice(committed), req.maxTokens - out.length, eos, top, req.logprobs !== undefined);
       if (stopped) finishReason = 'stop';
       tokens.length = committed;

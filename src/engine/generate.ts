@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.ts';
 import { Rng, type Seed } from '../kernels/rng.ts';
-import { DEFAULT_VERIFICATION, PositionNoise, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
-import { checkSampling, distribution, logprobDistribution, MAX_TOP_LOGPROBS, nextToken, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
-import type { ModelSession } from '../models/session.ts';
+import { DEFAULT_VERIFICATION, drawToken, PositionNoise, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
+import { checkSampling, logprobDistribution, MAX_TOP_LOGPROBS, nextToken, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
+import { DECODE_STEPS, type ModelSession } from '../models/session.ts';
 import { BoundedSequence, checkKvPolicy, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
 import { checkBudget } from '../kernels/kv-policy.ts';
 
@@ -115,29 +115,44 @@ export async function generateAutoregressive(
     peak = Math.max(peak, seq.resident);
     return logits;
   };
+  // multi-step decoding (ModelSession.decode) where the runner can choose the tokens itself: the
+  // same passes and draws, one call per DECODE_STEPS tokens instead of one per token
+  const inRunner = seq.decodes && req.logprobs === undefined && (req.sampling.temperature === 0 || noise !== undefined);
   try {
-    let logits = await feed(req.promptIds);
+    const logits = await feed(req.promptIds);
     const tokens = [...req.promptIds];
     const promptLength = req.promptLength ?? req.promptIds.length;
-    while (out.length < req.maxTokens) {
+    const draw = (row: Float32Array) => {
       const prefix = { tokens, length: tokens.length, promptLength };
-      const token = noise && req.sampling.temperature > 0 ? noise.draw(distribution(logits, req.sampling, prefix), tokens.length) : nextToken(logits, req.sampling, rng, prefix);
-      if (out.length === 0) firstToken = performance.now() - start;
-      if (eos.has(token)) {
-        finishReason = 'stop';
-        break;
+      const token = req.sampling.temperature === 0 || noise ? drawToken(row, req.sampling, prefix, noise) : nextToken(row, req.sampling, rng, prefix);
+      const logprob = req.logprobs === undefined ? undefined : tokenLogprob(logprobDistribution(row, req.sampling, prefix), token, req.logprobs);
+      return { token, logprob };
+    };
+    let chosen = [draw(logits)];
+    decoding: for (;;) {
+      for (const { token, logprob } of chosen) {
+        if (out.length === 0) firstToken = performance.now() - start;
+        if (eos.has(token)) {
+          finishReason = 'stop';
+          break decoding;
+        }
+        out.push(token);
+        tokens.push(token);
+        if (logprob) logprobs.push(logprob);
+        onTokens?.([token], logprob && [logprob]);
+        if (out.length === req.maxTokens) break decoding;
+        if (control.cancelled?.()) {
+          finishReason = 'cancelled';
+          break decoding;
+        }
       }
-      const logprob = req.logprobs === undefined ? undefined : tokenLogprob(logprobDistribution(logits, req.sampling, prefix), token, req.logprobs);
-      out.push(token);
-      tokens.push(token);
-      if (logprob) logprobs.push(logprob);
-      onTokens?.([token], logprob && [logprob]);
-      if (out.length === req.maxTokens) break;
-      if (control.cancelled?.()) {
-        finishReason = 'cancelled';
-        break;
-      }
-      logits = await feed([token]);
+      const last = tokens.at(-1)!;
+      if (inRunner) {
+        const steps = Math.min(DECODE_STEPS, req.maxTokens - out.length);
+        const plan = { steps, sampling: req.sampling, ...(noise && req.sampling.temperature > 0 ? { noiseSeed: req.seed } : {}), tokens, promptLength, stopIds: [...eos] };
+        chosen = (await seq.decode([last], plan)).map((token) => ({ token, logprob: undefined }));
+        peak = Math.max(peak, seq.resident);
+      } else chosen = [draw(await feed([last]))];
     }
   } finally {
     await seq.close();

@@ -4,7 +4,7 @@ import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, logitsRow, logprobDistribution, processLogits, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import { LevelUnavailableError } from '../errors.ts';
-import type { ModelSession, ServiceLoad } from '../models/session.ts';
+import { DECODE_STEPS, type ModelSession, type ServiceLoad } from '../models/session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
 
 /**
@@ -84,6 +84,12 @@ export interface CascadeLevel {
   load?(): ServiceLoad | undefined;
   /** Proposes only, never reviews (a feature drafter, eagle-level.ts): its row of K stays zero. */
   readonly proposesOnly?: boolean;
+  /**
+   * How many tokens one `propose` call may usefully be asked for when the level decodes alone
+   * (target-only decoding): more than 1 where its runner decodes several in one call
+   * (ModelSession.decode). Absent = 1.
+   */
+  readonly decodeSteps?: number;
   /** Tokens of `tokens` the level's model has not seen yet (it feeds them on its next call). */
   lag?(tokens: readonly number[]): number;
   /**
@@ -123,6 +129,11 @@ export interface ModelLevelOptions {
    * sampling with the round's Rng.
    */
   readonly noise?: PositionNoise;
+  /**
+   * Token ids after which a multi-step proposal stops (the target's end-of-sequence ids, when the
+   * request stops there): the runner then computes no token the request will not keep. Default none.
+   */
+  readonly stopIds?: readonly number[];
 }
 
 /**
@@ -133,7 +144,7 @@ export interface ModelLevelOptions {
 export class ModelLevel implements CascadeLevel {
   readonly stats = newStats();
   /** Tokens whose KV the session holds for this sequence, mirrored here. */
-  private held: number[] = [];
+  private heldTokens: number[] = [];
 
   private readonly seq: BoundedSequence;
   /** Log probabilities of the tokens added since takeLogprobs last ran (with `topLogprobs` only). */
@@ -142,6 +153,7 @@ export class ModelLevel implements CascadeLevel {
   private readonly promptLength: number;
   private readonly topLogprobs: number | undefined;
   private readonly noise: PositionNoise | undefined;
+  private readonly stopIds: readonly number[];
 
   constructor(
     readonly name: string,
@@ -154,6 +166,21 @@ export class ModelLevel implements CascadeLevel {
     this.promptLength = options.promptLength ?? 0;
     this.topLogprobs = options.topLogprobs;
     this.noise = options.noise;
+    this.stopIds = options.stopIds ?? [];
+  }
+
+  /**
+   * Whether `propose` lets the runner choose its tokens (ModelSession.decode: one call for the whole
+   * proposal, not one per token): a full cache over a session that decodes, greedy or with
+   * position noise (no Rng, no q to pass up), and no log probabilities to record.
+   */
+  private get decodes(): boolean {
+    return this.seq.decodes && this.topLogprobs === undefined && (this.sampling.temperature === 0 || this.noise !== undefined);
+  }
+
+  /** Tokens one `propose` call may usefully ask for alone (target-only decoding): DECODE_STEPS where the runner decodes, else 1. */
+  get decodeSteps(): number {
+    return this.decodes ? DECODE_STEPS : 1;
   }
 
   /** Whether this level samples with position-keyed noise (drafter-invariant verification) at temperature > 0. */
@@ -174,11 +201,17 @@ export class ModelLevel implements CascadeLevel {
     return taken;
   }
 
+  /** How many first tokens of `tokens` the model already holds, of those it needs to predict position `from` (it feeds the rest). */
+  private held(tokens: readonly number[], from: number): number {
+    let lcp = 0;
+    const limit = Math.min(this.heldTokens.length, from - 1);
+    while (lcp < limit && this.heldTokens[lcp] === tokens[lcp]) lcp++;
+    return lcp;
+  }
+
   /** Logits rows predicting positions from..to-1, i.e. after tokens[from-1..to-2] (from >= 1). */
   private async rows(tokens: readonly number[], from: number, to: number): Promise<Float32Array> {
-    let lcp = 0;
-    const limit = Math.min(this.held.length, from - 1);
-    while (lcp < limit && this.held[lcp] === tokens[lcp]) lcp++;
+    const lcp = this.held(tokens, from);
     const feed = tokens.slice(lcp, to - 1);
     checkReadable(this.name, feed, this.session.spec.vocabSize);
     const t0 = performance.now();
@@ -188,7 +221,7 @@ export class ModelLevel implements CascadeLevel {
     const needed = to - from;
     const logits = await this.seq.feed(feed, feed.length > needed + 8 ? needed : 'all', lcp); // rolls back rejected tokens in the same call
     this.stats.forwardMs += performance.now() - t0;
-    this.held = tokens.slice(0, to - 1);
+    this.heldTokens = tokens.slice(0, to - 1);
     this.stats.forwardPasses++;
     this.stats.tokensScored += feed.length;
     const vocab = this.session.spec.vocabSize;
@@ -205,6 +238,7 @@ export class ModelLevel implements CascadeLevel {
    * each token's q is this model's p.
    */
   async propose(block: Block, want: number, rng: Rng): Promise<void> {
+    if (this.decodes && want > 0) return this.proposeInRunner(block, want);
     for (let i = 0; i < want; i++) {
       this.stats.proposals++;
       const row = await this.rows(block.tokens, block.length, block.length + 1);
@@ -219,6 +253,32 @@ export class ModelLevel implements CascadeLevel {
       this.recordLogprob(row, block.tokens, block.length, token, p);
       block.push(token, this.noise ? undefined : p);
     }
+  }
+
+  /**
+   * `propose` in one runner call (ModelSession.decode): the same passes and the same draws
+   * (drawToken), so the same tokens; stops early after a stop id.
+   */
+  private async proposeInRunner(block: Block, want: number): Promise<void> {
+    const lcp = this.held(block.tokens, block.length);
+    const feed = block.tokens.slice(lcp);
+    checkReadable(this.name, feed, this.session.spec.vocabSize);
+    const t0 = performance.now();
+    const plan = {
+      steps: want,
+      sampling: this.sampling,
+      ...(this.sampling.temperature > 0 ? { noiseSeed: this.noise!.seed } : {}),
+      tokens: block.tokens.slice(0, block.length),
+      promptLength: this.promptLength,
+      stopIds: this.stopIds,
+    };
+    const chosen = await this.seq.decode(feed, plan, lcp);
+    this.stats.forwardMs += performance.now() - t0;
+    this.stats.forwardPasses += chosen.length;
+    this.stats.tokensScored += feed.length + chosen.length - 1;
+    this.stats.proposals += chosen.length;
+    this.heldTokens = [...plan.tokens, ...chosen.slice(0, -1)];
+    for (const token of chosen) block.push(token, undefined);
   }
 
   /**
@@ -260,7 +320,7 @@ export class ModelLevel implements CascadeLevel {
   }
 
   lag(tokens: readonly number[]): number {
-    return tokens.length - commonPrefix(this.held, tokens);
+    return tokens.length - commonPrefix(this.heldTokens, tokens);
   }
 
   /** Tokens the bounded cache released (0 with the full cache). */
@@ -269,7 +329,7 @@ export class ModelLevel implements CascadeLevel {
   }
 
   async release(): Promise<void> {
-    this.held = [];
+    this.heldTokens = [];
     await this.seq.close().catch(() => undefined);
   }
 }

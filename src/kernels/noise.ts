@@ -1,4 +1,5 @@
 import { seed64, splitmix64, type Seed } from './rng.ts';
+import { argmax, distribution, processLogits, type Prefix, type SamplingParams } from './sampling.ts';
 
 /**
  * How a sampled review decides (temperature > 0; greedy reviews are the same under both):
@@ -106,4 +107,18 @@ function uniformAt(k0: number, k1: number, token: number): number {
 export function parseVerification(value: string): Verification {
   if (!(VERIFICATIONS as readonly string[]).includes(value)) throw new RangeError(`verification must be one of ${VERIFICATIONS.join(', ')}, got ${JSON.stringify(value)}`);
   return value as Verification;
+}
+
+/**
+ * The token a level chooses from a logits row (float32 [vocab]) at the position after
+ * prefix.tokens[0..prefix.length) without an Rng: at temperature 0 the argmax of the processed
+ * logits; above it, `noise`'s draw from the processed distribution at that absolute position
+ * (drafter-invariant verification). Target-only decoding, a level's proposals and a runner's
+ * multi-step decoding (ModelSession.decode) all choose with this, so each gives the others' tokens.
+ * Throws RangeError at temperature > 0 without noise (rejection sampling draws with an Rng).
+ */
+export function drawToken(row: Float32Array, sampling: SamplingParams, prefix: Prefix, noise: PositionNoise | undefined): number {
+  if (sampling.temperature === 0) return argmax(processLogits(row, sampling, prefix));
+  if (!noise) throw new RangeError('sampling at temperature > 0 without position noise draws with an Rng, not drawToken');
+  return noise.draw(distribution(row, sampling, prefix), prefix.length);
 }

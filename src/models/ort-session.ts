@@ -5,7 +5,7 @@ import { loadModelSpec, type ModelSpec } from './config.ts';
 import type { ModelSource } from './model-dir.ts';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
 import type { PrefixCacheStats } from './prefix-cache.ts';
-import type { ForwardItem, KvDtype, KvRows, LogitsRows, ModelSession, SessionOptions, StepResult } from './session.ts';
+import type { DecodePlan, ForwardItem, KvDtype, KvRows, LogitsRows, ModelSession, SessionOptions, StepResult } from './session.ts';
 
 type Pending = { resolve: (r: WorkerReply & { ok: true }) => void; reject: (e: Error) => void };
 type Request = WorkerRequest extends infer R ? (R extends { id: number } ? Omit<R, 'id'> : never) : never;
@@ -55,7 +55,9 @@ export class OrtModelSession implements ModelSession {
     /** Read from the model directory; at load it gains what the graph says (features). */
     public spec: ModelSpec,
     private readonly worker: Worker,
+    multiStep: boolean,
   ) {
+    if (multiStep) this.decode = (item, plan) => this.decodeInWorker(item, plan);
     worker.on('message', (reply: WorkerReply) => {
       const p = this.pending.get(reply.id);
       if (!p) return;
@@ -76,7 +78,7 @@ export class OrtModelSession implements ModelSession {
   static async open(source: ModelSource, options: SessionOptions = {}, onWarning: (w: string) => void = console.warn): Promise<OrtModelSession> {
     const spec = loadModelSpec(source);
     const worker = startWorker();
-    const s = new OrtModelSession(spec, worker);
+    const s = new OrtModelSession(spec, worker, options.multiStep ?? true);
     try {
       const reply = await s.call({ op: 'load', spec, options });
       s.provider = reply.provider ?? 'cpu';
@@ -125,21 +127,46 @@ export class OrtModelSession implements ModelSession {
     return (await this.send(items, rows, false)).logits!;
   }
 
-  private async send(items: readonly ForwardItem[], rows: LogitsRows, attention: boolean): Promise<WorkerReply & { ok: true }> {
-    if (new Set(items.map((i) => i.seqId)).size !== items.length) {
-      throw new InvalidArgumentError('a batch may hold each sequence only once');
+  /** ModelSession.decode, unless SessionOptions.multiStep is false. */
+  readonly decode?: (item: ForwardItem, plan: DecodePlan) => Promise<number[]>;
+
+  private async decodeInWorker(item: ForwardItem, plan: DecodePlan): Promise<number[]> {
+    this.checkKeep(item);
+    const base = item.keep ?? this.length(item.seqId);
+    try {
+      const reply = await this.call({ op: 'decode', item, plan });
+      this.countReuse(reply);
+      const tokens = reply.tokens!;
+      this.lengths.set(item.seqId, base + item.inputIds.length + tokens.length - 1);
+      return tokens;
+    } catch (err) {
+      // the worker left the sequence at `base` (see ModelSession.decode)
+      if (!this.failure) this.lengths.set(item.seqId, base);
+      throw err;
     }
-    for (const it of items) {
-      if (it.keep !== undefined && (!Number.isInteger(it.keep) || it.keep < 0 || it.keep > this.length(it.seqId))) {
-        throw new SequenceError(`${this.spec.name}: cannot keep ${it.keep} tokens of sequence ${it.seqId} of length ${this.length(it.seqId)}`);
-      }
+  }
+
+  private checkKeep(it: ForwardItem): void {
+    if (it.keep !== undefined && (!Number.isInteger(it.keep) || it.keep < 0 || it.keep > this.length(it.seqId))) {
+      throw new SequenceError(`${this.spec.name}: cannot keep ${it.keep} tokens of sequence ${it.seqId} of length ${this.length(it.seqId)}`);
     }
-    const reply = await this.call({ op: 'forward', items, rows, attention });
+  }
+
+  private countReuse(reply: WorkerReply & { ok: true }): void {
     for (const n of reply.reused ?? []) {
       if (n === 0) continue;
       this.prefixCache.hits++;
       this.prefixCache.reusedTokens += n;
     }
+  }
+
+  private async send(items: readonly ForwardItem[], rows: LogitsRows, attention: boolean): Promise<WorkerReply & { ok: true }> {
+    if (new Set(items.map((i) => i.seqId)).size !== items.length) {
+      throw new InvalidArgumentError('a batch may hold each sequence only once');
+    }
+    for (const it of items) this.checkKeep(it);
+    const reply = await this.call({ op: 'forward', items, rows, attention });
+    this.countReuse(reply);
     for (const it of items) this.lengths.set(it.seqId, (it.keep ?? this.length(it.seqId)) - (it.evict?.length ?? 0) + (it.insert?.count ?? 0) + it.inputIds.length);
     return reply;
   }

@@ -10,6 +10,8 @@ import { parentPort } from 'node:worker_threads';
 import * as ort from 'onnxruntime-node';
 import { logitsWidth, modelQuantization, type FeatureSpec, type ModelSpec } from './config.ts';
 import { halvesToFloats } from '../kernels/half.ts';
+import { drawToken, PositionNoise } from '../kernels/noise.ts';
+import { checkSampling } from '../kernels/sampling.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostBufferKv, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import { ELEM, presentRowsFragment } from './onnx-proto.ts';
@@ -18,7 +20,7 @@ import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
 import { longestPrefix, RETAINED_TOKENS, RetainedPrefixes, reusableLimit } from './prefix-cache.ts';
-import { joinRows, KV_DTYPES, rowCount, rowsInChunk, type BatchInvariance, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
+import { joinRows, KV_DTYPES, rowCount, rowsInChunk, type BatchInvariance, type DecodePlan, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -744,17 +746,69 @@ async function insert(seqId: string, rows: KvRows): Promise<void> {
   if (rows.count > 0) seq.tokens = undefined;
 }
 
+/** Refuses an item with no tokens, tokens outside the vocabulary, or features the graph cannot serve. */
+function checkItem(it: ForwardItem): void {
+  if (it.inputIds.length === 0) throw new WorkerFailure('InvalidArgumentError', `forward on ${it.seqId} with no tokens`);
+  const bad = it.inputIds.find((t) => !Number.isInteger(t) || t < 0 || t >= spec!.vocabSize);
+  if (bad !== undefined) throw new WorkerFailure('InvalidArgumentError', `token id ${bad} outside the vocabulary of ${spec!.vocabSize}`);
+  checkFeatures(it);
+}
+
+/** One sequence, everything in one call: roll back (`keep`), evict, insert, then the pass (reusing a prefix where it can). */
+async function forwardSingle(it: ForwardItem, rows: LogitsRows, attention: boolean): Promise<{ pass: Pass; reused: number; evicted: KvRows | undefined }> {
+  if (it.insert) checkRows(it.seqId, it.insert);
+  if (it.keep !== undefined) await truncate(it.seqId, it.keep);
+  const evicted = it.evict?.length ? await evict(it.seqId, it.evict, it.takeEvicted ?? false) : undefined;
+  if (it.insert) await insert(it.seqId, it.insert);
+  // H2O scores every token of the call: an attention step computes them all; features are
+  // every token's too, and a feature drafter's rows depend on the features fed, not only the tokens
+  const fed = attention || it.evict?.length || it.insert || it.hiddenStates || it.returnHidden ? { item: it, reused: 0 } : await reusePrefix(it, rows);
+  const pass = await undoReuseOnFailure([fed], () => forwardOne(fed.item, rows, attention));
+  return { pass, reused: fed.reused, evicted };
+}
+
+/**
+ * ModelSession.decode: feeds `item`, then draws and feeds tokens here until `plan.steps` are chosen
+ * or a stop id is; the last chosen token is not fed. On failure the sequence goes back to `keep` (or
+ * its length before the call), so the caller's count stays true.
+ */
+async function decode(item: ForwardItem, plan: DecodePlan): Promise<{ tokens: number[]; reused: number }> {
+  const base = Math.min(item.keep ?? Infinity, sequences.get(item.seqId)?.length ?? 0);
+  try {
+    checkItem(item);
+    if (item.evict?.length || item.insert || item.hiddenStates || item.returnHidden) throw new WorkerFailure('InvalidArgumentError', 'decode feeds tokens only: no evict, insert or features');
+    if (!Number.isInteger(plan.steps) || plan.steps < 1) throw new WorkerFailure('InvalidArgumentError', `decode steps must be an integer >= 1, got ${plan.steps}`);
+    const bad = checkSampling(plan.sampling);
+    if (bad) throw new WorkerFailure('InvalidArgumentError', bad);
+    if (plan.sampling.temperature > 0 && plan.noiseSeed === undefined) throw new WorkerFailure('InvalidArgumentError', 'decode samples at temperature > 0 with position noise only: give noiseSeed');
+    if (plan.tokens.length !== base + item.inputIds.length) {
+      throw new WorkerFailure('InvalidArgumentError', `decode on ${item.seqId}: the plan's ${plan.tokens.length} tokens are not the ${base + item.inputIds.length} the sequence will hold`);
+    }
+    const noise = plan.sampling.temperature > 0 ? new PositionNoise(plan.noiseSeed!) : undefined;
+    const stop = new Set(plan.stopIds ?? []);
+    const tokens = [...plan.tokens];
+    const chosen: number[] = [];
+    const { pass, reused } = await forwardSingle(item, 'last', false);
+    let row = pass.logits;
+    for (;;) {
+      const token = drawToken(row, plan.sampling, { tokens, length: tokens.length, promptLength: plan.promptLength }, noise);
+      chosen.push(token);
+      if (chosen.length === plan.steps || stop.has(token)) return { tokens: chosen, reused };
+      tokens.push(token);
+      row = (await forwardPiece({ seqId: item.seqId, inputIds: [token] }, 1, false)).logits;
+    }
+  } catch (err) {
+    if ((sequences.get(item.seqId)?.length ?? 0) > base) await truncate(item.seqId, base).catch(() => undefined);
+    throw err;
+  }
+}
+
 async function handle(msg: WorkerRequest): Promise<WorkerReply> {
   switch (msg.op) {
     case 'load':
       return { id: msg.id, ok: true, ...(await load(msg.spec, msg.options)) };
     case 'forward': {
-      for (const it of msg.items) {
-        if (it.inputIds.length === 0) throw new WorkerFailure('InvalidArgumentError', `forward on ${it.seqId} with no tokens`);
-        const bad = it.inputIds.find((t) => !Number.isInteger(t) || t < 0 || t >= spec!.vocabSize);
-        if (bad !== undefined) throw new WorkerFailure('InvalidArgumentError', `token id ${bad} outside the vocabulary of ${spec!.vocabSize}`);
-        checkFeatures(it);
-      }
+      for (const it of msg.items) checkItem(it);
       if (new Set(msg.items.map((it) => it.seqId)).size !== msg.items.length) throw new WorkerFailure('InvalidArgumentError', 'a batch may hold each sequence only once');
       const single = msg.items.length === 1;
       if (!single && (msg.attention || msg.items.some((it) => it.evict?.length || it.insert || it.hiddenStates || it.returnHidden))) {
@@ -765,21 +819,13 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
         throw new WorkerFailure('ModelRuntimeError', `${spec!.onnxPath} has no attention_sum output: ${why}`);
       }
       if (single) {
-        const it = msg.items[0]!;
-        if (it.insert) checkRows(it.seqId, it.insert);
-        if (it.keep !== undefined) await truncate(it.seqId, it.keep);
-        const evicted = it.evict?.length ? await evict(it.seqId, it.evict, it.takeEvicted ?? false) : undefined;
-        if (it.insert) await insert(it.seqId, it.insert);
-        // H2O scores every token of the call: an attention step computes them all; features are
-        // every token's too, and a feature drafter's rows depend on the features fed, not only the tokens
-        const fed = msg.attention || it.evict?.length || it.insert || it.hiddenStates || it.returnHidden ? { item: it, reused: 0 } : await reusePrefix(it, msg.rows);
-        const pass = await undoReuseOnFailure([fed], () => forwardOne(fed.item, msg.rows, msg.attention ?? false));
+        const { pass, reused, evicted } = await forwardSingle(msg.items[0]!, msg.rows, msg.attention ?? false);
         return {
           id: msg.id,
           ok: true,
           logits: [pass.logits],
           ...(pass.hidden ? { hidden: pass.hidden } : {}),
-          ...(fed.reused ? { reused: [fed.reused] } : {}),
+          ...(reused ? { reused: [reused] } : {}),
           ...(msg.attention ? { attention: lastAttention! } : {}),
           ...(evicted ? { evicted } : {}),
         };
@@ -790,6 +836,10 @@ async function handle(msg: WorkerRequest): Promise<WorkerReply> {
       for (const it of msg.items) fed.push(seqlensFromMask ? { item: it, reused: 0 } : await reusePrefix(it, msg.rows));
       const logits = await undoReuseOnFailure(fed, () => forwardBatch(fed.map((f) => f.item), msg.rows));
       return { id: msg.id, ok: true, logits, ...(fed.some((f) => f.reused) ? { reused: fed.map((f) => f.reused) } : {}) };
+    }
+    case 'decode': {
+      const { tokens, reused } = await decode(msg.item, msg.plan);
+      return { id: msg.id, ok: true, tokens, ...(reused ? { reused: [reused] } : {}) };
     }
     case 'truncate':
       await truncate(msg.seqId, msg.length);

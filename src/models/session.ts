@@ -1,6 +1,8 @@
 import { InvalidArgumentError } from '../errors.ts';
 import type { KvLocation } from './kv-placement.ts';
 import type { ModelSpec } from './config.ts';
+import type { Seed } from '../kernels/rng.ts';
+import type { SamplingParams } from '../kernels/sampling.ts';
 
 /** One sequence's part of a forward call. */
 export interface ForwardItem {
@@ -123,6 +125,31 @@ export function rowCount(rows: LogitsRows, tokens: number): number {
 }
 
 /**
+ * What ModelSession.decode chooses after feeding its item: up to `steps` tokens, each drawn from the
+ * logits of the one before without an Rng (kernels/noise.ts drawToken): greedy at temperature 0,
+ * else PositionNoise(noiseSeed) at the token's absolute position (drafter-invariant verification).
+ */
+export interface DecodePlan {
+  /** Tokens to choose, an integer >= 1; the last one chosen is not fed. */
+  readonly steps: number;
+  readonly sampling: SamplingParams;
+  /** The request's seed, at temperature > 0 (required there, ignored at 0). */
+  readonly noiseSeed?: Seed;
+  /**
+   * Every token of the sequence once the item is fed, from position 0 (prompt, output, drafts): the
+   * logits processors' prefix and the noise's positions. Its length must equal the sequence's.
+   */
+  readonly tokens: readonly number[];
+  /** Where the output begins in `tokens` (presence and frequency penalties count only the output). */
+  readonly promptLength: number;
+  /** Stop once one of these is chosen (the target's end-of-sequence ids); default none. */
+  readonly stopIds?: readonly number[];
+}
+
+/** Tokens ModelSession.decode chooses per call unless its caller asks fewer (vLLM's --num-scheduler-steps defaults to 8 as well). */
+export const DECODE_STEPS = 8;
+
+/**
  * A model that keeps per-sequence KV caches and runs the decoder-with-past graph over them.
  * Every call appends the new tokens' KV; `truncate` rolls a sequence back to any shorter length
  * (rejected drafts). Logits are float32, row-major [rows, vocabSize], owned by the caller.
@@ -144,6 +171,18 @@ export interface ModelSession {
    * new tokens; returns the attention when `attention` is set and the evicted rows when asked.
    */
   step(item: ForwardItem, rows: LogitsRows, attention: boolean): Promise<StepResult>;
+  /**
+   * Multi-step decoding (vLLM's multi-step scheduling; onnxruntime-genai's generate loop): runs
+   * `item` as `forward` does, then draws a token from the last logits row, feeds it, and so on
+   * inside the runner, with no round trip to the caller between steps, until `plan.steps` tokens
+   * are chosen or a stop id is. Returns the chosen tokens; every one but the last is fed (its KV
+   * held). The tokens equal a loop of `forward` calls and the same draws on this thread, bit for
+   * bit: the same passes, the same drawToken. Single sequences over a full cache only (no evict,
+   * insert or features). On failure the sequence is left holding its first `keep` (or all its
+   * earlier) tokens. Absent on sessions that batch callers (BatchingSession): a multi-step call
+   * would hold every other sequence back for its steps.
+   */
+  decode?(item: ForwardItem, plan: DecodePlan): Promise<number[]>;
   /** Runs several sequences in one batched pass; results in input order. */
   forwardBatch(items: readonly ForwardItem[], rows?: LogitsRows): Promise<Float32Array[]>;
   /** Tokens whose KV is held for a sequence (0 when unknown). */
@@ -209,6 +248,13 @@ export interface SessionOptions {
    * batch-invariant mode, with padding in place of new kernels.
    */
   readonly batchInvariant?: BatchInvariance;
+  /**
+   * Multi-step decoding (default true): the session offers ModelSession.decode, so target-only
+   * decoding and a drafter's proposals choose up to DECODE_STEPS tokens in one call to the worker
+   * instead of one call per token. false leaves it out: every token is its own round trip (the
+   * baseline it is measured against).
+   */
+  readonly multiStep?: boolean;
 }
 
 /** SessionOptions.batchInvariant. */

@@ -1,0 +1,103 @@
+import { join } from 'node:path';
+import test from 'ava';
+import { generateCascade, type DrafterSpec } from '../src/engine/cascade.ts';
+import { generateAutoregressive, type GenerateRequest } from '../src/engine/generate.ts';
+import { planCascade } from '../src/engine/presets.ts';
+import { InvalidArgumentError } from '../src/errors.ts';
+import { argmax, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
+import { loadBigram } from '../src/models/family.ts';
+import { OrtModelSession } from '../src/models/ort-session.ts';
+import type { BatchInvariance, DecodePlan } from '../src/models/session.ts';
+import { dirOf, family, MODELS_DIR } from './helpers/family.ts';
+
+/**
+ * Multi-step decoding (ModelSession.decode, src/models/ort-worker.ts `decode`): the worker chooses
+ * and feeds several tokens per call. The oracle is always the same model with SessionOptions
+ * multiStep false, where every token is its own forward and its own draw on the main thread.
+ */
+const FUSED_L2 = { dir: new URL('./fixtures/fused/draft-l2', import.meta.url).pathname, tokenizer: join(MODELS_DIR, 'tokenizer.json') };
+const PROMPT = [5, 99, 1000, 42, 7, 300, 12, 8, 640, 77, 1500, 3];
+const SAMPLED: SamplingParams = { temperature: 0.9, topK: 0, topP: 0.95, repetitionPenalty: 1.2, presencePenalty: 0.3 };
+
+const sessions: OrtModelSession[] = [];
+async function open(source: Parameters<typeof OrtModelSession.open>[0], multiStep: boolean, batchInvariant: BatchInvariance = 'auto'): Promise<OrtModelSession> {
+  const s = await OrtModelSession.open(source, { multiStep, batchInvariant, prefixCache: false });
+  sessions.push(s);
+  return s;
+}
+test.after.always(async () => {
+  await Promise.all(sessions.map((s) => s.close()));
+});
+
+const request = (sampling: SamplingParams, seed: number, maxTokens = 40): GenerateRequest => ({ promptIds: PROMPT, maxTokens, sampling, seed, stopAtEos: false, verification: 'invariant' });
+const plainCascade = { drafters: [], kMatrix: [], lenience: 1 };
+
+for (const [name, source, batchInvariant] of [
+  ['draft-l2 (KV through JavaScript)', dirOf('draft-l2'), 'off'],
+  ['fused draft-l2 (KV in a host buffer), batch invariant', FUSED_L2, 'on'],
+  ['the target', dirOf(family.target), 'auto'],
+] as const) {
+  test.serial(`multi-step decoding - ${name}: target-only decoding gives the per-token tokens, greedy and seeded, through generate and the cascade loop`, async (t) => {
+    const on = await open(source, true, batchInvariant);
+    const off = await open(source, false, batchInvariant);
+    t.is(typeof on.decode, 'function');
+    t.is(off.decode, undefined);
+    for (const [sampling, seed] of [[GREEDY, 0], [SAMPLED, 1], [SAMPLED, 2]] as const) {
+      const oracle = await generateAutoregressive(off, request(sampling, seed));
+      t.is(oracle.tokenIds.length, 40);
+      t.deepEqual((await generateAutoregressive(on, request(sampling, seed))).tokenIds, oracle.tokenIds, `generate, T=${sampling.temperature}, seed ${seed}`);
+      const loop = await generateCascade(on, plainCascade, request(sampling, seed));
+      t.deepEqual(loop.tokenIds, oracle.tokenIds, `cascade loop, T=${sampling.temperature}, seed ${seed}`);
+      // one target pass per token: the rounds count passes, not calls
+      t.is(loop.stats.rounds, 40);
+      t.is(loop.stats.models[on.spec.name]!.forwardPasses, 40);
+    }
+    // a request that stops short of a multiple of the steps
+    t.deepEqual((await generateAutoregressive(on, request(GREEDY, 0, 13))).tokenIds, (await generateAutoregressive(off, request(GREEDY, 0, 13))).tokenIds);
+  });
+}
+
+test.serial('multi-step decoding - csd whose drafters propose in one call each gives target-only tokens, greedy and seeded', async (t) => {
+  const targetOff = await open(dirOf(family.target), false);
+  const targetOn = await open(dirOf(family.target), true);
+  const drafters: DrafterSpec[] = [];
+  const plan = planCascade({ mode: 'csd' }, family.drafters);
+  for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family) } : { kind: 'model', session: await open(dirOf(d), true) });
+  for (const [sampling, seed] of [[GREEDY, 0], [SAMPLED, 3]] as const) {
+    const oracle = await generateAutoregressive(targetOff, request(sampling, seed));
+    const csd = await generateCascade(targetOn, { drafters, kMatrix: plan.kMatrix, lenience: 1 }, request(sampling, seed));
+    t.deepEqual(csd.tokenIds, oracle.tokenIds, `T=${sampling.temperature}`);
+  }
+});
+
+test.serial('multi-step decoding - decode chooses `steps` tokens, stops after a stop id, and a refused call leaves the sequence at keep', async (t) => {
+  const s = await open(dirOf('draft-l2'), true);
+  const ref = await open(dirOf('draft-l2'), false);
+  const first = argmax(await s.forward({ seqId: 'a', inputIds: PROMPT }, 'last'));
+  const plan = (extra: Partial<DecodePlan> = {}): DecodePlan => ({ steps: 6, sampling: GREEDY, tokens: [...PROMPT, first], promptLength: PROMPT.length, ...extra });
+  const chosen = await s.decode!({ seqId: 'a', inputIds: [first] }, plan());
+  t.is(chosen.length, 6);
+  t.is(s.length('a'), PROMPT.length + 1 + 5);
+  // the same tokens one forward at a time
+  let row = await ref.forward({ seqId: 'a', inputIds: PROMPT }, 'last');
+  const expected: number[] = [];
+  for (let token = argmax(row); expected.length < 7; token = argmax(row)) {
+    expected.push(token);
+    if (expected.length < 7) row = await ref.forward({ seqId: 'a', inputIds: [token] }, 'last');
+  }
+  t.deepEqual([first, ...chosen], expected);
+
+  // from the same point again (keep rolls back), stopping after chosen[2] (or an earlier copy of it)
+  const stopAt = chosen.indexOf(chosen[2]!);
+  t.deepEqual(await s.decode!({ seqId: 'a', inputIds: [first], keep: PROMPT.length }, plan({ stopIds: [chosen[2]!] })), chosen.slice(0, stopAt + 1));
+  t.is(s.length('a'), PROMPT.length + 1 + stopAt);
+
+  // refused: the plan's tokens are not the sequence's; sampling without a seed; a token outside the vocabulary
+  await t.throwsAsync(s.decode!({ seqId: 'a', inputIds: [first], keep: PROMPT.length }, plan({ tokens: PROMPT })), { instanceOf: InvalidArgumentError, message: /plan's 12 tokens/ });
+  t.is(s.length('a'), PROMPT.length);
+  await t.throwsAsync(s.decode!({ seqId: 'a', inputIds: [first] }, plan({ sampling: SAMPLED })), { instanceOf: InvalidArgumentError, message: /noiseSeed/ });
+  await t.throwsAsync(s.decode!({ seqId: 'a', inputIds: [1e9] }, plan({ tokens: [...PROMPT, 1e9] })), { instanceOf: InvalidArgumentError, message: /outside the vocabulary/ });
+  t.is(s.length('a'), PROMPT.length);
+  // and the sequence still decodes as before
+  t.deepEqual(await s.decode!({ seqId: 'a', inputIds: [first] }, plan()), chosen);
+});
