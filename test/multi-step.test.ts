@@ -6,6 +6,7 @@ import { planCascade } from '../src/engine/presets.ts';
 import { InvalidArgumentError } from '../src/errors.ts';
 import { argmax, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { loadBigram } from '../src/models/family.ts';
+import { BatchingSession } from '../src/models/batching-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import type { BatchInvariance, DecodePlan } from '../src/models/session.ts';
 import { dirOf, family, MODELS_DIR } from './helpers/family.ts';
@@ -100,4 +101,33 @@ test.serial('multi-step decoding - decode chooses `steps` tokens, stops after a 
   t.is(s.length('a'), PROMPT.length);
   // and the sequence still decodes as before
   t.deepEqual(await s.decode!({ seqId: 'a', inputIds: [first] }, plan()), chosen);
+});
+
+test.serial('multi-step decoding - through a BatchingSession: a lone request decodes in one call per 8 tokens, concurrent ones one token a call, all with the per-token tokens', async (t) => {
+  const off = await open(FUSED_L2, false, 'on');
+  const inner = await open(FUSED_L2, true, 'on');
+  let calls = 0;
+  const decode = inner.decode!;
+  (inner as { decode?: typeof decode }).decode = (item, plan) => {
+    calls++;
+    return decode(item, plan);
+  };
+  const batched = new BatchingSession(inner);
+  t.is(typeof batched.decode, 'function');
+  t.is(new BatchingSession(off).decode, undefined);
+  const prompts = [PROMPT, [7, 300, 12, 8, 640, 77], [1500, 3, 5, 99, 1000, 42, 7, 300, 12]];
+  const req = (promptIds: number[], sampling: SamplingParams, seed: number): GenerateRequest => ({ ...request(sampling, seed), promptIds });
+  for (const [sampling, seed] of [[GREEDY, 0], [SAMPLED, 4]] as const) {
+    const oracle = await Promise.all(prompts.map((p) => generateAutoregressive(off, req(p, sampling, seed))));
+    // alone: the prefill, then one call per 8 tokens (every pass counted)
+    const before = { ...batched.counters, calls };
+    t.deepEqual((await generateCascade(batched, plainCascade, req(prompts[0]!, sampling, seed))).tokenIds, oracle[0]!.tokenIds);
+    t.is(batched.counters.passes - before.passes, 40);
+    t.is(calls - before.calls, 1 + Math.ceil(39 / 8), 'the first token alone, then 8 a call');
+    t.deepEqual((await generateAutoregressive(batched, req(prompts[0]!, sampling, seed))).tokenIds, oracle[0]!.tokenIds);
+    // concurrent: each request's tokens are still its own target-only tokens
+    const together = await Promise.all(prompts.map((p) => generateCascade(batched, plainCascade, req(p, sampling, seed))));
+    together.forEach((r, i) => t.deepEqual(r.tokenIds, oracle[i]!.tokenIds, `prompt ${i}, T=${sampling.temperature}`));
+  }
+  t.true(batched.counters.largestBatch > 1, 'concurrent requests shared passes');
 });

@@ -1,5 +1,6 @@
 import { Ewma, LinearCost } from '../kernels/cost-model.ts';
-import type { ForwardItem, KvRows, LogitsRows, ModelSession, ServiceLoad, StepResult } from './session.ts';
+import { drawToken, PositionNoise } from '../kernels/noise.ts';
+import type { DecodePlan, ForwardItem, KvRows, LogitsRows, ModelSession, ServiceLoad, StepResult } from './session.ts';
 
 /** How a BatchingSession groups forwards of different sequences into one pass. */
 export interface BatchingOptions {
@@ -60,11 +61,48 @@ export class BatchingSession implements ModelSession {
   /** Passes run and sequences served (tests, metrics). */
   readonly counters = { passes: 0, forwards: 0, largestBatch: 0 };
 
+  /**
+   * ModelSession.decode, where the session below has it: the whole plan in one call to it while the
+   * sequence is the only one active on the model (nothing else queued or running), so a lone
+   * request decodes without a round trip per token; otherwise one token, from a forward that
+   * batches with the others and the same draw (drawToken), so no other sequence waits behind
+   * several steps. A request arriving during a lone sequence's call waits for it (DECODE_STEPS
+   * steps at most).
+   */
+  readonly decode?: (item: ForwardItem, plan: DecodePlan) => Promise<number[]>;
+
   constructor(
     private readonly inner: ModelSession,
     options: BatchingOptions = {},
   ) {
     this.options = { ...DEFAULT_BATCHING, ...options };
+    if (inner.decode) this.decode = (item, plan) => this.decodeSteps(item, plan);
+  }
+
+  private async decodeSteps(item: ForwardItem, plan: DecodePlan): Promise<number[]> {
+    const now = performance.now();
+    for (const [id, seen] of this.active) if (now - seen > this.options.activeMs) this.active.delete(id);
+    const alone = !this.running && this.pending.length === 0 && [...this.active.keys()].every((id) => id === item.seqId);
+    if (!alone || this.options.maxBatch <= 1) {
+      const logits = await this.forward(item, 'last');
+      const noise = plan.sampling.temperature > 0 && plan.noiseSeed !== undefined ? new PositionNoise(plan.noiseSeed) : undefined;
+      return [drawToken(logits, plan.sampling, { tokens: plan.tokens, length: plan.tokens.length, promptLength: plan.promptLength }, noise)];
+    }
+    this.active.set(item.seqId, now);
+    this.running = true;
+    try {
+      const chosen = await this.inner.decode!(item, plan);
+      this.counters.passes += chosen.length;
+      this.counters.forwards += chosen.length;
+      this.occupancy.add(1);
+      return chosen;
+    } finally {
+      // a multi-step call is no one pass: the idle-time accounting of batched cycles starts again
+      this.last = undefined;
+      this.active.set(item.seqId, performance.now());
+      this.running = false;
+      this.pump();
+    }
   }
 
   get spec() {

@@ -179,8 +179,9 @@ export interface ModelSession {
    * held). The tokens equal a loop of `forward` calls and the same draws on this thread, bit for
    * bit: the same passes, the same drawToken. Single sequences over a full cache only (no evict,
    * insert or features). On failure the sequence is left holding its first `keep` (or all its
-   * earlier) tokens. Absent on sessions that batch callers (BatchingSession): a multi-step call
-   * would hold every other sequence back for its steps.
+   * earlier) tokens. A session may choose fewer tokens than asked (BatchingSession chooses one while
+   * other sequences share the model, so none waits behind several steps); callers ask again.
+   * Absent where the runner cannot decode (SessionOptions.multiStep false).
    */
   decode?(item: ForwardItem, plan: DecodePlan): Promise<number[]>;
   /** Runs several sequences in one batched pass; results in input order. */
