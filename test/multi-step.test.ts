@@ -3,6 +3,7 @@ import test from 'ava';
 import { generateCascade, type DrafterSpec } from '../src/engine/cascade.ts';
 import { generateAutoregressive, type GenerateRequest } from '../src/engine/generate.ts';
 import { planCascade } from '../src/engine/presets.ts';
+import { processScheduleMemory } from '../src/engine/schedule.ts';
 import { InvalidArgumentError } from '../src/errors.ts';
 import { argmax, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { loadBigram } from '../src/models/family.ts';
@@ -130,4 +131,24 @@ test.serial('multi-step decoding - through a BatchingSession: a lone request dec
     together.forEach((r, i) => t.deepEqual(r.tokenIds, oracle[i]!.tokenIds, `prompt ${i}, T=${sampling.temperature}`));
   }
   t.true(batched.counters.largestBatch > 1, 'concurrent requests shared passes');
+});
+
+test.serial('multi-step decoding - a multi-step round is no sample of the target review cost the adaptive schedule fits', async (t) => {
+  const on = await open(dirOf('draft-l2'), true);
+  const key = `review:${on.spec.name}`;
+  const cost = processScheduleMemory.cost(key);
+  const samples: number[] = [];
+  const add = cost.add.bind(cost);
+  cost.add = (tokens: number, ms: number) => {
+    samples.push(tokens);
+    add(tokens, ms);
+  };
+  try {
+    for (let i = 0; i < 2; i++) await generateCascade(on, { drafters: [], kMatrix: 'auto', lenience: 1 }, request(GREEDY, 0));
+  } finally {
+    cost.add = add;
+  }
+  // the first round of each request (one token, after the prompt) is the only single-pass call
+  t.true(samples.length <= 2, `samples ${JSON.stringify(samples)}`);
+  t.false(samples.some((n) => n > 1 && n <= 8), `a multi-step call of several passes was recorded as one review: ${JSON.stringify(samples)}`);
 });

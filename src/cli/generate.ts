@@ -336,8 +336,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} token${o.magFirst === 1 ? '' : 's'}` : ''}`;
       process.stderr.write(
         `[${o.mode}: ${target.spec.name}${where ? ` (${where})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
-          `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target calls, ` +
-          `${s.meanAcceptanceLength.toFixed(2)} tokens per call${drafting}, finish: ${result.finishReason})\n`,
+          `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target passes, ` +
+          `${s.meanAcceptanceLength.toFixed(2)} tokens per pass${drafting}, finish: ${result.finishReason})\n`,
       );
     }
   } finally {

@@ -337,8 +337,10 @@ export async function runCascade(
    */
   async function step(first: number, reviewer: CascadeLevel, block: Block, want: number, end: number): Promise<void> {
     if (first === drafters.length || K[first]!.every((k) => k === 0)) {
+      const before = block.length;
       const { ms, fed } = await timed(reviewer, () => reviewer.propose(block, want, rng));
-      schedule?.proposed(reviewer.name, want, ms, fed);
+      // what it drafted: a batching session may decode fewer than asked (the loop above asks again)
+      schedule?.proposed(reviewer.name, Math.max(1, block.length - before), ms, fed);
       return;
     }
     const { start, sources } = await draft(first, block, end - 1);
@@ -360,7 +362,8 @@ export async function runCascade(
       if (drafters.length === 0 || K[0]!.every((k) => k === 0) || room === 0) {
         const want = rounds === 0 ? 1 : Math.min(plainSteps, room + 1);
         const { ms, fed } = await timed(top, () => top.propose(block, want, rng));
-        schedule?.reviewed(top.name, [], 0, ms, fed);
+        // one pass is a sample of the target's review cost; several in one call (multi-step) are not
+        if (want === 1) schedule?.reviewed(top.name, [], 0, ms, fed);
         return;
       }
       try {

@@ -214,6 +214,8 @@ export class ModelLevel implements CascadeLevel {
     const lcp = this.held(tokens, from);
     const feed = tokens.slice(lcp, to - 1);
     checkReadable(this.name, feed, this.session.spec.vocabSize);
+    // until the call succeeds, only the rows it keeps are known to be held
+    this.heldTokens = tokens.slice(0, lcp);
     const t0 = performance.now();
     // Only rows from..to-1 are read: a prefill (the prompt fed with the first block) asks for those
     // alone. Decoding steps ask for all, so concurrent requests' steps batch together (BatchingSession
@@ -263,6 +265,8 @@ export class ModelLevel implements CascadeLevel {
     const lcp = this.held(block.tokens, block.length);
     const feed = block.tokens.slice(lcp);
     checkReadable(this.name, feed, this.session.spec.vocabSize);
+    // a failed call leaves the sequence at lcp (ModelSession.decode)
+    this.heldTokens = block.tokens.slice(0, lcp);
     const t0 = performance.now();
     const plan = {
       steps: want,
