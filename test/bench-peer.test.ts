@@ -39,7 +39,7 @@ maybe('bench peer - llama.cpp on the f32 GGUF gives this project\'s greedy targe
     prompts: 2,
     maxTokens: 16,
     repeats: 1,
-    threads: [1],
+    threads: [1, 2],
     weights: ['f32', '8'],
     // the fused form (the unfused one is the same path without fuse.py)
     forms: ['fused'],
@@ -63,7 +63,10 @@ maybe('bench peer - llama.cpp on the f32 GGUF gives this project\'s greedy targe
   const formats = new Set(record.rows.filter((r) => r.engine === 'cascade-cluster').map((r) => r.format));
   t.deepEqual([...formats].sort(), ['ONNX f32 fused', 'ONNX int8+head (cascade quantize) fused'], 'the fused form at both widths');
   for (const r of record.rows) t.true(r.tokensPerSecond > 0 && r.decodeTokensPerSecond > 0, `${r.engine} ${r.weights} ${r.method}`);
-  t.true(readFileSync(join(out, 'peer.md'), 'utf8').includes('## Side by side'));
+  const md = readFileSync(join(out, 'peer.md'), 'utf8');
+  t.true(md.includes('## Side by side'));
+  // with two thread counts, a row per width has each engine at its fastest count, which the cells name
+  t.regex(md, /\n8-bit +each best +\d+ \(\d+\) @[12] /);
 });
 
 maybe('bench peer - the GGUF exporter refuses a folder that is not a Llama export, saying why', async (t) => {

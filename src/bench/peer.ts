@@ -324,17 +324,23 @@ function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: reado
     ['engine', 'weights', 'method', 'threads', 'batch inv.', 'tok/s', 'decode tok/s', 'x plain', 'first token s', 'accept', `= f32 (of ${n})`, `= plain (of ${n})`],
     rows.map((r) => [r.engine, r.format, r.method, r.threads, r.batchInvariant === undefined ? '-' : r.batchInvariant ? 'on' : 'off', r.tokensPerSecond, r.decodeTokensPerSecond, r.vsPlain, r.firstTokenSeconds, r.acceptance ?? '-', r.sameAsF32, r.sameAsPlain]),
   );
-  const best = (engine: PeerRow['engine'], w: PeerWeights, t: number) =>
-    rows.filter((r) => r.engine === engine && r.weights === w && r.threads === t).reduce<PeerRow | undefined>((a, b) => (!a || b.tokensPerSecond > a.tokensPerSecond ? b : a), undefined);
-  const plain = (engine: PeerRow['engine'], w: PeerWeights, t: number) =>
-    rows.filter((r) => r.engine === engine && r.weights === w && r.threads === t && r.method === 'target only').reduce<PeerRow | undefined>((a, b) => (!a || b.tokensPerSecond > a.tokensPerSecond ? b : a), undefined);
+  // the fastest row of an engine at a width, at thread count t (undefined: at whichever is fastest), plain decoding only or any method
+  const fastest = (engine: PeerRow['engine'], w: PeerWeights, t: number | undefined, plainOnly: boolean) =>
+    rows
+      .filter((r) => r.engine === engine && r.weights === w && (t === undefined || r.threads === t) && (!plainOnly || r.method === 'target only'))
+      .reduce<PeerRow | undefined>((a, b) => (!a || b.tokensPerSecond > a.tokensPerSecond ? b : a), undefined);
+  const eachBest = o.threads.length > 1;
   const cell = (r: PeerRow | undefined, withMethod = false) => (r ? `${r.tokensPerSecond.toFixed(0)} (${r.decodeTokensPerSecond.toFixed(0)})${withMethod ? ` ${r.method}` : ''}` : '-');
   const summaryRows: string[][] = [];
-  for (const t of o.threads) {
+  for (const t of [...o.threads, ...(eachBest ? [undefined] : [])]) {
     for (const w of o.weights) {
-      const ob = best('cascade-cluster', w, t);
-      const pb = best('llama.cpp', w, t);
-      summaryRows.push([WEIGHT_LABEL[w], String(t), cell(plain('cascade-cluster', w, t)), cell(ob, true), cell(plain('llama.cpp', w, t)), cell(pb, true), ob && pb ? (ob.tokensPerSecond / pb.tokensPerSecond).toFixed(2) : '-']);
+      const ob = fastest('cascade-cluster', w, t, false);
+      const pb = fastest('llama.cpp', w, t, false);
+      // at each engine's best thread count, a cell says which count that was
+      const at = (r: PeerRow | undefined, text: string) => (t === undefined && r ? `${text} @${r.threads}` : text);
+      const op = fastest('cascade-cluster', w, t, true);
+      const pp = fastest('llama.cpp', w, t, true);
+      summaryRows.push([WEIGHT_LABEL[w], t === undefined ? 'each best' : String(t), at(op, cell(op)), at(ob, cell(ob, true)), at(pp, cell(pp)), at(pb, cell(pb, true)), ob && pb ? (ob.tokensPerSecond / pb.tokensPerSecond).toFixed(2) : '-']);
     }
   }
   const summary = formatTable(['weights', 'threads', 'this project plain (fastest form)', 'this project best', 'llama.cpp plain', 'llama.cpp best', 'best / best'], summaryRows);
