@@ -113,7 +113,8 @@ test.serial('multi-step decoding - through a BatchingSession: a lone request dec
     calls++;
     return decode(item, plan);
   };
-  const batched = new BatchingSession(inner);
+  // no time bound on a lone call here, so its steps do not depend on this machine's speed
+  const batched = new BatchingSession(inner, { multiStepMs: Infinity });
   t.is(typeof batched.decode, 'function');
   t.is(new BatchingSession(off).decode, undefined);
   const prompts = [PROMPT, [7, 300, 12, 8, 640, 77], [1500, 3, 5, 99, 1000, 42, 7, 300, 12]];
@@ -131,6 +132,16 @@ test.serial('multi-step decoding - through a BatchingSession: a lone request dec
     together.forEach((r, i) => t.deepEqual(r.tokenIds, oracle[i]!.tokenIds, `prompt ${i}, T=${sampling.temperature}`));
   }
   t.true(batched.counters.largestBatch > 1, 'concurrent requests shared passes');
+  // the default bound: a lone call makes as many steps as fit in 10 ms, the first one step
+  const bounded = new BatchingSession(inner);
+  const before = calls;
+  t.deepEqual((await generateAutoregressive(bounded, req(prompts[0]!, GREEDY, 0))).tokenIds, (await generateAutoregressive(off, req(prompts[0]!, GREEDY, 0))).tokenIds);
+  t.true(calls - before >= 1 + Math.ceil(39 / 8) && calls - before <= 40, `${calls - before} calls`);
+  // multiStepMs 0: one step a call
+  const single = new BatchingSession(inner, { multiStepMs: 0 });
+  const before0 = calls;
+  await generateAutoregressive(single, req(prompts[0]!, GREEDY, 0));
+  t.is(calls - before0, 39);
 });
 
 test.serial('multi-step decoding - a multi-step round is no sample of the target review cost the adaptive schedule fits', async (t) => {

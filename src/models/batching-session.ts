@@ -17,9 +17,15 @@ export interface BatchingOptions {
   readonly maxTokens?: number;
   /** A sequence counts as active for this long after its last forward (ms). */
   readonly activeMs?: number;
+  /**
+   * Longest a lone sequence's multi-step call (ModelSession.decode) should run, in ms, going by the
+   * measured time of a step: a request that arrives meanwhile waits for it, so this bounds that wait
+   * and the gaps between a stream's groups of tokens. 0 = one step per call.
+   */
+  readonly multiStepMs?: number;
 }
 
-export const DEFAULT_BATCHING: Required<BatchingOptions> = { windowMs: 2, maxBatch: 16, maxTokens: 1024, activeMs: 1000 };
+export const DEFAULT_BATCHING: Required<BatchingOptions> = { windowMs: 2, maxBatch: 16, maxTokens: 1024, activeMs: 1000, multiStepMs: 10 };
 
 /** A batched pass must cost less than this fraction of single passes per sequence to be used. */
 const PAYS = 0.9;
@@ -57,17 +63,19 @@ export class BatchingSession implements ModelSession {
   /** ms per sequence of the cycles of decode-sized passes (see timed) over one sequence and over several. */
   private readonly perSequence = { single: new Ewma(0.1, NaN), batched: new Ewma(0.1, NaN) };
   private passesSinceProbe = 0;
+  /** ms per step of lone multi-step calls (their round trip included), which sizes the next one. */
+  private readonly stepMs = new Ewma(0.2, NaN);
   private last: { end: number; sequences: number; ms: number; decode: boolean } | undefined;
   /** Passes run and sequences served (tests, metrics). */
   readonly counters = { passes: 0, forwards: 0, largestBatch: 0 };
 
   /**
-   * ModelSession.decode, where the session below has it: the whole plan in one call to it while the
+   * ModelSession.decode, where the session below has it: several steps in one call to it while the
    * sequence is the only one active on the model (nothing else queued or running), so a lone
-   * request decodes without a round trip per token; otherwise one token, from a forward that
-   * batches with the others and the same draw (drawToken), so no other sequence waits behind
-   * several steps. A request arriving during a lone sequence's call waits for it (DECODE_STEPS
-   * steps at most).
+   * request decodes without a round trip per token, as many as fit in BatchingOptions.multiStepMs
+   * by the measured time of a step (at least one, at most the plan's); otherwise one token, from a
+   * forward that batches with the others and the same draw (drawToken). A request arriving during a
+   * lone sequence's call waits for it: about multiStepMs at most.
    */
   readonly decode?: (item: ForwardItem, plan: DecodePlan) => Promise<number[]>;
 
@@ -91,7 +99,13 @@ export class BatchingSession implements ModelSession {
     this.active.set(item.seqId, now);
     this.running = true;
     try {
-      const chosen = await this.inner.decode!(item, plan);
+      // a first call, with no step measured yet, makes one step
+      const stepMs = this.stepMs.value;
+      const steps = stepMs > 0 ? Math.max(1, Math.min(plan.steps, Math.floor(this.options.multiStepMs / stepMs))) : 1;
+      const t0 = performance.now();
+      const chosen = await this.inner.decode!(item, { ...plan, steps });
+      // a call that fed a prompt says nothing about a step's time
+      if (item.inputIds.length <= DECODE_TOKENS) this.stepMs.add((performance.now() - t0) / chosen.length);
       this.counters.passes += chosen.length;
       this.counters.forwards += chosen.length;
       this.occupancy.add(1);
