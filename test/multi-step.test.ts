@@ -99,6 +99,7 @@ test.serial('multi-step decoding - decode chooses `steps` tokens, stops after a 
   t.is(s.length('a'), PROMPT.length);
   await t.throwsAsync(s.decode!({ seqId: 'a', inputIds: [first] }, plan({ sampling: SAMPLED })), { instanceOf: InvalidArgumentError, message: /noiseSeed/ });
   await t.throwsAsync(s.decode!({ seqId: 'a', inputIds: [1e9] }, plan({ tokens: [...PROMPT, 1e9] })), { instanceOf: InvalidArgumentError, message: /outside the vocabulary/ });
+  await t.throwsAsync(s.decode!({ seqId: 'a', inputIds: [first], positionIds: [40] }, plan()), { instanceOf: InvalidArgumentError, message: /right after/ });
   t.is(s.length('a'), PROMPT.length);
   // and the sequence still decodes as before
   t.deepEqual(await s.decode!({ seqId: 'a', inputIds: [first] }, plan()), chosen);

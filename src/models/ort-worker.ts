@@ -781,6 +781,9 @@ async function decode(item: ForwardItem, plan: DecodePlan): Promise<{ tokens: nu
     const bad = checkSampling(plan.sampling);
     if (bad) throw new WorkerFailure('InvalidArgumentError', bad);
     if (plan.sampling.temperature > 0 && plan.noiseSeed === undefined) throw new WorkerFailure('InvalidArgumentError', 'decode samples at temperature > 0 with position noise only: give noiseSeed');
+    if (item.positionIds && !item.positionIds.every((p, j) => p === base + j)) {
+      throw new WorkerFailure('InvalidArgumentError', `decode places its tokens right after the sequence's ${base}: positionIds ${JSON.stringify(item.positionIds)} say otherwise`);
+    }
     if (plan.tokens.length !== base + item.inputIds.length) {
       throw new WorkerFailure('InvalidArgumentError', `decode on ${item.seqId}: the plan's ${plan.tokens.length} tokens are not the ${base + item.inputIds.length} the sequence will hold`);
     }

@@ -178,7 +178,7 @@ export interface ModelSession {
    * are chosen or a stop id is. Returns the chosen tokens; every one but the last is fed (its KV
    * held). The tokens equal a loop of `forward` calls and the same draws on this thread, bit for
    * bit: the same passes, the same drawToken. Single sequences over a full cache only (no evict,
-   * insert or features). On failure the sequence is left holding its first `keep` (or all its
+   * insert or features; positions right after the cache). On failure the sequence is left holding its first `keep` (or all its
    * earlier) tokens. A session may choose fewer tokens than asked (BatchingSession chooses one while
    * other sequences share the model, so none waits behind several steps); callers ask again.
    * Absent where the runner cannot decode (SessionOptions.multiStep false).
