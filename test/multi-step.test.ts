@@ -59,16 +59,53 @@ for (const [name, source, batchInvariant] of [
   });
 }
 
-test.serial('multi-step decoding - csd whose drafters propose in one call each gives target-only tokens, greedy and seeded', async (t) => {
+test.serial('multi-step decoding - csd whose drafters propose in one call each gives target-only tokens, greedy and seeded, and the same drafts at a fixed K', async (t) => {
   const targetOff = await open(dirOf(family.target), false);
   const targetOn = await open(dirOf(family.target), true);
-  const drafters: DrafterSpec[] = [];
   const plan = planCascade({ mode: 'csd' }, family.drafters);
-  for (const d of plan.drafters) drafters.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family) } : { kind: 'model', session: await open(dirOf(d), true) });
+  const drafters = async (multiStep: boolean): Promise<DrafterSpec[]> => {
+    const out: DrafterSpec[] = [];
+    for (const d of plan.drafters) out.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family) } : { kind: 'model', session: await open(dirOf(d), multiStep) });
+    return out;
+  };
+  const on = await drafters(true);
+  const off = await drafters(false);
   for (const [sampling, seed] of [[GREEDY, 0], [SAMPLED, 3]] as const) {
     const oracle = await generateAutoregressive(targetOff, request(sampling, seed));
-    const csd = await generateCascade(targetOn, { drafters, kMatrix: plan.kMatrix, lenience: 1 }, request(sampling, seed));
+    const csd = await generateCascade(targetOn, { drafters: on, kMatrix: plan.kMatrix, lenience: 1 }, request(sampling, seed));
     t.deepEqual(csd.tokenIds, oracle.tokenIds, `T=${sampling.temperature}`);
+    // the output is exact whatever is drafted: the drafts themselves are compared at a fixed K
+    const K = [[1, 2, 4], [0, 1, 3], [0, 0, 2]];
+    const a = await generateCascade(targetOn, { drafters: on, kMatrix: K, lenience: 1 }, request(sampling, seed));
+    const b = await generateCascade(targetOff, { drafters: off, kMatrix: K, lenience: 1 }, request(sampling, seed));
+    t.deepEqual(a.tokenIds, oracle.tokenIds);
+    t.deepEqual([a.stats.draftedByPosition, a.stats.acceptedByPosition, a.stats.rounds], [b.stats.draftedByPosition, b.stats.acceptedByPosition, b.stats.rounds], `drafts at T=${sampling.temperature}`);
+    for (const name of plan.drafters.filter((d) => d !== 'mag')) t.is(a.stats.models[name]!.proposals, b.stats.models[name]!.proposals, name);
+  }
+});
+
+test.serial('multi-step decoding - the prefix cache, and an end-of-sequence id chosen inside a multi-step call, give the per-token tokens', async (t) => {
+  const on = await OrtModelSession.open(dirOf('draft-l2'), { multiStep: true, prefixCache: true });
+  const off = await OrtModelSession.open(dirOf('draft-l2'), { multiStep: false, prefixCache: true });
+  sessions.push(on, off);
+  // the second request's prompt starts with the first's: its KV rows come from the first (released, retained) sequence
+  // (at least MIN_PREFIX, 32, tokens are reused)
+  const base = [...PROMPT, ...PROMPT, ...PROMPT];
+  const longer = [...base, 17, 250, 31, 4000, 9];
+  for (const promptIds of [base, longer, longer]) {
+    const req = { ...request(GREEDY, 0), promptIds };
+    t.deepEqual((await generateAutoregressive(on, req)).tokenIds, (await generateAutoregressive(off, req)).tokenIds);
+    t.deepEqual((await generateCascade(on, plainCascade, req)).tokenIds, (await generateAutoregressive(off, req)).tokenIds);
+  }
+  t.true(on.prefixCache.hits > 0, 'the prefix cache was used');
+  // a logit bias on the end-of-sequence id 0 makes the third token chosen EOS: the second of the first multi-step call
+  const eos = { ...request({ ...GREEDY, logitBias: { 0: 3 } }, 0), stopAtEos: true };
+  const oracle = await generateAutoregressive(off, eos);
+  t.is(oracle.finishReason, 'stop');
+  t.is(oracle.tokenIds.length, 2);
+  for (const r of [await generateAutoregressive(on, eos), await generateCascade(on, plainCascade, eos)]) {
+    t.deepEqual(r.tokenIds, oracle.tokenIds);
+    t.is(r.finishReason, 'stop');
   }
 });
 
@@ -163,4 +200,23 @@ test.serial('multi-step decoding - a multi-step round is no sample of the target
   // the first round of each request (one token, after the prompt) is the only single-pass call
   t.true(samples.length <= 2, `samples ${JSON.stringify(samples)}`);
   t.false(samples.some((n) => n > 1 && n <= 8), `a multi-step call of several passes was recorded as one review: ${JSON.stringify(samples)}`);
+});
+
+test.serial('multi-step decoding - a BatchingSession sizes a lone call by the steps measured for that sequence: another sequence starts again from one step', async (t) => {
+  const asked: [string, number][] = [];
+  const stepMs: Record<string, number> = { short: 2, long: 40 };
+  const inner = {
+    async decode(item: { seqId: string }, plan: DecodePlan): Promise<number[]> {
+      asked.push([item.seqId, plan.steps]);
+      await new Promise((resolve) => setTimeout(resolve, stepMs[item.seqId]! * plan.steps));
+      return new Array<number>(plan.steps).fill(1);
+    },
+  } as unknown as ConstructorParameters<typeof BatchingSession>[0];
+  const batched = new BatchingSession(inner, { multiStepMs: 10, activeMs: 0 });
+  const plan: DecodePlan = { steps: 8, sampling: GREEDY, tokens: [1], promptLength: 1 };
+  for (let i = 0; i < 4; i++) await batched.decode!({ seqId: 'short', inputIds: [1] }, plan);
+  for (let i = 0; i < 2; i++) await batched.decode!({ seqId: 'long', inputIds: [1] }, plan);
+  t.is(asked[0]![1], 1, 'a first call makes one step');
+  t.true(asked[3]![1] > 1, `a short step lets a call make several: ${JSON.stringify(asked)}`);
+  t.deepEqual(asked.slice(4), [['long', 1], ['long', 1]], 'the long sequence is sized by its own steps');
 });

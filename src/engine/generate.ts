@@ -88,8 +88,11 @@ export function checkRequest(req: GenerateRequest, maxPositions: number | undefi
 }
 
 /**
- * Target-only autoregressive decoding: prefill the prompt, then one forward per token.
- * `onTokens` receives each new token as soon as it is chosen. The sequence's KV is released at the end.
+ * Target-only autoregressive decoding: prefill the prompt, then one pass per token, up to
+ * DECODE_STEPS of them per call to the model's runner where it decodes (ModelSession.decode;
+ * greedy, or sampled with position noise, without logprobs or a bounded cache), else one call per
+ * token. `onTokens` receives each new token in order, as soon as its call returns (the first right
+ * after the prompt's pass). The sequence's KV is released at the end.
  */
 export async function generateAutoregressive(
   model: ModelSession,

@@ -202,7 +202,7 @@ export class ModelLevel implements CascadeLevel {
   }
 
   /** How many first tokens of `tokens` the model already holds, of those it needs to predict position `from` (it feeds the rest). */
-  private held(tokens: readonly number[], from: number): number {
+  private heldPrefix(tokens: readonly number[], from: number): number {
     let lcp = 0;
     const limit = Math.min(this.heldTokens.length, from - 1);
     while (lcp < limit && this.heldTokens[lcp] === tokens[lcp]) lcp++;
@@ -211,7 +211,7 @@ export class ModelLevel implements CascadeLevel {
 
   /** Logits rows predicting positions from..to-1, i.e. after tokens[from-1..to-2] (from >= 1). */
   private async rows(tokens: readonly number[], from: number, to: number): Promise<Float32Array> {
-    const lcp = this.held(tokens, from);
+    const lcp = this.heldPrefix(tokens, from);
     const feed = tokens.slice(lcp, to - 1);
     checkReadable(this.name, feed, this.session.spec.vocabSize);
     // until the call succeeds, only the rows it keeps are known to be held
@@ -262,7 +262,7 @@ export class ModelLevel implements CascadeLevel {
    * (drawToken), so the same tokens; stops early after a stop id.
    */
   private async proposeInRunner(block: Block, want: number): Promise<void> {
-    const lcp = this.held(block.tokens, block.length);
+    const lcp = this.heldPrefix(block.tokens, block.length);
     const feed = block.tokens.slice(lcp);
     checkReadable(this.name, feed, this.session.spec.vocabSize);
     // a failed call leaves the sequence at lcp (ModelSession.decode)

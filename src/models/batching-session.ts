@@ -1,4 +1,5 @@
 import { Ewma, LinearCost } from '../kernels/cost-model.ts';
+import { InvalidArgumentError } from '../errors.ts';
 import { drawToken, PositionNoise } from '../kernels/noise.ts';
 import type { DecodePlan, ForwardItem, KvRows, LogitsRows, ModelSession, ServiceLoad, StepResult } from './session.ts';
 
@@ -20,7 +21,8 @@ export interface BatchingOptions {
   /**
    * Longest a lone sequence's multi-step call (ModelSession.decode) should run, in ms, going by the
    * measured time of a step: a request that arrives meanwhile waits for it, so this bounds that wait
-   * and the gaps between a stream's groups of tokens. 0 = one step per call.
+   * and the gaps between a stream's groups of tokens (a call makes at least one step, however long).
+   * 0 = one step per call.
    */
   readonly multiStepMs?: number;
 }
@@ -63,8 +65,9 @@ export class BatchingSession implements ModelSession {
   /** ms per sequence of the cycles of decode-sized passes (see timed) over one sequence and over several. */
   private readonly perSequence = { single: new Ewma(0.1, NaN), batched: new Ewma(0.1, NaN) };
   private passesSinceProbe = 0;
-  /** ms per step of lone multi-step calls (their round trip included), which sizes the next one. */
-  private readonly stepMs = new Ewma(0.2, NaN);
+  /** ms per step of the lone sequence `stepSeq`'s multi-step calls (their round trip included), which sizes its next one. */
+  private stepMs = new Ewma(0.2, NaN);
+  private stepSeq: string | undefined;
   private last: { end: number; sequences: number; ms: number; decode: boolean } | undefined;
   /** Passes run and sequences served (tests, metrics). */
   readonly counters = { passes: 0, forwards: 0, largestBatch: 0 };
@@ -75,7 +78,8 @@ export class BatchingSession implements ModelSession {
    * request decodes without a round trip per token, as many as fit in BatchingOptions.multiStepMs
    * by the measured time of a step (at least one, at most the plan's); otherwise one token, from a
    * forward that batches with the others and the same draw (drawToken). A request arriving during a
-   * lone sequence's call waits for it: about multiStepMs at most.
+   * lone sequence's call waits for it: by design about max(multiStepMs, one step), the step time
+   * being the last ones measured for that sequence (a sequence's first call makes one step).
    */
   readonly decode?: (item: ForwardItem, plan: DecodePlan) => Promise<number[]>;
 
@@ -84,20 +88,25 @@ export class BatchingSession implements ModelSession {
     options: BatchingOptions = {},
   ) {
     this.options = { ...DEFAULT_BATCHING, ...options };
-    if (inner.decode) this.decode = (item, plan) => this.decodeSteps(item, plan);
+    if (inner.decode) this.decode = (item, plan) => this.decodeLone(item, plan);
   }
 
-  private async decodeSteps(item: ForwardItem, plan: DecodePlan): Promise<number[]> {
+  private async decodeLone(item: ForwardItem, plan: DecodePlan): Promise<number[]> {
     const now = performance.now();
     for (const [id, seen] of this.active) if (now - seen > this.options.activeMs) this.active.delete(id);
     const alone = !this.running && this.pending.length === 0 && [...this.active.keys()].every((id) => id === item.seqId);
     if (!alone || this.options.maxBatch <= 1) {
+      // checked before the forward grows the KV (the worker checks its own calls the same way)
+      if (plan.sampling.temperature > 0 && plan.noiseSeed === undefined) throw new InvalidArgumentError('decode samples at temperature > 0 with position noise only: give noiseSeed');
       const logits = await this.forward(item, 'last');
-      const noise = plan.sampling.temperature > 0 && plan.noiseSeed !== undefined ? new PositionNoise(plan.noiseSeed) : undefined;
+      const noise = plan.sampling.temperature > 0 ? new PositionNoise(plan.noiseSeed!) : undefined;
       return [drawToken(logits, plan.sampling, { tokens: plan.tokens, length: plan.tokens.length, promptLength: plan.promptLength }, noise)];
     }
     this.active.set(item.seqId, now);
     this.running = true;
+    // a step's time depends on the sequence's context: another sequence starts from one step again
+    if (this.stepSeq !== item.seqId) this.stepMs = new Ewma(0.2, NaN);
+    this.stepSeq = item.seqId;
     try {
       // a first call, with no step measured yet, makes one step
       const stepMs = this.stepMs.value;

@@ -769,8 +769,11 @@ async function forwardSingle(it: ForwardItem, rows: LogitsRows, attention: boole
 
 /**
  * ModelSession.decode: feeds `item`, then draws and feeds tokens here until `plan.steps` are chosen
- * or a stop id is; the last chosen token is not fed. On failure the sequence goes back to `keep` (or
- * its length before the call), so the caller's count stays true.
+ * or a stop id is; the last chosen token is not fed. Returns the 1..plan.steps chosen token ids and
+ * the tokens of the item whose KV rows came from another sequence (prefix cache). Throws
+ * InvalidArgumentError for a bad plan, positions, features or a reduced head, SequenceError for a
+ * bad `keep`. On failure the sequence goes back to `keep` (or its length before the call), so the
+ * caller's count stays true.
  */
 async function decode(item: ForwardItem, plan: DecodePlan): Promise<{ tokens: number[]; reused: number }> {
   const base = Math.min(item.keep ?? Infinity, sequences.get(item.seqId)?.length ?? 0);
@@ -784,9 +787,10 @@ async function decode(item: ForwardItem, plan: DecodePlan): Promise<{ tokens: nu
     if (item.positionIds && !item.positionIds.every((p, j) => p === base + j)) {
       throw new WorkerFailure('InvalidArgumentError', `decode places its tokens right after the sequence's ${base}: positionIds ${JSON.stringify(item.positionIds)} say otherwise`);
     }
-    if (plan.tokens.length !== base + item.inputIds.length) {
-      throw new WorkerFailure('InvalidArgumentError', `decode on ${item.seqId}: the plan's ${plan.tokens.length} tokens are not the ${base + item.inputIds.length} the sequence will hold`);
+    if (plan.tokens.length !== base + item.inputIds.length || item.inputIds.some((t, j) => plan.tokens[base + j] !== t)) {
+      throw new WorkerFailure('InvalidArgumentError', `decode on ${item.seqId}: the plan's ${plan.tokens.length} tokens are not the ${base + item.inputIds.length} the sequence will hold, ending in the ones fed`);
     }
+    if (spec!.draftVocab) throw new WorkerFailure('InvalidArgumentError', `${spec!.onnxPath} has a reduced head (draftVocab): its logits rows are not token ids to draw from, so it does not decode`);
     const noise = plan.sampling.temperature > 0 ? new PositionNoise(plan.noiseSeed!) : undefined;
     const stop = new Set(plan.stopIds ?? []);
     const tokens = [...plan.tokens];

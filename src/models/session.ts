@@ -146,7 +146,7 @@ export interface DecodePlan {
   readonly stopIds?: readonly number[];
 }
 
-/** Tokens ModelSession.decode chooses per call unless its caller asks fewer (vLLM's --num-scheduler-steps defaults to 8 as well). */
+/** Tokens ModelSession.decode chooses per call unless its caller asks fewer (vLLM's multi-step scheduling, --num-scheduler-steps, is typically run with 8). */
 export const DECODE_STEPS = 8;
 
 /**
@@ -175,13 +175,17 @@ export interface ModelSession {
    * Multi-step decoding (vLLM's multi-step scheduling; onnxruntime-genai's generate loop): runs
    * `item` as `forward` does, then draws a token from the last logits row, feeds it, and so on
    * inside the runner, with no round trip to the caller between steps, until `plan.steps` tokens
-   * are chosen or a stop id is. Returns the chosen tokens; every one but the last is fed (its KV
-   * held). The tokens equal a loop of `forward` calls and the same draws on this thread, bit for
-   * bit: the same passes, the same drawToken. Single sequences over a full cache only (no evict,
-   * insert or features; positions right after the cache). On failure the sequence is left holding its first `keep` (or all its
-   * earlier) tokens. A session may choose fewer tokens than asked (BatchingSession chooses one while
-   * other sequences share the model, so none waits behind several steps); callers ask again.
-   * Absent where the runner cannot decode (SessionOptions.multiStep false).
+   * are chosen or a stop id is. Returns 1..plan.steps chosen token ids; every one but the last is
+   * fed (its KV held). The passes and the draws (drawToken) are those of a loop of one-token
+   * `forward` calls and the same draws on this thread, so the tokens are the same (tested:
+   * test/multi-step.test.ts). Single sequences over a full cache only: no evict, insert or
+   * features, positions right after the cache, no reduced head. Throws InvalidArgumentError for a
+   * bad plan (steps, sampling, noiseSeed missing at temperature > 0, tokens that are not the
+   * sequence's) or item, SequenceError for a bad `keep`. On failure the sequence is left holding its
+   * first `keep` (or all its earlier) tokens. A session may choose fewer tokens than asked
+   * (BatchingSession chooses one while other sequences share the model, so none waits behind
+   * several steps); callers ask again. Absent where the runner cannot decode (SessionOptions.multiStep
+   * false).
    */
   decode?(item: ForwardItem, plan: DecodePlan): Promise<number[]>;
   /** Runs several sequences in one batched pass; results in input order. */
