@@ -99,6 +99,12 @@ export class BoundedSequence {
     return this.next;
   }
 
+  /** Refuses feeding no tokens, or at a position other than 0..length. */
+  private checkFeed(tokens: readonly number[], at: number): void {
+    if (tokens.length === 0) throw new InvalidArgumentError(`feed on ${this.seqId} with no tokens`);
+    if (!Number.isInteger(at) || at < 0 || at > this.next) throw new InvalidArgumentError(`cannot feed ${this.seqId} at position ${at}: it has ${this.next}`);
+  }
+
   /** Whether `decode` runs in the runner: a full cache over a session with ModelSession.decode. */
   get decodes(): boolean {
     return !this.ledger && this.session.decode !== undefined;
@@ -111,8 +117,7 @@ export class BoundedSequence {
    */
   async decode(tokens: readonly number[], plan: DecodePlan, at = this.next): Promise<number[]> {
     if (!this.decodes) throw new InvalidArgumentError(`${this.seqId}: multi-step decoding needs a full KV cache over a session that decodes`);
-    if (tokens.length === 0) throw new InvalidArgumentError(`feed on ${this.seqId} with no tokens`);
-    if (!Number.isInteger(at) || at < 0 || at > this.next) throw new InvalidArgumentError(`cannot feed ${this.seqId} at position ${at}: it has ${this.next}`);
+    this.checkFeed(tokens, at);
     const keep = at < this.next ? at : undefined;
     // on failure the runner leaves the sequence at `at` too (ModelSession.decode)
     this.next = at;
@@ -129,8 +134,7 @@ export class BoundedSequence {
    * token ('last'), of each ('all') or of the last n (n).
    */
   async feed(tokens: readonly number[], rows: LogitsRows = 'last', at = this.next): Promise<Float32Array> {
-    if (tokens.length === 0) throw new InvalidArgumentError(`feed on ${this.seqId} with no tokens`);
-    if (!Number.isInteger(at) || at < 0 || at > this.next) throw new InvalidArgumentError(`cannot feed ${this.seqId} at position ${at}: it has ${this.next}`);
+    this.checkFeed(tokens, at);
     // Rolling back rides on the next call to the runner (no extra round trip): a full cache keeps its
     // first `at` rows; a bounded one evicts the rows of the dropped positions wherever they sit
     // (rebuilt rows of older positions sit after newer ones).

@@ -1,6 +1,7 @@
 import { InvalidArgumentError } from '../errors.ts';
 import type { Rng } from '../kernels/rng.ts';
-import { argmax, distribution, processLogits, sample, type SamplingParams } from '../kernels/sampling.ts';
+import { distribution, sample, type SamplingParams } from '../kernels/sampling.ts';
+import { drawToken } from '../kernels/noise.ts';
 import type { ModelSpec } from '../models/config.ts';
 import type { ForwardItem, KvRows, LogitsRows, ModelSession, ServiceLoad, StepResult } from '../models/session.ts';
 import { commonPrefix, newStats, type Block, type CascadeLevel } from './levels.ts';
@@ -254,7 +255,7 @@ export class EagleLevel implements CascadeLevel {
   /** The draft at the position after the block, and q (undefined = one-hot), with the level's processors. */
   private choose(logits: Float32Array, block: Block, rng: Rng): { token: number; q: Float32Array | undefined } {
     const prefix = { tokens: block.tokens, length: block.length, promptLength: this.promptLength };
-    if (this.sampling.temperature === 0) return { token: argmax(processLogits(logits, this.sampling, prefix)), q: undefined };
+    if (this.sampling.temperature === 0) return { token: drawToken(logits, this.sampling, prefix, undefined), q: undefined };
     const p = distribution(logits, this.sampling, prefix);
     return this.noise ? { token: this.noise.draw(p, block.length), q: undefined } : { token: sample(p, rng), q: p };
   }

@@ -1,8 +1,8 @@
 import { review, reviewGreedyLenient, reviewInvariant, type ReviewOutcome } from '../kernels/acceptance.ts';
-import type { PositionNoise } from '../kernels/noise.ts';
+import { drawToken, type PositionNoise } from '../kernels/noise.ts';
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
-import { argmax, distribution, logitsRow, logprobDistribution, processLogits, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
+import { distribution, logitsRow, logprobDistribution, processLogits, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import { LevelUnavailableError } from '../errors.ts';
 import { DECODE_STEPS, type ModelSession, type ServiceLoad } from '../models/session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
@@ -245,7 +245,7 @@ export class ModelLevel implements CascadeLevel {
       this.stats.proposals++;
       const row = await this.rows(block.tokens, block.length, block.length + 1);
       if (this.sampling.temperature === 0) {
-        const token = argmax(processLogits(row, this.sampling, { tokens: block.tokens, length: block.length, promptLength: this.promptLength }));
+        const token = drawToken(row, this.sampling, { tokens: block.tokens, length: block.length, promptLength: this.promptLength }, undefined);
         this.recordLogprob(row, block.tokens, block.length, token, undefined);
         block.push(token, undefined);
         continue;

@@ -114,8 +114,9 @@ export function parseVerification(value: string): Verification {
  * prefix.tokens[0..prefix.length) without an Rng: at temperature 0 the argmax of the processed
  * logits; above it, `noise`'s draw from the processed distribution at that absolute position
  * (drafter-invariant verification). Target-only decoding and a runner's multi-step decoding
- * (ModelSession.decode) choose with this, and a level's one-call-per-token proposals do the same
- * arithmetic (ModelLevel.propose), so each gives the others' tokens.
+ * (ModelSession.decode) choose with this, and so do a level's greedy proposals (ModelLevel,
+ * EagleLevel); its sampled ones draw from the same distribution with the same noise, keeping it for
+ * their q, so each gives the others' tokens.
  * Throws RangeError at temperature > 0 without noise (rejection sampling draws with an Rng).
  */
 export function drawToken(row: Float32Array, sampling: SamplingParams, prefix: Prefix, noise: PositionNoise | undefined): number {

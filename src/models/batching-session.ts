@@ -1,7 +1,7 @@
 import { Ewma, LinearCost } from '../kernels/cost-model.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { drawToken, PositionNoise } from '../kernels/noise.ts';
-import type { DecodePlan, ForwardItem, KvRows, LogitsRows, ModelSession, ServiceLoad, StepResult } from './session.ts';
+import { decodePlanError, type DecodePlan, type ForwardItem, type KvRows, type LogitsRows, type ModelSession, type ServiceLoad, type StepResult } from './session.ts';
 
 /** How a BatchingSession groups forwards of different sequences into one pass. */
 export interface BatchingOptions {
@@ -96,8 +96,9 @@ export class BatchingSession implements ModelSession {
     for (const [id, seen] of this.active) if (now - seen > this.options.activeMs) this.active.delete(id);
     const alone = !this.running && this.pending.length === 0 && [...this.active.keys()].every((id) => id === item.seqId);
     if (!alone || this.options.maxBatch <= 1) {
-      // checked before the forward grows the KV (the worker checks its own calls the same way)
-      if (plan.sampling.temperature > 0 && plan.noiseSeed === undefined) throw new InvalidArgumentError('decode samples at temperature > 0 with position noise only: give noiseSeed');
+      // checked before the forward grows the KV, as the worker checks its own calls
+      const bad = decodePlanError(plan);
+      if (bad) throw new InvalidArgumentError(bad);
       const logits = await this.forward(item, 'last');
       const noise = plan.sampling.temperature > 0 ? new PositionNoise(plan.noiseSeed!) : undefined;
       return [drawToken(logits, plan.sampling, { tokens: plan.tokens, length: plan.tokens.length, promptLength: plan.promptLength }, noise)];

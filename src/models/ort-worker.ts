@@ -11,7 +11,6 @@ import * as ort from 'onnxruntime-node';
 import { logitsWidth, modelQuantization, type FeatureSpec, type ModelSpec } from './config.ts';
 import { halvesToFloats } from '../kernels/half.ts';
 import { drawToken, PositionNoise } from '../kernels/noise.ts';
-import { checkSampling } from '../kernels/sampling.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostBufferKv, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import { ELEM, presentRowsFragment } from './onnx-proto.ts';
@@ -20,7 +19,7 @@ import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
 import { longestPrefix, RETAINED_TOKENS, RetainedPrefixes, reusableLimit } from './prefix-cache.ts';
-import { joinRows, KV_DTYPES, rowCount, rowsInChunk, type BatchInvariance, type DecodePlan, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
+import { decodePlanError, joinRows, KV_DTYPES, rowCount, rowsInChunk, type BatchInvariance, type DecodePlan, type ForwardItem, type KvDtype, type KvRows, type LogitsRows, type SessionOptions } from './session.ts';
 
 interface Sequence {
   /** past_key_values in input order: key0, value0, key1, value1, … each [1, kvHeads, length, headDim]. */
@@ -780,10 +779,8 @@ async function decode(item: ForwardItem, plan: DecodePlan): Promise<{ tokens: nu
   try {
     checkItem(item);
     if (item.evict?.length || item.insert || item.hiddenStates || item.returnHidden) throw new WorkerFailure('InvalidArgumentError', 'decode feeds tokens only: no evict, insert or features');
-    if (!Number.isInteger(plan.steps) || plan.steps < 1) throw new WorkerFailure('InvalidArgumentError', `decode steps must be an integer >= 1, got ${plan.steps}`);
-    const bad = checkSampling(plan.sampling);
+    const bad = decodePlanError(plan);
     if (bad) throw new WorkerFailure('InvalidArgumentError', bad);
-    if (plan.sampling.temperature > 0 && plan.noiseSeed === undefined) throw new WorkerFailure('InvalidArgumentError', 'decode samples at temperature > 0 with position noise only: give noiseSeed');
     if (item.positionIds && !item.positionIds.every((p, j) => p === base + j)) {
       throw new WorkerFailure('InvalidArgumentError', `decode places its tokens right after the sequence's ${base}: positionIds ${JSON.stringify(item.positionIds)} say otherwise`);
     }

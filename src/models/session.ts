@@ -2,7 +2,7 @@ import { InvalidArgumentError } from '../errors.ts';
 import type { KvLocation } from './kv-placement.ts';
 import type { ModelSpec } from './config.ts';
 import type { Seed } from '../kernels/rng.ts';
-import type { SamplingParams } from '../kernels/sampling.ts';
+import { checkSampling, type SamplingParams } from '../kernels/sampling.ts';
 
 /** One sequence's part of a forward call. */
 export interface ForwardItem {
@@ -144,6 +144,15 @@ export interface DecodePlan {
   readonly promptLength: number;
   /** Stop once one of these is chosen (the target's end-of-sequence ids); default none. */
   readonly stopIds?: readonly number[];
+}
+
+/** Why `plan` cannot run (steps not an integer >= 1, bad sampling, no noiseSeed at temperature > 0), or undefined when it can. */
+export function decodePlanError(plan: DecodePlan): string | undefined {
+  if (!Number.isInteger(plan.steps) || plan.steps < 1) return `decode steps must be an integer >= 1, got ${plan.steps}`;
+  const bad = checkSampling(plan.sampling);
+  if (bad) return bad;
+  if (plan.sampling.temperature > 0 && plan.noiseSeed === undefined) return 'decode samples at temperature > 0 with position noise only: give noiseSeed';
+  return undefined;
 }
 
 /** Tokens ModelSession.decode chooses per call unless its caller asks fewer (vLLM's multi-step scheduling, --num-scheduler-steps, is typically run with 8). */
