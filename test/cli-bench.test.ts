@@ -63,6 +63,19 @@ test('cli - bench cascade places the target and the drafters (--execution-provid
   t.regex((await fails(['bench', 'cascade', '--batch-invariant', 'maybe'])).stderr, /--batch-invariant must be one of auto, on, off/);
 });
 
+test('cli - bench cascade --self-draft makes the target\'s int4 copy and measures it as sd:<target>-int4 and inside csd, identical to ar', async (t) => {
+  const out = mkdtempSync(join(tmpdir(), 'cascade-bench-self-draft-'));
+  await cascade('bench', 'cascade', '--model', 'draft-l2', '--draft-model', 'draft-l1', '--self-draft', 'int4', '--self-draft-cache', join(out, 'cache'), '--methods', 'sd:draft-l2-int4,csd', '--workload', 'code', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '6', '--out', out);
+  const record = JSON.parse(readFileSync(join(out, 'cascade.json'), 'utf8'));
+  t.deepEqual(Object.keys(record.placement), ['draft-l2', 'draft-l2-int4', 'draft-l1']);
+  t.false(record.placement['draft-l2-int4'].batchInvariant, 'a drafter never pads');
+  const methods = record.results[0].methods as { method: string; identicalToAr: boolean; kMatrix: number[][] }[];
+  t.deepEqual(methods.map((m) => m.method), ['ar', 'sd:draft-l2-int4', 'csd']);
+  t.true(methods.slice(1).every((m) => m.identicalToAr === true));
+  t.is(methods[2]!.kMatrix.length, 3, 'csd stacks the copy, draft-l1 and MaG');
+  t.regex((await fails(['bench', 'cascade', '--self-draft', 'int2'])).stderr, /--self-draft must be one of int4, int8/);
+});
+
 test('cli - bench cascade compares every method, verifies greedy identity and writes JSON, markdown and plots', async (t) => {
   const out = mkdtempSync(join(tmpdir(), 'cascade-bench-'));
   const { stdout } = await cascade('bench', 'cascade', '--workload', 'grounded', '--temperatures', '0', '--repeats', '1', '--prompts', '1', '--sweep-prompts', '1', '--max-tokens', '8', '--out', out);

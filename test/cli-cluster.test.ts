@@ -5,6 +5,11 @@ import test from 'ava';
 import { freePort } from '../src/cluster/local-servers.ts';
 import { run } from './helpers/cli.ts';
 import { MODELS_DIR } from './helpers/family.ts';
+import { generateAutoregressive } from '../src/engine/generate.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
+import { OrtModelSession } from '../src/models/ort-session.ts';
+import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { findPython } from '../src/cli/quantize.ts';
 
 // `cascade cluster up` and `down` as `npx cascade` runs them.
 
@@ -15,6 +20,17 @@ import { MODELS_DIR } from './helpers/family.ts';
 const BIN = new URL('../bin/cascade.js', import.meta.url).pathname;
 const { CASCADE_CLI: _compiled, ...userEnv } = process.env;
 const installed = (...args: string[]) => run(process.execPath, [BIN, ...args], { cwd: tmpdir(), env: userEnv });
+
+/** --self-draft quantizes with Python 3, onnx and numpy: without them its test is skipped, as test/quantize.test.ts is. */
+const withPython = (() => {
+  try {
+    findPython();
+    return test.serial;
+  } catch (err) {
+    console.warn(`the --self-draft test of test/cli-cluster.test.ts is skipped: ${(err as Error).message}`);
+    return test.skip;
+  }
+})();
 
 /** Processes whose command line names `marker` (every role of a cluster started with it in a path). */
 async function processesNaming(marker: string): Promise<string[]> {
@@ -82,6 +98,39 @@ test.serial('cli - cluster up --colocate hands --kv-location to each coordinator
     t.regex((bad as unknown as { stderr: string }).stderr, /--execution-providers takes auto or a comma-separated list/);
     t.false(existsSync(state), 'nothing started');
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+withPython('cli - cluster up --self-draft makes the target\'s int4 copy once, gives it a draft actor, and the gateway names it first; its drafts give target-only decoding\'s greedy text', async (t) => {
+  const { dir, models } = uniqueModels();
+  const state = join(dir, 'state');
+  const cache = join(dir, 'cache');
+  try {
+    const { stdout, stderr } = await installed('cluster', 'up', '--state-dir', state, '--models', models, '--self-draft', 'int4', '--self-draft-cache', cache, '--insecure');
+    t.regex(stdout, /cluster up: 8 processes/);
+    t.regex(stderr, /quantized \d+ MatMul\/Gemm products to 4 bits/, 'made here, before the roles start');
+    t.true(readdirSync(state).includes('draft-target-int4-0.log'));
+    const gateway = (JSON.parse(readFileSync(join(state, 'cluster.json'), 'utf8')) as { gateway: string }).gateway;
+    const listed = (await (await fetch(`${gateway}/v1/models`)).json()) as { data: { drafters: string[] }[] };
+    t.deepEqual(listed.data[0]!.drafters, ['target-int4', 'draft-l2', 'draft-l1']);
+    const prompt = 'def fibonacci(n):';
+    const res = await fetch(`${gateway}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt, max_tokens: 24, temperature: 0, cascade: { drafters: ['target-int4'], k_matrix: [[4]] } }) });
+    t.is(res.status, 200);
+    const body = (await res.json()) as { choices: { text: string }[]; usage: { cascade: { accepted_tokens: number } } };
+    t.true(body.usage.cascade.accepted_tokens > 0, 'the copy drafted');
+    const target = await OrtModelSession.open(join(MODELS_DIR, 'target'));
+    try {
+      const tokenizer = TextTokenizer.forModel(target.spec);
+      const oracle = await generateAutoregressive(target, { promptIds: tokenizer.encodePrompt(prompt), maxTokens: 24, sampling: GREEDY, seed: 0 });
+      t.is(body.choices[0]!.text, tokenizer.decode(oracle.tokenIds));
+    } finally {
+      await target.close();
+    }
+    t.regex((await installed('cluster', 'down', '--state-dir', state)).stdout, /cluster down: stopped 8 processes/);
+    t.deepEqual(await processesNaming(dir), []);
+  } finally {
+    await installed('cluster', 'down', '--state-dir', state).catch(() => undefined);
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -121,11 +121,10 @@ test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a reque
   t.is(sampled.choices[0]!.text, oracleText);
 });
 
-test('serve --embedded - takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft', async (t) => {
+test('serve --embedded - takes no --nats or --redis, and a cluster gateway takes no --execution-providers or --batch-invariant (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {
   const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0']);
   t.regex(a.stderr, /--nats and --redis are for a cluster/);
-  const [b, c, d] = await Promise.all([fails(['serve', '--execution-providers', 'cpu', '--port', '0']), fails(['serve', '--self-draft', 'int4', '--port', '0']), fails(['serve', '--batch-invariant', 'on', '--port', '0'])]);
+  const [b, d] = await Promise.all([fails(['serve', '--execution-providers', 'cpu', '--port', '0']), fails(['serve', '--batch-invariant', 'on', '--port', '0'])]);
   t.regex(b.stderr, /--threads, --execution-providers, --kv-location and --batch-invariant are for --embedded/);
   t.regex(d.stderr, /--threads, --execution-providers, --kv-location and --batch-invariant are for --embedded/);
-  t.regex(c.stderr, /--self-draft is for --embedded: in a cluster, make the copy with cascade quantize/);
 });

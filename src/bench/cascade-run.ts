@@ -10,6 +10,7 @@ import type { KvLocation } from '../models/kv-placement.ts';
 import { describeTrial, draftProvidersBeside, type PlacementTrial } from '../models/placement.ts';
 import type { BatchInvariance, ModelSession } from '../models/session.ts';
 import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
+import { SELF_DRAFT_CACHE, withSelfDraft, type SelfDraft } from '../cli/quantize.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { InvalidArgumentError } from '../errors.ts';
@@ -22,6 +23,9 @@ import { splitWorkload, type Workload } from './workloads.ts';
 export interface CascadeBenchOptions {
   /** The models: a family directory, or a choice of target and drafters (`--model`, `--draft-model`). */
   readonly models: string | ModelChoice;
+  /** The target's own quantized copy as the first drafter (`--self-draft`, made once into selfDraftCache, default SELF_DRAFT_CACHE): adds sd:<target>-<width>, and csd stacks it above the others. */
+  readonly selfDraft?: SelfDraft;
+  readonly selfDraftCache?: string;
   readonly workloads: readonly Workload[];
   readonly temperatures: readonly number[];
   readonly repeats: number;
@@ -227,7 +231,8 @@ function table(r: WorkloadResult): string {
 
 /** `cascade bench cascade`: every method side by side on held-out workloads; table, JSON, markdown, SVG. */
 export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResult[]> {
-  const family = typeof o.models === 'string' ? loadFamily(o.models) : resolveModels(o.models);
+  const chosen = typeof o.models === 'string' ? loadFamily(o.models) : resolveModels(o.models);
+  const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, o.selfDraftCache ?? SELF_DRAFT_CACHE, log) : chosen;
   const targetEps = o.executionProviders ?? ['cpu'];
   const draftEps = o.draftExecutionProviders ?? draftProvidersBeside(targetEps);
   const requested = (name: string) => (name === family.target ? targetEps : draftEps);

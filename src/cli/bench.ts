@@ -7,6 +7,7 @@ import { benchCluster, LAYOUTS, type Layout } from '../bench/cluster.ts';
 import { benchKv } from '../bench/kv.ts';
 import { benchLoad } from '../bench/load.ts';
 import { benchSelfDraft } from '../bench/self-draft.ts';
+import { parseSelfDraft, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP } from './quantize.ts';
 import { benchScale } from '../bench/scale.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { measureBatched, measureCosts, SCORE_KS, type BatchCost, type ModelCosts } from '../bench/costs.ts';
@@ -146,6 +147,8 @@ export function registerBench(program: Command): void {
     .option('--batch-invariant <mode>', `whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed)`, parseBatchInvariant, 'auto')
     .option('--drafting <list>', 'drafting modes compared, comma-separated: serial, async (with both, each drafting method but MaG alone runs under each, named method/mode)', parseDraftings, [DEFAULT_DRAFTING])
     .option('--verification <list>', 'verification rules to compare, comma-separated: invariant, rejection (with both, each drafting method runs under each, named method/rule)', parseVerifications, [DEFAULT_VERIFICATION])
+    .option('--self-draft <width>', `${SELF_DRAFT_HELP}: adds sd:<target>-<width>, and the csd methods stack it above the other drafters`, parseSelfDraft)
+    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle): adds eagle, eagle+mag and csd+eagle, and the last two with MaG first (mag>eagle+mag, mag>csd+eagle); the target needs the hidden_states output (tools/train/add_hidden_output.py)')
     .option('--methods <list>', 'only these methods, comma-separated, e.g. mag,csd,csd+eagle; names: ar, sd:NAME, mag, mag-recent, csd-vertical, csd-horizontal, csd, mag>csd, and with --eagle-model eagle, eagle+mag, csd+eagle, mag>eagle+mag, mag>csd+eagle (quote the > in a shell; ar always runs: speedups are over it)', (v: string) => v.split(',').map((m) => m.trim()).filter(Boolean))
     .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
@@ -168,6 +171,8 @@ export function registerBench(program: Command): void {
         kvLocation: o.kvLocation,
         batchInvariant: o.batchInvariant,
         eagleModel: o.eagleModel,
+        selfDraft: o.selfDraft,
+        selfDraftCache: o.selfDraftCache,
         methods: o.methods,
         out: o.out,
       });

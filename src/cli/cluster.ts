@@ -16,7 +16,7 @@ import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import type { BatchInvariance } from '../models/session.ts';
-import { parseSelfDraft, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
+import { parseSelfDraft, SELF_DRAFTS, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP, withSelfDraft, type SelfDraft } from './quantize.ts';
 import { cliCommand } from '../checkout.ts';
 
 /**
@@ -76,6 +76,8 @@ interface ActorFlags {
   model?: string;
   modelFile?: string;
   tokenizer?: string;
+  selfDraft?: SelfDraft;
+  selfDraftCache: string;
   models: string;
   nats?: string;
   redis?: string[];
@@ -178,6 +180,9 @@ interface UpOptions {
   kvLocation?: KvLocation;
   /** The verifier's batch invariance (`actor verify --batch-invariant`; with --colocate, each coordinator's); unset: its default, auto. */
   batchInvariant?: BatchInvariance;
+  /** The target's own quantized copy as the first drafter, on draft actors of its own (`--self-draft`), made here before any role starts. */
+  selfDraft?: SelfDraft;
+  selfDraftCache: string;
 }
 
 /** The files `cluster up` writes in its state directory besides the role logs. */
@@ -191,7 +196,11 @@ const SERVER_FILES = ['secrets.json', 'nats.conf', 'redis.conf'];
 async function clusterUp(o: UpOptions): Promise<void> {
   const dir = resolve(o.stateDir);
   if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
-  const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
+  const chosen = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
+  // --self-draft: the copy is made (or found) once, before anything starts; the coordinators and the
+  // gateway find it in the cache under the same flags, and it gets draft actors of its own below
+  const selfDraftCache = resolve(o.selfDraftCache);
+  const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, selfDraftCache, (m) => process.stderr.write(`${m}\n`)) : chosen;
   const madeDir = !existsSync(dir);
   mkdirSync(dir, { recursive: true });
   const pids: { role: string; pid: number }[] = [];
@@ -231,7 +240,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
     const target = [...(o.model !== undefined ? ['--model', o.model] : []), ...(o.modelFile !== undefined ? ['--model-file', o.modelFile] : [])];
     const common = ['--models', o.models, ...tokenizer];
     // coordinators and the gateway name the same models the actors host
-    const named = [...common, ...target, ...(o.draftModel ?? []).flatMap((d) => ['--draft-model', d])];
+    const named = [...common, ...target, ...(o.draftModel ?? []).flatMap((d) => ['--draft-model', d]), ...(o.selfDraft ? ['--self-draft', o.selfDraft, '--self-draft-cache', selfDraftCache] : [])];
     // --colocate: each coordinator hosts its own verifier (cascade coordinator --verifier) instead of a verify actor process
     const verifierFlags = [
       ...(o.executionProviders !== undefined ? ['--execution-providers', o.executionProviders.join(',')] : []),
@@ -307,6 +316,8 @@ export function registerCluster(program: Command): void {
     .option('--models <dir>', 'model family directory', 'models')
     .option('--model-file <name>', MODEL_FILE_HELP)
     .option('--tokenizer <file>', TOKENIZER_HELP)
+    .option('--self-draft <width>', `draft actors: host the own ${SELF_DRAFTS.join(' or ')} copy of --model (default: the family's target) instead of --model, served as <target>-<width>, the name that coordinators and gateways started with the same --self-draft give it; made once into --self-draft-cache with cascade quantize's defaults and the head quantized (needs Python 3 with onnx and numpy the first time)`, parseSelfDraft)
+    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .option('--nats <url>', 'NATS URL (credentials may be in it: nats://user:pass@host:port; better in env CASCADE_NATS_URL, default nats://127.0.0.1:4222)')
     .option('--redis <urls>', `${REDIS_HELP}, where a bounded cache spills released KV for rebuilds (default: in memory)`, parseUrls)
     .option('--kv-policy <policy>', 'bound each session\'s KV cache (draft actors only; exact): window | streaming | h2o | adore', 'full')
@@ -342,6 +353,8 @@ export function registerCluster(program: Command): void {
     .option('--draft-model <dir|name>', DRAFT_MODEL_HELP, collect)
     .option('--model-file <name>', MODEL_FILE_HELP)
     .option('--tokenizer <file>', TOKENIZER_HELP)
+    .option('--self-draft <width>', `${SELF_DRAFT_HELP}; a draft actor hosts it (cascade actor draft --self-draft), and this coordinator names it first`, parseSelfDraft)
+    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
     .option('--redis <urls>', `${REDIS_HELP}; holds the queue and the request logs (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)`, parseUrls)
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
@@ -384,8 +397,8 @@ export function registerCluster(program: Command): void {
     .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--kv-location <where>', `with --embedded: where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `with --embedded: whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed) (default auto)`, parseBatchInvariant)
-    .option('--self-draft <width>', `with --embedded: ${SELF_DRAFT_HELP}`, parseSelfDraft)
-    .option('--self-draft-cache <dir>', 'with --embedded: where --self-draft keeps the quantized copies', '.cache/self-draft')
+    .option('--self-draft <width>', `${SELF_DRAFT_HELP}; in a cluster a draft actor hosts it (cascade actor draft --self-draft) and the gateway names it among the drafters`, parseSelfDraft)
+    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache: string }) => {
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');
@@ -394,9 +407,6 @@ export function registerCluster(program: Command): void {
       }
       if (o.threads !== undefined || o.executionProviders !== undefined || o.draftExecutionProviders !== undefined || o.kvLocation !== undefined || o.batchInvariant !== undefined) {
         throw new InvalidArgumentError('--threads, --execution-providers, --kv-location and --batch-invariant are for --embedded: a cluster\'s models run on its actors (cascade actor --threads, --execution-providers, --kv-location, --batch-invariant)');
-      }
-      if (o.selfDraft !== undefined) {
-        throw new InvalidArgumentError('--self-draft is for --embedded: in a cluster, make the copy with cascade quantize --quantize-head, run a draft actor on it and list it first with --draft-model (docs/quantization.md)');
       }
       await runUntilSignalled(() => startGatewayRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), apiKeys: apiKeys(o.apiKey) }));
     });
@@ -443,6 +453,8 @@ export function registerCluster(program: Command): void {
     .option('--batch-invariant <mode>', `the verifier's (cascade actor verify --batch-invariant; with --colocate, each coordinator's): ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)
+    .option('--self-draft <width>', `${SELF_DRAFT_HELP}; it gets --draft-instances draft actors of its own, and the coordinators and the gateway name it first`, parseSelfDraft)
+    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .action((o: UpOptions) => clusterUp(o));
   cluster
     .command('secrets')

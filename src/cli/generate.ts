@@ -10,7 +10,7 @@ import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { K_BOUND, MAX_K, MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { drafterKind, loadBigram, loadController, type Family } from '../models/family.ts';
-import { parseSelfDraft, SELF_DRAFT_HELP, SELF_DRAFTS, selfDraftCopy, type SelfDraft } from './quantize.ts';
+import { parseSelfDraft, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP, SELF_DRAFTS, selfDraftCopy, type SelfDraft } from './quantize.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
@@ -451,7 +451,7 @@ export function registerGenerate(program: Command): void {
     .option('--model <dir|name>', 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)')
     .option('--draft-model <dir|name>', 'a drafter, repeatable, largest first: a model folder or a member of the --models family (default: the family\'s drafters; none with an exported --model)', collect)
     .option('--self-draft <width>', `${SELF_DRAFT_HELP}; above the mode's drafters`, parseSelfDraft)
-    .option('--self-draft-cache <dir>', 'where --self-draft keeps the quantized copies', '.cache/self-draft')
+    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle) as the first drafter, above the mode\'s: it drafts from the target\'s hidden_states, which the target\'s graph must output (tools/train/add_hidden_output.py)')
     .option('--model-file <name>', 'the target\'s ONNX graph inside its folder when it holds several, e.g. onnx/model_fp16.onnx (default: found from the folder)')
     .option('--tokenizer <file>', 'tokenizer.json for models whose folders carry none (a folder\'s own tokenizer.json wins)')

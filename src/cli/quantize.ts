@@ -205,6 +205,12 @@ export const parseSelfDraft = (raw: string): SelfDraft => {
 
 export const SELF_DRAFT_HELP = `the target's own ${SELF_DRAFTS.join(' or ')} copy as the first drafter (cascade quantize's defaults with the head quantized), made once into --self-draft-cache and reused while the target's graph is unchanged; needs Python 3 with onnx and numpy the first time`;
 
+/** Where `--self-draft` keeps its copies unless `--self-draft-cache` says otherwise (relative to the working directory). */
+export const SELF_DRAFT_CACHE = '.cache/self-draft';
+
+/** `--self-draft-cache`'s help. */
+export const SELF_DRAFT_CACHE_HELP = 'where --self-draft keeps the quantized copies';
+
 /** The name of the target's own `width` copy among the drafters. */
 const selfDraftName = (family: Family, width: SelfDraft): string => `${family.target}-${width}`;
 

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { openEmbeddedGateway } from '../cluster/roles.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
-import { parseSelfDraft, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
+import { parseSelfDraft, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import type { BatchInvariance } from '../models/session.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
@@ -187,6 +187,6 @@ export function registerRunBatch(program: Command): void {
     .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed) (default auto)`, parseBatchInvariant)
     .option('--self-draft <width>', SELF_DRAFT_HELP, parseSelfDraft)
-    .option('--self-draft-cache <dir>', 'where --self-draft keeps the quantized copies', '.cache/self-draft')
+    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .action((o: RunBatchOptions) => runBatch(o));
 }

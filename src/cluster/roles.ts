@@ -16,7 +16,7 @@ import type { BatchInvariance, SessionOptions } from '../models/session.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { describeTrial, draftProvidersBeside, isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
-import { withSelfDraft, type SelfDraft } from '../cli/quantize.ts';
+import { SELF_DRAFT_CACHE, selfDraftCopy, withSelfDraft, type SelfDraft } from '../cli/quantize.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
 import { buildGateway } from './gateway/index.ts';
 import { embeddedBackend } from './gateway/embedded.ts';
@@ -51,6 +51,13 @@ export interface ActorRoleOptions {
   readonly modelFile?: string;
   /** tokenizer.json for a folder that carries none (`--tokenizer`). */
   readonly tokenizer?: string;
+  /**
+   * Draft actors: host the own quantized copy of `model` (default: the family's target) instead
+   * (`--self-draft`, cascade quantize's defaults with the head quantized, made once into
+   * selfDraftCache, default SELF_DRAFT_CACHE), served as `<target>-<width>`.
+   */
+  readonly selfDraft?: SelfDraft;
+  readonly selfDraftCache?: string;
   readonly nats: string;
   readonly instance?: string;
   readonly idleMs?: number;
@@ -88,6 +95,13 @@ async function probes(port: number | undefined, role: string, check: () => Promi
 
 /** `cascade actor draft|verify`: one model, serving sessions over NATS. */
 export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
+  if (o.selfDraft) {
+    // the copy is a folder of its own, hosted as an export is: under its folder's name, <target>-<width>, which coordinators and gateways with the same --self-draft name first
+    if (o.kind !== 'draft') throw new InvalidArgumentError('--self-draft is for a draft actor: the copy drafts and the target verifies');
+    const target = resolveModels({ models: o.models, model: o.model, modelFile: o.modelFile, tokenizer: o.tokenizer });
+    const { dir } = await selfDraftCopy(target, o.selfDraft, o.selfDraftCache ?? SELF_DRAFT_CACHE, quantizeLog);
+    return startActorRole({ ...o, selfDraft: undefined, model: dir, modelFile: undefined });
+  }
   const exported = o.model !== undefined && !isFamilyMember(o.models, o.model);
   // a user's export is hosted as it is named; a family member must play its part in the family
   const family: Family = exported ? resolveModels({ models: o.models, model: o.model, modelFile: o.modelFile, tokenizer: o.tokenizer }) : loadFamily(o.models);
@@ -187,9 +201,19 @@ export interface ModelFlags {
   readonly draftModel?: readonly string[];
   readonly modelFile?: string;
   readonly tokenizer?: string;
+  /** The target's own quantized copy as the first drafter (`--self-draft`, made once into selfDraftCache, default SELF_DRAFT_CACHE). */
+  readonly selfDraft?: SelfDraft;
+  readonly selfDraftCache?: string;
 }
 
-const chosenModels = (o: ModelFlags): Family => resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
+/** Progress of a --self-draft copy being made (cascade quantize's lines), on stderr: stdout carries `ready: …`. */
+const quantizeLog = (m: string) => process.stderr.write(`${m}\n`);
+
+/** The family `o` names, with the target's own copy first among the drafters under --self-draft (made when not cached yet). */
+async function chosenModels(o: ModelFlags): Promise<Family> {
+  const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
+  return o.selfDraft ? withSelfDraft(family, o.selfDraft, o.selfDraftCache ?? SELF_DRAFT_CACHE, quantizeLog) : family;
+}
 
 export interface CoordinatorRoleOptions extends ModelFlags {
   readonly models: string;
@@ -210,7 +234,7 @@ export interface CoordinatorRoleOptions extends ModelFlags {
 
 /** `cascade coordinator`: a BullMQ worker driving requests across actors (and, with `verifier`, verifying them itself). */
 export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<Role> {
-  const family = chosenModels(o);
+  const family = await chosenModels(o);
   const spec = loadModelSpec(memberSource(family, family.target));
   const drafterSpecs = family.drafters.map((d) => loadModelSpec(memberSource(family, d)));
   checkSharedVocabulary(spec, drafterSpecs);
@@ -301,9 +325,6 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
   readonly kvLocation?: KvLocation;
   /** The target's batch invariance (`--batch-invariant`, SessionOptions.batchInvariant; drafters: off). */
   readonly batchInvariant?: BatchInvariance;
-  /** The target's own quantized copy as the first drafter (`--self-draft`, made once into selfDraftCache). */
-  readonly selfDraft?: SelfDraft;
-  readonly selfDraftCache?: string;
 }
 
 /**
@@ -313,8 +334,7 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
  * an actor.
  */
 export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ app: FastifyInstance; describe: string; close(): Promise<void> }> {
-  const chosen = chosenModels(o);
-  const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, o.selfDraftCache ?? '.cache/self-draft', (m) => process.stderr.write(`${m}\n`)) : chosen;
+  const family = await chosenModels(o);
   setupTracing('cascade-gateway');
   const target = family.target;
   const targetEps = o.executionProviders ?? ['cpu'];
@@ -382,7 +402,7 @@ export async function startEmbeddedGatewayRole(o: EmbeddedGatewayOptions): Promi
 
 /** `cascade serve`: the OpenAI-compatible gateway. Resolves once listening. */
 export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { url: string }> {
-  const family = chosenModels(o);
+  const family = await chosenModels(o);
   const spec = loadModelSpec(memberSource(family, family.target));
   setupTracing('cascade-gateway');
   const tokenizer = TextTokenizer.forModel(spec);
