@@ -110,6 +110,17 @@ test('batch invariance - on: a sequence that copies another\'s prefix and has on
   t.deepEqual(together, alone);
 });
 
+test('batch invariance - on: a fused graph\'s prompt pass asks its head for two rows (num_logits_to_keep), so its last row equals the same position\'s in a verify pass', async (t) => {
+  const s = await open(FUSED_L2, 'on');
+  const context = prompt(40);
+  await s.forward({ seqId: 'whole', inputIds: context }, 'last');
+  const whole = await s.forward({ seqId: 'whole', inputIds: DRAFTS }, 'all');
+  const V = s.spec.vocabSize;
+  const last = await s.forward({ seqId: 'prompt', inputIds: [...context, ...DRAFTS] }, 'last');
+  t.is(last.length, V);
+  t.is(maxAbsDiff(last, whole.subarray(7 * V)), 0);
+});
+
 test('batch invariance - on: when a sequence of a batch split for invariance fails after another ran, that one is rolled back, so a retry feeds each token once', async (t) => {
   for (const [name, source] of [['unfused', dirOf('draft-l2')], ['fused', FUSED_L2]] as const) {
     const s = await open(source, 'on');

@@ -239,7 +239,7 @@ maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute
 maybe('cascade fuse - fuses a user\'s export into a new folder and prints it; refuses an existing --out (exit 2) and passes fuse.py\'s refusal on (exit 1)', async (t) => {
   const out = join(tmp, 'via-cli');
   const { stdout } = await cascade('fuse', '--model', join(HF, 'llama-gqa'), '--out', out);
-  t.regex(stdout, /fused .*llama-gqa -> .*via-cli: 41 nodes/);
+  t.regex(stdout, /fused .*llama-gqa -> .*via-cli: 44 nodes/);
   t.is(stdout.trim().split('\n').at(-1), out);
   t.true(graphOpTypes(join(out, 'model.onnx')).has('GroupQueryAttention'));
   const missing = await fails(['fuse', '--model', '--out', join(tmp, 'never')]);

@@ -1,6 +1,6 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { ROOT } from '../checkout.ts';
 import type { Command } from 'commander';
@@ -156,12 +156,14 @@ export interface CopyOptions {
 
 /**
  * A copy of a model folder made once by tools/train/<tool> under `cacheDir` as
- * CACHE/<kind>-<key>/<name>, reused while the source graph is unchanged (folderKey). It is written to
+ * CACHE/<kind>-<key>/<name>, reused while the source graph (folderKey) and the tool's source are unchanged. It is written to
  * a temporary folder and renamed, so an interrupted run leaves nothing that looks finished. Throws
  * QuantizeToolError when no Python with onnx and numpy is found or the tool fails.
  */
 async function cachedCopy(tool: TrainTool, kind: string, model: string, args: readonly string[], o: CopyOptions): Promise<string> {
-  const out = join(resolve(o.cacheDir), `${kind}-${folderKey(model)}`, o.name);
+  // the tool's own source is in the key too: a changed rewrite (a new input, a fixed op) makes a new copy
+  const key = createHash('sha256').update(folderKey(model)).update(readFileSync(toolPath(tool))).digest('hex').slice(0, 10);
+  const out = join(resolve(o.cacheDir), `${kind}-${key}`, o.name);
   if (existsSync(join(out, 'config.json'))) return out;
   const python = findPython(o.python);
   o.log?.(`${tool === 'fuse.py' ? `fusing ${model}` : `quantizing ${model} to ${kind}`} (tools/train/${tool}) into ${out}`);
@@ -203,7 +205,7 @@ export const parseSelfDraft = (raw: string): SelfDraft => {
   return raw as SelfDraft;
 };
 
-export const SELF_DRAFT_HELP = `the target's own ${SELF_DRAFTS.join(' or ')} copy as the first drafter (cascade quantize's defaults with the head quantized), made once into --self-draft-cache and reused while the target's graph is unchanged; needs Python 3 with onnx and numpy the first time`;
+export const SELF_DRAFT_HELP = `the target's own ${SELF_DRAFTS.join(' or ')} copy as the first drafter (cascade quantize's defaults with the head quantized), made once into --self-draft-cache and reused while the target's graph and the quantizer are unchanged; needs Python 3 with onnx and numpy the first time`;
 
 /** Where `--self-draft` keeps its copies unless `--self-draft-cache` says otherwise (relative to the working directory). */
 export const SELF_DRAFT_CACHE = '.cache/self-draft';

@@ -444,7 +444,7 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   if (feedsPositions) feeds.position_ids = int64(pad ? [positions[0]!, positions[0]!] : positions, [1, fed]);
   else checkImplicitPositions(item, seq);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(seq.length > 0 ? 1 : 0), [1]);
-  if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(want + pad);
+  if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(logitsToKeep(want + pad, fed));
   if (item.hiddenStates) feeds.hidden_states = new ort.Tensor('float32', item.hiddenStates, [1, s, features!.size]);
   pastFeeds(feeds, seq.past);
   // the features output only when asked: a pass that does not want them does not copy them out;
@@ -475,6 +475,15 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
   const hidden = floatData(out[features!.output!] as ort.Tensor);
   return { logits: result, hidden: hidden instanceof Uint16Array ? halvesToFloats(hidden.subarray(0, s * features!.size)) : hidden.slice(0, s * features!.size) };
 }
+
+/**
+ * The rows a pass of `fed` tokens asks its head for (num_logits_to_keep), `wanted` of them needed.
+ * Under batch invariance never one of several, so that no MatMulNBits, the head included, runs its
+ * one-row kernel (padSingleRows): a prompt's last row is scored as two, as every other pass's rows
+ * are. A precaution: for the head alone no difference was measured (a prompt's last row against a
+ * verify pass's, 6 prompts, 8- and 4-bit heads: 0), but the runner does not rely on that.
+ */
+const logitsToKeep = (wanted: number, fed: number): number => (padSingleRows ? Math.max(wanted, Math.min(2, fed)) : wanted);
 
 /**
  * Whether this pass runs padded to two rows (padSingleRows): one token, no attention sums (an H2O

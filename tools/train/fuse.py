@@ -19,6 +19,9 @@ tool writes the same model with ONNX Runtime's contrib ops, as the genai builder
 Inputs and outputs keep the names, dtypes, shapes and KV layout of the unfused graph (input_ids,
 attention_mask, position_ids, past_key_values.N.key|value [batch, kv_heads, past, head_dim]; logits,
 present.N.key|value [batch, kv_heads, past + sequence, head_dim]), so the runner feeds it unchanged.
+One input is added last: num_logits_to_keep (int64 scalar, transformers' logits_to_keep), the head
+scoring only the last N rows (logits [batch, N, vocab]; 0 = every row). The runner feeds it the rows
+a pass needs: a prompt's pass no longer scores and copies out a row per prompt token.
 There is no attention_sum output: the H2O policy, which reads it, needs the unfused graph.
 
 What GroupQueryAttention assumes, and the runner guarantees or refuses (docs/gpu.md, "Graph forms"):
@@ -329,6 +332,8 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     g.init("/model/constants/INT64/1", np.array(1, dtype=np.int64))
     g.init("/model/constants/INT64/[-1, hidden]", np.array([-1, hidden], dtype=np.int64))
     g.init("/model/constants/INT64/[vocab]", np.array([vocab], dtype=np.int64))
+    g.init("/model/constants/INT64/[0]", np.array([0], dtype=np.int64))
+    g.init("/model/constants/INT64/[max]", np.array([np.iinfo(np.int64).max], dtype=np.int64))
     g.init("/model/constants/INT64/qkv_split", np.array([q_size, kv_size, kv_size], dtype=np.int64))
     g.init("/model/constants/INT64/gate_up_split", np.array([inter, inter], dtype=np.int64))
 
@@ -390,6 +395,12 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
         outs = [f"{where}/output_0", "", "", f"{where}/output_3"] if i + 1 < layers else [f"{where}/output_0"]
         h, *rest = g.node("SkipSimplifiedLayerNormalization", f"{where}/SkipLayerNorm", [down, residual, norm_w], outs, domain=MS, epsilon=eps)
         residual = rest[-1] if rest else residual
+    # num_logits_to_keep (transformers' logits_to_keep): the head scores only the last N rows, all of
+    # them for 0. A prompt's pass needs one row and a verify pass every row; the head is a sixth of the
+    # weights, and a prompt's logits of all rows were also copied out whole.
+    (keep,) = g.node("Unsqueeze", "/lm_head/keep/Unsqueeze", ["num_logits_to_keep", "/model/constants/INT64/[0]"])
+    (start,) = g.node("Sub", "/lm_head/keep/Sub", ["/model/constants/INT64/[0]", keep])
+    (h,) = g.node("Slice", "/lm_head/keep/Slice", [h, start, "/model/constants/INT64/[max]", one])
     # a tied head: Gemm over [batch * sequence, hidden] against the embedding itself (stored once);
     # an untied one (a user's lm_head) its own [hidden, vocab] weight
     (flat,) = g.node("Reshape", "/lm_head/Reshape", [h, "/model/constants/INT64/[-1, hidden]"])
@@ -397,8 +408,8 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
         (scores,) = g.node("Gemm", "/lm_head/Gemm", [flat, g.init("lm_head.weight", w["lm_head"])])
     else:
         (scores,) = g.node("Gemm", "/lm_head/Gemm", [flat, embed], transB=1)
-    (ids_shape,) = g.node("Shape", "/lm_head/Shape", ["input_ids"])
-    (out_shape,) = g.node("Concat", "/lm_head/Concat", [ids_shape, "/model/constants/INT64/[vocab]"], axis=0)
+    (rows_shape,) = g.node("Shape", "/lm_head/Shape", [h], end=2)
+    (out_shape,) = g.node("Concat", "/lm_head/Concat", [rows_shape, "/model/constants/INT64/[vocab]"], axis=0)
     g.node("Reshape", "/lm_head/Reshape_1", [scores, out_shape], ["logits"])
 
     f32, i64 = onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(dtype)], TensorProto.INT64
@@ -407,10 +418,11 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
               helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "sequence_length", vocab])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "logits_length", vocab])]
     for i in range(layers):
         inputs += [kv(f"past_key_values.{i}.key", "past_sequence_length"), kv(f"past_key_values.{i}.value", "past_sequence_length")]
         outputs += [kv(f"present.{i}.key", "total_sequence_length"), kv(f"present.{i}.value", "total_sequence_length")]
+    inputs.append(helper.make_tensor_value_info("num_logits_to_keep", i64, []))
     graph = helper.make_graph(g.nodes, "main_graph", inputs, outputs, g.inits)
     # IR 8 / opset 17: what onnx 1.12 (Debian bookworm) writes; ONNX Runtime resolves
     # SimplifiedLayerNormalization (its own op in the default domain, since version 1) under it.
@@ -456,7 +468,7 @@ def main() -> None:
     ops = sorted({n.op_type for n in model.graph.node})
     cfg["max_position_embeddings"] = min(cfg.get("max_position_embeddings", positions), positions)
     cfg["onnx_graph"] = {"form": "fused", "fused_from": str(src / args.model_file), "rope_cache_positions": positions,
-                         "ops": ops, "kv_dtype": onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[model.graph.input[3].type.tensor_type.elem_type].name,
+                         "ops": ops, "kv_dtype": onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[next(i for i in model.graph.input if i.name == "past_key_values.0.key").type.tensor_type.elem_type].name,
                          "made_by": "tools/train/fuse.py"}
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     per_layer = sum(1 for n in model.graph.node if n.name.startswith("/model/layers.0/"))

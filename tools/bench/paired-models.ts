@@ -1,0 +1,70 @@
+/**
+ * Two model folders of the same model (e.g. a graph before and after a rewrite), target-only greedy
+ * decoding over held-out prompts, in one process: both sessions loaded once and warmed up, the two
+ * sides taking turns each repeat. Prints each side's tokens/s end to end (prompt included: every
+ * token over the whole request's time) and decode tokens/s (tokens after the first over the time
+ * after it), medians over repeats, and on how many prompts their tokens were identical, and writes
+ * the same as JSON.
+ *
+ * Usage: node --import tsx tools/bench/paired-models.ts DIR_A DIR_B [--prompts 8] [--max-tokens 128]
+ *          [--repeats 3] [--threads 1] [--prompts-dir DIR] [--out FILE.json]
+ */
+import { writeFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { heldOutPrompts } from '../../src/bench/peer-inputs.ts';
+import { formatTable, median } from '../../src/bench/report.ts';
+import { generateAutoregressive } from '../../src/engine/generate.ts';
+import { GREEDY } from '../../src/kernels/sampling.ts';
+import { OrtModelSession } from '../../src/models/ort-session.ts';
+import { TextTokenizer } from '../../src/models/tokenizer.ts';
+
+const { values, positionals } = parseArgs({
+  allowPositionals: true,
+  options: {
+    prompts: { type: 'string', default: '8' },
+    'max-tokens': { type: 'string', default: '128' },
+    repeats: { type: 'string', default: '3' },
+    threads: { type: 'string', default: '1' },
+    'prompts-dir': { type: 'string' },
+    out: { type: 'string' },
+  },
+});
+const [prompts, maxTokens, repeats, threads] = [values.prompts, values['max-tokens'], values.repeats, values.threads].map(Number) as [number, number, number, number];
+if (positionals.length !== 2 || ![prompts, maxTokens, repeats, threads].every((n) => Number.isInteger(n) && n > 0)) {
+  process.stderr.write('usage: paired-models.ts DIR_A DIR_B [--prompts N] [--max-tokens N] [--repeats N] [--threads N] [--prompts-dir DIR] [--out FILE.json]\n');
+  process.exit(2);
+}
+
+const sides = await Promise.all(positionals.map(async (dir) => ({ dir, session: await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false }) })));
+const tokenizer = TextTokenizer.forModel(sides[0]!.session.spec);
+const ids = heldOutPrompts(prompts, values['prompts-dir']).map((p) => tokenizer.encodePrompt(p.text));
+const run = (s: OrtModelSession, promptIds: number[]) => generateAutoregressive(s, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
+
+for (const s of sides) await run(s.session, ids[0]!);
+const e2e = sides.map(() => [] as number[]);
+const decode = sides.map(() => [] as number[]);
+const outputs = sides.map(() => [] as number[][]);
+for (let rep = 0; rep < repeats; rep++) {
+  for (let k = 0; k < sides.length; k++) {
+    const i = (k + rep) % sides.length;
+    const total = { tokens: 0, seconds: 0, decodeSeconds: 0 };
+    const outs: number[][] = [];
+    for (const p of ids) {
+      const r = await run(sides[i]!.session, p);
+      total.tokens += r.tokenIds.length;
+      total.seconds += r.stats.seconds;
+      total.decodeSeconds += r.stats.seconds - r.stats.firstTokenSeconds;
+      outs.push(r.tokenIds);
+    }
+    e2e[i]!.push(total.tokens / total.seconds);
+    decode[i]!.push((total.tokens - ids.length) / total.decodeSeconds);
+    outputs[i] = outs;
+  }
+}
+const identical = outputs[0]!.filter((o, j) => o.join() === outputs[1]![j]!.join()).length;
+const rows = sides.map((s, i) => ({ model: s.dir, tokensPerSecond: median(e2e[i]!), decodeTokensPerSecond: median(decode[i]!), repeats: e2e[i]! }));
+const result = { threads, prompts: ids.length, maxTokens, repeats, identical, rows, speedup: rows[1]!.tokensPerSecond / rows[0]!.tokensPerSecond, decodeSpeedup: rows[1]!.decodeTokensPerSecond / rows[0]!.decodeTokensPerSecond };
+console.log(formatTable(['model', 'tok/s end to end (median)', 'decode tok/s (median)', 'each repeat, end to end'], rows.map((r) => [r.model, r.tokensPerSecond, r.decodeTokensPerSecond, r.repeats.map((x) => x.toFixed(0)).join(' ')])));
+console.log(`B / A: ${result.speedup.toFixed(2)}x end to end, ${result.decodeSpeedup.toFixed(2)}x decode; identical tokens on ${identical}/${ids.length} prompts`);
+if (values.out) writeFileSync(values.out, `${JSON.stringify(result, null, 2)}\n`);
+await Promise.all(sides.map((s) => s.session.close()));
