@@ -6,14 +6,13 @@ import OpenAI from 'openai';
 import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
 import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { findPython } from '../src/cli/quantize.ts';
-import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { loadModelSpec } from '../src/models/config.ts';
-import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { cascade } from './helpers/cli.ts';
 import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
 import { dirOf, MODELS_DIR } from './helpers/family.ts';
+import { targetOnlyText } from './helpers/oracle.ts';
 
 /**
  * A quantized target in the cluster (issue 26): draft-l2's `cascade quantize --bits 8` copy
@@ -73,16 +72,8 @@ test.after.always(async () => {
   rmSync(scratch, { recursive: true, force: true });
 });
 
-/** Target-only decoding of the quantized target in this process (drafter-invariant noise when sampling). */
-async function targetOnly(maxTokens: number, sampling: SamplingParams, seed: number): Promise<string> {
-  const s = await OrtModelSession.open(TARGET);
-  try {
-    const r = await generateAutoregressive(s, { promptIds: tokenizer.encodePrompt(PROMPT), maxTokens, sampling, seed, verification: 'invariant' });
-    return tokenizer.decode(r.tokenIds);
-  } finally {
-    await s.close();
-  }
-}
+/** Target-only decoding of the quantized target in this process (test/helpers/oracle.ts). */
+const targetOnly = (maxTokens: number, sampling: SamplingParams, seed: number): Promise<string> => targetOnlyText(TARGET, tokenizer, PROMPT, maxTokens, sampling, seed);
 
 type Usage = OpenAI.CompletionUsage & { cascade?: { drafted_tokens: number; accepted_tokens: number } };
 

@@ -10,31 +10,16 @@
  *          [--repeats 3] [--threads 1] [--prompts-dir DIR] [--out FILE.json]
  */
 import { writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { heldOutPrompts } from '../../src/bench/peer-inputs.ts';
 import { formatTable, median } from '../../src/bench/report.ts';
 import { generateCascade } from '../../src/engine/cascade.ts';
 import { GREEDY } from '../../src/kernels/sampling.ts';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
+import { pairedArgs } from './paired-args.ts';
 
-const { values, positionals } = parseArgs({
-  allowPositionals: true,
-  options: {
-    prompts: { type: 'string', default: '8' },
-    'max-tokens': { type: 'string', default: '128' },
-    repeats: { type: 'string', default: '3' },
-    threads: { type: 'string', default: '1' },
-    'prompts-dir': { type: 'string' },
-    out: { type: 'string' },
-  },
-});
-const dir = positionals[0];
-const [prompts, maxTokens, repeats, threads] = [values.prompts, values['max-tokens'], values.repeats, values.threads].map(Number) as [number, number, number, number];
-if (!dir || ![prompts, maxTokens, repeats, threads].every((n) => Number.isInteger(n) && n > 0)) {
-  process.stderr.write('usage: multi-step.ts MODEL_DIR [--prompts N] [--max-tokens N] [--repeats N] [--threads N] [--prompts-dir DIR] [--out FILE.json]\n');
-  process.exit(2);
-}
+const { positionals, prompts, maxTokens, repeats, threads, promptsDir, out } = pairedArgs(1, 'multi-step.ts MODEL_DIR');
+const dir = positionals[0]!;
 
 const session = (multiStep: boolean) => OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false, multiStep });
 const sides = [
@@ -42,7 +27,7 @@ const sides = [
   { name: 'multi-step', session: await session(true) },
 ];
 const tokenizer = TextTokenizer.forModel(sides[0]!.session.spec);
-const ids = heldOutPrompts(prompts, values['prompts-dir']).map((p) => tokenizer.encodePrompt(p.text));
+const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
 const run = (s: OrtModelSession, promptIds: number[]) => generateCascade(s, { drafters: [], kMatrix: [], lenience: 1 }, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
 
 for (const s of sides) await run(s.session, ids[0]!);
@@ -69,5 +54,5 @@ const rows = sides.map((s, i) => ({ side: s.name, decodeTokensPerSecond: median(
 const result = { model: dir, threads, prompts: ids.length, maxTokens, repeats, identical, rows, speedup: rows[1]!.decodeTokensPerSecond / rows[0]!.decodeTokensPerSecond };
 console.log(formatTable(['side', 'decode tok/s (median)', 'each repeat'], rows.map((r) => [r.side, r.decodeTokensPerSecond, r.repeats.map((x) => x.toFixed(0)).join(' ')])));
 console.log(`multi-step / one call per token: ${result.speedup.toFixed(2)}x; identical tokens on ${identical}/${ids.length} prompts`);
-if (values.out) writeFileSync(values.out, `${JSON.stringify(result, null, 2)}\n`);
+if (out) writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
 await Promise.all(sides.map((s) => s.session.close()));

@@ -10,34 +10,19 @@
  *          [--repeats 3] [--threads 1] [--prompts-dir DIR] [--out FILE.json]
  */
 import { writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { heldOutPrompts } from '../../src/bench/peer-inputs.ts';
 import { formatTable, median } from '../../src/bench/report.ts';
 import { generateAutoregressive } from '../../src/engine/generate.ts';
 import { GREEDY } from '../../src/kernels/sampling.ts';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
+import { pairedArgs } from './paired-args.ts';
 
-const { values, positionals } = parseArgs({
-  allowPositionals: true,
-  options: {
-    prompts: { type: 'string', default: '8' },
-    'max-tokens': { type: 'string', default: '128' },
-    repeats: { type: 'string', default: '3' },
-    threads: { type: 'string', default: '1' },
-    'prompts-dir': { type: 'string' },
-    out: { type: 'string' },
-  },
-});
-const [prompts, maxTokens, repeats, threads] = [values.prompts, values['max-tokens'], values.repeats, values.threads].map(Number) as [number, number, number, number];
-if (positionals.length !== 2 || ![prompts, maxTokens, repeats, threads].every((n) => Number.isInteger(n) && n > 0)) {
-  process.stderr.write('usage: paired-models.ts DIR_A DIR_B [--prompts N] [--max-tokens N] [--repeats N] [--threads N] [--prompts-dir DIR] [--out FILE.json]\n');
-  process.exit(2);
-}
+const { positionals, prompts, maxTokens, repeats, threads, promptsDir, out } = pairedArgs(2, 'paired-models.ts DIR_A DIR_B');
 
 const sides = await Promise.all(positionals.map(async (dir) => ({ dir, session: await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false }) })));
 const tokenizer = TextTokenizer.forModel(sides[0]!.session.spec);
-const ids = heldOutPrompts(prompts, values['prompts-dir']).map((p) => tokenizer.encodePrompt(p.text));
+const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
 const run = (s: OrtModelSession, promptIds: number[]) => generateAutoregressive(s, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
 
 for (const s of sides) await run(s.session, ids[0]!);
@@ -66,5 +51,5 @@ const rows = sides.map((s, i) => ({ model: s.dir, tokensPerSecond: median(e2e[i]
 const result = { threads, prompts: ids.length, maxTokens, repeats, identical, rows, speedup: rows[1]!.tokensPerSecond / rows[0]!.tokensPerSecond, decodeSpeedup: rows[1]!.decodeTokensPerSecond / rows[0]!.decodeTokensPerSecond };
 console.log(formatTable(['model', 'tok/s end to end (median)', 'decode tok/s (median)', 'each repeat, end to end'], rows.map((r) => [r.model, r.tokensPerSecond, r.decodeTokensPerSecond, r.repeats.map((x) => x.toFixed(0)).join(' ')])));
 console.log(`B / A: ${result.speedup.toFixed(2)}x end to end, ${result.decodeSpeedup.toFixed(2)}x decode; identical tokens on ${identical}/${ids.length} prompts`);
-if (values.out) writeFileSync(values.out, `${JSON.stringify(result, null, 2)}\n`);
+if (out) writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
 await Promise.all(sides.map((s) => s.session.close()));
