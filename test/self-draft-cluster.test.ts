@@ -1,11 +1,12 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import OpenAI from 'openai';
 import { startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
 import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
-import { findPython } from '../src/cli/quantize.ts';
+import { findPython, selfDraftCopy } from '../src/cli/quantize.ts';
+import { resolveModels } from '../src/models/model-choice.ts';
 import { GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { fails } from './helpers/cli.ts';
@@ -16,7 +17,7 @@ import { targetOnlyText } from './helpers/oracle.ts';
 /**
  * `--self-draft` in a cluster (issue 26): a draft actor started with `--self-draft int4` hosts the
  * target's own 4-bit copy, made once into the cache, and a coordinator and a gateway started with
- * the same flag name it first among the drafters. draft-l2's folder is the target here (an export,
+ * the same flag name it first among the drafters without making it. draft-l2's folder is the target here (an export,
  * served as `draft-l2`, so its copy is `draft-l2-int4`), draft-l1 drafts below the copy, MaG in the
  * coordinator. Real nats-server, redis-server and role processes, driven with the official openai
  * client. The oracle is target-only decoding of draft-l2 in this process: greedy, and seeded sampling
@@ -49,16 +50,15 @@ test.before(async () => {
   if (!python) return;
   [nats, redis] = await Promise.all([startNats(), startRedis()]);
   const flags = ['--models', MODELS_DIR, '--nats', nats.url];
-  const selfDraft = ['--self-draft', 'int4', '--self-draft-cache', CACHE];
   const spawned = (args: string[]) => spawnRole(args).then((r) => (roles.push(r), r));
-  // the draft actor makes the copy; the coordinator and the gateway then find it in the cache
-  await spawned(['actor', 'draft', '--model', TARGET, ...selfDraft, ...flags, '--instance', 'copy-0', '--idle-ms', '20000']);
+  // the draft actor makes the copy; the coordinator and the gateway only name it, so they start beside it
   await Promise.all([
+    spawned(['actor', 'draft', '--model', TARGET, '--self-draft', 'int4', '--self-draft-cache', CACHE, ...flags, '--instance', 'copy-0', '--idle-ms', '20000']),
     spawned(['actor', 'verify', '--model', TARGET, ...flags, '--instance', 'verify-0', '--idle-ms', '20000']),
     spawned(['actor', 'draft', '--model', 'draft-l1', ...flags, '--instance', 'l1-0', '--idle-ms', '20000']),
-    spawned(['coordinator', '--model', TARGET, '--draft-model', 'draft-l1', ...selfDraft, ...flags, '--redis', redis.url]),
+    spawned(['coordinator', '--model', TARGET, '--draft-model', 'draft-l1', '--self-draft', 'int4', ...flags, '--redis', redis.url]),
   ]);
-  gateway = await startGatewayRole({ models: MODELS_DIR, model: TARGET, draftModel: ['draft-l1'], selfDraft: 'int4', selfDraftCache: CACHE, nats: nats.url, redis: [redis.url], port: 0, apiKeys: [API_KEY] });
+  gateway = await startGatewayRole({ models: MODELS_DIR, model: TARGET, draftModel: ['draft-l1'], selfDraft: 'int4', nats: nats.url, redis: [redis.url], port: 0, apiKeys: [API_KEY] });
   client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
   tokenizer = TextTokenizer.load(join(MODELS_DIR, 'tokenizer.json'));
 });
@@ -91,6 +91,15 @@ maybe('self-draft cluster - a draft actor hosts the target\'s own int4 copy, nam
   t.is((stacked as OpenAI.Completions.Completion).choices[0]!.text, greedyOracle);
   const sampled = await client.completions.create({ model: 'draft-l2', prompt: PROMPT, max_tokens: 24, temperature: 1, top_k: 50, seed: 31, cascade: { mode: 'csd' } } as never);
   t.is((sampled as OpenAI.Completions.Completion).choices[0]!.text, await targetOnly(24, { temperature: 1, topK: 50, topP: 1 }, 31));
+});
+
+maybe('self-draft cluster - two makers of the same copy at once (roles of a cluster starting together) both get it, and no temporary folder is left', async (t) => {
+  const cache = join(scratch, 'race');
+  const family = resolveModels({ models: MODELS_DIR, model: TARGET });
+  const [a, b] = await Promise.all([selfDraftCopy(family, 'int8', cache), selfDraftCopy(family, 'int8', cache)]);
+  t.is(a.dir, b.dir);
+  t.true(existsSync(join(a.dir, 'model.onnx')));
+  t.deepEqual(readdirSync(join(a.dir, '..')), ['draft-l2-int8']);
 });
 
 test('self-draft cluster - a verify actor refuses --self-draft, naming where it goes', async (t) => {

@@ -197,8 +197,8 @@ async function clusterUp(o: UpOptions): Promise<void> {
   const dir = resolve(o.stateDir);
   if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
   const chosen = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
-  // --self-draft: the copy is made (or found) once, before anything starts; the coordinators and the
-  // gateway find it in the cache under the same flags, and it gets draft actors of its own below
+  // --self-draft: the copy is made (or found) once, before anything starts, and gets draft actors of
+  // its own below; the coordinators and the gateway only name it (the same flag, nothing made there)
   const selfDraftCache = resolve(o.selfDraftCache);
   const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, selfDraftCache, (m) => process.stderr.write(`${m}\n`)) : chosen;
   const madeDir = !existsSync(dir);
@@ -240,7 +240,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
     const target = [...(o.model !== undefined ? ['--model', o.model] : []), ...(o.modelFile !== undefined ? ['--model-file', o.modelFile] : [])];
     const common = ['--models', o.models, ...tokenizer];
     // coordinators and the gateway name the same models the actors host
-    const named = [...common, ...target, ...(o.draftModel ?? []).flatMap((d) => ['--draft-model', d]), ...(o.selfDraft ? ['--self-draft', o.selfDraft, '--self-draft-cache', selfDraftCache] : [])];
+    const named = [...common, ...target, ...(o.draftModel ?? []).flatMap((d) => ['--draft-model', d]), ...(o.selfDraft ? ['--self-draft', o.selfDraft] : [])];
     // --colocate: each coordinator hosts its own verifier (cascade coordinator --verifier) instead of a verify actor process
     const verifierFlags = [
       ...(o.executionProviders !== undefined ? ['--execution-providers', o.executionProviders.join(',')] : []),
@@ -353,8 +353,7 @@ export function registerCluster(program: Command): void {
     .option('--draft-model <dir|name>', DRAFT_MODEL_HELP, collect)
     .option('--model-file <name>', MODEL_FILE_HELP)
     .option('--tokenizer <file>', TOKENIZER_HELP)
-    .option('--self-draft <width>', `${SELF_DRAFT_HELP}; a draft actor hosts it (cascade actor draft --self-draft), and this coordinator names it first`, parseSelfDraft)
-    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
+    .option('--self-draft <width>', `name the target's own ${SELF_DRAFTS.join(' or ')} copy, <target>-<width>, first among the drafters; a draft actor started with the same flag hosts it (cascade actor draft --self-draft). Nothing is made or loaded here`, parseSelfDraft)
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
     .option('--redis <urls>', `${REDIS_HELP}; holds the queue and the request logs (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)`, parseUrls)
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
@@ -397,8 +396,8 @@ export function registerCluster(program: Command): void {
     .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--kv-location <where>', `with --embedded: where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `with --embedded: whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed) (default auto)`, parseBatchInvariant)
-    .option('--self-draft <width>', `${SELF_DRAFT_HELP}; in a cluster a draft actor hosts it (cascade actor draft --self-draft) and the gateway names it among the drafters`, parseSelfDraft)
-    .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
+    .option('--self-draft <width>', `with --embedded: ${SELF_DRAFT_HELP}; in a cluster the gateway only names it first among the drafters (<target>-<width>), and a draft actor started with the same flag hosts it (cascade actor draft --self-draft)`, parseSelfDraft)
+    .option('--self-draft-cache <dir>', `with --embedded: ${SELF_DRAFT_CACHE_HELP}`, SELF_DRAFT_CACHE)
     .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache: string }) => {
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');

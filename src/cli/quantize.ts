@@ -1,12 +1,12 @@
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
 import { ROOT } from '../checkout.ts';
 import type { Command } from 'commander';
 import { CascadeError, InvalidArgumentError, ModelLoadError } from '../errors.ts';
 import { memberSource, type Family } from '../models/family.ts';
-import { findGraph, locationOf } from '../models/model-dir.ts';
+import { findGraph, locationOf, type ModelLocation } from '../models/model-dir.ts';
 import { parseNumber } from './options.ts';
 import { KV_DTYPES } from '../models/session.ts';
 
@@ -155,23 +155,38 @@ export interface CopyOptions {
 }
 
 /**
+ * The revision of each tool's output: bumped when a tool writes a different graph for the same input
+ * (fuse.py 2: the num_logits_to_keep input), so that a cached copy of an older revision is not reused.
+ * A number, not a hash of the tool's source: a cache hit must not need tools/train (a container image
+ * ships without it and mounts a cache made elsewhere).
+ */
+const TOOL_REVISION: Record<TrainTool, number> = { 'quantize.py': 1, 'fuse.py': 2 };
+
+/**
  * A copy of a model folder made once by tools/train/<tool> under `cacheDir` as
- * CACHE/<kind>-<key>/<name>, reused while the source graph (folderKey) and the tool's source are unchanged. It is written to
- * a temporary folder and renamed, so an interrupted run leaves nothing that looks finished. Throws
- * QuantizeToolError when no Python with onnx and numpy is found or the tool fails.
+ * CACHE/<kind>-<key>/<name>, reused while the source graph (folderKey) and the tool's revision
+ * (TOOL_REVISION) are unchanged. It is written to a temporary folder and renamed, so an interrupted
+ * run leaves nothing that looks finished; when another process finished the same copy first (roles
+ * of a cluster starting together), its copy is kept and this one dropped. Throws QuantizeToolError
+ * when no Python with onnx and numpy is found or the tool fails.
  */
 async function cachedCopy(tool: TrainTool, kind: string, model: string, args: readonly string[], o: CopyOptions): Promise<string> {
-  // the tool's own source is in the key too: a changed rewrite (a new input, a fixed op) makes a new copy
-  const key = createHash('sha256').update(folderKey(model)).update(readFileSync(toolPath(tool))).digest('hex').slice(0, 10);
-  const out = join(resolve(o.cacheDir), `${kind}-${key}`, o.name);
+  const revision = TOOL_REVISION[tool];
+  const out = join(resolve(o.cacheDir), `${kind}-${folderKey(model)}${revision > 1 ? `-r${revision}` : ''}`, o.name);
   if (existsSync(join(out, 'config.json'))) return out;
   const python = findPython(o.python);
   o.log?.(`${tool === 'fuse.py' ? `fusing ${model}` : `quantizing ${model} to ${kind}`} (tools/train/${tool}) into ${out}`);
   mkdirSync(join(out, '..'), { recursive: true });
-  const tmp = `${out}.${process.pid}.tmp`;
+  const tmp = `${out}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
   await runTool(python, tool, ['--model', resolve(model), '--out', tmp, ...args], tmp, 'ignore');
-  renameSync(tmp, out);
+  try {
+    renameSync(tmp, out);
+  } catch (err) {
+    // another process renamed its copy into place first: the same tool over the same graph, so the same bytes
+    rmSync(tmp, { recursive: true, force: true });
+    if (!existsSync(join(out, 'config.json'))) throw err;
+  }
   return out;
 }
 
@@ -224,19 +239,44 @@ const selfDraftName = (family: Family, width: SelfDraft): string => `${family.ta
  * folder's graph as a whole), QuantizeToolError when no Python with onnx and numpy is found.
  */
 export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<{ name: string; dir: string }> {
-  const source = locationOf(memberSource(family, family.target));
-  if (source.modelFile !== undefined) throw new InvalidArgumentError(`--self-draft quantizes the target's folder as a whole: a target picked by --model-file (${source.modelFile}) is not supported; quantize it with cascade quantize --model-file and pass it as --draft-model`);
-  const name = selfDraftName(family, width);
+  const { name, source } = selfDraftSlot(family, width);
   const dir = await quantizedCopy(source.dir, width === 'int4' ? 4 : 8, { cacheDir, name, quantizeHead: true, log });
   return { name, dir };
 }
 
-/** `family` with the target's own copy (selfDraftCopy) as its first drafter, above the others. */
+/** The copy's name and the target's folder it is made from; refuses a target picked by --model-file. */
+function selfDraftSlot(family: Family, width: SelfDraft): { name: string; source: ModelLocation } {
+  const source = locationOf(memberSource(family, family.target));
+  if (source.modelFile !== undefined) throw new InvalidArgumentError(`--self-draft quantizes the target's folder as a whole: a target picked by --model-file (${source.modelFile}) is not supported; quantize it with cascade quantize --model-file --quantize-head and pass the folder as --draft-model (in a cluster, to cascade actor draft --model)`);
+  return { name: selfDraftName(family, width), source };
+}
+
+/** Refuses a copy's name that the models already hold. */
+function checkFree(family: Family, name: string): void {
+  if (family.drafters.includes(name) || family.eagle === name) throw new InvalidArgumentError(`--self-draft adds a drafter named ${name}, and the models already hold one`);
+}
+
+/** `family` with `name` at `location` first among its drafters. */
+const firstDrafter = (family: Family, name: string, location: ModelLocation): Family => ({ ...family, drafters: [name, ...family.drafters], locations: new Map([...(family.locations ?? []), [name, location]]) });
+
+/** `family` with the target's own copy (selfDraftCopy, made when the cache lacks it) as its first drafter, above the others. */
 export async function withSelfDraft(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<Family> {
-  const taken = selfDraftName(family, width);
-  if (family.drafters.includes(taken) || family.eagle === taken) throw new InvalidArgumentError(`--self-draft adds a drafter named ${taken}, and the models already hold one`);
+  checkFree(family, selfDraftName(family, width));
   const { name, dir } = await selfDraftCopy(family, width, cacheDir, log);
-  return { ...family, drafters: [name, ...family.drafters], locations: new Map([...(family.locations ?? []), [name, { dir, name }]]) };
+  return firstDrafter(family, name, { dir, name });
+}
+
+/**
+ * `family` with the target's own copy named first among its drafters, without making it: for the
+ * roles that only name drafters (a cluster's coordinators and gateway; a draft actor hosts the copy,
+ * `actor draft --self-draft`). They read the copy's config (vocabulary, context length), which is the
+ * target's by construction, so its location is the target's folder under the copy's name; no weights
+ * are read, and no Python or cache is needed.
+ */
+export function namingSelfDraft(family: Family, width: SelfDraft): Family {
+  const { name, source } = selfDraftSlot(family, width);
+  checkFree(family, name);
+  return firstDrafter(family, name, { ...source, name });
 }
 
 export function registerQuantize(program: Command): void {

@@ -16,7 +16,7 @@ import type { BatchInvariance, SessionOptions } from '../models/session.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { describeTrial, draftProvidersBeside, isAuto, placeByCost } from '../models/placement.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
-import { SELF_DRAFT_CACHE, selfDraftCopy, withSelfDraft, type SelfDraft } from '../cli/quantize.ts';
+import { namingSelfDraft, SELF_DRAFT_CACHE, selfDraftCopy, withSelfDraft, type SelfDraft } from '../cli/quantize.ts';
 import { Coordinator, openQueue, startCoordinatorWorker } from './coordinator.ts';
 import { buildGateway } from './gateway/index.ts';
 import { embeddedBackend } from './gateway/embedded.ts';
@@ -201,7 +201,11 @@ export interface ModelFlags {
   readonly draftModel?: readonly string[];
   readonly modelFile?: string;
   readonly tokenizer?: string;
-  /** The target's own quantized copy as the first drafter (`--self-draft`, made once into selfDraftCache, default SELF_DRAFT_CACHE). */
+  /**
+   * The target's own quantized copy as the first drafter (`--self-draft`): made once into
+   * selfDraftCache (default SELF_DRAFT_CACHE) by a role that loads the models (the embedded gateway),
+   * only named by the others (a draft actor started with the same flag hosts it).
+   */
   readonly selfDraft?: SelfDraft;
   readonly selfDraftCache?: string;
 }
@@ -209,10 +213,15 @@ export interface ModelFlags {
 /** Progress of a --self-draft copy being made (cascade quantize's lines), on stderr: stdout carries `ready: …`. */
 const quantizeLog = (m: string) => process.stderr.write(`${m}\n`);
 
-/** The family `o` names, with the target's own copy first among the drafters under --self-draft (made when not cached yet). */
-async function chosenModels(o: ModelFlags): Promise<Family> {
+/**
+ * The family `o` names, with the target's own copy first among the drafters under --self-draft:
+ * made (when not cached yet) where the models load (`load`, the embedded gateway), only named where
+ * they run on actors (namingSelfDraft: a coordinator, a cluster's gateway).
+ */
+async function chosenModels(o: ModelFlags, load = false): Promise<Family> {
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
-  return o.selfDraft ? withSelfDraft(family, o.selfDraft, o.selfDraftCache ?? SELF_DRAFT_CACHE, quantizeLog) : family;
+  if (!o.selfDraft) return family;
+  return load ? withSelfDraft(family, o.selfDraft, o.selfDraftCache ?? SELF_DRAFT_CACHE, quantizeLog) : namingSelfDraft(family, o.selfDraft);
 }
 
 export interface CoordinatorRoleOptions extends ModelFlags {
@@ -334,7 +343,7 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
  * an actor.
  */
 export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ app: FastifyInstance; describe: string; close(): Promise<void> }> {
-  const family = await chosenModels(o);
+  const family = await chosenModels(o, true);
   setupTracing('cascade-gateway');
   const target = family.target;
   const targetEps = o.executionProviders ?? ['cpu'];

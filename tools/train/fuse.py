@@ -400,6 +400,7 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     # weights, and a prompt's logits of all rows were also copied out whole.
     (keep,) = g.node("Unsqueeze", "/lm_head/keep/Unsqueeze", ["num_logits_to_keep", "/model/constants/INT64/[0]"])
     (start,) = g.node("Sub", "/lm_head/keep/Sub", ["/model/constants/INT64/[0]", keep])
+    # (a feature output, EAGLE's hidden_states, would be taken before this Slice: it wants every row)
     (h,) = g.node("Slice", "/lm_head/keep/Slice", [h, start, "/model/constants/INT64/[max]", one])
     # a tied head: Gemm over [batch * sequence, hidden] against the embedding itself (stored once);
     # an untied one (a user's lm_head) its own [hidden, vocab] weight
