@@ -397,8 +397,8 @@ export function registerCluster(program: Command): void {
     .option('--kv-location <where>', `with --embedded: where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `with --embedded: whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed) (default auto)`, parseBatchInvariant)
     .option('--self-draft <width>', `with --embedded: ${SELF_DRAFT_HELP}; in a cluster the gateway only names it first among the drafters (<target>-<width>), and a draft actor started with the same flag hosts it (cascade actor draft --self-draft)`, parseSelfDraft)
-    .option('--self-draft-cache <dir>', `with --embedded: ${SELF_DRAFT_CACHE_HELP}`, SELF_DRAFT_CACHE)
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache: string }) => {
+    .option('--self-draft-cache <dir>', `with --embedded: ${SELF_DRAFT_CACHE_HELP} (default: ${SELF_DRAFT_CACHE})`)
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache?: string }) => {
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');
         await runUntilSignalled(() => startEmbeddedGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
@@ -406,6 +406,9 @@ export function registerCluster(program: Command): void {
       }
       if (o.threads !== undefined || o.executionProviders !== undefined || o.draftExecutionProviders !== undefined || o.kvLocation !== undefined || o.batchInvariant !== undefined) {
         throw new InvalidArgumentError('--threads, --execution-providers, --kv-location and --batch-invariant are for --embedded: a cluster\'s models run on its actors (cascade actor --threads, --execution-providers, --kv-location, --batch-invariant)');
+      }
+      if (o.selfDraftCache !== undefined) {
+        throw new InvalidArgumentError('--self-draft-cache is for --embedded: a cluster\'s gateway only names the --self-draft copy, which a draft actor makes (cascade actor draft --self-draft --self-draft-cache DIR)');
       }
       await runUntilSignalled(() => startGatewayRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), apiKeys: apiKeys(o.apiKey) }));
     });
