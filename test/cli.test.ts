@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, openSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -12,7 +12,7 @@ import { GREEDY } from '../src/kernels/sampling.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { CLI, cascade, fails } from './helpers/cli.ts';
-import { dirOf, family } from './helpers/family.ts';
+import { dirOf, family, MODELS_DIR } from './helpers/family.ts';
 
 // `cascade generate` and its flags as a user runs them: child processes over the bundled models.
 
@@ -92,6 +92,15 @@ test('cli - logits processors (penalties, logit_bias) give the same greedy token
   t.false(ar.tokenIds.includes(13), 'the banned token never appears');
   t.regex((await fails(['generate', '--presence-penalty', '3', 'x'])).stderr, /presence penalty must be in \[-2, 2\], got 3/);
   t.regex((await fails(['generate', '--logit-bias', '[1]', 'x'])).stderr, /--logit-bias takes a JSON object/);
+});
+
+test('cli - --mode ar stays target-only decoding: --self-draft and --eagle-model, which would add a drafter to it, are refused before anything is made', async (t) => {
+  const a = await fails(['generate', '--mode', 'ar', '--self-draft', 'int4', '--self-draft-cache', join(tmpdir(), 'cascade-never-made'), 'x']);
+  t.is(a.code, 2);
+  t.regex(a.stderr, /--mode ar is target-only decoding: --self-draft would add a drafter to it; use --mode sd or csd/);
+  t.false(existsSync(join(tmpdir(), 'cascade-never-made')), 'no copy was made');
+  const b = await fails(['generate', '--mode', 'ar', '--eagle-model', join(MODELS_DIR, 'eagle'), 'x']);
+  t.regex(b.stderr, /--mode ar is target-only decoding: --eagle-model would add a drafter to it/);
 });
 
 test('cli - --stop ends the text before the first stop string, as target-only decoding\'s text cut there, under ar and csd, streamed and --json', async (t) => {

@@ -242,6 +242,17 @@ maybe('cascade fuse - fuses a user\'s export into a new folder and prints it; re
   t.regex(stdout, /fused .*llama-gqa -> .*via-cli: 44 nodes/);
   t.is(stdout.trim().split('\n').at(-1), out);
   t.true(graphOpTypes(join(out, 'model.onnx')).has('GroupQueryAttention'));
+  // --no-logits-to-keep: the graph without the num_logits_to_keep input (for runtimes that do not feed it), the same logits
+  const allRows = join(tmp, 'via-cli-all-rows');
+  t.regex((await cascade('fuse', '--model', join(HF, 'llama-gqa'), '--out', allRows, '--no-logits-to-keep')).stdout, /via-cli-all-rows: 41 nodes/);
+  const tokenizer = join(MODELS_DIR, 'tokenizer.json'); // the fixture carries none; the ids below are all the test feeds
+  const [kept, every] = await Promise.all([OrtModelSession.open({ dir: out, tokenizer }), OrtModelSession.open({ dir: allRows, tokenizer })]);
+  try {
+    const ids = [1, 5, 9, 14, 3, 27];
+    t.true(maxAbsDiff(await kept.forward({ seqId: 's', inputIds: ids }, 'last'), await every.forward({ seqId: 's', inputIds: ids }, 'last')) < 1e-5);
+  } finally {
+    await Promise.all([kept.close(), every.close()]);
+  }
   const missing = await fails(['fuse', '--model', '--out', join(tmp, 'never')]);
   t.is(missing.code, 2);
   t.regex(missing.stderr, /--model needs a folder, got "--out"/);

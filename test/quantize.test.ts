@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -329,3 +329,16 @@ function argmax(row: Float32Array): number {
   for (let v = 1; v < row.length; v++) if (row[v]! > row[best]!) best = v;
   return best;
 }
+
+maybe('generate --self-draft takes a target named by --model-file when that is the folder\'s default graph, and refuses another of several graphs, naming the way round', async (t) => {
+  const folder = join(tmp, 'two-graphs');
+  cpSync(dirOf('draft-l2'), folder, { recursive: true });
+  cpSync(join(folder, 'model.onnx'), join(folder, 'other.onnx'));
+  const cache = join(tmp, 'self-draft-model-file');
+  const args = ['generate', '--json', '--max-tokens', '8', '--model', folder, '--tokenizer', join(MODELS_DIR, 'tokenizer.json'), 'def add(a, b):'];
+  const [ar, copied] = await Promise.all([cascade(...args, '--mode', 'ar'), cascade(...args, '--model-file', 'model.onnx', '--self-draft', 'int4', '--self-draft-cache', cache)]);
+  t.deepEqual(JSON.parse(copied.stdout).tokenIds, JSON.parse(ar.stdout).tokenIds);
+  const refused = await fails([...args, '--model-file', 'other.onnx', '--self-draft', 'int4', '--self-draft-cache', cache]);
+  t.is(refused.code, 2);
+  t.regex(refused.stderr, /a target picked by --model-file \(other\.onnx\) among several graphs is not supported[^]*Put that graph in a folder of its own/);
+});

@@ -205,7 +205,12 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   if (o.eagleModel && family.eagle && o.drafters?.includes(family.eagle)) {
     throw new InvalidArgumentError(`--eagle-model puts its feature drafter first itself: name only the drafters below it (e.g. --drafters mag), or drop --eagle-model to draft with the family's (--drafters ${family.eagle},mag)`);
   }
-  let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience, levelsAbove: (o.selfDraft ? 1 : 0) + (o.eagleModel ? 1 : 0) }, family.drafters, family.eagle ? [family.eagle] : []);
+  // --mode ar is target-only decoding, the reference every cascade is compared with: a level added above it would make it a cascade under ar's name
+  const added = [...(o.selfDraft ? ['--self-draft'] : []), ...(o.eagleModel ? ['--eagle-model'] : [])];
+  if (o.mode === 'ar' && added.length) {
+    throw new InvalidArgumentError(`--mode ar is target-only decoding: ${added.join(' and ')} would add a drafter to it; use --mode sd or csd (the added level drafts above the mode's drafters), or leave ${added.length === 1 ? 'it' : 'them'} out`);
+  }
+  let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience, levelsAbove: added.length }, family.drafters, family.eagle ? [family.eagle] : []);
   const placed = placementOf(o, family);
   const sessions = new FamilySessions(
     family,

@@ -126,7 +126,7 @@ async function fuseFolder(o: FuseOptions): Promise<void> {
   const { model, out, graph } = rewriteFolders(o, 'fused');
   const python = findPython(o.python, 'cascade fuse');
   process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
-  await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : [])], out, 'inherit');
+  await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : []), ...(o.logitsToKeep === false ? ['--no-logits-to-keep'] : [])], out, 'inherit');
   process.stdout.write(`${out}\n`);
 }
 
@@ -137,6 +137,8 @@ interface FuseOptions {
   readonly maxPositions?: number;
   /** The fused graph's KV element type (fuse.py --kv-dtype); default the weights'. */
   readonly kvDtype?: string;
+  /** false: no num_logits_to_keep input (fuse.py --no-logits-to-keep), for runtimes that do not feed it. */
+  readonly logitsToKeep?: boolean;
   readonly python?: string;
 }
 
@@ -247,8 +249,21 @@ export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: 
 /** The copy's name and the target's folder it is made from; refuses a target picked by --model-file. */
 function selfDraftSlot(family: Family, width: SelfDraft): { name: string; source: ModelLocation } {
   const source = locationOf(memberSource(family, family.target));
-  if (source.modelFile !== undefined) throw new InvalidArgumentError(`--self-draft quantizes the target's folder as a whole: a target picked by --model-file (${source.modelFile}) is not supported; quantize it with cascade quantize --model-file --quantize-head and pass the folder as --draft-model (in a cluster, to cascade actor draft --model)`);
-  return { name: selfDraftName(family, width), source };
+  if (source.modelFile !== undefined && !isDefaultGraph(source.dir, source.modelFile)) {
+    throw new InvalidArgumentError(
+      `--self-draft copies the target's folder with its default graph quantized: a target picked by --model-file (${source.modelFile}) among several graphs is not supported (the copy would keep the others, and a drafter takes no --model-file of its own). Put that graph in a folder of its own, with config.json and tokenizer.json, and pass the folder as --model`,
+    );
+  }
+  return { name: selfDraftName(family, width), source: { ...source, modelFile: undefined } };
+}
+
+/** Whether `modelFile` is the graph a folder opens with when none is named (findGraph; quantize.py picks the same). */
+function isDefaultGraph(dir: string, modelFile: string): boolean {
+  try {
+    return resolve(findGraph(dir, modelFile)) === resolve(findGraph(dir));
+  } catch {
+    return false;
+  }
 }
 
 /** Refuses a copy's name that the models already hold. */
@@ -302,6 +317,7 @@ export function registerQuantize(program: Command): void {
     .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
     .option('--max-positions <n>', "positions the fused graph takes (rows of its RoPE tables; default config.json's max_position_embeddings)", parseNumber('--max-positions', { min: 1, integer: true }))
     .option('--kv-dtype <type>', "the KV cache's element type: float32 or float16 (default: the weights'). float16 over float32 weights halves the cache's bytes read and copied per pass, as llama.cpp's default f16 cache; lossy against float32 KV (docs/quantization.md)")
+    .option('--no-logits-to-keep', "leave out the graph's num_logits_to_keep input (its head then scores every row of a pass, as the genai builder's does): for a runtime that does not feed it, e.g. onnxruntime-genai; this project's runner feeds it, so a prompt's pass scores one row")
     .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
     .action((o: FuseOptions) => fuseFolder(o));
 }

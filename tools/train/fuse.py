@@ -21,7 +21,8 @@ attention_mask, position_ids, past_key_values.N.key|value [batch, kv_heads, past
 present.N.key|value [batch, kv_heads, past + sequence, head_dim]), so the runner feeds it unchanged.
 One input is added last: num_logits_to_keep (int64 scalar, transformers' logits_to_keep), the head
 scoring only the last N rows (logits [batch, N, vocab]; 0 = every row). The runner feeds it the rows
-a pass needs: a prompt's pass no longer scores and copies out a row per prompt token.
+a pass needs: a prompt's pass no longer scores and copies out a row per prompt token. It is required
+by the graph, so a runtime that does not feed it (onnxruntime-genai) needs --no-logits-to-keep.
 There is no attention_sum output: the H2O policy, which reads it, needs the unfused graph.
 
 What GroupQueryAttention assumes, and the runner guarantees or refuses (docs/gpu.md, "Graph forms"):
@@ -298,13 +299,15 @@ def biased(g: "Graph", w: dict[str, np.ndarray], layer: int, name: str, x: str, 
 
 
 def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np.ndarray, float], epsilon: float | None = None,
-         kv_dtype: str | None = None) -> onnx.ModelProto:
+         kv_dtype: str | None = None, logits_to_keep: bool = True) -> onnx.ModelProto:
     """The fused graph; `rope` is the inverse frequencies and the cos/sin scale (graph_rope, or
     default_inv_freq and 1); `epsilon` the RMSNorms' (graph_epsilon; default the config's); `kv_dtype`
     the KV cache's element type, "float32" or "float16" (default: the weights'). A float32 graph with
     float16 KV casts q, k and v to float16 after RoPE, runs GroupQueryAttention in float16 over a
     float16 past and present, and casts its output back: half the bytes of cache read and copied per
-    pass, as llama.cpp's default f16 cache. Lossy against float32 KV (docs/quantization.md measures it)."""
+    pass, as llama.cpp's default f16 cache. Lossy against float32 KV (docs/quantization.md measures it).
+    `logits_to_keep` adds the num_logits_to_keep input (the head scores the last N rows); without it
+    the head scores every row, as the genai builder's graph does."""
     layers, heads = cfg["num_hidden_layers"], cfg["num_attention_heads"]
     kv_heads = cfg.get("num_key_value_heads") or heads
     hidden, vocab = cfg["hidden_size"], cfg["vocab_size"]
@@ -398,10 +401,11 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     # num_logits_to_keep (transformers' logits_to_keep): the head scores only the last N rows, all of
     # them for 0. A prompt's pass needs one row and a verify pass every row; the head is a sixth of the
     # weights, and a prompt's logits of all rows were also copied out whole.
-    (keep,) = g.node("Unsqueeze", "/lm_head/keep/Unsqueeze", ["num_logits_to_keep", "/model/constants/INT64/[0]"])
-    (start,) = g.node("Sub", "/lm_head/keep/Sub", ["/model/constants/INT64/[0]", keep])
-    # (a feature output, EAGLE's hidden_states, would be taken before this Slice: it wants every row)
-    (h,) = g.node("Slice", "/lm_head/keep/Slice", [h, start, "/model/constants/INT64/[max]", one])
+    if logits_to_keep:
+        (keep,) = g.node("Unsqueeze", "/lm_head/keep/Unsqueeze", ["num_logits_to_keep", "/model/constants/INT64/[0]"])
+        (start,) = g.node("Sub", "/lm_head/keep/Sub", ["/model/constants/INT64/[0]", keep])
+        # (a feature output, EAGLE's hidden_states, would be taken before this Slice: it wants every row)
+        (h,) = g.node("Slice", "/lm_head/keep/Slice", [h, start, "/model/constants/INT64/[max]", one])
     # a tied head: Gemm over [batch * sequence, hidden] against the embedding itself (stored once);
     # an untied one (a user's lm_head) its own [hidden, vocab] weight
     (flat,) = g.node("Reshape", "/lm_head/Reshape", [h, "/model/constants/INT64/[-1, hidden]"])
@@ -419,11 +423,12 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
               helper.make_tensor_value_info("position_ids", i64, ["batch_size", "sequence_length"])]
-    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "logits_length", vocab])]
+    outputs = [helper.make_tensor_value_info("logits", f32, ["batch_size", "logits_length" if logits_to_keep else "sequence_length", vocab])]
     for i in range(layers):
         inputs += [kv(f"past_key_values.{i}.key", "past_sequence_length"), kv(f"past_key_values.{i}.value", "past_sequence_length")]
         outputs += [kv(f"present.{i}.key", "total_sequence_length"), kv(f"present.{i}.value", "total_sequence_length")]
-    inputs.append(helper.make_tensor_value_info("num_logits_to_keep", i64, []))
+    if logits_to_keep:
+        inputs.append(helper.make_tensor_value_info("num_logits_to_keep", i64, []))
     graph = helper.make_graph(g.nodes, "main_graph", inputs, outputs, g.inits)
     # IR 8 / opset 17: what onnx 1.12 (Debian bookworm) writes; ONNX Runtime resolves
     # SimplifiedLayerNormalization (its own op in the default domain, since version 1) under it.
@@ -444,6 +449,9 @@ def main() -> None:
     ap.add_argument("--kv-dtype", choices=["float32", "float16"], default=None,
                     help="the KV cache's element type (default: the weights'): float16 over float32 weights halves the "
                          "cache's bytes and runs the attention in float16, lossy against float32 KV")
+    ap.add_argument("--no-logits-to-keep", dest="logits_to_keep", action="store_false",
+                    help="leave out the num_logits_to_keep input (the head then scores every row of a pass): for a runtime "
+                         "that does not feed it, e.g. onnxruntime-genai; this project's runner feeds it when present")
     ap.add_argument("--graph-only", action="store_true", help="write model.onnx and config.json only (test fixtures; "
                     "the runner then needs --tokenizer)")
     args = ap.parse_args()
@@ -456,7 +464,7 @@ def main() -> None:
     positions = args.max_positions or cfg.get("max_position_embeddings", 2048)
     weights, rope, epsilon = unfused_weights(src / args.model_file, cfg)
     theta = check_architecture(cfg, src, positions, rope is not None)
-    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim_of(cfg), theta), 1.0), epsilon, args.kv_dtype)
+    model = fuse(cfg, weights, positions, rope or (default_inv_freq(head_dim_of(cfg), theta), 1.0), epsilon, args.kv_dtype, args.logits_to_keep)
     out.mkdir(parents=True, exist_ok=True)
     # a protobuf holds at most 2 GB: larger weights go to one external file beside the graph, as Optimum writes them
     big = sum(t.ByteSize() for t in model.graph.initializer) > 1_800_000_000
