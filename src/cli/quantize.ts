@@ -237,8 +237,9 @@ const selfDraftName = (family: Family, width: SelfDraft): string => `${family.ta
  * The folder of the target's own `width` copy for `--self-draft` (quantizedCopy of the target's folder
  * with the head quantized too: a drafter's drafts are reviewed, so its head may round, and at this
  * size the head is a third of the bytes read per token), named `<target>-<width>`, made once into
- * `cacheDir`. Throws InvalidArgumentError for a target chosen by --model-file (the copy quantizes a
- * folder's graph as a whole), QuantizeToolError when no Python with onnx and numpy is found.
+ * `cacheDir`. Throws InvalidArgumentError for a target chosen by --model-file among several graphs
+ * (the copy is of the folder, its default graph quantized), QuantizeToolError when no Python with
+ * onnx and numpy is found.
  */
 export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<{ name: string; dir: string }> {
   const { name, source } = selfDraftSlot(family, width);
@@ -246,7 +247,7 @@ export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: 
   return { name, dir };
 }
 
-/** The copy's name and the target's folder it is made from; refuses a target picked by --model-file. */
+/** The copy's name and the target's folder it is made from; refuses a target picked by --model-file other than the folder's default graph. */
 function selfDraftSlot(family: Family, width: SelfDraft): { name: string; source: ModelLocation } {
   const source = locationOf(memberSource(family, family.target));
   if (source.modelFile !== undefined && !isDefaultGraph(source.dir, source.modelFile)) {
