@@ -172,8 +172,8 @@ export class PeerArtifacts {
     private readonly log: (msg: string) => void,
   ) {}
 
-  /** `cascade quantize --bits N [--quantize-head] [--accuracy-level L]` of `model`, cached (quantizedCopy). */
-  quantized(model: string, bits: 8 | 4, o: { readonly quantizeHead?: boolean; readonly accuracyLevel?: number } = {}): Promise<string> {
+  /** `cascade quantize --bits N [--quantize-head] [--accuracy-level L] [--block-size B]` of `model`, cached (quantizedCopy). */
+  quantized(model: string, bits: 8 | 4, o: { readonly quantizeHead?: boolean; readonly accuracyLevel?: number; readonly blockSize?: number } = {}): Promise<string> {
     return quantizedCopy(model, bits, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log, ...o });
   }
 

@@ -51,6 +51,8 @@ export interface PeerBenchOptions {
   readonly forms: readonly PeerForm[];
   /** MatMulNBits accuracy_level of this project's quantized copies (4: int8 compute on the CPU; 0: float). */
   readonly accuracyLevel: number;
+  /** Weights per quantization block of this project's quantized copies (default 32, GGUF Q8_0's and Q4_0's block). */
+  readonly blockSize?: number;
   /**
    * Batch invariance of this project's timed targets (SessionOptions.batchInvariant; default auto):
    * off against on measures what running one-token passes as two rows costs. Drafters and the
@@ -192,7 +194,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
       for (const form of ours ? o.forms : []) {
         const base = await inForm(targetDir, form);
         // quantized copies quantize the LM head too: at this size it is a third of the weights read per token
-        ourDirs.set(`${w} ${form}`, ours === 'f32' ? base : await artifacts.quantized(base, ours === 'int8' ? 8 : 4, { quantizeHead: true, accuracyLevel: o.accuracyLevel }));
+        ourDirs.set(`${w} ${form}`, ours === 'f32' ? base : await artifacts.quantized(base, ours === 'int8' ? 8 : 4, { quantizeHead: true, accuracyLevel: o.accuracyLevel, blockSize: o.blockSize ?? 32 }));
       }
     }
     for (const form of o.forms) ourDrafters.set(form, await Promise.all(drafterDirs.map((d) => inForm(d, form))));
@@ -224,7 +226,8 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
             if (!dir) continue;
             const target = await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false, batchInvariant: o.batchInvariant ?? 'auto' });
             sessions.push(target);
-            const format = `ONNX ${w === 'f32' ? 'f32' : `${OURS_OF[w]}+head (cascade quantize${o.accuracyLevel === 4 ? '' : `, level ${o.accuracyLevel}`})`} ${form}`;
+            const quantizer = [...(o.accuracyLevel === 4 ? [] : [`level ${o.accuracyLevel}`]), ...((o.blockSize ?? 32) === 32 ? [] : [`blocks of ${o.blockSize}`])];
+            const format = `ONNX ${w === 'f32' ? 'f32' : `${OURS_OF[w]}+head (cascade quantize${quantizer.map((q) => `, ${q}`).join('')})`} ${form}`;
             const neural: DrafterSpec[] = csd.drafters.flatMap((d): DrafterSpec[] => (d === 'mag' ? [magSpec] : [{ kind: 'model', session: drafterSessions.get(form)![family.drafters.indexOf(d)]! }]));
             sides.push(oursSide(w, format, target, 'target only', [], []));
             if (family.drafters.length) sides.push(oursSide(w, format, target, `default cascade (${csd.drafters.join(', ')})`, neural, csd.kMatrix));

@@ -193,14 +193,15 @@ async function cachedCopy(tool: TrainTool, kind: string, model: string, args: re
 }
 
 /**
- * The `bits`-bit copy of a model folder (tools/train/quantize.py: blocks of 32, accuracy level 4
- * unless `accuracyLevel`, the head in float unless `quantizeHead`), cached (cachedCopy) as
- * int<bits>[h][-l<level>].
+ * The `bits`-bit copy of a model folder (tools/train/quantize.py: blocks of 32 unless `blockSize`,
+ * accuracy level 4 unless `accuracyLevel`, the head in float unless `quantizeHead`), cached
+ * (cachedCopy) as int<bits>[h][-l<level>][-b<block size>].
  */
-export function quantizedCopy(model: string, bits: 8 | 4, o: CopyOptions & { readonly quantizeHead?: boolean; readonly accuracyLevel?: number }): Promise<string> {
+export function quantizedCopy(model: string, bits: 8 | 4, o: CopyOptions & { readonly quantizeHead?: boolean; readonly accuracyLevel?: number; readonly blockSize?: number }): Promise<string> {
   const level = o.accuracyLevel ?? 4;
-  const kind = `int${bits}${o.quantizeHead ? 'h' : ''}${level === 4 ? '' : `-l${level}`}`;
-  return cachedCopy('quantize.py', kind, model, ['--bits', String(bits), '--accuracy-level', String(level), ...(o.quantizeHead ? ['--quantize-head'] : [])], o);
+  const block = o.blockSize ?? 32;
+  const kind = `int${bits}${o.quantizeHead ? 'h' : ''}${level === 4 ? '' : `-l${level}`}${block === 32 ? '' : `-b${block}`}`;
+  return cachedCopy('quantize.py', kind, model, ['--bits', String(bits), '--accuracy-level', String(level), '--block-size', String(block), ...(o.quantizeHead ? ['--quantize-head'] : [])], o);
 }
 
 /**

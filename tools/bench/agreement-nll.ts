@@ -91,3 +91,4 @@ const rows = [await measure(refDir)];
 for (const dir of copies) rows.push(await measure(dir));
 process.stdout.write(`| model | ${WORKLOADS.join(' | ')} | NLL (nats/token) | tokens |\n|---|${WORKLOADS.map(() => '---|').join('')}---|---|\n`);
 for (const r of rows) process.stdout.write(`| ${r.join(' | ')} |\n`);
+await ref.close();
