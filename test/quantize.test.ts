@@ -340,5 +340,15 @@ maybe('generate --self-draft takes a target named by --model-file when that is t
   t.deepEqual(JSON.parse(copied.stdout).tokenIds, JSON.parse(ar.stdout).tokenIds);
   const refused = await fails([...args, '--model-file', 'other.onnx', '--self-draft', 'int4', '--self-draft-cache', cache]);
   t.is(refused.code, 2);
-  t.regex(refused.stderr, /a target picked by --model-file \(other\.onnx\) among several graphs is not supported[^]*Put that graph in a folder of its own/);
+  t.regex(refused.stderr, /a target picked by --model-file \(other\.onnx\) among several graphs is not supported[^]*Put that graph \(and its external data file, if any\) in a folder of its own/);
+});
+
+test('quantize and bench peer take only the block sizes MatMulNBits runs (16 to 256), refused before anything is made', async (t) => {
+  const out = join(tmp, 'block-512');
+  const a = await fails(['quantize', '--model', dirOf('draft-l2'), '--out', out, '--bits', '8', '--block-size', '512']);
+  t.is(a.code, 2);
+  t.regex(a.stderr, /--block-size must be one of 16, 32, 64, 128, 256 \(what ONNX Runtime's MatMulNBits takes\), got 512/);
+  t.false(existsSync(out));
+  const b = await fails(['bench', 'peer', '--block-size', '48', '--out', join(tmp, 'peer-48')]);
+  t.regex(b.stderr, /--block-size must be one of 16, 32, 64, 128, 256/);
 });

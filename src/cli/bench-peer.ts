@@ -4,7 +4,7 @@ import { benchPeer, DEFAULT_PEER_FORMS, PEER_FORMS, PEER_WEIGHTS, type PeerForm,
 import { InvalidArgumentError } from '../errors.ts';
 import { BATCH_INVARIANT_HELP, parseBatchInvariant, parseNumber } from './options.ts';
 import type { BatchInvariance } from '../models/session.ts';
-import { findPython } from './quantize.ts';
+import { BLOCK_SIZES, blockSizeError, findPython } from './quantize.ts';
 
 interface PeerFlags {
   models: string;
@@ -62,7 +62,7 @@ export function registerBenchPeer(bench: Command): void {
     .option('--weights <list>', `weight widths, comma-separated: ${PEER_WEIGHTS.join(', ')} (this project has no f16 CPU path; 8 and 4 are cascade quantize int8/int4 and GGUF Q8_0/Q4_0)`, parseWeights, [...PEER_WEIGHTS])
     .option('--forms <list>', "this project's graph forms, comma-separated, each measured: unfused (the export as it is), fused (tools/train/fuse.py's GroupQueryAttention form, KV in a host buffer read in place) and fused-kv16 (the fused form with a float16 KV cache, cascade fuse --kv-dtype float16, as llama.cpp's default f16 cache; lossy against float32 KV); drafters run in the same form", parseForms, [...DEFAULT_PEER_FORMS])
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level of this project's quantized copies: 4 computes in int8 on the CPU, 0 in float (exact under speculation, see docs/quantization.md)", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
-    .option('--block-size <n>', "weights per quantization block of this project's quantized copies, a power of 2, at least 16 (GGUF Q8_0 and Q4_0 use 32; larger blocks read fewer scales per weight: report their NLL beside, docs/quantization.md)", parseNumber('--block-size', { min: 16, integer: true }), 32)
+    .option('--block-size <n>', `weights per quantization block of this project's quantized copies: ${BLOCK_SIZES.join(', ')} (GGUF Q8_0 and Q4_0 use 32; larger blocks read fewer scales per weight: report their NLL beside, docs/quantization.md)`, parseNumber('--block-size', { min: 16, integer: true }), 32)
     .option('--batch-invariant <mode>', `whether a token's logits from this project's targets stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; off against on measures what it costs plain decoding (drafters run off, and the f32 reference of the identity check at auto)`, parseBatchInvariant, 'auto')
     .option('--cache-dir <dir>', 'where the quantized folders, GGUF files and llama.cpp clone (for gguf-py) are made once', '.cache/bench-peer')
     .option('--python <path>', 'Python with onnx and numpy for cascade quantize and tools/gguf/export_gguf.py (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
@@ -70,7 +70,8 @@ export function registerBenchPeer(bench: Command): void {
     .option('--out <dir>', 'directory for peer.json and peer.md', 'results')
     .action(async (o: PeerFlags) => {
       if (o.accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${o.accuracyLevel}`);
-      if ((o.blockSize & (o.blockSize - 1)) !== 0) throw new InvalidArgumentError(`--block-size must be a power of 2, got ${o.blockSize}`);
+      const blockError = blockSizeError(o.blockSize);
+      if (blockError) throw new InvalidArgumentError(blockError);
       await benchPeer({
         models: { models: o.models, model: o.model, draftModels: o.draftModel },
         peerDraft: o.peerDraft,

@@ -98,11 +98,17 @@ function rewriteFolders(o: { model: string; out: string; modelFile?: string }, w
   return { model, out, graph: relative(model, findGraph(model, o.modelFile)) };
 }
 
+/** Block sizes ONNX Runtime's MatMulNBits takes ("Only block sizes 16, 32, 64, 128, and 256 are supported"). */
+export const BLOCK_SIZES = [16, 32, 64, 128, 256] as const;
+
+/** Why `--block-size` cannot be `n` (not one of BLOCK_SIZES), or undefined when it can. */
+export const blockSizeError = (n: number): string | undefined =>
+  (BLOCK_SIZES as readonly number[]).includes(n) ? undefined : `--block-size must be one of ${BLOCK_SIZES.join(', ')} (what ONNX Runtime's MatMulNBits takes), got ${n}`;
+
 async function quantize(o: QuantizeOptions): Promise<void> {
   if (o.bits !== 4 && o.bits !== 8) throw new InvalidArgumentError(`--bits must be 8 or 4, got ${o.bits}`);
-  if (o.blockSize < 16 || (o.blockSize & (o.blockSize - 1)) !== 0) {
-    throw new InvalidArgumentError(`--block-size must be a power of 2 of at least 16 (MatMulNBits), got ${o.blockSize}`);
-  }
+  const blockError = blockSizeError(o.blockSize);
+  if (blockError) throw new InvalidArgumentError(blockError);
   if (o.accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${o.accuracyLevel}`);
   const { model, out, graph } = rewriteFolders(o, 'quantized');
   const python = findPython(o.python);
@@ -253,7 +259,7 @@ function selfDraftSlot(family: Family, width: SelfDraft): { name: string; source
   const source = locationOf(memberSource(family, family.target));
   if (source.modelFile !== undefined && !isDefaultGraph(source.dir, source.modelFile)) {
     throw new InvalidArgumentError(
-      `--self-draft copies the target's folder with its default graph quantized: a target picked by --model-file (${source.modelFile}) among several graphs is not supported (the copy would keep the others, and a drafter takes no --model-file of its own). Put that graph in a folder of its own, with config.json and tokenizer.json, and pass the folder as --model`,
+      `--self-draft copies the target's folder with its default graph quantized: a target picked by --model-file (${source.modelFile}) among several graphs is not supported (the copy would keep the others, and a drafter takes no --model-file of its own). Put that graph (and its external data file, if any) in a folder of its own with config.json and tokenizer.json, and pass the folder as --model`,
     );
   }
   return { name: selfDraftName(family, width), source: { ...source, modelFile: undefined } };
@@ -303,7 +309,7 @@ export function registerQuantize(program: Command): void {
     .requiredOption('--model <dir>', 'the model folder to quantize (config.json and an ONNX decoder graph)', folder('--model'))
     .requiredOption('--out <dir>', 'a new folder for the quantized model (refused when it exists)', folder('--out'))
     .requiredOption('--bits <n>', 'weight bits: 8 or 4', parseNumber('--bits', { integer: true }))
-    .option('--block-size <n>', 'weights per quantization block along K: a power of 2, at least 16', parseNumber('--block-size', { min: 16, integer: true }), 32)
+    .option('--block-size <n>', `weights per quantization block along K: ${BLOCK_SIZES.join(', ')}`, parseNumber('--block-size', { min: 16, integer: true }), 32)
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 lets the CPU compute in int8, 0 keeps activations in float", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
     .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer)')
     .option('--quantize-head', 'quantize the LM head too (a tied head gets its own quantized copy of the table)')
