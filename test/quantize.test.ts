@@ -189,9 +189,17 @@ maybe('quantize --quantize-embedding - the embedding becomes a GatherBlockQuanti
   }
 });
 
-maybe('quantize - weights stored in float16 and cast up before their MatMuls (the EAGLE drafter\'s export) are quantized too; the 8-bit drafter\'s next feature stays near the float one\'s on its reference input', async (t) => {
+maybe('quantize - weights stored in float16 and cast up before their MatMuls (the EAGLE drafter\'s export) are quantized too, its reduced-vocabulary head (a Gather of the embedding\'s rows) under --quantize-head; the 8-bit drafter\'s next feature stays near the float one\'s on its reference input', async (t) => {
+  const plain = join(tmp, 'eagle-int8-no-head');
+  await cascade('quantize', '--model', join(MODELS_DIR, 'eagle'), '--out', plain, '--bits', '8');
+  const kept = JSON.parse(readFileSync(join(plain, 'config.json'), 'utf8')).quantization;
+  t.like(kept, { quantized_matmuls: 8 }, 'the layer\'s eight projections');
+  t.true(kept.kept_float.some((k: string) => /LM head over a subset of the vocabulary; --quantize-head/.test(k)), kept.kept_float.join('; '));
   const out = join(tmp, 'eagle-int8');
-  await cascade('quantize', '--model', join(MODELS_DIR, 'eagle'), '--out', out, '--bits', '8');
+  await cascade('quantize', '--model', join(MODELS_DIR, 'eagle'), '--out', out, '--bits', '8', '--quantize-head');
+  const cfg = JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization;
+  t.like(cfg, { quantized_matmuls: 9 }, 'and the head');
+  t.deepEqual(cfg.kept_float, [], 'the embedding lookup shares the float table, which stays');
   const ops = graphOpTypes(join(out, 'model.onnx'));
   t.true(ops.has('MatMulNBits'));
   const ref = JSON.parse(readFileSync(join(MODELS_DIR, 'eagle', 'reference.json'), 'utf8')) as { input_ids: number[]; position_ids: number[]; hidden_states: { file: string } };

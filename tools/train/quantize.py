@@ -18,9 +18,12 @@ W [K, N] becomes
 accuracy_level 4 (the default here, as the genai builder's for the CPU) lets the CPU EP quantize A to
 int8 per block and use its int8 kernels; 0 keeps A in float.
 
-The right operand may be an initializer, an Identity of one (torch.onnx's deduplicated weights) or a
-Transpose of one (perm [1, 0]: W stored as torch's [N, K]). Left in float, and listed:
-  - the LM head (a MatMul with N = vocab_size, or the family's tied Gemm(h, embedding, transB=1)) unless
+The right operand may be an initializer, an Identity of one (torch.onnx's deduplicated weights), a
+Transpose of one (perm [1, 0]: W stored as torch's [N, K]), a float Cast of one (float16 storage), or
+a Gather of its rows by a constant index (an FR-Spec reduced-vocabulary head over the embedding's most
+frequent rows, as the EAGLE drafter's; it gets its own quantized copy of those rows). Left in float, and listed:
+  - the LM head (a MatMul with N = vocab_size, a reduced head over a Gather of rows, or the family's
+    tied Gemm(h, embedding, transB=1)) unless
     --quantize-head: then it becomes a MatMulNBits too (a tied head over its own quantized copy of
     W^T, which the embedding's Gather shares under --quantize-embedding);
   - the embedding Gather, unless --quantize-embedding: then it becomes
@@ -153,17 +156,30 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     for o in g.output:
         readers[o.name] = readers.get(o.name, 0) + 1
 
-    def weight_of(name: str) -> tuple[np.ndarray, list[str]] | None:
+    def weight_of(name: str) -> tuple[np.ndarray, list[str], int] | None:
         """W [K, N] behind a MatMul's right operand: an initializer, or one reached through Identity,
         2-D Transpose and float Cast nodes (a float16-stored weight cast up, then transposed, as
-        tools/train/eagle.py exports it); and the tensors on that chain (dropped where only it reads them)."""
+        tools/train/eagle.py exports it) and a Gather of rows by a constant 1-D index (FR-Spec's
+        reduced-vocabulary head: the embedding's most frequent rows, as eagle.py exports it); the
+        tensors on that chain, from the MatMul's operand outwards (dropped where only it reads them);
+        and how many of them are this product's own: all but a Gather's source, which the embedding
+        lookup may share (the product then gets its own quantized copy of the rows)."""
         chain: list[str] = []
         steps: list[tuple[str, dict]] = []
+        own = None
         while name not in inits:
             p = producer.get(name)
-            if p is None or len(p.input) != 1 or p.op_type not in ("Identity", "Transpose", "Cast"):
+            if p is None or p.op_type not in ("Identity", "Transpose", "Cast", "Gather"):
                 return None
             attrs = {a.name: helper.get_attribute_value(a) for a in p.attribute}
+            if p.op_type == "Gather":
+                index = inits.get(p.input[1]) if len(p.input) == 2 else None
+                if own is not None or index is None or len(index.dims) != 1 or attrs.get("axis", 0) != 0:
+                    return None
+                attrs = {"rows": onnx.numpy_helper.to_array(index)}
+                own = len(chain) + 1
+            elif len(p.input) != 1:
+                return None
             if p.op_type == "Transpose" and list(attrs.get("perm", [1, 0])) != [1, 0]:
                 return None
             if p.op_type == "Cast" and attrs.get("to") not in (TensorProto.FLOAT, TensorProto.FLOAT16):
@@ -179,7 +195,12 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
                 w = w.T
             elif op == "Cast":
                 w = w.astype(np.float32 if attrs["to"] == TensorProto.FLOAT else np.float16)
-        return w, [*chain, name]
+            elif op == "Gather":
+                if w.ndim != 2:
+                    return None
+                w = w[attrs["rows"]]
+        chain.append(name)
+        return w, chain, len(chain) if own is None else own
 
     def gemm_head(node: onnx.NodeProto) -> tuple[np.ndarray, list[str]] | str:
         """W [K, N] of a Gemm(h, B) that is a plain product (no C, alpha 1, no transA), else why not."""
@@ -187,7 +208,7 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
         if len(node.input) > 2 and node.input[2] or attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0):
             return "Gemm with a bias, alpha or transA"
         b = onnx.numpy_helper.to_array(inits[node.input[1]])
-        return (b.T if attrs.get("transB", 0) else b), [node.input[1]]
+        return (b.T if attrs.get("transB", 0) else b), [node.input[1]], 1
 
     done, kept, nodes, dropped = [], [], [], set()
     # initializer T -> (B, scales, zero points names) of a product over W = T^T (a tied head's table)
@@ -205,14 +226,15 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
             continue
         why = found if isinstance(found, str) else None
         if why is None:
-            w, chain = found
+            w, chain, own = found
+            rows = own < len(chain)  # a Gather of the source's rows: a reduced-vocabulary head
             if w.ndim != 2:
                 why = f"weight of rank {w.ndim}"
             elif w.dtype not in (np.float32, np.float16):
                 why = f"weight of dtype {w.dtype}"
-            elif vocab is not None and w.shape[1] == vocab and not quantize_head:
-                why = "LM head; --quantize-head rewrites it"
-            elif node.op_type == "MatMul" and any(readers.get(t, 0) > 1 for t in chain):
+            elif vocab is not None and (w.shape[1] == vocab or rows) and not quantize_head:
+                why = f"LM head{' over a subset of the vocabulary' if rows else ''}; --quantize-head rewrites it"
+            elif node.op_type == "MatMul" and any(readers.get(t, 0) > 1 for t in chain[:own]):
                 why = "weight shared with other nodes"
         if why:
             kept.append(f"{label} ({why})")
@@ -233,18 +255,18 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
                                       name=f"{node.name}_Q{bits}" if node.name else "", domain=MS, **attrs))
         # a tied head's table stays for the embedding's Gather (dropped below if that is quantized too)
-        dropped.update(t for t in chain if readers.get(t, 0) <= 1)
+        dropped.update(t for t in chain[:own] if readers.get(t, 0) <= 1)
         if chain[-1] in inits and transposed(node):
             quantized_rows[chain[-1]] = names
         done.append(label)
     gathers = quantize_gathers(g, nodes, inits, readers, quantized_rows, bits, block_size, symmetric,
                                quantize_head, quantize_embedding, kept)
-    if gathers:
-        # initializers read before and by nothing now: a tied table, once its head and its Gather are both rewritten
-        still_read = {i for n in nodes for i in n.input} | {o.name for o in g.output}
-        dropped.update(t for t in inits if readers.get(t, 0) and t not in still_read)
-    # the weights' Identity / Transpose nodes and initializers, now read by nothing
+    # the weights' Identity / Transpose / Cast / Gather nodes, now read by nothing
     nodes = [n for n in nodes if not (len(n.output) == 1 and n.output[0] in dropped)]
+    # initializers read before and by nothing now: a tied table once its head and its Gather are both
+    # rewritten, a reduced head's row index
+    still_read = {i for n in nodes for i in n.input} | {o.name for o in g.output}
+    dropped.update(t for t in inits if readers.get(t, 0) and t not in still_read)
     del g.node[:]
     g.node.extend(nodes)
     keep = [i for i in g.initializer if i.name not in dropped]
