@@ -34,6 +34,8 @@ Subcommands (each resumable; all on --threads CPU threads, default 2):
   evaluate  agreement with the target's greedy token on the TEST split per domain (eagle_model.agreement):
             the first draft (from the target's true feature) and the second (from its own), -> RUN/test.json
   export    the ONNX graph (EAGLE_CONTRACT), config.json, torch reference outputs and record.json
+  heldout   the TEST split's windows, the target's features and greedy tokens as raw arrays, for
+            tools/train/eagle_agreement.mjs (an ONNX drafter's agreement, a quantized copy's included)
   card      the drafter's section of models/README.md from models/eagle/record.json
 
 Retrain everything (models/eagle, both training phases, and its card section): bash tools/train/eagle.sh
@@ -280,6 +282,24 @@ def evaluate(args: argparse.Namespace) -> None:
     (Path(args.run) / "test.json").write_text(json.dumps(result, indent=1) + "\n")
 
 
+def heldout(args: argparse.Namespace) -> None:
+    """The TEST split's windows as raw little-endian arrays, for tools/train/eagle_agreement.mjs (the
+    agreement of an ONNX drafter, a quantized copy included, under ONNX Runtime): OUT/DOMAIN.ids.bin
+    int32 [n, SEQ], OUT/DOMAIN.f.bin float32 [n, SEQ, hidden] (the target's features), OUT/DOMAIN.greedy.bin
+    int32 [n, SEQ] (its greedy tokens), OUT/meta.json {"seq", "hidden", "windows": {domain: n}}."""
+    target = load_from_model_dir(Path(args.target)).eval()
+    test = held_out(target, Path(args.data), "test", TEST_WINDOWS, Path(args.cache).parent)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for d, w in test.items():
+        w["ids"].astype("<i4").tofile(out / f"{d}.ids.bin")
+        w["f"].astype("<f4").tofile(out / f"{d}.f.bin")
+        w["greedy"].astype("<i4").tofile(out / f"{d}.greedy.bin")
+    meta = {"seq": SEQ, "hidden": int(test[DOMAINS[0]]["f"].shape[-1]), "windows": {d: int(len(w["ids"])) for d, w in test.items()}}
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {out}: {meta['windows']}", flush=True)
+
+
 def float16_initializers(model) -> None:
     """Store float32 initializers as float16 behind a Cast (ONNX Runtime folds the Casts and the
     head's Gather at session start); the embedding is then stored once, as the target ships it."""
@@ -514,11 +534,14 @@ def main() -> None:
         if name == "export":
             p.add_argument("--out", default="models/eagle")
             p.add_argument("--note", action="append", default=[], help="a line of provenance for record.json")
+    ho = sub.add_parser("heldout", help="write the TEST split's windows, features and greedy tokens as raw arrays (eagle_agreement.mjs)")
+    ho.add_argument("--cache", default=".cache/eagle/train", help="held-out features are cached beside these shards")
+    ho.add_argument("--out", required=True)
     cd = sub.add_parser("card", help="write the drafter's section of MODELS/README.md from MODELS/eagle/record.json")
     cd.add_argument("--models", default="models")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    {"extract": extract, "train": train, "evaluate": evaluate, "export": export, "card": card}[args.cmd](args)
+    {"extract": extract, "train": train, "evaluate": evaluate, "export": export, "heldout": heldout, "card": card}[args.cmd](args)
 
 
 if __name__ == "__main__":
