@@ -16,7 +16,7 @@ import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { FamilySessions } from '../src/models/family-sessions.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
-import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
+import { spawnRole, stopCluster, type RoleProcess } from './helpers/cluster.ts';
 import { family, MODELS_DIR } from './helpers/family.ts';
 import { startTestRedis, type TestRedis } from './helpers/redis.ts';
 
@@ -68,9 +68,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await gateway?.stop().catch(() => undefined);
-  await Promise.all([...roles.values()].map((r) => r.stop()));
-  await Promise.all([nats?.stop(), redis?.stop()]);
+  await stopCluster({ gateways: [gateway], roles: roles.values(), servers: [nats, redis] });
   await sessions.close();
   await shutdownTracing();
 });

@@ -7,7 +7,7 @@ import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { subjects } from '../src/cluster/transport.ts';
 import { MODES } from '../src/engine/presets.ts';
-import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
+import { spawnRole, stopCluster, type RoleProcess } from './helpers/cluster.ts';
 import { family, MODELS_DIR } from './helpers/family.ts';
 
 /**
@@ -34,9 +34,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await gateway?.stop().catch(() => undefined);
-  await Promise.all([...roles.values()].map((r) => r.stop()));
-  await Promise.all([nats?.stop(), redis?.stop()]);
+  await stopCluster({ gateways: [gateway], roles: roles.values(), servers: [nats, redis] });
 });
 
 const PROMPT = 'def parse_args(argv):\n    ';

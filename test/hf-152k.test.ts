@@ -7,7 +7,7 @@ import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
-import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
+import { spawnRole, stopCluster, type RoleProcess } from './helpers/cluster.ts';
 import { MODELS_DIR } from './helpers/family.ts';
 
 /**
@@ -45,9 +45,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await Promise.all([gateway?.stop(), tight?.stop()].map((p) => p?.catch(() => undefined)));
-  await Promise.all(roles.map((r) => r.stop()));
-  await Promise.all([nats?.stop(), small?.stop(), redis?.stop()]);
+  await stopCluster({ gateways: [gateway, tight], roles, servers: [nats, small, redis] });
 });
 
 const client = () => new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });

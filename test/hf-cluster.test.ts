@@ -11,7 +11,7 @@ import { GREEDY } from '../src/kernels/sampling.ts';
 import { loadModelSpec } from '../src/models/config.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
-import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
+import { spawnRole, stopCluster, type RoleProcess } from './helpers/cluster.ts';
 import { MODELS_DIR } from './helpers/family.ts';
 
 /**
@@ -80,9 +80,7 @@ test.before(async () => {
 test.after.always(async () => {
   await Promise.all(
     [...clusters.values()].map(async (c) => {
-      await c.gateway?.stop().catch(() => undefined);
-      await Promise.all(c.roles.map((r) => r.stop()));
-      await Promise.all([c.nats.stop(), c.redis.stop()]);
+      await stopCluster({ gateways: [c.gateway], roles: c.roles, servers: [c.nats, c.redis] });
     }),
   );
   rmSync(scratch, { recursive: true, force: true });

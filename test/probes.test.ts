@@ -2,7 +2,7 @@ import test from 'ava';
 import { freePort, startNats, startRedis, type LocalServer } from '../src/cluster/local-servers.ts';
 import { generateSecrets } from '../src/cluster/security.ts';
 import { MODELS_DIR } from './helpers/family.ts';
-import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
+import { spawnRole, stopCluster, type RoleProcess } from './helpers/cluster.ts';
 
 /**
  * The probe endpoints Kubernetes uses (helm/cascade): actors and coordinators serve /live, /health
@@ -19,8 +19,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await Promise.all(roles.map((r) => r.stop()));
-  await Promise.all([nats?.stop(), redis?.stop()]);
+  await stopCluster({ roles, servers: [nats, redis] });
 });
 
 const get = async (url: string) => {

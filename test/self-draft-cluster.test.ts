@@ -1,4 +1,4 @@
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -10,7 +10,7 @@ import { resolveModels } from '../src/models/model-choice.ts';
 import { GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { fails } from './helpers/cli.ts';
-import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
+import { spawnRole, stopCluster, type RoleProcess } from './helpers/cluster.ts';
 import { dirOf, MODELS_DIR } from './helpers/family.ts';
 import { targetOnlyText } from './helpers/oracle.ts';
 
@@ -64,10 +64,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await gateway?.stop().catch(() => undefined);
-  await Promise.all(roles.map((r) => r.stop()));
-  await Promise.all([nats?.stop(), redis?.stop()]);
-  rmSync(scratch, { recursive: true, force: true });
+  await stopCluster({ gateways: [gateway], roles, servers: [nats, redis], scratch });
 });
 
 /** Target-only decoding of the target in this process (test/helpers/oracle.ts). */
