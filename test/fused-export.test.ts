@@ -89,6 +89,21 @@ test('fused export - a batched pass that needs padding is refused, naming why; o
   }
 });
 
+test('fused export - a batched prompt pass of equal prompts scores only the rows asked (num_logits_to_keep), each sequence\'s own, within 1e-4 of the unfused graph', async (t) => {
+  const prompts = [PROMPT.slice(0, 6), PROMPT.slice(6, 12)];
+  const last = await fused.forwardBatch(prompts.map((inputIds, i) => ({ seqId: `p${i}`, inputIds })), 'last');
+  const lastTwo = await fused.forwardBatch(prompts.map((inputIds, i) => ({ seqId: `q${i}`, inputIds })), 2);
+  for (const [i, ids] of prompts.entries()) {
+    const all = await unfused.forward({ seqId: `r${i}`, inputIds: ids }, 'all');
+    const vocab = all.length / ids.length;
+    t.is(last[i]!.length, vocab);
+    t.true(maxAbsDiff(last[i]!, all.subarray(-vocab)) < TOLERANCE, `last row of ${i}`);
+    t.is(lastTwo[i]!.length, 2 * vocab);
+    t.true(maxAbsDiff(lastTwo[i]!, all.subarray(-2 * vocab)) < TOLERANCE, `last two rows of ${i}`);
+    t.is(fused.length(`p${i}`), ids.length);
+  }
+});
+
 test('fused export - a BatchingSession over a fused graph serves sequences of different lengths exactly, one pass each', async (t) => {
   const batching = new BatchingSession(fused, { windowMs: 50 }); // not closed: it would close the shared session
   await fused.forward({ seqId: 'c1', inputIds: PROMPT.slice(0, 5) });

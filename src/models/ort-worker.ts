@@ -594,8 +594,11 @@ async function forwardStacked(items: readonly ForwardItem[], rows: LogitsRows): 
     attention_mask: int64(mask, [b, maxP + width]),
   };
   feeds.position_ids = int64(pos, [b, width]);
-  // right-padded rows: a sequence's last rows are not the batch's last, so every row is kept (0)
-  if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(0);
+  // the head scores only the rows asked, each sequence's last ones, when no input is right-padded
+  // (a fused graph's passes: a batched prompt pass of equal prompts, or a token each); with right
+  // padding a sequence's last rows are not the batch's last, so every row is kept (0)
+  const kept = feedsLogitsToKeep && items.every((it) => it.inputIds.length === maxS) ? logitsToKeep(Math.max(...items.map((it) => rowCount(rows, it.inputIds.length))) + pad, width) : 0;
+  if (feedsLogitsToKeep) feeds.num_logits_to_keep = int64Scalar(kept);
   if (feedsCacheBranch) feeds.use_cache_branch = new ort.Tensor('bool', Uint8Array.of(maxP > 0 ? 1 : 0), [1]);
   // every past left-padded to the longest and stacked, where the KV lives (kv-placement.ts)
   const batched = await kv.batch(
@@ -612,6 +615,8 @@ async function forwardStacked(items: readonly ForwardItem[], rows: LogitsRows): 
   }
   const total = maxP + width;
   const logits = out.logits as ort.Tensor;
+  const perSequence = kept || width; // logits rows returned per sequence: its last ones
+  if (logits.dims[1] !== perSequence) throw new WorkerFailure('ModelRuntimeError', `${sp.onnxPath} returned ${logits.dims[1]} logits rows per sequence for ${perSequence} asked (num_logits_to_keep)`);
   // each sequence's rows: after its left padding, before the right padding of shorter inputs (and the copies)
   const spans = items.map((it, i) => ({ start: maxP - seqs[i]!.length, length: seqs[i]!.length + it.inputIds.length }));
   const stacked = presents(out);
@@ -630,7 +635,7 @@ async function forwardStacked(items: readonly ForwardItem[], rows: LogitsRows): 
     appendTokens(q, it.inputIds, positionsOf(it, q));
     q.length = spans[i]!.length;
     const want = rowCount(rows, s);
-    return logitRows(logits, i * width, want, s - want, logitsWidth(sp));
+    return logitRows(logits, i * perSequence, want, s - want - (width - perSequence), logitsWidth(sp));
   });
 }
 
