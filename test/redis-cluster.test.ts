@@ -10,7 +10,7 @@ import { GREEDY } from '../src/kernels/sampling.ts';
 import { FamilySessions } from '../src/models/family-sessions.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { fails } from './helpers/cli.ts';
-import { spawnRole, type RoleProcess } from './helpers/cluster.ts';
+import { spawnRole, stopCluster, type RoleProcess } from './helpers/cluster.ts';
 import { family, MODELS_DIR } from './helpers/family.ts';
 import { startTestRedis, type TestRedis } from './helpers/redis.ts';
 
@@ -70,9 +70,7 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  await gateway?.stop().catch(() => undefined);
-  await Promise.all([...roles.values()].map((r) => r.stop()));
-  await Promise.all([nats?.stop(), redis?.stop()]);
+  await stopCluster({ gateways: [gateway], roles: roles.values(), servers: [nats, redis] });
   await sessions.close();
 });
 

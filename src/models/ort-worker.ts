@@ -615,8 +615,11 @@ async function forwardStacked(items: readonly ForwardItem[], rows: LogitsRows): 
   }
   const total = maxP + width;
   const logits = out.logits as ort.Tensor;
-  const perSequence = kept || width; // logits rows returned per sequence: its last ones
-  if (logits.dims[1] !== perSequence) throw new WorkerFailure('ModelRuntimeError', `${sp.onnxPath} returned ${logits.dims[1]} logits rows per sequence for ${perSequence} asked (num_logits_to_keep)`);
+  const perSequence = logits.dims[1]!; // rows returned per sequence, its last ones: `kept`, or every row (a graph may ignore the input)
+  if (perSequence < (kept || width)) {
+    kv.free(presents(out));
+    throw new WorkerFailure('ModelRuntimeError', `${sp.onnxPath} returned ${perSequence} logits rows per sequence for ${kept || width} asked (num_logits_to_keep)`);
+  }
   // each sequence's rows: after its left padding, before the right padding of shorter inputs (and the copies)
   const spans = items.map((it, i) => ({ start: maxP - seqs[i]!.length, length: seqs[i]!.length + it.inputIds.length }));
   const stacked = presents(out);

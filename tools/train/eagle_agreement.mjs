@@ -2,8 +2,8 @@
 // the target's greedy tokens on the TEST split, under ONNX Runtime (CPU EP): what eagle.py's `evaluate`
 // measures in torch (eagle_model.agreement, step1), for the graph a cascade actually runs.
 //
-//   /usr/bin/python3 tools/train/eagle.py heldout --out scratch/heldout      # once: the windows as raw arrays
-//   node tools/train/eagle_agreement.mjs --heldout scratch/heldout models/eagle DIR...
+//   /usr/bin/python3 tools/train/eagle.py heldout --out scratch/eagle-heldout   # once: the windows as raw arrays
+//   node tools/train/eagle_agreement.mjs --heldout scratch/eagle-heldout models/eagle DIR...
 //
 // For each window of SEQ tokens x with the target's features f and greedy tokens g: one drafter call over
 // input_ids x[1..], hidden_states f[..SEQ-1], position_ids 1..SEQ-1, an empty cache; the drafter's argmax

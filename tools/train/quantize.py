@@ -149,6 +149,16 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
                          "merging (optimum-cli export onnx --no-post-process) and quantize that graph")
     inits = {i.name: i for i in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
+    taken = set(inits) | {i.name for i in g.input} | {o for n in g.node for o in n.output}
+
+    def fresh(name: str) -> str:
+        """name, or name_2, name_3, ... where the graph already has that tensor name."""
+        out, i = name, 1
+        while out in taken:
+            i += 1
+            out = f"{name}_{i}"
+        taken.add(out)
+        return out
     readers: dict[str, int] = {}
     for n in g.node:
         for i in n.input:
@@ -202,7 +212,7 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
         chain.append(name)
         return w, chain, len(chain) if own is None else own
 
-    def gemm_head(node: onnx.NodeProto) -> tuple[np.ndarray, list[str]] | str:
+    def gemm_head(node: onnx.NodeProto) -> tuple[np.ndarray, list[str], int] | str:
         """W [K, N] of a Gemm(h, B) that is a plain product (no C, alpha 1, no transA), else why not."""
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if len(node.input) > 2 and node.input[2] or attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0):
@@ -215,7 +225,7 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     quantized_rows: dict[str, list[str]] = {}
     for node in g.node:
         label = node.name or node.output[0]
-        found: tuple[np.ndarray, list[str]] | str | None = None
+        found: tuple[np.ndarray, list[str], int] | str | None = None
         if node.op_type == "MatMul":
             found = weight_of(node.input[1])
         elif node.op_type == "Gemm" and node.input[1] in inits:
@@ -232,7 +242,7 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
                 why = f"weight of rank {w.ndim}"
             elif w.dtype not in (np.float32, np.float16):
                 why = f"weight of dtype {w.dtype}"
-            elif vocab is not None and (w.shape[1] == vocab or rows) and not quantize_head:
+            elif (rows or (vocab is not None and w.shape[1] == vocab)) and not quantize_head:
                 why = f"LM head{' over a subset of the vocabulary' if rows else ''}; --quantize-head rewrites it"
             elif node.op_type == "MatMul" and any(readers.get(t, 0) > 1 for t in chain[:own]):
                 why = "weight shared with other nodes"
@@ -242,11 +252,13 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
             continue
         k, n = w.shape
         b, scales, zps = quantize_weight(w, bits, block_size, symmetric)
-        base = chain[-1] + ("_T" if node.op_type == "Gemm" else "")
-        names = [f"{base}_Q{bits}", f"{base}_scales"]
+        # named after the weight, or for a head over gathered rows after that Gather's output (one
+        # table may feed several such heads)
+        base = (chain[own - 1] if rows else chain[-1]) + ("_T" if node.op_type == "Gemm" else "")
+        names = [fresh(f"{base}_Q{bits}"), fresh(f"{base}_scales")]
         new_inits = [onnx.numpy_helper.from_array(b, names[0]), onnx.numpy_helper.from_array(scales, names[1])]
         if zps is not None:
-            names.append(f"{base}_zero_points")
+            names.append(fresh(f"{base}_zero_points"))
             new_inits.append(onnx.numpy_helper.from_array(zps, names[2]))
         g.initializer.extend(new_inits)
         attrs = {"K": k, "N": n, "bits": bits, "block_size": block_size}
@@ -254,15 +266,27 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
             attrs["accuracy_level"] = accuracy_level
         nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
                                       name=f"{node.name}_Q{bits}" if node.name else "", domain=MS, **attrs))
-        # a tied head's table stays for the embedding's Gather (dropped below if that is quantized too)
+        # a tied head's table stays for the embedding's Gather (dropped below if that is quantized too);
+        # past a Gather of rows, its source goes too up to the first tensor something else reads
         dropped.update(t for t in chain[:own] if readers.get(t, 0) <= 1)
+        for t in chain[own:]:
+            if readers.get(t, 0) > 1:
+                break
+            dropped.add(t)
         if chain[-1] in inits and transposed(node):
             quantized_rows[chain[-1]] = names
         done.append(label)
-    gathers = quantize_gathers(g, nodes, inits, readers, quantized_rows, bits, block_size, symmetric,
-                               quantize_head, quantize_embedding, kept)
-    # the weights' Identity / Transpose / Cast / Gather nodes, now read by nothing
+    # the weights' Identity / Transpose / Cast / Gather nodes, now read by nothing; the lookups are then
+    # judged by who reads their tables after the rewrite
     nodes = [n for n in nodes if not (len(n.output) == 1 and n.output[0] in dropped)]
+    live: dict[str, int] = {}
+    for n in nodes:
+        for i in n.input:
+            live[i] = live.get(i, 0) + 1
+    for o in g.output:
+        live[o.name] = live.get(o.name, 0) + 1
+    gathers = quantize_gathers(g, nodes, inits, live, quantized_rows, bits, block_size, symmetric,
+                               quantize_head, quantize_embedding, kept, fresh)
     # initializers read before and by nothing now: a tied table once its head and its Gather are both
     # rewritten, a reduced head's row index
     still_read = {i for n in nodes for i in n.input} | {o.name for o in g.output}
@@ -272,6 +296,10 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     keep = [i for i in g.initializer if i.name not in dropped]
     del g.initializer[:]
     g.initializer.extend(keep)
+    # an older export lists its initializers among the graph's inputs too: the dropped ones go there as well
+    inputs = [i for i in g.input if i.name not in dropped]
+    del g.input[:]
+    g.input.extend(inputs)
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     return done, gathers, kept
@@ -286,7 +314,8 @@ def transposed(node: onnx.NodeProto) -> bool:
 
 def quantize_gathers(g: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: dict[str, onnx.TensorProto],
                      readers: dict[str, int], quantized_rows: dict[str, list[str]], bits: int, block_size: int,
-                     symmetric: bool, quantize_head: bool, quantize_embedding: bool, kept: list[str]) -> list[str]:
+                     symmetric: bool, quantize_head: bool, quantize_embedding: bool, kept: list[str],
+                     fresh) -> list[str]:
     """Replaces, in `nodes`, each Gather (axis 0) of a constant table [vocab, hidden] by a
     GatherBlockQuantized when quantize_embedding: over the tied head's quantized rows where
     `quantized_rows` has the table, else over its own quantized copy. Lists the Gathers left in float in
@@ -324,7 +353,7 @@ def quantize_gathers(g: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: dic
         if shared is not None:
             data = reshaped.get(shared[0])
             if data is None:
-                data, shape = f"{shared[0]}_rows", f"{shared[0]}_rows_shape"
+                data, shape = fresh(f"{shared[0]}_rows"), fresh(f"{shared[0]}_rows_shape")
                 g.initializer.append(onnx.numpy_helper.from_array(np.array([table.dims[0], -1], dtype=np.int64), shape))
                 out.append(helper.make_node("Reshape", [shared[0], shape], [data], name=f"{label}_rows"))
                 reshaped[shared[0]] = data
@@ -332,11 +361,11 @@ def quantize_gathers(g: onnx.GraphProto, nodes: list[onnx.NodeProto], inits: dic
         else:
             b, scales, zps = quantize_weight(onnx.numpy_helper.to_array(table).T, bits, block_size, symmetric)
             base = node.input[0]
-            inputs = [f"{base}_Q{bits}", node.input[1], f"{base}_scales"]
+            inputs = [fresh(f"{base}_Q{bits}"), node.input[1], fresh(f"{base}_scales")]
             g.initializer.extend([onnx.numpy_helper.from_array(pack_embedding(b), inputs[0]),
                                   onnx.numpy_helper.from_array(scales, inputs[2])])
             if zps is not None:
-                inputs.append(f"{base}_zero_points")
+                inputs.append(fresh(f"{base}_zero_points"))
                 g.initializer.append(onnx.numpy_helper.from_array(zps, inputs[3]))
         out.append(helper.make_node("GatherBlockQuantized", inputs, list(node.output),
                                     name=f"{node.name}_Q{bits}" if node.name else "", domain=MS,
