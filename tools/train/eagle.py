@@ -488,6 +488,9 @@ Model selection used the val split. Loss: smooth-L1 on the feature (weight {FEAT
 {c['drafter_matmul_params'] / 1e6:.2f}M against {c['target_matmul_params'] / 1e6:.2f}M.
 
 {notes}Retrain (CPU, nice 19, resumable; the variables at the top of the script size it): `bash tools/train/eagle.sh`.
+The same agreement under ONNX Runtime, for this graph or a quantized copy (`cascade quantize --model models/eagle
+--out DIR --bits 8 --quantize-head`, docs/eagle.md): `python3 tools/train/eagle.py heldout --out H` once, then
+`node tools/train/eagle_agreement.mjs --heldout H models/eagle DIR`.
 Full record: `eagle/record.json`.
 
 """
