@@ -13,7 +13,7 @@ import { graphOpTypes, graphQuantization } from '../src/models/graph-ops.ts';
 import { loadModelSpec, speculationCaveat } from '../src/models/config.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { cascade, fails, run } from './helpers/cli.ts';
-import { dirOf, maxAbsDiff, MODELS_DIR, reference } from './helpers/family.ts';
+import { dirOf, family, maxAbsDiff, MODELS_DIR, reference } from './helpers/family.ts';
 import { sdPositionFits } from './helpers/sd-fit.ts';
 import { describeFits, misfits } from './helpers/stats.ts';
 
@@ -190,7 +190,7 @@ maybe('quantize --quantize-embedding - the embedding becomes a GatherBlockQuanti
   }
 });
 
-maybe('quantize - weights stored in float16 and cast up before their MatMuls (the EAGLE drafter\'s export) are quantized too, its reduced-vocabulary head (a Gather of the embedding\'s rows) under --quantize-head; the 8-bit drafter\'s next feature stays near the float one\'s on its reference input', async (t) => {
+maybe('quantize - weights stored in float16 and cast up before their MatMuls (the EAGLE drafter\'s export) are quantized too, its reduced-vocabulary head (a Gather of the embedding\'s rows) under --quantize-head; the 8-bit drafter\'s next feature stays near the float one\'s on its reference input, and as the cascade\'s feature level it keeps greedy output the target\'s', async (t) => {
   const plain = join(tmp, 'eagle-int8-no-head');
   await cascade('quantize', '--model', join(MODELS_DIR, 'eagle'), '--out', plain, '--bits', '8');
   const kept = JSON.parse(readFileSync(join(plain, 'config.json'), 'utf8')).quantization;
@@ -214,6 +214,16 @@ maybe('quantize - weights stored in float16 and cast up before their MatMuls (th
     // measured: 0.12 in the logits (spanning about ±20), 0.057 in the features
     t.true(maxAbsDiff(a.logits, b.logits) < 0.5, `logits ${maxAbsDiff(a.logits, b.logits)}`);
     t.true(maxAbsDiff(a.hidden!, b.hidden!) < 0.25, `features ${maxAbsDiff(a.hidden!, b.hidden!)}`);
+    // the copy as the cascade's feature level over the shipped target: greedy output stays the target's, and its drafts are accepted
+    const target = await OrtModelSession.open(dirOf(family.target));
+    try {
+      const req = { promptIds: PROMPT, maxTokens: 48, sampling: GREEDY, seed: 0, stopAtEos: false };
+      const got = await generateCascade(target, { drafters: [{ kind: 'eagle', session: eight }], kMatrix: [[4]], lenience: 1 }, req);
+      t.deepEqual(got.tokenIds, (await generateAutoregressive(target, req)).tokenIds);
+      t.true(got.stats.acceptedTokens > 0, `accepted ${got.stats.acceptedTokens} of ${got.stats.draftedTokens}`);
+    } finally {
+      await target.close();
+    }
   } finally {
     await Promise.all([float.close(), eight.close()]);
   }
