@@ -88,6 +88,32 @@ test('schedule - a drafter whose tokens are never accepted is switched off, and 
   t.true(off / late.length >= 0.85, `speculation off (exploration aside) in ${off} of ${late.length} late rounds`);
 });
 
+test('schedule - speculation switched off by a bad start (nothing accepted, reviews timed slow as in a cold process) comes back once drafts are accepted and reviews are fast again: the cost line\'s prior follows the recent one-token calls', (t) => {
+  const drafters = ['big', 'small'];
+  const schedule = new AdaptiveSchedule({ initial: startingKMatrix, memory: new ScheduleMemory(), maxDraft: 8, maxSubDraft: 8 });
+  const rng = new Rng(3);
+  const late: number[][] = [];
+  for (let r = 0; r < 300; r++) {
+    // in the first 60 rounds nothing is accepted and every reviewed token costs 20 times more; then the world holds
+    const cold = r < 60;
+    const alpha = cold ? { big: 0, small: 0 } : world.alpha;
+    const review = cold ? { fixed: world.review.target!.fixed, perToken: 20 * world.review.target!.perToken } : world.review.target!;
+    const K = schedule.plan('target', drafters);
+    const counts = K[0]!.map((k, i) => k - (i ? K[0]![i - 1]! : 0));
+    if (r >= 200) late.push(counts);
+    const sources: string[] = [];
+    counts.forEach((m, i) => {
+      for (let j = 0; j < m; j++) sources.push(drafters[i]!);
+      if (m > 0) schedule.proposed(drafters[i]!, m, cost(world.propose[drafters[i]!]!, m), m);
+    });
+    let accepted = 0;
+    while (accepted < sources.length && rng.uniform() < alpha[sources[accepted] as 'big' | 'small']!) accepted++;
+    schedule.reviewed('target', sources, accepted, cost(review, sources.length + 1), sources.length + 1);
+  }
+  const drafting = late.filter((c) => c.some((m) => m > 0)).length;
+  t.true(drafting / late.length >= 0.9, `drafting in ${drafting} of the last ${late.length} rounds`);
+});
+
 test('schedule - a saturated verifier shrinks K and switches speculation off', (t) => {
   const drafters = ['big', 'small'];
   const drafted = (load?: () => ServiceLoad) => {
@@ -115,4 +141,13 @@ test('cost model - fits fixed and per-token cost from calls of several sizes, ig
   const { fixed, perToken } = c.coefficients();
   t.true(Math.abs(fixed - 6) < 0.5, `fixed ${fixed}`);
   t.true(Math.abs(perToken - 0.4) < 0.1, `per token ${perToken}`);
+});
+
+test('cost model - a line measured cold (slow calls of several sizes) does not outlive it once every call has one size: the slope falls back to the prior\'s share of the current one-token cost', (t) => {
+  const c = new LinearCost(0.95);
+  for (let i = 0; i < 10; i++) for (const x of [1, 3, 6]) c.add(x, 10 + 10 * x); // cold: 10 ms more per token
+  for (let i = 0; i < 200; i++) c.add(1, 10.5); // warm, one-token calls only
+  const { fixed, perToken } = c.coefficients();
+  t.true(Math.abs(fixed + perToken - 10.5) < 0.2, `one token ${fixed + perToken}`);
+  t.true(perToken < 1, `per token ${perToken} (the cold line had 10)`);
 });

@@ -2,7 +2,9 @@
  * A call's cost as a line, ms = fixed + perToken × tokens, fitted online by least squares over
  * exponentially decayed observations (recent calls weigh most, so the fit follows a changing load).
  * Until observations spread over several sizes the slope is undetermined; a prior (pseudo-observations
- * on the line fixed + perToken × x at two sizes) keeps it sensible. Its shape depends on the call:
+ * on the line fixed + perToken × x at two sizes) keeps it sensible. Unless given, the prior follows the
+ * recent observations' mean (re-anchored at every fit), so a line measured while the process was cold
+ * does not outlive it when later calls all have one size. Its shape depends on the call:
  * one forward over x tokens (`forward`) costs little more per extra token, so its slope is taken as
  * `PRIOR_SLOPE` of a one-token call (`cascade bench costs`: scoring 16 tokens costs ~1.8× one);
  * x tokens drafted autoregressively (`autoregressive`) cost x forwards, so its prior is proportional.
@@ -40,8 +42,7 @@ export class LinearCost {
     if (!(ms >= 0) || !(tokens >= 0) || !Number.isFinite(ms)) return;
     this.fit = undefined;
     if (this.observations < 2 && !this.given) {
-      const fixed = this.shape === 'forward' ? ms / (1 + PRIOR_SLOPE * tokens) : 0;
-      this.prior = { fixed, perToken: this.shape === 'forward' ? PRIOR_SLOPE * fixed : ms / Math.max(1, tokens) };
+      this.prior = this.anchored(tokens, ms);
       if (this.observations++ === 0) return;
     }
     this.w = this.w * this.decay + 1;
@@ -50,6 +51,13 @@ export class LinearCost {
     this.sxx = this.sxx * this.decay + tokens * tokens;
     this.sxy = this.sxy * this.decay + tokens * ms;
     this.observations++;
+  }
+
+  /** The prior's line through a call of `tokens` tokens taking `ms`, in this call's shape. */
+  private anchored(tokens: number, ms: number): { fixed: number; perToken: number } {
+    if (this.shape === 'autoregressive') return { fixed: 0, perToken: ms / Math.max(1, tokens) };
+    const fixed = ms / (1 + PRIOR_SLOPE * tokens);
+    return { fixed, perToken: PRIOR_SLOPE * fixed };
   }
 
   /** Whether the fit rests on measurements past the warm-up (or on a given prior). */
@@ -63,7 +71,7 @@ export class LinearCost {
   }
 
   private solve(): { fixed: number; perToken: number } {
-    const p = this.prior;
+    const p = this.given || this.w === 0 ? this.prior : this.anchored(this.sx / this.w, this.sy / this.w);
     if (!p) return { fixed: 0, perToken: 0 };
     // the prior as pseudo-observations at x = 1 and x = 8
     let w = this.w, sx = this.sx, sy = this.sy, sxx = this.sxx, sxy = this.sxy;
