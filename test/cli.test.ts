@@ -97,10 +97,17 @@ test('cli - logits processors (penalties, logit_bias) give the same greedy token
 test('cli - --mode ar stays target-only decoding: --self-draft and --eagle-model, which would add a drafter to it, are refused before anything is made', async (t) => {
   const a = await fails(['generate', '--mode', 'ar', '--self-draft', 'int4', '--self-draft-cache', join(tmpdir(), 'cascade-never-made'), 'x']);
   t.is(a.code, 2);
-  t.regex(a.stderr, /--mode ar is target-only decoding: --self-draft would add a drafter to it; use --mode sd or csd/);
+  t.regex(a.stderr, /--mode ar is target-only decoding: --self-draft would add a drafter to it; use --mode sd, mag or csd/);
   t.false(existsSync(join(tmpdir(), 'cascade-never-made')), 'no copy was made');
   const b = await fails(['generate', '--mode', 'ar', '--eagle-model', join(MODELS_DIR, 'eagle'), 'x']);
   t.regex(b.stderr, /--mode ar is target-only decoding: --eagle-model would add a drafter to it/);
+});
+
+test('cli - --eagle-model names itself when its folder is missing, or is the graph file rather than its folder', async (t) => {
+  const missing = await fails(['generate', '--eagle-model', join(MODELS_DIR, 'no-such-drafter'), 'x']);
+  t.regex(missing.stderr, /--eagle-model: model directory .*no-such-drafter does not exist/);
+  const file = await fails(['generate', '--eagle-model', join(MODELS_DIR, 'eagle', 'model.onnx'), 'x']);
+  t.regex(file.stderr, /--eagle-model: .*model\.onnx is a file, not a model directory: name the folder that holds the graph/);
 });
 
 test('cli - --stop ends the text before the first stop string, as target-only decoding\'s text cut there, under ar and csd, streamed and --json', async (t) => {

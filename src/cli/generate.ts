@@ -8,7 +8,7 @@ import { OrtModelSession } from '../models/ort-session.ts';
 import { generateAutoregressive, type GenerateResult } from '../engine/generate.ts';
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { K_BOUND, MAX_K, MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
-import { InvalidArgumentError } from '../errors.ts';
+import { InvalidArgumentError, ModelLoadError } from '../errors.ts';
 import { drafterKind, loadBigram, loadController, type Family } from '../models/family.ts';
 import { parseSelfDraft, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP, SELF_DRAFTS, selfDraftCopy, type SelfDraft } from './quantize.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
@@ -208,7 +208,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
   // --mode ar is target-only decoding, the reference every cascade is compared with: a level added above it would make it a cascade under ar's name
   const added = [...(o.selfDraft ? ['--self-draft'] : []), ...(o.eagleModel ? ['--eagle-model'] : [])];
   if (o.mode === 'ar' && added.length) {
-    throw new InvalidArgumentError(`--mode ar is target-only decoding: ${added.join(' and ')} would add a drafter to it; use --mode sd or csd (the added level drafts above the mode's drafters), or leave ${added.length === 1 ? 'it' : 'them'} out`);
+    throw new InvalidArgumentError(`--mode ar is target-only decoding: ${added.join(' and ')} would add a drafter to it; use --mode sd, mag or csd (the added level drafts above the mode's drafters), or leave ${added.length === 1 ? 'it' : 'them'} out`);
   }
   let plan = planCascade({ mode: o.mode, drafters: o.drafters, kMatrix: o.kMatrix, lenience: o.lenience, levelsAbove: added.length }, family.drafters, family.eagle ? [family.eagle] : []);
   const placed = placementOf(o, family);
@@ -254,7 +254,9 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     }
     if (o.eagleModel) {
       // the feature drafter goes first, right below the target whose hidden_states it reads
-      eagle = await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: placed(family.drafters[0] ?? family.target), batchInvariant: 'off' });
+      eagle = await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: placed(family.drafters[0] ?? family.target), batchInvariant: 'off' }).catch((err: unknown) => {
+        throw err instanceof ModelLoadError ? new ModelLoadError(`--eagle-model: ${err.message}`) : err;
+      });
       drafters.unshift({ kind: 'eagle', session: eagle });
       plan = { ...plan, drafters: [eagle.spec.name, ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };
     }

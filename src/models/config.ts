@@ -1,5 +1,5 @@
 import { existsSync, statSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import { readJsonFile } from './json-file.ts';
 import { ModelLoadError } from '../errors.ts';
@@ -138,8 +138,9 @@ const ConfigJson = z
 export function loadModelSpec(source: ModelSource): ModelSpec {
   const location = locationOf(source);
   const abs = resolve(location.dir);
-  if (!existsSync(abs) || !statSync(abs).isDirectory()) {
-    throw new ModelLoadError(`model directory ${abs} does not exist`);
+  if (!existsSync(abs)) throw new ModelLoadError(`model directory ${abs} does not exist`);
+  if (!statSync(abs).isDirectory()) {
+    throw new ModelLoadError(`${abs} is a file, not a model directory: name the folder that holds the graph, config.json and tokenizer.json (${dirname(abs)})`);
   }
   if (!existsSync(join(abs, 'config.json'))) {
     throw new ModelLoadError(`model directory ${abs} has no config.json (a model directory holds an ONNX graph, config.json and tokenizer.json)`);

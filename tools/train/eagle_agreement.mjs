@@ -5,12 +5,18 @@
 //   /usr/bin/python3 tools/train/eagle.py heldout --out scratch/eagle-heldout   # once: the windows as raw arrays
 //   node tools/train/eagle_agreement.mjs --heldout scratch/eagle-heldout models/eagle DIR...
 //
+// `eagle.py heldout` needs a Python with torch and numpy (Debian's /usr/bin/python3 with python3-torch)
+// and the tokenized splits in data/tokens, which a clean checkout lacks: `python3 tools/train/corpus.py
+// --out data/corpus && python3 tools/train/encode.py --corpus data/corpus --tokenizer models/tokenizer.json
+// --out data/tokens` (tools/train/train_family.sh installs what corpus.py reads). It runs the target over
+// 48 test windows per domain, minutes on a CPU, and caches them in .cache/eagle/.
+//
 // For each window of SEQ tokens x with the target's features f and greedy tokens g: one drafter call over
 // input_ids x[1..], hidden_states f[..SEQ-1], position_ids 1..SEQ-1, an empty cache; the drafter's argmax
 // at t, mapped through config.json's draft_vocab, agrees when it equals g[t + 1] (the target's token after
 // x[t + 1], from its true feature at t, as after a verification). Prints one JSON object: per drafter
 // and domain, the agreement and the positions counted.
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 
@@ -22,6 +28,10 @@ if (at < 0 || !argv[at + 1] || argv.length < 3) {
 }
 const heldout = argv[at + 1];
 const drafters = argv.filter((_, i) => i !== at && i !== at + 1);
+if (!existsSync(join(heldout, 'meta.json'))) {
+  console.error(`${heldout} has no meta.json: write the test windows there first with /usr/bin/python3 tools/train/eagle.py heldout --out ${heldout}`);
+  process.exit(2);
+}
 const meta = JSON.parse(readFileSync(join(heldout, 'meta.json'), 'utf8'));
 const { seq, hidden } = meta;
 const raw = (file, Type) => { const b = readFileSync(join(heldout, file)); return new Type(b.buffer, b.byteOffset, b.byteLength / Type.BYTES_PER_ELEMENT); };
