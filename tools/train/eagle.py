@@ -38,7 +38,7 @@ Subcommands (each resumable; all on --threads CPU threads, default 2):
             tools/train/eagle_agreement.mjs (an ONNX drafter's agreement, a quantized copy's included)
   card      the drafter's section of models/README.md from models/eagle/record.json
 
-Retrain everything (models/eagle, both training phases, and its card section): bash tools/train/eagle.sh
+Retrain everything (models/eagle, its three training phases, and its card section): bash tools/train/eagle.sh
 
 Usage:
   python3 tools/train/eagle.py extract --windows 600 --cache .cache/eagle/train

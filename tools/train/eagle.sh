@@ -14,7 +14,7 @@
 # record.json). The shipped phases 2 and 3 trained beside their extraction, re-reading the shards as they
 # came; this script extracts first, so a rerun trains on every window from its first step.
 #
-# Resumable: extraction keeps its shards (.cache/eagle/train, .cache/eagle/train2), training continues
+# Resumable: extraction keeps its shards (.cache/eagle/train, train2, train3), training continues
 # from runs/eagle*/ckpt.pt. Everything runs under nice 19 on THREADS threads (default 2). Outputs:
 # models/eagle/ (committed), scratch/eagle-phase1, .cache/ and runs/ (not committed).
 #
