@@ -42,12 +42,16 @@ function bestRate(world: World, drafters: string[], max: number): number {
   return best;
 }
 
-/** Runs `rounds` rounds of a flat cascade (every drafter proposes for the target) under the schedule. */
-function simulate(world: World, drafters: string[], rounds: number, load?: () => ServiceLoad): { schedule: AdaptiveSchedule; rows: number[][] } {
+/**
+ * Runs `rounds` rounds of a flat cascade (every drafter proposes for the target) under the schedule,
+ * in `world`, or in `world(round)` when the world changes from round to round.
+ */
+function simulate(worldOf: World | ((round: number) => World), drafters: string[], rounds: number, load?: () => ServiceLoad): { schedule: AdaptiveSchedule; rows: number[][] } {
   const schedule = new AdaptiveSchedule({ initial: startingKMatrix, memory: new ScheduleMemory(), load, maxDraft: 8, maxSubDraft: 8 });
   const rng = new Rng(7);
   const rows: number[][] = [];
   for (let r = 0; r < rounds; r++) {
+    const world = typeof worldOf === 'function' ? worldOf(r) : worldOf;
     const K = schedule.plan('target', drafters);
     const counts = K[0]!.map((k, i) => k - (i ? K[0]![i - 1]! : 0));
     rows.push(counts);
@@ -89,27 +93,9 @@ test('schedule - a drafter whose tokens are never accepted is switched off, and 
 });
 
 test('schedule - speculation switched off by a bad start (nothing accepted, reviews timed slow as in a cold process) comes back once drafts are accepted and reviews are fast again: the cost line\'s prior follows the recent one-token calls', (t) => {
-  const drafters = ['big', 'small'];
-  const schedule = new AdaptiveSchedule({ initial: startingKMatrix, memory: new ScheduleMemory(), maxDraft: 8, maxSubDraft: 8 });
-  const rng = new Rng(3);
-  const late: number[][] = [];
-  for (let r = 0; r < 300; r++) {
-    // in the first 60 rounds nothing is accepted and every reviewed token costs 20 times more; then the world holds
-    const cold = r < 60;
-    const alpha = cold ? { big: 0, small: 0 } : world.alpha;
-    const review = cold ? { fixed: world.review.target!.fixed, perToken: 20 * world.review.target!.perToken } : world.review.target!;
-    const K = schedule.plan('target', drafters);
-    const counts = K[0]!.map((k, i) => k - (i ? K[0]![i - 1]! : 0));
-    if (r >= 200) late.push(counts);
-    const sources: string[] = [];
-    counts.forEach((m, i) => {
-      for (let j = 0; j < m; j++) sources.push(drafters[i]!);
-      if (m > 0) schedule.proposed(drafters[i]!, m, cost(world.propose[drafters[i]!]!, m), m);
-    });
-    let accepted = 0;
-    while (accepted < sources.length && rng.uniform() < alpha[sources[accepted] as 'big' | 'small']!) accepted++;
-    schedule.reviewed('target', sources, accepted, cost(review, sources.length + 1), sources.length + 1);
-  }
+  // in the first 60 rounds nothing is accepted and every reviewed token costs 20 times more; then the world holds
+  const cold: World = { ...world, alpha: { big: 0, small: 0 }, review: { target: { fixed: world.review.target!.fixed, perToken: 20 * world.review.target!.perToken } } };
+  const late = simulate((r) => (r < 60 ? cold : world), ['big', 'small'], 300).rows.slice(200);
   const drafting = late.filter((c) => c.some((m) => m > 0)).length;
   t.true(drafting / late.length >= 0.9, `drafting in ${drafting} of the last ${late.length} rounds`);
 });

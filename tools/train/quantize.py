@@ -159,12 +159,7 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
             out = f"{name}_{i}"
         taken.add(out)
         return out
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for i in n.input:
-            readers[i] = readers.get(i, 0) + 1
-    for o in g.output:
-        readers[o.name] = readers.get(o.name, 0) + 1
+    readers = count_readers(g.node, g.output)
 
     def weight_of(name: str) -> tuple[np.ndarray, list[str], int] | None:
         """W [K, N] behind a MatMul's right operand: an initializer, or one reached through Identity,
@@ -279,13 +274,7 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     # the weights' Identity / Transpose / Cast / Gather nodes, now read by nothing; the lookups are then
     # judged by who reads their tables after the rewrite
     nodes = [n for n in nodes if not (len(n.output) == 1 and n.output[0] in dropped)]
-    live: dict[str, int] = {}
-    for n in nodes:
-        for i in n.input:
-            live[i] = live.get(i, 0) + 1
-    for o in g.output:
-        live[o.name] = live.get(o.name, 0) + 1
-    gathers = quantize_gathers(g, nodes, inits, live, quantized_rows, bits, block_size, symmetric,
+    gathers = quantize_gathers(g, nodes, inits, count_readers(nodes, g.output), quantized_rows, bits, block_size, symmetric,
                                quantize_head, quantize_embedding, kept, fresh)
     # initializers read before and by nothing now: a tied table once its head and its Gather are both
     # rewritten, a reduced head's row index
@@ -303,6 +292,14 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     return done, gathers, kept
+
+
+def count_readers(nodes, outputs) -> dict[str, int]:
+    """How many of `nodes` read each tensor, a graph output counting as one reader."""
+    readers: dict[str, int] = {}
+    for name in [i for n in nodes for i in n.input] + [o.name for o in outputs]:
+        readers[name] = readers.get(name, 0) + 1
+    return readers
 
 
 def transposed(node: onnx.NodeProto) -> bool:
