@@ -46,7 +46,7 @@ test.serial('serve --embedded - completions and chat, streamed and not, give tar
   t.is(streamed, chatWant.text);
 });
 
-test.serial('serve --embedded - n choices with a seed are the n = 1 requests seeded seed + i; stop strings cut the text; bad input is a 400', async (t) => {
+test.serial('serve --embedded - n choices with a seed are the n = 1 requests seeded seed + i; stop strings cut the text; bad input is a 400, an unknown route a 404 in OpenAI\'s shape', async (t) => {
   const body = { model: family.target, prompt: PROMPT, max_tokens: 8, temperature: 0.9, seed: 11, cascade: K };
   const one = (await client.completions.create({ ...body, seed: 12 } as never)) as unknown as OpenAI.Completions.Completion;
   const two = (await client.completions.create({ ...body, n: 2 } as never)) as unknown as OpenAI.Completions.Completion;
@@ -75,6 +75,14 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     t.is(r.error?.param, param);
   }
   t.is((await post({ mode: 'ar', drafters: [] })).status, 200, 'an empty list with mode ar is that mode\'s own cascade');
+  // a seed past 53 bits: one message, not zod's own beside it
+  const seed = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 2, seed: 2 ** 60 }) });
+  t.is(seed.status, 400);
+  t.is(((await seed.json()) as { error: { message: string } }).error.message, 'invalid request: ✖ seed must be an integer of at most 53 bits\n  → at seed');
+  // an unknown route: OpenAI's error body, which the openai client reads as a NotFoundError
+  const missing = await client.embeddings.create({ model: family.target, input: 'x' }).catch((e: unknown) => e);
+  t.true(missing instanceof OpenAI.NotFoundError, String(missing));
+  t.deepEqual((missing as InstanceType<typeof OpenAI.NotFoundError>).error, { message: 'Invalid URL (POST /v1/embeddings)', type: 'invalid_request_error', param: null, code: 404 });
   const health = (await (await fetch(`${gateway.url}/health`)).json()) as { engine: string; inFlight: number; kvLocation: string; batchInvariant: boolean };
   t.is(health.engine, 'embedded');
   t.is(health.inFlight, 0);

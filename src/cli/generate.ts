@@ -111,7 +111,7 @@ const ConfigFile = z.strictObject({
   temperature: z.number().nonnegative().optional(),
   topP: z.number().gt(0).lte(1).optional(),
   topK: z.number().int().nonnegative().optional(),
-  seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
+  seed: z.number().int({ error: 'seed must be an integer of at most 53 bits' }).optional(),
   minP: z.number().min(0).max(1).optional(),
   stop: z.array(z.string().min(1)).max(4).optional(),
   repetitionPenalty: z.number().gt(0).optional(),

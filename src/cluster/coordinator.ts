@@ -38,7 +38,7 @@ export const JobData = z.object({
       logitBias: z.record(z.string().regex(/^\d{1,10}$/).refine((id) => Number(id) <= 0xffffffff, 'token ids are below 2^32'), z.number().min(-100).max(100)).optional(),
     })
     .strict(),
-  seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits'),
+  seed: z.number().int({ error: 'seed must be an integer of at most 53 bits' }),
   stopAtEos: z.boolean().default(true),
   /** Drafters largest first; 'mag' only last. */
   drafters: z.array(z.string().min(1)),

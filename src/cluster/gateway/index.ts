@@ -34,6 +34,9 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     return sendError(reply, new HttpError(status, status === 500 ? `internal error: ${err.message}` : err.message, status === 500 ? 'server_error' : 'invalid_request_error'));
   });
 
+  // an unknown route or method gets OpenAI's error body, as api.openai.com answers it
+  app.setNotFoundHandler((req, reply) => sendError(reply, new HttpError(404, `Invalid URL (${req.method} ${req.url.split('?')[0]})`)));
+
   app.get('/live', async () => ({ status: 'ok' }));
 
   app.get('/health', async (_req, reply) => {

@@ -38,7 +38,7 @@ const Sampling = {
   presence_penalty: z.number().min(-2).max(2).optional(),
   frequency_penalty: z.number().min(-2).max(2).optional(),
   logit_bias: LogitBias.optional(),
-  seed: z.number().int().refine(Number.isSafeInteger, 'seed must be an integer of at most 53 bits').optional(),
+  seed: z.number().int({ error: 'seed must be an integer of at most 53 bits' }).optional(),
   stream: z.boolean().optional(),
   stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
   // choices: n jobs of one prompt, each with its own seed (seed + index when the request gives one)
