@@ -343,7 +343,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} token${o.magFirst === 1 ? '' : 's'}` : ''}`;
       process.stderr.write(
         `[${o.mode}: ${target.spec.name}${where ? ` (${where})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
-          `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target passes, ` +
+          `(${s.tokensPerSecond.toFixed(1)} tokens/s, first token ${(s.firstTokenSeconds * 1000).toFixed(0)} ms, ${s.rounds} target pass${s.rounds === 1 ? '' : 'es'}, ` +
           `${s.meanAcceptanceLength.toFixed(2)} tokens per pass${drafting}, finish: ${result.finishReason})\n`,
       );
     }
