@@ -401,9 +401,11 @@ function argmax(row: Float32Array): number {
   return best;
 }
 
-maybe('generate --self-draft takes a target named by --model-file when that is the folder\'s default graph, and refuses another of several graphs, naming the way round', async (t) => {
+maybe('generate --self-draft takes a target named by --model-file when that is the folder\'s default graph, and refuses another of several graphs, naming the way round; the copy reads the target\'s --tokenizer', async (t) => {
   const folder = join(tmp, 'two-graphs');
   cpSync(dirOf('draft-l2'), folder, { recursive: true });
+  // a user's export without a tokenizer of its own: --tokenizer names it, for the copy too
+  rmSync(join(folder, 'tokenizer.json'));
   cpSync(join(folder, 'model.onnx'), join(folder, 'other.onnx'));
   const cache = join(tmp, 'self-draft-model-file');
   const args = ['generate', '--json', '--max-tokens', '8', '--model', folder, '--tokenizer', join(MODELS_DIR, 'tokenizer.json'), 'def add(a, b):'];

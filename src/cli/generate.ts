@@ -246,8 +246,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     }
     if (o.selfDraft) {
       if (o.kvPlacement === 'self-draft' && kv) throw new InvalidArgumentError('--self-draft and --kv-placement self-draft both add a self-draft level: choose one');
-      const { dir } = await selfDraftCopy(family, o.selfDraft, o.selfDraftCache, (m) => process.stderr.write(`${m}\n`));
-      selfDraft = await OrtModelSession.open(dir, { intraOpThreads: o.threads, executionProviders: placed(family.target), batchInvariant: 'off' });
+      const copy = await selfDraftCopy(family, o.selfDraft, o.selfDraftCache, (m) => process.stderr.write(`${m}\n`));
+      selfDraft = await OrtModelSession.open(copy, { intraOpThreads: o.threads, executionProviders: placed(family.target), batchInvariant: 'off' });
       checkSharedVocabulary(target.spec, [selfDraft.spec]);
       drafters.unshift({ kind: 'model', session: selfDraft });
       plan = { ...plan, drafters: [selfDraft.spec.name, ...plan.drafters], kMatrix: o.kMatrix ?? 'auto' };

@@ -249,10 +249,11 @@ const selfDraftName = (family: Family, width: SelfDraft): string => `${family.ta
  * (the copy is of the folder, its default graph quantized), QuantizeToolError when no Python with
  * onnx and numpy is found.
  */
-export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<{ name: string; dir: string }> {
+export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<ModelLocation & { name: string }> {
   const { name, source } = selfDraftSlot(family, width);
   const dir = await quantizedCopy(source.dir, width === 'int4' ? 4 : 8, { cacheDir, name, quantizeHead: true, log });
-  return { name, dir };
+  // the target's --tokenizer, for a folder without a tokenizer.json of its own (the copy has none either)
+  return { name, dir, ...(source.tokenizer !== undefined ? { tokenizer: source.tokenizer } : {}) };
 }
 
 /** The copy's name and the target's folder it is made from; refuses a target picked by --model-file other than the folder's default graph. */
@@ -286,8 +287,8 @@ const firstDrafter = (family: Family, name: string, location: ModelLocation): Fa
 /** `family` with the target's own copy (selfDraftCopy, made when the cache lacks it) as its first drafter, above the others. */
 export async function withSelfDraft(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<Family> {
   checkFree(family, selfDraftName(family, width));
-  const { name, dir } = await selfDraftCopy(family, width, cacheDir, log);
-  return firstDrafter(family, name, { dir, name });
+  const copy = await selfDraftCopy(family, width, cacheDir, log);
+  return firstDrafter(family, copy.name, copy);
 }
 
 /**
