@@ -129,11 +129,15 @@ test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a reque
   t.is(sampled.choices[0]!.text, oracleText);
 });
 
-test('serve --embedded - takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft-cache (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {
+test('serve --embedded - refuses a port past 65535 and takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft-cache (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {
   const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0']);
   t.regex(a.stderr, /--nats and --redis are for a cluster/);
   const [b, c, d] = await Promise.all([fails(['serve', '--execution-providers', 'cpu', '--port', '0']), fails(['serve', '--self-draft', 'int4', '--self-draft-cache', '/tmp/x', '--port', '0']), fails(['serve', '--batch-invariant', 'on', '--port', '0'])]);
   t.regex(b.stderr, /--threads, --execution-providers, --kv-location and --batch-invariant are for --embedded/);
   t.regex(c.stderr, /--self-draft-cache is for --embedded: a cluster's gateway only names the --self-draft copy/);
   t.regex(d.stderr, /--threads, --execution-providers, --kv-location and --batch-invariant are for --embedded/);
+  // a port out of range is refused before the models load, not by the socket after
+  const e = await fails(['serve', '--embedded', '--port', '99999']);
+  t.is(e.code, 2);
+  t.regex(e.stderr, /--port must be an integer from 0 to 65535, got "99999"/);
 });

@@ -11,7 +11,7 @@ import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { isClusterUrl, parseRedis, withRedisCredentials } from '../cluster/redis-connection.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parsePort, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
@@ -42,7 +42,7 @@ const healthPort = (flag: number | undefined): number | undefined => {
   if (flag !== undefined) return flag;
   const env = process.env.CASCADE_HEALTH_PORT;
   if (!env) return undefined;
-  return parseNumber('CASCADE_HEALTH_PORT', { min: 0, integer: true })(env);
+  return parsePort('CASCADE_HEALTH_PORT')(env);
 };
 /** `--redis`: one redis:// URL, or a Redis Cluster's seeds as redis+cluster://host:port,host:port (redis-connection.ts); refused with the fix named otherwise. */
 const parseUrls = (v: string): string[] => {
@@ -333,7 +333,7 @@ export function registerCluster(program: Command): void {
     .option('--execution-providers <list>', `the model's execution providers in order, e.g. webgpu,cpu (${EXECUTION_PROVIDERS.join(', ')}; falls back to the CPU with a warning), or auto: where its pass measures cheapest (webgpu, cpu; verify pass for the target, decode pass for a drafter)`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <where>', `where the sessions' KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device when the model runs on a GPU EP)`, parseKvLocation, 'auto')
     .option('--batch-invariant <mode>', `whether a token's logits stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; a verify actor's keeps speculation over a quantized target exact (default: auto for verify, off for draft, whose drafts are reviewed)`, parseBatchInvariant)
-    .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
+    .option('--health-port <port>', HEALTH_HELP, parsePort('--health-port'))
     .option('--max-batch <n>', 'most sessions whose forwards run as one batched pass (1 = no batching)', parseNumber('--max-batch', { min: 1, integer: true }), DEFAULT_BATCHING.maxBatch)
     .option('--batch-window-ms <ms>', 'longest a forward waits for other active sessions to join its pass', parseNumber('--batch-window-ms', { min: 0 }), DEFAULT_BATCHING.windowMs)
     .action(async (kind: string, o: ActorFlags) => {
@@ -359,7 +359,7 @@ export function registerCluster(program: Command): void {
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
     .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
-    .option('--health-port <port>', HEALTH_HELP, parseNumber('--health-port', { min: 0, integer: true }))
+    .option('--health-port <port>', HEALTH_HELP, parsePort('--health-port'))
     .option('--verifier', 'also host the target\'s verify actor in this process, reachable only from it: the requests it drives verify without a network round trip, and only drafter calls cross NATS (one verifier per coordinator; no separate verify actor needed)')
     .option('--threads <n>', 'with --verifier: its ONNX Runtime intra-op threads (default 1)', parseNumber('--threads', { min: 1, integer: true }))
     .option('--execution-providers <list>', `with --verifier: its execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto), as cascade actor takes them`, parseExecutionProviders('--execution-providers'))
@@ -384,7 +384,7 @@ export function registerCluster(program: Command): void {
     .option('--nats <url>', 'NATS URL (default: env CASCADE_NATS_URL, else nats://127.0.0.1:4222)')
     .option('--redis <urls>', `${REDIS_HELP} (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)`, parseUrls)
     .option('--host <host>', 'listen address', '127.0.0.1')
-    .option('--port <port>', 'listen port', parseNumber('--port', { min: 0, integer: true }), 8000)
+    .option('--port <port>', 'listen port', parsePort('--port'), 8000)
     .option('--api-key <keys>', 'accepted bearer keys, comma-separated (env CASCADE_API_KEYS); none = no authentication')
     .option('--max-in-flight <n>', 'requests in flight before answering 503', parseNumber('--max-in-flight', { min: 1, integer: true }), 64)
     .option('--request-timeout-ms <ms>', 'longest a request may take', parseNumber('--request-timeout-ms', { min: 1000, integer: true }), 600_000)
@@ -441,7 +441,7 @@ export function registerCluster(program: Command): void {
     .option('--model-file <name>', MODEL_FILE_HELP)
     .option('--tokenizer <file>', TOKENIZER_HELP)
     .option('--state-dir <dir>', 'where the process list and logs go', '.cascade-cluster')
-    .option('--port <port>', 'gateway port (default: a free one)', parseNumber('--port', { min: 1, integer: true }))
+    .option('--port <port>', 'gateway port (default: a free one)', parsePort('--port', 1))
     .option('--nats <url>', 'use this NATS instead of starting one')
     .option('--redis <url>', 'use this Redis instead of starting one')
     .option('--draft-instances <n>', 'actor processes per drafter', parseNumber('--draft-instances', { min: 1, integer: true }), 1)

@@ -6,15 +6,19 @@ import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { BATCH_INVARIANCE, type BatchInvariance } from '../models/session.ts';
 
 /** Commander argument parsers that reject bad values with a message naming the flag. */
-export const parseNumber = (flag: string, { min, integer = false }: { min?: number; integer?: boolean } = {}) =>
+export const parseNumber = (flag: string, { min, max, integer = false }: { min?: number; max?: number; integer?: boolean } = {}) =>
   (raw: string): number => {
     const v = Number(raw);
-    if (raw.trim() === '' || !Number.isFinite(v) || (integer && !Number.isSafeInteger(v)) || (min !== undefined && v < min)) {
-      const kind = integer ? 'an integer (of at most 53 bits)' : 'a number';
-      throw new InvalidArgumentError(`${flag} must be ${kind}${min !== undefined ? ` >= ${min}` : ''}, got "${raw}"`);
+    if (raw.trim() === '' || !Number.isFinite(v) || (integer && !Number.isSafeInteger(v)) || (min !== undefined && v < min) || (max !== undefined && v > max)) {
+      const kind = !integer ? 'a number' : max !== undefined ? 'an integer' : 'an integer (of at most 53 bits)';
+      const range = min !== undefined && max !== undefined ? ` from ${min} to ${max}` : min !== undefined ? ` >= ${min}` : max !== undefined ? ` <= ${max}` : '';
+      throw new InvalidArgumentError(`${flag} must be ${kind}${range}, got "${raw}"`);
     }
     return v;
   };
+
+/** A TCP port flag: `min` 0 lets the system pick a free port. */
+export const parsePort = (flag: string, min: 0 | 1 = 0) => parseNumber(flag, { min, max: 65535, integer: true });
 
 /** Execution providers onnxruntime-node may offer (its own names); the build decides which exist. */
 export const EXECUTION_PROVIDERS = ['cpu', 'webgpu', 'cuda', 'tensorrt', 'dml', 'coreml', 'qnn', 'xnnpack'] as const;
