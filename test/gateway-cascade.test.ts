@@ -57,6 +57,20 @@ function alive(t: { is: (a: unknown, b: unknown, m: string) => void }): void {
   for (const [name, r] of roles) t.is(r.child.exitCode ?? r.child.signalCode, null, `${name} is still running:\n${r.output().slice(-2000)}`);
 }
 
+test('gateway - without a coordinator on its queue, /health is 503 and says why (a readiness probe keeps requests away)', async (t) => {
+  const empty = await startRedis();
+  const lone = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [empty.url], port: 0 });
+  try {
+    const health = await fetch(`${lone.url}/health`);
+    t.is(health.status, 503);
+    t.regex(((await health.json()) as { message: string }).message, /no coordinator takes requests from the queue \(0 workers\)/);
+    t.is((await fetch(`${lone.url}/live`)).status, 200);
+  } finally {
+    await lone.stop();
+    await empty.stop();
+  }
+});
+
 test.serial(`gateway - a K entry above ${MAX_WANT} is refused with 400 naming the limit`, async (t) => {
   const cases: [string[], number[][]][] = [
     [['mag'], [[MAX_WANT + 1]]],

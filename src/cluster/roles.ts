@@ -443,7 +443,10 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     defaultDrafting: o.drafting,
     health: async () => {
       await pingServers(shards, transport);
-      return { nats: 'ok', redis: 'ok', workers: (await queue.getWorkers()).length };
+      const workers = (await queue.getWorkers()).length;
+      // not ready without a coordinator: its requests would wait in the queue, silently, until one starts or they time out
+      if (!workers) throw new Error('no coordinator takes requests from the queue (0 workers): requests wait there until one starts (cascade coordinator, or cluster up)');
+      return { nats: 'ok', redis: 'ok', workers };
     },
   });
   const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8000 });
