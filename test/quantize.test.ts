@@ -1,4 +1,4 @@
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -414,6 +414,28 @@ maybe('generate --self-draft takes a target named by --model-file when that is t
   const refused = await fails([...args, '--model-file', 'other.onnx', '--self-draft', 'int4', '--self-draft-cache', cache]);
   t.is(refused.code, 2);
   t.regex(refused.stderr, /a target picked by --model-file \(other\.onnx\) among several graphs is not supported[^]*Put that graph \(and its external data file, if any\) in a folder of its own/);
+});
+
+maybe('quantize --model-file over a folder of several graphs writes a folder of one graph, which --model and --draft-model open; a Python that writes nothing is not a success', async (t) => {
+  const folder = join(tmp, 'several-graphs');
+  cpSync(dirOf('draft-l2'), folder, { recursive: true });
+  mkdirSync(join(folder, 'onnx'));
+  renameSync(join(folder, 'model.onnx'), join(folder, 'onnx', 'model_a.onnx'));
+  cpSync(join(folder, 'onnx', 'model_a.onnx'), join(folder, 'onnx', 'model_b.onnx'));
+  const quantized = join(tmp, 'several-graphs-int8');
+  await cascade('quantize', '--model', folder, '--model-file', 'onnx/model_a.onnx', '--out', quantized, '--bits', '8');
+  t.deepEqual(readdirSync(join(quantized, 'onnx')), ['model_a.onnx'], 'the other graph stays behind');
+  const args = ['generate', '--json', '--max-tokens', '6', '--temperature', '0', 'def add(a, b):'];
+  const ar = JSON.parse((await cascade(...args, '--model', quantized, '--mode', 'ar')).stdout).tokenIds;
+  const sd = JSON.parse((await cascade(...args, '--model', folder, '--model-file', 'onnx/model_a.onnx', '--draft-model', quantized, '--mode', 'sd')).stdout).tokenIds;
+  t.is(ar.length, 6);
+  t.is(sd.length, 6);
+  const missing = await fails(['quantize', '--model', folder, '--model-file', 'onnx/model_c.onnx', '--out', join(tmp, 'never'), '--bits', '8']);
+  t.is(missing.code, 2);
+  t.regex(missing.stderr, /--model-file onnx\/model_c\.onnx: .* does not exist \(the folder holds onnx\/model_a\.onnx, onnx\/model_b\.onnx\)/);
+  const silent = await fails(['quantize', '--model', folder, '--model-file', 'onnx/model_a.onnx', '--out', join(tmp, 'silent'), '--bits', '8', '--python', '/bin/true']);
+  t.is(silent.code, 1);
+  t.regex(silent.stderr, /\/bin\/true ran tools\/train\/quantize\.py and exited 0, but wrote no model in/);
 });
 
 test('quantize and bench peer take only the block sizes MatMulNBits runs (16 to 256), refused before anything is made', async (t) => {

@@ -92,7 +92,7 @@ const folder = (flag: string) => (raw: string): string => {
 function rewriteFolders(o: { model: string; out: string; modelFile?: string }, what: string): { model: string; out: string; graph: string } {
   const model = resolve(o.model);
   const out = resolve(o.out);
-  if (!existsSync(model) || !statSync(model).isDirectory()) throw new ModelLoadError(`model directory ${model} does not exist`);
+  if (!existsSync(model) || !statSync(model).isDirectory()) throw new InvalidArgumentError(`--model ${model} is not a model directory (${existsSync(model) ? 'a file' : 'nothing there'})`);
   if (!existsSync(join(model, 'config.json'))) throw new ModelLoadError(`model directory ${model} has no config.json`);
   if (existsSync(out)) throw new InvalidArgumentError(`--out ${out} exists: name a new folder for the ${what} model`);
   return { model, out, graph: relative(model, findGraph(model, o.modelFile)) };
@@ -117,7 +117,13 @@ async function quantize(o: QuantizeOptions): Promise<void> {
     ...(o.quantizeEmbedding ? ['--quantize-embedding'] : [])];
   process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
   await runTool(python, 'quantize.py', args, out, 'inherit');
+  checkWritten(out, python, 'quantize.py');
   process.stdout.write(`${out}\n`);
+}
+
+/** Refuses to report success when the tool exited 0 without writing its folder (a wrong --python, say). */
+function checkWritten(out: string, python: string, tool: TrainTool): void {
+  if (!existsSync(join(out, 'config.json'))) throw new CascadeError(`${python} ran tools/train/${tool} and exited 0, but wrote no model in ${out}: is it a Python 3 with onnx and numpy?`);
 }
 
 /**
@@ -133,6 +139,7 @@ async function fuseFolder(o: FuseOptions): Promise<void> {
   const python = findPython(o.python, 'cascade fuse');
   process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
   await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : []), ...(o.logitsToKeep === false ? ['--no-logits-to-keep'] : [])], out, 'inherit');
+  checkWritten(out, python, 'fuse.py');
   process.stdout.write(`${out}\n`);
 }
 

@@ -1,6 +1,6 @@
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path';
-import { ModelLoadError } from '../errors.ts';
+import { InvalidArgumentError, ModelLoadError } from '../errors.ts';
 
 /**
  * Where one model's files are: a folder as a user exported it (Optimum, transformers.js, the
@@ -51,7 +51,8 @@ function graphsIn(dir: string): string[] {
 export function findGraph(dir: string, modelFile?: string): string {
   if (modelFile !== undefined) {
     const path = isAbsolute(modelFile) ? modelFile : join(dir, modelFile);
-    if (!existsSync(path)) throw new ModelLoadError(`--model-file ${modelFile}: ${path} does not exist (the folder holds ${describe(graphsIn(dir))})`);
+    // a flag that names no file: bad input (exit 2), as a --model that names no folder
+    if (!existsSync(path)) throw new InvalidArgumentError(`--model-file ${modelFile}: ${path} does not exist (the folder holds ${describe(graphsIn(dir))})`);
     return path;
   }
   const found = graphsIn(dir);

@@ -416,6 +416,15 @@ def main() -> None:
     onnx.save(model, str(target), save_as_external_data=big, all_tensors_to_one_file=True,
               location=f"{target.name}.data")
     skip = {graph_path.resolve()} | {(graph_path.parent / e).resolve() for e in external}
+    # the folder's other graphs (a transformers.js folder's onnx/model_fp16.onnx beside onnx/model_q4.onnx)
+    # stay behind with their external data: the output holds one graph, which --model and --draft-model find
+    others = [f for f in sorted(src.rglob("*.onnx")) if f.is_file() and f.resolve() not in skip]
+    for g in others:
+        skip.add(g.resolve())
+        other = onnx.load(str(g), load_external_data=False)
+        skip |= {(g.parent / e.value).resolve() for i in other.graph.initializer for e in i.external_data if e.key == "location"}
+    if others:
+        log(f"left out the folder's other graphs: {', '.join(str(g.relative_to(src)) for g in others)}")
     for f in sorted(src.rglob("*")):
         if f.is_file() and f.resolve() not in skip and f.name != "config.json" and "__pycache__" not in f.parts:
             dest = out / f.relative_to(src)
