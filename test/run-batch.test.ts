@@ -59,6 +59,17 @@ test('run-batch - every request answered in OpenAI\'s output format, greedy text
   // --resume runs only what was not answered with a 200
   const again = await fails(['run-batch', '-i', input, '-o', output, '--resume']);
   t.regex(again.stderr, /1\/1 done, 1 failed \(4 answered before\)/);
+  t.is(again.stderr.match(/1\/1 done/g)!.length, 1, 'the last progress line once');
+  // one line per custom_id, as OpenAI's output: the failed request's old line made way for its new one
+  const resumed = readOutput(output);
+  t.deepEqual(resumed.map((l) => l.custom_id).sort(), ['bad', 'c0', 'c1', 'c2', 'chat']);
+  t.deepEqual(resumed.filter((l) => l.custom_id !== 'bad'), lines.filter((l) => l.custom_id !== 'bad'), 'the answered lines are kept as they were');
+  // a crash that cut the last line: that request runs again, and its fragment goes
+  const ordered = [...resumed.filter((l) => l.custom_id === 'bad'), ...resumed.filter((l) => l.custom_id !== 'bad')];
+  writeFileSync(output, ordered.map((l) => JSON.stringify(l)).join('\n').slice(0, -20));
+  const cut = await fails(['run-batch', '-i', input, '-o', output, '--resume']);
+  t.regex(cut.stderr, /2\/2 done, 1 failed \(3 answered before\)/);
+  t.is(readOutput(output).length, 5);
 });
 
 test('run-batch - a malformed file is refused before anything runs, naming its lines; an existing output needs --resume', async (t) => {

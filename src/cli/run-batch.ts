@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import type { Command } from 'commander';
 import { z } from 'zod';
 import { openEmbeddedGateway } from '../cluster/roles.ts';
@@ -18,8 +18,8 @@ import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
  * output line `{"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error",
  * "seconds"}`: an HTTP answer of any status in `response` (an error's body holds its message), and
  * `error` `{code, message}` only for a failure that is no HTTP answer, as OpenAI's batches; `seconds`
- * is the request's own time. A request that failed and ran again under --resume has two lines: the
- * last one is its answer. The
+ * is the request's own time. Under --resume a request that failed runs again, and its old line is
+ * removed first (the output is rewritten without it, atomically), so each custom_id has one line. The
  * requests run through the embedded gateway's own handlers (Fastify's inject: the same validation,
  * templates and answers as `serve --embedded`), `--concurrency` at a time. The whole file is
  * validated first (a bad line is an error naming it, and nothing runs); results are appended as
@@ -73,17 +73,30 @@ export function readBatchFile(path: string): BatchLine[] {
   return lines;
 }
 
-/** custom_ids the output file already answered with a 200 (for --resume). */
-function answered(path: string): Set<string> {
+/**
+ * For --resume: the custom_ids the output file already answered with a 200, after rewriting the file
+ * with those lines only (to a temporary file, then renamed over it), so that a request run again
+ * leaves one line, its new answer. Lines of failed requests and a line cut by a crash go.
+ */
+function keepAnswered(path: string): Set<string> {
   const done = new Set<string>();
-  for (const raw of readFileSync(path, 'utf8').split('\n')) {
-    if (!raw.trim()) continue;
+  const kept: string[] = [];
+  const lines = readFileSync(path, 'utf8').split('\n').filter((raw) => raw.trim());
+  for (const raw of lines) {
     try {
       const r = JSON.parse(raw) as { custom_id?: string; response?: { status_code?: number } };
-      if (r.custom_id && r.response?.status_code === 200) done.add(r.custom_id);
+      if (r.custom_id && r.response?.status_code === 200 && !done.has(r.custom_id)) {
+        done.add(r.custom_id);
+        kept.push(raw);
+      }
     } catch {
       // a line cut by a crash: that request runs again
     }
+  }
+  if (kept.length !== lines.length) {
+    const tmp = `${path}.${process.pid}.tmp`;
+    writeFileSync(tmp, kept.map((l) => `${l}\n`).join(''));
+    renameSync(tmp, path);
   }
   return done;
 }
@@ -112,9 +125,7 @@ interface RunBatchOptions {
 async function runBatch(o: RunBatchOptions): Promise<void> {
   const lines = readBatchFile(o.input);
   if (existsSync(o.output) && !o.resume) throw new InvalidArgumentError(`${o.output} exists: give --resume to skip the requests it answered, or another --output`);
-  const skip = o.resume && existsSync(o.output) ? answered(o.output) : new Set<string>();
-  // a crash may have cut the last line: what is appended starts on a line of its own
-  if (o.resume && existsSync(o.output) && !readFileSync(o.output, 'utf8').endsWith('\n') && readFileSync(o.output, 'utf8').length) appendFileSync(o.output, '\n');
+  const skip = o.resume && existsSync(o.output) ? keepAnswered(o.output) : new Set<string>();
   const todo = lines.filter((l) => !skip.has(l.custom_id));
   const gateway = await openEmbeddedGateway({ ...o, requestTimeoutMs: 3_600_000, maxInFlight: Math.max(64, o.concurrency * 16) });
   const started = performance.now();
@@ -122,10 +133,12 @@ async function runBatch(o: RunBatchOptions): Promise<void> {
   let failed = 0;
   let tokens = 0;
   let lastReport = 0;
+  let reported = -1;
   const report = (force = false) => {
     const now = performance.now();
-    if (!force && now - lastReport < 1000) return;
+    if ((!force && now - lastReport < 1000) || reported === finished) return;
     lastReport = now;
+    reported = finished;
     const seconds = (now - started) / 1000;
     process.stderr.write(`run-batch: ${finished}/${todo.length} done${failed ? `, ${failed} failed` : ''}${skip.size ? ` (${skip.size} answered before)` : ''}, ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / Math.max(seconds, 1e-9)).toFixed(1)} tokens/s)\n`);
   };
@@ -172,7 +185,7 @@ export function registerRunBatch(program: Command): void {
     .description("serve a file of requests in OpenAI's batch format from one warm process (the embedded engine), writing one result line per request")
     .requiredOption('-i, --input <file>', 'JSONL of {"custom_id", "method": "POST", "url": "/v1/chat/completions" | "/v1/completions", "body"}')
     .requiredOption('-o, --output <file>', 'JSONL of {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error", "seconds"}, appended as requests finish')
-    .option('--resume', 'the output exists: skip the custom_ids it answered with a 200, append the rest')
+    .option('--resume', 'the output exists: skip the custom_ids it answered with a 200, run the rest again (their old lines are removed) and append their answers')
     .option('--concurrency <n>', 'requests in flight (their forwards batch)', parseNumber('--concurrency', { min: 1, integer: true }), 4)
     .option('--models <dir>', 'model family directory', 'models')
     .option('--model <dir|name>', 'the target: a model folder or a member of the --models family')
