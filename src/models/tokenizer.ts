@@ -1,5 +1,5 @@
 import { existsSync, readFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { InvalidArgumentError, ModelLoadError } from '../errors.ts';
 import type { ChatMessage, ChatTemplate } from './chat-template.ts';
@@ -42,13 +42,18 @@ export class TextTokenizer {
     private readonly byteLevel = false,
   ) {}
 
+  /** The model's folder, where a chat template belongs (forModel); `dir` may be its tokenizer's. */
+  private modelDir: string | undefined;
+
   /**
    * The tokenizer of a model directory: its tokenizer.json, with the tokenizer_config.json (and
    * chat_template.jinja) of the model's own directory when it has one, else those beside the tokenizer.
    */
   static forModel(spec: { readonly dir: string; readonly tokenizerPath: string }): TextTokenizer {
     const own = ['tokenizer_config.json', 'chat_template.jinja'].some((f) => existsSync(join(spec.dir, f)));
-    return TextTokenizer.load(spec.tokenizerPath, own ? spec.dir : undefined);
+    const tok = TextTokenizer.load(spec.tokenizerPath, own ? spec.dir : undefined);
+    tok.modelDir = spec.dir;
+    return tok;
   }
 
   /** `configDir`: where tokenizer_config.json and chat_template.jinja are read (default: beside the tokenizer). */
@@ -101,8 +106,10 @@ export class TextTokenizer {
   /** The chat template's text for `messages`, ending in the generation prompt (see encodeChat). */
   renderChat(messages: readonly ChatMessage[]): string {
     if (!this.chatTemplate) {
-      // a model folder with neither file reads them beside its tokenizer (forModel), so this names where it looked
-      throw new InvalidArgumentError(`the model has no chat template (${this.dir} has no chat_template in tokenizer_config.json and no chat_template.jinja): send a plain prompt instead`);
+      // a model folder with neither file reads them beside its tokenizer (forModel); the folder's name only, since the gateway answers this to clients
+      throw new InvalidArgumentError(
+        `the model has no chat template: its folder ${basename(this.modelDir ?? this.dir)} holds no chat_template.jinja and no tokenizer_config.json with a chat_template${this.modelDir !== undefined && this.modelDir !== this.dir ? ', nor does its tokenizer\'s' : ''}; add one to the model's folder, or send a plain prompt`,
+      );
     }
     return this.chatTemplate.render(messages);
   }
