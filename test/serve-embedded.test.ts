@@ -129,7 +129,7 @@ test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a reque
   t.is(sampled.choices[0]!.text, oracleText);
 });
 
-test('serve --embedded - refuses a port past 65535 and takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft-cache (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {
+test('serve --embedded - refuses a port past 65535 and a blank --api-key, and takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft-cache (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {
   const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0']);
   t.regex(a.stderr, /--nats and --redis are for a cluster/);
   const [b, c, d] = await Promise.all([fails(['serve', '--execution-providers', 'cpu', '--port', '0']), fails(['serve', '--self-draft', 'int4', '--self-draft-cache', '/tmp/x', '--port', '0']), fails(['serve', '--batch-invariant', 'on', '--port', '0'])]);
@@ -140,4 +140,14 @@ test('serve --embedded - refuses a port past 65535 and takes no --nats or --redi
   const e = await fails(['serve', '--embedded', '--port', '99999']);
   t.is(e.code, 2);
   t.regex(e.stderr, /--port must be an integer from 0 to 65535, got "99999"/);
+  // a blank key (an unset $KEY) is refused, not taken as no authentication
+  const [blank, blankEnv, blankUp] = await Promise.all([
+    fails(['serve', '--embedded', '--port', '0', '--api-key', '']),
+    fails(['serve', '--embedded', '--port', '0'], { env: { ...process.env, CASCADE_API_KEYS: ' , ' } }),
+    fails(['cluster', 'up', '--api-key', ' ']),
+  ]);
+  t.regex(blank.stderr, /--api-key names no key \(got ""\)/);
+  t.regex(blankEnv.stderr, /CASCADE_API_KEYS names no key/);
+  t.regex(blankUp.stderr, /--api-key must be one non-blank key/);
+  for (const r of [blank, blankEnv, blankUp]) t.is(r.code, 2);
 });

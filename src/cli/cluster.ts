@@ -51,11 +51,23 @@ const parseUrls = (v: string): string[] => {
   return urls;
 };
 const REDIS_HELP = 'Redis: redis://host:port, or a Redis Cluster\'s seed nodes as redis+cluster://host:port,host:port (rediss:// and rediss+cluster:// for TLS)';
-const apiKeys = (flag: string | undefined): string[] =>
-  (flag ?? process.env.CASCADE_API_KEYS ?? '')
+/** The gateway's bearer keys from --api-key or CASCADE_API_KEYS: none when neither is set; one that is set but names no key is refused (an unset $KEY must not open the server). */
+const apiKeys = (flag: string | undefined): string[] => {
+  const raw = flag ?? process.env.CASCADE_API_KEYS;
+  if (raw === undefined) return [];
+  const keys = raw
     .split(',')
     .map((s) => s.trim())
     .filter(Boolean);
+  if (!keys.length) throw new InvalidArgumentError(`${flag !== undefined ? '--api-key' : 'CASCADE_API_KEYS'} names no key (got "${raw}"): give one or more keys, comma-separated, or leave it out for no authentication`);
+  return keys;
+};
+
+/** `cluster up`/`secrets --api-key`: one key, not blank (a blank one would leave the gateway open). */
+const oneApiKey = (raw: string): string => {
+  if (!raw.trim() || raw.includes(',')) throw new InvalidArgumentError(`--api-key must be one non-blank key, got "${raw}"`);
+  return raw.trim();
+};
 
 /** Runs a role until SIGINT/SIGTERM, then stops it gracefully. Prints `ready: …` once serving. */
 async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
@@ -446,7 +458,7 @@ export function registerCluster(program: Command): void {
     .option('--redis <url>', 'use this Redis instead of starting one')
     .option('--draft-instances <n>', 'actor processes per drafter', parseNumber('--draft-instances', { min: 1, integer: true }), 1)
     .option('--coordinators <n>', 'coordinator processes', parseNumber('--coordinators', { min: 1, integer: true }), 1)
-    .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)')
+    .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)', oneApiKey)
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
     .option('--threads <n>', 'ONNX Runtime threads of the verifier', parseNumber('--threads', { min: 1, integer: true }), 1)
     .option('--colocate', 'each coordinator hosts its own verify actor (cascade coordinator --verifier) instead of one verify actor process: verification without a network round trip')
@@ -461,7 +473,7 @@ export function registerCluster(program: Command): void {
   cluster
     .command('secrets')
     .description('print newly generated credentials as KEY=value lines: the .env file of deploy/compose.yaml')
-    .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)')
+    .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)', oneApiKey)
     .action((o: { apiKey?: string }) => {
       const s = generateSecrets(o.apiKey);
       const lines = [`CASCADE_API_KEY=${s.apiKey}`, ...ROLES.map((role) => `${natsPasswordVar(role)}=${s.nats[role]}`), `CASCADE_REDIS_PASSWORD=${s.redis.password}`];

@@ -9,9 +9,9 @@ export const CLI = cliCommand();
 export const cascade = (...args: string[]) => run(process.execPath, [...CLI, ...args], { cwd: ROOT });
 
 /** Runs a command that must fail; its exit code and stderr. */
-export async function fails(args: string[]): Promise<{ code: number; stderr: string }> {
+export async function fails(args: string[], options: { env?: NodeJS.ProcessEnv } = {}): Promise<{ code: number; stderr: string }> {
   try {
-    await cascade(...args);
+    await run(process.execPath, [...CLI, ...args], { cwd: ROOT, ...options });
   } catch (err) {
     const e = err as { code: number; stderr: string };
     return { code: e.code, stderr: e.stderr };
