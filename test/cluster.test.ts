@@ -587,7 +587,7 @@ test.serial('cluster - 1000 truncated, garbled or oversized NATS frames get erro
   t.is(r.choices[0]!.text, await targetOnly(PROMPT, 8));
 });
 
-test.serial('cluster - a saturated gateway answers 503 with Retry-After', async (t) => {
+test.serial('cluster - a saturated gateway answers 503 with Retry-After; n above --max-in-flight is a 400', async (t) => {
   const small = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, maxInFlight: 1 });
   try {
     const body = JSON.stringify({ prompt: PROMPT, max_tokens: 48, temperature: 0 });
@@ -598,6 +598,10 @@ test.serial('cluster - a saturated gateway answers 503 with Retry-After', async 
     t.is(refused.status, 503);
     t.is(refused.headers.get('retry-after'), '1');
     t.is((await busy).status, 200);
+    // n above --max-in-flight could never be served: a 400 naming n, not a 503 to retry forever
+    const many = await fetch(`${small.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: PROMPT, max_tokens: 2, n: 2 }) });
+    t.is(many.status, 400);
+    t.like(((await many.json()) as { error: object }).error, { param: 'n', message: 'n = 2 choices are 2 requests in flight, more than this server takes at once (--max-in-flight 1)' });
   } finally {
     await small.stop();
   }

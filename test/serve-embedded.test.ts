@@ -75,6 +75,12 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     t.is(r.error?.param, param);
   }
   t.is((await post({ mode: 'ar', drafters: [] })).status, 200, 'an empty list with mode ar is that mode\'s own cascade');
+  // bodies nested past any field of the API: a 400, not the validators' stack overflow as a 500
+  for (const body of [`{"prompt":${'['.repeat(5000)}${']'.repeat(5000)},"max_tokens":2}`, '['.repeat(100_000) + ']'.repeat(100_000)]) {
+    const deep = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });
+    t.is(deep.status, 400);
+    t.regex(((await deep.json()) as { error: { message: string } }).error.message, /nests/);
+  }
   // a seed past 53 bits: one message, not zod's own beside it
   const seed = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 2, seed: 2 ** 60 }) });
   t.is(seed.status, 400);

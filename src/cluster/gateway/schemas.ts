@@ -50,15 +50,21 @@ const Sampling = {
   cascade: CascadeFields,
 };
 
+/** How deep a request body may nest (its deepest field, a chat message's content part, is 4 levels down). */
+const MAX_DEPTH = 32;
+
 /**
  * A request body with its null fields dropped, at any depth (`max_tokens: null`, `stop: null`, a
  * message's `name: null`, `stream_options.include_usage: null`): clients send null for "unset",
- * which OpenAI and vLLM accept.
+ * which OpenAI and vLLM accept. HttpError 400 past MAX_DEPTH.
  */
-function withoutNulls(body: unknown): unknown {
-  if (Array.isArray(body)) return body.map(withoutNulls);
+
+function withoutNulls(body: unknown, depth = 0): unknown {
+  // no field of the API nests deeper than a few levels; a body that does would only run the validators out of stack
+  if (depth > MAX_DEPTH) throw new HttpError(400, `invalid request: the body nests deeper than ${MAX_DEPTH} levels`);
+  if (Array.isArray(body)) return body.map((v) => withoutNulls(v, depth + 1));
   if (body === null || typeof body !== 'object') return body;
-  return Object.fromEntries(Object.entries(body).flatMap(([k, v]) => (v === null ? [] : [[k, withoutNulls(v)]])));
+  return Object.fromEntries(Object.entries(body).flatMap(([k, v]) => (v === null ? [] : [[k, withoutNulls(v, depth + 1)]])));
 }
 
 /** A prompt of token ids, as the OpenAI API takes it (`prompt: number[]`, or one such list in a list), fed as it is. */

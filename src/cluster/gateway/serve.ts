@@ -105,6 +105,8 @@ export function requestServer(options: ServeOptions) {
   let inFlight = 0;
 
   async function serveRequest(req: FastifyRequest, reply: FastifyReply, jobs: readonly JobData[], answer: Answer): Promise<void> {
+    // n choices are n requests in flight: more than the server ever takes would wait for capacity forever
+    if (jobs.length > maxInFlight) throw new HttpError(400, `n = ${jobs.length} choices are ${jobs.length} requests in flight, more than this server takes at once (--max-in-flight ${maxInFlight})`, 'invalid_request_error', 'n');
     if (inFlight + jobs.length > maxInFlight) {
       metrics.rejected.inc();
       throw new HttpError(503, `the server is at capacity (${maxInFlight} requests in flight); retry shortly`, 'server_error', null, { 'retry-after': '1' });
