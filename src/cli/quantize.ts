@@ -116,14 +116,36 @@ async function quantize(o: QuantizeOptions): Promise<void> {
     '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : []),
     ...(o.quantizeEmbedding ? ['--quantize-embedding'] : [])];
   process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
-  await runTool(python, 'quantize.py', args, out, 'inherit');
-  checkWritten(out, python, 'quantize.py');
+  await writeFolder(out, python, 'quantize.py', (to) => args.map((a) => (a === out ? to : a)));
   process.stdout.write(`${out}\n`);
+}
+
+/**
+ * Runs a rewrite into `out.partial-<pid>` and renames it to `out` once the tool has written it, so
+ * that a failure or an interrupt (Ctrl-C reaches the tool and this process alike) leaves no `out`
+ * half written that would block a rerun; the partial folder is removed either way.
+ */
+async function writeFolder(out: string, python: string, tool: TrainTool, argsFor: (to: string) => string[]): Promise<void> {
+  const partial = `${out}.partial-${process.pid}`;
+  let interrupted: NodeJS.Signals | undefined;
+  const onSignal = (signal: NodeJS.Signals) => (interrupted = signal);
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+  try {
+    await runTool(python, tool, argsFor(partial), partial, 'inherit');
+    checkWritten(partial, python, tool);
+    renameSync(partial, out);
+  } catch (err) {
+    rmSync(partial, { recursive: true, force: true });
+    if (interrupted) process.exit(interrupted === 'SIGINT' ? 130 : 143);
+    throw err;
+  } finally {
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+  }
 }
 
 /** Refuses to report success when the tool exited 0 without writing its folder (a wrong --python, say). */
 function checkWritten(out: string, python: string, tool: TrainTool): void {
-  if (!existsSync(join(out, 'config.json'))) throw new CascadeError(`${python} ran tools/train/${tool} and exited 0, but wrote no model in ${out}: is it a Python 3 with onnx and numpy?`);
+  if (!existsSync(join(out, 'config.json'))) throw new CascadeError(`${python} ran tools/train/${tool} and exited 0, but wrote no model: is it a Python 3 with onnx and numpy?`);
 }
 
 /**
@@ -138,8 +160,7 @@ async function fuseFolder(o: FuseOptions): Promise<void> {
   const { model, out, graph } = rewriteFolders(o, 'fused');
   const python = findPython(o.python, 'cascade fuse');
   process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
-  await runTool(python, 'fuse.py', ['--model', model, '--out', out, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : []), ...(o.logitsToKeep === false ? ['--no-logits-to-keep'] : [])], out, 'inherit');
-  checkWritten(out, python, 'fuse.py');
+  await writeFolder(out, python, 'fuse.py', (to) => ['--model', model, '--out', to, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : []), ...(o.logitsToKeep === false ? ['--no-logits-to-keep'] : [])]);
   process.stdout.write(`${out}\n`);
 }
 
@@ -311,6 +332,9 @@ export function namingSelfDraft(family: Family, width: SelfDraft): Family {
   return firstDrafter(family, name, { ...source, name });
 }
 
+/** The most positions `fuse --max-positions` takes: its RoPE tables hold positions x head_dim floats (2^20 x 128 is 512 MB a table). */
+const MAX_FUSED_POSITIONS = 1 << 20;
+
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
@@ -332,7 +356,7 @@ export function registerQuantize(program: Command): void {
     .requiredOption('--model <dir>', 'the model folder to fuse (config.json and an ONNX decoder graph)', folder('--model'))
     .requiredOption('--out <dir>', 'a new folder for the fused model (refused when it exists); the folder\'s other files are copied', folder('--out'))
     .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
-    .option('--max-positions <n>', "positions the fused graph takes (rows of its RoPE tables; default config.json's max_position_embeddings)", parseNumber('--max-positions', { min: 1, integer: true }))
+    .option('--max-positions <n>', "positions the fused graph takes (rows of its RoPE tables; default config.json's max_position_embeddings)", parseNumber('--max-positions', { min: 1, max: MAX_FUSED_POSITIONS, integer: true }))
     .option('--kv-dtype <type>', "the KV cache's element type: float32 or float16 (default: the weights'). float16 over float32 weights halves the cache's bytes read and copied per pass, as llama.cpp's default f16 cache; lossy against float32 KV (docs/quantization.md)")
     .option('--no-logits-to-keep', "leave out the graph's num_logits_to_keep input (its head then scores every row of a pass, as the genai builder's does): for a runtime that does not feed it, e.g. onnxruntime-genai; this project's runner feeds it, so a prompt's pass scores one row")
     .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')

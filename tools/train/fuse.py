@@ -155,7 +155,10 @@ def unfused_weights(path: Path, cfg: dict) -> tuple[dict[str, np.ndarray], tuple
     (graph_rope) and RMSNorm epsilon (graph_epsilon), after check_layer_arithmetic; None for this
     project's export, whose config gives them."""
     layers, hidden = cfg["num_hidden_layers"], cfg["hidden_size"]
-    graph = onnx.load(str(path)).graph
+    try:
+        graph = onnx.load(str(path)).graph
+    except Exception as e:  # protobuf's DecodeError for a truncated or foreign file, an unreadable external-data file
+        raise SystemExit(f"{path} is not a readable ONNX graph ({type(e).__name__}: {e})")
     branches = [n.name or n.output[0] for n in graph.node if n.op_type in ("If", "Loop", "Scan")]
     if branches:
         raise SystemExit(f"{path}: its layers sit inside {branches[0]} (a merged decoder, which branches on use_cache_branch): "
@@ -456,11 +459,19 @@ def main() -> None:
                     "the runner then needs --tokenizer)")
     args = ap.parse_args()
     src, out = Path(args.model), Path(args.out)
-    if not (src / "config.json").is_file() or not (src / args.model_file).is_file():
-        raise SystemExit(f"{src}: needs config.json and {args.model_file}")
+    for need in ("config.json", args.model_file):
+        if not (src / need).is_file():
+            why = "a symbolic link to nothing, or a loop" if (src / need).is_symlink() else "not a file" if (src / need).exists() else "missing"
+            raise SystemExit(f"{src / need}: {why} (fuse.py needs config.json and {args.model_file})")
     if out.resolve() == src.resolve():
         raise SystemExit(f"--out {out} is the model's own folder: write the fused form beside it")
-    cfg = json.loads((src / "config.json").read_text())
+    try:
+        cfg = json.loads((src / "config.json").read_text())
+    except ValueError as e:
+        raise SystemExit(f"{src / 'config.json'} is not JSON: {e}")
+    missing = [k for k in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "vocab_size") if not isinstance(cfg.get(k), int)]
+    if missing:
+        raise SystemExit(f"{src / 'config.json'} lacks integer {', '.join(missing)}: fuse.py reads a Llama-architecture config")
     positions = args.max_positions or cfg.get("max_position_embeddings", 2048)
     weights, rope, epsilon = unfused_weights(src / args.model_file, cfg)
     theta = check_architecture(cfg, src, positions, rope is not None)
@@ -486,4 +497,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: the caller removes the partial folder
+        raise SystemExit(130)

@@ -399,7 +399,10 @@ def main() -> None:
     graph_path = find_graph(src, args.model_file)
     rel = graph_path.relative_to(src) if graph_path.is_relative_to(src) else Path(graph_path.name)
     log(f"reading {graph_path} ({graph_path.stat().st_size / 1e6:.1f} MB)")
-    model = onnx.load(str(graph_path))
+    try:
+        model = onnx.load(str(graph_path))
+    except Exception as e:  # protobuf's DecodeError for a truncated or foreign file, an unreadable external-data file
+        raise SystemExit(f"{graph_path} is not a readable ONNX graph ({type(e).__name__}: {e})")
     external = {e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"}
     done, gathers, kept = quantize_graph(model, cfg.get("vocab_size"), args.bits, args.block_size, args.accuracy_level,
                                          args.symmetric, args.quantize_head, args.quantize_embedding)
@@ -442,4 +445,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # Ctrl-C: the caller removes the partial folder
+        raise SystemExit(130)
