@@ -67,6 +67,12 @@ test('cli - a prompt file works; bad flags and missing models exit with a clear 
   t.regex(missing.stderr, /not a model family/);
   const noFile = await fails(['generate', '--prompt-file', join(dir, 'absent.txt')]);
   t.regex(noFile.stderr, /cannot read --prompt-file/);
+  // an empty item is no token id (Number('') would be token 0)
+  for (const ids of ['', '1,,2', '3,']) {
+    const r = await fails(['generate', '--prompt-ids', ids]);
+    t.is(r.code, 2, ids);
+    t.regex(r.stderr, /--prompt-ids must be comma-separated non-negative token ids/);
+  }
 });
 
 test('cli - every mode gives the same greedy text; --json reports the cascade and its acceptance', async (t) => {

@@ -373,8 +373,10 @@ function placementOf(o: GenerateOptions, family: { readonly target: string; read
 }
 
 const parsePromptIds = (raw: string): number[] => {
-  const ids = raw.split(',').map((s) => Number(s.trim()));
-  if (!ids.length || ids.some((id) => !Number.isSafeInteger(id) || id < 0)) throw new InvalidArgumentError(`--prompt-ids must be comma-separated non-negative token ids, got "${raw}"`);
+  const parts = raw.split(',').map((s) => s.trim());
+  // Number('') is 0: an empty item must not become token 0
+  const ids = parts.map((s) => (s === '' ? NaN : Number(s)));
+  if (ids.some((id) => !Number.isSafeInteger(id) || id < 0)) throw new InvalidArgumentError(`--prompt-ids must be comma-separated non-negative token ids, got "${raw}"`);
   return ids;
 };
 
