@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -14,6 +14,26 @@ test('cli - bench costs prints a row per model and writes JSON', async (t) => {
   const record = JSON.parse(readFileSync(join(out, 'costs.json'), 'utf8'));
   t.deepEqual(record.models.map((m: { model: string }) => m.model), members);
   t.true(record.models.every((m: { decodeMsPerToken: number }) => m.decodeMsPerToken > 0));
+});
+
+test('cli - a bench\'s --out, methods and prompt sets are checked before anything is measured', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-bench-'));
+  const file = join(dir, 'a-file');
+  writeFileSync(file, '');
+  const [costs, peer, methods, prompts] = await Promise.all([
+    fails(['bench', 'costs', '--out', file]),
+    fails(['bench', 'peer', '--out', join(file, 'under')]),
+    fails(['bench', 'cascade', '--methods', 'bogus', '--out', dir]),
+    fails(['bench', 'cascade', '--prompts', '12', '--sweep-prompts', '8', '--out', dir]),
+  ]);
+  t.regex(costs.stderr, /^error: --out .*a-file: .*a-file is a file, not a directory$/m);
+  t.regex(peer.stderr, /a-file is a file, not a directory/);
+  t.regex(methods.stderr, /unknown method bogus/);
+  t.regex(prompts.stderr, /fewer than 12 to measure plus 8 to tune K on/);
+  for (const r of [costs, peer, methods, prompts]) {
+    t.is(r.code, 2);
+    t.notRegex(r.stderr, /measuring/, 'refused before measuring');
+  }
 });
 
 test('cli - bench costs measures batched decode and verify passes against one sequence, verify(32) among the scored sizes', async (t) => {

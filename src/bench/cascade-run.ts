@@ -233,6 +233,9 @@ function table(r: WorkloadResult): string {
 export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResult[]> {
   const chosen = typeof o.models === 'string' ? loadFamily(o.models) : resolveModels(o.models);
   const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, o.selfDraftCache ?? SELF_DRAFT_CACHE, log) : chosen;
+  // bad methods and prompt sets are refused before any model loads or is measured
+  const methods = perDrafting(perVerification(only(methodsFor(family.drafters, o.eagleModel !== undefined), o.methods), o.verifications ?? [DEFAULT_VERIFICATION]), o.draftings ?? [DEFAULT_DRAFTING]);
+  for (const w of o.workloads) splitWorkload(w, o.prompts, o.sweepPrompts, o.promptsDir);
   const targetEps = o.executionProviders ?? ['cpu'];
   const draftEps = o.draftExecutionProviders ?? draftProvidersBeside(targetEps);
   const requested = (name: string) => (name === family.target ? targetEps : draftEps);
@@ -258,7 +261,6 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
     for (const [name, ms] of Object.entries(decode)) costs[name] = ms / decode[target.spec.name]!;
     costs.mag = 0;
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
-    const methods = perDrafting(perVerification(only(methodsFor(family.drafters, eagle !== undefined), o.methods), o.verifications ?? [DEFAULT_VERIFICATION]), o.draftings ?? [DEFAULT_DRAFTING]);
     const results: WorkloadResult[] = [];
     for (const w of o.workloads) results.push(...(await benchWorkload(ctx, o, w, tok, methods, costs)));
 

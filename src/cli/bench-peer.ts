@@ -2,7 +2,7 @@ import { resolve } from 'node:path';
 import type { Command } from 'commander';
 import { benchPeer, DEFAULT_PEER_FORMS, PEER_FORMS, PEER_WEIGHTS, type PeerForm, type PeerWeights } from '../bench/peer.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { BATCH_INVARIANT_HELP, parseBatchInvariant, parseNumber } from './options.ts';
+import { BATCH_INVARIANT_HELP, parseBatchInvariant, parseNumber, parseOutDir } from './options.ts';
 import type { BatchInvariance } from '../models/session.ts';
 import { BLOCK_SIZES, blockSizeError, findPython } from './quantize.ts';
 
@@ -67,7 +67,7 @@ export function registerBenchPeer(bench: Command): void {
     .option('--cache-dir <dir>', 'where the quantized folders, GGUF files and llama.cpp clone (for gguf-py) are made once', '.cache/bench-peer')
     .option('--python <path>', 'Python with onnx and numpy for cascade quantize and tools/gguf/export_gguf.py (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
     .option('--note <text>', 'a line recorded with the results (the machine\'s conditions, say)')
-    .option('--out <dir>', 'directory for peer.json and peer.md', 'results')
+    .option('--out <dir>', 'directory for peer.json and peer.md', parseOutDir('--out'), 'results')
     .action(async (o: PeerFlags) => {
       if (o.accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${o.accuracyLevel}`);
       const blockError = blockSizeError(o.blockSize);

@@ -17,7 +17,7 @@ import { formatTable, writeJson } from '../bench/report.ts';
 import { memberSource } from '../models/family.ts';
 import { resolveModels } from '../models/model-choice.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseDraftingFlag, parseVerificationFlag } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseDraftingFlag, parseVerificationFlag, parseOutDir } from './options.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import type { BatchInvariance } from '../models/session.ts';
 
@@ -120,7 +120,7 @@ export function registerBench(program: Command): void {
     .option('--execution-providers <list>', `execution providers in order, e.g. webgpu (${EXECUTION_PROVIDERS.join(', ')}; default cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <list>', `where the KV lives, comma-separated to measure each side by side: ${KV_LOCATIONS.join(', ')}`, (v: string) => v.split(',').map(parseKvLocation), ['auto'])
     .option('--batch-invariant <list>', `whether a token's logits stay the same however many tokens its pass scores, comma-separated to measure each side by side: ${BATCH_INVARIANT_HELP}`, (v: string) => v.split(',').map(parseBatchInvariant), ['auto'])
-    .option('--out <dir>', 'directory for the JSON record', 'results')
+    .option('--out <dir>', 'directory for the JSON record', parseOutDir('--out'), 'results')
     .option('--repeats <n>', 'repeats per measurement (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 5)
     .option('--past <n>', 'tokens already in the cache when decoding and scoring', parseNumber('--past', { min: 1, integer: true }), 256)
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
@@ -151,7 +151,7 @@ export function registerBench(program: Command): void {
     .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .option('--eagle-model <dir>', 'a feature drafter (EAGLE, e.g. models/eagle): adds eagle, eagle+mag and csd+eagle, and the last two with MaG first (mag>eagle+mag, mag>csd+eagle); the target needs the hidden_states output (tools/train/add_hidden_output.py)')
     .option('--methods <list>', 'only these methods, comma-separated, e.g. mag,csd,csd+eagle; names: ar, sd:NAME, mag, mag-recent, csd-vertical, csd-horizontal, csd, mag>csd, and with --eagle-model eagle, eagle+mag, csd+eagle, mag>eagle+mag, mag>csd+eagle (quote the > in a shell; ar always runs: speedups are over it)', (v: string) => v.split(',').map((m) => m.trim()).filter(Boolean))
-    .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', 'results')
+    .option('--out <dir>', 'directory for cascade.json, cascade.md and the SVG plots', parseOutDir('--out'), 'results')
     .action(async (o) => {
       const choice = { models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer };
       await benchCascade({
@@ -188,7 +188,7 @@ export function registerBench(program: Command): void {
     .option('--max-tokens <n>', 'tokens generated per request', parseNumber('--max-tokens', { min: 1, integer: true }), 48)
     .option('--models <dir>', 'model family directory', 'models')
     .option('--threads <n>', 'ONNX Runtime intra-op threads per model', parseNumber('--threads', { min: 1, integer: true }), 1)
-    .option('--out <dir>', 'directory for scale.json and scale.md', 'results')
+    .option('--out <dir>', 'directory for scale.json and scale.md', parseOutDir('--out'), 'results')
     .option('--no-cluster', 'skip the cluster on this machine (nats-server, redis-server, actor processes)')
     .action(async (o) => {
       await benchScale({ models: o.models, workloads: o.workload, prompts: o.prompts, sweepPrompts: o.sweepPrompts, concurrency: o.concurrency, repeats: o.repeats, maxTokens: o.maxTokens, threads: o.threads, out: o.out, cluster: o.cluster });
@@ -208,7 +208,7 @@ export function registerBench(program: Command): void {
     .option('--release-batch <s>', 'tokens released at once when a cache is full (as generate --kv-release-batch)', parseNumber('--release-batch', { min: 1, integer: true }), 1)
     .option('--models <dir>', 'model family directory', 'models')
     .option('--threads <n>', 'ONNX Runtime intra-op threads', parseNumber('--threads', { min: 1, integer: true }), 1)
-    .option('--out <dir>', 'directory for kv.json, kv.md and kv-quality.svg', 'results')
+    .option('--out <dir>', 'directory for kv.json, kv.md and kv-quality.svg', parseOutDir('--out'), 'results')
     .action(async (o) => {
       await benchKv({ models: o.models, context: o.context, continuation: o.continuation, fractions: o.fractions, policies: o.policies, docs: o.docs, sinks: o.sinks, recent: o.recent, rebuild: o.rebuild, prefillChunk: o.prefillChunk, releaseBatch: o.releaseBatch, threads: o.threads, out: o.out });
     });
@@ -220,7 +220,7 @@ export function registerBench(program: Command): void {
     .option('--min-tokens <n>', 'shortest max_tokens', parseNumber('--min-tokens', { min: 1, integer: true }), 4)
     .option('--max-tokens <n>', 'longest max_tokens', parseNumber('--max-tokens', { min: 1, integer: true }), 48)
     .option('--models <dir>', 'model family directory', 'models')
-    .option('--out <dir>', 'directory for load.json and load.md', 'results')
+    .option('--out <dir>', 'directory for load.json and load.md', parseOutDir('--out'), 'results')
     .action(async (o) => {
       if (o.minTokens > o.maxTokens) throw new InvalidArgumentError('--min-tokens must not exceed --max-tokens');
       await benchLoad({ models: o.models, requests: o.requests, concurrency: o.concurrency, minTokens: o.minTokens, maxTokens: o.maxTokens, out: o.out });
@@ -235,7 +235,7 @@ export function registerBench(program: Command): void {
     .option('--repeats <n>', 'repeats (medians are reported)', parseNumber('--repeats', { min: 1, integer: true }), 2)
     .option('--schedule <auto|fixed>', 'K per round: the adaptive schedule, or the fixed default K matrix of each method', parseSchedule, 'auto')
     .option('--models <dir>', 'model family directory', 'models')
-    .option('--out <dir>', 'directory for self-draft.json and self-draft.md', 'results')
+    .option('--out <dir>', 'directory for self-draft.json and self-draft.md', parseOutDir('--out'), 'results')
     .action(async (o) => {
       await benchSelfDraft({ models: o.models, docs: o.docs, context: o.context, maxTokens: o.maxTokens, budget: o.budget, repeats: o.repeats, schedule: o.schedule, out: o.out });
     });
@@ -250,7 +250,7 @@ export function registerBench(program: Command): void {
     .option('--concurrency <list>', 'comma-separated concurrent requests for the aggregate runs, per drafting mode', parseConcurrency, [4])
     .option('--timeline <file.svg>', 'draw one traced request per drafting mode: each actor a lane, busy and idle, rejections marked (FILE for the first mode, FILE-<mode>.svg for the others)')
     .option('--models <dir>', 'model family directory', 'models')
-    .option('--out <dir>', 'directory for cluster.json, cluster.md and the spans', 'results')
+    .option('--out <dir>', 'directory for cluster.json, cluster.md and the spans', parseOutDir('--out'), 'results')
     .option('--drafters <list>', "the cascade's drafters, comma-separated names as the API's cascade.drafters takes them, e.g. eagle,mag (default: the family's drafters and mag)", (v: string) => v.split(',').map((d) => d.trim()).filter(Boolean))
     .option('--prompts-dir <dir>', 'folder of the prompt sets, WORKLOAD.jsonl (default: bench/prompts of this checkout)')
     .option('--layouts <list>', `cluster layouts measured side by side, comma-separated: ${LAYOUTS.join(', ')} (colocated: the verify actor inside the coordinator, cascade coordinator --verifier); the first also drives the aggregate and traced runs`, parseLayouts, ['separate'])

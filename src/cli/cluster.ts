@@ -11,7 +11,7 @@ import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { isClusterUrl, parseRedis, withRedisCredentials } from '../cluster/redis-connection.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parsePort, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parsePort, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, parseOutDir } from './options.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
@@ -436,7 +436,7 @@ export function registerCluster(program: Command): void {
     .option('--concurrency <n>', 'concurrent streaming requests per phase', parseNumber('--concurrency', { min: 1, integer: true }), 20)
     .option('--max-tokens <n>', 'tokens per request', parseNumber('--max-tokens', { min: 1, integer: true }), 32)
     .option('--models <dir>', 'model family directory', 'models')
-    .option('--out <dir>', 'directory for chaos.json and chaos.md', 'results')
+    .option('--out <dir>', 'directory for chaos.json and chaos.md', parseOutDir('--out'), 'results')
     .option('--redis-cluster', 'keep the state in a Redis Cluster of 3 masters with a replica each (restart-redis becomes a failover of the queue\'s master) instead of one redis-server')
     .action(async (o: { scenarios: Scenario[]; concurrency: number; maxTokens: number; models: string; out: string; redisCluster?: boolean }) => {
       const ok = await chaosCommand({ ...o, redis: o.redisCluster ? 'cluster' : 'server' });

@@ -1,3 +1,5 @@
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { z } from 'zod';
 import { checkKBound, type KSchedule } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
@@ -15,6 +17,23 @@ export const parseNumber = (flag: string, { min, max, integer = false }: { min?:
       throw new InvalidArgumentError(`${flag} must be ${kind}${range}, got "${raw}"`);
     }
     return v;
+  };
+
+/**
+ * A benchmark's --out directory, checked before anything is measured (the results are written at the
+ * end): an existing path must be a writable directory; a new one, inside a writable directory.
+ */
+export const parseOutDir = (flag: string) =>
+  (raw: string): string => {
+    let at = resolve(raw);
+    while (!existsSync(at) && dirname(at) !== at) at = dirname(at);
+    if (!statSync(at).isDirectory()) throw new InvalidArgumentError(`${flag} ${raw}: ${at} is a file, not a directory`);
+    try {
+      accessSync(at, constants.W_OK);
+    } catch {
+      throw new InvalidArgumentError(`${flag} ${raw}: ${at} is not writable`);
+    }
+    return raw;
   };
 
 /** A TCP port flag: `min` 0 lets the system pick a free port. */
