@@ -75,6 +75,21 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     t.is(r.error?.param, param);
   }
   t.is((await post({ mode: 'ar', drafters: [] })).status, 200, 'an empty list with mode ar is that mode\'s own cascade');
+  // OpenAI's own mistakes get messages that say what to send, and name the param
+  const badBodies: [string, object, RegExp, string][] = [
+    ['completions', { max_tokens: 2 }, /prompt is required/, 'prompt'],
+    ['completions', { prompt: ['a', 'b'] }, /one prompt per request/, 'prompt'],
+    ['completions', { prompt: 'x', tools: [] }, /Unrecognized key: "tools"/, 'tools'],
+    ['chat/completions', { prompt: 'x' }, /messages is required \(a chat request; \/v1\/completions takes a prompt\)/, 'messages'],
+    ['chat/completions', { messages: [{ role: 'user', content: [{ type: 'text' }] }] }, /a text content part needs its text/, 'messages.0.content.0.text'],
+  ];
+  for (const [path, body, reason, param] of badBodies) {
+    const r = await fetch(`${gateway.url}/v1/${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const { error } = (await r.json()) as { error: { message: string; param: string } };
+    t.is(r.status, 400, JSON.stringify(body));
+    t.regex(error.message, reason);
+    t.is(error.param, param, JSON.stringify(body));
+  }
   // bodies nested past any field of the API: a 400, not the validators' stack overflow as a 500
   for (const body of [`{"prompt":${'['.repeat(5000)}${']'.repeat(5000)},"max_tokens":2}`, '['.repeat(100_000) + ']'.repeat(100_000)]) {
     const deep = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body });

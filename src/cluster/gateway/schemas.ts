@@ -72,7 +72,12 @@ const TokenIds = z.array(z.number().int().min(0)).min(1);
 export const CompletionBody = z
   .object({
     ...Sampling,
-    prompt: z.union([z.string().min(1), z.array(z.string().min(1)).length(1), TokenIds, z.array(TokenIds).length(1)]),
+    prompt: z.union([z.string().min(1, 'prompt is empty: there is no token to continue from'), z.array(z.string().min(1)).length(1), TokenIds, z.array(TokenIds).length(1)], {
+      error: (issue) =>
+        issue.input === undefined
+          ? 'prompt is required'
+          : 'prompt must be a non-empty string, token ids, or a list holding one of those (one prompt per request: send several as several requests, or use n for several completions of one)',
+    }),
     /** Completions' log probabilities: how many alternatives per token (OpenAI allows 0..5, vLLM more; 0 = the token's own only). */
     logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
     /** The prompt's text before the completion's. */
@@ -88,7 +93,8 @@ export const Content = z.union([
   z.string(),
   z.array(
     z.object({ type: z.string(), text: z.string().optional() }).passthrough().superRefine((part, ctx) => {
-      if (part.type !== 'text' || part.text === undefined) ctx.addIssue({ code: 'custom', message: `content parts of type "${part.type}" are not supported (text only)` });
+      if (part.type !== 'text') ctx.addIssue({ code: 'custom', message: `content parts of type "${part.type}" are not supported (text only)` });
+      else if (part.text === undefined) ctx.addIssue({ code: 'custom', message: 'a text content part needs its text', path: ['text'] });
     }),
   ),
 ]);
@@ -102,7 +108,7 @@ export type Message = z.infer<typeof Message>;
 export const ChatBody = z
   .object({
     ...Sampling,
-    messages: z.array(Message).min(1),
+    messages: z.array(Message, { error: (issue) => (issue.input === undefined ? 'messages is required (a chat request; /v1/completions takes a prompt)' : undefined) }).min(1),
     /** Chat's log probabilities: whether to return them, and how many alternatives per token. */
     logprobs: z.boolean().optional(),
     top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
@@ -119,7 +125,9 @@ export function parse<T>(schema: z.ZodType<T>, body: unknown): T {
   const r = schema.safeParse(withoutNulls(body));
   if (!r.success) {
     const issue = r.error.issues[0]!;
-    throw new HttpError(400, `invalid request: ${z.prettifyError(r.error)}`, 'invalid_request_error', issue.path.join('.') || null);
+    // an unknown field is the param at fault, as OpenAI names it
+    const param = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!].join('.') : issue.path.join('.');
+    throw new HttpError(400, `invalid request: ${z.prettifyError(r.error)}`, 'invalid_request_error', param || null);
   }
   return r.data;
 }
