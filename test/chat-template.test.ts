@@ -253,7 +253,7 @@ function oneModelFamily(generation?: unknown): string {
 }
 const generate = async (...args: string[]) => JSON.parse((await cascade('generate', '--json', '--mode', 'ar', '--max-tokens', '8', ...args)).stdout);
 
-test("cli - generate --message / --chat-file render the model's chat template, as the gateway does", async (t) => {
+test("cli - generate --message / --chat-file render the model's chat template, as the gateway does, with the gateway's roles", async (t) => {
   const models = oneModelFamily();
   const chat: ChatMessage[] = [{ role: 'system', content: 'Answer in Python.' }, { role: 'user', content: 'a=b\nsum of a list' }];
   const file = join(models, 'chat.json');
@@ -267,6 +267,12 @@ test("cli - generate --message / --chat-file render the model's chat template, a
   const bad = await fails(['generate', '--models', models, '--message', 'no-role-here']);
   t.is(bad.code, 2);
   t.regex(bad.stderr, /--message must be ROLE=TEXT/);
+  // the gateway's roles, no others; developer is rendered as system, as the gateway renders it
+  const wizard = await fails(['generate', '--models', models, '--message', 'wizard=hi']);
+  t.is(wizard.code, 2);
+  t.regex(wizard.stderr, /--message role "wizard" is not one of system, developer, user, assistant, tool/);
+  const developer = await generate('--models', models, '--message', `developer=${chat[0]!.content}`, '--message', `user=${chat[1]!.content}`);
+  t.deepEqual(developer.tokenIds, want.tokenIds);
 });
 
 test("cli - generate samples with the model's generation_config.json defaults unless flags say otherwise", async (t) => {

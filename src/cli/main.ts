@@ -58,7 +58,9 @@ try {
   if (err instanceof OutputError) process.exit(1); // reported when it happened
   const e = err as Error & { code?: unknown };
   if (e instanceof CascadeError) {
-    process.stderr.write(`error: ${e.message}${e.cause instanceof Error ? ` (${e.cause.message})` : ''}\n${missingValueHint(e.message)}`);
+    // the cause's message, unless the message already quotes it
+    const cause = e.cause instanceof Error && !e.message.includes(e.cause.message) ? ` (${e.cause.message})` : '';
+    process.stderr.write(`error: ${e.message}${cause}\n${missingValueHint(e.message)}`);
     process.exit(e instanceof InvalidArgumentError ? 2 : 1);
   }
   // an operating-system error (ENOSPC writing the output, EACCES, …): one line, not a stack trace

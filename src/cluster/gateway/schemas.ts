@@ -101,8 +101,10 @@ export const Content = z.union([
 export type Content = z.infer<typeof Content>;
 
 /** OpenAI's roles: `developer` is the system role of newer models; `tool` messages go to the chat template as they are. */
+/** OpenAI's chat roles, which the gateway and `cascade generate --message`/`--chat-file` take. */
+export const CHAT_ROLES = ['system', 'developer', 'user', 'assistant', 'tool'] as const;
 export const Message = z
-  .object({ role: z.enum(['system', 'developer', 'user', 'assistant', 'tool']), content: Content, name: z.string().optional(), tool_call_id: z.string().optional() })
+  .object({ role: z.enum(CHAT_ROLES), content: Content, name: z.string().optional(), tool_call_id: z.string().optional() })
   .strict();
 export type Message = z.infer<typeof Message>;
 export const ChatBody = z
