@@ -133,7 +133,7 @@ test('hf layouts - a graph with num_logits_to_keep is fed the rows a pass needs 
   for (const r of [ar, sd, csd]) t.deepEqual(r.tokenIds, reference('llama-gqa').greedy_ids);
 });
 
-test('hf layouts - folders missing a file, graphs outside the decoder-with-past contract and drafters with another tokenizer are refused by name', async (t) => {
+test('hf layouts - folders missing a file, a graph that is a broken link, graphs outside the decoder-with-past contract and drafters with another tokenizer are refused by name', async (t) => {
   const empty = scratch('empty');
   copyFileSync(join(FIXTURES, 'llama-gqa', 'config.json'), join(empty, 'config.json'));
   t.throws(() => loadModelSpec({ dir: empty, tokenizer: TOKENIZER }), { name: 'ModelLoadError', message: /has no decoder graph: expected model\.onnx, decoder_model_merged\.onnx or onnx\/model\.onnx/ });
@@ -143,6 +143,14 @@ test('hf layouts - folders missing a file, graphs outside the decoder-with-past 
   t.regex(noConfig.stderr, /has no config\.json/);
   const nowhere = await fails(['generate', '--model', join(empty, 'absent'), '--prompt', 'x']);
   t.regex(nowhere.stderr, /--model .*absent is neither a directory nor a member of the family/);
+  // a graph that is a symbolic link to itself, or to nothing: said so, not ONNX Runtime's "system error number 40"
+  const looping = scratch('looping');
+  copyFileSync(join(FIXTURES, 'llama-gqa', 'config.json'), join(looping, 'config.json'));
+  symlinkSync(join(looping, 'model.onnx'), join(looping, 'model.onnx'));
+  t.throws(() => loadModelSpec({ dir: looping, tokenizer: TOKENIZER }), { name: 'ModelLoadError', message: /model\.onnx is a symbolic link that loops$/ });
+  rmSync(join(looping, 'model.onnx'));
+  symlinkSync(join(looping, 'gone.onnx'), join(looping, 'model.onnx'));
+  t.throws(() => loadModelSpec({ dir: looping, tokenizer: TOKENIZER }), { name: 'ModelLoadError', message: /model\.onnx is a symbolic link to nothing$/ });
 
   // input_ids -> Identity -> logits: no attention mask, no past, no presents
   const tensor = (name: string) => concat([field(1, name), field(2, field(1, field(1, 7)))]);

@@ -49,6 +49,23 @@ function graphsIn(dir: string): string[] {
  * is ambiguous or nothing fits.
  */
 export function findGraph(dir: string, modelFile?: string): string {
+  return graphFile(chooseGraph(dir, modelFile));
+}
+
+/** `path`, if it is a file that can be opened; a ModelLoadError saying why not otherwise (ONNX Runtime only says "system error number 40"). */
+function graphFile(path: string): string {
+  let why: string | undefined;
+  try {
+    if (!statSync(path).isFile()) why = 'is not a file';
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    why = code === 'ELOOP' ? 'is a symbolic link that loops' : code === 'ENOENT' ? 'is a symbolic link to nothing' : `cannot be read (${code ?? (err as Error).message})`;
+  }
+  if (why) throw new ModelLoadError(`the model's graph ${path} ${why}`);
+  return path;
+}
+
+function chooseGraph(dir: string, modelFile?: string): string {
   if (modelFile !== undefined) {
     const path = isAbsolute(modelFile) ? modelFile : join(dir, modelFile);
     // a flag that names no file: bad input (exit 2), as a --model that names no folder
