@@ -65,6 +65,17 @@ test('cli - a prompt file works; bad flags and missing models exit with a clear 
   const missing = await fails(['generate', '--models', join(dir, 'nope'), 'x']);
   t.is(missing.code, 1);
   t.regex(missing.stderr, /not a model family/);
+  // a family.json with a misspelt key, or the target among its own drafters, is refused by name
+  for (const [json, reason] of [
+    [{ target: 'target', drafter: ['draft-l1'], drafters: [] }, /family\.json is malformed: ✖ Unrecognized key: "drafter"/],
+    [{ target: 'target', drafters: ['target'] }, /the target "target" cannot be its own drafter/],
+  ] as const) {
+    const family = join(dir, `family-${reason.source.length}`);
+    await import('node:fs').then((fs) => (fs.mkdirSync(family), fs.writeFileSync(join(family, 'family.json'), JSON.stringify(json))));
+    const r = await fails(['generate', '--models', family, 'x']);
+    t.is(r.code, 1);
+    t.regex(r.stderr, reason);
+  }
   const noFile = await fails(['generate', '--prompt-file', join(dir, 'absent.txt')]);
   t.regex(noFile.stderr, /cannot read --prompt-file/);
   // an empty item is no token id (Number('') would be token 0)

@@ -39,7 +39,15 @@ const FamilyJson = z.object({
   controller: z.string().min(1).optional(),
   /** The EAGLE feature drafter trained for this family's target (tools/train/eagle.sh), a member directory. */
   eagle: z.string().min(1).optional(),
-});
+})
+  // a misspelt key ("drafter") would otherwise drop what it names, silently
+  .strict()
+  .superRefine((f, ctx) => {
+    if (f.drafters.includes(f.target)) ctx.addIssue({ code: 'custom', path: ['drafters'], message: `the target "${f.target}" cannot be its own drafter` });
+    const twice = f.drafters.find((d, i) => f.drafters.indexOf(d) !== i);
+    if (twice !== undefined) ctx.addIssue({ code: 'custom', path: ['drafters'], message: `"${twice}" is listed twice` });
+    if (f.eagle !== undefined && (f.eagle === f.target || f.drafters.includes(f.eagle))) ctx.addIssue({ code: 'custom', path: ['eagle'], message: `the feature drafter "${f.eagle}" is also the target or a drafter` });
+  });
 
 export function loadFamily(dir: string): Family {
   const abs = resolve(dir);
