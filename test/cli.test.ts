@@ -109,6 +109,8 @@ test('cli - logits processors (penalties, logit_bias) give the same greedy token
   t.false(ar.tokenIds.includes(13), 'the banned token never appears');
   t.regex((await fails(['generate', '--presence-penalty', '3', 'x'])).stderr, /presence penalty must be in \[-2, 2\], got 3/);
   t.regex((await fails(['generate', '--logit-bias', '[1]', 'x'])).stderr, /--logit-bias takes a JSON object/);
+  // "013" and "13" would be one token, one bias silently replacing the other
+  t.regex((await fails(['generate', '--logit-bias', '{"13": 100, "013": -100}', 'x'])).stderr, /--logit-bias keys are token ids \(integers from 0, without leading zeros\); got "013"/);
 });
 
 test('cli - --mode ar stays target-only decoding: --self-draft and --eagle-model, which would add a drafter to it, are refused before anything is made', async (t) => {

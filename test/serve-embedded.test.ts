@@ -80,6 +80,7 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     ['completions', { max_tokens: 2 }, /prompt is required/, 'prompt'],
     ['completions', { prompt: ['a', 'b'] }, /one prompt per request/, 'prompt'],
     ['completions', { prompt: 'x', tools: [] }, /Unrecognized key: "tools"/, 'tools'],
+    ['completions', { prompt: 'x', logit_bias: { '13': 100, '013': -100 } }, /without leading zeros/, 'logit_bias.013'],
     ['chat/completions', { prompt: 'x' }, /messages is required \(a chat request; \/v1\/completions takes a prompt\)/, 'messages'],
     ['chat/completions', { messages: [{ role: 'user', content: [{ type: 'text' }] }] }, /a text content part needs its text/, 'messages.0.content.0.text'],
   ];

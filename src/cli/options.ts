@@ -97,7 +97,7 @@ export const parseLogitBias = (raw: string): Record<number, number> => {
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new InvalidArgumentError(`--logit-bias takes a JSON object of token id to bias; got ${raw}`);
   const out: Record<number, number> = {};
   for (const [id, v] of Object.entries(json)) {
-    if (!/^\d{1,10}$/.test(id) || Number(id) > 0xffffffff) throw new InvalidArgumentError(`--logit-bias keys are token ids (integers from 0); got "${id}"`);
+    if (!/^(0|[1-9]\d{0,9})$/.test(id) || Number(id) > 0xffffffff) throw new InvalidArgumentError(`--logit-bias keys are token ids (integers from 0, without leading zeros); got "${id}"`);
     if (typeof v !== 'number' || !(v >= -100 && v <= 100)) throw new InvalidArgumentError(`--logit-bias maps token ids to numbers in [-100, 100]; got ${id}: ${JSON.stringify(v)}`);
     out[Number(id)] = v;
   }

@@ -20,7 +20,12 @@ const CascadeFields = z
   .optional();
 
 /** Token id → bias, as OpenAI sends logit_bias (JSON object keys are strings). */
-const LogitBias = z.record(z.string().regex(/^\d{1,10}$/, 'logit_bias keys are token ids').refine((id) => Number(id) <= 0xffffffff, 'logit_bias keys are token ids below 2^32'), z.number().min(-100).max(100));
+const LogitBias = z.record(z.string(), z.number().min(-100).max(100)).superRefine((bias, ctx) => {
+  // checked here, not as the record's key schema, whose own message ("Invalid key in record") hides this one
+  for (const id of Object.keys(bias)) {
+    if (!/^(0|[1-9]\d{0,9})$/.test(id) || Number(id) > 0xffffffff) ctx.addIssue({ code: 'custom', path: [id], message: 'logit_bias keys are token ids below 2^32, written without leading zeros ("013" and "13" would be one token)' });
+  }
+});
 
 /** Most choices (`n`) one request may ask for: each is a request of its own to the cluster. */
 export const MAX_CHOICES = 16;
