@@ -109,6 +109,9 @@ interface Run {
 }
 
 /** A warm configuration: generate() runs one greedy request; nothing loads in it. */
+/** The method name of plain decoding without batch invariance, measured beside plain decoding when the target pads (not an exact base for speculation, so not in the summary). */
+const PLAIN_UNPADDED = 'target only, batch invariance off';
+
 interface Side {
   readonly engine: PeerRow['engine'];
   readonly weights: PeerWeights;
@@ -230,6 +233,12 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
             const format = `ONNX ${w === 'f32' ? 'f32' : `${OURS_OF[w]}+head (cascade quantize${quantizer.map((q) => `, ${q}`).join('')})`} ${form}`;
             const neural: DrafterSpec[] = csd.drafters.flatMap((d): DrafterSpec[] => (d === 'mag' ? [magSpec] : [{ kind: 'model', session: drafterSessions.get(form)![family.drafters.indexOf(d)]! }]));
             sides.push(oursSide(w, format, target, 'target only', [], []));
+            if (target.batchInvariant) {
+              // what plain decoding costs without the padding that keeps speculation over this target exact (a user who never speculates may turn it off)
+              const unpadded = await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false, batchInvariant: 'off' });
+              sessions.push(unpadded);
+              sides.push(oursSide(w, format, unpadded, PLAIN_UNPADDED, [], []));
+            }
             if (family.drafters.length) sides.push(oursSide(w, format, target, `default cascade (${csd.drafters.join(', ')})`, neural, csd.kMatrix));
             sides.push(oursSide(w, format, target, 'MaG', [magSpec], mag.kMatrix));
           }
@@ -357,7 +366,7 @@ function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: reado
     `# cascade bench peer: this project against llama.cpp on the same weights\n\n${o.note ? `**${o.note}**\n\n` : ''}${what}.\n\n` +
     `Machine: ${machine}.\n\n${o.command ? `Command: \`${o.command}\`\n\n` : ''}` +
     `## Side by side (tok/s end to end, decode in brackets)\n\n\`\`\`\n${summary}\n\`\`\`\n\n## Every configuration\n\n\`\`\`\n${full}\n\`\`\`\n\n` +
-    `accept: this project, mean tokens per target pass; llama.cpp, draft tokens validated / drafted. = f32: prompts whose tokens equal this project's f32 target-only output; = plain: equal to the same engine's plain decoding at the same weights.\n\n` +
+    `accept: this project, mean tokens per target pass; llama.cpp, draft tokens validated / drafted. = f32: prompts whose tokens equal this project's f32 target-only output; = plain: equal to the same engine's plain decoding at the same weights. ${PLAIN_UNPADDED}: plain decoding of a target that pads its one-token passes (batch inv. on), timed without the padding; speculation over it would not be exact, so the summary leaves it out.\n\n` +
     `Prompts: ${prompts.map((p) => p.id).join(', ')}\n`;
   writeFileSync(join(o.out, 'peer.md'), md);
   process.stdout.write(`${what}.\n${o.note ? `${o.note}\n` : ''}\n${summary}\n\n${full}\n\nwrote ${join(o.out, 'peer.json')} and peer.md\n`);
