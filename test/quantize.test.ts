@@ -401,7 +401,7 @@ function argmax(row: Float32Array): number {
   return best;
 }
 
-maybe('generate --self-draft takes a target named by --model-file when that is the folder\'s default graph, and refuses another of several graphs, naming the way round; the copy reads the target\'s --tokenizer', async (t) => {
+maybe('generate --self-draft takes a target named by --model-file, the folder\'s default graph or another of several (each its own cached copy); the copy reads the target\'s --tokenizer', async (t) => {
   const folder = join(tmp, 'two-graphs');
   cpSync(dirOf('draft-l2'), folder, { recursive: true });
   // a user's export without a tokenizer of its own: --tokenizer names it, for the copy too
@@ -411,9 +411,17 @@ maybe('generate --self-draft takes a target named by --model-file when that is t
   const args = ['generate', '--json', '--max-tokens', '8', '--model', folder, '--tokenizer', join(MODELS_DIR, 'tokenizer.json'), 'def add(a, b):'];
   const [ar, copied] = await Promise.all([cascade(...args, '--mode', 'ar'), cascade(...args, '--model-file', 'model.onnx', '--self-draft', 'int4', '--self-draft-cache', cache)]);
   t.deepEqual(JSON.parse(copied.stdout).tokenIds, JSON.parse(ar.stdout).tokenIds);
-  const refused = await fails([...args, '--model-file', 'other.onnx', '--self-draft', 'int4', '--self-draft-cache', cache]);
-  t.is(refused.code, 2);
-  t.regex(refused.stderr, /a target picked by --model-file \(other\.onnx\) among several graphs is not supported[^]*Put that graph \(and its external data file, if any\) in a folder of its own/);
+  // another graph of the folder (here draft-l1's, so that its tokens differ): its own copy, drafting for it
+  cpSync(join(dirOf('draft-l1'), 'model.onnx'), join(folder, 'other.onnx'));
+  cpSync(join(dirOf('draft-l1'), 'config.json'), join(folder, 'config.json'));
+  const [otherAr, otherCopied] = await Promise.all([
+    cascade(...args, '--model-file', 'other.onnx', '--mode', 'ar'),
+    cascade(...args, '--model-file', 'other.onnx', '--self-draft', 'int4', '--self-draft-cache', cache, '--k-matrix', '[[4,4],[0,0]]'),
+  ]);
+  t.deepEqual(JSON.parse(otherCopied.stdout).tokenIds, JSON.parse(otherAr.stdout).tokenIds);
+  t.notDeepEqual(JSON.parse(otherAr.stdout).tokenIds, JSON.parse(ar.stdout).tokenIds, 'precondition: the two graphs differ');
+  t.true(JSON.parse(otherCopied.stdout).stats.acceptedByPosition[0] > 0, 'the copy of the named graph drafts for it');
+  t.is(readdirSync(cache, { recursive: true }).filter((f) => String(f).endsWith('.onnx')).length, 2, 'two copies, one graph each');
 });
 
 maybe('quantize --model-file over a folder of several graphs writes a folder of one graph, which --model and --draft-model open; a Python that writes nothing is not a success', async (t) => {

@@ -176,16 +176,22 @@ interface FuseOptions {
   readonly python?: string;
 }
 
-/** A short key of a model folder's graph (its path, size and mtime), so a re-export replaces stale cache entries. */
-export function folderKey(dir: string, graph = join(dir, 'model.onnx')): string {
+/**
+ * A short key of a model folder's graph (the folder's path, the graph's size and mtime), so a
+ * re-export replaces stale cache entries; `named`: the graph's path too, for a graph chosen among
+ * several (`--model-file`).
+ */
+export function folderKey(dir: string, graph = join(dir, 'model.onnx'), named = false): string {
   const s = existsSync(graph) ? statSync(graph) : statSync(dir);
-  return createHash('sha256').update(`${resolve(dir)}:${s.size}:${s.mtimeMs}`).digest('hex').slice(0, 10);
+  return createHash('sha256').update(`${resolve(dir)}:${named ? `${resolve(graph)}:` : ''}${s.size}:${s.mtimeMs}`).digest('hex').slice(0, 10);
 }
 
 /** Where a cached copy is made and who asks: CACHE/<kind>-<key>/<name>. */
 export interface CopyOptions {
   readonly cacheDir: string;
   readonly name: string;
+  /** The graph in `model` when it is not the folder's default (`--model-file`, relative to the folder or absolute). */
+  readonly modelFile?: string;
   readonly python?: string;
   readonly log?: (msg: string) => void;
 }
@@ -209,14 +215,17 @@ const TOOL_REVISION: Record<TrainTool, number> = { 'quantize.py': 2, 'fuse.py': 
  */
 async function cachedCopy(tool: TrainTool, kind: string, model: string, args: readonly string[], o: CopyOptions): Promise<string> {
   const revision = TOOL_REVISION[tool];
-  const out = join(resolve(o.cacheDir), `${kind}-${folderKey(model)}${revision > 1 ? `-r${revision}` : ''}`, o.name);
+  // a graph other than the folder's default is keyed by its own path, size and time
+  const graph = o.modelFile !== undefined ? findGraph(model, o.modelFile) : undefined;
+  const key = graph === undefined ? folderKey(model) : folderKey(model, graph, true);
+  const out = join(resolve(o.cacheDir), `${kind}-${key}${revision > 1 ? `-r${revision}` : ''}`, o.name);
   if (existsSync(join(out, 'config.json'))) return out;
   const python = findPython(o.python);
   o.log?.(`${tool === 'fuse.py' ? `fusing ${model}` : `quantizing ${model} to ${kind}`} (tools/train/${tool}) into ${out}`);
   mkdirSync(join(out, '..'), { recursive: true });
   const tmp = `${out}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
-  await runTool(python, tool, ['--model', resolve(model), '--out', tmp, ...args], tmp, 'ignore');
+  await runTool(python, tool, ['--model', resolve(model), '--out', tmp, ...(graph !== undefined ? ['--model-file', resolve(graph)] : []), ...args], tmp, 'ignore');
   try {
     renameSync(tmp, out);
   } catch (err) {
@@ -273,26 +282,22 @@ const selfDraftName = (family: Family, width: SelfDraft): string => `${family.ta
  * The folder of the target's own `width` copy for `--self-draft` (quantizedCopy of the target's folder
  * with the head quantized too: a drafter's drafts are reviewed, so its head may round, and at this
  * size the head is a third of the bytes read per token), named `<target>-<width>`, made once into
- * `cacheDir`. Throws InvalidArgumentError for a target chosen by --model-file among several graphs
- * (the copy is of the folder, its default graph quantized), QuantizeToolError when no Python with
- * onnx and numpy is found.
+ * `cacheDir`. A target chosen by --model-file among several graphs gets a copy of that graph, in a
+ * folder of one graph. Throws QuantizeToolError when no Python with onnx and numpy is found.
  */
 export async function selfDraftCopy(family: Family, width: SelfDraft, cacheDir: string, log?: (msg: string) => void): Promise<ModelLocation & { name: string }> {
   const { name, source } = selfDraftSlot(family, width);
-  const dir = await quantizedCopy(source.dir, width === 'int4' ? 4 : 8, { cacheDir, name, quantizeHead: true, log });
+  // the copy holds the one graph quantized (quantize.py leaves the folder's others behind), so it opens without --model-file
+  const dir = await quantizedCopy(source.dir, width === 'int4' ? 4 : 8, { cacheDir, name, quantizeHead: true, log, ...(source.modelFile !== undefined ? { modelFile: source.modelFile } : {}) });
   // the target's --tokenizer, for a folder without a tokenizer.json of its own (the copy has none either)
   return { name, dir, ...(source.tokenizer !== undefined ? { tokenizer: source.tokenizer } : {}) };
 }
 
-/** The copy's name and the target's folder it is made from; refuses a target picked by --model-file other than the folder's default graph. */
+/** The copy's name and the target's location it is made from (a --model-file that is the folder's default graph is dropped, so that its copy is the folder's). */
 function selfDraftSlot(family: Family, width: SelfDraft): { name: string; source: ModelLocation } {
   const source = locationOf(memberSource(family, family.target));
-  if (source.modelFile !== undefined && !isDefaultGraph(source.dir, source.modelFile)) {
-    throw new InvalidArgumentError(
-      `--self-draft copies the target's folder with its default graph quantized: a target picked by --model-file (${source.modelFile}) among several graphs is not supported (the copy would keep the others, and a drafter takes no --model-file of its own). Put that graph (and its external data file, if any) in a folder of its own with config.json and tokenizer.json, and pass the folder as --model`,
-    );
-  }
-  return { name: selfDraftName(family, width), source: { ...source, modelFile: undefined } };
+  const named = source.modelFile !== undefined && !isDefaultGraph(source.dir, source.modelFile);
+  return { name: selfDraftName(family, width), source: { ...source, modelFile: named ? source.modelFile : undefined } };
 }
 
 /** Whether `modelFile` is the graph a folder opens with when none is named (findGraph; quantize.py picks the same). */
