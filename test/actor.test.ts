@@ -115,7 +115,7 @@ for (const [name, connect] of transports) {
   });
 }
 
-test('actor - the target\'s actor refuses a review with lenience other than 1; a drafter\'s actor takes it', async (t) => {
+test('actor - the target\'s actor refuses a review with lenience other than 1 (a drafter\'s actor takes it) and a logit bias outside the vocabulary', async (t) => {
   const transport = new InProcessTransport();
   const target = new ModelActor(transport, new MemoryModelSession({ name: 'tgt', vocabSize: 16, order: 2, seed: 1 }), { instance: 'v0', target: true }).start();
   const drafter = new ModelActor(transport, new MemoryModelSession({ name: 'drf', vocabSize: 16, order: 2, seed: 2 }), { instance: 'd0' }).start();
@@ -129,6 +129,10 @@ test('actor - the target\'s actor refuses a review with lenience other than 1; a
       t.regex(refused.type === 'error' ? refused.message : '', /target.*lenience 1/);
     }
     t.is((await review('tgt', 'v0', 1)).type, 'reviewed', 'an exact review is served');
+    // a logit bias on an id outside the vocabulary is refused as the gateway refuses it, not dropped
+    const biased = await call(transport, subjects.open('tgt'), { type: 'open', session: 'b', sampling: { ...SAMPLED, logitBias: { 99: 5 } }, seed: 3n, target: false, promptLength: 0, verification: 'rejection' });
+    t.is(biased.type === 'error' ? biased.code : biased.type, 'invalid');
+    t.regex(biased.type === 'error' ? biased.message : '', /logit bias on token id 99, outside the vocabulary \(16\)/);
     t.is((await review('drf', 'd0', 2)).type, 'reviewed', 'between drafters lenience is allowed');
     // a draft actor that the queue group hands a request's target session (the same model drafting
     // elsewhere) serves it as the target: exact reviews only, and no top-k truncation

@@ -238,6 +238,10 @@ export class ModelActor {
     const bad = checkSampling(req.sampling);
     if (bad) throw new BadRequest('invalid', bad);
     if (!req.session) throw new BadRequest('invalid', 'open needs a session id');
+    // as the gateway refuses it: a bias on an id the model cannot draw would be dropped silently
+    const vocab = this.session.spec.vocabSize;
+    const outside = Object.keys(req.sampling.logitBias ?? {}).find((id) => !(Number(id) < vocab));
+    if (outside !== undefined) throw new BadRequest('invalid', `logit bias on token id ${outside}, outside the vocabulary (${vocab})`);
     if (!this.sessions.has(req.session) && this.sessions.size >= this.maxSessions) {
       throw new BadRequest('invalid', `${this.model}/${this.instance} holds its maximum of ${this.maxSessions} sessions`);
     }
