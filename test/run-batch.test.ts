@@ -70,6 +70,11 @@ test('run-batch - every request answered in OpenAI\'s output format, greedy text
   const cut = await fails(['run-batch', '-i', input, '-o', output, '--resume']);
   t.regex(cut.stderr, /2\/2 done, 1 failed \(3 answered before\)/);
   t.is(readOutput(output).length, 5);
+  // a last answered line without its newline (an editor's save): the next answer starts a line of its own
+  const answeredLast = readOutput(output).sort((a, b) => Number(a.custom_id !== 'bad') - Number(b.custom_id !== 'bad'));
+  writeFileSync(output, answeredLast.map((l) => JSON.stringify(l)).join('\n'));
+  await fails(['run-batch', '-i', input, '-o', output, '--resume']);
+  t.deepEqual(readOutput(output).map((l) => l.custom_id).sort(), ['bad', 'c0', 'c1', 'c2', 'chat']);
 });
 
 test('run-batch - a malformed file is refused before anything runs, naming its lines; an existing output needs --resume', async (t) => {

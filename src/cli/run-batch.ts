@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
 import type { Command } from 'commander';
+import writeFileAtomic from 'write-file-atomic';
 import { z } from 'zod';
 import { openEmbeddedGateway } from '../cluster/roles.ts';
 import { InvalidArgumentError } from '../errors.ts';
@@ -75,14 +76,15 @@ export function readBatchFile(path: string): BatchLine[] {
 
 /**
  * For --resume: the custom_ids the output file already answered with a 200, after rewriting the file
- * with those lines only (to a temporary file, then renamed over it), so that a request run again
- * leaves one line, its new answer. Lines of failed requests and a line cut by a crash go.
+ * with those lines only, each ending in a newline, so that a request run again leaves one line, its
+ * new answer. Lines of failed requests and a line cut by a crash go. The rewrite is write-file-atomic's
+ * (a temporary file renamed over the real path, a symbolic link followed, the mode kept, synced);
+ * two runs on one output at once are not supported.
  */
 function keepAnswered(path: string): Set<string> {
   const done = new Set<string>();
   const kept: string[] = [];
-  const lines = readFileSync(path, 'utf8').split('\n').filter((raw) => raw.trim());
-  for (const raw of lines) {
+  for (const raw of readFileSync(path, 'utf8').split('\n').filter((l) => l.trim())) {
     try {
       const r = JSON.parse(raw) as { custom_id?: string; response?: { status_code?: number } };
       if (r.custom_id && r.response?.status_code === 200 && !done.has(r.custom_id)) {
@@ -93,11 +95,7 @@ function keepAnswered(path: string): Set<string> {
       // a line cut by a crash: that request runs again
     }
   }
-  if (kept.length !== lines.length) {
-    const tmp = `${path}.${process.pid}.tmp`;
-    writeFileSync(tmp, kept.map((l) => `${l}\n`).join(''));
-    renameSync(tmp, path);
-  }
+  writeFileAtomic.sync(path, kept.map((l) => `${l}\n`).join(''));
   return done;
 }
 
