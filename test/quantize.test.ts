@@ -1,9 +1,11 @@
+import { spawn } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import * as ort from 'onnxruntime-node';
 import OpenAI from 'openai';
+import { ROOT } from '../src/checkout.ts';
 import { startEmbeddedGatewayRole } from '../src/cluster/roles.ts';
 import { findPython } from '../src/cli/quantize.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
@@ -12,7 +14,7 @@ import { generateCascade } from '../src/engine/cascade.ts';
 import { graphOpTypes, graphQuantization } from '../src/models/graph-ops.ts';
 import { loadModelSpec, speculationCaveat } from '../src/models/config.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
-import { cascade, fails, run } from './helpers/cli.ts';
+import { cascade, CLI, fails, run } from './helpers/cli.ts';
 import { dirOf, family, maxAbsDiff, MODELS_DIR, reference } from './helpers/family.ts';
 import { sdPositionFits } from './helpers/sd-fit.ts';
 import { describeFits, misfits } from './helpers/stats.ts';
@@ -447,6 +449,21 @@ maybe('quantize --model-file over a folder of several graphs writes a folder of 
   // written to a partial folder renamed at the end: a failure leaves neither, and a rerun is not blocked
   t.false(existsSync(join(tmp, 'silent')));
   t.deepEqual(readdirSync(tmp).filter((f) => f.includes('.partial-')), []);
+});
+
+test('quantize - a SIGTERM to the CLI alone (docker stop, kill PID) stops the tool and leaves neither --out nor its partial folder', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-quantize-term-'));
+  // a stand-in for Python: answers the import probe, then writes its --out slowly
+  const python = join(dir, 'slow-python');
+  writeFileSync(python, '#!/bin/sh\n[ "$1" = -c ] && exit 0\nwhile [ $# -gt 0 ]; do [ "$1" = --out ] && out=$2; shift; done\nmkdir -p "$out"; sleep 30; echo {} > "$out/config.json"\n', { mode: 0o755 });
+  const out = join(dir, 'out');
+  const child = spawn(process.execPath, [...CLI, 'quantize', '--model', dirOf('draft-l1'), '--out', out, '--bits', '8', '--python', python], { cwd: ROOT, stdio: 'ignore' });
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  for (let i = 0; i < 100 && !readdirSync(dir).some((f) => f.startsWith('out.partial-')); i++) await new Promise((r) => setTimeout(r, 100));
+  t.true(readdirSync(dir).some((f) => f.startsWith('out.partial-')), 'precondition: the tool is writing');
+  child.kill('SIGTERM');
+  t.is(await exited, 143);
+  t.deepEqual(readdirSync(dir).filter((f) => f !== 'slow-python'), []);
 });
 
 test('quantize and bench peer take only the block sizes MatMulNBits runs (16 to 256), refused before anything is made', async (t) => {

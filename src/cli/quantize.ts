@@ -49,10 +49,11 @@ function toolPath(tool: TrainTool): string {
  * Runs tools/train/<tool> with `args`, its stderr on ours (its stdout too when `stdout`); a tool that
  * fails leaves no `out` folder behind and throws QuantizeToolError naming it.
  */
-async function runTool(python: string, tool: TrainTool, args: readonly string[], out: string, stdout: 'inherit' | 'ignore'): Promise<void> {
+async function runTool(python: string, tool: TrainTool, args: readonly string[], out: string, stdout: 'inherit' | 'ignore', signal?: AbortSignal): Promise<void> {
   const status = await new Promise<number | null>((done, fail) => {
-    const child = spawn(python, [toolPath(tool), ...args], { stdio: ['ignore', stdout, 'inherit'] });
-    child.on('error', (err) => fail(new QuantizeToolError(`cannot run ${python}: ${err.message}`, { cause: err })));
+    // an aborted signal stops the tool (SIGTERM); its 'close' then reports no exit status
+    const child = spawn(python, [toolPath(tool), ...args], { stdio: ['ignore', stdout, 'inherit'], ...(signal ? { signal } : {}) });
+    child.on('error', (err) => (err.name === 'AbortError' ? undefined : fail(new QuantizeToolError(`cannot run ${python}: ${err.message}`, { cause: err }))));
     child.on('close', done);
   });
   if (status !== 0) {
@@ -126,12 +127,19 @@ async function quantize(o: QuantizeOptions): Promise<void> {
  * half written that would block a rerun; the partial folder is removed either way.
  */
 async function writeFolder(out: string, python: string, tool: TrainTool, argsFor: (to: string) => string[]): Promise<void> {
-  const partial = `${out}.partial-${process.pid}`;
+  // a name no earlier run can have left behind (pids repeat in containers)
+  const partial = `${out}.partial-${process.pid}-${randomBytes(4).toString('hex')}`;
   let interrupted: NodeJS.Signals | undefined;
-  const onSignal = (signal: NodeJS.Signals) => (interrupted = signal);
+  const stop = new AbortController();
+  // a signal to this process alone (docker stop, kill PID) stops the tool too; Ctrl-C reaches both anyway
+  const onSignal = (signal: NodeJS.Signals) => {
+    interrupted = signal;
+    stop.abort();
+  };
   process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   try {
-    await runTool(python, tool, argsFor(partial), partial, 'inherit');
+    await runTool(python, tool, argsFor(partial), partial, 'inherit', stop.signal);
+    if (interrupted) throw new QuantizeToolError(`interrupted (${interrupted})`);
     checkWritten(partial, python, tool);
     renameSync(partial, out);
   } catch (err) {
