@@ -108,10 +108,10 @@ interface Run {
   readonly acceptance?: number;
 }
 
-/** A warm configuration: generate() runs one greedy request; nothing loads in it. */
 /** The method name of plain decoding without batch invariance, measured beside plain decoding when the target pads (not an exact base for speculation, so not in the summary). */
 const PLAIN_UNPADDED = 'target only, batch invariance off';
 
+/** A warm configuration: generate() runs one greedy request; nothing loads in it. */
 interface Side {
   readonly engine: PeerRow['engine'];
   readonly weights: PeerWeights;
@@ -339,7 +339,7 @@ function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: reado
   // the fastest row of an engine at a width, at thread count t (undefined: at whichever is fastest), plain decoding only or any method
   const fastest = (engine: PeerRow['engine'], w: PeerWeights, t: number | undefined, plainOnly: boolean) =>
     rows
-      .filter((r) => r.engine === engine && r.weights === w && (t === undefined || r.threads === t) && (!plainOnly || r.method === 'target only'))
+      .filter((r) => r.engine === engine && r.weights === w && (t === undefined || r.threads === t) && r.method !== PLAIN_UNPADDED && (!plainOnly || r.method === 'target only'))
       .reduce<PeerRow | undefined>((a, b) => (!a || b.tokensPerSecond > a.tokensPerSecond ? b : a), undefined);
   const eachBest = o.threads.length > 1;
   const cell = (r: PeerRow | undefined, withMethod = false) => (r ? `${r.tokensPerSecond.toFixed(0)} (${r.decodeTokensPerSecond.toFixed(0)})${withMethod ? ` ${r.method}` : ''}` : '-');

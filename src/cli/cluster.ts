@@ -60,12 +60,14 @@ const apiKeys = (flag: string | undefined): string[] => {
     .map((s) => s.trim())
     .filter(Boolean);
   if (!keys.length) throw new InvalidArgumentError(`${flag !== undefined ? '--api-key' : 'CASCADE_API_KEYS'} names no key (got "${raw}"): give one or more keys, comma-separated, or leave it out for no authentication`);
+  // commander gives an option left without its value the next word: `--api-key $KEY --port 0` with KEY unset
+  if (flag !== undefined && flag.startsWith('--')) throw new InvalidArgumentError(`--api-key needs a key, got the option "${flag}"`);
   return keys;
 };
 
 /** `cluster up`/`secrets --api-key`: one key, not blank (a blank one would leave the gateway open). */
 const oneApiKey = (raw: string): string => {
-  if (!raw.trim() || raw.includes(',')) throw new InvalidArgumentError(`--api-key must be one non-blank key, got "${raw}"`);
+  if (!raw.trim() || raw.includes(',') || raw.startsWith('--')) throw new InvalidArgumentError(`--api-key must be one non-blank key, got "${raw}"`);
   return raw.trim();
 };
 
@@ -217,12 +219,15 @@ async function clusterUp(o: UpOptions): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const pids: { role: string; pid: number }[] = [];
   const logs: string[] = [];
-  const started = async (role: string, args: string[], env: Record<string, string>, timeoutMs = 60_000) => {
+  /** Starts a role with this process's environment plus `env` (a variable set to undefined is removed). */
+  const started = async (role: string, args: string[], env: Record<string, string | undefined>, timeoutMs = 60_000) => {
     const log = join(dir, `${role}.log`);
     logs.push(log);
     const fd = openSync(log, 'w');
     // credentials travel in the environment, never on the command line (visible in ps) or in logs
-    const child = spawn(process.execPath, [...cliCommand(), ...args], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, ...env } });
+    const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env };
+    for (const [k, v] of Object.entries(env)) if (v === undefined) delete childEnv[k];
+    const child = spawn(process.execPath, [...cliCommand(), ...args], { detached: true, stdio: ['ignore', fd, fd], env: childEnv });
     closeSync(fd);
     child.unref();
     pids.push({ role, pid: child.pid! });
@@ -270,7 +275,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
     const keys = secrets?.apiKey ?? o.apiKey;
-    const gw = await started('gateway', ['serve', ...named, '--port', String(port), '--verification', o.verification, '--drafting', o.drafting], { ...env('gateway', true), ...(keys ? { CASCADE_API_KEYS: keys } : {}) });
+    const gw = await started('gateway', ['serve', ...named, '--port', String(port), '--verification', o.verification, '--drafting', o.drafting], { ...env('gateway', true), CASCADE_API_KEYS: keys });
     await gw.wait();
     const gateway = `http://127.0.0.1:${port}`;
     const state: ClusterState = { gateway, nats: redact(nats), redis: redact(redis), secured: Boolean(secrets), pids, logs: dir };

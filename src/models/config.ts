@@ -165,10 +165,12 @@ export function loadModelSpec(source: ModelSource): ModelSpec {
   const generation = loadGenerationConfig(abs);
   const bosId = generation?.bosId ?? c.bos_token_id ?? undefined;
   const eosIds = generation?.eosIds ?? (c.eos_token_id === undefined || c.eos_token_id === null ? [] : Array.isArray(c.eos_token_id) ? c.eos_token_id : [c.eos_token_id]);
-  // an end-of-sequence id outside the vocabulary is never drawn (refused when no other could end generation); a BOS outside it cannot be fed
-  const from = (field: 'eosIds' | 'bosId') => join(abs, generation?.[field] !== undefined ? 'generation_config.json' : 'config.json');
-  if (eosIds.length && eosIds.every((id) => id >= c.vocab_size)) throw new ModelLoadError(`${from('eosIds')}: eos_token_id ${eosIds.join(', ')} is outside the vocabulary of ${c.vocab_size} tokens, so generation would never end on it`);
-  if (bosId !== undefined && bosId >= c.vocab_size) throw new ModelLoadError(`${from('bosId')}: bos_token_id ${bosId} is outside the vocabulary of ${c.vocab_size} tokens`);
+  // an end-of-sequence id outside the vocabulary is never drawn: refused when no other could end generation
+  // (bos_token_id is not checked: the tokenizer takes its BOS from tokenizer_config.json, and this field is unread)
+  if (eosIds.length && eosIds.every((id) => id >= c.vocab_size)) {
+    const file = join(abs, generation?.eosIds !== undefined ? 'generation_config.json' : 'config.json');
+    throw new ModelLoadError(`${file}: eos_token_id ${eosIds.join(', ')} is outside the vocabulary of ${c.vocab_size} tokens, so generation would never end on it`);
+  }
   return {
     name: location.name ?? modelName(abs),
     dir: abs,

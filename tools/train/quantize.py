@@ -424,8 +424,14 @@ def main() -> None:
     others = [f for f in sorted(src.rglob("*.onnx")) if f.is_file() and f.resolve() not in skip]
     for g in others:
         skip.add(g.resolve())
-        other = onnx.load(str(g), load_external_data=False)
-        skip |= {(g.parent / e.value).resolve() for i in other.graph.initializer for e in i.external_data if e.key == "location"}
+        # its external data: the conventional names, then whatever its initializers name (a graph that
+        # cannot be parsed keeps only the conventional ones out)
+        skip |= {(g.parent / f"{g.name}{suffix}").resolve() for suffix in ("_data", ".data")}
+        try:
+            other = onnx.load(str(g), load_external_data=False)
+            skip |= {(g.parent / e.value).resolve() for i in other.graph.initializer for e in i.external_data if e.key == "location"}
+        except Exception as e:  # a truncated or foreign file beside the graph being quantized
+            log(f"{g}: not read ({type(e).__name__}); left out with its conventionally named data files")
     if others:
         log(f"left out the folder's other graphs: {', '.join(str(g.relative_to(src)) for g in others)}")
     for f in sorted(src.rglob("*")):

@@ -30,8 +30,6 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
     if (err instanceof HttpError) return sendError(reply, err);
-    // JSON nested past what the parser's recursion takes
-    if (err instanceof RangeError && /call stack/.test(err.message)) return sendError(reply, new HttpError(400, 'invalid request: the body nests too deeply'));
     const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
     return sendError(reply, new HttpError(status, status === 500 ? `internal error: ${err.message}` : err.message, status === 500 ? 'server_error' : 'invalid_request_error'));
   });
