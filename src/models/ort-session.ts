@@ -1,3 +1,4 @@
+import { statSync, unlinkSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import { COMPILED } from '../checkout.ts';
 import { ModelLoadError, ModelRuntimeError, SequenceError, InvalidArgumentError, CascadeError } from '../errors.ts';
@@ -17,8 +18,29 @@ const ERRORS: Record<string, new (m: string) => CascadeError> = {
   InvalidArgumentError,
 };
 
+/**
+ * onnxruntime-node 1.30's library writes an empty telemetry debug log, /tmp/mat-debug-<pid>.log,
+ * for every process that loads it (its bundled 1DS telemetry, "MATSDK"), and never removes it: a
+ * process that started a model worker removes its own at exit, when it is still empty.
+ */
+function removeTelemetryLogAtExit(): void {
+  process.once('exit', () => {
+    const path = `/tmp/mat-debug-${process.pid}.log`;
+    try {
+      if (statSync(path).size === 0) unlinkSync(path);
+    } catch {
+      // not there (another build, another platform)
+    }
+  });
+}
+let telemetryLogWatched = false;
+
 /** The worker module next to this file: compiled, started as it is; from the TypeScript sources, through worker-bootstrap.mjs, which loads tsx. */
 function startWorker(): Worker {
+  if (!telemetryLogWatched) {
+    telemetryLogWatched = true;
+    removeTelemetryLogAtExit();
+  }
   if (COMPILED) return new Worker(new URL('./ort-worker.js', import.meta.url));
   return new Worker(new URL('./worker-bootstrap.mjs', import.meta.url), { workerData: { entry: new URL('./ort-worker.ts', import.meta.url).href } });
 }
