@@ -113,6 +113,19 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
   t.is(health.batchInvariant, false);
 });
 
+test.serial('serve --embedded - a stream that runs past --request-timeout-ms ends with OpenAI\'s whole error body (code 504) before [DONE]', async (t) => {
+  const short = await startEmbeddedGatewayRole({ models: MODELS_DIR, port: 0, requestTimeoutMs: 300 });
+  try {
+    const res = await fetch(`${short.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: PROMPT, max_tokens: 2000, temperature: 0, stream: true, cascade: { mode: 'ar' } }) });
+    t.is(res.status, 200);
+    const events = (await res.text()).split('\n\n').filter((e) => e.startsWith('data: ')).map((e) => e.slice(6));
+    t.is(events.at(-1), '[DONE]');
+    t.deepEqual(JSON.parse(events.at(-2)!), { error: { message: 'the request did not finish within 300 ms', type: 'server_error', param: null, code: 504 } });
+  } finally {
+    await short.stop();
+  }
+});
+
 test.serial('serve --embedded - a client that goes away mid-stream cancels its request', async (t) => {
   const controller = new AbortController();
   const stream = await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 400, temperature: 0, stream: true }, { signal: controller.signal });

@@ -5,7 +5,7 @@ import { StopMatcher } from '../../models/stop-strings.ts';
 import type { StreamDecoder } from '../../models/tokenizer.ts';
 import type { JobData, RequestOutcome } from '../coordinator.ts';
 import { injectHeaders, tracer } from '../tracing.ts';
-import { HttpError } from './errors.ts';
+import { errorBody, HttpError } from './errors.ts';
 import { LogprobFormat, TextOffsets } from './logprobs.ts';
 import type { GatewayOptions } from './options.ts';
 import { apiFinishReason, responseShapes } from './responses.ts';
@@ -207,7 +207,7 @@ export function requestServer(options: ServeOptions) {
       await settled(); // the other choices stop at their next round: their slots are free only then
       if (!opened) throw err;
       // the stream is open (its 200 sent): the error is its last event before [DONE], as vLLM ends one
-      events.write({ error: { message: (err as Error).message, type: 'server_error' } });
+      events.write(errorBody(err as Error));
       events.done();
     } finally {
       span.setAttribute('cascade.generated_tokens', choices.reduce((a, c) => a + c.generated, 0));
