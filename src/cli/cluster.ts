@@ -118,7 +118,8 @@ interface ClusterState {
   readonly nats: string;
   readonly redis: string;
   readonly secured: boolean;
-  readonly pids: { readonly role: string; readonly pid: number }[];
+  /** `started`: the process's start time (processStart), so that `down` never signals a pid the system gave to another process since. */
+  readonly pids: { readonly role: string; readonly pid: number; readonly started?: string }[];
   readonly logs: string;
 }
 
@@ -143,6 +144,34 @@ async function waitForLine(path: string, pid: number, pattern: RegExp, timeoutMs
   }
 }
 
+/**
+ * A process's start time, in clock ticks after boot (field 22 of /proc/PID/stat); undefined where
+ * there is no /proc or no such process, and `exited` for a zombie (dead, not yet reaped by its parent).
+ */
+function processStart(pid: number): string | undefined {
+  try {
+    // the command name (field 2) is in brackets and may hold spaces: count fields after its closing bracket
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return fields[0] === 'Z' ? 'exited' : fields[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The processes of `pids` still running as the ones started (same start time, where it was recorded). */
+function stillOurs<P extends { pid: number; started?: string }>(pids: readonly P[]): P[] {
+  return pids.filter((p) => {
+    try {
+      process.kill(p.pid, 0);
+    } catch {
+      return false;
+    }
+    const now = processStart(p.pid);
+    return now !== 'exited' && (p.started === undefined || now === p.started);
+  });
+}
+
 function killAll(pids: readonly { pid: number }[], signal: NodeJS.Signals): void {
   for (const { pid } of pids) {
     try {
@@ -156,13 +185,14 @@ function killAll(pids: readonly { pid: number }[], signal: NodeJS.Signals): void
 async function waitGone(pids: readonly { pid: number }[], timeoutMs: number): Promise<boolean> {
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {
+    // a zombie (exited, its parent gone without reaping it) answers signal 0 but is gone
     const alive = pids.filter(({ pid }) => {
       try {
         process.kill(pid, 0);
-        return true;
       } catch {
         return false;
       }
+      return processStart(pid) !== 'exited';
     });
     if (!alive.length) return true;
     await new Promise((r) => setTimeout(r, 100));
@@ -217,7 +247,11 @@ async function clusterUp(o: UpOptions): Promise<void> {
   const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, selfDraftCache, (m) => process.stderr.write(`${m}\n`)) : chosen;
   const madeDir = !existsSync(dir);
   mkdirSync(dir, { recursive: true });
-  const pids: { role: string; pid: number }[] = [];
+  const pids: { role: string; pid: number; started?: string }[] = [];
+  const withStart = (role: string, pid: number) => {
+    const started = processStart(pid);
+    return { role, pid, ...(started !== undefined ? { started } : {}) };
+  };
   const logs: string[] = [];
   /** Starts a role with this process's environment plus `env` (a variable set to undefined is removed). */
   const started = async (role: string, args: string[], env: Record<string, string | undefined>, timeoutMs = 60_000) => {
@@ -230,7 +264,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
     const child = spawn(process.execPath, [...cliCommand(), ...args], { detached: true, stdio: ['ignore', fd, fd], env: childEnv });
     closeSync(fd);
     child.unref();
-    pids.push({ role, pid: child.pid! });
+    pids.push(withStart(role, child.pid!));
     return { log, pid: child.pid!, wait: () => waitForLine(log, child.pid!, /^ready: /m, timeoutMs, role) };
   };
   const secrets = o.insecure ? undefined : generateSecrets(o.apiKey);
@@ -242,13 +276,13 @@ async function clusterUp(o: UpOptions): Promise<void> {
     const redisEnv = () => (secrets && !o.redis ? withCredentials(redis!, secrets.redis.user, secrets.redis.password) : redis!);
     if (!nats) {
       const s = await startNats({ detached: true, users: secrets?.nats, configDir: dir });
-      pids.push({ role: 'nats-server', pid: s.process.pid! });
+      pids.push(withStart('nats-server', s.process.pid!));
       s.process.unref();
       nats = s.url;
     }
     if (!redis) {
       const s = await startRedis({ detached: true, acl: secrets?.redis, configDir: dir });
-      pids.push({ role: 'redis-server', pid: s.process.pid! });
+      pids.push(withStart('redis-server', s.process.pid!));
       s.process.unref();
       redis = s.url;
     }
@@ -301,7 +335,8 @@ async function clusterDown(stateDir: string): Promise<void> {
   const dir = resolve(stateDir);
   if (!existsSync(stateFile(dir))) throw new CascadeError(`no cluster is up (no ${stateFile(dir)})`);
   const state = JSON.parse(readFileSync(stateFile(dir), 'utf8')) as ClusterState;
-  const roles = [...state.pids].reverse();
+  // only what still runs as started: a role that died may have left its pid to another process
+  const roles = stillOurs([...state.pids].reverse());
   const servers = roles.filter((p) => p.role.endsWith('-server'));
   const workers = roles.filter((p) => !p.role.endsWith('-server'));
   killAll(workers, 'SIGTERM');
@@ -310,7 +345,8 @@ async function clusterDown(stateDir: string): Promise<void> {
   if (!(await waitGone(servers, 5000))) killAll(servers, 'SIGKILL');
   rmSync(stateFile(dir));
   for (const f of SERVER_FILES) rmSync(join(dir, f), { force: true });
-  process.stdout.write(`cluster down: stopped ${roles.length} processes; their logs stay in ${dir}/<role>.log\n`);
+  const gone = state.pids.length - roles.length;
+  process.stdout.write(`cluster down: stopped ${roles.length} processes${gone ? ` (${gone} had already exited)` : ''}; their logs stay in ${dir}/<role>.log\n`);
 }
 
 const MODEL_HELP = 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)';
