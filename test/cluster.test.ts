@@ -432,6 +432,7 @@ test.serial('cluster - a drafter process killed mid-stream: the request complete
   t.true(killed);
   t.is(text, await targetOnly(PROMPT, 64));
   t.deepEqual(dropped, [victim]);
+  t.regex(roles.get('coordinator')!.output(), new RegExp(`dropped drafter ${victim} \\(`), 'the coordinator says so in its log');
 });
 
 test.serial('cluster - async drafting (the draft actor runs ahead while the verifier verifies): greedy and seeded sampled requests, top-k/top-p too, give target-only decoding\'s text; a draft actor killed mid-stream is dropped and the text is unchanged', async (t) => {
@@ -482,6 +483,7 @@ test.serial('cluster - a coordinator killed mid-request is retried by BullMQ: no
   t.is(text, await targetOnly(PROMPT, 96));
   t.true(usage.cascade.resumed_from > 0 && usage.cascade.resumed_from < 96, `resumed after ${usage.cascade.resumed_from} recorded tokens`);
   t.is(usage.completion_tokens, 96);
+  t.regex(roles.get('coordinator')!.output(), new RegExp(`resumed after the ${usage.cascade.resumed_from} tokens an earlier attempt recorded`), 'the coordinator that took over says so in its log');
 });
 
 test.serial('cluster - a coordinator killed mid-request of a seeded sampled request: the resumed request gives target-only decoding\'s text for that seed', async (t) => {

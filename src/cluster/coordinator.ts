@@ -78,6 +78,8 @@ export interface CoordinatorOptions {
   readonly callTimeoutMs?: number;
   /** Called with each actor call's round trip (ms: its wall time minus the actor's handler time), for a metric. */
   readonly onRoundTrip?: (kind: 'draft' | 'verify', ms: number) => void;
+  /** Told, one line each, what an operator reads in a role's log: a request resumed after another attempt, a drafter dropped. */
+  readonly onEvent?: (line: string) => void;
 }
 
 /** The result stored in Redis and returned as the job's value. */
@@ -133,6 +135,7 @@ export class Coordinator {
     const recorded = await log.read(job.requestId);
     if (recorded.length) {
       this.counters.resumed++;
+      this.options.onEvent?.(`request ${job.requestId}: resumed after the ${recorded.length} tokens an earlier attempt recorded (claim ${fence} of its log)`);
       const logprobs = job.logprobs === undefined ? [] : await log.readLogprobs(job.requestId, job.logprobs);
       this.publish(job.requestId, { type: 'tokens', offset: 0, tokens: recorded, ...(logprobs.length ? { logprobs } : {}) });
     }
@@ -197,6 +200,7 @@ export class Coordinator {
               if (level === top || !(err instanceof LevelUnavailableError)) return false;
               failovers.push(level.name);
               this.counters.failovers++;
+              this.options.onEvent?.(`request ${job.requestId}: dropped drafter ${level.name} (${err.message}); going on without it`);
               span.addEvent('cascade.level_dropped', { 'cascade.level': level.name, 'cascade.reason': err.message });
               return true;
             },

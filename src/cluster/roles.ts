@@ -284,6 +284,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
       family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
       callTimeoutMs: o.callTimeoutMs,
       onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
+      onEvent: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
     });
     const started = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs });
     worker = started;
