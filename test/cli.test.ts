@@ -79,7 +79,7 @@ test('cli - a prompt file works; bad flags and missing models exit with a clear 
   const noFile = await fails(['generate', '--prompt-file', join(dir, 'absent.txt')]);
   t.regex(noFile.stderr, /cannot read --prompt-file/);
   // an empty item is no token id (Number('') would be token 0)
-  for (const ids of ['', '1,,2', '3,']) {
+  for (const ids of ['', '1,,2', '3,', '0x10', '1e3', '+5']) {
     const r = await fails(['generate', '--prompt-ids', ids]);
     t.is(r.code, 2, ids);
     t.regex(r.stderr, /--prompt-ids must be comma-separated non-negative token ids/);

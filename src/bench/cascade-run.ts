@@ -10,7 +10,7 @@ import type { KvLocation } from '../models/kv-placement.ts';
 import { describeTrial, draftProvidersBeside, type PlacementTrial } from '../models/placement.ts';
 import type { BatchInvariance, ModelSession } from '../models/session.ts';
 import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
-import { SELF_DRAFT_CACHE, withSelfDraft, type SelfDraft } from '../cli/quantize.ts';
+import { namingSelfDraft, SELF_DRAFT_CACHE, withSelfDraft, type SelfDraft } from '../cli/quantize.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
 import { InvalidArgumentError } from '../errors.ts';
@@ -232,10 +232,11 @@ function table(r: WorkloadResult): string {
 /** `cascade bench cascade`: every method side by side on held-out workloads; table, JSON, markdown, SVG. */
 export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResult[]> {
   const chosen = typeof o.models === 'string' ? loadFamily(o.models) : resolveModels(o.models);
-  const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, o.selfDraftCache ?? SELF_DRAFT_CACHE, log) : chosen;
-  // bad methods and prompt sets are refused before any model loads or is measured
-  const methods = perDrafting(perVerification(only(methodsFor(family.drafters, o.eagleModel !== undefined), o.methods), o.verifications ?? [DEFAULT_VERIFICATION]), o.draftings ?? [DEFAULT_DRAFTING]);
+  // bad methods and prompt sets are refused before anything is made, loaded or measured (the self-draft copy only named here)
+  const named = o.selfDraft ? namingSelfDraft(chosen, o.selfDraft) : chosen;
+  const methods = perDrafting(perVerification(only(methodsFor(named.drafters, o.eagleModel !== undefined), o.methods), o.verifications ?? [DEFAULT_VERIFICATION]), o.draftings ?? [DEFAULT_DRAFTING]);
   for (const w of o.workloads) splitWorkload(w, o.prompts, o.sweepPrompts, o.promptsDir);
+  const family = o.selfDraft ? await withSelfDraft(chosen, o.selfDraft, o.selfDraftCache ?? SELF_DRAFT_CACHE, log) : chosen;
   const targetEps = o.executionProviders ?? ['cpu'];
   const draftEps = o.draftExecutionProviders ?? draftProvidersBeside(targetEps);
   const requested = (name: string) => (name === family.target ? targetEps : draftEps);

@@ -1,8 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors.ts';
-import type { ChatMessage } from '../models/chat-template.ts';
-import { CHAT_ROLES } from '../cluster/gateway/schemas.ts';
+import { CHAT_ROLES, templateRole, type ChatMessage } from '../models/chat-template.ts';
 
 /** `--message ROLE=TEXT`, repeatable: each adds one message, in order (TEXT may hold `=` and newlines). */
 export function collectMessage(raw: string, previous: ChatMessage[] | undefined): ChatMessage[] {
@@ -10,11 +9,8 @@ export function collectMessage(raw: string, previous: ChatMessage[] | undefined)
   if (at <= 0) throw new InvalidArgumentError(`--message must be ROLE=TEXT, e.g. --message user=hello; got "${raw}"`);
   const role = raw.slice(0, at);
   if (!(CHAT_ROLES as readonly string[]).includes(role)) throw new InvalidArgumentError(`--message role "${role}" is not one of ${CHAT_ROLES.join(', ')} (the gateway's chat roles)`);
-  return [...(previous ?? []), { role: asTemplateRole(role), content: raw.slice(at + 1) }];
+  return [...(previous ?? []), { role: templateRole(role), content: raw.slice(at + 1) }];
 }
-
-/** `developer` (OpenAI's newer system role) reaches the template as `system`, as the gateway renders it. */
-const asTemplateRole = (role: string): string => (role === 'developer' ? 'system' : role);
 
 const ChatFile = z.array(z.object({ role: z.enum(CHAT_ROLES), content: z.string() }).strict()).min(1);
 
@@ -28,5 +24,5 @@ export function readChatFile(path: string): ChatMessage[] {
   }
   const parsed = ChatFile.safeParse(raw);
   if (!parsed.success) throw new InvalidArgumentError(`--chat-file ${path} must be a JSON array of {role, content} messages: ${z.prettifyError(parsed.error)}`);
-  return parsed.data.map((m) => ({ ...m, role: asTemplateRole(m.role) }));
+  return parsed.data.map((m) => ({ ...m, role: templateRole(m.role) }));
 }

@@ -373,9 +373,8 @@ function placementOf(o: GenerateOptions, family: { readonly target: string; read
 }
 
 const parsePromptIds = (raw: string): number[] => {
-  const parts = raw.split(',').map((s) => s.trim());
-  // Number('') is 0: an empty item must not become token 0
-  const ids = parts.map((s) => (s === '' ? NaN : Number(s)));
+  // decimal digits only: Number() would take '' as 0 and '0x10', '1e3' or '+5' as ids
+  const ids = raw.split(',').map((s) => (/^\d+$/.test(s.trim()) ? Number(s.trim()) : NaN));
   if (ids.some((id) => !Number.isSafeInteger(id) || id < 0)) throw new InvalidArgumentError(`--prompt-ids must be comma-separated non-negative token ids, got "${raw}"`);
   return ids;
 };

@@ -12,6 +12,12 @@ export interface ChatMessage {
  * The special-token variables a template sees, as transformers.js's `apply_chat_template` passes them
  * (its SPECIAL_TOKEN_ATTRIBUTES): each one the tokenizer config gives, as its text.
  */
+/** OpenAI's chat roles, which the gateway and `cascade generate --message`/`--chat-file` take: `developer` is the system role of newer models; `tool` messages go to the chat template as they are. */
+export const CHAT_ROLES = ['system', 'developer', 'user', 'assistant', 'tool'] as const;
+
+/** A role as the chat template takes it: `developer` as `system`, the others as they are. */
+export const templateRole = (role: string): string => (role === 'developer' ? 'system' : role);
+
 export const SPECIAL_TOKEN_ATTRIBUTES = ['bos_token', 'eos_token', 'unk_token', 'sep_token', 'pad_token', 'cls_token', 'mask_token'] as const;
 export type SpecialTokens = Partial<Record<(typeof SPECIAL_TOKEN_ATTRIBUTES)[number], string>>;
 

@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from '../../errors.ts';
+import { templateRole } from '../../models/chat-template.ts';
 import type { TextTokenizer } from '../../models/tokenizer.ts';
 import { HttpError } from './errors.ts';
 import type { Content, Message } from './schemas.ts';
@@ -8,7 +9,7 @@ export const joinContent = (c: Content): string => (typeof c === 'string' ? c : 
 
 /** The messages as the chat template takes them: content joined, `developer` as `system`. */
 export const templateMessages = (messages: readonly Message[]) =>
-  messages.map((m) => ({ role: m.role === 'developer' ? 'system' : m.role, content: joinContent(m.content), ...(m.name !== undefined ? { name: m.name } : {}) }));
+  messages.map((m) => ({ role: templateRole(m.role), content: joinContent(m.content), ...(m.name !== undefined ? { name: m.name } : {}) }));
 
 /** What a request is prompted with: a completion's text, its token ids, or a chat's templated messages. */
 export type PromptInput = { prompt: string } | { promptIds: readonly number[] } | { messages: readonly { role: string; content: string; name?: string }[] };

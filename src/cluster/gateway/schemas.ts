@@ -3,6 +3,7 @@ import { MODES } from '../../engine/presets.ts';
 import { VERIFICATIONS, type Verification } from '../../kernels/noise.ts';
 import { DRAFTINGS, type Drafting } from '../../engine/async-cascade.ts';
 import { MAX_TOP_LOGPROBS } from '../../kernels/sampling.ts';
+import { CHAT_ROLES } from '../../models/chat-template.ts';
 import { HttpError } from './errors.ts';
 
 /** The cascade extension of a request body (OpenAI fields stay standard). */
@@ -105,9 +106,7 @@ export const Content = z.union([
 ]);
 export type Content = z.infer<typeof Content>;
 
-/** OpenAI's roles: `developer` is the system role of newer models; `tool` messages go to the chat template as they are. */
-/** OpenAI's chat roles, which the gateway and `cascade generate --message`/`--chat-file` take. */
-export const CHAT_ROLES = ['system', 'developer', 'user', 'assistant', 'tool'] as const;
+/** A chat message: one of OpenAI's roles (CHAT_ROLES), its content, and the fields tool messages carry. */
 export const Message = z
   .object({ role: z.enum(CHAT_ROLES), content: Content, name: z.string().optional(), tool_call_id: z.string().optional() })
   .strict();
