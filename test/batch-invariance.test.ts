@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -46,6 +46,15 @@ test.after.always(async () => {
   await Promise.all(sessions.map((s) => s.close()));
   rmSync(tmp, { recursive: true, force: true });
 });
+
+/** Whether this CPU has the int8 dot-product instructions MLAS's one-row int8 kernel uses (the drift without padding is seen there). */
+const VNNI = (() => {
+  try {
+    return /\b(avx512_vnni|avx_vnni)\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
+  } catch {
+    return true;
+  }
+})();
 
 const prompt = (n: number, salt = 0) => Array.from({ length: n }, (_, i) => ((i * 37 + 11 + salt * 101) % 2000) + 5);
 
@@ -148,8 +157,10 @@ withPython('batch invariance - the target\'s 8-bit copy at accuracy level 4: a d
   t.true(auto.batchInvariant, 'auto: MatMulNBits at accuracy_level 4 on the CPU EP');
   const decode = (s: OrtModelSession) => (seqId: string, token: number) => s.forward({ seqId, inputIds: [token] }, 'last');
   const drift = await oneAtATime(off, prompt(40), 'off', decode(off));
-  t.log(`off: max |decode step - verify pass| ${drift.toExponential(2)}`);
-  t.true(drift > 1e-2, 'the one-row int8 kernel rounds differently (measured 1.1e-1)');
+  t.log(`off: max |decode step - verify pass| ${drift.toExponential(2)}${VNNI ? '' : ' (this CPU has no AVX-512 VNNI or AVX-VNNI)'}`);
+  // MLAS's one-row int8 kernel rounds differently where it uses VNNI (1.1e-1 on an AVX-512 VNNI Zen 4);
+  // on an AVX2-only CPU (a Zen 3 here) the two kernels agree within 6e-6, and padding is only a cost
+  if (VNNI) t.true(drift > 1e-2, 'the one-row int8 kernel rounds differently (measured 1.1e-1)');
   t.is(await oneAtATime(auto, prompt(40), 'auto', decode(auto)), 0);
   const drafter = await open(dirOf('draft-l1'), 'off');
   for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {

@@ -76,7 +76,8 @@ test('hf layouts - transformers.js onnx/ folder: model.onnx by default, --model-
   t.deepEqual(fp16.tokenIds, reference('llama-gqa-fp16').greedy_ids);
   const variants = transformersJs({ 'model_fp16.onnx': 'llama-gqa-fp16', 'model_quantized.onnx': 'llama-gqa' });
   t.throws(() => loadModelSpec(variants), { name: 'ModelLoadError', message: /several ONNX graphs \(onnx\/model_fp16\.onnx, onnx\/model_quantized\.onnx\).*--model-file/ });
-  t.throws(() => loadModelSpec({ dir: variants, modelFile: 'onnx/model_q4.onnx' }), { name: 'ModelLoadError', message: /model_q4\.onnx does not exist \(the folder holds onnx\/model_fp16\.onnx, onnx\/model_quantized\.onnx\)/ });
+  // a --model-file that names nothing is bad input (exit 2), as a --model that names no folder
+  t.throws(() => loadModelSpec({ dir: variants, modelFile: 'onnx/model_q4.onnx' }), { name: 'InvalidArgumentError', message: /model_q4\.onnx does not exist \(the folder holds onnx\/model_fp16\.onnx, onnx\/model_quantized\.onnx\)/ });
 });
 
 test('hf layouts - weights in external data (model.onnx_data) load from the graph\'s path; a missing data file is named', async (t) => {

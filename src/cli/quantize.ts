@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
 import { ROOT } from '../checkout.ts';
 import type { Command } from 'commander';
 import { CascadeError, InvalidArgumentError, ModelLoadError } from '../errors.ts';
@@ -49,10 +50,18 @@ function toolPath(tool: TrainTool): string {
  * Runs tools/train/<tool> with `args`, its stderr on ours (its stdout too when `stdout`); a tool that
  * fails leaves no `out` folder behind and throws QuantizeToolError naming it.
  */
-async function runTool(python: string, tool: TrainTool, args: readonly string[], out: string, stdout: 'inherit' | 'ignore', signal?: AbortSignal): Promise<void> {
+async function runTool(python: string, tool: TrainTool, args: readonly string[], out: string, stdout: 'inherit' | 'ignore', signal?: AbortSignal, shownAs?: string): Promise<void> {
   const status = await new Promise<number | null>((done, fail) => {
     // an aborted signal stops the tool (SIGTERM); its 'close' then reports no exit status
-    const child = spawn(python, [toolPath(tool), ...args], { stdio: ['ignore', stdout, 'inherit'], ...(signal ? { signal } : {}) });
+    const piped = shownAs !== undefined;
+    const child = spawn(python, [toolPath(tool), ...args], { stdio: ['ignore', piped ? 'pipe' : stdout, piped ? 'pipe' : 'inherit'], ...(signal ? { signal } : {}) });
+    if (piped) {
+      // the tool writes into `out`, a partial folder: its messages name the folder the user asked for
+      const relay = (from: NodeJS.ReadableStream, to: NodeJS.WritableStream) => createInterface({ input: from, crlfDelay: Infinity }).on('line', (line) => to.write(`${line.replaceAll(out, shownAs)}\n`));
+      if (stdout === 'inherit') relay(child.stdout!, process.stdout);
+      else child.stdout!.resume();
+      relay(child.stderr!, process.stderr);
+    }
     child.on('error', (err) => (err.name === 'AbortError' ? undefined : fail(new QuantizeToolError(`cannot run ${python}: ${err.message}`, { cause: err }))));
     child.on('close', done);
   });
@@ -138,7 +147,7 @@ async function writeFolder(out: string, python: string, tool: TrainTool, argsFor
   };
   process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   try {
-    await runTool(python, tool, argsFor(partial), partial, 'inherit', stop.signal);
+    await runTool(python, tool, argsFor(partial), partial, 'inherit', stop.signal, out);
     if (interrupted) throw new QuantizeToolError(`interrupted (${interrupted})`);
     checkWritten(partial, python, tool);
     renameSync(partial, out);
