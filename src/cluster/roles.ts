@@ -93,6 +93,9 @@ async function probes(port: number | undefined, role: string, check: () => Promi
   return port === undefined ? undefined : startHealthServer({ port, check, registry });
 }
 
+/** What a cluster gateway says while no coordinator takes requests from its queue. */
+const NO_COORDINATOR = 'no coordinator takes requests from the queue yet: requests wait there until one starts (cascade coordinator, or cluster up)';
+
 /** `cascade actor draft|verify`: one model, serving sessions over NATS. */
 export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   if (o.selfDraft) {
@@ -445,15 +448,16 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     health: async () => {
       await pingServers(shards, transport);
       const workers = (await queue.getWorkers()).length;
-      // not ready without a coordinator: its requests would wait in the queue, silently, until one starts or they time out
-      if (!workers) throw new Error('no coordinator takes requests from the queue (0 workers): requests wait there until one starts (cascade coordinator, or cluster up)');
-      return { nats: 'ok', redis: 'ok', workers };
+      // still ready without a coordinator (200): requests wait in the queue for one, as they do through a coordinator's restart,
+      // and a probe that failed here would take every gateway out of service while coordinators start or restart
+      return { nats: 'ok', redis: 'ok', workers, ...(workers ? {} : { warning: NO_COORDINATOR }) };
     },
   });
   const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8000 });
+  const workers = (await queue.getWorkers()).length;
   return {
     url: address,
-    describe: `gateway on ${address}`,
+    describe: `gateway on ${address}${workers ? '' : ` (warning: ${NO_COORDINATOR})`}`,
     stop: async () => {
       await app.close();
       await queue.close();
