@@ -159,17 +159,19 @@ function processStart(pid: number): string | undefined {
   }
 }
 
+/** Whether `pid` is a running process: it answers signal 0 and is no zombie (exited, its parent gone without reaping it). */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
+  return processStart(pid) !== 'exited';
+}
+
 /** The processes of `pids` still running as the ones started (same start time, where it was recorded). */
 function stillOurs<P extends { pid: number; started?: string }>(pids: readonly P[]): P[] {
-  return pids.filter((p) => {
-    try {
-      process.kill(p.pid, 0);
-    } catch {
-      return false;
-    }
-    const now = processStart(p.pid);
-    return now !== 'exited' && (p.started === undefined || now === p.started);
-  });
+  return pids.filter((p) => running(p.pid) && (p.started === undefined || processStart(p.pid) === p.started));
 }
 
 function killAll(pids: readonly { pid: number }[], signal: NodeJS.Signals): void {
@@ -185,16 +187,7 @@ function killAll(pids: readonly { pid: number }[], signal: NodeJS.Signals): void
 async function waitGone(pids: readonly { pid: number }[], timeoutMs: number): Promise<boolean> {
   const until = Date.now() + timeoutMs;
   while (Date.now() < until) {
-    // a zombie (exited, its parent gone without reaping it) answers signal 0 but is gone
-    const alive = pids.filter(({ pid }) => {
-      try {
-        process.kill(pid, 0);
-      } catch {
-        return false;
-      }
-      return processStart(pid) !== 'exited';
-    });
-    if (!alive.length) return true;
+    if (!pids.some(({ pid }) => running(pid))) return true;
     await new Promise((r) => setTimeout(r, 100));
   }
   return false;

@@ -47,10 +47,11 @@ function toolPath(tool: TrainTool): string {
 }
 
 /**
- * Runs tools/train/<tool> with `args`, its stderr on ours (its stdout too when `stdout`); a tool that
- * fails leaves no `out` folder behind and throws QuantizeToolError naming it.
+ * Runs tools/train/<tool> with `args`, its stderr on ours (its stdout too when `stdout` is 'inherit');
+ * a tool that fails leaves no `out` folder behind and throws QuantizeToolError naming it. `signal`
+ * stops it; `shownAs` names `out` in its messages (writeFolder's partial folder).
  */
-async function runTool(python: string, tool: TrainTool, args: readonly string[], out: string, stdout: 'inherit' | 'ignore', signal?: AbortSignal, shownAs?: string): Promise<void> {
+async function runTool(python: string, tool: TrainTool, args: readonly string[], out: string, { stdout, signal, shownAs }: { stdout: 'inherit' | 'ignore'; signal?: AbortSignal; shownAs?: string }): Promise<void> {
   const status = await new Promise<number | null>((done, fail) => {
     // an aborted signal stops the tool (SIGTERM); its 'close' then reports no exit status
     const piped = shownAs !== undefined;
@@ -122,20 +123,21 @@ async function quantize(o: QuantizeOptions): Promise<void> {
   if (o.accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${o.accuracyLevel}`);
   const { model, out, graph } = rewriteFolders(o, 'quantized');
   const python = findPython(o.python);
-  const args = ['--model', model, '--out', out, '--bits', String(o.bits), '--block-size', String(o.blockSize),
+  const args = ['--model', model, '--bits', String(o.bits), '--block-size', String(o.blockSize),
     '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : []),
     ...(o.quantizeEmbedding ? ['--quantize-embedding'] : [])];
   process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
-  await writeFolder(out, python, 'quantize.py', (to) => args.map((a) => (a === out ? to : a)));
+  await writeFolder(out, python, 'quantize.py', args);
   process.stdout.write(`${out}\n`);
 }
 
 /**
- * Runs a rewrite into `out.partial-<pid>` and renames it to `out` once the tool has written it, so
- * that a failure or an interrupt (Ctrl-C reaches the tool and this process alike) leaves no `out`
- * half written that would block a rerun; the partial folder is removed either way.
+ * Runs tools/train/<tool> with `args` and `--out out.partial-<pid>-<random>`, and renames that folder
+ * to `out` once the tool has written it, so that a failure or an interrupt (SIGINT or SIGTERM, which
+ * stop the tool too) leaves no `out` half written that would block a rerun; the partial folder is
+ * removed either way.
  */
-async function writeFolder(out: string, python: string, tool: TrainTool, argsFor: (to: string) => string[]): Promise<void> {
+async function writeFolder(out: string, python: string, tool: TrainTool, args: readonly string[]): Promise<void> {
   // a name no earlier run can have left behind (pids repeat in containers)
   const partial = `${out}.partial-${process.pid}-${randomBytes(4).toString('hex')}`;
   let interrupted: NodeJS.Signals | undefined;
@@ -147,7 +149,7 @@ async function writeFolder(out: string, python: string, tool: TrainTool, argsFor
   };
   process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   try {
-    await runTool(python, tool, argsFor(partial), partial, 'inherit', stop.signal, out);
+    await runTool(python, tool, ['--out', partial, ...args], partial, { stdout: 'inherit', signal: stop.signal, shownAs: out });
     if (interrupted) throw new QuantizeToolError(`interrupted (${interrupted})`);
     checkWritten(partial, python, tool);
     renameSync(partial, out);
@@ -177,7 +179,7 @@ async function fuseFolder(o: FuseOptions): Promise<void> {
   const { model, out, graph } = rewriteFolders(o, 'fused');
   const python = findPython(o.python, 'cascade fuse');
   process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
-  await writeFolder(out, python, 'fuse.py', (to) => ['--model', model, '--out', to, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : []), ...(o.logitsToKeep === false ? ['--no-logits-to-keep'] : [])]);
+  await writeFolder(out, python, 'fuse.py', ['--model', model, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : []), ...(o.logitsToKeep === false ? ['--no-logits-to-keep'] : [])]);
   process.stdout.write(`${out}\n`);
 }
 
@@ -242,7 +244,7 @@ async function cachedCopy(tool: TrainTool, kind: string, model: string, args: re
   mkdirSync(join(out, '..'), { recursive: true });
   const tmp = `${out}.${process.pid}-${randomBytes(4).toString('hex')}.tmp`;
   rmSync(tmp, { recursive: true, force: true });
-  await runTool(python, tool, ['--model', resolve(model), '--out', tmp, ...(graph !== undefined ? ['--model-file', resolve(graph)] : []), ...args], tmp, 'ignore');
+  await runTool(python, tool, ['--model', resolve(model), '--out', tmp, ...(graph !== undefined ? ['--model-file', resolve(graph)] : []), ...args], tmp, { stdout: 'ignore' });
   try {
     renameSync(tmp, out);
   } catch (err) {

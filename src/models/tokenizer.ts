@@ -40,10 +40,9 @@ export class TextTokenizer {
     private readonly dir: string,
     /** The decoder is byte-level (GPT-2's byte-to-character table): a token's piece spells its bytes. */
     private readonly byteLevel = false,
+    /** The model's folder, where a chat template belongs (forModel); `dir` may be its tokenizer's. */
+    private readonly modelDir?: string,
   ) {}
-
-  /** The model's folder, where a chat template belongs (forModel); `dir` may be its tokenizer's. */
-  private modelDir: string | undefined;
 
   /**
    * The tokenizer of a model directory: its tokenizer.json, with the tokenizer_config.json (and
@@ -51,13 +50,11 @@ export class TextTokenizer {
    */
   static forModel(spec: { readonly dir: string; readonly tokenizerPath: string }): TextTokenizer {
     const own = ['tokenizer_config.json', 'chat_template.jinja'].some((f) => existsSync(join(spec.dir, f)));
-    const tok = TextTokenizer.load(spec.tokenizerPath, own ? spec.dir : undefined);
-    tok.modelDir = spec.dir;
-    return tok;
+    return TextTokenizer.load(spec.tokenizerPath, own ? spec.dir : undefined, spec.dir);
   }
 
-  /** `configDir`: where tokenizer_config.json and chat_template.jinja are read (default: beside the tokenizer). */
-  static load(tokenizerPath: string, configDir?: string): TextTokenizer {
+  /** `configDir`: where tokenizer_config.json and chat_template.jinja are read (default: beside the tokenizer); `modelDir`: the model's folder, named when it has no chat template. */
+  static load(tokenizerPath: string, configDir?: string, modelDir?: string): TextTokenizer {
     let json: object;
     try {
       json = JSON.parse(readFileSync(tokenizerPath, 'utf8'));
@@ -77,7 +74,7 @@ export class TextTokenizer {
     const bosId = bosText === undefined ? undefined : tok.token_to_id(bosText);
     if (bosText !== undefined && bosId === undefined) throw new ModelLoadError(`${cfgPath} field bos_token: "${bosText}" is not a token of ${tokenizerPath}`);
     if (cfg.addBosToken && bosId === undefined) throw new ModelLoadError(`${cfgPath} field add_bos_token is true but the file names no bos_token`);
-    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir, usesByteLevel((json as { decoder?: unknown }).decoder));
+    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir, usesByteLevel((json as { decoder?: unknown }).decoder), modelDir);
   }
 
   /** The text's own tokens, no special tokens added (a special token's text in it is that token). */
