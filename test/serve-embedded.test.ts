@@ -101,6 +101,9 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
   const seed = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 2, seed: 2 ** 60 }) });
   t.is(seed.status, 400);
   t.is(((await seed.json()) as { error: { message: string } }).error.message, 'invalid request: ✖ seed must be an integer of at most 53 bits\n  → at seed');
+  // models.retrieve: the served model as /v1/models lists it, another a 404
+  t.deepEqual(await client.models.retrieve(family.target), (await client.models.list()).data[0]);
+  t.true((await client.models.retrieve('gpt-4o').catch((e: unknown) => e)) instanceof OpenAI.NotFoundError);
   // an unknown route: OpenAI's error body, which the openai client reads as a NotFoundError
   const missing = await client.embeddings.create({ model: family.target, input: 'x' }).catch((e: unknown) => e);
   t.true(missing instanceof OpenAI.NotFoundError, String(missing));

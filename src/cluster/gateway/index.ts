@@ -53,10 +53,13 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     return metrics.registry.metrics();
   });
 
-  app.get('/v1/models', async () => ({
-    object: 'list',
-    data: [{ id: model.target, object: 'model', created: 0, owned_by: 'cascade-cluster', drafters: model.drafters, ...(model.eagle ? { feature_drafter: model.eagle } : {}), max_model_len: model.maxPositions }],
-  }));
+  const served = { id: model.target, object: 'model', created: 0, owned_by: 'cascade-cluster', drafters: model.drafters, ...(model.eagle ? { feature_drafter: model.eagle } : {}), max_model_len: model.maxPositions };
+  app.get('/v1/models', async () => ({ object: 'list', data: [served] }));
+  // the openai client's models.retrieve
+  app.get<{ Params: { id: string } }>('/v1/models/:id', async (req) => {
+    if (req.params.id !== model.target) throw new HttpError(404, `model "${req.params.id}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
+    return served;
+  });
 
   app.post('/v1/completions', async (req, reply) => {
     const body = parse(CompletionBody, req.body);
