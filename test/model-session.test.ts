@@ -229,3 +229,14 @@ for (const name of members) {
     }
   });
 }
+
+test('runner - closing a session while its pass runs waits for the pass: a worker stopped inside session.run aborts the whole process', async (t) => {
+  const s = await OrtModelSession.open(dirOf(family.target));
+  const ids = Array.from({ length: 1500 }, (_, i) => ((i * 7) % 8000) + 5);
+  const pass = s.forward({ seqId: 'long', inputIds: ids }, 'last');
+  await new Promise((r) => setTimeout(r, 50));
+  await s.close();
+  // before the fix the test process died here with "terminate called after throwing an instance of 'Napi::Error'"
+  t.is((await pass).length, s.spec.vocabSize);
+  await t.throwsAsync(s.forward({ seqId: 'after', inputIds: [5] }, 'last'), { message: /closed|stopped/ });
+});

@@ -35,6 +35,9 @@ function removeTelemetryLogAtExit(): void {
 }
 let telemetryLogWatched = false;
 
+/** Longest close() waits for the calls in flight (a long prompt's pass on a CPU), ms. */
+const CLOSE_WAIT_MS = 60_000;
+
 /** The worker module next to this file: compiled, started as it is; from the TypeScript sources, through worker-bootstrap.mjs, which loads tsx. */
 function startWorker(): Worker {
   if (!telemetryLogWatched) {
@@ -219,8 +222,14 @@ export class OrtModelSession implements ModelSession {
     await this.call({ op: 'release', seqId });
   }
 
+  /**
+   * Refuses new calls, lets the ones in flight finish (at most CLOSE_WAIT_MS), then stops the worker.
+   * A worker terminated inside session.run aborts the whole process: the binding's Napi::Error is
+   * thrown into native code ("terminate called after throwing an instance of 'Napi::Error'").
+   */
   async close(): Promise<void> {
     this.failure ??= new ModelRuntimeError(`model session ${this.spec.name} is closed`);
+    for (const until = Date.now() + CLOSE_WAIT_MS; this.pending.size && Date.now() < until; ) await new Promise((r) => setTimeout(r, 5));
     await this.worker.terminate();
   }
 }
