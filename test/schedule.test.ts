@@ -3,6 +3,7 @@ import { LinearCost } from '../src/kernels/cost-model.ts';
 import { Rng } from '../src/kernels/rng.ts';
 import { AdaptiveSchedule, ScheduleMemory } from '../src/engine/schedule.ts';
 import { startingKMatrix } from '../src/engine/presets.ts';
+import { MagLevel, magMatchClass } from '../src/engine/levels.ts';
 import type { ServiceLoad } from '../src/models/session.ts';
 
 /**
@@ -136,4 +137,54 @@ test('cost model - a line measured cold (slow calls of several sizes) does not o
   const { fixed, perToken } = c.coefficients();
   t.true(Math.abs(fixed + perToken - 10.5) < 0.2, `one token ${fixed + perToken}`);
   t.true(perToken < 1, `per token ${perToken} (the cold line had 10)`);
+});
+
+/**
+ * MaG's acceptance depends on its state (a long match or a short one) and the state changes from
+ * round to round, as the text repeats or not: the drafter reports it as its draft context. Returns
+ * the mean expected tokens per ms of the rows chosen after warm-up, and the mean K in each state.
+ */
+function withContexts(draftContexts: boolean): { rate: number; kLong: number; kShort: number } {
+  const alpha: Record<string, number> = { long: 0.97, short: 0.2 };
+  const review = { fixed: 10, perToken: 3 };
+  const schedule = new AdaptiveSchedule({ initial: startingKMatrix, memory: new ScheduleMemory(), maxDraft: 12, draftContexts });
+  const rng = new Rng(11);
+  let expected = 0;
+  const ks: Record<string, number[]> = { long: [], short: [] };
+  for (let r = 0; r < 600; r++) {
+    const state = rng.uniform() < 0.5 ? 'long' : 'short';
+    const K = schedule.plan('target', ['mag'], [], [state]);
+    const k = K[0]![0]!;
+    const [label] = schedule.labels(['mag'], [state]);
+    schedule.proposed('mag', Math.max(1, k), 0.01, 0);
+    let accepted = 0;
+    while (accepted < k && rng.uniform() < alpha[state]!) accepted++;
+    schedule.reviewed('target', new Array<string>(k).fill(label!), accepted, review.fixed + review.perToken * (k + 1), k + 1);
+    if (r >= 200) {
+      ks[state]!.push(k);
+      const a = alpha[state]!;
+      expected += (1 - a ** (k + 1)) / (1 - a) / (review.fixed + review.perToken * (k + 1));
+    }
+  }
+  const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+  return { rate: expected / 400, kLong: mean(ks.long!), kShort: mean(ks.short!) };
+}
+
+test('schedule - counts acceptance per draft context: a long MaG match drafts more tokens than a short one, and the rounds pay more than with one table', (t) => {
+  const by = withContexts(true);
+  const one = withContexts(false);
+  t.true(by.kLong >= 8 && by.kShort <= 2, `K by context: long match ${by.kLong.toFixed(1)}, short ${by.kShort.toFixed(1)}`);
+  t.true(Math.abs(one.kLong - one.kShort) < 1, `one table drafts alike in both states: ${one.kLong.toFixed(1)}, ${one.kShort.toFixed(1)}`);
+  t.true(by.rate > 1.1 * one.rate, `expected tokens per ms: by context ${by.rate.toFixed(4)}, one table ${one.rate.toFixed(4)}`);
+  t.deepEqual(new AdaptiveSchedule({ initial: startingKMatrix, draftContexts: false }).labels(['d1', 'mag'], [undefined, '9']), ['d1', 'mag']);
+  t.deepEqual(new AdaptiveSchedule({ initial: startingKMatrix }).labels(['d1', 'mag'], [undefined, '9']), ['d1', 'mag#9']);
+});
+
+test('MaG draft context - the class of its longest repeated suffix: under 3 tokens, 3-8, 9-32, 33 and more', (t) => {
+  t.deepEqual([0, 2, 3, 8, 9, 32, 33, 500].map(magMatchClass), ['0', '0', '3', '3', '9', '9', '33', '33']);
+  const mag = new MagLevel();
+  const loop = [5, 6, 7, 8, 9];
+  t.is(mag.draftContext([1, 2, 3]), '0');
+  t.is(mag.draftContext([...loop, ...loop]), '3');
+  t.is(mag.draftContext([...loop, ...loop, ...loop, ...loop]), '9');
 });

@@ -169,8 +169,11 @@ export async function generateCascade(
   config: CascadeConfig,
   req: GenerateRequest,
   onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void,
-  /** `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop string seen). */
-  control: { readonly cancelled?: () => boolean } = {},
+  /**
+   * `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop
+   * string seen). `scheduleMemory`, `draftContexts`: as RunOptions.
+   */
+  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts'> = {},
 ): Promise<CascadeResult> {
   checkRequest(req, target.spec.maxPositions);
   checkCascade(config);
@@ -197,7 +200,7 @@ export async function generateCascade(
   const maxPositions = smallestContext([target, ...config.drafters.flatMap((d) => (d.kind === 'mag' ? [] : [d.session]))].map((s) => s.spec));
   // a narrower drafter (less vocabulary padding) that meets a padding id the target sampled is dropped
   const onLevelFailure = (level: CascadeLevel, err: unknown) => level !== top && err instanceof UnreadableTokenError;
-  const run: RunOptions = { eosIds: target.spec.eosIds, onTokens, maxPositions, onLevelFailure, cancelled: control.cancelled };
+  const run: RunOptions = { ...control, eosIds: target.spec.eosIds, onTokens, maxPositions, onLevelFailure };
   return runDrafting(top, drafters, config, req, run);
 }
 
@@ -234,6 +237,12 @@ export interface RunOptions {
   readonly inRound?: (round: number, run: () => Promise<void>) => Promise<void>;
   /** Where the adaptive schedule pools costs and acceptance across requests (default: the process's). */
   readonly scheduleMemory?: ScheduleMemory;
+  /**
+   * Whether the adaptive schedule counts a drafter's acceptance per draft context
+   * (CascadeLevel.draftContext, MaG's match length; schedule.ts), default true. false keeps one
+   * table per drafter, as before (for benchmarks that compare the two).
+   */
+  readonly draftContexts?: boolean;
   /**
    * The smallest context (positions) of the cascade's models. Each round's drafts are clamped to
    * it (see draftRoom); undefined = unbounded.
@@ -283,8 +292,16 @@ export async function runCascade(
   let drafters = [...initialDrafters];
   const schedule =
     config.kMatrix === 'auto'
-      ? new AdaptiveSchedule({ initial: startingKMatrix, memory: options.scheduleMemory, load: () => top.load?.(), proposers: initialDrafters.filter((d) => d.proposesOnly).map((d) => d.name) })
+      ? new AdaptiveSchedule({
+          initial: startingKMatrix,
+          memory: options.scheduleMemory,
+          load: () => top.load?.(),
+          proposers: initialDrafters.filter((d) => d.proposesOnly).map((d) => d.name),
+          draftContexts: options.draftContexts,
+        })
       : undefined;
+  /** What each drafter's drafts of this round are counted under by the schedule (its draft context). */
+  let labels: string[] = [];
   let K = config.kMatrix === 'auto' ? [] : config.kMatrix.map((row) => [...row]);
   const accepted: number[] = [];
   const drafted: number[] = [];
@@ -322,7 +339,7 @@ export async function runCascade(
       while (block.length - start < limit) {
         const before = block.length;
         await step(i + 1, drafters[i]!, block, limit - (block.length - start), end);
-        for (let p = before; p < block.length; p++) sources[p - start] = drafters[i]!.name;
+        for (let p = before; p < block.length; p++) sources[p - start] = labels[i] ?? drafters[i]!.name;
         if (block.length === before) break; // a drafter with nothing to propose (MaG without a match)
       }
     }
@@ -358,7 +375,12 @@ export async function runCascade(
     let start: number;
     let sources: string[];
     for (;;) {
-      if (schedule) K = schedule.plan(top.name, drafters.map((d) => d.name), drafters.map((d) => d.lag?.(block.tokens) ?? 0));
+      if (schedule) {
+        const names = drafters.map((d) => d.name);
+        const contexts = drafters.map((d) => d.draftContext?.(block.tokens));
+        labels = schedule.labels(names, contexts);
+        K = schedule.plan(top.name, names, drafters.map((d) => d.lag?.(block.tokens) ?? 0), contexts);
+      }
       if (drafters.length === 0 || K[0]!.every((k) => k === 0) || room === 0) {
         const want = rounds === 0 ? 1 : Math.min(plainSteps, room + 1);
         const { ms, fed } = await timed(top, () => top.propose(block, want, rng));

@@ -28,6 +28,13 @@ import type { ServiceLoad } from '../models/session.ts';
  * every session in the batch: the slope of the target's review cost is taken as at least occupancy ×
  * its per-token compute, which shrinks K and switches speculation off when the verifier is saturated.
  * Until every level has been timed past its warm-up (LinearCost.known), the starting K is used.
+ *
+ * **Draft contexts.** A drafter may say, before a round, which state it drafts from
+ * (CascadeLevel.draftContext): MaG's match length, whose drafts are accepted about 0.2 of the time
+ * after a one-token match and 0.99 after a long one on this family's held-out text. Its acceptance
+ * is then counted per context (the pair `target>mag#9` for a match of 9-32 tokens), so each round's
+ * K follows what the drafter has now, as SpecDec++ (Huang et al. 2024) predicts acceptance to choose
+ * each candidate length; costs stay per drafter.
  */
 export interface ScheduleOptions {
   /** K for the first rounds over these drafters (the mode's default), until every level is timed. */
@@ -45,6 +52,16 @@ export interface ScheduleOptions {
    * K stay zero, the starting K's included, so they always propose autoregressively.
    */
   readonly proposers?: readonly string[];
+  /** Count acceptance per draft context (default true); false: one table per drafter whatever its state. */
+  readonly draftContexts?: boolean;
+}
+
+/**
+ * The name a drafter's acceptance is counted under: `drafter#context`, or the drafter's own name
+ * without a context. Costs are always counted under the drafter's own name.
+ */
+export function contextLabel(drafter: string, context: string | undefined): string {
+  return context === undefined ? drafter : `${drafter}#${context}`;
 }
 
 /** Decayed counts of tokens reviewed and accepted. */
@@ -98,6 +115,7 @@ export const processScheduleMemory = new ScheduleMemory();
 
 /** A drafter as the level above sees it: ms to produce m tokens, and the row that achieves it. */
 interface Producer {
+  /** The name its acceptance is counted under (contextLabel). */
   readonly name: string;
   produce(m: number): number;
 }
@@ -238,10 +256,11 @@ export class AdaptiveSchedule {
   /**
    * The K matrix for the next round over `drafters` (largest first, MaG last if any), whose models
    * lack `lags[c]` tokens of the context (a drafter left unused for a while, or not yet used at
-   * all, must first feed what it missed, the prompt included). Row 0 all zero means the target
-   * decodes this round alone.
+   * all, must first feed what it missed, the prompt included), and whose draft contexts are
+   * `contexts[c]` (CascadeLevel.draftContext; the round's drafts are then reviewed under
+   * `labels(drafters, contexts)`). Row 0 all zero means the target decodes this round alone.
    */
-  plan(target: string, drafters: readonly string[], lags: readonly number[] = []): number[][] {
+  plan(target: string, drafters: readonly string[], lags: readonly number[] = [], contexts: readonly (string | undefined)[] = []): number[][] {
     const n = drafters.length;
     const K = Array.from({ length: n }, () => new Array<number>(n).fill(0));
     if (n === 0) return K;
@@ -249,8 +268,9 @@ export class AdaptiveSchedule {
     if (!ready) return this.withoutProposerRows(this.options.initial(drafters), drafters);
     // bottom-up: the last drafter proposes; each one above picks its fastest way to produce tokens
     const producers: Producer[] = new Array(n);
+    const label = this.labels(drafters, contexts);
     const last = drafters[n - 1]!;
-    producers[n - 1] = { name: last, produce: (m) => (this.proposeMs(last, m) ?? Infinity) + this.catchUpMs(last, lags[n - 1] ?? 0) };
+    producers[n - 1] = { name: label[n - 1]!, produce: (m) => (this.proposeMs(last, m) ?? Infinity) + this.catchUpMs(last, lags[n - 1] ?? 0) };
     for (let c = n - 2; c >= 0; c--) {
       const name = drafters[c]!;
       const reviews = this.options.proposers?.includes(name) ? undefined : this.reviewCost(name);
@@ -260,9 +280,9 @@ export class AdaptiveSchedule {
       if (row && row.tokensPerMs > 4 / ar(4) && row.counts.some((x) => x > 0)) {
         let acc = 0;
         row.counts.forEach((m, i) => (K[c + 1]![c + 1 + i] = acc += m));
-        producers[c] = { name, produce: (m) => m / row.tokensPerMs + catchUp };
+        producers[c] = { name: label[c]!, produce: (m) => m / row.tokensPerMs + catchUp };
       } else {
-        producers[c] = { name, produce: (m) => ar(m) + catchUp };
+        producers[c] = { name: label[c]!, produce: (m) => ar(m) + catchUp };
       }
     }
     const load = this.options.load?.();
@@ -280,6 +300,14 @@ export class AdaptiveSchedule {
     const key = JSON.stringify(K);
     this.chosen.set(key, (this.chosen.get(key) ?? 0) + 1);
     return K;
+  }
+
+  /**
+   * The names the round's drafts are counted under (contextLabel): each drafter's name with its
+   * context, or the bare names when the schedule does not count by context.
+   */
+  labels(drafters: readonly string[], contexts: readonly (string | undefined)[]): string[] {
+    return drafters.map((d, c) => (this.options.draftContexts === false ? d : contextLabel(d, contexts[c])));
   }
 
   /** K with the rows of drafters that only propose (ScheduleOptions.proposers) zeroed. */

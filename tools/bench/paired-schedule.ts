@@ -1,0 +1,100 @@
+/**
+ * The adaptive schedule with and without draft contexts (schedule.ts: MaG's acceptance counted per
+ * match-length class, or in one table), on one target, in one process: target-only decoding, MaG
+ * alone and the family's default cascade, greedy over held-out prompts, K `auto`, each side with its
+ * own ScheduleMemory (warmed on the first prompt, not timed), the sides taking turns each repeat.
+ * Prints end-to-end and decode tokens/s (medians over repeats), tokens per target pass, and on how
+ * many prompts each side's tokens equal target-only decoding's (all expected), and writes the same
+ * as JSON.
+ *
+ * Usage: node --import tsx tools/bench/paired-schedule.ts MODEL_DIR [--prompts 8] [--max-tokens 128]
+ *          [--repeats 3] [--threads 1] [--prompts-dir DIR] [--out FILE.json]
+ * (drafters and MaG's bigram table from ./models, the family)
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { heldOutPrompts } from '../../src/bench/peer-inputs.ts';
+import { formatTable, median } from '../../src/bench/report.ts';
+import { generateCascade, type DrafterSpec } from '../../src/engine/cascade.ts';
+import { planCascade } from '../../src/engine/presets.ts';
+import { ScheduleMemory } from '../../src/engine/schedule.ts';
+import { GREEDY } from '../../src/kernels/sampling.ts';
+import { loadFamily } from '../../src/models/family.ts';
+import { OrtModelSession } from '../../src/models/ort-session.ts';
+import { TextTokenizer } from '../../src/models/tokenizer.ts';
+import { pairedArgs } from './paired-args.ts';
+
+const { positionals, prompts, maxTokens, repeats, threads, promptsDir, out } = pairedArgs(1, 'paired-schedule.ts MODEL_DIR');
+const family = loadFamily('models');
+const target = await OrtModelSession.open(positionals[0]!, { intraOpThreads: threads, prefixCache: false });
+const drafterSessions = new Map<string, OrtModelSession>();
+for (const d of family.drafters) drafterSessions.set(d, await OrtModelSession.open(join('models', d), { intraOpThreads: threads, prefixCache: false }));
+const bigram = new Uint32Array(readFileSync(join('models', family.bigram!)).buffer.slice(0));
+const spec = (d: string): DrafterSpec => (d === 'mag' ? { kind: 'mag', bigram } : { kind: 'model', session: drafterSessions.get(d)! });
+const csd = planCascade({ mode: 'csd' }, family.drafters);
+
+interface Side {
+  readonly name: string;
+  readonly drafters: readonly string[];
+  readonly draftContexts: boolean;
+  readonly memory: ScheduleMemory;
+}
+const sides: Side[] = [
+  { name: 'target only', drafters: [], draftContexts: true, memory: new ScheduleMemory() },
+  { name: 'MaG, one acceptance table', drafters: ['mag'], draftContexts: false, memory: new ScheduleMemory() },
+  { name: 'MaG, by match length', drafters: ['mag'], draftContexts: true, memory: new ScheduleMemory() },
+  { name: 'default cascade, one table', drafters: csd.drafters, draftContexts: false, memory: new ScheduleMemory() },
+  { name: 'default cascade, by match length', drafters: csd.drafters, draftContexts: true, memory: new ScheduleMemory() },
+];
+const tokenizer = TextTokenizer.forModel(target.spec);
+const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
+const run = (s: Side, promptIds: number[]) =>
+  generateCascade(target, { drafters: s.drafters.map(spec), kMatrix: s.drafters.length ? 'auto' : [], lenience: 1 }, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false }, undefined, {
+    scheduleMemory: s.memory,
+    draftContexts: s.draftContexts,
+  });
+
+for (const s of sides) await run(s, ids[0]!);
+const e2e = sides.map(() => [] as number[]);
+const decode = sides.map(() => [] as number[]);
+const perPass = sides.map(() => [] as number[]);
+const outputs = sides.map(() => [] as number[][]);
+for (let rep = 0; rep < repeats; rep++) {
+  for (let k = 0; k < sides.length; k++) {
+    const i = (k + rep) % sides.length;
+    let tokens = 0;
+    let seconds = 0;
+    let after = 0;
+    let rounds = 0;
+    const outs: number[][] = [];
+    for (const p of ids) {
+      const r = await run(sides[i]!, p);
+      tokens += r.tokenIds.length;
+      seconds += r.stats.seconds;
+      after += r.stats.seconds - r.stats.firstTokenSeconds;
+      rounds += r.stats.rounds;
+      outs.push(r.tokenIds);
+    }
+    e2e[i]!.push(tokens / seconds);
+    decode[i]!.push((tokens - ids.length) / after);
+    perPass[i]!.push(tokens / rounds);
+    outputs[i] = outs;
+  }
+}
+const rows = sides.map((s, i) => ({
+  side: s.name,
+  tokensPerSecond: median(e2e[i]!),
+  decodeTokensPerSecond: median(decode[i]!),
+  tokensPerPass: median(perPass[i]!),
+  repeats: e2e[i]!,
+  identical: outputs[i]!.filter((o, j) => o.join() === outputs[0]![j]!.join()).length,
+}));
+console.log(
+  formatTable(
+    ['side', 'tok/s (median)', 'decode tok/s', 'tokens/pass', 'x target only', 'each repeat', 'same as target only'],
+    rows.map((r) => [r.side, r.tokensPerSecond, r.decodeTokensPerSecond, r.tokensPerPass, r.tokensPerSecond / rows[0]!.tokensPerSecond, r.repeats.map((x) => x.toFixed(0)).join(' '), `${r.identical}/${ids.length}`]),
+  ),
+);
+const result = { model: positionals[0], threads, prompts: ids.length, maxTokens, repeats, rows };
+if (out) writeFileSync(out, `${JSON.stringify(result, null, 2)}\n`);
+await Promise.all([target, ...drafterSessions.values()].map((s) => s.close()));
