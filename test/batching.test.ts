@@ -4,7 +4,7 @@ import { generateCascade, type DrafterSpec } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
-import { loadBigram } from '../src/models/family.ts';
+import { loadMagTables } from '../src/models/family.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { dirOf, family, maxAbsDiff, reference } from './helpers/family.ts';
@@ -56,7 +56,7 @@ test('batching - greedy csd with the adaptive schedule over 8 concurrent batched
     const req = (promptIds: number[]) => ({ promptIds, maxTokens: 32, sampling: GREEDY, seed: 0, stopAtEos: false });
     const want: number[][] = [];
     for (const p of prompts) want.push((await generateAutoregressive(target, req(p))).tokenIds);
-    const specs: DrafterSpec[] = [...batched.slice(1).map((session) => ({ kind: 'model' as const, session })), { kind: 'mag', bigram: loadBigram(family) }];
+    const specs: DrafterSpec[] = [...batched.slice(1).map((session) => ({ kind: 'model' as const, session })), { kind: 'mag', tables: loadMagTables(family) }];
     const got = await Promise.all(prompts.map((p) => generateCascade(batched[0]!, { drafters: specs, kMatrix: 'auto', lenience: 1 }, req(p))));
     got.forEach((g, i) => t.deepEqual(g.tokenIds, want[i], `prompt ${i}`));
     t.true(batched[0]!.counters.largestBatch > 1, 'the target batched reviews of different requests');

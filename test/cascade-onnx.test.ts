@@ -4,14 +4,14 @@ import { generateCascade, type CascadeConfig, type DrafterSpec } from '../src/en
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { defaultKMatrix, planCascade } from '../src/engine/presets.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
-import { loadBigram } from '../src/models/family.ts';
+import { loadMagTables } from '../src/models/family.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { dirOf, family } from './helpers/family.ts';
 
 const target = await OrtModelSession.open(dirOf(family.target));
 const sessions = new Map(await Promise.all(family.drafters.map(async (d) => [d, await OrtModelSession.open(dirOf(d))] as const)));
-const bigram = loadBigram(family);
+const magTables = loadMagTables(family);
 const tok = TextTokenizer.load(target.spec.tokenizerPath);
 test.after.always(() => Promise.all([target, ...sessions.values()].map((s) => s.close())));
 
@@ -32,7 +32,7 @@ const targetOutputs = () => (reference ??= (async () => {
 })());
 
 const [large, small] = family.drafters as [string, string];
-const spec = (d: string): DrafterSpec => (d === 'mag' ? { kind: 'mag', bigram } : { kind: 'model', session: sessions.get(d)! });
+const spec = (d: string): DrafterSpec => (d === 'mag' ? { kind: 'mag', tables: magTables } : { kind: 'model', session: sessions.get(d)! });
 const shape = (drafters: string[], kMatrix?: number[][], lenience?: number, magFirst?: number): CascadeConfig => {
   // without kMatrix: the adaptive schedule (auto), the default
   const plan = planCascade({ mode: 'csd', drafters, kMatrix, lenience }, family.drafters);

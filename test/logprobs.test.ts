@@ -4,7 +4,7 @@ import { generateCascade, type CascadeConfig } from '../src/engine/cascade.ts';
 import { generateAutoregressive, type GenerateRequest } from '../src/engine/generate.ts';
 import { planCascade } from '../src/engine/presets.ts';
 import { GREEDY, LOGPROB_FLOOR, logprobDistribution, logitsRow, tokenLogprob, type SamplingParams, type TokenLogprob } from '../src/kernels/sampling.ts';
-import { loadBigram } from '../src/models/family.ts';
+import { loadMagTables } from '../src/models/family.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { dirOf, family } from './helpers/family.ts';
@@ -17,14 +17,14 @@ import { dirOf, family } from './helpers/family.ts';
 const target = await OrtModelSession.open(dirOf(family.target));
 const drafters = new Map(await Promise.all(family.drafters.map(async (d) => [d, await OrtModelSession.open(dirOf(d))] as const)));
 const tok = TextTokenizer.load(target.spec.tokenizerPath);
-const bigram = loadBigram(family);
+const magTables = loadMagTables(family);
 test.after.always(() => Promise.all([target, ...drafters.values()].map((s) => s.close())));
 
 const prompts = loadWorkload('code').slice(0, 2).map((p) => tok.encode(p.prompt));
 const csd = (): CascadeConfig => {
   // a fixed K: under K auto the schedule's timing decides whether anything is drafted on a loaded machine
   const plan = planCascade({ mode: 'csd', kMatrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]] }, family.drafters);
-  return { drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag', bigram } : { kind: 'model', session: drafters.get(d)! })), kMatrix: plan.kMatrix, lenience: plan.lenience };
+  return { drafters: plan.drafters.map((d) => (d === 'mag' ? { kind: 'mag', tables: magTables } : { kind: 'model', session: drafters.get(d)! })), kMatrix: plan.kMatrix, lenience: plan.lenience };
 };
 const TOLERANCE = 1e-4;
 

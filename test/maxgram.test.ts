@@ -1,6 +1,11 @@
 import test from 'ava';
 import fc from 'fast-check';
-import { MaxGram } from '../src/kernels/maxgram.ts';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ModelLoadError } from '../src/errors.ts';
+import { MaxGram, TrigramTable } from '../src/kernels/maxgram.ts';
+import { loadFamily, loadMagTables } from '../src/models/family.ts';
 
 /**
  * The longest suffix of s occurring earlier (at most maxLen tokens), by rescanning:
@@ -106,6 +111,65 @@ test('maxgram - continues from its own proposal, then falls back to the bigram t
   partial.append([7, 8, 9, 4, 7]);
   t.deepEqual(partial.propose(6, false), [8, 9, 4, 7, 8, 9], 'without the fill, the copies alone');
   t.deepEqual(partial.propose(2), [8, 9], 'the sequence is unchanged after proposing');
+});
+
+/** A trigram table file's bytes (maxgram.ts, TrigramTable) from [a, b, c] entries. */
+function trigramBytes(vocab: number, entries: readonly [number, number, number][]): Uint8Array {
+  const sorted = [...entries].sort((x, y) => x[0] - y[0] || x[1] - y[1]);
+  const offsets = new Array<number>(vocab + 1).fill(0);
+  for (const [a] of sorted) offsets[a + 1]!++;
+  for (let i = 1; i <= vocab; i++) offsets[i]! += offsets[i - 1]!;
+  const words = [0x3347414d, vocab, sorted.length, ...offsets, ...sorted.map((e) => e[1]), ...sorted.map((e) => e[2])];
+  return new Uint8Array(Uint32Array.from(words).buffer);
+}
+
+test('maxgram - fills from the trigram table where it has the pair, else the bigram table; with it, a one-token match is not copied', (t) => {
+  // bigram: i -> (3i + 1) mod 8; the trigram table says 2 after (1, 2) and 5 after (2, 7)
+  const trigram = TrigramTable.read(trigramBytes(8, [[2, 7, 5], [1, 2, 2]]), 'test table');
+  t.is(trigram.size, 2);
+  t.is(trigram.next(1, 2), 2);
+  t.is(trigram.next(1, 3), undefined);
+  t.is(trigram.next(99, 2), undefined, 'an id past its vocabulary has no entry');
+  const mag = new MaxGram({ bigram, trigram });
+  mag.append([1, 2]);
+  // (1,2) -> 2 by the trigram; (2,2) -> bigram[2] = 7; (2,7) -> 5 by the trigram; (7,5) -> bigram[5] = 0
+  t.deepEqual(mag.propose(4), [2, 7, 5, 0]);
+  const oneToken = new MaxGram({ bigram, trigram });
+  oneToken.append([6, 1, 4, 6]);
+  t.deepEqual(oneToken.longestMatch(), { length: 1, end: 0 });
+  t.deepEqual(oneToken.propose(1), [bigram[6]!], 'a match of one token is not copied (minMatch 2 with a trigram table)');
+  t.deepEqual(oneToken.propose(1, false), []);
+  const copies = new MaxGram({ bigram, trigram, minMatch: 1 });
+  copies.append([6, 1, 4, 6]);
+  t.deepEqual(copies.propose(1), [1], 'unless minMatch says otherwise');
+  const two = new MaxGram({ bigram, trigram });
+  two.append([6, 1, 4, 6, 1]);
+  t.deepEqual(two.propose(2), [4, 6], 'a two-token match is copied');
+});
+
+test('maxgram - a trigram table file that is not one is refused, naming what is wrong', (t) => {
+  const good = trigramBytes(8, [[1, 2, 3]]);
+  t.notThrows(() => TrigramTable.read(good, 'f'));
+  t.throws(() => TrigramTable.read(good.subarray(0, good.length - 4), 'f'), { instanceOf: RangeError, message: /f is truncated or padded: its header says 8 tokens and 1 entries/ });
+  t.throws(() => TrigramTable.read(new Uint8Array(Uint32Array.from([1, 2, 3]).buffer), 'f'), { message: /f is not a trigram table \(it does not start with "MAG3"\)/ });
+  t.throws(() => TrigramTable.read(new Uint8Array(7), 'f'), { message: /f is not a trigram table: 7 bytes/ });
+  t.throws(() => TrigramTable.read(trigramBytes(8, [[1, 9, 3]]), 'f'), { message: /names a token id at or past its vocabulary of 8/ });
+  const swapped = new Uint32Array(trigramBytes(8, [[1, 2, 3], [5, 2, 3]]).buffer.slice(0));
+  [swapped[5], swapped[9]] = [2, 0];
+  t.throws(() => TrigramTable.read(new Uint8Array(swapped.buffer), 'f'), { message: /row offsets that do not ascend/ });
+});
+
+test('maxgram - a family\'s trigram table that is missing or not one is a ModelLoadError naming the file and how to rebuild it', (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'trigram-'));
+  writeFileSync(join(dir, 'family.json'), JSON.stringify({ target: 'target', drafters: [], bigram: 'bigram.bin', trigram: 'trigram.bin' }));
+  writeFileSync(join(dir, 'bigram.bin'), new Uint8Array(Uint32Array.from(bigram).buffer));
+  t.throws(() => loadMagTables(loadFamily(dir)), { instanceOf: ModelLoadError, message: /family\.json names trigram table .*trigram\.bin, which does not exist/ });
+  writeFileSync(join(dir, 'trigram.bin'), 'not a table');
+  t.throws(() => loadMagTables(loadFamily(dir)), { instanceOf: ModelLoadError, message: /trigram table .*trigram\.bin is not a trigram table: 11 bytes \(rebuild it with python3 tools\/train\/bigram\.py --trigram-out\)/ });
+  writeFileSync(join(dir, 'trigram.bin'), trigramBytes(8, [[1, 2, 3]]));
+  const tables = loadMagTables(loadFamily(dir));
+  t.is(tables.trigram?.next(1, 2), 3);
+  t.deepEqual([...tables.bigram!], [...bigram]);
 });
 
 test('maxgram - the index and the work of appending stay linear in the history (amortised O(1) per token)', (t) => {

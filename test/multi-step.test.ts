@@ -6,7 +6,7 @@ import { planCascade } from '../src/engine/presets.ts';
 import { processScheduleMemory } from '../src/engine/schedule.ts';
 import { InvalidArgumentError } from '../src/errors.ts';
 import { argmax, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
-import { loadBigram } from '../src/models/family.ts';
+import { loadMagTables } from '../src/models/family.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import type { BatchInvariance, DecodePlan } from '../src/models/session.ts';
@@ -65,7 +65,7 @@ test.serial('multi-step decoding - csd whose drafters propose in one call each g
   const plan = planCascade({ mode: 'csd' }, family.drafters);
   const drafters = async (multiStep: boolean): Promise<DrafterSpec[]> => {
     const out: DrafterSpec[] = [];
-    for (const d of plan.drafters) out.push(d === 'mag' ? { kind: 'mag', bigram: loadBigram(family) } : { kind: 'model', session: await open(dirOf(d), multiStep) });
+    for (const d of plan.drafters) out.push(d === 'mag' ? { kind: 'mag', tables: loadMagTables(family) } : { kind: 'model', session: await open(dirOf(d), multiStep) });
     return out;
   };
   const on = await drafters(true);

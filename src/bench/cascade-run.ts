@@ -247,13 +247,13 @@ export async function benchCascade(o: CascadeBenchOptions): Promise<WorkloadResu
   );
   let eagle: OrtModelSession | undefined;
   try {
-    const { target, drafters, bigram } = await sessions.cascadeModels();
+    const { target, drafters, magTables } = await sessions.cascadeModels();
     const placement: Record<string, ModelPlacement> = {};
     for (const s of [target, ...drafters.values()]) placement[s.spec.name] = placed(s, requested(s.spec.name), sessions.placements.get(s.spec.name)?.trials);
     log(`placement: ${describePlacement(placement)}`);
     eagle = o.eagleModel ? await OrtModelSession.open(o.eagleModel, { intraOpThreads: o.threads, executionProviders: draftEps, batchInvariant: 'off' }) : undefined;
     if (eagle) placement[eagle.spec.name] = placed(eagle, draftEps, undefined);
-    const ctx: BenchContext = { target, drafters, bigram, maxTokens: o.maxTokens, ...(eagle ? { eagle } : {}) };
+    const ctx: BenchContext = { target, drafters, magTables, maxTokens: o.maxTokens, ...(eagle ? { eagle } : {}) };
     log('measuring cost coefficients (decode ms/token relative to the target) …');
     const costs: Record<string, number> = {};
     const decode: Record<string, number> = {};

@@ -6,6 +6,7 @@ import { drafterKind } from '../models/family.ts';
 import type { ModelSession } from '../models/session.ts';
 import { median } from './report.ts';
 import { repeated4gramRate } from './workloads.ts';
+import type { MagTables } from '../kernels/maxgram.ts';
 
 /** One decoding method of the comparison: a cascade (no drafters = ar) with its K. */
 export interface Method {
@@ -34,7 +35,7 @@ export const MAG_FIRST_LENGTHS = [2, 3, 4];
 export interface BenchContext {
   readonly target: ModelSession;
   readonly drafters: ReadonlyMap<string, ModelSession>;
-  readonly bigram: Uint32Array | undefined;
+  readonly magTables: MagTables;
   readonly maxTokens: number;
   /** The feature drafter (`--eagle-model`), drafter name 'eagle' in methods. */
   readonly eagle?: ModelSession;
@@ -59,7 +60,7 @@ const METHOD_NAMES = { eagle: 'eagle' };
 function specs(ctx: BenchContext, m: Method): DrafterSpec[] {
   return m.drafters.map((d): DrafterSpec => {
     const kind = drafterKind(METHOD_NAMES, d);
-    return kind === 'mag' ? { kind, bigram: ctx.bigram, occurrence: m.magOccurrence } : kind === 'eagle' ? { kind, session: ctx.eagle! } : { kind, session: ctx.drafters.get(d)! };
+    return kind === 'mag' ? { kind, tables: ctx.magTables, occurrence: m.magOccurrence } : kind === 'eagle' ? { kind, session: ctx.eagle! } : { kind, session: ctx.drafters.get(d)! };
   });
 }
 

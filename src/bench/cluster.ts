@@ -9,7 +9,7 @@ import { checkCascade, generateCascade, type DrafterSpec } from '../engine/casca
 import { generateAutoregressive } from '../engine/generate.ts';
 import { planCascade } from '../engine/presets.ts';
 import { GREEDY } from '../kernels/sampling.ts';
-import { drafterKind, loadBigram, loadFamily } from '../models/family.ts';
+import { drafterKind, loadMagTables, loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import type { Drafting } from '../engine/async-cascade.ts';
@@ -178,7 +178,7 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
   const drafters: DrafterSpec[] = await Promise.all(
     plan.drafters.map(async (d): Promise<DrafterSpec> => {
       const kind = drafterKind(family, d);
-      return kind === 'mag' ? { kind, bigram: loadBigram(family) } : { kind, session: await sessions.get(d) };
+      return kind === 'mag' ? { kind, tables: loadMagTables(family) } : { kind, session: await sessions.get(d) };
     }),
   );
   for (const drafting of o.draftings) checkCascade({ drafters, kMatrix: plan.kMatrix, lenience: 1, drafting });

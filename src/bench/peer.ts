@@ -5,7 +5,7 @@ import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
 import { planCascade, type KSchedule } from '../engine/presets.ts';
 import { CascadeError } from '../errors.ts';
 import { GREEDY } from '../kernels/sampling.ts';
-import { loadBigram, memberSource, type Family } from '../models/family.ts';
+import { loadMagTables, memberSource, type Family } from '../models/family.ts';
 import { locationOf } from '../models/model-dir.ts';
 import { resolveModels, type ModelChoice } from '../models/model-choice.ts';
 import { OrtModelSession } from '../models/ort-session.ts';
@@ -175,7 +175,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
   const artifacts = new PeerArtifacts(o.cacheDir, o.python, log);
   const inForm = (dir: string, form: PeerForm): Promise<string> => (form === 'unfused' ? Promise.resolve(dir) : artifacts.fused(dir, form === 'fused-kv16' ? 'float16' : undefined));
   const prompts: PeerPrompt[] = heldOutPrompts(o.prompts, o.promptsDir);
-  const bigram = loadBigram(family);
+  const magTables = loadMagTables(family);
 
   const runtime = await PeerRuntime.start();
   const peerModels = new Map<PeerWeights, { target: PeerModel; draft?: PeerModel }>();
@@ -222,7 +222,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
           drafterSessions.set(form, opened);
           sessions.push(...opened);
         }
-        const magSpec: DrafterSpec = { kind: 'mag', bigram };
+        const magSpec: DrafterSpec = { kind: 'mag', tables: magTables };
         for (const w of o.weights) {
           for (const form of o.forms) {
             const dir = ourDirs.get(`${w} ${form}`);

@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { startNats } from '../cluster/local-servers.ts';
 import { NatsTransport } from '../cluster/nats-transport.ts';
 import { startBenchCluster } from './cluster.ts';
+import type { MagTables } from '../kernels/maxgram.ts';
 
 export interface ScaleBenchOptions {
   readonly models: string;
@@ -44,7 +45,7 @@ interface Shape {
 interface Models {
   readonly target: ModelSession;
   readonly drafters: ReadonlyMap<string, ModelSession>;
-  readonly bigram: Uint32Array | undefined;
+  readonly magTables: MagTables;
 }
 
 interface Totals {
@@ -59,7 +60,7 @@ interface Totals {
 }
 
 function specs(m: Models, drafters: readonly string[]): DrafterSpec[] {
-  return drafters.map((d) => (d === 'mag' ? { kind: 'mag', bigram: m.bigram } : { kind: 'model', session: m.drafters.get(d)! }));
+  return drafters.map((d) => (d === 'mag' ? { kind: 'mag', tables: m.magTables } : { kind: 'model', session: m.drafters.get(d)! }));
 }
 
 /** Runs every prompt with `concurrency` requests in flight; wall time of the whole set. */
@@ -179,7 +180,7 @@ async function underLoad(inner: Models, o: ScaleBenchOptions, tok: TextTokenizer
   ];
   const wrap = (maxBatch: number): Models & { batched: BatchingSession } => {
     const batched = new BatchingSession(inner.target, { maxBatch });
-    return { target: batched, batched, drafters: new Map([...inner.drafters].map(([k, s]) => [k, new BatchingSession(s, { maxBatch })])), bigram: inner.bigram };
+    return { target: batched, batched, drafters: new Map([...inner.drafters].map(([k, s]) => [k, new BatchingSession(s, { maxBatch })])), magTables: inner.magTables };
   };
   const batchedModels = wrap(16);
   const rows: LoadRow[] = [];

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { generateCascade, levelName, type DrafterSpec } from '../engine/cascade.ts';
 import { defaultKMatrix } from '../engine/presets.ts';
 import { GREEDY } from '../kernels/sampling.ts';
-import { loadBigram, loadController, loadFamily } from '../models/family.ts';
+import { loadMagTables, loadController, loadFamily } from '../models/family.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { TextTokenizer } from '../models/tokenizer.ts';
 import { formatTable, median, writeJson } from './report.ts';
@@ -38,7 +38,7 @@ export async function benchSelfDraft(o: SelfDraftBenchOptions): Promise<void> {
       .filter((d) => d.length >= o.context)
       .slice(0, o.docs)
       .map((d) => d.slice(0, o.context));
-    const mag: DrafterSpec = { kind: 'mag', bigram: loadBigram(family) };
+    const mag: DrafterSpec = { kind: 'mag', tables: loadMagTables(family) };
     const neural: DrafterSpec[] = await Promise.all(family.drafters.map(async (d) => ({ kind: 'model' as const, session: await sessions.get(d) })));
     const self: DrafterSpec = { kind: 'model', session: target, kv: { policy: 'adore', budget: { budget: o.budget, sinks: 4, recent: 16, rebuild: 2 }, controller } };
     const selfName = levelName(self, target);

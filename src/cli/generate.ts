@@ -9,7 +9,7 @@ import { generateAutoregressive, type GenerateResult } from '../engine/generate.
 import type { KvPolicyName } from '../kernels/kv-policy.ts';
 import { K_BOUND, MAX_K, MODES, planCascade, type KSchedule, type Mode } from '../engine/presets.ts';
 import { InvalidArgumentError, ModelLoadError } from '../errors.ts';
-import { drafterKind, loadBigram, loadController, type Family } from '../models/family.ts';
+import { drafterKind, loadMagTables, loadController, type Family } from '../models/family.ts';
 import { parseSelfDraft, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP, SELF_DRAFTS, selfDraftCopy, type SelfDraft } from './quantize.ts';
 import { FamilySessions } from '../models/family-sessions.ts';
 import { resolveModels } from '../models/model-choice.ts';
@@ -234,7 +234,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const drafters: DrafterSpec[] = [];
     for (const d of plan.drafters) {
       const kind = drafterKind(family, d);
-      if (kind === 'mag') drafters.push({ kind, bigram: loadBigram(family), occurrence: o.magOccurrence });
+      if (kind === 'mag') drafters.push({ kind, tables: loadMagTables(family), occurrence: o.magOccurrence });
       else if (kind === 'eagle') drafters.push({ kind, session: await sessions.get(d) });
       else drafters.push({ kind, session: await sessions.get(d), kv: drafterKv });
     }

@@ -16,6 +16,7 @@ import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
 import { subjects, type Subscription, type Transport } from './transport.ts';
+import type { MagTables } from '../kernels/maxgram.ts';
 
 /** The BullMQ queue requests enter (SPEC §6). */
 export const QUEUE_NAME = 'cascade-requests';
@@ -63,7 +64,7 @@ export type JobData = z.infer<typeof JobData>;
 export interface ClusterFamily {
   readonly target: string;
   readonly eosIds: readonly number[];
-  readonly bigram?: Uint32Array;
+  readonly magTables?: MagTables;
   /** The smallest context (positions) of the family's models: every round's drafts stay inside it. */
   readonly maxPositions?: number;
   /** The feature drafter's name (EAGLE), which runs beside the target in its verify actors (RemoteFeatureLevel). */
@@ -177,7 +178,7 @@ export class Coordinator {
       const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms) });
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => {
         const kind = drafterKind(family, d);
-        return kind === 'mag' ? new MagLevel({ bigram: family.bigram }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);
+        return kind === 'mag' ? new MagLevel({ ...family.magTables }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);
       });
       roundTrips = [top, ...drafters].flatMap((l) => (l instanceof RemoteLevel || l instanceof RemoteFeatureLevel ? [l.roundTripsMs] : []));
       let offset = recorded.length;

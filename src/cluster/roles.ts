@@ -7,7 +7,7 @@ import { ModelActor } from '../actors/model-actor.ts';
 import { checkKvPolicy, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
 import { checkBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
-import { loadBigram, loadController, loadFamily, memberDir, memberSource, type Family } from '../models/family.ts';
+import { loadMagTables, loadController, loadFamily, memberDir, memberSource, type Family } from '../models/family.ts';
 import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { checkSharedVocabulary } from '../models/vocabulary.ts';
 import { loadModelSpec, speculationCaveat, type ModelSpec } from '../models/config.ts';
@@ -284,7 +284,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
     const coordinator = new Coordinator({
       transport,
       log: new TokenLog(shards),
-      family: { target: family.target, eosIds: spec.eosIds, bigram: loadBigram(family), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
+      family: { target: family.target, eosIds: spec.eosIds, magTables: loadMagTables(family), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
       callTimeoutMs: o.callTimeoutMs,
       onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
       onEvent: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
@@ -365,7 +365,7 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
     const batched = (m: ModelSession) => new BatchingSession(m, (m as OrtModelSession).positionIds === false ? { maxBatch: 1 } : {});
     const spec = models.target.spec;
     const app = buildGateway({
-      backend: embeddedBackend({ target: batched(models.target), drafters: new Map([...models.drafters].map(([n, m]) => [n, batched(m)])), eagle, bigram: models.bigram }, { timeoutMs: o.requestTimeoutMs ?? 600_000 }),
+      backend: embeddedBackend({ target: batched(models.target), drafters: new Map([...models.drafters].map(([n, m]) => [n, batched(m)])), eagle, magTables: models.magTables }, { timeoutMs: o.requestTimeoutMs ?? 600_000 }),
       tokenizer: TextTokenizer.forModel(spec),
       metrics: new GatewayMetrics(),
       model: {

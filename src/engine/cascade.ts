@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import { DEFAULT_VERIFICATION, PositionNoise } from '../kernels/noise.ts';
-import { RECENT_MATCH_LIMIT } from '../kernels/maxgram.ts';
+import { RECENT_MATCH_LIMIT, type MagTables } from '../kernels/maxgram.ts';
 import { Rng } from '../kernels/rng.ts';
 import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
@@ -23,7 +23,7 @@ import { DEFAULT_DRAFTING, runCascadeAsync, type Drafting } from './async-cascad
 export type DrafterSpec =
   | { readonly kind: 'model'; readonly session: ModelSession; readonly kv?: KvPolicyConfig }
   | { readonly kind: 'eagle'; readonly session: ModelSession }
-  | { readonly kind: 'mag'; readonly bigram?: Uint32Array; readonly minMatch?: number; readonly occurrence?: 'earliest' | 'recent' };
+  | { readonly kind: 'mag'; readonly tables?: MagTables; readonly minMatch?: number; readonly occurrence?: 'earliest' | 'recent' };
 
 /**
  * The cascade of SPEC §4.2. `drafters` are largest first. `kMatrix` is n×n upper triangular in the
@@ -192,7 +192,7 @@ export async function generateCascade(
   // Every level applies the same logits processors with each position's own prefix (exactness).
   const drafters: CascadeLevel[] = config.drafters.map((d, i) =>
     d.kind === 'mag'
-      ? new MagLevel({ bigram: d.bigram, minMatch: d.minMatch, occurrence: d.occurrence })
+      ? new MagLevel({ ...d.tables, minMatch: d.minMatch, occurrence: d.occurrence })
       : d.kind === 'eagle'
         ? new EagleLevel(d.session.spec.name, d.session, `${seqId}:${i}`, tap!, req.sampling, { promptLength, noise })
         : new ModelLevel(levelName(d, target), d.session, `${seqId}:${i}`, req.sampling, { kv: d.kv, promptLength, noise }),

@@ -4,8 +4,11 @@
  * Given S = prompt ‖ generated, find the longest suffix of S that occurs earlier in S and propose
  * the tokens that followed its earliest occurrence. When that continuation reaches the end of S
  * before k tokens, S is extended with what was proposed and matched again ("continue from the
- * proposed tokens"); once nothing matches, the rest is filled from a bigram table (each token's most
- * frequent successor in the training corpus).
+ * proposed tokens"); once nothing matches, the rest is filled from the training corpus's statistics:
+ * a trigram table (each pair of tokens' most frequent successor, where it differs from the bigram's;
+ * TrigramTable), then a bigram table (each token's most frequent successor). With a trigram table
+ * MaG copies only from matches of at least 2 tokens: on held-out text the continuation of a
+ * one-token match was the target's next token 0.17-0.27 of the time, the trigram's guess 0.44-0.47.
  *
  * The index is a suffix automaton over token ids: appending a token is amortised O(1), and every
  * append is recorded in an undo log so that `truncate` rolls back to any earlier length, as a
@@ -20,12 +23,82 @@
 export interface MaxGramOptions {
   /** bigram[a] = most frequent successor of token a; without it, unmatched positions repeat the last token. */
   readonly bigram?: Uint32Array;
-  /** Suffix matches shorter than this count as no match (default 1). */
+  /** The most frequent successor of a pair of tokens, where it differs from the bigram's; consulted first. */
+  readonly trigram?: TrigramTable;
+  /** Suffix matches shorter than this count as no match (default 2 with a trigram table, else 1). */
   readonly minMatch?: number;
   /** Which earlier occurrence of the longest repeated suffix to copy from (default 'earliest', as CS Drafting). */
   readonly occurrence?: 'earliest' | 'recent';
   /** Longest suffix the 'recent' variant matches (default 16). */
   readonly maxRecentLength?: number;
+}
+
+/** MaG's fill tables, as a family ships them (family.json `bigram` and `trigram`). */
+export interface MagTables {
+  readonly bigram?: Uint32Array;
+  readonly trigram?: TrigramTable;
+}
+
+/** First bytes of a trigram table file: "MAG3". */
+const TRIGRAM_MAGIC = 0x3347414d;
+
+/**
+ * MaG's trigram fill: for a pair of tokens (a, b), the most frequent token after them in the training
+ * corpus, kept only where it differs from the bigram table's successor of b (tools/train/bigram.py).
+ * Stored as compressed rows: for each a, its pairs' b in ascending order and their successors.
+ *
+ * File layout (little-endian uint32 throughout): the magic "MAG3", the vocabulary size V, the entry
+ * count N, row offsets [V + 1] (entries of a are offsets[a]..offsets[a+1]), the b of each entry [N],
+ * the successor of each entry [N].
+ */
+export class TrigramTable {
+  private constructor(
+    /** Tokens the table covers (ids 0..vocabSize-1). */
+    readonly vocabSize: number,
+    private readonly offsets: Uint32Array,
+    private readonly seconds: Uint32Array,
+    private readonly successors: Uint32Array,
+  ) {}
+
+  /** Entries: pairs whose successor the table gives. */
+  get size(): number {
+    return this.seconds.length;
+  }
+
+  /** The most frequent token after (a, b) where the table has one, else undefined (the bigram's). */
+  next(a: number, b: number): number | undefined {
+    if (a >= this.vocabSize) return undefined;
+    let lo = this.offsets[a]!;
+    let hi = this.offsets[a + 1]! - 1;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const x = this.seconds[mid]!;
+      if (x === b) return this.successors[mid]!;
+      if (x < b) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return undefined;
+  }
+
+  /**
+   * Reads a table from a file's bytes; `what` names it in errors. Throws RangeError when the bytes
+   * are not a trigram table: another magic, a length that does not match its header, offsets that
+   * are not ascending or run past the entries, or an id at or past its vocabulary.
+   */
+  static read(bytes: Uint8Array, what: string): TrigramTable {
+    const words = Math.floor(bytes.byteLength / 4);
+    if (bytes.byteLength % 4 || words < 3) throw new RangeError(`${what} is not a trigram table: ${bytes.byteLength} bytes`);
+    const all = new Uint32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+    const [magic, vocab, n] = [all[0]!, all[1]!, all[2]!];
+    if (magic !== TRIGRAM_MAGIC) throw new RangeError(`${what} is not a trigram table (it does not start with "MAG3")`);
+    if (words !== 3 + vocab + 1 + 2 * n) throw new RangeError(`${what} is truncated or padded: its header says ${vocab} tokens and ${n} entries, ${4 * (3 + vocab + 1 + 2 * n)} bytes, and it has ${bytes.byteLength}`);
+    const offsets = all.subarray(3, 3 + vocab + 1);
+    const seconds = all.subarray(4 + vocab, 4 + vocab + n);
+    const successors = all.subarray(4 + vocab + n);
+    if (offsets[0] !== 0 || offsets[vocab] !== n || offsets.some((o, i) => i > 0 && o < offsets[i - 1]!)) throw new RangeError(`${what} has row offsets that do not ascend from 0 to its ${n} entries`);
+    if (seconds.some((x) => x >= vocab) || successors.some((x) => x >= vocab)) throw new RangeError(`${what} names a token id at or past its vocabulary of ${vocab}`);
+    return new TrigramTable(vocab, offsets, seconds, successors);
+  }
 }
 
 const P1 = 67108859; // primes below 2^26: two hashes combine into one key below 2^52
@@ -113,12 +186,14 @@ export class MaxGram {
   /** marks[i] = automaton size before token i was appended. */
   private readonly marks: Mark[] = [];
   private readonly bigram: Uint32Array | undefined;
+  private readonly trigram: TrigramTable | undefined;
   private readonly minMatch: number;
   private readonly recent: RecentIndex | undefined;
 
   constructor(options: MaxGramOptions = {}) {
     this.bigram = options.bigram;
-    this.minMatch = Math.max(1, options.minMatch ?? 1);
+    this.trigram = options.trigram;
+    this.minMatch = Math.max(1, options.minMatch ?? (options.trigram ? 2 : 1));
     if (options.occurrence === 'recent') this.recent = new RecentIndex(options.maxRecentLength ?? RECENT_MATCH_LIMIT);
   }
 
@@ -182,7 +257,7 @@ export class MaxGram {
   }
 
   /**
-   * Proposes k tokens to follow S: copied from matches, then filled from the bigram table unless
+   * Proposes k tokens to follow S: copied from matches, then filled from the trigram and bigram tables unless
    * `fill` is false (then fewer than k, or none, where nothing matches). S itself is unchanged afterwards.
    */
   propose(k: number, fill = true): number[] {
@@ -198,10 +273,12 @@ export class MaxGram {
       this.append(copied);
     }
     this.truncate(base);
-    let prev = out.length ? out[out.length - 1]! : this.tokens[base - 1];
-    while (fill && out.length < k && prev !== undefined) {
-      prev = this.bigram ? this.bigram[prev]! : prev;
-      out.push(prev);
+    const at = (i: number) => (i < base ? this.tokens[i] : out[i - base]);
+    while (fill && out.length < k && base + out.length > 0) {
+      const prev = at(base + out.length - 1)!;
+      const before = at(base + out.length - 2);
+      const fromPair = before === undefined ? undefined : this.trigram?.next(before, prev);
+      out.push(fromPair ?? (this.bigram ? this.bigram[prev]! : prev));
     }
     return out;
   }

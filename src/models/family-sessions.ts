@@ -1,9 +1,10 @@
 import type { Family } from './family.ts';
-import { loadBigram, memberSource } from './family.ts';
+import { loadMagTables, memberSource } from './family.ts';
 import { OrtModelSession } from './ort-session.ts';
 import { isAuto, placeByCost, type Placement, type PlacementTrial } from './placement.ts';
 import type { ModelSession, SessionOptions } from './session.ts';
 import { checkSharedVocabulary } from './vocabulary.ts';
+import type { MagTables } from '../kernels/maxgram.ts';
 
 /**
  * Opens family members on demand (one worker each, opened once) and closes them all together.
@@ -42,13 +43,13 @@ export class FamilySessions {
     return s;
   }
 
-  /** The target and every neural drafter (by name), opened, and MaG's bigram table: a cascade's models. */
-  async cascadeModels(): Promise<{ target: ModelSession; drafters: Map<string, ModelSession>; bigram: Uint32Array | undefined }> {
+  /** The target and every neural drafter (by name), opened, and MaG's tables: a cascade's models. */
+  async cascadeModels(): Promise<{ target: ModelSession; drafters: Map<string, ModelSession>; magTables: MagTables }> {
     const target = await this.get(this.family.target);
     const drafters = new Map<string, ModelSession>();
     for (const d of this.family.drafters) drafters.set(d, await this.get(d));
     checkSharedVocabulary(target.spec, [...drafters.values()].map((d) => d.spec));
-    return { target, drafters, bigram: loadBigram(this.family) };
+    return { target, drafters, magTables: loadMagTables(this.family) };
   }
 
   async close(): Promise<void> {

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { readJsonFile } from './json-file.ts';
 import { ModelLoadError } from '../errors.ts';
 import { AdoreController } from '../kernels/adore-controller.ts';
+import { TrigramTable, type MagTables } from '../kernels/maxgram.ts';
 import type { ModelSource } from './model-dir.ts';
 
 /**
@@ -14,7 +15,10 @@ export interface Family {
   readonly dir: string;
   readonly target: string;
   readonly drafters: readonly string[];
+  /** MaG's bigram table (a file), relative to the family directory. */
   readonly bigram?: string;
+  /** MaG's trigram table (a file, TrigramTable), relative to the family directory. */
+  readonly trigram?: string;
   /** ADORE's controller directory, relative to the family directory. */
   readonly controller?: string;
   /**
@@ -35,6 +39,8 @@ const FamilyJson = z.object({
   drafters: z.array(z.string().min(1)),
   /** MaG's bigram fallback table (little-endian uint32 per token), relative to the family directory. */
   bigram: z.string().min(1).optional(),
+  /** MaG's trigram fallback table (TrigramTable, tools/train/bigram.py --trigram-out), relative to the family directory. */
+  trigram: z.string().min(1).optional(),
   /** The ADORE controller trained for this family's target (tools/train/controller.py). */
   controller: z.string().min(1).optional(),
   /** The EAGLE feature drafter trained for this family's target (tools/train/eagle.sh), a member directory. */
@@ -60,8 +66,25 @@ export function loadFamily(dir: string): Family {
   return { dir: abs, ...parsed.data };
 }
 
+/** MaG's fill tables: the bigram and trigram tables the family ships (either may be absent). */
+export function loadMagTables(family: Family): MagTables {
+  return { bigram: loadBigram(family), trigram: loadTrigram(family) };
+}
+
+/** MaG's trigram table, when the family ships one. */
+function loadTrigram(family: Family): TrigramTable | undefined {
+  if (!family.trigram) return undefined;
+  const path = join(family.dir, family.trigram);
+  if (!existsSync(path)) throw new ModelLoadError(`family.json names trigram table ${path}, which does not exist`);
+  try {
+    return TrigramTable.read(readFileSync(path), `trigram table ${path}`);
+  } catch (err) {
+    throw err instanceof RangeError ? new ModelLoadError(`${err.message} (rebuild it with python3 tools/train/bigram.py --trigram-out)`) : err;
+  }
+}
+
 /** MaG's bigram table, when the family ships one. */
-export function loadBigram(family: Family): Uint32Array | undefined {
+function loadBigram(family: Family): Uint32Array | undefined {
   if (!family.bigram) return undefined;
   const path = join(family.dir, family.bigram);
   if (!existsSync(path)) throw new ModelLoadError(`family.json names bigram table ${path}, which does not exist`);

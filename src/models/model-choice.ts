@@ -29,7 +29,7 @@ const isDir = (path: string) => existsSync(path) && statSync(path).isDirectory()
  * is a member of the `--models` family means that member (`--model draft-l1`); otherwise a folder
  * that exists is a user's export, named after the folder (made safe for NATS subjects; two models
  * may not share a name).
- * MaG's bigram table and the ADORE controller come with a family target only: an export's
+ * MaG's bigram and trigram tables and the ADORE controller come with a family target only: an export's
  * tokenizer is not the family's, so MaG runs without its fallback table there.
  */
 export function resolveModels(c: ModelChoice): Family {
@@ -96,6 +96,7 @@ export function resolveModels(c: ModelChoice): Family {
     target,
     drafters,
     ...(fromFamily && base.bigram ? { bigram: base.bigram } : {}),
+    ...(fromFamily && base.trigram ? { trigram: base.trigram } : {}),
     ...(fromFamily && base.controller ? { controller: base.controller } : {}),
     // the feature drafter reads the family target's own features: it stays only with that target
     ...(fromFamily && base.eagle && target === base.target ? { eagle: add(base.eagle, { dir: join(base.dir, base.eagle) }) } : {}),

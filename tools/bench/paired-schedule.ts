@@ -1,6 +1,7 @@
 /**
- * The adaptive schedule with and without draft contexts (schedule.ts: MaG's acceptance counted per
- * match-length class, or in one table), on one target, in one process: target-only decoding, MaG
+ * MaG as it was and as it is, on one target, in one process: the adaptive schedule with and without
+ * draft contexts (schedule.ts: MaG's acceptance counted per match-length class, or in one table), and
+ * MaG's fill with and without the family's trigram table (maxgram.ts). Target-only decoding, MaG
  * alone and the family's default cascade, greedy over held-out prompts, K `auto`, each side with its
  * own ScheduleMemory (warmed on the first prompt, not timed), the sides taking turns each repeat.
  * Prints end-to-end and decode tokens/s (medians over repeats), tokens per target pass, and on how
@@ -9,9 +10,9 @@
  *
  * Usage: node --import tsx tools/bench/paired-schedule.ts MODEL_DIR [--prompts 8] [--max-tokens 128]
  *          [--repeats 3] [--threads 1] [--prompts-dir DIR] [--out FILE.json]
- * (drafters and MaG's bigram table from ./models, the family)
+ * (drafters and MaG's tables from ./models, the family)
  */
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { heldOutPrompts } from '../../src/bench/peer-inputs.ts';
 import { formatTable, median } from '../../src/bench/report.ts';
@@ -19,7 +20,7 @@ import { generateCascade, type DrafterSpec } from '../../src/engine/cascade.ts';
 import { planCascade } from '../../src/engine/presets.ts';
 import { ScheduleMemory } from '../../src/engine/schedule.ts';
 import { GREEDY } from '../../src/kernels/sampling.ts';
-import { loadFamily } from '../../src/models/family.ts';
+import { loadFamily, loadMagTables } from '../../src/models/family.ts';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
 import { pairedArgs } from './paired-args.ts';
@@ -29,27 +30,31 @@ const family = loadFamily('models');
 const target = await OrtModelSession.open(positionals[0]!, { intraOpThreads: threads, prefixCache: false });
 const drafterSessions = new Map<string, OrtModelSession>();
 for (const d of family.drafters) drafterSessions.set(d, await OrtModelSession.open(join('models', d), { intraOpThreads: threads, prefixCache: false }));
-const bigram = new Uint32Array(readFileSync(join('models', family.bigram!)).buffer.slice(0));
-const spec = (d: string): DrafterSpec => (d === 'mag' ? { kind: 'mag', bigram } : { kind: 'model', session: drafterSessions.get(d)! });
+const tables = loadMagTables(family);
+const bigramOnly = { bigram: tables.bigram };
 const csd = planCascade({ mode: 'csd' }, family.drafters);
 
 interface Side {
   readonly name: string;
   readonly drafters: readonly string[];
   readonly draftContexts: boolean;
+  readonly trigram: boolean;
   readonly memory: ScheduleMemory;
 }
+const side = (name: string, drafters: readonly string[], draftContexts: boolean, trigram: boolean): Side => ({ name, drafters, draftContexts, trigram, memory: new ScheduleMemory() });
 const sides: Side[] = [
-  { name: 'target only', drafters: [], draftContexts: true, memory: new ScheduleMemory() },
-  { name: 'MaG, one acceptance table', drafters: ['mag'], draftContexts: false, memory: new ScheduleMemory() },
-  { name: 'MaG, by match length', drafters: ['mag'], draftContexts: true, memory: new ScheduleMemory() },
-  { name: 'default cascade, one table', drafters: csd.drafters, draftContexts: false, memory: new ScheduleMemory() },
-  { name: 'default cascade, by match length', drafters: csd.drafters, draftContexts: true, memory: new ScheduleMemory() },
+  side('target only', [], true, true),
+  side('MaG, one table, bigram (before)', ['mag'], false, false),
+  side('MaG, by match length, bigram', ['mag'], true, false),
+  side('MaG, by match length, trigram (now)', ['mag'], true, true),
+  side('default cascade, one table, bigram (before)', csd.drafters, false, false),
+  side('default cascade, by match length, trigram (now)', csd.drafters, true, true),
 ];
+const spec = (s: Side, d: string): DrafterSpec => (d === 'mag' ? { kind: 'mag', tables: s.trigram ? tables : bigramOnly } : { kind: 'model', session: drafterSessions.get(d)! });
 const tokenizer = TextTokenizer.forModel(target.spec);
 const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
 const run = (s: Side, promptIds: number[]) =>
-  generateCascade(target, { drafters: s.drafters.map(spec), kMatrix: s.drafters.length ? 'auto' : [], lenience: 1 }, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false }, undefined, {
+  generateCascade(target, { drafters: s.drafters.map((d) => spec(s, d)), kMatrix: s.drafters.length ? 'auto' : [], lenience: 1 }, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false }, undefined, {
     scheduleMemory: s.memory,
     draftContexts: s.draftContexts,
   });

@@ -8,7 +8,7 @@
 #              its model worker, so `node main.js <command>` is `cascade <command>`
 #   shapes/    random-weight 23M/91M/316M decoders of the project's architecture, weights stripped
 #              (../shared/gpu/random_shapes.py strip; refilled on the GPU machine)
-#   models/    the bundled drafters, the tokenizer and MaG's bigram table, with a family.json that
+#   models/    the bundled drafters, the tokenizer and MaG's bigram and trigram tables, with a family.json that
 #              makes draft-l2 the target and draft-l1 its drafter (the 91 MB target does not fit the carry)
 #   prompts/   the held-out code prompts (bench/prompts/code.jsonl) for bench cascade
 #   fuse.py    tools/train/fuse.py: run.sh writes each filled shape's fused form with it
@@ -36,9 +36,9 @@ echo "exporting the random-weight shapes (weights stripped) …"
 /usr/bin/python3 "$shared/random_shapes.py" strip "$out/shapes"
 cp "$shared/random_shapes.py" "$out/"
 cp tools/train/fuse.py "$out/"
-cp -r models/draft-l1 models/draft-l2 models/tokenizer.json models/bigram.bin "$out/models/"
+cp -r models/draft-l1 models/draft-l2 models/tokenizer.json models/bigram.bin models/trigram.bin "$out/models/"
 rm -f "$out"/models/*/reference.bin
-echo '{"target": "draft-l2", "drafters": ["draft-l1"], "bigram": "bigram.bin"}' > "$out/models/family.json"
+echo '{"target": "draft-l2", "drafters": ["draft-l1"], "bigram": "bigram.bin", "trigram": "trigram.bin"}' > "$out/models/family.json"
 mkdir -p "$out/prompts" && cp bench/prompts/code.jsonl "$out/prompts/"
 cp tools/gpu/run.sh "$out/run.sh"
 du -sh "$out"

@@ -24,7 +24,7 @@ fi
 $PY tools/train/corpus.py --out data/corpus
 [ -f models/tokenizer.json ] || $PY tools/train/bpe.py --corpus data/corpus --vocab 8192 --out models/tokenizer.json
 $PY tools/train/encode.py --corpus data/corpus --tokenizer models/tokenizer.json --out data/tokens
-$PY tools/train/bigram.py --data data/tokens --vocab 8192 --out models/bigram.bin
+$PY tools/train/bigram.py --data data/tokens --vocab 8192 --out models/bigram.bin --trigram-out models/trigram.bin
 
 if [ -n "${FROM:-}" ]; then
   for n in target draft-l2 draft-l1; do $PY tools/train/pack.py unpack --dir "$FROM" --name "$n" --ckpt "runs/$n/ckpt.pt"; done
@@ -39,5 +39,5 @@ done
 # ADORE's controller, labelled by the exported target's attention over 2048-token windows (docs/adore.md).
 $PY tools/train/controller.py --target models/target --out models/controller --seq 2048 --windows 48 --val-windows 8 \
   --steps 600 --label-k 64 --threads 1
-echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"], "bigram": "bigram.bin", "controller": "controller"}' > models/family.json
+echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"], "bigram": "bigram.bin", "trigram": "trigram.bin", "controller": "controller"}' > models/family.json
 $PY tools/train/evaluate.py --runs runs --models models --seq 2048

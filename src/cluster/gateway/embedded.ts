@@ -6,14 +6,15 @@ import type { ModelSession } from '../../models/session.ts';
 import type { JobData, RequestOutcome } from '../coordinator.ts';
 import { HttpError } from './errors.ts';
 import type { Backend, OnTokens, Submitted } from './submit.ts';
+import type { MagTables } from '../../kernels/maxgram.ts';
 
-/** The models an embedded gateway serves: the target, its neural drafters by name, its feature drafter, and MaG's bigram table. */
+/** The models an embedded gateway serves: the target, its neural drafters by name, its feature drafter, and MaG's tables. */
 export interface EmbeddedModels {
   readonly target: ModelSession;
   readonly drafters: ReadonlyMap<string, ModelSession>;
   /** The family's EAGLE feature drafter (docs/eagle.md), which a request names first among its drafters. */
   readonly eagle?: { readonly name: string; readonly session: ModelSession };
-  readonly bigram?: Uint32Array;
+  readonly magTables?: MagTables;
 }
 
 /**
@@ -28,7 +29,7 @@ export interface EmbeddedModels {
 export function embeddedBackend(models: EmbeddedModels, options: { readonly timeoutMs: number }): Backend {
   const drafterOf = (name: string): DrafterSpec => {
     const kind = drafterKind({ eagle: models.eagle?.name }, name);
-    if (kind === 'mag') return { kind, bigram: models.bigram };
+    if (kind === 'mag') return { kind, tables: models.magTables };
     if (kind === 'eagle') return { kind, session: models.eagle!.session };
     const session = models.drafters.get(name);
     if (!session) throw new HttpError(400, `drafter "${name}" is not served here (this gateway serves ${[...models.drafters.keys(), ...(models.eagle ? [models.eagle.name] : []), 'mag'].join(', ')})`, 'invalid_request_error', 'cascade');
