@@ -24,8 +24,11 @@ function naiveMatch(s: readonly number[], recent = false, maxLen = Infinity): [n
   return [0, -1];
 }
 
-/** MaG by definition (SPEC §4.1), rescanning S ‖ proposal at every step. */
-function naivePropose(s: readonly number[], k: number, bigram: Uint32Array | undefined, minMatch = 1, recent = false, maxLen = Infinity): number[] {
+/**
+ * MaG by definition (SPEC §4.1), rescanning S ‖ proposal at every step; the fill takes `trigram`'s
+ * successor of the last two tokens ([a, b, c] entries) where it has one, else the bigram's.
+ */
+function naivePropose(s: readonly number[], k: number, bigram: Uint32Array | undefined, minMatch = 1, recent = false, maxLen = Infinity, trigram: readonly (readonly [number, number, number])[] = []): number[] {
   const cur = [...s];
   const out: number[] = [];
   while (out.length < k) {
@@ -35,13 +38,17 @@ function naivePropose(s: readonly number[], k: number, bigram: Uint32Array | und
     out.push(...copied);
     cur.push(...copied);
   }
-  let prev = cur[cur.length - 1];
-  while (out.length < k && prev !== undefined) {
-    prev = bigram ? bigram[prev]! : prev;
-    out.push(prev);
+  while (out.length < k && cur.length > 0) {
+    const [a, b] = [cur[cur.length - 2], cur[cur.length - 1]!];
+    const next = trigram.find((e) => e[0] === a && e[1] === b)?.[2] ?? (bigram ? bigram[b]! : b);
+    out.push(next);
+    cur.push(next);
   }
   return out;
 }
+
+/** A trigram table over the property test's alphabet (0-4) whose successors differ from the bigram's. */
+const TRIGRAM_ENTRIES = [[0, 1, 3], [1, 2, 0], [2, 2, 4], [3, 0, 1], [4, 4, 2]] as const;
 
 const bigram = Uint32Array.from({ length: 8 }, (_, i) => (i * 3 + 1) % 8);
 
@@ -54,9 +61,10 @@ const op: fc.Arbitrary<Op> = fc.oneof(
 
 test('maxgram - proposes exactly what a naive rescan proposes, through appends and truncations', (t) => {
   fc.assert(
-    fc.property(fc.array(op, { maxLength: 40 }), fc.integer({ min: 1, max: 3 }), fc.boolean(), (ops, minMatch, recent) => {
+    fc.property(fc.array(op, { maxLength: 40 }), fc.integer({ min: 1, max: 3 }), fc.boolean(), fc.boolean(), (ops, minMatch, recent, withTrigram) => {
       const maxLen = recent ? 4 : Infinity;
-      const mag = new MaxGram({ bigram, minMatch, occurrence: recent ? 'recent' : 'earliest', maxRecentLength: 4 });
+      const trigram = withTrigram ? TrigramTable.read(trigramBytes(8, TRIGRAM_ENTRIES), 'test table') : undefined;
+      const mag = new MaxGram({ bigram, trigram, minMatch, occurrence: recent ? 'recent' : 'earliest', maxRecentLength: 4 });
       const ref: number[] = [];
       for (const o of ops) {
         if (o.kind === 'append') {
@@ -68,7 +76,7 @@ test('maxgram - proposes exactly what a naive rescan proposes, through appends a
           ref.length = len;
         } else {
           const got = mag.propose(o.k);
-          const want = naivePropose(ref, o.k, bigram, minMatch, recent, maxLen);
+          const want = naivePropose(ref, o.k, bigram, minMatch, recent, maxLen, withTrigram ? TRIGRAM_ENTRIES : []);
           if (JSON.stringify(got) !== JSON.stringify(want)) return false;
           const [len, end] = naiveMatch(ref, recent, maxLen);
           const m = mag.longestMatch();
@@ -114,7 +122,7 @@ test('maxgram - continues from its own proposal, then falls back to the bigram t
 });
 
 /** A trigram table file's bytes (maxgram.ts, TrigramTable) from [a, b, c] entries. */
-function trigramBytes(vocab: number, entries: readonly [number, number, number][]): Uint8Array {
+function trigramBytes(vocab: number, entries: readonly (readonly [number, number, number])[]): Uint8Array {
   const sorted = [...entries].sort((x, y) => x[0] - y[0] || x[1] - y[1]);
   const offsets = new Array<number>(vocab + 1).fill(0);
   for (const [a] of sorted) offsets[a + 1]!++;
@@ -149,6 +157,9 @@ test('maxgram - fills from the trigram table where it has the pair, else the big
 
 test('maxgram - a trigram table file that is not one is refused, naming what is wrong', (t) => {
   const good = trigramBytes(8, [[1, 2, 3]]);
+  const unsorted = new Uint32Array(trigramBytes(8, [[1, 2, 3], [1, 5, 3]]).buffer.slice(0));
+  [unsorted[12], unsorted[13]] = [5, 2]; // the seconds of token 1's two pairs, swapped
+  t.throws(() => TrigramTable.read(new Uint8Array(unsorted.buffer), 'f'), { message: /f has the pairs of token 1 out of order/ });
   t.notThrows(() => TrigramTable.read(good, 'f'));
   t.throws(() => TrigramTable.read(good.subarray(0, good.length - 4), 'f'), { instanceOf: RangeError, message: /f is truncated or padded: its header says 8 tokens and 1 entries/ });
   t.throws(() => TrigramTable.read(new Uint8Array(Uint32Array.from([1, 2, 3]).buffer), 'f'), { message: /f is not a trigram table \(it does not start with "MAG3"\)/ });

@@ -4,6 +4,9 @@ import { Rng } from '../src/kernels/rng.ts';
 import { AdaptiveSchedule, ScheduleMemory } from '../src/engine/schedule.ts';
 import { startingKMatrix } from '../src/engine/presets.ts';
 import { MagLevel, magMatchClass } from '../src/engine/levels.ts';
+import { generateCascade } from '../src/engine/cascade.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
+import { MemoryModelSession } from '../src/models/memory-session.ts';
 import type { ServiceLoad } from '../src/models/session.ts';
 
 /**
@@ -180,11 +183,32 @@ test('schedule - counts acceptance per draft context: a long MaG match drafts mo
   t.deepEqual(new AdaptiveSchedule({ initial: startingKMatrix }).labels(['d1', 'mag'], [undefined, '9']), ['d1', 'mag#9']);
 });
 
-test('MaG draft context - the class of its longest repeated suffix: under 3 tokens, 3-8, 9-32, 33 and more', (t) => {
-  t.deepEqual([0, 2, 3, 8, 9, 32, 33, 500].map(magMatchClass), ['0', '0', '3', '3', '9', '9', '33', '33']);
+test('MaG draft context - the class of its longest repeated suffix: under 2 tokens, 2, 3-8, 9-32, 33 and more', (t) => {
+  t.deepEqual([0, 1, 2, 3, 8, 9, 32, 33, 500].map(magMatchClass), ['0', '0', '2', '3', '3', '9', '9', '33', '33']);
   const mag = new MagLevel();
   const loop = [5, 6, 7, 8, 9];
   t.is(mag.draftContext([1, 2, 3]), '0');
   t.is(mag.draftContext([...loop, ...loop]), '3');
   t.is(mag.draftContext([...loop, ...loop, ...loop, ...loop]), '9');
+});
+
+test('cascade - the schedule counts MaG\'s acceptance under its draft context and its costs under its name; with contexts off, under its name alone; output is target-only decoding\'s either way', async (t) => {
+  const target = new MemoryModelSession({ name: 'target', vocabSize: 12, order: 2, seed: 11, sharpness: 6 });
+  const d1 = new MemoryModelSession({ name: 'd1', vocabSize: 12, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
+  const req = { promptIds: [1, 2, 3, 1, 2, 3, 1, 2], maxTokens: 60, sampling: GREEDY, seed: 0, stopAtEos: false };
+  const ar = await generateCascade(target, { drafters: [], kMatrix: [], lenience: 1 }, req);
+  for (const draftContexts of [true, false]) {
+    const memory = new ScheduleMemory();
+    const cascade = { drafters: [{ kind: 'model' as const, session: d1 }, { kind: 'mag' as const }], kMatrix: 'auto' as const, lenience: 1 };
+    for (let i = 0; i < 3; i++) {
+      const r = await generateCascade(target, cascade, req, undefined, { scheduleMemory: memory, draftContexts });
+      t.deepEqual(r.tokenIds, ar.tokenIds);
+    }
+    const pairs = [...memory.pairs.keys()];
+    const mag = pairs.filter((k) => k.includes('>mag'));
+    t.true(mag.length > 0, pairs.join(' '));
+    t.true(mag.every((k) => (draftContexts ? /^(target|d1)>mag#(0|2|3|9|33)$/.test(k) : /^(target|d1)>mag$/.test(k))), mag.join(' '));
+    t.true(pairs.includes('target>d1'), 'a neural drafter has no context');
+    t.true([...memory.costs.keys()].every((k) => !k.includes('#')), [...memory.costs.keys()].join(' '));
+  }
 });

@@ -1,12 +1,12 @@
 import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
 import type { Drafting } from '../engine/async-cascade.ts';
+import type { MagTables } from '../kernels/maxgram.ts';
 import type { Verification } from '../kernels/noise.ts';
 import type { SamplingParams } from '../kernels/sampling.ts';
 import { drafterKind } from '../models/family.ts';
 import type { ModelSession } from '../models/session.ts';
 import { median } from './report.ts';
 import { repeated4gramRate } from './workloads.ts';
-import type { MagTables } from '../kernels/maxgram.ts';
 
 /** One decoding method of the comparison: a cascade (no drafters = ar) with its K. */
 export interface Method {

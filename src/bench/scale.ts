@@ -1,5 +1,6 @@
 import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
 import { defaultKMatrix, type KSchedule } from '../engine/presets.ts';
+import type { MagTables } from '../kernels/maxgram.ts';
 import { GREEDY } from '../kernels/sampling.ts';
 import { BatchingSession, DEFAULT_BATCHING } from '../models/batching-session.ts';
 import { loadFamily } from '../models/family.ts';
@@ -15,7 +16,6 @@ import { join } from 'node:path';
 import { startNats } from '../cluster/local-servers.ts';
 import { NatsTransport } from '../cluster/nats-transport.ts';
 import { startBenchCluster } from './cluster.ts';
-import type { MagTables } from '../kernels/maxgram.ts';
 
 export interface ScaleBenchOptions {
   readonly models: string;

@@ -4,6 +4,7 @@ import { z } from 'zod';
 import { runDrafting, type CascadeResult } from '../engine/cascade.ts';
 import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
 import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
+import type { MagTables } from '../kernels/maxgram.ts';
 import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { deriveSeed, seed64 } from '../kernels/rng.ts';
@@ -16,7 +17,6 @@ import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
 import { subjects, type Subscription, type Transport } from './transport.ts';
-import type { MagTables } from '../kernels/maxgram.ts';
 
 /** The BullMQ queue requests enter (SPEC §6). */
 export const QUEUE_NAME = 'cascade-requests';

@@ -47,7 +47,7 @@ export interface CascadeConfig {
   /**
    * MaG first (serial rounds, MaG the last drafter), a minimum match length L >= 1: each round, when
    * the committed text's longest suffix seen earlier is at least L tokens, MaG's copy of what followed
-   * it (at most MaG's entry of the target's row of K, K[0][n-1]; no bigram fill) is the block; the
+   * it (at most MaG's entry of the target's row of K, K[0][n-1]; no fill) is the block; the
    * drafters above it draft only where it has none. MaG costs nothing, so a round it fills spends no
    * drafter pass. Such rounds reach the adaptive schedule as the source `mag-first`.
    */
@@ -377,7 +377,7 @@ export async function runCascade(
     for (;;) {
       if (schedule) {
         const names = drafters.map((d) => d.name);
-        const contexts = drafters.map((d) => d.draftContext?.(block.tokens));
+        const contexts = drafters.map((d) => (options.draftContexts === false ? undefined : d.draftContext?.(block.tokens)));
         labels = schedule.labels(names, contexts);
         K = schedule.plan(top.name, names, drafters.map((d) => d.lag?.(block.tokens) ?? 0), contexts);
       }

@@ -345,12 +345,14 @@ export class ModelLevel implements CascadeLevel {
 }
 
 /**
- * Lower edges of MaG's match-length classes, its draft contexts: on this family's held-out code and
- * English (greedy, the f32 target), a round's first draft was accepted 0.2-0.5 of the time after a
- * match under 3 tokens, 0.7-0.9 after 3-8, 0.95 after 9-32 and 0.99 after 33 or more; the fourth
- * draft 0.05, 0.4-0.5, 0.8 and 0.97. Coarse classes keep each one's evidence large.
+ * Lower edges of MaG's match-length classes, its draft contexts. Replaying the f32 target's greedy
+ * output on 32 tuning prompts (tools/bench/mag-replay.ts), MaG's first draft was accepted 0.46-0.47
+ * of the time after a match under 2 tokens (its trigram fill), 0.48-0.52 after 2, 0.77-0.81 after
+ * 3-8, 0.95-0.97 after 9-32 and 0.998 after 33 or more; its first four drafts 0.07, 0.22-0.28,
+ * 0.40-0.56, 0.84-0.88 and 0.97-0.98. Under 2 MaG fills, from 2 it copies (with a trigram table);
+ * coarse classes keep each one's evidence large.
  */
-export const MAG_MATCH_CLASSES = [0, 3, 9, 33] as const;
+export const MAG_MATCH_CLASSES = [0, 2, 3, 9, 33] as const;
 
 /** MaG's draft context for a longest repeated suffix of `length` tokens: the lower edge of its class. */
 export function magMatchClass(length: number): string {
@@ -378,11 +380,13 @@ export class MagLevel implements CascadeLevel {
 
   /**
    * Appends up to k tokens copied from earlier in the block, only when the block's longest suffix
-   * seen before is at least `minLength` tokens long (no bigram fill); appends nothing otherwise.
+   * seen before is at least `minLength` tokens long and at least MaG's own minimum (no fill);
+   * appends nothing otherwise.
    */
   proposeMatched(block: Block, k: number, minLength: number): void {
     this.sync(block);
-    if (this.index.longestMatch().length < minLength) return;
+    // MaG never copies a match shorter than its own minimum (2 with a trigram table): L = 1 acts as 2 then
+    if (this.index.longestMatch().length < Math.max(minLength, this.index.minMatchLength)) return;
     this.stats.proposals++;
     for (const t of this.index.propose(k, false)) block.push(t, undefined);
   }
@@ -396,9 +400,9 @@ export class MagLevel implements CascadeLevel {
   /** Brings the index to `tokens` (a block's), keeping what they share. */
   private sync(block: Block | readonly number[]): void {
     const tokens = block instanceof Block ? block.tokens : block;
-    const seq = this.index.sequence();
+    const n = this.index.length;
     let lcp = 0;
-    while (lcp < seq.length && lcp < tokens.length && seq[lcp] === tokens[lcp]) lcp++;
+    while (lcp < n && lcp < tokens.length && this.index.at(lcp) === tokens[lcp]) lcp++;
     this.index.truncate(lcp);
     this.index.append(tokens.slice(lcp));
   }

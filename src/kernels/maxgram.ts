@@ -7,8 +7,10 @@
  * proposed tokens"); once nothing matches, the rest is filled from the training corpus's statistics:
  * a trigram table (each pair of tokens' most frequent successor, where it differs from the bigram's;
  * TrigramTable), then a bigram table (each token's most frequent successor). With a trigram table
- * MaG copies only from matches of at least 2 tokens: on held-out text the continuation of a
- * one-token match was the target's next token 0.17-0.27 of the time, the trigram's guess 0.44-0.47.
+ * MaG copies only from matches of at least 2 tokens: after a match under 2 tokens, MaG's first draft
+ * was the target's next token 0.24-0.29 of the time with one-token copies and the bigram, 0.46-0.47
+ * with the trigram table (tools/bench/mag-replay.ts, 32 tuning prompts). Without a trigram table
+ * (and minMatch 1) MaG is the paper's.
  *
  * The index is a suffix automaton over token ids: appending a token is amortised O(1), and every
  * append is recorded in an undo log so that `truncate` rolls back to any earlier length, as a
@@ -20,11 +22,12 @@
  * suffix of up to `maxRecentLength` tokens (a 52-bit rolling hash, every hit verified token by
  * token) to where it last ended: O(maxRecentLength) per token, and matches are capped at that length.
  */
-export interface MaxGramOptions {
-  /** bigram[a] = most frequent successor of token a; without it, unmatched positions repeat the last token. */
-  readonly bigram?: Uint32Array;
-  /** The most frequent successor of a pair of tokens, where it differs from the bigram's; consulted first. */
-  readonly trigram?: TrigramTable;
+/**
+ * bigram[a] = most frequent successor of token a (without it, unmatched positions repeat the last
+ * token); trigram: the most frequent successor of a pair, where it differs from the bigram's,
+ * consulted first.
+ */
+export interface MaxGramOptions extends MagTables {
   /** Suffix matches shorter than this count as no match (default 2 with a trigram table, else 1). */
   readonly minMatch?: number;
   /** Which earlier occurrence of the longest repeated suffix to copy from (default 'earliest', as CS Drafting). */
@@ -96,6 +99,12 @@ export class TrigramTable {
     const seconds = all.subarray(4 + vocab, 4 + vocab + n);
     const successors = all.subarray(4 + vocab + n);
     if (offsets[0] !== 0 || offsets[vocab] !== n || offsets.some((o, i) => i > 0 && o < offsets[i - 1]!)) throw new RangeError(`${what} has row offsets that do not ascend from 0 to its ${n} entries`);
+    // next() searches a row by bisection: its second tokens must strictly ascend
+    for (let a = 0; a < vocab; a++) {
+      for (let i = offsets[a]! + 1; i < offsets[a + 1]!; i++) {
+        if (seconds[i]! <= seconds[i - 1]!) throw new RangeError(`${what} has the pairs of token ${a} out of order (their second tokens must strictly ascend)`);
+      }
+    }
     if (seconds.some((x) => x >= vocab) || successors.some((x) => x >= vocab)) throw new RangeError(`${what} names a token id at or past its vocabulary of ${vocab}`);
     return new TrigramTable(vocab, offsets, seconds, successors);
   }
@@ -200,6 +209,16 @@ export class MaxGram {
   /** Tokens indexed so far (|S|). */
   get length(): number {
     return this.tokens.length;
+  }
+
+  /** Token i of S. */
+  at(i: number): number | undefined {
+    return this.tokens[i];
+  }
+
+  /** Suffix matches shorter than this count as no match (MaxGramOptions.minMatch). */
+  get minMatchLength(): number {
+    return this.minMatch;
   }
 
   /** The indexed sequence S (a copy). */

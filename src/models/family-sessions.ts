@@ -1,10 +1,10 @@
 import type { Family } from './family.ts';
 import { loadMagTables, memberSource } from './family.ts';
+import type { MagTables } from '../kernels/maxgram.ts';
 import { OrtModelSession } from './ort-session.ts';
 import { isAuto, placeByCost, type Placement, type PlacementTrial } from './placement.ts';
 import type { ModelSession, SessionOptions } from './session.ts';
 import { checkSharedVocabulary } from './vocabulary.ts';
-import type { MagTables } from '../kernels/maxgram.ts';
 
 /**
  * Opens family members on demand (one worker each, opened once) and closes them all together.

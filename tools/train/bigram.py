@@ -4,16 +4,17 @@ bigram.bin: little-endian uint32 [vocab]; entry a is argmax_b count(a, b), ties 
 token never followed by anything maps to the most frequent token overall.
 
 trigram.bin (--trigram-out): for each pair (a, b), its most frequent successor c (ties to the lowest
-id), kept where (a, b, c) occurs at least --min-count times (default 5) and c differs from bigram[b]. Little-endian uint32
-throughout: the magic "MAG3", the vocabulary size V, the entry count N, row offsets [V + 1] (the
-entries of a are offsets[a]..offsets[a+1], ascending b), b of each entry [N], c of each entry [N]
-(src/kernels/maxgram.ts, TrigramTable).
+id), kept where (a, b, c) occurs at least --min-count times (default 5) and c differs from
+bigram[b]. Little-endian uint32 throughout: the magic "MAG3", the vocabulary size V, the entry
+count N, row offsets [V + 1] (the entries of a are offsets[a]..offsets[a+1], ascending b), b of
+each entry [N], c of each entry [N] (src/kernels/maxgram.ts, TrigramTable).
 
 MaG uses them to fill draft positions that no earlier occurrence covers (SPEC §4.1): the trigram's
 successor where it has one, else the bigram's.
 
-Usage: python3 tools/train/bigram.py --data data/tokens --vocab 8192 --out models/bigram.bin \
-           [--trigram-out models/trigram.bin --min-count 5]
+Usage:
+  python3 tools/train/bigram.py --data data/tokens --vocab 8192 --out models/bigram.bin
+  python3 tools/train/bigram.py --out models/bigram.bin --trigram-out models/trigram.bin [--min-count 5]
 """
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ def main() -> None:
     counts = np.zeros((v, v), dtype=np.int32)
     unigram = np.zeros(v, dtype=np.int64)
     streams = []
-    for path in sorted(Path(args.data).glob("train.*.bin")):
+    paths = sorted(Path(args.data).glob("train.*.bin"))
+    if not paths:
+        raise SystemExit(f"no training split in {args.data} (train.*.bin): run tools/train/corpus.py, then encode.py")
+    for path in paths:
         s = np.fromfile(path, dtype=np.uint16).astype(np.int64)
         streams.append(s)
         np.add.at(counts, (s[:-1], s[1:]), 1)
@@ -75,6 +79,7 @@ def main() -> None:
             seconds.astype("<u4").tofile(f)
             successors.astype("<u4").tofile(f)
         print(f"trigram table: {n} pairs whose most frequent successor (seen >= {args.min_count} times) differs from the bigram's -> {args.trigram_out}")
+
 
 if __name__ == "__main__":
     main()

@@ -1,12 +1,12 @@
 import { DRAFTINGS } from '../../engine/async-cascade.ts';
 import { generateCascade, type DrafterSpec } from '../../engine/cascade.ts';
 import { InvalidArgumentError } from '../../errors.ts';
+import type { MagTables } from '../../kernels/maxgram.ts';
 import { drafterKind } from '../../models/family.ts';
 import type { ModelSession } from '../../models/session.ts';
 import type { JobData, RequestOutcome } from '../coordinator.ts';
 import { HttpError } from './errors.ts';
 import type { Backend, OnTokens, Submitted } from './submit.ts';
-import type { MagTables } from '../../kernels/maxgram.ts';
 
 /** The models an embedded gateway serves: the target, its neural drafters by name, its feature drafter, and MaG's tables. */
 export interface EmbeddedModels {
