@@ -1,6 +1,6 @@
 import { LevelUnavailableError } from '../errors.ts';
 import { LinearCost } from '../kernels/cost-model.ts';
-import { DEFAULT_MAX_DRAFT } from './schedule.ts';
+import { contextLabel, DEFAULT_MAX_DRAFT } from './schedule.ts';
 import { deriveSeed, Rng } from '../kernels/rng.ts';
 import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { CascadeResult, RunOptions } from './cascade.ts';
@@ -91,23 +91,30 @@ export async function runCascadeAsync(
   /** Passes whose block began with drafts the drafter made during the pass before, past that pass's outcome (SSD's pre-drafted hit). */
   let preDrafted = 0;
   let carried = false;
-  /** Target passes' time by tokens fed (drafts + 1), and how often draft i was reached (every earlier one accepted). */
+  /** Target passes' time by tokens fed (drafts + 1). */
   const passCost = new LinearCost();
-  const reached: number[] = [];
   /**
-   * How many of `n` available drafts to review: the k maximising expected tokens per pass time,
-   * (1 + Σ_{j<k} Π_{l≤j} α_l) / cost(k + 1), with α_l the measured rate at which draft l is accepted
-   * once reached (shrunk towards 1/2) and cost the fitted pass time (the adaptive schedule's
-   * objective, schedule.ts, with drafting free because it overlaps). All of them until passes are timed.
+   * By where a block came from (`drafter`, or MaG with its draft context, `mag#9`: schedule.ts,
+   * contextLabel): how often its draft i was reached (every earlier one accepted) and accepted.
    */
-  const worthReviewing = (n: number): number => {
+  const bySource = new Map<string, { reached: number[]; accepted: number[] }>();
+  const tally = (key: string) => bySource.get(key) ?? bySource.set(key, { reached: [], accepted: [] }).get(key)!;
+  /**
+   * How many of `n` available drafts from `key` to review: the k maximising expected tokens per
+   * pass time, (1 + Σ_{j<k} Π_{l≤j} α_l) / cost(k + 1), with α_l the measured rate at which that
+   * source's draft l is accepted once reached (shrunk towards 1/2) and cost the fitted pass time (the
+   * adaptive schedule's objective, schedule.ts, with drafting free because it overlaps). All of them
+   * until passes are timed.
+   */
+  const worthReviewing = (n: number, key: string): number => {
     if (n === 0 || !passCost.known) return n;
+    const { reached, accepted: hits } = tally(key);
     let best = 0;
     let bestRate = 1 / passCost.predict(1);
     let survive = 1;
     let expected = 1;
     for (let k = 1; k <= n; k++) {
-      survive *= ((accepted[k - 1] ?? 0) + 1) / ((reached[k - 1] ?? 0) + 2);
+      survive *= ((hits[k - 1] ?? 0) + 1) / ((reached[k - 1] ?? 0) + 2);
       expected += survive;
       const rate = expected / passCost.predict(k + 1);
       if (rate > bestRate) [best, bestRate] = [k, rate];
@@ -199,7 +206,9 @@ export async function runCascadeAsync(
       const committed = tokens.length;
       const room = Math.min(MAX_BLOCK, draftRoom(committed, req.maxTokens - out.length, options.maxPositions));
       const { block, source } = await chooseBlock(committed, room);
-      block.cut(committed + worthReviewing(block.length - committed));
+      // MaG's acceptance depends on how long a match it copies from (its draft context), the drafter's does not
+      const key = source === 'mag' && options.draftContexts !== false ? contextLabel('mag', mag?.draftContext?.(tokens)) : source;
+      block.cut(committed + worthReviewing(block.length - committed, key));
       const k = block.length - committed;
       // the drafter goes on after its own block under review, as if all of it will be accepted; under
       // MaG's block it keeps drafting from the committed prefix (the likely outcome: MaG's first draft rejected)
@@ -221,10 +230,12 @@ export async function runCascadeAsync(
         if (k === 0) await top.propose(block, 1, targetRng);
         else {
           const outcome = await top.review(block, committed, targetRng, 1, false);
+          const counts = tally(key);
           for (let i = 0; i < k; i++) {
             drafted[i] = (drafted[i] ?? 0) + 1;
             if (i < outcome.accepted) accepted[i] = (accepted[i] ?? 0) + 1;
-            if (i <= outcome.accepted) reached[i] = (reached[i] ?? 0) + 1;
+            if (i < outcome.accepted) counts.accepted[i] = (counts.accepted[i] ?? 0) + 1;
+            if (i <= outcome.accepted) counts.reached[i] = (counts.reached[i] ?? 0) + 1;
           }
           firstAccepted[source] = 0.9 * firstAccepted[source] + 0.1 * (outcome.accepted > 0 ? 1 : 0);
           verifyMs = ema(verifyMs, performance.now() - t0);
