@@ -16,7 +16,7 @@ import { generateCascade } from '../../src/engine/cascade.ts';
 import { GREEDY } from '../../src/kernels/sampling.ts';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
-import { pairedArgs } from './paired-args.ts';
+import { pairedArgs, takeTurns } from './paired-args.ts';
 
 const { positionals, prompts, maxTokens, repeats, threads, promptsDir, out } = pairedArgs(1, 'multi-step.ts MODEL_DIR');
 const dir = positionals[0]!;
@@ -30,25 +30,7 @@ const tokenizer = TextTokenizer.forModel(sides[0]!.session.spec);
 const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
 const run = (s: OrtModelSession, promptIds: number[]) => generateCascade(s, { drafters: [], kMatrix: [], lenience: 1 }, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
 
-for (const s of sides) await run(s.session, ids[0]!);
-const rates = sides.map(() => [] as number[]);
-const outputs = sides.map(() => [] as number[][]);
-for (let rep = 0; rep < repeats; rep++) {
-  for (let k = 0; k < sides.length; k++) {
-    const i = (k + rep) % sides.length;
-    let tokens = 0;
-    let seconds = 0;
-    const outs: number[][] = [];
-    for (const p of ids) {
-      const r = await run(sides[i]!.session, p);
-      tokens += r.tokenIds.length - 1;
-      seconds += r.stats.seconds - r.stats.firstTokenSeconds;
-      outs.push(r.tokenIds);
-    }
-    rates[i]!.push(tokens / seconds);
-    outputs[i] = outs;
-  }
-}
+const { decode: rates, outputs } = await takeTurns(sides.length, repeats, ids, (i, p) => run(sides[i]!.session, p));
 const identical = outputs[0]!.filter((o, j) => o.join() === outputs[1]![j]!.join()).length;
 const rows = sides.map((s, i) => ({ side: s.name, decodeTokensPerSecond: median(rates[i]!), repeats: rates[i]! }));
 const result = { model: dir, threads, prompts: ids.length, maxTokens, repeats, identical, rows, speedup: rows[1]!.decodeTokensPerSecond / rows[0]!.decodeTokensPerSecond };

@@ -35,3 +35,47 @@ export function pairedArgs(dirs: number, usage: string): PairedArgs {
   }
   return { positionals, prompts, maxTokens, repeats, threads, promptsDir: values['prompts-dir'], out: values.out };
 }
+
+/** What a timed side returns per request (a GenerateResult or CascadeResult). */
+interface Timed {
+  readonly tokenIds: readonly number[];
+  readonly stats: { readonly seconds: number; readonly firstTokenSeconds: number; readonly rounds?: number };
+}
+
+/** Each side's tokens/s by repeat: end to end, decode (tokens after the first over the time after it), tokens per target pass; and its last outputs. */
+export interface Turns {
+  readonly e2e: number[][];
+  readonly decode: number[][];
+  readonly perPass: number[][];
+  readonly outputs: number[][][];
+}
+
+/**
+ * Runs `sides` sides over every prompt, `repeats` times, taking turns (the order rotates each
+ * repeat, so no side always runs first), after one untimed warm-up request per side.
+ */
+export async function takeTurns(sides: number, repeats: number, prompts: readonly number[][], run: (side: number, promptIds: number[]) => Promise<Timed>): Promise<Turns> {
+  for (let i = 0; i < sides; i++) await run(i, [...prompts[0]!]);
+  const turns: Turns = { e2e: [], decode: [], perPass: [], outputs: [] };
+  for (let i = 0; i < sides; i++) [turns.e2e, turns.decode, turns.perPass, turns.outputs].forEach((x) => x.push([]));
+  for (let rep = 0; rep < repeats; rep++) {
+    for (let k = 0; k < sides; k++) {
+      const i = (k + rep) % sides;
+      const total = { tokens: 0, seconds: 0, decodeSeconds: 0, rounds: 0 };
+      const outs: number[][] = [];
+      for (const p of prompts) {
+        const r = await run(i, [...p]);
+        total.tokens += r.tokenIds.length;
+        total.seconds += r.stats.seconds;
+        total.decodeSeconds += r.stats.seconds - r.stats.firstTokenSeconds;
+        total.rounds += r.stats.rounds ?? r.tokenIds.length;
+        outs.push([...r.tokenIds]);
+      }
+      turns.e2e[i]!.push(total.tokens / total.seconds);
+      turns.decode[i]!.push((total.tokens - prompts.length) / total.decodeSeconds);
+      turns.perPass[i]!.push(total.tokens / total.rounds);
+      turns.outputs[i] = outs;
+    }
+  }
+  return turns;
+}

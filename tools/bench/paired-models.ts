@@ -16,7 +16,7 @@ import { generateAutoregressive } from '../../src/engine/generate.ts';
 import { GREEDY } from '../../src/kernels/sampling.ts';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
-import { pairedArgs } from './paired-args.ts';
+import { pairedArgs, takeTurns } from './paired-args.ts';
 
 const { positionals, prompts, maxTokens, repeats, threads, promptsDir, out } = pairedArgs(2, 'paired-models.ts DIR_A DIR_B');
 
@@ -25,27 +25,7 @@ const tokenizer = TextTokenizer.forModel(sides[0]!.session.spec);
 const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
 const run = (s: OrtModelSession, promptIds: number[]) => generateAutoregressive(s, { promptIds, maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
 
-for (const s of sides) await run(s.session, ids[0]!);
-const e2e = sides.map(() => [] as number[]);
-const decode = sides.map(() => [] as number[]);
-const outputs = sides.map(() => [] as number[][]);
-for (let rep = 0; rep < repeats; rep++) {
-  for (let k = 0; k < sides.length; k++) {
-    const i = (k + rep) % sides.length;
-    const total = { tokens: 0, seconds: 0, decodeSeconds: 0 };
-    const outs: number[][] = [];
-    for (const p of ids) {
-      const r = await run(sides[i]!.session, p);
-      total.tokens += r.tokenIds.length;
-      total.seconds += r.stats.seconds;
-      total.decodeSeconds += r.stats.seconds - r.stats.firstTokenSeconds;
-      outs.push(r.tokenIds);
-    }
-    e2e[i]!.push(total.tokens / total.seconds);
-    decode[i]!.push((total.tokens - ids.length) / total.decodeSeconds);
-    outputs[i] = outs;
-  }
-}
+const { e2e, decode, outputs } = await takeTurns(sides.length, repeats, ids, (i, p) => run(sides[i]!.session, p));
 const identical = outputs[0]!.filter((o, j) => o.join() === outputs[1]![j]!.join()).length;
 const rows = sides.map((s, i) => ({ model: s.dir, tokensPerSecond: median(e2e[i]!), decodeTokensPerSecond: median(decode[i]!), repeats: e2e[i]! }));
 const result = { threads, prompts: ids.length, maxTokens, repeats, identical, rows, speedup: rows[1]!.tokensPerSecond / rows[0]!.tokensPerSecond, decodeSpeedup: rows[1]!.decodeTokensPerSecond / rows[0]!.decodeTokensPerSecond };

@@ -23,7 +23,7 @@ import { GREEDY } from '../../src/kernels/sampling.ts';
 import { loadFamily, loadMagTables } from '../../src/models/family.ts';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
-import { pairedArgs } from './paired-args.ts';
+import { pairedArgs, takeTurns } from './paired-args.ts';
 
 const { positionals, prompts, maxTokens, repeats, threads, promptsDir, out } = pairedArgs(1, 'paired-schedule.ts MODEL_DIR');
 const family = loadFamily('models');
@@ -59,33 +59,7 @@ const run = (s: Side, promptIds: number[]) =>
     draftContexts: s.draftContexts,
   });
 
-for (const s of sides) await run(s, ids[0]!);
-const e2e = sides.map(() => [] as number[]);
-const decode = sides.map(() => [] as number[]);
-const perPass = sides.map(() => [] as number[]);
-const outputs = sides.map(() => [] as number[][]);
-for (let rep = 0; rep < repeats; rep++) {
-  for (let k = 0; k < sides.length; k++) {
-    const i = (k + rep) % sides.length;
-    let tokens = 0;
-    let seconds = 0;
-    let after = 0;
-    let rounds = 0;
-    const outs: number[][] = [];
-    for (const p of ids) {
-      const r = await run(sides[i]!, p);
-      tokens += r.tokenIds.length;
-      seconds += r.stats.seconds;
-      after += r.stats.seconds - r.stats.firstTokenSeconds;
-      rounds += r.stats.rounds;
-      outs.push(r.tokenIds);
-    }
-    e2e[i]!.push(tokens / seconds);
-    decode[i]!.push((tokens - ids.length) / after);
-    perPass[i]!.push(tokens / rounds);
-    outputs[i] = outs;
-  }
-}
+const { e2e, decode, perPass, outputs } = await takeTurns(sides.length, repeats, ids, (i, p) => run(sides[i]!, p));
 const rows = sides.map((s, i) => ({
   side: s.name,
   tokensPerSecond: median(e2e[i]!),
