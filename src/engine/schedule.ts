@@ -32,10 +32,10 @@ import type { ServiceLoad } from '../models/session.ts';
  * **Draft contexts.** A drafter may say, before a round, which state it drafts from
  * (CascadeLevel.draftContext): MaG's match length, whose first draft the target accepted 0.46-0.47
  * of the time after a match under 2 tokens and 0.998 after 33 or more on this family's tuning text
- * (levels.ts, MAG_MATCH_CLASSES). Its acceptance
- * is then counted per context (the pair `target>mag#9` for a match of 9-32 tokens), so each round's
- * K follows what the drafter has now, as SpecDec++ (Huang et al. 2024) predicts acceptance to choose
- * each candidate length; costs stay per drafter.
+ * (levels.ts, MAG_MATCH_CLASSES). Its acceptance is then counted per context (the pair
+ * `target>mag#9` for a match of 9-32 tokens), so each round's K follows what the drafter has now,
+ * as SpecDec++ (Huang et al. 2024) predicts acceptance to choose each candidate length; costs stay
+ * per drafter.
  */
 export interface ScheduleOptions {
   /** K for the first rounds over these drafters (the mode's default), until every level is timed. */
