@@ -234,7 +234,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     const drafters: DrafterSpec[] = [];
     for (const d of plan.drafters) {
       const kind = drafterKind(family, d);
-      if (kind === 'mag') drafters.push({ kind, tables: loadMagTables(family), occurrence: o.magOccurrence });
+      if (kind === 'mag') drafters.push({ kind, tables: loadMagTables(family, target.spec.vocabSize), occurrence: o.magOccurrence });
       else if (kind === 'eagle') drafters.push({ kind, session: await sessions.get(d) });
       else drafters.push({ kind, session: await sessions.get(d), kv: drafterKv });
     }
@@ -445,7 +445,7 @@ export function registerGenerate(program: Command): void {
     .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
-    .option('--mag-first <l>', 'MaG first: a round whose text already holds its last L tokens earlier is drafted by MaG alone (its copy, no fill); the drafters above MaG draft the others (serial drafting, MaG last below another drafter; off by default)', parseNumber('--mag-first', { min: 1, integer: true }))
+    .option('--mag-first <l>', 'MaG first: a round whose text already holds its last L tokens earlier is drafted by MaG alone (its copy, no fill); the drafters above MaG draft the others (serial drafting, MaG last below another drafter; off by default; with a trigram table L = 1 acts as 2)', parseNumber('--mag-first', { min: 1, integer: true }))
     .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, selfDraft, selfDraftCache, magOccurrence, magFirst, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')

@@ -284,7 +284,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
     const coordinator = new Coordinator({
       transport,
       log: new TokenLog(shards),
-      family: { target: family.target, eosIds: spec.eosIds, magTables: loadMagTables(family), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
+      family: { target: family.target, eosIds: spec.eosIds, magTables: loadMagTables(family, spec.vocabSize), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
       callTimeoutMs: o.callTimeoutMs,
       onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
       onEvent: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),

@@ -349,7 +349,7 @@ export class ModelLevel implements CascadeLevel {
  * output on 32 tuning prompts (tools/bench/mag-replay.ts), MaG's first draft was accepted 0.46-0.47
  * of the time after a match under 2 tokens (its trigram fill), 0.48-0.52 after 2, 0.77-0.81 after
  * 3-8, 0.95-0.97 after 9-32 and 0.998 after 33 or more; its first four drafts 0.07, 0.22-0.28,
- * 0.40-0.56, 0.84-0.88 and 0.97-0.98. Under 2 MaG fills, from 2 it copies (with a trigram table);
+ * 0.40-0.56, 0.85-0.89 and 0.99-1.00. Under 2 MaG fills, from 2 it copies (with a trigram table);
  * coarse classes keep each one's evidence large.
  */
 export const MAG_MATCH_CLASSES = [0, 2, 3, 9, 33] as const;

@@ -49,7 +49,7 @@ export class FamilySessions {
     const drafters = new Map<string, ModelSession>();
     for (const d of this.family.drafters) drafters.set(d, await this.get(d));
     checkSharedVocabulary(target.spec, [...drafters.values()].map((d) => d.spec));
-    return { target, drafters, magTables: loadMagTables(this.family) };
+    return { target, drafters, magTables: loadMagTables(this.family, target.spec.vocabSize) };
   }
 
   async close(): Promise<void> {

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { readJsonFile } from './json-file.ts';
@@ -66,31 +66,50 @@ export function loadFamily(dir: string): Family {
   return { dir: abs, ...parsed.data };
 }
 
-/** MaG's fill tables: the bigram and trigram tables the family ships (either may be absent). */
-export function loadMagTables(family: Family): MagTables {
-  return { bigram: loadBigram(family), trigram: loadTrigram(family) };
+/**
+ * MaG's fill tables: the bigram and trigram tables the family ships (either may be absent). With
+ * `vocabSize` (the target's), a table covering more tokens than that is refused: its successors
+ * could be ids the target cannot read. Throws ModelLoadError naming the file and how to fix it.
+ */
+export function loadMagTables(family: Family, vocabSize?: number): MagTables {
+  return { bigram: loadBigram(family, vocabSize), trigram: loadTrigram(family, vocabSize) };
+}
+
+/** How to rebuild MaG's tables, or do without one, for the error messages below. */
+const REBUILD = (key: 'bigram' | 'trigram') =>
+  `rebuild the tables with python3 tools/train/bigram.py --data TOKENS --out BIGRAM --trigram-out TRIGRAM (TOKENS: the family's token streams, tools/train/encode.py), or remove "${key}" from family.json to run MaG without it`;
+
+/** The path of a table family.json names under `key`, checked to be a file. */
+function tablePath(family: Family, key: 'bigram' | 'trigram', name: string): string {
+  const path = join(family.dir, name);
+  if (!existsSync(path)) throw new ModelLoadError(`family.json names ${key} table ${path}, which does not exist: ${REBUILD(key)}`);
+  if (!statSync(path).isFile()) throw new ModelLoadError(`family.json names ${key} table ${path}, which is not a file`);
+  return path;
 }
 
 /** MaG's trigram table, when the family ships one. */
-function loadTrigram(family: Family): TrigramTable | undefined {
+function loadTrigram(family: Family, vocabSize: number | undefined): TrigramTable | undefined {
   if (!family.trigram) return undefined;
-  const path = join(family.dir, family.trigram);
-  if (!existsSync(path)) throw new ModelLoadError(`family.json names trigram table ${path}, which does not exist`);
+  const path = tablePath(family, 'trigram', family.trigram);
+  let table: TrigramTable;
   try {
-    return TrigramTable.read(readFileSync(path), `trigram table ${path}`);
+    table = TrigramTable.read(readFileSync(path), `trigram table ${path}`);
   } catch (err) {
-    throw err instanceof RangeError ? new ModelLoadError(`${err.message} (rebuild it with python3 tools/train/bigram.py --trigram-out)`) : err;
+    throw err instanceof RangeError ? new ModelLoadError(`${err.message}: ${REBUILD('trigram')}`) : err;
   }
+  if (vocabSize !== undefined && table.vocabSize > vocabSize) throw new ModelLoadError(`trigram table ${path} covers ${table.vocabSize} tokens, more than the target's vocabulary of ${vocabSize}: it was built for another tokenizer; ${REBUILD('trigram')}`);
+  return table;
 }
 
 /** MaG's bigram table, when the family ships one. */
-function loadBigram(family: Family): Uint32Array | undefined {
+function loadBigram(family: Family, vocabSize: number | undefined): Uint32Array | undefined {
   if (!family.bigram) return undefined;
-  const path = join(family.dir, family.bigram);
-  if (!existsSync(path)) throw new ModelLoadError(`family.json names bigram table ${path}, which does not exist`);
+  const path = tablePath(family, 'bigram', family.bigram);
   const buf = readFileSync(path);
-  if (buf.byteLength % 4) throw new ModelLoadError(`bigram table ${path} is not a whole number of uint32 entries`);
-  return new Uint32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+  if (buf.byteLength % 4) throw new ModelLoadError(`bigram table ${path} is not a whole number of uint32 entries: ${REBUILD('bigram')}`);
+  const table = new Uint32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
+  if (vocabSize !== undefined && table.length > vocabSize) throw new ModelLoadError(`bigram table ${path} covers ${table.length} tokens, more than the target's vocabulary of ${vocabSize}: it was built for another tokenizer; ${REBUILD('bigram')}`);
+  return table;
 }
 
 /** The family's ADORE controller, or a clear error when it ships none. */

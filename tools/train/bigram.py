@@ -45,10 +45,13 @@ def trigram_table(keys: np.ndarray, bigram: np.ndarray, v: int, min_count: int) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default="data/tokens")
-    ap.add_argument("--vocab", type=int, default=8192)
-    ap.add_argument("--out", default="models/bigram.bin")
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        pass
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=Formatter)
+    ap.add_argument("--data", default="data/tokens", help="token streams (train.*.bin, uint16) from tools/train/encode.py")
+    ap.add_argument("--vocab", type=int, default=8192, help="the tokenizer's vocabulary size")
+    ap.add_argument("--out", default="models/bigram.bin", help="where the bigram table goes (always written)")
     ap.add_argument("--trigram-out", help="also write the trigram table here")
     ap.add_argument("--min-count", type=int, default=5, help="a pair whose most frequent successor follows it fewer times stays out of the trigram table")
     args = ap.parse_args()
