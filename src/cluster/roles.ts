@@ -406,7 +406,7 @@ export async function startEmbeddedGatewayRole(o: EmbeddedGatewayOptions): Promi
   const gateway = await openEmbeddedGateway(o);
   try {
     const address = await gateway.app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8000 });
-    return { url: address, describe: `embedded gateway on ${address} (${gateway.describe})`, stop: () => gateway.close() };
+    return { url: address, describe: `embedded gateway on ${address}, OpenAI base URL ${address}/v1 (${gateway.describe})`, stop: () => gateway.close() };
   } catch (err) {
     await gateway.close();
     throw err;
@@ -457,7 +457,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
   const workers = (await queue.getWorkers()).length;
   return {
     url: address,
-    describe: `gateway on ${address}${workers ? '' : ` (warning: ${NO_COORDINATOR})`}`,
+    describe: `gateway on ${address}, OpenAI base URL ${address}/v1${workers ? '' : ` (warning: ${NO_COORDINATOR})`}`,
     stop: async () => {
       await app.close();
       await queue.close();
