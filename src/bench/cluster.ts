@@ -178,7 +178,7 @@ export async function benchCluster(o: ClusterBenchOptions): Promise<void> {
   const drafters: DrafterSpec[] = await Promise.all(
     plan.drafters.map(async (d): Promise<DrafterSpec> => {
       const kind = drafterKind(family, d);
-      return kind === 'mag' ? { kind, tables: loadMagTables(family) } : { kind, session: await sessions.get(d) };
+      return kind === 'mag' ? { kind, tables: loadMagTables(family, target.spec.vocabSize) } : { kind, session: await sessions.get(d) };
     }),
   );
   for (const drafting of o.draftings) checkCascade({ drafters, kMatrix: plan.kMatrix, lenience: 1, drafting });
