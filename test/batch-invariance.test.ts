@@ -6,6 +6,7 @@ import { findPython } from '../src/cli/quantize.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
+import { graphOpTypes } from '../src/models/graph-ops.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import type { BatchInvariance, ModelSession } from '../src/models/session.ts';
@@ -203,4 +204,35 @@ withPython('batch invariance - a float16 KV cache beside float32 weights (cascad
   t.regex(bad.stderr, /--kv-dtype must be one of float32, float16, got bfloat16/);
   const fp16 = await fails(['fuse', '--model', new URL('./fixtures/hf/llama-gqa-fp16', import.meta.url).pathname, '--out', join(tmp, 'fp16'), '--kv-dtype', 'float32']);
   t.regex(fp16.stderr, /--kv-dtype float32 with float16 weights/);
+});
+
+withPython('batch invariance - the target\'s w8a8 copy (cascade quantize --scheme w8a8: int8 weights per channel, int8 activations per token): auto pads its one-token passes, and a decode step then equals a verify pass bit for bit; greedy and seeded sampled csd over it give its target-only tokens; its graph and config.json say how it was made', async (t) => {
+  const w8a8 = join(tmp, 'target-w8a8');
+  await cascade('quantize', '--model', dirOf('target'), '--out', w8a8, '--bits', '8', '--scheme', 'w8a8', '--quantize-head');
+  const ops = graphOpTypes(join(w8a8, 'model.onnx'));
+  t.true(ops.has('MatMulIntegerToFloat'));
+  t.false(ops.has('MatMulNBits'));
+  t.like(JSON.parse(readFileSync(join(w8a8, 'config.json'), 'utf8')).quantization, { method: 'w8a8', bits: 8, quantize_head: true, quantized_matmuls: 43 });
+  const [auto, off] = [await open(w8a8, 'auto'), await open(w8a8, 'off')];
+  t.true(auto.batchInvariant, 'auto: a w8a8 graph on the CPU EP');
+  const decode = (s: OrtModelSession) => (seqId: string, token: number) => s.forward({ seqId, inputIds: [token] }, 'last');
+  // the integer products are exact either way; the float ops before a quantization are not
+  t.log(`off: max |decode step - verify pass| ${(await oneAtATime(off, prompt(40), 'w8a8-off', decode(off))).toExponential(2)}`);
+  t.is(await oneAtATime(auto, prompt(40), 'w8a8', decode(auto)), 0);
+  const drafter = await open(dirOf('draft-l1'), 'off');
+  for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
+    const req = { promptIds: prompt(30, 5), maxTokens: 40, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
+    const want = (await generateAutoregressive(auto, req)).tokenIds;
+    const csd = await generateCascade(auto, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
+    t.deepEqual(csd.tokenIds, want, `temperature ${sampling.temperature}`);
+    t.true(csd.stats.acceptedTokens > 0);
+  }
+  for (const [args, why] of [
+    [['--bits', '4', '--scheme', 'w8a8'], /--scheme w8a8 is 8-bit .*--bits 4 is for --scheme nbits/],
+    [['--bits', '8', '--scheme', 'w8a8', '--block-size', '64', '--symmetric'], /--block-size, --symmetric are for --scheme nbits/],
+    [['--bits', '8', '--scheme', 'w4a4'], /--scheme must be one of nbits, w8a8, got "w4a4"/],
+  ] as const) {
+    const r = await fails(['quantize', '--model', dirOf('target'), '--out', join(tmp, 'refused'), ...args]);
+    t.regex(r.stderr, why);
+  }
 });

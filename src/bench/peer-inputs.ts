@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node
 import { join, resolve } from 'node:path';
 import { ROOT } from '../checkout.ts';
 import { gunzipSync } from 'node:zlib';
-import { folderKey, fusedCopy, quantizedCopy } from '../cli/quantize.ts';
+import { folderKey, fusedCopy, quantizedCopy, type QuantizeScheme } from '../cli/quantize.ts';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
 
 /**
@@ -172,8 +172,8 @@ export class PeerArtifacts {
     private readonly log: (msg: string) => void,
   ) {}
 
-  /** `cascade quantize --bits N [--quantize-head] [--accuracy-level L] [--block-size B]` of `model`, cached (quantizedCopy). */
-  quantized(model: string, bits: 8 | 4, o: { readonly quantizeHead?: boolean; readonly accuracyLevel?: number; readonly blockSize?: number } = {}): Promise<string> {
+  /** `cascade quantize --bits N [--quantize-head] [--accuracy-level L] [--block-size B] [--scheme w8a8]` of `model`, cached (quantizedCopy). */
+  quantized(model: string, bits: 8 | 4, o: { readonly quantizeHead?: boolean; readonly accuracyLevel?: number; readonly blockSize?: number; readonly scheme?: QuantizeScheme } = {}): Promise<string> {
     return quantizedCopy(model, bits, { cacheDir: this.cacheDir, name: modelBase(model), python: this.python, log: this.log, ...o });
   }
 

@@ -1,4 +1,5 @@
 import { cpus, loadavg } from 'node:os';
+import type { QuantizeScheme } from '../cli/quantize.ts';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { generateCascade, type DrafterSpec } from '../engine/cascade.ts';
@@ -53,6 +54,8 @@ export interface PeerBenchOptions {
   readonly accuracyLevel: number;
   /** Weights per quantization block of this project's quantized copies (default 32, GGUF Q8_0's and Q4_0's block). */
   readonly blockSize?: number;
+  /** How this project's 8-bit copies are quantized (cascade quantize --scheme; default nbits); 4-bit copies are always nbits. */
+  readonly scheme?: QuantizeScheme;
   /**
    * Batch invariance of this project's timed targets (SessionOptions.batchInvariant; default auto):
    * off against on measures what running one-token passes as two rows costs. Drafters and the
@@ -197,7 +200,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
       for (const form of ours ? o.forms : []) {
         const base = await inForm(targetDir, form);
         // quantized copies quantize the LM head too: at this size it is a third of the weights read per token
-        ourDirs.set(`${w} ${form}`, ours === 'f32' ? base : await artifacts.quantized(base, ours === 'int8' ? 8 : 4, { quantizeHead: true, accuracyLevel: o.accuracyLevel, blockSize: o.blockSize ?? 32 }));
+        ourDirs.set(`${w} ${form}`, ours === 'f32' ? base : await artifacts.quantized(base, ours === 'int8' ? 8 : 4, { quantizeHead: true, accuracyLevel: o.accuracyLevel, blockSize: o.blockSize ?? 32, ...(ours === 'int8' && o.scheme === 'w8a8' ? { scheme: 'w8a8' } : {}) }));
       }
     }
     for (const form of o.forms) ourDrafters.set(form, await Promise.all(drafterDirs.map((d) => inForm(d, form))));
@@ -230,7 +233,8 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
             const target = await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false, batchInvariant: o.batchInvariant ?? 'auto' });
             sessions.push(target);
             const quantizer = [...(o.accuracyLevel === 4 ? [] : [`level ${o.accuracyLevel}`]), ...((o.blockSize ?? 32) === 32 ? [] : [`blocks of ${o.blockSize}`])];
-            const format = `ONNX ${w === 'f32' ? 'f32' : `${OURS_OF[w]}+head (cascade quantize${quantizer.map((q) => `, ${q}`).join('')})`} ${form}`;
+            const w8a8 = OURS_OF[w] === 'int8' && o.scheme === 'w8a8';
+            const format = `ONNX ${w === 'f32' ? 'f32' : w8a8 ? 'w8a8+head (cascade quantize --scheme w8a8)' : `${OURS_OF[w]}+head (cascade quantize${quantizer.map((q) => `, ${q}`).join('')})`} ${form}`;
             const neural: DrafterSpec[] = csd.drafters.flatMap((d): DrafterSpec[] => (d === 'mag' ? [magSpec] : [{ kind: 'model', session: drafterSessions.get(form)![family.drafters.indexOf(d)]! }]));
             sides.push(oursSide(w, format, target, 'target only', [], []));
             if (target.batchInvariant) {

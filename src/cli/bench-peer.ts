@@ -4,7 +4,7 @@ import { benchPeer, DEFAULT_PEER_FORMS, PEER_FORMS, PEER_WEIGHTS, type PeerForm,
 import { InvalidArgumentError } from '../errors.ts';
 import { BATCH_INVARIANT_HELP, parseBatchInvariant, parseNumber, parseOutDir } from './options.ts';
 import type { BatchInvariance } from '../models/session.ts';
-import { BLOCK_SIZES, blockSizeError, findPython } from './quantize.ts';
+import { BLOCK_SIZES, blockSizeError, findPython, parseScheme, type QuantizeScheme } from './quantize.ts';
 
 interface PeerFlags {
   models: string;
@@ -20,6 +20,7 @@ interface PeerFlags {
   forms: PeerForm[];
   accuracyLevel: number;
   blockSize: number;
+  scheme: QuantizeScheme;
   batchInvariant: BatchInvariance;
   cacheDir: string;
   python?: string;
@@ -63,6 +64,7 @@ export function registerBenchPeer(bench: Command): void {
     .option('--forms <list>', "this project's graph forms, comma-separated, each measured: unfused (the export as it is), fused (tools/train/fuse.py's GroupQueryAttention form, KV in a host buffer read in place) and fused-kv16 (the fused form with a float16 KV cache, cascade fuse --kv-dtype float16, as llama.cpp's default f16 cache; lossy against float32 KV); drafters run in the same form", parseForms, [...DEFAULT_PEER_FORMS])
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level of this project's quantized copies: 4 computes in int8 on the CPU, 0 in float (exact under speculation, see docs/quantization.md)", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
     .option('--block-size <n>', `weights per quantization block of this project's quantized copies: ${BLOCK_SIZES.join(', ')} (GGUF Q8_0 and Q4_0 use 32; larger blocks read fewer scales per weight: report their NLL beside, docs/quantization.md)`, parseNumber('--block-size', { min: 16, integer: true }), 32)
+    .option('--scheme <name>', "how this project's 8-bit copies are quantized: nbits (block-wise weight-only MatMulNBits, as Q8_0's blocks of 32) or w8a8 (int8 weights per output channel, int8 activations per token; cascade quantize --scheme, docs/quantization.md); 4-bit copies are always nbits", parseScheme, 'nbits')
     .option('--batch-invariant <mode>', `whether a token's logits from this project's targets stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; off against on measures what it costs plain decoding (drafters run off, and the f32 reference of the identity check at auto)`, parseBatchInvariant, 'auto')
     .option('--cache-dir <dir>', 'where the quantized folders, GGUF files and llama.cpp clone (for gguf-py) are made once', '.cache/bench-peer')
     .option('--python <path>', 'Python with onnx and numpy for cascade quantize and tools/gguf/export_gguf.py (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
@@ -84,6 +86,7 @@ export function registerBenchPeer(bench: Command): void {
         forms: o.forms,
         accuracyLevel: o.accuracyLevel,
         blockSize: o.blockSize,
+        scheme: o.scheme,
         batchInvariant: o.batchInvariant,
         python: findPython(o.python),
         cacheDir: resolve(o.cacheDir),

@@ -23,12 +23,25 @@ export class QuantizeToolError extends CascadeError {
   override readonly name = 'QuantizeToolError';
 }
 
+/**
+ * How `cascade quantize` writes a product with a constant weight (docs/quantization.md):
+ * - `nbits`: block-wise weight-only MatMulNBits, as onnxruntime-genai's model builder (8 or 4 bits);
+ * - `w8a8`: int8 weights per output channel and int8 activations per token, dynamic (SmoothQuant's
+ *   and vLLM's int8 W8A8 scheme without smoothing), through ONNX Runtime's integer GEMM
+ *   (MatMulIntegerToFloat); a token's output does not depend on its pass's other rows.
+ */
+export const QUANTIZE_SCHEMES = ['nbits', 'w8a8'] as const;
+export type QuantizeScheme = (typeof QUANTIZE_SCHEMES)[number];
+
 interface QuantizeOptions {
   model: string;
   out: string;
   bits: number;
-  blockSize: number;
-  accuracyLevel: number;
+  scheme: QuantizeScheme;
+  /** Default 32 (nbits only). */
+  blockSize?: number;
+  /** Default 4 (nbits only). */
+  accuracyLevel?: number;
   symmetric?: boolean;
   quantizeHead?: boolean;
   quantizeEmbedding?: boolean;
@@ -116,17 +129,33 @@ export const BLOCK_SIZES = [16, 32, 64, 128, 256] as const;
 export const blockSizeError = (n: number): string | undefined =>
   (BLOCK_SIZES as readonly number[]).includes(n) ? undefined : `--block-size must be one of ${BLOCK_SIZES.join(', ')} (what ONNX Runtime's MatMulNBits takes), got ${n}`;
 
+/** Throws InvalidArgumentError for options `scheme` does not take: w8a8 is 8-bit, without blocks, levels, zero points or a quantized embedding. */
+function checkScheme(o: QuantizeOptions): void {
+  if (o.scheme === 'nbits') return;
+  const nbitsOnly = [
+    ...(o.bits !== 8 ? [`--bits ${o.bits}`] : []),
+    ...(o.blockSize !== undefined ? ['--block-size'] : []),
+    ...(o.accuracyLevel !== undefined ? ['--accuracy-level'] : []),
+    ...(o.symmetric ? ['--symmetric'] : []),
+    ...(o.quantizeEmbedding ? ['--quantize-embedding'] : []),
+  ];
+  if (nbitsOnly.length) throw new InvalidArgumentError(`--scheme w8a8 is 8-bit with a scale per output channel and per token: ${nbitsOnly.join(', ')} ${nbitsOnly.length > 1 ? 'are' : 'is'} for --scheme nbits`);
+}
+
 async function quantize(o: QuantizeOptions): Promise<void> {
   if (o.bits !== 4 && o.bits !== 8) throw new InvalidArgumentError(`--bits must be 8 or 4, got ${o.bits}`);
-  const blockError = blockSizeError(o.blockSize);
+  checkScheme(o);
+  const blockSize = o.blockSize ?? 32;
+  const accuracyLevel = o.accuracyLevel ?? 4;
+  const blockError = blockSizeError(blockSize);
   if (blockError) throw new InvalidArgumentError(blockError);
-  if (o.accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${o.accuracyLevel}`);
+  if (accuracyLevel > 4) throw new InvalidArgumentError(`--accuracy-level must be 0 to 4, got ${accuracyLevel}`);
   const { model, out, graph } = rewriteFolders(o, 'quantized');
   const python = findPython(o.python);
-  const args = ['--model', model, '--bits', String(o.bits), '--block-size', String(o.blockSize),
-    '--accuracy-level', String(o.accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : []),
+  const args = ['--model', model, '--bits', String(o.bits), '--scheme', o.scheme, '--block-size', String(blockSize),
+    '--accuracy-level', String(accuracyLevel), '--model-file', graph, ...(o.symmetric ? ['--symmetric'] : []), ...(o.quantizeHead ? ['--quantize-head'] : []),
     ...(o.quantizeEmbedding ? ['--quantize-embedding'] : [])];
-  process.stderr.write(`quantizing ${join(model, graph)} to ${o.bits} bits with ${python}\n`);
+  process.stderr.write(`quantizing ${join(model, graph)} to ${o.scheme === 'w8a8' ? 'int8 weights and activations (w8a8)' : `${o.bits} bits`} with ${python}\n`);
   await writeFolder(out, python, 'quantize.py', args);
   process.stdout.write(`${out}\n`);
 }
@@ -258,9 +287,18 @@ async function cachedCopy(tool: TrainTool, kind: string, model: string, args: re
 /**
  * The `bits`-bit copy of a model folder (tools/train/quantize.py: blocks of 32 unless `blockSize`,
  * accuracy level 4 unless `accuracyLevel`, the head in float unless `quantizeHead`), cached
- * (cachedCopy) as int<bits>[h][-l<level>][-b<block size>].
+ * (cachedCopy) as int<bits>[h][-l<level>][-b<block size>]; with `scheme` w8a8 (8 bits only, no
+ * blocks or levels) as w8a8[h].
  */
-export function quantizedCopy(model: string, bits: 8 | 4, o: CopyOptions & { readonly quantizeHead?: boolean; readonly accuracyLevel?: number; readonly blockSize?: number }): Promise<string> {
+export function quantizedCopy(
+  model: string,
+  bits: 8 | 4,
+  o: CopyOptions & { readonly quantizeHead?: boolean; readonly accuracyLevel?: number; readonly blockSize?: number; readonly scheme?: QuantizeScheme },
+): Promise<string> {
+  if (o.scheme === 'w8a8') {
+    if (bits !== 8) throw new InvalidArgumentError(`the w8a8 scheme is 8-bit: no ${bits}-bit copy`);
+    return cachedCopy('quantize.py', `w8a8${o.quantizeHead ? 'h' : ''}`, model, ['--bits', '8', '--scheme', 'w8a8', ...(o.quantizeHead ? ['--quantize-head'] : [])], o);
+  }
   const level = o.accuracyLevel ?? 4;
   const block = o.blockSize ?? 32;
   const kind = `int${bits}${o.quantizeHead ? 'h' : ''}${level === 4 ? '' : `-l${level}`}${block === 32 ? '' : `-b${block}`}`;
@@ -359,15 +397,22 @@ export function namingSelfDraft(family: Family, width: SelfDraft): Family {
 /** The most positions `fuse --max-positions` takes: its RoPE tables hold positions x head_dim floats (2^20 x 128 is 512 MB a table). */
 const MAX_FUSED_POSITIONS = 1 << 20;
 
+/** commander's parser for --scheme. */
+export function parseScheme(raw: string): QuantizeScheme {
+  if ((QUANTIZE_SCHEMES as readonly string[]).includes(raw)) return raw as QuantizeScheme;
+  throw new InvalidArgumentError(`--scheme must be one of ${QUANTIZE_SCHEMES.join(', ')}, got "${raw}"`);
+}
+
 export function registerQuantize(program: Command): void {
   program
     .command('quantize')
-    .description("block-wise weight-only quantization into ONNX Runtime's MatMulNBits (needs Python 3 with onnx and numpy); the output is a model folder for --model or --draft-model")
+    .description("block-wise weight-only quantization into ONNX Runtime's MatMulNBits, or int8 weights and activations (--scheme w8a8) (needs Python 3 with onnx and numpy); the output is a model folder for --model or --draft-model")
     .requiredOption('--model <dir>', 'the model folder to quantize (config.json and an ONNX decoder graph)', folder('--model'))
     .requiredOption('--out <dir>', 'a new folder for the quantized model (refused when it exists)', folder('--out'))
     .requiredOption('--bits <n>', 'weight bits: 8 or 4', parseNumber('--bits', { integer: true }))
-    .option('--block-size <n>', `weights per quantization block along K: ${BLOCK_SIZES.join(', ')}`, parseNumber('--block-size', { min: 16, integer: true }), 32)
-    .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 lets the CPU compute in int8, 0 keeps activations in float", parseNumber('--accuracy-level', { min: 0, integer: true }), 4)
+    .option('--scheme <name>', "nbits: block-wise weight-only MatMulNBits; w8a8: int8 weights per output channel and int8 activations per token through ONNX Runtime's integer GEMM (8 bits; faster verify and prompt passes on the CPU, batch-invariant without padding; docs/quantization.md)", parseScheme, 'nbits')
+    .option('--block-size <n>', `weights per quantization block along K: ${BLOCK_SIZES.join(', ')} (default 32; nbits only)`, parseNumber('--block-size', { min: 16, integer: true }))
+    .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 (default) lets the CPU compute in int8, 0 keeps activations in float (nbits only)", parseNumber('--accuracy-level', { min: 0, integer: true }))
     .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer)')
     .option('--quantize-head', 'quantize the LM head too (a tied head gets its own quantized copy of the table)')
     .option('--quantize-embedding', "the embedding as GatherBlockQuantized: a tied one shares the head's quantized table under --quantize-head and the float table is dropped, an untied one gets its own")

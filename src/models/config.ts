@@ -47,10 +47,11 @@ export interface ModelSpec {
    */
   readonly draftVocab?: readonly number[];
   /**
-   * Weight-only quantization written by `cascade quantize` (config.json `quantization`): its width and
-   * MatMulNBits accuracy_level; undefined for a float model.
+   * Quantization written by `cascade quantize` (config.json `quantization`): its width and
+   * MatMulNBits accuracy_level (0 for the w8a8 scheme, which has no MatMulNBits), and `scheme` w8a8
+   * for int8 weights and activations (`--scheme w8a8`); undefined for a float model.
    */
-  readonly quantization?: { readonly bits: number; readonly accuracyLevel: number };
+  readonly quantization?: { readonly bits: number; readonly accuracyLevel: number; readonly scheme?: 'w8a8' };
 }
 
 /**
@@ -127,7 +128,12 @@ const ConfigJson = z
     n_positions: positiveInt.optional(),
     draft_vocab: z.array(z.number().int().nonnegative()).nonempty().optional(),
     /** Written by cascade quantize; anything else in it is left alone. */
-    quantization: z.object({ bits: z.number().int(), accuracy_level: z.number().int() }).loose().optional().catch(undefined),
+    quantization: z
+      .object({ bits: z.number().int(), accuracy_level: z.number().int().optional(), method: z.string().optional() })
+      .loose()
+      .refine((q) => q.accuracy_level !== undefined || q.method === 'w8a8')
+      .optional()
+      .catch(undefined),
   })
   .loose();
 
@@ -185,7 +191,9 @@ export function loadModelSpec(source: ModelSource): ModelSpec {
     ...(generation && Object.keys(generation.defaults).length ? { generation: generation.defaults } : {}),
     maxPositions: c.max_position_embeddings ?? c.n_positions,
     ...(c.draft_vocab ? { draftVocab: checkDraftVocab(c.draft_vocab, c.vocab_size, join(abs, 'config.json')) } : {}),
-    ...(c.quantization ? { quantization: { bits: c.quantization.bits, accuracyLevel: c.quantization.accuracy_level } } : {}),
+    ...(c.quantization
+      ? { quantization: { bits: c.quantization.bits, accuracyLevel: c.quantization.accuracy_level ?? 0, ...(c.quantization.method === 'w8a8' ? { scheme: 'w8a8' as const } : {}) } }
+      : {}),
   };
 }
 

@@ -138,10 +138,11 @@ def find_graph(src: Path, model_file: str | None) -> Path:
 
 
 def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_size: int, accuracy_level: int,
-                   symmetric: bool, quantize_head: bool = False, quantize_embedding: bool = False
-                   ) -> tuple[list[str], list[str], list[str]]:
+                   symmetric: bool, quantize_head: bool = False, quantize_embedding: bool = False,
+                   scheme: str = "nbits") -> tuple[list[str], list[str], list[str]]:
     """Rewrites model's MatMuls (and, with quantize_embedding, its embedding Gathers) in place; returns
-    (quantized product names, quantized Gather descriptions, kept-in-float descriptions)."""
+    (quantized product names, quantized Gather descriptions, kept-in-float descriptions). scheme "nbits":
+    MatMulNBits; "w8a8": per-channel int8 weights and per-token int8 activations (w8a8_product)."""
     g = model.graph
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in g.node for a in n.attribute):
         raise SystemExit("the graph has subgraphs (an Optimum merged decoder's If, or a Loop): its weights are shared "
@@ -216,6 +217,8 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
         return (b.T if attrs.get("transB", 0) else b), [node.input[1]], 1
 
     done, kept, nodes, dropped = [], [], [], set()
+    # w8a8: a float activation's name -> its per-token int8 form (shared by the products that read it)
+    activations: dict[str, tuple[str, str]] = {}
     # initializer T -> (B, scales, zero points names) of a product over W = T^T (a tied head's table)
     quantized_rows: dict[str, list[str]] = {}
     for node in g.node:
@@ -246,10 +249,22 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
             nodes.append(node)
             continue
         k, n = w.shape
-        b, scales, zps = quantize_weight(w, bits, block_size, symmetric)
         # named after the weight, or for a head over gathered rows after that Gather's output (one
         # table may feed several such heads)
         base = (chain[own - 1] if rows else chain[-1]) + ("_T" if node.op_type == "Gemm" else "")
+        if scheme == "w8a8":
+            if w.dtype != np.float32:
+                raise SystemExit(f"{label}: --scheme w8a8 needs float32 weights and activations (ONNX Runtime's "
+                                 f"MatMulIntegerToFloat computes in float32 on the CPU); this graph's are {w.dtype}")
+            nodes.extend(w8a8_product(g, node, w, base, fresh, activations, main_opset(model)))
+            dropped.update(t for t in chain[:own] if readers.get(t, 0) <= 1)
+            for t in chain[own:]:
+                if readers.get(t, 0) > 1:
+                    break
+                dropped.add(t)
+            done.append(label)
+            continue
+        b, scales, zps = quantize_weight(w, bits, block_size, symmetric)
         names = [fresh(f"{base}_Q{bits}"), fresh(f"{base}_scales")]
         new_inits = [onnx.numpy_helper.from_array(b, names[0]), onnx.numpy_helper.from_array(scales, names[1])]
         if zps is not None:
@@ -292,6 +307,63 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
     return done, gathers, kept
+
+
+def main_opset(model: onnx.ModelProto) -> int:
+    """The graph's version of the default ONNX domain."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric int8 of w [K, N]: Wq int8 [K, N] in [-127, 127] and scales float32 [N],
+    w ~= Wq * scales (a column of zeros gets scale 1)."""
+    scale = np.abs(w).max(axis=0).astype(np.float32) / 127
+    scale = np.where(scale == 0, 1, scale).astype(np.float32)
+    return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+
+
+def w8a8_product(g: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, base: str, fresh,
+                 activations: dict[str, tuple[str, str]], opset: int) -> list[onnx.NodeProto]:
+    """The nodes computing node's product A @ W with int8 weights and int8 activations (W8A8, dynamic
+    per-token activation scales, as SmoothQuant's and vLLM's int8 "w8a8" schemes), through ONNX Runtime's
+    integer GEMM (MLAS QGEMM, VNNI where the CPU has it):
+
+        s = max(max|A_row|, 1e-30) / 127                             per row of A (a token), [.., S, 1]
+        Aq = QuantizeLinear(A / s, 1, 128)                          uint8, round half to even, saturating
+        Y = MatMulIntegerToFloat(Aq, Wq, 1, w_scales, 128) * s      Wq int8 [K, N], w_scales [N] (quantize_columns)
+
+    Each row's result depends on that row alone and the integer products are summed exactly in int32,
+    so a token's output is the same whatever else its pass holds: batch invariance without padding.
+    (ONNX Runtime's DynamicQuantizeMatMul would scale A per tensor, so a token would change with its
+    neighbours in a verify pass.) A's quantization is made once per tensor and shared by its readers
+    (q, k and v; gate and up)."""
+    made: list[onnx.NodeProto] = []
+    consts = {"w8a8_inv127": np.array(1 / 127, np.float32), "w8a8_one": np.array(1, np.float32),
+              "w8a8_zp": np.array(128, np.uint8), "w8a8_tiny": np.array(1e-30, np.float32), "w8a8_axes": np.array([-1], np.int64)}
+    have = {i.name for i in g.initializer}
+    for name, value in consts.items():
+        if name not in have:
+            g.initializer.append(onnx.numpy_helper.from_array(value, name))
+    a = node.input[0]
+    if a not in activations:
+        t = {k: fresh(f"{a}_w8a8_{k}") for k in ("abs", "max", "clamped", "scale", "scaled", "q")}
+        reduce = (helper.make_node("ReduceMax", [t["abs"], "w8a8_axes"], [t["max"]], keepdims=1) if opset >= 18
+                  else helper.make_node("ReduceMax", [t["abs"]], [t["max"]], axes=[-1], keepdims=1))
+        made += [helper.make_node("Abs", [a], [t["abs"]]), reduce,
+                 helper.make_node("Max", [t["max"], "w8a8_tiny"], [t["clamped"]]),
+                 helper.make_node("Mul", [t["clamped"], "w8a8_inv127"], [t["scale"]]),
+                 helper.make_node("Div", [a, t["scale"]], [t["scaled"]]),
+                 helper.make_node("QuantizeLinear", [t["scaled"], "w8a8_one", "w8a8_zp"], [t["q"]])]
+        activations[a] = (t["q"], t["scale"])
+    q, scale = activations[a]
+    wq, ws = quantize_columns(w)
+    names = [fresh(f"{base}_W8"), fresh(f"{base}_w_scales")]
+    g.initializer.extend([onnx.numpy_helper.from_array(wq, names[0]), onnx.numpy_helper.from_array(ws, names[1])])
+    unscaled = fresh(f"{node.output[0]}_w8a8")
+    made += [helper.make_node("MatMulIntegerToFloat", [q, names[0], "w8a8_one", names[1], "w8a8_zp"], [unscaled],
+                              name=f"{node.name}_W8A8" if node.name else "", domain=MS),
+             helper.make_node("Mul", [unscaled, scale], list(node.output))]
+    return made
 
 
 def count_readers(nodes, outputs) -> dict[str, int]:
@@ -387,7 +459,15 @@ def main() -> None:
                     help="the embedding Gather as GatherBlockQuantized, sharing a tied head's quantized table under "
                          "--quantize-head (the float table is then dropped), else over its own")
     ap.add_argument("--model-file", help="the graph, relative to --model, when the folder holds several")
+    ap.add_argument("--scheme", choices=["nbits", "w8a8"], default="nbits",
+                    help="nbits (default): block-wise weight-only MatMulNBits; w8a8: per-channel int8 weights and "
+                         "per-token int8 activations through MatMulIntegerToFloat (8 bits only; no blocks, levels "
+                         "or zero points)")
     args = ap.parse_args()
+    if args.scheme == "w8a8" and args.bits != 8:
+        raise SystemExit(f"--scheme w8a8 is 8-bit: --bits {args.bits} is for --scheme nbits")
+    if args.scheme == "w8a8" and args.quantize_embedding:
+        raise SystemExit("--scheme w8a8 leaves the embedding in float: --quantize-embedding is for --scheme nbits")
     if args.block_size < 16 or args.block_size & (args.block_size - 1):
         raise SystemExit(f"--block-size {args.block_size}: MatMulNBits takes a power of 2, at least 16")
     src, out = Path(args.model), Path(args.out)
@@ -405,11 +485,12 @@ def main() -> None:
         raise SystemExit(f"{graph_path} is not a readable ONNX graph ({type(e).__name__}: {e})")
     external = {e.value for i in model.graph.initializer for e in i.external_data if e.key == "location"}
     done, gathers, kept = quantize_graph(model, cfg.get("vocab_size"), args.bits, args.block_size, args.accuracy_level,
-                                         args.symmetric, args.quantize_head, args.quantize_embedding)
+                                         args.symmetric, args.quantize_head, args.quantize_embedding, args.scheme)
     if not done:
         raise SystemExit(f"{graph_path}: no MatMul with a constant 2-D weight to quantize (kept: {'; '.join(kept) or 'none'})")
-    log(f"quantized {len(done)} MatMul/Gemm products to {args.bits} bits, blocks of {args.block_size}"
-        f"{', symmetric' if args.symmetric else ''}; embeddings: {'; '.join(gathers) or 'none'}; "
+    how = ("int8 weights by output channel, int8 activations by token (w8a8)" if args.scheme == "w8a8"
+           else f"{args.bits} bits, blocks of {args.block_size}{', symmetric' if args.symmetric else ''}")
+    log(f"quantized {len(done)} MatMul/Gemm products to {how}; embeddings: {'; '.join(gathers) or 'none'}; "
         f"kept in float: {'; '.join(kept) or 'nothing'}")
 
     out.mkdir(parents=True)
@@ -439,10 +520,13 @@ def main() -> None:
             dest = out / f.relative_to(src)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, dest)
-    cfg["quantization"] = {
+    cfg["quantization"] = ({"method": "w8a8", "bits": 8, "weights": "int8 per output channel, symmetric",
+                            "activations": "int8 per token, dynamic, symmetric", "quantize_head": args.quantize_head}
+                           if args.scheme == "w8a8" else {
         "method": "MatMulNBits", "bits": args.bits, "block_size": args.block_size,
         "symmetric": args.symmetric, "accuracy_level": args.accuracy_level, "quantize_head": args.quantize_head,
-        "quantize_embedding": args.quantize_embedding, "quantized_matmuls": len(done),
+        "quantize_embedding": args.quantize_embedding}) | {
+        "quantized_matmuls": len(done),
         "quantized_gathers": gathers, "kept_float": kept,
         "source": str(src.resolve()), "made_by": "tools/train/quantize.py",
     }
