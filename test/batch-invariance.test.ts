@@ -7,6 +7,7 @@ import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { graphOpTypes } from '../src/models/graph-ops.ts';
+import { speculationCaveat } from '../src/models/config.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import type { BatchInvariance, ModelSession } from '../src/models/session.ts';
@@ -215,6 +216,8 @@ withPython('batch invariance - the target\'s w8a8 copy (cascade quantize --schem
   t.like(JSON.parse(readFileSync(join(w8a8, 'config.json'), 'utf8')).quantization, { method: 'w8a8', bits: 8, quantize_head: true, quantized_matmuls: 43 });
   const [auto, off] = [await open(w8a8, 'auto'), await open(w8a8, 'off')];
   t.true(auto.batchInvariant, 'auto: a w8a8 graph on the CPU EP');
+  t.regex(speculationCaveat(off.spec, { provider: 'cpu', batchInvariant: false }) ?? '', /w8a8 model .* --batch-invariant off/);
+  t.is(speculationCaveat(auto.spec, { provider: 'cpu', batchInvariant: true }), undefined);
   const decode = (s: OrtModelSession) => (seqId: string, token: number) => s.forward({ seqId, inputIds: [token] }, 'last');
   // the integer products are exact either way; the float ops before a quantization are not
   t.log(`off: max |decode step - verify pass| ${(await oneAtATime(off, prompt(40), 'w8a8-off', decode(off))).toExponential(2)}`);

@@ -330,6 +330,14 @@ test.serial('cluster - a request whose prompt plus max_tokens fills the context 
   t.is(r.usage!.prompt_tokens + r.usage!.completion_tokens <= context, true);
   const over = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, max_tokens: maxTokens + 1 }) });
   t.is(over.status, 400, 'one token more than the context is refused at the edge');
+  t.is(((await over.json()) as { error: { param: string } }).error.param, 'max_tokens', 'the prompt fits: max_tokens is what to change');
+  // a prompt that fills the context alone is the prompt's fault, whatever max_tokens says
+  const whole = tokenizer.decode(tokenizer.encode(`${doc}\n${doc}`).slice(0, context + 20));
+  const full = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json', authorization: `Bearer ${API_KEY}` }, body: JSON.stringify({ ...body, prompt: whole, max_tokens: 1 }) });
+  t.is(full.status, 400);
+  const fullError = ((await full.json()) as { error: { param: string; message: string } }).error;
+  t.is(fullError.param, 'prompt');
+  t.regex(fullError.message, /leaves no room for a completion in the model's context of \d+ tokens/);
 });
 
 test.serial('cluster - bad requests get clear 4xx errors; a missing key gets 401', async (t) => {

@@ -67,6 +67,7 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     [{ drafters: ['mag', family.eagle] }, /a feature drafter \(EAGLE\) can only be the first drafter/, 'cascade'],
     [{ drafters: [family.drafters[1], family.drafters[1]] }, new RegExp(`drafter "${family.drafters[1]}" is named twice`), 'cascade.drafters'],
     [{ drafters: [] }, /the drafters list is empty: for target-only decoding use mode ar/, 'cascade.drafters'],
+    [{ mode: 'ar', drafters: ['mag'] }, /mode ar is target-only decoding, with no drafters: leave out the drafters \(mag\)/, 'cascade.drafters'],
   ];
   for (const [cascade, reason, param] of refusals) {
     const r = await post(cascade);

@@ -67,13 +67,17 @@ export function modeDrafters(mode: Mode, familyDrafters: readonly string[]): str
 }
 
 /**
- * Resolves mode, explicit drafters and K into one plan; explicit settings win over the mode's. K
- * defaults to `auto` (the adaptive schedule). `byName`: drafters a request may name that no mode
+ * Resolves mode, explicit drafters and K into one plan; explicit settings win over the mode's,
+ * except that mode `ar` (target-only decoding, the reference) takes no drafters. K defaults to
+ * `auto` (the adaptive schedule). `byName`: drafters a request may name that no mode
  * uses by default (a family's feature drafter). Explicit drafters name each drafter once, and at
  * least one unless the mode is `ar` (target-only decoding is that mode, not an empty list) or the
  * caller adds levels above them (`levelsAbove`, e.g. a self-draft copy: then it is the only drafter).
  */
 export function planCascade(opts: { mode: Mode; drafters?: readonly string[]; kMatrix?: KSchedule; lenience?: number; levelsAbove?: number }, familyDrafters: readonly string[], byName: readonly string[] = []): CascadePlan {
+  if (opts.mode === 'ar' && opts.drafters?.length) {
+    throw new InvalidArgumentError(`mode ar is target-only decoding, with no drafters: leave out the drafters (${opts.drafters.join(', ')}) or name a speculative mode (sd, mag or csd) with them`);
+  }
   const drafters = opts.drafters ?? modeDrafters(opts.mode, familyDrafters);
   for (const d of drafters) {
     if (d !== 'mag' && !familyDrafters.includes(d) && !byName.includes(d)) {

@@ -70,12 +70,21 @@ export function modelQuantization(spec: ModelSpec): ModelSpec['quantization'] {
  * some inputs by 1e-1 in the logits (docs/quantization.md); levels 2 and 3 (16-bit compute) are
  * warned about too, unmeasured. Levels 0 and 1 compute in float32 and agree within 2e-5, as float
  * graphs do (tools/bench/verify-drift.ts), and so does the WebGPU EP, which computes MatMulNBits in
- * float. A session that runs batch-invariant (one-token passes as two rows,
- * SessionOptions.batchInvariant) never takes the one-row kernels, so it has no caveat.
+ * float. A w8a8 model (`cascade quantize --scheme w8a8`) has one too: a 1e-5 difference in its float
+ * attention can move an int8 activation by a rounding step. A session that runs batch-invariant
+ * (one-token passes as two rows, SessionOptions.batchInvariant) never takes the one-row kernels, so
+ * it has no caveat.
  */
 export function speculationCaveat(spec: ModelSpec, run: { readonly provider: string; readonly batchInvariant?: boolean }): string | undefined {
   const q = modelQuantization(spec);
-  if (!q || q.accuracyLevel <= 1 || run.batchInvariant || run.provider.split(',')[0] !== 'cpu') return undefined;
+  if (!q || run.batchInvariant || run.provider.split(',')[0] !== 'cpu') return undefined;
+  if (q.scheme === 'w8a8') {
+    return (
+      `${spec.name} is a w8a8 model (int8 weights and activations) run on the CPU EP with --batch-invariant off: its float attention scores a token in a verify pass about 1e-5 away from a decode step, ` +
+      `which can move an activation across an int8 rounding step, so speculation over it may leave its own target-only output; leave --batch-invariant at auto or on for exact speculation (docs/quantization.md)`
+    );
+  }
+  if (q.accuracyLevel <= 1) return undefined;
   return (
     `${spec.name} is a MatMulNBits model (${q.bits}-bit weights) at accuracy_level ${q.accuracyLevel} run on the CPU EP with --batch-invariant off: ONNX Runtime's CPU kernels score a token in a verify pass differently ` +
     `from a decode step (up to 1e-1 in the logits), so speculation over it may leave its own target-only output; leave --batch-invariant at auto or on for exact speculation (docs/quantization.md)`

@@ -67,3 +67,6 @@ $RUN export --run "$RUN3" --cache "$CACHE3" --out models/eagle
 # the shipped target carries its hidden_states output (add_hidden_output.py refuses a graph that has one)
 nice -n 19 node tools/train/eagle_check.mjs --target models/target --drafter models/eagle --record models/eagle/record.json
 nice -n 19 $PY tools/train/eagle.py card --models models
+# servers of the family load the feature drafter family.json names (docs/eagle.md)
+$PY -c 'import json, sys; p = "models/family.json"; f = json.load(open(p)); f["eagle"] = "eagle"; open(p, "w").write(json.dumps(f) + "\n")'
+echo "models/family.json names the feature drafter: \"eagle\": \"eagle\""

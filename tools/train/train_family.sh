@@ -39,5 +39,8 @@ done
 # ADORE's controller, labelled by the exported target's attention over 2048-token windows (docs/adore.md).
 $PY tools/train/controller.py --target models/target --out models/controller --seq 2048 --windows 48 --val-windows 8 \
   --steps 600 --label-k 64 --threads 1
+# no "eagle" key: models/eagle reads the features of the target it was trained on, so a new target
+# needs a new feature drafter (bash tools/train/eagle.sh, which names it in family.json again)
 echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"], "bigram": "bigram.bin", "trigram": "trigram.bin", "controller": "controller"}' > models/family.json
+[ -d models/eagle ] && echo "models/family.json no longer names models/eagle: it was trained on the previous target's features; retrain it with bash tools/train/eagle.sh" >&2
 $PY tools/train/evaluate.py --runs runs --models models --seq 2048

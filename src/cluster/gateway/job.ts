@@ -57,6 +57,10 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
   if (!promptIds.length) throw new HttpError(400, 'the prompt is empty', 'invalid_request_error', 'prompt');
   const outside = model.vocabSize === undefined ? undefined : promptIds.find((id) => id >= model.vocabSize!);
   if (outside !== undefined) throw new HttpError(400, `prompt token id ${outside} is outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'prompt');
+  if (model.maxPositions !== undefined && promptIds.length >= model.maxPositions) {
+    const param = 'messages' in input ? 'messages' : 'prompt';
+    throw new HttpError(400, `the ${param === 'messages' ? 'chat template\'s prompt' : 'prompt'} (${promptIds.length} tokens) leaves no room for a completion in the model's context of ${model.maxPositions} tokens`, 'invalid_request_error', param);
+  }
   // unset: the rest of the context, as vLLM (16 where the context is unknown)
   const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? (model.maxPositions !== undefined ? Math.max(1, model.maxPositions - promptIds.length) : 16);
   if (model.maxPositions !== undefined && promptIds.length + maxTokens > model.maxPositions) {
