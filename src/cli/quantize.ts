@@ -28,7 +28,8 @@ export class QuantizeToolError extends CascadeError {
  * - `nbits`: block-wise weight-only MatMulNBits, as onnxruntime-genai's model builder (8 or 4 bits);
  * - `w8a8`: int8 weights per output channel and int8 activations per token, dynamic (SmoothQuant's
  *   and vLLM's int8 W8A8 scheme without smoothing), through ONNX Runtime's integer GEMM
- *   (MatMulIntegerToFloat); a token's output does not depend on its pass's other rows.
+ *   (MatMulIntegerToFloat); each token's activations get their own scale, so its integer products do
+ *   not depend on its pass's other rows (the graph still runs batch-invariant: docs/quantization.md).
  */
 export const QUANTIZE_SCHEMES = ['nbits', 'w8a8'] as const;
 export type QuantizeScheme = (typeof QUANTIZE_SCHEMES)[number];
@@ -410,7 +411,7 @@ export function registerQuantize(program: Command): void {
     .requiredOption('--model <dir>', 'the model folder to quantize (config.json and an ONNX decoder graph)', folder('--model'))
     .requiredOption('--out <dir>', 'a new folder for the quantized model (refused when it exists)', folder('--out'))
     .requiredOption('--bits <n>', 'weight bits: 8 or 4', parseNumber('--bits', { integer: true }))
-    .option('--scheme <name>', "nbits: block-wise weight-only MatMulNBits; w8a8: int8 weights per output channel and int8 activations per token through ONNX Runtime's integer GEMM (8 bits; faster verify and prompt passes on the CPU, batch-invariant without padding; docs/quantization.md)", parseScheme, 'nbits')
+    .option('--scheme <name>', "nbits: block-wise weight-only MatMulNBits; w8a8: int8 weights per output channel and int8 activations per token through ONNX Runtime's integer GEMM (8 bits only; faster verify and prompt passes on the CPU EP; docs/quantization.md)", parseScheme, 'nbits')
     .option('--block-size <n>', `weights per quantization block along K: ${BLOCK_SIZES.join(', ')} (default 32; nbits only)`, parseNumber('--block-size', { min: 16, integer: true }))
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 (default) lets the CPU compute in int8, 0 keeps activations in float (nbits only)", parseNumber('--accuracy-level', { min: 0, integer: true }))
     .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer)')

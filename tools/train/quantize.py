@@ -332,10 +332,11 @@ def w8a8_product(g: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, base: 
         Aq = QuantizeLinear(A / s, 1, 128)                          uint8, round half to even, saturating
         Y = MatMulIntegerToFloat(Aq, Wq, 1, w_scales, 128) * s      Wq int8 [K, N], w_scales [N] (quantize_columns)
 
-    Each row's result depends on that row alone and the integer products are summed exactly in int32,
-    so a token's output is the same whatever else its pass holds: batch invariance without padding.
-    (ONNX Runtime's DynamicQuantizeMatMul would scale A per tensor, so a token would change with its
-    neighbours in a verify pass.) A's quantization is made once per tensor and shared by its readers
+    Each row's product depends on that row alone, its integer products summed exactly in int32 (ONNX
+    Runtime's DynamicQuantizeMatMul would scale A per tensor, so a token would change with its
+    neighbours in a verify pass). The float ops around them still round a one-row pass and a verify
+    pass apart by about 1e-5, which can move an activation across a rounding step, so the runner pads
+    one-token passes of such a graph (batch invariance, docs/quantization.md). A's quantization is made once per tensor and shared by its readers
     (q, k and v; gate and up)."""
     made: list[onnx.NodeProto] = []
     consts = {"w8a8_inv127": np.array(1 / 127, np.float32), "w8a8_one": np.array(1, np.float32),
