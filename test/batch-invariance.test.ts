@@ -213,7 +213,9 @@ withPython('batch invariance - the target\'s w8a8 copy (cascade quantize --schem
   const ops = graphOpTypes(join(w8a8, 'model.onnx'));
   t.true(ops.has('MatMulIntegerToFloat'));
   t.false(ops.has('MatMulNBits'));
-  t.like(JSON.parse(readFileSync(join(w8a8, 'config.json'), 'utf8')).quantization, { method: 'w8a8', bits: 8, quantize_head: true, quantized_matmuls: 43 });
+  const record = JSON.parse(readFileSync(join(w8a8, 'config.json'), 'utf8')).quantization;
+  t.like(record, { method: 'w8a8', bits: 8, quantize_head: true, quantized_matmuls: 43 });
+  t.true(record.kept_float.some((k: string) => /embedding; w8a8 keeps it in float/.test(k)), record.kept_float.join('; '));
   const [auto, off] = [await open(w8a8, 'auto'), await open(w8a8, 'off')];
   t.true(auto.batchInvariant, 'auto: a w8a8 graph on the CPU EP');
   t.regex(speculationCaveat(off.spec, { provider: 'cpu', batchInvariant: false }) ?? '', /w8a8 model .* --batch-invariant off/);

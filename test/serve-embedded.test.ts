@@ -83,6 +83,7 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     ['completions', { prompt: 'x', tools: [] }, /Unrecognized key: "tools"/, 'tools'],
     ['completions', { prompt: 'x', logit_bias: { '13': 100, '013': -100 } }, /without leading zeros/, 'logit_bias.013'],
     ['chat/completions', { prompt: 'x' }, /messages is required \(a chat request; \/v1\/completions takes a prompt\)/, 'messages'],
+    ['chat/completions', { messages: [{ role: 'user', content: 'x' }], max_completion_tokens: 100000 }, /plus max_completion_tokens \(100000\) exceeds the model's context/, 'max_completion_tokens'],
     ['chat/completions', { messages: [{ role: 'user', content: [{ type: 'text' }] }] }, /a text content part needs its text/, 'messages.0.content.0.text'],
   ];
   for (const [path, body, reason, param] of badBodies) {

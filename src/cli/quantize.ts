@@ -414,9 +414,9 @@ export function registerQuantize(program: Command): void {
     .option('--scheme <name>', "nbits: block-wise weight-only MatMulNBits; w8a8: int8 weights per output channel and int8 activations per token through ONNX Runtime's integer GEMM (8 bits only; faster verify and prompt passes on the CPU EP; docs/quantization.md)", parseScheme, 'nbits')
     .option('--block-size <n>', `weights per quantization block along K: ${BLOCK_SIZES.join(', ')} (default 32; nbits only)`, parseNumber('--block-size', { min: 16, integer: true }))
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 (default) lets the CPU compute in int8, 0 keeps activations in float (nbits only)", parseNumber('--accuracy-level', { min: 0, integer: true }))
-    .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer)')
+    .option('--symmetric', 'no zero points (default: asymmetric blocks, as onnxruntime\'s quantizer; nbits only)')
     .option('--quantize-head', 'quantize the LM head too (a tied head gets its own quantized copy of the table)')
-    .option('--quantize-embedding', "the embedding as GatherBlockQuantized: a tied one shares the head's quantized table under --quantize-head and the float table is dropped, an untied one gets its own")
+    .option('--quantize-embedding', "the embedding as GatherBlockQuantized: a tied one shares the head's quantized table under --quantize-head and the float table is dropped, an untied one gets its own (nbits only)")
     .option('--model-file <name>', 'the ONNX graph inside --model when the folder holds several')
     .option('--python <path>', 'the Python interpreter (default: $CASCADE_PYTHON, /usr/bin/python3, then python3)')
     .action((o: QuantizeOptions) => quantize(o));

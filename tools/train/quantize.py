@@ -291,6 +291,8 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     nodes = [n for n in nodes if not (len(n.output) == 1 and n.output[0] in dropped)]
     gathers = quantize_gathers(g, nodes, inits, count_readers(nodes, g.output), quantized_rows, bits, block_size, symmetric,
                                quantize_head, quantize_embedding, kept, fresh)
+    if scheme == "w8a8":  # its embeddings stay float: --quantize-embedding is an nbits option
+        kept[:] = [k.replace("; --quantize-embedding rewrites it", "; w8a8 keeps it in float") for k in kept]
     # initializers read before and by nothing now: a tied table once its head and its Gather are both
     # rewritten, a reduced head's row index
     still_read = {i for n in nodes for i in n.input} | {o.name for o in g.output}

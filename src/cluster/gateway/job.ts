@@ -64,7 +64,9 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
   // unset: the rest of the context, as vLLM (16 where the context is unknown)
   const maxTokens = body.max_completion_tokens ?? body.max_tokens ?? (model.maxPositions !== undefined ? Math.max(1, model.maxPositions - promptIds.length) : 16);
   if (model.maxPositions !== undefined && promptIds.length + maxTokens > model.maxPositions) {
-    throw new HttpError(400, `prompt (${promptIds.length} tokens) plus max_tokens (${maxTokens}) exceeds the model's context of ${model.maxPositions} tokens`, 'invalid_request_error', 'max_tokens');
+    // the field the client sent (vLLM's chat takes either)
+    const field = body.max_completion_tokens !== undefined ? 'max_completion_tokens' : 'max_tokens';
+    throw new HttpError(400, `prompt (${promptIds.length} tokens) plus ${field} (${maxTokens}) exceeds the model's context of ${model.maxPositions} tokens`, 'invalid_request_error', field);
   }
   const sampling = withProcessors(resolveSampling({ temperature: body.temperature, topP: body.top_p, topK: body.top_k }, model.generation, API_SAMPLING), {
     minP: body.min_p,
