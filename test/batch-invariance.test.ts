@@ -6,7 +6,7 @@ import { findPython } from '../src/cli/quantize.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
-import { graphOpTypes } from '../src/models/graph-ops.ts';
+import { graphOpTypes, graphQuantization } from '../src/models/graph-ops.ts';
 import { speculationCaveat } from '../src/models/config.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
@@ -216,6 +216,8 @@ withPython('batch invariance - the target\'s w8a8 copy (cascade quantize --schem
   const record = JSON.parse(readFileSync(join(w8a8, 'config.json'), 'utf8')).quantization;
   t.like(record, { method: 'w8a8', bits: 8, quantize_head: true, quantized_matmuls: 43 });
   t.true(record.kept_float.some((k: string) => /embedding; w8a8 keeps it in float/.test(k)), record.kept_float.join('; '));
+  // a graph whose config.json lost the record is still known by its MatMulIntegerToFloat nodes
+  t.deepEqual(graphQuantization(join(w8a8, 'model.onnx')), { bits: 8, accuracyLevel: 0, scheme: 'w8a8' });
   const [auto, off] = [await open(w8a8, 'auto'), await open(w8a8, 'off')];
   t.true(auto.batchInvariant, 'auto: a w8a8 graph on the CPU EP');
   t.regex(speculationCaveat(off.spec, { provider: 'cpu', batchInvariant: false }) ?? '', /w8a8 model .* --batch-invariant off/);

@@ -108,18 +108,24 @@ export function graphOpTypes(path: string): Set<string> {
 }
 
 /**
- * The weight-only quantization a graph holds, read from its MatMulNBits nodes (com.microsoft), as
- * onnxruntime-genai's model builder and others write them: the widest `bits` and the highest
- * `accuracy_level` among them (ONNX Runtime's defaults, 4 and 0, where an attribute is absent);
- * undefined for a graph without MatMulNBits.
+ * The quantization a graph holds, read from its nodes: from MatMulNBits (com.microsoft), as
+ * onnxruntime-genai's model builder and others write them, the widest `bits` and the highest
+ * `accuracy_level` among them (ONNX Runtime's defaults, 4 and 0, where an attribute is absent); with
+ * none, from MatMulIntegerToFloat over per-token int8 activations (`cascade quantize --scheme
+ * w8a8`), 8 bits, scheme w8a8, accuracy level 0 (no MatMulNBits); undefined for a graph with
+ * neither. (ONNX Runtime's own dynamic quantization scales a whole pass at once, which no padding
+ * makes batch-invariant: docs/quantization.md.)
  */
-export function graphQuantization(path: string): { readonly bits: number; readonly accuracyLevel: number } | undefined {
+export function graphQuantization(path: string): { readonly bits: number; readonly accuracyLevel: number; readonly scheme?: 'w8a8' } | undefined {
   let found: { bits: number; accuracyLevel: number } | undefined;
+  let integer = false;
   eachNode(path, (n) => {
+    if (n.opType === 'MatMulIntegerToFloat') integer = true;
     if (n.opType !== 'MatMulNBits') return;
     const bits = n.ints.get('bits') ?? 4;
     const accuracyLevel = n.ints.get('accuracy_level') ?? 0;
     found = { bits: Math.max(found?.bits ?? 0, bits), accuracyLevel: Math.max(found?.accuracyLevel ?? 0, accuracyLevel) };
   });
-  return found;
+  return found ?? (integer ? { bits: 8, accuracyLevel: 0, scheme: 'w8a8' } : undefined);
 }
+

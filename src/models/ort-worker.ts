@@ -109,6 +109,9 @@ function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
   );
 }
 
+/** ONNX Runtime session config entries of every session (`session.<key>`). */
+const SESSION_CONFIG = { x64quantprecision: '1' } as const;
+
 async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'host-buffer' | 'device'; batchInvariant: boolean }> {
   spec = s;
   prefixCache = options.prefixCache ?? true;
@@ -120,6 +123,9 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
     intraOpNumThreads: options.intraOpThreads ?? 1,
     interOpNumThreads: 1,
     graphOptimizationLevel: 'all',
+    // u8s8 integer GEMMs (a w8a8 graph's) without the 16-bit pair sums that saturate on x86 CPUs
+    // without VNNI: ONNX Runtime then runs them as u8u8 there (exact int32 sums); a no-op with VNNI
+    extra: { session: SESSION_CONFIG },
   };
   let provider = wanted.join(',');
   let warning: string | undefined;
@@ -154,7 +160,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
     const executionProviders = provider.split(',');
     await session.release();
     try {
-      session = await ort.InferenceSession.create(merged, { ...base, executionProviders, extra: { session: { model_external_initializers_file_folder_path: dirname(s.onnxPath) } } });
+      session = await ort.InferenceSession.create(merged, { ...base, executionProviders, extra: { session: { ...SESSION_CONFIG, model_external_initializers_file_folder_path: dirname(s.onnxPath) } } });
     } catch (err) {
       throw (
         missingExternalData(s, err as Error) ??

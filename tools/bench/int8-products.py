@@ -1,7 +1,8 @@
 """Single-op chains of the target's products for comparing ONNX Runtime's int8 kernels (docs/quantization.md,
 `--scheme w8a8`): 24 products alternating [512, 1408] and [1408, 512] weights (random, 17 MB at int8), written
 to DIR as nbits.onnx (MatMulNBits 8-bit, blocks of 32, accuracy_level 4), w8a8.onnx (int8 weights per column,
-int8 activations per row, MatMulIntegerToFloat, as tools/train/quantize.py --scheme w8a8 writes them) and
+int8 activations per row, MatMulIntegerToFloat, as tools/train/quantize.py --scheme w8a8 writes them but
+without its Max(., 1e-30) clamp of the row scale) and
 dqmm.onnx (DynamicQuantizeMatMul: one activation scale for the whole pass). Time them with
 tools/bench/int8-products.mjs DIR.
 

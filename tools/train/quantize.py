@@ -1,4 +1,4 @@
-"""Block-wise weight-only quantization of a model directory's graph into ONNX Runtime's MatMulNBits.
+"""Block-wise weight-only quantization of a model directory's graph into ONNX Runtime's MatMulNBits (or W8A8).
 
 What onnxruntime's `matmul_nbits_quantizer.py` (DefaultWeightOnlyQuantizer, QOperator format, RTN) and
 onnxruntime-genai's model builder write, in numpy: every MatMul whose right operand is a constant
@@ -42,8 +42,12 @@ frequent rows, as the EAGLE drafter's; it gets its own quantized copy of those r
   - MatMuls inside subgraphs (an Optimum merged decoder's If branches): refused, export without
     merging (`--no-post-process`) or use the decoder_with_past graph.
 
+--scheme w8a8 (8 bits) writes every such product instead as int8 weights per output channel and int8
+activations per token through MatMulIntegerToFloat (w8a8_product); the embedding stays float.
+
 Everything else in the directory is copied (reference logits stay the f32 model's); config.json gains
-"quantization": {"method": "MatMulNBits", "bits", "block_size", ...}, which the runner ignores.
+"quantization": {"method": "MatMulNBits", "bits", "block_size", ...} (or {"method": "w8a8", ...}),
+which the runner reads to decide batch invariance and warnings (src/models/config.ts).
 
 Needs numpy and onnx only (`apt-get install python3-onnx python3-numpy`).
 Usage: /usr/bin/python3 tools/train/quantize.py --model models/target --out /tmp/q8 --bits 8
@@ -218,7 +222,9 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
 
     done, kept, nodes, dropped = [], [], [], set()
     # w8a8: a float activation's name -> its per-token int8 form (shared by the products that read it)
-    activations: dict[str, tuple[str, str]] = {}
+    activations: dict[str, tuple[str, ...]] = {}
+    if scheme == "w8a8" and main_opset(model) < 13:
+        raise SystemExit(f"--scheme w8a8 needs a graph of opset 13 or later (this one is {main_opset(model)}): re-export it")
     # initializer T -> (B, scales, zero points names) of a product over W = T^T (a tied head's table)
     quantized_rows: dict[str, list[str]] = {}
     for node in g.node:
@@ -325,7 +331,7 @@ def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def w8a8_product(g: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, base: str, fresh,
-                 activations: dict[str, tuple[str, str]], opset: int) -> list[onnx.NodeProto]:
+                 activations: dict[str, tuple[str, ...]], opset: int) -> list[onnx.NodeProto]:
     """The nodes computing node's product A @ W with int8 weights and int8 activations (W8A8, dynamic
     per-token activation scales, as SmoothQuant's and vLLM's int8 "w8a8" schemes), through ONNX Runtime's
     integer GEMM (MLAS QGEMM, VNNI where the CPU has it):
@@ -339,31 +345,36 @@ def w8a8_product(g: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, base: 
     neighbours in a verify pass). The float ops around them still round a one-row pass and a verify
     pass apart by about 1e-5, which can move an activation across a rounding step, so the runner pads
     one-token passes of such a graph (batch invariance, docs/quantization.md). A's quantization is made once per tensor and shared by its readers
-    (q, k and v; gate and up)."""
+    (q, k and v; gate and up). `activations` maps an activation's name to its (int8 form, row scales),
+    and "" to the graph's shared constants. Needs opset 13 or later (QuantizeLinear's saturation, a
+    negative ReduceMax axis)."""
     made: list[onnx.NodeProto] = []
-    consts = {"w8a8_inv127": np.array(1 / 127, np.float32), "w8a8_one": np.array(1, np.float32),
-              "w8a8_zp": np.array(128, np.uint8), "w8a8_tiny": np.array(1e-30, np.float32), "w8a8_axes": np.array([-1], np.int64)}
-    have = {i.name for i in g.initializer}
-    for name, value in consts.items():
-        if name not in have:
-            g.initializer.append(onnx.numpy_helper.from_array(value, name))
+    if "" not in activations:  # the graph's shared constants, named once (fresh: no clash with its own tensors)
+        consts = {"inv127": np.array(1 / 127, np.float32), "one": np.array(1, np.float32),
+                  "zp": np.array(128, np.uint8), "tiny": np.array(1e-30, np.float32)}
+        if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+            consts["axes"] = np.array([-1], np.int64)
+        named = {k: fresh(f"w8a8_{k}") for k in consts}
+        g.initializer.extend(onnx.numpy_helper.from_array(v, named[k]) for k, v in consts.items())
+        activations[""] = (named["inv127"], named["one"], named["zp"], named["tiny"], named.get("axes", ""))
+    inv127, one, zp, tiny, axes = activations[""]
     a = node.input[0]
     if a not in activations:
         t = {k: fresh(f"{a}_w8a8_{k}") for k in ("abs", "max", "clamped", "scale", "scaled", "q")}
-        reduce = (helper.make_node("ReduceMax", [t["abs"], "w8a8_axes"], [t["max"]], keepdims=1) if opset >= 18
+        reduce = (helper.make_node("ReduceMax", [t["abs"], axes], [t["max"]], keepdims=1) if opset >= 18
                   else helper.make_node("ReduceMax", [t["abs"]], [t["max"]], axes=[-1], keepdims=1))
         made += [helper.make_node("Abs", [a], [t["abs"]]), reduce,
-                 helper.make_node("Max", [t["max"], "w8a8_tiny"], [t["clamped"]]),
-                 helper.make_node("Mul", [t["clamped"], "w8a8_inv127"], [t["scale"]]),
+                 helper.make_node("Max", [t["max"], tiny], [t["clamped"]]),
+                 helper.make_node("Mul", [t["clamped"], inv127], [t["scale"]]),
                  helper.make_node("Div", [a, t["scale"]], [t["scaled"]]),
-                 helper.make_node("QuantizeLinear", [t["scaled"], "w8a8_one", "w8a8_zp"], [t["q"]])]
+                 helper.make_node("QuantizeLinear", [t["scaled"], one, zp], [t["q"]])]
         activations[a] = (t["q"], t["scale"])
     q, scale = activations[a]
     wq, ws = quantize_columns(w)
     names = [fresh(f"{base}_W8"), fresh(f"{base}_w_scales")]
     g.initializer.extend([onnx.numpy_helper.from_array(wq, names[0]), onnx.numpy_helper.from_array(ws, names[1])])
     unscaled = fresh(f"{node.output[0]}_w8a8")
-    made += [helper.make_node("MatMulIntegerToFloat", [q, names[0], "w8a8_one", names[1], "w8a8_zp"], [unscaled],
+    made += [helper.make_node("MatMulIntegerToFloat", [q, names[0], one, names[1], zp], [unscaled],
                               name=f"{node.name}_W8A8" if node.name else "", domain=MS),
              helper.make_node("Mul", [unscaled, scale], list(node.output))]
     return made
@@ -471,6 +482,8 @@ def main() -> None:
         raise SystemExit(f"--scheme w8a8 is 8-bit: --bits {args.bits} is for --scheme nbits")
     if args.scheme == "w8a8" and args.quantize_embedding:
         raise SystemExit("--scheme w8a8 leaves the embedding in float: --quantize-embedding is for --scheme nbits")
+    if args.scheme == "w8a8" and args.symmetric:
+        raise SystemExit("--scheme w8a8 is always symmetric: --symmetric is for --scheme nbits")
     if args.block_size < 16 or args.block_size & (args.block_size - 1):
         raise SystemExit(f"--block-size {args.block_size}: MatMulNBits takes a power of 2, at least 16")
     src, out = Path(args.model), Path(args.out)
