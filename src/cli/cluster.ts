@@ -71,15 +71,31 @@ const oneApiKey = (raw: string): string => {
   return raw.trim();
 };
 
-/** Runs a role until SIGINT/SIGTERM, then stops it gracefully. Prints `ready: …` once serving. */
+/** A second signal this long after the first forces the exit; sooner, it is the same signal relayed twice (npx, timeout and a shell's process group each pass one on). */
+const FORCE_AFTER_MS = 2_000;
+
+/**
+ * Runs a role until SIGINT/SIGTERM, then stops it gracefully. Prints `ready: …` once serving. A
+ * signal during the stop is ignored within FORCE_AFTER_MS of the first, and later exits at once with
+ * status 130 (process.exit, so exit handlers still run).
+ */
 async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
   const role = await start();
   process.stdout.write(`ready: ${role.describe}\n`);
   await new Promise<void>((done) => {
+    let first: number | undefined;
     const stop = () => {
-      process.off('SIGINT', stop);
-      process.off('SIGTERM', stop);
-      void role.stop().finally(done);
+      if (first === undefined) {
+        first = Date.now();
+        void role.stop().finally(() => {
+          process.off('SIGINT', stop);
+          process.off('SIGTERM', stop);
+          done();
+        });
+      } else if (Date.now() - first >= FORCE_AFTER_MS) {
+        process.stderr.write('a second signal: exiting without waiting for the stop to finish\n');
+        process.exit(130);
+      }
     };
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
