@@ -87,6 +87,13 @@ function tablePath(family: Family, key: 'bigram' | 'trigram', name: string): str
   return path;
 }
 
+/** Refuses a table covering more tokens than the target's vocabulary (`vocabSize`, when known). */
+function checkCovered(key: 'bigram' | 'trigram', path: string, covered: number, vocabSize: number | undefined): void {
+  if (vocabSize !== undefined && covered > vocabSize) {
+    throw new ModelLoadError(`${key} table ${path} covers ${covered} tokens, more than the target's vocabulary of ${vocabSize}: it was built for another tokenizer; ${REBUILD(key)}`);
+  }
+}
+
 /** MaG's trigram table, when the family ships one. */
 function loadTrigram(family: Family, vocabSize: number | undefined): TrigramTable | undefined {
   if (!family.trigram) return undefined;
@@ -97,7 +104,7 @@ function loadTrigram(family: Family, vocabSize: number | undefined): TrigramTabl
   } catch (err) {
     throw err instanceof RangeError ? new ModelLoadError(`${err.message}: ${REBUILD('trigram')}`) : err;
   }
-  if (vocabSize !== undefined && table.vocabSize > vocabSize) throw new ModelLoadError(`trigram table ${path} covers ${table.vocabSize} tokens, more than the target's vocabulary of ${vocabSize}: it was built for another tokenizer; ${REBUILD('trigram')}`);
+  checkCovered('trigram', path, table.vocabSize, vocabSize);
   return table;
 }
 
@@ -108,7 +115,7 @@ function loadBigram(family: Family, vocabSize: number | undefined): Uint32Array 
   const buf = readFileSync(path);
   if (buf.byteLength % 4) throw new ModelLoadError(`bigram table ${path} is not a whole number of uint32 entries: ${REBUILD('bigram')}`);
   const table = new Uint32Array(buf.buffer.slice(buf.byteOffset, buf.byteOffset + buf.byteLength));
-  if (vocabSize !== undefined && table.length > vocabSize) throw new ModelLoadError(`bigram table ${path} covers ${table.length} tokens, more than the target's vocabulary of ${vocabSize}: it was built for another tokenizer; ${REBUILD('bigram')}`);
+  checkCovered('bigram', path, table.length, vocabSize);
   return table;
 }
 

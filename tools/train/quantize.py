@@ -263,25 +263,22 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
                 raise SystemExit(f"{label}: --scheme w8a8 needs float32 weights and activations (ONNX Runtime's "
                                  f"MatMulIntegerToFloat computes in float32 on the CPU); this graph's are {w.dtype}")
             nodes.extend(w8a8_product(g, node, w, base, fresh, activations, main_opset(model)))
-            dropped.update(t for t in chain[:own] if readers.get(t, 0) <= 1)
-            for t in chain[own:]:
-                if readers.get(t, 0) > 1:
-                    break
-                dropped.add(t)
-            done.append(label)
-            continue
-        b, scales, zps = quantize_weight(w, bits, block_size, symmetric)
-        names = [fresh(f"{base}_Q{bits}"), fresh(f"{base}_scales")]
-        new_inits = [onnx.numpy_helper.from_array(b, names[0]), onnx.numpy_helper.from_array(scales, names[1])]
-        if zps is not None:
-            names.append(fresh(f"{base}_zero_points"))
-            new_inits.append(onnx.numpy_helper.from_array(zps, names[2]))
-        g.initializer.extend(new_inits)
-        attrs = {"K": k, "N": n, "bits": bits, "block_size": block_size}
-        if accuracy_level:
-            attrs["accuracy_level"] = accuracy_level
-        nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
-                                      name=f"{node.name}_Q{bits}" if node.name else "", domain=MS, **attrs))
+        else:
+            b, scales, zps = quantize_weight(w, bits, block_size, symmetric)
+            names = [fresh(f"{base}_Q{bits}"), fresh(f"{base}_scales")]
+            new_inits = [onnx.numpy_helper.from_array(b, names[0]), onnx.numpy_helper.from_array(scales, names[1])]
+            if zps is not None:
+                names.append(fresh(f"{base}_zero_points"))
+                new_inits.append(onnx.numpy_helper.from_array(zps, names[2]))
+            g.initializer.extend(new_inits)
+            attrs = {"K": k, "N": n, "bits": bits, "block_size": block_size}
+            if accuracy_level:
+                attrs["accuracy_level"] = accuracy_level
+            nodes.append(helper.make_node("MatMulNBits", [node.input[0], *names], list(node.output),
+                                          name=f"{node.name}_Q{bits}" if node.name else "", domain=MS, **attrs))
+            # a tied head's quantized table, which the embedding's Gather may share (quantize_gathers)
+            if chain[-1] in inits and transposed(node):
+                quantized_rows[chain[-1]] = names
         # a tied head's table stays for the embedding's Gather (dropped below if that is quantized too);
         # past a Gather of rows, its source goes too up to the first tensor something else reads
         dropped.update(t for t in chain[:own] if readers.get(t, 0) <= 1)
@@ -289,8 +286,6 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
             if readers.get(t, 0) > 1:
                 break
             dropped.add(t)
-        if chain[-1] in inits and transposed(node):
-            quantized_rows[chain[-1]] = names
         done.append(label)
     # the weights' Identity / Transpose / Cast / Gather nodes, now read by nothing; the lookups are then
     # judged by who reads their tables after the rewrite
