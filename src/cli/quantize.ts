@@ -26,8 +26,8 @@ export class QuantizeToolError extends CascadeError {
 /**
  * How `cascade quantize` writes a product with a constant weight (docs/quantization.md):
  * - `nbits`: block-wise weight-only MatMulNBits, as onnxruntime-genai's model builder (8 or 4 bits);
- * - `w8a8`: int8 weights per output channel and int8 activations per token, dynamic (SmoothQuant's
- *   and vLLM's int8 W8A8 scheme without smoothing), through ONNX Runtime's integer GEMM
+ * - `w8a8`: int8 weights per output channel and int8 activations per token, dynamic (vLLM's int8
+ *   W8A8 scheme, without SmoothQuant's smoothing), through ONNX Runtime's integer GEMM
  *   (MatMulIntegerToFloat); each token's activations get their own scale, so its integer products do
  *   not depend on its pass's other rows (the graph still runs batch-invariant: docs/quantization.md).
  */
