@@ -328,7 +328,7 @@ def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def w8a8_product(g: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, base: str, fresh,
                  activations: dict[str, tuple[str, ...]], opset: int) -> list[onnx.NodeProto]:
     """The nodes computing node's product A @ W with int8 weights and int8 activations (W8A8, dynamic
-    per-token activation scales, as SmoothQuant's and vLLM's int8 "w8a8" schemes), through ONNX Runtime's
+    per-token activation scales, as vLLM's int8 W8A8 scheme, without SmoothQuant's smoothing), through ONNX Runtime's
     integer GEMM (MLAS QGEMM, VNNI where the CPU has it):
 
         s = max(max|A_row|, 1e-30) / 127                             per row of A (a token), [.., S, 1]
