@@ -172,6 +172,7 @@ test('maxgram - a trigram table file that is not one is refused, naming what is 
 
 test('maxgram - a family\'s trigram table that is missing or not one is a ModelLoadError naming the file and how to rebuild it', (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'trigram-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   writeFileSync(join(dir, 'family.json'), JSON.stringify({ target: 'target', drafters: [], bigram: 'bigram.bin', trigram: 'trigram.bin' }));
   writeFileSync(join(dir, 'bigram.bin'), new Uint8Array(Uint32Array.from(bigram).buffer));
   t.throws(() => loadMagTables(loadFamily(dir)), { instanceOf: ModelLoadError, message: /family\.json names trigram table .*trigram\.bin, which does not exist: rebuild the tables with python3 tools\/train\/bigram\.py .* or remove "trigram" from family\.json/ });
