@@ -14,6 +14,15 @@ export class CascadeError extends Error {
 /** Input that will never succeed as given: a bad flag, prompt, sampling parameter or config value. */
 export class InvalidArgumentError extends CascadeError {
   override readonly name = 'InvalidArgumentError';
+  /**
+   * The API's field of a request's `cascade` object that the error concerns (`k_matrix`, `lenience`,
+   * `mag_first`, `drafters`), where one does: the gateway answers it as OpenAI's `param`, `cascade.<field>`.
+   */
+  readonly field?: string;
+  constructor(message: string, options?: { cause?: unknown; field?: string }) {
+    super(message, options);
+    if (options?.field) this.field = options.field;
+  }
 }
 
 /** A model directory that is missing, incomplete or does not follow the ONNX contract (SPEC §3). */

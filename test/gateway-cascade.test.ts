@@ -85,7 +85,22 @@ test.serial(`gateway - a K entry above ${MAX_WANT} is refused with 400 naming th
     const r = await post('/v1/completions', { prompt: PROMPT, max_tokens: 2, cascade: drafters.length ? { drafters, k_matrix } : { k_matrix } });
     t.is(r.status, 400, JSON.stringify(k_matrix));
     t.regex(r.json?.error?.message ?? '', new RegExp(`at most ${MAX_WANT}`));
-    t.is(r.json?.error?.param, 'cascade');
+    t.is(r.json?.error?.param, 'cascade.k_matrix');
+  }
+});
+
+test.serial('gateway - a refused cascade names its field in param (k_matrix, mag_first, drafters)', async (t) => {
+  const cases: [object, string, RegExp][] = [
+    [{ drafters: ['mag'], k_matrix: [[2], [1]] }, 'cascade.k_matrix', /needs 1 rows for 1 drafters/],
+    [{ drafters: [family.drafters[0]!, 'mag'], k_matrix: [[4, 2], [0, 3]] }, 'cascade.k_matrix', /non-decreasing/],
+    [{ drafters: ['mag'], mag_first: 3 }, 'cascade.mag_first', /MaG first needs MaG last below at least one other drafter/],
+    [{ drafters: ['mag', family.drafters[0]!] }, 'cascade.drafters', /mag can only be the last drafter/],
+  ];
+  for (const [cascade, param, message] of cases) {
+    const r = await post('/v1/completions', { prompt: PROMPT, max_tokens: 2, cascade });
+    t.is(r.status, 400, JSON.stringify(cascade));
+    t.is(r.json?.error?.param, param, JSON.stringify(cascade));
+    t.regex(r.json?.error?.message ?? '', message);
   }
 });
 

@@ -78,7 +78,7 @@ test.serial('152k vocabulary - under rejection sampling a k_matrix whose sampled
   const refused = await ask({ temperature: 1, cascade: { mode: 'sd', k_matrix: [[30]], verification: 'rejection' } });
   t.is(refused.status, 400);
   const { error } = (await refused.json()) as { error: { message: string; param: string } };
-  t.is(error.param, 'cascade');
+  t.is(error.param, 'cascade.k_matrix');
   t.regex(error.message, /drafts up to 30 tokens a round.*over the 16384 bytes.*32768-byte payload limit.*K entries of at most 7/);
   // drafter-invariant verification sends drafts as token ids only: the tight server serves the same K
   const served = await ask({ temperature: 1, seed: 3, cascade: { mode: 'sd', k_matrix: [[30]], verification: 'invariant' } });

@@ -64,7 +64,7 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     return { status: r.status, error: ((await r.json()) as { error?: { message: string; param: string } }).error };
   };
   const refusals: [object, RegExp, string][] = [
-    [{ drafters: ['mag', family.eagle] }, /a feature drafter \(EAGLE\) can only be the first drafter/, 'cascade'],
+    [{ drafters: ['mag', family.eagle] }, /a feature drafter \(EAGLE\) can only be the first drafter/, 'cascade.drafters'],
     [{ drafters: [family.drafters[1], family.drafters[1]] }, new RegExp(`drafter "${family.drafters[1]}" is named twice`), 'cascade.drafters'],
     [{ drafters: [] }, /the drafters list is empty: for target-only decoding use mode ar/, 'cascade.drafters'],
     [{ mode: 'ar', drafters: ['mag'] }, /mode ar is target-only decoding, with no drafters: leave out the drafters \(mag\)/, 'cascade.drafters'],

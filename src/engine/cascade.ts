@@ -121,40 +121,40 @@ export interface CascadeResult {
 export function checkCascade(config: CascadeConfig): void {
   const n = config.drafters.length;
   // the feature drafter's place first: in [mag, eagle] it is the one to move (then MaG is last)
-  if (config.drafters.some((d, i) => d.kind === 'eagle' && i !== 0)) throw new InvalidArgumentError('a feature drafter (EAGLE) can only be the first drafter: it reads the features of the target right above it');
+  if (config.drafters.some((d, i) => d.kind === 'eagle' && i !== 0)) throw new InvalidArgumentError('a feature drafter (EAGLE) can only be the first drafter: it reads the features of the target right above it', { field: 'drafters' });
   config.drafters.forEach((d, i) => {
-    if (d.kind === 'mag' && i !== n - 1) throw new InvalidArgumentError('mag can only be the last drafter of a cascade');
-    if (d.kind === 'eagle' && (config.drafting ?? DEFAULT_DRAFTING) === 'async') throw new InvalidArgumentError('a feature drafter (EAGLE) drafts in rounds after each review (it reads the features the review computed): not with async drafting');
+    if (d.kind === 'mag' && i !== n - 1) throw new InvalidArgumentError('mag can only be the last drafter of a cascade', { field: 'drafters' });
+    if (d.kind === 'eagle' && (config.drafting ?? DEFAULT_DRAFTING) === 'async') throw new InvalidArgumentError('a feature drafter (EAGLE) drafts in rounds after each review (it reads the features the review computed): not with async drafting', { field: 'drafters' });
     if (d.kind === 'eagle' && config.kMatrix !== 'auto' && config.kMatrix[1]?.some((k) => k !== 0)) {
-      throw new InvalidArgumentError(`a feature drafter only proposes, it cannot review a block: its row of the K matrix (row 1) must be zeros, got ${JSON.stringify(config.kMatrix[1])}`);
+      throw new InvalidArgumentError(`a feature drafter only proposes, it cannot review a block: its row of the K matrix (row 1) must be zeros, got ${JSON.stringify(config.kMatrix[1])}`, { field: 'k_matrix' });
     }
     if (d.kind === 'model' && d.kv) {
       checkKvPolicy(d.kv);
       if (d.kv.policy !== 'full') checkBudget(d.kv.budget);
     }
   });
-  if (!(config.lenience >= 1)) throw new InvalidArgumentError(`lenience must be >= 1, got ${config.lenience}`);
+  if (!(config.lenience >= 1)) throw new InvalidArgumentError(`lenience must be >= 1, got ${config.lenience}`, { field: 'lenience' });
   if (config.magFirst !== undefined) {
-    if (!Number.isInteger(config.magFirst) || config.magFirst < 1) throw new InvalidArgumentError(`MaG first's minimum match length must be an integer >= 1, got ${config.magFirst}`);
+    if (!Number.isInteger(config.magFirst) || config.magFirst < 1) throw new InvalidArgumentError(`MaG first's minimum match length must be an integer >= 1, got ${config.magFirst}`, { field: 'mag_first' });
     const last = config.drafters.at(-1);
-    if (n < 2 || last?.kind !== 'mag') throw new InvalidArgumentError(`MaG first needs MaG last below at least one other drafter (it decides which of them drafts a round); this cascade has ${n === 0 ? 'no drafters (target-only decoding)' : last?.kind === 'mag' ? 'only MaG' : 'no MaG'}`);
-    if (last.occurrence === 'recent' && config.magFirst > RECENT_MATCH_LIMIT) throw new InvalidArgumentError(`MaG's recent variant matches at most ${RECENT_MATCH_LIMIT} tokens: MaG first from ${config.magFirst} would never fire`);
-    if ((config.drafting ?? DEFAULT_DRAFTING) !== 'serial') throw new InvalidArgumentError('MaG first chooses the drafter of each serial round: not with async drafting');
+    if (n < 2 || last?.kind !== 'mag') throw new InvalidArgumentError(`MaG first needs MaG last below at least one other drafter (it decides which of them drafts a round); this cascade has ${n === 0 ? 'no drafters (target-only decoding)' : last?.kind === 'mag' ? 'only MaG' : 'no MaG'}`, { field: 'mag_first' });
+    if (last.occurrence === 'recent' && config.magFirst > RECENT_MATCH_LIMIT) throw new InvalidArgumentError(`MaG's recent variant matches at most ${RECENT_MATCH_LIMIT} tokens: MaG first from ${config.magFirst} would never fire`, { field: 'mag_first' });
+    if ((config.drafting ?? DEFAULT_DRAFTING) !== 'serial') throw new InvalidArgumentError('MaG first chooses the drafter of each serial round: not with async drafting', { field: 'mag_first' });
   }
   if (config.kMatrix === 'auto') return;
-  if (n === 0 && config.kMatrix.length > 0) throw new InvalidArgumentError('target-only decoding (mode ar, no drafters) takes no K matrix: it drafts nothing');
-  if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} rows for ${n} drafters, got ${config.kMatrix.length}`);
+  if (n === 0 && config.kMatrix.length > 0) throw new InvalidArgumentError('target-only decoding (mode ar, no drafters) takes no K matrix: it drafts nothing', { field: 'k_matrix' });
+  if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} rows for ${n} drafters, got ${config.kMatrix.length}`, { field: 'k_matrix' });
   config.kMatrix.forEach((row, r) => {
-    if (row.length !== n) throw new InvalidArgumentError(`K matrix row ${r} needs ${n} entries (use 0 below the diagonal), got ${row.length}`);
+    if (row.length !== n) throw new InvalidArgumentError(`K matrix row ${r} needs ${n} entries (use 0 below the diagonal), got ${row.length}`, { field: 'k_matrix' });
     let prev = 0;
     for (let c = r; c < n; c++) {
       const k = row[c]!;
       if (!Number.isInteger(k) || k < prev) {
-        throw new InvalidArgumentError(`K matrix row ${r} must be non-decreasing integers from the diagonal (cumulative), got ${JSON.stringify(row)}`);
+        throw new InvalidArgumentError(`K matrix row ${r} must be non-decreasing integers from the diagonal (cumulative), got ${JSON.stringify(row)}`, { field: 'k_matrix' });
       }
       prev = k;
     }
-    if (r === 0 && row[n - 1]! < 1) throw new InvalidArgumentError('K matrix row 0 (the target\'s) drafts nothing: its last entry must be >= 1');
+    if (r === 0 && row[n - 1]! < 1) throw new InvalidArgumentError('K matrix row 0 (the target\'s) drafts nothing: its last entry must be >= 1', { field: 'k_matrix' });
   });
 }
 

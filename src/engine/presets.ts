@@ -18,7 +18,7 @@ export function checkKBound(kMatrix: KSchedule, where: string): void {
   if (kMatrix === 'auto') return;
   kMatrix.forEach((row, r) =>
     row.forEach((k, c) => {
-      if (k > MAX_K) throw new InvalidArgumentError(`${where}[${r}][${c}] is ${k}: ${K_BOUND}`);
+      if (k > MAX_K) throw new InvalidArgumentError(`${where}[${r}][${c}] is ${k}: ${K_BOUND}`, { field: 'k_matrix' });
     }),
   );
 }

@@ -33,6 +33,7 @@ export function checkVocabularySizes(target: Pick<ModelSpec, 'name' | 'vocabSize
       throw new InvalidArgumentError(
         `drafter ${d.name} has a vocabulary of ${d.vocabSize}, wider than the ${above.vocabSize} of ${above.name} above it: it could draft ids ${above.name} cannot read. ` +
           `A draft model's vocab_size must be at most its reviewer's (models sharing a tokenizer may pad it differently, the smaller drafting for the larger)`,
+        { field: 'drafters' },
       );
     }
     above = d.vocabSize < above.vocabSize ? d : above;

@@ -32,7 +32,7 @@ export function embeddedBackend(models: EmbeddedModels, options: { readonly time
     if (kind === 'mag') return { kind, tables: models.magTables };
     if (kind === 'eagle') return { kind, session: models.eagle!.session };
     const session = models.drafters.get(name);
-    if (!session) throw new HttpError(400, `drafter "${name}" is not served here (this gateway serves ${[...models.drafters.keys(), ...(models.eagle ? [models.eagle.name] : []), 'mag'].join(', ')})`, 'invalid_request_error', 'cascade');
+    if (!session) throw new HttpError(400, `drafter "${name}" is not served here (this gateway serves ${[...models.drafters.keys(), ...(models.eagle ? [models.eagle.name] : []), 'mag'].join(', ')})`, 'invalid_request_error', 'cascade.drafters');
     return { kind: 'model', session };
   };
   return {

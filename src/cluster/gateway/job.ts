@@ -36,6 +36,7 @@ export function checkRowBudget(kMatrix: KSchedule, sampling: SamplingParams, voc
       `cascade.k_matrix drafts up to ${drafts} tokens a round, whose distributions (${entries} entries each over a vocabulary of ${vocabSize}) take ${bytes} bytes: ` +
         `over the ${budget} bytes a message may give them (half the transport's ${maxPayload}-byte payload limit). ` +
         (fits > 0 ? `Use K entries of at most ${fits}, or raise NATS's max_payload` : `Not one sampled draft fits: raise NATS's max_payload`),
+      { field: 'k_matrix' },
     );
   }
 }
@@ -80,7 +81,7 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
   const verification = body.cascade?.verification ?? options.defaultVerification ?? DEFAULT_VERIFICATION;
   const drafting = body.cascade?.drafting ?? options.defaultDrafting ?? DEFAULT_DRAFTING;
   if (!(options.draftings ?? ['serial']).includes(drafting)) {
-    throw new HttpError(400, `drafting "${drafting}" is not served here (it serves ${(options.draftings ?? ['serial']).join(', ')})`, 'invalid_request_error', 'cascade');
+    throw new HttpError(400, `drafting "${drafting}" is not served here (it serves ${(options.draftings ?? ['serial']).join(', ')})`, 'invalid_request_error', 'cascade.drafting');
   }
   let plan;
   try {
@@ -106,7 +107,8 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     // (a feature drafter drafts over the target's own vocabulary through its draft_vocab map)
     if (sizes) checkVocabularySizes({ name: model.target, vocabSize: sizes[model.target]! }, neural.filter((d) => kind(d) === 'model').map((name) => ({ name, vocabSize: sizes[name]! })));
   } catch (err) {
-    throw new HttpError(400, (err as Error).message, 'invalid_request_error', 'cascade');
+    const field = err instanceof InvalidArgumentError ? err.field : undefined;
+    throw new HttpError(400, (err as Error).message, 'invalid_request_error', field ? `cascade.${field}` : 'cascade');
   }
   const logprobs = 'messages' in input ? ((body as ChatBody).logprobs ? ((body as ChatBody).top_logprobs ?? 0) : undefined) : (body as CompletionBody).logprobs;
   return {
