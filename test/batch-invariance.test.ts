@@ -6,7 +6,7 @@ import { findPython } from '../src/cli/quantize.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
-import { graphOpTypes, graphQuantization } from '../src/models/graph-ops.ts';
+import { graphMetadata, graphOpTypes, graphQuantization, PADDED_ATTENTION } from '../src/models/graph-ops.ts';
 import { speculationCaveat } from '../src/models/config.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
@@ -241,5 +241,43 @@ withPython('batch invariance - the target\'s w8a8 copy (cascade quantize --schem
   ] as const) {
     const r = await fails(['quantize', '--model', dirOf('target'), '--out', join(tmp, 'refused'), ...args]);
     t.regex(r.stderr, why);
+  }
+});
+
+withPython('batch invariance - a fused w8a8 copy pads its own attention (one zero row at each GroupQueryAttention): no pass is padded by the runner, decode steps equal a verify pass bit for bit with the KV in a host buffer and on the host (its extra present row dropped), auto or off, alone or batched; greedy and seeded sampled csd give its target-only tokens', async (t) => {
+  const out = join(tmp, 'fused-w8a8');
+  await cascade('quantize', '--model', FUSED_L2.dir, '--out', out, '--bits', '8', '--scheme', 'w8a8', '--quantize-head');
+  t.is(graphMetadata(join(out, 'model.onnx')).get(PADDED_ATTENTION), '1');
+  t.like(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization, { method: 'w8a8', padded_attention: true });
+  const source = { dir: out, tokenizer: FUSED_L2.tokenizer };
+  const opened: Record<string, OrtModelSession> = {};
+  for (const [name, batchInvariant, kvLocation] of [['auto', 'auto', 'auto'], ['off', 'off', 'auto'], ['host', 'auto', 'host']] as const) {
+    opened[name] = await OrtModelSession.open(source, { batchInvariant, kvLocation, prefixCache: false });
+    sessions.push(opened[name]);
+    t.true(opened[name].batchInvariant, `${name}: invariant by its graph`);
+  }
+  t.is(opened.host!.kvLocation, 'host');
+  t.is(speculationCaveat(opened.off!.spec, { provider: 'cpu', batchInvariant: opened.off!.batchInvariant }), undefined);
+  const decode = (s: OrtModelSession) => (seqId: string, token: number) => s.forward({ seqId, inputIds: [token] }, 'last');
+  for (const [name, s] of Object.entries(opened)) t.is(await oneAtATime(s, prompt(40), `fused-w8a8-${name}`, decode(s)), 0, name);
+  // the same logits wherever the KV lives, and in a batch of two sequences as alone
+  const [a, b] = [opened.auto!, opened.host!];
+  for (const s of [a, b]) await s.forwardBatch([{ seqId: 'x', inputIds: prompt(20, 1) }, { seqId: 'y', inputIds: prompt(33, 2) }], 'last');
+  const steps = [[300, 301], [17, 18], [900, 5]];
+  for (const [i, [x, y]] of steps.entries()) {
+    const [bx, by] = await a.forwardBatch([{ seqId: 'x', inputIds: [x!] }, { seqId: 'y', inputIds: [y!] }], 'last');
+    const [hx, hy] = await b.forwardBatch([{ seqId: 'x', inputIds: [x!] }, { seqId: 'y', inputIds: [y!] }], 'last');
+    t.is(maxAbsDiff(bx!, hx!), 0, `step ${i}, x: host buffer against host`);
+    t.is(maxAbsDiff(by!, hy!), 0, `step ${i}, y: host buffer against host`);
+  }
+  const drafter = await open(dirOf('draft-l1'), 'off');
+  for (const [name, s] of Object.entries(opened)) {
+    for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
+      const req = { promptIds: prompt(30, 5), maxTokens: 40, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
+      const want = (await generateAutoregressive(s, req)).tokenIds;
+      const csd = await generateCascade(s, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
+      t.deepEqual(csd.tokenIds, want, `${name}, temperature ${sampling.temperature}`);
+      t.true(csd.stats.acceptedTokens > 0);
+    }
   }
 });

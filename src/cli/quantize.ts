@@ -248,11 +248,12 @@ export interface CopyOptions {
 /**
  * The revision of each tool's output: bumped when a tool writes a different graph for the same input
  * (fuse.py 2: the num_logits_to_keep input; quantize.py 2: a reduced-vocabulary head over a Gather of
- * rows is quantized under --quantize-head), so that a cached copy of an older revision is not reused.
+ * rows is quantized under --quantize-head; 3: a fused w8a8 graph pads its own attention,
+ * pad_attention_rows), so that a cached copy of an older revision is not reused.
  * A number, not a hash of the tool's source: a cache hit must not need tools/train (a container image
  * ships without it and mounts a cache made elsewhere).
  */
-const TOOL_REVISION: Record<TrainTool, number> = { 'quantize.py': 2, 'fuse.py': 2 };
+const TOOL_REVISION: Record<TrainTool, number> = { 'quantize.py': 3, 'fuse.py': 2 };
 
 /**
  * A copy of a model folder made once by tools/train/<tool> under `cacheDir` as

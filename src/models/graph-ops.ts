@@ -3,7 +3,8 @@
  * needs to know whether a graph computes attention with ONNX Runtime's fused GroupQueryAttention,
  * whose contract differs from the unfused graph's (docs/gpu.md, "Graph forms"). Field numbers are
  * onnx.proto3's: ModelProto.graph = 7; GraphProto.node = 1; NodeProto.op_type = 4, attribute = 5;
- * AttributeProto.g = 6, graphs = 11 (the branches of If and Loop are searched too).
+ * AttributeProto.g = 6, graphs = 11 (the branches of If and Loop are searched too); ModelProto.metadata_props
+ * = 14, StringStringEntryProto.key = 1, value = 2.
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 
@@ -99,6 +100,43 @@ function eachNode(path: string, visit: (node: NodeInfo) => void): void {
     closeSync(fd);
   }
 }
+
+/** The ONNX file's metadata_props (ModelProto), key to value; the graph is skipped, not read. */
+export function graphMetadata(path: string): Map<string, string> {
+  const props = new Map<string, string>();
+  const text = new TextDecoder();
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const read: Read = (at, length) => {
+      const buf = new Uint8Array(length);
+      readSync(fd, buf, 0, length, at);
+      return buf;
+    };
+    for (const f of fields(read, 0, size)) {
+      if (f.no !== 14 || !f.delimited) continue;
+      const entry = read(f.start, f.end - f.start);
+      let key = '';
+      let value = '';
+      for (const e of fields((at, length) => entry.subarray(at, at + length), 0, entry.length)) {
+        if (e.no === 1 && e.delimited) key = text.decode(entry.subarray(e.start, e.end));
+        if (e.no === 2 && e.delimited) value = text.decode(entry.subarray(e.start, e.end));
+      }
+      props.set(key, value);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return props;
+}
+
+/**
+ * The metadata key `cascade quantize --scheme w8a8` sets on a graph whose GroupQueryAttention nodes
+ * take one zero row more than the pass's tokens (tools/train/quantize.py, pad_attention_rows): their
+ * attention never runs over one query row, so a one-token pass needs no padding of its own to match a
+ * verify pass, and every present holds one row past the pass's tokens.
+ */
+export const PADDED_ATTENTION = 'cascade.padded_attention';
 
 /** Every node's op type in the ONNX file at `path` (its graph and subgraphs). */
 export function graphOpTypes(path: string): Set<string> {

@@ -14,7 +14,7 @@ import { drawToken, PositionNoise } from '../kernels/noise.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostBufferKv, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import { ELEM, presentRowsFragment } from './onnx-proto.ts';
-import { graphOpTypes } from './graph-ops.ts';
+import { graphMetadata, graphOpTypes, PADDED_ATTENTION } from './graph-ops.ts';
 import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { WorkerReply, WorkerRequest } from './protocol.ts';
@@ -62,6 +62,12 @@ let kvDtype: KvDtype = 'float32';
  * its one-row kernels, which round differently from the several-row ones a verify pass takes.
  */
 let padSingleRows = false;
+/**
+ * Whether the graph's GroupQueryAttention takes one zero row more than each pass's tokens
+ * (PADDED_ATTENTION, `cascade quantize --scheme w8a8`): a one-token pass is then batch-invariant
+ * without padSingleRows, and a host present holds that row too, which forwardPiece drops.
+ */
+let paddedAttention = false;
 /** Where the sequences' KV lives, and the cache operations there (kv-placement.ts). */
 let kv: KvPlacement;
 const sequences = new Map<string, Sequence>();
@@ -160,7 +166,8 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   checkContract(session, s);
   kvDtype = graphDtype(session, s);
   seqlensFromMask = graphOpTypes(s.onnxPath).has('GroupQueryAttention');
-  padSingleRows = resolveBatchInvariance(options.batchInvariant ?? 'auto', s, provider, kvDtype === 'float16' && logitsType(session) === 'float32');
+  paddedAttention = seqlensFromMask && graphMetadata(s.onnxPath).get(PADDED_ATTENTION) === '1';
+  padSingleRows = !paddedAttention && resolveBatchInvariance(options.batchInvariant ?? 'auto', s, provider, kvDtype === 'float16' && logitsType(session) === 'float32');
   const location = kvLocation(options.kvLocation ?? 'auto', provider, s);
   if (location === 'host-buffer') {
     // the same graph with outputs of only each pass's new rows (onnx-proto.ts), loaded from memory;
@@ -199,7 +206,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   features = graphFeatures(session, s);
   plainFetches = session.outputNames.filter((n) => n !== features?.output);
   rowFetches = location === 'host-buffer' ? ['logits', ...presentRowNames(s.layers)] : undefined;
-  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, batchInvariant: padSingleRows, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
+  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, batchInvariant: padSingleRows || paddedAttention, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
 }
 
 /**
@@ -214,7 +221,9 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
  * A w8a8 graph (`cascade quantize --scheme w8a8`) is padded too: its integer products are exact
  * whatever the pass, but the float attention's 1e-5 between one row and several moves an activation
  * across an int8 rounding boundary now and then, a step of 1/127 of its row's largest value (greedy
- * csd over the unpadded fused target left its target-only tokens on 2 of 8 prompts).
+ * csd over the unpadded fused target left its target-only tokens on 2 of 8 prompts). A fused w8a8
+ * graph that pads its own attention (paddedAttention, set by load before this is asked) needs none of
+ * it: its one-token passes run one row through the products and two through the attention.
  */
 function resolveBatchInvariance(asked: BatchInvariance, s: ModelSpec, provider: string, halfCache: boolean): boolean {
   if (asked !== 'auto') return asked === 'on';
@@ -481,6 +490,9 @@ async function forwardPiece(item: ForwardItem, want: number, attention: boolean)
     const old = seq.past;
     seq.past = presents(out);
     kv.free(old);
+    // a padded-attention graph's presents hold its zero row after the pass's tokens (paddedAttention)
+    const held = seq.past[0]!.dims[2]!;
+    if (held > seq.length + fed) seq.past = await kv.truncate(seq.past, held, seq.length + fed);
   }
   // the copy's KV row goes (in a host buffer it stays beyond the length, overwritten by the next pass)
   if (pad) seq.past = await kv.truncate(seq.past, seq.length + fed, seq.length + s);
@@ -544,7 +556,8 @@ const int64Scalar = (value: number) => new ort.Tensor('int64', BigInt64Array.of(
  * left-padded past shifts the keys, and the attention's sums then round differently (up to 1e-1 in
  * a level-4 graph's logits once its int8 activations amplify it, unless the shift is a multiple of 4
  * on this CPU), and a fused graph's one-token sequences run one by one (GroupQueryAttention takes no
- * batch of two-token sequences over a past: "batch_size must be 1"). A failure then leaves every
+ * batch of two-token sequences over a past: "batch_size must be 1"), as do a padded-attention graph's
+ * sequences, whose every pass is at least two rows there (paddedAttention). A failure then leaves every
  * sequence as it was: those that had run are rolled back.
  */
 async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Promise<Float32Array[]> {
@@ -554,9 +567,10 @@ async function forwardBatch(items: readonly ForwardItem[], rows: LogitsRows): Pr
       `${spec!.onnxPath} has no position_ids input, so a pass of several sequences (left-padded pasts) would give them wrong positions: run it one sequence per pass (--max-batch 1) or export it with position_ids`,
     );
   }
-  if (!padSingleRows) return forwardStacked(items, rows);
+  if (!padSingleRows && !paddedAttention) return forwardStacked(items, rows);
   const lengths = items.map((it) => sequence(it.seqId).length);
-  const alone = seqlensFromMask && items.every((it) => it.inputIds.length === 1);
+  // (a padded-attention graph's every pass has two rows or more at its GroupQueryAttention)
+  const alone = seqlensFromMask && (paddedAttention || items.every((it) => it.inputIds.length === 1));
   const groups = new Map<number, number[]>();
   items.forEach((_, i) => {
     const key = alone ? -1 - i : lengths[i]!;

@@ -309,6 +309,8 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     g.input.extend(inputs)
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
+    if scheme == "w8a8" and pad_attention_rows(g, fresh):
+        helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, PADDED_ATTENTION: "1"})
     return done, gathers, kept
 
 
@@ -323,6 +325,71 @@ def quantize_columns(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale = np.abs(w).max(axis=0).astype(np.float32) / 127
     scale = np.where(scale == 0, 1, scale).astype(np.float32)
     return np.clip(np.round(w / scale), -127, 127).astype(np.int8), scale
+
+
+PADDED_ATTENTION = "cascade.padded_attention"
+"""The graph's metadata key (ModelProto.metadata_props) that pad_attention_rows sets; the runner reads it."""
+
+
+def pad_attention_rows(g: onnx.GraphProto, fresh) -> int:
+    """Feeds every GroupQueryAttention one row more than the pass's tokens, so that its attention never
+    runs over a single query row; returns how many it rewrote (0, graph unchanged, where any is not
+    one this can pad).
+
+    Why: ONNX Runtime's CPU GroupQueryAttention multiplies through MLAS's SGEMM, which takes its own
+    kernel for one row (M = 1, alpha 1: the probabilities by V), so a decode step's attention and a
+    verify pass's round apart (about 1e-5), and a per-token int8 activation can then land on another
+    rounding step. A w8a8 graph's products are exact integer sums whatever the rows, so the attention
+    is all that needs the second row: the runner's padding (a copy of the token through the whole
+    graph) did that at the cost of every product's second row too.
+
+    How, per node (inputs query, key, value [batch, seq, hidden], past_key, past_value, seqlens_k,
+    total_sequence_length): query, key and value each get one zero row at the end of the sequence
+    axis (Pad), seqlens_k and total_sequence_length one more (Add 1, once per tensor), and the output's
+    last row is dropped (Slice). The zero row comes after every real one, so under the causal mask no
+    real row attends to it; its present row sits after the pass's rows, past the attention mask's
+    width, where the runner drops it (a host past) or never reads it (a host buffer's present_rows
+    take the mask's last rows). A packed query (key and value empty) gets the one Pad. Left as they
+    are: a node with do_rotary (its rotation would need the padded positions) or fewer than 7 inputs.
+    """
+    nodes = list(g.node)
+    attention = [n for n in nodes if n.op_type == "GroupQueryAttention"]
+    attrs = lambda n: {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    if not attention or any(len(n.input) < 7 or attrs(n).get("do_rotary", 0) for n in attention):
+        return 0
+    consts = {k: fresh(f"pad_rows_{k}") for k in ("pads", "zero", "minus1", "axis1", "one")}
+    g.initializer.extend([
+        onnx.numpy_helper.from_array(np.array([0, 0, 0, 0, 1, 0], np.int64), consts["pads"]),  # 3-D: one row at the end of axis 1
+        onnx.numpy_helper.from_array(np.array([0], np.int64), consts["zero"]),
+        onnx.numpy_helper.from_array(np.array([-1], np.int64), consts["minus1"]),
+        onnx.numpy_helper.from_array(np.array([1], np.int64), consts["axis1"]),
+        onnx.numpy_helper.from_array(np.array(1, np.int32), consts["one"]),
+    ])
+    plus_one: dict[str, str] = {}
+    out: list[onnx.NodeProto] = []
+    for n in nodes:
+        if n.op_type != "GroupQueryAttention":
+            out.append(n)
+            continue
+        base = n.name or n.output[0]
+        for i in (0, 1, 2):
+            if not n.input[i]:  # packed q|k|v: key and value empty
+                continue
+            padded = fresh(f"{n.input[i]}_pad_rows")
+            out.append(helper.make_node("Pad", [n.input[i], consts["pads"]], [padded], name=f"{base}/pad_rows/Pad_{i}", mode="constant"))
+            n.input[i] = padded
+        for i in (5, 6):
+            if n.input[i] not in plus_one:
+                plus_one[n.input[i]] = fresh(f"{n.input[i]}_pad_rows")
+                out.append(helper.make_node("Add", [n.input[i], consts["one"]], [plus_one[n.input[i]]], name=f"{base}/pad_rows/Add_{i}"))
+            n.input[i] = plus_one[n.input[i]]
+        rows = n.output[0]
+        n.output[0] = fresh(f"{rows}_pad_rows")
+        out.append(n)
+        out.append(helper.make_node("Slice", [n.output[0], consts["zero"], consts["minus1"], consts["axis1"]], [rows], name=f"{base}/pad_rows/Slice"))
+    del g.node[:]
+    g.node.extend(out)
+    return len(attention)
 
 
 def w8a8_product(g: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, base: str, fresh,
@@ -501,6 +568,8 @@ def main() -> None:
         raise SystemExit(f"{graph_path}: no MatMul with a constant 2-D weight to quantize (kept: {'; '.join(kept) or 'none'})")
     how = ("int8 weights by output channel, int8 activations by token (w8a8)" if args.scheme == "w8a8"
            else f"{args.bits} bits, blocks of {args.block_size}{', symmetric' if args.symmetric else ''}")
+    if any(p.key == PADDED_ATTENTION for p in model.metadata_props):
+        how += "; GroupQueryAttention padded by one row (one-token passes need no padding: pad_attention_rows)"
     log(f"quantized {len(done)} MatMul/Gemm products to {how}; embeddings: {'; '.join(gathers) or 'none'}; "
         f"kept in float: {'; '.join(kept) or 'nothing'}")
 
@@ -532,7 +601,8 @@ def main() -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(f, dest)
     cfg["quantization"] = ({"method": "w8a8", "bits": 8, "weights": "int8 per output channel, symmetric",
-                            "activations": "int8 per token, dynamic, symmetric", "quantize_head": args.quantize_head}
+                            "activations": "int8 per token, dynamic, symmetric", "quantize_head": args.quantize_head,
+                            "padded_attention": any(p.key == PADDED_ATTENTION for p in model.metadata_props)}
                            if args.scheme == "w8a8" else {
         "method": "MatMulNBits", "bits": args.bits, "block_size": args.block_size,
         "symmetric": args.symmetric, "accuracy_level": args.accuracy_level, "quantize_head": args.quantize_head,
