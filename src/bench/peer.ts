@@ -100,8 +100,10 @@ export interface PeerRow {
   sameAsPlain: number;
   /** This project: mean tokens per target pass; llama.cpp: draft tokens validated / (validated + refuted). */
   readonly acceptance?: number;
-  /** This project: whether the target's one-token passes ran as two rows (SessionOptions.batchInvariant, resolved). */
+  /** This project: whether the target was batch-invariant (SessionOptions.batchInvariant, resolved): its one-token passes ran as two rows, or its graph pads its attention. */
   readonly batchInvariant?: boolean;
+  /** This project: whether the target's graph pads its own attention by a row (graph-ops.ts PADDED_ATTENTION), so the runner padded no pass. */
+  readonly paddedAttention?: boolean;
 }
 
 interface Run {
@@ -120,8 +122,9 @@ interface Side {
   readonly weights: PeerWeights;
   readonly format: string;
   readonly method: string;
-  /** This project: the target's batch invariance, resolved. */
+  /** This project: the target's batch invariance, resolved, and whether its graph pads its own attention. */
   readonly batchInvariant?: boolean;
+  readonly paddedAttention?: boolean;
   generate(promptIds: readonly number[], maxTokens: number): Promise<Run>;
 }
 
@@ -134,6 +137,7 @@ function oursSide(weights: PeerWeights, format: string, target: ModelSession, me
     format,
     method,
     ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
+    ...(target instanceof OrtModelSession && target.paddedAttention ? { paddedAttention: true } : {}),
     async generate(promptIds, maxTokens) {
       const r = await generateCascade(target, { drafters, kMatrix, lenience: 1 }, { promptIds: [...promptIds], maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
       return { tokenIds: r.tokenIds, seconds: r.stats.seconds, firstTokenSeconds: r.stats.firstTokenSeconds, acceptance: drafters.length ? r.stats.meanAcceptanceLength : undefined };
@@ -237,7 +241,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
             const format = `ONNX ${w === 'f32' ? 'f32' : w8a8 ? 'w8a8+head (cascade quantize --scheme w8a8)' : `${OURS_OF[w]}+head (cascade quantize${quantizer.map((q) => `, ${q}`).join('')})`} ${form}`;
             const neural: DrafterSpec[] = csd.drafters.flatMap((d): DrafterSpec[] => (d === 'mag' ? [magSpec] : [{ kind: 'model', session: drafterSessions.get(form)![family.drafters.indexOf(d)]! }]));
             sides.push(oursSide(w, format, target, 'target only', [], []));
-            if (target.batchInvariant) {
+            if (target.batchInvariant && !target.paddedAttention) {
               // what plain decoding costs without the padding that keeps speculation over this target exact (a user who never speculates may turn it off)
               const unpadded = await OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false, batchInvariant: 'off' });
               sessions.push(unpadded);
@@ -310,6 +314,7 @@ export async function benchPeer(o: PeerBenchOptions): Promise<{ rows: PeerRow[];
             sameAsPlain: 0,
             ...(acc.length ? { acceptance: acc.reduce((a, b) => a + b, 0) / acc.length } : {}),
             ...(s.batchInvariant !== undefined ? { batchInvariant: s.batchInvariant } : {}),
+            ...(s.paddedAttention ? { paddedAttention: true } : {}),
           };
         });
         for (const [i, r] of measured.entries()) {
@@ -338,7 +343,7 @@ function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: reado
   const n = prompts.length;
   const full = formatTable(
     ['engine', 'weights', 'method', 'threads', 'batch inv.', 'tok/s', 'decode tok/s', 'x plain', 'first token s', 'accept', `= f32 (of ${n})`, `= plain (of ${n})`],
-    rows.map((r) => [r.engine, r.format, r.method, r.threads, r.batchInvariant === undefined ? '-' : r.batchInvariant ? 'on' : 'off', r.tokensPerSecond, r.decodeTokensPerSecond, r.vsPlain, r.firstTokenSeconds, r.acceptance ?? '-', r.sameAsF32, r.sameAsPlain]),
+    rows.map((r) => [r.engine, r.format, r.method, r.threads, r.batchInvariant === undefined ? '-' : r.paddedAttention ? 'graph' : r.batchInvariant ? 'on' : 'off', r.tokensPerSecond, r.decodeTokensPerSecond, r.vsPlain, r.firstTokenSeconds, r.acceptance ?? '-', r.sameAsF32, r.sameAsPlain]),
   );
   // the fastest row of an engine at a width, at thread count t (undefined: at whichever is fastest), plain decoding only or any method
   const fastest = (engine: PeerRow['engine'], w: PeerWeights, t: number | undefined, plainOnly: boolean) =>
@@ -363,7 +368,7 @@ function report(o: PeerBenchOptions, prompts: readonly PeerPrompt[], rows: reado
   const what =
     `${n} held-out prompts (${[...new Set(prompts.map((p) => p.kind))].join(', ')}), ${o.maxTokens} greedy tokens each, both engines in one process, every side warm ` +
     `(models loaded once, one untimed warm-up request; this project's automatic prefix caching off, as llama.cpp's history is cleared per request); tok/s = generated tokens over whole requests (prefill included), decode = tokens after the first over the time after it; ` +
-    `median over ${o.repeats} repeats of the sums over all prompts; this project's targets at --batch-invariant ${o.batchInvariant ?? 'auto'} (batch inv.: whether their one-token passes ran as two rows). Identity: llama.cpp f32 reproduced this project's f32 greedy target-only tokens on ${identity.identical}/${identity.prompts} prompts`;
+    `median over ${o.repeats} repeats of the sums over all prompts; this project's targets at --batch-invariant ${o.batchInvariant ?? 'auto'} (batch inv.: on, their one-token passes ran as two rows; graph, their graph pads its attention by a row, which makes them invariant unpadded; off, neither). Identity: llama.cpp f32 reproduced this project's f32 greedy target-only tokens on ${identity.identical}/${identity.prompts} prompts`;
   const machine = `${cpus()[0]?.model ?? 'unknown CPU'}, ${cpus().length} logical CPUs visible, load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} at the end`;
   writeJson(o.out, 'peer', { what, machine, note: o.note, command: o.command, batchInvariant: o.batchInvariant ?? 'auto', identity, prompts: prompts.map((p) => ({ id: p.id, kind: p.kind })), rows });
   const md =

@@ -68,8 +68,13 @@ export class OrtModelSession implements ModelSession {
   positionIds = true;
   /** Where the KV lives between passes: the host, or the device of a device EP (kv-placement.ts). */
   kvLocation: 'host' | 'host-buffer' | 'device' = 'host';
-  /** Whether one-token passes run as two rows, so logits do not depend on a pass's size (SessionOptions.batchInvariant, resolved). */
+  /**
+   * Whether logits do not depend on a pass's size (SessionOptions.batchInvariant, resolved): one-token
+   * passes run as two rows, or the graph pads its own attention (paddedAttention).
+   */
   batchInvariant = false;
+  /** Whether the graph pads its own attention by a row (graph-ops.ts PADDED_ATTENTION), so no pass is padded here. */
+  paddedAttention = false;
   /**
    * What automatic prefix caching saved (SessionOptions.prefixCache, prefix-cache.ts): forwards that
    * started a sequence from another's KV rows, and the tokens whose rows were copied, not computed.
@@ -111,6 +116,7 @@ export class OrtModelSession implements ModelSession {
       s.positionIds = reply.positionIds ?? true;
       s.kvLocation = reply.kvLocation ?? 'host';
       s.batchInvariant = reply.batchInvariant ?? false;
+      s.paddedAttention = reply.paddedAttention ?? false;
       if (reply.features) s.spec = { ...spec, features: reply.features };
       if (reply.warning) onWarning(reply.warning);
     } catch (err) {

@@ -133,7 +133,7 @@ function hasVnni(): boolean {
   }
 }
 
-async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'host-buffer' | 'device'; batchInvariant: boolean }> {
+async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'host-buffer' | 'device'; batchInvariant: boolean; paddedAttention: boolean }> {
   spec = s;
   prefixCache = options.prefixCache ?? true;
   retained = new RetainedPrefixes<Sequence>(options.prefixCacheTokens ?? RETAINED_TOKENS, (q) => kv.free(q.past));
@@ -206,7 +206,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   features = graphFeatures(session, s);
   plainFetches = session.outputNames.filter((n) => n !== features?.output);
   rowFetches = location === 'host-buffer' ? ['logits', ...presentRowNames(s.layers)] : undefined;
-  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, batchInvariant: padSingleRows || paddedAttention, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
+  return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, batchInvariant: padSingleRows || paddedAttention, paddedAttention, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
 }
 
 /**

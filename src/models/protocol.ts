@@ -17,5 +17,5 @@ export type WorkerRequest =
  * forward's features (ForwardItem.returnHidden), [tokens, features.size]. `tokens`: what a decode chose.
  */
 export type WorkerReply =
-  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly positionIds?: boolean; readonly kvLocation?: 'host' | 'host-buffer' | 'device'; readonly batchInvariant?: boolean; readonly features?: FeatureSpec; readonly hidden?: Float32Array; readonly logits?: Float32Array[]; readonly reused?: readonly number[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string; readonly tokens?: number[] }
+  | { readonly id: number; readonly ok: true; readonly provider?: string; readonly kvDtype?: KvDtype; readonly positionIds?: boolean; readonly kvLocation?: 'host' | 'host-buffer' | 'device'; readonly batchInvariant?: boolean; readonly paddedAttention?: boolean; readonly features?: FeatureSpec; readonly hidden?: Float32Array; readonly logits?: Float32Array[]; readonly reused?: readonly number[]; readonly attention?: Float32Array; readonly rows?: KvRows; readonly evicted?: KvRows; readonly warning?: string; readonly tokens?: number[] }
   | { readonly id: number; readonly ok: false; readonly error: { readonly name: string; readonly message: string } };

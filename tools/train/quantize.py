@@ -43,7 +43,9 @@ frequent rows, as the EAGLE drafter's; it gets its own quantized copy of those r
     merging (`--no-post-process`) or use the decoder_with_past graph.
 
 --scheme w8a8 (8 bits) writes every such product instead as int8 weights per output channel and int8
-activations per token through MatMulIntegerToFloat (w8a8_product); the embedding stays float.
+activations per token through MatMulIntegerToFloat (w8a8_product); the embedding stays float. In a
+fused graph it also gives each GroupQueryAttention one zero row more than the pass's tokens
+(pad_attention_rows), so that a one-token pass needs no padding to score as a verify pass does.
 
 Everything else in the directory is copied (reference logits stay the f32 model's); config.json gains
 "quantization": {"method": "MatMulNBits", "bits", "block_size", ...} (or {"method": "w8a8", ...}),
