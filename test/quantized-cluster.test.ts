@@ -1,4 +1,4 @@
-import { mkdtempSync } from 'node:fs';
+import { copyFileSync, mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -17,8 +17,9 @@ import { targetOnlyText } from './helpers/oracle.ts';
 /**
  * A quantized target in the cluster (issue 26): draft-l2's `cascade quantize --bits 8` copy
  * (accuracy level 4, int8 compute, which the verify actor runs batch-invariant by default:
- * SessionOptions.batchInvariant), then its `--scheme w8a8` copy (int8 weights and activations, also
- * batch-invariant by default), each in a cluster of its own, verified by a verify actor, with two draft actors below it: the same
+ * SessionOptions.batchInvariant), then the `--scheme w8a8` copy of its fused form (int8 weights and
+ * activations; the graph pads its own attention, so it is batch-invariant with no pass padded,
+ * docs/quantization.md), each in a cluster of its own, verified by a verify actor, with two draft actors below it: the same
  * model's 4-bit copy at accuracy level 4 (a quantized copy of the model drafting for it, as
  * `--self-draft` does embedded) and draft-l1; MaG in the coordinator. Real nats-server,
  * redis-server and role processes, driven with the official openai client. The oracle is target-only
@@ -60,6 +61,9 @@ async function startCluster(target: string, copy: string, started: Started): Pro
   return new OpenAI({ baseURL: `${started.gateway.url}/v1`, apiKey: API_KEY, maxRetries: 0 });
 }
 
+/** draft-l2's fused form (tools/train/fuse.py: GroupQueryAttention), graph and config only. */
+const FUSED_L2 = new URL('./fixtures/fused/draft-l2', import.meta.url).pathname;
+
 for (const scheme of ['nbits', 'w8a8'] as const) {
   /** Folder names are model names in the cluster: the target, and its copy drafting. */
   const name = scheme === 'nbits' ? 'l2-int8' : 'l2-w8a8';
@@ -70,9 +74,11 @@ for (const scheme of ['nbits', 'w8a8'] as const) {
     const started: Started = { roles: [], servers: [] };
     try {
       await Promise.all([
-        cascade('quantize', '--model', dirOf('draft-l2'), '--out', target, '--bits', '8', ...(scheme === 'w8a8' ? ['--scheme', 'w8a8'] : [])),
+        cascade('quantize', '--model', scheme === 'w8a8' ? FUSED_L2 : dirOf('draft-l2'), '--out', target, '--bits', '8', ...(scheme === 'w8a8' ? ['--scheme', 'w8a8'] : [])),
         cascade('quantize', '--model', dirOf('draft-l2'), '--out', copy, '--bits', '4', '--quantize-head'),
       ]);
+      // the fused fixture is a graph and its config only: it borrows the family's tokenizer
+      if (scheme === 'w8a8') copyFileSync(join(MODELS_DIR, 'tokenizer.json'), join(target, 'tokenizer.json'));
       const client = await startCluster(target, copy, started);
       const tokenizer = TextTokenizer.forModel(loadModelSpec(target));
       /** Target-only decoding of the quantized target in this process (test/helpers/oracle.ts). */
@@ -83,7 +89,7 @@ for (const scheme of ['nbits', 'w8a8'] as const) {
       t.true(usage.cascade!.accepted_tokens > 0, 'drafts were accepted');
       // the verify actor resolved auto to on for its graph; the draft actors run theirs as they are
       const ready = started.roles.map((r) => r.output()).join('');
-      t.regex(ready, new RegExp(`verify actor ${name}/verify-\\d \\(cpu, KV on the host, batch-invariant\\)`));
+      t.regex(ready, new RegExp(`verify actor ${name}/verify-\\d \\(cpu, KV ${scheme === 'w8a8' ? 'in a host buffer' : 'on the host'}, batch-invariant\\)`));
       t.regex(ready, /draft actor l2-int4-draft\/draft-\d \(cpu, KV on the host\)/);
       const sampled = await client.completions.create({ model: name, prompt: PROMPT, max_tokens: 24, temperature: 1, top_k: 50, seed: 31, cascade: { mode: 'csd' } } as never);
       t.is((sampled as OpenAI.Completions.Completion).choices[0]!.text, await targetOnly(24, { temperature: 1, topK: 50, topP: 1 }, 31));
