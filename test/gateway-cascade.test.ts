@@ -91,7 +91,7 @@ test.serial(`gateway - a K entry above ${MAX_WANT} is refused with 400 naming th
 
 test.serial('gateway - a refused cascade names its field in param (k_matrix, mag_first, drafters)', async (t) => {
   const cases: [object, string, RegExp][] = [
-    [{ drafters: ['mag'], k_matrix: [[2], [1]] }, 'cascade.k_matrix', /needs 1 rows for 1 drafters/],
+    [{ drafters: ['mag'], k_matrix: [[2], [1]] }, 'cascade.k_matrix', /needs 1 row for 1 drafter, got 2/],
     [{ drafters: [family.drafters[0]!, 'mag'], k_matrix: [[4, 2], [0, 3]] }, 'cascade.k_matrix', /non-decreasing/],
     [{ drafters: ['mag'], mag_first: 3 }, 'cascade.mag_first', /MaG first needs MaG last below at least one other drafter/],
     [{ drafters: ['mag', family.drafters[0]!] }, 'cascade.drafters', /mag can only be the last drafter/],

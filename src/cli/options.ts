@@ -80,7 +80,7 @@ export const parseKvLocation = (raw: string): (typeof KV_LOCATIONS)[number] => {
  * --batch-invariant: whether one-token passes run as two rows, so a token's logits do not depend on
  * how many tokens its pass scores (SessionOptions.batchInvariant, src/models/session.ts).
  */
-export const BATCH_INVARIANT_HELP = `${BATCH_INVARIANCE.join(' | ')} (on: one-token passes run as two rows, so ONNX Runtime never takes its one-row kernels; auto: on the CPU EP for a MatMulNBits graph at accuracy_level 2-4, where the two kernels differ by up to 1e-1 (measured at level 4), and for a float32 graph with a float16 KV cache (cascade fuse --kv-dtype float16, up to 1.4e-3), off elsewhere)`;
+export const BATCH_INVARIANT_HELP = `${BATCH_INVARIANCE.join(' | ')} (on: one-token passes run as two rows, so ONNX Runtime never takes its one-row kernels; auto: on the CPU EP for a MatMulNBits graph at accuracy_level 2-4, where the two kernels differ by up to 1e-1 (measured at level 4), for a w8a8 graph (cascade quantize --scheme w8a8), and for a float32 graph with a float16 KV cache (cascade fuse --kv-dtype float16, up to 1.4e-3), off elsewhere; a fused w8a8 graph pads its own attention instead, and is batch-invariant whatever this says, with no pass padded)`;
 export const parseBatchInvariant = (raw: string): BatchInvariance => {
   if (!(BATCH_INVARIANCE as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--batch-invariant must be one of ${BATCH_INVARIANCE.join(', ')}, got "${raw}"`);
   return raw as BatchInvariance;

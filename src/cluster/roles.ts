@@ -158,7 +158,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   }
   const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget, featureDrafter }).start();
   if (!hosted) await (transport as NatsTransport).flush();
-  const status = () => ({ model: actor.model, instance: actor.instance, provider: session.provider, kvLocation: model.kvLocation, batchInvariant: model.batchInvariant, sessions: actor.activeSessions, load: session.load(), batching: session.counters });
+  const status = () => ({ model: actor.model, instance: actor.instance, provider: session.provider, kvLocation: model.kvLocation, batchInvariant: model.batchInvariant, ...(model.paddedAttention ? { paddedAttention: true } : {}), sessions: actor.activeSessions, load: session.load(), batching: session.counters });
   const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
     await within(1500, 'NATS', (transport as NatsTransport).flush());
     return status();
@@ -383,7 +383,7 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
       defaultVerification: o.verification,
       defaultDrafting: o.drafting,
       // the target's KV location and batch invariance, as a verify actor's /health reports them
-      health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements), kvLocation: (models.target as OrtModelSession).kvLocation, batchInvariant: models.target.batchInvariant ?? false }),
+      health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements), kvLocation: (models.target as OrtModelSession).kvLocation, batchInvariant: models.target.batchInvariant ?? false, ...((models.target as OrtModelSession).paddedAttention ? { paddedAttention: true } : {}) }),
     });
     return {
       app,

@@ -143,7 +143,7 @@ export function checkCascade(config: CascadeConfig): void {
   }
   if (config.kMatrix === 'auto') return;
   if (n === 0 && config.kMatrix.length > 0) throw new InvalidArgumentError('target-only decoding (mode ar, no drafters) takes no K matrix: it drafts nothing', { field: 'k_matrix' });
-  if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} rows for ${n} drafters, got ${config.kMatrix.length}`, { field: 'k_matrix' });
+  if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} row${n === 1 ? '' : 's'} for ${n} drafter${n === 1 ? '' : 's'}, got ${config.kMatrix.length}`, { field: 'k_matrix' });
   config.kMatrix.forEach((row, r) => {
     if (row.length !== n) throw new InvalidArgumentError(`K matrix row ${r} needs ${n} entries (use 0 below the diagonal), got ${row.length}`, { field: 'k_matrix' });
     let prev = 0;
