@@ -248,6 +248,11 @@ withPython('batch invariance - a fused w8a8 copy pads its own attention (one zer
   const out = join(tmp, 'fused-w8a8');
   await cascade('quantize', '--model', FUSED_L2.dir, '--out', out, '--bits', '8', '--scheme', 'w8a8', '--quantize-head');
   t.is(graphMetadata(join(out, 'model.onnx')).get(PADDED_ATTENTION), '1');
+  // with its head left in float it does not: that product would take its one-row kernel again
+  const headless = join(tmp, 'fused-w8a8-float-head');
+  const made = await cascade('quantize', '--model', FUSED_L2.dir, '--out', headless, '--bits', '8', '--scheme', 'w8a8');
+  t.regex(made.stderr, /attention not padded \(\/lm_head\/Gemm stays float\)/);
+  t.is(graphMetadata(join(headless, 'model.onnx')).get(PADDED_ATTENTION), undefined);
   t.like(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8')).quantization, { method: 'w8a8', padded_attention: true });
   const source = { dir: out, tokenizer: FUSED_L2.tokenizer };
   const opened: Record<string, OrtModelSession> = {};
@@ -259,7 +264,14 @@ withPython('batch invariance - a fused w8a8 copy pads its own attention (one zer
   t.is(opened.host!.kvLocation, 'host');
   t.is(speculationCaveat(opened.off!.spec, { provider: 'cpu', batchInvariant: opened.off!.batchInvariant }), undefined);
   const decode = (s: OrtModelSession) => (seqId: string, token: number) => s.forward({ seqId, inputIds: [token] }, 'last');
-  for (const [name, s] of Object.entries(opened)) t.is(await oneAtATime(s, prompt(40), `fused-w8a8-${name}`, decode(s)), 0, name);
+  // a step in a batch beside another sequence's (every sequence of such a graph runs in a pass of its own)
+  const beside = (s: OrtModelSession) => async (seqId: string, token: number) => (await s.forwardBatch([{ seqId, inputIds: [token] }, { seqId: `${seqId}-beside`, inputIds: [token, 7] }], 'last'))[0]!;
+  for (const [name, s] of Object.entries(opened)) {
+    t.is(await oneAtATime(s, prompt(40), `fused-w8a8-${name}`, decode(s)), 0, name);
+    // past the head dimension (64) and SGEMM's blocks of the keys (256)
+    t.is(await oneAtATime(s, prompt(300, 3), `fused-w8a8-${name}-long`, decode(s)), 0, `${name}, 300 tokens`);
+    t.is(await oneAtATime(s, prompt(70, 4), `fused-w8a8-${name}-batched`, beside(s)), 0, `${name}, batched`);
+  }
   // the same logits wherever the KV lives, and in a batch of two sequences as alone
   const [a, b] = [opened.auto!, opened.host!];
   for (const s of [a, b]) await s.forwardBatch([{ seqId: 'x', inputIds: prompt(20, 1) }, { seqId: 'y', inputIds: prompt(33, 2) }], 'last');

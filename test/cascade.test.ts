@@ -290,7 +290,7 @@ test('cascade - impossible configurations are refused with the reason', async (t
   const { target, d1 } = family(24);
   const req = { promptIds: [1], maxTokens: 3, sampling: GREEDY, seed: 0 };
   await t.throwsAsync(generateCascade(target, { drafters: [mag, model(d1)], kMatrix: [[1, 2], [0, 1]], lenience: 1 }, req), { message: /mag can only be the last/ });
-  await t.throwsAsync(generateCascade(target, { drafters: [model(d1)], kMatrix: [[1], [1]], lenience: 1 }, req), { message: /needs 1 rows/ });
+  await t.throwsAsync(generateCascade(target, { drafters: [model(d1)], kMatrix: [[1], [1]], lenience: 1 }, req), { message: /needs 1 row for 1 drafter/ });
   await t.throwsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: [[3, 2], [0, 1]], lenience: 1 }, req), { message: /cumulative/ });
   await t.throwsAsync(generateCascade(target, { drafters: [mag], kMatrix: [[0]], lenience: 1 }, req), { message: /drafts nothing/ });
   await t.notThrowsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: [[2, 4], [0, 0]], lenience: 1 }, req), 'a zero row below the target drafts autoregressively');

@@ -166,7 +166,7 @@ test('cli - cascade settings come from flags or a config file, and bad ones are 
   t.regex((await fails(['generate', '--config', cfg, 'x'])).stderr, /kMatrx/);
   t.regex((await fails(['generate', '--mode', 'fast', 'x'])).stderr, /--mode must be one of/);
   t.regex((await fails(['generate', '--drafters', 'nope,mag', 'x'])).stderr, /unknown drafter "nope"/);
-  t.regex((await fails(['generate', '--drafters', 'mag', '--k-matrix', '[[1],[2]]', 'x'])).stderr, /needs 1 rows/);
+  t.regex((await fails(['generate', '--drafters', 'mag', '--k-matrix', '[[1],[2]]', 'x'])).stderr, /needs 1 row for 1 drafter/);
   t.regex((await fails(['generate', '--k-matrix', '{oops', 'x'])).stderr, /--k-matrix must be auto or JSON/);
   t.regex((await fails(['generate', '--lenience', '0.5', 'x'])).stderr, /--lenience must be a number >= 1/);
 });

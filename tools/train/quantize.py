@@ -223,6 +223,7 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
         return (b.T if attrs.get("transB", 0) else b), [node.input[1]], 1
 
     done, kept, nodes, dropped = [], [], [], set()
+    float_products: list[str] = []  # the constant-weight products left in float (listed in kept)
     # w8a8: a float activation's name -> its per-token int8 form (shared by the products that read it)
     activations: dict[str, tuple[str, ...]] = {}
     if scheme == "w8a8" and main_opset(model) < 13:
@@ -254,6 +255,7 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
                 why = "weight shared with other nodes"
         if why:
             kept.append(f"{label} ({why})")
+            float_products.append(label)
             nodes.append(node)
             continue
         k, n = w.shape
@@ -311,8 +313,13 @@ def quantize_graph(model: onnx.ModelProto, vocab: int | None, bits: int, block_s
     g.input.extend(inputs)
     if not any(o.domain == MS for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS, 1))
-    if scheme == "w8a8" and pad_attention_rows(g, fresh):
+    # only where every product is integer: a product left in float (the head without --quantize-head)
+    # would score a decode step's one row with its own kernel again
+    if scheme == "w8a8" and not float_products and pad_attention_rows(g, fresh):
         helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, PADDED_ATTENTION: "1"})
+    elif scheme == "w8a8" and any(n.op_type == "GroupQueryAttention" for n in g.node):
+        why = f"{', '.join(float_products)} stay{'s' if len(float_products) == 1 else ''} float" if float_products else "a GroupQueryAttention it cannot pad (pad_attention_rows)"
+        log(f"attention not padded ({why}): the runner pads this graph's one-token passes instead")
     return done, gathers, kept
 
 
@@ -352,12 +359,19 @@ def pad_attention_rows(g: onnx.GraphProto, fresh) -> int:
     real row attends to it; its present row sits after the pass's rows, past the attention mask's
     width, where the runner drops it (a host past) or never reads it (a host buffer's present_rows
     take the mask's last rows). A packed query (key and value empty) gets the one Pad. Left as they
-    are: a node with do_rotary (its rotation would need the padded positions) or fewer than 7 inputs.
+    are (every node, 0 returned): a node with do_rotary (its rotation would need the padded
+    positions), fewer than 7 inputs, any input past sin_cache (position_ids, attention_bias, ...,
+    whose shapes follow the sequence) or an output past present_value (output_qk).
+
+    The presents then hold one row past the pass's tokens, and ONNX Runtime takes no batch of such
+    passes over a past: a runtime other than this project's must drop that row and run sequences one
+    by one (docs/quantization.md).
     """
     nodes = list(g.node)
     attention = [n for n in nodes if n.op_type == "GroupQueryAttention"]
     attrs = lambda n: {a.name: helper.get_attribute_value(a) for a in n.attribute}
-    if not attention or any(len(n.input) < 7 or attrs(n).get("do_rotary", 0) for n in attention):
+    if not attention or any(len(n.input) < 7 or any(n.input[9:]) or len(n.output) > 3 or attrs(n).get("do_rotary", 0)
+                            for n in attention):
         return 0
     consts = {k: fresh(f"pad_rows_{k}") for k in ("pads", "zero", "minus1", "axis1", "one")}
     g.initializer.extend([
@@ -407,8 +421,9 @@ def w8a8_product(g: onnx.GraphProto, node: onnx.NodeProto, w: np.ndarray, base: 
     Each row's product depends on that row alone, its integer products summed exactly in int32 (ONNX
     Runtime's DynamicQuantizeMatMul would scale A per tensor, so a token would change with its
     neighbours in a verify pass). The float ops around them still round a one-row pass and a verify
-    pass apart by about 1e-5, which can move an activation across a rounding step, so the runner pads
-    one-token passes of such a graph (batch invariance, docs/quantization.md). A's quantization is made once per tensor and shared by its readers
+    pass apart by about 1e-5, which can move an activation across a rounding step: a fused graph
+    whose every product is w8a8 pads its attention for that (pad_attention_rows), and the runner pads
+    one-token passes of any other such graph (batch invariance, docs/quantization.md). A's quantization is made once per tensor and shared by its readers
     (q, k and v; gate and up). `activations` maps an activation's name to its (int8 form, row scales),
     and "" to the graph's shared constants. Needs opset 13 or later (QuantizeLinear's saturation, a
     negative ReduceMax axis)."""
