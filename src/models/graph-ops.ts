@@ -85,34 +85,33 @@ function graphNodes(read: Read, from: number, to: number, visit: (node: NodeInfo
   }
 }
 
-/** Visits every node of the ONNX file at `path` (its graph and subgraphs); initializers are skipped, not read. */
-function eachNode(path: string, visit: (node: NodeInfo) => void): void {
+/** Calls `use` with a reader of the ONNX file at `path` and its size, the file open meanwhile. */
+function withFile<T>(path: string, use: (read: Read, size: number) => T): T {
   const fd = openSync(path, 'r');
   try {
-    const size = fstatSync(fd).size;
     const read: Read = (at, length) => {
       const buf = new Uint8Array(length);
       readSync(fd, buf, 0, length, at);
       return buf;
     };
-    for (const f of fields(read, 0, size)) if (f.no === 7 && f.delimited) graphNodes(read, f.start, f.end, visit);
+    return use(read, fstatSync(fd).size);
   } finally {
     closeSync(fd);
   }
+}
+
+/** Visits every node of the ONNX file at `path` (its graph and subgraphs); initializers are skipped, not read. */
+function eachNode(path: string, visit: (node: NodeInfo) => void): void {
+  withFile(path, (read, size) => {
+    for (const f of fields(read, 0, size)) if (f.no === 7 && f.delimited) graphNodes(read, f.start, f.end, visit);
+  });
 }
 
 /** The ONNX file's metadata_props (ModelProto), key to value; the graph is skipped, not read. */
 export function graphMetadata(path: string): Map<string, string> {
   const props = new Map<string, string>();
   const text = new TextDecoder();
-  const fd = openSync(path, 'r');
-  try {
-    const size = fstatSync(fd).size;
-    const read: Read = (at, length) => {
-      const buf = new Uint8Array(length);
-      readSync(fd, buf, 0, length, at);
-      return buf;
-    };
+  withFile(path, (read, size) => {
     for (const f of fields(read, 0, size)) {
       if (f.no !== 14 || !f.delimited) continue;
       const entry = read(f.start, f.end - f.start);
@@ -124,9 +123,7 @@ export function graphMetadata(path: string): Map<string, string> {
       }
       props.set(key, value);
     }
-  } finally {
-    closeSync(fd);
-  }
+  });
   return props;
 }
 
