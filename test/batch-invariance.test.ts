@@ -6,6 +6,7 @@ import { findPython } from '../src/cli/quantize.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
+import { hasVnni } from '../src/models/cpu-features.ts';
 import { graphMetadata, graphOpTypes, graphQuantization, PADDED_ATTENTION } from '../src/models/graph-ops.ts';
 import { speculationCaveat } from '../src/models/config.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
@@ -49,14 +50,8 @@ test.after.always(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-/** Whether this CPU has the int8 dot-product instructions MLAS's one-row int8 kernel uses (the drift without padding is seen there). */
-const VNNI = (() => {
-  try {
-    return /\b(avx512_vnni|avx_vnni)\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
-  } catch {
-    return true;
-  }
-})();
+/** Whether this CPU has the int8 dot-product instructions MLAS's one-row int8 kernel uses (the drift without padding is seen there; assumed where /proc/cpuinfo cannot be read). */
+const VNNI = hasVnni() ?? true;
 
 const prompt = (n: number, salt = 0) => Array.from({ length: n }, (_, i) => ((i * 37 + 11 + salt * 101) % 2000) + 5);
 

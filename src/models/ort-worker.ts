@@ -14,6 +14,7 @@ import { drawToken, PositionNoise } from '../kernels/noise.ts';
 import { dtypeOf, kvArray } from './kv-store.ts';
 import { DeviceKv, floatData, HostBufferKv, HostKv, type KvLocation, type KvPlacement } from './kv-placement.ts';
 import { ELEM, presentRowsFragment } from './onnx-proto.ts';
+import { hasVnni } from './cpu-features.ts';
 import { graphMetadata, graphOpTypes, PADDED_ATTENTION } from './graph-ops.ts';
 import { readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
@@ -122,16 +123,7 @@ function unsupportedType(s: ModelSpec, err: Error): WorkerFailure | undefined {
  * where those sums are exact already and the option would only slow them (1.4-1.9x on an AVX-512
  * VNNI EPYC, outputs identical), and it does nothing off x86.
  */
-const SESSION_CONFIG: Record<string, string> = hasVnni() ? {} : { x64quantprecision: '1' };
-
-/** Whether /proc/cpuinfo lists AVX-512 VNNI or AVX-VNNI (false where it cannot be read). */
-function hasVnni(): boolean {
-  try {
-    return /\b(avx512_vnni|avx_vnni)\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
-  } catch {
-    return false;
-  }
-}
+const SESSION_CONFIG: Record<string, string> = hasVnni() === true ? {} : { x64quantprecision: '1' };
 
 async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: string; warning?: string; kvDtype: KvDtype; positionIds: boolean; kvLocation: 'host' | 'host-buffer' | 'device'; batchInvariant: boolean; paddedAttention: boolean }> {
   spec = s;
