@@ -137,7 +137,7 @@ function oursSide(weights: PeerWeights, format: string, target: ModelSession, me
     format,
     method,
     ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
-    ...(target instanceof OrtModelSession && target.paddedAttention ? { paddedAttention: true } : {}),
+    ...(target.paddedAttention ? { paddedAttention: true } : {}),
     async generate(promptIds, maxTokens) {
       const r = await generateCascade(target, { drafters, kMatrix, lenience: 1 }, { promptIds: [...promptIds], maxTokens, sampling: GREEDY, seed: 0, stopAtEos: false });
       return { tokenIds: r.tokenIds, seconds: r.stats.seconds, firstTokenSeconds: r.stats.firstTokenSeconds, acceptance: drafters.length ? r.stats.meanAcceptanceLength : undefined };

@@ -331,7 +331,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         stats: { ...s, acceptanceByPosition },
         ...(kvWhere ? { kvLocation: kvWhere } : {}),
         ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
-        ...('paddedAttention' in target && target.paddedAttention ? { paddedAttention: true } : {}),
+        ...(target.paddedAttention ? { paddedAttention: true } : {}),
         ...(sessions.placements.size ? { placement: Object.fromEntries(sessions.placements) } : {}),
       };
       writeOut(JSON.stringify(out) + '\n');

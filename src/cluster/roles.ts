@@ -383,7 +383,7 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
       defaultVerification: o.verification,
       defaultDrafting: o.drafting,
       // the target's KV location and batch invariance, as a verify actor's /health reports them
-      health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements), kvLocation: (models.target as OrtModelSession).kvLocation, batchInvariant: models.target.batchInvariant ?? false, ...((models.target as OrtModelSession).paddedAttention ? { paddedAttention: true } : {}) }),
+      health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements), kvLocation: (models.target as OrtModelSession).kvLocation, batchInvariant: models.target.batchInvariant ?? false, ...(models.target.paddedAttention ? { paddedAttention: true } : {}) }),
     });
     return {
       app,

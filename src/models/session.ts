@@ -216,6 +216,8 @@ export interface ModelSession {
   load?(): ServiceLoad;
   /** Whether a token's logits do not depend on how many tokens its pass scores (SessionOptions.batchInvariant, resolved); undefined = not known. */
   readonly batchInvariant?: boolean;
+  /** Whether the graph pads its own attention by a row, so that no pass is padded (graph-ops.ts PADDED_ATTENTION); undefined = not known. */
+  readonly paddedAttention?: boolean;
   close(): Promise<void>;
 }
 
