@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { findPython } from '../src/cli/quantize.ts';
 import { generateCascade } from '../src/engine/cascade.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
@@ -52,6 +52,21 @@ test.after.always(async () => {
 
 /** Whether this CPU has the int8 dot-product instructions MLAS's one-row int8 kernel uses (the drift without padding is seen there; assumed where /proc/cpuinfo cannot be read). */
 const VNNI = hasVnni() ?? true;
+
+/**
+ * csd (`drafter`, then MaG) over `target` against its own target-only decoding of `promptIds`, greedy
+ * and seeded sampled (T 1, drafter-invariant verification): the same tokens, and with
+ * `accepting` some drafts accepted (so the review was tested, not skipped).
+ */
+async function csdEqualsTargetOnly(t: ExecutionContext, target: ModelSession, drafter: ModelSession, promptIds: number[], label: string, accepting = true): Promise<void> {
+  for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
+    const req = { promptIds, maxTokens: 40, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
+    const want = (await generateAutoregressive(target, req)).tokenIds;
+    const csd = await generateCascade(target, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
+    t.deepEqual(csd.tokenIds, want, `${label}temperature ${sampling.temperature}`);
+    if (accepting) t.true(csd.stats.acceptedTokens > 0);
+  }
+}
 
 const prompt = (n: number, salt = 0) => Array.from({ length: n }, (_, i) => ((i * 37 + 11 + salt * 101) % 2000) + 5);
 
@@ -160,15 +175,7 @@ withPython('batch invariance - the target\'s 8-bit copy at accuracy level 4: a d
   if (VNNI) t.true(drift > 1e-2, 'the one-row int8 kernel rounds differently (measured 1.1e-1)');
   t.is(await oneAtATime(auto, prompt(40), 'auto', decode(auto)), 0);
   const drafter = await open(dirOf('draft-l1'), 'off');
-  for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
-    for (const salt of [0, 1]) {
-      const req = { promptIds: salt ? prompt(30, 5) : PROMPT, maxTokens: 40, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
-      const want = (await generateAutoregressive(auto, req)).tokenIds;
-      const csd = await generateCascade(auto, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
-      t.deepEqual(csd.tokenIds, want, `temperature ${sampling.temperature}, prompt ${salt}`);
-      t.true(csd.stats.acceptedTokens > 0);
-    }
-  }
+  for (const salt of [0, 1]) await csdEqualsTargetOnly(t, auto, drafter, salt ? prompt(30, 5) : PROMPT, `prompt ${salt}, `);
 });
 
 withPython('batch invariance - a float16 KV cache beside float32 weights (cascade fuse --kv-dtype float16): its float16 attention drifts between a decode step and a verify pass without it and not with it (auto turns it on); csd over it gives its target-only tokens, greedy and seeded sampled; bad --kv-dtype values are refused', async (t) => {
@@ -189,13 +196,7 @@ withPython('batch invariance - a float16 KV cache beside float32 weights (cascad
   t.log(`off: max |decode step - verify pass| ${drift.toExponential(2)}`);
   t.true(drift > 0, 'the float16 attention rounds a one-token pass differently');
   t.is(await oneAtATime(auto, prompt(40), 'auto', decode(auto)), 0);
-  const drafter = await open(dirOf('draft-l1'), 'off');
-  for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
-    const req = { promptIds: PROMPT, maxTokens: 40, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
-    const want = (await generateAutoregressive(auto, req)).tokenIds;
-    const csd = await generateCascade(auto, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
-    t.deepEqual(csd.tokenIds, want, `temperature ${sampling.temperature}`);
-  }
+  await csdEqualsTargetOnly(t, auto, await open(dirOf('draft-l1'), 'off'), PROMPT, '', false);
   const bad = await fails(['fuse', '--model', dirOf('draft-l2'), '--out', join(tmp, 'bad'), '--kv-dtype', 'bfloat16']);
   t.regex(bad.stderr, /--kv-dtype must be one of float32, float16, got bfloat16/);
   const fp16 = await fails(['fuse', '--model', new URL('./fixtures/hf/llama-gqa-fp16', import.meta.url).pathname, '--out', join(tmp, 'fp16'), '--kv-dtype', 'float32']);
@@ -221,14 +222,7 @@ withPython('batch invariance - the target\'s w8a8 copy (cascade quantize --schem
   // the integer products are exact either way; the float ops before a quantization are not
   t.log(`off: max |decode step - verify pass| ${(await oneAtATime(off, prompt(40), 'w8a8-off', decode(off))).toExponential(2)}`);
   t.is(await oneAtATime(auto, prompt(40), 'w8a8', decode(auto)), 0);
-  const drafter = await open(dirOf('draft-l1'), 'off');
-  for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
-    const req = { promptIds: prompt(30, 5), maxTokens: 40, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
-    const want = (await generateAutoregressive(auto, req)).tokenIds;
-    const csd = await generateCascade(auto, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
-    t.deepEqual(csd.tokenIds, want, `temperature ${sampling.temperature}`);
-    t.true(csd.stats.acceptedTokens > 0);
-  }
+  await csdEqualsTargetOnly(t, auto, await open(dirOf('draft-l1'), 'off'), prompt(30, 5), '');
   for (const [args, why] of [
     [['--bits', '4', '--scheme', 'w8a8'], /--scheme w8a8 is 8-bit .*--bits 4 is for --scheme nbits/],
     [['--bits', '8', '--scheme', 'w8a8', '--block-size', '64', '--symmetric'], /--block-size, --symmetric are for --scheme nbits/],
@@ -278,13 +272,5 @@ withPython('batch invariance - a fused w8a8 copy pads its own attention (one zer
     t.is(maxAbsDiff(by!, hy!), 0, `step ${i}, y: host buffer against host`);
   }
   const drafter = await open(dirOf('draft-l1'), 'off');
-  for (const [name, s] of Object.entries(opened)) {
-    for (const [sampling, seed] of [[GREEDY, 0], [{ temperature: 1, topK: 0, topP: 1 }, 11]] as const) {
-      const req = { promptIds: prompt(30, 5), maxTokens: 40, sampling, seed, stopAtEos: false, verification: 'invariant' as const };
-      const want = (await generateAutoregressive(s, req)).tokenIds;
-      const csd = await generateCascade(s, { drafters: [{ kind: 'model', session: drafter }, { kind: 'mag' }], kMatrix: [[3, 5], [0, 2]], lenience: 1 }, req);
-      t.deepEqual(csd.tokenIds, want, `${name}, temperature ${sampling.temperature}`);
-      t.true(csd.stats.acceptedTokens > 0);
-    }
-  }
+  for (const [name, s] of Object.entries(opened)) await csdEqualsTargetOnly(t, s, drafter, prompt(30, 5), `${name}, `);
 });
