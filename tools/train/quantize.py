@@ -585,7 +585,8 @@ def main() -> None:
         raise SystemExit(f"{graph_path}: no MatMul with a constant 2-D weight to quantize (kept: {'; '.join(kept) or 'none'})")
     how = ("int8 weights by output channel, int8 activations by token (w8a8)" if args.scheme == "w8a8"
            else f"{args.bits} bits, blocks of {args.block_size}{', symmetric' if args.symmetric else ''}")
-    if any(p.key == PADDED_ATTENTION for p in model.metadata_props):
+    padded = any(p.key == PADDED_ATTENTION for p in model.metadata_props)
+    if padded:
         how += "; GroupQueryAttention padded by one row (one-token passes need no padding: pad_attention_rows)"
     log(f"quantized {len(done)} MatMul/Gemm products to {how}; embeddings: {'; '.join(gathers) or 'none'}; "
         f"kept in float: {'; '.join(kept) or 'nothing'}")
@@ -619,7 +620,7 @@ def main() -> None:
             shutil.copyfile(f, dest)
     cfg["quantization"] = ({"method": "w8a8", "bits": 8, "weights": "int8 per output channel, symmetric",
                             "activations": "int8 per token, dynamic, symmetric", "quantize_head": args.quantize_head,
-                            "padded_attention": any(p.key == PADDED_ATTENTION for p in model.metadata_props)}
+                            "padded_attention": padded}
                            if args.scheme == "w8a8" else {
         "method": "MatMulNBits", "bits": args.bits, "block_size": args.block_size,
         "symmetric": args.symmetric, "accuracy_level": args.accuracy_level, "quantize_head": args.quantize_head,
