@@ -1,4 +1,5 @@
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
@@ -84,6 +85,27 @@ test.serial('cli - a cluster up that fails late stops what it started and leaves
     t.false(existsSync(state), 'no secrets, configs, logs or state directory left');
     t.deepEqual(await processesNaming(dir), [], 'no process left running');
   } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test.serial('cli - cluster up refuses a --port something listens on before starting anything; cluster down with no cluster up says so and succeeds', async (t) => {
+  const { dir, models } = uniqueModels();
+  const state = join(dir, 'state');
+  const server = createServer();
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const port = (server.address() as AddressInfo).port;
+    const err = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--port', String(port)));
+    const { code, stderr } = err as unknown as { code: number; stderr: string };
+    t.is(code, 1);
+    t.regex(stderr, new RegExp(`--port ${port} cannot be used on 127.0.0.1 \\(another process listens there\\).*nothing was started`));
+    t.false(existsSync(state), 'no state directory made');
+    t.deepEqual(await processesNaming(dir), [], 'no process started');
+    const down = await installed('cluster', 'down', '--state-dir', state);
+    t.regex(down.stdout, /cluster down: no cluster is up \(no .*cluster\.json\); nothing to stop/);
+  } finally {
+    server.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

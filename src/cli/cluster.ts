@@ -4,7 +4,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, write
 import { join, resolve } from 'node:path';
 import type { Command } from 'commander';
 import { InvalidArgumentError, CascadeError } from '../errors.ts';
-import { freePort, startNats, startRedis } from '../cluster/local-servers.ts';
+import { freePort, portUnavailable, startNats, startRedis } from '../cluster/local-servers.ts';
 import { startActorRole, startCoordinatorRole, startEmbeddedGatewayRole, startGatewayRole, type ModelFlags, type Role } from '../cluster/roles.ts';
 import { KV_POLICIES, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
@@ -249,6 +249,9 @@ const SERVER_FILES = ['secrets.json', 'nats.conf', 'redis.conf'];
 async function clusterUp(o: UpOptions): Promise<void> {
   const dir = resolve(o.stateDir);
   if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
+  // the gateway starts last, after every model has loaded: a busy --port is refused before anything starts
+  const busy = o.port !== undefined ? await portUnavailable(o.port) : undefined;
+  if (busy) throw new CascadeError(`--port ${o.port} cannot be used on 127.0.0.1 (${busy}): choose another, or leave --port out for a free one; nothing was started`);
   const chosen = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   // --self-draft: the copy is made (or found) once, before anything starts, and gets draft actors of
   // its own below; the coordinators and the gateway only name it (the same flag, nothing made there)
@@ -339,10 +342,14 @@ async function clusterUp(o: UpOptions): Promise<void> {
   }
 }
 
-/** `cascade cluster down`: stops every process `up` started, newest first. */
+/** `cascade cluster down`: stops every process `up` started, newest first; with none up, says so and succeeds. */
 async function clusterDown(stateDir: string): Promise<void> {
   const dir = resolve(stateDir);
-  if (!existsSync(stateFile(dir))) throw new CascadeError(`no cluster is up (no ${stateFile(dir)})`);
+  // nothing to stop is not a failure (as `docker compose down`): scripts may run down twice
+  if (!existsSync(stateFile(dir))) {
+    process.stdout.write(`cluster down: no cluster is up (no ${stateFile(dir)}); nothing to stop\n`);
+    return;
+  }
   const state = JSON.parse(readFileSync(stateFile(dir), 'utf8')) as ClusterState;
   // only what still runs as started: a role that died may have left its pid to another process
   const roles = stillOurs([...state.pids].reverse());

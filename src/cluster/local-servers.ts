@@ -19,6 +19,19 @@ export function freePort(): Promise<number> {
   });
 }
 
+/**
+ * Why `port` on `host` cannot be listened on now (EADDRINUSE: something else listens there;
+ * EACCES: a privileged port), or undefined when it can: a listener is opened and closed at once.
+ */
+export function portUnavailable(port: number, host = '127.0.0.1'): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.unref();
+    srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EADDRINUSE' ? 'another process listens there' : (err.code ?? err.message)));
+    srv.listen(port, host, () => srv.close(() => resolve(undefined)));
+  });
+}
+
 /** Resolves once something accepts connections on the port. */
 export async function waitForPort(port: number, timeoutMs = 10_000, child?: ChildProcess): Promise<void> {
   const until = Date.now() + timeoutMs;
