@@ -116,6 +116,11 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
   // the target's, as a verify actor reports them: the family's unfused float target
   t.is(health.kvLocation, 'host');
   t.is(health.batchInvariant, false);
+  // refusals are counted by route and status (cascade_requests_total counts only generation)
+  const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+  t.regex(metrics, /cascade_http_requests_total\{method="POST",route="\/v1\/completions",status="400"\} [1-9]/);
+  t.regex(metrics, /cascade_http_requests_total\{method="POST",route="unmatched",status="404"\} 1/);
+  t.regex(metrics, /cascade_http_requests_total\{method="POST",route="\/v1\/completions",status="200"\} [1-9]/);
 });
 
 test.serial('serve --embedded - a stream that runs past --request-timeout-ms ends with OpenAI\'s whole error body (code 504) before [DONE]', async (t) => {

@@ -26,6 +26,11 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   const jobOptions = { ...options, maxPayload: backend.maxPayload, draftings: backend.draftings };
   const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
 
+  // every answer counted once its connection is done with it, streamed (hijacked) ones and refusals
+  // included: cascade_requests_total counts only requests that reached generation
+  app.addHook('onRequest', async (req, reply) => {
+    reply.raw.once('close', () => metrics.http.inc({ method: req.method, route: req.routeOptions.url ?? 'unmatched', status: String(reply.raw.statusCode) }));
+  });
   app.addHook('onRequest', bearerAuth(options.apiKeys ?? []));
 
   app.setErrorHandler((err: Error & { statusCode?: number }, _req, reply) => {
