@@ -77,14 +77,19 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
   }
   t.is((await post({ mode: 'ar', drafters: [] })).status, 200, 'an empty list with mode ar is that mode\'s own cascade');
   // OpenAI's own mistakes get messages that say what to send, and name the param
-  const badBodies: [string, object, RegExp, string][] = [
+  const badBodies: [string, unknown, RegExp, string | null][] = [
     ['completions', { max_tokens: 2 }, /prompt is required/, 'prompt'],
     ['completions', { prompt: ['a', 'b'] }, /one prompt per request/, 'prompt'],
-    ['completions', { prompt: 'x', tools: [] }, /Unrecognized key: "tools"/, 'tools'],
+    ['completions', { prompt: 'x', tools: [] }, /^invalid request: unrecognized parameter 'tools'$/, 'tools'],
+    ['completions', 'def f():', /^invalid request: the request body must be a JSON object, sent with content-type: application\/json$/, null],
     ['completions', { prompt: 'x', logit_bias: { '13': 100, '013': -100 } }, /without leading zeros/, 'logit_bias.013'],
     ['chat/completions', { prompt: 'x' }, /messages is required \(a chat request; \/v1\/completions takes a prompt\)/, 'messages'],
     ['chat/completions', { messages: [{ role: 'user', content: 'x' }], max_completion_tokens: 100000 }, /plus max_completion_tokens \(100000\) exceeds the model's context/, 'max_completion_tokens'],
     ['chat/completions', { messages: [{ role: 'user', content: [{ type: 'text' }] }] }, /a text content part needs its text/, 'messages.0.content.0.text'],
+    ['chat/completions', { messages: [{ role: 'user' }] }, /^invalid request: missing required parameter 'messages\[0\]\.content'$/, 'messages.0.content'],
+    ['chat/completions', [{ role: 'user', content: 'x' }], /^invalid request: the request body must be an object, received array$/, null],
+    ['chat/completions', { messages: 'hi' }, /^invalid request: invalid 'messages': expected array, received string$/, 'messages'],
+    ['chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 0, temperature: 3 }, /^invalid request: invalid 'max_tokens': too small: expected number to be >=1; invalid 'temperature': too big: expected number to be <=2$/, 'max_tokens'],
   ];
   for (const [path, body, reason, param] of badBodies) {
     const r = await fetch(`${gateway.url}/v1/${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
@@ -102,7 +107,7 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
   // a seed past 53 bits: one message, not zod's own beside it
   const seed = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'x', max_tokens: 2, seed: 2 ** 60 }) });
   t.is(seed.status, 400);
-  t.is(((await seed.json()) as { error: { message: string } }).error.message, 'invalid request: ✖ seed must be an integer of at most 53 bits\n  → at seed');
+  t.is(((await seed.json()) as { error: { message: string } }).error.message, 'invalid request: seed must be an integer of at most 53 bits');
   // models.retrieve: the served model as /v1/models lists it, another a 404
   t.deepEqual(await client.models.retrieve(family.target), (await client.models.list()).data[0]);
   t.true((await client.models.retrieve('gpt-4o').catch((e: unknown) => e)) instanceof OpenAI.NotFoundError);

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { z } from 'zod';
 import { ROOT } from '../checkout.ts';
 import { InvalidArgumentError } from '../errors.ts';
+import { describeIssues } from '../issues.ts';
 
 /** Held-out prompt sets under bench/prompts (see its README for provenance). */
 export const WORKLOADS = ['code', 'english', 'grounded'] as const;
@@ -23,7 +24,7 @@ export function loadWorkload(name: Workload | typeof LONG_WORKLOAD, dir = PROMPT
     .filter((l) => l.trim())
     .map((l, i) => {
       const parsed = Row.safeParse(JSON.parse(l));
-      if (!parsed.success) throw new InvalidArgumentError(`${path} line ${i + 1}: ${z.prettifyError(parsed.error)}`);
+      if (!parsed.success) throw new InvalidArgumentError(`${path} line ${i + 1}: ${describeIssues(parsed.error)}`);
       return parsed.data;
     });
 }

@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { InvalidArgumentError } from '../errors.ts';
 import { CHAT_ROLES, templateRole, type ChatMessage } from '../models/chat-template.ts';
+import { describeIssues } from '../issues.ts';
 
 /** `--message ROLE=TEXT`, repeatable: each adds one message, in order (TEXT may hold `=` and newlines). */
 export function collectMessage(raw: string, previous: ChatMessage[] | undefined): ChatMessage[] {
@@ -23,6 +24,6 @@ export function readChatFile(path: string): ChatMessage[] {
     throw new InvalidArgumentError(`cannot read --chat-file ${path}: ${(cause as Error).message}`, { cause });
   }
   const parsed = ChatFile.safeParse(raw);
-  if (!parsed.success) throw new InvalidArgumentError(`--chat-file ${path} must be a JSON array of {role, content} messages: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new InvalidArgumentError(`--chat-file ${path} must be a JSON array of {role, content} messages: ${describeIssues(parsed.error)}`);
   return parsed.data.map((m) => ({ ...m, role: templateRole(m.role) }));
 }

@@ -28,6 +28,7 @@ import type { KvLocation } from '../models/kv-placement.ts';
 import { BATCH_INVARIANCE, type BatchInvariance } from '../models/session.ts';
 import { describeTrial, draftProvidersBeside } from '../models/placement.ts';
 import { writeOut } from './stdout.ts';
+import { describeIssues } from '../issues.ts';
 
 interface GenerateOptions {
   prompt?: string;
@@ -168,7 +169,7 @@ function applyConfigFile(o: GenerateOptions, cmd: Command): GenerateOptions {
     throw new InvalidArgumentError(`cannot read --config ${o.config}: ${(cause as Error).message}`);
   }
   const parsed = ConfigFile.safeParse(raw ?? {});
-  if (!parsed.success) throw new InvalidArgumentError(`--config ${o.config} is invalid: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new InvalidArgumentError(`--config ${o.config} is invalid: ${describeIssues(parsed.error)}`);
   const merged: Record<string, unknown> = { ...o };
   for (const [key, value] of Object.entries(parsed.data)) {
     if (cmd.getOptionValueSource(key) !== 'cli') merged[key] = value;

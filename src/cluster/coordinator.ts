@@ -17,6 +17,7 @@ import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
 import { subjects, type Subscription, type Transport } from './transport.ts';
+import { describeIssues } from '../issues.ts';
 
 /** The BullMQ queue requests enter (SPEC §6). */
 export const QUEUE_NAME = 'cascade-requests';
@@ -120,7 +121,7 @@ export class Coordinator {
 
   async run(raw: unknown, attempt = 0): Promise<RequestOutcome> {
     const parsed = JobData.safeParse(raw);
-    if (!parsed.success) throw new InvalidArgumentError(`malformed request: ${z.prettifyError(parsed.error)}`);
+    if (!parsed.success) throw new InvalidArgumentError(`malformed request: ${describeIssues(parsed.error)}`);
     const job = parsed.data;
     return inSpan('coordinator.request', extractContext(job.trace), { 'cascade.request': job.requestId, 'cascade.attempt': attempt }, (span) => this.drive(job, span));
   }

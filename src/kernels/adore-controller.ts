@@ -11,6 +11,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { z } from 'zod';
 import { ModelLoadError } from '../errors.ts';
+import { describeIssues } from '../issues.ts';
 
 const Tensor = z.object({ offset: z.number().int().nonnegative(), shape: z.array(z.number().int().positive()) });
 const Manifest = z.object({
@@ -38,7 +39,7 @@ export class AdoreController {
     const manifestPath = join(dir, 'controller.json');
     if (!existsSync(manifestPath)) throw new ModelLoadError(`no ADORE controller in ${dir} (controller.json missing): train one with tools/train/controller.py`);
     const parsed = Manifest.safeParse(JSON.parse(readFileSync(manifestPath, 'utf8')));
-    if (!parsed.success) throw new ModelLoadError(`${manifestPath} is not an ADORE controller manifest: ${z.prettifyError(parsed.error)}`);
+    if (!parsed.success) throw new ModelLoadError(`${manifestPath} is not an ADORE controller manifest: ${describeIssues(parsed.error)}`);
     const m = parsed.data;
     const buf = readFileSync(join(dir, m.weights.file));
     const all = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);

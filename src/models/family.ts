@@ -6,6 +6,7 @@ import { ModelLoadError } from '../errors.ts';
 import { AdoreController } from '../kernels/adore-controller.ts';
 import { TrigramTable, type MagTables } from '../kernels/maxgram.ts';
 import type { ModelSource } from './model-dir.ts';
+import { describeIssues } from '../issues.ts';
 
 /**
  * A model family directory: `family.json` names the target and its drafters (largest first), each a
@@ -62,7 +63,7 @@ export function loadFamily(dir: string): Family {
     throw new ModelLoadError(`${abs} is not a model family: it has no family.json (naming the target and its drafters)`);
   }
   const parsed = FamilyJson.safeParse(readJsonFile(path));
-  if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${z.prettifyError(parsed.error)}`);
+  if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${describeIssues(parsed.error)}`);
   return { dir: abs, ...parsed.data };
 }
 

@@ -5,6 +5,7 @@ import { DRAFTINGS, type Drafting } from '../../engine/async-cascade.ts';
 import { MAX_TOP_LOGPROBS } from '../../kernels/sampling.ts';
 import { CHAT_ROLES } from '../../models/chat-template.ts';
 import { HttpError } from './errors.ts';
+import { describeIssues } from '../../issues.ts';
 
 /** The cascade extension of a request body (OpenAI fields stay standard). */
 const CascadeFields = z
@@ -128,12 +129,14 @@ export const stopStrings = (stop: string | readonly string[] | undefined): reado
 
 /** `body` (nulls dropped) validated against `schema`; a body that fails is a 400 naming the first bad field. */
 export function parse<T>(schema: z.ZodType<T>, body: unknown): T {
+  // Fastify hands a text/plain body over as a string
+  if (typeof body === 'string') throw new HttpError(400, 'invalid request: the request body must be a JSON object, sent with content-type: application/json', 'invalid_request_error', null);
   const r = schema.safeParse(withoutNulls(body));
   if (!r.success) {
     const issue = r.error.issues[0]!;
     // an unknown field is the param at fault, as OpenAI names it
     const param = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!].join('.') : issue.path.join('.');
-    throw new HttpError(400, `invalid request: ${z.prettifyError(r.error)}`, 'invalid_request_error', param || null);
+    throw new HttpError(400, `invalid request: ${describeIssues(r.error, { noun: 'parameter', root: 'the request body' })}`, 'invalid_request_error', param || null);
   }
   return r.data;
 }
