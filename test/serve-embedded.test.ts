@@ -93,7 +93,7 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
   ];
   for (const [path, body, reason, param] of badBodies) {
     const r = await fetch(`${gateway.url}/v1/${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
-    const { error } = (await r.json()) as { error: { message: string; param: string } };
+    const { error } = (await r.json()) as { error: { message: string; param: string | null } };
     t.is(r.status, 400, JSON.stringify(body));
     t.regex(error.message, reason);
     t.is(error.param, param, JSON.stringify(body));
