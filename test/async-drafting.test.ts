@@ -138,3 +138,24 @@ test('async drafting - real ONNX models: greedy and seeded sampled output equal 
     await Promise.all([target.close(), l2.close()]);
   }
 });
+
+test('async drafting - a drafter whose drafts are rarely accepted is paused, with target-only decoding\'s output, and one that agrees is not', async (t) => {
+  const vocabSize = 16;
+  const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness: 3 });
+  // a drafter of its own, unlike the target; and one that is the target itself
+  const stranger = new MemoryModelSession({ name: 'stranger', vocabSize, order: 2, seed: 99, sharpness: 3 });
+  const twin = new MemoryModelSession({ name: 'twin', vocabSize, order: 2, seed: 11, sharpness: 3 });
+  const req: GenerateRequest = { promptIds: [1, 2, 3], maxTokens: 160, sampling: GREEDY, seed: 0, stopAtEos: false };
+  const f = { target: paced(target, () => 8), stranger: paced(stranger, () => 1), twin: paced(twin, () => 1) };
+  const want = (await generateAutoregressive(f.target, req)).tokenIds;
+  const weak = await generateCascade(f.target, asyncOf([model(f.stranger)]), req);
+  t.deepEqual(weak.tokenIds, want);
+  const paused = weak.stats.drafting!.drafterPausedPasses;
+  t.true(paused > weak.stats.rounds / 2, `the stranger was paused for ${paused} of ${weak.stats.rounds} target passes`);
+  const strong = await generateCascade(f.target, asyncOf([model(f.twin)]), req);
+  t.deepEqual(strong.tokenIds, want);
+  t.is(strong.stats.drafting!.drafterPausedPasses, 0, 'a drafter that always agrees runs throughout');
+  t.true(strong.stats.rounds < weak.stats.rounds);
+  t.is(target.liveSequences(), 0);
+  t.is(stranger.liveSequences(), 0);
+});

@@ -25,6 +25,19 @@ const MAX_RUN_AHEAD = 12;
 const END_GRACE_MS = 50;
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
+/**
+ * The drafter pauses while it does not pay: after PROBE_PASSES target passes with it running whose
+ * blocks of its own had fewer than MIN_DRAFT_GAIN of its drafts accepted per pass, it rests for a
+ * pause of target passes (counted from its first draft, after its prefill; FIRST_PAUSE, doubling on each probe that fails again, up to MAX_PAUSE;
+ * back to FIRST_PAUSE once one pays). A drafter running beside the target takes cores, memory
+ * bandwidth and round trips from it, so drafts that are rarely accepted make async drafting slower
+ * than target-only decoding (docs/cascade.md); paused, the target goes on with MaG or alone.
+ */
+const PROBE_PASSES = 8;
+const MIN_DRAFT_GAIN = 0.2;
+const FIRST_PAUSE = 16;
+const MAX_PAUSE = 256;
+
 /** Most drafts a target pass reviews (the adaptive schedule's bound; worthReviewing picks within it). */
 const MAX_BLOCK = DEFAULT_MAX_DRAFT;
 
@@ -43,7 +56,8 @@ const MAX_BLOCK = DEFAULT_MAX_DRAFT;
  * verification result) and dropped otherwise: an epoch counter makes a call in flight on a dead
  * prefix land nowhere, and the drafter's KV is truncated to the accepted prefix on its next call.
  * The run-ahead is capped at about one verify pass of drafter steps (measured), within
- * [MIN_RUN_AHEAD, MAX_RUN_AHEAD].
+ * [MIN_RUN_AHEAD, MAX_RUN_AHEAD]. A drafter whose drafts are rarely accepted is paused, and probed
+ * again after a pause that doubles while it still does not pay (PROBE_PASSES, MIN_DRAFT_GAIN).
  *
  * Exactness is the target's review's: every reviewed token was drafted from the distribution it
  * carries (q), given its prefix, so rejection sampling stays exact, and under drafter-invariant
@@ -91,6 +105,13 @@ export async function runCascadeAsync(
   /** Passes whose block began with drafts the drafter made during the pass before, past that pass's outcome (SSD's pre-drafted hit). */
   let preDrafted = 0;
   let carried = false;
+  /** The drafter's probe (target passes with it running, its drafts accepted in them), and its rest: it drafts again from pass `pausedUntil`. */
+  const probe = { passes: 0, gain: 0 };
+  let pausedUntil = 0;
+  let pause = FIRST_PAUSE;
+  let pausedPasses = 0;
+  /** Whether the drafter has drafted yet: the probe starts then (its first call prefills the prompt). */
+  let drafterReady = false;
   /** Target passes' time by tokens fed (drafts + 1). */
   const passCost = new LinearCost();
   /**
@@ -135,7 +156,7 @@ export async function runCascadeAsync(
 
   async function drafterLoop(level: CascadeLevel): Promise<void> {
     while (!stopped && drafter === level) {
-      if (spec.length - reviewing >= runAhead() || tokens.length + spec.length + 1 >= (options.maxPositions ?? Infinity) || spec.length >= req.maxTokens - out.length) {
+      if (rounds < pausedUntil || spec.length - reviewing >= runAhead() || tokens.length + spec.length + 1 >= (options.maxPositions ?? Infinity) || spec.length >= req.maxTokens - out.length) {
         await new Promise<void>((resolve) => (wake = resolve));
         continue;
       }
@@ -156,6 +177,7 @@ export async function runCascadeAsync(
       }
       spec.push(...block.tokens.slice(base));
       specQ.push(...block.q);
+      drafterReady = true;
     }
   }
 
@@ -225,11 +247,13 @@ export async function runCascadeAsync(
       }
       reviewing = agree === k ? k : 0;
       nudge();
+      let acceptedNow = 0;
       const round = async () => {
         const t0 = performance.now();
         if (k === 0) await top.propose(block, 1, targetRng);
         else {
           const outcome = await top.review(block, committed, targetRng, 1, false);
+          acceptedNow = outcome.accepted;
           const counts = tally(key);
           for (let i = 0; i < k; i++) {
             drafted[i] = (drafted[i] ?? 0) + 1;
@@ -244,8 +268,21 @@ export async function runCascadeAsync(
       };
       if (options.inRound) await options.inRound(rounds, round);
       else await round();
+      if (drafter && drafterReady && rounds >= pausedUntil) {
+        probe.passes++;
+        // the drafter's own drafts at the head of its block (MaG may have extended it)
+        if (source === 'drafter') probe.gain += Math.min(acceptedNow, agree);
+      } else if (drafter) pausedPasses++;
       rounds++;
       reviewing = 0;
+      if (probe.passes >= PROBE_PASSES) {
+        if (probe.gain / probe.passes < MIN_DRAFT_GAIN) {
+          pausedUntil = rounds + pause;
+          pause = Math.min(MAX_PAUSE, 2 * pause);
+        } else pause = FIRST_PAUSE;
+        probe.passes = 0;
+        probe.gain = 0;
+      }
       const emitted = block.tokens.slice(committed);
       const { fresh, freshLogprobs, stopped: eosSeen } = committable(emitted, req.maxTokens - out.length, eos, top, req.logprobs !== undefined);
       if (eosSeen) finishReason = 'stop';
@@ -285,6 +322,6 @@ export async function runCascadeAsync(
     await Promise.all(everyLevel.filter((l) => !pending.includes(l)).map((l) => l.release()));
   }
 
-  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start) };
+  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start), drafterPausedPasses: pausedPasses };
   return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, { drafting });
 }

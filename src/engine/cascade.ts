@@ -86,7 +86,8 @@ export interface CascadeStats extends GenerateStats {
    * outcome (pre-drafted: SSD's cache hit), and the fraction of the request's wall time the target
    * spent in its passes (in a cluster: the coordinator's time in verify calls, network included).
    */
-  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number };
+  /** Async drafting's overlap: drafts wasted on dead prefixes, SSD's pre-draft hit rate, the target's busy fraction, and target passes run while the drafter was paused for not paying (async-cascade.ts, MIN_DRAFT_GAIN). */
+  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number };
 }
 
 /** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */
