@@ -248,9 +248,13 @@ export async function runCascadeAsync(
       reviewing = agree === k ? k : 0;
       nudge();
       let acceptedNow = 0;
+      // with nothing to review and no drafter at work or MaG to ask before the next token, the target
+      // decodes several tokens in one call (multi-step decoding, as target-only decoding does)
+      const resting = !mag && (!drafter || rounds < pausedUntil);
+      const steps = k === 0 && resting ? Math.max(1, Math.min(top.decodeSteps ?? 1, room + 1, drafter ? pausedUntil - rounds : Infinity)) : 1;
       const round = async () => {
         const t0 = performance.now();
-        if (k === 0) await top.propose(block, 1, targetRng);
+        if (k === 0) await top.propose(block, steps, targetRng);
         else {
           const outcome = await top.review(block, committed, targetRng, 1, false);
           acceptedNow = outcome.accepted;
@@ -264,7 +268,8 @@ export async function runCascadeAsync(
           firstAccepted[source] = 0.9 * firstAccepted[source] + 0.1 * (outcome.accepted > 0 ? 1 : 0);
           verifyMs = ema(verifyMs, performance.now() - t0);
         }
-        passCost.add(k + 1, performance.now() - t0);
+        // one pass is a sample of the target's pass cost; several in one call (multi-step) are not
+        if (steps === 1) passCost.add(k + 1, performance.now() - t0);
       };
       if (options.inRound) await options.inRound(rounds, round);
       else await round();
@@ -272,8 +277,9 @@ export async function runCascadeAsync(
         probe.passes++;
         // the drafter's own drafts at the head of its block (MaG may have extended it)
         if (source === 'drafter') probe.gain += Math.min(acceptedNow, agree);
-      } else if (drafter) pausedPasses++;
-      rounds++;
+      } else if (drafter) pausedPasses += Math.max(1, block.length - committed);
+      // a multi-step call made one target pass per token it proposed
+      rounds += steps > 1 ? Math.max(1, block.length - committed) : 1;
       reviewing = 0;
       if (probe.passes >= PROBE_PASSES) {
         if (probe.gain / probe.passes < MIN_DRAFT_GAIN) {
