@@ -98,7 +98,7 @@ test.serial('cli - cluster up refuses a --port something listens on before start
     const port = (server.address() as AddressInfo).port;
     const err = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--port', String(port)));
     const { code, stderr } = err as unknown as { code: number; stderr: string };
-    t.is(code, 1);
+    t.is(code, 2, 'bad input');
     t.regex(stderr, new RegExp(`--port ${port} cannot be used on 127.0.0.1 \\(another process listens there\\).*nothing was started`));
     t.false(existsSync(state), 'no state directory made');
     t.deepEqual(await processesNaming(dir), [], 'no process started');

@@ -1,3 +1,4 @@
+import { createServer, type AddressInfo } from 'node:net';
 import test from 'ava';
 import OpenAI from 'openai';
 import { startEmbeddedGatewayRole, type Role } from '../src/cluster/roles.ts';
@@ -190,6 +191,19 @@ test('serve --embedded - refuses a port past 65535 and a blank --api-key, and ta
   const e = await fails(['serve', '--embedded', '--port', '99999']);
   t.is(e.code, 2);
   t.regex(e.stderr, /--port must be an integer from 0 to 65535, got "99999"/);
+  // a port something listens on is refused before the models load, not by the socket after them
+  const taken = createServer();
+  await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
+  try {
+    const port = (taken.address() as AddressInfo).port;
+    const started = Date.now();
+    const busy = await fails(['serve', '--embedded', '--port', String(port)]);
+    t.is(busy.code, 2);
+    t.regex(busy.stderr, new RegExp(`--port ${port} cannot be used on 127\\.0\\.0\\.1 \\(another process listens there\\): choose another`));
+    t.true(Date.now() - started < 8000, 'refused before the models load');
+  } finally {
+    taken.close();
+  }
   // a blank key (an unset $KEY) is refused, not taken as no authentication
   const [blank, blankEnv, blankUp] = await Promise.all([
     fails(['serve', '--embedded', '--port', '0', '--api-key', '']),

@@ -251,7 +251,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
   if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
   // the gateway starts last, after every model has loaded: a busy --port is refused before anything starts
   const busy = o.port !== undefined ? await portUnavailable(o.port) : undefined;
-  if (busy) throw new CascadeError(`--port ${o.port} cannot be used on 127.0.0.1 (${busy}): choose another, or leave --port out for a free one; nothing was started`);
+  if (busy) throw new InvalidArgumentError(`--port ${o.port} cannot be used on 127.0.0.1 (${busy}): choose another, or leave --port out for a free one; nothing was started`);
   const chosen = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   // --self-draft: the copy is made (or found) once, before anything starts, and gets draft actors of
   // its own below; the coordinators and the gateway only name it (the same flag, nothing made there)
@@ -468,6 +468,9 @@ export function registerCluster(program: Command): void {
     .option('--self-draft <width>', `with --embedded: ${SELF_DRAFT_HELP}; in a cluster the gateway only names it first among the drafters (<target>-<width>), and a draft actor started with the same flag hosts it (cascade actor draft --self-draft)`, parseSelfDraft)
     .option('--self-draft-cache <dir>', `with --embedded: ${SELF_DRAFT_CACHE_HELP} (default: ${SELF_DRAFT_CACHE})`)
     .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache?: string }) => {
+      // the models load before the server listens: a port it cannot have is refused first
+      const busy = await portUnavailable(o.port, o.host);
+      if (busy) throw new InvalidArgumentError(`--port ${o.port} cannot be used on ${o.host} (${busy}): choose another`);
       if (o.embedded) {
         if (o.nats !== undefined || o.redis !== undefined) throw new InvalidArgumentError('--nats and --redis are for a cluster: an --embedded server runs without them');
         await runUntilSignalled(() => startEmbeddedGatewayRole({ ...o, apiKeys: apiKeys(o.apiKey) }));
