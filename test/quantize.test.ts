@@ -83,6 +83,9 @@ maybe('quantize - the graph holds MatMulNBits for every projection, config.json 
   const bits = await fails(['quantize', '--model', dirOf('draft-l2'), '--out', join(tmp, 'x'), '--bits', '3']);
   t.is(bits.code, 2);
   t.regex(bits.stderr, /--bits must be 8 or 4, got 3/);
+  const none = await fails(['quantize', '--model', dirOf('draft-l2'), '--out', join(tmp, 'x')]);
+  t.is(none.code, 2);
+  t.regex(none.stderr, /--bits is required: 8 or 4 \(only --scheme w8a8 implies 8\)/);
 });
 
 maybe('quantize - logits stay near f32 on the reference input (int8 within 0.3, int4 within 3)', async (t) => {

@@ -37,7 +37,8 @@ export type QuantizeScheme = (typeof QUANTIZE_SCHEMES)[number];
 interface QuantizeOptions {
   model: string;
   out: string;
-  bits: number;
+  /** 8 or 4; required for nbits, 8 when absent under w8a8. */
+  bits?: number;
   scheme: QuantizeScheme;
   /** Default 32 (nbits only). */
   blockSize?: number;
@@ -143,7 +144,9 @@ function checkScheme(o: QuantizeOptions): void {
   if (nbitsOnly.length) throw new InvalidArgumentError(`--scheme w8a8 is 8-bit with a scale per output channel and per token: ${nbitsOnly.join(', ')} ${nbitsOnly.length > 1 ? 'are' : 'is'} for --scheme nbits`);
 }
 
-async function quantize(o: QuantizeOptions): Promise<void> {
+async function quantize(options: QuantizeOptions): Promise<void> {
+  if (options.bits === undefined && options.scheme !== 'w8a8') throw new InvalidArgumentError('--bits is required: 8 or 4 (only --scheme w8a8 implies 8)');
+  const o = { ...options, bits: options.bits ?? 8 };
   if (o.bits !== 4 && o.bits !== 8) throw new InvalidArgumentError(`--bits must be 8 or 4, got ${o.bits}`);
   checkScheme(o);
   const blockSize = o.blockSize ?? 32;
@@ -411,7 +414,7 @@ export function registerQuantize(program: Command): void {
     .description("block-wise weight-only quantization into ONNX Runtime's MatMulNBits, or int8 weights and activations (--scheme w8a8) (needs Python 3 with onnx and numpy); the output is a model folder for --model or --draft-model")
     .requiredOption('--model <dir>', 'the model folder to quantize (config.json and an ONNX decoder graph)', folder('--model'))
     .requiredOption('--out <dir>', 'a new folder for the quantized model (refused when it exists)', folder('--out'))
-    .requiredOption('--bits <n>', 'weight bits: 8 or 4', parseNumber('--bits', { integer: true }))
+    .option('--bits <n>', 'weight bits: 8 or 4 (required with --scheme nbits; --scheme w8a8 is 8)', parseNumber('--bits', { integer: true }))
     .option('--scheme <name>', "nbits: block-wise weight-only MatMulNBits; w8a8: int8 weights per output channel and int8 activations per token through ONNX Runtime's integer GEMM (8 bits only; faster verify and prompt passes on the CPU EP; docs/quantization.md)", parseScheme, 'nbits')
     .option('--block-size <n>', `weights per quantization block along K: ${BLOCK_SIZES.join(', ')} (default 32; nbits only)`, parseNumber('--block-size', { min: 16, integer: true }))
     .option('--accuracy-level <n>', "MatMulNBits accuracy_level: 4 (default) lets the CPU compute in int8, 0 keeps activations in float (nbits only)", parseNumber('--accuracy-level', { min: 0, integer: true }))
