@@ -236,7 +236,7 @@ maybe('fuse.py - refuses, naming why, what its plain Llama layers do not compute
   t.regex((await fuse(src, src)).stderr, /is the model's own folder/);
 });
 
-maybe('cascade fuse - fuses a user\'s export into a new folder and prints it; refuses an existing --out (exit 2) and passes fuse.py\'s refusal on (exit 1)', async (t) => {
+maybe('cascade fuse - fuses a user\'s export into a new folder and prints it; refuses an existing --out and a fused --model (exit 2) and passes fuse.py\'s refusal on (exit 1)', async (t) => {
   const out = join(tmp, 'via-cli');
   const { stdout } = await cascade('fuse', '--model', join(HF, 'llama-gqa'), '--out', out);
   t.regex(stdout, /fused .*llama-gqa -> .*via-cli: 44 nodes/);
@@ -259,6 +259,10 @@ maybe('cascade fuse - fuses a user\'s export into a new folder and prints it; re
   const again = await fails(['fuse', '--model', join(HF, 'llama-gqa'), '--out', out]);
   t.is(again.code, 2);
   t.regex(again.stderr, /--out .*via-cli exists: name a new folder for the fused model/);
+  // a fused folder fused again: named as such (fuse.py would only find no projections in it)
+  const twice = await fails(['fuse', '--model', out, '--out', join(tmp, 'fused-twice')]);
+  t.is(twice.code, 2);
+  t.regex(twice.stderr, /--model .*via-cli is already fused \(its config\.json says onnx_graph\.form "fused", made from .*llama-gqa.*\): use it as it is, or fuse the export it was made from/);
   const biased = join(tmp, 'biased');
   cpSync(join(HF, 'llama-gqa'), biased, { recursive: true });
   const cfg = JSON.parse(readFileSync(join(biased, 'config.json'), 'utf8')) as Record<string, unknown>;

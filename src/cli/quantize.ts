@@ -8,6 +8,7 @@ import type { Command } from 'commander';
 import { CascadeError, InvalidArgumentError, ModelLoadError } from '../errors.ts';
 import { memberSource, type Family } from '../models/family.ts';
 import { findGraph, locationOf, type ModelLocation } from '../models/model-dir.ts';
+import { readJsonFile } from '../models/json-file.ts';
 import { parseNumber } from './options.ts';
 import { KV_DTYPES } from '../models/session.ts';
 
@@ -210,6 +211,11 @@ function checkWritten(out: string, python: string, tool: TrainTool): void {
 async function fuseFolder(o: FuseOptions): Promise<void> {
   if (o.kvDtype !== undefined && !(KV_DTYPES as readonly string[]).includes(o.kvDtype)) throw new InvalidArgumentError(`--kv-dtype must be one of ${KV_DTYPES.join(', ')}, got ${o.kvDtype}`);
   const { model, out, graph } = rewriteFolders(o, 'fused');
+  // fuse.py reads an export's own projections: a fused (or fused, then quantized) folder has none left
+  const config = readJsonFile(join(model, 'config.json')) as { onnx_graph?: { form?: string; fused_from?: string } };
+  if (config.onnx_graph?.form === 'fused') {
+    throw new InvalidArgumentError(`--model ${model} is already fused (its config.json says onnx_graph.form "fused"${config.onnx_graph.fused_from ? `, made from ${config.onnx_graph.fused_from}` : ''}): use it as it is, or fuse the export it was made from`);
+  }
   const python = findPython(o.python, 'cascade fuse');
   process.stderr.write(`fusing ${join(model, graph)} with ${python}\n`);
   await writeFolder(out, python, 'fuse.py', ['--model', model, '--model-file', graph, ...(o.maxPositions ? ['--max-positions', String(o.maxPositions)] : []), ...(o.kvDtype ? ['--kv-dtype', o.kvDtype] : []), ...(o.logitsToKeep === false ? ['--no-logits-to-keep'] : [])]);
