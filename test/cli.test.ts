@@ -63,7 +63,7 @@ test('cli - a prompt file works; bad flags and missing models exit with a clear 
   const two = await fails(['generate', '--prompt', 'a', 'b']);
   t.regex(two.stderr, /exactly one way/);
   const missing = await fails(['generate', '--models', join(dir, 'nope'), 'x']);
-  t.is(missing.code, 1);
+  t.is(missing.code, 2, 'bad input');
   t.regex(missing.stderr, /not a model family/);
   // a family.json with a misspelt key, or the target among its own drafters, is refused by name
   for (const [json, reason] of [

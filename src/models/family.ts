@@ -2,7 +2,7 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { readJsonFile } from './json-file.ts';
-import { ModelLoadError } from '../errors.ts';
+import { InvalidArgumentError, ModelLoadError } from '../errors.ts';
 import { AdoreController } from '../kernels/adore-controller.ts';
 import { TrigramTable, type MagTables } from '../kernels/maxgram.ts';
 import type { ModelSource } from './model-dir.ts';
@@ -60,7 +60,8 @@ export function loadFamily(dir: string): Family {
   const abs = resolve(dir);
   const path = join(abs, 'family.json');
   if (!existsSync(path)) {
-    throw new ModelLoadError(`${abs} is not a model family: it has no family.json (naming the target and its drafters)`);
+    // a --models that names no family is bad input (exit 2), as a --model that names no folder
+    throw new InvalidArgumentError(`${abs} is not a model family: it has no family.json (naming the target and its drafters)`);
   }
   const parsed = FamilyJson.safeParse(readJsonFile(path));
   if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${describeIssues(parsed.error)}`);
