@@ -67,7 +67,7 @@ test('cli - a prompt file works; bad flags and missing models exit with a clear 
   t.regex(missing.stderr, /not a model family/);
   // a family.json with a misspelt key, or the target among its own drafters, is refused by name
   for (const [json, reason] of [
-    [{ target: 'target', drafter: ['draft-l1'], drafters: [] }, /family\.json is malformed: unrecognized key 'drafter'/],
+    [{ target: 'target', drafter: ['draft-l1'], drafters: [] }, /family\.json is malformed: unrecognized key 'drafter' \(did you mean 'drafters'\?\)/],
     [{ target: 'target', drafters: ['target'] }, /the target "target" cannot be its own drafter/],
   ] as const) {
     const family = join(dir, `family-${reason.source.length}`);
@@ -162,8 +162,9 @@ test('cli - cascade settings come from flags or a config file, and bad ones are 
   const invalid = (await fails(['generate', '--config', cfg, 'x'])).stderr;
   t.regex(invalid, /--config .* is invalid/);
   t.regex(invalid, new RegExp(`'kMatrix\\[0\\]\\[1\\]': a K entry may be at most ${MAX_K}`), 'the K bound is named with the entry');
-  writeFileSync(cfg, 'kMatrx: [[1]]\n');
-  t.regex((await fails(['generate', '--config', cfg, 'x'])).stderr, /kMatrx/);
+  // a misspelt key, or the API's spelling of one, is answered with the key it likely meant
+  writeFileSync(cfg, 'kMatrx: [[1]]\nmax_tokens: 5\n');
+  t.regex((await fails(['generate', '--config', cfg, 'x'])).stderr, /unrecognized keys 'kMatrx' \(did you mean 'kMatrix'\?\), 'max_tokens' \(did you mean 'maxTokens'\?\)/);
   t.regex((await fails(['generate', '--mode', 'fast', 'x'])).stderr, /--mode must be one of/);
   t.regex((await fails(['generate', '--drafters', 'nope,mag', 'x'])).stderr, /unknown drafter "nope"/);
   t.regex((await fails(['generate', '--drafters', 'mag', '--k-matrix', '[[1],[2]]', 'x'])).stderr, /needs 1 row for 1 drafter/);

@@ -169,7 +169,7 @@ function applyConfigFile(o: GenerateOptions, cmd: Command): GenerateOptions {
     throw new InvalidArgumentError(`cannot read --config ${o.config}: ${(cause as Error).message}`);
   }
   const parsed = ConfigFile.safeParse(raw ?? {});
-  if (!parsed.success) throw new InvalidArgumentError(`--config ${o.config} is invalid: ${describeIssues(parsed.error)}`);
+  if (!parsed.success) throw new InvalidArgumentError(`--config ${o.config} is invalid: ${describeIssues(parsed.error, { known: Object.keys(ConfigFile.shape) })}`);
   const merged: Record<string, unknown> = { ...o };
   for (const [key, value] of Object.entries(parsed.data)) {
     if (cmd.getOptionValueSource(key) !== 'cli') merged[key] = value;

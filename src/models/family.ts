@@ -64,7 +64,7 @@ export function loadFamily(dir: string): Family {
     throw new InvalidArgumentError(`${abs} is not a model family: it has no family.json (naming the target and its drafters)`);
   }
   const parsed = FamilyJson.safeParse(readJsonFile(path));
-  if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${describeIssues(parsed.error)}`);
+  if (!parsed.success) throw new ModelLoadError(`${path} is malformed: ${describeIssues(parsed.error, { known: Object.keys(FamilyJson.shape) })}`);
   return { dir: abs, ...parsed.data };
 }
 
