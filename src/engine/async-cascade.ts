@@ -281,7 +281,7 @@ export async function runCascadeAsync(
       // a multi-step call made one target pass per token it proposed
       rounds += steps > 1 ? Math.max(1, block.length - committed) : 1;
       reviewing = 0;
-      if (probe.passes >= PROBE_PASSES) {
+      if (probe.passes >= PROBE_PASSES && options.drafterRest !== false) {
         if (probe.gain / probe.passes < MIN_DRAFT_GAIN) {
           pausedUntil = rounds + pause;
           pause = Math.min(MAX_PAUSE, 2 * pause);

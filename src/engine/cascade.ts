@@ -174,7 +174,7 @@ export async function generateCascade(
    * `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop
    * string seen). `scheduleMemory`, `draftContexts`: as RunOptions.
    */
-  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts'> = {},
+  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest'> = {},
 ): Promise<CascadeResult> {
   checkRequest(req, target.spec.maxPositions);
   checkCascade(config);
@@ -244,6 +244,12 @@ export interface RunOptions {
    * table per drafter, as before (for benchmarks that compare the two).
    */
   readonly draftContexts?: boolean;
+  /**
+   * Whether async drafting rests a drafter whose drafts are rarely accepted (async-cascade.ts,
+   * MIN_DRAFT_GAIN), default true. false keeps it drafting throughout, as before (for benchmarks
+   * that compare the two).
+   */
+  readonly drafterRest?: boolean;
   /**
    * The smallest context (positions) of the cascade's models. Each round's drafts are clamped to
    * it (see draftRoom); undefined = unbounded.
