@@ -26,10 +26,11 @@ const END_GRACE_MS = 50;
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
 /**
- * The drafter pauses while it does not pay: after PROBE_PASSES target passes with it running whose
- * blocks of its own had fewer than MIN_DRAFT_GAIN of its drafts accepted per pass, it rests for a
- * pause of target passes (counted from its first draft, after its prefill; FIRST_PAUSE, doubling on each probe that fails again, up to MAX_PAUSE;
- * back to FIRST_PAUSE once one pays). A drafter running beside the target takes cores, memory
+ * The drafter pauses while it does not pay: after PROBE_PASSES target passes with it running
+ * (counted from its first draft, after its prefill) whose blocks of its own had fewer than
+ * MIN_DRAFT_GAIN of its drafts accepted per pass, it rests for a pause of target passes
+ * (FIRST_PAUSE, doubling on each probe that fails again, up to MAX_PAUSE; back to FIRST_PAUSE once
+ * one pays). A drafter running beside the target takes cores, memory
  * bandwidth and round trips from it, so drafts that are rarely accepted make async drafting slower
  * than target-only decoding (docs/cascade.md); paused, the target goes on with MaG or alone.
  */
@@ -277,9 +278,11 @@ export async function runCascadeAsync(
         probe.passes++;
         // the drafter's own drafts at the head of its block (MaG may have extended it)
         if (source === 'drafter') probe.gain += Math.min(acceptedNow, agree);
-      } else if (drafter) pausedPasses += Math.max(1, block.length - committed);
+      }
       // a multi-step call made one target pass per token it proposed
-      rounds += steps > 1 ? Math.max(1, block.length - committed) : 1;
+      const passes = steps > 1 ? Math.max(1, block.length - committed) : 1;
+      if (drafter && rounds < pausedUntil) pausedPasses += passes;
+      rounds += passes;
       reviewing = 0;
       if (probe.passes >= PROBE_PASSES && options.drafterRest !== false) {
         if (probe.gain / probe.passes < MIN_DRAFT_GAIN) {
