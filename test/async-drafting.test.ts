@@ -127,7 +127,8 @@ test('async drafting - real ONNX models: greedy and seeded sampled output equal 
         const req: GenerateRequest = { promptIds: tok.encode(text), maxTokens: 48, sampling, seed: 3, stopAtEos: false, verification: 'invariant' };
         const want = (await generateAutoregressive(target, req)).tokenIds;
         for (const drafters of [[model(l2), mag], [model(l2)]]) {
-          const r = await generateCascade(target, asyncOf(drafters), req);
+          // drafting throughout (no rest), so that its drafts keep arriving while the target verifies
+          const r = await generateCascade(target, asyncOf(drafters), req, undefined, { drafterRest: false });
           t.deepEqual(r.tokenIds, want, `${JSON.stringify(text.slice(0, 12))}, T ${sampling.temperature}, ${drafters.length} drafters`);
           if (drafters.length === 1) accepted += r.stats.acceptedTokens;
         }
@@ -158,4 +159,39 @@ test('async drafting - a drafter whose drafts are rarely accepted is paused, wit
   t.true(strong.stats.rounds < weak.stats.rounds);
   t.is(target.liveSequences(), 0);
   t.is(stranger.liveSequences(), 0);
+});
+
+test('async drafting - with its only drafter resting, the real target decodes several tokens per call: greedy and seeded sampled (invariant) output equal target-only decoding', async (t) => {
+  const target = await OrtModelSession.open(dirOf(modelFamily.target), { intraOpThreads: 1 });
+  // a drafter unlike the target over its vocabulary: its drafts are rarely accepted, so it rests
+  const stranger = new MemoryModelSession({ name: 'stranger', vocabSize: target.spec.vocabSize, order: 2, seed: 99, sharpness: 3 });
+  let decodeCalls = 0;
+  const counted = new Proxy(target, {
+    get: (inner, key) => {
+      const value: unknown = Reflect.get(inner, key);
+      if (key === 'decode' && typeof value === 'function') {
+        return (...args: unknown[]) => {
+          decodeCalls++;
+          return (value as (...a: unknown[]) => unknown).apply(inner, args);
+        };
+      }
+      return typeof value === 'function' ? value.bind(inner) : value;
+    },
+  });
+  try {
+    const tok = TextTokenizer.load(target.spec.tokenizerPath);
+    for (const sampling of [GREEDY, { temperature: 0.8, topK: 0, topP: 1 }]) {
+      const req: GenerateRequest = { promptIds: tok.encode('def read_config(path):\n'), maxTokens: 96, sampling, seed: 5, stopAtEos: false, verification: 'invariant' };
+      const want = (await generateAutoregressive(target, req)).tokenIds;
+      decodeCalls = 0;
+      const r = await generateCascade(counted, asyncOf([model(stranger)]), req);
+      t.deepEqual(r.tokenIds, want, `T ${sampling.temperature}`);
+      const rested = r.stats.drafting!.drafterPausedPasses;
+      t.true(rested > r.stats.rounds / 2, `rested ${rested} of ${r.stats.rounds} passes`);
+      t.true(decodeCalls > 0 && decodeCalls < rested, `${decodeCalls} multi-step calls for the ${rested} passes of its rests`);
+    }
+    t.is(stranger.liveSequences(), 0);
+  } finally {
+    await target.close();
+  }
 });

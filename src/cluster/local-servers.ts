@@ -20,14 +20,21 @@ export function freePort(): Promise<number> {
 }
 
 /**
- * Why `port` on `host` cannot be listened on now (EADDRINUSE: something else listens there;
- * EACCES: a privileged port), or undefined when it can: a listener is opened and closed at once.
+ * Why `port` on `host` cannot be listened on now, in words (something else listens there, a
+ * privileged port, a host that is not this machine's), or undefined when it can: a listener is
+ * opened and closed at once.
  */
 export function portUnavailable(port: number, host = '127.0.0.1'): Promise<string | undefined> {
   return new Promise((resolve) => {
     const srv = createServer();
     srv.unref();
-    srv.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'EADDRINUSE' ? 'another process listens there' : (err.code ?? err.message)));
+    const why: Record<string, string> = {
+      EADDRINUSE: 'another process listens there',
+      EACCES: 'a port below 1024 needs privileges',
+      EADDRNOTAVAIL: `${host} is not an address of this machine`,
+      ENOTFOUND: `${host} does not resolve`,
+    };
+    srv.once('error', (err: NodeJS.ErrnoException) => resolve(why[err.code ?? ''] ?? err.code ?? err.message));
     srv.listen(port, host, () => srv.close(() => resolve(undefined)));
   });
 }

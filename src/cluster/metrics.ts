@@ -44,7 +44,7 @@ export class GatewayMetrics {
   readonly acceptedByPosition = new Counter({ name: 'cascade_accepted_tokens_by_position_total', help: 'Accepted drafted tokens by draft position', labelNames: ['position'], registers: [this.registry] });
   readonly draftedByPosition = new Counter({ name: 'cascade_draft_tokens_by_position_total', help: 'Drafted tokens by draft position', labelNames: ['position'], registers: [this.registry] });
   readonly requests = new Counter({ name: 'cascade_requests_total', help: 'Finished requests by outcome', labelNames: ['status'], registers: [this.registry] });
-  readonly http = new Counter({ name: 'cascade_http_requests_total', help: 'HTTP requests answered, by method, route (unmatched: no route) and status code, refused ones (400, 401, 404, 503) included', labelNames: ['method', 'route', 'status'], registers: [this.registry] });
+  readonly http = new Counter({ name: 'cascade_http_requests_total', help: 'HTTP requests answered, by method, route (unmatched: no route) and status code (aborted: the client left before any answer), refused ones (400, 401, 404, 503) included', labelNames: ['method', 'route', 'status'], registers: [this.registry] });
   readonly inFlight = new Gauge({ name: 'cascade_requests_in_flight', help: 'Requests accepted and not finished', registers: [this.registry] });
   readonly kvSessions = new Gauge({ name: 'cascade_kv_sessions', help: 'Actor sessions (KV caches) held for requests in flight', registers: [this.registry] });
   readonly failovers = new Counter({ name: 'cascade_failovers_total', help: 'Drafter levels dropped mid-request because no actor answered', labelNames: ['level'], registers: [this.registry] });

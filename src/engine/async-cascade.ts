@@ -111,7 +111,7 @@ export async function runCascadeAsync(
   let pausedUntil = 0;
   let pause = FIRST_PAUSE;
   let pausedPasses = 0;
-  /** Whether the drafter has drafted yet: the probe starts then (its first call prefills the prompt). */
+  /** Whether the drafter has drafted since it started or last rested: a probe starts then (its first call prefills, or catches up on, the tokens it has not seen). */
   let drafterReady = false;
   /** Target passes' time by tokens fed (drafts + 1). */
   const passCost = new LinearCost();
@@ -288,6 +288,8 @@ export async function runCascadeAsync(
         if (probe.gain / probe.passes < MIN_DRAFT_GAIN) {
           pausedUntil = rounds + pause;
           pause = Math.min(MAX_PAUSE, 2 * pause);
+          // the next probe starts once it has drafted again (it first catches up on what it missed)
+          drafterReady = false;
         } else pause = FIRST_PAUSE;
         probe.passes = 0;
         probe.gain = 0;

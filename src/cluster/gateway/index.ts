@@ -29,7 +29,8 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   // every answer counted once its connection is done with it, streamed (hijacked) ones and refusals
   // included: cascade_requests_total counts only requests that reached generation
   app.addHook('onRequest', async (req, reply) => {
-    reply.raw.once('close', () => metrics.http.inc({ method: req.method, route: req.routeOptions.url ?? 'unmatched', status: String(reply.raw.statusCode) }));
+    // a client gone before any answer was sent: `aborted`, not the default status 200
+    reply.raw.once('close', () => metrics.http.inc({ method: req.method, route: req.routeOptions.url ?? 'unmatched', status: reply.raw.headersSent ? String(reply.raw.statusCode) : 'aborted' }));
   });
   app.addHook('onRequest', bearerAuth(options.apiKeys ?? []));
 
