@@ -55,9 +55,10 @@ function describeIssue(issue: z.core.$ZodIssue, noun: string, root: string, know
  * A zod error as one line for a person: its first `max` issues, each naming its field
  * (`missing required parameter 'messages[0].content'`, `invalid 'max_tokens': too small: expected
  * number to be >=1`, `unrecognized key 'drafter'`), joined by "; ", with how many more there were.
- * A schema's own messages are kept, led by their field's path unless they name the field. `noun` names a field: "parameter" for the HTTP API,
- * "key" (the default) for files; `root` names the whole value ("the request body"; default "the value");
- * `known` lists the top level's keys, so a misspelt one is answered with the key it likely meant.
+ * A schema's own messages are kept, led by their field's path unless they name the field. `noun`
+ * names a field: "parameter" for the HTTP API, "key" (the default) for files; `root` names the
+ * whole value ("the request body"; default "the value"); `known` lists the top level's keys, so a
+ * misspelt one is answered with the key it likely meant.
  */
 export function describeIssues(error: z.ZodError, options: { noun?: string; root?: string; max?: number; known?: readonly string[] } = {}): string {
   const { noun = 'key', root = 'the value', max = 3, known = [] } = options;
