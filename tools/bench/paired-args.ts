@@ -9,17 +9,21 @@ export interface PairedArgs {
   readonly threads: number;
   readonly promptsDir?: string;
   readonly out?: string;
+  /** The tool's own options (pairedArgs' `extra`), by name, as given or their defaults. */
+  readonly extra: Record<string, string>;
 }
 
 /**
  * The command line of a paired A/B tool: `dirs` model folders, then --prompts (8), --max-tokens
- * (128), --repeats (3), --threads (1), --prompts-dir and --out. Prints `usage` and exits with status 2
- * when the folders or a number are missing or wrong.
+ * (128), --repeats (3), --threads (1), --prompts-dir and --out, and the tool's own string options
+ * `extra` (name to default). Prints `usage` and exits with status 2 when the folders or a number are
+ * missing or wrong.
  */
-export function pairedArgs(dirs: number, usage: string): PairedArgs {
+export function pairedArgs(dirs: number, usage: string, extra: Record<string, string> = {}): PairedArgs {
   const { values, positionals } = parseArgs({
     allowPositionals: true,
     options: {
+      ...Object.fromEntries(Object.entries(extra).map(([name, value]) => [name, { type: 'string' as const, default: value }])),
       prompts: { type: 'string', default: '8' },
       'max-tokens': { type: 'string', default: '128' },
       repeats: { type: 'string', default: '3' },
@@ -30,10 +34,11 @@ export function pairedArgs(dirs: number, usage: string): PairedArgs {
   });
   const [prompts, maxTokens, repeats, threads] = [values.prompts, values['max-tokens'], values.repeats, values.threads].map(Number) as [number, number, number, number];
   if (positionals.length !== dirs || ![prompts, maxTokens, repeats, threads].every((n) => Number.isInteger(n) && n > 0)) {
-    process.stderr.write(`usage: ${usage} [--prompts N] [--max-tokens N] [--repeats N] [--threads N] [--prompts-dir DIR] [--out FILE.json]\n`);
+    process.stderr.write(`usage: ${usage}${Object.keys(extra).map((name) => ` [--${name} X]`).join('')} [--prompts N] [--max-tokens N] [--repeats N] [--threads N] [--prompts-dir DIR] [--out FILE.json]\n`);
     process.exit(2);
   }
-  return { positionals, prompts, maxTokens, repeats, threads, promptsDir: values['prompts-dir'], out: values.out };
+  const own = Object.fromEntries(Object.keys(extra).map((name) => [name, String((values as Record<string, unknown>)[name])]));
+  return { positionals, prompts, maxTokens, repeats, threads, promptsDir: values['prompts-dir'], out: values.out, extra: own };
 }
 
 /** What a timed side returns per request (a GenerateResult or CascadeResult). */

@@ -22,10 +22,9 @@ import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
 import { pairedArgs, takeTurns } from './paired-args.ts';
 
-const temperatureAt = process.argv.indexOf('--temperature');
-const temperature = temperatureAt > 0 ? Number(process.argv.splice(temperatureAt, 2)[1]) : 0.7;
-if (!(temperature >= 0)) throw new Error('--temperature takes a number >= 0');
-const { prompts, maxTokens, repeats, threads, promptsDir, out } = pairedArgs(0, 'paired-drafter-rest.ts');
+const { prompts, maxTokens, repeats, threads, promptsDir, out, extra } = pairedArgs(0, 'paired-drafter-rest.ts', { temperature: '0.7' });
+const temperature = Number(extra.temperature);
+if (!(temperature >= 0)) throw new Error(`--temperature takes a number >= 0, got ${extra.temperature}`);
 const family = loadFamily('models');
 const open = (dir: string) => OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false });
 const target = await open(join('models', family.target));
@@ -42,7 +41,7 @@ const sides = [
 ].map((s) => ({ ...s, memory: new ScheduleMemory() }));
 const tokenizer = TextTokenizer.forModel(target.spec);
 const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
-const sampling = temperature === 0 ? { temperature: 0, topK: 0, topP: 1 } : { temperature, topK: 0, topP: 1 };
+const sampling = { temperature, topK: 0, topP: 1 };
 const { e2e, outputs } = await takeTurns(sides.length, repeats, ids, (i, promptIds) => {
   const s = sides[i]!;
   const config = s.drafters.length ? { drafters: s.drafters, kMatrix: 'auto' as const, lenience: 1, drafting: 'async' as const } : { drafters: [], kMatrix: [], lenience: 1 };
