@@ -84,9 +84,9 @@ export interface CascadeStats extends GenerateStats {
    * With async drafting: the mode, the drafted tokens thrown away on prefixes that died, the fraction
    * of target passes whose block began with drafts the drafter made during the pass before, past its
    * outcome (pre-drafted: SSD's cache hit), and the fraction of the request's wall time the target
-   * spent in its passes (in a cluster: the coordinator's time in verify calls, network included).
+   * spent in its passes (in a cluster: the coordinator's time in verify calls, network included),
+   * and the target passes run while the drafter rested for not paying (async-cascade.ts, MIN_DRAFT_GAIN).
    */
-  /** Async drafting's overlap: drafts wasted on dead prefixes, SSD's pre-draft hit rate, the target's busy fraction, and target passes run while the drafter was paused for not paying (async-cascade.ts, MIN_DRAFT_GAIN). */
   readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number };
 }
 
@@ -172,7 +172,7 @@ export async function generateCascade(
   onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void,
   /**
    * `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop
-   * string seen). `scheduleMemory`, `draftContexts`: as RunOptions.
+   * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`: as RunOptions.
    */
   control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest'> = {},
 ): Promise<CascadeResult> {
