@@ -1,49 +1,20 @@
 import test from 'ava';
+import { Probation } from '../src/engine/async-cascade.ts';
 import { generateCascade, type CascadeConfig, type DrafterSpec } from '../src/engine/cascade.ts';
 import { generateAutoregressive, type GenerateRequest } from '../src/engine/generate.ts';
-import { Rng } from '../src/kernels/rng.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
 import { OrtModelSession } from '../src/models/ort-session.ts';
 import type { ModelSession } from '../src/models/session.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
 import { dirOf, family as modelFamily } from './helpers/family.ts';
+import { jitter, paced } from './helpers/pacing.ts';
 import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
 
 function memoryFamily(vocabSize: number, sharpness = 3) {
   const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness });
   const d1 = new MemoryModelSession({ name: 'd1', vocabSize, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
   return { target, d1 };
-}
-
-/**
- * `session` whose forwards yield to the event loop `ticks()` times first: the in-memory models answer
- * at once, so this gives the target a pass time and the drafter a step time (a drafter whose ticks
- * exceed the target's is late), as worker threads do, without the test waiting on timers.
- */
-function paced(session: ModelSession, ticks: () => number): ModelSession {
-  const pause = async () => {
-    for (let n = ticks(); n > 0; n--) await new Promise((r) => setImmediate(r));
-  };
-  return new Proxy(session, {
-    get: (inner, key) => {
-      if (key === 'forward' || key === 'step' || key === 'forwardBatch') {
-        const f = Reflect.get(inner, key) as (...a: unknown[]) => Promise<unknown>;
-        return async (...args: unknown[]) => {
-          await pause();
-          return f.apply(inner, args);
-        };
-      }
-      const value: unknown = Reflect.get(inner, key);
-      return typeof value === 'function' ? value.bind(inner) : value;
-    },
-  });
-}
-
-/** A seeded stream in [0, 1) for the pacing (tests are reproducible; exactness holds for any pacing). */
-function jitter(seed: number): () => number {
-  const rng = new Rng(seed);
-  return () => rng.uniform();
 }
 
 const model = (session: ModelSession): DrafterSpec => ({ kind: 'model', session });
@@ -56,6 +27,7 @@ test('async drafting - greedy output equals target-only decoding: sd, sd + MaG, 
   const coin = jitter(1);
   const late = paced(plain.d1, () => (coin() < 0.5 ? 1 : 12));
   let accepted = 0;
+  let outcomeHits = 0;
   for (const prompt of [[1], [3, 5, 7], [2, 2, 2, 2, 9], [1, 2, 3, 1, 2, 3, 1, 2]]) {
     const req: GenerateRequest = { promptIds: prompt, maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
     const want = (await generateAutoregressive(f.target, req)).tokenIds;
@@ -64,8 +36,16 @@ test('async drafting - greedy output equals target-only decoding: sd, sd + MaG, 
       t.deepEqual(r.tokenIds, want, `${name} on ${prompt}`);
       t.is(r.stats.drafting?.mode, 'async');
       if (name === 'sd') accepted += r.stats.acceptedTokens;
+      outcomeHits += r.stats.drafting!.outcomeHits;
     }
   }
+  t.log(`outcome branches adopted at ${outcomeHits} passes`);
+  t.true(outcomeHits > 0, 'the drafter pre-drafted a rejection\'s outcome that came true');
+  // without outcome branches: the speculation alone
+  const req: GenerateRequest = { promptIds: [3, 5, 7], maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
+  const alone = await generateCascade(f.target, asyncOf([model(f.d1)]), req, undefined, { outcomeBranches: false });
+  t.deepEqual(alone.tokenIds, (await generateAutoregressive(f.target, req)).tokenIds);
+  t.is(alone.stats.drafting!.outcomeDrafts, 0);
   // how many depends on the pacing under load and on the review cut (worthReviewing); that it drafts at all is the point
   t.true(accepted >= 8, `the neural drafter alone had ${accepted} drafts accepted`);
   t.is(plain.target.liveSequences(), 0);
@@ -79,6 +59,7 @@ test('async drafting - drafter-invariant: a seeded sampled request gives target-
   const late = paced(plain.d1, () => (coin() < 0.3 ? 12 : 1));
   const samplings: SamplingParams[] = [{ temperature: 1, topK: 0, topP: 1 }, { temperature: 0.7, topK: 4, topP: 0.9, presencePenalty: 0.3 }];
   let neural = 0;
+  let outcomeHits = 0;
   for (const sampling of samplings) {
     for (let seed = 0; seed < 20; seed++) {
       const req: GenerateRequest = { promptIds: [1, 3, 2, 1, 3], maxTokens: 24, sampling, seed, stopAtEos: false, verification: 'invariant' };
@@ -87,9 +68,12 @@ test('async drafting - drafter-invariant: a seeded sampled request gives target-
         const r = await generateCascade(f.target, asyncOf(drafters), req);
         t.deepEqual(r.tokenIds, want, `T ${sampling.temperature}, seed ${seed}`);
         if (drafters.length === 1) neural += r.stats.acceptedTokens;
+        outcomeHits += r.stats.drafting!.outcomeHits;
       }
     }
   }
+  t.log(`outcome branches adopted at ${outcomeHits} passes`);
+  t.true(outcomeHits > 0);
   t.true(neural > 40, `drafts of the (sometimes late) neural drafter alone were accepted: ${neural}`);
 });
 
@@ -103,13 +87,17 @@ for (const withMag of [false, true]) {
     const prompt = [1, 3, 2, ...(await generateAutoregressive(target, { promptIds: [1, 3, 2], maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds];
     const samples: number[][] = [];
     let accepted = 0;
+    let outcomeHits = 0;
     for (let seed = 0; seed < 10_000; seed++) {
       const r = await generateCascade(target, asyncOf(withMag ? [model(d1), mag] : [model(d1)]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' });
       samples.push(r.tokenIds);
       accepted += r.stats.acceptedTokens;
+      outcomeHits += r.stats.drafting!.outcomeHits;
     }
-    t.log(`${accepted} drafted tokens accepted`);
+    t.log(`${accepted} drafted tokens accepted, outcome branches adopted at ${outcomeHits} passes`);
     t.true(accepted > 5_000);
+    // the positions after an adopted outcome branch are in the test too
+    t.true(outcomeHits > 500);
     const fits = positionalChiSquare(samples, prompt, (context) => distribution(plain.target.nextLogits(context), sampling));
     t.log(describeFits(fits));
     t.deepEqual(misfits(fits), [], describeFits(fits));
@@ -122,6 +110,8 @@ test('async drafting - real ONNX models: greedy and seeded sampled output equal 
   try {
     const tok = TextTokenizer.load(target.spec.tokenizerPath);
     let accepted = 0;
+    let branched = 0;
+    let outcomeHits = 0;
     for (const text of ['def read_config(path):\n    with open(path) as f:\n', 'The river runs through the valley and']) {
       for (const sampling of [GREEDY, { temperature: 0.8, topK: 0, topP: 1 }]) {
         const req: GenerateRequest = { promptIds: tok.encode(text), maxTokens: 48, sampling, seed: 3, stopAtEos: false, verification: 'invariant' };
@@ -131,10 +121,14 @@ test('async drafting - real ONNX models: greedy and seeded sampled output equal 
           const r = await generateCascade(target, asyncOf(drafters), req, undefined, { drafterRest: false });
           t.deepEqual(r.tokenIds, want, `${JSON.stringify(text.slice(0, 12))}, T ${sampling.temperature}, ${drafters.length} drafters`);
           if (drafters.length === 1) accepted += r.stats.acceptedTokens;
+          branched += r.stats.drafting!.outcomeDrafts;
+          outcomeHits += r.stats.drafting!.outcomeHits;
         }
       }
     }
     t.true(accepted > 10, `draft-l2 alone had ${accepted} drafts accepted`);
+    // how many depends on the two threads' timing
+    t.log(`${branched} tokens drafted on outcome branches, adopted at ${outcomeHits} passes`);
   } finally {
     await Promise.all([target.close(), l2.close()]);
   }
@@ -194,4 +188,19 @@ test('async drafting - with its only drafter resting, the real target decodes se
   } finally {
     await target.close();
   }
+});
+
+test('async drafting - probation (the drafter\'s rest, its outcome branches\'): a part that falls short of its gain over a probe rests, for a pause that doubles while it still falls short and resets once it pays', (t) => {
+  const p = new Probation(4, 0.5);
+  t.false(p.record(3, 0, 10), 'the probe is not over');
+  t.true(p.record(1, 0, 10), '0 of 4 falls short');
+  t.true(p.resting(25));
+  t.false(p.resting(26), 'a first rest of 16 passes');
+  t.true(p.record(4, 1, 30));
+  t.is(p.until, 62, 'the second, 32');
+  t.false(p.record(4, 2, 70), '2 of 4 pays');
+  t.true(p.record(4, 0, 80));
+  t.is(p.until, 96, 'back to 16');
+  const never = new Probation(Infinity, 0.5);
+  t.false(never.record(1000, 0, 5), 'a part that never rests');
 });

@@ -341,7 +341,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       // async drafting runs the first neural drafter ahead with MaG, no K (runDrafting)
       const ahead = plan.drafters.find((d) => d !== 'mag');
       const asyncLevels = [...(ahead ? [`${ahead} ahead`] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])];
-      const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}${s.drafting.drafterPausedPasses ? `, drafter paused for ${s.drafting.drafterPausedPasses} target passes` : ''}` : '';
+      const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}${s.drafting.outcomeDrafts ? `, ${s.drafting.outcomeDrafts} drafts on outcome branches (adopted at ${s.drafting.outcomeHits} passes)` : ''}${s.drafting.drafterPausedPasses ? `, drafter paused for ${s.drafting.drafterPausedPasses} target passes` : ''}` : '';
       const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} token${o.magFirst === 1 ? '' : 's'}` : ''}`;
       process.stderr.write(
         `[${o.mode}: ${target.spec.name}${where ? ` (${where})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +

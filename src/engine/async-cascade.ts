@@ -6,7 +6,7 @@ import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { CascadeResult, RunOptions } from './cascade.ts';
 import { cascadeResult, committable, draftRoom } from './cascade.ts';
 import type { FinishReason, GenerateRequest } from './generate.ts';
-import { Block, type CascadeLevel } from './levels.ts';
+import { Block, commonPrefix, type CascadeLevel } from './levels.ts';
 
 /**
  * How the drafters' work is placed against the target's:
@@ -38,9 +38,66 @@ const PROBE_PASSES = 8;
 const MIN_DRAFT_GAIN = 0.2;
 const FIRST_PAUSE = 16;
 const MAX_PAUSE = 256;
+/**
+ * Outcome branches pause the same way: after BRANCH_PROBE_DRAFTS tokens drafted on them, fewer than
+ * MIN_BRANCH_YIELD of them accepted (at the head of the blocks adopted branches began). Measured
+ * with draft-l2 on held-out prompts: 0.04 (bench/results/outcome-branches), where they cost 5-10%.
+ */
+const BRANCH_PROBE_DRAFTS = 32;
+const MIN_BRANCH_YIELD = 0.1;
+
+/**
+ * A part of async drafting on probation (the drafter, its outcome branches): it runs while its gain
+ * per trial (accepted drafts per target pass, or per branch token) reaches `minGain` over each
+ * probe of `trialsPerProbe` trials, and rests for a pause of target passes after a probe that falls short
+ * (FIRST_PAUSE, doubling while it still does not pay, up to MAX_PAUSE; FIRST_PAUSE again once it pays).
+ */
+export class Probation {
+  private trials = 0;
+  private gain = 0;
+  private pause = FIRST_PAUSE;
+  /** The first target pass after the rest. */
+  until = 0;
+
+  constructor(
+    private readonly trialsPerProbe: number,
+    private readonly minGain: number,
+  ) {}
+
+  resting(pass: number): boolean {
+    return pass < this.until;
+  }
+
+  /** Counts trials and gain; after a whole probe, starts a rest at target pass `pass` when it fell short (and says so). */
+  record(trials: number, gain: number, pass: number): boolean {
+    this.trials += trials;
+    this.gain += gain;
+    if (this.trials < this.trialsPerProbe) return false;
+    const short = this.gain / this.trials < this.minGain;
+    if (short) {
+      this.until = pass + this.pause;
+      this.pause = Math.min(MAX_PAUSE, 2 * this.pause);
+    } else this.pause = FIRST_PAUSE;
+    this.trials = 0;
+    this.gain = 0;
+    return short;
+  }
+}
 
 /** Most drafts a target pass reviews (the adaptive schedule's bound; worthReviewing picks within it). */
 const MAX_BLOCK = DEFAULT_MAX_DRAFT;
+/** Passes in a row that may leave available drafts unreviewed before one reviews them anyway (keeps the pass-cost fit tested). */
+const EXPLORE_AFTER = 4;
+
+/**
+ * A line of drafted tokens after the committed prefix, each with the q it was drawn from and the
+ * drafter's runner-up at its position (CascadeLevel.draftWithRunnerUp; undefined where unknown).
+ */
+interface Line {
+  tokens: number[];
+  q: (Float32Array | undefined)[];
+  alt: (number | undefined)[];
+}
 
 /**
  * Asynchronous drafting (issue 27), embedded or across actors: the first drafter (`drafter`, a
@@ -59,6 +116,17 @@ const MAX_BLOCK = DEFAULT_MAX_DRAFT;
  * The run-ahead is capped at about one verify pass of drafter steps (measured), within
  * [MIN_RUN_AHEAD, MAX_RUN_AHEAD]. A drafter whose drafts are rarely accepted is paused, and probed
  * again after a pause that doubles while it still does not pay (PROBE_PASSES, MIN_DRAFT_GAIN).
+ *
+ * Outcome branches (SSD's speculation cache, Kumar, Dao, May, ICLR 2026, keyed there by accepted
+ * length and correction token): a drafter that names its runner-up (CascadeLevel.draftWithRunnerUp)
+ * also pre-drafts the outcome where the target rejects its draft at position j of its speculation
+ * and emits that runner-up instead. Each drafter step goes to the line whose next token is likeliest
+ * to be used: the speculation's n-th token, survived with probability a^n, or branch j's m-th,
+ * a^j·(1 − a)·b·a^m, with a the drafter's measured acceptance and b how often the target's correction
+ * was its runner-up (measured, shrunk towards 1/2); each line within the run-ahead cap. After a pass
+ * the speculation is kept when it extends the new prefix; otherwise the branch that does (at most
+ * one can) becomes the speculation. Branches rest while they do not pay (MIN_BRANCH_YIELD), and
+ * `options.outcomeBranches: false` drafts the speculation alone.
  *
  * Exactness is the target's review's: every reviewed token was drafted from the distribution it
  * carries (q), given its prefix, so rejection sampling stays exact, and under drafter-invariant
@@ -96,6 +164,21 @@ export async function runCascadeAsync(
   // the drafter's speculative continuation of `tokens`, with each token's q
   let spec: number[] = [];
   let specQ: (Float32Array | undefined)[] = [];
+  /** The drafter's runner-up at each position of `spec` (undefined where unknown). */
+  let specAlt: (number | undefined)[] = [];
+  /** Outcome branches by the position j (after the committed prefix) where they leave `spec`: spec[0..j), its runner-up, then their drafts. */
+  const branches = new Map<number, Line>();
+  const branching = options.outcomeBranches !== false;
+  /** Rejections of the speculation where its runner-up was known (trials), and those where the target emitted it (hits). */
+  const runnerUps = { trials: 0, hits: 0 };
+  let outcomeDrafts = 0;
+  let outcomeHits = 0;
+  /** Drafts accepted at the head of blocks that an adopted branch began (what the branches gained). */
+  let outcomeAccepted = 0;
+  /** Whether `spec` is an adopted outcome branch not yet reviewed. */
+  let fromBranch = false;
+  /** outcomeDrafts when the branches' probation last counted them. */
+  let branchTrials = 0;
   let epoch = 0;
   let stopped = false;
   let drafterError: unknown;
@@ -106,10 +189,9 @@ export async function runCascadeAsync(
   /** Passes whose block began with drafts the drafter made during the pass before, past that pass's outcome (SSD's pre-drafted hit). */
   let preDrafted = 0;
   let carried = false;
-  /** The drafter's probe (target passes with it running, its drafts accepted in them), and its rest: it drafts again from pass `pausedUntil`. */
-  const probe = { passes: 0, gain: 0 };
-  let pausedUntil = 0;
-  let pause = FIRST_PAUSE;
+  /** The drafter's probation (its trials: target passes with it running) and its outcome branches' (tokens drafted on them). */
+  const drafterRest = new Probation(options.drafterRest === false ? Infinity : PROBE_PASSES, MIN_DRAFT_GAIN);
+  const branchRest = new Probation(BRANCH_PROBE_DRAFTS, MIN_BRANCH_YIELD);
   let pausedPasses = 0;
   /** Whether the drafter has drafted since it started or last rested: a probe starts then (its first call prefills, or catches up on, the tokens it has not seen). */
   let drafterReady = false;
@@ -143,6 +225,8 @@ export async function runCascadeAsync(
     }
     return best;
   };
+  /** Passes in a row that reviewed nothing while drafts were there (worthReviewing priced them out). */
+  let unreviewed = 0;
   /** Drafts of the block under review still in `spec` (the drafter runs ahead of them). */
   let reviewing = 0;
   /** How often the first draft of a block was accepted, by where the block came from (moving average). */
@@ -155,19 +239,61 @@ export async function runCascadeAsync(
     w?.();
   };
 
+  /**
+   * Which line the drafter's next step extends: 'spec', or the outcome branch leaving it at position
+   * j (created on its first step), by the likelihood that the step's token is used (see
+   * runCascadeAsync); undefined when every line is at its cap (or the drafter rests).
+   */
+  function nextLine(): 'spec' | number | undefined {
+    if (drafterRest.resting(rounds)) return undefined;
+    const cap = runAhead();
+    const fits = (n: number) => tokens.length + n + 1 < (options.maxPositions ?? Infinity) && n < req.maxTokens - out.length;
+    let best: 'spec' | number | undefined;
+    let bestValue = 0;
+    const a = Math.min(0.95, Math.max(0.05, firstAccepted.drafter));
+    if (spec.length - reviewing < cap && fits(spec.length)) [best, bestValue] = ['spec', a ** spec.length];
+    if (!branching || branchRest.resting(rounds)) return best;
+    const b = (runnerUps.hits + 1) / (runnerUps.trials + 2);
+    for (let j = 0; j <= reviewing && j < spec.length; j++) {
+      if (specAlt[j] === undefined) continue;
+      const length = branches.get(j)?.tokens.length ?? j + 1;
+      const value = a ** j * (1 - a) * b * a ** (length - j - 1);
+      if (length - j - 1 < cap && fits(length) && value > bestValue) [best, bestValue] = [j, value];
+    }
+    return best;
+  }
+
+  /** One drafter step after `line`; the runner-up comes back where the level names one and branches are on. */
+  async function draftStep(level: CascadeLevel, block: Block): Promise<number | undefined> {
+    if (branching && !branchRest.resting(rounds) && level.draftWithRunnerUp) return level.draftWithRunnerUp(block, drafterRng);
+    await level.propose(block, 1, drafterRng);
+    return undefined;
+  }
+
   async function drafterLoop(level: CascadeLevel): Promise<void> {
     while (!stopped && drafter === level) {
-      if (rounds < pausedUntil || spec.length - reviewing >= runAhead() || tokens.length + spec.length + 1 >= (options.maxPositions ?? Infinity) || spec.length >= req.maxTokens - out.length) {
+      const which = nextLine();
+      if (which === undefined) {
         await new Promise<void>((resolve) => (wake = resolve));
         continue;
       }
+      let branch: Line | undefined;
+      if (which !== 'spec') {
+        branch = branches.get(which) ?? { tokens: [...spec.slice(0, which), specAlt[which]!], q: [...specQ.slice(0, which), undefined], alt: [...specAlt.slice(0, which), undefined] };
+        branches.set(which, branch);
+      }
       const e = epoch;
-      const base = tokens.length + spec.length;
-      const block = new Block([...tokens, ...spec], base);
+      const committed = tokens.length;
+      const base = committed + (branch ?? { tokens: spec }).tokens.length;
+      const block = new Block([...tokens, ...(branch ?? { tokens: spec }).tokens], base);
       const t0 = performance.now();
-      await level.propose(block, 1, drafterRng);
+      const alt = await draftStep(level, block);
       stepMs = ema(stepMs, performance.now() - t0);
-      if (e !== epoch || stopped || tokens.length + spec.length !== base) {
+      // The speculation's draft lands while its prefix is still the committed tokens and `spec` (a pass
+      // that kept the speculation moved tokens from one to the other); a branch's, while the branch is
+      // still there unchanged (they are dropped at every pass's end).
+      const live = branch ? tokens.length === committed && branches.get(which as number) === branch && committed + branch.tokens.length === base : tokens.length + spec.length === base;
+      if (e !== epoch || stopped || !live) {
         wasted += block.length - base;
         continue;
       }
@@ -176,8 +302,11 @@ export async function runCascadeAsync(
         await new Promise<void>((resolve) => (wake = resolve));
         continue;
       }
-      spec.push(...block.tokens.slice(base));
-      specQ.push(...block.q);
+      const line = branch ?? { tokens: spec, q: specQ, alt: specAlt };
+      line.tokens.push(...block.tokens.slice(base));
+      line.q.push(...block.q);
+      line.alt.push(alt);
+      if (branch) outcomeDrafts++;
       drafterReady = true;
     }
   }
@@ -204,6 +333,12 @@ export async function runCascadeAsync(
     return { block, source: 'drafter' };
   }
 
+  /** Forgets the outcome branches (their drafts counted wasted, but for `kept`'s). */
+  function dropBranches(kept?: Line): void {
+    for (const [j, line] of branches) if (line !== kept) wasted += line.tokens.length - j - 1;
+    branches.clear();
+  }
+
   let loop = drafter ? startLoop(drafter) : undefined;
   function startLoop(level: CascadeLevel): Promise<void> {
     return drafterLoop(level).catch((err: unknown) => {
@@ -224,6 +359,8 @@ export async function runCascadeAsync(
         drafter = undefined;
         spec = [];
         specQ = [];
+        specAlt = [];
+        branches.clear();
         epoch++;
       }
       const committed = tokens.length;
@@ -231,7 +368,13 @@ export async function runCascadeAsync(
       const { block, source } = await chooseBlock(committed, room);
       // MaG's acceptance depends on how long a match it copies from (its draft context), the drafter's does not
       const key = source === 'mag' && options.draftContexts !== false ? contextLabel('mag', mag?.draftContext?.(tokens)) : source;
-      block.cut(committed + worthReviewing(block.length - committed, key));
+      const available = block.length - committed;
+      let worth = worthReviewing(available, key);
+      // A fit that prices every draft out is never tested again (passes of one token are all it
+      // would see), so after EXPLORE_AFTER such passes in a row a pass reviews what is there.
+      unreviewed = worth === 0 && available > 0 ? unreviewed + 1 : 0;
+      if (unreviewed > EXPLORE_AFTER) [worth, unreviewed] = [available, 0];
+      block.cut(committed + worth);
       const k = block.length - committed;
       // the drafter goes on after its own block under review, as if all of it will be accepted; under
       // MaG's block it keeps drafting from the committed prefix (the likely outcome: MaG's first draft rejected)
@@ -239,20 +382,25 @@ export async function runCascadeAsync(
       let agree = 0;
       while (agree < k && agree < spec.length && spec[agree] === drafts[agree]) agree++;
       if (carried && agree > 0) preDrafted++;
+      const branchHead = fromBranch ? agree : 0;
       carried = false;
+      fromBranch = false;
       if (agree < k && source === 'drafter') {
         wasted += spec.length - agree;
         spec = drafts;
         specQ = drafts.map((_, i) => block.q[i]);
+        specAlt = drafts.map((_, i) => (i < agree ? specAlt[i] : undefined));
+        dropBranches();
         epoch++;
       }
-      reviewing = agree === k ? k : 0;
+      // the drafter runs ahead of its own block under review (extended by MaG or not)
+      reviewing = source === 'drafter' || agree === k ? k : 0;
       nudge();
       let acceptedNow = 0;
       // with nothing to review and no drafter at work or MaG to ask before the next token, the target
       // decodes several tokens in one call (multi-step decoding, as target-only decoding does)
-      const resting = !mag && (!drafter || rounds < pausedUntil);
-      const steps = k === 0 && resting ? Math.max(1, Math.min(top.decodeSteps ?? 1, room + 1, drafter ? pausedUntil - rounds : Infinity)) : 1;
+      const resting = !mag && (!drafter || drafterRest.resting(rounds));
+      const steps = k === 0 && resting ? Math.max(1, Math.min(top.decodeSteps ?? 1, room + 1, drafter ? drafterRest.until - rounds : Infinity)) : 1;
       const round = async () => {
         const t0 = performance.now();
         if (k === 0) await top.propose(block, steps, targetRng);
@@ -274,45 +422,57 @@ export async function runCascadeAsync(
       };
       if (options.inRound) await options.inRound(rounds, round);
       else await round();
-      if (drafter && drafterReady && rounds >= pausedUntil) {
-        probe.passes++;
-        // the drafter's own drafts at the head of its block (MaG may have extended it)
-        if (source === 'drafter') probe.gain += Math.min(acceptedNow, agree);
-      }
+      // the drafter's own drafts at the head of its block (MaG may have extended it)
+      const probing = drafter !== undefined && drafterReady && !drafterRest.resting(rounds);
+      const gain = source === 'drafter' ? Math.min(acceptedNow, agree) : 0;
+      const branchGain = Math.min(acceptedNow, branchHead);
+      outcomeAccepted += branchGain;
       // a multi-step call made one target pass per token it proposed
       const passes = steps > 1 ? Math.max(1, block.length - committed) : 1;
-      if (drafter && rounds < pausedUntil) pausedPasses += passes;
+      if (drafter && drafterRest.resting(rounds)) pausedPasses += passes;
       rounds += passes;
       reviewing = 0;
-      if (probe.passes >= PROBE_PASSES && options.drafterRest !== false) {
-        if (probe.gain / probe.passes < MIN_DRAFT_GAIN) {
-          pausedUntil = rounds + pause;
-          pause = Math.min(MAX_PAUSE, 2 * pause);
-          // the next probe starts once it has drafted again (it first catches up on what it missed)
-          drafterReady = false;
-        } else pause = FIRST_PAUSE;
-        probe.passes = 0;
-        probe.gain = 0;
-      }
+      // the next probe starts once it has drafted again (it first catches up on what it missed)
+      if (probing && drafterRest.record(1, gain, rounds)) drafterReady = false;
+      branchRest.record(outcomeDrafts - branchTrials, branchGain, rounds);
+      branchTrials = outcomeDrafts;
       const emitted = block.tokens.slice(committed);
       const { fresh, freshLogprobs, stopped: eosSeen } = committable(emitted, req.maxTokens - out.length, eos, top, req.logprobs !== undefined);
       if (eosSeen) finishReason = 'stop';
       tokens.push(...fresh);
       out.push(...fresh);
       if (freshLogprobs) logprobs.push(...freshLogprobs);
-      // keep the drafter's speculation where it extends the new prefix (it drafted the target's own token too)
-      let keep = 0;
-      while (keep < emitted.length && keep < spec.length && spec[keep] === emitted[keep]) keep++;
+      // keep the drafter's speculation where it extends the new prefix (it drafted the target's own
+      // token too), or else the outcome branch that does
+      const keep = Math.min(emitted.length, commonPrefix(spec, emitted));
+      if (keep < emitted.length && keep < spec.length && specAlt[keep] !== undefined) {
+        runnerUps.trials++;
+        if (emitted[keep] === specAlt[keep]) runnerUps.hits++;
+      }
+      const branch = keep < emitted.length ? branches.get(keep) : undefined;
+      const adopted = branch && branch.tokens.length > emitted.length && commonPrefix(branch.tokens, emitted) === emitted.length ? branch : undefined;
       if (keep === emitted.length) {
         spec = spec.slice(keep);
         specQ = specQ.slice(keep);
+        specAlt = specAlt.slice(keep);
         carried = spec.length > 0;
+      } else if (adopted) {
+        wasted += spec.length - keep;
+        spec = adopted.tokens.slice(emitted.length);
+        specQ = adopted.q.slice(emitted.length);
+        specAlt = adopted.alt.slice(emitted.length);
+        carried = true;
+        fromBranch = true;
+        outcomeHits++;
+        epoch++;
       } else {
         wasted += spec.length - keep;
         spec = [];
         specQ = [];
+        specAlt = [];
         epoch++;
       }
+      dropBranches(adopted);
       nudge();
       if (out.length > 0 && firstToken === 0) firstToken = performance.now() - start;
       if (fresh.length) await options.onTokens?.(fresh, freshLogprobs);
@@ -333,6 +493,6 @@ export async function runCascadeAsync(
     await Promise.all(everyLevel.filter((l) => !pending.includes(l)).map((l) => l.release()));
   }
 
-  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start), drafterPausedPasses: pausedPasses };
+  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start), drafterPausedPasses: pausedPasses, outcomeDrafts, outcomeHits, outcomeAccepted };
   return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, { drafting });
 }

@@ -85,9 +85,11 @@ export interface CascadeStats extends GenerateStats {
    * of target passes whose block began with drafts the drafter made during the pass before, past its
    * outcome (pre-drafted: SSD's cache hit), and the fraction of the request's wall time the target
    * spent in its passes (in a cluster: the coordinator's time in verify calls, network included),
-   * and the target passes run while the drafter rested for not paying (async-cascade.ts, MIN_DRAFT_GAIN).
+   * the target passes run while the drafter rested for not paying (async-cascade.ts, MIN_DRAFT_GAIN),
+   * and its outcome branches: tokens drafted on them, passes after which one was adopted, and the
+   * drafts accepted at the head of the blocks those began.
    */
-  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number };
+  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number; readonly outcomeDrafts: number; readonly outcomeHits: number; readonly outcomeAccepted: number };
 }
 
 /** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */
@@ -172,9 +174,9 @@ export async function generateCascade(
   onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void,
   /**
    * `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop
-   * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`: as RunOptions.
+   * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`, `outcomeBranches`: as RunOptions.
    */
-  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest'> = {},
+  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest' | 'outcomeBranches'> = {},
 ): Promise<CascadeResult> {
   checkRequest(req, target.spec.maxPositions);
   checkCascade(config);
@@ -250,6 +252,12 @@ export interface RunOptions {
    * that compare the two).
    */
   readonly drafterRest?: boolean;
+  /**
+   * Whether async drafting pre-drafts the outcomes where the target rejects a draft and emits the
+   * drafter's runner-up (async-cascade.ts, outcome branches), default true. false drafts the
+   * speculation alone, as before (for benchmarks that compare the two).
+   */
+  readonly outcomeBranches?: boolean;
   /**
    * The smallest context (positions) of the cascade's models. Each round's drafts are clamped to
    * it (see draftRoom); undefined = unbounded.

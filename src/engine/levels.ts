@@ -1,8 +1,8 @@
 import { review, reviewGreedyLenient, reviewInvariant, type ReviewOutcome } from '../kernels/acceptance.ts';
-import { drawToken, type PositionNoise } from '../kernels/noise.ts';
+import type { PositionNoise } from '../kernels/noise.ts';
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
-import { distribution, logitsRow, logprobDistribution, processLogits, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
+import { argmax, distribution, logitsRow, logprobDistribution, processLogits, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import { LevelUnavailableError } from '../errors.ts';
 import { DECODE_STEPS, type ModelSession, type ServiceLoad } from '../models/session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
@@ -90,6 +90,16 @@ export interface CascadeLevel {
    * (ModelSession.decode). Absent = 1.
    */
   readonly decodeSteps?: number;
+  /**
+   * Drafts one token after the whole block, as `propose(block, 1, rng)` does (the same token, q and
+   * Rng draw), and returns the token the level ranks next at that position: the likeliest other one
+   * under its processed distribution (undefined when none is left in its support). Asynchronous
+   * drafting pre-drafts the outcome where the target rejects the draft and emits that token instead
+   * (SSD, Kumar, Dao, May, ICLR 2026: a speculation keyed by accepted length and correction token).
+   * Absent: the level offers no runner-up (a remote or feature drafter), and no such outcome is
+   * pre-drafted.
+   */
+  draftWithRunnerUp?(block: Block, rng: Rng): Promise<number | undefined>;
   /** Tokens of `tokens` the level's model has not seen yet (it feeds them on its next call). */
   lag?(tokens: readonly number[]): number;
   /**
@@ -104,6 +114,19 @@ export interface CascadeLevel {
    * only a level asked for them (the target of a request with logprobs) has any.
    */
   takeLogprobs?(): TokenLogprob[];
+}
+
+/** The index of the largest of `scores` other than `token`'s, or undefined when none is above `floor`. */
+export function runnerUp(scores: Float32Array, token: number, floor: number): number | undefined {
+  let best: number | undefined;
+  let bestScore = floor;
+  for (let i = 0; i < scores.length; i++) {
+    if (i !== token && scores[i]! > bestScore) {
+      bestScore = scores[i]!;
+      best = i;
+    }
+  }
+  return best;
 }
 
 /** Length of the common prefix of two token sequences. */
@@ -247,20 +270,35 @@ export class ModelLevel implements CascadeLevel {
    */
   async propose(block: Block, want: number, rng: Rng): Promise<void> {
     if (this.decodes && want > 0) return this.proposeInRunner(block, want);
-    for (let i = 0; i < want; i++) {
-      this.stats.proposals++;
-      const row = await this.rows(block.tokens, block.length, block.length + 1);
-      if (this.sampling.temperature === 0) {
-        const token = drawToken(row, this.sampling, { tokens: block.tokens, length: block.length, promptLength: this.promptLength }, undefined);
-        this.recordLogprob(row, block.tokens, block.length, token, undefined);
-        block.push(token, undefined);
-        continue;
-      }
-      const p = this.dist(row, block.tokens, block.length);
-      const token = this.noise ? this.noise.draw(p, block.length) : sample(p, rng);
-      this.recordLogprob(row, block.tokens, block.length, token, p);
-      block.push(token, this.noise ? undefined : p);
+    for (let i = 0; i < want; i++) await this.draftOne(block, rng);
+  }
+
+  async draftWithRunnerUp(block: Block, rng: Rng): Promise<number | undefined> {
+    const { scores, floor } = await this.draftOne(block, rng);
+    return runnerUp(scores, block.tokens[block.length - 1]!, floor);
+  }
+
+  /**
+   * One autoregressive draft after the block (one forward): pushes the token with its q and returns
+   * the scores it was chosen by (the processed logits when greedy, else the processed distribution)
+   * with the score that marks a token outside the support.
+   */
+  private async draftOne(block: Block, rng: Rng): Promise<{ scores: Float32Array; floor: number }> {
+    this.stats.proposals++;
+    const row = await this.rows(block.tokens, block.length, block.length + 1);
+    if (this.sampling.temperature === 0) {
+      // drawToken's greedy choice, keeping the processed row
+      const processed = processLogits(row, this.sampling, { tokens: block.tokens, length: block.length, promptLength: this.promptLength });
+      const token = argmax(processed);
+      this.recordLogprob(row, block.tokens, block.length, token, undefined);
+      block.push(token, undefined);
+      return { scores: processed, floor: -Infinity };
     }
+    const p = this.dist(row, block.tokens, block.length);
+    const token = this.noise ? this.noise.draw(p, block.length) : sample(p, rng);
+    this.recordLogprob(row, block.tokens, block.length, token, p);
+    block.push(token, this.noise ? undefined : p);
+    return { scores: p, floor: 0 };
   }
 
   /**
