@@ -220,3 +220,23 @@ test('actor - a draft actor samples a drafter\'s session from its top DRAFT_TOP_
     await actor.stop();
   }
 });
+
+test('actor - a draft actor asked for its runner-up names the token it ranks next (outcome branches), for one drafted token only', async (t) => {
+  const transport = new InProcessTransport();
+  const model = new MemoryModelSession({ name: 'ranked', vocabSize: 32, order: 2, seed: 9, sharpness: 3 });
+  const actor = new ModelActor(transport, model, { instance: 'r0' }).start();
+  try {
+    t.is((await call(transport, subjects.open('ranked'), { type: 'open', session: 's', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: false, promptLength: 0, verification: 'invariant' })).type, 'opened');
+    const reply = await call(transport, subjects.instance('ranked', 'r0'), { type: 'propose', session: 's', base: 0, suffix: [1, 2, 3], want: 1, runnerUp: true });
+    if (reply.type !== 'proposed') return t.fail(`answered ${JSON.stringify(reply)}`);
+    const ranked = [...model.nextLogits([1, 2, 3])].map((v, i) => [v, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]);
+    t.deepEqual([reply.tokens[0], reply.runnerUp], [ranked[0]![1], ranked[1]![1]], 'the greedy draft, then the second-largest logit');
+    const plain = await call(transport, subjects.instance('ranked', 'r0'), { type: 'propose', session: 's', base: 4, suffix: [], want: 2 });
+    t.true(plain.type === 'proposed' && plain.runnerUp === undefined, 'named only when asked');
+    const refused = await call(transport, subjects.instance('ranked', 'r0'), { type: 'propose', session: 's', base: 6, suffix: [], want: 2, runnerUp: true });
+    t.true(refused.type === 'error' && /want must be 1/.test(refused.message), JSON.stringify(refused));
+  } finally {
+    await actor.stop();
+    await transport.close();
+  }
+});

@@ -6,6 +6,7 @@ import { InProcessTransport } from '../src/cluster/transport.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
+import { paced } from './helpers/pacing.ts';
 import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
 
 /**
@@ -13,12 +14,13 @@ import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
  * still encoded), the coordinator driving them, in-memory models. Proves the wire keeps the cascade
  * exact: greedy identity, and the target's distribution when sampling with q and p rows travelling.
  */
-function cluster(vocabSize: number, sharpness = 4) {
+function cluster(vocabSize: number, sharpness = 4, pace = false) {
   const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness });
   const d1 = new MemoryModelSession({ name: 'd1', vocabSize, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
   const d2 = new MemoryModelSession({ name: 'd2', vocabSize, order: 1, seed: 13, resemble: { model: target, weight: 0.5 } });
   const transport = new InProcessTransport();
-  const actors = [target, d1, d2].map((m) => new ModelActor(transport, m).start());
+  // paced: the target's passes take 8 event-loop turns and a drafter's steps 1, so drafts arrive while the target verifies (helpers/pacing.ts)
+  const actors = [target, d1, d2].map((m) => new ModelActor(transport, pace ? paced(m, () => (m === target ? 8 : 1)) : m).start());
   const log = new MemoryRequestLog();
   const coordinator = new Coordinator({ transport, log, family: { target: 'target', eosIds: [] } });
   let n = 0;
@@ -44,6 +46,21 @@ test('cluster (in-process) - greedy output equals target-only decoding for sever
   }
   for (const a of c.actors) t.is(a.activeSessions, 0, `${a.model} freed every session`);
   for (const m of [c.target, c.d1, c.d2]) t.is(m.liveSequences(), 0);
+  await c.stop();
+});
+
+test('cluster (in-process) - async drafting over the wire: the draft actor names its runner-ups, outcome branches are adopted, and greedy and seeded sampled output equal target-only decoding', async (t) => {
+  const c = cluster(24, 4, true);
+  let hits = 0;
+  for (const [prompt, sampling] of [[[1], GREEDY], [[3, 5, 7], { temperature: 0.8, topK: 0, topP: 1 }], [[2, 2, 2, 2, 9], GREEDY]] as const) {
+    const want = await generateAutoregressive(c.target, { promptIds: prompt, maxTokens: 40, sampling, seed: 5, stopAtEos: false, verification: 'invariant' });
+    const { outcome, tokens } = await c.run({ promptIds: [...prompt], maxTokens: 40, sampling, seed: 5, drafters: ['d1'], kMatrix: 'auto', lenience: 1, drafting: 'async', verification: 'invariant' });
+    t.deepEqual(tokens, want.tokenIds, `${prompt}, T ${sampling.temperature}`);
+    hits += outcome.stats!.drafting!.outcomeHits;
+  }
+  t.log(`outcome branches adopted at ${hits} passes`);
+  t.true(hits > 0, 'a branch drafted from a runner-up the actor named came true');
+  for (const a of c.actors) t.is(a.activeSessions, 0, `${a.model} freed every session`);
   await c.stop();
 });
 

@@ -447,11 +447,12 @@ test.serial('cluster - async drafting (the draft actor runs ahead while the veri
   const cascade = { mode: 'csd', drafting: 'async' };
   for (const [temperature, seed, extra] of [[0, 0, {}], [1, 99, { top_p: 0.9, top_k: 40 }]] as const) {
     const sampling = temperature === 0 ? GREEDY : { temperature, topP: 'top_p' in extra ? extra.top_p : 1, topK: 'top_k' in extra ? extra.top_k : 0 };
-    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature, seed, ...extra, cascade } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { drafted_tokens: number; wasted_drafts?: number; pre_draft_hit_rate?: number; drafter_paused_passes?: number; actor_round_trip_ms?: { p50: number; p99: number } } } };
+    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature, seed, ...extra, cascade } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { drafted_tokens: number; wasted_drafts?: number; pre_draft_hit_rate?: number; drafter_paused_passes?: number; outcome_hits?: number; actor_round_trip_ms?: { p50: number; p99: number } } } };
     t.is(r.choices[0]!.text, await targetOnly(PROMPT, 40, sampling, seed), `T ${temperature}`);
     t.true(r.usage.cascade.drafted_tokens > 0, 'the target reviewed drafts');
     t.is(typeof r.usage.cascade.wasted_drafts, 'number', 'usage reports the drafts thrown away');
     t.is(typeof r.usage.cascade.drafter_paused_passes, 'number', 'and the passes the drafter rested for not paying');
+    t.is(typeof r.usage.cascade.outcome_hits, 'number', 'and the passes after which an outcome branch (the actor named its runner-up) came true');
     t.true(r.usage.cascade.pre_draft_hit_rate! >= 0 && r.usage.cascade.pre_draft_hit_rate! <= 1, 'and how often the next block was pre-drafted');
     const rtt = r.usage.cascade.actor_round_trip_ms!;
     t.true(rtt.p50 >= 0 && rtt.p99 >= rtt.p50, 'usage reports the actor calls\' round trips');

@@ -39,6 +39,10 @@ const messages: Message[] = [
   // the feature drafter beside a verify actor's target (frames v8)
   { type: 'open', session: 'req-5-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, verification: 'invariant', eagle: true },
   { type: 'propose', session: 'req-5-0-t', base: 4, suffix: [7], want: 3, feature: true },
+  // a drafter's runner-up, for async drafting's outcome branches (frames v9)
+  { type: 'propose', session: 's', base: 2, suffix: [5], want: 1, runnerUp: true },
+  { type: 'proposed', tokens: [5], q: [undefined], serveMs: 0.5, runnerUp: 4294967295 },
+  { type: 'proposed', tokens: [5], q: [undefined], runnerUp: 0 },
 ];
 
 test('messages - every message type survives a round trip through its binary frame', (t) => {
@@ -82,6 +86,9 @@ test('messages - malformed frames are rejected with a FrameError naming the prob
   const good = encode({ type: 'propose', session: 's', base: 0, suffix: [1, 2], want: 1 });
   t.throws(() => decode(good.subarray(0, good.length - 2)), { instanceOf: FrameError });
   t.throws(() => decode(new Uint8Array([...good, 0])), { instanceOf: FrameError, message: /unexpected bytes/ });
+  const flags = new Uint8Array(good);
+  flags[flags.length - 1] = 4;
+  t.throws(() => decode(flags), { instanceOf: FrameError, message: /propose flags 4 name unknown options/ });
   // a hostile length field cannot make the decoder allocate gigabytes
   const hostile = new Uint8Array([FRAME_MAGIC, FRAME_VERSION, 9, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0x7f]);
   t.throws(() => decode(hostile), { instanceOf: FrameError, message: /more than a frame may carry/ });
@@ -124,9 +131,9 @@ test('messages - a row with few non-zero entries travels sparse, bit for bit, an
 });
 
 test('messages - a malformed sparse row is a FrameError: ids out of order, past the width, more entries than the width', (t) => {
-  // a 'proposed' frame: tokens [1], then one sparse row (marker 2) of width w with n ids and n values, then no log probabilities, no load
+  // a 'proposed' frame: tokens [1], then one sparse row (marker 2) of width w with n ids and n values, then no log probabilities, no load, no handler time, no runner-up
   const frame = (w: number, ids: number[]) => {
-    const b = Buffer.alloc(3 + 8 + 4 + 1 + 8 + 8 * ids.length + 4 + 1 + 1);
+    const b = Buffer.alloc(3 + 8 + 4 + 1 + 8 + 8 * ids.length + 4 + 1 + 1 + 1);
     let at = b.writeUInt8(FRAME_MAGIC, 0);
     at = b.writeUInt8(FRAME_VERSION, at);
     at = b.writeUInt8(5, at); // 'proposed'
@@ -140,7 +147,8 @@ test('messages - a malformed sparse row is a FrameError: ids out of order, past 
     for (const _ of ids) at = b.writeFloatLE(0.5, at);
     at = b.writeUInt32LE(0, at); // no log probabilities
     at = b.writeUInt8(0, at); // no load
-    b.writeUInt8(0, at); // no handler time
+    at = b.writeUInt8(0, at); // no handler time
+    b.writeUInt8(0, at); // no runner-up
     return new Uint8Array(b);
   };
   const ok = decode(frame(4, [1, 3]));

@@ -297,11 +297,13 @@ export class ModelActor {
 
   private async propose(s: ActorSession, req: Extract<ActorRequest, { type: 'propose' }>): Promise<ActorReply> {
     if (!(req.want >= 1 && req.want <= MAX_WANT)) throw new BadRequest('invalid', `want must be 1..${MAX_WANT}, got ${req.want}`);
+    if (req.runnerUp && req.want !== 1) throw new BadRequest('invalid', `a runner-up is named for one drafted token: want must be 1, got ${req.want}`);
     const tokens = this.context(s.tokens, req.base, req.suffix, req.want);
     const block = new Block(tokens, tokens.length);
-    await s.level.propose(block, req.want, s.rng);
+    const runnerUp = req.runnerUp ? await s.level.draftWithRunnerUp(block, s.rng) : await s.level.propose(block, req.want, s.rng);
     s.tokens = block.tokens;
-    return withLoad({ type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice(), ...logprobsOf(s.level) }, s.level.load());
+    const proposed = withLoad({ type: 'proposed', tokens: block.tokens.slice(block.committed), q: block.q.slice(), ...logprobsOf(s.level) } as const, s.level.load());
+    return runnerUp === undefined ? proposed : { ...proposed, runnerUp };
   }
 
   /**

@@ -25,8 +25,9 @@ export const FRAME_MAGIC = 0xca;
  * 6: `open` carries the verification rule (under `invariant` its seed is the request's noise seed).
  * 7: `proposed` and `reviewed` carry the actor's handler time (`serveMs`), so a caller can tell the network from the work.
  * 8: `open` may ask a verify actor for its feature drafter beside the target (`eagle`); `propose` may address it (`feature`).
+ * 9: `propose` may ask for the drafter's runner-up (`runnerUp`, one token only), which `proposed` then carries.
  */
-export const FRAME_VERSION = 8;
+export const FRAME_VERSION = 9;
 
 /** `open`'s verification rule on the wire: its index here (never reorder; append new rules). */
 const VERIFICATION_CODES: readonly Verification[] = ['rejection', 'invariant'];
@@ -69,7 +70,7 @@ export type ActorRequest =
    * tokens after it. `feature`: the session's feature drafter drafts (a session opened with
    * `eagle`), over a context of its own.
    */
-  | { readonly type: 'propose'; readonly session: string; readonly base: number; readonly suffix: readonly number[]; readonly want: number; readonly feature?: boolean }
+  | { readonly type: 'propose'; readonly session: string; readonly base: number; readonly suffix: readonly number[]; readonly want: number; readonly feature?: boolean; readonly runnerUp?: boolean }
   /** The context (as for propose) holds drafts from `start` on, with their q; review them. */
   | {
       readonly type: 'review';
@@ -97,7 +98,7 @@ export type ActorReply =
    * `serveMs`: milliseconds the actor spent handling the call (the caller's wall time minus this is
    * the round trip: NATS, framing, scheduling).
    */
-  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows; readonly logprobs?: readonly TokenLogprob[]; readonly load?: ServiceLoad; readonly serveMs?: number }
+  | { readonly type: 'proposed'; readonly tokens: readonly number[]; readonly q: Rows; readonly logprobs?: readonly TokenLogprob[]; readonly load?: ServiceLoad; readonly serveMs?: number; readonly runnerUp?: number }
   /**
    * `p`: the reviewer's distributions of the emitted tokens (accepted ones, then its own) when passed
    * up exactly; `logprobs`: those tokens' log probabilities, when the session was opened asking for them.
@@ -473,6 +474,19 @@ function readServeMs(r: Reader): number | undefined {
   return ms;
 }
 
+/** `propose`'s flags byte: address the feature drafter; answer with the drafter's runner-up. */
+const PROPOSE_FEATURE = 1;
+const PROPOSE_RUNNER_UP = 2;
+
+/** An optional runner-up token: a presence byte, then its id. */
+function writeRunnerUp(w: Writer, token: number | undefined): Writer {
+  return token === undefined ? w.u8(0) : w.u8(1).u32(token);
+}
+
+function readRunnerUp(r: Reader): number | undefined {
+  return bool(r, 'runnerUp') ? r.u32('runnerUp') : undefined;
+}
+
 const withServeMs = <T extends object>(m: T, serveMs: number | undefined): T => (serveMs === undefined ? m : { ...m, serveMs });
 
 /** `m` with its optional load attached when there is one (replies of actors whose model batches). */
@@ -485,7 +499,7 @@ export function encode(m: Message): Uint8Array {
     case 'open':
       return writeSampling(w.str(m.session), m.sampling).u64(m.seed).u8(m.target ? 1 : 0).u32(m.promptLength).u8(m.logprobs === undefined ? 0 : m.logprobs + 1).u8(VERIFICATION_CODES.indexOf(m.verification)).u8(m.eagle ? 1 : 0).done();
     case 'propose':
-      return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).u8(m.feature ? 1 : 0).done();
+      return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.want).u8((m.feature ? PROPOSE_FEATURE : 0) | (m.runnerUp ? PROPOSE_RUNNER_UP : 0)).done();
     case 'review':
       return w.str(m.session).u32(m.base).ids(m.suffix).u32(m.start).f32(m.lenience).u8(m.passUp ? 1 : 0).rows(m.q).done();
     case 'close':
@@ -493,7 +507,7 @@ export function encode(m: Message): Uint8Array {
     case 'opened':
       return w.str(m.instance).str(m.model).u32(m.vocabSize).done();
     case 'proposed':
-      return writeServeMs(writeLoad(w.ids(m.tokens).rows(m.q).logprobs(m.logprobs ?? []), m.load), m.serveMs).done();
+      return writeRunnerUp(writeServeMs(writeLoad(w.ids(m.tokens).rows(m.q).logprobs(m.logprobs ?? []), m.load), m.serveMs), m.runnerUp).done();
     case 'reviewed':
       return writeServeMs(writeLoad(w.u32(m.accepted).u32(m.token).rows(m.p).logprobs(m.logprobs ?? []), m.load), m.serveMs).done();
     case 'closed':
@@ -545,7 +559,9 @@ export function decode(frame: Uint8Array): Message {
     }
     case 'propose': {
       const base = { type, session: r.str('session'), base: r.u32('base'), suffix: r.ids('suffix'), want: r.u32('want') };
-      m = bool(r, 'feature') ? { ...base, feature: true } : base;
+      const flags = r.u8('flags');
+      if (flags & ~(PROPOSE_FEATURE | PROPOSE_RUNNER_UP)) throw new FrameError(`propose flags ${flags} name unknown options`);
+      m = { ...base, ...(flags & PROPOSE_FEATURE ? { feature: true } : {}), ...(flags & PROPOSE_RUNNER_UP ? { runnerUp: true } : {}) };
       break;
     }
     case 'review':
@@ -562,7 +578,9 @@ export function decode(frame: Uint8Array): Message {
       const q = r.rows('q');
       const logprobs = r.logprobs('logprobs');
       if (logprobs.length && logprobs.length !== tokens.length) throw new FrameError(`${logprobs.length} log probabilities for ${tokens.length} tokens`);
-      m = withServeMs(withLoad({ type, tokens, q, ...present(logprobs) }, readLoad(r)), readServeMs(r));
+      const proposed = withServeMs(withLoad({ type, tokens, q, ...present(logprobs) }, readLoad(r)), readServeMs(r));
+      const runnerUp = readRunnerUp(r);
+      m = runnerUp === undefined ? proposed : { ...proposed, runnerUp };
       break;
     }
     case 'reviewed': {

@@ -153,14 +153,25 @@ export class RemoteLevel implements CascadeLevel {
   }
 
   async propose(block: Block, want: number): Promise<void> {
-    await inSpan('level.propose', context.active(), { 'cascade.level': this.name, 'cascade.want': want }, async () => {
+    await this.proposeOn(block, want, false);
+  }
+
+  /** CascadeLevel.draftWithRunnerUp: the actor drafts one token and names its runner-up (frame version 9). */
+  async draftWithRunnerUp(block: Block): Promise<number | undefined> {
+    return this.proposeOn(block, 1, true);
+  }
+
+  private async proposeOn(block: Block, want: number, runnerUp: boolean): Promise<number | undefined> {
+    return inSpan('level.propose', context.active(), { 'cascade.level': this.name, 'cascade.want': want }, async () => {
       const tokens = block.tokens;
-      const reply = await this.call((base) => ({ type: 'propose', session: this.session, base, suffix: tokens.slice(base), want }), 'proposed', tokens);
+      const reply = await this.call((base) => ({ type: 'propose', session: this.session, base, suffix: tokens.slice(base), want, ...(runnerUp ? { runnerUp } : {}) }), 'proposed', tokens);
+      if (reply.runnerUp !== undefined && !(runnerUp && reply.runnerUp < this.vocabSize)) throw new ActorError(`${this.name} named runner-up ${reply.runnerUp}${runnerUp ? `, outside its vocabulary (${this.vocabSize})` : ' unasked'}`);
       this.stats.proposals += reply.tokens.length;
       this.stats.tokensScored += Math.max(0, reply.tokens.length - 1);
       reply.tokens.forEach((t, i) => block.push(t, reply.q[i]));
       this.took(reply.logprobs, reply.tokens.length);
       this.sent = block.tokens.slice();
+      return reply.runnerUp;
     });
   }
 
