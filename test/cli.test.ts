@@ -100,6 +100,17 @@ test('cli - every mode gives the same greedy text; --json reports the cascade an
   t.is(texts.size, 1);
 });
 
+test('cli - --drafting async with and without --no-outcome-branches gives the greedy text of target-only decoding; --json reports the choice and the branches drafted', async (t) => {
+  const run = async (...args: string[]) => JSON.parse((await cascade('generate', '--json', '--mode', 'csd', '--drafting', 'async', '--max-tokens', '24', ...args, 'import json\n\ndef load(path):')).stdout);
+  const [ar, on, off] = await Promise.all([cascade('generate', '--json', '--mode', 'ar', '--max-tokens', '24', 'import json\n\ndef load(path):').then((r) => JSON.parse(r.stdout)), run(), run('--no-outcome-branches')]);
+  t.deepEqual(on.tokenIds, ar.tokenIds);
+  t.deepEqual(off.tokenIds, ar.tokenIds);
+  t.is(on.cascade.outcomeBranches, true);
+  t.is(off.cascade.outcomeBranches, false);
+  t.is(off.stats.drafting.outcomeDrafts, 0);
+  t.is(typeof on.stats.drafting.outcomeDrafts, 'number');
+});
+
 test('cli - logits processors (penalties, logit_bias) give the same greedy tokens under csd as under ar, and change them', async (t) => {
   const run = async (...args: string[]) => JSON.parse((await cascade('generate', '--json', '--max-tokens', '20', ...args, 'import json\n\ndef load(path):')).stdout) as { tokenIds: number[] };
   const processors = ['--presence-penalty', '0.5', '--frequency-penalty', '0.5', '--repetition-penalty', '1.3', '--logit-bias', '{"13": -100}'];

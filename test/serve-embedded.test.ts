@@ -180,6 +180,21 @@ test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a reque
   t.is(sampled.choices[0]!.text, oracleText);
 });
 
+test.serial('serve --embedded - async drafting with and without outcome branches (cascade.outcome_branches) gives target-only decoding\'s text; usage counts the branches adopted', async (t) => {
+  const want = await targetOnly(tokenizer.encodePrompt(PROMPT), 32);
+  type Usage = { cascade: { outcome_hits?: number; drafter_paused_passes?: number } };
+  for (const outcome_branches of [undefined, false]) {
+    const cascade = { drafters: [family.drafters[0], 'mag'], drafting: 'async', ...(outcome_branches === undefined ? {} : { outcome_branches }) };
+    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, temperature: 0, cascade } as never)) as unknown as OpenAI.Completions.Completion & { usage: Usage };
+    t.is(r.choices[0]!.text, want.text, JSON.stringify(cascade));
+    t.is(typeof r.usage.cascade.outcome_hits, 'number');
+    if (outcome_branches === false) t.is(r.usage.cascade.outcome_hits, 0, 'none without branches');
+  }
+  const bad = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { outcome_branches: 'no' } }) });
+  t.is(bad.status, 400);
+  t.regex(((await bad.json()) as { error: { message: string } }).error.message, /outcome_branches/);
+});
+
 test('serve --embedded - refuses a port past 65535 and a blank --api-key, and takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft-cache (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {
   const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0']);
   t.regex(a.stderr, /--nats and --redis are for a cluster/);

@@ -21,7 +21,7 @@ import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
 import { speculationCaveat } from '../models/config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKMatrix, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKMatrix, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, OUTCOME_BRANCHES_HELP } from './options.ts';
 import { DEFAULT_DRAFTING, DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
@@ -69,6 +69,8 @@ interface GenerateOptions {
   lenience: number;
   verification: Verification;
   drafting: Drafting;
+  /** --no-outcome-branches: async drafting drafts its speculation alone (RunOptions.outcomeBranches). */
+  outcomeBranches: boolean;
   magOccurrence: 'earliest' | 'recent';
   /** MaG first (CascadeConfig.magFirst): its minimum match length. */
   magFirst?: number;
@@ -106,6 +108,7 @@ const ConfigFile = z.strictObject({
   lenience: z.number().min(1).optional(),
   verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
   drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
+  outcomeBranches: z.boolean().optional(),
   magOccurrence: z.enum(['earliest', 'recent']).optional(),
   magFirst: z.number().int().min(1).optional(),
   maxTokens: z.number().int().positive().optional(),
@@ -298,7 +301,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         if (stops.stopped) kept = seen;
       }
     };
-    const control = { cancelled: () => stops?.stopped ?? false };
+    const control = { cancelled: () => stops?.stopped ?? false, outcomeBranches: o.outcomeBranches };
     const ran: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
       ? await generateAutoregressive(target, req, onTokens, control)
       : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience, drafting: o.drafting, magFirst: o.magFirst }, req, onTokens, control);
@@ -328,7 +331,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         tokenIds: result.tokenIds,
         finishReason: result.finishReason,
         model: target.spec.name,
-        cascade: { mode: o.mode, ...plan, verification: o.verification, drafting: o.drafting },
+        cascade: { mode: o.mode, ...plan, verification: o.verification, drafting: o.drafting, ...(o.drafting === 'async' ? { outcomeBranches: o.outcomeBranches } : {}) },
         stats: { ...s, acceptanceByPosition },
         ...(kvWhere ? { kvLocation: kvWhere } : {}),
         ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
@@ -446,9 +449,10 @@ export function registerGenerate(program: Command): void {
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)
+    .option('--no-outcome-branches', OUTCOME_BRANCHES_HELP)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
     .option('--mag-first <l>', 'MaG first: a round whose text already holds its last L tokens earlier is drafted by MaG alone (its copy, no fill); the drafters above MaG draft the others (serial drafting, MaG last below another drafter; off by default; with a trigram table L = 1 acts as 2)', parseNumber('--mag-first', { min: 1, integer: true }))
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, selfDraft, selfDraftCache, magOccurrence, magFirst, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, outcomeBranches, selfDraft, selfDraftCache, magOccurrence, magFirst, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))

@@ -53,6 +53,8 @@ export const JobData = z.object({
   verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
   /** serial (unset) or async drafting: the first neural drafter's actor runs ahead while the target's verifies (runCascadeAsync). */
   drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
+  /** false: async drafting drafts its speculation alone, no outcome branches (RunOptions.outcomeBranches); unset = branches. */
+  outcomeBranches: z.literal(false).optional(),
   /** Record each token's log probability under the target's distribution with this many alternatives (OpenAI's logprobs / top_logprobs); unset = none. */
   logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
   /** W3C trace context of the request's gateway span. */
@@ -207,6 +209,7 @@ export class Coordinator {
               return true;
             },
             cancelled: () => cancelled,
+            outcomeBranches: job.outcomeBranches,
             inRound: (round, run) => inSpan('cascade.round', context.active(), { 'cascade.round': round }, run),
           },
         );

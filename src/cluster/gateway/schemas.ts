@@ -17,6 +17,7 @@ const CascadeFields = z
     mag_first: z.number().int().min(1).optional(),
     verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
     drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
+    outcome_branches: z.boolean().optional(),
   })
   .strict()
   .optional();
