@@ -32,7 +32,7 @@ test('async drafting - greedy output equals target-only decoding: sd, sd + MaG, 
     const req: GenerateRequest = { promptIds: prompt, maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
     const want = (await generateAutoregressive(f.target, req)).tokenIds;
     for (const [name, drafters] of [['sd', [model(f.d1)]], ['sd + mag', [model(f.d1), mag]], ['mag', [mag]], ['late sd + mag', [model(late), mag]]] as const) {
-      const r = await generateCascade(f.target, asyncOf([...drafters]), req);
+      const r = await generateCascade(f.target, asyncOf([...drafters]), req, undefined, { outcomeBranches: true });
       t.deepEqual(r.tokenIds, want, `${name} on ${prompt}`);
       t.is(r.stats.drafting?.mode, 'async');
       if (name === 'sd') accepted += r.stats.acceptedTokens;
@@ -41,9 +41,9 @@ test('async drafting - greedy output equals target-only decoding: sd, sd + MaG, 
   }
   t.log(`outcome branches adopted at ${outcomeHits} passes`);
   t.true(outcomeHits > 0, 'the drafter pre-drafted a rejection\'s outcome that came true');
-  // without outcome branches: the speculation alone
+  // without outcome branches (the default): the speculation alone
   const req: GenerateRequest = { promptIds: [3, 5, 7], maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
-  const alone = await generateCascade(f.target, asyncOf([model(f.d1)]), req, undefined, { outcomeBranches: false });
+  const alone = await generateCascade(f.target, asyncOf([model(f.d1)]), req);
   t.deepEqual(alone.tokenIds, (await generateAutoregressive(f.target, req)).tokenIds);
   t.is(alone.stats.drafting!.outcomeDrafts, 0);
   // how many depends on the pacing under load and on the review cut (worthReviewing); that it drafts at all is the point
@@ -65,7 +65,7 @@ test('async drafting - drafter-invariant: a seeded sampled request gives target-
       const req: GenerateRequest = { promptIds: [1, 3, 2, 1, 3], maxTokens: 24, sampling, seed, stopAtEos: false, verification: 'invariant' };
       const want = (await generateAutoregressive(f.target, req)).tokenIds;
       for (const drafters of [[model(f.d1), mag], [model(late)]]) {
-        const r = await generateCascade(f.target, asyncOf(drafters), req);
+        const r = await generateCascade(f.target, asyncOf(drafters), req, undefined, { outcomeBranches: true });
         t.deepEqual(r.tokenIds, want, `T ${sampling.temperature}, seed ${seed}`);
         if (drafters.length === 1) neural += r.stats.acceptedTokens;
         outcomeHits += r.stats.drafting!.outcomeHits;
@@ -77,8 +77,8 @@ test('async drafting - drafter-invariant: a seeded sampled request gives target-
   t.true(neural > 40, `drafts of the (sometimes late) neural drafter alone were accepted: ${neural}`);
 });
 
-for (const withMag of [false, true]) {
-  test(`async drafting - rejection sampling with a neural drafter running ahead${withMag ? ' and MaG, whose proposal may replace its block' : ''} draws every position from the target given the tokens before it (chi-square)`, async (t) => {
+for (const [withMag, branches] of [[false, false], [false, true], [true, true]]) {
+  test(`async drafting - rejection sampling with a neural drafter running ahead${withMag ? ' and MaG, whose proposal may replace its block' : ''}${branches ? ', with outcome branches,' : ''} draws every position from the target given the tokens before it (chi-square)`, async (t) => {
     const plain = memoryFamily(4, 8);
     const target = paced(plain.target, () => 6);
     const coin = jitter(3);
@@ -89,7 +89,7 @@ for (const withMag of [false, true]) {
     let accepted = 0;
     let outcomeHits = 0;
     for (let seed = 0; seed < 10_000; seed++) {
-      const r = await generateCascade(target, asyncOf(withMag ? [model(d1), mag] : [model(d1)]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' });
+      const r = await generateCascade(target, asyncOf(withMag ? [model(d1), mag] : [model(d1)]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' }, undefined, { outcomeBranches: branches });
       samples.push(r.tokenIds);
       accepted += r.stats.acceptedTokens;
       outcomeHits += r.stats.drafting!.outcomeHits;
@@ -97,7 +97,7 @@ for (const withMag of [false, true]) {
     t.log(`${accepted} drafted tokens accepted, outcome branches adopted at ${outcomeHits} passes`);
     t.true(accepted > 5_000);
     // the positions after an adopted outcome branch are in the test too
-    t.true(outcomeHits > 500);
+    t.true(branches ? outcomeHits > 500 : outcomeHits === 0);
     const fits = positionalChiSquare(samples, prompt, (context) => distribution(plain.target.nextLogits(context), sampling));
     t.log(describeFits(fits));
     t.deepEqual(misfits(fits), [], describeFits(fits));
@@ -118,7 +118,7 @@ test('async drafting - real ONNX models: greedy and seeded sampled output equal 
         const want = (await generateAutoregressive(target, req)).tokenIds;
         for (const drafters of [[model(l2), mag], [model(l2)]]) {
           // drafting throughout (no rest), so that its drafts keep arriving while the target verifies
-          const r = await generateCascade(target, asyncOf(drafters), req, undefined, { drafterRest: false });
+          const r = await generateCascade(target, asyncOf(drafters), req, undefined, { drafterRest: false, outcomeBranches: true });
           t.deepEqual(r.tokenIds, want, `${JSON.stringify(text.slice(0, 12))}, T ${sampling.temperature}, ${drafters.length} drafters`);
           if (drafters.length === 1) accepted += r.stats.acceptedTokens;
           branched += r.stats.drafting!.outcomeDrafts;

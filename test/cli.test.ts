@@ -100,9 +100,9 @@ test('cli - every mode gives the same greedy text; --json reports the cascade an
   t.is(texts.size, 1);
 });
 
-test('cli - --drafting async with and without --no-outcome-branches gives the greedy text of target-only decoding; --json reports the choice and the branches drafted', async (t) => {
+test('cli - --drafting async with and without --outcome-branches gives the greedy text of target-only decoding; --json reports the choice and the branches drafted', async (t) => {
   const run = async (...args: string[]) => JSON.parse((await cascade('generate', '--json', '--mode', 'csd', '--drafting', 'async', '--max-tokens', '24', ...args, 'import json\n\ndef load(path):')).stdout);
-  const [ar, on, off] = await Promise.all([cascade('generate', '--json', '--mode', 'ar', '--max-tokens', '24', 'import json\n\ndef load(path):').then((r) => JSON.parse(r.stdout)), run(), run('--no-outcome-branches')]);
+  const [ar, on, off] = await Promise.all([cascade('generate', '--json', '--mode', 'ar', '--max-tokens', '24', 'import json\n\ndef load(path):').then((r) => JSON.parse(r.stdout)), run('--outcome-branches'), run()]);
   t.deepEqual(on.tokenIds, ar.tokenIds);
   t.deepEqual(off.tokenIds, ar.tokenIds);
   t.is(on.cascade.outcomeBranches, true);

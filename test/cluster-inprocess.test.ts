@@ -54,7 +54,7 @@ test('cluster (in-process) - async drafting over the wire: the draft actor names
   let hits = 0;
   for (const [prompt, sampling] of [[[1], GREEDY], [[3, 5, 7], { temperature: 0.8, topK: 0, topP: 1 }], [[2, 2, 2, 2, 9], GREEDY]] as const) {
     const want = await generateAutoregressive(c.target, { promptIds: prompt, maxTokens: 40, sampling, seed: 5, stopAtEos: false, verification: 'invariant' });
-    const { outcome, tokens } = await c.run({ promptIds: [...prompt], maxTokens: 40, sampling, seed: 5, drafters: ['d1'], kMatrix: 'auto', lenience: 1, drafting: 'async', verification: 'invariant' });
+    const { outcome, tokens } = await c.run({ promptIds: [...prompt], maxTokens: 40, sampling, seed: 5, drafters: ['d1'], kMatrix: 'auto', lenience: 1, drafting: 'async', outcomeBranches: true, verification: 'invariant' });
     t.deepEqual(tokens, want.tokenIds, `${prompt}, T ${sampling.temperature}`);
     hits += outcome.stats!.drafting!.outcomeHits;
   }

@@ -69,8 +69,8 @@ interface GenerateOptions {
   lenience: number;
   verification: Verification;
   drafting: Drafting;
-  /** --no-outcome-branches: async drafting drafts its speculation alone (RunOptions.outcomeBranches). */
-  outcomeBranches: boolean;
+  /** --outcome-branches: async drafting also drafts outcome branches (RunOptions.outcomeBranches). */
+  outcomeBranches?: boolean;
   magOccurrence: 'earliest' | 'recent';
   /** MaG first (CascadeConfig.magFirst): its minimum match length. */
   magFirst?: number;
@@ -301,7 +301,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         if (stops.stopped) kept = seen;
       }
     };
-    const control = { cancelled: () => stops?.stopped ?? false, outcomeBranches: o.outcomeBranches };
+    const control = { cancelled: () => stops?.stopped ?? false, outcomeBranches: o.outcomeBranches === true };
     const ran: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
       ? await generateAutoregressive(target, req, onTokens, control)
       : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience, drafting: o.drafting, magFirst: o.magFirst }, req, onTokens, control);
@@ -331,7 +331,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         tokenIds: result.tokenIds,
         finishReason: result.finishReason,
         model: target.spec.name,
-        cascade: { mode: o.mode, ...plan, verification: o.verification, drafting: o.drafting, ...(o.drafting === 'async' ? { outcomeBranches: o.outcomeBranches } : {}) },
+        cascade: { mode: o.mode, ...plan, verification: o.verification, drafting: o.drafting, ...(o.drafting === 'async' ? { outcomeBranches: o.outcomeBranches === true } : {}) },
         stats: { ...s, acceptanceByPosition },
         ...(kvWhere ? { kvLocation: kvWhere } : {}),
         ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
@@ -449,7 +449,7 @@ export function registerGenerate(program: Command): void {
     .option('--lenience <l>', 'lenience between drafters (>= 1; never applied at the target)', parseNumber('--lenience', { min: 1 }), 1)
     .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)
-    .option('--no-outcome-branches', OUTCOME_BRANCHES_HELP)
+    .option('--outcome-branches', OUTCOME_BRANCHES_HELP)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
     .option('--mag-first <l>', 'MaG first: a round whose text already holds its last L tokens earlier is drafted by MaG alone (its copy, no fill); the drafters above MaG draft the others (serial drafting, MaG last below another drafter; off by default; with a trigram table L = 1 acts as 2)', parseNumber('--mag-first', { min: 1, integer: true }))
     .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, outcomeBranches, selfDraft, selfDraftCache, magOccurrence, magFirst, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')

@@ -64,8 +64,8 @@ export const parseVerificationFlag = (raw: string): Verification => {
 
 /** --drafting: serial rounds or async drafting (Drafting, src/engine/async-cascade.ts). */
 export const DRAFTING_HELP = 'serial (draft a block, then verify it) | async (the first neural drafter runs ahead, on its own worker thread or its own actor, while the target verifies; the target never waits for it; MaG fills in; K is implicit)';
-/** --no-outcome-branches (generate; the API's cascade.outcome_branches: false). */
-export const OUTCOME_BRANCHES_HELP = 'under --drafting async, draft the speculation alone: no outcome branches (pre-drafting the outcome where the target rejects a draft and emits the drafter\'s runner-up; on by default, resting while they do not pay; docs/cascade.md)';
+/** --outcome-branches (generate; the API's cascade.outcome_branches: true). */
+export const OUTCOME_BRANCHES_HELP = 'under --drafting async, also pre-draft the outcome where the target rejects a draft and emits the drafter\'s runner-up (SSD\'s outcome cache; off by default: 4-5% slower on a 2-core CPU, docs/cascade.md; they rest by themselves while they do not pay)';
 export const parseDraftingFlag = (raw: string): Drafting => {
   if (!(DRAFTINGS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--drafting must be one of ${DRAFTINGS.join(', ')}, got "${raw}"`);
   return raw as Drafting;

@@ -53,8 +53,8 @@ export const JobData = z.object({
   verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
   /** serial (unset) or async drafting: the first neural drafter's actor runs ahead while the target's verifies (runCascadeAsync). */
   drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
-  /** false: async drafting drafts its speculation alone, no outcome branches (RunOptions.outcomeBranches); unset = branches. */
-  outcomeBranches: z.literal(false).optional(),
+  /** true: async drafting also drafts outcome branches (RunOptions.outcomeBranches); unset = the speculation alone. */
+  outcomeBranches: z.literal(true).optional(),
   /** Record each token's log probability under the target's distribution with this many alternatives (OpenAI's logprobs / top_logprobs); unset = none. */
   logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
   /** W3C trace context of the request's gateway span. */

@@ -41,7 +41,7 @@ const MAX_PAUSE = 256;
 /**
  * Outcome branches pause the same way: after BRANCH_PROBE_DRAFTS tokens drafted on them, fewer than
  * MIN_BRANCH_YIELD of them accepted (at the head of the blocks adopted branches began). Measured
- * with draft-l2 on held-out prompts: 0.04 (bench/results/outcome-branches), where they cost 5-10%.
+ * with draft-l2 on held-out prompts: 0.03-0.04 (bench/results/outcome-branches).
  */
 const BRANCH_PROBE_DRAFTS = 32;
 const MIN_BRANCH_YIELD = 0.1;
@@ -126,7 +126,8 @@ interface Line {
  * was its runner-up (measured, shrunk towards 1/2); each line within the run-ahead cap. After a pass
  * the speculation is kept when it extends the new prefix; otherwise the branch that does (at most
  * one can) becomes the speculation. Branches rest while they do not pay (MIN_BRANCH_YIELD), and
- * `options.outcomeBranches: false` drafts the speculation alone.
+ * they are drafted only under `options.outcomeBranches` (off by default: on this project's 2-core CPU
+ * they cost 4-5%, bench/results/outcome-branches).
  *
  * Exactness is the target's review's: every reviewed token was drafted from the distribution it
  * carries (q), given its prefix, so rejection sampling stays exact, and under drafter-invariant
@@ -168,7 +169,7 @@ export async function runCascadeAsync(
   let specAlt: (number | undefined)[] = [];
   /** Outcome branches by the position j (after the committed prefix) where they leave `spec`: spec[0..j), its runner-up, then their drafts. */
   const branches = new Map<number, Line>();
-  const branching = options.outcomeBranches !== false;
+  const branching = options.outcomeBranches === true;
   /** Rejections of the speculation where its runner-up was known (trials), and those where the target emitted it (hits). */
   const runnerUps = { trials: 0, hits: 0 };
   let outcomeDrafts = 0;

@@ -253,9 +253,9 @@ export interface RunOptions {
    */
   readonly drafterRest?: boolean;
   /**
-   * Whether async drafting pre-drafts the outcomes where the target rejects a draft and emits the
-   * drafter's runner-up (async-cascade.ts, outcome branches), default true. false drafts the
-   * speculation alone, as before (for benchmarks that compare the two).
+   * Whether async drafting also pre-drafts the outcomes where the target rejects a draft and emits the
+   * drafter's runner-up (async-cascade.ts, outcome branches), default false: the speculation alone
+   * (they cost 4-5% on a 2-core CPU, where the drafter shares cores with the target).
    */
   readonly outcomeBranches?: boolean;
   /**

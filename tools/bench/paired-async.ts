@@ -1,51 +1,70 @@
 /**
- * Async drafting with and without the drafter's rest (async-cascade.ts, MIN_DRAFT_GAIN: a drafter
- * whose drafts are rarely accepted is paused), beside target-only decoding, in one process: sd with
- * the family's largest drafter and csd (that drafter ahead, MaG below), over held-out prompts, each
- * side taking turns each repeat (paired-args.ts takeTurns), at one sampling temperature. Prints
- * end-to-end tokens/s (medians over repeats), each side over target-only decoding, and on how many
- * prompts a side's tokens equal target-only decoding's (all expected: a sampled request is
- * seeded and verified drafter-invariantly), and writes the same as JSON.
+ * Async drafting with and without one of its parts (async-cascade.ts), beside target-only decoding,
+ * in one process: sd with one drafter and csd (that drafter ahead, MaG below), over held-out
+ * prompts, each side taking turns each repeat (paired-args.ts takeTurns), at one sampling
+ * temperature. `--compare rest`: the drafter's rest (MIN_DRAFT_GAIN: a drafter whose drafts are
+ * rarely accepted is paused) against drafting throughout; `--compare branches`: outcome branches
+ * (pre-drafting a rejection's outcome, SSD) against the speculation alone. Prints end-to-end
+ * tokens/s (medians over repeats), each side over target-only decoding, and on how many prompts a
+ * side's tokens equal target-only decoding's (all expected: a sampled request is seeded and
+ * verified drafter-invariantly), with each side's target passes, passes the drafter rested, tokens
+ * drafted on outcome branches, branches adopted and their drafts accepted, and writes the same as JSON.
  *
- * Usage: node --import tsx tools/bench/paired-drafter-rest.ts [--temperature 0.7] [--prompts 8]
- *          [--max-tokens 128] [--repeats 3] [--threads 1] [--prompts-dir DIR] [--out FILE.json]
- * (the family in ./models)
+ * Usage: node --import tsx tools/bench/paired-async.ts [--compare rest|branches] [--drafter DIR]
+ *          [--temperature 0.7] [--prompts 8] [--max-tokens 128] [--repeats 3] [--threads 1]
+ *          [--prompts-dir DIR] [--out FILE.json]
+ * (the family in ./models; the drafter defaults to its largest drafter)
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { heldOutPrompts } from '../../src/bench/peer-inputs.ts';
 import { formatTable, median } from '../../src/bench/report.ts';
-import { generateCascade, type DrafterSpec } from '../../src/engine/cascade.ts';
+import { generateCascade, type DrafterSpec, type RunOptions } from '../../src/engine/cascade.ts';
 import { ScheduleMemory } from '../../src/engine/schedule.ts';
 import { loadFamily, loadMagTables } from '../../src/models/family.ts';
 import { OrtModelSession } from '../../src/models/ort-session.ts';
 import { TextTokenizer } from '../../src/models/tokenizer.ts';
 import { pairedArgs, takeTurns } from './paired-args.ts';
 
-const { prompts, maxTokens, repeats, threads, promptsDir, out, extra } = pairedArgs(0, 'paired-drafter-rest.ts', { temperature: '0.7' });
+const { prompts, maxTokens, repeats, threads, promptsDir, out, extra } = pairedArgs(0, 'paired-async.ts', { compare: 'rest', drafter: '', temperature: '0.7' });
 const temperature = Number(extra.temperature);
 if (!(temperature >= 0)) throw new Error(`--temperature takes a number >= 0, got ${extra.temperature}`);
+const compare = extra.compare;
+if (compare !== 'rest' && compare !== 'branches') throw new Error(`--compare takes rest or branches, got ${compare}`);
 const family = loadFamily('models');
 const open = (dir: string) => OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false });
 const target = await open(join('models', family.target));
-const drafter = await open(join('models', family.drafters[0]!));
+const drafter = await open(extra.drafter || join('models', family.drafters[0]!));
 const tables = loadMagTables(family, target.spec.vocabSize);
 const model: DrafterSpec = { kind: 'model', session: drafter };
 const mag: DrafterSpec = { kind: 'mag', tables };
+/** The part compared: off, then on, as RunOptions. */
+const parts: Record<'rest' | 'branches', [string, Pick<RunOptions, 'drafterRest' | 'outcomeBranches'>][]> = {
+  rest: [['drafter always drafting', { drafterRest: false }], ['drafter resting', {}]],
+  branches: [['speculation alone', {}], ['outcome branches', { outcomeBranches: true }]],
+};
 const sides = [
-  { name: 'target only', drafters: [] as DrafterSpec[], rest: true },
-  { name: `sd (${family.drafters[0]}), async, drafter always drafting`, drafters: [model], rest: false },
-  { name: `sd (${family.drafters[0]}), async, drafter resting`, drafters: [model], rest: true },
-  { name: 'csd (drafter + MaG), async, drafter always drafting', drafters: [model, mag], rest: false },
-  { name: 'csd (drafter + MaG), async, drafter resting', drafters: [model, mag], rest: true },
+  { name: 'target only', drafters: [] as DrafterSpec[], options: {} },
+  ...[[model], [model, mag]].flatMap((drafters) =>
+    parts[compare].map(([label, options]) => ({ name: `${drafters.length === 1 ? `sd (${drafter.spec.name})` : 'csd (drafter + MaG)'}, async, ${label}`, drafters, options })),
+  ),
 ].map((s) => ({ ...s, memory: new ScheduleMemory() }));
 const tokenizer = TextTokenizer.forModel(target.spec);
 const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
 const sampling = { temperature, topK: 0, topP: 1 };
-const { e2e, outputs } = await takeTurns(sides.length, repeats, ids, (i, promptIds) => {
+/** Per side, over the timed requests (not the warm-up): target passes and the async loop's counts (drafting stats summed). */
+const counts = sides.map(() => ({ requests: 0, rounds: 0, acceptedTokens: 0, drafterPausedPasses: 0, outcomeDrafts: 0, outcomeHits: 0, outcomeAccepted: 0 }));
+const { e2e, outputs } = await takeTurns(sides.length, repeats, ids, async (i, promptIds) => {
   const s = sides[i]!;
   const config = s.drafters.length ? { drafters: s.drafters, kMatrix: 'auto' as const, lenience: 1, drafting: 'async' as const } : { drafters: [], kMatrix: [], lenience: 1 };
-  return generateCascade(target, config, { promptIds, maxTokens, sampling, seed: 7, stopAtEos: false, verification: 'invariant' }, undefined, { scheduleMemory: s.memory, drafterRest: s.rest });
+  const r = await generateCascade(target, config, { promptIds, maxTokens, sampling, seed: 7, stopAtEos: false, verification: 'invariant' }, undefined, { scheduleMemory: s.memory, ...s.options });
+  const c = counts[i]!;
+  // the first request of a side is its warm-up
+  if (c.requests++ > 0) {
+    const d = r.stats.drafting;
+    Object.assign(c, { rounds: c.rounds + r.stats.rounds, acceptedTokens: c.acceptedTokens + r.stats.acceptedTokens, drafterPausedPasses: c.drafterPausedPasses + (d?.drafterPausedPasses ?? 0), outcomeDrafts: c.outcomeDrafts + (d?.outcomeDrafts ?? 0), outcomeHits: c.outcomeHits + (d?.outcomeHits ?? 0), outcomeAccepted: c.outcomeAccepted + (d?.outcomeAccepted ?? 0) });
+  }
+  return r;
 });
 const rows = sides.map((s, i) => ({
   side: s.name,
@@ -53,8 +72,10 @@ const rows = sides.map((s, i) => ({
   vsTargetOnly: median(e2e[i]!) / median(e2e[0]!),
   repeats: e2e[i]!,
   sameAsTargetOnly: outputs[i]!.filter((o, j) => o.join() === outputs[0]![j]!.join()).length,
+  ...counts[i]!,
+  requests: counts[i]!.requests - 1,
 }));
-console.log(`temperature ${temperature}, ${ids.length} prompts x ${maxTokens} tokens, ${repeats} repeats, ${threads} thread(s)`);
-console.log(formatTable(['side', 'tok/s (median)', 'x target only', 'each repeat', 'same as target only'], rows.map((r) => [r.side, r.tokensPerSecond, r.vsTargetOnly, r.repeats.map((x) => x.toFixed(0)).join(' '), `${r.sameAsTargetOnly}/${ids.length}`])));
-if (out) writeFileSync(out, `${JSON.stringify({ temperature, threads, prompts: ids.length, maxTokens, repeats, rows }, null, 2)}\n`);
+console.log(`${compare}: temperature ${temperature}, ${ids.length} prompts x ${maxTokens} tokens, ${repeats} repeats, ${threads} thread(s)`);
+console.log(formatTable(['side', 'tok/s (median)', 'x target only', 'each repeat', 'same as target only', 'passes', 'passes rested', 'branch drafts', 'adopted', 'their drafts accepted'], rows.map((r) => [r.side, r.tokensPerSecond, r.vsTargetOnly, r.repeats.map((x) => x.toFixed(0)).join(' '), `${r.sameAsTargetOnly}/${ids.length}`, r.rounds, r.drafterPausedPasses, r.outcomeDrafts, r.outcomeHits, r.outcomeAccepted])));
+if (out) writeFileSync(out, `${JSON.stringify({ compare, drafter: drafter.spec.name, temperature, threads, prompts: ids.length, maxTokens, repeats, rows }, null, 2)}\n`);
 await Promise.all([target.close(), drafter.close()]);

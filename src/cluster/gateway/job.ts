@@ -124,7 +124,7 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     ...(body.cascade?.mag_first !== undefined ? { magFirst: body.cascade.mag_first } : {}),
     verification,
     ...(drafting !== 'serial' ? { drafting } : {}),
-    ...(body.cascade?.outcome_branches === false ? { outcomeBranches: false } : {}),
+    ...(body.cascade?.outcome_branches === true ? { outcomeBranches: true } : {}),
     ...(logprobs !== undefined ? { logprobs } : {}),
     trace: {},
     enqueuedAt: Date.now(),
