@@ -445,10 +445,11 @@ test.serial('cluster - a drafter process killed mid-stream: the request complete
 
 test.serial('cluster - async drafting (the draft actor runs ahead while the verifier verifies): greedy and seeded sampled requests, top-k/top-p too, give target-only decoding\'s text; a draft actor killed mid-stream is dropped and the text is unchanged', async (t) => {
   const cascade = { mode: 'csd', drafting: 'async' };
-  for (const [temperature, seed, extra] of [[0, 0, {}], [1, 99, { top_p: 0.9, top_k: 40 }]] as const) {
+  // the last with outcome branches: the draft actor names its runner-ups over NATS (frame version 9)
+  for (const [temperature, seed, extra, outcome_branches] of [[0, 0, {}, false], [1, 99, { top_p: 0.9, top_k: 40 }, false], [1, 99, { top_p: 0.9, top_k: 40 }, true]] as const) {
     const sampling = temperature === 0 ? GREEDY : { temperature, topP: 'top_p' in extra ? extra.top_p : 1, topK: 'top_k' in extra ? extra.top_k : 0 };
-    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature, seed, ...extra, cascade } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { drafted_tokens: number; wasted_drafts?: number; pre_draft_hit_rate?: number; drafter_paused_passes?: number; outcome_hits?: number; actor_round_trip_ms?: { p50: number; p99: number } } } };
-    t.is(r.choices[0]!.text, await targetOnly(PROMPT, 40, sampling, seed), `T ${temperature}`);
+    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature, seed, ...extra, cascade: { ...cascade, outcome_branches } } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { drafted_tokens: number; wasted_drafts?: number; pre_draft_hit_rate?: number; drafter_paused_passes?: number; outcome_hits?: number; actor_round_trip_ms?: { p50: number; p99: number } } } };
+    t.is(r.choices[0]!.text, await targetOnly(PROMPT, 40, sampling, seed), `T ${temperature}${outcome_branches ? ', outcome branches' : ''}`);
     t.true(r.usage.cascade.drafted_tokens > 0, 'the target reviewed drafts');
     t.is(typeof r.usage.cascade.wasted_drafts, 'number', 'usage reports the drafts thrown away');
     t.is(typeof r.usage.cascade.drafter_paused_passes, 'number', 'and the passes the drafter rested for not paying');
