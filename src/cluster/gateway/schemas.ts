@@ -128,11 +128,52 @@ export type ChatBody = z.infer<typeof ChatBody>;
 /** `stop` as a list (a string, a list, or unset). */
 export const stopStrings = (stop: string | readonly string[] | undefined): readonly string[] => (stop === undefined ? [] : typeof stop === 'string' ? [stop] : stop);
 
+/**
+ * OpenAI request parameters this server knows and does not implement, with why: a client that sends
+ * one is told so by name (not that the parameter is unknown), and nothing is silently ignored.
+ */
+const UNSUPPORTED: Readonly<Record<string, string>> = {
+  tools: 'function calling is not supported by this server (it parses no tool calls from the output)',
+  tool_choice: 'function calling is not supported by this server (it parses no tool calls from the output)',
+  parallel_tool_calls: 'function calling is not supported by this server (it parses no tool calls from the output)',
+  functions: 'function calling is not supported by this server (it parses no tool calls from the output)',
+  function_call: 'function calling is not supported by this server (it parses no tool calls from the output)',
+  response_format: 'structured output is not supported by this server: it decodes free text only (no constrained decoding); leave response_format out or send {"type": "text"}',
+  best_of: 'best_of is not supported by this server: use n for several completions, each its own request',
+  suffix: 'suffix (insertion) is not supported by this server: the models complete left to right only',
+  prediction: 'predicted outputs are not supported by this server (its drafters predict the output already: cascade field, docs/api.md)',
+  audio: 'audio output is not supported by this server: text only',
+  modalities: 'output modalities other than text are not supported by this server',
+};
+
+/** Values of UNSUPPORTED parameters that ask for what this server does anyway: taken, and dropped. */
+const NO_OP: Readonly<Record<string, (value: unknown) => boolean>> = {
+  tools: (v) => Array.isArray(v) && v.length === 0,
+  functions: (v) => Array.isArray(v) && v.length === 0,
+  tool_choice: (v) => v === 'none',
+  function_call: (v) => v === 'none',
+  parallel_tool_calls: (v) => typeof v === 'boolean',
+  response_format: (v) => JSON.stringify(v) === '{"type":"text"}',
+  modalities: (v) => Array.isArray(v) && v.every((m) => m === 'text'),
+};
+
+/** `body` without the UNSUPPORTED parameters whose values change nothing (NO_OP); any other of them is a 400 naming it. */
+function withoutUnsupported(body: unknown): unknown {
+  if (body === null || typeof body !== 'object' || Array.isArray(body)) return body;
+  const kept: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(body)) {
+    const why = UNSUPPORTED[key];
+    if (!why) kept[key] = value;
+    else if (!NO_OP[key]?.(value)) throw new HttpError(400, `invalid request: ${why}`, 'invalid_request_error', key);
+  }
+  return kept;
+}
+
 /** `body` (nulls dropped) validated against `schema`; a body that fails is a 400 naming the first bad field. */
 export function parse<T>(schema: z.ZodType<T>, body: unknown): T {
   // Fastify hands a text/plain body over as a string
   if (typeof body === 'string') throw new HttpError(400, 'invalid request: the request body must be a JSON object, sent with content-type: application/json', 'invalid_request_error', null);
-  const r = schema.safeParse(withoutNulls(body));
+  const r = schema.safeParse(withoutUnsupported(withoutNulls(body)));
   if (!r.success) {
     const issue = r.error.issues[0]!;
     // an unknown field is the param at fault, as OpenAI names it
