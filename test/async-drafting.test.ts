@@ -1,5 +1,5 @@
 import test from 'ava';
-import { Probation } from '../src/engine/async-cascade.ts';
+import { Probation } from '../src/engine/probation.ts';
 import { generateCascade, type CascadeConfig, type DrafterSpec } from '../src/engine/cascade.ts';
 import { generateAutoregressive, type GenerateRequest } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';

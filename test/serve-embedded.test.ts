@@ -200,6 +200,9 @@ test.serial('serve --embedded - async drafting with and without outcome branches
   const bad = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { outcome_branches: 'no' } }) });
   t.is(bad.status, 400);
   t.regex(((await bad.json()) as { error: { message: string } }).error.message, /outcome_branches/);
+  const serial = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { outcome_branches: true } }) });
+  t.is(serial.status, 400);
+  t.deepEqual(((await serial.json()) as { error: { param: string } }).error.param, 'cascade.outcome_branches', 'branches under serial rounds are a 400');
 });
 
 test('serve --embedded - refuses a port past 65535 and a blank --api-key, and takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft-cache (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {

@@ -312,6 +312,7 @@ export class ModelActor {
    * target has read the context).
    */
   private async proposeFeatures(s: ActorSession, req: Extract<ActorRequest, { type: 'propose' }>): Promise<ActorReply> {
+    if (req.runnerUp) throw new BadRequest('invalid', 'the feature drafter names no runner-up: ask its propose without runnerUp');
     const eagle = s.eagle;
     if (!eagle) {
       throw new BadRequest('invalid', this.featureDrafter ? `session ${req.session} was not opened with a feature drafter` : `${this.model}/${this.instance} hosts no feature drafter (its family.json names none, or it does not fit the target: see the actor's log)`);

@@ -202,6 +202,7 @@ function promptText(positional: string[], o: GenerateOptions): string | ChatMess
 
 async function run(positional: string[], flags: GenerateOptions, cmd: Command): Promise<void> {
   const o = applyConfigFile(flags, cmd);
+  if (o.outcomeBranches && o.drafting !== 'async') throw new InvalidArgumentError(`--outcome-branches are drafted under --drafting async, not ${o.drafting}`);
   const text = promptText(positional, o);
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   // the family's feature drafter may be named among --drafters (it is in no mode's default); a

@@ -65,7 +65,7 @@ export const parseVerificationFlag = (raw: string): Verification => {
 /** --drafting: serial rounds or async drafting (Drafting, src/engine/async-cascade.ts). */
 export const DRAFTING_HELP = 'serial (draft a block, then verify it) | async (the first neural drafter runs ahead, on its own worker thread or its own actor, while the target verifies; the target never waits for it; MaG fills in; K is implicit)';
 /** --outcome-branches (generate; the API's cascade.outcome_branches: true). */
-export const OUTCOME_BRANCHES_HELP = 'under --drafting async, also pre-draft the outcome where the target rejects a draft and emits the drafter\'s runner-up (SSD\'s outcome cache; off by default: 4-5% slower on a 2-core CPU, docs/cascade.md; they rest by themselves while they do not pay)';
+export const OUTCOME_BRANCHES_HELP = 'under --drafting async, also pre-draft the outcome where the target rejects a draft and emits the drafter\'s runner-up (SSD\'s speculation cache; off by default: they did not pay on a 2-core CPU, docs/cascade.md; they rest by themselves while they do not pay)';
 export const parseDraftingFlag = (raw: string): Drafting => {
   if (!(DRAFTINGS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--drafting must be one of ${DRAFTINGS.join(', ')}, got "${raw}"`);
   return raw as Drafting;

@@ -166,6 +166,7 @@ export class RemoteLevel implements CascadeLevel {
       const tokens = block.tokens;
       const reply = await this.call((base) => ({ type: 'propose', session: this.session, base, suffix: tokens.slice(base), want, ...(runnerUp ? { runnerUp } : {}) }), 'proposed', tokens);
       if (reply.runnerUp !== undefined && !(runnerUp && reply.runnerUp < this.vocabSize)) throw new ActorError(`${this.name} named runner-up ${reply.runnerUp}${runnerUp ? `, outside its vocabulary (${this.vocabSize})` : ' unasked'}`);
+      if (runnerUp && reply.tokens.length > 1) throw new ActorError(`${this.name} answered ${reply.tokens.length} tokens to a propose of one with its runner-up`);
       this.stats.proposals += reply.tokens.length;
       this.stats.tokensScored += Math.max(0, reply.tokens.length - 1);
       reply.tokens.forEach((t, i) => block.push(t, reply.q[i]));

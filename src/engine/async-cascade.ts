@@ -7,6 +7,7 @@ import type { CascadeResult, RunOptions } from './cascade.ts';
 import { cascadeResult, committable, draftRoom } from './cascade.ts';
 import type { FinishReason, GenerateRequest } from './generate.ts';
 import { Block, commonPrefix, type CascadeLevel } from './levels.ts';
+import { Probation } from './probation.ts';
 
 /**
  * How the drafters' work is placed against the target's:
@@ -36,53 +37,13 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
  */
 const PROBE_PASSES = 8;
 const MIN_DRAFT_GAIN = 0.2;
-const FIRST_PAUSE = 16;
-const MAX_PAUSE = 256;
 /**
  * Outcome branches pause the same way: after BRANCH_PROBE_DRAFTS tokens drafted on them, fewer than
  * MIN_BRANCH_YIELD of them accepted (at the head of the blocks adopted branches began). Measured
- * with draft-l2 on held-out prompts: 0.03-0.04 (bench/results/outcome-branches).
+ * with draft-l2 on held-out prompts: 0.01-0.04 (bench/results/outcome-branches).
  */
 const BRANCH_PROBE_DRAFTS = 32;
 const MIN_BRANCH_YIELD = 0.1;
-
-/**
- * A part of async drafting on probation (the drafter, its outcome branches): it runs while its gain
- * per trial (accepted drafts per target pass, or per branch token) reaches `minGain` over each
- * probe of `trialsPerProbe` trials, and rests for a pause of target passes after a probe that falls short
- * (FIRST_PAUSE, doubling while it still does not pay, up to MAX_PAUSE; FIRST_PAUSE again once it pays).
- */
-export class Probation {
-  private trials = 0;
-  private gain = 0;
-  private pause = FIRST_PAUSE;
-  /** The first target pass after the rest. */
-  until = 0;
-
-  constructor(
-    private readonly trialsPerProbe: number,
-    private readonly minGain: number,
-  ) {}
-
-  resting(pass: number): boolean {
-    return pass < this.until;
-  }
-
-  /** Counts trials and gain; after a whole probe, starts a rest at target pass `pass` when it fell short (and says so). */
-  record(trials: number, gain: number, pass: number): boolean {
-    this.trials += trials;
-    this.gain += gain;
-    if (this.trials < this.trialsPerProbe) return false;
-    const short = this.gain / this.trials < this.minGain;
-    if (short) {
-      this.until = pass + this.pause;
-      this.pause = Math.min(MAX_PAUSE, 2 * this.pause);
-    } else this.pause = FIRST_PAUSE;
-    this.trials = 0;
-    this.gain = 0;
-    return short;
-  }
-}
 
 /** Most drafts a target pass reviews (the adaptive schedule's bound; worthReviewing picks within it). */
 const MAX_BLOCK = DEFAULT_MAX_DRAFT;
@@ -127,7 +88,7 @@ interface Line {
  * the speculation is kept when it extends the new prefix; otherwise the branch that does (at most
  * one can) becomes the speculation. Branches rest while they do not pay (MIN_BRANCH_YIELD), and
  * they are drafted only under `options.outcomeBranches` (off by default: on this project's 2-core CPU
- * they cost 4-5%, bench/results/outcome-branches).
+ * they did not pay, bench/results/outcome-branches).
  *
  * Exactness is the target's review's: every reviewed token was drafted from the distribution it
  * carries (q), given its prefix, so rejection sampling stays exact, and under drafter-invariant
@@ -174,10 +135,10 @@ export async function runCascadeAsync(
   const runnerUps = { trials: 0, hits: 0 };
   let outcomeDrafts = 0;
   let outcomeHits = 0;
-  /** Drafts accepted at the head of blocks that an adopted branch began (what the branches gained). */
+  /** Adopted branches' own drafts that the target then accepted (what the branches gained). */
   let outcomeAccepted = 0;
-  /** Whether `spec` is an adopted outcome branch not yet reviewed. */
-  let fromBranch = false;
+  /** How many first tokens of `spec` an adopted outcome branch drafted (0: none, or reviewed since). */
+  let fromBranch = 0;
   /** outcomeDrafts when the branches' probation last counted them. */
   let branchTrials = 0;
   let epoch = 0;
@@ -264,7 +225,7 @@ export async function runCascadeAsync(
     return best;
   }
 
-  /** One drafter step after `line`; the runner-up comes back where the level names one and branches are on. */
+  /** One drafter step after the whole block; its runner-up where the level names one and branches are drafting. */
   async function draftStep(level: CascadeLevel, block: Block): Promise<number | undefined> {
     if (branching && !branchRest.resting(rounds) && level.draftWithRunnerUp) return level.draftWithRunnerUp(block, drafterRng);
     await level.propose(block, 1, drafterRng);
@@ -278,22 +239,24 @@ export async function runCascadeAsync(
         await new Promise<void>((resolve) => (wake = resolve));
         continue;
       }
+      const root = which === 'spec' ? undefined : which;
       let branch: Line | undefined;
-      if (which !== 'spec') {
-        branch = branches.get(which) ?? { tokens: [...spec.slice(0, which), specAlt[which]!], q: [...specQ.slice(0, which), undefined], alt: [...specAlt.slice(0, which), undefined] };
-        branches.set(which, branch);
+      if (root !== undefined) {
+        branch = branches.get(root) ?? { tokens: [...spec.slice(0, root), specAlt[root]!], q: [...specQ.slice(0, root), undefined], alt: [...specAlt.slice(0, root), undefined] };
+        branches.set(root, branch);
       }
       const e = epoch;
       const committed = tokens.length;
-      const base = committed + (branch ?? { tokens: spec }).tokens.length;
-      const block = new Block([...tokens, ...(branch ?? { tokens: spec }).tokens], base);
+      const after = branch ? branch.tokens : spec;
+      const base = committed + after.length;
+      const block = new Block([...tokens, ...after], base);
       const t0 = performance.now();
       const alt = await draftStep(level, block);
       stepMs = ema(stepMs, performance.now() - t0);
       // The speculation's draft lands while its prefix is still the committed tokens and `spec` (a pass
       // that kept the speculation moved tokens from one to the other); a branch's, while the branch is
       // still there unchanged (they are dropped at every pass's end).
-      const live = branch ? tokens.length === committed && branches.get(which as number) === branch && committed + branch.tokens.length === base : tokens.length + spec.length === base;
+      const live = branch ? tokens.length === committed && branches.get(root!) === branch && committed + branch.tokens.length === base : tokens.length + spec.length === base;
       if (e !== epoch || stopped || !live) {
         wasted += block.length - base;
         continue;
@@ -383,9 +346,10 @@ export async function runCascadeAsync(
       let agree = 0;
       while (agree < k && agree < spec.length && spec[agree] === drafts[agree]) agree++;
       if (carried && agree > 0) preDrafted++;
-      const branchHead = fromBranch ? agree : 0;
+      // the branch's own drafts at the head of the block (the drafter may have drafted more after adoption)
+      const branchHead = Math.min(fromBranch, agree);
       carried = false;
-      fromBranch = false;
+      fromBranch = 0;
       if (agree < k && source === 'drafter') {
         wasted += spec.length - agree;
         spec = drafts;
@@ -463,7 +427,7 @@ export async function runCascadeAsync(
         specQ = adopted.q.slice(emitted.length);
         specAlt = adopted.alt.slice(emitted.length);
         carried = true;
-        fromBranch = true;
+        fromBranch = spec.length;
         outcomeHits++;
         epoch++;
       } else {

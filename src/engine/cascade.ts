@@ -87,7 +87,7 @@ export interface CascadeStats extends GenerateStats {
    * spent in its passes (in a cluster: the coordinator's time in verify calls, network included),
    * the target passes run while the drafter rested for not paying (async-cascade.ts, MIN_DRAFT_GAIN),
    * and its outcome branches: tokens drafted on them, passes after which one was adopted, and the
-   * drafts accepted at the head of the blocks those began.
+   * adopted branches' own drafts that the target then accepted.
    */
   readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number; readonly outcomeDrafts: number; readonly outcomeHits: number; readonly outcomeAccepted: number };
 }
@@ -255,7 +255,7 @@ export interface RunOptions {
   /**
    * Whether async drafting also pre-drafts the outcomes where the target rejects a draft and emits the
    * drafter's runner-up (async-cascade.ts, outcome branches), default false: the speculation alone
-   * (they cost 4-5% on a 2-core CPU, where the drafter shares cores with the target).
+   * (they did not pay on a 2-core CPU, where the drafter shares cores with the target).
    */
   readonly outcomeBranches?: boolean;
   /**

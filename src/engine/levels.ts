@@ -2,7 +2,7 @@ import { review, reviewGreedyLenient, reviewInvariant, type ReviewOutcome } from
 import type { PositionNoise } from '../kernels/noise.ts';
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
-import { argmax, distribution, logitsRow, logprobDistribution, processLogits, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
+import { argmax, distribution, logitsRow, logprobDistribution, processLogits, runnerUp, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import { LevelUnavailableError } from '../errors.ts';
 import { DECODE_STEPS, type ModelSession, type ServiceLoad } from '../models/session.ts';
 import { BoundedSequence, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
@@ -96,7 +96,7 @@ export interface CascadeLevel {
    * under its processed distribution (undefined when none is left in its support). Asynchronous
    * drafting pre-drafts the outcome where the target rejects the draft and emits that token instead
    * (SSD, Kumar, Dao, May, ICLR 2026: a speculation keyed by accepted length and correction token).
-   * Absent: the level offers no runner-up (a remote or feature drafter), and no such outcome is
+   * Absent: the level offers no runner-up (a feature drafter, MaG), and no such outcome is
    * pre-drafted.
    */
   draftWithRunnerUp?(block: Block, rng: Rng): Promise<number | undefined>;
@@ -114,19 +114,6 @@ export interface CascadeLevel {
    * only a level asked for them (the target of a request with logprobs) has any.
    */
   takeLogprobs?(): TokenLogprob[];
-}
-
-/** The index of the largest of `scores` other than `token`'s, or undefined when none is above `floor`. */
-export function runnerUp(scores: Float32Array, token: number, floor: number): number | undefined {
-  let best: number | undefined;
-  let bestScore = floor;
-  for (let i = 0; i < scores.length; i++) {
-    if (i !== token && scores[i]! > bestScore) {
-      bestScore = scores[i]!;
-      best = i;
-    }
-  }
-  return best;
 }
 
 /** Length of the common prefix of two token sequences. */

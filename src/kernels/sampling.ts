@@ -97,6 +97,23 @@ export function argmax(row: Float32Array): number {
   return best;
 }
 
+/**
+ * The index of the largest of `scores` (float32 [vocab]: processed logits, or a distribution) other
+ * than `token`'s, the lowest index on ties; undefined when none is above `floor` (-Infinity for
+ * logits, 0 for probabilities: outside the support).
+ */
+export function runnerUp(scores: Float32Array, token: number, floor: number): number | undefined {
+  let best: number | undefined;
+  let bestScore = floor;
+  for (let i = 0; i < scores.length; i++) {
+    if (i !== token && scores[i]! > bestScore) {
+      bestScore = scores[i]!;
+      best = i;
+    }
+  }
+  return best;
+}
+
 /** A `vocab`-wide row of a row-major [rows, vocab] logits block (a view, not a copy). */
 export const logitsRow = (logits: Float32Array, row: number, vocab: number): Float32Array => logits.subarray(row * vocab, (row + 1) * vocab);
 

@@ -83,6 +83,9 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
   if (!(options.draftings ?? ['serial']).includes(drafting)) {
     throw new HttpError(400, `drafting "${drafting}" is not served here (it serves ${(options.draftings ?? ['serial']).join(', ')})`, 'invalid_request_error', 'cascade.drafting');
   }
+  if (body.cascade?.outcome_branches && drafting !== 'async') {
+    throw new HttpError(400, `outcome branches are drafted under async drafting: ask for drafting "async" too (this request drafts ${drafting})`, 'invalid_request_error', 'cascade.outcome_branches');
+  }
   let plan;
   try {
     plan = planCascade(
