@@ -39,8 +39,8 @@ const PROBE_PASSES = 8;
 const MIN_DRAFT_GAIN = 0.2;
 /**
  * Outcome branches pause the same way: after BRANCH_PROBE_DRAFTS tokens drafted on them, fewer than
- * MIN_BRANCH_YIELD of them accepted (at the head of the blocks adopted branches began). Measured
- * with draft-l2 on held-out prompts: 0.01-0.04 (bench/results/outcome-branches).
+ * MIN_BRANCH_YIELD of them accepted (once their branch was adopted). Measured with draft-l2 on
+ * held-out prompts: 0.01-0.04 (bench/results/outcome-branches).
  */
 const BRANCH_PROBE_DRAFTS = 32;
 const MIN_BRANCH_YIELD = 0.1;
