@@ -203,6 +203,18 @@ test.serial('serve --embedded - async drafting with and without outcome branches
   const serial = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { outcome_branches: true } }) });
   t.is(serial.status, 400);
   t.deepEqual(((await serial.json()) as { error: { param: string } }).error.param, 'cascade.outcome_branches', 'branches under serial rounds are a 400');
+  // a server started with --drafting async --outcome-branches: its default for requests that do not say; a serial request is still served
+  const own = await startEmbeddedGatewayRole({ models: MODELS_DIR, port: 0, drafting: 'async', outcomeBranches: true });
+  try {
+    const ownClient = new OpenAI({ baseURL: `${own.url}/v1`, apiKey: 'none', maxRetries: 0 });
+    for (const cascade of [undefined, { drafting: 'serial' }]) {
+      const r = (await ownClient.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, temperature: 0, ...(cascade ? { cascade } : {}) } as never)) as unknown as OpenAI.Completions.Completion & { usage: Usage };
+      t.is(r.choices[0]!.text, want.text, JSON.stringify(cascade));
+      t.is(typeof r.usage.cascade.outcome_hits, cascade ? 'undefined' : 'number', 'async requests report branches adopted');
+    }
+  } finally {
+    await own.stop();
+  }
 });
 
 test('serve --embedded - refuses a port past 65535 and a blank --api-key, and takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft-cache (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {

@@ -11,7 +11,7 @@ import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { isClusterUrl, parseRedis, withRedisCredentials } from '../cluster/redis-connection.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parsePort, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, parseOutDir } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parsePort, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, OUTCOME_BRANCHES_HELP, parseOutDir } from './options.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
@@ -226,6 +226,7 @@ interface UpOptions {
   threads: number;
   verification: Verification;
   drafting: Drafting;
+  outcomeBranches?: boolean;
   colocate?: boolean;
   /** The verifier's execution providers (`actor verify --execution-providers`; with --colocate, each coordinator's); unset: its default, cpu. */
   executionProviders?: string[];
@@ -321,7 +322,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
     const keys = secrets?.apiKey ?? o.apiKey;
-    const gw = await started('gateway', ['serve', ...named, '--port', String(port), '--verification', o.verification, '--drafting', o.drafting], { ...env('gateway', true), CASCADE_API_KEYS: keys });
+    const gw = await started('gateway', ['serve', ...named, '--port', String(port), '--verification', o.verification, '--drafting', o.drafting, ...(o.outcomeBranches ? ['--outcome-branches'] : [])], { ...env('gateway', true), CASCADE_API_KEYS: keys });
     await gw.wait();
     const gateway = `http://127.0.0.1:${port}`;
     const state: ClusterState = { gateway, nats: redact(nats), redis: redact(redis), secured: Boolean(secrets), pids, logs: dir };
@@ -463,11 +464,12 @@ export function registerCluster(program: Command): void {
     .option('--draft-execution-providers <list>', 'with --embedded: every drafter\'s execution providers, or auto (default: auto beside a target off the CPU, else cpu)', parseExecutionProviders('--draft-execution-providers'))
     .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
+    .option('--outcome-branches', `${OUTCOME_BRANCHES_HELP} (for async requests whose cascade field does not say)`)
     .option('--kv-location <where>', `with --embedded: where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `with --embedded: whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed) (default auto)`, parseBatchInvariant)
     .option('--self-draft <width>', `with --embedded: ${SELF_DRAFT_HELP}; in a cluster the gateway only names it first among the drafters (<target>-<width>), and a draft actor started with the same flag hosts it (cascade actor draft --self-draft)`, parseSelfDraft)
     .option('--self-draft-cache <dir>', `with --embedded: ${SELF_DRAFT_CACHE_HELP} (default: ${SELF_DRAFT_CACHE})`)
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache?: string }) => {
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; outcomeBranches?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache?: string }) => {
       // the models load before the server listens: a port it cannot have is refused first
       const busy = await portUnavailable(o.port, o.host);
       if (busy) throw new InvalidArgumentError(`--port ${o.port} cannot be used on ${o.host} (${busy}): choose another`);
@@ -527,6 +529,7 @@ export function registerCluster(program: Command): void {
     .option('--batch-invariant <mode>', `the verifier's (cascade actor verify --batch-invariant; with --colocate, each coordinator's): ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)
+    .option('--outcome-branches', `${OUTCOME_BRANCHES_HELP} (the gateway's default for async requests whose cascade field does not say)`)
     .option('--self-draft <width>', `${SELF_DRAFT_HELP}; it gets --draft-instances draft actors of its own, and the coordinators and the gateway name it first`, parseSelfDraft)
     .option('--self-draft-cache <dir>', SELF_DRAFT_CACHE_HELP, SELF_DRAFT_CACHE)
     .action((o: UpOptions) => clusterUp(o));

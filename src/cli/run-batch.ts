@@ -5,7 +5,7 @@ import writeFileAtomic from 'write-file-atomic';
 import { z } from 'zod';
 import { openEmbeddedGateway } from '../cluster/roles.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, OUTCOME_BRANCHES_HELP } from './options.ts';
 import { parseSelfDraft, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import type { BatchInvariance } from '../models/session.ts';
@@ -114,6 +114,7 @@ interface RunBatchOptions {
   draftExecutionProviders?: string[];
   verification: Verification;
   drafting: Drafting;
+  outcomeBranches?: boolean;
   kvLocation?: KvLocation;
   batchInvariant?: BatchInvariance;
   selfDraft?: SelfDraft;
@@ -195,6 +196,7 @@ export function registerRunBatch(program: Command): void {
     .option('--draft-execution-providers <list>', "every drafter's execution providers, or auto (default: auto beside a target off the CPU, else cpu)", parseExecutionProviders('--draft-execution-providers'))
     .option('--verification <rule>', `${VERIFICATION_HELP} (for requests whose cascade field names none)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (for requests whose cascade field names none)`, parseDraftingFlag, DEFAULT_DRAFTING)
+    .option('--outcome-branches', `${OUTCOME_BRANCHES_HELP} (for async requests whose cascade field does not say)`)
     .option('--kv-location <where>', `where the target's KV cache lives between passes: ${KV_LOCATIONS.join(' | ')} (auto: on the device on a GPU EP, a host buffer for a GroupQueryAttention graph on the CPU; drafters are always auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `whether a token's logits from the target stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP}; drafters never pad (off: their drafts are reviewed) (default auto)`, parseBatchInvariant)
     .option('--self-draft <width>', SELF_DRAFT_HELP, parseSelfDraft)

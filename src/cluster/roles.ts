@@ -317,6 +317,8 @@ export interface GatewayRoleOptions extends ModelFlags {
   readonly verification?: Verification;
   /** Drafting of requests whose `cascade` field names none (`--drafting`). */
   readonly drafting?: Drafting;
+  /** Outcome branches for async requests whose `cascade` field does not say (`--outcome-branches`). */
+  readonly outcomeBranches?: boolean;
 }
 
 export interface EmbeddedGatewayOptions extends ModelFlags {
@@ -329,6 +331,8 @@ export interface EmbeddedGatewayOptions extends ModelFlags {
   readonly verification?: Verification;
   /** Drafting of requests whose `cascade` field names none (`--drafting`). */
   readonly drafting?: Drafting;
+  /** Outcome branches for async requests whose `cascade` field does not say (`--outcome-branches`). */
+  readonly outcomeBranches?: boolean;
   readonly threads?: number;
   /** The target's execution providers (default cpu; `auto` places it by measured cost). */
   readonly executionProviders?: readonly string[];
@@ -382,6 +386,7 @@ export async function openEmbeddedGateway(o: EmbeddedGatewayOptions): Promise<{ 
       requestTimeoutMs: o.requestTimeoutMs,
       defaultVerification: o.verification,
       defaultDrafting: o.drafting,
+      defaultOutcomeBranches: o.outcomeBranches,
       // the target's KV location and batch invariance, as a verify actor's /health reports them
       health: async () => ({ engine: 'embedded', placement: Object.fromEntries(sessions.placements), kvLocation: (models.target as OrtModelSession).kvLocation, batchInvariant: models.target.batchInvariant ?? false, ...(models.target.paddedAttention ? { paddedAttention: true } : {}) }),
     });
@@ -445,6 +450,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     requestTimeoutMs: o.requestTimeoutMs,
     defaultVerification: o.verification,
     defaultDrafting: o.drafting,
+    defaultOutcomeBranches: o.outcomeBranches,
     health: async () => {
       await pingServers(shards, transport);
       const workers = (await queue.getWorkers()).length;

@@ -51,7 +51,7 @@ export const API_SAMPLING: SamplingParams = { temperature: 1, topP: 1, topK: 0 }
 const randomSeed = () => Math.floor(Math.random() * 2 ** 53);
 
 /** Validates the decoding settings and builds the job; throws HttpError 400 on bad input. */
-export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | 'defaultMode' | 'defaultVerification' | 'defaultDrafting'> & { readonly maxPayload: number | undefined; readonly draftings?: readonly Drafting[] }, body: CompletionBody | ChatBody, input: PromptInput): JobData {
+export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | 'defaultMode' | 'defaultVerification' | 'defaultDrafting' | 'defaultOutcomeBranches'> & { readonly maxPayload: number | undefined; readonly draftings?: readonly Drafting[] }, body: CompletionBody | ChatBody, input: PromptInput): JobData {
   const { tokenizer, model, maxPayload } = options;
   if (body.model && body.model !== model.target) throw new HttpError(404, `model "${body.model}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
   const promptIds = promptIdsOf(tokenizer, input);
@@ -127,7 +127,7 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     ...(body.cascade?.mag_first !== undefined ? { magFirst: body.cascade.mag_first } : {}),
     verification,
     ...(drafting !== 'serial' ? { drafting } : {}),
-    ...(body.cascade?.outcome_branches === true ? { outcomeBranches: true } : {}),
+    ...((body.cascade?.outcome_branches ?? (drafting === 'async' && options.defaultOutcomeBranches === true)) ? { outcomeBranches: true } : {}),
     ...(logprobs !== undefined ? { logprobs } : {}),
     trace: {},
     enqueuedAt: Date.now(),

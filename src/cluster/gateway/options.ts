@@ -48,6 +48,8 @@ export interface GatewayOptions {
   readonly defaultVerification?: Verification;
   /** Drafting of requests whose `cascade` field names none (default serial; async only where the backend runs it). */
   readonly defaultDrafting?: Drafting;
+  /** Whether async requests whose `cascade` field does not say draft outcome branches (`--outcome-branches`; default false). */
+  readonly defaultOutcomeBranches?: boolean;
   /** Health: resolves when NATS and Redis answer. */
   readonly health?: () => Promise<Record<string, unknown>>;
 }
