@@ -109,7 +109,7 @@ test('cli - --drafting async with and without --outcome-branches gives the greed
   t.is(off.cascade.outcomeBranches, false);
   t.is(off.stats.drafting.outcomeDrafts, 0);
   t.is(typeof on.stats.drafting.outcomeDrafts, 'number');
-  t.regex((await fails(['generate', '--outcome-branches', 'x'])).stderr, /--outcome-branches are drafted under --drafting async, not serial/);
+  t.regex((await fails(['generate', '--outcome-branches', 'x'])).stderr, /--outcome-branches needs --drafting async/);
 });
 
 test('cli - logits processors (penalties, logit_bias) give the same greedy tokens under csd as under ar, and change them', async (t) => {

@@ -189,13 +189,14 @@ test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a reque
 
 test.serial('serve --embedded - async drafting with and without outcome branches (cascade.outcome_branches) gives target-only decoding\'s text; usage counts the branches adopted', async (t) => {
   const want = await targetOnly(tokenizer.encodePrompt(PROMPT), 32);
-  type Usage = { cascade: { outcome_hits?: number; drafter_paused_passes?: number } };
+  type Usage = { cascade: { outcome_hits?: number; outcome_drafts?: number; drafter_paused_passes?: number } };
   for (const outcome_branches of [undefined, true]) {
     const cascade = { drafters: [family.drafters[0], 'mag'], drafting: 'async', ...(outcome_branches === undefined ? {} : { outcome_branches }) };
     const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, temperature: 0, cascade } as never)) as unknown as OpenAI.Completions.Completion & { usage: Usage };
     t.is(r.choices[0]!.text, want.text, JSON.stringify(cascade));
     t.is(typeof r.usage.cascade.outcome_hits, 'number');
-    if (outcome_branches === undefined) t.is(r.usage.cascade.outcome_hits, 0, 'none without branches (the default)');
+    if (outcome_branches === undefined) t.deepEqual([r.usage.cascade.outcome_drafts, r.usage.cascade.outcome_hits], [0, 0], 'none without branches (the default)');
+    else t.is(typeof r.usage.cascade.outcome_drafts, 'number');
   }
   const bad = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { outcome_branches: 'no' } }) });
   t.is(bad.status, 400);
@@ -218,8 +219,9 @@ test.serial('serve --embedded - async drafting with and without outcome branches
 });
 
 test('serve --embedded - refuses a port past 65535 and a blank --api-key, and takes no --nats or --redis, and a cluster gateway takes no --execution-providers, --batch-invariant or --self-draft-cache (its --self-draft: test/self-draft-cluster.test.ts)', async (t) => {
-  const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0']);
+  const a = await fails(['serve', '--embedded', '--nats', 'nats://127.0.0.1:4222', '--port', '0', '--outcome-branches']);
   t.regex(a.stderr, /--nats and --redis are for a cluster/);
+  t.regex(a.stderr, /note: --outcome-branches applies to requests that ask for async drafting \(cascade.drafting "async"\); the default here is --drafting serial/);
   const [b, c, d] = await Promise.all([fails(['serve', '--execution-providers', 'cpu', '--port', '0']), fails(['serve', '--self-draft', 'int4', '--self-draft-cache', '/tmp/x', '--port', '0']), fails(['serve', '--batch-invariant', 'on', '--port', '0'])]);
   t.regex(b.stderr, /--threads, --execution-providers, --kv-location and --batch-invariant are for --embedded/);
   t.regex(c.stderr, /--self-draft-cache is for --embedded: a cluster's gateway only names the --self-draft copy/);

@@ -11,7 +11,7 @@ import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
 import { chaosCommand, SCENARIOS, type Scenario } from '../bench/chaos.ts';
 import { isClusterUrl, parseRedis, withRedisCredentials } from '../cluster/redis-connection.ts';
 import { generateSecrets, natsPasswordVar, redact, ROLES, withCredentials, type Role as SecurityRole } from '../cluster/security.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parsePort, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, OUTCOME_BRANCHES_HELP, parseOutDir } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parsePort, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, OUTCOME_BRANCHES_HELP, noteOutcomeBranches, parseOutDir } from './options.ts';
 import { DEFAULT_DRAFTING, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
@@ -471,6 +471,7 @@ export function registerCluster(program: Command): void {
     .option('--self-draft-cache <dir>', `with --embedded: ${SELF_DRAFT_CACHE_HELP} (default: ${SELF_DRAFT_CACHE})`)
     .action(async (o: ModelFlags & { nats?: string; redis?: string[]; host: string; port: number; apiKey?: string; maxInFlight: number; requestTimeoutMs: number; embedded?: boolean; outcomeBranches?: boolean; threads?: number; executionProviders?: string[]; draftExecutionProviders?: string[]; verification: Verification; drafting?: Drafting; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; selfDraft?: SelfDraft; selfDraftCache?: string }) => {
       // the models load before the server listens: a port it cannot have is refused first
+      noteOutcomeBranches(o);
       const busy = await portUnavailable(o.port, o.host);
       if (busy) throw new InvalidArgumentError(`--port ${o.port} cannot be used on ${o.host} (${busy}): choose another`);
       if (o.embedded) {

@@ -202,7 +202,7 @@ function promptText(positional: string[], o: GenerateOptions): string | ChatMess
 
 async function run(positional: string[], flags: GenerateOptions, cmd: Command): Promise<void> {
   const o = applyConfigFile(flags, cmd);
-  if (o.outcomeBranches && o.drafting !== 'async') throw new InvalidArgumentError(`--outcome-branches are drafted under --drafting async, not ${o.drafting}`);
+  if (o.outcomeBranches && o.drafting !== 'async') throw new InvalidArgumentError(`--outcome-branches needs --drafting async (branches are drafted while the target verifies): add --drafting async, or leave --outcome-branches out`);
   const text = promptText(positional, o);
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   // the family's feature drafter may be named among --drafters (it is in no mode's default); a
@@ -345,7 +345,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       // async drafting runs the first neural drafter ahead with MaG, no K (runDrafting)
       const ahead = plan.drafters.find((d) => d !== 'mag');
       const asyncLevels = [...(ahead ? [`${ahead} ahead`] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])];
-      const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}${s.drafting.outcomeDrafts ? `, ${s.drafting.outcomeDrafts} drafts on outcome branches (adopted at ${s.drafting.outcomeHits} passes)` : ''}${s.drafting.drafterPausedPasses ? `, drafter paused for ${s.drafting.drafterPausedPasses} target passes` : ''}` : '';
+      const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}${s.drafting.outcomeDrafts ? `, ${s.drafting.outcomeDrafts} tokens drafted on outcome branches, ${s.drafting.outcomeHits} branch${s.drafting.outcomeHits === 1 ? '' : 'es'} adopted` : ''}${s.drafting.drafterPausedPasses ? `, drafter paused for ${s.drafting.drafterPausedPasses} target passes` : ''}` : '';
       const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} token${o.magFirst === 1 ? '' : 's'}` : ''}`;
       process.stderr.write(
         `[${o.mode}: ${target.spec.name}${where ? ` (${where})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +

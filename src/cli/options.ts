@@ -4,7 +4,7 @@ import { z } from 'zod';
 import { checkKBound, type KSchedule } from '../engine/presets.ts';
 import { InvalidArgumentError } from '../errors.ts';
 import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
-import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
+import { DEFAULT_DRAFTING, DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { BATCH_INVARIANCE, type BatchInvariance } from '../models/session.ts';
 
 /** Commander argument parsers that reject bad values with a message naming the flag. */
@@ -65,7 +65,11 @@ export const parseVerificationFlag = (raw: string): Verification => {
 /** --drafting: serial rounds or async drafting (Drafting, src/engine/async-cascade.ts). */
 export const DRAFTING_HELP = 'serial (draft a block, then verify it) | async (the first neural drafter runs ahead, on its own worker thread or its own actor, while the target verifies; the target never waits for it; MaG fills in; K is implicit)';
 /** --outcome-branches (generate; the API's cascade.outcome_branches: true). */
-export const OUTCOME_BRANCHES_HELP = 'under --drafting async, also pre-draft the outcome where the target rejects a draft and emits the drafter\'s runner-up (SSD\'s speculation cache; off by default: they did not pay on a 2-core CPU, docs/cascade.md; they rest by themselves while they do not pay)';
+export const OUTCOME_BRANCHES_HELP = 'under --drafting async, the drafter also drafts ahead for the likely rejections: where the target rejects a draft and emits the drafter\'s second choice instead (SSD). Off by default: they did not pay on a 2-core CPU (docs/cascade.md); on, they pause themselves while few of their drafts are accepted';
+/** A note for a server or batch given --outcome-branches with serial drafting as its default: the flag then serves only requests that ask for async. */
+export function noteOutcomeBranches(o: { readonly outcomeBranches?: boolean; readonly drafting?: Drafting }): void {
+  if (o.outcomeBranches && o.drafting !== 'async') process.stderr.write(`note: --outcome-branches applies to requests that ask for async drafting (cascade.drafting "async"); the default here is --drafting ${o.drafting ?? DEFAULT_DRAFTING}\n`);
+}
 export const parseDraftingFlag = (raw: string): Drafting => {
   if (!(DRAFTINGS as readonly string[]).includes(raw)) throw new InvalidArgumentError(`--drafting must be one of ${DRAFTINGS.join(', ')}, got "${raw}"`);
   return raw as Drafting;

@@ -5,7 +5,7 @@ import writeFileAtomic from 'write-file-atomic';
 import { z } from 'zod';
 import { openEmbeddedGateway } from '../cluster/roles.ts';
 import { InvalidArgumentError } from '../errors.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, OUTCOME_BRANCHES_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKvLocation, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, OUTCOME_BRANCHES_HELP, noteOutcomeBranches } from './options.ts';
 import { parseSelfDraft, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP, type SelfDraft } from './quantize.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
 import type { BatchInvariance } from '../models/session.ts';
@@ -122,6 +122,7 @@ interface RunBatchOptions {
 }
 
 async function runBatch(o: RunBatchOptions): Promise<void> {
+  noteOutcomeBranches(o);
   const lines = readBatchFile(o.input);
   if (existsSync(o.output) && !o.resume) throw new InvalidArgumentError(`${o.output} exists: give --resume to skip the requests it answered, or another --output`);
   const skip = o.resume && existsSync(o.output) ? keepAnswered(o.output) : new Set<string>();

@@ -133,7 +133,7 @@ export const stopStrings = (stop: string | readonly string[] | undefined): reado
  * one is told so by name (not that the parameter is unknown), and nothing is silently ignored.
  */
 const UNSUPPORTED: Readonly<Record<string, string>> = {
-  tools: 'function calling is not supported by this server (it parses no tool calls from the output)',
+  tools: 'function calling is not supported by this server (it parses no tool calls from the output): send no tools (or tools: [])',
   tool_choice: 'function calling is not supported by this server (it parses no tool calls from the output)',
   parallel_tool_calls: 'function calling is not supported by this server (it parses no tool calls from the output)',
   functions: 'function calling is not supported by this server (it parses no tool calls from the output)',
