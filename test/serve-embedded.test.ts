@@ -198,6 +198,8 @@ test.serial('serve --embedded - async drafting with and without outcome branches
     if (outcome_branches === undefined) t.deepEqual([r.usage.cascade.outcome_drafts, r.usage.cascade.outcome_hits], [0, 0], 'none without branches (the default)');
     else t.is(typeof r.usage.cascade.outcome_drafts, 'number');
   }
+  const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+  for (const name of ['cascade_drafter_paused_passes_total', 'cascade_outcome_branch_drafts_total', 'cascade_outcome_branch_hits_total']) t.regex(metrics, new RegExp(`^${name} \\d`, 'm'), `Prometheus has ${name}`);
   const bad = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { outcome_branches: 'no' } }) });
   t.is(bad.status, 400);
   t.regex(((await bad.json()) as { error: { message: string } }).error.message, /outcome_branches/);

@@ -27,6 +27,8 @@ export function actorRoundTripHistogram(registry: Registry): Histogram<'kind'> {
  * - wasted drafts: tokens an async drafter drafted on prefixes that died (async drafting only).
  * - pre-draft hit rate: target passes whose block began with drafts the async drafter made during
  *   the pass before, beyond its outcome, over passes, per request (async drafting only).
+ * - drafter paused passes, outcome branch drafts and hits: the async loop's counts (usage.cascade's
+ *   drafter_paused_passes, outcome_drafts, outcome_hits).
  */
 export class GatewayMetrics {
   readonly registry = new Registry();
@@ -52,6 +54,9 @@ export class GatewayMetrics {
   readonly targetBusy = new Histogram({ name: 'cascade_target_busy_fraction', help: 'Target forward time over generation time, per request', buckets: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1], registers: [this.registry] });
   readonly preDraftHits = new Histogram({ name: 'cascade_pre_draft_hit_rate', help: 'Fraction of target passes whose block the async drafter had drafted during the pass before, per request', buckets: [0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1], registers: [this.registry] });
   readonly wastedDrafts = new Counter({ name: 'cascade_wasted_drafts_total', help: 'Tokens drafted on prefixes that died (async drafting)', registers: [this.registry] });
+  readonly drafterPausedPasses = new Counter({ name: 'cascade_drafter_paused_passes_total', help: 'Target passes run while the async drafter rested for not paying', registers: [this.registry] });
+  readonly outcomeDrafts = new Counter({ name: 'cascade_outcome_branch_drafts_total', help: 'Tokens the async drafter drafted on outcome branches (pre-drafted rejection outcomes)', registers: [this.registry] });
+  readonly outcomeHits = new Counter({ name: 'cascade_outcome_branch_hits_total', help: 'Outcome branches adopted: the target rejected a draft and emitted the drafter\'s runner-up', registers: [this.registry] });
   readonly rejected = new Counter({ name: 'cascade_rejected_total', help: 'Requests refused (503) because the gateway was saturated', registers: [this.registry] });
 
   constructor() {

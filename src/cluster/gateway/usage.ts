@@ -74,6 +74,9 @@ export function recordOutcome(metrics: GatewayMetrics, outcome: RequestOutcome, 
     if (s.drafting) {
       metrics.wastedDrafts.inc(s.drafting.wastedDrafts);
       metrics.preDraftHits.observe(s.drafting.preDraftHitRate);
+      metrics.drafterPausedPasses.inc(s.drafting.drafterPausedPasses);
+      metrics.outcomeDrafts.inc(s.drafting.outcomeDrafts);
+      metrics.outcomeHits.inc(s.drafting.outcomeHits);
     }
     s.draftedByPosition.forEach((d, i) => {
       metrics.draftedByPosition.inc({ position: String(i) }, d);
