@@ -52,7 +52,9 @@ const sides = [
 const tokenizer = TextTokenizer.forModel(target.spec);
 const ids = heldOutPrompts(prompts, promptsDir).map((p) => tokenizer.encodePrompt(p.text));
 const sampling = { temperature, topK: 0, topP: 1 };
-/** Per side, over the timed requests (not the warm-up): target passes and the async loop's counts (drafting stats summed). */
+/** The async loop's counts summed per side (stats.drafting). */
+const DRAFTING_COUNTS = ['drafterPausedPasses', 'outcomeDrafts', 'outcomeHits', 'outcomeAccepted'] as const;
+/** Per side, over the timed requests (not the warm-up): target passes, accepted drafts and DRAFTING_COUNTS. */
 const counts = sides.map(() => ({ requests: 0, rounds: 0, acceptedTokens: 0, drafterPausedPasses: 0, outcomeDrafts: 0, outcomeHits: 0, outcomeAccepted: 0 }));
 const { e2e, outputs } = await takeTurns(sides.length, repeats, ids, async (i, promptIds) => {
   const s = sides[i]!;
@@ -61,8 +63,9 @@ const { e2e, outputs } = await takeTurns(sides.length, repeats, ids, async (i, p
   const c = counts[i]!;
   // the first request of a side is its warm-up
   if (c.requests++ > 0) {
-    const d = r.stats.drafting;
-    Object.assign(c, { rounds: c.rounds + r.stats.rounds, acceptedTokens: c.acceptedTokens + r.stats.acceptedTokens, drafterPausedPasses: c.drafterPausedPasses + (d?.drafterPausedPasses ?? 0), outcomeDrafts: c.outcomeDrafts + (d?.outcomeDrafts ?? 0), outcomeHits: c.outcomeHits + (d?.outcomeHits ?? 0), outcomeAccepted: c.outcomeAccepted + (d?.outcomeAccepted ?? 0) });
+    c.rounds += r.stats.rounds;
+    c.acceptedTokens += r.stats.acceptedTokens;
+    for (const key of DRAFTING_COUNTS) c[key] += r.stats.drafting?.[key] ?? 0;
   }
   return r;
 });

@@ -132,12 +132,13 @@ export const stopStrings = (stop: string | readonly string[] | undefined): reado
  * OpenAI request parameters this server knows and does not implement, with why: a client that sends
  * one is told so by name (not that the parameter is unknown), and nothing is silently ignored.
  */
+const FUNCTION_CALLING = 'function calling is not supported by this server (it parses no tool calls from the output)';
 const UNSUPPORTED: Readonly<Record<string, string>> = {
-  tools: 'function calling is not supported by this server (it parses no tool calls from the output): send no tools (or tools: [])',
-  tool_choice: 'function calling is not supported by this server (it parses no tool calls from the output)',
-  parallel_tool_calls: 'function calling is not supported by this server (it parses no tool calls from the output)',
-  functions: 'function calling is not supported by this server (it parses no tool calls from the output)',
-  function_call: 'function calling is not supported by this server (it parses no tool calls from the output)',
+  tools: `${FUNCTION_CALLING}: send no tools (or tools: [])`,
+  tool_choice: FUNCTION_CALLING,
+  parallel_tool_calls: FUNCTION_CALLING,
+  functions: FUNCTION_CALLING,
+  function_call: FUNCTION_CALLING,
   response_format: 'structured output is not supported by this server: it decodes free text only (no constrained decoding); leave response_format out or send {"type": "text"}',
   best_of: 'best_of is not supported by this server: use n for several completions, each its own request',
   suffix: 'suffix (insertion) is not supported by this server: the models complete left to right only',
