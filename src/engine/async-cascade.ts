@@ -409,7 +409,7 @@ export async function runCascadeAsync(
       if (freshLogprobs) logprobs.push(...freshLogprobs);
       // keep the drafter's speculation where it extends the new prefix (it drafted the target's own
       // token too), or else the outcome branch that does
-      const keep = Math.min(emitted.length, commonPrefix(spec, emitted));
+      const keep = commonPrefix(spec, emitted);
       if (keep < emitted.length && keep < spec.length && specAlt[keep] !== undefined) {
         runnerUps.trials++;
         if (emitted[keep] === specAlt[keep]) runnerUps.hits++;
