@@ -96,10 +96,11 @@ test.serial('cli - cluster up refuses a --port something listens on before start
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   try {
     const port = (server.address() as AddressInfo).port;
-    const err = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--port', String(port)));
+    const err = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--port', String(port), '--outcome-branches'));
     const { code, stderr } = err as unknown as { code: number; stderr: string };
     t.is(code, 2, 'bad input');
     t.regex(stderr, new RegExp(`--port ${port} cannot be used on 127.0.0.1 \\(another process listens there\\).*nothing was started`));
+    t.regex(stderr, /note: --outcome-branches applies to requests that ask for async drafting/, 'the note reaches the terminal, not only the gateway\'s log');
     t.false(existsSync(state), 'no state directory made');
     t.deepEqual(await processesNaming(dir), [], 'no process started');
     const down = await installed('cluster', 'down', '--state-dir', state);

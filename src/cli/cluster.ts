@@ -248,6 +248,8 @@ const SERVER_FILES = ['secrets.json', 'nats.conf', 'redis.conf'];
  * too when it made it), then throws naming the role that failed, with the end of its log.
  */
 async function clusterUp(o: UpOptions): Promise<void> {
+  // on this terminal, not only in the gateway's log
+  noteOutcomeBranches(o);
   const dir = resolve(o.stateDir);
   if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
   // the gateway starts last, after every model has loaded: a busy --port is refused before anything starts

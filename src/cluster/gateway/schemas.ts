@@ -135,7 +135,7 @@ export const stopStrings = (stop: string | readonly string[] | undefined): reado
 const FUNCTION_CALLING = 'function calling is not supported by this server (it parses no tool calls from the output)';
 const UNSUPPORTED: Readonly<Record<string, string>> = {
   tools: `${FUNCTION_CALLING}: send no tools (or tools: [])`,
-  tool_choice: FUNCTION_CALLING,
+  tool_choice: `${FUNCTION_CALLING}: leave tool_choice out (or send "none")`,
   parallel_tool_calls: FUNCTION_CALLING,
   functions: FUNCTION_CALLING,
   function_call: FUNCTION_CALLING,
