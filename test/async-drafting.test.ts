@@ -28,6 +28,7 @@ test('async drafting - greedy output equals target-only decoding: sd, sd + MaG, 
   const late = paced(plain.d1, () => (coin() < 0.5 ? 1 : 12));
   let accepted = 0;
   let outcomeHits = 0;
+  let pipelined = 0;
   for (const prompt of [[1], [3, 5, 7], [2, 2, 2, 2, 9], [1, 2, 3, 1, 2, 3, 1, 2]]) {
     const req: GenerateRequest = { promptIds: prompt, maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
     const want = (await generateAutoregressive(f.target, req)).tokenIds;
@@ -37,9 +38,11 @@ test('async drafting - greedy output equals target-only decoding: sd, sd + MaG, 
       t.is(r.stats.drafting?.mode, 'async');
       if (name === 'sd') accepted += r.stats.acceptedTokens;
       outcomeHits += r.stats.drafting!.outcomeHits;
+      pipelined += r.stats.drafting!.pipelinedAccepted;
     }
   }
-  t.log(`outcome branches adopted at ${outcomeHits} passes`);
+  t.log(`outcome branches adopted at ${outcomeHits} passes; the drafter accepted ${pipelined} of MaG's drafts`);
+  t.true(pipelined > 0, 'MaG pipelined below the drafter');
   t.true(outcomeHits > 0, 'the drafter pre-drafted a rejection\'s outcome that came true');
   // without outcome branches (the default): the speculation alone
   const req: GenerateRequest = { promptIds: [3, 5, 7], maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
@@ -60,6 +63,7 @@ test('async drafting - drafter-invariant: a seeded sampled request gives target-
   const samplings: SamplingParams[] = [{ temperature: 1, topK: 0, topP: 1 }, { temperature: 0.7, topK: 4, topP: 0.9, presencePenalty: 0.3 }];
   let neural = 0;
   let outcomeHits = 0;
+  let pipelined = 0;
   for (const sampling of samplings) {
     for (let seed = 0; seed < 20; seed++) {
       const req: GenerateRequest = { promptIds: [1, 3, 2, 1, 3], maxTokens: 24, sampling, seed, stopAtEos: false, verification: 'invariant' };
@@ -69,16 +73,18 @@ test('async drafting - drafter-invariant: a seeded sampled request gives target-
         t.deepEqual(r.tokenIds, want, `T ${sampling.temperature}, seed ${seed}`);
         if (drafters.length === 1) neural += r.stats.acceptedTokens;
         outcomeHits += r.stats.drafting!.outcomeHits;
+        pipelined += r.stats.drafting!.pipelinedAccepted;
       }
     }
   }
-  t.log(`outcome branches adopted at ${outcomeHits} passes`);
+  t.log(`outcome branches adopted at ${outcomeHits} passes; the drafter accepted ${pipelined} of MaG's drafts`);
   t.true(outcomeHits > 0);
+  t.true(pipelined > 0);
   t.true(neural > 40, `drafts of the (sometimes late) neural drafter alone were accepted: ${neural}`);
 });
 
-for (const [withMag, branches] of [[false, false], [false, true], [true, true]]) {
-  test(`async drafting - rejection sampling with a neural drafter running ahead${withMag ? ' and MaG, whose proposal may replace its block' : ''}${branches ? ', with outcome branches,' : ''} draws every position from the target given the tokens before it (chi-square)`, async (t) => {
+for (const [withMag, branches, pipeline] of [[false, false, false], [false, true, false], [true, true, false], [true, false, true]]) {
+  test(`async drafting - rejection sampling with a neural drafter running ahead${withMag ? ' and MaG, whose proposal may replace its block' : ''}${pipeline ? ' and which reviews MaG\'s drafts (the pipeline)' : ''}${branches ? ', with outcome branches,' : ''} draws every position from the target given the tokens before it (chi-square)`, async (t) => {
     const plain = memoryFamily(4, 8);
     const target = paced(plain.target, () => 6);
     const coin = jitter(3);
@@ -88,14 +94,18 @@ for (const [withMag, branches] of [[false, false], [false, true], [true, true]])
     const samples: number[][] = [];
     let accepted = 0;
     let outcomeHits = 0;
+    let pipelined = 0;
     for (let seed = 0; seed < 10_000; seed++) {
-      const r = await generateCascade(target, asyncOf(withMag ? [model(d1), mag] : [model(d1)]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' }, undefined, { outcomeBranches: branches });
+      const r = await generateCascade(target, asyncOf(withMag ? [model(d1), mag] : [model(d1)]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' }, undefined, { outcomeBranches: branches, pipeline });
       samples.push(r.tokenIds);
       accepted += r.stats.acceptedTokens;
       outcomeHits += r.stats.drafting!.outcomeHits;
+      pipelined += r.stats.drafting!.pipelinedAccepted;
     }
-    t.log(`${accepted} drafted tokens accepted, outcome branches adopted at ${outcomeHits} passes`);
+    t.log(`${accepted} drafted tokens accepted, outcome branches adopted at ${outcomeHits} passes, ${pipelined} of MaG's drafts accepted by the drafter`);
     t.true(accepted > 5_000);
+    // the drafter's reviews of MaG's drafts pass its p up as q: those positions are in the test too
+    t.true(pipeline ? pipelined > 1_000 : pipelined === 0);
     // the positions after an adopted outcome branch are in the test too
     t.true(branches ? outcomeHits > 500 : outcomeHits === 0);
     const fits = positionalChiSquare(samples, prompt, (context) => distribution(plain.target.nextLogits(context), sampling));

@@ -60,7 +60,37 @@ test('cluster (in-process) - async drafting over the wire: the draft actor names
   }
   t.log(`outcome branches adopted at ${hits} passes`);
   t.true(hits > 0, 'a branch drafted from a runner-up the actor named came true');
+  // MaG below the draft actor (the pipeline): the actor reviews MaG's drafts on its speculation
+  let pipelined = 0;
+  for (const [prompt, sampling] of [[[1, 2, 3, 1, 2, 3, 1, 2], GREEDY], [[2, 2, 2, 2, 9], { temperature: 0.8, topK: 0, topP: 1 }]] as const) {
+    const want = await generateAutoregressive(c.target, { promptIds: prompt, maxTokens: 40, sampling, seed: 5, stopAtEos: false, verification: 'invariant' });
+    const { outcome, tokens } = await c.run({ promptIds: [...prompt], maxTokens: 40, sampling, seed: 5, drafters: ['d1', 'mag'], kMatrix: 'auto', lenience: 1, drafting: 'async', verification: 'invariant' });
+    t.deepEqual(tokens, want.tokenIds, `${prompt}, T ${sampling.temperature}, MaG below d1`);
+    pipelined += outcome.stats!.drafting!.pipelinedDrafts;
+  }
+  t.log(`the draft actor reviewed ${pipelined} of MaG's drafts`);
+  t.true(pipelined > 0);
   for (const a of c.actors) t.is(a.activeSessions, 0, `${a.model} freed every session`);
+  await c.stop();
+});
+
+test('cluster (in-process) - async drafting with MaG below the draft actor under rejection sampling: the actor passes its p up with what it accepted of MaG\'s drafts, and every position is drawn from the target (chi-square)', async (t) => {
+  const c = cluster(4, 8, true);
+  const start = [1, 3, 2];
+  const prompt = [...start, ...(await generateAutoregressive(c.target, { promptIds: start, maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds];
+  const sampling: SamplingParams = { temperature: 1, topK: 0, topP: 1 };
+  const samples: number[][] = [];
+  let pipelined = 0;
+  for (let seed = 0; seed < 6000; seed++) {
+    const { tokens, outcome } = await c.run({ promptIds: prompt, maxTokens: 6, sampling, seed, drafters: ['d1', 'mag'], kMatrix: 'auto', lenience: 1, drafting: 'async', verification: 'rejection' });
+    samples.push(tokens);
+    pipelined += outcome.stats!.drafting!.pipelinedAccepted;
+  }
+  t.log(`the draft actor accepted ${pipelined} of MaG's drafts`);
+  t.true(pipelined > 500);
+  const fits = positionalChiSquare(samples, prompt, (context) => distribution(c.target.nextLogits(context), sampling));
+  t.log(describeFits(fits));
+  t.deepEqual(misfits(fits), [], describeFits(fits));
   await c.stop();
 });
 

@@ -187,9 +187,9 @@ test.serial('serve --embedded - the family\'s feature drafter (EAGLE) as a reque
   t.is(sampled.choices[0]!.text, oracleText);
 });
 
-test.serial('serve --embedded - async drafting with and without outcome branches (cascade.outcome_branches) gives target-only decoding\'s text; usage counts the branches adopted', async (t) => {
+test.serial('serve --embedded - async drafting with and without outcome branches (cascade.outcome_branches) gives target-only decoding\'s text; usage counts the branches adopted and MaG\'s drafts the drafter reviewed', async (t) => {
   const want = await targetOnly(tokenizer.encodePrompt(PROMPT), 32);
-  type Usage = { cascade: { outcome_hits?: number; outcome_drafts?: number; drafter_paused_passes?: number } };
+  type Usage = { cascade: { outcome_hits?: number; outcome_drafts?: number; drafter_paused_passes?: number; pipelined_drafts?: number; pipelined_accepted?: number } };
   for (const outcome_branches of [undefined, true]) {
     const cascade = { drafters: [family.drafters[0], 'mag'], drafting: 'async', ...(outcome_branches === undefined ? {} : { outcome_branches }) };
     const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, temperature: 0, cascade } as never)) as unknown as OpenAI.Completions.Completion & { usage: Usage };
@@ -197,9 +197,10 @@ test.serial('serve --embedded - async drafting with and without outcome branches
     t.is(typeof r.usage.cascade.outcome_hits, 'number');
     if (outcome_branches === undefined) t.deepEqual([r.usage.cascade.outcome_drafts, r.usage.cascade.outcome_hits], [0, 0], 'none without branches (the default)');
     else t.is(typeof r.usage.cascade.outcome_drafts, 'number');
+    t.true(r.usage.cascade.pipelined_accepted! <= r.usage.cascade.pipelined_drafts!, 'MaG\'s drafts the drafter accepted are among those it reviewed');
   }
   const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
-  for (const name of ['cascade_drafter_paused_passes_total', 'cascade_outcome_branch_drafts_total', 'cascade_outcome_branch_hits_total']) t.regex(metrics, new RegExp(`^${name} \\d`, 'm'), `Prometheus has ${name}`);
+  for (const name of ['cascade_drafter_paused_passes_total', 'cascade_outcome_branch_drafts_total', 'cascade_outcome_branch_hits_total', 'cascade_pipelined_drafts_total{result="reviewed"}']) t.regex(metrics, new RegExp(`^${name.replace(/[{}]/g, '\\$&')} \\d`, 'm'), `Prometheus has ${name}`);
   const bad = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { outcome_branches: 'no' } }) });
   t.is(bad.status, 400);
   t.regex(((await bad.json()) as { error: { message: string } }).error.message, /outcome_branches/);

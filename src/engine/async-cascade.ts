@@ -96,8 +96,14 @@ interface Line {
  * arrived in time. Greedy output equals target-only greedy decoding. The drafter and the target
  * draw from their own RNG streams (seed-derived) under rejection sampling.
  *
- * Levels other than the first neural drafter and MaG are not used in this mode (the vertical
- * pipeline of PipeSpec is not built). Every level is released at the end; a drafter that fails with
+ * The pipeline (PipeSpec, McDanel et al., ACL Findings 2025: CS Drafting's vertical cascade made
+ * concurrent), with MaG as the level below the drafter (`options.pipeline`, on by default): on its
+ * speculation the drafter reviews MaG's drafts after it in one pass (as many as pay by its own
+ * measured pass cost and its acceptance of MaG's drafts by MaG's draft context, within the
+ * run-ahead cap) and forwards what it accepted, then its own token, each carrying the drafter's p as
+ * q (an exact review's output is distributed as p, as in serial rounds). Measured on a 2-core CPU it
+ * gained 0-9% over one token a pass (bench/results/async-pipeline). Levels other than the first neural drafter and MaG are not used
+ * in this mode (a neural level below the drafter is not built). Every level is released at the end; a drafter that fails with
  * LevelUnavailableError is dropped when `options.onLevelFailure` agrees (the target goes on with MaG
  * or alone), otherwise the request fails.
  */
@@ -141,6 +147,10 @@ export async function runCascadeAsync(
   let fromBranch = 0;
   /** outcomeDrafts when the branches' probation last counted them. */
   let branchTrials = 0;
+  /** MaG's drafts the drafter reviewed on its speculation (the pipeline), and those it accepted. */
+  let pipelinedDrafts = 0;
+  let pipelinedAccepted = 0;
+  const pipelining = options.pipeline !== false && mag !== undefined;
   let epoch = 0;
   let stopped = false;
   let drafterError: unknown;
@@ -172,23 +182,28 @@ export async function runCascadeAsync(
    * adaptive schedule's objective, schedule.ts, with drafting free because it overlaps). All of them
    * until passes are timed.
    */
-  const worthReviewing = (n: number, key: string): number => {
-    if (n === 0 || !passCost.known) return n;
-    const { reached, accepted: hits } = tally(key);
+  const worthReviewing = (n: number, key: string, cost = passCost, counts = tally(key)): number => {
+    if (n === 0 || !cost.known) return n;
+    const { reached, accepted: hits } = counts;
     let best = 0;
-    let bestRate = 1 / passCost.predict(1);
+    let bestRate = 1 / cost.predict(1);
     let survive = 1;
     let expected = 1;
     for (let k = 1; k <= n; k++) {
       survive *= ((hits[k - 1] ?? 0) + 1) / ((reached[k - 1] ?? 0) + 2);
       expected += survive;
-      const rate = expected / passCost.predict(k + 1);
+      const rate = expected / cost.predict(k + 1);
       if (rate > bestRate) [best, bestRate] = [k, rate];
     }
     return best;
   };
   /** Passes in a row that reviewed nothing while drafts were there (worthReviewing priced them out). */
   let unreviewed = 0;
+  /** The drafter's passes' time by tokens fed (MaG's drafts + 1), and its acceptance of MaG's drafts by MaG's draft context (the pipeline). */
+  const drafterCost = new LinearCost();
+  const drafterTally = new Map<string, { reached: number[]; accepted: number[] }>();
+  /** Drafter steps in a row that fed none of MaG's drafts while there were some (worthReviewing priced them out). */
+  let unfed = 0;
   /** Drafts of the block under review still in `spec` (the drafter runs ahead of them). */
   let reviewing = 0;
   /** How often the first draft of a block was accepted, by where the block came from (moving average). */
@@ -201,6 +216,9 @@ export async function runCascadeAsync(
     w?.();
   };
 
+  /** Whether a line of n drafted tokens may grow by one (within the models' positions and the request's tokens left). */
+  const fits = (n: number) => tokens.length + n + 1 < (options.maxPositions ?? Infinity) && n < req.maxTokens - out.length;
+
   /**
    * Which line the drafter's next step extends: 'spec', or the outcome branch leaving it at position
    * j (created on its first step), by the likelihood that the step's token is used (see
@@ -209,7 +227,6 @@ export async function runCascadeAsync(
   function nextLine(): 'spec' | number | undefined {
     if (drafterRest.resting(rounds)) return undefined;
     const cap = runAhead();
-    const fits = (n: number) => tokens.length + n + 1 < (options.maxPositions ?? Infinity) && n < req.maxTokens - out.length;
     let best: 'spec' | number | undefined;
     let bestValue = 0;
     const a = Math.min(0.95, Math.max(0.05, firstAccepted.drafter));
@@ -232,6 +249,28 @@ export async function runCascadeAsync(
     return undefined;
   }
 
+  /**
+   * MaG's drafts after the speculation (block: the committed tokens and `spec`) for the drafter to
+   * review in its next pass, as many as pay by the drafter's own measured cost and acceptance
+   * (worthReviewing over its pass-cost fit and its acceptance of MaG's drafts by MaG's draft
+   * context), within the run-ahead cap; appended to the block. Returns the tally they count in.
+   */
+  async function magBelow(block: Block): Promise<{ fed: number; counts?: { reached: number[]; accepted: number[] } }> {
+    let room = Math.min(MAX_BLOCK, runAhead() - (spec.length - reviewing) - 1);
+    while (room > 0 && !fits(spec.length + room)) room--;
+    if (!mag || room <= 0) return { fed: 0 };
+    const key = options.draftContexts !== false ? contextLabel('mag', mag.draftContext?.(block.tokens)) : 'mag';
+    const counts = drafterTally.get(key) ?? drafterTally.set(key, { reached: [], accepted: [] }).get(key)!;
+    const base = block.length;
+    await mag.propose(block, room, drafterRng);
+    const available = block.length - base;
+    let worth = worthReviewing(available, key, drafterCost, counts);
+    unfed = worth === 0 && available > 0 ? unfed + 1 : 0;
+    if (unfed > EXPLORE_AFTER) [worth, unfed] = [available, 0];
+    block.cut(base + worth);
+    return { fed: worth, counts };
+  }
+
   async function drafterLoop(level: CascadeLevel): Promise<void> {
     while (!stopped && drafter === level) {
       const which = nextLine();
@@ -250,9 +289,23 @@ export async function runCascadeAsync(
       const after = branch ? branch.tokens : spec;
       const base = committed + after.length;
       const block = new Block([...tokens, ...after], base);
+      // PipeSpec's pipeline (McDanel et al., 2025), with MaG as the level below: on the speculation
+      // the drafter reviews MaG's drafts in one pass and forwards what it accepted, then its own token
+      const { fed, counts } = !branch && pipelining ? await magBelow(block) : { fed: 0 };
       const t0 = performance.now();
-      const alt = await draftStep(level, block);
-      stepMs = ema(stepMs, performance.now() - t0);
+      let alt: number | undefined;
+      if (fed > 0) {
+        const outcome = await level.review(block, base, drafterRng, 1, true);
+        pipelinedDrafts += fed;
+        pipelinedAccepted += outcome.accepted;
+        for (let i = 0; i < fed; i++) {
+          if (i <= outcome.accepted) counts!.reached[i] = (counts!.reached[i] ?? 0) + 1;
+          if (i < outcome.accepted) counts!.accepted[i] = (counts!.accepted[i] ?? 0) + 1;
+        }
+      } else alt = await draftStep(level, block);
+      const ms = performance.now() - t0;
+      drafterCost.add(fed + 1, ms);
+      stepMs = ema(stepMs, ms / Math.max(1, block.length - base));
       // The speculation's draft lands while its prefix is still the committed tokens and `spec` (a pass
       // that kept the speculation moved tokens from one to the other); a branch's, while the branch is
       // still there unchanged (they are dropped at every pass's end).
@@ -269,6 +322,8 @@ export async function runCascadeAsync(
       const line = branch ?? { tokens: spec, q: specQ, alt: specAlt };
       line.tokens.push(...block.tokens.slice(base));
       line.q.push(...block.q);
+      // a review names no runner-up: only a plain step's token has one
+      for (let i = base; i < block.length - 1; i++) line.alt.push(undefined);
       line.alt.push(alt);
       if (branch) outcomeDrafts++;
       drafterReady = true;
@@ -458,6 +513,6 @@ export async function runCascadeAsync(
     await Promise.all(everyLevel.filter((l) => !pending.includes(l)).map((l) => l.release()));
   }
 
-  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start), drafterPausedPasses: pausedPasses, outcomeDrafts, outcomeHits, outcomeAccepted };
+  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start), drafterPausedPasses: pausedPasses, outcomeDrafts, outcomeHits, outcomeAccepted, pipelinedDrafts, pipelinedAccepted };
   return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, { drafting });
 }

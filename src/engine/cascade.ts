@@ -89,7 +89,7 @@ export interface CascadeStats extends GenerateStats {
    * and its outcome branches: tokens drafted on them, passes after which one was adopted, and the
    * adopted branches' own drafts that the target then accepted.
    */
-  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number; readonly outcomeDrafts: number; readonly outcomeHits: number; readonly outcomeAccepted: number };
+  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number; readonly outcomeDrafts: number; readonly outcomeHits: number; readonly outcomeAccepted: number; readonly pipelinedDrafts: number; readonly pipelinedAccepted: number };
 }
 
 /** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */
@@ -176,7 +176,7 @@ export async function generateCascade(
    * `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop
    * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`, `outcomeBranches`: as RunOptions.
    */
-  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest' | 'outcomeBranches'> = {},
+  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest' | 'outcomeBranches' | 'pipeline'> = {},
 ): Promise<CascadeResult> {
   checkRequest(req, target.spec.maxPositions);
   checkCascade(config);
@@ -258,6 +258,12 @@ export interface RunOptions {
    * (they did not pay on a 2-core CPU, where the drafter shares cores with the target).
    */
   readonly outcomeBranches?: boolean;
+  /**
+   * Whether async drafting pipelines MaG below the drafter (async-cascade.ts: on its speculation the
+   * drafter reviews MaG's drafts and forwards what it accepts, PipeSpec), default true. false: the
+   * drafter drafts one token per pass, and MaG only extends blocks for the target.
+   */
+  readonly pipeline?: boolean;
   /**
    * The smallest context (positions) of the cascade's models. Each round's drafts are clamped to
    * it (see draftRoom); undefined = unbounded.

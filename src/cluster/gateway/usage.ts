@@ -29,7 +29,7 @@ export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptT
           dropped_levels: [...new Set(ran.flatMap((o) => o.failovers))],
           queue_seconds: Math.max(...ran.map((o) => o.queueSeconds)),
           target_busy_fraction: Math.max(0, ...ran.map((o) => targetBusyFraction(o.stats) ?? 0)),
-          ...(ran.some((o) => o.stats.drafting) ? { wasted_drafts: sum((o) => o.stats.drafting?.wastedDrafts ?? 0), pre_draft_hit_rate: sum((o) => (o.stats.drafting?.preDraftHitRate ?? 0) * o.stats.rounds) / Math.max(1, rounds), drafter_paused_passes: sum((o) => o.stats.drafting?.drafterPausedPasses ?? 0), outcome_drafts: sum((o) => o.stats.drafting?.outcomeDrafts ?? 0), outcome_hits: sum((o) => o.stats.drafting?.outcomeHits ?? 0) } : {}),
+          ...(ran.some((o) => o.stats.drafting) ? { wasted_drafts: sum((o) => o.stats.drafting?.wastedDrafts ?? 0), pre_draft_hit_rate: sum((o) => (o.stats.drafting?.preDraftHitRate ?? 0) * o.stats.rounds) / Math.max(1, rounds), drafter_paused_passes: sum((o) => o.stats.drafting?.drafterPausedPasses ?? 0), outcome_drafts: sum((o) => o.stats.drafting?.outcomeDrafts ?? 0), outcome_hits: sum((o) => o.stats.drafting?.outcomeHits ?? 0), pipelined_drafts: sum((o) => o.stats.drafting?.pipelinedDrafts ?? 0), pipelined_accepted: sum((o) => o.stats.drafting?.pipelinedAccepted ?? 0) } : {}),
           ...(ran.some((o) => o.stats.magFirstRounds !== undefined) ? { mag_first_rounds: sum((o) => o.stats.magFirstRounds ?? 0) } : {}),
           ...roundTrips(ran),
         }
@@ -77,6 +77,8 @@ export function recordOutcome(metrics: GatewayMetrics, outcome: RequestOutcome, 
       metrics.drafterPausedPasses.inc(s.drafting.drafterPausedPasses);
       metrics.outcomeDrafts.inc(s.drafting.outcomeDrafts);
       metrics.outcomeHits.inc(s.drafting.outcomeHits);
+      metrics.pipelinedDrafts.inc({ result: 'reviewed' }, s.drafting.pipelinedDrafts);
+      metrics.pipelinedDrafts.inc({ result: 'accepted' }, s.drafting.pipelinedAccepted);
     }
     s.draftedByPosition.forEach((d, i) => {
       metrics.draftedByPosition.inc({ position: String(i) }, d);
