@@ -174,7 +174,16 @@ export async function runCascadeAsync(
    * contextLabel): how often its draft i was reached (every earlier one accepted) and accepted.
    */
   const bySource = new Map<string, { reached: number[]; accepted: number[] }>();
-  const tally = (key: string) => bySource.get(key) ?? bySource.set(key, { reached: [], accepted: [] }).get(key)!;
+  type Tally = { reached: number[]; accepted: number[] };
+  const tallyIn = (map: Map<string, Tally>, key: string) => map.get(key) ?? map.set(key, { reached: [], accepted: [] }).get(key)!;
+  const tally = (key: string) => tallyIn(bySource, key);
+  /** Counts a review of k drafts that accepted `accepted` of them: draft i was reached when every earlier one was accepted. */
+  const countReview = (counts: Tally, k: number, accepted: number) => {
+    for (let i = 0; i < k; i++) {
+      if (i < accepted) counts.accepted[i] = (counts.accepted[i] ?? 0) + 1;
+      if (i <= accepted) counts.reached[i] = (counts.reached[i] ?? 0) + 1;
+    }
+  };
   /**
    * How many of `n` available drafts from `key` to review: the k maximising expected tokens per
    * pass time, (1 + Σ_{j<k} Π_{l≤j} α_l) / cost(k + 1), with α_l the measured rate at which that
@@ -201,7 +210,7 @@ export async function runCascadeAsync(
   let unreviewed = 0;
   /** The drafter's passes' time by tokens fed (MaG's drafts + 1), and its acceptance of MaG's drafts by MaG's draft context (the pipeline). */
   const drafterCost = new LinearCost();
-  const drafterTally = new Map<string, { reached: number[]; accepted: number[] }>();
+  const drafterTally = new Map<string, Tally>();
   /** Drafter steps in a row that fed none of MaG's drafts while there were some (worthReviewing priced them out). */
   let unfed = 0;
   /** Drafts of the block under review still in `spec` (the drafter runs ahead of them). */
@@ -255,12 +264,12 @@ export async function runCascadeAsync(
    * (worthReviewing over its pass-cost fit and its acceptance of MaG's drafts by MaG's draft
    * context), within the run-ahead cap; appended to the block. Returns the tally they count in.
    */
-  async function magBelow(block: Block): Promise<{ fed: number; counts?: { reached: number[]; accepted: number[] } }> {
+  async function magBelow(block: Block): Promise<{ fed: number; counts?: Tally }> {
     let room = Math.min(MAX_BLOCK, runAhead() - (spec.length - reviewing) - 1);
     while (room > 0 && !fits(spec.length + room)) room--;
     if (!mag || room <= 0) return { fed: 0 };
     const key = options.draftContexts !== false ? contextLabel('mag', mag.draftContext?.(block.tokens)) : 'mag';
-    const counts = drafterTally.get(key) ?? drafterTally.set(key, { reached: [], accepted: [] }).get(key)!;
+    const counts = tallyIn(drafterTally, key);
     const base = block.length;
     await mag.propose(block, room, drafterRng);
     const available = block.length - base;
@@ -298,10 +307,7 @@ export async function runCascadeAsync(
         const outcome = await level.review(block, base, drafterRng, 1, true);
         pipelinedDrafts += fed;
         pipelinedAccepted += outcome.accepted;
-        for (let i = 0; i < fed; i++) {
-          if (i <= outcome.accepted) counts!.reached[i] = (counts!.reached[i] ?? 0) + 1;
-          if (i < outcome.accepted) counts!.accepted[i] = (counts!.accepted[i] ?? 0) + 1;
-        }
+        countReview(counts!, fed, outcome.accepted);
       } else alt = await draftStep(level, block);
       const ms = performance.now() - t0;
       drafterCost.add(fed + 1, ms);
@@ -427,13 +433,11 @@ export async function runCascadeAsync(
         else {
           const outcome = await top.review(block, committed, targetRng, 1, false);
           acceptedNow = outcome.accepted;
-          const counts = tally(key);
           for (let i = 0; i < k; i++) {
             drafted[i] = (drafted[i] ?? 0) + 1;
             if (i < outcome.accepted) accepted[i] = (accepted[i] ?? 0) + 1;
-            if (i < outcome.accepted) counts.accepted[i] = (counts.accepted[i] ?? 0) + 1;
-            if (i <= outcome.accepted) counts.reached[i] = (counts.reached[i] ?? 0) + 1;
           }
+          countReview(tally(key), k, outcome.accepted);
           firstAccepted[source] = 0.9 * firstAccepted[source] + 0.1 * (outcome.accepted > 0 ? 1 : 0);
           verifyMs = ema(verifyMs, performance.now() - t0);
         }
