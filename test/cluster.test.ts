@@ -448,7 +448,7 @@ test.serial('cluster - async drafting (the draft actor runs ahead while the veri
   // the last with outcome branches: the draft actor names its runner-ups over NATS (frame version 9)
   for (const [temperature, seed, extra, outcome_branches] of [[0, 0, {}, false], [1, 99, { top_p: 0.9, top_k: 40 }, false], [1, 99, { top_p: 0.9, top_k: 40 }, true]] as const) {
     const sampling = temperature === 0 ? GREEDY : { temperature, topP: 'top_p' in extra ? extra.top_p : 1, topK: 'top_k' in extra ? extra.top_k : 0 };
-    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature, seed, ...extra, cascade: { ...cascade, outcome_branches } } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { drafted_tokens: number; wasted_drafts?: number; pre_draft_hit_rate?: number; drafter_paused_passes?: number; outcome_hits?: number; actor_round_trip_ms?: { p50: number; p99: number } } } };
+    const r = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 40, temperature, seed, ...extra, cascade: { ...cascade, outcome_branches } } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { drafted_tokens: number; wasted_drafts?: number; pre_draft_hit_rate?: number; drafter_paused_passes?: number; outcome_hits?: number; actor_round_trip_ms?: { p50: number; p99: number }; log_append_ms?: { calls: number; p50: number; p99: number; wait: number } } } };
     t.is(r.choices[0]!.text, await targetOnly(PROMPT, 40, sampling, seed), `T ${temperature}${outcome_branches ? ', outcome branches' : ''}`);
     t.true(r.usage.cascade.drafted_tokens > 0, 'the target reviewed drafts');
     t.is(typeof r.usage.cascade.wasted_drafts, 'number', 'usage reports the drafts thrown away');
@@ -457,6 +457,8 @@ test.serial('cluster - async drafting (the draft actor runs ahead while the veri
     t.true(r.usage.cascade.pre_draft_hit_rate! >= 0 && r.usage.cascade.pre_draft_hit_rate! <= 1, 'and how often the next block was pre-drafted');
     const rtt = r.usage.cascade.actor_round_trip_ms!;
     t.true(rtt.p50 >= 0 && rtt.p99 >= rtt.p50, 'usage reports the actor calls\' round trips');
+    const appends = r.usage.cascade.log_append_ms!;
+    t.true(appends.calls >= 1 && appends.p99 >= appends.p50 && appends.wait >= 0, 'and the token log\'s appends to Redis, which run behind the passes');
   }
   const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
   t.regex(metrics, /cascade_pre_draft_hit_rate_count [1-9]/, 'Prometheus has the async requests\' pre-draft hit rates');

@@ -52,6 +52,7 @@ test.serial('probes - an actor and a coordinator with credentials from the envir
   t.like(JSON.parse((await get(`${actor}/health`)).text), { status: 'ok', model: 'draft-l1', sessions: 0 });
   t.like(JSON.parse((await get(`${coordinator}/health`)).text), { status: 'ok', running: true });
   t.regex((await get(`${coordinator}/metrics`)).text, /# TYPE cascade_actor_round_trip_seconds histogram/, 'the coordinator exports its actor calls\' round trips');
+  t.regex((await get(`${coordinator}/metrics`)).text, /# TYPE cascade_log_append_seconds histogram/, 'and its appends to the token log');
   for (const role of roles) t.false(role.output().includes(secrets.nats.actor) || role.output().includes(secrets.redis.password), 'no password in a log');
 
   await nats.stop();

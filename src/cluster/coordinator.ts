@@ -13,6 +13,7 @@ import { quantile } from '../kernels/stats.ts';
 import { drafterKind } from '../models/family.ts';
 import { encode } from './messages.ts';
 import { openRedis, parseRedis, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
+import { LogWriter } from './log-writer.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
@@ -82,6 +83,8 @@ export interface CoordinatorOptions {
   readonly callTimeoutMs?: number;
   /** Called with each actor call's round trip (ms: its wall time minus the actor's handler time), for a metric. */
   readonly onRoundTrip?: (kind: 'draft' | 'verify', ms: number) => void;
+  /** Called with each append's wall time to a request's token log (ms), for a metric. */
+  readonly onLogAppend?: (ms: number) => void;
   /** Told, one line each, what an operator reads in a role's log: a request resumed after another attempt, a drafter dropped. */
   readonly onEvent?: (line: string) => void;
 }
@@ -96,12 +99,18 @@ export interface RequestOutcome {
   readonly stats: CascadeResult['stats'] | undefined;
   /** The actor calls' round trips (wall time minus the actor's handler time: NATS, framing, scheduling), ms; absent without calls. */
   readonly roundTripMs?: { readonly calls: number; readonly p50: number; readonly p99: number };
+  /**
+   * The token log's appends to Redis (ms; absent without any): how many (rounds are batched while
+   * one is in flight), p50/p99 of their wall time, and how long the request waited for the last
+   * ones after its last pass (`waitMs`; the passes themselves never wait on the log).
+   */
+  readonly logAppends?: { readonly calls: number; readonly p50: number; readonly p99: number; readonly waitMs: number };
 }
 
 /**
  * Drives one request's cascade across actors (SPEC §6): places a session per level, runs the rounds
- * with the same loop as embedded mode, records every round's tokens in Redis before streaming them
- * on `cascade.stream.<request>`, drops a drafter whose actors are gone (down to MaG or the target
+ * with the same loop as embedded mode, records every round's tokens in Redis (behind the loop, in
+ * batches: LogWriter) before streaming them on `cascade.stream.<request>`, drops a drafter whose actors are gone (down to MaG or the target
  * alone) instead of failing, and stops at cancellation. A retried request resumes after the tokens
  * already recorded, so the stream never loses or repeats a token. Each attempt claims the request's
  * log first: when a newer attempt has claimed it (a BullMQ stall hand-over while this one still
@@ -151,6 +160,8 @@ export class Coordinator {
     const remaining = job.maxTokens - recorded.length;
     const failovers: string[] = [];
     let roundTrips: number[][] = [];
+    let writes: readonly number[] = [];
+    let logWaitMs = 0;
     let result: CascadeResult | undefined;
     let finishReason = 'length';
     if (remaining > 0) {
@@ -184,7 +195,11 @@ export class Coordinator {
         return kind === 'mag' ? new MagLevel({ ...family.magTables }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);
       });
       roundTrips = [top, ...drafters].flatMap((l) => (l instanceof RemoteLevel || l instanceof RemoteFeatureLevel ? [l.roundTripsMs] : []));
-      let offset = recorded.length;
+      // the log is written behind the loop: a pass never waits on Redis (LogWriter)
+      const writer = new LogWriter(log, job.requestId, fence, recorded.length, job.logprobs, (offset, tokens, logprobs) =>
+        this.publish(job.requestId, { type: 'tokens', offset, tokens, ...(logprobs ? { logprobs } : {}) }),
+      );
+      writes = writer.appendMs;
       try {
         result = await runDrafting(
           top,
@@ -194,12 +209,7 @@ export class Coordinator {
           {
             eosIds: family.eosIds,
             maxPositions: family.maxPositions,
-            onTokens: async (fresh, logprobs) => {
-              if (logprobs && job.logprobs !== undefined) await log.append(job.requestId, fence, offset, fresh, { top: job.logprobs, list: logprobs });
-              else await log.append(job.requestId, fence, offset, fresh);
-              this.publish(job.requestId, { type: 'tokens', offset, tokens: fresh, ...(logprobs ? { logprobs } : {}) });
-              offset += fresh.length;
-            },
+            onTokens: (fresh, logprobs) => writer.push(fresh, logprobs),
             onLevelFailure: (level, err) => {
               if (level === top || !(err instanceof LevelUnavailableError)) return false;
               failovers.push(level.name);
@@ -214,7 +224,12 @@ export class Coordinator {
           },
         );
         finishReason = result.finishReason;
+        const waited = performance.now();
+        await writer.settle();
+        logWaitMs = performance.now() - waited;
       } catch (err) {
+        // an append in flight lands (or is refused) before the attempt ends
+        await writer.settle().catch(() => undefined);
         if (err instanceof ActorError && /: invalid:/.test(err.message)) throw new InvalidArgumentError(err.message, { cause: err });
         throw err;
       } finally {
@@ -229,7 +244,9 @@ export class Coordinator {
       queueSeconds,
       stats: result?.stats,
       ...roundTripSummary(roundTrips.flat()),
+      ...(writes.length ? { logAppends: { ...summary(writes), waitMs: logWaitMs } } : {}),
     };
+    for (const ms of writes) this.options.onLogAppend?.(ms);
     await log.finish(job.requestId, fence, JSON.stringify(outcome));
     this.publish(job.requestId, { type: 'done', finishReason, stats: JSON.stringify(outcome) });
     return outcome;
@@ -241,9 +258,11 @@ export class Coordinator {
   }
 }
 
+const summary = (ms: readonly number[]) => ({ calls: ms.length, p50: quantile(ms, 0.5), p99: quantile(ms, 0.99) });
+
 /** p50/p99 of a request's actor round trips (ms), or nothing without calls. */
 function roundTripSummary(ms: readonly number[]): Pick<RequestOutcome, 'roundTripMs'> {
-  return ms.length ? { roundTripMs: { calls: ms.length, p50: quantile(ms, 0.5), p99: quantile(ms, 0.99) } } : {};
+  return ms.length ? { roundTripMs: summary(ms) } : {};
 }
 
 /**

@@ -1,14 +1,20 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 const LATENCY = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+const FAST = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
 const PER_TOKEN = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
+
+/** The coordinator's appends to requests' token logs in Redis (LogWriter: each takes the rounds queued while the one before was in flight). */
+export function logAppendHistogram(registry: Registry): Histogram {
+  return new Histogram({ name: 'cascade_log_append_seconds', help: "Wall time of the coordinator's appends to a request's token log in Redis, which run behind the decode loop", buckets: FAST, registers: [registry] });
+}
 
 /**
  * A coordinator's actor calls' round trips: each call's wall time minus the actor's own handler time
  * (frame v7's `serveMs`), i.e. NATS, framing and scheduling, labelled `kind` = draft or verify.
  */
 export function actorRoundTripHistogram(registry: Registry): Histogram<'kind'> {
-  return new Histogram({ name: 'cascade_actor_round_trip_seconds', help: "Actor call wall time minus the actor's handler time (NATS, framing, scheduling), by the kind of actor", labelNames: ['kind'], buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25], registers: [registry] });
+  return new Histogram({ name: 'cascade_actor_round_trip_seconds', help: "Actor call wall time minus the actor's handler time (NATS, framing, scheduling), by the kind of actor", labelNames: ['kind'], buckets: FAST, registers: [registry] });
 }
 
 /**

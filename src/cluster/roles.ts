@@ -24,7 +24,7 @@ import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import type { FastifyInstance } from 'fastify';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
-import { actorRoundTripHistogram, GatewayMetrics } from './metrics.ts';
+import { actorRoundTripHistogram, GatewayMetrics, logAppendHistogram } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { RedisConnection } from './redis-connection.ts';
 import { RedisKvStore, TokenLog } from './redis-store.ts';
@@ -281,12 +281,14 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   try {
     const registry = processRegistry('coordinator');
     const roundTrip = actorRoundTripHistogram(registry);
+    const logAppend = logAppendHistogram(registry);
     const coordinator = new Coordinator({
       transport,
       log: new TokenLog(shards),
       family: { target: family.target, eosIds: spec.eosIds, magTables: loadMagTables(family, spec.vocabSize), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
       callTimeoutMs: o.callTimeoutMs,
       onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
+      onLogAppend: (ms) => logAppend.observe(ms / 1000),
       onEvent: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
     });
     const started = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs });

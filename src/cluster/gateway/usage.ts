@@ -32,6 +32,7 @@ export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptT
           ...(ran.some((o) => o.stats.drafting) ? { wasted_drafts: sum((o) => o.stats.drafting?.wastedDrafts ?? 0), pre_draft_hit_rate: sum((o) => (o.stats.drafting?.preDraftHitRate ?? 0) * o.stats.rounds) / Math.max(1, rounds), drafter_paused_passes: sum((o) => o.stats.drafting?.drafterPausedPasses ?? 0), outcome_drafts: sum((o) => o.stats.drafting?.outcomeDrafts ?? 0), outcome_hits: sum((o) => o.stats.drafting?.outcomeHits ?? 0), pipelined_drafts: sum((o) => o.stats.drafting?.pipelinedDrafts ?? 0), pipelined_accepted: sum((o) => o.stats.drafting?.pipelinedAccepted ?? 0) } : {}),
           ...(ran.some((o) => o.stats.magFirstRounds !== undefined) ? { mag_first_rounds: sum((o) => o.stats.magFirstRounds ?? 0) } : {}),
           ...roundTrips(ran),
+          ...logAppends(ran),
         }
       : undefined,
   };
@@ -41,6 +42,12 @@ export function usage(outcomes: readonly (RequestOutcome | undefined)[], promptT
 function roundTrips(ran: readonly RequestOutcome[]) {
   const r = ran.flatMap((o) => (o.roundTripMs ? [o.roundTripMs] : []));
   return r.length ? { actor_round_trip_ms: { p50: Math.max(...r.map((x) => x.p50)), p99: Math.max(...r.map((x) => x.p99)) } } : {};
+}
+
+/** The coordinator's appends to the token log (cluster only): all the choices' calls, the largest p50 and p99 and wait after the last pass, ms. */
+function logAppends(ran: readonly RequestOutcome[]) {
+  const r = ran.flatMap((o) => (o.logAppends ? [o.logAppends] : []));
+  return r.length ? { log_append_ms: { calls: r.reduce((a, x) => a + x.calls, 0), p50: Math.max(...r.map((x) => x.p50)), p99: Math.max(...r.map((x) => x.p99)), wait: Math.max(...r.map((x) => x.waitMs)) } } : {};
 }
 
 /** The target's forward time over the request's generation time (the target is the first model of `models`). */
