@@ -77,6 +77,18 @@ LAYER_TYPES = {"llama", "mistral", "qwen2"}
 LINEARS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+def tensor_type(dtype) -> int:
+    """The ONNX element type of a numpy dtype (onnx >= 1.13's helper; onnx.mapping before it, removed in 1.17)."""
+    convert = getattr(helper, "np_dtype_to_tensor_dtype", None)
+    return convert(np.dtype(dtype)) if convert else onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(dtype)]
+
+
+def numpy_type(elem_type: int) -> np.dtype:
+    """The numpy dtype of an ONNX element type (as tensor_type, the other way)."""
+    convert = getattr(helper, "tensor_dtype_to_np_dtype", None)
+    return np.dtype(convert(elem_type) if convert else onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[elem_type])
+
+
 def head_dim_of(cfg: dict) -> int:
     """config.json's head_dim, or hidden_size / num_attention_heads where it names none (transformers' default)."""
     return cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
@@ -420,8 +432,8 @@ def fuse(cfg: dict, w: dict[str, np.ndarray], max_positions: int, rope: tuple[np
     (out_shape,) = g.node("Concat", "/lm_head/Concat", [rows_shape, "/model/constants/INT64/[vocab]"], axis=0)
     g.node("Reshape", "/lm_head/Reshape_1", [scores, out_shape], ["logits"])
 
-    f32, i64 = onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[np.dtype(dtype)], TensorProto.INT64
-    kv_type = onnx.mapping.NP_TYPE_TO_TENSOR_TYPE[kv_np]
+    f32, i64 = tensor_type(dtype), TensorProto.INT64
+    kv_type = tensor_type(kv_np)
     kv = lambda n, length: helper.make_tensor_value_info(n, kv_type, ["batch_size", kv_heads, length, head_dim])  # noqa: E731
     inputs = [helper.make_tensor_value_info("input_ids", i64, ["batch_size", "sequence_length"]),
               helper.make_tensor_value_info("attention_mask", i64, ["batch_size", "total_sequence_length"]),
@@ -488,7 +500,7 @@ def main() -> None:
     ops = sorted({n.op_type for n in model.graph.node})
     cfg["max_position_embeddings"] = min(cfg.get("max_position_embeddings", positions), positions)
     cfg["onnx_graph"] = {"form": "fused", "fused_from": str(src / args.model_file), "rope_cache_positions": positions,
-                         "ops": ops, "kv_dtype": onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[next(i for i in model.graph.input if i.name == "past_key_values.0.key").type.tensor_type.elem_type].name,
+                         "ops": ops, "kv_dtype": numpy_type(next(i for i in model.graph.input if i.name == "past_key_values.0.key").type.tensor_type.elem_type).name,
                          "made_by": "tools/train/fuse.py"}
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     per_layer = sum(1 for n in model.graph.node if n.name.startswith("/model/layers.0/"))
