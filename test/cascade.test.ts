@@ -299,6 +299,7 @@ test('cascade - impossible configurations are refused with the reason', async (t
   await t.throwsAsync(generateCascade(target, { drafters: [model(d1), { kind: 'mag', occurrence: 'recent' }], kMatrix: [[2, 4], [0, 0]], lenience: 1, magFirst: 17 }, req), { message: /recent variant matches at most 16 tokens/ });
   await t.throwsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: [[2, 4], [0, 0]], lenience: 1, magFirst: 0 }, req), { message: /minimum match length must be an integer >= 1/ });
   await t.throwsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: 'auto', lenience: 1, magFirst: 2, drafting: 'async' }, req), { message: /not with async drafting/ });
+  await t.throwsAsync(generateCascade(target, { drafters: [model(d1), mag], kMatrix: [[2, 4], [0, 2]], lenience: 1, drafting: 'async' }, req), { message: /async drafting .* takes no K matrix/ });
   const wider = new MemoryModelSession({ name: 'wider', vocabSize: 30, order: 1, seed: 1 });
   await t.throwsAsync(generateCascade(target, { drafters: [model(wider)], kMatrix: [[2]], lenience: 1 }, req), { message: /drafter wider has a vocabulary of 30, wider than the 24 of target above it/ });
   const narrow = new MemoryModelSession({ name: 'narrow', vocabSize: 20, order: 1, seed: 1 });

@@ -216,6 +216,13 @@ test.serial('serve --embedded - async drafting with and without outcome branches
       t.is(r.choices[0]!.text, want.text, JSON.stringify(cascade));
       t.is(typeof r.usage.cascade.outcome_hits, cascade ? 'undefined' : 'number', 'async requests report branches adopted');
     }
+    // a fixed K is a 400 under async drafting (K is not used there), and a client that did not ask for async learns it is the server's default
+    const fixedK = await ownClient.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 4, cascade: { drafters: [family.drafters[0], 'mag'], k_matrix: [[2, 4], [0, 2]] } } as never).catch((err: unknown) => err);
+    t.true(fixedK instanceof OpenAI.BadRequestError);
+    t.is((fixedK as InstanceType<typeof OpenAI.BadRequestError>).param, 'cascade.k_matrix');
+    t.regex((fixedK as Error).message, /takes no K matrix.*this server drafts async unless a request asks otherwise: send cascade.drafting "serial"/);
+    const r = await ownClient.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 4, temperature: 0, cascade: { drafters: [family.drafters[0], 'mag'], k_matrix: [[2, 4], [0, 2]], drafting: 'serial' } } as never);
+    t.is(r.choices[0]!.text, want.text.slice(0, r.choices[0]!.text.length), 'and with drafting serial the same K is served');
   } finally {
     await own.stop();
   }

@@ -75,7 +75,7 @@ export async function runMethod(ctx: BenchContext, m: Method, prompts: readonly 
   let rounds = 0;
   let acc = 0;
   for (const [i, promptIds] of prompts.entries()) {
-    const r = await generateCascade(ctx.target, { drafters: specs(ctx, m), kMatrix: m.kMatrix, lenience: 1, drafting: m.drafting, magFirst: m.magFirst }, {
+    const r = await generateCascade(ctx.target, { drafters: specs(ctx, m), kMatrix: m.drafting === 'async' ? 'auto' : m.kMatrix, lenience: 1, drafting: m.drafting, magFirst: m.magFirst }, {
       promptIds,
       maxTokens: ctx.maxTokens,
       sampling,

@@ -120,7 +120,7 @@ export interface CascadeResult {
   readonly logprobs?: TokenLogprob[];
 }
 
-/** Rejects cascades that cannot run: a feature drafter not first, MaG not last, K of the wrong shape, not cumulative, lenience < 1. */
+/** Rejects cascades that cannot run: a feature drafter not first, MaG not last, K of the wrong shape, not cumulative, or fixed under async drafting, lenience < 1. */
 export function checkCascade(config: CascadeConfig): void {
   const n = config.drafters.length;
   // the feature drafter's place first: in [mag, eagle] it is the one to move (then MaG is last)
@@ -145,6 +145,7 @@ export function checkCascade(config: CascadeConfig): void {
     if ((config.drafting ?? DEFAULT_DRAFTING) !== 'serial') throw new InvalidArgumentError('MaG first chooses the drafter of each serial round: not with async drafting', { field: 'mag_first' });
   }
   if (config.kMatrix === 'auto') return;
+  if ((config.drafting ?? DEFAULT_DRAFTING) === 'async' && n > 0) throw new InvalidArgumentError('async drafting sizes each block from its measured costs and acceptance, so it takes no K matrix: a fixed K is for serial rounds (or leave it auto)', { field: 'k_matrix' });
   if (n === 0 && config.kMatrix.length > 0) throw new InvalidArgumentError('target-only decoding (mode ar, no drafters) takes no K matrix: it drafts nothing', { field: 'k_matrix' });
   if (config.kMatrix.length !== n) throw new InvalidArgumentError(`the K matrix needs ${n} row${n === 1 ? '' : 's'} for ${n} drafter${n === 1 ? '' : 's'}, got ${config.kMatrix.length}`, { field: 'k_matrix' });
   config.kMatrix.forEach((row, r) => {

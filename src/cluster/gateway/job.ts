@@ -111,7 +111,10 @@ export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | '
     if (sizes) checkVocabularySizes({ name: model.target, vocabSize: sizes[model.target]! }, neural.filter((d) => kind(d) === 'model').map((name) => ({ name, vocabSize: sizes[name]! })));
   } catch (err) {
     const field = err instanceof InvalidArgumentError ? err.field : undefined;
-    throw new HttpError(400, (err as Error).message, 'invalid_request_error', field ? `cascade.${field}` : 'cascade');
+    // a client that did not ask for async drafting learns where it came from
+    const fromServer = drafting === 'async' && body.cascade?.drafting === undefined && /async drafting/.test((err as Error).message);
+    const message = fromServer ? `${(err as Error).message} (this server drafts async unless a request asks otherwise: send cascade.drafting "serial")` : (err as Error).message;
+    throw new HttpError(400, message, 'invalid_request_error', field ? `cascade.${field}` : 'cascade');
   }
   const logprobs = 'messages' in input ? ((body as ChatBody).logprobs ? ((body as ChatBody).top_logprobs ?? 0) : undefined) : (body as CompletionBody).logprobs;
   return {
