@@ -156,6 +156,27 @@ test("gateway - a request without sampling settings takes the model's generation
   }
 });
 
+test('gateway - a long prompt is tokenized off the event loop with the same ids; one certainly past the context is a 400 before any tokenizing', async (t) => {
+  // 20,000 spaces are about 625 tokens: long enough for the worker thread (OFF_THREAD_CHARS), short enough to serve
+  const prompt = `${' '.repeat(20_000)}def main():`;
+  const messages = [{ role: 'user' as const, content: `${' '.repeat(20_000)}Hello.` }];
+  const done = await gateway.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'target', prompt, max_tokens: 2, temperature: 0 } });
+  t.is(done.statusCode, 200, done.body);
+  t.is(done.json().usage.prompt_tokens, tokenizer.encodePrompt(prompt).length);
+  const chat = await gateway.inject({ method: 'POST', url: '/v1/chat/completions', payload: { model: 'target', messages, max_tokens: 2, temperature: 0 } });
+  t.is(chat.statusCode, 200, chat.body);
+  t.is(chat.json().usage.prompt_tokens, tokenizer.encodeChat(messages).length);
+  const bounded = buildGateway({ transport: transports[2]!, queue: gatewayQueue, log: new TokenLog(shards), tokenizer, metrics: new GatewayMetrics(), model: { target: 'target', drafters: [], maxPositions: 2048 }, defaultMode: 'ar' });
+  try {
+    const huge = await bounded.inject({ method: 'POST', url: '/v1/completions', payload: { model: 'target', prompt: 'x'.repeat(3_000_000), max_tokens: 2 } });
+    t.is(huge.statusCode, 400);
+    t.regex(huge.json().error.message, /^the prompt \(3000000 characters, at least \d+ tokens\) leaves no room for a completion in the model's context of 2048 tokens$/);
+    t.is(huge.json().error.param, 'prompt');
+  } finally {
+    await bounded.close();
+  }
+});
+
 test('gateway - the API finish reason of each engine finish reason', (t) => {
   t.is(apiFinishReason('stop'), 'stop');
   t.is(apiFinishReason('length'), 'length');

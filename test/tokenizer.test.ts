@@ -1,6 +1,10 @@
 import test from 'ava';
 import fc from 'fast-check';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { OFF_THREAD_CHARS, TokenizerThread } from '../src/models/tokenizer-thread.ts';
 import { dirOf, family, members, reference } from './helpers/family.ts';
 import { loadModelSpec } from '../src/models/config.ts';
 
@@ -89,4 +93,40 @@ test('tokenizer - a SentencePiece token keeps its leading space in its own text;
   const { TextOffsets } = await import('../src/cluster/gateway/logprobs.ts');
   const offsets = new TextOffsets(3);
   t.deepEqual(['ab', '€'].flatMap((s) => [...Buffer.from(s)].map((b) => offsets.next(Uint8Array.of(b)))), [3, 4, 5, 5, 5], 'the bytes of one character all begin where it does');
+});
+
+test('tokenizer - minTokens never exceeds the tokens of a text, its longest pieces run together included; a normalizer that may delete text has no bound', (t) => {
+  const vocab = [...(tok as unknown as { tok: { get_vocab(added: boolean): Map<string, number> } }).tok.get_vocab(true).keys()].sort((a, b) => b.length - a.length);
+  const longest = vocab.slice(0, 20).map((p) => p.replaceAll('Ġ', ' ').replaceAll('Ċ', '\n'));
+  fc.assert(
+    fc.property(fc.array(fc.oneof(fc.constantFrom(...longest), fc.string({ unit: 'grapheme', maxLength: 50 })), { maxLength: 40 }), (parts) => {
+      const text = parts.join('');
+      return tok.minTokens(text) <= tok.encode(text).length;
+    }),
+    { numRuns: 300, seed: 9 },
+  );
+  t.true(tok.minTokens('x'.repeat(1_000_000)) > 2048, 'a megabyte of text is known too long for a 2048-token context');
+  const dir = mkdtempSync(join(tmpdir(), 'cascade-tok-'));
+  try {
+    const json = JSON.parse(readFileSync(loadModelSpec(dirOf(family.target)).tokenizerPath, 'utf8'));
+    for (const [normalizer, bounded] of [[{ type: 'NFKC' }, true], [{ type: 'Sequence', normalizers: [{ type: 'NFC' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] }, true], [{ type: 'StripAccents' }, false], [{ type: 'Replace', pattern: { String: 'x' }, content: '' }, false]] as const) {
+      writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify({ ...json, normalizer }));
+      t.is(TextTokenizer.load(join(dir, 'tokenizer.json')).minTokens('x'.repeat(10_000)) > 0, bounded, JSON.stringify(normalizer));
+    }
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('tokenizer - a TokenizerThread gives the same ids off the event loop, and a worker that dies fails its call and is started again', async (t) => {
+  const thread = new TokenizerThread(tok);
+  try {
+    for (const text of [' '.repeat(OFF_THREAD_CHARS), `${'const x = "é😀";\n'.repeat(2000)}`, 'short']) t.deepEqual(await thread.encode(text), tok.encode(text));
+    const call = thread.encode('ab '.repeat(200_000));
+    await thread.close();
+    await t.throwsAsync(call, { message: /worker thread exited/ });
+    t.deepEqual(await thread.encode(' '.repeat(OFF_THREAD_CHARS + 1)), tok.encode(' '.repeat(OFF_THREAD_CHARS + 1)), 'a new worker serves the next');
+  } finally {
+    await thread.close();
+  }
 });

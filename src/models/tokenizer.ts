@@ -24,6 +24,19 @@ function usesByteLevel(decoder: unknown): boolean {
 }
 
 /**
+ * Whether a tokenizer.json normalizer never deletes text or shrinks it more than 3×: none, Unicode
+ * normal forms, lowercasing, Prepend, a Replace with something, or a Sequence of those. Others (BERT's
+ * clean-up, StripAccents, Strip, SentencePiece's Precompiled map) may delete characters.
+ */
+function keepsText(normalizer: unknown): boolean {
+  if (normalizer === null || normalizer === undefined) return true;
+  const n = normalizer as { type?: unknown; normalizers?: unknown; content?: unknown };
+  if (n.type === 'Sequence') return Array.isArray(n.normalizers) && n.normalizers.every(keepsText);
+  if (n.type === 'Replace') return typeof n.content === 'string' && n.content.length > 0;
+  return ['NFC', 'NFD', 'NFKC', 'NFKD', 'Lowercase', 'Prepend'].includes(n.type as string);
+}
+
+/**
  * A Hugging Face `tokenizer.json` loaded with tokenizers.js, with the conventions of the
  * `tokenizer_config.json` beside it: `add_bos_token` for plain prompts, the special tokens and the
  * chat template. Decoding is lossless (no space clean-up).
@@ -42,7 +55,13 @@ export class TextTokenizer {
     private readonly byteLevel = false,
     /** The model's folder, where a chat template belongs (forModel); `dir` may be its tokenizer's. */
     private readonly modelDir?: string,
+    /** Its normalizer never deletes text (keepsText): minTokens has a bound. */
+    private readonly bounded = false,
+    /** The files it was loaded from (`load`'s arguments), so a worker thread can load the same (TokenizerThread). */
+    readonly source: { readonly tokenizerPath: string; readonly configDir?: string; readonly modelDir?: string } = { tokenizerPath: '' },
   ) {}
+
+  private longestPiece: number | undefined;
 
   /**
    * The tokenizer of a model directory: its tokenizer.json, with the tokenizer_config.json (and
@@ -74,7 +93,7 @@ export class TextTokenizer {
     const bosId = bosText === undefined ? undefined : tok.token_to_id(bosText);
     if (bosText !== undefined && bosId === undefined) throw new ModelLoadError(`${cfgPath} field bos_token: "${bosText}" is not a token of ${tokenizerPath}`);
     if (cfg.addBosToken && bosId === undefined) throw new ModelLoadError(`${cfgPath} field add_bos_token is true but the file names no bos_token`);
-    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir, usesByteLevel((json as { decoder?: unknown }).decoder), modelDir);
+    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir, usesByteLevel((json as { decoder?: unknown }).decoder), modelDir, keepsText((json as { normalizer?: unknown }).normalizer), { tokenizerPath, ...(configDir !== undefined ? { configDir } : {}), ...(modelDir !== undefined ? { modelDir } : {}) });
   }
 
   /** The text's own tokens, no special tokens added (a special token's text in it is that token). */
@@ -87,8 +106,29 @@ export class TextTokenizer {
    * says `add_bos_token` (not added again when the text already begins with the BOS token).
    */
   encodePrompt(text: string): number[] {
-    const ids = this.encode(text);
+    return this.withBos(this.encode(text));
+  }
+
+  /** A plain prompt's ids from its text's tokens (`encode`'s): the BOS first, as encodePrompt adds it. */
+  withBos(ids: number[]): number[] {
     return this.addBos && this.bosId !== undefined && ids[0] !== this.bosId ? [this.bosId, ...ids] : ids;
+  }
+
+  /**
+   * A lower bound on `encode(text)`'s length, without tokenizing: every token spells at most as many
+   * characters (UTF-16 code units) as its longest piece in the vocabulary, added tokens included, and
+   * a factor of 4 covers normalizers that shrink text (NFC composing a Hangul syllable from three jamo
+   * shrinks it 3×). 0 when the tokenizer's normalizer may delete text (BERT's clean-up, StripAccents,
+   * SentencePiece's precompiled map). For refusing, at once, a prompt too long for the context.
+   */
+  minTokens(text: string): number {
+    if (!this.bounded) return 0;
+    if (this.longestPiece === undefined) {
+      let longest = 1;
+      for (const piece of this.tok.get_vocab(true).keys()) longest = Math.max(longest, piece.length);
+      this.longestPiece = longest;
+    }
+    return Math.ceil(text.length / (4 * this.longestPiece));
   }
 
   /**

@@ -1,6 +1,6 @@
 import { InvalidArgumentError } from '../../errors.ts';
 import { templateRole } from '../../models/chat-template.ts';
-import type { TextTokenizer } from '../../models/tokenizer.ts';
+import type { TokenizerThread } from '../../models/tokenizer-thread.ts';
 import { HttpError } from './errors.ts';
 import type { Content, Message } from './schemas.ts';
 
@@ -16,16 +16,26 @@ export type PromptInput = { prompt: string } | { promptIds: readonly number[] } 
 
 /**
  * A request's prompt ids: a completion's prompt through the tokenizer's add_bos_token convention, a
- * chat's messages through the model's chat template; a template that refuses them (or its absence) is a 400.
+ * chat's messages through the model's chat template; a template that refuses them (or its absence) is
+ * a 400. A text certainly too long for `maxPositions` (TextTokenizer.minTokens) is a 400 before it is
+ * tokenized; a long one is tokenized in `thread`'s worker, off the event loop.
  */
-export function promptIdsOf(tokenizer: TextTokenizer, input: PromptInput): number[] {
-  if ('prompt' in input) return tokenizer.encodePrompt(input.prompt);
+export async function promptIdsOf(thread: TokenizerThread, input: PromptInput, maxPositions: number | undefined): Promise<number[]> {
   // token ids are fed as they are (no BOS added), as `cascade generate --prompt-ids` and vLLM feed them
   if ('promptIds' in input) return [...input.promptIds];
+  const { tokenizer } = thread;
+  let text: string;
   try {
-    return tokenizer.encodeChat(input.messages);
+    text = 'prompt' in input ? input.prompt : tokenizer.renderChat(input.messages);
   } catch (err) {
     if (err instanceof InvalidArgumentError) throw new HttpError(400, err.message, 'invalid_request_error', 'messages');
     throw err;
   }
+  const param = 'prompt' in input ? 'prompt' : 'messages';
+  const atLeast = tokenizer.minTokens(text);
+  if (maxPositions !== undefined && atLeast >= maxPositions) {
+    throw new HttpError(400, `the ${param === 'messages' ? "chat template's prompt" : 'prompt'} (${text.length} characters, at least ${atLeast} tokens) leaves no room for a completion in the model's context of ${maxPositions} tokens`, 'invalid_request_error', param);
+  }
+  const ids = await thread.encode(text);
+  return 'prompt' in input ? tokenizer.withBos(ids) : ids;
 }

@@ -3,6 +3,7 @@ import { bearerAuth } from './auth.ts';
 import { templateMessages } from './chat.ts';
 import { HttpError, sendError } from './errors.ts';
 import { buildJob, choiceJobs } from './job.ts';
+import { TokenizerThread } from '../../models/tokenizer-thread.ts';
 import type { GatewayOptions } from './options.ts';
 import { ChatBody, CompletionBody, parse, stopStrings } from './schemas.ts';
 import { requestServer } from './serve.ts';
@@ -23,8 +24,10 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
   const { metrics, model } = options;
   const backend = options.backend ?? clusterOf(options);
   const requests = requestServer({ ...options, backend, maxInFlight: options.maxInFlight ?? 64 });
-  const jobOptions = { ...options, maxPayload: backend.maxPayload, draftings: backend.draftings };
+  const tokenizerThread = new TokenizerThread(options.tokenizer);
+  const jobOptions = { ...options, tokenizerThread, maxPayload: backend.maxPayload, draftings: backend.draftings };
   const app = Fastify({ logger: false, bodyLimit: 4 * 1024 * 1024 });
+  app.addHook('onClose', () => tokenizerThread.close());
 
   // every answer counted once its connection is done with it, streamed (hijacked) ones and refusals
   // included: cascade_requests_total counts only requests that reached generation
@@ -73,7 +76,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
     const first = Array.isArray(p) ? p[0]! : p;
     const input = typeof first === 'string' ? { prompt: first } : { promptIds: Array.isArray(first) ? first : (p as number[]) };
     if (body.echo && body.logprobs !== undefined) throw new HttpError(400, "echo with logprobs is not supported: the prompt's own log probabilities are not computed (send one of them)", 'invalid_request_error', 'echo');
-    const job = buildJob(jobOptions, body, input);
+    const job = await buildJob(jobOptions, body, input);
     // echo: the prompt as given, or the text of its token ids
     const echo = body.echo ? ('prompt' in input ? input.prompt : options.tokenizer.decode(input.promptIds)) : undefined;
     await requests.serveRequest(req, reply, choiceJobs(job, body.n ?? 1, body.seed !== undefined), {
@@ -89,7 +92,7 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
 
   app.post('/v1/chat/completions', async (req, reply) => {
     const body = parse(ChatBody, req.body);
-    const job = buildJob(jobOptions, body, { messages: templateMessages(body.messages) });
+    const job = await buildJob(jobOptions, body, { messages: templateMessages(body.messages) });
     await requests.serveRequest(req, reply, choiceJobs(job, body.n ?? 1, body.seed !== undefined), {
       chat: true,
       stream: body.stream ?? false,

@@ -9,6 +9,7 @@ import { DEFAULT_DRAFTING, type Drafting } from '../../engine/async-cascade.ts';
 import { withProcessors, type SamplingParams } from '../../kernels/sampling.ts';
 import { drafterKind } from '../../models/family.ts';
 import { resolveSampling } from '../../models/generation-config.ts';
+import type { TokenizerThread } from '../../models/tokenizer-thread.ts';
 import { checkVocabularySizes } from '../../models/vocabulary.ts';
 import type { JobData } from '../coordinator.ts';
 import { rowBytes } from '../messages.ts';
@@ -50,11 +51,11 @@ export const API_SAMPLING: SamplingParams = { temperature: 1, topP: 1, topK: 0 }
 /** A seed for a request that gives none: any of the 53-bit seeds. */
 const randomSeed = () => Math.floor(Math.random() * 2 ** 53);
 
-/** Validates the decoding settings and builds the job; throws HttpError 400 on bad input. */
-export function buildJob(options: Pick<GatewayOptions, 'tokenizer' | 'model' | 'defaultMode' | 'defaultVerification' | 'defaultDrafting' | 'defaultOutcomeBranches'> & { readonly maxPayload: number | undefined; readonly draftings?: readonly Drafting[] }, body: CompletionBody | ChatBody, input: PromptInput): JobData {
-  const { tokenizer, model, maxPayload } = options;
+/** Validates the decoding settings and builds the job (the prompt tokenized: promptIdsOf); throws HttpError 400 on bad input. */
+export async function buildJob(options: Pick<GatewayOptions, 'model' | 'defaultMode' | 'defaultVerification' | 'defaultDrafting' | 'defaultOutcomeBranches'> & { readonly tokenizerThread: TokenizerThread; readonly maxPayload: number | undefined; readonly draftings?: readonly Drafting[] }, body: CompletionBody | ChatBody, input: PromptInput): Promise<JobData> {
+  const { model, maxPayload } = options;
   if (body.model && body.model !== model.target) throw new HttpError(404, `model "${body.model}" is not served here (this gateway serves "${model.target}")`, 'invalid_request_error', 'model');
-  const promptIds = promptIdsOf(tokenizer, input);
+  const promptIds = await promptIdsOf(options.tokenizerThread, input, model.maxPositions);
   if (!promptIds.length) throw new HttpError(400, 'the prompt is empty', 'invalid_request_error', 'prompt');
   const outside = model.vocabSize === undefined ? undefined : promptIds.find((id) => id >= model.vocabSize!);
   if (outside !== undefined) throw new HttpError(400, `prompt token id ${outside} is outside the vocabulary of ${model.vocabSize} tokens`, 'invalid_request_error', 'prompt');
