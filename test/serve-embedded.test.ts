@@ -86,6 +86,9 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     ['chat/completions', { messages: [{ role: 'user', content: 'x' }], tools: [{ type: 'function', function: { name: 'f' } }] }, /^invalid request: function calling is not supported by this server/, 'tools'],
     ['chat/completions', { messages: [{ role: 'user', content: 'x' }], response_format: { type: 'json_object' } }, /^invalid request: structured output is not supported/, 'response_format'],
     ['completions', { prompt: 'x', suffix: 'y' }, /^invalid request: suffix \(insertion\) is not supported/, 'suffix'],
+    ['chat/completions', { messages: [{ role: 'user', content: 'x' }], store: true }, /^invalid request: stored completions are not supported/, 'store'],
+    ['chat/completions', { messages: [{ role: 'user', content: 'x' }], service_tier: 'flex' }, /one service tier/, 'service_tier'],
+    ['chat/completions', { messages: [{ role: 'user', content: 'x' }], reasoning_effort: 'low' }, /no reasoning mode/, 'reasoning_effort'],
     ['completions', 'def f():', /^invalid request: the request body must be a JSON object, sent with content-type: application\/json$/, null],
     ['completions', { prompt: 'x', logit_bias: { '13': 100, '013': -100 } }, /without leading zeros/, 'logit_bias.013'],
     ['chat/completions', { prompt: 'x' }, /messages is required \(a chat request; \/v1\/completions takes a prompt\)/, 'messages'],
@@ -97,7 +100,7 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     ['chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 0, temperature: 3 }, /^invalid request: invalid 'max_tokens': too small: expected number to be >=1; invalid 'temperature': too big: expected number to be <=2$/, 'max_tokens'],
   ];
   // ... and sent with values that change nothing, they are taken
-  const noOp = await fetch(`${gateway.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'x' }], max_tokens: 2, tools: [], tool_choice: 'none', parallel_tool_calls: false, response_format: { type: 'text' }, modalities: ['text'] }) });
+  const noOp = await fetch(`${gateway.url}/v1/chat/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ messages: [{ role: 'user', content: 'x' }], max_tokens: 2, tools: [], tool_choice: 'none', parallel_tool_calls: false, response_format: { type: 'text' }, modalities: ['text'], store: false, metadata: { team: 'a' }, service_tier: 'auto' }) });
   t.is(noOp.status, 200, await noOp.clone().text());
   for (const [path, body, reason, param] of badBodies) {
     const r = await fetch(`${gateway.url}/v1/${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });

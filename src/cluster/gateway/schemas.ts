@@ -145,6 +145,10 @@ const UNSUPPORTED: Readonly<Record<string, string>> = {
   prediction: 'predicted outputs are not supported by this server (its drafters predict the output already: cascade field, docs/api.md)',
   audio: 'audio output is not supported by this server: text only',
   modalities: 'output modalities other than text are not supported by this server',
+  store: 'stored completions are not supported by this server (it keeps no completion after answering it): leave store out or send false',
+  metadata: 'metadata tags stored completions, which this server does not keep: send an object of strings (taken and dropped) or leave it out',
+  service_tier: 'this server has one service tier: leave service_tier out or send "auto" or "default"',
+  reasoning_effort: 'reasoning_effort is for reasoning models: the served model has no reasoning mode',
 };
 
 /** Values of UNSUPPORTED parameters that ask for what this server does anyway: taken, and dropped. */
@@ -156,6 +160,9 @@ const NO_OP: Readonly<Record<string, (value: unknown) => boolean>> = {
   parallel_tool_calls: (v) => typeof v === 'boolean',
   response_format: (v) => JSON.stringify(v) === '{"type":"text"}',
   modalities: (v) => Array.isArray(v) && v.every((m) => m === 'text'),
+  store: (v) => v === false,
+  metadata: (v) => v !== null && typeof v === 'object' && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'string'),
+  service_tier: (v) => v === 'auto' || v === 'default',
 };
 
 /** `body` without the UNSUPPORTED parameters whose values change nothing (NO_OP); any other of them is a 400 naming it. */
