@@ -107,6 +107,7 @@ test('cli - --drafting async with and without --outcome-branches gives the greed
   t.deepEqual(off.tokenIds, ar.tokenIds);
   t.is(on.cascade.outcomeBranches, true);
   t.is(off.cascade.outcomeBranches, false);
+  t.deepEqual(off.cascade.drafters, [family.drafters[0], 'mag'], 'the levels async drafting runs: the first neural drafter ahead, MaG below it');
   t.is(off.stats.drafting.outcomeDrafts, 0);
   t.is(typeof on.stats.drafting.outcomeDrafts, 'number');
   t.regex((await fails(['generate', '--outcome-branches', 'x'])).stderr, /--outcome-branches needs --drafting async/);

@@ -325,6 +325,9 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     // where auto put the target's KV (host, host-buffer, device): the runner's choice, not the flag
     const kvWhere = 'kvLocation' in target && typeof target.kvLocation === 'string' ? target.kvLocation : undefined;
     const where = [...(kvWhere ? [`KV ${kvWhere}`] : []), ...(target.batchInvariant ? ['batch-invariant'] : [])].join(', ');
+    // async drafting runs the first neural drafter ahead with MaG below it; the others stay unused (runDrafting)
+    const ahead = plan.drafters.find((d) => d !== 'mag');
+    const used = o.drafting === 'async' ? [...(ahead ? [ahead] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])] : plan.drafters;
     if (o.json) {
       const acceptanceByPosition = s.draftedByPosition.map((d, i) => s.acceptedByPosition[i]! / d);
       const out = {
@@ -332,7 +335,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         tokenIds: result.tokenIds,
         finishReason: result.finishReason,
         model: target.spec.name,
-        cascade: { mode: o.mode, ...plan, verification: o.verification, drafting: o.drafting, ...(o.drafting === 'async' ? { outcomeBranches: o.outcomeBranches === true } : {}) },
+        cascade: { mode: o.mode, ...plan, drafters: used, verification: o.verification, drafting: o.drafting, ...(o.drafting === 'async' ? { outcomeBranches: o.outcomeBranches === true } : {}) },
         stats: { ...s, acceptanceByPosition },
         ...(kvWhere ? { kvLocation: kvWhere } : {}),
         ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
@@ -342,9 +345,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       writeOut(JSON.stringify(out) + '\n');
     } else {
       writeOut(tail() + '\n');
-      // async drafting runs the first neural drafter ahead with MaG, no K (runDrafting)
-      const ahead = plan.drafters.find((d) => d !== 'mag');
-      const asyncLevels = [...(ahead ? [`${ahead} ahead`] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])];
+      const asyncLevels = used.map((d) => (d === ahead ? `${d} ahead` : d));
       const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}${s.drafting.outcomeDrafts ? `, ${s.drafting.outcomeDrafts} tokens drafted on outcome branches, ${s.drafting.outcomeHits} branch${s.drafting.outcomeHits === 1 ? '' : 'es'} adopted` : ''}${s.drafting.pipelinedDrafts ? `, the drafter accepted ${s.drafting.pipelinedAccepted} of ${s.drafting.pipelinedDrafts} MaG drafts` : ''}${s.drafting.drafterPausedPasses ? `, drafter paused for ${s.drafting.drafterPausedPasses} target passes` : ''}` : '';
       const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} token${o.magFirst === 1 ? '' : 's'}` : ''}`;
       process.stderr.write(
