@@ -95,7 +95,7 @@ test('tokenizer - a SentencePiece token keeps its leading space in its own text;
   t.deepEqual(['ab', '€'].flatMap((s) => [...Buffer.from(s)].map((b) => offsets.next(Uint8Array.of(b)))), [3, 4, 5, 5, 5], 'the bytes of one character all begin where it does');
 });
 
-test('tokenizer - minTokens never exceeds the tokens of a text, its longest pieces run together included; a normalizer that may delete text has no bound', (t) => {
+test('tokenizer - minTokens never exceeds the tokens of a text, its longest pieces run together included; a tokenizer that may drop or fuse text has no bound', (t) => {
   const vocab = [...(tok as unknown as { tok: { get_vocab(added: boolean): Map<string, number> } }).tok.get_vocab(true).keys()].sort((a, b) => b.length - a.length);
   const longest = vocab.slice(0, 20).map((p) => p.replaceAll('Ġ', ' ').replaceAll('Ċ', '\n'));
   fc.assert(
@@ -109,9 +109,18 @@ test('tokenizer - minTokens never exceeds the tokens of a text, its longest piec
   const dir = mkdtempSync(join(tmpdir(), 'cascade-tok-'));
   try {
     const json = JSON.parse(readFileSync(loadModelSpec(dirOf(family.target)).tokenizerPath, 'utf8'));
-    for (const [normalizer, bounded] of [[{ type: 'NFKC' }, true], [{ type: 'Sequence', normalizers: [{ type: 'NFC' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] }, true], [{ type: 'StripAccents' }, false], [{ type: 'Replace', pattern: { String: 'x' }, content: '' }, false]] as const) {
-      writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify({ ...json, normalizer }));
-      t.is(TextTokenizer.load(join(dir, 'tokenizer.json')).minTokens('x'.repeat(10_000)) > 0, bounded, JSON.stringify(normalizer));
+    const variants: [object, boolean][] = [
+      [{ normalizer: { type: 'NFKC' } }, true],
+      [{ normalizer: { type: 'Sequence', normalizers: [{ type: 'NFC' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] } }, true],
+      [{ normalizer: { type: 'StripAccents' } }, false],
+      [{ normalizer: { type: 'Replace', pattern: { String: 'x' }, content: '' } }, false],
+      [{ normalizer: { type: 'Replace', pattern: { Regex: '\\s+' }, content: ' ' } }, false],
+      [{ pre_tokenizer: { type: 'Whitespace' } }, false],
+      [{ added_tokens: [...json.added_tokens, { id: 8191, content: '<x>', single_word: false, lstrip: true, rstrip: false, normalized: false, special: true }] }, false],
+    ];
+    for (const [change, bounded] of variants) {
+      writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify({ ...json, ...change }));
+      t.is(TextTokenizer.load(join(dir, 'tokenizer.json')).minTokens('x'.repeat(10_000)) > 0, bounded, JSON.stringify(change));
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -11,8 +11,8 @@ export const OFF_THREAD_CHARS = 16_384;
  * per MB for the family's tokenizer on this project's 2-core machine). vLLM's API server likewise
  * tokenizes off its event loop. Short texts are tokenized in place.
  *
- * One worker, started at the first long text, loads the same files as the tokenizer (`source`); it does
- * not keep the process alive. A worker that dies fails its texts' calls and is started again for the next.
+ * One worker, started at the first long text, loads the same files as the tokenizer (`source`); idle, it
+ * does not keep the process alive. A worker that dies fails its texts' calls and is started again for the next.
  */
 export class TokenizerThread {
   private worker: Worker | undefined;
@@ -28,6 +28,8 @@ export class TokenizerThread {
     const id = this.nextId++;
     return new Promise<number[]>((resolve, reject) => {
       this.pending.set(id, { worker, resolve, reject });
+      // held while it has work: idle, it does not keep the process alive
+      worker.ref();
       worker.postMessage({ id, text });
     });
   }
@@ -45,10 +47,10 @@ export class TokenizerThread {
     const worker = COMPILED
       ? new Worker(new URL('./tokenizer-worker.js', import.meta.url), { workerData: { source } })
       : new Worker(new URL('./worker-bootstrap.mjs', import.meta.url), { workerData: { entry: new URL('./tokenizer-worker.ts', import.meta.url).href, source } });
-    worker.unref();
     worker.on('message', ({ id, ids, error }: { id: number; ids?: Uint32Array; error?: string }) => {
       const call = this.pending.get(id);
       this.pending.delete(id);
+      if (![...this.pending.values()].some((c) => c.worker === worker)) worker.unref();
       if (error !== undefined) call?.reject(new Error(`tokenizer: ${error}`));
       else call?.resolve(Array.from(ids!));
     });
@@ -62,6 +64,8 @@ export class TokenizerThread {
     };
     worker.on('error', (err) => fail(err));
     worker.on('exit', (code) => fail(new Error(`the tokenizer's worker thread exited (code ${code})`)));
+    // after the listeners: adding a 'message' listener refs the worker again
+    worker.unref();
     this.worker = worker;
     return worker;
   }

@@ -23,17 +23,44 @@ function usesByteLevel(decoder: unknown): boolean {
   return d.type === 'ByteLevel' || (d.type === 'Sequence' && Array.isArray(d.decoders) && d.decoders.some(usesByteLevel));
 }
 
-/**
- * Whether a tokenizer.json normalizer never deletes text or shrinks it more than 3×: none, Unicode
- * normal forms, lowercasing, Prepend, a Replace with something, or a Sequence of those. Others (BERT's
- * clean-up, StripAccents, Strip, SentencePiece's Precompiled map) may delete characters.
- */
+/** A normalizer that never deletes text and shrinks it at most 4× (NFC composes U+1F82 from 4 code units): see boundedLength. */
 function keepsText(normalizer: unknown): boolean {
   if (normalizer === null || normalizer === undefined) return true;
-  const n = normalizer as { type?: unknown; normalizers?: unknown; content?: unknown };
+  const n = normalizer as { type?: unknown; normalizers?: unknown; pattern?: { String?: unknown }; content?: unknown };
   if (n.type === 'Sequence') return Array.isArray(n.normalizers) && n.normalizers.every(keepsText);
-  if (n.type === 'Replace') return typeof n.content === 'string' && n.content.length > 0;
+  if (n.type === 'Replace') return typeof n.pattern?.String === 'string' && typeof n.content === 'string' && n.content.length >= n.pattern.String.length;
   return ['NFC', 'NFD', 'NFKC', 'NFKD', 'Lowercase', 'Prepend'].includes(n.type as string);
+}
+
+/** A pre-tokenizer that only splits (never removes) text. */
+function splitsOnly(pre: unknown): boolean {
+  if (pre === null || pre === undefined) return true;
+  const p = pre as { type?: unknown; pretokenizers?: unknown; behavior?: unknown; invert?: unknown };
+  if (p.type === 'Sequence') return Array.isArray(p.pretokenizers) && p.pretokenizers.every(splitsOnly);
+  if (p.type === 'Split') return p.invert !== true && p.behavior !== 'Removed';
+  return ['ByteLevel', 'Digits', 'Punctuation'].includes(p.type as string);
+}
+
+/**
+ * Whether every token of this tokenizer.json spells at least one of the text's characters after a
+ * normalization that shrinks text at most 4×, so that minTokens is a lower bound: byte-level BPE with
+ * every byte in its vocabulary (no unknown text dropped or fused), pre-tokenizers that only split,
+ * a normalizer that keeps text (keepsText), no added token that strips the whitespace beside it, and no
+ * `remove_space`. Other tokenizers (SentencePiece's, WordPiece, Unigram, CLIP's whitespace collapse)
+ * have no bound and are always tokenized.
+ */
+function boundedLength(json: Record<string, unknown>, config: Record<string, unknown>): boolean {
+  const model = json.model as { type?: unknown; vocab?: Record<string, unknown> } | undefined;
+  const added = Array.isArray(json.added_tokens) ? (json.added_tokens as { lstrip?: unknown; rstrip?: unknown }[]) : [];
+  return (
+    model?.type === 'BPE' &&
+    usesByteLevel(json.decoder) &&
+    [...BYTE_OF_CHAR.keys()].every((c) => model.vocab?.[c] !== undefined) &&
+    splitsOnly(json.pre_tokenizer) &&
+    keepsText(json.normalizer) &&
+    [...added, ...Object.values((config.added_tokens_decoder ?? {}) as Record<string, { lstrip?: unknown; rstrip?: unknown }>)].every((t) => t?.lstrip !== true && t?.rstrip !== true) &&
+    config.remove_space !== true
+  );
 }
 
 /**
@@ -55,7 +82,7 @@ export class TextTokenizer {
     private readonly byteLevel = false,
     /** The model's folder, where a chat template belongs (forModel); `dir` may be its tokenizer's. */
     private readonly modelDir?: string,
-    /** Its normalizer never deletes text (keepsText): minTokens has a bound. */
+    /** Every token spells some of the text (boundedLength): minTokens has a bound. */
     private readonly bounded = false,
     /** The files it was loaded from (`load`'s arguments), so a worker thread can load the same (TokenizerThread). */
     readonly source: { readonly tokenizerPath: string; readonly configDir?: string; readonly modelDir?: string } = { tokenizerPath: '' },
@@ -93,7 +120,7 @@ export class TextTokenizer {
     const bosId = bosText === undefined ? undefined : tok.token_to_id(bosText);
     if (bosText !== undefined && bosId === undefined) throw new ModelLoadError(`${cfgPath} field bos_token: "${bosText}" is not a token of ${tokenizerPath}`);
     if (cfg.addBosToken && bosId === undefined) throw new ModelLoadError(`${cfgPath} field add_bos_token is true but the file names no bos_token`);
-    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir, usesByteLevel((json as { decoder?: unknown }).decoder), modelDir, keepsText((json as { normalizer?: unknown }).normalizer), { tokenizerPath, ...(configDir !== undefined ? { configDir } : {}), ...(modelDir !== undefined ? { modelDir } : {}) });
+    return new TextTokenizer(tok, bosId, cfg.addBosToken, cfg.chatTemplate, dir, usesByteLevel((json as { decoder?: unknown }).decoder), modelDir, boundedLength(json as Record<string, unknown>, cfg.raw as Record<string, unknown>), { tokenizerPath, ...(configDir !== undefined ? { configDir } : {}), ...(modelDir !== undefined ? { modelDir } : {}) });
   }
 
   /** The text's own tokens, no special tokens added (a special token's text in it is that token). */
@@ -115,17 +142,19 @@ export class TextTokenizer {
   }
 
   /**
-   * A lower bound on `encode(text)`'s length, without tokenizing: every token spells at most as many
-   * characters (UTF-16 code units) as its longest piece in the vocabulary, added tokens included, and
-   * a factor of 4 covers normalizers that shrink text (NFC composing a Hangul syllable from three jamo
-   * shrinks it 3×). 0 when the tokenizer's normalizer may delete text (BERT's clean-up, StripAccents,
-   * SentencePiece's precompiled map). For refusing, at once, a prompt too long for the context.
+   * A lower bound on `encode(text)`'s length, without tokenizing: every token spells at least one
+   * character (UTF-16 code unit) and at most as many as its longest piece in the vocabulary, added
+   * tokens included, and a factor of 4 covers normalizers that compose characters (NFC makes U+1F82
+   * of 4 code units). 0 (no bound) for tokenizers where a token may stand for text that was dropped
+   * or fused (boundedLength: only byte-level BPE qualifies). For refusing, at once, a prompt too long
+   * for the context.
    */
   minTokens(text: string): number {
     if (!this.bounded) return 0;
     if (this.longestPiece === undefined) {
       let longest = 1;
-      for (const piece of this.tok.get_vocab(true).keys()) longest = Math.max(longest, piece.length);
+      // (ids with gaps come back as undefined keys)
+      for (const piece of this.tok.get_vocab(true).keys()) if (typeof piece === 'string') longest = Math.max(longest, piece.length);
       this.longestPiece = longest;
     }
     return Math.ceil(text.length / (4 * this.longestPiece));
