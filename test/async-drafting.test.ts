@@ -14,7 +14,9 @@ import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
 function memoryFamily(vocabSize: number, sharpness = 3) {
   const target = new MemoryModelSession({ name: 'target', vocabSize, order: 2, seed: 11, sharpness });
   const d1 = new MemoryModelSession({ name: 'd1', vocabSize, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
-  return { target, d1 };
+  // a cheaper, weaker drafter: the level below d1
+  const d0 = new MemoryModelSession({ name: 'd0', vocabSize, order: 2, seed: 13, resemble: { model: d1, weight: 0.75 } });
+  return { target, d1, d0 };
 }
 
 const model = (session: ModelSession): DrafterSpec => ({ kind: 'model', session });
@@ -23,26 +25,29 @@ const asyncOf = (drafters: DrafterSpec[]): CascadeConfig => ({ drafters, kMatrix
 
 test('async drafting - greedy output equals target-only decoding: sd, sd + MaG, MaG alone, a late drafter', async (t) => {
   const plain = memoryFamily(16);
-  const f = { target: paced(plain.target, () => 8), d1: paced(plain.d1, () => 1) };
+  const f = { target: paced(plain.target, () => 8), d1: paced(plain.d1, () => 1), d0: paced(plain.d0, () => 0.3) };
   const coin = jitter(1);
   const late = paced(plain.d1, () => (coin() < 0.5 ? 1 : 12));
   let accepted = 0;
   let outcomeHits = 0;
   let pipelined = 0;
+  let below = 0;
   for (const prompt of [[1], [3, 5, 7], [2, 2, 2, 2, 9], [1, 2, 3, 1, 2, 3, 1, 2]]) {
     const req: GenerateRequest = { promptIds: prompt, maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
     const want = (await generateAutoregressive(f.target, req)).tokenIds;
-    for (const [name, drafters] of [['sd', [model(f.d1)]], ['sd + mag', [model(f.d1), mag]], ['mag', [mag]], ['late sd + mag', [model(late), mag]]] as const) {
-      const r = await generateCascade(f.target, asyncOf([...drafters]), req, undefined, { outcomeBranches: true });
+    for (const [name, drafters] of [['sd', [model(f.d1)]], ['sd + mag', [model(f.d1), mag]], ['mag', [mag]], ['late sd + mag', [model(late), mag]], ['sd over sd + mag', [model(f.d1), model(f.d0), mag]], ['sd over sd', [model(f.d1), model(f.d0)]]] as const) {
+      const r = await generateCascade(f.target, asyncOf([...drafters]), req, undefined, { outcomeBranches: true, levelBelow: true });
       t.deepEqual(r.tokenIds, want, `${name} on ${prompt}`);
       t.is(r.stats.drafting?.mode, 'async');
       if (name === 'sd') accepted += r.stats.acceptedTokens;
       outcomeHits += r.stats.drafting!.outcomeHits;
       pipelined += r.stats.drafting!.pipelinedAccepted;
+      below += r.stats.drafting!.belowAccepted;
     }
   }
-  t.log(`outcome branches adopted at ${outcomeHits} passes; the drafter accepted ${pipelined} of MaG's drafts`);
+  t.log(`outcome branches adopted at ${outcomeHits} passes; the drafter accepted ${pipelined} of the drafts below it, ${below} of them the neural level's`);
   t.true(pipelined > 0, 'MaG pipelined below the drafter');
+  t.true(below > 0, 'a neural level below the drafter');
   t.true(outcomeHits > 0, 'the drafter pre-drafted a rejection\'s outcome that came true');
   // without outcome branches (the default): the speculation alone
   const req: GenerateRequest = { promptIds: [3, 5, 7], maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
@@ -57,52 +62,59 @@ test('async drafting - greedy output equals target-only decoding: sd, sd + MaG, 
 
 test('async drafting - drafter-invariant: a seeded sampled request gives target-only decoding\'s tokens whatever arrives in time', async (t) => {
   const plain = memoryFamily(12);
-  const f = { target: paced(plain.target, () => 8), d1: paced(plain.d1, () => 1) };
+  const f = { target: paced(plain.target, () => 8), d1: paced(plain.d1, () => 1), d0: paced(plain.d0, () => 0.3) };
   const coin = jitter(2);
   const late = paced(plain.d1, () => (coin() < 0.3 ? 12 : 1));
   const samplings: SamplingParams[] = [{ temperature: 1, topK: 0, topP: 1 }, { temperature: 0.7, topK: 4, topP: 0.9, presencePenalty: 0.3 }];
   let neural = 0;
   let outcomeHits = 0;
   let pipelined = 0;
+  let below = 0;
   for (const sampling of samplings) {
     for (let seed = 0; seed < 20; seed++) {
       const req: GenerateRequest = { promptIds: [1, 3, 2, 1, 3], maxTokens: 24, sampling, seed, stopAtEos: false, verification: 'invariant' };
       const want = (await generateAutoregressive(f.target, req)).tokenIds;
-      for (const drafters of [[model(f.d1), mag], [model(late)]]) {
-        const r = await generateCascade(f.target, asyncOf(drafters), req, undefined, { outcomeBranches: true });
+      for (const drafters of [[model(f.d1), mag], [model(late)], [model(f.d1), model(f.d0), mag]]) {
+        const r = await generateCascade(f.target, asyncOf(drafters), req, undefined, { outcomeBranches: true, levelBelow: true });
         t.deepEqual(r.tokenIds, want, `T ${sampling.temperature}, seed ${seed}`);
         if (drafters.length === 1) neural += r.stats.acceptedTokens;
         outcomeHits += r.stats.drafting!.outcomeHits;
         pipelined += r.stats.drafting!.pipelinedAccepted;
+        below += r.stats.drafting!.belowAccepted;
       }
     }
   }
+  t.true(below > 0, `the drafter accepted ${below} of the neural level below's drafts`);
   t.log(`outcome branches adopted at ${outcomeHits} passes; the drafter accepted ${pipelined} of MaG's drafts`);
   t.true(outcomeHits > 0);
   t.true(pipelined > 0);
   t.true(neural > 40, `drafts of the (sometimes late) neural drafter alone were accepted: ${neural}`);
 });
 
-for (const [withMag, branches, pipeline] of [[false, false, false], [false, true, false], [true, true, false], [true, false, true]]) {
-  test(`async drafting - rejection sampling with a neural drafter running ahead${withMag ? ' and MaG, whose proposal may replace its block' : ''}${pipeline ? ' and which reviews MaG\'s drafts (the pipeline)' : ''}${branches ? ', with outcome branches,' : ''} draws every position from the target given the tokens before it (chi-square)`, async (t) => {
+for (const [withMag, branches, pipeline, levelBelow] of [[false, false, false, false], [false, true, false, false], [true, true, false, false], [true, false, true, false], [false, false, true, true]]) {
+  test(`async drafting - rejection sampling with a neural drafter running ahead${withMag ? ' and MaG, whose proposal may replace its block' : ''}${pipeline ? ` and which reviews ${levelBelow ? 'the drafts of a neural level below it' : "MaG's drafts"} (the pipeline)` : ''}${branches ? ', with outcome branches,' : ''} draws every position from the target given the tokens before it (chi-square)`, async (t) => {
     const plain = memoryFamily(4, 8);
     const target = paced(plain.target, () => 6);
     const coin = jitter(3);
     const d1 = paced(plain.d1, () => (coin() < 0.2 ? 9 : 1));
+    const d0 = paced(plain.d0, () => (coin() < 0.2 ? 3 : 0.3));
     const sampling: SamplingParams = { temperature: 1, topK: 0, topP: 1 };
     const prompt = [1, 3, 2, ...(await generateAutoregressive(target, { promptIds: [1, 3, 2], maxTokens: 9, sampling: GREEDY, seed: 0 })).tokenIds];
     const samples: number[][] = [];
     let accepted = 0;
     let outcomeHits = 0;
     let pipelined = 0;
+    let below = 0;
     for (let seed = 0; seed < 10_000; seed++) {
-      const r = await generateCascade(target, asyncOf(withMag ? [model(d1), mag] : [model(d1)]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' }, undefined, { outcomeBranches: branches, pipeline });
+      const r = await generateCascade(target, asyncOf([model(d1), ...(levelBelow ? [model(d0)] : []), ...(withMag ? [mag] : [])]), { promptIds: prompt, maxTokens: 6, sampling, seed, stopAtEos: false, verification: 'rejection' }, undefined, { outcomeBranches: branches, pipeline, levelBelow });
       samples.push(r.tokenIds);
       accepted += r.stats.acceptedTokens;
       outcomeHits += r.stats.drafting!.outcomeHits;
       pipelined += r.stats.drafting!.pipelinedAccepted;
+      below += r.stats.drafting!.belowAccepted;
     }
-    t.log(`${accepted} drafted tokens accepted, outcome branches adopted at ${outcomeHits} passes, ${pipelined} of MaG's drafts accepted by the drafter`);
+    t.log(`${accepted} drafted tokens accepted, outcome branches adopted at ${outcomeHits} passes, ${pipelined} drafts from below accepted by the drafter (${below} of the neural level's)`);
+    t.true(levelBelow ? below > 1_000 : below === 0);
     t.true(accepted > 5_000);
     // the drafter's reviews of MaG's drafts pass its p up as q: those positions are in the test too
     t.true(pipeline ? pipelined > 1_000 : pipelined === 0);

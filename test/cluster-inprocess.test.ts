@@ -70,6 +70,16 @@ test('cluster (in-process) - async drafting over the wire: the draft actor names
   }
   t.log(`the draft actor reviewed ${pipelined} of MaG's drafts`);
   t.true(pipelined > 0);
+  // d2's actor as a level below d1's (cascade.level_below): d1's actor reviews d2's drafts
+  let below = 0;
+  for (const [prompt, sampling] of [[[1, 2, 3, 1, 2, 3, 1, 2], GREEDY], [[3, 5, 7], { temperature: 0.8, topK: 0, topP: 1 }], [[2, 2, 2, 2, 9], GREEDY]] as const) {
+    const want = await generateAutoregressive(c.target, { promptIds: prompt, maxTokens: 40, sampling, seed: 5, stopAtEos: false, verification: 'invariant' });
+    const { outcome, tokens } = await c.run({ promptIds: [...prompt], maxTokens: 40, sampling, seed: 5, drafters: ['d1', 'd2'], kMatrix: 'auto', lenience: 1, drafting: 'async', levelBelow: true, verification: 'invariant' });
+    t.deepEqual(tokens, want.tokenIds, `${prompt}, T ${sampling.temperature}, d2 below d1`);
+    below += outcome.stats!.drafting!.belowDrafts;
+  }
+  t.log(`the draft actor of d1 reviewed ${below} of d2's actor's drafts`);
+  t.true(below > 0);
   for (const a of c.actors) t.is(a.activeSessions, 0, `${a.model} freed every session`);
   await c.stop();
 });

@@ -202,6 +202,13 @@ test.serial('serve --embedded - async drafting with and without outcome branches
     else t.is(typeof r.usage.cascade.outcome_drafts, 'number');
     t.true(r.usage.cascade.pipelined_accepted! <= r.usage.cascade.pipelined_drafts!, 'MaG\'s drafts the drafter accepted are among those it reviewed');
   }
+  // the second drafter as a level below the first (cascade.level_below)
+  const below = (await client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 32, temperature: 0, cascade: { drafters: [...family.drafters, 'mag'], drafting: 'async', level_below: true } } as never)) as unknown as OpenAI.Completions.Completion & { usage: { cascade: { below_drafts: number; below_accepted: number; pipelined_drafts: number } } };
+  t.is(below.choices[0]!.text, want.text, 'level_below');
+  t.true(below.usage.cascade.below_accepted <= below.usage.cascade.below_drafts && below.usage.cascade.below_drafts <= below.usage.cascade.pipelined_drafts);
+  const belowSerial = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { level_below: true } }) });
+  t.is(belowSerial.status, 400);
+  t.is(((await belowSerial.json()) as { error: { param: string } }).error.param, 'cascade.level_below');
   const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
   for (const name of ['cascade_drafter_paused_passes_total', 'cascade_outcome_branch_drafts_total', 'cascade_outcome_branch_hits_total', 'cascade_pipelined_drafts_total{result="reviewed"}']) t.regex(metrics, new RegExp(`^${name.replace(/[{}]/g, '\\$&')} \\d`, 'm'), `Prometheus has ${name}`);
   const bad = await fetch(`${gateway.url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ model: family.target, prompt: 'x', cascade: { outcome_branches: 'no' } }) });

@@ -21,7 +21,7 @@ import type { ChatMessage } from '../models/chat-template.ts';
 import { resolveSampling } from '../models/generation-config.ts';
 import { speculationCaveat } from '../models/config.ts';
 import { collectMessage, readChatFile } from './chat.ts';
-import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKMatrix, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, OUTCOME_BRANCHES_HELP } from './options.ts';
+import { BATCH_INVARIANT_HELP, EXECUTION_PROVIDERS, KV_LOCATIONS, parseBatchInvariant, parseExecutionProviders, parseKMatrix, parseKvLocation, parseLogitBias, parseNumber, parseVerificationFlag, VERIFICATION_HELP, parseDraftingFlag, DRAFTING_HELP, LEVEL_BELOW_HELP, OUTCOME_BRANCHES_HELP } from './options.ts';
 import { DEFAULT_DRAFTING, DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
 import { DEFAULT_VERIFICATION, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import type { KvLocation } from '../models/kv-placement.ts';
@@ -71,6 +71,8 @@ interface GenerateOptions {
   drafting: Drafting;
   /** --outcome-branches: async drafting also drafts outcome branches (RunOptions.outcomeBranches). */
   outcomeBranches?: boolean;
+  /** --level-below: async drafting runs the second neural drafter below the first (RunOptions.levelBelow). */
+  levelBelow?: boolean;
   magOccurrence: 'earliest' | 'recent';
   /** MaG first (CascadeConfig.magFirst): its minimum match length. */
   magFirst?: number;
@@ -109,6 +111,7 @@ const ConfigFile = z.strictObject({
   verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
   drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
   outcomeBranches: z.boolean().optional(),
+  levelBelow: z.boolean().optional(),
   magOccurrence: z.enum(['earliest', 'recent']).optional(),
   magFirst: z.number().int().min(1).optional(),
   maxTokens: z.number().int().positive().optional(),
@@ -203,6 +206,7 @@ function promptText(positional: string[], o: GenerateOptions): string | ChatMess
 async function run(positional: string[], flags: GenerateOptions, cmd: Command): Promise<void> {
   const o = applyConfigFile(flags, cmd);
   if (o.outcomeBranches && o.drafting !== 'async') throw new InvalidArgumentError(`--outcome-branches needs --drafting async (branches are drafted while the target verifies): add --drafting async, or leave --outcome-branches out`);
+  if (o.levelBelow && o.drafting !== 'async') throw new InvalidArgumentError(`--level-below needs --drafting async (the level below drafts while the drafter and the target work): add --drafting async, or leave --level-below out`);
   const text = promptText(positional, o);
   const family = resolveModels({ models: o.models, model: o.model, draftModels: o.draftModel, modelFile: o.modelFile, tokenizer: o.tokenizer });
   // the family's feature drafter may be named among --drafters (it is in no mode's default); a
@@ -302,7 +306,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         if (stops.stopped) kept = seen;
       }
     };
-    const control = { cancelled: () => stops?.stopped ?? false, outcomeBranches: o.outcomeBranches === true };
+    const control = { cancelled: () => stops?.stopped ?? false, outcomeBranches: o.outcomeBranches === true, levelBelow: o.levelBelow === true };
     const ran: CascadeResult | GenerateResult = kv && o.kvPlacement === 'target'
       ? await generateAutoregressive(target, req, onTokens, control)
       : await generateCascade(target, { drafters, kMatrix: plan.kMatrix, lenience: plan.lenience, drafting: o.drafting, magFirst: o.magFirst }, req, onTokens, control);
@@ -325,9 +329,10 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
     // where auto put the target's KV (host, host-buffer, device): the runner's choice, not the flag
     const kvWhere = 'kvLocation' in target && typeof target.kvLocation === 'string' ? target.kvLocation : undefined;
     const where = [...(kvWhere ? [`KV ${kvWhere}`] : []), ...(target.batchInvariant ? ['batch-invariant'] : [])].join(', ');
-    // async drafting runs the first neural drafter ahead with MaG below it; the others stay unused (runDrafting)
+    // async drafting runs the first neural drafter ahead with MaG (and, with --level-below, the second) below it; the others stay unused (runDrafting)
     const ahead = plan.drafters.find((d) => d !== 'mag');
-    const used = o.drafting === 'async' ? [...(ahead ? [ahead] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])] : plan.drafters;
+    const under = o.levelBelow ? plan.drafters.find((d) => d !== 'mag' && d !== ahead) : undefined;
+    const used = o.drafting === 'async' ? [...(ahead ? [ahead] : []), ...(under ? [under] : []), ...(plan.drafters.includes('mag') ? ['mag'] : [])] : plan.drafters;
     if (o.json) {
       const acceptanceByPosition = s.draftedByPosition.map((d, i) => s.acceptedByPosition[i]! / d);
       const out = {
@@ -335,7 +340,7 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
         tokenIds: result.tokenIds,
         finishReason: result.finishReason,
         model: target.spec.name,
-        cascade: { mode: o.mode, ...plan, drafters: used, verification: o.verification, drafting: o.drafting, ...(o.drafting === 'async' ? { outcomeBranches: o.outcomeBranches === true } : {}) },
+        cascade: { mode: o.mode, ...plan, drafters: used, verification: o.verification, drafting: o.drafting, ...(o.drafting === 'async' ? { outcomeBranches: o.outcomeBranches === true, levelBelow: under !== undefined } : {}) },
         stats: { ...s, acceptanceByPosition },
         ...(kvWhere ? { kvLocation: kvWhere } : {}),
         ...(target.batchInvariant !== undefined ? { batchInvariant: target.batchInvariant } : {}),
@@ -345,8 +350,8 @@ async function run(positional: string[], flags: GenerateOptions, cmd: Command): 
       writeOut(JSON.stringify(out) + '\n');
     } else {
       writeOut(tail() + '\n');
-      const asyncLevels = used.map((d) => (d === ahead ? `${d} ahead` : d));
-      const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}${s.drafting.outcomeDrafts ? `, ${s.drafting.outcomeDrafts} tokens drafted on outcome branches, ${s.drafting.outcomeHits} branch${s.drafting.outcomeHits === 1 ? '' : 'es'} adopted` : ''}${s.drafting.pipelinedDrafts ? `, the drafter accepted ${s.drafting.pipelinedAccepted} of ${s.drafting.pipelinedDrafts} MaG drafts` : ''}${s.drafting.drafterPausedPasses ? `, drafter paused for ${s.drafting.drafterPausedPasses} target passes` : ''}` : '';
+      const asyncLevels = used.map((d) => (d === ahead ? `${d} ahead` : d === under ? `${d} below it` : d));
+      const drafting = 'drafting' in s && s.drafting ? `, ${s.drafting.wastedDrafts} drafts wasted, pre-draft hit rate ${s.drafting.preDraftHitRate.toFixed(2)}${s.drafting.outcomeDrafts ? `, ${s.drafting.outcomeDrafts} tokens drafted on outcome branches, ${s.drafting.outcomeHits} branch${s.drafting.outcomeHits === 1 ? '' : 'es'} adopted` : ''}${s.drafting.pipelinedDrafts ? `, the drafter accepted ${s.drafting.pipelinedAccepted} of ${s.drafting.pipelinedDrafts} drafts from below${under ? ` (${s.drafting.belowAccepted} of ${s.drafting.belowDrafts} ${under}'s)` : ' (MaG\'s)'}` : ''}${s.drafting.drafterPausedPasses ? `, drafter paused for ${s.drafting.drafterPausedPasses} target passes` : ''}` : '';
       const cascade = !plan.drafters.length ? 'target only' : o.drafting === 'async' ? `[${asyncLevels.join(', ')}] async` : `[${plan.drafters.join(', ')}] K=${JSON.stringify(plan.kMatrix)}${o.magFirst ? `, MaG first from ${o.magFirst} token${o.magFirst === 1 ? '' : 's'}` : ''}`;
       process.stderr.write(
         `[${o.mode}: ${target.spec.name}${where ? ` (${where})` : ''} <- ${cascade}] ${s.promptTokens} prompt tokens, ${s.generatedTokens} generated in ${s.seconds.toFixed(2)} s ` +
@@ -452,9 +457,10 @@ export function registerGenerate(program: Command): void {
     .option('--verification <rule>', VERIFICATION_HELP, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', DRAFTING_HELP, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--outcome-branches', OUTCOME_BRANCHES_HELP)
+    .option('--level-below', LEVEL_BELOW_HELP)
     .option('--mag-occurrence <which>', 'MaG copies from the earliest or the most recent earlier occurrence', parseOccurrence, 'earliest')
     .option('--mag-first <l>', 'MaG first: a round whose text already holds its last L tokens earlier is drafted by MaG alone (its copy, no fill); the drafters above MaG draft the others (serial drafting, MaG last below another drafter; off by default; with a trigram table L = 1 acts as 2)', parseNumber('--mag-first', { min: 1, integer: true }))
-    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, outcomeBranches, selfDraft, selfDraftCache, magOccurrence, magFirst, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
+    .option('--config <file>', 'YAML or JSON file with any of: mode, drafters, kMatrix, lenience, verification, drafting, outcomeBranches, levelBelow, selfDraft, selfDraftCache, magOccurrence, magFirst, maxTokens, temperature, topP, topK, seed, models, model, draftModel, modelFile, tokenizer, threads, minP, stop, repetitionPenalty, presencePenalty, frequencyPenalty, logitBias, executionProviders, draftExecutionProviders, placement, kvLocation, batchInvariant, kvPolicy, kvPlacement, kvBudget, kvSinks, kvRecent, kvRebuild, kvPrefillChunk, kvReleaseBatch')
     .option('--kv-policy <policy>', `bound a KV cache (see --kv-placement): ${RUNNABLE_KV_POLICIES.join(' | ')}`, parseKvPolicy, 'full')
     .option('--kv-placement <where>', `where the bounded cache goes: ${KV_PLACEMENTS.join(' | ')} (only target is lossy)`, parsePlacement, 'target')
     .option('--kv-budget <m>', 'tokens the bounded cache keeps', parseNumber('--kv-budget', { min: 1, integer: true }))

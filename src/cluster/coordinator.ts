@@ -56,6 +56,8 @@ export const JobData = z.object({
   drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
   /** true: async drafting also drafts outcome branches (RunOptions.outcomeBranches); unset = the speculation alone. */
   outcomeBranches: z.literal(true).optional(),
+  /** true: async drafting runs the second neural drafter as a level below the first (RunOptions.levelBelow); unset = MaG alone below it. */
+  levelBelow: z.literal(true).optional(),
   /** Record each token's log probability under the target's distribution with this many alternatives (OpenAI's logprobs / top_logprobs); unset = none. */
   logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
   /** W3C trace context of the request's gateway span. */
@@ -220,6 +222,7 @@ export class Coordinator {
             },
             cancelled: () => cancelled,
             outcomeBranches: job.outcomeBranches,
+            levelBelow: job.levelBelow,
             inRound: (round, run) => inSpan('cascade.round', context.active(), { 'cascade.round': round }, run),
           },
         );
@@ -228,12 +231,15 @@ export class Coordinator {
         await writer.settle();
         logWaitMs = performance.now() - waited;
       } catch (err) {
-        // an append in flight lands (or is refused) before the attempt ends
-        await writer.settle().catch(() => undefined);
+        // an append in flight lands (or is refused) before the attempt ends; a refusal says a newer
+        // attempt runs the request, which outranks what failed here (this attempt must not report it failed)
+        const refused = await writer.settle().then(() => undefined, (e: unknown) => e);
+        if (refused instanceof RequestSupersededError) throw refused;
         if (err instanceof ActorError && /: invalid:/.test(err.message)) throw new InvalidArgumentError(err.message, { cause: err });
         throw err;
       } finally {
         await cancelSub.close();
+        for (const ms of writes) this.options.onLogAppend?.(ms);
       }
     }
     const outcome: RequestOutcome = {
@@ -246,7 +252,6 @@ export class Coordinator {
       ...roundTripSummary(roundTrips.flat()),
       ...(writes.length ? { logAppends: { ...summary(writes), waitMs: logWaitMs } } : {}),
     };
-    for (const ms of writes) this.options.onLogAppend?.(ms);
     await log.finish(job.requestId, fence, JSON.stringify(outcome));
     this.publish(job.requestId, { type: 'done', finishReason, stats: JSON.stringify(outcome) });
     return outcome;

@@ -113,11 +113,14 @@ export async function runCascadeAsync(
   mag: CascadeLevel | undefined,
   req: GenerateRequest,
   options: RunOptions,
+  initialBelow?: CascadeLevel,
 ): Promise<CascadeResult> {
   const targetRng = new Rng(deriveSeed(req.seed, 0));
   const drafterRng = new Rng(deriveSeed(req.seed, 1));
-  const everyLevel = [top, ...(initialDrafter ? [initialDrafter] : []), ...(mag ? [mag] : [])];
+  const belowRng = new Rng(deriveSeed(req.seed, 2));
+  const everyLevel = [top, ...(initialDrafter ? [initialDrafter] : []), ...(initialBelow ? [initialBelow] : []), ...(mag ? [mag] : [])];
   let drafter = initialDrafter;
+  let below = initialDrafter ? initialBelow : undefined;
   const eos = new Set(req.stopAtEos === false ? [] : options.eosIds);
   const tokens = [...req.promptIds];
   const out: number[] = [];
@@ -150,7 +153,24 @@ export async function runCascadeAsync(
   /** MaG's drafts the drafter reviewed on its speculation (the pipeline), and those it accepted. */
   let pipelinedDrafts = 0;
   let pipelinedAccepted = 0;
-  const pipelining = options.pipeline !== false && mag !== undefined;
+  /** Of those, the level below's (a second neural drafter), and those accepted. */
+  let belowDrafts = 0;
+  let belowAccepted = 0;
+  const pipelining = options.pipeline !== false && (mag !== undefined || below !== undefined);
+  /**
+   * The level below the drafter (a second neural drafter on its own worker): its line, which extends
+   * the drafter's line (the committed tokens and \`spec\`) when it is of use, from which position on
+   * the tokens are its own drafts, and their q.
+   */
+  let belowLine: number[] = [];
+  let belowFrom = 0;
+  let belowQ: (Float32Array | undefined)[] = [];
+  let belowError: unknown;
+  let belowWake: (() => void) | undefined;
+  /** The level below's probation: its trials are the drafter's steps that could feed its drafts, its gain their drafts accepted. */
+  const belowRest = new Probation(PROBE_PASSES, MIN_DRAFT_GAIN);
+  /** Drafter steps in a row that fed none of the level below's drafts while there were some. */
+  let unfedBelow = 0;
   let epoch = 0;
   let stopped = false;
   let drafterError: unknown;
@@ -223,7 +243,13 @@ export async function runCascadeAsync(
     const w = wake;
     wake = undefined;
     w?.();
+    nudgeBelow();
   };
+  function nudgeBelow(): void {
+    const w = belowWake;
+    belowWake = undefined;
+    w?.();
+  }
 
   /** Whether a line of n drafted tokens may grow by one (within the models' positions and the request's tokens left). */
   const fits = (n: number) => tokens.length + n + 1 < (options.maxPositions ?? Infinity) && n < req.maxTokens - out.length;
@@ -280,6 +306,53 @@ export async function runCascadeAsync(
     return { fed: worth, counts };
   }
 
+  /**
+   * The level below's drafts after the speculation (block: the committed tokens and \`spec\`), while its
+   * line extends the block, for the drafter to review in its next pass: as many as pay by the
+   * drafter's measured cost and acceptance of them (as magBelow), within the run-ahead cap.
+   */
+  function levelBelow(block: Block): { fed: number; counts?: Tally } {
+    const base = block.length;
+    let room = Math.min(MAX_BLOCK, runAhead() - (spec.length - reviewing) - 1, belowLine.length - base);
+    while (room > 0 && !fits(spec.length + room)) room--;
+    if (!below || belowRest.resting(rounds) || room <= 0 || base < belowFrom || commonPrefix(belowLine, block.tokens) < base) return { fed: 0 };
+    const counts = tallyIn(drafterTally, 'below');
+    let worth = worthReviewing(room, 'below', drafterCost, counts);
+    unfedBelow = worth === 0 ? unfedBelow + 1 : 0;
+    if (unfedBelow > EXPLORE_AFTER) [worth, unfedBelow] = [room, 0];
+    for (let i = base; i < base + worth; i++) block.push(belowLine[i]!, belowQ[i - belowFrom]);
+    return { fed: worth, counts };
+  }
+
+  /**
+   * The level below the drafter (PipeSpec's chain with a neural level under the drafter): one token
+   * a step on its own line, which it restarts from the drafter's line (the committed tokens and
+   * \`spec\`) whenever it no longer extends it, at most the run-ahead cap past it; it waits while the
+   * drafter rests or it does. Its drafts reach the target only through the drafter's review (levelBelow).
+   */
+  async function belowLoop(level: CascadeLevel): Promise<void> {
+    while (!stopped && below === level) {
+      const line = [...tokens, ...spec];
+      if (belowLine.length < line.length || commonPrefix(belowLine, line) < line.length) {
+        if (belowLine.length > belowFrom) wasted += Math.max(0, belowLine.length - Math.max(belowFrom, commonPrefix(belowLine, line)));
+        belowLine = line;
+        belowQ = [];
+        belowFrom = line.length;
+      }
+      const ahead = belowLine.length - line.length;
+      if (!drafter || drafterRest.resting(rounds) || belowRest.resting(rounds) || ahead >= Math.min(MAX_BLOCK, runAhead()) || !fits(belowLine.length - tokens.length)) {
+        await new Promise<void>((resolve) => (belowWake = resolve));
+        continue;
+      }
+      const block = new Block([...belowLine], belowLine.length);
+      await level.propose(block, 1, belowRng);
+      if (block.length > belowLine.length) {
+        belowLine = block.tokens;
+        belowQ.push(...block.q);
+      } else await new Promise<void>((resolve) => (belowWake = resolve));
+    }
+  }
+
   async function drafterLoop(level: CascadeLevel): Promise<void> {
     while (!stopped && drafter === level) {
       const which = nextLine();
@@ -300,7 +373,8 @@ export async function runCascadeAsync(
       const block = new Block([...tokens, ...after], base);
       // PipeSpec's pipeline (McDanel et al., 2025), with MaG as the level below: on the speculation
       // the drafter reviews MaG's drafts in one pass and forwards what it accepted, then its own token
-      const { fed, counts } = !branch && pipelining ? await magBelow(block) : { fed: 0 };
+      const fromBelow = !branch && pipelining ? levelBelow(block) : { fed: 0 };
+      const { fed, counts } = fromBelow.fed > 0 ? fromBelow : !branch && pipelining ? await magBelow(block) : { fed: 0 };
       const t0 = performance.now();
       let alt: number | undefined;
       if (fed > 0) {
@@ -308,6 +382,11 @@ export async function runCascadeAsync(
         pipelinedDrafts += fed;
         pipelinedAccepted += outcome.accepted;
         countReview(counts!, fed, outcome.accepted);
+        if (fromBelow.fed > 0) {
+          belowRest.record(1, outcome.accepted, rounds);
+          belowDrafts += fed;
+          belowAccepted += outcome.accepted;
+        }
       } else alt = await draftStep(level, block);
       const ms = performance.now() - t0;
       drafterCost.add(fed + 1, ms);
@@ -333,6 +412,7 @@ export async function runCascadeAsync(
       line.alt.push(alt);
       if (branch) outcomeDrafts++;
       drafterReady = true;
+      nudgeBelow();
     }
   }
 
@@ -365,6 +445,9 @@ export async function runCascadeAsync(
   }
 
   let loop = drafter ? startLoop(drafter) : undefined;
+  let belowLoopDone = below ? belowLoop(below).catch((err: unknown) => {
+    belowError = err;
+  }) : undefined;
   function startLoop(level: CascadeLevel): Promise<void> {
     return drafterLoop(level).catch((err: unknown) => {
       drafterError = err;
@@ -387,6 +470,14 @@ export async function runCascadeAsync(
         specAlt = [];
         branches.clear();
         epoch++;
+        below = undefined;
+        nudgeBelow();
+      }
+      if (belowError !== undefined) {
+        const err = belowError;
+        belowError = undefined;
+        if (!(err instanceof LevelUnavailableError && below && options.onLevelFailure?.(below, err))) throw err;
+        below = undefined;
       }
       const committed = tokens.length;
       const room = Math.min(MAX_BLOCK, draftRoom(committed, req.maxTokens - out.length, options.maxPositions));
@@ -509,14 +600,17 @@ export async function runCascadeAsync(
     // The drafter's call in flight is one step, unless its actor hangs (a paused or partitioned node
     // answers only at the call's timeout): the request does not wait past a short grace for it. Its
     // level is released when the call ends, and a failure after the last pass changes no output.
-    const settled = loop ? await Promise.race([loop.then(() => true), sleep(Math.max(END_GRACE_MS, 4 * stepMs)).then(() => false)]) : true;
+    const loops = Promise.all([loop, belowLoopDone]);
+    const settled = loop || belowLoopDone ? await Promise.race([loops.then(() => true), sleep(Math.max(END_GRACE_MS, 4 * stepMs)).then(() => false)]) : true;
     if (settled && drafterError !== undefined && drafter) options.onLevelFailure?.(drafter, drafterError);
-    const pending = settled ? [] : everyLevel.filter((l) => l === initialDrafter);
-    void loop?.then(() => Promise.all(pending.map((l) => l.release().catch(() => undefined))));
+    if (settled && belowError !== undefined && below) options.onLevelFailure?.(below, belowError);
+    const pending = settled ? [] : everyLevel.filter((l) => l === initialDrafter || l === initialBelow);
+    void loops.then(() => Promise.all(pending.map((l) => l.release().catch(() => undefined))));
     loop = undefined;
+    belowLoopDone = undefined;
     await Promise.all(everyLevel.filter((l) => !pending.includes(l)).map((l) => l.release()));
   }
 
-  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start), drafterPausedPasses: pausedPasses, outcomeDrafts, outcomeHits, outcomeAccepted, pipelinedDrafts, pipelinedAccepted };
+  const drafting = { mode: 'async' as const, wastedDrafts: wasted, preDraftHitRate: rounds ? preDrafted / rounds : 0, targetBusyFraction: top.stats.forwardMs / (performance.now() - start), drafterPausedPasses: pausedPasses, outcomeDrafts, outcomeHits, outcomeAccepted, pipelinedDrafts, pipelinedAccepted, belowDrafts, belowAccepted };
   return cascadeResult(top, everyLevel, req, { out, logprobs, finishReason, rounds, drafted, accepted, start, firstToken }, { drafting });
 }

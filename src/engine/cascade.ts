@@ -89,7 +89,7 @@ export interface CascadeStats extends GenerateStats {
    * and its outcome branches: tokens drafted on them, passes after which one was adopted, and the
    * adopted branches' own drafts that the target then accepted.
    */
-  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number; readonly outcomeDrafts: number; readonly outcomeHits: number; readonly outcomeAccepted: number; readonly pipelinedDrafts: number; readonly pipelinedAccepted: number };
+  readonly drafting?: { readonly mode: Drafting; readonly wastedDrafts: number; readonly preDraftHitRate: number; readonly targetBusyFraction: number; readonly drafterPausedPasses: number; readonly outcomeDrafts: number; readonly outcomeHits: number; readonly outcomeAccepted: number; readonly pipelinedDrafts: number; readonly pipelinedAccepted: number; readonly belowDrafts: number; readonly belowAccepted: number };
 }
 
 /** A drafter's name in stats: its model, marked when it runs over a bounded cache (self-draft). */
@@ -175,9 +175,9 @@ export async function generateCascade(
   onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void,
   /**
    * `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop
-   * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`, `outcomeBranches`, `pipeline`: as RunOptions.
+   * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`, `outcomeBranches`, `pipeline`, `levelBelow`: as RunOptions.
    */
-  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest' | 'outcomeBranches' | 'pipeline'> = {},
+  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest' | 'outcomeBranches' | 'pipeline' | 'levelBelow'> = {},
 ): Promise<CascadeResult> {
   checkRequest(req, target.spec.maxPositions);
   checkCascade(config);
@@ -216,9 +216,10 @@ export async function generateCascade(
 export async function runDrafting(top: CascadeLevel, drafters: readonly CascadeLevel[], config: Pick<CascadeConfig, 'kMatrix' | 'lenience' | 'drafting' | 'magFirst'>, req: GenerateRequest, run: RunOptions): Promise<CascadeResult> {
   if ((config.drafting ?? DEFAULT_DRAFTING) === 'serial') return runCascade(top, drafters, config, req, run);
   const first = drafters.find((d) => !(d instanceof MagLevel));
+  const below = run.levelBelow === true && run.pipeline !== false ? drafters.find((d) => !(d instanceof MagLevel) && d !== first) : undefined;
   const mag = drafters.find((d) => d instanceof MagLevel);
-  await Promise.all(drafters.filter((d) => d !== first && d !== mag).map((d) => d.release()));
-  return runCascadeAsync(top, first, mag, req, run);
+  await Promise.all(drafters.filter((d) => d !== first && d !== below && d !== mag).map((d) => d.release()));
+  return runCascadeAsync(top, first, mag, req, run, below);
 }
 
 /** How runCascade reports progress and survives a lost level. */
@@ -226,7 +227,8 @@ export interface RunOptions {
   readonly eosIds: readonly number[];
   /**
    * Receives each round's new tokens (and, when the request asks for them, their log probabilities
-   * from the target); awaited before the next round (record them before streaming).
+   * from the target); awaited before the next round, so a slow one holds up the passes (the
+   * coordinator's returns at once and records behind the loop: LogWriter); a throw ends the request.
    */
   readonly onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void | Promise<void>;
   /**
@@ -265,6 +267,12 @@ export interface RunOptions {
    * drafter drafts one token per pass, and MaG only extends blocks for the target.
    */
   readonly pipeline?: boolean;
+  /**
+   * Whether async drafting runs the second neural drafter as a level below the first (the pipeline's
+   * neural case, async-cascade.ts), default false: on its own worker it drafts ahead of the drafter's
+   * line, and the drafter reviews its drafts as it reviews MaG's. Needs `pipeline`.
+   */
+  readonly levelBelow?: boolean;
   /**
    * The smallest context (positions) of the cascade's models. Each round's drafts are clamped to
    * it (see draftRoom); undefined = unbounded.

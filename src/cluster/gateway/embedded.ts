@@ -52,7 +52,7 @@ export function embeddedBackend(models: EmbeddedModels, options: { readonly time
         { drafters, kMatrix: data.kMatrix, lenience: data.lenience, drafting: data.drafting, magFirst: data.magFirst },
         { promptIds: data.promptIds, maxTokens: data.maxTokens, sampling: data.sampling, seed: data.seed, verification: data.verification, stopAtEos: data.stopAtEos, ...(data.logprobs !== undefined ? { logprobs: data.logprobs } : {}) },
         (ids, logprobs) => onTokens(ids, logprobs),
-        { cancelled: () => cancelled, outcomeBranches: data.outcomeBranches },
+        { cancelled: () => cancelled, outcomeBranches: data.outcomeBranches, levelBelow: data.levelBelow },
       ).then(
         (result): RequestOutcome => ({ finishReason: result.finishReason, generatedTokens: result.tokenIds.length, resumedFrom: 0, failovers: [], queueSeconds: 0, stats: result.stats }),
         (err: Error) => {

@@ -87,6 +87,9 @@ export async function buildJob(options: Pick<GatewayOptions, 'model' | 'defaultM
   if (body.cascade?.outcome_branches && drafting !== 'async') {
     throw new HttpError(400, `outcome branches are drafted under async drafting: ask for drafting "async" too (this request drafts ${drafting})`, 'invalid_request_error', 'cascade.outcome_branches');
   }
+  if (body.cascade?.level_below && drafting !== 'async') {
+    throw new HttpError(400, `a level below the drafter runs under async drafting: ask for drafting "async" too (this request drafts ${drafting})`, 'invalid_request_error', 'cascade.level_below');
+  }
   let plan;
   try {
     plan = planCascade(
@@ -131,6 +134,7 @@ export async function buildJob(options: Pick<GatewayOptions, 'model' | 'defaultM
     ...(body.cascade?.mag_first !== undefined ? { magFirst: body.cascade.mag_first } : {}),
     verification,
     ...(drafting !== 'serial' ? { drafting } : {}),
+    ...(body.cascade?.level_below ? { levelBelow: true } : {}),
     ...((body.cascade?.outcome_branches ?? (drafting === 'async' && options.defaultOutcomeBranches === true)) ? { outcomeBranches: true } : {}),
     ...(logprobs !== undefined ? { logprobs } : {}),
     trace: {},

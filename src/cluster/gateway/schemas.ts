@@ -18,6 +18,7 @@ const CascadeFields = z
     verification: z.enum(VERIFICATIONS as [Verification, ...Verification[]]).optional(),
     drafting: z.enum(DRAFTINGS as [Drafting, ...Drafting[]]).optional(),
     outcome_branches: z.boolean().optional(),
+    level_below: z.boolean().optional(),
   })
   .strict()
   .optional();
