@@ -63,7 +63,7 @@ export class GatewayMetrics {
   readonly drafterPausedPasses = new Counter({ name: 'cascade_drafter_paused_passes_total', help: 'Target passes run while the async drafter rested for not paying', registers: [this.registry] });
   readonly outcomeDrafts = new Counter({ name: 'cascade_outcome_branch_drafts_total', help: 'Tokens the async drafter drafted on outcome branches (pre-drafted rejection outcomes)', registers: [this.registry] });
   readonly outcomeHits = new Counter({ name: 'cascade_outcome_branch_hits_total', help: 'Outcome branches adopted: the target rejected a draft and emitted the drafter\'s runner-up', registers: [this.registry] });
-  readonly pipelinedDrafts = new Counter({ name: 'cascade_pipelined_drafts_total', help: 'MaG\'s drafts the async drafter reviewed on its speculation (result="reviewed") and accepted (result="accepted"): the pipeline below the drafter', labelNames: ['result'], registers: [this.registry] });
+  readonly pipelinedDrafts = new Counter({ name: 'cascade_pipelined_drafts_total', help: 'MaG\'s drafts (or the neural level below\'s, under level_below) the async drafter reviewed on its speculation (result="reviewed") and accepted (result="accepted"): the pipeline below the drafter', labelNames: ['result'], registers: [this.registry] });
   readonly rejected = new Counter({ name: 'cascade_rejected_total', help: 'Requests refused (503) because the gateway was saturated', registers: [this.registry] });
 
   constructor() {

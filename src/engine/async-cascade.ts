@@ -102,8 +102,10 @@ interface Line {
  * measured pass cost and its acceptance of MaG's drafts by MaG's draft context, within the
  * run-ahead cap) and forwards what it accepted, then its own token, each carrying the drafter's p as
  * q (an exact review's output is distributed as p, as in serial rounds). Measured on a 2-core CPU it
- * gained 0-9% over one token a pass (bench/results/async-pipeline). Levels other than the first neural drafter and MaG are not used
- * in this mode (a neural level below the drafter is not built). Every level is released at the end; a drafter that fails with
+ * gained 0-9% over one token a pass (bench/results/async-pipeline). With `options.levelBelow` (off by
+ * default: 8-16% slower on a 2-core CPU, bench/results/async-below) the second neural drafter
+ * (`initialBelow`) is a level below the drafter too, on its own worker (belowLoop, levelBelow). Other levels are not used
+ * in this mode. Every level is released at the end; a drafter that fails with
  * LevelUnavailableError is dropped when `options.onLevelFailure` agrees (the target goes on with MaG
  * or alone), otherwise the request fails.
  */
@@ -334,7 +336,6 @@ export async function runCascadeAsync(
     while (!stopped && below === level) {
       const line = [...tokens, ...spec];
       if (belowLine.length < line.length || commonPrefix(belowLine, line) < line.length) {
-        if (belowLine.length > belowFrom) wasted += Math.max(0, belowLine.length - Math.max(belowFrom, commonPrefix(belowLine, line)));
         belowLine = line;
         belowQ = [];
         belowFrom = line.length;
@@ -349,7 +350,7 @@ export async function runCascadeAsync(
       if (block.length > belowLine.length) {
         belowLine = block.tokens;
         belowQ.push(...block.q);
-      } else await new Promise<void>((resolve) => (belowWake = resolve));
+      } else if (!stopped && below === level) await new Promise<void>((resolve) => (belowWake = resolve));
     }
   }
 
@@ -476,7 +477,8 @@ export async function runCascadeAsync(
       if (belowError !== undefined) {
         const err = belowError;
         belowError = undefined;
-        if (!(err instanceof LevelUnavailableError && below && options.onLevelFailure?.(below, err))) throw err;
+        // (a level below dropped with its drafter has nothing left to fail)
+        if (below && !(err instanceof LevelUnavailableError && options.onLevelFailure?.(below, err))) throw err;
         below = undefined;
       }
       const committed = tokens.length;
