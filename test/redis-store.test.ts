@@ -1,7 +1,7 @@
 import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { RedisConnection } from '../src/cluster/redis-connection.ts';
-import { LogOffsetError, MemoryRequestLog, RedisKvStore, RequestSupersededError, sessionKey, TokenLog, type RequestLog } from '../src/cluster/redis-store.ts';
+import { LogLostError, LogOffsetError, MemoryRequestLog, RedisKvStore, RequestSupersededError, sessionKey, TokenLog, type RequestLog } from '../src/cluster/redis-store.ts';
 import { floatsToHalves } from '../src/kernels/half.ts';
 import type { KvDtype, KvRows } from '../src/models/session.ts';
 import { startTestRedis, type TestRedis } from './helpers/redis.ts';
@@ -145,6 +145,21 @@ for (const [kind, open] of requestLogs) {
     t.is(await log.result(id), '{"finishReason":"length"}');
   });
 }
+
+test('request log (redis) - a claim a failover lost (the fence gone) is no newer attempt: the append and finish fail with the retryable LogLostError, and a new claim resumes', async (t) => {
+  const log = new TokenLog(shards, 60);
+  const id = `req-${randomUUID()}`;
+  const fence = await log.claim(id);
+  await log.append(id, fence, 0, [5, 6]);
+  await shards.client.del(sessionKey(id, 'fence')); // what a master dying before its replica had the claim leaves
+  const lost = await t.throwsAsync(log.append(id, fence, 2, [7]), { instanceOf: LogLostError });
+  t.true(lost!.isRetryable);
+  t.is(lost!.current, 0);
+  await t.throwsAsync(log.finish(id, fence, '{}'), { instanceOf: LogLostError });
+  const again = await log.claim(id);
+  await log.append(id, again, 2, [7]);
+  t.deepEqual(await log.read(id), [5, 6, 7]);
+});
 
 test('redis store - on a Redis Cluster a request log\'s claim, appends and finish each wait for a replica (WAIT on the key\'s master)', async (t) => {
   if (!redis.cluster) return t.pass('one server: no replica to wait for');

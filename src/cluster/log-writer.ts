@@ -2,11 +2,12 @@ import type { TokenLogprob } from '../kernels/sampling.ts';
 import type { RequestLog } from './redis-store.ts';
 
 /**
- * A request's token log, written behind its decode loop (issue 27: Redis stays off the per-token
- * path but for the batched writes that failover needs).
+ * A request's token log, written behind its decode loop (issue 27: Redis off the per-token path but
+ * for the batched writes that failover needs), or inline when the caller awaits `settle` after each
+ * `push`, as the coordinator does for now (coordinator.ts says why).
  *
- * `push` queues a round's tokens and returns at once, so the next target pass starts while they are
- * written. One append is in flight at a time, and it takes everything queued while the one before
+ * `push` queues a round's tokens and returns at once, so the next target pass can start while they
+ * are written. One append is in flight at a time, and it takes everything queued while the one before
  * it was: a slow Redis gets fewer, larger writes instead of holding up the passes. A batch is handed
  * to `onRecorded` (the coordinator streams it) only once the log holds it, so the stream never runs
  * ahead of the log: an attempt that dies loses nothing a client has seen, and the next attempt

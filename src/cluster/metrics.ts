@@ -4,9 +4,9 @@ const LATENCY = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60
 const FAST = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25];
 const PER_TOKEN = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
 
-/** The coordinator's appends to requests' token logs in Redis (LogWriter: each takes the rounds queued while the one before was in flight). */
+/** The coordinator's appends to requests' token logs in Redis (LogWriter). */
 export function logAppendHistogram(registry: Registry): Histogram {
-  return new Histogram({ name: 'cascade_log_append_seconds', help: "Wall time of the coordinator's appends to a request's token log in Redis, which run behind the decode loop", buckets: FAST, registers: [registry] });
+  return new Histogram({ name: 'cascade_log_append_seconds', help: "Wall time of the coordinator's appends to a request's token log in Redis, one per round", buckets: FAST, registers: [registry] });
 }
 
 /**

@@ -116,6 +116,27 @@ export class RequestSupersededError extends CascadeError {
   }
 }
 
+/**
+ * A request's log no longer holds this attempt's claim, nor a newer one: its fence is older than the
+ * attempt's (absent: 0). A Redis failover dropped writes that had not reached a replica (a write
+ * counts once a replica acknowledges it, or after `replicaAckMs` without one). Retryable: the next
+ * attempt claims the log again and resumes after what it still holds.
+ */
+export class LogLostError extends CascadeError {
+  override readonly name = 'LogLostError';
+  override readonly isRetryable = true;
+  constructor(
+    readonly request: string,
+    readonly fence: number,
+    readonly current: number,
+  ) {
+    super(`request ${request}: its log lost this attempt's claim (fence ${fence}, the log holds ${current}), a failover having dropped writes no replica had; the attempt fails and is retried`);
+  }
+}
+
+/** The refusal of a write under `fence` when the log's fence is `current`: a newer attempt's claim, or a lost one. */
+export const fenceRefusal = (request: string, fence: number, current: number): Error => (current > fence ? new RequestSupersededError(request, fence, current) : new LogLostError(request, fence, current));
+
 /** An append that does not land at its offset under the request's current fence (the log holds `length` tokens). */
 export class LogOffsetError extends CascadeError {
   override readonly name = 'LogOffsetError';
@@ -149,10 +170,11 @@ export interface RequestLog {
    * Records `tokens` at `offset`, which must be the log's length (or, for a retried append, the
    * same tokens must already be there), with their log probabilities when the request asks for
    * them (`logprobs`, one per token, each with at most `top` alternatives). Throws
-   * RequestSupersededError under an old fence and LogOffsetError when the log holds something else at `offset`.
+   * RequestSupersededError under an old fence, LogLostError when the log lost this attempt's claim (a
+   * failover; its fence is older than this attempt's) and LogOffsetError when the log holds something else at `offset`.
    */
   append(request: string, fence: number, offset: number, tokens: readonly number[], logprobs?: { readonly top: number; readonly list: readonly TokenLogprob[] }): Promise<void>;
-  /** Records the result (finish reason and stats JSON); throws RequestSupersededError under an old fence. */
+  /** Records the result (finish reason and stats JSON); throws RequestSupersededError under an old fence, LogLostError as append. */
   finish(request: string, fence: number, result: string): Promise<void>;
   result(request: string): Promise<string | undefined>;
 }
@@ -176,7 +198,7 @@ export class MemoryRequestLog implements RequestLog {
 
   private fenced(request: string, fence: number): void {
     const current = this.fences.get(request) ?? 0;
-    if (fence !== current) throw new RequestSupersededError(request, fence, current);
+    if (fence !== current) throw fenceRefusal(request, fence, current);
   }
 
   async readLogprobs(request: string): Promise<TokenLogprob[]> {
@@ -351,13 +373,13 @@ export class TokenLog implements RequestLog {
     const records = logprobs ? encodeLogprobs(logprobs.list, logprobs.top) : Buffer.alloc(0);
     const keys = [this.key(request), this.fenceKey(request), sessionKey(request, 'logprobs')];
     const [status, value] = (await this.script(APPEND_AT, keys, offset, buf, this.ttlSeconds, fence, records)) as [number, number];
-    if (status === 1) throw new RequestSupersededError(request, fence, Number(value));
+    if (status === 1) throw fenceRefusal(request, fence, Number(value));
     if (status === 2) throw new LogOffsetError(request, offset, Number(value));
   }
 
   async finish(request: string, fence: number, result: string): Promise<void> {
     const [status, current] = (await this.script(FINISH, [sessionKey(request, 'result'), this.fenceKey(request)], result, this.ttlSeconds, fence)) as [number, number?];
-    if (status === 1) throw new RequestSupersededError(request, fence, Number(current));
+    if (status === 1) throw fenceRefusal(request, fence, Number(current));
   }
 
   async result(request: string): Promise<string | undefined> {
