@@ -67,7 +67,7 @@ export const DRAFTING_HELP = 'serial (draft a block, then verify it) | async (th
 /** --outcome-branches (generate; the API's cascade.outcome_branches: true). */
 export const OUTCOME_BRANCHES_HELP = 'under --drafting async, the drafter also drafts ahead for the likely rejections: where the target rejects a draft and emits the drafter\'s second choice instead (SSD). Off by default: they did not pay on a 2-core CPU (docs/cascade.md); on, they pause themselves while few of their drafts are accepted';
 /** --level-below (generate; the API's cascade.level_below: true). */
-export const LEVEL_BELOW_HELP = 'under --drafting async, the second neural drafter runs on its own worker as a level below the first, which reviews its drafts as it reviews MaG\'s (PipeSpec\'s pipeline with a neural level). Off by default: on a 2-core CPU, where three models share two cores, it cost 13-16% (docs/cascade.md)';
+export const LEVEL_BELOW_HELP = 'under --drafting async, the second neural drafter runs on its own worker as a level below the first, which reviews its drafts as it reviews MaG\'s (PipeSpec\'s pipeline with a neural level). Off by default: on a 2-core CPU, where three models share two cores, it cost 6-16% (docs/cascade.md)';
 /** A note for a server or batch given --outcome-branches with serial drafting as its default: the flag then serves only requests that ask for async. */
 export function noteOutcomeBranches(o: { readonly outcomeBranches?: boolean; readonly drafting?: Drafting }): void {
   if (o.outcomeBranches && o.drafting !== 'async') process.stderr.write(`note: --outcome-branches applies to requests that ask for async drafting (cascade.drafting "async"); the default here is --drafting ${o.drafting ?? DEFAULT_DRAFTING}\n`);

@@ -102,9 +102,9 @@ export interface RequestOutcome {
   /** The actor calls' round trips (wall time minus the actor's handler time: NATS, framing, scheduling), ms; absent without calls. */
   readonly roundTripMs?: { readonly calls: number; readonly p50: number; readonly p99: number };
   /**
-   * The token log's appends to Redis (ms; absent without any): how many (rounds are batched while
-   * one is in flight), p50/p99 of their wall time, and how long the request waited for the last
-   * ones after its last pass (`waitMs`; the passes themselves never wait on the log).
+   * The token log's appends to Redis (ms; absent without any): how many (one per round: each round
+   * waits for its own), p50/p99 of their wall time, and how long the request waited for appends still
+   * in flight after its last pass (`waitMs`).
    */
   readonly logAppends?: { readonly calls: number; readonly p50: number; readonly p99: number; readonly waitMs: number };
 }

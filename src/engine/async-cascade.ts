@@ -103,7 +103,7 @@ interface Line {
  * run-ahead cap) and forwards what it accepted, then its own token, each carrying the drafter's p as
  * q (an exact review's output is distributed as p, as in serial rounds). Measured on a 2-core CPU it
  * gained 0-9% over one token a pass (bench/results/async-pipeline). With `options.levelBelow` (off by
- * default: 8-16% slower on a 2-core CPU, bench/results/async-below) the second neural drafter
+ * default: 6-16% slower on a 2-core CPU, bench/results/async-below) the second neural drafter
  * (`initialBelow`) is a level below the drafter too, on its own worker (belowLoop, levelBelow). Other levels are not used
  * in this mode. Every level is released at the end; a drafter that fails with
  * LevelUnavailableError is dropped when `options.onLevelFailure` agrees (the target goes on with MaG
