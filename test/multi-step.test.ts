@@ -204,7 +204,7 @@ test.serial('multi-step decoding - a multi-step round is no sample of the target
 
 test.serial('multi-step decoding - a BatchingSession sizes a lone call by the steps measured for that sequence: another sequence starts again from one step', async (t) => {
   const asked: [string, number][] = [];
-  const stepMs: Record<string, number> = { short: 2, long: 40 };
+  const stepMs: Record<string, number> = { short: 1, long: 80 }; // far apart: a loaded CI machine's late timers still leave several short steps in 50 ms
   const inner = {
     async decode(item: { seqId: string }, plan: DecodePlan): Promise<number[]> {
       asked.push([item.seqId, plan.steps]);
@@ -212,7 +212,7 @@ test.serial('multi-step decoding - a BatchingSession sizes a lone call by the st
       return new Array<number>(plan.steps).fill(1);
     },
   } as unknown as ConstructorParameters<typeof BatchingSession>[0];
-  const batched = new BatchingSession(inner, { multiStepMs: 10, activeMs: 0 });
+  const batched = new BatchingSession(inner, { multiStepMs: 50, activeMs: 0 });
   const plan: DecodePlan = { steps: 8, sampling: GREEDY, tokens: [1], promptLength: 1 };
   for (let i = 0; i < 4; i++) await batched.decode!({ seqId: 'short', inputIds: [1] }, plan);
   for (let i = 0; i < 2; i++) await batched.decode!({ seqId: 'long', inputIds: [1] }, plan);
