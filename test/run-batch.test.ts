@@ -76,7 +76,7 @@ test('run-batch - every request answered in OpenAI\'s output format, greedy text
   t.deepEqual(readOutput(output).map((l) => l.custom_id).sort(), ['bad', 'c0', 'c1', 'c2', 'chat']);
 });
 
-test('run-batch - a malformed file is refused before anything runs, naming its lines; an existing output needs --resume', async (t) => {
+test('run-batch - a malformed file is refused before anything runs, naming its lines; an existing output needs --resume; a missing output folder is named', async (t) => {
   const input = write('bad.jsonl', [
     '{not json',
     { custom_id: 'a', method: 'GET', url: '/v1/completions', body: {} },
@@ -91,4 +91,7 @@ test('run-batch - a malformed file is refused before anything runs, naming its l
   const ok = write('ok.jsonl', [{ custom_id: 'a', method: 'POST', url: '/v1/completions', body: { prompt: 'x', max_tokens: 1 } }]);
   const exists = write('exists.jsonl', []);
   t.regex((await fails(['run-batch', '-i', ok, '-o', exists])).stderr, /exists: give --resume/);
+  const nowhere = await fails(['run-batch', '-i', ok, '-o', join(dir, 'no-such-folder', 'out.jsonl')]);
+  t.is(nowhere.code, 2, 'a missing output folder is a usage error, found before the models load');
+  t.regex(nowhere.stderr, /no-such-folder does not exist \(create it first\)/);
 });

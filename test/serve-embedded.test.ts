@@ -93,8 +93,13 @@ test.serial('serve --embedded - n choices with a seed are the n = 1 requests see
     ['completions', { prompt: 'x', logit_bias: { '13': 100, '013': -100 } }, /without leading zeros/, 'logit_bias.013'],
     ['chat/completions', { prompt: 'x' }, /messages is required \(a chat request; \/v1\/completions takes a prompt\)/, 'messages'],
     ['chat/completions', { messages: [{ role: 'user', content: 'x' }], max_completion_tokens: 100000 }, /plus max_completion_tokens \(100000\) exceeds the model's context/, 'max_completion_tokens'],
-    ['chat/completions', { messages: [{ role: 'user', content: [{ type: 'text' }] }] }, /a text content part needs its text/, 'messages.0.content.0.text'],
-    ['chat/completions', { messages: [{ role: 'user' }] }, /^invalid request: missing required parameter 'messages\[0\]\.content'$/, 'messages.0.content'],
+    ['chat/completions', { messages: [{ role: 'user', content: [{ type: 'text' }] }] }, /a text content part needs its text/, 'messages[0].content[0].text'],
+    ['chat/completions', { messages: [{ role: 'user' }] }, /^invalid request: missing required parameter 'messages\[0\]\.content'$/, 'messages[0].content'],
+    // OpenAI's own param form and what to send instead
+    ['chat/completions', { messages: [{ role: 'user', content: 5 }] }, /^invalid request: 'messages\[0\]\.content': expected a string or an array of text parts/, 'messages[0].content'],
+    // stream_options only with stream: true (vLLM; OpenAI), and no unknown key in it
+    ['completions', { prompt: 'x', stream_options: { include_usage: true } }, /stream_options is only allowed with stream: true/, 'stream_options'],
+    ['chat/completions', { messages: [{ role: 'user', content: 'x' }], stream: true, stream_options: { include_usage: true, foo: 1 } }, /unrecognized parameter 'stream_options\.foo'/, 'stream_options.foo'],
     ['chat/completions', [{ role: 'user', content: 'x' }], /^invalid request: the request body must be an object, received array$/, null],
     ['chat/completions', { messages: 'hi' }, /^invalid request: invalid 'messages': expected array, received string$/, 'messages'],
     ['chat/completions', { messages: [{ role: 'user', content: 'x' }], max_tokens: 0, temperature: 3 }, /^invalid request: invalid 'max_tokens': too small: expected number to be >=1; invalid 'temperature': too big: expected number to be <=2$/, 'max_tokens'],

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
-import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { accessSync, appendFileSync, constants, existsSync, readFileSync, statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import type { Command } from 'commander';
 import writeFileAtomic from 'write-file-atomic';
 import { z } from 'zod';
@@ -121,9 +122,21 @@ interface RunBatchOptions {
   selfDraftCache: string;
 }
 
+/** The output's folder exists and takes files, checked before any model loads (InvalidArgumentError otherwise: a usage error, exit 2). */
+function checkOutputFolder(output: string): void {
+  const folder = dirname(resolve(output));
+  if (!existsSync(folder) || !statSync(folder).isDirectory()) throw new InvalidArgumentError(`--output ${output}: its folder ${folder} does not exist (create it first)`);
+  try {
+    accessSync(folder, constants.W_OK);
+  } catch {
+    throw new InvalidArgumentError(`--output ${output}: its folder ${folder} is not writable`);
+  }
+}
+
 async function runBatch(o: RunBatchOptions): Promise<void> {
   noteOutcomeBranches(o);
   const lines = readBatchFile(o.input);
+  checkOutputFolder(o.output);
   if (existsSync(o.output) && !o.resume) throw new InvalidArgumentError(`${o.output} exists: give --resume to skip the requests it answered, or another --output`);
   const skip = o.resume && existsSync(o.output) ? keepAnswered(o.output) : new Set<string>();
   const todo = lines.filter((l) => !skip.has(l.custom_id));

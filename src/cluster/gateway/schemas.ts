@@ -49,7 +49,7 @@ const Sampling = {
   logit_bias: LogitBias.optional(),
   seed: z.number().int({ error: 'seed must be an integer of at most 53 bits' }).optional(),
   stream: z.boolean().optional(),
-  stream_options: z.object({ include_usage: z.boolean().optional() }).optional(),
+  stream_options: z.object({ include_usage: z.boolean().optional() }).strict().optional(),
   // choices: n jobs of one prompt, each with its own seed (seed + index when the request gives one)
   n: z.number().int().min(1).max(MAX_CHOICES, `n may be at most ${MAX_CHOICES}`).optional(),
   user: z.string().optional(),
@@ -58,6 +58,10 @@ const Sampling = {
   stop: z.preprocess((v) => (typeof v === 'string' ? [v] : v), z.array(z.string().min(1, 'a stop string may not be empty')).max(4, 'at most 4 stop strings')).optional(),
   cascade: CascadeFields,
 };
+
+/** stream_options only with stream: true, as vLLM checks it (OpenAI refuses it too); an empty object is no option. */
+const streamOptionsNeedStream = (b: { stream?: boolean; stream_options?: object }) => b.stream === true || b.stream_options === undefined || Object.keys(b.stream_options).length === 0;
+const STREAM_OPTIONS_ISSUE = { message: 'stream_options is only allowed with stream: true', path: ['stream_options'] };
 
 /** How deep a request body may nest (its deepest field, a chat message's content part, is 4 levels down). */
 const MAX_DEPTH = 32;
@@ -92,7 +96,8 @@ export const CompletionBody = z
     /** The prompt's text before the completion's. */
     echo: z.boolean().optional(),
   })
-  .strict();
+  .strict()
+  .refine(streamOptionsNeedStream, STREAM_OPTIONS_ISSUE);
 export type CompletionBody = z.infer<typeof CompletionBody>;
 /**
  * A chat message's content: a string, or OpenAI's array of content parts, whose text parts are
@@ -106,7 +111,7 @@ export const Content = z.union([
       else if (part.text === undefined) ctx.addIssue({ code: 'custom', message: 'a text content part needs its text', path: ['text'] });
     }),
   ),
-]);
+], { error: (issue) => (issue.input === undefined ? undefined : 'expected a string or an array of text parts ({"type": "text", "text": ...})') });
 export type Content = z.infer<typeof Content>;
 
 /** A chat message: one of OpenAI's roles (CHAT_ROLES), its content, and the fields tool messages carry. */
@@ -123,7 +128,8 @@ export const ChatBody = z
     top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
   })
   .strict()
-  .refine((b) => !b.top_logprobs || b.logprobs === true, { message: 'top_logprobs needs logprobs: true', path: ['top_logprobs'] });
+  .refine((b) => !b.top_logprobs || b.logprobs === true, { message: 'top_logprobs needs logprobs: true', path: ['top_logprobs'] })
+  .refine(streamOptionsNeedStream, STREAM_OPTIONS_ISSUE);
 export type ChatBody = z.infer<typeof ChatBody>;
 
 /** `stop` as a list (a string, a list, or unset). */
@@ -186,7 +192,7 @@ export function parse<T>(schema: z.ZodType<T>, body: unknown): T {
   if (!r.success) {
     const issue = r.error.issues[0]!;
     // an unknown field is the param at fault, as OpenAI names it
-    const param = issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!].join('.') : issue.path.join('.');
+    const param = z.core.toDotPath(issue.code === 'unrecognized_keys' ? [...issue.path, issue.keys[0]!] : issue.path);
     throw new HttpError(400, `invalid request: ${describeIssues(r.error, { noun: 'parameter', root: 'the request body' })}`, 'invalid_request_error', param || null);
   }
   return r.data;
