@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { context, type Span } from '@opentelemetry/api';
 import { Queue, UnrecoverableError, Worker, type Job, type Processor, type QueueOptions, type WorkerOptions as BullWorkerOptions } from 'bullmq';
 import { z } from 'zod';
@@ -102,9 +103,9 @@ export interface RequestOutcome {
   /** The actor calls' round trips (wall time minus the actor's handler time: NATS, framing, scheduling), ms; absent without calls. */
   readonly roundTripMs?: { readonly calls: number; readonly p50: number; readonly p99: number };
   /**
-   * The token log's appends to Redis (ms; absent without any): how many (one per round: each round
-   * waits for its own), p50/p99 of their wall time, and how long the request waited for appends still
-   * in flight after its last pass (`waitMs`).
+   * The token log's appends to Redis (ms; absent without any): how many (written behind the passes,
+   * one in flight at a time, each taking the rounds finished meanwhile), p50/p99 of their wall time,
+   * and how long the request waited for appends still in flight after its last pass (`waitMs`).
    */
   readonly logAppends?: { readonly calls: number; readonly p50: number; readonly p99: number; readonly waitMs: number };
 }
@@ -145,6 +146,10 @@ export class Coordinator {
     const queueSeconds = Math.max(0, (Date.now() - job.enqueuedAt) / 1000);
     span.setAttribute('cascade.queue_seconds', queueSeconds);
     const fence = await log.claim(job.requestId);
+    // The actors' sessions of this attempt: the fence alone does not make them unique, since a claim
+    // a failover lost is given again (the log holds fence 0, so the next claim is 1 once more), and a
+    // retried attempt must not open the session an earlier one left on an actor
+    const attempt = `${job.requestId}-${fence}-${randomBytes(4).toString('hex')}`;
     span.setAttribute('cascade.fence', fence);
     const stored = await log.result(job.requestId);
     const recorded = await log.read(job.requestId);
@@ -179,7 +184,7 @@ export class Coordinator {
       // Under invariant every level draws with the same noise by design.
       const eagle = family.eagle !== undefined && job.drafters.includes(family.eagle);
       const remote = (name: string, tag: string, stream: number) =>
-        new RemoteLevel(transport, name, `${job.requestId}-${fence}-${tag}`, {
+        new RemoteLevel(transport, name, `${attempt}-${tag}`, {
           ...(stream === 0 && eagle ? { eagle } : {}),
           sampling: job.sampling,
           seed: invariant ? seed : deriveSeed(seed, stream),
@@ -197,10 +202,9 @@ export class Coordinator {
         return kind === 'mag' ? new MagLevel({ ...family.magTables }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);
       });
       roundTrips = [top, ...drafters].flatMap((l) => (l instanceof RemoteLevel || l instanceof RemoteFeatureLevel ? [l.roundTripsMs] : []));
-      // Each round waits for its append (LogWriter.settle). Writing behind the loop (not waiting) measured
-      // 2-4% more tokens/s (bench/results/log-writes), but with it requests were left unfinished after a
-      // Redis Cluster failover of the queue's master in 3 of about 12 runs of test/redis-cluster.test.ts
-      // (0 of 10 waiting); the cause is not established, so Redis stays on the per-token path for now.
+      // The log is written behind the loop: a round's tokens are queued and the next pass starts (2-4%
+      // more tokens/s than waiting for each append, bench/results/log-writes); they stream once recorded.
+      // A failed append stops the writer, and the next push (the next round) throws it.
       const writer = new LogWriter(log, job.requestId, fence, recorded.length, job.logprobs, (offset, tokens, logprobs) =>
         this.publish(job.requestId, { type: 'tokens', offset, tokens, ...(logprobs ? { logprobs } : {}) }),
       );
@@ -216,7 +220,6 @@ export class Coordinator {
             maxPositions: family.maxPositions,
             onTokens: async (fresh, logprobs) => {
               writer.push(fresh, logprobs);
-              await writer.settle();
             },
             onLevelFailure: (level, err) => {
               if (level === top || !(err instanceof LevelUnavailableError)) return false;
@@ -321,7 +324,7 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
           throw err;
         }
         const last = err instanceof InvalidArgumentError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-        process.stderr.write(`request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} failed${last ? ' for good' : ', will retry'}: ${(err as Error).stack ?? String(err)}\n`);
+        process.stderr.write(`${new Date().toISOString()} request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} failed${last ? ' for good' : ', will retry'}: ${(err as Error).stack ?? String(err)}\n`);
         if (last) coordinator.failed(String(job.data?.requestId ?? job.id), (err as Error).message);
         if (err instanceof InvalidArgumentError) throw new UnrecoverableError((err as Error).message);
         throw err;

@@ -3,8 +3,8 @@ import type { RequestLog } from './redis-store.ts';
 
 /**
  * A request's token log, written behind its decode loop (issue 27: Redis off the per-token path but
- * for the batched writes that failover needs), or inline when the caller awaits `settle` after each
- * `push`, as the coordinator does for now (coordinator.ts says why).
+ * for the batched writes that failover needs), as the coordinator writes it, or inline when the caller
+ * awaits `settle` after each `push`.
  *
  * `push` queues a round's tokens and returns at once, so the next target pass can start while they
  * are written. One append is in flight at a time, and it takes everything queued while the one before

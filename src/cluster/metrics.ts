@@ -6,7 +6,7 @@ const PER_TOKEN = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1];
 
 /** The coordinator's appends to requests' token logs in Redis (LogWriter). */
 export function logAppendHistogram(registry: Registry): Histogram {
-  return new Histogram({ name: 'cascade_log_append_seconds', help: "Wall time of the coordinator's appends to a request's token log in Redis, one per round", buckets: FAST, registers: [registry] });
+  return new Histogram({ name: 'cascade_log_append_seconds', help: "Wall time of the coordinator's appends to a request's token log in Redis (written behind the passes: one in flight, taking the rounds finished meanwhile)", buckets: FAST, registers: [registry] });
 }
 
 /**
@@ -64,6 +64,7 @@ export class GatewayMetrics {
   readonly outcomeDrafts = new Counter({ name: 'cascade_outcome_branch_drafts_total', help: 'Tokens the async drafter drafted on outcome branches (pre-drafted rejection outcomes)', registers: [this.registry] });
   readonly outcomeHits = new Counter({ name: 'cascade_outcome_branch_hits_total', help: 'Outcome branches adopted: the target rejected a draft and emitted the drafter\'s runner-up', registers: [this.registry] });
   readonly pipelinedDrafts = new Counter({ name: 'cascade_pipelined_drafts_total', help: 'MaG\'s drafts (or the neural level below\'s, under level_below) the async drafter reviewed on its speculation (result="reviewed") and accepted (result="accepted"): the pipeline below the drafter', labelNames: ['result'], registers: [this.registry] });
+  readonly requeued = new Counter({ name: 'cascade_jobs_requeued_total', help: 'Requests whose job was gone from the queue (a Redis failover lost a write no replica had) and was added again', registers: [this.registry] });
   readonly rejected = new Counter({ name: 'cascade_rejected_total', help: 'Requests refused (503) because the gateway was saturated', registers: [this.registry] });
 
   constructor() {

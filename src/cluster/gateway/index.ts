@@ -110,5 +110,5 @@ export function buildGateway(options: GatewayOptions): FastifyInstance {
 function clusterOf(options: GatewayOptions): Backend {
   const { transport, queue, log } = options;
   if (!transport || !queue || !log) throw new Error('the gateway needs a backend, or the cluster\'s transport, queue and log');
-  return clusterBackend({ transport, queue, log, timeoutMs: options.requestTimeoutMs ?? 600_000 });
+  return clusterBackend({ transport, queue, log, timeoutMs: options.requestTimeoutMs ?? 600_000, onRequeue: () => options.metrics.requeued.inc() });
 }

@@ -35,6 +35,8 @@ export interface Backend {
 export interface SubmitOptions extends Required<Pick<GatewayOptions, 'transport' | 'queue' | 'log'>> {
   /** Longest a request may take, end to end. */
   readonly timeoutMs: number;
+  /** Called when a request's job was found gone from the queue and added again (see submit). */
+  readonly onRequeue?: (requestId: string) => void;
 }
 
 /** The cluster as a Backend: jobs go on the BullMQ queue and their tokens come back over NATS (submit). */
@@ -49,6 +51,9 @@ export function clusterBackend(options: SubmitOptions): Backend {
 export async function submit(options: SubmitOptions, data: JobData, onTokens: OnTokens): Promise<Submitted> {
   const { transport, queue, log, timeoutMs } = options;
   let have = 0;
+  let queued = false;
+  let ended = false;
+  let missing = 0;
   let lastHeard = Date.now();
   let settle!: { resolve: (o: RequestOutcome) => void; reject: (e: Error) => void };
   const done = new Promise<RequestOutcome>((resolve, reject) => (settle = { resolve, reject }));
@@ -93,6 +98,7 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
     settle.reject(new HttpError(504, `the request did not finish within ${timeoutMs} ms`, 'server_error'));
   }, timeoutMs);
   const cancel = () => {
+    ended = true;
     try {
       transport.publish(subjects.cancel(data.requestId), encode({ type: 'close', session: data.requestId }));
     } catch {
@@ -108,21 +114,35 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
   };
   // The stream is at-most-once (a NATS restart loses messages): every second, a request whose
   // stream went quiet is looked up in Redis, where the coordinator records tokens and the result.
+  // Its job is looked up too. Redis replicates asynchronously, so a master that dies within moments
+  // of a write can take it along: a job added (or retried) just before its queue's master failed is
+  // gone from the promoted replica, and no coordinator would ever run it again. A job found missing
+  // on two looks a second apart is added again with the same id; the coordinator that takes it
+  // resumes after what the request log holds (or finds its result), so nothing is generated twice.
   const poll = setInterval(() => {
     if (Date.now() - lastHeard < 1000) return;
     void log
       .result(data.requestId)
       .then(async (result) => {
-        if (!result) return;
-        const [all, lps] = await recorded();
-        take(0, all, lps);
-        settle.resolve(JSON.parse(result) as RequestOutcome);
+        if (result) {
+          const [all, lps] = await recorded();
+          take(0, all, lps);
+          settle.resolve(JSON.parse(result) as RequestOutcome);
+          return;
+        }
+        if (!queued || ended) return;
+        if ((await queue.getJobState(data.requestId)) !== 'unknown') return void (missing = 0);
+        if (++missing < 2 || ended) return;
+        missing = 0;
+        await queue.add('generate', data, jobOptions(data.requestId));
+        options.onRequeue?.(data.requestId);
       })
       .catch(() => undefined);
   }, 1000);
   poll.unref();
   try {
     await queue.add('generate', data, jobOptions(data.requestId));
+    queued = true;
   } catch (err) {
     clearTimeout(timer);
     clearInterval(poll);
@@ -130,6 +150,7 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
     throw new HttpError(503, `the request queue is unavailable: ${(err as Error).message}`, 'server_error', null, { 'retry-after': '2' });
   }
   const finished = done.finally(() => {
+    ended = true;
     clearTimeout(timer);
     clearInterval(poll);
     void sub.close();
