@@ -48,7 +48,7 @@ test('lost job - a request whose job vanished from the queue is queued again and
     await jobs[0]!.remove();
     t.is(await queue.getJobState(jobs[0]!.id!), 'unknown', 'the job is gone');
     let back = 'unknown';
-    for (let i = 0; i < 60 && back === 'unknown'; i++) back = await new Promise((r) => setTimeout(r, 100)).then(() => queue.getJobState(jobs[0]!.id!));
+    for (let i = 0; i < 150 && back === 'unknown'; i++) back = await new Promise((r) => setTimeout(r, 100)).then(() => queue.getJobState(jobs[0]!.id!));
     t.is(back, 'waiting', 'the gateway added it again');
     roles.push(await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], verifier: {} }));
     const done = (await pending) as OpenAI.Completions.Completion;

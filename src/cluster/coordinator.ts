@@ -229,7 +229,8 @@ export class Coordinator {
               span.addEvent('cascade.level_dropped', { 'cascade.level': level.name, 'cascade.reason': err.message });
               return true;
             },
-            cancelled: () => cancelled,
+            // a stopped writer ends the run before its next round (its error is thrown by settle below)
+            cancelled: () => cancelled || writer.stopped,
             outcomeBranches: job.outcomeBranches,
             levelBelow: job.levelBelow,
             inRound: (round, run) => inSpan('cascade.round', context.active(), { 'cascade.round': round }, run),

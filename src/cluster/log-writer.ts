@@ -48,6 +48,11 @@ export class LogWriter {
     this.kick();
   }
 
+  /** Whether a refused or failed append has stopped the writer (push and settle throw its error). */
+  get stopped(): boolean {
+    return this.failure !== undefined;
+  }
+
   /** Resolves once every queued token is recorded (and streamed); throws what stopped the writer. */
   async settle(): Promise<void> {
     while (this.flight) await this.flight;

@@ -39,6 +39,12 @@ export interface SubmitOptions extends Required<Pick<GatewayOptions, 'transport'
   readonly onRequeue?: (requestId: string) => void;
 }
 
+/**
+ * How long a request's stream must be quiet before the gateway looks up its job (submit): longer than
+ * a round's pass, so that a job a coordinator is running is not looked up for nothing.
+ */
+export const JOB_LOOKUP_QUIET_MS = 5000;
+
 /** The cluster as a Backend: jobs go on the BullMQ queue and their tokens come back over NATS (submit). */
 export function clusterBackend(options: SubmitOptions): Backend {
   return { submit: (data, onTokens) => submit(options, data, onTokens), maxPayload: options.transport.maxPayload, draftings: DRAFTINGS };
@@ -114,13 +120,19 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
   };
   // The stream is at-most-once (a NATS restart loses messages): every second, a request whose
   // stream went quiet is looked up in Redis, where the coordinator records tokens and the result.
-  // Its job is looked up too. Redis replicates asynchronously, so a master that dies within moments
-  // of a write can take it along: a job added (or retried) just before its queue's master failed is
-  // gone from the promoted replica, and no coordinator would ever run it again. A job found missing
-  // on two looks a second apart is added again with the same id; the coordinator that takes it
-  // resumes after what the request log holds (or finds its result), so nothing is generated twice.
+  // Its job is looked up too, once the stream has been quiet for JOB_LOOKUP_QUIET_MS. Redis
+  // replicates asynchronously, so a master that dies within moments of a write can take it along: a
+  // job added (or retried) just before its queue's master failed is gone from the promoted replica,
+  // and no coordinator would ever run it again. A job whose key is missing on two looks a second
+  // apart is added again with the same id, at the front of the queue; the coordinator that takes it
+  // resumes after what the request log holds (or finds its result), and tokens stream by offset, so
+  // none is shown twice. (A job removed from the queue by hand while its gateway follows it comes
+  // back the same way: cancel a request through the API instead.)
+  let looking = false;
   const poll = setInterval(() => {
-    if (Date.now() - lastHeard < 1000) return;
+    const quiet = Date.now() - lastHeard;
+    if (quiet < 1000 || looking) return;
+    looking = true;
     void log
       .result(data.requestId)
       .then(async (result) => {
@@ -130,14 +142,16 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
           settle.resolve(JSON.parse(result) as RequestOutcome);
           return;
         }
-        if (!queued || ended) return;
-        if ((await queue.getJobState(data.requestId)) !== 'unknown') return void (missing = 0);
+        if (!queued || ended || quiet < JOB_LOOKUP_QUIET_MS) return void (missing = 0);
+        // the job's own record (one hash read), not its state (getJobState scans the waiting list)
+        if ((await queue.getJob(data.requestId)) !== undefined) return void (missing = 0);
         if (++missing < 2 || ended) return;
         missing = 0;
-        await queue.add('generate', data, jobOptions(data.requestId));
+        await queue.add('generate', data, { ...jobOptions(data.requestId), lifo: true });
         options.onRequeue?.(data.requestId);
       })
-      .catch(() => undefined);
+      .catch(() => undefined)
+      .finally(() => (looking = false));
   }, 1000);
   poll.unref();
   try {
