@@ -143,8 +143,9 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
           return;
         }
         if (!queued || ended || quiet < JOB_LOOKUP_QUIET_MS) return void (missing = 0);
-        // the job's own record (one hash read), not its state (getJobState scans the waiting list)
-        if ((await queue.getJob(data.requestId)) !== undefined) return void (missing = 0);
+        // whether the job's record exists (one HEXISTS), not its state (getJobState scans the waiting list)
+        const backend = queue.getBackend();
+        if ((await (await backend.client).hexists(backend.toKey(data.requestId), 'data')) === 1) return void (missing = 0);
         if (++missing < 2 || ended) return;
         missing = 0;
         await queue.add('generate', data, { ...jobOptions(data.requestId), lifo: true });
