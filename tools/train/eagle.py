@@ -75,23 +75,31 @@ VAL_WINDOWS = 12
 TEST_WINDOWS = 48
 
 
-def extract(args: argparse.Namespace) -> None:
-    target = load_from_model_dir(Path(args.target)).eval()
-    streams = load_split(Path(args.data), "train")
-    rng = np.random.default_rng(args.seed)
+def drawn_windows(data: Path, seed: int, windows: int, per_shard: int):
+    """The extraction's random SEQ-token windows of the TRAIN split (domains drawn by DOMAIN_WEIGHTS),
+    per shard: yields (first window's index, its windows' token rows int64, their domains). Every
+    shard's windows are drawn, even one whose file exists, so a resumed extraction sees the same ones."""
+    streams = load_split(data, "train")
+    rng = np.random.default_rng(seed)
     names = list(DOMAIN_WEIGHTS)
     p = np.array([DOMAIN_WEIGHTS[d] for d in names])
-    picks = [names[i] for i in rng.choice(len(names), size=args.windows, p=p / p.sum())]
-    out = Path(args.cache)
-    out.mkdir(parents=True, exist_ok=True)
-    t0, done = time.time(), 0
-    for s0 in range(0, args.windows, args.per_shard):
+    picks = [names[i] for i in rng.choice(len(names), size=windows, p=p / p.sum())]
+    for s0 in range(0, windows, per_shard):
         rows, doms = [], []
-        for d in picks[s0:s0 + args.per_shard]:  # drawn even for a shard that exists: a resumed run sees the same windows
+        for d in picks[s0:s0 + per_shard]:
             s = streams[d]
             i = int(rng.integers(0, len(s) - SEQ))
             rows.append(s[i:i + SEQ].astype(np.int64))
             doms.append(d)
+        yield s0, rows, doms
+
+
+def extract(args: argparse.Namespace) -> None:
+    target = load_from_model_dir(Path(args.target)).eval()
+    out = Path(args.cache)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, done = time.time(), 0
+    for s0, rows, doms in drawn_windows(Path(args.data), args.seed, args.windows, args.per_shard):
         shard = out / f"{s0:05d}.npz"
         if shard.exists():
             continue

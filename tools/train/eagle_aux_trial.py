@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eagle import SEQ, DOMAIN_WEIGHTS, VAL_WINDOWS, TEST_WINDOWS, warm_start  # noqa: E402
+from eagle import SEQ, VAL_WINDOWS, TEST_WINDOWS, drawn_windows, warm_start  # noqa: E402
 from eagle_model import EagleDrafter, drafter_config, eagle_noise  # noqa: E402
 from model import rope_tables  # noqa: E402
 from onnx_weights import load_from_model_dir  # noqa: E402
@@ -78,20 +78,10 @@ class AuxDrafter(EagleDrafter):
 
 def extract(args):
     target = load_from_model_dir(Path(args.target)).eval()
-    streams = load_split(Path(args.data), "train")
-    rng = np.random.default_rng(args.seed)
-    names = list(DOMAIN_WEIGHTS)
-    p = np.array([DOMAIN_WEIGHTS[d] for d in names])
-    picks = [names[i] for i in rng.choice(len(names), size=args.windows, p=p / p.sum())]
     out = Path(args.cache)
     out.mkdir(parents=True, exist_ok=True)
     t0, done = time.time(), 0
-    for s0 in range(0, args.windows, 4):
-        rows = []
-        for d in picks[s0:s0 + 4]:
-            s = streams[d]
-            i = int(rng.integers(0, len(s) - SEQ))
-            rows.append(s[i:i + SEQ].astype(np.int64))
+    for s0, rows, _ in drawn_windows(Path(args.data), args.seed, args.windows, 4):
         shard = out / f"{s0:05d}.npz"
         if shard.exists():
             continue
