@@ -1,9 +1,12 @@
 import { join } from 'node:path';
 import test from 'ava';
 import OpenAI from 'openai';
-import { openQueue } from '../src/cluster/coordinator.ts';
+import { UnrecoverableError, Worker, type Job } from 'bullmq';
+import { openQueue, queueConnection, QUEUE_NAME, type JobData, type RequestOutcome } from '../src/cluster/coordinator.ts';
+import { RedisConnection } from '../src/cluster/redis-connection.ts';
+import { TokenLog } from '../src/cluster/redis-store.ts';
 import { startNats, type LocalServer } from '../src/cluster/local-servers.ts';
-import { startCoordinatorRole, startGatewayRole, type Role } from '../src/cluster/roles.ts';
+import { startCoordinatorRole, startGatewayRole } from '../src/cluster/roles.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { FamilySessions } from '../src/models/family-sessions.ts';
@@ -21,7 +24,6 @@ import { startTestRedis, type TestRedis } from './helpers/redis.ts';
  */
 let nats: LocalServer;
 let redis: TestRedis;
-const roles: Role[] = [];
 const sessions = new FamilySessions(family, {});
 
 test.before(async () => {
@@ -29,14 +31,13 @@ test.before(async () => {
 });
 
 test.after.always(async () => {
-  for (const r of roles.reverse()) await r.stop().catch(() => undefined);
   await Promise.all([nats?.stop(), redis?.stop()]);
   await sessions.close();
 });
 
-test('lost job - a request whose job vanished from the queue is queued again and completes with target-only decoding\'s text', async (t) => {
+test.serial('lost job - a request whose job vanished from the queue is queued again and completes with target-only decoding\'s text', async (t) => {
   const gateway = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, requestTimeoutMs: 60_000 });
-  roles.push(gateway);
+  t.teardown(() => gateway.stop());
   const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
   const queue = openQueue(redis.url);
   try {
@@ -50,7 +51,8 @@ test('lost job - a request whose job vanished from the queue is queued again and
     let back = 'unknown';
     for (let i = 0; i < 150 && back === 'unknown'; i++) back = await new Promise((r) => setTimeout(r, 100)).then(() => queue.getJobState(jobs[0]!.id!));
     t.is(back, 'waiting', 'the gateway added it again');
-    roles.push(await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], verifier: {} }));
+    const coordinator = await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], verifier: {} });
+    t.teardown(() => coordinator.stop());
     const done = (await pending) as OpenAI.Completions.Completion;
     const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
     const oracle = await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens: 16, sampling: GREEDY, seed: 0 });
@@ -60,4 +62,78 @@ test('lost job - a request whose job vanished from the queue is queued again and
   } finally {
     await queue.close();
   }
+});
+
+/**
+ * A job that finished while its ending was lost: the 'done' (or 'failed') message on NATS, and the
+ * result in the log (a failover of the log's master). A BullMQ worker of the test's own stands in
+ * for the coordinator and does exactly what survives such a double loss: it records target-only
+ * decoding's tokens (or some of them) in the real request log and completes the job with its
+ * outcome, publishing nothing and writing no result; or it fails the job for good.
+ */
+async function finishedJob(t: import('ava').ExecutionContext, work: (data: JobData, log: TokenLog, oracle: number[]) => Promise<RequestOutcome>): Promise<{ gateway: Awaited<ReturnType<typeof startGatewayRole>>; oracle: number[]; pending: Promise<unknown>; worker: Worker }> {
+  const gateway = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, requestTimeoutMs: 60_000 });
+  t.teardown(() => gateway.stop());
+  const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
+  const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
+  const oracle = (await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(PROMPT), maxTokens: 16, sampling: GREEDY, seed: 0 })).tokenIds;
+  const connection = new RedisConnection(redis.url);
+  const log = new TokenLog(connection);
+  const { connection: queueClient, prefix, close } = queueConnection(redis.url);
+  let took = 0;
+  const worker = new Worker(QUEUE_NAME, async (job: Job) => (took++ ? undefined : work(job.data as JobData, log, oracle)), { connection: queueClient, prefix });
+  t.teardown(async () => {
+    await worker.close();
+    await close();
+    await connection.close();
+  });
+  const pending = client.completions.create({ model: family.target, prompt: PROMPT, max_tokens: 16, temperature: 0, cascade: { mode: 'ar' } } as never);
+  pending.catch(() => undefined);
+  return { gateway, oracle, pending, worker };
+}
+
+const PROMPT = 'def parse_args(argv):\n';
+const outcome = (generatedTokens: number): RequestOutcome => ({ finishReason: 'length', generatedTokens, resumedFrom: 0, failovers: [], queueSeconds: 0, stats: undefined });
+const decodeText = (ids: readonly number[]) => TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json')).decode(ids);
+
+test.serial('lost ending - a request whose job completed while its done message and result were lost ends with the job\'s outcome and the logged text', async (t) => {
+  const t0 = Date.now();
+  const { oracle, pending } = await finishedJob(t, async (data, log, tokens) => {
+    await log.append(data.requestId, await log.claim(data.requestId), 0, tokens);
+    return outcome(tokens.length);
+  });
+  const done = (await pending) as OpenAI.Completions.Completion;
+  t.is(done.choices[0]!.text, decodeText(oracle));
+  t.is(done.usage?.completion_tokens, 16);
+  t.true(Date.now() - t0 < 30_000, 'well before the request timeout');
+});
+
+test.serial('lost ending - a completed job whose log lost tokens with its result is run again and ends with target-only decoding\'s text', async (t) => {
+  const { gateway, oracle, pending, worker } = await finishedJob(t, async (data, log, tokens) => {
+    await log.append(data.requestId, await log.claim(data.requestId), 0, tokens.slice(0, 6));
+    return outcome(tokens.length);
+  });
+  const queue = openQueue(redis.url);
+  t.teardown(() => queue.close());
+  let state = '';
+  for (let i = 0; i < 200 && state !== 'completed'; i++) state = await new Promise((r) => setTimeout(r, 50)).then(() => queue.getJobs(['completed']).then((jobs) => (jobs.length ? 'completed' : '')));
+  t.is(state, 'completed', 'the stand-in completed the job');
+  await worker.close();
+  const coordinator = await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], verifier: {} });
+  t.teardown(() => coordinator.stop());
+  const done = (await pending) as OpenAI.Completions.Completion;
+  t.is(done.choices[0]!.text, decodeText(oracle));
+  const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
+  t.regex(metrics, /^cascade_jobs_requeued_total 1$/m);
+});
+
+test.serial('lost ending - a request whose job failed for good while its failed message was lost fails with the job\'s reason', async (t) => {
+  const t0 = Date.now();
+  const { pending } = await finishedJob(t, async () => {
+    throw new UnrecoverableError('the stand-in refused the request');
+  });
+  const err = await t.throwsAsync(pending);
+  t.is((err as { status?: number }).status, 500);
+  t.regex(err!.message, /generation failed: the stand-in refused the request/);
+  t.true(Date.now() - t0 < 30_000, 'well before the request timeout');
 });

@@ -128,6 +128,11 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
   // resumes after what the request log holds (or finds its result), and tokens stream by offset, so
   // none is shown twice. (A job removed from the queue by hand while its gateway follows it comes
   // back the same way: cancel a request through the API instead.)
+  // A job BullMQ holds as finished while the log has no result lost its ending the other way: the
+  // 'done' or 'failed' message went the way of a NATS restart and the result's write the way of a
+  // failover of the log's master. A completed job's return value is the outcome; when the log lost
+  // tokens with the result, the job is run again (removed, then added), resuming after what the log
+  // holds. A job that failed for good fails the request with its reason.
   let looking = false;
   const poll = setInterval(() => {
     const quiet = Date.now() - lastHeard;
@@ -143,10 +148,26 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
           return;
         }
         if (!queued || ended || quiet < JOB_LOOKUP_QUIET_MS) return void (missing = 0);
-        // whether the job's record exists (one HEXISTS), not its state (getJobState scans the waiting list)
+        // the job's record (one HMGET), not its state (getJobState scans the waiting list)
         const backend = queue.getBackend();
-        if ((await (await backend.client).hexists(backend.toKey(data.requestId), 'data')) === 1) return void (missing = 0);
-        if (++missing < 2 || ended) return;
+        const [record, finishedOn, returnValue, failedReason] = await (await backend.client).hmget(backend.toKey(data.requestId), 'data', 'finishedOn', 'returnvalue', 'failedReason');
+        if (record !== null && finishedOn === null) return void (missing = 0);
+        if (record !== null && returnValue === null) {
+          settle.reject(new HttpError(500, `generation failed: ${failedReason ?? 'the job failed without a reason'}`, 'server_error'));
+          return;
+        }
+        if (record !== null) {
+          const outcome = JSON.parse(returnValue!) as RequestOutcome | null;
+          if (typeof outcome?.generatedTokens !== 'number') return void settle.reject(new HttpError(500, `the job completed with no outcome: ${returnValue}`, 'server_error'));
+          const [all, lps] = await recorded();
+          if (all.length >= outcome.generatedTokens) {
+            take(0, all, lps);
+            settle.resolve(outcome);
+            return;
+          }
+          if (ended) return;
+          await queue.remove(data.requestId);
+        } else if (++missing < 2 || ended) return;
         missing = 0;
         await queue.add('generate', data, { ...jobOptions(data.requestId), lifo: true });
         options.onRequeue?.(data.requestId);
