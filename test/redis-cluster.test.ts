@@ -2,7 +2,7 @@ import { join } from 'node:path';
 import test from 'ava';
 import OpenAI from 'openai';
 import { QUEUE_NAME } from '../src/cluster/coordinator.ts';
-import { freePort, startNats, type LocalServer } from '../src/cluster/local-servers.ts';
+import { freePort, startNats, type LocalRedisCluster, type LocalServer } from '../src/cluster/local-servers.ts';
 import { parseRedis, queuePrefix, RedisConnection, RedisUnreachableError, withRedisCredentials } from '../src/cluster/redis-connection.ts';
 import { startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
@@ -18,8 +18,9 @@ import { startTestRedis, type TestRedis } from './helpers/redis.ts';
  * The cluster on a real Redis Cluster: three masters with a replica each (redis-server
  * --cluster-enabled yes, joined by redis-cli --cluster create) on loopback ports, nats-server, the
  * verifier, drafter and coordinator actors as OS processes given `--redis redis+cluster://…`, the
- * gateway in this process. A master is killed mid-request (SIGKILL); its replica takes over and
- * every request completes with target-only decoding's greedy text, no token lost or repeated.
+ * gateway in this process. A master is killed mid-request (SIGKILL), or frozen (SIGSTOP, as behind
+ * a partition: its connections stay open and silent); its replica takes over and every request
+ * completes with target-only decoding's greedy text, no token lost or repeated.
  */
 let nats: LocalServer;
 let redis: TestRedis;
@@ -118,14 +119,20 @@ test.serial('redis cluster - the cluster completes greedy requests with target-o
   t.like(await health.json(), { status: 'ok', redis: 'ok', workers: 2 }, 'BullMQ finds both coordinators on the cluster');
 });
 
+/** A key of a running request's log (claimed, no result yet) on the master that holds the most of them, and how many it holds. */
+async function runningLogs(): Promise<[string, number]> {
+  const inFlight = [...(await redis.keysByNode('cascade:{req-*'))].map(([port, keys]): [number, string[]] => [port, keys.filter((k) => k.endsWith(':fence') && !keys.includes(k.replace(/:fence$/, ':result')))]);
+  const [port, fences] = inFlight.sort((a, b) => b[1].length - a[1].length)[0]!;
+  if (!fences.length) throw new Error(`no master holds the log of a running request (the most: ${port})`);
+  return [fences[0]!, fences.length];
+}
+const runningLog = async () => (await runningLogs())[0];
+
 test.serial('redis cluster - a master holding request logs is killed mid-request: its replica takes over and every request completes with target-only text, nothing lost', async (t) => {
   let failover: { killed: number; promoted: number; inFlight: number } | undefined;
   const { texts, tokens } = await streams(48, async () => {
-    // the master that holds the most logs of requests still running (claimed, no result yet)
-    const inFlight = [...(await redis.keysByNode('cascade:{req-*'))].map(([port, keys]): [number, string[]] => [port, keys.filter((k) => k.endsWith(':fence') && !keys.includes(k.replace(/:fence$/, ':result')))]);
-    const [port, fences] = inFlight.sort((a, b) => b[1].length - a[1].length)[0]!;
-    t.true(fences.length > 0, `master ${port} holds the logs of running requests`);
-    failover = { ...(await redis.cluster!.failover(fences[0]!)), inFlight: fences.length };
+    const [key, inFlight] = await runningLogs();
+    failover = { ...(await redis.cluster!.failover(key)), inFlight };
   });
   t.log(`killed master 127.0.0.1:${failover?.killed} (logs of running requests there: ${failover?.inFlight}); 127.0.0.1:${failover?.promoted} took over`);
   t.truthy(failover);
@@ -145,4 +152,19 @@ test.serial('redis cluster - the master holding the BullMQ queue is killed mid-r
   t.deepEqual(tokens, PROMPTS.map(() => 48));
   const after = await client.completions.create({ model: family.target, prompt: PROMPTS[0]!, max_tokens: 8, temperature: 0 });
   t.is(after.choices[0]!.text, await targetOnly(PROMPTS[0]!, 8), 'the cluster serves on after both failovers');
+});
+
+test.serial('redis cluster - masters freeze mid-request (a partition: connections open, no answer), the one holding request logs and then the queue\'s: every request completes with target-only text', async (t) => {
+  for (const which of ['logs', 'queue'] as const) {
+    let freeze: Awaited<ReturnType<LocalRedisCluster['freeze']>> | undefined;
+    const t0 = Date.now();
+    const { texts, tokens } = await streams(32, async () => {
+      const key = which === 'queue' ? `${queuePrefix(parseRedis(redis.url))}:${QUEUE_NAME}:id` : await runningLog();
+      freeze = await redis.cluster!.freeze(key);
+    });
+    t.log(`froze the ${which}' master 127.0.0.1:${freeze?.frozen}; 127.0.0.1:${freeze?.promoted} took over; the requests took ${Date.now() - t0} ms`);
+    for (const [i, p] of PROMPTS.entries()) t.is(texts[i], await targetOnly(p, 32), `${which}: ${p}`);
+    t.deepEqual(tokens, PROMPTS.map(() => 32));
+    await freeze?.thaw();
+  }
 });

@@ -13,7 +13,7 @@ import { MAX_TOP_LOGPROBS } from '../kernels/sampling.ts';
 import { quantile } from '../kernels/stats.ts';
 import { drafterKind } from '../models/family.ts';
 import { encode } from './messages.ts';
-import { openRedis, parseRedis, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
+import { openRedis, parseRedis, QUEUE_SOCKET_TIMEOUT_MS, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
 import { LogWriter } from './log-writer.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
@@ -286,10 +286,10 @@ function roundTripSummary(ms: readonly number[]): Pick<RequestOutcome, 'roundTri
  * `close` ends after the queue or worker, and the braced prefix `{bull}` (queuePrefix), since every
  * key of a BullMQ queue must share one slot. Blocking commands never give up, as BullMQ requires.
  */
-export function queueConnection(redis: string | readonly string[] | RedisDeployment): { connection: RedisClient | { url: string; maxRetriesPerRequest: null }; prefix: string; close(): Promise<void> } {
+export function queueConnection(redis: string | readonly string[] | RedisDeployment): { connection: RedisClient | { url: string; maxRetriesPerRequest: null; socketTimeout: number }; prefix: string; close(): Promise<void> } {
   const deployment = typeof redis === 'object' && 'kind' in redis ? redis : parseRedis(redis as string | readonly string[]);
   const prefix = queuePrefix(deployment);
-  if (deployment.kind === 'server') return { connection: { url: deployment.url, maxRetriesPerRequest: null }, prefix, close: async () => undefined };
+  if (deployment.kind === 'server') return { connection: { url: deployment.url, maxRetriesPerRequest: null, socketTimeout: QUEUE_SOCKET_TIMEOUT_MS }, prefix, close: async () => undefined };
   const client = openRedis(deployment, { queue: true });
   client.on('error', () => undefined);
   return { connection: client, prefix, close: async () => void (await client.quit().catch(() => client.disconnect())) };

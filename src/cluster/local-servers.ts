@@ -133,6 +133,12 @@ export interface LocalRedisCluster {
    * master. Resolves to the ports of the killed master and of the replica that took over.
    */
   failover(key: string): Promise<{ killed: number; promoted: number }>;
+  /**
+   * Freezes the master serving `key`'s slot (SIGSTOP): its connections stay open and silent, as
+   * behind a network partition. Waits until a replica has taken its slots over; `thaw` resumes the
+   * node (SIGCONT), which rejoins as a replica, and waits until the cluster is ok and in sync.
+   */
+  freeze(key: string): Promise<{ frozen: number; promoted: number; thaw(): Promise<void> }>;
   stop(): Promise<void>;
 }
 
@@ -198,8 +204,9 @@ export async function startRedisCluster(options: { masters?: number; replicas?: 
     await stopAll();
     throw err;
   }
+  const frozen = new Set<number>();
   const livePort = async () => {
-    for (const n of nodes) if (n.process.exitCode === null && n.process.signalCode === null) return n.port;
+    for (const n of nodes) if (n.process.exitCode === null && n.process.signalCode === null && !frozen.has(n.port)) return n.port;
     throw new CascadeError('no node of the Redis Cluster is running');
   };
   const masterOf = async (key: string): Promise<number> => {
@@ -209,11 +216,41 @@ export async function startRedisCluster(options: { masters?: number; replicas?: 
     if (!owner) throw new CascadeError(`no master serves slot ${slot} (key ${key})`);
     return owner.port;
   };
+  /** Waits until a master other than `gone` serves `key`'s slot. */
+  const promotedFrom = async (key: string, gone: number): Promise<number> => {
+    const until = Date.now() + 30_000;
+    let promoted: number | undefined;
+    while (promoted === undefined || promoted === gone) {
+      if (Date.now() > until) throw new CascadeError(`no replica took over from the master 127.0.0.1:${gone} within 30 s`);
+      await new Promise((r) => setTimeout(r, 100));
+      promoted = await masterOf(key).catch(() => undefined);
+    }
+    return promoted;
+  };
   return {
     url: `redis+cluster://${ports.map((p) => `127.0.0.1:${p}`).join(',')}`,
     nodes,
     masterOf,
-    stop: async () => void (await stopAll()),
+    stop: async () => {
+      for (const n of nodes) if (frozen.has(n.port)) n.process.kill('SIGCONT');
+      await stopAll();
+    },
+    freeze: async (key) => {
+      const port = await masterOf(key);
+      const node = nodes.find((n) => n.port === port)!;
+      frozen.add(port);
+      node.process.kill('SIGSTOP');
+      const promoted = await promotedFrom(key, port);
+      return {
+        frozen: port,
+        promoted,
+        thaw: async () => {
+          node.process.kill('SIGCONT');
+          frozen.delete(port);
+          await waitForCluster(nodes.map((n) => n.port), masters, true);
+        },
+      };
+    },
     failover: async (key) => {
       const killed = await masterOf(key);
       const i = nodes.findIndex((n) => n.port === killed);
@@ -223,13 +260,7 @@ export async function startRedisCluster(options: { masters?: number; replicas?: 
         victim.process.once('exit', () => resolve());
         victim.process.kill('SIGKILL');
       });
-      const until = Date.now() + 30_000;
-      let promoted: number | undefined;
-      while (promoted === undefined || promoted === killed) {
-        if (Date.now() > until) throw new CascadeError(`no replica took over from the killed master 127.0.0.1:${killed} within 30 s`);
-        await new Promise((r) => setTimeout(r, 100));
-        promoted = await masterOf(key).catch(() => undefined);
-      }
+      const promoted = await promotedFrom(key, killed);
       await waitForCluster(nodes.filter((n) => n.port !== killed).map((n) => n.port), masters, false);
       nodes[i] = await start(killed, (victim as { restartArgs?: string[] }).restartArgs!);
       return { killed, promoted };

@@ -112,13 +112,31 @@ export function describeRedis(d: RedisDeployment): string {
 export type RedisClient = Redis | Cluster;
 
 /**
+ * How long a connection may owe a reply without receiving a byte before it is taken for dead and
+ * closed (ioredis `socketTimeout`), ms. A master that freezes or is cut off by a partition keeps its
+ * TCP connections open and answers nothing: without this, every command sent to it waits for ever,
+ * though its replica has long taken its slots over. Closed, it fails as a killed master does: a
+ * cluster client finds the slots' new master and sends the command there. Far above any command's
+ * time here (short scripts, and WAIT bounded by replicaAckMs).
+ */
+export const SOCKET_TIMEOUT_MS = 5000;
+
+/** SOCKET_TIMEOUT_MS for BullMQ's connections, whose blocking commands wait up to 10 s for a job by design. */
+export const QUEUE_SOCKET_TIMEOUT_MS = 20_000;
+
+/**
  * A client for the deployment. `queue`: for BullMQ (blocking commands never give up, as BullMQ
  * requires). Cluster clients follow MOVED/ASK redirections and, when a master fails, retry a
  * command until a replica has taken its slots over (cluster-node-timeout plus an election), so a
  * failover shows up as latency, not as errors, unless it takes longer than about 10 s.
  */
 export function openRedis(d: RedisDeployment, options: { queue?: boolean; name?: string } = {}): RedisClient {
-  const common: RedisOptions = { maxRetriesPerRequest: options.queue ? null : 20, enableReadyCheck: true, ...(options.name ? { connectionName: options.name } : {}) };
+  const common: RedisOptions = {
+    maxRetriesPerRequest: options.queue ? null : 20,
+    enableReadyCheck: true,
+    socketTimeout: options.queue ? QUEUE_SOCKET_TIMEOUT_MS : SOCKET_TIMEOUT_MS,
+    ...(options.name ? { connectionName: options.name } : {}),
+  };
   if (d.kind === 'server') {
     try {
       return new Redis(d.url, { ...common, ...(options.queue ? {} : { maxRetriesPerRequest: 3 }) });
