@@ -87,18 +87,59 @@ function privateFile(dir: string | undefined, name: string, text: string): strin
   return path;
 }
 
+/** A NATS server's place in a cluster: its route port and the route ports of the members it joins. */
+export interface NatsClusterMember {
+  readonly port: number;
+  readonly routes: readonly number[];
+}
+
+/**
+ * `size` nats-servers joined in one NATS cluster on loopback ports (each routes to the first). A
+ * client given any one server's URL learns the others from it (server discovery) and reconnects to
+ * them when its own is lost. Resolves once every route is up.
+ */
+export async function startNatsCluster(size = 2): Promise<LocalServer[]> {
+  const routes = await Promise.all(Array.from({ length: size }, () => freePort()));
+  const servers: LocalServer[] = [];
+  for (const [i, port] of routes.entries()) servers.push(await startNats({ cluster: { port, routes: i ? [routes[0]!] : [] } }));
+  const until = Date.now() + 10_000;
+  for (;;) {
+    const joined = await Promise.all(servers.map((s) => natsRoutes(s.port).catch(() => -1)));
+    if (joined.every((n) => n === size - 1)) return servers;
+    if (Date.now() > until) {
+      await Promise.all(servers.map((s) => s.stop()));
+      throw new CascadeError(`the NATS cluster's routes did not come up within 10 s (routes per server: ${joined.join(', ')})`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/** How many routes the server on `port` has up, from its CONNECT/INFO handshake: a client's INFO lists the cluster's client URLs. */
+async function natsRoutes(port: number): Promise<number> {
+  const info = await new Promise<string>((resolve, reject) => {
+    const socket = tcpConnect({ host: '127.0.0.1', port });
+    socket.setTimeout(2000, () => socket.destroy(new Error('timeout')));
+    socket.once('data', (d) => (socket.destroy(), resolve(d.toString())));
+    socket.once('error', reject);
+  });
+  const urls = (JSON.parse(info.slice(info.indexOf('{'), info.lastIndexOf('}') + 1)) as { connect_urls?: string[] }).connect_urls ?? [];
+  return Math.max(0, urls.length - 1);
+}
+
 /**
  * Starts `nats-server` on a free loopback port (JetStream off: the cluster uses core NATS). With
  * `users`, it requires credentials: one user per role with its subject permissions (security.ts),
  * from a 0600 config file in `configDir`. `maxPayload`: the server's max_payload in bytes (default 1 MiB).
  * The URL returned carries no credentials.
  */
-export async function startNats(options: { users?: Record<Role, string>; configDir?: string; port?: number; detached?: boolean; maxPayload?: number } = {}): Promise<LocalServer> {
+export async function startNats(options: { users?: Record<Role, string>; configDir?: string; port?: number; detached?: boolean; maxPayload?: number; cluster?: NatsClusterMember } = {}): Promise<LocalServer> {
   const port = options.port ?? (await freePort());
   const listen = `127.0.0.1:${port}`;
   const limit = options.maxPayload !== undefined ? `max_payload: ${options.maxPayload}\n` : '';
-  const args =
-    options.users || limit ? ['-c', privateFile(options.configDir, 'nats.conf', (options.users ? natsConfig(listen, options.users) : `listen: "${listen}"\n`) + limit)] : ['-a', '127.0.0.1', '-p', String(port)];
+  const args = [
+    ...(options.users || limit ? ['-c', privateFile(options.configDir, 'nats.conf', (options.users ? natsConfig(listen, options.users) : `listen: "${listen}"\n`) + limit)] : ['-a', '127.0.0.1', '-p', String(port)]),
+    ...(options.cluster ? ['--cluster_name', 'cascade-local', '--cluster', `nats://127.0.0.1:${options.cluster.port}`, ...(options.cluster.routes.length ? ['--routes', options.cluster.routes.map((p) => `nats://127.0.0.1:${p}`).join(',')] : [])] : []),
+  ];
   const child = launch('nats-server', args, 'NATS', options.detached);
   await waitForPort(port, 10_000, child);
   return { url: `nats://127.0.0.1:${port}`, port, process: child, stop: stopper(child) };

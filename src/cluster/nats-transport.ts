@@ -26,6 +26,18 @@ function fromHeaders(h: Headers | undefined): MsgHdrs | undefined {
 }
 
 /**
+ * How a connection notices a server that went silent: a server frozen, or cut off by a partition,
+ * keeps its TCP connections open and answers nothing, and the client's defaults (a ping every 2 min,
+ * 2 unanswered) would keep every role on it for about 4 minutes, every actor call timing out. A ping
+ * every 2 s with 2 unanswered takes the connection for stale in 4-6 s; the client then reconnects to
+ * another server of the NATS cluster (which it learned from the first: server discovery), and a
+ * server that accepts the connection but sends nothing is given up after the connect timeout.
+ */
+export const NATS_PING_INTERVAL_MS = 2000;
+export const NATS_MAX_PINGS_OUT = 2;
+export const NATS_CONNECT_TIMEOUT_MS = 3000;
+
+/**
  * The NATS transport, on the `@nats-io/transport-node` v3 client: the maintained line of the NATS
  * JavaScript client (the `nats` v2 package is in maintenance), modular, and it works on Node 20.
  * Reconnects forever: NATS restarts are survived, and requests made while disconnected fail fast
@@ -61,6 +73,9 @@ export class NatsTransport implements Transport {
         name: options.name,
         maxReconnectAttempts: -1,
         reconnectTimeWait: 250,
+        pingInterval: NATS_PING_INTERVAL_MS,
+        maxPingOut: NATS_MAX_PINGS_OUT,
+        timeout: NATS_CONNECT_TIMEOUT_MS,
       });
       return new NatsTransport(nc);
     } catch (cause) {

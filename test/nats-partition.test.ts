@@ -1,0 +1,64 @@
+import { join } from 'node:path';
+import test from 'ava';
+import OpenAI from 'openai';
+import { startNatsCluster, type LocalServer } from '../src/cluster/local-servers.ts';
+import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../src/cluster/roles.ts';
+import { generateAutoregressive } from '../src/engine/generate.ts';
+import { GREEDY } from '../src/kernels/sampling.ts';
+import { FamilySessions } from '../src/models/family-sessions.ts';
+import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { family, MODELS_DIR } from './helpers/family.ts';
+import { startTestRedis, type TestRedis } from './helpers/redis.ts';
+
+/**
+ * A NATS server cut off mid-request. Two nats-servers joined in a NATS cluster on loopback ports, a
+ * real redis-server, and the roles (a verify actor, a coordinator, the gateway) given the first
+ * server's URL only: they learn the second from it. The first is then frozen (SIGSTOP), as a node
+ * behind a partition is: its connections stay open and answer nothing. Every role must notice
+ * (the client's pings go unanswered), move to the second server and finish the request, with
+ * target-only decoding's text, long before the gateway's timeout.
+ */
+let servers: LocalServer[];
+let redis: TestRedis;
+const roles: Role[] = [];
+const sessions = new FamilySessions(family, {});
+
+test.before(async () => {
+  [servers, redis] = await Promise.all([startNatsCluster(2), startTestRedis()]);
+});
+
+test.after.always(async () => {
+  for (const s of servers ?? []) s.process.kill('SIGCONT');
+  for (const r of roles.reverse()) await r.stop().catch(() => undefined);
+  await Promise.all([...(servers ?? []).map((s) => s.stop()), redis?.stop()]);
+  await sessions.close();
+});
+
+test('nats partition - the NATS server every role is connected to freezes mid-request: they move to the other server and the request ends with target-only decoding\'s text', async (t) => {
+  const nats = servers[0]!.url;
+  roles.push(await startActorRole({ kind: 'verify', models: MODELS_DIR, nats, instance: 'v0' }));
+  roles.push(await startCoordinatorRole({ models: MODELS_DIR, nats, redis: [redis.url] }));
+  const gateway = await startGatewayRole({ models: MODELS_DIR, nats, redis: [redis.url], port: 0, requestTimeoutMs: 90_000 });
+  roles.push(gateway);
+  const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
+  const prompt = 'def parse_args(argv):\n';
+  const warm = await client.completions.create({ model: family.target, prompt, max_tokens: 4, temperature: 0, cascade: { mode: 'ar' } } as never);
+  t.truthy(warm.choices[0]!.text, 'the cluster serves before the partition');
+  const t0 = Date.now();
+  const stream = await client.completions.create({ model: family.target, prompt, max_tokens: 48, temperature: 0, stream: true, cascade: { mode: 'ar' } } as never);
+  let text = '';
+  let frozeAt: number | undefined;
+  for await (const c of stream as unknown as AsyncIterable<OpenAI.Completions.Completion>) {
+    text += c.choices[0]?.text ?? '';
+    if (text && frozeAt === undefined) {
+      frozeAt = Date.now() - t0;
+      servers[0]!.process.kill('SIGSTOP');
+    }
+  }
+  t.log(`froze ${servers[0]!.url} at ${frozeAt} ms; the request ended at ${Date.now() - t0} ms`);
+  const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
+  const oracle = await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens: 48, sampling: GREEDY, seed: 0 });
+  t.is(text, tokenizer.decode(oracle.tokenIds));
+  const after = await client.completions.create({ model: family.target, prompt, max_tokens: 8, temperature: 0, cascade: { mode: 'ar' } } as never);
+  t.is(after.choices[0]!.text, tokenizer.decode(oracle.tokenIds.slice(0, 8)), 'the cluster serves on over the other server');
+});
