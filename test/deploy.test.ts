@@ -11,7 +11,7 @@ import { Deployment, StatefulSet } from 'kubernetes-models/apps/v1';
 import { PodDisruptionBudget } from 'kubernetes-models/policy/v1';
 import { freePort } from '../src/cluster/local-servers.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
-import { natsAuthorizationForHelm, natsConfig, natsPasswordVar, ROLES } from '../src/cluster/security.ts';
+import { NATS_SERVER_PINGS, natsAuthorizationForHelm, natsConfig, natsPasswordVar, ROLES } from '../src/cluster/security.ts';
 import { helmBinary } from './helpers/helm.ts';
 import { CLI } from './helpers/cli.ts';
 
@@ -217,6 +217,7 @@ test('deploy - a Redis Cluster beside the release: its seed nodes become one red
 
 test('deploy - the NATS users of the chart and of deploy/nats.conf are the roles and permissions of src/cluster/security.ts', (t) => {
   t.deepEqual(values.nats.config.merge.authorization, natsAuthorizationForHelm());
+  t.like(values.nats.config.merge, NATS_SERVER_PINGS, 'the chart\'s NATS pings its peers as src/cluster/security.ts says');
   for (const role of ROLES) t.deepEqual(values.nats.container.env[natsPasswordVar(role)], { valueFrom: { secretKeyRef: { name: 'cascade-auth', key: `nats-${role}-password` } } });
   const conf = readFileSync(join(ROOT, 'deploy', 'nats.conf'), 'utf8');
   t.is(conf.replace(/^#.*\n/gm, ''), natsConfig('0.0.0.0:4222', 'env'));

@@ -109,15 +109,16 @@ test.serial('lost ending - a request whose job completed while its done message 
 });
 
 test.serial('lost ending - a completed job whose log lost tokens with its result is run again and ends with target-only decoding\'s text', async (t) => {
+  let completed!: (id: string) => void;
+  const jobDone = new Promise<string>((resolve) => (completed = resolve));
   const { gateway, oracle, pending, worker } = await finishedJob(t, async (data, log, tokens) => {
     await log.append(data.requestId, await log.claim(data.requestId), 0, tokens.slice(0, 6));
     return outcome(tokens.length);
   });
+  worker.on('completed', (job) => completed(job.id!));
   const queue = openQueue(redis.url);
   t.teardown(() => queue.close());
-  let state = '';
-  for (let i = 0; i < 200 && state !== 'completed'; i++) state = await new Promise((r) => setTimeout(r, 50)).then(() => queue.getJobs(['completed']).then((jobs) => (jobs.length ? 'completed' : '')));
-  t.is(state, 'completed', 'the stand-in completed the job');
+  t.is(await queue.getJobState(await jobDone), 'completed', 'the stand-in completed this request\'s job');
   await worker.close();
   const coordinator = await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], verifier: {} });
   t.teardown(() => coordinator.stop());

@@ -1,12 +1,14 @@
 import { join } from 'node:path';
 import test from 'ava';
 import OpenAI from 'openai';
-import { startNatsCluster, type LocalServer } from '../src/cluster/local-servers.ts';
+import { startNats, startNatsCluster, type LocalServer } from '../src/cluster/local-servers.ts';
+import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { FamilySessions } from '../src/models/family-sessions.ts';
 import { TextTokenizer } from '../src/models/tokenizer.ts';
+import { spawnRole, stopCluster } from './helpers/cluster.ts';
 import { family, MODELS_DIR } from './helpers/family.ts';
 import { startTestRedis, type TestRedis } from './helpers/redis.ts';
 
@@ -16,7 +18,9 @@ import { startTestRedis, type TestRedis } from './helpers/redis.ts';
  * server's URL only: they learn the second from it. The first is then frozen (SIGSTOP), as a node
  * behind a partition is: its connections stay open and answer nothing. Every role must notice
  * (the client's pings go unanswered), move to the second server and finish the request, with
- * target-only decoding's text, long before the gateway's timeout.
+ * target-only decoding's text, long before the gateway's timeout. And a verify actor cut off for
+ * good, one of two: the server must drop its queue subscription within seconds (NATS_SERVER_PINGS),
+ * or it keeps its share of the requests, each waiting for the call timeout.
  */
 let servers: LocalServer[];
 let redis: TestRedis;
@@ -34,13 +38,16 @@ test.after.always(async () => {
   await sessions.close();
 });
 
-test('nats partition - the NATS server every role is connected to freezes mid-request: they move to the other server and the request ends with target-only decoding\'s text', async (t) => {
+test.serial('nats partition - the NATS server every role is connected to freezes mid-request: they move to the other server and the request ends with target-only decoding\'s text', async (t) => {
   const nats = servers[0]!.url;
   roles.push(await startActorRole({ kind: 'verify', models: MODELS_DIR, nats, instance: 'v0' }));
   roles.push(await startCoordinatorRole({ models: MODELS_DIR, nats, redis: [redis.url] }));
   const gateway = await startGatewayRole({ models: MODELS_DIR, nats, redis: [redis.url], port: 0, requestTimeoutMs: 90_000 });
   roles.push(gateway);
   const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
+  const lines: string[] = [];
+  const watcher = await NatsTransport.connect({ servers: nats, name: 'watcher', log: (line) => lines.push(line) });
+  t.teardown(() => watcher.close());
   const prompt = 'def parse_args(argv):\n';
   const warm = await client.completions.create({ model: family.target, prompt, max_tokens: 4, temperature: 0, cascade: { mode: 'ar' } } as never);
   t.truthy(warm.choices[0]!.text, 'the cluster serves before the partition');
@@ -61,4 +68,38 @@ test('nats partition - the NATS server every role is connected to freezes mid-re
   t.is(text, tokenizer.decode(oracle.tokenIds));
   const after = await client.completions.create({ model: family.target, prompt, max_tokens: 8, temperature: 0, cascade: { mode: 'ar' } } as never);
   t.is(after.choices[0]!.text, tokenizer.decode(oracle.tokenIds.slice(0, 8)), 'the cluster serves on over the other server');
+  t.log(lines);
+  t.true(lines.some((l) => /NATS \(watcher\): the server did not answer 2 pings 2000 ms apart; taking the connection for stale/.test(l)), 'the stale connection is logged');
+  t.true(lines.some((l) => l === `NATS (watcher): connected to ${servers[1]!.url.replace('nats://', '')}`), 'and the server it moved to');
+});
+
+test.serial('nats partition - a verify actor cut off for good: the NATS server drops it within seconds, and every later request goes to the other instance without a timeout', async (t) => {
+  const nats = await startNats();
+  const common = ['--models', MODELS_DIR, '--nats', nats.url, '--idle-ms', '20000'];
+  const actors = await Promise.all(['v0', 'v1'].map((id) => spawnRole(['actor', 'verify', ...common, '--instance', id])));
+  const coordinator = await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url] });
+  const gateway = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, requestTimeoutMs: 90_000 });
+  t.teardown(async () => {
+    for (const a of actors) a.child.kill('SIGCONT');
+    await stopCluster({ gateways: [gateway], roles: [coordinator, ...actors], servers: [nats] });
+  });
+  const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
+  const prompt = 'class Stack:\n    def __init__(self):\n';
+  const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
+  const want = tokenizer.decode((await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens: 8, sampling: GREEDY, seed: 0 })).tokenIds);
+  const ask = async () => {
+    const t0 = Date.now();
+    const r = await client.completions.create({ model: family.target, prompt, max_tokens: 8, temperature: 0, cascade: { mode: 'ar' } } as never);
+    return { text: r.choices[0]!.text, ms: Date.now() - t0 };
+  };
+  t.is((await ask()).text, want);
+  actors[0]!.child.kill('SIGSTOP');
+  // the server pings every 2 s and drops a peer after 2 unanswered (NATS_SERVER_PINGS): 4-6 s
+  await new Promise((r) => setTimeout(r, 8000));
+  const after = [];
+  for (let i = 0; i < 6; i++) after.push(await ask());
+  t.log(after.map((a) => `${a.ms} ms`).join(', '));
+  for (const a of after) t.is(a.text, want);
+  // an open sent to the frozen instance would wait for the call timeout (10 s)
+  t.true(after.every((a) => a.ms < 8000), 'no request waited on the frozen instance');
 });

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CascadeError } from '../errors.ts';
-import { natsConfig, redisConfig, type Role } from './security.ts';
+import { natsConfig, natsServerConfig, redisConfig, type Role } from './security.ts';
 
 /** A free TCP port on the loopback interface. */
 export function freePort(): Promise<number> {
@@ -101,16 +101,18 @@ export interface NatsClusterMember {
 export async function startNatsCluster(size = 2): Promise<LocalServer[]> {
   const routes = await Promise.all(Array.from({ length: size }, () => freePort()));
   const servers: LocalServer[] = [];
-  for (const [i, port] of routes.entries()) servers.push(await startNats({ cluster: { port, routes: i ? [routes[0]!] : [] } }));
-  const until = Date.now() + 10_000;
-  for (;;) {
-    const joined = await Promise.all(servers.map((s) => natsRoutes(s.port).catch(() => -1)));
-    if (joined.every((n) => n === size - 1)) return servers;
-    if (Date.now() > until) {
-      await Promise.all(servers.map((s) => s.stop()));
-      throw new CascadeError(`the NATS cluster's routes did not come up within 10 s (routes per server: ${joined.join(', ')})`);
+  try {
+    for (const [i, port] of routes.entries()) servers.push(await startNats({ cluster: { port, routes: i ? [routes[0]!] : [] } }));
+    const until = Date.now() + 10_000;
+    for (;;) {
+      const joined = await Promise.all(servers.map((s) => natsRoutes(s.port).catch(() => -1)));
+      if (joined.every((n) => n === size - 1)) return servers;
+      if (Date.now() > until) throw new CascadeError(`the NATS cluster's routes did not come up within 10 s (routes per server: ${joined.join(', ')})`);
+      await new Promise((r) => setTimeout(r, 100));
     }
-    await new Promise((r) => setTimeout(r, 100));
+  } catch (err) {
+    await Promise.all(servers.map((s) => s.stop()));
+    throw err;
   }
 }
 
@@ -137,7 +139,8 @@ export async function startNats(options: { users?: Record<Role, string>; configD
   const listen = `127.0.0.1:${port}`;
   const limit = options.maxPayload !== undefined ? `max_payload: ${options.maxPayload}\n` : '';
   const args = [
-    ...(options.users || limit ? ['-c', privateFile(options.configDir, 'nats.conf', (options.users ? natsConfig(listen, options.users) : `listen: "${listen}"\n`) + limit)] : ['-a', '127.0.0.1', '-p', String(port)]),
+    '-c',
+    privateFile(options.configDir, 'nats.conf', (options.users ? natsConfig(listen, options.users) : natsServerConfig(listen)) + limit),
     ...(options.cluster ? ['--cluster_name', 'cascade-local', '--cluster', `nats://127.0.0.1:${options.cluster.port}`, ...(options.cluster.routes.length ? ['--routes', options.cluster.routes.map((p) => `nats://127.0.0.1:${p}`).join(',')] : [])] : []),
   ];
   const child = launch('nats-server', args, 'NATS', options.detached);

@@ -1,4 +1,4 @@
-import { connect, headers as natsHeaders, RequestError, TimeoutError, type NatsConnection, type MsgHdrs } from '@nats-io/transport-node';
+import { connect, headers as natsHeaders, RequestError, TimeoutError, type MsgHdrs, type NatsConnection, type Status } from '@nats-io/transport-node';
 import { CascadeError } from '../errors.ts';
 import { answer, TransportError, type Handler, type Headers, type Subscription, type Transport } from './transport.ts';
 
@@ -9,6 +9,31 @@ export interface NatsOptions {
   readonly pass?: string;
   readonly token?: string;
   readonly name?: string;
+  /** Where the connection's changes go, one line each (describeNatsStatus); default stderr, with a timestamp. */
+  readonly log?: (line: string) => void;
+}
+
+/**
+ * A line for an operator about a NATS connection's change of state (`name`: the role's connection
+ * name), or undefined for the routine ones (pings, reconnect attempts, cluster updates).
+ */
+export function describeNatsStatus(name: string, status: Status): string | undefined {
+  switch (status.type) {
+    case 'disconnect':
+      return `NATS (${name}): disconnected from ${status.server}; reconnecting`;
+    case 'reconnect':
+      return `NATS (${name}): connected to ${status.server}`;
+    case 'staleConnection':
+      return `NATS (${name}): the server did not answer ${NATS_MAX_PINGS_OUT} pings ${NATS_PING_INTERVAL_MS} ms apart; taking the connection for stale`;
+    case 'ldm':
+      return `NATS (${name}): ${status.server} is shutting down (lame duck mode); moving to another server`;
+    case 'error':
+      return `NATS (${name}): server error: ${status.error.message}`;
+    case 'slowConsumer':
+      return `NATS (${name}): a subscription is slow: ${status.pending} messages pending`;
+    default:
+      return undefined;
+  }
 }
 
 function toHeaders(h: MsgHdrs | undefined): Headers {
@@ -77,6 +102,13 @@ export class NatsTransport implements Transport {
         maxPingOut: NATS_MAX_PINGS_OUT,
         timeout: NATS_CONNECT_TIMEOUT_MS,
       });
+      const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
+      void (async () => {
+        for await (const status of nc.status()) {
+          const line = describeNatsStatus(options.name ?? 'client', status);
+          if (line) log(line);
+        }
+      })().catch(() => undefined);
       return new NatsTransport(nc);
     } catch (cause) {
       throw new CascadeError(`cannot connect to NATS at ${servers.join(', ')}${user ? ` as ${user}` : ''}`, { cause });

@@ -121,8 +121,15 @@ export type RedisClient = Redis | Cluster;
  */
 export const SOCKET_TIMEOUT_MS = 5000;
 
-/** SOCKET_TIMEOUT_MS for BullMQ's connections, whose blocking commands wait up to 10 s for a job by design. */
-export const QUEUE_SOCKET_TIMEOUT_MS = 20_000;
+/**
+ * SOCKET_TIMEOUT_MS for BullMQ's connections, whose blocking commands wait up to 10 s for a job by
+ * design (BZPOPMIN, bounded by BullMQ's maximumBlockTimeout; never set a worker's drainDelay near
+ * this). Kept near the coordinators' 10 s job lock, so that a frozen queue master costs few stalled
+ * jobs. ioredis 5.11 leaves a socket timer armed across a reconnect (redis/ioredis#2147): after a
+ * connection drops with a command owed, the new connection may be closed once more at the old
+ * deadline; the commands owed are sent again (every script here may run twice).
+ */
+export const QUEUE_SOCKET_TIMEOUT_MS = 15_000;
 
 /**
  * A client for the deployment. `queue`: for BullMQ (blocking commands never give up, as BullMQ
@@ -199,6 +206,8 @@ export class RedisConnection {
     this.client.on('error', () => undefined); // reconnects on its own; callers see failed commands
     this.replicaAcks = options.replicaAcks ?? (this.deployment.kind === 'cluster' ? 1 : 0);
     this.replicaAckMs = options.replicaAckMs ?? 100;
+    // a WAIT owes its reply for replicaAckMs: at the socket timeout it would be taken for a dead master
+    if (!(this.replicaAckMs < SOCKET_TIMEOUT_MS / 2)) throw new InvalidArgumentError(`replicaAckMs ${this.replicaAckMs} must be below ${SOCKET_TIMEOUT_MS / 2} ms (half the socket timeout)`);
   }
 
   /**

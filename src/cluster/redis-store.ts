@@ -330,6 +330,9 @@ export class TokenLog implements RequestLog {
    * MOVED or ASK while slots move, a connection lost to a dying master) is not retried by ioredis,
    * so the script then runs on its own, with the client's redirections and failover retries, and
    * its WAIT after it; every script here may run twice (a second claim only takes a newer fence).
+   * A claim left on a frozen master's socket can run after its retry, when the master thaws before
+   * it is failed over (sooner than cluster-node-timeout): the attempt then holds the older fence,
+   * its next write is refused as superseded, and BullMQ retries the request (one attempt spent).
    */
   private async script(script: string, keys: readonly string[], ...args: (string | number | Buffer)[]): Promise<unknown> {
     const { client, replicaAcks, replicaAckMs } = this.redis;

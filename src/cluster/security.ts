@@ -78,7 +78,21 @@ function natsValue(v: unknown): string {
  */
 export function natsConfig(listen: string, passwords: Record<Role, string> | 'env'): string {
   const users = natsUsers((role) => (passwords === 'env' ? new Bare(`$${natsPasswordVar(role)}`) : passwords[role]));
-  return `listen: "${listen}"\nauthorization {\n  users: [\n${users.map((u) => `    ${natsValue(u)}`).join('\n')}\n  ]\n}\n`;
+  return `${natsServerConfig(listen)}authorization {\n  users: [\n${users.map((u) => `    ${natsValue(u)}`).join('\n')}\n  ]\n}\n`;
+}
+
+/**
+ * How often a nats-server pings its clients and routes, and how many pings may go unanswered before
+ * it drops the connection (nats-server's `ping_interval`, `ping_max`; its defaults are 2 min and 2).
+ * A server keeps a silent peer's subscriptions until it drops it: an actor cut off by a partition,
+ * or a whole server of a NATS cluster, would keep its share of a queue group's requests (each one
+ * then waiting for its timeout) for about 4-6 minutes at the defaults; at these, for 4-6 s.
+ */
+export const NATS_SERVER_PINGS = { ping_interval: '2s', ping_max: 2 } as const;
+
+/** A nats-server configuration's first lines: `listen` and NATS_SERVER_PINGS. */
+export function natsServerConfig(listen: string): string {
+  return `listen: "${listen}"\nping_interval: "${NATS_SERVER_PINGS.ping_interval}"\nping_max: ${NATS_SERVER_PINGS.ping_max}\n`;
 }
 
 /** The same users as a NATS configuration object (the Helm chart's `nats.config.merge.authorization`), passwords as `<< $VAR >>`. */

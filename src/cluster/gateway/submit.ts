@@ -133,6 +133,37 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
   // failover of the log's master. A completed job's return value is the outcome; when the log lost
   // tokens with the result, the job is run again (removed, then added), resuming after what the log
   // holds. A job that failed for good fails the request with its reason.
+  const lookUpJob = async (): Promise<void> => {
+    const backend = queue.getBackend();
+    // small fields of the job's record in one HMGET: not `data`, which holds the prompt, nor
+    // getJobState, which scans the waiting list; BullMQ sets `timestamp` on every job it stores
+    const [timestamp, finishedOn, returnValue, failedReason] = await (await backend.client).hmget(backend.toKey(data.requestId), 'timestamp', 'finishedOn', 'returnvalue', 'failedReason');
+    if (timestamp != null && finishedOn == null) return void (missing = 0); // waiting or running
+    if (timestamp == null) {
+      if (++missing < 2) return;
+    } else if (returnValue == null) {
+      return void settle.reject(new HttpError(500, `generation failed: ${failedReason ?? 'the job failed without a reason'}`, 'server_error'));
+    } else {
+      let outcome: RequestOutcome | undefined;
+      try {
+        outcome = JSON.parse(returnValue) as RequestOutcome;
+      } catch {
+        // refused below
+      }
+      if (typeof outcome?.generatedTokens !== 'number') return void settle.reject(new HttpError(500, `the job completed without an outcome: ${returnValue.slice(0, 200)}`, 'server_error'));
+      const [all, lps] = await recorded();
+      if (Math.max(have, all.length) >= outcome.generatedTokens) {
+        take(0, all, lps);
+        return void settle.resolve(outcome);
+      }
+      // the log lost tokens with its result: the job runs again (a locked job is not removed: a coordinator holds it)
+      if (ended || (await queue.remove(data.requestId)) !== 1) return;
+    }
+    missing = 0;
+    if (ended) return;
+    await queue.add('generate', data, { ...jobOptions(data.requestId), lifo: true });
+    options.onRequeue?.(data.requestId);
+  };
   let looking = false;
   const poll = setInterval(() => {
     const quiet = Date.now() - lastHeard;
@@ -148,29 +179,7 @@ export async function submit(options: SubmitOptions, data: JobData, onTokens: On
           return;
         }
         if (!queued || ended || quiet < JOB_LOOKUP_QUIET_MS) return void (missing = 0);
-        // the job's record (one HMGET), not its state (getJobState scans the waiting list)
-        const backend = queue.getBackend();
-        const [record, finishedOn, returnValue, failedReason] = await (await backend.client).hmget(backend.toKey(data.requestId), 'data', 'finishedOn', 'returnvalue', 'failedReason');
-        if (record !== null && finishedOn === null) return void (missing = 0);
-        if (record !== null && returnValue === null) {
-          settle.reject(new HttpError(500, `generation failed: ${failedReason ?? 'the job failed without a reason'}`, 'server_error'));
-          return;
-        }
-        if (record !== null) {
-          const outcome = JSON.parse(returnValue!) as RequestOutcome | null;
-          if (typeof outcome?.generatedTokens !== 'number') return void settle.reject(new HttpError(500, `the job completed with no outcome: ${returnValue}`, 'server_error'));
-          const [all, lps] = await recorded();
-          if (all.length >= outcome.generatedTokens) {
-            take(0, all, lps);
-            settle.resolve(outcome);
-            return;
-          }
-          if (ended) return;
-          await queue.remove(data.requestId);
-        } else if (++missing < 2 || ended) return;
-        missing = 0;
-        await queue.add('generate', data, { ...jobOptions(data.requestId), lifo: true });
-        options.onRequeue?.(data.requestId);
+        await lookUpJob();
       })
       .catch(() => undefined)
       .finally(() => (looking = false));
