@@ -24,7 +24,6 @@ import { startTestRedis, type TestRedis } from './helpers/redis.ts';
  */
 let servers: LocalServer[];
 let redis: TestRedis;
-const roles: Role[] = [];
 const sessions = new FamilySessions(family, {});
 
 test.before(async () => {
@@ -33,13 +32,17 @@ test.before(async () => {
 
 test.after.always(async () => {
   for (const s of servers ?? []) s.process.kill('SIGCONT');
-  for (const r of roles.reverse()) await r.stop().catch(() => undefined);
   await Promise.all([...(servers ?? []).map((s) => s.stop()), redis?.stop()]);
   await sessions.close();
 });
 
 test.serial('nats partition - the NATS server every role is connected to freezes mid-request: they move to the other server and the request ends with target-only decoding\'s text', async (t) => {
   const nats = servers[0]!.url;
+  const roles: Role[] = [];
+  // stopped when the test ends: this coordinator must not take the next test's jobs from the queue
+  t.teardown(async () => {
+    for (const r of roles.reverse()) await r.stop().catch(() => undefined);
+  });
   roles.push(await startActorRole({ kind: 'verify', models: MODELS_DIR, nats, instance: 'v0' }));
   roles.push(await startCoordinatorRole({ models: MODELS_DIR, nats, redis: [redis.url] }));
   const gateway = await startGatewayRole({ models: MODELS_DIR, nats, redis: [redis.url], port: 0, requestTimeoutMs: 90_000 });
@@ -101,5 +104,5 @@ test.serial('nats partition - a verify actor cut off for good: the NATS server d
   t.log(after.map((a) => `${a.ms} ms`).join(', '));
   for (const a of after) t.is(a.text, want);
   // an open sent to the frozen instance would wait for the call timeout (10 s)
-  t.true(after.every((a) => a.ms < 8000), 'no request waited on the frozen instance');
+  t.true(after.every((a) => a.ms < 5000), 'no request waited on the frozen instance');
 });
