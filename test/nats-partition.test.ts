@@ -106,3 +106,28 @@ test.serial('nats partition - a verify actor cut off for good: the NATS server d
   // an open sent to the frozen instance would wait for the call timeout (10 s)
   t.true(after.every((a) => a.ms < 5000), 'no request waited on the frozen instance');
 });
+
+test.serial('nats partition - the only verify actor stops answering for 12 s: a request sent meanwhile waits for it and ends with target-only decoding\'s text', async (t) => {
+  const nats = await startNats();
+  const actor = await spawnRole(['actor', 'verify', '--models', MODELS_DIR, '--nats', nats.url, '--idle-ms', '20000', '--instance', 'v0']);
+  const coordinator = await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url] });
+  const gateway = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, requestTimeoutMs: 90_000 });
+  t.teardown(async () => {
+    actor.child.kill('SIGCONT');
+    await stopCluster({ gateways: [gateway], roles: [coordinator, actor], servers: [nats] });
+  });
+  const client = new OpenAI({ baseURL: `${gateway.url}/v1`, apiKey: 'none', maxRetries: 0 });
+  const prompt = 'import os\n\ndef walk(root):\n';
+  const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
+  const want = tokenizer.decode((await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens: 8, sampling: GREEDY, seed: 0 })).tokenIds);
+  const ask = () => client.completions.create({ model: family.target, prompt, max_tokens: 8, temperature: 0, cascade: { mode: 'ar' } } as never).then((r) => r.choices[0]!.text);
+  t.is(await ask(), want);
+  actor.child.kill('SIGSTOP');
+  setTimeout(() => actor.child.kill('SIGCONT'), 12_000).unref();
+  // one request while NATS still routes to the silent actor (its call times out), one after NATS dropped it (no responders)
+  const early = ask();
+  await new Promise((r) => setTimeout(r, 7000));
+  const late = ask();
+  t.is(await early, want);
+  t.is(await late, want);
+});

@@ -4,7 +4,7 @@ import { Queue, UnrecoverableError, Worker, type Job, type Processor, type Queue
 import { z } from 'zod';
 import { runDrafting, type CascadeResult } from '../engine/cascade.ts';
 import { MagLevel, type CascadeLevel } from '../engine/levels.ts';
-import { InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
+import { CascadeError, InvalidArgumentError, LevelUnavailableError } from '../errors.ts';
 import type { MagTables } from '../kernels/maxgram.ts';
 import { VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import { DRAFTINGS, type Drafting } from '../engine/async-cascade.ts';
@@ -13,7 +13,7 @@ import { MAX_TOP_LOGPROBS } from '../kernels/sampling.ts';
 import { quantile } from '../kernels/stats.ts';
 import { drafterKind } from '../models/family.ts';
 import { encode } from './messages.ts';
-import { openRedis, parseRedis, QUEUE_SOCKET_TIMEOUT_MS, queuePrefix, type RedisClient, type RedisDeployment } from './redis-connection.ts';
+import { logRedisEvents, openRedis, parseRedis, QUEUE_SOCKET_TIMEOUT_MS, queuePrefix, throttledErrorLog, type RedisClient, type RedisDeployment } from './redis-connection.ts';
 import { LogWriter } from './log-writer.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
@@ -291,7 +291,7 @@ export function queueConnection(redis: string | readonly string[] | RedisDeploym
   const prefix = queuePrefix(deployment);
   if (deployment.kind === 'server') return { connection: { url: deployment.url, maxRetriesPerRequest: null, socketTimeout: QUEUE_SOCKET_TIMEOUT_MS }, prefix, close: async () => undefined };
   const client = openRedis(deployment, { queue: true });
-  client.on('error', () => undefined);
+  logRedisEvents(client, 'queue');
   return { connection: client, prefix, close: async () => void (await client.quit().catch(() => client.disconnect())) };
 }
 
@@ -325,7 +325,9 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
           throw err;
         }
         const last = err instanceof InvalidArgumentError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-        process.stderr.write(`${new Date().toISOString()} request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} failed${last ? ' for good' : ', will retry'}: ${(err as Error).stack ?? String(err)}\n`);
+        // the project's own errors say what happened in their message; anything else gets its stack
+        const why = err instanceof CascadeError ? `${err.name}: ${err.message}` : ((err as Error).stack ?? String(err));
+        process.stderr.write(`${new Date().toISOString()} request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1} failed${last ? ' for good' : ', will retry'}: ${why}\n`);
         if (last) coordinator.failed(String(job.data?.requestId ?? job.id), (err as Error).message);
         if (err instanceof InvalidArgumentError) throw new UnrecoverableError((err as Error).message);
         throw err;
@@ -340,7 +342,7 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
       maxStalledCount: 3,
     },
   );
-  worker.on('error', () => undefined); // connection errors: ioredis reconnects
+  worker.on('error', throttledErrorLog('BullMQ worker (coordinator)')); // connection errors: ioredis reconnects
   return worker;
 }
 
@@ -348,7 +350,7 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
 export function openQueue(redis: string | readonly string[] | RedisDeployment): Queue {
   const { connection, prefix, close } = queueConnection(redis);
   const queue = new ClosingQueue(close, QUEUE_NAME, { connection, prefix });
-  queue.on('error', () => undefined);
+  queue.on('error', throttledErrorLog('BullMQ queue'));
   return queue;
 }
 
@@ -385,11 +387,16 @@ class ClosingQueue extends Queue {
   }
 }
 
-/** Job options: retries with exponential backoff, the request id as the job id (no duplicates). */
-export const jobOptions = (requestId: string, attempts = 3) => ({
+/**
+ * Job options: the request id as the job id (no duplicates), and retries with exponential backoff:
+ * 1, 2, 4 and 8 s between 5 attempts, so that a request outlasts a verifier that stops answering for
+ * some seconds (a GC pause, a busy host, a restart), which an attempt notices at once once NATS has
+ * dropped the verifier ("no responders"). (3 attempts 250 ms apart were spent in under a second.)
+ */
+export const jobOptions = (requestId: string, attempts = 5) => ({
   jobId: requestId,
   attempts,
-  backoff: { type: 'exponential' as const, delay: 250 },
+  backoff: { type: 'exponential' as const, delay: 1000 },
   removeOnComplete: 1000,
   removeOnFail: 1000,
 });

@@ -169,6 +169,51 @@ export function openRedis(d: RedisDeployment, options: { queue?: boolean; name?:
   );
 }
 
+/** A line on stderr with a timestamp: where the roles' connection changes go. */
+const stderrLine = (line: string) => void process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+
+/**
+ * Logs a Redis client's lost and regained connections for an operator, one line each (a client
+ * retrying says so once, not at every try; a node of a cluster once a minute at most): `Redis
+ * (name): <error>; reconnecting`, `Redis (name): connected again`.
+ */
+export function logRedisEvents(client: RedisClient, name: string, log: (line: string) => void = stderrLine): void {
+  let lost = false;
+  const nodes = new Map<string, number>();
+  client.on('error', (err: Error) => {
+    if (lost) return;
+    lost = true;
+    log(`Redis (${name}): ${err.message.replace(/\.$/, '')}; reconnecting`);
+  });
+  client.on('ready', () => {
+    if (lost) log(`Redis (${name}): connected again`);
+    lost = false;
+  });
+  if (client instanceof Cluster) {
+    client.on('node error', (err: Error, address: string) => {
+      const now = Date.now();
+      if (now - (nodes.get(address) ?? -Infinity) < 60_000) return;
+      nodes.set(address, now);
+      log(`Redis (${name}): node ${address}: ${err.message}`);
+    });
+    client.on('-node', (node: { options?: { host?: string; port?: number } }) => log(`Redis (${name}): node ${node.options?.host}:${node.options?.port} left the cluster's slots`));
+  }
+}
+
+/**
+ * A sink for a client's errors that logs each distinct message once a minute at most (BullMQ's
+ * worker and queue report every failed retry of their own connections as an 'error').
+ */
+export function throttledErrorLog(prefix: string, log: (line: string) => void = stderrLine): (err: Error) => void {
+  const seen = new Map<string, number>();
+  return (err) => {
+    const now = Date.now();
+    if (now - (seen.get(err.message) ?? -Infinity) < 60_000) return;
+    seen.set(err.message, now);
+    log(`${prefix}: ${err.message}`);
+  };
+}
+
 /** Resolves when every node that holds data answers PING (every master of a cluster). */
 export async function pingRedis(client: RedisClient): Promise<void> {
   if (client instanceof Cluster) {
@@ -203,7 +248,8 @@ export class RedisConnection {
   constructor(value: string | readonly string[] | RedisDeployment, options: { replicaAcks?: number; replicaAckMs?: number; name?: string } = {}) {
     this.deployment = typeof value === 'object' && 'kind' in value ? value : parseRedis(value as string | readonly string[]);
     this.client = openRedis(this.deployment, { name: options.name });
-    this.client.on('error', () => undefined); // reconnects on its own; callers see failed commands
+    // reconnects on its own (callers see failed commands); an operator sees the losses and returns
+    logRedisEvents(this.client, options.name ?? 'client');
     this.replicaAcks = options.replicaAcks ?? (this.deployment.kind === 'cluster' ? 1 : 0);
     this.replicaAckMs = options.replicaAckMs ?? 100;
     // a WAIT owes its reply for replicaAckMs: at the socket timeout it would be taken for a dead master

@@ -118,7 +118,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
   if (o.kv && o.kv.policy !== 'full') {
     if (o.kind === 'verify') throw new InvalidArgumentError('a bounded KV cache on the verifier would make the output lossy: bound the drafters (cascade actor draft --kv-policy …)');
     const rebuild = o.kv.rebuild ?? (o.kv.policy === 'adore' ? 2 : 0);
-    shards = o.redis?.length && rebuild > 0 ? new RedisConnection(o.redis) : undefined;
+    shards = o.redis?.length && rebuild > 0 ? new RedisConnection(o.redis, { name: `actor-${name}` }) : undefined;
     kv = {
       policy: o.kv.policy,
       budget: { budget: o.kv.budget, sinks: o.kv.sinks, recent: o.kv.recent, rebuild },
@@ -254,7 +254,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
   const eagleSpec = family.eagle ? loadModelSpec(memberSource(family, family.eagle)) : undefined;
   setupTracing('cascade-coordinator');
   const nats = await NatsTransport.connect({ servers: o.nats, name: 'coordinator' });
-  const shards = await RedisConnection.open(o.redis).catch(async (err: unknown) => {
+  const shards = await RedisConnection.open(o.redis, { name: 'coordinator' }).catch(async (err: unknown) => {
     await nats.close();
     throw err;
   });
@@ -427,7 +427,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
   setupTracing('cascade-gateway');
   const tokenizer = TextTokenizer.forModel(spec);
   const transport = await NatsTransport.connect({ servers: o.nats, name: 'gateway' });
-  const shards = await RedisConnection.open(o.redis).catch(async (err: unknown) => {
+  const shards = await RedisConnection.open(o.redis, { name: 'gateway' }).catch(async (err: unknown) => {
     await transport.close();
     throw err;
   });
