@@ -7,7 +7,7 @@
  */
 const SLOW = [
   'cascade-onnx', 'cluster', 'cascade', 'cli', 'eagle-level', 'cli-bench', 'webgpu', 'chaos', 'quantize',
-  'redis-cluster', 'cluster-inprocess', 'async-drafting', 'batching', 'deploy', 'security', 'invariant',
+  'redis-cluster', 'cluster-inprocess', 'async-drafting', 'nats-partition', 'batching', 'deploy', 'security', 'invariant', 'lost-job',
 ];
 const rank = (file) => {
   const name = file.split('/').pop().replace(/\.test\.ts$/, '');
