@@ -61,6 +61,8 @@ function fromHeaders(h: Headers | undefined): MsgHdrs | undefined {
 export const NATS_PING_INTERVAL_MS = 2000;
 export const NATS_MAX_PINGS_OUT = 2;
 export const NATS_CONNECT_TIMEOUT_MS = 3000;
+/** How long a role's first connection may take, its handshake timing out and tried again meanwhile (the client's own default timeout). */
+export const NATS_FIRST_CONNECT_MS = 20_000;
 
 /**
  * The NATS transport, on the `@nats-io/transport-node` v3 client: the maintained line of the NATS
@@ -90,18 +92,19 @@ export class NatsTransport implements Transport {
       return s;
     });
     try {
-      const nc = await connect({
-        servers,
-        user,
-        pass,
-        token: options.token,
-        name: options.name,
-        maxReconnectAttempts: -1,
-        reconnectTimeWait: 250,
-        pingInterval: NATS_PING_INTERVAL_MS,
-        maxPingOut: NATS_MAX_PINGS_OUT,
-        timeout: NATS_CONNECT_TIMEOUT_MS,
-      });
+      const settings = { servers, user, pass, token: options.token, name: options.name, maxReconnectAttempts: -1, reconnectTimeWait: 250, pingInterval: NATS_PING_INTERVAL_MS, maxPingOut: NATS_MAX_PINGS_OUT, timeout: NATS_CONNECT_TIMEOUT_MS };
+      // the first connection gets NATS_FIRST_CONNECT_MS in all: a handshake that timed out (a busy
+      // server, or this process's event loop held up) is tried again; a refusal fails at once
+      const deadline = Date.now() + NATS_FIRST_CONNECT_MS;
+      let nc: NatsConnection;
+      for (;;) {
+        try {
+          nc = await connect(settings);
+          break;
+        } catch (err) {
+          if (!(err instanceof TimeoutError) || Date.now() + NATS_CONNECT_TIMEOUT_MS > deadline) throw err;
+        }
+      }
       const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
       void (async () => {
         for await (const status of nc.status()) {
@@ -111,7 +114,7 @@ export class NatsTransport implements Transport {
       })().catch(() => undefined);
       return new NatsTransport(nc);
     } catch (cause) {
-      throw new CascadeError(`cannot connect to NATS at ${servers.join(', ')}${user ? ` as ${user}` : ''}`, { cause });
+      throw new CascadeError(`cannot connect to NATS at ${servers.join(', ')}${user ? ` as ${user}` : ''}: ${(cause as Error).message}`, { cause });
     }
   }
 
