@@ -1,7 +1,7 @@
 import { join } from 'node:path';
 import test from 'ava';
 import OpenAI from 'openai';
-import { startNats, startNatsCluster, type LocalServer } from '../src/cluster/local-servers.ts';
+import { freePort, startNats, startNatsCluster, type LocalServer } from '../src/cluster/local-servers.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../src/cluster/roles.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
@@ -110,7 +110,8 @@ test.serial('nats partition - a verify actor cut off for good: the NATS server d
 test.serial('nats partition - the only verify actor stops answering for 12 s: a request sent meanwhile waits for it and ends with target-only decoding\'s text', async (t) => {
   const nats = await startNats();
   const actor = await spawnRole(['actor', 'verify', '--models', MODELS_DIR, '--nats', nats.url, '--idle-ms', '20000', '--instance', 'v0']);
-  const coordinator = await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url] });
+  const healthPort = await freePort();
+  const coordinator = await startCoordinatorRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], healthPort });
   const gateway = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [redis.url], port: 0, requestTimeoutMs: 90_000 });
   t.teardown(async () => {
     actor.child.kill('SIGCONT');
@@ -130,4 +131,8 @@ test.serial('nats partition - the only verify actor stops answering for 12 s: a 
   const late = ask();
   t.is(await early, want);
   t.is(await late, want);
+  const metrics = await (await fetch(`http://127.0.0.1:${healthPort}/metrics`)).text();
+  const retried = /^cascade_request_attempts_failed_total\{error="LevelUnavailableError",final="false"[^}]*\} (\d+)$/m.exec(metrics);
+  t.true(Number(retried?.[1]) >= 2, `the coordinator counts the retried attempts:\n${metrics.split('\n').filter((l) => l.includes('attempts_failed')).join('\n')}`);
+  t.notRegex(metrics, /^cascade_request_attempts_failed_total\{[^}]*final="true"/m, 'and no request failed');
 });

@@ -302,6 +302,8 @@ export interface WorkerOptions {
   readonly concurrency?: number;
   /** How long a job's lock lasts without renewal: a dead coordinator's request is retried after it. */
   readonly lockDurationMs?: number;
+  /** Called for each failed attempt (not a superseded one) with the error's class name, and whether it was the request's last. */
+  readonly onAttemptFailed?: (error: string, final: boolean) => void;
 }
 
 /**
@@ -328,6 +330,7 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
         // the project's own errors say what happened in their message; anything else gets its stack
         const why = err instanceof CascadeError ? `${err.name}: ${err.message}` : ((err as Error).stack ?? String(err));
         process.stderr.write(`${new Date().toISOString()} request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1} failed${last ? ' for good' : ', will retry'}: ${why}\n`);
+        options.onAttemptFailed?.((err as Error).name ?? 'Error', last);
         if (last) coordinator.failed(String(job.data?.requestId ?? job.id), (err as Error).message);
         if (err instanceof InvalidArgumentError) throw new UnrecoverableError((err as Error).message);
         throw err;

@@ -24,7 +24,7 @@ import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import type { FastifyInstance } from 'fastify';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
-import { actorRoundTripHistogram, GatewayMetrics, logAppendHistogram } from './metrics.ts';
+import { actorRoundTripHistogram, failedAttemptsCounter, GatewayMetrics, logAppendHistogram } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { RedisConnection } from './redis-connection.ts';
 import { RedisKvStore, TokenLog } from './redis-store.ts';
@@ -282,6 +282,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
     const registry = processRegistry('coordinator');
     const roundTrip = actorRoundTripHistogram(registry);
     const logAppend = logAppendHistogram(registry);
+    const failedAttempts = failedAttemptsCounter(registry);
     const coordinator = new Coordinator({
       transport,
       log: new TokenLog(shards),
@@ -291,7 +292,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
       onLogAppend: (ms) => logAppend.observe(ms / 1000),
       onEvent: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
     });
-    const started = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs });
+    const started = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs, onAttemptFailed: (error, final) => failedAttempts.inc({ error, final: String(final) }) });
     worker = started;
     await started.waitUntilReady();
     health = await probes(o.healthPort, 'coordinator', async () => {
