@@ -112,17 +112,23 @@ def extract(args: argparse.Namespace) -> None:
         print(f"extract {s0 + len(rows)}/{args.windows} windows, {done / (time.time() - t0):.0f} tokens/s", flush=True)
 
 
+def held_out_windows(data: Path, split: str, windows: int):
+    """Per domain, up to WINDOWS consecutive SEQ-token windows from the split's start: (domain,
+    int64 ids [n, SEQ]). The held-out sets of held_out and of eagle_aux_trial.py."""
+    streams = load_split(data, split)
+    for d in DOMAINS:
+        n = min(windows, len(streams[d]) // SEQ)
+        yield d, torch.from_numpy(streams[d][:n * SEQ].astype(np.int64)).view(n, SEQ)
+
+
 def held_out(target: nn.Module, data: Path, split: str, windows: int, cache: Path) -> dict[str, dict[str, np.ndarray]]:
     """Consecutive SEQ-token windows from the split's start per domain, with the target's features
     (float32) and greedy tokens, cached in CACHE/{split}-{windows}.npz."""
     path = cache / f"{split}-{windows}.npz"
     if not path.exists():
-        streams = load_split(data, split)
         z = {}
-        for d in DOMAINS:
-            n = min(windows, len(streams[d]) // SEQ)
-            ids = torch.from_numpy(streams[d][:n * SEQ].astype(np.int64)).view(n, SEQ)
-            f = torch.cat([target_features(target, ids[i:i + 4]) for i in range(0, n, 4)])
+        for d, ids in held_out_windows(data, split, windows):
+            f = torch.cat([target_features(target, ids[i:i + 4]) for i in range(0, len(ids), 4)])
             z[f"{d}.ids"] = ids.numpy().astype(np.uint16)
             z[f"{d}.f"] = f.numpy()
             z[f"{d}.greedy"] = (f @ target.embed_tokens.weight.T).argmax(-1).numpy().astype(np.uint16)

@@ -32,11 +32,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from eagle import SEQ, VAL_WINDOWS, TEST_WINDOWS, drawn_windows, warm_start  # noqa: E402
+from eagle import VAL_WINDOWS, TEST_WINDOWS, drawn_windows, held_out_windows, warm_start  # noqa: E402
 from eagle_model import EagleDrafter, drafter_config, eagle_noise  # noqa: E402
 from model import rope_tables  # noqa: E402
 from onnx_weights import load_from_model_dir  # noqa: E402
-from train import DOMAINS, load_split  # noqa: E402
+from train import DOMAINS  # noqa: E402
 
 AUX = (1, 3)  # 0-based layer indices whose outputs (the residual stream) are the aux features: after layers 2 and 4 of 6
 
@@ -96,12 +96,9 @@ def extract(args):
 def held(target, data, split, windows, cache: Path):
     path = cache / f"aux-{split}-{windows}.npz"
     if not path.exists():
-        streams = load_split(data, split)
         z = {}
-        for d in DOMAINS:
-            n = min(windows, len(streams[d]) // SEQ)
-            ids = torch.from_numpy(streams[d][:n * SEQ].astype(np.int64)).view(n, SEQ)
-            fs, ms = zip(*[features(target, ids[i:i + 4]) for i in range(0, n, 4)])
+        for d, ids in held_out_windows(data, split, windows):
+            fs, ms = zip(*[features(target, ids[i:i + 4]) for i in range(0, len(ids), 4)])
             f, m = torch.cat(fs), torch.cat(ms)
             z[f"{d}.ids"] = ids.numpy()
             z[f"{d}.f"] = f.numpy()
