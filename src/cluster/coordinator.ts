@@ -14,6 +14,7 @@ import { quantile } from '../kernels/stats.ts';
 import { drafterKind } from '../models/family.ts';
 import { encode } from './messages.ts';
 import { logRedisEvents, openRedis, parseRedis, QUEUE_SOCKET_TIMEOUT_MS, queuePrefix, throttledErrorLog, type RedisClient, type RedisDeployment } from './redis-connection.ts';
+import { logLine } from './log.ts';
 import { LogWriter } from './log-writer.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
@@ -329,7 +330,7 @@ export function startCoordinatorWorker(coordinator: Coordinator, options: Worker
         const last = err instanceof InvalidArgumentError || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
         // the project's own errors say what happened in their message; anything else gets its stack
         const why = err instanceof CascadeError ? `${err.name}: ${err.message}` : ((err as Error).stack ?? String(err));
-        process.stderr.write(`${new Date().toISOString()} request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1} failed${last ? ' for good' : ', will retry'}: ${why}\n`);
+        logLine(`request ${String(job.data?.requestId ?? job.id)} attempt ${job.attemptsMade + 1} of ${job.opts.attempts ?? 1} failed${last ? ' for good' : ', will retry'}: ${why}`);
         options.onAttemptFailed?.((err as Error).name ?? 'Error', last);
         if (last) coordinator.failed(String(job.data?.requestId ?? job.id), (err as Error).message);
         if (err instanceof InvalidArgumentError) throw new UnrecoverableError((err as Error).message);

@@ -1,5 +1,6 @@
 import { connect, headers as natsHeaders, RequestError, TimeoutError, type MsgHdrs, type NatsConnection, type Status } from '@nats-io/transport-node';
 import { CascadeError } from '../errors.ts';
+import { logLine } from './log.ts';
 import { answer, TransportError, type Handler, type Headers, type Subscription, type Transport } from './transport.ts';
 
 /** Connection settings: server URLs and optional credentials (SPEC §6: cluster mode requires them). */
@@ -105,7 +106,7 @@ export class NatsTransport implements Transport {
           if (!(err instanceof TimeoutError) || Date.now() + NATS_CONNECT_TIMEOUT_MS > deadline) throw err;
         }
       }
-      const log = options.log ?? ((line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`));
+      const log = options.log ?? logLine;
       void (async () => {
         for await (const status of nc.status()) {
           const line = describeNatsStatus(options.name ?? 'client', status);

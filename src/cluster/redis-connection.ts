@@ -1,5 +1,6 @@
 import { Cluster, Redis, type ClusterOptions, type RedisOptions } from 'ioredis';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
+import { logLine } from './log.ts';
 import { redact, withCredentials } from './security.ts';
 
 /**
@@ -169,15 +170,12 @@ export function openRedis(d: RedisDeployment, options: { queue?: boolean; name?:
   );
 }
 
-/** A line on stderr with a timestamp: where the roles' connection changes go. */
-const stderrLine = (line: string) => void process.stderr.write(`${new Date().toISOString()} ${line}\n`);
-
 /**
  * Logs a Redis client's lost and regained connections for an operator, one line each (a client
  * retrying says so once, not at every try; a node of a cluster once a minute at most): `Redis
  * (name): <error>; reconnecting`, `Redis (name): connected again`.
  */
-export function logRedisEvents(client: RedisClient, name: string, log: (line: string) => void = stderrLine): void {
+export function logRedisEvents(client: RedisClient, name: string, log: (line: string) => void = logLine): void {
   let lost = false;
   const nodes = new Map<string, number>();
   client.on('error', (err: Error) => {
@@ -204,7 +202,7 @@ export function logRedisEvents(client: RedisClient, name: string, log: (line: st
  * A sink for a client's errors that logs each distinct message once a minute at most (BullMQ's
  * worker and queue report every failed retry of their own connections as an 'error').
  */
-export function throttledErrorLog(prefix: string, log: (line: string) => void = stderrLine): (err: Error) => void {
+export function throttledErrorLog(prefix: string, log: (line: string) => void = logLine): (err: Error) => void {
   const seen = new Map<string, number>();
   return (err) => {
     const now = Date.now();

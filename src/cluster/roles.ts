@@ -6,6 +6,7 @@ import { BatchingSession, type BatchingOptions } from '../models/batching-sessio
 import { ModelActor } from '../actors/model-actor.ts';
 import { checkKvPolicy, type KvPolicyConfig } from '../engine/bounded-kv.ts';
 import { CascadeError, InvalidArgumentError } from '../errors.ts';
+import { logLine } from './log.ts';
 import { checkBudget, type KvPolicyName } from '../kernels/kv-policy.ts';
 import { loadMagTables, loadController, loadFamily, memberDir, memberSource, type Family } from '../models/family.ts';
 import { isFamilyMember, resolveModels } from '../models/model-choice.ts';
@@ -290,7 +291,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
       callTimeoutMs: o.callTimeoutMs,
       onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
       onLogAppend: (ms) => logAppend.observe(ms / 1000),
-      onEvent: (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`),
+      onEvent: logLine,
     });
     const started = startCoordinatorWorker(coordinator, { redis: shards.deployment, concurrency: o.concurrency, lockDurationMs: o.lockMs, onAttemptFailed: (error, final) => failedAttempts.inc({ error, final: String(final) }) });
     worker = started;
