@@ -47,23 +47,31 @@ function uniqueModels(): { dir: string; models: string } {
   return { dir, models };
 }
 
-test.serial('cli - bin/cascade.js cluster up starts every role, serves a completion, and cluster down stops the ones still running', async (t) => {
+test.serial('cli - bin/cascade.js cluster up starts every role (two verify actors), serves a completion, another after a verify actor dies, and cluster down stops the ones still running', async (t) => {
   const { dir, models } = uniqueModels();
   const state = join(dir, 'state');
   try {
-    const { stdout } = await installed('cluster', 'up', '--state-dir', state, '--models', models);
-    t.regex(stdout, /cluster up: 7 processes/);
+    const { stdout } = await installed('cluster', 'up', '--state-dir', state, '--models', models, '--verify-instances', '2');
+    t.regex(stdout, /cluster up: 8 processes/);
     const gateway = (JSON.parse(readFileSync(join(state, 'cluster.json'), 'utf8')) as { gateway: string }).gateway;
     const { apiKey } = JSON.parse(readFileSync(join(state, 'secrets.json'), 'utf8')) as { apiKey: string };
-    const res = await fetch(`${gateway}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'def add(a, b):', max_tokens: 4, temperature: 0 }) });
-    t.is(res.status, 200);
-    t.is(((await res.json()) as { usage: { completion_tokens: number } }).usage.completion_tokens, 4);
+    const complete = async () => {
+      const res = await fetch(`${gateway}/v1/completions`, { method: 'POST', headers: { authorization: `Bearer ${apiKey}`, 'content-type': 'application/json' }, body: JSON.stringify({ prompt: 'def add(a, b):', max_tokens: 4, temperature: 0 }) });
+      t.is(res.status, 200);
+      return (await res.json()) as { choices: { text: string }[]; usage: { completion_tokens: number } };
+    };
+    const first = await complete();
+    t.is(first.usage.completion_tokens, 4);
     // a role that died before down: not counted, and its pid (which the system may give to another process) not signalled
     const roles = (JSON.parse(readFileSync(join(state, 'cluster.json'), 'utf8')) as { pids: { role: string; pid: number; started?: string }[] }).pids;
     t.true(roles.every((r) => r.started !== undefined), 'each role\'s start time is recorded');
+    t.deepEqual(roles.filter((r) => r.role.startsWith('verify-')).map((r) => r.role), ['verify-0', 'verify-1']);
+    process.kill(roles.find((r) => r.role === 'verify-0')!.pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 300));
+    t.is((await complete()).choices[0]!.text, first.choices[0]!.text, 'the other verify actor serves it');
     process.kill(roles.find((r) => r.role.startsWith('draft-'))!.pid, 'SIGKILL');
     await new Promise((r) => setTimeout(r, 300));
-    t.regex((await installed('cluster', 'down', '--state-dir', state)).stdout, /cluster down: stopped 6 processes \(1 had already exited\)/);
+    t.regex((await installed('cluster', 'down', '--state-dir', state)).stdout, /cluster down: stopped 6 processes \(2 had already exited\)/);
     t.deepEqual(readdirSync(state).filter((f) => !f.endsWith('.log')), [], 'state, secrets and server configs are gone');
     t.deepEqual(await processesNaming(dir), []);
   } finally {
@@ -124,6 +132,10 @@ test.serial('cli - cluster up --colocate hands --kv-location to each coordinator
     const bad = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--execution-providers', 'gpu'));
     t.is((bad as unknown as { code: number }).code, 2);
     t.regex((bad as unknown as { stderr: string }).stderr, /--execution-providers takes auto or a comma-separated list/);
+    t.false(existsSync(state), 'nothing started');
+    const twice = await t.throwsAsync(installed('cluster', 'up', '--state-dir', state, '--models', models, '--colocate', '--verify-instances', '2'));
+    t.is((twice as unknown as { code: number }).code, 2);
+    t.regex((twice as unknown as { stderr: string }).stderr, /--verify-instances starts verify actor processes, which --colocate replaces/);
     t.false(existsSync(state), 'nothing started');
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -221,6 +221,8 @@ interface UpOptions {
   nats?: string;
   redis?: string;
   draftInstances: number;
+  /** Verify actor processes (without --colocate); requests' sessions spread over them, and a lost one's sessions are placed again on another. */
+  verifyInstances?: number;
   coordinators: number;
   apiKey?: string;
   threads: number;
@@ -250,6 +252,7 @@ const SERVER_FILES = ['secrets.json', 'nats.conf', 'redis.conf'];
 async function clusterUp(o: UpOptions): Promise<void> {
   // on this terminal, not only in the gateway's log
   noteOutcomeBranches(o);
+  if (o.colocate && o.verifyInstances !== undefined) throw new InvalidArgumentError('--verify-instances starts verify actor processes, which --colocate replaces by a verifier inside each coordinator: use --coordinators for more of those, or leave --colocate out');
   const dir = resolve(o.stateDir);
   if (existsSync(stateFile(dir))) throw new CascadeError(`a cluster is already up (state in ${stateFile(dir)}); run \`cascade cluster down --state-dir ${o.stateDir}\` first`);
   // the gateway starts last, after every model has loaded: a busy --port is refused before anything starts
@@ -313,7 +316,8 @@ async function clusterUp(o: UpOptions): Promise<void> {
       ...(o.kvLocation !== undefined ? ['--kv-location', o.kvLocation] : []),
       ...(o.batchInvariant !== undefined ? ['--batch-invariant', o.batchInvariant] : []),
     ];
-    const waits = o.colocate ? [] : [(await started('verify-0', ['actor', 'verify', ...common, ...target, '--threads', String(o.threads), ...verifierFlags], env('actor'))).wait()];
+    const waits: Promise<unknown>[] = [];
+    for (let i = 0; !o.colocate && i < (o.verifyInstances ?? 1); i++) waits.push((await started(`verify-${i}`, ['actor', 'verify', ...common, ...target, '--threads', String(o.threads), ...verifierFlags], env('actor'))).wait());
     for (const d of family.drafters) {
       // a family member by name; an export by its folder (served under the folder's name, which is d)
       const model = isFamilyMember(o.models, d) ? d : (family.locations?.get(d) as { dir: string }).dir;
@@ -522,6 +526,7 @@ export function registerCluster(program: Command): void {
     .option('--nats <url>', 'use this NATS instead of starting one')
     .option('--redis <url>', 'use this Redis instead of starting one')
     .option('--draft-instances <n>', 'actor processes per drafter', parseNumber('--draft-instances', { min: 1, integer: true }), 1)
+    .option('--verify-instances <n>', 'verify actor processes, each loading the target (not with --colocate, where each coordinator hosts one): sessions spread over them, and one that is lost has its sessions placed again on another', parseNumber('--verify-instances', { min: 1, integer: true }))
     .option('--coordinators <n>', 'coordinator processes', parseNumber('--coordinators', { min: 1, integer: true }), 1)
     .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)', oneApiKey)
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
