@@ -19,7 +19,7 @@ import { LogWriter } from './log-writer.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
-import { subjects, type Subscription, type Transport } from './transport.ts';
+import { subjects, type Subscription, type Transport, type TransportError } from './transport.ts';
 import { describeIssues } from '../issues.ts';
 
 /** The BullMQ queue requests enter (SPEC §6). */
@@ -87,6 +87,8 @@ export interface CoordinatorOptions {
   readonly callTimeoutMs?: number;
   /** Called with each actor call's round trip (ms: its wall time minus the actor's handler time), for a metric. */
   readonly onRoundTrip?: (kind: 'draft' | 'verify', ms: number) => void;
+  /** Called with each actor call that got no answer (no responders, or the call timeout), by the kind of actor, for a metric. */
+  readonly onCallFailed?: (kind: 'draft' | 'verify', reason: TransportError['reason']) => void;
   /** Called with each append's wall time to a request's token log (ms), for a metric. */
   readonly onLogAppend?: (ms: number) => void;
   /** Told, one line each, what an operator reads in a role's log: a request resumed after another attempt, a drafter dropped. */
@@ -195,9 +197,10 @@ export class Coordinator {
           promptLength: job.promptIds.length,
           ...(stream === 0 && job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
           onRoundTrip: (ms) => this.options.onRoundTrip?.(stream === 0 ? 'verify' : 'draft', ms),
+          onCallFailed: (reason) => this.options.onCallFailed?.(stream === 0 ? 'verify' : 'draft', reason),
         });
       const top = remote(family.target, 't', 0);
-      const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms) });
+      const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms), onCallFailed: (reason) => this.options.onCallFailed?.('draft', reason) });
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => {
         const kind = drafterKind(family, d);
         return kind === 'mag' ? new MagLevel({ ...family.magTables }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);

@@ -22,6 +22,11 @@ export function actorRoundTripHistogram(registry: Registry): Histogram<'kind'> {
   return new Histogram({ name: 'cascade_actor_round_trip_seconds', help: "Actor call wall time minus the actor's handler time (NATS, framing, scheduling), by the kind of actor", labelNames: ['kind'], buckets: FAST, registers: [registry] });
 }
 
+/** A coordinator's actor calls that got no answer, by the kind of actor and why: `timeout` (the call timeout passed: a frozen, partitioned or overloaded actor) or `no-responders` (nothing serves the subject: the actor is gone). */
+export function actorCallsFailedCounter(registry: Registry): Counter<'kind' | 'reason'> {
+  return new Counter({ name: 'cascade_actor_calls_failed_total', help: 'Actor calls that got no answer, by the kind of actor and reason (timeout: the call timeout passed; no-responders: no actor serves the subject); a call that failed is tried once more, its session placed again, before its drafter is dropped or the request attempt fails', labelNames: ['kind', 'reason'], registers: [registry] });
+}
+
 /**
  * The gateway's Prometheus metrics (SPEC §7). Definitions:
  * - TTFT: request received → first generated token streamed (queue time included).

@@ -25,7 +25,7 @@ import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import type { FastifyInstance } from 'fastify';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
-import { actorRoundTripHistogram, failedAttemptsCounter, GatewayMetrics, logAppendHistogram } from './metrics.ts';
+import { actorCallsFailedCounter, actorRoundTripHistogram, failedAttemptsCounter, GatewayMetrics, logAppendHistogram } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { RedisConnection } from './redis-connection.ts';
 import { RedisKvStore, TokenLog } from './redis-store.ts';
@@ -284,12 +284,14 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
     const roundTrip = actorRoundTripHistogram(registry);
     const logAppend = logAppendHistogram(registry);
     const failedAttempts = failedAttemptsCounter(registry);
+    const failedCalls = actorCallsFailedCounter(registry);
     const coordinator = new Coordinator({
       transport,
       log: new TokenLog(shards),
       family: { target: family.target, eosIds: spec.eosIds, magTables: loadMagTables(family, spec.vocabSize), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
       callTimeoutMs: o.callTimeoutMs,
       onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
+      onCallFailed: (kind, reason) => failedCalls.inc({ kind, reason }),
       onLogAppend: (ms) => logAppend.observe(ms / 1000),
       onEvent: logLine,
     });
