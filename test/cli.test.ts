@@ -242,6 +242,13 @@ test('cli - usage errors exit 2 with the reason; a failed write to stdout is one
   const missing = await fails(['generate', '--batch-invariant', '--max-tokens', '4', 'x']);
   t.is(missing.code, 2);
   t.regex(missing.stderr, /got "--max-tokens"\n\(--max-tokens is an option, not a value: --batch-invariant needs its value right after it\)/);
+  // --multi-step-ms sets up the verifier a coordinator hosts, and takes a number of ms >= 0
+  const stray = await fails(['coordinator', '--nats', 'nats://127.0.0.1:1', '--redis', 'redis://127.0.0.1:1', '--multi-step-ms', '40']);
+  t.is(stray.code, 2);
+  t.regex(stray.stderr, /--multi-step-ms sets up the verifier that --verifier hosts/);
+  const negative = await fails(['actor', 'verify', '--nats', 'nats://127.0.0.1:1', '--multi-step-ms', '-1']);
+  t.is(negative.code, 2);
+  t.regex(negative.stderr, /--multi-step-ms/);
   const full = spawn(process.execPath, [...CLI, 'generate', '--max-tokens', '4', 'x'], { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', openSync('/dev/full', 'w'), 'pipe'] });
   let stderr = '';
   full.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));

@@ -6,6 +6,7 @@ import { InProcessTransport } from '../src/cluster/transport.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
+import { DECODE_STEPS } from '../src/models/session.ts';
 import { paced } from './helpers/pacing.ts';
 import { describeFits, misfits, positionalChiSquare } from './helpers/stats.ts';
 
@@ -26,7 +27,7 @@ function cluster(vocabSize: number, sharpness = 4, pace = false) {
   let n = 0;
   const run = (job: Omit<JobData, 'requestId' | 'enqueuedAt' | 'trace' | 'stopAtEos'>) =>
     coordinator.run({ ...job, requestId: `r${n++}`, enqueuedAt: Date.now(), stopAtEos: false }).then(async (o) => ({ outcome: o, tokens: await log.read(`r${n - 1}`) }));
-  return { target, d1, d2, actors, run, stop: () => Promise.all(actors.map((a) => a.stop())) };
+  return { target, d1, d2, actors, run, transport, stop: () => Promise.all(actors.map((a) => a.stop())) };
 }
 
 test('cluster (in-process) - greedy output equals target-only decoding for several cascades', async (t) => {
@@ -143,6 +144,33 @@ test('cluster (in-process) - a drafter whose actors are gone is dropped; the req
   const { tokens, outcome } = await c.run({ promptIds: [4, 2], maxTokens: 40, sampling: GREEDY, seed: 0, drafters: ['d1', 'd2', 'mag'], kMatrix: [[2, 4, 8], [0, 2, 6], [0, 0, 4]], lenience: 1 });
   t.deepEqual(tokens, want.tokenIds);
   t.deepEqual(outcome.failovers, ['d1']);
+  await c.stop();
+});
+
+test('cluster (in-process) - the target decoding alone asks its actor for several tokens a call (target-only decoding, and after its only drafter was dropped); greedy and seeded sampled tokens equal target-only decoding\'s', async (t) => {
+  const c = cluster(24);
+  const targetCalls = { n: 0 };
+  const request = c.transport.request.bind(c.transport);
+  c.transport.request = (subject, data, options) => {
+    if (subject.startsWith('cascade.actor.target.') && !subject.endsWith('.open')) targetCalls.n++;
+    return request(subject, data, options);
+  };
+  const sampled: SamplingParams = { temperature: 0.8, topK: 0, topP: 1 };
+  for (const sampling of [GREEDY, sampled]) {
+    const want = await generateAutoregressive(c.target, { promptIds: [4, 2], maxTokens: 40, sampling, seed: 3, stopAtEos: false, verification: 'invariant' });
+    targetCalls.n = 0;
+    const alone = await c.run({ promptIds: [4, 2], maxTokens: 40, sampling, seed: 3, drafters: [], kMatrix: [], lenience: 1, verification: 'invariant' });
+    t.deepEqual(alone.tokens, want.tokenIds, `target-only, T ${sampling.temperature}`);
+    // the first token alone (it streams as soon as the prompt is read), then DECODE_STEPS a call, and the close
+    t.true(targetCalls.n <= 1 + Math.ceil(39 / DECODE_STEPS) + 1, `${targetCalls.n} target calls for 40 tokens`);
+    await c.actors[1]!.stop(); // d1: dropped at its first call, then the target decodes alone
+    targetCalls.n = 0;
+    const dropped = await c.run({ promptIds: [4, 2], maxTokens: 40, sampling, seed: 3, drafters: ['d1'], kMatrix: [[3]], lenience: 1, verification: 'invariant' });
+    t.deepEqual(dropped.tokens, want.tokenIds, `d1 dropped, T ${sampling.temperature}`);
+    t.deepEqual(dropped.outcome.failovers, ['d1']);
+    t.true(targetCalls.n <= 2 + Math.ceil(39 / DECODE_STEPS) + 1, `${targetCalls.n} target calls for 40 tokens after the drafter was dropped`);
+    c.actors[1]!.start();
+  }
   await c.stop();
 });
 

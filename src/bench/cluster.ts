@@ -31,6 +31,8 @@ export interface BenchClusterOptions {
   readonly onReady?: () => void;
   /** Where the target's verify actor runs: its own processes (`separate`, the default) or inside the coordinator (`colocated`: `cascade coordinator --verifier`). */
   readonly layout?: Layout;
+  /** More flags for each verify actor (`separate` only), e.g. `--multi-step-ms 40`. */
+  readonly verifierFlags?: readonly string[];
 }
 
 /** Cluster layouts: the verify actor in its own process, or in the coordinator's (`cascade coordinator --verifier`). */
@@ -73,7 +75,7 @@ export async function startBenchCluster(o: BenchClusterOptions): Promise<{ compl
     const colocated = o.layout === 'colocated';
     roles.push(
       ...(await Promise.all([
-        ...(colocated ? [] : times(o.verifiers).map(() => spawnRole(['actor', 'verify', ...common], env))),
+        ...(colocated ? [] : times(o.verifiers).map(() => spawnRole(['actor', 'verify', ...common, ...(o.verifierFlags ?? [])], env))),
         ...family.drafters.flatMap((d) => times(o.draftInstances).map(() => spawnRole(['actor', 'draft', '--model', d, ...common], env))),
         spawnRole(['coordinator', ...common, '--redis', redis.url, '--concurrency', String(o.concurrency), ...(colocated ? ['--verifier'] : [])], env),
       ])),

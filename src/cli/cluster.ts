@@ -127,7 +127,11 @@ interface ActorFlags {
   healthPort?: number;
   maxBatch: number;
   batchWindowMs: number;
+  multiStepMs: number;
 }
+
+/** `--multi-step-ms` (BatchingOptions.multiStepMs), on `actor`, `coordinator --verifier` and `cluster up`. */
+const MULTI_STEP_HELP = `longest one call of a session alone on the model may decode several tokens (multi-step decoding, going by its measured step time; at least one step): a request arriving meanwhile waits up to this long, and a lone stream pays one round trip per call, not per token; 0 = one token a call (default ${DEFAULT_BATCHING.multiStepMs})`;
 
 interface ClusterState {
   readonly gateway: string;
@@ -236,6 +240,8 @@ interface UpOptions {
   kvLocation?: KvLocation;
   /** The verifier's batch invariance (`actor verify --batch-invariant`; with --colocate, each coordinator's); unset: its default, auto. */
   batchInvariant?: BatchInvariance;
+  /** The verifier's multi-step bound (`actor verify --multi-step-ms`; with --colocate, each coordinator's); unset: its default. */
+  multiStepMs?: number;
   /** The target's own quantized copy as the first drafter, on draft actors of its own (`--self-draft`), made here before any role starts. */
   selfDraft?: SelfDraft;
   selfDraftCache: string;
@@ -315,6 +321,7 @@ async function clusterUp(o: UpOptions): Promise<void> {
       ...(o.executionProviders !== undefined ? ['--execution-providers', o.executionProviders.join(',')] : []),
       ...(o.kvLocation !== undefined ? ['--kv-location', o.kvLocation] : []),
       ...(o.batchInvariant !== undefined ? ['--batch-invariant', o.batchInvariant] : []),
+      ...(o.multiStepMs !== undefined ? ['--multi-step-ms', String(o.multiStepMs)] : []),
     ];
     const waits: Promise<unknown>[] = [];
     for (let i = 0; !o.colocate && i < (o.verifyInstances ?? 1); i++) waits.push((await started(`verify-${i}`, ['actor', 'verify', ...common, ...target, '--threads', String(o.threads), ...verifierFlags], env('actor'))).wait());
@@ -412,12 +419,13 @@ export function registerCluster(program: Command): void {
     .option('--health-port <port>', HEALTH_HELP, parsePort('--health-port'))
     .option('--max-batch <n>', 'most sessions whose forwards run as one batched pass (1 = no batching)', parseNumber('--max-batch', { min: 1, integer: true }), DEFAULT_BATCHING.maxBatch)
     .option('--batch-window-ms <ms>', 'longest a forward waits for other active sessions to join its pass', parseNumber('--batch-window-ms', { min: 0 }), DEFAULT_BATCHING.windowMs)
+    .option('--multi-step-ms <ms>', MULTI_STEP_HELP, parseNumber('--multi-step-ms', { min: 0 }), DEFAULT_BATCHING.multiStepMs)
     .action(async (kind: string, o: ActorFlags) => {
       if (kind !== 'draft' && kind !== 'verify') throw new InvalidArgumentError(`actor kind must be draft or verify, got "${kind}"`);
       if (!(KV_POLICIES as readonly string[]).includes(o.kvPolicy)) throw new InvalidArgumentError(`--kv-policy must be one of ${KV_POLICIES.join(', ')}, got "${o.kvPolicy}"`);
       if (o.kvPolicy !== 'full' && o.kvBudget === undefined) throw new InvalidArgumentError(`--kv-policy ${o.kvPolicy} needs --kv-budget`);
       const kv = o.kvPolicy === 'full' ? undefined : { policy: o.kvPolicy as KvPolicyName, budget: o.kvBudget!, sinks: o.kvSinks, recent: o.kvRecent, rebuild: o.kvRebuild, releaseBatch: o.kvReleaseBatch, prefillChunk: o.kvPrefillChunk };
-      await runUntilSignalled(() => startActorRole({ kind, ...o, nats: natsUrl(o.nats), redis: o.redis?.map((u) => withEnvCredentials(u, 'REDIS')), kv, healthPort: healthPort(o.healthPort), batching: { maxBatch: o.maxBatch, windowMs: o.batchWindowMs } }));
+      await runUntilSignalled(() => startActorRole({ kind, ...o, nats: natsUrl(o.nats), redis: o.redis?.map((u) => withEnvCredentials(u, 'REDIS')), kv, healthPort: healthPort(o.healthPort), batching: { maxBatch: o.maxBatch, windowMs: o.batchWindowMs, multiStepMs: o.multiStepMs } }));
     });
 
   program
@@ -441,10 +449,11 @@ export function registerCluster(program: Command): void {
     .option('--execution-providers <list>', `with --verifier: its execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto), as cascade actor takes them`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <where>', `with --verifier: where its KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `with --verifier: whether a token's logits stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads?: number; executionProviders?: string[]; kvLocation?: KvLocation; batchInvariant?: BatchInvariance }) => {
-      const stray = (['threads', 'executionProviders', 'kvLocation', 'batchInvariant'] as const).filter((k) => o[k] !== undefined);
+    .option('--multi-step-ms <ms>', `with --verifier: ${MULTI_STEP_HELP}`, parseNumber('--multi-step-ms', { min: 0 }))
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads?: number; executionProviders?: string[]; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; multiStepMs?: number }) => {
+      const stray = (['threads', 'executionProviders', 'kvLocation', 'batchInvariant', 'multiStepMs'] as const).filter((k) => o[k] !== undefined);
       if (!o.verifier && stray.length) throw new InvalidArgumentError(`${stray.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} set${stray.length === 1 ? 's' : ''} up the verifier that --verifier hosts: add --verifier, or leave ${stray.length === 1 ? 'it' : 'them'} out`);
-      const verifier = o.verifier ? { threads: o.threads ?? 1, executionProviders: o.executionProviders, kvLocation: o.kvLocation ?? 'auto', batchInvariant: o.batchInvariant ?? 'auto' } : undefined;
+      const verifier = o.verifier ? { threads: o.threads ?? 1, executionProviders: o.executionProviders, kvLocation: o.kvLocation ?? 'auto', batchInvariant: o.batchInvariant ?? 'auto', ...(o.multiStepMs !== undefined ? { batching: { multiStepMs: o.multiStepMs } } : {}) } : undefined;
       await runUntilSignalled(() => startCoordinatorRole({ ...o, nats: natsUrl(o.nats), redis: redisUrls(o.redis), healthPort: healthPort(o.healthPort), verifier }));
     });
 
@@ -535,6 +544,7 @@ export function registerCluster(program: Command): void {
     .option('--execution-providers <list>', `the verifier's execution providers (cascade actor verify --execution-providers; with --colocate, each coordinator's): ${EXECUTION_PROVIDERS.join(', ')}, or auto (default cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <where>', `where the verifier's KV caches live between passes (cascade actor verify --kv-location; with --colocate, each coordinator's): ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `the verifier's (cascade actor verify --batch-invariant; with --colocate, each coordinator's): ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
+    .option('--multi-step-ms <ms>', `the verifier's (cascade actor verify --multi-step-ms; with --colocate, each coordinator's): ${MULTI_STEP_HELP}`, parseNumber('--multi-step-ms', { min: 0 }))
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--outcome-branches', `${OUTCOME_BRANCHES_HELP} (the gateway's default for async requests whose cascade field does not say)`)

@@ -6,7 +6,7 @@ import type { ReviewOutcome } from '../kernels/acceptance.ts';
 import type { Verification } from '../kernels/noise.ts';
 import { deriveSeed, seed64, type Seed } from '../kernels/rng.ts';
 import type { SamplingParams, TokenLogprob } from '../kernels/sampling.ts';
-import type { ServiceLoad } from '../models/session.ts';
+import { DECODE_STEPS, type ServiceLoad } from '../models/session.ts';
 import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Rows } from './messages.ts';
 import { injectHeaders, inSpan } from './tracing.ts';
 import { subjects, TransportError, type Transport } from './transport.ts';
@@ -89,6 +89,16 @@ export class RemoteLevel implements CascadeLevel {
   ) {
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.rowBudget = Math.floor(transport.maxPayload / 2);
+  }
+
+  /**
+   * CascadeLevel.decodeSteps: a target decoding alone asks its actor for up to DECODE_STEPS tokens in
+   * one call, which its runner decodes in one worker call where it can (ModelSession.decode) and one
+   * pass at a time where not: either way one NATS round trip, not one per token. The tokens are the
+   * target's own draws, as over DECODE_STEPS calls of one (the same passes, the same noise or rng).
+   */
+  get decodeSteps(): number | undefined {
+    return this.options.target ? DECODE_STEPS : undefined;
   }
 
   /** The instance holding the session now (undefined before the first call, or after it was lost). */

@@ -177,7 +177,7 @@ export async function generateCascade(
    * `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop
    * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`, `outcomeBranches`, `pipeline`, `levelBelow`: as RunOptions.
    */
-  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest' | 'outcomeBranches' | 'pipeline' | 'levelBelow'> = {},
+  control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest' | 'aloneSteps' | 'outcomeBranches' | 'pipeline' | 'levelBelow'> = {},
 ): Promise<CascadeResult> {
   checkRequest(req, target.spec.maxPositions);
   checkCascade(config);
@@ -255,6 +255,13 @@ export interface RunOptions {
    * that compare the two).
    */
   readonly drafterRest?: boolean;
+  /**
+   * Whether a serial round that the target decodes alone while drafters are in the cascade (the
+   * adaptive schedule priced every draft out) proposes several tokens in one call (multi-step
+   * decoding, as target-only decoding), default true. false: one token per such round, as before
+   * (for benchmarks that compare the two).
+   */
+  readonly aloneSteps?: boolean;
   /**
    * Whether async drafting also pre-drafts the outcomes where the target rejects a draft and emits the
    * drafter's runner-up (async-cascade.ts, outcome branches), default false: the speculation alone
@@ -395,10 +402,14 @@ export async function runCascade(
     schedule?.reviewed(reviewer.name, sources, result.accepted, ms, fed);
   }
 
-  // Target-only decoding (no drafters at all) proposes several tokens a round where the target's
-  // runner decodes them in one call (ModelSession.decode, multi-step decoding); the first round
-  // proposes one, so the first token streams as soon as the prompt is read.
-  const plainSteps = initialDrafters.length === 0 ? (top.decodeSteps ?? 1) : 1;
+  // A round the target decodes alone (no drafters, or a K whose target row is empty: the adaptive
+  // schedule priced every draft out) proposes several tokens where the target's runner decodes them
+  // in one call (ModelSession.decode, multi-step decoding; over a cluster, one actor call), as
+  // target-only decoding does; the first round proposes one, so the first token streams as soon as
+  // the prompt is read. The schedule plans again after it, as after any round.
+  const plainSteps = initialDrafters.length === 0 || options.aloneSteps !== false ? (top.decodeSteps ?? 1) : 1;
+  /** Whether the last round was the target's alone over several tokens (a pass per token). */
+  let multiStep = false;
 
   /** One round: the target reviews a block of at most `room` drafts from the whole cascade, or proposes alone. */
   async function round(block: Block, room: number): Promise<void> {
@@ -413,6 +424,7 @@ export async function runCascade(
       }
       if (drafters.length === 0 || K[0]!.every((k) => k === 0) || room === 0) {
         const want = rounds === 0 ? 1 : Math.min(plainSteps, room + 1);
+        multiStep = want > 1;
         const { ms, fed } = await timed(top, () => top.propose(block, want, rng));
         // one pass is a sample of the target's review cost; several in one call (multi-step) are not
         if (want === 1) schedule?.reviewed(top.name, [], 0, ms, fed);
@@ -457,8 +469,9 @@ export async function runCascade(
       const room = draftRoom(committed, req.maxTokens - out.length, options.maxPositions);
       if (options.inRound) await options.inRound(rounds, () => round(block, room));
       else await round(block, room);
-      // a multi-step round of target-only decoding made one target pass per token it proposed
-      rounds += plainSteps > 1 ? Math.max(1, tokens.length - committed) : 1;
+      // a multi-step round made one target pass per token it proposed
+      rounds += multiStep ? Math.max(1, tokens.length - committed) : 1;
+      multiStep = false;
       const { fresh, freshLogprobs, stopped } = committable(tokens.slice(committed), req.maxTokens - out.length, eos, top, req.logprobs !== undefined);
       if (stopped) finishReason = 'stop';
       tokens.length = committed;

@@ -8,14 +8,16 @@
  * MaG pipelined below the drafter (the drafter reviews MaG's drafts on its speculation, PipeSpec)
  * against a drafter drafting one token a pass (csd only: sd has no MaG); `--compare below`: the
  * second neural drafter (`--below DIR`, default the family's second) as a level below the drafter
- * (RunOptions.levelBelow: the drafter reviews its drafts too) against MaG alone below it. Prints end-to-end
+ * (RunOptions.levelBelow: the drafter reviews its drafts too) against MaG alone below it; `--compare alone`:
+ * serial rounds under the adaptive schedule, the rounds it gives the target alone decoding several
+ * tokens in one call (RunOptions.aloneSteps) against one token each. Prints end-to-end
  * tokens/s (medians over repeats), each side over target-only decoding, and on how many prompts a
  * side's tokens equal target-only decoding's (all expected: a sampled request is seeded and
  * verified drafter-invariantly), with each side's target passes, passes the drafter rested, tokens
  * drafted on outcome branches, branches adopted and their drafts accepted, MaG's drafts the drafter
  * reviewed and accepted, and writes the same as JSON.
  *
- * Usage: node --import tsx tools/bench/paired-async.ts [--compare rest|branches|pipeline|below] [--drafter DIR] [--below DIR]
+ * Usage: node --import tsx tools/bench/paired-async.ts [--compare rest|alone|branches|pipeline|below] [--drafter DIR] [--below DIR]
  *          [--temperature 0.7] [--prompts 8] [--max-tokens 128] [--repeats 3] [--threads 1]
  *          [--prompts-dir DIR] [--out FILE.json]
  * (the family in ./models; the drafter defaults to its largest drafter)
@@ -35,7 +37,7 @@ const { prompts, maxTokens, repeats, threads, promptsDir, out, extra } = pairedA
 const temperature = Number(extra.temperature);
 if (!(temperature >= 0)) throw new Error(`--temperature takes a number >= 0, got ${extra.temperature}`);
 const compare = extra.compare;
-if (compare !== 'rest' && compare !== 'branches' && compare !== 'pipeline' && compare !== 'below') throw new Error(`--compare takes rest, branches, pipeline or below, got ${compare}`);
+if (compare !== 'rest' && compare !== 'alone' && compare !== 'branches' && compare !== 'pipeline' && compare !== 'below') throw new Error(`--compare takes rest, alone, branches, pipeline or below, got ${compare}`);
 const family = loadFamily('models');
 const open = (dir: string) => OrtModelSession.open(dir, { intraOpThreads: threads, prefixCache: false });
 const target = await open(join('models', family.target));
@@ -45,8 +47,9 @@ const model: DrafterSpec = { kind: 'model', session: drafter };
 const lower = compare === 'below' ? await open(extra.below || join('models', family.drafters[1]!)) : undefined;
 const mag: DrafterSpec = { kind: 'mag', tables };
 /** The part compared: off, then on, as RunOptions. */
-const parts: Record<'rest' | 'branches' | 'pipeline' | 'below', [string, Pick<RunOptions, 'drafterRest' | 'outcomeBranches' | 'pipeline' | 'levelBelow'>][]> = {
+const parts: Record<'rest' | 'alone' | 'branches' | 'pipeline' | 'below', [string, Pick<RunOptions, 'drafterRest' | 'aloneSteps' | 'outcomeBranches' | 'pipeline' | 'levelBelow'>][]> = {
   rest: [['drafter always drafting', { drafterRest: false }], ['drafter resting', {}]],
+  alone: [['one token a round the target decodes alone', { aloneSteps: false }], ['multi-step rounds the target decodes alone', {}]],
   branches: [['speculation alone', {}], ['outcome branches', { outcomeBranches: true }]],
   pipeline: [['drafter one token a pass', { pipeline: false }], ['MaG pipelined below the drafter', {}]],
   below: [['MaG pipelined below the drafter', {}], [`${lower?.spec.name} and MaG below the drafter`, { levelBelow: true }]],
@@ -57,7 +60,8 @@ const sides = [
   // the pipeline's reference is the same cascade in serial rounds (issue 27's bar: async >= 1.25x serial)
   ...(compare === 'pipeline' || compare === 'below' ? [{ name: 'csd (drafter + MaG), serial rounds', drafters: [model, mag], options: {}, drafting: 'serial' as const }] : []),
   ...(compare === 'pipeline' || compare === 'below' ? [[model, mag]] : [[model], [model, mag]]).flatMap((drafters) =>
-    parts[compare].map(([label, options]) => ({ name: `${drafters.length === 1 ? `sd (${drafter.spec.name})` : 'csd (drafter + MaG)'}, async, ${label}`, drafters: drafters.length === 1 ? drafters : csd(options.levelBelow), options, drafting: 'async' as const })),
+    // `alone` compares serial rounds (the rounds the schedule gives the target alone); every other part is async drafting's
+    parts[compare].map(([label, options]) => ({ name: `${drafters.length === 1 ? `sd (${drafter.spec.name})` : 'csd (drafter + MaG)'}, ${compare === 'alone' ? 'serial' : 'async'}, ${label}`, drafters: drafters.length === 1 ? drafters : csd(options.levelBelow), options, drafting: compare === 'alone' ? ('serial' as const) : ('async' as const) })),
   ),
 ].map((s) => ({ ...s, memory: new ScheduleMemory() }));
 const tokenizer = TextTokenizer.forModel(target.spec);
