@@ -175,7 +175,7 @@ export async function generateCascade(
   onTokens?: (ids: readonly number[], logprobs?: readonly TokenLogprob[]) => void,
   /**
    * `cancelled`: polled between rounds; true ends the request with finish reason `cancelled` (a stop
-   * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`, `outcomeBranches`, `pipeline`, `levelBelow`: as RunOptions.
+   * string seen). `scheduleMemory`, `draftContexts`, `drafterRest`, `aloneSteps`, `outcomeBranches`, `pipeline`, `levelBelow`: as RunOptions.
    */
   control: Pick<RunOptions, 'cancelled' | 'scheduleMemory' | 'draftContexts' | 'drafterRest' | 'aloneSteps' | 'outcomeBranches' | 'pipeline' | 'levelBelow'> = {},
 ): Promise<CascadeResult> {
