@@ -66,6 +66,13 @@ test.serial('cli - bin/cascade.js cluster up starts every role (two verify actor
     const roles = (JSON.parse(readFileSync(join(state, 'cluster.json'), 'utf8')) as { pids: { role: string; pid: number; started?: string }[] }).pids;
     t.true(roles.every((r) => r.started !== undefined), 'each role\'s start time is recorded');
     t.deepEqual(roles.filter((r) => r.role.startsWith('verify-')).map((r) => r.role), ['verify-0', 'verify-1']);
+    // every actor and coordinator serves its probes and metrics on loopback, named in cluster.json and (the coordinators') on stdout
+    const health = (JSON.parse(readFileSync(join(state, 'cluster.json'), 'utf8')) as { health: Record<string, string> }).health;
+    t.deepEqual(Object.keys(health).sort(), roles.map((r) => r.role).filter((r) => /^(verify|draft|coordinator)-/.test(r)).sort());
+    t.regex(stdout, new RegExp(`coordinator-0's at ${health['coordinator-0']!.replace(/\./g, '\\.')}/metrics`));
+    const metrics = await (await fetch(`${health['coordinator-0']}/metrics`)).text();
+    t.regex(metrics, /^# TYPE cascade_actor_calls_failed_total counter$/m);
+    t.is((await fetch(`${health['verify-1']}/health`)).status, 200);
     process.kill(roles.find((r) => r.role === 'verify-0')!.pid, 'SIGKILL');
     await new Promise((r) => setTimeout(r, 300));
     t.is((await complete()).choices[0]!.text, first.choices[0]!.text, 'the other verify actor serves it');

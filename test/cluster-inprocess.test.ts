@@ -174,6 +174,33 @@ test('cluster (in-process) - the target decoding alone asks its actor for severa
   await c.stop();
 });
 
+test('cluster (in-process) - a verify actor gone mid-request: the session is placed again on the other, the coordinator says so in one line, and the tokens are target-only decoding\'s', async (t) => {
+  const c = cluster(24);
+  const want = await generateAutoregressive(c.target, { promptIds: [6, 1], maxTokens: 30, sampling: GREEDY, seed: 0, stopAtEos: false });
+  const transport = new InProcessTransport();
+  const verifiers = [new ModelActor(transport, c.target, { instance: 'v0' }).start(), new ModelActor(transport, c.target, { instance: 'v1' }).start()];
+  const drafter = new ModelActor(transport, c.d1).start();
+  const events: string[] = [];
+  const failed: string[] = [];
+  const log = new MemoryRequestLog();
+  const coordinator = new Coordinator({ transport, log, family: { target: 'target', eosIds: [] }, onEvent: (l) => events.push(l), onCallFailed: (kind, reason) => failed.push(`${kind} ${reason}`) });
+  // the fourth call to a verify actor's own subject finds it gone
+  let calls = 0;
+  const request = transport.request.bind(transport);
+  transport.request = async (subject, data, options) => {
+    const v = verifiers.find((a) => subject === `cascade.actor.target.${a.instance}`);
+    if (v && ++calls === 4) await v.stop();
+    return request(subject, data, options);
+  };
+  await coordinator.run({ requestId: 'moved', promptIds: [6, 1], maxTokens: 30, sampling: GREEDY, seed: 0, drafters: ['d1'], kMatrix: [[3]], lenience: 1, enqueuedAt: Date.now(), stopAtEos: false });
+  t.deepEqual(await log.read('moved'), want.tokenIds);
+  t.deepEqual(failed, ['verify no-responders']);
+  t.is(events.length, 1, events.join('\n'));
+  t.regex(events[0]!, /^request moved: target actor call got no answer \(no responders on cascade\.actor\.target\.v[01]\); placing its session again$/);
+  await Promise.all([...verifiers, drafter].map((a) => a.stop()));
+  await c.stop();
+});
+
 test('cluster (in-process) - a retried request resumes after the recorded tokens', async (t) => {
   const c = cluster(24);
   const want = await generateAutoregressive(c.target, { promptIds: [7], maxTokens: 30, sampling: GREEDY, seed: 0, stopAtEos: false });

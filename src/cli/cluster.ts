@@ -131,7 +131,7 @@ interface ActorFlags {
 }
 
 /** `--multi-step-ms` (BatchingOptions.multiStepMs), on `actor`, `coordinator --verifier` and `cluster up`. */
-const MULTI_STEP_HELP = `longest one call of a session alone on the model may decode several tokens (multi-step decoding, going by its measured step time; at least one step): a request arriving meanwhile waits up to this long, and a lone stream pays one round trip per call, not per token; 0 = one token a call (default ${DEFAULT_BATCHING.multiStepMs})`;
+const MULTI_STEP_HELP = 'longest one call of a session alone on the model may decode several tokens (multi-step decoding, going by its measured step time; at least one step): a request arriving meanwhile waits up to this long, and a lone stream pays one round trip per call, not per token; 0 = one token a call';
 
 interface ClusterState {
   readonly gateway: string;
@@ -141,6 +141,8 @@ interface ClusterState {
   /** `started`: the process's start time (processStart), so that `down` never signals a pid the system gave to another process since. */
   readonly pids: { readonly role: string; readonly pid: number; readonly started?: string }[];
   readonly logs: string;
+  /** Each actor's and coordinator's /live, /health and /metrics (their --health-port), on loopback. */
+  readonly health?: Record<string, string>;
 }
 
 const stateFile = (dir: string) => join(dir, 'cluster.json');
@@ -278,8 +280,15 @@ async function clusterUp(o: UpOptions): Promise<void> {
   };
   const logs: string[] = [];
   /** Starts a role with this process's environment plus `env` (a variable set to undefined is removed). */
+  const health: Record<string, string> = {};
   const started = async (role: string, args: string[], env: Record<string, string | undefined>, timeoutMs = 60_000) => {
     const log = join(dir, `${role}.log`);
+    // actors and coordinators serve /live, /health and /metrics on a free loopback port (the gateway has its own)
+    if (role !== 'gateway') {
+      const port = await freePort();
+      health[role] = `http://127.0.0.1:${port}`;
+      env = { ...env, CASCADE_HEALTH_PORT: String(port), CASCADE_HEALTH_HOST: '127.0.0.1' };
+    }
     logs.push(log);
     const fd = openSync(log, 'w');
     // credentials travel in the environment, never on the command line (visible in ps) or in logs
@@ -338,10 +347,11 @@ async function clusterUp(o: UpOptions): Promise<void> {
     const gw = await started('gateway', ['serve', ...named, '--port', String(port), '--verification', o.verification, '--drafting', o.drafting, ...(o.outcomeBranches ? ['--outcome-branches'] : [])], { ...env('gateway', true), CASCADE_API_KEYS: keys });
     await gw.wait();
     const gateway = `http://127.0.0.1:${port}`;
-    const state: ClusterState = { gateway, nats: redact(nats), redis: redact(redis), secured: Boolean(secrets), pids, logs: dir };
+    const state: ClusterState = { gateway, nats: redact(nats), redis: redact(redis), secured: Boolean(secrets), pids, logs: dir, health };
     writeFileSync(stateFile(dir), JSON.stringify(state, null, 2));
     process.stdout.write(`cluster up: ${pids.length} processes, logs in ${dir}\n`);
     process.stdout.write(`gateway ${gateway}  (OpenAI API at ${gateway}/v1)\n`);
+    process.stdout.write(`metrics: the gateway's at ${gateway}/metrics; ${Object.entries(health).filter(([r]) => r.startsWith('coordinator')).map(([r, u]) => `${r}'s at ${u}/metrics`).join(', ')} (every role's in ${stateFile(dir)})\n`);
     if (secrets) process.stdout.write(`authentication on: the API key and the NATS/Redis credentials are in ${join(dir, 'secrets.json')} (mode 0600)\n`);
   } catch (err) {
     killAll(pids, 'SIGTERM');
@@ -449,7 +459,7 @@ export function registerCluster(program: Command): void {
     .option('--execution-providers <list>', `with --verifier: its execution providers (${EXECUTION_PROVIDERS.join(', ')}, or auto), as cascade actor takes them`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <where>', `with --verifier: where its KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `with --verifier: whether a token's logits stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
-    .option('--multi-step-ms <ms>', `with --verifier: ${MULTI_STEP_HELP}`, parseNumber('--multi-step-ms', { min: 0 }))
+    .option('--multi-step-ms <ms>', `with --verifier: ${MULTI_STEP_HELP} (default ${DEFAULT_BATCHING.multiStepMs})`, parseNumber('--multi-step-ms', { min: 0 }))
     .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads?: number; executionProviders?: string[]; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; multiStepMs?: number }) => {
       const stray = (['threads', 'executionProviders', 'kvLocation', 'batchInvariant', 'multiStepMs'] as const).filter((k) => o[k] !== undefined);
       if (!o.verifier && stray.length) throw new InvalidArgumentError(`${stray.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} set${stray.length === 1 ? 's' : ''} up the verifier that --verifier hosts: add --verifier, or leave ${stray.length === 1 ? 'it' : 'them'} out`);
@@ -535,7 +545,7 @@ export function registerCluster(program: Command): void {
     .option('--nats <url>', 'use this NATS instead of starting one')
     .option('--redis <url>', 'use this Redis instead of starting one')
     .option('--draft-instances <n>', 'actor processes per drafter', parseNumber('--draft-instances', { min: 1, integer: true }), 1)
-    .option('--verify-instances <n>', 'verify actor processes, each loading the target (not with --colocate, where each coordinator hosts one): sessions spread over them, and one that is lost has its sessions placed again on another', parseNumber('--verify-instances', { min: 1, integer: true }))
+    .option('--verify-instances <n>', 'verify actor processes, each loading the target (not with --colocate, where each coordinator hosts one): sessions spread over them, and one that is lost has its sessions placed again on another (default 1)', parseNumber('--verify-instances', { min: 1, integer: true }))
     .option('--coordinators <n>', 'coordinator processes', parseNumber('--coordinators', { min: 1, integer: true }), 1)
     .option('--api-key <key>', 'the gateway\'s bearer key (default: generated)', oneApiKey)
     .option('--insecure', 'no authentication anywhere (NATS, Redis, the API): for trying things on a laptop')
@@ -544,7 +554,7 @@ export function registerCluster(program: Command): void {
     .option('--execution-providers <list>', `the verifier's execution providers (cascade actor verify --execution-providers; with --colocate, each coordinator's): ${EXECUTION_PROVIDERS.join(', ')}, or auto (default cpu)`, parseExecutionProviders('--execution-providers'))
     .option('--kv-location <where>', `where the verifier's KV caches live between passes (cascade actor verify --kv-location; with --colocate, each coordinator's): ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `the verifier's (cascade actor verify --batch-invariant; with --colocate, each coordinator's): ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
-    .option('--multi-step-ms <ms>', `the verifier's (cascade actor verify --multi-step-ms; with --colocate, each coordinator's): ${MULTI_STEP_HELP}`, parseNumber('--multi-step-ms', { min: 0 }))
+    .option('--multi-step-ms <ms>', `the verifier's (cascade actor verify --multi-step-ms; with --colocate, each coordinator's): ${MULTI_STEP_HELP} (default ${DEFAULT_BATCHING.multiStepMs})`, parseNumber('--multi-step-ms', { min: 0 }))
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--outcome-branches', `${OUTCOME_BRANCHES_HELP} (the gateway's default for async requests whose cascade field does not say)`)

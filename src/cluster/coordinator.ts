@@ -197,7 +197,11 @@ export class Coordinator {
           promptLength: job.promptIds.length,
           ...(stream === 0 && job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
           onRoundTrip: (ms) => this.options.onRoundTrip?.(stream === 0 ? 'verify' : 'draft', ms),
-          onCallFailed: (reason) => this.options.onCallFailed?.(stream === 0 ? 'verify' : 'draft', reason),
+          onCallFailed: (reason, message, placingAgain) => {
+            this.options.onCallFailed?.(stream === 0 ? 'verify' : 'draft', reason);
+            // a call given up is logged where its level is dropped or its attempt fails
+            if (placingAgain) this.options.onEvent?.(`request ${job.requestId}: ${name} actor call got no answer (${message}); placing its session again`);
+          },
         });
       const top = remote(family.target, 't', 0);
       const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms), onCallFailed: (reason) => this.options.onCallFailed?.('draft', reason) });

@@ -37,8 +37,12 @@ export interface RemoteLevelOptions {
   readonly timeoutMs?: number;
   /** Called with each call's round trip (ms; roundTripsMs), for a metric. */
   readonly onRoundTrip?: (ms: number) => void;
-  /** Called with each call that got no answer (the actor gone: no responders, or a timeout), retried or not, for a metric. */
-  readonly onCallFailed?: (reason: TransportError['reason']) => void;
+  /**
+   * Called with each call that got no answer (the actor gone: no responders, or a timeout), for a
+   * metric and a log line: why, the transport's message, and whether the call is tried again with
+   * the session placed again (else the level fails with LevelUnavailableError).
+   */
+  readonly onCallFailed?: (reason: TransportError['reason'], message: string, placingAgain: boolean) => void;
   /** The level is the target and the request drafts with the verify actor's feature drafter (RemoteFeatureLevel): open the session with it. */
   readonly eagle?: boolean;
 }
@@ -115,7 +119,7 @@ export class RemoteLevel implements CascadeLevel {
     try {
       reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}), ...(this.options.eagle ? { eagle: true } : {}) });
     } catch (err) {
-      if (err instanceof TransportError) this.options.onCallFailed?.(err.reason);
+      if (err instanceof TransportError) this.options.onCallFailed?.(err.reason, err.message, false);
       if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       throw err;
     }
@@ -139,7 +143,7 @@ export class RemoteLevel implements CascadeLevel {
       try {
         reply = await this.send(subjects.instance(this.name, instance), build(base), tokens.length - base);
       } catch (err) {
-        if (err instanceof TransportError) this.options.onCallFailed?.(err.reason);
+        if (err instanceof TransportError) this.options.onCallFailed?.(err.reason, err.message, attempt === 0);
         if (!(err instanceof TransportError) || attempt > 0) {
           throw err instanceof TransportError ? new LevelUnavailableError(this.name, `${this.name} actor ${instance} is gone (${err.message})`, { cause: err }) : err;
         }
@@ -281,7 +285,7 @@ export class RemoteFeatureLevel implements CascadeLevel {
         const req: ActorRequest = { type: 'propose', session: this.target.session, base, suffix: tokens.slice(base), want, feature: true };
         reply = await requestActor(this.transport, subjects.instance(this.target.name, instance), req, this.options.timeoutMs ?? 10_000, tokens.length - base);
       } catch (err) {
-        if (err instanceof TransportError) this.options.onCallFailed?.(err.reason);
+        if (err instanceof TransportError) this.options.onCallFailed?.(err.reason, err.message, false);
         if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `${this.name} beside ${this.target.name} actor ${instance} is gone (${err.message})`, { cause: err });
         throw err;
       } finally {

@@ -91,7 +91,8 @@ async function pingServers(redis: RedisConnection, transport: NatsTransport): Pr
 
 /** The probe endpoints on `port`, when one is given (metrics from `registry`, default the process's). */
 async function probes(port: number | undefined, role: string, check: () => Promise<Record<string, unknown>>, registry = processRegistry(role)): Promise<HealthServer | undefined> {
-  return port === undefined ? undefined : startHealthServer({ port, check, registry });
+  // CASCADE_HEALTH_HOST: the address it listens on (default every interface, as a pod's probes need; cluster up keeps it on loopback)
+  return port === undefined ? undefined : startHealthServer({ port, check, registry, ...(process.env.CASCADE_HEALTH_HOST ? { host: process.env.CASCADE_HEALTH_HOST } : {}) });
 }
 
 /** What a cluster gateway says while no coordinator takes requests from its queue. */
