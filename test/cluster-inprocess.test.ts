@@ -171,6 +171,13 @@ test('cluster (in-process) - the target decoding alone asks its actor for severa
     t.true(targetCalls.n <= 2 + Math.ceil(39 / DECODE_STEPS) + 1, `${targetCalls.n} target calls for 40 tokens after the drafter was dropped`);
     c.actors[1]!.start();
   }
+  // where the actor's runner cannot decode several tokens in one call (rejection sampling, log
+  // probabilities), one token a call: a longer call would run every pass unbounded
+  for (const extra of [{ sampling: sampled, verification: 'rejection' as const }, { sampling: GREEDY, verification: 'invariant' as const, logprobs: 2 }]) {
+    targetCalls.n = 0;
+    await c.run({ promptIds: [4, 2], maxTokens: 40, seed: 3, drafters: [], kMatrix: [], lenience: 1, ...extra });
+    t.true(targetCalls.n >= 40, `${targetCalls.n} target calls for 40 tokens, ${JSON.stringify(extra)}`);
+  }
   await c.stop();
 });
 
@@ -196,7 +203,7 @@ test('cluster (in-process) - a verify actor gone mid-request: the session is pla
   t.deepEqual(await log.read('moved'), want.tokenIds);
   t.deepEqual(failed, ['verify no-responders']);
   t.is(events.length, 1, events.join('\n'));
-  t.regex(events[0]!, /^request moved: target actor call got no answer \(no responders on cascade\.actor\.target\.v[01]\); placing its session again$/);
+  t.regex(events[0]!, /^request moved: a call to the target actor failed \(no responders on cascade\.actor\.target\.v[01]\); placing its session again$/);
   await Promise.all([...verifiers, drafter].map((a) => a.stop()));
   await c.stop();
 });

@@ -1,10 +1,12 @@
 import { join } from 'node:path';
 import test from 'ava';
-import { generateCascade, type DrafterSpec } from '../src/engine/cascade.ts';
+import { generateCascade, runCascade, type DrafterSpec } from '../src/engine/cascade.ts';
 import { generateAutoregressive, type GenerateRequest } from '../src/engine/generate.ts';
 import { planCascade } from '../src/engine/presets.ts';
 import { processScheduleMemory } from '../src/engine/schedule.ts';
-import { InvalidArgumentError } from '../src/errors.ts';
+import { InvalidArgumentError, LevelUnavailableError } from '../src/errors.ts';
+import { ModelLevel, newStats, type CascadeLevel } from '../src/engine/levels.ts';
+import { PositionNoise } from '../src/kernels/noise.ts';
 import { argmax, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { loadMagTables } from '../src/models/family.ts';
 import { BatchingSession } from '../src/models/batching-session.ts';
@@ -180,6 +182,47 @@ test.serial('multi-step decoding - through a BatchingSession: a lone request dec
   const before0 = calls;
   await generateAutoregressive(single, req(prompts[0]!, GREEDY, 0));
   t.is(calls - before0, 39);
+});
+
+test.serial('multi-step decoding - rounds the target decodes alone after its drafter was dropped take several tokens a call (RunOptions.aloneSteps), with target-only decoding\'s tokens, greedy and seeded', async (t) => {
+  const base = await open(dirOf('draft-l2'), true, 'off');
+  let decodeCalls = 0;
+  // the same session, its decode calls counted
+  const counted = new Proxy(base, {
+    get(target, prop) {
+      if (prop === 'decode') return (...args: Parameters<NonNullable<OrtModelSession['decode']>>) => (decodeCalls++, target.decode!(...args));
+      const value = Reflect.get(target, prop, target) as unknown;
+      return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+    },
+  });
+  for (const [sampling, seed] of [[GREEDY, 0], [SAMPLED, 3]] as const) {
+    const req = request(sampling, seed);
+    const want = (await generateAutoregressive(base, req)).tokenIds;
+    for (const aloneSteps of [true, false]) {
+      // a drafter that dies at its second call: every round after it is the target's alone
+      let calls = 0;
+      const dying: CascadeLevel = {
+        name: 'dying',
+        stats: newStats(),
+        async propose() {
+          if (++calls === 2) throw new LevelUnavailableError('dying', 'the drafter was killed');
+        },
+        async review() {
+          throw new Error('it only proposes');
+        },
+        async release() {},
+      };
+      const noise = new PositionNoise(seed);
+      const top = new ModelLevel('draft-l2', counted, `alone-${seed}-${aloneSteps}`, sampling, { promptLength: PROMPT.length, noise });
+      decodeCalls = 0;
+      const r = await runCascade(top, [dying], { kMatrix: [[2]], lenience: 1 }, req, { eosIds: [], onLevelFailure: (level) => level === dying, aloneSteps });
+      t.deepEqual(r.tokenIds, want, `T=${sampling.temperature}, aloneSteps ${aloneSteps}`);
+      t.is(r.stats.rounds, 40, 'a target pass per token');
+      // the first round's token, a round with the drafter, then the target alone: the rest in calls of up to 8, or one a call
+      if (aloneSteps) t.true(decodeCalls <= Math.ceil(39 / 8) + 2, `${decodeCalls} decode calls`);
+      else t.true(decodeCalls >= 38, `${decodeCalls} decode calls`);
+    }
+  }
 });
 
 test.serial('multi-step decoding - a multi-step round is no sample of the target review cost the adaptive schedule fits', async (t) => {

@@ -283,12 +283,10 @@ async function clusterUp(o: UpOptions): Promise<void> {
   const health: Record<string, string> = {};
   const started = async (role: string, args: string[], env: Record<string, string | undefined>, timeoutMs = 60_000) => {
     const log = join(dir, `${role}.log`);
-    // actors and coordinators serve /live, /health and /metrics on a free loopback port (the gateway has its own)
-    if (role !== 'gateway') {
-      const port = await freePort();
-      health[role] = `http://127.0.0.1:${port}`;
-      env = { ...env, CASCADE_HEALTH_PORT: String(port), CASCADE_HEALTH_HOST: '127.0.0.1' };
-    }
+    // actors and coordinators serve /live, /health and /metrics on a loopback port the system picks
+    // (port 0: no race with other roles' ports), which their ready line names (the gateway has its own)
+    const probes = role !== 'gateway';
+    if (probes) env = { ...env, CASCADE_HEALTH_PORT: '0', CASCADE_HEALTH_HOST: '127.0.0.1' };
     logs.push(log);
     const fd = openSync(log, 'w');
     // credentials travel in the environment, never on the command line (visible in ps) or in logs
@@ -298,7 +296,12 @@ async function clusterUp(o: UpOptions): Promise<void> {
     closeSync(fd);
     child.unref();
     pids.push(withStart(role, child.pid!));
-    return { log, pid: child.pid!, wait: () => waitForLine(log, child.pid!, /^ready: /m, timeoutMs, role) };
+    const wait = async () => {
+      await waitForLine(log, child.pid!, /^ready: /m, timeoutMs, role);
+      const url = probes ? /^ready: .*health on (http:\/\/[^\s,)]+)/m.exec(readFileSync(log, 'utf8'))?.[1] : undefined;
+      if (url) health[role] = url;
+    };
+    return { log, pid: child.pid!, wait };
   };
   const secrets = o.insecure ? undefined : generateSecrets(o.apiKey);
   try {

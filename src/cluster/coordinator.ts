@@ -87,7 +87,7 @@ export interface CoordinatorOptions {
   readonly callTimeoutMs?: number;
   /** Called with each actor call's round trip (ms: its wall time minus the actor's handler time), for a metric. */
   readonly onRoundTrip?: (kind: 'draft' | 'verify', ms: number) => void;
-  /** Called with each actor call that got no answer (no responders, or the call timeout), by the kind of actor, for a metric. */
+  /** Called with each actor call that failed in transport (no responders, the call timeout, or closed: a payload over the limit, a NATS error), by the kind of actor called (a feature drafter's calls go to the verify actor), for a metric. */
   readonly onCallFailed?: (kind: 'draft' | 'verify', reason: TransportError['reason']) => void;
   /** Called with each append's wall time to a request's token log (ms), for a metric. */
   readonly onLogAppend?: (ms: number) => void;
@@ -200,11 +200,11 @@ export class Coordinator {
           onCallFailed: (reason, message, placingAgain) => {
             this.options.onCallFailed?.(stream === 0 ? 'verify' : 'draft', reason);
             // a call given up is logged where its level is dropped or its attempt fails
-            if (placingAgain) this.options.onEvent?.(`request ${job.requestId}: ${name} actor call got no answer (${message}); placing its session again`);
+            if (placingAgain) this.options.onEvent?.(`request ${job.requestId}: a call to the ${name} actor failed (${message}); placing its session again`);
           },
         });
       const top = remote(family.target, 't', 0);
-      const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms), onCallFailed: (reason) => this.options.onCallFailed?.('draft', reason) });
+      const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms), onCallFailed: (reason) => this.options.onCallFailed?.('verify', reason) });
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => {
         const kind = drafterKind(family, d);
         return kind === 'mag' ? new MagLevel({ ...family.magTables }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);

@@ -22,9 +22,9 @@ export function actorRoundTripHistogram(registry: Registry): Histogram<'kind'> {
   return new Histogram({ name: 'cascade_actor_round_trip_seconds', help: "Actor call wall time minus the actor's handler time (NATS, framing, scheduling), by the kind of actor", labelNames: ['kind'], buckets: FAST, registers: [registry] });
 }
 
-/** A coordinator's actor calls that got no answer, by the kind of actor and why: `timeout` (the call timeout passed: a frozen, partitioned or overloaded actor) or `no-responders` (nothing serves the subject: the actor is gone). */
+/** A coordinator's actor calls that failed in transport, by the kind of actor called and why: `timeout` (the call timeout passed: a frozen, partitioned or overloaded actor), `no-responders` (nothing serves the subject: the actor is gone) or `closed` (a frame over the payload limit, or a NATS error). */
 export function actorCallsFailedCounter(registry: Registry): Counter<'kind' | 'reason'> {
-  return new Counter({ name: 'cascade_actor_calls_failed_total', help: 'Actor calls that got no answer, by the kind of actor and reason (timeout: the call timeout passed; no-responders: no actor serves the subject); a call that failed is tried once more, its session placed again, before its drafter is dropped or the request attempt fails', labelNames: ['kind', 'reason'], registers: [registry] });
+  return new Counter({ name: 'cascade_actor_calls_failed_total', help: 'Actor calls that failed in transport, by the kind of actor called and reason (timeout: the call timeout passed; no-responders: no actor serves the subject; closed: a frame over the payload limit or a NATS error); a session call that failed is tried once more, its session placed again, before its drafter is dropped or the request attempt fails', labelNames: ['kind', 'reason'], registers: [registry] });
 }
 
 /**

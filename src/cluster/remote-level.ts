@@ -38,9 +38,9 @@ export interface RemoteLevelOptions {
   /** Called with each call's round trip (ms; roundTripsMs), for a metric. */
   readonly onRoundTrip?: (ms: number) => void;
   /**
-   * Called with each call that got no answer (the actor gone: no responders, or a timeout), for a
-   * metric and a log line: why, the transport's message, and whether the call is tried again with
-   * the session placed again (else the level fails with LevelUnavailableError).
+   * Called with each call that failed in transport (TransportError: no responders, a timeout, or
+   * closed), for a metric and a log line: why, the transport's message, and whether the call is
+   * tried again with the session placed again (else the level fails with LevelUnavailableError).
    */
   readonly onCallFailed?: (reason: TransportError['reason'], message: string, placingAgain: boolean) => void;
   /** The level is the target and the request drafts with the verify actor's feature drafter (RemoteFeatureLevel): open the session with it. */
@@ -97,12 +97,17 @@ export class RemoteLevel implements CascadeLevel {
 
   /**
    * CascadeLevel.decodeSteps: a target decoding alone asks its actor for up to DECODE_STEPS tokens in
-   * one call, which its runner decodes in one worker call where it can (ModelSession.decode) and one
-   * pass at a time where not: either way one NATS round trip, not one per token. The tokens are the
-   * target's own draws, as over DECODE_STEPS calls of one (the same passes, the same noise or rng).
+   * one call where the actor's runner decodes them in one worker call (ModelSession.decode, bounded
+   * by its BatchingSession's multiStepMs): greedy or drafter-invariant sampling, no log
+   * probabilities, no feature drafter reading the target's features (ModelLevel's `decodes`). One
+   * NATS round trip then carries several tokens; the tokens are the target's own draws, as over
+   * calls of one. Otherwise one token a call, as before: the actor would run every pass of a longer
+   * call unbounded.
    */
   get decodeSteps(): number | undefined {
-    return this.options.target ? DECODE_STEPS : undefined;
+    const o = this.options;
+    const decodes = o.target && o.logprobs === undefined && !o.eagle && (o.sampling.temperature === 0 || o.verification === 'invariant');
+    return decodes ? DECODE_STEPS : undefined;
   }
 
   /** The instance holding the session now (undefined before the first call, or after it was lost). */
@@ -158,7 +163,8 @@ export class RemoteLevel implements CascadeLevel {
       }
       if (reply.type === 'error') throw new ActorError(`${this.name} actor ${instance}: ${reply.code}: ${reply.message}`);
       if (reply.type !== expect) throw new ActorError(`${this.name} actor ${instance} answered ${reply.type}, expected ${expect}`);
-      this.stats.forwardPasses++;
+      // a target's proposal of several tokens (decodeSteps) was a pass each in the actor
+      this.stats.forwardPasses += expect === 'proposed' && this.options.target ? Math.max(1, (reply as Extract<ActorReply, { type: 'proposed' }>).tokens.length) : 1;
       this.stats.tokensScored += tokens.length - base; // what the actor had not seen: it feeds those
       if ('load' in reply) this.lastLoad = reply.load;
       if ('serveMs' in reply && reply.serveMs !== undefined) {

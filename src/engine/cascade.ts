@@ -469,10 +469,11 @@ export async function runCascade(
       const room = draftRoom(committed, req.maxTokens - out.length, options.maxPositions);
       if (options.inRound) await options.inRound(rounds, () => round(block, room));
       else await round(block, room);
-      // a multi-step round made one target pass per token it proposed
-      rounds += multiStep ? Math.max(1, tokens.length - committed) : 1;
-      multiStep = false;
       const { fresh, freshLogprobs, stopped } = committable(tokens.slice(committed), req.maxTokens - out.length, eos, top, req.logprobs !== undefined);
+      // a multi-step round made one target pass per token it kept (a remote target may have decoded
+      // past an end-of-sequence id within its call: those passes are not the request's)
+      rounds += multiStep ? Math.max(1, fresh.length) : 1;
+      multiStep = false;
       if (stopped) finishReason = 'stop';
       tokens.length = committed;
       tokens.push(...fresh);
