@@ -3,7 +3,7 @@ import type { Block, CascadeLevel } from '../engine/levels.ts';
 import { checkReadable, commonPrefix, newStats } from '../engine/levels.ts';
 import { CascadeError, LevelUnavailableError } from '../errors.ts';
 import type { ReviewOutcome } from '../kernels/acceptance.ts';
-import type { Verification } from '../kernels/noise.ts';
+import { runnerDraws, type Verification } from '../kernels/noise.ts';
 import { deriveSeed, seed64, type Seed } from '../kernels/rng.ts';
 import type { SamplingParams, TokenLogprob } from '../kernels/sampling.ts';
 import { DECODE_STEPS, type ServiceLoad } from '../models/session.ts';
@@ -106,8 +106,7 @@ export class RemoteLevel implements CascadeLevel {
    */
   get decodeSteps(): number | undefined {
     const o = this.options;
-    const decodes = o.target && o.logprobs === undefined && !o.eagle && (o.sampling.temperature === 0 || o.verification === 'invariant');
-    return decodes ? DECODE_STEPS : undefined;
+    return o.target && !o.eagle && runnerDraws(o.sampling.temperature, o.verification === 'invariant', o.logprobs) ? DECODE_STEPS : undefined;
   }
 
   /** The instance holding the session now (undefined before the first call, or after it was lost). */
@@ -124,8 +123,10 @@ export class RemoteLevel implements CascadeLevel {
     try {
       reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}), ...(this.options.eagle ? { eagle: true } : {}) });
     } catch (err) {
-      if (err instanceof TransportError) this.options.onCallFailed?.(err.reason, err.message, false);
-      if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
+      if (err instanceof TransportError) {
+        this.options.onCallFailed?.(err.reason, err.message, false);
+        throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
+      }
       throw err;
     }
     if (reply.type === 'error') throw new LevelUnavailableError(this.name, `${this.name} refused the session: ${reply.message}`);
@@ -163,8 +164,7 @@ export class RemoteLevel implements CascadeLevel {
       }
       if (reply.type === 'error') throw new ActorError(`${this.name} actor ${instance}: ${reply.code}: ${reply.message}`);
       if (reply.type !== expect) throw new ActorError(`${this.name} actor ${instance} answered ${reply.type}, expected ${expect}`);
-      // a target's proposal of several tokens (decodeSteps) was a pass each in the actor
-      this.stats.forwardPasses += expect === 'proposed' && this.options.target ? Math.max(1, (reply as Extract<ActorReply, { type: 'proposed' }>).tokens.length) : 1;
+      this.stats.forwardPasses++;
       this.stats.tokensScored += tokens.length - base; // what the actor had not seen: it feeds those
       if ('load' in reply) this.lastLoad = reply.load;
       if ('serveMs' in reply && reply.serveMs !== undefined) {
@@ -193,6 +193,8 @@ export class RemoteLevel implements CascadeLevel {
       if (runnerUp && reply.tokens.length > 1) throw new ActorError(`${this.name} answered ${reply.tokens.length} tokens to a propose of one with its runner-up`);
       this.stats.proposals += reply.tokens.length;
       this.stats.tokensScored += Math.max(0, reply.tokens.length - 1);
+      // a target's proposal of several tokens (decodeSteps) was a pass each in the actor
+      if (this.options.target) this.stats.forwardPasses += Math.max(0, reply.tokens.length - 1);
       reply.tokens.forEach((t, i) => block.push(t, reply.q[i]));
       this.took(reply.logprobs, reply.tokens.length);
       this.sent = block.tokens.slice();
@@ -291,8 +293,10 @@ export class RemoteFeatureLevel implements CascadeLevel {
         const req: ActorRequest = { type: 'propose', session: this.target.session, base, suffix: tokens.slice(base), want, feature: true };
         reply = await requestActor(this.transport, subjects.instance(this.target.name, instance), req, this.options.timeoutMs ?? 10_000, tokens.length - base);
       } catch (err) {
-        if (err instanceof TransportError) this.options.onCallFailed?.(err.reason, err.message, false);
-        if (err instanceof TransportError) throw new LevelUnavailableError(this.name, `${this.name} beside ${this.target.name} actor ${instance} is gone (${err.message})`, { cause: err });
+        if (err instanceof TransportError) {
+          this.options.onCallFailed?.(err.reason, err.message, false);
+          throw new LevelUnavailableError(this.name, `${this.name} beside ${this.target.name} actor ${instance} is gone (${err.message})`, { cause: err });
+        }
         throw err;
       } finally {
         this.stats.forwardMs += performance.now() - t0;

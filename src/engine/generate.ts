@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { InvalidArgumentError } from '../errors.ts';
 import { Rng, type Seed } from '../kernels/rng.ts';
-import { DEFAULT_VERIFICATION, drawToken, PositionNoise, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
+import { DEFAULT_VERIFICATION, drawToken, PositionNoise, runnerDraws, VERIFICATIONS, type Verification } from '../kernels/noise.ts';
 import { checkSampling, logprobDistribution, MAX_TOP_LOGPROBS, nextToken, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
 import { DECODE_STEPS, type ModelSession } from '../models/session.ts';
 import { BoundedSequence, checkKvPolicy, FULL_CACHE, type KvPolicyConfig } from './bounded-kv.ts';
@@ -120,7 +120,7 @@ export async function generateAutoregressive(
   };
   // multi-step decoding (ModelSession.decode) where the runner can choose the tokens itself: the
   // same passes and draws, one call per DECODE_STEPS tokens instead of one per token
-  const inRunner = seq.decodes && req.logprobs === undefined && (req.sampling.temperature === 0 || noise !== undefined);
+  const inRunner = seq.decodes && runnerDraws(req.sampling.temperature, noise !== undefined, req.logprobs);
   try {
     const logits = await feed(req.promptIds);
     const tokens = [...req.promptIds];

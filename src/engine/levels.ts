@@ -1,5 +1,5 @@
 import { review, reviewGreedyLenient, reviewInvariant, type ReviewOutcome } from '../kernels/acceptance.ts';
-import type { PositionNoise } from '../kernels/noise.ts';
+import { runnerDraws, type PositionNoise } from '../kernels/noise.ts';
 import { MaxGram, type MaxGramOptions } from '../kernels/maxgram.ts';
 import type { Rng } from '../kernels/rng.ts';
 import { argmax, distribution, logitsRow, logprobDistribution, processLogits, runnerUp, sample, tokenLogprob, type SamplingParams, type TokenLogprob } from '../kernels/sampling.ts';
@@ -191,7 +191,7 @@ export class ModelLevel implements CascadeLevel {
    * position noise (no Rng, no q to pass up), and no log probabilities to record.
    */
   private get decodes(): boolean {
-    return this.seq.decodes && this.topLogprobs === undefined && (this.sampling.temperature === 0 || this.noise !== undefined);
+    return this.seq.decodes && runnerDraws(this.sampling.temperature, this.noise !== undefined, this.topLogprobs);
   }
 
   /** Tokens one `propose` call may usefully ask for alone (target-only decoding): DECODE_STEPS where the runner decodes, else 1. */

@@ -110,6 +110,17 @@ export function parseVerification(value: string): Verification {
 }
 
 /**
+ * Whether a runner can choose a request's tokens itself with drawToken (ModelSession.decode,
+ * multi-step decoding): greedy, or sampled with position-keyed noise (drafter-invariant
+ * verification, `invariant`), and no log probabilities to record. Rejection sampling draws with an
+ * Rng and passes q up, so it chooses a token per call. Target-only decoding, ModelLevel and a
+ * cluster's remote target (whose actor's ModelLevel decides the same way) go by it.
+ */
+export function runnerDraws(temperature: number, invariant: boolean, logprobs: number | undefined): boolean {
+  return logprobs === undefined && (temperature === 0 || invariant);
+}
+
+/**
  * The token a level chooses from a logits row (float32 [vocab]) at the position after
  * prefix.tokens[0..prefix.length) without an Rng: at temperature 0 the argmax of the processed
  * logits; above it, `noise`'s draw from the processed distribution at that absolute position
