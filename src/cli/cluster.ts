@@ -279,8 +279,9 @@ async function clusterUp(o: UpOptions): Promise<void> {
     return { role, pid, ...(started !== undefined ? { started } : {}) };
   };
   const logs: string[] = [];
-  /** Starts a role with this process's environment plus `env` (a variable set to undefined is removed). */
+  /** Each actor's and coordinator's probes and metrics URL, read from its ready line. */
   const health: Record<string, string> = {};
+  /** Starts a role with this process's environment plus `env` (a variable set to undefined is removed). */
   const started = async (role: string, args: string[], env: Record<string, string | undefined>, timeoutMs = 60_000) => {
     const log = join(dir, `${role}.log`);
     // actors and coordinators serve /live, /health and /metrics on a loopback port the system picks

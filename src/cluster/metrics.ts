@@ -13,13 +13,13 @@ export function logAppendHistogram(registry: Registry): Histogram {
  * A coordinator's actor calls' round trips: each call's wall time minus the actor's own handler time
  * (frame v7's `serveMs`), i.e. NATS, framing and scheduling, labelled `kind` = draft or verify.
  */
+export function actorRoundTripHistogram(registry: Registry): Histogram<'kind'> {
+  return new Histogram({ name: 'cascade_actor_round_trip_seconds', help: "Actor call wall time minus the actor's handler time (NATS, framing, scheduling), by the kind of actor", labelNames: ['kind'], buckets: FAST, registers: [registry] });
+}
+
 /** A coordinator's failed request attempts, by the error's class and whether it was the request's last (`final`: the request failed). */
 export function failedAttemptsCounter(registry: Registry): Counter<'error' | 'final'> {
   return new Counter({ name: 'cascade_request_attempts_failed_total', help: "Request attempts that failed in a coordinator, by the error's class; final=\"true\" when the request failed for good, \"false\" when BullMQ retries it", labelNames: ['error', 'final'], registers: [registry] });
-}
-
-export function actorRoundTripHistogram(registry: Registry): Histogram<'kind'> {
-  return new Histogram({ name: 'cascade_actor_round_trip_seconds', help: "Actor call wall time minus the actor's handler time (NATS, framing, scheduling), by the kind of actor", labelNames: ['kind'], buckets: FAST, registers: [registry] });
 }
 
 /** A coordinator's actor calls that failed in transport, by the kind of actor called and why: `timeout` (the call timeout passed: a frozen, partitioned or overloaded actor), `no-responders` (nothing serves the subject: the actor is gone) or `closed` (a frame over the payload limit, or a NATS error). */
