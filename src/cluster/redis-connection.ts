@@ -177,7 +177,6 @@ export function openRedis(d: RedisDeployment, options: { queue?: boolean; name?:
  */
 export function logRedisEvents(client: RedisClient, name: string, log: (line: string) => void = logLine): void {
   let lost = false;
-  const nodes = new Map<string, number>();
   client.on('error', (err: Error) => {
     if (lost) return;
     lost = true;
@@ -188,11 +187,9 @@ export function logRedisEvents(client: RedisClient, name: string, log: (line: st
     lost = false;
   });
   if (client instanceof Cluster) {
+    const due = onceAMinute();
     client.on('node error', (err: Error, address: string) => {
-      const now = Date.now();
-      if (now - (nodes.get(address) ?? -Infinity) < 60_000) return;
-      nodes.set(address, now);
-      log(`Redis (${name}): node ${address}: ${err.message}`);
+      if (due(address)) log(`Redis (${name}): node ${address}: ${err.message}`);
     });
     client.on('-node', (node: { options?: { host?: string; port?: number } }) => log(`Redis (${name}): node ${node.options?.host}:${node.options?.port} left the cluster's slots`));
   }
@@ -203,12 +200,20 @@ export function logRedisEvents(client: RedisClient, name: string, log: (line: st
  * worker and queue report every failed retry of their own connections as an 'error').
  */
 export function throttledErrorLog(prefix: string, log: (line: string) => void = logLine): (err: Error) => void {
-  const seen = new Map<string, number>();
+  const due = onceAMinute();
   return (err) => {
+    if (due(err.message)) log(`${prefix}: ${err.message}`);
+  };
+}
+
+/** Whether a line about `key` is due: true the first time, then once a minute at most per key. */
+function onceAMinute(): (key: string) => boolean {
+  const last = new Map<string, number>();
+  return (key) => {
     const now = Date.now();
-    if (now - (seen.get(err.message) ?? -Infinity) < 60_000) return;
-    seen.set(err.message, now);
-    log(`${prefix}: ${err.message}`);
+    if (now - (last.get(key) ?? -Infinity) < 60_000) return false;
+    last.set(key, now);
+    return true;
   };
 }
 
