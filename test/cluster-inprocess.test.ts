@@ -2,7 +2,9 @@ import test from 'ava';
 import { ModelActor } from '../src/actors/model-actor.ts';
 import { Coordinator, type JobData } from '../src/cluster/coordinator.ts';
 import { MemoryRequestLog } from '../src/cluster/redis-store.ts';
-import { InProcessTransport } from '../src/cluster/transport.ts';
+import { ActorLiveness } from '../src/cluster/liveness.ts';
+import { decode } from '../src/cluster/messages.ts';
+import { InProcessTransport, subjects, TransportError } from '../src/cluster/transport.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
@@ -204,6 +206,51 @@ test('cluster (in-process) - a verify actor gone mid-request: the session is pla
   t.deepEqual(failed, ['verify no-responders']);
   t.is(events.length, 1, events.join('\n'));
   t.regex(events[0]!, /^request moved: a call to the target actor failed \(no responders on cascade\.actor\.target\.v[01]\); placing its session again$/);
+  await Promise.all([...verifiers, drafter].map((a) => a.stop()));
+  await c.stop();
+});
+
+test('cluster (in-process) - a verify actor frozen mid-call (no answer, no heartbeat): the call is given up as silent long before its timeout, the session placed on the other, and the tokens are target-only decoding\'s', async (t) => {
+  const c = cluster(24);
+  const want = await generateAutoregressive(c.target, { promptIds: [5, 2], maxTokens: 30, sampling: GREEDY, seed: 0, stopAtEos: false });
+  const transport = new InProcessTransport();
+  const verifiers = ['v0', 'v1'].map((instance) => new ModelActor(transport, c.target, { instance, heartbeatMs: 50 }).start());
+  const drafter = new ModelActor(transport, c.d1, { heartbeatMs: 50 }).start();
+  const liveness = new ActorLiveness(transport, 400);
+  const events: string[] = [];
+  const failed: string[] = [];
+  const log = new MemoryRequestLog();
+  const coordinator = new Coordinator({ transport, log, family: { target: 'target', eosIds: [] }, callTimeoutMs: 10_000, liveness, onEvent: (l) => events.push(l), onCallFailed: (kind, reason) => failed.push(`${kind} ${reason}`) });
+  // the fourth call to a verify actor's own subject freezes it: that call and any later one get no answer, and its heartbeats stop
+  let frozen: string | undefined;
+  let calls = 0;
+  const timers: NodeJS.Timeout[] = [];
+  const request = transport.request.bind(transport);
+  transport.request = async (subject, data, options) => {
+    const v = verifiers.find((a) => subject === `cascade.actor.target.${a.instance}`);
+    if (v && (frozen === v.instance || ++calls === 4)) {
+      frozen = v.instance;
+      return new Promise<never>((_, reject) => timers.push(setTimeout(() => reject(new TransportError(`request on ${subject} timed out`, 'timeout')), options.timeoutMs)));
+    }
+    return request(subject, data, options);
+  };
+  const publish = transport.publish.bind(transport);
+  transport.publish = (subject, data, headers) => {
+    const m = subject === subjects.alive ? decode(data) : undefined;
+    if (m?.type !== 'alive' || m.instance !== frozen) publish(subject, data, headers);
+  };
+  await new Promise((r) => setTimeout(r, 100)); // every actor heard from once
+  const t0 = Date.now();
+  await coordinator.run({ requestId: 'frozen', promptIds: [5, 2], maxTokens: 30, sampling: GREEDY, seed: 0, drafters: ['d1'], kMatrix: [[3]], lenience: 1, enqueuedAt: Date.now(), stopAtEos: false });
+  const ms = Date.now() - t0;
+  t.deepEqual(await log.read('frozen'), want.tokenIds);
+  t.deepEqual(failed, ['verify silent']);
+  t.true(ms < 5000, `the request took ${ms} ms: the frozen call waited for its 10 s timeout`);
+  t.regex(events.join('\n'), /^request frozen: a call to the target actor failed \(actor target\/v[01] has sent no heartbeat for \d+ ms while others did\); placing its session again$/);
+  t.deepEqual(Object.keys(liveness.live()).sort(), ['d1', 'target']);
+  t.deepEqual(Object.keys(liveness.live().target!), verifiers.map((v) => v.instance).filter((i) => i !== frozen), 'the frozen instance is not live');
+  timers.forEach(clearTimeout);
+  await liveness.close();
   await Promise.all([...verifiers, drafter].map((a) => a.stop()));
   await c.stop();
 });

@@ -359,6 +359,10 @@ test.serial('cluster - bad requests get clear 4xx errors; a missing key gets 401
   t.deepEqual(models.data.map((m) => m.id), [family.target]);
   const health = await fetch(`${gateway.url}/health`);
   t.is(health.status, 200);
+  // every actor's heartbeat reached the gateway: its instances, each with the sessions it holds
+  const { actors, warning } = (await health.json()) as { actors: Record<string, Record<string, number>>; warning?: string };
+  for (const name of [family.target, ...family.drafters]) t.true(Object.keys(actors[name] ?? {}).length > 0, `/health lists the ${name} actor: ${JSON.stringify(actors)}`);
+  t.is(warning, undefined);
   const metrics = await (await fetch(`${gateway.url}/metrics`)).text();
   t.regex(metrics, /cascade_time_to_first_token_seconds_count [1-9]/);
   t.regex(metrics, /cascade_accepted_tokens_by_position_total\{position="0"\}/);

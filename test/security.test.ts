@@ -47,12 +47,15 @@ async function delivered(from: Role, subject: string, listener: Role): Promise<b
   }
 }
 
-test('security - per-role subject permissions: only the coordinator streams tokens, only the gateway cancels', async (t) => {
+test('security - per-role subject permissions: only the coordinator streams tokens, only the gateway cancels, only actors send heartbeats', async (t) => {
   t.true(await delivered('coordinator', 'cascade.stream.r1', 'gateway'), 'control: the coordinator may publish a token stream');
   t.false(await delivered('actor', 'cascade.stream.r1', 'gateway'), 'an actor may not publish on the gateway\'s stream subjects');
   t.false(await delivered('gateway', 'cascade.stream.r1', 'gateway'), 'the gateway may not forge a token stream');
   t.true(await delivered('gateway', 'cascade.cancel.r1', 'coordinator'), 'control: the gateway may cancel');
   t.false(await delivered('actor', 'cascade.cancel.r1', 'coordinator'), 'an actor may not cancel requests');
+  t.true(await delivered('actor', 'cascade.alive', 'coordinator'), 'control: an actor\'s heartbeat reaches the coordinators');
+  t.true(await delivered('actor', 'cascade.alive', 'gateway'), 'and the gateways');
+  t.false(await delivered('gateway', 'cascade.alive', 'coordinator'), 'the gateway may not forge an actor\'s heartbeat');
 });
 
 test('security - only coordinators may call actors; actors answer through their replies alone', async (t) => {

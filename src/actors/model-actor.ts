@@ -9,6 +9,7 @@ import { deriveSeed, Rng } from '../kernels/rng.ts';
 import { checkSampling, type SamplingParams } from '../kernels/sampling.ts';
 import type { ModelSession } from '../models/session.ts';
 import { decode, encode, FrameError, rowsBytes, withLoad, type ActorReply, type ActorRequest, type ErrorCode } from '../cluster/messages.ts';
+import { beat, HEARTBEAT_MS } from '../cluster/liveness.ts';
 import { extractContext, inSpan } from '../cluster/tracing.ts';
 import { subjects, subjectToken, type Headers, type Subscription, type Transport } from '../cluster/transport.ts';
 
@@ -73,6 +74,8 @@ export interface ActorOptions {
    * this process (docs/eagle.md, in the cluster). The caller checks it fits the target (checkFeatureDrafter).
    */
   readonly featureDrafter?: ModelSession;
+  /** How often the actor publishes its heartbeat on `subjects.alive`, ms (ActorLiveness); 0 = never. */
+  readonly heartbeatMs?: number;
 }
 
 /** The rng stream of a session's feature drafter under rejection sampling (distinct from the target's). */
@@ -105,6 +108,7 @@ export class ModelActor {
   private readonly sessions = new Map<string, ActorSession>();
   private readonly subs: Subscription[] = [];
   private sweeper: NodeJS.Timeout | undefined;
+  private stopBeating: (() => void) | undefined;
   private readonly idleMs: number;
   private readonly maxSessions: number;
   private readonly kv: KvPolicyConfig;
@@ -116,7 +120,7 @@ export class ModelActor {
   constructor(
     private readonly transport: Transport,
     private readonly session: ModelSession,
-    options: ActorOptions = {},
+    private readonly options: ActorOptions = {},
   ) {
     this.model = subjectToken(options.model ?? session.spec.name, 'model name');
     this.instance = subjectToken(options.instance ?? randomUUID().slice(0, 8), 'instance id');
@@ -133,6 +137,8 @@ export class ModelActor {
     this.subs.push(this.transport.serve(subjects.instance(this.model, this.instance), handler));
     this.sweeper = setInterval(() => void this.expire(), Math.max(50, this.idleMs / 4));
     this.sweeper.unref();
+    const heartbeatMs = this.options.heartbeatMs ?? HEARTBEAT_MS;
+    if (heartbeatMs > 0) this.stopBeating = beat(this.transport, this.model, this.instance, () => this.sessions.size, heartbeatMs);
     return this;
   }
 
@@ -144,6 +150,7 @@ export class ModelActor {
   /** Stops serving and frees every session's KV. */
   async stop(): Promise<void> {
     clearInterval(this.sweeper);
+    this.stopBeating?.();
     await Promise.all(this.subs.splice(0).map((s) => s.close()));
     await Promise.all([...this.sessions.keys()].map((id) => this.closeSession(id)));
   }

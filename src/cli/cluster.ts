@@ -18,6 +18,14 @@ import type { KvLocation } from '../models/kv-placement.ts';
 import type { BatchInvariance } from '../models/session.ts';
 import { parseSelfDraft, SELF_DRAFTS, SELF_DRAFT_CACHE, SELF_DRAFT_CACHE_HELP, SELF_DRAFT_HELP, withSelfDraft, type SelfDraft } from './quantize.ts';
 import { cliCommand } from '../checkout.ts';
+import { ACTOR_SILENCE_MS, HEARTBEAT_MS } from '../cluster/liveness.ts';
+
+/** `coordinator --actor-silence-ms`: 0 (off), or long enough that one late heartbeat is not taken for a dead actor. */
+function parseActorSilence(raw: string): number {
+  const ms = parseNumber('--actor-silence-ms', { min: 0, integer: true })(raw);
+  if (ms > 0 && ms < 2 * HEARTBEAT_MS) throw new InvalidArgumentError(`--actor-silence-ms must be 0 (off) or at least ${2 * HEARTBEAT_MS}: actors send a heartbeat every ${HEARTBEAT_MS} ms, got "${raw}"`);
+  return ms;
+}
 
 /**
  * A server URL with the credentials from `CASCADE_<NAME>_USER` / `CASCADE_<NAME>_PASSWORD` when it
@@ -456,7 +464,8 @@ export function registerCluster(program: Command): void {
     .option('--redis <urls>', `${REDIS_HELP}; holds the queue and the request logs (default: env CASCADE_REDIS_URL, else redis://127.0.0.1:6379)`, parseUrls)
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
-    .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (a drafter whose process died mid-call is dropped after it)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
+    .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (the last resort for a call whose actor died mid-call: --actor-silence-ms notices sooner)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
+    .option('--actor-silence-ms <ms>', `give up a call to an actor instance that sent no heartbeat (one a second) for this long, and place its session again, before --call-timeout-ms passes: a verifier or drafter killed, frozen or cut off mid-call is noticed in seconds (0 = the timeout alone; else at least ${2 * HEARTBEAT_MS})`, parseActorSilence, ACTOR_SILENCE_MS)
     .option('--health-port <port>', HEALTH_HELP, parsePort('--health-port'))
     .option('--verifier', 'also host the target\'s verify actor in this process, reachable only from it: the requests it drives verify without a network round trip, and only drafter calls cross NATS (one verifier per coordinator; no separate verify actor needed)')
     .option('--threads <n>', 'with --verifier: its ONNX Runtime intra-op threads (default 1)', parseNumber('--threads', { min: 1, integer: true }))
@@ -464,7 +473,7 @@ export function registerCluster(program: Command): void {
     .option('--kv-location <where>', `with --verifier: where its KV caches live between passes: ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `with --verifier: whether a token's logits stay the same however many tokens its pass scores: ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
     .option('--multi-step-ms <ms>', `with --verifier: ${MULTI_STEP_HELP} (default ${DEFAULT_BATCHING.multiStepMs})`, parseNumber('--multi-step-ms', { min: 0 }))
-    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; healthPort?: number; verifier?: boolean; threads?: number; executionProviders?: string[]; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; multiStepMs?: number }) => {
+    .action(async (o: ModelFlags & { nats?: string; redis?: string[]; concurrency: number; lockMs: number; callTimeoutMs: number; actorSilenceMs: number; healthPort?: number; verifier?: boolean; threads?: number; executionProviders?: string[]; kvLocation?: KvLocation; batchInvariant?: BatchInvariance; multiStepMs?: number }) => {
       const stray = (['threads', 'executionProviders', 'kvLocation', 'batchInvariant', 'multiStepMs'] as const).filter((k) => o[k] !== undefined);
       if (!o.verifier && stray.length) throw new InvalidArgumentError(`${stray.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')} set${stray.length === 1 ? 's' : ''} up the verifier that --verifier hosts: add --verifier, or leave ${stray.length === 1 ? 'it' : 'them'} out`);
       const verifier = o.verifier ? { threads: o.threads ?? 1, executionProviders: o.executionProviders, kvLocation: o.kvLocation ?? 'auto', batchInvariant: o.batchInvariant ?? 'auto', ...(o.multiStepMs !== undefined ? { batching: { multiStepMs: o.multiStepMs } } : {}) } : undefined;

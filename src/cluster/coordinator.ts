@@ -19,6 +19,7 @@ import { LogWriter } from './log-writer.ts';
 import { RequestSupersededError, type RequestLog } from './redis-store.ts';
 import { ActorError, RemoteFeatureLevel, RemoteLevel } from './remote-level.ts';
 import { extractContext, inSpan } from './tracing.ts';
+import type { ActorLiveness } from './liveness.ts';
 import { subjects, type Subscription, type Transport, type TransportError } from './transport.ts';
 import { describeIssues } from '../issues.ts';
 
@@ -85,9 +86,11 @@ export interface CoordinatorOptions {
   readonly family: ClusterFamily;
   /** Per actor call. */
   readonly callTimeoutMs?: number;
+  /** Actors' heartbeats: a call to an instance that falls silent is given up before `callTimeoutMs` and its session placed again (ActorLiveness); unset = the timeout alone. */
+  readonly liveness?: ActorLiveness;
   /** Called with each actor call's round trip (ms: its wall time minus the actor's handler time), for a metric. */
   readonly onRoundTrip?: (kind: 'draft' | 'verify', ms: number) => void;
-  /** Called with each actor call that failed in transport (no responders, the call timeout, or closed: a payload over the limit, a NATS error), by the kind of actor called (a feature drafter's calls go to the verify actor), for a metric. */
+  /** Called with each actor call that failed in transport (no responders, the call timeout, closed: a payload over the limit, a NATS error, or silent: the instance's heartbeats stopped), by the kind of actor called (a feature drafter's calls go to the verify actor), for a metric. */
   readonly onCallFailed?: (kind: 'draft' | 'verify', reason: TransportError['reason']) => void;
   /** Called with each append's wall time to a request's token log (ms), for a metric. */
   readonly onLogAppend?: (ms: number) => void;
@@ -193,6 +196,7 @@ export class Coordinator {
           seed: invariant ? seed : deriveSeed(seed, stream),
           verification,
           timeoutMs: this.options.callTimeoutMs,
+          ...(this.options.liveness ? { liveness: this.options.liveness } : {}),
           target: stream === 0,
           promptLength: job.promptIds.length,
           ...(stream === 0 && job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
@@ -204,7 +208,7 @@ export class Coordinator {
           },
         });
       const top = remote(family.target, 't', 0);
-      const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms), onCallFailed: (reason) => this.options.onCallFailed?.('verify', reason) });
+      const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, ...(this.options.liveness ? { liveness: this.options.liveness } : {}), onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms), onCallFailed: (reason) => this.options.onCallFailed?.('verify', reason) });
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => {
         const kind = drafterKind(family, d);
         return kind === 'mag' ? new MagLevel({ ...family.magTables }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);

@@ -118,9 +118,15 @@ export type StreamEvent =
   | { readonly type: 'done'; readonly finishReason: string; readonly stats: string }
   | { readonly type: 'failed'; readonly message: string };
 
-export type Message = ActorRequest | ActorReply | StreamEvent;
+/**
+ * Actor → coordinators and gateways, on `subjects.alive` every second (ActorLiveness): the actor's
+ * model, instance and the sessions it holds. A new type, appended: frames of version 9 are unchanged.
+ */
+export type Heartbeat = { readonly type: 'alive'; readonly model: string; readonly instance: string; readonly sessions: number };
 
-const TYPES = ['open', 'propose', 'review', 'close', 'opened', 'proposed', 'reviewed', 'closed', 'error', 'tokens', 'done', 'failed', 'stats', 'statsReply'] as const;
+export type Message = ActorRequest | ActorReply | StreamEvent | Heartbeat;
+
+const TYPES = ['open', 'propose', 'review', 'close', 'opened', 'proposed', 'reviewed', 'closed', 'error', 'tokens', 'done', 'failed', 'stats', 'statsReply', 'alive'] as const;
 
 /** A frame that cannot be decoded: wrong magic or version, unknown type, truncated or oversized. */
 export class FrameError extends Error {
@@ -524,6 +530,8 @@ export function encode(m: Message): Uint8Array {
       return w.done();
     case 'statsReply':
       return w.str(m.instance).u32(m.sessions).done();
+    case 'alive':
+      return w.str(m.model).str(m.instance).u32(m.sessions).done();
   }
 }
 
@@ -621,6 +629,9 @@ export function decode(frame: Uint8Array): Message {
       break;
     case 'statsReply':
       m = { type, instance: r.str('instance'), sessions: r.u32('sessions') };
+      break;
+    case 'alive':
+      m = { type, model: r.str('model'), instance: r.str('instance'), sessions: r.u32('sessions') };
       break;
   }
   r.end();

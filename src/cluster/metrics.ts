@@ -22,9 +22,9 @@ export function failedAttemptsCounter(registry: Registry): Counter<'error' | 'fi
   return new Counter({ name: 'cascade_request_attempts_failed_total', help: "Request attempts that failed in a coordinator, by the error's class; final=\"true\" when the request failed for good, \"false\" when BullMQ retries it", labelNames: ['error', 'final'], registers: [registry] });
 }
 
-/** A coordinator's actor calls that failed in transport, by the kind of actor called and why: `timeout` (the call timeout passed: a frozen, partitioned or overloaded actor), `no-responders` (nothing serves the subject: the actor is gone) or `closed` (a frame over the payload limit, or a NATS error). */
+/** A coordinator's actor calls that failed in transport, by the kind of actor called and why: `timeout` (the call timeout passed: a frozen, partitioned or overloaded actor), `no-responders` (nothing serves the subject: the actor is gone), `closed` (a frame over the payload limit, or a NATS error) or `silent` (the instance's heartbeats stopped mid-call: ActorLiveness). */
 export function actorCallsFailedCounter(registry: Registry): Counter<'kind' | 'reason'> {
-  return new Counter({ name: 'cascade_actor_calls_failed_total', help: 'Actor calls that failed in transport, by the kind of actor called and reason (timeout: the call timeout passed; no-responders: no actor serves the subject; closed: a frame over the payload limit or a NATS error); a session call that failed is tried once more, its session placed again, before its drafter is dropped or the request attempt fails', labelNames: ['kind', 'reason'], registers: [registry] });
+  return new Counter({ name: 'cascade_actor_calls_failed_total', help: 'Actor calls that failed in transport, by the kind of actor called and reason (timeout: the call timeout passed; no-responders: no actor serves the subject; closed: a frame over the payload limit or a NATS error; silent: the instance stopped sending heartbeats mid-call); a session call that failed is tried once more, its session placed again, before its drafter is dropped or the request attempt fails', labelNames: ['kind', 'reason'], registers: [registry] });
 }
 
 /**

@@ -8,6 +8,7 @@ import { deriveSeed, seed64, type Seed } from '../kernels/rng.ts';
 import type { SamplingParams, TokenLogprob } from '../kernels/sampling.ts';
 import { DECODE_STEPS, type ServiceLoad } from '../models/session.ts';
 import { decode, encode, rowsBytes, type ActorReply, type ActorRequest, type Rows } from './messages.ts';
+import type { ActorLiveness } from './liveness.ts';
 import { injectHeaders, inSpan } from './tracing.ts';
 import { subjects, TransportError, type Transport } from './transport.ts';
 
@@ -45,12 +46,27 @@ export interface RemoteLevelOptions {
   readonly onCallFailed?: (reason: TransportError['reason'], message: string, placingAgain: boolean) => void;
   /** The level is the target and the request drafts with the verify actor's feature drafter (RemoteFeatureLevel): open the session with it. */
   readonly eagle?: boolean;
+  /** Actors' heartbeats: a call to an instance that falls silent is given up before `timeoutMs` (ActorLiveness.watch). */
+  readonly liveness?: ActorLiveness;
 }
 
-/** One request to an actor with the active trace context: `timeoutMs` per TOKENS_PER_TIMEOUT tokens it feeds (`fed`), at least one. */
-async function requestActor(transport: Transport, subject: string, req: ActorRequest, timeoutMs: number, fed: number): Promise<ActorReply> {
+/**
+ * One request to an actor with the active trace context: `timeoutMs` per TOKENS_PER_TIMEOUT tokens
+ * it feeds (`fed`), at least one. With `watch` (a call to one instance, and the coordinator's
+ * ActorLiveness), the call is given up as TransportError `silent` once that instance stops sending
+ * heartbeats, before the timeout.
+ */
+async function requestActor(transport: Transport, subject: string, req: ActorRequest, timeoutMs: number, fed: number, watch?: { liveness: ActorLiveness; model: string; instance: string }): Promise<ActorReply> {
   const headers = injectHeaders(context.active());
-  return decode(await transport.request(subject, encode(req), { timeoutMs: timeoutMs * Math.max(1, Math.ceil(fed / TOKENS_PER_TIMEOUT)), headers })) as ActorReply;
+  const call = transport.request(subject, encode(req), { timeoutMs: timeoutMs * Math.max(1, Math.ceil(fed / TOKENS_PER_TIMEOUT)), headers });
+  if (!watch) return decode(await call) as ActorReply;
+  const w = watch.liveness.watch(watch.model, watch.instance);
+  try {
+    return decode(await Promise.race([call, w.silent])) as ActorReply;
+  } finally {
+    w.stop();
+    call.catch(() => undefined); // a call given up as silent may still fail later, unread
+  }
 }
 
 /** An error reply from an actor that is not about a lost session: bad input or a model failure. */
@@ -114,8 +130,10 @@ export class RemoteLevel implements CascadeLevel {
     return this.instance;
   }
 
-  private send(subject: string, req: ActorRequest, fed = 0): Promise<ActorReply> {
-    return requestActor(this.transport, subject, req, this.timeoutMs, fed);
+  /** A call to the model's queue group (`open`, no instance) or to one instance, watched for its silence. */
+  private send(subject: string, req: ActorRequest, fed = 0, instance?: string): Promise<ActorReply> {
+    const liveness = this.options.liveness;
+    return requestActor(this.transport, subject, req, this.timeoutMs, fed, liveness && instance ? { liveness, model: this.name, instance } : undefined);
   }
 
   private async place(): Promise<string> {
@@ -147,7 +165,7 @@ export class RemoteLevel implements CascadeLevel {
       let reply: ActorReply;
       const t0 = performance.now();
       try {
-        reply = await this.send(subjects.instance(this.name, instance), build(base), tokens.length - base);
+        reply = await this.send(subjects.instance(this.name, instance), build(base), tokens.length - base, instance);
       } catch (err) {
         if (err instanceof TransportError) this.options.onCallFailed?.(err.reason, err.message, attempt === 0);
         if (!(err instanceof TransportError) || attempt > 0) {
@@ -276,7 +294,7 @@ export class RemoteFeatureLevel implements CascadeLevel {
     private readonly transport: Transport,
     readonly name: string,
     private readonly target: RemoteLevel,
-    private readonly options: Pick<RemoteLevelOptions, 'timeoutMs' | 'onRoundTrip' | 'onCallFailed'> = {},
+    private readonly options: Pick<RemoteLevelOptions, 'timeoutMs' | 'onRoundTrip' | 'onCallFailed' | 'liveness'> = {},
   ) {}
 
   async propose(block: Block, want: number): Promise<void> {
@@ -291,7 +309,8 @@ export class RemoteFeatureLevel implements CascadeLevel {
       let reply: ActorReply;
       try {
         const req: ActorRequest = { type: 'propose', session: this.target.session, base, suffix: tokens.slice(base), want, feature: true };
-        reply = await requestActor(this.transport, subjects.instance(this.target.name, instance), req, this.options.timeoutMs ?? 10_000, tokens.length - base);
+        const liveness = this.options.liveness;
+        reply = await requestActor(this.transport, subjects.instance(this.target.name, instance), req, this.options.timeoutMs ?? 10_000, tokens.length - base, liveness && { liveness, model: this.target.name, instance });
       } catch (err) {
         if (err instanceof TransportError) {
           this.options.onCallFailed?.(err.reason, err.message, false);

@@ -25,6 +25,7 @@ import { FamilySessions } from '../models/family-sessions.ts';
 import type { ModelSession } from '../models/session.ts';
 import type { FastifyInstance } from 'fastify';
 import { processRegistry, startHealthServer, within, type HealthServer } from './health.ts';
+import { ACTOR_SILENCE_MS, ActorLiveness } from './liveness.ts';
 import { actorCallsFailedCounter, actorRoundTripHistogram, failedAttemptsCounter, GatewayMetrics, logAppendHistogram } from './metrics.ts';
 import { NatsTransport } from './nats-transport.ts';
 import { RedisConnection } from './redis-connection.ts';
@@ -97,6 +98,8 @@ async function probes(port: number | undefined, role: string, check: () => Promi
 
 /** What a cluster gateway says while no coordinator takes requests from its queue. */
 const NO_COORDINATOR = 'no coordinator takes requests from the queue yet: requests wait there until one starts (cascade coordinator, or cluster up)';
+const noVerifier = (target: string, silenceMs: number) =>
+  `no verify actor of ${target} has sent a heartbeat in the last ${silenceMs / 1000} s: a request's attempts fail until one starts (cascade actor verify, or a coordinator's --verifier), and BullMQ retries them with backoff`;
 
 /** `cascade actor draft|verify`: one model, serving sessions over NATS. */
 export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
@@ -237,6 +240,8 @@ export interface CoordinatorRoleOptions extends ModelFlags {
   readonly concurrency?: number;
   readonly lockMs?: number;
   readonly callTimeoutMs?: number;
+  /** Give up a call to an actor instance that sent no heartbeat for this long, ms, before `callTimeoutMs` (ActorLiveness); 0 = the timeout alone. Default ACTOR_SILENCE_MS. */
+  readonly actorSilenceMs?: number;
   readonly healthPort?: number;
   /**
    * Host the target's verify actor in this process (`--verifier`): the requests this coordinator
@@ -269,11 +274,14 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
         throw err;
       })
     : undefined;
+  const silenceMs = o.actorSilenceMs ?? ACTOR_SILENCE_MS;
+  const liveness = silenceMs > 0 ? new ActorLiveness(transport, silenceMs) : undefined;
   let worker: ReturnType<typeof startCoordinatorWorker> | undefined;
   let health: HealthServer | undefined;
   const stop = async () => {
     await health?.close();
     await worker?.close();
+    await liveness?.close();
     await verifier?.stop();
     await local?.close();
     await nats.close();
@@ -291,6 +299,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
       log: new TokenLog(shards),
       family: { target: family.target, eosIds: spec.eosIds, magTables: loadMagTables(family, spec.vocabSize), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
       callTimeoutMs: o.callTimeoutMs,
+      ...(liveness ? { liveness } : {}),
       onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
       onCallFailed: (kind, reason) => failedCalls.inc({ kind, reason }),
       onLogAppend: (ms) => logAppend.observe(ms / 1000),
@@ -437,6 +446,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     throw err;
   });
   const queue = openQueue(shards.deployment);
+  const liveness = new ActorLiveness(transport);
   const app = buildGateway({
     transport,
     queue,
@@ -461,9 +471,11 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     health: async () => {
       await pingServers(shards, transport);
       const workers = (await queue.getWorkers()).length;
-      // still ready without a coordinator (200): requests wait in the queue for one, as they do through a coordinator's restart,
-      // and a probe that failed here would take every gateway out of service while coordinators start or restart
-      return { nats: 'ok', redis: 'ok', workers, ...(workers ? {} : { warning: NO_COORDINATOR }) };
+      const actors = liveness.live();
+      // still ready without a coordinator or a verify actor (200): requests wait in the queue for a coordinator, as they do
+      // through its restart, and a probe that failed here would take every gateway out of service while the others start
+      const warnings = [...(workers ? [] : [NO_COORDINATOR]), ...(actors[family.target] ? [] : [noVerifier(family.target, liveness.silenceMs)])];
+      return { nats: 'ok', redis: 'ok', workers, actors, ...(warnings.length ? { warning: warnings.join('; ') } : {}) };
     },
   });
   const address = await app.listen({ host: o.host ?? '127.0.0.1', port: o.port ?? 8000 });
@@ -473,6 +485,7 @@ export async function startGatewayRole(o: GatewayRoleOptions): Promise<Role & { 
     describe: `gateway on ${address}, OpenAI base URL ${address}/v1${workers ? '' : ` (warning: ${NO_COORDINATOR})`}`,
     stop: async () => {
       await app.close();
+      await liveness.close();
       await queue.close();
       await transport.close();
       await shards.close();

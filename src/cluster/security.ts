@@ -28,15 +28,15 @@ export function generateSecrets(apiKey?: string): Secrets {
 /**
  * What each role may publish and subscribe to. Replies to requests travel on the requester's
  * `_INBOX.>`: the requester subscribes there, and the responder answers through `allow_responses`,
- * so an actor needs no publish permission at all.
+ * so an actor publishes only its heartbeat (`cascade.alive`, which coordinators and gateways hear).
  */
 export const PERMISSIONS: Record<Role, { publish: string[]; subscribe: string[]; allowResponses: boolean }> = {
   // follows token streams, sends cancellations
-  gateway: { publish: ['cascade.cancel.>'], subscribe: ['cascade.stream.>', '_INBOX.>'], allowResponses: false },
-  // calls actors, publishes token streams, listens for cancellations
-  coordinator: { publish: ['cascade.actor.>', 'cascade.stream.>'], subscribe: ['cascade.cancel.>', '_INBOX.>'], allowResponses: false },
-  // serves its model's subjects and answers
-  actor: { publish: [], subscribe: ['cascade.actor.>'], allowResponses: true },
+  gateway: { publish: ['cascade.cancel.>'], subscribe: ['cascade.stream.>', '_INBOX.>', 'cascade.alive'], allowResponses: false },
+  // calls actors, publishes token streams, listens for cancellations and actors' heartbeats
+  coordinator: { publish: ['cascade.actor.>', 'cascade.stream.>'], subscribe: ['cascade.cancel.>', '_INBOX.>', 'cascade.alive'], allowResponses: false },
+  // serves its model's subjects, answers, and sends its heartbeat
+  actor: { publish: ['cascade.alive'], subscribe: ['cascade.actor.>'], allowResponses: true },
 };
 
 /** The environment variable that holds `role`'s NATS password in deployments (compose, Helm). */

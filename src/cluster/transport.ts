@@ -10,13 +10,16 @@ export interface Subscription {
   close(): Promise<void>;
 }
 
-/** No instance serves the subject (the actor is gone), or the request timed out. */
+/**
+ * No instance serves the subject (the actor is gone), the request timed out, the frame or connection
+ * failed (`closed`), or the instance called stopped sending heartbeats mid-call (`silent`, ActorLiveness).
+ */
 export class TransportError extends CascadeError {
   override readonly name = 'TransportError';
   override readonly isRetryable = true;
   constructor(
     message: string,
-    readonly reason: 'no-responders' | 'timeout' | 'closed',
+    readonly reason: 'no-responders' | 'timeout' | 'closed' | 'silent',
     options?: { cause?: unknown },
   ) {
     super(message, options);
@@ -66,10 +69,12 @@ export async function answer(handler: Handler, data: Uint8Array, headers: Header
 }
 
 /**
- * Subjects: `cascade.<model>.open` (queue group per model: placement), `cascade.<model>.<instance>`
- * (a placed session's calls), `cascade.stream.<request>` and `cascade.cancel.<request>`.
+ * Subjects: `cascade.actor.<model>.open` (queue group per model: placement), `cascade.actor.<model>.<instance>`
+ * (a placed session's calls), `cascade.stream.<request>`, `cascade.cancel.<request>` and
+ * `cascade.alive` (actors' heartbeats).
  */
 export const subjects = {
+  alive: 'cascade.alive',
   open: (model: string) => `cascade.actor.${model}.open`,
   instance: (model: string, instance: string) => `cascade.actor.${model}.${instance}`,
   stream: (request: string) => `cascade.stream.${request}`,
