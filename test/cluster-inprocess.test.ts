@@ -3,7 +3,7 @@ import { ModelActor } from '../src/actors/model-actor.ts';
 import { Coordinator, type JobData } from '../src/cluster/coordinator.ts';
 import { MemoryRequestLog } from '../src/cluster/redis-store.ts';
 import { ActorLiveness } from '../src/cluster/liveness.ts';
-import { decode } from '../src/cluster/messages.ts';
+import { decode, encode } from '../src/cluster/messages.ts';
 import { InProcessTransport, subjects, TransportError } from '../src/cluster/transport.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { distribution, GREEDY, type SamplingParams } from '../src/kernels/sampling.ts';
@@ -253,6 +253,28 @@ test('cluster (in-process) - a verify actor frozen mid-call (no answer, no heart
   await liveness.close();
   await Promise.all([...verifiers, drafter].map((a) => a.stop()));
   await c.stop();
+});
+
+test('cluster (in-process) - actors\' silence is judged on the others\' heartbeats: while no one is heard (a stalled or cut-off coordinator, a lone actor) no call is given up', async (t) => {
+  const transport = new InProcessTransport();
+  const liveness = new ActorLiveness(transport, 100);
+  const alive = (instance: string) => transport.publish(subjects.alive, encode({ type: 'alive', model: 'target', instance, sessions: 1 }));
+  alive('v0');
+  alive('v1');
+  await new Promise((r) => setTimeout(r, 10));
+  const lone = liveness.watch('target', 'v0');
+  let given = '';
+  lone.silent.catch((err: Error) => (given = err.message));
+  await new Promise((r) => setTimeout(r, 400)); // four silences with no heartbeat from anyone
+  t.is(given, '', 'no one was heard, so no one is judged');
+  for (let i = 0; i < 6; i++) {
+    alive('v1'); // the other instance beats on
+    await new Promise((r) => setTimeout(r, 40));
+  }
+  t.regex(given, /^actor target\/v0 has sent no heartbeat for \d+ ms while others did$/);
+  t.deepEqual(Object.keys(liveness.live().target ?? {}), ['v1']);
+  lone.stop();
+  await liveness.close();
 });
 
 test('cluster (in-process) - a retried request resumes after the recorded tokens', async (t) => {

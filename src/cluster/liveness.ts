@@ -7,6 +7,9 @@ export const HEARTBEAT_MS = 1000;
 /** How long an actor may go unheard before a call in flight to it is given up, ms (three heartbeats). */
 export const ACTOR_SILENCE_MS = 3000;
 
+/** An instance unheard for this long (or ten silences, if longer) is forgotten, ms. */
+const FORGET_MS = 60_000;
+
 /** A call in flight to one actor instance, given up once the instance falls silent (ActorLiveness.watch). */
 export interface Watch {
   /** Rejects with TransportError (`silent`) when the instance falls silent; never resolves. */
@@ -59,6 +62,9 @@ export class ActorLiveness {
   }
 
   private judge(): void {
+    // instances gone for long (a restarted actor comes back under a new id) are forgotten
+    const forget = performance.now() - Math.max(FORGET_MS, 10 * this.silenceMs);
+    for (const [key, h] of this.heard) if (h.at < forget) this.heard.delete(key);
     for (const w of this.watches) {
       const h = this.heard.get(w.key);
       if (!h) continue;
