@@ -226,7 +226,9 @@ test('cluster (in-process) - a verify actor frozen mid-call (no answer, no heart
   let calls = 0;
   const timers: NodeJS.Timeout[] = [];
   const request = transport.request.bind(transport);
+  let opensAfter = 0;
   transport.request = async (subject, data, options) => {
+    if (frozen && subject === subjects.open('target')) opensAfter++;
     const v = verifiers.find((a) => subject === `cascade.actor.target.${a.instance}`);
     if (v && (frozen === v.instance || ++calls === 4)) {
       frozen = v.instance;
@@ -245,6 +247,7 @@ test('cluster (in-process) - a verify actor frozen mid-call (no answer, no heart
   const ms = Date.now() - t0;
   t.deepEqual(await log.read('frozen'), want.tokenIds);
   t.deepEqual(failed, ['verify silent']);
+  t.is(opensAfter, 0, 'the session was placed again on the live instance directly, not through the queue group, which over NATS may still hold the frozen one');
   t.true(ms < 5000, `the request took ${ms} ms: the frozen call waited for its 10 s timeout`);
   t.regex(events.join('\n'), /^request frozen: a call to the target actor failed \(actor target\/v[01] has sent no heartbeat for \d+ ms while others did\); placing its session again$/);
   t.deepEqual(Object.keys(liveness.live()).sort(), ['d1', 'target']);

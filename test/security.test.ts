@@ -55,6 +55,7 @@ test('security - per-role subject permissions: only the coordinator streams toke
   t.false(await delivered('actor', 'cascade.cancel.r1', 'coordinator'), 'an actor may not cancel requests');
   t.true(await delivered('actor', 'cascade.alive', 'coordinator'), 'control: an actor\'s heartbeat reaches the coordinators');
   t.true(await delivered('actor', 'cascade.alive', 'gateway'), 'and the gateways');
+  t.true(await delivered('coordinator', 'cascade.alive', 'gateway'), 'as does a coordinator\'s, for the verifier it hosts (--verifier)');
   t.false(await delivered('gateway', 'cascade.alive', 'coordinator'), 'the gateway may not forge an actor\'s heartbeat');
 });
 

@@ -150,9 +150,10 @@ export class ModelActor {
   /** Stops serving and frees every session's KV. */
   async stop(): Promise<void> {
     clearInterval(this.sweeper);
-    this.stopBeating?.();
     await Promise.all(this.subs.splice(0).map((s) => s.close()));
     await Promise.all([...this.sessions.keys()].map((id) => this.closeSession(id)));
+    // beating until its calls in flight have ended: a draining actor is not taken for a dead one
+    this.stopBeating?.();
   }
 
   private async expire(): Promise<void> {

@@ -30,8 +30,10 @@ export interface Watch {
  * silent when heartbeats of other instances kept arriving for `silenceMs` after its last one (and
  * after the call began). A coordinator that itself stalls (a long GC, an overloaded machine: the
  * heartbeats wait unread in its socket) or loses its connection hears from no one, and judges no
- * one. So does a cluster of one actor, where placing the session again has nowhere else to go: its
- * calls keep the timeout. An instance never heard from (an actor of an older build) is never judged.
+ * one; when it hears again after such a gap, every instance starts a fresh silence, since the
+ * others' heartbeats arrive in no set order after a reconnect. A cluster of one actor, where placing
+ * the session again has nowhere else to go, is never judged either: its calls keep the timeout. An
+ * instance never heard from (an actor of an older build) is never judged.
  */
 export class ActorLiveness {
   /** Last heartbeat per `model/instance`: when (ms, this process's clock) and its sessions. */
@@ -41,18 +43,28 @@ export class ActorLiveness {
   private readonly watches = new Set<{ key: string; since: number; fail: (err: TransportError) => void }>();
   private readonly sub: Subscription;
   private readonly timer: NodeJS.Timeout;
+  /** A pause in every heartbeat longer than this (two heartbeat periods, at most silenceMs) means this process heard nothing, not that all fell silent. */
+  private readonly gapMs: number;
 
   constructor(
     transport: Transport,
     /** Silence after which a watched call is given up, ms (> 0). */
     readonly silenceMs = ACTOR_SILENCE_MS,
   ) {
+    this.gapMs = Math.min(2 * HEARTBEAT_MS, silenceMs);
     this.sub = transport.subscribe(subjects.alive, (data) => {
       try {
         const m = decode(data);
         if (m.type !== 'alive') return;
-        this.latest = performance.now();
-        this.heard.set(`${m.model}/${m.instance}`, { at: this.latest, sessions: m.sessions });
+        const now = performance.now();
+        // heard from no one for a while, then from someone: this process was cut off or stalled (a NATS reconnect,
+        // a long pause), and heartbeats of the others may still be on their way; everyone starts a fresh silence
+        if (now - this.latest > this.gapMs) {
+          for (const h of this.heard.values()) h.at = now;
+          for (const w of this.watches) w.since = now;
+        }
+        this.latest = now;
+        this.heard.set(`${m.model}/${m.instance}`, { at: now, sessions: m.sessions });
       } catch {
         // not a heartbeat of this build: ignored, as an unknown subject would be
       }

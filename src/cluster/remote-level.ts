@@ -59,7 +59,8 @@ export interface RemoteLevelOptions {
 async function requestActor(transport: Transport, subject: string, req: ActorRequest, timeoutMs: number, fed: number, watch?: { liveness: ActorLiveness; model: string; instance: string }): Promise<ActorReply> {
   const headers = injectHeaders(context.active());
   const call = transport.request(subject, encode(req), { timeoutMs: timeoutMs * Math.max(1, Math.ceil(fed / TOKENS_PER_TIMEOUT)), headers });
-  if (!watch) return decode(await call) as ActorReply;
+  // a call answered in this process (a coordinator's --verifier) cannot be lost on the network
+  if (!watch || transport.servesLocally?.(subject)) return decode(await call) as ActorReply;
   const w = watch.liveness.watch(watch.model, watch.instance);
   try {
     return decode(await Promise.race([call, w.silent])) as ActorReply;
@@ -78,8 +79,9 @@ export class ActorError extends CascadeError {
  * A cascade level hosted by an actor across the transport. The session is placed on first use (the
  * model's queue group picks an instance) and pinned there. Each call sends only what the actor does
  * not have yet: the length of the context it still shares (`base`) and the new tokens. When the
- * instance is gone or has dropped the session, the level is placed again (on any live instance,
- * resent the whole context) once; when no instance answers, it throws LevelUnavailableError, which
+ * instance is gone or has dropped the session, the level is placed again (resent the whole context)
+ * once: through the queue group, or, after a call given up for silence or a timeout, on another live
+ * instance addressed directly (`replacement`); when no instance answers, it throws LevelUnavailableError, which
  * the coordinator answers by dropping the level (a drafter) or failing the attempt (the target).
  */
 export class RemoteLevel implements CascadeLevel {
@@ -100,6 +102,8 @@ export class RemoteLevel implements CascadeLevel {
   placements = 0;
   /** The vocabulary of the actor's model, from its `opened` reply. */
   private vocabSize = Infinity;
+  /** The instance a call was just given up on (silent or timed out): the next placement goes elsewhere. */
+  private avoid: string | undefined;
 
   constructor(
     private readonly transport: Transport,
@@ -136,10 +140,27 @@ export class RemoteLevel implements CascadeLevel {
     return requestActor(this.transport, subject, req, this.timeoutMs, fed, liveness && instance ? { liveness, model: this.name, instance } : undefined);
   }
 
+  /**
+   * Where to place the session again after a call to `avoid` was given up: the live instance of the
+   * model (ActorLiveness) holding the fewest sessions, other than `avoid`, or `avoid` itself when it
+   * is the only one and still beats (its call was lost on the way: a NATS server that failed).
+   * Addressed directly, since the model's queue group may still hold a lost subscription
+   * (nats-server drops a frozen or cut-off client, or a frozen route's interest, only after pings go
+   * unanswered) and hand it the `open`, which would then wait the whole call timeout. Undefined: the
+   * queue group places it.
+   */
+  private replacement(avoid: string): string | undefined {
+    const live = Object.entries(this.options.liveness?.live()[this.name] ?? {});
+    const others = live.filter(([instance]) => instance !== avoid);
+    return (others.length ? others : live).sort(([, a], [, b]) => a - b)[0]?.[0];
+  }
+
   private async place(): Promise<string> {
+    const direct = this.avoid === undefined ? undefined : this.replacement(this.avoid);
+    this.avoid = undefined;
     let reply: ActorReply;
     try {
-      reply = await this.send(subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}), ...(this.options.eagle ? { eagle: true } : {}) });
+      reply = await this.send(direct ? subjects.instance(this.name, direct) : subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}), ...(this.options.eagle ? { eagle: true } : {}) }, 0, direct);
     } catch (err) {
       if (err instanceof TransportError) {
         this.options.onCallFailed?.(err.reason, err.message, false);
@@ -172,6 +193,8 @@ export class RemoteLevel implements CascadeLevel {
           throw err instanceof TransportError ? new LevelUnavailableError(this.name, `${this.name} actor ${instance} is gone (${err.message})`, { cause: err }) : err;
         }
         this.instance = undefined;
+        // a process that is gone has left the queue group (no responders); a silent or slow one may not have yet
+        if (err.reason === 'silent' || err.reason === 'timeout') this.avoid = instance;
         continue;
       } finally {
         this.stats.forwardMs += performance.now() - t0;

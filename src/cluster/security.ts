@@ -33,8 +33,8 @@ export function generateSecrets(apiKey?: string): Secrets {
 export const PERMISSIONS: Record<Role, { publish: string[]; subscribe: string[]; allowResponses: boolean }> = {
   // follows token streams, sends cancellations
   gateway: { publish: ['cascade.cancel.>'], subscribe: ['cascade.stream.>', '_INBOX.>', 'cascade.alive'], allowResponses: false },
-  // calls actors, publishes token streams, listens for cancellations and actors' heartbeats
-  coordinator: { publish: ['cascade.actor.>', 'cascade.stream.>'], subscribe: ['cascade.cancel.>', '_INBOX.>', 'cascade.alive'], allowResponses: false },
+  // calls actors, publishes token streams (and its --verifier's heartbeat), listens for cancellations and actors' heartbeats
+  coordinator: { publish: ['cascade.actor.>', 'cascade.stream.>', 'cascade.alive'], subscribe: ['cascade.cancel.>', '_INBOX.>', 'cascade.alive'], allowResponses: false },
   // serves its model's subjects, answers, and sends its heartbeat
   actor: { publish: ['cascade.alive'], subscribe: ['cascade.actor.>'], allowResponses: true },
 };

@@ -39,6 +39,8 @@ export interface Transport {
   subscribe(subject: string, onMessage: (data: Uint8Array, headers: Headers) => void): Subscription;
   /** Largest frame the transport carries, in bytes; a larger request is refused, a larger reply is never delivered. */
   readonly maxPayload: number;
+  /** Whether a request on `subject` is answered in this process (LocalServingTransport): it cannot be lost on the network. */
+  servesLocally?(subject: string): boolean;
   /**
    * Requests served here that got no answer: the handler threw (a bug), its reply was over
    * `maxPayload`, or the reply could not be sent. Each is logged; the requester sees a timeout.
@@ -170,7 +172,8 @@ export class InProcessTransport implements Transport {
  * in-process and not offered to the network: how `cascade coordinator --verifier` hosts the target's
  * verify actor beside itself. The coordinator's calls to it are then function calls (frames still
  * encoded, held to the same payload limit) and only the drafters' traffic crosses the network; no
- * other process can reach that actor, so it needs no NATS permission to serve.
+ * other process can reach that actor, so it needs no NATS permission to serve. Its heartbeat goes
+ * out on NATS (publish), under the coordinator's credentials, so that gateways see the verifier.
  */
 export class LocalServingTransport implements Transport {
   private readonly local: InProcessTransport;
@@ -189,6 +192,10 @@ export class LocalServingTransport implements Transport {
 
   request(subject: string, data: Uint8Array, options: { timeoutMs: number; headers?: Headers }): Promise<Uint8Array> {
     return (this.local.serves(subject) ? this.local : this.remote).request(subject, data, options);
+  }
+
+  servesLocally(subject: string): boolean {
+    return this.local.serves(subject);
   }
 
   /** Serves `subject` in this process only (a queue group is moot: this process's handlers take turns). */

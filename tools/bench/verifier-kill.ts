@@ -1,9 +1,10 @@
-// A verify actor SIGKILLed mid-request, one of two: how long the request stalls, with the coordinator's
+// A verify actor SIGKILLed (dead) or SIGSTOPped (frozen, as behind a partition) mid-request, one of
+// two: how long the request stalls, with the coordinator's
 // --actor-silence-ms 0 (the call timeout alone, as before heartbeats) and 3000 (the default). Real
 // processes: two `cascade actor verify`, one `cascade coordinator`, the gateway in this process,
 // nats-server and redis-server. Each repeat starts them afresh, streams a greedy 160-token `mode: ar`
-// request uninterrupted, then again, SIGKILLing the verify actor that holds its session at the 10th
-// chunk. Prints a JSON line per repeat, and writes them all to OUT (default bench/results/actor-liveness/results.json).
+// request uninterrupted, then again, sending the signal to the verify actor that holds its session at
+// the 10th chunk. Prints a JSON line per repeat, and writes them all to OUT (default bench/results/actor-liveness/results.json).
 //
 //   node --import tsx tools/bench/verifier-kill.ts [OUT]      (REPEATS=3 by default)
 import { writeFileSync } from 'node:fs';
@@ -17,7 +18,7 @@ const repeats = Number(process.env.REPEATS ?? 3);
 const [nats, redis] = await Promise.all([startNats(), startRedis()]);
 const rows: Record<string, unknown>[] = [];
 const prompt = 'def parse_args(argv):\n';
-for (const silence of [0, 3000]) {
+for (const signal of ['SIGKILL', 'SIGSTOP'] as const) for (const silence of [0, 3000]) {
   for (let r = 0; r < repeats; r++) {
     const actors = await Promise.all(['v0', 'v1'].map((id) => spawnRole(['actor', 'verify', '--models', models, '--nats', nats.url, '--instance', id, '--idle-ms', '20000', '--health-port', '0'])));
     const coordinator = await spawnRole(['coordinator', '--models', models, '--nats', nats.url, '--redis', redis.url, '--actor-silence-ms', String(silence)]);
@@ -37,7 +38,7 @@ for (const silence of [0, 3000]) {
           for (const [i, a] of actors.entries()) {
             const url = /health on (http:\/\/[^\s,)]+)/.exec(a.output())?.[1];
             const h = (await (await fetch(`${url}/health`)).json()) as { sessions: number };
-            if (h.sessions > 0) { a.child.kill('SIGKILL'); killed = `v${i}`; break; }
+            if (h.sessions > 0) { a.child.kill(signal); killed = `v${i}`; break; }
           }
         }
       }
@@ -45,7 +46,8 @@ for (const silence of [0, 3000]) {
     };
     const plain = await ask(false);
     const hit = await ask(true);
-    rows.push({ actor_silence_ms: silence, repeat: r, uninterrupted_ms: Math.round(plain.ms), killed: hit.killed, with_kill_ms: Math.round(hit.ms), longest_gap_ms: Math.round(hit.gap), same_text: hit.text === plain.text });
+    for (const a of actors) a.child.kill('SIGCONT');
+    rows.push({ signal, actor_silence_ms: silence, repeat: r, uninterrupted_ms: Math.round(plain.ms), killed: hit.killed, with_kill_ms: Math.round(hit.ms), longest_gap_ms: Math.round(hit.gap), same_text: hit.text === plain.text });
     console.log(JSON.stringify(rows.at(-1)));
     await gateway.stop();
     await Promise.all([coordinator, ...actors].map((a) => a.stop().catch(() => undefined)));
