@@ -57,20 +57,22 @@ function alive(t: { is: (a: unknown, b: unknown, m: string) => void }): void {
   for (const [name, r] of roles) t.is(r.child.exitCode ?? r.child.signalCode, null, `${name} is still running:\n${r.output().slice(-2000)}`);
 }
 
-test('gateway - without a coordinator on its queue, its ready line and /health warn (still 200: requests wait in the queue, as through a coordinator restart)', async (t) => {
-  const empty = await startRedis();
-  const lone = await startGatewayRole({ models: MODELS_DIR, nats: nats.url, redis: [empty.url], port: 0 });
+test('gateway - without a coordinator on its queue or a verify actor on its NATS, its ready line and /health warn (still 200: requests wait in the queue, as through a coordinator restart)', async (t) => {
+  const [empty, bare] = await Promise.all([startRedis(), startNats()]);
+  const lone = await startGatewayRole({ models: MODELS_DIR, nats: bare.url, redis: [empty.url], port: 0 });
   try {
     t.regex(lone.describe, /warning: no coordinator takes requests from the queue yet/);
     const health = await fetch(`${lone.url}/health`);
     t.is(health.status, 200);
-    const body = (await health.json()) as { status: string; workers: number; warning: string };
+    const body = (await health.json()) as { status: string; workers: number; actors: object; warning: string };
     t.like(body, { status: 'ok', workers: 0 });
+    t.deepEqual(body.actors, {}, 'no actor heard');
     t.regex(body.warning, /no coordinator takes requests from the queue yet/);
+    t.regex(body.warning, new RegExp(`no verify actor of ${family.target} has sent a heartbeat in the last 3 s`));
     t.is((await fetch(`${lone.url}/live`)).status, 200);
   } finally {
     await lone.stop();
-    await empty.stop();
+    await Promise.all([empty.stop(), bare.stop()]);
   }
 });
 
