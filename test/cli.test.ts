@@ -249,6 +249,10 @@ test('cli - usage errors exit 2 with the reason; a failed write to stdout is one
   const negative = await fails(['actor', 'verify', '--nats', 'nats://127.0.0.1:1', '--multi-step-ms', '-1']);
   t.is(negative.code, 2);
   t.regex(negative.stderr, /--multi-step-ms/);
+  // a coordinator's --actor-silence-ms is 0 (off) or two heartbeats at least: one late heartbeat is no dead actor
+  const silence = await fails(['coordinator', '--nats', 'nats://127.0.0.1:1', '--redis', 'redis://127.0.0.1:1', '--actor-silence-ms', '500']);
+  t.is(silence.code, 2);
+  t.regex(silence.stderr, /--actor-silence-ms must be 0 \(off\) or at least 2000: actors send a heartbeat every 1000 ms, got "500"/);
   const full = spawn(process.execPath, [...CLI, 'generate', '--max-tokens', '4', 'x'], { cwd: new URL('..', import.meta.url).pathname, stdio: ['ignore', openSync('/dev/full', 'w'), 'pipe'] });
   let stderr = '';
   full.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
