@@ -276,6 +276,12 @@ test('cluster (in-process) - actors\' silence is judged on the others\' heartbea
   }
   t.regex(given, /^actor target\/v0 has sent no heartbeat for \d+ ms while others did$/);
   t.deepEqual(Object.keys(liveness.live().target ?? {}), ['v1']);
+  // a coordinator's in-process verifier and a stopping actor are listed, but no session is placed on them directly
+  transport.publish(subjects.alive, encode({ type: 'alive', model: 'target', instance: 'local', sessions: 0, local: true }));
+  transport.publish(subjects.alive, encode({ type: 'alive', model: 'target', instance: 'leaving', sessions: 0, leaving: true }));
+  await new Promise((r) => setTimeout(r, 10));
+  t.deepEqual(Object.keys(liveness.live().target ?? {}).sort(), ['leaving', 'local', 'v1']);
+  t.deepEqual(liveness.placeable('target'), ['v1']);
   lone.stop();
   await liveness.close();
 });

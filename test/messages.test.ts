@@ -37,6 +37,7 @@ const messages: Message[] = [
   { type: 'stats' },
   { type: 'statsReply', instance: 'v0', sessions: 3 },
   { type: 'alive', model: 'draft-l1', instance: 'a1', sessions: 2 },
+  { type: 'alive', model: 'target', instance: 'v0', sessions: 0, local: true, leaving: true },
   // the feature drafter beside a verify actor's target (frames v8)
   { type: 'open', session: 'req-5-0-t', sampling: { temperature: 0, topK: 0, topP: 1 }, seed: 1n, target: true, promptLength: 3, verification: 'invariant', eagle: true },
   { type: 'propose', session: 'req-5-0-t', base: 4, suffix: [7], want: 3, feature: true },

@@ -76,6 +76,8 @@ export interface ActorOptions {
   readonly featureDrafter?: ModelSession;
   /** How often the actor publishes its heartbeat on `subjects.alive`, ms (ActorLiveness); 0 = never. */
   readonly heartbeatMs?: number;
+  /** The actor serves only inside its host process (a coordinator's --verifier, LocalServingTransport): its heartbeat says so, and no other coordinator places a session on it. */
+  readonly local?: boolean;
 }
 
 /** The rng stream of a session's feature drafter under rejection sampling (distinct from the target's). */
@@ -108,7 +110,8 @@ export class ModelActor {
   private readonly sessions = new Map<string, ActorSession>();
   private readonly subs: Subscription[] = [];
   private sweeper: NodeJS.Timeout | undefined;
-  private stopBeating: (() => void) | undefined;
+  private heartbeat: { now(): void; stop(): void } | undefined;
+  private leaving = false;
   private readonly idleMs: number;
   private readonly maxSessions: number;
   private readonly kv: KvPolicyConfig;
@@ -138,7 +141,9 @@ export class ModelActor {
     this.sweeper = setInterval(() => void this.expire(), Math.max(50, this.idleMs / 4));
     this.sweeper.unref();
     const heartbeatMs = this.options.heartbeatMs ?? HEARTBEAT_MS;
-    if (heartbeatMs > 0) this.stopBeating = beat(this.transport, this.model, this.instance, () => this.sessions.size, heartbeatMs);
+    if (heartbeatMs > 0) {
+      this.heartbeat = beat(this.transport, () => ({ type: 'alive', model: this.model, instance: this.instance, sessions: this.sessions.size, ...(this.options.local ? { local: true } : {}), ...(this.leaving ? { leaving: true } : {}) }), heartbeatMs);
+    }
     return this;
   }
 
@@ -150,10 +155,13 @@ export class ModelActor {
   /** Stops serving and frees every session's KV. */
   async stop(): Promise<void> {
     clearInterval(this.sweeper);
+    // said at once, so that no coordinator places a session here now; beating on until the calls in
+    // flight have ended, so that a draining actor is not taken for a dead one
+    this.leaving = true;
+    this.heartbeat?.now();
     await Promise.all(this.subs.splice(0).map((s) => s.close()));
     await Promise.all([...this.sessions.keys()].map((id) => this.closeSession(id)));
-    // beating until its calls in flight have ended: a draining actor is not taken for a dead one
-    this.stopBeating?.();
+    this.heartbeat?.stop();
   }
 
   private async expire(): Promise<void> {

@@ -1,4 +1,4 @@
-import { decode, encode } from './messages.ts';
+import { decode, encode, type Heartbeat } from './messages.ts';
 import { subjects, TransportError, type Subscription, type Transport } from './transport.ts';
 
 /** How often an actor publishes its heartbeat on `subjects.alive`, ms (ActorOptions.heartbeatMs). */
@@ -17,6 +17,13 @@ export interface Watch {
   stop(): void;
 }
 
+/** What was heard of one instance last: when (`at`: this process's clock, ms; `heard`: ActorLiveness's heard-time), and its heartbeat. */
+interface Heard {
+  at: number;
+  heard: number;
+  beat: Heartbeat;
+}
+
 /**
  * What a coordinator or gateway hears of the actors: each actor publishes `{ model, instance,
  * sessions }` on `subjects.alive` every HEARTBEAT_MS from its main thread (its models run in worker
@@ -26,24 +33,27 @@ export interface Watch {
  * has been silent for `silenceMs` instead, so the session is placed again seconds sooner; the
  * output is unchanged (the coordinator's copy of the context is resent).
  *
- * Silence is measured on the other actors' heartbeats, not on this process's clock: an instance is
- * silent when heartbeats of other instances kept arriving for `silenceMs` after its last one (and
- * after the call began). A coordinator that itself stalls (a long GC, an overloaded machine: the
- * heartbeats wait unread in its socket) or loses its connection hears from no one, and judges no
- * one; when it hears again after such a gap, every instance starts a fresh silence, since the
- * others' heartbeats arrive in no set order after a reconnect. A cluster of one actor, where placing
- * the session again has nowhere else to go, is never judged either: its calls keep the timeout. An
- * instance never heard from (an actor of an older build) is never judged.
+ * Silence is measured in heard-time, a clock that advances only as heartbeats arrive: by the time
+ * between two heartbeats (of any instances), or not at all when that is over `gapMs` (two heartbeat
+ * periods, at most `silenceMs`). An instance is silent when heard-time has run `silenceMs` past its
+ * last heartbeat (and past the call's start): other instances kept beating meanwhile. A coordinator
+ * that itself stalls (a long GC, an overloaded machine: the heartbeats wait unread in its socket) or
+ * loses its connection hears from no one, and its heard-time stands still; the gap then counts for
+ * nothing, while silence built up before it is kept. A cluster of one actor is never judged either:
+ * with no other heartbeats its heard-time stops with it, and its calls keep the timeout (where
+ * placing the session again has nowhere else to go). An instance never heard from (an actor of an
+ * older build) is never judged.
  */
 export class ActorLiveness {
-  /** Last heartbeat per `model/instance`: when (ms, this process's clock) and its sessions. */
-  private readonly heard = new Map<string, { at: number; sessions: number }>();
-  /** When the latest heartbeat of any instance arrived. */
+  private readonly heard = new Map<string, Heard>();
+  /** Heard-time, ms. */
+  private clock = 0;
+  /** When the latest heartbeat arrived, this process's clock. */
   private latest = -Infinity;
   private readonly watches = new Set<{ key: string; since: number; fail: (err: TransportError) => void }>();
   private readonly sub: Subscription;
   private readonly timer: NodeJS.Timeout;
-  /** A pause in every heartbeat longer than this (two heartbeat periods, at most silenceMs) means this process heard nothing, not that all fell silent. */
+  /** A pause in every heartbeat longer than this means this process heard nothing, not that time passed for the actors. */
   private readonly gapMs: number;
 
   constructor(
@@ -55,22 +65,20 @@ export class ActorLiveness {
     this.sub = transport.subscribe(subjects.alive, (data) => {
       try {
         const m = decode(data);
-        if (m.type !== 'alive') return;
-        const now = performance.now();
-        // heard from no one for a while, then from someone: this process was cut off or stalled (a NATS reconnect,
-        // a long pause), and heartbeats of the others may still be on their way; everyone starts a fresh silence
-        if (now - this.latest > this.gapMs) {
-          for (const h of this.heard.values()) h.at = now;
-          for (const w of this.watches) w.since = now;
-        }
-        this.latest = now;
-        this.heard.set(`${m.model}/${m.instance}`, { at: now, sessions: m.sessions });
+        if (m.type === 'alive') this.hear(m);
       } catch {
         // not a heartbeat of this build: ignored, as an unknown subject would be
       }
     });
     this.timer = setInterval(() => this.judge(), Math.max(20, Math.min(250, silenceMs / 4)));
     this.timer.unref();
+  }
+
+  private hear(beat: Heartbeat): void {
+    const now = performance.now();
+    if (now - this.latest <= this.gapMs) this.clock += now - this.latest;
+    this.latest = now;
+    this.heard.set(`${beat.model}/${beat.instance}`, { at: now, heard: this.clock, beat });
   }
 
   private judge(): void {
@@ -80,36 +88,44 @@ export class ActorLiveness {
     for (const w of this.watches) {
       const h = this.heard.get(w.key);
       if (!h) continue;
-      const quiet = this.latest - Math.max(h.at, w.since);
+      const quiet = this.clock - Math.max(h.heard, w.since);
       if (quiet > this.silenceMs) w.fail(new TransportError(`actor ${w.key} has sent no heartbeat for ${Math.round(quiet)} ms while others did`, 'silent'));
     }
   }
 
   /**
    * Watches one call to `model`'s `instance`: `silent` rejects once the instance, heard from before,
-   * has been silent for `silenceMs` while others were not (counted from the call's start at the
-   * earliest). Call `stop` when the call settles.
+   * has been silent for `silenceMs` of heard-time (counted from the call's start at the earliest).
+   * Call `stop` when the call settles.
    */
   watch(model: string, instance: string): Watch {
     let entry!: { key: string; since: number; fail: (err: TransportError) => void };
     const silent = new Promise<never>((_, reject) => {
-      entry = { key: `${model}/${instance}`, since: performance.now(), fail: (err) => (this.watches.delete(entry), reject(err)) };
+      entry = { key: `${model}/${instance}`, since: this.clock, fail: (err) => (this.watches.delete(entry), reject(err)) };
     });
     silent.catch(() => undefined);
     this.watches.add(entry);
     return { silent, stop: () => void this.watches.delete(entry) };
   }
 
-  /** Instances heard from in the last `silenceMs`, by model, each with the sessions it holds: for /health. */
+  /** Instances heard from in the last `silenceMs` (this process's clock), by model, each with the sessions it holds: for /health. */
   live(): Record<string, Record<string, number>> {
-    const now = performance.now();
     const out: Record<string, Record<string, number>> = {};
-    for (const [key, h] of this.heard) {
-      if (now - h.at > this.silenceMs) continue;
-      const [model, instance] = key.split('/') as [string, string];
-      (out[model] ??= {})[instance] = h.sessions;
-    }
+    for (const { beat } of this.recent(this.silenceMs)) (out[beat.model] ??= {})[beat.instance] = beat.sessions;
     return out;
+  }
+
+  /**
+   * Instances of `model` a session may be placed on directly: heard within two heartbeat periods,
+   * neither serving only inside another process (`local`) nor stopping (`leaving`).
+   */
+  placeable(model: string): string[] {
+    return this.recent(2 * HEARTBEAT_MS).flatMap(({ beat }) => (beat.model === model && !beat.local && !beat.leaving ? [beat.instance] : []));
+  }
+
+  private recent(withinMs: number): Heard[] {
+    const since = performance.now() - withinMs;
+    return [...this.heard.values()].filter((h) => h.at >= since);
   }
 
   async close(): Promise<void> {
@@ -119,11 +135,14 @@ export class ActorLiveness {
   }
 }
 
-/** Publishes an actor's heartbeat every `everyMs` until stopped (ModelActor.start). */
-export function beat(transport: Transport, model: string, instance: string, sessions: () => number, everyMs = HEARTBEAT_MS): () => void {
+/**
+ * Publishes an actor's heartbeat every `everyMs` until stopped (ModelActor.start). `beat()` gives
+ * its fields at each tick (sessions held, and whether it is leaving).
+ */
+export function beat(transport: Transport, beat: () => Heartbeat, everyMs = HEARTBEAT_MS): { now(): void; stop(): void } {
   const send = () => {
     try {
-      transport.publish(subjects.alive, encode({ type: 'alive', model, instance, sessions: sessions() }));
+      transport.publish(subjects.alive, encode(beat()));
     } catch {
       // a closed or draining connection: the actor is stopping, and its silence says so
     }
@@ -131,5 +150,5 @@ export function beat(transport: Transport, model: string, instance: string, sess
   send();
   const timer = setInterval(send, everyMs);
   timer.unref();
-  return () => clearInterval(timer);
+  return { now: send, stop: () => clearInterval(timer) };
 }

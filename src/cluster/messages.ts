@@ -120,9 +120,16 @@ export type StreamEvent =
 
 /**
  * Actor → coordinators and gateways, on `subjects.alive` every second (ActorLiveness): the actor's
- * model, instance and the sessions it holds. A new type, appended: frames of version 9 are unchanged.
+ * model, instance and the sessions it holds; `local`: it serves only inside its host process (a
+ * coordinator's `--verifier`), so no one else may place a session on it; `leaving`: it is stopping
+ * (draining its calls in flight), so no new session goes to it. A new type, appended: frames of
+ * version 9 are unchanged.
  */
-export type Heartbeat = { readonly type: 'alive'; readonly model: string; readonly instance: string; readonly sessions: number };
+export type Heartbeat = { readonly type: 'alive'; readonly model: string; readonly instance: string; readonly sessions: number; readonly local?: boolean; readonly leaving?: boolean };
+
+/** A heartbeat's flags byte. */
+const ALIVE_LOCAL = 1;
+const ALIVE_LEAVING = 2;
 
 export type Message = ActorRequest | ActorReply | StreamEvent | Heartbeat;
 
@@ -531,7 +538,7 @@ export function encode(m: Message): Uint8Array {
     case 'statsReply':
       return w.str(m.instance).u32(m.sessions).done();
     case 'alive':
-      return w.str(m.model).str(m.instance).u32(m.sessions).done();
+      return w.str(m.model).str(m.instance).u32(m.sessions).u8((m.local ? ALIVE_LOCAL : 0) | (m.leaving ? ALIVE_LEAVING : 0)).done();
   }
 }
 
@@ -630,9 +637,14 @@ export function decode(frame: Uint8Array): Message {
     case 'statsReply':
       m = { type, instance: r.str('instance'), sessions: r.u32('sessions') };
       break;
-    case 'alive':
-      m = { type, model: r.str('model'), instance: r.str('instance'), sessions: r.u32('sessions') };
+    case 'alive': {
+      const model = r.str('model');
+      const instance = r.str('instance');
+      const sessions = r.u32('sessions');
+      const flags = r.u8('flags');
+      m = { type, model, instance, sessions, ...(flags & ALIVE_LOCAL ? { local: true } : {}), ...(flags & ALIVE_LEAVING ? { leaving: true } : {}) };
       break;
+    }
   }
   r.end();
   return m;

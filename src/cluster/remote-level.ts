@@ -141,26 +141,44 @@ export class RemoteLevel implements CascadeLevel {
   }
 
   /**
-   * Where to place the session again after a call to `avoid` was given up: the live instance of the
-   * model (ActorLiveness) holding the fewest sessions, other than `avoid`, or `avoid` itself when it
-   * is the only one and still beats (its call was lost on the way: a NATS server that failed).
-   * Addressed directly, since the model's queue group may still hold a lost subscription
-   * (nats-server drops a frozen or cut-off client, or a frozen route's interest, only after pings go
-   * unanswered) and hand it the `open`, which would then wait the whole call timeout. Undefined: the
-   * queue group places it.
+   * Where to place the session again after a call to `avoid` was given up: an instance of the model
+   * the coordinator hears (ActorLiveness.placeable: beating, not stopping, not another coordinator's
+   * in-process verifier), picked at random among those other than `avoid`, so that sessions lost
+   * together spread as the queue group spreads them; or `avoid` itself when it is the only one and
+   * still beats (its call was lost on the way: a NATS server that failed). Addressed directly, since
+   * the model's queue group may still hold a lost subscription (nats-server drops a frozen or cut-off
+   * client, or a frozen route's interest, only after pings go unanswered) and hand it the `open`,
+   * which would then wait the whole call timeout. Undefined, the queue group places it: nothing
+   * placeable is heard, or this process serves the model itself (a coordinator's --verifier).
    */
   private replacement(avoid: string): string | undefined {
-    const live = Object.entries(this.options.liveness?.live()[this.name] ?? {});
-    const others = live.filter(([instance]) => instance !== avoid);
-    return (others.length ? others : live).sort(([, a], [, b]) => a - b)[0]?.[0];
+    if (!this.options.liveness || this.transport.servesLocally?.(subjects.open(this.name))) return undefined;
+    const live = this.options.liveness.placeable(this.name);
+    const others = live.filter((instance) => instance !== avoid);
+    const from = others.length ? others : live;
+    return from[Math.floor(Math.random() * from.length)];
   }
 
+  /**
+   * Opens the session on an instance: through the model's queue group, or on `replacement`'s pick
+   * after a call given up, falling back to the queue group when that instance does not take it (gone
+   * since its last heartbeat, or full).
+   */
   private async place(): Promise<string> {
     const direct = this.avoid === undefined ? undefined : this.replacement(this.avoid);
     this.avoid = undefined;
-    let reply: ActorReply;
+    const open: ActorRequest = { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}), ...(this.options.eagle ? { eagle: true } : {}) };
+    let reply: ActorReply | undefined;
+    if (direct) {
+      reply = await this.send(subjects.instance(this.name, direct), open, 0, direct).catch((err: unknown) => {
+        if (!(err instanceof TransportError)) throw err;
+        this.options.onCallFailed?.(err.reason, err.message, true);
+        return undefined;
+      });
+      if (reply?.type === 'error') reply = undefined;
+    }
     try {
-      reply = await this.send(direct ? subjects.instance(this.name, direct) : subjects.open(this.name), { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}), ...(this.options.eagle ? { eagle: true } : {}) }, 0, direct);
+      reply ??= await this.send(subjects.open(this.name), open);
     } catch (err) {
       if (err instanceof TransportError) {
         this.options.onCallFailed?.(err.reason, err.message, false);

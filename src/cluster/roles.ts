@@ -161,7 +161,7 @@ export async function startActorRole(o: ActorRoleOptions): Promise<Role> {
     await featureDrafter?.close();
     throw err;
   }
-  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget, featureDrafter }).start();
+  const actor = new ModelActor(transport, session, { instance: o.instance, idleMs: o.idleMs, kv, target: isTarget, featureDrafter, local: hosted }).start();
   if (!hosted) await (transport as NatsTransport).flush();
   const status = () => ({ model: actor.model, instance: actor.instance, provider: session.provider, kvLocation: model.kvLocation, batchInvariant: model.batchInvariant, ...(model.paddedAttention ? { paddedAttention: true } : {}), sessions: actor.activeSessions, load: session.load(), batching: session.counters });
   const health = await probes(o.healthPort, `${o.kind}-actor`, async () => {
