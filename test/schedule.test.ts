@@ -3,8 +3,8 @@ import { LinearCost } from '../src/kernels/cost-model.ts';
 import { Rng } from '../src/kernels/rng.ts';
 import { AdaptiveSchedule, ScheduleMemory } from '../src/engine/schedule.ts';
 import { startingKMatrix } from '../src/engine/presets.ts';
-import { MagLevel, magMatchClass } from '../src/engine/levels.ts';
-import { generateCascade } from '../src/engine/cascade.ts';
+import { MagLevel, magMatchClass, ModelLevel, type CascadeLevel } from '../src/engine/levels.ts';
+import { generateCascade, runCascade } from '../src/engine/cascade.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { MemoryModelSession } from '../src/models/memory-session.ts';
 import type { ServiceLoad } from '../src/models/session.ts';
@@ -211,4 +211,38 @@ test('cascade - the schedule counts MaG\'s acceptance under its draft context an
     t.true(pairs.includes('target>d1'), 'a neural drafter has no context');
     t.true([...memory.costs.keys()].every((k) => !k.includes('#')), [...memory.costs.keys()].join(' '));
   }
+});
+
+test('schedule - a call during which the level\'s session was placed again (a failover) is no sample of its cost: a seconds-long wait would price every draft out for the rest of the process', async (t) => {
+  const target = new MemoryModelSession({ name: 'target', vocabSize: 12, order: 2, seed: 11, sharpness: 6 });
+  const d1 = new MemoryModelSession({ name: 'd1', vocabSize: 12, order: 2, seed: 12, resemble: { model: target, weight: 0.8 } });
+  const req = { promptIds: [1, 2, 3, 1, 2], maxTokens: 40, sampling: GREEDY, seed: 0, stopAtEos: false };
+  const samples: number[] = [];
+  const memory = new (class extends ScheduleMemory {
+    override cost(key: string): LinearCost {
+      const c = super.cost(key);
+      if (key !== 'review:target') return c;
+      const spy = Object.create(c) as LinearCost;
+      spy.add = (tokens: number, ms: number) => (samples.push(ms), c.add(tokens, ms));
+      return spy;
+    }
+  })();
+  // the target's fourth review waits 300 ms and comes back placed again, as a RemoteLevel's call after a lost actor
+  const inner = new ModelLevel('target', target, 'failover', GREEDY);
+  let reviews = 0;
+  const top: CascadeLevel = Object.assign(Object.create(inner) as CascadeLevel, {
+    placements: 1,
+    async review(this: { placements: number }, ...args: Parameters<CascadeLevel['review']>) {
+      if (++reviews === 4) {
+        await new Promise((r) => setTimeout(r, 300));
+        this.placements++;
+      }
+      return inner.review(...args);
+    },
+  });
+  const r = await runCascade(top, [new ModelLevel('d1', d1, 'failover-d1', GREEDY)], { kMatrix: 'auto', lenience: 1 }, req, { eosIds: [], scheduleMemory: memory });
+  t.true(reviews >= 4, `the target reviewed ${reviews} times`);
+  t.true(samples.length >= 2, `${samples.length} samples of the target's review cost`);
+  t.true(samples.every((ms) => ms < 250), `no sample timed the failover: ${samples.map((ms) => ms.toFixed(1)).join(', ')}`);
+  t.is(r.tokenIds.length, 40);
 });

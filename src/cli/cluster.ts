@@ -252,6 +252,8 @@ interface UpOptions {
   batchInvariant?: BatchInvariance;
   /** The verifier's multi-step bound (`actor verify --multi-step-ms`; with --colocate, each coordinator's); unset: its default. */
   multiStepMs?: number;
+  /** The coordinators' `--actor-silence-ms`; unset: their default. */
+  actorSilenceMs?: number;
   /** The target's own quantized copy as the first drafter, on draft actors of its own (`--self-draft`), made here before any role starts. */
   selfDraft?: SelfDraft;
   selfDraftCache: string;
@@ -352,7 +354,8 @@ async function clusterUp(o: UpOptions): Promise<void> {
       for (let i = 0; i < o.draftInstances; i++) waits.push((await started(`draft-${d}-${i}`, ['actor', 'draft', '--model', model, ...common], env('actor'))).wait());
     }
     const verifier = o.colocate ? ['--verifier', '--threads', String(o.threads), ...verifierFlags] : [];
-    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...named, ...verifier], env('coordinator', true))).wait());
+    const silence = o.actorSilenceMs !== undefined ? ['--actor-silence-ms', String(o.actorSilenceMs)] : [];
+    for (let i = 0; i < o.coordinators; i++) waits.push((await started(`coordinator-${i}`, ['coordinator', ...named, ...verifier, ...silence], env('coordinator', true))).wait());
     await Promise.all(waits);
     const port = o.port ?? (await freePort());
     const keys = secrets?.apiKey ?? o.apiKey;
@@ -568,6 +571,7 @@ export function registerCluster(program: Command): void {
     .option('--kv-location <where>', `where the verifier's KV caches live between passes (cascade actor verify --kv-location; with --colocate, each coordinator's): ${KV_LOCATIONS.join(' | ')} (default auto)`, parseKvLocation)
     .option('--batch-invariant <mode>', `the verifier's (cascade actor verify --batch-invariant; with --colocate, each coordinator's): ${BATCH_INVARIANT_HELP} (default auto)`, parseBatchInvariant)
     .option('--multi-step-ms <ms>', `the verifier's (cascade actor verify --multi-step-ms; with --colocate, each coordinator's): ${MULTI_STEP_HELP} (default ${DEFAULT_BATCHING.multiStepMs})`, parseNumber('--multi-step-ms', { min: 0 }))
+    .option('--actor-silence-ms <ms>', `the coordinators' (cascade coordinator --actor-silence-ms): give up a call to an actor that sent no heartbeat for this long, and place its session again (0 = the call timeout alone; default ${ACTOR_SILENCE_MS})`, parseActorSilence)
     .option('--verification <rule>', `${VERIFICATION_HELP} (the gateway's default for requests whose cascade field names none; actors follow each request's)`, parseVerificationFlag, DEFAULT_VERIFICATION)
     .option('--drafting <mode>', `${DRAFTING_HELP} (the gateway's default for requests whose cascade field names none; the coordinators follow each request's)`, parseDraftingFlag, DEFAULT_DRAFTING)
     .option('--outcome-branches', `${OUTCOME_BRANCHES_HELP} (the gateway's default for async requests whose cascade field does not say)`)

@@ -346,11 +346,18 @@ export async function runCascade(
   let magFirstRounds = 0;
 
   /** Runs one call of `level`: its result, its wall time and the tokens it fed its model (for the schedule). */
-  async function timed<T>(level: CascadeLevel, call: () => Promise<T>): Promise<{ result: T; ms: number; fed: number }> {
+  /**
+   * A level's call, timed for the schedule: `ms` is undefined when the level's session was placed
+   * again during it (a failover: the wait for a lost actor is no cost of a round).
+   */
+  async function timed<T>(level: CascadeLevel, call: () => Promise<T>): Promise<{ result: T; ms: number | undefined; fed: number }> {
     const t0 = performance.now();
     const before = level.stats.tokensScored;
+    const placed = level.placements;
     const result = await call();
-    return { result, ms: performance.now() - t0, fed: level.stats.tokensScored - before };
+    // the first placement is the prefill's (already no sample past PREFILL_TOKENS); a later one is a failover
+    const failedOver = placed !== undefined && placed > 0 && level.placements !== placed;
+    return { result, ms: failedOver ? undefined : performance.now() - t0, fed: level.stats.tokensScored - before };
   }
 
   /**

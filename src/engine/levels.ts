@@ -84,6 +84,8 @@ export interface CascadeLevel {
   load?(): ServiceLoad | undefined;
   /** Proposes only, never reviews (a feature drafter, eagle-level.ts): its row of K stays zero. */
   readonly proposesOnly?: boolean;
+  /** Times the level's session was placed on an actor (RemoteLevel); a call during which it changed timed a failover, not a round. */
+  readonly placements?: number;
   /**
    * How many tokens one `propose` call may usefully be asked for when the level decodes alone
    * (target-only decoding): more than 1 where its runner decodes several in one call

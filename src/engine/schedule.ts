@@ -154,7 +154,7 @@ export class AdaptiveSchedule {
    * A reviewer looked at a block whose drafted tokens came from `sources` (by position) and accepted
    * a prefix; the call took `ms` and fed the model `tokens` tokens (drafts, plus any it had not seen).
    */
-  reviewed(reviewer: string, sources: readonly string[], accepted: number, ms: number, tokens: number): void {
+  reviewed(reviewer: string, sources: readonly string[], accepted: number, ms: number | undefined, tokens: number): void {
     this.timed(`review:${reviewer}`, tokens, ms);
     // evidence fades as new evidence about the same pair arrives; a pair left unused keeps what it had
     for (const key of new Set(sources.slice(0, accepted + 1).map((d) => `${reviewer}>${d}`))) {
@@ -189,16 +189,24 @@ export class AdaptiveSchedule {
     for (const [reviewer, drafter, ok] of this.unshared.splice(0)) this.memory.record(reviewer, drafter, ok);
   }
 
-  /** A drafter proposed `want` tokens autoregressively in `ms`, feeding `tokens` tokens. */
-  proposed(drafter: string, want: number, ms: number, tokens: number): void {
+  /**
+   * A drafter proposed `want` tokens autoregressively in `ms`, feeding `tokens` tokens; `ms`
+   * undefined: the call is no sample of the drafter's cost (its session was placed again meanwhile).
+   */
+  proposed(drafter: string, want: number, ms: number | undefined, tokens: number): void {
     // a feature drafter that fed nothing drafted nothing (no target features yet): not a cost sample
     if (tokens === 0 && this.options.proposers?.includes(drafter)) return;
-    if (tokens <= want + PREFILL_TOKENS) this.memory.cost(`propose:${drafter}`).add(want, ms);
+    if (ms !== undefined && tokens <= want + PREFILL_TOKENS) this.memory.cost(`propose:${drafter}`).add(want, ms);
   }
 
-  /** Calls that prefill (a prompt, a long catch-up) say nothing about the cost of a round: skipped. */
-  private timed(key: string, tokens: number, ms: number): void {
-    if (tokens <= PREFILL_TOKENS) this.memory.cost(key).add(Math.max(1, tokens), ms);
+  /**
+   * Calls that prefill (a prompt, a long catch-up) say nothing about the cost of a round: skipped; so
+   * are calls during which the level's session was placed again (`ms` undefined: a failover's wait,
+   * seconds long, would price every draft out for the rest of the process, since rounds without
+   * drafts are no new samples of the review cost).
+   */
+  private timed(key: string, tokens: number, ms: number | undefined): void {
+    if (ms !== undefined && tokens <= PREFILL_TOKENS) this.memory.cost(key).add(Math.max(1, tokens), ms);
   }
 
   /** α(reviewer, drafter, position): acceptance of that position given every earlier one was accepted. */
