@@ -98,6 +98,7 @@ async function probes(port: number | undefined, role: string, check: () => Promi
 
 /** What a cluster gateway says while no coordinator takes requests from its queue. */
 const NO_COORDINATOR = 'no coordinator takes requests from the queue yet: requests wait there until one starts (cascade coordinator, or cluster up)';
+/** What a cluster gateway says while it hears no verify actor of the target (ActorLiveness). */
 const noVerifier = (target: string, silenceMs: number) =>
   `no verify actor of ${target} has sent a heartbeat in the last ${silenceMs / 1000} s: a request's attempts fail until one starts (cascade actor verify, or a coordinator's --verifier), and BullMQ retries them with backoff`;
 
