@@ -2,6 +2,8 @@ import test from 'ava';
 import { ModelActor } from '../src/actors/model-actor.ts';
 import { Coordinator, type JobData } from '../src/cluster/coordinator.ts';
 import { MemoryRequestLog } from '../src/cluster/redis-store.ts';
+import { RemoteFeatureLevel, RemoteLevel } from '../src/cluster/remote-level.ts';
+import { Block } from '../src/engine/levels.ts';
 import { ActorLiveness } from '../src/cluster/liveness.ts';
 import { decode, encode } from '../src/cluster/messages.ts';
 import { InProcessTransport, subjects, TransportError } from '../src/cluster/transport.ts';
@@ -284,6 +286,27 @@ test('cluster (in-process) - actors\' silence is judged on the others\' heartbea
   t.deepEqual(liveness.placeable('target'), ['v1']);
   lone.stop();
   await liveness.close();
+});
+
+test('cluster (in-process) - a feature drafter\'s call that finds the verify actor gone makes the target place its session again at once, instead of dropping the level', async (t) => {
+  const c = cluster(24);
+  const transport = new InProcessTransport();
+  const verifiers = ['v0', 'v1'].map((instance) => new ModelActor(transport, c.target, { instance }).start());
+  const failed: string[] = [];
+  const top = new RemoteLevel(transport, 'target', 'lost', { sampling: GREEDY, seed: 1, verification: 'invariant', target: true });
+  const feature = new RemoteFeatureLevel(transport, 'eagle', top, { onCallFailed: (reason, _message, placingAgain) => failed.push(`${reason} ${placingAgain}`) });
+  const block = new Block([5, 2], 2);
+  await top.propose(block, 1);
+  const first = top.placedOn!;
+  await verifiers.find((v) => v.instance === first)!.stop();
+  await feature.propose(block, 3); // no throw: the level stays, and proposes nothing this round
+  t.deepEqual(failed, ['no-responders true']);
+  t.is(top.placedOn, undefined, 'the target\'s session is to be placed again');
+  await top.propose(block, 1);
+  t.not(top.placedOn, undefined);
+  t.not(top.placedOn, first, 'on the instance still there');
+  await Promise.all(verifiers.map((v) => v.stop()));
+  await c.stop();
 });
 
 test('cluster (in-process) - a retried request resumes after the recorded tokens', async (t) => {

@@ -208,7 +208,16 @@ export class Coordinator {
           },
         });
       const top = remote(family.target, 't', 0);
-      const feature = (name: string) => new RemoteFeatureLevel(transport, name, top, { timeoutMs: this.options.callTimeoutMs, ...(this.options.liveness ? { liveness: this.options.liveness } : {}), onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms), onCallFailed: (reason) => this.options.onCallFailed?.('verify', reason) });
+      const feature = (name: string) =>
+        new RemoteFeatureLevel(transport, name, top, {
+          timeoutMs: this.options.callTimeoutMs,
+          ...(this.options.liveness ? { liveness: this.options.liveness } : {}),
+          onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms),
+          onCallFailed: (reason, message, placingAgain) => {
+            this.options.onCallFailed?.('verify', reason);
+            if (placingAgain) this.options.onEvent?.(`request ${job.requestId}: a call to the ${family.target} actor's ${name} failed (${message}); placing its session again`);
+          },
+        });
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => {
         const kind = drafterKind(family, d);
         return kind === 'mag' ? new MagLevel({ ...family.magTables }) : kind === 'eagle' ? feature(d) : remote(d, `d${i}`, i + 1);

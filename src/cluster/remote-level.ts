@@ -134,6 +134,17 @@ export class RemoteLevel implements CascadeLevel {
     return this.instance;
   }
 
+  /**
+   * A call beside this level (its feature drafter's, RemoteFeatureLevel) found `instance` gone
+   * (`no-responders`), silent or timed out: the next call places the session again, elsewhere for the
+   * last two (as after this level's own failed call).
+   */
+  lose(instance: string, reason: TransportError['reason']): void {
+    if (this.instance !== instance) return;
+    this.instance = undefined;
+    if (reason === 'silent' || reason === 'timeout') this.avoid = instance;
+  }
+
   /** A call to the model's queue group (`open`, no instance) or to one instance, watched for its silence. */
   private send(subject: string, req: ActorRequest, fed = 0, instance?: string): Promise<ActorReply> {
     const liveness = this.options.liveness;
@@ -319,9 +330,11 @@ export class RemoteLevel implements CascadeLevel {
  * (`propose` with `feature`), over a context of its own. It proposes only (its row of K stays zero)
  * and drafts nothing until the target's session is placed (the first round: the target has not
  * read the prompt). When the target's session is placed again (on any instance), its context
- * starts over there. A lost instance, or an actor that refuses (it hosts no feature drafter: it then
- * opened the target alone), is LevelUnavailableError: the coordinator drops the level and the target
- * goes on. Exactness is the target's review's, as for every level.
+ * starts over there. A lost instance (gone, silent or timed out) makes the target place its session
+ * again before its next call (RemoteLevel.lose): the round goes on without feature drafts, and the
+ * level drafts beside the new placement. An actor that refuses (it hosts no feature drafter: it then
+ * opened the target alone), or a frame that failed, is LevelUnavailableError: the coordinator drops
+ * the level and the target goes on. Exactness is the target's review's, as for every level.
  */
 export class RemoteFeatureLevel implements CascadeLevel {
   readonly stats = newStats();
@@ -353,11 +366,14 @@ export class RemoteFeatureLevel implements CascadeLevel {
         const liveness = this.options.liveness;
         reply = await requestActor(this.transport, subjects.instance(this.target.name, instance), req, this.options.timeoutMs ?? 10_000, tokens.length - base, liveness && { liveness, model: this.target.name, instance });
       } catch (err) {
-        if (err instanceof TransportError) {
-          this.options.onCallFailed?.(err.reason, err.message, false);
-          throw new LevelUnavailableError(this.name, `${this.name} beside ${this.target.name} actor ${instance} is gone (${err.message})`, { cause: err });
-        }
-        throw err;
+        if (!(err instanceof TransportError)) throw err;
+        const lost = err.reason !== 'closed';
+        this.options.onCallFailed?.(err.reason, err.message, lost);
+        // the verify actor holding the target's session is gone, frozen or cut off: the target places
+        // its session again at once (this round goes on without feature drafts), and this level drafts
+        // beside it there, rather than being dropped while the target's own next call waits out the same silence
+        if (lost) return void this.target.lose(instance, err.reason);
+        throw new LevelUnavailableError(this.name, `${this.name} beside ${this.target.name} actor ${instance} failed (${err.message})`, { cause: err });
       } finally {
         this.stats.forwardMs += performance.now() - t0;
       }
