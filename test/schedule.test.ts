@@ -227,13 +227,14 @@ test('schedule - a call during which the level\'s session was placed again (a fa
       return spy;
     }
   })();
-  // the target's fourth review waits 300 ms and comes back placed again, as a RemoteLevel's call after a lost actor
+  // the target's second review waits 300 ms and comes back placed again, as a RemoteLevel's call after a lost actor
+  // (the first rounds review with the starting K until every level is timed past its warm-up, so there is a second)
   const inner = new ModelLevel('target', target, 'failover', GREEDY);
   let reviews = 0;
   const top: CascadeLevel = Object.assign(Object.create(inner) as CascadeLevel, {
     placements: 1,
     async review(this: { placements: number }, ...args: Parameters<CascadeLevel['review']>) {
-      if (++reviews === 4) {
+      if (++reviews === 2) {
         await new Promise((r) => setTimeout(r, 300));
         this.placements++;
       }
@@ -241,7 +242,7 @@ test('schedule - a call during which the level\'s session was placed again (a fa
     },
   });
   const r = await runCascade(top, [new ModelLevel('d1', d1, 'failover-d1', GREEDY)], { kMatrix: 'auto', lenience: 1 }, req, { eosIds: [], scheduleMemory: memory });
-  t.true(reviews >= 4, `the target reviewed ${reviews} times`);
+  t.true(reviews >= 2, `the target reviewed ${reviews} times`);
   t.true(samples.length >= 2, `${samples.length} samples of the target's review cost`);
   t.true(samples.every((ms) => ms < 250), `no sample timed the failover: ${samples.map((ms) => ms.toFixed(1)).join(', ')}`);
   t.is(r.tokenIds.length, 40);
