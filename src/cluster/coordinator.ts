@@ -189,6 +189,14 @@ export class Coordinator {
       // correlated numbers (a drafter's sample and the target's acceptance test), biasing the output.
       // Under invariant every level draws with the same noise by design.
       const eagle = family.eagle !== undefined && job.drafters.includes(family.eagle);
+      // each actor call that failed in transport is counted; one placing its session again is logged here,
+      // one given up where its level is dropped or its attempt fails
+      const callFailed =
+        (kind: 'draft' | 'verify', called: string) =>
+        (reason: TransportError['reason'], message: string, placingAgain: boolean): void => {
+          this.options.onCallFailed?.(kind, reason);
+          if (placingAgain) this.options.onEvent?.(`request ${job.requestId}: a call to the ${called} failed (${message}); placing its session again`);
+        };
       const remote = (name: string, tag: string, stream: number) =>
         new RemoteLevel(transport, name, `${attempt}-${tag}`, {
           ...(stream === 0 && eagle ? { eagle } : {}),
@@ -201,11 +209,7 @@ export class Coordinator {
           promptLength: job.promptIds.length,
           ...(stream === 0 && job.logprobs !== undefined ? { logprobs: job.logprobs } : {}),
           onRoundTrip: (ms) => this.options.onRoundTrip?.(stream === 0 ? 'verify' : 'draft', ms),
-          onCallFailed: (reason, message, placingAgain) => {
-            this.options.onCallFailed?.(stream === 0 ? 'verify' : 'draft', reason);
-            // a call given up is logged where its level is dropped or its attempt fails
-            if (placingAgain) this.options.onEvent?.(`request ${job.requestId}: a call to the ${name} actor failed (${message}); placing its session again`);
-          },
+          onCallFailed: callFailed(stream === 0 ? 'verify' : 'draft', `${name} actor`),
         });
       const top = remote(family.target, 't', 0);
       const feature = (name: string) =>
@@ -213,10 +217,7 @@ export class Coordinator {
           timeoutMs: this.options.callTimeoutMs,
           ...(this.options.liveness ? { liveness: this.options.liveness } : {}),
           onRoundTrip: (ms) => this.options.onRoundTrip?.('draft', ms),
-          onCallFailed: (reason, message, placingAgain) => {
-            this.options.onCallFailed?.('verify', reason);
-            if (placingAgain) this.options.onEvent?.(`request ${job.requestId}: a call to the ${family.target} actor's ${name} failed (${message}); placing its session again`);
-          },
+          onCallFailed: callFailed('verify', `${family.target} actor's ${name}`),
         });
       const drafters: CascadeLevel[] = job.drafters.map((d, i) => {
         const kind = drafterKind(family, d);

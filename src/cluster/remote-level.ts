@@ -135,9 +135,9 @@ export class RemoteLevel implements CascadeLevel {
   }
 
   /**
-   * A call beside this level (its feature drafter's, RemoteFeatureLevel) found `instance` gone
-   * (`no-responders`), silent or timed out: the next call places the session again, elsewhere for the
-   * last two (as after this level's own failed call).
+   * A call to `instance` (this level's, or its feature drafter's beside it, RemoteFeatureLevel) failed
+   * in transport: the next call places the session again, elsewhere after a silent or timed-out one
+   * (a process that is gone has left the queue group, no responders; a silent or slow one may not have yet).
    */
   lose(instance: string, reason: TransportError['reason']): void {
     if (this.instance !== instance) return;
@@ -221,9 +221,7 @@ export class RemoteLevel implements CascadeLevel {
         if (!(err instanceof TransportError) || attempt > 0) {
           throw err instanceof TransportError ? new LevelUnavailableError(this.name, `${this.name} actor ${instance} is gone (${err.message})`, { cause: err }) : err;
         }
-        this.instance = undefined;
-        // a process that is gone has left the queue group (no responders); a silent or slow one may not have yet
-        if (err.reason === 'silent' || err.reason === 'timeout') this.avoid = instance;
+        this.lose(instance, err.reason);
         continue;
       } finally {
         this.stats.forwardMs += performance.now() - t0;

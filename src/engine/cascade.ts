@@ -345,10 +345,10 @@ export async function runCascade(
   let rounds = 0;
   let magFirstRounds = 0;
 
-  /** Runs one call of `level`: its result, its wall time and the tokens it fed its model (for the schedule). */
   /**
-   * A level's call, timed for the schedule: `ms` is undefined when the level's session was placed
-   * again during it (a failover: the wait for a lost actor is no cost of a round).
+   * Runs one call of `level`: its result, its wall time and the tokens it fed its model (for the
+   * schedule); `ms` is undefined when the level's session was placed again during it (a failover:
+   * the wait for a lost actor is no cost of a round).
    */
   async function timed<T>(level: CascadeLevel, call: () => Promise<T>): Promise<{ result: T; ms: number | undefined; fed: number }> {
     const t0 = performance.now();
