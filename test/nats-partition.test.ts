@@ -69,8 +69,14 @@ test.serial('nats partition - the NATS server every role is connected to freezes
   const tokenizer = TextTokenizer.load(join(MODELS_DIR, family.target, 'tokenizer.json'));
   const oracle = await generateAutoregressive(await sessions.get(family.target), { promptIds: tokenizer.encode(prompt), maxTokens: 48, sampling: GREEDY, seed: 0 });
   t.is(text, tokenizer.decode(oracle.tokenIds));
+  const t1 = Date.now();
   const after = await client.completions.create({ model: family.target, prompt, max_tokens: 8, temperature: 0, cascade: { mode: 'ar' } } as never);
   t.is(after.choices[0]!.text, tokenizer.decode(oracle.tokenIds.slice(0, 8)), 'the cluster serves on over the other server');
+  // the frozen server's interest in the queue group stays: Debian's nats-server (2.9.10) never pings a
+  // route that carries messages (nats-io/nats-server#4014), and heartbeats flow. An open through the
+  // queue group would go there about half the time and wait the call timeout (10 s); the coordinator
+  // opens on the actor it hears instead (RemoteLevel.pick)
+  t.true(Date.now() - t1 < 5000, `the next request waits for no timeout (${Date.now() - t1} ms)`);
   t.log(lines);
   t.true(lines.some((l) => /NATS \(watcher\): the server did not answer 2 pings 2000 ms apart; taking the connection for stale/.test(l)), 'the stale connection is logged');
   t.true(lines.some((l) => l === `NATS (watcher): connected to ${servers[1]!.url.replace('nats://', '')}`), 'and the server it moved to');

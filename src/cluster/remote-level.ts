@@ -76,13 +76,13 @@ export class ActorError extends CascadeError {
 }
 
 /**
- * A cascade level hosted by an actor across the transport. The session is placed on first use (the
- * model's queue group picks an instance) and pinned there. Each call sends only what the actor does
- * not have yet: the length of the context it still shares (`base`) and the new tokens. When the
- * instance is gone or has dropped the session, the level is placed again (resent the whole context)
- * once: through the queue group, or, after a call given up for silence or a timeout, on another live
- * instance addressed directly (`replacement`); when no instance answers, it throws LevelUnavailableError, which
- * the coordinator answers by dropping the level (a drafter) or failing the attempt (the target).
+ * A cascade level hosted by an actor across the transport. The session is placed on first use (on
+ * an instance the coordinator hears, addressed directly, `pick`, or else through the model's queue
+ * group) and pinned there. Each call sends only what the actor does not have yet: the length of the
+ * context it still shares (`base`) and the new tokens. When the instance is gone or has dropped the
+ * session, the level is placed again (resent the whole context) once, elsewhere after a call given
+ * up for silence or a timeout; when no instance answers, it throws LevelUnavailableError, which the
+ * coordinator answers by dropping the level (a drafter) or failing the attempt (the target).
  */
 export class RemoteLevel implements CascadeLevel {
   readonly stats = newStats();
@@ -152,17 +152,20 @@ export class RemoteLevel implements CascadeLevel {
   }
 
   /**
-   * Where to place the session again after a call to `avoid` was given up: an instance of the model
-   * the coordinator hears (ActorLiveness.placeable: beating, not stopping, not another coordinator's
-   * in-process verifier), picked at random among those other than `avoid`, so that sessions lost
-   * together spread as the queue group spreads them; or `avoid` itself when it is the only one and
-   * still beats (its call was lost on the way: a NATS server that failed). Addressed directly, since
-   * the model's queue group may still hold a lost subscription (nats-server drops a frozen or cut-off
-   * client, or a frozen route's interest, only after pings go unanswered) and hand it the `open`,
-   * which would then wait the whole call timeout. Undefined, the queue group places it: nothing
-   * placeable is heard, or this process serves the model itself (a coordinator's --verifier).
+   * The instance to open the session on, addressed directly: one of the model's instances this
+   * coordinator hears (ActorLiveness.placeable: beating, not stopping, not another coordinator's
+   * in-process verifier), picked at random so that sessions spread as the queue group spreads them;
+   * after a call to `avoid` was given up, one other than `avoid`, or `avoid` itself when it is the
+   * only one and still beats (its call was lost on the way: a NATS server that failed). A router
+   * that addresses the workers it discovered, as NVIDIA Dynamo's does. The model's queue group may
+   * hold a lost subscription and hand it an `open`, which then waits the whole call timeout:
+   * nats-server drops a frozen or cut-off client, or a frozen route's interest, only after pings go
+   * unanswered, and a release before 2.9.16 (Debian 12's is 2.9.10) never pings a route that carries
+   * messages (nats-io/nats-server#4014), so with heartbeats flowing a frozen server's interest
+   * stays. Undefined, the queue group places it: nothing placeable is heard (heartbeats off, or a
+   * coordinator that has just started), or this process serves the model itself (a --verifier).
    */
-  private replacement(avoid: string): string | undefined {
+  private pick(avoid: string | undefined): string | undefined {
     if (!this.options.liveness || this.transport.servesLocally?.(subjects.open(this.name))) return undefined;
     const live = this.options.liveness.placeable(this.name);
     const others = live.filter((instance) => instance !== avoid);
@@ -171,12 +174,11 @@ export class RemoteLevel implements CascadeLevel {
   }
 
   /**
-   * Opens the session on an instance: through the model's queue group, or on `replacement`'s pick
-   * after a call given up, falling back to the queue group when that instance does not take it (gone
-   * since its last heartbeat, or full).
+   * Opens the session on an instance: on `pick`'s, falling back to the model's queue group when
+   * none is heard or that instance does not take it (gone since its last heartbeat, or full).
    */
   private async place(): Promise<string> {
-    const direct = this.avoid === undefined ? undefined : this.replacement(this.avoid);
+    const direct = this.pick(this.avoid);
     this.avoid = undefined;
     const open: ActorRequest = { type: 'open', session: this.session, sampling: this.options.sampling, seed: this.options.verification === 'invariant' ? seed64(this.options.seed) : deriveSeed(this.options.seed, this.placements), verification: this.options.verification, target: this.options.target ?? false, promptLength: this.options.promptLength ?? 0, ...(this.options.logprobs !== undefined ? { logprobs: this.options.logprobs } : {}), ...(this.options.eagle ? { eagle: true } : {}) };
     let reply: ActorReply | undefined;
