@@ -180,3 +180,21 @@ gpuTest('webgpu - a user\'s float16 Llama export in the fused form (cascade fuse
       t.deepEqual(run.tokenIds, ref.greedy_ids, mode);
     }
   }));
+
+gpuTest('webgpu - a target\'s features (hidden_states, for EAGLE) with its KV on the device: a pass that does not ask for them after one that did, and both agree with the CPU EP', async (t) => {
+  // the bundled target: the only member with a hidden_states output (slow on lavapipe, so few passes)
+  const target = join(MODELS_DIR, 'target');
+  const [g, c] = await Promise.all([OrtModelSession.open(target, { executionProviders: ['webgpu'] }), OrtModelSession.open(target)]);
+  t.teardown(() => Promise.all([g.close(), c.close()]));
+  t.is(g.kvLocation, 'device');
+  const both = <T>(f: (s: OrtModelSession) => Promise<T>) => Promise.all([f(g), f(c)]);
+  const [a, b] = await both((s) => s.step({ seqId: 'f', inputIds: PROMPT.slice(0, 2), returnHidden: true }, 'all', false));
+  t.true(maxDiff(a.hidden!, b.hidden!) < 1e-4, 'the features of a 2-token pass');
+  // a longer pass that does not ask for them: onnxruntime-node kept the 2-token pass's bound buffer
+  // for an output left out of the fetches and failed ("Tensor size mismatch"), as `bench cascade`'s
+  // target-only run after csd+eagle did on a GPU target
+  const [x, y] = await both((s) => s.forward({ seqId: 'g', inputIds: PROMPT }, 'all'));
+  t.true(maxDiff(x, y) < 1e-4, 'the logits of a 10-token pass without features');
+  const [p, q] = await both((s) => s.step({ seqId: 'f', inputIds: PROMPT.slice(2, 5), returnHidden: true }, 'all', false));
+  t.true(maxDiff(p.hidden!, q.hidden!) < 1e-4 && maxDiff(p.logits, q.logits) < 1e-4, 'and the features again, over the cache');
+});

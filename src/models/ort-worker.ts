@@ -47,7 +47,13 @@ let feedsLogitsToKeep = false;
 let hasAttention = false;
 /** The graph's feature input and output (EAGLE), read at load; undefined = none. */
 let features: FeatureSpec | undefined;
-/** Outputs fetched by a pass that does not ask for features: every output but the features one. */
+/**
+ * Outputs fetched by a pass that does not ask for features: every output but the features one, so
+ * that they are not copied out. Except with the KV on the device: there every output is fetched, the
+ * features included. onnxruntime-node 1.30 binds the outputs of a session with a
+ * preferredOutputLocation, and an output left out of a pass keeps the buffer bound by the last pass
+ * that fetched it: a longer pass then fails ("Tensor size mismatch. src:{1,246,512} dst:{1,2,512}").
+ */
 let plainFetches: string[] = [];
 /**
  * A fused graph (GroupQueryAttention, tools/train/fuse.py or onnxruntime-genai's builder): it reads
@@ -196,7 +202,7 @@ async function load(s: ModelSpec, options: SessionOptions): Promise<{ provider: 
   feedsLogitsToKeep = session.inputNames.includes('num_logits_to_keep');
   hasAttention = session.outputNames.includes('attention_sum');
   features = graphFeatures(session, s);
-  plainFetches = session.outputNames.filter((n) => n !== features?.output);
+  plainFetches = location === 'device' ? [...session.outputNames] : session.outputNames.filter((n) => n !== features?.output);
   rowFetches = location === 'host-buffer' ? ['logits', ...presentRowNames(s.layers)] : undefined;
   return { provider, kvDtype, positionIds: feedsPositions, kvLocation: location, batchInvariant: padSingleRows || paddedAttention, paddedAttention, ...(features ? { features } : {}), ...(warning ? { warning } : {}) };
 }
