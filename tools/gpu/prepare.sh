@@ -13,11 +13,20 @@
 #   prompts/   the held-out code prompts (bench/prompts/code.jsonl) for bench cascade
 #   fuse.py    tools/train/fuse.py: run.sh writes each filled shape's fused form with it
 #   run.sh     the measurement script (tools/gpu/run.sh)
+# and, for issue 24's step (run.sh step 4), into OUTDIR-family (default .gpu-family, about 58 MiB: it
+# travels in a call of its own, after the one that carries OUTDIR):
+#   models/target      the bundled target, its weights as float16 for travel (tools/gpu/travel_weights.py;
+#                      float32 again there, so the model run there is the target with its weights
+#                      rounded to float16, and its own target-only decoding is what it is compared with)
+#   models/eagle-int8  the feature drafter (EAGLE) as benchmarked: cascade quantize --bits 8 --quantize-head
+#   prompts/   the held-out prompts of issue 24 (bench/results/eagle/prompts/code.jsonl)
+#   travel_weights.py
 # Needs: npm ci done, Debian's python3 with torch, onnx and regex (apt-get install python3-torch python3-onnx python3-regex),
 # and ../shared/gpu beside the checkout. Usage: bash tools/gpu/prepare.sh [OUTDIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-.gpu}
+fam=$out-family
 shared=../shared/gpu
 [ -d "$shared" ] || { echo "prepare.sh: $shared is missing (pack-runtime.sh, random_shapes.py)"; exit 1; }
 rm -rf "$out" && mkdir -p "$out/models"
@@ -42,3 +51,12 @@ echo '{"target": "draft-l2", "drafters": ["draft-l1"], "bigram": "bigram.bin", "
 mkdir -p "$out/prompts" && cp bench/prompts/code.jsonl "$out/prompts/"
 cp tools/gpu/run.sh "$out/run.sh"
 du -sh "$out"
+echo "packing the target (float16 for travel) and the 8-bit feature drafter into $fam …"
+rm -rf "$fam" && mkdir -p "$fam/models" "$fam/prompts"
+/usr/bin/python3 tools/gpu/travel_weights.py pack models/target "$fam/models/target"
+node --import tsx src/cli/main.ts quantize --model models/eagle --out "$fam/models/eagle-int8" --bits 8 --quantize-head
+rm -f "$fam"/models/eagle-int8/reference*
+cp models/tokenizer.json "$fam/models/"
+cp bench/results/eagle/prompts/code.jsonl "$fam/prompts/"
+cp tools/gpu/travel_weights.py "$fam/"
+du -sh "$fam"
