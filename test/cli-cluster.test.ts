@@ -78,7 +78,10 @@ test.serial('cli - bin/cascade.js cluster up starts every role (two verify actor
     t.is((await complete()).choices[0]!.text, first.choices[0]!.text, 'the other verify actor serves it');
     process.kill(roles.find((r) => r.role.startsWith('draft-'))!.pid, 'SIGKILL');
     await new Promise((r) => setTimeout(r, 300));
-    t.regex((await installed('cluster', 'down', '--state-dir', state)).stdout, /cluster down: stopped 6 processes \(2 had already exited\)/);
+    const down = (await installed('cluster', 'down', '--state-dir', state)).stdout;
+    t.regex(down, /cluster down: stopped 6 processes \(2 had already exited\)/);
+    // a role's process that lingers after its stop (ioredis 5's socketTimeout timer held a coordinator 15 s) is killed
+    t.notRegex(down, /were killed/, 'every role stopped on SIGTERM');
     t.deepEqual(readdirSync(state).filter((f) => !f.endsWith('.log')), [], 'state, secrets and server configs are gone');
     t.deepEqual(await processesNaming(dir), []);
   } finally {

@@ -218,7 +218,7 @@ test('cluster (in-process) - a verify actor frozen mid-call (no answer, no heart
   const transport = new InProcessTransport();
   const verifiers = ['v0', 'v1'].map((instance) => new ModelActor(transport, c.target, { instance, heartbeatMs: 50 }).start());
   const drafter = new ModelActor(transport, c.d1, { heartbeatMs: 50 }).start();
-  const liveness = new ActorLiveness(transport, 400);
+  const liveness = new ActorLiveness(transport, 400, 50);
   const events: string[] = [];
   const failed: string[] = [];
   const log = new MemoryRequestLog();
@@ -262,11 +262,16 @@ test('cluster (in-process) - a verify actor frozen mid-call (no answer, no heart
 
 test('cluster (in-process) - actors\' silence is judged on the others\' heartbeats: while no one is heard (a stalled or cut-off coordinator, a lone actor) no call is given up', async (t) => {
   const transport = new InProcessTransport();
-  const liveness = new ActorLiveness(transport, 100);
+  const liveness = new ActorLiveness(transport, 100, 100);
+  const deaf = new ActorLiveness(transport, 0, 100); // --actor-silence-ms 0
   const alive = (instance: string) => transport.publish(subjects.alive, encode({ type: 'alive', model: 'target', instance, sessions: 1 }));
   alive('v0');
   alive('v1');
   await new Promise((r) => setTimeout(r, 10));
+  t.deepEqual(liveness.placeable('target'), [], 'none before two heartbeat periods of listening: one instance heard and another not yet would get every session');
+  const judged = deaf.watch('target', 'v0');
+  let judgedWith0 = '';
+  judged.silent.catch((err: Error) => (judgedWith0 = err.message));
   const lone = liveness.watch('target', 'v0');
   let given = '';
   lone.silent.catch((err: Error) => (given = err.message));
@@ -284,8 +289,11 @@ test('cluster (in-process) - actors\' silence is judged on the others\' heartbea
   await new Promise((r) => setTimeout(r, 10));
   t.deepEqual(Object.keys(liveness.live().target ?? {}).sort(), ['leaving', 'local', 'v1']);
   t.deepEqual(liveness.placeable('target'), ['v1']);
+  t.is(judgedWith0, '', 'with a silence of 0 no call is given up');
+  t.deepEqual(deaf.placeable('target'), ['v1'], 'but sessions are still placed on the instances heard');
   lone.stop();
-  await liveness.close();
+  judged.stop();
+  await Promise.all([liveness.close(), deaf.close()]);
 });
 
 test('cluster (in-process) - a feature drafter\'s call that finds the verify actor gone makes the target place its session again at once, instead of dropping the level', async (t) => {

@@ -4,6 +4,7 @@ import OpenAI from 'openai';
 import { freePort, startNats, startNatsCluster, type LocalServer } from '../src/cluster/local-servers.ts';
 import { NatsTransport } from '../src/cluster/nats-transport.ts';
 import { startActorRole, startCoordinatorRole, startGatewayRole, type Role } from '../src/cluster/roles.ts';
+import { subjects } from '../src/cluster/transport.ts';
 import { generateAutoregressive } from '../src/engine/generate.ts';
 import { GREEDY } from '../src/kernels/sampling.ts';
 import { FamilySessions } from '../src/models/family-sessions.ts';
@@ -111,6 +112,13 @@ test.serial('nats partition - a verify actor cut off for good: the NATS server d
   for (const a of after) t.is(a.text, want);
   // an open sent to the frozen instance would wait for the call timeout (10 s)
   t.true(after.every((a) => a.ms < 5000), 'no request waited on the frozen instance');
+  // the coordinator opens sessions on the instances it hears, so the requests above would avoid the
+  // frozen one whatever the server's pings; the queue group itself (placement while none is heard)
+  // must have dropped it: of 8 requests on it, each would go to the frozen member half the time
+  const probe = await NatsTransport.connect({ servers: nats.url, name: 'probe' });
+  t.teardown(() => probe.close());
+  const answered = await Promise.all(Array.from({ length: 8 }, () => probe.request(subjects.open(family.target), Uint8Array.of(0), { timeoutMs: 2000 }).then(() => true, () => false)));
+  t.deepEqual(answered, Array(8).fill(true), 'every request on the queue group is answered (a malformed frame gets an error reply)');
 });
 
 test.serial('nats partition - the only verify actor stops answering for 12 s: a request sent meanwhile waits for it and ends with target-only decoding\'s text', async (t) => {

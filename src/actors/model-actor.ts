@@ -100,8 +100,9 @@ class BadRequest extends CascadeError {
 
 /**
  * A draft or verifier actor (SPEC §6): hosts one model and answers open / propose / review / close
- * for sessions pinned to it. `open` arrives on the model's queue-group subject (placement spreads
- * sessions over instances); the rest on this instance's own subject, where the session's KV lives.
+ * for sessions pinned to it. `open` arrives on this instance's own subject when a coordinator that
+ * hears its heartbeats picks it, or on the model's queue-group subject otherwise (both spread
+ * sessions over instances); the rest on its own subject, where the session's KV lives.
  * Every frame is validated: a malformed one gets an error reply and the actor keeps serving.
  */
 export class ModelActor {

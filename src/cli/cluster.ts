@@ -83,9 +83,18 @@ const oneApiKey = (raw: string): string => {
 const FORCE_AFTER_MS = 2_000;
 
 /**
+ * Once a role has stopped, how long its process may still wait for the event loop to drain before it
+ * exits anyway, ms. ioredis 5 leaves a connection's socketTimeout timer (15 s on the queue's
+ * connections) running after the connection is closed (fixed in ioredis 6, redis/ioredis#2147; BullMQ
+ * 6 uses 5), which held a stopped coordinator for 15 s.
+ */
+const EXIT_AFTER_STOP_MS = 500;
+
+/**
  * Runs a role until SIGINT/SIGTERM, then stops it gracefully. Prints `ready: …` once serving. A
  * signal during the stop is ignored within FORCE_AFTER_MS of the first, and later exits at once with
- * status 130 (process.exit, so exit handlers still run).
+ * status 130 (process.exit, so exit handlers still run). Once stopped, the process exits within
+ * EXIT_AFTER_STOP_MS.
  */
 async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
   const role = await start();
@@ -98,6 +107,7 @@ async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
         void role.stop().finally(() => {
           process.off('SIGINT', stop);
           process.off('SIGTERM', stop);
+          setTimeout(() => process.exit(), EXIT_AFTER_STOP_MS).unref();
           done();
         });
       } else if (Date.now() - first >= FORCE_AFTER_MS) {
@@ -395,13 +405,15 @@ async function clusterDown(stateDir: string): Promise<void> {
   const servers = roles.filter((p) => p.role.endsWith('-server'));
   const workers = roles.filter((p) => !p.role.endsWith('-server'));
   killAll(workers, 'SIGTERM');
-  if (!(await waitGone(workers, 10_000))) killAll(workers, 'SIGKILL');
+  const hung = !(await waitGone(workers, 10_000));
+  if (hung) killAll(workers, 'SIGKILL');
   killAll(servers, 'SIGTERM');
   if (!(await waitGone(servers, 5000))) killAll(servers, 'SIGKILL');
   rmSync(stateFile(dir));
   for (const f of SERVER_FILES) rmSync(join(dir, f), { force: true });
   const gone = state.pids.length - roles.length;
   process.stdout.write(`cluster down: stopped ${roles.length} processes${gone ? ` (${gone} had already exited)` : ''}; their logs stay in ${dir}/<role>.log\n`);
+  if (hung) process.stdout.write('cluster down: some roles did not stop within 10 s of SIGTERM and were killed (SIGKILL); their logs may say why\n');
 }
 
 const MODEL_HELP = 'the target: a model folder (a Hugging Face ONNX export, or a family folder with family.json) or a member of the --models family (default: the family target)';
@@ -468,7 +480,7 @@ export function registerCluster(program: Command): void {
     .option('--concurrency <n>', 'requests driven at once', parseNumber('--concurrency', { min: 1, integer: true }), 8)
     .option('--lock-ms <ms>', 'job lock; a dead coordinator\'s request is retried after it', parseNumber('--lock-ms', { min: 500, integer: true }), 10_000)
     .option('--call-timeout-ms <ms>', 'timeout of one actor call feeding up to 512 tokens, one more such timeout per 512 tokens a prefill feeds (the last resort for a call whose actor died mid-call: --actor-silence-ms notices sooner)', parseNumber('--call-timeout-ms', { min: 100, integer: true }), 10_000)
-    .option('--actor-silence-ms <ms>', `give up a call to an actor instance that sent no heartbeat (one a second) for this long, and place its session again, before --call-timeout-ms passes: a verifier or drafter killed, frozen or cut off mid-call is noticed in seconds (0 = the timeout alone; else at least ${2 * HEARTBEAT_MS})`, parseActorSilence, ACTOR_SILENCE_MS)
+    .option('--actor-silence-ms <ms>', `give up a call to an actor instance that sent no heartbeat (one a second) for this long, and place its session again, before --call-timeout-ms passes: a verifier or drafter killed, frozen or cut off mid-call is noticed in seconds (0 = the timeout alone, sessions still opened on the instances heard; else at least ${2 * HEARTBEAT_MS})`, parseActorSilence, ACTOR_SILENCE_MS)
     .option('--health-port <port>', HEALTH_HELP, parsePort('--health-port'))
     .option('--verifier', 'also host the target\'s verify actor in this process, reachable only from it: the requests it drives verify without a network round trip, and only drafter calls cross NATS (one verifier per coordinator; no separate verify actor needed)')
     .option('--threads <n>', 'with --verifier: its ONNX Runtime intra-op threads (default 1)', parseNumber('--threads', { min: 1, integer: true }))

@@ -42,7 +42,8 @@ interface Heard {
  * nothing, while silence built up before it is kept. A cluster of one actor is never judged either:
  * with no other heartbeats its heard-time stops with it, and its calls keep the timeout (where
  * placing the session again has nowhere else to go). An instance never heard from (an actor of an
- * older build) is never judged.
+ * older build) is never judged. With `silenceMs` 0 no call is judged at all (the call timeout
+ * alone); the instances heard are still listed and placeable.
  */
 export class ActorLiveness {
   private readonly heard = new Map<string, Heard>();
@@ -55,13 +56,17 @@ export class ActorLiveness {
   private readonly timer: NodeJS.Timeout;
   /** A pause in every heartbeat longer than this means this process heard nothing, not that time passed for the actors. */
   private readonly gapMs: number;
+  /** When this process began to listen, its clock. */
+  private readonly since = performance.now();
 
   constructor(
     transport: Transport,
-    /** Silence after which a watched call is given up, ms (> 0). */
+    /** Silence after which a watched call is given up, ms; 0: never (heard-time stands still). */
     readonly silenceMs = ACTOR_SILENCE_MS,
+    /** The actors' heartbeat period, ms (ActorOptions.heartbeatMs). */
+    private readonly heartbeatMs = HEARTBEAT_MS,
   ) {
-    this.gapMs = Math.min(2 * HEARTBEAT_MS, silenceMs);
+    this.gapMs = Math.min(2 * heartbeatMs, silenceMs);
     this.sub = transport.subscribe(subjects.alive, (data) => {
       try {
         const m = decode(data);
@@ -70,7 +75,7 @@ export class ActorLiveness {
         // not a heartbeat of this build: ignored, as an unknown subject would be
       }
     });
-    this.timer = setInterval(() => this.judge(), Math.max(20, Math.min(250, silenceMs / 4)));
+    this.timer = setInterval(() => this.judge(), silenceMs > 0 ? Math.max(20, Math.min(250, silenceMs / 4)) : 1000);
     this.timer.unref();
   }
 
@@ -117,10 +122,13 @@ export class ActorLiveness {
 
   /**
    * Instances of `model` a session may be placed on directly: heard within two heartbeat periods,
-   * neither serving only inside another process (`local`) nor stopping (`leaving`).
+   * neither serving only inside another process (`local`) nor stopping (`leaving`). None before this
+   * process has listened for two heartbeat periods: until then it may have heard some instances and
+   * not others yet, and would place every session on the first it heard.
    */
   placeable(model: string): string[] {
-    return this.recent(2 * HEARTBEAT_MS).flatMap(({ beat }) => (beat.model === model && !beat.local && !beat.leaving ? [beat.instance] : []));
+    if (performance.now() - this.since < 2 * this.heartbeatMs) return [];
+    return this.recent(2 * this.heartbeatMs).flatMap(({ beat }) => (beat.model === model && !beat.local && !beat.leaving ? [beat.instance] : []));
   }
 
   private recent(withinMs: number): Heard[] {

@@ -38,9 +38,10 @@ export type Rows = (Float32Array | undefined)[];
 /** Coordinator → actor. */
 export type ActorRequest =
   /**
-   * Places a session on an actor instance (sent to the model's queue group); `seed`: its sampler's
-   * 64-bit seed; `target`: the session is the request's target (its distribution is the output's: a
-   * draft actor's top-k truncation must not apply, whichever actor the queue group picks);
+   * Places a session on an actor instance (sent to an instance the coordinator hears, or the model's
+   * queue group); `seed`: its sampler's 64-bit seed; `target`: the session is the request's target
+   * (its distribution is the output's: a draft actor's top-k truncation must not apply, whichever
+   * actor takes it);
    * `promptLength`: where the request's output begins in its context (the penalties count only output).
    * The sampling's logits processors travel in full (float64: every level must apply the same ones).
    */

@@ -185,7 +185,8 @@ export class RemoteLevel implements CascadeLevel {
     if (direct) {
       reply = await this.send(subjects.instance(this.name, direct), open, 0, direct).catch((err: unknown) => {
         if (!(err instanceof TransportError)) throw err;
-        this.options.onCallFailed?.(err.reason, err.message, true);
+        // logged as a placement again only when the session had been placed before
+        this.options.onCallFailed?.(err.reason, err.message, this.placements > 0);
         return undefined;
       });
       if (reply?.type === 'error') reply = undefined;

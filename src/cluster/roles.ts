@@ -276,13 +276,14 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
       })
     : undefined;
   const silenceMs = o.actorSilenceMs ?? ACTOR_SILENCE_MS;
-  const liveness = silenceMs > 0 ? new ActorLiveness(transport, silenceMs) : undefined;
+  // heard even with --actor-silence-ms 0: sessions are placed on the instances heard (RemoteLevel.pick)
+  const liveness = new ActorLiveness(transport, silenceMs);
   let worker: ReturnType<typeof startCoordinatorWorker> | undefined;
   let health: HealthServer | undefined;
   const stop = async () => {
     await health?.close();
     await worker?.close();
-    await liveness?.close();
+    await liveness.close();
     await verifier?.stop();
     await local?.close();
     await nats.close();
@@ -300,7 +301,7 @@ export async function startCoordinatorRole(o: CoordinatorRoleOptions): Promise<R
       log: new TokenLog(shards),
       family: { target: family.target, eosIds: spec.eosIds, magTables: loadMagTables(family, spec.vocabSize), maxPositions: smallestContext([spec, ...drafterSpecs, ...(eagleSpec ? [eagleSpec] : [])]), ...(family.eagle ? { eagle: family.eagle } : {}) },
       callTimeoutMs: o.callTimeoutMs,
-      ...(liveness ? { liveness } : {}),
+      liveness,
       onRoundTrip: (kind, ms) => roundTrip.observe({ kind }, ms / 1000),
       onCallFailed: (kind, reason) => failedCalls.inc({ kind, reason }),
       onLogAppend: (ms) => logAppend.observe(ms / 1000),

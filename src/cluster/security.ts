@@ -86,7 +86,9 @@ export function natsConfig(listen: string, passwords: Record<Role, string> | 'en
  * it drops the connection (nats-server's `ping_interval`, `ping_max`; its defaults are 2 min and 2).
  * A server keeps a silent peer's subscriptions until it drops it: an actor cut off by a partition,
  * or a whole server of a NATS cluster, would keep its share of a queue group's requests (each one
- * then waiting for its timeout) for about 4-6 minutes at the defaults; at these, for 4-6 s.
+ * then waiting for its timeout) for about 4-6 minutes at the defaults; at these, for 4-6 s. Except a
+ * server's route on nats-server before 2.9.16, which is never pinged while messages flow to it
+ * (nats-io/nats-server#4014): coordinators place sessions on the actors they hear (RemoteLevel.pick).
  */
 export const NATS_SERVER_PINGS = { ping_interval: '2s', ping_max: 2 } as const;
 

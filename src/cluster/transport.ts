@@ -71,8 +71,8 @@ export async function answer(handler: Handler, data: Uint8Array, headers: Header
 }
 
 /**
- * Subjects: `cascade.actor.<model>.open` (queue group per model: placement), `cascade.actor.<model>.<instance>`
- * (a placed session's calls), `cascade.stream.<request>`, `cascade.cancel.<request>` and
+ * Subjects: `cascade.actor.<model>.open` (queue group per model: placement when no instance is
+ * heard), `cascade.actor.<model>.<instance>` (an instance's placements and a placed session's calls), `cascade.stream.<request>`, `cascade.cancel.<request>` and
  * `cascade.alive` (actors' heartbeats).
  */
 export const subjects = {
