@@ -16,8 +16,8 @@
 # and, for issue 24's step (run.sh step 4), into OUTDIR-family (default .gpu-family, about 58 MiB: it
 # travels in a call of its own, after the one that carries OUTDIR):
 #   models/target      the bundled target, its weights as float16 for travel (tools/gpu/travel_weights.py;
-#                      float32 again there, so the model run there is the target with its weights
-#                      rounded to float16, and its own target-only decoding is what it is compared with)
+#                      float32 again there: exact, since they were trained rounded to float16, and
+#                      the tool says so)
 #   models/eagle-int8  the feature drafter (EAGLE) as benchmarked: cascade quantize --bits 8 --quantize-head
 #   prompts/   the held-out prompts of issue 24 (bench/results/eagle/prompts/code.jsonl)
 #   travel_weights.py
@@ -26,7 +26,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-.gpu}
-fam=$out-family
+out=${out%/}
+fam=$out-family   # run.sh looks for it beside OUTDIR
 shared=../shared/gpu
 [ -d "$shared" ] || { echo "prepare.sh: $shared is missing (pack-runtime.sh, random_shapes.py)"; exit 1; }
 rm -rf "$out" && mkdir -p "$out/models"

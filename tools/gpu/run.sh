@@ -15,8 +15,8 @@
 #     on the same placement; then greedy generation on the GPU against the CPU EP (tokens must match);
 #  3. the comparisons: the shapes on the WebGPU EP with the KV through the host and on the CPU EP
 #     (no batched passes), and the bundled drafters on the WebGPU EP (device KV) and the CPU EP at 256;
-#  4. issue 24's speed bar: bench cascade of the bundled family, the target (weights rounded to float16
-#     for travel) on the WebGPU EP with device KV, its drafters, the 8-bit feature drafter (EAGLE) and
+#  4. issue 24's speed bar: bench cascade of the bundled family, the target (its weights as float16
+#     for travel, exact) on the WebGPU EP with device KV, its drafters, the 8-bit feature drafter (EAGLE) and
 #     MaG on the CPU: csd with the feature level beside csd and MaG alone, greedy and at T = 0.7, on
 #     issue 24's held-out code prompts. Needs OUTDIR-family (prepare.sh) beside this folder: it does
 #     not fit in one call with it, so a first call carries .gpu and runs STEPS=none (the set-up only),
@@ -53,7 +53,12 @@ step() {
 # into FILE CMD...: CMD with its stdout in FILE (stderr still logged by step)
 into=(sh -c 'f=$1; shift; exec "$@" > "$f"' into)
 if [ "${RT_LOCAL:-0}" != 1 ]; then
-  source "$here/rt/setup.sh" | tee -a "$out/run.log"
+  # not in a pipe: a sourced script's exports (PATH to node, VK_DRIVER_FILES) would stay in a subshell
+  vk=${VK_DRIVER_FILES:-}
+  source "$here/rt/setup.sh" > "$out/setup.log" 2>&1 || { cat "$out/setup.log"; exit 1; }
+  # setup.sh names NVIDIA's Vulkan driver; where it found none, the caller's (lavapipe, trying the script here)
+  [ -n "$VK_DRIVER_FILES" ] || export VK_DRIVER_FILES=$vk
+  tee -a "$out/run.log" < "$out/setup.log"
   app=/tmp/rt/cascade   # under /tmp/rt so that ESM resolution finds /tmp/rt/node_modules/onnxruntime-node
 else
   app=${RT_APP:?RT_LOCAL=1 needs RT_APP: a folder inside the checkout (node_modules above it)}
@@ -78,10 +83,15 @@ step4() {
   [ -f "$fam/models/target/weights.bin" ] || step 60 "unpacking the target's float16 weights" python3 "$fam/travel_weights.py" unpack "$fam/models/target" || return
   for f in draft-l1 draft-l2 bigram.bin trigram.bin; do rm -rf "${fam:?}/models/$f" && cp -r "$here/models/$f" "$fam/models/"; done
   echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"], "bigram": "bigram.bin", "trigram": "trigram.bin"}' > "$fam/models/family.json"
-  step 300 "issue 24: the target on the WebGPU EP (device KV), its drafters, the 8-bit feature drafter and MaG on the CPU, against ar" "${cascade[@]}" bench cascade \
-    --models "$fam/models" --eagle-model "$fam/models/eagle-int8" --prompts-dir "$fam/prompts" --execution-providers webgpu --kv-location device \
-    --draft-execution-providers cpu --methods 'mag,csd,csd+eagle,mag>csd+eagle' --workload code --temperatures 0,0.7 --prompts "${FAMILY_PROMPTS:-4}" \
-    --sweep-prompts 2 --repeats 2 --max-tokens "${FAMILY_TOKENS:-64}" --out "$out/eagle-webgpu"
+  # one run per temperature, greedy first: bench cascade writes its records at the end, so a sampled
+  # run cut off by its cap does not take the greedy one with it
+  local temp
+  for temp in 0 0.7; do
+    step 200 "issue 24, T = $temp: the target on the WebGPU EP (device KV), its drafters, the 8-bit feature drafter and MaG on the CPU, against ar" \
+      "${cascade[@]}" bench cascade --models "$fam/models" --eagle-model "$fam/models/eagle-int8" --prompts-dir "$fam/prompts" \
+      --execution-providers webgpu --kv-location device --draft-execution-providers cpu --methods 'mag,csd,csd+eagle,mag>csd+eagle' --workload code \
+      --temperatures "$temp" --prompts "${FAMILY_PROMPTS:-4}" --sweep-prompts 2 --repeats 2 --max-tokens "${FAMILY_TOKENS:-64}" --out "$out/eagle-webgpu-t$temp"
+  done
 }
 
 # 1. the goals: device KV, unfused and fused, verify(k) and batched passes

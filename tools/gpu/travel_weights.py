@@ -2,12 +2,13 @@
 
 The bundled target (94 MB of float32 weights) does not fit the 64 MiB a call to the GPU machine may
 carry. Packed, it is its graph with the weights stripped (external data, `weights.bin`) plus the
-weights rounded to float16 in `weights.f16` (47 MB); unpacked on the GPU machine, `weights.bin` holds
-those values as float32 again. So the model that runs there computes in float32, as the bundled one,
-over weights rounded to float16: a model of its own, whose greedy output can differ from the bundled
-target's in a few places, and the one its runs there are compared with (target-only decoding of the
-same folder). The folder's other files travel as they are, except reference.bin (the bundled
-weights' reference logits, which the rounded weights do not reproduce).
+weights as float16 in `weights.f16` (47 MB); unpacked on the GPU machine, `weights.bin` holds those
+values as float32 again, and the model computes in float32 as the bundled one does. The bundled
+family's weights are float16 values already (tools/train/pack.py --half rounded them when they were
+trained), so for them the round trip is exact: `pack` counts the weights that change, and says so.
+Another model's would be rounded: a model of its own, compared there with its own target-only
+decoding. The folder's other files travel as they are, except the reference files (reference.bin,
+reference.json), which the GPU run does not read.
 
 Here:        /usr/bin/python3 tools/gpu/travel_weights.py pack models/target .gpu-family/target
 GPU machine: python3 travel_weights.py unpack .gpu-family/target     (numpy and onnx only)
@@ -37,21 +38,28 @@ def pack(src: Path, dst: Path) -> None:
     for f in src.iterdir():
         if f.is_file() and f.suffix != ".onnx" and not f.name.startswith("reference"):
             shutil.copy2(f, dst / f.name)
-    m = onnx.load(str(onnx_files[0]))
-    off = 0
+    m = onnx.load(str(onnx_files[0]), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in m.graph.initializer):
+        shutil.rmtree(dst)
+        raise SystemExit(f"travel_weights.py: {onnx_files[0]} keeps weights in external data files; pack takes a graph that holds its own")
+    off = changed = 0
     with open(dst / HALF, "wb") as half:
         for t in m.graph.initializer:
-            if t.data_type == onnx.TensorProto.FLOAT and t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) > MIN_BYTES:
+            if t.data_type == onnx.TensorProto.FLOAT and len(t.raw_data) > MIN_BYTES:
                 values = np.frombuffer(t.raw_data, dtype=np.float32)
-                if not np.isfinite(values.astype(np.float16)).all():
+                halves = values.astype(np.float16)
+                if not np.isfinite(halves).all():
+                    shutil.rmtree(dst)
                     raise SystemExit(f"travel_weights.py: {t.name} has values outside float16's range")
-                half.write(values.astype(np.float16).tobytes())
+                changed += int(np.count_nonzero(halves.astype(np.float32) != values))
+                half.write(halves.tobytes())
                 set_external_data(t, WEIGHTS, offset=off, length=len(t.raw_data))
                 off += len(t.raw_data)
                 t.ClearField("raw_data")
                 t.data_location = onnx.TensorProto.EXTERNAL
     onnx.save(m, str(dst / onnx_files[0].name))
-    print(f"{src} -> {dst}: {off // 4} float32 weights travel as float16 ({(dst / HALF).stat().st_size} bytes)", flush=True)
+    exact = "exactly (every one is a float16 value)" if changed == 0 else f"rounded ({changed} of them change)"
+    print(f"{src} -> {dst}: {off // 4} float32 weights travel as float16, {exact}: {(dst / HALF).stat().st_size} bytes", flush=True)
 
 
 def unpack(dst: Path) -> None:
