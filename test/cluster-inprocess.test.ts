@@ -302,13 +302,13 @@ test('cluster (in-process) - a feature drafter\'s call that finds the verify act
   const verifiers = ['v0', 'v1'].map((instance) => new ModelActor(transport, c.target, { instance }).start());
   const failed: string[] = [];
   const top = new RemoteLevel(transport, 'target', 'lost', { sampling: GREEDY, seed: 1, verification: 'invariant', target: true });
-  const feature = new RemoteFeatureLevel(transport, 'eagle', top, { onCallFailed: (reason, _message, placingAgain) => failed.push(`${reason} ${placingAgain}`) });
+  const feature = new RemoteFeatureLevel(transport, 'eagle', top, { onCallFailed: (reason, _message, next) => failed.push(`${reason}: ${next}`) });
   const block = new Block([5, 2], 2);
   await top.propose(block, 1);
   const first = top.placedOn!;
   await verifiers.find((v) => v.instance === first)!.stop();
   await feature.propose(block, 3); // no throw: the level stays, and proposes nothing this round
-  t.deepEqual(failed, ['no-responders true']);
+  t.deepEqual(failed, ['no-responders: placing its session again']);
   t.is(top.placedOn, undefined, 'the target\'s session is to be placed again');
   await top.propose(block, 1);
   t.not(top.placedOn, undefined);

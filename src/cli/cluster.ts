@@ -104,7 +104,10 @@ async function runUntilSignalled(start: () => Promise<Role>): Promise<void> {
     const stop = () => {
       if (first === undefined) {
         first = Date.now();
-        void role.stop().finally(() => {
+        void role.stop().catch((err: unknown) => {
+          process.stderr.write(`error: the stop failed: ${err instanceof Error ? err.message : String(err)}\n`);
+          process.exitCode = 1;
+        }).finally(() => {
           process.off('SIGINT', stop);
           process.off('SIGTERM', stop);
           setTimeout(() => process.exit(), EXIT_AFTER_STOP_MS).unref();

@@ -193,9 +193,9 @@ export class Coordinator {
       // one given up where its level is dropped or its attempt fails
       const callFailed =
         (kind: 'draft' | 'verify', called: string) =>
-        (reason: TransportError['reason'], message: string, placingAgain: boolean): void => {
+        (reason: TransportError['reason'], message: string, next: string | undefined): void => {
           this.options.onCallFailed?.(kind, reason);
-          if (placingAgain) this.options.onEvent?.(`request ${job.requestId}: a call to the ${called} failed (${message}); placing its session again`);
+          if (next) this.options.onEvent?.(`request ${job.requestId}: a call to the ${called} failed (${message}); ${next}`);
         };
       const remote = (name: string, tag: string, stream: number) =>
         new RemoteLevel(transport, name, `${attempt}-${tag}`, {

@@ -113,10 +113,10 @@ export class ActorLiveness {
     return { silent, stop: () => void this.watches.delete(entry) };
   }
 
-  /** Instances heard from in the last `silenceMs` (this process's clock), by model, each with the sessions it holds: for /health. */
+  /** Instances heard from in the last `silenceMs` (ACTOR_SILENCE_MS when 0; this process's clock), by model, each with the sessions it holds: for /health. */
   live(): Record<string, Record<string, number>> {
     const out: Record<string, Record<string, number>> = {};
-    for (const { beat } of this.recent(this.silenceMs)) (out[beat.model] ??= {})[beat.instance] = beat.sessions;
+    for (const { beat } of this.recent(this.silenceMs > 0 ? this.silenceMs : ACTOR_SILENCE_MS)) (out[beat.model] ??= {})[beat.instance] = beat.sessions;
     return out;
   }
 

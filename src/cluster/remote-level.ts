@@ -40,10 +40,11 @@ export interface RemoteLevelOptions {
   readonly onRoundTrip?: (ms: number) => void;
   /**
    * Called with each call that failed in transport (TransportError: no responders, a timeout, or
-   * closed), for a metric and a log line: why, the transport's message, and whether the call is
-   * tried again with the session placed again (else the level fails with LevelUnavailableError).
+   * closed), for a metric and a log line: why, the transport's message, and what the level does next
+   * (`placing its session again`, `opening its session elsewhere`), or undefined when it fails
+   * (LevelUnavailableError).
    */
-  readonly onCallFailed?: (reason: TransportError['reason'], message: string, placingAgain: boolean) => void;
+  readonly onCallFailed?: (reason: TransportError['reason'], message: string, next: string | undefined) => void;
   /** The level is the target and the request drafts with the verify actor's feature drafter (RemoteFeatureLevel): open the session with it. */
   readonly eagle?: boolean;
   /** Actors' heartbeats: a call to an instance that falls silent is given up before `timeoutMs` (ActorLiveness.watch). */
@@ -69,6 +70,9 @@ async function requestActor(transport: Transport, subject: string, req: ActorReq
     call.catch(() => undefined); // a call given up as silent may still fail later, unread
   }
 }
+
+/** What a level does after a call to its instance failed in transport (RemoteLevelOptions.onCallFailed). */
+const PLACING_AGAIN = 'placing its session again';
 
 /** An error reply from an actor that is not about a lost session: bad input or a model failure. */
 export class ActorError extends CascadeError {
@@ -185,8 +189,7 @@ export class RemoteLevel implements CascadeLevel {
     if (direct) {
       reply = await this.send(subjects.instance(this.name, direct), open, 0, direct).catch((err: unknown) => {
         if (!(err instanceof TransportError)) throw err;
-        // logged as a placement again only when the session had been placed before
-        this.options.onCallFailed?.(err.reason, err.message, this.placements > 0);
+        this.options.onCallFailed?.(err.reason, err.message, 'opening its session elsewhere');
         return undefined;
       });
       if (reply?.type === 'error') reply = undefined;
@@ -195,7 +198,7 @@ export class RemoteLevel implements CascadeLevel {
       reply ??= await this.send(subjects.open(this.name), open);
     } catch (err) {
       if (err instanceof TransportError) {
-        this.options.onCallFailed?.(err.reason, err.message, false);
+        this.options.onCallFailed?.(err.reason, err.message, undefined);
         throw new LevelUnavailableError(this.name, `no ${this.name} actor answers (${err.message})`, { cause: err });
       }
       throw err;
@@ -220,7 +223,7 @@ export class RemoteLevel implements CascadeLevel {
       try {
         reply = await this.send(subjects.instance(this.name, instance), build(base), tokens.length - base, instance);
       } catch (err) {
-        if (err instanceof TransportError) this.options.onCallFailed?.(err.reason, err.message, attempt === 0);
+        if (err instanceof TransportError) this.options.onCallFailed?.(err.reason, err.message, attempt === 0 ? PLACING_AGAIN : undefined);
         if (!(err instanceof TransportError) || attempt > 0) {
           throw err instanceof TransportError ? new LevelUnavailableError(this.name, `${this.name} actor ${instance} is gone (${err.message})`, { cause: err }) : err;
         }
@@ -369,7 +372,7 @@ export class RemoteFeatureLevel implements CascadeLevel {
       } catch (err) {
         if (!(err instanceof TransportError)) throw err;
         const lost = err.reason !== 'closed';
-        this.options.onCallFailed?.(err.reason, err.message, lost);
+        this.options.onCallFailed?.(err.reason, err.message, lost ? PLACING_AGAIN : undefined);
         // the verify actor holding the target's session is gone, frozen or cut off: the target places
         // its session again at once (this round goes on without feature drafts), and this level drafts
         // beside it there, rather than being dropped while the target's own next call waits out the same silence

@@ -33,7 +33,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ret=${OUT:-$PWD/gpu-out}
 out=$ret/results
 mkdir -p "$out"
-trap 'tar -C "$ret" -czf "$ret/results.tgz" results && cp "$out/run.log" "$ret/run.log" && rm -rf "$out"' EXIT
+trap 'touch "$out/run.log"; tar -C "$ret" -czf "$ret/results.tgz" results && cp "$out/run.log" "$ret/run.log" && rm -rf "$out"' EXIT
 budget=${BUDGET_S:-480}
 log() { echo "[$(date +%T) ${SECONDS}s] $*" | tee -a "$out/run.log"; }
 # step CAP NAME CMD...: CMD under `timeout` of CAP seconds or what is left of BUDGET_S, whichever is
@@ -55,7 +55,9 @@ into=(sh -c 'f=$1; shift; exec "$@" > "$f"' into)
 if [ "${RT_LOCAL:-0}" != 1 ]; then
   # not in a pipe: a sourced script's exports (PATH to node, VK_DRIVER_FILES) would stay in a subshell
   vk=${VK_DRIVER_FILES:-}
-  source "$here/rt/setup.sh" > "$out/setup.log" 2>&1 || { cat "$out/setup.log"; exit 1; }
+  source "$here/rt/setup.sh" > "$out/setup.log" 2>&1
+  # its status is its last echo's: whether it worked is whether its node runs
+  /tmp/rt/bin/node --version > /dev/null 2>&1 || { cat "$out/setup.log" | tee -a "$out/run.log"; echo "the packed runtime did not set up (above)" | tee -a "$out/run.log"; exit 1; }
   # setup.sh names NVIDIA's Vulkan driver; where it found none, the caller's (lavapipe, trying the script here)
   [ -n "$VK_DRIVER_FILES" ] || export VK_DRIVER_FILES=$vk
   tee -a "$out/run.log" < "$out/setup.log"
@@ -84,10 +86,12 @@ step4() {
   for f in draft-l1 draft-l2 bigram.bin trigram.bin; do rm -rf "${fam:?}/models/$f" && cp -r "$here/models/$f" "$fam/models/"; done
   echo '{"target": "target", "drafters": ["draft-l2", "draft-l1"], "bigram": "bigram.bin", "trigram": "trigram.bin"}' > "$fam/models/family.json"
   # one run per temperature, greedy first: bench cascade writes its records at the end, so a sampled
-  # run cut off by its cap does not take the greedy one with it
-  local temp
+  # run cut off by its cap does not take the greedy one with it (each sweeps K on its own). The caps
+  # leave steps 1-3 at least 150 s of the default budget
+  local temp cap
   for temp in 0 0.7; do
-    step 200 "issue 24, T = $temp: the target on the WebGPU EP (device KV), its drafters, the 8-bit feature drafter and MaG on the CPU, against ar" \
+    cap=150; [ "$temp" = 0 ] || cap=120
+    step "$cap" "issue 24, T = $temp: the target on the WebGPU EP (device KV), its drafters, the 8-bit feature drafter and MaG on the CPU, against ar" \
       "${cascade[@]}" bench cascade --models "$fam/models" --eagle-model "$fam/models/eagle-int8" --prompts-dir "$fam/prompts" \
       --execution-providers webgpu --kv-location device --draft-execution-providers cpu --methods 'mag,csd,csd+eagle,mag>csd+eagle' --workload code \
       --temperatures "$temp" --prompts "${FAMILY_PROMPTS:-4}" --sweep-prompts 2 --repeats 2 --max-tokens "${FAMILY_TOKENS:-64}" --out "$out/eagle-webgpu-t$temp"

@@ -68,7 +68,9 @@ def unpack(dst: Path) -> None:
     half = dst / HALF
     if not half.exists():
         raise SystemExit(f"travel_weights.py: {half} is missing (made by `pack`)")
-    np.fromfile(half, dtype=np.float16).astype(np.float32).tofile(dst / WEIGHTS)
+    # written aside and renamed: an unpack cut off leaves no weights.bin that looks whole
+    np.fromfile(half, dtype=np.float16).astype(np.float32).tofile(dst / (WEIGHTS + ".tmp"))
+    (dst / (WEIGHTS + ".tmp")).replace(dst / WEIGHTS)
     print(f"{dst}: {WEIGHTS} written ({(dst / WEIGHTS).stat().st_size} bytes)", flush=True)
 
 
