@@ -166,8 +166,9 @@ export class RemoteLevel implements CascadeLevel {
    * nats-server drops a frozen or cut-off client, or a frozen route's interest, only after pings go
    * unanswered, and a release before 2.9.16 (Debian 12's is 2.9.10) never pings a route that carries
    * messages (nats-io/nats-server#4014), so with heartbeats flowing a frozen server's interest
-   * stays. Undefined, the queue group places it: nothing placeable is heard (heartbeats off, or a
-   * coordinator that has just started), or this process serves the model itself (a --verifier).
+   * stays. Undefined, the queue group places it: nothing placeable is heard (a coordinator in its
+   * first two heartbeat periods, or actors of a build that does not beat), or this process serves
+   * the model itself (a --verifier).
    */
   private pick(avoid: string | undefined): string | undefined {
     if (!this.options.liveness || this.transport.servesLocally?.(subjects.open(this.name))) return undefined;
