@@ -181,7 +181,7 @@ gpuTest('webgpu - a user\'s float16 Llama export in the fused form (cascade fuse
     }
   }));
 
-gpuTest('webgpu - a target\'s features (hidden_states, for EAGLE) with its KV on the device: a pass that does not ask for them after one that did, and both agree with the CPU EP', async (t) => {
+gpuTest('webgpu - a target\'s features (hidden_states, for EAGLE) with its KV on the device: a pass that does not ask for them after one that did agrees with the CPU EP, and eagle + mag over it gives the CPU EP\'s greedy tokens', async (t) => {
   // the bundled target: the only member with a hidden_states output (slow on lavapipe, so few passes)
   const target = join(MODELS_DIR, 'target');
   const [g, c] = await Promise.all([OrtModelSession.open(target, { executionProviders: ['webgpu'] }), OrtModelSession.open(target)]);
@@ -197,4 +197,13 @@ gpuTest('webgpu - a target\'s features (hidden_states, for EAGLE) with its KV on
   t.true(maxDiff(x, y) < 1e-4, 'the logits of a 10-token pass without features');
   const [p, q] = await both((s) => s.step({ seqId: 'f', inputIds: PROMPT.slice(2, 5), returnHidden: true }, 'all', false));
   t.true(maxDiff(p.hidden!, q.hidden!) < 1e-4 && maxDiff(p.logits, q.logits) < 1e-4, 'and the features again, over the cache');
+  // issue 24's GPU placement: the target on the device, the feature drafter (EAGLE) and MaG on the CPU
+  const eagle = await OrtModelSession.open(join(MODELS_DIR, 'eagle'));
+  t.teardown(() => eagle.close());
+  const req = { promptIds: PROMPT, maxTokens: 10, sampling: GREEDY, seed: 0, stopAtEos: false };
+  const want = (await generateAutoregressive(c, req)).tokenIds;
+  t.deepEqual((await generateAutoregressive(g, req)).tokenIds, want, 'ar on the device');
+  const run = await generateCascade(g, { drafters: [{ kind: 'eagle', session: eagle }, { kind: 'mag' }], kMatrix: [[3, 4], [0, 0]], lenience: 1 }, req);
+  t.deepEqual(run.tokenIds, want, 'eagle + mag over the device-KV target: the CPU EP\'s greedy tokens');
+  t.true((run.stats.models.eagle?.proposals ?? 0) > 0, 'the feature level drafted');
 });
