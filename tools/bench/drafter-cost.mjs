@@ -7,6 +7,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
+import { timeInterleaved } from './interleaved.mjs';
 
 const argv = process.argv.slice(2);
 const flag = (name, fallback) => {
@@ -28,7 +29,6 @@ const opts = { intraOpNumThreads: 1, interOpNumThreads: 1, graphOptimizationLeve
 const ids = (a) => new ort.Tensor('int64', BigInt64Array.from(a.map(BigInt)), [1, a.length]);
 const ones = (n) => new ort.Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]);
 const kv = (cfg, n) => new ort.Tensor('float32', new Float32Array(cfg.num_key_value_heads * n * cfg.head_dim), [1, cfg.num_key_value_heads, n, cfg.head_dim]);
-const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 const config = (dir) => JSON.parse(readFileSync(join(dir, 'config.json'), 'utf8'));
 
 const tcfg = config(targetDir);
@@ -45,16 +45,7 @@ for (const dir of drafters) {
   };
   passes.push(() => session.run(feeds));
 }
-for (let i = 0; i < 10; i++) for (const pass of passes) await pass();
-const ms = passes.map(() => []);
-for (let i = 0; i < repeats; i++) {
-  for (const [j, pass] of passes.entries()) {
-    const t0 = process.hrtime.bigint();
-    await pass();
-    ms[j].push(Number(process.hrtime.bigint() - t0) / 1e6);
-  }
-}
-const [targetMs, ...drafterMs] = ms.map(median);
+const [targetMs, ...drafterMs] = await timeInterleaved(passes, { warmup: 10, repeats });
 const result = { past, repeats, threads: 1, target: targetDir, target_ms: targetMs,
   drafters: drafters.map((dir, i) => ({ drafter: dir, draft_vocab: config(dir).draft_vocab.length, ms: drafterMs[i], over_target: drafterMs[i] / targetMs })) };
 console.log(JSON.stringify(result, null, 1));

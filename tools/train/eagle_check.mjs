@@ -14,6 +14,7 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
+import { timeInterleaved } from '../bench/interleaved.mjs';
 
 const args = Object.fromEntries(process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []));
 const targetDir = args.target ?? 'scratch/target-hidden';
@@ -27,22 +28,8 @@ const floats = (path) => { const b = readFileSync(path); return new Float32Array
 const ids = (a) => new ort.Tensor('int64', BigInt64Array.from(a.map(BigInt)), [1, a.length]);
 const ones = (n) => new ort.Tensor('int64', new BigInt64Array(n).fill(1n), [1, n]);
 const maxDiff = (a, b) => { let m = 0; for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i])); return m; };
-const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
-
-/** Median ms of each pass, the passes interleaved round by round so that load from other processes
- * falls on all of them alike. */
-async function timeEach(fns) {
-  for (let i = 0; i < 5; i++) for (const fn of fns) await fn();
-  const ms = fns.map(() => []);
-  for (let i = 0; i < repeats; i++) {
-    for (const [j, fn] of fns.entries()) {
-      const t = process.hrtime.bigint();
-      await fn();
-      ms[j].push(Number(process.hrtime.bigint() - t) / 1e6);
-    }
-  }
-  return ms.map(median);
-}
+/** Median ms of each pass, interleaved round by round after 5 untimed rounds. */
+const timeEach = (fns) => timeInterleaved(fns, { warmup: 5, repeats });
 
 const tcfg = JSON.parse(readFileSync(join(targetDir, 'config.json'), 'utf8'));
 const dcfg = JSON.parse(readFileSync(join(drafterDir, 'config.json'), 'utf8'));
