@@ -56,8 +56,8 @@ export class ActorLiveness {
   private readonly timer: NodeJS.Timeout;
   /** A pause in every heartbeat longer than this means this process heard nothing, not that time passed for the actors. */
   private readonly gapMs: number;
-  /** When this process began to listen, its clock. */
-  private readonly since = performance.now();
+  /** When this process began to listen, its clock (the watches' `since` is heard-time). */
+  private readonly listeningSince = performance.now();
 
   constructor(
     transport: Transport,
@@ -127,7 +127,7 @@ export class ActorLiveness {
    * not others yet, and would place every session on the first it heard.
    */
   placeable(model: string): string[] {
-    if (performance.now() - this.since < 2 * this.heartbeatMs) return [];
+    if (performance.now() - this.listeningSince < 2 * this.heartbeatMs) return [];
     return this.recent(2 * this.heartbeatMs).flatMap(({ beat }) => (beat.model === model && !beat.local && !beat.leaving ? [beat.instance] : []));
   }
 
